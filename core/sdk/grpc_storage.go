@@ -1,0 +1,299 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"google.golang.org/grpc"
+)
+
+// storageServer adapts a Storage to the Storage gRPC service (plugin side).
+type storageServer struct {
+	ferryv1.UnimplementedStorageServer
+	impl Storage
+}
+
+func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
+	ctx := stream.Context()
+	var sendMu sync.Mutex
+	send := func(r *ferryv1.AppendResponse) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(r)
+	}
+	var waits sync.WaitGroup
+	defer waits.Wait()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if req.TimeoutNanos > 0 {
+			actx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
+		}
+		// Append is called here, in stream order: that fixes the offsets.
+		wait, err := s.impl.Append(actx, req.Messages)
+		if err != nil {
+			cancel()
+			if err := send(&ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}); err != nil {
+				return err
+			}
+			continue
+		}
+		waits.Add(1)
+		go func(seq uint64) {
+			defer waits.Done()
+			defer cancel()
+			offsets, err := wait(actx)
+			resp := &ferryv1.AppendResponse{Seq: seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrFlushTimeout) && len(offsets) > 0:
+				resp.Status = ferryv1.Status_STATUS_FLUSH_TIMEOUT
+			default:
+				resp = &ferryv1.AppendResponse{Seq: seq, Error: ErrorToProto(err)}
+			}
+			_ = send(resp)
+		}(req.Seq)
+	}
+}
+
+func (s *storageServer) Read(stream ferryv1.Storage_ReadServer) error {
+	ctx := stream.Context()
+	var sendMu sync.Mutex
+	var reads sync.WaitGroup
+	defer reads.Wait()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		reads.Add(1)
+		go func() {
+			defer reads.Done()
+			resp, err := s.impl.Read(ctx, req)
+			if err != nil {
+				resp = &ferryv1.ReadResponse{Error: ErrorToProto(err)}
+			}
+			resp.Id = req.Id
+			sendMu.Lock()
+			_ = stream.Send(resp)
+			sendMu.Unlock()
+		}()
+	}
+}
+
+func (s *storageServer) CommitOffsets(ctx context.Context, req *ferryv1.CommitOffsetsRequest) (*ferryv1.CommitOffsetsResponse, error) {
+	if err := s.impl.CommitOffsets(ctx, req.Group, req.Offsets); err != nil {
+		return nil, err
+	}
+	return &ferryv1.CommitOffsetsResponse{}, nil
+}
+
+func (s *storageServer) GetOffsets(ctx context.Context, req *ferryv1.GetOffsetsRequest) (*ferryv1.GetOffsetsResponse, error) {
+	offs, err := s.impl.GetOffsets(ctx, req.Group, req.Queues)
+	if err != nil {
+		return nil, err
+	}
+	return &ferryv1.GetOffsetsResponse{Offsets: offs}, nil
+}
+
+// StorageClient is the host's side of a storage plugin over gRPC. It
+// implements Storage; Append and Read are multiplexed over one stream each,
+// opened on first use. When a stream breaks, every call waiting on it fails
+// with ErrUnavailable (outcome unknown) and the client stays broken: the
+// host starts a new plugin process and a new client.
+type StorageClient struct {
+	pluginClient
+	rpc ferryv1.StorageClient
+
+	appendOnce sync.Once
+	appendErr  error
+	appendMu   sync.Mutex // serialises Send, which keeps the order of batches
+	appendSt   ferryv1.Storage_AppendClient
+	appends    *pending[*ferryv1.AppendResponse]
+
+	readOnce sync.Once
+	readErr  error
+	readMu   sync.Mutex
+	readSt   ferryv1.Storage_ReadClient
+	reads    *pending[*ferryv1.ReadResponse]
+
+	ctx    context.Context // lives as long as the client; ends the streams
+	cancel context.CancelFunc
+}
+
+var _ Storage = (*StorageClient)(nil)
+
+// NewStorageClient returns a client for a storage plugin reached through cc.
+func NewStorageClient(cc grpc.ClientConnInterface) *StorageClient {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &StorageClient{
+		pluginClient: newPluginClient(cc),
+		rpc:          ferryv1.NewStorageClient(cc),
+		appends:      newPending[*ferryv1.AppendResponse](),
+		reads:        newPending[*ferryv1.ReadResponse](),
+		ctx:          ctx,
+		cancel:       cancel,
+	}
+}
+
+func (c *StorageClient) openAppend() error {
+	c.appendOnce.Do(func() {
+		st, err := c.rpc.Append(c.ctx)
+		if err != nil {
+			c.appendErr = ErrorFromStatus(err)
+			c.appends.fail(err)
+			return
+		}
+		c.appendSt = st
+		go func() {
+			for {
+				resp, err := st.Recv()
+				if err != nil {
+					if errors.Is(err, io.EOF) {
+						err = ErrClosed
+					}
+					c.appends.fail(err)
+					return
+				}
+				c.appends.resolve(resp.Seq, resp, nil)
+			}
+		}()
+	})
+	return c.appendErr
+}
+
+// Append sends the batch and returns at once; the AppendWait gets the answer.
+func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait, error) {
+	if err := c.openAppend(); err != nil {
+		return nil, err
+	}
+	seq, ch, err := c.appends.add()
+	if err != nil {
+		return nil, err
+	}
+	req := &ferryv1.AppendRequest{Seq: seq, Messages: msgs}
+	if dl, ok := ctx.Deadline(); ok {
+		req.TimeoutNanos = max(int64(time.Until(dl)), 1)
+	}
+	c.appendMu.Lock()
+	err = c.appendSt.Send(req)
+	c.appendMu.Unlock()
+	if err != nil {
+		// The receive loop sees the same failure and fails ch.
+		c.appends.fail(err)
+	}
+	return func(ctx context.Context) ([]int64, error) {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				return nil, r.err
+			}
+			if r.v.Error != nil {
+				return nil, ErrorFromProto(r.v.Error)
+			}
+			if r.v.Status == ferryv1.Status_STATUS_FLUSH_TIMEOUT {
+				return r.v.Offsets, ErrFlushTimeout
+			}
+			return r.v.Offsets, nil
+		case <-ctx.Done():
+			// The outcome is unknown; a retry with the same ids is safe.
+			c.appends.drop(seq)
+			return nil, ctx.Err()
+		}
+	}, nil
+}
+
+func (c *StorageClient) openRead() error {
+	c.readOnce.Do(func() {
+		st, err := c.rpc.Read(c.ctx)
+		if err != nil {
+			c.readErr = ErrorFromStatus(err)
+			c.reads.fail(err)
+			return
+		}
+		c.readSt = st
+		go func() {
+			for {
+				resp, err := st.Recv()
+				if err != nil {
+					if errors.Is(err, io.EOF) {
+						err = ErrClosed
+					}
+					c.reads.fail(err)
+					return
+				}
+				c.reads.resolve(resp.Id, resp, nil)
+			}
+		}()
+	})
+	return c.readErr
+}
+
+func (c *StorageClient) Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {
+	if err := c.openRead(); err != nil {
+		return nil, err
+	}
+	id, ch, err := c.reads.add()
+	if err != nil {
+		return nil, err
+	}
+	r := &ferryv1.ReadRequest{Id: id, Topic: req.Topic, Queue: req.Queue, Offset: req.Offset,
+		MaxMessages: req.MaxMessages, MaxBytes: req.MaxBytes, Trace: req.Trace}
+	c.readMu.Lock()
+	err = c.readSt.Send(r)
+	c.readMu.Unlock()
+	if err != nil {
+		c.reads.fail(err)
+	}
+	select {
+	case res := <-ch:
+		if res.err != nil {
+			return nil, res.err
+		}
+		if res.v.Error != nil {
+			return nil, ErrorFromProto(res.v.Error)
+		}
+		return res.v, nil
+	case <-ctx.Done():
+		c.reads.drop(id)
+		return nil, ctx.Err()
+	}
+}
+
+func (c *StorageClient) CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
+	_, err := c.rpc.CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets})
+	return err
+}
+
+func (c *StorageClient) GetOffsets(ctx context.Context, group string, queues []*QueueRef) ([]*QueueOffsets, error) {
+	resp, err := c.rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: group, Queues: queues})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Offsets, nil
+}
+
+// Close ends the client's streams. Appends still waiting fail with
+// ErrUnavailable. The plugin process itself is stopped by the host.
+func (c *StorageClient) Close() error {
+	c.appendMu.Lock()
+	if c.appendSt != nil {
+		_ = c.appendSt.CloseSend()
+	}
+	c.appendMu.Unlock()
+	c.cancel()
+	return nil
+}

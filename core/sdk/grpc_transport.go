@@ -1,0 +1,226 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"google.golang.org/grpc"
+)
+
+// transportServer adapts a Transport to the Transport gRPC service (plugin
+// side). The core opens Connect; the plugin's requests to the core travel on
+// it as TransportFrames and come back as CoreFrames.
+type transportServer struct {
+	ferryv1.UnimplementedTransportServer
+	impl Transport
+}
+
+func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error {
+	core := &coreClient{stream: stream, calls: newPending[*ferryv1.CoreFrame]()}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		for {
+			f, err := stream.Recv()
+			if err != nil {
+				core.calls.fail(fmt.Errorf("core connection closed: %w", err))
+				cancel()
+				return
+			}
+			core.calls.resolve(f.Id, f, nil)
+		}
+	}()
+	return s.impl.Serve(ctx, core)
+}
+
+// coreClient is Core as a transport plugin sees it: each call is a frame on
+// the Connect stream, answered by id.
+type coreClient struct {
+	sendMu sync.Mutex
+	stream ferryv1.Transport_ConnectServer
+	calls  *pending[*ferryv1.CoreFrame]
+}
+
+func (c *coreClient) send(f *ferryv1.TransportFrame) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.stream.Send(f)
+}
+
+func (c *coreClient) call(ctx context.Context, f *ferryv1.TransportFrame) (*ferryv1.CoreFrame, error) {
+	id, ch, err := c.calls.add()
+	if err != nil {
+		return nil, err
+	}
+	f.Id = id
+	if dl, ok := ctx.Deadline(); ok {
+		f.TimeoutNanos = max(int64(time.Until(dl)), 1)
+	}
+	if err := c.send(f); err != nil {
+		c.calls.fail(err)
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if r.v.Error != nil {
+			return nil, ErrorFromProto(r.v.Error)
+		}
+		return r.v, nil
+	case <-ctx.Done():
+		c.calls.drop(id)
+		_ = c.send(&ferryv1.TransportFrame{Id: id, Request: &ferryv1.TransportFrame_Cancel{Cancel: &ferryv1.Cancel{}}})
+		return nil, ctx.Err()
+	}
+}
+
+func (c *coreClient) Produce(ctx context.Context, req *ProduceRequest) (*ProduceResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_Produce{Produce: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetProduce(), nil
+}
+
+func (c *coreClient) Fetch(ctx context.Context, req *FetchRequest) (*FetchResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_Fetch{Fetch: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetFetch(), nil
+}
+
+func (c *coreClient) CommitOffsets(ctx context.Context, req *CommitOffsetsRequest) error {
+	_, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_CommitOffsets{CommitOffsets: req}})
+	return err
+}
+
+func (c *coreClient) GetOffsets(ctx context.Context, req *GetOffsetsRequest) (*GetOffsetsResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_GetOffsets{GetOffsets: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetGetOffsets(), nil
+}
+
+func (c *coreClient) Metadata(ctx context.Context, req *MetadataRequest) (*MetadataResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_Metadata{Metadata: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetMetadata(), nil
+}
+
+// TransportClient is the host's side of a transport plugin over gRPC.
+type TransportClient struct {
+	pluginClient
+	rpc ferryv1.TransportClient
+}
+
+var _ Transport = (*TransportClient)(nil)
+
+// NewTransportClient returns a client for a transport plugin reached through cc.
+func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
+	return &TransportClient{pluginClient: newPluginClient(cc), rpc: ferryv1.NewTransportClient(cc)}
+}
+
+// Serve opens the Connect stream and answers the plugin's requests with core
+// until ctx ends or the stream breaks (the plugin died: ErrUnavailable).
+func (c *TransportClient) Serve(ctx context.Context, core Core) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: transport connect: %v", ErrUnavailable, err)
+	}
+	var (
+		sendMu   sync.Mutex
+		mu       sync.Mutex
+		inflight = map[uint64]context.CancelFunc{}
+		wg       sync.WaitGroup
+	)
+	defer wg.Wait()
+	for {
+		f, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%w: transport stream: %v", ErrUnavailable, err)
+		}
+		if f.GetCancel() != nil {
+			mu.Lock()
+			if stop := inflight[f.Id]; stop != nil {
+				stop()
+			}
+			mu.Unlock()
+			continue
+		}
+		rctx, rcancel := ctx, context.CancelFunc(nil)
+		if f.TimeoutNanos > 0 {
+			rctx, rcancel = context.WithTimeout(ctx, time.Duration(f.TimeoutNanos))
+		} else {
+			rctx, rcancel = context.WithCancel(ctx)
+		}
+		mu.Lock()
+		inflight[f.Id] = rcancel
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := handleFrame(rctx, core, f)
+			mu.Lock()
+			delete(inflight, f.Id)
+			mu.Unlock()
+			rcancel()
+			sendMu.Lock()
+			_ = stream.Send(out)
+			sendMu.Unlock()
+		}()
+	}
+}
+
+// handleFrame runs one transport request against core.
+func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *ferryv1.CoreFrame {
+	out := &ferryv1.CoreFrame{Id: f.Id}
+	var err error
+	switch r := f.Request.(type) {
+	case *ferryv1.TransportFrame_Produce:
+		var resp *ferryv1.ProduceResponse
+		if resp, err = core.Produce(ctx, r.Produce); err == nil {
+			out.Response = &ferryv1.CoreFrame_Produce{Produce: resp}
+		}
+	case *ferryv1.TransportFrame_Fetch:
+		var resp *ferryv1.FetchResponse
+		if resp, err = core.Fetch(ctx, r.Fetch); err == nil {
+			out.Response = &ferryv1.CoreFrame_Fetch{Fetch: resp}
+		}
+	case *ferryv1.TransportFrame_CommitOffsets:
+		if err = core.CommitOffsets(ctx, r.CommitOffsets); err == nil {
+			out.Response = &ferryv1.CoreFrame_CommitOffsets{CommitOffsets: &ferryv1.CommitOffsetsResponse{}}
+		}
+	case *ferryv1.TransportFrame_GetOffsets:
+		var resp *ferryv1.GetOffsetsResponse
+		if resp, err = core.GetOffsets(ctx, r.GetOffsets); err == nil {
+			out.Response = &ferryv1.CoreFrame_GetOffsets{GetOffsets: resp}
+		}
+	case *ferryv1.TransportFrame_Metadata:
+		var resp *ferryv1.MetadataResponse
+		if resp, err = core.Metadata(ctx, r.Metadata); err == nil {
+			out.Response = &ferryv1.CoreFrame_Metadata{Metadata: resp}
+		}
+	default:
+		err = fmt.Errorf("%w: unknown transport request %T", ErrInvalidArgument, f.Request)
+	}
+	out.Error = ErrorToProto(err)
+	return out
+}
+
+// Close is a no-op on the host side; the host stops the plugin process.
+func (c *TransportClient) Close() error { return nil }

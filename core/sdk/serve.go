@@ -1,0 +1,198 @@
+package sdk
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// Plugin kinds, as named in YAML and in go-plugin's plugin sets.
+const (
+	KindStorage     = "storage"
+	KindTransport   = "transport"
+	KindReplication = "replication"
+)
+
+// ProtocolVersion is the version of the plugin contract in core/proto. A
+// host and a plugin agree on it in the handshake; a new incompatible contract
+// adds a version, and hosts keep serving the old plugin sets.
+const ProtocolVersion = 1
+
+// Handshake is what host and plugin check before they talk. The cookie stops
+// a plugin binary from being run by hand by mistake.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "FERRY_PLUGIN_COOKIE",
+	MagicCookieValue: "ferry-plugin-5b1c0e2a",
+}
+
+// maxMessageBytes bounds one gRPC message across the boundary (a batch).
+const maxMessageBytes = 256 << 20
+
+// grpcServerOptions are the plugin side's gRPC settings: large batches and
+// windows sized for streams that carry hundreds of KiB per batch.
+func grpcServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxMessageBytes),
+		grpc.MaxSendMsgSize(maxMessageBytes),
+		grpc.InitialWindowSize(8 << 20),
+		grpc.InitialConnWindowSize(16 << 20),
+		grpc.ReadBufferSize(256 << 10),
+		grpc.WriteBufferSize(256 << 10),
+		grpc.UnaryInterceptor(unaryServerErrors),
+	}
+}
+
+// GRPCDialOptions are the host side's gRPC settings for talking to a plugin.
+func GRPCDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+		grpc.WithInitialWindowSize(8 << 20),
+		grpc.WithInitialConnWindowSize(16 << 20),
+		grpc.WithReadBufferSize(256 << 10),
+		grpc.WithWriteBufferSize(256 << 10),
+		grpc.WithUnaryInterceptor(unaryClientErrors),
+	}
+}
+
+// ServeOpts names the one implementation a plugin process serves.
+type ServeOpts struct {
+	Storage   Storage
+	Transport Transport
+	// Logger for the plugin's own messages; they reach the host's log on
+	// stderr. Default: a JSON logger the host understands.
+	Logger hclog.Logger
+}
+
+func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
+	set := plugin.PluginSet{}
+	var impl Plugin
+	n := 0
+	if o.Storage != nil {
+		set[KindStorage] = &grpcPlugin{kind: KindStorage, impl: o.Storage}
+		impl, n = o.Storage, n+1
+	}
+	if o.Transport != nil {
+		set[KindTransport] = &grpcPlugin{kind: KindTransport, impl: o.Transport}
+		impl, n = o.Transport, n+1
+	}
+	if n != 1 {
+		return nil, nil, fmt.Errorf("sdk.Serve: exactly one of Storage, Transport must be set, got %d", n)
+	}
+	return impl, set, nil
+}
+
+// Serve serves one plugin until the host stops it, then closes it. It never
+// returns early: it exits the process on a usage error. The plugin also exits
+// when its host dies or on SIGTERM, after Close.
+func Serve(opts ServeOpts) {
+	cfg, impl, err := NewServeConfig(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	var once sync.Once
+	closeImpl := func() {
+		once.Do(func() {
+			if err := impl.Close(); err != nil {
+				cfg.Logger.Error("close", "error", err)
+			}
+		})
+	}
+	go exitWithHost(cfg.Logger, closeImpl)
+	plugin.Serve(cfg)
+	closeImpl()
+}
+
+// NewServeConfig returns the go-plugin configuration Serve uses, for test
+// harnesses that serve a plugin in-process (go-plugin's test mode). Plugins
+// call Serve instead.
+func NewServeConfig(opts ServeOpts) (*plugin.ServeConfig, Plugin, error) {
+	impl, set, err := opts.impl()
+	if err != nil {
+		return nil, nil, err
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, JSONFormat: true})
+	}
+	return &plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: set},
+		GRPCServer: func(o []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(o, grpcServerOptions()...)...)
+		},
+		Logger: logger,
+	}, impl, nil
+}
+
+// exitWithHost ends the plugin when its host process dies (the plugin is
+// re-parented) or when it gets SIGTERM, so that no plugin outlives its broker.
+func exitWithHost(log hclog.Logger, closeImpl func()) {
+	parent := os.Getppid()
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-term:
+			log.Info("SIGTERM: closing")
+			closeImpl()
+			os.Exit(0)
+		case <-tick.C:
+			if os.Getppid() != parent {
+				log.Warn("host process died: closing", "host_pid", parent)
+				closeImpl()
+				os.Exit(0)
+			}
+		}
+	}
+}
+
+// PluginSets are the plugin sets a host offers go-plugin, by protocol version.
+func PluginSets() map[int]plugin.PluginSet {
+	return map[int]plugin.PluginSet{ProtocolVersion: {
+		KindStorage:   &grpcPlugin{kind: KindStorage},
+		KindTransport: &grpcPlugin{kind: KindTransport},
+	}}
+}
+
+// grpcPlugin is go-plugin's view of one plugin kind: it registers the gRPC
+// services on the plugin side and builds the client on the host side.
+type grpcPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	kind string
+	impl Plugin // plugin side only
+}
+
+func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	ferryv1.RegisterPluginServer(s, &pluginServer{impl: p.impl})
+	switch p.kind {
+	case KindStorage:
+		ferryv1.RegisterStorageServer(s, &storageServer{impl: p.impl.(Storage)})
+	case KindTransport:
+		ferryv1.RegisterTransportServer(s, &transportServer{impl: p.impl.(Transport)})
+	}
+	return nil
+}
+
+func (p *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *grpc.ClientConn) (any, error) {
+	switch p.kind {
+	case KindStorage:
+		return NewStorageClient(cc), nil
+	case KindTransport:
+		return NewTransportClient(cc), nil
+	}
+	return nil, fmt.Errorf("unknown plugin kind %q", p.kind)
+}

@@ -1,0 +1,24 @@
+package sdk
+
+import "context"
+
+// Transport carries producers' and consumers' traffic between applications
+// and the broker core: it owns the listeners and the client protocol (gRPC,
+// HTTP, ...), and calls Core for every request.
+type Transport interface {
+	Plugin
+	// Serve accepts client traffic and forwards it to core until ctx ends.
+	// Called once, after Configure (which binds the listeners); it returns
+	// when ctx is done, after in-flight requests end or are abandoned.
+	Serve(ctx context.Context, core Core) error
+}
+
+// Core is the broker as a transport sees it. Calls are safe from many
+// goroutines at once and each may block (Fetch long-polls).
+type Core interface {
+	Produce(ctx context.Context, req *ProduceRequest) (*ProduceResponse, error)
+	Fetch(ctx context.Context, req *FetchRequest) (*FetchResponse, error)
+	CommitOffsets(ctx context.Context, req *CommitOffsetsRequest) error
+	GetOffsets(ctx context.Context, req *GetOffsetsRequest) (*GetOffsetsResponse, error)
+	Metadata(ctx context.Context, req *MetadataRequest) (*MetadataResponse, error)
+}
