@@ -1,0 +1,295 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// appender groups producers' batches into storage appends. One goroutine
+// (run) issues appends in order; the store fixes offsets in that order and
+// each append's durability is awaited by its own goroutine, so while one
+// append waits for its fsync the next one is already being written: the
+// store's group commit covers all of them.
+//
+// A batch stays in the in-flight list until it is answered. When the storage
+// process dies, batches whose outcome is unknown are appended again, in their
+// original order, to the next process; the store de-duplicates by message id.
+type appender struct {
+	b       *Broker
+	in      chan *appendReq
+	freed   chan struct{} // a batch was answered: room for another
+	closing chan struct{}
+	done    chan struct{}
+
+	mu       sync.Mutex
+	seq      uint64
+	inflight []*batch // unanswered, in append order
+	closed   bool
+}
+
+type appendReq struct {
+	msgs []*sdk.Message
+	done chan appendResult
+}
+
+type appendResult struct {
+	offsets []int64
+	status  sdk.Status
+	err     error
+}
+
+type batch struct {
+	seq     uint64
+	reqs    []*appendReq
+	msgs    []*sdk.Message
+	attempt int    // how often the batch was sent; answers of older attempts are ignored
+	gen     uint64 // storage generation of the latest attempt
+}
+
+func newAppender(b *Broker) *appender {
+	return &appender{
+		b:       b,
+		in:      make(chan *appendReq, 4096),
+		freed:   make(chan struct{}, 1),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// append hands msgs to the appender and waits for their outcome. If ctx ends
+// first the outcome is unknown to the caller, but the append goes on; a
+// retried produce with the same ids is de-duplicated by the store.
+func (a *appender) append(ctx context.Context, msgs []*sdk.Message) ([]int64, sdk.Status, error) {
+	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1)}
+	select {
+	case a.in <- r:
+	case <-a.closing:
+		return nil, 0, fmt.Errorf("%w: broker is shutting down", sdk.ErrClosed)
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+	select {
+	case res := <-r.done:
+		return res.offsets, res.status, res.err
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+}
+
+func (a *appender) pending() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.inflight)
+}
+
+// run is the appender's one goroutine.
+func (a *appender) run() {
+	defer close(a.done)
+	var sentGen uint64 // generation the in-flight batches were last sent to
+	for {
+		impl, gen, changed := a.b.storage.Current()
+		if impl == nil {
+			// The storage process is being replaced.
+			select {
+			case <-changed:
+			case <-a.closing:
+				if a.pending() == 0 {
+					return
+				}
+				<-changed
+			}
+			continue
+		}
+		st := impl.(sdk.Storage)
+		if gen != sentGen {
+			if sentGen != 0 {
+				a.replay(st, gen)
+			}
+			sentGen = gen
+			continue
+		}
+		in := a.in
+		if a.pending() >= maxInflightAppends {
+			in = nil // wait for room
+		}
+		select {
+		case r := <-in:
+			a.send(st, gen, a.collect(r))
+		case <-a.freed:
+		case <-changed:
+		case <-a.closing:
+			// Take what was queued before closing, then wait for answers.
+			for {
+				select {
+				case r := <-a.in:
+					a.send(st, gen, a.collect(r))
+					continue
+				default:
+				}
+				break
+			}
+			if a.pending() == 0 {
+				return
+			}
+			select {
+			case <-a.freed:
+			case <-changed:
+			}
+		}
+	}
+}
+
+// collect builds one batch from r and whatever else is queued, up to the
+// batch limits.
+func (a *appender) collect(r *appendReq) *batch {
+	b := &batch{reqs: []*appendReq{r}, msgs: r.msgs}
+	size := msgBytes(r.msgs)
+	for len(b.msgs) < maxBatchMessages && size < maxBatchBytes {
+		select {
+		case r := <-a.in:
+			b.reqs = append(b.reqs, r)
+			b.msgs = append(b.msgs[:len(b.msgs):len(b.msgs)], r.msgs...)
+			size += msgBytes(r.msgs)
+			continue
+		default:
+		}
+		break
+	}
+	a.mu.Lock()
+	a.seq++
+	b.seq = a.seq
+	a.inflight = append(a.inflight, b)
+	a.mu.Unlock()
+	return b
+}
+
+func msgBytes(msgs []*sdk.Message) int {
+	n := 0
+	for _, m := range msgs {
+		n += len(m.Body) + 64
+	}
+	return n
+}
+
+// send appends b to st (generation gen) and starts waiting for its outcome.
+func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
+	a.mu.Lock()
+	b.attempt++
+	b.gen = gen
+	attempt := b.attempt
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), storageCallTimeout)
+	wait, err := st.Append(ctx, b.msgs)
+	if err != nil {
+		cancel()
+		if errors.Is(err, sdk.ErrUnavailable) {
+			// Outcome unknown: the batch stays in flight for replay.
+			a.b.log.Warn("storage append failed; will retry on the restarted plugin", "error", err)
+			a.b.storage.Broken(gen)
+			return false
+		}
+		a.answer(b, attempt, nil, err)
+		return true
+	}
+	go func() {
+		defer cancel()
+		offsets, err := wait(ctx)
+		if err != nil && errors.Is(err, sdk.ErrUnavailable) {
+			a.b.storage.Broken(gen)
+			return // replayed by run on the next generation
+		}
+		a.answer(b, attempt, offsets, err)
+	}()
+	return true
+}
+
+// replay appends every unanswered batch again, in order, to a new storage
+// generation.
+func (a *appender) replay(st sdk.Storage, gen uint64) {
+	a.mu.Lock()
+	batches := append([]*batch(nil), a.inflight...)
+	a.mu.Unlock()
+	if len(batches) == 0 {
+		return
+	}
+	msgs := 0
+	for _, b := range batches {
+		msgs += len(b.msgs)
+	}
+	a.b.log.Warn("re-sending appends of unknown outcome to the restarted storage plugin", "batches", len(batches), "messages", msgs, "generation", gen)
+	for _, b := range batches {
+		if !a.send(st, gen, b) {
+			return
+		}
+	}
+}
+
+// answer completes a batch's requests, unless a newer attempt of the batch
+// is under way.
+func (a *appender) answer(b *batch, attempt int, offsets []int64, err error) {
+	a.mu.Lock()
+	if attempt != b.attempt {
+		a.mu.Unlock()
+		return
+	}
+	for i, x := range a.inflight {
+		if x == b {
+			a.inflight = append(a.inflight[:i], a.inflight[i+1:]...)
+			break
+		}
+	}
+	a.mu.Unlock()
+	select {
+	case a.freed <- struct{}{}:
+	default:
+	}
+	status := ferryv1.Status_STATUS_OK
+	if errors.Is(err, sdk.ErrFlushTimeout) && len(offsets) == len(b.msgs) {
+		status, err = ferryv1.Status_STATUS_FLUSH_TIMEOUT, nil
+	}
+	if err == nil && len(offsets) != len(b.msgs) {
+		err = fmt.Errorf("storage answered %d offsets for %d messages", len(offsets), len(b.msgs))
+		a.b.log.Error("storage plugin broke the contract", "error", err)
+	}
+	i := 0
+	for _, r := range b.reqs {
+		res := appendResult{status: status, err: err}
+		if err == nil {
+			res.offsets = offsets[i : i+len(r.msgs)]
+		}
+		i += len(r.msgs)
+		r.done <- res
+	}
+	if err == nil {
+		seen := map[string]bool{}
+		for _, m := range b.msgs {
+			if !seen[m.Topic] {
+				seen[m.Topic] = true
+				if t := a.b.topics[m.Topic]; t != nil {
+					t.notify()
+				}
+			}
+		}
+	}
+}
+
+// close stops accepting appends and waits for in-flight ones, up to ctx.
+func (a *appender) close(ctx context.Context) error {
+	a.mu.Lock()
+	if !a.closed {
+		a.closed = true
+		close(a.closing)
+	}
+	a.mu.Unlock()
+	select {
+	case <-a.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("broker: %d appends still in flight at shutdown: %w", a.pending(), ctx.Err())
+	}
+}

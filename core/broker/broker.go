@@ -1,0 +1,262 @@
+// Package broker is Ferry's broker core: it checks and routes producers'
+// batches to the storage plugin (grouping them into larger appends), answers
+// consumers' long-polling fetches, and keeps consumer groups' offsets. It never
+// touches files or client sockets itself: storage and transport are plugins.
+//
+// Storage is reached through a supervised plugin instance: when the storage
+// process dies, appends whose outcome is unknown are sent again, in their
+// original order, to the new process; the store de-duplicates them by message
+// id, so nothing acknowledged is lost and nothing is stored twice.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Limits and defaults of the broker core.
+const (
+	DefaultMaxMessageBytes = 4 << 20
+	DefaultMaxHeaderBytes  = 64 << 10
+	maxBatchMessages       = 4096    // per storage append
+	maxBatchBytes          = 4 << 20 // per storage append
+	maxInflightAppends     = 64      // storage appends awaiting durability
+	storageCallTimeout     = 30 * time.Second
+	maxFetchWait           = 30 * time.Second
+	defaultFetchMessages   = 256
+	defaultFetchBytes      = 4 << 20
+)
+
+// Topic declares a topic and its queue count.
+type Topic struct {
+	Name   string
+	Queues int
+}
+
+// Options configure a Broker.
+type Options struct {
+	Pipeline string
+	Node     string
+	Role     string
+	Address  string // where clients reach this node, for metadata
+	Topics   []Topic
+	Logger   hclog.Logger
+}
+
+// StorageSource gives the live storage plugin; a pluginhost.Instance is one.
+type StorageSource interface {
+	// Current returns the live plugin (nil while it restarts), its
+	// generation, and a channel closed when the generation changes.
+	Current() (sdk.Plugin, uint64, <-chan struct{})
+	// Next waits for a generation newer than gen.
+	Next(ctx context.Context, gen uint64) (sdk.Plugin, uint64, error)
+	// Broken reports generation gen as unusable, to be replaced.
+	Broken(gen uint64)
+}
+
+// Broker implements sdk.Core over a storage plugin.
+type Broker struct {
+	opts    Options
+	log     hclog.Logger
+	storage StorageSource
+	topics  map[string]*topic
+	app     *appender
+
+	closeOnce sync.Once
+}
+
+var _ sdk.Core = (*Broker)(nil)
+
+type topic struct {
+	name   string
+	queues int32
+	mu     sync.Mutex
+	signal chan struct{} // closed and replaced when messages become readable
+}
+
+func (t *topic) wait() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.signal
+}
+
+func (t *topic) notify() {
+	t.mu.Lock()
+	close(t.signal)
+	t.signal = make(chan struct{})
+	t.mu.Unlock()
+}
+
+// New returns a broker; Start begins appending.
+func New(opts Options, storage StorageSource) *Broker {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}}
+	for _, t := range opts.Topics {
+		b.topics[t.Name] = &topic{name: t.Name, queues: int32(t.Queues), signal: make(chan struct{})}
+	}
+	b.app = newAppender(b)
+	return b
+}
+
+// Start runs the appender until Close.
+func (b *Broker) Start() { go b.app.run() }
+
+// Close stops taking appends and waits, up to ctx, for those accepted to be
+// answered.
+func (b *Broker) Close(ctx context.Context) error {
+	var err error
+	b.closeOnce.Do(func() { err = b.app.close(ctx) })
+	return err
+}
+
+func (b *Broker) topic(name string) (*topic, error) {
+	if name == "" {
+		return nil, fmt.Errorf("%w: empty topic name", sdk.ErrInvalidArgument)
+	}
+	t := b.topics[name]
+	if t == nil {
+		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	}
+	return t, nil
+}
+
+func (b *Broker) checkQueue(t *topic, q int32) error {
+	if q < 0 || q >= t.queues {
+		return fmt.Errorf("%w: topic %q has queues 0..%d, got queue %d", sdk.ErrInvalidArgument, t.name, t.queues-1, q)
+	}
+	return nil
+}
+
+// Produce stores a batch of messages of one topic and answers with their
+// offsets and the exact status of the append.
+func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.ProduceResponse, error) {
+	if len(req.Messages) == 0 {
+		return nil, fmt.Errorf("%w: empty batch", sdk.ErrInvalidArgument)
+	}
+	topicName := req.Messages[0].Topic
+	t, err := b.topic(topicName)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UnixNano()
+	for _, m := range req.Messages {
+		if m.Topic != topicName {
+			return nil, fmt.Errorf("%w: one batch must hold one topic, got %q and %q", sdk.ErrInvalidArgument, topicName, m.Topic)
+		}
+		if err := b.checkQueue(t, m.Queue); err != nil {
+			return nil, err
+		}
+		if m.Id == "" {
+			return nil, fmt.Errorf("%w: message without an id", sdk.ErrInvalidArgument)
+		}
+		if len(m.Body) > DefaultMaxMessageBytes {
+			return nil, fmt.Errorf("%w: message %q body is %d bytes, more than the limit of %d", sdk.ErrInvalidArgument, m.Id, len(m.Body), DefaultMaxMessageBytes)
+		}
+		hdr := 0
+		for k, v := range m.Headers {
+			hdr += len(k) + len(v)
+		}
+		if hdr > DefaultMaxHeaderBytes {
+			return nil, fmt.Errorf("%w: message %q headers are %d bytes, more than the limit of %d", sdk.ErrInvalidArgument, m.Id, hdr, DefaultMaxHeaderBytes)
+		}
+		if m.BornUnixNano == 0 {
+			m.BornUnixNano = now
+		}
+	}
+	offsets, status, err := b.app.append(ctx, req.Messages)
+	if err != nil {
+		return nil, err
+	}
+	return &sdk.ProduceResponse{Seq: req.Seq, Offsets: offsets, Status: status}, nil
+}
+
+// storageCall runs fn on the live storage, waiting for a restarted process
+// when the current one is gone, until ctx ends.
+func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) error {
+	impl, gen, _ := b.storage.Current()
+	for {
+		if impl == nil {
+			var err error
+			if impl, gen, err = b.storage.Next(ctx, gen); err != nil {
+				return fmt.Errorf("%w: storage: %v", sdk.ErrUnavailable, err)
+			}
+		}
+		err := fn(impl.(sdk.Storage))
+		if err == nil || !errors.Is(err, sdk.ErrUnavailable) || ctx.Err() != nil {
+			return err
+		}
+		b.storage.Broken(gen)
+		impl = nil
+	}
+}
+
+// CommitOffsets records a group's next offsets.
+func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
+	if req.Group == "" {
+		return fmt.Errorf("%w: commit needs a group", sdk.ErrInvalidArgument)
+	}
+	for _, o := range req.Offsets {
+		t, err := b.topic(o.Topic)
+		if err != nil {
+			return err
+		}
+		if err := b.checkQueue(t, o.Queue); err != nil {
+			return err
+		}
+		if o.Offset < 0 {
+			return fmt.Errorf("%w: negative offset %d for %s/%d", sdk.ErrInvalidArgument, o.Offset, o.Topic, o.Queue)
+		}
+	}
+	return b.storageCall(ctx, func(s sdk.Storage) error { return s.CommitOffsets(ctx, req.Group, req.Offsets) })
+}
+
+// GetOffsets reports queues' start, end and a group's committed offsets.
+func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*sdk.GetOffsetsResponse, error) {
+	for _, q := range req.Queues {
+		t, err := b.topic(q.Topic)
+		if err != nil {
+			return nil, err
+		}
+		if err := b.checkQueue(t, q.Queue); err != nil {
+			return nil, err
+		}
+	}
+	var offs []*sdk.QueueOffsets
+	err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
+		offs, err = s.GetOffsets(ctx, req.Group, req.Queues)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &sdk.GetOffsetsResponse{Offsets: offs}, nil
+}
+
+// Metadata lists topics and this node.
+func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.MetadataResponse, error) {
+	resp := &sdk.MetadataResponse{Brokers: []*ferryv1.BrokerInfo{{Node: b.opts.Node, Address: b.opts.Address, Role: b.opts.Role}}}
+	names := req.Topics
+	if len(names) == 0 {
+		for _, t := range b.opts.Topics {
+			names = append(names, t.Name)
+		}
+	}
+	for _, n := range names {
+		t, err := b.topic(n)
+		if err != nil {
+			return nil, err
+		}
+		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: t.queues, Leaders: make([]int32, t.queues)})
+	}
+	return resp, nil
+}

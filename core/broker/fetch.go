@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Fetch answers a consumer's long-poll: messages from the requested queues at
+// or past their offsets, or an empty answer when none arrive within max_wait.
+// Queues are read concurrently, each with an equal share of the limits.
+func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
+	t, err := b.topic(req.Topic)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Positions) == 0 {
+		return nil, fmt.Errorf("%w: fetch names no queue", sdk.ErrInvalidArgument)
+	}
+	for _, p := range req.Positions {
+		if err := b.checkQueue(t, p.Queue); err != nil {
+			return nil, err
+		}
+		if p.Offset < 0 {
+			return nil, fmt.Errorf("%w: negative offset %d for queue %d", sdk.ErrInvalidArgument, p.Offset, p.Queue)
+		}
+	}
+	maxMsgs := int(req.MaxMessages)
+	if maxMsgs <= 0 {
+		maxMsgs = defaultFetchMessages
+	}
+	maxBytes := req.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = defaultFetchBytes
+	}
+	wait := min(time.Duration(req.MaxWaitNanos), maxFetchWait)
+	deadline := time.Now().Add(wait)
+	var timer *time.Timer
+	for {
+		signal := t.wait() // taken before reading, so no append is missed
+		resp, err := b.read(ctx, req, maxMsgs, maxBytes)
+		if err != nil || len(resp.Messages) > 0 {
+			return resp, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return resp, nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(left)
+			defer timer.Stop()
+		}
+		select {
+		case <-signal:
+		case <-timer.C:
+			return resp, nil
+		case <-ctx.Done():
+			return resp, nil
+		}
+	}
+}
+
+func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, maxBytes int64) (*sdk.FetchResponse, error) {
+	n := len(req.Positions)
+	perMsgs := max(maxMsgs/n, 1)
+	perBytes := max(maxBytes/int64(n), 1)
+	results := make([]*sdk.ReadResponse, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, p := range req.Positions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rr := &sdk.ReadRequest{Topic: req.Topic, Queue: p.Queue, Offset: p.Offset, MaxMessages: int32(perMsgs), MaxBytes: perBytes}
+			errs[i] = b.storageCall(ctx, func(s sdk.Storage) (err error) {
+				results[i], err = s.Read(ctx, rr)
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	resp := &sdk.FetchResponse{}
+	for i := range results {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		resp.Messages = append(resp.Messages, results[i].Messages...)
+		if results[i].Offsets != nil {
+			resp.Offsets = append(resp.Offsets, results[i].Offsets)
+		}
+	}
+	return resp, nil
+}

@@ -1,0 +1,245 @@
+package pluginhost
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Modes of running built-in plugins.
+const (
+	ModeSubprocess = "subprocess"
+	ModeInProcess  = "inprocess"
+)
+
+// Restart backoff: the first restart is quick so that a killed plugin serves
+// again well within a second; repeated crashes back off.
+const (
+	restartMin     = 50 * time.Millisecond
+	restartMax     = 5 * time.Second
+	healthyAfter   = 10 * time.Second // a process alive this long resets the backoff
+	exitPoll       = 20 * time.Millisecond
+	startTimeout   = 30 * time.Second
+	configureLimit = 30 * time.Second
+)
+
+// Options configure a Host.
+type Options struct {
+	// Mode is ModeSubprocess (default) or ModeInProcess.
+	Mode string
+	// Dirs are searched for external plugins.
+	Dirs []string
+	// Exe is the ferry binary re-executed for built-in plugins; default
+	// os.Executable().
+	Exe string
+	// Env is passed to every plugin's Configure.
+	Env *sdk.Environment
+	// Logger receives the host's and the plugins' log lines.
+	Logger hclog.Logger
+}
+
+// Host launches plugins and keeps them running.
+type Host struct {
+	reg     *Registry
+	opts    Options
+	log     hclog.Logger
+	sockDir string // per-host directory for plugins' unix sockets
+
+	mu        sync.Mutex
+	instances []*Instance
+}
+
+// New returns a host. It removes socket directories left by earlier hosts that
+// died without cleaning up.
+func New(reg *Registry, opts Options) (*Host, error) {
+	if opts.Mode == "" {
+		opts.Mode = ModeSubprocess
+	}
+	if opts.Mode != ModeSubprocess && opts.Mode != ModeInProcess {
+		return nil, fmt.Errorf("plugin mode %q: must be %s or %s", opts.Mode, ModeSubprocess, ModeInProcess)
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "ferry", Output: os.Stderr})
+	}
+	if opts.Env == nil {
+		opts.Env = &sdk.Environment{}
+	}
+	if opts.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find the ferry binary to run built-in plugins: %w", err)
+		}
+		opts.Exe = exe
+	}
+	h := &Host{reg: reg, opts: opts, log: opts.Logger}
+	if opts.Mode == ModeSubprocess {
+		removeStaleSocketDirs(h.log)
+		dir := filepath.Join(os.TempDir(), "ferry-"+strconv.Itoa(os.Getpid()))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("plugin socket directory: %w", err)
+		}
+		h.sockDir = dir
+	}
+	return h, nil
+}
+
+// removeStaleSocketDirs deletes $TMPDIR/ferry-<pid> directories of hosts that
+// are no longer running (killed with SIGKILL, say).
+func removeStaleSocketDirs(log hclog.Logger) {
+	entries, _ := os.ReadDir(os.TempDir())
+	for _, e := range entries {
+		pidStr, ok := strings.CutPrefix(e.Name(), "ferry-")
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			continue
+		}
+		if os.RemoveAll(filepath.Join(os.TempDir(), e.Name())) == nil {
+			log.Debug("removed stale plugin socket directory", "dir", e.Name())
+		}
+	}
+}
+
+// Start launches kind/typ, configures it with configJSON and supervises it.
+func (h *Host) Start(ctx context.Context, kind, typ string, configJSON []byte) (*Instance, error) {
+	inst := &Instance{host: h, kind: kind, typ: typ, config: configJSON, changed: make(chan struct{}),
+		log: h.log.Named("plugin").Named(kind + "/" + typ)}
+	if err := inst.launch(ctx); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.instances = append(h.instances, inst)
+	h.mu.Unlock()
+	if inst.client != nil {
+		go inst.supervise()
+	}
+	return inst, nil
+}
+
+// Validate asks kind/typ to check configJSON, starting the plugin when it
+// runs in its own process. Problem paths are relative to the section.
+func (h *Host) Validate(ctx context.Context, kind, typ string, configJSON []byte) (sdk.Problems, error) {
+	p, client, err := h.open(ctx, kind, typ, 0)
+	if err != nil {
+		return nil, err
+	}
+	if client != nil {
+		defer h.kill(client)
+	} else {
+		defer p.Close()
+	}
+	return p.Validate(configJSON), nil
+}
+
+// Close stops every plugin, newest first (the transport before the storage
+// it feeds), and removes the socket directory.
+func (h *Host) Close() {
+	h.mu.Lock()
+	insts := h.instances
+	h.instances = nil
+	h.mu.Unlock()
+	for i := len(insts) - 1; i >= 0; i-- {
+		insts[i].Stop()
+	}
+	if h.sockDir != "" {
+		_ = os.RemoveAll(h.sockDir)
+	}
+}
+
+// open starts one process (or in-process instance) of kind/typ, unconfigured.
+func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plugin, *plugin.Client, error) {
+	builtin := h.reg.Builtin(kind, typ)
+	if builtin != nil && h.opts.Mode == ModeInProcess {
+		return builtin(), nil, nil
+	}
+	var cmd *exec.Cmd
+	switch {
+	case builtin != nil:
+		cmd = exec.Command(h.opts.Exe, "plugin", "serve", kind+"/"+typ)
+	default:
+		path := External(kind, typ, h.opts.Dirs)
+		if path == "" {
+			return nil, nil, fmt.Errorf("no %s plugin of type %q: not built in (built in: %s) and no executable %s in the plugin directories %v",
+				kind, typ, strings.Join(h.reg.Types(kind, nil), ", "), ExecutableName(kind, typ), h.opts.Dirs)
+		}
+		cmd = exec.Command(path)
+	}
+	name := kind + "/" + typ
+	log := h.log.Named("plugin").Named(name)
+	sock := ""
+	if h.sockDir != "" {
+		sock = filepath.Join(h.sockDir, fmt.Sprintf("%s-%s-%d", kind, typ, gen))
+		if err := os.MkdirAll(sock, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("plugin socket directory: %w", err)
+		}
+		cmd.Env = append(os.Environ(), plugin.EnvUnixSocketDir+"="+sock)
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.PluginSets(),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		GRPCDialOptions:  sdk.GRPCDialOptions(),
+		Logger:           log,
+		SyncStdout:       lineLogger(log, "stdout"),
+		SyncStderr:       lineLogger(log, "stderr"),
+		StartTimeout:     startTimeout,
+	})
+	rpc, err := client.Client()
+	if err != nil {
+		client.Kill()
+		_ = os.RemoveAll(sock)
+		return nil, nil, fmt.Errorf("start %s plugin %q: %w", kind, typ, err)
+	}
+	raw, err := rpc.Dispense(kind)
+	if err != nil {
+		client.Kill()
+		_ = os.RemoveAll(sock)
+		return nil, nil, fmt.Errorf("%s plugin %q does not serve kind %s: %w", kind, typ, kind, err)
+	}
+	p, ok := raw.(sdk.Plugin)
+	if !ok {
+		client.Kill()
+		return nil, nil, fmt.Errorf("%s plugin %q: unexpected client %T", kind, typ, raw)
+	}
+	return p, client, nil
+}
+
+func (h *Host) kill(c *plugin.Client) {
+	c.Kill()
+}
+
+// lineLogger turns a plugin's stdout or stderr into log lines tagged with the
+// plugin's name.
+func lineLogger(log hclog.Logger, stream string) io.Writer {
+	r, w := io.Pipe()
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			log.Info(sc.Text(), "stream", stream)
+		}
+		_, _ = io.Copy(io.Discard, r)
+	}()
+	return w
+}

@@ -1,0 +1,234 @@
+package pluginhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Instance is one supervised plugin. Its process may die and be replaced;
+// each process is a generation. Current gives the live generation.
+type Instance struct {
+	host   *Host
+	kind   string
+	typ    string
+	config []byte
+	log    hclog.Logger
+
+	mu       sync.Mutex
+	impl     sdk.Plugin
+	client   *plugin.Client // nil in-process
+	gen      uint64
+	pid      int
+	changed  chan struct{} // closed when gen changes or the instance stops
+	stopped  bool
+	restarts int
+	failing  uint64 // generation reported broken by a user, to be replaced
+	kick     chan struct{}
+}
+
+// ErrStopped is returned by Wait when the instance was stopped.
+var ErrStopped = errors.New("plugin stopped")
+
+// Kind and Type name the plugin.
+func (i *Instance) Kind() string { return i.kind }
+func (i *Instance) Type() string { return i.typ }
+
+// Current returns the live plugin, its generation and a channel closed when
+// the generation changes (the process died and another replaces it) or the
+// instance stops.
+func (i *Instance) Current() (sdk.Plugin, uint64, <-chan struct{}) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.impl, i.gen, i.changed
+}
+
+// Pid is the live plugin process's id, 0 in-process.
+func (i *Instance) Pid() int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.pid
+}
+
+// Restarts counts how often the plugin was restarted.
+func (i *Instance) Restarts() int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.restarts
+}
+
+// Next waits until a generation newer than gen is live and returns it.
+func (i *Instance) Next(ctx context.Context, gen uint64) (sdk.Plugin, uint64, error) {
+	for {
+		impl, g, changed := i.Current()
+		i.mu.Lock()
+		stopped := i.stopped
+		i.mu.Unlock()
+		if stopped {
+			return nil, 0, ErrStopped
+		}
+		if g > gen && impl != nil {
+			return impl, g, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("waiting for %s plugin %q to restart: %w", i.kind, i.typ, ctx.Err())
+		}
+	}
+}
+
+// Broken tells the supervisor that generation gen no longer works (a stream
+// to it broke) although its process may still run: it is killed and replaced.
+func (i *Instance) Broken(gen uint64) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if gen == i.gen && i.client != nil && i.failing < gen {
+		i.failing = gen
+		select {
+		case i.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// launch starts and configures a new generation.
+func (i *Instance) launch(ctx context.Context) error {
+	i.mu.Lock()
+	gen := i.gen + 1
+	i.mu.Unlock()
+	impl, client, err := i.host.open(ctx, i.kind, i.typ, gen)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, configureLimit)
+	defer cancel()
+	if err := impl.Configure(cctx, i.config, i.host.opts.Env); err != nil {
+		if client != nil {
+			client.Kill()
+		}
+		return fmt.Errorf("configure %s plugin %q: %w", i.kind, i.typ, err)
+	}
+	pid := 0
+	if client != nil {
+		if rc := client.ReattachConfig(); rc != nil {
+			pid = rc.Pid
+		}
+	}
+	i.mu.Lock()
+	i.impl, i.client, i.gen, i.pid = impl, client, gen, pid
+	if i.kick == nil {
+		i.kick = make(chan struct{}, 1)
+	}
+	close(i.changed)
+	i.changed = make(chan struct{})
+	i.mu.Unlock()
+	if client != nil {
+		i.log.Info("plugin started", "pid", pid, "generation", gen)
+	}
+	return nil
+}
+
+// supervise restarts the plugin whenever its process exits or a user reports
+// it broken, until Stop.
+func (i *Instance) supervise() {
+	backoff := restartMin
+	tick := time.NewTicker(exitPoll)
+	defer tick.Stop()
+	for {
+		i.mu.Lock()
+		client, gen, pid, started := i.client, i.gen, i.pid, time.Now()
+		i.mu.Unlock()
+		broken := false
+	watch:
+		for {
+			select {
+			case <-tick.C:
+				if client.Exited() {
+					break watch
+				}
+			case <-i.kick:
+				broken = true
+				break watch
+			}
+			i.mu.Lock()
+			stopped := i.stopped
+			i.mu.Unlock()
+			if stopped {
+				return
+			}
+		}
+		i.mu.Lock()
+		if i.stopped {
+			i.mu.Unlock()
+			return
+		}
+		// Make the dead generation unusable at once.
+		i.impl = nil
+		close(i.changed)
+		i.changed = make(chan struct{})
+		i.mu.Unlock()
+		if broken {
+			i.log.Error("plugin stopped answering; killing it", "pid", pid, "generation", gen)
+		} else {
+			i.log.Error("plugin process died", "pid", pid, "generation", gen)
+		}
+		client.Kill()
+		_ = os.RemoveAll(filepath.Join(i.host.sockDir, fmt.Sprintf("%s-%s-%d", i.kind, i.typ, gen)))
+		if time.Since(started) > healthyAfter {
+			backoff = restartMin
+		}
+		for {
+			time.Sleep(backoff)
+			i.mu.Lock()
+			stopped := i.stopped
+			i.mu.Unlock()
+			if stopped {
+				return
+			}
+			err := i.launch(context.Background())
+			if err == nil {
+				i.mu.Lock()
+				i.restarts++
+				n := i.restarts
+				i.mu.Unlock()
+				i.log.Warn("plugin restarted", "pid", i.Pid(), "restarts", n)
+				break
+			}
+			i.log.Error("plugin restart failed", "error", err, "retry_in", backoff)
+			backoff = min(backoff*2, restartMax)
+		}
+		backoff = min(backoff*2, restartMax)
+	}
+}
+
+// Stop stops the plugin: in-process it is closed; a subprocess is asked to
+// shut down (it closes itself) and killed if it does not.
+func (i *Instance) Stop() {
+	i.mu.Lock()
+	if i.stopped {
+		i.mu.Unlock()
+		return
+	}
+	i.stopped = true
+	impl, client, gen := i.impl, i.client, i.gen
+	close(i.changed)
+	i.changed = make(chan struct{})
+	i.mu.Unlock()
+	if impl != nil {
+		_ = impl.Close() // host side: ends the streams
+	}
+	if client != nil {
+		client.Kill()
+		_ = os.RemoveAll(filepath.Join(i.host.sockDir, fmt.Sprintf("%s-%s-%d", i.kind, i.typ, gen)))
+	}
+}
