@@ -1,0 +1,90 @@
+package config
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// PluginValidator checks plugin types and plugin config sections. The plugin
+// host implements it: it launches the plugin and asks it over RPC. Its
+// methods are called from one goroutine, one plugin section at a time.
+type PluginValidator interface {
+	// Known reports whether a plugin of kind ("storage", "transport",
+	// "replication") and type exists (built in or found in dirs).
+	Known(kind, typ string, dirs []string) bool
+	// Types lists the known types of a kind, for problem messages.
+	Types(kind string, dirs []string) []string
+	// ValidateConfig asks the plugin to check its config section (JSON).
+	// Problem paths are relative to the section. An error means the plugin
+	// could not be asked (it failed to start, the call failed).
+	ValidateConfig(ctx context.Context, kind, typ string, dirs []string, configJSON []byte) ([]sdk.Problem, error)
+}
+
+// PluginKinds are the plugin kinds of a pipeline, in the order
+// ValidatePlugins checks them.
+var pluginKinds = []string{"storage", "transport", "replication"}
+
+// ValidatePlugins checks p's plugin sections with v: that each type exists
+// (listing the known ones when it does not) and that each plugin accepts its
+// config section. Problems carry full key paths
+// ("plugins.storage.config.segment_bytes") and, for a pipeline from Load, the
+// line of the key where the file has it. A section without a type is skipped:
+// Load reports it.
+func ValidatePlugins(ctx context.Context, p *Pipeline, v PluginValidator) Problems {
+	src := p.src
+	if src == nil {
+		src = newSource(p.File)
+	}
+	var ps Problems
+	for _, kind := range pluginKinds {
+		ref := p.Plugins.ref(kind)
+		base := "plugins." + kind
+		if ref.Type == "" {
+			continue
+		}
+		if !v.Known(kind, ref.Type, p.Plugins.Dirs) {
+			msg := fmt.Sprintf("unknown %s plugin type %q", kind, ref.Type)
+			if known := v.Types(kind, p.Plugins.Dirs); len(known) > 0 {
+				msg += " (known: " + strings.Join(known, ", ") + ")"
+			}
+			msg += fmt.Sprintf("; an external plugin is an executable named ferry-%s-%s in plugins.dirs", kind, ref.Type)
+			ps = append(ps, src.problem(base+".type", msg))
+			continue
+		}
+		section := ref.Config
+		if section == nil {
+			section = map[string]any{}
+		}
+		js, err := json.Marshal(section)
+		if err != nil {
+			ps = append(ps, src.problem(base+".config", "cannot be passed to the plugin: "+err.Error()))
+			continue
+		}
+		found, err := v.ValidateConfig(ctx, kind, ref.Type, p.Plugins.Dirs, js)
+		if err != nil {
+			ps = append(ps, src.problem(base+".type", fmt.Sprintf("%s plugin %q could not check its config: %v", kind, ref.Type, err)))
+			continue
+		}
+		for _, f := range found {
+			ps = append(ps, src.problem(joinPath(base+".config", f.Path), f.Message))
+		}
+	}
+	return sortProblems(ps)
+}
+
+// ref returns the plugin reference of a kind.
+func (p *Plugins) ref(kind string) PluginRef {
+	switch kind {
+	case "storage":
+		return p.Storage
+	case "transport":
+		return p.Transport
+	case "replication":
+		return p.Replication
+	}
+	return PluginRef{}
+}
