@@ -14,15 +14,12 @@ import (
 // could not be decoded, so that one mistake is one problem.
 type checker struct {
 	src      *source
-	bad      []string // key paths that failed to decode
 	problems Problems
 }
 
 func (c *checker) add(path, format string, args ...any) {
-	for _, b := range c.bad {
-		if path == b || strings.HasPrefix(path, b+".") || strings.HasPrefix(path, b+"[") {
-			return
-		}
+	if c.src.failed(path) {
+		return
 	}
 	c.problems = append(c.problems, c.src.problem(path, fmt.Sprintf(format, args...)))
 }

@@ -69,18 +69,17 @@ func load(path string, data []byte, environ func() []string) (*Pipeline, error) 
 		ErrorUnused: true,
 		TagName:     "koanf",
 	}
-	var bad []string // paths whose value could not be decoded
 	if err := k.UnmarshalWithConf("", &p, koanf.UnmarshalConf{DecoderConfig: dc}); err != nil {
 		for _, dp := range decodeProblems(err) {
 			ps = append(ps, src.problem(dp.Path, dp.Message))
-			bad = append(bad, dp.Path)
+			src.bad = append(src.bad, dp.Path)
 		}
 	}
 	applyDerivedDefaults(&p, src)
 	p.File = path
 	p.src = src
 
-	c := &checker{src: src, bad: bad}
+	c := &checker{src: src}
 	c.pipeline(&p)
 	ps = append(ps, c.problems...)
 	if len(ps) > 0 {

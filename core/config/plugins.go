@@ -32,8 +32,8 @@ var pluginKinds = []string{"storage", "transport", "replication"}
 // (listing the known ones when it does not) and that each plugin accepts its
 // config section. Problems carry full key paths
 // ("plugins.storage.config.segment_bytes") and, for a pipeline from Load, the
-// line of the key where the file has it. A section without a type is skipped:
-// Load reports it.
+// line of the key where the file has it. A section without a type, or whose
+// type or config could not be decoded, is skipped: Load reports it.
 func ValidatePlugins(ctx context.Context, p *Pipeline, v PluginValidator) Problems {
 	src := p.src
 	if src == nil {
@@ -43,8 +43,8 @@ func ValidatePlugins(ctx context.Context, p *Pipeline, v PluginValidator) Proble
 	for _, kind := range pluginKinds {
 		ref := p.Plugins.ref(kind)
 		base := "plugins." + kind
-		if ref.Type == "" {
-			continue
+		if ref.Type == "" || src.failed(base+".type") || src.failed(base+".config") {
+			continue // Load reports these; checking the default type would mislead
 		}
 		if !v.Known(kind, ref.Type, p.Plugins.Dirs) {
 			msg := fmt.Sprintf("unknown %s plugin type %q", kind, ref.Type)

@@ -126,3 +126,15 @@ func TestValidatePluginsOnABuiltPipeline(t *testing.T) {
 	ps := ValidatePlugins(context.Background(), &p, newFakeValidator())
 	checkProblems(t, ps, "built.yaml", []want{{0, "plugins.storage.type", `unknown storage plugin type "nope"`}})
 }
+
+func TestValidatePluginsSkipsUndecodableSections(t *testing.T) {
+	// The type failed to decode, so the pipeline holds the default type;
+	// asking that plugin about this config would report the wrong problems.
+	p, err := load("p.yaml", []byte("name: demo\ntopics: [{name: orders}]\nplugins:\n  storage:\n    type: 5\n    config: {segment_bytes: 1}\n"), noEnv)
+	if err == nil {
+		t.Fatal("Load accepted type: 5")
+	}
+	if ps := ValidatePlugins(context.Background(), p, newFakeValidator()); len(ps) > 0 {
+		t.Errorf("problems for a section Load already rejected: %v", ps)
+	}
+}

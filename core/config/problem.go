@@ -70,10 +70,25 @@ type source struct {
 	lines   map[string]int    // key path → line of the key; list items: line of the item
 	env     map[string]string // key path → FERRY_… variable that set it
 	present map[string]bool   // key paths with a non-null value
+	bad     []string          // key paths whose value could not be decoded
 }
 
 func newSource(file string) *source {
 	return &source{file: file, lines: map[string]int{}, env: map[string]string{}, present: map[string]bool{}}
+}
+
+// failed reports whether the value at path, or at one of its ancestors,
+// could not be decoded.
+func (s *source) failed(path string) bool {
+	if s == nil {
+		return false
+	}
+	for _, b := range s.bad {
+		if path == b || strings.HasPrefix(path, b+".") || strings.HasPrefix(path, b+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 // envVar returns the environment variable that set path or one of its
