@@ -24,7 +24,7 @@ type PluginValidator interface {
 	ValidateConfig(ctx context.Context, kind, typ string, dirs []string, configJSON []byte) ([]sdk.Problem, error)
 }
 
-// PluginKinds are the plugin kinds of a pipeline, in the order
+// pluginKinds are the plugin kinds of a pipeline, in the order
 // ValidatePlugins checks them.
 var pluginKinds = []string{"storage", "transport", "replication"}
 
