@@ -1,0 +1,129 @@
+// Package sdktest holds the conformance suites every implementation of an SDK
+// interface runs from its own tests, built in or third party:
+//
+//	func TestConformance(t *testing.T) {
+//		sdktest.TestStorage(t, func(t *testing.T, dir string) sdk.Storage { return mystore.New() },
+//			sdktest.StorageFeatures{Durable: true})
+//	}
+//
+// Every case runs twice: on the implementation called directly, and through
+// the real plugin boundary (go-plugin's gRPC transport, served in-process in
+// go-plugin's test mode), so that what the broker sees across the process
+// boundary is what is checked.
+package sdktest
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// TestWriter returns a writer that sends lines to t.Log (shown when the test
+// fails or with -v) until the test's cleanup ends, and drops them after that,
+// so that loggers of goroutines that outlive a test are safe to point at it.
+func TestWriter(t testing.TB) io.Writer {
+	w := &testWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
+
+type testWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// ServeStorage serves impl over go-plugin's gRPC transport inside the test
+// process (go-plugin's test mode) and returns the host's client for it, as the
+// broker would get it from a plugin process. stop ends the connection and the
+// server; it does not Close impl. stop is also registered with t.Cleanup and
+// may be called more than once.
+func ServeStorage(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient, stop func()) {
+	t.Helper()
+	logger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: TestWriter(t), Level: hclog.Warn})
+	cfg, _, err := sdk.NewServeConfig(sdk.ServeOpts{Storage: impl, Logger: logger})
+	if err != nil {
+		t.Fatalf("sdk.NewServeConfig: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	reattach := make(chan *plugin.ReattachConfig, 1)
+	closed := make(chan struct{})
+	cfg.Test = &plugin.ServeTestConfig{Context: ctx, ReattachConfigCh: reattach, CloseCh: closed}
+	go plugin.Serve(cfg)
+
+	var rc *plugin.ReattachConfig
+	select {
+	case rc = <-reattach:
+	case <-closed:
+		cancel()
+		t.Fatal("plugin.Serve ended before it was ready")
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("plugin.Serve did not start within 10s")
+	}
+	host := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.PluginSets(),
+		// A reattached client dispenses from Plugins: go-plugin picks
+		// from VersionedPlugins only when it starts the process itself.
+		Plugins:          sdk.PluginSets()[rc.ProtocolVersion],
+		Reattach:         rc,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		GRPCDialOptions:  sdk.GRPCDialOptions(),
+		Logger:           logger,
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			if client != nil {
+				_ = client.Close()
+			}
+			host.Kill() // test mode: closes the connection, kills nothing
+			cancel()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Error("plugin server did not stop within 10s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	rpc, err := host.Client()
+	if err != nil {
+		stop()
+		t.Fatalf("connect to plugin: %v", err)
+	}
+	raw, err := rpc.Dispense(sdk.KindStorage)
+	if err != nil {
+		stop()
+		t.Fatalf("dispense %s: %v", sdk.KindStorage, err)
+	}
+	sc, ok := raw.(*sdk.StorageClient)
+	if !ok {
+		stop()
+		t.Fatalf("dispense %s: got %T, want *sdk.StorageClient", sdk.KindStorage, raw)
+	}
+	client = sc
+	return client, stop
+}

@@ -1,0 +1,91 @@
+// Package file is Ferry's durable storage plugin: a commit log on local disk,
+// after RocketMQ's CommitLog/ConsumeQueue design.
+//
+// # Layout
+//
+// One commit log holds the messages of every queue, interleaved in append
+// order, in segment files of segment_bytes named by the global log position
+// of their first record ("00000000000067108864.log"). Because all queues share
+// one file, one fsync makes every queue's recent appends durable: group commit
+// works across queues, and the disk sees one sequential stream however many
+// queues there are. Each queue has an index (the ConsumeQueue): entry i holds
+// the log position and size of the message with offset start+i. The index and
+// the de-dup window (the last sdk.DedupWindow message ids per queue) live in
+// memory and are rebuilt from the log when the store opens.
+//
+//	<dir>/LOCK                      flock'ed while a process has the store open
+//	<dir>/00000000000000000000.log  segment: 32-byte header, then records
+//	<dir>/offsets.json              committed offsets of consumer groups
+//	<dir>/queues.json               queue start offsets, kept by retention
+//
+// A segment starts with a header holding a magic, the format version and its
+// base position; a store of another version is refused with ErrIncompatible
+// before anything is touched. Each record holds a magic, its length, a CRC32C
+// (Castagnoli) of the rest, the topic, queue, offset, stored time and message
+// id in a fixed header (what recovery needs without decoding), then the
+// message in protobuf encoding. See format.go.
+//
+// # Writing
+//
+// The broker calls Append from one goroutine, in order. Append checks the
+// batch, assigns offsets, encodes the records into an in-memory buffer and
+// returns at once; an id already in the queue's de-dup window gets its
+// original offset and nothing is stored. One flusher goroutine swaps the
+// buffer out, writes it with one pwrite per segment and, per the flush policy,
+// fsyncs:
+//
+//   - flush: sync. Every write is followed by fdatasync; an append is
+//     answered when an fsync covered it. Appends that arrive while an fsync
+//     runs wait for the next one, so one fsync answers all of them (group
+//     commit). After an fsync that answered several messages the flusher
+//     waits up to group_commit_max_wait for as many to come back before it
+//     fsyncs again; a lone producer never waits. An append whose fsync has
+//     not come within flush_timeout (or the caller's deadline) is answered
+//     sdk.ErrFlushTimeout with its offsets.
+//   - flush: async. Data is written as soon as it is there and an append is
+//     answered once written (it is then in the OS page cache and survives a
+//     crash of the plugin process, not of the machine); fsync runs every
+//     flush_interval or after flush_bytes.
+//
+// Reads see only what the policy calls durable: fsynced data under sync,
+// written data under async. GetOffsets reports the same visible end.
+//
+// A failed write or fsync (ENOSPC is sdk.ErrFull) is sticky: the data it
+// covered is answered with the error and the store takes no more appends,
+// because after a failed fsync the page cache cannot be trusted. The broker
+// restarts the plugin, which recovers from what is on disk.
+//
+// # Recovery
+//
+// Opening the store takes the directory lock (a second opener gets a clear
+// error), checks every segment header, then scans every record, checking its
+// CRC, its length and that its queue offset follows the previous one. At the
+// first torn or bad record the log is truncated there: the rest of that
+// segment and every later segment are removed, and what was dropped is logged.
+// A corrupt record is never indexed and so never delivered; reads check the
+// CRC again and answer sdk.ErrCorrupt instead of delivering damaged data.
+//
+// The scan reads the whole log, so opening takes time proportional to the
+// data kept (about the time to read it from disk). Persisted index files with
+// a checkpoint, as RocketMQ has, would bound it; they are not there yet.
+//
+// # Retention
+//
+// retention_bytes and retention_age delete whole segments from the oldest,
+// never the one being written. Queue start offsets move past them (and are
+// written to queues.json first, so a queue whose messages all expired keeps
+// its offsets after a restart); a read below a queue's start is answered from
+// the start.
+//
+// # Config
+//
+//	flush: sync                 # or async
+//	group_commit_max_wait: 2ms  # sync: wait for more appends before fsync; 0 = never
+//	flush_timeout: 5s           # sync: answer FLUSH_TIMEOUT after this
+//	flush_interval: 500ms       # async: fsync at least this often
+//	flush_bytes: 4MiB           # async: fsync after this much unsynced data
+//	segment_bytes: 64MiB        # 4KiB .. 1GiB
+//	retention_bytes: 0          # 0 = unlimited
+//	retention_age: 0s           # 0 = forever
+//	dir: ""                     # default <data_dir>/storage-file
+package file

@@ -1,0 +1,209 @@
+package file
+
+import (
+	"fmt"
+	"time"
+)
+
+// flushLoop is the one goroutine that writes the log: it takes what Append
+// buffered, writes it to the segment files and fsyncs them, then publishes
+// the new durable position, which answers every append it covers at once
+// (group commit: one fsync for any number of appends, on any queues).
+//
+// Sync policy: after a group commit the producers it answered usually come
+// back within microseconds. When the previous group held more than one
+// message, the flusher waits (at most group_commit_max_wait) until as many
+// messages as that group held have arrived, so that one fsync covers them all
+// instead of splitting producers into alternating half-size groups. A lone
+// producer never waits: its previous group held one message.
+//
+// Async policy: data is written as soon as it is there (which is when async
+// appends are answered and reads see it) and fsynced every flush_interval or
+// flush_bytes.
+func (s *Store) flushLoop() {
+	defer close(s.flusherDone)
+	sync := s.cfg.Flush == FlushSync
+	maxWait := time.Duration(s.cfg.GroupCommitMaxWait)
+	interval := time.Duration(s.cfg.FlushInterval)
+	lastCohort := 0
+	var lingerStart time.Time
+	lastSync := time.Now()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+
+	sleep := func(d time.Duration) {
+		if d <= 0 {
+			select {
+			case <-s.kick:
+			case <-s.stop:
+			}
+			return
+		}
+		timer.Reset(d)
+		select {
+		case <-s.kick:
+		case <-s.stop:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+
+	for {
+		if s.crashed.Load() {
+			return
+		}
+		stopping := false
+		select {
+		case <-s.stop:
+			stopping = true
+		default:
+		}
+		s.mu.Lock()
+		unsynced := s.wpos - s.fpos
+		dueSync := !sync && unsynced > 0 && (stopping || time.Since(lastSync) >= interval || unsynced >= int64(s.cfg.FlushBytes))
+		if len(s.buf) == 0 && !dueSync {
+			if stopping {
+				s.mu.Unlock()
+				return
+			}
+			s.kickAt = 1
+			s.mu.Unlock()
+			wait := time.Duration(0)
+			if unsynced > 0 {
+				wait = max(interval-time.Since(lastSync), time.Millisecond)
+			}
+			sleep(wait)
+			continue
+		}
+		if sync && maxWait > 0 && lastCohort > 1 && s.arrived < lastCohort && len(s.buf) < lingerMaxBytes && !stopping {
+			if lingerStart.IsZero() {
+				lingerStart = time.Now()
+			}
+			if left := maxWait - time.Since(lingerStart); left > 0 {
+				s.kickAt = lastCohort
+				s.mu.Unlock()
+				sleep(left)
+				continue
+			}
+		}
+		lingerStart = time.Time{}
+		data, from, msgs := s.buf, s.wpos, s.bufMsgs
+		s.buf, s.spare, s.bufMsgs = s.spare[:0], nil, 0
+		s.arrived = 0
+		s.kickAt = 0
+		segs := s.segmentsFrom(from, from+int64(len(data)))
+		s.mu.Unlock()
+
+		err := s.write(segs, data, from)
+		if err == nil && (sync || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
+			err = s.fsyncDirty()
+			lastSync = time.Now()
+		}
+		s.mu.Lock()
+		if cap(data) <= 2*maxBuffered {
+			s.spare = data[:0]
+		}
+		s.mu.Unlock()
+		if err != nil {
+			s.log.Error("commit log write failed; the store accepts no more appends", "error", err)
+			s.fail(err)
+			return
+		}
+		if sync {
+			lastCohort = msgs
+			s.advance(s.fpos)
+		} else {
+			s.advance(s.wpos)
+		}
+	}
+}
+
+// segmentsFrom returns the segments overlapping [from, to). Called with mu
+// held.
+func (s *Store) segmentsFrom(from, to int64) []*segment {
+	var out []*segment
+	for i := len(s.segs) - 1; i >= 0; i-- {
+		g := s.segs[i]
+		if g.base < to {
+			out = append(out, g)
+		}
+		if g.base <= from {
+			break
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// write writes data, the log's bytes from position from on, into the
+// segments they belong to, creating segment files as needed. Flusher only.
+func (s *Store) write(segs []*segment, data []byte, from int64) error {
+	pos := from
+	for i, g := range segs {
+		end := pos + int64(len(data))
+		if i+1 < len(segs) {
+			end = segs[i+1].base
+		}
+		n := end - pos
+		if n <= 0 {
+			continue
+		}
+		if g.f == nil {
+			if err := s.newSegmentFile(g); err != nil {
+				return err
+			}
+		}
+		if _, err := g.f.WriteAt(data[:n], segmentHeaderSize+pos-g.base); err != nil {
+			return fmt.Errorf("storage-file: write %s: %w", g.path, classify(err))
+		}
+		if len(s.dirty) == 0 || s.dirty[len(s.dirty)-1] != g {
+			s.dirty = append(s.dirty, g)
+		}
+		data = data[n:]
+		pos = end
+	}
+	s.wpos = pos
+	return nil
+}
+
+func (s *Store) newSegmentFile(g *segment) error {
+	ng := &segment{base: g.base, path: g.path}
+	if err := s.createSegment(ng); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	g.f = ng.f
+	s.mu.Unlock()
+	s.dirDirty = true
+	return nil
+}
+
+// fsyncDirty makes everything written durable: the segments written since
+// their last fsync and, after a roll, the directory. Flusher only.
+func (s *Store) fsyncDirty() error {
+	for _, g := range s.dirty {
+		if err := syncFile(g.f); err != nil {
+			return fmt.Errorf("storage-file: fsync %s: %w", g.path, classify(err))
+		}
+	}
+	if s.dirDirty {
+		if err := syncDir(s.dir); err != nil {
+			return fmt.Errorf("storage-file: fsync %s: %w", s.dir, classify(err))
+		}
+		s.dirDirty = false
+		for _, g := range s.dirty {
+			g.durableHeader = true
+		}
+	}
+	s.dirty = s.dirty[:0]
+	s.fpos = s.wpos
+	s.fsynced.Store(s.fpos)
+	return nil
+}

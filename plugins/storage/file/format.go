@@ -1,0 +1,212 @@
+package file
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// On-disk names and format. Every number here is part of the format: change
+// one and bump formatVersion.
+const (
+	// dirName is the store's directory under the broker's data dir.
+	dirName = "storage-file"
+	// lockFileName is flock'ed while a process has the store open.
+	lockFileName = "LOCK"
+	// segmentSuffix ends every commit log segment; the name is the global
+	// log position of its first record, zero-padded ("%020d.log") so that
+	// names sort in log order.
+	segmentSuffix     = ".log"
+	segmentNameFormat = "%020d" + segmentSuffix
+	// offsetsFileName holds the committed offsets of consumer groups.
+	offsetsFileName = "offsets.json"
+	// queuesFileName holds each queue's first offset, written before
+	// retention deletes a segment so that a queue whose messages all
+	// expired keeps its offsets across a restart.
+	queuesFileName = "queues.json"
+	// tmpSuffix marks a file being written for an atomic rename.
+	tmpSuffix = ".tmp"
+
+	// formatVersion is the version of the segment and record format.
+	formatVersion = 1
+
+	// Segment header (little-endian):
+	//   0  [8]byte magic "FERRYLOG"
+	//   8  u32     format version
+	//   12 u32     header size (32)
+	//   16 u64     base: global log position of the first record
+	//   24 u32     CRC32C of bytes [0, 24)
+	//   28 u32     reserved, zero
+	segmentMagic      = "FERRYLOG"
+	segmentHeaderSize = 32
+
+	// Record (little-endian); records follow each other without padding:
+	//   0  u32 magic recordMagic
+	//   4  u32 size of the whole record, header included
+	//   8  u32 CRC32C of bytes [12, size)
+	//   12 u8  kind (kindMessage)
+	//   13 u8  flags, zero
+	//   14 u16 topic length
+	//   16 i32 queue
+	//   20 i64 offset within the queue
+	//   28 i64 stored time, Unix nanoseconds
+	//   36 u16 id length
+	//   38 topic bytes, id bytes, then the Message in protobuf encoding
+	// Header fields are authoritative over the same fields in the protobuf.
+	recordMagic      uint32 = 0x43455246 // "FREC"
+	recordHeaderSize        = 38
+	kindMessage             = 1
+	maxNameLen              = 1<<16 - 1
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrIncompatible: the directory holds a store this build cannot read (another
+// format version, or files that are not Ferry segments).
+var ErrIncompatible = errors.New("incompatible store format")
+
+func segmentHeader(base int64) []byte {
+	h := make([]byte, segmentHeaderSize)
+	copy(h, segmentMagic)
+	binary.LittleEndian.PutUint32(h[8:], formatVersion)
+	binary.LittleEndian.PutUint32(h[12:], segmentHeaderSize)
+	binary.LittleEndian.PutUint64(h[16:], uint64(base))
+	binary.LittleEndian.PutUint32(h[24:], crc32.Checksum(h[:24], castagnoli))
+	return h
+}
+
+// errTornHeader: a segment header is incomplete or fails its checksum, which
+// a crash while creating the newest segment can leave.
+var errTornHeader = errors.New("torn segment header")
+
+// parseSegmentHeader checks a segment header and returns its base. An
+// unknown version or magic is ErrIncompatible.
+func parseSegmentHeader(h []byte) (int64, error) {
+	if len(h) < segmentHeaderSize {
+		return 0, errTornHeader
+	}
+	if string(h[:8]) != segmentMagic {
+		return 0, fmt.Errorf("%w: not a Ferry commit log segment (bad magic %q)", ErrIncompatible, h[:8])
+	}
+	if v := binary.LittleEndian.Uint32(h[8:]); v != formatVersion {
+		return 0, fmt.Errorf("%w: segment format version %d, this build reads version %d", ErrIncompatible, v, formatVersion)
+	}
+	if crc32.Checksum(h[:24], castagnoli) != binary.LittleEndian.Uint32(h[24:]) {
+		return 0, errTornHeader
+	}
+	return int64(binary.LittleEndian.Uint64(h[16:])), nil
+}
+
+// recordSize is the encoded size of m, used to check limits before a batch
+// changes anything.
+func recordSize(m *sdk.Message) int {
+	return recordHeaderSize + len(m.Topic) + len(m.Id) + proto.Size(m)
+}
+
+// appendRecord encodes m with its assigned offset and stored time at the end
+// of buf.
+func appendRecord(buf []byte, m *sdk.Message, offset, stored int64) ([]byte, error) {
+	start := len(buf)
+	buf = append(buf, make([]byte, recordHeaderSize)...)
+	buf = append(buf, m.Topic...)
+	buf = append(buf, m.Id...)
+	buf, err := proto.MarshalOptions{}.MarshalAppend(buf, m)
+	if err != nil {
+		return buf[:start], fmt.Errorf("%w: encode message: %v", sdk.ErrInvalidArgument, err)
+	}
+	h := buf[start:]
+	binary.LittleEndian.PutUint32(h[0:], recordMagic)
+	binary.LittleEndian.PutUint32(h[4:], uint32(len(h)))
+	h[12] = kindMessage
+	h[13] = 0
+	binary.LittleEndian.PutUint16(h[14:], uint16(len(m.Topic)))
+	binary.LittleEndian.PutUint32(h[16:], uint32(m.Queue))
+	binary.LittleEndian.PutUint64(h[20:], uint64(offset))
+	binary.LittleEndian.PutUint64(h[28:], uint64(stored))
+	binary.LittleEndian.PutUint16(h[36:], uint16(len(m.Id)))
+	binary.LittleEndian.PutUint32(h[8:], crc32.Checksum(h[12:], castagnoli))
+	return buf, nil
+}
+
+// recordMeta is what recovery needs of a record without decoding its message.
+type recordMeta struct {
+	size   int
+	topic  string
+	queue  int32
+	offset int64
+	stored int64
+	id     string
+}
+
+// Reasons a record is rejected; recovery stops at the first one.
+var (
+	errTornRecord = errors.New("torn record")
+	errBadRecord  = errors.New("record fails its checksum")
+)
+
+// recordLen reads the size field of a record header, checking its magic.
+// avail is how many bytes the file holds from the record on.
+func recordLen(h []byte, avail int64) (int, error) {
+	if len(h) < 8 {
+		return 0, errTornRecord
+	}
+	if binary.LittleEndian.Uint32(h) != recordMagic {
+		return 0, fmt.Errorf("%w: bad magic", errBadRecord)
+	}
+	n := int64(binary.LittleEndian.Uint32(h[4:]))
+	if n < recordHeaderSize {
+		return 0, fmt.Errorf("%w: size %d", errBadRecord, n)
+	}
+	if n > avail {
+		return 0, errTornRecord
+	}
+	return int(n), nil
+}
+
+// parseRecord checks one whole record (rec is exactly its bytes).
+func parseRecord(rec []byte) (recordMeta, error) {
+	if len(rec) < recordHeaderSize {
+		return recordMeta{}, errTornRecord
+	}
+	if binary.LittleEndian.Uint32(rec) != recordMagic || int(binary.LittleEndian.Uint32(rec[4:])) != len(rec) {
+		return recordMeta{}, fmt.Errorf("%w: bad header", errBadRecord)
+	}
+	if crc32.Checksum(rec[12:], castagnoli) != binary.LittleEndian.Uint32(rec[8:]) {
+		return recordMeta{}, fmt.Errorf("%w: CRC mismatch", errBadRecord)
+	}
+	tl := int(binary.LittleEndian.Uint16(rec[14:]))
+	il := int(binary.LittleEndian.Uint16(rec[36:]))
+	if rec[12] != kindMessage || recordHeaderSize+tl+il > len(rec) {
+		return recordMeta{}, fmt.Errorf("%w: bad kind or lengths", errBadRecord)
+	}
+	return recordMeta{
+		size:   len(rec),
+		topic:  string(rec[recordHeaderSize : recordHeaderSize+tl]),
+		queue:  int32(binary.LittleEndian.Uint32(rec[16:])),
+		offset: int64(binary.LittleEndian.Uint64(rec[20:])),
+		stored: int64(binary.LittleEndian.Uint64(rec[28:])),
+		id:     string(rec[recordHeaderSize+tl : recordHeaderSize+tl+il]),
+	}, nil
+}
+
+// decodeRecord checks a record and decodes its message. A record that fails
+// is ErrCorrupt: it is never delivered.
+func decodeRecord(rec []byte) (*sdk.Message, error) {
+	meta, err := parseRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	m := &sdk.Message{}
+	payload := rec[recordHeaderSize+len(meta.topic)+len(meta.id):]
+	if err := proto.Unmarshal(payload, m); err != nil {
+		return nil, fmt.Errorf("%w: decode message: %v", errBadRecord, err)
+	}
+	m.Topic, m.Queue, m.Id = meta.topic, meta.queue, meta.id
+	m.Offset, m.StoredUnixNano = meta.offset, meta.stored
+	return m, nil
+}

@@ -1,0 +1,322 @@
+package file
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"syscall"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+var segmentName = regexp.MustCompile(`^[0-9]{20}` + regexp.QuoteMeta(segmentSuffix) + `$`)
+
+// open locks the directory and recovers the log: it checks every segment
+// header, scans the records, stops at the first torn or corrupt one, truncates
+// the log there and rebuilds the per-queue indexes and de-dup windows from
+// what is left. Called by Configure with mu held.
+func (s *Store) open() (err error) {
+	parent := filepath.Dir(s.dir)
+	if st, err := os.Stat(parent); err != nil {
+		return fmt.Errorf("storage-file: data directory %s: %w", parent, err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("storage-file: data directory %s is not a directory", parent)
+	}
+	if err := os.Mkdir(s.dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("storage-file: create store directory: %w", classify(err))
+	}
+	s.lock, err = lockDir(s.dir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			for _, g := range s.segs {
+				if g.f != nil {
+					_ = g.f.Close()
+				}
+			}
+			s.segs = nil
+			_ = s.lock.Close()
+		}
+	}()
+
+	s.queues = make(map[queueKey]*queue)
+	if s.offsets, err = loadOffsets(s.dir); err != nil {
+		return err
+	}
+	starts, err := loadQueueStarts(s.dir)
+	if err != nil {
+		return err
+	}
+	names, err := s.listDir()
+	if err != nil {
+		return err
+	}
+	if err := s.openSegments(names); err != nil {
+		return err
+	}
+	if err := s.scanSegments(); err != nil {
+		return err
+	}
+	for k, start := range starts {
+		q := s.queueFor(k)
+		if q.end() <= start && len(q.ents) == 0 {
+			q.start = start
+		} else if q.start < start {
+			// The segments holding [q.start, start) were being
+			// deleted when the process stopped.
+			n := min(int(start-q.start), len(q.ents))
+			q.ents, q.start = q.ents[n:], q.start+int64(n)
+		}
+	}
+	if len(s.segs) == 0 {
+		g := &segment{base: 0, path: filepath.Join(s.dir, fmt.Sprintf(segmentNameFormat, 0))}
+		g.refs.Store(1)
+		if err := s.createSegment(g); err != nil {
+			return err
+		}
+		if err := syncDir(s.dir); err != nil {
+			return fmt.Errorf("storage-file: %w", classify(err))
+		}
+		g.durableHeader = true
+		s.segs = append(s.segs, g)
+	}
+	last := s.segs[len(s.segs)-1]
+	s.apos = last.base + last.size
+	s.wpos, s.fpos = s.apos, s.apos
+	s.durable.Store(s.apos)
+	s.fsynced.Store(s.apos)
+	return nil
+}
+
+// listDir returns the segment file names in log order and removes files left
+// by an interrupted atomic write.
+func (s *Store) listDir() ([]string, error) {
+	des, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("storage-file: %w", err)
+	}
+	var names []string
+	for _, de := range des {
+		switch {
+		case segmentName.MatchString(de.Name()):
+			names = append(names, de.Name())
+		case filepath.Ext(de.Name()) == tmpSuffix:
+			_ = os.Remove(filepath.Join(s.dir, de.Name()))
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// openSegments opens every segment and checks its header before anything is
+// changed, so that a store of another format version is refused untouched.
+func (s *Store) openSegments(names []string) error {
+	for i, name := range names {
+		path := filepath.Join(s.dir, name)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("storage-file: open segment: %w", classify(err))
+		}
+		h := make([]byte, segmentHeaderSize)
+		n, err := io.ReadFull(f, h)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			_ = f.Close()
+			return fmt.Errorf("storage-file: read %s: %w", path, err)
+		}
+		base, herr := parseSegmentHeader(h[:n])
+		if errors.Is(herr, ErrIncompatible) {
+			_ = f.Close()
+			return fmt.Errorf("storage-file: %s: %w", path, herr)
+		}
+		if herr == nil {
+			want, _ := strconv.ParseInt(name[:20], 10, 64)
+			if base != want {
+				herr = fmt.Errorf("header says base %d, name says %d", base, want)
+			}
+		}
+		if herr != nil {
+			// A crash while the newest segment was being created;
+			// anything else is corruption, handled like a torn tail.
+			_ = f.Close()
+			s.log.Error("recovery: dropping segment with a bad header", "segment", path, "error", herr, "later_segments_dropped", len(names)-i-1)
+			for _, later := range names[i:] {
+				if err := os.Remove(filepath.Join(s.dir, later)); err != nil {
+					return fmt.Errorf("storage-file: %w", err)
+				}
+			}
+			return syncDir(s.dir)
+		}
+		g := &segment{base: base, path: path, f: f, durableHeader: true}
+		g.refs.Store(1)
+		s.segs = append(s.segs, g)
+	}
+	return nil
+}
+
+// scanSegments reads every record, checks it and indexes it. At the first bad
+// one the log is truncated: the rest of that segment and all later segments
+// go, and what went is logged. A corrupt record is never indexed, so never
+// delivered.
+func (s *Store) scanSegments() error {
+	var rec []byte
+	for i, g := range s.segs {
+		st, err := g.f.Stat()
+		if err != nil {
+			return fmt.Errorf("storage-file: %w", err)
+		}
+		fileData := st.Size() - segmentHeaderSize
+		var reason error
+		if i > 0 {
+			prev := s.segs[i-1]
+			if prev.base+prev.size != g.base {
+				reason = fmt.Errorf("%w: segment starts at %d, previous one ends at %d", errBadRecord, g.base, prev.base+prev.size)
+			}
+		}
+		var pos int64
+		if reason == nil {
+			pos, reason, err = s.scanSegment(g, fileData, &rec)
+			if err != nil {
+				return err
+			}
+		}
+		g.size = pos
+		if reason == nil {
+			continue
+		}
+		dropped := fileData - pos
+		for _, later := range s.segs[i+1:] {
+			if st, err := later.f.Stat(); err == nil {
+				dropped += st.Size() - segmentHeaderSize
+			}
+		}
+		s.log.Error("recovery: log truncated at the first bad record; nothing after it is delivered",
+			"segment", g.path, "position", g.base+pos, "reason", reason.Error(),
+			"bytes_dropped", dropped, "later_segments_dropped", len(s.segs)-i-1)
+		if err := g.f.Truncate(segmentHeaderSize + pos); err != nil {
+			return fmt.Errorf("storage-file: truncate %s: %w", g.path, classify(err))
+		}
+		if err := syncFile(g.f); err != nil {
+			return fmt.Errorf("storage-file: %w", classify(err))
+		}
+		for _, later := range s.segs[i+1:] {
+			_ = later.f.Close()
+			if err := os.Remove(later.path); err != nil {
+				return fmt.Errorf("storage-file: %w", err)
+			}
+		}
+		s.segs = s.segs[:i+1]
+		if i > 0 && pos == 0 {
+			// An empty segment that is not the first: drop it too,
+			// the previous one is written on.
+			_ = g.f.Close()
+			if err := os.Remove(g.path); err != nil {
+				return fmt.Errorf("storage-file: %w", err)
+			}
+			s.segs = s.segs[:i]
+		}
+		return syncDir(s.dir)
+	}
+	return nil
+}
+
+// scanSegment indexes g's records. It returns how many bytes of records are
+// good, and why it stopped early (nil: the whole file is good). err is an I/O
+// failure, which stops the open.
+func (s *Store) scanSegment(g *segment, fileData int64, rec *[]byte) (pos int64, reason, err error) {
+	r := io.NewSectionReader(g.f, segmentHeaderSize, fileData)
+	br := bufio.NewReaderSize(r, 1<<20)
+	for pos < fileData {
+		head, err := br.Peek(8)
+		if err != nil {
+			return pos, errTornRecord, nil
+		}
+		n, reason := recordLen(head, fileData-pos)
+		if reason != nil {
+			return pos, reason, nil
+		}
+		if cap(*rec) < n {
+			*rec = make([]byte, n)
+		}
+		b := (*rec)[:n]
+		if _, err := io.ReadFull(br, b); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return pos, errTornRecord, nil
+			}
+			return pos, nil, fmt.Errorf("storage-file: read %s: %w", g.path, err)
+		}
+		meta, reason := parseRecord(b)
+		if reason != nil {
+			return pos, reason, nil
+		}
+		if reason := checkRecordQueue(meta); reason != nil {
+			return pos, reason, nil
+		}
+		k := queueKey{meta.topic, meta.queue}
+		q := s.queues[k]
+		if q == nil {
+			q = s.queueFor(k)
+			q.start = meta.offset
+		}
+		if meta.offset != q.end() {
+			return pos, fmt.Errorf("%w: %s/%d offset %d, expected %d", errBadRecord, meta.topic, meta.queue, meta.offset, q.end()), nil
+		}
+		q.ents = append(q.ents, entry{pos: g.base + pos, size: int32(n)})
+		if meta.id != "" {
+			q.dedup.add(meta.id, meta.offset)
+		}
+		g.maxStored = max(g.maxStored, meta.stored)
+		pos += int64(n)
+	}
+	return pos, nil, nil
+}
+
+func checkRecordQueue(m recordMeta) error {
+	if m.topic == "" || m.queue < 0 {
+		return fmt.Errorf("%w: empty topic or negative queue", errBadRecord)
+	}
+	return nil
+}
+
+// createSegment creates g's file and writes its header; the caller fsyncs
+// the directory.
+func (s *Store) createSegment(g *segment) error {
+	f, err := s.createFile(g.path)
+	if err != nil {
+		return fmt.Errorf("storage-file: create segment: %w", classify(err))
+	}
+	if _, err := f.WriteAt(segmentHeader(g.base), 0); err != nil {
+		_ = f.Close()
+		_ = os.Remove(g.path)
+		return fmt.Errorf("storage-file: create segment %s: %w", g.path, classify(err))
+	}
+	if err := syncFile(f); err != nil {
+		_ = f.Close()
+		_ = os.Remove(g.path)
+		return fmt.Errorf("storage-file: create segment %s: %w", g.path, classify(err))
+	}
+	g.f = f
+	return nil
+}
+
+// classify maps OS errors to the SDK's sentinels where one fits: a full disk
+// is ErrFull. The OS error stays in the chain.
+func classify(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%w: %w", sdk.ErrFull, err)
+	case errors.Is(err, syscall.EROFS), errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("directory not writable: %w", err)
+	}
+	return err
+}

@@ -1,0 +1,660 @@
+package file
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+var _ sdk.Storage = (*Store)(nil)
+
+// Limits of the in-memory side.
+const (
+	// maxBuffered is how much appended data may wait for the flusher
+	// before Append blocks (back-pressure when the disk falls behind).
+	maxBuffered = 64 << 20
+	// lingerMaxBytes ends a group commit wait early once this much is
+	// buffered: one fsync will be worth it anyway.
+	lingerMaxBytes = 4 << 20
+	// Read limits when a request leaves them at 0, and their caps (a read
+	// must fit one gRPC message).
+	defaultReadMessages = 1000
+	defaultReadBytes    = 4 << 20
+	maxReadBytes        = 64 << 20
+)
+
+// Store is a durable commit log; see the package doc. Create it with New and
+// start it with Configure.
+type Store struct {
+	log hclog.Logger
+
+	// createFile opens a new segment file; tests replace it to inject
+	// faults (a full disk).
+	createFile func(name string) (*os.File, error)
+
+	cfg  Config
+	dir  string
+	lock *os.File
+
+	// mu guards the log's in-memory state. Append holds it to assign
+	// offsets and encode; Read holds it shared to look up positions; the
+	// flusher holds it only to swap buffers, never across a syscall.
+	mu         sync.RWMutex
+	configured bool
+	closed     bool
+	segs       []*segment // in log order; the last is the one written to
+	queues     map[queueKey]*queue
+	apos       int64  // log position the next record gets
+	buf        []byte // records in [wpos, apos), not yet written
+	spare      []byte // the flusher's other buffer
+	bufMsgs    int    // messages in buf
+	arrived    int    // messages appended since the last group commit
+	kickAt     int    // >0: the flusher sleeps until arrived reaches it
+	segRolled  bool   // a segment was sealed since the janitor looked
+
+	// The flusher goroutine owns wpos (written) and fpos (fsynced); it
+	// publishes durable: what appends wait for and reads may see (fpos
+	// for sync, wpos for async).
+	wpos, fpos int64
+	durable    atomic.Int64
+	fsynced    atomic.Int64 // fpos, for the janitor
+	dirty      []*segment   // written since their last fsync (flusher only)
+	dirDirty   bool         // a segment was created since the last dir fsync
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced when durable or failed change
+	failed   error         // sticky: the log could not be written (under notifyMu)
+
+	kick        chan struct{} // wakes the flusher
+	janitorKick chan struct{}
+	stop        chan struct{} // closed by Close
+	crashed     atomic.Bool   // CrashLoseUnflushed: the flusher writes nothing more
+	flusherDone chan struct{}
+	janitorDone chan struct{}
+
+	offMu   sync.Mutex // serialises rewrites of the offsets file
+	offsets map[string]map[queueKey]int64
+}
+
+type queueKey struct {
+	topic string
+	queue int32
+}
+
+// queue is the in-memory index of one queue (RocketMQ's ConsumeQueue):
+// entry i is the message with offset start+i.
+type queue struct {
+	key   queueKey
+	start int64
+	ents  []entry
+	dedup dedup
+}
+
+type entry struct {
+	pos  int64 // global log position of the record
+	size int32
+}
+
+func (q *queue) end() int64 { return q.start + int64(len(q.ents)) }
+
+// visibleEnd is the end offset readers may see: entries before durable.
+func (q *queue) visibleEnd(durable int64) int64 {
+	n := len(q.ents)
+	if n == 0 || q.ents[n-1].pos < durable {
+		return q.start + int64(n)
+	}
+	return q.start + int64(sort.Search(n, func(i int) bool { return q.ents[i].pos >= durable }))
+}
+
+// dedup remembers the last dedupWindow message ids of a queue.
+type dedup struct {
+	ids  map[string]int64
+	ring []dedupEntry
+	next int
+}
+
+type dedupEntry struct {
+	id     string
+	offset int64
+}
+
+const dedupWindow = sdk.DedupWindow
+
+func (d *dedup) add(id string, offset int64) {
+	if d.ids == nil {
+		d.ids = make(map[string]int64)
+	}
+	if len(d.ring) < dedupWindow {
+		d.ring = append(d.ring, dedupEntry{id, offset})
+	} else {
+		old := d.ring[d.next]
+		if d.ids[old.id] == old.offset {
+			delete(d.ids, old.id)
+		}
+		d.ring[d.next] = dedupEntry{id, offset}
+		d.next = (d.next + 1) % dedupWindow
+	}
+	d.ids[id] = offset
+}
+
+// segment is one commit log file. Its records cover [base, next segment's
+// base); size counts the record bytes assigned to it so far.
+type segment struct {
+	base      int64
+	path      string
+	f         *os.File // nil until the flusher creates the file
+	size      int64
+	maxStored int64 // newest stored time of its records, Unix nanoseconds
+	// refs counts the store's reference and those of reads in flight;
+	// the file is closed when it drops to zero.
+	refs atomic.Int32
+	// durableHeader: the file and its directory entry are fsynced.
+	durableHeader bool
+}
+
+func (g *segment) release() {
+	if g.refs.Add(-1) == 0 && g.f != nil {
+		_ = g.f.Close()
+	}
+}
+
+// New returns a store that does nothing until Configure.
+func New() *Store {
+	return &Store{
+		log: hclog.New(&hclog.LoggerOptions{Name: "storage-file", Output: os.Stderr, JSONFormat: true, Level: hclog.Info}),
+		createFile: func(name string) (*os.File, error) {
+			return os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		},
+	}
+}
+
+// Validate checks a config section without touching the disk.
+func (s *Store) Validate(config []byte) sdk.Problems {
+	_, ps := parseConfig(config)
+	return ps
+}
+
+// Configure opens (or creates) the store and recovers it: see recover.go.
+// Called once, before any other call.
+func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environment) error {
+	cfg, ps := parseConfig(config)
+	if len(ps) > 0 {
+		return ps
+	}
+	dir := cfg.Dir
+	if dir == "" {
+		if env.GetDataDir() == "" {
+			return sdk.Problems{{Path: "dir", Message: "not set, and the broker gave no data_dir"}}
+		}
+		dir = filepath.Join(env.GetDataDir(), dirName)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.configured || s.closed {
+		return fmt.Errorf("storage-file: Configure called twice")
+	}
+	s.cfg, s.dir = cfg, dir
+	if err := s.open(); err != nil {
+		return err
+	}
+	s.configured = true
+	s.notify = make(chan struct{})
+	s.kick = make(chan struct{}, 1)
+	s.janitorKick = make(chan struct{}, 1)
+	s.stop = make(chan struct{})
+	s.flusherDone = make(chan struct{})
+	s.janitorDone = make(chan struct{})
+	go s.flushLoop()
+	if cfg.RetentionBytes > 0 || cfg.RetentionAge > 0 {
+		go s.janitor()
+	} else {
+		close(s.janitorDone)
+	}
+	return nil
+}
+
+// usable reports why the store cannot serve a call; called with mu held.
+func (s *Store) usable() error {
+	switch {
+	case s.closed:
+		return fmt.Errorf("storage-file: %w", sdk.ErrClosed)
+	case !s.configured:
+		return fmt.Errorf("storage-file: %w", sdk.ErrNotConfigured)
+	}
+	return nil
+}
+
+func checkQueue(topic string, queue int32) error {
+	switch {
+	case topic == "":
+		return fmt.Errorf("%w: empty topic", sdk.ErrInvalidArgument)
+	case len(topic) > maxNameLen:
+		return fmt.Errorf("%w: topic longer than %d bytes", sdk.ErrInvalidArgument, maxNameLen)
+	case queue < 0:
+		return fmt.Errorf("%w: negative queue %d of topic %q", sdk.ErrInvalidArgument, queue, topic)
+	}
+	return nil
+}
+
+// Append assigns offsets and encodes msgs into the write buffer; the flusher
+// writes and fsyncs it. Called from one goroutine, in the broker's order.
+// It blocks only when maxBuffered bytes already wait for the disk.
+func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait, error) {
+	s.mu.RLock()
+	err := s.usable()
+	limit := int(s.cfg.SegmentBytes) - segmentHeaderSize
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range msgs {
+		if err := checkQueue(m.GetTopic(), m.GetQueue()); err != nil {
+			return nil, fmt.Errorf("message %d: %w", i, err)
+		}
+		if len(m.Id) > maxNameLen {
+			return nil, fmt.Errorf("message %d: %w: id longer than %d bytes", i, sdk.ErrInvalidArgument, maxNameLen)
+		}
+		if err := checkUTF8(m); err != nil {
+			return nil, fmt.Errorf("message %d: %w", i, err)
+		}
+		if n := recordSize(m); n > limit {
+			return nil, fmt.Errorf("message %d: %w: %d bytes encoded, more than segment_bytes allows (%d)", i, sdk.ErrInvalidArgument, n, limit)
+		}
+	}
+	started := time.Now()
+	s.mu.Lock()
+	if err := s.usable(); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	for len(s.buf) > maxBuffered {
+		ch, err := s.waitState()
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("storage-file: waiting for the disk to catch up: %w", ctx.Err())
+		}
+		s.mu.Lock()
+		if err := s.usable(); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+	}
+	if err := s.failure(); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	offsets := make([]int64, len(msgs))
+	stored := started.UnixNano()
+	var q *queue
+	added := 0
+	for i, m := range msgs {
+		if q == nil || q.key.topic != m.Topic || q.key.queue != m.Queue {
+			q = s.queueFor(queueKey{m.Topic, m.Queue})
+		}
+		if m.Id != "" {
+			if off, ok := q.dedup.ids[m.Id]; ok {
+				offsets[i] = off
+				continue
+			}
+		}
+		at := len(s.buf)
+		buf, err := appendRecord(s.buf, m, q.end(), stored)
+		if err != nil {
+			// checkUTF8 rules out what proto refuses to encode; if
+			// it still fails, earlier messages of the batch are
+			// assigned already, so the store stops rather than
+			// break "nothing of msgs was stored".
+			err = fmt.Errorf("storage-file: message %d: %w", i, err)
+			s.fail(err)
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.buf = buf
+		size := int64(len(buf) - at)
+		active := s.segs[len(s.segs)-1]
+		if active.size > 0 && segmentHeaderSize+active.size+size > int64(s.cfg.SegmentBytes) {
+			active = &segment{base: s.apos, path: filepath.Join(s.dir, fmt.Sprintf(segmentNameFormat, s.apos))}
+			active.refs.Store(1)
+			s.segs = append(s.segs, active)
+			s.segRolled = true
+		}
+		active.size += size
+		active.maxStored = stored
+		offsets[i] = q.end()
+		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
+		if m.Id != "" {
+			q.dedup.add(m.Id, offsets[i])
+		}
+		s.apos += size
+		added++
+	}
+	end := s.apos
+	s.bufMsgs += added
+	s.arrived += added
+	if s.kickAt > 0 && (s.arrived >= s.kickAt || len(s.buf) >= lingerMaxBytes) {
+		s.kickAt = 0
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	if s.segRolled && s.janitorKick != nil {
+		select {
+		case s.janitorKick <- struct{}{}:
+		default:
+		}
+	}
+	s.mu.Unlock()
+	deadline := started.Add(time.Duration(s.cfg.FlushTimeout))
+	return func(ctx context.Context) ([]int64, error) { return s.wait(ctx, end, deadline, offsets) }, nil
+}
+
+func (s *Store) queueFor(k queueKey) *queue {
+	q := s.queues[k]
+	if q == nil {
+		q = &queue{key: k}
+		s.queues[k] = q
+	}
+	return q
+}
+
+// wait blocks until the log is durable up to end (see Store.durable).
+func (s *Store) wait(ctx context.Context, end int64, deadline time.Time, offsets []int64) ([]int64, error) {
+	var timer *time.Timer
+	for {
+		ch, err := s.waitState()
+		if s.durable.Load() >= end {
+			if timer != nil {
+				timer.Stop()
+			}
+			return offsets, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+			defer timer.Stop()
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return offsets, fmt.Errorf("%w: %v", sdk.ErrFlushTimeout, ctx.Err())
+		case <-timer.C:
+			return offsets, fmt.Errorf("%w: not flushed within flush_timeout %s", sdk.ErrFlushTimeout, time.Duration(s.cfg.FlushTimeout))
+		}
+	}
+}
+
+// waitState returns the channel closed at the next change of durable, and
+// the store's sticky failure.
+func (s *Store) waitState() (chan struct{}, error) {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	return s.notify, s.failed
+}
+
+func (s *Store) failure() error {
+	_, err := s.waitState()
+	return err
+}
+
+// Read returns messages of one queue that are as durable as the flush policy
+// demands. Called concurrently; it reads the files without holding the lock.
+func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, error) {
+	if err := checkQueue(req.GetTopic(), req.GetQueue()); err != nil {
+		return nil, err
+	}
+	maxMsgs := int(req.MaxMessages)
+	if maxMsgs <= 0 {
+		maxMsgs = defaultReadMessages
+	}
+	maxBytes := req.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = defaultReadBytes
+	}
+	maxBytes = min(maxBytes, maxReadBytes)
+
+	s.mu.RLock()
+	if err := s.usable(); err != nil {
+		s.mu.RUnlock()
+		return nil, err
+	}
+	resp := &sdk.ReadResponse{Offsets: &sdk.QueueOffsets{Topic: req.Topic, Queue: req.Queue, Committed: -1}}
+	q := s.queues[queueKey{req.Topic, req.Queue}]
+	if q == nil {
+		s.mu.RUnlock()
+		return resp, nil
+	}
+	vend := q.visibleEnd(s.durable.Load())
+	resp.Offsets.Start, resp.Offsets.End = q.start, vend
+	from := max(req.Offset, q.start)
+	var ents []entry
+	var total int64
+	for off := from; off < vend && len(ents) < maxMsgs; off++ {
+		e := q.ents[off-q.start]
+		if len(ents) > 0 && total+int64(e.size) > maxBytes {
+			break
+		}
+		ents = append(ents, e)
+		total += int64(e.size)
+	}
+	runs := s.planReads(ents)
+	s.mu.RUnlock()
+	defer func() {
+		for _, r := range runs {
+			r.seg.release()
+		}
+	}()
+
+	resp.Messages = make([]*sdk.Message, 0, len(ents))
+	for _, r := range runs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		buf := make([]byte, r.bytes)
+		if _, err := r.seg.f.ReadAt(buf, segmentHeaderSize+r.ents[0].pos-r.seg.base); err != nil {
+			return nil, fmt.Errorf("storage-file: read %s: %w", r.seg.path, err)
+		}
+		for _, e := range r.ents {
+			m, err := decodeRecord(buf[:e.size])
+			if err != nil {
+				s.log.Error("corrupt record not delivered", "segment", r.seg.path, "position", e.pos, "error", err)
+				return nil, fmt.Errorf("%w: %s at log position %d: %v", sdk.ErrCorrupt, r.seg.path, e.pos, err)
+			}
+			buf = buf[e.size:]
+			if m.Offset != from+int64(len(resp.Messages)) || m.Topic != req.Topic || m.Queue != req.Queue {
+				return nil, fmt.Errorf("%w: %s at log position %d holds %s/%d@%d, index says %s/%d@%d", sdk.ErrCorrupt,
+					r.seg.path, e.pos, m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, from+int64(len(resp.Messages)))
+			}
+			resp.Messages = append(resp.Messages, m)
+		}
+	}
+	return resp, nil
+}
+
+// readRun is a stretch of adjacent records in one segment, read with one
+// ReadAt.
+type readRun struct {
+	seg   *segment
+	ents  []entry
+	bytes int64
+}
+
+// planReads groups entries into runs and takes a reference on each run's
+// segment. Called with mu held.
+func (s *Store) planReads(ents []entry) []readRun {
+	var runs []readRun
+	for i, e := range ents {
+		if n := len(runs); n > 0 {
+			r := &runs[n-1]
+			last := r.ents[len(r.ents)-1]
+			if last.pos+int64(last.size) == e.pos && s.segmentAt(e.pos) == r.seg {
+				r.ents = ents[i-len(r.ents) : i+1]
+				r.bytes += int64(e.size)
+				continue
+			}
+		}
+		seg := s.segmentAt(e.pos)
+		seg.refs.Add(1)
+		runs = append(runs, readRun{seg: seg, ents: ents[i : i+1], bytes: int64(e.size)})
+	}
+	return runs
+}
+
+// segmentAt returns the segment holding log position pos. Called with mu held.
+func (s *Store) segmentAt(pos int64) *segment {
+	i := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > pos })
+	return s.segs[i-1]
+}
+
+// CommitOffsets records a group's next offsets and returns once they are on
+// disk (the offsets file is rewritten atomically). Called concurrently.
+func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+	if group == "" {
+		return fmt.Errorf("%w: empty group", sdk.ErrInvalidArgument)
+	}
+	for _, o := range offsets {
+		if err := checkQueue(o.GetTopic(), o.GetQueue()); err != nil {
+			return err
+		}
+		if o.Offset < 0 {
+			return fmt.Errorf("%w: negative offset %d for %s/%d", sdk.ErrInvalidArgument, o.Offset, o.Topic, o.Queue)
+		}
+	}
+	s.mu.RLock()
+	err := s.usable()
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	s.offMu.Lock()
+	defer s.offMu.Unlock()
+	g := s.offsets[group]
+	if g == nil {
+		g = make(map[queueKey]int64)
+		s.offsets[group] = g
+	}
+	for _, o := range offsets {
+		g[queueKey{o.Topic, o.Queue}] = o.Offset
+	}
+	return s.writeOffsets()
+}
+
+// GetOffsets reports each queue's start, visible end and the group's
+// committed offset. Called concurrently.
+func (s *Store) GetOffsets(ctx context.Context, group string, queues []*sdk.QueueRef) ([]*sdk.QueueOffsets, error) {
+	for _, r := range queues {
+		if err := checkQueue(r.GetTopic(), r.GetQueue()); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]*sdk.QueueOffsets, len(queues))
+	s.mu.RLock()
+	if err := s.usable(); err != nil {
+		s.mu.RUnlock()
+		return nil, err
+	}
+	durable := s.durable.Load()
+	for i, r := range queues {
+		o := &sdk.QueueOffsets{Topic: r.Topic, Queue: r.Queue, Committed: -1}
+		if q := s.queues[queueKey{r.Topic, r.Queue}]; q != nil {
+			o.Start, o.End = q.start, q.visibleEnd(durable)
+		}
+		out[i] = o
+	}
+	s.mu.RUnlock()
+	if group != "" {
+		s.offMu.Lock()
+		for _, o := range out {
+			if off, ok := s.offsets[group][queueKey{o.Topic, o.Queue}]; ok {
+				o.Committed = off
+			}
+		}
+		s.offMu.Unlock()
+	}
+	return out, nil
+}
+
+// Close flushes and fsyncs everything appended, stops the background
+// goroutines and releases the directory lock. Appends still waiting are
+// answered by the final flush. Called once.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed || !s.configured {
+		s.closed = true
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.flusherDone
+	<-s.janitorDone
+	err := s.failure()
+	s.mu.Lock()
+	for _, g := range s.segs {
+		g.release()
+	}
+	s.segs = nil
+	s.mu.Unlock()
+	if cerr := s.lock.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, sdk.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// fail makes err the store's sticky failure and wakes every waiter.
+func (s *Store) fail(err error) {
+	s.notifyMu.Lock()
+	if s.failed == nil {
+		s.failed = err
+	}
+	ch := s.notify
+	s.notify = make(chan struct{})
+	s.notifyMu.Unlock()
+	close(ch)
+}
+
+// advance publishes a new durable position and wakes every waiter.
+func (s *Store) advance(pos int64) {
+	s.durable.Store(pos)
+	s.notifyMu.Lock()
+	ch := s.notify
+	s.notify = make(chan struct{})
+	s.notifyMu.Unlock()
+	close(ch)
+}
+
+// checkUTF8 rejects what protobuf refuses to encode: strings that are not
+// UTF-8.
+func checkUTF8(m *sdk.Message) error {
+	ok := utf8.ValidString(m.Topic) && utf8.ValidString(m.Id) && utf8.ValidString(m.Key)
+	for k, v := range m.Headers {
+		ok = ok && utf8.ValidString(k) && utf8.ValidString(v)
+	}
+	if !ok {
+		return fmt.Errorf("%w: topic, id, key and headers must be UTF-8", sdk.ErrInvalidArgument)
+	}
+	return nil
+}
