@@ -1,0 +1,236 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+const (
+	// DefaultMaxRequestBytes is the largest ProduceRequest (one batch for one
+	// topic) the client sends; a larger batch fails with
+	// sdk.ErrInvalidArgument before anything is sent. The grpc transport
+	// accepts at least this much.
+	DefaultMaxRequestBytes = 64 << 20
+	// maxResponseBytes bounds one answer from the broker (a fetch).
+	maxResponseBytes = 256 << 20
+	// maxInflightProduce bounds the produce requests of one Client that
+	// wait for their answers; a send past it waits (within its timeout).
+	maxInflightProduce = 1024
+)
+
+// Option configures Dial.
+type Option func(*options)
+
+type options struct {
+	grpcOpts        []grpc.DialOption
+	logger          *slog.Logger
+	maxRequestBytes int
+}
+
+// WithGRPCOptions adds gRPC dial options (TLS credentials, interceptors,
+// otelgrpc stats handlers, ...) after the client's own, so they win.
+func WithGRPCOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
+}
+
+// WithLogger sets where the client reports what it recovers from on its own
+// (reconnects, handler errors it retries). Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithMaxRequestBytes changes DefaultMaxRequestBytes. Raise it only together
+// with the transport's limit.
+func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestBytes = n } }
+
+// Client is a connection to one broker, shared by any number of producers and
+// consumers and safe for concurrent use. It reconnects by itself: a call made
+// while the broker is away waits for it within the call's own deadline.
+type Client struct {
+	addr            string
+	conn            *grpc.ClientConn
+	rpc             ferryv1.BrokerClient
+	log             *slog.Logger
+	maxRequestBytes int
+
+	ctx    context.Context // ends on Close; the parent of produce streams
+	cancel context.CancelFunc
+
+	inflight chan struct{} // one slot per produce request awaiting its answer
+	opening  chan struct{} // one slot: held while a produce stream is opened
+	streamMu sync.Mutex
+	stream   *produceStream // nil until needed and after it broke
+
+	topicsMu sync.Mutex
+	topics   map[string]int32 // queue count per topic, from Metadata
+}
+
+// Dial connects to the broker at addr (host:port of its grpc transport) and
+// checks that it answers, by fetching the topics' metadata within ctx. It
+// fails when the broker cannot be reached now; once dialled, the client
+// reconnects by itself whenever the connection breaks.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	o := options{logger: slog.Default(), maxRequestBytes: DefaultMaxRequestBytes}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	dopts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(maxResponseBytes),
+			grpc.MaxCallSendMsgSize(o.maxRequestBytes+(1<<20)),
+		),
+		grpc.WithInitialWindowSize(4 << 20),
+		grpc.WithInitialConnWindowSize(16 << 20),
+		grpc.WithReadBufferSize(256 << 10),
+		grpc.WithWriteBufferSize(256 << 10),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// Reconnect quickly after a broker restart.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		grpc.WithChainUnaryInterceptor(unaryErrors),
+	}
+	conn, err := grpc.NewClient(addr, append(dopts, o.grpcOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("ferry client: dial %q: %w: %v", addr, sdk.ErrInvalidArgument, err)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		addr:            addr,
+		conn:            conn,
+		rpc:             ferryv1.NewBrokerClient(conn),
+		log:             o.logger,
+		maxRequestBytes: o.maxRequestBytes,
+		ctx:             cctx,
+		cancel:          cancel,
+		inflight:        make(chan struct{}, maxInflightProduce),
+		opening:         make(chan struct{}, 1),
+		topics:          map[string]int32{},
+	}
+	if _, err := c.metadata(ctx, nil, false); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ferry client: dial %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// Close ends the connection. Calls in flight fail with sdk.ErrClosed (or the
+// context error of their caller); consumers' Run returns. Safe to call more
+// than once.
+func (c *Client) Close() error {
+	c.cancel()
+	c.streamMu.Lock()
+	s := c.stream
+	c.stream = nil
+	c.streamMu.Unlock()
+	if s != nil {
+		s.fail(fmt.Errorf("%w: client closed", sdk.ErrClosed))
+	}
+	if err := c.conn.Close(); err != nil && c.ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+func (c *Client) closed() bool { return c.ctx.Err() != nil }
+
+var errClientClosed = fmt.Errorf("ferry client: %w", sdk.ErrClosed)
+
+// Metadata returns the broker's topics (with their queue counts) and nodes,
+// and refreshes the client's cache of queue counts. While the broker is away
+// it waits for it until ctx ends.
+func (c *Client) Metadata(ctx context.Context) (*ferryv1.MetadataResponse, error) {
+	return c.metadata(ctx, nil, true)
+}
+
+func (c *Client) metadata(ctx context.Context, topics []string, wait bool) (*ferryv1.MetadataResponse, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.Metadata(ctx, &ferryv1.MetadataRequest{Topics: topics}, grpc.WaitForReady(wait))
+	if err != nil {
+		return nil, c.callError("metadata", err)
+	}
+	c.topicsMu.Lock()
+	for _, t := range resp.Topics {
+		c.topics[t.Name] = t.Queues
+	}
+	c.topicsMu.Unlock()
+	return resp, nil
+}
+
+// queueCount returns the number of queues of topic, from the cache or from
+// the broker; sdk.ErrNotFound when the broker does not know the topic.
+func (c *Client) queueCount(ctx context.Context, topic string) (int32, error) {
+	c.topicsMu.Lock()
+	n, ok := c.topics[topic]
+	c.topicsMu.Unlock()
+	if ok {
+		return n, nil
+	}
+	resp, err := c.metadata(ctx, []string{topic}, true)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range resp.Topics {
+		if t.Name == topic && t.Queues > 0 {
+			return t.Queues, nil
+		}
+	}
+	return 0, fmt.Errorf("ferry client: topic %q: %w", topic, sdk.ErrNotFound)
+}
+
+// forgetTopic drops the cached queue count of topic; "" drops them all.
+func (c *Client) forgetTopic(topic string) {
+	c.topicsMu.Lock()
+	defer c.topicsMu.Unlock()
+	if topic == "" {
+		clear(c.topics)
+		return
+	}
+	delete(c.topics, topic)
+}
+
+// callError names the call in an error from the broker, keeping its sentinel.
+func (c *Client) callError(call string, err error) error {
+	if c.closed() {
+		return errClientClosed
+	}
+	return fmt.Errorf("ferry client: %s on %s: %w", call, c.addr, err)
+}
+
+// waitReady waits until the connection to the broker is up, starting it if
+// it is idle, or until ctx ends.
+func (c *Client) waitReady(ctx context.Context) error {
+	for {
+		s := c.conn.GetState()
+		switch s {
+		case connectivity.Ready:
+			return nil
+		case connectivity.Idle:
+			c.conn.Connect()
+		case connectivity.Shutdown:
+			return errClientClosed
+		}
+		if !c.conn.WaitForStateChange(ctx, s) {
+			return ctx.Err()
+		}
+	}
+}
+
+// unaryErrors maps gRPC statuses to errors that match the SDK's sentinels.
+func unaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return sdk.ErrorFromStatus(invoker(ctx, method, req, reply, cc, opts...))
+}

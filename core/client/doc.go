@@ -1,0 +1,33 @@
+// Package client is the Go library applications use to produce to and consume
+// from a Ferry broker over its grpc transport
+// (plugins/transport/grpc, the ferry.v1.Broker service).
+//
+//	c, err := client.Dial(ctx, "127.0.0.1:7070")
+//	...
+//	defer c.Close()
+//	p := c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
+//	res, err := p.SendSync(ctx, client.Message{Topic: "orders", Key: "42", Body: b})
+//
+//	cons, err := c.NewConsumer(client.ConsumerOptions{Topic: "orders", Group: "billing"})
+//	err = cons.Run(ctx, func(ctx context.Context, m *ferryv1.Message) error { ... })
+//
+// # Reliability
+//
+// A send is retried, with the same message id, when the broker could not be
+// reached or the connection broke: the broker's storage de-duplicates by id,
+// so a retried message whose first attempt was stored keeps its first offset
+// and is stored once. A send that times out is not retried by default,
+// because its outcome is unknown (see ProducerOptions.RetryOnTimeout). Errors
+// the broker reports match the SDK's sentinels with errors.Is
+// (sdk.ErrInvalidArgument, sdk.ErrNotFound, ...) and are not retried.
+//
+// Consumption is at-least-once: a message's offset is committed only after
+// the handler returned nil for it and for every earlier message of its queue,
+// so a restarted consumer sees again what was not committed, never less.
+//
+// # Errors
+//
+// Errors from this package match the sentinels of core/sdk: a broker that
+// cannot be reached gives sdk.ErrUnavailable, a closed Client sdk.ErrClosed,
+// a timed-out send context.DeadlineExceeded.
+package client

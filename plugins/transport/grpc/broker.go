@@ -1,0 +1,195 @@
+package grpctransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// brokerServer serves ferry.v1.Broker by forwarding every call to the core.
+// gRPC calls its methods from one goroutine per RPC.
+type brokerServer struct {
+	ferryv1.UnimplementedBrokerServer
+	core            sdk.Core
+	maxMessageBytes int64
+	maxInflight     int
+
+	drainOnce sync.Once
+	draining  chan struct{} // closed when Serve's ctx ended
+}
+
+func newBrokerServer(core sdk.Core, cfg Config) *brokerServer {
+	return &brokerServer{
+		core:            core,
+		maxMessageBytes: int64(cfg.MaxMessageBytes),
+		maxInflight:     cfg.MaxInflightPerStream,
+		draining:        make(chan struct{}),
+	}
+}
+
+// drain makes every Produce stream stop taking requests, answer the ones in
+// flight and end with UNAVAILABLE, so that clients retry after the restart.
+func (b *brokerServer) drain() { b.drainOnce.Do(func() { close(b.draining) }) }
+
+var errDraining = fmt.Errorf("%w: broker transport is shutting down", sdk.ErrUnavailable)
+
+// Produce reads a client's ProduceRequests and hands each to the core in its
+// own goroutine, at most maxInflight at once (past that it stops reading, so
+// HTTP/2 flow control pushes back on the client). Answers are sent as they
+// complete, matched by seq. The stream ends when the client closes it (after
+// the answers in flight), when the client goes away, or when the transport
+// drains.
+func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
+	ctx := stream.Context()
+	var (
+		sendMu sync.Mutex
+		wg     sync.WaitGroup
+		slots  = make(chan struct{}, b.maxInflight)
+		reqs   = make(chan *ferryv1.ProduceRequest)
+		recvEr = make(chan error, 1)
+		stop   = make(chan struct{})
+	)
+	defer close(stop) // runs last: releases the reader
+	defer wg.Wait()   // answers in flight go out before the stream ends
+
+	// The reader outlives this handler only until gRPC ends the stream,
+	// which makes its Recv fail.
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvEr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-b.draining:
+			return sdk.ErrorToStatus(errDraining)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		var req *ferryv1.ProduceRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvEr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-b.draining:
+			return sdk.ErrorToStatus(errDraining)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			resp := b.produce(ctx, req)
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			// A failed Send means the stream is gone; ctx ends with it
+			// and the loop above returns.
+			_ = stream.Send(resp)
+		}()
+	}
+}
+
+// produce runs one request against the core and always returns an answer
+// carrying the request's seq.
+func (b *brokerServer) produce(ctx context.Context, req *ferryv1.ProduceRequest) *ferryv1.ProduceResponse {
+	fail := func(err error) *ferryv1.ProduceResponse {
+		return &ferryv1.ProduceResponse{Seq: req.Seq, Error: sdk.ErrorToProto(err)}
+	}
+	if err := b.checkSizes(req); err != nil {
+		return fail(err)
+	}
+	if req.TimeoutNanos > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
+		defer cancel()
+	}
+	resp, err := b.core.Produce(ctx, req)
+	if err != nil {
+		return fail(err)
+	}
+	if resp == nil {
+		return fail(errors.New("broker core returned no produce response"))
+	}
+	resp.Seq = req.Seq
+	return resp
+}
+
+// checkSizes refuses a request holding a message whose body and headers
+// exceed max_message_bytes; nothing of such a request reaches the core.
+func (b *brokerServer) checkSizes(req *ferryv1.ProduceRequest) error {
+	for i, m := range req.Messages {
+		n := int64(len(m.Body))
+		for k, v := range m.Headers {
+			n += int64(len(k) + len(v))
+		}
+		if n > b.maxMessageBytes {
+			return fmt.Errorf("%w: message %d (id %q) has %d bytes of body and headers, over the transport's limit max_message_bytes = %d",
+				sdk.ErrInvalidArgument, i, m.Id, n, b.maxMessageBytes)
+		}
+	}
+	return nil
+}
+
+// Fetch long-polls the core.
+func (b *brokerServer) Fetch(ctx context.Context, req *ferryv1.FetchRequest) (*ferryv1.FetchResponse, error) {
+	resp, err := b.core.Fetch(ctx, req)
+	if err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	if resp == nil {
+		resp = &ferryv1.FetchResponse{}
+	}
+	return resp, nil
+}
+
+func (b *brokerServer) CommitOffsets(ctx context.Context, req *ferryv1.CommitOffsetsRequest) (*ferryv1.CommitOffsetsResponse, error) {
+	if err := b.core.CommitOffsets(ctx, req); err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	return &ferryv1.CommitOffsetsResponse{}, nil
+}
+
+func (b *brokerServer) GetOffsets(ctx context.Context, req *ferryv1.GetOffsetsRequest) (*ferryv1.GetOffsetsResponse, error) {
+	resp, err := b.core.GetOffsets(ctx, req)
+	if err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	if resp == nil {
+		resp = &ferryv1.GetOffsetsResponse{}
+	}
+	return resp, nil
+}
+
+func (b *brokerServer) Metadata(ctx context.Context, req *ferryv1.MetadataRequest) (*ferryv1.MetadataResponse, error) {
+	resp, err := b.core.Metadata(ctx, req)
+	if err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	if resp == nil {
+		resp = &ferryv1.MetadataResponse{}
+	}
+	return resp, nil
+}

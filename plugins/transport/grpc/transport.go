@@ -1,0 +1,195 @@
+// Package grpctransport is Ferry's grpc transport plugin: it serves the Broker
+// service of core/proto (ferry.v1.Broker) to producers and consumers over
+// gRPC on one TCP listener and forwards every call to the broker core. The Go
+// client library (core/client) speaks to it.
+//
+// Config section (all keys optional):
+//
+//	listen: 127.0.0.1:7070         # host:port
+//	max_message_bytes: 4MiB        # largest body+headers of one message
+//	max_inflight_per_stream: 1024  # Produce requests at the core per stream
+//	max_concurrent_streams: 0      # gRPC streams per connection; 0 = no limit
+//	shutdown_timeout: 2s           # drain bound when the broker stops
+package grpctransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Type is the plugin's type name in pipeline YAML.
+const Type = "grpc"
+
+// Transport is the grpc transport. Its methods follow sdk.Transport: the host
+// calls Validate (any time), Configure once, Serve once, then Close.
+type Transport struct {
+	mu      sync.Mutex
+	cfg     Config
+	lis     net.Listener // bound by Configure, consumed by Serve
+	addr    string       // the bound address, port resolved
+	srv     *grpc.Server // while Serve runs
+	serving bool
+	closed  bool
+}
+
+var _ sdk.Transport = (*Transport)(nil)
+
+// New returns an unconfigured transport.
+func New() *Transport { return &Transport{} }
+
+// Validate checks a config section without binding anything.
+func (t *Transport) Validate(config []byte) sdk.Problems {
+	_, ps := decodeConfig(config)
+	return ps
+}
+
+// Configure applies the config section and binds the listener, so that an
+// address already in use is reported here rather than when Serve starts.
+func (t *Transport) Configure(_ context.Context, config []byte, _ *sdk.Environment) error {
+	cfg, ps := decodeConfig(config)
+	if len(ps) > 0 {
+		return ps
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("grpc transport: %w", sdk.ErrClosed)
+	}
+	if t.lis != nil || t.addr != "" {
+		return fmt.Errorf("grpc transport: %w: Configure called twice", sdk.ErrInvalidArgument)
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("grpc transport: cannot listen on %s (config key listen): %w", cfg.Listen, err)
+	}
+	t.cfg, t.lis, t.addr = cfg, lis, lis.Addr().String()
+	return nil
+}
+
+// Addr is the address the transport listens on (with the port resolved when
+// listen named port 0), or "" before Configure.
+func (t *Transport) Addr() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.addr
+}
+
+// Serve serves the Broker service, forwarding every call to core, until ctx
+// ends. Then it stops taking requests, lets in-flight ones finish and answer
+// for up to shutdown_timeout, cuts the connections that are left (clients
+// retry elsewhere or later) and returns. It returns early only when the
+// listener fails.
+//
+// Serve is meant to be called once; if the host calls it again after it
+// returned, it binds the same address anew.
+func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return fmt.Errorf("grpc transport: %w", sdk.ErrClosed)
+	}
+	if t.addr == "" {
+		t.mu.Unlock()
+		return fmt.Errorf("grpc transport: %w", sdk.ErrNotConfigured)
+	}
+	if t.serving {
+		t.mu.Unlock()
+		return fmt.Errorf("grpc transport: %w: Serve is already running", sdk.ErrInvalidArgument)
+	}
+	lis := t.lis
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", t.addr); err != nil {
+			t.mu.Unlock()
+			return fmt.Errorf("grpc transport: cannot listen on %s again: %w", t.addr, err)
+		}
+	}
+	cfg := t.cfg
+	b := newBrokerServer(core, cfg)
+	srv := grpc.NewServer(serverOptions(cfg)...)
+	ferryv1.RegisterBrokerServer(srv, b)
+	t.lis, t.srv, t.serving = nil, srv, true
+	t.mu.Unlock()
+
+	defer func() {
+		t.mu.Lock()
+		t.srv, t.serving = nil, false
+		t.mu.Unlock()
+	}()
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	select {
+	case err := <-served:
+		srv.Stop()
+		if err == nil || errors.Is(err, grpc.ErrServerStopped) {
+			return nil // Close stopped us
+		}
+		return fmt.Errorf("grpc transport: serving on %s: %w", t.addr, err)
+	case <-ctx.Done():
+	}
+
+	b.drain()
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	timer := time.NewTimer(time.Duration(cfg.ShutdownTimeout))
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		srv.Stop()
+		<-stopped
+	}
+	<-served
+	return nil
+}
+
+// Close releases the listener if Serve never ran, or stops a running Serve at
+// once. Called once, after Serve returned; safe to call more than once.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	if t.srv != nil {
+		t.srv.Stop()
+	}
+	if t.lis != nil {
+		err := t.lis.Close()
+		t.lis = nil
+		return err
+	}
+	return nil
+}
+
+// serverOptions size the server for throughput: large flow-control windows
+// and buffers so that a stream carries hundreds of KiB per batch without
+// stalling, a receive limit that fits a batch of maximal messages, and
+// keepalives that notice dead clients.
+func serverOptions(cfg Config) []grpc.ServerOption {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.maxRequestBytes()),
+		grpc.InitialWindowSize(4 << 20),
+		grpc.InitialConnWindowSize(16 << 20),
+		grpc.ReadBufferSize(256 << 10),
+		grpc.WriteBufferSize(256 << 10),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if cfg.MaxConcurrentStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))
+	}
+	return opts
+}
