@@ -155,6 +155,20 @@ func (c *Client) Metadata(ctx context.Context) (*ferryv1.MetadataResponse, error
 	return c.metadata(ctx, nil, true)
 }
 
+// GetOffsets reports each queue's stored range (start, end) and the group's
+// committed offset on it (-1 when none; always -1 for an empty group), in the
+// order of queues. While the broker is away it waits for it until ctx ends.
+func (c *Client) GetOffsets(ctx context.Context, group string, queues []*ferryv1.QueueRef) ([]*ferryv1.QueueOffsets, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: group, Queues: queues}, grpc.WaitForReady(true))
+	if err != nil {
+		return nil, c.callError("get offsets", err)
+	}
+	return resp.Offsets, nil
+}
+
 func (c *Client) metadata(ctx context.Context, topics []string, wait bool) (*ferryv1.MetadataResponse, error) {
 	if c.closed() {
 		return nil, errClientClosed

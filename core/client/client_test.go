@@ -157,6 +157,10 @@ func TestRoundTrip(t *testing.T) {
 			t.Errorf("message %q not consumed", b)
 		}
 	}
+	offs, err := c.GetOffsets(ctx, "g", []*ferryv1.QueueRef{{Topic: "orders", Queue: 0}, {Topic: "orders", Queue: 1}})
+	if err != nil || len(offs) != 2 || offs[0].Committed != offs[0].End || offs[1].Committed != offs[1].End || offs[0].End+offs[1].End != 4 {
+		t.Errorf("GetOffsets after consuming all = %v, %v; want committed = end on both queues, 4 messages", offs, err)
+	}
 	cons, _ := c.NewConsumer(client.ConsumerOptions{Topic: "orders", Group: "g"})
 	if lag, err := cons.Lag(ctx); err != nil || lag != 0 {
 		t.Errorf("Lag after consuming all = %d, %v; want 0", lag, err)

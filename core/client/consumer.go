@@ -357,18 +357,18 @@ func (cn *Consumer) queues(ctx context.Context) ([]int32, error) {
 }
 
 func (cn *Consumer) getOffsets(ctx context.Context, queues []int32) (map[int32]*ferryv1.QueueOffsets, error) {
-	req := &ferryv1.GetOffsetsRequest{Group: cn.opts.Group}
-	for _, q := range queues {
-		req.Queues = append(req.Queues, &ferryv1.QueueRef{Topic: cn.opts.Topic, Queue: q})
+	refs := make([]*ferryv1.QueueRef, len(queues))
+	for i, q := range queues {
+		refs[i] = &ferryv1.QueueRef{Topic: cn.opts.Topic, Queue: q}
 	}
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	resp, err := cn.c.rpc.GetOffsets(cctx, req, grpc.WaitForReady(true))
+	offs, err := cn.c.GetOffsets(cctx, cn.opts.Group, refs)
 	if err != nil {
-		return nil, cn.c.callError("get offsets", err)
+		return nil, err
 	}
-	out := make(map[int32]*ferryv1.QueueOffsets, len(resp.Offsets))
-	for _, o := range resp.Offsets {
+	out := make(map[int32]*ferryv1.QueueOffsets, len(offs))
+	for _, o := range offs {
 		if o.Topic == cn.opts.Topic || o.Topic == "" {
 			out[o.Queue] = o
 		}
