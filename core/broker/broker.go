@@ -252,9 +252,9 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 		}
 	}
 	for _, n := range names {
-		t, err := b.topic(n)
-		if err != nil {
-			return nil, err
+		t := b.topics[n]
+		if t == nil {
+			continue // unknown topics are left out
 		}
 		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: t.queues, Leaders: make([]int32, t.queues)})
 	}

@@ -177,7 +177,7 @@ func (i *Instance) supervise() {
 		close(i.changed)
 		i.changed = make(chan struct{})
 		i.mu.Unlock()
-		if broken {
+		if broken && !client.Exited() {
 			i.log.Error("plugin stopped answering; killing it", "pid", pid, "generation", gen)
 		} else {
 			i.log.Error("plugin process died", "pid", pid, "generation", gen)

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/engine"
+)
+
+func quietLogger() hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Warn, Output: os.Stderr})
+}
+
+func init() {
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "run PIPELINE.yaml",
+		Short: "Run a pipeline: one broker node with its plugins, generators and flows",
+		Long: `Run starts the broker node a pipeline describes, with its storage and
+transport plugins as subprocesses. A pipeline with generators finishes when
+they are done and every flow has consumed what they sent; it prints a summary
+and exits 0 if nothing is missing. Otherwise it runs until SIGINT or SIGTERM,
+then drains in-flight work and stops.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.Load(args[0])
+			if err != nil {
+				var ps config.Problems
+				if errors.As(err, &ps) {
+					for _, p := range ps {
+						fmt.Fprintln(os.Stderr, p)
+					}
+					return &exitError{code: 1, msg: fmt.Sprintf("%s has %d problem(s)", args[0], len(ps))}
+				}
+				return err
+			}
+			log := hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if ps := config.ValidatePlugins(ctx, cfg, newPluginValidator()); len(ps) > 0 {
+				for _, p := range ps {
+					fmt.Fprintln(os.Stderr, p)
+				}
+				return &exitError{code: 1, msg: fmt.Sprintf("%s has %d problem(s)", args[0], len(ps))}
+			}
+			e, err := engine.Start(ctx, cfg, engine.Options{Registry: builtins(), Logger: log})
+			if err != nil {
+				return err
+			}
+			log.Info("broker node up", "pipeline", cfg.Name, "node", cfg.Node.ID, "address", e.Address(),
+				"storage", cfg.Plugins.Storage.Type, "transport", cfg.Plugins.Transport.Type, "plugins", cfg.Plugins.Mode)
+			summary, runErr := e.Run(ctx, cmd.OutOrStdout())
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.Node.ShutdownTimeout)
+			defer cancel()
+			closeErr := e.Close(sctx)
+			if summary != nil && (len(summary.Generators) > 0 || len(summary.Flows) > 0) {
+				summary.Print(cmd.OutOrStdout(), cfg.Name)
+			}
+			if runErr != nil && !errors.Is(runErr, context.Canceled) {
+				return runErr
+			}
+			if closeErr != nil {
+				return closeErr
+			}
+			if summary != nil && !summary.OK() {
+				return &exitError{code: 1, msg: "some messages were not acknowledged or not delivered"}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	rootCmd.AddCommand(cmd)
+}

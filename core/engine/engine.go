@@ -1,0 +1,186 @@
+// Package engine runs one pipeline: it starts the plugin host with the
+// pipeline's storage and transport plugins, the broker core between them, and
+// the pipeline's generators and flows, and shuts all of it down in order.
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/ferrymq/ferry/core/broker"
+	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/pluginhost"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// DefaultTransportAddress is where the grpc transport listens unless its
+// config says otherwise.
+const DefaultTransportAddress = "127.0.0.1:7070"
+
+// Engine is a running pipeline.
+type Engine struct {
+	cfg       *config.Pipeline
+	log       hclog.Logger
+	host      *pluginhost.Host
+	storage   *pluginhost.Instance
+	transport *pluginhost.Instance
+	broker    *broker.Broker
+	address   string
+
+	serveCancel context.CancelFunc
+	serveDone   chan struct{}
+}
+
+// Options are the engine's settings that do not come from the pipeline file.
+type Options struct {
+	// Registry of built-in plugins.
+	Registry *pluginhost.Registry
+	// PluginExe is the ferry binary re-executed for built-in plugins;
+	// default: this process's executable.
+	PluginExe string
+	Logger    hclog.Logger
+}
+
+// Start brings a pipeline's node up: plugins, broker and transport. Flows and
+// generators are run by Run.
+func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, error) {
+	reg, log := opts.Registry, opts.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	if cfg.Plugins.Replication.Type != "" && cfg.Plugins.Replication.Type != "none" {
+		return nil, fmt.Errorf("replication type %q is not available in this build (only none)", cfg.Plugins.Replication.Type)
+	}
+	if err := os.MkdirAll(cfg.Node.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	host, err := pluginhost.New(reg, pluginhost.Options{
+		Mode:   cfg.Plugins.Mode,
+		Dirs:   cfg.Plugins.Dirs,
+		Env:    &sdk.Environment{Pipeline: cfg.Name, Node: cfg.Node.ID, DataDir: cfg.Node.DataDir},
+		Logger: log,
+		Exe:    opts.PluginExe,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg)}
+	ok := false
+	defer func() {
+		if !ok {
+			host.Close()
+		}
+	}()
+	if e.storage, err = host.Start(ctx, sdk.KindStorage, cfg.Plugins.Storage.Type, sectionJSON(cfg.Plugins.Storage.Config)); err != nil {
+		return nil, err
+	}
+	topics := make([]broker.Topic, len(cfg.Topics))
+	for i, t := range cfg.Topics {
+		topics[i] = broker.Topic{Name: t.Name, Queues: t.Queues}
+	}
+	e.broker = broker.New(broker.Options{
+		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
+		Topics: topics, Logger: log.Named("broker"),
+	}, e.storage)
+	e.broker.Start()
+	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
+		_ = e.broker.Close(context.Background())
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	e.serveCancel, e.serveDone = cancel, make(chan struct{})
+	go e.serveTransport(sctx)
+	ok = true
+	return e, nil
+}
+
+// sectionJSON encodes a plugin's config section for the plugin.
+func sectionJSON(section map[string]any) []byte {
+	if len(section) == 0 {
+		return nil
+	}
+	b, err := json.Marshal(section)
+	if err != nil {
+		// koanf produces only JSON-encodable values.
+		panic(fmt.Sprintf("plugin config is not JSON-encodable: %v", err))
+	}
+	return b
+}
+
+// TransportAddress is where clients reach the pipeline's grpc transport.
+func TransportAddress(cfg *config.Pipeline) string {
+	if a, ok := cfg.Plugins.Transport.Config["listen"].(string); ok && a != "" {
+		return a
+	}
+	return DefaultTransportAddress
+}
+
+// Address is where clients reach this node.
+func (e *Engine) Address() string { return e.address }
+
+// Storage and Transport are the supervised plugins (for tests and status).
+func (e *Engine) Storage() *pluginhost.Instance   { return e.storage }
+func (e *Engine) Transport() *pluginhost.Instance { return e.transport }
+
+// serveTransport keeps the transport plugin serving the broker, again after
+// each restart of the plugin.
+func (e *Engine) serveTransport(ctx context.Context) {
+	defer close(e.serveDone)
+	impl, gen, _ := e.transport.Current()
+	for {
+		if impl != nil {
+			err := impl.(sdk.Transport).Serve(ctx, e.broker)
+			if ctx.Err() != nil {
+				return
+			}
+			e.log.Warn("transport stopped serving", "error", err, "generation", gen)
+			e.transport.Broken(gen)
+		}
+		var err error
+		if impl, gen, err = e.transport.Next(ctx, gen); err != nil {
+			return
+		}
+	}
+}
+
+// Close shuts the node down: the transport stops taking requests, the broker
+// answers what it accepted, then the plugins stop (the store flushes).
+func (e *Engine) Close(ctx context.Context) error {
+	e.serveCancel()
+	select {
+	case <-e.serveDone:
+	case <-ctx.Done():
+	}
+	var errs []error
+	if err := e.broker.Close(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	e.host.Close()
+	return errors.Join(errs...)
+}
+
+// Summary is what a finished pipeline reports.
+type Summary struct {
+	Generators []GeneratorResult
+	Flows      []FlowResult
+	Elapsed    time.Duration
+}
+
+// runAll runs fns and returns their first error.
+func runAll(fns ...func() error) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(fns))
+	for i, fn := range fns {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = fn() }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

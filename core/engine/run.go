@@ -1,0 +1,339 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// asyncWindow is how many sends an async generator keeps in flight.
+const asyncWindow = 64
+
+// GeneratorResult reports one generator.
+type GeneratorResult struct {
+	Name, Topic string
+	Sent        int           // acknowledged by the broker
+	NotOK       int           // acknowledged with a status weaker than OK
+	Errors      int           // failed after retries
+	Elapsed     time.Duration // from first send to last ack
+}
+
+// FlowResult reports one flow.
+type FlowResult struct {
+	Name, Group, Topic string
+	Delivered          int // handler calls, redeliveries included
+	Unique             int // distinct message ids
+	Missing            int // acknowledged by the broker but never delivered
+}
+
+// Run runs the pipeline's generators and flows. With generators, it returns
+// once they are done and every flow has consumed and committed everything
+// stored; without, it runs until ctx ends. Progress and the summary go to out.
+func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
+	cfg := e.cfg
+	start := time.Now()
+	if len(cfg.Generators) == 0 && len(cfg.Flows) == 0 {
+		<-ctx.Done()
+		return &Summary{Elapsed: time.Since(start)}, nil
+	}
+	for _, g := range cfg.Generators {
+		if g.Mode == "oneway" {
+			return nil, fmt.Errorf("generator %q: mode oneway is not implemented yet", g.Name)
+		}
+	}
+	cl, err := client.Dial(ctx, e.address)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", e.address, err)
+	}
+	defer cl.Close()
+
+	fctx, stopFlows := context.WithCancel(ctx)
+	defer stopFlows()
+	flows := make([]*flow, len(cfg.Flows))
+	var flowWG sync.WaitGroup
+	flowErrs := make([]error, len(cfg.Flows))
+	for i, f := range cfg.Flows {
+		fl := &flow{cfg: f, out: out, seen: map[string]bool{}}
+		flows[i] = fl
+		cons, err := cl.NewConsumer(client.ConsumerOptions{Topic: f.Topic, Group: f.Group})
+		if err != nil {
+			return nil, fmt.Errorf("flow %q: %w", f.Name, err)
+		}
+		flowWG.Add(1)
+		go func() {
+			defer flowWG.Done()
+			flowErrs[i] = cons.Run(fctx, fl.handle)
+		}()
+	}
+
+	if len(cfg.Generators) == 0 {
+		<-ctx.Done()
+		stopFlows()
+		flowWG.Wait()
+		return e.summary(start, nil, flows), nil
+	}
+
+	gens := make([]*generator, len(cfg.Generators))
+	err = runAll(func() error {
+		var errs []func() error
+		for i, g := range cfg.Generators {
+			gens[i] = &generator{cfg: g, mode: g.Mode, acked: map[string]bool{}}
+			if gens[i].mode == "" {
+				gens[i].mode = cfg.Producer.Mode
+			}
+			retries := cfg.Producer.Retries
+			if retries == 0 {
+				retries = client.NoRetries
+			}
+			p := cl.NewProducer(client.ProducerOptions{Retries: retries, Timeout: cfg.Producer.Timeout})
+			errs = append(errs, func() error { return gens[i].run(ctx, p) })
+		}
+		return runAll(errs...)
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	// Wait until every flow's group has committed up to the end of its topic.
+	if err := e.waitCaughtUp(ctx, cl); err != nil {
+		stopFlows()
+		flowWG.Wait()
+		return e.summary(start, gens, flows), err
+	}
+	stopFlows()
+	flowWG.Wait()
+	for i, err := range flowErrs {
+		if err != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("flow %q: %w", cfg.Flows[i].Name, err)
+		}
+	}
+	return e.summary(start, gens, flows), nil
+}
+
+func (e *Engine) summary(start time.Time, gens []*generator, flows []*flow) *Summary {
+	s := &Summary{Elapsed: time.Since(start)}
+	acked := map[string]map[string]bool{} // topic → ids
+	for _, g := range gens {
+		s.Generators = append(s.Generators, g.result())
+		if acked[g.cfg.Topic] == nil {
+			acked[g.cfg.Topic] = map[string]bool{}
+		}
+		g.mu.Lock()
+		for id := range g.acked {
+			acked[g.cfg.Topic][id] = true
+		}
+		g.mu.Unlock()
+	}
+	for _, f := range flows {
+		r := f.result()
+		f.mu.Lock()
+		for id := range acked[f.cfg.Topic] {
+			if !f.seen[id] {
+				r.Missing++
+			}
+		}
+		f.mu.Unlock()
+		s.Flows = append(s.Flows, r)
+	}
+	return s
+}
+
+// waitCaughtUp polls the flows' committed offsets until each reaches the end
+// of its queues as they are now.
+func (e *Engine) waitCaughtUp(ctx context.Context, cl *client.Client) error {
+	type target struct {
+		group  string
+		queues []*ferryv1.QueueRef
+		ends   []int64
+	}
+	var targets []target
+	for _, f := range e.cfg.Flows {
+		t := target{group: f.Group}
+		for _, top := range e.cfg.Topics {
+			if top.Name != f.Topic {
+				continue
+			}
+			for q := 0; q < top.Queues; q++ {
+				t.queues = append(t.queues, &ferryv1.QueueRef{Topic: f.Topic, Queue: int32(q)})
+			}
+		}
+		offs, err := cl.GetOffsets(ctx, "", t.queues)
+		if err != nil {
+			return err
+		}
+		for _, o := range offs {
+			t.ends = append(t.ends, o.End)
+		}
+		targets = append(targets, t)
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		done := true
+		for _, t := range targets {
+			offs, err := cl.GetOffsets(ctx, t.group, t.queues)
+			if err != nil {
+				e.log.Warn("checking flow progress", "error", err)
+				done = false
+				break
+			}
+			for i, o := range offs {
+				if o.Committed < t.ends[i] {
+					done = false
+				}
+			}
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// generator produces its configured messages.
+type generator struct {
+	cfg  config.Generator
+	mode string
+
+	mu      sync.Mutex
+	acked   map[string]bool
+	sent    int
+	notOK   int
+	errors  int
+	elapsed time.Duration
+}
+
+func (g *generator) run(ctx context.Context, p *client.Producer) error {
+	body := make([]byte, g.cfg.Size)
+	_, _ = rand.Read(body)
+	workers := 1
+	if g.mode == "async" {
+		workers = asyncWindow
+	}
+	var next atomic.Int64
+	var interval time.Duration
+	if g.cfg.Rate > 0 {
+		interval = time.Duration(float64(time.Second) / g.cfg.Rate * float64(workers))
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				n := next.Add(1)
+				if n > int64(g.cfg.Count) || ctx.Err() != nil {
+					return
+				}
+				res, err := p.SendSync(ctx, client.Message{Topic: g.cfg.Topic, Body: body,
+					Headers: map[string]string{"ferry-generator": g.cfg.Name}})
+				g.mu.Lock()
+				switch {
+				case err != nil:
+					g.errors++
+				default:
+					g.sent++
+					g.acked[res.ID] = true
+					if res.Status != ferryv1.Status_STATUS_OK {
+						g.notOK++
+					}
+				}
+				g.mu.Unlock()
+				if interval > 0 {
+					time.Sleep(interval)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	g.mu.Lock()
+	g.elapsed = time.Since(start)
+	g.mu.Unlock()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (g *generator) result() GeneratorResult {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return GeneratorResult{Name: g.cfg.Name, Topic: g.cfg.Topic, Sent: g.sent, NotOK: g.notOK, Errors: g.errors, Elapsed: g.elapsed}
+}
+
+// flow feeds a consumer group's messages to its sink.
+type flow struct {
+	cfg config.Flow
+	out io.Writer
+
+	mu        sync.Mutex
+	seen      map[string]bool
+	delivered int
+}
+
+func (f *flow) handle(_ context.Context, m *ferryv1.Message) error {
+	f.mu.Lock()
+	f.delivered++
+	f.seen[m.Id] = true
+	n := f.delivered
+	f.mu.Unlock()
+	switch f.cfg.Sink.Type {
+	case "stdout":
+		fmt.Fprintf(f.out, "%s %s/%d@%d %s %dB\n", f.cfg.Name, m.Topic, m.Queue, m.Offset, m.Id, len(m.Body))
+	case "count":
+		if f.cfg.Sink.Every > 0 && n%f.cfg.Sink.Every == 0 {
+			fmt.Fprintf(f.out, "%s: %d messages\n", f.cfg.Name, n)
+		}
+	}
+	return nil
+}
+
+func (f *flow) result() FlowResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return FlowResult{Name: f.cfg.Name, Group: f.cfg.Group, Topic: f.cfg.Topic, Delivered: f.delivered, Unique: len(f.seen)}
+}
+
+// Print writes the summary a person reads at the end of `ferry run`.
+func (s *Summary) Print(w io.Writer, pipeline string) {
+	fmt.Fprintf(w, "pipeline %s finished in %s\n", pipeline, s.Elapsed.Round(time.Millisecond))
+	for _, g := range s.Generators {
+		rate := 0.0
+		if g.Elapsed > 0 {
+			rate = float64(g.Sent) / g.Elapsed.Seconds()
+		}
+		fmt.Fprintf(w, "  generator %-16s sent %d to %s (%.0f msgs/s), %d not OK, %d failed\n", g.Name, g.Sent, g.Topic, rate, g.NotOK, g.Errors)
+	}
+	for _, f := range s.Flows {
+		fmt.Fprintf(w, "  flow      %-16s group %s consumed %d (%d unique, %d redelivered), %d missing\n",
+			f.Name, f.Group, f.Delivered, f.Unique, f.Delivered-f.Unique, f.Missing)
+	}
+}
+
+// OK reports whether every generated message was acknowledged and delivered.
+func (s *Summary) OK() bool {
+	for _, g := range s.Generators {
+		if g.Errors > 0 {
+			return false
+		}
+	}
+	for _, f := range s.Flows {
+		if f.Missing > 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,19 @@
+// Package builtin registers the plugins compiled into the ferry binary.
+package builtin
+
+import (
+	"github.com/ferrymq/ferry/core/pluginhost"
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/plugins/storage/file"
+	"github.com/ferrymq/ferry/plugins/storage/memory"
+	grpctransport "github.com/ferrymq/ferry/plugins/transport/grpc"
+)
+
+// Registry returns the registry of built-in plugins.
+func Registry() *pluginhost.Registry {
+	r := pluginhost.NewRegistry()
+	r.Register(sdk.KindStorage, "memory", func() sdk.Plugin { return memory.New() })
+	r.Register(sdk.KindStorage, "file", func() sdk.Plugin { return file.New() })
+	r.Register(sdk.KindTransport, "grpc", func() sdk.Plugin { return grpctransport.New() })
+	return r
+}
