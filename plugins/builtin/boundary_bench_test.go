@@ -10,9 +10,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/plugins/builtin"
 )
 
