@@ -15,7 +15,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"reflect"
+	"sort"
 	"strings"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -58,30 +59,84 @@ type Plugin interface {
 	Close() error
 }
 
-// DecodeConfig decodes a JSON config section into dst strictly: unknown keys
-// and wrong types are problems with their key paths. An empty section leaves
-// dst as it is (its defaults).
+// DecodeConfig decodes a JSON config section into dst (a pointer to a struct
+// with json tags) strictly: every unknown key and every value of the wrong
+// type or form is a problem with its key path ("retention.max_age"); all are
+// reported, not just the first. Keys left out or null keep dst's values (its
+// defaults).
 func DecodeConfig(config []byte, dst any) Problems {
-	if len(bytes.TrimSpace(config)) == 0 || string(bytes.TrimSpace(config)) == "null" {
+	config = bytes.TrimSpace(config)
+	if len(config) == 0 || string(config) == "null" {
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(config))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(dst)
-	if err == nil {
-		if dec.Decode(new(any)) != io.EOF {
-			return Problems{{Message: "trailing data after the config object"}}
+	v := reflect.ValueOf(dst)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		panic(fmt.Sprintf("sdk.DecodeConfig: dst must be a pointer to a struct, got %T", dst))
+	}
+	return decodeStruct("", config, v.Elem())
+}
+
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+func decodeStruct(path string, data []byte, v reflect.Value) Problems {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return Problems{{Path: path, Message: "must be a mapping"}}
+	}
+	fields := map[string]int{}
+	var names []string
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if !f.IsExported() || name == "-" {
+			continue
 		}
-		return nil
+		if name == "" {
+			name = f.Name
+		}
+		fields[name] = i
+		names = append(names, name)
 	}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var ps Problems
+	for _, k := range keys {
+		kpath := k
+		if path != "" {
+			kpath = path + "." + k
+		}
+		i, ok := fields[k]
+		if !ok {
+			sort.Strings(names)
+			ps = append(ps, Problem{Path: kpath, Message: "unknown key (valid keys: " + strings.Join(names, ", ") + ")"})
+			continue
+		}
+		val := bytes.TrimSpace(raw[k])
+		if string(val) == "null" {
+			continue
+		}
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct && !reflect.PointerTo(fv.Type()).Implements(unmarshalerType) {
+			ps = append(ps, decodeStruct(kpath, val, fv)...)
+			continue
+		}
+		if err := json.Unmarshal(val, fv.Addr().Interface()); err != nil {
+			ps = append(ps, Problem{Path: kpath, Message: decodeMessage(err, val)})
+		}
+	}
+	return ps
+}
+
+// decodeMessage words a JSON decoding error for a person.
+func decodeMessage(err error, val []byte) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return Problems{{Path: te.Field, Message: fmt.Sprintf("must be %s, got %s", jsonTypeName(te.Type.Kind().String()), te.Value)}}
+		return fmt.Sprintf("must be %s, got %s", jsonTypeName(te.Type.Kind().String()), val)
 	}
-	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return Problems{{Path: strings.Trim(msg, `"`), Message: "unknown key"}}
-	}
-	return Problems{{Message: err.Error()}}
+	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 func jsonTypeName(kind string) string {
