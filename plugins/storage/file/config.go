@@ -61,6 +61,14 @@ type Config struct {
 	// RetentionAge deletes segments whose newest message is older; 0
 	// keeps everything.
 	RetentionAge sdk.Duration `json:"retention_age"`
+	// Preallocate fills each new segment file with zeros (and fsyncs it)
+	// in the background before it is written to, as RocketMQ warms its
+	// mapped files: an fsync after overwriting allocated blocks needs no
+	// journal commit and takes about half as long as one after appending.
+	// It costs writing every segment twice (and the CPU to do it), which
+	// only pays when appends wait for fsyncs: the default is true under
+	// flush: sync and false under flush: async.
+	Preallocate *bool `json:"preallocate"`
 	// Dir is where the store keeps its files; default
 	// <data_dir>/storage-file.
 	Dir string `json:"dir"`
@@ -76,6 +84,15 @@ func NewDefaultConfig() Config {
 		FlushTimeout:       sdk.Duration(DefaultFlushTimeout),
 		SegmentBytes:       DefaultSegmentBytes,
 	}
+}
+
+// preallocate tells whether segments are preallocated: as configured, or by
+// default under flush: sync.
+func (c Config) preallocate() bool {
+	if c.Preallocate != nil {
+		return *c.Preallocate
+	}
+	return c.Flush == FlushSync
 }
 
 // parseConfig decodes a config section over the defaults and checks it. It

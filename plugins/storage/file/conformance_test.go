@@ -26,7 +26,7 @@ func newTestStore(t testing.TB) *Store {
 
 func TestConformanceSync(t *testing.T) {
 	sdktest.TestStorage(t, newForSuite, sdktest.StorageFeatures{
-		Config:          []byte(`{"flush": "sync"}`),
+		Config:          []byte(`{"flush": "sync", "segment_bytes": "1MiB"}`),
 		Durable:         true,
 		DataFiles:       dataFiles,
 		RetentionConfig: []byte(`{"flush": "sync", "segment_bytes": "16KiB", "retention_bytes": "48KiB"}`),
@@ -35,14 +35,15 @@ func TestConformanceSync(t *testing.T) {
 
 func TestConformanceAsync(t *testing.T) {
 	sdktest.TestStorage(t, newForSuite, sdktest.StorageFeatures{
-		Config:          []byte(`{"flush": "async", "flush_interval": "20ms"}`),
+		Config:          []byte(`{"flush": "async", "flush_interval": "20ms", "preallocate": false}`),
 		Durable:         true,
 		DataFiles:       dataFiles,
-		RetentionConfig: []byte(`{"flush": "async", "flush_interval": "10ms", "segment_bytes": "16KiB", "retention_age": "100ms"}`),
+		RetentionConfig: []byte(`{"flush": "async", "flush_interval": "10ms", "segment_bytes": "16KiB", "retention_age": "100ms", "preallocate": false}`),
 	})
 }
 
-// Small segments: every case also crosses segment boundaries.
+// Small preallocated segments: every case also crosses segment boundaries
+// and uses spare segment files.
 func TestConformanceSmallSegments(t *testing.T) {
 	sdktest.TestStorage(t, newForSuite, sdktest.StorageFeatures{
 		Config:    []byte(`{"segment_bytes": "4KiB", "group_commit_max_wait": "0s"}`),

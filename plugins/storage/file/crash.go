@@ -25,6 +25,7 @@ func (s *Store) CrashLoseUnflushed() error {
 	close(s.stop)
 	<-s.flusherDone
 	<-s.janitorDone
+	<-s.preallocDone
 	s.fail(fmt.Errorf("storage-file: crashed (test): %w", sdk.ErrClosed))
 
 	s.mu.Lock()
@@ -42,7 +43,15 @@ func (s *Store) CrashLoseUnflushed() error {
 		if !g.durableHeader {
 			keep(os.Remove(g.path))
 		} else {
-			keep(g.f.Truncate(segmentHeaderSize + min(max(s.fpos-g.base, 0), g.size)))
+			// What was not fsynced is gone: a preallocated file
+			// has its zeros back, another file is shorter.
+			cut := segmentHeaderSize + min(max(s.fpos-g.base, 0), g.size)
+			st, err := g.f.Stat()
+			keep(err)
+			keep(g.f.Truncate(cut))
+			if err == nil && st.Size() > cut {
+				keep(zeroFill(g.f, cut, st.Size(), nil))
+			}
 		}
 		g.release()
 	}

@@ -26,6 +26,7 @@ func (s *Store) flushLoop() {
 	maxWait := time.Duration(s.cfg.GroupCommitMaxWait)
 	interval := time.Duration(s.cfg.FlushInterval)
 	lastCohort := 0
+	var lastIO time.Duration // of the last group commit: write and fsync
 	var lingerStart time.Time
 	lastSync := time.Now()
 	timer := time.NewTimer(time.Hour)
@@ -84,30 +85,51 @@ func (s *Store) flushLoop() {
 			if lingerStart.IsZero() {
 				lingerStart = time.Now()
 			}
-			if left := maxWait - time.Since(lingerStart); left > 0 {
+			// Waiting longer than a fraction of an fsync costs
+			// more than it gains: the producers are slow to come
+			// back (busy CPUs), and fsyncing the ones that are
+			// here while the rest come back overlaps the two.
+			limit := min(maxWait, max(lastIO/lingerShare, 10*time.Microsecond))
+			if left := limit - time.Since(lingerStart); left > 0 {
 				s.kickAt = lastCohort
 				s.mu.Unlock()
 				sleep(left)
 				continue
 			}
 		}
+		if !lingerStart.IsZero() {
+			s.lingerNanos.Add(int64(time.Since(lingerStart)))
+		}
 		lingerStart = time.Time{}
 		data, from, msgs := s.buf, s.wpos, s.bufMsgs
-		s.buf, s.spare, s.bufMsgs = s.spare[:0], nil, 0
-		s.arrived = 0
+		s.buf, s.spareBuf, s.bufMsgs = s.spareBuf[:0], nil, 0
 		s.kickAt = 0
 		segs := s.segmentsFrom(from, from+int64(len(data)))
 		s.mu.Unlock()
 
+		t0 := time.Now()
 		err := s.write(segs, data, from)
 		if err == nil && (sync || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
+			if s.beforeSync != nil {
+				s.beforeSync()
+			}
+			if s.crashed.Load() {
+				return
+			}
 			err = s.fsyncDirty()
 			lastSync = time.Now()
+			lastIO = lastSync.Sub(t0)
+			s.fsyncs.Add(1)
+			s.ioNanos.Add(int64(lastIO))
 		}
+		s.fsyncedMsgs.Add(int64(msgs))
 		s.mu.Lock()
 		if cap(data) <= 2*maxBuffered {
-			s.spare = data[:0]
+			s.spareBuf = data[:0]
 		}
+		// Count arrivals from the end of this group commit: those are
+		// the producers it answers coming back.
+		s.arrived = 0
 		s.mu.Unlock()
 		if err != nil {
 			s.log.Error("commit log write failed; the store accepts no more appends", "error", err)
@@ -174,12 +196,19 @@ func (s *Store) write(segs []*segment, data []byte, from int64) error {
 }
 
 func (s *Store) newSegmentFile(g *segment) error {
-	ng := &segment{base: g.base, path: g.path}
-	if err := s.createSegment(ng); err != nil {
+	f, err := s.takeSpare(g)
+	if err != nil {
 		return err
 	}
+	if f == nil {
+		ng := &segment{base: g.base, path: g.path}
+		if err := s.createSegment(ng); err != nil {
+			return err
+		}
+		f = ng.f
+	}
 	s.mu.Lock()
-	g.f = ng.f
+	g.f = f
 	s.mu.Unlock()
 	s.dirDirty = true
 	return nil

@@ -29,6 +29,9 @@ const (
 	// retention deletes a segment so that a queue whose messages all
 	// expired keeps its offsets across a restart.
 	queuesFileName = "queues.json"
+	// spareFileName is a preallocated (zero-filled, fsynced) file of
+	// segment_bytes, renamed to the next segment when the log rolls.
+	spareFileName = "next-segment.zero"
 	// tmpSuffix marks a file being written for an atomic rename.
 	tmpSuffix = ".tmp"
 
@@ -149,11 +152,18 @@ var (
 	errBadRecord  = errors.New("record fails its checksum")
 )
 
+// errZeros: zeros where a record would start, the end of the data in a
+// preallocated segment.
+var errZeros = errors.New("zeros (end of data)")
+
 // recordLen reads the size field of a record header, checking its magic.
 // avail is how many bytes the file holds from the record on.
 func recordLen(h []byte, avail int64) (int, error) {
 	if len(h) < 8 {
 		return 0, errTornRecord
+	}
+	if binary.LittleEndian.Uint64(h) == 0 {
+		return 0, errZeros
 	}
 	if binary.LittleEndian.Uint32(h) != recordMagic {
 		return 0, fmt.Errorf("%w: bad magic", errBadRecord)

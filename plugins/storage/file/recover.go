@@ -78,18 +78,16 @@ func (s *Store) open() (err error) {
 		}
 	}
 	if len(s.segs) == 0 {
-		g := &segment{base: 0, path: filepath.Join(s.dir, fmt.Sprintf(segmentNameFormat, 0))}
-		g.refs.Store(1)
-		if err := s.createSegment(g); err != nil {
+		if err := s.createFirstSegment(); err != nil {
 			return err
 		}
-		if err := syncDir(s.dir); err != nil {
-			return fmt.Errorf("storage-file: %w", classify(err))
-		}
-		g.durableHeader = true
-		s.segs = append(s.segs, g)
 	}
 	last := s.segs[len(s.segs)-1]
+	if s.cfg.preallocate() {
+		if err := s.preallocateTail(last); err != nil {
+			return err
+		}
+	}
 	s.apos = last.base + last.size
 	s.wpos, s.fpos = s.apos, s.apos
 	s.durable.Store(s.apos)
@@ -111,6 +109,14 @@ func (s *Store) listDir() ([]string, error) {
 			names = append(names, de.Name())
 		case filepath.Ext(de.Name()) == tmpSuffix:
 			_ = os.Remove(filepath.Join(s.dir, de.Name()))
+		case de.Name() == spareFileName:
+			// A spare of another size (segment_bytes changed)
+			// or with preallocation off is of no use.
+			if info, err := de.Info(); err == nil && s.cfg.preallocate() && info.Size() == int64(s.cfg.SegmentBytes) {
+				s.spareReady = true
+			} else {
+				_ = os.Remove(filepath.Join(s.dir, de.Name()))
+			}
 		}
 	}
 	sort.Strings(names)
@@ -181,16 +187,31 @@ func (s *Store) scanSegments() error {
 				reason = fmt.Errorf("%w: segment starts at %d, previous one ends at %d", errBadRecord, g.base, prev.base+prev.size)
 			}
 		}
+		// A sealed segment's data ends where the next one starts (a
+		// preallocated one has zeros after it); the last one's ends at
+		// the end of the file or at the first zeros.
+		dataEnd := fileData
+		last := i == len(s.segs)-1
+		if !last {
+			dataEnd = min(fileData, s.segs[i+1].base-g.base)
+		}
 		var pos int64
 		if reason == nil {
-			pos, reason, err = s.scanSegment(g, fileData, &rec)
+			pos, reason, err = s.scanSegment(g, dataEnd, &rec)
 			if err != nil {
 				return err
 			}
 		}
+		if reason == nil && !last && g.base+pos != s.segs[i+1].base {
+			reason = fmt.Errorf("%w: segment data ends at %d, the next segment starts at %d", errTornRecord, g.base+pos, s.segs[i+1].base)
+		}
 		g.size = pos
 		if reason == nil {
 			continue
+		}
+		if last && errors.Is(reason, errZeros) {
+			// The normal end of a preallocated segment.
+			return nil
 		}
 		dropped := fileData - pos
 		for _, later := range s.segs[i+1:] {
@@ -198,7 +219,12 @@ func (s *Store) scanSegments() error {
 				dropped += st.Size() - segmentHeaderSize
 			}
 		}
-		s.log.Error("recovery: log truncated at the first bad record; nothing after it is delivered",
+		logf := s.log.Error
+		if errors.Is(reason, errTornRecord) || errors.Is(reason, errZeros) {
+			// What a crash leaves of writes no fsync covered.
+			logf = s.log.Warn
+		}
+		logf("recovery: log truncated at the first bad record; nothing after it is delivered",
 			"segment", g.path, "position", g.base+pos, "reason", reason.Error(),
 			"bytes_dropped", dropped, "later_segments_dropped", len(s.segs)-i-1)
 		if err := g.f.Truncate(segmentHeaderSize + pos); err != nil {
@@ -282,6 +308,64 @@ func (s *Store) scanSegment(g *segment, fileData int64, rec *[]byte) (pos int64,
 func checkRecordQueue(m recordMeta) error {
 	if m.topic == "" || m.queue < 0 {
 		return fmt.Errorf("%w: empty topic or negative queue", errBadRecord)
+	}
+	return nil
+}
+
+// createFirstSegment starts the log of a new store, from a preallocated
+// file when preallocation is on.
+func (s *Store) createFirstSegment() error {
+	g := &segment{base: 0, path: filepath.Join(s.dir, fmt.Sprintf(segmentNameFormat, 0))}
+	g.refs.Store(1)
+	if s.cfg.preallocate() && !s.spareReady {
+		if err := s.makeSpare(nil); err != nil {
+			return err
+		}
+		s.spareReady = true
+	}
+	if s.spareReady {
+		s.spareReady = false
+		if err := os.Rename(filepath.Join(s.dir, spareFileName), g.path); err != nil {
+			return fmt.Errorf("storage-file: %w", err)
+		}
+		f, err := os.OpenFile(g.path, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("storage-file: %w", classify(err))
+		}
+		g.f = f
+		if _, err := f.WriteAt(segmentHeader(0), 0); err != nil {
+			return fmt.Errorf("storage-file: write segment header: %w", classify(err))
+		}
+		if err := syncFile(f); err != nil {
+			return fmt.Errorf("storage-file: %w", classify(err))
+		}
+	} else if err := s.createSegment(g); err != nil {
+		return err
+	}
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("storage-file: %w", classify(err))
+	}
+	g.durableHeader = true
+	s.segs = append(s.segs, g)
+	return nil
+}
+
+// preallocateTail fills the rest of the segment being written with zeros up
+// to segment_bytes (a store that was closed, or recovered, has its file cut
+// at its last record).
+func (s *Store) preallocateTail(g *segment) error {
+	st, err := g.f.Stat()
+	if err != nil {
+		return fmt.Errorf("storage-file: %w", err)
+	}
+	if st.Size() >= int64(s.cfg.SegmentBytes) {
+		return nil
+	}
+	if err := zeroFill(g.f, st.Size(), int64(s.cfg.SegmentBytes), nil); err != nil {
+		return fmt.Errorf("storage-file: preallocate %s: %w", g.path, classify(err))
+	}
+	if err := syncFile(g.f); err != nil {
+		return fmt.Errorf("storage-file: preallocate %s: %w", g.path, classify(err))
 	}
 	return nil
 }

@@ -27,6 +27,9 @@ const (
 	// lingerMaxBytes ends a group commit wait early once this much is
 	// buffered: one fsync will be worth it anyway.
 	lingerMaxBytes = 4 << 20
+	// lingerShare: a group commit waits for more appends at most the
+	// last write+fsync time divided by this.
+	lingerShare = 4
 	// Read limits when a request leaves them at 0, and their caps (a read
 	// must fit one gRPC message).
 	defaultReadMessages = 1000
@@ -42,6 +45,9 @@ type Store struct {
 	// createFile opens a new segment file; tests replace it to inject
 	// faults (a full disk).
 	createFile func(name string) (*os.File, error)
+	// beforeSync, when set (tests only), runs in the flusher before each
+	// fsync of the log.
+	beforeSync func()
 
 	cfg  Config
 	dir  string
@@ -57,7 +63,7 @@ type Store struct {
 	queues     map[queueKey]*queue
 	apos       int64  // log position the next record gets
 	buf        []byte // records in [wpos, apos), not yet written
-	spare      []byte // the flusher's other buffer
+	spareBuf   []byte // the flusher's other buffer
 	bufMsgs    int    // messages in buf
 	arrived    int    // messages appended since the last group commit
 	kickAt     int    // >0: the flusher sleeps until arrived reaches it
@@ -76,12 +82,20 @@ type Store struct {
 	notify   chan struct{} // closed and replaced when durable or failed change
 	failed   error         // sticky: the log could not be written (under notifyMu)
 
+	spareReady   bool // the preallocated spare segment exists (under mu)
+	preallocKick chan struct{}
+	preallocDone chan struct{}
+
 	kick        chan struct{} // wakes the flusher
 	janitorKick chan struct{}
 	stop        chan struct{} // closed by Close
 	crashed     atomic.Bool   // CrashLoseUnflushed: the flusher writes nothing more
 	flusherDone chan struct{}
 	janitorDone chan struct{}
+
+	// Counters for benchmarks and tests: fsyncs of the log and the
+	// messages they made durable.
+	fsyncs, fsyncedMsgs, lingerNanos, ioNanos atomic.Int64
 
 	offMu   sync.Mutex // serialises rewrites of the offsets file
 	offsets map[string]map[queueKey]int64
@@ -215,7 +229,14 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.stop = make(chan struct{})
 	s.flusherDone = make(chan struct{})
 	s.janitorDone = make(chan struct{})
+	s.preallocKick = make(chan struct{}, 1)
+	s.preallocDone = make(chan struct{})
 	go s.flushLoop()
+	if cfg.preallocate() {
+		go s.preallocator()
+	} else {
+		close(s.preallocDone)
+	}
 	if cfg.RetentionBytes > 0 || cfg.RetentionAge > 0 {
 		go s.janitor()
 	} else {
@@ -608,8 +629,20 @@ func (s *Store) Close() error {
 	close(s.stop)
 	<-s.flusherDone
 	<-s.janitorDone
+	<-s.preallocDone
 	err := s.failure()
 	s.mu.Lock()
+	if err == nil && len(s.segs) > 0 {
+		// Cut the zeros a preallocated segment has after its data, so
+		// that a closed store's newest file ends with its newest record.
+		g := s.segs[len(s.segs)-1]
+		if st, serr := g.f.Stat(); serr == nil && st.Size() > segmentHeaderSize+g.size {
+			err = g.f.Truncate(segmentHeaderSize + g.size)
+			if err == nil {
+				err = syncFile(g.f)
+			}
+		}
+	}
 	for _, g := range s.segs {
 		g.release()
 	}

@@ -1,0 +1,260 @@
+package file
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// The benchmarks compare the store with what the disk does on its own:
+//
+//	go test -run xxx -bench . -count 5 ./plugins/storage/file/
+//
+// Every benchmark reports msgs/s (or writes/s for the raw disk) and MB/s of
+// payload, so that Append can be read against the raw rates.
+
+// rawFile is a file written sequentially and replaced every 64MiB, like a
+// segment, so that a long run does not fill the disk.
+type rawFile struct {
+	dir  string
+	f    *os.File
+	off  int64
+	gen  int
+	sync bool
+}
+
+func (r *rawFile) write(b *testing.B, p []byte) {
+	if r.f == nil || r.off+int64(len(p)) > DefaultSegmentBytes {
+		if r.f != nil {
+			_ = r.f.Close()
+			_ = os.Remove(r.f.Name())
+		}
+		f, err := os.Create(filepath.Join(r.dir, fmt.Sprintf("raw-%d", r.gen)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.f, r.off = f, 0
+		r.gen++
+	}
+	if _, err := r.f.WriteAt(p, r.off); err != nil {
+		b.Fatal(err)
+	}
+	r.off += int64(len(p))
+	if r.sync {
+		if err := syncFile(r.f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRawDisk measures the disk without the store: a 1KiB and a 256KiB
+// write each followed by fdatasync, and sequential writes without fsync (what
+// the page cache takes).
+func BenchmarkRawDisk(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		size int
+		sync bool
+	}{
+		{"write+fsync-1KiB", 1 << 10, true},
+		{"write+fsync-256KiB", 256 << 10, true},
+		{"seq-write-1KiB", 1 << 10, false},
+		{"seq-write-256KiB", 256 << 10, false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			r := &rawFile{dir: b.TempDir(), sync: c.sync}
+			defer func() {
+				if r.f != nil {
+					_ = r.f.Close()
+				}
+			}()
+			p := payload(c.size)
+			b.SetBytes(int64(c.size))
+			b.ResetTimer()
+			for range b.N {
+				r.write(b, p)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
+		})
+	}
+}
+
+func openBench(b *testing.B, config string) *Store {
+	s := New()
+	s.log = s.log.ResetNamed("bench")
+	if err := s.Configure(context.Background(), []byte(config), &sdk.Environment{DataDir: b.TempDir()}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// payload returns n bytes that are not zeros: a virtual disk may write zeros
+// faster than data, which would flatter whatever writes them.
+func payload(n int) []byte {
+	p := make([]byte, n)
+	x := uint32(2463534242)
+	for i := range p {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		p[i] = byte(x)
+	}
+	return p
+}
+
+var body1KiB = payload(1024)
+
+func benchMessage(i int) *sdk.Message {
+	return &sdk.Message{Id: fmt.Sprintf("producer-1-%d", i), Topic: "bench", Queue: int32(i % 4), Body: body1KiB}
+}
+
+// BenchmarkAppendAsync appends 1KiB messages under flush: async from one
+// goroutine, as the broker does, while another waits for the answers in
+// order. batch is how many messages one Append call carries.
+func BenchmarkAppendAsync(b *testing.B) {
+	for _, batch := range []int{1, 64} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			s := openBench(b, `{"flush": "async"}`)
+			msgs := make([]*sdk.Message, 4096)
+			for i := range msgs {
+				msgs[i] = benchMessage(i)
+			}
+			waits := make(chan sdk.AppendWait, 1024)
+			done := make(chan error, 1)
+			go func() {
+				var err error
+				for w := range waits {
+					if _, werr := w(context.Background()); werr != nil && err == nil {
+						err = werr
+					}
+				}
+				done <- err
+			}()
+			b.SetBytes(1024)
+			b.ResetTimer()
+			for i := 0; i < b.N; i += batch {
+				n := min(batch, b.N-i)
+				// Fresh ids: the same ones would be de-duplicated.
+				for j := range n {
+					msgs[(i+j)%len(msgs)].Id = fmt.Sprintf("p-%d", i+j)
+				}
+				start := i % len(msgs)
+				if start+n > len(msgs) {
+					start = 0
+				}
+				w, err := s.Append(context.Background(), msgs[start:start+n])
+				if err != nil {
+					b.Fatal(err)
+				}
+				waits <- w
+			}
+			close(waits)
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkAppendSync appends 1KiB messages under flush: sync with 1, 16 and
+// 256 producers, modelled on the broker: each producer sends one message and
+// waits for its ack; one appender goroutine takes whatever producers have
+// sent (the broker's grouping of appends), calls Append once for them, and
+// hands each producer the batch's AppendWait, which they wait on concurrently.
+func BenchmarkAppendSync(b *testing.B) {
+	for _, producers := range []int{1, 16, 256} {
+		for _, prealloc := range []bool{true, false} {
+			b.Run(fmt.Sprintf("producers=%d/preallocate=%v", producers, prealloc), func(b *testing.B) {
+				s := openBench(b, fmt.Sprintf(`{"flush": "sync", "preallocate": %v}`, prealloc))
+				benchProducers(b, s, producers)
+			})
+		}
+	}
+}
+
+type benchReq struct {
+	m     *sdk.Message
+	reply chan benchReply
+}
+
+type benchReply struct {
+	wait sdk.AppendWait
+	idx  int
+}
+
+func benchProducers(b *testing.B, s *Store, producers int) {
+	reqs := make(chan benchReq, producers)
+	go func() {
+		batch := make([]benchReq, 0, producers)
+		msgs := make([]*sdk.Message, 0, producers)
+		for r := range reqs {
+			batch, msgs = append(batch[:0], r), append(msgs[:0], r.m)
+		drain:
+			for len(batch) < 1024 {
+				select {
+				case r, ok := <-reqs:
+					if !ok {
+						break drain
+					}
+					batch, msgs = append(batch, r), append(msgs, r.m)
+				default:
+					break drain
+				}
+			}
+			w, err := s.Append(context.Background(), append([]*sdk.Message(nil), msgs...))
+			if err != nil {
+				panic(err)
+			}
+			for i, r := range batch {
+				r.reply <- benchReply{w, i}
+			}
+		}
+	}()
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	b.SetBytes(1024)
+	b.ResetTimer()
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reply := make(chan benchReply, 1)
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				m := benchMessage(int(i))
+				m.Id = fmt.Sprintf("p%d-%d", p, i)
+				reqs <- benchReq{m, reply}
+				r := <-reply
+				offs, err := r.wait(context.Background())
+				if err != nil || len(offs) <= r.idx {
+					failed.Store(fmt.Sprint("wait: ", err))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(reqs)
+	if f := failed.Load(); f != nil {
+		b.Fatal(f)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	if n := s.fsyncs.Load(); n > 0 {
+		b.ReportMetric(float64(s.fsyncedMsgs.Load())/float64(n), "msgs/fsync")
+		b.ReportMetric(float64(s.lingerNanos.Load())/float64(n)/1e3, "linger-us/fsync")
+		b.ReportMetric(float64(s.ioNanos.Load())/float64(n)/1e3, "io-us/fsync")
+	}
+}

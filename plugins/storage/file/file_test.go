@@ -1,0 +1,515 @@
+package file
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/sdk/sdktest"
+)
+
+// These tests cover what is particular to the file store; the behaviour every
+// store shares is checked by the conformance suite (conformance_test.go).
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// openStore configures a store on dataDir and closes it at the end of the
+// test (unless the test closed it).
+func openStore(t *testing.T, dataDir, config string) *Store {
+	t.Helper()
+	s, err := tryOpen(t, dataDir, config)
+	if err != nil {
+		t.Fatalf("Configure: %v", err)
+	}
+	return s
+}
+
+func tryOpen(t *testing.T, dataDir, config string) (*Store, error) {
+	s := newTestStore(t)
+	if err := s.Configure(ctx(t), []byte(config), &sdk.Environment{DataDir: dataDir}); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s, nil
+}
+
+func testMsg(queue int32, i int) *sdk.Message {
+	return &sdk.Message{Id: fmt.Sprintf("id-%d-%d", queue, i), Topic: "t", Queue: queue, Body: []byte(strings.Repeat(fmt.Sprint(i), 100))}
+}
+
+func appendWait(t *testing.T, s sdk.Storage, msgs ...*sdk.Message) []int64 {
+	t.Helper()
+	w, err := s.Append(ctx(t), msgs)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	offs, err := w(ctx(t))
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	return offs
+}
+
+func readQueue(t *testing.T, s sdk.Storage, queue int32) []*sdk.Message {
+	t.Helper()
+	var out []*sdk.Message
+	for off := int64(0); ; {
+		resp, err := s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: queue, Offset: off, MaxMessages: 1000})
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		if len(resp.Messages) == 0 {
+			return out
+		}
+		out = append(out, resp.Messages...)
+		off = resp.Messages[len(resp.Messages)-1].Offset + 1
+	}
+}
+
+func segments(t *testing.T, dataDir string) []string {
+	t.Helper()
+	files, err := dataFiles(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func TestConfigProblems(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		config string
+		want   []string // problem paths, in order
+	}{
+		{"empty", ``, nil},
+		{"defaults spelled out", `{"flush": "sync", "group_commit_max_wait": "2ms", "flush_interval": "500ms", "flush_bytes": "4MiB",
+			"flush_timeout": "5s", "segment_bytes": "64MiB", "retention_bytes": 0, "retention_age": "0s", "preallocate": true, "dir": ""}`, nil},
+		{"every range wrong", `{"flush": "fast", "group_commit_max_wait": "1h", "flush_interval": "0s", "flush_bytes": 0,
+			"flush_timeout": "-1s", "segment_bytes": "1KiB", "retention_age": "-1h"}`,
+			[]string{"flush", "group_commit_max_wait", "flush_interval", "flush_bytes", "flush_timeout", "segment_bytes", "retention_age"}},
+		{"unknown key and wrong types together", `{"segment_bytes": true, "flush_intervall": "1s", "flush_timeout": 5}`,
+			[]string{"flush_intervall", "flush_timeout", "segment_bytes"}},
+		{"not a mapping", `[1, 2]`, []string{""}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ps := New().Validate([]byte(c.config))
+			var got []string
+			for _, p := range ps {
+				got = append(got, p.Path)
+				if p.Message == "" {
+					t.Errorf("problem at %q has no message", p.Path)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(c.want) {
+				t.Fatalf("problem paths %q, want %q (problems: %v)", got, c.want, ps)
+			}
+			if len(ps) > 0 && !errors.Is(ps, sdk.ErrConfig) {
+				t.Fatal("problems do not match sdk.ErrConfig")
+			}
+		})
+	}
+}
+
+func TestConfigureDirectoryErrors(t *testing.T) {
+	s := newTestStore(t)
+	missing := filepath.Join(t.TempDir(), "no", "such")
+	err := s.Configure(ctx(t), nil, &sdk.Environment{DataDir: missing})
+	if err == nil || !strings.Contains(err.Error(), "data directory") {
+		t.Fatalf("Configure on a missing data dir: %v, want an error naming the data directory", err)
+	}
+	err = New().Configure(ctx(t), nil, &sdk.Environment{})
+	if !errors.Is(err, sdk.ErrConfig) {
+		t.Fatalf("Configure without dir nor data_dir: %v, want ErrConfig", err)
+	}
+	// dir overrides the data dir.
+	dir := filepath.Join(t.TempDir(), "mine")
+	s = openStore(t, missing, fmt.Sprintf(`{"dir": %q}`, dir))
+	appendWait(t, s, testMsg(0, 0))
+	if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf(segmentNameFormat, 0))); err != nil {
+		t.Fatalf("no segment in the configured dir: %v", err)
+	}
+}
+
+func TestReadOnlyDirectory(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root writes to read-only directories")
+	}
+	dataDir := t.TempDir()
+	if err := os.Chmod(dataDir, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Chmod(dataDir, 0o700)
+	_, err := tryOpen(t, dataDir, "")
+	if err == nil || !strings.Contains(err.Error(), "not writable") {
+		t.Fatalf("Configure on a read-only dir: %v, want 'not writable'", err)
+	}
+}
+
+// Two stores (or processes: flock is per open file) cannot open one
+// directory; the second gets a clear error, and can open after the first
+// closed.
+func TestLockedByAnotherStore(t *testing.T) {
+	dataDir := t.TempDir()
+	first := openStore(t, dataDir, "")
+	appendWait(t, first, testMsg(0, 0))
+	_, err := tryOpen(t, dataDir, "")
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open: %v, want an 'in use' error", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second := openStore(t, dataDir, "")
+	if got := readQueue(t, second, 0); len(got) != 1 {
+		t.Fatalf("after the first closed, the second reads %d messages, want 1", len(got))
+	}
+}
+
+// A store written by another format version is refused before anything is
+// changed.
+func TestIncompatibleVersion(t *testing.T) {
+	dataDir := t.TempDir()
+	s := openStore(t, dataDir, `{"segment_bytes": "4KiB"}`)
+	for i := range 20 {
+		appendWait(t, s, testMsg(0, i))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files := segments(t, dataDir)
+	if len(files) < 2 {
+		t.Fatalf("%d segments, want several", len(files))
+	}
+	newest := files[len(files)-1]
+	data, err := os.ReadFile(newest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint32(data[8:], formatVersion+1)
+	binary.LittleEndian.PutUint32(data[24:], crc32.Checksum(data[:24], castagnoli))
+	if err := os.WriteFile(newest, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = tryOpen(t, dataDir, `{"segment_bytes": "4KiB"}`)
+	if !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "version 2") {
+		t.Fatalf("open of a version-2 segment: %v, want ErrIncompatible naming version 2", err)
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("refused open changed the store: %v", err)
+		}
+	}
+	if after, _ := os.ReadFile(newest); len(after) != len(data) {
+		t.Fatal("refused open changed the segment")
+	}
+
+	// Not a segment at all.
+	other := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(other, dirName), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(other, dirName, fmt.Sprintf(segmentNameFormat, 0))
+	if err := os.WriteFile(junk, []byte(strings.Repeat("not a segment ", 10)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tryOpen(t, other, ""); !errors.Is(err, ErrIncompatible) {
+		t.Fatalf("open of a foreign file: %v, want ErrIncompatible", err)
+	}
+}
+
+// Under flush: sync, what an append was acknowledged for survives a crash that
+// loses the page cache; what was only written is lost whole, and the store
+// recovers to a consistent log. The append whose fsync does not come in time
+// is answered FLUSH_TIMEOUT with its offsets.
+func TestSyncCrashKeepsAcknowledged(t *testing.T) {
+	dataDir := t.TempDir()
+	s := openStore(t, dataDir, `{"flush": "sync", "segment_bytes": "8KiB"}`)
+	var acked []*sdk.Message
+	for i := range 30 {
+		m := testMsg(int32(i%2), i)
+		appendWait(t, s, m)
+		acked = append(acked, m)
+	}
+	gate := make(chan struct{})
+	s.beforeSync = func() { <-gate }
+	w, err := s.Append(ctx(t), []*sdk.Message{testMsg(0, 100), testMsg(1, 101)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	offs, err := w(short)
+	if !errors.Is(err, sdk.ErrFlushTimeout) || fmt.Sprint(offs) != "[15 15]" {
+		t.Fatalf("wait with the fsync held: %v %v, want offsets [15 15] with ErrFlushTimeout", offs, err)
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		close(gate)
+	}()
+	if err := s.CrashLoseUnflushed(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openStore(t, dataDir, `{"flush": "sync", "segment_bytes": "8KiB"}`)
+	for q := range int32(2) {
+		got := readQueue(t, s, q)
+		if len(got) != 15 {
+			t.Fatalf("queue %d after the crash: %d messages, want the 15 acknowledged", q, len(got))
+		}
+		for i, m := range got {
+			want := acked[2*i+int(q)]
+			if m.Id != want.Id || string(m.Body) != string(want.Body) {
+				t.Fatalf("queue %d offset %d: %s, want %s", q, i, m.Id, want.Id)
+			}
+		}
+	}
+	// The lost messages are not in the de-dup window: the retry stores them.
+	if offs := appendWait(t, s, testMsg(0, 100), testMsg(1, 101)); fmt.Sprint(offs) != "[15 15]" {
+		t.Fatalf("retry of the lost batch got %v, want [15 15]", offs)
+	}
+}
+
+// Under flush: async, appends are answered once written; a machine crash
+// before the interval's fsync loses them, and recovery finds the zeros or the
+// cut file and starts over cleanly.
+func TestAsyncCrashLosesUnsynced(t *testing.T) {
+	for _, prealloc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("preallocate=%v", prealloc), func(t *testing.T) {
+			dataDir := t.TempDir()
+			config := fmt.Sprintf(`{"flush": "async", "flush_interval": "1h", "preallocate": %v}`, prealloc)
+			s := openStore(t, dataDir, config)
+			for i := range 10 {
+				appendWait(t, s, testMsg(0, i))
+			}
+			if got := readQueue(t, s, 0); len(got) != 10 {
+				t.Fatalf("before the crash: %d messages readable, want 10 (async reads see written data)", len(got))
+			}
+			if err := s.CrashLoseUnflushed(); err != nil {
+				t.Fatal(err)
+			}
+			s = openStore(t, dataDir, config)
+			if got := readQueue(t, s, 0); len(got) != 0 {
+				t.Fatalf("after the crash: %d messages, want 0 (none was fsynced)", len(got))
+			}
+			if offs := appendWait(t, s, testMsg(0, 0)); offs[0] != 0 {
+				t.Fatalf("first append after the crash got offset %d, want 0", offs[0])
+			}
+		})
+	}
+}
+
+// FLUSH_TIMEOUT crosses the plugin boundary as a status with offsets.
+func TestFlushTimeoutOverGRPC(t *testing.T) {
+	s := newTestStore(t)
+	gate := make(chan struct{})
+	client, stop := sdktest.ServeStorage(t, s)
+	if err := client.Configure(ctx(t), []byte(`{"flush_timeout": "50ms"}`), &sdk.Environment{DataDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	appendWait(t, client, testMsg(0, 0))
+	s.beforeSync = func() { <-gate }
+	w, err := client.Append(ctx(t), []*sdk.Message{testMsg(0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs, err := w(ctx(t))
+	if !errors.Is(err, sdk.ErrFlushTimeout) || fmt.Sprint(offs) != "[1]" {
+		t.Fatalf("append whose fsync is held past flush_timeout: %v %v, want [1] with ErrFlushTimeout", offs, err)
+	}
+	close(gate)
+	stop()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A full disk (ENOSPC) is sdk.ErrFull for the appends it hits and every one
+// after; what was stored before is intact after a restart.
+func TestDiskFull(t *testing.T) {
+	dataDir := t.TempDir()
+	config := `{"segment_bytes": "4KiB", "preallocate": false}`
+	s := openStore(t, dataDir, config)
+	appendWait(t, s, testMsg(0, 0))
+	// The next segment file lands on a device that is always full.
+	s.createFile = func(string) (*os.File, error) { return os.OpenFile("/dev/full", os.O_WRONLY, 0) }
+	var err error
+	stored := 1
+	for i := 1; i < 100 && err == nil; i++ {
+		var w sdk.AppendWait
+		if w, err = s.Append(ctx(t), []*sdk.Message{testMsg(0, i)}); err == nil {
+			if _, err = w(ctx(t)); err == nil {
+				stored++
+			}
+		}
+	}
+	if !errors.Is(err, sdk.ErrFull) {
+		t.Fatalf("appends into a full disk: %v, want ErrFull", err)
+	}
+	if _, err := s.Append(ctx(t), []*sdk.Message{testMsg(0, 1000)}); !errors.Is(err, sdk.ErrFull) {
+		t.Fatalf("append after the disk filled: %v, want ErrFull", err)
+	}
+	_ = s.Close()
+	s = openStore(t, dataDir, config)
+	if got := readQueue(t, s, 0); len(got) != stored {
+		t.Fatalf("after a restart: %d messages, want the %d stored before the disk filled", len(got), stored)
+	}
+}
+
+// A record damaged while the store is open (the disk returns other bytes) is
+// answered sdk.ErrCorrupt, never delivered.
+func TestReadDetectsCorruption(t *testing.T) {
+	dataDir := t.TempDir()
+	s := openStore(t, dataDir, "")
+	appendWait(t, s, testMsg(0, 0), testMsg(0, 1), testMsg(0, 2))
+	f, err := os.OpenFile(segments(t, dataDir)[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.RLock()
+	e := s.queues[queueKey{"t", 0}].ents[1]
+	s.mu.RUnlock()
+	if _, err := f.WriteAt([]byte{0xff}, segmentHeaderSize+e.pos+int64(e.size)-2); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	_, err = s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 0, MaxMessages: 10})
+	if !errors.Is(err, sdk.ErrCorrupt) {
+		t.Fatalf("read over a damaged record: %v, want ErrCorrupt", err)
+	}
+	resp, err := s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 0, MaxMessages: 1})
+	if err != nil || len(resp.Messages) != 1 {
+		t.Fatalf("read of the good record before it: %v, %d messages", err, len(resp.Messages))
+	}
+}
+
+// Damage in an older segment truncates the log there: nothing after it is
+// delivered (offsets stay dense), and the store goes on from there.
+func TestRecoveryTruncatesAtFirstBadRecord(t *testing.T) {
+	dataDir := t.TempDir()
+	config := `{"segment_bytes": "4KiB"}`
+	s := openStore(t, dataDir, config)
+	for i := range 40 {
+		appendWait(t, s, testMsg(0, i))
+	}
+	_ = s.Close()
+	files := segments(t, dataDir)
+	if len(files) < 3 {
+		t.Fatalf("%d segments, want at least 3", len(files))
+	}
+	data, err := os.ReadFile(files[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[segmentHeaderSize+recordHeaderSize+10] ^= 1 // first record of the second segment
+	if err := os.WriteFile(files[1], data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dataDir, config)
+	got := readQueue(t, s, 0)
+	if len(got) == 0 || len(got) >= 40 {
+		t.Fatalf("after damage in segment 2 of %d: %d messages, want those of segment 1 only", len(files), len(got))
+	}
+	for i, m := range got {
+		if m.Id != testMsg(0, i).Id {
+			t.Fatalf("offset %d holds %s", i, m.Id)
+		}
+	}
+	if n := len(segments(t, dataDir)); n != 1 {
+		t.Fatalf("%d segments after recovery, want 1 (the damaged one is cut to nothing and dropped)", n)
+	}
+	if offs := appendWait(t, s, testMsg(0, 999)); offs[0] != int64(len(got)) {
+		t.Fatalf("next append got offset %d, want %d", offs[0], len(got))
+	}
+}
+
+// Retention deletes whole old segments; a queue whose messages all expired
+// keeps its offsets across a restart, so consumers never see offsets reused.
+func TestRetentionKeepsOffsetsAcrossRestart(t *testing.T) {
+	dataDir := t.TempDir()
+	config := `{"segment_bytes": "4KiB", "retention_bytes": "12KiB"}`
+	s := openStore(t, dataDir, config)
+	for i := range 20 {
+		appendWait(t, s, testMsg(0, i))
+	}
+	for i := range 200 {
+		appendWait(t, s, testMsg(1, i))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o, err := s.GetOffsets(ctx(t), "", []*sdk.QueueRef{{Topic: "t", Queue: 0}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o[0].Start == 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue 0 offsets %v, want start = end = 20 once its segments expired", o[0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var total int64
+	for _, f := range segments(t, dataDir) {
+		st, _ := os.Stat(f)
+		total += st.Size()
+	}
+	if total > 20<<10 {
+		t.Fatalf("%d bytes of segments kept under retention_bytes 12KiB", total)
+	}
+	_ = s.Close()
+	s = openStore(t, dataDir, config)
+	o, err := s.GetOffsets(ctx(t), "", []*sdk.QueueRef{{Topic: "t", Queue: 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o[0].Start != 20 || o[0].End != 20 {
+		t.Fatalf("after a restart queue 0 is %d..%d, want 20..20", o[0].Start, o[0].End)
+	}
+	if offs := appendWait(t, s, testMsg(0, 20)); offs[0] != 20 {
+		t.Fatalf("next append to the expired queue got offset %d, want 20", offs[0])
+	}
+}
+
+// Segment files roll at segment_bytes, are named by their log position, and
+// a preallocated spare is used for the next one.
+func TestSegmentsRoll(t *testing.T) {
+	dataDir := t.TempDir()
+	s := openStore(t, dataDir, `{"segment_bytes": "4KiB", "preallocate": true}`)
+	for i := range 50 {
+		appendWait(t, s, testMsg(int32(i%3), i))
+	}
+	files := segments(t, dataDir)
+	if len(files) < 3 {
+		t.Fatalf("%d segments after ~12KiB in 4KiB segments", len(files))
+	}
+	for i, f := range files[:len(files)-1] {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > 4<<10 {
+			t.Fatalf("segment %d is %d bytes, more than segment_bytes", i, st.Size())
+		}
+	}
+	_ = s.Close()
+	s = openStore(t, dataDir, `{"segment_bytes": "4KiB"}`)
+	total := 0
+	for q := range int32(3) {
+		total += len(readQueue(t, s, q))
+	}
+	if total != 50 {
+		t.Fatalf("after reopen: %d messages, want 50", total)
+	}
+}
