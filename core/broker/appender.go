@@ -270,7 +270,7 @@ func (a *appender) answer(b *batch, attempt int, offsets []int64, err error) {
 		for _, m := range b.msgs {
 			if !seen[m.Topic] {
 				seen[m.Topic] = true
-				if t := a.b.topics[m.Topic]; t != nil {
+				if t, _ := a.b.topic(m.Topic); t != nil {
 					t.notify()
 				}
 			}

@@ -67,8 +67,11 @@ type Broker struct {
 	opts    Options
 	log     hclog.Logger
 	storage StorageSource
-	topics  map[string]*topic
 	app     *appender
+	groups  *groups
+
+	topicsMu sync.RWMutex
+	topics   map[string]*topic // declared ones, plus groups' retry and DLQ topics once used
 
 	closeOnce sync.Once
 }
@@ -76,9 +79,10 @@ type Broker struct {
 var _ sdk.Core = (*Broker)(nil)
 
 type topic struct {
-	name   string
-	queues int32
-	mu     sync.Mutex
+	name     string
+	queues   int32
+	internal bool // a group's retry or dead-letter topic
+	mu       sync.Mutex
 	signal chan struct{} // closed and replaced when messages become readable
 }
 
@@ -100,7 +104,7 @@ func New(opts Options, storage StorageSource) *Broker {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}}
+	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups()}
 	for _, t := range opts.Topics {
 		b.topics[t.Name] = &topic{name: t.Name, queues: int32(t.Queues), signal: make(chan struct{})}
 	}
@@ -119,15 +123,28 @@ func (b *Broker) Close(ctx context.Context) error {
 	return err
 }
 
+// topic returns a declared topic, or a group's retry or dead-letter topic
+// (created on first use).
 func (b *Broker) topic(name string) (*topic, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty topic name", sdk.ErrInvalidArgument)
 	}
+	b.topicsMu.RLock()
 	t := b.topics[name]
-	if t == nil {
-		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	b.topicsMu.RUnlock()
+	if t != nil {
+		return t, nil
 	}
-	return t, nil
+	if _, queues, ok := sdk.InternalTopic(name); ok {
+		b.topicsMu.Lock()
+		defer b.topicsMu.Unlock()
+		if t = b.topics[name]; t == nil {
+			t = &topic{name: name, queues: queues, internal: true, signal: make(chan struct{})}
+			b.topics[name] = t
+		}
+		return t, nil
+	}
+	return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
 }
 
 func (b *Broker) checkQueue(t *topic, q int32) error {
@@ -252,8 +269,8 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 		}
 	}
 	for _, n := range names {
-		t := b.topics[n]
-		if t == nil {
+		t, err := b.topic(n)
+		if err != nil {
 			continue // unknown topics are left out
 		}
 		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: t.queues, Leaders: make([]int32, t.queues)})

@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,10 +40,9 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 	}
 	wait := min(time.Duration(req.MaxWaitNanos), maxFetchWait)
 	deadline := time.Now().Add(wait)
-	var timer *time.Timer
 	for {
 		signal := t.wait() // taken before reading, so no append is missed
-		resp, err := b.read(ctx, req, maxMsgs, maxBytes)
+		resp, due, err := b.read(ctx, req, maxMsgs, maxBytes)
 		if err != nil || len(resp.Messages) > 0 {
 			return resp, err
 		}
@@ -49,21 +50,44 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 		if left <= 0 {
 			return resp, nil
 		}
-		if timer == nil {
-			timer = time.NewTimer(left)
-			defer timer.Stop()
+		wake := left
+		if !due.IsZero() {
+			wake = min(wake, max(time.Until(due), time.Millisecond))
 		}
+		timer := time.NewTimer(wake)
 		select {
 		case <-signal:
 		case <-timer.C:
-			return resp, nil
 		case <-ctx.Done():
+			timer.Stop()
 			return resp, nil
 		}
+		timer.Stop()
 	}
 }
 
-func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, maxBytes int64) (*sdk.FetchResponse, error) {
+// holdBack cuts msgs of a retry queue at the first message that is not due
+// yet and returns when that one is due (zero when all are due).
+func holdBack(msgs []*sdk.Message, now time.Time) ([]*sdk.Message, time.Time) {
+	for i, m := range msgs {
+		v, ok := m.Headers[sdk.HeaderDeliverAt]
+		if !ok {
+			continue
+		}
+		at, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			continue // unreadable: deliver rather than hold forever
+		}
+		if due := time.Unix(0, at); due.After(now) {
+			return msgs[:i], due
+		}
+	}
+	return msgs, time.Time{}
+}
+
+// read reads the requested queues once. For a group's retry topic it returns
+// only messages that are due, and the time the next held-back one is due.
+func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, maxBytes int64) (*sdk.FetchResponse, time.Time, error) {
 	n := len(req.Positions)
 	perMsgs := max(maxMsgs/n, 1)
 	perBytes := max(maxBytes/int64(n), 1)
@@ -83,14 +107,24 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 	}
 	wg.Wait()
 	resp := &sdk.FetchResponse{}
+	retry := strings.HasPrefix(req.Topic, sdk.RetryTopic(""))
+	now := time.Now()
+	var next time.Time
 	for i := range results {
 		if errs[i] != nil {
-			return nil, errs[i]
+			return nil, time.Time{}, errs[i]
 		}
-		resp.Messages = append(resp.Messages, results[i].Messages...)
+		msgs := results[i].Messages
+		if retry {
+			var due time.Time
+			if msgs, due = holdBack(msgs, now); !due.IsZero() && (next.IsZero() || due.Before(next)) {
+				next = due
+			}
+		}
+		resp.Messages = append(resp.Messages, msgs...)
 		if results[i].Offsets != nil {
 			resp.Offsets = append(resp.Offsets, results[i].Offsets)
 		}
 	}
-	return resp, nil
+	return resp, next, nil
 }

@@ -196,6 +196,10 @@ func (c *memCore) Metadata(_ context.Context, req *ferryv1.MetadataRequest) (*fe
 }
 
 // stored returns a queue's messages.
+func (c *memCore) Heartbeat(_ context.Context, req *ferryv1.HeartbeatRequest) (*ferryv1.HeartbeatResponse, error) {
+	return &ferryv1.HeartbeatResponse{Members: []string{req.Member}}, nil
+}
+
 func (c *memCore) stored(topic string, queue int32) []*ferryv1.Message {
 	c.mu.Lock()
 	defer c.mu.Unlock()

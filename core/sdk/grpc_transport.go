@@ -117,6 +117,14 @@ func (c *coreClient) Metadata(ctx context.Context, req *MetadataRequest) (*Metad
 	return f.GetMetadata(), nil
 }
 
+func (c *coreClient) Heartbeat(ctx context.Context, req *HeartbeatRequest) (*HeartbeatResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_Heartbeat{Heartbeat: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetHeartbeat(), nil
+}
+
 // TransportClient is the host's side of a transport plugin over gRPC.
 type TransportClient struct {
 	pluginClient
@@ -214,6 +222,11 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 		var resp *ferryv1.MetadataResponse
 		if resp, err = core.Metadata(ctx, r.Metadata); err == nil {
 			out.Response = &ferryv1.CoreFrame_Metadata{Metadata: resp}
+		}
+	case *ferryv1.TransportFrame_Heartbeat:
+		var resp *ferryv1.HeartbeatResponse
+		if resp, err = core.Heartbeat(ctx, r.Heartbeat); err == nil {
+			out.Response = &ferryv1.CoreFrame_Heartbeat{Heartbeat: resp}
 		}
 	default:
 		err = fmt.Errorf("%w: unknown transport request %T", ErrInvalidArgument, f.Request)

@@ -41,6 +41,8 @@ type (
 	GetOffsetsResponse   = ferryv1.GetOffsetsResponse
 	MetadataRequest      = ferryv1.MetadataRequest
 	MetadataResponse     = ferryv1.MetadataResponse
+	HeartbeatRequest     = ferryv1.HeartbeatRequest
+	HeartbeatResponse    = ferryv1.HeartbeatResponse
 )
 
 // Plugin is what every plugin implements, whatever its kind.

@@ -21,4 +21,5 @@ type Core interface {
 	CommitOffsets(ctx context.Context, req *CommitOffsetsRequest) error
 	GetOffsets(ctx context.Context, req *GetOffsetsRequest) (*GetOffsetsResponse, error)
 	Metadata(ctx context.Context, req *MetadataRequest) (*MetadataResponse, error)
+	Heartbeat(ctx context.Context, req *HeartbeatRequest) (*HeartbeatResponse, error)
 }

@@ -565,6 +565,133 @@ func (x *BrokerInfo) GetRole() string {
 	return ""
 }
 
+type HeartbeatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Unique per consumer instance.
+	Member string `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	// Topics the member consumes (for status and metrics).
+	Topics []string `protobuf:"bytes,3,rep,name=topics,proto3" json:"topics,omitempty"`
+	// True when the member leaves the group on purpose: its queues are given
+	// to the others at once instead of after session_timeout.
+	Leave bool `protobuf:"varint,4,opt,name=leave,proto3" json:"leave,omitempty"`
+	// How long the broker keeps the member without a heartbeat; 0 means the
+	// broker's default.
+	SessionTimeoutNanos int64 `protobuf:"varint,5,opt,name=session_timeout_nanos,json=sessionTimeoutNanos,proto3" json:"session_timeout_nanos,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeartbeatRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *HeartbeatRequest) GetLeave() bool {
+	if x != nil {
+		return x.Leave
+	}
+	return false
+}
+
+func (x *HeartbeatRequest) GetSessionTimeoutNanos() int64 {
+	if x != nil {
+		return x.SessionTimeoutNanos
+	}
+	return 0
+}
+
+type HeartbeatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's live members, sorted.
+	Members       []string `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HeartbeatResponse) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 var File_ferry_v1_broker_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_broker_proto_rawDesc = "" +
@@ -605,14 +732,23 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"BrokerInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
-	"\x04role\x18\x03 \x01(\tR\x04role2\xe4\x02\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"\xa2\x01\n" +
+	"\x10HeartbeatRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\tR\x06member\x12\x16\n" +
+	"\x06topics\x18\x03 \x03(\tR\x06topics\x12\x14\n" +
+	"\x05leave\x18\x04 \x01(\bR\x05leave\x122\n" +
+	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\"-\n" +
+	"\x11HeartbeatResponse\x12\x18\n" +
+	"\amembers\x18\x01 \x03(\tR\amembers2\xaa\x03\n" +
 	"\x06Broker\x12B\n" +
 	"\aProduce\x12\x18.ferry.v1.ProduceRequest\x1a\x19.ferry.v1.ProduceResponse(\x010\x01\x128\n" +
 	"\x05Fetch\x12\x16.ferry.v1.FetchRequest\x1a\x17.ferry.v1.FetchResponse\x12P\n" +
 	"\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
 	"\n" +
 	"GetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12A\n" +
-	"\bMetadata\x12\x19.ferry.v1.MetadataRequest\x1a\x1a.ferry.v1.MetadataResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\bMetadata\x12\x19.ferry.v1.MetadataRequest\x1a\x1a.ferry.v1.MetadataResponse\x12D\n" +
+	"\tHeartbeat\x12\x1a.ferry.v1.HeartbeatRequest\x1a\x1b.ferry.v1.HeartbeatResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_broker_proto_rawDescOnce sync.Once
@@ -626,7 +762,7 @@ func file_ferry_v1_broker_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_broker_proto_rawDescData
 }
 
-var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_ferry_v1_broker_proto_goTypes = []any{
 	(*ProduceRequest)(nil),        // 0: ferry.v1.ProduceRequest
 	(*ProduceResponse)(nil),       // 1: ferry.v1.ProduceResponse
@@ -637,36 +773,40 @@ var file_ferry_v1_broker_proto_goTypes = []any{
 	(*MetadataResponse)(nil),      // 6: ferry.v1.MetadataResponse
 	(*TopicInfo)(nil),             // 7: ferry.v1.TopicInfo
 	(*BrokerInfo)(nil),            // 8: ferry.v1.BrokerInfo
-	(*Message)(nil),               // 9: ferry.v1.Message
-	(Status)(0),                   // 10: ferry.v1.Status
-	(*Error)(nil),                 // 11: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 12: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 13: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 14: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 15: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 16: ferry.v1.GetOffsetsResponse
+	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 10: ferry.v1.HeartbeatResponse
+	(*Message)(nil),               // 11: ferry.v1.Message
+	(Status)(0),                   // 12: ferry.v1.Status
+	(*Error)(nil),                 // 13: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 14: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 15: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 16: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 17: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 18: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
-	9,  // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	10, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	11, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	11, // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	12, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	13, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
 	3,  // 3: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	9,  // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	12, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	11, // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	14, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
 	7,  // 6: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
 	8,  // 7: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
 	0,  // 8: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
 	2,  // 9: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	13, // 10: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	14, // 11: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	15, // 10: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	16, // 11: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
 	5,  // 12: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	1,  // 13: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	4,  // 14: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	15, // 15: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	16, // 16: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	6,  // 17: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
+	9,  // 13: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	1,  // 14: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	4,  // 15: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	17, // 16: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	18, // 17: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	6,  // 18: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	10, // 19: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -685,7 +825,7 @@ func file_ferry_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_broker_proto_rawDesc), len(file_ferry_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Broker_CommitOffsets_FullMethodName = "/ferry.v1.Broker/CommitOffsets"
 	Broker_GetOffsets_FullMethodName    = "/ferry.v1.Broker/GetOffsets"
 	Broker_Metadata_FullMethodName      = "/ferry.v1.Broker/Metadata"
+	Broker_Heartbeat_FullMethodName     = "/ferry.v1.Broker/Heartbeat"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -43,6 +44,11 @@ type BrokerClient interface {
 	CommitOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error)
 	GetOffsets(ctx context.Context, in *GetOffsetsRequest, opts ...grpc.CallOption) (*GetOffsetsResponse, error)
 	Metadata(ctx context.Context, in *MetadataRequest, opts ...grpc.CallOption) (*MetadataResponse, error)
+	// Heartbeat keeps a member in a consumer group and returns the group's
+	// live members. Each member computes its own share of the queues from
+	// that list (RocketMQ's client-side rebalancing), so members that see the
+	// same list agree without talking to each other.
+	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 }
 
 type brokerClient struct {
@@ -106,6 +112,16 @@ func (c *brokerClient) Metadata(ctx context.Context, in *MetadataRequest, opts .
 	return out, nil
 }
 
+func (c *brokerClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeartbeatResponse)
+	err := c.cc.Invoke(ctx, Broker_Heartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -119,6 +135,11 @@ type BrokerServer interface {
 	CommitOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error)
 	GetOffsets(context.Context, *GetOffsetsRequest) (*GetOffsetsResponse, error)
 	Metadata(context.Context, *MetadataRequest) (*MetadataResponse, error)
+	// Heartbeat keeps a member in a consumer group and returns the group's
+	// live members. Each member computes its own share of the queues from
+	// that list (RocketMQ's client-side rebalancing), so members that see the
+	// same list agree without talking to each other.
+	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -143,6 +164,9 @@ func (UnimplementedBrokerServer) GetOffsets(context.Context, *GetOffsetsRequest)
 }
 func (UnimplementedBrokerServer) Metadata(context.Context, *MetadataRequest) (*MetadataResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Metadata not implemented")
+}
+func (UnimplementedBrokerServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Heartbeat not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -244,6 +268,24 @@ func _Broker_Metadata_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).Heartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_Heartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).Heartbeat(ctx, req.(*HeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -266,6 +308,10 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Metadata",
 			Handler:    _Broker_Metadata_Handler,
+		},
+		{
+			MethodName: "Heartbeat",
+			Handler:    _Broker_Heartbeat_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -35,6 +35,7 @@ type TransportFrame struct {
 	//	*TransportFrame_GetOffsets
 	//	*TransportFrame_Metadata
 	//	*TransportFrame_Cancel
+	//	*TransportFrame_Heartbeat
 	Request isTransportFrame_Request `protobuf_oneof:"request"`
 	// W3C trace context of the transport's span for this request.
 	Trace map[string]string `protobuf:"bytes,8,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -142,6 +143,15 @@ func (x *TransportFrame) GetCancel() *Cancel {
 	return nil
 }
 
+func (x *TransportFrame) GetHeartbeat() *HeartbeatRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 func (x *TransportFrame) GetTrace() map[string]string {
 	if x != nil {
 		return x.Trace
@@ -185,6 +195,10 @@ type TransportFrame_Cancel struct {
 	Cancel *Cancel `protobuf:"bytes,7,opt,name=cancel,proto3,oneof"`
 }
 
+type TransportFrame_Heartbeat struct {
+	Heartbeat *HeartbeatRequest `protobuf:"bytes,10,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*TransportFrame_Produce) isTransportFrame_Request() {}
 
 func (*TransportFrame_Fetch) isTransportFrame_Request() {}
@@ -196,6 +210,8 @@ func (*TransportFrame_GetOffsets) isTransportFrame_Request() {}
 func (*TransportFrame_Metadata) isTransportFrame_Request() {}
 
 func (*TransportFrame_Cancel) isTransportFrame_Request() {}
+
+func (*TransportFrame_Heartbeat) isTransportFrame_Request() {}
 
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -243,6 +259,7 @@ type CoreFrame struct {
 	//	*CoreFrame_CommitOffsets
 	//	*CoreFrame_GetOffsets
 	//	*CoreFrame_Metadata
+	//	*CoreFrame_Heartbeat
 	Response      isCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error               `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -338,6 +355,15 @@ func (x *CoreFrame) GetMetadata() *MetadataResponse {
 	return nil
 }
 
+func (x *CoreFrame) GetHeartbeat() *HeartbeatResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 func (x *CoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -369,6 +395,10 @@ type CoreFrame_Metadata struct {
 	Metadata *MetadataResponse `protobuf:"bytes,6,opt,name=metadata,proto3,oneof"`
 }
 
+type CoreFrame_Heartbeat struct {
+	Heartbeat *HeartbeatResponse `protobuf:"bytes,8,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*CoreFrame_Produce) isCoreFrame_Response() {}
 
 func (*CoreFrame_Fetch) isCoreFrame_Response() {}
@@ -379,11 +409,13 @@ func (*CoreFrame_GetOffsets) isCoreFrame_Response() {}
 
 func (*CoreFrame_Metadata) isCoreFrame_Response() {}
 
+func (*CoreFrame_Heartbeat) isCoreFrame_Response() {}
+
 var File_ferry_v1_transport_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\x99\x04\n" +
+	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xd5\x04\n" +
 	"\x0eTransportFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\aproduce\x18\x02 \x01(\v2\x18.ferry.v1.ProduceRequestH\x00R\aproduce\x12.\n" +
@@ -392,7 +424,9 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\vget_offsets\x18\x05 \x01(\v2\x1b.ferry.v1.GetOffsetsRequestH\x00R\n" +
 	"getOffsets\x127\n" +
 	"\bmetadata\x18\x06 \x01(\v2\x19.ferry.v1.MetadataRequestH\x00R\bmetadata\x12*\n" +
-	"\x06cancel\x18\a \x01(\v2\x10.ferry.v1.CancelH\x00R\x06cancel\x129\n" +
+	"\x06cancel\x18\a \x01(\v2\x10.ferry.v1.CancelH\x00R\x06cancel\x12:\n" +
+	"\theartbeat\x18\n" +
+	" \x01(\v2\x1a.ferry.v1.HeartbeatRequestH\x00R\theartbeat\x129\n" +
 	"\x05trace\x18\b \x03(\v2#.ferry.v1.TransportFrame.TraceEntryR\x05trace\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x1a8\n" +
 	"\n" +
@@ -400,7 +434,7 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\arequest\"\b\n" +
-	"\x06Cancel\"\xfb\x02\n" +
+	"\x06Cancel\"\xb8\x03\n" +
 	"\tCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\aproduce\x18\x02 \x01(\v2\x19.ferry.v1.ProduceResponseH\x00R\aproduce\x12/\n" +
@@ -408,7 +442,8 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\x0ecommit_offsets\x18\x04 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12?\n" +
 	"\vget_offsets\x18\x05 \x01(\v2\x1c.ferry.v1.GetOffsetsResponseH\x00R\n" +
 	"getOffsets\x128\n" +
-	"\bmetadata\x18\x06 \x01(\v2\x1a.ferry.v1.MetadataResponseH\x00R\bmetadata\x12%\n" +
+	"\bmetadata\x18\x06 \x01(\v2\x1a.ferry.v1.MetadataResponseH\x00R\bmetadata\x12;\n" +
+	"\theartbeat\x18\b \x01(\v2\x1b.ferry.v1.HeartbeatResponseH\x00R\theartbeat\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse2I\n" +
@@ -438,12 +473,14 @@ var file_ferry_v1_transport_proto_goTypes = []any{
 	(*CommitOffsetsRequest)(nil),  // 6: ferry.v1.CommitOffsetsRequest
 	(*GetOffsetsRequest)(nil),     // 7: ferry.v1.GetOffsetsRequest
 	(*MetadataRequest)(nil),       // 8: ferry.v1.MetadataRequest
-	(*ProduceResponse)(nil),       // 9: ferry.v1.ProduceResponse
-	(*FetchResponse)(nil),         // 10: ferry.v1.FetchResponse
-	(*CommitOffsetsResponse)(nil), // 11: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 12: ferry.v1.GetOffsetsResponse
-	(*MetadataResponse)(nil),      // 13: ferry.v1.MetadataResponse
-	(*Error)(nil),                 // 14: ferry.v1.Error
+	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
+	(*ProduceResponse)(nil),       // 10: ferry.v1.ProduceResponse
+	(*FetchResponse)(nil),         // 11: ferry.v1.FetchResponse
+	(*CommitOffsetsResponse)(nil), // 12: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 13: ferry.v1.GetOffsetsResponse
+	(*MetadataResponse)(nil),      // 14: ferry.v1.MetadataResponse
+	(*HeartbeatResponse)(nil),     // 15: ferry.v1.HeartbeatResponse
+	(*Error)(nil),                 // 16: ferry.v1.Error
 }
 var file_ferry_v1_transport_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
@@ -452,20 +489,22 @@ var file_ferry_v1_transport_proto_depIdxs = []int32{
 	7,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
 	8,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
 	1,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
-	3,  // 6: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
-	9,  // 7: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
-	10, // 8: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
-	11, // 9: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	12, // 10: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
-	13, // 11: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
-	14, // 12: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
-	2,  // 13: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
-	0,  // 14: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
+	3,  // 7: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
+	10, // 8: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
+	11, // 9: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
+	12, // 10: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	13, // 11: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
+	14, // 12: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
+	15, // 13: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
+	16, // 14: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
+	2,  // 15: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
+	0,  // 16: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
+	16, // [16:17] is the sub-list for method output_type
+	15, // [15:16] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_transport_proto_init() }
@@ -483,6 +522,7 @@ func file_ferry_v1_transport_proto_init() {
 		(*TransportFrame_GetOffsets)(nil),
 		(*TransportFrame_Metadata)(nil),
 		(*TransportFrame_Cancel)(nil),
+		(*TransportFrame_Heartbeat)(nil),
 	}
 	file_ferry_v1_transport_proto_msgTypes[2].OneofWrappers = []any{
 		(*CoreFrame_Produce)(nil),
@@ -490,6 +530,7 @@ func file_ferry_v1_transport_proto_init() {
 		(*CoreFrame_CommitOffsets)(nil),
 		(*CoreFrame_GetOffsets)(nil),
 		(*CoreFrame_Metadata)(nil),
+		(*CoreFrame_Heartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -193,3 +193,14 @@ func (b *brokerServer) Metadata(ctx context.Context, req *ferryv1.MetadataReques
 	}
 	return resp, nil
 }
+
+func (b *brokerServer) Heartbeat(ctx context.Context, req *ferryv1.HeartbeatRequest) (*ferryv1.HeartbeatResponse, error) {
+	resp, err := b.core.Heartbeat(ctx, req)
+	if err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	if resp == nil {
+		resp = &ferryv1.HeartbeatResponse{}
+	}
+	return resp, nil
+}

@@ -58,6 +58,13 @@ func (c *fakeCore) GetOffsets(context.Context, *ferryv1.GetOffsetsRequest) (*fer
 	return &ferryv1.GetOffsetsResponse{}, nil
 }
 
+func (c *fakeCore) Heartbeat(_ context.Context, req *ferryv1.HeartbeatRequest) (*ferryv1.HeartbeatResponse, error) {
+	if c.unaryErr != nil {
+		return nil, c.unaryErr
+	}
+	return &ferryv1.HeartbeatResponse{Members: []string{req.Member}}, nil
+}
+
 func (c *fakeCore) Metadata(context.Context, *ferryv1.MetadataRequest) (*ferryv1.MetadataResponse, error) {
 	if c.unaryErr != nil {
 		return nil, c.unaryErr

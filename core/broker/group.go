@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Session timeouts of consumer-group members.
+const (
+	DefaultSessionTimeout = 6 * time.Second
+	minSessionTimeout     = 500 * time.Millisecond
+	maxSessionTimeout     = 5 * time.Minute
+)
+
+// groups tracks the live members of consumer groups. Members rebalance
+// themselves from the member list (RocketMQ's model), so the broker keeps no
+// assignment: only who is alive.
+type groups struct {
+	mu      sync.Mutex
+	members map[string]map[string]member // group → member id → state
+	now     func() time.Time
+}
+
+type member struct {
+	expires time.Time
+	topics  []string
+}
+
+func newGroups() *groups {
+	return &groups{members: map[string]map[string]member{}, now: time.Now}
+}
+
+// heartbeat records member as alive (or gone, when leave) and returns the
+// group's live members, sorted.
+func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeout time.Duration) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	ms := g.members[group]
+	if ms == nil {
+		ms = map[string]member{}
+		g.members[group] = ms
+	}
+	if leave {
+		delete(ms, id)
+	} else {
+		ms[id] = member{expires: now.Add(timeout), topics: topics}
+	}
+	out := make([]string, 0, len(ms))
+	for mid, m := range ms {
+		if now.After(m.expires) {
+			delete(ms, mid)
+			continue
+		}
+		out = append(out, mid)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// live returns the live members of group, sorted.
+func (g *groups) live(group string) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	var out []string
+	for id, m := range g.members[group] {
+		if !now.After(m.expires) {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Heartbeat keeps a consumer in its group and returns the group's members.
+func (b *Broker) Heartbeat(_ context.Context, req *sdk.HeartbeatRequest) (*sdk.HeartbeatResponse, error) {
+	if req.Group == "" || req.Member == "" {
+		return nil, fmt.Errorf("%w: heartbeat needs a group and a member id", sdk.ErrInvalidArgument)
+	}
+	for _, t := range req.Topics {
+		if _, err := b.topic(t); err != nil {
+			return nil, err
+		}
+	}
+	timeout := DefaultSessionTimeout
+	if req.SessionTimeoutNanos > 0 {
+		timeout = min(max(time.Duration(req.SessionTimeoutNanos), minSessionTimeout), maxSessionTimeout)
+	}
+	return &sdk.HeartbeatResponse{Members: b.groups.heartbeat(req.Group, req.Member, req.Topics, req.Leave, timeout)}, nil
+}
