@@ -83,7 +83,7 @@ type topic struct {
 	queues   int32
 	internal bool // a group's retry or dead-letter topic
 	mu       sync.Mutex
-	signal chan struct{} // closed and replaced when messages become readable
+	signal   chan struct{} // closed and replaced when messages become readable
 }
 
 func (t *topic) wait() <-chan struct{} {
