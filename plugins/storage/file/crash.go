@@ -26,6 +26,7 @@ func (s *Store) CrashLoseUnflushed() error {
 	<-s.flusherDone
 	<-s.janitorDone
 	<-s.preallocDone
+	<-s.deadlineDone
 	s.fail(fmt.Errorf("storage-file: crashed (test): %w", sdk.ErrClosed))
 
 	s.mu.Lock()

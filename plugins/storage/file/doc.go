@@ -17,6 +17,10 @@
 //	<dir>/00000000000000000000.log  segment: 32-byte header, then records
 //	<dir>/offsets.json              committed offsets of consumer groups
 //	<dir>/queues.json               queue start offsets, kept by retention
+//	<dir>/next-segment.zero         preallocated spare segment (preallocate)
+//
+// A closed store's newest segment ends with its newest record (the zeros of
+// a preallocated file are cut on Close and restored on open).
 //
 // A segment starts with a header holding a magic, the format version and its
 // base position; a store of another version is refused with ErrIncompatible
@@ -46,6 +50,13 @@
 //     answered once written (it is then in the OS page cache and survives a
 //     crash of the plugin process, not of the machine); fsync runs every
 //     flush_interval or after flush_bytes.
+//
+// Under flush: sync, segment files are preallocated by default (preallocate):
+// a background goroutine keeps a zero-filled, fsynced spare file ready and the
+// log rolls into it, as RocketMQ warms its mapped files. An fsync after
+// overwriting allocated blocks needs no filesystem journal commit; measured
+// here it takes about half as long for small groups. The price is writing each
+// segment twice.
 //
 // Reads see only what the policy calls durable: fsynced data under sync,
 // written data under async. GetOffsets reports the same visible end.
@@ -85,6 +96,7 @@
 //	flush_interval: 500ms       # async: fsync at least this often
 //	flush_bytes: 4MiB           # async: fsync after this much unsynced data
 //	segment_bytes: 64MiB        # 4KiB .. 1GiB
+//	preallocate: true           # zero-fill segments ahead; default true under sync only
 //	retention_bytes: 0          # 0 = unlimited
 //	retention_age: 0s           # 0 = forever
 //	dir: ""                     # default <data_dir>/storage-file

@@ -111,6 +111,16 @@ func recordSize(m *sdk.Message) int {
 	return recordHeaderSize + len(m.Topic) + len(m.Id) + proto.Size(m)
 }
 
+// sizeBound is at least recordSize(m), without encoding: each protobuf field
+// costs at most a tag byte and a 10-byte length or varint.
+func sizeBound(m *sdk.Message) int {
+	n := recordHeaderSize + 2*(len(m.Topic)+len(m.Id)) + len(m.Key) + len(m.Body) + 9*11
+	for k, v := range m.Headers {
+		n += len(k) + len(v) + 3*11
+	}
+	return n
+}
+
 // appendRecord encodes m with its assigned offset and stored time at the end
 // of buf.
 func appendRecord(buf []byte, m *sdk.Message, offset, stored int64) ([]byte, error) {

@@ -72,15 +72,6 @@ func loadOffsets(dir string) (map[string]map[queueKey]int64, error) {
 	return out, nil
 }
 
-// writeOffsets persists s.offsets; called with offMu held.
-func (s *Store) writeOffsets() error {
-	f := offsetsFile{Version: formatVersion, Groups: make(map[string][]queueOffsetJSON, len(s.offsets))}
-	for g, m := range s.offsets {
-		f.Groups[g] = sortedOffsets(m)
-	}
-	return writeState(s.dir, offsetsFileName, f)
-}
-
 func loadQueueStarts(dir string) (map[queueKey]int64, error) {
 	out := make(map[queueKey]int64)
 	var f queueStartsFile

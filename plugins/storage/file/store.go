@@ -2,6 +2,7 @@ package file
 
 import (
 	"context"
+	"hash/maphash"
 	"errors"
 	"fmt"
 	"os"
@@ -86,6 +87,9 @@ type Store struct {
 	preallocKick chan struct{}
 	preallocDone chan struct{}
 
+	waiters      atomic.Int64 // appends waiting in wait
+	deadlineDone chan struct{}
+
 	kick        chan struct{} // wakes the flusher
 	janitorKick chan struct{}
 	stop        chan struct{} // closed by Close
@@ -97,7 +101,8 @@ type Store struct {
 	// messages they made durable.
 	fsyncs, fsyncedMsgs, lingerNanos, ioNanos atomic.Int64
 
-	offMu   sync.Mutex // serialises rewrites of the offsets file
+	offWriteMu sync.Mutex // serialises rewrites of the offsets file
+	offMu      sync.Mutex // guards offsets
 	offsets map[string]map[queueKey]int64
 }
 
@@ -131,35 +136,54 @@ func (q *queue) visibleEnd(durable int64) int64 {
 	return q.start + int64(sort.Search(n, func(i int) bool { return q.ents[i].pos >= durable }))
 }
 
-// dedup remembers the last dedupWindow message ids of a queue.
+// dedup remembers the last dedupWindow message ids of a queue: a ring of
+// entries in append order and a map from the id's hash to its ring slot. A
+// hit is confirmed by comparing the id, so a hash collision can only make the
+// store forget an id early (a retry would be stored again), never take a new
+// message for a duplicate.
 type dedup struct {
-	ids  map[string]int64
-	ring []dedupEntry
-	next int
+	slots map[uint64]int32
+	ring  []dedupEntry
+	next  int
 }
 
 type dedupEntry struct {
+	hash   uint64
 	id     string
 	offset int64
 }
 
 const dedupWindow = sdk.DedupWindow
 
-func (d *dedup) add(id string, offset int64) {
-	if d.ids == nil {
-		d.ids = make(map[string]int64)
+var dedupSeed = maphash.MakeSeed()
+
+// lookup returns the offset stored for id.
+func (d *dedup) lookup(id string) (int64, bool) {
+	slot, ok := d.slots[maphash.String(dedupSeed, id)]
+	if ok && d.ring[slot].id == id {
+		return d.ring[slot].offset, true
 	}
-	if len(d.ring) < dedupWindow {
-		d.ring = append(d.ring, dedupEntry{id, offset})
+	return 0, false
+}
+
+func (d *dedup) add(id string, offset int64) {
+	if d.slots == nil {
+		d.slots = make(map[uint64]int32)
+	}
+	h := maphash.String(dedupSeed, id)
+	slot := len(d.ring)
+	if slot < dedupWindow {
+		d.ring = append(d.ring, dedupEntry{h, id, offset})
 	} else {
-		old := d.ring[d.next]
-		if d.ids[old.id] == old.offset {
-			delete(d.ids, old.id)
+		slot = d.next
+		old := d.ring[slot]
+		if d.slots[old.hash] == int32(slot) {
+			delete(d.slots, old.hash)
 		}
-		d.ring[d.next] = dedupEntry{id, offset}
+		d.ring[slot] = dedupEntry{h, id, offset}
 		d.next = (d.next + 1) % dedupWindow
 	}
-	d.ids[id] = offset
+	d.slots[h] = int32(slot)
 }
 
 // segment is one commit log file. Its records cover [base, next segment's
@@ -231,7 +255,9 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.janitorDone = make(chan struct{})
 	s.preallocKick = make(chan struct{}, 1)
 	s.preallocDone = make(chan struct{})
+	s.deadlineDone = make(chan struct{})
 	go s.flushLoop()
+	go s.deadlineLoop()
 	if cfg.preallocate() {
 		go s.preallocator()
 	} else {
@@ -289,9 +315,12 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 		if err := checkUTF8(m); err != nil {
 			return nil, fmt.Errorf("message %d: %w", i, err)
 		}
-		if n := recordSize(m); n > limit {
-			return nil, fmt.Errorf("message %d: %w: %d bytes encoded, more than segment_bytes allows (%d)", i, sdk.ErrInvalidArgument, n, limit)
+		if sizeBound(m) > limit && recordSize(m) > limit {
+			return nil, fmt.Errorf("message %d: %w: %d bytes encoded, more than segment_bytes allows (%d)", i, sdk.ErrInvalidArgument, recordSize(m), limit)
 		}
+	}
+	if len(msgs) == 0 {
+		return sdk.Appended([]int64{}), nil
 	}
 	started := time.Now()
 	s.mu.Lock()
@@ -330,7 +359,7 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 			q = s.queueFor(queueKey{m.Topic, m.Queue})
 		}
 		if m.Id != "" {
-			if off, ok := q.dedup.ids[m.Id]; ok {
+			if off, ok := q.dedup.lookup(m.Id); ok {
 				offsets[i] = off
 				continue
 			}
@@ -396,30 +425,47 @@ func (s *Store) queueFor(k queueKey) *queue {
 	return q
 }
 
-// wait blocks until the log is durable up to end (see Store.durable).
+// wait blocks until the log is durable up to end (see Store.durable), ctx
+// ends or the flush deadline passes. It uses no timer of its own: while
+// anyone waits, deadlineLoop wakes the waiters now and then to look at the
+// clock.
 func (s *Store) wait(ctx context.Context, end int64, deadline time.Time, offsets []int64) ([]int64, error) {
-	var timer *time.Timer
 	for {
 		ch, err := s.waitState()
 		if s.durable.Load() >= end {
-			if timer != nil {
-				timer.Stop()
-			}
 			return offsets, nil
 		}
 		if err != nil {
 			return nil, err
 		}
-		if timer == nil {
-			timer = time.NewTimer(time.Until(deadline))
-			defer timer.Stop()
+		if time.Now().After(deadline) {
+			return offsets, fmt.Errorf("%w: not flushed within flush_timeout %s", sdk.ErrFlushTimeout, time.Duration(s.cfg.FlushTimeout))
 		}
+		s.waiters.Add(1)
 		select {
 		case <-ch:
+			s.waiters.Add(-1)
 		case <-ctx.Done():
+			s.waiters.Add(-1)
 			return offsets, fmt.Errorf("%w: %v", sdk.ErrFlushTimeout, ctx.Err())
-		case <-timer.C:
-			return offsets, fmt.Errorf("%w: not flushed within flush_timeout %s", sdk.ErrFlushTimeout, time.Duration(s.cfg.FlushTimeout))
+		}
+	}
+}
+
+// deadlineLoop wakes waiters often enough for flush_timeout to be kept within
+// a tenth of it.
+func (s *Store) deadlineLoop() {
+	defer close(s.deadlineDone)
+	tick := time.NewTicker(min(max(time.Duration(s.cfg.FlushTimeout)/10, time.Millisecond), 100*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+			if s.waiters.Load() > 0 {
+				s.advance(s.durable.Load())
+			}
 		}
 	}
 }
@@ -560,6 +606,10 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 			return fmt.Errorf("%w: negative offset %d for %s/%d", sdk.ErrInvalidArgument, o.Offset, o.Topic, o.Queue)
 		}
 	}
+	// offWriteMu orders the file writes: each writes the state as of its
+	// own update or later. offMu is held only to change or read the map.
+	s.offWriteMu.Lock()
+	defer s.offWriteMu.Unlock()
 	s.mu.RLock()
 	err := s.usable()
 	s.mu.RUnlock()
@@ -567,7 +617,6 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 		return err
 	}
 	s.offMu.Lock()
-	defer s.offMu.Unlock()
 	g := s.offsets[group]
 	if g == nil {
 		g = make(map[queueKey]int64)
@@ -576,7 +625,12 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 	for _, o := range offsets {
 		g[queueKey{o.Topic, o.Queue}] = o.Offset
 	}
-	return s.writeOffsets()
+	snapshot := offsetsFile{Version: formatVersion, Groups: make(map[string][]queueOffsetJSON, len(s.offsets))}
+	for name, m := range s.offsets {
+		snapshot.Groups[name] = sortedOffsets(m)
+	}
+	s.offMu.Unlock()
+	return writeState(s.dir, offsetsFileName, snapshot)
 }
 
 // GetOffsets reports each queue's start, visible end and the group's
@@ -630,9 +684,10 @@ func (s *Store) Close() error {
 	<-s.flusherDone
 	<-s.janitorDone
 	<-s.preallocDone
+	<-s.deadlineDone
 	err := s.failure()
 	s.mu.Lock()
-	if err == nil && len(s.segs) > 0 {
+	if err == nil && len(s.segs) > 0 && s.segs[len(s.segs)-1].f != nil {
 		// Cut the zeros a preallocated segment has after its data, so
 		// that a closed store's newest file ends with its newest record.
 		g := s.segs[len(s.segs)-1]
@@ -648,6 +703,9 @@ func (s *Store) Close() error {
 	}
 	s.segs = nil
 	s.mu.Unlock()
+	// A commit that passed its closed check finishes before the lock goes.
+	s.offWriteMu.Lock()
+	s.offWriteMu.Unlock()
 	if cerr := s.lock.Close(); err == nil {
 		err = cerr
 	}
