@@ -2,9 +2,9 @@ package file
 
 import (
 	"context"
-	"hash/maphash"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"sort"
@@ -103,7 +103,7 @@ type Store struct {
 
 	offWriteMu sync.Mutex // serialises rewrites of the offsets file
 	offMu      sync.Mutex // guards offsets
-	offsets map[string]map[queueKey]int64
+	offsets    map[string]map[queueKey]int64
 }
 
 type queueKey struct {
