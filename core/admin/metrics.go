@@ -1,0 +1,188 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metric names, as Prometheus shows them.
+const (
+	MetricAppendMessages  = "ferry_append_messages_total"
+	MetricConsumeMessages = "ferry_consume_messages_total"
+	MetricFlushSeconds    = "ferry_flush_seconds"
+	MetricReplicationLag  = "ferry_replication_lag_messages"
+	MetricConsumerLag     = "ferry_consumer_lag_messages"
+	MetricRetries         = "ferry_retries_total"
+	MetricDLQDepth        = "ferry_dlq_depth"
+	MetricPluginRestarts  = "ferry_plugin_restarts_total"
+	MetricAppendSeconds   = "ferry_append_seconds"
+)
+
+// flushBuckets span a page-cache write (tens of µs) to a slow fsync (1 s+).
+var flushBuckets = prometheus.ExponentialBuckets(50e-6, 2.5, 14) // 50µs … ~7.5s
+
+// Metrics are a broker node's metrics, in a registry of their own (not
+// Prometheus's global one), served on the admin listener's /metrics.
+//
+// The engine creates one per node and hands it to the broker, the plugin
+// host and the flows. Every method is safe for concurrent use, costs a label
+// lookup and an atomic add, and is a no-op on a nil *Metrics, so that a
+// component given none needs no checks.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	appended       *prometheus.CounterVec
+	consumed       *prometheus.CounterVec
+	flush          prometheus.Histogram
+	appendLatency  prometheus.Histogram
+	replicationLag *prometheus.GaugeVec
+	consumerLag    *prometheus.GaugeVec
+	retries        *prometheus.CounterVec
+	dlqDepth       *prometheus.GaugeVec
+	pluginRestarts *prometheus.CounterVec
+}
+
+// NewMetrics returns a node's metrics, with the Go runtime's and the
+// process's own collectors registered beside them. constLabels (e.g.
+// pipeline, node) are added to every Ferry metric; nil for none.
+func NewMetrics(constLabels prometheus.Labels) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		appended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricAppendMessages, ConstLabels: constLabels,
+			Help: "Messages appended to storage (acknowledged to producers), by topic.",
+		}, []string{"topic"}),
+		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricConsumeMessages, ConstLabels: constLabels,
+			Help: "Messages whose processing succeeded and whose offset was committed, by topic and consumer group.",
+		}, []string{"topic", "group"}),
+		flush: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: MetricFlushSeconds, ConstLabels: constLabels, Buckets: flushBuckets,
+			Help: "Time to make a batch of appends durable (storage flush/fsync).",
+		}),
+		appendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: MetricAppendSeconds, ConstLabels: constLabels, Buckets: flushBuckets,
+			Help: "Time from a batch reaching the broker to its storage append being acknowledged.",
+		}),
+		replicationLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: MetricReplicationLag, ConstLabels: constLabels,
+			Help: "Messages the master holds that a replica does not have yet, by replica.",
+		}, []string{"replica"}),
+		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: MetricConsumerLag, ConstLabels: constLabels,
+			Help: "Messages stored but not yet committed by a consumer group, summed over the topic's queues.",
+		}, []string{"topic", "group"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRetries, ConstLabels: constLabels,
+			Help: "Failed deliveries scheduled for another attempt, by consumer group.",
+		}, []string{"group"}),
+		dlqDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: MetricDLQDepth, ConstLabels: constLabels,
+			Help: "Messages in a consumer group's dead-letter queue.",
+		}, []string{"group"}),
+		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricPluginRestarts, ConstLabels: constLabels,
+			Help: "Plugin processes restarted after they died or stopped answering, by plugin kind and type.",
+		}, []string{"kind", "type"}),
+	}
+	m.reg.MustRegister(
+		m.appended, m.consumed, m.flush, m.appendLatency, m.replicationLag, m.consumerLag,
+		m.retries, m.dlqDepth, m.pluginRestarts,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Registry is the registry /metrics serves; a component with metrics of
+// its own registers them here.
+func (m *Metrics) Registry() *prometheus.Registry {
+	if m == nil {
+		return nil
+	}
+	return m.reg
+}
+
+// Appended counts n messages appended to topic. Called by the broker once
+// per acknowledged append batch and topic.
+func (m *Metrics) Appended(topic string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.appended.WithLabelValues(topic).Add(float64(n))
+}
+
+// AppendLatency records how long an append batch took, from reaching the
+// broker to storage's answer. Called by the broker once per batch.
+func (m *Metrics) AppendLatency(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.appendLatency.Observe(d.Seconds())
+}
+
+// Consumed counts n messages of topic processed and committed by group.
+// Called by the broker when a group commits, or by a flow after its
+// handler succeeded.
+func (m *Metrics) Consumed(topic, group string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.consumed.WithLabelValues(topic, group).Add(float64(n))
+}
+
+// Flushed records one flush (durability point) that took d. Called by the
+// broker when storage reports a flush, once per flush.
+func (m *Metrics) Flushed(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.flush.Observe(d.Seconds())
+}
+
+// SetReplicationLag sets how many messages replica is behind. Called by the
+// replication stage whenever a replica acknowledges.
+func (m *Metrics) SetReplicationLag(replica string, messages int64) {
+	if m == nil {
+		return
+	}
+	m.replicationLag.WithLabelValues(replica).Set(float64(messages))
+}
+
+// SetConsumerLag sets how many messages of topic group has yet to commit.
+// Called by the broker on commits and periodically.
+func (m *Metrics) SetConsumerLag(topic, group string, messages int64) {
+	if m == nil {
+		return
+	}
+	m.consumerLag.WithLabelValues(topic, group).Set(float64(messages))
+}
+
+// Retried counts n deliveries of group scheduled for another attempt.
+// Called by the retry stage.
+func (m *Metrics) Retried(group string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.retries.WithLabelValues(group).Add(float64(n))
+}
+
+// SetDLQDepth sets how many messages group's dead-letter queue holds.
+// Called by the DLQ stage after it routes a message, and at start-up.
+func (m *Metrics) SetDLQDepth(group string, messages int64) {
+	if m == nil {
+		return
+	}
+	m.dlqDepth.WithLabelValues(group).Set(float64(messages))
+}
+
+// PluginRestarted counts one restart of a plugin process. Called by the
+// plugin host's supervisor after a restart succeeded.
+func (m *Metrics) PluginRestarted(kind, typ string) {
+	if m == nil {
+		return
+	}
+	m.pluginRestarts.WithLabelValues(kind, typ).Inc()
+}

@@ -1,0 +1,86 @@
+package telemetry
+
+import (
+	"context"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// What tracing costs per message on a hot path. With tracing off a hop
+// checks Enabled and passes the headers on: ~1 ns, no allocation.
+//
+//	go test -run '^$' -bench . -benchmem ./core/telemetry
+
+func BenchmarkOffEnabledCheck(b *testing.B) {
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		if Enabled() {
+			n++
+		}
+	}
+	_ = n
+}
+
+func BenchmarkOffInject(b *testing.B) {
+	ctx := context.Background()
+	h := map[string]string{"app": "x"}
+	b.ReportAllocs()
+	for b.Loop() {
+		h = Inject(ctx, h)
+	}
+}
+
+func BenchmarkOffExtract(b *testing.B) {
+	ctx := context.Background()
+	h := map[string]string{"app": "x"}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Extract(ctx, h)
+	}
+}
+
+func BenchmarkOnInject(b *testing.B) {
+	tracer := benchTracer(b)
+	ctx, s := tracer.Start(context.Background(), SpanProducerSend)
+	defer s.End()
+	h := map[string]string{}
+	b.ReportAllocs()
+	for b.Loop() {
+		h = Inject(ctx, h)
+	}
+}
+
+func BenchmarkOnExtract(b *testing.B) {
+	tracer := benchTracer(b)
+	ctx, s := tracer.Start(context.Background(), SpanProducerSend)
+	defer s.End()
+	h := Inject(ctx, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Extract(context.Background(), h)
+	}
+}
+
+// BenchmarkOnSpan is one recorded span per message, attributes included,
+// exported to nowhere: the floor of 100% sampling.
+func BenchmarkOnSpan(b *testing.B) {
+	tracer := benchTracer(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, s := tracer.Start(ctx, SpanBrokerDeliver, trace.WithAttributes(AttrTopic.String("orders"), AttrOffset.Int64(42)))
+		s.End()
+	}
+}
+
+// benchTracer records every span and exports it to nowhere, through the
+// batch processor Setup uses.
+func benchTracer(b *testing.B) trace.Tracer {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return tp.Tracer("bench")
+}

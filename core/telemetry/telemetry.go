@@ -1,0 +1,279 @@
+// Package telemetry sets up Ferry's tracing: one OpenTelemetry tracer
+// provider per process (the broker node and each plugin process), the W3C
+// trace context that travels in message headers, and the names of spans and
+// attributes, so that every hop of a message shows in one trace.
+//
+// A broker node calls Setup once at start-up with the pipeline's tracing
+// section; it passes the same settings to its plugin processes with EnvFor,
+// and a plugin process calls SetupFromEnv before it serves (sdk.Serve does).
+// Components keep a tracer in a package variable:
+//
+//	var tracer = telemetry.Tracer(telemetry.ComponentBroker)
+//
+// and carry context across messages with Inject and Extract.
+//
+// With exporter "none" (the default) Setup installs a no-op provider and
+// Enabled reports false: hot paths check Enabled before they build span
+// attributes, and Inject and Extract cost a map lookup or less. A message
+// that arrives with a trace context keeps its headers untouched, so a node
+// with tracing off passes its producer's trace on.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Exporters, as named in the pipeline's tracing.exporter key.
+const (
+	ExporterNone   = "none"
+	ExporterStdout = "stdout"
+	ExporterOTLP   = "otlp"
+)
+
+// Batching of exported spans. A span waits at most exportInterval before it
+// is sent, so that traces show in Jaeger within a second; the queue bounds
+// memory when the collector is slow (spans beyond it are dropped, never
+// waited for).
+const (
+	exportInterval = 500 * time.Millisecond
+	exportQueue    = 16384
+	exportBatch    = 1024
+	exportTimeout  = 10 * time.Second
+)
+
+// Tracing configures tracing for one process. Its fields are those of
+// core/config.Tracing, so that a pipeline's section converts directly:
+// telemetry.Tracing(pipeline.Tracing).
+type Tracing struct {
+	// Exporter is ExporterNone (or ""), ExporterStdout or ExporterOTLP.
+	Exporter string
+	// Endpoint of the OTLP collector: "host:port" for OTLP over gRPC
+	// without TLS (Jaeger's 4317), or a URL for OTLP over HTTP:
+	// "http://host:4318" (path default /v1/traces) or "https://…".
+	Endpoint string
+	// SampleRatio is the share of new traces recorded, 0..1. A message
+	// whose producer sampled it is traced at every hop whatever the ratio
+	// (parent-based sampling).
+	SampleRatio float64
+	// ServiceName names the process's service in Jaeger; a node and its
+	// plugin processes share it.
+	ServiceName string
+}
+
+// enabled is true while a recording provider set up by Setup is installed.
+var enabled atomic.Bool
+
+// Enabled reports whether this process records spans (Setup ran with an
+// exporter other than none). Hot paths check it before they build span
+// options, so that tracing off costs one atomic load.
+func Enabled() bool { return enabled.Load() }
+
+// Setup installs the global tracer provider and the W3C trace-context
+// propagator for this process, from cfg, with attrs added to the process's
+// resource (service.name is set from cfg.ServiceName). It returns a shutdown
+// function that exports what is buffered and stops the provider; call it
+// once when the process stops. Called once per process, before any span is
+// started; spans of tracers obtained earlier (Tracer in a package variable)
+// go to this provider too.
+//
+// Setup does not connect to the collector: a collector that is down makes
+// exports fail later (reported through otel's error handler), never the
+// process.
+func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutdown func(context.Context) error, err error) {
+	otel.SetTextMapPropagator(propagator)
+	exp, err := newExporter(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if exp == nil {
+		enabled.Store(false)
+		otel.SetTracerProvider(noop.NewTracerProvider())
+		return func(context.Context) error { return nil }, nil
+	}
+	if cfg.SampleRatio < 0 || cfg.SampleRatio > 1 {
+		_ = exp.Shutdown(ctx)
+		return nil, fmt.Errorf("tracing sample ratio %v: must be between 0 and 1", cfg.SampleRatio)
+	}
+	res, err := newResource(cfg.ServiceName, attrs)
+	if err != nil {
+		_ = exp.Shutdown(ctx)
+		return nil, err
+	}
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
+		sdktrace.WithBatcher(exp,
+			sdktrace.WithBatchTimeout(exportInterval),
+			sdktrace.WithMaxQueueSize(exportQueue),
+			sdktrace.WithMaxExportBatchSize(exportBatch),
+			sdktrace.WithExportTimeout(exportTimeout),
+		),
+	)
+	otel.SetTracerProvider(tp)
+	enabled.Store(true)
+	return func(ctx context.Context) error {
+		enabled.Store(false)
+		return tp.Shutdown(ctx)
+	}, nil
+}
+
+// newExporter returns cfg's span exporter, nil for none.
+func newExporter(ctx context.Context, cfg Tracing) (sdktrace.SpanExporter, error) {
+	switch cfg.Exporter {
+	case "", ExporterNone:
+		return nil, nil
+	case ExporterStdout:
+		// One JSON object per span and line; written to the current
+		// os.Stdout, which a plugin process forwards to its host.
+		return stdouttrace.New(stdouttrace.WithWriter(stdout{}))
+	case ExporterOTLP:
+		return newOTLPExporter(ctx, cfg.Endpoint)
+	}
+	return nil, fmt.Errorf("tracing exporter %q: must be %s, %s or %s", cfg.Exporter, ExporterNone, ExporterStdout, ExporterOTLP)
+}
+
+// newOTLPExporter returns an OTLP exporter over gRPC for "host:port" and over
+// HTTP for an http(s) URL.
+func newOTLPExporter(ctx context.Context, endpoint string) (sdktrace.SpanExporter, error) {
+	if endpoint == "" {
+		return nil, errors.New("tracing exporter otlp: an endpoint is required (host:port for gRPC, http://host:port for HTTP)")
+	}
+	if !strings.Contains(endpoint, "://") {
+		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure())
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("tracing endpoint %q: must be host:port (OTLP/gRPC) or an http:// or https:// URL (OTLP/HTTP)", endpoint)
+	}
+	opts := []otlptracehttp.Option{otlptracehttp.WithEndpoint(u.Host)}
+	if u.Scheme == "http" {
+		opts = append(opts, otlptracehttp.WithInsecure())
+	}
+	if u.Path != "" && u.Path != "/" {
+		opts = append(opts, otlptracehttp.WithURLPath(u.Path))
+	}
+	return otlptracehttp.New(ctx, opts...)
+}
+
+func newResource(service string, attrs []attribute.KeyValue) (*resource.Resource, error) {
+	if service == "" {
+		service = "ferry"
+	}
+	kvs := append([]attribute.KeyValue{
+		attribute.String("service.name", service),
+		attribute.Int("process.pid", os.Getpid()),
+	}, attrs...)
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(kvs...))
+	if err != nil {
+		return nil, fmt.Errorf("tracing resource: %w", err)
+	}
+	return res, nil
+}
+
+// stdout writes to whatever os.Stdout is at the time of the write.
+type stdout struct{}
+
+var _ io.Writer = stdout{}
+
+func (stdout) Write(p []byte) (int, error) { return os.Stdout.Write(p) }
+
+// Flush exports the spans this process has buffered, for tests and for a
+// process about to be killed. A no-op when tracing is off.
+func Flush(ctx context.Context) error {
+	if tp, ok := otel.GetTracerProvider().(*sdktrace.TracerProvider); ok {
+		return tp.ForceFlush(ctx)
+	}
+	return nil
+}
+
+// scope prefixes the instrumentation scope of every Ferry tracer.
+const scope = "github.com/ferrymq/ferry/"
+
+// Tracer returns the tracer of a component (ComponentBroker, …). Keep it in
+// a package variable: it follows the provider Setup installs, even when
+// obtained before Setup.
+func Tracer(component string) trace.Tracer {
+	return otel.Tracer(scope + component)
+}
+
+// propagator is the one propagator of Ferry: W3C trace context.
+var propagator propagation.TraceContext
+
+// Inject writes ctx's span context into a message's headers ("traceparent",
+// and "tracestate" when there is one) and returns the headers, allocated
+// when headers is nil and there is something to write:
+//
+//	m.Headers = telemetry.Inject(ctx, m.Headers)
+//
+// Without a span in ctx (tracing off and no incoming trace) it writes
+// nothing, does not allocate, and returns headers as given.
+func Inject(ctx context.Context, headers map[string]string) map[string]string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return headers
+	}
+	if headers == nil {
+		headers = make(map[string]string, 2)
+	}
+	propagator.Inject(ctx, propagation.MapCarrier(headers))
+	return headers
+}
+
+// Extract returns ctx with the remote span context found in a message's
+// headers, so that spans started from it are children of the span that
+// sent the message. Headers without a trace context give ctx back.
+func Extract(ctx context.Context, headers map[string]string) context.Context {
+	if _, ok := headers[HeaderTraceparent]; !ok {
+		return ctx
+	}
+	return propagator.Extract(ctx, propagation.MapCarrier(headers))
+}
+
+// SpanContext returns the span context in a message's headers (invalid when
+// there is none), for batch operations that link to their messages.
+func SpanContext(headers map[string]string) trace.SpanContext {
+	return trace.SpanContextFromContext(Extract(context.Background(), headers))
+}
+
+// Links returns one link per message that carries a sampled trace
+// context, for a batch operation's span (storage.append, storage.flush,
+// replication.replicate):
+//
+//	tracer.Start(ctx, telemetry.SpanStorageAppend, trace.WithLinks(telemetry.Links(batch)...))
+//
+// At most maxLinks links are returned; a batch of more messages links to its
+// first maxLinks.
+func Links[M interface{ GetHeaders() map[string]string }](msgs []M) []trace.Link {
+	var links []trace.Link
+	for _, m := range msgs {
+		if len(links) == maxLinks {
+			break
+		}
+		if sc := SpanContext(m.GetHeaders()); sc.IsValid() && sc.IsSampled() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	return links
+}
+
+// maxLinks bounds the links of one batch span: the SDK's default span limit
+// of links is 128.
+const maxLinks = 128

@@ -1,0 +1,292 @@
+package telemetry
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"strings"
+	"testing"
+
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// recorder returns a tracer that records every span in memory.
+func recorder(t *testing.T) (trace.Tracer, *tracetest.SpanRecorder) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return tp.Tracer("test"), rec
+}
+
+// A span started from a message's extracted headers is a child of the span
+// that sent the message, in the same trace; so are spans of later hops.
+func TestInjectExtractParenting(t *testing.T) {
+	tracer, rec := recorder(t)
+	ctx, send := tracer.Start(context.Background(), SpanProducerSend)
+	m := &ferryv1.Message{Id: "m-1", Topic: "orders"}
+	m.Headers = Inject(ctx, m.Headers)
+	send.End()
+	if _, ok := m.Headers[HeaderTraceparent]; !ok {
+		t.Fatalf("Inject wrote no %s: headers %v", HeaderTraceparent, m.Headers)
+	}
+
+	// The broker, in another process: only the headers cross.
+	wire := map[string]string{}
+	for k, v := range m.Headers {
+		wire[k] = v
+	}
+	bctx := Extract(context.Background(), wire)
+	bctx, deliver := tracer.Start(bctx, SpanBrokerDeliver)
+	wire = Inject(bctx, wire) // the next hop continues from deliver
+	deliver.End()
+	_, process := tracer.Start(Extract(context.Background(), wire), SpanConsumerProcess)
+	process.End()
+
+	spans := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range rec.Ended() {
+		spans[s.Name()] = s
+	}
+	sendSC := spans[SpanProducerSend].SpanContext()
+	for _, c := range []struct{ child, parent string }{
+		{SpanBrokerDeliver, SpanProducerSend},
+		{SpanConsumerProcess, SpanBrokerDeliver},
+	} {
+		child, parent := spans[c.child], spans[c.parent]
+		if child.SpanContext().TraceID() != sendSC.TraceID() {
+			t.Errorf("%s: trace %s, want the producer's %s", c.child, child.SpanContext().TraceID(), sendSC.TraceID())
+		}
+		if child.Parent().SpanID() != parent.SpanContext().SpanID() {
+			t.Errorf("%s: parent %s, want %s (%s)", c.child, child.Parent().SpanID(), parent.SpanContext().SpanID(), c.parent)
+		}
+		if !child.Parent().IsRemote() {
+			t.Errorf("%s: parent not marked remote", c.child)
+		}
+	}
+}
+
+// A message without a span in its context gets no headers, and Inject and
+// Extract allocate nothing then: tracing off costs nothing per message.
+func TestNoTraceNoHeadersNoAllocs(t *testing.T) {
+	ctx := context.Background()
+	if h := Inject(ctx, nil); h != nil {
+		t.Fatalf("Inject without a span made headers %v", h)
+	}
+	h := map[string]string{"app": "x"}
+	if Inject(ctx, h); len(h) != 1 {
+		t.Fatalf("Inject without a span changed headers: %v", h)
+	}
+	if got := Extract(ctx, h); got != ctx {
+		t.Fatal("Extract without a traceparent returned a new context")
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		h = Inject(ctx, h)
+		_ = Extract(ctx, h)
+	})
+	if allocs != 0 {
+		t.Fatalf("Inject+Extract without a trace: %v allocs per message, want 0", allocs)
+	}
+}
+
+// Malformed trace context in headers is ignored, not an error.
+func TestExtractMalformed(t *testing.T) {
+	for _, tp := range []string{"", "garbage", "00-00000000000000000000000000000000-0000000000000000-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"} {
+		ctx := Extract(context.Background(), map[string]string{HeaderTraceparent: tp})
+		if trace.SpanContextFromContext(ctx).IsValid() {
+			t.Errorf("traceparent %q gave a valid span context", tp)
+		}
+	}
+}
+
+// A batch span links to each sampled message it carries.
+func TestLinks(t *testing.T) {
+	tracer, rec := recorder(t)
+	var batch []*ferryv1.Message
+	var want []trace.SpanID
+	for range 3 {
+		ctx, s := tracer.Start(context.Background(), SpanProducerSend)
+		batch = append(batch, &ferryv1.Message{Headers: Inject(ctx, nil)})
+		want = append(want, s.SpanContext().SpanID())
+		s.End()
+	}
+	batch = append(batch, &ferryv1.Message{}) // untraced: no link
+	_, s := tracer.Start(context.Background(), SpanStorageAppend, trace.WithLinks(Links(batch)...))
+	s.End()
+	var got []trace.SpanID
+	for _, sp := range rec.Ended() {
+		if sp.Name() == SpanStorageAppend {
+			for _, l := range sp.Links() {
+				got = append(got, l.SpanContext.SpanID())
+			}
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("links %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("links %v, want %v", got, want)
+		}
+	}
+	many := make([]*ferryv1.Message, maxLinks+10)
+	for i := range many {
+		many[i] = batch[0]
+	}
+	if n := len(Links(many)); n != maxLinks {
+		t.Fatalf("%d messages: %d links, want %d", len(many), n, maxLinks)
+	}
+}
+
+func TestSetupRejectsBadConfig(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Tracing
+		want string
+	}{
+		{Tracing{Exporter: "jaeger"}, `exporter "jaeger"`},
+		{Tracing{Exporter: ExporterOTLP}, "endpoint is required"},
+		{Tracing{Exporter: ExporterOTLP, Endpoint: "ftp://x:1"}, "must be host:port"},
+		{Tracing{Exporter: ExporterOTLP, Endpoint: "127.0.0.1:4317", SampleRatio: 1.5}, "between 0 and 1"},
+	} {
+		_, err := Setup(context.Background(), c.cfg)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Setup(%+v): error %v, want one containing %q", c.cfg, err, c.want)
+		}
+	}
+	if Enabled() {
+		t.Fatal("a failed Setup left tracing enabled")
+	}
+}
+
+// Exporter none installs a provider that records nothing and keeps
+// Enabled false; the gRPC options are empty.
+func TestSetupNone(t *testing.T) {
+	shutdown, err := Setup(context.Background(), Tracing{Exporter: ExporterNone, SampleRatio: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(context.Background())
+	if Enabled() {
+		t.Fatal("Enabled with exporter none")
+	}
+	_, s := Tracer(ComponentBroker).Start(context.Background(), SpanBrokerAppend)
+	if s.IsRecording() || s.SpanContext().IsValid() {
+		t.Fatal("exporter none: a root span records or has a trace id")
+	}
+	if len(GRPCServerOptions()) != 0 || len(GRPCDialOptions()) != 0 {
+		t.Fatal("exporter none: gRPC tracing options are not empty")
+	}
+}
+
+// The stdout exporter writes one JSON span a line, with the service name
+// and resource attributes, and the sampler is parent-based: with ratio 0 a
+// new trace is not recorded but a sampled incoming one is.
+func TestSetupStdoutAndSampler(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := os.Stdout
+	os.Stdout = w
+	defer func() { os.Stdout = saved }()
+	out := make(chan []byte)
+	go func() { b, _ := io.ReadAll(r); out <- b }()
+
+	shutdown, err := Setup(context.Background(), Tracing{Exporter: ExporterStdout, SampleRatio: 0, ServiceName: "ferry-test"}, AttrPlugin.String("storage/memory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Enabled() || len(GRPCServerOptions()) != 1 || len(GRPCDialOptions()) != 1 {
+		t.Fatal("stdout exporter: not enabled or no gRPC tracing options")
+	}
+	tracer := Tracer(ComponentStorage)
+	_, root := tracer.Start(context.Background(), "root.unsampled")
+	root.End()
+	if root.IsRecording() {
+		t.Fatal("ratio 0: a new root span records")
+	}
+	incoming := map[string]string{HeaderTraceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+	_, child := tracer.Start(Extract(context.Background(), incoming), SpanStorageAppend, trace.WithAttributes(AttrTopic.String("orders")))
+	child.End()
+	if err := Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if Enabled() {
+		t.Fatal("Enabled after shutdown")
+	}
+	os.Stdout = saved
+	w.Close()
+	lines := bytes.Split(bytes.TrimSpace(<-out), []byte("\n"))
+	if len(lines) != 1 {
+		t.Fatalf("want 1 span line, got %d:\n%s", len(lines), bytes.Join(lines, []byte("\n")))
+	}
+	var span struct {
+		Name        string
+		SpanContext struct{ TraceID string }
+		Parent      struct{ SpanID string }
+		Attributes  []struct{ Key string }
+		Resource    []struct {
+			Key   string
+			Value struct{ Value any }
+		}
+	}
+	if err := json.Unmarshal(lines[0], &span); err != nil {
+		t.Fatalf("span line is not JSON: %v\n%s", err, lines[0])
+	}
+	if span.Name != SpanStorageAppend || span.SpanContext.TraceID != "4bf92f3577b34da6a3ce929d0e0e4736" || span.Parent.SpanID != "00f067aa0ba902b7" {
+		t.Fatalf("exported span %+v, want %s in the incoming trace", span, SpanStorageAppend)
+	}
+	res := map[string]any{}
+	for _, kv := range span.Resource {
+		res[kv.Key] = kv.Value.Value
+	}
+	if res["service.name"] != "ferry-test" || res["plugin"] != "storage/memory" || res["process.pid"] == nil {
+		t.Fatalf("resource %v: want service.name ferry-test, plugin storage/memory, process.pid", res)
+	}
+}
+
+// The settings a host passes to its plugins come back whole in the plugin.
+func TestEnvRoundTrip(t *testing.T) {
+	cfg := Tracing{Exporter: ExporterOTLP, Endpoint: "127.0.0.1:4317", SampleRatio: 0.01, ServiceName: "ferry-node-1"}
+	for _, kv := range EnvFor(cfg, "storage/file") {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	got, plugin, err := FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != cfg || plugin != "storage/file" {
+		t.Fatalf("FromEnv = %+v, %q; want %+v, storage/file", got, plugin, cfg)
+	}
+	t.Setenv(EnvSampleRatio, "lots")
+	if _, _, err := FromEnv(); err == nil {
+		t.Fatal("a bad sample ratio was accepted")
+	}
+}
+
+// A process that was given no tracing settings does not trace.
+func TestSetupFromEnvUnset(t *testing.T) {
+	for _, k := range []string{EnvExporter, EnvEndpoint, EnvSampleRatio, EnvServiceName, EnvPlugin} {
+		t.Setenv(k, "")
+	}
+	shutdown, err := SetupFromEnv(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(context.Background())
+	if Enabled() {
+		t.Fatal("tracing enabled without settings")
+	}
+	if _, ok := otel.GetTracerProvider().(*sdktrace.TracerProvider); ok {
+		t.Fatal("an SDK provider was installed without settings")
+	}
+}
