@@ -15,6 +15,7 @@
 //
 //	<dir>/LOCK                      flock'ed while a process has the store open
 //	<dir>/00000000000000000000.log  segment: 32-byte header, then records
+//	<dir>/00000000000000000000.idx  index of a sealed segment (see index.go)
 //	<dir>/offsets.json              committed offsets of consumer groups
 //	<dir>/queues.json               queue start offsets, kept by retention
 //	<dir>/next-segment.zero         preallocated spare segment (preallocate)
@@ -69,16 +70,21 @@
 // # Recovery
 //
 // Opening the store takes the directory lock (a second opener gets a clear
-// error), checks every segment header, then scans every record, checking its
-// CRC, its length and that its queue offset follows the previous one. At the
+// error), checks every segment header, then reads the sealed segments' index
+// files and scans the records of the rest, checking each one's CRC, its length
+// and that its queue offset follows the previous one. At the
 // first torn or bad record the log is truncated there: the rest of that
 // segment and every later segment are removed, and what was dropped is logged.
 // A corrupt record is never indexed and so never delivered; reads check the
 // CRC again and answer sdk.ErrCorrupt instead of delivering damaged data.
 //
-// The scan reads the whole log, so opening takes time proportional to the
-// data kept (about the time to read it from disk). Persisted index files with
-// a checkpoint, as RocketMQ has, would bound it; they are not there yet.
+// Once a segment is sealed and fsynced, the janitor writes its index file
+// ("<base>.idx": the fixed header, topic and id of every record, no message
+// bodies, with a CRC32C). The sealed segments are the recovery checkpoint:
+// open reads their index files, a few percent of the log, and scans only the
+// segment being written. A missing, damaged or mismatched index file is
+// ignored and its segment scanned. Damage inside a sealed, indexed segment is
+// therefore found when the record is read (sdk.ErrCorrupt), not at open.
 //
 // # Retention
 //

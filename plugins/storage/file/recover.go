@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -107,6 +108,11 @@ func (s *Store) listDir() ([]string, error) {
 		switch {
 		case segmentName.MatchString(de.Name()):
 			names = append(names, de.Name())
+		case filepath.Ext(de.Name()) == indexSuffix:
+			seg := strings.TrimSuffix(de.Name(), indexSuffix) + segmentSuffix
+			if _, err := os.Stat(filepath.Join(s.dir, seg)); err != nil {
+				_ = os.Remove(filepath.Join(s.dir, de.Name()))
+			}
 		case filepath.Ext(de.Name()) == tmpSuffix:
 			_ = os.Remove(filepath.Join(s.dir, de.Name()))
 		case de.Name() == spareFileName:
@@ -155,6 +161,7 @@ func (s *Store) openSegments(names []string) error {
 			_ = f.Close()
 			s.log.Error("recovery: dropping segment with a bad header", "segment", path, "error", herr, "later_segments_dropped", len(names)-i-1)
 			for _, later := range names[i:] {
+				_ = os.Remove(indexPath(filepath.Join(s.dir, later)))
 				if err := os.Remove(filepath.Join(s.dir, later)); err != nil {
 					return fmt.Errorf("storage-file: %w", err)
 				}
@@ -196,10 +203,24 @@ func (s *Store) scanSegments() error {
 			dataEnd = min(fileData, s.segs[i+1].base-g.base)
 		}
 		var pos int64
+		if reason == nil && !last && fileData >= dataEnd {
+			if s.loadIndex(g, dataEnd) == nil {
+				g.size = dataEnd
+				continue
+			}
+			// No usable index: scan, and write one again later.
+			_ = os.Remove(indexPath(g.path))
+		}
 		if reason == nil {
 			pos, reason, err = s.scanSegment(g, dataEnd, &rec)
 			if err != nil {
 				return err
+			}
+			if !last && reason == nil {
+				if err := s.writeIndex(g, g.heads, pos); err != nil {
+					return err
+				}
+				g.heads = nil
 			}
 		}
 		if reason == nil && !last && g.base+pos != s.segs[i+1].base {
@@ -235,10 +256,12 @@ func (s *Store) scanSegments() error {
 		}
 		for _, later := range s.segs[i+1:] {
 			_ = later.f.Close()
+			_ = os.Remove(indexPath(later.path))
 			if err := os.Remove(later.path); err != nil {
 				return fmt.Errorf("storage-file: %w", err)
 			}
 		}
+		_ = os.Remove(indexPath(g.path))
 		s.segs = s.segs[:i+1]
 		if i > 0 && pos == 0 {
 			// An empty segment that is not the first: drop it too,
@@ -257,6 +280,7 @@ func (s *Store) scanSegments() error {
 // scanSegment indexes g's records. It returns how many bytes of records are
 // good, and why it stopped early (nil: the whole file is good). err is an I/O
 // failure, which stops the open.
+// It collects the record heads for g's index file.
 func (s *Store) scanSegment(g *segment, fileData int64, rec *[]byte) (pos int64, reason, err error) {
 	r := io.NewSectionReader(g.f, segmentHeaderSize, fileData)
 	br := bufio.NewReaderSize(r, 1<<20)
@@ -286,20 +310,11 @@ func (s *Store) scanSegment(g *segment, fileData int64, rec *[]byte) (pos int64,
 		if reason := checkRecordQueue(meta); reason != nil {
 			return pos, reason, nil
 		}
-		k := queueKey{meta.topic, meta.queue}
-		q := s.queues[k]
-		if q == nil {
-			q = s.queueFor(k)
-			q.start = meta.offset
-		}
-		if meta.offset != q.end() {
+		if q := s.queues[queueKey{meta.topic, meta.queue}]; q != nil && meta.offset != q.end() {
 			return pos, fmt.Errorf("%w: %s/%d offset %d, expected %d", errBadRecord, meta.topic, meta.queue, meta.offset, q.end()), nil
 		}
-		q.ents = append(q.ents, entry{pos: g.base + pos, size: int32(n)})
-		if meta.id != "" {
-			q.dedup.add(meta.id, meta.offset)
-		}
-		g.maxStored = max(g.maxStored, meta.stored)
+		s.indexRecord(g, pos, meta)
+		g.heads = append(g.heads, indexHead(b)...)
 		pos += int64(n)
 	}
 	return pos, nil, nil

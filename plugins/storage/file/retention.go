@@ -6,9 +6,10 @@ import (
 	"time"
 )
 
-// janitor enforces retention_bytes and retention_age. It runs when Append
-// seals a segment and on a timer, and deletes whole segments from the oldest
-// on, never the one being written and never one not yet fsynced.
+// janitor writes the index files of sealed segments and enforces
+// retention_bytes and retention_age. It runs when Append seals a segment and
+// on a timer. Retention deletes whole segments from the oldest on, never the
+// one being written and never one not yet fsynced.
 func (s *Store) janitor() {
 	defer close(s.janitorDone)
 	period := time.Second
@@ -23,6 +24,12 @@ func (s *Store) janitor() {
 			return
 		case <-tick.C:
 		case <-s.janitorKick:
+		}
+		if err := s.writeSealedIndexes(); err != nil {
+			s.log.Warn("segment index", "error", err)
+		}
+		if s.cfg.RetentionBytes == 0 && s.cfg.RetentionAge == 0 {
+			continue
 		}
 		if err := s.enforceRetention(time.Now()); err != nil {
 			s.log.Error("retention", "error", err)
@@ -82,6 +89,7 @@ func (s *Store) enforceRetention(now time.Time) error {
 	var firstErr error
 	for _, g := range drop {
 		s.log.Info("retention: deleting segment", "segment", g.path, "bytes", segmentHeaderSize+g.size)
+		_ = os.Remove(indexPath(g.path))
 		if err := os.Remove(g.path); err != nil && firstErr == nil {
 			firstErr = err
 		}

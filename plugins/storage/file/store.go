@@ -199,6 +199,9 @@ type segment struct {
 	refs atomic.Int32
 	// durableHeader: the file and its directory entry are fsynced.
 	durableHeader bool
+	// heads collects the record heads for the segment's index file,
+	// written once the segment is sealed and fsynced (under mu).
+	heads []byte
 }
 
 func (g *segment) release() {
@@ -263,11 +266,7 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	} else {
 		close(s.preallocDone)
 	}
-	if cfg.RetentionBytes > 0 || cfg.RetentionAge > 0 {
-		go s.janitor()
-	} else {
-		close(s.janitorDone)
-	}
+	go s.janitor()
 	return nil
 }
 
@@ -387,6 +386,7 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 		}
 		active.size += size
 		active.maxStored = stored
+		active.heads = append(active.heads, indexHead(buf[at:])...)
 		offsets[i] = q.end()
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		if m.Id != "" {
@@ -405,7 +405,7 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 		default:
 		}
 	}
-	if s.segRolled && s.janitorKick != nil {
+	if s.segRolled {
 		select {
 		case s.janitorKick <- struct{}{}:
 		default:
@@ -686,6 +686,14 @@ func (s *Store) Close() error {
 	<-s.preallocDone
 	<-s.deadlineDone
 	err := s.failure()
+	if err == nil {
+		// Everything is fsynced now: index the sealed segments the
+		// janitor had not got to, so the next open reads no segment
+		// but the last.
+		if ierr := s.writeSealedIndexes(); ierr != nil {
+			s.log.Warn("segment index", "error", ierr)
+		}
+	}
 	s.mu.Lock()
 	if err == nil && len(s.segs) > 0 && s.segs[len(s.segs)-1].f != nil {
 		// Cut the zeros a preallocated segment has after its data, so
