@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -9,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -53,37 +53,67 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // with the transport's limit.
 func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestBytes = n } }
 
-// Client is a connection to one broker, shared by any number of producers and
-// consumers and safe for concurrent use. It reconnects by itself: a call made
-// while the broker is away waits for it within the call's own deadline.
+// Client is a connection to a Ferry cluster: one broker (Dial) or several
+// (DialCluster), shared by any number of producers and consumers and safe for
+// concurrent use. It reconnects by itself: a call made while a broker is away
+// waits for it within the call's own deadline, or, with several brokers, a
+// producer's send moves on to another broker (see ProducerOptions).
+//
+// Unary calls (Metadata, GetOffsets, consumers' fetches and commits) go to
+// the primary broker: the first seed that answered when the client dialled.
 type Client struct {
-	addr            string
+	addr            string // the primary broker's address
 	conn            *grpc.ClientConn
 	rpc             ferryv1.BrokerClient
 	log             *slog.Logger
 	maxRequestBytes int
+	dopts           []grpc.DialOption
 
 	ctx    context.Context // ends on Close; the parent of produce streams
 	cancel context.CancelFunc
 
 	inflight chan struct{} // one slot per produce request awaiting its answer
-	opening  chan struct{} // one slot: held while a produce stream is opened
-	streamMu sync.Mutex
-	stream   *produceStream // nil until needed and after it broke
+
+	brokersMu sync.Mutex
+	brokers   []*brokerConn // seeds in the order given, then brokers learnt from metadata
+	primary   *brokerConn
+
+	routesMu  sync.Mutex
+	routes    map[string]*topicRoute // producers' routing, per topic
+	refreshMu sync.Mutex             // one route refresh at a time
 
 	topicsMu sync.Mutex
-	topics   map[string]int32 // queue count per topic, from Metadata
+	topics   map[string]int32 // queue count per topic on the primary, from Metadata
 }
 
 // Dial connects to the broker at addr (host:port of its grpc transport) and
 // checks that it answers, by fetching the topics' metadata within ctx. It
 // fails when the broker cannot be reached now; once dialled, the client
-// reconnects by itself whenever the connection breaks.
+// reconnects by itself whenever the connection breaks. Dial(ctx, a) is
+// DialCluster(ctx, []string{a}).
 func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
-	o := options{logger: slog.Default(), maxRequestBytes: DefaultMaxRequestBytes}
-	for _, opt := range opts {
-		opt(&o)
+	return DialCluster(ctx, []string{addr}, opts...)
+}
+
+// Close ends the connections. Calls in flight fail with sdk.ErrClosed (or
+// the context error of their caller); consumers' Run returns; async sends
+// not yet answered get their callbacks with sdk.ErrClosed. Safe to call more
+// than once.
+func (c *Client) Close() error {
+	c.cancel()
+	var errs []error
+	for _, b := range c.brokerList() {
+		if err := b.close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	return errors.Join(errs...)
+}
+
+// dialOptions are the gRPC options of every broker connection: large windows
+// and buffers for batches, keepalives, quick reconnects, errors mapped to the
+// SDK's sentinels; then the caller's (WithGRPCOptions), which win.
+func dialOptions(o options) []grpc.DialOption {
 	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
@@ -102,55 +132,16 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		}),
 		grpc.WithChainUnaryInterceptor(unaryErrors),
 	}
-	conn, err := grpc.NewClient(addr, append(dopts, o.grpcOpts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("ferry client: dial %q: %w: %v", addr, sdk.ErrInvalidArgument, err)
-	}
-	cctx, cancel := context.WithCancel(context.Background())
-	c := &Client{
-		addr:            addr,
-		conn:            conn,
-		rpc:             ferryv1.NewBrokerClient(conn),
-		log:             o.logger,
-		maxRequestBytes: o.maxRequestBytes,
-		ctx:             cctx,
-		cancel:          cancel,
-		inflight:        make(chan struct{}, maxInflightProduce),
-		opening:         make(chan struct{}, 1),
-		topics:          map[string]int32{},
-	}
-	if _, err := c.metadata(ctx, nil, false); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("ferry client: dial %s: %w", addr, err)
-	}
-	return c, nil
-}
-
-// Close ends the connection. Calls in flight fail with sdk.ErrClosed (or the
-// context error of their caller); consumers' Run returns. Safe to call more
-// than once.
-func (c *Client) Close() error {
-	c.cancel()
-	c.streamMu.Lock()
-	s := c.stream
-	c.stream = nil
-	c.streamMu.Unlock()
-	if s != nil {
-		s.fail(fmt.Errorf("%w: client closed", sdk.ErrClosed))
-	}
-	if err := c.conn.Close(); err != nil && c.ctx.Err() == nil {
-		return err
-	}
-	return nil
+	return append(dopts, o.grpcOpts...)
 }
 
 func (c *Client) closed() bool { return c.ctx.Err() != nil }
 
 var errClientClosed = fmt.Errorf("ferry client: %w", sdk.ErrClosed)
 
-// Metadata returns the broker's topics (with their queue counts) and nodes,
-// and refreshes the client's cache of queue counts. While the broker is away
-// it waits for it until ctx ends.
+// Metadata returns the primary broker's topics (with their queue counts) and
+// nodes, and refreshes the client's cache of queue counts. While the broker
+// is away it waits for it until ctx ends.
 func (c *Client) Metadata(ctx context.Context) (*ferryv1.MetadataResponse, error) {
 	return c.metadata(ctx, nil, true)
 }
@@ -223,25 +214,6 @@ func (c *Client) callError(call string, err error) error {
 		return errClientClosed
 	}
 	return fmt.Errorf("ferry client: %s on %s: %w", call, c.addr, err)
-}
-
-// waitReady waits until the connection to the broker is up, starting it if
-// it is idle, or until ctx ends.
-func (c *Client) waitReady(ctx context.Context) error {
-	for {
-		s := c.conn.GetState()
-		switch s {
-		case connectivity.Ready:
-			return nil
-		case connectivity.Idle:
-			c.conn.Connect()
-		case connectivity.Shutdown:
-			return errClientClosed
-		}
-		if !c.conn.WaitForStateChange(ctx, s) {
-			return ctx.Err()
-		}
-	}
 }
 
 // unaryErrors maps gRPC statuses to errors that match the SDK's sentinels.

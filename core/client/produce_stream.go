@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -14,11 +13,13 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
-// produceStream is the one Broker.Produce stream of a Client, shared by all
-// its producers: each request gets a seq and its answer, which may come out of
-// order, is matched back by seq. When the stream breaks, every call waiting on
-// it fails with sdk.ErrUnavailable and the next call opens a new stream.
+// produceStream is the one Broker.Produce stream of a broker connection,
+// shared by all the client's producers: each request gets a seq and its
+// answer, which may come out of order, is matched back by seq. When the
+// stream breaks, every call waiting on it fails with sdk.ErrUnavailable and
+// the next call opens a new stream.
 type produceStream struct {
+	b      *brokerConn
 	st     ferryv1.Broker_ProduceClient
 	cancel context.CancelFunc
 
@@ -35,11 +36,29 @@ type produceResult struct {
 	err  error
 }
 
-// produce sends one request on the shared stream (opening it if need be) and
-// waits for its answer or for ctx. It fails with sdk.ErrUnavailable when the
-// broker cannot be reached or the stream broke before the answer came: the
-// request may or may not have been stored.
-func (c *Client) produce(ctx context.Context, req *ferryv1.ProduceRequest) (*ferryv1.ProduceResponse, error) {
+// notStoredError marks a failed attempt that certainly stored nothing: the
+// request never left the client, or the broker answered that it did not
+// store it. Such an attempt may be retried on any broker without creating a
+// duplicate.
+type notStoredError struct{ err error }
+
+func (e *notStoredError) Error() string { return e.err.Error() }
+func (e *notStoredError) Unwrap() error { return e.err }
+
+func notStored(err error) error { return &notStoredError{err: err} }
+
+func isNotStored(err error) bool {
+	var ns *notStoredError
+	return errors.As(err, &ns)
+}
+
+// produce sends one request on the broker's shared stream (opening it if
+// need be) and waits for its answer or for ctx. It fails with
+// sdk.ErrUnavailable when the broker cannot be reached (a notStoredError) or
+// the stream broke before the answer came (the request may or may not have
+// been stored).
+func (b *brokerConn) produce(ctx context.Context, req *ferryv1.ProduceRequest) (*ferryv1.ProduceResponse, error) {
+	c := b.c
 	if c.closed() {
 		return nil, errClientClosed
 	}
@@ -51,82 +70,107 @@ func (c *Client) produce(ctx context.Context, req *ferryv1.ProduceRequest) (*fer
 	case c.inflight <- struct{}{}:
 		defer func() { <-c.inflight }()
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, notStored(ctx.Err())
 	}
-	s, err := c.produceStream(ctx)
+	s, err := b.produceStream(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return s.call(ctx, req)
 }
 
+// produceOneway sends req on the stream without waiting for its answer. It
+// returns once gRPC took the request (it is on its way to the broker), or
+// with a notStoredError when it could not be sent.
+func (b *brokerConn) produceOneway(ctx context.Context, req *ferryv1.ProduceRequest) error {
+	c := b.c
+	if c.closed() {
+		return errClientClosed
+	}
+	if n := proto.Size(req); n > c.maxRequestBytes {
+		return fmt.Errorf("ferry client: %w: a batch of %d messages is %d bytes, over the client's limit of %d bytes",
+			sdk.ErrInvalidArgument, len(req.Messages), n, c.maxRequestBytes)
+	}
+	s, err := b.produceStream(ctx)
+	if err != nil {
+		return err
+	}
+	return s.send(req)
+}
+
 // produceStream returns the working stream or opens a new one, waiting for
-// the connection (within ctx) if the broker is away.
-func (c *Client) produceStream(ctx context.Context) (*produceStream, error) {
-	if s := c.currentStream(); s != nil {
+// the connection (within ctx) if the broker is away; with several brokers it
+// does not wait for one whose connection attempt failed. Its errors are
+// notStoredErrors.
+func (b *brokerConn) produceStream(ctx context.Context) (*produceStream, error) {
+	if s := b.currentStream(); s != nil {
 		return s, nil
 	}
+	c := b.c
 	select {
-	case c.opening <- struct{}{}:
-		defer func() { <-c.opening }()
+	case b.opening <- struct{}{}:
+		defer func() { <-b.opening }()
 	case <-ctx.Done():
-		return nil, fmt.Errorf("ferry client: %w: waiting for the produce stream to %s: %v", sdk.ErrUnavailable, c.addr, ctx.Err())
+		return nil, notStored(fmt.Errorf("ferry client: %w: waiting for the produce stream to %s: %v", sdk.ErrUnavailable, b.addr, ctx.Err()))
 	}
-	if s := c.currentStream(); s != nil {
+	if s := b.currentStream(); s != nil {
 		return s, nil // another caller opened it meanwhile
 	}
-	if err := c.waitReady(ctx); err != nil {
+	if err := b.waitReady(ctx, c.multiBroker()); err != nil {
 		if c.closed() {
 			return nil, errClientClosed
 		}
 		// Nothing was sent: the outcome is known, so this is not a timeout.
-		return nil, fmt.Errorf("ferry client: %w: broker %s not reachable: %v", sdk.ErrUnavailable, c.addr, err)
+		return nil, notStored(fmt.Errorf("ferry client: %w: broker %s not reachable: %v", sdk.ErrUnavailable, b.addr, err))
 	}
 	sctx, cancel := context.WithCancel(c.ctx)
-	st, err := c.rpc.Produce(sctx)
+	st, err := b.rpc.Produce(sctx)
 	if err != nil {
 		cancel()
 		if c.closed() {
 			return nil, errClientClosed
 		}
-		return nil, fmt.Errorf("ferry client: %w: opening the produce stream to %s: %v", sdk.ErrUnavailable, c.addr, err)
+		return nil, notStored(fmt.Errorf("ferry client: %w: opening the produce stream to %s: %v", sdk.ErrUnavailable, b.addr, err))
 	}
-	s := &produceStream{st: st, cancel: cancel, calls: map[uint64]chan produceResult{}}
-	c.streamMu.Lock()
-	c.stream = s
-	c.streamMu.Unlock()
-	go c.receive(s)
+	s := &produceStream{b: b, st: st, cancel: cancel, calls: map[uint64]chan produceResult{}}
+	b.streamMu.Lock()
+	b.stream = s
+	b.streamMu.Unlock()
+	go b.receive(s)
 	return s, nil
 }
 
-func (c *Client) currentStream() *produceStream {
-	c.streamMu.Lock()
-	defer c.streamMu.Unlock()
-	if c.stream != nil && c.stream.alive() {
-		return c.stream
+func (b *brokerConn) currentStream() *produceStream {
+	b.streamMu.Lock()
+	defer b.streamMu.Unlock()
+	if b.stream != nil && b.stream.alive() {
+		return b.stream
 	}
 	return nil
 }
 
 // receive delivers the stream's answers to their callers until it breaks;
-// then it fails the calls in flight and forgets the stream and the cached
-// topic metadata (the broker may have changed while we were away).
-func (c *Client) receive(s *produceStream) {
+// then it fails the calls in flight and marks the cached metadata stale (the
+// broker may have changed while we were away). Answers nobody waits for
+// (oneway sends, abandoned calls) are dropped.
+func (b *brokerConn) receive(s *produceStream) {
+	c := b.c
 	for {
 		resp, err := s.st.Recv()
 		if err != nil {
 			if c.closed() {
 				s.fail(errClientClosed)
 			} else {
-				s.fail(fmt.Errorf("ferry client: %w: produce stream to %s broke: %v", sdk.ErrUnavailable, c.addr, sdk.ErrorFromStatus(err)))
-				c.log.Warn("ferry client: produce stream broke; sends in flight are retried", "broker", c.addr, "error", err)
+				s.fail(fmt.Errorf("ferry client: %w: produce stream to %s broke: %v", sdk.ErrUnavailable, b.addr, sdk.ErrorFromStatus(err)))
+				c.log.Warn("ferry client: produce stream broke; sends in flight are retried", "broker", b.addr, "error", err)
 			}
-			c.streamMu.Lock()
-			if c.stream == s {
-				c.stream = nil
+			b.streamMu.Lock()
+			if b.stream == s {
+				b.stream = nil
 			}
-			c.streamMu.Unlock()
+			b.streamMu.Unlock()
 			c.forgetTopic("")
+			c.staleRoutes()
 			return
 		}
 		s.mu.Lock()
@@ -153,7 +197,7 @@ func (s *produceStream) call(ctx context.Context, req *ferryv1.ProduceRequest) (
 	if s.err != nil {
 		err := s.err
 		s.mu.Unlock()
-		return nil, err
+		return nil, notStored(err)
 	}
 	s.seq++
 	seq := s.seq
@@ -169,10 +213,15 @@ func (s *produceStream) call(ctx context.Context, req *ferryv1.ProduceRequest) (
 	s.sendMu.Lock()
 	err := s.st.Send(out)
 	s.sendMu.Unlock()
-	if err != nil && !errors.Is(err, io.EOF) {
-		// io.EOF: the stream ended and receive reports why; anything
-		// else is a local failure that ended the stream.
-		s.fail(fmt.Errorf("ferry client: %w: produce stream: %v", sdk.ErrUnavailable, sdk.ErrorFromStatus(err)))
+	if err != nil {
+		// The request did not go out: the stream ended (receive reports
+		// why) or failed here. Either way nothing of it is stored.
+		s.mu.Lock()
+		delete(s.calls, seq)
+		s.mu.Unlock()
+		err = fmt.Errorf("ferry client: %w: produce stream to %s: %v", sdk.ErrUnavailable, s.b.addr, sdk.ErrorFromStatus(err))
+		s.fail(err)
+		return nil, notStored(err)
 	}
 	select {
 	case r := <-ch:
@@ -183,6 +232,28 @@ func (s *produceStream) call(ctx context.Context, req *ferryv1.ProduceRequest) (
 		s.mu.Unlock()
 		return nil, ctx.Err()
 	}
+}
+
+// send sends req with a fresh seq and does not wait for its answer.
+func (s *produceStream) send(req *ferryv1.ProduceRequest) error {
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return notStored(err)
+	}
+	s.seq++
+	out := &ferryv1.ProduceRequest{Seq: s.seq, Messages: req.Messages, TimeoutNanos: req.TimeoutNanos}
+	s.mu.Unlock()
+	s.sendMu.Lock()
+	err := s.st.Send(out)
+	s.sendMu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("ferry client: %w: produce stream to %s: %v", sdk.ErrUnavailable, s.b.addr, sdk.ErrorFromStatus(err))
+		s.fail(err)
+		return notStored(err)
+	}
+	return nil
 }
 
 // fail breaks the stream: every waiting and later call gets err.

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,11 +22,35 @@ const (
 	DefaultRetries = 2
 	DefaultTimeout = 3 * time.Second
 	DefaultBackoff = 100 * time.Millisecond
+	// DefaultMaxMessageBytes bounds one message's body plus its header keys
+	// and values, as the broker's transports do by default.
+	DefaultMaxMessageBytes = 4 << 20
+	// DefaultMaxHeaderBytes bounds one message's header keys and values, as
+	// the broker does.
+	DefaultMaxHeaderBytes = 64 << 10
 	// NoRetries in ProducerOptions.Retries disables retries (0 means the
 	// default).
 	NoRetries = -1
 	// maxBackoff caps the doubling of ProducerOptions.Backoff.
 	maxBackoff = 5 * time.Second
+)
+
+// RetryTarget says where a failed send is retried when the client knows
+// several brokers.
+type RetryTarget string
+
+const (
+	// RetryOtherBroker retries on another broker that has the topic (the
+	// message goes to one of that broker's queues), so that one broker
+	// being down does not stop the producer. Only an attempt that
+	// certainly stored nothing moves: once an attempt's outcome is unknown
+	// (the connection broke after the request went out, or it timed out)
+	// the retries stay on its broker and queue, where the store
+	// de-duplicates them; a retry elsewhere could store the message twice.
+	RetryOtherBroker RetryTarget = "other"
+	// RetrySameBroker retries on the broker and queue of the first
+	// attempt, which keeps the order of a queue's messages.
+	RetrySameBroker RetryTarget = "same"
 )
 
 // ProducerOptions configure a Producer. The zero value is the defaults.
@@ -36,11 +62,14 @@ type ProducerOptions struct {
 	// time in nanoseconds so that a restarted producer does not reuse ids.
 	ID string
 	// Retries is how many times a failed send is retried (0: DefaultRetries;
-	// NoRetries: none). Only failures whose message was certainly not
-	// stored, or whose retry the broker de-duplicates, are retried: the
-	// broker unreachable or the connection broken (sdk.ErrUnavailable,
-	// sdk.ErrClosed). Errors the broker reports (sdk.ErrInvalidArgument,
-	// sdk.ErrNotFound, sdk.ErrFull, ...) are returned at once.
+	// NoRetries: none), after Backoff. Retried are: the broker unreachable
+	// or the connection broken (sdk.ErrUnavailable, sdk.ErrClosed), and a
+	// topic whose queues changed. A retry carries the same message id to
+	// the same queue unless it moves to another broker (see SyncRetry), so
+	// a retry whose first attempt was stored is de-duplicated by the store
+	// and answered with the original offset. Errors the broker reports
+	// (sdk.ErrInvalidArgument, sdk.ErrNotFound, sdk.ErrFull, ...) are
+	// returned at once.
 	Retries int
 	// RetryOnTimeout retries an attempt that timed out too. Off by
 	// default: a timed-out send may have been stored, and only the
@@ -51,11 +80,53 @@ type ProducerOptions struct {
 	// come back (default DefaultTimeout). The broker gets it too.
 	Timeout time.Duration
 	// Backoff is the wait before the first retry; it doubles for each
-	// further one, up to 5s (default DefaultBackoff).
+	// further one, up to 5s (default DefaultBackoff). A retry that moves
+	// to another broker does not wait.
 	Backoff time.Duration
-	// Selector picks each message's queue (default RoundRobin()).
+	// Selector picks each message's queue (default RoundRobin()). With
+	// several brokers it picks among all the topic's queues on all of
+	// them; a queue whose broker is down is skipped for the next one on a
+	// broker that is up.
 	Selector QueueSelector
+	// SyncRetry is where SendSync and SendBatchSync retry when the client
+	// knows several brokers (default RetryOtherBroker, RocketMQ's rule).
+	SyncRetry RetryTarget
+	// AsyncRetry is where SendAsync retries (default RetrySameBroker,
+	// RocketMQ's rule: it keeps a queue's order).
+	AsyncRetry RetryTarget
+	// RequireDurable makes every status weaker than STATUS_OK an error
+	// (matching ErrNotDurable and the status's sentinel, such as
+	// sdk.ErrFlushTimeout); the Result still carries the offset the
+	// message was stored at. Without it such a Result comes with a nil
+	// error and its Status says how durable it is.
+	RequireDurable bool
+	// MaxMessageBytes bounds a message's body plus header keys and values
+	// (default DefaultMaxMessageBytes); a larger message fails with
+	// sdk.ErrInvalidArgument before anything is sent.
+	MaxMessageBytes int
+	// MaxHeaderBytes bounds a message's header keys and values (default
+	// DefaultMaxHeaderBytes).
+	MaxHeaderBytes int
+
+	// Async sends (SendAsync); see its doc.
+
+	// Linger is how long an async batch waits for more messages before it
+	// is sent (default DefaultLinger; NoLinger sends as soon as the queue
+	// has no batch in flight).
+	Linger time.Duration
+	// MaxBatchBytes bounds an async batch (default DefaultMaxBatchBytes);
+	// a batch that reaches it is sent at once.
+	MaxBatchBytes int
+	// MaxInflight is the async window: how many messages may be accepted
+	// by SendAsync and not yet answered (default DefaultMaxInflight).
+	// SendAsync blocks while it is full.
+	MaxInflight int
 }
+
+// ErrNotDurable matches the error a send with ProducerOptions.RequireDurable
+// returns for a message the broker stored with a status weaker than
+// STATUS_OK, and the error of an answer without any status.
+var ErrNotDurable = errors.New("not as durable as required")
 
 // Message is what an application sends.
 type Message struct {
@@ -71,24 +142,34 @@ type Result struct {
 	// ID is the message id the producer gave it ("<producer id>-<seq>").
 	ID    string
 	Topic string
+	// Queue is the message's queue on Broker; -1 when none was chosen.
 	Queue int32
 	// Offset is the message's offset in its queue; -1 when it was not
-	// stored (its send failed).
+	// stored (its send failed) or is not known (a oneway send).
 	Offset int64
 	// Status is how durable the message is. Anything but STATUS_OK is a
-	// weaker guarantee than the broker's configured one (flush or
-	// replication did not complete in time) and is still returned with a
-	// nil error.
+	// weaker guarantee than the broker's configured one: FLUSH_TIMEOUT
+	// (stored, not flushed in time), REPLICA_TIMEOUT or
+	// REPLICA_NOT_AVAILABLE (stored and flushed, not replicated). It is
+	// returned with a nil error unless ProducerOptions.RequireDurable.
+	// STATUS_UNSPECIFIED means no answer (a failed or oneway send).
 	Status ferryv1.Status
+	// Broker is the address of the broker the message was sent to.
+	Broker string
 }
 
-// Producer sends messages through its Client's produce stream. It is safe for
-// concurrent use; many goroutines sending at once share the one stream.
+// Producer sends messages through its Client's produce streams (one per
+// broker). It is safe for concurrent use; many goroutines sending at once
+// share the streams.
 type Producer struct {
 	c    *Client
 	opts ProducerOptions
 	id   string
 	seq  atomic.Uint64
+
+	asyncMu     sync.Mutex
+	async       *accumulator // nil until the first SendAsync
+	asyncClosed bool
 }
 
 // NewProducer returns a producer with opts, defaults filled in.
@@ -115,6 +196,28 @@ func (c *Client) NewProducer(opts ProducerOptions) *Producer {
 	if opts.Selector == nil {
 		opts.Selector = RoundRobin()
 	}
+	if opts.SyncRetry == "" {
+		opts.SyncRetry = RetryOtherBroker
+	}
+	if opts.AsyncRetry == "" {
+		opts.AsyncRetry = RetrySameBroker
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if opts.MaxHeaderBytes <= 0 {
+		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if opts.Linger == 0 {
+		opts.Linger = DefaultLinger
+	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	opts.MaxBatchBytes = min(opts.MaxBatchBytes, c.maxRequestBytes/2)
+	if opts.MaxInflight <= 0 {
+		opts.MaxInflight = DefaultMaxInflight
+	}
 	p.opts, p.id = opts, opts.ID
 	return p
 }
@@ -130,17 +233,18 @@ func (p *Producer) ID() string { return p.id }
 func (p *Producer) SendSync(ctx context.Context, m Message) (Result, error) {
 	rs, err := p.SendBatchSync(ctx, []Message{m})
 	if len(rs) == 0 {
-		return Result{Offset: -1}, err
+		return Result{Queue: -1, Offset: -1}, err
 	}
 	return rs[0], err
 }
 
 // SendBatchSync sends msgs and waits for all of them. Messages for the same
-// topic travel in one request (one retry unit), topics in parallel. It
-// returns one Result per message, in order, and the errors of the topics that
-// failed joined (their messages' Results have Offset -1); the other topics'
-// Results are valid either way. The client does not keep msgs after it
-// returns.
+// topic and broker travel in one request (one retry unit), topics and
+// brokers in parallel. It returns one Result per message, in order, and the
+// errors of the requests that failed joined (their messages' Results have
+// Offset -1, or, for a status weaker than OK under RequireDurable, their
+// offsets); the other Results are valid either way. The client does not keep
+// msgs after it returns.
 func (p *Producer) SendBatchSync(ctx context.Context, msgs []Message) ([]Result, error) {
 	if len(msgs) == 0 {
 		return nil, nil
@@ -171,107 +275,288 @@ func (p *Producer) nextID() string {
 	return p.id + "-" + strconv.FormatUint(p.seq.Add(1), 10)
 }
 
-// sendTopic sends msgs[idx] (all for topic) as one request, with retries, and
-// fills results[idx].
+// check refuses a message the broker would refuse, before anything is sent.
+func (p *Producer) check(m *Message) error {
+	if m.Topic == "" {
+		return fmt.Errorf("ferry producer: %w: empty topic name", sdk.ErrInvalidArgument)
+	}
+	hdr := 0
+	for k, v := range m.Headers {
+		hdr += len(k) + len(v)
+	}
+	if hdr > p.opts.MaxHeaderBytes {
+		return fmt.Errorf("ferry producer: %w: message headers are %d bytes, over the limit max_header_bytes = %d",
+			sdk.ErrInvalidArgument, hdr, p.opts.MaxHeaderBytes)
+	}
+	if n := len(m.Body) + hdr; n > p.opts.MaxMessageBytes {
+		return fmt.Errorf("ferry producer: %w: message is %d bytes (body %d, headers %d), over the limit max_message_bytes = %d",
+			sdk.ErrInvalidArgument, n, len(m.Body), hdr, p.opts.MaxMessageBytes)
+	}
+	return nil
+}
+
+// unit is one request's worth of messages: one topic, one broker. It is the
+// unit of retries.
+type unit struct {
+	topic  string
+	route  *topicRoute
+	broker *brokerConn
+	msgs   []*ferryv1.Message // queues set for broker
+	resp   *ferryv1.ProduceResponse
+}
+
+// sendTopic sends msgs[idx] (all for topic), one request per broker, with
+// retries, and fills results[idx].
 func (p *Producer) sendTopic(ctx context.Context, topic string, msgs []Message, idx []int, results []Result) error {
-	if topic == "" {
-		return fmt.Errorf("ferry producer: %w: message without a topic", sdk.ErrInvalidArgument)
+	for _, i := range idx {
+		if err := p.check(&msgs[i]); err != nil {
+			return err
+		}
+	}
+	rt, err := p.route(ctx, topic)
+	if err != nil {
+		return err
 	}
 	born := time.Now().UnixNano()
-	batch := make([]*ferryv1.Message, len(idx))
-	for j, i := range idx {
+	var units []*unit
+	for _, i := range idx {
 		m := &msgs[i]
-		batch[j] = &ferryv1.Message{Id: results[i].ID, Topic: topic, Key: m.Key, Headers: m.Headers, Body: m.Body, BornUnixNano: born}
-	}
-
-	queues := int32(0) // the queue count the batch's queues were chosen for
-	for attempt := 0; ; attempt++ {
-		if queues == 0 {
-			n, err := p.selectQueues(ctx, topic, msgs, idx, batch)
-			if err != nil {
-				return err
+		q := p.pick(rt, m)
+		var u *unit
+		for _, x := range units {
+			if x.broker == q.broker {
+				u = x
 			}
-			queues = n
 		}
-		resp, err := p.attempt(ctx, batch)
+		if u == nil {
+			u = &unit{topic: topic, route: rt, broker: q.broker}
+			units = append(units, u)
+		}
+		u.msgs = append(u.msgs, &ferryv1.Message{Id: results[i].ID, Topic: topic, Queue: q.queue, Key: m.Key, Headers: m.Headers, Body: m.Body, BornUnixNano: born})
+	}
+	errs := make([]error, len(units))
+	if len(units) == 1 {
+		errs[0] = p.deliver(ctx, units[0], p.opts.SyncRetry)
+	} else {
+		var wg sync.WaitGroup
+		for k, u := range units {
+			wg.Go(func() { errs[k] = p.deliver(ctx, u, p.opts.SyncRetry) })
+		}
+		wg.Wait()
+	}
+	pos := map[string]int{} // message id → index in results
+	for _, i := range idx {
+		pos[results[i].ID] = i
+	}
+	for k, u := range units {
+		for j, m := range u.msgs {
+			r := &results[pos[m.Id]]
+			r.Broker = u.broker.addr
+			if errs[k] != nil || u.resp == nil {
+				continue
+			}
+			r.Queue, r.Offset, r.Status = m.Queue, u.resp.Offsets[j], u.resp.Status
+			if err := p.statusError(*r); err != nil && errs[k] == nil {
+				errs[k] = err
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// route returns topic's route, bounded by the producer's timeout.
+func (p *Producer) route(ctx context.Context, topic string) (*topicRoute, error) {
+	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	rt, err := p.c.route(actx, topic)
+	if err != nil {
+		if p.c.closed() {
+			return nil, errClientClosed
+		}
+		return nil, fmt.Errorf("ferry producer: %w", err)
+	}
+	return rt, nil
+}
+
+// pick chooses m's queue with the selector, avoiding brokers that are down.
+func (p *Producer) pick(rt *topicRoute, m *Message) queueRoute {
+	n := int32(len(rt.queues))
+	q := p.opts.Selector.Select(m, n)
+	if q < 0 || q >= n {
+		q = ((q % n) + n) % n
+	}
+	return rt.healthy(int(q))
+}
+
+// statusError is what RequireDurable makes of a status weaker than OK; an
+// answer without a status is an error in any case.
+func (p *Producer) statusError(r Result) error {
+	var sentinel error
+	switch r.Status {
+	case ferryv1.Status_STATUS_OK:
+		return nil
+	case ferryv1.Status_STATUS_FLUSH_TIMEOUT:
+		sentinel = sdk.ErrFlushTimeout
+	case ferryv1.Status_STATUS_REPLICA_TIMEOUT:
+		sentinel = sdk.ErrReplicaTimeout
+	case ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE:
+		sentinel = sdk.ErrReplicaNotAvailable
+	default:
+		return fmt.Errorf("ferry producer: message %s: broker %s answered offset %d without a status (%v): %w",
+			r.ID, r.Broker, r.Offset, r.Status, ErrNotDurable)
+	}
+	if !p.opts.RequireDurable {
+		return nil
+	}
+	return fmt.Errorf("ferry producer: message %s stored at %s/%d offset %d with status %s, weaker than required (RequireDurable): %w: %w",
+		r.ID, r.Topic, r.Queue, r.Offset, StatusName(r.Status), ErrNotDurable, sentinel)
+}
+
+// StatusName is a status's short name: "OK", "FLUSH_TIMEOUT",
+// "REPLICA_TIMEOUT", "REPLICA_NOT_AVAILABLE" or "UNSPECIFIED".
+func StatusName(s ferryv1.Status) string {
+	return strings.TrimPrefix(s.String(), "STATUS_")
+}
+
+// deliver sends u with retries as the options and target say, and sets
+// u.resp.
+func (p *Producer) deliver(ctx context.Context, u *unit, target RetryTarget) error {
+	tried := []*brokerConn{}
+	pinned := false // an attempt of unknown outcome went to u.broker: retries stay there
+	for attempt := 0; ; attempt++ {
+		if !slices.Contains(tried, u.broker) {
+			tried = append(tried, u.broker)
+		}
+		resp, err := p.attempt(ctx, u)
 		if err == nil {
-			if len(resp.Offsets) != len(batch) {
-				return fmt.Errorf("ferry producer: topic %s: the broker answered %d offsets for %d messages", topic, len(resp.Offsets), len(batch))
-			}
-			for j, i := range idx {
-				results[i].Queue = batch[j].Queue
-				results[i].Offset = resp.Offsets[j]
-				results[i].Status = resp.Status
-			}
+			u.resp = resp
 			return nil
 		}
+		if p.c.closed() {
+			return errClientClosed
+		}
+		maybeStored := !isNotStored(err)
 		if ctx.Err() != nil {
-			return fmt.Errorf("ferry producer: send to %s abandoned, outcome unknown: %w", topic, ctx.Err())
+			if maybeStored || pinned {
+				return fmt.Errorf("ferry producer: send to %s abandoned, outcome unknown: %w", u.broker.addr, ctx.Err())
+			}
+			return fmt.Errorf("ferry producer: send to %s abandoned (%v): %w", u.broker.addr, err, ctx.Err())
 		}
 		retry := false
 		switch {
-		case p.c.closed():
-			return errClientClosed
 		case errors.Is(err, context.DeadlineExceeded):
-			err = fmt.Errorf("ferry producer: send to %s timed out after %s, outcome unknown (the message may be stored): %w", topic, p.opts.Timeout, err)
+			err = fmt.Errorf("ferry producer: send to %s timed out after %s, outcome unknown (the message may be stored): %w", u.broker.addr, p.opts.Timeout, err)
 			retry = p.opts.RetryOnTimeout
 		case errors.Is(err, sdk.ErrUnavailable), errors.Is(err, sdk.ErrClosed):
 			retry = true
 		case errors.Is(err, sdk.ErrNotFound):
 			// The topic's queues may have changed: if so, nothing was
 			// stored and the batch is routed again.
-			p.c.forgetTopic(topic)
-			mctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-			n, nerr := p.c.queueCount(mctx, topic)
-			cancel()
-			retry = nerr == nil && n != queues
-			if retry {
-				queues = 0
-			}
+			maybeStored = false
+			retry = p.reroute(ctx, u)
+		}
+		if maybeStored {
+			pinned = true
 		}
 		if !retry || attempt >= p.opts.Retries {
 			return err
 		}
+		if !pinned && target == RetryOtherBroker {
+			if next := otherBroker(u, tried); next != nil {
+				p.c.log.Debug("ferry producer: retrying on another broker", "from", u.broker.addr, "to", next.addr, "error", err)
+				moveTo(u, next)
+				continue
+			}
+		}
 		wait := min(p.opts.Backoff<<attempt, maxBackoff)
+		t := time.NewTimer(wait)
 		select {
-		case <-time.After(wait):
+		case <-t.C:
 		case <-ctx.Done():
-			return fmt.Errorf("ferry producer: send to %s abandoned while retrying (%v): %w", topic, err, ctx.Err())
+			t.Stop()
+			return fmt.Errorf("ferry producer: send to %s abandoned while retrying (%v): %w", u.topic, err, ctx.Err())
 		}
 	}
 }
 
-// selectQueues sets the queue of every message in batch and returns the queue
-// count it chose them for.
-func (p *Producer) selectQueues(ctx context.Context, topic string, msgs []Message, idx []int, batch []*ferryv1.Message) (int32, error) {
-	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
-	n, err := p.c.queueCount(actx, topic)
+// otherBroker picks the broker a retry of u moves to: one of the topic's
+// brokers not tried yet, preferring those that are not down; nil if none.
+func otherBroker(u *unit, tried []*brokerConn) *brokerConn {
+	var fallback *brokerConn
+	for _, b := range u.route.brokers() {
+		if slices.Contains(tried, b) {
+			continue
+		}
+		if !b.down() {
+			return b
+		}
+		if fallback == nil {
+			fallback = b
+		}
+	}
+	return fallback
+}
+
+// moveTo routes u's messages to queues of broker b (each to the queue at its
+// old queue's index modulo b's queue count).
+func moveTo(u *unit, b *brokerConn) {
+	qs := u.route.queuesOf(b)
+	for _, m := range u.msgs {
+		m.Queue = qs[int(m.Queue)%len(qs)]
+	}
+	u.broker = b
+}
+
+// reroute refreshes u's topic after the broker said it lacks it (or one of
+// its queues) and reports whether the batch can be sent again: the topic's
+// queues on u's broker changed (the messages get new queues there), or the
+// broker lost the topic and another one has it.
+func (p *Producer) reroute(ctx context.Context, u *unit) bool {
+	p.c.routesMu.Lock()
+	if r := p.c.routes[u.topic]; r != nil {
+		p.c.routes[u.topic] = &topicRoute{topic: r.topic, queues: r.queues, stale: true}
+	}
+	p.c.routesMu.Unlock()
+	rt, err := p.route(ctx, u.topic)
 	if err != nil {
-		return 0, fmt.Errorf("ferry producer: %w", err)
+		return false
 	}
-	for j, i := range idx {
-		q := p.opts.Selector.Select(&msgs[i], n)
-		if q < 0 || q >= n {
-			return 0, fmt.Errorf("ferry producer: %w: selector chose queue %d of topic %s, which has %d", sdk.ErrInvalidArgument, q, topic, n)
+	before, after := u.route.queuesOf(u.broker), rt.queuesOf(u.broker)
+	u.route = rt
+	if slices.Equal(before, after) {
+		return false
+	}
+	if len(after) == 0 {
+		if len(rt.queues) == 0 {
+			return false
 		}
-		batch[j].Queue = q
+		u.broker = rt.queues[0].broker
+		after = rt.queuesOf(u.broker)
 	}
-	return n, nil
+	for _, m := range u.msgs {
+		m.Queue = after[int(m.Queue)%len(after)]
+	}
+	return true
 }
 
-// attempt sends the batch once, bounded by the producer's timeout, and turns
-// an error the broker answered with into an error that matches its sentinel.
-func (p *Producer) attempt(ctx context.Context, batch []*ferryv1.Message) (*ferryv1.ProduceResponse, error) {
+// attempt sends u once, bounded by the producer's timeout, and turns an
+// error the broker answered with into an error that matches its sentinel.
+func (p *Producer) attempt(ctx context.Context, u *unit) (*ferryv1.ProduceResponse, error) {
 	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
-	req := &ferryv1.ProduceRequest{Messages: batch}
-	resp, err := p.c.produce(actx, req)
+	resp, err := u.broker.produce(actx, &ferryv1.ProduceRequest{Messages: u.msgs})
 	if err != nil {
 		return nil, err
 	}
 	if resp.Error != nil {
-		return nil, fmt.Errorf("ferry producer: broker: %w", sdk.ErrorFromProto(resp.Error))
+		err := fmt.Errorf("ferry producer: broker %s: %w", u.broker.addr, sdk.ErrorFromProto(resp.Error))
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return nil, err // the broker gave up waiting; the append may go on
+		}
+		return nil, notStored(err) // an error answer means nothing was stored
+	}
+	if len(resp.Offsets) != len(u.msgs) {
+		return nil, fmt.Errorf("ferry producer: broker %s answered %d offsets for %d messages of %s", u.broker.addr, len(resp.Offsets), len(u.msgs), u.topic)
 	}
 	return resp, nil
 }
