@@ -76,34 +76,12 @@ func (s *Store) loadIndex(g *segment, dataLen int64) error {
 		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
 		return errNoIndex
 	}
-	// Check everything first, then apply.
-	type rec struct {
-		meta recordMeta
-		pos  int64
-	}
-	var recs []rec
-	ends := map[queueKey]int64{}
 	heads := b[indexHeaderSize : len(b)-4]
-	var pos int64
-	for len(heads) > 0 {
-		if len(heads) < recordHeaderSize || binary.LittleEndian.Uint32(heads) != recordMagic {
-			return errNoIndex
-		}
-		size := int64(binary.LittleEndian.Uint32(heads[4:]))
-		tl := int(binary.LittleEndian.Uint16(heads[14:]))
-		il := int(binary.LittleEndian.Uint16(heads[36:]))
-		n := recordHeaderSize + tl + il
-		if n > len(heads) || int64(n) > size || pos+size > dataLen {
-			return errNoIndex
-		}
-		m := recordMeta{
-			size:   int(size),
-			topic:  string(heads[recordHeaderSize : recordHeaderSize+tl]),
-			queue:  int32(binary.LittleEndian.Uint32(heads[16:])),
-			offset: int64(binary.LittleEndian.Uint64(heads[20:])),
-			stored: int64(binary.LittleEndian.Uint64(heads[28:])),
-			id:     string(heads[recordHeaderSize+tl : n]),
-		}
+	// Check everything first, then apply: the two passes parse the same
+	// bytes.
+	ends := map[queueKey]int64{}
+	var topic string
+	if err := walkIndex(heads, dataLen, &topic, func(pos int64, m recordMeta) error {
 		k := queueKey{m.topic, m.queue}
 		end, seen := ends[k]
 		if !seen {
@@ -116,15 +94,51 @@ func (s *Store) loadIndex(g *segment, dataLen int64) error {
 			return errNoIndex
 		}
 		ends[k] = end + 1
-		recs = append(recs, rec{m, pos})
+		return nil
+	}); err != nil {
+		return err
+	}
+	return walkIndex(heads, dataLen, &topic, func(pos int64, m recordMeta) error {
+		s.indexRecord(g, pos, m)
+		return nil
+	})
+}
+
+// walkIndex parses an index file's record heads and calls fn for each with
+// its position in the segment. Ids are strings only when fn keeps them; the
+// topic string is reused while it repeats.
+func walkIndex(heads []byte, dataLen int64, topic *string, fn func(pos int64, m recordMeta) error) error {
+	var pos int64
+	for len(heads) > 0 {
+		if len(heads) < recordHeaderSize || binary.LittleEndian.Uint32(heads) != recordMagic {
+			return errNoIndex
+		}
+		size := int64(binary.LittleEndian.Uint32(heads[4:]))
+		tl := int(binary.LittleEndian.Uint16(heads[14:]))
+		il := int(binary.LittleEndian.Uint16(heads[36:]))
+		n := recordHeaderSize + tl + il
+		if n > len(heads) || int64(n) > size || pos+size > dataLen {
+			return errNoIndex
+		}
+		if t := heads[recordHeaderSize : recordHeaderSize+tl]; string(t) != *topic {
+			*topic = string(t)
+		}
+		m := recordMeta{
+			size:   int(size),
+			topic:  *topic,
+			queue:  int32(binary.LittleEndian.Uint32(heads[16:])),
+			offset: int64(binary.LittleEndian.Uint64(heads[20:])),
+			stored: int64(binary.LittleEndian.Uint64(heads[28:])),
+			id:     string(heads[recordHeaderSize+tl : n]),
+		}
+		if err := fn(pos, m); err != nil {
+			return err
+		}
 		pos += size
 		heads = heads[n:]
 	}
 	if pos != dataLen {
 		return errNoIndex
-	}
-	for _, r := range recs {
-		s.indexRecord(g, r.pos, r.meta)
 	}
 	return nil
 }
@@ -140,7 +154,7 @@ func (s *Store) indexRecord(g *segment, pos int64, m recordMeta) {
 	}
 	q.ents = append(q.ents, entry{pos: g.base + pos, size: int32(m.size)})
 	if m.id != "" {
-		q.dedup.add(m.id, m.offset)
+		q.dedup.addRecovered(m.id, m.offset)
 	}
 	g.maxStored = max(g.maxStored, m.stored)
 }

@@ -67,6 +67,9 @@ func (s *Store) open() (err error) {
 	if err := s.scanSegments(); err != nil {
 		return err
 	}
+	for _, q := range s.queues {
+		q.dedup.rebuildSlots()
+	}
 	for k, start := range starts {
 		q := s.queueFor(k)
 		if q.end() <= start && len(q.ents) == 0 {

@@ -166,6 +166,29 @@ func (d *dedup) lookup(id string) (int64, bool) {
 	return 0, false
 }
 
+// addRecovered remembers id during open, in the ring only; rebuildSlots
+// makes the map once every record is in, so that a log of millions of
+// messages costs no map churn.
+func (d *dedup) addRecovered(id string, offset int64) {
+	if len(d.ring) < dedupWindow {
+		d.ring = append(d.ring, dedupEntry{id: id, offset: offset})
+		return
+	}
+	d.ring[d.next] = dedupEntry{id: id, offset: offset}
+	d.next = (d.next + 1) % dedupWindow
+}
+
+func (d *dedup) rebuildSlots() {
+	d.slots = make(map[uint64]int32, len(d.ring))
+	// Oldest first, so that a newer id wins a hash collision.
+	for i := range d.ring {
+		slot := (d.next + i) % len(d.ring)
+		e := &d.ring[slot]
+		e.hash = maphash.String(dedupSeed, e.id)
+		d.slots[e.hash] = int32(slot)
+	}
+}
+
 func (d *dedup) add(id string, offset int64) {
 	if d.slots == nil {
 		d.slots = make(map[uint64]int32)
