@@ -120,6 +120,8 @@ func (s *Store) flushLoop() {
 			lastSync = time.Now()
 			lastIO = lastSync.Sub(t0)
 			s.fsyncs.Add(1)
+			s.groupsSinceRoll.Add(1)
+			s.bytesSinceRoll.Add(int64(len(data)))
 			s.ioNanos.Add(int64(lastIO))
 		}
 		s.fsyncedMsgs.Add(int64(msgs))

@@ -84,6 +84,9 @@ type Store struct {
 	failed   error         // sticky: the log could not be written (under notifyMu)
 
 	spareReady   bool // the preallocated spare segment exists (under mu)
+	// Group commits and their bytes since the last roll (flusher counts,
+	// preallocator reads).
+	groupsSinceRoll, bytesSinceRoll atomic.Int64
 	preallocKick chan struct{}
 	preallocDone chan struct{}
 
