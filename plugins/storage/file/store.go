@@ -83,12 +83,12 @@ type Store struct {
 	notify   chan struct{} // closed and replaced when durable or failed change
 	failed   error         // sticky: the log could not be written (under notifyMu)
 
-	spareReady   bool // the preallocated spare segment exists (under mu)
+	spareReady bool // the preallocated spare segment exists (under mu)
 	// Group commits and their bytes since the last roll (flusher counts,
 	// preallocator reads).
 	groupsSinceRoll, bytesSinceRoll atomic.Int64
-	preallocKick chan struct{}
-	preallocDone chan struct{}
+	preallocKick                    chan struct{}
+	preallocDone                    chan struct{}
 
 	waiters      atomic.Int64 // appends waiting in wait
 	deadlineDone chan struct{}
