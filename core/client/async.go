@@ -22,8 +22,8 @@ const (
 	// DefaultMaxBatchBytes bounds one async batch (body and header bytes
 	// of its messages plus a small overhead each).
 	DefaultMaxBatchBytes = 1 << 20
-	// DefaultMaxInflight is the async window, in messages.
-	DefaultMaxInflight = 256
+	// DefaultAsyncInflight is the async window, in messages.
+	DefaultAsyncInflight = 256
 
 	// msgOverhead is what a message costs in a batch beyond its body and
 	// headers (id, topic, key, framing), for MaxBatchBytes.

@@ -118,7 +118,7 @@ type ProducerOptions struct {
 	// a batch that reaches it is sent at once.
 	MaxBatchBytes int
 	// MaxInflight is the async window: how many messages may be accepted
-	// by SendAsync and not yet answered (default DefaultMaxInflight).
+	// by SendAsync and not yet answered (default DefaultAsyncInflight).
 	// SendAsync blocks while it is full.
 	MaxInflight int
 }
@@ -216,7 +216,7 @@ func (c *Client) NewProducer(opts ProducerOptions) *Producer {
 	}
 	opts.MaxBatchBytes = min(opts.MaxBatchBytes, c.maxRequestBytes/2)
 	if opts.MaxInflight <= 0 {
-		opts.MaxInflight = DefaultMaxInflight
+		opts.MaxInflight = DefaultAsyncInflight
 	}
 	p.opts, p.id = opts, opts.ID
 	return p
