@@ -7,6 +7,7 @@ import (
 	"github.com/ferrymq/ferry/plugins/storage/file"
 	"github.com/ferrymq/ferry/plugins/storage/memory"
 	grpctransport "github.com/ferrymq/ferry/plugins/transport/grpc"
+	httptransport "github.com/ferrymq/ferry/plugins/transport/http"
 )
 
 // Registry returns the registry of built-in plugins.
@@ -15,5 +16,6 @@ func Registry() *pluginhost.Registry {
 	r.Register(sdk.KindStorage, "memory", func() sdk.Plugin { return memory.New() })
 	r.Register(sdk.KindStorage, "file", func() sdk.Plugin { return file.New() })
 	r.Register(sdk.KindTransport, "grpc", func() sdk.Plugin { return grpctransport.New() })
+	r.Register(sdk.KindTransport, "http", func() sdk.Plugin { return httptransport.New() })
 	return r
 }
