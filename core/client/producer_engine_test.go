@@ -31,10 +31,10 @@ import (
 // storage and grpc transport plugins in their own processes (or `ferry run`
 // as a process of its own where the broker is killed).
 
-const nodeQueues = 4
+const prodQueues = 4
 
-// nodeYAML is a broker pipeline on listen with file storage in dir.
-func nodeYAML(dir, listen, flush string) string {
+// prodNodeYAML is a broker pipeline on listen with file storage in dir.
+func prodNodeYAML(dir, listen, flush string) string {
 	return fmt.Sprintf(`name: producer-test
 node: {data_dir: %q}
 plugins:
@@ -42,14 +42,14 @@ plugins:
   storage: {type: file, config: {flush: %s}}
   transport: {type: grpc, config: {listen: %q, shutdown_timeout: 200ms}}
 topics: [{name: t, queues: %d}]
-`, dir, flush, listen, nodeQueues)
+`, dir, flush, listen, prodQueues)
 }
 
-// startNode starts a broker node in this process (its plugins in their own)
+// startProdNode starts a broker node in this process (its plugins in their own)
 // and returns it with a function that stops it (also run at cleanup).
-func startNode(t testing.TB, dir, listen, flush string) (*engine.Engine, func()) {
+func startProdNode(t testing.TB, dir, listen, flush string) (*engine.Engine, func()) {
 	t.Helper()
-	cfg, err := config.LoadBytes(filepath.Join(dir, "node.yaml"), []byte(nodeYAML(dir, listen, flush)))
+	cfg, err := config.LoadBytes(filepath.Join(dir, "node.yaml"), []byte(prodNodeYAML(dir, listen, flush)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func storedIDs(t testing.TB, addr string) map[[2]int64]string {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	out := map[[2]int64]string{}
-	for q := range int32(nodeQueues) {
+	for q := range int32(prodQueues) {
 		offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: []*ferryv1.QueueRef{{Topic: "t", Queue: q}}}, grpc.WaitForReady(true))
 		if err != nil {
 			t.Fatal(err)
@@ -110,7 +110,7 @@ func storedIDs(t testing.TB, addr string) map[[2]int64]string {
 	return out
 }
 
-func dialNode(t testing.TB, addrs ...string) *client.Client {
+func dialProdNode(t testing.TB, addrs ...string) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -126,8 +126,8 @@ func dialNode(t testing.TB, addrs ...string) *client.Client {
 // own: every acknowledged message is at the offset its result names, and
 // every oneway message arrives.
 func TestSendModesAgainstSubprocessPlugins(t *testing.T) {
-	e, _ := startNode(t, t.TempDir(), ferrytest.FreeAddr(t), "sync")
-	c := dialNode(t, e.Address())
+	e, _ := startProdNode(t, t.TempDir(), ferrytest.FreeAddr(t), "sync")
+	c := dialProdNode(t, e.Address())
 	ctx := testCtx(t)
 	p := c.NewProducer(client.ProducerOptions{})
 	body := make([]byte, 1024)
@@ -167,7 +167,7 @@ func TestSendModesAgainstSubprocessPlugins(t *testing.T) {
 	}
 
 	var ids map[[2]int64]string
-	waitFor(t, 10*time.Second, func() bool {
+	waitUntil(t, 10*time.Second, func() bool {
 		ids = storedIDs(t, e.Address())
 		return len(ids) >= 2400
 	})
@@ -193,9 +193,9 @@ func TestSendModesAgainstSubprocessPlugins(t *testing.T) {
 // Two real broker nodes from a seed list: sends are spread over both; once
 // the first is stopped, sync sends fail over to the second and none fails.
 func TestFailoverBetweenTwoNodes(t *testing.T) {
-	a, stopA := startNode(t, t.TempDir(), ferrytest.FreeAddr(t), "async")
-	b, _ := startNode(t, t.TempDir(), ferrytest.FreeAddr(t), "async")
-	c := dialNode(t, a.Address(), b.Address())
+	a, stopA := startProdNode(t, t.TempDir(), ferrytest.FreeAddr(t), "async")
+	b, _ := startProdNode(t, t.TempDir(), ferrytest.FreeAddr(t), "async")
+	c := dialProdNode(t, a.Address(), b.Address())
 	ctx := testCtx(t)
 	p := c.NewProducer(client.ProducerOptions{Backoff: 20 * time.Millisecond})
 	count := map[string]int{}
@@ -304,9 +304,9 @@ func (p *faultProxy) serverToClient(up, down net.Conn) {
 // message: the sync send retries (same broker, same queue, same id) and the
 // message is stored once, at the offset the retry reports.
 func TestRetryAfterLostAnswerStoresOnce(t *testing.T) {
-	e, _ := startNode(t, t.TempDir(), ferrytest.FreeAddr(t), "sync")
+	e, _ := startProdNode(t, t.TempDir(), ferrytest.FreeAddr(t), "sync")
 	proxy := startFaultProxy(t, e.Address())
-	c := dialNode(t, proxy.addr)
+	c := dialProdNode(t, proxy.addr)
 	ctx := testCtx(t)
 	p := c.NewProducer(client.ProducerOptions{Backoff: 20 * time.Millisecond, Selector: client.KeyHash()})
 	if _, err := p.SendSync(ctx, client.Message{Topic: "t", Key: "a", Body: []byte("before")}); err != nil {
@@ -329,12 +329,12 @@ func TestRetryAfterLostAnswerStoresOnce(t *testing.T) {
 	}
 }
 
-// runNode runs `ferry run` on a pipeline as a process group of its own (the
+// runProdNode runs `ferry run` on a pipeline as a process group of its own (the
 // node and its plugin processes), so that the whole broker can be killed.
-func runNode(t *testing.T, dir, listen string) *exec.Cmd {
+func runProdNode(t *testing.T, dir, listen string) *exec.Cmd {
 	t.Helper()
 	yaml := filepath.Join(dir, "node.yaml")
-	if err := os.WriteFile(yaml, []byte(nodeYAML(dir, listen, "sync")), 0o644); err != nil {
+	if err := os.WriteFile(yaml, []byte(prodNodeYAML(dir, listen, "sync")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(ferrytest.Binary(t), "run", "--log-level", "error", yaml)
@@ -367,8 +367,8 @@ func runNode(t *testing.T, dir, listen string) *exec.Cmd {
 // when the broker comes back.
 func TestKillBrokerDuringAsyncSends(t *testing.T) {
 	dir, listen := t.TempDir(), ferrytest.FreeAddr(t)
-	cmd := runNode(t, dir, listen)
-	c := dialNode(t, listen)
+	cmd := runProdNode(t, dir, listen)
+	c := dialProdNode(t, listen)
 	ctx := testCtx(t)
 	p := c.NewProducer(client.ProducerOptions{Timeout: time.Second, Backoff: 50 * time.Millisecond, MaxInflight: 64})
 
@@ -403,7 +403,7 @@ func TestKillBrokerDuringAsyncSends(t *testing.T) {
 			accepted.Add(1)
 		}
 	}()
-	waitFor(t, 20*time.Second, func() bool { return acked.Load() >= 2000 })
+	waitUntil(t, 20*time.Second, func() bool { return acked.Load() >= 2000 })
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -434,7 +434,7 @@ func TestKillBrokerDuringAsyncSends(t *testing.T) {
 
 	// The broker comes back on the same data: every acknowledged message is
 	// where its callback said.
-	runNode(t, dir, listen)
+	runProdNode(t, dir, listen)
 	ids := storedIDs(t, listen)
 	for k, r := range o.res {
 		if o.errs[k] != nil {

@@ -386,7 +386,7 @@ func TestSendOneway(t *testing.T) {
 		}
 		ids[r.ID] = true
 	}
-	waitFor(t, 5*time.Second, func() bool { return core.storedCount("t") == 200 })
+	waitUntil(t, 5*time.Second, func() bool { return core.storedCount("t") == 200 })
 	for q := range int32(2) {
 		for _, m := range core.stored("t", q) {
 			if !ids[m.Id] {
@@ -402,7 +402,7 @@ func TestSendOneway(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, within time.Duration, cond func() bool) {
+func waitUntil(t *testing.T, within time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
