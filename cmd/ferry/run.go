@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/engine"
+	"github.com/ferrymq/ferry/core/sdk"
 )
 
 func quietLogger() hclog.Logger {
@@ -20,7 +22,7 @@ func quietLogger() hclog.Logger {
 }
 
 func init() {
-	var logLevel string
+	var logLevel, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "run PIPELINE.yaml",
 		Short: "Run a pipeline: one broker node with its plugins, generators and flows",
@@ -41,6 +43,17 @@ then drains in-flight work and stops.`,
 					return &exitError{code: 1, msg: fmt.Sprintf("%s has %d problem(s)", args[0], len(ps))}
 				}
 				return err
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
 			}
 			log := hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -77,5 +90,6 @@ then drains in-flight work and stops.`,
 		},
 	}
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write the node's CPU profile to this file (plugins: set "+sdk.EnvCPUProfile+")")
 	rootCmd.AddCommand(cmd)
 }
