@@ -2,14 +2,15 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"maps"
+	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -28,35 +29,70 @@ const (
 
 // Defaults of ConsumerOptions.
 const (
-	DefaultMaxMessages    = 256
-	DefaultMaxBytes       = 16 << 20
-	DefaultMaxWait        = time.Second
-	DefaultCommitInterval = 100 * time.Millisecond
-	// CommitEachBatch in ConsumerOptions.CommitInterval commits after every
-	// fetched batch (0 means the default interval).
+	DefaultMaxMessages       = 256
+	DefaultMaxBytes          = 16 << 20
+	DefaultMaxWait           = time.Second
+	DefaultCommitInterval    = 100 * time.Millisecond
+	DefaultMaxInflight       = 1024
+	DefaultConcurrency       = 1
+	DefaultHeartbeatInterval = time.Second
+	DefaultSessionTimeout    = 6 * time.Second
+	// CommitEachBatch in ConsumerOptions.CommitInterval commits as soon as
+	// messages are settled (0 means the default interval).
 	CommitEachBatch time.Duration = -1
 
 	// callTimeout bounds each call to the broker but Fetch (whose bound is
 	// MaxWait plus this), including waiting for a lost connection.
 	callTimeout = 10 * time.Second
-	// finalCommitTimeout bounds the commit when Run ends.
+	// finalCommitTimeout bounds the commit when a consumer stops.
 	finalCommitTimeout = 5 * time.Second
 	// retryBase and retryMax bound the waits between retries of a failed
-	// handler or broker call.
+	// broker call.
 	retryBase = 100 * time.Millisecond
 	retryMax  = 5 * time.Second
+	// retryPollInterval is how often a pull consumer's Fetch looks at the
+	// group's retry topic (without waiting there).
+	retryPollInterval = 100 * time.Millisecond
 )
 
-// ConsumerOptions configure a Consumer.
+// ConsumerOptions configure a Consumer. Topic and Group are required; the
+// zero value of every other field is its default.
 type ConsumerOptions struct {
 	// Topic to consume. Required.
 	Topic string
 	// Group is the consumer group whose committed offsets the consumer
-	// starts from and advances. Required.
+	// starts from and advances. Required. A group consumes one topic.
 	Group string
-	// Queues to consume; nil means all queues of the topic (as the broker
-	// reports them when Run starts).
+	// Member names this consumer in its group; unique per live consumer.
+	// Default: "<hostname>-<pid>-<random>".
+	Member string
+	// Queues, when set, are the queues of Topic this consumer reads, alone:
+	// it does not join the group's rebalancing nor read its retry topic,
+	// and retries failed messages in place (as in orderly mode). nil means
+	// the consumer's share of the group's queues.
 	Queues []int32
+	// Broadcast makes every member consume every message: each member is a
+	// group of its own, "<Group>@<Member>", with its own offsets, retry
+	// topic and dead-letter queue (so give Member a stable value to resume
+	// where it stopped).
+	Broadcast bool
+	// Orderly keeps each queue's order (push only: Run and Consume): one
+	// message of a queue is processed at a time, and a failing message is
+	// retried in place, holding up its queue, up to Retry.MaxAttempts
+	// attempts; then it is dead-lettered and the queue moves on. Default:
+	// concurrent, where a failed message is retried later through the
+	// group's retry topic and never holds up the others.
+	Orderly bool
+	// Concurrency is how many goroutines call the handler (push; default
+	// DefaultConcurrency).
+	Concurrency int
+	// MaxInflight bounds the messages fetched but not yet settled (flow
+	// control; default DefaultMaxInflight): past it the consumer stops
+	// fetching until handlers catch up.
+	MaxInflight int
+	// Retry is the policy for failed messages: how many attempts and how
+	// long between them (default: 16 attempts, RocketMQ's delay levels).
+	Retry RetryPolicy
 	// MaxMessages bounds one fetch (default DefaultMaxMessages).
 	MaxMessages int
 	// MaxBytes bounds one fetch, roughly (default DefaultMaxBytes).
@@ -64,37 +100,64 @@ type ConsumerOptions struct {
 	// MaxWait is how long a fetch waits at the broker for new messages
 	// (long poll; default DefaultMaxWait).
 	MaxWait time.Duration
-	// CommitInterval is how often processed offsets are committed (default
-	// DefaultCommitInterval; CommitEachBatch commits after every batch).
-	// What is processed but not yet committed when a consumer dies is
-	// delivered again.
+	// CommitInterval is how often settled offsets are committed (default
+	// DefaultCommitInterval; CommitEachBatch commits at once). What is
+	// processed but not yet committed when a consumer dies is delivered
+	// again.
 	CommitInterval time.Duration
-	// StartAt applies to queues the group has never committed (default
-	// StartCommittedOrEarliest).
+	// StartAt applies to queues of Topic the group has never committed
+	// (default StartCommittedOrEarliest). The retry topic always starts at
+	// its earliest message.
 	StartAt StartAt
+	// HeartbeatInterval is how often the consumer tells the broker it is
+	// alive and re-computes its share of the queues (default 1s).
+	HeartbeatInterval time.Duration
+	// SessionTimeout is how long the broker keeps a member that stopped
+	// heartbeating before its queues go to the others (default 6s).
+	SessionTimeout time.Duration
 }
 
-// Handler processes one message. It is called from Run's goroutine, one
-// message at a time, in offset order within each queue; ctx is Run's. A nil
-// return acknowledges the message; an error makes Run call it again with
-// the same message.
+// Handler processes one message (the simple form; see Run).
 type Handler func(ctx context.Context, m *ferryv1.Message) error
 
-// Consumer pulls a topic's messages for a consumer group and hands them to a
-// handler, at least once each.
+// DeliveryHandler processes one delivery (see Consume). A nil return
+// acknowledges it; an error fails the attempt: it is retried as
+// ConsumerOptions.Retry says, and dead-lettered when the attempts run out or
+// the error is Permanent. A handler may settle the delivery itself (Ack,
+// Nack, Retry, DeadLetter); then what it returns is ignored.
+type DeliveryHandler func(ctx context.Context, d *Delivery) error
+
+// Consumer consumes a topic for a consumer group, at least once.
 //
-// This first version long-polls the queues it is given (or all of the topic's)
-// and retries a failing message in place; consumer groups that share queues
-// with rebalancing, push delivery with flow control and retry/dead-letter
-// stages come later and keep this API.
+// A consumer joins its group (heartbeats to the broker) and takes its share
+// of the topic's queues, and of the group's retry topic's: the members sort
+// the live member list and split each topic's queues evenly in order
+// (RocketMQ's AllocateMessageQueueAveragely), re-computed on every
+// heartbeat, so queues move when a member joins, leaves or stops
+// heartbeating. A queue that moves is processed from the group's committed
+// offset by its new owner: messages processed but not yet committed by the
+// old one are delivered again (duplicates, never loss).
+//
+// Offsets: each queue commits the offset of its lowest unsettled message, so
+// a commit never skips a message that was not processed.
+//
+// Push (Run, Consume): the consumer fetches ahead, up to MaxInflight
+// unsettled messages, and calls the handler from Concurrency goroutines.
+// Pull (Start, Fetch, Close): the application long-polls batches and settles
+// each delivery with Ack or Nack.
 type Consumer struct {
 	c       *Client
 	opts    ConsumerOptions
 	running atomic.Bool
+
+	stats consumerCounters
+
+	mu sync.Mutex
+	rt *runtime // while started
 }
 
 // NewConsumer checks opts and returns a consumer; nothing is fetched before
-// Run.
+// Run, Consume or Start.
 func (c *Client) NewConsumer(opts ConsumerOptions) (*Consumer, error) {
 	var errs []error
 	if opts.Topic == "" {
@@ -105,7 +168,7 @@ func (c *Client) NewConsumer(opts ConsumerOptions) (*Consumer, error) {
 	}
 	if opts.Queues != nil {
 		if len(opts.Queues) == 0 {
-			errs = append(errs, errors.New("Queues is empty (nil means all queues)"))
+			errs = append(errs, errors.New("Queues is empty (nil means the group's share)"))
 		}
 		seen := map[int32]bool{}
 		for _, q := range opts.Queues {
@@ -116,8 +179,14 @@ func (c *Client) NewConsumer(opts ConsumerOptions) (*Consumer, error) {
 		}
 		opts.Queues = slices.Clone(opts.Queues)
 	}
-	if opts.MaxMessages < 0 || opts.MaxBytes < 0 || opts.MaxWait < 0 {
-		errs = append(errs, errors.New("MaxMessages, MaxBytes and MaxWait must not be negative"))
+	if opts.MaxMessages < 0 || opts.MaxBytes < 0 || opts.MaxWait < 0 || opts.MaxInflight < 0 || opts.Concurrency < 0 ||
+		opts.HeartbeatInterval < 0 || opts.SessionTimeout < 0 || opts.Retry.MaxAttempts < 0 {
+		errs = append(errs, errors.New("MaxMessages, MaxBytes, MaxWait, MaxInflight, Concurrency, HeartbeatInterval, SessionTimeout and Retry.MaxAttempts must not be negative"))
+	}
+	for _, d := range opts.Retry.Delays {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("Retry.Delays: %s is negative", d))
+		}
 	}
 	switch opts.StartAt {
 	case "":
@@ -128,6 +197,12 @@ func (c *Client) NewConsumer(opts ConsumerOptions) (*Consumer, error) {
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("ferry consumer: %w: %w", sdk.ErrInvalidArgument, errors.Join(errs...))
+	}
+	if opts.Member == "" {
+		host, _ := os.Hostname()
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		opts.Member = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 	}
 	if opts.MaxMessages == 0 {
 		opts.MaxMessages = DefaultMaxMessages
@@ -141,299 +216,200 @@ func (c *Client) NewConsumer(opts ConsumerOptions) (*Consumer, error) {
 	if opts.CommitInterval == 0 {
 		opts.CommitInterval = DefaultCommitInterval
 	}
+	if opts.MaxInflight == 0 {
+		opts.MaxInflight = DefaultMaxInflight
+	}
+	if opts.Concurrency == 0 {
+		opts.Concurrency = DefaultConcurrency
+	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if opts.SessionTimeout == 0 {
+		opts.SessionTimeout = DefaultSessionTimeout
+	}
 	return &Consumer{c: c, opts: opts}, nil
 }
 
-// position is the consumer's state on one queue.
-type position struct {
-	queue int32
-	// next is the offset of the next message to process: every message
-	// before it was handled successfully. It is what gets committed.
-	next int64
-	// committed is what the broker holds for the group; -1 when nothing.
-	committed int64
+// Member is the consumer's id in its group.
+func (cn *Consumer) Member() string { return cn.opts.Member }
+
+// Group is the group whose offsets the consumer commits: ConsumerOptions.Group,
+// or in broadcast mode the member's own "<Group>@<Member>".
+func (cn *Consumer) Group() string {
+	if cn.opts.Broadcast {
+		return cn.opts.Group + "@" + cn.opts.Member
+	}
+	return cn.opts.Group
 }
 
-// Run fetches messages and calls handler for each until ctx ends; then it
-// commits what was processed (with a fresh context of a few seconds) and
-// returns nil, or the error of that last commit.
+// Run is the simple form of Consume: it calls handler for each message, one
+// at a time, in offset order within each queue (orderly mode, Concurrency
+// 1), until ctx ends; then it commits what was processed and returns nil, or
+// the error of that last commit. A handler error retries the message in
+// place, after OrderlyDelays (100ms doubling to 5s), up to Retry.MaxAttempts
+// attempts; then the message goes to the group's dead-letter queue and its
+// queue moves on.
 //
-// Delivery is at-least-once: a message's offset is committed only after
-// handler returned nil for it and for every earlier message of its queue. A
-// handler error is retried in place, after a backoff growing from 100ms to
-// 5s, until it succeeds or ctx ends: the queue does not move past a failing
-// message (retry and dead-letter stages come later). Losing the broker is
-// not an error: Run reconnects with backoff and goes on from where it was,
-// skipping nothing; it only moves past messages the broker no longer has
-// (retention), and logs it. Run returns early on errors retrying cannot fix
-// (the topic does not exist: sdk.ErrNotFound; the Client was closed:
-// sdk.ErrClosed). One Run at a time per Consumer.
+// Losing the broker is not an error: Run reconnects with backoff and goes on
+// from where it was, skipping nothing; it only moves past messages the broker
+// no longer has (retention), and logs it. Run returns early on errors
+// retrying cannot fix (the topic does not exist: sdk.ErrNotFound; the Client
+// was closed: sdk.ErrClosed). One Run, Consume or Start at a time per
+// Consumer.
 func (cn *Consumer) Run(ctx context.Context, handler Handler) error {
 	if handler == nil {
 		return fmt.Errorf("ferry consumer: %w: nil handler", sdk.ErrInvalidArgument)
 	}
+	return cn.consume(ctx, func(ctx context.Context, d *Delivery) error { return handler(ctx, d.Message) }, true)
+}
+
+// Consume calls handler for each delivery until ctx ends (push), then waits
+// for the handlers in progress, commits what was settled, leaves the group
+// and returns nil, or the error of that last commit. Deliveries handlers were
+// still holding when ctx ended are left unsettled: the group gets them again.
+//
+// In concurrent mode (the default) Concurrency goroutines call handler, and
+// a failed message is retried through the group's retry topic after its
+// delay while the others go on; in orderly mode see ConsumerOptions.Orderly.
+// Errors are as for Run.
+func (cn *Consumer) Consume(ctx context.Context, handler DeliveryHandler) error {
+	if handler == nil {
+		return fmt.Errorf("ferry consumer: %w: nil handler", sdk.ErrInvalidArgument)
+	}
+	return cn.consume(ctx, handler, false)
+}
+
+func (cn *Consumer) consume(ctx context.Context, handler DeliveryHandler, simple bool) error {
 	if !cn.running.CompareAndSwap(false, true) {
-		return fmt.Errorf("ferry consumer: %w: Run is already running", sdk.ErrInvalidArgument)
+		return fmt.Errorf("ferry consumer: %w: already running", sdk.ErrInvalidArgument)
 	}
 	defer cn.running.Store(false)
-
-	pos, err := cn.start(ctx)
-	if err != nil {
+	rt := cn.newRuntime(ctx, simple)
+	if err := rt.start(); err != nil {
+		rt.stop()
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	err = cn.loop(ctx, pos, handler)
-	cctx, cancel := context.WithTimeout(context.Background(), finalCommitTimeout)
-	defer cancel()
-	if cerr := cn.commit(cctx, pos); cerr != nil {
-		err = errors.Join(err, cerr)
-	}
-	return err
+	err := rt.push(handler)
+	return errors.Join(err, rt.stop())
 }
 
-// loop fetches and handles until ctx ends or a permanent error.
-func (cn *Consumer) loop(ctx context.Context, pos []*position, handler Handler) error {
-	byQueue := byQueueOf(pos)
-	lastCommit := time.Now()
-	wait := retryBase
-	for ctx.Err() == nil {
-		maxWait := cn.opts.MaxWait
-		if cn.opts.CommitInterval > 0 && dirty(pos) {
-			due := cn.opts.CommitInterval - time.Since(lastCommit)
-			if due <= 0 {
-				cn.commitAndLog(ctx, pos)
-				lastCommit = time.Now()
-			} else {
-				// Wake up in time to commit what is processed.
-				maxWait = min(maxWait, due)
-			}
-		}
-		resp, err := cn.fetch(ctx, pos, maxWait)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if permanent(err) || cn.c.closed() {
-				return err
-			}
-			cn.c.log.Warn("ferry consumer: fetch failed; retrying", "topic", cn.opts.Topic, "group", cn.opts.Group, "in", wait, "error", err)
-			if !sleep(ctx, wait) {
-				return nil
-			}
-			wait = min(2*wait, retryMax)
-			continue
-		}
-		wait = retryBase
-		cn.correct(byQueue, resp.Offsets)
-		for _, m := range resp.Messages {
-			p := byQueue[m.Queue]
-			if p == nil || m.Offset < p.next {
-				continue // not ours, or seen already
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !cn.handle(ctx, handler, m) {
-				return nil
-			}
-			p.next = m.Offset + 1
-		}
-		if cn.opts.CommitInterval < 0 && dirty(pos) {
-			cn.commitAndLog(ctx, pos)
-			lastCommit = time.Now()
-		}
+// Start joins the group and begins its heartbeats and commits, for pull
+// consumption with Fetch; Close ends it. ctx bounds the consumer's life: when
+// it ends, Fetch returns and the consumer stops as Close does.
+func (cn *Consumer) Start(ctx context.Context) error {
+	if !cn.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("ferry consumer: %w: already running", sdk.ErrInvalidArgument)
 	}
+	rt := cn.newRuntime(ctx, false)
+	if err := rt.start(); err != nil {
+		rt.stop()
+		cn.running.Store(false)
+		return err
+	}
+	cn.mu.Lock()
+	cn.rt = rt
+	cn.mu.Unlock()
 	return nil
 }
 
-// handle calls handler until it accepts m; false when ctx ended first.
-func (cn *Consumer) handle(ctx context.Context, handler Handler, m *ferryv1.Message) bool {
-	wait := retryBase
-	for attempt := 1; ; attempt++ {
-		err := handler(ctx, m)
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		cn.c.log.Warn("ferry consumer: handler failed; retrying the message in place",
-			"topic", m.Topic, "queue", m.Queue, "offset", m.Offset, "id", m.Id, "attempt", attempt, "in", wait, "error", err)
-		if !sleep(ctx, wait) {
-			return false
-		}
-		wait = min(2*wait, retryMax)
+// Fetch long-polls for up to max messages (pull): it returns as soon as some
+// are there, or an empty batch after MaxWait (or when ctx ends, with ctx's
+// error). The application settles each delivery with Ack or Nack; those it
+// leaves unsettled hold back the group's committed offset and are delivered
+// again after Close (or when their queue moves to another member). At most
+// MaxInflight deliveries are unsettled at a time: past it Fetch waits.
+// Call Fetch from one goroutine at a time; settle from any.
+func (cn *Consumer) Fetch(ctx context.Context, max int) ([]*Delivery, error) {
+	cn.mu.Lock()
+	rt := cn.rt
+	cn.mu.Unlock()
+	if rt == nil {
+		return nil, fmt.Errorf("ferry consumer: %w: Fetch before Start", sdk.ErrInvalidArgument)
 	}
+	return rt.pull(ctx, max)
 }
 
-// start finds the queues and their starting positions, retrying while the
-// broker cannot be reached.
-func (cn *Consumer) start(ctx context.Context) ([]*position, error) {
-	wait := retryBase
-	for {
-		pos, err := cn.positions(ctx)
-		if err == nil {
-			return pos, nil
-		}
-		if permanent(err) || cn.c.closed() || ctx.Err() != nil {
-			return nil, err
-		}
-		cn.c.log.Warn("ferry consumer: cannot start; retrying", "topic", cn.opts.Topic, "group", cn.opts.Group, "in", wait, "error", err)
-		if !sleep(ctx, wait) {
-			return nil, ctx.Err()
-		}
-		wait = min(2*wait, retryMax)
+// Close stops a started consumer: it commits what was settled and leaves the
+// group. Unsettled deliveries are delivered again later. Safe to call more
+// than once.
+func (cn *Consumer) Close() error {
+	cn.mu.Lock()
+	rt := cn.rt
+	cn.rt = nil
+	cn.mu.Unlock()
+	if rt == nil {
+		return nil
 	}
+	defer cn.running.Store(false)
+	return rt.stop()
 }
 
-func (cn *Consumer) positions(ctx context.Context) ([]*position, error) {
-	queues, err := cn.queues(ctx)
-	if err != nil {
-		return nil, err
-	}
-	offs, err := cn.getOffsets(ctx, queues)
-	if err != nil {
-		return nil, err
-	}
-	pos := make([]*position, len(queues))
-	for i, q := range queues {
-		o := offs[q]
-		if o == nil {
-			return nil, fmt.Errorf("ferry consumer: the broker reported no offsets for %s queue %d", cn.opts.Topic, q)
-		}
-		p := &position{queue: q, committed: o.Committed, next: o.Committed}
-		if o.Committed < 0 {
-			p.next = o.Start
-			if cn.opts.StartAt == StartCommittedOrLatest {
-				p.next = o.End
-			}
-		}
-		pos[i] = p
-	}
-	cn.correct(byQueueOf(pos), slices.Collect(maps.Values(offs)))
-	return pos, nil
+// ConsumerStats counts what a consumer did since it was created.
+type ConsumerStats struct {
+	Delivered    int64 // handler calls and Fetch results, retries in place included
+	Acked        int64
+	Retried      int64 // sent to the retry topic, or retried in place
+	DeadLettered int64
+	Inflight     int64 // fetched and not settled now
+	Queues       int   // queues owned now (topic and retry topic)
 }
 
-// correct moves positions that fell outside their queue's stored range:
-// below start (retention removed the messages) to start, past end (the
-// broker lost data) to end, so that nothing newer is skipped.
-func (cn *Consumer) correct(byQueue map[int32]*position, offs []*ferryv1.QueueOffsets) {
-	for _, o := range offs {
-		p := byQueue[o.Queue]
-		if p == nil {
-			continue
-		}
-		switch {
-		case p.next < o.Start:
-			cn.c.log.Warn("ferry consumer: messages removed before they were consumed; moving on",
-				"topic", cn.opts.Topic, "group", cn.opts.Group, "queue", p.queue, "from", p.next, "to", o.Start)
-			p.next = o.Start
-		case p.next > o.End:
-			cn.c.log.Warn("ferry consumer: position past the end of the queue; moving back",
-				"topic", cn.opts.Topic, "group", cn.opts.Group, "queue", p.queue, "from", p.next, "to", o.End)
-			p.next = o.End
-		}
-	}
+type consumerCounters struct {
+	delivered, acked, retried, dead atomic.Int64
 }
 
-func (cn *Consumer) queues(ctx context.Context) ([]int32, error) {
-	if cn.opts.Queues != nil {
-		return cn.opts.Queues, nil
+// Stats returns the consumer's counters.
+func (cn *Consumer) Stats() ConsumerStats {
+	s := ConsumerStats{
+		Delivered: cn.stats.delivered.Load(), Acked: cn.stats.acked.Load(),
+		Retried: cn.stats.retried.Load(), DeadLettered: cn.stats.dead.Load(),
 	}
-	cctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	cn.c.forgetTopic(cn.opts.Topic)
-	n, err := cn.c.queueCount(cctx, cn.opts.Topic)
-	if err != nil {
-		return nil, err
+	cn.mu.Lock()
+	rt := cn.rt
+	cn.mu.Unlock()
+	if rt != nil {
+		rt.mu.Lock()
+		s.Inflight = int64(rt.inflight)
+		s.Queues = len(rt.lanes)
+		rt.mu.Unlock()
 	}
-	qs := make([]int32, n)
-	for i := range qs {
-		qs[i] = int32(i)
-	}
-	return qs, nil
+	return s
 }
 
-func (cn *Consumer) getOffsets(ctx context.Context, queues []int32) (map[int32]*ferryv1.QueueOffsets, error) {
+// DLQDepth is the number of messages in the consumer's group's dead-letter
+// queue that were neither purged nor re-driven (see Client.DLQDepth).
+func (cn *Consumer) DLQDepth(ctx context.Context) (int64, error) {
+	return cn.c.DLQDepth(ctx, cn.Group())
+}
+
+// Lag is how many messages of the consumer's topic the group has not
+// committed yet: the sum over the topic's queues (or ConsumerOptions.Queues)
+// of end minus the committed offset (or minus start when the group never
+// committed or retention passed it). Messages waiting in the retry topic are
+// not counted.
+func (cn *Consumer) Lag(ctx context.Context) (int64, error) {
+	queues := cn.opts.Queues
+	if queues == nil {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+		cn.c.forgetTopic(cn.opts.Topic)
+		n, err := cn.c.queueCount(cctx, cn.opts.Topic)
+		if err != nil {
+			return 0, err
+		}
+		queues = allQueues(n)
+	}
 	refs := make([]*ferryv1.QueueRef, len(queues))
 	for i, q := range queues {
 		refs[i] = &ferryv1.QueueRef{Topic: cn.opts.Topic, Queue: q}
 	}
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	offs, err := cn.c.GetOffsets(cctx, cn.opts.Group, refs)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[int32]*ferryv1.QueueOffsets, len(offs))
-	for _, o := range offs {
-		if o.Topic == cn.opts.Topic || o.Topic == "" {
-			out[o.Queue] = o
-		}
-	}
-	return out, nil
-}
-
-func (cn *Consumer) fetch(ctx context.Context, pos []*position, maxWait time.Duration) (*ferryv1.FetchResponse, error) {
-	req := &ferryv1.FetchRequest{
-		Topic:        cn.opts.Topic,
-		MaxMessages:  int32(cn.opts.MaxMessages),
-		MaxBytes:     cn.opts.MaxBytes,
-		MaxWaitNanos: int64(maxWait),
-		Group:        cn.opts.Group,
-	}
-	for _, p := range pos {
-		req.Positions = append(req.Positions, &ferryv1.FetchPosition{Queue: p.queue, Offset: p.next})
-	}
-	cctx, cancel := context.WithTimeout(ctx, maxWait+callTimeout)
-	defer cancel()
-	resp, err := cn.c.rpc.Fetch(cctx, req, grpc.WaitForReady(true))
-	if err != nil {
-		return nil, cn.c.callError("fetch", err)
-	}
-	return resp, nil
-}
-
-// commit records the positions that moved since the last commit.
-func (cn *Consumer) commit(ctx context.Context, pos []*position) error {
-	req := &ferryv1.CommitOffsetsRequest{Group: cn.opts.Group}
-	for _, p := range pos {
-		if p.next != p.committed {
-			req.Offsets = append(req.Offsets, &ferryv1.GroupOffset{Topic: cn.opts.Topic, Queue: p.queue, Offset: p.next})
-		}
-	}
-	if len(req.Offsets) == 0 {
-		return nil
-	}
-	cctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	if _, err := cn.c.rpc.CommitOffsets(cctx, req, grpc.WaitForReady(true)); err != nil {
-		return cn.c.callError("commit offsets", err)
-	}
-	for _, p := range pos {
-		p.committed = p.next
-	}
-	return nil
-}
-
-// commitAndLog commits during Run; a failure is retried at the next commit.
-func (cn *Consumer) commitAndLog(ctx context.Context, pos []*position) {
-	if err := cn.commit(ctx, pos); err != nil && ctx.Err() == nil {
-		cn.c.log.Warn("ferry consumer: commit failed; retrying later", "topic", cn.opts.Topic, "group", cn.opts.Group, "error", err)
-	}
-}
-
-// Lag is how many messages of the consumer's queues the group has not
-// committed yet: the sum over queues of end minus the committed offset (or
-// minus start when the group never committed or retention passed it).
-func (cn *Consumer) Lag(ctx context.Context) (int64, error) {
-	queues, err := cn.queues(ctx)
-	if err != nil {
-		return 0, err
-	}
-	offs, err := cn.getOffsets(ctx, queues)
+	offs, err := cn.c.GetOffsets(cctx, cn.Group(), refs)
 	if err != nil {
 		return 0, err
 	}
@@ -444,13 +420,12 @@ func (cn *Consumer) Lag(ctx context.Context) (int64, error) {
 	return lag, nil
 }
 
-func dirty(pos []*position) bool {
-	for _, p := range pos {
-		if p.next != p.committed {
-			return true
-		}
+func allQueues(n int32) []int32 {
+	qs := make([]int32, n)
+	for i := range qs {
+		qs[i] = int32(i)
 	}
-	return false
+	return qs
 }
 
 // permanent reports errors that retrying cannot fix.
@@ -460,6 +435,9 @@ func permanent(err error) bool {
 
 // sleep waits d or until ctx ends; false when ctx ended.
 func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -468,12 +446,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-func byQueueOf(pos []*position) map[int32]*position {
-	m := make(map[int32]*position, len(pos))
-	for _, p := range pos {
-		m[p.queue] = p
-	}
-	return m
 }

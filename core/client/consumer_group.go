@@ -1,0 +1,195 @@
+package client
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// heartbeat tells the broker the member is alive (or leaving) and returns
+// the group's live members, sorted.
+func (rt *runtime) heartbeat(ctx context.Context, leave bool) ([]string, error) {
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := rt.c.rpc.Heartbeat(cctx, &ferryv1.HeartbeatRequest{
+		Group: rt.group, Member: rt.opts.Member, Topics: rt.topics, Leave: leave,
+		SessionTimeoutNanos: int64(rt.opts.SessionTimeout),
+	}, grpc.WaitForReady(!leave))
+	if err != nil {
+		return nil, rt.c.callError("heartbeat", err)
+	}
+	return resp.Members, nil
+}
+
+// heartbeatLoop heartbeats every HeartbeatInterval and takes the share of
+// the queues the member list gives. While the broker cannot be reached the
+// consumer keeps its queues.
+func (rt *runtime) heartbeatLoop() {
+	defer rt.bg.Done()
+	t := time.NewTicker(rt.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-rt.ctx.Done():
+			return
+		}
+		want, err := rt.share(rt.ctx)
+		if err == nil {
+			err = rt.assign(rt.ctx, want)
+		}
+		if err != nil && rt.ctx.Err() == nil {
+			rt.log.Warn("ferry consumer: heartbeat or rebalance failed; keeping the current queues", "group", rt.group, "member", rt.opts.Member, "error", err)
+		}
+	}
+}
+
+// share returns the queues this consumer should own now: the given Queues,
+// every queue (broadcast), or its share of each topic's queues among the
+// group's live members (after a heartbeat).
+func (rt *runtime) share(ctx context.Context) ([]queueRef, error) {
+	o := rt.opts
+	if o.Queues != nil {
+		var out []queueRef
+		for _, q := range o.Queues {
+			out = append(out, queueRef{o.Topic, q})
+		}
+		return out, nil
+	}
+	members := []string{o.Member}
+	if !o.Broadcast {
+		var err error
+		if members, err = rt.heartbeat(ctx, false); err != nil {
+			return nil, err
+		}
+	}
+	var out []queueRef
+	for _, topic := range rt.topics {
+		for _, q := range Allocate(allQueues(rt.counts[topic]), members, o.Member) {
+			out = append(out, queueRef{topic, q})
+		}
+	}
+	return out, nil
+}
+
+// Allocate is RocketMQ's AllocateMessageQueueAveragely: it splits queues
+// (sorted) into len(members) contiguous ranges, the first len(queues) %
+// len(members) members getting one more, and returns member's range. members
+// must be sorted and the same on every member for the shares to agree;
+// a member not in the list gets nothing.
+func Allocate(queues []int32, members []string, member string) []int32 {
+	idx := slices.Index(members, member)
+	n, m := len(queues), len(members)
+	if idx < 0 || n == 0 {
+		return nil
+	}
+	mod := n % m
+	size := n / m
+	if n <= m {
+		size = 1
+	} else if mod > 0 && idx < mod {
+		size++
+	}
+	start := idx*size + mod
+	if mod > 0 && idx < mod {
+		start = idx * size
+	}
+	var out []int32
+	for i := range min(size, n-start) {
+		out = append(out, queues[(start+i)%n])
+	}
+	return out
+}
+
+// assign makes the consumer own exactly want: queues it no longer owns are
+// revoked (fetched no more; their unprocessed deliveries are abandoned,
+// those in progress finish and are committed), new ones start at the
+// group's committed offset.
+func (rt *runtime) assign(ctx context.Context, want []queueRef) error {
+	wanted := make(map[queueRef]bool, len(want))
+	for _, r := range want {
+		wanted[r] = true
+	}
+	rt.mu.Lock()
+	var add []queueRef
+	for _, r := range want {
+		if l := rt.lanes[r]; l == nil || l.revoked {
+			add = append(add, r)
+		}
+	}
+	revoked := false
+	for r, l := range rt.lanes {
+		if !wanted[r] && !l.revoked {
+			l.revoked, revoked = true, true
+			for _, d := range l.queued {
+				rt.abandonLocked(d)
+			}
+			l.queued = nil
+			rt.log.Info("ferry consumer: queue revoked", "group", rt.group, "member", rt.opts.Member, "topic", r.topic, "queue", r.queue)
+		}
+	}
+	rt.wakeLocked()
+	rt.mu.Unlock()
+	if revoked {
+		select {
+		case rt.kick <- struct{}{}: // commit what the revoked queues processed
+		default:
+		}
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	refs := make([]*ferryv1.QueueRef, len(add))
+	for i, r := range add {
+		refs[i] = &ferryv1.QueueRef{Topic: r.topic, Queue: r.queue}
+	}
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	offs, err := rt.c.GetOffsets(cctx, rt.group, refs)
+	if err != nil {
+		return err
+	}
+	if len(offs) != len(add) {
+		return rt.c.callError("get offsets", errShortAnswer)
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for i, r := range add {
+		if l := rt.lanes[r]; l != nil && !l.revoked {
+			continue
+		}
+		rt.lanes[r] = rt.newLane(r, offs[i])
+		rt.log.Info("ferry consumer: queue assigned", "group", rt.group, "member", rt.opts.Member, "topic", r.topic, "queue", r.queue, "from", rt.lanes[r].next)
+	}
+	rt.wakeLocked()
+	return nil
+}
+
+// newLane starts a lane at the group's committed offset, or where StartAt
+// says when the group never committed (the retry topic: its earliest),
+// within the queue's stored range.
+func (rt *runtime) newLane(r queueRef, o *ferryv1.QueueOffsets) *lane {
+	l := &lane{ref: r, retry: r.topic != rt.opts.Topic, committed: o.Committed, next: o.Committed}
+	if o.Committed < 0 {
+		l.next = o.Start
+		if !l.retry && rt.opts.StartAt == StartCommittedOrLatest {
+			l.next = o.End
+		}
+	}
+	switch {
+	case l.next < o.Start:
+		rt.log.Warn("ferry consumer: messages removed before they were consumed; moving on",
+			"topic", r.topic, "group", rt.group, "queue", r.queue, "from", l.next, "to", o.Start)
+		l.next = o.Start
+	case l.next > o.End:
+		rt.log.Warn("ferry consumer: committed offset past the end of the queue; moving back",
+			"topic", r.topic, "group", rt.group, "queue", r.queue, "from", l.next, "to", o.End)
+		l.next = o.End
+	}
+	l.commitTo = l.next
+	return l
+}
