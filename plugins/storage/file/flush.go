@@ -22,7 +22,7 @@ import (
 // flush_bytes.
 func (s *Store) flushLoop() {
 	defer close(s.flusherDone)
-	sync := s.cfg.Flush == FlushSync
+	syncMode := s.cfg.Flush == FlushSync
 	maxWait := time.Duration(s.cfg.GroupCommitMaxWait)
 	interval := time.Duration(s.cfg.FlushInterval)
 	lastCohort := 0
@@ -66,7 +66,7 @@ func (s *Store) flushLoop() {
 		}
 		s.mu.Lock()
 		unsynced := s.wpos - s.fpos
-		dueSync := !sync && unsynced > 0 && (stopping || time.Since(lastSync) >= interval || unsynced >= int64(s.cfg.FlushBytes))
+		dueSync := !syncMode && unsynced > 0 && (stopping || time.Since(lastSync) >= interval || unsynced >= int64(s.cfg.FlushBytes))
 		if len(s.buf) == 0 && !dueSync {
 			if stopping {
 				s.mu.Unlock()
@@ -81,7 +81,7 @@ func (s *Store) flushLoop() {
 			sleep(wait)
 			continue
 		}
-		if sync && maxWait > 0 && lastCohort > 1 && s.arrived < lastCohort && len(s.buf) < lingerMaxBytes && !stopping {
+		if syncMode && maxWait > 0 && lastCohort > 1 && s.arrived < lastCohort && len(s.buf) < lingerMaxBytes && !stopping {
 			if lingerStart.IsZero() {
 				lingerStart = time.Now()
 			}
@@ -109,7 +109,7 @@ func (s *Store) flushLoop() {
 
 		t0 := time.Now()
 		err := s.write(segs, data, from)
-		if err == nil && (sync || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
+		if err == nil && (syncMode || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
 			if s.beforeSync != nil {
 				s.beforeSync()
 			}
@@ -138,7 +138,7 @@ func (s *Store) flushLoop() {
 			s.fail(err)
 			return
 		}
-		if sync {
+		if syncMode {
 			lastCohort = msgs
 			s.advance(s.fpos)
 		} else {
