@@ -70,7 +70,8 @@ type Config struct {
 	// flush: sync and false under flush: async.
 	Preallocate *bool `json:"preallocate"`
 	// Dir is where the store keeps its files; default
-	// <data_dir>/storage-file.
+	// <data_dir>/storage-file. It is created if missing; its parent
+	// must exist.
 	Dir string `json:"dir"`
 }
 

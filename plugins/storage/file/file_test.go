@@ -129,6 +129,14 @@ func TestConfigureDirectoryErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "data directory") {
 		t.Fatalf("Configure on a missing data dir: %v, want an error naming the data directory", err)
 	}
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = newTestStore(t).Configure(ctx(t), nil, &sdk.Environment{DataDir: notDir})
+	if err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("Configure on a data dir that is a file: %v, want 'not a directory'", err)
+	}
 	err = New().Configure(ctx(t), nil, &sdk.Environment{})
 	if !errors.Is(err, sdk.ErrConfig) {
 		t.Fatalf("Configure without dir nor data_dir: %v, want ErrConfig", err)

@@ -739,8 +739,9 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	// A commit that passed its closed check finishes before the lock goes.
 	s.offWriteMu.Lock()
+	cerr := s.lock.Close()
 	s.offWriteMu.Unlock()
-	if cerr := s.lock.Close(); err == nil {
+	if err == nil {
 		err = cerr
 	}
 	if errors.Is(err, sdk.ErrClosed) {
