@@ -92,7 +92,11 @@ type ProduceResponse struct {
 	// One offset per message, in request order.
 	Offsets []int64 `protobuf:"varint,2,rep,packed,name=offsets,proto3" json:"offsets,omitempty"`
 	Status  Status  `protobuf:"varint,3,opt,name=status,proto3,enum=ferry.v1.Status" json:"status,omitempty"`
-	// Set when the batch was not stored; code is an SDK sentinel name.
+	// Set when the batch failed; code is an SDK sentinel name. A
+	// DEADLINE_EXCEEDED, CANCELED or UNAVAILABLE error leaves the outcome
+	// unknown (the append may still complete): retry with the same message
+	// ids, which the store de-duplicates. Any other error means nothing of
+	// the batch was stored.
 	Error         *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
