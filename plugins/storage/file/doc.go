@@ -77,6 +77,10 @@
 // segment and every later segment are removed, and what was dropped is logged.
 // A corrupt record is never indexed and so never delivered; reads check the
 // CRC again and answer sdk.ErrCorrupt instead of delivering damaged data.
+// What the scan accepts is fsynced before the store serves it: after the
+// plugin process (not the machine) died, its last writes are in the page
+// cache, read back whole, and the broker's retried appends are answered with
+// them, so they must be on disk first.
 //
 // Once a segment is sealed and fsynced, the janitor writes its index file
 // ("<base>.idx": the fixed header, topic and id of every record, no message

@@ -92,6 +92,11 @@ func (s *Store) open() (err error) {
 			return err
 		}
 	}
+	// The names of segments a dead process created, too, must be durable
+	// before their records are served.
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("storage-file: fsync %s: %w", s.dir, classify(err))
+	}
 	s.apos = last.base + last.size
 	s.wpos, s.fpos = s.apos, s.apos
 	s.durable.Store(s.apos)
@@ -218,6 +223,14 @@ func (s *Store) scanSegments() error {
 			pos, reason, err = s.scanSegment(g, dataEnd, &rec)
 			if err != nil {
 				return err
+			}
+			// After the plugin process (not the machine) died,
+			// what it wrote is in the page cache and reads back
+			// whole, but was maybe never fsynced. It is served
+			// from now on (and a retried append is answered with
+			// it), so make it durable first.
+			if err := syncFile(g.f); err != nil {
+				return fmt.Errorf("storage-file: fsync %s: %w", g.path, classify(err))
 			}
 			if !last && reason == nil {
 				if err := s.writeIndex(g, g.heads, pos); err != nil {
