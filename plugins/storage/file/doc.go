@@ -11,7 +11,8 @@
 // queues there are. Each queue has an index (the ConsumeQueue): entry i holds
 // the log position and size of the message with offset start+i. The index and
 // the de-dup window (the last sdk.DedupWindow message ids per queue) live in
-// memory and are rebuilt from the log when the store opens.
+// memory; open rebuilds them from the sealed segments' index files and the
+// records of the segment being written (see Recovery).
 //
 //	<dir>/LOCK                      flock'ed while a process has the store open
 //	<dir>/00000000000000000000.log  segment: 32-byte header, then records
@@ -43,8 +44,10 @@
 //     answered when an fsync covered it. Appends that arrive while an fsync
 //     runs wait for the next one, so one fsync answers all of them (group
 //     commit). After an fsync that answered several messages the flusher
-//     waits up to group_commit_max_wait for as many to come back before it
-//     fsyncs again; a lone producer never waits. An append whose fsync has
+//     waits for as many to come back before it fsyncs again, at most
+//     group_commit_max_wait and a quarter of the last fsync's time (longer
+//     waits cost more than they gather when CPUs are busy); a lone producer
+//     never waits. An append whose fsync has
 //     not come within flush_timeout (or the caller's deadline) is answered
 //     sdk.ErrFlushTimeout with its offsets.
 //   - flush: async. Data is written as soon as it is there and an append is
@@ -56,8 +59,9 @@
 // a background goroutine keeps a zero-filled, fsynced spare file ready and the
 // log rolls into it, as RocketMQ warms its mapped files. An fsync after
 // overwriting allocated blocks needs no filesystem journal commit; measured
-// here it takes about half as long for small groups. The price is writing each
-// segment twice.
+// on ext4 it takes about half as long for small groups. The price is writing
+// each segment twice, so a spare is made only while group commits average
+// under 64KiB: large groups gain little and pay the zeroing.
 //
 // Reads see only what the policy calls durable: fsynced data under sync,
 // written data under async. GetOffsets reports the same visible end.
@@ -72,9 +76,9 @@
 // Opening the store takes the directory lock (a second opener gets a clear
 // error), checks every segment header, then reads the sealed segments' index
 // files and scans the records of the rest, checking each one's CRC, its length
-// and that its queue offset follows the previous one. At the
-// first torn or bad record the log is truncated there: the rest of that
-// segment and every later segment are removed, and what was dropped is logged.
+// and that its queue offset follows the previous one. At the first torn or bad
+// record the log is truncated there: the rest of that segment and every later
+// segment are removed, and what was dropped is logged.
 // A corrupt record is never indexed and so never delivered; reads check the
 // CRC again and answer sdk.ErrCorrupt instead of delivering damaged data.
 // What the scan accepts is fsynced before the store serves it: after the
