@@ -3,10 +3,13 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/ferrymq/ferry/core/stage"
 )
 
 // checker applies the rules that the types alone do not: required keys,
@@ -102,22 +105,30 @@ func (c *checker) pipeline(p *Pipeline) {
 	}
 
 	c.unique("flow", "flows", len(p.Flows), func(i int) string { return p.Flows[i].Name })
+	groupTopic := map[string]int{} // group → first flow using it
+	dupName := map[string]bool{}   // flow names seen (a duplicate is reported already)
 	for i, f := range p.Flows {
+		dup := dupName[f.Name]
+		dupName[f.Name] = true
 		at := indexPath("flows", i)
 		c.name(at+".name", f.Name, true)
 		c.topicRef(at+".topic", f.Topic, topics)
 		if c.given(at + ".group") {
 			c.name(at+".group", f.Group, false)
 		}
-		c.enum(at+".delivery", f.Delivery, deliveryModes)
-		for j, s := range f.Stages {
-			sp := indexPath(at+".stages", j)
-			if s.Type == "" && !c.given(sp+".type") {
-				c.add(sp+".type", "is required (known types: %s)", strings.Join(stageTypes, ", "))
-			} else {
-				c.enum(sp+".type", s.Type, stageTypes)
-			}
+		if j, ok := groupTopic[f.Group]; ok && f.Group != "" && f.Topic != "" && p.Flows[j].Topic != f.Topic && !dup {
+			c.add(at+".topic", "flow %q is in group %q, which flow %q uses on topic %q: a group consumes one topic (give this flow its own group)",
+				f.Name, f.Group, p.Flows[j].Name, p.Flows[j].Topic)
+		} else if !ok {
+			groupTopic[f.Group] = i
 		}
+		c.enum(at+".delivery", f.Delivery, deliveryModes)
+		if f.Orderly && f.Delivery == "pull" {
+			c.add(at+".orderly", "applies only to delivery push")
+		}
+		c.between(at+".concurrency", f.Concurrency, 1, maxConcurrency)
+		c.between(at+".max_inflight", f.MaxInflight, 1, maxInflight)
+		c.stages(at+".stages", f.Stages)
 		c.sink(at+".sink", f.Sink)
 	}
 
@@ -151,18 +162,116 @@ func (c *checker) plugins(p *Plugins) {
 	}
 }
 
+// stages checks each stage's type against the stage registry of core/stage
+// and lets the stage check its config section.
+func (c *checker) stages(at string, stages []Stage) {
+	types := stage.Types()
+	for j, s := range stages {
+		sp := indexPath(at, j)
+		switch {
+		case s.Type == "" && !c.given(sp+".type"):
+			c.add(sp+".type", "is required (known types: %s)", strings.Join(types, ", "))
+			continue
+		case !stage.Known(s.Type):
+			c.enum(sp+".type", s.Type, types)
+			continue
+		}
+		if c.src.failed(sp + ".config") {
+			continue
+		}
+		for _, p := range stage.Check(s.Type, s.Config) {
+			path := sp + ".config"
+			if p.Path != "" {
+				path = joinPath(path, p.Path)
+			}
+			c.add(path, "%s", p.Message)
+		}
+	}
+}
+
+// sinkKeys says which sink types each type-specific key applies to.
+var sinkKeys = []struct {
+	key   string
+	types []string
+}{
+	{"every", []string{"count"}},
+	{"format", []string{"stdout", "file"}},
+	{"path", []string{"file"}},
+	{"command", []string{"exec"}},
+	{"args", []string{"exec"}},
+	{"url", []string{"webhook"}},
+	{"headers", []string{"webhook"}},
+	{"timeout", []string{"exec", "webhook"}},
+}
+
 func (c *checker) sink(at string, s Sink) {
 	if s.Type == "" && !c.given(at+".type") {
 		c.add(at+".type", "is required (one of %s)", strings.Join(sinkTypes, ", "))
 	} else {
 		c.enum(at+".type", s.Type, sinkTypes)
 	}
-	switch {
-	case s.Every < 0:
-		c.add(at+".every", "must not be negative, got %d", s.Every)
-	case s.Every > 0 && s.Type != "count" && slices.Contains(sinkTypes, s.Type):
-		c.add(at+".every", "applies only to sink type count, not %s", s.Type)
+	known := slices.Contains(sinkTypes, s.Type)
+	for _, k := range sinkKeys {
+		if known && c.given(at+"."+k.key) && !slices.Contains(k.types, s.Type) {
+			c.add(at+"."+k.key, "applies only to sink type %s, not %s", strings.Join(k.types, " and "), s.Type)
+		}
 	}
+	if s.Every < 0 {
+		c.add(at+".every", "must not be negative, got %d", s.Every)
+	}
+	if s.Format != "" || c.given(at+".format") {
+		c.enum(at+".format", s.Format, sinkFormats)
+	}
+	if c.given(at+".timeout") && s.Timeout <= 0 {
+		c.add(at+".timeout", "must be greater than 0, got %s", s.Timeout)
+	}
+	switch s.Type {
+	case "file":
+		if s.Path == "" {
+			c.add(at+".path", "is required for sink type file: the file messages are appended to")
+		}
+	case "exec":
+		if s.Command == "" {
+			c.add(at+".command", "is required for sink type exec: the program run for each message")
+		}
+	case "webhook":
+		c.webhookURL(at+".url", s.URL)
+		for k := range s.Headers {
+			if !validHeaderName(k) {
+				c.add(joinPath(at+".headers", k), "is not a valid HTTP header name")
+			}
+		}
+	}
+}
+
+func (c *checker) webhookURL(path, raw string) {
+	if raw == "" {
+		c.add(path, "is required for sink type webhook, such as \"http://127.0.0.1:8080/hook\"")
+		return
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		c.add(path, "is not a URL: %v", err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		c.add(path, "must be an http:// or https:// URL, got %q", raw)
+	case u.Host == "":
+		c.add(path, "must name a host, got %q", raw)
+	}
+}
+
+// validHeaderName reports whether s is an HTTP header name (an RFC 7230
+// token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r >= 0x80 || r <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) || r == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *checker) tracing(t *Tracing) {

@@ -12,7 +12,12 @@ type Pipeline struct {
 	Generators []Generator      `koanf:"generators"`
 	Flows      []Flow           `koanf:"flows"`
 	Tracing    Tracing          `koanf:"tracing"`
-	File       string           `koanf:"-"` // path loaded from
+	// KeepRunning keeps the node up after its generators are done and its
+	// flows caught up (a summary is printed then), until SIGINT/SIGTERM:
+	// for inspecting the result, e.g. with ferry dlq. Default false: such
+	// a pipeline exits once everything is consumed.
+	KeepRunning bool   `koanf:"keep_running"`
+	File        string `koanf:"-"` // path loaded from
 
 	// src maps key paths to lines and environment variables; set by Load.
 	src *source
@@ -64,26 +69,61 @@ type Generator struct {
 	Mode  string  `koanf:"mode"`  // "" = producer.mode; else sync|async|oneway
 }
 
-// Flow is a consumer group on a topic feeding a sink.
+// Flow is a consumer group on a topic feeding a sink through a stage chain.
 type Flow struct {
-	Name     string  `koanf:"name"`     // required, unique among flows, name rule
-	Topic    string  `koanf:"topic"`    // must name a declared topic
-	Group    string  `koanf:"group"`    // default = Name; name rule
-	Delivery string  `koanf:"delivery"` // push (default) | pull
-	Stages   []Stage `koanf:"stages"`   // optional; types: ack, retry, dlq
-	Sink     Sink    `koanf:"sink"`
+	Name     string `koanf:"name"`     // required, unique among flows, name rule
+	Topic    string `koanf:"topic"`    // must name a declared topic; flows sharing a group share its topic
+	Group    string `koanf:"group"`    // default = Name; name rule
+	Delivery string `koanf:"delivery"` // push (default) | pull
+	// Orderly keeps each queue's order: one message of a queue at a time,
+	// failures retried in place (push only). Default false: concurrent.
+	Orderly bool `koanf:"orderly"`
+	// Concurrency is how many messages are processed at once (default 1,
+	// 1..1024).
+	Concurrency int `koanf:"concurrency"`
+	// MaxInflight bounds the messages fetched and not yet settled (flow
+	// control; default 1024, 1..1000000).
+	MaxInflight int     `koanf:"max_inflight"`
+	Stages      []Stage `koanf:"stages"` // optional; see core/stage (default: ack, dlq, retry)
+	Sink        Sink    `koanf:"sink"`
 }
 
-// Stage is one step of a flow's stage chain.
+// Stage is one step of a flow's stage chain: a type registered in core/stage
+// and its config section, which the stage checks.
 type Stage struct {
 	Type   string         `koanf:"type"`
 	Config map[string]any `koanf:"config"`
 }
 
-// Sink is where a flow's messages end.
+// Sink is where a flow's messages end. Which keys apply depends on the type.
 type Sink struct {
-	Type  string `koanf:"type"`  // required: "count" | "stdout" | "discard"
-	Every int    `koanf:"every"` // for count: print progress every N messages; 0 = only the summary; >= 0
+	// Type is required: count | stdout | discard | file | exec | webhook.
+	Type string `koanf:"type"`
+	// Every (count): print progress every N messages; 0 = only the
+	// summary; >= 0.
+	Every int `koanf:"every"`
+	// Format (stdout, file): how each message is written: line (one line
+	// of metadata; stdout's default), json (one object per line with the
+	// body as a string; file's default) or body (the body and a newline).
+	Format string `koanf:"format"`
+	// Path (file, required): the file messages are appended to (created
+	// if missing).
+	Path string `koanf:"path"`
+	// Command and Args (exec; command required): run once per message
+	// with the body on stdin and the message's metadata in FERRY_*
+	// environment variables; exit status 0 acknowledges, anything else
+	// fails the attempt (retried).
+	Command string   `koanf:"command"`
+	Args    []string `koanf:"args"`
+	// URL (webhook, required): http:// or https:// URL each message's
+	// body is POSTed to; 2xx acknowledges, 429 and 5xx are retried, any
+	// other status fails for good (dead-lettered).
+	URL string `koanf:"url"`
+	// Headers (webhook): extra HTTP headers of every request.
+	Headers map[string]string `koanf:"headers"`
+	// Timeout (exec, webhook): bounds one attempt (default 30s for exec,
+	// 10s for webhook); > 0.
+	Timeout time.Duration `koanf:"timeout"`
 }
 
 // Tracing configures the OpenTelemetry exporter.
@@ -100,8 +140,8 @@ var (
 	pluginModes     = []string{"subprocess", "inprocess"}
 	producerModes   = []string{"sync", "async", "oneway"}
 	deliveryModes   = []string{"push", "pull"}
-	stageTypes      = []string{"ack", "retry", "dlq"}
-	sinkTypes       = []string{"count", "stdout", "discard"}
+	sinkTypes       = []string{"count", "stdout", "discard", "file", "exec", "webhook"}
+	sinkFormats     = []string{"line", "json", "body"}
 	tracingExporter = []string{"none", "stdout", "otlp"}
 )
 
@@ -111,6 +151,9 @@ const (
 	maxQueues    = 1024
 	maxRetries   = 100
 	maxBodyBytes = 4 << 20
+
+	maxConcurrency = 1024
+	maxInflight    = 1000000
 )
 
 // Default returns a pipeline with every default that does not depend on other
@@ -147,4 +190,4 @@ func Default() Pipeline {
 
 func defaultTopic() Topic         { return Topic{Queues: 4} }
 func defaultGenerator() Generator { return Generator{Size: 256} }
-func defaultFlow() Flow           { return Flow{Delivery: "push"} }
+func defaultFlow() Flow           { return Flow{Delivery: "push", Concurrency: 1, MaxInflight: 1024} }

@@ -17,7 +17,10 @@ import (
 // type hook, error translation, and the defaults of list elements and of keys
 // derived from other keys.
 
-var durationType = reflect.TypeFor[time.Duration]()
+var (
+	durationType = reflect.TypeFor[time.Duration]()
+	rootTypeName = reflect.TypeFor[Pipeline]().String()
+)
 
 const durationHint = `must be a duration such as "10s", "500ms" or "1m30s"`
 
@@ -56,6 +59,10 @@ func strictTypes(from, to reflect.Value) (any, error) {
 			return int(v), nil
 		default:
 			return nil, fmt.Errorf("must be an integer, got %s", describe(data))
+		}
+	case reflect.Bool:
+		if _, ok := data.(bool); !ok {
+			return nil, fmt.Errorf("must be true or false, got %s", describe(data))
 		}
 	case reflect.Float64:
 		switch data.(type) {
@@ -107,6 +114,10 @@ func decodeProblems(err error) []Problem {
 	walk = func(err error) {
 		if de, ok := err.(*mapstructure.DecodeError); ok {
 			inner := de.Unwrap()
+			name := de.Name()
+			if name == rootTypeName {
+				name = "" // mapstructure names the root by its type
+			}
 			var nested *mapstructure.DecodeError
 			if errors.As(inner, &nested) {
 				walk(inner)
@@ -115,11 +126,11 @@ func decodeProblems(err error) []Problem {
 			// mapstructure reports ErrorUnused as one error per mapping.
 			if keys, ok := strings.CutPrefix(inner.Error(), "has invalid keys: "); ok {
 				for _, k := range strings.Split(keys, ", ") {
-					ps = append(ps, Problem{Path: joinPath(de.Name(), k), Message: unknownKey(de.Name())})
+					ps = append(ps, Problem{Path: joinPath(name, k), Message: unknownKey(name)})
 				}
 				return
 			}
-			ps = append(ps, Problem{Path: de.Name(), Message: inner.Error()})
+			ps = append(ps, Problem{Path: name, Message: inner.Error()})
 			return
 		}
 		if j, ok := err.(interface{ Unwrap() []error }); ok {

@@ -15,7 +15,12 @@
 //   - names (pipeline, node id, topics, generators, flows, groups) are
 //     lowercase letters, digits, '_' and '-', starting with a letter or digit,
 //     at most 64 characters, and unique within their list;
-//   - generators and flows must name a declared topic.
+//   - generators and flows must name a declared topic, and flows that share
+//     a consumer group share its topic;
+//   - a flow's stages must be types registered in core/stage, and Load asks
+//     each stage to check its config section (paths such as
+//     "flows[0].stages[1].config.max_attempts"); a sink's keys must apply
+//     to its type (path for file, command for exec, url for webhook, …).
 //
 // Load does not run plugins. ValidatePlugins checks that each plugin type
 // exists and asks the plugin to check its config section, through a

@@ -69,10 +69,10 @@ func TestLoadKeepsEveryExplicitValue(t *testing.T) {
 			{Name: "trickle", Topic: "audit", Count: 10, Size: 256, Rate: 0.5},
 		},
 		Flows: []Flow{
-			{Name: "billing", Topic: "orders", Group: "billing-v2", Delivery: "pull",
+			{Name: "billing", Topic: "orders", Group: "billing-v2", Delivery: "pull", Concurrency: 1, MaxInflight: 1024,
 				Stages: []Stage{{Type: "retry", Config: map[string]any{"max_attempts": 5}}, {Type: "dlq"}, {Type: "ack"}},
 				Sink:   Sink{Type: "count", Every: 100}},
-			{Name: "audit-log", Topic: "audit", Group: "audit-log", Delivery: "push", Sink: Sink{Type: "stdout"}},
+			{Name: "audit-log", Topic: "audit", Group: "audit-log", Delivery: "push", Concurrency: 1, MaxInflight: 1024, Sink: Sink{Type: "stdout"}},
 		},
 		Tracing: Tracing{Exporter: "otlp", Endpoint: "localhost:4317", SampleRatio: 0.25, ServiceName: "orders"},
 	}
@@ -88,7 +88,7 @@ func TestLoadYAMLFeatures(t *testing.T) {
 		check func(t *testing.T, p *Pipeline)
 	}{
 		{"testdata/anchors.yaml", func(t *testing.T, p *Pipeline) {
-			if got := p.Flows[1].Sink; got != (Sink{Type: "count", Every: 10}) {
+			if got := p.Flows[1].Sink; !reflect.DeepEqual(got, Sink{Type: "count", Every: 10}) {
 				t.Errorf("aliased sink = %+v", got)
 			}
 		}},
@@ -139,11 +139,12 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		{file: "duplicate-key.yaml", want: []want{{4, "", `not valid YAML: mapping key "name" already defined at line 1`}}},
 		{file: "two-documents.yaml", want: []want{{3, "", "holds one YAML document"}}},
 		{file: "unknown-keys.yaml", want: []want{
-			{2, "colour", "unknown key; known keys here: name, node, plugins, topics, producer, generators, flows, tracing"},
+			{2, "colour", "unknown key; known keys here: name, node, plugins, topics, producer, generators, flows, tracing, keep_running"},
 			{5, "node.datadir", "unknown key; known keys here: id, data_dir, role, shutdown_timeout"},
 			{13, "topics[0].partitions", "unknown key; known keys here: name, queues"},
+			{19, "flows[0].stages[0].config.whatever", "unknown key (valid keys: backoff, delays, levels, max_attempts)"},
 			{20, "flows[0].stages[0].after", "unknown key; known keys here: type, config"},
-			{23, "flows[0].sink.colour", "unknown key; known keys here: type, every"},
+			{23, "flows[0].sink.colour", "unknown key; known keys here: type, every, format, path, command, args, url, headers, timeout"},
 		}},
 		{file: "wrong-types.yaml", want: []want{
 			{1, "name", "must be a string, got integer 123"},
@@ -186,7 +187,27 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{4, "generators[0].topic", "is required"},
 			{6, "flows[0].name", "is required"},
 			{6, "flows[0].topic", `names topic "nowhere", which is not declared in topics`},
-			{7, "flows[0].sink.type", "is required (one of count, stdout, discard)"},
+			{7, "flows[0].sink.type", "is required (one of count, stdout, discard, file, exec, webhook)"},
+		}},
+		{file: "sinks.yaml", want: []want{
+			{6, "flows[0].sink.path", "is required for sink type file"},
+			{9, "flows[1].sink.command", "is required for sink type exec"},
+			{9, "flows[1].sink.every", "applies only to sink type count, not exec"},
+			{9, "flows[1].sink.timeout", "must be greater than 0, got 0s"},
+			{14, "flows[2].sink.url", `must be an http:// or https:// URL, got "ftp://example.com/x"`},
+			{15, "flows[2].sink.headers.Bad Header", "is not a valid HTTP header name"},
+			{16, "flows[2].sink.format", "applies only to sink type stdout and file, not webhook"},
+			{19, "flows[3].orderly", `must be true or false, got string "yes"`},
+			{20, "flows[3].concurrency", "must be between 1 and 1024, got 0"},
+			{21, "flows[3].max_inflight", "must be between 1 and 1000000, got 2000000"},
+			{22, "flows[3].sink.format", `must be one of line, json, body; got "xml"`},
+			{22, "flows[3].sink.path", "applies only to sink type file, not stdout"},
+			{24, "flows[4].topic", `flow "e" is in group "a", which flow "a" uses on topic "orders": a group consumes one topic`},
+			{27, "flows[4].orderly", "applies only to delivery push"},
+			{30, "flows[4].stages[0].config.delays", `must be a duration such as "250ms" or "2s", got "soon"`},
+			{31, "flows[4].stages[1].config.after", `is required: how long an attempt may take, such as "30s"`},
+			{33, "flows[4].stages[2].config.mode", `must be after_process or before_process, got "never"`},
+			{34, "flows[4].sink.url", "is required for sink type webhook"},
 		}},
 		{file: "references.yaml", want: []want{
 			{7, "generators[0].topic", `names topic "ordres", which is not declared in topics (declared: audit, orders)`},
@@ -204,8 +225,8 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{8, "producer.mode", `must be one of sync, async, oneway; got "fast"`},
 			{10, "generators[0].mode", `must be one of sync, async, oneway; got "lazy"`},
 			{14, "flows[0].delivery", `must be one of push, pull; got "poll"`},
-			{17, "flows[0].stages[1].type", `must be one of ack, retry, dlq; got "throttle"`},
-			{19, "flows[0].sink.type", `must be one of count, stdout, discard; got "webhook"`},
+			{17, "flows[0].stages[1].type", `must be one of ack, dlq, retry, timeout; got "throttle"`},
+			{19, "flows[0].sink.type", `must be one of count, stdout, discard, file, exec, webhook; got "kafka"`},
 			{21, "tracing.exporter", `must be one of none, stdout, otlp; got "jaeger"`},
 		}},
 		{file: "names.yaml", want: []want{
