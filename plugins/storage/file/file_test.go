@@ -811,3 +811,54 @@ func TestTornTailAtEveryPosition(t *testing.T) {
 		_ = s.Close()
 	}
 }
+
+// A message that cannot fit a segment is refused whole: the batch stores
+// nothing.
+func TestMessageLargerThanSegment(t *testing.T) {
+	s := openStore(t, t.TempDir(), `{"segment_bytes": "4KiB"}`)
+	big := &sdk.Message{Id: "big", Topic: "t", Body: make([]byte, 5000)}
+	_, err := s.Append(ctx(t), []*sdk.Message{testMsg(0, 0), big})
+	if !errors.Is(err, sdk.ErrInvalidArgument) {
+		t.Fatalf("append of a 5000-byte body into 4KiB segments: %v, want ErrInvalidArgument", err)
+	}
+	if got := readQueue(t, s, 0); len(got) != 0 {
+		t.Fatalf("the refused batch stored %d messages", len(got))
+	}
+	ok := &sdk.Message{Id: "fits", Topic: "t", Body: make([]byte, 3500)}
+	if offs := appendWait(t, s, ok); offs[0] != 0 {
+		t.Fatalf("a message that fits got offset %d", offs[0])
+	}
+}
+
+// Many groups committing at once share file writes, and every commit is in
+// the file when it returns.
+func TestConcurrentCommits(t *testing.T) {
+	dataDir := t.TempDir()
+	s := openStore(t, dataDir, "")
+	const groups, commits = 8, 25
+	errs := make(chan error, groups)
+	for g := range groups {
+		go func() {
+			for i := range commits {
+				if err := s.CommitOffsets(context.Background(), fmt.Sprintf("g%d", g), []*sdk.GroupOffset{{Topic: "t", Queue: int32(g % 2), Offset: int64(i)}}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range groups {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.Close()
+	s = openStore(t, dataDir, "")
+	for g := range groups {
+		o, err := s.GetOffsets(ctx(t), fmt.Sprintf("g%d", g), []*sdk.QueueRef{{Topic: "t", Queue: int32(g % 2)}})
+		if err != nil || o[0].Committed != commits-1 {
+			t.Fatalf("group g%d after reopen: %v %v, want committed %d", g, o, err, commits-1)
+		}
+	}
+}

@@ -105,7 +105,9 @@ type Store struct {
 	fsyncs, fsyncedMsgs, lingerNanos, ioNanos atomic.Int64
 
 	offWriteMu sync.Mutex // serialises rewrites of the offsets file
-	offMu      sync.Mutex // guards offsets
+	offWritten int64      // offVersion the file holds (under offWriteMu)
+	offMu      sync.Mutex // guards offsets and offVersion
+	offVersion int64      // counts updates of offsets
 	offsets    map[string]map[queueKey]int64
 }
 
@@ -632,10 +634,6 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 			return fmt.Errorf("%w: negative offset %d for %s/%d", sdk.ErrInvalidArgument, o.Offset, o.Topic, o.Queue)
 		}
 	}
-	// offWriteMu orders the file writes: each writes the state as of its
-	// own update or later. offMu is held only to change or read the map.
-	s.offWriteMu.Lock()
-	defer s.offWriteMu.Unlock()
 	s.mu.RLock()
 	err := s.usable()
 	s.mu.RUnlock()
@@ -651,12 +649,36 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 	for _, o := range offsets {
 		g[queueKey{o.Topic, o.Queue}] = o.Offset
 	}
+	s.offVersion++
+	mine := s.offVersion
+	s.offMu.Unlock()
+
+	// Group commit of the offsets file: one writer at a time writes the
+	// latest state; a commit whose update a write already covered returns
+	// without writing again.
+	s.offWriteMu.Lock()
+	defer s.offWriteMu.Unlock()
+	if s.offWritten >= mine {
+		return nil
+	}
+	s.mu.RLock()
+	err = s.usable()
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	s.offMu.Lock()
+	version := s.offVersion
 	snapshot := offsetsFile{Version: formatVersion, Groups: make(map[string][]queueOffsetJSON, len(s.offsets))}
 	for name, m := range s.offsets {
 		snapshot.Groups[name] = sortedOffsets(m)
 	}
 	s.offMu.Unlock()
-	return writeState(s.dir, offsetsFileName, snapshot)
+	if err := writeState(s.dir, offsetsFileName, snapshot); err != nil {
+		return err
+	}
+	s.offWritten = version
+	return nil
 }
 
 // GetOffsets reports each queue's start, visible end and the group's
