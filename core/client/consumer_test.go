@@ -141,10 +141,7 @@ func TestRedriveAndPurge(t *testing.T) {
 		if d.ID == ids[4] {
 			return client.Permanent(errors.New("unknown customer"))
 		}
-		{
-			return errors.New("downstream is down")
-		}
-		return nil
+		return errors.New("downstream is down")
 	})
 	waitFor(t, 10*time.Second, "5 dead letters", func() bool {
 		d, err := cons.DLQDepth(bgCtx(t))
