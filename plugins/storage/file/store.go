@@ -79,9 +79,11 @@ type Store struct {
 	dirty      []*segment   // written since their last fsync (flusher only)
 	dirDirty   bool         // a segment was created since the last dir fsync
 
-	notifyMu sync.Mutex
-	notify   chan struct{} // closed and replaced when durable or failed change
-	failed   error         // sticky: the log could not be written (under notifyMu)
+	// notify is closed and replaced whenever durable or failed change.
+	// A waiter loads it before it looks at durable, and a publisher
+	// stores durable before it swaps it, so no wake-up is missed.
+	notify atomic.Pointer[chan struct{}]
+	failed atomic.Pointer[error] // sticky: the log could not be written
 
 	spareReady bool // the preallocated spare segment exists (under mu)
 	// Group commits and their bytes since the last roll (flusher counts,
@@ -278,7 +280,8 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 		return err
 	}
 	s.configured = true
-	s.notify = make(chan struct{})
+	notify := make(chan struct{})
+	s.notify.Store(&notify)
 	s.kick = make(chan struct{}, 1)
 	s.janitorKick = make(chan struct{}, 1)
 	s.stop = make(chan struct{})
@@ -492,7 +495,7 @@ func (s *Store) deadlineLoop() {
 			return
 		case <-tick.C:
 			if s.waiters.Load() > 0 {
-				s.advance(s.durable.Load())
+				s.wake()
 			}
 		}
 	}
@@ -501,9 +504,11 @@ func (s *Store) deadlineLoop() {
 // waitState returns the channel closed at the next change of durable, and
 // the store's sticky failure.
 func (s *Store) waitState() (chan struct{}, error) {
-	s.notifyMu.Lock()
-	defer s.notifyMu.Unlock()
-	return s.notify, s.failed
+	ch := s.notify.Load()
+	if err := s.failed.Load(); err != nil {
+		return *ch, *err
+	}
+	return *ch, nil
 }
 
 func (s *Store) failure() error {
@@ -774,24 +779,20 @@ func (s *Store) Close() error {
 
 // fail makes err the store's sticky failure and wakes every waiter.
 func (s *Store) fail(err error) {
-	s.notifyMu.Lock()
-	if s.failed == nil {
-		s.failed = err
-	}
-	ch := s.notify
-	s.notify = make(chan struct{})
-	s.notifyMu.Unlock()
-	close(ch)
+	s.failed.CompareAndSwap(nil, &err)
+	s.wake()
 }
 
 // advance publishes a new durable position and wakes every waiter.
 func (s *Store) advance(pos int64) {
 	s.durable.Store(pos)
-	s.notifyMu.Lock()
-	ch := s.notify
-	s.notify = make(chan struct{})
-	s.notifyMu.Unlock()
-	close(ch)
+	s.wake()
+}
+
+// wake wakes every waiter, to look at durable, failed and the clock again.
+func (s *Store) wake() {
+	ch := make(chan struct{})
+	close(*s.notify.Swap(&ch))
 }
 
 // checkUTF8 rejects what protobuf refuses to encode: strings that are not
