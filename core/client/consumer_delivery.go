@@ -81,14 +81,23 @@ var ErrNacked = errors.New("nacked by the handler")
 // should return, and the consumer calls it again with the same message after
 // delay.
 func (d *Delivery) Nack(delay time.Duration) error {
-	if d.state.Load() != deliveryOpen {
-		return nil
-	}
 	var cause error = ErrNacked
 	if delay > 0 {
 		cause = RetryAfter(delay, ErrNacked)
 	}
-	err := d.Retry(d.rt.ctx, cause, d.rt.opts.Retry)
+	return d.Fail(cause)
+}
+
+// Fail settles d after an attempt that failed with err, as the consumer does
+// with a handler's error: retried as its RetryPolicy says (after the delay of
+// a RetryAfter error), or dead-lettered when err is Permanent or the
+// attempts ran out. It is Nack with the error recorded in the message's
+// headers; the same remarks on orderly mode apply.
+func (d *Delivery) Fail(err error) error {
+	if d.state.Load() != deliveryOpen {
+		return nil
+	}
+	err = d.Retry(d.rt.ctx, err, d.rt.opts.Retry)
 	if isDead(err) {
 		return d.DeadLetter(d.rt.ctx, err)
 	}

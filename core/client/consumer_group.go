@@ -129,7 +129,7 @@ func (rt *runtime) assign(ctx context.Context, want []queueRef) error {
 				rt.abandonLocked(d)
 			}
 			l.queued = nil
-			rt.log.Info("ferry consumer: queue revoked", "group", rt.group, "member", rt.opts.Member, "topic", r.topic, "queue", r.queue)
+			rt.log.Debug("ferry consumer: queue revoked", "group", rt.group, "member", rt.opts.Member, "topic", r.topic, "queue", r.queue)
 		}
 	}
 	rt.wakeLocked()
@@ -163,7 +163,7 @@ func (rt *runtime) assign(ctx context.Context, want []queueRef) error {
 			continue
 		}
 		rt.lanes[r] = rt.newLane(r, offs[i])
-		rt.log.Info("ferry consumer: queue assigned", "group", rt.group, "member", rt.opts.Member, "topic", r.topic, "queue", r.queue, "from", rt.lanes[r].next)
+		rt.log.Debug("ferry consumer: queue assigned", "group", rt.group, "member", rt.opts.Member, "topic", r.topic, "queue", r.queue, "from", rt.lanes[r].next)
 	}
 	rt.wakeLocked()
 	return nil

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
 )
 
 // asyncWindow is how many sends an async generator keeps in flight.
@@ -24,14 +26,6 @@ type GeneratorResult struct {
 	NotOK       int           // acknowledged with a status weaker than OK
 	Errors      int           // failed after retries
 	Elapsed     time.Duration // from first send to last ack
-}
-
-// FlowResult reports one flow.
-type FlowResult struct {
-	Name, Group, Topic string
-	Delivered          int // handler calls, redeliveries included
-	Unique             int // distinct message ids
-	Missing            int // acknowledged by the broker but never delivered
 }
 
 // Run runs the pipeline's generators and flows. With generators, it returns
@@ -58,20 +52,40 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	fctx, stopFlows := context.WithCancel(ctx)
 	defer stopFlows()
 	flows := make([]*flow, len(cfg.Flows))
-	var flowWG sync.WaitGroup
-	flowErrs := make([]error, len(cfg.Flows))
 	for i, f := range cfg.Flows {
-		fl := &flow{cfg: f, out: out, seen: map[string]bool{}}
-		flows[i] = fl
-		cons, err := cl.NewConsumer(client.ConsumerOptions{Topic: f.Topic, Group: f.Group})
+		fl, err := newFlow(cl, f, out)
 		if err != nil {
+			for _, prev := range flows[:i] {
+				prev.sink.Close()
+			}
 			return nil, fmt.Errorf("flow %q: %w", f.Name, err)
 		}
+		flows[i] = fl
+	}
+	var flowWG sync.WaitGroup
+	flowErrs := make([]error, len(flows))
+	flowFailed := make(chan struct{}) // closed when a flow stops on an error
+	var failOnce sync.Once
+	for i, fl := range flows {
 		flowWG.Add(1)
 		go func() {
 			defer flowWG.Done()
-			flowErrs[i] = cons.Run(fctx, fl.handle)
+			if flowErrs[i] = fl.run(fctx); flowErrs[i] != nil && fctx.Err() == nil {
+				failOnce.Do(func() { close(flowFailed) })
+			}
 		}()
+	}
+	defer func() {
+		stopFlows()
+		flowWG.Wait()
+	}()
+	flowsErr := func() error {
+		for i, err := range flowErrs {
+			if err != nil && ctx.Err() == nil {
+				return fmt.Errorf("flow %q: %w", cfg.Flows[i].Name, err)
+			}
+		}
+		return nil
 	}
 
 	if len(cfg.Generators) == 0 {
@@ -102,18 +116,30 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 		return nil, err
 	}
 
-	// Wait until every flow's group has committed up to the end of its topic.
-	if err := e.waitCaughtUp(ctx, cl); err != nil {
+	// Wait until every flow's group has committed up to the end of its
+	// topic and of its retry topic.
+	if err := e.waitCaughtUp(ctx, cl, flowFailed); err != nil {
 		stopFlows()
 		flowWG.Wait()
+		if ferr := flowsErr(); ferr != nil {
+			return nil, ferr
+		}
 		return e.summary(start, gens, flows), err
+	}
+	if cfg.KeepRunning {
+		s := e.summary(start, gens, flows)
+		dead := 0
+		for _, f := range s.Flows {
+			dead += f.DeadLettered
+		}
+		fmt.Fprintf(out, "pipeline %s: generators done and flows caught up after %s (%d dead-lettered); running until interrupted\n",
+			cfg.Name, s.Elapsed.Round(time.Millisecond), dead)
+		<-ctx.Done()
 	}
 	stopFlows()
 	flowWG.Wait()
-	for i, err := range flowErrs {
-		if err != nil && ctx.Err() == nil {
-			return nil, fmt.Errorf("flow %q: %w", cfg.Flows[i].Name, err)
-		}
+	if err := flowsErr(); err != nil {
+		return nil, err
 	}
 	return e.summary(start, gens, flows), nil
 }
@@ -146,16 +172,24 @@ func (e *Engine) summary(start time.Time, gens []*generator, flows []*flow) *Sum
 	return s
 }
 
-// waitCaughtUp polls the flows' committed offsets until each reaches the end
-// of its queues as they are now.
-func (e *Engine) waitCaughtUp(ctx context.Context, cl *client.Client) error {
+// waitCaughtUp polls the flows' committed offsets until each group has
+// committed its topic up to the end it has now (the generators are done) and
+// its retry topic up to its current end, twice in a row (a retry is stored
+// before its original is committed, so a clean poll after another means
+// nothing is pending).
+func (e *Engine) waitCaughtUp(ctx context.Context, cl *client.Client, flowFailed <-chan struct{}) error {
 	type target struct {
 		group  string
 		queues []*ferryv1.QueueRef
-		ends   []int64
+		ends   []int64 // of the topic's queues; the retry topic's are re-read
 	}
 	var targets []target
+	seen := map[string]bool{}
 	for _, f := range e.cfg.Flows {
+		if seen[f.Group] {
+			continue
+		}
+		seen[f.Group] = true
 		t := target{group: f.Group}
 		for _, top := range e.cfg.Topics {
 			if top.Name != f.Topic {
@@ -172,10 +206,14 @@ func (e *Engine) waitCaughtUp(ctx context.Context, cl *client.Client) error {
 		for _, o := range offs {
 			t.ends = append(t.ends, o.End)
 		}
+		for q := range len(sdk.DelayLevels) {
+			t.queues = append(t.queues, &ferryv1.QueueRef{Topic: sdk.RetryTopic(f.Group), Queue: int32(q)})
+		}
 		targets = append(targets, t)
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	clean := 0
 	for {
 		done := true
 		for _, t := range targets {
@@ -186,16 +224,27 @@ func (e *Engine) waitCaughtUp(ctx context.Context, cl *client.Client) error {
 				break
 			}
 			for i, o := range offs {
-				if o.Committed < t.ends[i] {
+				end := o.End
+				if i < len(t.ends) {
+					end = t.ends[i]
+				}
+				if max(o.Committed, o.Start) < end {
 					done = false
 				}
 			}
 		}
 		if done {
+			clean++
+		} else {
+			clean = 0
+		}
+		if clean >= 2 {
 			return nil
 		}
 		select {
 		case <-tick.C:
+		case <-flowFailed:
+			return errors.New("a flow stopped")
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -274,39 +323,6 @@ func (g *generator) result() GeneratorResult {
 	return GeneratorResult{Name: g.cfg.Name, Topic: g.cfg.Topic, Sent: g.sent, NotOK: g.notOK, Errors: g.errors, Elapsed: g.elapsed}
 }
 
-// flow feeds a consumer group's messages to its sink.
-type flow struct {
-	cfg config.Flow
-	out io.Writer
-
-	mu        sync.Mutex
-	seen      map[string]bool
-	delivered int
-}
-
-func (f *flow) handle(_ context.Context, m *ferryv1.Message) error {
-	f.mu.Lock()
-	f.delivered++
-	f.seen[m.Id] = true
-	n := f.delivered
-	f.mu.Unlock()
-	switch f.cfg.Sink.Type {
-	case "stdout":
-		fmt.Fprintf(f.out, "%s %s/%d@%d %s %dB\n", f.cfg.Name, m.Topic, m.Queue, m.Offset, m.Id, len(m.Body))
-	case "count":
-		if f.cfg.Sink.Every > 0 && n%f.cfg.Sink.Every == 0 {
-			fmt.Fprintf(f.out, "%s: %d messages\n", f.cfg.Name, n)
-		}
-	}
-	return nil
-}
-
-func (f *flow) result() FlowResult {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return FlowResult{Name: f.cfg.Name, Group: f.cfg.Group, Topic: f.cfg.Topic, Delivered: f.delivered, Unique: len(f.seen)}
-}
-
 // Print writes the summary a person reads at the end of `ferry run`.
 func (s *Summary) Print(w io.Writer, pipeline string) {
 	fmt.Fprintf(w, "pipeline %s finished in %s\n", pipeline, s.Elapsed.Round(time.Millisecond))
@@ -318,8 +334,7 @@ func (s *Summary) Print(w io.Writer, pipeline string) {
 		fmt.Fprintf(w, "  generator %-16s sent %d to %s (%.0f msgs/s), %d not OK, %d failed\n", g.Name, g.Sent, g.Topic, rate, g.NotOK, g.Errors)
 	}
 	for _, f := range s.Flows {
-		fmt.Fprintf(w, "  flow      %-16s group %s consumed %d (%d unique, %d redelivered), %d missing\n",
-			f.Name, f.Group, f.Delivered, f.Unique, f.Delivered-f.Unique, f.Missing)
+		fmt.Fprintf(w, "  flow      %-16s %s\n", f.Name, f)
 	}
 }
 
