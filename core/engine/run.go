@@ -2,8 +2,8 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
