@@ -28,6 +28,7 @@ func (s *Store) flushLoop() {
 	lastCohort := 0
 	var lastIO time.Duration // of the last group commit: write and fsync
 	var lingerStart time.Time
+	cohortSlept := false // idle: slept once waiting for a whole cohort
 	lastSync := time.Now()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -72,12 +73,23 @@ func (s *Store) flushLoop() {
 				s.mu.Unlock()
 				return
 			}
-			s.kickAt = 1
-			s.mu.Unlock()
 			wait := time.Duration(0)
 			if unsynced > 0 {
 				wait = max(interval-time.Since(lastSync), time.Millisecond)
 			}
+			s.kickAt = 1
+			lingerStart = time.Time{}
+			if syncMode && maxWait > 0 && lastCohort > 1 && !cohortSlept {
+				// The producers the last group commit answered
+				// are on their way back: sleep until they all
+				// are (one wake-up instead of two) or the
+				// linger time is over, which counts from now.
+				s.kickAt = lastCohort
+				lingerStart = time.Now()
+				wait = min(maxWait, max(lastIO/lingerShare, 10*time.Microsecond))
+			}
+			cohortSlept = s.kickAt != 1
+			s.mu.Unlock()
 			sleep(wait)
 			continue
 		}
@@ -101,6 +113,7 @@ func (s *Store) flushLoop() {
 			s.lingerNanos.Add(int64(time.Since(lingerStart)))
 		}
 		lingerStart = time.Time{}
+		cohortSlept = false
 		data, from, msgs := s.buf, s.wpos, s.bufMsgs
 		s.buf, s.spareBuf, s.bufMsgs = s.spareBuf[:0], nil, 0
 		s.kickAt = 0
