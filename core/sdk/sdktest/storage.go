@@ -34,10 +34,11 @@ type StorageFeatures struct {
 	// bytes off its end, or flipping a bit 3 bytes before it; the messages
 	// are over 200 bytes of incompressible body), and checks recovery.
 	DataFiles func(dir string) ([]string, error)
-	// RetentionConfig is a config section under which a queue keeps no
-	// more than about 64KiB (or 64 messages) of recent 1KiB messages;
-	// nil skips the retention case. Retention may act in the background:
-	// the suite polls for up to 10 seconds.
+	// RetentionConfig is a config section under which retention removes
+	// old messages soon (by size, count or age): after 300 messages of
+	// 1KiB are appended to a queue, some of the oldest must be gone within
+	// 10 seconds (the suite polls) while the newest 5 stay. nil skips the
+	// retention case.
 	RetentionConfig []byte
 }
 
