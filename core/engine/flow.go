@@ -38,7 +38,7 @@ type flow struct {
 
 // newFlow builds a flow's chain, sink and consumer; it fails on what the
 // config check cannot see (a command that is not installed).
-func newFlow(cl *client.Client, f config.Flow, out io.Writer) (*flow, error) {
+func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer) (*flow, error) {
 	specs := make([]stage.Spec, len(f.Stages))
 	for i, s := range f.Stages {
 		specs[i] = stage.Spec{Type: s.Type, Config: s.Config}
@@ -47,7 +47,7 @@ func newFlow(cl *client.Client, f config.Flow, out io.Writer) (*flow, error) {
 	if err != nil {
 		return nil, err
 	}
-	sk, err := sink.New(f.Sink, sink.Options{Flow: f.Name, Out: out})
+	sk, err := sink.New(f.Sink, sink.Options{Flow: f.Name, Out: out, DataDir: dataDir})
 	if err != nil {
 		return nil, err
 	}

@@ -53,7 +53,7 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	defer stopFlows()
 	flows := make([]*flow, len(cfg.Flows))
 	for i, f := range cfg.Flows {
-		fl, err := newFlow(cl, f, out)
+		fl, err := newFlow(cl, f, cfg.Node.DataDir, out)
 		if err != nil {
 			for _, prev := range flows[:i] {
 				prev.sink.Close()

@@ -23,15 +23,17 @@ const maxStderr = 512
 
 // execSink runs a command per message: the body on stdin, the metadata in
 // the environment (FERRY_ID, FERRY_TOPIC, FERRY_QUEUE, FERRY_OFFSET,
-// FERRY_ATTEMPT, FERRY_KEY, FERRY_GROUP, FERRY_FLOW, added to the node's
-// own environment). Exit status 0 acknowledges; any other status, a signal or
+// FERRY_ATTEMPT, FERRY_KEY, FERRY_GROUP, FERRY_FLOW and FERRY_DATA_DIR, the
+// node's data directory, added to the node's own environment). Exit status 0 acknowledges; any other status, a signal or
 // the timeout fails the attempt (retried), with the end of stderr in the
 // error. Its stdout is discarded.
 type execSink struct {
+	name    string // as configured, for errors
 	path    string
 	args    []string
 	timeout time.Duration
 	flow    string
+	dataDir string
 }
 
 func newExecSink(cfg config.Sink, o Options) (Sink, error) {
@@ -43,7 +45,7 @@ func newExecSink(cfg config.Sink, o Options) (Sink, error) {
 	if t <= 0 {
 		t = DefaultExecTimeout
 	}
-	return &execSink{path: path, args: cfg.Args, timeout: t, flow: o.Flow}, nil
+	return &execSink{name: cfg.Command, path: path, args: cfg.Args, timeout: t, flow: o.Flow, dataDir: o.DataDir}, nil
 }
 
 func (s *execSink) Deliver(ctx context.Context, d *client.Delivery) error {
@@ -56,7 +58,7 @@ func (s *execSink) Deliver(ctx context.Context, d *client.Delivery) error {
 	cmd.Env = append(os.Environ(),
 		"FERRY_ID="+d.ID, "FERRY_TOPIC="+d.Topic, "FERRY_QUEUE="+strconv.Itoa(int(d.Queue)),
 		"FERRY_OFFSET="+strconv.FormatInt(d.Offset, 10), "FERRY_ATTEMPT="+strconv.Itoa(d.Attempt),
-		"FERRY_KEY="+d.Message.Key, "FERRY_GROUP="+d.Group, "FERRY_FLOW="+s.flow)
+		"FERRY_KEY="+d.Message.Key, "FERRY_GROUP="+d.Group, "FERRY_FLOW="+s.flow, "FERRY_DATA_DIR="+s.dataDir)
 	cmd.WaitDelay = time.Second
 	killGroup(cmd)
 	err := cmd.Run()
@@ -70,11 +72,11 @@ func (s *execSink) Deliver(ctx context.Context, d *client.Delivery) error {
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() == context.DeadlineExceeded:
-		return fmt.Errorf("%s timed out after %s%s", s.path, s.timeout, tail)
+		return fmt.Errorf("%s timed out after %s%s", s.name, s.timeout, tail)
 	case errors.As(err, &ee):
-		return fmt.Errorf("%s: %v%s", s.path, ee.ProcessState, tail)
+		return fmt.Errorf("%s: %v%s", s.name, ee.ProcessState, tail)
 	}
-	return fmt.Errorf("%s: %w%s", s.path, err, tail)
+	return fmt.Errorf("%s: %w%s", s.name, err, tail)
 }
 
 func (s *execSink) Close() error { return nil }

@@ -36,6 +36,9 @@ type Options struct {
 	Flow string
 	// Out is where stdout writes and count prints its progress.
 	Out io.Writer
+	// DataDir is the node's data directory, given to exec commands as
+	// FERRY_DATA_DIR.
+	DataDir string
 }
 
 // New builds the sink a flow's config describes. The config is assumed

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymq/ferry/core/client"
+)
+
+// consumeOptions are the flags of `ferry consume`.
+type consumeOptions struct {
+	broker, topic, group, member, mode string
+	count                              int
+	idle, delay, sessionTimeout        time.Duration
+	json                               bool
+	concurrency                        int
+	startLatest                        bool
+}
+
+func init() { rootCmd.AddCommand(newConsumeCmd()) }
+
+func newConsumeCmd() *cobra.Command {
+	var o consumeOptions
+	cmd := &cobra.Command{
+		Use:   "consume --broker ADDR --topic T --group G",
+		Short: "Consume a topic as a member of a consumer group and print each message",
+		Long: `Consume joins consumer group G on topic T at the broker ADDR (its grpc
+transport) and prints one line per message delivered to it, at least once:
+a message's offset is committed only after it was printed. It shares the
+topic's queues with the group's other members and takes part in its retries
+and dead-lettering like any consumer.
+
+  --mode push   the consumer fetches ahead and calls the handler (default)
+  --mode pull   long-poll batches, acknowledge each message explicitly
+
+It runs until SIGINT/SIGTERM, or until --count messages were printed, or
+until no message came for --idle. Messages fetched but not printed then are
+left for the group (delivered again). The summary goes to stderr.
+
+With --json each line is one object:
+  {"id":…,"topic":…,"queue":…,"offset":…,"attempt":…,"key":…}
+where id, topic, queue and offset name the original message (the same on
+every attempt) and attempt counts its deliveries to the group.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			n, err := consume(ctx, o, cmd.OutOrStdout())
+			fmt.Fprintf(cmd.ErrOrStderr(), "ferry consume: %d message(s) from %s, group %s\n", n, o.topic, o.group)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.broker, "broker", "127.0.0.1:7070", "broker address (host:port of its grpc transport)")
+	f.StringVar(&o.topic, "topic", "", "topic to consume (required)")
+	f.StringVar(&o.group, "group", "", "consumer group (required)")
+	f.StringVar(&o.member, "member", "", "this member's id in the group (default: host-pid-random)")
+	f.StringVar(&o.mode, "mode", "push", "delivery: push or pull")
+	f.IntVar(&o.count, "count", 0, "exit after this many messages (0: no limit)")
+	f.DurationVar(&o.idle, "idle", 0, "exit when no message came for this long (0: never)")
+	f.BoolVar(&o.json, "json", false, "print one JSON object per message")
+	f.IntVar(&o.concurrency, "concurrency", 1, "messages handled at once")
+	f.DurationVar(&o.delay, "delay", 0, "pretend each message takes this long to process (before it is printed)")
+	f.DurationVar(&o.sessionTimeout, "session-timeout", client.DefaultSessionTimeout, "how long the broker keeps this member in the group after its last heartbeat")
+	f.BoolVar(&o.startLatest, "latest", false, "a group that never committed starts at the end of the topic (default: its beginning)")
+	_ = cmd.MarkFlagRequired("topic")
+	_ = cmd.MarkFlagRequired("group")
+	return cmd
+}
+
+// consumedLine is what --json prints per message.
+type consumedLine struct {
+	ID      string `json:"id"`
+	Topic   string `json:"topic"`
+	Queue   int32  `json:"queue"`
+	Offset  int64  `json:"offset"`
+	Attempt int    `json:"attempt"`
+	Key     string `json:"key"`
+}
+
+// consume runs `ferry consume` and returns how many messages it printed.
+func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error) {
+	if o.mode != "push" && o.mode != "pull" {
+		return 0, &exitError{code: 2, msg: fmt.Sprintf("--mode must be push or pull, got %q", o.mode)}
+	}
+	if o.count < 0 || o.idle < 0 || o.concurrency < 1 || o.sessionTimeout <= 0 {
+		return 0, &exitError{code: 2, msg: "--count and --idle must not be negative, --concurrency must be at least 1, --session-timeout positive"}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := client.Dial(dctx, o.broker, client.WithLogger(log))
+	cancel()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	opts := client.ConsumerOptions{Topic: o.topic, Group: o.group, Member: o.member, Concurrency: o.concurrency, SessionTimeout: o.sessionTimeout}
+	if o.startLatest {
+		opts.StartAt = client.StartCommittedOrLatest
+	}
+	cons, err := c.NewConsumer(opts)
+	if err != nil {
+		return 0, err
+	}
+
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu      sync.Mutex
+		printed atomic.Int64
+		last    atomic.Int64 // unix nanos of the last message
+	)
+	last.Store(time.Now().UnixNano())
+	enc := json.NewEncoder(out)
+	// handle prints d once it is "processed"; false when --count is reached
+	// already (d is then left for the group).
+	handle := func(ctx context.Context, d *client.Delivery) (bool, error) {
+		if o.delay > 0 {
+			t := time.NewTimer(o.delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return false, ctx.Err()
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if o.count > 0 && printed.Load() >= int64(o.count) {
+			return false, nil
+		}
+		var err error
+		if o.json {
+			err = enc.Encode(consumedLine{ID: d.ID, Topic: d.Topic, Queue: d.Queue, Offset: d.Offset, Attempt: d.Attempt, Key: d.Message.Key})
+		} else {
+			_, err = fmt.Fprintf(out, "%s/%d@%d id=%s attempt=%d key=%q %dB\n", d.Topic, d.Queue, d.Offset, d.ID, d.Attempt, d.Message.Key, len(d.Message.Body))
+		}
+		if err != nil {
+			return false, err
+		}
+		last.Store(time.Now().UnixNano())
+		if n := printed.Add(1); o.count > 0 && n >= int64(o.count) {
+			stop()
+		}
+		return true, nil
+	}
+	if o.idle > 0 {
+		go func() {
+			t := time.NewTicker(min(o.idle/4, 100*time.Millisecond))
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					if time.Since(time.Unix(0, last.Load())) >= o.idle {
+						stop()
+						return
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+
+	if o.mode == "push" {
+		errOut := errors.New("writing the output failed")
+		err := cons.Consume(ctx, func(ctx context.Context, d *client.Delivery) error {
+			ok, err := handle(ctx, d)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				stop()
+				return fmt.Errorf("%w: %v", errOut, err)
+			case !ok:
+				<-ctx.Done() // --count reached: leave d for the group
+				return ctx.Err()
+			}
+			return nil
+		})
+		return printed.Load(), err
+	}
+
+	if err := cons.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return 0, nil
+		}
+		return 0, err
+	}
+	defer cons.Close()
+	for ctx.Err() == nil {
+		ds, err := cons.Fetch(ctx, 0)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			log.Warn("ferry consume: fetch failed; retrying", "error", err)
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		for _, d := range ds {
+			ok, err := handle(ctx, d)
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				return printed.Load(), err
+			}
+			if !ok {
+				break
+			}
+			d.Ack()
+		}
+	}
+	return printed.Load(), cons.Close()
+}
