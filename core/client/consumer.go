@@ -29,11 +29,11 @@ const (
 
 // Defaults of ConsumerOptions.
 const (
-	DefaultMaxMessages       = 256
+	DefaultMaxMessages       = 1024
 	DefaultMaxBytes          = 16 << 20
 	DefaultMaxWait           = time.Second
 	DefaultCommitInterval    = 100 * time.Millisecond
-	DefaultMaxInflight       = 1024
+	DefaultMaxInflight       = 4096
 	DefaultConcurrency       = 1
 	DefaultHeartbeatInterval = time.Second
 	DefaultSessionTimeout    = 6 * time.Second
