@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,10 +46,19 @@ type Delivery struct {
 	state atomic.Int32 // deliveryOpen, deliverySettled, deliveryAbandoned
 	done  bool         // settled; guarded by rt.mu (the lane's commit window)
 
-	// Orderly mode only, touched by the one goroutine processing d.
-	inPlace   *time.Duration // a retry in place was asked for, after this delay
+	mu        sync.Mutex
+	inPlace   *time.Duration // orderly: a retry in place was asked for, after this delay
 	lastErr   error
-	firstFail time.Time
+	firstFail time.Time // when an attempt first failed
+}
+
+// takeInPlace returns and clears a retry in place asked for by Retry.
+func (d *Delivery) takeInPlace() (*time.Duration, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, err := d.inPlace, d.lastErr
+	d.inPlace = nil
+	return p, err
 }
 
 const (
@@ -135,13 +145,16 @@ func (d *Delivery) Retry(ctx context.Context, cause error, policy RetryPolicy) e
 		delay = ra.delay
 	}
 	now := time.Now()
+	d.mu.Lock()
 	if d.firstFail.IsZero() {
 		d.firstFail = now
 	}
 	if d.rt.orderly {
 		d.inPlace, d.lastErr = &delay, cause
+		d.mu.Unlock()
 		return nil
 	}
+	d.mu.Unlock()
 	m := d.copyTo(sdk.RetryTopic(d.Group), sdk.DelayLevel(delay), "r", cause, now)
 	m.Headers[sdk.HeaderAttempt] = strconv.Itoa(d.Attempt + 1)
 	m.Headers[sdk.HeaderDeliverAt] = strconv.FormatInt(now.Add(delay).UnixNano(), 10)
@@ -203,7 +216,9 @@ func (d *Delivery) copyTo(topic string, queue int32, kind string, cause error, n
 		msg = msg[:maxErrorHeader] + "…"
 	}
 	h[sdk.HeaderLastError] = msg
+	d.mu.Lock()
 	first := d.firstFail
+	d.mu.Unlock()
 	if first.IsZero() {
 		first = now
 	}

@@ -577,13 +577,14 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 		if rt.ctx.Err() != nil || rt.revoked(d) {
 			return
 		}
-		d.inPlace = nil
+		d.takeInPlace()
 		rt.cn.stats.delivered.Add(1)
 		err := rt.call(h, d)
 		if d.state.Load() != deliveryOpen {
 			return
 		}
-		if d.inPlace == nil {
+		inPlace, cause := d.takeInPlace()
+		if inPlace == nil {
 			if err == nil {
 				d.Ack()
 				return
@@ -595,8 +596,9 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 			if d.state.Load() != deliveryOpen {
 				return
 			}
+			inPlace, cause = d.takeInPlace()
 		}
-		if d.inPlace == nil {
+		if inPlace == nil {
 			if isDead(err) {
 				err = d.DeadLetter(rt.ctx, err)
 			}
@@ -607,8 +609,8 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 			return
 		}
 		rt.cn.stats.retried.Add(1)
-		rt.log.Debug("ferry consumer: retrying in place", "group", rt.group, "id", d.ID, "attempt", d.Attempt, "in", *d.inPlace, "error", d.lastErr)
-		if !sleep(rt.ctx, *d.inPlace) {
+		rt.log.Debug("ferry consumer: retrying in place", "group", rt.group, "id", d.ID, "attempt", d.Attempt, "in", *inPlace, "error", cause)
+		if !sleep(rt.ctx, *inPlace) {
 			return
 		}
 		d.Attempt++

@@ -230,9 +230,11 @@ type TimeoutConfig struct {
 }
 
 // newTimeout bounds each attempt: the stages inside get a context that ends
-// after the timeout, and if they have not returned by then the attempt fails
-// with a retryable error (what they still do after that is ignored: the
-// message may be retried while they run, so sinks should honour ctx).
+// after the timeout, and when they return after it did, the attempt fails
+// with a retryable "timed out" error. The stages inside must honour ctx (the
+// exec and webhook sinks do: the command is killed, the request cancelled);
+// the timeout stage waits for them to return, so that no attempt outlives
+// its turn.
 func newTimeout(cfg map[string]any) (Stage, error) {
 	var c TimeoutConfig
 	if ps := Decode(cfg, &c); ps != nil {
@@ -250,24 +252,19 @@ func newTimeout(cfg map[string]any) (Stage, error) {
 		return func(ctx context.Context, d *client.Delivery) error {
 			tctx, cancel := context.WithTimeout(ctx, after)
 			defer cancel()
-			done := make(chan error, 1)
-			go func() {
-				defer func() {
-					if r := recover(); r != nil {
-						done <- fmt.Errorf("panicked: %v", r)
-					}
-				}()
-				done <- next(tctx, d)
-			}()
-			select {
-			case err := <-done:
-				return err
-			case <-tctx.Done():
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("timed out after %s", after)
+			err := next(tctx, d)
+			if err != nil && ctx.Err() == nil && tctx.Err() == context.DeadlineExceeded {
+				return &timeoutError{after: after, err: err}
 			}
+			return err
 		}
 	}, nil
 }
+
+type timeoutError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *timeoutError) Error() string { return fmt.Sprintf("timed out after %s", e.after) }
+func (e *timeoutError) Unwrap() error { return e.err }
