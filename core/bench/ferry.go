@@ -265,10 +265,14 @@ func (f *Ferry) consume(ctx context.Context, w Workload, rec *Recorder, queues i
 		end     time.Time
 	)
 	count := func(d *client.Delivery) {
-		rec.Record(StatusOK, len(d.Message.Body), 0)
-		if got.Add(1) == w.Count {
-			endOnce.Do(func() { end = time.Now() })
-			stop()
+		// Deliveries past Count (the rest of a fetched batch) are acked
+		// but not counted.
+		if n := got.Add(1); n <= w.Count {
+			rec.Record(StatusOK, len(d.Message.Body), 0)
+			if n == w.Count {
+				endOnce.Do(func() { end = time.Now() })
+				stop()
+			}
 		}
 	}
 	start := time.Now()
