@@ -66,6 +66,11 @@ then drains in-flight work and stops.`,
 			}
 			e, err := engine.Start(ctx, cfg, engine.Options{Registry: builtins(), Logger: log})
 			if err != nil {
+				if ctx.Err() != nil {
+					// SIGINT/SIGTERM while starting: Start stopped what it had begun.
+					log.Info("interrupted while starting; stopped")
+					return nil
+				}
 				return err
 			}
 			log.Info("broker node up", "pipeline", cfg.Name, "node", cfg.Node.ID, "address", e.Address(),

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,13 +51,14 @@ func TestPluginsExitWithHost(t *testing.T) {
 	bin := ferrytest.Binary(t)
 	dir := t.TempDir()
 	yaml := filepath.Join(dir, "broker.yaml")
+	addr := ferrytest.FreeAddr(t)
 	if err := os.WriteFile(yaml, []byte(fmt.Sprintf(`name: hostdeath
 node: {data_dir: %q}
 plugins:
   storage: {type: memory}
   transport: {type: grpc, config: {listen: %q}}
 topics: [{name: t, queues: 1}]
-`, filepath.Join(dir, "data"), ferrytest.FreeAddr(t))), 0o644); err != nil {
+`, filepath.Join(dir, "data"), addr)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tmp := t.TempDir() // the broker's TMPDIR, where plugin sockets live
@@ -100,6 +102,13 @@ topics: [{name: t, queues: 1}]
 		return os.IsNotExist(err)
 	})
 	waitFor(t, 30*time.Second, "second broker's plugins", func() bool { return len(children(cmd2.Process.Pid)) == 2 })
+	waitFor(t, 30*time.Second, "second broker's transport to listen", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	if err := cmd2.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
