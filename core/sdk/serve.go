@@ -13,7 +13,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/experimental"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
@@ -44,7 +43,7 @@ const maxMessageBytes = 256 << 20
 // grpcServerOptions are the plugin side's gRPC settings: large batches and
 // windows sized for streams that carry hundreds of KiB per batch.
 func grpcServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMessageBytes),
 		grpc.MaxSendMsgSize(maxMessageBytes),
 		grpc.InitialWindowSize(8 << 20),
@@ -52,21 +51,19 @@ func grpcServerOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(256 << 10),
 		grpc.WriteBufferSize(256 << 10),
 		grpc.UnaryInterceptor(unaryServerErrors),
-		experimental.BufferPool(sharedBufferPool),
-	}
+	}, GRPCBufferServerOptions()...)
 }
 
 // GRPCDialOptions are the host side's gRPC settings for talking to a plugin.
 func GRPCDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{
+	return append([]grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
 		grpc.WithInitialWindowSize(8 << 20),
 		grpc.WithInitialConnWindowSize(16 << 20),
 		grpc.WithReadBufferSize(256 << 10),
 		grpc.WithWriteBufferSize(256 << 10),
 		grpc.WithUnaryInterceptor(unaryClientErrors),
-		experimental.WithBufferPool(sharedBufferPool),
-	}
+	}, GRPCBufferDialOptions()...)
 }
 
 // ServeOpts names the one implementation a plugin process serves.
