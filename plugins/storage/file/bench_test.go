@@ -256,6 +256,7 @@ func benchProducers(b *testing.B, s *Store, producers int) {
 		b.ReportMetric(float64(s.fsyncedMsgs.Load())/float64(n), "msgs/fsync")
 		b.ReportMetric(float64(s.lingerNanos.Load())/float64(n)/1e3, "linger-us/fsync")
 		b.ReportMetric(float64(s.ioNanos.Load())/float64(n)/1e3, "io-us/fsync")
+		b.ReportMetric(float64(s.gapNanos.Load())/float64(n)/1e3, "gap-us/fsync")
 	}
 }
 

@@ -28,7 +28,7 @@ func (s *Store) flushLoop() {
 	lastCohort := 0
 	var lastIO time.Duration // of the last group commit: write and fsync
 	var lingerStart time.Time
-	cohortSlept := false // idle: slept once waiting for a whole cohort
+	var lastDone time.Time // end of the last group commit
 	lastSync := time.Now()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -78,17 +78,6 @@ func (s *Store) flushLoop() {
 				wait = max(interval-time.Since(lastSync), time.Millisecond)
 			}
 			s.kickAt = 1
-			lingerStart = time.Time{}
-			if syncMode && maxWait > 0 && lastCohort > 1 && !cohortSlept {
-				// The producers the last group commit answered
-				// are on their way back: sleep until they all
-				// are (one wake-up instead of two) or the
-				// linger time is over, which counts from now.
-				s.kickAt = lastCohort
-				lingerStart = time.Now()
-				wait = min(maxWait, max(lastIO/lingerShare, 10*time.Microsecond))
-			}
-			cohortSlept = s.kickAt != 1
 			s.mu.Unlock()
 			sleep(wait)
 			continue
@@ -113,7 +102,9 @@ func (s *Store) flushLoop() {
 			s.lingerNanos.Add(int64(time.Since(lingerStart)))
 		}
 		lingerStart = time.Time{}
-		cohortSlept = false
+		if !lastDone.IsZero() {
+			s.gapNanos.Add(int64(time.Since(lastDone)))
+		}
 		data, from, msgs := s.buf, s.wpos, s.bufMsgs
 		s.buf, s.spareBuf, s.bufMsgs = s.spareBuf[:0], nil, 0
 		s.kickAt = 0
@@ -154,6 +145,7 @@ func (s *Store) flushLoop() {
 		if syncMode {
 			lastCohort = msgs
 			s.advance(s.fpos)
+			lastDone = time.Now()
 		} else {
 			s.advance(s.wpos)
 		}
