@@ -83,6 +83,10 @@ func (c *checker) pipeline(p *Pipeline) {
 	c.enum("producer.mode", p.Producer.Mode, producerModes)
 	c.between("producer.retries", p.Producer.Retries, 0, maxRetries)
 	c.positive("producer.timeout", p.Producer.Timeout)
+	if l := p.Producer.Linger; l < 0 || l > 10*time.Second {
+		c.add("producer.linger", "must be between 0s and 10s, got %s", l)
+	}
+	c.between("producer.max_inflight", p.Producer.MaxInflight, 1, 1000000)
 
 	c.unique("generator", "generators", len(p.Generators), func(i int) string { return p.Generators[i].Name })
 	for i, g := range p.Generators {

@@ -57,6 +57,18 @@ type ProducerDefaults struct {
 	Mode    string        `koanf:"mode"`    // sync (default) | async | oneway
 	Retries int           `koanf:"retries"` // default 2, 0..100
 	Timeout time.Duration `koanf:"timeout"` // default 3s, > 0
+	// RequireDurable makes an ack weaker than OK (FLUSH_TIMEOUT,
+	// REPLICA_TIMEOUT, REPLICA_NOT_AVAILABLE) an error. Default false: the
+	// status is reported as it is.
+	RequireDurable bool `koanf:"require_durable"`
+	// RetryOnTimeout retries a send that timed out (its outcome is
+	// unknown; the broker's de-duplication makes the retry safe).
+	RetryOnTimeout bool `koanf:"retry_on_timeout"`
+	// Linger is how long an async batch waits for more messages; default
+	// 5ms, 0..10s.
+	Linger time.Duration `koanf:"linger"`
+	// MaxInflight is the async window in messages; default 256, 1..1000000.
+	MaxInflight int `koanf:"max_inflight"`
 }
 
 // Generator produces Count messages to Topic when the pipeline starts (a demo/load source).
@@ -178,8 +190,10 @@ func Default() Pipeline {
 		},
 		Producer: ProducerDefaults{
 			Mode:    "sync",
-			Retries: 2,
-			Timeout: 3 * time.Second,
+			Retries:     2,
+			Timeout:     3 * time.Second,
+			Linger:      5 * time.Millisecond,
+			MaxInflight: 256,
 		},
 		Tracing: Tracing{
 			Exporter:    "none",

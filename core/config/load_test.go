@@ -63,7 +63,7 @@ func TestLoadKeepsEveryExplicitValue(t *testing.T) {
 			Replication: PluginRef{Type: "none"},
 		},
 		Topics:   []Topic{{Name: "orders", Queues: 8}, {Name: "audit", Queues: 4}},
-		Producer: ProducerDefaults{Mode: "async", Retries: 5, Timeout: 1500 * time.Millisecond},
+		Producer: ProducerDefaults{Mode: "async", Retries: 5, Timeout: 1500 * time.Millisecond, Linger: 5 * time.Millisecond, MaxInflight: 256},
 		Generators: []Generator{
 			{Name: "load", Topic: "orders", Count: 1000, Size: 512, Rate: 200, Mode: "oneway"},
 			{Name: "trickle", Topic: "audit", Count: 10, Size: 256, Rate: 0.5},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/core/client"
@@ -16,13 +15,11 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
-// asyncWindow is how many sends an async generator keeps in flight.
-const asyncWindow = 64
-
 // GeneratorResult reports one generator.
 type GeneratorResult struct {
 	Name, Topic string
-	Sent        int           // acknowledged by the broker
+	Mode        string
+	Sent        int           // acknowledged by the broker (oneway: written to it)
 	NotOK       int           // acknowledged with a status weaker than OK
 	Errors      int           // failed after retries
 	Elapsed     time.Duration // from first send to last ack
@@ -37,11 +34,6 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	if len(cfg.Generators) == 0 && len(cfg.Flows) == 0 {
 		<-ctx.Done()
 		return &Summary{Elapsed: time.Since(start)}, nil
-	}
-	for _, g := range cfg.Generators {
-		if g.Mode == "oneway" {
-			return nil, fmt.Errorf("generator %q: mode oneway is not implemented yet", g.Name)
-		}
 	}
 	cl, err := client.Dial(ctx, e.address)
 	if err != nil {
@@ -107,7 +99,10 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 			if retries == 0 {
 				retries = client.NoRetries
 			}
-			p := cl.NewProducer(client.ProducerOptions{Retries: retries, Timeout: cfg.Producer.Timeout})
+			p := cl.NewProducer(client.ProducerOptions{
+				Retries: retries, Timeout: cfg.Producer.Timeout, RetryOnTimeout: cfg.Producer.RetryOnTimeout,
+				RequireDurable: cfg.Producer.RequireDurable, Linger: cfg.Producer.Linger, MaxInflight: cfg.Producer.MaxInflight,
+			})
 			errs = append(errs, func() error { return gens[i].run(ctx, p) })
 		}
 		return runAll(errs...)
@@ -267,60 +262,62 @@ type generator struct {
 func (g *generator) run(ctx context.Context, p *client.Producer) error {
 	body := make([]byte, g.cfg.Size)
 	_, _ = rand.Read(body)
-	workers := 1
-	if g.mode == "async" {
-		workers = asyncWindow
-	}
-	var next atomic.Int64
 	var interval time.Duration
 	if g.cfg.Rate > 0 {
-		interval = time.Duration(float64(time.Second) / g.cfg.Rate * float64(workers))
+		interval = time.Duration(float64(time.Second) / g.cfg.Rate)
+	}
+	record := func(res client.Result, err error) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		switch {
+		case err != nil:
+			g.errors++
+		case g.mode == "oneway":
+			g.sent++ // written to the broker; no ack to count on
+		default:
+			g.sent++
+			g.acked[res.ID] = true
+			if res.Status != ferryv1.Status_STATUS_OK {
+				g.notOK++
+			}
+		}
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				n := next.Add(1)
-				if n > int64(g.cfg.Count) || ctx.Err() != nil {
-					return
-				}
-				res, err := p.SendSync(ctx, client.Message{Topic: g.cfg.Topic, Body: body,
-					Headers: map[string]string{"ferry-generator": g.cfg.Name}})
-				g.mu.Lock()
-				switch {
-				case err != nil:
-					g.errors++
-				default:
-					g.sent++
-					g.acked[res.ID] = true
-					if res.Status != ferryv1.Status_STATUS_OK {
-						g.notOK++
-					}
-				}
-				g.mu.Unlock()
-				if interval > 0 {
-					time.Sleep(interval)
-				}
+	next := start
+	for n := 0; n < g.cfg.Count && ctx.Err() == nil; n++ {
+		m := client.Message{Topic: g.cfg.Topic, Body: body, Headers: map[string]string{"ferry-generator": g.cfg.Name}}
+		switch g.mode {
+		case "async":
+			if err := p.SendAsync(ctx, m, record); err != nil {
+				record(client.Result{}, err)
 			}
-		}()
+		case "oneway":
+			record(p.SendOneway(ctx, m))
+		default:
+			record(p.SendSync(ctx, m))
+		}
+		if interval > 0 {
+			next = next.Add(interval)
+			time.Sleep(time.Until(next))
+		}
 	}
-	wg.Wait()
+	// Close waits for every async callback.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	closeErr := p.Close(cctx)
 	g.mu.Lock()
 	g.elapsed = time.Since(start)
 	g.mu.Unlock()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return nil
+	return closeErr
 }
 
 func (g *generator) result() GeneratorResult {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return GeneratorResult{Name: g.cfg.Name, Topic: g.cfg.Topic, Sent: g.sent, NotOK: g.notOK, Errors: g.errors, Elapsed: g.elapsed}
+	return GeneratorResult{Name: g.cfg.Name, Topic: g.cfg.Topic, Mode: g.mode, Sent: g.sent, NotOK: g.notOK, Errors: g.errors, Elapsed: g.elapsed}
 }
 
 // Print writes the summary a person reads at the end of `ferry run`.
@@ -331,7 +328,11 @@ func (s *Summary) Print(w io.Writer, pipeline string) {
 		if g.Elapsed > 0 {
 			rate = float64(g.Sent) / g.Elapsed.Seconds()
 		}
-		fmt.Fprintf(w, "  generator %-16s sent %d to %s (%.0f msgs/s), %d not OK, %d failed\n", g.Name, g.Sent, g.Topic, rate, g.NotOK, g.Errors)
+		what := "sent"
+		if g.Mode == "oneway" {
+			what = "sent oneway (not acknowledged)"
+		}
+		fmt.Fprintf(w, "  generator %-16s %s %d to %s (%.0f msgs/s), %d not OK, %d failed\n", g.Name, what, g.Sent, g.Topic, rate, g.NotOK, g.Errors)
 	}
 	for _, f := range s.Flows {
 		fmt.Fprintf(w, "  flow      %-16s %s\n", f.Name, f)
