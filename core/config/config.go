@@ -189,7 +189,7 @@ func Default() Pipeline {
 			Replication: PluginRef{Type: "none"},
 		},
 		Producer: ProducerDefaults{
-			Mode:    "sync",
+			Mode:        "sync",
 			Retries:     2,
 			Timeout:     3 * time.Second,
 			Linger:      5 * time.Millisecond,
