@@ -1,7 +1,7 @@
 # The commands README.md gives. `make test` is what CI runs (.ci/run).
 GO ?= go
 
-.PHONY: test build quickstart bench proto
+.PHONY: test build quickstart bench proto jaeger
 
 build:
 	$(GO) build -o bin/ferry ./cmd/ferry
@@ -20,3 +20,9 @@ bench:
 
 proto:
 	$(GO) generate ./core/proto
+
+# Jaeger for the tracing tests, built once (7–9 min cold) and started on
+# 127.0.0.1; prints the environment the tests read:
+#   eval "$$(scripts/jaeger.sh start)"   (or: make jaeger, then export it)
+jaeger:
+	@scripts/jaeger.sh start

@@ -25,6 +25,21 @@ func BenchmarkOffEnabledCheck(b *testing.B) {
 	_ = n
 }
 
+func BenchmarkOffStart(b *testing.B) {
+	shutdown, err := Setup(context.Background(), Tracing{Exporter: ExporterNone})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer shutdown(context.Background())
+	tracer := Tracer(ComponentBroker)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, s := tracer.Start(ctx, SpanBrokerDeliver)
+		s.End()
+	}
+}
+
 func BenchmarkOffInject(b *testing.B) {
 	ctx := context.Background()
 	h := map[string]string{"app": "x"}

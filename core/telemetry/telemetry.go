@@ -39,6 +39,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
 	"go.opentelemetry.io/otel/trace/noop"
 )
 
@@ -79,21 +80,31 @@ type Tracing struct {
 	ServiceName string
 }
 
-// enabled is true while a recording provider set up by Setup is installed.
-var enabled atomic.Bool
+// State of this process's tracing, as the last Setup left it.
+const (
+	stateUnset = iota // Setup not called: spans go to otel's global provider (an application's)
+	stateOff          // exporter none, or shut down: Start returns at once
+	stateOn           // an SDK provider records and exports
+)
+
+var (
+	state      atomic.Int32
+	generation atomic.Uint64 // bumped by every Setup; tracers re-resolve on change
+	current    atomic.Pointer[sdktrace.TracerProvider]
+)
 
 // Enabled reports whether this process records spans (Setup ran with an
 // exporter other than none). Hot paths check it before they build span
 // options, so that tracing off costs one atomic load.
-func Enabled() bool { return enabled.Load() }
+func Enabled() bool { return state.Load() == stateOn }
 
 // Setup installs the global tracer provider and the W3C trace-context
 // propagator for this process, from cfg, with attrs added to the process's
 // resource (service.name is set from cfg.ServiceName). It returns a shutdown
 // function that exports what is buffered and stops the provider; call it
 // once when the process stops. Called once per process, before any span is
-// started; spans of tracers obtained earlier (Tracer in a package variable)
-// go to this provider too.
+// started (a later call replaces the provider: tests do); tracers obtained
+// earlier (Tracer in a package variable) follow the provider installed.
 //
 // Setup does not connect to the collector: a collector that is down makes
 // exports fail later (reported through otel's error handler), never the
@@ -105,8 +116,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return nil, err
 	}
 	if exp == nil {
-		enabled.Store(false)
-		otel.SetTracerProvider(noop.NewTracerProvider())
+		install(noop.NewTracerProvider(), nil, stateOff)
 		return func(context.Context) error { return nil }, nil
 	}
 	if cfg.SampleRatio < 0 || cfg.SampleRatio > 1 {
@@ -128,12 +138,21 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 			sdktrace.WithExportTimeout(exportTimeout),
 		),
 	)
-	otel.SetTracerProvider(tp)
-	enabled.Store(true)
+	install(tp, tp, stateOn)
 	return func(ctx context.Context) error {
-		enabled.Store(false)
+		if current.CompareAndSwap(tp, nil) {
+			state.Store(stateOff)
+		}
 		return tp.Shutdown(ctx)
 	}, nil
+}
+
+// install makes tp the global provider and the one Ferry's tracers use.
+func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32) {
+	otel.SetTracerProvider(tp)
+	current.Store(sdk)
+	state.Store(st)
+	generation.Add(1)
 }
 
 // newExporter returns cfg's span exporter, nil for none.
@@ -199,7 +218,7 @@ func (stdout) Write(p []byte) (int, error) { return os.Stdout.Write(p) }
 // Flush exports the spans this process has buffered, for tests and for a
 // process about to be killed. A no-op when tracing is off.
 func Flush(ctx context.Context) error {
-	if tp, ok := otel.GetTracerProvider().(*sdktrace.TracerProvider); ok {
+	if tp := current.Load(); tp != nil {
 		return tp.ForceFlush(ctx)
 	}
 	return nil
@@ -209,10 +228,40 @@ func Flush(ctx context.Context) error {
 const scope = "github.com/ferrymq/ferry/"
 
 // Tracer returns the tracer of a component (ComponentBroker, …). Keep it in
-// a package variable: it follows the provider Setup installs, even when
-// obtained before Setup.
+// a package variable: it follows whatever provider the latest Setup
+// installed, also when obtained before Setup, and otel's global provider
+// (an application's own) when Setup was never called, as in the client
+// library. With tracing off its Start returns ctx itself and a no-op span
+// without allocating.
 func Tracer(component string) trace.Tracer {
-	return otel.Tracer(scope + component)
+	return &tracer{name: scope + component}
+}
+
+type tracer struct {
+	embedded.Tracer
+	name     string
+	resolved atomic.Pointer[resolvedTracer]
+}
+
+type resolvedTracer struct {
+	gen uint64
+	trace.Tracer
+}
+
+var noopSpan = trace.SpanFromContext(context.Background())
+
+// Start starts a span; see trace.Tracer. Safe for concurrent use.
+func (t *tracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if state.Load() == stateOff {
+		return ctx, noopSpan
+	}
+	gen := generation.Load()
+	r := t.resolved.Load()
+	if r == nil || r.gen != gen {
+		r = &resolvedTracer{gen: gen, Tracer: otel.GetTracerProvider().Tracer(t.name)}
+		t.resolved.Store(r)
+	}
+	return r.Start(ctx, name, opts...)
 }
 
 // propagator is the one propagator of Ferry: W3C trace context.

@@ -290,3 +290,57 @@ func TestSetupFromEnvUnset(t *testing.T) {
 		t.Fatal("an SDK provider was installed without settings")
 	}
 }
+
+// A tracer kept in a package variable follows every Setup, also one made
+// after the tracer was obtained, and with tracing off starts nothing,
+// allocates nothing, and leaves the incoming trace context in place.
+func TestTracerFollowsSetup(t *testing.T) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	saved := os.Stdout
+	os.Stdout = devnull
+	defer func() { os.Stdout = saved }()
+
+	tracer := Tracer(ComponentBroker) // before any Setup
+	ctx := context.Background()
+	for _, c := range []struct {
+		exporter  string
+		recording bool
+	}{{ExporterNone, false}, {ExporterStdout, true}, {ExporterNone, false}, {ExporterStdout, true}} {
+		shutdown, err := Setup(ctx, Tracing{Exporter: c.exporter, SampleRatio: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, s := tracer.Start(ctx, SpanBrokerAppend)
+		if s.IsRecording() != c.recording {
+			t.Errorf("after Setup(%s): span recording %v, want %v", c.exporter, s.IsRecording(), c.recording)
+		}
+		s.End()
+		if err := shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Off: the context passes through untouched, with the incoming trace.
+	if _, err := Setup(ctx, Tracing{Exporter: ExporterNone}); err != nil {
+		t.Fatal(err)
+	}
+	in := Extract(ctx, map[string]string{HeaderTraceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+	out, s := tracer.Start(in, SpanBrokerDeliver)
+	s.End()
+	if out != in {
+		t.Fatal("tracing off: Start returned a new context")
+	}
+	if h := Inject(out, nil); h[HeaderTraceparent] != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
+		t.Fatalf("tracing off: the incoming trace context is not passed on: %v", h)
+	}
+	if allocs := testing.AllocsPerRun(1000, func() {
+		_, s := tracer.Start(in, SpanBrokerDeliver)
+		s.End()
+	}); allocs != 0 {
+		t.Fatalf("tracing off: Start+End allocates %v times", allocs)
+	}
+}
