@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -860,5 +861,35 @@ func TestConcurrentCommits(t *testing.T) {
 		if err != nil || o[0].Committed != commits-1 {
 			t.Fatalf("group g%d after reopen: %v %v, want committed %d", g, o, err, commits-1)
 		}
+	}
+}
+
+// A crash between renaming the preallocated spare into place and writing its
+// header leaves a newest segment of zeros: recovery drops it and goes on.
+func TestCrashWhileRollingIntoSpare(t *testing.T) {
+	dataDir := t.TempDir()
+	config := `{"segment_bytes": "4KiB", "preallocate": true}`
+	s := openStore(t, dataDir, config)
+	for i := range 10 {
+		appendWait(t, s, testMsg(0, i))
+	}
+	_ = s.Close()
+	files := segments(t, dataDir)
+	last := files[len(files)-1]
+	base, _ := strconv.ParseInt(strings.TrimSuffix(filepath.Base(last), segmentSuffix), 10, 64)
+	st, _ := os.Stat(last)
+	next := filepath.Join(filepath.Dir(last), fmt.Sprintf(segmentNameFormat, base+st.Size()-segmentHeaderSize))
+	if err := os.WriteFile(next, make([]byte, 4<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dataDir, config)
+	if got := readQueue(t, s, 0); len(got) != 10 {
+		t.Fatalf("after the interrupted roll: %d messages, want 10", len(got))
+	}
+	if _, err := os.Stat(next); err == nil {
+		t.Fatal("the zero segment was kept")
+	}
+	if offs := appendWait(t, s, testMsg(0, 10)); offs[0] != 10 {
+		t.Fatalf("next append got offset %d, want 10", offs[0])
 	}
 }

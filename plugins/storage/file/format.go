@@ -90,7 +90,9 @@ var errTornHeader = errors.New("torn segment header")
 // parseSegmentHeader checks a segment header and returns its base. An
 // unknown version or magic is ErrIncompatible.
 func parseSegmentHeader(h []byte) (int64, error) {
-	if len(h) < segmentHeaderSize {
+	if len(h) < segmentHeaderSize || isZeros(h) {
+		// Short, or a preallocated file renamed into place whose
+		// header was not written yet.
 		return 0, errTornHeader
 	}
 	if string(h[:8]) != segmentMagic {
@@ -103,6 +105,15 @@ func parseSegmentHeader(h []byte) (int64, error) {
 		return 0, errTornHeader
 	}
 	return int64(binary.LittleEndian.Uint64(h[16:])), nil
+}
+
+func isZeros(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // recordSize is the encoded size of m, used to check limits before a batch
