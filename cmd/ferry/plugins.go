@@ -32,7 +32,9 @@ func init() {
 				return fmt.Errorf("no built-in plugin %q", args[0])
 			}
 			opts := sdk.ServeOpts{}
-			switch p := f().(type) {
+			impl := f()
+			installFaults(impl)
+			switch p := impl.(type) {
 			case sdk.Storage:
 				opts.Storage = p
 			case sdk.Transport:
