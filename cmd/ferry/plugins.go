@@ -39,6 +39,8 @@ func init() {
 				opts.Storage = p
 			case sdk.Transport:
 				opts.Transport = p
+			case sdk.Replication:
+				opts.Replication = p
 			default:
 				return fmt.Errorf("built-in plugin %q has no servable kind", args[0])
 			}
@@ -58,15 +60,15 @@ type pluginValidator struct {
 func newPluginValidator() config.PluginValidator { return &pluginValidator{reg: builtins()} }
 
 func (v *pluginValidator) Known(kind, typ string, dirs []string) bool {
-	if kind == sdk.KindReplication {
-		return typ == replicationNone
+	if kind == sdk.KindReplication && typ == replicationNone {
+		return true
 	}
 	return v.reg.Known(kind, typ, dirs)
 }
 
 func (v *pluginValidator) Types(kind string, dirs []string) []string {
 	if kind == sdk.KindReplication {
-		return []string{replicationNone}
+		return append([]string{replicationNone}, v.reg.Types(kind, dirs)...)
 	}
 	return v.reg.Types(kind, dirs)
 }

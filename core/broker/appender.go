@@ -33,8 +33,9 @@ type appender struct {
 }
 
 type appendReq struct {
-	msgs []*sdk.Message
-	done chan appendResult
+	msgs  []*sdk.Message
+	done  chan appendResult
+	apply bool // a replica applying its master's messages: never replicated
 }
 
 type appendResult struct {
@@ -256,14 +257,10 @@ func (a *appender) answer(b *batch, attempt int, offsets []int64, err error) {
 		err = fmt.Errorf("storage answered %d offsets for %d messages", len(offsets), len(b.msgs))
 		a.b.log.Error("storage plugin broke the contract", "error", err)
 	}
-	i := 0
-	for _, r := range b.reqs {
-		res := appendResult{status: status, err: err}
-		if err == nil {
-			res.offsets = offsets[i : i+len(r.msgs)]
-		}
-		i += len(r.msgs)
-		r.done <- res
+	if a.b.repl != nil {
+		a.b.repl.stored(b, offsets, status, err)
+	} else {
+		deliver(b, offsets, status, err)
 	}
 	if err == nil {
 		seen := map[string]bool{}
@@ -275,6 +272,19 @@ func (a *appender) answer(b *batch, attempt int, offsets []int64, err error) {
 				}
 			}
 		}
+	}
+}
+
+// deliver answers a batch's requests.
+func deliver(b *batch, offsets []int64, status sdk.Status, err error) {
+	i := 0
+	for _, r := range b.reqs {
+		res := appendResult{status: status, err: err}
+		if err == nil {
+			res.offsets = offsets[i : i+len(r.msgs)]
+		}
+		i += len(r.msgs)
+		r.done <- res
 	}
 }
 

@@ -49,6 +49,9 @@ type Options struct {
 	Address  string // where clients reach this node, for metadata
 	Topics   []Topic
 	Logger   hclog.Logger
+	// Replication is the live replication plugin; nil for none. See
+	// replicate.go.
+	Replication StorageSource
 }
 
 // StorageSource gives the live storage plugin; a pluginhost.Instance is one.
@@ -69,6 +72,8 @@ type Broker struct {
 	storage StorageSource
 	app     *appender
 	groups  *groups
+	repl    *replicator // nil without replication
+	role    roleState
 
 	topicsMu sync.RWMutex
 	topics   map[string]*topic // declared ones, plus groups' retry and DLQ topics once used
@@ -109,6 +114,10 @@ func New(opts Options, storage StorageSource) *Broker {
 		b.topics[t.Name] = &topic{name: t.Name, queues: int32(t.Queues), signal: make(chan struct{})}
 	}
 	b.app = newAppender(b)
+	b.role.set(&sdk.SetRoleRequest{Role: opts.Role})
+	if opts.Replication != nil {
+		b.repl = newReplicator(b, opts.Replication)
+	}
 	return b
 }
 
@@ -159,6 +168,9 @@ func (b *Broker) checkQueue(t *topic, q int32) error {
 func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.ProduceResponse, error) {
 	if len(req.Messages) == 0 {
 		return nil, fmt.Errorf("%w: empty batch", sdk.ErrInvalidArgument)
+	}
+	if err := b.role.checkProduce(); err != nil {
+		return nil, err
 	}
 	topicName := req.Messages[0].Topic
 	t, err := b.topic(topicName)
@@ -261,7 +273,8 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 
 // Metadata lists topics and this node.
 func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.MetadataResponse, error) {
-	resp := &sdk.MetadataResponse{Brokers: []*ferryv1.BrokerInfo{{Node: b.opts.Node, Address: b.opts.Address, Role: b.opts.Role}}}
+	resp := &sdk.MetadataResponse{Brokers: b.role.brokers(b.opts.Node, b.opts.Address)}
+	leader := b.role.leaderIndex()
 	names := req.Topics
 	if len(names) == 0 {
 		for _, t := range b.opts.Topics {
@@ -273,7 +286,11 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 		if err != nil {
 			continue // unknown topics are left out
 		}
-		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: t.queues, Leaders: make([]int32, t.queues)})
+		leaders := make([]int32, t.queues)
+		for i := range leaders {
+			leaders[i] = leader
+		}
+		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: t.queues, Leaders: leaders})
 	}
 	return resp, nil
 }

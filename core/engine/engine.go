@@ -31,11 +31,13 @@ type Engine struct {
 	host      *pluginhost.Host
 	storage   *pluginhost.Instance
 	transport *pluginhost.Instance
+	repl      *pluginhost.Instance // nil for replication type none
 	broker    *broker.Broker
 	address   string
 
 	serveCancel context.CancelFunc
 	serveDone   chan struct{}
+	replDone    chan struct{} // nil without replication
 }
 
 // Options are the engine's settings that do not come from the pipeline file.
@@ -54,9 +56,6 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	reg, log := opts.Registry, opts.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
-	}
-	if cfg.Plugins.Replication.Type != "" && cfg.Plugins.Replication.Type != "none" {
-		return nil, fmt.Errorf("replication type %q is not available in this build (only none)", cfg.Plugins.Replication.Type)
 	}
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -81,14 +80,23 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	if e.storage, err = host.Start(ctx, sdk.KindStorage, cfg.Plugins.Storage.Type, sectionJSON(cfg.Plugins.Storage.Config)); err != nil {
 		return nil, err
 	}
+	if t := cfg.Plugins.Replication.Type; t != "" && t != "none" {
+		if e.repl, err = host.Start(ctx, sdk.KindReplication, t, sectionJSON(cfg.Plugins.Replication.Config)); err != nil {
+			return nil, err
+		}
+	}
 	topics := make([]broker.Topic, len(cfg.Topics))
 	for i, t := range cfg.Topics {
 		topics[i] = broker.Topic{Name: t.Name, Queues: t.Queues}
 	}
-	e.broker = broker.New(broker.Options{
+	bopts := broker.Options{
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
 		Topics: topics, Logger: log.Named("broker"),
-	}, e.storage)
+	}
+	if e.repl != nil {
+		bopts.Replication = e.repl
+	}
+	e.broker = broker.New(bopts, e.storage)
 	e.broker.Start()
 	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
 		_ = e.broker.Close(context.Background())
@@ -97,6 +105,10 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	sctx, cancel := context.WithCancel(context.Background())
 	e.serveCancel, e.serveDone = cancel, make(chan struct{})
 	go e.serveTransport(sctx)
+	if e.repl != nil {
+		e.replDone = make(chan struct{})
+		go e.serveReplication(sctx)
+	}
 	ok = true
 	return e, nil
 }
@@ -150,6 +162,33 @@ func (e *Engine) serveTransport(ctx context.Context) {
 	}
 }
 
+// Replication is the supervised replication plugin, nil for none.
+func (e *Engine) Replication() *pluginhost.Instance { return e.repl }
+
+// Broker is the node's broker core.
+func (e *Engine) Broker() *broker.Broker { return e.broker }
+
+// serveReplication keeps the replication plugin linked to the broker core,
+// again after each restart of the plugin.
+func (e *Engine) serveReplication(ctx context.Context) {
+	defer close(e.replDone)
+	impl, gen, _ := e.repl.Current()
+	for {
+		if impl != nil {
+			err := impl.(sdk.Replication).Serve(ctx, e.broker.ReplicaCore())
+			if ctx.Err() != nil {
+				return
+			}
+			e.log.Warn("replication plugin stopped serving", "error", err, "generation", gen)
+			e.repl.Broken(gen)
+		}
+		var err error
+		if impl, gen, err = e.repl.Next(ctx, gen); err != nil {
+			return
+		}
+	}
+}
+
 // Close shuts the node down: the transport stops taking requests, the broker
 // answers what it accepted, then the plugins stop (the store flushes).
 func (e *Engine) Close(ctx context.Context) error {
@@ -157,6 +196,12 @@ func (e *Engine) Close(ctx context.Context) error {
 	select {
 	case <-e.serveDone:
 	case <-ctx.Done():
+	}
+	if e.replDone != nil {
+		select {
+		case <-e.replDone:
+		case <-ctx.Done():
+		}
 	}
 	var errs []error
 	if err := e.broker.Close(ctx); err != nil {

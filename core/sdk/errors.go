@@ -43,6 +43,10 @@ var (
 	ErrFull = errors.New("storage full")
 	// ErrConfig: a configuration is invalid; see Problems.
 	ErrConfig = errors.New("invalid config")
+	// ErrNotLeader: this node does not take produce (a slave, a raft
+	// follower, a deposed leader); nothing was stored. A client refreshes
+	// its routing metadata and sends to the leader it names.
+	ErrNotLeader = errors.New("not leader")
 )
 
 // sentinels is the one table that maps sentinels to wire codes and gRPC codes.
@@ -62,6 +66,7 @@ var sentinels = []struct {
 	{ErrUnavailable, "UNAVAILABLE", codes.Unavailable},
 	{ErrFull, "FULL", codes.ResourceExhausted},
 	{ErrConfig, "CONFIG", codes.InvalidArgument},
+	{ErrNotLeader, "NOT_LEADER", codes.FailedPrecondition},
 	{context.DeadlineExceeded, "DEADLINE_EXCEEDED", codes.DeadlineExceeded},
 	{context.Canceled, "CANCELED", codes.Canceled},
 }

@@ -68,8 +68,9 @@ func GRPCDialOptions() []grpc.DialOption {
 
 // ServeOpts names the one implementation a plugin process serves.
 type ServeOpts struct {
-	Storage   Storage
-	Transport Transport
+	Storage     Storage
+	Transport   Transport
+	Replication Replication
 	// Logger for the plugin's own messages; they reach the host's log on
 	// stderr. Default: a JSON logger the host understands.
 	Logger hclog.Logger
@@ -87,8 +88,12 @@ func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
 		set[KindTransport] = &grpcPlugin{kind: KindTransport, impl: o.Transport}
 		impl, n = o.Transport, n+1
 	}
+	if o.Replication != nil {
+		set[KindReplication] = &grpcPlugin{kind: KindReplication, impl: o.Replication}
+		impl, n = o.Replication, n+1
+	}
 	if n != 1 {
-		return nil, nil, fmt.Errorf("sdk.Serve: exactly one of Storage, Transport must be set, got %d", n)
+		return nil, nil, fmt.Errorf("sdk.Serve: exactly one of Storage, Transport, Replication must be set, got %d", n)
 	}
 	return impl, set, nil
 }
@@ -189,8 +194,9 @@ func startProfile(log hclog.Logger) func() {
 // PluginSets are the plugin sets a host offers go-plugin, by protocol version.
 func PluginSets() map[int]plugin.PluginSet {
 	return map[int]plugin.PluginSet{ProtocolVersion: {
-		KindStorage:   &grpcPlugin{kind: KindStorage},
-		KindTransport: &grpcPlugin{kind: KindTransport},
+		KindStorage:     &grpcPlugin{kind: KindStorage},
+		KindTransport:   &grpcPlugin{kind: KindTransport},
+		KindReplication: &grpcPlugin{kind: KindReplication},
 	}}
 }
 
@@ -209,6 +215,8 @@ func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 		ferryv1.RegisterStorageServer(s, &storageServer{impl: p.impl.(Storage)})
 	case KindTransport:
 		ferryv1.RegisterTransportServer(s, &transportServer{impl: p.impl.(Transport)})
+	case KindReplication:
+		ferryv1.RegisterReplicationServer(s, &replicationServer{impl: p.impl.(Replication)})
 	}
 	return nil
 }
@@ -219,6 +227,8 @@ func (p *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *grp
 		return NewStorageClient(cc), nil
 	case KindTransport:
 		return NewTransportClient(cc), nil
+	case KindReplication:
+		return NewReplicationClient(cc), nil
 	}
 	return nil, fmt.Errorf("unknown plugin kind %q", p.kind)
 }

@@ -1,0 +1,301 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Replication hook ("apply, then replicate", master–slave).
+//
+// On a node that takes produce, every batch the store answered is handed to
+// the replication plugin's Replicate, in the order the batches were appended
+// (their seq), which is offset order per queue. The producer's answer waits
+// for the plugin's: async answers OK at once, sync once enough replicas hold
+// the data. The broker combines the flush status with the replication
+// status and keeps the weaker one: a batch is OK only when both are.
+//
+// On a slave (or raft follower) the broker rejects produce with
+// sdk.ErrNotLeader and serves fetches; the plugin applies its master's
+// messages through ReplicaCore.Apply, which appends them to the local store
+// in the order received and checks that the store assigns the master's
+// offsets. Its routing metadata names the leader, so clients follow it.
+
+// replicateTimeout bounds the broker's wait for a replication answer; the
+// plugin's own timeout (sync's `timeout`) is normally much shorter.
+const replicateTimeout = 30 * time.Second
+
+// replicator hands stored batches to the replication plugin in seq order.
+type replicator struct {
+	b   *Broker
+	src StorageSource
+
+	mu    sync.Mutex // held while batches are handed over, which keeps their order
+	next  uint64     // seq of the next batch to hand over
+	ready map[uint64]storedBatch
+}
+
+type storedBatch struct {
+	b       *batch
+	offsets []int64
+	status  sdk.Status
+	err     error
+}
+
+func newReplicator(b *Broker, src StorageSource) *replicator {
+	return &replicator{b: b, src: src, next: 1, ready: map[uint64]storedBatch{}}
+}
+
+// stored is called once per batch (from the appender's goroutines, in any
+// order) when the store answered it. Batches are handed on in seq order.
+func (r *replicator) stored(b *batch, offsets []int64, status sdk.Status, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ready[b.seq] = storedBatch{b, offsets, status, err}
+	for {
+		sb, ok := r.ready[r.next]
+		if !ok {
+			return
+		}
+		delete(r.ready, r.next)
+		r.next++
+		r.handOver(sb)
+	}
+}
+
+// handOver replicates one stored batch (or answers it directly) and answers
+// its producers once the replication level is known. Called with r.mu held.
+func (r *replicator) handOver(sb storedBatch) {
+	if sb.err != nil || !sdk.TakesProduce(r.b.role.get().Role) {
+		deliver(sb.b, sb.offsets, sb.status, sb.err)
+		return
+	}
+	// Only producers' messages are replicated, with their offsets.
+	var msgs []*sdk.Message
+	i := 0
+	for _, req := range sb.b.reqs {
+		for _, m := range req.msgs {
+			if !req.apply {
+				m.Offset = sb.offsets[i]
+				msgs = append(msgs, m)
+			}
+			i++
+		}
+	}
+	if len(msgs) == 0 {
+		deliver(sb.b, sb.offsets, sb.status, sb.err)
+		return
+	}
+	impl, gen, _ := r.src.Current()
+	if impl == nil {
+		r.b.log.Warn("replication plugin is restarting: batch not replicated", "messages", len(msgs))
+		deliver(sb.b, sb.offsets, worse(sb.status, ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE), nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), replicateTimeout)
+	wait, err := impl.(sdk.Replication).Replicate(ctx, msgs)
+	if err != nil {
+		cancel()
+		r.replicated(sb, gen, 0, err)
+		return
+	}
+	go func() {
+		defer cancel()
+		st, err := wait(ctx)
+		r.replicated(sb, gen, st, err)
+	}()
+}
+
+// replicated answers a batch's producers with the flush status combined
+// with the replication outcome.
+func (r *replicator) replicated(sb storedBatch, gen uint64, st sdk.Status, err error) {
+	switch {
+	case err == nil && st == ferryv1.Status_STATUS_OK:
+	case err == nil && (st == ferryv1.Status_STATUS_REPLICA_TIMEOUT || st == ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE):
+	case errors.Is(err, sdk.ErrReplicaTimeout), errors.Is(err, context.DeadlineExceeded):
+		st = ferryv1.Status_STATUS_REPLICA_TIMEOUT
+	default:
+		// The plugin died, broke its contract or lost leadership: the
+		// batch is stored here but its replication level is unknown.
+		if err != nil && (errors.Is(err, sdk.ErrUnavailable) || errors.Is(err, sdk.ErrClosed)) {
+			r.src.Broken(gen)
+		}
+		r.b.log.Warn("replication failed", "status", st, "error", err)
+		st = ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE
+	}
+	deliver(sb.b, sb.offsets, worse(sb.status, st), nil)
+}
+
+// worse returns the weaker of two append statuses: OK < FLUSH_TIMEOUT <
+// REPLICA_TIMEOUT < REPLICA_NOT_AVAILABLE. A weaker status is never upgraded.
+func worse(a, b sdk.Status) sdk.Status {
+	return max(a, b)
+}
+
+// roleState is the node's role and the leader it knows, set by the
+// replication plugin (SetRole) and read by Produce and Metadata.
+type roleState struct {
+	mu  sync.RWMutex
+	cur *sdk.SetRoleRequest
+}
+
+func (s *roleState) get() *sdk.SetRoleRequest {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur
+}
+
+func (s *roleState) set(r *sdk.SetRoleRequest) {
+	s.mu.Lock()
+	s.cur = r
+	s.mu.Unlock()
+}
+
+// checkProduce returns sdk.ErrNotLeader when this node does not take produce.
+func (s *roleState) checkProduce() error {
+	r := s.get()
+	if sdk.TakesProduce(r.Role) {
+		return nil
+	}
+	if r.LeaderAddress != "" {
+		return fmt.Errorf("%w: this node is a %s; the leader is %s at %s", sdk.ErrNotLeader, r.Role, r.LeaderNode, r.LeaderAddress)
+	}
+	return fmt.Errorf("%w: this node is a %s and knows no leader now", sdk.ErrNotLeader, r.Role)
+}
+
+// brokers lists this node and, when another node leads, that node.
+func (s *roleState) brokers(node, addr string) []*ferryv1.BrokerInfo {
+	r := s.get()
+	out := []*ferryv1.BrokerInfo{{Node: node, Address: addr, Role: r.Role}}
+	if !sdk.TakesProduce(r.Role) && r.LeaderAddress != "" && r.LeaderAddress != addr {
+		role := sdk.RoleMaster
+		if r.Role == sdk.RoleFollower || r.Role == sdk.RoleCandidate {
+			role = sdk.RoleLeader
+		}
+		out = append(out, &ferryv1.BrokerInfo{Node: r.LeaderNode, Address: r.LeaderAddress, Role: role})
+	}
+	return out
+}
+
+// leaderIndex is the index into brokers() of the node that takes produce.
+func (s *roleState) leaderIndex() int32 {
+	r := s.get()
+	if !sdk.TakesProduce(r.Role) && r.LeaderAddress != "" {
+		return 1
+	}
+	return 0
+}
+
+// Role is the node's current role.
+func (b *Broker) Role() string { return b.role.get().Role }
+
+// ReplicaCore is the broker as its replication plugin sees it.
+func (b *Broker) ReplicaCore() sdk.ReplicaCore { return replicaCore{b} }
+
+type replicaCore struct{ b *Broker }
+
+var _ sdk.ReplicaCore = replicaCore{}
+
+// Apply appends a master's messages in call order and checks their offsets.
+func (c replicaCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.ApplyWait, error) {
+	if len(msgs) == 0 {
+		return func(context.Context) ([]int64, error) { return nil, nil }, nil
+	}
+	want := make([]int64, len(msgs))
+	for i, m := range msgs {
+		t, err := c.b.topic(m.Topic)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.b.checkQueue(t, m.Queue); err != nil {
+			return nil, err
+		}
+		want[i] = m.Offset
+	}
+	req := &appendReq{msgs: msgs, done: make(chan appendResult, 1), apply: true}
+	a := c.b.app
+	select {
+	case a.in <- req:
+	case <-a.closing:
+		return nil, fmt.Errorf("%w: broker is shutting down", sdk.ErrClosed)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return func(ctx context.Context) ([]int64, error) {
+		var res appendResult
+		select {
+		case res = <-req.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if res.err != nil {
+			return nil, res.err
+		}
+		if res.status != ferryv1.Status_STATUS_OK {
+			return nil, fmt.Errorf("%w: applied with status %s", sdk.ErrFlushTimeout, res.status)
+		}
+		for i, off := range res.offsets {
+			if off != want[i] {
+				m := msgs[i]
+				return res.offsets, fmt.Errorf("%w: logs diverged: %s/%d message %q stored at offset %d here, %d on the master",
+					sdk.ErrCorrupt, m.Topic, m.Queue, m.Id, off, want[i])
+			}
+		}
+		return res.offsets, nil
+	}, nil
+}
+
+// Read reads the local log.
+func (c replicaCore) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, error) {
+	var resp *sdk.ReadResponse
+	err := c.b.storageCall(ctx, func(s sdk.Storage) (err error) {
+		resp, err = s.Read(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// NodeInfo reports the node and the offsets of every queue it knows.
+func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
+	b := c.b
+	var refs []*sdk.QueueRef
+	b.topicsMu.RLock()
+	for _, t := range b.topics {
+		for q := range t.queues {
+			refs = append(refs, &sdk.QueueRef{Topic: t.name, Queue: q})
+		}
+	}
+	b.topicsMu.RUnlock()
+	info := &sdk.NodeInfo{Node: b.opts.Node, Address: b.opts.Address, Role: b.role.get().Role}
+	if len(refs) == 0 {
+		return info, nil
+	}
+	err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
+		info.Offsets, err = s.GetOffsets(ctx, "", refs)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// SetRole changes the node's role.
+func (c replicaCore) SetRole(_ context.Context, req *sdk.SetRoleRequest) error {
+	switch req.Role {
+	case sdk.RoleMaster, sdk.RoleSlave, sdk.RoleLeader, sdk.RoleFollower, sdk.RoleCandidate, sdk.RoleStandalone:
+	default:
+		return fmt.Errorf("%w: unknown role %q", sdk.ErrInvalidArgument, req.Role)
+	}
+	old := c.b.role.get()
+	if old.Role != req.Role || old.LeaderAddress != req.LeaderAddress {
+		c.b.log.Info("role changed", "from", old.Role, "to", req.Role, "leader", req.LeaderNode, "leader_address", req.LeaderAddress)
+	}
+	c.b.role.set(&sdk.SetRoleRequest{Role: req.Role, LeaderAddress: req.LeaderAddress, LeaderNode: req.LeaderNode})
+	return nil
+}

@@ -1,0 +1,397 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// replicationServer adapts a Replication to the Replication gRPC service
+// (plugin side).
+type replicationServer struct {
+	ferryv1.UnimplementedReplicationServer
+	impl Replication
+}
+
+func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer) error {
+	ctx := stream.Context()
+	var sendMu sync.Mutex
+	send := func(r *ferryv1.ReplicateResponse) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(r)
+	}
+	var waits sync.WaitGroup
+	defer waits.Wait()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if req.TimeoutNanos > 0 {
+			rctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
+		}
+		// Replicate is called here, in stream order.
+		wait, err := s.impl.Replicate(rctx, req.Messages)
+		if err != nil {
+			cancel()
+			if err := send(&ferryv1.ReplicateResponse{Seq: req.Seq, Error: ErrorToProto(err)}); err != nil {
+				return err
+			}
+			continue
+		}
+		waits.Add(1)
+		go func(seq uint64) {
+			defer waits.Done()
+			defer cancel()
+			st, err := wait(rctx)
+			_ = send(&ferryv1.ReplicateResponse{Seq: seq, Status: st, Error: ErrorToProto(err)})
+		}(req.Seq)
+	}
+}
+
+func (s *replicationServer) Connect(stream ferryv1.Replication_ConnectServer) error {
+	core := &replicaCoreClient{stream: stream, calls: newPending[*ferryv1.ReplicaCoreFrame]()}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		for {
+			f, err := stream.Recv()
+			if err != nil {
+				core.calls.fail(fmt.Errorf("core connection closed: %w", err))
+				cancel()
+				return
+			}
+			core.calls.resolve(f.Id, f, nil)
+		}
+	}()
+	return s.impl.Serve(ctx, core)
+}
+
+func (s *replicationServer) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest) (*ferryv1.ReplicationStatusResponse, error) {
+	st, err := s.impl.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode == "" {
+		st.Mode = ModeApplyFirst
+		if m, ok := s.impl.(ReplicationMode); ok {
+			st.Mode = m.Mode()
+		}
+	}
+	return st, nil
+}
+
+// replicaCoreClient is ReplicaCore as a replication plugin sees it: each call
+// is a frame on the Connect stream, answered by id. Frames are sent in call
+// order and the core handles Apply frames in the order received.
+type replicaCoreClient struct {
+	sendMu sync.Mutex
+	stream ferryv1.Replication_ConnectServer
+	calls  *pending[*ferryv1.ReplicaCoreFrame]
+}
+
+func (c *replicaCoreClient) start(ctx context.Context, f *ferryv1.ReplicationFrame) (func(context.Context) (*ferryv1.ReplicaCoreFrame, error), error) {
+	id, ch, err := c.calls.add()
+	if err != nil {
+		return nil, err
+	}
+	f.Id = id
+	if dl, ok := ctx.Deadline(); ok {
+		f.TimeoutNanos = max(int64(time.Until(dl)), 1)
+	}
+	c.sendMu.Lock()
+	err = c.stream.Send(f)
+	c.sendMu.Unlock()
+	if err != nil {
+		c.calls.fail(err)
+	}
+	return func(ctx context.Context) (*ferryv1.ReplicaCoreFrame, error) {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				return nil, r.err
+			}
+			if r.v.Error != nil {
+				return nil, ErrorFromProto(r.v.Error)
+			}
+			return r.v, nil
+		case <-ctx.Done():
+			c.calls.drop(id)
+			return nil, ctx.Err()
+		}
+	}, nil
+}
+
+func (c *replicaCoreClient) call(ctx context.Context, f *ferryv1.ReplicationFrame) (*ferryv1.ReplicaCoreFrame, error) {
+	wait, err := c.start(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	return wait(ctx)
+}
+
+func (c *replicaCoreClient) Apply(ctx context.Context, msgs []*Message) (ApplyWait, error) {
+	wait, err := c.start(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_Apply{Apply: &ferryv1.ApplyRequest{Messages: msgs}}})
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) ([]int64, error) {
+		f, err := wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return f.GetApply().GetOffsets(), nil
+	}, nil
+}
+
+func (c *replicaCoreClient) Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {
+	f, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_Read{Read: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetRead(), nil
+}
+
+func (c *replicaCoreClient) NodeInfo(ctx context.Context) (*NodeInfo, error) {
+	f, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_NodeInfo{NodeInfo: &ferryv1.NodeInfoRequest{}}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetNodeInfo(), nil
+}
+
+func (c *replicaCoreClient) SetRole(ctx context.Context, req *SetRoleRequest) error {
+	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_SetRole{SetRole: req}})
+	return err
+}
+
+// ReplicationClient is the host's side of a replication plugin over gRPC.
+// Replicate is multiplexed over one stream, opened on first use; when it
+// breaks every waiting call fails with ErrUnavailable and the client stays
+// broken (the host starts a new process and a new client).
+type ReplicationClient struct {
+	pluginClient
+	rpc ferryv1.ReplicationClient
+
+	repOnce sync.Once
+	repErr  error
+	repMu   sync.Mutex // serialises Send, which keeps the order of batches
+	repSt   ferryv1.Replication_ReplicateClient
+	reps    *pending[*ferryv1.ReplicateResponse]
+
+	modeOnce sync.Once
+	mode     string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+var (
+	_ Replication     = (*ReplicationClient)(nil)
+	_ ReplicationMode = (*ReplicationClient)(nil)
+)
+
+// NewReplicationClient returns a client for a replication plugin reached
+// through cc.
+func NewReplicationClient(cc grpc.ClientConnInterface) *ReplicationClient {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &ReplicationClient{
+		pluginClient: newPluginClient(cc),
+		rpc:          ferryv1.NewReplicationClient(cc),
+		reps:         newPending[*ferryv1.ReplicateResponse](),
+		ctx:          ctx,
+		cancel:       cancel,
+	}
+}
+
+// Mode asks the plugin once (through Status) how the broker uses it.
+func (c *ReplicationClient) Mode() string {
+	c.modeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+		defer cancel()
+		c.mode = ModeApplyFirst
+		if st, err := c.rpc.Status(ctx, &ferryv1.ReplicationStatusRequest{}); err == nil && st.Mode != "" {
+			c.mode = st.Mode
+		}
+	})
+	return c.mode
+}
+
+func (c *ReplicationClient) openReplicate() error {
+	c.repOnce.Do(func() {
+		st, err := c.rpc.Replicate(c.ctx)
+		if err != nil {
+			c.repErr = ErrorFromStatus(err)
+			c.reps.fail(err)
+			return
+		}
+		c.repSt = st
+		go func() {
+			for {
+				resp, err := st.Recv()
+				if err != nil {
+					if errors.Is(err, io.EOF) {
+						err = ErrClosed
+					}
+					c.reps.fail(err)
+					return
+				}
+				c.reps.resolve(resp.Seq, resp, nil)
+			}
+		}()
+	})
+	return c.repErr
+}
+
+// Replicate sends the batch and returns at once; the ReplicateWait gets the
+// answer.
+func (c *ReplicationClient) Replicate(ctx context.Context, msgs []*Message) (ReplicateWait, error) {
+	if err := c.openReplicate(); err != nil {
+		return nil, err
+	}
+	seq, ch, err := c.reps.add()
+	if err != nil {
+		return nil, err
+	}
+	req := &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs}
+	if dl, ok := ctx.Deadline(); ok {
+		req.TimeoutNanos = max(int64(time.Until(dl)), 1)
+	}
+	c.repMu.Lock()
+	err = c.repSt.Send(req)
+	c.repMu.Unlock()
+	if err != nil {
+		c.reps.fail(err)
+	}
+	return func(ctx context.Context) (Status, error) {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				return 0, r.err
+			}
+			if r.v.Error != nil {
+				return r.v.Status, ErrorFromProto(r.v.Error)
+			}
+			return r.v.Status, nil
+		case <-ctx.Done():
+			c.reps.drop(seq)
+			return 0, ctx.Err()
+		}
+	}, nil
+}
+
+// Serve opens the Connect stream and answers the plugin's requests with core
+// until ctx ends or the stream breaks (the plugin died: ErrUnavailable).
+// Apply requests are started in the order received, so their order holds.
+func (c *ReplicationClient) Serve(ctx context.Context, core ReplicaCore) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: replication connect: %v", ErrUnavailable, err)
+	}
+	var (
+		sendMu sync.Mutex
+		wg     sync.WaitGroup
+	)
+	defer wg.Wait()
+	reply := func(out *ferryv1.ReplicaCoreFrame) {
+		sendMu.Lock()
+		_ = stream.Send(out)
+		sendMu.Unlock()
+	}
+	for {
+		f, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%w: replication stream: %v", ErrUnavailable, err)
+		}
+		rctx, rcancel := context.WithCancel(ctx)
+		if f.TimeoutNanos > 0 {
+			rcancel()
+			rctx, rcancel = context.WithTimeout(ctx, time.Duration(f.TimeoutNanos))
+		}
+		if a := f.GetApply(); a != nil {
+			// Started here, in stream order.
+			wait, err := core.Apply(rctx, a.Messages)
+			if err != nil {
+				rcancel()
+				reply(&ferryv1.ReplicaCoreFrame{Id: f.Id, Error: ErrorToProto(err)})
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer rcancel()
+				offs, err := wait(rctx)
+				out := &ferryv1.ReplicaCoreFrame{Id: f.Id, Error: ErrorToProto(err)}
+				if err == nil {
+					out.Response = &ferryv1.ReplicaCoreFrame_Apply{Apply: &ferryv1.ApplyResponse{Offsets: offs}}
+				}
+				reply(out)
+			}()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer rcancel()
+			reply(handleReplicationFrame(rctx, core, f))
+		}()
+	}
+}
+
+func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.ReplicationFrame) *ferryv1.ReplicaCoreFrame {
+	out := &ferryv1.ReplicaCoreFrame{Id: f.Id}
+	var err error
+	switch r := f.Request.(type) {
+	case *ferryv1.ReplicationFrame_Read:
+		var resp *ferryv1.ReadResponse
+		if resp, err = core.Read(ctx, r.Read); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_Read{Read: resp}
+		}
+	case *ferryv1.ReplicationFrame_NodeInfo:
+		var resp *ferryv1.NodeInfoResponse
+		if resp, err = core.NodeInfo(ctx); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_NodeInfo{NodeInfo: resp}
+		}
+	case *ferryv1.ReplicationFrame_SetRole:
+		if err = core.SetRole(ctx, r.SetRole); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_SetRole{SetRole: &ferryv1.SetRoleResponse{}}
+		}
+	default:
+		err = fmt.Errorf("%w: unknown replication request %T", ErrInvalidArgument, f.Request)
+	}
+	out.Error = ErrorToProto(err)
+	return out
+}
+
+// Status asks the plugin for its role, replicas and lag.
+func (c *ReplicationClient) Status(ctx context.Context) (*ReplicationStatus, error) {
+	return c.rpc.Status(ctx, &ferryv1.ReplicationStatusRequest{})
+}
+
+// Close ends the client's streams; the host stops the plugin process.
+func (c *ReplicationClient) Close() error {
+	c.repMu.Lock()
+	if c.repSt != nil {
+		_ = c.repSt.CloseSend()
+	}
+	c.repMu.Unlock()
+	c.cancel()
+	return nil
+}

@@ -1,0 +1,107 @@
+package sdk
+
+import (
+	"context"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// Types of the replication contract.
+type (
+	ReplicationStatus = ferryv1.ReplicationStatusResponse
+	ReplicaInfo       = ferryv1.ReplicaInfo
+	NodeInfo          = ferryv1.NodeInfoResponse
+	SetRoleRequest    = ferryv1.SetRoleRequest
+)
+
+// Node roles as the broker knows them. A master or leader takes produce; a
+// slave or follower rejects it with ErrNotLeader and serves fetches.
+const (
+	RoleStandalone = "standalone"
+	RoleMaster     = "master"
+	RoleSlave      = "slave"
+	RoleLeader     = "leader"
+	RoleFollower   = "follower"
+	RoleCandidate  = "candidate"
+)
+
+// TakesProduce reports whether a node in role accepts produce.
+func TakesProduce(role string) bool {
+	return role == RoleStandalone || role == RoleMaster || role == RoleLeader || role == ""
+}
+
+// Replication ships a node's log to other broker nodes and tells the broker
+// when a batch reached the configured replication level. The broker is its
+// only caller.
+//
+// Master–slave plugins ("apply, then replicate") get, on the master, every
+// batch once it is stored locally (Replicate); on a slave they apply what
+// the master sends through ReplicaCore.Apply. A consensus plugin ("replicate,
+// then apply", raft) gets the batch through Replicate before anything is
+// stored, and applies committed entries on every node, leader included,
+// through ReplicaCore.Apply; the broker tells the two apart by Mode.
+type Replication interface {
+	Plugin
+	// Serve runs the plugin's link to its broker core until ctx ends:
+	// the plugin calls core to apply replicated messages, read the local
+	// log and report role changes. Called once, after Configure; returns
+	// when ctx is done.
+	Serve(ctx context.Context, core ReplicaCore) error
+	// Replicate is called by the broker of a node that takes produce,
+	// from one goroutine, with batches in offset order per queue (for
+	// mode "apply_first", stored messages with offsets set; for
+	// "replicate_first", messages not yet stored). It returns at once;
+	// the ReplicateWait, called from another goroutine, waits for the
+	// replication level. An error means the batch will never reach it.
+	Replicate(ctx context.Context, msgs []*Message) (ReplicateWait, error)
+	// Status reports the node's role, its replicas and their lag. Called
+	// concurrently, by `ferry cluster status` through the broker's host.
+	Status(ctx context.Context) (*ReplicationStatus, error)
+}
+
+// ReplicateWait blocks until a replicated batch reached the replication
+// level and returns STATUS_OK, or returns STATUS_REPLICA_TIMEOUT /
+// STATUS_REPLICA_NOT_AVAILABLE when it did not (never OK then). An error
+// (ErrNotLeader, ErrUnavailable) means the level was not met and the batch's
+// fate is unknown to this node.
+type ReplicateWait func(ctx context.Context) (Status, error)
+
+// ReplicaCore is the broker as a replication plugin sees it. Calls are safe
+// from many goroutines.
+type ReplicaCore interface {
+	// Apply appends messages received from the master (offsets set) to
+	// the local storage, in call order: calls made one after another from
+	// one goroutine are appended in that order, so that many may be in
+	// flight. The ApplyWait gives the offsets the store assigned once
+	// durable; an offset different from the master's fails it (the logs
+	// diverged) with ErrCorrupt.
+	Apply(ctx context.Context, msgs []*Message) (ApplyWait, error)
+	// Read reads the local log (a master serving a slave's catch-up).
+	Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error)
+	// NodeInfo reports this node, its broker address and role, and the
+	// start and end offsets of every queue the broker knows.
+	NodeInfo(ctx context.Context) (*NodeInfo, error)
+	// SetRole tells the broker its role changed (promotion, election) and
+	// where the leader is; the broker takes or rejects produce from then
+	// on and names the leader in its routing metadata.
+	SetRole(ctx context.Context, req *SetRoleRequest) error
+}
+
+// ApplyWait waits for an Apply and returns the offsets the store assigned.
+type ApplyWait func(ctx context.Context) ([]int64, error)
+
+// ReplicationMode is an optional interface of a Replication: how the broker
+// uses it. Without it, ModeApplyFirst.
+type ReplicationMode interface {
+	Mode() string
+}
+
+// Replication modes.
+const (
+	// ModeApplyFirst: the master stores a batch, then replicates it
+	// (master–slave, RocketMQ's HA).
+	ModeApplyFirst = "apply_first"
+	// ModeReplicateFirst: the leader replicates a batch, and every node
+	// stores it once committed, through ReplicaCore.Apply (raft).
+	ModeReplicateFirst = "replicate_first"
+)
