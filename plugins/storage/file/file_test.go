@@ -893,3 +893,70 @@ func TestCrashWhileRollingIntoSpare(t *testing.T) {
 		t.Fatalf("next append got offset %d, want 10", offs[0])
 	}
 }
+
+// After a crash the newest segment can hold zeros (a page that never reached
+// the disk) followed by a whole later record. Recovery stops at the zeros;
+// the record behind them must go too, or it would line up behind the next
+// append of the same size and come back as a message nobody stored.
+func TestStaleRecordBehindZerosIsCut(t *testing.T) {
+	dataDir := t.TempDir()
+	config := `{"preallocate": false}`
+	s := openStore(t, dataDir, config)
+	for i := range 5 {
+		appendWait(t, s, testMsg(0, i))
+	}
+	_ = s.Close()
+	seg := segments(t, dataDir)[0]
+	retry := testMsg(0, 5) // what the next process will append at offset 5
+	size := len(mustRecord(t, retry, 5))
+	stale := mustRecord(t, &sdk.Message{Id: "ghost", Topic: "t", Body: []byte("never acknowledged")}, 6)
+	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(make([]byte, size), stale...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+
+	s = openStore(t, dataDir, config)
+	if got := readQueue(t, s, 0); len(got) != 5 {
+		t.Fatalf("after the crash: %d messages, want 5", len(got))
+	}
+	if offs := appendWait(t, s, retry); offs[0] != 5 {
+		t.Fatalf("append got offset %d, want 5", offs[0])
+	}
+	kill(s)
+	s = openStore(t, dataDir, config)
+	got := readQueue(t, s, 0)
+	if len(got) != 6 {
+		t.Fatalf("after the second crash: %d messages (last %s), want 6", len(got), got[len(got)-1].Id)
+	}
+}
+
+func mustRecord(t *testing.T, m *sdk.Message, offset int64) []byte {
+	t.Helper()
+	b, err := appendRecord(nil, m, offset, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// kill stops s the way kill -9 stops its process: nothing more is written,
+// nothing is cut or trimmed, what was written stays in the files.
+func kill(s *Store) {
+	s.mu.Lock()
+	s.closed = true
+	s.crashed.Store(true)
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.flusherDone
+	<-s.janitorDone
+	<-s.preallocDone
+	<-s.deadlineDone
+	for _, g := range s.segs {
+		g.release()
+	}
+	_ = s.lock.Close()
+}

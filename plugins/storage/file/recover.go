@@ -124,13 +124,12 @@ func (s *Store) listDir() ([]string, error) {
 		case filepath.Ext(de.Name()) == tmpSuffix:
 			_ = os.Remove(filepath.Join(s.dir, de.Name()))
 		case de.Name() == spareFileName:
-			// A spare of another size (segment_bytes changed)
-			// or with preallocation off is of no use.
-			if info, err := de.Info(); err == nil && s.cfg.preallocate() && info.Size() == int64(s.cfg.SegmentBytes) {
-				s.spareReady = true
-			} else {
-				_ = os.Remove(filepath.Join(s.dir, de.Name()))
-			}
+			// A spare left by the last process is not trusted: if
+			// it crashed while rolling into it and the rename did
+			// not reach the disk, the spare holds records that a
+			// reuse would leave behind the new ones. The
+			// preallocator makes a new one.
+			_ = os.Remove(filepath.Join(s.dir, de.Name()))
 		}
 	}
 	sort.Strings(names)
@@ -247,8 +246,15 @@ func (s *Store) scanSegments() error {
 			continue
 		}
 		if last && errors.Is(reason, errZeros) {
-			// The normal end of a preallocated segment.
-			return nil
+			// The normal end of a preallocated segment. Whatever
+			// follows the zeros (a later write of which only some
+			// pages reached the disk) is cut too, so that it
+			// cannot line up behind the next records and pass
+			// for one of them; preallocateTail zeroes it again.
+			if err := g.f.Truncate(segmentHeaderSize + pos); err != nil {
+				return fmt.Errorf("storage-file: truncate %s: %w", g.path, classify(err))
+			}
+			return syncFile(g.f)
 		}
 		dropped := fileData - pos
 		for _, later := range s.segs[i+1:] {
