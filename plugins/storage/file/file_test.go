@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -959,4 +960,39 @@ func kill(s *Store) {
 		g.release()
 	}
 	_ = s.lock.Close()
+}
+
+// When the plugin process dies (not the machine), what it wrote but had not
+// fsynced is still in the page cache: the next process recovers it, makes it
+// durable, and the broker's retry of the unanswered batch gets the original
+// offsets, stored once.
+func TestProcessKillBeforeFsync(t *testing.T) {
+	dataDir := t.TempDir()
+	s := openStore(t, dataDir, `{"flush": "sync"}`)
+	appendWait(t, s, testMsg(0, 0))
+	gate, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s.beforeSync = func() { // the flusher has written the batch
+		once.Do(func() { close(held) })
+		<-gate
+	}
+	batch := []*sdk.Message{testMsg(0, 1), testMsg(1, 2)}
+	if _, err := s.Append(ctx(t), batch); err != nil {
+		t.Fatal(err)
+	}
+	<-held
+	go func() {
+		time.Sleep(20 * time.Millisecond) // kill has marked the store crashed
+		close(gate)
+	}()
+	kill(s)
+
+	s = openStore(t, dataDir, `{"flush": "sync"}`)
+	offs := appendWait(t, s, batch...)
+	if fmt.Sprint(offs) != "[1 0]" {
+		t.Fatalf("retry after the kill got %v, want the original [1 0]", offs)
+	}
+	if n := len(readQueue(t, s, 0)); n != 2 {
+		t.Fatalf("queue 0 holds %d messages, want 2 (stored once)", n)
+	}
 }
