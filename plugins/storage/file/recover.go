@@ -89,7 +89,12 @@ func (s *Store) open() (err error) {
 	last := s.segs[len(s.segs)-1]
 	if s.cfg.preallocate() {
 		if err := s.preallocateTail(last); err != nil {
-			return err
+			// Not worth refusing to open over (a nearly full
+			// disk): the segment is written by appending.
+			s.log.Warn("could not preallocate the segment being written", "error", err)
+			if err := last.f.Truncate(segmentHeaderSize + last.size); err != nil {
+				return fmt.Errorf("storage-file: truncate %s: %w", last.path, classify(err))
+			}
 		}
 	}
 	// The names of segments a dead process created, too, must be durable
