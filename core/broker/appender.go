@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -35,7 +37,8 @@ type appender struct {
 type appendReq struct {
 	msgs  []*sdk.Message
 	done  chan appendResult
-	apply bool // a replica applying its master's messages: never replicated
+	apply bool              // a replica applying its master's messages: never replicated
+	span  trace.SpanContext // the broker.append span, parent of the storage append
 }
 
 type appendResult struct {
@@ -66,7 +69,7 @@ func newAppender(b *Broker) *appender {
 // first the outcome is unknown to the caller, but the append goes on; a
 // retried produce with the same ids is de-duplicated by the store.
 func (a *appender) append(ctx context.Context, msgs []*sdk.Message) ([]int64, sdk.Status, error) {
-	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1)}
+	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx)}
 	select {
 	case a.in <- r:
 	case <-a.closing:
@@ -185,6 +188,11 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 	attempt := b.attempt
 	a.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), storageCallTimeout)
+	if sc := b.reqs[0].span; sc.IsValid() {
+		// The storage.append span of the batch is a child of its first
+		// request's broker.append span (and links to every message).
+		ctx = trace.ContextWithSpanContext(ctx, sc)
+	}
 	wait, err := st.Append(ctx, b.msgs)
 	if err != nil {
 		cancel()

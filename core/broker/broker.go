@@ -17,9 +17,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // Limits and defaults of the broker core.
@@ -163,6 +166,8 @@ func (b *Broker) checkQueue(t *topic, q int32) error {
 	return nil
 }
 
+var tracer = telemetry.Tracer(telemetry.ComponentBroker)
+
 // Produce stores a batch of messages of one topic and answers with their
 // offsets and the exact status of the append.
 func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.ProduceResponse, error) {
@@ -202,9 +207,21 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 			m.BornUnixNano = now
 		}
 	}
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		ctx = telemetry.Extract(ctx, req.Messages[0].Headers) // no transport span: the producer's
+	}
+	ctx, span := tracer.Start(ctx, telemetry.SpanBrokerAppend,
+		trace.WithLinks(telemetry.Links(req.Messages[1:])...),
+		trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(topicName),
+			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.AttrMessages.Int(len(req.Messages))))
+	defer span.End()
 	offsets, status, err := b.app.append(ctx, req.Messages)
 	if err != nil {
+		span.RecordError(err)
 		return nil, err
+	}
+	if span.IsRecording() && len(offsets) > 0 {
+		span.SetAttributes(telemetry.AttrOffset.Int64(offsets[0]), attribute.String("status", status.String()))
 	}
 	return &sdk.ProduceResponse{Seq: req.Seq, Offsets: offsets, Status: status}, nil
 }

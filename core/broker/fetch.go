@@ -8,7 +8,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // Fetch answers a consumer's long-poll: messages from the requested queues at
@@ -44,6 +47,9 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 		signal := t.wait() // taken before reading, so no append is missed
 		resp, due, err := b.read(ctx, req, maxMsgs, maxBytes)
 		if err != nil || len(resp.Messages) > 0 {
+			if err == nil && telemetry.Enabled() {
+				b.traceDeliveries(req, resp.Messages)
+			}
 			return resp, err
 		}
 		left := time.Until(deadline)
@@ -127,4 +133,19 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 		}
 	}
 	return resp, next, nil
+}
+
+// traceDeliveries records a broker.deliver span in the trace of each sampled
+// message handed to a consumer.
+func (b *Broker) traceDeliveries(req *sdk.FetchRequest, msgs []*sdk.Message) {
+	for _, m := range msgs {
+		sc := telemetry.SpanContext(m.Headers)
+		if !sc.IsSampled() {
+			continue
+		}
+		_, span := tracer.Start(trace.ContextWithRemoteSpanContext(context.Background(), sc), telemetry.SpanBrokerDeliver,
+			trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(m.Topic),
+				telemetry.AttrQueue.Int(int(m.Queue)), telemetry.AttrOffset.Int64(m.Offset), telemetry.AttrGroup.String(req.Group)))
+		span.End()
+	}
 }

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"fmt"
 	"sync"
@@ -55,9 +57,25 @@ type Callback func(Result, error)
 // them. Callbacks of one batch are called in order, from one goroutine; a
 // slow callback holds up the next ones of its batch, not the window (a
 // message leaves the window before its callback).
-func (p *Producer) SendAsync(ctx context.Context, m Message, cb Callback) error {
+func (p *Producer) SendAsync(ctx context.Context, m Message, cb Callback) (err error) {
 	if err := p.check(&m); err != nil {
 		return err
+	}
+	if tracing(ctx) {
+		var span trace.Span
+		m, span = startSend(ctx, m)
+		next := cb
+		cb = func(r Result, err error) {
+			endSend(span, r, err)
+			if next != nil {
+				next(r, err)
+			}
+		}
+		defer func() {
+			if err != nil {
+				endSend(span, Result{Queue: -1, Offset: -1}, err) // refused: cb never runs
+			}
+		}()
 	}
 	a := p.accumulator(true)
 	if a == nil {

@@ -1,6 +1,10 @@
 package client
 
 import (
+	"github.com/ferrymq/ferry/core/telemetry"
+
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +50,8 @@ type Delivery struct {
 	state atomic.Int32 // deliveryOpen, deliverySettled, deliveryAbandoned
 	done  bool         // settled; guarded by rt.mu (the lane's commit window)
 
+	tctx context.Context // the attempt's consumer.process span; set before the handler runs
+
 	mu        sync.Mutex
 	inPlace   *time.Duration // orderly: a retry in place was asked for, after this delay
 	lastErr   error
@@ -73,7 +79,38 @@ func (d *Delivery) Settled() bool { return d.state.Load() == deliverySettled }
 // Ack settles d as processed: its offset may be committed once every earlier
 // message of its queue is settled too. Acking a settled delivery does
 // nothing.
-func (d *Delivery) Ack() { d.rt.settle(d, outcomeAcked) }
+func (d *Delivery) Ack() {
+	if d.state.Load() == deliveryOpen && tracing(d.traceContext()) {
+		_, span := consumerTracer.Start(d.traceContext(), telemetry.SpanConsumerAck,
+			trace.WithAttributes(telemetry.AttrGroup.String(d.Group), telemetry.AttrOffset.Int64(d.Offset)))
+		defer span.End()
+	}
+	d.rt.settle(d, outcomeAcked)
+}
+
+// traceContext is the context of d's consumer.process span, or, outside the
+// push loop, the trace its message carries.
+func (d *Delivery) traceContext() context.Context {
+	if d.tctx != nil {
+		return d.tctx
+	}
+	return telemetry.Extract(context.Background(), d.Message.GetHeaders())
+}
+
+// failureSpan starts the retry.schedule or dlq.route span of d, marks the
+// attempt's span with the event, and returns the span and the headers of the
+// copy with the new span's trace context: the next attempt continues the
+// message's trace from there.
+func (d *Delivery) failureSpan(name, event string, attempt int, cause error, h map[string]string) trace.Span {
+	pctx := d.traceContext()
+	attrs := trace.WithAttributes(telemetry.AttrGroup.String(d.Group), telemetry.AttrAttempt.Int(attempt),
+		telemetry.AttrTopic.String(d.Topic), telemetry.AttrQueue.Int(int(d.Queue)), telemetry.AttrOffset.Int64(d.Offset),
+		telemetry.AttrReason.String(cause.Error()))
+	trace.SpanFromContext(pctx).AddEvent(event, attrs)
+	sctx, span := consumerFailureTracer(name).Start(pctx, name, attrs)
+	telemetry.Inject(sctx, h)
+	return span
+}
 
 // ErrNacked is the cause recorded for a message its handler gave back with
 // Nack.
@@ -158,7 +195,10 @@ func (d *Delivery) Retry(ctx context.Context, cause error, policy RetryPolicy) e
 	m := d.copyTo(sdk.RetryTopic(d.Group), sdk.DelayLevel(delay), "r", cause, now)
 	m.Headers[sdk.HeaderAttempt] = strconv.Itoa(d.Attempt + 1)
 	m.Headers[sdk.HeaderDeliverAt] = strconv.FormatInt(now.Add(delay).UnixNano(), 10)
+	span := d.failureSpan(telemetry.SpanRetrySchedule, telemetry.EventRetry, d.Attempt, cause, m.Headers)
+	defer span.End()
 	if err := d.rt.sender.send(ctx, m); err != nil {
+		span.RecordError(err)
 		return fmt.Errorf("ferry consumer: storing the retry of %s: %w", d.ID, err)
 	}
 	d.rt.settle(d, outcomeRetried)
@@ -187,7 +227,10 @@ func (d *Delivery) DeadLetter(ctx context.Context, cause error) error {
 	m.Headers[sdk.HeaderDeadReason] = reason
 	m.Headers[sdk.HeaderAttempt] = strconv.Itoa(d.Attempt)
 	delete(m.Headers, sdk.HeaderDeliverAt)
+	span := d.failureSpan(telemetry.SpanDLQRoute, telemetry.EventDeadLetter, d.Attempt, last, m.Headers)
+	defer span.End()
 	if err := d.rt.sender.send(ctx, m); err != nil {
+		span.RecordError(err)
 		return fmt.Errorf("ferry consumer: storing the dead letter of %s: %w", d.ID, err)
 	}
 	d.rt.log.Warn("ferry consumer: message dead-lettered", "group", d.Group, "id", d.ID, "topic", d.Topic,

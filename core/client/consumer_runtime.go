@@ -1,6 +1,10 @@
 package client
 
 import (
+	"github.com/ferrymq/ferry/core/telemetry"
+
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -579,7 +583,14 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 		}
 		d.takeInPlace()
 		rt.cn.stats.delivered.Add(1)
-		err := rt.call(h, d)
+		pctx, span := startProcess(rt.ctx, d)
+		err := rt.call(pctx, h, d)
+		if err != nil {
+			span.RecordError(err)
+		}
+		// The span ends when the attempt is settled, retried or given up,
+		// so that its retry or dead-letter event is in it.
+		defer span.End()
 		if d.state.Load() != deliveryOpen {
 			return
 		}
@@ -609,6 +620,8 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 			return
 		}
 		rt.cn.stats.retried.Add(1)
+		span.AddEvent(telemetry.EventRetry, trace.WithAttributes(telemetry.AttrAttempt.Int(d.Attempt), telemetry.AttrReason.String(fmt.Sprint(cause))))
+		span.End()
 		rt.log.Debug("ferry consumer: retrying in place", "group", rt.group, "id", d.ID, "attempt", d.Attempt, "in", *inPlace, "error", cause)
 		if !sleep(rt.ctx, *inPlace) {
 			return
@@ -617,13 +630,13 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 	}
 }
 
-func (rt *runtime) call(h DeliveryHandler, d *Delivery) (err error) {
+func (rt *runtime) call(ctx context.Context, h DeliveryHandler, d *Delivery) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("handler panicked: %v", r)
 		}
 	}()
-	return h(rt.ctx, d)
+	return h(ctx, d)
 }
 
 // pull is Consumer.Fetch.

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -245,11 +247,32 @@ func (p *Producer) SendSync(ctx context.Context, m Message) (Result, error) {
 // Offset -1, or, for a status weaker than OK under RequireDurable, their
 // offsets); the other Results are valid either way. The client does not keep
 // msgs after it returns.
-func (p *Producer) SendBatchSync(ctx context.Context, msgs []Message) ([]Result, error) {
+func (p *Producer) SendBatchSync(ctx context.Context, msgs []Message) (results []Result, err error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	results := make([]Result, len(msgs))
+	if tracing(ctx) {
+		traced := make([]Message, len(msgs))
+		spans := make([]trace.Span, len(msgs))
+		for i := range msgs {
+			traced[i], spans[i] = startSend(ctx, msgs[i])
+		}
+		msgs = traced
+		defer func() {
+			for i, span := range spans {
+				var e error
+				if i < len(results) && results[i].Offset < 0 {
+					e = err
+				}
+				r := Result{Queue: -1, Offset: -1}
+				if i < len(results) {
+					r = results[i]
+				}
+				endSend(span, r, e)
+			}
+		}()
+	}
+	results = make([]Result, len(msgs))
 	var topics []string
 	byTopic := map[string][]int{}
 	for i, m := range msgs {

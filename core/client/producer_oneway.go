@@ -1,6 +1,8 @@
 package client
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -24,7 +26,12 @@ import (
 // connection breaks before the broker read the message, or when the broker
 // refuses or fails to store it. Use it only for data whose loss is
 // acceptable (metrics, logs); SendSync and SendAsync report every outcome.
-func (p *Producer) SendOneway(ctx context.Context, m Message) (Result, error) {
+func (p *Producer) SendOneway(ctx context.Context, m Message) (res Result, err error) {
+	if tracing(ctx) {
+		var span trace.Span
+		m, span = startSend(ctx, m)
+		defer func() { endSend(span, res, err) }()
+	}
 	r := Result{ID: p.nextID(), Topic: m.Topic, Queue: -1, Offset: -1}
 	if err := p.check(&m); err != nil {
 		return r, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -51,6 +52,14 @@ type Options struct {
 	Env *sdk.Environment
 	// Logger receives the host's and the plugins' log lines.
 	Logger hclog.Logger
+	// PluginEnv, when set, adds environment entries ("KEY=value") to the
+	// process of plugin kind/typ: tracing settings, say.
+	PluginEnv func(kind, typ string) []string
+	// DialOptions are added to the host's gRPC dial options to each plugin
+	// (stats handlers, say).
+	DialOptions []grpc.DialOption
+	// Restarted, when set, is called after a plugin process was restarted.
+	Restarted func(kind, typ string)
 }
 
 // Host launches plugins and keeps them running.
@@ -194,12 +203,18 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 		}
 		cmd.Env = append(os.Environ(), plugin.EnvUnixSocketDir+"="+sock)
 	}
+	if h.opts.PluginEnv != nil {
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, h.opts.PluginEnv(kind, typ)...)
+	}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.PluginSets(),
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		GRPCDialOptions:  sdk.GRPCDialOptions(),
+		GRPCDialOptions:  append(sdk.GRPCDialOptions(), h.opts.DialOptions...),
 		Logger:           log,
 		SyncStdout:       lineLogger(log, "stdout"),
 		SyncStderr:       lineLogger(log, "stderr"),

@@ -202,6 +202,9 @@ func (i *Instance) supervise() {
 				n := i.restarts
 				i.mu.Unlock()
 				i.log.Warn("plugin restarted", "pid", i.Pid(), "restarts", n)
+				if f := i.host.opts.Restarted; f != nil {
+					f(i.kind, i.typ)
+				}
 				break
 			}
 			i.log.Error("plugin restart failed", "error", err, "retry_in", backoff)

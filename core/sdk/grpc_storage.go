@@ -7,9 +7,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
+
+var storageTracer = telemetry.Tracer(telemetry.ComponentStorage)
 
 // storageServer adapts a Storage to the Storage gRPC service (plugin side).
 type storageServer struct {
@@ -39,9 +44,16 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 		if req.TimeoutNanos > 0 {
 			actx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
 		}
+		// One span per batch, a child of the broker's span that sent it and
+		// linked to the messages' own traces.
+		sctx, span := storageTracer.Start(telemetry.Extract(actx, req.Trace), telemetry.SpanStorageAppend,
+			trace.WithLinks(telemetry.Links(req.Messages)...),
+			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
 		// Append is called here, in stream order: that fixes the offsets.
 		wait, err := s.impl.Append(actx, req.Messages)
+		span.End()
 		if err != nil {
+			span.RecordError(err)
 			cancel()
 			if err := send(&ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}); err != nil {
 				return err
@@ -52,7 +64,12 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 		go func(seq uint64) {
 			defer waits.Done()
 			defer cancel()
+			_, flush := storageTracer.Start(sctx, telemetry.SpanStorageFlush)
 			offsets, err := wait(actx)
+			if err != nil {
+				flush.RecordError(err)
+			}
+			flush.End()
 			resp := &ferryv1.AppendResponse{Seq: seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
 			switch {
 			case err == nil:
@@ -184,7 +201,7 @@ func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait
 	if err != nil {
 		return nil, err
 	}
-	req := &ferryv1.AppendRequest{Seq: seq, Messages: msgs}
+	req := &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: telemetry.Inject(ctx, nil)}
 	if dl, ok := ctx.Deadline(); ok {
 		req.TimeoutNanos = max(int64(time.Until(dl)), 1)
 	}

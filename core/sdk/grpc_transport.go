@@ -8,8 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"google.golang.org/grpc"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // transportServer adapts a Transport to the Transport gRPC service (plugin
@@ -58,6 +60,7 @@ func (c *coreClient) call(ctx context.Context, f *ferryv1.TransportFrame) (*ferr
 		return nil, err
 	}
 	f.Id = id
+	f.Trace = telemetry.Inject(ctx, nil)
 	if dl, ok := ctx.Deadline(); ok {
 		f.TimeoutNanos = max(int64(time.Until(dl)), 1)
 	}
@@ -176,6 +179,7 @@ func (c *TransportClient) Serve(ctx context.Context, core Core) error {
 		} else {
 			rctx, rcancel = context.WithCancel(ctx)
 		}
+		rctx = telemetry.Extract(rctx, f.Trace)
 		mu.Lock()
 		inflight[f.Id] = rcancel
 		mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // Plugin kinds, as named in YAML and in go-plugin's plugin sets.
@@ -108,6 +109,12 @@ func Serve(opts ServeOpts) {
 		os.Exit(1)
 	}
 	stopProfile := startProfile(cfg.Logger)
+	// Trace like the host: it passes its settings in the environment.
+	stopTracing, err := telemetry.SetupFromEnv(context.Background())
+	if err != nil {
+		cfg.Logger.Error("tracing disabled", "error", err)
+		stopTracing = func(context.Context) error { return nil }
+	}
 	var once sync.Once
 	closeImpl := func() {
 		once.Do(func() {
@@ -115,6 +122,9 @@ func Serve(opts ServeOpts) {
 			if err := impl.Close(); err != nil {
 				cfg.Logger.Error("close", "error", err)
 			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = stopTracing(ctx) // exports the last spans
 		})
 	}
 	go exitWithHost(cfg.Logger, closeImpl)
@@ -138,7 +148,8 @@ func NewServeConfig(opts ServeOpts) (*plugin.ServeConfig, Plugin, error) {
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: set},
 		GRPCServer: func(o []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(o, grpcServerOptions()...)...)
+			o = append(o, grpcServerOptions()...)
+			return grpc.NewServer(append(o, telemetry.GRPCServerOptions()...)...)
 		},
 		Logger: logger,
 	}, impl, nil

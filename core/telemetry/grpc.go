@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"google.golang.org/grpc"
 )
 
@@ -13,7 +14,7 @@ func GRPCServerOptions() []grpc.ServerOption {
 	if !Enabled() {
 		return nil
 	}
-	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler())}
+	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithFilter(shortCalls)))}
 }
 
 // GRPCDialOptions trace a gRPC client's calls and send the caller's trace
@@ -23,5 +24,17 @@ func GRPCDialOptions() []grpc.DialOption {
 	if !Enabled() {
 		return nil
 	}
-	return []grpc.DialOption{grpc.WithStatsHandler(otelgrpc.NewClientHandler())}
+	return []grpc.DialOption{grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithFilter(shortCalls)))}
 }
+
+// shortCalls leaves out the long-lived streams (a span for the life of a
+// plugin says nothing); the batches on them get their own spans
+// (storage.append, transport.receive, …), parented through the trace
+// context each batch carries.
+var shortCalls = filters.None(
+	filters.FullMethodName("/ferry.v1.Storage/Append"),
+	filters.FullMethodName("/ferry.v1.Storage/Read"),
+	filters.FullMethodName("/ferry.v1.Transport/Connect"),
+	filters.FullMethodName("/ferry.v1.Replication/Replicate"),
+	filters.FullMethodName("/ferry.v1.Broker/Produce"),
+)

@@ -8,10 +8,12 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // brokerServer serves ferry.v1.Broker by forwarding every call to the core.
@@ -112,11 +114,21 @@ func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
 	}
 }
 
+var tracer = telemetry.Tracer(telemetry.ComponentTransport)
+
 // produce runs one request against the core and always returns an answer
 // carrying the request's seq.
 func (b *brokerServer) produce(ctx context.Context, req *ferryv1.ProduceRequest) *ferryv1.ProduceResponse {
 	fail := func(err error) *ferryv1.ProduceResponse {
 		return &ferryv1.ProduceResponse{Seq: req.Seq, Error: sdk.ErrorToProto(err)}
+	}
+	if len(req.Messages) > 0 {
+		var span trace.Span
+		ctx, span = tracer.Start(telemetry.Extract(ctx, req.Messages[0].Headers), telemetry.SpanTransportReceive,
+			trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithLinks(telemetry.Links(req.Messages[1:])...),
+			trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic), telemetry.AttrMessages.Int(len(req.Messages))))
+		defer span.End()
 	}
 	if err := b.checkSizes(req); err != nil {
 		return fail(err)
