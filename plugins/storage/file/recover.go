@@ -361,9 +361,10 @@ func (s *Store) createFirstSegment() error {
 	g.refs.Store(1)
 	if s.cfg.preallocate() && !s.spareReady {
 		if err := s.makeSpare(nil); err != nil {
-			return err
+			s.log.Warn("could not preallocate the first segment", "error", err)
+		} else {
+			s.spareReady = true
 		}
-		s.spareReady = true
 	}
 	if s.spareReady {
 		s.spareReady = false
