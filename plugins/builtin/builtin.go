@@ -4,6 +4,7 @@ package builtin
 import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/plugins/replication/masterslave"
 	"github.com/ferrymq/ferry/plugins/storage/file"
 	"github.com/ferrymq/ferry/plugins/storage/memory"
 	grpctransport "github.com/ferrymq/ferry/plugins/transport/grpc"
@@ -17,5 +18,7 @@ func Registry() *pluginhost.Registry {
 	r.Register(sdk.KindStorage, "file", func() sdk.Plugin { return file.New() })
 	r.Register(sdk.KindTransport, "grpc", func() sdk.Plugin { return grpctransport.New() })
 	r.Register(sdk.KindTransport, "http", func() sdk.Plugin { return httptransport.New() })
+	r.Register(sdk.KindReplication, masterslave.ModeAsync, func() sdk.Plugin { return masterslave.New(masterslave.ModeAsync) })
+	r.Register(sdk.KindReplication, masterslave.ModeSync, func() sdk.Plugin { return masterslave.New(masterslave.ModeSync) })
 	return r
 }

@@ -1,0 +1,71 @@
+package masterslave
+
+import (
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Modes of the plugin, which are also its type names.
+const (
+	ModeAsync = "async"
+	ModeSync  = "sync"
+)
+
+// Defaults and limits.
+const (
+	defaultMinReplicas = 1
+	defaultTimeout     = 3 * time.Second
+	heartbeatEvery     = 500 * time.Millisecond
+	silenceLimit       = 3 * time.Second
+	peerCheckEvery     = 2 * time.Second
+	tailMessages       = 16384   // per queue kept in memory for live shipping
+	frameMessages      = 1024    // per frame
+	frameBytes         = 1 << 20 // per frame, about
+	maxUnacked         = 65536   // messages sent to a slave and not yet confirmed
+)
+
+// Config is the plugin's config section.
+type Config struct {
+	// Listen is this node's replication address (host:port), required:
+	// slaves follow a master here and `ferry cluster` talks to it.
+	Listen string `json:"listen"`
+	// Peers are the other nodes' replication addresses.
+	Peers []string `json:"peers"`
+	// MinReplicas (sync) is how many slaves must hold a batch before the
+	// producer gets OK; default 1.
+	MinReplicas int `json:"min_replicas"`
+	// Timeout (sync) bounds the wait for them; default 3s.
+	Timeout sdk.Duration `json:"timeout"`
+}
+
+func defaultConfig() Config {
+	return Config{MinReplicas: defaultMinReplicas, Timeout: sdk.Duration(defaultTimeout)}
+}
+
+func (p *Plugin) decode(config []byte) (Config, sdk.Problems) {
+	cfg := defaultConfig()
+	if ps := sdk.DecodeConfig(config, &cfg); ps != nil {
+		return cfg, ps
+	}
+	var ps sdk.Problems
+	if cfg.Listen == "" {
+		ps = append(ps, sdk.Problem{Path: "listen", Message: "is required (host:port of this node's replication listener)"})
+	} else if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		ps = append(ps, sdk.Problem{Path: "listen", Message: "must be host:port: " + err.Error()})
+	}
+	for i, a := range cfg.Peers {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			ps = append(ps, sdk.Problem{Path: "peers[" + strconv.Itoa(i) + "]", Message: "must be host:port: " + err.Error()})
+		}
+	}
+	if cfg.MinReplicas < 1 || cfg.MinReplicas > 16 {
+		ps = append(ps, sdk.Problem{Path: "min_replicas", Message: "must be 1..16"})
+	}
+	if cfg.Timeout <= 0 {
+		ps = append(ps, sdk.Problem{Path: "timeout", Message: "must be > 0"})
+	}
+	return cfg, ps
+}

@@ -1,0 +1,69 @@
+// Package masterslave is Ferry's master–slave replication, RocketMQ's HA
+// model: the built-in replication plugins `async` and `sync`.
+//
+// # Apply, then replicate
+//
+// The master's broker stores each batch as usual; once the store answered
+// (offsets known, flushed as the flush policy demands) the broker hands the
+// stored messages to this plugin's Replicate, in offset order.
+//
+//   - async answers OK at once; the messages reach the slaves in the
+//     background. A master that dies loses what its slaves did not have yet
+//     (the negative control of the fault tests).
+//   - sync answers OK only once `min_replicas` slaves confirmed the batch —
+//     a slave confirms after its own store made it durable, at the slave's
+//     flush level. When `timeout` passes first, the answer is
+//     REPLICA_TIMEOUT, or REPLICA_NOT_AVAILABLE when fewer than
+//     `min_replicas` slaves are connected (answered at once then). Never OK.
+//
+// # The link
+//
+// Every node runs the plugin with its own TCP listener (`listen`) and knows
+// the others' (`peers`). A slave asks its peers who the master is (the
+// highest promotion epoch wins), opens ReplicaLink.Follow on it and reports
+// where each of its queues ends. The master streams from there: recent
+// messages from an in-memory tail of the log, older ones read back from its
+// storage through the core (catch-up after a restart or a long absence).
+// The slave applies each batch through its broker core, which appends it to
+// the slave's store and checks that the store assigns the master's offsets,
+// then acknowledges its new queue ends. Both sides send heartbeats every
+// 500 ms and drop a link silent for 3 s (a paused or cut peer).
+//
+// # Safety
+//
+//   - A slave whose reported end offset of any queue lies beyond the
+//     master's log (it holds messages the master does not: a former master,
+//     or a slave of a master that lost data) is refused and disconnected,
+//     listed as diverged in `ferry cluster status`, and never counts toward
+//     an ack. So is a slave that acknowledges more than it was sent. Its data
+//     must be removed by an operator before it can follow again (RocketMQ
+//     issues #1155, #3015).
+//   - An offset assigned by a slave's store that differs from the master's
+//     fails the apply and breaks the link; the slave reconnects and reports
+//     its ends again.
+//
+// # Roles and promotion
+//
+// A node's role starts as `node.role` of its pipeline (master or slave) and
+// is overridden by the role persisted in `<data_dir>/replication-<type>/
+// state.json` once a promotion happened. `ferry cluster promote --broker
+// ADDR` (ADDR: the slave's replication `listen` address) promotes a slave:
+//
+//  1. only a slave is promoted;
+//  2. refused while a master is reachable (the slave's link to it is up, or
+//     a peer answers as master) — unless --force, which risks two masters;
+//  3. with sync replication, refused while the slave is behind the last end
+//     offsets it heard from its master (an acked message could be missing)
+//     — unless --force; with async, allowed, and the answer says how many
+//     messages the slave was known to lack;
+//  4. the new master's epoch is one more than any it has seen; it is
+//     persisted, so the node stays master across restarts.
+//
+// A master checks its peers every 2 s: when one is master with a higher
+// epoch, it steps down and follows it; if it holds messages the new master
+// lacks it is refused as diverged (above). Producers find the master through
+// routing metadata: a slave names its master as the leader of every queue.
+//
+// Consumer offsets are not replicated: a group reading from a slave resumes
+// from its offsets committed there.
+package masterslave

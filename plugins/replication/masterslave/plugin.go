@@ -1,0 +1,280 @@
+package masterslave
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Plugin is the async or sync master–slave replication plugin.
+type Plugin struct {
+	mode string
+
+	cfg  Config
+	dir  string
+	lis  net.Listener
+	srv  *grpc.Server
+	core sdk.ReplicaCore
+
+	mu       sync.Mutex
+	st       state
+	role     string             // master | slave; "" before Serve decided
+	self     string             // node id
+	addr     string             // broker address
+	stepDown chan struct{}      // closed to end runMaster (a higher epoch exists)
+	promote  context.CancelFunc // ends runSlave (promotion)
+	// master side
+	ends     map[qkey]int64 // end offset of each queue as handed over
+	tails    map[qkey]*tail
+	sessions map[*session]struct{}
+	refused  map[string]*ferryv1.ReplicaInfo // diverged slaves, by node
+	progress chan struct{}                   // closed and replaced on acks and session changes
+	wake     chan struct{}                   // closed and replaced on new data
+	// slave side
+	leader      *ferryv1.ReplicationStatusResponse // the master followed, as it answered
+	leaderUp    bool
+	leaderEnds  map[qkey]int64 // the master's ends, from its last frame
+	localEnds   map[qkey]int64 // this node's ends as applied
+	leaderEpoch uint64
+	closed      bool
+	closeCtx    context.Context
+	closeCancel context.CancelFunc
+}
+
+type qkey struct {
+	topic string
+	queue int32
+}
+
+// tail holds the latest messages of one queue, offsets first..first+len-1.
+type tail struct {
+	first int64
+	msgs  []*sdk.Message
+}
+
+var (
+	_ sdk.Replication     = (*Plugin)(nil)
+	_ sdk.ReplicationMode = (*Plugin)(nil)
+)
+
+// New returns a plugin of mode ModeAsync or ModeSync.
+func New(mode string) *Plugin {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Plugin{mode: mode, closeCtx: ctx, closeCancel: cancel,
+		ends: map[qkey]int64{}, tails: map[qkey]*tail{}, sessions: map[*session]struct{}{},
+		refused: map[string]*ferryv1.ReplicaInfo{}, progress: make(chan struct{}), wake: make(chan struct{}),
+		leaderEnds: map[qkey]int64{}, localEnds: map[qkey]int64{}}
+}
+
+// Mode tells the broker to store first, then replicate.
+func (p *Plugin) Mode() string { return sdk.ModeApplyFirst }
+
+// Validate checks a config section.
+func (p *Plugin) Validate(config []byte) sdk.Problems {
+	_, ps := p.decode(config)
+	return ps
+}
+
+// Configure binds the replication listener and loads the persisted state.
+func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environment) error {
+	cfg, ps := p.decode(config)
+	if ps != nil {
+		return ps
+	}
+	p.cfg = cfg
+	p.dir = filepath.Join(env.GetDataDir(), "replication-"+p.mode)
+	st, err := loadState(p.dir)
+	if err != nil {
+		return fmt.Errorf("replication state in %s: %w", p.dir, err)
+	}
+	p.st = st
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("replication listen %s: %w", cfg.Listen, err)
+	}
+	p.lis = lis
+	p.srv = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	ferryv1.RegisterReplicaLinkServer(p.srv, &link{p: p})
+	go func() { _ = p.srv.Serve(lis) }()
+	return nil
+}
+
+// Close stops the listener and every link.
+func (p *Plugin) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.closeCancel()
+	if p.srv != nil {
+		p.srv.Stop()
+	}
+	return nil
+}
+
+// Serve decides the node's role and runs it until ctx ends.
+func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
+	info, err := core.NodeInfo(ctx)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.core = core
+	p.self, p.addr = info.Node, info.Address
+	role := p.st.Role
+	if role == "" {
+		role = info.Role
+	}
+	if role != sdk.RoleSlave {
+		role = sdk.RoleMaster
+	}
+	p.role = role
+	p.mu.Unlock()
+	for ctx.Err() == nil {
+		var err error
+		if p.currentRole() == sdk.RoleMaster {
+			err = p.runMaster(ctx)
+		} else {
+			err = p.runSlave(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Plugin) currentRole() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.role
+}
+
+// dial opens a client connection to a peer's replication listener.
+func dial(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return cc, ferryv1.NewReplicaLinkClient(cc), nil
+}
+
+// peerStatus asks every peer for its status, within 1 s each; peers that do
+// not answer are left out.
+func (p *Plugin) peerStatus(ctx context.Context) map[string]*ferryv1.ReplicationStatusResponse {
+	out := map[string]*ferryv1.ReplicationStatusResponse{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, a := range p.cfg.Peers {
+		wg.Go(func() {
+			cc, rpc, err := dial(a)
+			if err != nil {
+				return
+			}
+			defer cc.Close()
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			st, err := rpc.Status(cctx, &ferryv1.ReplicationStatusRequest{})
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			out[a] = st
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// Status reports this node for the broker's host (and `ferry cluster`).
+func (p *Plugin) Status(context.Context) (*sdk.ReplicationStatus, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := &ferryv1.ReplicationStatusResponse{Node: p.self, Role: p.role, Address: p.addr, Epoch: p.st.Epoch, Mode: p.mode}
+	if p.role == sdk.RoleMaster {
+		st.LeaderNode, st.LeaderAddress, st.LeaderConnected = p.self, p.addr, true
+		st.Offsets = offsetsOf(p.ends)
+		for s := range p.sessions {
+			st.Replicas = append(st.Replicas, &ferryv1.ReplicaInfo{Node: s.node, Address: s.addr, Connected: true,
+				Lag: p.lagLocked(s.acked)})
+		}
+		for _, r := range p.refused {
+			st.Replicas = append(st.Replicas, r)
+		}
+		sort.Slice(st.Replicas, func(i, j int) bool { return st.Replicas[i].Node < st.Replicas[j].Node })
+	} else {
+		st.Offsets = offsetsOf(p.localEnds)
+		if p.leader != nil {
+			st.LeaderNode, st.LeaderAddress = p.leader.Node, p.leader.Address
+		}
+		st.LeaderConnected = p.leaderUp
+		lag := int64(0)
+		for k, e := range p.leaderEnds {
+			if d := e - p.localEnds[k]; d > 0 {
+				lag += d
+			}
+		}
+		st.Replicas = []*ferryv1.ReplicaInfo{{Node: p.self, Address: p.addr, Connected: p.leaderUp, Lag: lag}}
+	}
+	return st, nil
+}
+
+// lagLocked is how many messages a replica with the given ends lacks.
+func (p *Plugin) lagLocked(acked map[qkey]int64) int64 {
+	lag := int64(0)
+	for k, e := range p.ends {
+		if d := e - acked[k]; d > 0 {
+			lag += d
+		}
+	}
+	return lag
+}
+
+func offsetsOf(m map[qkey]int64) []*ferryv1.QueueOffsets {
+	out := make([]*ferryv1.QueueOffsets, 0, len(m))
+	for k, e := range m {
+		out = append(out, &ferryv1.QueueOffsets{Topic: k.topic, Queue: k.queue, End: e, Committed: -1})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Topic != out[j].Topic {
+			return out[i].Topic < out[j].Topic
+		}
+		return out[i].Queue < out[j].Queue
+	})
+	return out
+}
+
+func endsOf(offs []*ferryv1.QueueOffsets) map[qkey]int64 {
+	m := make(map[qkey]int64, len(offs))
+	for _, o := range offs {
+		m[qkey{o.Topic, o.Queue}] = o.End
+	}
+	return m
+}
+
+// link serves ReplicaLink: slaves following this node, peers and `ferry
+// cluster` asking for its status, and promotion.
+type link struct {
+	ferryv1.UnimplementedReplicaLinkServer
+	p *Plugin
+}
+
+func (l *link) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest) (*ferryv1.ReplicationStatusResponse, error) {
+	return l.p.Status(ctx)
+}
+
+// errNotMaster is returned to slaves that try to follow a node that is not
+// master (now).
+var errNotMaster = errors.New("not master")

@@ -1,0 +1,282 @@
+package masterslave
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// runSlave follows the master until the node is promoted or ctx ends.
+func (p *Plugin) runSlave(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.mu.Lock()
+	p.promote = cancel
+	p.stepDown = nil
+	leader := p.leader
+	p.mu.Unlock()
+	role := &sdk.SetRoleRequest{Role: sdk.RoleSlave}
+	if leader != nil {
+		role.LeaderNode, role.LeaderAddress = leader.Node, leader.Address
+	}
+	if err := p.core.SetRole(ctx, role); err != nil {
+		return err
+	}
+	backoff := 100 * time.Millisecond
+	for sctx.Err() == nil {
+		addr, st := p.findMaster(sctx)
+		if st != nil {
+			err := p.follow(sctx, addr, st)
+			if sctx.Err() != nil {
+				break
+			}
+			p.log("link to master %s (%s) ended: %v", st.Node, addr, err)
+		}
+		select {
+		case <-sctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+	return nil
+}
+
+// log reports link events; the plugin's stderr reaches the host's log.
+func (p *Plugin) log(format string, args ...any) {
+	logger.Info(fmt.Sprintf(format, args...))
+}
+
+var logger = hclog.New(&hclog.LoggerOptions{Name: "replication", Output: os.Stderr, JSONFormat: true})
+
+// findMaster asks the peers who is master; the highest epoch wins.
+func (p *Plugin) findMaster(ctx context.Context) (string, *ferryv1.ReplicationStatusResponse) {
+	var (
+		best     *ferryv1.ReplicationStatusResponse
+		bestAddr string
+	)
+	for a, st := range p.peerStatus(ctx) {
+		if st.Role == sdk.RoleMaster && (best == nil || st.Epoch > best.Epoch) {
+			best, bestAddr = st, a
+		}
+	}
+	return bestAddr, best
+}
+
+// follow runs one Follow stream: hello with this node's ends, then apply
+// what the master sends, in order, confirming each batch once durable.
+func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.ReplicationStatusResponse) error {
+	info, err := p.core.NodeInfo(ctx)
+	if err != nil {
+		return err
+	}
+	cc, rpc, err := dial(addr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := rpc.Follow(fctx)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	epoch := p.st.Epoch
+	p.localEnds = endsOf(info.Offsets)
+	p.mu.Unlock()
+	if err := stream.Send(&ferryv1.FollowRequest{Node: info.Node, Address: info.Address, Ends: info.Offsets, Epoch: epoch}); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.leader = &ferryv1.ReplicationStatusResponse{Node: first.MasterNode, Address: first.MasterAddress, Epoch: first.Epoch}
+	p.leaderUp = true
+	p.leaderEnds = endsOf(first.Ends)
+	if first.Epoch > p.st.Epoch {
+		p.st.Epoch = first.Epoch
+		_ = saveState(p.dir, p.st)
+	}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.leaderUp = false
+		p.mu.Unlock()
+	}()
+	if err := p.core.SetRole(ctx, &sdk.SetRoleRequest{Role: sdk.RoleSlave, LeaderNode: first.MasterNode, LeaderAddress: first.MasterAddress}); err != nil {
+		return err
+	}
+
+	var sendMu sync.Mutex
+	send := func(r *ferryv1.FollowRequest) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(r)
+	}
+	// Applies are started in order here and confirmed in order by acker.
+	type applied struct {
+		wait sdk.ApplyWait
+		msgs []*sdk.Message
+	}
+	waits := make(chan applied, 256)
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		for a := range waits {
+			if _, err := a.wait(fctx); err != nil {
+				cancel(fmt.Errorf("apply: %w", err))
+				for range waits {
+				}
+				return
+			}
+			ends := map[qkey]int64{}
+			for _, m := range a.msgs {
+				ends[qkey{m.Topic, m.Queue}] = m.Offset + 1
+			}
+			p.mu.Lock()
+			for k, e := range ends {
+				p.localEnds[k] = max(p.localEnds[k], e)
+			}
+			p.mu.Unlock()
+			if err := send(&ferryv1.FollowRequest{Ends: offsetsOf(ends)}); err != nil {
+				cancel(err)
+			}
+		}
+	}()
+	defer func() {
+		close(waits)
+		<-ackerDone
+	}()
+	// Heartbeats, and a watchdog on the master's silence.
+	heard := make(chan struct{}, 1)
+	go func() {
+		tick := time.NewTicker(heartbeatEvery)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-heard:
+				last = time.Now()
+			case <-tick.C:
+				if time.Since(last) > silenceLimit {
+					cancel(errors.New("master silent for too long"))
+					return
+				}
+				p.mu.Lock()
+				ends := offsetsOf(p.localEnds)
+				p.mu.Unlock()
+				if err := send(&ferryv1.FollowRequest{Ends: ends}); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if c := context.Cause(fctx); c != nil && !errors.Is(c, context.Canceled) {
+				return c
+			}
+			return err
+		}
+		select {
+		case heard <- struct{}{}:
+		default:
+		}
+		if len(resp.Ends) > 0 {
+			p.mu.Lock()
+			p.leaderEnds = endsOf(resp.Ends)
+			p.mu.Unlock()
+		}
+		if len(resp.Messages) == 0 {
+			continue
+		}
+		p.mu.Lock()
+		for _, m := range resp.Messages {
+			k := qkey{m.Topic, m.Queue}
+			p.leaderEnds[k] = max(p.leaderEnds[k], m.Offset+1)
+		}
+		p.mu.Unlock()
+		wait, err := p.core.Apply(fctx, resp.Messages)
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		select {
+		case waits <- applied{wait, resp.Messages}:
+		case <-fctx.Done():
+			return context.Cause(fctx)
+		}
+	}
+}
+
+// Promote makes this slave the master, under the rules of the package doc.
+func (l *link) Promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
+	p := l.p
+	p.mu.Lock()
+	role, up, core := p.role, p.leaderUp, p.core
+	p.mu.Unlock()
+	if core == nil {
+		return nil, status.Error(codes.Unavailable, "the node is not serving yet")
+	}
+	if role != sdk.RoleSlave {
+		return nil, status.Errorf(codes.FailedPrecondition, "node is %s, not a slave", role)
+	}
+	peers := p.peerStatus(ctx)
+	maxEpoch := uint64(0)
+	var masters []string
+	for a, st := range peers {
+		maxEpoch = max(maxEpoch, st.Epoch)
+		if st.Role == sdk.RoleMaster {
+			masters = append(masters, fmt.Sprintf("%s (%s)", st.Node, a))
+		}
+	}
+	if !req.Force && (up || len(masters) > 0) {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"a master is reachable (link up: %v; masters: %v): stop it first, or --force (two masters may then take writes)", up, masters)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.role != sdk.RoleSlave {
+		return nil, status.Errorf(codes.FailedPrecondition, "node is %s, not a slave", p.role)
+	}
+	behind := int64(0)
+	for k, e := range p.leaderEnds {
+		if d := e - p.localEnds[k]; d > 0 {
+			behind += d
+		}
+	}
+	if behind > 0 && p.mode == ModeSync && !req.Force {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"this slave lacks %d message(s) of the last known master log: messages acked OK may be missing here; promote a slave that is caught up, or --force", behind)
+	}
+	epoch := max(maxEpoch, p.st.Epoch) + 1
+	ns := state{Role: sdk.RoleMaster, Epoch: epoch}
+	if err := saveState(p.dir, ns); err != nil {
+		return nil, status.Errorf(codes.Internal, "persist the promotion: %v", err)
+	}
+	p.st = ns
+	p.role = sdk.RoleMaster
+	if p.promote != nil {
+		p.promote()
+	}
+	detail := fmt.Sprintf("promoted %s to master at epoch %d", p.self, epoch)
+	if behind > 0 {
+		detail += fmt.Sprintf("; it lacked %d message(s) of the old master's last known log (lost unless the old master's data is recovered)", behind)
+	}
+	return &ferryv1.PromoteResponse{Epoch: epoch, Detail: detail}, nil
+}
