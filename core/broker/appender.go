@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -205,9 +206,13 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 		a.answer(b, attempt, nil, err)
 		return true
 	}
+	sent := time.Now()
 	go func() {
 		defer cancel()
 		offsets, err := wait(ctx)
+		if err == nil {
+			a.b.opts.Metrics.Flushed(time.Since(sent)) // append until durable, as the store's policy demands
+		}
 		if err != nil && errors.Is(err, sdk.ErrUnavailable) {
 			a.b.storage.Broken(gen)
 			return // replayed by run on the next generation

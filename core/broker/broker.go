@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ferrymq/ferry/core/admin"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/telemetry"
@@ -55,6 +56,8 @@ type Options struct {
 	// Replication is the live replication plugin; nil for none. See
 	// replicate.go.
 	Replication StorageSource
+	// Metrics, when set, counts appends, deliveries and retries.
+	Metrics *admin.Metrics
 }
 
 // StorageSource gives the live storage plugin; a pluginhost.Instance is one.
@@ -215,10 +218,20 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 		trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(topicName),
 			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.AttrMessages.Int(len(req.Messages))))
 	defer span.End()
+	started := time.Now()
 	offsets, status, err := b.app.append(ctx, req.Messages)
 	if err != nil {
 		span.RecordError(err)
 		return nil, err
+	}
+	if m := b.opts.Metrics; m != nil {
+		m.Appended(topicName, len(req.Messages))
+		m.AppendLatency(time.Since(started))
+		if t.internal {
+			if group, _, _ := sdk.InternalTopic(topicName); group != "" && topicName == sdk.RetryTopic(group) {
+				m.Retried(group, len(req.Messages))
+			}
+		}
 	}
 	if span.IsRecording() && len(offsets) > 0 {
 		span.SetAttributes(telemetry.AttrOffset.Int64(offsets[0]), attribute.String("status", status.String()))

@@ -50,6 +50,9 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 			if err == nil && telemetry.Enabled() {
 				b.traceDeliveries(req, resp.Messages)
 			}
+			if err == nil && req.Group != "" {
+				b.opts.Metrics.Consumed(req.Topic, req.Group, len(resp.Messages))
+			}
 			return resp, err
 		}
 		left := time.Until(deadline)

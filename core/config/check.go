@@ -80,6 +80,11 @@ func (c *checker) pipeline(p *Pipeline) {
 		c.between(at+".queues", t.Queues, 1, maxQueues)
 	}
 
+	if a := p.Admin.Listen; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			c.add("admin.listen", "must be host:port such as 127.0.0.1:9090, got %q", a)
+		}
+	}
 	c.enum("producer.mode", p.Producer.Mode, producerModes)
 	c.between("producer.retries", p.Producer.Retries, 0, maxRetries)
 	c.positive("producer.timeout", p.Producer.Timeout)

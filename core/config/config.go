@@ -12,6 +12,7 @@ type Pipeline struct {
 	Generators []Generator      `koanf:"generators"`
 	Flows      []Flow           `koanf:"flows"`
 	Tracing    Tracing          `koanf:"tracing"`
+	Admin      Admin            `koanf:"admin"`
 	// KeepRunning keeps the node up after its generators are done and its
 	// flows caught up (a summary is printed then), until SIGINT/SIGTERM:
 	// for inspecting the result, e.g. with ferry dlq. Default false: such
@@ -144,6 +145,12 @@ type Tracing struct {
 	Endpoint    string  `koanf:"endpoint"`     // required for otlp (host:port)
 	SampleRatio float64 `koanf:"sample_ratio"` // default 1.0, 0..1
 	ServiceName string  `koanf:"service_name"` // default "ferry-<node id>"
+}
+
+// Admin is the node's admin HTTP listener: Prometheus /metrics, /healthz,
+// /readyz and /debug/pprof/.
+type Admin struct {
+	Listen string `koanf:"listen"` // host:port; empty (default) = no admin listener
 }
 
 // Allowed values of the enumerated keys, in the order problems list them.

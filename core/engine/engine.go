@@ -18,6 +18,7 @@ import (
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // DefaultTransportAddress is where the grpc transport listens unless its
@@ -38,6 +39,7 @@ type Engine struct {
 	serveCancel context.CancelFunc
 	serveDone   chan struct{}
 	replDone    chan struct{} // nil without replication
+	obs         *observability
 }
 
 // Options are the engine's settings that do not come from the pipeline file.
@@ -60,21 +62,30 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	host, err := pluginhost.New(reg, pluginhost.Options{
-		Mode:   cfg.Plugins.Mode,
-		Dirs:   cfg.Plugins.Dirs,
-		Env:    &sdk.Environment{Pipeline: cfg.Name, Node: cfg.Node.ID, DataDir: cfg.Node.DataDir},
-		Logger: log,
-		Exe:    opts.PluginExe,
-	})
+	obs, err := startTracing(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg)}
+	host, err := pluginhost.New(reg, pluginhost.Options{
+		Mode:        cfg.Plugins.Mode,
+		Dirs:        cfg.Plugins.Dirs,
+		Env:         &sdk.Environment{Pipeline: cfg.Name, Node: cfg.Node.ID, DataDir: cfg.Node.DataDir},
+		Logger:      log,
+		Exe:         opts.PluginExe,
+		PluginEnv:   pluginEnv(cfg),
+		DialOptions: telemetry.GRPCDialOptions(),
+		Restarted:   obs.metrics.PluginRestarted,
+	})
+	if err != nil {
+		obs.stop(context.Background())
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg), obs: obs}
 	ok := false
 	defer func() {
 		if !ok {
 			host.Close()
+			obs.stop(context.Background())
 		}
 	}()
 	if e.storage, err = host.Start(ctx, sdk.KindStorage, cfg.Plugins.Storage.Type, sectionJSON(cfg.Plugins.Storage.Config)); err != nil {
@@ -91,7 +102,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	}
 	bopts := broker.Options{
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
-		Topics: topics, Logger: log.Named("broker"),
+		Topics: topics, Logger: log.Named("broker"), Metrics: obs.metrics,
 	}
 	if e.repl != nil {
 		bopts.Replication = e.repl
@@ -99,6 +110,10 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	e.broker = broker.New(bopts, e.storage)
 	e.broker.Start()
 	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
+		_ = e.broker.Close(context.Background())
+		return nil, err
+	}
+	if err := e.startAdmin(ctx); err != nil {
 		_ = e.broker.Close(context.Background())
 		return nil, err
 	}
@@ -208,6 +223,7 @@ func (e *Engine) Close(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	e.host.Close()
+	e.obs.stop(ctx)
 	return errors.Join(errs...)
 }
 
