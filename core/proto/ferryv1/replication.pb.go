@@ -1040,7 +1040,10 @@ type FollowResponse struct {
 	MasterAddress string     `protobuf:"bytes,3,opt,name=master_address,json=masterAddress,proto3" json:"master_address,omitempty"`
 	Epoch         uint64     `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// The master's queue ends when the stream opens (heartbeats too).
-	Ends          []*QueueOffsets `protobuf:"bytes,5,rep,name=ends,proto3" json:"ends,omitempty"`
+	Ends []*QueueOffsets `protobuf:"bytes,5,rep,name=ends,proto3" json:"ends,omitempty"`
+	// Heartbeats: ends up to which the master answered producers OK (sync);
+	// a slave promoted without them could lack an acked message.
+	AckedEnds     []*QueueOffsets `protobuf:"bytes,6,rep,name=acked_ends,json=ackedEnds,proto3" json:"acked_ends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1106,6 +1109,13 @@ func (x *FollowResponse) GetEpoch() uint64 {
 func (x *FollowResponse) GetEnds() []*QueueOffsets {
 	if x != nil {
 		return x.Ends
+	}
+	return nil
+}
+
+func (x *FollowResponse) GetAckedEnds() []*QueueOffsets {
+	if x != nil {
+		return x.AckedEnds
 	}
 	return nil
 }
@@ -1282,14 +1292,16 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xc9\x01\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x80\x02\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
 	"masterNode\x12%\n" +
 	"\x0emaster_address\x18\x03 \x01(\tR\rmasterAddress\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12*\n" +
-	"\x04ends\x18\x05 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\"&\n" +
+	"\x04ends\x18\x05 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x125\n" +
+	"\n" +
+	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
@@ -1364,23 +1376,24 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	23, // 17: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
 	18, // 18: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
 	23, // 19: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	0,  // 20: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	3,  // 21: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	10, // 22: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	13, // 23: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	10, // 24: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	15, // 25: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	1,  // 26: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	2,  // 27: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	11, // 28: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	14, // 29: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	11, // 30: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	16, // 31: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	26, // [26:32] is the sub-list for method output_type
-	20, // [20:26] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	23, // 20: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	0,  // 21: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	3,  // 22: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	10, // 23: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	13, // 24: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	10, // 25: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	15, // 26: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	1,  // 27: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	2,  // 28: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	11, // 29: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	14, // 30: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	11, // 31: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	16, // 32: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }

@@ -34,6 +34,7 @@ func (p *Plugin) runMaster(ctx context.Context) error {
 	p.mu.Lock()
 	p.ends = endsOf(info.Offsets)
 	p.tails = map[qkey]*tail{}
+	p.okEnds = map[qkey]int64{}
 	p.stepDown = make(chan struct{})
 	stepDown := p.stepDown
 	p.leader, p.leaderUp = nil, false
@@ -137,6 +138,11 @@ func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.Replic
 			progress := p.progress
 			p.mu.Unlock()
 			if confirmed >= p.cfg.MinReplicas {
+				p.mu.Lock()
+				for k, e := range target {
+					p.okEnds[k] = max(p.okEnds[k], e)
+				}
+				p.mu.Unlock()
 				return ferryv1.Status_STATUS_OK, nil
 			}
 			if connected < p.cfg.MinReplicas {
@@ -289,7 +295,7 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 // storage, with a heartbeat every heartbeatEvery.
 func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer, s *session) error {
 	p := l.p
-	lastSent := time.Now()
+	lastBeat := time.Now()
 	for ctx.Err() == nil {
 		p.mu.Lock()
 		if time.Since(s.lastHeard) > silenceLimit {
@@ -362,14 +368,18 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame}); err != nil {
 				return err
 			}
-			lastSent = time.Now()
-			continue
 		}
-		if time.Since(lastSent) >= heartbeatEvery {
-			if err := stream.Send(&ferryv1.FollowResponse{Ends: l.ends()}); err != nil {
+		if time.Since(lastBeat) >= heartbeatEvery {
+			p.mu.Lock()
+			acked := offsetsOf(p.okEnds)
+			p.mu.Unlock()
+			if err := stream.Send(&ferryv1.FollowResponse{Ends: l.ends(), AckedEnds: acked}); err != nil {
 				return err
 			}
-			lastSent = time.Now()
+			lastBeat = time.Now()
+		}
+		if len(frame) > 0 {
+			continue
 		}
 		select {
 		case <-ctx.Done():

@@ -37,6 +37,7 @@ type Plugin struct {
 	// master side
 	ends     map[qkey]int64 // end offset of each queue as handed over
 	tails    map[qkey]*tail
+	okEnds   map[qkey]int64 // ends up to which producers were answered OK
 	sessions map[*session]struct{}
 	refused  map[string]*ferryv1.ReplicaInfo // diverged slaves, by node
 	progress chan struct{}                   // closed and replaced on acks and session changes
@@ -45,6 +46,7 @@ type Plugin struct {
 	leader      *ferryv1.ReplicationStatusResponse // the master followed, as it answered
 	leaderUp    bool
 	leaderEnds  map[qkey]int64 // the master's ends, from its last frame
+	leaderAcked map[qkey]int64 // ends the master answered OK, from its last heartbeat
 	localEnds   map[qkey]int64 // this node's ends as applied
 	leaderEpoch uint64
 	closed      bool
@@ -74,7 +76,7 @@ func New(mode string) *Plugin {
 	return &Plugin{mode: mode, closeCtx: ctx, closeCancel: cancel,
 		ends: map[qkey]int64{}, tails: map[qkey]*tail{}, sessions: map[*session]struct{}{},
 		refused: map[string]*ferryv1.ReplicaInfo{}, progress: make(chan struct{}), wake: make(chan struct{}),
-		leaderEnds: map[qkey]int64{}, localEnds: map[qkey]int64{}}
+		leaderEnds: map[qkey]int64{}, leaderAcked: map[qkey]int64{}, localEnds: map[qkey]int64{}, okEnds: map[qkey]int64{}}
 }
 
 // Mode tells the broker to store first, then replicate.

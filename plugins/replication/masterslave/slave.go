@@ -105,6 +105,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	p.leader = &ferryv1.ReplicationStatusResponse{Node: first.MasterNode, Address: first.MasterAddress, Epoch: first.Epoch}
 	p.leaderUp = true
 	p.leaderEnds = endsOf(first.Ends)
+	p.leaderAcked = endsOf(first.AckedEnds)
 	if first.Epoch > p.st.Epoch {
 		p.st.Epoch = first.Epoch
 		_ = saveState(p.dir, p.st)
@@ -198,9 +199,14 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		case heard <- struct{}{}:
 		default:
 		}
-		if len(resp.Ends) > 0 {
+		if len(resp.Ends) > 0 || len(resp.AckedEnds) > 0 {
 			p.mu.Lock()
-			p.leaderEnds = endsOf(resp.Ends)
+			if len(resp.Ends) > 0 {
+				p.leaderEnds = endsOf(resp.Ends)
+			}
+			for k, e := range endsOf(resp.AckedEnds) {
+				p.leaderAcked[k] = max(p.leaderAcked[k], e)
+			}
 			p.mu.Unlock()
 		}
 		if len(resp.Messages) == 0 {
@@ -254,15 +260,20 @@ func (l *link) Promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferry
 	if p.role != sdk.RoleSlave {
 		return nil, status.Errorf(codes.FailedPrecondition, "node is %s, not a slave", p.role)
 	}
-	behind := int64(0)
+	behind, missingAcked := int64(0), int64(0)
 	for k, e := range p.leaderEnds {
 		if d := e - p.localEnds[k]; d > 0 {
 			behind += d
 		}
 	}
-	if behind > 0 && p.mode == ModeSync && !req.Force {
+	for k, e := range p.leaderAcked {
+		if d := e - p.localEnds[k]; d > 0 {
+			missingAcked += d
+		}
+	}
+	if missingAcked > 0 && p.mode == ModeSync && !req.Force {
 		return nil, status.Errorf(codes.FailedPrecondition,
-			"this slave lacks %d message(s) of the last known master log: messages acked OK may be missing here; promote a slave that is caught up, or --force", behind)
+			"this slave lacks %d message(s) its master answered OK to producers: promote a slave that holds them, or --force (they would be lost)", missingAcked)
 	}
 	epoch := max(maxEpoch, p.st.Epoch) + 1
 	ns := state{Role: sdk.RoleMaster, Epoch: epoch}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+func init() { rootCmd.AddCommand(newClusterCmd()) }
+
+func newClusterCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Show a replicated cluster's roles, offsets and lag; promote a slave",
+		Long: `The cluster commands talk to each node's replication plugin on its replication
+address (plugins.replication.config.listen), not to the broker's transport.`,
+	}
+	var (
+		nodes   []string
+		asJSON  bool
+		timeout time.Duration
+	)
+	statusCmd := &cobra.Command{
+		Use:   "status --nodes ADDR,ADDR,...",
+		Short: "Roles, epochs, end offsets and replication lag of every node",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			sts := make([]*ferryv1.ReplicationStatusResponse, len(nodes))
+			errs := make([]error, len(nodes))
+			for i, a := range nodes {
+				sts[i], errs[i] = replicationStatus(ctx, a)
+			}
+			if asJSON {
+				return printClusterJSON(cmd.OutOrStdout(), nodes, sts, errs)
+			}
+			printClusterStatus(cmd.OutOrStdout(), nodes, sts, errs)
+			return nil
+		},
+	}
+	statusCmd.Flags().StringSliceVar(&nodes, "nodes", nil, "replication addresses of the nodes (required)")
+	statusCmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	statusCmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "bound on the whole command")
+	_ = statusCmd.MarkFlagRequired("nodes")
+
+	var (
+		broker string
+		force  bool
+	)
+	promoteCmd := &cobra.Command{
+		Use:   "promote --broker ADDR [--force]",
+		Short: "Promote a slave to master (master–slave replication)",
+		Long: `Promote makes the slave whose replication address is ADDR the master. Rules:
+  1. only a slave is promoted;
+  2. refused while a master is reachable (the slave's link to it is up, or a
+     peer answers as master), unless --force: two masters could take writes;
+  3. with sync replication, refused while the slave lacks messages of the last
+     end offsets it heard from its master (an acked message could be missing),
+     unless --force; with async it is allowed and the answer says how many
+     messages the slave was known to lack;
+  4. the new master's epoch (one more than any seen) is persisted: it stays
+     master across restarts, and an old master that comes back steps down.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			cc, err := dialReplication(broker)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			resp, err := ferryv1.NewReplicaLinkClient(cc).Promote(ctx, &ferryv1.PromoteRequest{Force: force})
+			if err != nil {
+				if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
+					return &exitError{code: 1, msg: "promote refused: " + st.Message()}
+				}
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.Detail)
+			return nil
+		},
+	}
+	promoteCmd.Flags().StringVar(&broker, "broker", "", "replication address of the slave to promote (required)")
+	promoteCmd.Flags().BoolVar(&force, "force", false, "promote even though a master is reachable or the slave is behind")
+	promoteCmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "bound on the command")
+	_ = promoteCmd.MarkFlagRequired("broker")
+	cmd.AddCommand(statusCmd, promoteCmd)
+	return cmd
+}
+
+func dialReplication(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func replicationStatus(ctx context.Context, addr string) (*ferryv1.ReplicationStatusResponse, error) {
+	cc, err := dialReplication(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	return ferryv1.NewReplicaLinkClient(cc).Status(ctx, &ferryv1.ReplicationStatusRequest{})
+}
+
+func sumEnds(offs []*ferryv1.QueueOffsets) int64 {
+	n := int64(0)
+	for _, o := range offs {
+		n += o.End
+	}
+	return n
+}
+
+// printClusterStatus prints one line per node, then one per replica a
+// master reports.
+func printClusterStatus(w io.Writer, nodes []string, sts []*ferryv1.ReplicationStatusResponse, errs []error) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPLICATION\tNODE\tROLE\tMODE\tEPOCH\tBROKER\tMESSAGES\tLAG\tMASTER")
+	for i, a := range nodes {
+		if errs[i] != nil {
+			msg := errs[i].Error()
+			if st, ok := status.FromError(errs[i]); ok {
+				msg = st.Message()
+			}
+			fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t-\t-\t%s\n", a, msg)
+			continue
+		}
+		st := sts[i]
+		lag, master := "-", "-"
+		if st.Role != "master" && st.Role != "leader" {
+			if len(st.Replicas) > 0 {
+				lag = fmt.Sprint(st.Replicas[0].Lag)
+			}
+			link := "down"
+			if st.LeaderConnected {
+				link = "up"
+			}
+			if st.LeaderNode != "" {
+				master = fmt.Sprintf("%s (%s), link %s", st.LeaderNode, st.LeaderAddress, link)
+			} else {
+				master = "none known, link " + link
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", a, st.Node, st.Role, st.Mode, st.Epoch, st.Address, sumEnds(st.Offsets), lag, master)
+	}
+	tw.Flush()
+	for i, st := range sts {
+		if errs[i] != nil || (st.Role != "master" && st.Role != "leader") || len(st.Replicas) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nreplicas of %s:\n", st.Node)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tBROKER\tCONNECTED\tLAG\tSTATE")
+		for _, r := range st.Replicas {
+			state := "ok"
+			if r.Diverged {
+				state = "DIVERGED: " + r.Detail
+			} else if r.Detail != "" {
+				state = r.Detail
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", r.Node, r.Address, r.Connected, r.Lag, state)
+		}
+		tw.Flush()
+	}
+}
+
+func printClusterJSON(w io.Writer, nodes []string, sts []*ferryv1.ReplicationStatusResponse, errs []error) error {
+	type node struct {
+		Replication string                             `json:"replication"`
+		Error       string                             `json:"error,omitempty"`
+		Status      *ferryv1.ReplicationStatusResponse `json:"status,omitempty"`
+	}
+	out := make([]node, len(nodes))
+	for i, a := range nodes {
+		out[i] = node{Replication: a, Status: sts[i]}
+		if errs[i] != nil {
+			out[i].Error = strings.TrimSpace(errs[i].Error())
+		}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
