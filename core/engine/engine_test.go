@@ -20,7 +20,7 @@ import (
 )
 
 // quickstart loads pipelines/quickstart.yaml on a free port and a temp dir.
-func quickstart(t *testing.T, mode string, count int) *config.Pipeline {
+func quickstart(t testing.TB, mode string, count int) *config.Pipeline {
 	t.Helper()
 	cfg, err := config.Load(filepath.Join("..", "..", "pipelines", "quickstart.yaml"))
 	if err != nil {
@@ -33,7 +33,7 @@ func quickstart(t *testing.T, mode string, count int) *config.Pipeline {
 	return cfg
 }
 
-func start(t *testing.T, cfg *config.Pipeline) *engine.Engine {
+func start(t testing.TB, cfg *config.Pipeline) *engine.Engine {
 	t.Helper()
 	e, err := engine.Start(context.Background(), cfg, engine.Options{
 		Registry: builtin.Registry(), PluginExe: ferrytest.Binary(t),
@@ -52,7 +52,7 @@ func start(t *testing.T, cfg *config.Pipeline) *engine.Engine {
 	return e
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(bytes.TrimRight(p, "\n")))
