@@ -205,3 +205,62 @@ func TestSyncMasterSlavePromote(t *testing.T) {
 		return err == nil && r.Status == ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE
 	})
 }
+
+// A slave whose log is longer than its master's (a former master, say) is
+// refused, shown as diverged, and never counts toward a sync ack.
+func TestDivergedSlaveRefused(t *testing.T) {
+	aRepl, bRepl := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	aAddr, bAddr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	bDir := t.TempDir()
+	opts := map[string]any{"timeout": "1s"}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// b, alone as a master, stores 10 messages (not replicated).
+	bCfg := pipeline(t, "b", "master", "sync", bDir, bRepl, bAddr, nil, opts)
+	bCfg.Plugins.Storage = config.PluginRef{Type: "file", Config: map[string]any{"flush": "sync"}}
+	b := startEngine(t, bCfg)
+	bc, err := client.Dial(ctx, bAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	produce(t, bc, 10, "b")
+	bc.Close()
+	closeEngine(t, b)
+
+	a := startEngine(t, pipeline(t, "a", "master", "sync", t.TempDir(), aRepl, aAddr, []string{bRepl}, opts))
+	defer closeEngine(t, a)
+	ac, err := client.Dial(ctx, aAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	produce(t, ac, 2, "a")
+
+	// b comes back as a's slave with 10 messages where a has 2.
+	bCfg = pipeline(t, "b", "slave", "sync", bDir, bRepl, bAddr, []string{aRepl}, opts)
+	bCfg.Plugins.Storage = config.PluginRef{Type: "file", Config: map[string]any{"flush": "sync"}}
+	b = startEngine(t, bCfg)
+	defer closeEngine(t, b)
+	waitFor(t, 20*time.Second, "a lists b as diverged", func() bool {
+		st, err := link(t, aRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
+		if err != nil {
+			return false
+		}
+		for _, r := range st.Replicas {
+			if r.Node == "b" && r.Diverged && !r.Connected {
+				t.Log(r.Detail)
+				return true
+			}
+		}
+		return false
+	})
+	for i, st := range produce(t, ac, 3, "after") {
+		if st == ferryv1.Status_STATUS_OK {
+			t.Fatalf("message %d acked OK with only a diverged slave", i)
+		}
+	}
+	if st, _ := link(t, bRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{}); st.LeaderConnected {
+		t.Fatal("the diverged slave is linked")
+	}
+}

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/internal/ferrytest"
+)
+
+// Fault tests of master–slave replication with real `ferry run` processes
+// on 127.0.0.1: the master is SIGKILLed under load, the slave promoted with
+// `ferry cluster promote`, and a checker reads the new master's whole log and
+// counts lost (answered OK, not there), duplicated and unexpected messages.
+
+// clusterNode is one `ferry run` process of a test cluster.
+type clusterNode struct {
+	id, role     string
+	broker, repl string
+	yaml         string
+	cmd          *exec.Cmd
+	out          *bytes.Buffer
+	stopped      bool
+}
+
+func writeNode(t *testing.T, id, role, mode, broker, repl string, peers []string, timeout string) *clusterNode {
+	t.Helper()
+	dir := t.TempDir()
+	yaml := fmt.Sprintf(`name: faults
+node: {id: %s, role: %s, data_dir: %s}
+plugins:
+  storage: {type: file, config: {flush: sync}}
+  transport: {type: grpc, config: {listen: %q}}
+  replication:
+    type: %s
+    config: {listen: %q, peers: [%s], min_replicas: 1, timeout: %s}
+topics:
+  - {name: orders, queues: 4}
+`, id, role, filepath.Join(dir, "data"), broker, mode, repl, `"`+strings.Join(peers, `","`)+`"`, timeout)
+	path := filepath.Join(dir, id+".yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &clusterNode{id: id, role: role, broker: broker, repl: repl, yaml: path}
+}
+
+func (n *clusterNode) start(t *testing.T, bin string) {
+	t.Helper()
+	n.out = &bytes.Buffer{}
+	n.cmd = exec.Command(bin, "run", "--log-level", "warn", n.yaml)
+	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if n.cmd.ProcessState == nil {
+			_ = n.cmd.Process.Signal(syscall.SIGCONT)
+			_ = n.cmd.Process.Kill()
+			_ = n.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("--- %s output:\n%s", n.id, n.out.String())
+		}
+	})
+}
+
+func (n *clusterNode) kill(t *testing.T) {
+	t.Helper()
+	_ = n.cmd.Process.Kill()
+	_ = n.cmd.Wait()
+}
+
+func (n *clusterNode) signal(t *testing.T, s syscall.Signal) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func clusterStatus(ctx context.Context, addr string) (*ferryv1.ReplicationStatusResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return replicationStatus(ctx, addr)
+}
+
+// eventually polls cond every 50 ms for up to d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// load produces unique bodies to a broker from a few goroutines until
+// stopped, recording each body's outcome.
+type load struct {
+	mu       sync.Mutex
+	attempts map[string]bool           // every body sent (outcome known or not)
+	status   map[string]ferryv1.Status // bodies the broker answered
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func startLoad(t *testing.T, broker string, workers int) *load {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, broker, client.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &load{attempts: map[string]bool{}, status: map[string]ferryv1.Status{}, stop: make(chan struct{})}
+	for w := range workers {
+		p := c.NewProducer(client.ProducerOptions{Retries: client.NoRetries, Timeout: 5 * time.Second})
+		l.wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf("w%d-%d", w, i)
+				l.mu.Lock()
+				l.attempts[body] = true
+				l.mu.Unlock()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				r, err := p.SendSync(ctx, client.Message{Topic: "orders", Key: body, Body: []byte(body)})
+				cancel()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				l.mu.Lock()
+				l.status[body] = r.Status
+				l.mu.Unlock()
+			}
+		})
+	}
+	t.Cleanup(func() { l.halt(); c.Close() })
+	return l
+}
+
+func (l *load) halt() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+func (l *load) count(st ferryv1.Status) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.status {
+		if s == st {
+			n++
+		}
+	}
+	return n
+}
+
+// readLog reads every message of topic orders from a broker: body → copies.
+func readLog(t *testing.T, broker string) map[string]int {
+	t.Helper()
+	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	rpc := ferryv1.NewBrokerClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var refs []*ferryv1.QueueRef
+	for q := range int32(4) {
+		refs = append(refs, &ferryv1.QueueRef{Topic: "orders", Queue: q})
+	}
+	offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, o := range offs.Offsets {
+		for pos := o.Start; pos < o.End; {
+			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: "orders", Positions: []*ferryv1.FetchPosition{{Queue: o.Queue, Offset: pos}}, MaxMessages: 1000, MaxWaitNanos: int64(time.Second)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Messages) == 0 {
+				t.Fatalf("queue %d: nothing at %d before its end %d", o.Queue, pos, o.End)
+			}
+			for _, m := range resp.Messages {
+				out[string(m.Body)]++
+				pos = m.Offset + 1
+			}
+		}
+	}
+	return out
+}
+
+// verdict counts what the checker reports.
+type verdict struct{ ok, lost, dup, unexpected, stored int }
+
+func check(l *load, log map[string]int) verdict {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var v verdict
+	for body, st := range l.status {
+		if st == ferryv1.Status_STATUS_OK {
+			v.ok++
+			if log[body] == 0 {
+				v.lost++
+			}
+		}
+	}
+	for body, n := range log {
+		v.stored += n
+		if n > 1 {
+			v.dup += n - 1
+		}
+		if !l.attempts[body] {
+			v.unexpected++
+		}
+	}
+	return v
+}
+
+// masterSlaveFailover runs the scenario: load, the slave paused for a while
+// (pause > 0), the master SIGKILLed, the slave promoted; it returns what the
+// checker found on the new master.
+func masterSlaveFailover(t *testing.T, mode string, pause time.Duration) (verdict, *load) {
+	bin := ferrytest.Binary(t)
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeNode(t, "master", "master", mode, mb, mr, []string{sr}, "1s")
+	slave := writeNode(t, "slave", "slave", mode, sb, sr, []string{mr}, "1s")
+	master.start(t, bin)
+	slave.start(t, bin)
+	ctx := context.Background()
+	eventually(t, 60*time.Second, "slave linked to master", func() bool {
+		st, err := clusterStatus(ctx, sr)
+		return err == nil && st.LeaderConnected
+	})
+	l := startLoad(t, mb, 4)
+	time.Sleep(time.Second)
+	if pause > 0 {
+		slave.signal(t, syscall.SIGSTOP)
+		time.Sleep(pause)
+	}
+	master.kill(t)
+	l.halt()
+	if pause > 0 {
+		slave.signal(t, syscall.SIGCONT)
+	}
+	eventually(t, 30*time.Second, "slave sees its master gone", func() bool {
+		st, err := clusterStatus(ctx, sr)
+		return err == nil && !st.LeaderConnected
+	})
+	// The master's plugin processes exit once they see their host gone.
+	eventually(t, 30*time.Second, "master's replication plugin gone", func() bool {
+		_, err := clusterStatus(ctx, mr)
+		return err != nil
+	})
+	start := time.Now()
+	out, err := exec.Command(bin, "cluster", "promote", "--broker", sr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promote: %v\n%s", err, out)
+	}
+	t.Logf("promote (%s): %s", time.Since(start).Round(time.Millisecond), bytes.TrimSpace(out))
+	eventually(t, 30*time.Second, "promoted slave takes produce", func() bool {
+		st, err := clusterStatus(ctx, sr)
+		return err == nil && st.Role == "master"
+	})
+	v := check(l, readLog(t, sb))
+	t.Logf("%s: acked OK %d, REPLICA_TIMEOUT %d, REPLICA_NOT_AVAILABLE %d; on the new master %d stored: lost %d, duplicated %d, unexpected %d",
+		mode, v.ok, l.count(ferryv1.Status_STATUS_REPLICA_TIMEOUT), l.count(ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE), v.stored, v.lost, v.dup, v.unexpected)
+	return v, l
+}
+
+// Sync: every message acked OK survives the master's death and the slave's
+// promotion, also when the slave was paused (SIGSTOP) under load just before.
+func TestFaultSyncMasterKilledSlavePromoted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	v, l := masterSlaveFailover(t, "sync", 1500*time.Millisecond)
+	if v.ok == 0 {
+		t.Fatal("no message was acked OK")
+	}
+	if v.lost != 0 || v.dup != 0 || v.unexpected != 0 {
+		t.Fatalf("lost %d, duplicated %d, unexpected %d", v.lost, v.dup, v.unexpected)
+	}
+	if l.count(ferryv1.Status_STATUS_REPLICA_TIMEOUT)+l.count(ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE) == 0 {
+		t.Error("the slave was paused, yet no send was answered REPLICA_TIMEOUT or REPLICA_NOT_AVAILABLE")
+	}
+}
+
+// Async, the negative control: what the master acked while its slave was
+// paused is lost with the master, and the checker says so.
+func TestFaultAsyncMasterKilledLosesAcked(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	v, _ := masterSlaveFailover(t, "async", 1500*time.Millisecond)
+	if v.lost == 0 {
+		t.Fatalf("async replication lost nothing although the slave was paused while %d messages were acked: the checker is blind", v.ok)
+	}
+	if v.dup != 0 || v.unexpected != 0 {
+		t.Fatalf("duplicated %d, unexpected %d", v.dup, v.unexpected)
+	}
+}
