@@ -38,6 +38,9 @@ type replicator struct {
 	mu    sync.Mutex // held while batches are handed over, which keeps their order
 	next  uint64     // seq of the next batch to hand over
 	ready map[uint64]storedBatch
+
+	modeOnce sync.Once
+	mode     string
 }
 
 type storedBatch struct {
@@ -49,6 +52,49 @@ type storedBatch struct {
 
 func newReplicator(b *Broker, src StorageSource) *replicator {
 	return &replicator{b: b, src: src, next: 1, ready: map[uint64]storedBatch{}}
+}
+
+// replicateFirst reports whether the plugin replicates before anything is
+// stored (raft). Asked once the plugin is up; a plugin keeps its mode.
+func (r *replicator) replicateFirst() bool {
+	r.modeOnce.Do(func() {
+		impl, _, _ := r.src.Current()
+		if impl == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), replicateTimeout)
+			defer cancel()
+			impl, _, _ = r.src.Next(ctx, 0)
+		}
+		r.mode = sdk.ModeApplyFirst
+		if m, ok := impl.(sdk.ReplicationMode); ok {
+			r.mode = m.Mode()
+		}
+	})
+	return r.mode == sdk.ModeReplicateFirst
+}
+
+// produce is Produce for "replicate, then apply" (raft): the plugin commits
+// the batch on a quorum, every node applies it to its store through
+// ReplicaCore.Apply, and the leader's plugin answers with the offsets its own
+// store assigned. A deposed leader answers an error, never OK.
+func (r *replicator) produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.ProduceResponse, error) {
+	impl, _, _ := r.src.Current()
+	if impl == nil {
+		return nil, fmt.Errorf("%w: replication plugin is restarting", sdk.ErrUnavailable)
+	}
+	wait, err := impl.(sdk.Replication).Replicate(ctx, req.Messages)
+	if err != nil {
+		return nil, err
+	}
+	st, offsets, err := wait(ctx)
+	if err != nil {
+		// The host notices a dead plugin process by itself; an unknown
+		// outcome (leadership lost mid-commit) is the producer's to retry.
+		return nil, err
+	}
+	if len(offsets) != len(req.Messages) {
+		return nil, fmt.Errorf("%w: replication answered %d offsets for %d messages", sdk.ErrUnavailable, len(offsets), len(req.Messages))
+	}
+	return &sdk.ProduceResponse{Seq: req.Seq, Offsets: offsets, Status: st}, nil
 }
 
 // stored is called once per batch (from the appender's goroutines, in any
@@ -106,7 +152,7 @@ func (r *replicator) handOver(sb storedBatch) {
 	}
 	go func() {
 		defer cancel()
-		st, err := wait(ctx)
+		st, _, err := wait(ctx)
 		r.replicated(sb, gen, st, err)
 	}()
 }

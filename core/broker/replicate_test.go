@@ -38,15 +38,15 @@ func (f *fakeRepl) Replicate(_ context.Context, msgs []*sdk.Message) (sdk.Replic
 	f.batches = append(f.batches, b)
 	st, err, hold := f.status, f.err, f.hold
 	f.mu.Unlock()
-	return func(ctx context.Context) (sdk.Status, error) {
+	return func(ctx context.Context) (sdk.Status, []int64, error) {
 		if hold != nil {
 			select {
 			case <-hold:
 			case <-ctx.Done():
-				return 0, ctx.Err()
+				return 0, nil, ctx.Err()
 			}
 		}
-		return st, err
+		return st, nil, err
 	}, nil
 }
 

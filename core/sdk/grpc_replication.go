@@ -55,8 +55,8 @@ func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer
 		go func(seq uint64) {
 			defer waits.Done()
 			defer cancel()
-			st, err := wait(rctx)
-			_ = send(&ferryv1.ReplicateResponse{Seq: seq, Status: st, Error: ErrorToProto(err)})
+			st, offs, err := wait(rctx)
+			_ = send(&ferryv1.ReplicateResponse{Seq: seq, Status: st, Offsets: offs, Error: ErrorToProto(err)})
 		}(req.Seq)
 	}
 }
@@ -275,19 +275,19 @@ func (c *ReplicationClient) Replicate(ctx context.Context, msgs []*Message) (Rep
 	if err != nil {
 		c.reps.fail(err)
 	}
-	return func(ctx context.Context) (Status, error) {
+	return func(ctx context.Context) (Status, []int64, error) {
 		select {
 		case r := <-ch:
 			if r.err != nil {
-				return 0, r.err
+				return 0, nil, r.err
 			}
 			if r.v.Error != nil {
-				return r.v.Status, ErrorFromProto(r.v.Error)
+				return r.v.Status, nil, ErrorFromProto(r.v.Error)
 			}
-			return r.v.Status, nil
+			return r.v.Status, r.v.Offsets, nil
 		case <-ctx.Done():
 			c.reps.drop(seq)
-			return 0, ctx.Err()
+			return 0, nil, ctx.Err()
 		}
 	}, nil
 }

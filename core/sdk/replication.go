@@ -64,7 +64,10 @@ type Replication interface {
 // STATUS_REPLICA_NOT_AVAILABLE when it did not (never OK then). An error
 // (ErrNotLeader, ErrUnavailable) means the level was not met and the batch's
 // fate is unknown to this node.
-type ReplicateWait func(ctx context.Context) (Status, error)
+//
+// In mode ModeReplicateFirst it also returns the offsets the batch was
+// stored at (applied on this node through ReplicaCore.Apply), in order.
+type ReplicateWait func(ctx context.Context) (Status, []int64, error)
 
 // ReplicaCore is the broker as a replication plugin sees it. Calls are safe
 // from many goroutines.

@@ -105,7 +105,10 @@ type ReplicateResponse struct {
 	Status Status `protobuf:"varint,2,opt,name=status,proto3,enum=ferry.v1.Status" json:"status,omitempty"`
 	// Set when the replication level can never be met for this batch
 	// (NOT_LEADER: this node is no longer the leader).
-	Error         *Error `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Error *Error `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// replicate_first mode: the offsets the batch was stored at, in request
+	// order, once committed and applied.
+	Offsets       []int64 `protobuf:"varint,4,rep,packed,name=offsets,proto3" json:"offsets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,6 +160,13 @@ func (x *ReplicateResponse) GetStatus() Status {
 func (x *ReplicateResponse) GetError() *Error {
 	if x != nil {
 		return x.Error
+	}
+	return nil
+}
+
+func (x *ReplicateResponse) GetOffsets() []int64 {
+	if x != nil {
+		return x.Offsets
 	}
 	return nil
 }
@@ -1229,11 +1239,12 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
 	"\x11ReplicateResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
-	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\"\xa0\x02\n" +
+	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xa0\x02\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +

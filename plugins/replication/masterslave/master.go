@@ -126,10 +126,10 @@ func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.Replic
 	signal(&p.wake)
 	p.mu.Unlock()
 	if p.mode == ModeAsync {
-		return func(context.Context) (sdk.Status, error) { return ferryv1.Status_STATUS_OK, nil }, nil
+		return func(context.Context) (sdk.Status, []int64, error) { return ferryv1.Status_STATUS_OK, nil, nil }, nil
 	}
 	deadline := time.Now().Add(time.Duration(p.cfg.Timeout))
-	return func(ctx context.Context) (sdk.Status, error) {
+	return func(ctx context.Context) (sdk.Status, []int64, error) {
 		timer := time.NewTimer(time.Until(deadline))
 		defer timer.Stop()
 		for {
@@ -143,17 +143,17 @@ func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.Replic
 					p.okEnds[k] = max(p.okEnds[k], e)
 				}
 				p.mu.Unlock()
-				return ferryv1.Status_STATUS_OK, nil
+				return ferryv1.Status_STATUS_OK, nil, nil
 			}
 			if connected < p.cfg.MinReplicas {
-				return ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE, nil
+				return ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE, nil, nil
 			}
 			select {
 			case <-progress:
 			case <-timer.C:
-				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil
+				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
 			case <-ctx.Done():
-				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil
+				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
 			}
 		}
 	}, nil
