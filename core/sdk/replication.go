@@ -76,8 +76,9 @@ type ReplicaCore interface {
 	// the local storage, in call order: calls made one after another from
 	// one goroutine are appended in that order, so that many may be in
 	// flight. The ApplyWait gives the offsets the store assigned once
-	// durable; an offset different from the master's fails it (the logs
-	// diverged) with ErrCorrupt.
+	// durable. In mode ModeApplyFirst the messages carry the master's
+	// offsets, and an offset different from the master's fails it (the
+	// logs diverged) with ErrCorrupt.
 	Apply(ctx context.Context, msgs []*Message) (ApplyWait, error)
 	// Read reads the local log (a master serving a slave's catch-up).
 	Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error)

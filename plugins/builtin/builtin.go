@@ -5,6 +5,7 @@ import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/plugins/replication/masterslave"
+	"github.com/ferrymq/ferry/plugins/replication/raft"
 	"github.com/ferrymq/ferry/plugins/storage/file"
 	"github.com/ferrymq/ferry/plugins/storage/memory"
 	grpctransport "github.com/ferrymq/ferry/plugins/transport/grpc"
@@ -20,5 +21,6 @@ func Registry() *pluginhost.Registry {
 	r.Register(sdk.KindTransport, "http", func() sdk.Plugin { return httptransport.New() })
 	r.Register(sdk.KindReplication, masterslave.ModeAsync, func() sdk.Plugin { return masterslave.New(masterslave.ModeAsync) })
 	r.Register(sdk.KindReplication, masterslave.ModeSync, func() sdk.Plugin { return masterslave.New(masterslave.ModeSync) })
+	r.Register(sdk.KindReplication, "raft", func() sdk.Plugin { return raft.New() })
 	return r
 }

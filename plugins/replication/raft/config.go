@@ -1,0 +1,96 @@
+package raft
+
+import (
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Peer is one voter of the raft group.
+type Peer struct {
+	// ID is the node's id (node.id of its pipeline).
+	ID string `json:"id"`
+	// Raft is its raft address (its `listen`).
+	Raft string `json:"raft"`
+	// Broker is where clients reach its broker (its transport's listen):
+	// routing metadata names it when it leads.
+	Broker string `json:"broker"`
+	// Admin is its status address (its `admin`), for `ferry cluster`.
+	Admin string `json:"admin"`
+}
+
+// Config is the raft plugin's config section.
+type Config struct {
+	// Listen is this node's raft address (host:port), required.
+	Listen string `json:"listen"`
+	// Admin is this node's status listener for `ferry cluster status`
+	// (host:port); optional.
+	Admin string `json:"admin"`
+	// Peers are every voter of the group, this node included. Nodes with
+	// no raft state bootstrap the group with exactly this list.
+	Peers []Peer `json:"peers"`
+	// Timing: defaults give failover well under 2 s on a LAN.
+	HeartbeatTimeout   sdk.Duration `json:"heartbeat_timeout"`
+	ElectionTimeout    sdk.Duration `json:"election_timeout"`
+	LeaderLeaseTimeout sdk.Duration `json:"leader_lease_timeout"`
+	// ApplyTimeout bounds a produce's wait for its commit; default 10s.
+	ApplyTimeout sdk.Duration `json:"apply_timeout"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		HeartbeatTimeout:   sdk.Duration(500 * time.Millisecond),
+		ElectionTimeout:    sdk.Duration(500 * time.Millisecond),
+		LeaderLeaseTimeout: sdk.Duration(250 * time.Millisecond),
+		ApplyTimeout:       sdk.Duration(10 * time.Second),
+	}
+}
+
+func decode(config []byte) (Config, sdk.Problems) {
+	cfg := defaultConfig()
+	if ps := sdk.DecodeConfig(config, &cfg); ps != nil {
+		return cfg, ps
+	}
+	var ps sdk.Problems
+	addr := func(path, v string, required bool) {
+		if v == "" {
+			if required {
+				ps = append(ps, sdk.Problem{Path: path, Message: "is required (host:port)"})
+			}
+			return
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			ps = append(ps, sdk.Problem{Path: path, Message: "must be host:port: " + err.Error()})
+		}
+	}
+	addr("listen", cfg.Listen, true)
+	addr("admin", cfg.Admin, false)
+	if len(cfg.Peers) == 0 {
+		ps = append(ps, sdk.Problem{Path: "peers", Message: "is required: every voter, this node included"})
+	}
+	ids := map[string]bool{}
+	for i, p := range cfg.Peers {
+		base := "peers[" + strconv.Itoa(i) + "]"
+		if p.ID == "" {
+			ps = append(ps, sdk.Problem{Path: base + ".id", Message: "is required"})
+		} else if ids[p.ID] {
+			ps = append(ps, sdk.Problem{Path: base + ".id", Message: "repeats " + strconv.Quote(p.ID)})
+		}
+		ids[p.ID] = true
+		addr(base+".raft", p.Raft, true)
+		addr(base+".broker", p.Broker, true)
+		addr(base+".admin", p.Admin, false)
+	}
+	for path, d := range map[string]sdk.Duration{"heartbeat_timeout": cfg.HeartbeatTimeout, "election_timeout": cfg.ElectionTimeout,
+		"leader_lease_timeout": cfg.LeaderLeaseTimeout, "apply_timeout": cfg.ApplyTimeout} {
+		if d <= 0 {
+			ps = append(ps, sdk.Problem{Path: path, Message: "must be > 0"})
+		}
+	}
+	if cfg.LeaderLeaseTimeout > cfg.HeartbeatTimeout {
+		ps = append(ps, sdk.Problem{Path: "leader_lease_timeout", Message: "must not exceed heartbeat_timeout"})
+	}
+	return cfg, ps
+}

@@ -1,0 +1,167 @@
+package raft
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// fsm applies committed entries to the node's own storage through the
+// broker core. The storage is the state machine: entries are applied in log
+// order, so every node's store assigns the same offsets. The index of the
+// last applied entry is kept in a file (written, not fsynced, after each
+// batch: it survives a killed process) so that a restarted node does not
+// apply entries twice; within the store's de-duplication window a second
+// apply would be harmless anyway.
+type fsm struct {
+	p       *Plugin
+	ctx     context.Context
+	core    sdk.ReplicaCore
+	path    string
+	applied uint64
+}
+
+func newFSM(p *Plugin, ctx context.Context, core sdk.ReplicaCore, dir string) *fsm {
+	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied")}
+	if b, err := os.ReadFile(f.path); err == nil {
+		f.applied, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	return f
+}
+
+var _ hraft.BatchingFSM = (*fsm)(nil)
+
+func (f *fsm) Apply(l *hraft.Log) any { return f.ApplyBatch([]*hraft.Log{l})[0] }
+
+// ApplyBatch starts every entry's append in log order (so that one flush of
+// the store covers the batch), then waits for all.
+func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
+	out := make([]any, len(logs))
+	waits := make([]sdk.ApplyWait, len(logs))
+	msgs := make([][]*sdk.Message, len(logs))
+	last := uint64(0)
+	for i, l := range logs {
+		last = max(last, l.Index)
+		if l.Type != hraft.LogCommand || l.Index <= f.applied {
+			continue
+		}
+		var req ferryv1.ApplyRequest
+		if err := proto.Unmarshal(l.Data, &req); err != nil {
+			out[i] = err
+			continue
+		}
+		msgs[i] = req.Messages
+		waits[i] = f.start(req.Messages)
+	}
+	for i, w := range waits {
+		if w == nil {
+			continue
+		}
+		out[i] = f.finish(msgs[i], w)
+	}
+	if last > f.applied {
+		f.applied = last
+		_ = os.WriteFile(f.path, []byte(strconv.FormatUint(last, 10)), 0o644)
+	}
+	return out
+}
+
+// start begins one entry's append; it retries while the core cannot take it
+// (the storage plugin restarting). It gives up only when the node stops.
+func (f *fsm) start(msgs []*sdk.Message) sdk.ApplyWait {
+	for {
+		w, err := f.core.Apply(f.ctx, msgs)
+		if err == nil {
+			return w
+		}
+		if f.ctx.Err() != nil {
+			return func(context.Context) ([]int64, error) { return nil, err }
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// finish waits for an entry's append. On failure it appends again (the store
+// de-duplicates by id) until it succeeds or the node stops.
+func (f *fsm) finish(msgs []*sdk.Message, w sdk.ApplyWait) any {
+	for {
+		offs, err := w(f.ctx)
+		if err == nil {
+			return offs
+		}
+		if f.ctx.Err() != nil || errors.Is(err, sdk.ErrCorrupt) || errors.Is(err, sdk.ErrInvalidArgument) {
+			return err
+		}
+		f.p.log.Warn("applying a committed entry failed; retrying", "error", err)
+		time.Sleep(50 * time.Millisecond)
+		w = f.start(msgs)
+	}
+}
+
+// Snapshots are minimal: the store is the state, so a snapshot records only
+// the end offset of every queue (for status and for a check on restore).
+// Compaction keeps many trailing entries (see trailingLogs) so that a
+// follower that was away catches up from the log, not from a snapshot.
+type snapshot struct {
+	Ends map[string]int64 `json:"ends"`
+}
+
+func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
+	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+	defer cancel()
+	info, err := f.core.NodeInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &snapshot{Ends: map[string]int64{}}
+	for _, o := range info.Offsets {
+		s.Ends[o.Topic+"/"+strconv.Itoa(int(o.Queue))] = o.End
+	}
+	return s, nil
+}
+
+func (s *snapshot) Persist(sink hraft.SnapshotSink) error {
+	if err := json.NewEncoder(sink).Encode(s); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}
+
+// Restore is called when the leader sends a snapshot to a follower that
+// lacks entries the leader compacted away. The snapshot has no messages: a
+// follower behind it reports the gap (it needs an operator to copy the
+// data); see the package doc.
+func (f *fsm) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	var s snapshot
+	if err := json.NewDecoder(r).Decode(&s); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+	defer cancel()
+	info, err := f.core.NodeInfo(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range info.Offsets {
+		if want := s.Ends[o.Topic+"/"+strconv.Itoa(int(o.Queue))]; o.End < want {
+			f.p.log.Error("snapshot installed over a store that lacks its data", "queue", o.Topic+"/"+strconv.Itoa(int(o.Queue)), "end", o.End, "snapshot_end", want)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,321 @@
+package raft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	hraft "github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Raft tuning that is not configurable.
+const (
+	trailingLogs      = 1 << 20 // entries kept after a snapshot: followers catch up from the log
+	snapshotThreshold = 1 << 16
+	snapshotInterval  = 30 * time.Second
+	roleEvery         = 20 * time.Millisecond
+)
+
+// Plugin is the raft replication plugin.
+type Plugin struct {
+	cfg   Config
+	dir   string
+	node  string
+	log   hclog.Logger
+	trans *hraft.NetworkTransport
+	store *boltStore
+	admin *grpc.Server
+
+	mu      sync.Mutex
+	raft    *hraft.Raft
+	core    sdk.ReplicaCore
+	role    string
+	leader  Peer
+	address string
+}
+
+var (
+	_ sdk.Replication     = (*Plugin)(nil)
+	_ sdk.ReplicationMode = (*Plugin)(nil)
+)
+
+// New returns a raft replication plugin.
+func New() *Plugin {
+	return &Plugin{log: hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr, JSONFormat: true})}
+}
+
+// Mode: raft replicates a batch before any node stores it.
+func (p *Plugin) Mode() string { return sdk.ModeReplicateFirst }
+
+// Validate checks a config section.
+func (p *Plugin) Validate(config []byte) sdk.Problems {
+	_, ps := decode(config)
+	return ps
+}
+
+// Configure opens the raft log and binds the raft and admin listeners.
+func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environment) error {
+	cfg, ps := decode(config)
+	if ps != nil {
+		return ps
+	}
+	p.cfg, p.node = cfg, env.GetNode()
+	found := false
+	for _, peer := range cfg.Peers {
+		if peer.ID == p.node {
+			found = true
+		}
+	}
+	if !found {
+		return sdk.Problems{{Path: "peers", Message: fmt.Sprintf("must list this node (node.id %q)", p.node)}}
+	}
+	p.dir = filepath.Join(env.GetDataDir(), "replication-raft")
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return err
+	}
+	store, err := openBoltStore(filepath.Join(p.dir, "raft.db"))
+	if err != nil {
+		return fmt.Errorf("raft log: %w", err)
+	}
+	p.store = store
+	adv, err := net.ResolveTCPAddr("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	trans, err := hraft.NewTCPTransportWithLogger(cfg.Listen, adv, 4, 2*time.Second, p.log.Named("transport"))
+	if err != nil {
+		return fmt.Errorf("raft listen %s: %w", cfg.Listen, err)
+	}
+	p.trans = trans
+	if cfg.Admin != "" {
+		lis, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			return fmt.Errorf("raft admin listen %s: %w", cfg.Admin, err)
+		}
+		p.admin = grpc.NewServer()
+		ferryv1.RegisterReplicaLinkServer(p.admin, &admin{p: p})
+		go func() { _ = p.admin.Serve(lis) }()
+	}
+	return nil
+}
+
+// Serve starts raft (bootstrapping a new group from peers), applies
+// committed entries to the store through core, and keeps the broker's role in
+// step with raft's until ctx ends.
+func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
+	info, err := core.NodeInfo(ctx)
+	if err != nil {
+		return err
+	}
+	rc := hraft.DefaultConfig()
+	rc.LocalID = hraft.ServerID(p.node)
+	rc.HeartbeatTimeout = time.Duration(p.cfg.HeartbeatTimeout)
+	rc.ElectionTimeout = time.Duration(p.cfg.ElectionTimeout)
+	rc.LeaderLeaseTimeout = time.Duration(p.cfg.LeaderLeaseTimeout)
+	rc.CommitTimeout = 5 * time.Millisecond
+	rc.TrailingLogs = trailingLogs
+	rc.SnapshotThreshold = snapshotThreshold
+	rc.SnapshotInterval = snapshotInterval
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	rc.NoSnapshotRestoreOnStart = true // the store is the state
+	rc.Logger = p.log
+	snaps, err := hraft.NewFileSnapshotStoreWithLogger(p.dir, 2, p.log.Named("snapshots"))
+	if err != nil {
+		return err
+	}
+	has, err := hraft.HasExistingState(p.store, p.store, snaps)
+	if err != nil {
+		return err
+	}
+	if !has {
+		var servers []hraft.Server
+		for _, peer := range p.cfg.Peers {
+			servers = append(servers, hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(peer.ID), Address: hraft.ServerAddress(peer.Raft)})
+		}
+		if err := hraft.BootstrapCluster(rc, p.store, p.store, snaps, p.trans, hraft.Configuration{Servers: servers}); err != nil {
+			return fmt.Errorf("raft bootstrap: %w", err)
+		}
+	}
+	f := newFSM(p, ctx, core, p.dir)
+	r, err := hraft.NewRaft(rc, f, p.store, p.store, snaps, p.trans)
+	if err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	p.mu.Lock()
+	p.raft, p.core, p.address = r, core, info.Address
+	p.mu.Unlock()
+	defer func() {
+		_ = r.Shutdown().Error()
+	}()
+	tick := time.NewTicker(roleEvery)
+	defer tick.Stop()
+	var last *sdk.SetRoleRequest
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		want := p.observe(r)
+		if last == nil || want.Role != last.Role || want.LeaderAddress != last.LeaderAddress {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := core.SetRole(sctx, want)
+			cancel()
+			if err == nil {
+				last = want
+			}
+		}
+	}
+}
+
+// observe maps raft's state to the broker's role and the leader's broker.
+func (p *Plugin) observe(r *hraft.Raft) *sdk.SetRoleRequest {
+	_, id := r.LeaderWithID()
+	var leader Peer
+	for _, peer := range p.cfg.Peers {
+		if hraft.ServerID(peer.ID) == id {
+			leader = peer
+		}
+	}
+	role := sdk.RoleFollower
+	switch r.State() {
+	case hraft.Leader:
+		role = sdk.RoleLeader
+	case hraft.Candidate:
+		role = sdk.RoleCandidate
+	}
+	p.mu.Lock()
+	p.role, p.leader = role, leader
+	p.mu.Unlock()
+	return &sdk.SetRoleRequest{Role: role, LeaderNode: leader.ID, LeaderAddress: leader.Broker}
+}
+
+// Replicate commits a batch through raft. Only the leader takes it; the
+// answer comes once a quorum holds the entry and this node's FSM stored it,
+// with the offsets its store assigned. A leader deposed meanwhile answers an
+// error (outcome unknown), never OK.
+func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.ReplicateWait, error) {
+	p.mu.Lock()
+	r := p.raft
+	p.mu.Unlock()
+	if r == nil {
+		return nil, fmt.Errorf("%w: raft is starting", sdk.ErrNotLeader)
+	}
+	if r.State() != hraft.Leader {
+		_, id := r.LeaderWithID()
+		return nil, fmt.Errorf("%w: this node is not the raft leader (leader: %q)", sdk.ErrNotLeader, id)
+	}
+	data, err := proto.Marshal(&ferryv1.ApplyRequest{Messages: msgs})
+	if err != nil {
+		return nil, err
+	}
+	timeout := time.Duration(p.cfg.ApplyTimeout)
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	fut := r.Apply(data, timeout)
+	return func(ctx context.Context) (sdk.Status, []int64, error) {
+		done := make(chan error, 1)
+		go func() { done <- fut.Error() }()
+		var err error
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			return 0, nil, fmt.Errorf("%w: raft commit not confirmed in time, outcome unknown", ctx.Err())
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, hraft.ErrNotLeader):
+			return 0, nil, fmt.Errorf("%w: %v", sdk.ErrNotLeader, err)
+		case errors.Is(err, hraft.ErrEnqueueTimeout):
+			return 0, nil, fmt.Errorf("%w: raft apply queue full", sdk.ErrReplicaTimeout)
+		default:
+			// Leadership lost, raft shut down: the entry may still
+			// commit under the next leader.
+			return 0, nil, fmt.Errorf("%w: raft: %v (outcome unknown)", sdk.ErrUnavailable, err)
+		}
+		switch v := fut.Response().(type) {
+		case []int64:
+			return ferryv1.Status_STATUS_OK, v, nil
+		case error:
+			return 0, nil, fmt.Errorf("%w: committed, but storing it here failed: %v", sdk.ErrUnavailable, v)
+		default:
+			return 0, nil, fmt.Errorf("%w: committed entry applied before this node's restart", sdk.ErrUnavailable)
+		}
+	}, nil
+}
+
+// Status reports the node's raft role, term and log positions.
+func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
+	p.mu.Lock()
+	r, core, role, leader, addr := p.raft, p.core, p.role, p.leader, p.address
+	p.mu.Unlock()
+	st := &ferryv1.ReplicationStatusResponse{Node: p.node, Role: role, Address: addr, Mode: "raft",
+		LeaderNode: leader.ID, LeaderAddress: leader.Broker, LeaderConnected: leader.ID != ""}
+	if r == nil || core == nil {
+		st.Role = "starting"
+		return st, nil
+	}
+	stats := r.Stats()
+	st.Epoch, _ = strconv.ParseUint(stats["term"], 10, 64)
+	commit, _ := strconv.ParseInt(stats["commit_index"], 10, 64)
+	applied, _ := strconv.ParseInt(stats["applied_index"], 10, 64)
+	last, _ := strconv.ParseInt(stats["last_log_index"], 10, 64)
+	info, err := core.NodeInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st.Offsets = info.Offsets
+	st.Replicas = []*ferryv1.ReplicaInfo{{Node: p.node, Address: addr, Connected: leader.ID != "",
+		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries)", last, commit, applied)}}
+	return st, nil
+}
+
+// Close stops raft's listeners and closes the log.
+func (p *Plugin) Close() error {
+	p.mu.Lock()
+	r := p.raft
+	p.mu.Unlock()
+	if r != nil {
+		_ = r.Shutdown().Error()
+	}
+	if p.admin != nil {
+		p.admin.Stop()
+	}
+	if p.trans != nil {
+		_ = p.trans.Close()
+	}
+	if p.store != nil {
+		return p.store.Close()
+	}
+	return nil
+}
+
+// admin serves `ferry cluster status` for a raft node.
+type admin struct {
+	ferryv1.UnimplementedReplicaLinkServer
+	p *Plugin
+}
+
+func (a *admin) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest) (*ferryv1.ReplicationStatusResponse, error) {
+	return a.p.Status(ctx)
+}
+
+func (a *admin) Promote(context.Context, *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
+	return nil, status.Error(codes.FailedPrecondition, "raft elects its leader by itself; promote is for master–slave replication")
+}
