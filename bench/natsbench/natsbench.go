@@ -308,6 +308,10 @@ func (s *System) consumer(ctx context.Context, w bench.Workload, policy jetstrea
 // readAll runs w.Consumers readers of c until ctx ends, calling handle for
 // each message and acking it.
 func readAll(ctx context.Context, w bench.Workload, c jetstream.Consumer, handle func(jetstream.Msg)) error {
+	var batch []jetstream.PullMessagesOpt // JetStream's default batch unless the workload sets one
+	if w.FetchMax > 0 {
+		batch = append(batch, jetstream.PullMaxMessages(w.FetchMax))
+	}
 	errs := make([]error, w.Consumers)
 	var wg sync.WaitGroup
 	for i := range w.Consumers {
@@ -317,7 +321,7 @@ func readAll(ctx context.Context, w bench.Workload, c jetstream.Consumer, handle
 				cc, err := c.Consume(func(m jetstream.Msg) {
 					handle(m)
 					_ = m.Ack()
-				}, jetstream.PullMaxMessages(w.FetchMax))
+				}, consumeOpts(batch)...)
 				if err != nil {
 					errs[i] = err
 					return
@@ -325,7 +329,7 @@ func readAll(ctx context.Context, w bench.Workload, c jetstream.Consumer, handle
 				<-ctx.Done()
 				cc.Stop()
 			case bench.Pull:
-				it, err := c.Messages(jetstream.PullMaxMessages(w.FetchMax))
+				it, err := c.Messages(batch...)
 				if err != nil {
 					errs[i] = err
 					return
@@ -458,4 +462,16 @@ func (s *System) endToEnd(ctx context.Context, w bench.Workload, rec *bench.Reco
 		res.Rate, res.MBps = float64(got)/secs, float64(res.Bytes)/secs/1e6
 	}
 	return res, nil
+}
+
+// consumeOpts turns Messages options into Consume options (PullMaxMessages
+// is both).
+func consumeOpts(opts []jetstream.PullMessagesOpt) []jetstream.PullConsumeOpt {
+	var out []jetstream.PullConsumeOpt
+	for _, o := range opts {
+		if c, ok := o.(jetstream.PullConsumeOpt); ok {
+			out = append(out, c)
+		}
+	}
+	return out
 }

@@ -109,7 +109,7 @@ JSON document on stdout. The exit status is 1 if any message failed.`,
 	fl.DurationVar(&f.linger, "linger", client.DefaultLinger, "async: how long a batch waits for more messages")
 	fl.IntVar(&f.consumers, "consumers", 1, "consumers of the group (consume, e2e)")
 	fl.StringVar(&f.delivery, "delivery", "pull", "consumers' delivery: pull or push")
-	fl.IntVar(&f.fetchMax, "fetch-max", bench.DefaultFetchMax, "messages per fetch at most")
+	fl.IntVar(&f.fetchMax, "fetch-max", 0, fmt.Sprintf("messages per fetch at most (default: the client's, %d)", client.DefaultMaxMessages))
 	fl.BoolVar(&f.noPreload, "no-preload", false, "consume: fail instead of producing what the topic lacks")
 	fl.BoolVar(&f.json, "json", false, "print the result as JSON on stdout")
 	fl.StringVar(&f.progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
@@ -151,8 +151,8 @@ func runBench(ctx context.Context, kind string, f benchFlags, stdout, stderr io.
 		Producers: f.producers, Mode: bench.SendMode(f.mode), Inflight: f.inflight,
 		Consumers: f.consumers, Delivery: bench.Delivery(f.delivery), FetchMax: f.fetchMax, Preload: !f.noPreload,
 	}
-	if f.producers < 1 || f.consumers < 1 || f.inflight < 1 || f.fetchMax < 1 {
-		return fail("--producers, --consumers, --inflight and --fetch-max must be at least 1")
+	if f.producers < 1 || f.consumers < 1 || f.inflight < 1 || f.fetchMax < 0 {
+		return fail("--producers, --consumers and --inflight must be at least 1, --fetch-max not negative")
 	}
 
 	if f.cpuProfile != "" {

@@ -60,7 +60,9 @@ func run(t *testing.T, s bench.System, w bench.Workload) *bench.Result {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	w = w.WithDefaults()
+	t0 := time.Now()
 	r, err := s.Run(ctx, w, bench.NewRecorder())
+	t.Logf("%s took %v", w.Name, time.Since(t0))
 	if err != nil {
 		t.Fatalf("%s: %v", w.Name, err)
 	}

@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -206,7 +209,7 @@ func newGroup(prefix string) string {
 func (f *Ferry) consumer(w Workload, group string, startAt client.StartAt) (*client.Consumer, error) {
 	opts := f.Consumer
 	opts.Topic, opts.Group, opts.StartAt = w.Topic, group, startAt
-	if opts.MaxMessages == 0 {
+	if w.FetchMax > 0 {
 		opts.MaxMessages = w.FetchMax
 	}
 	return f.Client.NewConsumer(opts)
@@ -276,7 +279,7 @@ func (f *Ferry) consume(ctx context.Context, w Workload, rec *Recorder, queues i
 		}
 	}
 	start := time.Now()
-	errs := f.runConsumers(rctx, w, group, client.StartCommittedOrEarliest, nil, func(d *client.Delivery) error {
+	errs := f.runConsumers(rctx, w, group, client.StartCommittedOrEarliest, func(d *client.Delivery) error {
 		count(d)
 		return nil
 	})
@@ -289,9 +292,8 @@ func (f *Ferry) consume(ctx context.Context, w Workload, rec *Recorder, queues i
 
 // runConsumers runs w.Consumers consumers of group until ctx ends, calling
 // handle for each delivery (in pull mode it is acked when handle returns
-// nil). ready, when not nil, is called with the consumers once each is
-// started. It returns the consumers' errors, ctx's end excluded.
-func (f *Ferry) runConsumers(ctx context.Context, w Workload, group string, startAt client.StartAt, ready func([]*client.Consumer), handle func(*client.Delivery) error) []error {
+// nil). It returns the consumers' errors, ctx's end excluded.
+func (f *Ferry) runConsumers(ctx context.Context, w Workload, group string, startAt client.StartAt, handle func(*client.Delivery) error) []error {
 	cons := make([]*client.Consumer, w.Consumers)
 	for i := range cons {
 		c, err := f.consumer(w, group, startAt)
@@ -301,18 +303,14 @@ func (f *Ferry) runConsumers(ctx context.Context, w Workload, group string, star
 		cons[i] = c
 	}
 	errs := make([]error, len(cons))
-	var wg, started sync.WaitGroup
+	var wg sync.WaitGroup
 	for i, cn := range cons {
-		started.Add(1)
 		wg.Go(func() {
 			switch w.Delivery {
 			case Push:
-				started.Done()
 				errs[i] = cn.Consume(ctx, func(_ context.Context, d *client.Delivery) error { return handle(d) })
 			case Pull:
-				err := cn.Start(ctx)
-				started.Done()
-				if err != nil {
+				if err := cn.Start(ctx); err != nil {
 					errs[i] = err
 					return
 				}
@@ -334,10 +332,6 @@ func (f *Ferry) runConsumers(ctx context.Context, w Workload, group string, star
 			}
 		})
 	}
-	started.Wait()
-	if ready != nil {
-		ready(cons)
-	}
 	wg.Wait()
 	var out []error
 	for _, err := range errs {
@@ -348,19 +342,19 @@ func (f *Ferry) runConsumers(ctx context.Context, w Workload, group string, star
 	return out
 }
 
-// endToEnd starts the consumers of a fresh group at the topic's end, then
+// endToEnd starts the consumers of a new group at the topic's end, then
 // the producers; each message carries its send time, and the consumers
 // record the latency to their handler. The run ends when the consumers saw
 // every message the producers had acked, or DrainTimeout after the
 // producers finished.
 func (f *Ferry) endToEnd(ctx context.Context, w Workload, rec *Recorder) (*Result, error) {
-	run := RunID()
+	run, probeRun := RunID(), RunID()
 	group := newGroup("bench-e2e")
 	rctx, stopConsumers := context.WithCancel(ctx)
 	defer stopConsumers()
 	var (
 		consumed atomic.Int64
-		acked    atomic.Int64 // producers' OKs, once they are done
+		probes   atomic.Int64
 		target   = int64(-1)
 		mu       sync.Mutex
 		lastSeen time.Time
@@ -368,6 +362,10 @@ func (f *Ferry) endToEnd(ctx context.Context, w Workload, rec *Recorder) (*Resul
 		seenOnce sync.Once
 	)
 	handle := func(d *client.Delivery) error {
+		if _, ok := ReadStamp(d.Message.Body, probeRun); ok {
+			probes.Add(1)
+			return nil
+		}
 		sent, ok := ReadStamp(d.Message.Body, run)
 		if !ok {
 			return nil // from before this run
@@ -385,44 +383,53 @@ func (f *Ferry) endToEnd(ctx context.Context, w Workload, rec *Recorder) (*Resul
 		}
 		return nil
 	}
-	ready := make(chan []*client.Consumer, 1)
-	var consErrs []error
-	consDone := make(chan struct{})
-	go func() {
-		defer close(consDone)
-		consErrs = f.runConsumers(rctx, w, group, client.StartCommittedOrLatest, func(c []*client.Consumer) { ready <- c }, handle)
-	}()
-	var cons []*client.Consumer
-	select {
-	case cons = <-ready:
-	case <-consDone:
-		return nil, errors.Join(consErrs...)
-	}
-	// Start producing once the consumers own every queue of the topic, so
-	// that what is sent is after their starting offsets.
+	// The group starts where the topic ends now: its offsets are committed
+	// there before its consumers start, so that every consumer, and every
+	// owner a queue moves to in a rebalance, begins exactly there.
 	queues, err := f.queues(ctx, w.Topic)
 	if err != nil {
 		return nil, err
 	}
-	waitUntil := time.Now().Add(15 * time.Second)
-	for time.Now().Before(waitUntil) && ctx.Err() == nil {
-		owned := 0
-		for _, c := range cons {
-			owned += c.Stats().Queues
+	if err := f.commitEnds(ctx, w.Topic, queues, group); err != nil {
+		return nil, err
+	}
+	var consErrs []error
+	consDone := make(chan struct{})
+	go func() {
+		defer close(consDone)
+		consErrs = f.runConsumers(rctx, w, group, client.StartCommittedOrEarliest, handle)
+	}()
+	// Measure once the consumers are under way: a probe sent to each queue
+	// has reached them.
+	probe := f.Client.NewProducer(client.ProducerOptions{})
+	body := Body(w.Size)
+	for range queues {
+		if _, err := probe.SendSync(ctx, client.Message{Topic: w.Topic, Body: Stamp(body, probeRun)}); err != nil {
+			return nil, fmt.Errorf("bench: probe: %w", err)
 		}
-		if owned >= int(queues) {
-			break
+	}
+	for wait := time.Now().Add(30 * time.Second); probes.Load() < int64(queues); {
+		select {
+		case <-consDone:
+			return nil, errors.Join(append(consErrs, errors.New("bench: consumers stopped"))...)
+		case <-ctx.Done():
+			stopConsumers()
+			<-consDone
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
 		}
-		time.Sleep(5 * time.Millisecond)
+		if time.Now().After(wait) {
+			stopConsumers()
+			<-consDone
+			return nil, fmt.Errorf("bench: consumers saw %d of %d probes in 30s", probes.Load(), queues)
+		}
 	}
 
 	prod := NewRecorder() // the producers' statuses; rec gets the consumers' latencies
-	body := Body(w.Size)
 	rec.SetPhase("run")
 	start := time.Now()
 	f.send(ctx, w, prod, start, func() []byte { return Stamp(body, run) })
 	sent := prod.Counted()
-	acked.Store(sent)
 	mu.Lock()
 	target = sent
 	mu.Unlock()
@@ -457,4 +464,46 @@ func (f *Ferry) endToEnd(ctx context.Context, w Workload, rec *Recorder) (*Resul
 		res.Rate, res.MBps = float64(got)/s, float64(res.Bytes)/s/1e6
 	}
 	return res, nil
+}
+
+// commitEnds commits, for group, the current end of each queue of topic on
+// every broker of the client that has the topic.
+func (f *Ferry) commitEnds(ctx context.Context, topic string, queues int32, group string) error {
+	refs := make([]*ferryv1.QueueRef, queues)
+	for q := range refs {
+		refs[q] = &ferryv1.QueueRef{Topic: topic, Queue: int32(q)}
+	}
+	committed := 0
+	var errs []error
+	for _, addr := range f.Client.Brokers() {
+		err := func() error {
+			cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			rpc := ferryv1.NewBrokerClient(cc)
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			offs, err := rpc.GetOffsets(cctx, &ferryv1.GetOffsetsRequest{Queues: refs})
+			if err != nil {
+				return err
+			}
+			req := &ferryv1.CommitOffsetsRequest{Group: group}
+			for _, o := range offs.Offsets {
+				req.Offsets = append(req.Offsets, &ferryv1.GroupOffset{Topic: topic, Queue: o.Queue, Offset: o.End})
+			}
+			_, err = rpc.CommitOffsets(cctx, req)
+			return err
+		}()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		committed++
+	}
+	if committed == 0 {
+		return fmt.Errorf("bench: starting group %s at the end of %s: %w", group, topic, errors.Join(errs...))
+	}
+	return nil
 }

@@ -54,7 +54,6 @@ const (
 	DefaultSize     = 1024
 	DefaultCount    = 10000
 	DefaultInflight = 256
-	DefaultFetchMax = 256
 	// DefaultDrainTimeout bounds how long an end-to-end run waits, after
 	// the producers finished, for the consumers to see what was sent.
 	DefaultDrainTimeout = 30 * time.Second
@@ -83,7 +82,8 @@ type Workload struct {
 	// Consumers is how many consumers of one group read (default 1).
 	Consumers int      `json:"consumers,omitempty"`
 	Delivery  Delivery `json:"delivery,omitempty"` // default Pull
-	// FetchMax bounds one pull fetch (default DefaultFetchMax).
+	// FetchMax bounds one fetch; 0 means the system's own default (Ferry's
+	// client: client.DefaultMaxMessages; JetStream: its pull batch).
 	FetchMax int `json:"fetch_max,omitempty"`
 	// Preload (Consume) first produces, untimed, what the topic lacks to
 	// hold Count messages. Without it a topic holding fewer fails the run.
@@ -115,9 +115,6 @@ func (w Workload) WithDefaults() Workload {
 	}
 	if w.Delivery == "" {
 		w.Delivery = Pull
-	}
-	if w.FetchMax == 0 {
-		w.FetchMax = DefaultFetchMax
 	}
 	if w.DrainTimeout == 0 {
 		w.DrainTimeout = DefaultDrainTimeout
