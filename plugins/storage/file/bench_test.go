@@ -217,6 +217,9 @@ func BenchmarkAppendAsync(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 			seq1.measure(b)
 			seq256.measure(b)
+			if n := s.writeCalls.Load(); n > 0 {
+				b.ReportMetric(float64(b.N)/float64(n), "msgs/write")
+			}
 			seq1.report(b, "of-raw-seq-1KiB")
 			seq256.report(b, "of-raw-seq-256KiB")
 		})

@@ -189,6 +189,7 @@ func (s *Store) write(segs []*segment, data []byte, from int64) error {
 				return err
 			}
 		}
+		s.writeCalls.Add(1)
 		if _, err := g.f.WriteAt(data[:n], segmentHeaderSize+pos-g.base); err != nil {
 			return fmt.Errorf("storage-file: write %s: %w", g.path, classify(err))
 		}

@@ -104,7 +104,7 @@ type Store struct {
 
 	// Counters for benchmarks and tests: fsyncs of the log and the
 	// messages they made durable.
-	fsyncs, fsyncedMsgs, lingerNanos, ioNanos, gapNanos atomic.Int64
+	fsyncs, fsyncedMsgs, lingerNanos, ioNanos, gapNanos, writeCalls atomic.Int64
 
 	offWriteMu sync.Mutex // serialises rewrites of the offsets file
 	offWritten int64      // offVersion the file holds (under offWriteMu)
