@@ -254,13 +254,21 @@ func (r *topicRoute) healthy(i int) queueRoute {
 // route returns the producers' route of topic, from the cache or from the
 // brokers; sdk.ErrNotFound when no broker has the topic.
 func (c *Client) route(ctx context.Context, topic string) (*topicRoute, error) {
+	if r := c.cachedRoute(topic); r != nil {
+		return r, nil
+	}
+	return c.refreshRoute(ctx, topic)
+}
+
+// cachedRoute is topic's route if it is cached and not stale, else nil.
+func (c *Client) cachedRoute(topic string) *topicRoute {
 	c.routesMu.Lock()
 	r := c.routes[topic]
 	c.routesMu.Unlock()
 	if r != nil && !r.stale {
-		return r, nil
+		return r
 	}
-	return c.refreshRoute(ctx, topic)
+	return nil
 }
 
 func (c *Client) setRoute(topic string, r *topicRoute) {
