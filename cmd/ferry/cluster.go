@@ -127,6 +127,13 @@ func sumEnds(offs []*ferryv1.QueueOffsets) int64 {
 func printClusterStatus(w io.Writer, nodes []string, sts []*ferryv1.ReplicationStatusResponse, errs []error) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "REPLICATION\tNODE\tROLE\tMODE\tEPOCH\tBROKER\tMESSAGES\tLAG\tMASTER")
+	// Lag is counted against the master or leader among the nodes asked.
+	leaderMsgs := int64(-1)
+	for i, st := range sts {
+		if errs[i] == nil && (st.Role == "master" || st.Role == "leader") {
+			leaderMsgs = sumEnds(st.Offsets)
+		}
+	}
 	for i, a := range nodes {
 		if errs[i] != nil {
 			msg := errs[i].Error()
@@ -139,7 +146,9 @@ func printClusterStatus(w io.Writer, nodes []string, sts []*ferryv1.ReplicationS
 		st := sts[i]
 		lag, master := "-", "-"
 		if st.Role != "master" && st.Role != "leader" {
-			if len(st.Replicas) > 0 {
+			if leaderMsgs >= 0 {
+				lag = fmt.Sprint(max(0, leaderMsgs-sumEnds(st.Offsets)))
+			} else if len(st.Replicas) > 0 {
 				lag = fmt.Sprint(st.Replicas[0].Lag)
 			}
 			link := "down"

@@ -63,13 +63,16 @@ func (n *clusterNode) start(t *testing.T, bin string) {
 	n.out = &bytes.Buffer{}
 	n.cmd = exec.Command(bin, "run", "--log-level", "warn", n.yaml)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
+	// Its own process group: a fault hits the node and its plugin
+	// processes together, as when a machine dies or freezes.
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if n.cmd.ProcessState == nil {
-			_ = n.cmd.Process.Signal(syscall.SIGCONT)
-			_ = n.cmd.Process.Kill()
+			_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGCONT)
+			_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
 			_ = n.cmd.Wait()
 		}
 		if t.Failed() {
@@ -78,15 +81,17 @@ func (n *clusterNode) start(t *testing.T, bin string) {
 	})
 }
 
+// kill SIGKILLs the node and its plugins.
 func (n *clusterNode) kill(t *testing.T) {
 	t.Helper()
-	_ = n.cmd.Process.Kill()
+	_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
 	_ = n.cmd.Wait()
 }
 
+// signal signals the node and its plugins (SIGSTOP freezes all of them).
 func (n *clusterNode) signal(t *testing.T, s syscall.Signal) {
 	t.Helper()
-	if err := n.cmd.Process.Signal(s); err != nil {
+	if err := syscall.Kill(-n.cmd.Process.Pid, s); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -51,7 +51,9 @@ type storedBatch struct {
 }
 
 func newReplicator(b *Broker, src StorageSource) *replicator {
-	return &replicator{b: b, src: src, next: 1, ready: map[uint64]storedBatch{}}
+	r := &replicator{b: b, src: src, next: 1, ready: map[uint64]storedBatch{}}
+	r.replicateFirst() // ask the plugin its mode once, before any traffic
+	return r
 }
 
 // replicateFirst reports whether the plugin replicates before anything is

@@ -79,16 +79,20 @@ func (s *replicationServer) Connect(stream ferryv1.Replication_ConnectServer) er
 	return s.impl.Serve(ctx, core)
 }
 
-func (s *replicationServer) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest) (*ferryv1.ReplicationStatusResponse, error) {
+func (s *replicationServer) Status(ctx context.Context, req *ferryv1.ReplicationStatusRequest) (*ferryv1.ReplicationStatusResponse, error) {
+	mode := ModeApplyFirst
+	if m, ok := s.impl.(ReplicationMode); ok {
+		mode = m.Mode()
+	}
+	if req.ModeOnly {
+		return &ferryv1.ReplicationStatusResponse{Mode: mode}, nil
+	}
 	st, err := s.impl.Status(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if st.Mode == "" {
-		st.Mode = ModeApplyFirst
-		if m, ok := s.impl.(ReplicationMode); ok {
-			st.Mode = m.Mode()
-		}
+		st.Mode = mode
 	}
 	return st, nil
 }
@@ -222,7 +226,7 @@ func (c *ReplicationClient) Mode() string {
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		defer cancel()
 		c.mode = ModeApplyFirst
-		if st, err := c.rpc.Status(ctx, &ferryv1.ReplicationStatusRequest{}); err == nil && st.Mode != "" {
+		if st, err := c.rpc.Status(ctx, &ferryv1.ReplicationStatusRequest{ModeOnly: true}); err == nil && st.Mode != "" {
 			c.mode = st.Mode
 		}
 	})

@@ -731,7 +731,10 @@ func (*SetRoleResponse) Descriptor() ([]byte, []int) {
 }
 
 type ReplicationStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only the mode, without asking the plugin (which may call back into a
+	// core that is waiting for this answer).
+	ModeOnly      bool `protobuf:"varint,1,opt,name=mode_only,json=modeOnly,proto3" json:"mode_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -764,6 +767,13 @@ func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReplicationStatusRequest) GetModeOnly() bool {
+	if x != nil {
+		return x.ModeOnly
+	}
+	return false
 }
 
 type ReplicationStatusResponse struct {
@@ -1277,8 +1287,9 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x1f\n" +
 	"\vleader_node\x18\x03 \x01(\tR\n" +
 	"leaderNode\"\x11\n" +
-	"\x0fSetRoleResponse\"\x1a\n" +
-	"\x18ReplicationStatusRequest\"\xdf\x02\n" +
+	"\x0fSetRoleResponse\"7\n" +
+	"\x18ReplicationStatusRequest\x12\x1b\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xdf\x02\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
