@@ -15,8 +15,9 @@ type Storage interface {
 	// Append stores msgs (any mix of queues; order within a queue is kept).
 	// Calls come from one goroutine, in the order the broker issued them,
 	// so Append must fix the messages' order and return without waiting for
-	// the disk. The returned AppendWait, called later from another
-	// goroutine (many at once), waits for durability and gives the offsets.
+	// the disk. The returned AppendWait, called once, later, from another
+	// goroutine (the waits of many batches run at once), waits for
+	// durability and gives the offsets.
 	// An error from Append itself means nothing of msgs was stored.
 	Append(ctx context.Context, msgs []*Message) (AppendWait, error)
 	// Read returns messages of one queue from req.Offset on, at most
