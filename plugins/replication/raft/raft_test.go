@@ -54,7 +54,10 @@ func (m *member) start(t *testing.T, all []*member) {
 	cfg.Plugins.Mode = "inprocess"
 	cfg.Plugins.Storage = config.PluginRef{Type: "file", Config: map[string]any{"flush": "sync"}}
 	cfg.Plugins.Transport = config.PluginRef{Type: "grpc", Config: map[string]any{"listen": m.broker}}
-	cfg.Plugins.Replication = config.PluginRef{Type: "raft", Config: map[string]any{"listen": m.raft, "admin": m.admin, "peers": peers}}
+	// Relaxed timing: the race detector on a loaded 2-core machine can
+	// hold a leader's heartbeats past 500 ms.
+	cfg.Plugins.Replication = config.PluginRef{Type: "raft", Config: map[string]any{"listen": m.raft, "admin": m.admin, "peers": peers,
+		"heartbeat_timeout": "1s", "election_timeout": "1s", "leader_lease_timeout": "500ms"}}
 	cfg.Topics = []config.Topic{{Name: "orders", Queues: 2}}
 	e, err := engine.Start(context.Background(), &cfg, engine.Options{
 		Registry: builtin.Registry(), PluginExe: ferrytest.Binary(t),
@@ -116,25 +119,101 @@ func leader(t *testing.T, ms []*member) *member {
 	return nil
 }
 
-func send(t *testing.T, broker string, n int) {
+// send gets n messages acked OK by the group's leader. On a loaded machine
+// leadership may move meanwhile: a failed send (outcome unknown) is not
+// counted, and the next goes to whichever node leads then.
+func send(t *testing.T, ms []*member, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	deadline := time.Now().Add(60 * time.Second)
+	for ok := 0; ok < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d sends acked OK within 60s", ok, n)
+		}
+		l := leader(t, ms)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := client.Dial(ctx, l.broker)
+		if err != nil {
+			cancel()
+			continue
+		}
+		p := c.NewProducer(client.ProducerOptions{Timeout: 5 * time.Second, Retries: client.NoRetries})
+		for ; ok < n; ok++ {
+			r, err := p.SendSync(ctx, client.Message{Topic: "orders", Body: []byte(fmt.Sprint(ok))})
+			if err != nil {
+				t.Logf("send to %s: %v (leadership moved?)", l.id, err)
+				break
+			}
+			if r.Status != ferryv1.Status_STATUS_OK {
+				t.Fatalf("send %d: status %v", ok, r.Status)
+			}
+		}
+		c.Close()
+		cancel()
+	}
+}
+
+// converged waits until every running member stores the same number of
+// messages, at least min, and returns it.
+func converged(t *testing.T, ms []*member, min int64) int64 {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var counts []int64
+		for _, m := range ms {
+			if st, err := status(m.admin); err == nil {
+				counts = append(counts, stored(st))
+			}
+		}
+		if len(counts) == len(ms) && counts[0] >= min {
+			same := true
+			for _, c := range counts {
+				same = same && c == counts[0]
+			}
+			if same {
+				return counts[0]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members hold %v messages, want the same, at least %d", counts, min)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// followerChecks: a follower names the leader in its metadata, the client
+// follows it there, and the follower's broker itself refuses produce. It
+// retries while leadership moves (a loaded machine).
+func followerChecks(t *testing.T, ms []*member) error {
+	l := leader(t, ms)
+	var f *member
+	for _, m := range ms {
+		if m != l {
+			f = m
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, broker)
+	c, err := client.Dial(ctx, f.broker)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer c.Close()
-	p := c.NewProducer(client.ProducerOptions{Timeout: 10 * time.Second})
-	for i := range n {
-		r, err := p.SendSync(ctx, client.Message{Topic: "orders", Body: []byte(fmt.Sprint(i))})
-		if err != nil {
-			t.Fatalf("send %d to %s: %v", i, broker, err)
-		}
-		if r.Status != ferryv1.Status_STATUS_OK {
-			t.Fatalf("send %d: status %v", i, r.Status)
-		}
+	md, err := c.Metadata(ctx)
+	if err != nil {
+		return err
 	}
+	if len(md.Brokers) != 2 || md.Brokers[1].Address != l.broker || md.Topics[0].Leaders[0] != 1 {
+		return fmt.Errorf("follower %s metadata %v, want leader %s", f.id, md, l.broker)
+	}
+	if r, err := c.NewProducer(client.ProducerOptions{}).SendSync(ctx, client.Message{Topic: "orders", Body: []byte("x")}); err != nil || r.Status != ferryv1.Status_STATUS_OK {
+		return fmt.Errorf("send through follower %s: %v, %v", f.id, r, err)
+	}
+	_, err = f.eng.Broker().Produce(ctx, &sdk.ProduceRequest{Messages: []*sdk.Message{{Id: "direct", Topic: "orders", Body: []byte("x")}}})
+	if !errors.Is(err, sdk.ErrNotLeader) {
+		return fmt.Errorf("produce on follower %s: %v, want ErrNotLeader", f.id, err)
+	}
+	return nil
 }
 
 func TestRaftGroupCommitsAndFailsOver(t *testing.T) {
@@ -147,69 +226,28 @@ func TestRaftGroupCommitsAndFailsOver(t *testing.T) {
 			m.stop(t)
 		}
 	}()
-	l := leader(t, ms)
-	send(t, l.broker, 50)
+	send(t, ms, 50)
 	// Every node applied every committed entry to its own store.
-	for _, m := range ms {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			st, err := status(m.admin)
-			if err == nil && stored(st) == 50 || stored(st) == 51 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s holds %v messages, want 50 (%v)", m.id, st, err)
-			}
-			time.Sleep(20 * time.Millisecond)
+	n := converged(t, ms, 50)
+	var err error
+	for range 10 {
+		if err = followerChecks(t, ms); err == nil {
+			break
 		}
+		t.Log(err)
+		time.Sleep(200 * time.Millisecond)
 	}
-	// A follower rejects produce and names the leader in its metadata.
-	for _, m := range ms {
-		if m == l {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := client.Dial(ctx, m.broker)
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, err := c.Metadata(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(md.Brokers) != 2 || md.Brokers[1].Address != l.broker || md.Topics[0].Leaders[0] != 1 {
-			t.Fatalf("follower %s metadata %v", m.id, md)
-		}
-		// The client follows the metadata to the leader...
-		if r, err := c.NewProducer(client.ProducerOptions{}).SendSync(ctx, client.Message{Topic: "orders", Body: []byte("x")}); err != nil || r.Status != ferryv1.Status_STATUS_OK {
-			t.Fatalf("send through follower %s: %v, %v", m.id, r, err)
-		}
-		// ...and the follower's broker itself refuses.
-		_, err = m.eng.Broker().Produce(ctx, &sdk.ProduceRequest{Messages: []*sdk.Message{{Id: "direct", Topic: "orders", Body: []byte("x")}}})
-		if !errors.Is(err, sdk.ErrNotLeader) {
-			t.Fatalf("produce on follower %s: %v, want ErrNotLeader", m.id, err)
-		}
-		c.Close()
-		cancel()
-		break
+	if err != nil {
+		t.Fatal(err)
 	}
 	// The leader goes; another is elected and takes produce.
+	l := leader(t, ms)
 	start := time.Now()
 	l.stop(t)
 	l2 := leader(t, ms)
 	t.Logf("new leader %s after %s", l2.id, time.Since(start).Round(time.Millisecond))
-	send(t, l2.broker, 19)
-	// The old leader comes back and catches up.
+	send(t, ms, 20)
+	// The old leader comes back and catches up with the others.
 	l.start(t, ms)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := status(l.admin)
-		if err == nil && stored(st) == 70 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted %s holds %v, want 70 (%v)", l.id, st, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	converged(t, ms, n+21)
 }
