@@ -368,12 +368,15 @@ func (s *System) consume(ctx context.Context, w bench.Workload, rec *bench.Recor
 	defer stop()
 	var (
 		got     atomic.Int64
+		last    atomic.Int64 // when the latest counted message came, Unix ns
 		endOnce sync.Once
 		end     time.Time
 	)
 	start := time.Now()
+	stopWatch := bench.WatchStall(rctx, w.DrainTimeout, got.Load, stop)
 	err = readAll(rctx, w, c, func(m jetstream.Msg) {
 		if n := got.Add(1); n <= w.Count {
+			last.Store(time.Now().UnixNano())
 			rec.Record(bench.StatusOK, len(m.Data()), 0)
 			if n == w.Count {
 				endOnce.Do(func() { end = time.Now() })
@@ -381,11 +384,21 @@ func (s *System) consume(ctx context.Context, w bench.Workload, rec *bench.Recor
 			}
 		}
 	})
-	endOnce.Do(func() { end = time.Now() })
+	stopWatch()
+	endOnce.Do(func() { // stalled: the rate is up to the last message
+		end = time.Now()
+		if l := last.Load(); l > 0 {
+			end = time.Unix(0, l)
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbench: consume: %w", err)
 	}
-	return rec.Result(s.Name(), w, end.Sub(start)), nil
+	res := rec.Result(s.Name(), w, end.Sub(start))
+	if missing := w.Count - res.Messages; missing > 0 {
+		res.Statuses["NOT_CONSUMED"] = missing
+	}
+	return res, nil
 }
 
 // endToEnd is bench's end-to-end workload: readers of a new consumer that

@@ -243,3 +243,35 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+// A consume run whose messages are gone (the store dropped them) ends after
+// DrainTimeout without progress and counts what it did not get.
+func TestConsumeStall(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.LoadBytes(filepath.Join(dir, "p.yaml"), []byte(`name: stall
+plugins:
+  mode: inprocess
+  storage: {type: memory, config: {max_messages: 10}}
+  transport: {type: grpc}
+topics: [{name: t, queues: 1}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := bench.StartEmbedded(context.Background(), cfg, bench.EmbeddedOptions{Registry: builtin.Registry(), DataDir: dir,
+		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: io.Discard})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	c, err := client.Dial(context.Background(), e.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := bench.Workload{Kind: bench.Consume, Topic: "t", Count: 50, Preload: true, DrainTimeout: 300 * time.Millisecond}
+	r := run(t, &bench.Ferry{Client: c}, w)
+	if r.Messages != 10 || r.Statuses["NOT_CONSUMED"] != 40 {
+		t.Errorf("%d consumed, statuses %v; want 10 and NOT_CONSUMED 40", r.Messages, r.Statuses)
+	}
+}

@@ -264,6 +264,7 @@ func (f *Ferry) consume(ctx context.Context, w Workload, rec *Recorder, queues i
 	defer stop()
 	var (
 		got     atomic.Int64
+		last    atomic.Int64 // when the latest counted message came, Unix ns
 		endOnce sync.Once
 		end     time.Time
 	)
@@ -271,6 +272,7 @@ func (f *Ferry) consume(ctx context.Context, w Workload, rec *Recorder, queues i
 		// Deliveries past Count (the rest of a fetched batch) are acked
 		// but not counted.
 		if n := got.Add(1); n <= w.Count {
+			last.Store(time.Now().UnixNano())
 			rec.Record(StatusOK, len(d.Message.Body), 0)
 			if n == w.Count {
 				endOnce.Do(func() { end = time.Now() })
@@ -279,15 +281,55 @@ func (f *Ferry) consume(ctx context.Context, w Workload, rec *Recorder, queues i
 		}
 	}
 	start := time.Now()
+	stopWatch := WatchStall(rctx, w.DrainTimeout, got.Load, stop)
 	errs := f.runConsumers(rctx, w, group, client.StartCommittedOrEarliest, func(d *client.Delivery) error {
 		count(d)
 		return nil
 	})
-	endOnce.Do(func() { end = time.Now() })
+	stopWatch()
+	endOnce.Do(func() { // stalled: the rate is up to the last message
+		end = time.Now()
+		if l := last.Load(); l > 0 {
+			end = time.Unix(0, l)
+		}
+	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return rec.Result(f.Name(), w, end.Sub(start)), nil
+	res := rec.Result(f.Name(), w, end.Sub(start))
+	if missing := w.Count - res.Messages; missing > 0 {
+		res.Statuses["NOT_CONSUMED"] = missing
+	}
+	return res, nil
+}
+
+// WatchStall calls stop when progress() has not moved for d, until ctx
+// ends or the returned function is called: a consumer that gets nothing
+// more (the messages are gone, or were never there) ends the run.
+func WatchStall(ctx context.Context, d time.Duration, progress func() int64, stop func()) func() {
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(min(d/10, 100*time.Millisecond))
+		defer tick.Stop()
+		last, since := progress(), time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				if n := progress(); n != last {
+					last, since = n, now
+				} else if now.Sub(since) >= d {
+					stop()
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
 }
 
 // runConsumers runs w.Consumers consumers of group until ctx ends, calling

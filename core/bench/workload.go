@@ -55,7 +55,8 @@ const (
 	DefaultCount    = 10000
 	DefaultInflight = 256
 	// DefaultDrainTimeout bounds how long an end-to-end run waits, after
-	// the producers finished, for the consumers to see what was sent.
+	// the producers finished, for the consumers to see what was sent, and
+	// how long a consume run waits without progress.
 	DefaultDrainTimeout = 30 * time.Second
 )
 
@@ -89,7 +90,9 @@ type Workload struct {
 	// hold Count messages. Without it a topic holding fewer fails the run.
 	Preload bool `json:"preload,omitempty"`
 	// DrainTimeout bounds the wait of an end-to-end run for its last
-	// messages (default DefaultDrainTimeout).
+	// messages, and how long a consume run goes on without getting any
+	// (default DefaultDrainTimeout); what did not arrive is counted as
+	// NOT_CONSUMED.
 	DrainTimeout time.Duration `json:"-"`
 }
 
