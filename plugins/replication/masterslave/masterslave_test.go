@@ -184,6 +184,23 @@ func TestSyncMasterSlavePromote(t *testing.T) {
 		st, err := link(t, sRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
 		return err == nil && !st.LeaderConnected
 	})
+	// Consumers may read from the slave while the master is down.
+	bc, err := grpc.NewClient(sAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	fetched := 0
+	for q := range int32(2) {
+		fr, err := ferryv1.NewBrokerClient(bc).Fetch(ctx, &ferryv1.FetchRequest{Topic: "orders", Positions: []*ferryv1.FetchPosition{{Queue: q}}, MaxMessages: 1000, MaxWaitNanos: int64(time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fetched += len(fr.Messages)
+	}
+	if fetched != 51 {
+		t.Fatalf("fetched %d messages from the slave with its master down, want 51", fetched)
+	}
 	resp, err := link(t, sRepl).Promote(ctx, &ferryv1.PromoteRequest{})
 	if err != nil {
 		t.Fatal(err)

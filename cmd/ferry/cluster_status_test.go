@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// The status table: roles, messages, lag against the master, the link, and a
+// master's replicas with a diverged one.
+func TestClusterStatusTable(t *testing.T) {
+	offs := func(ends ...int64) []*ferryv1.QueueOffsets {
+		var out []*ferryv1.QueueOffsets
+		for q, e := range ends {
+			out = append(out, &ferryv1.QueueOffsets{Topic: "orders", Queue: int32(q), End: e})
+		}
+		return out
+	}
+	sts := []*ferryv1.ReplicationStatusResponse{
+		{Node: "m", Role: "master", Mode: "sync", Epoch: 2, Address: "127.0.0.1:7171", Offsets: offs(10, 20),
+			Replicas: []*ferryv1.ReplicaInfo{
+				{Node: "s", Address: "127.0.0.1:7172", Connected: true, Lag: 5},
+				{Node: "x", Address: "127.0.0.1:7173", Diverged: true, Detail: "refused: beyond the master's log"},
+			}},
+		{Node: "s", Role: "slave", Mode: "sync", Epoch: 2, Address: "127.0.0.1:7172", Offsets: offs(10, 15),
+			LeaderNode: "m", LeaderAddress: "127.0.0.1:7171", LeaderConnected: true},
+		nil,
+	}
+	errs := []error{nil, nil, errors.New("connection refused")}
+	var out bytes.Buffer
+	printClusterStatus(&out, []string{"127.0.0.1:7271", "127.0.0.1:7272", "127.0.0.1:7273"}, sts, errs)
+	want := `REPLICATION     NODE  ROLE         MODE  EPOCH  BROKER          MESSAGES  LAG  MASTER
+127.0.0.1:7271  m     master       sync  2      127.0.0.1:7171  30        -    -
+127.0.0.1:7272  s     slave        sync  2      127.0.0.1:7172  25        5    m (127.0.0.1:7171), link up
+127.0.0.1:7273  -     unreachable  -     -      -               -         -    connection refused
+
+replicas of m:
+NODE  BROKER          CONNECTED  LAG  STATE
+s     127.0.0.1:7172  true       5    ok
+x     127.0.0.1:7173  false      0    DIVERGED: refused: beyond the master's log
+`
+	if got := out.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+		t.Log(strings.ReplaceAll(got, " ", "·"))
+	}
+}
