@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -148,7 +149,8 @@ func (l *clusterLoad) firstOKAfter(t0 time.Time) (time.Time, bool) {
 }
 
 // Raft, 3 nodes, flush sync, under load: the leader is killed (kill -9, then
-// restarted) or paused (SIGSTOP, SIGCONT 2 s later) every 5–10 s. Nothing
+// restarted) or paused (SIGSTOP, SIGCONT 2 s later) every 5 s (CI) or every
+// 5–10 s for 60 s (FERRY_LONG_FAULTS=1). Nothing
 // acked OK may be lost, nothing unexpected may appear, and every node ends
 // with the same log. Failover time (the fault to the next OK answer) is
 // measured. CI runs ~20 s; FERRY_LONG_FAULTS=1 runs 60 s.
@@ -157,7 +159,8 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 		t.Skip("starts real processes")
 	}
 	duration, every := 20*time.Second, 5*time.Second
-	if os.Getenv(EnvLongFaults) != "" {
+	long := os.Getenv(EnvLongFaults) != ""
+	if long {
 		duration = 60 * time.Second
 	}
 	bin := ferrytest.Binary(t)
@@ -210,21 +213,37 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			leader.signal(t, syscall.SIGCONT)
 		}
-		time.Sleep(every - time.Since(t0))
+		gap := every
+		if long {
+			gap += time.Duration(rand.Int64N(int64(5 * time.Second))) // 5–10 s
+		}
+		time.Sleep(gap - time.Since(t0))
 	}
 	l.halt()
 	// Every node converges to the same log.
 	var logs []map[string]int
+	lastLog := time.Now()
 	eventually(t, 60*time.Second, "every node holds the same number of messages", func() bool {
-		var counts []int64
+		var counts []string
+		var ends []int64
 		for _, nd := range nodes {
 			st, err := clusterStatus(context.Background(), nd.admin)
 			if err != nil {
-				return false
+				counts = append(counts, nd.id+": "+err.Error())
+				continue
 			}
-			counts = append(counts, sumEnds(st.Offsets))
+			ends = append(ends, sumEnds(st.Offsets))
+			detail := ""
+			if len(st.Replicas) > 0 {
+				detail = st.Replicas[0].Detail
+			}
+			counts = append(counts, fmt.Sprintf("%s %s: %d (%s)", nd.id, st.Role, sumEnds(st.Offsets), detail))
 		}
-		return counts[0] == counts[1] && counts[1] == counts[2]
+		if time.Since(lastLog) > 5*time.Second {
+			t.Logf("converging: %v", counts)
+			lastLog = time.Now()
+		}
+		return len(ends) == 3 && ends[0] == ends[1] && ends[1] == ends[2]
 	})
 	for _, nd := range nodes {
 		logs = append(logs, readLog(t, nd.broker))

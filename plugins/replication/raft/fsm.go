@@ -51,9 +51,7 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	out := make([]any, len(logs))
 	waits := make([]sdk.ApplyWait, len(logs))
 	msgs := make([][]*sdk.Message, len(logs))
-	last := uint64(0)
 	for i, l := range logs {
-		last = max(last, l.Index)
 		if l.Type != hraft.LogCommand || l.Index <= f.applied {
 			continue
 		}
@@ -65,15 +63,23 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 		msgs[i] = req.Messages
 		waits[i] = f.start(req.Messages)
 	}
+	// The applied index moves only past entries that are stored: one that
+	// failed (the node stopping) is applied again after a restart.
+	upTo, failed := f.applied, false
 	for i, w := range waits {
-		if w == nil {
-			continue
+		if w != nil {
+			out[i] = f.finish(msgs[i], w)
 		}
-		out[i] = f.finish(msgs[i], w)
+		if _, isErr := out[i].(error); isErr {
+			failed = true
+		}
+		if !failed {
+			upTo = max(upTo, logs[i].Index)
+		}
 	}
-	if last > f.applied {
-		f.applied = last
-		_ = os.WriteFile(f.path, []byte(strconv.FormatUint(last, 10)), 0o644)
+	if upTo > f.applied {
+		f.applied = upTo
+		_ = os.WriteFile(f.path, []byte(strconv.FormatUint(upTo, 10)), 0o644)
 	}
 	return out
 }
