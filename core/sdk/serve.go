@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"sync"
 	"syscall"
@@ -108,6 +109,7 @@ func Serve(opts ServeOpts) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	setProcs()
 	stopProfile := startProfile(cfg.Logger)
 	// Trace like the host: it passes its settings in the environment.
 	stopTracing, err := telemetry.SetupFromEnv(context.Background())
@@ -242,4 +244,18 @@ func (p *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *grp
 		return NewReplicationClient(cc), nil
 	}
 	return nil, fmt.Errorf("unknown plugin kind %q", p.kind)
+}
+
+// setProcs gives a plugin process one P on a machine of two cores or fewer,
+// unless GOMAXPROCS is set. A broker node is three Go processes (the core
+// and two plugins) handing each request to one another; with every process
+// sized to every core, idle threads spin and wake for work that comes from
+// another process. Measured on 2 cores with ferry bench (CPU of all three
+// processes per message): async produce -18%, 16 sync producers with fsync
+// -15%, consume -7%, one sync producer -5%, rates equal or better. Larger
+// machines keep Go's default (not measured).
+func setProcs() {
+	if os.Getenv("GOMAXPROCS") == "" && runtime.NumCPU() <= 2 {
+		runtime.GOMAXPROCS(1)
+	}
 }
