@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
@@ -33,19 +32,15 @@ const Type = "grpc"
 // Transport is the grpc transport. Its methods follow sdk.Transport: the host
 // calls Validate (any time), Configure once, Serve once, then Close.
 type Transport struct {
-	mu      sync.Mutex
-	cfg     Config
-	lis     net.Listener // bound by Configure, consumed by Serve
-	addr    string       // the bound address, port resolved
-	srv     *grpc.Server // while Serve runs
-	serving bool
-	closed  bool
+	lis *sdk.Listener
+	mu  sync.Mutex
+	cfg Config
 }
 
 var _ sdk.Transport = (*Transport)(nil)
 
 // New returns an unconfigured transport.
-func New() *Transport { return &Transport{} }
+func New() *Transport { return &Transport{lis: sdk.NewListener("grpc transport")} }
 
 // Validate checks a config section without binding anything.
 func (t *Transport) Validate(config []byte) sdk.Problems {
@@ -60,29 +55,18 @@ func (t *Transport) Configure(_ context.Context, config []byte, _ *sdk.Environme
 	if len(ps) > 0 {
 		return ps
 	}
+	if err := t.lis.Bind(cfg.Listen); err != nil {
+		return err
+	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return fmt.Errorf("grpc transport: %w", sdk.ErrClosed)
-	}
-	if t.lis != nil || t.addr != "" {
-		return fmt.Errorf("grpc transport: %w: Configure called twice", sdk.ErrInvalidArgument)
-	}
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("grpc transport: cannot listen on %s (config key listen): %w", cfg.Listen, err)
-	}
-	t.cfg, t.lis, t.addr = cfg, lis, lis.Addr().String()
+	t.cfg = cfg
+	t.mu.Unlock()
 	return nil
 }
 
 // Addr is the address the transport listens on (with the port resolved when
 // listen named port 0), or "" before Configure.
-func (t *Transport) Addr() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.addr
-}
+func (t *Transport) Addr() string { return t.lis.Addr() }
 
 // Serve serves the Broker service, forwarding every call to core, until ctx
 // ends. Then it stops taking requests, lets in-flight ones finish and answer
@@ -94,38 +78,16 @@ func (t *Transport) Addr() string {
 // returned, it binds the same address anew.
 func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return fmt.Errorf("grpc transport: %w", sdk.ErrClosed)
-	}
-	if t.addr == "" {
-		t.mu.Unlock()
-		return fmt.Errorf("grpc transport: %w", sdk.ErrNotConfigured)
-	}
-	if t.serving {
-		t.mu.Unlock()
-		return fmt.Errorf("grpc transport: %w: Serve is already running", sdk.ErrInvalidArgument)
-	}
-	lis := t.lis
-	if lis == nil {
-		var err error
-		if lis, err = net.Listen("tcp", t.addr); err != nil {
-			t.mu.Unlock()
-			return fmt.Errorf("grpc transport: cannot listen on %s again: %w", t.addr, err)
-		}
-	}
 	cfg := t.cfg
+	t.mu.Unlock()
 	b := newBrokerServer(core, cfg)
 	srv := grpc.NewServer(serverOptions(cfg)...)
 	ferryv1.RegisterBrokerServer(srv, b)
-	t.lis, t.srv, t.serving = nil, srv, true
-	t.mu.Unlock()
-
-	defer func() {
-		t.mu.Lock()
-		t.srv, t.serving = nil, false
-		t.mu.Unlock()
-	}()
+	lis, err := t.lis.Take(srv.Stop)
+	if err != nil {
+		return err
+	}
+	defer t.lis.Done()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
@@ -135,7 +97,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 		if err == nil || errors.Is(err, grpc.ErrServerStopped) {
 			return nil // Close stopped us
 		}
-		return fmt.Errorf("grpc transport: serving on %s: %w", t.addr, err)
+		return fmt.Errorf("grpc transport: serving on %s: %w", t.lis.Addr(), err)
 	case <-ctx.Done():
 	}
 
@@ -159,20 +121,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 
 // Close releases the listener if Serve never ran, or stops a running Serve at
 // once. Called once, after Serve returned; safe to call more than once.
-func (t *Transport) Close() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.closed = true
-	if t.srv != nil {
-		t.srv.Stop()
-	}
-	if t.lis != nil {
-		err := t.lis.Close()
-		t.lis = nil
-		return err
-	}
-	return nil
-}
+func (t *Transport) Close() error { return t.lis.Close() }
 
 // serverOptions size the server for throughput: large flow-control windows
 // and buffers so that a stream carries hundreds of KiB per batch without

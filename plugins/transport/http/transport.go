@@ -27,7 +27,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -41,19 +40,15 @@ const Type = "http"
 // Transport is the http transport. Its methods follow sdk.Transport: the host
 // calls Validate (any time), Configure once, Serve once, then Close.
 type Transport struct {
-	mu      sync.Mutex
-	cfg     Config
-	lis     net.Listener // bound by Configure, consumed by Serve
-	addr    string
-	srv     *http.Server // while Serve runs
-	serving bool
-	closed  bool
+	lis *sdk.Listener
+	mu  sync.Mutex
+	cfg Config
 }
 
 var _ sdk.Transport = (*Transport)(nil)
 
 // New returns an unconfigured transport.
-func New() *Transport { return &Transport{} }
+func New() *Transport { return &Transport{lis: sdk.NewListener("http transport")} }
 
 // Validate checks a config section without binding anything.
 func (t *Transport) Validate(config []byte) sdk.Problems {
@@ -68,29 +63,18 @@ func (t *Transport) Configure(_ context.Context, config []byte, _ *sdk.Environme
 	if len(ps) > 0 {
 		return ps
 	}
+	if err := t.lis.Bind(cfg.Listen); err != nil {
+		return err
+	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return fmt.Errorf("http transport: %w", sdk.ErrClosed)
-	}
-	if t.lis != nil || t.addr != "" {
-		return fmt.Errorf("http transport: %w: Configure called twice", sdk.ErrInvalidArgument)
-	}
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("http transport: cannot listen on %s (config key listen): %w", cfg.Listen, err)
-	}
-	t.cfg, t.lis, t.addr = cfg, lis, lis.Addr().String()
+	t.cfg = cfg
+	t.mu.Unlock()
 	return nil
 }
 
 // Addr is the address the transport listens on (port resolved), or "" before
 // Configure.
-func (t *Transport) Addr() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.addr
-}
+func (t *Transport) Addr() string { return t.lis.Addr() }
 
 // Serve serves the HTTP API, forwarding every request to core, until ctx
 // ends. Then it stops taking requests, ends long polls (empty answers), lets
@@ -99,43 +83,22 @@ func (t *Transport) Addr() string {
 // it again after it returned, it binds the same address anew.
 func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return fmt.Errorf("http transport: %w", sdk.ErrClosed)
-	}
-	if t.addr == "" {
-		t.mu.Unlock()
-		return fmt.Errorf("http transport: %w", sdk.ErrNotConfigured)
-	}
-	if t.serving {
-		t.mu.Unlock()
-		return fmt.Errorf("http transport: %w: Serve is already running", sdk.ErrInvalidArgument)
-	}
-	lis := t.lis
-	if lis == nil {
-		var err error
-		if lis, err = net.Listen("tcp", t.addr); err != nil {
-			t.mu.Unlock()
-			return fmt.Errorf("http transport: cannot listen on %s again: %w", t.addr, err)
-		}
-	}
+	cfg := t.cfg
+	t.mu.Unlock()
 	draining, drain := context.WithCancel(context.Background())
 	defer drain()
-	api := newAPI(core, t.cfg, draining)
+	api := newAPI(core, cfg, draining)
 	srv := &http.Server{
 		Handler:           api.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 	}
-	cfg := t.cfg
-	t.lis, t.srv, t.serving = nil, srv, true
-	t.mu.Unlock()
-	defer func() {
-		t.mu.Lock()
-		t.srv, t.serving = nil, false
-		t.mu.Unlock()
-	}()
+	lis, err := t.lis.Take(func() { _ = srv.Close() })
+	if err != nil {
+		return err
+	}
+	defer t.lis.Done()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
@@ -144,7 +107,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 		if err == nil || errors.Is(err, http.ErrServerClosed) {
 			return nil // Close stopped us
 		}
-		return fmt.Errorf("http transport: serving on %s: %w", t.addr, err)
+		return fmt.Errorf("http transport: serving on %s: %w", t.lis.Addr(), err)
 	case <-ctx.Done():
 	}
 	drain()
@@ -159,20 +122,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 
 // Close releases the listener if Serve never ran, or stops a running Serve at
 // once. Safe to call more than once.
-func (t *Transport) Close() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.closed = true
-	if t.srv != nil {
-		t.srv.Close()
-	}
-	if t.lis != nil {
-		err := t.lis.Close()
-		t.lis = nil
-		return err
-	}
-	return nil
-}
+func (t *Transport) Close() error { return t.lis.Close() }
 
 // idPrefix is a random prefix for the ids the transport gives messages that
 // come without one.
