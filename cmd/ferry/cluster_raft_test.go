@@ -61,14 +61,18 @@ topics:
 	return nodes
 }
 
-// raftLeader returns the node that reports itself leader, or nil.
+// raftLeader returns the node that reports itself leader in the highest
+// term (a deposed leader that just woke up may still claim an older one), or
+// nil.
 func raftLeader(nodes []*raftNode) *raftNode {
+	var best *raftNode
+	var term uint64
 	for _, nd := range nodes {
-		if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" {
-			return nd
+		if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" && (best == nil || st.Epoch > term) {
+			best, term = nd, st.Epoch
 		}
 	}
-	return nil
+	return best
 }
 
 // clusterLoad is load through client.DialCluster: each worker re-dials when
