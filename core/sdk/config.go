@@ -3,6 +3,7 @@ package sdk
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -76,5 +77,21 @@ func (b *Bytes) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*b = Bytes(n)
+	return nil
+}
+
+// CheckHostPort checks a listen or peer address: "host:port" with a port from
+// 0 to 65535. example is shown in the message ("127.0.0.1:7070").
+func CheckHostPort(s, example string) error {
+	if s == "" {
+		return fmt.Errorf("must be host:port, such as %q", example)
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("must be host:port, such as %q, got %q", example, s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port must be a number from 0 to 65535, got %q", port)
+	}
 	return nil
 }

@@ -2,8 +2,6 @@ package grpctransport
 
 import (
 	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -67,7 +65,7 @@ func NewDefaultConfig() Config {
 // Validate reports every problem of c, each with its key.
 func (c Config) Validate() sdk.Problems {
 	var ps sdk.Problems
-	if err := checkHostPort(c.Listen); err != nil {
+	if err := sdk.CheckHostPort(c.Listen, DefaultListen); err != nil {
 		ps = append(ps, sdk.Problem{Path: "listen", Message: err.Error()})
 	}
 	if c.MaxMessageBytes <= 0 || c.MaxMessageBytes > maxMaxMessageBytes {
@@ -89,20 +87,6 @@ func (c Config) Validate() sdk.Problems {
 // batch of many messages of up to MaxMessageBytes each.
 func (c Config) maxRequestBytes() int {
 	return max(minRequestBytes, 16*int(c.MaxMessageBytes)) + requestOverhead
-}
-
-func checkHostPort(s string) error {
-	if s == "" {
-		return fmt.Errorf("must be host:port, such as %q", DefaultListen)
-	}
-	_, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return fmt.Errorf("must be host:port, such as %q, got %q", DefaultListen, s)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("port must be a number from 0 to 65535, got %q", port)
-	}
-	return nil
 }
 
 // decodeConfig decodes and validates a config section over the defaults.

@@ -2,8 +2,6 @@ package httptransport
 
 import (
 	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -71,7 +69,7 @@ func NewDefaultConfig() Config {
 // Validate reports every problem of c, each with its key.
 func (c Config) Validate() sdk.Problems {
 	var ps sdk.Problems
-	if err := checkHostPort(c.Listen); err != nil {
+	if err := sdk.CheckHostPort(c.Listen, DefaultListen); err != nil {
 		ps = append(ps, sdk.Problem{Path: "listen", Message: err.Error()})
 	}
 	if c.MaxMessageBytes <= 0 || c.MaxMessageBytes > maxMaxMessageBytes {
@@ -95,20 +93,6 @@ func (c Config) Validate() sdk.Problems {
 			Message: fmt.Sprintf("must not be negative, got %s", time.Duration(c.ShutdownTimeout))})
 	}
 	return ps
-}
-
-func checkHostPort(s string) error {
-	if s == "" {
-		return fmt.Errorf("must be host:port, such as %q", DefaultListen)
-	}
-	_, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return fmt.Errorf("must be host:port, such as %q, got %q", DefaultListen, s)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("port must be a number from 0 to 65535, got %q", port)
-	}
-	return nil
 }
 
 // decodeConfig decodes and validates a config section over the defaults.
