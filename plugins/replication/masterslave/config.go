@@ -21,11 +21,15 @@ const (
 	heartbeatEvery     = 500 * time.Millisecond
 	silenceLimit       = 3 * time.Second
 	peerCheckEvery     = 2 * time.Second
-	tailMessages       = 16384   // per queue kept in memory for live shipping
 	frameMessages      = 1024    // per frame
 	frameBytes         = 1 << 20 // per frame, about
 	maxUnacked         = 65536   // messages sent to a slave and not yet confirmed
 )
+
+// tailMessages is how many recent messages per queue the master keeps in
+// memory for live shipping; older ones are read back from storage (a
+// variable so that tests can make catch-up read storage).
+var tailMessages = 16384
 
 // Config is the plugin's config section.
 type Config struct {

@@ -19,6 +19,7 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/plugins/builtin"
+	"github.com/ferrymq/ferry/plugins/replication/masterslave"
 )
 
 type node struct {
@@ -280,4 +281,48 @@ func TestDivergedSlaveRefused(t *testing.T) {
 	if st, _ := link(t, bRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{}); st.LeaderConnected {
 		t.Fatal("the diverged slave is linked")
 	}
+}
+
+// A slave that was away while the master stored more than its in-memory
+// tail catches up from the master's storage, and a restarted slave resumes
+// from its own ends.
+func TestSlaveCatchesUpAfterAbsence(t *testing.T) {
+	defer masterslave.SetTailMessages(8)()
+	mRepl, sRepl := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	mAddr, sAddr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	sDir := t.TempDir()
+	opts := map[string]any{"timeout": "1s"}
+	fileStore := func(cfg *config.Pipeline) *config.Pipeline {
+		cfg.Plugins.Storage = config.PluginRef{Type: "file", Config: map[string]any{"flush": "sync"}}
+		return cfg
+	}
+	master := startEngine(t, fileStore(pipeline(t, "m", "master", "async", t.TempDir(), mRepl, mAddr, []string{sRepl}, opts)))
+	defer closeEngine(t, master)
+	slave := startEngine(t, fileStore(pipeline(t, "s", "slave", "async", sDir, sRepl, sAddr, []string{mRepl}, opts)))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, mAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	produce(t, c, 30, "first")
+	waitFor(t, 30*time.Second, "slave has the first 30", func() bool { return ends(t, sRepl) == 30 })
+	closeEngine(t, slave)
+
+	produce(t, c, 200, "away") // far more than the tail of 8 per queue
+	slave = startEngine(t, fileStore(pipeline(t, "s", "slave", "async", sDir, sRepl, sAddr, []string{mRepl}, opts)))
+	defer closeEngine(t, slave)
+	waitFor(t, 30*time.Second, "slave caught up after its absence", func() bool { return ends(t, sRepl) == 230 })
+	st, err := link(t, mRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Replicas) != 1 || st.Replicas[0].Diverged {
+		t.Fatalf("master's replicas %v", st.Replicas)
+	}
+	waitFor(t, 10*time.Second, "lag 0", func() bool {
+		st, err := link(t, mRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
+		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].Lag == 0
+	})
 }
