@@ -219,8 +219,12 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.AttrMessages.Int(len(req.Messages))))
 	defer span.End()
 	started := time.Now()
-	if b.repl != nil && b.repl.replicateFirst() {
-		return b.repl.produce(ctx, req)
+	if b.repl != nil {
+		if first, err := b.repl.replicateFirst(); err != nil {
+			return nil, err
+		} else if first {
+			return b.repl.produce(ctx, req)
+		}
 	}
 	offsets, status, err := b.app.append(ctx, req.Messages)
 	if err != nil {

@@ -39,8 +39,8 @@ type replicator struct {
 	next  uint64     // seq of the next batch to hand over
 	ready map[uint64]storedBatch
 
-	modeOnce sync.Once
-	mode     string
+	modeMu sync.Mutex
+	mode   string // "" until the plugin told it
 }
 
 type storedBatch struct {
@@ -52,26 +52,32 @@ type storedBatch struct {
 
 func newReplicator(b *Broker, src StorageSource) *replicator {
 	r := &replicator{b: b, src: src, next: 1, ready: map[uint64]storedBatch{}}
-	r.replicateFirst() // ask the plugin its mode once, before any traffic
+	_, _ = r.replicateFirst() // ask the plugin its mode before any traffic
 	return r
 }
 
 // replicateFirst reports whether the plugin replicates before anything is
-// stored (raft). Asked once the plugin is up; a plugin keeps its mode.
-func (r *replicator) replicateFirst() bool {
-	r.modeOnce.Do(func() {
+// stored (raft). The plugin is asked until it answers; a plugin keeps its
+// mode. While it is unknown the answer is an error (sdk.ErrUnavailable):
+// guessing wrong would let a raft leader store batches nobody replicated.
+func (r *replicator) replicateFirst() (bool, error) {
+	r.modeMu.Lock()
+	defer r.modeMu.Unlock()
+	if r.mode == "" {
 		impl, _, _ := r.src.Current()
 		if impl == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), replicateTimeout)
-			defer cancel()
-			impl, _, _ = r.src.Next(ctx, 0)
+			return false, fmt.Errorf("%w: replication plugin is restarting", sdk.ErrUnavailable)
 		}
 		r.mode = sdk.ModeApplyFirst
 		if m, ok := impl.(sdk.ReplicationMode); ok {
 			r.mode = m.Mode()
 		}
-	})
-	return r.mode == sdk.ModeReplicateFirst
+		if r.mode == "" {
+			r.b.log.Warn("replication plugin did not tell its mode; refusing produce until it does")
+			return false, fmt.Errorf("%w: replication plugin did not tell its mode", sdk.ErrUnavailable)
+		}
+	}
+	return r.mode == sdk.ModeReplicateFirst, nil
 }
 
 // produce is Produce for "replicate, then apply" (raft): the plugin commits
@@ -256,7 +262,14 @@ func (c replicaCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.ApplyW
 	}
 	// A master's messages carry its offsets; committed raft entries do not
 	// (every node's store assigns them, in log order).
-	check := c.b.repl == nil || !c.b.repl.replicateFirst()
+	check := true
+	if c.b.repl != nil {
+		first, err := c.b.repl.replicateFirst()
+		if err != nil {
+			return nil, err
+		}
+		check = !first
+	}
 	want := make([]int64, len(msgs))
 	for i, m := range msgs {
 		t, err := c.b.topic(m.Topic)

@@ -195,8 +195,8 @@ type ReplicationClient struct {
 	repSt   ferryv1.Replication_ReplicateClient
 	reps    *pending[*ferryv1.ReplicateResponse]
 
-	modeOnce sync.Once
-	mode     string
+	modeMu sync.Mutex
+	mode   string // "" until the plugin answered
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -220,16 +220,26 @@ func NewReplicationClient(cc grpc.ClientConnInterface) *ReplicationClient {
 	}
 }
 
-// Mode asks the plugin once (through Status) how the broker uses it.
+// Mode asks the plugin (through Status) how the broker uses it, once it
+// answered; "" when it could not be asked (the caller must not guess: a
+// raft plugin taken for master–slave would let a leader store unreplicated
+// batches).
 func (c *ReplicationClient) Mode() string {
-	c.modeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
-		defer cancel()
+	c.modeMu.Lock()
+	defer c.modeMu.Unlock()
+	if c.mode != "" {
+		return c.mode
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer cancel()
+	st, err := c.rpc.Status(ctx, &ferryv1.ReplicationStatusRequest{ModeOnly: true})
+	if err != nil {
+		return ""
+	}
+	c.mode = st.Mode
+	if c.mode == "" {
 		c.mode = ModeApplyFirst
-		if st, err := c.rpc.Status(ctx, &ferryv1.ReplicationStatusRequest{ModeOnly: true}); err == nil && st.Mode != "" {
-			c.mode = st.Mode
-		}
-	})
+	}
 	return c.mode
 }
 

@@ -95,7 +95,8 @@ type ReplicaCore interface {
 type ApplyWait func(ctx context.Context) ([]int64, error)
 
 // ReplicationMode is an optional interface of a Replication: how the broker
-// uses it. Without it, ModeApplyFirst.
+// uses it. Without it, ModeApplyFirst. Mode returns "" when it is not known
+// (yet); the broker then refuses produce rather than guess.
 type ReplicationMode interface {
 	Mode() string
 }

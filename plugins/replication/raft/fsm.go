@@ -79,9 +79,23 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	}
 	if upTo > f.applied {
 		f.applied = upTo
-		_ = os.WriteFile(f.path, []byte(strconv.FormatUint(upTo, 10)), 0o644)
+		f.saveApplied()
 	}
 	return out
+}
+
+// saveApplied records the applied index: a temporary file renamed over the
+// old one, so that a process killed meanwhile leaves the old or the new
+// index, never a truncated file (which would replay the whole log).
+func (f *fsm) saveApplied() {
+	tmp := f.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(f.applied, 10)), 0o644); err != nil {
+		f.p.log.Error("recording the applied index", "error", err)
+		return
+	}
+	if err := os.Rename(tmp, f.path); err != nil {
+		f.p.log.Error("recording the applied index", "error", err)
+	}
 }
 
 // start begins one entry's append; it retries while the core cannot take it
