@@ -32,10 +32,13 @@
 //   - snapshots are minimal: the end offset of every queue. raft restores no
 //     snapshot at start (NoSnapshotRestoreOnStart): the store already holds
 //     what was applied.
-//   - the index of the last entry stored is kept in `applied` (written after
-//     each batch, not fsynced: it survives a killed process), and entries up
-//     to it are skipped when raft replays its log after a restart; the
-//     store's de-duplication by message id covers a stale file.
+//   - every applied message carries its entry's raft index in the header
+//     `ferry-raft-index`, so the store itself records how far the log was
+//     applied: at start the plugin reads the last message of every queue and
+//     skips entries up to the highest index found (or up to the index in the
+//     `applied` file, written after each batch, if that is higher) when raft
+//     replays its log. The store's de-duplication by message id covers the
+//     rest.
 //   - raft keeps 1<<20 entries after a snapshot, so a follower that was away
 //     catches up from the log. A follower so far behind that the leader must
 //     send it a snapshot gets no messages from it: Restore logs the gap. A

@@ -33,12 +33,52 @@ type fsm struct {
 	applied uint64
 }
 
+// HeaderRaftIndex is the header in which every message applied by the raft
+// plugin carries the index of its raft entry, so that the store itself
+// records how far the log was applied.
+const HeaderRaftIndex = "ferry-raft-index"
+
 func newFSM(p *Plugin, ctx context.Context, core sdk.ReplicaCore, dir string) *fsm {
 	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied")}
 	if b, err := os.ReadFile(f.path); err == nil {
 		f.applied, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
+	// The store is durable and written in log order: the highest entry
+	// index on the last message of any queue was applied, whatever the
+	// file says (it may lag, or be gone).
+	if stored := f.storedIndex(); stored > f.applied {
+		p.log.Info("applied index from the store", "file", f.applied, "store", stored)
+		f.applied = stored
+	}
 	return f
+}
+
+// storedIndex reads the raft index of the last message of every queue.
+func (f *fsm) storedIndex() uint64 {
+	ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
+	defer cancel()
+	info, err := f.core.NodeInfo(ctx)
+	if err != nil {
+		f.p.log.Warn("reading the applied index from the store", "error", err)
+		return 0
+	}
+	var idx uint64
+	for _, o := range info.Offsets {
+		if o.End <= o.Start {
+			continue
+		}
+		resp, err := f.core.Read(ctx, &sdk.ReadRequest{Topic: o.Topic, Queue: o.Queue, Offset: o.End - 1, MaxMessages: 1})
+		if err != nil {
+			f.p.log.Warn("reading the applied index from the store", "queue", o.Topic, "error", err)
+			continue
+		}
+		for _, m := range resp.Messages {
+			if v, err := strconv.ParseUint(m.Headers[HeaderRaftIndex], 10, 64); err == nil {
+				idx = max(idx, v)
+			}
+		}
+	}
+	return idx
 }
 
 var _ hraft.BatchingFSM = (*fsm)(nil)
@@ -59,6 +99,12 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 		if err := proto.Unmarshal(l.Data, &req); err != nil {
 			out[i] = err
 			continue
+		}
+		for _, m := range req.Messages {
+			if m.Headers == nil {
+				m.Headers = map[string]string{}
+			}
+			m.Headers[HeaderRaftIndex] = strconv.FormatUint(l.Index, 10)
 		}
 		msgs[i] = req.Messages
 		waits[i] = f.start(req.Messages)
