@@ -482,6 +482,13 @@ func (p *Producer) deliver(ctx context.Context, u *unit, target RetryTarget) err
 			// stored and the batch is routed again.
 			maybeStored = false
 			retry = p.reroute(ctx, u)
+		case errors.Is(err, sdk.ErrNotLeader):
+			// A slave or raft follower refused the batch (nothing stored):
+			// refresh the routes, which name the new leader once there is
+			// one, and try again there after the backoff.
+			maybeStored = false
+			p.reroute(ctx, u)
+			retry = true
 		}
 		if maybeStored {
 			pinned = true
