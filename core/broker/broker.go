@@ -214,7 +214,7 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 		ctx = telemetry.Extract(ctx, req.Messages[0].Headers) // no transport span: the producer's
 	}
 	ctx, span := tracer.Start(ctx, telemetry.SpanBrokerAppend,
-		trace.WithLinks(telemetry.Links(req.Messages[1:])...),
+		trace.WithLinks(telemetry.BatchLinks(ctx, req.Messages[1:])...),
 		trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(topicName),
 			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.AttrMessages.Int(len(req.Messages))))
 	defer span.End()

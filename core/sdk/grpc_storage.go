@@ -46,8 +46,9 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 		}
 		// One span per batch, a child of the broker's span that sent it and
 		// linked to the messages' own traces.
-		sctx, span := storageTracer.Start(telemetry.Extract(actx, req.Trace), telemetry.SpanStorageAppend,
-			trace.WithLinks(telemetry.Links(req.Messages)...),
+		pctx := telemetry.Extract(actx, req.Trace)
+		sctx, span := storageTracer.Start(pctx, telemetry.SpanStorageAppend,
+			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
 			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
 		// Append is called here, in stream order: that fixes the offsets.
 		wait, err := s.impl.Append(actx, req.Messages)

@@ -323,6 +323,16 @@ func Links[M interface{ GetHeaders() map[string]string }](msgs []M) []trace.Link
 	return links
 }
 
+// BatchLinks is Links for a batch span started under parent: nothing when
+// the parent is a trace that was not sampled (ParentBased sampling will not
+// record the span, so parsing every message's trace context would be wasted).
+func BatchLinks[M interface{ GetHeaders() map[string]string }](parent context.Context, msgs []M) []trace.Link {
+	if sc := trace.SpanContextFromContext(parent); sc.IsValid() && !sc.IsSampled() {
+		return nil
+	}
+	return Links(msgs)
+}
+
 // maxLinks bounds the links of one batch span: the SDK's default span limit
 // of links is 128.
 const maxLinks = 128

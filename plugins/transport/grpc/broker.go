@@ -124,9 +124,10 @@ func (b *brokerServer) produce(ctx context.Context, req *ferryv1.ProduceRequest)
 	}
 	if len(req.Messages) > 0 {
 		var span trace.Span
-		ctx, span = tracer.Start(telemetry.Extract(ctx, req.Messages[0].Headers), telemetry.SpanTransportReceive,
+		ctx = telemetry.Extract(ctx, req.Messages[0].Headers)
+		ctx, span = tracer.Start(ctx, telemetry.SpanTransportReceive,
 			trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithLinks(telemetry.Links(req.Messages[1:])...),
+			trace.WithLinks(telemetry.BatchLinks(ctx, req.Messages[1:])...),
 			trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic), telemetry.AttrMessages.Int(len(req.Messages))))
 		defer span.End()
 	}
