@@ -189,11 +189,7 @@ type ReplicationClient struct {
 	pluginClient
 	rpc ferryv1.ReplicationClient
 
-	repOnce sync.Once
-	repErr  error
-	repMu   sync.Mutex // serialises Send, which keeps the order of batches
-	repSt   ferryv1.Replication_ReplicateClient
-	reps    *pending[*ferryv1.ReplicateResponse]
+	reps *clientStream[*ferryv1.ReplicateRequest, *ferryv1.ReplicateResponse]
 
 	modeMu sync.Mutex
 	mode   string // "" until the plugin answered
@@ -214,7 +210,7 @@ func NewReplicationClient(cc grpc.ClientConnInterface) *ReplicationClient {
 	return &ReplicationClient{
 		pluginClient: newPluginClient(cc),
 		rpc:          ferryv1.NewReplicationClient(cc),
-		reps:         newPending[*ferryv1.ReplicateResponse](),
+		reps:         newClientStream[*ferryv1.ReplicateRequest, *ferryv1.ReplicateResponse](),
 		ctx:          ctx,
 		cancel:       cancel,
 	}
@@ -243,51 +239,22 @@ func (c *ReplicationClient) Mode() string {
 	return c.mode
 }
 
-func (c *ReplicationClient) openReplicate() error {
-	c.repOnce.Do(func() {
-		st, err := c.rpc.Replicate(c.ctx)
-		if err != nil {
-			c.repErr = ErrorFromStatus(err)
-			c.reps.fail(err)
-			return
-		}
-		c.repSt = st
-		go func() {
-			for {
-				resp, err := st.Recv()
-				if err != nil {
-					if errors.Is(err, io.EOF) {
-						err = ErrClosed
-					}
-					c.reps.fail(err)
-					return
-				}
-				c.reps.resolve(resp.Seq, resp, nil)
-			}
-		}()
-	})
-	return c.repErr
-}
-
 // Replicate sends the batch and returns at once; the ReplicateWait gets the
 // answer.
 func (c *ReplicationClient) Replicate(ctx context.Context, msgs []*Message) (ReplicateWait, error) {
-	if err := c.openReplicate(); err != nil {
+	if err := openStream(c.reps, func() (ferryv1.Replication_ReplicateClient, error) { return c.rpc.Replicate(c.ctx) },
+		func(r *ferryv1.ReplicateResponse) uint64 { return r.Seq }); err != nil {
 		return nil, err
 	}
-	seq, ch, err := c.reps.add()
-	if err != nil {
-		return nil, err
-	}
-	req := &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs}
+	var timeout int64
 	if dl, ok := ctx.Deadline(); ok {
-		req.TimeoutNanos = max(int64(time.Until(dl)), 1)
+		timeout = max(int64(time.Until(dl)), 1)
 	}
-	c.repMu.Lock()
-	err = c.repSt.Send(req)
-	c.repMu.Unlock()
+	seq, ch, err := c.reps.call(func(seq uint64) *ferryv1.ReplicateRequest {
+		return &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs, TimeoutNanos: timeout}
+	})
 	if err != nil {
-		c.reps.fail(err)
+		return nil, err
 	}
 	return func(ctx context.Context) (Status, []int64, error) {
 		select {
@@ -300,7 +267,7 @@ func (c *ReplicationClient) Replicate(ctx context.Context, msgs []*Message) (Rep
 			}
 			return r.v.Status, r.v.Offsets, nil
 		case <-ctx.Done():
-			c.reps.drop(seq)
+			c.reps.calls.drop(seq)
 			return 0, nil, ctx.Err()
 		}
 	}, nil
@@ -401,11 +368,7 @@ func (c *ReplicationClient) Status(ctx context.Context) (*ReplicationStatus, err
 
 // Close ends the client's streams; the host stops the plugin process.
 func (c *ReplicationClient) Close() error {
-	c.repMu.Lock()
-	if c.repSt != nil {
-		_ = c.repSt.CloseSend()
-	}
-	c.repMu.Unlock()
+	c.reps.closeSend()
 	c.cancel()
 	return nil
 }

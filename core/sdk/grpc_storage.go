@@ -136,17 +136,8 @@ type StorageClient struct {
 	pluginClient
 	rpc ferryv1.StorageClient
 
-	appendOnce sync.Once
-	appendErr  error
-	appendMu   sync.Mutex // serialises Send, which keeps the order of batches
-	appendSt   ferryv1.Storage_AppendClient
-	appends    *pending[*ferryv1.AppendResponse]
-
-	readOnce sync.Once
-	readErr  error
-	readMu   sync.Mutex
-	readSt   ferryv1.Storage_ReadClient
-	reads    *pending[*ferryv1.ReadResponse]
+	appends *clientStream[*ferryv1.AppendRequest, *ferryv1.AppendResponse]
+	reads   *clientStream[*ferryv1.ReadRequest, *ferryv1.ReadResponse]
 
 	ctx    context.Context // lives as long as the client; ends the streams
 	cancel context.CancelFunc
@@ -160,58 +151,29 @@ func NewStorageClient(cc grpc.ClientConnInterface) *StorageClient {
 	return &StorageClient{
 		pluginClient: newPluginClient(cc),
 		rpc:          ferryv1.NewStorageClient(cc),
-		appends:      newPending[*ferryv1.AppendResponse](),
-		reads:        newPending[*ferryv1.ReadResponse](),
+		appends:      newClientStream[*ferryv1.AppendRequest, *ferryv1.AppendResponse](),
+		reads:        newClientStream[*ferryv1.ReadRequest, *ferryv1.ReadResponse](),
 		ctx:          ctx,
 		cancel:       cancel,
 	}
 }
 
-func (c *StorageClient) openAppend() error {
-	c.appendOnce.Do(func() {
-		st, err := c.rpc.Append(c.ctx)
-		if err != nil {
-			c.appendErr = ErrorFromStatus(err)
-			c.appends.fail(err)
-			return
-		}
-		c.appendSt = st
-		go func() {
-			for {
-				resp, err := st.Recv()
-				if err != nil {
-					if errors.Is(err, io.EOF) {
-						err = ErrClosed
-					}
-					c.appends.fail(err)
-					return
-				}
-				c.appends.resolve(resp.Seq, resp, nil)
-			}
-		}()
-	})
-	return c.appendErr
-}
-
 // Append sends the batch and returns at once; the AppendWait gets the answer.
 func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait, error) {
-	if err := c.openAppend(); err != nil {
+	if err := openStream(c.appends, func() (ferryv1.Storage_AppendClient, error) { return c.rpc.Append(c.ctx) },
+		func(r *ferryv1.AppendResponse) uint64 { return r.Seq }); err != nil {
 		return nil, err
 	}
-	seq, ch, err := c.appends.add()
-	if err != nil {
-		return nil, err
-	}
-	req := &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: telemetry.Inject(ctx, nil)}
+	trace := telemetry.Inject(ctx, nil)
+	var timeout int64
 	if dl, ok := ctx.Deadline(); ok {
-		req.TimeoutNanos = max(int64(time.Until(dl)), 1)
+		timeout = max(int64(time.Until(dl)), 1)
 	}
-	c.appendMu.Lock()
-	err = c.appendSt.Send(req)
-	c.appendMu.Unlock()
+	seq, ch, err := c.appends.call(func(seq uint64) *ferryv1.AppendRequest {
+		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: trace, TimeoutNanos: timeout}
+	})
 	if err != nil {
-		// The receive loop sees the same failure and fails ch.
-		c.appends.fail(err)
+		return nil, err
 	}
 	return func(ctx context.Context) ([]int64, error) {
 		select {
@@ -228,53 +190,23 @@ func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait
 			return r.v.Offsets, nil
 		case <-ctx.Done():
 			// The outcome is unknown; a retry with the same ids is safe.
-			c.appends.drop(seq)
+			c.appends.calls.drop(seq)
 			return nil, ctx.Err()
 		}
 	}, nil
 }
 
-func (c *StorageClient) openRead() error {
-	c.readOnce.Do(func() {
-		st, err := c.rpc.Read(c.ctx)
-		if err != nil {
-			c.readErr = ErrorFromStatus(err)
-			c.reads.fail(err)
-			return
-		}
-		c.readSt = st
-		go func() {
-			for {
-				resp, err := st.Recv()
-				if err != nil {
-					if errors.Is(err, io.EOF) {
-						err = ErrClosed
-					}
-					c.reads.fail(err)
-					return
-				}
-				c.reads.resolve(resp.Id, resp, nil)
-			}
-		}()
-	})
-	return c.readErr
-}
-
 func (c *StorageClient) Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {
-	if err := c.openRead(); err != nil {
+	if err := openStream(c.reads, func() (ferryv1.Storage_ReadClient, error) { return c.rpc.Read(c.ctx) },
+		func(r *ferryv1.ReadResponse) uint64 { return r.Id }); err != nil {
 		return nil, err
 	}
-	id, ch, err := c.reads.add()
+	id, ch, err := c.reads.call(func(id uint64) *ferryv1.ReadRequest {
+		return &ferryv1.ReadRequest{Id: id, Topic: req.Topic, Queue: req.Queue, Offset: req.Offset,
+			MaxMessages: req.MaxMessages, MaxBytes: req.MaxBytes, Trace: req.Trace}
+	})
 	if err != nil {
 		return nil, err
-	}
-	r := &ferryv1.ReadRequest{Id: id, Topic: req.Topic, Queue: req.Queue, Offset: req.Offset,
-		MaxMessages: req.MaxMessages, MaxBytes: req.MaxBytes, Trace: req.Trace}
-	c.readMu.Lock()
-	err = c.readSt.Send(r)
-	c.readMu.Unlock()
-	if err != nil {
-		c.reads.fail(err)
 	}
 	select {
 	case res := <-ch:
@@ -286,7 +218,7 @@ func (c *StorageClient) Read(ctx context.Context, req *ReadRequest) (*ReadRespon
 		}
 		return res.v, nil
 	case <-ctx.Done():
-		c.reads.drop(id)
+		c.reads.calls.drop(id)
 		return nil, ctx.Err()
 	}
 }
@@ -307,11 +239,7 @@ func (c *StorageClient) GetOffsets(ctx context.Context, group string, queues []*
 // Close ends the client's streams. Appends still waiting fail with
 // ErrUnavailable. The plugin process itself is stopped by the host.
 func (c *StorageClient) Close() error {
-	c.appendMu.Lock()
-	if c.appendSt != nil {
-		_ = c.appendSt.CloseSend()
-	}
-	c.appendMu.Unlock()
+	c.appends.closeSend()
 	c.cancel()
 	return nil
 }

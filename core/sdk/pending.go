@@ -1,7 +1,9 @@
 package sdk
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 )
 
@@ -67,5 +69,83 @@ func (p *pending[T]) fail(err error) {
 	p.mu.Unlock()
 	for _, ch := range calls {
 		ch <- result[T]{err: broken}
+	}
+}
+
+// clientStream is the client side of a long-lived gRPC stream multiplexed by
+// id (Storage.Append and Read, Replication.Replicate): opened on first use,
+// with one goroutine matching answers to the calls waiting for them. Sends
+// are serialised, which keeps the order of requests. When the stream breaks,
+// every waiting call fails with ErrUnavailable and the stream stays broken:
+// the host replaces the plugin process and its client.
+type clientStream[Req, Resp any] struct {
+	once  sync.Once
+	err   error
+	mu    sync.Mutex // serialises send
+	send  func(Req) error
+	close func() error // CloseSend
+	calls *pending[Resp]
+}
+
+// grpcStream is what a generated bidi client stream offers.
+type grpcStream[Req, Resp any] interface {
+	Send(Req) error
+	Recv() (Resp, error)
+	CloseSend() error
+}
+
+func newClientStream[Req, Resp any]() *clientStream[Req, Resp] {
+	return &clientStream[Req, Resp]{calls: newPending[Resp]()}
+}
+
+// openStream opens s with open on first use; id gives an answer's call id.
+func openStream[Req, Resp any, S grpcStream[Req, Resp]](s *clientStream[Req, Resp], open func() (S, error), id func(Resp) uint64) error {
+	s.once.Do(func() {
+		st, err := open()
+		if err != nil {
+			s.err = ErrorFromStatus(err)
+			s.calls.fail(err)
+			return
+		}
+		s.send, s.close = st.Send, st.CloseSend
+		go func() {
+			for {
+				resp, err := st.Recv()
+				if err != nil {
+					if errors.Is(err, io.EOF) {
+						err = ErrClosed
+					}
+					s.calls.fail(err)
+					return
+				}
+				s.calls.resolve(id(resp), resp, nil)
+			}
+		}()
+	})
+	return s.err
+}
+
+// call sends the request build makes for a new call id and returns the id
+// and the channel its answer (or the stream's failure) arrives on.
+func (s *clientStream[Req, Resp]) call(build func(id uint64) Req) (uint64, chan result[Resp], error) {
+	id, ch, err := s.calls.add()
+	if err != nil {
+		return 0, nil, err
+	}
+	s.mu.Lock()
+	err = s.send(build(id))
+	s.mu.Unlock()
+	if err != nil {
+		s.calls.fail(err) // the receive loop sees the same failure
+	}
+	return id, ch, nil
+}
+
+// closeSend ends the client's side of an opened stream.
+func (s *clientStream[Req, Resp]) closeSend() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.close != nil {
+		_ = s.close()
 	}
 }
