@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"sync"
 	"time"
 
@@ -152,6 +153,9 @@ func (r *replicator) handOver(sb storedBatch) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), replicateTimeout)
+	if sc := sb.b.reqs[0].span; sc.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, sc) // replication.replicate under broker.append
+	}
 	wait, err := impl.(sdk.Replication).Replicate(ctx, msgs)
 	if err != nil {
 		cancel()

@@ -8,9 +8,12 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // replicationServer adapts a Replication to the Replication gRPC service
@@ -19,6 +22,8 @@ type replicationServer struct {
 	ferryv1.UnimplementedReplicationServer
 	impl Replication
 }
+
+var replicationTracer = telemetry.Tracer(telemetry.ComponentReplication)
 
 func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer) error {
 	ctx := stream.Context()
@@ -42,9 +47,18 @@ func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer
 		if req.TimeoutNanos > 0 {
 			rctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
 		}
+		// One span per batch, under the broker's span that sent it, linked
+		// to the messages' own traces; it lasts until the batch is
+		// replicated as far as the plugin's level demands.
+		pctx := telemetry.Extract(rctx, req.Trace)
+		_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
+			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
+			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
 		// Replicate is called here, in stream order.
 		wait, err := s.impl.Replicate(rctx, req.Messages)
 		if err != nil {
+			span.RecordError(err)
+			span.End()
 			cancel()
 			if err := send(&ferryv1.ReplicateResponse{Seq: req.Seq, Error: ErrorToProto(err)}); err != nil {
 				return err
@@ -56,6 +70,11 @@ func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer
 			defer waits.Done()
 			defer cancel()
 			st, offs, err := wait(rctx)
+			if err != nil {
+				span.RecordError(err)
+			}
+			span.SetAttributes(attribute.String("status", st.String()))
+			span.End()
 			_ = send(&ferryv1.ReplicateResponse{Seq: seq, Status: st, Offsets: offs, Error: ErrorToProto(err)})
 		}(req.Seq)
 	}
@@ -246,12 +265,13 @@ func (c *ReplicationClient) Replicate(ctx context.Context, msgs []*Message) (Rep
 		func(r *ferryv1.ReplicateResponse) uint64 { return r.Seq }); err != nil {
 		return nil, err
 	}
+	tc := telemetry.Inject(ctx, nil)
 	var timeout int64
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(int64(time.Until(dl)), 1)
 	}
 	seq, ch, err := c.reps.call(func(seq uint64) *ferryv1.ReplicateRequest {
-		return &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs, TimeoutNanos: timeout}
+		return &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs, TimeoutNanos: timeout, Trace: tc}
 	})
 	if err != nil {
 		return nil, err

@@ -164,13 +164,13 @@ func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait
 		func(r *ferryv1.AppendResponse) uint64 { return r.Seq }); err != nil {
 		return nil, err
 	}
-	trace := telemetry.Inject(ctx, nil)
+	tc := telemetry.Inject(ctx, nil)
 	var timeout int64
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(int64(time.Until(dl)), 1)
 	}
 	seq, ch, err := c.appends.call(func(seq uint64) *ferryv1.AppendRequest {
-		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: trace, TimeoutNanos: timeout}
+		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout}
 	})
 	if err != nil {
 		return nil, err
