@@ -26,58 +26,33 @@ type replicationServer struct {
 var replicationTracer = telemetry.Tracer(telemetry.ComponentReplication)
 
 func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer) error {
-	ctx := stream.Context()
-	var sendMu sync.Mutex
-	send := func(r *ferryv1.ReplicateResponse) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(r)
-	}
-	var waits sync.WaitGroup
-	defer waits.Wait()
-	for {
-		req, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		rctx, cancel := ctx, context.CancelFunc(func() {})
-		if req.TimeoutNanos > 0 {
-			rctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
-		}
+	return serveOrdered(stream.Context(), stream.Recv, stream.Send, func(ctx context.Context, req *ferryv1.ReplicateRequest) func() *ferryv1.ReplicateResponse {
 		// One span per batch, under the broker's span that sent it, linked
 		// to the messages' own traces; it lasts until the batch is
 		// replicated as far as the plugin's level demands.
-		pctx := telemetry.Extract(rctx, req.Trace)
+		pctx := telemetry.Extract(ctx, req.Trace)
 		_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
 			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
 			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
 		// Replicate is called here, in stream order.
-		wait, err := s.impl.Replicate(rctx, req.Messages)
+		wait, err := s.impl.Replicate(ctx, req.Messages)
 		if err != nil {
 			span.RecordError(err)
 			span.End()
-			cancel()
-			if err := send(&ferryv1.ReplicateResponse{Seq: req.Seq, Error: ErrorToProto(err)}); err != nil {
-				return err
+			return func() *ferryv1.ReplicateResponse {
+				return &ferryv1.ReplicateResponse{Seq: req.Seq, Error: ErrorToProto(err)}
 			}
-			continue
 		}
-		waits.Add(1)
-		go func(seq uint64) {
-			defer waits.Done()
-			defer cancel()
-			st, offs, err := wait(rctx)
+		return func() *ferryv1.ReplicateResponse {
+			st, offs, err := wait(ctx)
 			if err != nil {
 				span.RecordError(err)
 			}
 			span.SetAttributes(attribute.String("status", st.String()))
 			span.End()
-			_ = send(&ferryv1.ReplicateResponse{Seq: seq, Status: st, Offsets: offs, Error: ErrorToProto(err)})
-		}(req.Seq)
-	}
+			return &ferryv1.ReplicateResponse{Seq: req.Seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
+		}
+	})
 }
 
 func (s *replicationServer) Connect(stream ferryv1.Replication_ConnectServer) error {

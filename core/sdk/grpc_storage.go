@@ -23,65 +23,41 @@ type storageServer struct {
 }
 
 func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
-	ctx := stream.Context()
-	var sendMu sync.Mutex
-	send := func(r *ferryv1.AppendResponse) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(r)
-	}
-	var waits sync.WaitGroup
-	defer waits.Wait()
-	for {
-		req, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if req.TimeoutNanos > 0 {
-			actx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNanos))
-		}
+	return serveOrdered(stream.Context(), stream.Recv, stream.Send, func(ctx context.Context, req *ferryv1.AppendRequest) func() *ferryv1.AppendResponse {
 		// One span per batch, a child of the broker's span that sent it and
 		// linked to the messages' own traces.
-		pctx := telemetry.Extract(actx, req.Trace)
+		pctx := telemetry.Extract(ctx, req.Trace)
 		sctx, span := storageTracer.Start(pctx, telemetry.SpanStorageAppend,
 			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
 			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
 		// Append is called here, in stream order: that fixes the offsets.
-		wait, err := s.impl.Append(actx, req.Messages)
-		span.End()
+		wait, err := s.impl.Append(ctx, req.Messages)
 		if err != nil {
 			span.RecordError(err)
-			cancel()
-			if err := send(&ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}); err != nil {
-				return err
+			span.End()
+			return func() *ferryv1.AppendResponse {
+				return &ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}
 			}
-			continue
 		}
-		waits.Add(1)
-		go func(seq uint64) {
-			defer waits.Done()
-			defer cancel()
+		span.End()
+		return func() *ferryv1.AppendResponse {
 			_, flush := storageTracer.Start(sctx, telemetry.SpanStorageFlush)
-			offsets, err := wait(actx)
+			offsets, err := wait(ctx)
 			if err != nil {
 				flush.RecordError(err)
 			}
 			flush.End()
-			resp := &ferryv1.AppendResponse{Seq: seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
+			resp := &ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
 			switch {
 			case err == nil:
 			case errors.Is(err, ErrFlushTimeout) && len(offsets) > 0:
 				resp.Status = ferryv1.Status_STATUS_FLUSH_TIMEOUT
 			default:
-				resp = &ferryv1.AppendResponse{Seq: seq, Error: ErrorToProto(err)}
+				resp = &ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}
 			}
-			_ = send(resp)
-		}(req.Seq)
-	}
+			return resp
+		}
+	})
 }
 
 func (s *storageServer) Read(stream ferryv1.Storage_ReadServer) error {

@@ -1,10 +1,12 @@
 package sdk
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // pending matches answers on a multiplexed stream to the calls waiting for
@@ -147,5 +149,42 @@ func (s *clientStream[Req, Resp]) closeSend() {
 	defer s.mu.Unlock()
 	if s.close != nil {
 		_ = s.close()
+	}
+}
+
+// serveOrdered is the plugin side of an ordered, multiplexed stream
+// (Storage.Append, Replication.Replicate). Each request is started in stream
+// order, under a context bounded by its timeout: starting fixes its order (the
+// offsets of an append). What start returns finishes it on its own goroutine,
+// many at once, and gives the answer, which is sent as soon as it is ready.
+// It returns when the stream ends, after every answer was sent.
+func serveOrdered[Req interface{ GetTimeoutNanos() int64 }, Resp any](ctx context.Context,
+	recv func() (Req, error), send func(Resp) error,
+	start func(ctx context.Context, req Req) (finish func() Resp)) error {
+	var sendMu sync.Mutex
+	var finishing sync.WaitGroup
+	defer finishing.Wait()
+	for {
+		req, err := recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if t := req.GetTimeoutNanos(); t > 0 {
+			rctx, cancel = context.WithTimeout(ctx, time.Duration(t))
+		}
+		finish := start(rctx, req)
+		finishing.Add(1)
+		go func() {
+			defer finishing.Done()
+			defer cancel()
+			resp := finish()
+			sendMu.Lock()
+			_ = send(resp) // a broken stream also ends recv
+			sendMu.Unlock()
+		}()
 	}
 }
