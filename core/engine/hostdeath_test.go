@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
@@ -117,5 +118,32 @@ topics: [{name: t, queues: 1}]
 	}
 	if _, err := os.Stat(filepath.Join(tmp, "ferry-"+strconv.Itoa(cmd2.Process.Pid))); !os.IsNotExist(err) {
 		t.Errorf("socket dir of a cleanly stopped broker still exists: %v", err)
+	}
+}
+
+// A plugin whose host died before the plugin looked at its parent (it was
+// already handed to init) still exits: the host names itself in the
+// plugin's environment.
+func TestPluginExitsWhenHostDiedBeforeItStarted(t *testing.T) {
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(ferrytest.Binary(t), "plugin", "serve", "storage/memory")
+	cmd.Env = append(os.Environ(), sdk.Handshake.MagicCookieKey+"="+sdk.Handshake.MagicCookieValue,
+		sdk.EnvHostPID+"="+strconv.Itoa(dead.Process.Pid), "PLUGIN_UNIX_SOCKET_DIR="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("plugin exited with %v, want 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("plugin still running 10s after its host was gone")
 	}
 }

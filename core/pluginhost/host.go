@@ -193,6 +193,7 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 		}
 		cmd = exec.Command(path)
 	}
+	cmd.Env = append(os.Environ(), sdk.EnvHostPID+"="+strconv.Itoa(os.Getpid()))
 	name := kind + "/" + typ
 	log := h.log.Named("plugin").Named(name)
 	sock := ""
@@ -201,12 +202,9 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 		if err := os.MkdirAll(sock, 0o700); err != nil {
 			return nil, nil, fmt.Errorf("plugin socket directory: %w", err)
 		}
-		cmd.Env = append(os.Environ(), plugin.EnvUnixSocketDir+"="+sock)
+		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+sock)
 	}
 	if h.opts.PluginEnv != nil {
-		if cmd.Env == nil {
-			cmd.Env = os.Environ()
-		}
 		cmd.Env = append(cmd.Env, h.opts.PluginEnv(kind, typ)...)
 	}
 	client := plugin.NewClient(&plugin.ClientConfig{

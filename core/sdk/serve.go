@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -159,8 +160,15 @@ func NewServeConfig(opts ServeOpts) (*plugin.ServeConfig, Plugin, error) {
 
 // exitWithHost ends the plugin when its host process dies (the plugin is
 // re-parented) or when it gets SIGTERM, so that no plugin outlives its broker.
+//
+// The host names itself in EnvHostPID: a host killed while the plugin was
+// still starting has already handed it to init, so the parent the plugin
+// first sees is not its host.
 func exitWithHost(log hclog.Logger, closeImpl func()) {
 	parent := os.Getppid()
+	if pid, err := strconv.Atoi(os.Getenv(EnvHostPID)); err == nil && pid > 0 {
+		parent = pid
+	}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -180,6 +188,10 @@ func exitWithHost(log hclog.Logger, closeImpl func()) {
 		}
 	}
 }
+
+// EnvHostPID is set by the plugin host to its process id, so that a plugin
+// knows its host even when the host died before the plugin looked.
+const EnvHostPID = "FERRY_HOST_PID"
 
 // EnvCPUProfile names an environment variable: when set, a plugin writes a
 // CPU profile of its whole life to "$FERRY_PLUGIN_CPUPROFILE.<pid>", for
