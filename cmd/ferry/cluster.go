@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
@@ -24,8 +25,11 @@ func newClusterCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cluster",
 		Short: "Show a replicated cluster's roles, offsets and lag; promote a slave",
-		Long: `The cluster commands talk to each node's replication plugin on its replication
-address (plugins.replication.config.listen), not to the broker's transport.`,
+		Long: `The cluster commands talk to each node's replication plugin, not to the
+broker's transport: master–slave (async, sync) on its replication address
+(plugins.replication.config.listen), raft on its admin address
+(plugins.replication.config.admin). Give the addresses, or a node's pipeline
+file: its replication section names every node of the cluster.`,
 	}
 	var (
 		nodes   []string
@@ -33,10 +37,22 @@ address (plugins.replication.config.listen), not to the broker's transport.`,
 		timeout time.Duration
 	)
 	statusCmd := &cobra.Command{
-		Use:   "status --nodes ADDR,ADDR,...",
+		Use:   "status [PIPELINE.yaml ...] [--nodes ADDR,ADDR,...]",
 		Short: "Roles, epochs, end offsets and replication lag of every node",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Example: `  ferry cluster status pipelines/cluster/raft-1.yaml
+  ferry cluster status --nodes 127.0.0.1:7271,127.0.0.1:7272`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, path := range args {
+				addrs, err := clusterAddrs(path)
+				if err != nil {
+					return &exitError{code: 2, msg: err.Error()}
+				}
+				nodes = append(nodes, addrs...)
+			}
+			nodes = uniq(nodes)
+			if len(nodes) == 0 {
+				return &exitError{code: 2, msg: "name the nodes: a pipeline file of one of them, or --nodes ADDR,ADDR,..."}
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			sts := make([]*ferryv1.ReplicationStatusResponse, len(nodes))
@@ -48,22 +64,27 @@ address (plugins.replication.config.listen), not to the broker's transport.`,
 				return printClusterJSON(cmd.OutOrStdout(), nodes, sts, errs)
 			}
 			printClusterStatus(cmd.OutOrStdout(), nodes, sts, errs)
-			return nil
+			for _, err := range errs {
+				if err == nil {
+					return nil
+				}
+			}
+			return &exitError{code: 1, msg: "no node answered"}
 		},
 	}
-	statusCmd.Flags().StringSliceVar(&nodes, "nodes", nil, "replication addresses of the nodes (required)")
+	statusCmd.Flags().StringSliceVar(&nodes, "nodes", nil, "replication (master–slave) or admin (raft) addresses of the nodes")
 	statusCmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	statusCmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "bound on the whole command")
-	_ = statusCmd.MarkFlagRequired("nodes")
 
 	var (
-		broker string
-		force  bool
+		node  string
+		force bool
 	)
 	promoteCmd := &cobra.Command{
-		Use:   "promote --broker ADDR [--force]",
+		Use:   "promote (SLAVE.yaml | --node ADDR) [--force]",
 		Short: "Promote a slave to master (master–slave replication)",
-		Long: `Promote makes the slave whose replication address is ADDR the master. Rules:
+		Long: `Promote makes a slave the master: the node whose pipeline file is given, or
+whose replication address (plugins.replication.config.listen) is ADDR. Rules:
   1. only a slave is promoted;
   2. refused while a master is reachable (the slave's link to it is up, or a
      peer answers as master), unless --force: two masters could take writes;
@@ -73,11 +94,25 @@ address (plugins.replication.config.listen), not to the broker's transport.`,
      messages the slave was known to lack;
   4. the new master's epoch (one more than any seen) is persisted: it stays
      master across restarts, and an old master that comes back steps down.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Example: `  ferry cluster promote pipelines/cluster/slave.yaml
+  ferry cluster promote --node 127.0.0.1:7272`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) == 1 && node != "":
+				return &exitError{code: 2, msg: "give the slave's pipeline file or --node, not both"}
+			case len(args) == 1:
+				addr, err := replicationListen(args[0])
+				if err != nil {
+					return &exitError{code: 2, msg: err.Error()}
+				}
+				node = addr
+			case node == "":
+				return &exitError{code: 2, msg: "name the slave: its pipeline file, or --node ADDR (its replication address)"}
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			cc, err := dialReplication(broker)
+			cc, err := dialReplication(node)
 			if err != nil {
 				return err
 			}
@@ -93,10 +128,11 @@ address (plugins.replication.config.listen), not to the broker's transport.`,
 			return nil
 		},
 	}
-	promoteCmd.Flags().StringVar(&broker, "broker", "", "replication address of the slave to promote (required)")
+	promoteCmd.Flags().StringVar(&node, "node", "", "replication address of the slave to promote")
+	promoteCmd.Flags().StringVar(&node, "broker", "", "old name of --node (it is the replication address, not the broker's)")
+	_ = promoteCmd.Flags().MarkDeprecated("broker", "use --node (or the slave's pipeline file)")
 	promoteCmd.Flags().BoolVar(&force, "force", false, "promote even though a master is reachable or the slave is behind")
 	promoteCmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "bound on the command")
-	_ = promoteCmd.MarkFlagRequired("broker")
 	cmd.AddCommand(statusCmd, promoteCmd)
 	return cmd
 }
@@ -200,4 +236,94 @@ func printClusterJSON(w io.Writer, nodes []string, sts []*ferryv1.ReplicationSta
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
+}
+
+// clusterAddrs lists the addresses `ferry cluster status` asks, read from a
+// node's pipeline: for master–slave its replication listen address and its
+// peers, for raft the admin address of every peer.
+func clusterAddrs(path string) ([]string, error) {
+	typ, rc, err := replicationSection(path)
+	if err != nil {
+		return nil, err
+	}
+	switch typ {
+	case "raft":
+		var addrs []string
+		if a, _ := rc["admin"].(string); a != "" {
+			addrs = append(addrs, a)
+		}
+		peers, _ := rc["peers"].([]any)
+		for i, p := range peers {
+			m, _ := p.(map[string]any)
+			a, _ := m["admin"].(string)
+			if a == "" {
+				return nil, fmt.Errorf("%s: plugins.replication.config.peers[%d] has no admin address: ferry cluster reaches raft nodes there", path, i)
+			}
+			addrs = append(addrs, a)
+		}
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("%s: plugins.replication.config.admin is not set: ferry cluster reaches raft nodes there", path)
+		}
+		return uniq(addrs), nil
+	default:
+		l, err := listenOf(path, rc)
+		if err != nil {
+			return nil, err
+		}
+		addrs := []string{l}
+		peers, _ := rc["peers"].([]any)
+		for _, p := range peers {
+			if a, ok := p.(string); ok {
+				addrs = append(addrs, a)
+			}
+		}
+		return uniq(addrs), nil
+	}
+}
+
+// replicationListen is the replication address of a master–slave node.
+func replicationListen(path string) (string, error) {
+	typ, rc, err := replicationSection(path)
+	if err != nil {
+		return "", err
+	}
+	if typ == "raft" {
+		return "", fmt.Errorf("%s: raft nodes are never promoted by hand: raft elects its leader", path)
+	}
+	return listenOf(path, rc)
+}
+
+func listenOf(path string, rc map[string]any) (string, error) {
+	l, _ := rc["listen"].(string)
+	if l == "" {
+		return "", fmt.Errorf("%s: plugins.replication.config.listen is not set", path)
+	}
+	return l, nil
+}
+
+// replicationSection loads a pipeline (validated like `ferry run` would,
+// environment overrides included) and returns its replication plugin's type
+// and config.
+func replicationSection(path string) (string, map[string]any, error) {
+	p, err := config.Load(path)
+	if err != nil {
+		return "", nil, err
+	}
+	ref := p.Plugins.Replication
+	if ref.Type == "" || ref.Type == "none" {
+		return "", nil, fmt.Errorf("%s: the pipeline has no replication plugin (plugins.replication.type is %q)", path, ref.Type)
+	}
+	return ref.Type, ref.Config, nil
+}
+
+func uniq(ss []string) []string {
+	seen := map[string]bool{}
+	out := ss[:0:0]
+	for _, s := range ss {
+		if s = strings.TrimSpace(s); s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -47,3 +47,32 @@ x     127.0.0.1:7173  false      0    DIVERGED: refused: beyond the master's log
 		t.Log(strings.ReplaceAll(got, " ", "·"))
 	}
 }
+
+// `ferry cluster` finds every node's address in one node's pipeline file.
+func TestClusterAddrsFromPipeline(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want string
+	}{
+		{"../../pipelines/cluster/master.yaml", "127.0.0.1:7271 127.0.0.1:7272"},
+		{"../../pipelines/cluster/slave.yaml", "127.0.0.1:7272 127.0.0.1:7271"},
+		{"../../pipelines/cluster/raft-2.yaml", "127.0.0.1:7482 127.0.0.1:7481 127.0.0.1:7483"},
+	} {
+		got, err := clusterAddrs(tc.path)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.path, err)
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: got %v, want %s", tc.path, got, tc.want)
+		}
+	}
+	if l, err := replicationListen("../../pipelines/cluster/slave.yaml"); err != nil || l != "127.0.0.1:7272" {
+		t.Errorf("slave's replication address: %q, %v", l, err)
+	}
+	if _, err := clusterAddrs("../../pipelines/quickstart.yaml"); err == nil || !strings.Contains(err.Error(), "no replication plugin") {
+		t.Errorf("a pipeline without replication: %v", err)
+	}
+	if _, err := replicationListen("../../pipelines/cluster/raft-1.yaml"); err == nil || !strings.Contains(err.Error(), "raft elects") {
+		t.Errorf("promote on raft: %v", err)
+	}
+}

@@ -285,7 +285,7 @@ func masterSlaveFailover(t *testing.T, mode string, pause time.Duration) (verdic
 		return err != nil
 	})
 	start := time.Now()
-	out, err := exec.Command(bin, "cluster", "promote", "--broker", sr).CombinedOutput()
+	out, err := exec.Command(bin, "cluster", "promote", "--node", sr).CombinedOutput()
 	if err != nil {
 		t.Fatalf("promote: %v\n%s", err, out)
 	}
