@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,14 +18,21 @@ import (
 
 // EnvClusterBench runs TestClusterProduceBenchmark: the produce rate with
 // replication none, async, sync and raft, nodes on loopback with file
-// storage (flush sync), all in one run, as ratios to none. Not run by CI:
+// storage (flush sync), as ratios to none measured in the same run. The
+// setups are interleaved: every rep runs each setup once, fresh; the result
+// is the median of the reps (FERRY_CLUSTER_BENCH_REPS, default 3). Not run by
+// CI (about 1 minute per rep):
 //
-//	FERRY_CLUSTER_BENCH=1 go test -run TestClusterProduceBenchmark -v ./cmd/ferry/
+//	FERRY_CLUSTER_BENCH=1 go test -run TestClusterProduceBenchmark -v -timeout 30m ./cmd/ferry/
 const EnvClusterBench = "FERRY_CLUSTER_BENCH"
 
 func TestClusterProduceBenchmark(t *testing.T) {
 	if os.Getenv(EnvClusterBench) == "" {
 		t.Skip("set " + EnvClusterBench + "=1 to run the replication benchmark")
+	}
+	reps := 3
+	if r, err := strconv.Atoi(os.Getenv("FERRY_CLUSTER_BENCH_REPS")); err == nil && r > 0 {
+		reps = r
 	}
 	bin := ferrytest.Binary(t)
 	type setup struct {
@@ -84,40 +93,69 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		}},
 	}
 	workloads := [][]string{
+		{"--mode", "sync", "--producers", "1"},
 		{"--mode", "sync", "--producers", "16"},
 		{"--mode", "async", "--producers", "4", "--inflight", "256"},
 	}
-	rates := map[string]map[string]float64{}
-	for _, s := range setups {
-		brokers := s.start()
-		rates[s.name] = map[string]float64{}
-		for _, w := range workloads {
-			args := append([]string{"bench", "produce", "--broker", strings.Join(brokers, ","), "--topic", "orders", "--size", "1024", "--duration", "5s", "--json"}, w...)
-			out, err := exec.Command(bin, args...).Output()
-			if err != nil {
-				t.Fatalf("%s %v: %v\n%s", s.name, w, err, out)
+	type sample struct{ rate, p50 float64 }
+	samples := map[string]map[string][]sample{} // setup → workload → one per rep
+	var order []string                          // workload names, in order
+	for rep := range reps {
+		for _, s := range setups {
+			brokers := s.start()
+			if samples[s.name] == nil {
+				samples[s.name] = map[string][]sample{}
 			}
-			var res struct {
-				Results []struct {
-					Workload   string         `json:"workload"`
-					MsgsPerSec float64        `json:"msgs_per_sec"`
-					Statuses   map[string]int `json:"statuses"`
-				} `json:"results"`
+			for _, w := range workloads {
+				args := append([]string{"bench", "produce", "--broker", strings.Join(brokers, ","), "--topic", "orders", "--size", "1024", "--duration", "5s", "--json"}, w...)
+				out, err := exec.Command(bin, args...).Output()
+				if err != nil {
+					t.Fatalf("%s %v: %v\n%s", s.name, w, err, out)
+				}
+				var res struct {
+					Results []struct {
+						Workload   string         `json:"workload"`
+						MsgsPerSec float64        `json:"msgs_per_sec"`
+						Statuses   map[string]int `json:"statuses"`
+						Latency    *struct {
+							P50 float64 `json:"p50_us"`
+						} `json:"latency"`
+					} `json:"results"`
+				}
+				if err := json.Unmarshal(out, &res); err != nil || len(res.Results) == 0 {
+					t.Fatalf("%s: bad bench output %v: %s", s.name, err, out)
+				}
+				r := res.Results[0]
+				p50 := 0.0
+				if r.Latency != nil {
+					p50 = r.Latency.P50
+				}
+				if rep == 0 && s.name == "none" {
+					order = append(order, r.Workload)
+				}
+				samples[s.name][r.Workload] = append(samples[s.name][r.Workload], sample{r.MsgsPerSec, p50})
+				t.Logf("rep %d: %-5s %-22s %8.0f msgs/s  p50 %6.0f µs  statuses %v", rep+1, s.name, r.Workload, r.MsgsPerSec, p50, r.Statuses)
 			}
-			if err := json.Unmarshal(out, &res); err != nil || len(res.Results) == 0 {
-				t.Fatalf("%s: bad bench output %v: %s", s.name, err, out)
-			}
-			r := res.Results[0]
-			rates[s.name][r.Workload] = r.MsgsPerSec
-			t.Logf("%-5s %-22s %8.0f msgs/s  statuses %v", s.name, r.Workload, r.MsgsPerSec, r.Statuses)
+			stopAll()
 		}
-		stopAll()
 	}
+	median := func(xs []sample, f func(sample) float64) float64 {
+		v := make([]float64, len(xs))
+		for i, x := range xs {
+			v[i] = f(x)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	t.Logf("medians of %d reps (ratio: median rate ÷ median rate of none):", reps)
 	for _, s := range setups {
 		var parts []string
-		for w, r := range rates[s.name] {
-			parts = append(parts, fmt.Sprintf("%s %.2f×", w, r/rates["none"][w]))
+		for _, w := range order {
+			rate := median(samples[s.name][w], func(x sample) float64 { return x.rate })
+			none := median(samples["none"][w], func(x sample) float64 { return x.rate })
+			p50 := median(samples[s.name][w], func(x sample) float64 { return x.p50 })
+			parts = append(parts, fmt.Sprintf("%s %.0f/s p50 %.0fµs %.2f×", w, rate, p50, rate/none))
 		}
-		t.Logf("%-5s vs none: %s", s.name, strings.Join(parts, ", "))
+		t.Logf("%-5s %s", s.name, strings.Join(parts, " | "))
 	}
 }
