@@ -25,8 +25,9 @@ type Peer struct {
 type Config struct {
 	// Listen is this node's raft address (host:port), required.
 	Listen string `json:"listen"`
-	// Admin is this node's status listener for `ferry cluster status`
-	// (host:port); optional.
+	// Admin is this node's ReplicaLink listener (host:port): `ferry
+	// cluster status`, and the catch-up of a follower that was sent a
+	// snapshot (Follow). Required when the group has more than one peer.
 	Admin string `json:"admin"`
 	// Peers are every voter of the group, this node included. Nodes with
 	// no raft state bootstrap the group with exactly this list.
@@ -37,6 +38,15 @@ type Config struct {
 	LeaderLeaseTimeout sdk.Duration `json:"leader_lease_timeout"`
 	// ApplyTimeout bounds a produce's wait for its commit; default 10s.
 	ApplyTimeout sdk.Duration `json:"apply_timeout"`
+	// Snapshots and log compaction. Every snapshot_interval raft checks
+	// whether snapshot_threshold entries were applied since the last
+	// snapshot; if so it snapshots and compacts the log, keeping
+	// trailing_logs entries. A follower that lacks a compacted entry is
+	// sent a snapshot and fetches the messages it lacks from a peer's
+	// store. Defaults: 1048576 trailing logs, threshold 65536, 30s.
+	TrailingLogs      int64        `json:"trailing_logs"`
+	SnapshotThreshold int64        `json:"snapshot_threshold"`
+	SnapshotInterval  sdk.Duration `json:"snapshot_interval"`
 }
 
 func defaultConfig() Config {
@@ -45,6 +55,9 @@ func defaultConfig() Config {
 		ElectionTimeout:    sdk.Duration(500 * time.Millisecond),
 		LeaderLeaseTimeout: sdk.Duration(250 * time.Millisecond),
 		ApplyTimeout:       sdk.Duration(10 * time.Second),
+		TrailingLogs:       defaultTrailingLogs,
+		SnapshotThreshold:  defaultSnapshotThreshold,
+		SnapshotInterval:   sdk.Duration(defaultSnapshotInterval),
 	}
 }
 
@@ -66,7 +79,10 @@ func decode(config []byte) (Config, sdk.Problems) {
 		}
 	}
 	addr("listen", cfg.Listen, true)
-	addr("admin", cfg.Admin, false)
+	// A follower sent a snapshot fetches what it lacks from its peers'
+	// admin listeners: without them it could never catch up.
+	multi := len(cfg.Peers) > 1
+	addr("admin", cfg.Admin, multi)
 	if len(cfg.Peers) == 0 {
 		ps = append(ps, sdk.Problem{Path: "peers", Message: "is required: every voter, this node included"})
 	}
@@ -81,13 +97,22 @@ func decode(config []byte) (Config, sdk.Problems) {
 		ids[p.ID] = true
 		addr(base+".raft", p.Raft, true)
 		addr(base+".broker", p.Broker, true)
-		addr(base+".admin", p.Admin, false)
+		addr(base+".admin", p.Admin, multi)
 	}
 	for path, d := range map[string]sdk.Duration{"heartbeat_timeout": cfg.HeartbeatTimeout, "election_timeout": cfg.ElectionTimeout,
 		"leader_lease_timeout": cfg.LeaderLeaseTimeout, "apply_timeout": cfg.ApplyTimeout} {
 		if d <= 0 {
 			ps = append(ps, sdk.Problem{Path: path, Message: "must be > 0"})
 		}
+	}
+	if cfg.TrailingLogs < 0 {
+		ps = append(ps, sdk.Problem{Path: "trailing_logs", Message: "must be >= 0"})
+	}
+	if cfg.SnapshotThreshold < 1 {
+		ps = append(ps, sdk.Problem{Path: "snapshot_threshold", Message: "must be >= 1"})
+	}
+	if cfg.SnapshotInterval < sdk.Duration(minSnapshotInterval) {
+		ps = append(ps, sdk.Problem{Path: "snapshot_interval", Message: "must be >= " + minSnapshotInterval.String()})
 	}
 	if cfg.LeaderLeaseTimeout > cfg.HeartbeatTimeout {
 		ps = append(ps, sdk.Problem{Path: "leader_lease_timeout", Message: "must not exceed heartbeat_timeout"})

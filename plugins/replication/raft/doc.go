@@ -29,9 +29,9 @@
 // The log and stable store is one bbolt file (logstore.go), every write a
 // fsynced transaction. The node's Ferry store is the state machine, so:
 //
-//   - snapshots are minimal: the end offset of every queue. raft restores no
-//     snapshot at start (NoSnapshotRestoreOnStart): the store already holds
-//     what was applied.
+//   - snapshots are minimal: the index of the last entry applied and the
+//     end offset of every queue. raft restores no snapshot at start
+//     (NoSnapshotRestoreOnStart): the store already holds what was applied.
 //   - every applied message carries its entry's raft index in the header
 //     `ferry-raft-index`, so the store itself records how far the log was
 //     applied: at start the plugin reads the last message of every queue and
@@ -39,11 +39,38 @@
 //     `applied` file, written after each batch, if that is higher) when raft
 //     replays its log. The store's de-duplication by message id covers the
 //     rest.
-//   - raft keeps 1<<20 entries after a snapshot, so a follower that was away
-//     catches up from the log. A follower so far behind that the leader must
-//     send it a snapshot gets no messages from it: Restore logs the gap. A
-//     data-carrying snapshot (or a catch-up read from the leader's broker) is
-//     future work.
+//   - raft keeps `trailing_logs` entries after a snapshot (default 1<<20;
+//     `snapshot_threshold` and `snapshot_interval` say when it snapshots),
+//     so a follower that was away mostly catches up from the log.
+//
+// # Catch-up after a snapshot
+//
+// A follower so far behind that the leader must send it a snapshot (the
+// entries it lacks were compacted away) gets no messages from the snapshot
+// itself. Its Restore (catchup.go), which raft runs on the FSM goroutine
+// before it applies any later entry, compares the store's ends with the
+// snapshot's and fetches every missing message, exactly up to the
+// snapshot's ends, from a peer's store: ReplicaLink.Follow on the peers'
+// `admin` listeners, the leader as this node knows it first, then the
+// others. Any node can serve, leader or not, since every store holds only
+// committed entries in log order; a node whose store has not reached the
+// snapshot's ends serves what it has and the next is asked. Messages keep
+// their ids, keys, headers (`ferry-raft-index` included) and timestamps, and
+// the plugin checks that the store assigns each the peer's offset (the
+// broker does not in replicate_first mode): a mismatch fails Restore with
+// "logs diverged". The snapshot's index then becomes the applied index.
+// When no peer made progress for 20 s, Restore returns an error: raft does
+// not take the snapshot as applied and the leader sends it again; the node
+// never claims to be caught up. Later entries come through the raft log.
+//
+// Because raft takes the latest snapshot's index as applied at start, a
+// node killed during a Restore would keep its gap: at start, before raft
+// runs, the plugin compares the store with its latest snapshot and fetches
+// what is missing first, for as long as it takes.
+//
+// So `admin` (and every peer's `admin`) is required in a group of more than
+// one node. The status detail counts snapshots restored, messages fetched
+// and catch-ups served.
 //
 // Use `flush: sync` storage: a store that loses acknowledged appends in a
 // crash would leave its node behind entries raft considers applied.

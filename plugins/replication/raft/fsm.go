@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -31,6 +32,8 @@ type fsm struct {
 	core    sdk.ReplicaCore
 	path    string
 	applied uint64
+	// patience: Restore gives up once no peer made progress for this long.
+	patience time.Duration
 }
 
 // HeaderRaftIndex is the header in which every message applied by the raft
@@ -39,7 +42,7 @@ type fsm struct {
 const HeaderRaftIndex = "ferry-raft-index"
 
 func newFSM(p *Plugin, ctx context.Context, core sdk.ReplicaCore, dir string) *fsm {
-	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied")}
+	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied"), patience: catchUpPatience}
 	if b, err := os.ReadFile(f.path); err == nil {
 		f.applied, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
@@ -176,14 +179,21 @@ func (f *fsm) finish(msgs []*sdk.Message, w sdk.ApplyWait) any {
 	}
 }
 
-// Snapshots are minimal: the store is the state, so a snapshot records only
-// the end offset of every queue (for status and for a check on restore).
-// Compaction keeps many trailing entries (see trailingLogs) so that a
-// follower that was away catches up from the log, not from a snapshot.
+// Snapshots hold no messages: the store is the state, so a snapshot records
+// the end offset of every queue and the index of the last entry applied. A
+// follower that is sent one fetches what its store lacks from a peer
+// (catchup.go) inside Restore, so raft applies no later entry before the
+// store holds everything up to the snapshot.
 type snapshot struct {
-	Ends map[string]int64 `json:"ends"`
+	// Index is the last entry the store held when the snapshot was taken
+	// (raft's own snapshot index may be higher by entries without
+	// messages). 0 in snapshots written before it was recorded.
+	Index uint64           `json:"index,omitempty"`
+	Ends  map[string]int64 `json:"ends"`
 }
 
+// Snapshot is called by raft on the FSM goroutine (no entry is applied
+// meanwhile), so the store's ends are exactly those after f.applied.
 func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
 	defer cancel()
@@ -191,9 +201,9 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Ends: map[string]int64{}}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}}
 	for _, o := range info.Offsets {
-		s.Ends[o.Topic+"/"+strconv.Itoa(int(o.Queue))] = o.End
+		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
 	return s, nil
 }
@@ -208,26 +218,76 @@ func (s *snapshot) Persist(sink hraft.SnapshotSink) error {
 
 func (s *snapshot) Release() {}
 
-// Restore is called when the leader sends a snapshot to a follower that
-// lacks entries the leader compacted away. The snapshot has no messages: a
-// follower behind it reports the gap (it needs an operator to copy the
-// data); see the package doc.
-func (f *fsm) Restore(r io.ReadCloser) error {
-	defer r.Close()
+func readSnapshot(r io.Reader) (*snapshot, error) {
 	var s snapshot
 	if err := json.NewDecoder(r).Decode(&s); err != nil {
-		return err
+		return nil, fmt.Errorf("raft snapshot: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
-	defer cancel()
-	info, err := f.core.NodeInfo(ctx)
+	return &s, nil
+}
+
+// Restore is called by raft on the FSM goroutine when the leader sent this
+// follower a snapshot (it lacks entries the leader compacted away). It
+// fetches every message the store lacks up to the snapshot's ends from a
+// peer and appends it, with its offset, id and headers, before returning;
+// raft applies the entries after the snapshot only then. When no peer can
+// serve for catchUpPatience it returns an error: raft keeps its state and
+// the leader sends the snapshot again.
+func (f *fsm) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	s, err := readSnapshot(r)
 	if err != nil {
 		return err
 	}
-	for _, o := range info.Offsets {
-		if want := s.Ends[o.Topic+"/"+strconv.Itoa(int(o.Queue))]; o.End < want {
-			f.p.log.Error("snapshot installed over a store that lacks its data", "queue", o.Topic+"/"+strconv.Itoa(int(o.Queue)), "end", o.End, "snapshot_end", want)
-		}
+	if _, err := f.catchUp(f.ctx, s.Ends, f.patience, true); err != nil {
+		f.p.log.Error("restoring a raft snapshot", "error", err)
+		return err
+	}
+	// raft applies only entries after the snapshot from now on.
+	f.applied = f.snapshotIndex(s)
+	f.saveApplied()
+	f.p.restored.Add(1)
+	return nil
+}
+
+// snapshotIndex is the last entry a snapshot's store held.
+func (f *fsm) snapshotIndex(s *snapshot) uint64 {
+	if s.Index == 0 {
+		return f.storedIndex() // an older snapshot: the last message tells
+	}
+	return s.Index
+}
+
+// resume is called at start, before raft runs. raft restores no snapshot at
+// start (the store is the state) but takes its index as applied: a node
+// killed during a Restore would otherwise keep the gap for ever. So the
+// store is checked against the latest snapshot, and what it lacks is
+// fetched from peers first, however long that takes (applying later entries
+// over the gap would give them other offsets than on every other node).
+func (f *fsm) resume(ctx context.Context, snaps hraft.SnapshotStore) error {
+	metas, err := snaps.List()
+	if err != nil || len(metas) == 0 {
+		return err
+	}
+	_, rc, err := snaps.Open(metas[0].ID)
+	if err != nil {
+		return fmt.Errorf("raft snapshot %s: %w", metas[0].ID, err)
+	}
+	s, err := readSnapshot(rc)
+	_ = rc.Close()
+	if err != nil {
+		return err
+	}
+	n, err := f.catchUp(ctx, s.Ends, 0, false)
+	if err != nil {
+		return err
+	}
+	if idx := f.snapshotIndex(s); n > 0 && idx > f.applied {
+		f.applied = idx
+		f.saveApplied()
+	}
+	if n > 0 {
+		f.p.restored.Add(1)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,12 +23,14 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
-// Raft tuning that is not configurable.
+// Defaults of the snapshot settings, and raft tuning that is not
+// configurable.
 const (
-	trailingLogs      = 1 << 20 // entries kept after a snapshot: followers catch up from the log
-	snapshotThreshold = 1 << 16
-	snapshotInterval  = 30 * time.Second
-	roleEvery         = 20 * time.Millisecond
+	defaultTrailingLogs      = 1 << 20 // entries kept after a snapshot: followers mostly catch up from the log
+	defaultSnapshotThreshold = 1 << 16
+	defaultSnapshotInterval  = 30 * time.Second
+	minSnapshotInterval      = 5 * time.Millisecond // hashicorp/raft refuses less
+	roleEvery                = 20 * time.Millisecond
 )
 
 // Plugin is the raft replication plugin.
@@ -46,6 +49,10 @@ type Plugin struct {
 	role    string
 	leader  Peer
 	address string
+
+	// Snapshot catch-up, for Status: snapshots restored, messages
+	// fetched from peers for them, catch-ups served to peers.
+	restored, caughtUp, served atomic.Int64
 }
 
 var (
@@ -121,15 +128,18 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	if err != nil {
 		return err
 	}
+	p.mu.Lock()
+	p.core, p.address = core, info.Address // peers' catch-up reads the store from now on
+	p.mu.Unlock()
 	rc := hraft.DefaultConfig()
 	rc.LocalID = hraft.ServerID(p.node)
 	rc.HeartbeatTimeout = time.Duration(p.cfg.HeartbeatTimeout)
 	rc.ElectionTimeout = time.Duration(p.cfg.ElectionTimeout)
 	rc.LeaderLeaseTimeout = time.Duration(p.cfg.LeaderLeaseTimeout)
 	rc.CommitTimeout = 5 * time.Millisecond
-	rc.TrailingLogs = trailingLogs
-	rc.SnapshotThreshold = snapshotThreshold
-	rc.SnapshotInterval = snapshotInterval
+	rc.TrailingLogs = uint64(p.cfg.TrailingLogs)
+	rc.SnapshotThreshold = uint64(p.cfg.SnapshotThreshold)
+	rc.SnapshotInterval = time.Duration(p.cfg.SnapshotInterval)
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
 	rc.NoSnapshotRestoreOnStart = true // the store is the state
@@ -152,12 +162,15 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 		}
 	}
 	f := newFSM(p, ctx, core, p.dir)
+	if err := f.resume(ctx, snaps); err != nil {
+		return err
+	}
 	r, err := hraft.NewRaft(rc, f, p.store, p.store, snaps, p.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
 	p.mu.Lock()
-	p.raft, p.core, p.address = r, core, info.Address
+	p.raft = r
 	p.mu.Unlock()
 	defer func() {
 		_ = r.Shutdown().Error()
@@ -282,7 +295,8 @@ func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
 	}
 	st.Offsets = info.Offsets
 	st.Replicas = []*ferryv1.ReplicaInfo{{Node: p.node, Address: addr, Connected: leader.ID != "",
-		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries)", last, commit, applied)}}
+		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries); snapshots restored %d, %d messages fetched from peers, %d catch-ups served",
+			last, commit, applied, p.restored.Load(), p.caughtUp.Load(), p.served.Load())}}
 	return st, nil
 }
 
@@ -306,7 +320,8 @@ func (p *Plugin) Close() error {
 	return nil
 }
 
-// admin serves `ferry cluster status` for a raft node.
+// admin serves `ferry cluster status` for a raft node, and peers'
+// catch-up after a snapshot.
 type admin struct {
 	ferryv1.UnimplementedReplicaLinkServer
 	p *Plugin
@@ -315,6 +330,9 @@ type admin struct {
 func (a *admin) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest) (*ferryv1.ReplicationStatusResponse, error) {
 	return a.p.Status(ctx)
 }
+
+// Follow serves a peer's catch-up after a snapshot (catchup.go).
+func (a *admin) Follow(stream ferryv1.ReplicaLink_FollowServer) error { return a.p.follow(stream) }
 
 func (a *admin) Promote(context.Context, *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
 	return nil, status.Error(codes.FailedPrecondition, "raft elects its leader by itself; promote is for master–slave replication")
