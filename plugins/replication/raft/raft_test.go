@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -32,6 +35,7 @@ type member struct {
 	id, broker, raft, admin string
 	dir                     string
 	eng                     *engine.Engine
+	extra                   map[string]any // more raft config
 }
 
 func group(t *testing.T, n int) []*member {
@@ -58,6 +62,7 @@ func (m *member) start(t *testing.T, all []*member) {
 	// hold a leader's heartbeats past 500 ms.
 	cfg.Plugins.Replication = config.PluginRef{Type: "raft", Config: map[string]any{"listen": m.raft, "admin": m.admin, "peers": peers,
 		"heartbeat_timeout": "1s", "election_timeout": "1s", "leader_lease_timeout": "500ms"}}
+	maps.Copy(cfg.Plugins.Replication.Config, m.extra)
 	cfg.Topics = []config.Topic{{Name: "orders", Queues: 2}}
 	e, err := engine.Start(context.Background(), &cfg, engine.Options{
 		Registry: builtin.Registry(), PluginExe: ferrytest.Binary(t),
@@ -250,4 +255,74 @@ func TestRaftGroupCommitsAndFailsOver(t *testing.T) {
 	// The old leader comes back and catches up with the others.
 	l.start(t, ms)
 	converged(t, ms, n+21)
+}
+
+var restoredRE = regexp.MustCompile(`snapshots restored (\d+), (\d+) messages fetched`)
+
+// A follower stopped while the leader snapshots and compacts its log past
+// it is sent a snapshot when it comes back, fetches what it lacks from a
+// peer, and ends with the same messages at the same offsets as the leader
+// (in process, under the race detector; cmd/ferry has the kill -9 version).
+func TestRaftFollowerRestoresSnapshot(t *testing.T) {
+	ms := group(t, 3)
+	for _, m := range ms {
+		m.extra = map[string]any{"trailing_logs": 5, "snapshot_threshold": 20, "snapshot_interval": "50ms"}
+		m.start(t, ms)
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop(t)
+		}
+	}()
+	send(t, ms, 20)
+	converged(t, ms, 20)
+	l := leader(t, ms)
+	var f *member
+	for _, m := range ms {
+		if m != l {
+			f = m
+			break
+		}
+	}
+	f.stop(t)
+	send(t, ms, 300)
+	time.Sleep(500 * time.Millisecond) // a snapshot and compaction, every 50–100 ms
+	f.start(t, ms)
+	n := converged(t, ms, 320)
+	st, err := status(f.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := restoredRE.FindStringSubmatch(st.Replicas[0].Detail)
+	if m == nil || m[1] == "0" {
+		t.Fatalf("%s restored no snapshot: %q", f.id, st.Replicas[0].Detail)
+	}
+	fetched, _ := strconv.Atoi(m[2])
+	t.Logf("%s: %s; every node stores %d", f.id, st.Replicas[0].Detail, n)
+	if fetched == 0 {
+		t.Fatalf("%s fetched nothing from its peers", f.id)
+	}
+	// Same messages at the same offsets on the follower as on the leader.
+	l = leader(t, ms)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for q := range int32(2) {
+		want, err := l.eng.Broker().ReplicaCore().Read(ctx, &sdk.ReadRequest{Topic: "orders", Queue: q, MaxMessages: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.eng.Broker().ReplicaCore().Read(ctx, &sdk.ReadRequest{Topic: "orders", Queue: q, MaxMessages: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Messages) != len(want.Messages) {
+			t.Fatalf("queue %d: %d messages, the leader has %d", q, len(got.Messages), len(want.Messages))
+		}
+		for i, w := range want.Messages {
+			g := got.Messages[i]
+			if g.Offset != w.Offset || g.Id != w.Id || !maps.Equal(g.Headers, w.Headers) || g.BornUnixNano != w.BornUnixNano {
+				t.Fatalf("queue %d message %d: %v, leader %v", q, i, g, w)
+			}
+		}
+	}
 }
