@@ -266,12 +266,25 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 	}
 }
 
-// CommitOffsets records a group's next offsets.
+// CommitOffsets records a group's next offsets and, on a node that takes
+// produce, hands them to the replication plugin (best effort: see
+// replicate.go).
 func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
-	if req.Group == "" {
+	if err := b.commitOffsets(ctx, req.Group, req.Offsets); err != nil {
+		return err
+	}
+	if b.repl != nil {
+		b.repl.committed(req.Group, req.Offsets)
+	}
+	return nil
+}
+
+// commitOffsets checks and stores a group's next offsets.
+func (b *Broker) commitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+	if group == "" {
 		return fmt.Errorf("%w: commit needs a group", sdk.ErrInvalidArgument)
 	}
-	for _, o := range req.Offsets {
+	for _, o := range offsets {
 		t, err := b.topic(o.Topic)
 		if err != nil {
 			return err
@@ -283,7 +296,7 @@ func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsReques
 			return fmt.Errorf("%w: negative offset %d for %s/%d", sdk.ErrInvalidArgument, o.Offset, o.Topic, o.Queue)
 		}
 	}
-	return b.storageCall(ctx, func(s sdk.Storage) error { return s.CommitOffsets(ctx, req.Group, req.Offsets) })
+	return b.storageCall(ctx, func(s sdk.Storage) error { return s.CommitOffsets(ctx, group, offsets) })
 }
 
 // GetOffsets reports queues' start, end and a group's committed offsets.

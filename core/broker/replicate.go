@@ -42,6 +42,8 @@ type replicator struct {
 
 	modeMu sync.Mutex
 	mode   string // "" until the plugin told it
+
+	offs offsetReports
 }
 
 type storedBatch struct {
@@ -353,6 +355,12 @@ func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
 	return info, nil
 }
 
+// CommitOffsets stores a group's offsets received through replication. They
+// are never reported back to the plugin.
+func (c replicaCore) CommitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+	return c.b.commitOffsets(ctx, group, offsets)
+}
+
 // SetRole changes the node's role.
 func (c replicaCore) SetRole(_ context.Context, req *sdk.SetRoleRequest) error {
 	switch req.Role {
@@ -366,4 +374,164 @@ func (c replicaCore) SetRole(_ context.Context, req *sdk.SetRoleRequest) error {
 	}
 	c.b.role.set(&sdk.SetRoleRequest{Role: req.Role, LeaderAddress: req.LeaderAddress, LeaderNode: req.LeaderNode})
 	return nil
+}
+
+// Consumer offsets (sdk.OffsetReplication).
+//
+// On a node that takes produce, every consumer commit the store accepted is
+// reported to the replication plugin, best effort: the consumer's commit has
+// succeeded already, a failure is logged (and retried a second later, merged
+// with newer commits), and a plugin without the capability is not called.
+// Reports are coalesced: one goroutine, started when there is something to
+// report, sends each group's latest offset per queue, so a slow plugin never
+// delays a commit and never gets an older offset after a newer one of the
+// same queue. The broker keeps the latest offset of every group it reported
+// and sends them all again to a new plugin process (after a crash), which
+// starts with no memory of them.
+
+// Offset reports are bounded by offsetReportTimeout each; after a failure the
+// next attempt waits offsetRetryDelay. offsetWarnEvery throttles warnings.
+const (
+	offsetReportTimeout = 5 * time.Second
+	offsetRetryDelay    = time.Second
+	offsetWarnEvery     = 10 * time.Second
+)
+
+type groupQueue struct {
+	topic string
+	queue int32
+}
+
+// offsetReports is the replicator's state for consumer offsets.
+type offsetReports struct {
+	mu          sync.Mutex
+	latest      map[string]map[groupQueue]int64 // every group's latest commit
+	pending     map[string]map[groupQueue]int64 // not yet reported to the plugin
+	running     bool                            // a reporting goroutine runs
+	gen         uint64                          // plugin generation latest was reported to
+	unsupported bool                            // that generation does not replicate offsets
+	lastWarn    time.Time
+}
+
+// committed is called by CommitOffsets after the store accepted a commit.
+func (r *replicator) committed(group string, offsets []*sdk.GroupOffset) {
+	if len(offsets) == 0 || !sdk.TakesProduce(r.b.role.get().Role) {
+		return
+	}
+	o := &r.offs
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.latest == nil {
+		o.latest, o.pending = map[string]map[groupQueue]int64{}, map[string]map[groupQueue]int64{}
+	}
+	for _, off := range offsets {
+		k := groupQueue{off.Topic, off.Queue}
+		setOffset(o.latest, group, k, off.Offset)
+		setOffset(o.pending, group, k, off.Offset)
+	}
+	if o.running {
+		return
+	}
+	if _, gen, _ := r.src.Current(); o.unsupported && gen == o.gen {
+		clear(o.pending)
+		return
+	}
+	o.running = true
+	go r.reportOffsets()
+}
+
+func setOffset(m map[string]map[groupQueue]int64, group string, k groupQueue, off int64) {
+	g := m[group]
+	if g == nil {
+		g = map[groupQueue]int64{}
+		m[group] = g
+	}
+	g[k] = off
+}
+
+// reportOffsets sends pending offsets to the plugin until none are left.
+func (r *replicator) reportOffsets() {
+	o := &r.offs
+	for {
+		impl, gen, _ := r.src.Current()
+		o.mu.Lock()
+		if impl != nil && gen != o.gen {
+			// A new plugin process: it knows nothing yet.
+			o.gen, o.unsupported = gen, false
+			for g, qs := range o.latest {
+				for k, off := range qs {
+					setOffset(o.pending, g, k, off)
+				}
+			}
+		}
+		if impl == nil || o.unsupported || len(o.pending) == 0 {
+			// Restarting: the next commit starts a report to the new
+			// process, with everything.
+			if o.unsupported {
+				clear(o.pending)
+			}
+			o.running = false
+			o.mu.Unlock()
+			return
+		}
+		batch := o.pending
+		o.pending = map[string]map[groupQueue]int64{}
+		o.mu.Unlock()
+
+		failed := false
+		for group, qs := range batch {
+			err := r.reportGroup(impl, group, qs)
+			if err == nil {
+				delete(batch, group)
+				continue
+			}
+			if errors.Is(err, errors.ErrUnsupported) {
+				o.mu.Lock()
+				if o.gen == gen {
+					o.unsupported = true
+				}
+				o.mu.Unlock()
+				r.b.log.Debug("replication plugin does not replicate consumer offsets", "error", err)
+				break
+			}
+			failed = true
+			o.mu.Lock()
+			warn := time.Since(o.lastWarn) >= offsetWarnEvery
+			if warn {
+				o.lastWarn = time.Now()
+			}
+			o.mu.Unlock()
+			if warn {
+				r.b.log.Warn("consumer offsets not replicated (will retry; the commit itself succeeded)", "group", group, "error", err)
+			}
+		}
+		if failed {
+			// Put back what failed unless a newer commit replaced it.
+			o.mu.Lock()
+			for group, qs := range batch {
+				for k, off := range qs {
+					if _, ok := o.pending[group][k]; !ok {
+						setOffset(o.pending, group, k, off)
+					}
+				}
+			}
+			o.mu.Unlock()
+			time.Sleep(offsetRetryDelay)
+		}
+	}
+}
+
+// reportGroup hands one group's offsets to the plugin.
+func (r *replicator) reportGroup(impl sdk.Plugin, group string, qs map[groupQueue]int64) error {
+	or, ok := impl.(sdk.OffsetReplication)
+	if !ok {
+		return fmt.Errorf("replication plugin has no ReplicateOffsets: %w", errors.ErrUnsupported)
+	}
+	offs := make([]*sdk.GroupOffset, 0, len(qs))
+	for k, off := range qs {
+		offs = append(offs, &sdk.GroupOffset{Topic: k.topic, Queue: k.queue, Offset: off})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), offsetReportTimeout)
+	defer cancel()
+	return or.ReplicateOffsets(ctx, group, offs)
 }

@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/telemetry"
@@ -78,8 +80,9 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 	if m, ok := s.impl.(ReplicationMode); ok {
 		mode = m.Mode()
 	}
+	_, offsets := s.impl.(OffsetReplication)
 	if req.ModeOnly {
-		return &ferryv1.ReplicationStatusResponse{Mode: mode}, nil
+		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets}, nil
 	}
 	st, err := s.impl.Status(ctx)
 	if err != nil {
@@ -88,7 +91,22 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 	if st.Mode == "" {
 		st.Mode = mode
 	}
+	st.ReplicatesOffsets = offsets
 	return st, nil
+}
+
+// ReplicateOffsets hands a group's committed offsets to the plugin; one
+// without OffsetReplication answers UNIMPLEMENTED (the broker does not call
+// it: Status did not announce it).
+func (s *replicationServer) ReplicateOffsets(ctx context.Context, req *ferryv1.CommitOffsetsRequest) (*ferryv1.CommitOffsetsResponse, error) {
+	o, ok := s.impl.(OffsetReplication)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "this replication plugin does not replicate consumer offsets")
+	}
+	if err := o.ReplicateOffsets(ctx, req.Group, req.Offsets); err != nil {
+		return nil, err
+	}
+	return &ferryv1.CommitOffsetsResponse{}, nil
 }
 
 // replicaCoreClient is ReplicaCore as a replication plugin sees it: each call
@@ -175,6 +193,12 @@ func (c *replicaCoreClient) SetRole(ctx context.Context, req *SetRoleRequest) er
 	return err
 }
 
+func (c *replicaCoreClient) CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
+	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_CommitOffsets{
+		CommitOffsets: &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets}}})
+	return err
+}
+
 // ReplicationClient is the host's side of a replication plugin over gRPC.
 // Replicate is multiplexed over one stream, opened on first use; when it
 // breaks every waiting call fails with ErrUnavailable and the client stays
@@ -185,16 +209,18 @@ type ReplicationClient struct {
 
 	reps *clientStream[*ferryv1.ReplicateRequest, *ferryv1.ReplicateResponse]
 
-	modeMu sync.Mutex
-	mode   string // "" until the plugin answered
+	modeMu  sync.Mutex
+	mode    string // "" until the plugin answered
+	offsets bool   // the plugin announced ReplicateOffsets
 
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
 var (
-	_ Replication     = (*ReplicationClient)(nil)
-	_ ReplicationMode = (*ReplicationClient)(nil)
+	_ Replication       = (*ReplicationClient)(nil)
+	_ ReplicationMode   = (*ReplicationClient)(nil)
+	_ OffsetReplication = (*ReplicationClient)(nil)
 )
 
 // NewReplicationClient returns a client for a replication plugin reached
@@ -226,11 +252,29 @@ func (c *ReplicationClient) Mode() string {
 	if err != nil {
 		return ""
 	}
-	c.mode = st.Mode
+	c.mode, c.offsets = st.Mode, st.ReplicatesOffsets
 	if c.mode == "" {
 		c.mode = ModeApplyFirst
 	}
 	return c.mode
+}
+
+// ReplicateOffsets sends a group's committed offsets to the plugin. Without
+// the capability announced in the plugin's status (an older plugin, or one
+// that does not replicate offsets) it returns an error wrapping
+// errors.ErrUnsupported and sends nothing.
+func (c *ReplicationClient) ReplicateOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
+	if c.Mode() == "" {
+		return fmt.Errorf("%w: replication plugin did not answer its status", ErrUnavailable)
+	}
+	c.modeMu.Lock()
+	ok := c.offsets
+	c.modeMu.Unlock()
+	if !ok {
+		return fmt.Errorf("replication plugin does not replicate consumer offsets: %w", errors.ErrUnsupported)
+	}
+	_, err := c.rpc.ReplicateOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets})
+	return err
 }
 
 // Replicate sends the batch and returns at once; the ReplicateWait gets the
@@ -348,6 +392,10 @@ func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.Re
 	case *ferryv1.ReplicationFrame_SetRole:
 		if err = core.SetRole(ctx, r.SetRole); err == nil {
 			out.Response = &ferryv1.ReplicaCoreFrame_SetRole{SetRole: &ferryv1.SetRoleResponse{}}
+		}
+	case *ferryv1.ReplicationFrame_CommitOffsets:
+		if err = core.CommitOffsets(ctx, r.CommitOffsets.Group, r.CommitOffsets.Offsets); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_CommitOffsets{CommitOffsets: &ferryv1.CommitOffsetsResponse{}}
 		}
 	default:
 		err = fmt.Errorf("%w: unknown replication request %T", ErrInvalidArgument, f.Request)

@@ -89,6 +89,42 @@ type ReplicaCore interface {
 	// where the leader is; the broker takes or rejects produce from then
 	// on and names the leader in its routing metadata.
 	SetRole(ctx context.Context, req *SetRoleRequest) error
+	// CommitOffsets stores a consumer group's next offsets on this node,
+	// as a consumer's commit would (offsets received from the master, or
+	// committed through a consensus log), overwriting what the node had:
+	// an offset lower than the stored one moves the group back. The broker
+	// checks topics and queues like a consumer's commit, and never reports
+	// these offsets back through OffsetReplication.
+	CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
+}
+
+// OffsetReplication is an optional interface of a Replication: it replicates
+// consumer groups' committed offsets, so that a group reading from a replica
+// (while the master is down) or from a promoted one resumes near where it
+// was instead of from its start.
+//
+// The broker of a node that takes produce calls ReplicateOffsets after it
+// stored a consumer's commit locally, from one goroutine, with the group's
+// latest offsets per queue since the last call (commits are coalesced; a
+// call may carry several commits of the group, or one of many). It is best
+// effort: the consumer's commit succeeded already, a failure is only logged,
+// and offsets lost that way are sent again with the group's next commit.
+// When the plugin process is replaced, the broker sends the latest offsets of
+// every group it reported before to the new one.
+//
+// ReplicateOffsets should return quickly (record and ship in the
+// background). An error wrapping errors.ErrUnsupported tells the broker the
+// plugin does not replicate offsets: it stops calling it for this plugin
+// process. Over gRPC the SDK announces the capability in the plugin's
+// status (replicates_offsets) when the implementation has this interface;
+// a plugin that does not announce it, such as one built before it existed,
+// is never called.
+//
+// Replicas store what they receive through ReplicaCore.CommitOffsets. A
+// master–slave plugin ships the offsets to its slaves; a consensus plugin
+// puts them through its log and applies them on every node, leader included.
+type OffsetReplication interface {
+	ReplicateOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
 }
 
 // ApplyWait waits for an Apply and returns the offsets the store assigned.

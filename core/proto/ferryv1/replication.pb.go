@@ -180,6 +180,7 @@ type ReplicationFrame struct {
 	//	*ReplicationFrame_Read
 	//	*ReplicationFrame_NodeInfo
 	//	*ReplicationFrame_SetRole
+	//	*ReplicationFrame_CommitOffsets
 	Request       isReplicationFrame_Request `protobuf_oneof:"request"`
 	TimeoutNanos  int64                      `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -266,6 +267,15 @@ func (x *ReplicationFrame) GetSetRole() *SetRoleRequest {
 	return nil
 }
 
+func (x *ReplicationFrame) GetCommitOffsets() *CommitOffsetsRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ReplicationFrame_CommitOffsets); ok {
+			return x.CommitOffsets
+		}
+	}
+	return nil
+}
+
 func (x *ReplicationFrame) GetTimeoutNanos() int64 {
 	if x != nil {
 		return x.TimeoutNanos
@@ -298,6 +308,13 @@ type ReplicationFrame_SetRole struct {
 	SetRole *SetRoleRequest `protobuf:"bytes,5,opt,name=set_role,json=setRole,proto3,oneof"`
 }
 
+type ReplicationFrame_CommitOffsets struct {
+	// Store a group's offsets on this node (received from the master, or
+	// committed through the raft log). Never reported back through
+	// ReplicateOffsets.
+	CommitOffsets *CommitOffsetsRequest `protobuf:"bytes,6,opt,name=commit_offsets,json=commitOffsets,proto3,oneof"`
+}
+
 func (*ReplicationFrame_Apply) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
@@ -305,6 +322,8 @@ func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
 func (*ReplicationFrame_NodeInfo) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_SetRole) isReplicationFrame_Request() {}
+
+func (*ReplicationFrame_CommitOffsets) isReplicationFrame_Request() {}
 
 type ReplicaCoreFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -315,6 +334,7 @@ type ReplicaCoreFrame struct {
 	//	*ReplicaCoreFrame_Read
 	//	*ReplicaCoreFrame_NodeInfo
 	//	*ReplicaCoreFrame_SetRole
+	//	*ReplicaCoreFrame_CommitOffsets
 	Response      isReplicaCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error                      `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -401,6 +421,15 @@ func (x *ReplicaCoreFrame) GetSetRole() *SetRoleResponse {
 	return nil
 }
 
+func (x *ReplicaCoreFrame) GetCommitOffsets() *CommitOffsetsResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ReplicaCoreFrame_CommitOffsets); ok {
+			return x.CommitOffsets
+		}
+	}
+	return nil
+}
+
 func (x *ReplicaCoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -428,6 +457,10 @@ type ReplicaCoreFrame_SetRole struct {
 	SetRole *SetRoleResponse `protobuf:"bytes,5,opt,name=set_role,json=setRole,proto3,oneof"`
 }
 
+type ReplicaCoreFrame_CommitOffsets struct {
+	CommitOffsets *CommitOffsetsResponse `protobuf:"bytes,6,opt,name=commit_offsets,json=commitOffsets,proto3,oneof"`
+}
+
 func (*ReplicaCoreFrame_Apply) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
@@ -435,6 +468,8 @@ func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
 func (*ReplicaCoreFrame_NodeInfo) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_SetRole) isReplicaCoreFrame_Response() {}
+
+func (*ReplicaCoreFrame_CommitOffsets) isReplicaCoreFrame_Response() {}
 
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -792,8 +827,11 @@ type ReplicationStatusResponse struct {
 	LeaderNode      string `protobuf:"bytes,8,opt,name=leader_node,json=leaderNode,proto3" json:"leader_node,omitempty"`
 	LeaderAddress   string `protobuf:"bytes,9,opt,name=leader_address,json=leaderAddress,proto3" json:"leader_address,omitempty"`
 	LeaderConnected bool   `protobuf:"varint,10,opt,name=leader_connected,json=leaderConnected,proto3" json:"leader_connected,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The plugin implements ReplicateOffsets (answered with mode_only too).
+	// Unset by plugins older than the RPC: the broker never calls it then.
+	ReplicatesOffsets bool `protobuf:"varint,11,opt,name=replicates_offsets,json=replicatesOffsets,proto3" json:"replicates_offsets,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ReplicationStatusResponse) Reset() {
@@ -892,6 +930,13 @@ func (x *ReplicationStatusResponse) GetLeaderAddress() string {
 func (x *ReplicationStatusResponse) GetLeaderConnected() bool {
 	if x != nil {
 		return x.LeaderConnected
+	}
+	return false
+}
+
+func (x *ReplicationStatusResponse) GetReplicatesOffsets() bool {
+	if x != nil {
+		return x.ReplicatesOffsets
 	}
 	return false
 }
@@ -1063,7 +1108,12 @@ type FollowResponse struct {
 	Ends []*QueueOffsets `protobuf:"bytes,5,rep,name=ends,proto3" json:"ends,omitempty"`
 	// Heartbeats: ends up to which the master answered producers OK (sync);
 	// a slave promoted without them could lack an acked message.
-	AckedEnds     []*QueueOffsets `protobuf:"bytes,6,rep,name=acked_ends,json=ackedEnds,proto3" json:"acked_ends,omitempty"`
+	AckedEnds []*QueueOffsets `protobuf:"bytes,6,rep,name=acked_ends,json=ackedEnds,proto3" json:"acked_ends,omitempty"`
+	// Consumer groups' committed offsets: every group the master knows when
+	// the stream opens, then those committed since the last frame (latest per
+	// group and queue), with any frame. The slave stores them, never beyond
+	// the end of its own log.
+	GroupOffsets  []*CommitOffsetsRequest `protobuf:"bytes,7,rep,name=group_offsets,json=groupOffsets,proto3" json:"group_offsets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1136,6 +1186,13 @@ func (x *FollowResponse) GetEnds() []*QueueOffsets {
 func (x *FollowResponse) GetAckedEnds() []*QueueOffsets {
 	if x != nil {
 		return x.AckedEnds
+	}
+	return nil
+}
+
+func (x *FollowResponse) GetGroupOffsets() []*CommitOffsetsRequest {
+	if x != nil {
+		return x.GroupOffsets
 	}
 	return nil
 }
@@ -1254,21 +1311,23 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
 	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
-	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xa0\x02\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xe9\x02\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +
 	"\x04read\x18\x03 \x01(\v2\x15.ferry.v1.ReadRequestH\x00R\x04read\x128\n" +
 	"\tnode_info\x18\x04 \x01(\v2\x19.ferry.v1.NodeInfoRequestH\x00R\bnodeInfo\x125\n" +
-	"\bset_role\x18\x05 \x01(\v2\x18.ferry.v1.SetRoleRequestH\x00R\asetRole\x12#\n" +
+	"\bset_role\x18\x05 \x01(\v2\x18.ferry.v1.SetRoleRequestH\x00R\asetRole\x12G\n" +
+	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\rcommitOffsets\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanosB\t\n" +
-	"\arequest\"\xa7\x02\n" +
+	"\arequest\"\xf1\x02\n" +
 	"\x10ReplicaCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05apply\x18\x02 \x01(\v2\x17.ferry.v1.ApplyResponseH\x00R\x05apply\x12,\n" +
 	"\x04read\x18\x03 \x01(\v2\x16.ferry.v1.ReadResponseH\x00R\x04read\x129\n" +
 	"\tnode_info\x18\x04 \x01(\v2\x1a.ferry.v1.NodeInfoResponseH\x00R\bnodeInfo\x126\n" +
-	"\bset_role\x18\x05 \x01(\v2\x19.ferry.v1.SetRoleResponseH\x00R\asetRole\x12%\n" +
+	"\bset_role\x18\x05 \x01(\v2\x19.ferry.v1.SetRoleResponseH\x00R\asetRole\x12H\n" +
+	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse\"=\n" +
@@ -1289,7 +1348,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xdf\x02\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\x8e\x03\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1302,7 +1361,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\x12%\n" +
 	"\x0eleader_address\x18\t \x01(\tR\rleaderAddress\x12)\n" +
 	"\x10leader_connected\x18\n" +
-	" \x01(\bR\x0fleaderConnected\"\x9f\x01\n" +
+	" \x01(\bR\x0fleaderConnected\x12-\n" +
+	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\"\x9f\x01\n" +
 	"\vReplicaInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1c\n" +
@@ -1314,7 +1374,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x80\x02\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xc5\x02\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -1323,16 +1383,18 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12*\n" +
 	"\x04ends\x18\x05 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x125\n" +
 	"\n" +
-	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\"&\n" +
+	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\x12C\n" +
+	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail2\xf1\x01\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail2\xc6\x02\n" +
 	"\vReplication\x12H\n" +
 	"\tReplicate\x12\x1a.ferry.v1.ReplicateRequest\x1a\x1b.ferry.v1.ReplicateResponse(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.ferry.v1.ReplicaCoreFrame\x1a\x1a.ferry.v1.ReplicationFrame(\x010\x01\x12Q\n" +
-	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse2\xe1\x01\n" +
+	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12S\n" +
+	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse2\xe1\x01\n" +
 	"\vReplicaLink\x12?\n" +
 	"\x06Follow\x12\x17.ferry.v1.FollowRequest\x1a\x18.ferry.v1.FollowResponse(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12>\n" +
@@ -1374,8 +1436,10 @@ var file_ferry_v1_replication_proto_goTypes = []any{
 	(Status)(0),                       // 19: ferry.v1.Status
 	(*Error)(nil),                     // 20: ferry.v1.Error
 	(*ReadRequest)(nil),               // 21: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),              // 22: ferry.v1.ReadResponse
-	(*QueueOffsets)(nil),              // 23: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),      // 22: ferry.v1.CommitOffsetsRequest
+	(*ReadResponse)(nil),              // 23: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),     // 24: ferry.v1.CommitOffsetsResponse
+	(*QueueOffsets)(nil),              // 25: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
 	18, // 0: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
@@ -1386,36 +1450,41 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	21, // 5: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
 	6,  // 6: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
 	8,  // 7: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	5,  // 8: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	22, // 9: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	7,  // 10: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	9,  // 11: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	20, // 12: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	18, // 13: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	23, // 14: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	12, // 15: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	23, // 16: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	23, // 17: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	18, // 18: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	23, // 19: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	23, // 20: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	0,  // 21: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	3,  // 22: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	10, // 23: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	13, // 24: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	10, // 25: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	15, // 26: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	1,  // 27: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	2,  // 28: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	11, // 29: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	14, // 30: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	11, // 31: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	16, // 32: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	27, // [27:33] is the sub-list for method output_type
-	21, // [21:27] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	22, // 8: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	5,  // 9: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	23, // 10: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	7,  // 11: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	9,  // 12: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	24, // 13: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	20, // 14: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	18, // 15: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	25, // 16: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	12, // 17: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	25, // 18: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	25, // 19: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	18, // 20: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	25, // 21: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	25, // 22: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	22, // 23: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	0,  // 24: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	3,  // 25: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	10, // 26: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	22, // 27: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	13, // 28: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	10, // 29: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	15, // 30: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	1,  // 31: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	2,  // 32: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	11, // 33: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	24, // 34: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	14, // 35: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	11, // 36: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	16, // 37: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	31, // [31:38] is the sub-list for method output_type
+	24, // [24:31] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -1430,12 +1499,14 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_Read)(nil),
 		(*ReplicationFrame_NodeInfo)(nil),
 		(*ReplicationFrame_SetRole)(nil),
+		(*ReplicationFrame_CommitOffsets)(nil),
 	}
 	file_ferry_v1_replication_proto_msgTypes[3].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
 		(*ReplicaCoreFrame_Read)(nil),
 		(*ReplicaCoreFrame_NodeInfo)(nil),
 		(*ReplicaCoreFrame_SetRole)(nil),
+		(*ReplicaCoreFrame_CommitOffsets)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -27,9 +27,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Replication_Replicate_FullMethodName = "/ferry.v1.Replication/Replicate"
-	Replication_Connect_FullMethodName   = "/ferry.v1.Replication/Connect"
-	Replication_Status_FullMethodName    = "/ferry.v1.Replication/Status"
+	Replication_Replicate_FullMethodName        = "/ferry.v1.Replication/Replicate"
+	Replication_Connect_FullMethodName          = "/ferry.v1.Replication/Connect"
+	Replication_Status_FullMethodName           = "/ferry.v1.Replication/Status"
+	Replication_ReplicateOffsets_FullMethodName = "/ferry.v1.Replication/ReplicateOffsets"
 )
 
 // ReplicationClient is the client API for Replication service.
@@ -47,6 +48,14 @@ type ReplicationClient interface {
 	// ReplicaCoreFrames of the same id.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicaCoreFrame, ReplicationFrame], error)
 	Status(ctx context.Context, in *ReplicationStatusRequest, opts ...grpc.CallOption) (*ReplicationStatusResponse, error)
+	// ReplicateOffsets is called by the broker of a node that takes produce
+	// after it stored a consumer group's committed offsets (each call the
+	// group's latest, per queue, coalesced). Best effort: the consumer's
+	// commit succeeded already. Called only when the plugin announced it in
+	// ReplicationStatusResponse.replicates_offsets: a plugin that does not
+	// replicate offsets (one older than this RPC) leaves the flag unset and
+	// the RPC unimplemented, and is never called.
+	ReplicateOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error)
 }
 
 type replicationClient struct {
@@ -93,6 +102,16 @@ func (c *replicationClient) Status(ctx context.Context, in *ReplicationStatusReq
 	return out, nil
 }
 
+func (c *replicationClient) ReplicateOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommitOffsetsResponse)
+	err := c.cc.Invoke(ctx, Replication_ReplicateOffsets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicationServer is the server API for Replication service.
 // All implementations must embed UnimplementedReplicationServer
 // for forward compatibility.
@@ -108,6 +127,14 @@ type ReplicationServer interface {
 	// ReplicaCoreFrames of the same id.
 	Connect(grpc.BidiStreamingServer[ReplicaCoreFrame, ReplicationFrame]) error
 	Status(context.Context, *ReplicationStatusRequest) (*ReplicationStatusResponse, error)
+	// ReplicateOffsets is called by the broker of a node that takes produce
+	// after it stored a consumer group's committed offsets (each call the
+	// group's latest, per queue, coalesced). Best effort: the consumer's
+	// commit succeeded already. Called only when the plugin announced it in
+	// ReplicationStatusResponse.replicates_offsets: a plugin that does not
+	// replicate offsets (one older than this RPC) leaves the flag unset and
+	// the RPC unimplemented, and is never called.
+	ReplicateOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error)
 	mustEmbedUnimplementedReplicationServer()
 }
 
@@ -126,6 +153,9 @@ func (UnimplementedReplicationServer) Connect(grpc.BidiStreamingServer[ReplicaCo
 }
 func (UnimplementedReplicationServer) Status(context.Context, *ReplicationStatusRequest) (*ReplicationStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedReplicationServer) ReplicateOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReplicateOffsets not implemented")
 }
 func (UnimplementedReplicationServer) mustEmbedUnimplementedReplicationServer() {}
 func (UnimplementedReplicationServer) testEmbeddedByValue()                     {}
@@ -180,6 +210,24 @@ func _Replication_Status_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Replication_ReplicateOffsets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommitOffsetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicationServer).ReplicateOffsets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replication_ReplicateOffsets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicationServer).ReplicateOffsets(ctx, req.(*CommitOffsetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replication_ServiceDesc is the grpc.ServiceDesc for Replication service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -190,6 +238,10 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Replication_Status_Handler,
+		},
+		{
+			MethodName: "ReplicateOffsets",
+			Handler:    _Replication_ReplicateOffsets_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
