@@ -64,6 +64,40 @@
 // lacks it is refused as diverged (above). Producers find the master through
 // routing metadata: a slave names its master as the leader of every queue.
 //
-// Consumer offsets are not replicated: a group reading from a slave resumes
-// from its offsets committed there.
+// # Consumer offsets
+//
+// Consumer groups' committed offsets follow the log, as RocketMQ's slaves
+// sync them from their master, so that a group reading from a slave while
+// the master is down, or from a promoted slave, resumes about where it
+// committed on the master instead of from its start:
+//
+//   - The master's broker reports every commit it stored to this plugin
+//     (sdk.OffsetReplication), best effort: the consumer's commit has
+//     succeeded already; a failed report is logged and retried.
+//   - The master keeps each group's latest offset per queue in memory and
+//     sends, on the Follow stream, every group it knows when a slave
+//     connects, then whatever was committed since, with the next frame of
+//     messages or alone (coalesced: only the latest offset of a queue).
+//   - The slave stores them through its broker (ReplicaCore.CommitOffsets),
+//     clamped to the end of its own log: a slave that lacks the messages
+//     (async, or still catching up) stores its end and moves on as the
+//     messages arrive. An offset beyond its log could, after a promotion,
+//     skip the new messages stored at those offsets.
+//
+// While linked, the master's offsets rule: a slave stores what the master
+// sends even when it had a higher offset (committed by consumers that read
+// from it while the master was down, say), and a group rewound on the master
+// is rewound on its slaves. An offset only moves back that way, which means
+// redelivery, never a skipped message: at-least-once holds. "Highest wins"
+// would keep a rewind from ever reaching a slave, and a failover would then
+// skip what the group meant to read again.
+//
+// Limits. The master knows only the groups its broker reported since the
+// broker process started (a replication plugin that restarts gets them all
+// again from its broker); after a master restart, a group committed before
+// it is sent again only once it commits again — its slaves keep what they
+// stored until then. A promoted slave knows the groups its old master sent
+// and ships those, at the offsets it stored, to its own slaves. Commits made on a slave are not sent to
+// the master: a group that moves back to the master resumes from the
+// master's offsets, and may see again what it processed on the slave.
 package masterslave

@@ -20,6 +20,7 @@ type session struct {
 	sent       map[qkey]int64 // next offset to send per queue
 	acked      map[qkey]int64 // ends the slave confirmed durable
 	unacked    int64          // messages sent and not confirmed
+	offSent    uint64         // group offsets up to this version were sent
 	lastHeard  time.Time
 	cancel     context.CancelCauseFunc
 }
@@ -230,6 +231,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	}
 	p.sessions[s] = struct{}{}
 	signal(&p.progress)
+	groups := p.takeOffsetsLocked(s) // every group this master knows
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
@@ -239,7 +241,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 		p.mu.Unlock()
 	}()
-	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends()}); err != nil {
+	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups}); err != nil {
 		return err
 	}
 	go l.acks(ctx, stream, s)
@@ -361,11 +363,14 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 				continue
 			}
 		}
-		if len(frame) > 0 {
+		// Groups' offsets committed since the last frame ride with this
+		// one (or go alone).
+		groups := p.takeOffsets(s)
+		if len(frame) > 0 || len(groups) > 0 {
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame}); err != nil {
+			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups}); err != nil {
 				return err
 			}
 		}

@@ -42,12 +42,17 @@ type Plugin struct {
 	refused  map[string]*ferryv1.ReplicaInfo // diverged slaves, by node
 	progress chan struct{}                   // closed and replaced on acks and session changes
 	wake     chan struct{}                   // closed and replaced on new data
+	// both sides (offsets.go): groups' offsets as the broker reported them
+	// (master) or the master sent them (slave), versioned
+	offs   map[gqkey]offEntry
+	offVer uint64
 	// slave side
 	leader      *ferryv1.ReplicationStatusResponse // the master followed, as it answered
 	leaderUp    bool
-	leaderEnds  map[qkey]int64 // the master's ends, from its last frame
-	leaderAcked map[qkey]int64 // ends the master answered OK, from its last heartbeat
-	localEnds   map[qkey]int64 // this node's ends as applied
+	leaderEnds  map[qkey]int64  // the master's ends, from its last frame
+	leaderAcked map[qkey]int64  // ends the master answered OK, from its last heartbeat
+	localEnds   map[qkey]int64  // this node's ends as applied
+	offDone     map[gqkey]int64 // group offsets committed here since the link opened
 	leaderEpoch uint64
 	closed      bool
 	closeCtx    context.Context
@@ -76,7 +81,8 @@ func New(mode string) *Plugin {
 	return &Plugin{mode: mode, closeCtx: ctx, closeCancel: cancel,
 		ends: map[qkey]int64{}, tails: map[qkey]*tail{}, sessions: map[*session]struct{}{},
 		refused: map[string]*ferryv1.ReplicaInfo{}, progress: make(chan struct{}), wake: make(chan struct{}),
-		leaderEnds: map[qkey]int64{}, leaderAcked: map[qkey]int64{}, localEnds: map[qkey]int64{}, okEnds: map[qkey]int64{}}
+		leaderEnds: map[qkey]int64{}, leaderAcked: map[qkey]int64{}, localEnds: map[qkey]int64{}, okEnds: map[qkey]int64{},
+		offs: map[gqkey]offEntry{}, offDone: map[gqkey]int64{}}
 }
 
 // Mode tells the broker to store first, then replicate.

@@ -93,6 +93,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	p.mu.Lock()
 	epoch := p.st.Epoch
 	p.localEnds = endsOf(info.Offsets)
+	// The master sends every group it knows when the stream opens, and
+	// its offsets rule while linked: forget what an earlier link sent.
+	clear(p.offs)
+	clear(p.offDone)
 	p.mu.Unlock()
 	if err := stream.Send(&ferryv1.FollowRequest{Node: info.Node, Address: info.Address, Ends: info.Offsets, Epoch: epoch}); err != nil {
 		return err
@@ -116,6 +120,22 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		p.leaderUp = false
 		p.mu.Unlock()
 	}()
+	// Groups' offsets are committed here by their own goroutine, kicked
+	// when the master sends some and when the log grows.
+	offKick := make(chan struct{}, 1)
+	offDone := make(chan struct{})
+	go func() {
+		defer close(offDone)
+		p.commitOffsets(fctx, offKick)
+	}()
+	defer func() {
+		cancel(nil)
+		<-offDone
+	}()
+	if len(first.GroupOffsets) > 0 {
+		p.masterOffsets(first.GroupOffsets)
+		kickChan(offKick)
+	}
 	if err := p.core.SetRole(ctx, &sdk.SetRoleRequest{Role: sdk.RoleSlave, LeaderNode: first.MasterNode, LeaderAddress: first.MasterAddress}); err != nil {
 		return err
 	}
@@ -151,6 +171,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				p.localEnds[k] = max(p.localEnds[k], e)
 			}
 			p.mu.Unlock()
+			kickChan(offKick) // offsets clamped to the old ends may move
 			if err := send(&ferryv1.FollowRequest{Ends: offsetsOf(ends)}); err != nil {
 				cancel(err)
 			}
@@ -208,6 +229,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				p.leaderAcked[k] = max(p.leaderAcked[k], e)
 			}
 			p.mu.Unlock()
+		}
+		if len(resp.GroupOffsets) > 0 {
+			p.masterOffsets(resp.GroupOffsets)
+			kickChan(offKick)
 		}
 		if len(resp.Messages) == 0 {
 			continue
@@ -282,6 +307,7 @@ func (l *link) Promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferry
 	}
 	p.st = ns
 	p.role = sdk.RoleMaster
+	p.promotedOffsetsLocked()
 	if p.promote != nil {
 		p.promote()
 	}
