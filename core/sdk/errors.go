@@ -67,6 +67,10 @@ var sentinels = []struct {
 	{ErrFull, "FULL", codes.ResourceExhausted},
 	{ErrConfig, "CONFIG", codes.InvalidArgument},
 	{ErrNotLeader, "NOT_LEADER", codes.FailedPrecondition},
+	// A plugin lacks an optional capability (e.g. ReplicateOffsets): the
+	// broker stops asking it. A plugin in another language that does not
+	// serve an RPC answers codes.Unimplemented, which decodes to the same.
+	{errors.ErrUnsupported, "UNSUPPORTED", codes.Unimplemented},
 	{context.DeadlineExceeded, "DEADLINE_EXCEEDED", codes.DeadlineExceeded},
 	{context.Canceled, "CANCELED", codes.Canceled},
 }
@@ -146,6 +150,8 @@ func ErrorFromStatus(err error) error {
 	switch st.Code() {
 	case codes.Unavailable:
 		return &wireError{sentinel: ErrUnavailable, msg: fmt.Sprintf("unavailable: %s", msg)}
+	case codes.Unimplemented:
+		return &wireError{sentinel: errors.ErrUnsupported, msg: fmt.Sprintf("unsupported: %s", msg)}
 	case codes.Canceled:
 		return &wireError{sentinel: context.Canceled, msg: msg}
 	case codes.DeadlineExceeded:

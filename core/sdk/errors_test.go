@@ -34,6 +34,10 @@ func TestTransportFailuresAreUnavailable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("%v is not ErrUnavailable", err)
 	}
+	// An RPC the other side does not serve (a plugin written before it).
+	if err := ErrorFromStatus(status.Error(codes.Unimplemented, "unknown method ReplicateOffsets")); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("%v is not errors.ErrUnsupported", err)
+	}
 	if err := ErrorFromStatus(status.Error(codes.Canceled, "x")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("%v is not context.Canceled", err)
 	}
