@@ -46,6 +46,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	m.SetDLQDepth("counters", 1)
 	m.PluginRestarted("storage", "file")
 	m.PluginRestarted("storage", "file")
+	m.OffsetReplicationFailed("counters")
 
 	srv := httptest.NewServer(Handler(Options{Metrics: m}))
 	defer srv.Close()
@@ -64,6 +65,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		`ferry_retries_total{group="counters",pipeline="quickstart"} 2`,
 		`ferry_dlq_depth{group="counters",pipeline="quickstart"} 1`,
 		`ferry_plugin_restarts_total{kind="storage",pipeline="quickstart",type="file"} 2`,
+		`ferry_offset_replication_failures_total{group="counters",pipeline="quickstart"} 1`,
 		`# TYPE ferry_flush_seconds histogram`,
 		`go_goroutines `,
 		`process_cpu_seconds_total `,
@@ -100,6 +102,7 @@ func TestNilMetrics(t *testing.T) {
 	m.Retried("g", 1)
 	m.SetDLQDepth("g", 1)
 	m.PluginRestarted("storage", "file")
+	m.OffsetReplicationFailed("g")
 	if m.Registry() != nil {
 		t.Fatal("nil Metrics has a registry")
 	}

@@ -18,6 +18,9 @@ const (
 	MetricDLQDepth        = "ferry_dlq_depth"
 	MetricPluginRestarts  = "ferry_plugin_restarts_total"
 	MetricAppendSeconds   = "ferry_append_seconds"
+	// MetricOffsetReplicationFailures counts failed hand-overs of consumer
+	// offsets to the replication plugin (the commits themselves succeeded).
+	MetricOffsetReplicationFailures = "ferry_offset_replication_failures_total"
 )
 
 // flushBuckets span a page-cache write (tens of µs) to a slow fsync (1 s+).
@@ -42,6 +45,7 @@ type Metrics struct {
 	retries        *prometheus.CounterVec
 	dlqDepth       *prometheus.GaugeVec
 	pluginRestarts *prometheus.CounterVec
+	offsetReplFail *prometheus.CounterVec
 }
 
 // NewMetrics returns a node's metrics, with the Go runtime's and the
@@ -86,10 +90,14 @@ func NewMetrics(constLabels prometheus.Labels) *Metrics {
 			Name: MetricPluginRestarts, ConstLabels: constLabels,
 			Help: "Plugin processes restarted after they died or stopped answering, by plugin kind and type.",
 		}, []string{"kind", "type"}),
+		offsetReplFail: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricOffsetReplicationFailures, ConstLabels: constLabels,
+			Help: "Consumer offset commits the replication plugin failed to take (retried; the commit itself succeeded), by consumer group.",
+		}, []string{"group"}),
 	}
 	m.reg.MustRegister(
 		m.appended, m.consumed, m.flush, m.appendLatency, m.replicationLag, m.consumerLag,
-		m.retries, m.dlqDepth, m.pluginRestarts,
+		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -185,4 +193,13 @@ func (m *Metrics) PluginRestarted(kind, typ string) {
 		return
 	}
 	m.pluginRestarts.WithLabelValues(kind, typ).Inc()
+}
+
+// OffsetReplicationFailed counts one failed report of group's committed
+// offsets to the replication plugin. Called by the broker's offset reporter.
+func (m *Metrics) OffsetReplicationFailed(group string) {
+	if m == nil {
+		return
+	}
+	m.offsetReplFail.WithLabelValues(group).Inc()
 }

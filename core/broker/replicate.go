@@ -495,6 +495,7 @@ func (r *replicator) reportOffsets() {
 				break
 			}
 			failed = true
+			r.b.opts.Metrics.OffsetReplicationFailed(group)
 			o.mu.Lock()
 			warn := time.Since(o.lastWarn) >= offsetWarnEvery
 			if warn {
