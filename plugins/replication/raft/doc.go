@@ -29,9 +29,10 @@
 // The log and stable store is one bbolt file (logstore.go), every write a
 // fsynced transaction. The node's Ferry store is the state machine, so:
 //
-//   - snapshots are minimal: the index of the last entry applied and the
-//     end offset of every queue. raft restores no snapshot at start
-//     (NoSnapshotRestoreOnStart): the store already holds what was applied.
+//   - snapshots are minimal: the index of the last entry applied, the
+//     end offset of every queue and consumer groups' offsets (below).
+//     raft restores no snapshot at start (NoSnapshotRestoreOnStart): the
+//     store already holds what was applied.
 //   - every applied message carries its entry's raft index in the header
 //     `ferry-raft-index`, so the store itself records how far the log was
 //     applied: at start the plugin reads the last message of every queue and
@@ -71,6 +72,57 @@
 // So `admin` (and every peer's `admin`) is required in a group of more than
 // one node. The status detail counts snapshots restored, messages fetched
 // and catch-ups served.
+//
+// # Consumer offsets
+//
+// Consumer groups' committed offsets go through the log too
+// (sdk.OffsetReplication, offsets.go), so that after a failover a group
+// reading from the new leader, or from any follower, resumes about where it
+// committed instead of from wherever that node had offsets (usually
+// nowhere):
+//
+//   - The leader's broker reports every commit it stored to
+//     ReplicateOffsets, best effort and coalesced (the group's latest offset
+//     per queue since its last report). The plugin raft.Apply()s them as an
+//     entry and returns once raft took it, without waiting for the commit.
+//     On any other node it does nothing and returns nil: an error would
+//     only have the broker retry and warn. An entry lost with the
+//     leadership is not sent again; the group's next commit is.
+//   - Every node's FSM, the leader's included, applies the entry in log
+//     order: it stores the offsets through ReplicaCore.CommitOffsets,
+//     clamped to the end of each queue in the node's store (log order puts
+//     the messages a consumer read before its commit, so the clamp only
+//     bites on a store that lost messages; an offset beyond the log would
+//     skip the messages stored there later). A queue this node's broker
+//     refuses is logged and skipped.
+//   - The leader stored the commit already when it reports it. Applying
+//     the entry stores it again, and an entry applied after a newer local
+//     commit moves the group back until the newer commit's entry is
+//     applied: at most redelivery, never a skipped message (at-least-once
+//     holds). Consumers reading from a follower commit there; the log's
+//     next entry for that group overwrites it.
+//
+// The kind of an entry: a message batch is, as before, the protobuf
+// encoding of an ApplyRequest with no prefix; an offsets entry is the byte
+// 0x00, a kind byte (1), then a protobuf CommitOffsetsRequest. A protobuf
+// encoding never starts with 0x00 (its first byte is a field tag, and field
+// number 0 is invalid), so existing logs decode unchanged and an offsets
+// entry can never be taken for a batch: a node of an older version fails
+// the entry (nothing stored) rather than storing garbage. A wrapper message
+// for every entry would have changed the encoding of batches, and old logs
+// would need a fallback anyway.
+//
+// The FSM keeps the latest offset of every group and queue the log
+// committed (its table) and writes it into every snapshot (`offsets`,
+// absent from older snapshots, which read as having none). Restore stores
+// the snapshot's offsets after the catch-up: the entries that committed them
+// may be compacted away. At start the table is rebuilt from the latest
+// snapshot plus the entries raft replays after it; entries up to the
+// applied index only update the table, since the store kept what they
+// committed, and a snapshot beyond the applied index (a Restore killed
+// before it stored the offsets) has its offsets stored then. The store's own
+// committed offsets are not read back: they include commits made to this
+// node alone, which are not the log's, and the store cannot list its groups.
 //
 // Use `flush: sync` storage: a store that loses acknowledged appends in a
 // crash would leave its node behind entries raft considers applied.

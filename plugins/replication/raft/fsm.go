@@ -34,6 +34,9 @@ type fsm struct {
 	applied uint64
 	// patience: Restore gives up once no peer made progress for this long.
 	patience time.Duration
+	// offs: the latest offset of every consumer group and queue the log
+	// committed (offsets.go), for snapshots.
+	offs offsets
 }
 
 // HeaderRaftIndex is the header in which every message applied by the raft
@@ -88,18 +91,34 @@ var _ hraft.BatchingFSM = (*fsm)(nil)
 
 func (f *fsm) Apply(l *hraft.Log) any { return f.ApplyBatch([]*hraft.Log{l})[0] }
 
-// ApplyBatch starts every entry's append in log order (so that one flush of
-// the store covers the batch), then waits for all.
+// ApplyBatch starts every batch entry's append in log order (so that one
+// flush of the store covers the batch), then waits for each in log order and
+// applies each offsets entry at its place (offsets.go): after the appends of
+// the entries before it are stored.
 func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	out := make([]any, len(logs))
 	waits := make([]sdk.ApplyWait, len(logs))
 	msgs := make([][]*sdk.Message, len(logs))
+	offs := make([]*ferryv1.CommitOffsetsRequest, len(logs))
 	for i, l := range logs {
-		if l.Type != hraft.LogCommand || l.Index <= f.applied {
+		if l.Type != hraft.LogCommand {
+			continue
+		}
+		kind, payload, err := decodeEntry(l.Data)
+		if err == nil && kind == kindOffsets {
+			// Decoded even when applied already (raft replays the log
+			// after a restart): the table is rebuilt from them.
+			offs[i], err = decodeOffsets(payload)
+		}
+		if l.Index <= f.applied || offs[i] != nil {
+			continue
+		}
+		if err != nil {
+			out[i] = err
 			continue
 		}
 		var req ferryv1.ApplyRequest
-		if err := proto.Unmarshal(l.Data, &req); err != nil {
+		if err := proto.Unmarshal(payload, &req); err != nil {
 			out[i] = err
 			continue
 		}
@@ -116,8 +135,16 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	// failed (the node stopping) is applied again after a restart.
 	upTo, failed := f.applied, false
 	for i, w := range waits {
-		if w != nil {
+		switch {
+		case w != nil:
 			out[i] = f.finish(msgs[i], w)
+		case offs[i] != nil:
+			f.offs.record(offs[i])
+			if logs[i].Index > f.applied && !failed {
+				if err := f.commitOffsets(offs[i].Group, offs[i].Offsets); err != nil {
+					out[i] = err
+				}
+			}
 		}
 		if _, isErr := out[i].(error); isErr {
 			failed = true
@@ -190,6 +217,10 @@ type snapshot struct {
 	// messages). 0 in snapshots written before it was recorded.
 	Index uint64           `json:"index,omitempty"`
 	Ends  map[string]int64 `json:"ends"`
+	// Offsets are consumer groups' offsets as the log committed them up
+	// to the snapshot: group → "topic/queue" → next offset. Absent in
+	// snapshots written before offsets went through the log.
+	Offsets offsetTable `json:"offsets,omitempty"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
@@ -201,7 +232,7 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot()}
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -243,6 +274,13 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 		f.p.log.Error("restoring a raft snapshot", "error", err)
 		return err
 	}
+	// The groups' offsets as of the snapshot: the entries that committed
+	// them may be compacted away.
+	if err := f.commitTable(s.Offsets); err != nil {
+		f.p.log.Error("restoring a raft snapshot's consumer offsets", "error", err)
+		return err
+	}
+	f.offs.reset(s.Offsets)
 	// raft applies only entries after the snapshot from now on.
 	f.applied = f.snapshotIndex(s)
 	f.saveApplied()
@@ -282,7 +320,18 @@ func (f *fsm) resume(ctx context.Context, snaps hraft.SnapshotStore) error {
 	if err != nil {
 		return err
 	}
-	if idx := f.snapshotIndex(s); n > 0 && idx > f.applied {
+	// raft replays the entries after the snapshot: with the snapshot's
+	// offsets they rebuild the table. Below the applied index they are
+	// not stored again (the store kept them); a snapshot beyond it (a
+	// Restore killed before it stored the offsets) has them stored now.
+	f.offs.reset(s.Offsets)
+	if n == 0 && len(s.Offsets) == 0 {
+		return nil
+	}
+	if idx := f.snapshotIndex(s); idx > f.applied {
+		if err := f.commitTable(s.Offsets); err != nil {
+			return err
+		}
 		f.applied = idx
 		f.saveApplied()
 	}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
+)
+
+// A consumer group resumes at its commit point on the new raft leader after
+// the old one is SIGKILLed: real `ferry run` processes (3 raft nodes), part
+// of the messages consumed and committed on the leader with `ferry
+// consume`, the leader killed, then the same group consumed from the newly
+// elected leader. No message before the commit point may come again; every
+// one after it must. The offsets get there through the raft log.
+func TestFaultRaftGroupResumesOnNewLeader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	nodes := raftGroup(t, 3)
+	var seeds []string
+	for _, nd := range nodes {
+		nd.start(t, bin)
+		seeds = append(seeds, nd.broker)
+	}
+	var leader *raftNode
+	eventually(t, 60*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	produceMany(t, seeds, "m", offsetsMessages, 2)
+
+	// Part of them consumed, and committed, on the leader (re-elected
+	// meanwhile on a loaded machine? then on the one leading now).
+	eventually(t, 30*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	first := consumeLines(t, bin, "--broker", leader.broker, "--count", fmt.Sprint(offsetsConsumed))
+	if len(first) != offsetsConsumed {
+		t.Fatalf("first consumer printed %d messages, want %d", len(first), offsetsConsumed)
+	}
+	commit, ends := groupOffsets(t, leader.broker)
+	total := int64(0)
+	for q, off := range commit {
+		total += max(off, 0)
+		if off > ends[q] {
+			t.Fatalf("queue %d committed at %d beyond its end %d", q, off, ends[q])
+		}
+	}
+	if total == 0 || total == sumMap(ends) {
+		t.Fatalf("the leader's commit point %v (ends %v) does not split the log", commit, ends)
+	}
+	t.Logf("%s committed on leader %s: %v of ends %v", stamp(), leader.id, commit, ends)
+
+	// Every follower stores the group's offsets (through the log) before
+	// the leader dies. Reported without stopping, so that the consumer's
+	// fate below is seen too.
+	var others []*raftNode
+	for _, nd := range nodes {
+		if nd != leader {
+			others = append(others, nd)
+		}
+	}
+	for _, nd := range others {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			got, _ := groupOffsets(t, nd.broker)
+			if fmt.Sprint(got) == fmt.Sprint(commit) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("after 10s follower %s has the group's offsets at %v, the leader at %v", nd.id, got, commit)
+				break
+			}
+		}
+	}
+
+	leader.kill(t)
+	t.Logf("%s killed leader %s", stamp(), leader.id)
+	var next *raftNode
+	eventually(t, 30*time.Second, "a new raft leader", func() bool { next = raftLeader(others); return next != nil })
+	t.Logf("%s %s leads", stamp(), next.id)
+
+	// The same group on the new leader resumes at the commit point.
+	second := consumeLines(t, bin, "--broker", next.broker, "--idle", "3s")
+	seen := map[int32]map[int64]bool{}
+	for _, l := range second {
+		if seen[l.Queue] == nil {
+			seen[l.Queue] = map[int64]bool{}
+		}
+		seen[l.Queue][l.Offset] = true
+	}
+	for q, end := range ends {
+		var before, missing []int64
+		for off := range end {
+			switch {
+			case off < commit[q] && seen[q][off]:
+				before = append(before, off)
+			case off >= commit[q] && !seen[q][off]:
+				missing = append(missing, off)
+			}
+		}
+		if len(before) > 0 {
+			t.Errorf("queue %d: %d message(s) before the commit point %d delivered again from the new leader: offsets %v", q, len(before), commit[q], before)
+		}
+		if len(missing) > 0 {
+			t.Errorf("queue %d: %d message(s) from the commit point %d on never delivered from the new leader: offsets %v", q, len(missing), commit[q], missing)
+		}
+	}
+	t.Logf("from the new leader: %d messages, want %d", len(second), sumMap(ends)-total)
+}
+
+func sumMap(m map[int32]int64) int64 {
+	n := int64(0)
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
