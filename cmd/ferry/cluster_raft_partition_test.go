@@ -214,8 +214,8 @@ func newerLeader(nodes []*raftNode, skip *raftNode, term uint64) (*raftNode, *fe
 }
 
 // Raft, 3 nodes, under load: the leader's raft links are partitioned away
-// (every byte to and from it dropped, its client port still reachable), then
-// healed. While isolated, the old leader acks nothing OK that was sent after
+// (every byte to and from it dropped — "blackhole" — or every connection
+// reset — "cut"; its client port still reachable), then healed. While isolated, the old leader acks nothing OK that was sent after
 // the partition began (it cannot reach a quorum; once its lease runs out it
 // steps down and answers NOT_LEADER); the majority elects a new leader and
 // takes writes; after the heal the old leader follows the new one, and every
@@ -224,10 +224,15 @@ func TestFaultRaftLeaderPartitioned(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
+	t.Run("blackhole", func(t *testing.T) { raftLeaderPartitioned(t, (*ferrytest.Proxy).Blackhole) })
+	t.Run("cut", func(t *testing.T) { raftLeaderPartitioned(t, (*ferrytest.Proxy).Cut) })
+}
+
+func raftLeaderPartitioned(t *testing.T, isolate func(*ferrytest.Proxy)) {
 	bin := ferrytest.Binary(t)
 	m := startRaftMesh(t, bin)
 	ctx := context.Background()
-	l := startClusterLoad(t, m.seeds(), 4)
+	l := startClusterLoad(t, m.seeds(), 4, false)
 	time.Sleep(2 * time.Second)
 
 	old := raftLeader(m.nodes)
@@ -246,7 +251,7 @@ func TestFaultRaftLeaderPartitioned(t *testing.T) {
 	}
 
 	tCut := time.Now()
-	m.links(m.index(old), (*ferrytest.Proxy).Blackhole)
+	m.links(m.index(old), isolate)
 	t.Logf("%s partitioned the leader %s (term %d) away from the others", stamp(), old.id, oldTerm)
 
 	// Both polled together, each time taken when first seen.
@@ -303,6 +308,15 @@ func TestFaultRaftLeaderPartitioned(t *testing.T) {
 	l.halt()
 	t.Logf("%s load stopped; the old leader followed again %s after the heal; the cluster load's failed sends: %v", stamp(), rejoined.Round(time.Millisecond), l.errTally())
 
+	l.mu.Lock()
+	okPartitioned := 0
+	for _, at := range l.okAt {
+		if at.After(tCut) && at.Before(tHeal) {
+			okPartitioned++
+		}
+	}
+	l.mu.Unlock()
+	t.Logf("the cluster load got %d OK answers in the %s of the partition", okPartitioned, tHeal.Sub(tCut).Round(time.Millisecond))
 	okBefore, _ := direct.tally(time.Time{}, tCut)
 	okDuring, during := direct.tally(tCut, tHeal)
 	okAfter, after := direct.tally(tHeal, time.Now())
@@ -340,7 +354,7 @@ func TestFaultRaftLinksDelayed(t *testing.T) {
 	bin := ferrytest.Binary(t)
 	m := startRaftMesh(t, bin)
 	ctx := context.Background()
-	l := startClusterLoad(t, m.seeds(), 4)
+	l := startClusterLoad(t, m.seeds(), 4, false)
 	time.Sleep(2 * time.Second)
 
 	leader := raftLeader(m.nodes)

@@ -152,7 +152,11 @@ type clusterLoad struct {
 	errs   map[string]int // failed sends by error, shortened
 }
 
-func startClusterLoad(t *testing.T, seeds []string, workers int) *clusterLoad {
+// startClusterLoad starts workers sending through client.DialCluster. With
+// skew, half of them send every message to queue 0: with more than the
+// store's de-dup window (sdk.DedupWindow ids per queue) in one queue,
+// entries applied twice show up as duplicates.
+func startClusterLoad(t *testing.T, seeds []string, workers int, skew bool) *clusterLoad {
 	l := &clusterLoad{load: load{attempts: map[string]bool{}, status: map[string]ferryv1.Status{}, stop: make(chan struct{})}, seeds: seeds, errs: map[string]int{}}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 4}))
 	for w := range workers {
@@ -178,7 +182,11 @@ func startClusterLoad(t *testing.T, seeds []string, workers int) *clusterLoad {
 						time.Sleep(20 * time.Millisecond)
 						continue
 					}
-					p = c.NewProducer(client.ProducerOptions{Retries: client.NoRetries, Timeout: time.Second})
+					opts := client.ProducerOptions{Retries: client.NoRetries, Timeout: time.Second}
+					if skew && w%2 == 0 {
+						opts.Selector = queueZero{}
+					}
+					p = c.NewProducer(opts)
 				}
 				body := fmt.Sprintf("w%d-%d", w, i)
 				l.mu.Lock()
@@ -268,7 +276,7 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 		seeds = append(seeds, nd.broker)
 	}
 	eventually(t, 60*time.Second, "a raft leader", func() bool { return raftLeader(nodes) != nil })
-	l := startClusterLoad(t, seeds, 4)
+	l := startClusterLoad(t, seeds, 4, true)
 	time.Sleep(2 * time.Second)
 	var failovers, fresh, elections []time.Duration
 	end := time.Now().Add(duration)
@@ -600,3 +608,8 @@ func tallySince(now, before map[string]int) map[string]int {
 	}
 	return out
 }
+
+// queueZero sends every message to queue 0.
+type queueZero struct{}
+
+func (queueZero) Select(*client.Message, int32) int32 { return 0 }
