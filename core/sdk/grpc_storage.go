@@ -23,7 +23,16 @@ type storageServer struct {
 }
 
 func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
-	return serveOrdered(stream.Context(), stream.Recv, stream.Send, func(ctx context.Context, req *ferryv1.AppendRequest) func() *ferryv1.AppendResponse {
+	// Sends are serialised here: an early answer (written) goes out from a
+	// request's own goroutine, alongside the final answers serveOrdered sends.
+	var sendMu sync.Mutex
+	send := func(r *ferryv1.AppendResponse) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(r)
+	}
+	early, canEarly := s.impl.(EarlyOffsets)
+	return serveOrdered(stream.Context(), stream.Recv, send, func(ctx context.Context, req *ferryv1.AppendRequest) func() *ferryv1.AppendResponse {
 		// One span per batch, a child of the broker's span that sent it and
 		// linked to the messages' own traces.
 		pctx := telemetry.Extract(ctx, req.Trace)
@@ -31,7 +40,16 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
 			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
 		// Append is called here, in stream order: that fixes the offsets.
-		wait, err := s.impl.Append(ctx, req.Messages)
+		var (
+			written AppendWritten
+			wait    AppendWait
+			err     error
+		)
+		if req.WantWritten && canEarly {
+			written, wait, err = early.AppendEarly(ctx, req.Messages)
+		} else {
+			wait, err = s.impl.Append(ctx, req.Messages)
+		}
 		if err != nil {
 			span.RecordError(err)
 			span.End()
@@ -41,6 +59,12 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 		}
 		span.End()
 		return func() *ferryv1.AppendResponse {
+			if written != nil {
+				// The early answer; on an error the final answer tells.
+				if offsets, err := written(ctx); err == nil {
+					_ = send(&ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Written: true})
+				}
+			}
 			_, flush := storageTracer.Start(sctx, telemetry.SpanStorageFlush)
 			offsets, err := wait(ctx)
 			if err != nil {
@@ -113,13 +137,18 @@ type StorageClient struct {
 	rpc ferryv1.StorageClient
 
 	appends *clientStream[*ferryv1.AppendRequest, *ferryv1.AppendResponse]
+	earlyMu sync.Mutex
+	early   map[uint64]chan []int64 // calls waiting for an early answer, by seq
 	reads   *clientStream[*ferryv1.ReadRequest, *ferryv1.ReadResponse]
 
 	ctx    context.Context // lives as long as the client; ends the streams
 	cancel context.CancelFunc
 }
 
-var _ Storage = (*StorageClient)(nil)
+var (
+	_ Storage      = (*StorageClient)(nil)
+	_ EarlyOffsets = (*StorageClient)(nil)
+)
 
 // NewStorageClient returns a client for a storage plugin reached through cc.
 func NewStorageClient(cc grpc.ClientConnInterface) *StorageClient {
@@ -128,6 +157,7 @@ func NewStorageClient(cc grpc.ClientConnInterface) *StorageClient {
 		pluginClient: newPluginClient(cc),
 		rpc:          ferryv1.NewStorageClient(cc),
 		appends:      newClientStream[*ferryv1.AppendRequest, *ferryv1.AppendResponse](),
+		early:        map[uint64]chan []int64{},
 		reads:        newClientStream[*ferryv1.ReadRequest, *ferryv1.ReadResponse](),
 		ctx:          ctx,
 		cancel:       cancel,
@@ -136,8 +166,28 @@ func NewStorageClient(cc grpc.ClientConnInterface) *StorageClient {
 
 // Append sends the batch and returns at once; the AppendWait gets the answer.
 func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait, error) {
+	call, err := c.send(ctx, msgs, false)
+	if err != nil {
+		return nil, err
+	}
+	return call.wait, nil
+}
+
+// AppendEarly is Append that also asks the plugin for the batch's offsets as
+// soon as they are fixed (sdk.EarlyOffsets). A plugin that does not send an
+// early answer ends the AppendWritten with its final answer.
+func (c *StorageClient) AppendEarly(ctx context.Context, msgs []*Message) (AppendWritten, AppendWait, error) {
+	call, err := c.send(ctx, msgs, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return call.awaitWritten, call.wait, nil
+}
+
+// send sends one AppendRequest on the multiplexed stream.
+func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten bool) (*appendCall, error) {
 	if err := openStream(c.appends, func() (ferryv1.Storage_AppendClient, error) { return c.rpc.Append(c.ctx) },
-		func(r *ferryv1.AppendResponse) uint64 { return r.Seq }); err != nil {
+		c.answerSeq); err != nil {
 		return nil, err
 	}
 	tc := telemetry.Inject(ctx, nil)
@@ -145,31 +195,113 @@ func (c *StorageClient) Append(ctx context.Context, msgs []*Message) (AppendWait
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(int64(time.Until(dl)), 1)
 	}
+	call := &appendCall{c: c}
+	if wantWritten {
+		call.written = make(chan []int64, 1)
+	}
 	seq, ch, err := c.appends.call(func(seq uint64) *ferryv1.AppendRequest {
-		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout}
+		if wantWritten {
+			// Registered before the request is sent: the early
+			// answer may come back at once.
+			c.earlyMu.Lock()
+			c.early[seq] = call.written
+			c.earlyMu.Unlock()
+		}
+		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout, WantWritten: wantWritten}
 	})
 	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context) ([]int64, error) {
-		select {
-		case r := <-ch:
-			if r.err != nil {
-				return nil, r.err
-			}
-			if r.v.Error != nil {
-				return nil, ErrorFromProto(r.v.Error)
-			}
-			if r.v.Status == ferryv1.Status_STATUS_FLUSH_TIMEOUT {
-				return r.v.Offsets, ErrFlushTimeout
-			}
-			return r.v.Offsets, nil
-		case <-ctx.Done():
-			// The outcome is unknown; a retry with the same ids is safe.
-			c.appends.calls.drop(seq)
-			return nil, ctx.Err()
+	call.seq, call.ch = seq, ch
+	return call, nil
+}
+
+// answerSeq gives the call id of an answer for the stream's receive loop. An
+// early answer (written) is handed to its call's written channel here, and 0,
+// which no call has, is returned for it: the final answer resolves the call.
+func (c *StorageClient) answerSeq(r *ferryv1.AppendResponse) uint64 {
+	c.earlyMu.Lock()
+	ch, ok := c.early[r.Seq]
+	delete(c.early, r.Seq) // at most one early answer, always before the final one
+	c.earlyMu.Unlock()
+	if !r.Written {
+		return r.Seq
+	}
+	if ok {
+		ch <- r.Offsets // buffered, one send
+	}
+	return 0
+}
+
+// forget drops what the client keeps for a call whose caller gave up.
+func (c *StorageClient) forget(seq uint64) {
+	c.appends.calls.drop(seq)
+	c.earlyMu.Lock()
+	delete(c.early, seq)
+	c.earlyMu.Unlock()
+}
+
+// appendCall is one AppendRequest waiting for its answers.
+type appendCall struct {
+	c       *StorageClient
+	seq     uint64
+	ch      chan result[*ferryv1.AppendResponse] // the final answer
+	written chan []int64                         // the early answer; nil unless asked for
+
+	mu    sync.Mutex
+	final *result[*ferryv1.AppendResponse] // the final answer, when awaitWritten took it
+}
+
+// awaitWritten is the call's AppendWritten: the early answer, or the final
+// one when it comes first (a plugin that sends no early answer).
+func (a *appendCall) awaitWritten(ctx context.Context) ([]int64, error) {
+	select {
+	case offsets := <-a.written:
+		return offsets, nil
+	case r := <-a.ch:
+		a.mu.Lock()
+		a.final = &r
+		a.mu.Unlock()
+		offsets, err := appendOutcome(r)
+		if errors.Is(err, ErrFlushTimeout) {
+			err = nil // written, not flushed: the AppendWait tells
 		}
-	}, nil
+		return offsets, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// wait is the call's AppendWait.
+func (a *appendCall) wait(ctx context.Context) ([]int64, error) {
+	a.mu.Lock()
+	final := a.final
+	a.mu.Unlock()
+	if final != nil {
+		return appendOutcome(*final)
+	}
+	select {
+	case r := <-a.ch:
+		return appendOutcome(r)
+	case <-ctx.Done():
+		// The outcome is unknown; a retry with the same ids is safe.
+		a.c.forget(a.seq)
+		return nil, ctx.Err()
+	}
+}
+
+// appendOutcome is what a final answer means to an AppendWait.
+func appendOutcome(r result[*ferryv1.AppendResponse]) ([]int64, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.v.Error != nil {
+		return nil, ErrorFromProto(r.v.Error)
+	}
+	if r.v.Status == ferryv1.Status_STATUS_FLUSH_TIMEOUT {
+		return r.v.Offsets, ErrFlushTimeout
+	}
+	return r.v.Offsets, nil
 }
 
 func (c *StorageClient) Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {

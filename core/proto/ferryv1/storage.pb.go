@@ -33,7 +33,11 @@ type AppendRequest struct {
 	// W3C trace context of the broker span that sent this batch.
 	Trace map[string]string `protobuf:"bytes,3,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Relative deadline for the append, including its flush; 0 means none.
-	TimeoutNanos  int64 `protobuf:"varint,4,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	TimeoutNanos int64 `protobuf:"varint,4,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	// The broker asks for an early answer (AppendResponse.written) as soon as
+	// the batch's offsets are fixed and it is written, before it is durable.
+	// A plugin may ignore it; the broker then waits for the final answer.
+	WantWritten   bool `protobuf:"varint,5,opt,name=want_written,json=wantWritten,proto3" json:"want_written,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -96,6 +100,13 @@ func (x *AppendRequest) GetTimeoutNanos() int64 {
 	return 0
 }
 
+func (x *AppendRequest) GetWantWritten() bool {
+	if x != nil {
+		return x.WantWritten
+	}
+	return false
+}
+
 type AppendResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -105,7 +116,13 @@ type AppendResponse struct {
 	// OK, or FLUSH_TIMEOUT when the data was written but not flushed in time.
 	Status Status `protobuf:"varint,3,opt,name=status,proto3,enum=ferry.v1.Status" json:"status,omitempty"`
 	// Set when nothing of the batch was stored.
-	Error         *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// An early answer, sent only when want_written was set and at most once
+	// per seq, always before the final answer of the same seq: offsets are
+	// fixed and the batch is written, not yet as durable as the flush policy
+	// demands (status and error are unset). The final answer follows, with the
+	// same offsets, or an error or FLUSH_TIMEOUT when the flush failed.
+	Written       bool `protobuf:"varint,5,opt,name=written,proto3" json:"written,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -166,6 +183,13 @@ func (x *AppendResponse) GetError() *Error {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *AppendResponse) GetWritten() bool {
+	if x != nil {
+		return x.Written
+	}
+	return false
 }
 
 type ReadRequest struct {
@@ -713,21 +737,23 @@ var File_ferry_v1_storage_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"\xe9\x01\n" +
+	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"\x8c\x02\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x128\n" +
 	"\x05trace\x18\x03 \x03(\v2\".ferry.v1.AppendRequest.TraceEntryR\x05trace\x12#\n" +
-	"\rtimeout_nanos\x18\x04 \x01(\x03R\ftimeoutNanos\x1a8\n" +
+	"\rtimeout_nanos\x18\x04 \x01(\x03R\ftimeoutNanos\x12!\n" +
+	"\fwant_written\x18\x05 \x01(\bR\vwantWritten\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
 	"\x0eAppendResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\aoffsets\x18\x02 \x03(\x03R\aoffsets\x12(\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
-	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\"\x93\x02\n" +
+	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
+	"\awritten\x18\x05 \x01(\bR\awritten\"\x93\x02\n" +
 	"\vReadRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x14\n" +

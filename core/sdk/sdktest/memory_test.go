@@ -15,3 +15,14 @@ func TestStorageMemory(t *testing.T) {
 		RetentionConfig: []byte(`{"max_messages": 64}`),
 	})
 }
+
+// plainStorage hides the store's optional capabilities (sdk.EarlyOffsets):
+// a third-party store that has only Storage.
+type plainStorage struct{ sdk.Storage }
+
+// A store without sdk.EarlyOffsets still works through the plugin boundary,
+// where the host's client asks for early answers the plugin never sends: the
+// final answer ends its AppendWritten.
+func TestStorageWithoutEarlyOffsets(t *testing.T) {
+	sdktest.TestStorage(t, func(*testing.T, string) sdk.Storage { return plainStorage{memory.New()} }, sdktest.StorageFeatures{})
+}

@@ -75,6 +75,7 @@ var storageCases = []struct {
 	{"Dedup", nil, testDedup},
 	{"DedupWindow", nil, testDedupWindow},
 	{"ConcurrentAppenders", nil, testConcurrentAppenders},
+	{"EarlyOffsets", nil, testEarlyOffsets},
 	{"InvalidArguments", nil, testInvalidArguments},
 	{"BadConfig", nil, testBadConfig},
 	{"NotConfigured", nil, testNotConfigured},

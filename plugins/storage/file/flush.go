@@ -113,6 +113,9 @@ func (s *Store) flushLoop() {
 
 		t0 := time.Now()
 		err := s.write(segs, data, from)
+		if err == nil {
+			s.publishWritten(s.wpos) // in the page cache: early offsets
+		}
 		if err == nil && (syncMode || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
 			if s.beforeSync != nil {
 				s.beforeSync()

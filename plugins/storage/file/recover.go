@@ -105,6 +105,7 @@ func (s *Store) open() (err error) {
 	s.apos = last.base + last.size
 	s.wpos, s.fpos = s.apos, s.apos
 	s.durable.Store(s.apos)
+	s.written.Store(s.apos)
 	s.fsynced.Store(s.apos)
 	return nil
 }

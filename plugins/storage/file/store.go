@@ -84,6 +84,11 @@ type Store struct {
 	// stores durable before it swaps it, so no wake-up is missed.
 	notify atomic.Pointer[chan struct{}]
 	failed atomic.Pointer[error] // sticky: the log could not be written
+	// written is wpos as the flusher publishes it after each write, before
+	// the fsync: what AppendEarly's AppendWritten waits for. wnotify is
+	// closed and replaced whenever written or failed change (as notify).
+	written atomic.Int64
+	wnotify atomic.Pointer[chan struct{}]
 
 	spareReady bool // the preallocated spare segment exists (under mu)
 	// Group commits and their bytes since the last roll (flusher counts,
@@ -282,6 +287,8 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.configured = true
 	notify := make(chan struct{})
 	s.notify.Store(&notify)
+	wnotify := make(chan struct{})
+	s.wnotify.Store(&wnotify)
 	s.kick = make(chan struct{}, 1)
 	s.janitorKick = make(chan struct{}, 1)
 	s.stop = make(chan struct{})
@@ -328,57 +335,66 @@ func checkQueue(topic string, queue int32) error {
 // writes and fsyncs it. Called from one goroutine, in the broker's order.
 // It blocks only when maxBuffered bytes already wait for the disk.
 func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait, error) {
+	_, wait, err := s.AppendEarly(ctx, msgs)
+	return wait, err
+}
+
+// AppendEarly is Append that also tells the batch's offsets once the flusher
+// wrote it to the segment files (the page cache: a kill of this process
+// loses nothing from then on), before its fsync (sdk.EarlyOffsets). The
+// offsets are the ones Append assigned, which AppendWait returns too.
+func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWritten, sdk.AppendWait, error) {
 	s.mu.RLock()
 	err := s.usable()
 	limit := int(s.cfg.SegmentBytes) - segmentHeaderSize
 	s.mu.RUnlock()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for i, m := range msgs {
 		if err := checkQueue(m.GetTopic(), m.GetQueue()); err != nil {
-			return nil, fmt.Errorf("message %d: %w", i, err)
+			return nil, nil, fmt.Errorf("message %d: %w", i, err)
 		}
 		if len(m.Id) > maxNameLen {
-			return nil, fmt.Errorf("message %d: %w: id longer than %d bytes", i, sdk.ErrInvalidArgument, maxNameLen)
+			return nil, nil, fmt.Errorf("message %d: %w: id longer than %d bytes", i, sdk.ErrInvalidArgument, maxNameLen)
 		}
 		if err := checkUTF8(m); err != nil {
-			return nil, fmt.Errorf("message %d: %w", i, err)
+			return nil, nil, fmt.Errorf("message %d: %w", i, err)
 		}
 		if sizeBound(m) > limit && recordSize(m) > limit {
-			return nil, fmt.Errorf("message %d: %w: %d bytes encoded, more than segment_bytes allows (%d)", i, sdk.ErrInvalidArgument, recordSize(m), limit)
+			return nil, nil, fmt.Errorf("message %d: %w: %d bytes encoded, more than segment_bytes allows (%d)", i, sdk.ErrInvalidArgument, recordSize(m), limit)
 		}
 	}
 	if len(msgs) == 0 {
-		return sdk.Appended([]int64{}), nil
+		return sdk.Written([]int64{}), sdk.Appended([]int64{}), nil
 	}
 	started := time.Now()
 	s.mu.Lock()
 	if err := s.usable(); err != nil {
 		s.mu.Unlock()
-		return nil, err
+		return nil, nil, err
 	}
 	for len(s.buf) > maxBuffered {
 		ch, err := s.waitState()
 		if err != nil {
 			s.mu.Unlock()
-			return nil, err
+			return nil, nil, err
 		}
 		s.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("storage-file: waiting for the disk to catch up: %w", ctx.Err())
+			return nil, nil, fmt.Errorf("storage-file: waiting for the disk to catch up: %w", ctx.Err())
 		}
 		s.mu.Lock()
 		if err := s.usable(); err != nil {
 			s.mu.Unlock()
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := s.failure(); err != nil {
 		s.mu.Unlock()
-		return nil, err
+		return nil, nil, err
 	}
 	offsets := make([]int64, len(msgs))
 	stored := started.UnixNano()
@@ -404,7 +420,7 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 			err = fmt.Errorf("storage-file: message %d: %w", i, err)
 			s.fail(err)
 			s.mu.Unlock()
-			return nil, err
+			return nil, nil, err
 		}
 		s.buf = buf
 		size := int64(len(buf) - at)
@@ -444,7 +460,8 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 	}
 	s.mu.Unlock()
 	deadline := started.Add(time.Duration(s.cfg.FlushTimeout))
-	return func(ctx context.Context) ([]int64, error) { return s.wait(ctx, end, deadline, offsets) }, nil
+	return func(ctx context.Context) ([]int64, error) { return s.waitWritten(ctx, end, offsets) },
+		func(ctx context.Context) ([]int64, error) { return s.wait(ctx, end, deadline, offsets) }, nil
 }
 
 func (s *Store) queueFor(k queueKey) *queue {
@@ -781,6 +798,7 @@ func (s *Store) Close() error {
 func (s *Store) fail(err error) {
 	s.failed.CompareAndSwap(nil, &err)
 	s.wake()
+	s.wakeWritten()
 }
 
 // advance publishes a new durable position and wakes every waiter.

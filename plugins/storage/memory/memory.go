@@ -28,7 +28,10 @@ type Store struct {
 	ready   bool
 }
 
-var _ sdk.Storage = (*Store)(nil)
+var (
+	_ sdk.Storage      = (*Store)(nil)
+	_ sdk.EarlyOffsets = (*Store)(nil)
+)
 
 // qref names a queue as a map key.
 type qref struct {
@@ -82,7 +85,25 @@ func (s *Store) queue(ref qref, create bool) *queue {
 	return q
 }
 
+// AppendEarly is Append with its offsets told at once (sdk.EarlyOffsets):
+// a batch is as durable as it gets when Append returns.
+func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWritten, sdk.AppendWait, error) {
+	offsets, err := s.append(msgs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sdk.Written(offsets), sdk.Appended(offsets), nil
+}
+
 func (s *Store) Append(_ context.Context, msgs []*sdk.Message) (sdk.AppendWait, error) {
+	offsets, err := s.append(msgs)
+	if err != nil {
+		return nil, err
+	}
+	return sdk.Appended(offsets), nil
+}
+
+func (s *Store) append(msgs []*sdk.Message) ([]int64, error) {
 	for _, m := range msgs {
 		if m.Topic == "" || m.Queue < 0 {
 			return nil, fmt.Errorf("%w: message %q needs a topic and a queue >= 0", sdk.ErrInvalidArgument, m.Id)
@@ -122,7 +143,7 @@ func (s *Store) Append(_ context.Context, msgs []*sdk.Message) (sdk.AppendWait, 
 			q.start += drop
 		}
 	}
-	return sdk.Appended(offsets), nil
+	return offsets, nil
 }
 
 func (s *Store) Read(_ context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, error) {
