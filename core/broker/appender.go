@@ -52,8 +52,9 @@ type batch struct {
 	seq     uint64
 	reqs    []*appendReq
 	msgs    []*sdk.Message
-	attempt int    // how often the batch was sent; answers of older attempts are ignored
-	gen     uint64 // storage generation of the latest attempt
+	attempt int         // how often the batch was sent; answers of older attempts are ignored
+	gen     uint64      // storage generation of the latest attempt
+	early   *earlyState // handed to replication before its flush was done (under replicator.mu)
 }
 
 func newAppender(b *Broker) *appender {
@@ -194,7 +195,19 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 		// request's broker.append span (and links to every message).
 		ctx = trace.ContextWithSpanContext(ctx, sc)
 	}
-	wait, err := st.Append(ctx, b.msgs)
+	// With master–slave replication and a store that tells offsets once a
+	// batch is written, replication starts then, alongside the flush
+	// (replicate_early.go).
+	var (
+		written sdk.AppendWritten
+		wait    sdk.AppendWait
+		err     error
+	)
+	if es, ok := st.(sdk.EarlyOffsets); ok && a.b.repl != nil && a.b.repl.overlaps() {
+		written, wait, err = es.AppendEarly(ctx, b.msgs)
+	} else {
+		wait, err = st.Append(ctx, b.msgs)
+	}
 	if err != nil {
 		cancel()
 		if errors.Is(err, sdk.ErrUnavailable) {
@@ -209,6 +222,12 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 	sent := time.Now()
 	go func() {
 		defer cancel()
+		if written != nil {
+			// On an error the AppendWait tells the outcome.
+			if offsets, err := written(ctx); err == nil && len(offsets) == len(b.msgs) {
+				a.b.repl.written(b, offsets)
+			}
+		}
 		offsets, err := wait(ctx)
 		if err == nil {
 			a.b.opts.Metrics.Flushed(time.Since(sent)) // append until durable, as the store's policy demands

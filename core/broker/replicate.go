@@ -51,6 +51,7 @@ type storedBatch struct {
 	offsets []int64
 	status  sdk.Status
 	err     error
+	early   bool // offsets told before the flush (replicate_early.go); status and err unset
 }
 
 func newReplicator(b *Broker, src StorageSource) *replicator {
@@ -109,11 +110,24 @@ func (r *replicator) produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk
 }
 
 // stored is called once per batch (from the appender's goroutines, in any
-// order) when the store answered it. Batches are handed on in seq order.
+// order) when the store answered it. Batches are handed on in seq order. A
+// batch handed over early (written) is answered once its replication is done
+// too.
 func (r *replicator) stored(b *batch, offsets []int64, status sdk.Status, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ready[b.seq] = storedBatch{b, offsets, status, err}
+	if st := b.early; st != nil {
+		r.flushed(b, st, offsets, status, err)
+		return
+	}
+	// Replaces an early entry not handed over yet: the final answer rules.
+	r.ready[b.seq] = storedBatch{b: b, offsets: offsets, status: status, err: err}
+	r.drain()
+}
+
+// drain hands over the ready batches that are next in seq order. Called with
+// r.mu held.
+func (r *replicator) drain() {
 	for {
 		sb, ok := r.ready[r.next]
 		if !ok {
@@ -121,7 +135,11 @@ func (r *replicator) stored(b *batch, offsets []int64, status sdk.Status, err er
 		}
 		delete(r.ready, r.next)
 		r.next++
-		r.handOver(sb)
+		if sb.early {
+			r.handOverEarly(sb)
+		} else {
+			r.handOver(sb)
+		}
 	}
 }
 
@@ -133,17 +151,7 @@ func (r *replicator) handOver(sb storedBatch) {
 		return
 	}
 	// Only producers' messages are replicated, with their offsets.
-	var msgs []*sdk.Message
-	i := 0
-	for _, req := range sb.b.reqs {
-		for _, m := range req.msgs {
-			if !req.apply {
-				m.Offset = sb.offsets[i]
-				msgs = append(msgs, m)
-			}
-			i++
-		}
-	}
+	msgs := replicatedMessages(sb)
 	if len(msgs) == 0 {
 		deliver(sb.b, sb.offsets, sb.status, sb.err)
 		return
@@ -174,6 +182,12 @@ func (r *replicator) handOver(sb storedBatch) {
 // replicated answers a batch's producers with the flush status combined
 // with the replication outcome.
 func (r *replicator) replicated(sb storedBatch, gen uint64, st sdk.Status, err error) {
+	deliver(sb.b, sb.offsets, worse(sb.status, r.replicationStatus(gen, st, err)), nil)
+}
+
+// replicationStatus maps the plugin's answer for a batch to the status the
+// producer gets for its replication.
+func (r *replicator) replicationStatus(gen uint64, st sdk.Status, err error) sdk.Status {
 	switch {
 	case err == nil && st == ferryv1.Status_STATUS_OK:
 	case err == nil && (st == ferryv1.Status_STATUS_REPLICA_TIMEOUT || st == ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE):
@@ -188,7 +202,7 @@ func (r *replicator) replicated(sb storedBatch, gen uint64, st sdk.Status, err e
 		r.b.log.Warn("replication failed", "status", st, "error", err)
 		st = ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE
 	}
-	deliver(sb.b, sb.offsets, worse(sb.status, st), nil)
+	return st
 }
 
 // worse returns the weaker of two append statuses: OK < FLUSH_TIMEOUT <
