@@ -26,8 +26,14 @@
 //
 // # Storage of raft itself
 //
-// The log and stable store is one bbolt file (logstore.go), every write a
-// fsynced transaction. The node's Ferry store is the state machine, so:
+// raft's log is a directory of append-only segment files (seglog.go): each
+// write of entries is one write and one fdatasync, on the leader before it
+// sends them and on a follower before it acknowledges them, so on every
+// commit's path. (A bbolt transaction, the log's store before, costs two
+// fsyncs; a node started on an older data dir moves its bbolt log into
+// segments once.) raft's term and vote stay in a bbolt file (logstore.go),
+// every write a fsynced transaction. The node's Ferry store is the state
+// machine, so:
 //
 //   - snapshots are minimal: the index of the last entry applied, the
 //     end offset of every queue and consumer groups' offsets (below).
@@ -39,7 +45,10 @@
 //     skips entries up to the highest index found (or up to the index in the
 //     `applied` file, written after each batch, if that is higher) when raft
 //     replays its log. The store's de-duplication by message id covers the
-//     rest.
+//     rest. The file is written before the batch is answered only when the
+//     batch's last applied entry holds no messages (offsets, no-op); when
+//     it does, the store records the index already and the file is written
+//     in the background, off the commit's path.
 //   - raft keeps `trailing_logs` entries after a snapshot (default 1<<20;
 //     `snapshot_threshold` and `snapshot_interval` say when it snapshots),
 //     so a follower that was away mostly catches up from the log.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -25,13 +26,23 @@ import (
 // last applied entry is kept in a file (written, not fsynced, after each
 // batch: it survives a killed process) so that a restarted node does not
 // apply entries twice; within the store's de-duplication window a second
-// apply would be harmless anyway.
+// apply would be harmless anyway. When a batch's last applied entry carries
+// messages, the store records its index already (HeaderRaftIndex, flushed
+// before the batch is answered), so the file is written in the background,
+// off the commit path; after any other entry (offsets, no-op,
+// configuration) it is written before the batch is answered.
 type fsm struct {
 	p       *Plugin
 	ctx     context.Context
 	core    sdk.ReplicaCore
 	path    string
 	applied uint64
+	// The applied file's writer: wmu is held while the file is written;
+	// amu guards the index to write (want, numbered seq), the number of
+	// the one written last and whether a background writer runs.
+	wmu, amu          sync.Mutex
+	want, seq, wrote  uint64
+	backgroundRunning bool
 	// patience: Restore gives up once no peer made progress for this long.
 	patience time.Duration
 	// offs: the latest offset of every consumer group and queue the log
@@ -134,10 +145,14 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	// The applied index moves only past entries that are stored: one that
 	// failed (the node stopping) is applied again after a restart.
 	upTo, failed := f.applied, false
+	var stored uint64 // the last entry whose messages the store holds
 	for i, w := range waits {
 		switch {
 		case w != nil:
 			out[i] = f.finish(msgs[i], w)
+			if _, isErr := out[i].(error); !isErr && !failed {
+				stored = logs[i].Index
+			}
 		case offs[i] != nil:
 			f.offs.record(offs[i])
 			if logs[i].Index > f.applied && !failed {
@@ -155,23 +170,72 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	}
 	if upTo > f.applied {
 		f.applied = upTo
-		f.saveApplied()
+		if upTo == stored {
+			// The store holds upTo's messages with their index: the
+			// file may lag behind (storedIndex reads it back).
+			f.saveAppliedLater()
+		} else {
+			f.saveApplied()
+		}
 	}
 	return out
 }
 
-// saveApplied records the applied index: a temporary file renamed over the
-// old one, so that a process killed meanwhile leaves the old or the new
-// index, never a truncated file (which would replay the whole log).
+// saveApplied records the applied index before it returns.
 func (f *fsm) saveApplied() {
-	tmp := f.path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(f.applied, 10)), 0o644); err != nil {
-		f.p.log.Error("recording the applied index", "error", err)
+	f.amu.Lock()
+	f.want, f.seq = f.applied, f.seq+1
+	f.amu.Unlock()
+	f.writeApplied()
+}
+
+// saveAppliedLater records the applied index in the background: only for
+// an index the store records too (the last message applied carries it).
+func (f *fsm) saveAppliedLater() {
+	f.amu.Lock()
+	defer f.amu.Unlock()
+	f.want, f.seq = f.applied, f.seq+1
+	if f.backgroundRunning {
 		return
 	}
-	if err := os.Rename(tmp, f.path); err != nil {
+	f.backgroundRunning = true
+	go func() {
+		for {
+			f.writeApplied()
+			f.amu.Lock()
+			if f.wrote == f.seq {
+				f.backgroundRunning = false
+				f.amu.Unlock()
+				return
+			}
+			f.amu.Unlock()
+		}
+	}()
+}
+
+// writeApplied writes the latest index asked for, unless it was written:
+// a temporary file renamed over the old one, so that a process killed
+// meanwhile leaves the old or the new index, never a truncated file (which
+// would replay the whole log). Writes are serialized, and a write never
+// replaces a newer index with an older one.
+func (f *fsm) writeApplied() {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	f.amu.Lock()
+	v, seq, wrote := f.want, f.seq, f.wrote
+	f.amu.Unlock()
+	if seq == wrote {
+		return
+	}
+	tmp := f.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(v, 10)), 0o644); err != nil {
+		f.p.log.Error("recording the applied index", "error", err)
+	} else if err := os.Rename(tmp, f.path); err != nil {
 		f.p.log.Error("recording the applied index", "error", err)
 	}
+	f.amu.Lock()
+	f.wrote = seq
+	f.amu.Unlock()
 }
 
 // start begins one entry's append; it retries while the core cannot take it

@@ -4,14 +4,18 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
 )
 
-// boltStore is raft's LogStore and StableStore over one bbolt file. Every
-// write is one transaction, fsynced before it returns.
+// boltStore is raft's StableStore (its term and vote) over one bbolt file.
+// Every write is one transaction, fsynced before it returns. It was raft's
+// LogStore too before the segment log (seglog.go): migrateBoltLogs moves a
+// log it holds into the segment log.
 type boltStore struct {
 	db *bolt.DB
 }
@@ -147,16 +151,7 @@ func (s *boltStore) GetUint64(key []byte) (uint64, error) {
 // encodeLog: index, term, appended-at (8 bytes each), type (1), then data
 // and extensions, each with a 4-byte length.
 func encodeLog(l *hraft.Log) []byte {
-	b := make([]byte, 0, 33+len(l.Data)+len(l.Extensions))
-	b = binary.BigEndian.AppendUint64(b, l.Index)
-	b = binary.BigEndian.AppendUint64(b, l.Term)
-	b = binary.BigEndian.AppendUint64(b, uint64(l.AppendedAt.UnixNano()))
-	b = append(b, byte(l.Type))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(l.Data)))
-	b = append(b, l.Data...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(l.Extensions)))
-	b = append(b, l.Extensions...)
-	return b
+	return appendLog(make([]byte, 0, 33+len(l.Data)+len(l.Extensions)), l)
 }
 
 func decodeLog(b []byte, l *hraft.Log) error {
@@ -184,4 +179,73 @@ func decodeLog(b []byte, l *hraft.Log) error {
 		l.Extensions = append([]byte(nil), rest[:m]...)
 	}
 	return nil
+}
+
+// migrateBoltLogs moves the entries of the bbolt log (a node that ran a
+// version before the segment log) into a segment log at dir, once: they
+// are written to a new directory, made durable and renamed to dir, then
+// deleted from bbolt. A crash before the rename leaves the bbolt log as it
+// was (the next start migrates again); after it, the next start only
+// deletes them from bbolt.
+func migrateBoltLogs(b *boltStore, dir string) error {
+	last, err := b.LastIndex()
+	if err != nil || last == 0 {
+		return err
+	}
+	if _, err := os.Stat(dir); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		tmp := dir + ".migrating"
+		if err := os.RemoveAll(tmp); err != nil {
+			return err
+		}
+		l, err := openSegLog(tmp)
+		if err != nil {
+			return err
+		}
+		var batch []*hraft.Log
+		flush := func() error {
+			err := l.StoreLogs(batch)
+			batch = batch[:0]
+			return err
+		}
+		err = b.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketLogs).ForEach(func(_, v []byte) error {
+				lg := new(hraft.Log)
+				if err := decodeLog(v, lg); err != nil {
+					return err
+				}
+				if n := len(batch); n > 0 && (batch[n-1].Index+1 != lg.Index || n == 1024) {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+				batch = append(batch, lg)
+				return nil
+			})
+		})
+		if err == nil && len(batch) > 0 {
+			err = flush()
+		}
+		if cerr := l.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp, dir)
+		}
+		if err == nil {
+			err = syncDir(filepath.Dir(dir))
+		}
+		if err != nil {
+			return fmt.Errorf("moving the raft log out of bbolt: %w", err)
+		}
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketLogs); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket(bucketLogs)
+		return err
+	})
 }

@@ -40,7 +40,8 @@ type Plugin struct {
 	node  string
 	log   hclog.Logger
 	trans *hraft.NetworkTransport
-	store *boltStore
+	store *boltStore // raft's term and vote
+	logs  *segLog    // raft's log
 	admin *grpc.Server
 
 	mu      sync.Mutex
@@ -99,6 +100,15 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		return fmt.Errorf("raft log: %w", err)
 	}
 	p.store = store
+	logDir := filepath.Join(p.dir, "log")
+	if err := migrateBoltLogs(store, logDir); err != nil {
+		return err
+	}
+	logs, err := openSegLog(logDir)
+	if err != nil {
+		return fmt.Errorf("raft log: %w", err)
+	}
+	p.logs = logs
 	adv, err := net.ResolveTCPAddr("tcp", cfg.Listen)
 	if err != nil {
 		return err
@@ -148,7 +158,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	if err != nil {
 		return err
 	}
-	has, err := hraft.HasExistingState(p.store, p.store, snaps)
+	has, err := hraft.HasExistingState(p.logs, p.store, snaps)
 	if err != nil {
 		return err
 	}
@@ -157,7 +167,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 		for _, peer := range p.cfg.Peers {
 			servers = append(servers, hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(peer.ID), Address: hraft.ServerAddress(peer.Raft)})
 		}
-		if err := hraft.BootstrapCluster(rc, p.store, p.store, snaps, p.trans, hraft.Configuration{Servers: servers}); err != nil {
+		if err := hraft.BootstrapCluster(rc, p.logs, p.store, snaps, p.trans, hraft.Configuration{Servers: servers}); err != nil {
 			return fmt.Errorf("raft bootstrap: %w", err)
 		}
 	}
@@ -165,7 +175,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	if err := f.resume(ctx, snaps); err != nil {
 		return err
 	}
-	r, err := hraft.NewRaft(rc, f, p.store, p.store, snaps, p.trans)
+	r, err := hraft.NewRaft(rc, f, p.logs, p.store, snaps, p.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
@@ -314,10 +324,14 @@ func (p *Plugin) Close() error {
 	if p.trans != nil {
 		_ = p.trans.Close()
 	}
-	if p.store != nil {
-		return p.store.Close()
+	var err error
+	if p.logs != nil {
+		err = p.logs.Close()
 	}
-	return nil
+	if p.store != nil {
+		err = errors.Join(err, p.store.Close())
+	}
+	return err
 }
 
 // admin serves `ferry cluster status` for a raft node, and peers'
