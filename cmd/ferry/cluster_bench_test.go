@@ -25,6 +25,9 @@ import (
 // CI (about 1 minute per rep):
 //
 //	FERRY_CLUSTER_BENCH=1 go test -run TestClusterProduceBenchmark -v -timeout 30m ./cmd/ferry/
+//
+// FERRY_CLUSTER_BENCH_ONLY=raft,none runs only the named setups (keep none
+// in the list: the ratios are to it).
 const EnvClusterBench = "FERRY_CLUSTER_BENCH"
 
 func TestClusterProduceBenchmark(t *testing.T) {
@@ -106,6 +109,22 @@ func TestClusterProduceBenchmark(t *testing.T) {
 			return seeds
 		}},
 	}
+	if only := os.Getenv("FERRY_CLUSTER_BENCH_ONLY"); only != "" {
+		want := map[string]bool{}
+		for _, name := range strings.Split(only, ",") {
+			want[strings.TrimSpace(name)] = true
+		}
+		var kept []setup
+		for _, s := range setups {
+			if want[s.name] {
+				kept = append(kept, s)
+			}
+		}
+		if len(kept) == 0 {
+			t.Fatalf("FERRY_CLUSTER_BENCH_ONLY=%q names no setup", only)
+		}
+		setups = kept
+	}
 	workloads := [][]string{
 		{"--mode", "sync", "--producers", "1"},
 		{"--mode", "sync", "--producers", "16"},
@@ -166,7 +185,10 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		var parts []string
 		for _, w := range order {
 			rate := median(samples[s.name][w], func(x sample) float64 { return x.rate })
-			none := median(samples["none"][w], func(x sample) float64 { return x.rate })
+			none := 0.0 // not measured: no ratio
+			if len(samples["none"][w]) > 0 {
+				none = median(samples["none"][w], func(x sample) float64 { return x.rate })
+			}
 			p50 := median(samples[s.name][w], func(x sample) float64 { return x.p50 })
 			parts = append(parts, fmt.Sprintf("%s %.0f/s p50 %.0fµs %.2f×", w, rate, p50, rate/none))
 		}
