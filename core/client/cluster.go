@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
@@ -55,18 +56,7 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 			seeds = append(seeds, b)
 		}
 	}
-	resps := make([]*ferryv1.MetadataResponse, len(seeds))
-	errs := make([]error, len(seeds))
-	var wg sync.WaitGroup
-	for i, b := range seeds {
-		wg.Go(func() {
-			resps[i], errs[i] = b.rpc.Metadata(ctx, &ferryv1.MetadataRequest{}, grpc.WaitForReady(false))
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("%s: %w", b.addr, errs[i])
-			}
-		})
-	}
-	wg.Wait()
+	resps, errs := askMetadata(ctx, seeds, &ferryv1.MetadataRequest{}, false)
 	for i, b := range seeds {
 		if errs[i] == nil && c.primary == nil {
 			c.primary, c.addr, c.conn, c.rpc = b, b.addr, b.conn, b.rpc
@@ -308,19 +298,7 @@ func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, e
 		return nil, errClientClosed
 	}
 	brokers := c.brokerList()
-	wait := len(brokers) == 1
-	resps := make([]*ferryv1.MetadataResponse, len(brokers))
-	errs := make([]error, len(brokers))
-	var wg sync.WaitGroup
-	for i, b := range brokers {
-		wg.Go(func() {
-			resps[i], errs[i] = b.rpc.Metadata(ctx, &ferryv1.MetadataRequest{Topics: []string{topic}}, grpc.WaitForReady(wait))
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("metadata from %s: %w", b.addr, errs[i])
-			}
-		})
-	}
-	wg.Wait()
+	resps, errs := askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}}, len(brokers) == 1)
 	if c.closed() {
 		return nil, errClientClosed
 	}
@@ -336,10 +314,60 @@ func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, e
 	return nil, fmt.Errorf("ferry client: topic %q: %w", topic, errors.Join(errs...))
 }
 
+// metadataGrace is how long the client waits for the other brokers' metadata
+// once one broker answered: a frozen or cut-off broker must not hold up
+// every dial and route refresh until the caller's deadline.
+const metadataGrace = 200 * time.Millisecond
+
+// askMetadata asks every broker at once and returns their answers (resps and
+// errs by broker) once all answered, or metadataGrace after the first
+// answer; the brokers still silent then get an error. waitForReady makes the
+// calls wait for a connection (within ctx) rather than fail at once.
+func askMetadata(ctx context.Context, brokers []*brokerConn, req *ferryv1.MetadataRequest, waitForReady bool) ([]*ferryv1.MetadataResponse, []error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		i    int
+		resp *ferryv1.MetadataResponse
+		err  error
+	}
+	answers := make(chan answer, len(brokers))
+	for i, b := range brokers {
+		go func() {
+			resp, err := b.rpc.Metadata(ctx, req, grpc.WaitForReady(waitForReady))
+			if err != nil {
+				err = fmt.Errorf("metadata from %s: %w", b.addr, err)
+			}
+			answers <- answer{i, resp, err}
+		}()
+	}
+	resps := make([]*ferryv1.MetadataResponse, len(brokers))
+	errs := make([]error, len(brokers))
+	for i, b := range brokers {
+		errs[i] = fmt.Errorf("metadata from %s: no answer within %s of another broker's", b.addr, metadataGrace)
+	}
+	var grace <-chan time.Time
+	for range brokers {
+		select {
+		case a := <-answers:
+			resps[a.i], errs[a.i] = a.resp, a.err
+			if a.err == nil && grace == nil {
+				t := time.NewTimer(metadataGrace)
+				defer t.Stop()
+				grace = t.C
+			}
+			continue
+		case <-grace:
+		}
+		break
+	}
+	return resps, errs
+}
+
 // mergeRoutes builds topic's route from the brokers' metadata answers (resps
 // and errs by broker); brokers that did not answer keep their queues of old.
 func (c *Client) mergeRoutes(topic string, brokers []*brokerConn, resps []*ferryv1.MetadataResponse, errs []error, old *topicRoute) *topicRoute {
-	var qs []queueRoute
+	var qs, weak []queueRoute
 	answered := map[*brokerConn]bool{}
 	for i, asked := range brokers {
 		if errs[i] != nil || resps[i] == nil {
@@ -365,13 +393,25 @@ func (c *Client) mergeRoutes(topic string, brokers []*brokerConn, resps []*ferry
 				continue
 			}
 			for q := range t.Queues {
-				b := asked
+				b, idx := asked, int32(0)
 				if int(q) < len(t.Leaders) {
-					b = leader(t.Leaders[q])
+					idx = t.Leaders[q]
+					b = leader(idx)
+				}
+				// A node that does not take produce and knows no leader
+				// (a raft candidate cut off from its group) names itself:
+				// its claim counts only if no answer names a node that
+				// takes produce.
+				if idx >= 0 && int(idx) < len(resp.Brokers) && !sdk.TakesProduce(resp.Brokers[idx].Role) {
+					weak = append(weak, queueRoute{broker: b, queue: q})
+					continue
 				}
 				qs = append(qs, queueRoute{broker: b, queue: q})
 			}
 		}
+	}
+	if len(qs) == 0 {
+		qs = weak
 	}
 	if old != nil {
 		for _, q := range old.queues {

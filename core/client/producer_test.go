@@ -13,6 +13,7 @@ import (
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // outcomes records async callbacks and fails the test on a second call for
@@ -449,5 +450,41 @@ func TestClusterFailover(t *testing.T) {
 	}
 	if coreA.storedCount("t") != 10 || coreB.storedCount("t") != 30 {
 		t.Fatalf("A holds %d, B %d; want 10 and 30", coreA.storedCount("t"), coreB.storedCount("t"))
+	}
+}
+
+// A broker that accepts connections and then says nothing (a frozen process,
+// a black-holed link) holds up neither the dial nor a send: the client goes on
+// with the brokers that answered, a short grace after the first answer.
+func TestFrozenSeedDoesNotHoldUpTheClient(t *testing.T) {
+	core := newMemCore(map[string]int32{"t": 2})
+	live := startBroker(t, core, "127.0.0.1:0")
+	frozen := ferrytest.NewProxy(t, live.addr)
+	frozen.Blackhole()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := client.DialCluster(ctx, []string{frozen.Addr(), live.addr}, client.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("DialCluster took %s with one seed frozen", d)
+	}
+	// Sends go to the broker that answered; none waits on the frozen one.
+	p := c.NewProducer(client.ProducerOptions{Timeout: 3 * time.Second})
+	for i := range 10 {
+		start := time.Now()
+		r, err := p.SendSync(ctx, client.Message{Topic: "t", Body: fmt.Append(nil, i)})
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		if r.Broker != live.addr {
+			t.Fatalf("send %d stored on %s, want %s", i, r.Broker, live.addr)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("send %d took %s", i, d)
+		}
 	}
 }
