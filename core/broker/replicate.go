@@ -16,7 +16,9 @@ import (
 //
 // On a node that takes produce, every batch the store answered is handed to
 // the replication plugin's Replicate, in the order the batches were appended
-// (their seq), which is offset order per queue. The producer's answer waits
+// (their seq), which is offset order per queue — or, when the store tells
+// offsets early (sdk.EarlyOffsets), once it is written, before its flush is
+// done (replicate_early.go). The producer's answer waits
 // for the plugin's: async answers OK at once, sync once enough replicas hold
 // the data. The broker combines the flush status with the replication
 // status and keeps the weaker one: a batch is OK only when both are.

@@ -277,3 +277,57 @@ func TestReplicateOverlapStorageCrash(t *testing.T) {
 		t.Fatalf("replicated %s, want the batch once", got)
 	}
 }
+
+// A batch replicated early whose replay (after a store crash) gets other
+// offsets — a store that broke its contract — is answered an error, never
+// OK: the replicas hold it at the offsets they were told.
+func TestReplicateOverlapOffsetsMoved(t *testing.T) {
+	first := newGated(t, fmt.Errorf("%w: plugin died", sdk.ErrUnavailable))
+	second := newGated(t, nil) // lost everything, and holds another message
+	close(second.release)
+	if _, err := appendWaitFor(second, &sdk.Message{Id: "other", Topic: "orders", Queue: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeRepl{status: ferryv1.Status_STATUS_OK}
+	b := newEarlyBroker(t, f, first, second)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := produceStatus(t, b, 1, "a", "b")
+		t.Logf("answered %v, %v", resp, err)
+		if err == nil && resp.Status == ferryv1.Status_STATUS_OK {
+			err = fmt.Errorf("answered OK at %v", resp.Offsets)
+		} else {
+			err = nil
+		}
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.got() == "[]" {
+		if time.Now().After(deadline) {
+			t.Fatal("batch not handed to replication")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(first.release) // dies: replayed to second, at offsets [1 2]
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("offsets moved after replication: %v, want no OK", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("produce not answered after the replay")
+	}
+	if got := f.got(); got != "[[a@1/0 b@1/1]]" {
+		t.Fatalf("replicated %s, want the batch once", got)
+	}
+}
+
+func appendWaitFor(s sdk.Storage, msgs ...*sdk.Message) ([]int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	wait, err := s.Append(ctx, msgs)
+	if err != nil {
+		return nil, err
+	}
+	return wait(ctx)
+}

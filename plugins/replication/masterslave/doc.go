@@ -3,9 +3,16 @@
 //
 // # Apply, then replicate
 //
-// The master's broker stores each batch as usual; once the store answered
-// (offsets known, flushed as the flush policy demands) the broker hands the
-// stored messages to this plugin's Replicate, in offset order.
+// The master's broker stores each batch as usual and hands the stored
+// messages to this plugin's Replicate, in offset order, as soon as their
+// offsets are known: with a store that tells them once the batch is written
+// (sdk.EarlyOffsets: the file and memory stores) that is before the master's
+// fsync, which then runs alongside the replication, as RocketMQ's SYNC_MASTER
+// + SYNC_FLUSH submits the flush and the HA request together; with another
+// store, once the store answered (flushed as the flush policy demands). The
+// producer is answered once both the flush and the replication are done, with
+// the weaker status: a batch whose flush fails (an error or FLUSH_TIMEOUT) is
+// never answered OK, whatever the slaves confirmed.
 //
 //   - async answers OK at once; the messages reach the slaves in the
 //     background. A master that dies loses what its slaves did not have yet
@@ -41,6 +48,19 @@
 //   - An offset assigned by a slave's store that differs from the master's
 //     fails the apply and breaks the link; the slave reconnects and reports
 //     its ends again.
+//   - Because the master replicates a batch before its own fsync, a slave
+//     may hold messages its master lost in an OS crash or power failure
+//     (written on the master, in its page cache, not yet fsynced when the
+//     machine died). No producer was answered OK for them: the master
+//     answers only after its fsync. But when that master comes back, the
+//     slave's log reaches beyond the master's, and the rule above refuses
+//     the slave as diverged; an operator must remove its data (or promote it
+//     instead, before the old master takes produce again). A process kill
+//     (kill -9 of the master's broker or its storage plugin) does not cause
+//     this: what the master's store told early is in the page cache, which
+//     outlives the process, and is found again on restart (a restarted
+//     storage plugin gets the unanswered batches again and de-duplicates
+//     them at the same offsets; the broker does not replicate them twice).
 //
 // # Roles and promotion
 //
