@@ -57,7 +57,7 @@ func (r *replicator) overlaps() bool {
 	r.modeMu.Lock()
 	m := r.mode
 	r.modeMu.Unlock()
-	return m == sdk.ModeApplyFirst && sdk.TakesProduce(r.b.role.get().Role)
+	return m == sdk.ModeApplyWritten && sdk.TakesProduce(r.b.role.get().Role)
 }
 
 // written is called by the appender's goroutine of a batch (any attempt) when

@@ -65,7 +65,18 @@ func (g *gatedStore) Append(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 	return wait, err
 }
 
+// writtenMode is a replication plugin in mode apply_written (a master–slave
+// plugin with replicate_before_flush).
+type writtenMode struct{ sdk.Replication }
+
+func (writtenMode) Mode() string { return sdk.ModeApplyWritten }
+
 func newEarlyBroker(t *testing.T, r sdk.Replication, stores ...sdk.Storage) *Broker {
+	t.Helper()
+	return newModeBroker(t, writtenMode{r}, stores...)
+}
+
+func newModeBroker(t *testing.T, r sdk.Replication, stores ...sdk.Storage) *Broker {
 	t.Helper()
 	b := New(Options{Node: "n1", Address: "127.0.0.1:1", Role: sdk.RoleMaster, Topics: []Topic{{Name: "orders", Queues: 2}},
 		Replication: replSource{r}}, newSource(stores...))
@@ -330,4 +341,34 @@ func appendWaitFor(s sdk.Storage, msgs ...*sdk.Message) ([]int64, error) {
 		return nil, err
 	}
 	return wait(ctx)
+}
+
+// In mode apply_first (master–slave without replicate_before_flush, the
+// default) a store that tells offsets early is still replicated only once the
+// batch is durable: a slave never holds what its master has not flushed.
+func TestApplyFirstReplicatesAfterFlush(t *testing.T) {
+	store := newGated(t, nil)
+	f := &fakeRepl{status: ferryv1.Status_STATUS_OK}
+	b := newModeBroker(t, f, store) // fakeRepl tells no mode: apply_first
+	done := make(chan error, 1)
+	go func() {
+		_, err := produceStatus(t, b, 1, "a")
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if got := f.got(); got != "[]" {
+		t.Fatalf("replicated %s before the flush was done", got)
+	}
+	close(store.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("produce not answered after the flush")
+	}
+	if got := f.got(); got != "[[a@1/0]]" {
+		t.Fatalf("replicated %s", got)
+	}
 }

@@ -140,8 +140,16 @@ type ReplicationMode interface {
 // Replication modes.
 const (
 	// ModeApplyFirst: the master stores a batch, then replicates it
-	// (master–slave, RocketMQ's HA).
+	// (master–slave, RocketMQ's HA): the batch is handed to Replicate once
+	// the store made it durable as its flush policy demands.
 	ModeApplyFirst = "apply_first"
+	// ModeApplyWritten is ModeApplyFirst, except that the batch is handed
+	// to Replicate as soon as the store has written it (a store with
+	// EarlyOffsets), so that the master's flush and the replication run at
+	// the same time (RocketMQ's SYNC_MASTER + SYNC_FLUSH). The producer is
+	// still answered only once both are done. The price: after an OS crash
+	// a replica may hold messages its master lost (never answered OK).
+	ModeApplyWritten = "apply_written"
 	// ModeReplicateFirst: the leader replicates a batch, and every node
 	// stores it once committed, through ReplicaCore.Apply (raft).
 	ModeReplicateFirst = "replicate_first"

@@ -43,6 +43,14 @@ type Config struct {
 	MinReplicas int `json:"min_replicas"`
 	// Timeout (sync) bounds the wait for them; default 3s.
 	Timeout sdk.Duration `json:"timeout"`
+	// ReplicateBeforeFlush ships a batch to the slaves as soon as the
+	// master's store has written it, so that the master's fsync and the
+	// replication overlap (RocketMQ's SYNC_MASTER + SYNC_FLUSH); default
+	// false: a batch is shipped once the master made it durable. The
+	// producer is answered only once both are done either way. With it, an
+	// OS crash of the master can leave a slave holding messages the master
+	// lost (never answered OK), which the master then refuses as diverged.
+	ReplicateBeforeFlush bool `json:"replicate_before_flush"`
 }
 
 func defaultConfig() Config {

@@ -85,8 +85,14 @@ func New(mode string) *Plugin {
 		offs: map[gqkey]offEntry{}, offDone: map[gqkey]int64{}}
 }
 
-// Mode tells the broker to store first, then replicate.
-func (p *Plugin) Mode() string { return sdk.ModeApplyFirst }
+// Mode tells the broker to store first, then replicate: once a batch is
+// durable on the master, or once it is written with replicate_before_flush.
+func (p *Plugin) Mode() string {
+	if p.cfg.ReplicateBeforeFlush {
+		return sdk.ModeApplyWritten
+	}
+	return sdk.ModeApplyFirst
+}
 
 // Validate checks a config section.
 func (p *Plugin) Validate(config []byte) sdk.Problems {
