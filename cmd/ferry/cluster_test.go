@@ -318,6 +318,23 @@ func TestFaultSyncMasterKilledSlavePromoted(t *testing.T) {
 	}
 }
 
+// The same with the master's fsync overlapped with the replication
+// (replicate_before_flush: the batch is shipped once written, before the
+// master's fsync): nothing acked OK is lost either.
+func TestFaultSyncOverlappedMasterKilledSlavePromoted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	t.Setenv("FERRY_PLUGINS__REPLICATION__CONFIG__REPLICATE_BEFORE_FLUSH", "true") // both nodes inherit it
+	v, _ := masterSlaveFailover(t, "sync", 0)
+	if v.ok == 0 {
+		t.Fatal("no message was acked OK")
+	}
+	if v.lost != 0 || v.dup != 0 || v.unexpected != 0 {
+		t.Fatalf("lost %d, duplicated %d, unexpected %d", v.lost, v.dup, v.unexpected)
+	}
+}
+
 // Async, the negative control: what the master acked while its slave was
 // paused is lost with the master, and the checker says so.
 func TestFaultAsyncMasterKilledLosesAcked(t *testing.T) {
