@@ -93,9 +93,18 @@ func signal(ch *chan struct{}) {
 	*ch = make(chan struct{})
 }
 
-// Replicate records a stored batch and, for sync, waits for min_replicas
-// slaves to confirm it.
+// Replicate is ReplicateRaw for a caller without a gRPC boundary.
 func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.ReplicateWait, error) {
+	raw, err := rawOf(msgs)
+	if err != nil {
+		return nil, err
+	}
+	return p.ReplicateRaw(ctx, raw)
+}
+
+// ReplicateRaw records a stored batch and, for sync, waits for min_replicas
+// slaves to confirm it. The messages stay encoded as the broker sent them.
+func (p *Plugin) ReplicateRaw(ctx context.Context, msgs []sdk.RawMessage) (sdk.ReplicateWait, error) {
 	p.mu.Lock()
 	if p.role != sdk.RoleMaster || p.stepDown == nil {
 		p.mu.Unlock()
@@ -120,7 +129,7 @@ func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.Replic
 		t.msgs = append(t.msgs, m)
 		if len(t.msgs) > tailMessages {
 			drop := len(t.msgs) - tailMessages/2
-			t.msgs = append([]*sdk.Message(nil), t.msgs[drop:]...)
+			t.msgs = append([]sdk.RawMessage(nil), t.msgs[drop:]...)
 			t.first += int64(drop)
 		}
 	}
@@ -305,7 +314,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			return status.Error(codes.DeadlineExceeded, "slave silent for too long")
 		}
 		var (
-			frame []*sdk.Message
+			frame []sdk.RawMessage
 			read  *qkey
 			bytes int
 		)
@@ -326,7 +335,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 						break
 					}
 					frame = append(frame, m)
-					bytes += len(m.Body) + 64
+					bytes += len(m.Bytes)
 				}
 				s.sent[k] = from + int64(countQueue(frame, k))
 				if len(frame) >= frameMessages || bytes >= frameBytes {
@@ -350,7 +359,9 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 					return status.Errorf(codes.DataLoss, "%s/%d: read offset %d, want %d (retention removed what the slave lacks)", read.topic, read.queue, m.Offset, from+int64(i))
 				}
 			}
-			frame = resp.Messages
+			if frame, err = rawOf(resp.Messages); err != nil {
+				return err
+			}
 			p.mu.Lock()
 			s.sent[*read] = from + int64(len(frame))
 			p.mu.Unlock()
@@ -370,7 +381,15 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups}); err != nil {
+			var rest *ferryv1.FollowResponse
+			if len(groups) > 0 {
+				rest = &ferryv1.FollowResponse{GroupOffsets: groups}
+			}
+			f, err := encodeFollow(frame, rest)
+			if err != nil {
+				return err
+			}
+			if err := stream.SendMsg(f); err != nil {
 				return err
 			}
 		}
@@ -399,7 +418,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 	return nil
 }
 
-func countQueue(msgs []*sdk.Message, k qkey) int {
+func countQueue(msgs []sdk.RawMessage, k qkey) int {
 	n := 0
 	for _, m := range msgs {
 		if m.Topic == k.topic && m.Queue == k.queue {

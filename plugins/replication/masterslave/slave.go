@@ -149,7 +149,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	// Applies are started in order here and confirmed in order by acker.
 	type applied struct {
 		wait sdk.ApplyWait
-		msgs []*sdk.Message
+		msgs []sdk.RawMessage
 	}
 	waits := make(chan applied, 256)
 	ackerDone := make(chan struct{})
@@ -208,8 +208,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			}
 		}
 	}()
+	rawCore, _ := p.core.(sdk.RawApplier)
 	for {
-		resp, err := stream.Recv()
+		in := &rawFollow{}
+		err := stream.RecvMsg(in)
 		if err != nil {
 			if c := context.Cause(fctx); c != nil && !errors.Is(c, context.Canceled) {
 				return c
@@ -220,6 +222,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		case heard <- struct{}{}:
 		default:
 		}
+		resp := &in.rest
 		if len(resp.Ends) > 0 || len(resp.AckedEnds) > 0 {
 			p.mu.Lock()
 			if len(resp.Ends) > 0 {
@@ -234,21 +237,29 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			p.masterOffsets(resp.GroupOffsets)
 			kickChan(offKick)
 		}
-		if len(resp.Messages) == 0 {
+		if len(in.msgs) == 0 {
 			continue
 		}
 		p.mu.Lock()
-		for _, m := range resp.Messages {
+		for _, m := range in.msgs {
 			k := qkey{m.Topic, m.Queue}
 			p.leaderEnds[k] = max(p.leaderEnds[k], m.Offset+1)
 		}
 		p.mu.Unlock()
-		wait, err := p.core.Apply(fctx, resp.Messages)
+		var wait sdk.ApplyWait
+		if rawCore != nil {
+			wait, err = rawCore.ApplyRaw(fctx, in.msgs)
+		} else {
+			var msgs []*sdk.Message
+			if msgs, err = decodeAll(in.msgs); err == nil {
+				wait, err = p.core.Apply(fctx, msgs)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
 		select {
-		case waits <- applied{wait, resp.Messages}:
+		case waits <- applied{wait, in.msgs}:
 		case <-fctx.Done():
 			return context.Cause(fctx)
 		}

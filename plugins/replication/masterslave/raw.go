@@ -1,0 +1,108 @@
+package masterslave
+
+import (
+	"errors"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// The link carries batches as the messages' encodings (sdk.RawMessage), as
+// the master's broker sent them: neither side decodes a message. The wire is
+// ferry.v1.FollowResponse all the same.
+
+// encodeFollow encodes a FollowResponse whose messages are msgs and whose
+// other fields are those of rest (nil: none).
+func encodeFollow(msgs []sdk.RawMessage, rest *ferryv1.FollowResponse) (*sdk.RawFrame, error) {
+	var tail []byte
+	if rest != nil {
+		var err error
+		if tail, err = proto.Marshal(rest); err != nil {
+			return nil, err
+		}
+	}
+	b := sdk.AppendRawMessages(make([]byte, 0, sdk.RawMessagesSize(1, msgs)+len(tail)), 1, msgs)
+	return &sdk.RawFrame{B: append(b, tail...)}, nil
+}
+
+// rawFollow is a received FollowResponse: its messages left encoded, the
+// other fields decoded into rest.
+type rawFollow struct {
+	msgs []sdk.RawMessage
+	rest ferryv1.FollowResponse
+}
+
+func (r *rawFollow) Reset()         { *r = rawFollow{} }
+func (r *rawFollow) String() string { return "raw FollowResponse" }
+func (r *rawFollow) ProtoMessage()  {}
+
+var errFollowEncoding = errors.New("bad FollowResponse encoding")
+
+// Unmarshal keeps one copy of in (the codec reuses its buffer), which the
+// messages point into.
+func (r *rawFollow) Unmarshal(in []byte) error {
+	b := append([]byte(nil), in...)
+	var others []byte
+	var last string
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return errFollowEncoding
+		}
+		field := b
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			e, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return errFollowEncoding
+			}
+			b = b[n:]
+			m, err := sdk.ParseRawMessage(e, &last)
+			if err != nil {
+				return err
+			}
+			r.msgs = append(r.msgs, m)
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return errFollowEncoding
+		}
+		b = b[n:]
+		others = append(others, field[:len(field)-len(b)]...)
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	return proto.Unmarshal(others, &r.rest)
+}
+
+// rawOf encodes messages (read back from storage, or given by an in-process
+// caller).
+func rawOf(msgs []*sdk.Message) ([]sdk.RawMessage, error) {
+	out := make([]sdk.RawMessage, len(msgs))
+	for i, m := range msgs {
+		r, err := sdk.EncodeRawMessage(m)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// decodeAll decodes messages for a ReplicaCore that takes no encoded ones.
+func decodeAll(raw []sdk.RawMessage) ([]*sdk.Message, error) {
+	out := make([]*sdk.Message, len(raw))
+	for i, r := range raw {
+		m, err := r.Decode()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = m
+	}
+	return out, nil
+}
