@@ -307,6 +307,8 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer, s *session) error {
 	p := l.p
 	lastBeat := time.Now()
+	idle := time.NewTimer(heartbeatEvery)
+	defer idle.Stop()
 	for ctx.Err() == nil {
 		p.mu.Lock()
 		if time.Since(s.lastHeard) > silenceLimit {
@@ -347,7 +349,13 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		if read != nil {
 			from = s.sent[*read]
 		}
-		wake, progress := p.wake, p.progress
+		wake := p.wake
+		// Acks matter here only when the window is full: waking on each
+		// one would cost a wakeup and a scan of every queue per ack.
+		var progress chan struct{}
+		if s.unacked >= maxUnacked {
+			progress = p.progress
+		}
 		p.mu.Unlock()
 		if read != nil && len(frame) == 0 {
 			resp, err := p.core.Read(ctx, &sdk.ReadRequest{Topic: read.topic, Queue: read.queue, Offset: from, MaxMessages: frameMessages, MaxBytes: frameBytes})
@@ -405,11 +413,12 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		if len(frame) > 0 {
 			continue
 		}
+		idle.Reset(heartbeatEvery)
 		select {
 		case <-ctx.Done():
 		case <-wake:
 		case <-progress:
-		case <-time.After(heartbeatEvery):
+		case <-idle.C:
 		}
 	}
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, io.EOF) {
