@@ -26,14 +26,25 @@
 //
 // # Storage of raft itself
 //
-// raft's log is a directory of append-only segment files (seglog.go): each
-// write of entries is one write and one fdatasync, on the leader before it
-// sends them and on a follower before it acknowledges them, so on every
-// commit's path. (A bbolt transaction, the log's store before, costs two
-// fsyncs; a node started on an older data dir moves its bbolt log into
-// segments once.) raft's term and vote stay in a bbolt file (logstore.go),
-// every write a fsynced transaction. The node's Ferry store is the state
-// machine, so:
+// raft's log and stable store (term, vote) is hashicorp/raft-wal, the WAL
+// Consul uses with hashicorp/raft, in `<data_dir>/replication-raft/wal`
+// (logstore.go): segment files (64 MiB, preallocated) with one write and one
+// fsync per write of entries, on the leader before it sends them and on a
+// follower before it acknowledges them, so on every commit's path; term,
+// vote and the list of segments are in a small bbolt file, written only
+// when they change. The WAL takes no gaps (raft.MonotonicLogStore): after
+// installing a snapshot, raft deletes the whole log and appends after the
+// snapshot's index. Compaction drops whole segments, and raft-wal would
+// still serve compacted entries of its last one: the plugin answers
+// "not found" below the first index, so a follower behind the compaction
+// gets the snapshot, as from any raft log store. Its logs go to the
+// plugin's logger (module raft.wal); its metrics are not collected. It
+// must be v0.4.1 or later: v0.4.0 could not reopen a log after raft
+// deleted a conflicting suffix (hashicorp/raft-wal#31). A write torn by
+// a crash is cut off at open. Earlier data dirs (a bbolt raft.db, or the
+// hand-written segment log in `log`) were never released: a node refuses
+// to start on one rather than start raft from an empty log and term;
+// nothing migrates them. The node's Ferry store is the state machine, so:
 //
 //   - snapshots are minimal: the index of the last entry applied, the
 //     end offset of every queue and consumer groups' offsets (below).

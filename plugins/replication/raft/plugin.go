@@ -40,8 +40,7 @@ type Plugin struct {
 	node  string
 	log   hclog.Logger
 	trans *hraft.NetworkTransport
-	store *boltStore // raft's term and vote
-	logs  *segLog    // raft's log
+	logs  raftLog // raft's log and stable store (term, vote)
 	admin *grpc.Server
 
 	mu      sync.Mutex
@@ -95,20 +94,11 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return err
 	}
-	store, err := openBoltStore(filepath.Join(p.dir, "raft.db"))
+	w, err := openWAL(p.dir, p.log.Named("wal"))
 	if err != nil {
 		return fmt.Errorf("raft log: %w", err)
 	}
-	p.store = store
-	logDir := filepath.Join(p.dir, "log")
-	if err := migrateBoltLogs(store, logDir); err != nil {
-		return err
-	}
-	logs, err := openSegLog(logDir)
-	if err != nil {
-		return fmt.Errorf("raft log: %w", err)
-	}
-	p.logs = logs
+	p.logs = w
 	adv, err := net.ResolveTCPAddr("tcp", cfg.Listen)
 	if err != nil {
 		return err
@@ -158,7 +148,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	if err != nil {
 		return err
 	}
-	has, err := hraft.HasExistingState(p.logs, p.store, snaps)
+	has, err := hraft.HasExistingState(p.logs, p.logs, snaps)
 	if err != nil {
 		return err
 	}
@@ -167,7 +157,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 		for _, peer := range p.cfg.Peers {
 			servers = append(servers, hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(peer.ID), Address: hraft.ServerAddress(peer.Raft)})
 		}
-		if err := hraft.BootstrapCluster(rc, p.logs, p.store, snaps, p.trans, hraft.Configuration{Servers: servers}); err != nil {
+		if err := hraft.BootstrapCluster(rc, p.logs, p.logs, snaps, p.trans, hraft.Configuration{Servers: servers}); err != nil {
 			return fmt.Errorf("raft bootstrap: %w", err)
 		}
 	}
@@ -175,7 +165,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	if err := f.resume(ctx, snaps); err != nil {
 		return err
 	}
-	r, err := hraft.NewRaft(rc, f, p.logs, p.store, snaps, p.trans)
+	r, err := hraft.NewRaft(rc, f, p.logs, p.logs, snaps, p.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
@@ -324,14 +314,10 @@ func (p *Plugin) Close() error {
 	if p.trans != nil {
 		_ = p.trans.Close()
 	}
-	var err error
-	if p.logs != nil {
-		err = p.logs.Close()
+	if p.logs.WAL != nil {
+		return p.logs.Close()
 	}
-	if p.store != nil {
-		err = errors.Join(err, p.store.Close())
-	}
-	return err
+	return nil
 }
 
 // admin serves `ferry cluster status` for a raft node, and peers'
