@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -134,39 +135,77 @@ func (p *Plugin) ReplicateRaw(ctx context.Context, msgs []sdk.RawMessage) (sdk.R
 		}
 	}
 	signal(&p.wake)
-	p.mu.Unlock()
 	if p.mode == ModeAsync {
+		p.mu.Unlock()
 		return func(context.Context) (sdk.Status, []int64, error) { return ferryv1.Status_STATUS_OK, nil, nil }, nil
 	}
+	// The batch's answer is decided where acks and session changes are
+	// taken (progressLocked), not by a goroutine per batch woken by each.
+	w := &waiter{target: target, done: make(chan sdk.Status, 1)}
+	if !p.settleLocked(w) {
+		p.waiters = append(p.waiters, w)
+	}
+	p.mu.Unlock()
 	deadline := time.Now().Add(time.Duration(p.cfg.Timeout))
 	return func(ctx context.Context) (sdk.Status, []int64, error) {
 		timer := time.NewTimer(time.Until(deadline))
 		defer timer.Stop()
-		for {
-			p.mu.Lock()
-			confirmed, connected := p.countLocked(target)
-			progress := p.progress
-			p.mu.Unlock()
-			if confirmed >= p.cfg.MinReplicas {
-				p.mu.Lock()
-				for k, e := range target {
-					p.okEnds[k] = max(p.okEnds[k], e)
-				}
-				p.mu.Unlock()
-				return ferryv1.Status_STATUS_OK, nil, nil
-			}
-			if connected < p.cfg.MinReplicas {
-				return ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE, nil, nil
-			}
-			select {
-			case <-progress:
-			case <-timer.C:
-				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
-			case <-ctx.Done():
-				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
-			}
+		select {
+		case st := <-w.done:
+			return st, nil, nil
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		if i := slices.Index(p.waiters, w); i >= 0 {
+			p.waiters = slices.Delete(p.waiters, i, i+1)
+		}
+		p.mu.Unlock()
+		select {
+		case st := <-w.done: // decided just before it timed out
+			return st, nil, nil
+		default:
+			return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
 		}
 	}, nil
+}
+
+// waiter is a sync batch waiting for its slaves.
+type waiter struct {
+	target map[qkey]int64 // end offset per queue the slaves must confirm
+	done   chan sdk.Status
+}
+
+// settleLocked answers w when its outcome is known: OK once min_replicas
+// slaves confirmed it, REPLICA_NOT_AVAILABLE when fewer are connected.
+func (p *Plugin) settleLocked(w *waiter) bool {
+	confirmed, connected := p.countLocked(w.target)
+	switch {
+	case confirmed >= p.cfg.MinReplicas:
+		for k, e := range w.target {
+			p.okEnds[k] = max(p.okEnds[k], e)
+		}
+		w.done <- ferryv1.Status_STATUS_OK
+	case connected < p.cfg.MinReplicas:
+		w.done <- ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE
+	default:
+		return false
+	}
+	return true
+}
+
+// progressLocked is called on acks and session changes: it settles the
+// waiting batches it decides and wakes what waits on p.progress.
+func (p *Plugin) progressLocked() {
+	signal(&p.progress)
+	kept := p.waiters[:0]
+	for _, w := range p.waiters {
+		if !p.settleLocked(w) {
+			kept = append(kept, w)
+		}
+	}
+	clear(p.waiters[len(kept):])
+	p.waiters = kept
 }
 
 // countLocked counts the connected slaves and those that confirmed target.
@@ -239,14 +278,14 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 	}
 	p.sessions[s] = struct{}{}
-	signal(&p.progress)
+	p.progressLocked()
 	groups := p.takeOffsetsLocked(s) // every group this master knows
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		if _, ok := p.sessions[s]; ok {
 			delete(p.sessions, s)
-			signal(&p.progress)
+			p.progressLocked()
 		}
 		p.mu.Unlock()
 	}()
@@ -284,7 +323,7 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 				detail := fmt.Sprintf("disconnected: confirmed %s/%d up to %d, more than it was sent (%d)", o.Topic, o.Queue, o.End, s.sent[k])
 				p.refused[s.node] = &ferryv1.ReplicaInfo{Node: s.node, Address: s.addr, Diverged: true, Detail: detail}
 				delete(p.sessions, s)
-				signal(&p.progress)
+				p.progressLocked()
 				p.mu.Unlock()
 				s.cancel(errors.New(detail))
 				return
@@ -294,7 +333,7 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 				s.acked[k] = o.End
 			}
 		}
-		signal(&p.progress)
+		p.progressLocked()
 		p.mu.Unlock()
 		if ctx.Err() != nil {
 			return

@@ -41,6 +41,7 @@ type Plugin struct {
 	sessions map[*session]struct{}
 	refused  map[string]*ferryv1.ReplicaInfo // diverged slaves, by node
 	progress chan struct{}                   // closed and replaced on acks and session changes
+	waiters  []*waiter                       // sync batches not answered yet
 	wake     chan struct{}                   // closed and replaced on new data
 	// both sides (offsets.go): groups' offsets as the broker reported them
 	// (master) or the master sent them (slave), versioned
