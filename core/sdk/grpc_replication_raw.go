@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -193,6 +194,28 @@ func AppendRawMessages(b []byte, num protowire.Number, msgs []RawMessage) []byte
 	return b
 }
 
+// Frame buffers. A frame built to be sent (RawFrame) can be used again once
+// SendMsg returned when it is longer than mem's pooling threshold: the
+// codec (codec.Marshal) then copies it into a buffer of its own, where a
+// shorter one is sent as it is (TestRawFrameCopiedByCodec holds the codec
+// to that). Reusing them keeps the replication plugins from allocating a
+// frame-sized buffer per batch, which made their garbage collector run
+// several times a second.
+
+// GetFrameBuffer returns an empty buffer of capacity n or more, from a pool.
+func GetFrameBuffer(n int) *[]byte {
+	b := sharedBufferPool.Get(n)
+	*b = (*b)[:0]
+	return b
+}
+
+// PutFrameBuffer returns b to the pool; b must not be used afterwards.
+func PutFrameBuffer(b *[]byte) { sharedBufferPool.Put(b) }
+
+// SentFrameReusable reports whether a frame of n bytes handed to SendMsg
+// may be reused once SendMsg returned (the codec copied it).
+func SentFrameReusable(n int) bool { return !mem.IsBelowBufferPoolingThreshold(n) }
+
 // RawFrame is an already encoded protobuf message, sent as it is through a
 // gRPC stream (stream.SendMsg) by a codec that takes proto messages: it is
 // a legacy (APIv1) message whose Marshal returns the bytes.
@@ -229,6 +252,7 @@ var errRawEncoding = errors.New("bad ReplicateRequest encoding")
 // its buffer) that the messages point into.
 func (r *rawReplicateRequest) Unmarshal(in []byte) error {
 	b := append([]byte(nil), in...)
+	r.msgs = make([]RawMessage, 0, countField(b, 2))
 	var last string
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -279,6 +303,28 @@ func (r *rawReplicateRequest) Unmarshal(in []byte) error {
 	return nil
 }
 
+// countField counts the occurrences of field num in an encoded message (0
+// when it is malformed: the decoder reports that).
+func countField(b []byte, num protowire.Number) int {
+	c := 0
+	for len(b) > 0 {
+		n, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return 0
+		}
+		b = b[l:]
+		l = protowire.ConsumeFieldValue(n, typ, b)
+		if l < 0 {
+			return 0
+		}
+		b = b[l:]
+		if n == num {
+			c++
+		}
+	}
+	return c
+}
+
 // ApplyRaw is Apply with the messages copied as they are into the frame.
 func (c *replicaCoreClient) ApplyRaw(ctx context.Context, msgs []RawMessage) (ApplyWait, error) {
 	id, ch, err := c.calls.add()
@@ -294,7 +340,8 @@ func (c *replicaCoreClient) ApplyRaw(ctx context.Context, msgs []RawMessage) (Ap
 		timeout = uint64(max(int64(time.Until(dl)), 1))
 		size += protowire.SizeTag(9) + protowire.SizeVarint(timeout)
 	}
-	b := make([]byte, 0, size)
+	buf := GetFrameBuffer(size)
+	b := *buf
 	b = protowire.AppendTag(b, 1, protowire.VarintType) // id
 	b = protowire.AppendVarint(b, id)
 	b = protowire.AppendTag(b, 2, protowire.BytesType) // apply: an ApplyRequest
@@ -307,6 +354,10 @@ func (c *replicaCoreClient) ApplyRaw(ctx context.Context, msgs []RawMessage) (Ap
 	c.sendMu.Lock()
 	err = c.stream.SendMsg(&RawFrame{B: b})
 	c.sendMu.Unlock()
+	if SentFrameReusable(len(b)) {
+		*buf = b
+		PutFrameBuffer(buf)
+	}
 	if err != nil {
 		c.calls.fail(err)
 	}

@@ -51,3 +51,20 @@ func TestRawReplicateRequestThroughCodec(t *testing.T) {
 		t.Fatalf("raw frame unmarshal: %v", err)
 	}
 }
+
+// The replication plugins reuse a sent frame's buffer when the codec copied
+// it (SentFrameReusable); a frame the codec keeps must not be reported so.
+func TestRawFrameCopiedByCodec(t *testing.T) {
+	for _, n := range []int{10, 1 << 10, 1<<10 + 1, 64 << 10} {
+		b := make([]byte, n)
+		out, err := codec{}.Marshal(&RawFrame{B: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[0] = 1 // changed after the send
+		got := out.Materialize()
+		if copied := got[0] == 0; SentFrameReusable(n) && !copied {
+			t.Fatalf("%d bytes: reported reusable but the codec kept the caller's buffer", n)
+		}
+	}
+}

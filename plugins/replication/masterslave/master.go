@@ -432,11 +432,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			if len(groups) > 0 {
 				rest = &ferryv1.FollowResponse{GroupOffsets: groups}
 			}
-			f, err := encodeFollow(frame, rest)
-			if err != nil {
-				return err
-			}
-			if err := stream.SendMsg(f); err != nil {
+			if err := sendFollow(stream.SendMsg, frame, rest); err != nil {
 				return err
 			}
 		}

@@ -15,17 +15,34 @@ import (
 // ferry.v1.FollowResponse all the same.
 
 // encodeFollow encodes a FollowResponse whose messages are msgs and whose
-// other fields are those of rest (nil: none).
-func encodeFollow(msgs []sdk.RawMessage, rest *ferryv1.FollowResponse) (*sdk.RawFrame, error) {
+// other fields are those of rest (nil: none), into a pooled buffer: see
+// sendFollow.
+func encodeFollow(msgs []sdk.RawMessage, rest *ferryv1.FollowResponse) (*sdk.RawFrame, *[]byte, error) {
 	var tail []byte
 	if rest != nil {
 		var err error
 		if tail, err = proto.Marshal(rest); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	b := sdk.AppendRawMessages(make([]byte, 0, sdk.RawMessagesSize(1, msgs)+len(tail)), 1, msgs)
-	return &sdk.RawFrame{B: append(b, tail...)}, nil
+	buf := sdk.GetFrameBuffer(sdk.RawMessagesSize(1, msgs) + len(tail))
+	b := sdk.AppendRawMessages(*buf, 1, msgs)
+	*buf = append(b, tail...)
+	return &sdk.RawFrame{B: *buf}, buf, nil
+}
+
+// sendFollow sends a FollowResponse (encodeFollow) and reuses its buffer
+// when the codec copied it.
+func sendFollow(send func(any) error, msgs []sdk.RawMessage, rest *ferryv1.FollowResponse) error {
+	f, buf, err := encodeFollow(msgs, rest)
+	if err != nil {
+		return err
+	}
+	err = send(f)
+	if sdk.SentFrameReusable(len(f.B)) {
+		sdk.PutFrameBuffer(buf)
+	}
+	return err
 }
 
 // rawFollow is a received FollowResponse: its messages left encoded, the
@@ -33,6 +50,16 @@ func encodeFollow(msgs []sdk.RawMessage, rest *ferryv1.FollowResponse) (*sdk.Raw
 type rawFollow struct {
 	msgs []sdk.RawMessage
 	rest ferryv1.FollowResponse
+	buf  *[]byte // what msgs point into, from the frame pool: see release
+}
+
+// release returns the frame's buffer to the pool once its messages were
+// copied (applied); msgs must not be used afterwards.
+func (r *rawFollow) release() {
+	if r.buf != nil {
+		sdk.PutFrameBuffer(r.buf)
+		r.buf, r.msgs = nil, nil
+	}
 }
 
 func (r *rawFollow) Reset()         { *r = rawFollow{} }
@@ -44,7 +71,10 @@ var errFollowEncoding = errors.New("bad FollowResponse encoding")
 // Unmarshal keeps one copy of in (the codec reuses its buffer), which the
 // messages point into.
 func (r *rawFollow) Unmarshal(in []byte) error {
-	b := append([]byte(nil), in...)
+	r.buf = sdk.GetFrameBuffer(len(in))
+	*r.buf = append(*r.buf, in...)
+	b := *r.buf
+	r.msgs = make([]sdk.RawMessage, 0, len(b)/1024+1)
 	var others []byte
 	var last string
 	for len(b) > 0 {

@@ -149,7 +149,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	// Applies are started in order here and confirmed in order by acker.
 	type applied struct {
 		wait sdk.ApplyWait
-		msgs []sdk.RawMessage
+		ends map[qkey]int64 // the batch's end per queue
 	}
 	waits := make(chan applied, 256)
 	ackerDone := make(chan struct{})
@@ -162,10 +162,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				}
 				return
 			}
-			ends := map[qkey]int64{}
-			for _, m := range a.msgs {
-				ends[qkey{m.Topic, m.Queue}] = m.Offset + 1
-			}
+			ends := a.ends
 			p.mu.Lock()
 			for k, e := range ends {
 				p.localEnds[k] = max(p.localEnds[k], e)
@@ -240,10 +237,13 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		if len(in.msgs) == 0 {
 			continue
 		}
-		p.mu.Lock()
+		ends := map[qkey]int64{}
 		for _, m := range in.msgs {
-			k := qkey{m.Topic, m.Queue}
-			p.leaderEnds[k] = max(p.leaderEnds[k], m.Offset+1)
+			ends[qkey{m.Topic, m.Queue}] = m.Offset + 1
+		}
+		p.mu.Lock()
+		for k, e := range ends {
+			p.leaderEnds[k] = max(p.leaderEnds[k], e)
 		}
 		p.mu.Unlock()
 		var wait sdk.ApplyWait
@@ -255,11 +255,12 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				wait, err = p.core.Apply(fctx, msgs)
 			}
 		}
+		in.release() // copied into the apply frame, or decoded
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
 		select {
-		case waits <- applied{wait, in.msgs}:
+		case waits <- applied{wait, ends}:
 		case <-fctx.Done():
 			return context.Cause(fctx)
 		}
