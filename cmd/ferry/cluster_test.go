@@ -267,8 +267,16 @@ func masterSlaveFailover(t *testing.T, mode string, pause time.Duration) (verdic
 	l := startLoad(t, mb, 4)
 	time.Sleep(time.Second)
 	if pause > 0 {
+		okBefore := l.count(ferryv1.Status_STATUS_OK)
 		slave.signal(t, syscall.SIGSTOP)
 		time.Sleep(pause)
+		if mode == "async" {
+			// The negative control needs acks the slave cannot have: on a
+			// loaded machine wait for some (bounded).
+			eventually(t, 20*time.Second, "async acks while the slave is frozen", func() bool {
+				return l.count(ferryv1.Status_STATUS_OK)-okBefore >= 200
+			})
+		}
 	}
 	master.kill(t)
 	l.halt()
