@@ -28,9 +28,6 @@ type replicationServer struct {
 var replicationTracer = telemetry.Tracer(telemetry.ComponentReplication)
 
 func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer) error {
-	if raw, ok := s.impl.(RawReplication); ok {
-		return s.replicateRaw(stream, raw)
-	}
 	return serveOrdered(stream.Context(), stream.Recv, stream.Send, func(ctx context.Context, req *ferryv1.ReplicateRequest) func() *ferryv1.ReplicateResponse {
 		// One span per batch, under the broker's span that sent it, linked
 		// to the messages' own traces; it lasts until the batch is
@@ -56,41 +53,6 @@ func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer
 			span.SetAttributes(attribute.String("status", st.String()))
 			span.End()
 			return &ferryv1.ReplicateResponse{Seq: req.Seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
-		}
-	})
-}
-
-// replicateRaw is Replicate for a plugin that takes encoded messages: the
-// batch's messages are not decoded here.
-func (s *replicationServer) replicateRaw(stream ferryv1.Replication_ReplicateServer, impl RawReplication) error {
-	recv := func() (*rawReplicateRequest, error) {
-		req := &rawReplicateRequest{}
-		if err := stream.RecvMsg(req); err != nil {
-			return nil, err
-		}
-		return req, nil
-	}
-	return serveOrdered(stream.Context(), recv, stream.Send, func(ctx context.Context, req *rawReplicateRequest) func() *ferryv1.ReplicateResponse {
-		pctx := telemetry.Extract(ctx, req.trace)
-		_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
-			trace.WithLinks(telemetry.BatchLinks(pctx, req.msgs)...),
-			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.msgs))))
-		wait, err := impl.ReplicateRaw(ctx, req.msgs)
-		if err != nil {
-			span.RecordError(err)
-			span.End()
-			return func() *ferryv1.ReplicateResponse {
-				return &ferryv1.ReplicateResponse{Seq: req.seq, Error: ErrorToProto(err)}
-			}
-		}
-		return func() *ferryv1.ReplicateResponse {
-			st, offs, err := wait(ctx)
-			if err != nil {
-				span.RecordError(err)
-			}
-			span.SetAttributes(attribute.String("status", st.String()))
-			span.End()
-			return &ferryv1.ReplicateResponse{Seq: req.seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
 		}
 	})
 }

@@ -41,14 +41,6 @@
 // then acknowledges its new queue ends. Both sides send heartbeats every
 // 500 ms and drop a link silent for 3 s (a paused or cut peer).
 //
-// Neither plugin decodes the messages it forwards: the master's plugin keeps
-// each message as the encoding its broker sent (sdk.RawReplication), reads
-// only topic, queue and offset out of it, and the slave's plugin copies the
-// encodings it received into its Apply frame (sdk.RawApplier). The wire is
-// ferry.v1's FollowResponse and ApplyRequest all the same. A sync batch's
-// answer is decided where the slaves' acks are taken, and frame buffers are
-// reused: per message, these plugins do little more than copy bytes.
-//
 // # Safety
 //
 //   - A slave whose reported end offset of any queue lies beyond the

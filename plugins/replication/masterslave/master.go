@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -94,18 +93,9 @@ func signal(ch *chan struct{}) {
 	*ch = make(chan struct{})
 }
 
-// Replicate is ReplicateRaw for a caller without a gRPC boundary.
+// Replicate records a stored batch and, for sync, waits for min_replicas
+// slaves to confirm it.
 func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.ReplicateWait, error) {
-	raw, err := rawOf(msgs)
-	if err != nil {
-		return nil, err
-	}
-	return p.ReplicateRaw(ctx, raw)
-}
-
-// ReplicateRaw records a stored batch and, for sync, waits for min_replicas
-// slaves to confirm it. The messages stay encoded as the broker sent them.
-func (p *Plugin) ReplicateRaw(ctx context.Context, msgs []sdk.RawMessage) (sdk.ReplicateWait, error) {
 	p.mu.Lock()
 	if p.role != sdk.RoleMaster || p.stepDown == nil {
 		p.mu.Unlock()
@@ -130,82 +120,44 @@ func (p *Plugin) ReplicateRaw(ctx context.Context, msgs []sdk.RawMessage) (sdk.R
 		t.msgs = append(t.msgs, m)
 		if len(t.msgs) > tailMessages {
 			drop := len(t.msgs) - tailMessages/2
-			t.msgs = append([]sdk.RawMessage(nil), t.msgs[drop:]...)
+			t.msgs = append([]*sdk.Message(nil), t.msgs[drop:]...)
 			t.first += int64(drop)
 		}
 	}
 	signal(&p.wake)
+	p.mu.Unlock()
 	if p.mode == ModeAsync {
-		p.mu.Unlock()
 		return func(context.Context) (sdk.Status, []int64, error) { return ferryv1.Status_STATUS_OK, nil, nil }, nil
 	}
-	// The batch's answer is decided where acks and session changes are
-	// taken (progressLocked), not by a goroutine per batch woken by each.
-	w := &waiter{target: target, done: make(chan sdk.Status, 1)}
-	if !p.settleLocked(w) {
-		p.waiters = append(p.waiters, w)
-	}
-	p.mu.Unlock()
 	deadline := time.Now().Add(time.Duration(p.cfg.Timeout))
 	return func(ctx context.Context) (sdk.Status, []int64, error) {
 		timer := time.NewTimer(time.Until(deadline))
 		defer timer.Stop()
-		select {
-		case st := <-w.done:
-			return st, nil, nil
-		case <-timer.C:
-		case <-ctx.Done():
-		}
-		p.mu.Lock()
-		if i := slices.Index(p.waiters, w); i >= 0 {
-			p.waiters = slices.Delete(p.waiters, i, i+1)
-		}
-		p.mu.Unlock()
-		select {
-		case st := <-w.done: // decided just before it timed out
-			return st, nil, nil
-		default:
-			return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
+		for {
+			p.mu.Lock()
+			confirmed, connected := p.countLocked(target)
+			progress := p.progress
+			p.mu.Unlock()
+			if confirmed >= p.cfg.MinReplicas {
+				p.mu.Lock()
+				for k, e := range target {
+					p.okEnds[k] = max(p.okEnds[k], e)
+				}
+				p.mu.Unlock()
+				return ferryv1.Status_STATUS_OK, nil, nil
+			}
+			if connected < p.cfg.MinReplicas {
+				return ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE, nil, nil
+			}
+			select {
+			case <-progress:
+			case <-timer.C:
+				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
+			case <-ctx.Done():
+				return ferryv1.Status_STATUS_REPLICA_TIMEOUT, nil, nil
+			}
 		}
 	}, nil
-}
-
-// waiter is a sync batch waiting for its slaves.
-type waiter struct {
-	target map[qkey]int64 // end offset per queue the slaves must confirm
-	done   chan sdk.Status
-}
-
-// settleLocked answers w when its outcome is known: OK once min_replicas
-// slaves confirmed it, REPLICA_NOT_AVAILABLE when fewer are connected.
-func (p *Plugin) settleLocked(w *waiter) bool {
-	confirmed, connected := p.countLocked(w.target)
-	switch {
-	case confirmed >= p.cfg.MinReplicas:
-		for k, e := range w.target {
-			p.okEnds[k] = max(p.okEnds[k], e)
-		}
-		w.done <- ferryv1.Status_STATUS_OK
-	case connected < p.cfg.MinReplicas:
-		w.done <- ferryv1.Status_STATUS_REPLICA_NOT_AVAILABLE
-	default:
-		return false
-	}
-	return true
-}
-
-// progressLocked is called on acks and session changes: it settles the
-// waiting batches it decides and wakes what waits on p.progress.
-func (p *Plugin) progressLocked() {
-	signal(&p.progress)
-	kept := p.waiters[:0]
-	for _, w := range p.waiters {
-		if !p.settleLocked(w) {
-			kept = append(kept, w)
-		}
-	}
-	clear(p.waiters[len(kept):])
-	p.waiters = kept
 }
 
 // countLocked counts the connected slaves and those that confirmed target.
@@ -278,14 +230,14 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 	}
 	p.sessions[s] = struct{}{}
-	p.progressLocked()
+	signal(&p.progress)
 	groups := p.takeOffsetsLocked(s) // every group this master knows
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		if _, ok := p.sessions[s]; ok {
 			delete(p.sessions, s)
-			p.progressLocked()
+			signal(&p.progress)
 		}
 		p.mu.Unlock()
 	}()
@@ -323,7 +275,7 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 				detail := fmt.Sprintf("disconnected: confirmed %s/%d up to %d, more than it was sent (%d)", o.Topic, o.Queue, o.End, s.sent[k])
 				p.refused[s.node] = &ferryv1.ReplicaInfo{Node: s.node, Address: s.addr, Diverged: true, Detail: detail}
 				delete(p.sessions, s)
-				p.progressLocked()
+				signal(&p.progress)
 				p.mu.Unlock()
 				s.cancel(errors.New(detail))
 				return
@@ -333,7 +285,7 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 				s.acked[k] = o.End
 			}
 		}
-		p.progressLocked()
+		signal(&p.progress)
 		p.mu.Unlock()
 		if ctx.Err() != nil {
 			return
@@ -346,8 +298,6 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer, s *session) error {
 	p := l.p
 	lastBeat := time.Now()
-	idle := time.NewTimer(heartbeatEvery)
-	defer idle.Stop()
 	for ctx.Err() == nil {
 		p.mu.Lock()
 		if time.Since(s.lastHeard) > silenceLimit {
@@ -355,7 +305,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			return status.Error(codes.DeadlineExceeded, "slave silent for too long")
 		}
 		var (
-			frame []sdk.RawMessage
+			frame []*sdk.Message
 			read  *qkey
 			bytes int
 		)
@@ -376,7 +326,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 						break
 					}
 					frame = append(frame, m)
-					bytes += len(m.Bytes)
+					bytes += len(m.Body) + 64
 				}
 				s.sent[k] = from + int64(countQueue(frame, k))
 				if len(frame) >= frameMessages || bytes >= frameBytes {
@@ -388,13 +338,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		if read != nil {
 			from = s.sent[*read]
 		}
-		wake := p.wake
-		// Acks matter here only when the window is full: waking on each
-		// one would cost a wakeup and a scan of every queue per ack.
-		var progress chan struct{}
-		if s.unacked >= maxUnacked {
-			progress = p.progress
-		}
+		wake, progress := p.wake, p.progress
 		p.mu.Unlock()
 		if read != nil && len(frame) == 0 {
 			resp, err := p.core.Read(ctx, &sdk.ReadRequest{Topic: read.topic, Queue: read.queue, Offset: from, MaxMessages: frameMessages, MaxBytes: frameBytes})
@@ -406,9 +350,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 					return status.Errorf(codes.DataLoss, "%s/%d: read offset %d, want %d (retention removed what the slave lacks)", read.topic, read.queue, m.Offset, from+int64(i))
 				}
 			}
-			if frame, err = rawOf(resp.Messages); err != nil {
-				return err
-			}
+			frame = resp.Messages
 			p.mu.Lock()
 			s.sent[*read] = from + int64(len(frame))
 			p.mu.Unlock()
@@ -428,11 +370,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			var rest *ferryv1.FollowResponse
-			if len(groups) > 0 {
-				rest = &ferryv1.FollowResponse{GroupOffsets: groups}
-			}
-			if err := sendFollow(stream.SendMsg, frame, rest); err != nil {
+			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups}); err != nil {
 				return err
 			}
 		}
@@ -448,12 +386,11 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		if len(frame) > 0 {
 			continue
 		}
-		idle.Reset(heartbeatEvery)
 		select {
 		case <-ctx.Done():
 		case <-wake:
 		case <-progress:
-		case <-idle.C:
+		case <-time.After(heartbeatEvery):
 		}
 	}
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, io.EOF) {
@@ -462,7 +399,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 	return nil
 }
 
-func countQueue(msgs []sdk.RawMessage, k qkey) int {
+func countQueue(msgs []*sdk.Message, k qkey) int {
 	n := 0
 	for _, m := range msgs {
 		if m.Topic == k.topic && m.Queue == k.queue {

@@ -41,7 +41,6 @@ type Plugin struct {
 	sessions map[*session]struct{}
 	refused  map[string]*ferryv1.ReplicaInfo // diverged slaves, by node
 	progress chan struct{}                   // closed and replaced on acks and session changes
-	waiters  []*waiter                       // sync batches not answered yet
 	wake     chan struct{}                   // closed and replaced on new data
 	// both sides (offsets.go): groups' offsets as the broker reported them
 	// (master) or the master sent them (slave), versioned
@@ -68,7 +67,7 @@ type qkey struct {
 // tail holds the latest messages of one queue, offsets first..first+len-1.
 type tail struct {
 	first int64
-	msgs  []sdk.RawMessage // as the broker sent them
+	msgs  []*sdk.Message
 }
 
 var (
@@ -119,11 +118,10 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		return fmt.Errorf("replication listen %s: %w", cfg.Listen, err)
 	}
 	p.lis = lis
-	p.srv = grpc.NewServer(append(sdk.GRPCBufferServerOptions(), // buffers not cleared on reuse
-		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+	p.srv = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
 		// Windows sized for frames of up to ~1 MiB in flight back to back.
 		grpc.InitialWindowSize(8<<20), grpc.InitialConnWindowSize(16<<20),
-		grpc.ReadBufferSize(256<<10), grpc.WriteBufferSize(256<<10))...)
+		grpc.ReadBufferSize(256<<10), grpc.WriteBufferSize(256<<10))
 	ferryv1.RegisterReplicaLinkServer(p.srv, &link{p: p})
 	go func() { _ = p.srv.Serve(lis) }()
 	return nil
@@ -181,11 +179,10 @@ func (p *Plugin) currentRole() string {
 
 // dial opens a client connection to a peer's replication listener.
 func dial(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
-	cc, err := grpc.NewClient(addr, append(sdk.GRPCBufferDialOptions(), // buffers not cleared on reuse
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
-		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10))...)
+		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -149,7 +149,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	// Applies are started in order here and confirmed in order by acker.
 	type applied struct {
 		wait sdk.ApplyWait
-		ends map[qkey]int64 // the batch's end per queue
+		msgs []*sdk.Message
 	}
 	waits := make(chan applied, 256)
 	ackerDone := make(chan struct{})
@@ -162,7 +162,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				}
 				return
 			}
-			ends := a.ends
+			ends := map[qkey]int64{}
+			for _, m := range a.msgs {
+				ends[qkey{m.Topic, m.Queue}] = m.Offset + 1
+			}
 			p.mu.Lock()
 			for k, e := range ends {
 				p.localEnds[k] = max(p.localEnds[k], e)
@@ -205,10 +208,8 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			}
 		}
 	}()
-	rawCore, _ := p.core.(sdk.RawApplier)
 	for {
-		in := &rawFollow{}
-		err := stream.RecvMsg(in)
+		resp, err := stream.Recv()
 		if err != nil {
 			if c := context.Cause(fctx); c != nil && !errors.Is(c, context.Canceled) {
 				return c
@@ -219,7 +220,6 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		case heard <- struct{}{}:
 		default:
 		}
-		resp := &in.rest
 		if len(resp.Ends) > 0 || len(resp.AckedEnds) > 0 {
 			p.mu.Lock()
 			if len(resp.Ends) > 0 {
@@ -234,33 +234,21 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			p.masterOffsets(resp.GroupOffsets)
 			kickChan(offKick)
 		}
-		if len(in.msgs) == 0 {
+		if len(resp.Messages) == 0 {
 			continue
 		}
-		ends := map[qkey]int64{}
-		for _, m := range in.msgs {
-			ends[qkey{m.Topic, m.Queue}] = m.Offset + 1
-		}
 		p.mu.Lock()
-		for k, e := range ends {
-			p.leaderEnds[k] = max(p.leaderEnds[k], e)
+		for _, m := range resp.Messages {
+			k := qkey{m.Topic, m.Queue}
+			p.leaderEnds[k] = max(p.leaderEnds[k], m.Offset+1)
 		}
 		p.mu.Unlock()
-		var wait sdk.ApplyWait
-		if rawCore != nil {
-			wait, err = rawCore.ApplyRaw(fctx, in.msgs)
-		} else {
-			var msgs []*sdk.Message
-			if msgs, err = decodeAll(in.msgs); err == nil {
-				wait, err = p.core.Apply(fctx, msgs)
-			}
-		}
-		in.release() // copied into the apply frame, or decoded
+		wait, err := p.core.Apply(fctx, resp.Messages)
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
 		select {
-		case waits <- applied{wait, ends}:
+		case waits <- applied{wait, resp.Messages}:
 		case <-fctx.Done():
 			return context.Cause(fctx)
 		}
