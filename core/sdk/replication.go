@@ -49,8 +49,10 @@ type Replication interface {
 	Serve(ctx context.Context, core ReplicaCore) error
 	// Replicate is called by the broker of a node that takes produce,
 	// from one goroutine, with batches in offset order per queue (for
-	// mode "apply_first", stored messages with offsets set; for
-	// "replicate_first", messages not yet stored). It returns at once;
+	// mode "apply_first", stored messages with offsets set, durable as
+	// the store's flush policy demands; for "apply_written", the same once
+	// written, possibly before the master's flush; for "replicate_first",
+	// messages not yet stored). It returns at once;
 	// the ReplicateWait, called from another goroutine, waits for the
 	// replication level. An error means the batch will never reach it.
 	Replicate(ctx context.Context, msgs []*Message) (ReplicateWait, error)
