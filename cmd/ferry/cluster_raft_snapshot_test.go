@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/internal/ferrytest"
@@ -109,48 +106,6 @@ func produceMany(t *testing.T, seeds []string, prefix string, n, workers int) {
 	if ok < n {
 		t.Fatalf("only %d of %d sends acked OK (%d failed)", ok, n, fails)
 	}
-}
-
-// queueLog reads every message of every queue of topic orders from one
-// broker, in offset order.
-func queueLog(t *testing.T, broker string) map[int32][]*ferryv1.Message {
-	t.Helper()
-	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	rpc := ferryv1.NewBrokerClient(cc)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var refs []*ferryv1.QueueRef
-	for q := range int32(4) {
-		refs = append(refs, &ferryv1.QueueRef{Topic: "orders", Queue: q})
-	}
-	offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[int32][]*ferryv1.Message{}
-	for _, o := range offs.Offsets {
-		if o.Start != 0 {
-			t.Fatalf("%s queue %d starts at %d", broker, o.Queue, o.Start)
-		}
-		for pos := o.Start; pos < o.End; {
-			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: "orders", Positions: []*ferryv1.FetchPosition{{Queue: o.Queue, Offset: pos}}, MaxMessages: 1000, MaxWaitNanos: int64(time.Second)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(resp.Messages) == 0 {
-				t.Fatalf("%s queue %d: nothing at %d before its end %d", broker, o.Queue, pos, o.End)
-			}
-			for _, m := range resp.Messages {
-				out[o.Queue] = append(out[o.Queue], m)
-				pos = m.Offset + 1
-			}
-		}
-	}
-	return out
 }
 
 // sameLog compares two nodes' logs message by message: offset, id, key,

@@ -17,9 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -432,36 +429,10 @@ type storedMsg struct {
 // offset order.
 func readQueues(t *testing.T, broker string) map[int32][]storedMsg {
 	t.Helper()
-	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	rpc := ferryv1.NewBrokerClient(cc)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var refs []*ferryv1.QueueRef
-	for q := range int32(4) {
-		refs = append(refs, &ferryv1.QueueRef{Topic: "orders", Queue: q})
-	}
-	offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[int32][]storedMsg{}
-	for _, o := range offs.Offsets {
-		for pos := o.Start; pos < o.End; {
-			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: "orders", Positions: []*ferryv1.FetchPosition{{Queue: o.Queue, Offset: pos}}, MaxMessages: 1000, MaxWaitNanos: int64(time.Second)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(resp.Messages) == 0 {
-				t.Fatalf("queue %d: nothing at %d before its end %d", o.Queue, pos, o.End)
-			}
-			for _, m := range resp.Messages {
-				out[o.Queue] = append(out[o.Queue], storedMsg{string(m.Body), m.Offset, m.Headers[raftplugin.HeaderRaftIndex]})
-				pos = m.Offset + 1
-			}
+	for q, ms := range queueLog(t, broker) {
+		for _, m := range ms {
+			out[q] = append(out[q], storedMsg{string(m.Body), m.Offset, m.Headers[raftplugin.HeaderRaftIndex]})
 		}
 	}
 	return out

@@ -184,8 +184,9 @@ func (l *load) count(st ferryv1.Status) int {
 	return n
 }
 
-// readLog reads every message of topic orders from a broker: body → copies.
-func readLog(t *testing.T, broker string) map[string]int {
+// queueLog reads every message of every queue of topic orders from one
+// broker, in offset order. The other readers of a node's log build on it.
+func queueLog(t *testing.T, broker string) map[int32][]*ferryv1.Message {
 	t.Helper()
 	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -203,7 +204,7 @@ func readLog(t *testing.T, broker string) map[string]int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
+	out := map[int32][]*ferryv1.Message{}
 	for _, o := range offs.Offsets {
 		for pos := o.Start; pos < o.End; {
 			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: "orders", Positions: []*ferryv1.FetchPosition{{Queue: o.Queue, Offset: pos}}, MaxMessages: 1000, MaxWaitNanos: int64(time.Second)})
@@ -211,12 +212,24 @@ func readLog(t *testing.T, broker string) map[string]int {
 				t.Fatal(err)
 			}
 			if len(resp.Messages) == 0 {
-				t.Fatalf("queue %d: nothing at %d before its end %d", o.Queue, pos, o.End)
+				t.Fatalf("%s queue %d: nothing at %d before its end %d", broker, o.Queue, pos, o.End)
 			}
 			for _, m := range resp.Messages {
-				out[string(m.Body)]++
+				out[o.Queue] = append(out[o.Queue], m)
 				pos = m.Offset + 1
 			}
+		}
+	}
+	return out
+}
+
+// readLog reads every message of topic orders from a broker: body → copies.
+func readLog(t *testing.T, broker string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, ms := range queueLog(t, broker) {
+		for _, m := range ms {
+			out[string(m.Body)]++
 		}
 	}
 	return out
