@@ -113,7 +113,7 @@ func groupFailover(t *testing.T, promote bool) {
 			_, err := clusterStatus(ctx, mr)
 			return err != nil
 		})
-		if out, err := exec.Command(bin, "cluster", "promote", "--broker", sr).CombinedOutput(); err != nil {
+		if out, err := exec.Command(bin, "cluster", "promote", "--node", sr).CombinedOutput(); err != nil {
 			t.Fatalf("promote: %v\n%s", err, out)
 		}
 		eventually(t, 30*time.Second, "promoted slave is master", func() bool {
@@ -124,8 +124,16 @@ func groupFailover(t *testing.T, promote bool) {
 
 	// The same group on the slave resumes at the commit point.
 	second := consumeLines(t, bin, "--broker", sb, "--idle", "3s")
+	checkResumed(t, second, ends, commit, "the slave")
+	t.Logf("from the slave: %d messages, want %d", len(second), offsetsMessages-total)
+}
+
+// checkResumed checks what a group consumed after a failover (from where):
+// nothing before its commit point again, everything from it on.
+func checkResumed(t *testing.T, got []consumedLine, ends, commit map[int32]int64, where string) {
+	t.Helper()
 	seen := map[int32]map[int64]bool{}
-	for _, l := range second {
+	for _, l := range got {
 		if seen[l.Queue] == nil {
 			seen[l.Queue] = map[int64]bool{}
 		}
@@ -142,13 +150,12 @@ func groupFailover(t *testing.T, promote bool) {
 			}
 		}
 		if len(before) > 0 {
-			t.Errorf("queue %d: %d message(s) before the commit point %d delivered again from the slave: offsets %v", q, len(before), commit[q], before)
+			t.Errorf("queue %d: %d message(s) before the commit point %d delivered again from %s: offsets %v", q, len(before), commit[q], where, before)
 		}
 		if len(missing) > 0 {
-			t.Errorf("queue %d: %d message(s) from the commit point %d on never delivered from the slave: offsets %v", q, len(missing), commit[q], missing)
+			t.Errorf("queue %d: %d message(s) from the commit point %d on never delivered from %s: offsets %v", q, len(missing), commit[q], where, missing)
 		}
 	}
-	t.Logf("from the slave: %d messages, want %d", len(second), offsetsMessages-total)
 }
 
 // consumeLines runs `ferry consume --json` for the test's group on topic

@@ -79,30 +79,7 @@ func TestFaultRaftGroupResumesOnNewLeader(t *testing.T) {
 
 	// The same group on the new leader resumes at the commit point.
 	second := consumeLines(t, bin, "--broker", next.broker, "--idle", "3s")
-	seen := map[int32]map[int64]bool{}
-	for _, l := range second {
-		if seen[l.Queue] == nil {
-			seen[l.Queue] = map[int64]bool{}
-		}
-		seen[l.Queue][l.Offset] = true
-	}
-	for q, end := range ends {
-		var before, missing []int64
-		for off := range end {
-			switch {
-			case off < commit[q] && seen[q][off]:
-				before = append(before, off)
-			case off >= commit[q] && !seen[q][off]:
-				missing = append(missing, off)
-			}
-		}
-		if len(before) > 0 {
-			t.Errorf("queue %d: %d message(s) before the commit point %d delivered again from the new leader: offsets %v", q, len(before), commit[q], before)
-		}
-		if len(missing) > 0 {
-			t.Errorf("queue %d: %d message(s) from the commit point %d on never delivered from the new leader: offsets %v", q, len(missing), commit[q], missing)
-		}
-	}
+	checkResumed(t, second, ends, commit, "the new leader")
 	t.Logf("from the new leader: %d messages, want %d", len(second), sumMap(ends)-total)
 }
 
