@@ -41,7 +41,7 @@ func startRaftMesh(t *testing.T, bin string) *raftMesh {
 		p := ferrytest.NewProxy(t, target)
 		m.px[from][to] = p
 		return p.Addr()
-	})
+	}, "")
 	for _, nd := range m.nodes {
 		nd.start(t, bin)
 	}

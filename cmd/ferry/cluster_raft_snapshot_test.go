@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,42 +19,13 @@ import (
 // snapshots and compacts its log every ~50 entries, keeping 10.
 func raftSnapshotGroup(t *testing.T, n int) []*raftNode {
 	t.Helper()
-	var nodes []*raftNode
-	for i := range n {
-		nodes = append(nodes, &raftNode{clusterNode: &clusterNode{id: fmt.Sprintf("s%d", i+1), broker: ferrytest.FreeAddr(t), repl: ferrytest.FreeAddr(t)}, admin: ferrytest.FreeAddr(t)})
-	}
-	var peers []string
-	for _, nd := range nodes {
-		peers = append(peers, fmt.Sprintf("{id: %s, raft: %q, broker: %q, admin: %q}", nd.id, nd.repl, nd.broker, nd.admin))
-	}
-	for _, nd := range nodes {
-		dir := t.TempDir()
-		yaml := fmt.Sprintf(`name: raft-snapshot
-node: {id: %s, data_dir: %s}
-plugins:
-  storage: {type: file, config: {flush: sync}}
-  transport: {type: grpc, config: {listen: %q}}
-  replication:
-    type: raft
-    config:
-      listen: %q
-      admin: %q
-      peers: [%s]
-      heartbeat_timeout: 1s
-      election_timeout: 1s
-      leader_lease_timeout: 500ms
-      trailing_logs: 10
-      snapshot_threshold: 50
-      snapshot_interval: 100ms
-topics:
-  - {name: orders, queues: 4}
-`, nd.id, filepath.Join(dir, "data"), nd.broker, nd.repl, nd.admin, strings.Join(peers, ", "))
-		nd.yaml = filepath.Join(dir, nd.id+".yaml")
-		if err := os.WriteFile(nd.yaml, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return nodes
+	return raftGroupVia(t, n, nil, `heartbeat_timeout: 1s
+election_timeout: 1s
+leader_lease_timeout: 500ms
+trailing_logs: 10
+snapshot_threshold: 50
+snapshot_interval: 100ms
+`)
 }
 
 // produceMany gets n messages acked OK through a cluster client, from

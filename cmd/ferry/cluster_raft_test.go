@@ -43,14 +43,15 @@ type raftNode struct {
 // directly.
 func raftGroup(t *testing.T, n int) []*raftNode {
 	t.Helper()
-	return raftGroupVia(t, n, nil)
+	return raftGroupVia(t, n, nil, "")
 }
 
 // raftGroupVia writes the pipelines of n raft nodes. via, when not nil,
 // gives the raft address node from names for node to, whose raft listen
 // address is target, in its peers (e.g. a proxy's to target); each node
-// names itself by its own listen address.
-func raftGroupVia(t *testing.T, n int, via func(from, to int, target string) string) []*raftNode {
+// names itself by its own listen address. extra holds more keys of the
+// raft plugin's config, one "key: value" per line.
+func raftGroupVia(t *testing.T, n int, via func(from, to int, target string) string, extra string) []*raftNode {
 	t.Helper()
 	var nodes []*raftNode
 	for i := range n {
@@ -85,15 +86,24 @@ plugins:
       listen: %q
       admin: %q
       peers: [%s]
-topics:
+%stopics:
   - {name: orders, queues: 4}
-`, nd.id, filepath.Join(dir, "data"), nd.broker, nd.repl, nd.admin, strings.Join(peers, ", "))
+`, nd.id, filepath.Join(dir, "data"), nd.broker, nd.repl, nd.admin, strings.Join(peers, ", "), indent(extra, "      "))
 		nd.yaml = filepath.Join(dir, nd.id+".yaml")
 		if err := os.WriteFile(nd.yaml, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return nodes
+}
+
+// indent puts prefix before every line of s.
+func indent(s, prefix string) string {
+	var b strings.Builder
+	for l := range strings.Lines(s) {
+		b.WriteString(prefix + l)
+	}
+	return b.String()
 }
 
 // start runs the node (again). Each incarnation's output is kept apart and
