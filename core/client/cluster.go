@@ -79,7 +79,11 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 		}
 	}
 	for t := range topics {
-		c.setRoute(t, c.mergeRoutes(t, seeds, resps, errs, nil))
+		r := c.mergeRoutes(t, seeds, resps, errs, nil)
+		// A leader named by others that did not answer: the first send
+		// refreshes the route (and waits out an election, bounded).
+		r.stale = silentLeader(t, seeds, resps, errs)
+		c.setRoute(t, r)
 	}
 	return c, nil
 }
@@ -299,6 +303,20 @@ func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, e
 	}
 	brokers := c.brokerList()
 	resps, errs := askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}}, len(brokers) == 1)
+	// A leader that other nodes name but that does not answer itself is
+	// most likely failing (frozen, cut off, dead): while its group elects
+	// another, ask again rather than send to it (bounded).
+	deadline := time.Now().Add(electionWait)
+	for silentLeader(topic, brokers, resps, errs) && time.Now().Before(deadline) && !c.closed() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(electionPoll):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		resps, errs = askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}}, false)
+	}
 	if c.closed() {
 		return nil, errClientClosed
 	}
@@ -312,6 +330,48 @@ func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, e
 		return nil, fmt.Errorf("ferry client: topic %q: %w: no broker has it (asked %s)", topic, sdk.ErrNotFound, strings.Join(c.Brokers(), ", "))
 	}
 	return nil, fmt.Errorf("ferry client: topic %q: %w", topic, errors.Join(errs...))
+}
+
+// While a leader other nodes name does not answer, a route refresh asks
+// again every electionPoll, for at most electionWait (an election takes
+// well under that), before it settles for what it has.
+const (
+	electionPoll = 100 * time.Millisecond
+	electionWait = 2 * time.Second
+)
+
+// silentLeader reports whether a broker that answered names, as the leader
+// of one of topic's queues, another broker that was asked and did not
+// answer.
+func silentLeader(topic string, brokers []*brokerConn, resps []*ferryv1.MetadataResponse, errs []error) bool {
+	silent := map[string]bool{}
+	answered := false
+	for i, b := range brokers {
+		if errs[i] != nil || resps[i] == nil {
+			silent[b.addr] = true
+		} else {
+			answered = true
+		}
+	}
+	if !answered || len(silent) == 0 {
+		return false
+	}
+	for i, resp := range resps {
+		if errs[i] != nil || resp == nil {
+			continue
+		}
+		for _, t := range resp.Topics {
+			if t.Name != topic {
+				continue
+			}
+			for _, idx := range t.Leaders {
+				if idx > 0 && int(idx) < len(resp.Brokers) && silent[resp.Brokers[idx].Address] {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // metadataGrace is how long the client waits for the other brokers' metadata
