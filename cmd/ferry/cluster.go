@@ -204,7 +204,13 @@ func printClusterStatus(w io.Writer, nodes []string, sts []*ferryv1.ReplicationS
 		if errs[i] != nil || (st.Role != "master" && st.Role != "leader") || len(st.Replicas) == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "\nreplicas of %s:\n", st.Node)
+		if st.Mode == "raft" {
+			// A raft node reports its own log there (followers' progress
+			// is raft's, not listed).
+			fmt.Fprintf(w, "\nraft log of %s:\n", st.Node)
+		} else {
+			fmt.Fprintf(w, "\nreplicas of %s:\n", st.Node)
+		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "NODE\tBROKER\tCONNECTED\tLAG\tSTATE")
 		for _, r := range st.Replicas {
