@@ -133,7 +133,7 @@ func removeStaleSocketDirs(log hclog.Logger) {
 func (h *Host) Start(ctx context.Context, kind, typ string, configJSON []byte) (*Instance, error) {
 	inst := &Instance{host: h, kind: kind, typ: typ, config: configJSON, changed: make(chan struct{}),
 		log: h.log.Named("plugin").Named(kind + "/" + typ)}
-	if err := inst.launch(ctx); err != nil {
+	if err := inst.launch(ctx, false); err != nil {
 		return nil, err
 	}
 	h.mu.Lock()

@@ -101,8 +101,10 @@ func (i *Instance) Broken(gen uint64) {
 	}
 }
 
-// launch starts and configures a new generation.
-func (i *Instance) launch(ctx context.Context) error {
+// launch starts and configures a new generation. A restart is counted as
+// the new generation is published, so that whoever sees it also sees the
+// count.
+func (i *Instance) launch(ctx context.Context, restart bool) error {
 	i.mu.Lock()
 	gen := i.gen + 1
 	i.mu.Unlock()
@@ -126,6 +128,9 @@ func (i *Instance) launch(ctx context.Context) error {
 	}
 	i.mu.Lock()
 	i.impl, i.client, i.gen, i.pid = impl, client, gen, pid
+	if restart {
+		i.restarts++
+	}
 	if i.kick == nil {
 		i.kick = make(chan struct{}, 1)
 	}
@@ -195,10 +200,9 @@ func (i *Instance) supervise() {
 			if stopped {
 				return
 			}
-			err := i.launch(context.Background())
+			err := i.launch(context.Background(), true)
 			if err == nil {
 				i.mu.Lock()
-				i.restarts++
 				n := i.restarts
 				i.mu.Unlock()
 				i.log.Warn("plugin restarted", "pid", i.Pid(), "restarts", n)
