@@ -149,10 +149,14 @@ type accumulator struct {
 	ctx    context.Context
 	abort  context.CancelFunc // ends sends in flight (Close past its ctx)
 
-	mu      sync.Mutex
-	queues  map[queueKey]*queueState
-	closed  bool
-	closing chan struct{} // closed by close: blocked SendAsyncs give up
+	mu     sync.Mutex
+	queues map[queueKey]*queueState
+	// answering holds the done channels of batches answered but whose
+	// callbacks still run (their queue may be gone): Flush and Close wait
+	// for them too.
+	answering map[chan struct{}]bool
+	closed    bool
+	closing   chan struct{} // closed by close: blocked SendAsyncs give up
 }
 
 type queueKey struct {
@@ -182,12 +186,13 @@ type asyncBatch struct {
 func newAccumulator(p *Producer) *accumulator {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &accumulator{
-		p:       p,
-		window:  make(chan struct{}, p.opts.MaxInflight),
-		ctx:     ctx,
-		abort:   cancel,
-		queues:  map[queueKey]*queueState{},
-		closing: make(chan struct{}),
+		p:         p,
+		window:    make(chan struct{}, p.opts.MaxInflight),
+		ctx:       ctx,
+		abort:     cancel,
+		queues:    map[queueKey]*queueState{},
+		answering: map[chan struct{}]bool{},
+		closing:   make(chan struct{}),
 	}
 }
 
@@ -282,6 +287,9 @@ func (a *accumulator) forceAll() []chan struct{} {
 		}
 		a.kick(qs)
 	}
+	for done := range a.answering {
+		dones = append(dones, done)
+	}
 	return dones
 }
 
@@ -314,6 +322,7 @@ func (a *accumulator) send(qs *queueState, b *asyncBatch) {
 
 	a.mu.Lock()
 	qs.inflight = nil
+	a.answering[b.done] = true
 	if len(qs.waiting) == 0 {
 		delete(a.queues, b.key)
 	} else {
@@ -333,6 +342,9 @@ func (a *accumulator) send(qs *queueState, b *asyncBatch) {
 			cb(r, rerr)
 		}
 	}
+	a.mu.Lock()
+	delete(a.answering, b.done)
+	a.mu.Unlock()
 	close(b.done)
 }
 
