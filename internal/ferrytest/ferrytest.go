@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 var (
@@ -66,8 +67,8 @@ func BinaryWithTags(tb testing.TB, tags string) string {
 }
 
 // FreeAddr returns a loopback host:port that was free a moment ago, that no
-// other call in this process returned, and that lies below the kernel's
-// ephemeral port range. A port the kernel picks (127.0.0.1:0) comes from that
+// other call in this process or (for 15 minutes) in another test process
+// returned, and that lies below the kernel's ephemeral port range. A port the kernel picks (127.0.0.1:0) comes from that
 // range, which is also where every outgoing connection's local port comes
 // from: in a busy test run another connection can take such a port between
 // this check and the node's own bind (seen as "address already in use", or
@@ -80,7 +81,7 @@ func FreeAddr(tb testing.TB) string {
 	lo := max(hi-20000, 1024)
 	for range 1000 {
 		port := lo + rand.IntN(hi-lo)
-		if portsGiven[port] {
+		if portsGiven[port] || !reservePort(port) {
 			continue
 		}
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
@@ -99,6 +100,31 @@ var (
 	portsMu    sync.Mutex
 	portsGiven = map[int]bool{}
 )
+
+// portLease is how long a port handed out stays reserved for its test
+// process (test packages run in parallel, each its own process).
+const portLease = 15 * time.Minute
+
+// reservePort reserves port among test processes with a file in
+// $TMPDIR/ferrytest-ports (created exclusively; a reservation older than
+// portLease is taken over).
+func reservePort(port int) bool {
+	dir := filepath.Join(os.TempDir(), "ferrytest-ports")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return true // no registry: rely on the bind check alone
+	}
+	path := filepath.Join(dir, strconv.Itoa(port))
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err == nil {
+		f.Close()
+		return true
+	}
+	if fi, err := os.Stat(path); err == nil && time.Since(fi.ModTime()) > portLease {
+		now := time.Now()
+		return os.Chtimes(path, now, now) == nil
+	}
+	return false
+}
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux:
 // /proc/sys/net/ipv4/ip_local_port_range; 32768 elsewhere or if unreadable).
