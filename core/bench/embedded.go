@@ -29,6 +29,8 @@ type EmbeddedOptions struct {
 	// Mode replaces plugins.mode when set (pluginhost.ModeSubprocess or
 	// ModeInProcess).
 	Mode string
+	// DataPlane replaces plugins.data_plane when set ("ring" or "grpc").
+	DataPlane string
 	// Storage is merged into the storage plugin's config section (e.g.
 	// {"flush": "sync"}).
 	Storage map[string]any
@@ -53,6 +55,9 @@ func StartEmbedded(ctx context.Context, cfg *config.Pipeline, opts EmbeddedOptio
 	maps.Copy(c.Plugins.Storage.Config, opts.Storage)
 	if opts.Mode != "" {
 		c.Plugins.Mode = opts.Mode
+	}
+	if opts.DataPlane != "" {
+		c.Plugins.DataPlane = opts.DataPlane
 	}
 	e := &Embedded{}
 	c.Node.DataDir = opts.DataDir

@@ -155,6 +155,7 @@ func (c *checker) node(n *Node) {
 
 func (c *checker) plugins(p *Plugins) {
 	c.enum("plugins.mode", p.Mode, pluginModes)
+	c.enum("plugins.data_plane", p.DataPlane, dataPlanes)
 	for i, d := range p.Dirs {
 		if d == "" {
 			c.add(indexPath("plugins.dirs", i), "must not be empty")

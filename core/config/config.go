@@ -35,6 +35,7 @@ type Node struct {
 // Plugins names the plugins of a pipeline and where external ones are found.
 type Plugins struct {
 	Mode        string    `koanf:"mode"`        // "subprocess" (default) | "inprocess"
+	DataPlane   string    `koanf:"data_plane"`  // "ring" (default: shared-memory rings to plugins that speak them) | "grpc"
 	Dirs        []string  `koanf:"dirs"`        // directories searched for external plugins ferry-<kind>-<type>
 	Storage     PluginRef `koanf:"storage"`     // default type "memory"
 	Transport   PluginRef `koanf:"transport"`   // default type "grpc"
@@ -157,6 +158,7 @@ type Admin struct {
 var (
 	nodeRoles       = []string{"standalone", "master", "slave"}
 	pluginModes     = []string{"subprocess", "inprocess"}
+	dataPlanes      = []string{"ring", "grpc"}
 	producerModes   = []string{"sync", "async", "oneway"}
 	deliveryModes   = []string{"push", "pull"}
 	sinkTypes       = []string{"count", "stdout", "discard", "file", "exec", "webhook"}
@@ -191,6 +193,7 @@ func Default() Pipeline {
 		},
 		Plugins: Plugins{
 			Mode:        "subprocess",
+			DataPlane:   "ring",
 			Storage:     PluginRef{Type: "memory"},
 			Transport:   PluginRef{Type: "grpc"},
 			Replication: PluginRef{Type: "none"},

@@ -68,6 +68,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	}
 	host, err := pluginhost.New(reg, pluginhost.Options{
 		Mode:        cfg.Plugins.Mode,
+		DataPlane:   cfg.Plugins.DataPlane,
 		Dirs:        cfg.Plugins.Dirs,
 		Env:         &sdk.Environment{Pipeline: cfg.Name, Node: cfg.Node.ID, DataDir: cfg.Node.DataDir},
 		Logger:      log,

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/ferrymq/ferry/core/ring"
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
@@ -60,7 +61,20 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// Restarted, when set, is called after a plugin process was restarted.
 	Restarted func(kind, typ string)
+	// DataPlane is DataPlaneRing (default: storage and transport plugins
+	// in their own processes are offered shared-memory rings for their hot
+	// calls) or DataPlaneGRPC (everything over gRPC).
+	DataPlane string
+	// RingSize is the size of each ring of a data plane segment; default
+	// ring.DefaultRingSize.
+	RingSize int
 }
+
+// Data planes between the host and its plugin processes.
+const (
+	DataPlaneRing = "ring"
+	DataPlaneGRPC = "grpc"
+)
 
 // Host launches plugins and keeps them running.
 type Host struct {
@@ -81,6 +95,15 @@ func New(reg *Registry, opts Options) (*Host, error) {
 	}
 	if opts.Mode != ModeSubprocess && opts.Mode != ModeInProcess {
 		return nil, fmt.Errorf("plugin mode %q: must be %s or %s", opts.Mode, ModeSubprocess, ModeInProcess)
+	}
+	if opts.DataPlane == "" {
+		opts.DataPlane = DataPlaneRing
+	}
+	if opts.DataPlane != DataPlaneRing && opts.DataPlane != DataPlaneGRPC {
+		return nil, fmt.Errorf("plugin data plane %q: must be %s or %s", opts.DataPlane, DataPlaneRing, DataPlaneGRPC)
+	}
+	if opts.RingSize == 0 {
+		opts.RingSize = ring.DefaultRingSize
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "ferry", Output: os.Stderr})
@@ -148,7 +171,7 @@ func (h *Host) Start(ctx context.Context, kind, typ string, configJSON []byte) (
 // Validate asks kind/typ to check configJSON, starting the plugin when it
 // runs in its own process. Problem paths are relative to the section.
 func (h *Host) Validate(ctx context.Context, kind, typ string, configJSON []byte) (sdk.Problems, error) {
-	p, client, err := h.open(ctx, kind, typ, 0)
+	p, client, _, err := h.open(ctx, kind, typ, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -176,10 +199,12 @@ func (h *Host) Close() {
 }
 
 // open starts one process (or in-process instance) of kind/typ, unconfigured.
-func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plugin, *plugin.Client, error) {
+// A process of a generation (gen > 0) whose kind has a data plane inherits a
+// fresh ring segment; it is returned for the client to offer at Configure.
+func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plugin, *plugin.Client, *ring.Segment, error) {
 	builtin := h.reg.Builtin(kind, typ)
 	if builtin != nil && h.opts.Mode == ModeInProcess {
-		return builtin(), nil, nil
+		return builtin(), nil, nil, nil
 	}
 	var cmd *exec.Cmd
 	switch {
@@ -188,7 +213,7 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 	default:
 		path := External(kind, typ, h.opts.Dirs)
 		if path == "" {
-			return nil, nil, fmt.Errorf("no %s plugin of type %q: not built in (built in: %s) and no executable %s in the plugin directories %v",
+			return nil, nil, nil, fmt.Errorf("no %s plugin of type %q: not built in (built in: %s) and no executable %s in the plugin directories %v",
 				kind, typ, strings.Join(h.reg.Types(kind, nil), ", "), ExecutableName(kind, typ), h.opts.Dirs)
 		}
 		cmd = exec.Command(path)
@@ -200,9 +225,25 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 	if h.sockDir != "" {
 		sock = filepath.Join(h.sockDir, fmt.Sprintf("%s-%s-%d", kind, typ, gen))
 		if err := os.MkdirAll(sock, 0o700); err != nil {
-			return nil, nil, fmt.Errorf("plugin socket directory: %w", err)
+			return nil, nil, nil, fmt.Errorf("plugin socket directory: %w", err)
 		}
 		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+sock)
+	}
+	var seg *ring.Segment
+	if gen > 0 && h.opts.DataPlane == DataPlaneRing && (kind == sdk.KindStorage || kind == sdk.KindTransport) {
+		var err error
+		if seg, err = ring.Create(h.opts.RingSize); err != nil {
+			h.log.Warn("plugin data plane: staying on gRPC", "plugin", kind+"/"+typ, "error", err)
+		} else {
+			cmd.ExtraFiles = seg.Files() // fds 3, 4, 5 in the plugin
+			cmd.Env = append(cmd.Env, sdk.EnvRingFD+"=3,4,5")
+		}
+	}
+	fail := func(err error) (sdk.Plugin, *plugin.Client, *ring.Segment, error) {
+		if seg != nil {
+			_ = seg.Close()
+		}
+		return nil, nil, nil, err
 	}
 	if h.opts.PluginEnv != nil {
 		cmd.Env = append(cmd.Env, h.opts.PluginEnv(kind, typ)...)
@@ -222,20 +263,24 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 	if err != nil {
 		client.Kill()
 		_ = os.RemoveAll(sock)
-		return nil, nil, fmt.Errorf("start %s plugin %q: %w", kind, typ, err)
+		return fail(fmt.Errorf("start %s plugin %q: %w", kind, typ, err))
 	}
 	raw, err := rpc.Dispense(kind)
 	if err != nil {
 		client.Kill()
 		_ = os.RemoveAll(sock)
-		return nil, nil, fmt.Errorf("%s plugin %q does not serve kind %s: %w", kind, typ, kind, err)
+		return fail(fmt.Errorf("%s plugin %q does not serve kind %s: %w", kind, typ, kind, err))
 	}
 	p, ok := raw.(sdk.Plugin)
 	if !ok {
 		client.Kill()
-		return nil, nil, fmt.Errorf("%s plugin %q: unexpected client %T", kind, typ, raw)
+		return fail(fmt.Errorf("%s plugin %q: unexpected client %T", kind, typ, raw))
 	}
-	return p, client, nil
+	if _, ok := p.(sdk.RingUser); seg != nil && !ok {
+		_ = seg.Close()
+		seg = nil
+	}
+	return p, client, seg, nil
 }
 
 func (h *Host) kill(c *plugin.Client) {

@@ -108,9 +108,15 @@ func (i *Instance) launch(ctx context.Context, restart bool) error {
 	i.mu.Lock()
 	gen := i.gen + 1
 	i.mu.Unlock()
-	impl, client, err := i.host.open(ctx, i.kind, i.typ, gen)
+	impl, client, seg, err := i.host.open(ctx, i.kind, i.typ, gen)
 	if err != nil {
 		return err
+	}
+	if seg != nil {
+		impl.(sdk.RingUser).UseRing(seg, func(err error) {
+			i.log.Error("plugin broke the data plane protocol; replacing it", "generation", gen, "error", err)
+			i.Broken(gen)
+		})
 	}
 	cctx, cancel := context.WithTimeout(ctx, configureLimit)
 	defer cancel()
@@ -138,7 +144,11 @@ func (i *Instance) launch(ctx context.Context, restart bool) error {
 	i.changed = make(chan struct{})
 	i.mu.Unlock()
 	if client != nil {
-		i.log.Info("plugin started", "pid", pid, "generation", gen)
+		dp := ""
+		if d, ok := impl.(interface{ DataPlane() string }); ok {
+			dp = d.DataPlane()
+		}
+		i.log.Info("plugin started", "pid", pid, "generation", gen, "data_plane", dp)
 	}
 	return nil
 }
@@ -178,6 +188,7 @@ func (i *Instance) supervise() {
 			return
 		}
 		// Make the dead generation unusable at once.
+		dead := i.impl
 		i.impl = nil
 		close(i.changed)
 		i.changed = make(chan struct{})
@@ -188,6 +199,11 @@ func (i *Instance) supervise() {
 			i.log.Error("plugin process died", "pid", pid, "generation", gen)
 		}
 		client.Kill()
+		if dead != nil {
+			// Calls still waiting on it fail (outcome unknown) and its data
+			// plane is released.
+			_ = dead.Close()
+		}
 		_ = os.RemoveAll(filepath.Join(i.host.sockDir, fmt.Sprintf("%s-%s-%d", i.kind, i.typ, gen)))
 		if time.Since(started) > healthyAfter {
 			backoff = restartMin

@@ -2,8 +2,11 @@ package sdk
 
 import (
 	"context"
+	"os"
+	"sync"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
 	"google.golang.org/grpc"
 )
 
@@ -11,6 +14,11 @@ import (
 type pluginServer struct {
 	ferryv1.UnimplementedPluginServer
 	impl Plugin
+	// dataPlane, when set, serves the plugin's kind on a ring connection
+	// the host offered at Configure (it returns at once).
+	dataPlane func(*ring.Conn)
+	ringFiles []*os.File // instead of EnvRingFD (ServeOpts.RingFiles)
+	ringOnce  sync.Once
 }
 
 func (s *pluginServer) Validate(_ context.Context, req *ferryv1.ValidateRequest) (*ferryv1.ValidateResponse, error) {
@@ -28,7 +36,19 @@ func (s *pluginServer) Configure(ctx context.Context, req *ferryv1.ConfigureRequ
 	if err := s.impl.Configure(ctx, req.ConfigJson, req.Env); err != nil {
 		return nil, err
 	}
-	return &ferryv1.ConfigureResponse{}, nil
+	resp := &ferryv1.ConfigureResponse{}
+	if req.DataPlane == DataPlaneRing && s.dataPlane != nil {
+		s.ringOnce.Do(func() {
+			conn, err := pluginRing(s.ringFiles)
+			if err != nil {
+				pluginLog.Warn("data plane: staying on gRPC", "error", err)
+				return
+			}
+			s.dataPlane(conn)
+			resp.DataPlane = DataPlaneRing
+		})
+	}
+	return resp, nil
 }
 
 func (s *pluginServer) Health(context.Context, *ferryv1.HealthRequest) (*ferryv1.HealthResponse, error) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -31,57 +32,65 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 		defer sendMu.Unlock()
 		return stream.Send(r)
 	}
-	early, canEarly := s.impl.(EarlyOffsets)
 	return serveOrdered(stream.Context(), stream.Recv, send, func(ctx context.Context, req *ferryv1.AppendRequest) func() *ferryv1.AppendResponse {
-		// One span per batch, a child of the broker's span that sent it and
-		// linked to the messages' own traces.
-		pctx := telemetry.Extract(ctx, req.Trace)
-		sctx, span := storageTracer.Start(pctx, telemetry.SpanStorageAppend,
-			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
-		// Append is called here, in stream order: that fixes the offsets.
-		var (
-			written AppendWritten
-			wait    AppendWait
-			err     error
-		)
-		if req.WantWritten && canEarly {
-			written, wait, err = early.AppendEarly(ctx, req.Messages)
-		} else {
-			wait, err = s.impl.Append(ctx, req.Messages)
-		}
-		if err != nil {
-			span.RecordError(err)
-			span.End()
-			return func() *ferryv1.AppendResponse {
-				return &ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}
-			}
-		}
+		return s.startAppend(ctx, req, send)
+	})
+}
+
+// startAppend calls Append for req, in stream order (that fixes the
+// offsets), and returns what finishes it: waiting for durability and
+// building the final answer. An early answer (written), when asked for, goes
+// out through send from the finishing goroutine. The gRPC stream and the
+// ring data plane share it.
+func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequest, send func(*ferryv1.AppendResponse) error) func() *ferryv1.AppendResponse {
+	early, canEarly := s.impl.(EarlyOffsets)
+	// One span per batch, a child of the broker's span that sent it and
+	// linked to the messages' own traces.
+	pctx := telemetry.Extract(ctx, req.Trace)
+	sctx, span := storageTracer.Start(pctx, telemetry.SpanStorageAppend,
+		trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
+		trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
+	var (
+		written AppendWritten
+		wait    AppendWait
+		err     error
+	)
+	if req.WantWritten && canEarly {
+		written, wait, err = early.AppendEarly(ctx, req.Messages)
+	} else {
+		wait, err = s.impl.Append(ctx, req.Messages)
+	}
+	if err != nil {
+		span.RecordError(err)
 		span.End()
 		return func() *ferryv1.AppendResponse {
-			if written != nil {
-				// The early answer; on an error the final answer tells.
-				if offsets, err := written(ctx); err == nil {
-					_ = send(&ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Written: true})
-				}
-			}
-			_, flush := storageTracer.Start(sctx, telemetry.SpanStorageFlush)
-			offsets, err := wait(ctx)
-			if err != nil {
-				flush.RecordError(err)
-			}
-			flush.End()
-			resp := &ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
-			switch {
-			case err == nil:
-			case errors.Is(err, ErrFlushTimeout) && len(offsets) > 0:
-				resp.Status = ferryv1.Status_STATUS_FLUSH_TIMEOUT
-			default:
-				resp = &ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}
-			}
-			return resp
+			return &ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}
 		}
-	})
+	}
+	span.End()
+	return func() *ferryv1.AppendResponse {
+		if written != nil {
+			// The early answer; on an error the final answer tells.
+			if offsets, err := written(ctx); err == nil {
+				_ = send(&ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Written: true})
+			}
+		}
+		_, flush := storageTracer.Start(sctx, telemetry.SpanStorageFlush)
+		offsets, err := wait(ctx)
+		if err != nil {
+			flush.RecordError(err)
+		}
+		flush.End()
+		resp := &ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrFlushTimeout) && len(offsets) > 0:
+			resp.Status = ferryv1.Status_STATUS_FLUSH_TIMEOUT
+		default:
+			resp = &ferryv1.AppendResponse{Seq: req.Seq, Error: ErrorToProto(err)}
+		}
+		return resp
+	}
 }
 
 func (s *storageServer) Read(stream ferryv1.Storage_ReadServer) error {
@@ -141,6 +150,9 @@ type StorageClient struct {
 	early   map[uint64]chan []int64 // calls waiting for an early answer, by seq
 	reads   *clientStream[*ferryv1.ReadRequest, *ferryv1.ReadResponse]
 
+	dp    ringHost            // the shared-memory data plane, when the plugin took it
+	unary *pending[ringReply] // CommitOffsets and GetOffsets on the data plane
+
 	ctx    context.Context // lives as long as the client; ends the streams
 	cancel context.CancelFunc
 }
@@ -148,7 +160,34 @@ type StorageClient struct {
 var (
 	_ Storage      = (*StorageClient)(nil)
 	_ EarlyOffsets = (*StorageClient)(nil)
+	_ RingUser     = (*StorageClient)(nil)
 )
+
+// UseRing hands the client a data plane segment to offer at Configure.
+func (c *StorageClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.UseRing(seg, broken) }
+
+// Configure configures the plugin, offering the data plane when the host
+// handed one over; if the plugin takes it, Append, Read, CommitOffsets and
+// GetOffsets go over the rings from now on.
+func (c *StorageClient) Configure(ctx context.Context, config []byte, env *Environment) error {
+	conn, err := c.dp.configure(ctx, c.pluginClient, config, env)
+	if err != nil {
+		return err
+	}
+	if conn != nil {
+		c.startRing(conn)
+	}
+	return nil
+}
+
+// DataPlane names the data plane the client's hot calls use: DataPlaneRing
+// or "grpc".
+func (c *StorageClient) DataPlane() string {
+	if c.dp.conn != nil {
+		return DataPlaneRing
+	}
+	return "grpc"
+}
 
 // NewStorageClient returns a client for a storage plugin reached through cc.
 func NewStorageClient(cc grpc.ClientConnInterface) *StorageClient {
@@ -332,11 +371,21 @@ func (c *StorageClient) Read(ctx context.Context, req *ReadRequest) (*ReadRespon
 }
 
 func (c *StorageClient) CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
+	if c.dp.conn != nil {
+		return c.ringCall(ctx, KindCommitOffsets, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets}, &ferryv1.CommitOffsetsResponse{})
+	}
 	_, err := c.rpc.CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets})
 	return err
 }
 
 func (c *StorageClient) GetOffsets(ctx context.Context, group string, queues []*QueueRef) ([]*QueueOffsets, error) {
+	if c.dp.conn != nil {
+		resp := &ferryv1.GetOffsetsResponse{}
+		if err := c.ringCall(ctx, KindGetOffsets, &ferryv1.GetOffsetsRequest{Group: group, Queues: queues}, resp); err != nil {
+			return nil, err
+		}
+		return resp.Offsets, nil
+	}
 	resp, err := c.rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: group, Queues: queues})
 	if err != nil {
 		return nil, err
@@ -349,5 +398,6 @@ func (c *StorageClient) GetOffsets(ctx context.Context, group string, queues []*
 func (c *StorageClient) Close() error {
 	c.appends.closeSend()
 	c.cancel()
+	c.dp.release()
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -20,10 +21,51 @@ import (
 type transportServer struct {
 	ferryv1.UnimplementedTransportServer
 	impl Transport
+	ring *coreClient // the core over the ring data plane, once the host offered it
+}
+
+// useRing moves the plugin's calls to the core onto conn (at Configure,
+// before the host opens Connect).
+func (s *transportServer) useRing(conn *ring.Conn) {
+	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
+	core.sendFrame = func(f *ferryv1.TransportFrame) error { return ringWrite(conn, KindTransportFrame, f.Id, f) }
+	s.ring = core
+	go func() {
+		for {
+			kind, id, p, err := conn.Read()
+			if err != nil {
+				core.calls.fail(fmt.Errorf("core data plane: %w", err))
+				return
+			}
+			f := &ferryv1.CoreFrame{}
+			if kind != KindCoreFrame || unmarshalFrame(p, f) != nil {
+				pluginLog.Error("data plane: host broke the ring protocol; stopping", "kind", kind, "id", id)
+				core.calls.fail(fmt.Errorf("core data plane: bad record of kind %d", kind))
+				return
+			}
+			core.calls.resolve(id, f, nil)
+		}
+	}()
 }
 
 func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error {
-	core := &coreClient{stream: stream, calls: newPending[*ferryv1.CoreFrame]()}
+	if s.ring != nil {
+		// The data flows on the ring; the stream only bounds Serve: it
+		// ends when the host's side ends.
+		ctx, cancel := context.WithCancel(stream.Context())
+		defer cancel()
+		go func() {
+			for {
+				if _, err := stream.Recv(); err != nil {
+					cancel()
+					return
+				}
+			}
+		}()
+		return s.impl.Serve(ctx, s.ring)
+	}
+	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
+	core.sendFrame = stream.Send
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	go func() {
@@ -41,17 +83,17 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 }
 
 // coreClient is Core as a transport plugin sees it: each call is a frame on
-// the Connect stream, answered by id.
+// the Connect stream or the ring data plane, answered by id.
 type coreClient struct {
-	sendMu sync.Mutex
-	stream ferryv1.Transport_ConnectServer
-	calls  *pending[*ferryv1.CoreFrame]
+	sendMu    sync.Mutex
+	sendFrame func(*ferryv1.TransportFrame) error
+	calls     *pending[*ferryv1.CoreFrame]
 }
 
 func (c *coreClient) send(f *ferryv1.TransportFrame) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	return c.stream.Send(f)
+	return c.sendFrame(f)
 }
 
 func (c *coreClient) call(ctx context.Context, f *ferryv1.TransportFrame) (*ferryv1.CoreFrame, error) {
@@ -132,9 +174,32 @@ func (c *coreClient) Heartbeat(ctx context.Context, req *HeartbeatRequest) (*Hea
 type TransportClient struct {
 	pluginClient
 	rpc ferryv1.TransportClient
+	dp  ringHost // the shared-memory data plane, when the plugin took it
 }
 
-var _ Transport = (*TransportClient)(nil)
+var (
+	_ Transport = (*TransportClient)(nil)
+	_ RingUser  = (*TransportClient)(nil)
+)
+
+// UseRing hands the client a data plane segment to offer at Configure.
+func (c *TransportClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.UseRing(seg, broken) }
+
+// Configure configures the plugin, offering the data plane when the host
+// handed one over.
+func (c *TransportClient) Configure(ctx context.Context, config []byte, env *Environment) error {
+	_, err := c.dp.configure(ctx, c.pluginClient, config, env)
+	return err
+}
+
+// DataPlane names the data plane the plugin's requests use: DataPlaneRing
+// or "grpc".
+func (c *TransportClient) DataPlane() string {
+	if c.dp.conn != nil {
+		return DataPlaneRing
+	}
+	return "grpc"
+}
 
 // NewTransportClient returns a client for a transport plugin reached through cc.
 func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
@@ -149,6 +214,9 @@ func (c *TransportClient) Serve(ctx context.Context, core Core) error {
 	stream, err := c.rpc.Connect(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: transport connect: %v", ErrUnavailable, err)
+	}
+	if c.dp.conn != nil {
+		return c.serveRing(ctx, core, stream)
 	}
 	var (
 		sendMu   sync.Mutex
@@ -239,5 +307,91 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 	return out
 }
 
-// Close is a no-op on the host side; the host stops the plugin process.
-func (c *TransportClient) Close() error { return nil }
+// serveRing is Serve on the data plane: the plugin's requests arrive on the
+// ring; the Connect stream only tells when the plugin's side ended.
+func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferryv1.Transport_ConnectClient) error {
+	conn := c.dp.conn
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	streamErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				streamErr <- err
+				cancel()
+				return
+			}
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		conn.Close() // unblocks the loop below
+	}()
+	var (
+		mu       sync.Mutex
+		inflight = map[uint64]context.CancelFunc{}
+		wg       sync.WaitGroup
+	)
+	defer wg.Wait()
+	for {
+		kind, id, p, err := conn.Read()
+		if err != nil {
+			if errors.Is(err, ring.ErrClosed) {
+				select {
+				case err := <-streamErr:
+					if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+						return fmt.Errorf("%w: transport stream: %v", ErrUnavailable, err)
+					}
+				default:
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+			}
+			c.dp.fault(err)
+			return fmt.Errorf("%w: transport data plane: %v", ErrUnavailable, err)
+		}
+		f := &ferryv1.TransportFrame{}
+		if kind != KindTransportFrame || unmarshalFrame(p, f) != nil {
+			err := fmt.Errorf("%w: record kind %d id %d is not a transport frame", ring.ErrCorrupt, kind, id)
+			c.dp.fault(err)
+			return fmt.Errorf("%w: transport data plane: %v", ErrUnavailable, err)
+		}
+		f.Id = id
+		if f.GetCancel() != nil {
+			mu.Lock()
+			if stop := inflight[id]; stop != nil {
+				stop()
+			}
+			mu.Unlock()
+			continue
+		}
+		var rctx context.Context
+		var rcancel context.CancelFunc
+		if f.TimeoutNanos > 0 {
+			rctx, rcancel = context.WithTimeout(ctx, time.Duration(f.TimeoutNanos))
+		} else {
+			rctx, rcancel = context.WithCancel(ctx)
+		}
+		rctx = telemetry.Extract(rctx, f.Trace)
+		mu.Lock()
+		inflight[id] = rcancel
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := handleFrame(rctx, core, f)
+			mu.Lock()
+			delete(inflight, id)
+			mu.Unlock()
+			rcancel()
+			_ = ringWrite(conn, KindCoreFrame, id, out)
+		}()
+	}
+}
+
+// Close releases the data plane; the host stops the plugin process.
+func (c *TransportClient) Close() error {
+	c.dp.release()
+	return nil
+}

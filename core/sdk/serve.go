@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -77,6 +78,10 @@ type ServeOpts struct {
 	// Logger for the plugin's own messages; they reach the host's log on
 	// stderr. Default: a JSON logger the host understands.
 	Logger hclog.Logger
+	// RingFiles are the data plane segment's files (ring.Segment.Files
+	// order) when the plugin does not inherit them through EnvRingFD: for
+	// harnesses that serve a plugin in-process. Plugins leave it nil.
+	RingFiles []*os.File
 }
 
 func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
@@ -84,11 +89,11 @@ func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
 	var impl Plugin
 	n := 0
 	if o.Storage != nil {
-		set[KindStorage] = &grpcPlugin{kind: KindStorage, impl: o.Storage}
+		set[KindStorage] = &grpcPlugin{kind: KindStorage, impl: o.Storage, ringFiles: o.RingFiles}
 		impl, n = o.Storage, n+1
 	}
 	if o.Transport != nil {
-		set[KindTransport] = &grpcPlugin{kind: KindTransport, impl: o.Transport}
+		set[KindTransport] = &grpcPlugin{kind: KindTransport, impl: o.Transport, ringFiles: o.RingFiles}
 		impl, n = o.Transport, n+1
 	}
 	if o.Replication != nil {
@@ -147,6 +152,7 @@ func NewServeConfig(opts ServeOpts) (*plugin.ServeConfig, Plugin, error) {
 	if logger == nil {
 		logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, JSONFormat: true})
 	}
+	pluginLog = logger
 	return &plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: set},
@@ -229,17 +235,23 @@ func PluginSets() map[int]plugin.PluginSet {
 // services on the plugin side and builds the client on the host side.
 type grpcPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	kind string
-	impl Plugin // plugin side only
+	kind      string
+	impl      Plugin     // plugin side only
+	ringFiles []*os.File // plugin side: ServeOpts.RingFiles
 }
 
 func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	ferryv1.RegisterPluginServer(s, &pluginServer{impl: p.impl})
+	ps := &pluginServer{impl: p.impl, ringFiles: p.ringFiles}
+	ferryv1.RegisterPluginServer(s, ps)
 	switch p.kind {
 	case KindStorage:
-		ferryv1.RegisterStorageServer(s, &storageServer{impl: p.impl.(Storage)})
+		ss := &storageServer{impl: p.impl.(Storage)}
+		ps.dataPlane = func(c *ring.Conn) { go serveStorageRing(ss, c) }
+		ferryv1.RegisterStorageServer(s, ss)
 	case KindTransport:
-		ferryv1.RegisterTransportServer(s, &transportServer{impl: p.impl.(Transport)})
+		ts := &transportServer{impl: p.impl.(Transport)}
+		ps.dataPlane = ts.useRing
+		ferryv1.RegisterTransportServer(s, ts)
 	case KindReplication:
 		ferryv1.RegisterReplicationServer(s, &replicationServer{impl: p.impl.(Replication)})
 	}

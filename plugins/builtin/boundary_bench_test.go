@@ -18,9 +18,11 @@ import (
 
 // BenchmarkStorageAppend measures appends of 1 KiB messages through the
 // storage boundary, the plugin linked in-process against the same plugin in
-// its own process over go-plugin gRPC, at several batch sizes. It drives the
-// store as the broker does: one goroutine issues appends in order, each
-// append's durability is awaited on its own goroutine, 64 in flight.
+// its own process on the ring data plane (subprocess) and on gRPC
+// (subprocess-grpc), at several batch sizes. It drives the store as the
+// broker does: one goroutine issues appends in order, each append's
+// durability is awaited on its own goroutine, 64 in flight; inflight=1 is
+// one append at a time (a sync producer's round trip).
 //
 // The memory store costs almost nothing in-process, so its ratio is the
 // boundary's cost alone; the file store (flush: async) is the realistic one.
@@ -32,19 +34,27 @@ func BenchmarkStorageAppend(b *testing.B) {
 		{"file", `{"flush": "async", "segment_bytes": "256MiB", "retention_bytes": "1GiB"}`},
 	}
 	for _, st := range stores {
-		for _, batch := range []int{1, 16, 256} {
-			for _, mode := range []string{pluginhost.ModeInProcess, pluginhost.ModeSubprocess} {
-				b.Run(fmt.Sprintf("%s/batch=%d/%s", st.typ, batch, mode), func(b *testing.B) {
-					benchAppend(b, mode, st.typ, st.config, batch)
+		for _, shape := range []struct{ batch, inflight int }{{1, 1}, {1, 64}, {16, 64}, {256, 64}} {
+			for _, mode := range []string{pluginhost.ModeInProcess, pluginhost.ModeSubprocess, "subprocess-grpc"} {
+				name := fmt.Sprintf("%s/batch=%d", st.typ, shape.batch)
+				if shape.inflight != 64 {
+					name += fmt.Sprintf("/inflight=%d", shape.inflight)
+				}
+				b.Run(name+"/"+mode, func(b *testing.B) {
+					benchAppend(b, mode, st.typ, st.config, shape.batch, shape.inflight)
 				})
 			}
 		}
 	}
 }
 
-func benchAppend(b *testing.B, mode, typ, config string, batch int) {
+func benchAppend(b *testing.B, mode, typ, config string, batch, inflight int) {
+	dataPlane := pluginhost.DataPlaneRing
+	if mode == "subprocess-grpc" {
+		mode, dataPlane = pluginhost.ModeSubprocess, pluginhost.DataPlaneGRPC
+	}
 	host, err := pluginhost.New(builtin.Registry(), pluginhost.Options{
-		Mode: mode, Exe: ferrytest.Binary(b), Logger: hclog.NewNullLogger(),
+		Mode: mode, DataPlane: dataPlane, Exe: ferrytest.Binary(b), Logger: hclog.NewNullLogger(),
 		Env: &sdk.Environment{Pipeline: "bench", Node: "bench", DataDir: b.TempDir()},
 	})
 	if err != nil {
@@ -59,7 +69,7 @@ func benchAppend(b *testing.B, mode, typ, config string, batch int) {
 	st := impl.(sdk.Storage)
 	body := make([]byte, 1024)
 	ctx := context.Background()
-	sem := make(chan struct{}, 64)
+	sem := make(chan struct{}, inflight)
 	var wg sync.WaitGroup
 	var failed error
 	var failMu sync.Mutex

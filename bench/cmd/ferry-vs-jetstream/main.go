@@ -56,6 +56,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&o.ConsumeCount, "consume-count", o.ConsumeCount, "messages read by the consume workload")
 	durability := fs.String("durability", strings.Join(o.Durability, ","), "durability levels to compare: async (Ferry flush async, JetStream default), sync (Ferry flush sync, JetStream sync_interval always)")
 	noInproc := fs.Bool("no-inprocess", false, "leave out Ferry with in-process plugins")
+	withGRPC := fs.Bool("grpc", false, "also run Ferry with its plugins in processes on the gRPC data plane (plugins.data_plane: grpc), for the rings' before/after")
 	jsonOut := fs.String("json", "", "also write every run and the medians as JSON to this file")
 	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile (load generators, Ferry's broker core, nats-server) here; plugins: set FERRY_PLUGIN_CPUPROFILE")
 	quiet := fs.Bool("quiet", false, "do not print each run as it ends")
@@ -67,6 +68,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	o.Durability = strings.Split(*durability, ",")
 	o.InProcess = !*noInproc
+	o.GRPC = *withGRPC
 	if !*quiet {
 		o.Log = stderr
 	}

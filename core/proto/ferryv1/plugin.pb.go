@@ -116,7 +116,12 @@ type ConfigureRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ConfigJson []byte                 `protobuf:"bytes,1,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"`
 	// Broker-wide settings the plugin may use.
-	Env           *Environment `protobuf:"bytes,2,opt,name=env,proto3" json:"env,omitempty"`
+	Env *Environment `protobuf:"bytes,2,opt,name=env,proto3" json:"env,omitempty"`
+	// The data plane the host offers besides gRPC, or empty. "ring/1": the
+	// shared-memory rings of docs/ring-protocol.md, in the segment the plugin
+	// inherited as the file descriptor named by FERRY_RING_FD. A plugin that
+	// does not speak it ignores the field and is served over gRPC.
+	DataPlane     string `protobuf:"bytes,3,opt,name=data_plane,json=dataPlane,proto3" json:"data_plane,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,6 +168,13 @@ func (x *ConfigureRequest) GetEnv() *Environment {
 		return x.Env
 	}
 	return nil
+}
+
+func (x *ConfigureRequest) GetDataPlane() string {
+	if x != nil {
+		return x.DataPlane
+	}
+	return ""
 }
 
 // Environment is what the broker tells every plugin about where it runs.
@@ -229,7 +241,11 @@ func (x *Environment) GetDataDir() string {
 }
 
 type ConfigureResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The data plane the plugin took from ConfigureRequest.data_plane (the
+	// same string), or empty for gRPC. From this answer on the host sends the
+	// calls the data plane carries on it and nowhere else.
+	DataPlane     string `protobuf:"bytes,1,opt,name=data_plane,json=dataPlane,proto3" json:"data_plane,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,6 +278,13 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_plugin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ConfigureResponse) GetDataPlane() string {
+	if x != nil {
+		return x.DataPlane
+	}
+	return ""
 }
 
 type HealthRequest struct {
@@ -361,16 +384,20 @@ const file_ferry_v1_plugin_proto_rawDesc = "" +
 	"\vconfig_json\x18\x01 \x01(\fR\n" +
 	"configJson\"A\n" +
 	"\x10ValidateResponse\x12-\n" +
-	"\bproblems\x18\x01 \x03(\v2\x11.ferry.v1.ProblemR\bproblems\"\\\n" +
+	"\bproblems\x18\x01 \x03(\v2\x11.ferry.v1.ProblemR\bproblems\"{\n" +
 	"\x10ConfigureRequest\x12\x1f\n" +
 	"\vconfig_json\x18\x01 \x01(\fR\n" +
 	"configJson\x12'\n" +
-	"\x03env\x18\x02 \x01(\v2\x15.ferry.v1.EnvironmentR\x03env\"X\n" +
+	"\x03env\x18\x02 \x01(\v2\x15.ferry.v1.EnvironmentR\x03env\x12\x1d\n" +
+	"\n" +
+	"data_plane\x18\x03 \x01(\tR\tdataPlane\"X\n" +
 	"\vEnvironment\x12\x1a\n" +
 	"\bpipeline\x18\x01 \x01(\tR\bpipeline\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x19\n" +
-	"\bdata_dir\x18\x03 \x01(\tR\adataDir\"\x13\n" +
-	"\x11ConfigureResponse\"\x0f\n" +
+	"\bdata_dir\x18\x03 \x01(\tR\adataDir\"2\n" +
+	"\x11ConfigureResponse\x12\x1d\n" +
+	"\n" +
+	"data_plane\x18\x01 \x01(\tR\tdataPlane\"\x0f\n" +
 	"\rHealthRequest\"8\n" +
 	"\x0eHealthResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x16\n" +

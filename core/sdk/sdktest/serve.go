@@ -13,6 +13,11 @@
 package sdktest
 
 import (
+	"os"
+	"syscall"
+
+	"github.com/ferrymq/ferry/core/ring"
+
 	"context"
 	"io"
 	"strings"
@@ -60,9 +65,37 @@ func (w *testWriter) Write(p []byte) (int, error) {
 // server; it does not Close impl. stop is also registered with t.Cleanup and
 // may be called more than once.
 func ServeStorage(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient, stop func()) {
+	return serveStorage(t, impl, false)
+}
+
+// ServeStorageRing is ServeStorage with the shared-memory data plane: the
+// client offers a ring segment at Configure and the served plugin takes it,
+// so that Append, Read, CommitOffsets and GetOffsets cross the rings as they
+// do between a host and a plugin process.
+func ServeStorageRing(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient, stop func()) {
+	return serveStorage(t, impl, true)
+}
+
+func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.StorageClient, stop func()) {
 	t.Helper()
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: TestWriter(t), Level: hclog.Warn})
-	cfg, _, err := sdk.NewServeConfig(sdk.ServeOpts{Storage: impl, Logger: logger})
+	opts := sdk.ServeOpts{Storage: impl, Logger: logger}
+	var seg *ring.Segment
+	if withRing {
+		var err error
+		if seg, err = ring.Create(ring.MinRingSize); err != nil {
+			t.Fatalf("ring segment: %v", err)
+		}
+		// The plugin's side gets files of its own, as a process would.
+		for _, f := range seg.Files() {
+			fd, err := syscall.Dup(int(f.Fd()))
+			if err != nil {
+				t.Fatalf("dup ring file: %v", err)
+			}
+			opts.RingFiles = append(opts.RingFiles, os.NewFile(uintptr(fd), f.Name()))
+		}
+	}
+	cfg, _, err := sdk.NewServeConfig(opts)
 	if err != nil {
 		t.Fatalf("sdk.NewServeConfig: %v", err)
 	}
@@ -125,5 +158,8 @@ func ServeStorage(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient, st
 		t.Fatalf("dispense %s: got %T, want *sdk.StorageClient", sdk.KindStorage, raw)
 	}
 	client = sc
+	if seg != nil {
+		client.UseRing(seg, func(err error) { t.Errorf("storage plugin broke the ring protocol: %v", err) })
+	}
 	return client, stop
 }

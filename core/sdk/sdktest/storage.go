@@ -44,9 +44,10 @@ type StorageFeatures struct {
 
 // TestStorage runs the storage conformance cases against the stores newStore
 // returns (unconfigured; the suite configures them). Every case runs on the
-// store itself ("direct") and through the plugin boundary ("grpc").
+// store itself ("direct") and through the plugin boundary, on gRPC ("grpc")
+// and on the shared-memory data plane ("ring").
 func TestStorage(t *testing.T, newStore func(t *testing.T, dir string) sdk.Storage, f StorageFeatures) {
-	for _, mode := range []string{"direct", "grpc"} {
+	for _, mode := range []string{"direct", "grpc", "ring"} {
 		t.Run(mode, func(t *testing.T) {
 			for _, c := range storageCases {
 				t.Run(c.name, func(t *testing.T) {
@@ -55,7 +56,7 @@ func TestStorage(t *testing.T, newStore func(t *testing.T, dir string) sdk.Stora
 							t.Skip(why)
 						}
 					}
-					c.run(t, &storageEnv{newStore: newStore, f: f, grpc: mode == "grpc", dir: t.TempDir()})
+					c.run(t, &storageEnv{newStore: newStore, f: f, mode: mode, dir: t.TempDir()})
 				})
 			}
 		})
@@ -111,7 +112,7 @@ func needRetention(f StorageFeatures) string {
 type storageEnv struct {
 	newStore func(t *testing.T, dir string) sdk.Storage
 	f        StorageFeatures
-	grpc     bool
+	mode     string // direct, grpc, ring
 	dir      string
 }
 
@@ -141,8 +142,11 @@ func (e *storageEnv) raw(t *testing.T) *openedStore {
 	t.Helper()
 	impl := e.newStore(t, e.dir)
 	o := &openedStore{Storage: impl, impl: impl}
-	if e.grpc {
+	switch e.mode {
+	case "grpc":
 		o.Storage, o.stop = ServeStorage(t, impl)
+	case "ring":
+		o.Storage, o.stop = ServeStorageRing(t, impl)
 	}
 	t.Cleanup(func() { _ = o.shutdown() })
 	return o
@@ -159,6 +163,9 @@ func (e *storageEnv) openWith(t *testing.T, config []byte) *openedStore {
 	o := e.raw(t)
 	if err := o.Configure(ctxT(t), config, e.environment()); err != nil {
 		t.Fatalf("Configure: %v", err)
+	}
+	if c, ok := o.Storage.(*sdk.StorageClient); ok && e.mode == "ring" && c.DataPlane() != sdk.DataPlaneRing {
+		t.Fatalf("the plugin did not take the ring data plane (got %s)", c.DataPlane())
 	}
 	return o
 }
@@ -773,7 +780,7 @@ func damageCase(t *testing.T, e *storageEnv, n int, damage func(path string, dat
 func testTornTail(t *testing.T, e *storageEnv) {
 	for _, cut := range []int{1, 7, 150} {
 		t.Run(fmt.Sprintf("cut%d", cut), func(t *testing.T) {
-			e := &storageEnv{newStore: e.newStore, f: e.f, grpc: e.grpc, dir: t.TempDir()}
+			e := &storageEnv{newStore: e.newStore, f: e.f, mode: e.mode, dir: t.TempDir()}
 			s, want := damageCase(t, e, 12, func(path string, data []byte) error {
 				return os.Truncate(path, int64(len(data)-cut))
 			})

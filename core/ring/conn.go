@@ -1,0 +1,118 @@
+package ring
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Side says which end of a segment a connection is.
+type Side int
+
+const (
+	Host   Side = iota // writes Down, reads Up
+	Plugin             // writes Up, reads Down
+)
+
+// Options tune a connection.
+type Options struct {
+	// Stall is how long a write waits for room before it fails with
+	// ErrStalled (the peer stopped reading). Default 10 s.
+	Stall time.Duration
+	// Spin is the longest a reader spins on an empty ring before it sleeps
+	// on its bell (it adapts below that; see Reader). 0: DefaultSpin;
+	// negative: never spin.
+	Spin time.Duration
+}
+
+// DefaultSpin is Options.Spin's default.
+const DefaultSpin = 20 * time.Microsecond
+
+// DefaultStall is Options.Stall's default.
+const DefaultStall = 10 * time.Second
+
+// Conn is one side of a segment: a Writer on the ring toward the peer and a
+// Reader on the ring from it.
+type Conn struct {
+	seg    *Segment
+	side   Side
+	closed atomic.Bool
+	active atomic.Int64 // Reads and Writes touching the mapping now
+	w      *Writer
+	r      *Reader
+
+	closeOnce sync.Once
+}
+
+// NewConn opens side's connection on seg. A segment has one connection per
+// side; the caller keeps the segment alive until the connection is closed.
+func NewConn(seg *Segment, side Side, o Options) *Conn {
+	if o.Stall <= 0 {
+		o.Stall = DefaultStall
+	}
+	if o.Spin == 0 {
+		o.Spin = DefaultSpin
+	}
+	wdir, rdir := Down, Up
+	if side == Plugin {
+		wdir, rdir = Up, Down
+	}
+	c := &Conn{seg: seg, side: side}
+	wr := seg.ring(wdir)
+	c.w = &Writer{r: wr, tail: wr.tail.Load(), closed: &c.closed, stall: o.Stall}
+	rr := seg.ring(rdir)
+	c.r = &Reader{r: rr, head: rr.head.Load(), closed: &c.closed, maxSpin: max(o.Spin, 0)}
+	return c
+}
+
+// Write sends one frame; see Writer.Write. Safe from many goroutines.
+func (c *Conn) Write(kind uint16, id uint64, payload []byte) error {
+	if !c.enter() {
+		return ErrClosed
+	}
+	defer c.active.Add(-1)
+	return c.w.Write(kind, id, payload)
+}
+
+// Read returns the next frame; see Reader.Read. One goroutine reads.
+func (c *Conn) Read() (kind uint16, id uint64, payload []byte, err error) {
+	if !c.enter() {
+		return 0, 0, nil, ErrClosed
+	}
+	defer c.active.Add(-1)
+	return c.r.Read()
+}
+
+// enter counts an operation that may touch the mapping; false once closed.
+func (c *Conn) enter() bool {
+	c.active.Add(1)
+	if c.closed.Load() {
+		c.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Release closes the connection, waits until no Read or Write touches the
+// mapping any more, and closes the segment. Whoever owns the segment calls
+// it once, from a goroutine other than the reader's.
+func (c *Conn) Release() error {
+	c.Close()
+	for c.active.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	return c.seg.Close()
+}
+
+// Close makes every blocked and later Read and Write of this side return
+// ErrClosed. It does not unmap the segment (Release does).
+func (c *Conn) Close() {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		ringBell(c.r.r.bell) // our own reader's: it sees closed
+
+	})
+}
+
+// Closed reports whether Close was called.
+func (c *Conn) Closed() bool { return c.closed.Load() }

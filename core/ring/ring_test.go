@@ -1,0 +1,301 @@
+package ring
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newPair(t testing.TB, size int) (*Segment, *Conn, *Conn) {
+	t.Helper()
+	seg, err := Create(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, plug := NewConn(seg, Host, Options{}), NewConn(seg, Plugin, Options{})
+	t.Cleanup(func() {
+		host.Close()
+		plug.Close()
+		for host.active.Load()+plug.active.Load() != 0 {
+			time.Sleep(time.Millisecond)
+		}
+		seg.Close()
+	})
+	return seg, host, plug
+}
+
+func frame(i, n int) []byte {
+	b := make([]byte, n)
+	for j := range b {
+		b[j] = byte(i*7 + j)
+	}
+	return b
+}
+
+// Frames of every size class, including ones split over records and ones
+// that wrap the ring, arrive whole and in order.
+func TestFramesInOrder(t *testing.T) {
+	_, host, plug := newPair(t, MinRingSize)
+	sizes := []int{0, 1, 7, 8, 9, 1000, MinRingSize/4 - RecordHeader, MinRingSize / 4, MinRingSize, 3*MinRingSize + 5}
+	const rounds = 40
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < rounds*len(sizes); i++ {
+			n := sizes[i%len(sizes)]
+			if err := host.Write(uint16(1+i%3), uint64(i), frame(i, n)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := 0; i < rounds*len(sizes); i++ {
+		kind, id, p, err := plug.Read()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if kind != uint16(1+i%3) || id != uint64(i) || !bytes.Equal(p, frame(i, sizes[i%len(sizes)])) {
+			t.Fatalf("frame %d: kind %d id %d, %d bytes: not what was sent", i, kind, id, len(p))
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Many writers on one side: every frame arrives once, each writer's in order.
+func TestConcurrentWriters(t *testing.T) {
+	_, host, plug := newPair(t, MinRingSize)
+	const writers, per = 8, 2000
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				if err := host.Write(1, uint64(w)<<32|uint64(i), frame(i, 1+i%700)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	next := make([]int, writers)
+	for n := 0; n < writers*per; n++ {
+		_, id, p, err := plug.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, i := int(id>>32), int(id&0xffffffff)
+		if i != next[w] || !bytes.Equal(p, frame(i, 1+i%700)) {
+			t.Fatalf("writer %d: got frame %d, want %d", w, i, next[w])
+		}
+		next[w]++
+	}
+	wg.Wait()
+}
+
+func TestCloseUnblocks(t *testing.T) {
+	_, host, plug := newPair(t, MinRingSize)
+	errc := make(chan error, 2)
+	go func() { _, _, _, err := plug.Read(); errc <- err }()
+	// Fill the host's ring so that a write blocks.
+	go func() {
+		for {
+			if err := host.Write(1, 0, make([]byte, 1000)); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	plug.Close()
+	host.Close()
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-errc:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("got %v, want ErrClosed", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Close did not unblock a Read or Write")
+		}
+	}
+}
+
+// A reader that stops reading makes the writer fail with ErrStalled.
+func TestStall(t *testing.T) {
+	seg, err := Create(MinRingSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seg.Close()
+	host := NewConn(seg, Host, Options{Stall: 200 * time.Millisecond})
+	for {
+		err := host.Write(1, 0, make([]byte, 4000))
+		if errors.Is(err, ErrStalled) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Garbage written by the peer into the ring is reported as ErrCorrupt and
+// never panics or returns a frame that was not sent.
+func TestCorruptRecords(t *testing.T) {
+	cases := map[string]func(seg *Segment, r *ring){
+		"tail beyond the ring": func(seg *Segment, r *ring) { r.tail.Store(r.size + 8) },
+		"unaligned tail":       func(seg *Segment, r *ring) { r.tail.Store(3) },
+		"length beyond the ring": func(seg *Segment, r *ring) {
+			putHeader(r.data, 1<<31, 1, 0, 0, 0)
+			r.tail.Store(64)
+		},
+		"length beyond the tail": func(seg *Segment, r *ring) {
+			putHeader(r.data, 100, 1, 0, 0, 0)
+			r.tail.Store(64)
+		},
+		"bad checksum": func(seg *Segment, r *ring) {
+			putHeader(r.data, 8, 1, 0, 0, 12345)
+			r.tail.Store(32)
+		},
+		"reserved flags": func(seg *Segment, r *ring) {
+			putHeader(r.data, 0, 1, 0x80, 0, 0)
+			r.tail.Store(24)
+		},
+		"short padding": func(seg *Segment, r *ring) {
+			putHeader(r.data, 0, KindPad, 0, 0, 0)
+			r.tail.Store(24)
+		},
+		"header cut by the tail": func(seg *Segment, r *ring) { r.tail.Store(8) },
+		"frame interrupted": func(seg *Segment, r *ring) {
+			putHeader(r.data, 0, 1, FlagMore, 1, 0)
+			putHeader(r.data[24:], 0, 2, 0, 1, 0)
+			r.tail.Store(48)
+		},
+	}
+	for name, corrupt := range cases {
+		t.Run(name, func(t *testing.T) {
+			seg, _, plug := newPair(t, MinRingSize)
+			corrupt(seg, seg.ring(Down))
+			_, _, _, err := plug.Read()
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("got %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+// The writer refuses a head the peer moved beyond its tail.
+func TestCorruptHead(t *testing.T) {
+	seg, host, _ := newPair(t, MinRingSize)
+	seg.ring(Down).head.Store(1 << 40)
+	if err := host.Write(1, 0, []byte("x")); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("got %v, want ErrCorrupt", err)
+	}
+}
+
+func TestOpenChecksHeader(t *testing.T) {
+	seg, err := Create(MinRingSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seg.Close()
+	for name, mutate := range map[string]func(b []byte){
+		"magic":     func(b []byte) { b[0] = 'X' },
+		"version":   func(b []byte) { binary.LittleEndian.PutUint32(b[8:], 99) },
+		"rings":     func(b []byte) { binary.LittleEndian.PutUint32(b[12:], 3) },
+		"ring size": func(b []byte) { binary.LittleEndian.PutUint64(b[16:], 1<<40) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			saved := append([]byte(nil), seg.mem[:32]...)
+			defer copy(seg.mem, saved)
+			mutate(seg.mem)
+			if s, err := Open(seg.Files()); err == nil {
+				s.mem = nil
+				t.Fatal("Open accepted a bad header")
+			}
+		})
+	}
+	s, err := Open(seg.Files())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RingSize() != MinRingSize {
+		t.Fatalf("ring size %d", s.RingSize())
+	}
+	_ = unmapShared(s.mem)
+}
+
+// FuzzRead feeds arbitrary bytes and indices to a reader: it returns frames
+// or ErrCorrupt, never panics, and never reads beyond the published bytes.
+func FuzzRead(f *testing.F) {
+	f.Add([]byte{}, uint64(0))
+	good := make([]byte, 64)
+	putHeader(good, 5, 1, 0, 9, 0)
+	f.Add(good, uint64(32))
+	f.Add(good, uint64(1<<20))
+	f.Fuzz(func(t *testing.T, data []byte, tail uint64) {
+		seg, err := Create(MinRingSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer seg.Close()
+		r := seg.ring(Down)
+		copy(r.data, data)
+		r.tail.Store(tail)
+		plug := NewConn(seg, Plugin, Options{})
+		for i := 0; i < 64; i++ {
+			if r.tail.Load() == plug.r.head {
+				return // everything published was read
+			}
+			_, _, p, err := plug.Read()
+			if err != nil {
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("got %v, want ErrCorrupt", err)
+				}
+				return
+			}
+			if uint64(len(p)) > tail {
+				t.Fatalf("frame of %d bytes from %d published", len(p), tail)
+			}
+		}
+	})
+}
+
+func BenchmarkInProcessRoundTrip(b *testing.B) {
+	for _, n := range []int{16, 1024} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			_, host, plug := newPair(b, DefaultRingSize)
+			go func() {
+				for {
+					_, id, p, err := plug.Read()
+					if err != nil {
+						return
+					}
+					if plug.Write(2, id, p[:min(16, len(p))]) != nil {
+						return
+					}
+				}
+			}()
+			msg := frame(1, n)
+			for i := 0; b.Loop(); i++ {
+				if err := host.Write(1, uint64(i), msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, _, _, err := host.Read(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			host.Close()
+			plug.Close()
+		})
+	}
+}
+
+var _ = rand.IntN

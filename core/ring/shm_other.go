@@ -1,0 +1,17 @@
+//go:build !linux
+
+package ring
+
+import (
+	"errors"
+	"os"
+)
+
+var errUnsupported = errors.New("ring: the shared-memory data plane is only supported on Linux")
+
+func createShared(string) (*os.File, error)   { return nil, errUnsupported }
+func newBell() (*os.File, error)              { return nil, errUnsupported }
+func mapShared(*os.File, int) ([]byte, error) { return nil, errUnsupported }
+func unmapShared([]byte) error                { return nil }
+
+func yieldProcessor() {}

@@ -1,0 +1,207 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/runtime/protoiface"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
+)
+
+// The shared-memory data plane (package ring, docs/ring-protocol.md).
+//
+// The host creates a segment for each storage and transport plugin process
+// it starts, hands it to the process as the file descriptor named by
+// EnvRingFD, and offers DataPlaneRing in ConfigureRequest.data_plane. A
+// plugin served by this SDK maps the segment, answers with the same string
+// and from then on gets the calls below on the ring; a plugin that does not
+// (another language, an older SDK) ignores both and is served over gRPC.
+const (
+	DataPlaneRing = "ring/1"
+	// EnvRingFD names the environment variable holding the inherited file
+	// descriptors of the ring segment: the shared memory, then the bells
+	// (eventfds) of ring Down and ring Up, comma-separated ("3,4,5").
+	EnvRingFD = "FERRY_RING_FD"
+)
+
+// Record kinds of the data plane. A record's payload is the protobuf
+// encoding of the message named; its id is the call it belongs to.
+const (
+	// Storage: requests down (host → plugin), answers up.
+	KindAppend        uint16 = 1  // AppendRequest / AppendResponse; id = seq
+	KindRead          uint16 = 2  // ReadRequest / ReadResponse; id = ReadRequest.id
+	KindCommitOffsets uint16 = 3  // CommitOffsetsRequest / CommitOffsetsResponse
+	KindGetOffsets    uint16 = 4  // GetOffsetsRequest / GetOffsetsResponse
+	KindError         uint16 = 15 // Error, up: the unary call with this id failed
+	// Transport: the plugin's requests to the core go up, answers down.
+	KindTransportFrame uint16 = 16 // TransportFrame, up; id = TransportFrame.id
+	KindCoreFrame      uint16 = 17 // CoreFrame, down; id = CoreFrame.id
+)
+
+// RingUser is implemented by host-side plugin clients that can move their
+// hot calls to a ring data plane: the plugin host hands them the segment it
+// gave the plugin process before it calls Configure, which offers it.
+type RingUser interface {
+	// UseRing gives the client seg (the client owns it from now on and
+	// releases it when closed or when the plugin declines). broken is
+	// called once if the plugin breaks the ring protocol; the host then
+	// replaces the process.
+	UseRing(seg *ring.Segment, broken func(error))
+}
+
+// ringHost is the host side of one plugin's data plane, embedded in the
+// StorageClient and TransportClient.
+type ringHost struct {
+	seg    *ring.Segment
+	broken func(error)
+	conn   *ring.Conn // set once the plugin took the offer
+	once   sync.Once
+}
+
+func (h *ringHost) UseRing(seg *ring.Segment, broken func(error)) {
+	h.seg, h.broken = seg, broken
+}
+
+// offer is the data plane to offer at Configure.
+func (h *ringHost) offer() string {
+	if h.seg == nil {
+		return ""
+	}
+	return DataPlaneRing
+}
+
+// accepted starts the data plane if the plugin took the offer, and releases
+// the segment otherwise. It returns the connection, or nil for gRPC.
+func (h *ringHost) accepted(answer string) *ring.Conn {
+	if h.seg == nil {
+		return nil
+	}
+	if answer != DataPlaneRing {
+		_ = h.seg.Close()
+		h.seg = nil
+		return nil
+	}
+	h.conn = ring.NewConn(h.seg, ring.Host, ringOptions())
+	return h.conn
+}
+
+// release ends the data plane: every blocked Read and Write returns, and the
+// mapping goes once nothing touches it.
+func (h *ringHost) release() {
+	h.once.Do(func() {
+		switch {
+		case h.conn != nil:
+			h.conn.Close()
+			go func() { _ = h.conn.Release() }()
+		case h.seg != nil:
+			_ = h.seg.Close()
+		}
+	})
+}
+
+// fault reports a broken ring: the plugin wrote what the protocol forbids.
+func (h *ringHost) fault(err error) {
+	if errors.Is(err, ring.ErrClosed) || h.broken == nil {
+		return
+	}
+	h.broken(err)
+}
+
+// configure runs the Plugin service's Configure with the data plane offer.
+func (h *ringHost) configure(ctx context.Context, pc pluginClient, config []byte, env *Environment) (*ring.Conn, error) {
+	resp, err := pc.rpc.Configure(ctx, &ferryv1.ConfigureRequest{ConfigJson: config, Env: env, DataPlane: h.offer()})
+	if err != nil {
+		h.release()
+		return nil, err
+	}
+	return h.accepted(resp.GetDataPlane()), nil
+}
+
+// ringWrite encodes m into a pooled buffer and writes it as one frame.
+func ringWrite(c *ring.Conn, kind uint16, id uint64, m proto.Message) error {
+	size := proto.Size(m)
+	buf := sharedBufferPool.Get(size)
+	defer sharedBufferPool.Put(buf)
+	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		return fmt.Errorf("%w: encode ring frame: %v", ErrInvalidArgument, err)
+	}
+	return c.Write(kind, id, b)
+}
+
+// unmarshalFrame decodes a data plane frame into m, its bytes fields (message
+// bodies) aliasing b instead of copying it: a frame is memory of its own,
+// copied out of the ring (ring.Reader.Read), and never reused.
+func unmarshalFrame(b []byte, m proto.Message) error {
+	mr := m.ProtoReflect()
+	methods := mr.ProtoMethods()
+	if methods == nil || methods.Unmarshal == nil {
+		return proto.Unmarshal(b, m)
+	}
+	_, err := methods.Unmarshal(protoiface.UnmarshalInput{
+		Message: mr, Buf: b, Flags: protoiface.UnmarshalAliasBuffer,
+		Resolver: protoregistry.GlobalTypes, Depth: protowire.DefaultRecursionLimit,
+	})
+	return err
+}
+
+// errRing is how a call learns that the data plane it waits on is gone.
+func errRing(err error) error {
+	return fmt.Errorf("%w: plugin data plane: %v", ErrUnavailable, err)
+}
+
+// pluginRing opens, on the plugin side, the segment the host handed over:
+// files, or those EnvRingFD names. It is called once, at Configure.
+func pluginRing(files []*os.File) (*ring.Conn, error) {
+	if files != nil {
+		seg, err := ring.Open(files)
+		if err != nil {
+			return nil, err
+		}
+		return ring.NewConn(seg, ring.Plugin, ringOptions()), nil
+	}
+	v := os.Getenv(EnvRingFD)
+	if v == "" {
+		return nil, fmt.Errorf("the host offered the ring data plane but %s is not set", EnvRingFD)
+	}
+	for _, f := range strings.Split(v, ",") {
+		fd, err := strconv.Atoi(f)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("%s=%q: not a list of file descriptors", EnvRingFD, v)
+		}
+		files = append(files, os.NewFile(uintptr(fd), "ferry-ring"))
+	}
+	seg, err := ring.Open(files)
+	if err != nil {
+		return nil, err
+	}
+	return ring.NewConn(seg, ring.Plugin, ringOptions()), nil
+}
+
+// EnvRingSpin, when set to a duration, replaces the rings' longest spin
+// before a reader sleeps (ring.Options.Spin; "-1ns" never spins). For
+// measuring; the default is ring.DefaultSpin.
+const EnvRingSpin = "FERRY_RING_SPIN"
+
+func ringOptions() ring.Options {
+	var o ring.Options
+	if d, err := time.ParseDuration(os.Getenv(EnvRingSpin)); err == nil {
+		o.Spin = d
+	}
+	return o
+}
+
+// pluginLog is the plugin process's logger, for the data plane's messages.
+var pluginLog hclog.Logger = hclog.NewNullLogger()

@@ -1,0 +1,207 @@
+package sdk
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
+)
+
+// serveStorageRing serves the Storage calls that arrive on conn (plugin
+// side) until the connection ends. Appends are started in ring order, which
+// fixes their offsets, exactly as on the gRPC Append stream; everything else
+// runs on its own goroutine.
+func serveStorageRing(s *storageServer, conn *ring.Conn) {
+	var finishing sync.WaitGroup
+	defer finishing.Wait()
+	reply := func(kind uint16, id uint64, m proto.Message) {
+		if err := ringWrite(conn, kind, id, m); err != nil {
+			pluginLog.Error("data plane: answer lost", "kind", kind, "id", id, "error", err)
+		}
+	}
+	fail := func(id uint64, err error) { reply(KindError, id, ErrorToProto(err)) }
+	for {
+		kind, id, p, err := conn.Read()
+		if err != nil {
+			if err != ring.ErrClosed {
+				pluginLog.Error("data plane: host broke the ring protocol; stopping", "error", err)
+			}
+			return
+		}
+		switch kind {
+		case KindAppend:
+			req := &ferryv1.AppendRequest{}
+			if err := unmarshalFrame(p, req); err != nil {
+				reply(KindAppend, id, &ferryv1.AppendResponse{Seq: id, Error: ErrorToProto(fmt.Errorf("%w: append request: %v", ErrInvalidArgument, err))})
+				continue
+			}
+			req.Seq = id
+			ctx, cancel := context.Background(), context.CancelFunc(func() {})
+			if t := req.TimeoutNanos; t > 0 {
+				ctx, cancel = context.WithTimeout(ctx, time.Duration(t))
+			}
+			finish := s.startAppend(ctx, req, func(r *ferryv1.AppendResponse) error {
+				return ringWrite(conn, KindAppend, r.Seq, r)
+			})
+			finishing.Add(1)
+			go func() {
+				defer finishing.Done()
+				defer cancel()
+				reply(KindAppend, id, finish())
+			}()
+		case KindRead:
+			req := &ferryv1.ReadRequest{}
+			if err := unmarshalFrame(p, req); err != nil {
+				reply(KindRead, id, &ferryv1.ReadResponse{Id: id, Error: ErrorToProto(fmt.Errorf("%w: read request: %v", ErrInvalidArgument, err))})
+				continue
+			}
+			finishing.Add(1)
+			go func() {
+				defer finishing.Done()
+				resp, err := s.impl.Read(context.Background(), req)
+				if err != nil {
+					resp = &ferryv1.ReadResponse{Error: ErrorToProto(err)}
+				}
+				resp.Id = id
+				reply(KindRead, id, resp)
+			}()
+		case KindCommitOffsets:
+			req := &ferryv1.CommitOffsetsRequest{}
+			if err := unmarshalFrame(p, req); err != nil {
+				fail(id, fmt.Errorf("%w: commit request: %v", ErrInvalidArgument, err))
+				continue
+			}
+			finishing.Add(1)
+			go func() {
+				defer finishing.Done()
+				if err := s.impl.CommitOffsets(context.Background(), req.Group, req.Offsets); err != nil {
+					fail(id, err)
+					return
+				}
+				reply(KindCommitOffsets, id, &ferryv1.CommitOffsetsResponse{})
+			}()
+		case KindGetOffsets:
+			req := &ferryv1.GetOffsetsRequest{}
+			if err := unmarshalFrame(p, req); err != nil {
+				fail(id, fmt.Errorf("%w: offsets request: %v", ErrInvalidArgument, err))
+				continue
+			}
+			finishing.Add(1)
+			go func() {
+				defer finishing.Done()
+				offs, err := s.impl.GetOffsets(context.Background(), req.Group, req.Queues)
+				if err != nil {
+					fail(id, err)
+					return
+				}
+				reply(KindGetOffsets, id, &ferryv1.GetOffsetsResponse{Offsets: offs})
+			}()
+		default:
+			fail(id, fmt.Errorf("%w: record kind %d is not a storage call", ErrInvalidArgument, kind))
+		}
+	}
+}
+
+// ringReply is an answer to a unary call on the data plane: its kind and
+// its payload.
+type ringReply struct {
+	kind    uint16
+	payload []byte
+}
+
+// startRing moves the client's calls to conn (host side) and starts the
+// goroutine that matches answers to calls.
+func (c *StorageClient) startRing(conn *ring.Conn) {
+	c.unary = newPending[ringReply]()
+	c.appends.once.Do(func() {
+		c.appends.send = func(r *ferryv1.AppendRequest) error { return ringWrite(conn, KindAppend, r.Seq, r) }
+		c.appends.close = func() error { return nil }
+	})
+	c.reads.once.Do(func() {
+		c.reads.send = func(r *ferryv1.ReadRequest) error { return ringWrite(conn, KindRead, r.Id, r) }
+		c.reads.close = func() error { return nil }
+	})
+	go c.ringAnswers(conn)
+}
+
+// ringAnswers is the one reader of the plugin's ring. When the ring ends
+// (closed, or broken by the plugin) every waiting call fails with
+// ErrUnavailable, as when a gRPC stream breaks.
+func (c *StorageClient) ringAnswers(conn *ring.Conn) {
+	err := func() error {
+		for {
+			kind, id, p, err := conn.Read()
+			if err != nil {
+				return err
+			}
+			switch kind {
+			case KindAppend:
+				r := &ferryv1.AppendResponse{}
+				if err := unmarshalFrame(p, r); err != nil {
+					return fmt.Errorf("%w: append answer %d: %v", ring.ErrCorrupt, id, err)
+				}
+				r.Seq = id
+				if seq := c.answerSeq(r); seq != 0 {
+					c.appends.calls.resolve(seq, r, nil)
+				}
+			case KindRead:
+				r := &ferryv1.ReadResponse{}
+				if err := unmarshalFrame(p, r); err != nil {
+					return fmt.Errorf("%w: read answer %d: %v", ring.ErrCorrupt, id, err)
+				}
+				r.Id = id
+				c.reads.calls.resolve(id, r, nil)
+			case KindCommitOffsets, KindGetOffsets, KindError:
+				c.unary.resolve(id, ringReply{kind: kind, payload: p}, nil)
+			default:
+				return fmt.Errorf("%w: record kind %d is not a storage answer", ring.ErrCorrupt, kind)
+			}
+		}
+	}()
+	c.dp.fault(err)
+	ferr := errRing(err)
+	c.appends.calls.fail(ferr)
+	c.reads.calls.fail(ferr)
+	c.unary.fail(ferr)
+}
+
+// ringCall makes a unary call on the data plane and decodes its answer into
+// out, which must be of kind want.
+func (c *StorageClient) ringCall(ctx context.Context, kind uint16, req proto.Message, out proto.Message) error {
+	id, ch, err := c.unary.add()
+	if err != nil {
+		return err
+	}
+	if err := ringWrite(c.dp.conn, kind, id, req); err != nil {
+		c.unary.drop(id)
+		return errRing(err)
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return r.err
+		}
+		if r.v.kind == KindError {
+			e := &ferryv1.Error{}
+			if err := unmarshalFrame(r.v.payload, e); err != nil {
+				return fmt.Errorf("%w: storage plugin answered an undecodable error", ErrUnavailable)
+			}
+			return ErrorFromProto(e)
+		}
+		if r.v.kind != kind {
+			return fmt.Errorf("%w: storage plugin answered kind %d to a call of kind %d", ErrUnavailable, r.v.kind, kind)
+		}
+		if err := unmarshalFrame(r.v.payload, out); err != nil {
+			return fmt.Errorf("%w: storage plugin's answer: %v", ErrUnavailable, err)
+		}
+		return nil
+	case <-ctx.Done():
+		c.unary.drop(id)
+		return ctx.Err()
+	}
+}
