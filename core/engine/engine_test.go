@@ -15,6 +15,7 @@ import (
 	"github.com/ferrymq/ferry/core/engine"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/plugins/builtin"
 )
@@ -112,10 +113,15 @@ func TestQuickstartInProcess(t *testing.T) {
 }
 
 // killDuringRun SIGKILLs the plugin process of inst once the flow is under
-// way and checks that a new process serves within a second.
+// way and checks that a new process serves, on fresh rings. How long that
+// took is logged (usually well under a second), not asserted: the machine
+// may be loaded.
 func killDuringRun(t *testing.T, e *engine.Engine, inst *pluginhost.Instance, after time.Duration) {
 	t.Helper()
 	time.Sleep(after)
+	if dp := inst.DataPlane(); dp != sdk.DataPlaneRing {
+		t.Errorf("%s plugin runs on data plane %q before the kill, want %s", inst.Kind(), dp, sdk.DataPlaneRing)
+	}
 	pid := inst.Pid()
 	_, gen, _ := inst.Current()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -123,16 +129,16 @@ func killDuringRun(t *testing.T, e *engine.Engine, inst *pluginhost.Instance, af
 		return
 	}
 	killed := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, _, err := inst.Next(ctx, gen); err != nil {
 		t.Errorf("%s plugin did not come back: %v", inst.Kind(), err)
 		return
 	}
 	took := time.Since(killed)
-	t.Logf("%s plugin pid %d killed; pid %d serving after %v", inst.Kind(), pid, inst.Pid(), took)
-	if took > time.Second {
-		t.Errorf("%s plugin took %v to serve again, want < 1s", inst.Kind(), took)
+	t.Logf("%s plugin pid %d killed; pid %d serving after %v on data plane %s", inst.Kind(), pid, inst.Pid(), took, inst.DataPlane())
+	if dp := inst.DataPlane(); dp != sdk.DataPlaneRing {
+		t.Errorf("restarted %s plugin runs on data plane %q, want %s", inst.Kind(), dp, sdk.DataPlaneRing)
 	}
 	if inst.Restarts() < 1 {
 		t.Errorf("restarts = %d", inst.Restarts())

@@ -70,6 +70,10 @@ type Options struct {
 	RingSize int
 }
 
+// EnvRingSize, when set, is Options.RingSize's default (bytes, a power of
+// two); for tests and measurements.
+const EnvRingSize = "FERRY_RING_SIZE"
+
 // Data planes between the host and its plugin processes.
 const (
 	DataPlaneRing = "ring"
@@ -104,6 +108,9 @@ func New(reg *Registry, opts Options) (*Host, error) {
 	}
 	if opts.RingSize == 0 {
 		opts.RingSize = ring.DefaultRingSize
+		if n, err := strconv.Atoi(os.Getenv(EnvRingSize)); err == nil {
+			opts.RingSize = n
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "ferry", Output: os.Stderr})

@@ -255,3 +255,14 @@ func (i *Instance) Stop() {
 		_ = os.RemoveAll(filepath.Join(i.host.sockDir, fmt.Sprintf("%s-%s-%d", i.kind, i.typ, gen)))
 	}
 }
+
+// DataPlane names the data plane the live generation's hot calls use:
+// sdk.DataPlaneRing, "grpc", or "" in-process (direct calls) and while the
+// plugin is being replaced.
+func (i *Instance) DataPlane() string {
+	impl, _, _ := i.Current()
+	if d, ok := impl.(interface{ DataPlane() string }); ok && i.Pid() != 0 {
+		return d.DataPlane()
+	}
+	return ""
+}

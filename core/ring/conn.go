@@ -116,3 +116,47 @@ func (c *Conn) Close() {
 
 // Closed reports whether Close was called.
 func (c *Conn) Closed() bool { return c.closed.Load() }
+
+// InjectCorrupt publishes, on the ring this side writes, a record whose
+// checksum does not match its payload, as a plugin gone wrong would. Only for
+// fault-injection tests (the ferry_faults build): the peer must report
+// ErrCorrupt and replace this side.
+func (c *Conn) InjectCorrupt() error {
+	if !c.enter() {
+		return ErrClosed
+	}
+	defer c.active.Add(-1)
+	w := c.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.recordLocked(1, 0, 0, make([]byte, 8), 1)
+}
+
+// Watch calls stalled, once, when the peer leaves records this side
+// published unread for longer than d: it stopped reading (hung, or gone
+// without closing). It checks every d/4 until Close.
+func (c *Conn) Watch(d time.Duration, stalled func()) {
+	r := c.w.r
+	go func() {
+		tick := time.NewTicker(max(d/4, time.Millisecond))
+		defer tick.Stop()
+		var (
+			lastHead uint64
+			since    time.Time
+		)
+		for range tick.C {
+			if c.closed.Load() || !c.enter() {
+				return
+			}
+			head, tail := r.head.Load(), r.tail.Load()
+			c.active.Add(-1)
+			switch {
+			case head == tail || head != lastHead:
+				lastHead, since = head, time.Now()
+			case time.Since(since) > d:
+				stalled()
+				return
+			}
+		}
+	}()
+}

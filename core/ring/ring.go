@@ -99,6 +99,12 @@ func (w *Writer) Write(kind uint16, id uint64, payload []byte) error {
 
 // record writes one record and publishes it.
 func (w *Writer) record(kind, flags uint16, id uint64, chunk []byte) error {
+	return w.recordLocked(kind, flags, id, chunk, 0)
+}
+
+// recordLocked is record; a non-zero crcXor spoils the checksum (fault
+// injection only).
+func (w *Writer) recordLocked(kind, flags uint16, id uint64, chunk []byte, crcXor uint32) error {
 	r := w.r
 	rec := RecordHeader + align8(uint64(len(chunk)))
 	pos := w.tail & (r.size - 1)
@@ -117,7 +123,7 @@ func (w *Writer) record(kind, flags uint16, id uint64, chunk []byte) error {
 		w.tail += pad
 		pos = 0
 	}
-	putHeader(r.data[pos:], uint32(len(chunk)), kind, flags, id, crc32.Checksum(chunk, castagnoli))
+	putHeader(r.data[pos:], uint32(len(chunk)), kind, flags, id, crc32.Checksum(chunk, castagnoli)^crcXor)
 	copy(r.data[pos+RecordHeader:], chunk)
 	w.tail += rec
 	r.tail.Store(w.tail) // publishes the record; sequentially consistent, like every Go atomic

@@ -299,3 +299,42 @@ func BenchmarkInProcessRoundTrip(b *testing.B) {
 }
 
 var _ = rand.IntN
+
+// Watch reports a peer that leaves published records unread, and stays
+// quiet while the peer reads.
+func TestWatch(t *testing.T) {
+	_, host, plug := newPair(t, MinRingSize)
+	stalled := make(chan struct{})
+	host.Watch(time.Second, func() { close(stalled) })
+	// A reading peer: no report while frames flow for a while.
+	go func() {
+		for {
+			if _, _, _, err := plug.Read(); err != nil {
+				return
+			}
+		}
+	}()
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		if err := host.Write(1, 0, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-stalled:
+		t.Fatal("Watch reported a peer that reads")
+	default:
+	}
+	// The peer stops reading: reported.
+	plug.Close()
+	for {
+		if err := host.Write(1, 0, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-stalled:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

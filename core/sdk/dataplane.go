@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -93,7 +94,11 @@ func (h *ringHost) accepted(answer string) *ring.Conn {
 		h.seg = nil
 		return nil
 	}
-	h.conn = ring.NewConn(h.seg, ring.Host, ringOptions())
+	o := ringOptions()
+	h.conn = ring.NewConn(h.seg, ring.Host, o)
+	h.conn.Watch(cmp.Or(o.Stall, ring.DefaultStall), func() {
+		h.fault(fmt.Errorf("%w: the plugin left its ring unread for %v", ring.ErrStalled, cmp.Or(o.Stall, ring.DefaultStall)))
+	})
 	return h.conn
 }
 
@@ -111,7 +116,19 @@ func (h *ringHost) release() {
 	})
 }
 
-// fault reports a broken ring: the plugin wrote what the protocol forbids.
+// write sends m on the data plane; a write the plugin made fail (it stopped
+// reading, or moved its ring's head where it cannot be) is reported as a
+// fault.
+func (h *ringHost) write(kind uint16, id uint64, m proto.Message) error {
+	err := ringWrite(h.conn, kind, id, m)
+	if err != nil && (errors.Is(err, ring.ErrStalled) || errors.Is(err, ring.ErrCorrupt)) {
+		h.fault(err)
+	}
+	return err
+}
+
+// fault reports a broken ring: the plugin wrote what the protocol forbids,
+// or stopped reading.
 func (h *ringHost) fault(err error) {
 	if errors.Is(err, ring.ErrClosed) || h.broken == nil {
 		return
@@ -195,12 +212,32 @@ func pluginRing(files []*os.File) (*ring.Conn, error) {
 // measuring; the default is ring.DefaultSpin.
 const EnvRingSpin = "FERRY_RING_SPIN"
 
+// EnvRingStall, when set to a duration, replaces how long a write waits for
+// room before the peer counts as stopped (ring.Options.Stall); for tests.
+const EnvRingStall = "FERRY_RING_STALL"
+
 func ringOptions() ring.Options {
 	var o ring.Options
 	if d, err := time.ParseDuration(os.Getenv(EnvRingSpin)); err == nil {
 		o.Spin = d
 	}
+	if d, err := time.ParseDuration(os.Getenv(EnvRingStall)); err == nil {
+		o.Stall = d
+	}
 	return o
+}
+
+// ringFault, set only in fault-injection builds (faults_on.go), is called
+// by a plugin's data plane reader after each frame it read, with the
+// plugin's kind and the number of frames so far.
+var ringFault func(conn *ring.Conn, kind string, frames int)
+
+// countFrame counts a frame read by a plugin's data plane reader.
+func countFrame(conn *ring.Conn, kind string, n *int) {
+	*n++
+	if ringFault != nil {
+		ringFault(conn, kind, *n)
+	}
 }
 
 // pluginLog is the plugin process's logger, for the data plane's messages.

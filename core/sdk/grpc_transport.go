@@ -31,12 +31,14 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 	core.sendFrame = func(f *ferryv1.TransportFrame) error { return ringWrite(conn, KindTransportFrame, f.Id, f) }
 	s.ring = core
 	go func() {
+		frames := 0
 		for {
 			kind, id, p, err := conn.Read()
 			if err != nil {
 				core.calls.fail(fmt.Errorf("core data plane: %w", err))
 				return
 			}
+			countFrame(conn, KindTransport, &frames)
 			f := &ferryv1.CoreFrame{}
 			if kind != KindCoreFrame || unmarshalFrame(p, f) != nil {
 				pluginLog.Error("data plane: host broke the ring protocol; stopping", "kind", kind, "id", id)
@@ -385,7 +387,7 @@ func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferry
 			delete(inflight, id)
 			mu.Unlock()
 			rcancel()
-			_ = ringWrite(conn, KindCoreFrame, id, out)
+			_ = c.dp.write(KindCoreFrame, id, out)
 		}()
 	}
 }

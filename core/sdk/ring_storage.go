@@ -25,6 +25,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 		}
 	}
 	fail := func(id uint64, err error) { reply(KindError, id, ErrorToProto(err)) }
+	frames := 0
 	for {
 		kind, id, p, err := conn.Read()
 		if err != nil {
@@ -33,6 +34,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 			}
 			return
 		}
+		countFrame(conn, KindStorage, &frames)
 		switch kind {
 		case KindAppend:
 			req := &ferryv1.AppendRequest{}
@@ -119,11 +121,11 @@ type ringReply struct {
 func (c *StorageClient) startRing(conn *ring.Conn) {
 	c.unary = newPending[ringReply]()
 	c.appends.once.Do(func() {
-		c.appends.send = func(r *ferryv1.AppendRequest) error { return ringWrite(conn, KindAppend, r.Seq, r) }
+		c.appends.send = func(r *ferryv1.AppendRequest) error { return c.dp.write(KindAppend, r.Seq, r) }
 		c.appends.close = func() error { return nil }
 	})
 	c.reads.once.Do(func() {
-		c.reads.send = func(r *ferryv1.ReadRequest) error { return ringWrite(conn, KindRead, r.Id, r) }
+		c.reads.send = func(r *ferryv1.ReadRequest) error { return c.dp.write(KindRead, r.Id, r) }
 		c.reads.close = func() error { return nil }
 	})
 	go c.ringAnswers(conn)
@@ -177,7 +179,7 @@ func (c *StorageClient) ringCall(ctx context.Context, kind uint16, req proto.Mes
 	if err != nil {
 		return err
 	}
-	if err := ringWrite(c.dp.conn, kind, id, req); err != nil {
+	if err := c.dp.write(kind, id, req); err != nil {
 		c.unary.drop(id)
 		return errRing(err)
 	}

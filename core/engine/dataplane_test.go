@@ -1,0 +1,102 @@
+package engine_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/engine"
+	"github.com/ferrymq/ferry/core/pluginhost"
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/ferrytest"
+	"github.com/ferrymq/ferry/plugins/builtin"
+)
+
+// startFaulty starts cfg with the fault-injection build of ferry for its
+// plugins (go build -tags ferry_faults).
+func startFaulty(t *testing.T, cfg *config.Pipeline) *engine.Engine {
+	t.Helper()
+	e, err := engine.Start(context.Background(), cfg, engine.Options{
+		Registry: builtin.Registry(), PluginExe: ferrytest.BinaryWithTags(t, "ferry_faults"),
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Warn, Output: testWriter{t}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := e.Close(ctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return e
+}
+
+// The kill -9 tests and these run their plugins on the ring data plane.
+func requireRing(t *testing.T, insts ...*pluginhost.Instance) {
+	t.Helper()
+	for _, inst := range insts {
+		if dp := inst.DataPlane(); dp != sdk.DataPlaneRing {
+			t.Fatalf("%s plugin runs on data plane %q, want %s", inst.Kind(), dp, sdk.DataPlaneRing)
+		}
+	}
+}
+
+// waitRestarted waits until inst was replaced at least once and the new
+// process serves on fresh rings.
+func waitRestarted(t *testing.T, inst *pluginhost.Instance) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for inst.Restarts() < 1 || inst.DataPlane() == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s plugin was not replaced (restarts %d)", inst.Kind(), inst.Restarts())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	requireRing(t, inst)
+}
+
+// faultCases: a plugin that writes a corrupt record into its ring, and one
+// that stops reading its ring, mid-flow. The host must notice, kill and
+// replace the process (fresh rings), and lose nothing acked: appends of
+// unknown outcome are replayed, clients reconnect to a new transport.
+func TestDataPlaneFaults(t *testing.T) {
+	for _, c := range []struct {
+		name, kind, fault string
+	}{
+		{"storage writes garbage", sdk.KindStorage, "garbage"},
+		{"storage stops reading", sdk.KindStorage, "mute"},
+		{"transport writes garbage", sdk.KindTransport, "garbage"},
+		{"transport stops reading", sdk.KindTransport, "mute"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("FERRY_FAULT_RING", c.kind+":"+c.fault+":200")
+			t.Setenv("FERRY_FAULT_RING_ONCE", filepath.Join(t.TempDir(), "fired"))
+			t.Setenv(sdk.EnvRingStall, "2s")
+			cfg := quickstart(t, pluginhost.ModeSubprocess, 6000)
+			cfg.Plugins.Storage.Type = "file"
+			cfg.Plugins.Storage.Config = map[string]any{"flush": "sync"}
+			cfg.Generators[0].Rate = 3000
+			// A send waits through the detection (the stall limit) and
+			// the restart, as it would through a slow disk.
+			cfg.Producer.Timeout = 30 * time.Second
+			e := startFaulty(t, cfg)
+			requireRing(t, e.Storage(), e.Transport())
+			inst := e.Storage()
+			if c.kind == sdk.KindTransport {
+				inst = e.Transport()
+			}
+			s := runPipeline(t, e, 120*time.Second)
+			waitRestarted(t, inst)
+			checkAllDelivered(t, s, 6000)
+			if stored := storedCount(t, e, "orders"); stored != 6000 {
+				t.Errorf("storage holds %d messages, want exactly 6000 (no loss, no duplicates)", stored)
+			}
+		})
+	}
+}
