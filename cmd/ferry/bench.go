@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -23,6 +22,7 @@ import (
 	"github.com/ferrymq/ferry/core/bench"
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/pluginhost"
 )
 
@@ -217,7 +217,7 @@ func runBench(ctx context.Context, kind string, f benchFlags, stdout, stderr io.
 
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
 	c, err := client.DialCluster(dctx, brokers, client.WithLogger(logger))
 	if err != nil {
 		return fail("cannot reach %s: %v", strings.Join(brokers, ","), err)

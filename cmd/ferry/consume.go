@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/core/client"
@@ -138,7 +138,7 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	if o.count < 0 || o.idle < 0 || o.concurrency < 1 || o.sessionTimeout <= 0 {
 		return 0, &exitError{code: 2, msg: "--count and --idle must not be negative, --concurrency must be at least 1, --session-timeout positive"}
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := quietSlog(hclog.Warn)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := client.Dial(dctx, o.broker, client.WithLogger(log))
 	cancel()

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -17,9 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -215,7 +216,7 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 
 	dctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
 	c, err := client.DialCluster(dctx, brokers, client.WithLogger(logger))
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("cannot reach %s: %v", strings.Join(brokers, ","), err)}
