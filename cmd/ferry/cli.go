@@ -111,8 +111,11 @@ func versionString() string {
 	return v + " (" + strings.Join(extra, ", ") + ")"
 }
 
-func init() {
-	rootCmd.AddCommand(&cobra.Command{
+func init() { rootCmd.AddCommand(newVersionCmd()) }
+
+// newVersionCmd returns `ferry version`.
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "version",
 		Short: "Print ferry's version, the commit it was built from and the Go version",
 		Args:  cobra.NoArgs,
@@ -120,7 +123,7 @@ func init() {
 			_, err := fmt.Fprintln(cmd.OutOrStdout(), "ferry", versionString())
 			return err
 		},
-	})
+	}
 }
 
 // helpCmd is `ferry help [COMMAND...]`: cobra's own prints the root's help

@@ -30,7 +30,10 @@ func quietSlog(level hclog.Level) *slog.Logger {
 	return logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: level, Output: os.Stderr}))
 }
 
-func init() {
+func init() { rootCmd.AddCommand(newRunCmd()) }
+
+// newRunCmd returns `ferry run`.
+func newRunCmd() *cobra.Command {
 	var logLevel, logFormat, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "run PIPELINE.yaml",
@@ -116,5 +119,5 @@ line (@timestamp, @level, @module, @message and the key/values).`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format: text (hclog's lines) or json (one object per line, for log shippers)")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write the node's CPU profile to this file (plugins: set "+sdk.EnvCPUProfile+")")
-	rootCmd.AddCommand(cmd)
+	return cmd
 }
