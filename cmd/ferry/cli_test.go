@@ -135,6 +135,7 @@ func TestUnknownCommandsAndStrayArgs(t *testing.T) {
 		{[]string{"run", "a.yaml", "b.yaml"}, "accepts 1 arg(s), received 2"},
 		{[]string{"consume", "--nope"}, "unknown flag: --nope"},
 		{[]string{"help", "dlq", "nosuch"}, `unknown command "nosuch" for "ferry dlq"`},
+		{[]string{"completion", "tcsh"}, `unknown command "tcsh" for "ferry completion"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, errOut, code := runFerry(t, nil, tc.args...)

@@ -34,6 +34,7 @@ Ferry is a plugin-based message broker: ` + "`ferry run`" + ` runs a broker node
 YAML pipeline, with its storage, transport and replication plugins as
 processes of their own; the other commands talk to a running broker (at
 $` + EnvBroker + ` or ` + DefaultBroker + ` unless --broker says otherwise).`
+	rootCmd.InitDefaultCompletionCmd() // added now, not by Execute, so that strictArgs covers it
 	strictArgs(rootCmd)
 	if err := rootCmd.Execute(); err != nil {
 		var ee *exitError
