@@ -13,6 +13,7 @@ test:
 # check: the tests without starting Jaeger (the tracing tests skip unless
 # FERRY_JAEGER_QUERY and FERRY_OTLP_ENDPOINT name a running one).
 check: build
+	@command -v git >/dev/null || { echo "make check: needs git (it lists the files to gofmt with git ls-files)"; exit 1; }
 	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@echo "== go vet"; $(GO) vet ./...
 	@echo "== ferry validate pipelines/"; ./bin/ferry validate $$(find pipelines -name '*.yaml' | sort)

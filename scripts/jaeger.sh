@@ -33,7 +33,22 @@ query_url="http://$host:$query_port"
 
 say() { echo "jaeger: $*" >&2; }
 
+# require exits with one line naming the programs this needs that are not on
+# PATH (flock and setsid are util-linux's; Debian/Ubuntu: apt-get install
+# curl util-linux).
+require() {
+	local missing=()
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		say "needs ${missing[*]} on PATH (Debian/Ubuntu: apt-get install curl util-linux; Go from https://go.dev/dl)"
+		exit 1
+	fi
+}
+
 build() {
+	require flock go
 	if [ -x "$bin" ]; then
 		echo "$bin"
 		return
@@ -68,6 +83,7 @@ print_env() {
 }
 
 start() {
+	require curl flock setsid go
 	build >/dev/null
 	mkdir -p "$run"
 	if pid="$(running_pid)" && answers; then

@@ -9,6 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO="${GO:-go}"
+# What the run needs besides Go: make and git (make check lists the files to
+# gofmt with git), curl, flock and setsid (scripts/jaeger.sh).
+missing=()
+for c in "$GO" make git curl flock setsid; do
+	command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "make test: needs ${missing[*]} on PATH (Debian/Ubuntu: apt-get install make git curl util-linux; Go 1.26 from https://go.dev/dl)" >&2
+	exit 1
+fi
 scripts/jaeger.sh build >/dev/null &
 jaeger_build=$!
 "$GO" test -race -count=1 -exec true ./... >/dev/null 2>&1 || true

@@ -53,7 +53,7 @@ type Options struct {
 	PluginExe string
 }
 
-// DefaultOptions are the comparison of the README: 3 reps of 1 KiB
+// DefaultOptions are the comparison of docs/performance.md: 3 reps of 1 KiB
 // messages, 3 s per produce workload, 200k messages consumed, both
 // durability levels, Ferry's two plugin builds.
 func DefaultOptions() Options {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -23,6 +22,7 @@ import (
 	"github.com/ferrymq/ferry/core/bench"
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/pluginhost"
 )
 
@@ -56,7 +56,7 @@ type benchFlags struct {
 func newBenchCmd() *cobra.Command {
 	var f benchFlags
 	cmd := &cobra.Command{
-		Use:   "bench produce|consume|e2e (--broker ADDR | --embedded PIPELINE.yaml) [flags]",
+		Use:   "bench produce|consume|e2e [--broker ADDR | --embedded PIPELINE.yaml] [flags]",
 		Short: "Measure produce, consume or end-to-end rates and latencies",
 		Long: `Bench runs one workload against a running broker (--broker) or against a
 broker node it starts itself from a pipeline file (--embedded), and prints a
@@ -89,11 +89,18 @@ JSON document on stdout. The exit status is 1 if any message failed.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if f.embedded == "" {
+				bs, err := brokersOf(cmd, f.brokers)
+				if err != nil {
+					return err
+				}
+				f.brokers = bs
+			}
 			return runBench(ctx, args[0], f, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringSliceVar(&f.brokers, "broker", nil, "address host:port of a running broker (repeat or comma-separate for a cluster)")
+	fl.StringSliceVar(&f.brokers, "broker", nil, "a running broker: "+brokerUsage+"; repeat or comma-separate for a cluster")
 	fl.StringVar(&f.embedded, "embedded", "", "start the broker node of this pipeline file in this process")
 	fl.StringVar(&f.plugins, "plugins", "", "embedded: plugin mode, subprocess or inprocess (default: the pipeline's)")
 	fl.StringVar(&f.flush, "flush", "", "embedded: the storage's flush, sync or async (default: the pipeline's)")
@@ -210,7 +217,7 @@ func runBench(ctx context.Context, kind string, f benchFlags, stdout, stderr io.
 
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
 	c, err := client.DialCluster(dctx, brokers, client.WithLogger(logger))
 	if err != nil {
 		return fail("cannot reach %s: %v", strings.Join(brokers, ","), err)

@@ -93,7 +93,7 @@ func TestBenchErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"produce"}, "give either --broker or --embedded"},
+		{[]string{"produce", "--broker", addr, "--embedded", brokerPipeline}, "give either --broker or --embedded"},
 		{[]string{"produce", "--broker", addr}, "--topic is required with --broker"},
 		{[]string{"produce", "--broker", addr, "--topic", "nope"}, `topic "nope": not found: the broker has t`},
 		{[]string{"produce", "--broker", addr, "--topic", "t", "--flush", "sync"}, "apply to --embedded only"},

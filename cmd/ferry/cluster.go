@@ -38,6 +38,7 @@ file: its replication section names every node of the cluster.`,
 	)
 	statusCmd := &cobra.Command{
 		Use:   "status [PIPELINE.yaml ...] [--nodes ADDR,ADDR,...]",
+		Args:  cobra.ArbitraryArgs,
 		Short: "Roles, epochs, end offsets and replication lag of every node",
 		Example: `  ferry cluster status pipelines/cluster/raft-1.yaml
   ferry cluster status --nodes 127.0.0.1:7271,127.0.0.1:7272`,

@@ -92,13 +92,13 @@ func groupFailover(t *testing.T, promote bool) {
 
 	// The slave holds the group's offsets before the master dies (reported
 	// without stopping, so that the consumer's fate below is seen too).
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		got, _ := groupOffsets(t, sb)
 		if fmt.Sprint(got) == fmt.Sprint(commit) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("after 10s the slave has the group's offsets at %v, the master at %v", got, commit)
+			t.Errorf("after 60s the slave has the group's offsets at %v, the master at %v", got, commit)
 			break
 		}
 	}
@@ -123,7 +123,10 @@ func groupFailover(t *testing.T, promote bool) {
 	}
 
 	// The same group on the slave resumes at the commit point.
-	second := consumeLines(t, bin, "--broker", sb, "--idle", "3s")
+	// It stops at the count expected (what it printed beyond that is not
+	// seen), or once nothing came for 30 s: the idle clock starts with the
+	// process, before it has joined, so it must outlast a slow start.
+	second := consumeLines(t, bin, "--broker", sb, "--count", fmt.Sprint(offsetsMessages-total), "--idle", "30s")
 	checkResumed(t, second, ends, commit, "the slave")
 	t.Logf("from the slave: %d messages, want %d", len(second), offsetsMessages-total)
 }

@@ -26,12 +26,12 @@ func TestFaultRaftGroupResumesOnNewLeader(t *testing.T) {
 		seeds = append(seeds, nd.broker)
 	}
 	var leader *raftNode
-	eventually(t, 60*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	leader, _ = waitLeader(t, nodes, "a raft leader")
 	produceMany(t, seeds, "m", offsetsMessages, 2)
 
 	// Part of them consumed, and committed, on the leader (re-elected
 	// meanwhile on a loaded machine? then on the one leading now).
-	eventually(t, 30*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	leader, _ = waitLeader(t, nodes, "a raft leader")
 	first := consumeLines(t, bin, "--broker", leader.broker, "--count", fmt.Sprint(offsetsConsumed))
 	if len(first) != offsetsConsumed {
 		t.Fatalf("first consumer printed %d messages, want %d", len(first), offsetsConsumed)
@@ -59,13 +59,13 @@ func TestFaultRaftGroupResumesOnNewLeader(t *testing.T) {
 		}
 	}
 	for _, nd := range others {
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(faultWait); ; time.Sleep(50 * time.Millisecond) {
 			got, _ := groupOffsets(t, nd.broker)
 			if fmt.Sprint(got) == fmt.Sprint(commit) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Errorf("after 10s follower %s has the group's offsets at %v, the leader at %v", nd.id, got, commit)
+				t.Errorf("after %s follower %s has the group's offsets at %v, the leader at %v", faultWait, nd.id, got, commit)
 				break
 			}
 		}
@@ -74,11 +74,13 @@ func TestFaultRaftGroupResumesOnNewLeader(t *testing.T) {
 	leader.kill(t)
 	t.Logf("%s killed leader %s", stamp(), leader.id)
 	var next *raftNode
-	eventually(t, 30*time.Second, "a new raft leader", func() bool { next = raftLeader(others); return next != nil })
+	next, _ = waitLeader(t, others, "a new raft leader")
 	t.Logf("%s %s leads", stamp(), next.id)
 
 	// The same group on the new leader resumes at the commit point.
-	second := consumeLines(t, bin, "--broker", next.broker, "--idle", "3s")
+	// It stops at the count expected, or once nothing came for 30 s (the
+	// idle clock starts with the process, before it has joined).
+	second := consumeLines(t, bin, "--broker", next.broker, "--count", fmt.Sprint(sumMap(ends)-total), "--idle", "30s")
 	checkResumed(t, second, ends, commit, "the new leader")
 	t.Logf("from the new leader: %d messages, want %d", len(second), sumMap(ends)-total)
 }

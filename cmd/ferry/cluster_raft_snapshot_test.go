@@ -142,7 +142,7 @@ func TestRaftFollowerCatchesUpFromSnapshot(t *testing.T) {
 		seeds = append(seeds, nd.broker)
 	}
 	var leader *raftNode
-	eventually(t, 60*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	leader, _ = waitLeader(t, nodes, "a raft leader")
 	produceMany(t, seeds, "before", 200, 4)
 	converge := func(what string) int64 {
 		var total int64
@@ -163,7 +163,7 @@ func TestRaftFollowerCatchesUpFromSnapshot(t *testing.T) {
 	converge("every node stores the first 200 messages")
 
 	var follower *raftNode
-	eventually(t, 30*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	leader, _ = waitLeader(t, nodes, "a raft leader")
 	for _, nd := range nodes {
 		if nd != leader {
 			follower = nd
@@ -215,7 +215,7 @@ func TestRaftFollowerCatchesUpFromSnapshot(t *testing.T) {
 	if total2 < total+100 {
 		t.Fatalf("nodes store %d messages, want at least %d", total2, total+100)
 	}
-	eventually(t, 30*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+	leader, _ = waitLeader(t, nodes, "a raft leader")
 	leaderLog = queueLog(t, leader.broker)
 	for _, nd := range nodes {
 		if nd != leader {

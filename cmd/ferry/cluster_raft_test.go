@@ -139,14 +139,37 @@ func stamp() string { return time.Now().Format("15:04:05.000") }
 // term (a deposed leader that just woke up may still claim an older one), or
 // nil.
 func raftLeader(nodes []*raftNode) *raftNode {
+	nd, _ := raftLeaderStatus(nodes)
+	return nd
+}
+
+// raftLeaderStatus is raftLeader with the leader's status as it answered.
+func raftLeaderStatus(nodes []*raftNode) (*raftNode, *ferryv1.ReplicationStatusResponse) {
 	var best *raftNode
-	var term uint64
+	var bestSt *ferryv1.ReplicationStatusResponse
 	for _, nd := range nodes {
-		if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" && (best == nil || st.Epoch > term) {
-			best, term = nd, st.Epoch
+		if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" && (best == nil || st.Epoch > bestSt.Epoch) {
+			best, bestSt = nd, st
 		}
 	}
-	return best
+	return best, bestSt
+}
+
+// faultWait caps each wait of the raft fault tests on a condition (a
+// leader, commits going on, convergence). Generous: on a loaded 2-core
+// machine an election, a status call or a batch of commits can take
+// seconds; a healthy cluster meets each condition far sooner.
+const faultWait = 60 * time.Second
+
+// waitLeader polls for up to faultWait until a node reports itself leader
+// and returns it with its status. Tests call it wherever they need the
+// current leader: on a loaded machine leadership may move at any time.
+func waitLeader(t *testing.T, nodes []*raftNode, what string) (*raftNode, *ferryv1.ReplicationStatusResponse) {
+	t.Helper()
+	var nd *raftNode
+	var st *ferryv1.ReplicationStatusResponse
+	eventually(t, faultWait, what, func() bool { nd, st = raftLeaderStatus(nodes); return nd != nil })
+	return nd, st
 }
 
 // clusterLoad is load through client.DialCluster: each worker re-dials when
@@ -248,6 +271,36 @@ func (l *clusterLoad) firstOKSentAfter(t0 time.Time) (time.Time, bool) {
 	return best, ok
 }
 
+// countOKSentAfter counts the sends begun after t0 that were acked OK.
+func (l *clusterLoad) countOKSentAfter(t0 time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, sent := range l.okSent {
+		if sent.After(t0) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitOK waits up to faultWait until at least n sends begun after t0 were
+// acked OK (and, with at least > 0, until at least that long after t0 has
+// passed, so that a fault stays in effect that long), and returns how many
+// were. Failing, it names what it waited for, the nodes and the failed sends.
+func (l *clusterLoad) waitOK(t *testing.T, nodes []*raftNode, t0 time.Time, n int, atLeast time.Duration, what string) int {
+	t.Helper()
+	got := 0
+	if !within(faultWait, func() bool {
+		got = l.countOKSentAfter(t0)
+		return got >= n && time.Since(t0) >= atLeast
+	}) {
+		t.Fatalf("%s: %d of %d sends begun after %s acked OK within %s; nodes %v; failed sends %v",
+			what, got, n, t0.Format("15:04:05.000"), faultWait, raftStatuses(nodes), l.errTally())
+	}
+	return got
+}
+
 // firstOKAfter is when the first OK answer after t0 arrived.
 func (l *clusterLoad) firstOKAfter(t0 time.Time) (time.Time, bool) {
 	l.mu.Lock()
@@ -282,14 +335,13 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 		nd.start(t, bin)
 		seeds = append(seeds, nd.broker)
 	}
-	eventually(t, 60*time.Second, "a raft leader", func() bool { return raftLeader(nodes) != nil })
+	waitLeader(t, nodes, "a raft leader")
 	l := startClusterLoad(t, seeds, 4, true)
-	time.Sleep(2 * time.Second)
+	l.waitOK(t, nodes, time.Time{}, 20, 2*time.Second, "the load before the first fault")
 	var failovers, fresh, elections []time.Duration
 	end := time.Now().Add(duration)
 	for round := 0; time.Now().Before(end); round++ {
-		var leader *raftNode
-		eventually(t, 30*time.Second, "a raft leader", func() bool { leader = raftLeader(nodes); return leader != nil })
+		leader, _ := waitLeader(t, nodes, "a raft leader")
 		errsBefore := l.errTally()
 		t0 := time.Now()
 		if round%2 == 0 {
@@ -300,7 +352,7 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 			t.Logf("%s round %d: paused leader %s", stamp(), round, leader.id)
 		}
 		var next *raftNode
-		eventually(t, 30*time.Second, "a new raft leader", func() bool {
+		eventually(t, faultWait, "a new raft leader", func() bool {
 			for _, nd := range nodes {
 				if nd == leader {
 					continue
@@ -314,7 +366,7 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 		})
 		elections = append(elections, time.Since(t0))
 		var okAt, freshAt time.Time
-		eventually(t, 30*time.Second, "an OK answer to a send begun after the fault", func() bool {
+		eventually(t, faultWait, "an OK answer to a send begun after the fault", func() bool {
 			var ok bool
 			freshAt, ok = l.firstOKSentAfter(t0)
 			return ok
@@ -341,7 +393,7 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 	}
 	l.halt()
 	t.Logf("%s load stopped", stamp())
-	convergeAndCheck(t, nodes, &l.load, 60*time.Second)
+	convergeAndCheck(t, nodes, &l.load, faultWait)
 	for _, ds := range [][]time.Duration{elections, failovers, fresh} {
 		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	}

@@ -2,18 +2,21 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/core/client"
@@ -24,7 +27,7 @@ type consumeOptions struct {
 	broker, topic, group, member, mode string
 	count                              int
 	idle, delay, sessionTimeout        time.Duration
-	json                               bool
+	json, body                         bool
 	concurrency                        int
 	startLatest                        bool
 }
@@ -34,7 +37,7 @@ func init() { rootCmd.AddCommand(newConsumeCmd()) }
 func newConsumeCmd() *cobra.Command {
 	var o consumeOptions
 	cmd := &cobra.Command{
-		Use:   "consume --broker ADDR --topic T --group G",
+		Use:   "consume [--broker ADDR] --topic T --group G [--body] [--json]",
 		Short: "Consume a topic as a member of a consumer group and print each message",
 		Long: `Consume joins consumer group G on topic T at the broker ADDR (its grpc
 transport) and prints one line per message delivered to it, at least once:
@@ -49,28 +52,41 @@ It runs until SIGINT/SIGTERM, or until --count messages were printed, or
 until no message came for --idle. Messages fetched but not printed then are
 left for the group (delivered again). The summary goes to stderr.
 
+Each line is
+  TOPIC/QUEUE@OFFSET id=ID attempt=N key="K" SIZEB
+and with --body the body follows: body="…" (quoted as Go does, so that a
+line is one message) when it is valid UTF-8, else body_base64=… .
+
 With --json each line is one object:
-  {"id":…,"topic":…,"queue":…,"offset":…,"attempt":…,"key":…}
+  {"id":…,"topic":…,"queue":…,"offset":…,"attempt":…,"key":…,
+   "headers":{…},"body":"…"}
 where id, topic, queue and offset name the original message (the same on
-every attempt) and attempt counts its deliveries to the group.`,
+every attempt), attempt counts its deliveries to the group, and the body is
+"body" (text) when it is valid UTF-8, else "body_base64".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			b, err := brokerOf(cmd, o.broker)
+			if err != nil {
+				return err
+			}
+			o.broker = b
 			n, err := consume(ctx, o, cmd.OutOrStdout())
 			fmt.Fprintf(cmd.ErrOrStderr(), "ferry consume: %d message(s) from %s, group %s\n", n, o.topic, o.group)
 			return err
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.broker, "broker", "127.0.0.1:7070", "broker address (host:port of its grpc transport)")
+	f.StringVar(&o.broker, "broker", "", brokerUsage)
 	f.StringVar(&o.topic, "topic", "", "topic to consume (required)")
 	f.StringVar(&o.group, "group", "", "consumer group (required)")
 	f.StringVar(&o.member, "member", "", "this member's id in the group (default: host-pid-random)")
 	f.StringVar(&o.mode, "mode", "push", "delivery: push or pull")
 	f.IntVar(&o.count, "count", 0, "exit after this many messages (0: no limit)")
 	f.DurationVar(&o.idle, "idle", 0, "exit when no message came for this long (0: never)")
-	f.BoolVar(&o.json, "json", false, "print one JSON object per message")
+	f.BoolVar(&o.json, "json", false, "print one JSON object per message (with its headers and body)")
+	f.BoolVar(&o.body, "body", false, "print each message's body after its metadata (text, or base64 if not UTF-8)")
 	f.IntVar(&o.concurrency, "concurrency", 1, "messages handled at once")
 	f.DurationVar(&o.delay, "delay", 0, "pretend each message takes this long to process (before it is printed)")
 	f.DurationVar(&o.sessionTimeout, "session-timeout", client.DefaultSessionTimeout, "how long the broker keeps this member in the group after its last heartbeat")
@@ -80,14 +96,38 @@ every attempt) and attempt counts its deliveries to the group.`,
 	return cmd
 }
 
-// consumedLine is what --json prints per message.
+// consumedLine is what --json prints per message. Exactly one of Body and
+// BodyBase64 is set for a non-empty body: Body when it is valid UTF-8.
 type consumedLine struct {
-	ID      string `json:"id"`
-	Topic   string `json:"topic"`
-	Queue   int32  `json:"queue"`
-	Offset  int64  `json:"offset"`
-	Attempt int    `json:"attempt"`
-	Key     string `json:"key"`
+	ID         string            `json:"id"`
+	Topic      string            `json:"topic"`
+	Queue      int32             `json:"queue"`
+	Offset     int64             `json:"offset"`
+	Attempt    int               `json:"attempt"`
+	Key        string            `json:"key"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Body       string            `json:"body,omitempty"`
+	BodyBase64 string            `json:"body_base64,omitempty"`
+}
+
+// newConsumedLine is d as --json prints it.
+func newConsumedLine(d *client.Delivery) consumedLine {
+	l := consumedLine{ID: d.ID, Topic: d.Topic, Queue: d.Queue, Offset: d.Offset, Attempt: d.Attempt, Key: d.Message.Key, Headers: d.Message.Headers}
+	if b := d.Message.Body; utf8.Valid(b) {
+		l.Body = string(b)
+	} else {
+		l.BodyBase64 = base64.StdEncoding.EncodeToString(b)
+	}
+	return l
+}
+
+// bodyField is a body as a plain line with --body ends: body="…" (Go
+// quoting) for valid UTF-8, else body_base64=….
+func bodyField(b []byte) string {
+	if utf8.Valid(b) {
+		return "body=" + strconv.Quote(string(b))
+	}
+	return "body_base64=" + base64.StdEncoding.EncodeToString(b)
 }
 
 // consume runs `ferry consume` and returns how many messages it printed.
@@ -98,7 +138,7 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	if o.count < 0 || o.idle < 0 || o.concurrency < 1 || o.sessionTimeout <= 0 {
 		return 0, &exitError{code: 2, msg: "--count and --idle must not be negative, --concurrency must be at least 1, --session-timeout positive"}
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := quietSlog(hclog.Warn)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := client.Dial(dctx, o.broker, client.WithLogger(log))
 	cancel()
@@ -143,9 +183,13 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 		}
 		var err error
 		if o.json {
-			err = enc.Encode(consumedLine{ID: d.ID, Topic: d.Topic, Queue: d.Queue, Offset: d.Offset, Attempt: d.Attempt, Key: d.Message.Key})
+			err = enc.Encode(newConsumedLine(d))
 		} else {
-			_, err = fmt.Fprintf(out, "%s/%d@%d id=%s attempt=%d key=%q %dB\n", d.Topic, d.Queue, d.Offset, d.ID, d.Attempt, d.Message.Key, len(d.Message.Body))
+			line := fmt.Sprintf("%s/%d@%d id=%s attempt=%d key=%q %dB", d.Topic, d.Queue, d.Offset, d.ID, d.Attempt, d.Message.Key, len(d.Message.Body))
+			if o.body {
+				line += " " + bodyField(d.Message.Body)
+			}
+			_, err = fmt.Fprintln(out, line)
 		}
 		if err != nil {
 			return false, err

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/core/client"
@@ -32,7 +32,7 @@ type dlqFlags struct {
 }
 
 func (f *dlqFlags) add(cmd *cobra.Command, withJSON bool) {
-	cmd.Flags().StringVar(&f.broker, "broker", "127.0.0.1:7070", "broker address (host:port of its grpc transport)")
+	cmd.Flags().StringVar(&f.broker, "broker", "", brokerUsage)
 	cmd.Flags().StringVar(&f.group, "group", "", "consumer group whose dead-letter queue to work on (required)")
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
@@ -42,9 +42,13 @@ func (f *dlqFlags) add(cmd *cobra.Command, withJSON bool) {
 
 // dial connects for one dlq command, bounded by a few seconds per call.
 func (f *dlqFlags) dial(cmd *cobra.Command) (context.Context, *client.Client, func(), error) {
+	broker, err := brokerOf(cmd, f.broker)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	c, err := client.Dial(ctx, f.broker, client.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))))
+	c, err := client.Dial(ctx, broker, client.WithLogger(quietSlog(hclog.Error)))
 	if err != nil {
 		cancel()
 		stop()

@@ -27,6 +27,15 @@ type exitError struct {
 func (e *exitError) Error() string { return e.msg }
 
 func main() {
+	rootCmd.Version = versionString()
+	rootCmd.Long = "Ferry " + rootCmd.Version + `
+
+Ferry is a plugin-based message broker: ` + "`ferry run`" + ` runs a broker node from a
+YAML pipeline, with its storage, transport and replication plugins as
+processes of their own; the other commands talk to a running broker (at
+$` + EnvBroker + ` or ` + DefaultBroker + ` unless --broker says otherwise).`
+	rootCmd.InitDefaultCompletionCmd() // added now, not by Execute, so that strictArgs covers it
+	strictArgs(rootCmd)
 	if err := rootCmd.Execute(); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {

@@ -19,7 +19,10 @@ func builtins() *pluginhost.Registry { return builtin.Registry() }
 // replicationNone is the replication type that needs no plugin process.
 const replicationNone = "none"
 
-func init() {
+func init() { rootCmd.AddCommand(newPluginCmd()) }
+
+// newPluginCmd returns `ferry plugin`.
+func newPluginCmd() *cobra.Command {
 	pluginCmd := &cobra.Command{Use: "plugin", Short: "Work with plugins"}
 	pluginCmd.AddCommand(&cobra.Command{
 		Use:   "serve KIND/TYPE",
@@ -48,7 +51,7 @@ func init() {
 			return nil
 		},
 	})
-	rootCmd.AddCommand(pluginCmd)
+	return pluginCmd
 }
 
 // pluginValidator checks plugin types and config sections for `ferry

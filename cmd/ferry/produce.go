@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -17,9 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -47,11 +48,11 @@ type produceFlags struct {
 func newProduceCmd() *cobra.Command {
 	var f produceFlags
 	cmd := &cobra.Command{
-		Use:   "produce --broker ADDR --topic T [--mode sync|async|oneway] [--count N --size BYTES | --file F | < lines]",
+		Use:   "produce [--broker ADDR] --topic T [--mode sync|async|oneway] [--count N --size BYTES | --file F | < lines]",
 		Short: "Send messages to a broker: generated ones, the lines of a file, or the lines of stdin",
 		Long: `Produce sends messages to a topic through the grpc transport of the brokers
 given with --broker (repeat it, or separate addresses with commas, for a
-cluster). The messages are --count generated ones of --size random bytes, or
+cluster; default: $FERRY_BROKER, else 127.0.0.1:7070). The messages are --count generated ones of --size random bytes, or
 one per line of --file, or one per line of stdin.
 
 --mode sync waits for each message's ack, async keeps up to --inflight
@@ -70,11 +71,16 @@ failed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			bs, err := brokersOf(cmd, f.brokers)
+			if err != nil {
+				return err
+			}
+			f.brokers = bs
 			return runProduce(ctx, f, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringSliceVar(&f.brokers, "broker", nil, "broker address host:port (repeat or comma-separate for a cluster)")
+	fl.StringSliceVar(&f.brokers, "broker", nil, brokerUsage+"; repeat or comma-separate for a cluster")
 	fl.StringVar(&f.topic, "topic", "", "topic to send to")
 	fl.StringVar(&f.mode, "mode", "sync", "send mode: sync, async or oneway")
 	fl.IntVar(&f.count, "count", 0, "send this many generated messages (with --size)")
@@ -87,7 +93,6 @@ failed.`,
 	fl.BoolVar(&f.requireDurable, "require-durable", false, "count a status weaker than OK (FLUSH_TIMEOUT, ...) as a failure")
 	fl.IntVar(&f.inflight, "inflight", client.DefaultAsyncInflight, "async: messages in flight at most")
 	fl.DurationVar(&f.linger, "linger", client.DefaultLinger, "async: how long a batch waits for more messages")
-	_ = cmd.MarkFlagRequired("broker")
 	_ = cmd.MarkFlagRequired("topic")
 	return cmd
 }
@@ -211,7 +216,7 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 
 	dctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
 	c, err := client.DialCluster(dctx, brokers, client.WithLogger(logger))
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("cannot reach %s: %v", strings.Join(brokers, ","), err)}

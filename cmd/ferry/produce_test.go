@@ -154,7 +154,7 @@ func TestProduceErrors(t *testing.T) {
 	}{
 		{"unknown topic", []string{"--broker", addr, "--topic", "nope", "--count", "1"}, `topic "nope": not found: the broker has t`},
 		{"bad mode", []string{"--broker", addr, "--topic", "t", "--mode", "fast"}, "--mode must be sync, async or oneway"},
-		{"no broker", []string{"--topic", "t"}, `required flag(s) "broker" not set`},
+		{"no topic", []string{"--broker", addr}, `required flag(s) "topic" not set`},
 		{"too large", []string{"--broker", addr, "--topic", "t", "--count", "1", "--size", "5000000"}, "max_message_bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

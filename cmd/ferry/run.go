@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -14,15 +15,26 @@ import (
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/engine"
+	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
+// quietLogger is the logger of the commands that are not a node (warnings
+// and errors only, hclog's text format, like a node's).
 func quietLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Warn, Output: os.Stderr})
 }
 
-func init() {
-	var logLevel, cpuProfile string
+// quietSlog is quietLogger for the Go client (*slog.Logger), at level.
+func quietSlog(level hclog.Level) *slog.Logger {
+	return logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: level, Output: os.Stderr}))
+}
+
+func init() { rootCmd.AddCommand(newRunCmd()) }
+
+// newRunCmd returns `ferry run`.
+func newRunCmd() *cobra.Command {
+	var logLevel, logFormat, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "run PIPELINE.yaml",
 		Short: "Run a pipeline: one broker node with its plugins, generators and flows",
@@ -30,7 +42,11 @@ func init() {
 transport plugins as subprocesses. A pipeline with generators finishes when
 they are done and every flow has consumed what they sent; it prints a summary
 and exits 0 if nothing is missing. Otherwise it runs until SIGINT or SIGTERM,
-then drains in-flight work and stops.`,
+then drains in-flight work and stops.
+
+The node, its plugin processes and its flows' consumers log to stderr through
+one logger: hclog's text lines, or with --log-format json one JSON object per
+line (@timestamp, @level, @module, @message and the key/values).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := config.Load(args[0])
@@ -55,7 +71,13 @@ then drains in-flight work and stops.`,
 				}
 				defer pprof.StopCPUProfile()
 			}
-			log := hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
+			log, err := logging.New("ferry", logLevel, logFormat, os.Stderr)
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
+			// Whatever logs through slog's or the log package's default
+			// joins the same stream and format.
+			slog.SetDefault(logging.Slog(log))
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if ps := config.ValidatePlugins(ctx, cfg, newPluginValidator()); len(ps) > 0 {
@@ -95,6 +117,7 @@ then drains in-flight work and stops.`,
 		},
 	}
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format: text (hclog's lines) or json (one object per line, for log shippers)")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write the node's CPU profile to this file (plugins: set "+sdk.EnvCPUProfile+")")
-	rootCmd.AddCommand(cmd)
+	return cmd
 }

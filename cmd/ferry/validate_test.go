@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of cmd/ferry/testdata")
@@ -35,6 +37,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	ferrytest.RemoveBuilds()
 	os.Exit(code)
 }
 

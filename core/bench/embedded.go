@@ -34,6 +34,10 @@ type EmbeddedOptions struct {
 	// Storage is merged into the storage plugin's config section (e.g.
 	// {"flush": "sync"}).
 	Storage map[string]any
+	// AdminListen replaces the pipeline's admin listener (admin.listen); ""
+	// turns it off, so that embedded nodes do not contend for the fixed
+	// port a shipped pipeline names (pipelines/broker.yaml: 127.0.0.1:9090).
+	AdminListen string
 }
 
 // Embedded is a broker node a benchmark started in its own process (with its
@@ -80,6 +84,7 @@ func StartEmbedded(ctx context.Context, cfg *config.Pipeline, opts EmbeddedOptio
 		c.Plugins.Transport.Config = map[string]any{}
 	}
 	c.Plugins.Transport.Config["listen"] = listen
+	c.Admin.Listen = opts.AdminListen
 	eng, err := engine.Start(ctx, &c, engine.Options{Registry: opts.Registry, PluginExe: opts.PluginExe, Logger: opts.Logger})
 	if err != nil {
 		e.cleanup()

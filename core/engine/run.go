@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
+	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -35,7 +36,9 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 		<-ctx.Done()
 		return &Summary{Elapsed: time.Since(start)}, nil
 	}
-	cl, err := client.Dial(ctx, e.address)
+	// The flows' consumers log through the node's logger: one stream, one
+	// format (they would use slog's default otherwise).
+	cl, err := client.Dial(ctx, e.address, client.WithLogger(logging.Slog(e.log.Named("client"))))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", e.address, err)
 	}

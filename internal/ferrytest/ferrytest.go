@@ -1,9 +1,15 @@
 // Package ferrytest has what Ferry's own tests share: the ferry binary built
 // once per test process (built-in plugins run by re-executing it) and free
 // loopback ports.
+//
+// A package whose tests call Binary runs them through Main, which removes
+// the builds when they end:
+//
+//	func TestMain(m *testing.M) { os.Exit(ferrytest.Main(m)) }
 package ferrytest
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -13,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -45,7 +52,12 @@ func BinaryWithTags(tb testing.TB, tags string) string {
 	if b == nil {
 		b = &build{}
 		builds[tags] = b
-		dir, err := os.MkdirTemp("", "ferrytest-bin")
+		sweepBuilds()
+		dir, err := os.MkdirTemp("", buildDirPattern)
+		if err == nil {
+			buildDirs = append(buildDirs, dir)
+			err = os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644)
+		}
 		if err != nil {
 			b.err = err
 		} else {
@@ -64,6 +76,62 @@ func BinaryWithTags(tb testing.TB, tags string) string {
 		tb.Fatal(b.err)
 	}
 	return b.path
+}
+
+// buildDirPattern names the temporary directories Binary builds into;
+// ownerFile in each holds the pid of the test process that made it.
+const (
+	buildDirPattern = "ferrytest-bin"
+	ownerFile       = "owner.pid"
+)
+
+// buildDirs are this process's build directories, removed by RemoveBuilds.
+var buildDirs []string
+
+// Main runs a package's tests (m.Run) and then removes the ferry binaries
+// Binary built for them; TestMain calls it. Its result is the exit code.
+func Main(m *testing.M) int {
+	code := m.Run()
+	RemoveBuilds()
+	return code
+}
+
+// RemoveBuilds removes the ferry binaries this process built (Main calls it
+// after the tests); a later Binary builds afresh.
+func RemoveBuilds() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	for _, d := range buildDirs {
+		os.RemoveAll(d)
+	}
+	buildDirs = nil
+	clear(builds)
+}
+
+// sweepBuilds removes the build directories that test processes which are
+// gone left behind (killed, timed out, or run without Main): those whose
+// owner pid no longer runs, and, from before owners were recorded, those
+// without one that are over an hour old.
+func sweepBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildDirPattern+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			if fi, err := os.Stat(d); err == nil && fi.IsDir() && time.Since(fi.ModTime()) > time.Hour {
+				os.RemoveAll(d)
+			}
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid != os.Getpid() && !processAlive(pid) {
+			os.RemoveAll(d)
+		}
+	}
+}
+
+// processAlive says whether a process with this pid exists (signal 0).
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // FreeAddr returns a loopback host:port that was free a moment ago, that no
