@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +47,7 @@ type Conn struct {
 
 // NewConn opens side's connection on seg. A segment has one connection per
 // side; the caller keeps the segment alive until the connection is closed.
-func NewConn(seg *Segment, side Side, o Options) *Conn {
+func NewConn(seg *Segment, side Side, o Options) (*Conn, error) {
 	if o.Stall <= 0 {
 		o.Stall = DefaultStall
 	}
@@ -61,8 +62,12 @@ func NewConn(seg *Segment, side Side, o Options) *Conn {
 	wr := seg.ring(wdir)
 	c.w = &Writer{r: wr, tail: wr.tail.Load(), closed: &c.closed, stall: o.Stall}
 	rr := seg.ring(rdir)
-	c.r = &Reader{r: rr, head: rr.head.Load(), closed: &c.closed, maxSpin: max(o.Spin, 0)}
-	return c
+	bell, err := listenBell(rr.bell)
+	if err != nil {
+		return nil, fmt.Errorf("ring: listen on bell: %w", err)
+	}
+	c.r = &Reader{r: rr, head: rr.head.Load(), closed: &c.closed, maxSpin: max(o.Spin, 0), bell: bell}
+	return c, nil
 }
 
 // Write sends one frame; see Writer.Write. Safe from many goroutines.
@@ -101,6 +106,7 @@ func (c *Conn) Release() error {
 	for c.active.Load() != 0 {
 		time.Sleep(time.Millisecond)
 	}
+	_ = c.r.bell.Close()
 	return c.seg.Close()
 }
 
@@ -109,7 +115,7 @@ func (c *Conn) Release() error {
 func (c *Conn) Close() {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
-		ringBell(c.r.r.bell) // our own reader's: it sees closed
+		ringBell(c.r.r.bell) // our own reader wakes and sees closed
 
 	})
 }

@@ -23,13 +23,17 @@ func TestMain(m *testing.M) {
 // peer echoes every frame back (echo), answers with 16 bytes (reply), or
 // writes garbage into its ring after n good frames (garbage).
 func peer(mode string) int {
-	seg, err := Open([]*os.File{os.NewFile(3, "ring"), os.NewFile(4, "bell-down"), os.NewFile(5, "bell-up")})
+	seg, err := Open([]int{3, 4, 5})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
 	spin, _ := time.ParseDuration(os.Getenv("FERRY_RING_SPIN"))
-	c := NewConn(seg, Plugin, Options{Spin: spin})
+	c, err := NewConn(seg, Plugin, Options{Spin: spin})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	for n := 0; ; n++ {
 		kind, id, p, err := c.Read()
 		if err != nil {
@@ -70,7 +74,7 @@ func startPeer(t testing.TB, mode string, size int, spin time.Duration) (*Conn, 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := NewConn(seg, Host, Options{Spin: spin, Stall: 30 * time.Second})
+	c := mustConn(t, seg, Host, Options{Spin: spin, Stall: 30 * time.Second})
 	t.Cleanup(func() {
 		c.Close()
 		_ = cmd.Process.Kill()
@@ -149,7 +153,7 @@ func TestTwoProcessPeerKilled(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := NewConn(seg, Host, Options{Stall: time.Second})
+	c := mustConn(t, seg, Host, Options{Stall: time.Second})
 	for i := 0; i < 100; i++ {
 		if err := c.Write(1, uint64(i), frame(i, 1000)); err != nil {
 			t.Fatal(err)

@@ -50,10 +50,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 var pollInterval = 100 * time.Millisecond
 
 // ringBell wakes the consumer sleeping on bell: an eventfd counts up by one.
-func ringBell(bell *os.File) {
-	var one = [8]byte{1}
-	_, _ = bell.Write(one[:])
-}
+func ringBell(bell int) { ringFD(bell) }
 
 func align8(n uint64) uint64 { return (n + 7) &^ 7 }
 
@@ -177,11 +174,13 @@ type Reader struct {
 	r       *ring
 	head    uint64 // our own copy
 	closed  *atomic.Bool
-	buf     []byte // the frame being read
+	buf     []byte   // the frame being read
+	bell    *os.File // this side's end of the ring's bell (listenBell)
 	bellBuf [8]byte
 
 	maxSpin time.Duration // 0: never spin
 	spinFor time.Duration // the next wait's spin, adapted
+	spin    time.Duration // this wait's
 	spins   int
 }
 
@@ -294,8 +293,9 @@ func (rd *Reader) available() (uint64, error) {
 		}
 		if start.IsZero() {
 			start = time.Now()
+			rd.spin = rd.spinFor
 		}
-		if rd.spinFor > 0 && rd.spinStep(start) {
+		if rd.spin > 0 && rd.spinStep(start) {
 			continue
 		}
 		// Announce the sleep, then look once more: a producer that
@@ -306,8 +306,8 @@ func (rd *Reader) available() (uint64, error) {
 			r.rsleep.Store(0)
 			continue
 		}
-		_ = r.bell.SetReadDeadline(time.Now().Add(pollInterval))
-		_, err := r.bell.Read(rd.bellBuf[:])
+		_ = rd.bell.SetReadDeadline(time.Now().Add(pollInterval))
+		_, err := rd.bell.Read(rd.bellBuf[:])
 		r.rsleep.Store(0)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, fmt.Errorf("%w: bell: %v", ErrClosed, err)
@@ -319,7 +319,7 @@ func (rd *Reader) available() (uint64, error) {
 
 // spinStep spins once; false when the spin's time is up.
 func (rd *Reader) spinStep(start time.Time) bool {
-	if time.Since(start) >= rd.spinFor {
+	if time.Since(start) >= rd.spin {
 		return false
 	}
 	rd.spins++

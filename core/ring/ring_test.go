@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -17,7 +18,7 @@ func newPair(t testing.TB, size int) (*Segment, *Conn, *Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, plug := NewConn(seg, Host, Options{}), NewConn(seg, Plugin, Options{})
+	host, plug := mustConn(t, seg, Host, Options{}), mustConn(t, seg, Plugin, Options{})
 	t.Cleanup(func() {
 		host.Close()
 		plug.Close()
@@ -27,6 +28,29 @@ func newPair(t testing.TB, size int) (*Segment, *Conn, *Conn) {
 		seg.Close()
 	})
 	return seg, host, plug
+}
+
+func mustConn(t testing.TB, seg *Segment, side Side, o Options) *Conn {
+	t.Helper()
+	c, err := NewConn(seg, side, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dupFDs gives a segment's descriptors as another process would get them.
+func dupFDs(t testing.TB, seg *Segment) []int {
+	t.Helper()
+	var fds []int
+	for _, f := range seg.Files() {
+		fd, err := syscall.Dup(int(f.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	return fds
 }
 
 func frame(i, n int) []byte {
@@ -134,7 +158,7 @@ func TestStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer seg.Close()
-	host := NewConn(seg, Host, Options{Stall: 200 * time.Millisecond})
+	host := mustConn(t, seg, Host, Options{Stall: 200 * time.Millisecond})
 	for {
 		err := host.Write(1, 0, make([]byte, 4000))
 		if errors.Is(err, ErrStalled) {
@@ -216,13 +240,13 @@ func TestOpenChecksHeader(t *testing.T) {
 			saved := append([]byte(nil), seg.mem[:32]...)
 			defer copy(seg.mem, saved)
 			mutate(seg.mem)
-			if s, err := Open(seg.Files()); err == nil {
+			if s, err := Open(dupFDs(t, seg)); err == nil {
 				s.mem = nil
 				t.Fatal("Open accepted a bad header")
 			}
 		})
 	}
-	s, err := Open(seg.Files())
+	s, err := Open(dupFDs(t, seg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +273,7 @@ func FuzzRead(f *testing.F) {
 		r := seg.ring(Down)
 		copy(r.data, data)
 		r.tail.Store(tail)
-		plug := NewConn(seg, Plugin, Options{})
+		plug := mustConn(t, seg, Plugin, Options{})
 		for i := 0; i < 64; i++ {
 			if r.tail.Load() == plug.r.head {
 				return // everything published was read

@@ -58,10 +58,14 @@ var ErrCorrupt = errors.New("ring: peer broke the protocol")
 
 // Segment is one shared mapping holding both rings, and each ring's bell.
 type Segment struct {
-	file     *os.File
-	bells    [2]*os.File
-	mem      []byte
-	ringSize uint64
+	file *os.File
+	// The bells' descriptors. A process never registers the bell it rings
+	// with its poller (it would wake itself); the ring's consumer reads a
+	// non-blocking duplicate of its own (Conn).
+	bells     [2]int
+	bellFiles [2]*os.File // the creator's: what Files hands out, kept open
+	mem       []byte
+	ringSize  uint64
 }
 
 // Create makes a new segment in anonymous shared memory (a memfd, or an
@@ -89,25 +93,30 @@ func Create(ringSize int) (*Segment, error) {
 	binary.LittleEndian.PutUint32(mem[8:], Version)
 	binary.LittleEndian.PutUint32(mem[12:], 2)
 	binary.LittleEndian.PutUint64(mem[16:], uint64(ringSize))
-	s := &Segment{file: f, mem: mem, ringSize: uint64(ringSize)}
+	s := &Segment{file: f, mem: mem, ringSize: uint64(ringSize), bells: [2]int{-1, -1}}
 	for i := range s.bells {
-		if s.bells[i], err = newBell(); err != nil {
+		fd, err := newBell()
+		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("ring: create bell: %w", err)
 		}
+		// Blocking, so that this wrapper is not registered with the
+		// poller; it only carries the descriptor to the plugin.
+		s.bells[i], s.bellFiles[i] = fd, os.NewFile(uintptr(fd), "ferry-ring-bell")
 	}
 	return s, nil
 }
 
-// Open maps a segment another process created, from its files (inherited at
-// exec, in the order of Files), and checks its header. The mapping's size
-// comes from the file, not from the header, so a header that lies cannot make
-// a ring reach beyond it.
-func Open(files []*os.File) (*Segment, error) {
-	if len(files) != 3 {
-		return nil, fmt.Errorf("ring: a segment is 3 files (memory, 2 bells), got %d", len(files))
+// Open maps a segment another process created, from its file descriptors
+// (inherited at exec, in the order of Files), and checks its header. The
+// segment owns the descriptors from now on. The mapping's size comes from the
+// file, not from the header, so a header that lies cannot make a ring reach
+// beyond it.
+func Open(fds []int) (*Segment, error) {
+	if len(fds) != 3 {
+		return nil, fmt.Errorf("ring: a segment is 3 descriptors (memory, 2 bells), got %d", len(fds))
 	}
-	f := files[0]
+	f := os.NewFile(uintptr(fds[0]), "ferry-ring")
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("ring: stat shared memory: %w", err)
@@ -120,7 +129,7 @@ func Open(files []*os.File) (*Segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Segment{file: f, mem: mem, bells: [2]*os.File{files[1], files[2]}}
+	s := &Segment{file: f, mem: mem, bells: [2]int{fds[1], fds[2]}}
 	if err := s.check(); err != nil {
 		_ = unmapShared(mem)
 		return nil, err
@@ -148,7 +157,10 @@ func (s *Segment) check() error {
 
 // Files are the segment's shared-memory file and the bells of ring Down and
 // ring Up, in that order, to hand to the plugin process (exec.Cmd.ExtraFiles).
-func (s *Segment) Files() []*os.File { return []*os.File{s.file, s.bells[Down], s.bells[Up]} }
+// Only a segment made by Create has them.
+func (s *Segment) Files() []*os.File {
+	return []*os.File{s.file, s.bellFiles[Down], s.bellFiles[Up]}
+}
 
 // RingSize is the data size of each ring.
 func (s *Segment) RingSize() int { return int(s.ringSize) }
@@ -158,12 +170,21 @@ func (s *Segment) RingSize() int { return int(s.ringSize) }
 func (s *Segment) Close() error {
 	err := unmapShared(s.mem)
 	s.mem = nil
-	for _, f := range s.Files() {
+	closeFile := func(f *os.File) {
 		if f != nil {
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 		}
+	}
+	closeFile(s.file)
+	for i := range s.bells {
+		if s.bellFiles[i] != nil {
+			closeFile(s.bellFiles[i])
+		} else if s.bells[i] >= 0 {
+			_ = closeFD(s.bells[i])
+		}
+		s.bells[i] = -1
 	}
 	return err
 }
@@ -175,7 +196,7 @@ type ring struct {
 	tail   *atomic.Uint64
 	head   *atomic.Uint64
 	rsleep *atomic.Uint32
-	bell   *os.File
+	bell   int // the bell's descriptor, for the producer to ring
 }
 
 func (s *Segment) ring(dir int) *ring {

@@ -17,15 +17,34 @@ func createShared(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), name), nil
 }
 
-// newBell makes a ring's bell: a non-blocking eventfd, so that a reader
-// waiting for it parks in Go's netpoller and holds no thread or P.
-func newBell() (*os.File, error) {
-	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+// newBell makes a ring's bell: an eventfd.
+func newBell() (int, error) {
+	return unix.Eventfd(0, unix.EFD_CLOEXEC)
+}
+
+// listenBell returns the consumer's end of a bell: a non-blocking duplicate
+// of fd registered with Go's netpoller, so that a reader waiting on it parks
+// and holds no thread or P.
+func listenBell(fd int) (*os.File, error) {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	return os.NewFile(uintptr(fd), "ferry-ring-bell"), nil
+	if err := unix.SetNonblock(d, true); err != nil {
+		_ = unix.Close(d)
+		return nil, err
+	}
+	return os.NewFile(uintptr(d), "ferry-ring-bell"), nil
 }
+
+// ringFD writes 1 to the eventfd fd (not through the poller: the producer's
+// process never waits on the bell it rings).
+func ringFD(fd int) {
+	var one = [8]byte{1}
+	_, _ = unix.Write(fd, one[:])
+}
+
+func closeFD(fd int) error { return unix.Close(fd) }
 
 func mapShared(f *os.File, size int) ([]byte, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)

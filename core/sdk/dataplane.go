@@ -85,21 +85,29 @@ func (h *ringHost) offer() string {
 
 // accepted starts the data plane if the plugin took the offer, and releases
 // the segment otherwise. It returns the connection, or nil for gRPC.
-func (h *ringHost) accepted(answer string) *ring.Conn {
+func (h *ringHost) accepted(answer string) (*ring.Conn, error) {
 	if h.seg == nil {
-		return nil
+		return nil, nil
 	}
 	if answer != DataPlaneRing {
 		_ = h.seg.Close()
 		h.seg = nil
-		return nil
+		return nil, nil
 	}
 	o := ringOptions()
-	h.conn = ring.NewConn(h.seg, ring.Host, o)
+	conn, err := ring.NewConn(h.seg, ring.Host, o)
+	if err != nil {
+		// The plugin took the offer and will wait on rings this side
+		// cannot serve: fail its calls rather than fall back silently.
+		_ = h.seg.Close()
+		h.seg = nil
+		return nil, err
+	}
+	h.conn = conn
 	h.conn.Watch(cmp.Or(o.Stall, ring.DefaultStall), func() {
 		h.fault(fmt.Errorf("%w: the plugin left its ring unread for %v", ring.ErrStalled, cmp.Or(o.Stall, ring.DefaultStall)))
 	})
-	return h.conn
+	return h.conn, nil
 }
 
 // release ends the data plane: every blocked Read and Write returns, and the
@@ -143,7 +151,11 @@ func (h *ringHost) configure(ctx context.Context, pc pluginClient, config []byte
 		h.release()
 		return nil, err
 	}
-	return h.accepted(resp.GetDataPlane()), nil
+	conn, err := h.accepted(resp.GetDataPlane())
+	if err != nil {
+		return nil, fmt.Errorf("%w: data plane: %v", ErrUnavailable, err)
+	}
+	return conn, nil
 }
 
 // ringWrite encodes m into a pooled buffer and writes it as one frame.
@@ -180,31 +192,31 @@ func errRing(err error) error {
 }
 
 // pluginRing opens, on the plugin side, the segment the host handed over:
-// files, or those EnvRingFD names. It is called once, at Configure.
-func pluginRing(files []*os.File) (*ring.Conn, error) {
-	if files != nil {
-		seg, err := ring.Open(files)
-		if err != nil {
-			return nil, err
+// fds, or those EnvRingFD names. It is called once, at Configure.
+func pluginRing(fds []int) (*ring.Conn, error) {
+	if fds == nil {
+		v := os.Getenv(EnvRingFD)
+		if v == "" {
+			return nil, fmt.Errorf("the host offered the ring data plane but %s is not set", EnvRingFD)
 		}
-		return ring.NewConn(seg, ring.Plugin, ringOptions()), nil
-	}
-	v := os.Getenv(EnvRingFD)
-	if v == "" {
-		return nil, fmt.Errorf("the host offered the ring data plane but %s is not set", EnvRingFD)
-	}
-	for _, f := range strings.Split(v, ",") {
-		fd, err := strconv.Atoi(f)
-		if err != nil || fd < 3 {
-			return nil, fmt.Errorf("%s=%q: not a list of file descriptors", EnvRingFD, v)
+		for _, f := range strings.Split(v, ",") {
+			fd, err := strconv.Atoi(f)
+			if err != nil || fd < 3 {
+				return nil, fmt.Errorf("%s=%q: not a list of file descriptors", EnvRingFD, v)
+			}
+			fds = append(fds, fd)
 		}
-		files = append(files, os.NewFile(uintptr(fd), "ferry-ring"))
 	}
-	seg, err := ring.Open(files)
+	seg, err := ring.Open(fds)
 	if err != nil {
 		return nil, err
 	}
-	return ring.NewConn(seg, ring.Plugin, ringOptions()), nil
+	conn, err := ring.NewConn(seg, ring.Plugin, ringOptions())
+	if err != nil {
+		_ = seg.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // EnvRingSpin, when set to a duration, replaces the rings' longest spin

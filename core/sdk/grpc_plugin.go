@@ -2,7 +2,6 @@ package sdk
 
 import (
 	"context"
-	"os"
 	"sync"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -17,7 +16,7 @@ type pluginServer struct {
 	// dataPlane, when set, serves the plugin's kind on a ring connection
 	// the host offered at Configure (it returns at once).
 	dataPlane func(*ring.Conn)
-	ringFiles []*os.File // instead of EnvRingFD (ServeOpts.RingFiles)
+	ringFDs   []int // instead of EnvRingFD (ServeOpts.RingFDs)
 	ringOnce  sync.Once
 }
 
@@ -39,7 +38,7 @@ func (s *pluginServer) Configure(ctx context.Context, req *ferryv1.ConfigureRequ
 	resp := &ferryv1.ConfigureResponse{}
 	if req.DataPlane == DataPlaneRing && s.dataPlane != nil {
 		s.ringOnce.Do(func() {
-			conn, err := pluginRing(s.ringFiles)
+			conn, err := pluginRing(s.ringFDs)
 			if err != nil {
 				pluginLog.Warn("data plane: staying on gRPC", "error", err)
 				return

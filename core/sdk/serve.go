@@ -78,10 +78,10 @@ type ServeOpts struct {
 	// Logger for the plugin's own messages; they reach the host's log on
 	// stderr. Default: a JSON logger the host understands.
 	Logger hclog.Logger
-	// RingFiles are the data plane segment's files (ring.Segment.Files
+	// RingFDs are the data plane segment's descriptors (ring.Segment.Files
 	// order) when the plugin does not inherit them through EnvRingFD: for
 	// harnesses that serve a plugin in-process. Plugins leave it nil.
-	RingFiles []*os.File
+	RingFDs []int
 }
 
 func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
@@ -89,11 +89,11 @@ func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
 	var impl Plugin
 	n := 0
 	if o.Storage != nil {
-		set[KindStorage] = &grpcPlugin{kind: KindStorage, impl: o.Storage, ringFiles: o.RingFiles}
+		set[KindStorage] = &grpcPlugin{kind: KindStorage, impl: o.Storage, ringFDs: o.RingFDs}
 		impl, n = o.Storage, n+1
 	}
 	if o.Transport != nil {
-		set[KindTransport] = &grpcPlugin{kind: KindTransport, impl: o.Transport, ringFiles: o.RingFiles}
+		set[KindTransport] = &grpcPlugin{kind: KindTransport, impl: o.Transport, ringFDs: o.RingFDs}
 		impl, n = o.Transport, n+1
 	}
 	if o.Replication != nil {
@@ -235,13 +235,13 @@ func PluginSets() map[int]plugin.PluginSet {
 // services on the plugin side and builds the client on the host side.
 type grpcPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	kind      string
-	impl      Plugin     // plugin side only
-	ringFiles []*os.File // plugin side: ServeOpts.RingFiles
+	kind    string
+	impl    Plugin // plugin side only
+	ringFDs []int  // plugin side: ServeOpts.RingFDs
 }
 
 func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	ps := &pluginServer{impl: p.impl, ringFiles: p.ringFiles}
+	ps := &pluginServer{impl: p.impl, ringFDs: p.ringFDs}
 	ferryv1.RegisterPluginServer(s, ps)
 	switch p.kind {
 	case KindStorage:

@@ -13,7 +13,6 @@
 package sdktest
 
 import (
-	"os"
 	"syscall"
 
 	"github.com/ferrymq/ferry/core/ring"
@@ -92,7 +91,7 @@ func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.St
 			if err != nil {
 				t.Fatalf("dup ring file: %v", err)
 			}
-			opts.RingFiles = append(opts.RingFiles, os.NewFile(uintptr(fd), f.Name()))
+			opts.RingFDs = append(opts.RingFDs, fd)
 		}
 	}
 	cfg, _, err := sdk.NewServeConfig(opts)
