@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
@@ -98,5 +99,42 @@ func TestDataPlaneFaults(t *testing.T) {
 				t.Errorf("storage holds %d messages, want exactly 6000 (no loss, no duplicates)", stored)
 			}
 		})
+	}
+}
+
+// Plugins killed with SIGKILL at random points under load, over and over,
+// each time on its rings: every new process gets fresh rings, appends of
+// unknown outcome are replayed to it, and nothing acked is lost or stored
+// twice.
+func TestKillPluginsAtRandomUnderLoad(t *testing.T) {
+	cfg := quickstart(t, pluginhost.ModeSubprocess, 12000)
+	cfg.Plugins.Storage.Type = "file"
+	cfg.Plugins.Storage.Config = map[string]any{"flush": "sync"}
+	cfg.Generators[0].Rate = 3000
+	cfg.Producer.Timeout = 30 * time.Second
+	e := start(t, cfg)
+	requireRing(t, e.Storage(), e.Transport())
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	t.Logf("seed %d", seed)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 5; i++ {
+			inst := e.Storage()
+			if i%2 == 1 {
+				inst = e.Transport()
+			}
+			killDuringRun(t, e, inst, time.Duration(200+rng.IntN(500))*time.Millisecond)
+		}
+	}()
+	s := runPipeline(t, e, 180*time.Second)
+	<-done
+	checkAllDelivered(t, s, 12000)
+	if stored := storedCount(t, e, "orders"); stored != 12000 {
+		t.Errorf("storage holds %d messages, want exactly 12000 (no loss, no duplicates)", stored)
+	}
+	if r := e.Storage().Restarts(); r < 3 {
+		t.Errorf("storage restarts = %d, want 3", r)
 	}
 }

@@ -172,6 +172,14 @@ func (i *Instance) supervise() {
 					break watch
 				}
 			case <-i.kick:
+				// A report about an earlier generation (calls that failed
+				// as it died) is stale: this one is not broken.
+				i.mu.Lock()
+				stale := i.failing != gen
+				i.mu.Unlock()
+				if stale {
+					continue
+				}
 				broken = true
 				break watch
 			}
