@@ -45,6 +45,13 @@ func peer(mode string) int {
 			err = c.Write(kind, id, p)
 		case "reply":
 			err = c.Write(kind, id, p[:min(len(p), 16)])
+		case "reply-go":
+			// Answered from another goroutine, as the SDK's servers do.
+			go func() {
+				if err := c.Write(kind, id, p[:min(len(p), 16)]); err != nil {
+					os.Exit(4)
+				}
+			}()
 		case "garbage":
 			if n == 100 {
 				r := seg.ring(Up)
@@ -189,6 +196,34 @@ func BenchmarkTwoProcessRoundTrip(b *testing.B) {
 				if _, _, _, err := c.Read(); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkTwoProcessRoundTripHandoff: as above, with the peer answering
+// from a goroutine of its own and this side's answers read by a goroutine
+// that hands them to the caller over a channel (what the SDK does on both
+// sides).
+func BenchmarkTwoProcessRoundTripHandoff(b *testing.B) {
+	for _, spin := range []time.Duration{-1, 20 * time.Microsecond, 100 * time.Microsecond} {
+		b.Run(fmt.Sprintf("spin=%s", spin), func(b *testing.B) {
+			c, _ := startPeer(b, "reply-go", DefaultRingSize, spin)
+			answers := make(chan struct{}, 1)
+			go func() {
+				for {
+					if _, _, _, err := c.Read(); err != nil {
+						return
+					}
+					answers <- struct{}{}
+				}
+			}()
+			msg := frame(1, 1024)
+			for i := 0; b.Loop(); i++ {
+				if err := c.Write(1, uint64(i), msg); err != nil {
+					b.Fatal(err)
+				}
+				<-answers
 			}
 		})
 	}
