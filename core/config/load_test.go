@@ -53,8 +53,9 @@ func TestLoadKeepsEveryExplicitValue(t *testing.T) {
 		File: "testdata/full.yaml",
 		Node: Node{ID: "broker-a", DataDir: "/var/lib/ferry/orders", Role: "master", ShutdownTimeout: 30 * time.Second},
 		Plugins: Plugins{
-			Mode: "inprocess",
-			Dirs: []string{"./bin", "/opt/ferry/plugins"},
+			Mode:      "inprocess",
+			DataPlane: "grpc",
+			Dirs:      []string{"./bin", "/opt/ferry/plugins"},
 			Storage: PluginRef{Type: "file", Config: map[string]any{
 				"segment_bytes": "64MiB",
 				"flush":         map[string]any{"mode": "async", "interval": "200ms"},
@@ -222,12 +223,13 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		{file: "enums.yaml", want: []want{
 			{3, "node.role", `must be one of standalone, master, slave; got "leader"`},
 			{5, "plugins.mode", `must be one of subprocess, inprocess; got "thread"`},
-			{8, "producer.mode", `must be one of sync, async, oneway; got "fast"`},
-			{10, "generators[0].mode", `must be one of sync, async, oneway; got "lazy"`},
-			{14, "flows[0].delivery", `must be one of push, pull; got "poll"`},
-			{17, "flows[0].stages[1].type", `must be one of ack, dlq, retry, timeout; got "throttle"`},
-			{19, "flows[0].sink.type", `must be one of count, stdout, discard, file, exec, webhook; got "kafka"`},
-			{21, "tracing.exporter", `must be one of none, stdout, otlp; got "jaeger"`},
+			{6, "plugins.data_plane", `must be one of ring, grpc; got "shm"`},
+			{9, "producer.mode", `must be one of sync, async, oneway; got "fast"`},
+			{11, "generators[0].mode", `must be one of sync, async, oneway; got "lazy"`},
+			{15, "flows[0].delivery", `must be one of push, pull; got "poll"`},
+			{18, "flows[0].stages[1].type", `must be one of ack, dlq, retry, timeout; got "throttle"`},
+			{20, "flows[0].sink.type", `must be one of count, stdout, discard, file, exec, webhook; got "kafka"`},
+			{22, "tracing.exporter", `must be one of none, stdout, otlp; got "jaeger"`},
 		}},
 		{file: "names.yaml", want: []want{
 			{1, "name", `starting with a letter or digit; got "Demo"`},
