@@ -79,7 +79,7 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no endpoint %s; see /v1/metadata, /v1/topics/{topic}/messages, /v1/groups/{group}/offsets", r.URL.Path))
 	})
-	return mux
+	return guard(mux)
 }
 
 // JSON shapes of the API.
@@ -255,6 +255,10 @@ func (a *api) timeout(r *http.Request) (context.Context, context.CancelFunc) {
 // Content-Type is application/json, else the raw body as one message.
 func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 	topic := r.PathValue("topic")
+	if err := checkName("topic", topic); err != nil {
+		fail(w, err)
+		return
+	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
 	if v := r.URL.Query().Get("timeout"); v != "" {
@@ -346,6 +350,20 @@ func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn,
 // message turns the i-th message of a request into a broker message with its
 // id and queue.
 func (a *api) message(topic string, queues int32, i int, in messageIn, born int64) (*sdk.Message, error) {
+	if err := checkText(fmt.Sprintf("message %d: id", i), in.ID); err != nil {
+		return nil, err
+	}
+	if err := checkText(fmt.Sprintf("message %d: key", i), in.Key); err != nil {
+		return nil, err
+	}
+	for k, v := range in.Headers {
+		if err := checkText(fmt.Sprintf("message %d: header name", i), k); err != nil {
+			return nil, err
+		}
+		if err := checkText(fmt.Sprintf("message %d: header %s", i, k), v); err != nil {
+			return nil, err
+		}
+	}
 	var body []byte
 	switch {
 	case in.Body != nil && in.BodyBase64 != nil:
@@ -392,6 +410,16 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 	topic := r.PathValue("topic")
 	qv := r.URL.Query()
 	group := qv.Get("group")
+	if err := checkName("topic", topic); err != nil {
+		fail(w, err)
+		return
+	}
+	if group != "" {
+		if err := checkName("group", group); err != nil {
+			fail(w, err)
+			return
+		}
+	}
 	maxMsgs := defaultPullMessages
 	if v := qv.Get("max"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -526,6 +554,10 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 // the group will consume on its queue (the last processed offset + 1).
 func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 	group := r.PathValue("group")
+	if err := checkName("group", group); err != nil {
+		fail(w, err)
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.cfg.MaxRequestBytes)))
 	if err != nil {
 		fail(w, err)
@@ -544,6 +576,10 @@ func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 	}
 	req := &sdk.CommitOffsetsRequest{Group: group}
 	for _, o := range in.Offsets {
+		if err := checkName("topic", o.Topic); err != nil {
+			fail(w, err)
+			return
+		}
 		req.Offsets = append(req.Offsets, &sdk.GroupOffset{Topic: o.Topic, Queue: o.Queue, Offset: o.Offset})
 	}
 	ctx, cancel := a.timeout(r)
@@ -561,6 +597,12 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 	if topic == "" {
 		fail(w, badRequest("topic= is required"))
 		return
+	}
+	for _, n := range []struct{ what, v string }{{"group", group}, {"topic", topic}} {
+		if err := checkName(n.what, n.v); err != nil {
+			fail(w, err)
+			return
+		}
 	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
@@ -587,9 +629,16 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 
 // metadata answers GET /v1/metadata[?topic=T...].
 func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
+	topics := r.URL.Query()["topic"]
+	for _, t := range topics {
+		if err := checkName("topic", t); err != nil {
+			fail(w, err)
+			return
+		}
+	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
-	resp, err := a.core.Metadata(ctx, &sdk.MetadataRequest{Topics: r.URL.Query()["topic"]})
+	resp, err := a.core.Metadata(ctx, &sdk.MetadataRequest{Topics: topics})
 	if err != nil {
 		fail(w, err)
 		return

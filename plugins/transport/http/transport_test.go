@@ -49,6 +49,14 @@ func TestValidate(t *testing.T) {
 // process, and returns the API's base URL.
 func node(t *testing.T) string {
 	t.Helper()
+	base, _ := nodeEngine(t, "")
+	return base
+}
+
+// nodeEngine is node with extra keys for the transport's config section
+// (", key: value" pairs) that also returns the engine.
+func nodeEngine(t *testing.T, extra string) (string, *engine.Engine) {
+	t.Helper()
 	listen := ferrytest.FreeAddr(t)
 	dir := t.TempDir()
 	cfg, err := config.LoadBytes("http-test.yaml", []byte(fmt.Sprintf(`name: http-test
@@ -56,9 +64,9 @@ node: {data_dir: %q}
 plugins:
   mode: subprocess
   storage: {type: memory}
-  transport: {type: http, config: {listen: %q, max_message_bytes: 1KiB, max_request_bytes: 64KiB, shutdown_timeout: 500ms}}
+  transport: {type: http, config: {listen: %q, max_message_bytes: 1KiB, max_request_bytes: 64KiB, shutdown_timeout: 500ms%s}}
 topics: [{name: orders, queues: 2}, {name: logs, queues: 1}]
-`, dir, listen)))
+`, dir, listen, extra)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +96,7 @@ topics: [{name: orders, queues: 2}, {name: logs, queues: 1}]
 		resp, err := http.Get(base + "/v1/metadata")
 		if err == nil {
 			resp.Body.Close()
-			return base
+			return base, e
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("http transport not serving: %v", err)
