@@ -93,7 +93,7 @@ type (
 		BodyBase64 *string           `json:"body_base64,omitempty"`
 	}
 	produceIn struct {
-		Messages []messageIn `json:"messages"`
+		Messages []*messageIn `json:"messages"` // pointers: a null is refused
 	}
 	resultOut struct {
 		ID     string `json:"id"`
@@ -315,16 +315,7 @@ func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn,
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct == "application/json" {
-		var in produceIn
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			return nil, badRequest("body is not a produce request {\"messages\":[{\"key\",\"headers\",\"body\" or \"body_base64\"}]}: %v", err)
-		}
-		if len(in.Messages) == 0 {
-			return nil, badRequest("no messages: want {\"messages\":[...]} with at least one")
-		}
-		return in.Messages, nil
+		return decodeProduce(body)
 	}
 	s := base64.StdEncoding.EncodeToString(body)
 	in := messageIn{ID: r.Header.Get(headerID), Key: r.Header.Get(headerKey), BodyBase64: &s}
@@ -345,6 +336,44 @@ func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn,
 		}
 	}
 	return []messageIn{in}, nil
+}
+
+// decodeProduce decodes a JSON produce request: exactly one object
+// {"messages":[...]} of known fields, at least one message, none null, and
+// the whole body valid UTF-8 (encoding/json would silently turn bad bytes
+// into U+FFFD; a body that is not text travels as body_base64).
+func decodeProduce(body []byte) ([]messageIn, error) {
+	if !utf8.Valid(body) {
+		at := 0
+		for at < len(body) {
+			r, n := utf8.DecodeRune(body[at:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			at += n
+		}
+		return nil, badRequest("the JSON body is not valid UTF-8 (at byte %d); send a body that is not text as body_base64", at)
+	}
+	var in produceIn
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return nil, badRequest("body is not a produce request {\"messages\":[{\"key\",\"headers\",\"body\" or \"body_base64\"}]}: %v", err)
+	}
+	if off := dec.InputOffset(); len(bytes.TrimSpace(body[off:])) > 0 {
+		return nil, badRequest("the JSON body has more after its object (at byte %d): send one {\"messages\":[...]} object", off)
+	}
+	if len(in.Messages) == 0 {
+		return nil, badRequest("no messages: want {\"messages\":[...]} with at least one")
+	}
+	out := make([]messageIn, len(in.Messages))
+	for i, m := range in.Messages {
+		if m == nil {
+			return nil, badRequest("message %d is null: each message is an object such as {\"body\":\"...\"}", i)
+		}
+		out[i] = *m
+	}
+	return out, nil
 }
 
 // message turns the i-th message of a request into a broker message with its
@@ -392,9 +421,11 @@ func (a *api) message(topic string, queues int32, i int, in messageIn, born int6
 			return nil, badRequest("message %d: topic %q has queues 0..%d, got queue %d", i, topic, queues-1, q)
 		}
 	case in.Key != "":
-		h := fnv.New32a()
-		h.Write([]byte(in.Key))
-		q = int32(h.Sum32() % uint32(queues))
+		q = hashQueue(in.Key, queues)
+	case in.ID != "":
+		// A retry of a keyless message with its id lands in the same
+		// queue, where the store's de-duplication by id finds it.
+		q = hashQueue(in.ID, queues)
 	default:
 		q = int32((a.rr.Add(1) - 1) % uint64(queues))
 	}
@@ -403,6 +434,13 @@ func (a *api) message(topic string, queues int32, i int, in messageIn, born int6
 		id = a.prefix + "-" + strconv.FormatUint(a.seq.Add(1), 10)
 	}
 	return &sdk.Message{Id: id, Topic: topic, Queue: q, Key: in.Key, Headers: in.Headers, Body: body, BornUnixNano: born}, nil
+}
+
+// hashQueue picks the queue of a message by its key (or, keyless, its id).
+func hashQueue(s string, queues int32) int32 {
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return int32(h.Sum32() % uint32(queues))
 }
 
 // pull answers GET /v1/topics/{topic}/messages.
@@ -568,6 +606,10 @@ func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
 		fail(w, badRequest("body is not a commit {\"offsets\":[{\"topic\",\"queue\",\"offset\"}]}: %v", err))
+		return
+	}
+	if off := dec.InputOffset(); len(bytes.TrimSpace(body[off:])) > 0 {
+		fail(w, badRequest("the JSON body has more after its object (at byte %d): send one {\"offsets\":[...]} object", off))
 		return
 	}
 	if len(in.Offsets) == 0 {
