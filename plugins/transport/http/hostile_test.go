@@ -143,7 +143,9 @@ func TestJSONProduceStrict(t *testing.T) {
 			}
 		})
 	}
-	var e struct{ Error struct{ Code, Message string } }
+	var e struct {
+		Error struct{ Code, Message string }
+	}
 	if code := call(t, "POST", base+"/v1/groups/g/offsets", "application/json", `{"offsets":[{"topic":"orders","queue":0,"offset":0}]} x`, nil, &e); code != 400 || !strings.Contains(e.Error.Message, "more after its object") {
 		t.Errorf("commit with trailing garbage: %d %+v", code, e.Error)
 	}
