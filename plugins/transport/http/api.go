@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"mime"
 	"net/http"
 	"slices"
@@ -36,6 +35,7 @@ const (
 type api struct {
 	core     sdk.Core
 	cfg      Config
+	lim      *limits
 	draining context.Context // ends when Serve stops: long polls return
 	prefix   string          // of generated message ids
 	seq      atomic.Uint64
@@ -51,7 +51,7 @@ type topicInfo struct {
 }
 
 func newAPI(core sdk.Core, cfg Config, draining context.Context) *api {
-	return &api{core: core, cfg: cfg, draining: draining, prefix: idPrefix(), topics: map[string]topicInfo{}}
+	return &api{core: core, cfg: cfg, lim: newLimits(cfg), draining: draining, prefix: idPrefix(), topics: map[string]topicInfo{}}
 }
 
 // methods dispatches on the HTTP method and answers others with 405.
@@ -76,10 +76,11 @@ func (a *api) routes() http.Handler {
 	mux.Handle("/v1/topics/{topic}/messages", methods{http.MethodPost: a.produce, http.MethodGet: a.pull})
 	mux.Handle("/v1/groups/{group}/offsets", methods{http.MethodPost: a.commit, http.MethodGet: a.offsets})
 	mux.Handle("/v1/metadata", methods{http.MethodGet: a.metadata})
+	mux.Handle("/metrics", methods{http.MethodGet: a.lim.metrics().ServeHTTP})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no endpoint %s; see /v1/metadata, /v1/topics/{topic}/messages, /v1/groups/{group}/offsets", r.URL.Path))
 	})
-	return guard(mux)
+	return a.guard(mux)
 }
 
 // JSON shapes of the API.
@@ -91,6 +92,7 @@ type (
 		Headers    map[string]string `json:"headers,omitempty"`
 		Body       *string           `json:"body,omitempty"`
 		BodyBase64 *string           `json:"body_base64,omitempty"`
+		raw        []byte            // the body of a raw (not JSON) produce
 	}
 	produceIn struct {
 		Messages []*messageIn `json:"messages"` // pointers: a null is refused
@@ -270,7 +272,8 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	ins, err := a.readMessages(w, r)
+	ins, release, err := a.readMessages(w, r)
+	defer release()
 	if err != nil {
 		fail(w, err)
 		return
@@ -308,21 +311,23 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 }
 
 // readMessages decodes a produce request's body.
-func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.cfg.MaxRequestBytes)))
+// Its bytes count against max_inflight_bytes until the caller calls release
+// (also after an error).
+func (a *api) readMessages(w http.ResponseWriter, r *http.Request) (_ []messageIn, release func(), _ error) {
+	body, release, err := a.lim.readBody(w, r)
 	if err != nil {
-		return nil, err
+		return nil, release, err
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct == "application/json" {
-		return decodeProduce(body)
+		ins, err := decodeProduce(body)
+		return ins, release, err
 	}
-	s := base64.StdEncoding.EncodeToString(body)
-	in := messageIn{ID: r.Header.Get(headerID), Key: r.Header.Get(headerKey), BodyBase64: &s}
+	in := messageIn{ID: r.Header.Get(headerID), Key: r.Header.Get(headerKey), raw: body}
 	if v := r.Header.Get(headerQueue); v != "" {
 		q, err := strconv.ParseInt(v, 10, 32)
 		if err != nil {
-			return nil, badRequest("header %s must be a queue number, got %q", headerQueue, v)
+			return nil, release, badRequest("header %s must be a queue number, got %q", headerQueue, v)
 		}
 		q32 := int32(q)
 		in.Queue = &q32
@@ -335,7 +340,7 @@ func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn,
 			in.Headers[strings.ToLower(name)] = vs[0]
 		}
 	}
-	return []messageIn{in}, nil
+	return []messageIn{in}, release, nil
 }
 
 // decodeProduce decodes a JSON produce request: exactly one object
@@ -393,7 +398,7 @@ func (a *api) message(topic string, queues int32, i int, in messageIn, born int6
 			return nil, err
 		}
 	}
-	var body []byte
+	body := in.raw
 	switch {
 	case in.Body != nil && in.BodyBase64 != nil:
 		return nil, badRequest("message %d has both body and body_base64", i)
@@ -596,7 +601,8 @@ func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.cfg.MaxRequestBytes)))
+	body, release, err := a.lim.readBody(w, r)
+	defer release()
 	if err != nil {
 		fail(w, err)
 		return

@@ -33,6 +33,9 @@ func TestValidate(t *testing.T) {
 		{`{"max_message_bytes": 0, "max_request_bytes": "1GiB"}`, []string{"max_message_bytes", "max_request_bytes"}},
 		{`{"request_timeout": "0s", "max_wait": "-1s", "shutdown_timeout": "-1s"}`, []string{"max_wait", "request_timeout", "shutdown_timeout"}},
 		{`{"port": 80}`, []string{"port"}},
+		{`{"body_timeout": "2s", "max_connections": 10, "max_inflight_bytes": "16MiB"}`, nil},
+		{`{"body_timeout": "0s", "max_connections": 0, "max_inflight_bytes": "1MiB"}`, []string{"body_timeout", "max_connections", "max_inflight_bytes"}},
+		{`{"max_request_bytes": "1MiB", "max_inflight_bytes": "1MiB"}`, nil},
 	} {
 		var paths []string
 		for _, p := range tr.Validate([]byte(tc.config)) {

@@ -68,9 +68,14 @@ func checkText(what, s string) error {
 	return nil
 }
 
-// guard wraps the router: it answers 400 to requests checkRequest refuses.
-func guard(next http.Handler) http.Handler {
+// guard wraps the router: it answers 503 past max_connections and 400 to
+// requests checkRequest refuses.
+func (a *api) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.lim.guard(w); err != nil {
+			fail(w, err)
+			return
+		}
 		if err := checkRequest(r); err != nil {
 			fail(w, err)
 			return
