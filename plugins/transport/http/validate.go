@@ -17,6 +17,9 @@ const maxNameBytes = 255
 // the broker core (protobuf strings are UTF-8). The answer names the part
 // and shows the bad bytes escaped. Called by the router for every request.
 func checkRequest(r *http.Request) error {
+	if !strings.HasPrefix(r.URL.Path, "/") {
+		return badRequest("the path %q does not start with /", r.URL.Path)
+	}
 	if !utf8.ValidString(r.URL.Path) {
 		return badRequest("the path %q is not valid UTF-8 (after percent-decoding)", r.URL.Path)
 	}
