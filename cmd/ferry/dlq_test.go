@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/engine"
@@ -22,8 +25,19 @@ import (
 // putDeadLetters stores dead letters of group "billing" as a consumer
 // would, with fixed contents, so that the CLI's output is the same on every
 // run.
-func putDeadLetters(t *testing.T, c *client.Client) {
+func putDeadLetters(t *testing.T, c *client.Client, addr string) {
 	t.Helper()
+	// The group exists, as it does when its consumer dead-letters: it
+	// committed (the broker keeps no dead-letter topic for made-up groups).
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := ferryv1.NewBrokerClient(cc).CommitOffsets(context.Background(), &ferryv1.CommitOffsetsRequest{Group: "billing",
+		Offsets: []*ferryv1.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}}); err != nil {
+		t.Fatal(err)
+	}
 	p := c.NewProducer(client.ProducerOptions{})
 	letters := []struct {
 		id, reason, lastErr, key, body string
@@ -53,7 +67,7 @@ var producedLine = regexp.MustCompile(`(?m)^(  produced:\s+).*$`)
 // their output with testdata/dlq/NAME.golden (-update rewrites them).
 func TestDLQGolden(t *testing.T) {
 	addr := startNode(t, "[{name: orders, queues: 4}]")
-	putDeadLetters(t, dialNode(t, addr))
+	putDeadLetters(t, dialNode(t, addr), addr)
 	steps := []struct {
 		name string
 		args []string

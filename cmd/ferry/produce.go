@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -131,7 +130,9 @@ func (s *produceStats) record(r client.Result, err error, size int, latency time
 		if s.firstErr == nil {
 			s.firstErr = err
 		}
-		if !s.json {
+		if !s.json && r.ID == "" {
+			fmt.Fprintf(os.Stderr, "ferry produce: %v\n", err) // never sent: no id
+		} else if !s.json {
 			fmt.Fprintf(os.Stderr, "ferry produce: message %s: %v\n", r.ID, err)
 		}
 	case oneway:
@@ -197,7 +198,9 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 			brokers = append(brokers, b)
 		}
 	}
-	var lines *bufio.Scanner
+	// Lines up to the message size limit are sent; a longer one is a
+	// failed message naming its line, and the lines after it are sent.
+	var lines *lineReader
 	switch {
 	case f.count > 0:
 	case f.file != "":
@@ -206,12 +209,9 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 			return &exitError{code: 1, msg: err.Error()}
 		}
 		defer fh.Close()
-		lines = bufio.NewScanner(fh)
+		lines = newLineReader(fh, client.DefaultMaxMessageBytes)
 	default:
-		lines = bufio.NewScanner(stdin)
-	}
-	if lines != nil {
-		lines.Buffer(make([]byte, 64<<10), client.DefaultMaxMessageBytes+1)
+		lines = newLineReader(stdin, client.DefaultMaxMessageBytes)
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, f.timeout)
@@ -243,6 +243,7 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 	stats := &produceStats{out: stdout, json: f.json}
 	body := make([]byte, f.size)
 	_, _ = rand.Read(body)
+	var sendErr error
 	next := func() ([]byte, bool) {
 		if lines == nil {
 			if f.count == 0 {
@@ -251,14 +252,23 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 			f.count--
 			return body, true
 		}
-		if !lines.Scan() {
-			return nil, false
+		for {
+			b, err := lines.next()
+			switch {
+			case err == nil:
+				return b, true
+			case errors.Is(err, errLineTooLong):
+				stats.record(client.Result{Topic: f.topic, Queue: -1, Offset: -1}, err, 0, 0, false)
+			case errors.Is(err, io.EOF):
+				return nil, false
+			default:
+				sendErr = fmt.Errorf("reading input: %w", err)
+				return nil, false
+			}
 		}
-		return slices.Clone(lines.Bytes()), true
 	}
 
 	start := time.Now()
-	var sendErr error
 	for ctx.Err() == nil {
 		b, ok := next()
 		if !ok {
@@ -281,9 +291,6 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 				stats.record(client.Result{Topic: f.topic, Queue: -1, Offset: -1}, err, len(b), 0, false)
 			}
 		}
-	}
-	if lines != nil && lines.Err() != nil {
-		sendErr = fmt.Errorf("reading input: %w", lines.Err())
 	}
 	cctx, ccancel := context.WithTimeout(context.Background(), f.timeout*time.Duration(max(retries, 0)+2))
 	defer ccancel()

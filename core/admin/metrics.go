@@ -1,10 +1,13 @@
 package admin
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ferrymq/ferry/core/sdk"
 )
 
 // Metric names, as Prometheus shows them.
@@ -22,6 +25,15 @@ const (
 	// offsets to the replication plugin (the commits themselves succeeded).
 	MetricOffsetReplicationFailures = "ferry_offset_replication_failures_total"
 )
+
+// MaxGroupLabels bounds the distinct values of the group label: clients name
+// groups freely, and each value is a series of its own. Past it a group's
+// counts go to the group "other"; its gauges are not exported.
+const MaxGroupLabels = 256
+
+// OtherLabel is the label value that stands for the groups past
+// MaxGroupLabels (and their retry and dead-letter topics).
+const OtherLabel = "other"
 
 // flushBuckets span a page-cache write (tens of µs) to a slow fsync (1 s+).
 var flushBuckets = prometheus.ExponentialBuckets(50e-6, 2.5, 14) // 50µs … ~7.5s
@@ -46,6 +58,47 @@ type Metrics struct {
 	dlqDepth       *prometheus.GaugeVec
 	pluginRestarts *prometheus.CounterVec
 	offsetReplFail *prometheus.CounterVec
+
+	groupsMu sync.Mutex
+	groups   map[string]bool // group label values admitted, at most MaxGroupLabels
+}
+
+// group returns the label value of group: itself while fewer than
+// MaxGroupLabels groups have one, else OtherLabel (ok false).
+func (m *Metrics) group(group string) (string, bool) {
+	m.groupsMu.Lock()
+	defer m.groupsMu.Unlock()
+	if m.groups[group] {
+		return group, true
+	}
+	if len(m.groups) < MaxGroupLabels {
+		m.groups[group] = true
+		return group, true
+	}
+	return OtherLabel, false
+}
+
+// AdmitGroups gives groups their label values ahead of clients' (the groups
+// of the pipeline's flows, at start-up), within MaxGroupLabels.
+func (m *Metrics) AdmitGroups(groups ...string) {
+	if m == nil {
+		return
+	}
+	for _, g := range groups {
+		m.group(g)
+	}
+}
+
+// topic returns the label value of topic: a declared topic's name (the broker
+// knows no others), or for a group's retry or dead-letter topic, its name if
+// the group has a label value of its own, else OtherLabel.
+func (m *Metrics) topic(topic string) string {
+	if g, _, internal := sdk.InternalTopic(topic); internal {
+		if _, own := m.group(g); !own {
+			return OtherLabel
+		}
+	}
+	return topic
 }
 
 // NewMetrics returns a node's metrics, with the Go runtime's and the
@@ -53,7 +106,8 @@ type Metrics struct {
 // pipeline, node) are added to every Ferry metric; nil for none.
 func NewMetrics(constLabels prometheus.Labels) *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
+		reg:    prometheus.NewRegistry(),
+		groups: map[string]bool{},
 		appended: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricAppendMessages, ConstLabels: constLabels,
 			Help: "Messages appended to storage (acknowledged to producers), by topic.",
@@ -119,7 +173,7 @@ func (m *Metrics) Appended(topic string, n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.appended.WithLabelValues(topic).Add(float64(n))
+	m.appended.WithLabelValues(m.topic(topic)).Add(float64(n))
 }
 
 // AppendLatency records how long an append batch took, from reaching the
@@ -138,7 +192,8 @@ func (m *Metrics) Consumed(topic, group string, n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.consumed.WithLabelValues(topic, group).Add(float64(n))
+	g, _ := m.group(group)
+	m.consumed.WithLabelValues(m.topic(topic), g).Add(float64(n))
 }
 
 // Flushed records one flush (durability point) that took d. Called by the
@@ -165,7 +220,9 @@ func (m *Metrics) SetConsumerLag(topic, group string, messages int64) {
 	if m == nil {
 		return
 	}
-	m.consumerLag.WithLabelValues(topic, group).Set(float64(messages))
+	if g, own := m.group(group); own {
+		m.consumerLag.WithLabelValues(m.topic(topic), g).Set(float64(messages))
+	}
 }
 
 // Retried counts n deliveries of group scheduled for another attempt.
@@ -174,7 +231,8 @@ func (m *Metrics) Retried(group string, n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.retries.WithLabelValues(group).Add(float64(n))
+	g, _ := m.group(group)
+	m.retries.WithLabelValues(g).Add(float64(n))
 }
 
 // SetDLQDepth sets how many messages group's dead-letter queue holds.
@@ -183,7 +241,9 @@ func (m *Metrics) SetDLQDepth(group string, messages int64) {
 	if m == nil {
 		return
 	}
-	m.dlqDepth.WithLabelValues(group).Set(float64(messages))
+	if g, own := m.group(group); own {
+		m.dlqDepth.WithLabelValues(g).Set(float64(messages))
+	}
 }
 
 // PluginRestarted counts one restart of a plugin process. Called by the
@@ -201,5 +261,6 @@ func (m *Metrics) OffsetReplicationFailed(group string) {
 	if m == nil {
 		return
 	}
-	m.offsetReplFail.WithLabelValues(group).Inc()
+	g, _ := m.group(group)
+	m.offsetReplFail.WithLabelValues(g).Inc()
 }

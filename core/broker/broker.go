@@ -58,6 +58,9 @@ type Options struct {
 	Replication StorageSource
 	// Metrics, when set, counts appends, deliveries and retries.
 	Metrics *admin.Metrics
+	// Groups are the consumer groups known from the start (the pipeline's
+	// flows); others become known as they appear (see groupExists).
+	Groups []string
 }
 
 // StorageSource gives the live storage plugin; a pluginhost.Instance is one.
@@ -82,7 +85,11 @@ type Broker struct {
 	role    roleState
 
 	topicsMu sync.RWMutex
-	topics   map[string]*topic // declared ones, plus groups' retry and DLQ topics once used
+	topics   map[string]*topic // declared ones, plus existing groups' retry and DLQ topics once used
+
+	knownMu  sync.Mutex
+	known    map[string]bool // groups that exist (see groupExists); grows only with stored state
+	fetchers *recentSet      // groups that fetched lately, bounded
 
 	closeOnce sync.Once
 }
@@ -115,7 +122,11 @@ func New(opts Options, storage StorageSource) *Broker {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups()}
+	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), known: map[string]bool{},
+		fetchers: newRecentSet(maxRecentFetchers)}
+	for _, g := range opts.Groups {
+		b.known[g] = true
+	}
 	for _, t := range opts.Topics {
 		b.topics[t.Name] = &topic{name: t.Name, queues: int32(t.Queues), signal: make(chan struct{})}
 	}
@@ -138,9 +149,102 @@ func (b *Broker) Close(ctx context.Context) error {
 	return err
 }
 
+// clientTopic is topic for a client's request. A group's retry or
+// dead-letter topic is kept (like a declared one) only for a group that
+// exists (groupExists); for the group's own request (asker, the request's
+// group: a consumer reading its retry topic before it commits) or a group
+// that fetched lately (a consumer sending its first retry) it is a transient
+// topic, not remembered (so too for the DLQ tools' cursor); for any other
+// it is not found. So requests naming
+// made-up groups create nothing. Called by every request handler.
+func (b *Broker) clientTopic(ctx context.Context, name, asker string) (*topic, error) {
+	b.topicsMu.RLock()
+	t := b.topics[name]
+	b.topicsMu.RUnlock()
+	if t != nil {
+		return t, nil
+	}
+	group, queues, ok := sdk.InternalTopic(name)
+	if !ok {
+		return b.topic(name) // not found
+	}
+	exists, err := b.groupExists(ctx, group)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case exists:
+		return b.topic(name)
+	case group == asker || asker == sdk.DLQTopic(group) || b.fetchers.has(group):
+		// (The dead-letter cursor of the DLQ tools is the group named as
+		// the topic: client.DLQCursorGroup.)
+		return &topic{name: name, queues: queues, internal: true, signal: make(chan struct{})}, nil
+	}
+	return nil, fmt.Errorf("%w: unknown topic %q: group %q does not exist here (a group's retry and dead-letter topics exist once it consumes: live members, committed offsets, fetches, or messages in them)", sdk.ErrNotFound, name, group)
+}
+
+// groupKnown records that group exists: it committed offsets, has a live
+// member, or stored messages in its internal topics.
+func (b *Broker) groupKnown(group string) {
+	b.knownMu.Lock()
+	b.known[group] = true
+	b.knownMu.Unlock()
+}
+
+// groupExists reports whether group exists: it is a pipeline's group, it has
+// live members or committed here, or storage holds offsets committed by it
+// or messages in its retry or dead-letter topic (asked once per group found;
+// a group not found is not remembered, so made-up names cost no memory).
+func (b *Broker) groupExists(ctx context.Context, group string) (bool, error) {
+	b.knownMu.Lock()
+	known := b.known[group]
+	b.knownMu.Unlock()
+	if known || len(b.groups.live(group)) > 0 {
+		return true, nil
+	}
+	var refs []*sdk.QueueRef
+	b.topicsMu.RLock()
+	for _, t := range b.topics {
+		if !t.internal {
+			for q := range t.queues {
+				refs = append(refs, &sdk.QueueRef{Topic: t.name, Queue: q})
+			}
+		}
+	}
+	b.topicsMu.RUnlock()
+	internal := len(refs)
+	for _, name := range []string{sdk.RetryTopic(group), sdk.DLQTopic(group)} {
+		_, queues, _ := sdk.InternalTopic(name)
+		for q := range queues {
+			refs = append(refs, &sdk.QueueRef{Topic: name, Queue: q})
+		}
+	}
+	var offs []*sdk.QueueOffsets
+	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
+	defer cancel()
+	if err := b.storageCall(cctx, func(s sdk.Storage) (err error) {
+		offs, err = s.GetOffsets(cctx, group, refs)
+		return err
+	}); err != nil {
+		return false, err
+	}
+	for i, o := range offs {
+		if o.Committed >= 0 || (i >= internal && o.End > 0) {
+			b.groupKnown(group)
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // topic returns a declared topic, or a group's retry or dead-letter topic
-// (created on first use).
-func (b *Broker) topic(name string) (*topic, error) {
+// (created on first use, without asking whether the group exists: for the
+// broker's own paths, replication and the appender; requests use
+// clientTopic).
+func (b *Broker) topic(name string) (*topic, error) { return b.topicAt(context.Background(), name) }
+
+// topicAt is topic with the signature of clientTopic.
+func (b *Broker) topicAt(_ context.Context, name string) (*topic, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty topic name", sdk.ErrInvalidArgument)
 	}
@@ -181,7 +285,7 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 		return nil, err
 	}
 	topicName := req.Messages[0].Topic
-	t, err := b.topic(topicName)
+	t, err := b.clientTopic(ctx, topicName, "")
 	if err != nil {
 		return nil, err
 	}
@@ -231,6 +335,11 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 		span.RecordError(err)
 		return nil, err
 	}
+	if t.internal {
+		if group, _, _ := sdk.InternalTopic(topicName); group != "" {
+			b.groupKnown(group) // it has messages stored now
+		}
+	}
 	if m := b.opts.Metrics; m != nil {
 		m.Appended(topicName, len(req.Messages))
 		m.AppendLatency(time.Since(started))
@@ -270,7 +379,9 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 // produce, hands them to the replication plugin (best effort: see
 // replicate.go).
 func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
-	if err := b.commitOffsets(ctx, req.Group, req.Offsets); err != nil {
+	if err := b.commitOffsets(ctx, req.Group, req.Offsets, func(ctx context.Context, name string) (*topic, error) {
+		return b.clientTopic(ctx, name, req.Group)
+	}); err != nil {
 		return err
 	}
 	if b.repl != nil {
@@ -279,13 +390,14 @@ func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsReques
 	return nil
 }
 
-// commitOffsets checks and stores a group's next offsets.
-func (b *Broker) commitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+// commitOffsets checks and stores a group's next offsets; lookup finds their
+// topics (clientTopic for a client's commit, topic for a replicated one).
+func (b *Broker) commitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset, lookup func(context.Context, string) (*topic, error)) error {
 	if group == "" {
 		return fmt.Errorf("%w: commit needs a group", sdk.ErrInvalidArgument)
 	}
 	for _, o := range offsets {
-		t, err := b.topic(o.Topic)
+		t, err := lookup(ctx, o.Topic)
 		if err != nil {
 			return err
 		}
@@ -296,13 +408,17 @@ func (b *Broker) commitOffsets(ctx context.Context, group string, offsets []*sdk
 			return fmt.Errorf("%w: negative offset %d for %s/%d", sdk.ErrInvalidArgument, o.Offset, o.Topic, o.Queue)
 		}
 	}
-	return b.storageCall(ctx, func(s sdk.Storage) error { return s.CommitOffsets(ctx, group, offsets) })
+	if err := b.storageCall(ctx, func(s sdk.Storage) error { return s.CommitOffsets(ctx, group, offsets) }); err != nil {
+		return err
+	}
+	b.groupKnown(group)
+	return nil
 }
 
 // GetOffsets reports queues' start, end and a group's committed offsets.
 func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*sdk.GetOffsetsResponse, error) {
 	for _, q := range req.Queues {
-		t, err := b.topic(q.Topic)
+		t, err := b.clientTopic(ctx, q.Topic, req.Group)
 		if err != nil {
 			return nil, err
 		}
@@ -332,8 +448,15 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 		}
 	}
 	for _, n := range names {
-		t, err := b.topic(n)
-		if err != nil {
+		b.topicsMu.RLock()
+		t := b.topics[n]
+		b.topicsMu.RUnlock()
+		if _, queues, ok := sdk.InternalTopic(n); ok && t == nil {
+			// Any group's, without creating anything: a consumer asks
+			// before it joins its group.
+			t = &topic{name: n, queues: queues}
+		}
+		if t == nil {
 			continue // unknown topics are left out
 		}
 		leaders := make([]int32, t.queues)

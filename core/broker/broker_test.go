@@ -209,6 +209,10 @@ func TestRetryTopicHoldsMessagesUntilDue(t *testing.T) {
 	topic := sdk.RetryTopic("g")
 	due := time.Now().Add(300 * time.Millisecond)
 	ctx := context.Background()
+	// The group exists: it has a live member.
+	if _, err := b.Heartbeat(ctx, &sdk.HeartbeatRequest{Group: "g", Member: "m", Topics: []string{"orders", topic}, SessionTimeoutNanos: int64(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
 	_, err := b.Produce(ctx, &sdk.ProduceRequest{Messages: []*sdk.Message{{Id: "r1", Topic: topic, Queue: 0,
 		Headers: map[string]string{sdk.HeaderDeliverAt: strconv.FormatInt(due.UnixNano(), 10)}}}})
 	if err != nil {

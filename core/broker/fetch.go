@@ -18,7 +18,10 @@ import (
 // or past their offsets, or an empty answer when none arrive within max_wait.
 // Queues are read concurrently, each with an equal share of the limits.
 func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
-	t, err := b.topic(req.Topic)
+	if req.Group != "" && !strings.HasPrefix(req.Topic, "%") {
+		b.fetchers.add(req.Group) // its retry topic may be used before it commits
+	}
+	t, err := b.clientTopic(ctx, req.Topic, req.Group)
 	if err != nil {
 		return nil, err
 	}

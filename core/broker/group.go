@@ -24,6 +24,7 @@ type groups struct {
 	mu      sync.Mutex
 	members map[string]map[string]member // group → member id → state
 	now     func() time.Time
+	swept   time.Time // last sweep of expired members and empty groups
 }
 
 type member struct {
@@ -59,6 +60,24 @@ func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeou
 		}
 		out = append(out, mid)
 	}
+	if len(ms) == 0 {
+		delete(g.members, group)
+	}
+	if now.Sub(g.swept) > time.Second {
+		// Groups whose members all expired without leaving go too: made-up
+		// groups cost memory only while their members live.
+		g.swept = now
+		for name, ms := range g.members {
+			for mid, m := range ms {
+				if now.After(m.expires) {
+					delete(ms, mid)
+				}
+			}
+			if len(ms) == 0 {
+				delete(g.members, name)
+			}
+		}
+	}
 	sort.Strings(out)
 	return out
 }
@@ -79,12 +98,12 @@ func (g *groups) live(group string) []string {
 }
 
 // Heartbeat keeps a consumer in its group and returns the group's members.
-func (b *Broker) Heartbeat(_ context.Context, req *sdk.HeartbeatRequest) (*sdk.HeartbeatResponse, error) {
+func (b *Broker) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk.HeartbeatResponse, error) {
 	if req.Group == "" || req.Member == "" {
 		return nil, fmt.Errorf("%w: heartbeat needs a group and a member id", sdk.ErrInvalidArgument)
 	}
 	for _, t := range req.Topics {
-		if _, err := b.topic(t); err != nil {
+		if _, err := b.clientTopic(ctx, t, req.Group); err != nil {
 			return nil, err
 		}
 	}
@@ -93,4 +112,44 @@ func (b *Broker) Heartbeat(_ context.Context, req *sdk.HeartbeatRequest) (*sdk.H
 		timeout = min(max(time.Duration(req.SessionTimeoutNanos), minSessionTimeout), maxSessionTimeout)
 	}
 	return &sdk.HeartbeatResponse{Members: b.groups.heartbeat(req.Group, req.Member, req.Topics, req.Leave, timeout)}, nil
+}
+
+// maxRecentFetchers bounds recentSet of the groups that fetched lately.
+const maxRecentFetchers = 4096
+
+// recentSet holds the last max distinct names added, the oldest dropped
+// first: bounded memory whatever names clients make up.
+type recentSet struct {
+	mu    sync.Mutex
+	max   int
+	names map[string]bool
+	order []string // ring of the names, oldest at next
+	next  int
+}
+
+func newRecentSet(max int) *recentSet {
+	return &recentSet{max: max, names: map[string]bool{}}
+}
+
+// add records name; called by Fetch for its group.
+func (s *recentSet) add(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.names[name] {
+		return
+	}
+	if len(s.order) < s.max {
+		s.order = append(s.order, name)
+	} else {
+		delete(s.names, s.order[s.next])
+		s.order[s.next] = name
+		s.next = (s.next + 1) % s.max
+	}
+	s.names[name] = true
+}
+
+func (s *recentSet) has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.names[name]
 }

@@ -374,7 +374,7 @@ func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
 // CommitOffsets stores a group's offsets received through replication. They
 // are never reported back to the plugin.
 func (c replicaCore) CommitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
-	return c.b.commitOffsets(ctx, group, offsets)
+	return c.b.commitOffsets(ctx, group, offsets, c.b.topicAt) // from the primary: its groups exist
 }
 
 // SetRole changes the node's role.

@@ -33,6 +33,10 @@ func (c *checker) given(path string) bool { return c.src.present[path] }
 
 var nameRule = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
+// PluginTypeRule is what a plugin type is: a name, never a path. The plugin
+// host refuses other types too (pluginhost.ValidType).
+var PluginTypeRule = regexp.MustCompile(`^[a-z0-9_]+$`)
+
 // name checks the name rule; an empty name is "is required" when required.
 func (c *checker) name(path, v string, required bool) {
 	switch {
@@ -165,9 +169,13 @@ func (c *checker) plugins(p *Plugins) {
 		kind string
 		ref  PluginRef
 	}{{"storage", p.Storage}, {"transport", p.Transport}, {"replication", p.Replication}} {
-		// Whether the type exists is ValidatePlugins' business.
-		if r.ref.Type == "" {
+		// Whether the type exists is ValidatePlugins' business; that it is
+		// a name, never a path, is checked here, before anything runs.
+		switch {
+		case r.ref.Type == "":
 			c.add("plugins."+r.kind+".type", "is required")
+		case !PluginTypeRule.MatchString(r.ref.Type):
+			c.add("plugins."+r.kind+".type", "must be a plugin type name of lowercase letters, digits and '_' (an external plugin is the executable ferry-%s-<type> in plugins.dirs, never a path); got %q", r.kind, r.ref.Type)
 		}
 	}
 }

@@ -187,9 +187,32 @@ func yamlProblems(src *source, err error) Problems {
 	return ps
 }
 
+// maxIndexedNodes bounds the nodes indexLines visits: aliases can make a
+// small file a huge tree ("billion laughs"); yaml.v3 refuses such a file
+// when it decodes it, and the lines past the bound are not needed then.
+const maxIndexedNodes = 1 << 20
+
 // indexLines records the line of every key path under n. Keys brought in by
-// a merge key ("<<: *anchor") get the anchor's lines unless written here.
+// a merge key ("<<: *anchor") get the anchor's lines unless written here. An
+// alias inside its own anchor ("a: &a [*a]") is not followed again: it
+// recursed forever (decoding then reports it).
 func indexLines(src *source, n *yaml.Node, path string, overwrite bool) {
+	w := lineIndexer{src: src, active: map[*yaml.Node]bool{}}
+	w.index(n, path, overwrite)
+}
+
+// lineIndexer is one walk of indexLines.
+type lineIndexer struct {
+	src     *source
+	active  map[*yaml.Node]bool // anchors being walked through an alias
+	visited int
+}
+
+func (w *lineIndexer) index(n *yaml.Node, path string, overwrite bool) {
+	if w.visited++; w.visited > maxIndexedNodes {
+		return
+	}
+	src := w.src
 	set := func(p string, line int) {
 		if _, ok := src.lines[p]; overwrite || !ok {
 			src.lines[p] = line
@@ -197,12 +220,17 @@ func indexLines(src *source, n *yaml.Node, path string, overwrite bool) {
 	}
 	switch n.Kind {
 	case yaml.AliasNode:
-		indexLines(src, n.Alias, path, overwrite)
+		if n.Alias == nil || w.active[n.Alias] {
+			return
+		}
+		w.active[n.Alias] = true
+		w.index(n.Alias, path, overwrite)
+		delete(w.active, n.Alias)
 	case yaml.SequenceNode:
 		for i, item := range n.Content {
 			p := indexPath(path, i)
 			set(p, item.Line)
-			indexLines(src, item, p, overwrite)
+			w.index(item, p, overwrite)
 		}
 	case yaml.MappingNode:
 		var merges []*yaml.Node
@@ -214,15 +242,15 @@ func indexLines(src *source, n *yaml.Node, path string, overwrite bool) {
 			}
 			p := joinPath(path, key.Value)
 			set(p, key.Line)
-			indexLines(src, val, p, overwrite)
+			w.index(val, p, overwrite)
 		}
 		for _, m := range merges {
 			if m.Kind == yaml.SequenceNode {
 				for _, item := range m.Content {
-					indexLines(src, item, path, false)
+					w.index(item, path, false)
 				}
 			} else {
-				indexLines(src, m, path, false)
+				w.index(m, path, false)
 			}
 		}
 	}

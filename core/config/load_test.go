@@ -390,3 +390,36 @@ func TestDefaultsDoNotAliasEachOther(t *testing.T) {
 		t.Error("Default returns shared state")
 	}
 }
+
+// TestRecursiveAliases: an alias inside its own anchor, or aliases that
+// expand exponentially, are problems reported at once (the line index
+// followed the alias forever: `ferry validate` hung, found by FuzzLoadBytes).
+func TestRecursiveAliases(t *testing.T) {
+	laughs := "name: p\ntopics: [{name: t}]\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	prev := "a"
+	for _, n := range []string{"b", "c", "d", "e", "f", "g", "h", "i"} {
+		laughs += n + ": &" + n + " [*" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + "]\n"
+		prev = n
+	}
+	for name, file := range map[string]string{
+		"self":    "a: &a [*a]\n",
+		"mapping": "name: p\ntopics: &t [{name: t, more: *t}]\n",
+		"laughs":  laughs,
+	} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := LoadBytes("p.yaml", []byte(file))
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			var ps Problems
+			if !errors.As(err, &ps) {
+				t.Errorf("%s: %v, want problems", name, err)
+			}
+			t.Logf("%s: %v", name, err)
+		case <-time.After(60 * time.Second):
+			t.Fatalf("%s: Load has not returned after a minute", name)
+		}
+	}
+}

@@ -46,6 +46,14 @@ func ValidatePlugins(ctx context.Context, p *Pipeline, v PluginValidator) Proble
 		if ref.Type == "" || src.failed(base+".type") || src.failed(base+".config") {
 			continue // Load reports these; checking the default type would mislead
 		}
+		if !PluginTypeRule.MatchString(ref.Type) {
+			// Never looked up, let alone run: it could name a file
+			// anywhere. Load reports it.
+			if p.src == nil {
+				ps = append(ps, src.problem(base+".type", fmt.Sprintf("must be a plugin type name of lowercase letters, digits and '_', never a path; got %q", ref.Type)))
+			}
+			continue
+		}
 		if !v.Known(kind, ref.Type, p.Plugins.Dirs) {
 			msg := fmt.Sprintf("unknown %s plugin type %q", kind, ref.Type)
 			if known := v.Types(kind, p.Plugins.Dirs); len(known) > 0 {

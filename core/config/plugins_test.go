@@ -138,3 +138,30 @@ func TestValidatePluginsSkipsUndecodableSections(t *testing.T) {
 		t.Errorf("problems for a section Load already rejected: %v", ps)
 	}
 }
+
+// TestPluginTypeIsAName: a type that is not [a-z0-9_]+ is a problem of Load
+// and is never handed to the validator (which would look it up and run it).
+func TestPluginTypeIsAName(t *testing.T) {
+	for _, typ := range []string{"/../../evil", "../x", "a/b", "File", "my-plugin", "x y"} {
+		p, err := LoadBytes("p.yaml", []byte("name: p\nplugins: {storage: {type: \""+typ+"\"}}\ntopics: [{name: t}]\n"))
+		var ps Problems
+		if !errors.As(err, &ps) || len(ps) != 1 || ps[0].Path != "plugins.storage.type" {
+			t.Errorf("type %q: Load error %v, want one problem at plugins.storage.type", typ, err)
+		}
+		v := newFakeValidator()
+		v.types["storage"] = append(v.types["storage"], typ) // a validator that would accept it
+		if p != nil {
+			if ps := ValidatePlugins(context.Background(), p, v); len(ps) != 0 {
+				t.Errorf("type %q: ValidatePlugins after Load reported %v again", typ, ps)
+			}
+		}
+		built := Default()
+		built.File = "built.yaml"
+		built.Plugins.Storage.Type = typ
+		ps = ValidatePlugins(context.Background(), &built, v)
+		checkProblems(t, ps, "built.yaml", []want{{0, "plugins.storage.type", "never a path"}})
+		if _, asked := v.seen["storage"]; asked {
+			t.Errorf("type %q was handed to the plugin validator", typ)
+		}
+	}
+}

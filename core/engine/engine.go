@@ -105,6 +105,9 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
 		Topics: topics, Logger: log.Named("broker"), Metrics: obs.metrics,
 	}
+	for _, f := range cfg.Flows {
+		bopts.Groups = append(bopts.Groups, f.Group)
+	}
 	if e.repl != nil {
 		bopts.Replication = e.repl
 	}

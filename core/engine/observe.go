@@ -34,10 +34,11 @@ func startTracing(ctx context.Context, cfg *config.Pipeline) (*observability, er
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
-	return &observability{
-		metrics:     admin.NewMetrics(prometheus.Labels{"pipeline": cfg.Name, "node": cfg.Node.ID}),
-		stopTracing: stop,
-	}, nil
+	m := admin.NewMetrics(prometheus.Labels{"pipeline": cfg.Name, "node": cfg.Node.ID})
+	for _, f := range cfg.Flows {
+		m.AdmitGroups(f.Group) // before any client's groups take the label values
+	}
+	return &observability{metrics: m, stopTracing: stop}, nil
 }
 
 // pluginEnv passes the node's tracing settings to a plugin process.

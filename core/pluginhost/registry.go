@@ -48,8 +48,27 @@ func (r *Registry) Builtin(kind, typ string) Factory { return r.builtins[kind][t
 // ExecutableName is the file name of an external plugin.
 func ExecutableName(kind, typ string) string { return "ferry-" + kind + "-" + typ }
 
-// External finds an external plugin's executable in dirs, or "".
+// ValidType reports whether typ is a plugin type: a name of lowercase
+// letters, digits and '_', never a path ("/../../x" would name a file
+// outside the plugin directories).
+func ValidType(typ string) bool {
+	if typ == "" {
+		return false
+	}
+	for _, c := range typ {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// External finds an external plugin's executable in dirs, or "" (always for
+// a type that is not ValidType).
 func External(kind, typ string, dirs []string) string {
+	if !ValidType(typ) {
+		return ""
+	}
 	for _, d := range dirs {
 		p := filepath.Join(d, ExecutableName(kind, typ))
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
@@ -74,7 +93,7 @@ func (r *Registry) Types(kind string, dirs []string) []string {
 	for _, d := range dirs {
 		entries, _ := os.ReadDir(d)
 		for _, e := range entries {
-			if t, ok := strings.CutPrefix(e.Name(), prefix); ok && t != "" {
+			if t, ok := strings.CutPrefix(e.Name(), prefix); ok && ValidType(t) {
 				seen[t] = true
 			}
 		}

@@ -79,3 +79,7 @@ func GRPCBufferServerOptions() []grpc.ServerOption {
 func GRPCBufferDialOptions() []grpc.DialOption {
 	return []grpc.DialOption{experimental.WithBufferPool(sharedBufferPool), grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{}))}
 }
+
+// GRPCCodec is the codec of GRPCBufferServerOptions, for a server that wraps
+// it (the grpc transport answers undecodable strings with InvalidArgument).
+func GRPCCodec() encoding.CodecV2 { return codec{} }

@@ -67,6 +67,9 @@ func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
 	go func() {
 		for {
 			req, err := stream.Recv()
+			if err == nil {
+				err = refused(req) // the stream ends with InvalidArgument
+			}
 			if err != nil {
 				recvEr <- err
 				return

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"mime"
 	"net/http"
 	"slices"
@@ -36,6 +35,7 @@ const (
 type api struct {
 	core     sdk.Core
 	cfg      Config
+	lim      *limits
 	draining context.Context // ends when Serve stops: long polls return
 	prefix   string          // of generated message ids
 	seq      atomic.Uint64
@@ -51,7 +51,7 @@ type topicInfo struct {
 }
 
 func newAPI(core sdk.Core, cfg Config, draining context.Context) *api {
-	return &api{core: core, cfg: cfg, draining: draining, prefix: idPrefix(), topics: map[string]topicInfo{}}
+	return &api{core: core, cfg: cfg, lim: newLimits(cfg), draining: draining, prefix: idPrefix(), topics: map[string]topicInfo{}}
 }
 
 // methods dispatches on the HTTP method and answers others with 405.
@@ -76,10 +76,11 @@ func (a *api) routes() http.Handler {
 	mux.Handle("/v1/topics/{topic}/messages", methods{http.MethodPost: a.produce, http.MethodGet: a.pull})
 	mux.Handle("/v1/groups/{group}/offsets", methods{http.MethodPost: a.commit, http.MethodGet: a.offsets})
 	mux.Handle("/v1/metadata", methods{http.MethodGet: a.metadata})
+	mux.Handle("/metrics", methods{http.MethodGet: a.lim.metrics().ServeHTTP})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no endpoint %s; see /v1/metadata, /v1/topics/{topic}/messages, /v1/groups/{group}/offsets", r.URL.Path))
 	})
-	return mux
+	return a.guard(mux)
 }
 
 // JSON shapes of the API.
@@ -91,9 +92,10 @@ type (
 		Headers    map[string]string `json:"headers,omitempty"`
 		Body       *string           `json:"body,omitempty"`
 		BodyBase64 *string           `json:"body_base64,omitempty"`
+		raw        []byte            // the body of a raw (not JSON) produce
 	}
 	produceIn struct {
-		Messages []messageIn `json:"messages"`
+		Messages []*messageIn `json:"messages"` // pointers: a null is refused
 	}
 	resultOut struct {
 		ID     string `json:"id"`
@@ -255,6 +257,10 @@ func (a *api) timeout(r *http.Request) (context.Context, context.CancelFunc) {
 // Content-Type is application/json, else the raw body as one message.
 func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 	topic := r.PathValue("topic")
+	if err := checkName("topic", topic); err != nil {
+		fail(w, err)
+		return
+	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
 	if v := r.URL.Query().Get("timeout"); v != "" {
@@ -266,7 +272,8 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	ins, err := a.readMessages(w, r)
+	ins, release, err := a.readMessages(w, r)
+	defer release()
 	if err != nil {
 		fail(w, err)
 		return
@@ -304,30 +311,23 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 }
 
 // readMessages decodes a produce request's body.
-func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.cfg.MaxRequestBytes)))
+// Its bytes count against max_inflight_bytes until the caller calls release
+// (also after an error).
+func (a *api) readMessages(w http.ResponseWriter, r *http.Request) (_ []messageIn, release func(), _ error) {
+	body, release, err := a.lim.readBody(w, r)
 	if err != nil {
-		return nil, err
+		return nil, release, err
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct == "application/json" {
-		var in produceIn
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			return nil, badRequest("body is not a produce request {\"messages\":[{\"key\",\"headers\",\"body\" or \"body_base64\"}]}: %v", err)
-		}
-		if len(in.Messages) == 0 {
-			return nil, badRequest("no messages: want {\"messages\":[...]} with at least one")
-		}
-		return in.Messages, nil
+		ins, err := decodeProduce(body)
+		return ins, release, err
 	}
-	s := base64.StdEncoding.EncodeToString(body)
-	in := messageIn{ID: r.Header.Get(headerID), Key: r.Header.Get(headerKey), BodyBase64: &s}
+	in := messageIn{ID: r.Header.Get(headerID), Key: r.Header.Get(headerKey), raw: body}
 	if v := r.Header.Get(headerQueue); v != "" {
 		q, err := strconv.ParseInt(v, 10, 32)
 		if err != nil {
-			return nil, badRequest("header %s must be a queue number, got %q", headerQueue, v)
+			return nil, release, badRequest("header %s must be a queue number, got %q", headerQueue, v)
 		}
 		q32 := int32(q)
 		in.Queue = &q32
@@ -340,13 +340,65 @@ func (a *api) readMessages(w http.ResponseWriter, r *http.Request) ([]messageIn,
 			in.Headers[strings.ToLower(name)] = vs[0]
 		}
 	}
-	return []messageIn{in}, nil
+	return []messageIn{in}, release, nil
+}
+
+// decodeProduce decodes a JSON produce request: exactly one object
+// {"messages":[...]} of known fields, at least one message, none null, and
+// the whole body valid UTF-8 (encoding/json would silently turn bad bytes
+// into U+FFFD; a body that is not text travels as body_base64).
+func decodeProduce(body []byte) ([]messageIn, error) {
+	if !utf8.Valid(body) {
+		at := 0
+		for at < len(body) {
+			r, n := utf8.DecodeRune(body[at:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			at += n
+		}
+		return nil, badRequest("the JSON body is not valid UTF-8 (at byte %d); send a body that is not text as body_base64", at)
+	}
+	var in produceIn
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return nil, badRequest("body is not a produce request {\"messages\":[{\"key\",\"headers\",\"body\" or \"body_base64\"}]}: %v", err)
+	}
+	if off := dec.InputOffset(); len(bytes.TrimSpace(body[off:])) > 0 {
+		return nil, badRequest("the JSON body has more after its object (at byte %d): send one {\"messages\":[...]} object", off)
+	}
+	if len(in.Messages) == 0 {
+		return nil, badRequest("no messages: want {\"messages\":[...]} with at least one")
+	}
+	out := make([]messageIn, len(in.Messages))
+	for i, m := range in.Messages {
+		if m == nil {
+			return nil, badRequest("message %d is null: each message is an object such as {\"body\":\"...\"}", i)
+		}
+		out[i] = *m
+	}
+	return out, nil
 }
 
 // message turns the i-th message of a request into a broker message with its
 // id and queue.
 func (a *api) message(topic string, queues int32, i int, in messageIn, born int64) (*sdk.Message, error) {
-	var body []byte
+	if err := checkText(fmt.Sprintf("message %d: id", i), in.ID); err != nil {
+		return nil, err
+	}
+	if err := checkText(fmt.Sprintf("message %d: key", i), in.Key); err != nil {
+		return nil, err
+	}
+	for k, v := range in.Headers {
+		if err := checkText(fmt.Sprintf("message %d: header name", i), k); err != nil {
+			return nil, err
+		}
+		if err := checkText(fmt.Sprintf("message %d: header %s", i, k), v); err != nil {
+			return nil, err
+		}
+	}
+	body := in.raw
 	switch {
 	case in.Body != nil && in.BodyBase64 != nil:
 		return nil, badRequest("message %d has both body and body_base64", i)
@@ -374,9 +426,11 @@ func (a *api) message(topic string, queues int32, i int, in messageIn, born int6
 			return nil, badRequest("message %d: topic %q has queues 0..%d, got queue %d", i, topic, queues-1, q)
 		}
 	case in.Key != "":
-		h := fnv.New32a()
-		h.Write([]byte(in.Key))
-		q = int32(h.Sum32() % uint32(queues))
+		q = hashQueue(in.Key, queues)
+	case in.ID != "":
+		// A retry of a keyless message with its id lands in the same
+		// queue, where the store's de-duplication by id finds it.
+		q = hashQueue(in.ID, queues)
 	default:
 		q = int32((a.rr.Add(1) - 1) % uint64(queues))
 	}
@@ -387,11 +441,28 @@ func (a *api) message(topic string, queues int32, i int, in messageIn, born int6
 	return &sdk.Message{Id: id, Topic: topic, Queue: q, Key: in.Key, Headers: in.Headers, Body: body, BornUnixNano: born}, nil
 }
 
+// hashQueue picks the queue of a message by its key (or, keyless, its id).
+func hashQueue(s string, queues int32) int32 {
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return int32(h.Sum32() % uint32(queues))
+}
+
 // pull answers GET /v1/topics/{topic}/messages.
 func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 	topic := r.PathValue("topic")
 	qv := r.URL.Query()
 	group := qv.Get("group")
+	if err := checkName("topic", topic); err != nil {
+		fail(w, err)
+		return
+	}
+	if group != "" {
+		if err := checkName("group", group); err != nil {
+			fail(w, err)
+			return
+		}
+	}
 	maxMsgs := defaultPullMessages
 	if v := qv.Get("max"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -526,7 +597,12 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 // the group will consume on its queue (the last processed offset + 1).
 func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 	group := r.PathValue("group")
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(a.cfg.MaxRequestBytes)))
+	if err := checkName("group", group); err != nil {
+		fail(w, err)
+		return
+	}
+	body, release, err := a.lim.readBody(w, r)
+	defer release()
 	if err != nil {
 		fail(w, err)
 		return
@@ -538,12 +614,20 @@ func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 		fail(w, badRequest("body is not a commit {\"offsets\":[{\"topic\",\"queue\",\"offset\"}]}: %v", err))
 		return
 	}
+	if off := dec.InputOffset(); len(bytes.TrimSpace(body[off:])) > 0 {
+		fail(w, badRequest("the JSON body has more after its object (at byte %d): send one {\"offsets\":[...]} object", off))
+		return
+	}
 	if len(in.Offsets) == 0 {
 		fail(w, badRequest("no offsets to commit"))
 		return
 	}
 	req := &sdk.CommitOffsetsRequest{Group: group}
 	for _, o := range in.Offsets {
+		if err := checkName("topic", o.Topic); err != nil {
+			fail(w, err)
+			return
+		}
 		req.Offsets = append(req.Offsets, &sdk.GroupOffset{Topic: o.Topic, Queue: o.Queue, Offset: o.Offset})
 	}
 	ctx, cancel := a.timeout(r)
@@ -561,6 +645,12 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 	if topic == "" {
 		fail(w, badRequest("topic= is required"))
 		return
+	}
+	for _, n := range []struct{ what, v string }{{"group", group}, {"topic", topic}} {
+		if err := checkName(n.what, n.v); err != nil {
+			fail(w, err)
+			return
+		}
 	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
@@ -587,9 +677,16 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 
 // metadata answers GET /v1/metadata[?topic=T...].
 func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
+	topics := r.URL.Query()["topic"]
+	for _, t := range topics {
+		if err := checkName("topic", t); err != nil {
+			fail(w, err)
+			return
+		}
+	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
-	resp, err := a.core.Metadata(ctx, &sdk.MetadataRequest{Topics: r.URL.Query()["topic"]})
+	resp, err := a.core.Metadata(ctx, &sdk.MetadataRequest{Topics: topics})
 	if err != nil {
 		fail(w, err)
 		return

@@ -15,9 +15,14 @@ const (
 	DefaultRequestTimeout  = 10 * time.Second
 	DefaultMaxWait         = 30 * time.Second
 	DefaultShutdownTimeout = 2 * time.Second
+	DefaultBodyTimeout     = 30 * time.Second
+	DefaultMaxConnections  = 1024
+	DefaultMaxInflight     = 128 << 20
 
 	maxMaxMessageBytes = 64 << 20
 	maxMaxRequestBytes = 256 << 20
+	maxMaxConnections  = 1 << 20
+	maxMaxInflight     = 16 << 30
 	// defaultPullMessages and maxPullMessages bound one pull.
 	defaultPullMessages = 100
 	maxPullMessages     = 10000
@@ -52,6 +57,17 @@ type Config struct {
 	// ShutdownTimeout is how long Serve waits, once asked to stop, for
 	// in-flight requests (long polls end at once, empty).
 	ShutdownTimeout sdk.Duration `json:"shutdown_timeout"`
+	// BodyTimeout bounds the time to receive a request's body, from the
+	// end of its headers; a slower body is answered 408 and its connection
+	// closed.
+	BodyTimeout sdk.Duration `json:"body_timeout"`
+	// MaxConnections bounds the open connections: a request on a
+	// connection past it is answered 503 and the connection closed.
+	MaxConnections int `json:"max_connections"`
+	// MaxInflightBytes bounds the request-body bytes held at once by the
+	// requests in progress (at least max_request_bytes); a request that
+	// does not fit is answered 429.
+	MaxInflightBytes sdk.Bytes `json:"max_inflight_bytes"`
 }
 
 // NewDefaultConfig returns the config an empty section means.
@@ -63,6 +79,10 @@ func NewDefaultConfig() Config {
 		RequestTimeout:  sdk.Duration(DefaultRequestTimeout),
 		MaxWait:         sdk.Duration(DefaultMaxWait),
 		ShutdownTimeout: sdk.Duration(DefaultShutdownTimeout),
+
+		BodyTimeout:      sdk.Duration(DefaultBodyTimeout),
+		MaxConnections:   DefaultMaxConnections,
+		MaxInflightBytes: DefaultMaxInflight,
 	}
 }
 
@@ -83,10 +103,22 @@ func (c Config) Validate() sdk.Problems {
 	for _, d := range []struct {
 		key string
 		v   sdk.Duration
-	}{{"request_timeout", c.RequestTimeout}, {"max_wait", c.MaxWait}} {
+	}{{"request_timeout", c.RequestTimeout}, {"max_wait", c.MaxWait}, {"body_timeout", c.BodyTimeout}} {
 		if d.v <= 0 {
 			ps = append(ps, sdk.Problem{Path: d.key, Message: fmt.Sprintf("must be positive, got %s", time.Duration(d.v))})
 		}
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > maxMaxConnections {
+		ps = append(ps, sdk.Problem{Path: "max_connections",
+			Message: fmt.Sprintf("must be between 1 and %d, got %d", maxMaxConnections, c.MaxConnections)})
+	}
+	switch {
+	case c.MaxInflightBytes > maxMaxInflight:
+		ps = append(ps, sdk.Problem{Path: "max_inflight_bytes",
+			Message: fmt.Sprintf("must be at most %d (16GiB), got %d", int64(maxMaxInflight), c.MaxInflightBytes)})
+	case c.MaxInflightBytes < c.MaxRequestBytes && c.MaxRequestBytes <= maxMaxRequestBytes:
+		ps = append(ps, sdk.Problem{Path: "max_inflight_bytes",
+			Message: fmt.Sprintf("must be at least max_request_bytes (%d) so that one request fits, got %d", c.MaxRequestBytes, c.MaxInflightBytes)})
 	}
 	if c.ShutdownTimeout < 0 {
 		ps = append(ps, sdk.Problem{Path: "shutdown_timeout",

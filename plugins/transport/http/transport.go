@@ -19,6 +19,13 @@
 //	request_timeout: 10s        # produce/commit/metadata bound at the broker
 //	max_wait: 30s               # longest long poll
 //	shutdown_timeout: 2s        # drain bound when the broker stops
+//	body_timeout: 30s           # time to receive a request body (408 past it)
+//	max_connections: 1024       # open connections (503 past it)
+//	max_inflight_bytes: 128MiB  # request bodies held at once (429 past it)
+//
+// GET /metrics on the same address serves the transport's own metrics
+// (ferry_http_refused_total{reason}, ferry_http_connections,
+// ferry_http_inflight_bytes).
 package httptransport
 
 import (
@@ -93,6 +100,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
+		ConnState:         api.lim.connState,
 	}
 	lis, err := t.lis.Take(func() { _ = srv.Close() })
 	if err != nil {

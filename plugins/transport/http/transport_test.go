@@ -33,6 +33,9 @@ func TestValidate(t *testing.T) {
 		{`{"max_message_bytes": 0, "max_request_bytes": "1GiB"}`, []string{"max_message_bytes", "max_request_bytes"}},
 		{`{"request_timeout": "0s", "max_wait": "-1s", "shutdown_timeout": "-1s"}`, []string{"max_wait", "request_timeout", "shutdown_timeout"}},
 		{`{"port": 80}`, []string{"port"}},
+		{`{"body_timeout": "2s", "max_connections": 10, "max_inflight_bytes": "16MiB"}`, nil},
+		{`{"body_timeout": "0s", "max_connections": 0, "max_inflight_bytes": "1MiB"}`, []string{"body_timeout", "max_connections", "max_inflight_bytes"}},
+		{`{"max_request_bytes": "1MiB", "max_inflight_bytes": "1MiB"}`, nil},
 	} {
 		var paths []string
 		for _, p := range tr.Validate([]byte(tc.config)) {
@@ -49,6 +52,14 @@ func TestValidate(t *testing.T) {
 // process, and returns the API's base URL.
 func node(t *testing.T) string {
 	t.Helper()
+	base, _ := nodeEngine(t, "")
+	return base
+}
+
+// nodeEngine is node with extra keys for the transport's config section
+// (", key: value" pairs) that also returns the engine.
+func nodeEngine(t *testing.T, extra string) (string, *engine.Engine) {
+	t.Helper()
 	listen := ferrytest.FreeAddr(t)
 	dir := t.TempDir()
 	cfg, err := config.LoadBytes("http-test.yaml", []byte(fmt.Sprintf(`name: http-test
@@ -56,9 +67,9 @@ node: {data_dir: %q}
 plugins:
   mode: subprocess
   storage: {type: memory}
-  transport: {type: http, config: {listen: %q, max_message_bytes: 1KiB, max_request_bytes: 64KiB, shutdown_timeout: 500ms}}
+  transport: {type: http, config: {listen: %q, max_message_bytes: 1KiB, max_request_bytes: 64KiB, shutdown_timeout: 500ms%s}}
 topics: [{name: orders, queues: 2}, {name: logs, queues: 1}]
-`, dir, listen)))
+`, dir, listen, extra)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +99,7 @@ topics: [{name: orders, queues: 2}, {name: logs, queues: 1}]
 		resp, err := http.Get(base + "/v1/metadata")
 		if err == nil {
 			resp.Body.Close()
-			return base
+			return base, e
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("http transport not serving: %v", err)
