@@ -220,7 +220,7 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 	default:
 		path := External(kind, typ, h.opts.Dirs)
 		if !ValidType(typ) {
-			return nil, nil, fmt.Errorf("%s plugin type %q is not a type name (lowercase letters, digits and '_'): refused", kind, typ)
+			return nil, nil, nil, fmt.Errorf("%s plugin type %q is not a type name (lowercase letters, digits and '_'): refused", kind, typ)
 		}
 		if path == "" {
 			return nil, nil, nil, fmt.Errorf("no %s plugin of type %q: not built in (built in: %s) and no executable %s in the plugin directories %v",

@@ -353,11 +353,19 @@ func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferry
 			c.dp.fault(err)
 			return fmt.Errorf("%w: transport data plane: %v", ErrUnavailable, err)
 		}
-		f := &ferryv1.TransportFrame{}
-		if kind != KindTransportFrame || unmarshalFrame(p, f) != nil {
+		if kind != KindTransportFrame {
 			err := fmt.Errorf("%w: record kind %d id %d is not a transport frame", ring.ErrCorrupt, kind, id)
 			c.dp.fault(err)
 			return fmt.Errorf("%w: transport data plane: %v", ErrUnavailable, err)
+		}
+		f := &ferryv1.TransportFrame{}
+		if err := unmarshalFrame(p, f); err != nil {
+			// The record itself is sound (its checksum matched): what it
+			// carries came from a client (a string that is not UTF-8, say).
+			// That request fails; the plugin is not killed for it.
+			_ = c.dp.write(KindCoreFrame, id, &ferryv1.CoreFrame{Id: id,
+				Error: ErrorToProto(fmt.Errorf("%w: request the transport forwarded does not decode: %v", ErrInvalidArgument, err))})
+			continue
 		}
 		f.Id = id
 		if f.GetCancel() != nil {
