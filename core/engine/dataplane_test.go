@@ -74,6 +74,7 @@ func TestDataPlaneFaults(t *testing.T) {
 		{"storage stops reading", sdk.KindStorage, "mute"},
 		{"transport writes garbage", sdk.KindTransport, "garbage"},
 		{"transport stops reading", sdk.KindTransport, "mute"},
+		{"transport forwards an undecodable request", sdk.KindTransport, "undecodable"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Setenv("FERRY_FAULT_RING", c.kind+":"+c.fault+":200")
@@ -93,7 +94,14 @@ func TestDataPlaneFaults(t *testing.T) {
 				inst = e.Transport()
 			}
 			s := runPipeline(t, e, 120*time.Second)
-			waitRestarted(t, inst)
+			if c.fault == "undecodable" {
+				// That request fails; the plugin is not replaced for it.
+				if r := inst.Restarts(); r != 0 {
+					t.Errorf("the transport was restarted %d times for an undecodable request", r)
+				}
+			} else {
+				waitRestarted(t, inst)
+			}
 			checkAllDelivered(t, s, 6000)
 			if stored := storedCount(t, e, "orders"); stored != 6000 {
 				t.Errorf("storage holds %d messages, want exactly 6000 (no loss, no duplicates)", stored)

@@ -13,7 +13,8 @@ import (
 // Fault injection on the data plane, in test builds only (go build -tags
 // ferry_faults): FERRY_FAULT_RING=KIND:garbage:N makes a plugin of KIND
 // (storage, transport) publish a corrupt record after it read N frames;
-// KIND:mute:N makes it stop reading its ring then. With
+// KIND:mute:N makes it stop reading its ring then; transport:undecodable:N
+// makes a transport publish a sound record that does not decode. With
 // FERRY_FAULT_RING_ONCE=PATH the fault fires in one process only: the first
 // creates PATH, later ones (the restarted plugin) see it and behave.
 func init() {
@@ -23,7 +24,7 @@ func init() {
 	}
 	kind, mode := parts[0], parts[1]
 	after, err := strconv.Atoi(parts[2])
-	if err != nil || (mode != "garbage" && mode != "mute") {
+	if err != nil || (mode != "garbage" && mode != "mute" && mode != "undecodable") {
 		return
 	}
 	once := os.Getenv("FERRY_FAULT_RING_ONCE")
@@ -44,6 +45,11 @@ func init() {
 			_ = conn.InjectCorrupt()
 		case "mute":
 			select {} // this reader never reads again
+		case "undecodable":
+			// A sound record (its checksum matches) whose payload is not
+			// a TransportFrame: what a client's bad bytes forwarded as they
+			// came would look like.
+			_ = conn.Write(KindTransportFrame, 1<<62, []byte{0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 		}
 	}
 }
