@@ -2,7 +2,7 @@
 # starts Jaeger for the tracing tests, then runs `make check`.
 GO ?= go
 
-.PHONY: test check build quickstart bench proto jaeger
+.PHONY: test check build quickstart bench proto jaeger fuzz
 
 build:
 	$(GO) build -o bin/ferry ./cmd/ferry
@@ -18,6 +18,7 @@ check: build
 	@echo "== go vet"; $(GO) vet ./...
 	@echo "== ferry validate pipelines/"; ./bin/ferry validate $$(find pipelines -name '*.yaml' | sort)
 	@echo "== go test -race"; $(GO) test -race -count=1 -timeout 20m ./...
+	@echo "== fuzz (each target for a bounded time)"; scripts/fuzz.sh 5s
 	@echo "== bench/ (the JetStream comparison harness, its own module)"; cd bench && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -count=1 ./...
 
 quickstart:
@@ -25,6 +26,11 @@ quickstart:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 5 ./...
+
+# fuzz: every Go fuzz target for FUZZTIME each (make fuzz FUZZTIME=1m).
+FUZZTIME ?= 30s
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
 
 proto:
 	$(GO) generate ./core/proto
