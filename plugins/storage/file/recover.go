@@ -2,6 +2,7 @@ package file
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -144,9 +145,17 @@ func (s *Store) listDir() ([]string, error) {
 
 // openSegments opens every segment and checks its header before anything is
 // changed, so that a store of another format version is refused untouched.
+//
+// A segment's name is authoritative for its base (names are made by create
+// or rename, never rewritten). A header that is damaged (fails its checksum,
+// zeros, or a base that disagrees with the name) is rebuilt from the name
+// when the segment holds a record: a damaged header never costs a record.
+// Only the newest segment may have no header and no record at all, which a
+// crash while creating it leaves; that file alone is removed.
 func (s *Store) openSegments(names []string) error {
 	for i, name := range names {
 		path := filepath.Join(s.dir, name)
+		want, _ := strconv.ParseInt(name[:20], 10, 64)
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			return fmt.Errorf("storage-file: open segment: %w", classify(err))
@@ -162,30 +171,81 @@ func (s *Store) openSegments(names []string) error {
 			_ = f.Close()
 			return fmt.Errorf("storage-file: %s: %w", path, herr)
 		}
-		if herr == nil {
-			want, _ := strconv.ParseInt(name[:20], 10, 64)
-			if base != want {
-				herr = fmt.Errorf("header says base %d, name says %d", base, want)
-			}
+		if herr == nil && base != want {
+			herr = fmt.Errorf("header says base %d, the file name says %d", base, want)
 		}
 		if herr != nil {
-			// A crash while the newest segment was being created;
-			// anything else is corruption, handled like a torn tail.
-			_ = f.Close()
-			s.log.Error("recovery: dropping segment with a bad header", "segment", path, "error", herr, "later_segments_dropped", len(names)-i-1)
-			for _, later := range names[i:] {
-				_ = os.Remove(indexPath(filepath.Join(s.dir, later)))
-				if err := os.Remove(filepath.Join(s.dir, later)); err != nil {
+			hasRecord, noData, err := firstRecordValid(f)
+			if err != nil {
+				_ = f.Close()
+				return fmt.Errorf("storage-file: read %s: %w", path, err)
+			}
+			last := i == len(names)-1
+			switch {
+			case !hasRecord && noData && last && (n < segmentHeaderSize || isZeros(h)):
+				// A crash while the newest segment was being
+				// created (or a spare renamed into place
+				// before its header was written).
+				_ = f.Close()
+				s.log.Warn("recovery: removing the newest segment, created but never written", "segment", path, "error", herr)
+				_ = os.Remove(indexPath(path))
+				if err := os.Remove(path); err != nil {
 					return fmt.Errorf("storage-file: %w", err)
 				}
+				return syncDir(s.dir)
+			case !hasRecord && !isZeros(h[:n]) && string(h[:min(n, 8)]) != segmentMagic[:min(n, 8)]:
+				// Neither a Ferry header nor a Ferry record:
+				// not ours to rewrite.
+				_ = f.Close()
+				return fmt.Errorf("storage-file: %s: %w: bad segment header (%v) and no readable record after it; "+
+					"run `ferry storage check %s` and move the file out of the directory if it is not a Ferry segment",
+					path, ErrIncompatible, herr, s.dir)
 			}
-			return syncDir(s.dir)
+			if _, err := f.WriteAt(segmentHeader(want), 0); err != nil {
+				_ = f.Close()
+				return fmt.Errorf("storage-file: rebuild header of %s: %w", path, classify(err))
+			}
+			if err := syncFile(f); err != nil {
+				_ = f.Close()
+				return fmt.Errorf("storage-file: rebuild header of %s: %w", path, classify(err))
+			}
+			s.log.Error("recovery: segment header damaged; rebuilt from the file name, its records are kept",
+				"segment", path, "error", herr, "base", want)
+			base = want
 		}
 		g := &segment{base: base, path: path, f: f, durableHeader: true}
 		g.refs.Store(1)
 		s.segs = append(s.segs, g)
 	}
 	return nil
+}
+
+// firstRecordValid tells whether a whole, checksummed record follows the
+// header of segment file f, and whether nothing does (end of file or zeros).
+func firstRecordValid(f *os.File) (valid, noData bool, err error) {
+	head := make([]byte, 8)
+	if n, err := f.ReadAt(head, segmentHeaderSize); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, isZeros(head[:n]), nil
+		}
+		return false, false, err
+	}
+	if isZeros(head) {
+		return false, true, nil
+	}
+	n := int(binary.LittleEndian.Uint32(head[4:]))
+	if binary.LittleEndian.Uint32(head) != recordMagic || n < recordHeaderSize || n > MaxSegmentBytes {
+		return false, false, nil
+	}
+	rec := make([]byte, n)
+	if _, err := f.ReadAt(rec, segmentHeaderSize); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, false, nil
+		}
+		return false, false, err
+	}
+	_, perr := parseRecord(rec)
+	return perr == nil, false, nil
 }
 
 // scanSegments reads every record, checks it and indexes it. At the first bad
