@@ -404,51 +404,6 @@ func TestReadDetectsCorruption(t *testing.T) {
 	}
 }
 
-// Damage in an older segment truncates the log there: nothing after it is
-// delivered (offsets stay dense), and the store goes on from there.
-func TestRecoveryTruncatesAtFirstBadRecord(t *testing.T) {
-	dataDir := t.TempDir()
-	config := `{"segment_bytes": "4KiB"}`
-	s := openStore(t, dataDir, config)
-	for i := range 40 {
-		appendWait(t, s, testMsg(0, i))
-	}
-	_ = s.Close()
-	files := segments(t, dataDir)
-	if len(files) < 3 {
-		t.Fatalf("%d segments, want at least 3", len(files))
-	}
-	data, err := os.ReadFile(files[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[segmentHeaderSize+recordHeaderSize+10] ^= 1 // first record of the second segment
-	if err := os.WriteFile(files[1], data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// Without its index file the segment is scanned (with one, the damage
-	// is found when the record is read: TestIndexedSegmentDamage).
-	if err := os.Remove(indexPath(files[1])); err != nil {
-		t.Fatal(err)
-	}
-	s = openStore(t, dataDir, config)
-	got := readQueue(t, s, 0)
-	if len(got) == 0 || len(got) >= 40 {
-		t.Fatalf("after damage in segment 2 of %d: %d messages, want those of segment 1 only", len(files), len(got))
-	}
-	for i, m := range got {
-		if m.Id != testMsg(0, i).Id {
-			t.Fatalf("offset %d holds %s", i, m.Id)
-		}
-	}
-	if n := len(segments(t, dataDir)); n != 1 {
-		t.Fatalf("%d segments after recovery, want 1 (the damaged one is cut to nothing and dropped)", n)
-	}
-	if offs := appendWait(t, s, testMsg(0, 999)); offs[0] != int64(len(got)) {
-		t.Fatalf("next append got offset %d, want %d", offs[0], len(got))
-	}
-}
-
 // Retention deletes whole old segments; a queue whose messages all expired
 // keeps its offsets across a restart, so consumers never see offsets reused.
 func TestRetentionKeepsOffsetsAcrossRestart(t *testing.T) {

@@ -116,6 +116,13 @@ type Store struct {
 	offMu      sync.Mutex // guards offsets and offVersion
 	offVersion int64      // counts updates of offsets
 	offsets    map[string]map[queueKey]int64
+
+	// What recovery found (set by open): the position where the last
+	// damaged stretch starts (-1: none), how many stretches it skipped
+	// and how many offsets they cost (holes, read as sdk.ErrCorrupt).
+	lastBad          int64
+	damagedStretches int
+	holes            int
 }
 
 type queueKey struct {
@@ -237,6 +244,9 @@ type segment struct {
 	// heads collects the record heads for the segment's index file,
 	// written once the segment is sealed and fsynced (under mu).
 	heads []byte
+	// damaged: recovery skipped damaged records in it; it gets no index
+	// file and is scanned at every open.
+	damaged bool
 }
 
 func (g *segment) release() {
@@ -433,7 +443,9 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		}
 		active.size += size
 		active.maxStored = stored
-		active.heads = append(active.heads, indexHead(buf[at:])...)
+		if !active.damaged {
+			active.heads = append(active.heads, indexHead(buf[at:])...)
+		}
 		offsets[i] = q.end()
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		if m.Id != "" {
@@ -567,6 +579,17 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 	var total int64
 	for off := from; off < vend && len(ents) < maxMsgs; off++ {
 		e := q.ents[off-q.start]
+		if e.size == 0 {
+			// A hole: recovery found this offset's record
+			// damaged. Answered alone, so that what precedes it
+			// is delivered first.
+			if len(ents) == 0 {
+				s.mu.RUnlock()
+				return nil, fmt.Errorf("%w: %s/%d offset %d: its record was damaged on disk (log position %d) and skipped by recovery; "+
+					"see `ferry storage check %s`", sdk.ErrCorrupt, req.Topic, req.Queue, off, e.pos, s.dir)
+			}
+			break
+		}
 		if len(ents) > 0 && total+int64(e.size) > maxBytes {
 			break
 		}
