@@ -361,3 +361,42 @@ func TestCorruptRecordInSealedSegmentKeepsLaterSegments(t *testing.T) {
 		t.Fatalf("next append got offset %d, want 40", offs[0])
 	}
 }
+
+// Issue 13.4: the log lost its tail (here: the newest records cut, as a
+// torn write or a machine crash under flush: async leaves it) below a
+// group's commit. The commit is moved back to the queue's end at open, and
+// stays there across another open, so the group consumes the new messages
+// that take those offsets instead of skipping them.
+func TestCommitPastEndClampedAtOpen(t *testing.T) {
+	dataDir := t.TempDir()
+	config := `{"segment_bytes": "1MiB", "preallocate": false}`
+	s := openStore(t, dataDir, config)
+	for i := range 50 {
+		appendWait(t, s, testMsg(0, i))
+	}
+	cut := recordAt(t, s, 0, 40)
+	if err := s.CommitOffsets(ctx(t), "g", []*sdk.GroupOffset{{Topic: "t", Queue: 0, Offset: 50}, {Topic: "t", Queue: 1, Offset: 7}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	seg := segments(t, dataDir)[0]
+	if err := os.Truncate(seg, segmentHeaderSize+cut.pos+3); err != nil {
+		t.Fatal(err)
+	}
+	committed := func(s *Store) string {
+		o, err := s.GetOffsets(ctx(t), "g", []*sdk.QueueRef{{Topic: "t", Queue: 0}, {Topic: "t", Queue: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%d/%d %d/%d", o[0].Committed, o[0].End, o[1].Committed, o[1].End)
+	}
+	s = openStore(t, dataDir, config)
+	if got := committed(s); got != "40/40 0/0" {
+		t.Fatalf("after the tail was lost: committed/end %s, want 40/40 0/0", got)
+	}
+	_ = s.Close()
+	s = openStore(t, dataDir, config)
+	if got := committed(s); got != "40/40 0/0" {
+		t.Fatalf("after another open: committed/end %s, want 40/40 0/0 (the clamp is on disk)", got)
+	}
+}

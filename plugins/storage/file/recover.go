@@ -84,6 +84,9 @@ func (s *Store) open() (err error) {
 			q.ents, q.start = q.ents[n:], q.start+int64(n)
 		}
 	}
+	if err := s.clampOffsets(); err != nil {
+		return err
+	}
 	if len(s.segs) == 0 {
 		if err := s.createFirstSegment(); err != nil {
 			return err
@@ -111,6 +114,34 @@ func (s *Store) open() (err error) {
 	s.written.Store(s.apos)
 	s.fsynced.Store(s.apos)
 	return nil
+}
+
+// clampOffsets moves a group's committed offset that is past its queue's end
+// (the log lost its tail: a torn write, or messages acknowledged under flush:
+// async that a machine crash took) back to the end, logs it and writes the
+// offsets file, so that the group consumes the messages stored from now on
+// instead of skipping them until the queue reaches the old commit. Called by
+// open once the queues are recovered.
+func (s *Store) clampOffsets() error {
+	clamped := 0
+	for group, m := range s.offsets {
+		for k, off := range m {
+			var end int64
+			if q := s.queues[k]; q != nil {
+				end = q.end()
+			}
+			if off > end {
+				s.log.Warn("recovery: a group's committed offset is past its queue's end; moved back to the end so that new messages are not skipped",
+					"group", group, "topic", k.topic, "queue", k.queue, "committed", off, "end", end)
+				m[k] = end
+				clamped++
+			}
+		}
+	}
+	if clamped == 0 {
+		return nil
+	}
+	return s.writeOffsets()
 }
 
 // listDir returns the segment file names in log order and removes files left

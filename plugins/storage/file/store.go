@@ -712,6 +712,12 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 	if err != nil {
 		return err
 	}
+	return s.writeOffsets()
+}
+
+// writeOffsets rewrites the offsets file with the latest state. Called with
+// offWriteMu held, or by open.
+func (s *Store) writeOffsets() error {
 	s.offMu.Lock()
 	version := s.offVersion
 	snapshot := offsetsFile{Version: formatVersion, Groups: make(map[string][]queueOffsetJSON, len(s.offsets))}

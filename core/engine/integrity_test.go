@@ -1,0 +1,251 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/internal/ferrytest"
+)
+
+// ferryRun is a `ferry run` process for the storage integrity tests.
+type ferryRun struct {
+	t    *testing.T
+	yaml string
+	addr string // the transport's address
+	cmd  *exec.Cmd
+}
+
+// newFerryRun writes a pipeline with file storage in dir and the given
+// transport ("grpc" or "http") on a free port.
+func newFerryRun(t *testing.T, dir, transport, storageConfig string) *ferryRun {
+	r := &ferryRun{t: t, yaml: filepath.Join(dir, "broker.yaml"), addr: ferrytest.FreeAddr(t)}
+	if err := os.WriteFile(r.yaml, []byte(fmt.Sprintf(`name: integrity
+node: {data_dir: %q}
+plugins:
+  storage: {type: file, config: %s}
+  transport: {type: %s, config: {listen: %q}}
+topics: [{name: t, queues: 3}]
+`, filepath.Join(dir, "data"), storageConfig, transport, r.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *ferryRun) start() {
+	r.cmd = exec.Command(ferrytest.Binary(r.t), "run", "--log-level", "warn", r.yaml)
+	r.cmd.Stderr = os.Stderr
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	waitFor(r.t, 60*time.Second, "the broker to listen", func() bool {
+		c, err := net.DialTimeout("tcp", r.addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// stop ends the broker with SIGTERM (it closes the store) and waits.
+func (r *ferryRun) stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = r.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-done
+	}
+	r.cmd = nil
+}
+
+func (r *ferryRun) rpc(t *testing.T) ferryv1.BrokerClient {
+	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return ferryv1.NewBrokerClient(conn)
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Issue 13.4: a client's commit past a queue's end (offset 2^63-1) is
+// refused with INVALID_ARGUMENT through gRPC and 400 through HTTP, and the
+// group's offset is unchanged; a commit at the end is taken.
+func TestCommitPastEndRefused(t *testing.T) {
+	t.Run("grpc", func(t *testing.T) {
+		r := newFerryRun(t, t.TempDir(), "grpc", `{}`)
+		r.start()
+		rpc := r.rpc(t)
+		ctx := testCtx(t)
+		cl, err := client.Dial(ctx, r.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		p := cl.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
+		ends := map[int32]int64{}
+		for range 9 {
+			res, err := p.SendSync(ctx, client.Message{Topic: "t", Key: "k", Body: []byte("x")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ends[res.Queue]++
+		}
+		q, other := int32(-1), int32(-1)
+		for i := range int32(3) {
+			if ends[i] > 0 && (q < 0 || ends[i] > ends[q]) {
+				q = i
+			}
+		}
+		for i := range int32(3) {
+			if ends[i] == 0 {
+				other = i
+			}
+		}
+		if other < 0 {
+			t.Fatalf("messages of one key went to every queue: %v", ends)
+		}
+		end := ends[q]
+		_, err = rpc.CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: "g", Offsets: []*ferryv1.GroupOffset{{Topic: "t", Queue: q, Offset: math.MaxInt64}}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), fmt.Sprintf("beyond the queue's end %d", end)) {
+			t.Fatalf("commit of 2^63-1: %v, want InvalidArgument naming the end %d", err, end)
+		}
+		if _, err := rpc.CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: "g", Offsets: []*ferryv1.GroupOffset{{Topic: "t", Queue: other, Offset: 1}}}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("commit of 1 on an empty queue: %v, want InvalidArgument", err)
+		}
+		if _, err := rpc.CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: "g", Offsets: []*ferryv1.GroupOffset{{Topic: "t", Queue: q, Offset: end}}}); err != nil {
+			t.Fatalf("commit at the end: %v", err)
+		}
+		o, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: "g", Queues: []*ferryv1.QueueRef{{Topic: "t", Queue: q}, {Topic: "t", Queue: other}}})
+		if err != nil || o.Offsets[0].Committed != end || o.Offsets[1].Committed != -1 {
+			t.Fatalf("offsets %v %v, want committed %d and -1", o, err, end)
+		}
+	})
+	t.Run("http", func(t *testing.T) {
+		r := newFerryRun(t, t.TempDir(), "http", `{}`)
+		r.start()
+		base := "http://" + r.addr
+		post := func(path, body string) (int, string) {
+			t.Helper()
+			resp, err := http.Post(base+path, "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		if code, body := post("/v1/topics/t/messages", `{"messages":[{"queue":0,"body":"a"},{"queue":0,"body":"b"}]}`); code != http.StatusOK {
+			t.Fatalf("produce: %d %s", code, body)
+		}
+		code, body := post("/v1/groups/g/offsets", `{"offsets":[{"topic":"t","queue":0,"offset":9223372036854775807}]}`)
+		if code != http.StatusBadRequest || !strings.Contains(body, "INVALID_ARGUMENT") || !strings.Contains(body, "beyond the queue's end 2") {
+			t.Fatalf("commit of 2^63-1: %d %s, want 400 INVALID_ARGUMENT naming the end 2", code, body)
+		}
+		if code, body := post("/v1/groups/g/offsets", `{"offsets":[{"topic":"t","queue":0,"offset":2}]}`); code/100 != 2 {
+			t.Fatalf("commit at the end: %d %s", code, body)
+		}
+	})
+}
+
+// Issue 13.1 with the real broker: acknowledged messages in several
+// segments; with the broker stopped, the first segment's header is zeroed
+// and a byte of a middle one's base is flipped. After a restart every
+// acknowledged message is served where its producer was told.
+func TestDamagedSegmentHeadersBrokerServesAll(t *testing.T) {
+	dir := t.TempDir()
+	r := newFerryRun(t, dir, "grpc", `{"segment_bytes": "4KiB"}`)
+	r.start()
+	ctx := testCtx(t)
+	cl, err := client.Dial(ctx, r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cl.NewProducer(client.ProducerOptions{ID: "p"})
+	ack := map[string]acked{}
+	for i := range 300 {
+		res, err := p.SendSync(ctx, client.Message{Topic: "t", Key: fmt.Sprint(i % 5), Body: []byte(strings.Repeat("x", 50))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack[res.ID] = acked{res.Queue, res.Offset}
+	}
+	cl.Close()
+	r.stop()
+
+	segs, _ := filepath.Glob(filepath.Join(dir, "data", "storage-file", "*.log"))
+	sort.Strings(segs)
+	if len(segs) < 4 {
+		t.Fatalf("%d segments, want at least 4", len(segs))
+	}
+	patch := func(path string, fn func([]byte)) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(b)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	patch(segs[0], func(b []byte) { clear(b[:32]) })
+	patch(segs[len(segs)/2], func(b []byte) { b[18] ^= 0x01 })
+
+	r.start()
+	rpc := r.rpc(t)
+	seen := map[string]acked{}
+	for q := range int32(3) {
+		for off := int64(0); ; {
+			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: "t", Positions: []*ferryv1.FetchPosition{{Queue: q, Offset: off}}, MaxMessages: 100})
+			if err != nil {
+				t.Fatalf("fetch queue %d at %d: %v", q, off, err)
+			}
+			if len(resp.Messages) == 0 {
+				break
+			}
+			for _, m := range resp.Messages {
+				seen[m.Id] = acked{m.Queue, m.Offset}
+				off = m.Offset + 1
+			}
+		}
+	}
+	lost := 0
+	for id, a := range ack {
+		if seen[id] != a {
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of %d acknowledged messages not served where they were acknowledged after the header damage", lost, len(ack))
+	}
+}
