@@ -21,6 +21,9 @@ const (
 	// MetricOffsetReplicationFailures counts failed hand-overs of consumer
 	// offsets to the replication plugin (the commits themselves succeeded).
 	MetricOffsetReplicationFailures = "ferry_offset_replication_failures_total"
+	// MetricCorruptReads counts fetches of a queue that found a damaged
+	// record at their position (answered CORRUPT for that queue alone).
+	MetricCorruptReads = "ferry_corrupt_reads_total"
 )
 
 // flushBuckets span a page-cache write (tens of µs) to a slow fsync (1 s+).
@@ -46,6 +49,7 @@ type Metrics struct {
 	dlqDepth       *prometheus.GaugeVec
 	pluginRestarts *prometheus.CounterVec
 	offsetReplFail *prometheus.CounterVec
+	corruptReads   *prometheus.CounterVec
 }
 
 // NewMetrics returns a node's metrics, with the Go runtime's and the
@@ -94,10 +98,14 @@ func NewMetrics(constLabels prometheus.Labels) *Metrics {
 			Name: MetricOffsetReplicationFailures, ConstLabels: constLabels,
 			Help: "Consumer offset commits the replication plugin failed to take (retried; the commit itself succeeded), by consumer group.",
 		}, []string{"group"}),
+		corruptReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricCorruptReads, ConstLabels: constLabels,
+			Help: "Fetches of a queue answered CORRUPT: the stored record at the position is damaged (that queue alone is held up), by topic.",
+		}, []string{"topic"}),
 	}
 	m.reg.MustRegister(
 		m.appended, m.consumed, m.flush, m.appendLatency, m.replicationLag, m.consumerLag,
-		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail,
+		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail, m.corruptReads,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -202,4 +210,14 @@ func (m *Metrics) OffsetReplicationFailed(group string) {
 		return
 	}
 	m.offsetReplFail.WithLabelValues(group).Inc()
+}
+
+// CorruptRead counts a fetch of one queue of topic that found a damaged
+// record at its position. Called by the broker's fetch, once per queue and
+// fetch.
+func (m *Metrics) CorruptRead(topic string) {
+	if m == nil {
+		return
+	}
+	m.corruptReads.WithLabelValues(topic).Inc()
 }

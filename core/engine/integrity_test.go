@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -248,4 +249,153 @@ func TestDamagedSegmentHeadersBrokerServesAll(t *testing.T) {
 	if lost > 0 {
 		t.Fatalf("%d of %d acknowledged messages not served where they were acknowledged after the header damage", lost, len(ack))
 	}
+}
+
+// Issue 13.3: one damaged record in a sealed, indexed segment (found only
+// when it is read) holds up its own queue, never the others. Under the
+// default policy (stop) a group consumes every other message and stops that
+// queue at the damaged offset with an error; under skip it consumes
+// everything else, counts the skip, and commits past it.
+func TestCorruptRecordHoldsUpOnlyItsQueue(t *testing.T) {
+	dir := t.TempDir()
+	r := newFerryRun(t, dir, "grpc", `{"segment_bytes": "4KiB"}`)
+	r.start()
+	ctx := testCtx(t)
+	cl, err := client.Dial(ctx, r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cl.NewProducer(client.ProducerOptions{ID: "p"})
+	ack := map[string]acked{}
+	body := map[string]string{}
+	for i := range 150 {
+		b := fmt.Sprintf("message-%04d-%s", i, strings.Repeat("x", 40))
+		res, err := p.SendSync(ctx, client.Message{Topic: "t", Body: []byte(b)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack[res.ID], body[res.ID] = acked{res.Queue, res.Offset}, b
+	}
+	cl.Close()
+	r.stop()
+
+	// Damage one message's body in the second segment (sealed, with an
+	// index file, so open does not look at it).
+	segs, _ := filepath.Glob(filepath.Join(dir, "data", "storage-file", "*.log"))
+	sort.Strings(segs)
+	if len(segs) < 3 {
+		t.Fatalf("%d segments, want at least 3", len(segs))
+	}
+	data, err := os.ReadFile(segs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var badID string
+	for id, b := range body {
+		if i := strings.Index(string(data), b); i > 0 {
+			badID = id
+			data[i+10] ^= 0x01
+			break
+		}
+	}
+	if badID == "" {
+		t.Fatal("no message body found in the second segment")
+	}
+	if err := os.WriteFile(segs[1], data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := ack[badID]
+
+	r.start()
+	cl, err = client.Dial(ctx, r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	p = cl.NewProducer(client.ProducerOptions{ID: "p2"})
+	// consume runs a group until it met the damaged record, then sends
+	// more messages and waits until the group consumed every message
+	// (old and new) that wanted says it should.
+	consume := func(group string, policy client.CorruptPolicy, wanted func(a acked) bool) (map[string]bool, client.ConsumerStats) {
+		t.Helper()
+		cn, err := cl.NewConsumer(client.ConsumerOptions{Topic: "t", Group: group, OnCorrupt: policy, CommitInterval: client.CommitEachBatch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		got := map[string]bool{}
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = cn.Consume(cctx, func(_ context.Context, d *client.Delivery) error {
+				mu.Lock()
+				got[d.ID] = true
+				mu.Unlock()
+				return nil
+			})
+		}()
+		defer func() { cancel(); <-done }()
+		waitFor(t, 60*time.Second, "the consumer to meet the damaged record", func() bool {
+			s := cn.Stats()
+			return s.CorruptStopped+s.CorruptSkipped > 0
+		})
+		// Messages sent after the damage was met reach the group on
+		// every healthy queue.
+		for i := range 30 {
+			res, err := p.SendSync(ctx, client.Message{Topic: "t", Body: []byte(fmt.Sprintf("%s-after-%d", group, i))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ack[res.ID] = acked{res.Queue, res.Offset}
+		}
+		want := 0
+		for _, a := range ack {
+			if wanted(a) {
+				want++
+			}
+		}
+		waitFor(t, 60*time.Second, fmt.Sprintf("group %s to consume the %d messages the damaged record %d/%d must not hold up", group, want, bad.queue, bad.offset), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			n := 0
+			for id := range got {
+				if wanted(ack[id]) {
+					n++
+				}
+			}
+			return n == want
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		out := map[string]bool{}
+		for id := range got {
+			out[id] = true
+		}
+		return out, cn.Stats()
+	}
+
+	// Stop (default): everything but the damaged queue's messages from
+	// the damaged offset on.
+	stopped := func(a acked) bool { return a.queue != bad.queue || a.offset < bad.offset }
+	got, st := consume("stopper", client.CorruptStop, stopped)
+	if st.CorruptStopped != 1 || st.CorruptSkipped != 0 {
+		t.Fatalf("stop policy: stats %+v, want one queue stopped", st)
+	}
+	for id := range got {
+		if !stopped(ack[id]) {
+			t.Fatalf("stop policy delivered %s at %v, past the damaged offset %d", id, ack[id], bad.offset)
+		}
+	}
+
+	// Skip: every message but the damaged one; the commit moves past it.
+	got, st = consume("skipper", client.CorruptSkip, func(a acked) bool { return a != bad })
+	if st.CorruptSkipped != 1 || got[badID] {
+		t.Fatalf("skip policy: stats %+v, damaged one delivered %v", st, got[badID])
+	}
+	rpc := r.rpc(t)
+	waitFor(t, 60*time.Second, "the skip group's commit to pass the damaged offset", func() bool {
+		o, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: "skipper", Queues: []*ferryv1.QueueRef{{Topic: "t", Queue: bad.queue}}})
+		return err == nil && o.Offsets[0].Committed == o.Offsets[0].End
+	})
 }

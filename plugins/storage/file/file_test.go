@@ -394,13 +394,19 @@ func TestReadDetectsCorruption(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = f.Close()
-	_, err = s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 0, MaxMessages: 10})
-	if !errors.Is(err, sdk.ErrCorrupt) {
-		t.Fatalf("read over a damaged record: %v, want ErrCorrupt", err)
-	}
-	resp, err := s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 0, MaxMessages: 1})
+	// A read across it gives the records before it; a read from it is
+	// ErrCorrupt naming the offset; the record after it is readable.
+	resp, err := s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 0, MaxMessages: 10})
 	if err != nil || len(resp.Messages) != 1 {
-		t.Fatalf("read of the good record before it: %v, %d messages", err, len(resp.Messages))
+		t.Fatalf("read across a damaged record: %v, %d messages; want the 1 before it", err, len(resp.Messages))
+	}
+	_, err = s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 1, MaxMessages: 10})
+	if !errors.Is(err, sdk.ErrCorrupt) || !strings.Contains(err.Error(), "t/0 offset 1") {
+		t.Fatalf("read from a damaged record: %v, want ErrCorrupt naming t/0 offset 1", err)
+	}
+	resp, err = s.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 2, MaxMessages: 10})
+	if err != nil || len(resp.Messages) != 1 {
+		t.Fatalf("read of the good record after it: %v, %d messages", err, len(resp.Messages))
 	}
 }
 

@@ -614,16 +614,22 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 			return nil, fmt.Errorf("storage-file: read %s: %w", r.seg.path, err)
 		}
 		for _, e := range r.ents {
+			off := from + int64(len(resp.Messages))
 			m, err := decodeRecord(buf[:e.size])
+			if err == nil && (m.Offset != off || m.Topic != req.Topic || m.Queue != req.Queue) {
+				err = fmt.Errorf("it holds %s/%d@%d, the index says %s/%d@%d", m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, off)
+			}
 			if err != nil {
-				s.log.Error("corrupt record not delivered", "segment", r.seg.path, "position", e.pos, "error", err)
-				return nil, fmt.Errorf("%w: %s at log position %d: %v", sdk.ErrCorrupt, r.seg.path, e.pos, err)
+				if len(resp.Messages) > 0 {
+					// The messages before it go out; the
+					// next read, from its offset, answers
+					// for it alone.
+					return resp, nil
+				}
+				s.log.Error("corrupt record not delivered", "segment", r.seg.path, "position", e.pos, "topic", req.Topic, "queue", req.Queue, "offset", off, "error", err)
+				return nil, fmt.Errorf("%w: %s/%d offset %d: %s at log position %d: %v", sdk.ErrCorrupt, req.Topic, req.Queue, off, r.seg.path, e.pos, err)
 			}
 			buf = buf[e.size:]
-			if m.Offset != from+int64(len(resp.Messages)) || m.Topic != req.Topic || m.Queue != req.Queue {
-				return nil, fmt.Errorf("%w: %s at log position %d holds %s/%d@%d, index says %s/%d@%d", sdk.ErrCorrupt,
-					r.seg.path, e.pos, m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, from+int64(len(resp.Messages)))
-			}
 			resp.Messages = append(resp.Messages, m)
 		}
 	}
