@@ -24,6 +24,9 @@ const (
 	// MetricCorruptReads counts fetches of a queue that found a damaged
 	// record at their position (answered CORRUPT for that queue alone).
 	MetricCorruptReads = "ferry_corrupt_reads_total"
+	// MetricStorageFull is 1 while the storage refuses appends for a full
+	// disk.
+	MetricStorageFull = "ferry_storage_full"
 )
 
 // flushBuckets span a page-cache write (tens of µs) to a slow fsync (1 s+).
@@ -50,6 +53,7 @@ type Metrics struct {
 	pluginRestarts *prometheus.CounterVec
 	offsetReplFail *prometheus.CounterVec
 	corruptReads   *prometheus.CounterVec
+	storageFull    prometheus.Gauge
 }
 
 // NewMetrics returns a node's metrics, with the Go runtime's and the
@@ -102,10 +106,14 @@ func NewMetrics(constLabels prometheus.Labels) *Metrics {
 			Name: MetricCorruptReads, ConstLabels: constLabels,
 			Help: "Fetches of a queue answered CORRUPT: the stored record at the position is damaged (that queue alone is held up), by topic.",
 		}, []string{"topic"}),
+		storageFull: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: MetricStorageFull, ConstLabels: constLabels,
+			Help: "1 while the storage refuses appends because its disk is full (it retries by itself), else 0.",
+		}),
 	}
 	m.reg.MustRegister(
 		m.appended, m.consumed, m.flush, m.appendLatency, m.replicationLag, m.consumerLag,
-		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail, m.corruptReads,
+		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail, m.corruptReads, m.storageFull,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -220,4 +228,17 @@ func (m *Metrics) CorruptRead(topic string) {
 		return
 	}
 	m.corruptReads.WithLabelValues(topic).Inc()
+}
+
+// SetStorageFull records whether the storage refuses appends for a full
+// disk. Called by the broker when that state begins and ends.
+func (m *Metrics) SetStorageFull(full bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if full {
+		v = 1
+	}
+	m.storageFull.Set(v)
 }

@@ -84,6 +84,8 @@ type Broker struct {
 	topicsMu sync.RWMutex
 	topics   map[string]*topic // declared ones, plus groups' retry and DLQ topics once used
 
+	full fullState // the storage refuses appends for a full disk (full.go)
+
 	closeOnce sync.Once
 }
 
@@ -116,6 +118,7 @@ func New(opts Options, storage StorageSource) *Broker {
 		opts.Logger = hclog.NewNullLogger()
 	}
 	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups()}
+	b.full.done = make(chan struct{})
 	for _, t := range opts.Topics {
 		b.topics[t.Name] = &topic{name: t.Name, queues: int32(t.Queues), signal: make(chan struct{})}
 	}
@@ -134,7 +137,10 @@ func (b *Broker) Start() { go b.app.run() }
 // answered.
 func (b *Broker) Close(ctx context.Context) error {
 	var err error
-	b.closeOnce.Do(func() { err = b.app.close(ctx) })
+	b.closeOnce.Do(func() {
+		close(b.full.done)
+		err = b.app.close(ctx)
+	})
 	return err
 }
 

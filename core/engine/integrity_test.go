@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
@@ -38,14 +40,24 @@ type ferryRun struct {
 // newFerryRun writes a pipeline with file storage in dir and the given
 // transport ("grpc" or "http") on a free port.
 func newFerryRun(t *testing.T, dir, transport, storageConfig string) *ferryRun {
+	return newFerryRunData(t, dir, filepath.Join(dir, "data"), transport, storageConfig, "")
+}
+
+// newFerryRunData is newFerryRun with the data_dir and an admin listener
+// (empty: none) of one's choice.
+func newFerryRunData(t *testing.T, dir, dataDir, transport, storageConfig, admin string) *ferryRun {
 	r := &ferryRun{t: t, yaml: filepath.Join(dir, "broker.yaml"), addr: ferrytest.FreeAddr(t)}
+	adminYAML := ""
+	if admin != "" {
+		adminYAML = fmt.Sprintf("admin: {listen: %q}\n", admin)
+	}
 	if err := os.WriteFile(r.yaml, []byte(fmt.Sprintf(`name: integrity
 node: {data_dir: %q}
-plugins:
+%splugins:
   storage: {type: file, config: %s}
   transport: {type: %s, config: {listen: %q}}
 topics: [{name: t, queues: 3}]
-`, filepath.Join(dir, "data"), storageConfig, transport, r.addr)), 0o644); err != nil {
+`, dataDir, adminYAML, storageConfig, transport, r.addr)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.stop)
@@ -398,4 +410,117 @@ func TestCorruptRecordHoldsUpOnlyItsQueue(t *testing.T) {
 		o, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: "skipper", Queues: []*ferryv1.QueueRef{{Topic: "t", Queue: bad.queue}}})
 		return err == nil && o.Offsets[0].Committed == o.Offsets[0].End
 	})
+}
+
+// Issue 13.5 with the real broker on a real full filesystem (a tmpfs filled
+// to ENOSPC): produce is answered FULL, /readyz says why and
+// ferry_storage_full is 1; once space is freed the node becomes ready again
+// by itself (no produce needed: the broker probes the store), produce
+// works, and every acknowledged message is there.
+func TestStorageFullRecoversByItself(t *testing.T) {
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=4194304"); err != nil {
+		t.Skipf("cannot mount a tmpfs to fill (needs root): %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(mnt, 0); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+	adminAddr := ferrytest.FreeAddr(t)
+	r := newFerryRunData(t, t.TempDir(), filepath.Join(mnt, "data"), "grpc", `{"segment_bytes": "64KiB"}`, adminAddr)
+	r.start()
+	ctx := testCtx(t)
+	cl, err := client.Dial(ctx, r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	p := cl.NewProducer(client.ProducerOptions{ID: "p", Retries: client.NoRetries, Timeout: 10 * time.Second})
+	body := []byte(strings.Repeat("b", 1000))
+	ack := map[string]acked{}
+	for range 50 {
+		res, err := p.SendSync(ctx, client.Message{Topic: "t", Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack[res.ID] = acked{res.Queue, res.Offset}
+	}
+
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4096; i++ {
+		if _, err := f.Write(make([]byte, 4096)); err != nil {
+			break
+		}
+	}
+	f.Close()
+	var perr error
+	for i := 0; i < 5000 && perr == nil; i++ {
+		var res client.Result
+		if res, perr = p.SendSync(ctx, client.Message{Topic: "t", Body: body}); perr == nil {
+			ack[res.ID] = acked{res.Queue, res.Offset}
+		}
+	}
+	if !errors.Is(perr, sdk.ErrFull) {
+		t.Fatalf("produce into a full filesystem: %v, want FULL", perr)
+	}
+	admin := "http://" + adminAddr
+	metric := func() string {
+		_, body := get(t, admin+"/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "ferry_storage_full") {
+				return line[strings.LastIndex(line, " ")+1:]
+			}
+		}
+		return ""
+	}
+	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "storage full") {
+		t.Fatalf("/readyz while full: %d %s, want 503 naming the full storage", code, body)
+	}
+	if m := metric(); m != "1" {
+		t.Fatalf("ferry_storage_full = %q while full, want 1", m)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the node to be ready again once space is freed", func() bool {
+		code, _ := get(t, admin+"/readyz")
+		return code == http.StatusOK
+	})
+	if m := metric(); m != "0" {
+		t.Fatalf("ferry_storage_full = %q after recovering, want 0", m)
+	}
+	res, err := p.SendSync(ctx, client.Message{Topic: "t", Body: body})
+	if err != nil {
+		t.Fatalf("produce after space was freed: %v", err)
+	}
+	ack[res.ID] = acked{res.Queue, res.Offset}
+
+	rpc := r.rpc(t)
+	seen := map[string]acked{}
+	for q := range int32(3) {
+		for off := int64(0); ; {
+			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: "t", Positions: []*ferryv1.FetchPosition{{Queue: q, Offset: off}}, MaxMessages: 500})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Messages) == 0 {
+				break
+			}
+			for _, m := range resp.Messages {
+				seen[m.Id] = acked{m.Queue, m.Offset}
+				off = m.Offset + 1
+			}
+		}
+	}
+	for id, a := range ack {
+		if seen[id] != a {
+			t.Fatalf("acknowledged %s at %v, stored at %v", id, a, seen[id])
+		}
+	}
 }

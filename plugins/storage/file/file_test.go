@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -346,14 +347,25 @@ func TestFlushTimeoutOverGRPC(t *testing.T) {
 }
 
 // A full disk (ENOSPC) is sdk.ErrFull for the appends it hits and every one
-// after; what was stored before is intact after a restart.
+// after, and Full says so; once there is space again the store recovers by
+// itself, without a restart; what was stored before is intact. (Here the
+// full disk is /dev/full behind the createFile hook; TestFullTmpfs fills a
+// real filesystem.)
 func TestDiskFull(t *testing.T) {
 	dataDir := t.TempDir()
 	config := `{"segment_bytes": "4KiB", "preallocate": false}`
 	s := openStore(t, dataDir, config)
 	appendWait(t, s, testMsg(0, 0))
 	// The next segment file lands on a device that is always full.
-	s.createFile = func(string) (*os.File, error) { return os.OpenFile("/dev/full", os.O_WRONLY, 0) }
+	var full atomic.Bool
+	full.Store(true)
+	create := s.createFile
+	s.createFile = func(name string) (*os.File, error) {
+		if full.Load() {
+			return os.OpenFile("/dev/full", os.O_WRONLY, 0)
+		}
+		return create(name)
+	}
 	var err error
 	stored := 1
 	for i := 1; i < 100 && err == nil; i++ {
@@ -370,10 +382,41 @@ func TestDiskFull(t *testing.T) {
 	if _, err := s.Append(ctx(t), []*sdk.Message{testMsg(0, 1000)}); !errors.Is(err, sdk.ErrFull) {
 		t.Fatalf("append after the disk filled: %v, want ErrFull", err)
 	}
+	if isFull, since, err := s.Full(); !isFull || since.IsZero() || !errors.Is(err, sdk.ErrFull) {
+		t.Fatalf("Full() = %v, %v, %v while full", isFull, since, err)
+	}
+	// Space again: appends are taken again, with the next offsets.
+	full.Store(false)
+	waitUntil(t, 60*time.Second, "the store to take appends again", func() bool {
+		w, err := s.Append(ctx(t), []*sdk.Message{testMsg(0, stored)})
+		if err == nil {
+			_, err = w(ctx(t))
+		}
+		return err == nil
+	})
+	if isFull, _, _ := s.Full(); isFull {
+		t.Fatal("Full() still true after the store recovered")
+	}
+	got := readQueue(t, s, 0)
+	if len(got) != stored+1 || got[stored].Id != testMsg(0, stored).Id {
+		t.Fatalf("after recovering: %d messages, want the %d stored before the disk filled and the new one", len(got), stored)
+	}
 	_ = s.Close()
 	s = openStore(t, dataDir, config)
-	if got := readQueue(t, s, 0); len(got) != stored {
-		t.Fatalf("after a restart: %d messages, want the %d stored before the disk filled", len(got), stored)
+	if got := readQueue(t, s, 0); len(got) != stored+1 {
+		t.Fatalf("after a restart: %d messages, want %d", len(got), stored+1)
+	}
+}
+
+// waitUntil polls cond every 20ms until it holds, or fails the test.
+func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -917,11 +960,10 @@ func kill(s *Store) {
 	s.closed = true
 	s.crashed.Store(true)
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.flusherDone
-	<-s.janitorDone
-	<-s.preallocDone
-	<-s.deadlineDone
+	close(s.closing)
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLoops()
 	for _, g := range s.segs {
 		g.release()
 	}

@@ -53,9 +53,13 @@ func (s *Store) open() (err error) {
 
 	s.queues = make(map[queueKey]*queue)
 	s.lastBad = -1
-	if s.offsets, err = loadOffsets(s.dir); err != nil {
+	offsets, err := loadOffsets(s.dir)
+	if err != nil {
 		return err
 	}
+	s.offMu.Lock()
+	s.offsets = offsets
+	s.offMu.Unlock()
 	starts, err := loadQueueStarts(s.dir)
 	if err != nil {
 		return err
@@ -124,6 +128,7 @@ func (s *Store) open() (err error) {
 // open once the queues are recovered.
 func (s *Store) clampOffsets() error {
 	clamped := 0
+	s.offMu.Lock()
 	for group, m := range s.offsets {
 		for k, off := range m {
 			var end int64
@@ -138,6 +143,10 @@ func (s *Store) clampOffsets() error {
 			}
 		}
 	}
+	if clamped > 0 {
+		s.offVersion++
+	}
+	s.offMu.Unlock()
 	if clamped == 0 {
 		return nil
 	}

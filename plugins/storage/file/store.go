@@ -117,6 +117,22 @@ type Store struct {
 	offVersion int64      // counts updates of offsets
 	offsets    map[string]map[queueKey]int64
 
+	// A full disk (see full.go): life serialises Close with reopen;
+	// closing is closed by Close; recovering is set while a goroutine
+	// waits for space; loopsRunning (under life) tells whether the
+	// background goroutines run; broken (under mu) is why a reopen
+	// failed, and fullSince when the current full state began.
+	life         sync.Mutex
+	closing      chan struct{}
+	recovering   atomic.Bool
+	loopsRunning bool
+	broken       error
+	fullSince    atomic.Int64
+	fullErr      atomic.Pointer[error]
+	// epoch is the current life of the log in memory; reopen ends it.
+	// An append's waits belong to the epoch it was made in.
+	epoch atomic.Pointer[epoch]
+
 	// What recovery found (set by open): the position where the last
 	// damaged stretch starts (-1: none), how many stretches it skipped
 	// and how many offsets they cost (holes, read as sdk.ErrCorrupt).
@@ -299,6 +315,35 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.notify.Store(&notify)
 	wnotify := make(chan struct{})
 	s.wnotify.Store(&wnotify)
+	s.closing = make(chan struct{})
+	s.epoch.Store(&epoch{})
+	s.startLoops()
+	return nil
+}
+
+// epoch is one life of the log in memory, from Configure or a reopen to the
+// next reopen. When reopen ends it, final is the position that was durable
+// (what an append of the epoch may still be answered with) and err the
+// failure that ended it.
+type epoch struct {
+	over           atomic.Bool
+	final, written int64 // durable and written positions at its end
+	err            error
+}
+
+// outcome answers a wait of an ended epoch for data up to end: durable, or
+// (early) only written.
+func (e *epoch) outcome(end int64, offsets []int64, early bool) ([]int64, error) {
+	if end <= e.final || (early && end <= e.written) {
+		return offsets, nil
+	}
+	return nil, e.err
+}
+
+// startLoops starts a generation of the background goroutines (flusher,
+// deadline ticker, preallocator, janitor). Called by Configure and by
+// reopen, with mu held.
+func (s *Store) startLoops() {
 	s.kick = make(chan struct{}, 1)
 	s.janitorKick = make(chan struct{}, 1)
 	s.stop = make(chan struct{})
@@ -309,13 +354,28 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.deadlineDone = make(chan struct{})
 	go s.flushLoop()
 	go s.deadlineLoop()
-	if cfg.preallocate() {
+	if s.cfg.preallocate() {
 		go s.preallocator()
 	} else {
 		close(s.preallocDone)
 	}
 	go s.janitor()
-	return nil
+	s.loopsRunning = true
+}
+
+// stopLoops stops the background goroutines and waits for them; a no-op
+// when none run. Called by Close, CrashLoseUnflushed and reopen, with life
+// held and mu not held.
+func (s *Store) stopLoops() {
+	if !s.loopsRunning {
+		return
+	}
+	s.loopsRunning = false
+	close(s.stop)
+	<-s.flusherDone
+	<-s.janitorDone
+	<-s.preallocDone
+	<-s.deadlineDone
 }
 
 // usable reports why the store cannot serve a call; called with mu held.
@@ -325,6 +385,9 @@ func (s *Store) usable() error {
 		return fmt.Errorf("storage-file: %w", sdk.ErrClosed)
 	case !s.configured:
 		return fmt.Errorf("storage-file: %w", sdk.ErrNotConfigured)
+	case s.broken != nil:
+		// A reopen after a full disk failed: nothing is loaded.
+		return s.broken
 	}
 	return nil
 }
@@ -376,6 +439,11 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		}
 	}
 	if len(msgs) == 0 {
+		// Also the broker's probe of a full store: answered with the
+		// sticky failure while there is one.
+		if err := s.failure(); err != nil {
+			return nil, nil, err
+		}
 		return sdk.Written([]int64{}), sdk.Appended([]int64{}), nil
 	}
 	started := time.Now()
@@ -472,8 +540,9 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 	}
 	s.mu.Unlock()
 	deadline := started.Add(time.Duration(s.cfg.FlushTimeout))
-	return func(ctx context.Context) ([]int64, error) { return s.waitWritten(ctx, end, offsets) },
-		func(ctx context.Context) ([]int64, error) { return s.wait(ctx, end, deadline, offsets) }, nil
+	ep := s.epoch.Load()
+	return func(ctx context.Context) ([]int64, error) { return s.waitWritten(ctx, ep, end, offsets) },
+		func(ctx context.Context) ([]int64, error) { return s.wait(ctx, ep, end, deadline, offsets) }, nil
 }
 
 func (s *Store) queueFor(k queueKey) *queue {
@@ -489,10 +558,14 @@ func (s *Store) queueFor(k queueKey) *queue {
 // ends or the flush deadline passes. It uses no timer of its own: while
 // anyone waits, deadlineLoop wakes the waiters now and then to look at the
 // clock.
-func (s *Store) wait(ctx context.Context, end int64, deadline time.Time, offsets []int64) ([]int64, error) {
+func (s *Store) wait(ctx context.Context, ep *epoch, end int64, deadline time.Time, offsets []int64) ([]int64, error) {
 	for {
 		ch, err := s.waitState()
-		if s.durable.Load() >= end {
+		// reopen ends the epoch before it sets durable anew: a durable
+		// position of the next epoch is never taken for this one's.
+		if d := s.durable.Load(); ep.over.Load() {
+			return ep.outcome(end, offsets, false)
+		} else if d >= end {
 			return offsets, nil
 		}
 		if err != nil {
@@ -785,11 +858,10 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.flusherDone
-	<-s.janitorDone
-	<-s.preallocDone
-	<-s.deadlineDone
+	close(s.closing)
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLoops()
 	err := s.failure()
 	if err == nil {
 		// Everything is fsynced now: index the sealed segments the
@@ -829,11 +901,17 @@ func (s *Store) Close() error {
 	return err
 }
 
-// fail makes err the store's sticky failure and wakes every waiter.
+// fail makes err the store's sticky failure and wakes every waiter. A full
+// disk starts the goroutine that reopens the store once there is space.
 func (s *Store) fail(err error) {
 	s.failed.CompareAndSwap(nil, &err)
 	s.wake()
 	s.wakeWritten()
+	if errors.Is(err, sdk.ErrFull) && s.recovering.CompareAndSwap(false, true) {
+		s.fullSince.Store(time.Now().UnixNano())
+		s.fullErr.Store(&err)
+		go s.recoverWhenSpace()
+	}
 }
 
 // advance publishes a new durable position and wakes every waiter.
