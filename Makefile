@@ -2,7 +2,7 @@
 # starts Jaeger for the tracing tests, then runs `make check`.
 GO ?= go
 
-.PHONY: test check build quickstart bench proto jaeger
+.PHONY: test check build quickstart bench proto jaeger fuzz
 
 build:
 	$(GO) build -o bin/ferry ./cmd/ferry
@@ -17,6 +17,7 @@ check: build
 	@echo "== go vet"; $(GO) vet ./...
 	@echo "== ferry validate pipelines/"; ./bin/ferry validate $$(find pipelines -name '*.yaml' | sort)
 	@echo "== go test -race"; $(GO) test -race -count=1 -timeout 20m ./...
+	@echo "== fuzz targets, 20s each"; GO=$(GO) scripts/fuzz.sh 20s
 	@echo "== bench/ (the JetStream comparison harness, its own module)"; cd bench && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -count=1 ./...
 
 quickstart:
@@ -27,6 +28,10 @@ bench:
 
 proto:
 	$(GO) generate ./core/proto
+
+# Every fuzz target for a while each (FUZZTIME, default 1m).
+fuzz:
+	GO=$(GO) scripts/fuzz.sh $${FUZZTIME:-1m}
 
 # Jaeger for the tracing tests, built once (7–9 min cold) and started on
 # 127.0.0.1; prints the environment the tests read:
