@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Go fuzz target of the module (func FuzzXxx in a _test.go file)
-# for a bounded time each (default 20s: less can end before the fuzzer has
-# run its seeds, "context deadline exceeded", on a loaded machine; `scripts/fuzz.sh 1m` for longer),
-# one at a time. Their seed corpora also run as ordinary tests in `go test`.
+# for a bounded time each, one at a time: default 20s (much less can end
+# before the fuzzer has run its seeds on a loaded machine, "context deadline
+# exceeded"); `scripts/fuzz.sh 1m` for longer. Their seed corpora also run as ordinary tests in `go test`.
 # A failing input is written under the package's testdata/fuzz/ (commit it:
 # it then runs as a regression test).
 set -euo pipefail

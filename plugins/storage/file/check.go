@@ -236,7 +236,7 @@ func checkSegment(path, name string, last bool, names []string, i int, queues ma
 					q.Next++
 				}
 			}
-			sr.Damaged = append(sr.Damaged, problem("bytes %d..%d (log position %d): %s; valid records follow (open skips them)",
+			sr.Damaged = append(sr.Damaged, problem("bytes %d..%d (log position %d): %s; valid records follow (kept; the damaged offsets are never delivered, read as CORRUPT)",
 				badStart, at, base+badStart, badWhy))
 			badStart = -1
 		}
@@ -338,6 +338,8 @@ func checkSegment(path, name string, last bool, names []string, i int, queues ma
 	}
 	if !last {
 		sr.Index = checkIndex(indexPath(path), base, dataEnd, heads, len(sr.Damaged) > 0, problem)
+	} else {
+		sr.Index = "none (the newest segment gets one once it is sealed)"
 	}
 	return sr
 }

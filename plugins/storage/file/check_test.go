@@ -91,7 +91,7 @@ func TestStorageCheck(t *testing.T) {
 		}, []string{"header: torn or damaged segment header: checksum mismatch (open rebuilds it from the file name"}},
 		{"record in a sealed segment", func(t *testing.T, files []string) {
 			patchFile(t, files[1], func(b []byte) { b[segmentHeaderSize+recordHeaderSize+10] ^= 1 })
-		}, []string{"damaged: bytes 0..", "CRC mismatch; valid records follow (open skips them)", "index: present: open reads it", "lost to damage: "}},
+		}, []string{"damaged: bytes 0..", "CRC mismatch; valid records follow (kept", "index: present: open reads it", "lost to damage: "}},
 		{"record in the newest segment", func(t *testing.T, files []string) {
 			patchFile(t, files[len(files)-1], func(b []byte) { b[segmentHeaderSize+recordHeaderSize+10] ^= 1 })
 		}, []string{"damaged: bytes 0..", "lost to damage"}},
