@@ -65,3 +65,11 @@ func TestStorageCheckCommand(t *testing.T) {
 		t.Fatalf("missing directory: exit %d %s", code, errOut)
 	}
 }
+
+// `ferry consume --on-corrupt` takes stop or skip, nothing else.
+func TestConsumeOnCorruptFlag(t *testing.T) {
+	_, errOut, code := runFerry(t, nil, "consume", "--broker", "127.0.0.1:1", "--topic", "t", "--group", "g", "--on-corrupt", "ignore")
+	if code != 2 || !strings.Contains(errOut, `--on-corrupt must be stop or skip, got "ignore"`) {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
