@@ -423,7 +423,7 @@ func TestStorageFullRecoversByItself(t *testing.T) {
 		t.Skipf("cannot mount a tmpfs to fill (needs root): %v", err)
 	}
 	t.Cleanup(func() {
-		if err := syscall.Unmount(mnt, 0); err != nil {
+		if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
 			t.Errorf("unmount %s: %v", mnt, err)
 		}
 	})

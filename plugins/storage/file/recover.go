@@ -48,6 +48,7 @@ func (s *Store) open() (err error) {
 			}
 			s.segs = nil
 			_ = s.lock.Close()
+			s.lock = nil
 		}
 	}()
 

@@ -890,7 +890,10 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	// A commit that passed its closed check finishes before the lock goes.
 	s.offWriteMu.Lock()
-	cerr := s.lock.Close()
+	var cerr error
+	if s.lock != nil { // nil after a failed reopen
+		cerr = s.lock.Close()
+	}
 	s.offWriteMu.Unlock()
 	if err == nil {
 		err = cerr
