@@ -907,12 +907,16 @@ func (s *Store) Close() error {
 // fail makes err the store's sticky failure and wakes every waiter. A full
 // disk starts the goroutine that reopens the store once there is space.
 func (s *Store) fail(err error) {
-	s.failed.CompareAndSwap(nil, &err)
+	first := s.failed.CompareAndSwap(nil, &err)
+	// Full is true before any waiter sees the failure.
+	start := first && errors.Is(err, sdk.ErrFull) && s.recovering.CompareAndSwap(false, true)
+	if start {
+		s.fullErr.Store(&err)
+		s.fullSince.Store(time.Now().UnixNano())
+	}
 	s.wake()
 	s.wakeWritten()
-	if errors.Is(err, sdk.ErrFull) && s.recovering.CompareAndSwap(false, true) {
-		s.fullSince.Store(time.Now().UnixNano())
-		s.fullErr.Store(&err)
+	if start {
 		go s.recoverWhenSpace()
 	}
 }
