@@ -400,3 +400,27 @@ func TestCommitPastEndClampedAtOpen(t *testing.T) {
 		t.Fatalf("after another open: committed/end %s, want 40/40 0/0 (the clamp is on disk)", got)
 	}
 }
+
+// The newest segment was just created (no record yet) and its header's
+// magic is damaged: it holds nothing, so the header is rebuilt and the
+// store opens, with everything before it.
+func TestDamagedHeaderOfEmptyNewestSegment(t *testing.T) {
+	dataDir := t.TempDir()
+	files := writeStore(t, dataDir, 40, 1)
+	last := files[len(files)-1]
+	base, _ := strconv.ParseInt(strings.TrimSuffix(filepath.Base(last), segmentSuffix), 10, 64)
+	st, _ := os.Stat(last)
+	empty := filepath.Join(filepath.Dir(last), fmt.Sprintf(segmentNameFormat, base+st.Size()-segmentHeaderSize))
+	h := segmentHeader(base + st.Size() - segmentHeaderSize)
+	h[2] ^= 0x01
+	if err := os.WriteFile(empty, h, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := openStore(t, dataDir, `{"segment_bytes": "4KiB"}`)
+	if got := readQueue(t, s, 0); len(got) != 40 {
+		t.Fatalf("%d messages, want 40", len(got))
+	}
+	if offs := appendWait(t, s, testMsg(0, 40)); offs[0] != 40 {
+		t.Fatalf("next append got offset %d, want 40", offs[0])
+	}
+}

@@ -236,9 +236,9 @@ func (s *Store) openSegments(names []string) error {
 					return fmt.Errorf("storage-file: %w", err)
 				}
 				return syncDir(s.dir)
-			case !hasRecord && !isZeros(h[:n]) && string(h[:min(n, 8)]) != segmentMagic[:min(n, 8)]:
-				// Neither a Ferry header nor a Ferry record:
-				// not ours to rewrite.
+			case !hasRecord && !noData && !isZeros(h[:n]) && string(h[:min(n, 8)]) != segmentMagic[:min(n, 8)]:
+				// Neither a Ferry header nor a Ferry record,
+				// but data: not ours to rewrite.
 				_ = f.Close()
 				return fmt.Errorf("storage-file: %s: %w: bad segment header (%v) and no readable record after it; "+
 					"run `ferry storage check %s` and move the file out of the directory if it is not a Ferry segment",
