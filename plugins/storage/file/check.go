@@ -205,7 +205,7 @@ func checkSegment(path, name string, last bool, names []string, i int, queues ma
 	case herr == nil && hbase != base:
 		sr.Header = problem("says base %d, the file name says %d (open rebuilds it from the name)", hbase, base)
 	case herr != nil:
-		sr.Header = problem("%v (open rebuilds it from the file name if a record follows)", herr)
+		sr.Header = problem("%v (open rebuilds it from the file name, unless what follows is data but no Ferry record)", herr)
 	}
 	fileData := max(st.Size()-segmentHeaderSize, 0)
 	dataEnd := fileData
