@@ -13,12 +13,11 @@ test:
 # check: the tests without starting Jaeger (the tracing tests skip unless
 # FERRY_JAEGER_QUERY and FERRY_OTLP_ENDPOINT name a running one).
 check: build
-	@command -v git >/dev/null || { echo "make check: needs git (it lists the files to gofmt with git ls-files)"; exit 1; }
 	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@echo "== go vet"; $(GO) vet ./...
 	@echo "== ferry validate pipelines/"; ./bin/ferry validate $$(find pipelines -name '*.yaml' | sort)
 	@echo "== go test -race"; $(GO) test -race -count=1 -timeout 20m ./...
-	@echo "== fuzz (each target for a bounded time)"; scripts/fuzz.sh 5s
+	@echo "== fuzz targets, 20s each"; GO=$(GO) scripts/fuzz.sh 20s
 	@echo "== bench/ (the JetStream comparison harness, its own module)"; cd bench && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -count=1 ./...
 
 quickstart:
@@ -27,13 +26,12 @@ quickstart:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 5 ./...
 
-# fuzz: every Go fuzz target for FUZZTIME each (make fuzz FUZZTIME=1m).
-FUZZTIME ?= 30s
-fuzz:
-	scripts/fuzz.sh $(FUZZTIME)
-
 proto:
 	$(GO) generate ./core/proto
+
+# Every fuzz target for a while each (FUZZTIME, default 1m).
+fuzz:
+	GO=$(GO) scripts/fuzz.sh $${FUZZTIME:-1m}
 
 # Jaeger for the tracing tests, built once (7–9 min cold) and started on
 # 127.0.0.1; prints the environment the tests read:

@@ -24,6 +24,12 @@ const (
 	// MetricOffsetReplicationFailures counts failed hand-overs of consumer
 	// offsets to the replication plugin (the commits themselves succeeded).
 	MetricOffsetReplicationFailures = "ferry_offset_replication_failures_total"
+	// MetricCorruptReads counts fetches of a queue that found a damaged
+	// record at their position (answered CORRUPT for that queue alone).
+	MetricCorruptReads = "ferry_corrupt_reads_total"
+	// MetricStorageFull is 1 while the storage refuses appends for a full
+	// disk.
+	MetricStorageFull = "ferry_storage_full"
 )
 
 // MaxGroupLabels bounds the distinct values of the group label: clients name
@@ -58,6 +64,8 @@ type Metrics struct {
 	dlqDepth       *prometheus.GaugeVec
 	pluginRestarts *prometheus.CounterVec
 	offsetReplFail *prometheus.CounterVec
+	corruptReads   *prometheus.CounterVec
+	storageFull    prometheus.Gauge
 
 	groupsMu sync.Mutex
 	groups   map[string]bool // group label values admitted, at most MaxGroupLabels
@@ -148,10 +156,18 @@ func NewMetrics(constLabels prometheus.Labels) *Metrics {
 			Name: MetricOffsetReplicationFailures, ConstLabels: constLabels,
 			Help: "Consumer offset commits the replication plugin failed to take (retried; the commit itself succeeded), by consumer group.",
 		}, []string{"group"}),
+		corruptReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricCorruptReads, ConstLabels: constLabels,
+			Help: "Fetches of a queue answered CORRUPT: the stored record at the position is damaged (that queue alone is held up), by topic.",
+		}, []string{"topic"}),
+		storageFull: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: MetricStorageFull, ConstLabels: constLabels,
+			Help: "1 while the storage refuses appends because its disk is full (it retries by itself), else 0.",
+		}),
 	}
 	m.reg.MustRegister(
 		m.appended, m.consumed, m.flush, m.appendLatency, m.replicationLag, m.consumerLag,
-		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail,
+		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail, m.corruptReads, m.storageFull,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -263,4 +279,27 @@ func (m *Metrics) OffsetReplicationFailed(group string) {
 	}
 	g, _ := m.group(group)
 	m.offsetReplFail.WithLabelValues(g).Inc()
+}
+
+// CorruptRead counts a fetch of one queue of topic that found a damaged
+// record at its position. Called by the broker's fetch, once per queue and
+// fetch.
+func (m *Metrics) CorruptRead(topic string) {
+	if m == nil {
+		return
+	}
+	m.corruptReads.WithLabelValues(topic).Inc()
+}
+
+// SetStorageFull records whether the storage refuses appends for a full
+// disk. Called by the broker when that state begins and ends.
+func (m *Metrics) SetStorageFull(full bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if full {
+		v = 1
+	}
+	m.storageFull.Set(v)
 }

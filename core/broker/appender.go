@@ -281,6 +281,7 @@ func (a *appender) answer(b *batch, attempt int, offsets []int64, err error) {
 	case a.freed <- struct{}{}:
 	default:
 	}
+	a.b.noteAppend(err)
 	status := ferryv1.Status_STATUS_OK
 	if errors.Is(err, sdk.ErrFlushTimeout) && len(offsets) == len(b.msgs) {
 		status, err = ferryv1.Status_STATUS_FLUSH_TIMEOUT, nil

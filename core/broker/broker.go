@@ -91,6 +91,8 @@ type Broker struct {
 	known    map[string]bool // groups that exist (see groupExists); grows only with stored state
 	fetchers *recentSet      // groups that fetched lately, bounded
 
+	full fullState // the storage refuses appends for a full disk (full.go)
+
 	closeOnce sync.Once
 }
 
@@ -124,6 +126,7 @@ func New(opts Options, storage StorageSource) *Broker {
 	}
 	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), known: map[string]bool{},
 		fetchers: newRecentSet(maxRecentFetchers)}
+	b.full.done = make(chan struct{})
 	for _, g := range opts.Groups {
 		b.known[g] = true
 	}
@@ -145,7 +148,10 @@ func (b *Broker) Start() { go b.app.run() }
 // answered.
 func (b *Broker) Close(ctx context.Context) error {
 	var err error
-	b.closeOnce.Do(func() { err = b.app.close(ctx) })
+	b.closeOnce.Do(func() {
+		close(b.full.done)
+		err = b.app.close(ctx)
+	})
 	return err
 }
 
@@ -378,14 +384,53 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 // CommitOffsets records a group's next offsets and, on a node that takes
 // produce, hands them to the replication plugin (best effort: see
 // replicate.go).
+//
+// A client's commit past a queue's end is refused (ErrInvalidArgument): the
+// group would never see the messages stored below it. Commits received
+// through replication skip that check (replicaCore): a replica may hold a
+// group's offsets before the messages they follow.
 func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
-	if err := b.commitOffsets(ctx, req.Group, req.Offsets, func(ctx context.Context, name string) (*topic, error) {
-		return b.clientTopic(ctx, name, req.Group)
-	}); err != nil {
+	lookup := func(ctx context.Context, name string) (*topic, error) { return b.clientTopic(ctx, name, req.Group) }
+	if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
+		return err
+	}
+	if err := b.commitOffsets(ctx, req.Group, req.Offsets, lookup); err != nil {
 		return err
 	}
 	if b.repl != nil {
 		b.repl.committed(req.Group, req.Offsets)
+	}
+	return nil
+}
+
+// checkCommitEnds refuses offsets past their queue's end.
+func (b *Broker) checkCommitEnds(ctx context.Context, group string, offsets []*sdk.GroupOffset, lookup func(context.Context, string) (*topic, error)) error {
+	refs := make([]*sdk.QueueRef, 0, len(offsets))
+	for _, o := range offsets {
+		t, err := lookup(ctx, o.Topic)
+		if err != nil {
+			return err
+		}
+		if err := b.checkQueue(t, o.Queue); err != nil {
+			return err
+		}
+		refs = append(refs, &sdk.QueueRef{Topic: o.Topic, Queue: o.Queue})
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	var offs []*sdk.QueueOffsets
+	if err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
+		offs, err = s.GetOffsets(ctx, "", refs)
+		return err
+	}); err != nil {
+		return err
+	}
+	for i, o := range offsets {
+		if i < len(offs) && o.Offset > offs[i].End {
+			return fmt.Errorf("%w: group %q: offset %d of %s/%d is beyond the queue's end %d (a group commits the offset after the last message it consumed)",
+				sdk.ErrInvalidArgument, group, o.Offset, o.Topic, o.Queue, offs[i].End)
+		}
 	}
 	return nil
 }

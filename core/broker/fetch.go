@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,13 +11,16 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // Fetch answers a consumer's long-poll: messages from the requested queues at
 // or past their offsets, or an empty answer when none arrive within max_wait.
-// Queues are read concurrently, each with an equal share of the limits.
+// Queues are read concurrently, each with an equal share of the limits. A
+// queue whose record at its position is damaged is named in the answer's
+// errors (at once, without waiting), beside the other queues' messages.
 func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
 	if req.Group != "" && !strings.HasPrefix(req.Topic, "%") {
 		b.fetchers.add(req.Group) // its retry topic may be used before it commits
@@ -49,7 +53,7 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 	for {
 		signal := t.wait() // taken before reading, so no append is missed
 		resp, due, err := b.read(ctx, req, maxMsgs, maxBytes)
-		if err != nil || len(resp.Messages) > 0 {
+		if err != nil || len(resp.Messages) > 0 || len(resp.Errors) > 0 {
 			if err == nil && telemetry.Enabled() {
 				b.traceDeliveries(req, resp.Messages)
 			}
@@ -123,6 +127,17 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 	now := time.Now()
 	var next time.Time
 	for i := range results {
+		if errs[i] != nil && errors.Is(errs[i], sdk.ErrCorrupt) {
+			// A damaged record holds up its own queue only: the
+			// others' messages go out, and the consumer's policy
+			// decides about this one (see FetchResponse.errors).
+			p := req.Positions[i]
+			b.log.Error("fetch: stored record damaged; its queue is held up at this offset", "topic", req.Topic,
+				"queue", p.Queue, "offset", p.Offset, "group", req.Group, "error", errs[i])
+			b.opts.Metrics.CorruptRead(req.Topic)
+			resp.Errors = append(resp.Errors, &ferryv1.QueueError{Queue: p.Queue, Offset: p.Offset, Error: sdk.ErrorToProto(errs[i])})
+			continue
+		}
 		if errs[i] != nil {
 			return nil, time.Time{}, errs[i]
 		}

@@ -85,6 +85,32 @@ func (s *genSource) replace(r sdk.Replication) {
 
 func commitGroup(t *testing.T, b *Broker, group string, q0, q1 int64) {
 	t.Helper()
+	// A client's commit must be within its queue's end: store messages up
+	// to the offsets first (straight into the store: a slave takes no
+	// produce).
+	for q, want := range []int64{q0, q1} {
+		err := b.storageCall(context.Background(), func(s sdk.Storage) error {
+			o, err := s.GetOffsets(context.Background(), "", []*sdk.QueueRef{{Topic: "orders", Queue: int32(q)}})
+			if err != nil {
+				return err
+			}
+			var msgs []*sdk.Message
+			for i := o[0].End; i < want; i++ {
+				msgs = append(msgs, &sdk.Message{Topic: "orders", Queue: int32(q), Body: []byte("x")})
+			}
+			if len(msgs) == 0 {
+				return nil
+			}
+			w, err := s.Append(context.Background(), msgs)
+			if err == nil {
+				_, err = w(context.Background())
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	err := b.CommitOffsets(context.Background(), &sdk.CommitOffsetsRequest{Group: group, Offsets: []*sdk.GroupOffset{
 		{Topic: "orders", Queue: 0, Offset: q0}, {Topic: "orders", Queue: 1, Offset: q1}}})
 	if err != nil {

@@ -109,6 +109,10 @@ type ConsumerOptions struct {
 	// (default StartCommittedOrEarliest). The retry topic always starts at
 	// its earliest message.
 	StartAt StartAt
+	// OnCorrupt is what the consumer does with a message the broker cannot
+	// read because its stored record is damaged (default CorruptStop). A
+	// damaged record holds up its own queue only, never the others.
+	OnCorrupt CorruptPolicy
 	// HeartbeatInterval is how often the consumer tells the broker it is
 	// alive and re-computes its share of the queues (default 1s).
 	HeartbeatInterval time.Duration
@@ -356,17 +360,40 @@ type ConsumerStats struct {
 	DeadLettered int64
 	Inflight     int64 // fetched and not settled now
 	Queues       int   // queues owned now (topic and retry topic)
+	// Damaged records the broker could not read (OnCorrupt): offsets
+	// skipped, and queues stopped.
+	CorruptSkipped int64
+	CorruptStopped int64
 }
 
 type consumerCounters struct {
 	delivered, acked, retried, dead atomic.Int64
+	corruptSkipped, corruptStopped  atomic.Int64
 }
+
+// CorruptPolicy says what a consumer does with a message the broker answers
+// CORRUPT for: its stored record is damaged (see `ferry storage check`).
+type CorruptPolicy int
+
+const (
+	// CorruptStop stops consuming that queue at that offset, with an
+	// error logged (topic, queue, offset, reason) and counted in
+	// ConsumerStats.CorruptStopped; the group's committed offset stays
+	// before it, and the consumer's other queues go on. A consumer
+	// started again tries the queue again.
+	CorruptStop CorruptPolicy = iota
+	// CorruptSkip moves past the offset: logged with the offset and the
+	// reason, counted in ConsumerStats.CorruptSkipped, and the group's
+	// committed offset moves past it like past a consumed message.
+	CorruptSkip
+)
 
 // Stats returns the consumer's counters.
 func (cn *Consumer) Stats() ConsumerStats {
 	s := ConsumerStats{
 		Delivered: cn.stats.delivered.Load(), Acked: cn.stats.acked.Load(),
 		Retried: cn.stats.retried.Load(), DeadLettered: cn.stats.dead.Load(),
+		CorruptSkipped: cn.stats.corruptSkipped.Load(), CorruptStopped: cn.stats.corruptStopped.Load(),
 	}
 	cn.mu.Lock()
 	rt := cn.rt

@@ -125,6 +125,9 @@ func (c *Client) readDLQ(ctx context.Context, group string, from int64, limit in
 		if err != nil {
 			return nil, c.callError("fetch", err)
 		}
+		if len(resp.Messages) == 0 && len(resp.Errors) > 0 {
+			return out, fmt.Errorf("ferry: dead letter %d of group %q: %w", resp.Errors[0].Offset, group, sdk.ErrorFromProto(resp.Errors[0].Error))
+		}
 		if len(resp.Messages) == 0 {
 			break
 		}

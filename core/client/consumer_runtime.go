@@ -36,6 +36,7 @@ type lane struct {
 	committed int64       // what the broker holds for the group; -1 when nothing
 	unsettled int         // deliveries of window neither settled nor abandoned
 	revoked   bool        // the queue went to another member: fetch no more
+	corrupt   error       // stopped at a damaged record (CorruptStop): fetch no more
 
 	// Orderly mode: deliveries waiting for the lane's one processing
 	// goroutine, and whether the lane is queued for or held by a worker.
@@ -259,7 +260,7 @@ func (rt *runtime) positionsLocked(topic string) map[int32]position {
 	}
 	ps := map[int32]position{}
 	for r, l := range rt.lanes {
-		if r.topic == topic && !l.revoked && l.unsettled < perQueue {
+		if r.topic == topic && !l.revoked && l.corrupt == nil && l.unsettled < perQueue {
 			ps[r.queue] = position{l, l.next}
 		}
 	}
@@ -310,6 +311,26 @@ func (rt *runtime) fetch(ctx context.Context, topic string, ps map[int32]positio
 			l.next = o.End
 		}
 		l.advance()
+	}
+	for _, qe := range resp.Errors {
+		l := current(qe.Queue)
+		if l == nil || l.next != qe.Offset || l.next != ps[qe.Queue].offset {
+			continue
+		}
+		err := sdk.ErrorFromProto(qe.Error)
+		if rt.opts.OnCorrupt == CorruptSkip {
+			rt.log.Warn("ferry consumer: skipping a message the broker cannot read (its stored record is damaged; policy skip)",
+				"topic", topic, "group", rt.group, "queue", qe.Queue, "offset", qe.Offset, "reason", err)
+			rt.cn.stats.corruptSkipped.Add(1)
+			l.next = qe.Offset + 1
+			l.advance()
+			continue
+		}
+		rt.log.Error("ferry consumer: queue stopped at a message the broker cannot read (its stored record is damaged; policy stop): "+
+			"the group's other queues go on; OnCorrupt: CorruptSkip moves past it, `ferry storage check` shows the damage",
+			"topic", topic, "group", rt.group, "queue", qe.Queue, "offset", qe.Offset, "reason", err)
+		rt.cn.stats.corruptStopped.Add(1)
+		l.corrupt = err
 	}
 	out := make([]*Delivery, 0, len(resp.Messages))
 	for _, m := range resp.Messages {

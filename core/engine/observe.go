@@ -67,7 +67,8 @@ func (e *Engine) startAdmin(ctx context.Context) error {
 	return nil
 }
 
-// ready is the node's readiness: every plugin process is up.
+// ready is the node's readiness: every plugin process is up, and the
+// storage takes appends (it is not full).
 func (e *Engine) ready(context.Context) error {
 	for _, inst := range []interface {
 		Current() (sdk.Plugin, uint64, <-chan struct{})
@@ -76,7 +77,7 @@ func (e *Engine) ready(context.Context) error {
 			return errors.New("a plugin is restarting")
 		}
 	}
-	return nil
+	return e.broker.StorageFull()
 }
 
 // measureLag exports each flow group's consumer lag and dead-letter depth.

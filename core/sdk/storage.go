@@ -23,7 +23,11 @@ type Storage interface {
 	// Read returns messages of one queue from req.Offset on, at most
 	// req.MaxMessages and about req.MaxBytes (at least one message when
 	// any is there). Only messages as durable as the flush policy demands
-	// are visible. Called concurrently.
+	// are visible. A message whose stored data is damaged is never
+	// delivered: the read stops before it, and a read from its offset
+	// answers ErrCorrupt naming the offset (the broker then holds up that
+	// queue alone). Its offset is never given to another message. Called
+	// concurrently.
 	Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error)
 	// CommitOffsets durably records a group's next offsets.
 	CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error

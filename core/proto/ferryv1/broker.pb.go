@@ -302,7 +302,12 @@ type FetchResponse struct {
 	Messages []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	// The queues' offsets as seen by this fetch (start, end), so that a
 	// consumer whose offset fell below start can move on.
-	Offsets       []*QueueOffsets `protobuf:"bytes,2,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	Offsets []*QueueOffsets `protobuf:"bytes,2,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	// Queues that could not be read at their position because the stored
+	// record there is damaged (code CORRUPT). The other queues' messages are
+	// in messages: a damaged record holds up only its own queue. The
+	// consumer's policy decides: stop that queue, or skip the offset.
+	Errors        []*QueueError `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -351,6 +356,75 @@ func (x *FetchResponse) GetOffsets() []*QueueOffsets {
 	return nil
 }
 
+func (x *FetchResponse) GetErrors() []*QueueError {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+// QueueError is why one queue of a fetch gave no messages.
+type QueueError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue int32                  `protobuf:"varint,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The offset that could not be read (the fetch position).
+	Offset        int64  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Error         *Error `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueError) Reset() {
+	*x = QueueError{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueError) ProtoMessage() {}
+
+func (x *QueueError) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueError.ProtoReflect.Descriptor instead.
+func (*QueueError) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *QueueError) GetQueue() int32 {
+	if x != nil {
+		return x.Queue
+	}
+	return 0
+}
+
+func (x *QueueError) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *QueueError) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type MetadataRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: all topics.
@@ -361,7 +435,7 @@ type MetadataRequest struct {
 
 func (x *MetadataRequest) Reset() {
 	*x = MetadataRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +447,7 @@ func (x *MetadataRequest) String() string {
 func (*MetadataRequest) ProtoMessage() {}
 
 func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +460,7 @@ func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataRequest.ProtoReflect.Descriptor instead.
 func (*MetadataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MetadataRequest) GetTopics() []string {
@@ -406,7 +480,7 @@ type MetadataResponse struct {
 
 func (x *MetadataResponse) Reset() {
 	*x = MetadataResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +492,7 @@ func (x *MetadataResponse) String() string {
 func (*MetadataResponse) ProtoMessage() {}
 
 func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +505,7 @@ func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataResponse.ProtoReflect.Descriptor instead.
 func (*MetadataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MetadataResponse) GetTopics() []*TopicInfo {
@@ -460,7 +534,7 @@ type TopicInfo struct {
 
 func (x *TopicInfo) Reset() {
 	*x = TopicInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +546,7 @@ func (x *TopicInfo) String() string {
 func (*TopicInfo) ProtoMessage() {}
 
 func (x *TopicInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +559,7 @@ func (x *TopicInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicInfo.ProtoReflect.Descriptor instead.
 func (*TopicInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TopicInfo) GetName() string {
@@ -520,7 +594,7 @@ type BrokerInfo struct {
 
 func (x *BrokerInfo) Reset() {
 	*x = BrokerInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +606,7 @@ func (x *BrokerInfo) String() string {
 func (*BrokerInfo) ProtoMessage() {}
 
 func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +619,7 @@ func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BrokerInfo.ProtoReflect.Descriptor instead.
 func (*BrokerInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BrokerInfo) GetNode() string {
@@ -588,7 +662,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +674,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +687,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HeartbeatRequest) GetGroup() string {
@@ -661,7 +735,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +747,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +760,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HeartbeatResponse) GetMembers() []string {
@@ -719,10 +793,16 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x05group\x18\x06 \x01(\tR\x05group\"=\n" +
 	"\rFetchPosition\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\x05R\x05queue\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset\"p\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\x9e\x01\n" +
 	"\rFetchResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x120\n" +
-	"\aoffsets\x18\x02 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\")\n" +
+	"\aoffsets\x18\x02 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x12,\n" +
+	"\x06errors\x18\x03 \x03(\v2\x14.ferry.v1.QueueErrorR\x06errors\"a\n" +
+	"\n" +
+	"QueueError\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\x05R\x05queue\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12%\n" +
+	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\")\n" +
 	"\x0fMetadataRequest\x12\x16\n" +
 	"\x06topics\x18\x01 \x03(\tR\x06topics\"o\n" +
 	"\x10MetadataResponse\x12+\n" +
@@ -766,54 +846,57 @@ func file_ferry_v1_broker_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_broker_proto_rawDescData
 }
 
-var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_ferry_v1_broker_proto_goTypes = []any{
 	(*ProduceRequest)(nil),        // 0: ferry.v1.ProduceRequest
 	(*ProduceResponse)(nil),       // 1: ferry.v1.ProduceResponse
 	(*FetchRequest)(nil),          // 2: ferry.v1.FetchRequest
 	(*FetchPosition)(nil),         // 3: ferry.v1.FetchPosition
 	(*FetchResponse)(nil),         // 4: ferry.v1.FetchResponse
-	(*MetadataRequest)(nil),       // 5: ferry.v1.MetadataRequest
-	(*MetadataResponse)(nil),      // 6: ferry.v1.MetadataResponse
-	(*TopicInfo)(nil),             // 7: ferry.v1.TopicInfo
-	(*BrokerInfo)(nil),            // 8: ferry.v1.BrokerInfo
-	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 10: ferry.v1.HeartbeatResponse
-	(*Message)(nil),               // 11: ferry.v1.Message
-	(Status)(0),                   // 12: ferry.v1.Status
-	(*Error)(nil),                 // 13: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 14: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 15: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 16: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 17: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 18: ferry.v1.GetOffsetsResponse
+	(*QueueError)(nil),            // 5: ferry.v1.QueueError
+	(*MetadataRequest)(nil),       // 6: ferry.v1.MetadataRequest
+	(*MetadataResponse)(nil),      // 7: ferry.v1.MetadataResponse
+	(*TopicInfo)(nil),             // 8: ferry.v1.TopicInfo
+	(*BrokerInfo)(nil),            // 9: ferry.v1.BrokerInfo
+	(*HeartbeatRequest)(nil),      // 10: ferry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 11: ferry.v1.HeartbeatResponse
+	(*Message)(nil),               // 12: ferry.v1.Message
+	(Status)(0),                   // 13: ferry.v1.Status
+	(*Error)(nil),                 // 14: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 15: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 16: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 17: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 18: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 19: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
-	11, // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	12, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	13, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	12, // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	13, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	14, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
 	3,  // 3: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	11, // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	14, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	7,  // 6: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
-	8,  // 7: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
-	0,  // 8: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
-	2,  // 9: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	15, // 10: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	16, // 11: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	5,  // 12: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	9,  // 13: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	1,  // 14: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	4,  // 15: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	17, // 16: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	18, // 17: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	6,  // 18: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	10, // 19: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	12, // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	15, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	5,  // 6: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
+	14, // 7: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
+	8,  // 8: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
+	9,  // 9: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
+	0,  // 10: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
+	2,  // 11: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
+	16, // 12: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	17, // 13: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	6,  // 14: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
+	10, // 15: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	1,  // 16: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	4,  // 17: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	18, // 18: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	19, // 19: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	7,  // 20: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	11, // 21: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_broker_proto_init() }
@@ -829,7 +912,7 @@ func file_ferry_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_broker_proto_rawDesc), len(file_ferry_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,11 +22,10 @@ func (s *Store) CrashLoseUnflushed() error {
 	s.closed = true
 	s.crashed.Store(true)
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.flusherDone
-	<-s.janitorDone
-	<-s.preallocDone
-	<-s.deadlineDone
+	close(s.closing)
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLoops()
 	s.fail(fmt.Errorf("storage-file: crashed (test): %w", sdk.ErrClosed))
 
 	s.mu.Lock()

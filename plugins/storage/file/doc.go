@@ -66,21 +66,46 @@
 // Reads see only what the policy calls durable: fsynced data under sync,
 // written data under async. GetOffsets reports the same visible end.
 //
-// A failed write or fsync (ENOSPC is sdk.ErrFull) is sticky: the data it
-// covered is answered with the error and the store takes no more appends,
-// because after a failed fsync the page cache cannot be trusted. The broker
-// restarts the plugin, which recovers from what is on disk.
+// A failed write or fsync is sticky: the data it covered is answered with
+// the error and the store takes no more appends, because after a failed
+// fsync the page cache cannot be trusted. The broker restarts the plugin,
+// which recovers from what is on disk. A full disk (ENOSPC, EDQUOT:
+// sdk.ErrFull) needs no restart: the store probes for space and, once there
+// is some, reopens itself from its files in place (see full.go); Full
+// reports the state meanwhile.
 //
 // # Recovery
 //
 // Opening the store takes the directory lock (a second opener gets a clear
 // error), checks every segment header, then reads the sealed segments' index
 // files and scans the records of the rest, checking each one's CRC, its length
-// and that its queue offset follows the previous one. At the first torn or bad
-// record the log is truncated there: the rest of that segment and every later
-// segment are removed, and what was dropped is logged.
+// and that its queue offset follows the previous one. Recovery never deletes
+// a record that passes its checks:
+//
+//   - A damaged segment header (checksum, zeros, a base other than the file
+//     name's) is rebuilt from the file name when a record follows it. Only
+//     the newest segment may be removed, and only when it holds neither a
+//     header nor a record (a crash while creating it). A file that has
+//     neither a Ferry header nor a Ferry record is refused (ErrIncompatible,
+//     naming it).
+//   - A bad record that valid records follow (a flipped bit, a damaged
+//     size field: the scan finds the next record by its magic) is skipped:
+//     the records after it are kept, and the offsets it held become holes,
+//     read as sdk.ErrCorrupt and never given to another message. A segment
+//     with a damaged stretch gets no index file and is scanned at every
+//     open.
+//   - A bad stretch at the end of the newest segment that nothing valid
+//     follows is a torn tail, the incomplete last write of a process or
+//     machine that died (under flush: sync nothing in it was acknowledged):
+//     it is cut. Zeros in the newest segment end its data.
+//   - A group's committed offset past its queue's recovered end (the log
+//     lost its tail) is moved back to the end and written, so that the
+//     group consumes the messages stored from then on.
+//
 // A corrupt record is never indexed and so never delivered; reads check the
-// CRC again and answer sdk.ErrCorrupt instead of delivering damaged data.
+// CRC again and answer sdk.ErrCorrupt instead of delivering damaged data (the
+// messages before it are answered first). `ferry storage check` (Check)
+// reports all of this without changing anything.
 // What the scan accepts is fsynced before the store serves it: after the
 // plugin process (not the machine) died, its last writes are in the page
 // cache, read back whole, and the broker's retried appends are answered with

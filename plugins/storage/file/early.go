@@ -11,10 +11,12 @@ var _ sdk.EarlyOffsets = (*Store)(nil)
 // waitWritten blocks until the flusher wrote the log up to end (see
 // Store.written), the store failed or ctx ends, and returns offsets, the
 // batch's offsets as Append assigned them.
-func (s *Store) waitWritten(ctx context.Context, end int64, offsets []int64) ([]int64, error) {
+func (s *Store) waitWritten(ctx context.Context, ep *epoch, end int64, offsets []int64) ([]int64, error) {
 	for {
 		ch := s.wnotify.Load()
-		if s.written.Load() >= end {
+		if w := s.written.Load(); ep.over.Load() {
+			return ep.outcome(end, offsets, true)
+		} else if w >= end {
 			return offsets, nil
 		}
 		if err := s.failure(); err != nil {

@@ -50,7 +50,7 @@ func TestAppendEarlyFailureWakesWaiters(t *testing.T) {
 	s := openStore(t, t.TempDir(), `{"flush": "sync"}`)
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.waitWritten(ctx(t), s.written.Load()+1000, nil) // never written
+		_, err := s.waitWritten(ctx(t), s.epoch.Load(), s.written.Load()+1000, nil) // never written
 		done <- err
 	}()
 	time.Sleep(20 * time.Millisecond)

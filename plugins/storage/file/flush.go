@@ -141,7 +141,7 @@ func (s *Store) flushLoop() {
 		s.arrived = 0
 		s.mu.Unlock()
 		if err != nil {
-			s.log.Error("commit log write failed; the store accepts no more appends", "error", err)
+			s.log.Error("commit log write failed; the store accepts no more appends until it is recovered", "error", err)
 			s.fail(err)
 			return
 		}

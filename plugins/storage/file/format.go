@@ -84,25 +84,27 @@ func segmentHeader(base int64) []byte {
 }
 
 // errTornHeader: a segment header is incomplete or fails its checksum, which
-// a crash while creating the newest segment can leave.
-var errTornHeader = errors.New("torn segment header")
+// a crash while creating the newest segment, or damage, can leave.
+var errTornHeader = errors.New("torn or damaged segment header")
 
-// parseSegmentHeader checks a segment header and returns its base. An
-// unknown version or magic is ErrIncompatible.
+// parseSegmentHeader checks a segment header and returns its base. A header
+// whose checksum holds but whose magic or version is not this build's is
+// ErrIncompatible; one that fails its checksum is errTornHeader (damage: the
+// caller decides from the records whether the file is a segment).
 func parseSegmentHeader(h []byte) (int64, error) {
 	if len(h) < segmentHeaderSize || isZeros(h) {
 		// Short, or a preallocated file renamed into place whose
 		// header was not written yet.
 		return 0, errTornHeader
 	}
+	if crc32.Checksum(h[:24], castagnoli) != binary.LittleEndian.Uint32(h[24:]) {
+		return 0, fmt.Errorf("%w: checksum mismatch", errTornHeader)
+	}
 	if string(h[:8]) != segmentMagic {
 		return 0, fmt.Errorf("%w: not a Ferry commit log segment (bad magic %q)", ErrIncompatible, h[:8])
 	}
 	if v := binary.LittleEndian.Uint32(h[8:]); v != formatVersion {
 		return 0, fmt.Errorf("%w: segment format version %d, this build reads version %d", ErrIncompatible, v, formatVersion)
-	}
-	if crc32.Checksum(h[:24], castagnoli) != binary.LittleEndian.Uint32(h[24:]) {
-		return 0, errTornHeader
 	}
 	return int64(binary.LittleEndian.Uint64(h[16:])), nil
 }

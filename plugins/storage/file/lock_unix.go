@@ -42,3 +42,18 @@ func syncDir(dir string) error {
 	}
 	return err
 }
+
+// lockHeld tells whether a process holds the store's lock (for Check, which
+// takes none).
+func lockHeld(dir string) bool {
+	f, err := os.Open(filepath.Join(dir, lockFileName))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		return errors.Is(err, syscall.EWOULDBLOCK)
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
+}

@@ -2,6 +2,8 @@ package file
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -46,13 +48,19 @@ func (s *Store) open() (err error) {
 			}
 			s.segs = nil
 			_ = s.lock.Close()
+			s.lock = nil
 		}
 	}()
 
 	s.queues = make(map[queueKey]*queue)
-	if s.offsets, err = loadOffsets(s.dir); err != nil {
+	s.lastBad = -1
+	offsets, err := loadOffsets(s.dir)
+	if err != nil {
 		return err
 	}
+	s.offMu.Lock()
+	s.offsets = offsets
+	s.offMu.Unlock()
 	starts, err := loadQueueStarts(s.dir)
 	if err != nil {
 		return err
@@ -81,6 +89,9 @@ func (s *Store) open() (err error) {
 			q.ents, q.start = q.ents[n:], q.start+int64(n)
 		}
 	}
+	if err := s.clampOffsets(); err != nil {
+		return err
+	}
 	if len(s.segs) == 0 {
 		if err := s.createFirstSegment(); err != nil {
 			return err
@@ -108,6 +119,39 @@ func (s *Store) open() (err error) {
 	s.written.Store(s.apos)
 	s.fsynced.Store(s.apos)
 	return nil
+}
+
+// clampOffsets moves a group's committed offset that is past its queue's end
+// (the log lost its tail: a torn write, or messages acknowledged under flush:
+// async that a machine crash took) back to the end, logs it and writes the
+// offsets file, so that the group consumes the messages stored from now on
+// instead of skipping them until the queue reaches the old commit. Called by
+// open once the queues are recovered.
+func (s *Store) clampOffsets() error {
+	clamped := 0
+	s.offMu.Lock()
+	for group, m := range s.offsets {
+		for k, off := range m {
+			var end int64
+			if q := s.queues[k]; q != nil {
+				end = q.end()
+			}
+			if off > end {
+				s.log.Warn("recovery: a group's committed offset is past its queue's end; moved back to the end so that new messages are not skipped",
+					"group", group, "topic", k.topic, "queue", k.queue, "committed", off, "end", end)
+				m[k] = end
+				clamped++
+			}
+		}
+	}
+	if clamped > 0 {
+		s.offVersion++
+	}
+	s.offMu.Unlock()
+	if clamped == 0 {
+		return nil
+	}
+	return s.writeOffsets()
 }
 
 // listDir returns the segment file names in log order and removes files left
@@ -144,9 +188,17 @@ func (s *Store) listDir() ([]string, error) {
 
 // openSegments opens every segment and checks its header before anything is
 // changed, so that a store of another format version is refused untouched.
+//
+// A segment's name is authoritative for its base (names are made by create
+// or rename, never rewritten). A header that is damaged (fails its checksum,
+// zeros, or a base that disagrees with the name) is rebuilt from the name
+// when the segment holds a record: a damaged header never costs a record.
+// Only the newest segment may have no header and no record at all, which a
+// crash while creating it leaves; that file alone is removed.
 func (s *Store) openSegments(names []string) error {
 	for i, name := range names {
 		path := filepath.Join(s.dir, name)
+		want, _ := strconv.ParseInt(name[:20], 10, 64)
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			return fmt.Errorf("storage-file: open segment: %w", classify(err))
@@ -162,24 +214,47 @@ func (s *Store) openSegments(names []string) error {
 			_ = f.Close()
 			return fmt.Errorf("storage-file: %s: %w", path, herr)
 		}
-		if herr == nil {
-			want, _ := strconv.ParseInt(name[:20], 10, 64)
-			if base != want {
-				herr = fmt.Errorf("header says base %d, name says %d", base, want)
-			}
+		if herr == nil && base != want {
+			herr = fmt.Errorf("header says base %d, the file name says %d", base, want)
 		}
 		if herr != nil {
-			// A crash while the newest segment was being created;
-			// anything else is corruption, handled like a torn tail.
-			_ = f.Close()
-			s.log.Error("recovery: dropping segment with a bad header", "segment", path, "error", herr, "later_segments_dropped", len(names)-i-1)
-			for _, later := range names[i:] {
-				_ = os.Remove(indexPath(filepath.Join(s.dir, later)))
-				if err := os.Remove(filepath.Join(s.dir, later)); err != nil {
+			hasRecord, noData, err := firstRecordValid(f)
+			if err != nil {
+				_ = f.Close()
+				return fmt.Errorf("storage-file: read %s: %w", path, err)
+			}
+			last := i == len(names)-1
+			switch {
+			case !hasRecord && noData && last && (n < segmentHeaderSize || isZeros(h)):
+				// A crash while the newest segment was being
+				// created (or a spare renamed into place
+				// before its header was written).
+				_ = f.Close()
+				s.log.Warn("recovery: removing the newest segment, created but never written", "segment", path, "error", herr)
+				_ = os.Remove(indexPath(path))
+				if err := os.Remove(path); err != nil {
 					return fmt.Errorf("storage-file: %w", err)
 				}
+				return syncDir(s.dir)
+			case !hasRecord && !noData && !isZeros(h[:n]) && string(h[:min(n, 8)]) != segmentMagic[:min(n, 8)]:
+				// Neither a Ferry header nor a Ferry record,
+				// but data: not ours to rewrite.
+				_ = f.Close()
+				return fmt.Errorf("storage-file: %s: %w: bad segment header (%v) and no readable record after it; "+
+					"run `ferry storage check %s` and move the file out of the directory if it is not a Ferry segment",
+					path, ErrIncompatible, herr, s.dir)
 			}
-			return syncDir(s.dir)
+			if _, err := f.WriteAt(segmentHeader(want), 0); err != nil {
+				_ = f.Close()
+				return fmt.Errorf("storage-file: rebuild header of %s: %w", path, classify(err))
+			}
+			if err := syncFile(f); err != nil {
+				_ = f.Close()
+				return fmt.Errorf("storage-file: rebuild header of %s: %w", path, classify(err))
+			}
+			s.log.Error("recovery: segment header damaged; rebuilt from the file name, its records are kept",
+				"segment", path, "error", herr, "base", want)
+			base = want
 		}
 		g := &segment{base: base, path: path, f: f, durableHeader: true}
 		g.refs.Store(1)
@@ -188,10 +263,46 @@ func (s *Store) openSegments(names []string) error {
 	return nil
 }
 
-// scanSegments reads every record, checks it and indexes it. At the first bad
-// one the log is truncated: the rest of that segment and all later segments
-// go, and what went is logged. A corrupt record is never indexed, so never
-// delivered.
+// firstRecordValid tells whether a whole, checksummed record follows the
+// header of segment file f, and whether nothing does (end of file or zeros).
+func firstRecordValid(f *os.File) (valid, noData bool, err error) {
+	head := make([]byte, 8)
+	if n, err := f.ReadAt(head, segmentHeaderSize); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, isZeros(head[:n]), nil
+		}
+		return false, false, err
+	}
+	if isZeros(head) {
+		return false, true, nil
+	}
+	n := int(binary.LittleEndian.Uint32(head[4:]))
+	if binary.LittleEndian.Uint32(head) != recordMagic || n < recordHeaderSize || n > MaxSegmentBytes {
+		return false, false, nil
+	}
+	rec := make([]byte, n)
+	if _, err := f.ReadAt(rec, segmentHeaderSize); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, false, nil
+		}
+		return false, false, err
+	}
+	_, perr := parseRecord(rec)
+	return perr == nil, false, nil
+}
+
+// scanSegments reads every record, checks it and indexes it.
+//
+// Damage is told from a torn tail. A bad record (its checksum, magic, size,
+// or an offset out of sequence) that valid records follow is corruption: the
+// damaged stretch is skipped, the records after it are kept, and the offsets
+// it held become holes in their queues (read as sdk.ErrCorrupt), so that no
+// offset is ever given to another message. A bad stretch that nothing valid
+// follows in the newest segment is a torn tail, the last write of a process
+// or machine that died: it is cut, and the log goes on from there (under
+// flush: sync nothing in it was acknowledged). Zeros in the newest segment are
+// the end of its data. Records are never deleted from a sealed segment, and
+// a segment is never deleted for what another one holds.
 func (s *Store) scanSegments() error {
 	var rec []byte
 	for i, g := range s.segs {
@@ -200,99 +311,72 @@ func (s *Store) scanSegments() error {
 			return fmt.Errorf("storage-file: %w", err)
 		}
 		fileData := st.Size() - segmentHeaderSize
-		var reason error
-		if i > 0 {
-			prev := s.segs[i-1]
-			if prev.base+prev.size != g.base {
-				reason = fmt.Errorf("%w: segment starts at %d, previous one ends at %d", errBadRecord, g.base, prev.base+prev.size)
-			}
-		}
 		// A sealed segment's data ends where the next one starts (a
 		// preallocated one has zeros after it); the last one's ends at
 		// the end of the file or at the first zeros.
-		dataEnd := fileData
 		last := i == len(s.segs)-1
+		dataEnd := fileData
 		if !last {
-			dataEnd = min(fileData, s.segs[i+1].base-g.base)
-		}
-		var pos int64
-		if reason == nil && !last && fileData >= dataEnd {
-			if s.loadIndex(g, dataEnd) == nil {
+			dataEnd = s.segs[i+1].base - g.base
+			if fileData >= dataEnd && s.loadIndex(g, dataEnd) == nil {
 				g.size = dataEnd
 				continue
 			}
 			// No usable index: scan, and write one again later.
 			_ = os.Remove(indexPath(g.path))
 		}
-		if reason == nil {
-			pos, reason, err = s.scanSegment(g, dataEnd, &rec)
-			if err != nil {
-				return err
-			}
-			// After the plugin process (not the machine) died,
-			// what it wrote is in the page cache and reads back
-			// whole, but was maybe never fsynced. It is served
-			// from now on (and a retried append is answered with
-			// it), so make it durable first.
-			if err := syncFile(g.f); err != nil {
-				return fmt.Errorf("storage-file: fsync %s: %w", g.path, classify(err))
-			}
-			if !last && reason == nil {
-				if err := s.writeIndex(g, g.heads, pos); err != nil {
+		res, err := s.scanSegment(g, min(fileData, dataEnd), dataEnd, last, &rec)
+		if err != nil {
+			return err
+		}
+		// After the plugin process (not the machine) died, what it
+		// wrote is in the page cache and reads back whole, but was
+		// maybe never fsynced. It is served from now on (and a retried
+		// append is answered with it), so make it durable first.
+		if err := syncFile(g.f); err != nil {
+			return fmt.Errorf("storage-file: fsync %s: %w", g.path, classify(err))
+		}
+		if !last {
+			g.size = dataEnd
+			if !g.damaged {
+				if err := s.writeIndex(g, g.heads, dataEnd); err != nil {
 					return err
 				}
-				g.heads = nil
 			}
-		}
-		if reason == nil && !last && g.base+pos != s.segs[i+1].base {
-			reason = fmt.Errorf("%w: segment data ends at %d, the next segment starts at %d", errTornRecord, g.base+pos, s.segs[i+1].base)
-		}
-		g.size = pos
-		if reason == nil {
+			g.heads = nil
 			continue
 		}
-		if last && errors.Is(reason, errZeros) {
+		g.size = res.end
+		if res.end == fileData {
+			continue
+		}
+		if res.reason == nil || errors.Is(res.reason, errZeros) {
 			// The normal end of a preallocated segment. Whatever
 			// follows the zeros (a later write of which only some
 			// pages reached the disk) is cut too, so that it
 			// cannot line up behind the next records and pass
 			// for one of them; preallocateTail zeroes it again.
-			if err := g.f.Truncate(segmentHeaderSize + pos); err != nil {
+			if err := g.f.Truncate(segmentHeaderSize + res.end); err != nil {
 				return fmt.Errorf("storage-file: truncate %s: %w", g.path, classify(err))
 			}
 			return syncFile(g.f)
 		}
-		dropped := fileData - pos
-		for _, later := range s.segs[i+1:] {
-			if st, err := later.f.Stat(); err == nil {
-				dropped += st.Size() - segmentHeaderSize
-			}
-		}
 		logf := s.log.Error
-		if errors.Is(reason, errTornRecord) || errors.Is(reason, errZeros) {
+		if errors.Is(res.reason, errTornRecord) {
 			// What a crash leaves of writes no fsync covered.
 			logf = s.log.Warn
 		}
-		logf("recovery: log truncated at the first bad record; nothing after it is delivered",
-			"segment", g.path, "position", g.base+pos, "reason", reason.Error(),
-			"bytes_dropped", dropped, "later_segments_dropped", len(s.segs)-i-1)
-		if err := g.f.Truncate(segmentHeaderSize + pos); err != nil {
+		logf("recovery: torn tail cut (no valid record follows it in the newest segment)",
+			"segment", g.path, "position", g.base+res.end, "reason", res.reason.Error(),
+			"bytes_dropped", fileData-res.end)
+		if err := g.f.Truncate(segmentHeaderSize + res.end); err != nil {
 			return fmt.Errorf("storage-file: truncate %s: %w", g.path, classify(err))
 		}
 		if err := syncFile(g.f); err != nil {
 			return fmt.Errorf("storage-file: %w", classify(err))
 		}
-		for _, later := range s.segs[i+1:] {
-			_ = later.f.Close()
-			_ = os.Remove(indexPath(later.path))
-			if err := os.Remove(later.path); err != nil {
-				return fmt.Errorf("storage-file: %w", err)
-			}
-		}
-		_ = os.Remove(indexPath(g.path))
-		s.segs = s.segs[:i+1]
-		if i > 0 && pos == 0 {
-			// An empty segment that is not the first: drop it too,
+		if i > 0 && res.end == 0 && !s.segs[i-1].damaged {
+			// An empty segment that is not the first: drop it,
 			// the previous one is written on.
 			_ = g.f.Close()
 			if err := os.Remove(g.path); err != nil {
@@ -305,47 +389,245 @@ func (s *Store) scanSegments() error {
 	return nil
 }
 
-// scanSegment indexes g's records. It returns how many bytes of records are
-// good, and why it stopped early (nil: the whole file is good). err is an I/O
-// failure, which stops the open.
-// It collects the record heads for g's index file.
-func (s *Store) scanSegment(g *segment, fileData int64, rec *[]byte) (pos int64, reason, err error) {
-	r := io.NewSectionReader(g.f, segmentHeaderSize, fileData)
-	br := bufio.NewReaderSize(r, 1<<20)
+// scanResult is what scanSegment found in one segment.
+type scanResult struct {
+	// end is where the newest segment's good data ends (its cut point);
+	// reason says why it ends before the file does (nil: it does not).
+	end    int64
+	reason error
+}
+
+// scanSegment indexes g's records from its data, fileData bytes of the
+// dataEnd its records cover (less when the file is short). It skips damaged
+// stretches followed by valid records (see scanSegments) and reports where
+// the good data of the newest segment ends. err is an I/O failure, which
+// stops the open. It collects the record heads for g's index file.
+func (s *Store) scanSegment(g *segment, fileData, dataEnd int64, last bool, rec *[]byte) (scanResult, error) {
+	var pos int64
+	br := bufio.NewReaderSize(io.NewSectionReader(g.f, segmentHeaderSize, fileData), 1<<20)
+	seek := func(p int64) {
+		pos = p
+		br.Reset(io.NewSectionReader(g.f, segmentHeaderSize+p, fileData-p))
+	}
+	// A run of bad bytes not yet followed by a good record: where it
+	// starts, why, and the header fields of the bad records in it whose
+	// sizes held (to keep their offsets as holes).
+	badStart := int64(-1)
+	var badReason error
+	var hints []recordMeta
+	markBad := func(p int64, reason error) {
+		if badStart < 0 {
+			badStart, badReason, hints = p, reason, nil
+			s.lastBad = g.base + p
+		}
+	}
+	var stop error
+scan:
 	for pos < fileData {
 		head, err := br.Peek(8)
 		if err != nil {
-			return pos, errTornRecord, nil
+			stop = errTornRecord
+			break
 		}
 		n, reason := recordLen(head, fileData-pos)
-		if reason != nil {
-			return pos, reason, nil
-		}
-		if cap(*rec) < n {
-			*rec = make([]byte, n)
-		}
-		b := (*rec)[:n]
-		if _, err := io.ReadFull(br, b); err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				return pos, errTornRecord, nil
+		switch {
+		case errors.Is(reason, errZeros) && last:
+			stop = reason
+			break scan
+		case reason == nil:
+			if cap(*rec) < n {
+				*rec = make([]byte, n)
 			}
-			return pos, nil, fmt.Errorf("storage-file: read %s: %w", g.path, err)
+			b := (*rec)[:n]
+			if _, err := io.ReadFull(br, b); err != nil {
+				return scanResult{}, fmt.Errorf("storage-file: read %s: %w", g.path, err)
+			}
+			meta, reason := parseRecord(b)
+			if reason == nil {
+				reason = checkRecordQueue(meta)
+			}
+			if reason == nil && badStart >= 0 {
+				// A good record follows the bad stretch.
+				s.skipped(g, badStart, pos, badReason, hints)
+				badStart = -1
+			}
+			if reason == nil {
+				reason = s.checkSequence(g.base+pos, meta)
+			}
+			if reason == nil {
+				s.indexRecord(g, pos, meta)
+				if !g.damaged {
+					g.heads = append(g.heads, indexHead(b)...)
+				}
+				pos += int64(n)
+				continue
+			}
+			markBad(pos, reason)
+			if h, ok := headerHint(b); ok {
+				hints = append(hints, h)
+			}
+			// Its size held if a record starts right after it.
+			if next := pos + int64(n); next == fileData || s.validAt(g, next, fileData) {
+				seek(next)
+				continue
+			}
+		default:
+			// Bad magic, or a size past the end of the data: a
+			// torn tail unless a valid record follows.
+			markBad(pos, reason)
 		}
-		meta, reason := parseRecord(b)
-		if reason != nil {
-			return pos, reason, nil
+		next, err := s.findRecord(g, pos+1, fileData)
+		if err != nil {
+			return scanResult{}, err
 		}
-		if reason := checkRecordQueue(meta); reason != nil {
-			return pos, reason, nil
+		if next < 0 {
+			seek(fileData)
+			break
 		}
-		if q := s.queues[queueKey{meta.topic, meta.queue}]; q != nil && meta.offset != q.end() {
-			return pos, fmt.Errorf("%w: %s/%d offset %d, expected %d", errBadRecord, meta.topic, meta.queue, meta.offset, q.end()), nil
-		}
-		s.indexRecord(g, pos, meta)
-		g.heads = append(g.heads, indexHead(b)...)
-		pos += int64(n)
+		seek(next)
 	}
-	return pos, nil, nil
+	if last {
+		if badStart >= 0 {
+			// Nothing valid follows: a torn tail.
+			return scanResult{end: badStart, reason: badReason}, nil
+		}
+		return scanResult{end: pos, reason: stop}, nil
+	}
+	// A sealed segment keeps its size; what is missing or bad up to its
+	// end is a damaged stretch.
+	if badStart < 0 && pos < dataEnd {
+		badStart, badReason = pos, stop
+		if badReason == nil {
+			badReason = errTornRecord
+		}
+		s.lastBad = g.base + pos
+	}
+	if badStart >= 0 {
+		s.skipped(g, badStart, dataEnd, fmt.Errorf("%w (to the end of the segment)", badReason), hints)
+	}
+	return scanResult{end: dataEnd}, nil
+}
+
+// checkSequence checks that a record's offset follows its queue's last one.
+// A gap is accepted after a damaged stretch the lost records fit in (it
+// becomes holes); a record at an offset that only holes hold replaces them.
+func (s *Store) checkSequence(pos int64, m recordMeta) error {
+	q := s.queues[queueKey{m.topic, m.queue}]
+	if q == nil || m.offset == q.end() {
+		return nil
+	}
+	if m.offset < q.end() && m.offset >= q.start {
+		for _, e := range q.ents[m.offset-q.start:] {
+			if e.size != 0 {
+				return fmt.Errorf("%w: %s/%d offset %d, expected %d", errBadRecord, m.topic, m.queue, m.offset, q.end())
+			}
+		}
+		q.ents = q.ents[:m.offset-q.start]
+		return nil
+	}
+	var lastPos int64 = -1
+	if len(q.ents) > 0 {
+		lastPos = q.ents[len(q.ents)-1].pos
+	}
+	gap := m.offset - q.end()
+	if m.offset > q.end() && s.lastBad > lastPos && gap*recordHeaderSize <= pos-max(lastPos, 0) {
+		for range gap {
+			q.ents = append(q.ents, entry{pos: s.lastBad})
+		}
+		s.holes += int(gap)
+		s.log.Error("recovery: offsets lost to damaged records; they stay unused and are read as corrupt",
+			"topic", m.topic, "queue", m.queue, "from", m.offset-gap, "to", m.offset-1)
+		return nil
+	}
+	return fmt.Errorf("%w: %s/%d offset %d, expected %d", errBadRecord, m.topic, m.queue, m.offset, q.end())
+}
+
+// skipped records a damaged stretch [from, to) of segment g that valid data
+// follows: the offsets of the bad records whose headers still name their
+// queue become holes, the segment gets no index file (it is scanned at every
+// open), and the stretch is logged.
+func (s *Store) skipped(g *segment, from, to int64, reason error, hints []recordMeta) {
+	g.damaged = true
+	g.heads = nil
+	holes := 0
+	for _, h := range hints {
+		if q := s.queues[queueKey{h.topic, h.queue}]; q != nil && h.offset == q.end() {
+			q.ents = append(q.ents, entry{pos: g.base + from})
+			holes++
+		}
+	}
+	s.holes += holes
+	s.damagedStretches++
+	s.log.Error("recovery: damaged records skipped; the records after them are kept and their offsets stay unused",
+		"segment", g.path, "position", g.base+from, "bytes", to-from, "reason", reason.Error(), "offsets_lost", holes)
+}
+
+// headerHint reads the queue and offset a bad record's header claims, when
+// they are plausible; they are not checksummed, so they only ever make a
+// hole at the next offset of a queue that exists.
+func headerHint(rec []byte) (recordMeta, bool) {
+	if len(rec) < recordHeaderSize {
+		return recordMeta{}, false
+	}
+	tl := int(binary.LittleEndian.Uint16(rec[14:]))
+	il := int(binary.LittleEndian.Uint16(rec[36:]))
+	if tl == 0 || recordHeaderSize+tl+il > len(rec) {
+		return recordMeta{}, false
+	}
+	m := recordMeta{
+		topic:  string(rec[recordHeaderSize : recordHeaderSize+tl]),
+		queue:  int32(binary.LittleEndian.Uint32(rec[16:])),
+		offset: int64(binary.LittleEndian.Uint64(rec[20:])),
+	}
+	return m, m.queue >= 0 && m.offset >= 0
+}
+
+// validAt tells whether a whole record with a good checksum starts at
+// segment position pos.
+func (s *Store) validAt(g *segment, pos, fileData int64) bool {
+	head := make([]byte, 8)
+	if _, err := g.f.ReadAt(head, segmentHeaderSize+pos); err != nil {
+		return false
+	}
+	n, err := recordLen(head, fileData-pos)
+	if err != nil {
+		return false
+	}
+	rec := make([]byte, n)
+	if _, err := g.f.ReadAt(rec, segmentHeaderSize+pos); err != nil {
+		return false
+	}
+	m, err := parseRecord(rec)
+	return err == nil && checkRecordQueue(m) == nil
+}
+
+// findRecord returns the position of the first valid record at or after from
+// in g, or -1.
+func (s *Store) findRecord(g *segment, from, fileData int64) (int64, error) {
+	var magic [4]byte
+	binary.LittleEndian.PutUint32(magic[:], recordMagic)
+	buf := make([]byte, 1<<20)
+	for at := from; at+recordHeaderSize <= fileData; {
+		n, err := g.f.ReadAt(buf[:min(int64(len(buf)), fileData-at)], segmentHeaderSize+at)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("storage-file: read %s: %w", g.path, err)
+		}
+		if n < len(magic) {
+			return -1, nil
+		}
+		for i := 0; i+len(magic) <= n; {
+			j := bytes.Index(buf[i:n], magic[:])
+			if j < 0 {
+				break
+			}
+			if s.validAt(g, at+int64(i+j), fileData) {
+				return at + int64(i+j), nil
+			}
+			i += j + 1
+		}
+		at += int64(n - len(magic) + 1)
+	}
+	return -1, nil
 }
 
 func checkRecordQueue(m recordMeta) error {

@@ -116,6 +116,29 @@ type Store struct {
 	offMu      sync.Mutex // guards offsets and offVersion
 	offVersion int64      // counts updates of offsets
 	offsets    map[string]map[queueKey]int64
+
+	// A full disk (see full.go): life serialises Close with reopen;
+	// closing is closed by Close; recovering is set while a goroutine
+	// waits for space; loopsRunning (under life) tells whether the
+	// background goroutines run; broken (under mu) is why a reopen
+	// failed, and fullSince when the current full state began.
+	life         sync.Mutex
+	closing      chan struct{}
+	recovering   atomic.Bool
+	loopsRunning bool
+	broken       error
+	fullSince    atomic.Int64
+	fullErr      atomic.Pointer[error]
+	// epoch is the current life of the log in memory; reopen ends it.
+	// An append's waits belong to the epoch it was made in.
+	epoch atomic.Pointer[epoch]
+
+	// What recovery found (set by open): the position where the last
+	// damaged stretch starts (-1: none), how many stretches it skipped
+	// and how many offsets they cost (holes, read as sdk.ErrCorrupt).
+	lastBad          int64
+	damagedStretches int
+	holes            int
 }
 
 type queueKey struct {
@@ -237,6 +260,9 @@ type segment struct {
 	// heads collects the record heads for the segment's index file,
 	// written once the segment is sealed and fsynced (under mu).
 	heads []byte
+	// damaged: recovery skipped damaged records in it; it gets no index
+	// file and is scanned at every open.
+	damaged bool
 }
 
 func (g *segment) release() {
@@ -289,6 +315,35 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.notify.Store(&notify)
 	wnotify := make(chan struct{})
 	s.wnotify.Store(&wnotify)
+	s.closing = make(chan struct{})
+	s.epoch.Store(&epoch{})
+	s.startLoops()
+	return nil
+}
+
+// epoch is one life of the log in memory, from Configure or a reopen to the
+// next reopen. When reopen ends it, final is the position that was durable
+// (what an append of the epoch may still be answered with) and err the
+// failure that ended it.
+type epoch struct {
+	over           atomic.Bool
+	final, written int64 // durable and written positions at its end
+	err            error
+}
+
+// outcome answers a wait of an ended epoch for data up to end: durable, or
+// (early) only written.
+func (e *epoch) outcome(end int64, offsets []int64, early bool) ([]int64, error) {
+	if end <= e.final || (early && end <= e.written) {
+		return offsets, nil
+	}
+	return nil, e.err
+}
+
+// startLoops starts a generation of the background goroutines (flusher,
+// deadline ticker, preallocator, janitor). Called by Configure and by
+// reopen, with mu held.
+func (s *Store) startLoops() {
 	s.kick = make(chan struct{}, 1)
 	s.janitorKick = make(chan struct{}, 1)
 	s.stop = make(chan struct{})
@@ -299,13 +354,28 @@ func (s *Store) Configure(ctx context.Context, config []byte, env *sdk.Environme
 	s.deadlineDone = make(chan struct{})
 	go s.flushLoop()
 	go s.deadlineLoop()
-	if cfg.preallocate() {
+	if s.cfg.preallocate() {
 		go s.preallocator()
 	} else {
 		close(s.preallocDone)
 	}
 	go s.janitor()
-	return nil
+	s.loopsRunning = true
+}
+
+// stopLoops stops the background goroutines and waits for them; a no-op
+// when none run. Called by Close, CrashLoseUnflushed and reopen, with life
+// held and mu not held.
+func (s *Store) stopLoops() {
+	if !s.loopsRunning {
+		return
+	}
+	s.loopsRunning = false
+	close(s.stop)
+	<-s.flusherDone
+	<-s.janitorDone
+	<-s.preallocDone
+	<-s.deadlineDone
 }
 
 // usable reports why the store cannot serve a call; called with mu held.
@@ -315,6 +385,9 @@ func (s *Store) usable() error {
 		return fmt.Errorf("storage-file: %w", sdk.ErrClosed)
 	case !s.configured:
 		return fmt.Errorf("storage-file: %w", sdk.ErrNotConfigured)
+	case s.broken != nil:
+		// A reopen after a full disk failed: nothing is loaded.
+		return s.broken
 	}
 	return nil
 }
@@ -366,6 +439,11 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		}
 	}
 	if len(msgs) == 0 {
+		// Also the broker's probe of a full store: answered with the
+		// sticky failure while there is one.
+		if err := s.failure(); err != nil {
+			return nil, nil, err
+		}
 		return sdk.Written([]int64{}), sdk.Appended([]int64{}), nil
 	}
 	started := time.Now()
@@ -433,7 +511,9 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		}
 		active.size += size
 		active.maxStored = stored
-		active.heads = append(active.heads, indexHead(buf[at:])...)
+		if !active.damaged {
+			active.heads = append(active.heads, indexHead(buf[at:])...)
+		}
 		offsets[i] = q.end()
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		if m.Id != "" {
@@ -460,8 +540,9 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 	}
 	s.mu.Unlock()
 	deadline := started.Add(time.Duration(s.cfg.FlushTimeout))
-	return func(ctx context.Context) ([]int64, error) { return s.waitWritten(ctx, end, offsets) },
-		func(ctx context.Context) ([]int64, error) { return s.wait(ctx, end, deadline, offsets) }, nil
+	ep := s.epoch.Load()
+	return func(ctx context.Context) ([]int64, error) { return s.waitWritten(ctx, ep, end, offsets) },
+		func(ctx context.Context) ([]int64, error) { return s.wait(ctx, ep, end, deadline, offsets) }, nil
 }
 
 func (s *Store) queueFor(k queueKey) *queue {
@@ -477,10 +558,14 @@ func (s *Store) queueFor(k queueKey) *queue {
 // ends or the flush deadline passes. It uses no timer of its own: while
 // anyone waits, deadlineLoop wakes the waiters now and then to look at the
 // clock.
-func (s *Store) wait(ctx context.Context, end int64, deadline time.Time, offsets []int64) ([]int64, error) {
+func (s *Store) wait(ctx context.Context, ep *epoch, end int64, deadline time.Time, offsets []int64) ([]int64, error) {
 	for {
 		ch, err := s.waitState()
-		if s.durable.Load() >= end {
+		// reopen ends the epoch before it sets durable anew: a durable
+		// position of the next epoch is never taken for this one's.
+		if d := s.durable.Load(); ep.over.Load() {
+			return ep.outcome(end, offsets, false)
+		} else if d >= end {
 			return offsets, nil
 		}
 		if err != nil {
@@ -567,6 +652,17 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 	var total int64
 	for off := from; off < vend && len(ents) < maxMsgs; off++ {
 		e := q.ents[off-q.start]
+		if e.size == 0 {
+			// A hole: recovery found this offset's record
+			// damaged. Answered alone, so that what precedes it
+			// is delivered first.
+			if len(ents) == 0 {
+				s.mu.RUnlock()
+				return nil, fmt.Errorf("%w: %s/%d offset %d: its record was damaged on disk (log position %d) and skipped by recovery; "+
+					"see `ferry storage check %s`", sdk.ErrCorrupt, req.Topic, req.Queue, off, e.pos, s.dir)
+			}
+			break
+		}
 		if len(ents) > 0 && total+int64(e.size) > maxBytes {
 			break
 		}
@@ -591,16 +687,22 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 			return nil, fmt.Errorf("storage-file: read %s: %w", r.seg.path, err)
 		}
 		for _, e := range r.ents {
+			off := from + int64(len(resp.Messages))
 			m, err := decodeRecord(buf[:e.size])
+			if err == nil && (m.Offset != off || m.Topic != req.Topic || m.Queue != req.Queue) {
+				err = fmt.Errorf("it holds %s/%d@%d, the index says %s/%d@%d", m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, off)
+			}
 			if err != nil {
-				s.log.Error("corrupt record not delivered", "segment", r.seg.path, "position", e.pos, "error", err)
-				return nil, fmt.Errorf("%w: %s at log position %d: %v", sdk.ErrCorrupt, r.seg.path, e.pos, err)
+				if len(resp.Messages) > 0 {
+					// The messages before it go out; the
+					// next read, from its offset, answers
+					// for it alone.
+					return resp, nil
+				}
+				s.log.Error("corrupt record not delivered", "segment", r.seg.path, "position", e.pos, "topic", req.Topic, "queue", req.Queue, "offset", off, "error", err)
+				return nil, fmt.Errorf("%w: %s/%d offset %d: %s at log position %d: %v", sdk.ErrCorrupt, req.Topic, req.Queue, off, r.seg.path, e.pos, err)
 			}
 			buf = buf[e.size:]
-			if m.Offset != from+int64(len(resp.Messages)) || m.Topic != req.Topic || m.Queue != req.Queue {
-				return nil, fmt.Errorf("%w: %s at log position %d holds %s/%d@%d, index says %s/%d@%d", sdk.ErrCorrupt,
-					r.seg.path, e.pos, m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, from+int64(len(resp.Messages)))
-			}
 			resp.Messages = append(resp.Messages, m)
 		}
 	}
@@ -689,6 +791,12 @@ func (s *Store) CommitOffsets(ctx context.Context, group string, offsets []*sdk.
 	if err != nil {
 		return err
 	}
+	return s.writeOffsets()
+}
+
+// writeOffsets rewrites the offsets file with the latest state. Called with
+// offWriteMu held, or by open.
+func (s *Store) writeOffsets() error {
 	s.offMu.Lock()
 	version := s.offVersion
 	snapshot := offsetsFile{Version: formatVersion, Groups: make(map[string][]queueOffsetJSON, len(s.offsets))}
@@ -750,11 +858,10 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.flusherDone
-	<-s.janitorDone
-	<-s.preallocDone
-	<-s.deadlineDone
+	close(s.closing)
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLoops()
 	err := s.failure()
 	if err == nil {
 		// Everything is fsynced now: index the sealed segments the
@@ -783,7 +890,10 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	// A commit that passed its closed check finishes before the lock goes.
 	s.offWriteMu.Lock()
-	cerr := s.lock.Close()
+	var cerr error
+	if s.lock != nil { // nil after a failed reopen
+		cerr = s.lock.Close()
+	}
 	s.offWriteMu.Unlock()
 	if err == nil {
 		err = cerr
@@ -794,11 +904,21 @@ func (s *Store) Close() error {
 	return err
 }
 
-// fail makes err the store's sticky failure and wakes every waiter.
+// fail makes err the store's sticky failure and wakes every waiter. A full
+// disk starts the goroutine that reopens the store once there is space.
 func (s *Store) fail(err error) {
-	s.failed.CompareAndSwap(nil, &err)
+	first := s.failed.CompareAndSwap(nil, &err)
+	// Full is true before any waiter sees the failure.
+	start := first && errors.Is(err, sdk.ErrFull) && s.recovering.CompareAndSwap(false, true)
+	if start {
+		s.fullErr.Store(&err)
+		s.fullSince.Store(time.Now().UnixNano())
+	}
 	s.wake()
 	s.wakeWritten()
+	if start {
+		go s.recoverWhenSpace()
+	}
 }
 
 // advance publishes a new durable position and wakes every waiter.

@@ -564,6 +564,11 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if len(resp.Messages) == 0 && len(resp.Errors) > 0 {
+		// A damaged stored record at the position (CORRUPT).
+		fail(w, sdk.ErrorFromProto(resp.Errors[0].Error))
+		return
+	}
 	next := map[int32]int64{}
 	for _, p := range positions {
 		next[p.Queue] = p.Offset
