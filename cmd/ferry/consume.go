@@ -92,7 +92,7 @@ every attempt), attempt counts its deliveries to the group, and the body is
 	f.DurationVar(&o.delay, "delay", 0, "pretend each message takes this long to process (before it is printed)")
 	f.DurationVar(&o.sessionTimeout, "session-timeout", client.DefaultSessionTimeout, "how long the broker keeps this member in the group after its last heartbeat")
 	f.BoolVar(&o.startLatest, "latest", false, "a group that never committed starts at the end of the topic (default: its beginning)")
-	f.StringVar(&o.onCorrupt, "on-corrupt", "stop", "a message whose stored record is damaged: stop (that queue stops there, the others go on) or skip (logged, committed past)")
+	f.StringVar(&o.onCorrupt, "on-corrupt", "stop", "a message whose stored record is damaged: stop (that queue stops there, the others go on), skip (logged, committed past) or dlq (skip after a placeholder in the group's dead-letter queue)")
 	_ = cmd.MarkFlagRequired("topic")
 	_ = cmd.MarkFlagRequired("group")
 	return cmd
@@ -137,10 +137,9 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	if o.mode != "push" && o.mode != "pull" {
 		return 0, &exitError{code: 2, msg: fmt.Sprintf("--mode must be push or pull, got %q", o.mode)}
 	}
-	policy := map[string]client.CorruptPolicy{"stop": client.CorruptStop, "skip": client.CorruptSkip}
-	onCorrupt, ok := policy[o.onCorrupt]
-	if !ok {
-		return 0, &exitError{code: 2, msg: fmt.Sprintf("--on-corrupt must be stop or skip, got %q", o.onCorrupt)}
+	onCorrupt, err := client.ParseCorruptPolicy(o.onCorrupt)
+	if err != nil || o.onCorrupt == "" {
+		return 0, &exitError{code: 2, msg: fmt.Sprintf("--on-corrupt must be stop, skip or dlq, got %q", o.onCorrupt)}
 	}
 	if o.count < 0 || o.idle < 0 || o.concurrency < 1 || o.sessionTimeout <= 0 {
 		return 0, &exitError{code: 2, msg: "--count and --idle must not be negative, --concurrency must be at least 1, --session-timeout positive"}

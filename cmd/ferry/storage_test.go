@@ -66,10 +66,10 @@ func TestStorageCheckCommand(t *testing.T) {
 	}
 }
 
-// `ferry consume --on-corrupt` takes stop or skip, nothing else.
+// `ferry consume --on-corrupt` takes stop, skip or dlq, nothing else.
 func TestConsumeOnCorruptFlag(t *testing.T) {
 	_, errOut, code := runFerry(t, nil, "consume", "--broker", "127.0.0.1:1", "--topic", "t", "--group", "g", "--on-corrupt", "ignore")
-	if code != 2 || !strings.Contains(errOut, `--on-corrupt must be stop or skip, got "ignore"`) {
+	if code != 2 || !strings.Contains(errOut, `--on-corrupt must be stop, skip or dlq, got "ignore"`) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 }

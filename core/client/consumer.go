@@ -386,7 +386,33 @@ const (
 	// reason, counted in ConsumerStats.CorruptSkipped, and the group's
 	// committed offset moves past it like past a consumed message.
 	CorruptSkip
+	// CorruptDeadLetter is CorruptSkip that first stores a placeholder in
+	// the group's dead-letter queue: no body (it could not be read), the
+	// origin topic, queue and offset in its headers, dead reason
+	// "corrupt" and the broker's error as the last error. The consumer
+	// moves past the offset only once the placeholder is stored (a failed
+	// store is tried again at the next fetch; its id is derived from the
+	// offset, so a retry is stored once).
+	CorruptDeadLetter
 )
+
+// DeadReasonCorrupt is the dead reason (sdk.HeaderDeadReason) of the
+// placeholder CorruptDeadLetter stores for a damaged record.
+const DeadReasonCorrupt = "corrupt"
+
+// ParseCorruptPolicy reads a policy by its name in pipelines and flags:
+// stop, skip or dlq.
+func ParseCorruptPolicy(s string) (CorruptPolicy, error) {
+	switch s {
+	case "", "stop":
+		return CorruptStop, nil
+	case "skip":
+		return CorruptSkip, nil
+	case "dlq":
+		return CorruptDeadLetter, nil
+	}
+	return 0, fmt.Errorf("corrupt policy %q: must be stop, skip or dlq", s)
+}
 
 // Stats returns the consumer's counters.
 func (cn *Consumer) Stats() ConsumerStats {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -318,6 +319,22 @@ func (rt *runtime) fetch(ctx context.Context, topic string, ps map[int32]positio
 			continue
 		}
 		err := sdk.ErrorFromProto(qe.Error)
+		if rt.opts.OnCorrupt == CorruptDeadLetter {
+			// Rare: the placeholder is stored before the lane moves on,
+			// under the runtime's lock, and tried again next fetch if it
+			// fails.
+			if serr := rt.sender.send(cctx, corruptPlaceholder(rt.group, topic, qe.Queue, qe.Offset, err)); serr != nil {
+				rt.log.Warn("ferry consumer: could not dead-letter a placeholder for a damaged record; trying again",
+					"topic", topic, "group", rt.group, "queue", qe.Queue, "offset", qe.Offset, "error", serr)
+				continue
+			}
+			rt.log.Warn("ferry consumer: dead-lettered a placeholder for a message the broker cannot read (its stored record is damaged; policy dlq)",
+				"topic", topic, "group", rt.group, "queue", qe.Queue, "offset", qe.Offset, "reason", err)
+			rt.cn.stats.corruptSkipped.Add(1)
+			l.next = qe.Offset + 1
+			l.advance()
+			continue
+		}
 		if rt.opts.OnCorrupt == CorruptSkip {
 			rt.log.Warn("ferry consumer: skipping a message the broker cannot read (its stored record is damaged; policy skip)",
 				"topic", topic, "group", rt.group, "queue", qe.Queue, "offset", qe.Offset, "reason", err)
@@ -739,4 +756,30 @@ func (rt *runtime) pull(ctx context.Context, maxMsgs int) ([]*Delivery, error) {
 		return nil, ctx.Err()
 	}
 	return out, nil
+}
+
+// corruptPlaceholder is the dead letter CorruptDeadLetter stores for the
+// damaged record at topic/queue/offset: its id is derived from where the
+// record is, so storing it again is de-duplicated.
+func corruptPlaceholder(group, topic string, queue int32, offset int64, cause error) *ferryv1.Message {
+	msg := cause.Error()
+	if len(msg) > maxErrorHeader {
+		msg = msg[:maxErrorHeader] + "…"
+	}
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	return &ferryv1.Message{
+		Id:    fmt.Sprintf("corrupt~%s.%d.%d", topic, queue, offset),
+		Topic: sdk.DLQTopic(group),
+		Headers: map[string]string{
+			sdk.HeaderOriginTopic:  topic,
+			sdk.HeaderOriginQueue:  strconv.Itoa(int(queue)),
+			sdk.HeaderOriginOffset: strconv.FormatInt(offset, 10),
+			sdk.HeaderDeadReason:   DeadReasonCorrupt,
+			sdk.HeaderLastError:    msg,
+			sdk.HeaderAttempt:      "0",
+			sdk.HeaderFirstFailure: now,
+			sdk.HeaderLastFailure:  now,
+		},
+		BornUnixNano: time.Now().UnixNano(),
+	}
 }

@@ -136,6 +136,9 @@ func (c *checker) pipeline(p *Pipeline) {
 			groupTopic[f.Group] = i
 		}
 		c.enum(at+".delivery", f.Delivery, deliveryModes)
+		if f.OnCorrupt != "" {
+			c.enum(at+".on_corrupt", f.OnCorrupt, corruptPolicies)
+		}
 		if f.Orderly && f.Delivery == "pull" {
 			c.add(at+".orderly", "applies only to delivery push")
 		}

@@ -92,6 +92,11 @@ type Flow struct {
 	// Orderly keeps each queue's order: one message of a queue at a time,
 	// failures retried in place (push only). Default false: concurrent.
 	Orderly bool `koanf:"orderly"`
+	// OnCorrupt is what the group does with a message whose stored record
+	// is damaged: stop (default; that queue stops there, the others go
+	// on), skip (move past it, logged and counted), dlq (skip after
+	// storing a placeholder in the group's dead-letter queue).
+	OnCorrupt string `koanf:"on_corrupt"`
 	// Concurrency is how many messages are processed at once (default 1,
 	// 1..1024).
 	Concurrency int `koanf:"concurrency"`
@@ -161,6 +166,7 @@ var (
 	dataPlanes      = []string{"ring", "grpc"}
 	producerModes   = []string{"sync", "async", "oneway"}
 	deliveryModes   = []string{"push", "pull"}
+	corruptPolicies = []string{"stop", "skip", "dlq"}
 	sinkTypes       = []string{"count", "stdout", "discard", "file", "exec", "webhook"}
 	sinkFormats     = []string{"line", "json", "body"}
 	tracingExporter = []string{"none", "stdout", "otlp"}

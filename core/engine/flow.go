@@ -51,8 +51,14 @@ func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer) (*
 	if err != nil {
 		return nil, err
 	}
+	onCorrupt, err := client.ParseCorruptPolicy(f.OnCorrupt)
+	if err != nil {
+		sk.Close()
+		return nil, err
+	}
 	cons, err := cl.NewConsumer(client.ConsumerOptions{
 		Topic: f.Topic, Group: f.Group, Orderly: f.Orderly, Concurrency: f.Concurrency, MaxInflight: f.MaxInflight,
+		OnCorrupt: onCorrupt,
 	})
 	if err != nil {
 		sk.Close()

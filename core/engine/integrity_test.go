@@ -410,6 +410,28 @@ func TestCorruptRecordHoldsUpOnlyItsQueue(t *testing.T) {
 		o, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: "skipper", Queues: []*ferryv1.QueueRef{{Topic: "t", Queue: bad.queue}}})
 		return err == nil && o.Offsets[0].Committed == o.Offsets[0].End
 	})
+	if s, err := cl.DLQ(ctx, "skipper"); err != nil || s.End != 0 {
+		t.Fatalf("skip policy: the group's dead-letter queue holds %d (%v), want none", s.End, err)
+	}
+
+	// Dead-letter: skip, after a placeholder naming the damaged record is
+	// in the group's dead-letter queue.
+	got, st = consume("dlqer", client.CorruptDeadLetter, func(a acked) bool { return a != bad })
+	if st.CorruptSkipped != 1 || got[badID] {
+		t.Fatalf("dlq policy: stats %+v, damaged one delivered %v", st, got[badID])
+	}
+	dls, _, err := cl.DeadLetters(ctx, "dlqer", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 1 {
+		t.Fatalf("dlq policy: %d dead letters, want the one placeholder", len(dls))
+	}
+	h := dls[0].Message.Headers
+	if h[sdk.HeaderDeadReason] != client.DeadReasonCorrupt || h[sdk.HeaderOriginTopic] != "t" ||
+		h[sdk.HeaderOriginQueue] != fmt.Sprint(bad.queue) || h[sdk.HeaderOriginOffset] != fmt.Sprint(bad.offset) || len(dls[0].Message.Body) != 0 {
+		t.Fatalf("dlq policy: placeholder %+v, want reason %q naming t/%d@%d with no body", h, client.DeadReasonCorrupt, bad.queue, bad.offset)
+	}
 }
 
 // Issue 13.5 with the real broker on a real full filesystem (a tmpfs filled
