@@ -1,41 +1,23 @@
 package engine_test
 
 import (
-	"context"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/engine"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/internal/ferrytest"
-	"github.com/ferrymq/ferry/plugins/builtin"
 )
 
 // startFaulty starts cfg with the fault-injection build of ferry for its
 // plugins (go build -tags ferry_faults).
 func startFaulty(t *testing.T, cfg *config.Pipeline) *engine.Engine {
 	t.Helper()
-	e, err := engine.Start(context.Background(), cfg, engine.Options{
-		Registry: builtin.Registry(), PluginExe: ferrytest.BinaryWithTags(t, "ferry_faults"),
-		Logger: hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Warn, Output: testWriter{t}}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := e.Close(ctx); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return e
+	return startWith(t, cfg, ferrytest.BinaryWithTags(t, "ferry_faults"))
 }
 
 // The kill -9 tests and these run their plugins on the ring data plane.

@@ -36,8 +36,14 @@ func quickstart(t testing.TB, mode string, count int) *config.Pipeline {
 
 func start(t testing.TB, cfg *config.Pipeline) *engine.Engine {
 	t.Helper()
+	return startWith(t, cfg, ferrytest.Binary(t))
+}
+
+// startWith starts cfg with exe (a ferry binary) as its plugins.
+func startWith(t testing.TB, cfg *config.Pipeline, exe string) *engine.Engine {
+	t.Helper()
 	e, err := engine.Start(context.Background(), cfg, engine.Options{
-		Registry: builtin.Registry(), PluginExe: ferrytest.Binary(t),
+		Registry: builtin.Registry(), PluginExe: exe,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Warn, Output: testWriter{t}}),
 	})
 	if err != nil {
