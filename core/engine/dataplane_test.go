@@ -128,3 +128,17 @@ func TestKillPluginsAtRandomUnderLoad(t *testing.T) {
 		t.Errorf("storage restarts = %d, want 3", r)
 	}
 }
+
+// With plugins.data_plane: grpc every call goes over gRPC (the data plane of
+// plugins that do not speak the rings), end to end.
+func TestQuickstartGRPCDataPlane(t *testing.T) {
+	cfg := quickstart(t, pluginhost.ModeSubprocess, 5000)
+	cfg.Plugins.DataPlane = pluginhost.DataPlaneGRPC
+	e := start(t, cfg)
+	for _, inst := range []*pluginhost.Instance{e.Storage(), e.Transport()} {
+		if dp := inst.DataPlane(); dp != "grpc" {
+			t.Fatalf("%s plugin runs on data plane %q, want grpc", inst.Kind(), dp)
+		}
+	}
+	checkAllDelivered(t, runPipeline(t, e, 60*time.Second), 5000)
+}

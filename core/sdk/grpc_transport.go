@@ -220,13 +220,13 @@ func (c *TransportClient) Serve(ctx context.Context, core Core) error {
 	if c.dp.conn != nil {
 		return c.serveRing(ctx, core, stream)
 	}
-	var (
-		sendMu   sync.Mutex
-		mu       sync.Mutex
-		inflight = map[uint64]context.CancelFunc{}
-		wg       sync.WaitGroup
-	)
-	defer wg.Wait()
+	var sendMu sync.Mutex
+	reqs := newCoreRequests(ctx, core, func(out *ferryv1.CoreFrame) {
+		sendMu.Lock()
+		_ = stream.Send(out)
+		sendMu.Unlock()
+	})
+	defer reqs.wait()
 	for {
 		f, err := stream.Recv()
 		if err != nil {
@@ -235,38 +235,66 @@ func (c *TransportClient) Serve(ctx context.Context, core Core) error {
 			}
 			return fmt.Errorf("%w: transport stream: %v", ErrUnavailable, err)
 		}
-		if f.GetCancel() != nil {
-			mu.Lock()
-			if stop := inflight[f.Id]; stop != nil {
-				stop()
-			}
-			mu.Unlock()
-			continue
-		}
-		rctx, rcancel := ctx, context.CancelFunc(nil)
-		if f.TimeoutNanos > 0 {
-			rctx, rcancel = context.WithTimeout(ctx, time.Duration(f.TimeoutNanos))
-		} else {
-			rctx, rcancel = context.WithCancel(ctx)
-		}
-		rctx = telemetry.Extract(rctx, f.Trace)
-		mu.Lock()
-		inflight[f.Id] = rcancel
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := handleFrame(rctx, core, f)
-			mu.Lock()
-			delete(inflight, f.Id)
-			mu.Unlock()
-			rcancel()
-			sendMu.Lock()
-			_ = stream.Send(out)
-			sendMu.Unlock()
-		}()
+		reqs.handle(f)
 	}
 }
+
+// coreRequests runs a transport's requests against the core, each on its
+// own goroutine under its deadline and trace context, and sends each answer
+// with send; a Cancel frame ends the request it names. The gRPC stream and
+// the ring data plane share it.
+type coreRequests struct {
+	ctx  context.Context
+	core Core
+	send func(*ferryv1.CoreFrame)
+
+	mu       sync.Mutex
+	inflight map[uint64]context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+func newCoreRequests(ctx context.Context, core Core, send func(*ferryv1.CoreFrame)) *coreRequests {
+	return &coreRequests{ctx: ctx, core: core, send: send, inflight: map[uint64]context.CancelFunc{}}
+}
+
+// handle starts f (or cancels the request it names); called from the one
+// goroutine that receives the frames.
+func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
+	if f.GetCancel() != nil {
+		r.mu.Lock()
+		if stop := r.inflight[f.Id]; stop != nil {
+			stop()
+		}
+		r.mu.Unlock()
+		return
+	}
+	var (
+		rctx    context.Context
+		rcancel context.CancelFunc
+	)
+	if f.TimeoutNanos > 0 {
+		rctx, rcancel = context.WithTimeout(r.ctx, time.Duration(f.TimeoutNanos))
+	} else {
+		rctx, rcancel = context.WithCancel(r.ctx)
+	}
+	rctx = telemetry.Extract(rctx, f.Trace)
+	r.mu.Lock()
+	r.inflight[f.Id] = rcancel
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		out := handleFrame(rctx, r.core, f)
+		r.mu.Lock()
+		delete(r.inflight, f.Id)
+		r.mu.Unlock()
+		rcancel()
+		r.send(out)
+	}()
+}
+
+// wait waits for every request started to be answered.
+func (r *coreRequests) wait() { r.wg.Wait() }
 
 // handleFrame runs one transport request against core.
 func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *ferryv1.CoreFrame {
@@ -329,12 +357,8 @@ func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferry
 		<-ctx.Done()
 		conn.Close() // unblocks the loop below
 	}()
-	var (
-		mu       sync.Mutex
-		inflight = map[uint64]context.CancelFunc{}
-		wg       sync.WaitGroup
-	)
-	defer wg.Wait()
+	reqs := newCoreRequests(ctx, core, func(out *ferryv1.CoreFrame) { _ = c.dp.write(KindCoreFrame, out.Id, out) })
+	defer reqs.wait()
 	for {
 		kind, id, p, err := conn.Read()
 		if err != nil {
@@ -368,35 +392,7 @@ func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferry
 			continue
 		}
 		f.Id = id
-		if f.GetCancel() != nil {
-			mu.Lock()
-			if stop := inflight[id]; stop != nil {
-				stop()
-			}
-			mu.Unlock()
-			continue
-		}
-		var rctx context.Context
-		var rcancel context.CancelFunc
-		if f.TimeoutNanos > 0 {
-			rctx, rcancel = context.WithTimeout(ctx, time.Duration(f.TimeoutNanos))
-		} else {
-			rctx, rcancel = context.WithCancel(ctx)
-		}
-		rctx = telemetry.Extract(rctx, f.Trace)
-		mu.Lock()
-		inflight[id] = rcancel
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := handleFrame(rctx, core, f)
-			mu.Lock()
-			delete(inflight, id)
-			mu.Unlock()
-			rcancel()
-			_ = c.dp.write(KindCoreFrame, id, out)
-		}()
+		reqs.handle(f)
 	}
 }
 
