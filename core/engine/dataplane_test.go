@@ -44,6 +44,19 @@ func waitRestarted(t *testing.T, inst *pluginhost.Instance) {
 	requireRing(t, inst)
 }
 
+// durableUnderLoad is the quickstart with plugins in processes, the file
+// store with fsync before the ack, and count messages sent at 3000/s. A send
+// waits up to 30 s: through a fault's detection and the plugin's restart, as
+// it would through a slow disk.
+func durableUnderLoad(t *testing.T, count int) *config.Pipeline {
+	cfg := quickstart(t, pluginhost.ModeSubprocess, count)
+	cfg.Plugins.Storage.Type = "file"
+	cfg.Plugins.Storage.Config = map[string]any{"flush": "sync"}
+	cfg.Generators[0].Rate = 3000
+	cfg.Producer.Timeout = 30 * time.Second
+	return cfg
+}
+
 // faultCases: a plugin that writes a corrupt record into its ring, and one
 // that stops reading its ring, mid-flow. The host must notice, kill and
 // replace the process (fresh rings), and lose nothing acked: appends of
@@ -62,14 +75,7 @@ func TestDataPlaneFaults(t *testing.T) {
 			t.Setenv("FERRY_FAULT_RING", c.kind+":"+c.fault+":200")
 			t.Setenv("FERRY_FAULT_RING_ONCE", filepath.Join(t.TempDir(), "fired"))
 			t.Setenv(sdk.EnvRingStall, "2s")
-			cfg := quickstart(t, pluginhost.ModeSubprocess, 6000)
-			cfg.Plugins.Storage.Type = "file"
-			cfg.Plugins.Storage.Config = map[string]any{"flush": "sync"}
-			cfg.Generators[0].Rate = 3000
-			// A send waits through the detection (the stall limit) and
-			// the restart, as it would through a slow disk.
-			cfg.Producer.Timeout = 30 * time.Second
-			e := startFaulty(t, cfg)
+			e := startFaulty(t, durableUnderLoad(t, 6000))
 			requireRing(t, e.Storage(), e.Transport())
 			inst := e.Storage()
 			if c.kind == sdk.KindTransport {
@@ -97,12 +103,7 @@ func TestDataPlaneFaults(t *testing.T) {
 // unknown outcome are replayed to it, and nothing acked is lost or stored
 // twice.
 func TestKillPluginsAtRandomUnderLoad(t *testing.T) {
-	cfg := quickstart(t, pluginhost.ModeSubprocess, 12000)
-	cfg.Plugins.Storage.Type = "file"
-	cfg.Plugins.Storage.Config = map[string]any{"flush": "sync"}
-	cfg.Generators[0].Rate = 3000
-	cfg.Producer.Timeout = 30 * time.Second
-	e := start(t, cfg)
+	e := start(t, durableUnderLoad(t, 12000))
 	requireRing(t, e.Storage(), e.Transport())
 	seed := time.Now().UnixNano()
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))

@@ -7,9 +7,9 @@
 // health); the data plane is negotiated at Configure and carries the hot
 // calls (storage appends and reads, transport requests) as protobuf frames,
 // without gRPC's framing and, above all, without its thread wake-ups: a
-// reader that finds its ring empty announces that it sleeps in a futex word
-// of the mapping, and a writer makes the wake-up system call only when it
-// sees that announcement.
+// reader that finds its ring empty spins a little, then announces in a word
+// of the mapping that it sleeps and waits on the ring's eventfd (its bell);
+// a writer rings the bell only when it sees that announcement.
 //
 // The peer is untrusted: every index and record header read from the
 // mapping is bounds-checked, payloads are copied out before they are

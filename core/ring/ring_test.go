@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"syscall"
 	"testing"
@@ -321,8 +320,6 @@ func BenchmarkInProcessRoundTrip(b *testing.B) {
 		})
 	}
 }
-
-var _ = rand.IntN
 
 // Watch reports a peer that leaves published records unread, and stays
 // quiet while the peer reads.
