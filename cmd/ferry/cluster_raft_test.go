@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -111,8 +111,8 @@ func indent(s, prefix string) string {
 func (n *raftNode) start(t *testing.T, bin string) {
 	t.Helper()
 	n.runs++
-	run, out := n.runs, &bytes.Buffer{}
-	cmd := exec.Command(bin, "run", "--log-level", "warn", n.yaml)
+	run, out := n.runs, &syncBuffer{}
+	cmd := exec.Command(bin, "run", "--log-level", cmp.Or(n.logLevel, "warn"), n.yaml)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -332,10 +332,16 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 	nodes := raftGroup(t, 3)
 	var seeds []string
 	for _, nd := range nodes {
+		nd.logLevel = "info" // the data plane each plugin started on
 		nd.start(t, bin)
 		seeds = append(seeds, nd.broker)
 	}
 	waitLeader(t, nodes, "a raft leader")
+	for _, nd := range nodes {
+		if ring, other := pluginGenerations(nd.out.String(), "replication"); len(ring) != 1 || len(other) != 0 {
+			t.Fatalf("%s: raft plugin generations on the rings %v, on another data plane %v; want one, on the rings", nd.id, ring, other)
+		}
+	}
 	l := startClusterLoad(t, seeds, 4, true)
 	l.waitOK(t, nodes, time.Time{}, 20, 2*time.Second, "the load before the first fault")
 	var failovers, fresh, elections []time.Duration

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -32,8 +33,9 @@ type clusterNode struct {
 	id, role     string
 	broker, repl string
 	yaml         string
+	logLevel     string // of `ferry run`; "" is warn
 	cmd          *exec.Cmd
-	out          *bytes.Buffer
+	out          *syncBuffer
 	stopped      bool
 }
 
@@ -60,8 +62,8 @@ topics:
 
 func (n *clusterNode) start(t *testing.T, bin string) {
 	t.Helper()
-	n.out = &bytes.Buffer{}
-	n.cmd = exec.Command(bin, "run", "--log-level", "warn", n.yaml)
+	n.out = &syncBuffer{}
+	n.cmd = exec.Command(bin, "run", "--log-level", cmp.Or(n.logLevel, "warn"), n.yaml)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	// Its own process group: a fault hits the node and its plugin
 	// processes together, as when a machine dies or freezes.

@@ -61,7 +61,7 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// Restarted, when set, is called after a plugin process was restarted.
 	Restarted func(kind, typ string)
-	// DataPlane is DataPlaneRing (default: storage and transport plugins
+	// DataPlane is DataPlaneRing (default: storage, transport and replication plugins
 	// in their own processes are offered shared-memory rings for their hot
 	// calls) or DataPlaneGRPC (everything over gRPC).
 	DataPlane string
@@ -240,7 +240,7 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+sock)
 	}
 	var seg *ring.Segment
-	if gen > 0 && h.opts.DataPlane == DataPlaneRing && (kind == sdk.KindStorage || kind == sdk.KindTransport) {
+	if gen > 0 && h.opts.DataPlane == DataPlaneRing && (kind == sdk.KindStorage || kind == sdk.KindTransport || kind == sdk.KindReplication) {
 		var err error
 		if seg, err = ring.Create(h.opts.RingSize); err != nil {
 			h.log.Warn("plugin data plane: staying on gRPC", "plugin", kind+"/"+typ, "error", err)

@@ -23,7 +23,7 @@ import (
 
 // The shared-memory data plane (package ring, docs/ring-protocol.md).
 //
-// The host creates a segment for each storage and transport plugin process
+// The host creates a segment for each storage, transport and replication plugin process
 // it starts, hands it to the process as the file descriptor named by
 // EnvRingFD, and offers DataPlaneRing in ConfigureRequest.data_plane. A
 // plugin served by this SDK maps the segment, answers with the same string
@@ -49,6 +49,11 @@ const (
 	// Transport: the plugin's requests to the core go up, answers down.
 	KindTransportFrame uint16 = 16 // TransportFrame, up; id = TransportFrame.id
 	KindCoreFrame      uint16 = 17 // CoreFrame, down; id = CoreFrame.id
+	// Replication: the broker's Replicate down, its answer up; the plugin's
+	// calls to the core up, their answers down.
+	KindReplicate        uint16 = 32 // ReplicateRequest / ReplicateResponse; id = seq
+	KindReplicationFrame uint16 = 33 // ReplicationFrame, up; id = ReplicationFrame.id
+	KindReplicaCoreFrame uint16 = 34 // ReplicaCoreFrame, down; id = ReplicaCoreFrame.id
 )
 
 // RingUser is implemented by host-side plugin clients that can move their

@@ -12,7 +12,7 @@ import (
 
 // Fault injection on the data plane, in test builds only (go build -tags
 // ferry_faults): FERRY_FAULT_RING=KIND:garbage:N makes a plugin of KIND
-// (storage, transport) publish a corrupt record after it read N frames;
+// (storage, transport, replication) publish a corrupt record after it read N frames;
 // KIND:mute:N makes it stop reading its ring then; transport:undecodable:N
 // makes a transport publish a sound record that does not decode. With
 // FERRY_FAULT_RING_ONCE=PATH the fault fires in one process only: the first

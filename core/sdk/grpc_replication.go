@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/ring"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -23,44 +24,62 @@ import (
 type replicationServer struct {
 	ferryv1.UnimplementedReplicationServer
 	impl Replication
+	ring *replicaCoreClient // the core over the ring data plane, once the host offered it
 }
 
 var replicationTracer = telemetry.Tracer(telemetry.ComponentReplication)
 
 func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer) error {
-	return serveOrdered(stream.Context(), stream.Recv, stream.Send, func(ctx context.Context, req *ferryv1.ReplicateRequest) func() *ferryv1.ReplicateResponse {
-		// One span per batch, under the broker's span that sent it, linked
-		// to the messages' own traces; it lasts until the batch is
-		// replicated as far as the plugin's level demands.
-		pctx := telemetry.Extract(ctx, req.Trace)
-		_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
-			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
-		// Replicate is called here, in stream order.
-		wait, err := s.impl.Replicate(ctx, req.Messages)
+	return serveOrdered(stream.Context(), stream.Recv, stream.Send, s.startReplicate)
+}
+
+// startReplicate hands one batch to the plugin (in stream or ring order) and
+// returns what finishes it: the wait for its replication level, and the
+// answer.
+func (s *replicationServer) startReplicate(ctx context.Context, req *ferryv1.ReplicateRequest) func() *ferryv1.ReplicateResponse {
+	// One span per batch, under the broker's span that sent it, linked
+	// to the messages' own traces; it lasts until the batch is
+	// replicated as far as the plugin's level demands.
+	pctx := telemetry.Extract(ctx, req.Trace)
+	_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
+		trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
+		trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
+	wait, err := s.impl.Replicate(ctx, req.Messages)
+	if err != nil {
+		span.RecordError(err)
+		span.End()
+		return func() *ferryv1.ReplicateResponse {
+			return &ferryv1.ReplicateResponse{Seq: req.Seq, Error: ErrorToProto(err)}
+		}
+	}
+	return func() *ferryv1.ReplicateResponse {
+		st, offs, err := wait(ctx)
 		if err != nil {
 			span.RecordError(err)
-			span.End()
-			return func() *ferryv1.ReplicateResponse {
-				return &ferryv1.ReplicateResponse{Seq: req.Seq, Error: ErrorToProto(err)}
-			}
 		}
-		return func() *ferryv1.ReplicateResponse {
-			st, offs, err := wait(ctx)
-			if err != nil {
-				span.RecordError(err)
-			}
-			span.SetAttributes(attribute.String("status", st.String()))
-			span.End()
-			return &ferryv1.ReplicateResponse{Seq: req.Seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
-		}
-	})
+		span.SetAttributes(attribute.String("status", st.String()))
+		span.End()
+		return &ferryv1.ReplicateResponse{Seq: req.Seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
+	}
 }
 
 func (s *replicationServer) Connect(stream ferryv1.Replication_ConnectServer) error {
-	core := &replicaCoreClient{stream: stream, calls: newPending[*ferryv1.ReplicaCoreFrame]()}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	if s.ring != nil {
+		// The calls flow on the ring; the stream only bounds Serve: it
+		// ends when the host's side ends.
+		go func() {
+			for {
+				if _, err := stream.Recv(); err != nil {
+					cancel()
+					return
+				}
+			}
+		}()
+		return s.impl.Serve(ctx, s.ring)
+	}
+	core := &replicaCoreClient{sendFrame: stream.Send, calls: newPending[*ferryv1.ReplicaCoreFrame]()}
 	go func() {
 		for {
 			f, err := stream.Recv()
@@ -110,12 +129,13 @@ func (s *replicationServer) ReplicateOffsets(ctx context.Context, req *ferryv1.C
 }
 
 // replicaCoreClient is ReplicaCore as a replication plugin sees it: each call
-// is a frame on the Connect stream, answered by id. Frames are sent in call
-// order and the core handles Apply frames in the order received.
+// is a frame on the Connect stream or the ring data plane, answered by id.
+// Frames are sent in call order and the core handles Apply frames in the
+// order received.
 type replicaCoreClient struct {
-	sendMu sync.Mutex
-	stream ferryv1.Replication_ConnectServer
-	calls  *pending[*ferryv1.ReplicaCoreFrame]
+	sendMu    sync.Mutex
+	sendFrame func(*ferryv1.ReplicationFrame) error
+	calls     *pending[*ferryv1.ReplicaCoreFrame]
 }
 
 func (c *replicaCoreClient) start(ctx context.Context, f *ferryv1.ReplicationFrame) (func(context.Context) (*ferryv1.ReplicaCoreFrame, error), error) {
@@ -128,7 +148,7 @@ func (c *replicaCoreClient) start(ctx context.Context, f *ferryv1.ReplicationFra
 		f.TimeoutNanos = max(int64(time.Until(dl)), 1)
 	}
 	c.sendMu.Lock()
-	err = c.stream.Send(f)
+	err = c.sendFrame(f)
 	c.sendMu.Unlock()
 	if err != nil {
 		c.calls.fail(err)
@@ -209,6 +229,9 @@ type ReplicationClient struct {
 
 	reps *clientStream[*ferryv1.ReplicateRequest, *ferryv1.ReplicateResponse]
 
+	dp    ringHost                       // the shared-memory data plane, when the plugin took it
+	calls chan *ferryv1.ReplicationFrame // the plugin's calls read from the ring, for Serve
+
 	modeMu  sync.Mutex
 	mode    string // "" until the plugin answered
 	offsets bool   // the plugin announced ReplicateOffsets
@@ -221,7 +244,34 @@ var (
 	_ Replication       = (*ReplicationClient)(nil)
 	_ ReplicationMode   = (*ReplicationClient)(nil)
 	_ OffsetReplication = (*ReplicationClient)(nil)
+	_ RingUser          = (*ReplicationClient)(nil)
 )
+
+// UseRing hands the client a data plane segment to offer at Configure.
+func (c *ReplicationClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.UseRing(seg, broken) }
+
+// Configure configures the plugin, offering the data plane when the host
+// handed one over; if the plugin takes it, Replicate and the plugin's calls
+// to the core go over the rings from now on.
+func (c *ReplicationClient) Configure(ctx context.Context, config []byte, env *Environment) error {
+	conn, err := c.dp.configure(ctx, c.pluginClient, config, env)
+	if err != nil {
+		return err
+	}
+	if conn != nil {
+		c.startRing(conn)
+	}
+	return nil
+}
+
+// DataPlane names the data plane Replicate and the plugin's calls use:
+// DataPlaneRing or "grpc".
+func (c *ReplicationClient) DataPlane() string {
+	if c.dp.conn != nil {
+		return DataPlaneRing
+	}
+	return "grpc"
+}
 
 // NewReplicationClient returns a client for a replication plugin reached
 // through cc.
@@ -322,16 +372,16 @@ func (c *ReplicationClient) Serve(ctx context.Context, core ReplicaCore) error {
 	if err != nil {
 		return fmt.Errorf("%w: replication connect: %v", ErrUnavailable, err)
 	}
-	var (
-		sendMu sync.Mutex
-		wg     sync.WaitGroup
-	)
-	defer wg.Wait()
-	reply := func(out *ferryv1.ReplicaCoreFrame) {
+	if c.dp.conn != nil {
+		return c.serveRing(ctx, core, stream)
+	}
+	var sendMu sync.Mutex
+	reqs := newReplicaRequests(ctx, core, func(out *ferryv1.ReplicaCoreFrame) {
 		sendMu.Lock()
 		_ = stream.Send(out)
 		sendMu.Unlock()
-	}
+	})
+	defer reqs.wait()
 	for {
 		f, err := stream.Recv()
 		if err != nil {
@@ -340,38 +390,7 @@ func (c *ReplicationClient) Serve(ctx context.Context, core ReplicaCore) error {
 			}
 			return fmt.Errorf("%w: replication stream: %v", ErrUnavailable, err)
 		}
-		rctx, rcancel := context.WithCancel(ctx)
-		if f.TimeoutNanos > 0 {
-			rcancel()
-			rctx, rcancel = context.WithTimeout(ctx, time.Duration(f.TimeoutNanos))
-		}
-		if a := f.GetApply(); a != nil {
-			// Started here, in stream order.
-			wait, err := core.Apply(rctx, a.Messages)
-			if err != nil {
-				rcancel()
-				reply(&ferryv1.ReplicaCoreFrame{Id: f.Id, Error: ErrorToProto(err)})
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer rcancel()
-				offs, err := wait(rctx)
-				out := &ferryv1.ReplicaCoreFrame{Id: f.Id, Error: ErrorToProto(err)}
-				if err == nil {
-					out.Response = &ferryv1.ReplicaCoreFrame_Apply{Apply: &ferryv1.ApplyResponse{Offsets: offs}}
-				}
-				reply(out)
-			}()
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer rcancel()
-			reply(handleReplicationFrame(rctx, core, f))
-		}()
+		reqs.handle(f)
 	}
 }
 
@@ -413,5 +432,6 @@ func (c *ReplicationClient) Status(ctx context.Context) (*ReplicationStatus, err
 func (c *ReplicationClient) Close() error {
 	c.reps.closeSend()
 	c.cancel()
+	c.dp.release()
 	return nil
 }

@@ -97,7 +97,7 @@ func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
 		impl, n = o.Transport, n+1
 	}
 	if o.Replication != nil {
-		set[KindReplication] = &grpcPlugin{kind: KindReplication, impl: o.Replication}
+		set[KindReplication] = &grpcPlugin{kind: KindReplication, impl: o.Replication, ringFDs: o.RingFDs}
 		impl, n = o.Replication, n+1
 	}
 	if n != 1 {
@@ -253,7 +253,9 @@ func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 		ps.dataPlane = ts.useRing
 		ferryv1.RegisterTransportServer(s, ts)
 	case KindReplication:
-		ferryv1.RegisterReplicationServer(s, &replicationServer{impl: p.impl.(Replication)})
+		rs := &replicationServer{impl: p.impl.(Replication)}
+		ps.dataPlane = rs.useRing
+		ferryv1.RegisterReplicationServer(s, rs)
 	}
 	return nil
 }
