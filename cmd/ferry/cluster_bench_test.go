@@ -27,7 +27,9 @@ import (
 //	FERRY_CLUSTER_BENCH=1 go test -run TestClusterProduceBenchmark -v -timeout 30m ./cmd/ferry/
 //
 // FERRY_CLUSTER_BENCH_ONLY=raft,none runs only the named setups (keep none
-// in the list: the ratios are to it).
+// in the list: the ratios are to it). The setups named *-grpc-plane are sync
+// and raft with the plugins' hot calls on gRPC (plugins.data_plane: grpc),
+// against the shared-memory rings of the others.
 const EnvClusterBench = "FERRY_CLUSTER_BENCH"
 
 func TestClusterProduceBenchmark(t *testing.T) {
@@ -108,6 +110,21 @@ func TestClusterProduceBenchmark(t *testing.T) {
 			eventually(t, 60*time.Second, "a raft leader", func() bool { return raftLeader(nodes) != nil })
 			return seeds
 		}},
+	}
+	// The same setups with every plugin's hot calls on gRPC instead of the
+	// shared-memory rings (plugins.data_plane: grpc, through the
+	// environment the nodes inherit).
+	for _, name := range []string{"sync", "raft"} {
+		for _, s := range setups {
+			if s.name == name {
+				start := s.start
+				setups = append(setups, setup{name + "-grpc-plane", func() []string {
+					t.Setenv("FERRY_PLUGINS__DATA_PLANE", "grpc")
+					defer os.Unsetenv("FERRY_PLUGINS__DATA_PLANE")
+					return start()
+				}})
+			}
+		}
 	}
 	if only := os.Getenv("FERRY_CLUSTER_BENCH_ONLY"); only != "" {
 		want := map[string]bool{}

@@ -163,6 +163,9 @@ func (c *checker) node(n *Node) {
 func (c *checker) plugins(p *Plugins) {
 	c.enum("plugins.mode", p.Mode, pluginModes)
 	c.enum("plugins.data_plane", p.DataPlane, dataPlanes)
+	if k := p.RingSizeKiB; k != 0 && (k < 64 || k > 1<<20 || k&(k-1) != 0) {
+		c.add("plugins.ring_size_kib", "%d: must be a power of two between 64 and 1048576 (KiB)", k)
+	}
 	for i, d := range p.Dirs {
 		if d == "" {
 			c.add(indexPath("plugins.dirs", i), "must not be empty")

@@ -34,12 +34,13 @@ type Node struct {
 
 // Plugins names the plugins of a pipeline and where external ones are found.
 type Plugins struct {
-	Mode        string    `koanf:"mode"`        // "subprocess" (default) | "inprocess"
-	DataPlane   string    `koanf:"data_plane"`  // "ring" (default: shared-memory rings to plugins that speak them) | "grpc"
-	Dirs        []string  `koanf:"dirs"`        // directories searched for external plugins ferry-<kind>-<type>
-	Storage     PluginRef `koanf:"storage"`     // default type "memory"
-	Transport   PluginRef `koanf:"transport"`   // default type "grpc"
-	Replication PluginRef `koanf:"replication"` // default type "none"
+	Mode        string    `koanf:"mode"`          // "subprocess" (default) | "inprocess"
+	DataPlane   string    `koanf:"data_plane"`    // "ring" (default: shared-memory rings to plugins that speak them) | "grpc"
+	RingSizeKiB int       `koanf:"ring_size_kib"` // each ring's size (two per plugin process); 0: 4096; a power of two, 64..1048576
+	Dirs        []string  `koanf:"dirs"`          // directories searched for external plugins ferry-<kind>-<type>
+	Storage     PluginRef `koanf:"storage"`       // default type "memory"
+	Transport   PluginRef `koanf:"transport"`     // default type "grpc"
+	Replication PluginRef `koanf:"replication"`   // default type "none"
 }
 
 // PluginRef selects a plugin by type and holds its config section.

@@ -180,6 +180,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{14, "generators[0].rate", "must not be negative, got -1"},
 			{20, "flows[0].sink.every", "must not be negative, got -1"},
 			{22, "tracing.sample_ratio", "must be between 0 and 1, got 1.5"},
+			{24, "plugins.ring_size_kib", "100: must be a power of two between 64 and 1048576 (KiB)"},
 		}},
 		{file: "required.yaml", want: []want{
 			{0, "name", "is required"},

@@ -143,3 +143,21 @@ func TestQuickstartGRPCDataPlane(t *testing.T) {
 	}
 	checkAllDelivered(t, runPipeline(t, e, 60*time.Second), 5000)
 }
+
+// A pipeline's plugins.ring_size_kib sizes the rings; with the smallest
+// rings, messages larger than a quarter of a ring travel split over several
+// records, through real plugin processes, and all arrive.
+func TestSmallRingsLargeMessages(t *testing.T) {
+	cfg := quickstart(t, pluginhost.ModeSubprocess, 300)
+	cfg.Plugins.RingSizeKiB = 64
+	cfg.Generators[0].Size = 40 << 10 // > 16 KiB: split in three records
+	e := start(t, cfg)
+	requireRing(t, e.Storage(), e.Transport())
+	for _, inst := range []*pluginhost.Instance{e.Storage(), e.Transport()} {
+		if got := inst.RingSize(); got != 64<<10 {
+			t.Fatalf("%s plugin's rings are %d bytes, want %d (plugins.ring_size_kib: 64)", inst.Kind(), got, 64<<10)
+		}
+	}
+	s := runPipeline(t, e, 120*time.Second)
+	checkAllDelivered(t, s, 300)
+}

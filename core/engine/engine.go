@@ -69,6 +69,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	host, err := pluginhost.New(reg, pluginhost.Options{
 		Mode:        cfg.Plugins.Mode,
 		DataPlane:   cfg.Plugins.DataPlane,
+		RingSize:    cfg.Plugins.RingSizeKiB << 10,
 		Dirs:        cfg.Plugins.Dirs,
 		Env:         &sdk.Environment{Pipeline: cfg.Name, Node: cfg.Node.ID, DataDir: cfg.Node.DataDir},
 		Logger:      log,

@@ -32,6 +32,7 @@ type Instance struct {
 	changed  chan struct{} // closed when gen changes or the instance stops
 	stopped  bool
 	restarts int
+	ringSize int    // bytes of each ring of the live generation's segment; 0 without one
 	failing  uint64 // generation reported broken by a user, to be replaced
 	kick     chan struct{}
 }
@@ -134,6 +135,10 @@ func (i *Instance) launch(ctx context.Context, restart bool) error {
 	}
 	i.mu.Lock()
 	i.impl, i.client, i.gen, i.pid = impl, client, gen, pid
+	i.ringSize = 0
+	if seg != nil {
+		i.ringSize = seg.RingSize()
+	}
 	if restart {
 		i.restarts++
 	}
@@ -148,7 +153,11 @@ func (i *Instance) launch(ctx context.Context, restart bool) error {
 		if d, ok := impl.(interface{ DataPlane() string }); ok {
 			dp = d.DataPlane()
 		}
-		i.log.Info("plugin started", "pid", pid, "generation", gen, "data_plane", dp)
+		if dp == sdk.DataPlaneRing {
+			i.log.Info("plugin started", "pid", pid, "generation", gen, "data_plane", dp, "ring_kib", i.ringSize>>10)
+		} else {
+			i.log.Info("plugin started", "pid", pid, "generation", gen, "data_plane", dp)
+		}
 	}
 	return nil
 }
@@ -262,6 +271,14 @@ func (i *Instance) Stop() {
 		client.Kill()
 		_ = os.RemoveAll(filepath.Join(i.host.sockDir, fmt.Sprintf("%s-%s-%d", i.kind, i.typ, gen)))
 	}
+}
+
+// RingSize is the size in bytes of each ring the live generation was given
+// (0 when it was given none); whether it took them, DataPlane tells.
+func (i *Instance) RingSize() int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.ringSize
 }
 
 // DataPlane names the data plane the live generation's hot calls use:
