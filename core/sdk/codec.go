@@ -18,6 +18,9 @@ import (
 // that clearing was 12 to 20% of each process's CPU time under async
 // produce. Marshal fills its buffer completely and Unmarshal copies what it
 // keeps (proto.Unmarshal does not alias its input), so nothing stale escapes.
+// Marshal uses vtprotobuf's encoder where the message has one (every message
+// of core/proto); Unmarshal stays protobuf-go's, which checks UTF-8 and
+// copies, as a decoder of pooled buffers must.
 type codec struct{}
 
 var _ encoding.CodecV2 = codec{}
@@ -28,6 +31,25 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	m := messageOf(v)
 	if m == nil {
 		return nil, fmt.Errorf("failed to marshal, message is %T, want proto.Message", v)
+	}
+	if vt, ok := m.(vtMessage); ok {
+		// vtprotobuf's encoder (see vtMessage): the same bytes, 3 to 4
+		// times faster.
+		size := vt.SizeVT()
+		if mem.IsBelowBufferPoolingThreshold(size) {
+			b := make([]byte, size)
+			if _, err := vt.MarshalToSizedBufferVT(b); err != nil {
+				return nil, err
+			}
+			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+		}
+		buf := sharedBufferPool.Get(size)
+		*buf = (*buf)[:size]
+		if _, err := vt.MarshalToSizedBufferVT(*buf); err != nil {
+			sharedBufferPool.Put(buf)
+			return nil, err
+		}
+		return mem.BufferSlice{mem.NewBuffer(buf, sharedBufferPool)}, nil
 	}
 	size := proto.Size(m)
 	// UseCachedSize: the size was just computed by proto.Size above.

@@ -12,10 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoregistry"
-	"google.golang.org/protobuf/runtime/protoiface"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/ring"
@@ -165,30 +162,59 @@ func (h *ringHost) configure(ctx context.Context, pc pluginClient, config []byte
 
 // ringWrite encodes m into a pooled buffer and writes it as one frame.
 func ringWrite(c *ring.Conn, kind uint16, id uint64, m proto.Message) error {
-	size := proto.Size(m)
-	buf := sharedBufferPool.Get(size)
-	defer sharedBufferPool.Put(buf)
-	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], m)
+	b, buf, err := encodeFrame(m)
+	if buf != nil {
+		defer sharedBufferPool.Put(buf)
+	}
 	if err != nil {
-		return fmt.Errorf("%w: encode ring frame: %v", ErrInvalidArgument, err)
+		return err
 	}
 	return c.Write(kind, id, b)
 }
 
-// unmarshalFrame decodes a data plane frame into m, its bytes fields (message
-// bodies) aliasing b instead of copying it: a frame is memory of its own,
-// copied out of the ring (ring.Reader.Read), and never reused.
-func unmarshalFrame(b []byte, m proto.Message) error {
-	mr := m.ProtoReflect()
-	methods := mr.ProtoMethods()
-	if methods == nil || methods.Unmarshal == nil {
-		return proto.Unmarshal(b, m)
+// vtMessage is what vtprotobuf generates for every message of core/proto
+// (its *_vtproto.pb.go): reflection-free size, encoding and decoding, 3 to 4
+// times faster than protobuf-go's on Ferry's frames (BenchmarkFrameCodec).
+type vtMessage interface {
+	SizeVT() int
+	MarshalToSizedBufferVT([]byte) (int, error)
+	UnmarshalVTUnsafe([]byte) error
+}
+
+// encodeFrame encodes m into a buffer of the shared pool (returned, for the
+// caller to put back once the bytes are used).
+func encodeFrame(m proto.Message) ([]byte, *[]byte, error) {
+	if vt, ok := m.(vtMessage); ok {
+		size := vt.SizeVT()
+		buf := sharedBufferPool.Get(size)
+		b := (*buf)[:size]
+		if _, err := vt.MarshalToSizedBufferVT(b); err != nil {
+			return nil, buf, fmt.Errorf("%w: encode ring frame: %v", ErrInvalidArgument, err)
+		}
+		return b, buf, nil
 	}
-	_, err := methods.Unmarshal(protoiface.UnmarshalInput{
-		Message: mr, Buf: b, Flags: protoiface.UnmarshalAliasBuffer,
-		Resolver: protoregistry.GlobalTypes, Depth: protowire.DefaultRecursionLimit,
-	})
-	return err
+	size := proto.Size(m)
+	buf := sharedBufferPool.Get(size)
+	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		return nil, buf, fmt.Errorf("%w: encode ring frame: %v", ErrInvalidArgument, err)
+	}
+	return b, buf, nil
+}
+
+// unmarshalFrame decodes a data plane frame into m, its bytes and string
+// fields (message bodies, ids, keys) aliasing b instead of copying it: a
+// frame is memory of its own, copied out of the ring (ring.Reader.Read), and
+// never reused or changed. Strings are checked for valid UTF-8, as
+// protobuf-go's decoder would (vtprotobuf's does not).
+func unmarshalFrame(b []byte, m proto.Message) error {
+	if vt, ok := m.(vtMessage); ok {
+		if err := vt.UnmarshalVTUnsafe(b); err != nil {
+			return err
+		}
+		return checkUTF8(m.ProtoReflect())
+	}
+	return proto.Unmarshal(b, m)
 }
 
 // errRing is how a call learns that the data plane it waits on is gone.

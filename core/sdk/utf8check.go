@@ -1,0 +1,178 @@
+package sdk
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// checkUTF8 reports the first string field of m (at any depth) that is not
+// valid UTF-8, which protobuf-go's decoder would have refused: it backs the
+// fast decoder of the data plane (vtprotobuf's), which does not check. The
+// bulk of a frame, its Messages, is checked by typed code (messageUTF8);
+// the rest by reflection, once per frame.
+func checkUTF8(m protoreflect.Message) error {
+	if msg, ok := m.Interface().(*ferryv1.Message); ok {
+		return messageUTF8(msg)
+	}
+	sf := stringFieldsOf(m.Descriptor())
+	for _, fd := range sf.strings {
+		v := m.Get(fd).String()
+		if !utf8.ValidString(v) {
+			return errInvalidUTF8(string(fd.FullName()))
+		}
+		if v != "" {
+			m.Set(fd, protoreflect.ValueOfString(strings.Clone(v)))
+		}
+	}
+	for _, fd := range sf.stringLists {
+		l := m.Get(fd).List()
+		for i := range l.Len() {
+			v := l.Get(i).String()
+			if !utf8.ValidString(v) {
+				return errInvalidUTF8(string(fd.FullName()))
+			}
+			l.Set(i, protoreflect.ValueOfString(strings.Clone(v)))
+		}
+	}
+	for _, fd := range sf.maps {
+		if err := mapUTF8(m, fd); err != nil {
+			return err
+		}
+	}
+	for _, fd := range sf.messages {
+		if !m.Has(fd) {
+			continue
+		}
+		if err := checkUTF8(m.Get(fd).Message()); err != nil {
+			return err
+		}
+	}
+	for _, fd := range sf.messageLists {
+		l := m.Get(fd).List()
+		for i := range l.Len() {
+			if err := checkUTF8(l.Get(i).Message()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// messageUTF8 is checkUTF8 of a Message, every string field of which it
+// names (TestMessageUTF8CoversEveryStringField keeps it so). It also gives
+// the strings memory of their own: the fast decoder leaves them aliasing the
+// frame, which a kept id or key (a de-duplication window, an index) would
+// then hold whole; the body, which the store copies or keeps anyway, stays
+// aliased.
+func messageUTF8(m *ferryv1.Message) error {
+	switch {
+	case !utf8.ValidString(m.Id):
+		return errInvalidUTF8("ferry.v1.Message.id")
+	case !utf8.ValidString(m.Topic):
+		return errInvalidUTF8("ferry.v1.Message.topic")
+	case !utf8.ValidString(m.Key):
+		return errInvalidUTF8("ferry.v1.Message.key")
+	}
+	m.Id, m.Topic, m.Key = strings.Clone(m.Id), strings.Clone(m.Topic), strings.Clone(m.Key)
+	if len(m.Headers) > 0 {
+		h := make(map[string]string, len(m.Headers))
+		for k, v := range m.Headers {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				return errInvalidUTF8("ferry.v1.Message.headers")
+			}
+			h[strings.Clone(k)] = strings.Clone(v)
+		}
+		m.Headers = h
+	}
+	return nil
+}
+
+// mapUTF8 checks a map field's string keys and values and gives them memory
+// of their own (rebuilding the map); message values are checked in place.
+func mapUTF8(m protoreflect.Message, fd protoreflect.FieldDescriptor) error {
+	mp := m.Get(fd).Map()
+	if mp.Len() == 0 {
+		return nil
+	}
+	strKey, strVal := fd.MapKey().Kind() == protoreflect.StringKind, fd.MapValue().Kind() == protoreflect.StringKind
+	type kv struct {
+		k protoreflect.MapKey
+		v protoreflect.Value
+	}
+	var pairs []kv
+	var err error
+	mp.Range(func(k protoreflect.MapKey, v protoreflect.Value) bool {
+		if strKey {
+			if !utf8.ValidString(k.String()) {
+				err = errInvalidUTF8(string(fd.FullName()) + " (a key)")
+				return false
+			}
+			k = protoreflect.ValueOfString(strings.Clone(k.String())).MapKey()
+		}
+		switch {
+		case strVal:
+			if !utf8.ValidString(v.String()) {
+				err = errInvalidUTF8(string(fd.FullName()) + " (a value)")
+				return false
+			}
+			v = protoreflect.ValueOfString(strings.Clone(v.String()))
+		case fd.MapValue().Kind() == protoreflect.MessageKind:
+			if err = checkUTF8(v.Message()); err != nil {
+				return false
+			}
+		}
+		pairs = append(pairs, kv{k, v})
+		return true
+	})
+	if err != nil || !strKey && !strVal {
+		return err
+	}
+	m.Clear(fd)
+	fresh := m.Mutable(fd).Map()
+	for _, p := range pairs {
+		fresh.Set(p.k, p.v)
+	}
+	return nil
+}
+
+func errInvalidUTF8(field string) error {
+	return fmt.Errorf("string field %s contains invalid UTF-8", field)
+}
+
+// stringFields are the fields of a message kind checkUTF8 must look at.
+type stringFields struct {
+	strings, stringLists, maps, messages, messageLists []protoreflect.FieldDescriptor
+}
+
+var stringFieldsCache sync.Map // protoreflect.FullName → *stringFields
+
+func stringFieldsOf(md protoreflect.MessageDescriptor) *stringFields {
+	if v, ok := stringFieldsCache.Load(md.FullName()); ok {
+		return v.(*stringFields)
+	}
+	sf := &stringFields{}
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsMap():
+			sf.maps = append(sf.maps, fd)
+		case fd.Kind() == protoreflect.StringKind && fd.IsList():
+			sf.stringLists = append(sf.stringLists, fd)
+		case fd.Kind() == protoreflect.StringKind:
+			sf.strings = append(sf.strings, fd)
+		case (fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind) && fd.IsList():
+			sf.messageLists = append(sf.messageLists, fd)
+		case fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind:
+			sf.messages = append(sf.messages, fd)
+		}
+	}
+	stringFieldsCache.Store(md.FullName(), sf)
+	return sf
+}
