@@ -16,16 +16,16 @@ func TestRule(t *testing.T) {
 		}
 	}
 	bad := map[string]string{
-		"":                           "topic name is empty",
-		"a b":                        `character ' ' at position 2 is not allowed`,
-		"a/b":                        `character '/' at position 2`,
-		"ü":                          "is not allowed",
+		"":                            "topic name is empty",
+		"a b":                         `character ' ' at position 2 is not allowed`,
+		"a/b":                         `character '/' at position 2`,
+		"ü":                           "is not allowed",
 		strings.Repeat("x", MaxLen+1): "250 characters, more than the limit of 249",
-		"%RETRY%billing":             "the prefix %RETRY% is reserved",
-		"%DLQ%billing":               "the prefix %DLQ% is reserved",
-		"%x":                         `character '%' at position 1`,
-		".":                          "reads as a directory",
-		"..":                         "reads as a directory",
+		"%RETRY%billing":              "the prefix %RETRY% is reserved",
+		"%DLQ%billing":                "the prefix %DLQ% is reserved",
+		"%x":                          `character '%' at position 1`,
+		".":                           "reads as a directory",
+		"..":                          "reads as a directory",
 	}
 	for n, want := range bad {
 		err := Topic(n)
