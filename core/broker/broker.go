@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -50,9 +51,12 @@ type Options struct {
 	Pipeline string
 	Node     string
 	Role     string
-	Address  string // where clients reach this node, for metadata
-	Topics   []Topic
-	Logger   hclog.Logger
+	Address  string  // where clients reach this node, for metadata
+	Topics   []Topic // the pipeline's, the declared baseline (see OpenTopics)
+	// DataDir holds the node's topic metadata (TopicsFile); empty: none
+	// is kept, the topics are Topics.
+	DataDir string
+	Logger  hclog.Logger
 	// Replication is the live replication plugin; nil for none. See
 	// replicate.go.
 	Replication StorageSource
@@ -488,9 +492,14 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 	leader := b.role.leaderIndex()
 	names := req.Topics
 	if len(names) == 0 {
-		for _, t := range b.opts.Topics {
-			names = append(names, t.Name)
+		b.topicsMu.RLock()
+		for _, t := range b.topics {
+			if !t.internal {
+				names = append(names, t.name)
+			}
 		}
+		b.topicsMu.RUnlock()
+		sort.Strings(names)
 	}
 	for _, n := range names {
 		b.topicsMu.RLock()
