@@ -162,10 +162,10 @@ func (b *Broker) OpenTopics() error {
 	defer b.topicsMu.Unlock()
 	for n, q := range held {
 		if t := b.topics[n]; t != nil {
-			t.queues = q
+			t.nqueues.Store(q)
 			continue
 		}
-		b.topics[n] = &topic{name: n, queues: q, signal: make(chan struct{})}
+		b.topics[n] = newTopic(n, q, false)
 	}
 	return nil
 }

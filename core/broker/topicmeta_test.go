@@ -70,8 +70,8 @@ func TestOpenTopicsBaseline(t *testing.T) {
 func TestOpenTopicsDamagedFile(t *testing.T) {
 	dir := t.TempDir()
 	for content, want := range map[string]string{
-		`{"version": 1, "topics": [`:                              "is damaged",
-		`{"version": 9, "topics": []}`:                            "has version 9",
+		`{"version": 1, "topics": [`:                               "is damaged",
+		`{"version": 9, "topics": []}`:                             "has version 9",
 		`{"version": 1, "topics": [{"name": "a b", "queues": 1}]}`: `character ' ' at position 2`,
 		`{"version": 1, "topics": [{"name": "a", "queues": 0}]}`:   `topic "a" has 0 queues`,
 	} {
