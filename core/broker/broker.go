@@ -13,7 +13,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -50,9 +52,12 @@ type Options struct {
 	Pipeline string
 	Node     string
 	Role     string
-	Address  string // where clients reach this node, for metadata
-	Topics   []Topic
-	Logger   hclog.Logger
+	Address  string  // where clients reach this node, for metadata
+	Topics   []Topic // the pipeline's, the declared baseline (see OpenTopics)
+	// DataDir holds the node's topic metadata (TopicsFile); empty: none
+	// is kept, the topics are Topics.
+	DataDir string
+	Logger  hclog.Logger
 	// Replication is the live replication plugin; nil for none. See
 	// replicate.go.
 	Replication StorageSource
@@ -84,6 +89,7 @@ type Broker struct {
 	repl    *replicator // nil without replication
 	role    roleState
 
+	metaMu   sync.Mutex // one change of the topic metadata at a time (topicadmin.go)
 	topicsMu sync.RWMutex
 	topics   map[string]*topic // declared ones, plus existing groups' retry and DLQ topics once used
 
@@ -100,11 +106,20 @@ var _ sdk.Core = (*Broker)(nil)
 
 type topic struct {
 	name     string
-	queues   int32
-	internal bool // a group's retry or dead-letter topic
+	nqueues  atomic.Int32 // grows by AddQueues while the topic is in use
+	internal bool         // a group's retry or dead-letter topic
 	mu       sync.Mutex
 	signal   chan struct{} // closed and replaced when messages become readable
 }
+
+func newTopic(name string, queues int32, internal bool) *topic {
+	t := &topic{name: name, internal: internal, signal: make(chan struct{})}
+	t.nqueues.Store(queues)
+	return t
+}
+
+// queues is the topic's queue count now.
+func (t *topic) queues() int32 { return t.nqueues.Load() }
 
 func (t *topic) wait() <-chan struct{} {
 	t.mu.Lock()
@@ -131,7 +146,7 @@ func New(opts Options, storage StorageSource) *Broker {
 		b.known[g] = true
 	}
 	for _, t := range opts.Topics {
-		b.topics[t.Name] = &topic{name: t.Name, queues: int32(t.Queues), signal: make(chan struct{})}
+		b.topics[t.Name] = newTopic(t.Name, int32(t.Queues), false)
 	}
 	b.app = newAppender(b)
 	b.role.set(&sdk.SetRoleRequest{Role: opts.Role})
@@ -184,7 +199,7 @@ func (b *Broker) clientTopic(ctx context.Context, name, asker string) (*topic, e
 	case group == asker || asker == sdk.DLQTopic(group) || b.fetchers.has(group):
 		// (The dead-letter cursor of the DLQ tools is the group named as
 		// the topic: client.DLQCursorGroup.)
-		return &topic{name: name, queues: queues, internal: true, signal: make(chan struct{})}, nil
+		return newTopic(name, queues, true), nil
 	}
 	return nil, fmt.Errorf("%w: unknown topic %q: group %q does not exist here (a group's retry and dead-letter topics exist once it consumes: live members, committed offsets, fetches, or messages in them)", sdk.ErrNotFound, name, group)
 }
@@ -212,7 +227,7 @@ func (b *Broker) groupExists(ctx context.Context, group string) (bool, error) {
 	b.topicsMu.RLock()
 	for _, t := range b.topics {
 		if !t.internal {
-			for q := range t.queues {
+			for q := range t.queues() {
 				refs = append(refs, &sdk.QueueRef{Topic: t.name, Queue: q})
 			}
 		}
@@ -264,7 +279,7 @@ func (b *Broker) topicAt(_ context.Context, name string) (*topic, error) {
 		b.topicsMu.Lock()
 		defer b.topicsMu.Unlock()
 		if t = b.topics[name]; t == nil {
-			t = &topic{name: name, queues: queues, internal: true, signal: make(chan struct{})}
+			t = newTopic(name, queues, true)
 			b.topics[name] = t
 		}
 		return t, nil
@@ -273,8 +288,8 @@ func (b *Broker) topicAt(_ context.Context, name string) (*topic, error) {
 }
 
 func (b *Broker) checkQueue(t *topic, q int32) error {
-	if q < 0 || q >= t.queues {
-		return fmt.Errorf("%w: topic %q has queues 0..%d, got queue %d", sdk.ErrInvalidArgument, t.name, t.queues-1, q)
+	if n := t.queues(); q < 0 || q >= n {
+		return fmt.Errorf("%w: topic %q has queues 0..%d, got queue %d", sdk.ErrInvalidArgument, t.name, n-1, q)
 	}
 	return nil
 }
@@ -488,9 +503,14 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 	leader := b.role.leaderIndex()
 	names := req.Topics
 	if len(names) == 0 {
-		for _, t := range b.opts.Topics {
-			names = append(names, t.Name)
+		b.topicsMu.RLock()
+		for _, t := range b.topics {
+			if !t.internal {
+				names = append(names, t.name)
+			}
 		}
+		b.topicsMu.RUnlock()
+		sort.Strings(names)
 	}
 	for _, n := range names {
 		b.topicsMu.RLock()
@@ -499,16 +519,17 @@ func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.Met
 		if _, queues, ok := sdk.InternalTopic(n); ok && t == nil {
 			// Any group's, without creating anything: a consumer asks
 			// before it joins its group.
-			t = &topic{name: n, queues: queues}
+			t = newTopic(n, queues, true)
 		}
 		if t == nil {
 			continue // unknown topics are left out
 		}
-		leaders := make([]int32, t.queues)
+		n := t.queues()
+		leaders := make([]int32, n)
 		for i := range leaders {
 			leaders[i] = leader
 		}
-		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: t.queues, Leaders: leaders})
+		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: n, Leaders: leaders})
 	}
 	return resp, nil
 }

@@ -352,7 +352,7 @@ func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
 	var refs []*sdk.QueueRef
 	b.topicsMu.RLock()
 	for _, t := range b.topics {
-		for q := range t.queues {
+		for q := range t.queues() {
 			refs = append(refs, &sdk.QueueRef{Topic: t.name, Queue: q})
 		}
 	}

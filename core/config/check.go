@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrymq/ferry/core/names"
 	"github.com/ferrymq/ferry/core/stage"
 )
 
@@ -51,6 +52,18 @@ func (c *checker) name(path, v string, required bool) {
 	}
 }
 
+// entity checks a topic or group name by the rule of core/names (the one
+// the broker's admin calls apply); an empty one is "is required".
+func (c *checker) entity(path, v string, rule func(string) error) {
+	if v == "" && !c.given(path) {
+		c.add(path, "is required")
+		return
+	}
+	if err := rule(v); err != nil {
+		c.add(path, "%v", err)
+	}
+}
+
 func (c *checker) enum(path, v string, allowed []string) {
 	if !slices.Contains(allowed, v) {
 		c.add(path, "must be one of %s; got %q", strings.Join(allowed, ", "), v)
@@ -80,7 +93,7 @@ func (c *checker) pipeline(p *Pipeline) {
 	}
 	for i, t := range p.Topics {
 		at := indexPath("topics", i)
-		c.name(at+".name", t.Name, true)
+		c.entity(at+".name", t.Name, names.Topic)
 		c.between(at+".queues", t.Queues, 1, maxQueues)
 	}
 
@@ -127,7 +140,7 @@ func (c *checker) pipeline(p *Pipeline) {
 		c.name(at+".name", f.Name, true)
 		c.topicRef(at+".topic", f.Topic, topics)
 		if c.given(at + ".group") {
-			c.name(at+".group", f.Group, false)
+			c.entity(at+".group", f.Group, names.Group)
 		}
 		if j, ok := groupTopic[f.Group]; ok && f.Group != "" && f.Topic != "" && p.Flows[j].Topic != f.Topic && !dup {
 			c.add(at+".topic", "flow %q is in group %q, which flow %q uses on topic %q: a group consumes one topic (give this flow its own group)",

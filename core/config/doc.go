@@ -12,9 +12,11 @@
 //     an integer is fine where a number is expected;
 //   - a missing key, or one with no value (null), gets its default; a key
 //     that is written keeps its value, so queues: 0 is an error, not 4;
-//   - names (pipeline, node id, topics, generators, flows, groups) are
-//     lowercase letters, digits, '_' and '-', starting with a letter or digit,
-//     at most 64 characters, and unique within their list;
+//   - names of the pipeline, node id, generators and flows are lowercase
+//     letters, digits, '_' and '-', starting with a letter or digit, at most
+//     64 characters; topic and group names follow core/names (letters,
+//     digits, '.', '_', '-', at most 249, %RETRY% and %DLQ% reserved), the
+//     rule of the broker's admin calls; names are unique within their list;
 //   - generators and flows must name a declared topic, and flows that share
 //     a consumer group share its topic;
 //   - a flow's stages must be types registered in core/stage, and Load asks

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/ferrymq/ferry/core/names"
 	"os"
 	"path/filepath"
 	"testing"
@@ -58,7 +59,7 @@ func FuzzLoadBytes(f *testing.F) {
 			}
 		}
 		for _, tp := range p.Topics {
-			if !nameRule.MatchString(tp.Name) || tp.Queues < 1 || tp.Queues > maxQueues {
+			if names.Topic(tp.Name) != nil || tp.Queues < 1 || tp.Queues > maxQueues {
 				t.Fatalf("accepted the topic %+v", tp)
 			}
 		}

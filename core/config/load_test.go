@@ -236,9 +236,9 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		{file: "names.yaml", want: []want{
 			{1, "name", `starting with a letter or digit; got "Demo"`},
 			{3, "node.id", `got "-n1"`},
-			{5, "topics[0].name", "must be at most 64 characters, got 66"},
-			{10, "flows[0].group", `got "Billing Team"`},
-			{14, "flows[1].group", "must not be empty"},
+			{5, "topics[0].name", `topic name "%RETRY%orders": the prefix %RETRY% is reserved`},
+			{10, "flows[0].group", `group name "Billing Team": character ' ' at position 8 is not allowed`},
+			{14, "flows[1].group", "group name is empty"},
 		}},
 		{file: "tracing.yaml", want: []want{
 			{3, "tracing.endpoint", "is required when exporter is otlp"},

@@ -104,7 +104,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	}
 	bopts := broker.Options{
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
-		Topics: topics, Logger: log.Named("broker"), Metrics: obs.metrics,
+		Topics: topics, DataDir: cfg.Node.DataDir, Logger: log.Named("broker"), Metrics: obs.metrics,
 	}
 	for _, f := range cfg.Flows {
 		bopts.Groups = append(bopts.Groups, f.Group)
@@ -113,6 +113,9 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		bopts.Replication = e.repl
 	}
 	e.broker = broker.New(bopts, e.storage)
+	if err := e.broker.OpenTopics(); err != nil {
+		return nil, err
+	}
 	e.broker.Start()
 	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
 		_ = e.broker.Close(context.Background())
