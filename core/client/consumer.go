@@ -61,7 +61,11 @@ type ConsumerOptions struct {
 	// Topic to consume. Required.
 	Topic string
 	// Group is the consumer group whose committed offsets the consumer
-	// starts from and advances. Required. A group consumes one topic.
+	// starts from and advances. Required. One group may be used on several
+	// topics (a consumer per topic): each topic's queues are split among
+	// the members that consume it. The group's retry topic is shared by
+	// all its members, so a member may be handed a retried message of
+	// another topic of its group (Delivery.Topic names it).
 	Group string
 	// Member names this consumer in its group; unique per live consumer.
 	// Default: "<hostname>-<pid>-<random>".
