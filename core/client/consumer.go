@@ -289,20 +289,62 @@ func (cn *Consumer) Consume(ctx context.Context, handler DeliveryHandler) error 
 }
 
 func (cn *Consumer) consume(ctx context.Context, handler DeliveryHandler, simple bool) error {
-	if !cn.running.CompareAndSwap(false, true) {
-		return fmt.Errorf("ferry consumer: %w: already running", sdk.ErrInvalidArgument)
-	}
-	defer cn.running.Store(false)
-	rt := cn.newRuntime(ctx, simple)
-	if err := rt.start(); err != nil {
-		rt.stop()
+	rt, err := cn.startPush(ctx, simple)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	return rt.runPush(handler)
+}
+
+// startPush joins the group for push consumption (Consume, Run, Launch).
+func (cn *Consumer) startPush(ctx context.Context, simple bool) (*runtime, error) {
+	if !cn.running.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("ferry consumer: %w: already running", sdk.ErrInvalidArgument)
+	}
+	rt := cn.newRuntime(ctx, simple)
+	rt.pushing = true
+	if err := rt.start(); err != nil {
+		rt.stop()
+		cn.running.Store(false)
+		return nil, err
+	}
+	return rt, nil
+}
+
+// runPush calls handler until rt ends, then stops it (the final commit).
+func (rt *runtime) runPush(handler DeliveryHandler) error {
+	defer rt.cn.running.Store(false)
 	err := rt.push(handler)
 	return errors.Join(err, rt.stop())
+}
+
+// Launch is Consume started synchronously: it joins the group and returns
+// once the consumer owns its first share of the queues, or with the error
+// that kept it from starting (the topic does not exist: sdk.ErrNotFound;
+// the broker refused the membership; the Client is closed: sdk.ErrClosed;
+// ctx ended first: ctx's error). Then it consumes in the background until
+// ctx ends, and done receives what Consume would have returned (the error
+// of the final commit, or one retrying cannot fix) and is closed.
+func (cn *Consumer) Launch(ctx context.Context, handler DeliveryHandler) (done <-chan error, err error) {
+	if handler == nil {
+		return nil, fmt.Errorf("ferry consumer: %w: nil handler", sdk.ErrInvalidArgument)
+	}
+	rt, err := cn.startPush(ctx, false)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ferry consumer: starting: %w", ctx.Err())
+		}
+		return nil, err
+	}
+	ch := make(chan error, 1)
+	go func() {
+		ch <- rt.runPush(handler)
+		close(ch)
+	}()
+	return ch, nil
 }
 
 // Start joins the group and begins its heartbeats and commits, for pull

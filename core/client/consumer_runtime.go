@@ -94,6 +94,9 @@ type runtime struct {
 	pullMu        sync.Mutex
 	lastRetryPoll time.Time
 
+	pushing  bool          // Consume, Run or Launch (not Start): its push loop calls stop
+	finished chan struct{} // closed when stop has returned
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -110,6 +113,7 @@ func (cn *Consumer) newRuntime(ctx context.Context, simple bool) *runtime {
 		log:     cn.c.log, sender: newCopySender(cn.c),
 		ctx: rctx, cancel: cancel, kick: make(chan struct{}, 1),
 		counts: map[string]int32{}, lanes: map[queueRef]*lane{}, wake: make(chan struct{}),
+		finished: make(chan struct{}),
 	}
 }
 
@@ -133,6 +137,9 @@ func (rt *runtime) retryCall(what string, fn func() error) error {
 // start finds the topics, takes the consumer's first share of the queues and
 // starts the background loops.
 func (rt *runtime) start() error {
+	if !rt.c.register(rt) {
+		return errClientClosed
+	}
 	o := rt.opts
 	rt.topics = []string{o.Topic}
 	if o.Queues == nil {
@@ -199,6 +206,8 @@ func (rt *runtime) stop() error {
 			}
 		}
 		rt.sender.close()
+		rt.c.unregister(rt)
+		close(rt.finished)
 	})
 	return rt.stopErr
 }
