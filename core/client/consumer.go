@@ -132,7 +132,7 @@ type Handler func(ctx context.Context, m *ferryv1.Message) error
 // acknowledges it; an error fails the attempt: it is retried as
 // ConsumerOptions.Retry says, and dead-lettered when the attempts run out or
 // the error is Permanent. A handler may settle the delivery itself (Ack,
-// Nack, Retry, DeadLetter); then what it returns is ignored.
+// Nack, Release, Retry, DeadLetter); then what it returns is ignored.
 type DeliveryHandler func(ctx context.Context, d *Delivery) error
 
 // Consumer consumes a topic for a consumer group, at least once.
@@ -404,6 +404,7 @@ type ConsumerStats struct {
 	Acked        int64
 	Retried      int64 // sent to the retry topic, or retried in place
 	DeadLettered int64
+	Released     int64 // given back with Release, not counted as attempts
 	Inflight     int64 // fetched and not settled now
 	Queues       int   // queues owned now (topic and retry topic)
 	// Damaged records the broker could not read (OnCorrupt): offsets
@@ -415,6 +416,7 @@ type ConsumerStats struct {
 type consumerCounters struct {
 	delivered, acked, retried, dead atomic.Int64
 	corruptSkipped, corruptStopped  atomic.Int64
+	released                        atomic.Int64
 }
 
 // CorruptPolicy says what a consumer does with a message the broker answers
@@ -464,7 +466,7 @@ func ParseCorruptPolicy(s string) (CorruptPolicy, error) {
 func (cn *Consumer) Stats() ConsumerStats {
 	s := ConsumerStats{
 		Delivered: cn.stats.delivered.Load(), Acked: cn.stats.acked.Load(),
-		Retried: cn.stats.retried.Load(), DeadLettered: cn.stats.dead.Load(),
+		Retried: cn.stats.retried.Load(), DeadLettered: cn.stats.dead.Load(), Released: cn.stats.released.Load(),
 		CorruptSkipped: cn.stats.corruptSkipped.Load(), CorruptStopped: cn.stats.corruptStopped.Load(),
 	}
 	cn.mu.Lock()

@@ -63,6 +63,7 @@ const (
 	outcomeAcked outcome = iota
 	outcomeRetried
 	outcomeDead
+	outcomeReleased
 )
 
 // runtime is one run of a Consumer: from Start (or Run, Consume) to its stop.
@@ -395,6 +396,8 @@ func (rt *runtime) settle(d *Delivery, o outcome) {
 		rt.cn.stats.retried.Add(1)
 	case outcomeDead:
 		rt.cn.stats.dead.Add(1)
+	case outcomeReleased:
+		rt.cn.stats.released.Add(1)
 	}
 	if rt.opts.CommitInterval < 0 {
 		select {
@@ -665,6 +668,11 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 					"group", rt.group, "id", d.ID, "error", err)
 			}
 			return
+		}
+		if d.takeReleased() {
+			rt.cn.stats.released.Add(1)
+			span.End()
+			continue // delivered again now, the same attempt
 		}
 		rt.cn.stats.retried.Add(1)
 		span.AddEvent(telemetry.EventRetry, trace.WithAttributes(telemetry.AttrAttempt.Int(d.Attempt), telemetry.AttrReason.String(fmt.Sprint(cause))))
