@@ -35,6 +35,7 @@ type produceFlags struct {
 	size           int
 	file           string
 	key            string
+	id             string
 	json           bool
 	retries        int
 	timeout        time.Duration
@@ -58,6 +59,12 @@ one per line of --file, or one per line of stdin.
 messages in flight in batches, oneway sends without waiting for any ack (and
 can lose messages unnoticed). With --key every message has that key, so all
 go to one queue, in order.
+
+--id ID gives the first message the id ID and the n-th the id ID-n (in
+input order), instead of ids the producer makes up: running the same command
+again after an unknown outcome (a timeout, a broken connection) stores each
+message once, as long as the broker still holds its id in its
+de-duplication window.
 
 With --json each message's outcome is one JSON object on stdout, in the
 order the acks arrive:
@@ -86,6 +93,7 @@ failed.`,
 	fl.IntVar(&f.size, "size", 1024, "body size of generated messages, in bytes")
 	fl.StringVar(&f.file, "file", "", "send one message per line of this file")
 	fl.StringVar(&f.key, "key", "", "key of every message (one queue, in order)")
+	fl.StringVar(&f.id, "id", "", "id of the first message; the n-th gets ID-n: sending again stores each once")
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per message on stdout")
 	fl.IntVar(&f.retries, "retries", client.DefaultRetries, "retries of a failed send (0: none)")
 	fl.DurationVar(&f.timeout, "timeout", client.DefaultTimeout, "bound of each send attempt")
@@ -269,12 +277,18 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 	}
 
 	start := time.Now()
-	for ctx.Err() == nil {
+	for n := 1; ctx.Err() == nil; n++ {
 		b, ok := next()
 		if !ok {
 			break
 		}
 		m := client.Message{Topic: f.topic, Key: f.key, Body: b}
+		if f.id != "" {
+			m.ID = f.id
+			if n > 1 {
+				m.ID = fmt.Sprintf("%s-%d", f.id, n)
+			}
+		}
 		sent := time.Now()
 		switch f.mode {
 		case "sync":

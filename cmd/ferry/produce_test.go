@@ -173,3 +173,40 @@ func TestProduceErrors(t *testing.T) {
 		t.Errorf("dead broker: exit %d, stderr:\n%s", code, stderr)
 	}
 }
+
+// `ferry produce --id` run twice (an operator's retry after an unknown
+// outcome) stores each message once, with the given ids; the control without
+// --id stores them again.
+func TestProduceID(t *testing.T) {
+	addr := startBroker(t)
+	run := func(args ...string) []string {
+		t.Helper()
+		stdout, stderr, code := produce(t, "a\nb\n", append([]string{"--broker", addr, "--topic", "t", "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		var offsets []string
+		for _, l := range strings.Split(strings.TrimSuffix(stdout, "\n"), "\n") {
+			var r struct {
+				ID, Status string
+				Queue      int32
+				Offset     int64
+			}
+			if err := json.Unmarshal([]byte(l), &r); err != nil || r.Status != "OK" {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			offsets = append(offsets, fmt.Sprintf("%s@%d/%d", r.ID, r.Queue, r.Offset))
+		}
+		return offsets
+	}
+	first := run("--id", "order-7")
+	if len(first) != 2 || !strings.HasPrefix(first[0], "order-7@") || !strings.HasPrefix(first[1], "order-7-2@") {
+		t.Fatalf("ids and offsets %v, want order-7 and order-7-2", first)
+	}
+	if again := run("--id", "order-7"); fmt.Sprint(again) != fmt.Sprint(first) {
+		t.Fatalf("sent again with the same ids: %v, want the first offsets %v (stored once)", again, first)
+	}
+	if control := run(); fmt.Sprint(control) == fmt.Sprint(first) {
+		t.Fatalf("without --id the messages were not stored again: %v", control)
+	}
+}

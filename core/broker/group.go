@@ -3,10 +3,12 @@ package broker
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
@@ -19,7 +21,8 @@ const (
 
 // groups tracks the live members of consumer groups. Members rebalance
 // themselves from the member list (RocketMQ's model), so the broker keeps no
-// assignment: only who is alive.
+// assignment: only who is alive, and which topics each consumes (a group
+// used on several topics is split per topic).
 type groups struct {
 	mu      sync.Mutex
 	members map[string]map[string]member // group → member id → state
@@ -37,8 +40,10 @@ func newGroups() *groups {
 }
 
 // heartbeat records member as alive (or gone, when leave) and returns the
-// group's live members, sorted.
-func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeout time.Duration) []string {
+// group's live members, sorted, and per topic of topics the live members
+// that consume it (a group used on several topics: each topic's queues are
+// split among its own consumers).
+func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeout time.Duration) ([]string, []*ferryv1.TopicMembers) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -53,12 +58,24 @@ func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeou
 		ms[id] = member{expires: now.Add(timeout), topics: topics}
 	}
 	out := make([]string, 0, len(ms))
+	perTopic := make([]*ferryv1.TopicMembers, len(topics))
+	for i, t := range topics {
+		perTopic[i] = &ferryv1.TopicMembers{Topic: t}
+	}
 	for mid, m := range ms {
 		if now.After(m.expires) {
 			delete(ms, mid)
 			continue
 		}
 		out = append(out, mid)
+		for _, tm := range perTopic {
+			if slices.Contains(m.topics, tm.Topic) {
+				tm.Members = append(tm.Members, mid)
+			}
+		}
+	}
+	for _, tm := range perTopic {
+		sort.Strings(tm.Members)
 	}
 	if len(ms) == 0 {
 		delete(g.members, group)
@@ -79,7 +96,7 @@ func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeou
 		}
 	}
 	sort.Strings(out)
-	return out
+	return out, perTopic
 }
 
 // live returns the live members of group, sorted.
@@ -111,7 +128,8 @@ func (b *Broker) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk
 	if req.SessionTimeoutNanos > 0 {
 		timeout = min(max(time.Duration(req.SessionTimeoutNanos), minSessionTimeout), maxSessionTimeout)
 	}
-	return &sdk.HeartbeatResponse{Members: b.groups.heartbeat(req.Group, req.Member, req.Topics, req.Leave, timeout)}, nil
+	members, perTopic := b.groups.heartbeat(req.Group, req.Member, slices.Clone(req.Topics), req.Leave, timeout)
+	return &sdk.HeartbeatResponse{Members: members, TopicMembers: perTopic}, nil
 }
 
 // maxRecentFetchers bounds recentSet of the groups that fetched lately.

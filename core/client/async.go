@@ -90,7 +90,7 @@ func (p *Producer) SendAsync(ctx context.Context, m Message, cb Callback) (err e
 		return err
 	}
 	q := p.pick(rt, &m)
-	msg := &ferryv1.Message{Id: p.nextID(), Topic: m.Topic, Queue: q.queue, Key: m.Key, Headers: m.Headers, Body: m.Body, BornUnixNano: time.Now().UnixNano()}
+	msg := &ferryv1.Message{Id: p.idOf(&m), Topic: m.Topic, Queue: q.queue, Key: m.Key, Headers: m.Headers, Body: m.Body, BornUnixNano: time.Now().UnixNano()}
 	size := len(m.Body) + msgOverhead
 	for k, v := range m.Headers {
 		size += len(k) + len(v)

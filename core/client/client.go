@@ -84,6 +84,56 @@ type Client struct {
 
 	topicsMu sync.Mutex
 	topics   map[string]int32 // queue count per topic on the primary, from Metadata
+
+	consumersMu sync.Mutex
+	consumers   map[*runtime]bool // consumers started and not stopped
+	closing     bool              // Close began: no consumer starts
+}
+
+// register records a starting consumer run for Close; false once Close
+// began.
+func (c *Client) register(rt *runtime) bool {
+	c.consumersMu.Lock()
+	defer c.consumersMu.Unlock()
+	if c.closing || c.closed() {
+		return false
+	}
+	if c.consumers == nil {
+		c.consumers = map[*runtime]bool{}
+	}
+	c.consumers[rt] = true
+	return true
+}
+
+// unregister forgets a consumer run that stopped.
+func (c *Client) unregister(rt *runtime) {
+	c.consumersMu.Lock()
+	delete(c.consumers, rt)
+	c.consumersMu.Unlock()
+}
+
+// stopConsumers stops every consumer started on c and waits for their final
+// commits: push consumers (Consume, Run, Launch) are cancelled and their
+// handlers in progress finish; pull consumers (Start) are closed.
+func (c *Client) stopConsumers() {
+	c.consumersMu.Lock()
+	c.closing = true
+	rts := make([]*runtime, 0, len(c.consumers))
+	for rt := range c.consumers {
+		rts = append(rts, rt)
+	}
+	c.consumersMu.Unlock()
+	var wg sync.WaitGroup
+	for _, rt := range rts {
+		wg.Go(func() {
+			rt.cancel()
+			if !rt.pushing {
+				_ = rt.stop() // its Consumer.Close later returns the same
+			}
+			<-rt.finished
+		})
+	}
+	wg.Wait()
 }
 
 // Dial connects to the broker at addr (host:port of its grpc transport) and
@@ -95,11 +145,17 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	return DialCluster(ctx, []string{addr}, opts...)
 }
 
-// Close ends the connections. Calls in flight fail with sdk.ErrClosed (or
-// the context error of their caller); consumers' Run returns; async sends
-// not yet answered get their callbacks with sdk.ErrClosed. Safe to call more
+// Close stops the client's consumers and then ends the connections. Each
+// running consumer is cancelled as if its context ended: its handlers in
+// progress finish, what was settled is committed, it leaves its group, and
+// its Run, Consume or Launch returns; pull consumers are closed (Consumer.Close).
+// Close waits for those final commits (each bounded by a few seconds), so
+// nothing settled is delivered again. Then other calls in flight fail with
+// sdk.ErrClosed (or the context error of their caller), and async sends not
+// yet answered get their callbacks with sdk.ErrClosed. Safe to call more
 // than once.
 func (c *Client) Close() error {
+	c.stopConsumers()
 	c.cancel()
 	var errs []error
 	for _, b := range c.brokerList() {

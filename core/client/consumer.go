@@ -61,7 +61,11 @@ type ConsumerOptions struct {
 	// Topic to consume. Required.
 	Topic string
 	// Group is the consumer group whose committed offsets the consumer
-	// starts from and advances. Required. A group consumes one topic.
+	// starts from and advances. Required. One group may be used on several
+	// topics (a consumer per topic): each topic's queues are split among
+	// the members that consume it. The group's retry topic is shared by
+	// all its members, so a member may be handed a retried message of
+	// another topic of its group (Delivery.Topic names it).
 	Group string
 	// Member names this consumer in its group; unique per live consumer.
 	// Default: "<hostname>-<pid>-<random>".
@@ -128,7 +132,7 @@ type Handler func(ctx context.Context, m *ferryv1.Message) error
 // acknowledges it; an error fails the attempt: it is retried as
 // ConsumerOptions.Retry says, and dead-lettered when the attempts run out or
 // the error is Permanent. A handler may settle the delivery itself (Ack,
-// Nack, Retry, DeadLetter); then what it returns is ignored.
+// Nack, Release, Retry, DeadLetter); then what it returns is ignored.
 type DeliveryHandler func(ctx context.Context, d *Delivery) error
 
 // Consumer consumes a topic for a consumer group, at least once.
@@ -285,20 +289,62 @@ func (cn *Consumer) Consume(ctx context.Context, handler DeliveryHandler) error 
 }
 
 func (cn *Consumer) consume(ctx context.Context, handler DeliveryHandler, simple bool) error {
-	if !cn.running.CompareAndSwap(false, true) {
-		return fmt.Errorf("ferry consumer: %w: already running", sdk.ErrInvalidArgument)
-	}
-	defer cn.running.Store(false)
-	rt := cn.newRuntime(ctx, simple)
-	if err := rt.start(); err != nil {
-		rt.stop()
+	rt, err := cn.startPush(ctx, simple)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	return rt.runPush(handler)
+}
+
+// startPush joins the group for push consumption (Consume, Run, Launch).
+func (cn *Consumer) startPush(ctx context.Context, simple bool) (*runtime, error) {
+	if !cn.running.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("ferry consumer: %w: already running", sdk.ErrInvalidArgument)
+	}
+	rt := cn.newRuntime(ctx, simple)
+	rt.pushing = true
+	if err := rt.start(); err != nil {
+		rt.stop()
+		cn.running.Store(false)
+		return nil, err
+	}
+	return rt, nil
+}
+
+// runPush calls handler until rt ends, then stops it (the final commit).
+func (rt *runtime) runPush(handler DeliveryHandler) error {
+	defer rt.cn.running.Store(false)
 	err := rt.push(handler)
 	return errors.Join(err, rt.stop())
+}
+
+// Launch is Consume started synchronously: it joins the group and returns
+// once the consumer owns its first share of the queues, or with the error
+// that kept it from starting (the topic does not exist: sdk.ErrNotFound;
+// the broker refused the membership; the Client is closed: sdk.ErrClosed;
+// ctx ended first: ctx's error). Then it consumes in the background until
+// ctx ends, and done receives what Consume would have returned (the error
+// of the final commit, or one retrying cannot fix) and is closed.
+func (cn *Consumer) Launch(ctx context.Context, handler DeliveryHandler) (done <-chan error, err error) {
+	if handler == nil {
+		return nil, fmt.Errorf("ferry consumer: %w: nil handler", sdk.ErrInvalidArgument)
+	}
+	rt, err := cn.startPush(ctx, false)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ferry consumer: starting: %w", ctx.Err())
+		}
+		return nil, err
+	}
+	ch := make(chan error, 1)
+	go func() {
+		ch <- rt.runPush(handler)
+		close(ch)
+	}()
+	return ch, nil
 }
 
 // Start joins the group and begins its heartbeats and commits, for pull
@@ -358,6 +404,7 @@ type ConsumerStats struct {
 	Acked        int64
 	Retried      int64 // sent to the retry topic, or retried in place
 	DeadLettered int64
+	Released     int64 // given back with Release, not counted as attempts
 	Inflight     int64 // fetched and not settled now
 	Queues       int   // queues owned now (topic and retry topic)
 	// Damaged records the broker could not read (OnCorrupt): offsets
@@ -369,6 +416,7 @@ type ConsumerStats struct {
 type consumerCounters struct {
 	delivered, acked, retried, dead atomic.Int64
 	corruptSkipped, corruptStopped  atomic.Int64
+	released                        atomic.Int64
 }
 
 // CorruptPolicy says what a consumer does with a message the broker answers
@@ -418,7 +466,7 @@ func ParseCorruptPolicy(s string) (CorruptPolicy, error) {
 func (cn *Consumer) Stats() ConsumerStats {
 	s := ConsumerStats{
 		Delivered: cn.stats.delivered.Load(), Acked: cn.stats.acked.Load(),
-		Retried: cn.stats.retried.Load(), DeadLettered: cn.stats.dead.Load(),
+		Retried: cn.stats.retried.Load(), DeadLettered: cn.stats.dead.Load(), Released: cn.stats.released.Load(),
 		CorruptSkipped: cn.stats.corruptSkipped.Load(), CorruptStopped: cn.stats.corruptStopped.Load(),
 	}
 	cn.mu.Lock()

@@ -54,6 +54,7 @@ type Delivery struct {
 
 	mu        sync.Mutex
 	inPlace   *time.Duration // orderly: a retry in place was asked for, after this delay
+	released  bool           // orderly: that retry is a Release: no attempt counted
 	lastErr   error
 	firstFail time.Time // when an attempt first failed
 }
@@ -65,6 +66,15 @@ func (d *Delivery) takeInPlace() (*time.Duration, error) {
 	p, err := d.inPlace, d.lastErr
 	d.inPlace = nil
 	return p, err
+}
+
+// takeReleased returns and clears whether the retry in place is a Release.
+func (d *Delivery) takeReleased() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.released
+	d.released = false
+	return r
 }
 
 const (
@@ -116,10 +126,11 @@ func (d *Delivery) failureSpan(name, event string, attempt int, cause error, h m
 // Nack.
 var ErrNacked = errors.New("nacked by the handler")
 
-// Nack gives d back for a later attempt, after delay (0 or less: the delay
-// the consumer's RetryPolicy gives this attempt). It counts as a failed
-// attempt: at RetryPolicy.MaxAttempts the message goes to the group's
-// dead-letter queue instead.
+// Nack gives d back for a later attempt, after delay: 0 redelivers it now
+// (due at once), a negative delay waits what the consumer's RetryPolicy
+// gives this attempt. It counts as a failed attempt: at
+// RetryPolicy.MaxAttempts the message goes to the group's dead-letter queue
+// instead. To give a message back without counting an attempt, Release it.
 //
 // In concurrent mode (and pull mode) Nack settles d before it returns: it
 // stores the retry copy (or the dead letter) and returns nil, or the error
@@ -129,11 +140,48 @@ var ErrNacked = errors.New("nacked by the handler")
 // delay.
 func (d *Delivery) Nack(delay time.Duration) error {
 	var cause error = ErrNacked
-	if delay > 0 {
+	if delay >= 0 {
 		cause = RetryAfter(delay, ErrNacked)
 	}
 	return d.Fail(cause)
 }
+
+// Release gives d back unprocessed, to be delivered again now, without
+// counting an attempt (Delivery.Attempt stays as it is, and no retry or
+// dead letter follows from it): for a handler that cannot take the message
+// now (it is shutting down, a resource it needs is busy). It is counted in
+// ConsumerStats.Released.
+//
+// In concurrent mode (and pull mode) Release settles d before it returns: it
+// stores a copy, due at once, in the group's retry topic, and returns nil or
+// the error that kept it from doing so (then d stays unsettled and is
+// delivered again later). In orderly mode it asks for a redelivery in place:
+// the handler should return, and the consumer calls it again with the same
+// message, first in its queue.
+func (d *Delivery) Release() error {
+	if d.state.Load() != deliveryOpen {
+		return nil
+	}
+	if d.rt.orderly {
+		var now time.Duration
+		d.mu.Lock()
+		d.inPlace, d.lastErr, d.released = &now, errReleased, true
+		d.mu.Unlock()
+		return nil
+	}
+	now := time.Now()
+	m := d.copyTo(sdk.RetryTopic(d.Group), sdk.DelayLevel(0), "l", errReleased, now)
+	m.Headers[sdk.HeaderAttempt] = strconv.Itoa(d.Attempt)
+	m.Headers[sdk.HeaderDeliverAt] = strconv.FormatInt(now.UnixNano(), 10)
+	if err := d.rt.sender.send(d.rt.ctx, m); err != nil {
+		return fmt.Errorf("ferry consumer: storing the release of %s: %w", d.ID, err)
+	}
+	d.rt.settle(d, outcomeReleased)
+	return nil
+}
+
+// errReleased is the cause recorded in the headers of a released message.
+var errReleased = errors.New("released by the handler")
 
 // Fail settles d after an attempt that failed with err, as the consumer does
 // with a handler's error: retried as its RetryPolicy says (after the delay of

@@ -11,8 +11,9 @@ import (
 )
 
 // heartbeat tells the broker the member is alive (or leaving) and returns
-// the group's live members, sorted.
-func (rt *runtime) heartbeat(ctx context.Context, leave bool) ([]string, error) {
+// the group's live members per topic of rt.topics, sorted (every topic gets
+// the whole group from a broker that does not tell them apart).
+func (rt *runtime) heartbeat(ctx context.Context, leave bool) (map[string][]string, error) {
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	resp, err := rt.c.rpc.Heartbeat(cctx, &ferryv1.HeartbeatRequest{
@@ -22,7 +23,16 @@ func (rt *runtime) heartbeat(ctx context.Context, leave bool) ([]string, error) 
 	if err != nil {
 		return nil, rt.c.callError("heartbeat", err)
 	}
-	return resp.Members, nil
+	out := make(map[string][]string, len(rt.topics))
+	for _, t := range rt.topics {
+		out[t] = resp.Members
+	}
+	for _, tm := range resp.TopicMembers {
+		if _, ok := out[tm.Topic]; ok {
+			out[tm.Topic] = tm.Members
+		}
+	}
+	return out, nil
 }
 
 // heartbeatLoop heartbeats every HeartbeatInterval and takes the share of
@@ -60,8 +70,12 @@ func (rt *runtime) share(ctx context.Context) ([]queueRef, error) {
 		}
 		return out, nil
 	}
-	members := []string{o.Member}
-	if !o.Broadcast {
+	members := map[string][]string{}
+	if o.Broadcast {
+		for _, t := range rt.topics {
+			members[t] = []string{o.Member}
+		}
+	} else {
 		var err error
 		if members, err = rt.heartbeat(ctx, false); err != nil {
 			return nil, err
@@ -69,7 +83,7 @@ func (rt *runtime) share(ctx context.Context) ([]queueRef, error) {
 	}
 	var out []queueRef
 	for _, topic := range rt.topics {
-		for _, q := range Allocate(allQueues(rt.counts[topic]), members, o.Member) {
+		for _, q := range Allocate(allQueues(rt.counts[topic]), members[topic], o.Member) {
 			out = append(out, queueRef{topic, q})
 		}
 	}

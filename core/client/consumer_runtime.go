@@ -63,6 +63,7 @@ const (
 	outcomeAcked outcome = iota
 	outcomeRetried
 	outcomeDead
+	outcomeReleased
 )
 
 // runtime is one run of a Consumer: from Start (or Run, Consume) to its stop.
@@ -94,6 +95,9 @@ type runtime struct {
 	pullMu        sync.Mutex
 	lastRetryPoll time.Time
 
+	pushing  bool          // Consume, Run or Launch (not Start): its push loop calls stop
+	finished chan struct{} // closed when stop has returned
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -110,6 +114,7 @@ func (cn *Consumer) newRuntime(ctx context.Context, simple bool) *runtime {
 		log:     cn.c.log, sender: newCopySender(cn.c),
 		ctx: rctx, cancel: cancel, kick: make(chan struct{}, 1),
 		counts: map[string]int32{}, lanes: map[queueRef]*lane{}, wake: make(chan struct{}),
+		finished: make(chan struct{}),
 	}
 }
 
@@ -133,6 +138,9 @@ func (rt *runtime) retryCall(what string, fn func() error) error {
 // start finds the topics, takes the consumer's first share of the queues and
 // starts the background loops.
 func (rt *runtime) start() error {
+	if !rt.c.register(rt) {
+		return errClientClosed
+	}
 	o := rt.opts
 	rt.topics = []string{o.Topic}
 	if o.Queues == nil {
@@ -199,6 +207,8 @@ func (rt *runtime) stop() error {
 			}
 		}
 		rt.sender.close()
+		rt.c.unregister(rt)
+		close(rt.finished)
 	})
 	return rt.stopErr
 }
@@ -386,6 +396,8 @@ func (rt *runtime) settle(d *Delivery, o outcome) {
 		rt.cn.stats.retried.Add(1)
 	case outcomeDead:
 		rt.cn.stats.dead.Add(1)
+	case outcomeReleased:
+		rt.cn.stats.released.Add(1)
 	}
 	if rt.opts.CommitInterval < 0 {
 		select {
@@ -656,6 +668,11 @@ func (rt *runtime) process(d *Delivery, h DeliveryHandler) {
 					"group", rt.group, "id", d.ID, "error", err)
 			}
 			return
+		}
+		if d.takeReleased() {
+			rt.cn.stats.released.Add(1)
+			span.End()
+			continue // delivered again now, the same attempt
 		}
 		rt.cn.stats.retried.Add(1)
 		span.AddEvent(telemetry.EventRetry, trace.WithAttributes(telemetry.AttrAttempt.Int(d.Attempt), telemetry.AttrReason.String(fmt.Sprint(cause))))

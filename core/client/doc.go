@@ -25,6 +25,24 @@
 // the handler returned nil for it and for every earlier message of its queue,
 // so a restarted consumer sees again what was not committed, never less.
 //
+// # Message ids
+//
+// Message.ID sets a message's id (an order number, a UUID): sending it again
+// with the same ID is de-duplicated like the client's own retries, so an
+// application may retry a send whose outcome it does not know (see
+// ExampleMessage_ID).
+//
+// # Consumer groups and lifecycle
+//
+// One group may be used on several topics: each topic's queues are split
+// among the group's members that consume it (the broker tells them apart).
+// Launch starts push consumption synchronously and returns start errors
+// (an unknown topic, a refused membership); Client.Close cancels the
+// client's consumers and waits for their final commits before it closes the
+// connections (see ExampleConsumer_Launch). A handler settles a delivery by
+// returning, or with Ack, Nack(delay) (Nack(0): again now, counted as an
+// attempt) or Release (again now, not counted).
+//
 // # Errors
 //
 // Errors from this package match the sentinels of core/sdk: a broker that

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -132,6 +134,18 @@ var ErrNotDurable = errors.New("not as durable as required")
 
 // Message is what an application sends.
 type Message struct {
+	// ID, when set, is the message's id instead of one the producer makes
+	// up ("<producer id>-<seq>"): an order number, a UUID. Sending a
+	// message again with the same ID, to the same queue, within the
+	// broker's de-duplication window (sdk.DedupWindow recent ids per
+	// queue), stores it once and answers with its first offset, as the
+	// client's own retries are: so an application may retry a send whose
+	// outcome it does not know. RoundRobin and KeyHash send a message with
+	// an ID and no Key to the queue its ID hashes to, so that a retry
+	// finds it; a custom Selector must pick the same queue for the same
+	// ID for its retries to be de-duplicated. At most MaxIDBytes of
+	// printable UTF-8.
+	ID    string
 	Topic string
 	// Key routes the message (see KeyHash) and travels with it.
 	Key     string
@@ -139,9 +153,13 @@ type Message struct {
 	Body    []byte
 }
 
+// MaxIDBytes bounds Message.ID.
+const MaxIDBytes = 256
+
 // Result is the broker's answer for one message.
 type Result struct {
-	// ID is the message id the producer gave it ("<producer id>-<seq>").
+	// ID is the message's id: Message.ID, or the one the producer gave it
+	// ("<producer id>-<seq>").
 	ID    string
 	Topic string
 	// Queue is the message's queue on Broker; -1 when none was chosen.
@@ -276,7 +294,7 @@ func (p *Producer) SendBatchSync(ctx context.Context, msgs []Message) (results [
 	var topics []string
 	byTopic := map[string][]int{}
 	for i, m := range msgs {
-		results[i] = Result{ID: p.nextID(), Topic: m.Topic, Queue: -1, Offset: -1}
+		results[i] = Result{ID: p.idOf(&m), Topic: m.Topic, Queue: -1, Offset: -1}
 		if _, ok := byTopic[m.Topic]; !ok {
 			topics = append(topics, m.Topic)
 		}
@@ -298,10 +316,21 @@ func (p *Producer) nextID() string {
 	return p.id + "-" + strconv.FormatUint(p.seq.Add(1), 10)
 }
 
+// idOf is m's id: the caller's, or a new one.
+func (p *Producer) idOf(m *Message) string {
+	if m.ID != "" {
+		return m.ID
+	}
+	return p.nextID()
+}
+
 // check refuses a message the broker would refuse, before anything is sent.
 func (p *Producer) check(m *Message) error {
 	if m.Topic == "" {
 		return fmt.Errorf("ferry producer: %w: empty topic name", sdk.ErrInvalidArgument)
+	}
+	if err := checkID(m.ID); err != nil {
+		return err
 	}
 	hdr := 0
 	for k, v := range m.Headers {
@@ -325,6 +354,7 @@ type unit struct {
 	route  *topicRoute
 	broker *brokerConn
 	msgs   []*ferryv1.Message // queues set for broker
+	idx    []int              // msgs[j] is the caller's message idx[j] (sendTopic)
 	resp   *ferryv1.ProduceResponse
 }
 
@@ -356,6 +386,7 @@ func (p *Producer) sendTopic(ctx context.Context, topic string, msgs []Message, 
 			units = append(units, u)
 		}
 		u.msgs = append(u.msgs, &ferryv1.Message{Id: results[i].ID, Topic: topic, Queue: q.queue, Key: m.Key, Headers: m.Headers, Body: m.Body, BornUnixNano: born})
+		u.idx = append(u.idx, i)
 	}
 	errs := make([]error, len(units))
 	if len(units) == 1 {
@@ -367,13 +398,9 @@ func (p *Producer) sendTopic(ctx context.Context, topic string, msgs []Message, 
 		}
 		wg.Wait()
 	}
-	pos := map[string]int{} // message id → index in results
-	for _, i := range idx {
-		pos[results[i].ID] = i
-	}
 	for k, u := range units {
 		for j, m := range u.msgs {
-			r := &results[pos[m.Id]]
+			r := &results[u.idx[j]]
 			r.Broker = u.broker.addr
 			if errs[k] != nil || u.resp == nil {
 				continue
@@ -594,4 +621,21 @@ func (p *Producer) attempt(ctx context.Context, u *unit) (*ferryv1.ProduceRespon
 		return nil, fmt.Errorf("ferry producer: broker %s answered %d offsets for %d messages of %s", u.broker.addr, len(resp.Offsets), len(u.msgs), u.topic)
 	}
 	return resp, nil
+}
+
+// checkID refuses a caller's message id that is too long or not printable
+// UTF-8 ("" is no id: the producer makes one up).
+func checkID(id string) error {
+	if len(id) > MaxIDBytes {
+		return fmt.Errorf("ferry producer: %w: message id is %d bytes, over the limit of %d", sdk.ErrInvalidArgument, len(id), MaxIDBytes)
+	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("ferry producer: %w: message id %q is not valid UTF-8", sdk.ErrInvalidArgument, id)
+	}
+	for _, r := range id {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("ferry producer: %w: message id %q holds the unprintable character %U", sdk.ErrInvalidArgument, id, r)
+		}
+	}
+	return nil
 }

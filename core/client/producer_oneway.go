@@ -32,7 +32,7 @@ func (p *Producer) SendOneway(ctx context.Context, m Message) (res Result, err e
 		m, span = startSend(ctx, m)
 		defer func() { endSend(span, res, err) }()
 	}
-	r := Result{ID: p.nextID(), Topic: m.Topic, Queue: -1, Offset: -1}
+	r := Result{ID: p.idOf(&m), Topic: m.Topic, Queue: -1, Offset: -1}
 	if err := p.check(&m); err != nil {
 		return r, err
 	}

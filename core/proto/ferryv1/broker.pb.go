@@ -728,7 +728,11 @@ func (x *HeartbeatRequest) GetSessionTimeoutNanos() int64 {
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The group's live members, sorted.
-	Members       []string `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	Members []string `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// Per topic of the request, the group's live members that consume it,
+	// sorted: a group used on several topics splits each topic's queues among
+	// that topic's members only. Empty from brokers that predate it.
+	TopicMembers  []*TopicMembers `protobuf:"bytes,2,rep,name=topic_members,json=topicMembers,proto3" json:"topic_members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -764,6 +768,66 @@ func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
 }
 
 func (x *HeartbeatResponse) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetTopicMembers() []*TopicMembers {
+	if x != nil {
+		return x.TopicMembers
+	}
+	return nil
+}
+
+// TopicMembers are the live members of a group that consume one topic.
+type TopicMembers struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Members       []string               `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopicMembers) Reset() {
+	*x = TopicMembers{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicMembers) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicMembers) ProtoMessage() {}
+
+func (x *TopicMembers) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicMembers.ProtoReflect.Descriptor instead.
+func (*TopicMembers) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TopicMembers) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *TopicMembers) GetMembers() []string {
 	if x != nil {
 		return x.Members
 	}
@@ -822,9 +886,13 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12\x16\n" +
 	"\x06topics\x18\x03 \x03(\tR\x06topics\x12\x14\n" +
 	"\x05leave\x18\x04 \x01(\bR\x05leave\x122\n" +
-	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\"-\n" +
+	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\"j\n" +
 	"\x11HeartbeatResponse\x12\x18\n" +
-	"\amembers\x18\x01 \x03(\tR\amembers2\xaa\x03\n" +
+	"\amembers\x18\x01 \x03(\tR\amembers\x12;\n" +
+	"\rtopic_members\x18\x02 \x03(\v2\x16.ferry.v1.TopicMembersR\ftopicMembers\">\n" +
+	"\fTopicMembers\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers2\xaa\x03\n" +
 	"\x06Broker\x12B\n" +
 	"\aProduce\x12\x18.ferry.v1.ProduceRequest\x1a\x19.ferry.v1.ProduceResponse(\x010\x01\x128\n" +
 	"\x05Fetch\x12\x16.ferry.v1.FetchRequest\x1a\x17.ferry.v1.FetchResponse\x12P\n" +
@@ -846,7 +914,7 @@ func file_ferry_v1_broker_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_broker_proto_rawDescData
 }
 
-var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ferry_v1_broker_proto_goTypes = []any{
 	(*ProduceRequest)(nil),        // 0: ferry.v1.ProduceRequest
 	(*ProduceResponse)(nil),       // 1: ferry.v1.ProduceResponse
@@ -860,43 +928,45 @@ var file_ferry_v1_broker_proto_goTypes = []any{
 	(*BrokerInfo)(nil),            // 9: ferry.v1.BrokerInfo
 	(*HeartbeatRequest)(nil),      // 10: ferry.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),     // 11: ferry.v1.HeartbeatResponse
-	(*Message)(nil),               // 12: ferry.v1.Message
-	(Status)(0),                   // 13: ferry.v1.Status
-	(*Error)(nil),                 // 14: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 15: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 16: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 17: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 18: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 19: ferry.v1.GetOffsetsResponse
+	(*TopicMembers)(nil),          // 12: ferry.v1.TopicMembers
+	(*Message)(nil),               // 13: ferry.v1.Message
+	(Status)(0),                   // 14: ferry.v1.Status
+	(*Error)(nil),                 // 15: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 16: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 17: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 18: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 19: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 20: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
-	12, // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	13, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	14, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	13, // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	14, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	15, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
 	3,  // 3: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	12, // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	15, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	13, // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	16, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
 	5,  // 6: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
-	14, // 7: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
+	15, // 7: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
 	8,  // 8: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
 	9,  // 9: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
-	0,  // 10: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
-	2,  // 11: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	16, // 12: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	17, // 13: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	6,  // 14: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	10, // 15: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	1,  // 16: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	4,  // 17: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	18, // 18: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	19, // 19: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	7,  // 20: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	11, // 21: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	16, // [16:22] is the sub-list for method output_type
-	10, // [10:16] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 10: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
+	0,  // 11: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
+	2,  // 12: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
+	17, // 13: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	18, // 14: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	6,  // 15: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
+	10, // 16: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	1,  // 17: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	4,  // 18: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	19, // 19: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	20, // 20: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	7,  // 21: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	11, // 22: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_broker_proto_init() }
@@ -912,7 +982,7 @@ func file_ferry_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_broker_proto_rawDesc), len(file_ferry_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

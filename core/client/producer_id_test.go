@@ -1,0 +1,93 @@
+package client_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/ferrytest"
+)
+
+// An application retries a send whose answer was lost (the fault proxy cuts
+// the connection after the broker stored it; the client does not retry):
+// with the same caller-chosen Message.ID the retry is stored once and
+// answered with the first offset. The control, the same retry without an ID,
+// is stored twice: the check can fail.
+func TestAppRetryWithCallerIDStoresOnce(t *testing.T) {
+	e, _ := startProdNode(t, t.TempDir(), ferrytest.FreeAddr(t), "sync")
+	proxy := startFaultProxy(t, e.Address())
+	c := dialProdNode(t, proxy.addr)
+	ctx := testCtx(t)
+	p := c.NewProducer(client.ProducerOptions{Retries: client.NoRetries})
+	if _, err := p.SendSync(ctx, client.Message{Topic: "t", Body: []byte("before")}); err != nil {
+		t.Fatal(err)
+	}
+	// sendLostThenRetry sends m with its first answer lost, then again as
+	// an application would, and returns the retry's result.
+	sendLostThenRetry := func(m client.Message) client.Result {
+		t.Helper()
+		cuts := proxy.cuts.Load()
+		proxy.armed.Store(true)
+		if _, err := p.SendSync(ctx, m); err == nil {
+			t.Fatalf("SendSync of %q whose answer was lost succeeded; the fault was not injected", m.Body)
+		}
+		if proxy.cuts.Load() != cuts+1 {
+			t.Fatalf("the proxy cut %d answers, want %d", proxy.cuts.Load(), cuts+1)
+		}
+		var r client.Result
+		var err error
+		for range 100 { // the client reconnects by itself: the retry may see the broken connection first
+			if r, err = p.SendSync(ctx, m); err == nil || !errors.Is(err, sdk.ErrUnavailable) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("the application's retry of %q: %v", m.Body, err)
+		}
+		return r
+	}
+	r := sendLostThenRetry(client.Message{ID: "order-4711", Topic: "t", Body: []byte("with id")})
+	if r.ID != "order-4711" {
+		t.Fatalf("result id %q, want the caller's", r.ID)
+	}
+	count := func(id string) (n int, at [2]int64) {
+		for k, v := range storedIDs(t, e.Address()) {
+			if v == id {
+				n, at = n+1, k
+			}
+		}
+		return n, at
+	}
+	if n, at := count("order-4711"); n != 1 || at != [2]int64{int64(r.Queue), r.Offset} {
+		t.Fatalf("order-4711 is stored %d times (last at %v); want once, at the retry's answer queue %d offset %d", n, at, r.Queue, r.Offset)
+	}
+
+	// Control: without an ID the application's retry is a new message.
+	r2 := sendLostThenRetry(client.Message{Topic: "t", Body: []byte("without id")})
+	bodies := 0
+	for _, id := range storedIDs(t, e.Address()) {
+		if id != "order-4711" {
+			bodies++
+		}
+	}
+	if want := 3; bodies != want { // "before", and "without id" twice
+		t.Fatalf("without an id the node holds %d other messages, want %d (the control must store the retry twice); last result %+v", bodies, want, r2)
+	}
+}
+
+// A caller's id that is too long or unprintable is refused before anything
+// is sent, naming what is wrong.
+func TestCallerIDChecked(t *testing.T) {
+	e, _ := startProdNode(t, t.TempDir(), ferrytest.FreeAddr(t), "sync")
+	p := dialProdNode(t, e.Address()).NewProducer(client.ProducerOptions{})
+	for _, id := range []string{strings.Repeat("x", client.MaxIDBytes+1), "a\nb", "\xff"} {
+		_, err := p.SendSync(testCtx(t), client.Message{ID: id, Topic: "t", Body: []byte("x")})
+		if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "message id") {
+			t.Errorf("id %q: err = %v, want an invalid-argument error naming the message id", id, err)
+		}
+	}
+}
