@@ -13,6 +13,7 @@
 package sdktest
 
 import (
+	"bytes"
 	"syscall"
 
 	"github.com/ferrymq/ferry/core/ring"
@@ -58,6 +59,17 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// dropClosedListener drops the log line of a plugin server whose listener was
+// closed by the host's stop, and passes every other line on.
+type dropClosedListener struct{ w io.Writer }
+
+func (d dropClosedListener) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("grpc server")) && bytes.Contains(p, []byte("use of closed network connection")) {
+		return len(p), nil
+	}
+	return d.w.Write(p)
+}
+
 // ServeStorage serves impl over go-plugin's gRPC transport inside the test
 // process (go-plugin's test mode) and returns the host's client for it, as the
 // broker would get it from a plugin process. stop ends the connection and the
@@ -78,7 +90,11 @@ func ServeStorageRing(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient
 func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.StorageClient, stop func()) {
 	t.Helper()
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: TestWriter(t), Level: hclog.Warn})
-	opts := sdk.ServeOpts{Storage: impl, Logger: logger}
+	// go-plugin's server logs the normal end of its listener in test mode
+	// (stop closes it) as an ERROR "grpc server: ... use of closed network
+	// connection"; the served side's logger drops that one line.
+	serveLogger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: dropClosedListener{TestWriter(t)}, Level: hclog.Warn})
+	opts := sdk.ServeOpts{Storage: impl, Logger: serveLogger}
 	var seg *ring.Segment
 	if withRing {
 		var err error
