@@ -12,8 +12,8 @@ import (
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/spf13/cobra"
 
-	"github.com/ferrymq/ferry/core/plugintest"
 	"github.com/ferrymq/ferry/core/pluginhost"
+	"github.com/ferrymq/ferry/core/plugintest"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/sdk/sdktest"
 )
