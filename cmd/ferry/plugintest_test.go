@@ -72,3 +72,18 @@ func TestPluginTestBadArgs(t *testing.T) {
 		}
 	}
 }
+
+// The out-of-tree Go example (its own module, depending on Ferry by a replace
+// directive) builds and passes the storage suite.
+func TestPluginTestGoExample(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ferry-storage-example")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join("..", "..", "examples", "plugins", "go-storage")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build examples/plugins/go-storage: %v\n%s", err, out)
+	}
+	out, code := runPluginTest(t, "storage", bin)
+	if code != 0 || !strings.Contains(out, "PASS  ConcurrentAppenders") {
+		t.Fatalf("ferry plugin test storage of the Go example: exit %d\n%s", code, out)
+	}
+}
