@@ -6,10 +6,12 @@
 //			sdktest.StorageFeatures{Durable: true})
 //	}
 //
-// Every case runs twice: on the implementation called directly, and through
-// the real plugin boundary (go-plugin's gRPC transport, served in-process in
-// go-plugin's test mode), so that what the broker sees across the process
-// boundary is what is checked.
+// Every case runs on the implementation called directly and through the real
+// plugin boundary (go-plugin's gRPC transport, served in-process in go-plugin's
+// test mode, on gRPC and on the shared-memory rings), so that what the broker
+// sees across the process boundary is what is checked. The cases themselves
+// (StorageCases) are funcs of a harness returning an error; `ferry plugin
+// test` runs the same ones against a plugin executable (core/plugintest).
 package sdktest
 
 import (
