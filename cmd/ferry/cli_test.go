@@ -117,13 +117,13 @@ func TestVersion(t *testing.T) {
 
 // An unknown subcommand or a stray argument is an error everywhere: a
 // non-zero exit and one line on stderr that names it (cobra alone printed
-// the group's help and exited 0 for `ferry plugin test storage memory`).
+// the group's help and exited 0 for `ferry plugin tset storage memory`).
 func TestUnknownCommandsAndStrayArgs(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		text string
 	}{
-		{[]string{"plugin", "test", "storage", "memory"}, `unknown command "test" for "ferry plugin"`},
+		{[]string{"plugin", "tset", "storage", "memory"}, `unknown command "tset" for "ferry plugin" (did you mean test?)`},
 		{[]string{"dlq", "lsit"}, `unknown command "lsit" for "ferry dlq" (did you mean list?)`},
 		{[]string{"cluster", "stats"}, `unknown command "stats" for "ferry cluster" (did you mean status?)`},
 		{[]string{"vaildate", "x.yaml"}, `unknown command "vaildate" for "ferry" (did you mean validate?)`},

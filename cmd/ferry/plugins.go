@@ -51,6 +51,7 @@ func newPluginCmd() *cobra.Command {
 			return nil
 		},
 	})
+	pluginCmd.AddCommand(newPluginTestCmd())
 	return pluginCmd
 }
 

@@ -6,13 +6,16 @@
 //			sdktest.StorageFeatures{Durable: true})
 //	}
 //
-// Every case runs twice: on the implementation called directly, and through
-// the real plugin boundary (go-plugin's gRPC transport, served in-process in
-// go-plugin's test mode), so that what the broker sees across the process
-// boundary is what is checked.
+// Every case runs on the implementation called directly and through the real
+// plugin boundary (go-plugin's gRPC transport, served in-process in go-plugin's
+// test mode, on gRPC and on the shared-memory rings), so that what the broker
+// sees across the process boundary is what is checked. The cases themselves
+// (StorageCases) are funcs of a harness returning an error; `ferry plugin
+// test` runs the same ones against a plugin executable (core/plugintest).
 package sdktest
 
 import (
+	"bytes"
 	"syscall"
 
 	"github.com/ferrymq/ferry/core/ring"
@@ -58,6 +61,17 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// dropClosedListener drops the log line of a plugin server whose listener was
+// closed by the host's stop, and passes every other line on.
+type dropClosedListener struct{ w io.Writer }
+
+func (d dropClosedListener) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("grpc server")) && bytes.Contains(p, []byte("use of closed network connection")) {
+		return len(p), nil
+	}
+	return d.w.Write(p)
+}
+
 // ServeStorage serves impl over go-plugin's gRPC transport inside the test
 // process (go-plugin's test mode) and returns the host's client for it, as the
 // broker would get it from a plugin process. stop ends the connection and the
@@ -78,7 +92,11 @@ func ServeStorageRing(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient
 func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.StorageClient, stop func()) {
 	t.Helper()
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: TestWriter(t), Level: hclog.Warn})
-	opts := sdk.ServeOpts{Storage: impl, Logger: logger}
+	// go-plugin's server logs the normal end of its listener in test mode
+	// (stop closes it) as an ERROR "grpc server: ... use of closed network
+	// connection"; the served side's logger drops that one line.
+	serveLogger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: dropClosedListener{TestWriter(t)}, Level: hclog.Warn})
+	opts := sdk.ServeOpts{Storage: impl, Logger: serveLogger}
 	var seg *ring.Segment
 	if withRing {
 		var err error

@@ -20,8 +20,8 @@ import (
 type StorageFeatures struct {
 	// Config is the config section (JSON) every store the suite opens is
 	// configured with; nil means the implementation's defaults. Stores are
-	// configured with an Environment whose DataDir is the dir given to
-	// newStore (a fresh directory per case, the same one on reopen).
+	// configured with an Environment whose DataDir is the case's directory
+	// (a fresh directory per case, the same one on reopen).
 	Config []byte
 	// Durable: what was acknowledged (AppendWait returned no error),
 	// committed group offsets and the de-dup window survive Close and a new
@@ -42,6 +42,85 @@ type StorageFeatures struct {
 	RetentionConfig []byte
 }
 
+// Store is a store as a case talks to it, with what shuts it down.
+type Store struct {
+	sdk.Storage
+	shutdown func() error
+	once     sync.Once
+	closed   error
+}
+
+// NewStore returns the Store of s; shutdown ends it (closes the store, or
+// stops its plugin process). A harness makes Stores.
+func NewStore(s sdk.Storage, shutdown func() error) *Store {
+	return &Store{Storage: s, shutdown: shutdown}
+}
+
+// Shutdown ends the store once; later calls return the first result.
+func (s *Store) Shutdown() error {
+	s.once.Do(func() { s.closed = s.shutdown() })
+	return s.closed
+}
+
+// StorageHarness starts the stores of one storage case, all on the case's
+// directory. A harness shuts down every store it started when the case ends.
+type StorageHarness interface {
+	// Features are the implementation's features.
+	Features() StorageFeatures
+	// Dir is the case's data directory (the Environment's DataDir).
+	Dir() string
+	// Open starts a store configured with config (nil: no section).
+	Open(config []byte) (*Store, error)
+	// Raw starts a store that is not configured (a Skip when the harness
+	// cannot: the plugin host configures every plugin it starts).
+	Raw() (*Store, error)
+	// Validate asks an unconfigured store to check config.
+	Validate(config []byte) (sdk.Problems, error)
+	// Fresh returns a harness like this one on a new, empty directory.
+	Fresh() (StorageHarness, error)
+}
+
+// StorageCase is one storage conformance case.
+type StorageCase struct {
+	Name string
+	// Needs says why the case does not apply to features ("" when it does).
+	Needs func(StorageFeatures) string
+	Run   func(h StorageHarness) error
+}
+
+// StorageCases returns the storage conformance cases, in the order they run.
+func StorageCases() []StorageCase {
+	return []StorageCase{
+		{"AppendAndRead", nil, testAppendAndRead},
+		{"OffsetsPerQueueAreDenseFromZero", nil, testOffsetsPerQueue},
+		{"ReadRanges", nil, testReadRanges},
+		{"GroupOffsets", nil, testGroupOffsets},
+		{"UnknownQueue", nil, testUnknownQueue},
+		{"Dedup", nil, testDedup},
+		{"DedupWindow", nil, testDedupWindow},
+		{"ConcurrentAppenders", nil, testConcurrentAppenders},
+		{"EarlyOffsets", nil, testEarlyOffsets},
+		{"InvalidArguments", nil, testInvalidArguments},
+		{"BadConfig", nil, testBadConfig},
+		{"NotConfigured", nil, testNotConfigured},
+		{"Durability", needDurable, testDurability},
+		{"DedupAcrossReopen", needDurable, testDedupAcrossReopen},
+		{"TornTail", needDataFiles, testTornTail},
+		{"BitFlipInLastRecord", needDataFiles, testBitFlip},
+		{"Retention", needRetention, testRetention},
+	}
+}
+
+// RunStorageCase runs c on h: the Skip of Needs, or what c.Run returns.
+func RunStorageCase(c StorageCase, h StorageHarness) error {
+	if c.Needs != nil {
+		if why := c.Needs(h.Features()); why != "" {
+			return Skip("%s", why)
+		}
+	}
+	return c.Run(h)
+}
+
 // TestStorage runs the storage conformance cases against the stores newStore
 // returns (unconfigured; the suite configures them). Every case runs on the
 // store itself ("direct") and through the plugin boundary, on gRPC ("grpc")
@@ -49,42 +128,20 @@ type StorageFeatures struct {
 func TestStorage(t *testing.T, newStore func(t *testing.T, dir string) sdk.Storage, f StorageFeatures) {
 	for _, mode := range []string{"direct", "grpc", "ring"} {
 		t.Run(mode, func(t *testing.T) {
-			for _, c := range storageCases {
-				t.Run(c.name, func(t *testing.T) {
-					if c.needs != nil {
-						if why := c.needs(f); why != "" {
-							t.Skip(why)
-						}
+			for _, c := range StorageCases() {
+				t.Run(c.Name, func(t *testing.T) {
+					h := &goStorageHarness{t: t, newStore: newStore, f: f, mode: mode, dir: t.TempDir()}
+					err := RunStorageCase(c, h)
+					if why, ok := Skipped(err); ok {
+						t.Skip(why)
 					}
-					c.run(t, &storageEnv{newStore: newStore, f: f, mode: mode, dir: t.TempDir()})
+					if err != nil {
+						t.Fatal(err)
+					}
 				})
 			}
 		})
 	}
-}
-
-var storageCases = []struct {
-	name  string
-	needs func(StorageFeatures) string
-	run   func(t *testing.T, e *storageEnv)
-}{
-	{"AppendAndRead", nil, testAppendAndRead},
-	{"OffsetsPerQueueAreDenseFromZero", nil, testOffsetsPerQueue},
-	{"ReadRanges", nil, testReadRanges},
-	{"GroupOffsets", nil, testGroupOffsets},
-	{"UnknownQueue", nil, testUnknownQueue},
-	{"Dedup", nil, testDedup},
-	{"DedupWindow", nil, testDedupWindow},
-	{"ConcurrentAppenders", nil, testConcurrentAppenders},
-	{"EarlyOffsets", nil, testEarlyOffsets},
-	{"InvalidArguments", nil, testInvalidArguments},
-	{"BadConfig", nil, testBadConfig},
-	{"NotConfigured", nil, testNotConfigured},
-	{"Durability", needDurable, testDurability},
-	{"DedupAcrossReopen", needDurable, testDedupAcrossReopen},
-	{"TornTail", needDataFiles, testTornTail},
-	{"BitFlipInLastRecord", needDataFiles, testBitFlip},
-	{"Retention", needRetention, testRetention},
 }
 
 func needDurable(f StorageFeatures) string {
@@ -108,87 +165,95 @@ func needRetention(f StorageFeatures) string {
 	return ""
 }
 
-// storageEnv opens stores for one case, directly or over gRPC.
-type storageEnv struct {
+// goStorageHarness runs a case in a Go test on stores newStore makes, called
+// directly or served over the plugin boundary in-process.
+type goStorageHarness struct {
+	t        *testing.T
 	newStore func(t *testing.T, dir string) sdk.Storage
 	f        StorageFeatures
 	mode     string // direct, grpc, ring
 	dir      string
 }
 
-// openedStore is a store as the case talks to it (Storage), with what is
-// needed to shut it down.
-type openedStore struct {
-	sdk.Storage
-	impl   sdk.Storage
-	stop   func()
-	once   sync.Once
-	closed error
+func (h *goStorageHarness) Features() StorageFeatures { return h.f }
+func (h *goStorageHarness) Dir() string               { return h.dir }
+
+func (h *goStorageHarness) Fresh() (StorageHarness, error) {
+	return &goStorageHarness{t: h.t, newStore: h.newStore, f: h.f, mode: h.mode, dir: h.t.TempDir()}, nil
 }
 
-// shutdown ends the connection (over gRPC) and closes the store.
-func (o *openedStore) shutdown() error {
-	o.once.Do(func() {
-		if o.stop != nil {
-			o.stop()
-		}
-		o.closed = o.impl.Close()
-	})
-	return o.closed
-}
-
-// raw returns a store that is not configured yet.
-func (e *storageEnv) raw(t *testing.T) *openedStore {
-	t.Helper()
-	impl := e.newStore(t, e.dir)
-	o := &openedStore{Storage: impl, impl: impl}
-	switch e.mode {
+func (h *goStorageHarness) Raw() (*Store, error) {
+	impl := h.newStore(h.t, h.dir)
+	s := impl
+	var stop func()
+	switch h.mode {
 	case "grpc":
-		o.Storage, o.stop = ServeStorage(t, impl)
+		s, stop = ServeStorage(h.t, impl)
 	case "ring":
-		o.Storage, o.stop = ServeStorageRing(t, impl)
+		s, stop = ServeStorageRing(h.t, impl)
 	}
-	t.Cleanup(func() { _ = o.shutdown() })
-	return o
+	st := NewStore(s, func() error {
+		if stop != nil {
+			stop()
+		}
+		return impl.Close()
+	})
+	h.t.Cleanup(func() { _ = st.Shutdown() })
+	return st, nil
 }
 
-// open returns a configured store with the features' config.
-func (e *storageEnv) open(t *testing.T) *openedStore {
-	t.Helper()
-	return e.openWith(t, e.f.Config)
-}
-
-func (e *storageEnv) openWith(t *testing.T, config []byte) *openedStore {
-	t.Helper()
-	o := e.raw(t)
-	if err := o.Configure(ctxT(t), config, e.environment()); err != nil {
-		t.Fatalf("Configure: %v", err)
+func (h *goStorageHarness) Open(config []byte) (*Store, error) {
+	s, err := h.Raw()
+	if err != nil {
+		return nil, err
 	}
-	if c, ok := o.Storage.(*sdk.StorageClient); ok && e.mode == "ring" && c.DataPlane() != sdk.DataPlaneRing {
-		t.Fatalf("the plugin did not take the ring data plane (got %s)", c.DataPlane())
+	if err := s.Configure(callCtx(h.t), config, h.environment()); err != nil {
+		return nil, fmt.Errorf("Configure: %w", err)
 	}
-	return o
-}
-
-// reopen closes o and opens a new store on the same directory.
-func (e *storageEnv) reopen(t *testing.T, o *openedStore) *openedStore {
-	t.Helper()
-	if err := o.shutdown(); err != nil {
-		t.Fatalf("Close: %v", err)
+	if c, ok := s.Storage.(*sdk.StorageClient); ok && h.mode == "ring" && c.DataPlane() != sdk.DataPlaneRing {
+		return nil, fmt.Errorf("the plugin did not take the ring data plane (got %s)", c.DataPlane())
 	}
-	return e.open(t)
+	return s, nil
 }
 
-func (e *storageEnv) environment() *sdk.Environment {
-	return &sdk.Environment{Pipeline: "sdktest", Node: "sdktest", DataDir: e.dir}
+func (h *goStorageHarness) Validate(config []byte) (sdk.Problems, error) {
+	s, err := h.Raw()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Shutdown()
+	return s.Validate(config), nil
 }
 
-// ctxT is the deadline for one call: generous, so that a slow CI machine does
-// not fail a case, short enough that a hang fails it.
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+func (h *goStorageHarness) environment() *sdk.Environment {
+	return &sdk.Environment{Pipeline: "sdktest", Node: "sdktest", DataDir: h.dir}
+}
+
+// callCtx is the deadline for one call of a Go test: generous, so that a
+// slow CI machine does not fail a case, short enough that a hang fails it.
+func callCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// CallTimeout bounds each call a case makes.
+const CallTimeout = 20 * time.Second
+
+// ctxT is the deadline for one call of a case.
+func ctxT() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), CallTimeout)
+}
+
+// open opens a store with the features' config.
+func open(h StorageHarness) (*Store, error) { return h.Open(h.Features().Config) }
+
+// reopen shuts s down and opens a new store on the same directory.
+func reopen(h StorageHarness, s *Store) (*Store, error) {
+	if err := s.Shutdown(); err != nil {
+		return nil, fmt.Errorf("Close: %w", err)
+	}
+	return open(h)
 }
 
 // msg makes a message whose every field is derived from its id, so that a read
@@ -239,54 +304,61 @@ func appendMsgs(ctx context.Context, s sdk.Storage, msgs ...*sdk.Message) ([]int
 	return wait(ctx)
 }
 
-func mustAppend(t *testing.T, s sdk.Storage, msgs ...*sdk.Message) []int64 {
-	t.Helper()
-	offs, err := appendMsgs(ctxT(t), s, msgs...)
+// appendAll appends msgs as one batch and checks that every message got an
+// offset.
+func appendAll(s sdk.Storage, msgs ...*sdk.Message) ([]int64, error) {
+	ctx, cancel := ctxT()
+	defer cancel()
+	offs, err := appendMsgs(ctx, s, msgs...)
 	if err != nil {
-		t.Fatalf("Append: %v", err)
+		return nil, fmt.Errorf("Append: %w", err)
 	}
 	if len(offs) != len(msgs) {
-		t.Fatalf("Append returned %d offsets for %d messages", len(offs), len(msgs))
+		return nil, fmt.Errorf("Append returned %d offsets for %d messages", len(offs), len(msgs))
 	}
-	return offs
+	return offs, nil
 }
 
-func mustRead(t *testing.T, s sdk.Storage, topic string, queue int32, offset int64, maxMsgs int32, maxBytes int64) *sdk.ReadResponse {
-	t.Helper()
-	resp, err := s.Read(ctxT(t), &sdk.ReadRequest{Topic: topic, Queue: queue, Offset: offset, MaxMessages: maxMsgs, MaxBytes: maxBytes})
+func read(s sdk.Storage, topic string, queue int32, offset int64, maxMsgs int32, maxBytes int64) (*sdk.ReadResponse, error) {
+	ctx, cancel := ctxT()
+	defer cancel()
+	resp, err := s.Read(ctx, &sdk.ReadRequest{Topic: topic, Queue: queue, Offset: offset, MaxMessages: maxMsgs, MaxBytes: maxBytes})
 	if err != nil {
-		t.Fatalf("Read %s/%d@%d: %v", topic, queue, offset, err)
+		return nil, fmt.Errorf("Read %s/%d@%d: %w", topic, queue, offset, err)
 	}
-	return resp
+	return resp, nil
 }
 
 // readAll reads a queue from offset to its end.
-func readAll(t *testing.T, s sdk.Storage, topic string, queue int32, offset int64) []*sdk.Message {
-	t.Helper()
+func readAll(s sdk.Storage, topic string, queue int32, offset int64) ([]*sdk.Message, error) {
 	var out []*sdk.Message
 	for i := 0; ; i++ {
-		resp := mustRead(t, s, topic, queue, offset, 100, 1<<20)
+		resp, err := read(s, topic, queue, offset, 100, 1<<20)
+		if err != nil {
+			return nil, err
+		}
 		if len(resp.Messages) == 0 {
-			return out
+			return out, nil
 		}
 		if i > 100000 {
-			t.Fatal("readAll: no end")
+			return nil, fmt.Errorf("reading %s/%d: no end after %d reads", topic, queue, i)
 		}
 		out = append(out, resp.Messages...)
 		offset = resp.Messages[len(resp.Messages)-1].Offset + 1
 	}
 }
 
-func mustOffsets(t *testing.T, s sdk.Storage, group string, topic string, queue int32) *sdk.QueueOffsets {
-	t.Helper()
-	offs, err := s.GetOffsets(ctxT(t), group, []*sdk.QueueRef{{Topic: topic, Queue: queue}})
+func offsetsOf(s sdk.Storage, group string, topic string, queue int32) (*sdk.QueueOffsets, error) {
+	ctx, cancel := ctxT()
+	defer cancel()
+	offs, err := s.GetOffsets(ctx, group, []*sdk.QueueRef{{Topic: topic, Queue: queue}})
 	if err != nil {
-		t.Fatalf("GetOffsets: %v", err)
+		return nil, fmt.Errorf("GetOffsets: %w", err)
 	}
 	if len(offs) != 1 {
-		t.Fatalf("GetOffsets returned %d answers for 1 queue", len(offs))
+		return nil, fmt.Errorf("GetOffsets returned %d answers for 1 queue", len(offs))
 	}
-	return offs[0]
+	return offs[0], nil
 }
 
 // sameMessage reports how got differs from the message that was appended.
@@ -312,16 +384,29 @@ func sameMessage(got, want *sdk.Message, offset int64) error {
 	return nil
 }
 
-func checkMessages(t *testing.T, got []*sdk.Message, want []*sdk.Message, firstOffset int64) {
-	t.Helper()
+func checkMessages(got []*sdk.Message, want []*sdk.Message, firstOffset int64) error {
 	if len(got) != len(want) {
-		t.Fatalf("read %d messages, want %d", len(got), len(want))
+		return fmt.Errorf("read %d messages, want %d", len(got), len(want))
 	}
 	for i := range got {
 		if err := sameMessage(got[i], want[i], firstOffset+int64(i)); err != nil {
-			t.Fatalf("message %d: %v", i, err)
+			return fmt.Errorf("message %d: %w", i, err)
 		}
 	}
+	return nil
+}
+
+// checkQueue reads topic/queue from offset to its end and checks it holds
+// want.
+func checkQueue(s sdk.Storage, topic string, queue int32, offset int64, want []*sdk.Message) error {
+	got, err := readAll(s, topic, queue, offset)
+	if err != nil {
+		return err
+	}
+	if err := checkMessages(got, want, offset); err != nil {
+		return fmt.Errorf("queue %s/%d from %d: %w", topic, queue, offset, err)
+	}
+	return nil
 }
 
 func ids(prefix string, n int) []string {
@@ -342,33 +427,49 @@ func msgs(topic string, queue int32, idList []string) []*sdk.Message {
 
 // Appended messages come back from a read with every field, in order, with
 // dense offsets from 0, and the read reports the queue's offsets.
-func testAppendAndRead(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testAppendAndRead(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	want := msgs("orders", 0, ids("m", 10))
-	offs := mustAppend(t, s, want...)
+	offs, err := appendAll(s, want...)
+	if err != nil {
+		return err
+	}
 	for i, o := range offs {
 		if o != int64(i) {
-			t.Fatalf("offsets %v, want 0..9", offs)
+			return fmt.Errorf("offsets %v, want 0..9", offs)
 		}
 	}
-	resp := mustRead(t, s, "orders", 0, 0, 100, 1<<20)
-	checkMessages(t, resp.Messages, want, 0)
+	resp, err := read(s, "orders", 0, 0, 100, 1<<20)
+	if err != nil {
+		return err
+	}
+	if err := checkMessages(resp.Messages, want, 0); err != nil {
+		return err
+	}
 	if o := resp.Offsets; o == nil || o.Start != 0 || o.End != 10 {
-		t.Fatalf("read reports offsets %v, want start 0 end 10", o)
+		return fmt.Errorf("read reports offsets %v, want start 0 end 10", o)
 	}
 	// A second batch continues the queue.
 	more := msgs("orders", 0, ids("n", 3))
-	offs = mustAppend(t, s, more...)
-	if offs[0] != 10 || offs[2] != 12 {
-		t.Fatalf("second batch got offsets %v, want 10..12", offs)
+	if offs, err = appendAll(s, more...); err != nil {
+		return err
 	}
-	checkMessages(t, readAll(t, s, "orders", 0, 0), append(want, more...), 0)
+	if offs[0] != 10 || offs[2] != 12 {
+		return fmt.Errorf("second batch got offsets %v, want 10..12", offs)
+	}
+	return checkQueue(s, "orders", 0, 0, append(want, more...))
 }
 
 // Each queue has its own offsets, from 0, dense, also when one batch mixes
 // queues and topics.
-func testOffsetsPerQueue(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testOffsetsPerQueue(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	type q struct {
 		topic string
 		queue int32
@@ -378,177 +479,273 @@ func testOffsetsPerQueue(t *testing.T, e *storageEnv) {
 	for round := range 3 {
 		var batch []*sdk.Message
 		for i, l := range layout {
-			m := msg(l.topic, l.queue, fmt.Sprintf("r%d-%d", round, i))
-			batch = append(batch, m)
+			batch = append(batch, msg(l.topic, l.queue, fmt.Sprintf("r%d-%d", round, i)))
 		}
-		offs := mustAppend(t, s, batch...)
+		offs, err := appendAll(s, batch...)
+		if err != nil {
+			return err
+		}
 		for i, m := range batch {
 			k := q{m.Topic, m.Queue}
 			if offs[i] != int64(len(want[k])) {
-				t.Fatalf("round %d: message %d on %s/%d got offset %d, want %d", round, i, m.Topic, m.Queue, offs[i], len(want[k]))
+				return fmt.Errorf("round %d: message %d on %s/%d got offset %d, want %d", round, i, m.Topic, m.Queue, offs[i], len(want[k]))
 			}
 			want[k] = append(want[k], m)
 		}
 	}
 	for k, w := range want {
-		checkMessages(t, readAll(t, s, k.topic, k.queue, 0), w, 0)
-		if o := mustOffsets(t, s, "", k.topic, k.queue); o.Start != 0 || o.End != int64(len(w)) {
-			t.Fatalf("GetOffsets %s/%d = %d..%d, want 0..%d", k.topic, k.queue, o.Start, o.End, len(w))
+		if err := checkQueue(s, k.topic, k.queue, 0, w); err != nil {
+			return err
+		}
+		o, err := offsetsOf(s, "", k.topic, k.queue)
+		if err != nil {
+			return err
+		}
+		if o.Start != 0 || o.End != int64(len(w)) {
+			return fmt.Errorf("GetOffsets %s/%d = %d..%d, want 0..%d", k.topic, k.queue, o.Start, o.End, len(w))
 		}
 	}
+	return nil
 }
 
 // Reads from the middle, at and past the end, and bounded by max_messages
 // and max_bytes (which never starve: at least one message comes back).
-func testReadRanges(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testReadRanges(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	var want []*sdk.Message
 	for i := range 20 {
 		want = append(want, bigMsg("t", 0, fmt.Sprintf("m%02d", i), 1024))
 	}
-	mustAppend(t, s, want[:10]...)
-	mustAppend(t, s, want[10:]...)
-
-	resp := mustRead(t, s, "t", 0, 5, 3, 1<<20)
-	checkMessages(t, resp.Messages, want[5:8], 5)
-
-	resp = mustRead(t, s, "t", 0, 17, 100, 1<<20)
-	checkMessages(t, resp.Messages, want[17:], 17)
-
+	if _, err := appendAll(s, want[:10]...); err != nil {
+		return err
+	}
+	if _, err := appendAll(s, want[10:]...); err != nil {
+		return err
+	}
+	expect := func(what string, offset int64, maxMsgs int32, maxBytes int64, check func([]*sdk.Message) error) error {
+		resp, err := read(s, "t", 0, offset, maxMsgs, maxBytes)
+		if err != nil {
+			return err
+		}
+		if err := check(resp.Messages); err != nil {
+			return fmt.Errorf("%s (offset %d, max_messages %d, max_bytes %d): %w", what, offset, maxMsgs, maxBytes, err)
+		}
+		return nil
+	}
+	exact := func(from, to int) func([]*sdk.Message) error {
+		return func(got []*sdk.Message) error { return checkMessages(got, want[from:to], int64(from)) }
+	}
+	if err := expect("read from the middle", 5, 3, 1<<20, exact(5, 8)); err != nil {
+		return err
+	}
+	if err := expect("read to the end", 17, 100, 1<<20, exact(17, 20)); err != nil {
+		return err
+	}
 	for _, off := range []int64{20, 21, 1000} {
-		resp = mustRead(t, s, "t", 0, off, 100, 1<<20)
+		resp, err := read(s, "t", 0, off, 100, 1<<20)
+		if err != nil {
+			return err
+		}
 		if len(resp.Messages) != 0 {
-			t.Fatalf("read at %d (end is 20) returned %d messages", off, len(resp.Messages))
+			return fmt.Errorf("read at %d (end is 20) returned %d messages", off, len(resp.Messages))
 		}
 		if resp.Offsets == nil || resp.Offsets.End != 20 {
-			t.Fatalf("read at %d reports offsets %v, want end 20", off, resp.Offsets)
+			return fmt.Errorf("read at %d reports offsets %v, want end 20", off, resp.Offsets)
 		}
 	}
-
-	resp = mustRead(t, s, "t", 0, 3, 100, 1)
-	checkMessages(t, resp.Messages, want[3:4], 3)
-
-	resp = mustRead(t, s, "t", 0, 0, 100, 3*1024)
-	if n := len(resp.Messages); n < 1 || n > 4 {
-		t.Fatalf("read with max_bytes 3KiB of 1KiB messages returned %d messages, want 1..4", n)
+	if err := expect("a read whose max_bytes is below one message returns that message", 3, 100, 1, exact(3, 4)); err != nil {
+		return err
 	}
-	checkMessages(t, resp.Messages, want[:len(resp.Messages)], 0)
-
-	resp = mustRead(t, s, "t", 0, 0, 1, 1<<20)
-	checkMessages(t, resp.Messages, want[:1], 0)
+	if err := expect("read of 1KiB messages bounded by max_bytes", 0, 100, 3*1024, func(got []*sdk.Message) error {
+		if n := len(got); n < 1 || n > 4 {
+			return fmt.Errorf("returned %d messages, want 1..4", n)
+		}
+		return checkMessages(got, want[:len(got)], 0)
+	}); err != nil {
+		return err
+	}
+	return expect("read bounded by max_messages", 0, 1, 1<<20, exact(0, 1))
 }
 
 // Committed group offsets: -1 until a commit, then the last value committed,
 // per group and per queue.
-func testGroupOffsets(t *testing.T, e *storageEnv) {
-	s := e.open(t)
-	mustAppend(t, s, msgs("t", 0, ids("m", 5))...)
-	if o := mustOffsets(t, s, "g1", "t", 0); o.Committed != -1 || o.Start != 0 || o.End != 5 {
-		t.Fatalf("before any commit: %v, want start 0 end 5 committed -1", o)
+func testGroupOffsets(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
 	}
-	ctx := ctxT(t)
+	if _, err := appendAll(s, msgs("t", 0, ids("m", 5))...); err != nil {
+		return err
+	}
+	committed := func(what, group string, queue int32, want int64) error {
+		o, err := offsetsOf(s, group, "t", queue)
+		if err != nil {
+			return err
+		}
+		if o.Committed != want {
+			return fmt.Errorf("%s: group %q t/%d committed %d, want %d", what, group, queue, o.Committed, want)
+		}
+		return nil
+	}
+	o, err := offsetsOf(s, "g1", "t", 0)
+	if err != nil {
+		return err
+	}
+	if o.Committed != -1 || o.Start != 0 || o.End != 5 {
+		return fmt.Errorf("before any commit: %v, want start 0 end 5 committed -1", o)
+	}
+	ctx, cancel := ctxT()
+	defer cancel()
 	if err := s.CommitOffsets(ctx, "g1", []*sdk.GroupOffset{{Topic: "t", Queue: 0, Offset: 3}, {Topic: "t", Queue: 1, Offset: 7}}); err != nil {
-		t.Fatalf("CommitOffsets: %v", err)
+		return fmt.Errorf("CommitOffsets: %w", err)
 	}
-	if o := mustOffsets(t, s, "g1", "t", 0); o.Committed != 3 {
-		t.Fatalf("g1 t/0 committed %d, want 3", o.Committed)
-	}
-	if o := mustOffsets(t, s, "g1", "t", 1); o.Committed != 7 {
-		t.Fatalf("g1 t/1 committed %d, want 7", o.Committed)
-	}
-	if o := mustOffsets(t, s, "g2", "t", 0); o.Committed != -1 {
-		t.Fatalf("g2 never committed but reads %d", o.Committed)
-	}
-	if o := mustOffsets(t, s, "", "t", 0); o.Committed != -1 {
-		t.Fatalf("empty group reads committed %d, want -1", o.Committed)
+	for _, c := range []struct {
+		what, group string
+		queue       int32
+		want        int64
+	}{{"after a commit", "g1", 0, 3}, {"after a commit", "g1", 1, 7}, {"a group that never committed", "g2", 0, -1}, {"the empty group", "", 0, -1}} {
+		if err := committed(c.what, c.group, c.queue, c.want); err != nil {
+			return err
+		}
 	}
 	// A later commit replaces the offset, also when it goes back.
 	if err := s.CommitOffsets(ctx, "g1", []*sdk.GroupOffset{{Topic: "t", Queue: 0, Offset: 1}}); err != nil {
-		t.Fatalf("CommitOffsets: %v", err)
+		return fmt.Errorf("CommitOffsets: %w", err)
 	}
-	if o := mustOffsets(t, s, "g1", "t", 0); o.Committed != 1 {
-		t.Fatalf("after rewinding to 1, committed reads %d", o.Committed)
+	if err := committed("after rewinding to 1", "g1", 0, 1); err != nil {
+		return err
 	}
 	// Several queues in one call come back in request order.
 	got, err := s.GetOffsets(ctx, "g1", []*sdk.QueueRef{{Topic: "t", Queue: 1}, {Topic: "t", Queue: 0}, {Topic: "nope", Queue: 0}})
 	if err != nil {
-		t.Fatalf("GetOffsets: %v", err)
+		return fmt.Errorf("GetOffsets: %w", err)
 	}
 	if len(got) != 3 || got[0].Committed != 7 || got[1].Committed != 1 || got[2].Committed != -1 || got[1].End != 5 {
-		t.Fatalf("GetOffsets of three queues = %v", got)
+		return fmt.Errorf("GetOffsets of three queues = %v, want committed 7, 1, -1 in request order", got)
 	}
+	return nil
 }
 
 // A queue nobody appended to has start = end = 0 and reads empty.
-func testUnknownQueue(t *testing.T, e *storageEnv) {
-	s := e.open(t)
-	mustAppend(t, s, msg("known", 0, "x"))
+func testUnknownQueue(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
+	if _, err := appendAll(s, msg("known", 0, "x")); err != nil {
+		return err
+	}
 	for _, r := range []struct {
 		topic string
 		queue int32
 	}{{"unknown", 0}, {"known", 1}} {
-		o := mustOffsets(t, s, "g", r.topic, r.queue)
-		if o.Start != 0 || o.End != 0 || o.Committed != -1 || o.Topic != r.topic || o.Queue != r.queue {
-			t.Fatalf("GetOffsets of unknown queue %s/%d = %v, want 0/0/-1", r.topic, r.queue, o)
+		o, err := offsetsOf(s, "g", r.topic, r.queue)
+		if err != nil {
+			return err
 		}
-		resp := mustRead(t, s, r.topic, r.queue, 0, 10, 1<<20)
+		if o.Start != 0 || o.End != 0 || o.Committed != -1 || o.Topic != r.topic || o.Queue != r.queue {
+			return fmt.Errorf("GetOffsets of unknown queue %s/%d = %v, want 0/0/-1", r.topic, r.queue, o)
+		}
+		resp, err := read(s, r.topic, r.queue, 0, 10, 1<<20)
+		if err != nil {
+			return err
+		}
 		if len(resp.Messages) != 0 {
-			t.Fatalf("read of unknown queue returned %d messages", len(resp.Messages))
+			return fmt.Errorf("read of unknown queue %s/%d returned %d messages", r.topic, r.queue, len(resp.Messages))
 		}
 	}
+	return nil
 }
 
 // Re-appending ids the store holds (the broker's retry after a plugin crash)
 // returns the original offsets and stores nothing new.
-func testDedup(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testDedup(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	first := msgs("t", 0, []string{"a", "b", "c"})
-	mustAppend(t, s, first...)
-	offs := mustAppend(t, s, msg("t", 0, "b"), msg("t", 0, "c"), msg("t", 0, "d"))
+	if _, err := appendAll(s, first...); err != nil {
+		return err
+	}
+	offs, err := appendAll(s, msg("t", 0, "b"), msg("t", 0, "c"), msg("t", 0, "d"))
+	if err != nil {
+		return err
+	}
 	if fmt.Sprint(offs) != "[1 2 3]" {
-		t.Fatalf("retry of b, c plus new d got offsets %v, want [1 2 3]", offs)
+		return fmt.Errorf("retry of b, c plus new d got offsets %v, want [1 2 3]", offs)
 	}
 	// Within one batch too.
-	offs = mustAppend(t, s, msg("t", 0, "e"), msg("t", 0, "e"), msg("t", 0, "a"))
+	if offs, err = appendAll(s, msg("t", 0, "e"), msg("t", 0, "e"), msg("t", 0, "a")); err != nil {
+		return err
+	}
 	if fmt.Sprint(offs) != "[4 4 0]" {
-		t.Fatalf("batch e, e, a got offsets %v, want [4 4 0]", offs)
+		return fmt.Errorf("batch e, e, a got offsets %v, want [4 4 0]", offs)
 	}
 	// The same id on another queue is another message.
-	if offs := mustAppend(t, s, msg("t", 1, "a")); offs[0] != 0 {
-		t.Fatalf("id a on queue 1 got offset %d, want 0", offs[0])
+	if offs, err = appendAll(s, msg("t", 1, "a")); err != nil {
+		return err
 	}
-	want := append(first, msg("t", 0, "d"), msg("t", 0, "e"))
-	checkMessages(t, readAll(t, s, "t", 0, 0), want, 0)
-	if o := mustOffsets(t, s, "", "t", 0); o.End != 5 {
-		t.Fatalf("end %d after duplicates, want 5", o.End)
+	if offs[0] != 0 {
+		return fmt.Errorf("id a on queue 1 got offset %d, want 0", offs[0])
 	}
+	if err := checkQueue(s, "t", 0, 0, append(first, msg("t", 0, "d"), msg("t", 0, "e"))); err != nil {
+		return err
+	}
+	o, err := offsetsOf(s, "", "t", 0)
+	if err != nil {
+		return err
+	}
+	if o.End != 5 {
+		return fmt.Errorf("end %d after duplicates, want 5", o.End)
+	}
+	return nil
 }
 
 // The de-dup window holds at least sdk.DedupWindow ids per queue.
-func testDedupWindow(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testDedupWindow(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	all := ids("w", sdk.DedupWindow)
 	for i := 0; i < len(all); i += 1000 {
 		var batch []*sdk.Message
 		for _, id := range all[i:min(i+1000, len(all))] {
 			batch = append(batch, &sdk.Message{Id: id, Topic: "t", Body: []byte("x")})
 		}
-		mustAppend(t, s, batch...)
+		if _, err := appendAll(s, batch...); err != nil {
+			return err
+		}
 	}
-	offs := mustAppend(t, s, &sdk.Message{Id: all[0], Topic: "t", Body: []byte("x")}, &sdk.Message{Id: all[len(all)-1], Topic: "t", Body: []byte("x")})
+	offs, err := appendAll(s, &sdk.Message{Id: all[0], Topic: "t", Body: []byte("x")}, &sdk.Message{Id: all[len(all)-1], Topic: "t", Body: []byte("x")})
+	if err != nil {
+		return err
+	}
 	if offs[0] != 0 || offs[1] != int64(len(all)-1) {
-		t.Fatalf("retry of the oldest and newest of %d ids got offsets %v, want [0 %d]", len(all), offs, len(all)-1)
+		return fmt.Errorf("retry of the oldest and newest of %d ids got offsets %v, want [0 %d]", len(all), offs, len(all)-1)
 	}
-	if o := mustOffsets(t, s, "", "t", 0); o.End != int64(len(all)) {
-		t.Fatalf("end %d after retries, want %d", o.End, len(all))
+	o, err := offsetsOf(s, "", "t", 0)
+	if err != nil {
+		return err
 	}
+	if o.End != int64(len(all)) {
+		return fmt.Errorf("end %d after retries, want %d", o.End, len(all))
+	}
+	return nil
 }
 
 // Many producers at once, as the broker drives a store: one goroutine calls
 // Append in order, every producer waits for its own batch concurrently. Every
 // message gets a unique offset, queues stay dense, every message reads back.
-func testConcurrentAppenders(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testConcurrentAppenders(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	const producers, perProducer, queues = 8, 40, 3
 	type req struct {
 		msgs  []*sdk.Message
@@ -587,14 +784,18 @@ func testConcurrentAppenders(t *testing.T, e *storageEnv) {
 				select {
 				case w = <-r.reply:
 				case err := <-r.err:
-					errs <- err
+					errs <- fmt.Errorf("Append: %w", err)
 					return
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				ctx, cancel := ctxT()
 				offs, err := w(ctx)
 				cancel()
 				if err != nil {
-					errs <- err
+					errs <- fmt.Errorf("AppendWait: %w", err)
+					return
+				}
+				if len(offs) != len(batch) {
+					errs <- fmt.Errorf("Append returned %d offsets for %d messages", len(offs), len(batch))
 					return
 				}
 				mu.Lock()
@@ -616,217 +817,335 @@ func testConcurrentAppenders(t *testing.T, e *storageEnv) {
 	<-appenderDone
 	close(errs)
 	for err := range errs {
-		t.Fatal(err)
+		return err
 	}
 	total := 0
 	for q := range int32(queues) {
-		got := readAll(t, s, "conc", q, 0)
+		got, err := readAll(s, "conc", q, 0)
+		if err != nil {
+			return err
+		}
 		for i, m := range got {
 			want := byOffset[[2]int64{int64(q), int64(i)}]
 			if want == nil {
-				t.Fatalf("queue %d offset %d holds %s, which no producer was told", q, i, m.Id)
+				return fmt.Errorf("queue %d offset %d holds %s, which no producer was told", q, i, m.Id)
 			}
 			if err := sameMessage(m, want, int64(i)); err != nil {
-				t.Fatalf("queue %d: %v", q, err)
+				return fmt.Errorf("queue %d: %w", q, err)
 			}
 		}
 		total += len(got)
 	}
 	if total != producers*perProducer {
-		t.Fatalf("read %d messages, %d were appended", total, producers*perProducer)
+		return fmt.Errorf("read %d messages, %d were appended and acknowledged", total, producers*perProducer)
 	}
+	return nil
 }
 
-func wantErr(t *testing.T, what string, err, sentinel error) {
-	t.Helper()
+func wantErr(what string, err, sentinel error) error {
 	if !errors.Is(err, sentinel) {
-		t.Fatalf("%s: got error %v, want one matching %q", what, err, sentinel)
+		return fmt.Errorf("%s: got error %v, want one matching %q", what, err, sentinel)
 	}
+	return nil
 }
 
 // Malformed requests fail with sdk.ErrInvalidArgument (also across the process
 // boundary), and a batch with one bad message stores nothing.
-func testInvalidArguments(t *testing.T, e *storageEnv) {
-	s := e.open(t)
-	ctx := ctxT(t)
-	_, err := appendMsgs(ctx, s, msg("", 0, "a"))
-	wantErr(t, "append with empty topic", err, sdk.ErrInvalidArgument)
+func testInvalidArguments(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := ctxT()
+	defer cancel()
+	_, err = appendMsgs(ctx, s, msg("", 0, "a"))
+	if err := wantErr("append with empty topic", err, sdk.ErrInvalidArgument); err != nil {
+		return err
+	}
 	_, err = appendMsgs(ctx, s, msg("t", 0, "ok"), msg("t", -1, "b"))
-	wantErr(t, "append with negative queue", err, sdk.ErrInvalidArgument)
-	if o := mustOffsets(t, s, "", "t", 0); o.End != 0 {
-		t.Fatalf("a rejected batch stored %d messages", o.End)
+	if err := wantErr("append with negative queue", err, sdk.ErrInvalidArgument); err != nil {
+		return err
+	}
+	o, err := offsetsOf(s, "", "t", 0)
+	if err != nil {
+		return err
+	}
+	if o.End != 0 {
+		return fmt.Errorf("a rejected batch stored %d messages", o.End)
 	}
 	_, err = s.Read(ctx, &sdk.ReadRequest{Topic: "", Queue: 0, MaxMessages: 1})
-	wantErr(t, "read with empty topic", err, sdk.ErrInvalidArgument)
-	_, err = s.Read(ctx, &sdk.ReadRequest{Topic: "t", Queue: -2, MaxMessages: 1})
-	wantErr(t, "read with negative queue", err, sdk.ErrInvalidArgument)
-	err = s.CommitOffsets(ctx, "g", []*sdk.GroupOffset{{Topic: "", Queue: 0, Offset: 1}})
-	wantErr(t, "commit with empty topic", err, sdk.ErrInvalidArgument)
-	err = s.CommitOffsets(ctx, "", []*sdk.GroupOffset{{Topic: "t", Queue: 0, Offset: 1}})
-	wantErr(t, "commit with empty group", err, sdk.ErrInvalidArgument)
-	// The store still works.
-	if offs := mustAppend(t, s, msg("t", 0, "ok")); offs[0] != 0 {
-		t.Fatalf("first good append got offset %d, want 0", offs[0])
+	if err := wantErr("read with empty topic", err, sdk.ErrInvalidArgument); err != nil {
+		return err
 	}
+	_, err = s.Read(ctx, &sdk.ReadRequest{Topic: "t", Queue: -2, MaxMessages: 1})
+	if err := wantErr("read with negative queue", err, sdk.ErrInvalidArgument); err != nil {
+		return err
+	}
+	err = s.CommitOffsets(ctx, "g", []*sdk.GroupOffset{{Topic: "", Queue: 0, Offset: 1}})
+	if err := wantErr("commit with empty topic", err, sdk.ErrInvalidArgument); err != nil {
+		return err
+	}
+	err = s.CommitOffsets(ctx, "", []*sdk.GroupOffset{{Topic: "t", Queue: 0, Offset: 1}})
+	if err := wantErr("commit with empty group", err, sdk.ErrInvalidArgument); err != nil {
+		return err
+	}
+	// The store still works.
+	offs, err := appendAll(s, msg("t", 0, "ok"))
+	if err != nil {
+		return fmt.Errorf("after the rejected calls: %w", err)
+	}
+	if offs[0] != 0 {
+		return fmt.Errorf("first good append got offset %d, want 0", offs[0])
+	}
+	return nil
 }
 
 // Unknown config keys are problems with their key; Configure with them fails
 // with sdk.ErrConfig.
-func testBadConfig(t *testing.T, e *storageEnv) {
-	s := e.raw(t)
+func testBadConfig(h StorageHarness) error {
 	bad := []byte(`{"no_such_key_sdktest": 1}`)
-	ps := s.Validate(bad)
+	ps, err := h.Validate(bad)
+	if err != nil {
+		return err
+	}
 	if !slices.ContainsFunc(ps, func(p sdk.Problem) bool { return p.Path == "no_such_key_sdktest" }) {
-		t.Fatalf("Validate(%s) = %v, want a problem at no_such_key_sdktest", bad, ps)
+		return fmt.Errorf("Validate(%s) = %v, want a problem at no_such_key_sdktest", bad, ps)
 	}
-	if ps := s.Validate(e.f.Config); len(ps) != 0 {
-		t.Fatalf("Validate of the features' config: %v", ps)
+	if ps, err := h.Validate(h.Features().Config); err != nil || len(ps) != 0 {
+		return fmt.Errorf("Validate of the features' config: %v %v", ps, err)
 	}
-	err := s.Configure(ctxT(t), bad, e.environment())
-	wantErr(t, "Configure with an unknown key", err, sdk.ErrConfig)
+	s, err := h.Open(bad)
+	if err == nil {
+		_ = s.Shutdown()
+	}
+	return wantErr("Configure with an unknown key", err, sdk.ErrConfig)
 }
 
 // Calls before Configure fail with sdk.ErrNotConfigured.
-func testNotConfigured(t *testing.T, e *storageEnv) {
-	s := e.raw(t)
-	ctx := ctxT(t)
-	_, err := appendMsgs(ctx, s, msg("t", 0, "a"))
-	wantErr(t, "append before Configure", err, sdk.ErrNotConfigured)
+func testNotConfigured(h StorageHarness) error {
+	s, err := h.Raw()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := ctxT()
+	defer cancel()
+	_, err = appendMsgs(ctx, s, msg("t", 0, "a"))
+	if err := wantErr("append before Configure", err, sdk.ErrNotConfigured); err != nil {
+		return err
+	}
 	_, err = s.Read(ctx, &sdk.ReadRequest{Topic: "t", MaxMessages: 1})
-	wantErr(t, "read before Configure", err, sdk.ErrNotConfigured)
+	return wantErr("read before Configure", err, sdk.ErrNotConfigured)
 }
 
 // What was acknowledged, and committed offsets, are there after a restart, and
 // offsets go on from where they were.
-func testDurability(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testDurability(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	var a0, a1, b0 []*sdk.Message
 	for i := range 50 {
 		batch := []*sdk.Message{bigMsg("a", 0, fmt.Sprintf("a0-%d", i), 100*(i%20)), msg("a", 1, fmt.Sprintf("a1-%d", i)), msg("b", 0, fmt.Sprintf("b0-%d", i))}
-		mustAppend(t, s, batch...)
+		if _, err := appendAll(s, batch...); err != nil {
+			return err
+		}
 		a0, a1, b0 = append(a0, batch[0]), append(a1, batch[1]), append(b0, batch[2])
 	}
-	if err := s.CommitOffsets(ctxT(t), "g", []*sdk.GroupOffset{{Topic: "a", Queue: 0, Offset: 17}}); err != nil {
-		t.Fatalf("CommitOffsets: %v", err)
+	ctx, cancel := ctxT()
+	defer cancel()
+	if err := s.CommitOffsets(ctx, "g", []*sdk.GroupOffset{{Topic: "a", Queue: 0, Offset: 17}}); err != nil {
+		return fmt.Errorf("CommitOffsets: %w", err)
 	}
 	for round := range 2 {
-		s = e.reopen(t, s)
-		checkMessages(t, readAll(t, s, "a", 0, 0), a0, 0)
-		checkMessages(t, readAll(t, s, "a", 1, 0), a1, 0)
-		checkMessages(t, readAll(t, s, "b", 0, 0), b0, 0)
-		if o := mustOffsets(t, s, "g", "a", 0); o.Committed != 17 || o.End != int64(len(a0)) {
-			t.Fatalf("after reopen %d: a/0 offsets %v, want end %d committed 17", round, o, len(a0))
+		if s, err = reopen(h, s); err != nil {
+			return err
+		}
+		for _, q := range []struct {
+			topic string
+			queue int32
+			want  []*sdk.Message
+		}{{"a", 0, a0}, {"a", 1, a1}, {"b", 0, b0}} {
+			if err := checkQueue(s, q.topic, q.queue, 0, q.want); err != nil {
+				return fmt.Errorf("after reopen %d: %w", round, err)
+			}
+		}
+		o, err := offsetsOf(s, "g", "a", 0)
+		if err != nil {
+			return err
+		}
+		if o.Committed != 17 || o.End != int64(len(a0)) {
+			return fmt.Errorf("after reopen %d: a/0 offsets %v, want end %d committed 17", round, o, len(a0))
 		}
 		m := msg("a", 0, fmt.Sprintf("after-%d", round))
-		if offs := mustAppend(t, s, m); offs[0] != int64(len(a0)) {
-			t.Fatalf("after reopen %d: next append got offset %d, want %d", round, offs[0], len(a0))
+		offs, err := appendAll(s, m)
+		if err != nil {
+			return err
+		}
+		if offs[0] != int64(len(a0)) {
+			return fmt.Errorf("after reopen %d: next append got offset %d, want %d", round, offs[0], len(a0))
 		}
 		a0 = append(a0, m)
 	}
+	return nil
 }
 
 // The de-dup window survives a restart: the broker's retry after a plugin
 // crash lands on a new process.
-func testDedupAcrossReopen(t *testing.T, e *storageEnv) {
-	s := e.open(t)
-	first := msgs("t", 0, ids("d", 20))
-	mustAppend(t, s, first...)
-	s = e.reopen(t, s)
-	offs := mustAppend(t, s, msg("t", 0, "d-00019"), msg("t", 0, "d-00003"), msg("t", 0, "new"))
-	if fmt.Sprint(offs) != "[19 3 20]" {
-		t.Fatalf("retry after reopen got offsets %v, want [19 3 20]", offs)
+func testDedupAcrossReopen(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
 	}
-	checkMessages(t, readAll(t, s, "t", 0, 0), append(first, msg("t", 0, "new")), 0)
+	first := msgs("t", 0, ids("d", 20))
+	if _, err := appendAll(s, first...); err != nil {
+		return err
+	}
+	if s, err = reopen(h, s); err != nil {
+		return err
+	}
+	offs, err := appendAll(s, msg("t", 0, "d-00019"), msg("t", 0, "d-00003"), msg("t", 0, "new"))
+	if err != nil {
+		return err
+	}
+	if fmt.Sprint(offs) != "[19 3 20]" {
+		return fmt.Errorf("retry after reopen got offsets %v, want [19 3 20]", offs)
+	}
+	return checkQueue(s, "t", 0, 0, append(first, msg("t", 0, "new")))
 }
 
 // newestFile returns the newest data file and its contents.
-func (e *storageEnv) newestFile(t *testing.T) (string, []byte) {
-	t.Helper()
-	files, err := e.f.DataFiles(e.dir)
+func newestFile(h StorageHarness) (string, []byte, error) {
+	files, err := h.Features().DataFiles(h.Dir())
 	if err != nil || len(files) == 0 {
-		t.Fatalf("DataFiles(%s) = %v, %v", e.dir, files, err)
+		return "", nil, fmt.Errorf("DataFiles(%s) = %v, %v", h.Dir(), files, err)
 	}
 	path := files[len(files)-1]
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, b
+	return path, b, err
 }
 
 // damageCase appends n messages, closes the store, lets damage change the
 // newest data file, reopens and returns the store and what was appended.
-func damageCase(t *testing.T, e *storageEnv, n int, damage func(path string, data []byte) error) (*openedStore, []*sdk.Message) {
-	s := e.open(t)
+func damageCase(h StorageHarness, n int, damage func(path string, data []byte) error) (*Store, []*sdk.Message, error) {
+	s, err := open(h)
+	if err != nil {
+		return nil, nil, err
+	}
 	var want []*sdk.Message
 	for i := range n {
 		m := noiseMsg("t", 0, fmt.Sprintf("m%03d", i), 200+i)
-		mustAppend(t, s, m)
+		if _, err := appendAll(s, m); err != nil {
+			return nil, nil, err
+		}
 		want = append(want, m)
 	}
-	if err := s.shutdown(); err != nil {
-		t.Fatalf("Close: %v", err)
+	if err := s.Shutdown(); err != nil {
+		return nil, nil, fmt.Errorf("Close: %w", err)
 	}
-	path, data := e.newestFile(t)
+	path, data, err := newestFile(h)
+	if err != nil {
+		return nil, nil, err
+	}
 	if err := damage(path, data); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	return e.open(t), want
+	s, err = open(h)
+	return s, want, err
 }
 
 // A torn tail (the newest file cut short, as a crash mid-write leaves it):
 // everything before the torn record is readable and intact, nothing partial is
 // delivered, and appends go on from the last good offset.
-func testTornTail(t *testing.T, e *storageEnv) {
+func testTornTail(h StorageHarness) error {
 	for _, cut := range []int{1, 7, 150} {
-		t.Run(fmt.Sprintf("cut%d", cut), func(t *testing.T) {
-			e := &storageEnv{newStore: e.newStore, f: e.f, mode: e.mode, dir: t.TempDir()}
-			s, want := damageCase(t, e, 12, func(path string, data []byte) error {
-				return os.Truncate(path, int64(len(data)-cut))
-			})
-			got := readAll(t, s, "t", 0, 0)
-			if len(got) != len(want)-1 {
-				t.Fatalf("after cutting %d bytes off the newest file: read %d messages, want %d (all but the torn one)", cut, len(got), len(want)-1)
-			}
-			checkMessages(t, got, want[:len(got)], 0)
-			if o := mustOffsets(t, s, "", "t", 0); o.End != int64(len(got)) {
-				t.Fatalf("end %d, want %d", o.End, len(got))
-			}
-			// The torn message is gone, also from the de-dup window:
-			// the broker's retry stores it again.
-			last := want[len(want)-1]
-			if offs := mustAppend(t, s, last); offs[0] != int64(len(got)) {
-				t.Fatalf("retry of the torn message got offset %d, want %d", offs[0], len(got))
-			}
-			checkMessages(t, readAll(t, s, "t", 0, 0), want, 0)
-		})
+		if err := tornTail(h, cut); err != nil {
+			return fmt.Errorf("cut %d bytes: %w", cut, err)
+		}
 	}
+	return nil
+}
+
+func tornTail(h StorageHarness, cut int) error {
+	h, err := h.Fresh()
+	if err != nil {
+		return err
+	}
+	s, want, err := damageCase(h, 12, func(path string, data []byte) error {
+		return os.Truncate(path, int64(len(data)-cut))
+	})
+	if err != nil {
+		return err
+	}
+	got, err := readAll(s, "t", 0, 0)
+	if err != nil {
+		return err
+	}
+	if len(got) != len(want)-1 {
+		return fmt.Errorf("after cutting %d bytes off the newest file: read %d messages, want %d (all but the torn one)", cut, len(got), len(want)-1)
+	}
+	if err := checkMessages(got, want[:len(got)], 0); err != nil {
+		return err
+	}
+	o, err := offsetsOf(s, "", "t", 0)
+	if err != nil {
+		return err
+	}
+	if o.End != int64(len(got)) {
+		return fmt.Errorf("end %d, want %d", o.End, len(got))
+	}
+	// The torn message is gone, also from the de-dup window: the broker's
+	// retry stores it again.
+	last := want[len(want)-1]
+	offs, err := appendAll(s, last)
+	if err != nil {
+		return err
+	}
+	if offs[0] != int64(len(got)) {
+		return fmt.Errorf("retry of the torn message got offset %d, want %d", offs[0], len(got))
+	}
+	return checkQueue(s, "t", 0, 0, want)
 }
 
 // A bit flipped in the last record (the disk or a torn sector): that record is
 // dropped, the ones before are intact, and no error is delivered as data.
-func testBitFlip(t *testing.T, e *storageEnv) {
-	s, want := damageCase(t, e, 12, func(path string, data []byte) error {
+func testBitFlip(h StorageHarness) error {
+	s, want, err := damageCase(h, 12, func(path string, data []byte) error {
 		data[len(data)-3] ^= 0x10
 		return os.WriteFile(path, data, 0o644)
 	})
-	got := readAll(t, s, "t", 0, 0)
+	if err != nil {
+		return err
+	}
+	got, err := readAll(s, "t", 0, 0)
+	if err != nil {
+		return err
+	}
 	if len(got) != len(want)-1 {
-		t.Fatalf("after a bit flip in the last record: read %d messages, want %d", len(got), len(want)-1)
+		return fmt.Errorf("after a bit flip in the last record: read %d messages, want %d", len(got), len(want)-1)
 	}
-	checkMessages(t, got, want[:len(got)], 0)
+	if err := checkMessages(got, want[:len(got)], 0); err != nil {
+		return err
+	}
 	m := msg("t", 0, "after")
-	if offs := mustAppend(t, s, m); offs[0] != int64(len(got)) {
-		t.Fatalf("next append got offset %d, want %d", offs[0], len(got))
+	offs, err := appendAll(s, m)
+	if err != nil {
+		return err
 	}
-	checkMessages(t, readAll(t, s, "t", 0, int64(len(got))), []*sdk.Message{m}, int64(len(got)))
+	if offs[0] != int64(len(got)) {
+		return fmt.Errorf("next append got offset %d, want %d", offs[0], len(got))
+	}
+	return checkQueue(s, "t", 0, int64(len(got)), []*sdk.Message{m})
 }
 
 // Retention removes the oldest messages: the queue's start moves up, its end
 // does not move, a read from below the start is answered from the start, and
 // the newest messages are intact.
-func testRetention(t *testing.T, e *storageEnv) {
-	s := e.openWith(t, e.f.RetentionConfig)
+func testRetention(h StorageHarness) error {
+	s, err := h.Open(h.Features().RetentionConfig)
+	if err != nil {
+		return err
+	}
 	const n = 300
 	var want []*sdk.Message
 	for i := 0; i < n; i += 10 {
@@ -834,26 +1153,35 @@ func testRetention(t *testing.T, e *storageEnv) {
 		for j := range 10 {
 			batch = append(batch, bigMsg("t", 0, fmt.Sprintf("r%03d", i+j), 1024))
 		}
-		mustAppend(t, s, batch...)
+		if _, err := appendAll(s, batch...); err != nil {
+			return err
+		}
 		want = append(want, batch...)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	var o *sdk.QueueOffsets
 	for {
-		o = mustOffsets(t, s, "", "t", 0)
+		if o, err = offsetsOf(s, "", "t", 0); err != nil {
+			return err
+		}
 		if o.Start > 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if o.Start == 0 || o.Start >= n || o.End != n {
-		t.Fatalf("after appending %d KiB-messages under retention: offsets %d..%d, want start in (0, %d) and end %d", n, o.Start, o.End, n, n)
+		return fmt.Errorf("after appending %d KiB-messages under retention: offsets %d..%d, want start in (0, %d) and end %d", n, o.Start, o.End, n, n)
 	}
-	resp := mustRead(t, s, "t", 0, 0, 5, 1<<20)
+	resp, err := read(s, "t", 0, 0, 5, 1<<20)
+	if err != nil {
+		return err
+	}
 	if len(resp.Messages) == 0 || resp.Messages[0].Offset < o.Start {
-		t.Fatalf("read from 0 below start %d returned %d messages starting at %v", o.Start, len(resp.Messages), resp.Messages)
+		return fmt.Errorf("read from 0 below start %d returned %d messages starting at %v", o.Start, len(resp.Messages), resp.Messages)
 	}
 	first := resp.Messages[0].Offset
-	checkMessages(t, resp.Messages, want[first:first+int64(len(resp.Messages))], first)
-	checkMessages(t, readAll(t, s, "t", 0, n-5), want[n-5:], n-5)
+	if err := checkMessages(resp.Messages, want[first:first+int64(len(resp.Messages))], first); err != nil {
+		return err
+	}
+	return checkQueue(s, "t", 0, n-5, want[n-5:])
 }

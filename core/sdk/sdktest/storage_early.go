@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"testing"
-	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -18,11 +16,14 @@ import (
 // and awaited concurrently as the broker does; duplicates (within a batch and
 // of earlier batches) get their original offsets early too; every message
 // reads back at the offset it was told.
-func testEarlyOffsets(t *testing.T, e *storageEnv) {
-	s := e.open(t)
+func testEarlyOffsets(h StorageHarness) error {
+	s, err := open(h)
+	if err != nil {
+		return err
+	}
 	es, ok := s.Storage.(sdk.EarlyOffsets)
 	if !ok {
-		t.Skipf("%T does not implement sdk.EarlyOffsets", s.Storage)
+		return Skip("%T does not implement sdk.EarlyOffsets", s.Storage)
 	}
 	const batches, queues = 60, 3
 	type outcome struct {
@@ -46,12 +47,13 @@ func testEarlyOffsets(t *testing.T, e *storageEnv) {
 		outs[i].msgs = batch
 		written, wait, err := es.AppendEarly(context.Background(), batch)
 		if err != nil {
-			t.Fatalf("AppendEarly batch %d: %v", i, err)
+			wg.Wait()
+			return fmt.Errorf("AppendEarly batch %d: %w", i, err)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			ctx, cancel := ctxT()
 			defer cancel()
 			o := &outs[i]
 			if o.written, o.err = written(ctx); o.err != nil {
@@ -70,30 +72,34 @@ func testEarlyOffsets(t *testing.T, e *storageEnv) {
 	}
 	for i, o := range outs {
 		if o.err != nil {
-			t.Fatalf("batch %d: %v", i, o.err)
+			return fmt.Errorf("batch %d: %v", i, o.err)
 		}
 		if len(o.written) != len(o.msgs) {
-			t.Fatalf("batch %d: AppendWritten told %d offsets for %d messages", i, len(o.written), len(o.msgs))
+			return fmt.Errorf("batch %d: AppendWritten told %d offsets for %d messages", i, len(o.written), len(o.msgs))
 		}
 		if !slices.Equal(o.written, o.final) {
-			t.Fatalf("batch %d: offsets told early %v, AppendWait returned %v: they must be equal", i, o.written, o.final)
+			return fmt.Errorf("batch %d: offsets told early %v, AppendWait returned %v: they must be equal", i, o.written, o.final)
 		}
 		for j, m := range o.msgs {
 			if id, ok := byQueue[m.Queue][o.written[j]]; ok && id != m.Id {
-				t.Fatalf("batch %d: %s and %s both told queue %d offset %d", i, id, m.Id, m.Queue, o.written[j])
+				return fmt.Errorf("batch %d: %s and %s both told queue %d offset %d", i, id, m.Id, m.Queue, o.written[j])
 			}
 			byQueue[m.Queue][o.written[j]] = m.Id
 		}
 	}
 	for q := range int32(queues) {
-		got := readAll(t, s, "early", q, 0)
+		got, err := readAll(s, "early", q, 0)
+		if err != nil {
+			return err
+		}
 		if len(got) != len(byQueue[q]) {
-			t.Fatalf("queue %d: read %d messages, %d distinct offsets were told", q, len(got), len(byQueue[q]))
+			return fmt.Errorf("queue %d: read %d messages, %d distinct offsets were told", q, len(got), len(byQueue[q]))
 		}
 		for i, m := range got {
 			if want := byQueue[q][int64(i)]; m.Id != want {
-				t.Fatalf("queue %d offset %d holds %q, %q was told that offset", q, i, m.Id, want)
+				return fmt.Errorf("queue %d offset %d holds %q, %q was told that offset", q, i, m.Id, want)
 			}
 		}
 	}
+	return nil
 }

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymq/ferry/core/pluginhost"
+	"github.com/ferrymq/ferry/core/plugintest"
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/sdk/sdktest"
+)
+
+// newPluginTestCmd returns `ferry plugin test`.
+func newPluginTestCmd() *cobra.Command {
+	var configFile, run string
+	var dirs []string
+	var durable, verbose bool
+	cmd := &cobra.Command{
+		Use:   "test KIND PATH|TYPE",
+		Short: "Run the conformance suite of KIND against a plugin executable (any language) or a plugin type",
+		Long: `Runs the conformance cases of KIND against the plugin: an executable at PATH
+(anything with a / in it), or a TYPE built in or found in the --dir directories.
+Every case starts the plugin with the plugin host exactly as ferry run does
+(several times in the cases that restart it), on a fresh data directory, and
+configures it with the section in --config (YAML or JSON, what goes under
+plugins.KIND.config). Prints every case with PASS, FAIL and why, or SKIP and
+why; exits 0 only if no case failed.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kind, target := args[0], args[1]
+			if kind != sdk.KindStorage {
+				return fmt.Errorf("plugin kind %q: ferry plugin test has a suite for %s", kind, sdk.KindStorage)
+			}
+			var section []byte
+			if configFile != "" {
+				var err error
+				if section, err = readSection(configFile); err != nil {
+					return err
+				}
+			}
+			tmp, err := os.MkdirTemp("", "ferry-plugin-test")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(tmp)
+			level := hclog.Off
+			if verbose {
+				level = hclog.Info
+			}
+			t := plugintest.Target{Registry: builtins(), Type: target, Dirs: dirs,
+				Logger: hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: level, Output: cmd.ErrOrStderr()})}
+			if strings.Contains(target, "/") {
+				dir, typ, err := plugintest.ForExecutable(kind, target, tmp)
+				if err != nil {
+					return err
+				}
+				t.Type, t.Dirs = typ, []string{dir}
+			} else if !builtins().Known(kind, target, dirs) {
+				return fmt.Errorf("no %s plugin %q: not built in (%s) and no %s in --dir %v",
+					kind, target, strings.Join(builtins().Types(kind, nil), ", "), pluginhost.ExecutableName(kind, target), dirs)
+			}
+			out := cmd.OutOrStdout()
+			f := sdktest.StorageFeatures{Config: section, Durable: durable}
+			failed, n := 0, 0
+			start := time.Now()
+			caseStart := time.Now()
+			plugintest.Storage(context.Background(), t, f, run, tmp, func(r sdktest.Result) {
+				n++
+				d := time.Since(caseStart).Round(time.Millisecond)
+				caseStart = time.Now()
+				switch r.Status() {
+				case "PASS":
+					fmt.Fprintf(out, "PASS  %s (%s)\n", r.Name, d)
+				case "SKIP":
+					why, _ := sdktest.Skipped(r.Err)
+					fmt.Fprintf(out, "SKIP  %s: %s\n", r.Name, why)
+				default:
+					failed++
+					fmt.Fprintf(out, "FAIL  %s (%s): %v\n", r.Name, d, r.Err)
+				}
+			})
+			if n == 0 {
+				return fmt.Errorf("--run %q selects no case", run)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d %s cases failed (%s)", failed, n, kind, time.Since(start).Round(time.Millisecond))
+			}
+			fmt.Fprintf(out, "ok  %d %s cases (%s)\n", n, kind, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&configFile, "config", "", "file with the plugin's config section (YAML or JSON)")
+	cmd.Flags().StringSliceVar(&dirs, "dir", nil, "plugin directories to find TYPE in")
+	cmd.Flags().BoolVar(&durable, "durable", false, "the plugin claims durability: also run the restart cases")
+	cmd.Flags().StringVar(&run, "run", "", "only these cases (comma-separated names; a trailing * matches a prefix)")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the host's and the plugin's log lines on stderr")
+	return cmd
+}
+
+// readSection reads a plugin's config section from a YAML or JSON file and
+// returns it as JSON, as the plugin receives it.
+func readSection(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	m, err := yaml.Parser().Unmarshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("--config %s: not YAML or JSON: %w", path, err)
+	}
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return json.Marshal(m)
+}

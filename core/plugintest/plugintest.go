@@ -1,0 +1,156 @@
+// Package plugintest runs the conformance cases of core/sdk/sdktest against a
+// plugin executable, in any language, started and configured by the real
+// plugin host (core/pluginhost) exactly as `ferry run` starts it: `ferry
+// plugin test` calls Storage.
+package plugintest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/ferrymq/ferry/core/pluginhost"
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/sdk/sdktest"
+)
+
+// Target names the plugin under test.
+type Target struct {
+	// Registry has the built-in plugins; Exe is the ferry binary that
+	// serves them (default: this process's executable).
+	Registry *pluginhost.Registry
+	Exe      string
+	// Type is a built-in type or an external one found in Dirs.
+	Type string
+	Dirs []string
+	// Logger receives the host's and the plugin's log lines.
+	Logger hclog.Logger
+}
+
+// ForExecutable returns the plugin directory and type under which the host
+// finds the executable at path as a kind plugin: a new directory under tmp
+// holding a link ferry-<kind>-test to it.
+func ForExecutable(kind, path, tmp string) (dir, typ string, err error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", "", err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return "", "", fmt.Errorf("plugin executable: %w", err)
+	}
+	if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return "", "", fmt.Errorf("plugin executable %s: not an executable file", path)
+	}
+	dir, err = os.MkdirTemp(tmp, "ferry-plugin-test")
+	if err != nil {
+		return "", "", err
+	}
+	typ = "test"
+	if err := os.Symlink(abs, filepath.Join(dir, pluginhost.ExecutableName(kind, typ))); err != nil {
+		return "", "", err
+	}
+	return dir, typ, nil
+}
+
+// Storage runs the storage cases selected by filter (sdktest.Selected)
+// against t with features f, calling report after each case, and returns
+// the results. Every case gets a new data directory under tmp and a new
+// plugin host; a store the case opens is a plugin process configured by it.
+func Storage(ctx context.Context, t Target, f sdktest.StorageFeatures, filter, tmp string, report func(sdktest.Result)) []sdktest.Result {
+	var out []sdktest.Result
+	for _, c := range sdktest.StorageCases() {
+		if !sdktest.Selected(c.Name, filter) {
+			continue
+		}
+		h := &hostHarness{ctx: ctx, t: t, f: f, tmp: tmp}
+		err := h.init()
+		if err == nil {
+			err = sdktest.RunStorageCase(c, h)
+		}
+		h.close()
+		r := sdktest.Result{Name: c.Name, Err: err}
+		out = append(out, r)
+		if report != nil {
+			report(r)
+		}
+	}
+	return out
+}
+
+// hostHarness is a sdktest.StorageHarness whose stores are plugin processes
+// of one plugin host.
+type hostHarness struct {
+	ctx   context.Context
+	t     Target
+	f     sdktest.StorageFeatures
+	tmp   string
+	dir   string
+	hosts []*pluginhost.Host
+	host  *pluginhost.Host
+}
+
+func (h *hostHarness) init() error {
+	dir, err := os.MkdirTemp(h.tmp, "case")
+	if err != nil {
+		return err
+	}
+	h.dir = dir
+	host, err := pluginhost.New(h.t.Registry, pluginhost.Options{
+		Dirs:   h.t.Dirs,
+		Exe:    h.t.Exe,
+		Env:    &sdk.Environment{Pipeline: "plugintest", Node: "plugintest", DataDir: dir},
+		Logger: h.t.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	h.host = host
+	h.hosts = append(h.hosts, host)
+	return nil
+}
+
+// close stops every plugin of the case, newest host first.
+func (h *hostHarness) close() {
+	for i := len(h.hosts) - 1; i >= 0; i-- {
+		h.hosts[i].Close()
+	}
+}
+
+func (h *hostHarness) Features() sdktest.StorageFeatures { return h.f }
+func (h *hostHarness) Dir() string                       { return h.dir }
+
+func (h *hostHarness) Fresh() (sdktest.StorageHarness, error) {
+	n := &hostHarness{ctx: h.ctx, t: h.t, f: h.f, tmp: h.tmp}
+	if err := n.init(); err != nil {
+		return nil, err
+	}
+	// The case's harness closes the fresh one's host with its own.
+	h.hosts = append(h.hosts, n.host)
+	return n, nil
+}
+
+func (h *hostHarness) Open(config []byte) (*sdktest.Store, error) {
+	inst, err := h.host.Start(h.ctx, sdk.KindStorage, h.t.Type, config)
+	if err != nil {
+		return nil, err
+	}
+	impl, _, _ := inst.Current()
+	s, ok := impl.(sdk.Storage)
+	if !ok {
+		inst.Stop()
+		return nil, fmt.Errorf("storage plugin %q: the host's client is %T, not a storage", h.t.Type, impl)
+	}
+	return sdktest.NewStore(s, func() error { inst.Stop(); return nil }), nil
+}
+
+func (h *hostHarness) Raw() (*sdktest.Store, error) {
+	return nil, sdktest.Skip("the plugin host configures every plugin it starts (this case runs from Go tests, sdktest.TestStorage)")
+}
+
+func (h *hostHarness) Validate(config []byte) (sdk.Problems, error) {
+	return h.host.Validate(h.ctx, sdk.KindStorage, h.t.Type, config)
+}
