@@ -65,6 +65,22 @@ func TestSyncLinkCutAndDelayed(t *testing.T) {
 		st, err := link(t, sRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
 		return err == nil && st.LeaderConnected
 	})
+	// The slave's view is not the master's: wait until the master counts
+	// the slave as connected and caught up (what it stored while the link
+	// was cut crossed the slow link first), or the first sync send may
+	// find no replica available yet.
+	waitFor(t, 60*time.Second, "master sees its slave connected and caught up", func() bool {
+		st, err := link(t, mRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
+		if err != nil {
+			return false
+		}
+		for _, r := range st.Replicas {
+			if r.Connected && r.Lag == 0 {
+				return true
+			}
+		}
+		return false
+	})
 	start := time.Now()
 	for i, st := range produce(t, c, 3, "slow") {
 		if st != ferryv1.Status_STATUS_OK {
