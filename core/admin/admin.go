@@ -5,7 +5,9 @@
 //	GET /metrics        Prometheus text format, from the node's Metrics
 //	GET /healthz        200 while the process runs
 //	GET /readyz         200 when Options.Ready returns nil, else 503 and why
-//	GET /debug/pprof/…  net/http/pprof
+//	GET /debug/pprof/…  net/http/pprof, only with Options.Pprof (admin.pprof: true)
+//
+// With Options.TLS the listener serves HTTPS (admin.tls in the pipeline).
 //
 // The metrics a node exports are defined in metrics.go, each with the
 // function its producer calls.
@@ -13,6 +15,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -41,6 +44,12 @@ type Options struct {
 	// from the server's goroutines, with a context that ends after 2 s.
 	// Nil means always ready.
 	Ready func(ctx context.Context) error
+	// Pprof serves Go's profiler on /debug/pprof/. Off by default: a
+	// profile shows the process's internals and costs CPU while it runs.
+	Pprof bool
+	// TLS, when not nil, makes Serve speak HTTPS with it (built by
+	// security.TLS.ServerConfig, so that certificates reload).
+	TLS *tls.Config
 }
 
 // Handler returns the admin endpoints. Serve uses it; tests may serve it
@@ -72,11 +81,13 @@ func Handler(opts Options) http.Handler {
 	})
 	// Registered on this mux only: nothing in Ferry serves
 	// http.DefaultServeMux, where importing net/http/pprof also puts them.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
@@ -103,12 +114,19 @@ func Serve(ctx context.Context, addr string, opts Options) (*Server, error) {
 			Handler:           Handler(opts),
 			ReadHeaderTimeout: readHeaderTimeout,
 			IdleTimeout:       idleTimeout,
+			TLSConfig:         opts.TLS,
 		},
 		done: make(chan struct{}),
 	}
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if opts.TLS != nil {
+			err = s.srv.ServeTLS(ln, "", "") // certificates from TLSConfig
+		} else {
+			err = s.srv.Serve(ln)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			s.err = err
 		}
 	}()

@@ -175,8 +175,16 @@ func TestReadyTimeout(t *testing.T) {
 	}
 }
 
-func TestPprof(t *testing.T) {
+func TestPprofOffByDefault(t *testing.T) {
 	srv := httptest.NewServer(Handler(Options{}))
+	defer srv.Close()
+	if code, _ := get(t, srv.URL+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ without Pprof: %d, want 404", code)
+	}
+}
+
+func TestPprof(t *testing.T) {
+	srv := httptest.NewServer(Handler(Options{Pprof: true}))
 	defer srv.Close()
 	code, body := get(t, srv.URL+"/debug/pprof/")
 	if code != http.StatusOK || !strings.Contains(body, "goroutine") {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -37,6 +39,9 @@ type options struct {
 	grpcOpts        []grpc.DialOption
 	logger          *slog.Logger
 	maxRequestBytes int
+	tls             *tls.Config      // nil: plaintext (WithTLS)
+	creds           *basicCredential // nil: anonymous (WithCredentials)
+	err             error            // an option that could not be applied
 }
 
 // WithGRPCOptions adds gRPC dial options (TLS credentials, interceptors,
@@ -170,8 +175,12 @@ func (c *Client) Close() error {
 // and buffers for batches, keepalives, quick reconnects, errors mapped to the
 // SDK's sentinels; then the caller's (WithGRPCOptions), which win.
 func dialOptions(o options) []grpc.DialOption {
+	tc := insecure.NewCredentials()
+	if o.tls != nil {
+		tc = credentials.NewTLS(o.tls)
+	}
 	dopts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(tc),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxResponseBytes),
 			grpc.MaxCallSendMsgSize(o.maxRequestBytes+(1<<20)),
@@ -189,6 +198,9 @@ func dialOptions(o options) []grpc.DialOption {
 		grpc.WithChainUnaryInterceptor(unaryErrors),
 	}
 	dopts = append(dopts, sdk.GRPCBufferDialOptions()...) // buffers not zeroed: batches cost less CPU
+	if o.creds != nil {
+		dopts = append(dopts, grpc.WithPerRPCCredentials(o.creds))
+	}
 	return append(dopts, o.grpcOpts...)
 }
 

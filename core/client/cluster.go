@@ -34,6 +34,9 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.err != nil {
+		return nil, fmt.Errorf("ferry client: dial: %w", o.err)
+	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
 		log:             o.logger,
@@ -69,7 +72,7 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 	}
 	if c.primary == nil {
 		c.Close()
-		return nil, fmt.Errorf("ferry client: dial %s: %w", strings.Join(addrs, ","), errors.Join(errs...))
+		return nil, fmt.Errorf("ferry client: dial %s: %w%s", strings.Join(addrs, ","), errors.Join(errs...), tlsHint(o, errs))
 	}
 	// Warm the routes of every topic the seeds know.
 	topics := map[string]bool{}

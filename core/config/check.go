@@ -102,6 +102,9 @@ func (c *checker) pipeline(p *Pipeline) {
 			c.add("admin.listen", "must be host:port such as 127.0.0.1:9090, got %q", a)
 		}
 	}
+	for _, pr := range p.Admin.TLS.Validate("admin.tls") {
+		c.add(pr.Path, "%s", pr.Message)
+	}
 	c.enum("producer.mode", p.Producer.Mode, producerModes)
 	c.between("producer.retries", p.Producer.Retries, 0, maxRetries)
 	c.positive("producer.timeout", p.Producer.Timeout)

@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/ferrymq/ferry/core/security"
+)
 
 // Pipeline is one YAML pipeline file.
 type Pipeline struct {
@@ -155,9 +159,14 @@ type Tracing struct {
 }
 
 // Admin is the node's admin HTTP listener: Prometheus /metrics, /healthz,
-// /readyz and /debug/pprof/.
+// /readyz and, with pprof, /debug/pprof/.
 type Admin struct {
 	Listen string `koanf:"listen"` // host:port; empty (default) = no admin listener
+	// Pprof serves Go's profiler on /debug/pprof/; default false.
+	Pprof bool `koanf:"pprof"`
+	// TLS serves the listener over HTTPS (cert_file, key_file,
+	// client_ca_file; see core/security).
+	TLS security.TLS `koanf:"tls"`
 }
 
 // Allowed values of the enumerated keys, in the order problems list them.

@@ -53,7 +53,15 @@ func pluginEnv(cfg *config.Pipeline) func(kind, typ string) []string {
 func (e *Engine) startAdmin(ctx context.Context) error {
 	o := e.obs
 	if addr := e.cfg.Admin.Listen; addr != "" {
-		srv, err := admin.Serve(ctx, addr, admin.Options{Metrics: o.metrics, Ready: e.ready})
+		opts := admin.Options{Metrics: o.metrics, Ready: e.ready, Pprof: e.cfg.Admin.Pprof}
+		if e.cfg.Admin.TLS.Enabled() {
+			conf, err := e.cfg.Admin.TLS.ServerConfig(e.log.With("listener", "admin"))
+			if err != nil {
+				return fmt.Errorf("admin listener: %w", err)
+			}
+			opts.TLS = conf
+		}
+		srv, err := admin.Serve(ctx, addr, opts)
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}

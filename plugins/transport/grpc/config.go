@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // Defaults of the transport's config section.
@@ -50,6 +51,9 @@ type Config struct {
 	// ShutdownTimeout is how long Serve waits, once asked to stop, for
 	// in-flight requests to finish before it cuts the connections.
 	ShutdownTimeout sdk.Duration `json:"shutdown_timeout"`
+	// TLS serves the listener over TLS (see security.TLS); empty:
+	// plaintext.
+	TLS security.TLS `json:"tls"`
 }
 
 // NewDefaultConfig returns the config an empty section means.
@@ -80,6 +84,7 @@ func (c Config) Validate() sdk.Problems {
 		ps = append(ps, sdk.Problem{Path: "shutdown_timeout",
 			Message: fmt.Sprintf("must not be negative, got %s", time.Duration(c.ShutdownTimeout))})
 	}
+	ps = append(ps, c.TLS.Validate("tls")...)
 	return ps
 }
 

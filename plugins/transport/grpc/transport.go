@@ -10,16 +10,23 @@
 //	max_inflight_per_stream: 1024  # Produce requests at the core per stream
 //	max_concurrent_streams: 0      # gRPC streams per connection; 0 = no limit
 //	shutdown_timeout: 2s           # drain bound when the broker stops
+//	tls:                           # see security.TLS; empty = plaintext
+//	  cert_file: broker.pem
+//	  key_file: broker-key.pem
+//	  client_ca_file: ca.pem       # mutual TLS
 package grpctransport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -35,6 +42,7 @@ type Transport struct {
 	lis *sdk.Listener
 	mu  sync.Mutex
 	cfg Config
+	tls *tls.Config // nil: plaintext
 }
 
 var _ sdk.Transport = (*Transport)(nil)
@@ -55,11 +63,20 @@ func (t *Transport) Configure(_ context.Context, config []byte, _ *sdk.Environme
 	if len(ps) > 0 {
 		return ps
 	}
+	var tlsConf *tls.Config
+	if cfg.TLS.Enabled() {
+		c, err := cfg.TLS.ServerConfig(slog.Default().With("listener", "grpc transport"))
+		if err != nil {
+			return err
+		}
+		tlsConf = c
+	}
 	if err := t.lis.Bind(cfg.Listen); err != nil {
 		return err
 	}
 	t.mu.Lock()
 	t.cfg = cfg
+	t.tls = tlsConf
 	t.mu.Unlock()
 	return nil
 }
@@ -78,10 +95,14 @@ func (t *Transport) Addr() string { return t.lis.Addr() }
 // returned, it binds the same address anew.
 func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	t.mu.Lock()
-	cfg := t.cfg
+	cfg, tlsConf := t.cfg, t.tls
 	t.mu.Unlock()
 	b := newBrokerServer(core, cfg)
-	srv := grpc.NewServer(serverOptions(cfg)...)
+	opts := serverOptions(cfg)
+	if tlsConf != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))
+	}
+	srv := grpc.NewServer(opts...)
 	ferryv1.RegisterBrokerServer(srv, b)
 	lis, err := t.lis.Take(srv.Stop)
 	if err != nil {

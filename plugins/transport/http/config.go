@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // Defaults and limits of the transport's config section.
@@ -68,6 +69,9 @@ type Config struct {
 	// requests in progress (at least max_request_bytes); a request that
 	// does not fit is answered 429.
 	MaxInflightBytes sdk.Bytes `json:"max_inflight_bytes"`
+	// TLS serves the API over HTTPS (see security.TLS); empty: plain
+	// HTTP.
+	TLS security.TLS `json:"tls"`
 }
 
 // NewDefaultConfig returns the config an empty section means.
@@ -124,6 +128,7 @@ func (c Config) Validate() sdk.Problems {
 		ps = append(ps, sdk.Problem{Path: "shutdown_timeout",
 			Message: fmt.Sprintf("must not be negative, got %s", time.Duration(c.ShutdownTimeout))})
 	}
+	ps = append(ps, c.TLS.Validate("tls")...)
 	return ps
 }
 

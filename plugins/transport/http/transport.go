@@ -31,9 +31,11 @@ package httptransport
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -50,6 +52,7 @@ type Transport struct {
 	lis *sdk.Listener
 	mu  sync.Mutex
 	cfg Config
+	tls *tls.Config // nil: plain HTTP
 }
 
 var _ sdk.Transport = (*Transport)(nil)
@@ -70,11 +73,20 @@ func (t *Transport) Configure(_ context.Context, config []byte, _ *sdk.Environme
 	if len(ps) > 0 {
 		return ps
 	}
+	var tlsConf *tls.Config
+	if cfg.TLS.Enabled() {
+		c, err := cfg.TLS.ServerConfig(slog.Default().With("listener", "http transport"))
+		if err != nil {
+			return err
+		}
+		tlsConf = c
+	}
 	if err := t.lis.Bind(cfg.Listen); err != nil {
 		return err
 	}
 	t.mu.Lock()
 	t.cfg = cfg
+	t.tls = tlsConf
 	t.mu.Unlock()
 	return nil
 }
@@ -90,7 +102,7 @@ func (t *Transport) Addr() string { return t.lis.Addr() }
 // it again after it returned, it binds the same address anew.
 func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	t.mu.Lock()
-	cfg := t.cfg
+	cfg, tlsConf := t.cfg, t.tls
 	t.mu.Unlock()
 	draining, drain := context.WithCancel(context.Background())
 	defer drain()
@@ -101,6 +113,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ConnState:         api.lim.connState,
+		TLSConfig:         tlsConf,
 	}
 	lis, err := t.lis.Take(func() { _ = srv.Close() })
 	if err != nil {
@@ -109,7 +122,13 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	defer t.lis.Done()
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
+	go func() {
+		if tlsConf != nil {
+			served <- srv.ServeTLS(lis, "", "") // certificates from TLSConfig
+			return
+		}
+		served <- srv.Serve(lis)
+	}()
 	select {
 	case err := <-served:
 		if err == nil || errors.Is(err, http.ErrServerClosed) {
