@@ -39,9 +39,8 @@ type options struct {
 	grpcOpts        []grpc.DialOption
 	logger          *slog.Logger
 	maxRequestBytes int
-	tls             *tls.Config      // nil: plaintext (WithTLS)
-	creds           *basicCredential // nil: anonymous (WithCredentials)
-	err             error            // an option that could not be applied
+	tls             *tls.Config // nil: plaintext (WithTLS)
+	err             error       // an option that could not be applied
 }
 
 // WithGRPCOptions adds gRPC dial options (TLS credentials, interceptors,
@@ -198,9 +197,6 @@ func dialOptions(o options) []grpc.DialOption {
 		grpc.WithChainUnaryInterceptor(unaryErrors),
 	}
 	dopts = append(dopts, sdk.GRPCBufferDialOptions()...) // buffers not zeroed: batches cost less CPU
-	if o.creds != nil {
-		dopts = append(dopts, grpc.WithPerRPCCredentials(o.creds))
-	}
 	return append(dopts, o.grpcOpts...)
 }
 

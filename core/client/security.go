@@ -1,10 +1,7 @@
 package client
 
 import (
-	"context"
-	"encoding/base64"
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/ferrymq/ferry/core/security"
@@ -27,31 +24,6 @@ func WithTLS(ca, certFile, keyFile string) Option {
 	}
 }
 
-// WithCredentials authenticates every call as user with secret, sent as
-// gRPC metadata "authorization: Basic base64(user:secret)". Use it with
-// WithTLS on any network but loopback: the secret travels as it is.
-func WithCredentials(user, secret string) Option {
-	return func(o *options) {
-		if user == "" || strings.Contains(user, ":") {
-			o.err = errors.Join(o.err, fmt.Errorf("credentials: user must be non-empty without ':', got %q", user))
-			return
-		}
-		o.creds = &basicCredential{header: "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+secret))}
-	}
-}
-
-// basicCredential is the grpc.PerRPCCredentials of WithCredentials.
-type basicCredential struct{ header string }
-
-func (b *basicCredential) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": b.header}, nil
-}
-
-// RequireTransportSecurity is false so that loopback brokers without TLS
-// can authenticate; a broker outside loopback refuses to run without TLS
-// unless its pipeline says insecure.
-func (b *basicCredential) RequireTransportSecurity() bool { return false }
-
 // tlsHint explains the usual cause of a failed dial: a plaintext client on
 // a TLS port (the broker closes the connection before HTTP/2 starts), or a
 // TLS client on a plaintext one.
@@ -59,14 +31,14 @@ func tlsHint(o options, errs []error) string {
 	msg := errors.Join(errs...).Error()
 	switch {
 	case o.tls == nil && (strings.Contains(msg, "server preface") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "EOF")):
-		return " (the broker may require TLS: use client.WithTLS, or --tls-ca on the command line)"
+		return " (the broker may require TLS: use client.WithTLS)"
 	case o.tls != nil && strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return " (the broker does not speak TLS on this port)"
 	case o.tls != nil && len(o.tls.Certificates) == 0 && !strings.Contains(msg, "certificate required") &&
 		(strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "EOF")):
 		// Under TLS 1.3 the broker's "certificate required" alert may
 		// come after the client has written, and be lost.
-		return " (the broker may require a client certificate, mutual TLS: give one to client.WithTLS, or --tls-cert/--tls-key)"
+		return " (the broker may require a client certificate, mutual TLS: give one to client.WithTLS)"
 	}
 	return ""
 }
