@@ -31,6 +31,7 @@ func init() { rootCmd.AddCommand(newBenchCmd()) }
 // benchFlags are the flags of `ferry bench`.
 type benchFlags struct {
 	brokers    []string
+	tls        tlsFlags
 	embedded   string
 	plugins    string // embedded: plugins.mode override
 	flush      string // embedded: storage flush override
@@ -101,6 +102,7 @@ JSON document on stdout. The exit status is 1 if any message failed.`,
 	}
 	fl := cmd.Flags()
 	fl.StringSliceVar(&f.brokers, "broker", nil, "a running broker: "+brokerUsage+"; repeat or comma-separate for a cluster")
+	f.tls.add(fl)
 	fl.StringVar(&f.embedded, "embedded", "", "start the broker node of this pipeline file in this process")
 	fl.StringVar(&f.plugins, "plugins", "", "embedded: plugin mode, subprocess or inprocess (default: the pipeline's)")
 	fl.StringVar(&f.flush, "flush", "", "embedded: the storage's flush, sync or async (default: the pipeline's)")
@@ -218,7 +220,7 @@ func runBench(ctx context.Context, kind string, f benchFlags, stdout, stderr io.
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
-	c, err := client.DialCluster(dctx, brokers, client.WithLogger(logger))
+	c, err := client.DialCluster(dctx, brokers, append(f.tls.options(), client.WithLogger(logger))...)
 	if err != nil {
 		return fail("cannot reach %s: %v", strings.Join(brokers, ","), err)
 	}

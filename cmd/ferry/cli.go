@@ -8,6 +8,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ferrymq/ferry/core/client"
 )
 
 // DefaultBroker is the broker address of every command that talks to a
@@ -23,6 +26,27 @@ const EnvBroker = "FERRY_BROKER"
 
 // brokerUsage is the help text of every --broker flag.
 const brokerUsage = "broker address host:port of its grpc transport (default: $" + EnvBroker + ", else " + DefaultBroker + ")"
+
+// tlsFlags are the TLS flags of every command that talks to a broker.
+type tlsFlags struct {
+	on            bool
+	ca, cert, key string
+}
+
+func (t *tlsFlags) add(fs *pflag.FlagSet) {
+	fs.BoolVar(&t.on, "tls", false, "speak TLS to the broker, trusting the system's CAs (implied by --tls-ca, --tls-cert, --tls-key)")
+	fs.StringVar(&t.ca, "tls-ca", "", "TLS: PEM file of the CA that signed the broker's certificate")
+	fs.StringVar(&t.cert, "tls-cert", "", "TLS: this client's certificate (PEM), for a broker that requires mutual TLS")
+	fs.StringVar(&t.key, "tls-key", "", "TLS: the key of --tls-cert (PEM)")
+}
+
+// options are the client options the flags ask for.
+func (t tlsFlags) options() []client.Option {
+	if !t.on && t.ca == "" && t.cert == "" && t.key == "" {
+		return nil
+	}
+	return []client.Option{client.WithTLS(t.ca, t.cert, t.key)}
+}
 
 // brokersOf resolves a command's broker addresses: the --broker flag's
 // values if it was set, else $FERRY_BROKER, else DefaultBroker. Commands call

@@ -31,6 +31,7 @@ type consumeOptions struct {
 	json, body                         bool
 	concurrency                        int
 	startLatest                        bool
+	tls                                tlsFlags
 }
 
 func init() { rootCmd.AddCommand(newConsumeCmd()) }
@@ -80,6 +81,7 @@ every attempt), attempt counts its deliveries to the group, and the body is
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.broker, "broker", "", brokerUsage)
+	o.tls.add(f)
 	f.StringVar(&o.topic, "topic", "", "topic to consume (required)")
 	f.StringVar(&o.group, "group", "", "consumer group (required)")
 	f.StringVar(&o.member, "member", "", "this member's id in the group (default: host-pid-random)")
@@ -146,7 +148,7 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	}
 	log := quietSlog(hclog.Warn)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := client.Dial(dctx, o.broker, client.WithLogger(log))
+	c, err := client.Dial(dctx, o.broker, append(o.tls.options(), client.WithLogger(log))...)
 	cancel()
 	if err != nil {
 		return 0, err

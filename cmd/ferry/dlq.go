@@ -29,10 +29,12 @@ func init() { rootCmd.AddCommand(newDLQCmd()) }
 type dlqFlags struct {
 	broker, group string
 	json          bool
+	tls           tlsFlags
 }
 
 func (f *dlqFlags) add(cmd *cobra.Command, withJSON bool) {
 	cmd.Flags().StringVar(&f.broker, "broker", "", brokerUsage)
+	f.tls.add(cmd.Flags())
 	cmd.Flags().StringVar(&f.group, "group", "", "consumer group whose dead-letter queue to work on (required)")
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
@@ -48,7 +50,7 @@ func (f *dlqFlags) dial(cmd *cobra.Command) (context.Context, *client.Client, fu
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	c, err := client.Dial(ctx, broker, client.WithLogger(quietSlog(hclog.Error)))
+	c, err := client.Dial(ctx, broker, append(f.tls.options(), client.WithLogger(quietSlog(hclog.Error)))...)
 	if err != nil {
 		cancel()
 		stop()

@@ -29,6 +29,7 @@ func init() { rootCmd.AddCommand(newProduceCmd()) }
 // produceFlags are the flags of `ferry produce`.
 type produceFlags struct {
 	brokers        []string
+	tls            tlsFlags
 	topic          string
 	mode           string
 	count          int
@@ -87,6 +88,7 @@ failed.`,
 	}
 	fl := cmd.Flags()
 	fl.StringSliceVar(&f.brokers, "broker", nil, brokerUsage+"; repeat or comma-separate for a cluster")
+	f.tls.add(fl)
 	fl.StringVar(&f.topic, "topic", "", "topic to send to")
 	fl.StringVar(&f.mode, "mode", "sync", "send mode: sync, async or oneway")
 	fl.IntVar(&f.count, "count", 0, "send this many generated messages (with --size)")
@@ -225,7 +227,7 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 	dctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
-	c, err := client.DialCluster(dctx, brokers, client.WithLogger(logger))
+	c, err := client.DialCluster(dctx, brokers, append(f.tls.options(), client.WithLogger(logger))...)
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("cannot reach %s: %v", strings.Join(brokers, ","), err)}
 	}

@@ -19,6 +19,13 @@ import (
 // free port and returns the port's address.
 func startBroker(t *testing.T) string {
 	t.Helper()
+	return startBrokerWith(t, "")
+}
+
+// startBrokerWith is startBroker with more keys of the grpc transport's
+// config (flow style, e.g. `tls: {cert_file: a, key_file: b}`).
+func startBrokerWith(t *testing.T, transportExtra string) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -31,9 +38,9 @@ func startBroker(t *testing.T) string {
 node: {data_dir: %q}
 plugins:
   storage: {type: memory}
-  transport: {type: grpc, config: {listen: %q, shutdown_timeout: 200ms}}
+  transport: {type: grpc, config: {listen: %q, shutdown_timeout: 200ms%s}}
 topics: [{name: t, queues: 4}]
-`, filepath.Join(dir, "data"), addr)), 0o644); err != nil {
+`, filepath.Join(dir, "data"), addr, transportExtra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(ferryBin, "run", "--log-level", "error", yaml)
