@@ -78,6 +78,9 @@ type Tracing struct {
 	// ServiceName names the process's service in Jaeger; a node and its
 	// plugin processes share it.
 	ServiceName string
+	// DebugPlumbing gives spans also to the plugin plumbing's gRPC calls
+	// (see TracedRPC).
+	DebugPlumbing bool
 }
 
 // State of this process's tracing, as the last Setup left it.
@@ -91,6 +94,8 @@ var (
 	state      atomic.Int32
 	generation atomic.Uint64 // bumped by every Setup; tracers re-resolve on change
 	current    atomic.Pointer[sdktrace.TracerProvider]
+	// debugPlumbing is the last Setup's Tracing.DebugPlumbing.
+	debugPlumbing atomic.Bool
 )
 
 // Enabled reports whether this process records spans (Setup ran with an
@@ -111,6 +116,7 @@ func Enabled() bool { return state.Load() == stateOn }
 // process.
 func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutdown func(context.Context) error, err error) {
 	otel.SetTextMapPropagator(propagator)
+	debugPlumbing.Store(cfg.DebugPlumbing)
 	exp, err := newExporter(ctx, cfg)
 	if err != nil {
 		return nil, err
