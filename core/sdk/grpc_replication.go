@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,7 +34,7 @@ func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer
 		pctx := telemetry.Extract(ctx, req.Trace)
 		_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
 			trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-			trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
+			trace.WithAttributes(telemetry.BatchAttr(req.Messages)))
 		// Replicate is called here, in stream order.
 		wait, err := s.impl.Replicate(ctx, req.Messages)
 		if err != nil {
@@ -50,7 +49,7 @@ func (s *replicationServer) Replicate(stream ferryv1.Replication_ReplicateServer
 			if err != nil {
 				span.RecordError(err)
 			}
-			span.SetAttributes(attribute.String("status", st.String()))
+			span.SetAttributes(telemetry.AttrStatus.String(st.String()))
 			span.End()
 			return &ferryv1.ReplicateResponse{Seq: req.Seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
 		}

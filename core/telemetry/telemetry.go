@@ -137,6 +137,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
+		sdktrace.WithSpanProcessor(systemProcessor{}),
 		sdktrace.WithBatcher(exp,
 			sdktrace.WithBatchTimeout(exportInterval),
 			sdktrace.WithMaxQueueSize(exportQueue),
@@ -152,6 +153,22 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return tp.Shutdown(ctx)
 	}, nil
 }
+
+// systemProcessor sets messaging.system on every recorded span of Ferry's
+// tracers (not on otelgrpc's). The SDK calls it only for spans it records,
+// so unsampled spans pay nothing for the attribute.
+type systemProcessor struct{}
+
+var systemAttr = AttrSystem.String(SystemFerry)
+
+func (systemProcessor) OnStart(_ context.Context, s sdktrace.ReadWriteSpan) {
+	if strings.HasPrefix(s.InstrumentationScope().Name, scope) {
+		s.SetAttributes(systemAttr)
+	}
+}
+func (systemProcessor) OnEnd(sdktrace.ReadOnlySpan)      {}
+func (systemProcessor) Shutdown(context.Context) error   { return nil }
+func (systemProcessor) ForceFlush(context.Context) error { return nil }
 
 // install makes tp the global provider and the one Ferry's tracers use.
 func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32) {
