@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ferrymq/ferry/core/admin"
@@ -341,7 +340,7 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 	ctx, span := tracer.Start(ctx, telemetry.SpanBrokerAppend,
 		trace.WithLinks(telemetry.BatchLinks(ctx, req.Messages[1:])...),
 		trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(topicName),
-			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.AttrMessages.Int(len(req.Messages))))
+			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.BatchAttr(req.Messages)))
 	defer span.End()
 	started := time.Now()
 	if b.repl != nil {
@@ -371,7 +370,7 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 		}
 	}
 	if span.IsRecording() && len(offsets) > 0 {
-		span.SetAttributes(telemetry.AttrOffset.Int64(offsets[0]), attribute.String("status", status.String()))
+		span.SetAttributes(telemetry.AttrOffset.Int64(offsets[0]), telemetry.AttrStatus.String(status.String()))
 	}
 	return &sdk.ProduceResponse{Seq: req.Seq, Offsets: offsets, Status: status}, nil
 }

@@ -165,7 +165,8 @@ func (b *Broker) traceDeliveries(req *sdk.FetchRequest, msgs []*sdk.Message) {
 			continue
 		}
 		_, span := tracer.Start(trace.ContextWithRemoteSpanContext(context.Background(), sc), telemetry.SpanBrokerDeliver,
-			trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(m.Topic),
+			trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpReceive), telemetry.AttrMessageID.String(m.Id),
+				telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(m.Topic),
 				telemetry.AttrQueue.Int(int(m.Queue)), telemetry.AttrOffset.Int64(m.Offset), telemetry.AttrGroup.String(req.Group)))
 		span.End()
 	}

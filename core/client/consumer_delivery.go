@@ -92,7 +92,8 @@ func (d *Delivery) Settled() bool { return d.state.Load() == deliverySettled }
 func (d *Delivery) Ack() {
 	if d.state.Load() == deliveryOpen && tracing(d.traceContext()) {
 		_, span := consumerTracer.Start(d.traceContext(), telemetry.SpanConsumerAck,
-			trace.WithAttributes(telemetry.AttrGroup.String(d.Group), telemetry.AttrOffset.Int64(d.Offset)))
+			trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpSettle), telemetry.AttrMessageID.String(d.ID),
+				telemetry.AttrGroup.String(d.Group), telemetry.AttrOffset.Int64(d.Offset)))
 		defer span.End()
 	}
 	d.rt.settle(d, outcomeAcked)
@@ -117,7 +118,8 @@ func (d *Delivery) failureSpan(name, event string, attempt int, cause error, h m
 		telemetry.AttrTopic.String(d.Topic), telemetry.AttrQueue.Int(int(d.Queue)), telemetry.AttrOffset.Int64(d.Offset),
 		telemetry.AttrReason.String(cause.Error()))
 	trace.SpanFromContext(pctx).AddEvent(event, attrs)
-	sctx, span := consumerFailureTracer(name).Start(pctx, name, attrs)
+	sctx, span := consumerFailureTracer(name).Start(pctx, name, attrs,
+		trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpSend), telemetry.AttrMessageID.String(d.ID)))
 	telemetry.Inject(sctx, h)
 	return span
 }

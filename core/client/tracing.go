@@ -36,8 +36,8 @@ func startProcess(ctx context.Context, d *Delivery) (context.Context, trace.Span
 	}
 	sctx, span := consumerTracer.Start(pctx, telemetry.SpanConsumerProcess,
 		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(telemetry.AttrGroup.String(d.Group), telemetry.AttrTopic.String(d.Topic),
-			telemetry.AttrQueue.Int(int(d.Queue)), telemetry.AttrOffset.Int64(d.Offset), telemetry.AttrAttempt.Int(d.Attempt)))
+		trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpProcess), telemetry.AttrMessageID.String(d.ID),
+			telemetry.AttrGroup.String(d.Group), telemetry.AttrTopic.String(d.Topic), telemetry.AttrQueue.Int(int(d.Queue)), telemetry.AttrOffset.Int64(d.Offset), telemetry.AttrAttempt.Int(d.Attempt)))
 	d.tctx = sctx
 	return sctx, span
 }
@@ -56,7 +56,7 @@ func tracing(ctx context.Context) bool {
 func startSend(ctx context.Context, m Message) (Message, trace.Span) {
 	sctx, span := producerTracer.Start(ctx, telemetry.SpanProducerSend,
 		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(telemetry.AttrTopic.String(m.Topic)))
+		trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpSend), telemetry.AttrTopic.String(m.Topic)))
 	if trace.SpanContextFromContext(sctx).IsValid() {
 		m.Headers = telemetry.Inject(sctx, maps.Clone(m.Headers))
 	}
@@ -67,6 +67,9 @@ func startSend(ctx context.Context, m Message) (Message, trace.Span) {
 func endSend(span trace.Span, r Result, err error) {
 	if span.IsRecording() {
 		span.SetAttributes(telemetry.AttrQueue.Int(int(r.Queue)), telemetry.AttrOffset.Int64(r.Offset))
+		if r.ID != "" {
+			span.SetAttributes(telemetry.AttrMessageID.String(r.ID))
+		}
 		if err != nil {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())

@@ -156,6 +156,9 @@ type Tracing struct {
 	Endpoint    string  `koanf:"endpoint"`     // required for otlp (host:port)
 	SampleRatio float64 `koanf:"sample_ratio"` // default 1.0, 0..1
 	ServiceName string  `koanf:"service_name"` // default "ferry-<node id>"
+	// DebugPlumbing also traces the plugin plumbing (Configure, health,
+	// stdio, offset lookups); default false.
+	DebugPlumbing bool `koanf:"debug_plumbing"`
 }
 
 // Admin is the node's admin HTTP listener: Prometheus /metrics, /healthz,

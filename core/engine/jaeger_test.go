@@ -118,7 +118,7 @@ func TestTraceInJaeger(t *testing.T) {
 		}
 	}
 	plugin := func(s *jaegertest.Span) string {
-		v, _ := tr.Process(s).Tag("plugin")
+		v, _ := tr.Process(s).Tag(string(telemetry.AttrPlugin))
 		return v
 	}
 	// childOf finds the span named name whose parent is parent: the
@@ -145,6 +145,15 @@ func TestTraceInJaeger(t *testing.T) {
 	}
 	if v, _ := bapp.Tag(string(telemetry.AttrTopic)); v != "orders" {
 		t.Errorf("broker.append topic = %q", v)
+	}
+	// Semantic-convention names: found by the message's id, and marked as Ferry's.
+	for _, s := range []*jaegertest.Span{send1, bapp, sapp} {
+		if v, _ := s.Tag(string(telemetry.AttrMessageID)); v != flakyID {
+			t.Errorf("%s: %s = %q, want %q", s.OperationName, telemetry.AttrMessageID, v, flakyID)
+		}
+		if v, _ := s.Tag(string(telemetry.AttrSystem)); v != telemetry.SystemFerry {
+			t.Errorf("%s: %s = %q, want %q", s.OperationName, telemetry.AttrSystem, v, telemetry.SystemFerry)
+		}
 	}
 	procs := tr.Named(telemetry.SpanConsumerProcess)
 	var first, second *jaegertest.Span

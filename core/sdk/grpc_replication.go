@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -43,7 +42,7 @@ func (s *replicationServer) startReplicate(ctx context.Context, req *ferryv1.Rep
 	pctx := telemetry.Extract(ctx, req.Trace)
 	_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
 		trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-		trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
+		trace.WithAttributes(telemetry.BatchAttr(req.Messages)))
 	wait, err := s.impl.Replicate(ctx, req.Messages)
 	if err != nil {
 		span.RecordError(err)
@@ -57,7 +56,7 @@ func (s *replicationServer) startReplicate(ctx context.Context, req *ferryv1.Rep
 		if err != nil {
 			span.RecordError(err)
 		}
-		span.SetAttributes(attribute.String("status", st.String()))
+		span.SetAttributes(telemetry.AttrStatus.String(st.String()))
 		span.End()
 		return &ferryv1.ReplicateResponse{Seq: req.Seq, Status: st, Offsets: offs, Error: ErrorToProto(err)}
 	}

@@ -49,7 +49,7 @@ func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequ
 	pctx := telemetry.Extract(ctx, req.Trace)
 	sctx, span := storageTracer.Start(pctx, telemetry.SpanStorageAppend,
 		trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-		trace.WithAttributes(telemetry.AttrMessages.Int(len(req.Messages))))
+		trace.WithAttributes(telemetry.BatchAttr(req.Messages)))
 	var (
 		written AppendWritten
 		wait    AppendWait

@@ -15,6 +15,8 @@ const (
 	EnvEndpoint    = "FERRY_TRACING_ENDPOINT"
 	EnvSampleRatio = "FERRY_TRACING_SAMPLE_RATIO"
 	EnvServiceName = "FERRY_TRACING_SERVICE_NAME"
+	// EnvDebugPlumbing is "true" when the plumbing's calls get spans too.
+	EnvDebugPlumbing = "FERRY_TRACING_DEBUG_PLUMBING"
 	// EnvPlugin names the plugin a process serves ("storage/file"); it
 	// becomes the resource attribute "plugin" of the process's spans.
 	EnvPlugin = "FERRY_TRACING_PLUGIN"
@@ -35,6 +37,7 @@ func EnvFor(cfg Tracing, plugin string) []string {
 		EnvSampleRatio + "=" + strconv.FormatFloat(cfg.SampleRatio, 'g', -1, 64),
 		EnvServiceName + "=" + cfg.ServiceName,
 		EnvPlugin + "=" + plugin,
+		EnvDebugPlumbing + "=" + strconv.FormatBool(cfg.DebugPlumbing),
 	}
 }
 
@@ -45,6 +48,13 @@ func FromEnv() (Tracing, string, error) {
 		Endpoint:    os.Getenv(EnvEndpoint),
 		ServiceName: os.Getenv(EnvServiceName),
 		SampleRatio: 1,
+	}
+	if s := os.Getenv(EnvDebugPlumbing); s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return Tracing{}, "", fmt.Errorf("%s=%q: not true or false", EnvDebugPlumbing, s)
+		}
+		cfg.DebugPlumbing = b
 	}
 	if s := os.Getenv(EnvSampleRatio); s != "" {
 		r, err := strconv.ParseFloat(s, 64)

@@ -103,21 +103,21 @@ func TestJaegerTraceAcrossProcesses(t *testing.T) {
 	if hostProc.ServiceName != service || pluginProc.ServiceName != service {
 		t.Errorf("services %q and %q, want %q for both", hostProc.ServiceName, pluginProc.ServiceName, service)
 	}
-	if v, _ := pluginProc.Tag("plugin"); v != "storage/test" {
+	if v, _ := pluginProc.Tag(string(AttrPlugin)); v != "storage/test" {
 		t.Errorf("plugin process tag plugin=%q, want storage/test", v)
 	}
-	if v, _ := hostProc.Tag("pipeline"); v != "telemetry-test" {
+	if v, _ := hostProc.Tag(string(AttrPipeline)); v != "telemetry-test" {
 		t.Errorf("host process tag pipeline=%q, want telemetry-test", v)
 	}
 	for _, c := range []struct {
 		s         *jaegertest.Span
 		key, want string
-	}{{ps, "topic", "orders"}, {ps, "queue", "1"}, {as, "topic", "orders"}, {as, "offset", "7"}} {
+	}{{ps, string(AttrTopic), "orders"}, {ps, string(AttrQueue), "1"}, {as, string(AttrTopic), "orders"}, {as, string(AttrOffset), "7"}, {ps, string(AttrSystem), SystemFerry}} {
 		if v, _ := c.s.Tag(c.key); v != c.want {
 			t.Errorf("%s: %s=%q, want %q", c.s.OperationName, c.key, v, c.want)
 		}
 	}
-	if ev, ok := as.Event(EventRetry); !ok || ev["attempt"] != "2" || ev["reason"] != "handler failed" {
+	if ev, ok := as.Event(EventRetry); !ok || ev[string(AttrAttempt)] != "2" || ev[string(AttrReason)] != "handler failed" {
 		t.Errorf("storage.append events %v; retry event %v, want attempt 2 and a reason", as.Events(), ev)
 	}
 

@@ -34,17 +34,34 @@ const (
 	SpanTransportCommitOffset = "transport.commit"      // the transport plugin forwards a commit
 )
 
-// Span attribute keys, e.g. telemetry.AttrTopic.String("orders").
+// Span attribute keys, e.g. telemetry.AttrTopic.String("orders"): those of
+// OpenTelemetry's messaging semantic conventions where one exists
+// (messaging.*), Ferry's own (ferry.*) otherwise.
 const (
-	AttrPipeline = attribute.Key("pipeline")
-	AttrTopic    = attribute.Key("topic")
-	AttrQueue    = attribute.Key("queue")
-	AttrOffset   = attribute.Key("offset")
-	AttrGroup    = attribute.Key("group")
-	AttrAttempt  = attribute.Key("attempt")  // 1 for the first delivery
-	AttrPlugin   = attribute.Key("plugin")   // "<kind>/<type>", e.g. "storage/file"
-	AttrMessages = attribute.Key("messages") // messages in a batch
-	AttrReason   = attribute.Key("reason")   // why a message was retried or dead-lettered
+	AttrSystem        = attribute.Key("messaging.system")              // always SystemFerry
+	AttrTopic         = attribute.Key("messaging.destination.name")    // the topic
+	AttrOperationType = attribute.Key("messaging.operation.type")      // OpSend, OpProcess, OpSettle, …
+	AttrGroup         = attribute.Key("messaging.consumer.group.name") // the consumer group
+	AttrMessageID     = attribute.Key("messaging.message.id")          // the message's id (Message.id)
+	AttrMessages      = attribute.Key("messaging.batch.message_count") // messages in a batch (not set for one)
+	AttrPipeline      = attribute.Key("ferry.pipeline")
+	AttrQueue         = attribute.Key("ferry.queue")
+	AttrOffset        = attribute.Key("ferry.offset")
+	AttrAttempt       = attribute.Key("ferry.attempt") // 1 for the first delivery
+	AttrPlugin        = attribute.Key("ferry.plugin")  // "<kind>/<type>", e.g. "storage/file" (a process's resource)
+	AttrReason        = attribute.Key("ferry.reason")  // why a message was retried or dead-lettered
+	AttrStatus        = attribute.Key("ferry.status")  // the append's status (STATUS_OK, STATUS_FLUSH_TIMEOUT)
+)
+
+// SystemFerry is the value of messaging.system on Ferry's spans.
+const SystemFerry = "ferry"
+
+// Values of messaging.operation.type (the conventions' operation types).
+const (
+	OpSend    = "send"    // a message is sent to the broker (producer.send, retry.schedule, dlq.route)
+	OpReceive = "receive" // a message is handed to a consumer (broker.deliver)
+	OpProcess = "process" // the consumer's handler runs (consumer.process)
+	OpSettle  = "settle"  // the message is acknowledged (consumer.ack)
 )
 
 // Span event names.
@@ -62,3 +79,15 @@ const (
 	HeaderTraceparent = "traceparent"
 	HeaderTracestate  = "tracestate"
 )
+
+// BatchAttr is the attribute that says what a batch span covers: the
+// message's id (messaging.message.id) for a batch of one, so that the span
+// is found by the message's id, and the batch's size
+// (messaging.batch.message_count) for more, as the messaging conventions
+// ask (they leave the count off single-message spans).
+func BatchAttr[M interface{ GetId() string }](msgs []M) attribute.KeyValue {
+	if len(msgs) == 1 {
+		return AttrMessageID.String(msgs[0].GetId())
+	}
+	return AttrMessages.Int(len(msgs))
+}

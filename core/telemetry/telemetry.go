@@ -78,6 +78,9 @@ type Tracing struct {
 	// ServiceName names the process's service in Jaeger; a node and its
 	// plugin processes share it.
 	ServiceName string
+	// DebugPlumbing gives spans also to the plugin plumbing's gRPC calls
+	// (see TracedRPC).
+	DebugPlumbing bool
 }
 
 // State of this process's tracing, as the last Setup left it.
@@ -91,6 +94,8 @@ var (
 	state      atomic.Int32
 	generation atomic.Uint64 // bumped by every Setup; tracers re-resolve on change
 	current    atomic.Pointer[sdktrace.TracerProvider]
+	// debugPlumbing is the last Setup's Tracing.DebugPlumbing.
+	debugPlumbing atomic.Bool
 )
 
 // Enabled reports whether this process records spans (Setup ran with an
@@ -111,6 +116,7 @@ func Enabled() bool { return state.Load() == stateOn }
 // process.
 func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutdown func(context.Context) error, err error) {
 	otel.SetTextMapPropagator(propagator)
+	debugPlumbing.Store(cfg.DebugPlumbing)
 	exp, err := newExporter(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -131,6 +137,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
+		sdktrace.WithSpanProcessor(systemProcessor{}),
 		sdktrace.WithBatcher(exp,
 			sdktrace.WithBatchTimeout(exportInterval),
 			sdktrace.WithMaxQueueSize(exportQueue),
@@ -146,6 +153,22 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return tp.Shutdown(ctx)
 	}, nil
 }
+
+// systemProcessor sets messaging.system on every recorded span of Ferry's
+// tracers (not on otelgrpc's). The SDK calls it only for spans it records,
+// so unsampled spans pay nothing for the attribute.
+type systemProcessor struct{}
+
+var systemAttr = AttrSystem.String(SystemFerry)
+
+func (systemProcessor) OnStart(_ context.Context, s sdktrace.ReadWriteSpan) {
+	if strings.HasPrefix(s.InstrumentationScope().Name, scope) {
+		s.SetAttributes(systemAttr)
+	}
+}
+func (systemProcessor) OnEnd(sdktrace.ReadOnlySpan)      {}
+func (systemProcessor) Shutdown(context.Context) error   { return nil }
+func (systemProcessor) ForceFlush(context.Context) error { return nil }
 
 // install makes tp the global provider and the one Ferry's tracers use.
 func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32) {

@@ -248,7 +248,7 @@ func TestSetupStdoutAndSampler(t *testing.T) {
 	for _, kv := range span.Resource {
 		res[kv.Key] = kv.Value.Value
 	}
-	if res["service.name"] != "ferry-test" || res["plugin"] != "storage/memory" || res["process.pid"] == nil {
+	if res["service.name"] != "ferry-test" || res["ferry.plugin"] != "storage/memory" || res["process.pid"] == nil {
 		t.Fatalf("resource %v: want service.name ferry-test, plugin storage/memory, process.pid", res)
 	}
 }

@@ -309,3 +309,31 @@ func Describe(t *Trace) string {
 	}
 	return b.String()
 }
+
+// Operations returns the operation (span) names Jaeger knows for service,
+// as the UI's operation list shows them (/api/services/{service}/operations).
+func (j Jaeger) Operations(ctx context.Context, service string) ([]string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.Query+"/api/services/"+service+"/operations", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /api/services/%s/operations: %s: %s", service, resp.Status, body)
+	}
+	var out struct {
+		Data []string `json:"data"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return nil, fmt.Errorf("GET /api/services/%s/operations: decode: %w", service, err)
+	}
+	return out.Data, nil
+}

@@ -131,7 +131,7 @@ func (b *brokerServer) produce(ctx context.Context, req *ferryv1.ProduceRequest)
 		ctx, span = tracer.Start(ctx, telemetry.SpanTransportReceive,
 			trace.WithSpanKind(trace.SpanKindServer),
 			trace.WithLinks(telemetry.BatchLinks(ctx, req.Messages[1:])...),
-			trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic), telemetry.AttrMessages.Int(len(req.Messages))))
+			trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic), telemetry.BatchAttr(req.Messages)))
 		defer span.End()
 	}
 	if err := b.checkSizes(req); err != nil {
