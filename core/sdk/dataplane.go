@@ -160,6 +160,28 @@ func (h *ringHost) configure(ctx context.Context, pc pluginClient, config []byte
 	return conn, nil
 }
 
+// configureAndStart is configure, then start with the connection when the
+// plugin took the rings (start may be nil).
+func (h *ringHost) configureAndStart(ctx context.Context, pc pluginClient, config []byte, env *Environment, start func(*ring.Conn)) error {
+	conn, err := h.configure(ctx, pc, config, env)
+	if err != nil {
+		return err
+	}
+	if conn != nil && start != nil {
+		start(conn)
+	}
+	return nil
+}
+
+// dataPlane names the data plane the client's hot calls use: DataPlaneRing
+// or "grpc".
+func (h *ringHost) dataPlane() string {
+	if h.conn != nil {
+		return DataPlaneRing
+	}
+	return "grpc"
+}
+
 // ringWrite encodes m into a pooled buffer and writes it as one frame.
 func ringWrite(c *ring.Conn, kind uint16, id uint64, m proto.Message) error {
 	b, buf, err := encodeFrame(m)

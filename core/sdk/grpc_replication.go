@@ -253,23 +253,13 @@ func (c *ReplicationClient) UseRing(seg *ring.Segment, broken func(error)) { c.d
 // handed one over; if the plugin takes it, Replicate and the plugin's calls
 // to the core go over the rings from now on.
 func (c *ReplicationClient) Configure(ctx context.Context, config []byte, env *Environment) error {
-	conn, err := c.dp.configure(ctx, c.pluginClient, config, env)
-	if err != nil {
-		return err
-	}
-	if conn != nil {
-		c.startRing(conn)
-	}
-	return nil
+	return c.dp.configureAndStart(ctx, c.pluginClient, config, env, c.startRing)
 }
 
 // DataPlane names the data plane Replicate and the plugin's calls use:
 // DataPlaneRing or "grpc".
 func (c *ReplicationClient) DataPlane() string {
-	if c.dp.conn != nil {
-		return DataPlaneRing
-	}
-	return "grpc"
+	return c.dp.dataPlane()
 }
 
 // NewReplicationClient returns a client for a replication plugin reached

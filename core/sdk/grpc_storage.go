@@ -170,23 +170,13 @@ func (c *StorageClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.Us
 // handed one over; if the plugin takes it, Append, Read, CommitOffsets and
 // GetOffsets go over the rings from now on.
 func (c *StorageClient) Configure(ctx context.Context, config []byte, env *Environment) error {
-	conn, err := c.dp.configure(ctx, c.pluginClient, config, env)
-	if err != nil {
-		return err
-	}
-	if conn != nil {
-		c.startRing(conn)
-	}
-	return nil
+	return c.dp.configureAndStart(ctx, c.pluginClient, config, env, c.startRing)
 }
 
 // DataPlane names the data plane the client's hot calls use: DataPlaneRing
 // or "grpc".
 func (c *StorageClient) DataPlane() string {
-	if c.dp.conn != nil {
-		return DataPlaneRing
-	}
-	return "grpc"
+	return c.dp.dataPlane()
 }
 
 // NewStorageClient returns a client for a storage plugin reached through cc.

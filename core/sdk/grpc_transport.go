@@ -190,17 +190,13 @@ func (c *TransportClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.
 // Configure configures the plugin, offering the data plane when the host
 // handed one over.
 func (c *TransportClient) Configure(ctx context.Context, config []byte, env *Environment) error {
-	_, err := c.dp.configure(ctx, c.pluginClient, config, env)
-	return err
+	return c.dp.configureAndStart(ctx, c.pluginClient, config, env, nil)
 }
 
 // DataPlane names the data plane the plugin's requests use: DataPlaneRing
 // or "grpc".
 func (c *TransportClient) DataPlane() string {
-	if c.dp.conn != nil {
-		return DataPlaneRing
-	}
-	return "grpc"
+	return c.dp.dataPlane()
 }
 
 // NewTransportClient returns a client for a transport plugin reached through cc.
