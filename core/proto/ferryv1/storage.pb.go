@@ -356,7 +356,11 @@ func (x *ReadResponse) GetError() *Error {
 }
 
 // QueueOffsets describes one queue's log: start is the first offset still
-// stored, end is the offset the next append gets (end - start messages).
+// stored and readable, end one past the newest readable message (end - start
+// messages). A store that answers appends only once durable reads only what
+// is durable, so end is then also the offset the next append gets; a store
+// that answers on write (flush async) makes a message readable once written
+// (docs/plugins.md, "Offsets").
 type QueueOffsets struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Topic string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
