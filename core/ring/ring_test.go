@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"sync"
 	"syscall"
 	"testing"
@@ -256,36 +257,69 @@ func TestOpenChecksHeader(t *testing.T) {
 }
 
 // FuzzRead feeds arbitrary bytes and indices to a reader: it returns frames
-// or ErrCorrupt, never panics, and never reads beyond the published bytes.
+// or ErrCorrupt, never panics, and never reads beyond the published bytes. A
+// reader that consumed everything published in the middle of a frame (a
+// record flagged More, its continuation not yet written) rightly waits for
+// the rest: the harness then closes the connection, and the read must end
+// with ErrClosed.
 func FuzzRead(f *testing.F) {
 	f.Add([]byte{}, uint64(0))
 	good := make([]byte, 64)
 	putHeader(good, 5, 1, 0, 9, 0)
 	f.Add(good, uint64(32))
 	f.Add(good, uint64(1<<20))
+	partial := make([]byte, 64)
+	putHeader(partial, 5, 1, FlagMore, 9, crc32.Checksum(make([]byte, 5), castagnoli))
+	f.Add(partial, uint64(32))
 	f.Fuzz(func(t *testing.T, data []byte, tail uint64) {
 		seg, err := Create(MinRingSize)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer seg.Close()
 		r := seg.ring(Down)
 		copy(r.data, data)
 		r.tail.Store(tail)
 		plug := mustConn(t, seg, Plugin, Options{})
-		for i := 0; i < 64; i++ {
-			if r.tail.Load() == plug.r.head {
-				return // everything published was read
+		done := make(chan error, 1)
+		go func() {
+			for i := 0; i < 64; i++ {
+				if r.tail.Load() == plug.r.head {
+					done <- nil // everything published was read
+					return
+				}
+				_, _, p, err := plug.Read()
+				if err != nil {
+					done <- err
+					return
+				}
+				if uint64(len(p)) > tail {
+					done <- fmt.Errorf("frame of %d bytes from %d published", len(p), tail)
+					return
+				}
 			}
-			_, _, p, err := plug.Read()
-			if err != nil {
-				if !errors.Is(err, ErrCorrupt) {
+			done <- nil
+		}()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		waiting := false
+		for {
+			select {
+			case err := <-done:
+				_ = plug.Release() // unmaps the segment once the reader is out
+				switch {
+				case err == nil:
+				case waiting && errors.Is(err, ErrClosed):
+				case !errors.Is(err, ErrCorrupt):
 					t.Fatalf("got %v, want ErrCorrupt", err)
 				}
 				return
-			}
-			if uint64(len(p)) > tail {
-				t.Fatalf("frame of %d bytes from %d published", len(p), tail)
+			case <-tick.C:
+				// The shared head reaching the tail means the reader took
+				// everything: it returns, or waits for a continuation.
+				if !waiting && r.head.Load() == r.tail.Load() {
+					waiting = true
+					plug.Close()
+				}
 			}
 		}
 	})
