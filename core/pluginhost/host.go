@@ -59,7 +59,8 @@ type Options struct {
 	// DialOptions are added to the host's gRPC dial options to each plugin
 	// (stats handlers, say).
 	DialOptions []grpc.DialOption
-	// Restarted, when set, is called after a plugin process was restarted.
+	// Restarted, when set, is called once a restarted plugin process is
+	// configured, before Next and Current show its new generation.
 	Restarted func(kind, typ string)
 	// DataPlane is DataPlaneRing (default: storage, transport and replication plugins
 	// in their own processes are offered shared-memory rings for their hot

@@ -133,6 +133,13 @@ func (i *Instance) launch(ctx context.Context, restart bool) error {
 			pid = rc.Pid
 		}
 	}
+	if restart {
+		// Counted before waiters on changed wake, so whoever sees the
+		// new generation also sees the restart counted.
+		if f := i.host.opts.Restarted; f != nil {
+			f(i.kind, i.typ)
+		}
+	}
 	i.mu.Lock()
 	i.impl, i.client, i.gen, i.pid = impl, client, gen, pid
 	i.ringSize = 0
@@ -239,9 +246,6 @@ func (i *Instance) supervise() {
 				n := i.restarts
 				i.mu.Unlock()
 				i.log.Warn("plugin restarted", "pid", i.Pid(), "restarts", n)
-				if f := i.host.opts.Restarted; f != nil {
-					f(i.kind, i.typ)
-				}
 				break
 			}
 			i.log.Error("plugin restart failed", "error", err, "retry_in", backoff)
