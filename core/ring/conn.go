@@ -66,7 +66,12 @@ func NewConn(seg *Segment, side Side, o Options) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ring: listen on bell: %w", err)
 	}
-	c.r = &Reader{r: rr, head: rr.head.Load(), closed: &c.closed, maxSpin: max(o.Spin, 0), bell: bell}
+	rc, err := bell.SyscallConn()
+	if err != nil {
+		_ = bell.Close()
+		return nil, fmt.Errorf("ring: listen on bell: %w", err)
+	}
+	c.r = &Reader{r: rr, head: rr.head.Load(), closed: &c.closed, maxSpin: max(o.Spin, 0), bell: bell, bellRC: rc}
 	return c, nil
 }
 

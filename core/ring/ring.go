@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -176,6 +177,7 @@ type Reader struct {
 	closed  *atomic.Bool
 	buf     []byte   // the frame being read
 	bell    *os.File // this side's end of the ring's bell (listenBell)
+	bellRC  syscall.RawConn
 	bellBuf [8]byte
 
 	maxSpin time.Duration // 0: never spin
@@ -303,7 +305,7 @@ func (rd *Reader) available() (uint64, error) {
 			continue
 		}
 		_ = rd.bell.SetReadDeadline(time.Now().Add(pollInterval))
-		_, err := rd.bell.Read(rd.bellBuf[:])
+		err := readBell(rd.bellRC, &rd.bellBuf)
 		r.rsleep.Store(0)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, fmt.Errorf("%w: bell: %v", ErrClosed, err)

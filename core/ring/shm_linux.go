@@ -5,6 +5,8 @@ package ring
 import (
 	"fmt"
 	"os"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,9 +41,37 @@ func listenBell(fd int) (*os.File, error) {
 
 // ringFD writes 1 to the eventfd fd (not through the poller: the producer's
 // process never waits on the bell it rings).
+//
+// The bells' system calls are raw (no entersyscall): they never block (the
+// eventfd is non-blocking, and its counter cannot reach its limit of 2^64-2),
+// and a system call through the scheduler wakes Go's sysmon thread whenever
+// it sleeps deeply, which it does each time the process goes idle: between
+// the frames of a request/answer chain, an extra thread wake-up or two per
+// frame. See docs/performance.md ("sysmon").
 func ringFD(fd int) {
 	var one = [8]byte{1}
-	_, _ = unix.Write(fd, one[:])
+	_, _, _ = unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&one[0])), 8)
+}
+
+// readBell waits, on Go's netpoller, until the bell (rc, of listenBell's
+// file) was rung, and resets it; the read itself is raw, as in ringFD. It
+// returns the file's deadline error when that passes first.
+func readBell(rc syscall.RawConn, buf *[8]byte) error {
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		_, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), 8)
+		if e == unix.EAGAIN {
+			return false
+		}
+		if e != 0 {
+			rerr = e
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return rerr
 }
 
 func closeFD(fd int) error { return unix.Close(fd) }
@@ -63,4 +93,4 @@ func unmapShared(mem []byte) error {
 
 // yieldProcessor lets another runnable thread, of any process, have this
 // core for a moment (sched_yield).
-func yieldProcessor() { _, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
+func yieldProcessor() { _, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
