@@ -230,6 +230,9 @@ func (h *Host) open(ctx context.Context, kind, typ string, gen uint64) (sdk.Plug
 		cmd = exec.Command(path)
 	}
 	cmd.Env = append(os.Environ(), sdk.EnvHostPID+"="+strconv.Itoa(os.Getpid()))
+	if g, ok := quietSysmon(os.Getenv("GODEBUG")); ok {
+		cmd.Env = append(cmd.Env, "GODEBUG="+g)
+	}
 	name := kind + "/" + typ
 	log := h.log.Named("plugin").Named(name)
 	sock := ""
@@ -311,4 +314,33 @@ func lineLogger(log hclog.Logger, stream string) io.Writer {
 		_, _ = io.Copy(io.Discard, r)
 	}()
 	return w
+}
+
+// quietSysmon returns the GODEBUG a Go plugin process starts with, given the
+// host's, and whether to set it: the host's plus schedtrace at its largest
+// period (24.8 days), unless the host's names schedtrace itself.
+//
+// A plugin process goes idle between the frames of a request/answer chain
+// (one sync producer: every few hundred microseconds). Each time all its Ps
+// are idle, Go's sysmon thread parks in a deep sleep, and the next system
+// call wakes it again (entersyscall), after which it polls every 20 µs until
+// the process is idle once more: two to four extra thread wake-ups per
+// process per message, on a machine where a wake-up costs tens of µs. With
+// schedtrace set, sysmon never takes the deep sleep (proc.go: "sysmon should
+// not enter deep sleep if schedtrace is enabled"); with nothing to do it
+// backs off to one wake-up every 10 ms instead. The period is so long that
+// the trace it enables prints nothing on a machine up less than 24.8 days,
+// and one line at start then one per 24.8 days on one up longer (to the
+// plugin's stderr, which the host logs at debug level).
+// Measured in docs/performance.md ("sysmon").
+func quietSysmon(godebug string) (string, bool) {
+	for _, kv := range strings.Split(godebug, ",") {
+		if strings.HasPrefix(strings.TrimSpace(kv), "schedtrace=") {
+			return "", false
+		}
+	}
+	if godebug == "" {
+		return "schedtrace=2147483647", true
+	}
+	return godebug + ",schedtrace=2147483647", true
 }
