@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 
@@ -34,7 +35,7 @@ func init() { rootCmd.AddCommand(newRunCmd()) }
 
 // newRunCmd returns `ferry run`.
 func newRunCmd() *cobra.Command {
-	var logLevel, logFormat, cpuProfile string
+	var logLevel, logFormat, cpuProfile, memProfile string
 	cmd := &cobra.Command{
 		Use:   "run PIPELINE.yaml",
 		Short: "Run a pipeline: one broker node with its plugins, generators and flows",
@@ -70,6 +71,20 @@ line (@timestamp, @level, @module, @message and the key/values).`,
 					return err
 				}
 				defer pprof.StopCPUProfile()
+			}
+			if memProfile != "" {
+				defer func() {
+					f, err := os.Create(memProfile)
+					if err != nil {
+						fmt.Fprintln(os.Stderr, "memory profile:", err)
+						return
+					}
+					defer f.Close()
+					runtime.GC()
+					if err := pprof.WriteHeapProfile(f); err != nil {
+						fmt.Fprintln(os.Stderr, "memory profile:", err)
+					}
+				}()
 			}
 			log, err := logging.New("ferry", logLevel, logFormat, os.Stderr)
 			if err != nil {
@@ -119,5 +134,6 @@ line (@timestamp, @level, @module, @message and the key/values).`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format: text (hclog's lines) or json (one object per line, for log shippers)")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write the node's CPU profile to this file (plugins: set "+sdk.EnvCPUProfile+")")
+	cmd.Flags().StringVar(&memProfile, "memprofile", "", "write the node's heap profile (allocations over its life, live memory) to this file when it stops (plugins: set "+sdk.EnvMemProfile+")")
 	return cmd
 }

@@ -204,7 +204,38 @@ const EnvHostPID = "FERRY_HOST_PID"
 // finding where time goes on the plugin's side of the boundary.
 const EnvCPUProfile = "FERRY_PLUGIN_CPUPROFILE"
 
+// EnvMemProfile names an environment variable: when set, a plugin writes its
+// heap profile (what it allocated over its life, and what is live) to
+// "$FERRY_PLUGIN_MEMPROFILE.<pid>" when it stops.
+const EnvMemProfile = "FERRY_PLUGIN_MEMPROFILE"
+
 func startProfile(log hclog.Logger) func() {
+	stopCPU := startCPUProfile(log)
+	return func() {
+		stopCPU()
+		if path := os.Getenv(EnvMemProfile); path != "" {
+			if err := writeHeapProfile(fmt.Sprintf("%s.%d", path, os.Getpid())); err != nil {
+				log.Error("memory profile", "error", err)
+			}
+		}
+	}
+}
+
+// writeHeapProfile writes the heap profile, after a GC, to path.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func startCPUProfile(log hclog.Logger) func() {
 	path := os.Getenv(EnvCPUProfile)
 	if path == "" {
 		return func() {}

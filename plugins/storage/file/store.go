@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -512,9 +513,12 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		active.size += size
 		active.maxStored = stored
 		if !active.damaged {
-			active.heads = append(active.heads, indexHead(buf[at:])...)
+			active.heads = appendHead(active.heads, indexHead(buf[at:]))
 		}
 		offsets[i] = q.end()
+		if len(q.ents) == cap(q.ents) {
+			q.ents = slices.Grow(q.ents, max(len(q.ents), 1024)) // doubling, as appendHead
+		}
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		if m.Id != "" {
 			q.dedup.add(m.Id, offsets[i])
