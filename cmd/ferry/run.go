@@ -86,6 +86,7 @@ line (@timestamp, @level, @module, @message and the key/values).`,
 					}
 				}()
 			}
+			sdk.SetGCDefault()
 			log, err := logging.New("ferry", logLevel, logFormat, os.Stderr)
 			if err != nil {
 				return &exitError{code: 2, msg: err.Error()}
