@@ -127,8 +127,11 @@ func TestConcurrentWriters(t *testing.T) {
 func TestCloseUnblocks(t *testing.T) {
 	_, host, plug := newPair(t, MinRingSize)
 	errc := make(chan error, 2)
-	go func() { _, _, _, err := plug.Read(); errc <- err }()
-	// Fill the host's ring so that a write blocks.
+	// The host reads the ring the plugin writes (nothing comes) and fills
+	// the one the plugin would read (nobody does), so both block. (Reading
+	// the ring being filled, as this test once did, could take a frame and
+	// return nil before Close: it failed so under load.)
+	go func() { _, _, _, err := host.Read(); errc <- err }()
 	go func() {
 		for {
 			if err := host.Write(1, 0, make([]byte, 1000)); err != nil {
