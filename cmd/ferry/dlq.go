@@ -42,15 +42,21 @@ func (f *dlqFlags) add(cmd *cobra.Command, withJSON bool) {
 	_ = cmd.MarkFlagRequired("group")
 }
 
-// dial connects for one dlq command, bounded by a few seconds per call.
+// dial connects for one dlq command, bounded by a minute.
 func (f *dlqFlags) dial(cmd *cobra.Command) (context.Context, *client.Client, func(), error) {
-	broker, err := brokerOf(cmd, f.broker)
+	return dialOne(cmd, f.broker, f.tls)
+}
+
+// dialOne connects to the broker of a --broker flag for one short command,
+// bounded by a minute and by SIGINT/SIGTERM; done closes it all.
+func dialOne(cmd *cobra.Command, flagBroker string, tls tlsFlags) (ctx context.Context, c *client.Client, done func(), err error) {
+	broker, err := brokerOf(cmd, flagBroker)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	c, err := client.Dial(ctx, broker, append(f.tls.options(), client.WithLogger(quietSlog(hclog.Error)))...)
+	c, err = client.Dial(ctx, broker, append(tls.options(), client.WithLogger(quietSlog(hclog.Error)))...)
 	if err != nil {
 		cancel()
 		stop()

@@ -33,6 +33,31 @@ topics: %s
 	return yaml
 }
 
+// startTopicNode starts `ferry run yaml` and waits until it listens on addr.
+func startTopicNode(t *testing.T, yaml, addr string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(ferryBin, "run", "--log-level", "error", yaml)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "the node listens on "+addr, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return cmd, out
+}
+
+// stopTopicNode stops a node of startTopicNode and waits for it.
+func stopTopicNode(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+}
+
 // A real `ferry run` keeps the pipeline's topics in its data dir; started
 // again with a topic declared with fewer queues than it holds, it refuses to
 // start and names the conflict; with the topic no longer declared, it still
@@ -40,26 +65,8 @@ topics: %s
 func TestTopicMetadataAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
 	addr := ferrytest.FreeAddr(t)
-	run := func(yaml string) (*exec.Cmd, *syncBuffer) {
-		cmd := exec.Command(ferryBin, "run", "--log-level", "error", yaml)
-		out := &syncBuffer{}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitUntil(t, 60*time.Second, "the node listens on "+addr, func() bool {
-			c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
-		return cmd, out
-	}
-	stop := func(cmd *exec.Cmd) {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}
+	run := func(yaml string) (*exec.Cmd, *syncBuffer) { return startTopicNode(t, yaml, addr) }
+	stop := stopTopicNode
 	cmd, out := run(topicNode(t, dir, addr, "[{name: Orders.EU, queues: 4}, {name: audit, queues: 1}]"))
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {

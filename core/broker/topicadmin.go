@@ -1,21 +1,69 @@
 package broker
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	"github.com/ferrymq/ferry/core/names"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
 // This file holds the broker's side of the runtime topic calls: each change
 // is written to the node's topic metadata (TopicsFile) before it is served,
-// so that what a caller was told is done survives a restart. The Broker API
-// and the CLI over it are to come (issue 15); these are their core.
+// so that what a caller was told is done survives a restart. CreateTopic and
+// AlterTopic are the Broker API's calls (sdk.TopicAdmin), which `ferry topic`
+// makes; NewTopic and AddQueues are the same for code that holds the broker.
 
-// CreateTopic creates topic name with queues queues. A bad name or count, a
+// CreateTopic is Broker.CreateTopic: NewTopic over the wire. A node with a
+// replication plugin refuses it (errors.ErrUnsupported): topic metadata is
+// not replicated yet, and a topic on one node only would be lost or refused
+// at a failover.
+func (b *Broker) CreateTopic(_ context.Context, req *sdk.CreateTopicRequest) (*sdk.CreateTopicResponse, error) {
+	if err := b.checkTopicAdmin(); err != nil {
+		return nil, err
+	}
+	if err := b.NewTopic(req.Name, req.Queues); err != nil {
+		return nil, err
+	}
+	return &sdk.CreateTopicResponse{Topic: b.topicInfo(req.Name)}, nil
+}
+
+// AlterTopic is Broker.AlterTopic: AddQueues over the wire, refused like
+// CreateTopic on a replicated node.
+func (b *Broker) AlterTopic(_ context.Context, req *sdk.AlterTopicRequest) (*sdk.AlterTopicResponse, error) {
+	if err := b.checkTopicAdmin(); err != nil {
+		return nil, err
+	}
+	if err := b.AddQueues(req.Name, req.Queues); err != nil {
+		return nil, err
+	}
+	return &sdk.AlterTopicResponse{Topic: b.topicInfo(req.Name)}, nil
+}
+
+var _ sdk.TopicAdmin = (*Broker)(nil)
+
+func (b *Broker) checkTopicAdmin() error {
+	if b.repl != nil {
+		return fmt.Errorf("%w: runtime topic changes on a node with a replication plugin: topic metadata is not replicated yet; declare the topic in the pipeline of every node", errors.ErrUnsupported)
+	}
+	return nil
+}
+
+// topicInfo is the Metadata entry of topic name.
+func (b *Broker) topicInfo(name string) *ferryv1.TopicInfo {
+	resp, _ := b.Metadata(context.Background(), &sdk.MetadataRequest{Topics: []string{name}})
+	if resp == nil || len(resp.Topics) == 0 {
+		return &ferryv1.TopicInfo{Name: name}
+	}
+	return resp.Topics[0]
+}
+
+// NewTopic creates topic name with queues queues. A bad name or count, a
 // group's internal topic, or a topic that exists is ErrInvalidArgument with
 // one message naming what is wrong. Safe from many goroutines.
-func (b *Broker) CreateTopic(name string, queues int32) error {
+func (b *Broker) NewTopic(name string, queues int32) error {
 	if err := names.Topic(name); err != nil {
 		return fmt.Errorf("%w: %v", sdk.ErrInvalidArgument, err)
 	}

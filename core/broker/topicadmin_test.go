@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
@@ -23,7 +24,7 @@ func TestCreateTopicAndAddQueues(t *testing.T) {
 	defer b.Close(context.Background())
 	ctx := context.Background()
 
-	if err := b.CreateTopic("Clicks.v1", 2); err != nil {
+	if err := b.NewTopic("Clicks.v1", 2); err != nil {
 		t.Fatal(err)
 	}
 	// Producers write to every queue they know while queues are added.
@@ -80,11 +81,11 @@ func TestCreateTopicAndAddQueues(t *testing.T) {
 		is   error
 		want string
 	}{
-		{b.CreateTopic("Clicks.v1", 2), sdk.ErrInvalidArgument, `topic "Clicks.v1" already exists (with 6 queues)`},
-		{b.CreateTopic("orders", 2), sdk.ErrInvalidArgument, `topic "orders" already exists`},
-		{b.CreateTopic("bad name", 2), sdk.ErrInvalidArgument, `character ' ' at position 4`},
-		{b.CreateTopic("%DLQ%billing", 1), sdk.ErrInvalidArgument, `the prefix %DLQ% is reserved`},
-		{b.CreateTopic("many", MaxQueues+1), sdk.ErrInvalidArgument, `queues must be between 1 and 1024, got 1025`},
+		{b.NewTopic("Clicks.v1", 2), sdk.ErrInvalidArgument, `topic "Clicks.v1" already exists (with 6 queues)`},
+		{b.NewTopic("orders", 2), sdk.ErrInvalidArgument, `topic "orders" already exists`},
+		{b.NewTopic("bad name", 2), sdk.ErrInvalidArgument, `character ' ' at position 4`},
+		{b.NewTopic("%DLQ%billing", 1), sdk.ErrInvalidArgument, `the prefix %DLQ% is reserved`},
+		{b.NewTopic("many", MaxQueues+1), sdk.ErrInvalidArgument, `queues must be between 1 and 1024, got 1025`},
 		{b.AddQueues("Clicks.v1", 3), sdk.ErrInvalidArgument, `topic "Clicks.v1" has 6 queues; it cannot shrink to 3`},
 		{b.AddQueues("Clicks.v1", 6), sdk.ErrInvalidArgument, `already has 6 queues`},
 		{b.AddQueues("nope", 6), sdk.ErrNotFound, `unknown topic "nope"`},
@@ -103,5 +104,35 @@ func TestCreateTopicAndAddQueues(t *testing.T) {
 	}
 	if got := metadataTopics(t, b2); got["Clicks.v1"] != 6 || got["orders"] != 2 || len(got) != 2 {
 		t.Fatalf("reopened node serves %v, want Clicks.v1:6 and orders:2", got)
+	}
+}
+
+// Over the wire (sdk.TopicAdmin) the calls answer the topic as it now is; a
+// node with a replication plugin refuses them with one clear error, because
+// topic metadata is not replicated yet.
+func TestTopicAdminCalls(t *testing.T) {
+	ctx := context.Background()
+	b := New(Options{Node: "n1", DataDir: t.TempDir(), Topics: []Topic{{Name: "orders", Queues: 2}}}, newSource(newMemory(t)))
+	if err := b.OpenTopics(); err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	defer b.Close(ctx)
+	c, err := b.CreateTopic(ctx, &sdk.CreateTopicRequest{Name: "clicks", Queues: 3})
+	if err != nil || c.Topic.GetName() != "clicks" || c.Topic.GetQueues() != 3 {
+		t.Fatalf("CreateTopic = %v, %v", c, err)
+	}
+	a, err := b.AlterTopic(ctx, &sdk.AlterTopicRequest{Name: "clicks", Queues: 5})
+	if err != nil || a.Topic.GetQueues() != 5 {
+		t.Fatalf("AlterTopic = %v, %v", a, err)
+	}
+
+	r := newReplBroker(t, sdk.RoleMaster, &fakeRepl{status: ferryv1.Status_STATUS_OK})
+	_, err = r.CreateTopic(ctx, &sdk.CreateTopicRequest{Name: "clicks", Queues: 3})
+	if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "not replicated yet") {
+		t.Errorf("CreateTopic on a replicated node: %v", err)
+	}
+	if _, err := r.AlterTopic(ctx, &sdk.AlterTopicRequest{Name: "orders", Queues: 3}); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("AlterTopic on a replicated node: %v", err)
 	}
 }

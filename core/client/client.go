@@ -225,6 +225,39 @@ func (c *Client) GetOffsets(ctx context.Context, group string, queues []*ferryv1
 	return resp.Offsets, nil
 }
 
+// CreateTopic creates topic name with queues queues on the broker, which
+// stores it before it answers (it survives the broker's restart), and
+// returns it as the broker now lists it. A bad name or count, or a topic that
+// exists, is sdk.ErrInvalidArgument; a replicated node refuses with
+// errors.ErrUnsupported (declare the topic in every node's pipeline).
+func (c *Client) CreateTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: name, Queues: queues})
+	if err != nil {
+		return nil, c.callError("create topic", err)
+	}
+	c.forgetTopic(name)
+	return resp.Topic, nil
+}
+
+// AlterTopic grows topic name to queues queues (queues are never removed: a
+// smaller count is sdk.ErrInvalidArgument; an unknown topic is
+// sdk.ErrNotFound). This client's producers use the new queues at once;
+// other clients when they next refresh their metadata.
+func (c *Client) AlterTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.AlterTopic(ctx, &ferryv1.AlterTopicRequest{Name: name, Queues: queues})
+	if err != nil {
+		return nil, c.callError("alter topic", err)
+	}
+	c.forgetTopic(name)
+	return resp.Topic, nil
+}
+
 func (c *Client) metadata(ctx context.Context, topics []string, wait bool) (*ferryv1.MetadataResponse, error) {
 	if c.closed() {
 		return nil, errClientClosed

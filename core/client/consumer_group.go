@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
 )
 
 // heartbeat tells the broker the member is alive (or leaving) and returns
@@ -48,12 +49,36 @@ func (rt *runtime) heartbeatLoop() {
 		case <-rt.ctx.Done():
 			return
 		}
+		rt.refreshCounts(rt.ctx)
 		want, err := rt.share(rt.ctx)
 		if err == nil {
 			err = rt.assign(rt.ctx, want)
 		}
 		if err != nil && rt.ctx.Err() == nil {
 			rt.log.Warn("ferry consumer: heartbeat or rebalance failed; keeping the current queues", "group", rt.group, "member", rt.opts.Member, "error", err)
+		}
+	}
+}
+
+// refreshCounts re-reads the queue counts of the consumer's own topics (a
+// topic can grow at runtime: Broker.AlterTopic), so that a new queue gets an
+// owner at the next rebalance, as RocketMQ's clients refresh their routes.
+// Internal topics keep theirs (fixed). A failed read keeps the old count.
+func (rt *runtime) refreshCounts(ctx context.Context) {
+	if rt.opts.Queues != nil {
+		return
+	}
+	for _, topic := range rt.topics {
+		if _, _, internal := sdk.InternalTopic(topic); internal {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		rt.c.forgetTopic(topic)
+		n, err := rt.c.queueCount(cctx, topic)
+		cancel()
+		if err == nil && n > rt.counts[topic] {
+			rt.log.Info("ferry consumer: topic grew; rebalancing its queues", "group", rt.group, "topic", topic, "from", rt.counts[topic], "to", n)
+			rt.counts[topic] = n
 		}
 	}
 }

@@ -172,6 +172,24 @@ func (c *coreClient) Heartbeat(ctx context.Context, req *HeartbeatRequest) (*Hea
 	return f.GetHeartbeat(), nil
 }
 
+func (c *coreClient) CreateTopic(ctx context.Context, req *CreateTopicRequest) (*CreateTopicResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_CreateTopic{CreateTopic: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetCreateTopic(), nil
+}
+
+func (c *coreClient) AlterTopic(ctx context.Context, req *AlterTopicRequest) (*AlterTopicResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_AlterTopic{AlterTopic: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetAlterTopic(), nil
+}
+
+var _ TopicAdmin = (*coreClient)(nil)
+
 // TransportClient is the host's side of a transport plugin over gRPC.
 type TransportClient struct {
 	pluginClient
@@ -326,11 +344,36 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 		if resp, err = core.Heartbeat(ctx, r.Heartbeat); err == nil {
 			out.Response = &ferryv1.CoreFrame_Heartbeat{Heartbeat: resp}
 		}
+	case *ferryv1.TransportFrame_CreateTopic, *ferryv1.TransportFrame_AlterTopic:
+		err = handleAdmin(ctx, core, f, out)
 	default:
 		err = fmt.Errorf("%w: unknown transport request %T", ErrInvalidArgument, f.Request)
 	}
 	out.Error = ErrorToProto(err)
 	return out
+}
+
+// handleAdmin runs a topic call of f against core into out.
+func handleAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame, out *ferryv1.CoreFrame) error {
+	admin, ok := core.(TopicAdmin)
+	if !ok {
+		return fmt.Errorf("%w: this broker core has no topic administration", errors.ErrUnsupported)
+	}
+	switch r := f.Request.(type) {
+	case *ferryv1.TransportFrame_CreateTopic:
+		resp, err := admin.CreateTopic(ctx, r.CreateTopic)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_CreateTopic{CreateTopic: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_AlterTopic:
+		resp, err := admin.AlterTopic(ctx, r.AlterTopic)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_AlterTopic{AlterTopic: resp}
+		}
+		return err
+	}
+	return fmt.Errorf("%w: %T is not a topic call", ErrInvalidArgument, f.Request)
 }
 
 // serveRing is Serve on the data plane: the plugin's requests arrive on the

@@ -43,6 +43,10 @@ type (
 	MetadataResponse     = ferryv1.MetadataResponse
 	HeartbeatRequest     = ferryv1.HeartbeatRequest
 	HeartbeatResponse    = ferryv1.HeartbeatResponse
+	CreateTopicRequest   = ferryv1.CreateTopicRequest
+	CreateTopicResponse  = ferryv1.CreateTopicResponse
+	AlterTopicRequest    = ferryv1.AlterTopicRequest
+	AlterTopicResponse   = ferryv1.AlterTopicResponse
 )
 
 // Plugin is what every plugin implements, whatever its kind.

@@ -25,6 +25,199 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CreateTopicRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Queues        int32                  `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTopicRequest) Reset() {
+	*x = CreateTopicRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTopicRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTopicRequest) ProtoMessage() {}
+
+func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTopicRequest.ProtoReflect.Descriptor instead.
+func (*CreateTopicRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CreateTopicRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTopicRequest) GetQueues() int32 {
+	if x != nil {
+		return x.Queues
+	}
+	return 0
+}
+
+type CreateTopicResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         *TopicInfo             `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTopicResponse) Reset() {
+	*x = CreateTopicResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTopicResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTopicResponse) ProtoMessage() {}
+
+func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTopicResponse.ProtoReflect.Descriptor instead.
+func (*CreateTopicResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateTopicResponse) GetTopic() *TopicInfo {
+	if x != nil {
+		return x.Topic
+	}
+	return nil
+}
+
+type AlterTopicRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The new queue count, above the topic's.
+	Queues        int32 `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlterTopicRequest) Reset() {
+	*x = AlterTopicRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlterTopicRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlterTopicRequest) ProtoMessage() {}
+
+func (x *AlterTopicRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlterTopicRequest.ProtoReflect.Descriptor instead.
+func (*AlterTopicRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AlterTopicRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AlterTopicRequest) GetQueues() int32 {
+	if x != nil {
+		return x.Queues
+	}
+	return 0
+}
+
+type AlterTopicResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         *TopicInfo             `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlterTopicResponse) Reset() {
+	*x = AlterTopicResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlterTopicResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlterTopicResponse) ProtoMessage() {}
+
+func (x *AlterTopicResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlterTopicResponse.ProtoReflect.Descriptor instead.
+func (*AlterTopicResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AlterTopicResponse) GetTopic() *TopicInfo {
+	if x != nil {
+		return x.Topic
+	}
+	return nil
+}
+
 type ProduceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -37,7 +230,7 @@ type ProduceRequest struct {
 
 func (x *ProduceRequest) Reset() {
 	*x = ProduceRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	mi := &file_ferry_v1_broker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +242,7 @@ func (x *ProduceRequest) String() string {
 func (*ProduceRequest) ProtoMessage() {}
 
 func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	mi := &file_ferry_v1_broker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +255,7 @@ func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceRequest.ProtoReflect.Descriptor instead.
 func (*ProduceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ProduceRequest) GetSeq() uint64 {
@@ -104,7 +297,7 @@ type ProduceResponse struct {
 
 func (x *ProduceResponse) Reset() {
 	*x = ProduceResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +309,7 @@ func (x *ProduceResponse) String() string {
 func (*ProduceResponse) ProtoMessage() {}
 
 func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +322,7 @@ func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceResponse.ProtoReflect.Descriptor instead.
 func (*ProduceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ProduceResponse) GetSeq() uint64 {
@@ -175,7 +368,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +380,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +393,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FetchRequest) GetTopic() string {
@@ -255,7 +448,7 @@ type FetchPosition struct {
 
 func (x *FetchPosition) Reset() {
 	*x = FetchPosition{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +460,7 @@ func (x *FetchPosition) String() string {
 func (*FetchPosition) ProtoMessage() {}
 
 func (x *FetchPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +473,7 @@ func (x *FetchPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchPosition.ProtoReflect.Descriptor instead.
 func (*FetchPosition) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FetchPosition) GetQueue() int32 {
@@ -314,7 +507,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +519,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +532,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FetchResponse) GetMessages() []*Message {
@@ -376,7 +569,7 @@ type QueueError struct {
 
 func (x *QueueError) Reset() {
 	*x = QueueError{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +581,7 @@ func (x *QueueError) String() string {
 func (*QueueError) ProtoMessage() {}
 
 func (x *QueueError) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +594,7 @@ func (x *QueueError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueError.ProtoReflect.Descriptor instead.
 func (*QueueError) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *QueueError) GetQueue() int32 {
@@ -435,7 +628,7 @@ type MetadataRequest struct {
 
 func (x *MetadataRequest) Reset() {
 	*x = MetadataRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +640,7 @@ func (x *MetadataRequest) String() string {
 func (*MetadataRequest) ProtoMessage() {}
 
 func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +653,7 @@ func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataRequest.ProtoReflect.Descriptor instead.
 func (*MetadataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MetadataRequest) GetTopics() []string {
@@ -480,7 +673,7 @@ type MetadataResponse struct {
 
 func (x *MetadataResponse) Reset() {
 	*x = MetadataResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +685,7 @@ func (x *MetadataResponse) String() string {
 func (*MetadataResponse) ProtoMessage() {}
 
 func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +698,7 @@ func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataResponse.ProtoReflect.Descriptor instead.
 func (*MetadataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MetadataResponse) GetTopics() []*TopicInfo {
@@ -534,7 +727,7 @@ type TopicInfo struct {
 
 func (x *TopicInfo) Reset() {
 	*x = TopicInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +739,7 @@ func (x *TopicInfo) String() string {
 func (*TopicInfo) ProtoMessage() {}
 
 func (x *TopicInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +752,7 @@ func (x *TopicInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicInfo.ProtoReflect.Descriptor instead.
 func (*TopicInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TopicInfo) GetName() string {
@@ -594,7 +787,7 @@ type BrokerInfo struct {
 
 func (x *BrokerInfo) Reset() {
 	*x = BrokerInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +799,7 @@ func (x *BrokerInfo) String() string {
 func (*BrokerInfo) ProtoMessage() {}
 
 func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +812,7 @@ func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BrokerInfo.ProtoReflect.Descriptor instead.
 func (*BrokerInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BrokerInfo) GetNode() string {
@@ -662,7 +855,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +867,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +880,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HeartbeatRequest) GetGroup() string {
@@ -739,7 +932,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	mi := &file_ferry_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +944,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	mi := &file_ferry_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +957,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeartbeatResponse) GetMembers() []string {
@@ -792,7 +985,7 @@ type TopicMembers struct {
 
 func (x *TopicMembers) Reset() {
 	*x = TopicMembers{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	mi := &file_ferry_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +997,7 @@ func (x *TopicMembers) String() string {
 func (*TopicMembers) ProtoMessage() {}
 
 func (x *TopicMembers) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	mi := &file_ferry_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1010,7 @@ func (x *TopicMembers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicMembers.ProtoReflect.Descriptor instead.
 func (*TopicMembers) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TopicMembers) GetTopic() string {
@@ -838,7 +1031,17 @@ var File_ferry_v1_broker_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/broker.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"v\n" +
+	"\x15ferry/v1/broker.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"@\n" +
+	"\x12CreateTopicRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06queues\x18\x02 \x01(\x05R\x06queues\"@\n" +
+	"\x13CreateTopicResponse\x12)\n" +
+	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"?\n" +
+	"\x11AlterTopicRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06queues\x18\x02 \x01(\x05R\x06queues\"?\n" +
+	"\x12AlterTopicResponse\x12)\n" +
+	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"v\n" +
 	"\x0eProduceRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12#\n" +
@@ -892,7 +1095,7 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\rtopic_members\x18\x02 \x03(\v2\x16.ferry.v1.TopicMembersR\ftopicMembers\">\n" +
 	"\fTopicMembers\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
-	"\amembers\x18\x02 \x03(\tR\amembers2\xaa\x03\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers2\xbf\x04\n" +
 	"\x06Broker\x12B\n" +
 	"\aProduce\x12\x18.ferry.v1.ProduceRequest\x1a\x19.ferry.v1.ProduceResponse(\x010\x01\x128\n" +
 	"\x05Fetch\x12\x16.ferry.v1.FetchRequest\x1a\x17.ferry.v1.FetchResponse\x12P\n" +
@@ -900,7 +1103,10 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\n" +
 	"GetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12A\n" +
 	"\bMetadata\x12\x19.ferry.v1.MetadataRequest\x1a\x1a.ferry.v1.MetadataResponse\x12D\n" +
-	"\tHeartbeat\x12\x1a.ferry.v1.HeartbeatRequest\x1a\x1b.ferry.v1.HeartbeatResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\tHeartbeat\x12\x1a.ferry.v1.HeartbeatRequest\x1a\x1b.ferry.v1.HeartbeatResponse\x12J\n" +
+	"\vCreateTopic\x12\x1c.ferry.v1.CreateTopicRequest\x1a\x1d.ferry.v1.CreateTopicResponse\x12G\n" +
+	"\n" +
+	"AlterTopic\x12\x1b.ferry.v1.AlterTopicRequest\x1a\x1c.ferry.v1.AlterTopicResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_broker_proto_rawDescOnce sync.Once
@@ -914,59 +1120,69 @@ func file_ferry_v1_broker_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_broker_proto_rawDescData
 }
 
-var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_v1_broker_proto_goTypes = []any{
-	(*ProduceRequest)(nil),        // 0: ferry.v1.ProduceRequest
-	(*ProduceResponse)(nil),       // 1: ferry.v1.ProduceResponse
-	(*FetchRequest)(nil),          // 2: ferry.v1.FetchRequest
-	(*FetchPosition)(nil),         // 3: ferry.v1.FetchPosition
-	(*FetchResponse)(nil),         // 4: ferry.v1.FetchResponse
-	(*QueueError)(nil),            // 5: ferry.v1.QueueError
-	(*MetadataRequest)(nil),       // 6: ferry.v1.MetadataRequest
-	(*MetadataResponse)(nil),      // 7: ferry.v1.MetadataResponse
-	(*TopicInfo)(nil),             // 8: ferry.v1.TopicInfo
-	(*BrokerInfo)(nil),            // 9: ferry.v1.BrokerInfo
-	(*HeartbeatRequest)(nil),      // 10: ferry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 11: ferry.v1.HeartbeatResponse
-	(*TopicMembers)(nil),          // 12: ferry.v1.TopicMembers
-	(*Message)(nil),               // 13: ferry.v1.Message
-	(Status)(0),                   // 14: ferry.v1.Status
-	(*Error)(nil),                 // 15: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 16: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 17: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 18: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 19: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 20: ferry.v1.GetOffsetsResponse
+	(*CreateTopicRequest)(nil),    // 0: ferry.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil),   // 1: ferry.v1.CreateTopicResponse
+	(*AlterTopicRequest)(nil),     // 2: ferry.v1.AlterTopicRequest
+	(*AlterTopicResponse)(nil),    // 3: ferry.v1.AlterTopicResponse
+	(*ProduceRequest)(nil),        // 4: ferry.v1.ProduceRequest
+	(*ProduceResponse)(nil),       // 5: ferry.v1.ProduceResponse
+	(*FetchRequest)(nil),          // 6: ferry.v1.FetchRequest
+	(*FetchPosition)(nil),         // 7: ferry.v1.FetchPosition
+	(*FetchResponse)(nil),         // 8: ferry.v1.FetchResponse
+	(*QueueError)(nil),            // 9: ferry.v1.QueueError
+	(*MetadataRequest)(nil),       // 10: ferry.v1.MetadataRequest
+	(*MetadataResponse)(nil),      // 11: ferry.v1.MetadataResponse
+	(*TopicInfo)(nil),             // 12: ferry.v1.TopicInfo
+	(*BrokerInfo)(nil),            // 13: ferry.v1.BrokerInfo
+	(*HeartbeatRequest)(nil),      // 14: ferry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 15: ferry.v1.HeartbeatResponse
+	(*TopicMembers)(nil),          // 16: ferry.v1.TopicMembers
+	(*Message)(nil),               // 17: ferry.v1.Message
+	(Status)(0),                   // 18: ferry.v1.Status
+	(*Error)(nil),                 // 19: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 20: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 21: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 22: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 23: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 24: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	14, // 1: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	15, // 2: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
-	3,  // 3: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	13, // 4: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	16, // 5: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	5,  // 6: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
-	15, // 7: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
-	8,  // 8: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
-	9,  // 9: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
-	12, // 10: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
-	0,  // 11: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
-	2,  // 12: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	17, // 13: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	18, // 14: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	6,  // 15: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	10, // 16: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	1,  // 17: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	4,  // 18: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	19, // 19: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	20, // 20: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	7,  // 21: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	11, // 22: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	17, // [17:23] is the sub-list for method output_type
-	11, // [11:17] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 0: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	12, // 1: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	17, // 2: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	18, // 3: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	19, // 4: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	7,  // 5: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
+	17, // 6: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	20, // 7: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	9,  // 8: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
+	19, // 9: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
+	12, // 10: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
+	13, // 11: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
+	16, // 12: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
+	4,  // 13: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
+	6,  // 14: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
+	21, // 15: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	22, // 16: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	10, // 17: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
+	14, // 18: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	0,  // 19: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	2,  // 20: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
+	5,  // 21: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	8,  // 22: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	23, // 23: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	24, // 24: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	11, // 25: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	15, // 26: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	1,  // 27: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	3,  // 28: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
+	21, // [21:29] is the sub-list for method output_type
+	13, // [13:21] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_broker_proto_init() }
@@ -982,7 +1198,7 @@ func file_ferry_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_broker_proto_rawDesc), len(file_ferry_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,8 @@ const (
 	Broker_GetOffsets_FullMethodName    = "/ferry.v1.Broker/GetOffsets"
 	Broker_Metadata_FullMethodName      = "/ferry.v1.Broker/Metadata"
 	Broker_Heartbeat_FullMethodName     = "/ferry.v1.Broker/Heartbeat"
+	Broker_CreateTopic_FullMethodName   = "/ferry.v1.Broker/CreateTopic"
+	Broker_AlterTopic_FullMethodName    = "/ferry.v1.Broker/AlterTopic"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -49,6 +51,15 @@ type BrokerClient interface {
 	// that list (RocketMQ's client-side rebalancing), so members that see the
 	// same list agree without talking to each other.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// CreateTopic creates a topic at runtime. The node writes it to its topic
+	// metadata before it answers, so it survives a restart. A bad name or
+	// queue count, or a topic that exists, is INVALID_ARGUMENT. A node with a
+	// replication plugin refuses (FAILED_PRECONDITION): topic changes are not
+	// replicated yet; declare the topic in every node's pipeline.
+	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
+	// AlterTopic grows a topic's queues (queues are never removed: a smaller
+	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
+	AlterTopic(ctx context.Context, in *AlterTopicRequest, opts ...grpc.CallOption) (*AlterTopicResponse, error)
 }
 
 type brokerClient struct {
@@ -122,6 +133,26 @@ func (c *brokerClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts
 	return out, nil
 }
 
+func (c *brokerClient) CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateTopicResponse)
+	err := c.cc.Invoke(ctx, Broker_CreateTopic_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) AlterTopic(ctx context.Context, in *AlterTopicRequest, opts ...grpc.CallOption) (*AlterTopicResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AlterTopicResponse)
+	err := c.cc.Invoke(ctx, Broker_AlterTopic_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -140,6 +171,15 @@ type BrokerServer interface {
 	// that list (RocketMQ's client-side rebalancing), so members that see the
 	// same list agree without talking to each other.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// CreateTopic creates a topic at runtime. The node writes it to its topic
+	// metadata before it answers, so it survives a restart. A bad name or
+	// queue count, or a topic that exists, is INVALID_ARGUMENT. A node with a
+	// replication plugin refuses (FAILED_PRECONDITION): topic changes are not
+	// replicated yet; declare the topic in every node's pipeline.
+	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
+	// AlterTopic grows a topic's queues (queues are never removed: a smaller
+	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
+	AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -167,6 +207,12 @@ func (UnimplementedBrokerServer) Metadata(context.Context, *MetadataRequest) (*M
 }
 func (UnimplementedBrokerServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedBrokerServer) CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateTopic not implemented")
+}
+func (UnimplementedBrokerServer) AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AlterTopic not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -286,6 +332,42 @@ func _Broker_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_CreateTopic_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateTopicRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).CreateTopic(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_CreateTopic_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).CreateTopic(ctx, req.(*CreateTopicRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_AlterTopic_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AlterTopicRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).AlterTopic(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_AlterTopic_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).AlterTopic(ctx, req.(*AlterTopicRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -312,6 +394,14 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Heartbeat",
 			Handler:    _Broker_Heartbeat_Handler,
+		},
+		{
+			MethodName: "CreateTopic",
+			Handler:    _Broker_CreateTopic_Handler,
+		},
+		{
+			MethodName: "AlterTopic",
+			Handler:    _Broker_AlterTopic_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -36,6 +36,8 @@ type TransportFrame struct {
 	//	*TransportFrame_Metadata
 	//	*TransportFrame_Cancel
 	//	*TransportFrame_Heartbeat
+	//	*TransportFrame_CreateTopic
+	//	*TransportFrame_AlterTopic
 	Request isTransportFrame_Request `protobuf_oneof:"request"`
 	// W3C trace context of the transport's span for this request.
 	Trace map[string]string `protobuf:"bytes,8,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -152,6 +154,24 @@ func (x *TransportFrame) GetHeartbeat() *HeartbeatRequest {
 	return nil
 }
 
+func (x *TransportFrame) GetCreateTopic() *CreateTopicRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_CreateTopic); ok {
+			return x.CreateTopic
+		}
+	}
+	return nil
+}
+
+func (x *TransportFrame) GetAlterTopic() *AlterTopicRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_AlterTopic); ok {
+			return x.AlterTopic
+		}
+	}
+	return nil
+}
+
 func (x *TransportFrame) GetTrace() map[string]string {
 	if x != nil {
 		return x.Trace
@@ -199,6 +219,14 @@ type TransportFrame_Heartbeat struct {
 	Heartbeat *HeartbeatRequest `protobuf:"bytes,10,opt,name=heartbeat,proto3,oneof"`
 }
 
+type TransportFrame_CreateTopic struct {
+	CreateTopic *CreateTopicRequest `protobuf:"bytes,11,opt,name=create_topic,json=createTopic,proto3,oneof"`
+}
+
+type TransportFrame_AlterTopic struct {
+	AlterTopic *AlterTopicRequest `protobuf:"bytes,12,opt,name=alter_topic,json=alterTopic,proto3,oneof"`
+}
+
 func (*TransportFrame_Produce) isTransportFrame_Request() {}
 
 func (*TransportFrame_Fetch) isTransportFrame_Request() {}
@@ -212,6 +240,10 @@ func (*TransportFrame_Metadata) isTransportFrame_Request() {}
 func (*TransportFrame_Cancel) isTransportFrame_Request() {}
 
 func (*TransportFrame_Heartbeat) isTransportFrame_Request() {}
+
+func (*TransportFrame_CreateTopic) isTransportFrame_Request() {}
+
+func (*TransportFrame_AlterTopic) isTransportFrame_Request() {}
 
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -260,6 +292,8 @@ type CoreFrame struct {
 	//	*CoreFrame_GetOffsets
 	//	*CoreFrame_Metadata
 	//	*CoreFrame_Heartbeat
+	//	*CoreFrame_CreateTopic
+	//	*CoreFrame_AlterTopic
 	Response      isCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error               `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -364,6 +398,24 @@ func (x *CoreFrame) GetHeartbeat() *HeartbeatResponse {
 	return nil
 }
 
+func (x *CoreFrame) GetCreateTopic() *CreateTopicResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_CreateTopic); ok {
+			return x.CreateTopic
+		}
+	}
+	return nil
+}
+
+func (x *CoreFrame) GetAlterTopic() *AlterTopicResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_AlterTopic); ok {
+			return x.AlterTopic
+		}
+	}
+	return nil
+}
+
 func (x *CoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -399,6 +451,14 @@ type CoreFrame_Heartbeat struct {
 	Heartbeat *HeartbeatResponse `protobuf:"bytes,8,opt,name=heartbeat,proto3,oneof"`
 }
 
+type CoreFrame_CreateTopic struct {
+	CreateTopic *CreateTopicResponse `protobuf:"bytes,9,opt,name=create_topic,json=createTopic,proto3,oneof"`
+}
+
+type CoreFrame_AlterTopic struct {
+	AlterTopic *AlterTopicResponse `protobuf:"bytes,10,opt,name=alter_topic,json=alterTopic,proto3,oneof"`
+}
+
 func (*CoreFrame_Produce) isCoreFrame_Response() {}
 
 func (*CoreFrame_Fetch) isCoreFrame_Response() {}
@@ -411,11 +471,15 @@ func (*CoreFrame_Metadata) isCoreFrame_Response() {}
 
 func (*CoreFrame_Heartbeat) isCoreFrame_Response() {}
 
+func (*CoreFrame_CreateTopic) isCoreFrame_Response() {}
+
+func (*CoreFrame_AlterTopic) isCoreFrame_Response() {}
+
 var File_ferry_v1_transport_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xd5\x04\n" +
+	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xd8\x05\n" +
 	"\x0eTransportFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\aproduce\x18\x02 \x01(\v2\x18.ferry.v1.ProduceRequestH\x00R\aproduce\x12.\n" +
@@ -426,7 +490,10 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\bmetadata\x18\x06 \x01(\v2\x19.ferry.v1.MetadataRequestH\x00R\bmetadata\x12*\n" +
 	"\x06cancel\x18\a \x01(\v2\x10.ferry.v1.CancelH\x00R\x06cancel\x12:\n" +
 	"\theartbeat\x18\n" +
-	" \x01(\v2\x1a.ferry.v1.HeartbeatRequestH\x00R\theartbeat\x129\n" +
+	" \x01(\v2\x1a.ferry.v1.HeartbeatRequestH\x00R\theartbeat\x12A\n" +
+	"\fcreate_topic\x18\v \x01(\v2\x1c.ferry.v1.CreateTopicRequestH\x00R\vcreateTopic\x12>\n" +
+	"\valter_topic\x18\f \x01(\v2\x1b.ferry.v1.AlterTopicRequestH\x00R\n" +
+	"alterTopic\x129\n" +
 	"\x05trace\x18\b \x03(\v2#.ferry.v1.TransportFrame.TraceEntryR\x05trace\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x1a8\n" +
 	"\n" +
@@ -434,7 +501,7 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\arequest\"\b\n" +
-	"\x06Cancel\"\xb8\x03\n" +
+	"\x06Cancel\"\xbd\x04\n" +
 	"\tCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\aproduce\x18\x02 \x01(\v2\x19.ferry.v1.ProduceResponseH\x00R\aproduce\x12/\n" +
@@ -443,7 +510,11 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\vget_offsets\x18\x05 \x01(\v2\x1c.ferry.v1.GetOffsetsResponseH\x00R\n" +
 	"getOffsets\x128\n" +
 	"\bmetadata\x18\x06 \x01(\v2\x1a.ferry.v1.MetadataResponseH\x00R\bmetadata\x12;\n" +
-	"\theartbeat\x18\b \x01(\v2\x1b.ferry.v1.HeartbeatResponseH\x00R\theartbeat\x12%\n" +
+	"\theartbeat\x18\b \x01(\v2\x1b.ferry.v1.HeartbeatResponseH\x00R\theartbeat\x12B\n" +
+	"\fcreate_topic\x18\t \x01(\v2\x1d.ferry.v1.CreateTopicResponseH\x00R\vcreateTopic\x12?\n" +
+	"\valter_topic\x18\n" +
+	" \x01(\v2\x1c.ferry.v1.AlterTopicResponseH\x00R\n" +
+	"alterTopic\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse2I\n" +
@@ -474,13 +545,17 @@ var file_ferry_v1_transport_proto_goTypes = []any{
 	(*GetOffsetsRequest)(nil),     // 7: ferry.v1.GetOffsetsRequest
 	(*MetadataRequest)(nil),       // 8: ferry.v1.MetadataRequest
 	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
-	(*ProduceResponse)(nil),       // 10: ferry.v1.ProduceResponse
-	(*FetchResponse)(nil),         // 11: ferry.v1.FetchResponse
-	(*CommitOffsetsResponse)(nil), // 12: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 13: ferry.v1.GetOffsetsResponse
-	(*MetadataResponse)(nil),      // 14: ferry.v1.MetadataResponse
-	(*HeartbeatResponse)(nil),     // 15: ferry.v1.HeartbeatResponse
-	(*Error)(nil),                 // 16: ferry.v1.Error
+	(*CreateTopicRequest)(nil),    // 10: ferry.v1.CreateTopicRequest
+	(*AlterTopicRequest)(nil),     // 11: ferry.v1.AlterTopicRequest
+	(*ProduceResponse)(nil),       // 12: ferry.v1.ProduceResponse
+	(*FetchResponse)(nil),         // 13: ferry.v1.FetchResponse
+	(*CommitOffsetsResponse)(nil), // 14: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 15: ferry.v1.GetOffsetsResponse
+	(*MetadataResponse)(nil),      // 16: ferry.v1.MetadataResponse
+	(*HeartbeatResponse)(nil),     // 17: ferry.v1.HeartbeatResponse
+	(*CreateTopicResponse)(nil),   // 18: ferry.v1.CreateTopicResponse
+	(*AlterTopicResponse)(nil),    // 19: ferry.v1.AlterTopicResponse
+	(*Error)(nil),                 // 20: ferry.v1.Error
 }
 var file_ferry_v1_transport_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
@@ -490,21 +565,25 @@ var file_ferry_v1_transport_proto_depIdxs = []int32{
 	8,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
 	1,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
 	9,  // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
-	3,  // 7: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
-	10, // 8: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
-	11, // 9: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
-	12, // 10: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	13, // 11: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
-	14, // 12: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
-	15, // 13: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
-	16, // 14: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
-	2,  // 15: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
-	0,  // 16: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
-	16, // [16:17] is the sub-list for method output_type
-	15, // [15:16] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	10, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
+	11, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
+	3,  // 9: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
+	12, // 10: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
+	13, // 11: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
+	14, // 12: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	15, // 13: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
+	16, // 14: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
+	17, // 15: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
+	18, // 16: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
+	19, // 17: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
+	20, // 18: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
+	2,  // 19: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
+	0,  // 20: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
+	20, // [20:21] is the sub-list for method output_type
+	19, // [19:20] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_transport_proto_init() }
@@ -523,6 +602,8 @@ func file_ferry_v1_transport_proto_init() {
 		(*TransportFrame_Metadata)(nil),
 		(*TransportFrame_Cancel)(nil),
 		(*TransportFrame_Heartbeat)(nil),
+		(*TransportFrame_CreateTopic)(nil),
+		(*TransportFrame_AlterTopic)(nil),
 	}
 	file_ferry_v1_transport_proto_msgTypes[2].OneofWrappers = []any{
 		(*CoreFrame_Produce)(nil),
@@ -531,6 +612,8 @@ func file_ferry_v1_transport_proto_init() {
 		(*CoreFrame_GetOffsets)(nil),
 		(*CoreFrame_Metadata)(nil),
 		(*CoreFrame_Heartbeat)(nil),
+		(*CoreFrame_CreateTopic)(nil),
+		(*CoreFrame_AlterTopic)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

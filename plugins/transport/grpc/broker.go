@@ -220,3 +220,28 @@ func (b *brokerServer) Heartbeat(ctx context.Context, req *ferryv1.HeartbeatRequ
 	}
 	return resp, nil
 }
+
+// adminCall makes one of the core's topic calls; errors.ErrUnsupported when
+// the core has none.
+func adminCall[Resp any](b *brokerServer, call func(sdk.TopicAdmin) (*Resp, error)) (*Resp, error) {
+	a, ok := b.core.(sdk.TopicAdmin)
+	if !ok {
+		return nil, sdk.ErrorToStatus(fmt.Errorf("%w: this broker core has no topic administration", errors.ErrUnsupported))
+	}
+	resp, err := call(a)
+	if err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	if resp == nil {
+		resp = new(Resp)
+	}
+	return resp, nil
+}
+
+func (b *brokerServer) CreateTopic(ctx context.Context, req *ferryv1.CreateTopicRequest) (*ferryv1.CreateTopicResponse, error) {
+	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.CreateTopicResponse, error) { return a.CreateTopic(ctx, req) })
+}
+
+func (b *brokerServer) AlterTopic(ctx context.Context, req *ferryv1.AlterTopicRequest) (*ferryv1.AlterTopicResponse, error) {
+	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.AlterTopicResponse, error) { return a.AlterTopic(ctx, req) })
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+func init() { rootCmd.AddCommand(newTopicCmd()) }
+
+// topicFlags are the flags every topic subcommand has.
+type topicFlags struct {
+	broker string
+	json   bool
+	tls    tlsFlags
+}
+
+func (f *topicFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.broker, "broker", "", brokerUsage)
+	f.tls.add(cmd.Flags())
+	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+}
+
+func newTopicCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "topic",
+		Short: "Create, grow, list and describe a broker's topics at runtime",
+		Long: `Topics declared in a pipeline's topics: are created when the node starts.
+These commands change and show them on a running node, through its Broker
+API: create and alter are written to the node's topic metadata before they
+answer, so they survive a restart. Queues are never removed. Topic names
+are letters, digits, '.', '_' and '-', at most 249 characters; the prefixes
+%RETRY% and %DLQ% belong to consumer groups.
+
+A node with a replication plugin (master-slave, raft) refuses create and
+alter for now: topic metadata is not replicated yet, so declare such topics
+in the pipeline of every node.`,
+	}
+	cmd.AddCommand(newTopicCreateCmd(), newTopicAlterCmd(), newTopicListCmd(), newTopicDescribeCmd())
+	return cmd
+}
+
+// topicChangeCmd is create or alter: NAME --queues N, printing the topic.
+func topicChangeCmd(use, short string, queuesUsage string, change func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error)) *cobra.Command {
+	var f topicFlags
+	var queues int32
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
+			if err != nil {
+				return err
+			}
+			defer done()
+			t, err := change(ctx, c, args[0], queues)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return writeJSON(cmd.OutOrStdout(), topicJSON{Name: t.Name, Queues: t.Queues})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "topic %s: %d queue(s)\n", t.Name, t.Queues)
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().Int32Var(&queues, "queues", 0, queuesUsage)
+	_ = cmd.MarkFlagRequired("queues")
+	return cmd
+}
+
+func newTopicCreateCmd() *cobra.Command {
+	return topicChangeCmd("create NAME --queues N", "Create a topic", "number of queues (1 to 1024)",
+		func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error) {
+			return c.CreateTopic(ctx, name, queues)
+		})
+}
+
+func newTopicAlterCmd() *cobra.Command {
+	return topicChangeCmd("alter NAME --queues N", "Grow a topic to N queues (queues are never removed)", "the new number of queues, above the topic's",
+		func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error) {
+			return c.AlterTopic(ctx, name, queues)
+		})
+}
+
+type topicJSON struct {
+	Name   string           `json:"name"`
+	Queues int32            `json:"queues"`
+	Detail []topicQueueJSON `json:"queue_offsets,omitempty"`
+}
+
+type topicQueueJSON struct {
+	Queue int32 `json:"queue"`
+	Start int64 `json:"start"`
+	End   int64 `json:"end"`
+}
+
+func newTopicListCmd() *cobra.Command {
+	var f topicFlags
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the broker's topics and their queue counts (consumer groups' internal topics left out)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
+			if err != nil {
+				return err
+			}
+			defer done()
+			md, err := c.Metadata(ctx)
+			if err != nil {
+				return err
+			}
+			out := make([]topicJSON, 0, len(md.Topics))
+			for _, t := range md.Topics {
+				out = append(out, topicJSON{Name: t.Name, Queues: t.Queues})
+			}
+			if f.json {
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TOPIC\tQUEUES")
+			for _, t := range out {
+				fmt.Fprintf(tw, "%s\t%d\n", t.Name, t.Queues)
+			}
+			return tw.Flush()
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func newTopicDescribeCmd() *cobra.Command {
+	var f topicFlags
+	cmd := &cobra.Command{
+		Use:   "describe NAME",
+		Short: "Show a topic's queues with the range of offsets each holds",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
+			if err != nil {
+				return err
+			}
+			defer done()
+			t, err := describeTopic(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return writeJSON(cmd.OutOrStdout(), t)
+			}
+			printTopic(cmd.OutOrStdout(), t)
+			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+// describeTopic reads topic name's queue count, then each queue's offsets.
+func describeTopic(ctx context.Context, c *client.Client, name string) (topicJSON, error) {
+	md, err := c.Metadata(ctx)
+	if err != nil {
+		return topicJSON{}, err
+	}
+	var queues int32 = -1
+	for _, t := range md.Topics {
+		if t.Name == name {
+			queues = t.Queues
+		}
+	}
+	if queues < 0 {
+		return topicJSON{}, fmt.Errorf("topic %q: %w on the broker", name, sdk.ErrNotFound)
+	}
+	refs := make([]*ferryv1.QueueRef, queues)
+	for i := range refs {
+		refs[i] = &ferryv1.QueueRef{Topic: name, Queue: int32(i)}
+	}
+	offs, err := c.GetOffsets(ctx, "", refs)
+	if err != nil {
+		return topicJSON{}, err
+	}
+	t := topicJSON{Name: name, Queues: queues}
+	for _, o := range offs {
+		t.Detail = append(t.Detail, topicQueueJSON{Queue: o.Queue, Start: o.Start, End: o.End})
+	}
+	return t, nil
+}
+
+func printTopic(w io.Writer, t topicJSON) {
+	var msgs int64
+	for _, q := range t.Detail {
+		msgs += q.End - q.Start
+	}
+	fmt.Fprintf(w, "topic %s: %d queue(s), %d message(s) stored\n", t.Name, t.Queues, msgs)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "QUEUE\tSTART\tEND\tMESSAGES")
+	for _, q := range t.Detail {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\n", q.Queue, q.Start, q.End, q.End-q.Start)
+	}
+	tw.Flush()
+}
