@@ -1,0 +1,146 @@
+package main
+
+import (
+	"encoding/json"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// verifyReport is the part of results.json these tests read.
+type verifyReport struct {
+	Verdict string   `json:"verdict"`
+	Reasons []string `json:"reasons"`
+	Result  struct {
+		Sent, Stored int
+		Acked        int `json:"acked_ok"`
+		Lost         int `json:"lost"`
+		Duplicated   int `json:"duplicated"`
+		Unexpected   int `json:"unexpected"`
+		OutOfOrder   int `json:"out_of_order"`
+	} `json:"result"`
+	Faults []struct {
+		Target   string `json:"target"`
+		Injected int64  `json:"injected_ns"`
+		Healed   int64  `json:"healed_ns"`
+		Error    string `json:"error"`
+	} `json:"faults"`
+	Sends []struct {
+		ID string `json:"id"`
+	} `json:"sends"`
+}
+
+func readVerifyReport(t *testing.T, dir string) verifyReport {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r verifyReport
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatalf("results.json: %v", err)
+	}
+	f, err := os.Open(filepath.Join(dir, "latency.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if cfg, err := png.DecodeConfig(f); err != nil || cfg.Width < 100 || cfg.Height < 100 {
+		t.Fatalf("latency.png: %v %+v", err, cfg)
+	}
+	return r
+}
+
+// ferry verify of the durable broker pipeline, with the node and each of its
+// plugins killed (-9) under load: nothing acknowledged is lost, nothing is
+// stored twice, and every fault was injected and healed.
+func TestVerifyBrokerUnderKills(t *testing.T) {
+	out := t.TempDir()
+	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--duration", "6s", "--producers", "3",
+		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,kill:storage@4s", "--out", out)
+	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	r := readVerifyReport(t, out)
+	if r.Verdict != "pass" || r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.Unexpected != 0 || r.Result.OutOfOrder != 0 {
+		t.Fatalf("report: %+v", r)
+	}
+	if r.Result.Acked < 100 || r.Result.Stored < r.Result.Acked || len(r.Sends) != r.Result.Sent {
+		t.Fatalf("too little happened to prove anything: %+v", r.Result)
+	}
+	if len(r.Faults) != 3 {
+		t.Fatalf("faults: %+v", r.Faults)
+	}
+	for _, f := range r.Faults {
+		if f.Error != "" || f.Healed < f.Injected || f.Injected <= 0 {
+			t.Errorf("fault %+v", f)
+		}
+	}
+	log, _ := os.ReadFile(filepath.Join(out, "node.log"))
+	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "kill -9 of the storage plugin", "plugin restarted"} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("node.log lacks %q", want)
+		}
+	}
+}
+
+// The negative control: a store that drops every 10th message it
+// acknowledges fails the verdict, exit status 1, naming the loss.
+func TestVerifyFailsALossyStore(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "ferry-storage-lossy"), "./testdata/lossystore").CombinedOutput(); err != nil {
+		t.Fatalf("build lossystore: %v\n%s", err, out)
+	}
+	yaml := filepath.Join(dir, "lossy.yaml")
+	if err := os.WriteFile(yaml, []byte(`name: lossy
+plugins:
+  dirs: [`+dir+`]
+  storage: {type: lossy}
+  transport: {type: grpc, config: {listen: 127.0.0.1:1}}
+topics: [{name: orders, queues: 2}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	stdout, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "3s", "--producers", "2", "--faults", "kill:transport@1s", "--out", out)
+	if code != 1 || !strings.Contains(stdout, "verdict: fail") || !strings.Contains(stdout, "acknowledged message(s) lost") {
+		t.Fatalf("exit %d, want 1 and a failed verdict naming the loss\n%s\n%s", code, stdout, stderr)
+	}
+	r := readVerifyReport(t, out)
+	if r.Verdict != "fail" || r.Result.Lost == 0 || r.Result.Lost > r.Result.Acked/5 {
+		t.Fatalf("report: %+v (want about a tenth of the acked lost)", r.Result)
+	}
+}
+
+// Runs verify cannot make are refused with what is wrong, before anything
+// starts.
+func TestVerifyRefuses(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	mem := write("mem.yaml", "name: mem\nplugins: {storage: {type: memory}}\ntopics: [{name: t}]\n")
+	http := write("http.yaml", "name: h\nplugins: {transport: {type: http, config: {listen: 127.0.0.1:1}}}\ntopics: [{name: t}]\n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify", mem, "--faults", "kill:broker@1s"}, "the memory store keeps nothing"},
+		{[]string{"verify", http}, "drives a node through the grpc transport"},
+		{[]string{"verify", mem, "--faults", "kill:transport@1s", "--topic", "nope"}, `declares no topic "nope"`},
+		{[]string{"verify", mem, "--faults", "pause:broker@1s"}, "the kind must be kill"},
+		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
+	} {
+		stdout, stderr, code := runFerry(t, nil, c.args...)
+		if code != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("ferry %v: exit %d, want 1 with %q\n%s%s", c.args, code, c.want, stdout, stderr)
+		}
+	}
+}

@@ -1,0 +1,112 @@
+package verify
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Fault is one scheduled fault: kill -9 of the node (target "broker", with
+// its plugins: the node is down from At until Until, then started again on
+// the same data) or of one of its plugin processes (target "storage" or
+// "transport": the node's plugin host restarts it).
+type Fault struct {
+	Kind   string        `json:"kind"`   // "kill"
+	Target string        `json:"target"` // broker, storage, transport
+	At     time.Duration `json:"at_ns"`
+	Until  time.Duration `json:"until_ns"` // broker: when it is restarted; else = At
+}
+
+func (f Fault) String() string {
+	if f.Until > f.At {
+		return fmt.Sprintf("%s:%s@%s-%s", f.Kind, f.Target, f.At, f.Until)
+	}
+	return fmt.Sprintf("%s:%s@%s", f.Kind, f.Target, f.At)
+}
+
+var faultTargets = map[string]bool{"broker": true, "storage": true, "transport": true}
+
+// ParseFaults reads a schedule: comma-separated KIND:TARGET@AT[-UNTIL], with
+// times from the workload's start (Go durations: 5s, 1500ms), e.g.
+// "kill:broker@5s-7s,kill:storage@12s". KIND is kill; TARGET is broker (the
+// node with its plugins; down until UNTIL, default AT+1s), storage or
+// transport (one plugin process, restarted by the node at once). Every time
+// must fall within the run's duration.
+func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
+	var out []Fault
+	for _, item := range strings.Split(spec, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		what, when, ok := strings.Cut(item, "@")
+		if !ok {
+			return nil, fmt.Errorf("fault %q: want KIND:TARGET@TIME, e.g. kill:broker@5s-7s", item)
+		}
+		kind, target, ok := strings.Cut(what, ":")
+		if !ok || kind != "kill" {
+			return nil, fmt.Errorf("fault %q: the kind must be kill (pause, partition and power-loss: not built yet)", item)
+		}
+		if !faultTargets[target] {
+			return nil, fmt.Errorf("fault %q: target %q is not one of broker, storage, transport", item, target)
+		}
+		from, to, ranged := strings.Cut(when, "-")
+		at, err := time.ParseDuration(from)
+		if err != nil || at < 0 {
+			return nil, fmt.Errorf("fault %q: bad time %q (a duration such as 5s)", item, from)
+		}
+		f := Fault{Kind: kind, Target: target, At: at, Until: at}
+		if target == "broker" {
+			f.Until = at + time.Second
+		}
+		if ranged {
+			until, err := time.ParseDuration(to)
+			if err != nil || until <= at {
+				return nil, fmt.Errorf("fault %q: bad end %q (a duration after %s)", item, to, at)
+			}
+			if target != "broker" {
+				return nil, fmt.Errorf("fault %q: only broker takes an end time (a killed plugin is restarted by its node)", item)
+			}
+			f.Until = until
+		}
+		if f.Until >= duration {
+			return nil, fmt.Errorf("fault %q: ends at %s, not within the run's %s", item, f.Until, duration)
+		}
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].At < out[j].At })
+	for i := 1; i < len(out); i++ {
+		if prev := out[i-1]; prev.Target == "broker" && out[i].At < prev.Until {
+			return nil, fmt.Errorf("fault %s starts while the node is down for %s", out[i], prev)
+		}
+	}
+	return out, nil
+}
+
+// DefaultFaults is the schedule of a run that names none: a storage kill at
+// about a quarter of the run, the node killed at about half for a second,
+// a transport kill at about three quarters, each moved by up to a tenth of
+// the run by the seed.
+func DefaultFaults(duration time.Duration, seed uint64) []Fault {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	jitter := func(frac float64) time.Duration {
+		return time.Duration((frac + (r.Float64()-0.5)/10) * float64(duration)).Round(time.Millisecond)
+	}
+	broker := jitter(0.5)
+	return []Fault{
+		{Kind: "kill", Target: "storage", At: jitter(0.25), Until: 0},
+		{Kind: "kill", Target: "broker", At: broker, Until: broker + min(time.Second, duration/10)},
+		{Kind: "kill", Target: "transport", At: jitter(0.75), Until: 0},
+	}
+}
+
+func fixUntil(fs []Fault) []Fault {
+	for i := range fs {
+		if fs[i].Until < fs[i].At {
+			fs[i].Until = fs[i].At
+		}
+	}
+	return fs
+}

@@ -1,0 +1,54 @@
+package verify
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFaults(t *testing.T) {
+	fs, err := ParseFaults("kill:storage@3s, kill:broker@5s-7s,kill:transport@1500ms,kill:broker@8s", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"kill:transport@1.5s", "kill:storage@3s", "kill:broker@5s-7s", "kill:broker@8s-9s"}
+	if len(fs) != len(want) {
+		t.Fatalf("%v", fs)
+	}
+	for i, f := range fs {
+		if f.String() != want[i] {
+			t.Errorf("fault %d = %s, want %s", i, f, want[i])
+		}
+	}
+	for _, c := range []struct{ spec, want string }{
+		{"kill:broker", "want KIND:TARGET@TIME"},
+		{"pause:broker@1s", "the kind must be kill"},
+		{"kill:disk@1s", `target "disk"`},
+		{"kill:broker@soon", `bad time "soon"`},
+		{"kill:broker@5s-4s", `bad end "4s"`},
+		{"kill:storage@1s-2s", "only broker takes an end time"},
+		{"kill:broker@9500ms", "not within the run's 10s"},
+		{"kill:broker@2s-5s,kill:storage@3s", "starts while the node is down"},
+	} {
+		if _, err := ParseFaults(c.spec, 10*time.Second); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ParseFaults(%q) = %v, want an error with %q", c.spec, err, c.want)
+		}
+	}
+}
+
+// The default schedule depends on the seed only, and stays in the run.
+func TestDefaultFaults(t *testing.T) {
+	a, b := DefaultFaults(20*time.Second, 7), DefaultFaults(20*time.Second, 7)
+	c := DefaultFaults(20*time.Second, 8)
+	if a[0] != b[0] || a[1] != b[1] || a[2] != b[2] {
+		t.Fatalf("same seed, different schedules: %v %v", a, b)
+	}
+	if a[0] == c[0] && a[1] == c[1] && a[2] == c[2] {
+		t.Fatalf("seeds 7 and 8 gave the same schedule %v", a)
+	}
+	for _, f := range fixUntil(a) {
+		if f.At <= 0 || f.Until >= 20*time.Second || f.Until < f.At {
+			t.Errorf("fault %s outside the run", f)
+		}
+	}
+}
