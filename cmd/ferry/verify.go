@@ -36,15 +36,18 @@ through the Broker API and checks every send against what is stored:
   wrong offset  stored elsewhere than its acknowledgement said
 
 and reports what became of sends acknowledged with a weaker status and of
-sends whose outcome is unknown (stored or not). None of the faults it injects
-may lose an acknowledged message on any flush setting: a killed process
-loses nothing the kernel has. Any of the five above fails the run: the
-verdict is printed, and the exit status is 1.
+sends whose outcome is unknown (stored or not). A loss the pipeline does not
+permit, or any of the other four, fails the run: the verdict is printed, and
+the exit status is 1.
 
-Faults (--faults, comma-separated KIND:TARGET@AT[-UNTIL], times from the
-start): kill:broker@5s-7s kills the node and its plugins with SIGKILL and
-starts it again at 7s (default: a second later); kill:storage@3s and
-kill:transport@9s kill one plugin process, which the node restarts. Without
+Faults (--faults, comma-separated, times from the start): kill:broker@5s-7s
+kills the node and its plugins with SIGKILL and starts it again at 7s
+(default: a second later); kill:storage@3s and kill:transport@9s kill one
+plugin process, which the node restarts; power-loss@12s-13s makes the file
+store drop what it did not fsync and die, kills the rest of the node, and
+starts it again. Under flush async a power loss may lose what was
+acknowledged within the store's flush_interval before it, and no more; on
+flush sync, and for kills, nothing acknowledged may be lost. Without
 --faults: a storage kill near a quarter of the run, the node killed near the
 half, a transport kill near three quarters, placed by --seed.
 
@@ -52,8 +55,8 @@ With --out DIR the results stay there: results.json (every send, every
 fault, the figures), latency.png (latency of each send over time and
 acknowledgements per second, the faults shaded) and node.log.
 
-Not built yet: pause, partition and power-loss faults, clusters of several
-pipelines, async and oneway producers, consumer groups (see docs/verify.md).`,
+Not built yet: pause and partition faults, clusters of several pipelines,
+async and oneway producers, consumer groups (see docs/verify.md).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()

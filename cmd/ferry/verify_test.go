@@ -6,8 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/core/verify"
 )
 
 // verifyReport is the part of results.json these tests read.
@@ -54,13 +58,14 @@ func readVerifyReport(t *testing.T, dir string) verifyReport {
 	return r
 }
 
-// ferry verify of the durable broker pipeline, with the node and each of its
-// plugins killed (-9) under load: nothing acknowledged is lost, nothing is
+// ferry verify of the durable broker pipeline (flush sync), with the node
+// and each of its plugins killed (-9) under load and a power loss (the store
+// drops what it did not fsync): nothing acknowledged is lost, nothing is
 // stored twice, and every fault was injected and healed.
 func TestVerifyBrokerUnderKills(t *testing.T) {
 	out := t.TempDir()
-	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--duration", "6s", "--producers", "3",
-		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,kill:storage@4s", "--out", out)
+	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--duration", "7s", "--producers", "3",
+		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,power-loss@3500ms-4s,kill:storage@5500ms", "--out", out)
 	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -71,7 +76,7 @@ func TestVerifyBrokerUnderKills(t *testing.T) {
 	if r.Result.Acked < 100 || r.Result.Stored < r.Result.Acked || len(r.Sends) != r.Result.Sent {
 		t.Fatalf("too little happened to prove anything: %+v", r.Result)
 	}
-	if len(r.Faults) != 3 {
+	if len(r.Faults) != 4 {
 		t.Fatalf("faults: %+v", r.Faults)
 	}
 	for _, f := range r.Faults {
@@ -80,7 +85,7 @@ func TestVerifyBrokerUnderKills(t *testing.T) {
 		}
 	}
 	log, _ := os.ReadFile(filepath.Join(out, "node.log"))
-	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "kill -9 of the storage plugin", "plugin restarted"} {
+	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "power loss (storage pid", "power-loss hook armed", "kill -9 of the storage plugin", "plugin restarted"} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("node.log lacks %q", want)
 		}
@@ -141,6 +146,80 @@ func TestVerifyRefuses(t *testing.T) {
 		stdout, stderr, code := runFerry(t, nil, c.args...)
 		if code != 1 || !strings.Contains(stderr, c.want) {
 			t.Errorf("ferry %v: exit %d, want 1 with %q\n%s%s", c.args, code, c.want, stdout, stderr)
+		}
+	}
+}
+
+// Under flush async a power loss loses what was acknowledged since the last
+// fsync: verify finds that loss (the checker sees it), and passes the run
+// because each lost message was acknowledged within flush_interval before
+// the power loss, which is what flush async permits.
+func TestVerifyPowerLossUnderFlushAsync(t *testing.T) {
+	dir := t.TempDir()
+	yaml := filepath.Join(dir, "async.yaml")
+	if err := os.WriteFile(yaml, []byte(`name: async
+plugins:
+  storage: {type: file, config: {flush: async, flush_interval: 2s, flush_bytes: 256MiB}}
+  transport: {type: grpc, config: {listen: 127.0.0.1:1}}
+topics: [{name: orders, queues: 2}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	stdout, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "5s", "--producers", "2", "--faults", "power-loss@2500ms-3s", "--out", out)
+	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		LostAtPowerLoss int   `json:"lost_at_power_loss"`
+		LossWindow      int64 `json:"loss_window_ns"`
+		Result          struct {
+			Lost  int `json:"lost"`
+			Acked int `json:"acked_ok"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Result.Lost == 0 || r.LostAtPowerLoss != r.Result.Lost || r.LossWindow <= 0 || r.LossWindow > int64(2250*time.Millisecond) {
+		t.Fatalf("lost %d, lost at power loss %d, window %v; want some lost, all within the flush interval\n%s", r.Result.Lost, r.LostAtPowerLoss, time.Duration(r.LossWindow), stdout)
+	}
+	if !strings.Contains(stdout, "lost at power loss") {
+		t.Errorf("the table does not say what the power loss cost:\n%s", stdout)
+	}
+}
+
+// The power-loss hook is not reachable from a node that a running ferry
+// verify did not start: a token file that is readable by others, that is not
+// verify's, or that names a process other than ferry verify arms nothing.
+func TestPowerLossHookRefusesStrangers(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	self := strconv.Itoa(os.Getpid()) // a test binary, not ferry verify
+	for _, c := range []struct {
+		path, want string
+	}{
+		{write("open", verify.PowerLossMagic+" "+self+" 00\n", 0o644), "not a private regular file"},
+		{write("magic", "something "+self+" 00\n", 0o600), "not a token of ferry verify"},
+		{write("pid", verify.PowerLossMagic+" "+self+" 00\n", 0o600), "is not a running ferry verify"},
+		{filepath.Join(dir, "missing"), "no such file"},
+	} {
+		t.Setenv(verify.EnvPowerLoss, c.path)
+		if _, err := verifyPowerLoss(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("token %s: %v, want an error with %q", filepath.Base(c.path), err, c.want)
 		}
 	}
 }

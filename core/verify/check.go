@@ -96,6 +96,8 @@ type Result struct {
 	// WrongOffset counts acknowledged sends stored at another offset than
 	// their ack said.
 	WrongOffset int `json:"wrong_offset"`
+	// LostIDs are the lost messages' ids.
+	LostIDs []string `json:"lost_ids,omitempty"`
 	// Examples name a few messages of each failure, for the report.
 	Examples map[string][]string `json:"examples,omitempty"`
 }
@@ -147,6 +149,7 @@ func Check(sent []Send, stored []Stored) *Result {
 			r.Acked++
 			if len(cs) == 0 {
 				r.Lost++
+				r.LostIDs = append(r.LostIDs, s.ID)
 				r.example("lost", fmt.Sprintf("%s (acked at %d/%d)", s.ID, s.Queue, s.Offset))
 			} else if cs[0].Queue != s.Queue || cs[0].Offset != s.Offset {
 				r.WrongOffset++

@@ -3,6 +3,7 @@ package verify
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // sentAndStored makes n acknowledged sync sends of key k, each stored where
@@ -65,5 +66,23 @@ func TestCheckUnknownAndWeak(t *testing.T) {
 	r := Check(sent, stored)
 	if r.Failed() || r.Unknown != 2 || r.UnknownStored != 1 || r.Weak != 1 || r.WeakStored != 1 || r.Acked != 3 {
 		t.Fatalf("%+v", r)
+	}
+}
+
+// Under flush async, a loss is permitted only for messages acknowledged
+// within the flush interval (plus slack) before a power loss: older ones, or
+// ones with no power loss after them, are not.
+func TestPermittedLoss(t *testing.T) {
+	start := time.Unix(1000, 0)
+	rep := &Report{FlushInterval: 500 * time.Millisecond, Faults: []FaultRecord{{Fault: Fault{Kind: "kill", Target: "broker"}, Injected: 1 * time.Second, Healed: 1500 * time.Millisecond}, {Fault: Fault{Kind: "power-loss", Target: "broker"}, Injected: 3 * time.Second, Healed: 4 * time.Second}}}
+	at := func(id string, acked time.Duration) Send {
+		return Send{ID: id, Start: start.Add(acked - time.Millisecond), Latency: time.Millisecond}
+	}
+	sends := []Send{at("recent", 2800*time.Millisecond), at("edge", 2300*time.Millisecond), at("old", 2*time.Second),
+		at("during", 3010*time.Millisecond), at("after", 4500*time.Millisecond)}
+	lost := map[string]bool{"recent": true, "edge": true, "old": true, "during": true, "after": true}
+	n, window, other := permittedLoss(rep, sends, lost, start)
+	if n != 3 || window != 700*time.Millisecond || len(other) != 2 || other[0] != "old" || other[1] != "after" {
+		t.Fatalf("permitted %d, window %s, not permitted %v; want 3, 700ms, [old after]", n, window, other)
 	}
 }

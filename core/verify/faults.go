@@ -11,7 +11,10 @@ import (
 // Fault is one scheduled fault: kill -9 of the node (target "broker", with
 // its plugins: the node is down from At until Until, then started again on
 // the same data) or of one of its plugin processes (target "storage" or
-// "transport": the node's plugin host restarts it).
+// "transport": the node's plugin host restarts it); or a power loss (kind
+// "power-loss", target "broker"): the file store drops what it did not
+// fsync and dies, the rest of the node is killed, and it is started again at
+// Until.
 type Fault struct {
 	Kind   string        `json:"kind"`   // "kill"
 	Target string        `json:"target"` // broker, storage, transport
@@ -20,6 +23,9 @@ type Fault struct {
 }
 
 func (f Fault) String() string {
+	if f.Kind == "power-loss" {
+		return fmt.Sprintf("power-loss@%s-%s", f.At, f.Until)
+	}
 	if f.Until > f.At {
 		return fmt.Sprintf("%s:%s@%s-%s", f.Kind, f.Target, f.At, f.Until)
 	}
@@ -30,9 +36,10 @@ var faultTargets = map[string]bool{"broker": true, "storage": true, "transport":
 
 // ParseFaults reads a schedule: comma-separated KIND:TARGET@AT[-UNTIL], with
 // times from the workload's start (Go durations: 5s, 1500ms), e.g.
-// "kill:broker@5s-7s,kill:storage@12s". KIND is kill; TARGET is broker (the
-// node with its plugins; down until UNTIL, default AT+1s), storage or
-// transport (one plugin process, restarted by the node at once). Every time
+// "kill:broker@5s-7s,kill:storage@12s,power-loss@15s". KIND is kill; TARGET
+// is broker (the node with its plugins; down until UNTIL, default AT+1s),
+// storage or transport (one plugin process, restarted by the node at once).
+// power-loss@AT[-UNTIL] takes no target: the node loses power. Every time
 // must fall within the run's duration.
 func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 	var out []Fault
@@ -43,11 +50,14 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 		}
 		what, when, ok := strings.Cut(item, "@")
 		if !ok {
-			return nil, fmt.Errorf("fault %q: want KIND:TARGET@TIME, e.g. kill:broker@5s-7s", item)
+			return nil, fmt.Errorf("fault %q: want KIND:TARGET@TIME, e.g. kill:broker@5s-7s, or power-loss@TIME", item)
 		}
 		kind, target, ok := strings.Cut(what, ":")
-		if !ok || kind != "kill" {
-			return nil, fmt.Errorf("fault %q: the kind must be kill (pause, partition and power-loss: not built yet)", item)
+		if what == "power-loss" {
+			kind, target, ok = what, "broker", true
+		}
+		if !ok || (kind != "kill" && kind != "power-loss") {
+			return nil, fmt.Errorf("fault %q: the kind must be kill or power-loss (pause and partition: not built yet)", item)
 		}
 		if !faultTargets[target] {
 			return nil, fmt.Errorf("fault %q: target %q is not one of broker, storage, transport", item, target)
@@ -110,3 +120,12 @@ func fixUntil(fs []Fault) []Fault {
 	}
 	return fs
 }
+
+// EnvPowerLoss names, in the environment of a node verify starts for a
+// power-loss fault, the token file that lets the node's file store arm its
+// power-loss hook (cmd/ferry: installFaults). The file is private (0600) and
+// holds "PowerLossMagic PID NONCE", PID being the running ferry verify.
+const EnvPowerLoss = "FERRY_VERIFY_POWER_LOSS"
+
+// PowerLossMagic begins a power-loss token.
+const PowerLossMagic = "ferry-verify-power-loss"

@@ -114,6 +114,7 @@ type node struct {
 	exe  string
 	p    *prepared
 	logf *os.File
+	env  []string // added to the node's environment
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -134,6 +135,7 @@ func (n *node) start(ctx context.Context) error {
 	fmt.Fprintf(n.logf, "--- ferry verify: starting the node at %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(n.exe, "run", n.p.path)
 	cmd.Stdout, cmd.Stderr = n.logf, n.logf
+	cmd.Env = append(os.Environ(), n.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		n.mu.Unlock()
@@ -191,19 +193,64 @@ func (n *node) kill() error {
 		_ = syscall.Kill(c, syscall.SIGKILL)
 	}
 	<-done
-	// The plugins, too, are gone before a restart takes their files.
+	// The plugins, too, are gone before a restart takes their files: every
+	// process of the group (a plugin the host started while the group died
+	// is in it as well).
 	deadline := time.Now().Add(30 * time.Second)
-	for _, c := range children {
-		for processAlive(c) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
+	for {
+		left := groupMembers(cmd.Process.Pid)
+		if len(left) == 0 {
+			return nil
 		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes %v of the node still run 30s after kill -9", left)
+		}
+		for _, c := range left {
+			_ = syscall.Kill(c, syscall.SIGKILL)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return nil
 }
 
-// killPlugin sends SIGKILL to the node's plugin process of kind (storage,
-// transport, replication); the node's plugin host restarts it.
-func (n *node) killPlugin(kind string) (int, error) {
+// groupMembers lists the live processes of process group pgid.
+func groupMembers(pgid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f := procStat(pid)
+		// state ppid pgrp: fields 0, 1, 2 after the command.
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name.
+func procStat(pid int) []string {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
+}
+
+// plugin finds the node's plugin process of kind (storage, transport,
+// replication): a built-in one (ferry plugin serve KIND/…) or an external
+// ferry-KIND-… executable.
+func (n *node) plugin(kind string) (int, error) {
 	n.mu.Lock()
 	cmd := n.cmd
 	n.mu.Unlock()
@@ -219,19 +266,53 @@ func (n *node) killPlugin(kind string) (int, error) {
 		line := strings.Join(args, " ")
 		if strings.Contains(line, "plugin serve "+kind) || strings.Contains(filepath.Base(args[0]), "ferry-"+kind+"-") ||
 			(len(args) > 1 && strings.Contains(filepath.Base(args[1]), "ferry-"+kind+"-")) {
-			fmt.Fprintf(n.logf, "--- ferry verify: kill -9 of the %s plugin (pid %d) at %s\n", kind, pid, time.Now().Format(time.RFC3339Nano))
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-				return pid, err
-			}
-			// Gone (a zombie until its host reaps it) before the fault
-			// counts as injected: a send that starts later cannot reach it.
-			for deadline := time.Now().Add(30 * time.Second); processAlive(pid) && time.Now().Before(deadline); {
-				time.Sleep(time.Millisecond)
-			}
 			return pid, nil
 		}
 	}
 	return 0, fmt.Errorf("the node has no %s plugin process", kind)
+}
+
+// killPlugin sends SIGKILL to the node's plugin process of kind; the node's
+// plugin host restarts it.
+func (n *node) killPlugin(kind string) (int, error) {
+	pid, err := n.plugin(kind)
+	if err != nil {
+		return 0, err
+	}
+	fmt.Fprintf(n.logf, "--- ferry verify: kill -9 of the %s plugin (pid %d) at %s\n", kind, pid, time.Now().Format(time.RFC3339Nano))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return pid, err
+	}
+	return pid, waitGone(pid)
+}
+
+// powerLoss cuts the node's power: its file store drops what it did not
+// fsync and dies (SIGUSR1: the hook ferry verify armed), then the rest of
+// the node dies with SIGKILL.
+func (n *node) powerLoss() error {
+	pid, err := n.plugin("storage")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(n.logf, "--- ferry verify: power loss (storage pid %d) at %s\n", pid, time.Now().Format(time.RFC3339Nano))
+	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
+		return err
+	}
+	if err := waitGone(pid); err != nil {
+		return fmt.Errorf("%w (was its power-loss hook armed? see node.log)", err)
+	}
+	return n.kill()
+}
+
+// waitGone waits until pid has exited (a zombie until its parent reaps it
+// counts as gone): a send that starts later cannot reach it.
+func waitGone(pid int) error {
+	for deadline := time.Now().Add(30 * time.Second); processAlive(pid); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process %d still runs 30s after the fault", pid)
+		}
+	}
+	return nil
 }
 
 // stop ends the node with SIGTERM, then SIGKILL if it lingers.
@@ -264,18 +345,7 @@ func childPIDs(pid int) []int {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces; split after ')'.
-		s := string(stat)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+		if f := procStat(c); len(f) > 1 && f[1] == strconv.Itoa(pid) {
 			out = append(out, c)
 		}
 	}
@@ -283,11 +353,6 @@ func childPIDs(pid int) []int {
 }
 
 func processAlive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
+	f := procStat(pid)
+	return len(f) > 0 && f[0] != "Z"
 }

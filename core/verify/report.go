@@ -46,7 +46,12 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	row("outcome unknown", r.Unknown, fmt.Sprintf("%d of them stored", r.UnknownStored))
 	row("refused", r.Refused, fmt.Sprintf("%d of them stored (must be 0)", r.RefusedStored))
 	row("stored", r.Stored, "")
-	row("lost", r.Lost, "acked OK, not stored")
+	lostNote := "acked OK, not stored"
+	if rep.LostAtPowerLoss > 0 {
+		lostNote += fmt.Sprintf("; %d lost at power loss, acked at most %s before it (flush async permits %s + %s)",
+			rep.LostAtPowerLoss, rep.LossWindow.Round(time.Millisecond), rep.FlushInterval, PowerLossSlack)
+	}
+	row("lost", r.Lost, lostNote)
 	row("duplicated", r.Duplicated, "extra copies stored")
 	row("unexpected", r.Unexpected, "stored, never sent")
 	row("out of order", r.OutOfOrder, "per key")
