@@ -43,7 +43,9 @@ the exit status is 1.
 Faults (--faults, comma-separated, times from the start): kill:broker@5s-7s
 kills the node and its plugins with SIGKILL and starts it again at 7s
 (default: a second later); kill:storage@3s and kill:transport@9s kill one
-plugin process, which the node restarts; power-loss@12s-13s makes the file
+plugin process, which the node restarts; pause:broker@4s-6s stops the node
+and its plugins with SIGSTOP and continues them at 6s (pause:storage and
+pause:transport: one plugin process); power-loss@12s-13s makes the file
 store drop what it did not fsync and die, kills the rest of the node, and
 starts it again. Under flush async a power loss may lose what was
 acknowledged within the store's flush_interval before it, and no more; on
@@ -55,7 +57,7 @@ With --out DIR the results stay there: results.json (every send, every
 fault, the figures), latency.png (latency of each send over time and
 acknowledgements per second, the faults shaded) and node.log.
 
-Not built yet: pause and partition faults, clusters of several pipelines,
+Not built yet: partition faults, clusters of several pipelines,
 async and oneway producers, consumer groups (see docs/verify.md).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

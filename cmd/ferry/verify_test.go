@@ -59,13 +59,14 @@ func readVerifyReport(t *testing.T, dir string) verifyReport {
 }
 
 // ferry verify of the durable broker pipeline (flush sync), with the node
-// and each of its plugins killed (-9) under load and a power loss (the store
-// drops what it did not fsync): nothing acknowledged is lost, nothing is
-// stored twice, and every fault was injected and healed.
+// and each of its plugins killed (-9) under load, a power loss (the store
+// drops what it did not fsync) and a pause (SIGSTOP, SIGCONT): nothing
+// acknowledged is lost, nothing is stored twice, and every fault was injected
+// and healed.
 func TestVerifyBrokerUnderKills(t *testing.T) {
 	out := t.TempDir()
-	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--duration", "7s", "--producers", "3",
-		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,power-loss@3500ms-4s,kill:storage@5500ms", "--out", out)
+	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--duration", "8s", "--producers", "3",
+		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,power-loss@3500ms-4s,kill:storage@5500ms,pause:broker@6500ms-7s", "--out", out)
 	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -76,7 +77,7 @@ func TestVerifyBrokerUnderKills(t *testing.T) {
 	if r.Result.Acked < 100 || r.Result.Stored < r.Result.Acked || len(r.Sends) != r.Result.Sent {
 		t.Fatalf("too little happened to prove anything: %+v", r.Result)
 	}
-	if len(r.Faults) != 4 {
+	if len(r.Faults) != 5 {
 		t.Fatalf("faults: %+v", r.Faults)
 	}
 	for _, f := range r.Faults {
@@ -85,7 +86,7 @@ func TestVerifyBrokerUnderKills(t *testing.T) {
 		}
 	}
 	log, _ := os.ReadFile(filepath.Join(out, "node.log"))
-	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "power loss (storage pid", "power-loss hook armed", "kill -9 of the storage plugin", "plugin restarted"} {
+	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "power loss (storage pid", "power-loss hook armed", "kill -9 of the storage plugin", "plugin restarted", "stopped (signal) to the node", "continued (signal) to the node"} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("node.log lacks %q", want)
 		}
@@ -140,7 +141,7 @@ func TestVerifyRefuses(t *testing.T) {
 		{[]string{"verify", mem, "--faults", "kill:broker@1s"}, "the memory store keeps nothing"},
 		{[]string{"verify", http}, "drives a node through the grpc transport"},
 		{[]string{"verify", mem, "--faults", "kill:transport@1s", "--topic", "nope"}, `declares no topic "nope"`},
-		{[]string{"verify", mem, "--faults", "pause:broker@1s"}, "the kind must be kill"},
+		{[]string{"verify", mem, "--faults", "partition:broker@1s"}, "the kind must be kill, pause or power-loss"},
 		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 	} {
 		stdout, stderr, code := runFerry(t, nil, c.args...)

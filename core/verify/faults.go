@@ -8,7 +8,9 @@ import (
 	"time"
 )
 
-// Fault is one scheduled fault: kill -9 of the node (target "broker", with
+// Fault is one scheduled fault: a pause (kind "pause": SIGSTOP of the node,
+// target "broker", or of one plugin process from At, SIGCONT at Until);
+// kill -9 of the node (target "broker", with
 // its plugins: the node is down from At until Until, then started again on
 // the same data) or of one of its plugin processes (target "storage" or
 // "transport": the node's plugin host restarts it); or a power loss (kind
@@ -26,6 +28,9 @@ func (f Fault) String() string {
 	if f.Kind == "power-loss" {
 		return fmt.Sprintf("power-loss@%s-%s", f.At, f.Until)
 	}
+	if f.Kind == "pause" {
+		return fmt.Sprintf("pause:%s@%s-%s", f.Target, f.At, f.Until)
+	}
 	if f.Until > f.At {
 		return fmt.Sprintf("%s:%s@%s-%s", f.Kind, f.Target, f.At, f.Until)
 	}
@@ -39,8 +44,10 @@ var faultTargets = map[string]bool{"broker": true, "storage": true, "transport":
 // "kill:broker@5s-7s,kill:storage@12s,power-loss@15s". KIND is kill; TARGET
 // is broker (the node with its plugins; down until UNTIL, default AT+1s),
 // storage or transport (one plugin process, restarted by the node at once).
-// power-loss@AT[-UNTIL] takes no target: the node loses power. Every time
-// must fall within the run's duration.
+// power-loss@AT[-UNTIL] takes no target: the node loses power.
+// pause:TARGET@AT[-UNTIL] stops the node (or one plugin process) with
+// SIGSTOP and continues it at UNTIL (default AT+1s). Faults may not overlap.
+// Every time must fall within the run's duration.
 func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 	var out []Fault
 	for _, item := range strings.Split(spec, ",") {
@@ -56,8 +63,8 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 		if what == "power-loss" {
 			kind, target, ok = what, "broker", true
 		}
-		if !ok || (kind != "kill" && kind != "power-loss") {
-			return nil, fmt.Errorf("fault %q: the kind must be kill or power-loss (pause and partition: not built yet)", item)
+		if !ok || (kind != "kill" && kind != "power-loss" && kind != "pause") {
+			return nil, fmt.Errorf("fault %q: the kind must be kill, pause or power-loss (partition: not built yet)", item)
 		}
 		if !faultTargets[target] {
 			return nil, fmt.Errorf("fault %q: target %q is not one of broker, storage, transport", item, target)
@@ -68,7 +75,7 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 			return nil, fmt.Errorf("fault %q: bad time %q (a duration such as 5s)", item, from)
 		}
 		f := Fault{Kind: kind, Target: target, At: at, Until: at}
-		if target == "broker" {
+		if target == "broker" || kind == "pause" {
 			f.Until = at + time.Second
 		}
 		if ranged {
@@ -76,8 +83,8 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 			if err != nil || until <= at {
 				return nil, fmt.Errorf("fault %q: bad end %q (a duration after %s)", item, to, at)
 			}
-			if target != "broker" {
-				return nil, fmt.Errorf("fault %q: only broker takes an end time (a killed plugin is restarted by its node)", item)
+			if target != "broker" && kind == "kill" {
+				return nil, fmt.Errorf("fault %q: a plugin kill takes no end time (a killed plugin is restarted by its node)", item)
 			}
 			f.Until = until
 		}
@@ -88,8 +95,8 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].At < out[j].At })
 	for i := 1; i < len(out); i++ {
-		if prev := out[i-1]; prev.Target == "broker" && out[i].At < prev.Until {
-			return nil, fmt.Errorf("fault %s starts while the node is down for %s", out[i], prev)
+		if prev := out[i-1]; out[i].At < prev.Until {
+			return nil, fmt.Errorf("fault %s starts while %s lasts", out[i], prev)
 		}
 	}
 	return out, nil

@@ -7,11 +7,11 @@ import (
 )
 
 func TestParseFaults(t *testing.T) {
-	fs, err := ParseFaults("kill:storage@3s, kill:broker@5s-7s,kill:transport@1500ms,kill:broker@8s", 10*time.Second)
+	fs, err := ParseFaults("kill:storage@3s, kill:broker@5s-7s,kill:transport@1500ms,kill:broker@8s,pause:storage@400ms-1s,pause:broker@2s", 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"kill:transport@1.5s", "kill:storage@3s", "kill:broker@5s-7s", "kill:broker@8s-9s"}
+	want := []string{"pause:storage@400ms-1s", "kill:transport@1.5s", "pause:broker@2s-3s", "kill:storage@3s", "kill:broker@5s-7s", "kill:broker@8s-9s"}
 	if len(fs) != len(want) {
 		t.Fatalf("%v", fs)
 	}
@@ -22,13 +22,13 @@ func TestParseFaults(t *testing.T) {
 	}
 	for _, c := range []struct{ spec, want string }{
 		{"kill:broker", "want KIND:TARGET@TIME"},
-		{"pause:broker@1s", "the kind must be kill"},
+		{"partition:broker@1s", "the kind must be kill, pause or power-loss"},
 		{"kill:disk@1s", `target "disk"`},
 		{"kill:broker@soon", `bad time "soon"`},
 		{"kill:broker@5s-4s", `bad end "4s"`},
-		{"kill:storage@1s-2s", "only broker takes an end time"},
+		{"kill:storage@1s-2s", "a plugin kill takes no end time"},
 		{"kill:broker@9500ms", "not within the run's 10s"},
-		{"kill:broker@2s-5s,kill:storage@3s", "starts while the node is down"},
+		{"kill:broker@2s-5s,kill:storage@3s", "starts while kill:broker@2s-5s lasts"},
 	} {
 		if _, err := ParseFaults(c.spec, 10*time.Second); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("ParseFaults(%q) = %v, want an error with %q", c.spec, err, c.want)

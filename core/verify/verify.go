@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -82,7 +83,9 @@ type FaultRecord struct {
 	// acknowledged (a plugin).
 	Injected time.Duration `json:"injected_ns"`
 	Healed   time.Duration `json:"healed_ns"`
-	Error    string        `json:"error,omitempty"`
+	// Resumed is when a paused process was continued.
+	Resumed time.Duration `json:"resumed_ns,omitempty"`
+	Error   string        `json:"error,omitempty"`
 }
 
 // SendRecord is a Send in the report: times from the workload's start.
@@ -304,6 +307,20 @@ func inject(ctx context.Context, n *node, faults []Fault, start time.Time) []Fau
 		}
 		r := FaultRecord{Fault: f, Injected: time.Since(start)}
 		switch {
+		case f.Kind == "pause":
+			err := n.signal(f.Target, syscall.SIGSTOP)
+			select {
+			case <-time.After(time.Until(start.Add(f.Until))):
+			case <-ctx.Done():
+			}
+			// Continued also when the stop failed (a half-stopped group).
+			if cerr := n.signal(f.Target, syscall.SIGCONT); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				r.Error = err.Error()
+			}
+			r.Resumed = time.Since(start)
 		case f.Target == "broker":
 			kill := n.kill
 			if f.Kind == "power-loss" {
@@ -332,19 +349,32 @@ func inject(ctx context.Context, n *node, faults []Fault, start time.Time) []Fau
 	return out
 }
 
-// healedTimes sets a plugin fault's Healed to the end of the first send that
-// started after it and was acknowledged.
+// healedTimes sets the Healed of a plugin kill to the end of the first send
+// that started after it and was acknowledged, and that of a pause to the
+// first acknowledgement after the process was continued.
 func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord {
 	for i := range rs {
-		if rs[i].Target == "broker" {
-			continue
-		}
-		at := start.Add(rs[i].Injected)
-		rs[i].Healed = rs[i].Injected
-		for _, s := range sends {
-			if s.Outcome == OutcomeOK && s.Start.After(at) {
-				rs[i].Healed = s.Start.Add(s.Latency).Sub(start)
-				break
+		r := &rs[i]
+		switch {
+		case r.Kind == "pause":
+			r.Healed = r.Resumed
+			first := time.Duration(-1)
+			for _, s := range sends {
+				if end := s.Start.Add(s.Latency).Sub(start); s.Outcome == OutcomeOK && end >= r.Resumed && (first < 0 || end < first) {
+					first = end
+				}
+			}
+			if first >= 0 {
+				r.Healed = first
+			}
+		case r.Target != "broker":
+			at := start.Add(r.Injected)
+			r.Healed = r.Injected
+			for _, s := range sends {
+				if s.Outcome == OutcomeOK && s.Start.After(at) {
+					r.Healed = s.Start.Add(s.Latency).Sub(start)
+					break
+				}
 			}
 		}
 	}
