@@ -86,7 +86,7 @@ func TestVerifyBrokerUnderKills(t *testing.T) {
 		}
 	}
 	log, _ := os.ReadFile(filepath.Join(out, "node.log"))
-	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "power loss (storage pid", "power-loss hook armed", "kill -9 of the storage plugin", "plugin restarted", "stopped (signal) to the node", "continued (signal) to the node"} {
+	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "power loss (storage pid", "power-loss hook armed", "kill -9 of the storage plugin", "plugin restarted", "SIGSTOP to the node", "SIGCONT to the node"} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("node.log lacks %q", want)
 		}

@@ -357,9 +357,10 @@ func processAlive(pid int) bool {
 	return len(f) > 0 && f[0] != "Z"
 }
 
-// pause stops (SIGSTOP) or continues (SIGCONT) the node's process group
+// signal stops (SIGSTOP) or continues (SIGCONT) the node's process group
 // (target broker) or one of its plugin processes.
 func (n *node) signal(target string, sig syscall.Signal) error {
+	name := map[syscall.Signal]string{syscall.SIGSTOP: "SIGSTOP", syscall.SIGCONT: "SIGCONT"}[sig]
 	if target == "broker" {
 		n.mu.Lock()
 		cmd := n.cmd
@@ -367,13 +368,13 @@ func (n *node) signal(target string, sig syscall.Signal) error {
 		if cmd == nil {
 			return errors.New("the node is not running")
 		}
-		fmt.Fprintf(n.logf, "--- ferry verify: %s to the node and its plugins at %s\n", sig, time.Now().Format(time.RFC3339Nano))
+		fmt.Fprintf(n.logf, "--- ferry verify: %s to the node and its plugins at %s\n", name, time.Now().Format(time.RFC3339Nano))
 		return syscall.Kill(-cmd.Process.Pid, sig)
 	}
 	pid, err := n.plugin(target)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(n.logf, "--- ferry verify: %s to the %s plugin (pid %d) at %s\n", sig, target, pid, time.Now().Format(time.RFC3339Nano))
+	fmt.Fprintf(n.logf, "--- ferry verify: %s to the %s plugin (pid %d) at %s\n", name, target, pid, time.Now().Format(time.RFC3339Nano))
 	return syscall.Kill(pid, sig)
 }
