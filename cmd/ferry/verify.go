@@ -35,7 +35,11 @@ through the Broker API and checks every send against what is stored:
   out of order  a key's acknowledged messages stored in another order
   wrong offset  stored elsewhere than its acknowledgement said
 
-and reports what became of sends acknowledged with a weaker status and of
+Each consumer group (--groups, default 1; a ferry consume process) consumes
+during the run and must deliver every stored message at least once by the
+end (a member killed between processing and commit redelivers: counted,
+not a failure). Verify reports what became of sends acknowledged with a
+weaker status and of
 sends whose outcome is unknown (stored or not). A loss the pipeline does not
 permit, or any of the other four, fails the run: the verdict is printed, and
 the exit status is 1.
@@ -43,7 +47,8 @@ the exit status is 1.
 Faults (--faults, comma-separated, times from the start): kill:broker@5s-7s
 kills the node and its plugins with SIGKILL and starts it again at 7s
 (default: a second later); kill:storage@3s and kill:transport@9s kill one
-plugin process, which the node restarts; pause:broker@4s-6s stops the node
+plugin process, which the node restarts; kill:consumer@8s kills each group's
+ferry consume process and starts another; pause:broker@4s-6s stops the node
 and its plugins with SIGSTOP and continues them at 6s (pause:storage and
 pause:transport: one plugin process); power-loss@12s-13s makes the file
 store drop what it did not fsync and die, kills the rest of the node, and
@@ -58,7 +63,7 @@ fault, the figures), latency.png (latency of each send over time and
 acknowledgements per second, the faults shaded) and node.log.
 
 Not built yet: partition faults, clusters of several pipelines,
-async and oneway producers, consumer groups (see docs/verify.md).`,
+async and oneway producers (see docs/verify.md).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()
@@ -104,6 +109,8 @@ async and oneway producers, consumer groups (see docs/verify.md).`,
 	f.IntVar(&o.Producers, "producers", 4, "sync producers, each with a key of its own")
 	f.IntVar(&o.Size, "size", 256, "message body bytes (at least 64)")
 	f.StringVar(&o.Topic, "topic", "", "the topic to send to (default: the pipeline's first)")
+	f.IntVar(&o.Groups, "groups", 1, "consumer groups consuming the topic during the run (each a ferry consume process); 0: none")
+	f.StringVar(&o.Delivery, "delivery", "push", "the groups' delivery: push or pull")
 	f.StringVar(&faults, "faults", "", "fault schedule, e.g. kill:broker@5s-7s,kill:storage@12s (default: one of each, placed by --seed)")
 	f.Uint64Var(&o.Seed, "seed", 1, "places the default faults; the same seed, the same schedule")
 	f.StringVar(&o.OutDir, "out", "", "keep results.json, latency.png and node.log in this directory")

@@ -35,6 +35,12 @@ type verifyReport struct {
 	Sends []struct {
 		ID string `json:"id"`
 	} `json:"sends"`
+	Groups []struct {
+		Delivered int `json:"delivered"`
+		Missing   int `json:"missing"`
+		NotStored int `json:"delivered_not_stored"`
+		Restarts  int `json:"consumer_restarts"`
+	} `json:"groups"`
 }
 
 func readVerifyReport(t *testing.T, dir string) verifyReport {
@@ -60,13 +66,13 @@ func readVerifyReport(t *testing.T, dir string) verifyReport {
 
 // ferry verify of the durable broker pipeline (flush sync), with the node
 // and each of its plugins killed (-9) under load, a power loss (the store
-// drops what it did not fsync) and a pause (SIGSTOP, SIGCONT): nothing
-// acknowledged is lost, nothing is stored twice, and every fault was injected
-// and healed.
+// drops what it did not fsync), a pause (SIGSTOP, SIGCONT) and its consumer
+// killed: nothing acknowledged is lost, nothing is stored twice, the group
+// delivers every stored message, and every fault was injected and healed.
 func TestVerifyBrokerUnderKills(t *testing.T) {
 	out := t.TempDir()
 	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--duration", "8s", "--producers", "3",
-		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,power-loss@3500ms-4s,kill:storage@5500ms,pause:broker@6500ms-7s", "--out", out)
+		"--faults", "kill:transport@1s,kill:broker@2s-2500ms,power-loss@3500ms-4s,kill:consumer@4500ms,kill:storage@5500ms,pause:broker@6500ms-7s", "--out", out)
 	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -77,13 +83,16 @@ func TestVerifyBrokerUnderKills(t *testing.T) {
 	if r.Result.Acked < 100 || r.Result.Stored < r.Result.Acked || len(r.Sends) != r.Result.Sent {
 		t.Fatalf("too little happened to prove anything: %+v", r.Result)
 	}
-	if len(r.Faults) != 5 {
+	if len(r.Faults) != 6 {
 		t.Fatalf("faults: %+v", r.Faults)
 	}
 	for _, f := range r.Faults {
 		if f.Error != "" || f.Healed < f.Injected || f.Injected <= 0 {
 			t.Errorf("fault %+v", f)
 		}
+	}
+	if len(r.Groups) != 1 || r.Groups[0].Missing != 0 || r.Groups[0].NotStored != 0 || r.Groups[0].Delivered != r.Result.Stored || r.Groups[0].Restarts < 1 {
+		t.Errorf("the group (killed once): %+v; want every stored message delivered", r.Groups)
 	}
 	log, _ := os.ReadFile(filepath.Join(out, "node.log"))
 	for _, want := range []string{"kill -9 of the transport plugin", "kill -9 of the node and its plugins", "power loss (storage pid", "power-loss hook armed", "kill -9 of the storage plugin", "plugin restarted", "SIGSTOP to the node", "SIGCONT to the node"} {
@@ -167,7 +176,7 @@ topics: [{name: orders, queues: 2}]
 		t.Fatal(err)
 	}
 	out := t.TempDir()
-	stdout, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "5s", "--producers", "2", "--faults", "power-loss@2500ms-3s", "--out", out)
+	stdout, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "5s", "--producers", "2", "--groups", "0", "--faults", "power-loss@2500ms-3s", "--out", out)
 	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}

@@ -37,7 +37,7 @@ func (f Fault) String() string {
 	return fmt.Sprintf("%s:%s@%s", f.Kind, f.Target, f.At)
 }
 
-var faultTargets = map[string]bool{"broker": true, "storage": true, "transport": true}
+var faultTargets = map[string]bool{"broker": true, "storage": true, "transport": true, "consumer": true}
 
 // ParseFaults reads a schedule: comma-separated KIND:TARGET@AT[-UNTIL], with
 // times from the workload's start (Go durations: 5s, 1500ms), e.g.
@@ -67,12 +67,15 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 			return nil, fmt.Errorf("fault %q: the kind must be kill, pause or power-loss (partition: not built yet)", item)
 		}
 		if !faultTargets[target] {
-			return nil, fmt.Errorf("fault %q: target %q is not one of broker, storage, transport", item, target)
+			return nil, fmt.Errorf("fault %q: target %q is not one of broker, storage, transport, consumer", item, target)
 		}
 		from, to, ranged := strings.Cut(when, "-")
 		at, err := time.ParseDuration(from)
 		if err != nil || at < 0 {
 			return nil, fmt.Errorf("fault %q: bad time %q (a duration such as 5s)", item, from)
+		}
+		if target == "consumer" && kind != "kill" {
+			return nil, fmt.Errorf("fault %q: a consumer can only be killed", item)
 		}
 		f := Fault{Kind: kind, Target: target, At: at, Until: at}
 		if target == "broker" || kind == "pause" {
@@ -104,19 +107,23 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 
 // DefaultFaults is the schedule of a run that names none: a storage kill at
 // about a quarter of the run, the node killed at about half for a second,
-// a transport kill at about three quarters, each moved by up to a tenth of
-// the run by the seed.
-func DefaultFaults(duration time.Duration, seed uint64) []Fault {
+// the consumers killed at about three fifths (with consumers), a transport
+// kill at about three quarters, each moved by up to a tenth of the run by
+// the seed.
+func DefaultFaults(duration time.Duration, seed uint64, consumers bool) []Fault {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	jitter := func(frac float64) time.Duration {
 		return time.Duration((frac + (r.Float64()-0.5)/10) * float64(duration)).Round(time.Millisecond)
 	}
 	broker := jitter(0.5)
-	return []Fault{
+	out := []Fault{
 		{Kind: "kill", Target: "storage", At: jitter(0.25), Until: 0},
 		{Kind: "kill", Target: "broker", At: broker, Until: broker + min(time.Second, duration/10)},
-		{Kind: "kill", Target: "transport", At: jitter(0.75), Until: 0},
 	}
+	if c := jitter(0.62); consumers && c > broker+min(time.Second, duration/10) {
+		out = append(out, Fault{Kind: "kill", Target: "consumer", At: c})
+	}
+	return append(out, Fault{Kind: "kill", Target: "transport", At: jitter(0.8), Until: 0})
 }
 
 func fixUntil(fs []Fault) []Fault {

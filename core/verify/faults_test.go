@@ -24,6 +24,7 @@ func TestParseFaults(t *testing.T) {
 		{"kill:broker", "want KIND:TARGET@TIME"},
 		{"partition:broker@1s", "the kind must be kill, pause or power-loss"},
 		{"kill:disk@1s", `target "disk"`},
+		{"pause:consumer@1s", "a consumer can only be killed"},
 		{"kill:broker@soon", `bad time "soon"`},
 		{"kill:broker@5s-4s", `bad end "4s"`},
 		{"kill:storage@1s-2s", "a plugin kill takes no end time"},
@@ -38,8 +39,11 @@ func TestParseFaults(t *testing.T) {
 
 // The default schedule depends on the seed only, and stays in the run.
 func TestDefaultFaults(t *testing.T) {
-	a, b := DefaultFaults(20*time.Second, 7), DefaultFaults(20*time.Second, 7)
-	c := DefaultFaults(20*time.Second, 8)
+	a, b := DefaultFaults(20*time.Second, 7, true), DefaultFaults(20*time.Second, 7, true)
+	c := DefaultFaults(20*time.Second, 8, true)
+	if len(a) != 4 || len(DefaultFaults(20*time.Second, 7, false)) != 3 {
+		t.Fatalf("with consumers %v; without %v", a, DefaultFaults(20*time.Second, 7, false))
+	}
 	if a[0] != b[0] || a[1] != b[1] || a[2] != b[2] {
 		t.Fatalf("same seed, different schedules: %v %v", a, b)
 	}

@@ -59,6 +59,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	for _, g := range rep.Groups {
+		fmt.Fprintf(w, "group %s (%s, %d consumer restart(s)): delivered %d, redelivered %d, missing %d, delivered but not stored %d\n",
+			g.Group, g.Delivery, g.Restarts, g.Delivered, g.Redelivered, g.Missing, g.NotStored)
+	}
 	for kind, ex := range r.Examples {
 		fmt.Fprintf(w, "  %s, e.g.: %v\n", kind, ex)
 	}

@@ -34,6 +34,8 @@ type Options struct {
 	Faults    []Fault       // nil: DefaultFaults
 	Seed      uint64
 	OutDir    string       // where results.json, latency.png and node.log go; "" = a temporary dir, removed
+	Groups    int          // consumer groups that consume during the run, each a ferry consume process
+	Delivery  string       // their delivery: push or pull
 	Progress  io.Writer    // a line every few seconds; nil = none
 	Logger    *slog.Logger // the producers' client's; nil = slog's default
 }
@@ -53,18 +55,19 @@ type Report struct {
 	// LostAtPowerLoss of the lost messages were acknowledged within
 	// FlushInterval (plus PowerLossSlack) before a power loss: what flush
 	// async permits. LossWindow is the longest such time.
-	LostAtPowerLoss int           `json:"lost_at_power_loss"`
-	LossWindow      time.Duration `json:"loss_window_ns"`
-	Duration        time.Duration `json:"duration_ns"`
-	Producers       int           `json:"producers"`
-	Size            int           `json:"size"`
-	Faults          []FaultRecord `json:"faults"`
-	Result          *Result       `json:"result"`
-	Verdict         string        `json:"verdict"` // pass | fail
-	Reasons         []string      `json:"reasons,omitempty"`
-	LatencyP50      time.Duration `json:"latency_p50_ns"`
-	LatencyP99      time.Duration `json:"latency_p99_ns"`
-	LatencyMax      time.Duration `json:"latency_max_ns"`
+	LostAtPowerLoss int            `json:"lost_at_power_loss"`
+	LossWindow      time.Duration  `json:"loss_window_ns"`
+	Duration        time.Duration  `json:"duration_ns"`
+	Producers       int            `json:"producers"`
+	Size            int            `json:"size"`
+	Faults          []FaultRecord  `json:"faults"`
+	Result          *Result        `json:"result"`
+	Groups          []*GroupResult `json:"groups"`
+	Verdict         string         `json:"verdict"` // pass | fail
+	Reasons         []string       `json:"reasons,omitempty"`
+	LatencyP50      time.Duration  `json:"latency_p50_ns"`
+	LatencyP99      time.Duration  `json:"latency_p99_ns"`
+	LatencyMax      time.Duration  `json:"latency_max_ns"`
 	// AckRate is the acknowledgements per second in each RateBucket of the
 	// run, from its start.
 	AckRate    []float64     `json:"ack_rate"`
@@ -135,7 +138,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	faults := o.Faults
 	if faults == nil {
-		faults = DefaultFaults(o.Duration, o.Seed)
+		faults = DefaultFaults(o.Duration, o.Seed, o.Groups > 0)
+	}
+	for _, f := range faults {
+		if f.Target == "consumer" && o.Groups == 0 {
+			return nil, fmt.Errorf("verify: fault %s: the run has no consumer groups (--groups)", f)
+		}
+	}
+	if o.Delivery == "" {
+		o.Delivery = "push"
 	}
 	faults = fixUntil(faults)
 	if p.pipeline.Plugins.Storage.Type == "memory" {
@@ -185,6 +196,21 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	defer c.Close()
 
+	clog, err := os.OpenFile(filepath.Join(dir, "consumers.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer clog.Close()
+	var consumers []*consumer
+	for g := range o.Groups {
+		cs := newConsumer(o.Exe, p.addr, topic, fmt.Sprintf("%s-g%d", rep.RunID, g), o.Delivery, rep.RunID+"-", clog)
+		if err := cs.start(); err != nil {
+			return nil, err
+		}
+		defer cs.stop()
+		consumers = append(consumers, cs)
+	}
+
 	rec := &recorder{}
 	start := time.Now()
 	wctx, cancel := context.WithCancel(ctx)
@@ -198,7 +224,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}()
 	}
 	faultsDone := make(chan []FaultRecord, 1)
-	go func() { faultsDone <- inject(wctx, n, faults, start) }()
+	go func() { faultsDone <- inject(wctx, n, consumers, faults, start) }()
 	if o.Progress != nil {
 		go progress(wctx, o.Progress, rec, start, o.Duration)
 	}
@@ -213,6 +239,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	stored, err := readBack(ctx, p.addr, topic, rep.RunID+"-")
 	if err != nil {
 		return nil, err
+	}
+	// Every group drains: it must deliver every message the topic holds.
+	var dwg sync.WaitGroup
+	for _, cs := range consumers {
+		dwg.Add(1)
+		go func() { defer dwg.Done(); cs.drain(ctx, stored, 2*time.Minute) }()
+	}
+	dwg.Wait()
+	for _, cs := range consumers {
+		rep.Groups = append(rep.Groups, cs.result(stored))
 	}
 	sends := rec.all()
 	rep.Result = Check(sends, stored)
@@ -297,7 +333,7 @@ func produce(ctx context.Context, c *client.Client, run, topic string, i, size i
 
 // inject runs the fault schedule from start; it returns when every fault
 // was injected and healed.
-func inject(ctx context.Context, n *node, faults []Fault, start time.Time) []FaultRecord {
+func inject(ctx context.Context, n *node, consumers []*consumer, faults []Fault, start time.Time) []FaultRecord {
 	var out []FaultRecord
 	for _, f := range faults {
 		select {
@@ -307,6 +343,13 @@ func inject(ctx context.Context, n *node, faults []Fault, start time.Time) []Fau
 		}
 		r := FaultRecord{Fault: f, Injected: time.Since(start)}
 		switch {
+		case f.Target == "consumer":
+			for _, c := range consumers {
+				if err := c.kill(); err != nil {
+					r.Error = err.Error()
+				}
+			}
+			r.Healed = time.Since(start)
 		case f.Kind == "pause":
 			err := n.signal(f.Target, syscall.SIGSTOP)
 			select {
@@ -540,6 +583,18 @@ func summarize(rep *Report, sends []Send, start time.Time) {
 	}
 	if res.RefusedStored > 0 {
 		fail("%d refused message(s) stored anyway", res.RefusedStored)
+	}
+	powerLoss := false
+	for _, f := range rep.Faults {
+		powerLoss = powerLoss || f.Kind == "power-loss"
+	}
+	for _, g := range rep.Groups {
+		if g.Missing > 0 {
+			fail("group %s never delivered %d stored message(s) (at least once)", g.Group, g.Missing)
+		}
+		if g.NotStored > 0 && !powerLoss {
+			fail("group %s delivered %d message(s) the topic does not hold", g.Group, g.NotStored)
+		}
 	}
 	if res.Acked == 0 {
 		fail("no send was acknowledged: the run proves nothing")
