@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from ferry.v1 import message_pb2 as ferry_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"\xcf\x01\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\"[\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\"M\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"F\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xa0\x02\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"\xcf\x01\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\"\x7f\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\"M\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"F\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xa0\x02\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.storage_pb2', globals())
@@ -39,19 +39,19 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _READRESPONSE._serialized_start=613
   _READRESPONSE._serialized_end=749
   _QUEUEOFFSETS._serialized_start=751
-  _QUEUEOFFSETS._serialized_end=842
-  _COMMITOFFSETSREQUEST._serialized_start=844
-  _COMMITOFFSETSREQUEST._serialized_end=921
-  _GROUPOFFSET._serialized_start=923
-  _GROUPOFFSET._serialized_end=982
-  _COMMITOFFSETSRESPONSE._serialized_start=984
-  _COMMITOFFSETSRESPONSE._serialized_end=1007
-  _GETOFFSETSREQUEST._serialized_start=1009
-  _GETOFFSETSREQUEST._serialized_end=1079
-  _QUEUEREF._serialized_start=1081
-  _QUEUEREF._serialized_end=1121
-  _GETOFFSETSRESPONSE._serialized_start=1123
-  _GETOFFSETSRESPONSE._serialized_end=1184
-  _STORAGE._serialized_start=1187
-  _STORAGE._serialized_end=1475
+  _QUEUEOFFSETS._serialized_end=878
+  _COMMITOFFSETSREQUEST._serialized_start=880
+  _COMMITOFFSETSREQUEST._serialized_end=957
+  _GROUPOFFSET._serialized_start=959
+  _GROUPOFFSET._serialized_end=1018
+  _COMMITOFFSETSRESPONSE._serialized_start=1020
+  _COMMITOFFSETSRESPONSE._serialized_end=1043
+  _GETOFFSETSREQUEST._serialized_start=1045
+  _GETOFFSETSREQUEST._serialized_end=1115
+  _QUEUEREF._serialized_start=1117
+  _QUEUEREF._serialized_end=1157
+  _GETOFFSETSRESPONSE._serialized_start=1159
+  _GETOFFSETSRESPONSE._serialized_end=1220
+  _STORAGE._serialized_start=1223
+  _STORAGE._serialized_end=1511
 # @@protoc_insertion_point(module_scope)
