@@ -25,8 +25,8 @@ func newVerifyCmd() *cobra.Command {
 		Use:   "verify PIPELINE.yaml",
 		Short: "Run a pipeline's node under faults and check that no acknowledged message was lost",
 		Long: `Verify starts the node PIPELINE.yaml describes, on a temporary data dir and a
-free loopback port, drives it with sync producers of unique, checkable
-messages (one key each) while it injects faults, heals, reads the topic back
+free loopback port, drives it with producers of unique, checkable messages
+(one key each; --mode sync, async or oneway) while it injects faults, heals, reads the topic back
 through the Broker API and checks every send against what is stored:
 
   lost          acknowledged OK, not stored
@@ -62,8 +62,8 @@ With --out DIR the results stay there: results.json (every send, every
 fault, the figures), latency.png (latency of each send over time and
 acknowledgements per second, the faults shaded) and node.log.
 
-Not built yet: partition faults, clusters of several pipelines,
-async and oneway producers (see docs/verify.md).`,
+Not built yet: partition faults, clusters of several pipelines
+(see docs/verify.md).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()
@@ -106,7 +106,9 @@ async and oneway producers (see docs/verify.md).`,
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.Duration, "duration", 20*time.Second, "how long the producers send")
-	f.IntVar(&o.Producers, "producers", 4, "sync producers, each with a key of its own")
+	f.IntVar(&o.Producers, "producers", 4, "producers, each with a key of its own")
+	f.StringVar(&o.Mode, "mode", "sync", "their send mode: sync, async (--inflight in flight each) or oneway (promises nothing)")
+	f.IntVar(&o.Inflight, "inflight", 256, "async: messages in flight per producer")
 	f.IntVar(&o.Size, "size", 256, "message body bytes (at least 64)")
 	f.StringVar(&o.Topic, "topic", "", "the topic to send to (default: the pipeline's first)")
 	f.IntVar(&o.Groups, "groups", 1, "consumer groups consuming the topic during the run (each a ferry consume process); 0: none")

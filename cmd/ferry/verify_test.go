@@ -246,3 +246,38 @@ func TestPowerLossHookRefusesStrangers(t *testing.T) {
 		}
 	}
 }
+
+// Async producers (a window in flight, batches per queue) under a node kill
+// keep every acked message and each key's order; oneway sends promise
+// nothing, and verify says what of them was stored, failing nothing for it.
+func TestVerifyAsyncAndOneway(t *testing.T) {
+	for _, c := range []struct {
+		mode, faults string
+	}{
+		{"async", "kill:broker@1s-1500ms"},
+		{"oneway", "kill:transport@1s"},
+	} {
+		out := t.TempDir()
+		stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--mode", c.mode, "--duration", "3s", "--producers", "2", "--faults", c.faults, "--out", out)
+		if code != 0 || !strings.Contains(stdout, "verdict: pass") || !strings.Contains(stdout, c.mode+" producer(s)") {
+			t.Fatalf("%s: exit %d\n%s\n%s", c.mode, code, stdout, stderr)
+		}
+		data, err := os.ReadFile(filepath.Join(out, "results.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var probe struct {
+			Result struct {
+				Acked  int `json:"acked_ok"`
+				Oneway int `json:"oneway"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal(data, &probe); err != nil {
+			t.Fatal(err)
+		}
+		acked, oneway := probe.Result.Acked, probe.Result.Oneway
+		if c.mode == "async" && (acked < 100 || oneway != 0) || c.mode == "oneway" && (oneway < 100 || acked != 0) {
+			t.Errorf("%s: acked %v, oneway %v", c.mode, acked, oneway)
+		}
+	}
+}

@@ -32,6 +32,8 @@ const (
 	// OutcomeRefused: the broker said it stored nothing (an error it
 	// reported, such as invalid argument).
 	OutcomeRefused
+	// OutcomeOneway: sent oneway, so never answered: it promises nothing.
+	OutcomeOneway
 )
 
 func (o Outcome) String() string {
@@ -44,6 +46,8 @@ func (o Outcome) String() string {
 		return "unknown"
 	case OutcomeRefused:
 		return "refused"
+	case OutcomeOneway:
+		return "oneway"
 	}
 	return fmt.Sprintf("outcome(%d)", int(o))
 }
@@ -86,6 +90,9 @@ type Result struct {
 	// UnknownStored of the Unknown sends were stored anyway.
 	UnknownStored int `json:"unknown_stored"`
 	Refused       int `json:"refused"`
+	// Oneway sends: never answered; OnewayStored of them are stored.
+	Oneway       int `json:"oneway"`
+	OnewayStored int `json:"oneway_stored"`
 	// RefusedStored must be 0: the broker said it stored nothing.
 	RefusedStored int `json:"refused_stored"`
 	Stored        int `json:"stored"`
@@ -164,6 +171,11 @@ func Check(sent []Send, stored []Stored) *Result {
 			r.Unknown++
 			if len(cs) > 0 {
 				r.UnknownStored++
+			}
+		case OutcomeOneway:
+			r.Oneway++
+			if len(cs) > 0 {
+				r.OnewayStored++
 			}
 		case OutcomeRefused:
 			r.Refused++

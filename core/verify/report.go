@@ -24,8 +24,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if flush == "" {
 		flush = "(store default)"
 	}
-	fmt.Fprintf(w, "ferry verify %s: storage %s, flush %s; topic %s; %d sync producer(s), %d-byte messages, %s\n",
-		rep.Pipeline, rep.Storage, flush, rep.Topic, rep.Producers, rep.Size, rep.Duration)
+	fmt.Fprintf(w, "ferry verify %s: storage %s, flush %s; topic %s; %d %s producer(s), %d-byte messages, %s\n",
+		rep.Pipeline, rep.Storage, flush, rep.Topic, rep.Producers, rep.Mode, rep.Size, rep.Duration)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FAULT\tINJECTED\tHEALED\tRECOVERY")
 	for _, f := range rep.Faults {
@@ -45,6 +45,9 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	row("acked weaker than OK", r.Weak, fmt.Sprintf("%d of them stored", r.WeakStored))
 	row("outcome unknown", r.Unknown, fmt.Sprintf("%d of them stored", r.UnknownStored))
 	row("refused", r.Refused, fmt.Sprintf("%d of them stored (must be 0)", r.RefusedStored))
+	if r.Oneway > 0 {
+		row("oneway (no answer)", r.Oneway, fmt.Sprintf("%d of them stored; oneway promises nothing", r.OnewayStored))
+	}
 	row("stored", r.Stored, "")
 	lostNote := "acked OK, not stored"
 	if rep.LostAtPowerLoss > 0 {

@@ -29,7 +29,9 @@ type Options struct {
 	Exe       string        // the ferry binary that runs the node
 	Topic     string        // default: the pipeline's first topic
 	Duration  time.Duration // of the workload
-	Producers int           // sync producers, one key each
+	Producers int           // producers, one key each
+	Mode      string        // their send mode: sync (default), async or oneway
+	Inflight  int           // async: messages in flight per producer (default 256)
 	Size      int           // message body bytes
 	Faults    []Fault       // nil: DefaultFaults
 	Seed      uint64
@@ -59,6 +61,7 @@ type Report struct {
 	LossWindow      time.Duration  `json:"loss_window_ns"`
 	Duration        time.Duration  `json:"duration_ns"`
 	Producers       int            `json:"producers"`
+	Mode            string         `json:"mode"`
 	Size            int            `json:"size"`
 	Faults          []FaultRecord  `json:"faults"`
 	Result          *Result        `json:"result"`
@@ -120,12 +123,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	work, err := os.MkdirTemp(dir, "node")
+	nodeDir, err := os.MkdirTemp(dir, "node")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work) // the node's data; results stay
-	p, err := prepare(o.Pipeline, work)
+	defer os.RemoveAll(nodeDir) // the node's data; results stay
+	p, err := prepare(o.Pipeline, nodeDir)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +151,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Delivery == "" {
 		o.Delivery = "push"
 	}
+	switch o.Mode {
+	case "":
+		o.Mode = "sync"
+	case "sync", "async", "oneway":
+	default:
+		return nil, fmt.Errorf("verify: send mode %q: want sync, async or oneway", o.Mode)
+	}
+	if o.Inflight <= 0 {
+		o.Inflight = 256
+	}
 	faults = fixUntil(faults)
 	if p.pipeline.Plugins.Storage.Type == "memory" {
 		for _, f := range faults {
@@ -158,7 +171,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{
 		Pipeline: o.Pipeline, RunID: fmt.Sprintf("v%x", time.Now().UnixNano()&0xffffffffff), Seed: o.Seed,
-		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Size: o.Size, Dir: dir,
+		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Mode: o.Mode, Size: o.Size, Dir: dir,
 	}
 	if f, ok := p.pipeline.Plugins.Storage.Config["flush"].(string); ok {
 		rep.Flush = f
@@ -174,7 +187,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if rep.Storage != "file" {
 			return nil, fmt.Errorf("verify: fault %s needs the file store (its power-loss hook); the pipeline's storage is %q", f, rep.Storage)
 		}
-		token, err := powerLossToken(work)
+		token, err := powerLossToken(nodeDir)
 		if err != nil {
 			return nil, err
 		}
@@ -220,7 +233,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			produce(wctx, c, rep.RunID, topic, i, o.Size, start.Add(o.Duration), rec)
+			w := work{c: c, run: rep.RunID, topic: topic, i: i, size: o.Size, end: start.Add(o.Duration), rec: rec}
+			switch o.Mode {
+			case "async":
+				w.async(wctx, o.Inflight)
+			case "oneway":
+				w.oneway(wctx)
+			default:
+				w.sync(wctx)
+			}
 		}()
 	}
 	faultsDone := make(chan []FaultRecord, 1)
@@ -300,34 +321,100 @@ func (r *recorder) all() []Send {
 	return out
 }
 
-// produce is one sync producer with its own key, sending until end.
-func produce(ctx context.Context, c *client.Client, run, topic string, i, size int, end time.Time, rec *recorder) {
-	key := fmt.Sprintf("%s-p%d", run, i)
-	p := c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
-	for seq := int64(0); time.Now().Before(end) && ctx.Err() == nil; seq++ {
-		id := fmt.Sprintf("%s-%d", key, seq)
-		body := make([]byte, size)
-		copy(body, id)
-		for j := len(id); j < size; j++ {
-			body[j] = 'a' + byte((j+int(seq))%26)
-		}
-		s := Send{ID: id, Key: key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1}
-		res, err := p.SendSync(ctx, client.Message{ID: id, Topic: topic, Key: key, Body: body})
+// work is one producer with a key of its own, sending until end.
+type work struct {
+	c     *client.Client
+	run   string
+	topic string
+	i     int
+	size  int
+	end   time.Time
+	rec   *recorder
+}
+
+func (w *work) key() string { return fmt.Sprintf("%s-p%d", w.run, w.i) }
+
+// message returns the seq-th message: its id and its body carry the run,
+// the producer and seq.
+func (w *work) message(seq int64) client.Message {
+	id := fmt.Sprintf("%s-%d", w.key(), seq)
+	body := make([]byte, w.size)
+	copy(body, id)
+	for j := len(id); j < w.size; j++ {
+		body[j] = 'a' + byte((j+int(seq))%26)
+	}
+	return client.Message{ID: id, Topic: w.topic, Key: w.key(), Body: body}
+}
+
+// outcome records how a send ended.
+func (w *work) outcome(s Send, res client.Result, err error) Send {
+	switch {
+	case err == nil && res.Status == ferryv1.Status_STATUS_OK:
+		s.Outcome, s.Status, s.Queue, s.Offset = OutcomeOK, res.Status, res.Queue, res.Offset
+	case err == nil:
+		s.Outcome, s.Status, s.Queue, s.Offset = OutcomeWeak, res.Status, res.Queue, res.Offset
+	case errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrNotFound):
+		s.Outcome, s.Err = OutcomeRefused, err.Error()
+	default:
+		s.Outcome, s.Err = OutcomeUnknown, err.Error()
+	}
+	return s
+}
+
+// sync sends each message after the previous one was answered.
+func (w *work) sync(ctx context.Context) {
+	p := w.c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
+	for seq := int64(0); time.Now().Before(w.end) && ctx.Err() == nil; seq++ {
+		m := w.message(seq)
+		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1}
+		res, err := p.SendSync(ctx, m)
 		s.Latency = time.Since(s.Start)
-		switch {
-		case err == nil && res.Status == ferryv1.Status_STATUS_OK:
-			s.Outcome, s.Status, s.Queue, s.Offset = OutcomeOK, res.Status, res.Queue, res.Offset
-		case err == nil:
-			s.Outcome, s.Status, s.Queue, s.Offset = OutcomeWeak, res.Status, res.Queue, res.Offset
-		case errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrNotFound):
-			s.Outcome, s.Err = OutcomeRefused, err.Error()
-		default:
-			if ctx.Err() != nil && time.Now().After(end) {
-				return // the run ended during this send: not a send of the run
-			}
-			s.Outcome, s.Err = OutcomeUnknown, err.Error()
+		if err != nil && ctx.Err() != nil && time.Now().After(w.end) {
+			return // the run ended during this send: not a send of the run
 		}
-		rec.add(s)
+		w.rec.add(w.outcome(s, res, err))
+	}
+}
+
+// async keeps up to inflight messages in flight; a key's messages are
+// stored in the order they were sent (one batch in flight per queue), so
+// the order check holds for them too.
+func (w *work) async(ctx context.Context, inflight int) {
+	p := w.c.NewProducer(client.ProducerOptions{Selector: client.KeyHash(), MaxInflight: inflight})
+	for seq := int64(0); time.Now().Before(w.end) && ctx.Err() == nil; seq++ {
+		m := w.message(seq)
+		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1}
+		if err := p.SendAsync(ctx, m, func(res client.Result, err error) {
+			s.Latency = time.Since(s.Start)
+			w.rec.add(w.outcome(s, res, err))
+		}); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			s.Latency = time.Since(s.Start)
+			w.rec.add(w.outcome(s, client.Result{}, err))
+		}
+	}
+	// Every callback comes before Close returns (bounded: each send has
+	// its timeout and retries).
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	_ = p.Close(cctx)
+}
+
+// oneway sends without answers: it promises nothing; what is stored is
+// still checked for duplicates and strangers.
+func (w *work) oneway(ctx context.Context) {
+	p := w.c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
+	for seq := int64(0); time.Now().Before(w.end) && ctx.Err() == nil; seq++ {
+		m := w.message(seq)
+		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1, Outcome: OutcomeOneway}
+		_, err := p.SendOneway(ctx, m)
+		s.Latency = time.Since(s.Start)
+		if err != nil {
+			s.Err = err.Error()
+		}
+		w.rec.add(s)
 	}
 }
 
@@ -447,9 +534,33 @@ func readBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error)
 			}
 		}
 	}
-	offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
+	// Oneway sends end before the broker stores them: read once the
+	// queues' ends stood still for a second (or after 30 s).
+	var offs *ferryv1.GetOffsetsResponse
+	ends := func() (string, error) {
+		offs, err = rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
+		if err != nil {
+			return "", fmt.Errorf("read back: offsets: %w", err)
+		}
+		var b strings.Builder
+		for _, o := range offs.Offsets {
+			fmt.Fprintf(&b, "%d/%d ", o.Queue, o.End)
+		}
+		return b.String(), nil
+	}
+	last, err := ends()
 	if err != nil {
-		return nil, fmt.Errorf("read back: offsets: %w", err)
+		return nil, err
+	}
+	for stable, deadline := time.Now(), time.Now().Add(30*time.Second); time.Since(stable) < time.Second && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		now, err := ends()
+		if err != nil {
+			return nil, err
+		}
+		if now != last {
+			last, stable = now, time.Now()
+		}
 	}
 	var out []Stored
 	for _, o := range offs.Offsets {
@@ -596,8 +707,11 @@ func summarize(rep *Report, sends []Send, start time.Time) {
 			fail("group %s delivered %d message(s) the topic does not hold", g.Group, g.NotStored)
 		}
 	}
-	if res.Acked == 0 {
+	if res.Acked == 0 && rep.Mode != "oneway" {
 		fail("no send was acknowledged: the run proves nothing")
+	}
+	if res.Stored == 0 {
+		fail("nothing the run sent is stored: the run proves nothing")
 	}
 	for _, f := range rep.Faults {
 		if f.Error != "" {
