@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"image/png"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/ferrymq/ferry/core/verify"
 )
@@ -43,11 +46,35 @@ type verifyReport struct {
 	} `json:"groups"`
 }
 
+// validateResults checks results.json against the documented schema
+// (docs/verify-results.schema.json).
+func validateResults(t *testing.T, data []byte) error {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	sch, err := c.Compile("../../docs/verify-results.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sch.Validate(v)
+}
+
 func readVerifyReport(t *testing.T, dir string) verifyReport {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(dir, "results.json"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := validateResults(t, data); err != nil {
+		t.Fatalf("results.json does not validate against docs/verify-results.schema.json: %v", err)
+	}
+	// The negative control: the same with a verdict the schema does not
+	// know fails.
+	if err := validateResults(t, bytes.Replace(data, []byte(`"verdict": "`), []byte(`"verdict": "maybe-`), 1)); err == nil {
+		t.Fatal("the schema took a verdict of maybe-pass")
 	}
 	var r verifyReport
 	if err := json.Unmarshal(data, &r); err != nil {

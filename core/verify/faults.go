@@ -18,8 +18,8 @@ import (
 // fsync and dies, the rest of the node is killed, and it is started again at
 // Until.
 type Fault struct {
-	Kind   string        `json:"kind"`   // "kill"
-	Target string        `json:"target"` // broker, storage, transport
+	Kind   string        `json:"kind" jsonschema:"enum=kill,enum=pause,enum=power-loss"`
+	Target string        `json:"target" jsonschema:"enum=broker,enum=storage,enum=transport,enum=consumer"`
 	At     time.Duration `json:"at_ns"`
 	Until  time.Duration `json:"until_ns"` // broker: when it is restarted; else = At
 }

@@ -66,7 +66,7 @@ type Report struct {
 	Faults          []FaultRecord  `json:"faults"`
 	Result          *Result        `json:"result"`
 	Groups          []*GroupResult `json:"groups"`
-	Verdict         string         `json:"verdict"` // pass | fail
+	Verdict         string         `json:"verdict" jsonschema:"enum=pass,enum=fail"` // pass | fail
 	Reasons         []string       `json:"reasons,omitempty"`
 	LatencyP50      time.Duration  `json:"latency_p50_ns"`
 	LatencyP99      time.Duration  `json:"latency_p99_ns"`
@@ -99,7 +99,7 @@ type SendRecord struct {
 	ID      string        `json:"id"`
 	Start   time.Duration `json:"start_ns"`
 	Latency time.Duration `json:"latency_ns"`
-	Outcome string        `json:"outcome"`
+	Outcome string        `json:"outcome" jsonschema:"enum=ok,enum=weak,enum=unknown,enum=refused,enum=oneway"`
 	Status  string        `json:"status,omitempty"`
 	Error   string        `json:"error,omitempty"`
 }
