@@ -188,7 +188,42 @@ func (c *coreClient) AlterTopic(ctx context.Context, req *AlterTopicRequest) (*A
 	return f.GetAlterTopic(), nil
 }
 
-var _ TopicAdmin = (*coreClient)(nil)
+func (c *coreClient) ListGroups(ctx context.Context, req *ListGroupsRequest) (*ListGroupsResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_ListGroups{ListGroups: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetListGroups(), nil
+}
+
+func (c *coreClient) DescribeGroup(ctx context.Context, req *DescribeGroupRequest) (*DescribeGroupResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_DescribeGroup{DescribeGroup: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetDescribeGroup(), nil
+}
+
+func (c *coreClient) ResetOffsets(ctx context.Context, req *ResetOffsetsRequest) (*ResetOffsetsResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_ResetOffsets{ResetOffsets: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetResetOffsets(), nil
+}
+
+func (c *coreClient) DeleteGroup(ctx context.Context, req *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_DeleteGroup{DeleteGroup: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetDeleteGroup(), nil
+}
+
+var (
+	_ TopicAdmin = (*coreClient)(nil)
+	_ GroupAdmin = (*coreClient)(nil)
+)
 
 // TransportClient is the host's side of a transport plugin over gRPC.
 type TransportClient struct {
@@ -346,6 +381,9 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 		}
 	case *ferryv1.TransportFrame_CreateTopic, *ferryv1.TransportFrame_AlterTopic:
 		err = handleAdmin(ctx, core, f, out)
+	case *ferryv1.TransportFrame_ListGroups, *ferryv1.TransportFrame_DescribeGroup,
+		*ferryv1.TransportFrame_ResetOffsets, *ferryv1.TransportFrame_DeleteGroup:
+		err = handleGroupAdmin(ctx, core, f, out)
 	default:
 		err = fmt.Errorf("%w: unknown transport request %T", ErrInvalidArgument, f.Request)
 	}
@@ -374,6 +412,41 @@ func handleAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame, out 
 		return err
 	}
 	return fmt.Errorf("%w: %T is not a topic call", ErrInvalidArgument, f.Request)
+}
+
+// handleGroupAdmin runs a consumer-group call of f against core into out.
+func handleGroupAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame, out *ferryv1.CoreFrame) error {
+	admin, ok := core.(GroupAdmin)
+	if !ok {
+		return fmt.Errorf("%w: this broker core has no group administration", errors.ErrUnsupported)
+	}
+	switch r := f.Request.(type) {
+	case *ferryv1.TransportFrame_ListGroups:
+		resp, err := admin.ListGroups(ctx, r.ListGroups)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_ListGroups{ListGroups: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_DescribeGroup:
+		resp, err := admin.DescribeGroup(ctx, r.DescribeGroup)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_DescribeGroup{DescribeGroup: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_ResetOffsets:
+		resp, err := admin.ResetOffsets(ctx, r.ResetOffsets)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_ResetOffsets{ResetOffsets: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_DeleteGroup:
+		resp, err := admin.DeleteGroup(ctx, r.DeleteGroup)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_DeleteGroup{DeleteGroup: resp}
+		}
+		return err
+	}
+	return fmt.Errorf("%w: %T is not a group call", ErrInvalidArgument, f.Request)
 }
 
 // serveRing is Serve on the data plane: the plugin's requests arrive on the

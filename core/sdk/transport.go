@@ -32,3 +32,14 @@ type TopicAdmin interface {
 	CreateTopic(ctx context.Context, req *CreateTopicRequest) (*CreateTopicResponse, error)
 	AlterTopic(ctx context.Context, req *AlterTopicRequest) (*AlterTopicResponse, error)
 }
+
+// GroupAdmin is the broker's consumer-group calls (Broker.ListGroups,
+// DescribeGroup, ResetOffsets and DeleteGroup). Like TopicAdmin, the Core a
+// transport plugin is given has them (core.(sdk.GroupAdmin)); without them a
+// transport answers errors.ErrUnsupported.
+type GroupAdmin interface {
+	ListGroups(ctx context.Context, req *ListGroupsRequest) (*ListGroupsResponse, error)
+	DescribeGroup(ctx context.Context, req *DescribeGroupRequest) (*DescribeGroupResponse, error)
+	ResetOffsets(ctx context.Context, req *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
+	DeleteGroup(ctx context.Context, req *DeleteGroupRequest) (*DeleteGroupResponse, error)
+}

@@ -31,6 +31,10 @@ const (
 	Broker_Heartbeat_FullMethodName     = "/ferry.v1.Broker/Heartbeat"
 	Broker_CreateTopic_FullMethodName   = "/ferry.v1.Broker/CreateTopic"
 	Broker_AlterTopic_FullMethodName    = "/ferry.v1.Broker/AlterTopic"
+	Broker_ListGroups_FullMethodName    = "/ferry.v1.Broker/ListGroups"
+	Broker_DescribeGroup_FullMethodName = "/ferry.v1.Broker/DescribeGroup"
+	Broker_ResetOffsets_FullMethodName  = "/ferry.v1.Broker/ResetOffsets"
+	Broker_DeleteGroup_FullMethodName   = "/ferry.v1.Broker/DeleteGroup"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -54,12 +58,34 @@ type BrokerClient interface {
 	// CreateTopic creates a topic at runtime. The node writes it to its topic
 	// metadata before it answers, so it survives a restart. A bad name or
 	// queue count, or a topic that exists, is INVALID_ARGUMENT. A node with a
-	// replication plugin refuses (FAILED_PRECONDITION): topic changes are not
+	// replication plugin refuses (UNIMPLEMENTED): topic changes are not
 	// replicated yet; declare the topic in every node's pipeline.
 	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(ctx context.Context, in *AlterTopicRequest, opts ...grpc.CallOption) (*AlterTopicResponse, error)
+	// ListGroups lists the consumer groups the node knows: the pipeline's,
+	// those with live members, and those with committed offsets in its store.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	// DescribeGroup tells a group's live members (the queues each holds, as of
+	// its last heartbeat) and, per queue of each topic it consumes, its
+	// committed offset, the queue's end and the lag. An unknown group is
+	// NOT_FOUND.
+	DescribeGroup(ctx context.Context, in *DescribeGroupRequest, opts ...grpc.CallOption) (*DescribeGroupResponse, error)
+	// ResetOffsets moves a group's committed offsets on one topic, for all its
+	// queues or some. A group with live members is refused (INVALID_ARGUMENT)
+	// unless force: the members would overwrite the reset with their next
+	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT; a
+	// reset by time is UNIMPLEMENTED until stores seek by time. On a node with
+	// a replication plugin, only the node that takes produce resets
+	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
+	ResetOffsets(ctx context.Context, in *ResetOffsetsRequest, opts ...grpc.CallOption) (*ResetOffsetsResponse, error)
+	// DeleteGroup removes a group's committed offsets. A group with live
+	// members is refused (INVALID_ARGUMENT); so is an unknown one (NOT_FOUND)
+	// and, with a replication plugin, every delete (UNIMPLEMENTED: the
+	// deletion of offsets is not replicated). Messages in its %RETRY% and
+	// %DLQ% topics stay until retention removes them.
+	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
 }
 
 type brokerClient struct {
@@ -153,6 +179,46 @@ func (c *brokerClient) AlterTopic(ctx context.Context, in *AlterTopicRequest, op
 	return out, nil
 }
 
+func (c *brokerClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, Broker_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) DescribeGroup(ctx context.Context, in *DescribeGroupRequest, opts ...grpc.CallOption) (*DescribeGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DescribeGroupResponse)
+	err := c.cc.Invoke(ctx, Broker_DescribeGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) ResetOffsets(ctx context.Context, in *ResetOffsetsRequest, opts ...grpc.CallOption) (*ResetOffsetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResetOffsetsResponse)
+	err := c.cc.Invoke(ctx, Broker_ResetOffsets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupResponse)
+	err := c.cc.Invoke(ctx, Broker_DeleteGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -174,12 +240,34 @@ type BrokerServer interface {
 	// CreateTopic creates a topic at runtime. The node writes it to its topic
 	// metadata before it answers, so it survives a restart. A bad name or
 	// queue count, or a topic that exists, is INVALID_ARGUMENT. A node with a
-	// replication plugin refuses (FAILED_PRECONDITION): topic changes are not
+	// replication plugin refuses (UNIMPLEMENTED): topic changes are not
 	// replicated yet; declare the topic in every node's pipeline.
 	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error)
+	// ListGroups lists the consumer groups the node knows: the pipeline's,
+	// those with live members, and those with committed offsets in its store.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	// DescribeGroup tells a group's live members (the queues each holds, as of
+	// its last heartbeat) and, per queue of each topic it consumes, its
+	// committed offset, the queue's end and the lag. An unknown group is
+	// NOT_FOUND.
+	DescribeGroup(context.Context, *DescribeGroupRequest) (*DescribeGroupResponse, error)
+	// ResetOffsets moves a group's committed offsets on one topic, for all its
+	// queues or some. A group with live members is refused (INVALID_ARGUMENT)
+	// unless force: the members would overwrite the reset with their next
+	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT; a
+	// reset by time is UNIMPLEMENTED until stores seek by time. On a node with
+	// a replication plugin, only the node that takes produce resets
+	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
+	ResetOffsets(context.Context, *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
+	// DeleteGroup removes a group's committed offsets. A group with live
+	// members is refused (INVALID_ARGUMENT); so is an unknown one (NOT_FOUND)
+	// and, with a replication plugin, every delete (UNIMPLEMENTED: the
+	// deletion of offsets is not replicated). Messages in its %RETRY% and
+	// %DLQ% topics stay until retention removes them.
+	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -213,6 +301,18 @@ func (UnimplementedBrokerServer) CreateTopic(context.Context, *CreateTopicReques
 }
 func (UnimplementedBrokerServer) AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AlterTopic not implemented")
+}
+func (UnimplementedBrokerServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedBrokerServer) DescribeGroup(context.Context, *DescribeGroupRequest) (*DescribeGroupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DescribeGroup not implemented")
+}
+func (UnimplementedBrokerServer) ResetOffsets(context.Context, *ResetOffsetsRequest) (*ResetOffsetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResetOffsets not implemented")
+}
+func (UnimplementedBrokerServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteGroup not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -368,6 +468,78 @@ func _Broker_AlterTopic_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_DescribeGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).DescribeGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_DescribeGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).DescribeGroup(ctx, req.(*DescribeGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_ResetOffsets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetOffsetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).ResetOffsets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_ResetOffsets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).ResetOffsets(ctx, req.(*ResetOffsetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).DeleteGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_DeleteGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).DeleteGroup(ctx, req.(*DeleteGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -402,6 +574,22 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AlterTopic",
 			Handler:    _Broker_AlterTopic_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _Broker_ListGroups_Handler,
+		},
+		{
+			MethodName: "DescribeGroup",
+			Handler:    _Broker_DescribeGroup_Handler,
+		},
+		{
+			MethodName: "ResetOffsets",
+			Handler:    _Broker_ResetOffsets_Handler,
+		},
+		{
+			MethodName: "DeleteGroup",
+			Handler:    _Broker_DeleteGroup_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -100,6 +100,7 @@ func StorageCases() []StorageCase {
 		{"DedupWindow", nil, testDedupWindow},
 		{"ConcurrentAppenders", nil, testConcurrentAppenders},
 		{"EarlyOffsets", nil, testEarlyOffsets},
+		{"GroupStore", nil, testGroupStore},
 		{"InvalidArguments", nil, testInvalidArguments},
 		{"BadConfig", nil, testBadConfig},
 		{"NotConfigured", nil, testNotConfigured},

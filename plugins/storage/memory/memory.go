@@ -215,3 +215,26 @@ func (s *Store) GetOffsets(_ context.Context, group string, queues []*sdk.QueueR
 	}
 	return out, nil
 }
+
+var _ sdk.GroupStore = (*Store)(nil)
+
+// StoredGroups lists the groups with committed offsets (sdk.GroupStore).
+func (s *Store) StoredGroups(context.Context) ([]string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []string
+	for g, offs := range s.offsets {
+		if len(offs) > 0 {
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+// DeleteGroupOffsets forgets group's committed offsets (sdk.GroupStore).
+func (s *Store) DeleteGroupOffsets(_ context.Context, group string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.offsets, group)
+	return nil
+}
