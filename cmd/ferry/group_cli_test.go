@@ -16,7 +16,7 @@ import (
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
-// groupConsumer is a consumer of orders in group billing that records what
+// groupConsumer is a consumer in group billing that records what
 // it was delivered, queue/offset by message id.
 type groupConsumer struct {
 	mu   sync.Mutex
@@ -24,10 +24,10 @@ type groupConsumer struct {
 	stop func()
 }
 
-func startGroupConsumer(t *testing.T, c *client.Client, member string) *groupConsumer {
+func startGroupConsumer(t *testing.T, c *client.Client, topic, member string) *groupConsumer {
 	t.Helper()
 	gc := &groupConsumer{seen: map[string]string{}}
-	cons, err := c.NewConsumer(client.ConsumerOptions{Topic: "orders", Group: "billing", Member: member, HeartbeatInterval: 100 * time.Millisecond})
+	cons, err := c.NewConsumer(client.ConsumerOptions{Topic: topic, Group: "billing", Member: member, HeartbeatInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestGroupCommandsOnALiveNode(t *testing.T) {
 		t.Fatalf("queue ends %v: the test needs messages in both queues", ends)
 	}
 
-	first := startGroupConsumer(t, c, "first")
+	first := startGroupConsumer(t, c, "orders", "first")
 	describe := func() groupJSON {
 		t.Helper()
 		stdout, stderr, code := ferry("group", "describe", "billing", "--json")
@@ -200,7 +200,7 @@ func TestGroupCommandsOnALiveNode(t *testing.T) {
 		t.Fatalf("reset to earliest: exit %d\n%s%s", code, stdout, stderr)
 	}
 	want := int(ends[0]-3) + int(ends[1])
-	second := startGroupConsumer(t, c, "second")
+	second := startGroupConsumer(t, c, "orders", "second")
 	waitUntil(t, 90*time.Second, fmt.Sprintf("the new member consumed the %d messages from the reset offsets", want), func() bool { return second.count() >= want })
 	second.mu.Lock()
 	for id, at := range second.seen {

@@ -258,6 +258,23 @@ func (c *Client) AlterTopic(ctx context.Context, name string, queues int32) (*fe
 	return resp.Topic, nil
 }
 
+// DeleteTopic deletes topic name from the broker: from its routing and
+// topic metadata, and its messages and groups' offsets from its store. It
+// returns the groups that consumed it. A topic groups consume is refused
+// (sdk.ErrInvalidArgument) unless force; so are a group's internal topic and
+// one the broker's pipeline declares; an unknown topic is sdk.ErrNotFound.
+func (c *Client) DeleteTopic(ctx context.Context, name string, force bool) ([]string, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: name, Force: force})
+	if err != nil {
+		return nil, c.callError("delete topic", err)
+	}
+	c.forgetTopic(name)
+	return resp.Groups, nil
+}
+
 // ListGroups lists the consumer groups the broker knows, with their live
 // member counts, the topics they consume and their total lag.
 func (c *Client) ListGroups(ctx context.Context) ([]*ferryv1.GroupSummary, error) {

@@ -160,6 +160,17 @@ func (s *storageServer) DeleteGroupOffsets(ctx context.Context, req *ferryv1.Del
 	return &ferryv1.DeleteGroupOffsetsResponse{}, nil
 }
 
+func (s *storageServer) DeleteTopicData(ctx context.Context, req *ferryv1.DeleteTopicDataRequest) (*ferryv1.DeleteTopicDataResponse, error) {
+	td, ok := s.impl.(TopicDeleter)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store does not delete topics (sdk.TopicDeleter)", errors.ErrUnsupported)
+	}
+	if err := td.DeleteTopicData(ctx, req.Topic); err != nil {
+		return nil, err
+	}
+	return &ferryv1.DeleteTopicDataResponse{}, nil
+}
+
 // StorageClient is the host's side of a storage plugin over gRPC. It
 // implements Storage; Append and Read are multiplexed over one stream each,
 // opened on first use. When a stream breaks, every call waiting on it fails
@@ -185,6 +196,7 @@ var (
 	_ Storage      = (*StorageClient)(nil)
 	_ EarlyOffsets = (*StorageClient)(nil)
 	_ GroupStore   = (*StorageClient)(nil)
+	_ TopicDeleter = (*StorageClient)(nil)
 	_ RingUser     = (*StorageClient)(nil)
 )
 
@@ -423,6 +435,13 @@ func (c *StorageClient) StoredGroups(ctx context.Context) ([]string, error) {
 // (sdk.GroupStore), over gRPC like StoredGroups.
 func (c *StorageClient) DeleteGroupOffsets(ctx context.Context, group string) error {
 	_, err := c.rpc.DeleteGroupOffsets(ctx, &ferryv1.DeleteGroupOffsetsRequest{Group: group})
+	return err
+}
+
+// DeleteTopicData asks the plugin to delete a topic's data
+// (sdk.TopicDeleter), over gRPC like StoredGroups.
+func (c *StorageClient) DeleteTopicData(ctx context.Context, topic string) error {
+	_, err := c.rpc.DeleteTopicData(ctx, &ferryv1.DeleteTopicDataRequest{Topic: topic})
 	return err
 }
 

@@ -188,6 +188,14 @@ func (c *coreClient) AlterTopic(ctx context.Context, req *AlterTopicRequest) (*A
 	return f.GetAlterTopic(), nil
 }
 
+func (c *coreClient) DeleteTopic(ctx context.Context, req *DeleteTopicRequest) (*DeleteTopicResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_DeleteTopic{DeleteTopic: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetDeleteTopic(), nil
+}
+
 func (c *coreClient) ListGroups(ctx context.Context, req *ListGroupsRequest) (*ListGroupsResponse, error) {
 	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_ListGroups{ListGroups: req}})
 	if err != nil {
@@ -379,7 +387,7 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 		if resp, err = core.Heartbeat(ctx, r.Heartbeat); err == nil {
 			out.Response = &ferryv1.CoreFrame_Heartbeat{Heartbeat: resp}
 		}
-	case *ferryv1.TransportFrame_CreateTopic, *ferryv1.TransportFrame_AlterTopic:
+	case *ferryv1.TransportFrame_CreateTopic, *ferryv1.TransportFrame_AlterTopic, *ferryv1.TransportFrame_DeleteTopic:
 		err = handleAdmin(ctx, core, f, out)
 	case *ferryv1.TransportFrame_ListGroups, *ferryv1.TransportFrame_DescribeGroup,
 		*ferryv1.TransportFrame_ResetOffsets, *ferryv1.TransportFrame_DeleteGroup:
@@ -408,6 +416,12 @@ func handleAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame, out 
 		resp, err := admin.AlterTopic(ctx, r.AlterTopic)
 		if err == nil {
 			out.Response = &ferryv1.CoreFrame_AlterTopic{AlterTopic: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_DeleteTopic:
+		resp, err := admin.DeleteTopic(ctx, r.DeleteTopic)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_DeleteTopic{DeleteTopic: resp}
 		}
 		return err
 	}

@@ -47,6 +47,8 @@ type (
 	CreateTopicResponse   = ferryv1.CreateTopicResponse
 	AlterTopicRequest     = ferryv1.AlterTopicRequest
 	AlterTopicResponse    = ferryv1.AlterTopicResponse
+	DeleteTopicRequest    = ferryv1.DeleteTopicRequest
+	DeleteTopicResponse   = ferryv1.DeleteTopicResponse
 	ListGroupsRequest     = ferryv1.ListGroupsRequest
 	ListGroupsResponse    = ferryv1.ListGroupsResponse
 	DescribeGroupRequest  = ferryv1.DescribeGroupRequest

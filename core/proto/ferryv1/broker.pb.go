@@ -80,6 +80,104 @@ func (ResetTo) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
 }
 
+type DeleteTopicRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete even while consumer groups consume it.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTopicRequest) Reset() {
+	*x = DeleteTopicRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTopicRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTopicRequest) ProtoMessage() {}
+
+func (x *DeleteTopicRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTopicRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTopicRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeleteTopicRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteTopicRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type DeleteTopicResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The groups that consumed it (their offsets on it are gone).
+	Groups        []string `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTopicResponse) Reset() {
+	*x = DeleteTopicResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTopicResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTopicResponse) ProtoMessage() {}
+
+func (x *DeleteTopicResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTopicResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTopicResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeleteTopicResponse) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 type ListGroupsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -88,7 +186,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	mi := &file_ferry_v1_broker_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +198,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	mi := &file_ferry_v1_broker_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +211,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{2}
 }
 
 type ListGroupsResponse struct {
@@ -126,7 +224,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	mi := &file_ferry_v1_broker_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +236,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	mi := &file_ferry_v1_broker_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +249,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*GroupSummary {
@@ -178,7 +276,7 @@ type GroupSummary struct {
 
 func (x *GroupSummary) Reset() {
 	*x = GroupSummary{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	mi := &file_ferry_v1_broker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -190,7 +288,7 @@ func (x *GroupSummary) String() string {
 func (*GroupSummary) ProtoMessage() {}
 
 func (x *GroupSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	mi := &file_ferry_v1_broker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -203,7 +301,7 @@ func (x *GroupSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupSummary.ProtoReflect.Descriptor instead.
 func (*GroupSummary) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GroupSummary) GetName() string {
@@ -243,7 +341,7 @@ type DescribeGroupRequest struct {
 
 func (x *DescribeGroupRequest) Reset() {
 	*x = DescribeGroupRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +353,7 @@ func (x *DescribeGroupRequest) String() string {
 func (*DescribeGroupRequest) ProtoMessage() {}
 
 func (x *DescribeGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +366,7 @@ func (x *DescribeGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeGroupRequest.ProtoReflect.Descriptor instead.
 func (*DescribeGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DescribeGroupRequest) GetGroup() string {
@@ -294,7 +392,7 @@ type DescribeGroupResponse struct {
 
 func (x *DescribeGroupResponse) Reset() {
 	*x = DescribeGroupResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -306,7 +404,7 @@ func (x *DescribeGroupResponse) String() string {
 func (*DescribeGroupResponse) ProtoMessage() {}
 
 func (x *DescribeGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -319,7 +417,7 @@ func (x *DescribeGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeGroupResponse.ProtoReflect.Descriptor instead.
 func (*DescribeGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DescribeGroupResponse) GetGroup() string {
@@ -366,7 +464,7 @@ type GroupMember struct {
 
 func (x *GroupMember) Reset() {
 	*x = GroupMember{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +476,7 @@ func (x *GroupMember) String() string {
 func (*GroupMember) ProtoMessage() {}
 
 func (x *GroupMember) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +489,7 @@ func (x *GroupMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupMember.ProtoReflect.Descriptor instead.
 func (*GroupMember) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GroupMember) GetId() string {
@@ -447,7 +545,7 @@ type GroupQueue struct {
 
 func (x *GroupQueue) Reset() {
 	*x = GroupQueue{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +557,7 @@ func (x *GroupQueue) String() string {
 func (*GroupQueue) ProtoMessage() {}
 
 func (x *GroupQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +570,7 @@ func (x *GroupQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupQueue.ProtoReflect.Descriptor instead.
 func (*GroupQueue) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GroupQueue) GetTopic() string {
@@ -534,7 +632,7 @@ type InternalTopicSize struct {
 
 func (x *InternalTopicSize) Reset() {
 	*x = InternalTopicSize{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +644,7 @@ func (x *InternalTopicSize) String() string {
 func (*InternalTopicSize) ProtoMessage() {}
 
 func (x *InternalTopicSize) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +657,7 @@ func (x *InternalTopicSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InternalTopicSize.ProtoReflect.Descriptor instead.
 func (*InternalTopicSize) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InternalTopicSize) GetTopic() string {
@@ -597,7 +695,7 @@ type ResetOffsetsRequest struct {
 
 func (x *ResetOffsetsRequest) Reset() {
 	*x = ResetOffsetsRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +707,7 @@ func (x *ResetOffsetsRequest) String() string {
 func (*ResetOffsetsRequest) ProtoMessage() {}
 
 func (x *ResetOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +720,7 @@ func (x *ResetOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*ResetOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResetOffsetsRequest) GetGroup() string {
@@ -692,7 +790,7 @@ type ResetOffsetsResponse struct {
 
 func (x *ResetOffsetsResponse) Reset() {
 	*x = ResetOffsetsResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +802,7 @@ func (x *ResetOffsetsResponse) String() string {
 func (*ResetOffsetsResponse) ProtoMessage() {}
 
 func (x *ResetOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +815,7 @@ func (x *ResetOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*ResetOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ResetOffsetsResponse) GetQueues() []*ResetQueue {
@@ -740,7 +838,7 @@ type ResetQueue struct {
 
 func (x *ResetQueue) Reset() {
 	*x = ResetQueue{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +850,7 @@ func (x *ResetQueue) String() string {
 func (*ResetQueue) ProtoMessage() {}
 
 func (x *ResetQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +863,7 @@ func (x *ResetQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQueue.ProtoReflect.Descriptor instead.
 func (*ResetQueue) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResetQueue) GetTopic() string {
@@ -805,7 +903,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	mi := &file_ferry_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +915,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	mi := &file_ferry_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +928,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteGroupRequest) GetGroup() string {
@@ -851,7 +949,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	mi := &file_ferry_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +961,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	mi := &file_ferry_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +974,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteGroupResponse) GetInternal() []*InternalTopicSize {
@@ -896,7 +994,7 @@ type CreateTopicRequest struct {
 
 func (x *CreateTopicRequest) Reset() {
 	*x = CreateTopicRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[13]
+	mi := &file_ferry_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +1006,7 @@ func (x *CreateTopicRequest) String() string {
 func (*CreateTopicRequest) ProtoMessage() {}
 
 func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[13]
+	mi := &file_ferry_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +1019,7 @@ func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTopicRequest.ProtoReflect.Descriptor instead.
 func (*CreateTopicRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateTopicRequest) GetName() string {
@@ -947,7 +1045,7 @@ type CreateTopicResponse struct {
 
 func (x *CreateTopicResponse) Reset() {
 	*x = CreateTopicResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[14]
+	mi := &file_ferry_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1057,7 @@ func (x *CreateTopicResponse) String() string {
 func (*CreateTopicResponse) ProtoMessage() {}
 
 func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[14]
+	mi := &file_ferry_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1070,7 @@ func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTopicResponse.ProtoReflect.Descriptor instead.
 func (*CreateTopicResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateTopicResponse) GetTopic() *TopicInfo {
@@ -993,7 +1091,7 @@ type AlterTopicRequest struct {
 
 func (x *AlterTopicRequest) Reset() {
 	*x = AlterTopicRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[15]
+	mi := &file_ferry_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1103,7 @@ func (x *AlterTopicRequest) String() string {
 func (*AlterTopicRequest) ProtoMessage() {}
 
 func (x *AlterTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[15]
+	mi := &file_ferry_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1116,7 @@ func (x *AlterTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlterTopicRequest.ProtoReflect.Descriptor instead.
 func (*AlterTopicRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AlterTopicRequest) GetName() string {
@@ -1044,7 +1142,7 @@ type AlterTopicResponse struct {
 
 func (x *AlterTopicResponse) Reset() {
 	*x = AlterTopicResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[16]
+	mi := &file_ferry_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1154,7 @@ func (x *AlterTopicResponse) String() string {
 func (*AlterTopicResponse) ProtoMessage() {}
 
 func (x *AlterTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[16]
+	mi := &file_ferry_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1167,7 @@ func (x *AlterTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlterTopicResponse.ProtoReflect.Descriptor instead.
 func (*AlterTopicResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AlterTopicResponse) GetTopic() *TopicInfo {
@@ -1091,7 +1189,7 @@ type ProduceRequest struct {
 
 func (x *ProduceRequest) Reset() {
 	*x = ProduceRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[17]
+	mi := &file_ferry_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1201,7 @@ func (x *ProduceRequest) String() string {
 func (*ProduceRequest) ProtoMessage() {}
 
 func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[17]
+	mi := &file_ferry_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1214,7 @@ func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceRequest.ProtoReflect.Descriptor instead.
 func (*ProduceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProduceRequest) GetSeq() uint64 {
@@ -1158,7 +1256,7 @@ type ProduceResponse struct {
 
 func (x *ProduceResponse) Reset() {
 	*x = ProduceResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[18]
+	mi := &file_ferry_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1268,7 @@ func (x *ProduceResponse) String() string {
 func (*ProduceResponse) ProtoMessage() {}
 
 func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[18]
+	mi := &file_ferry_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1281,7 @@ func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceResponse.ProtoReflect.Descriptor instead.
 func (*ProduceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProduceResponse) GetSeq() uint64 {
@@ -1229,7 +1327,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[19]
+	mi := &file_ferry_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1339,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[19]
+	mi := &file_ferry_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1352,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FetchRequest) GetTopic() string {
@@ -1309,7 +1407,7 @@ type FetchPosition struct {
 
 func (x *FetchPosition) Reset() {
 	*x = FetchPosition{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[20]
+	mi := &file_ferry_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1419,7 @@ func (x *FetchPosition) String() string {
 func (*FetchPosition) ProtoMessage() {}
 
 func (x *FetchPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[20]
+	mi := &file_ferry_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1432,7 @@ func (x *FetchPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchPosition.ProtoReflect.Descriptor instead.
 func (*FetchPosition) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FetchPosition) GetQueue() int32 {
@@ -1368,7 +1466,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[21]
+	mi := &file_ferry_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1478,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[21]
+	mi := &file_ferry_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1491,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FetchResponse) GetMessages() []*Message {
@@ -1430,7 +1528,7 @@ type QueueError struct {
 
 func (x *QueueError) Reset() {
 	*x = QueueError{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[22]
+	mi := &file_ferry_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1540,7 @@ func (x *QueueError) String() string {
 func (*QueueError) ProtoMessage() {}
 
 func (x *QueueError) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[22]
+	mi := &file_ferry_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1553,7 @@ func (x *QueueError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueError.ProtoReflect.Descriptor instead.
 func (*QueueError) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *QueueError) GetQueue() int32 {
@@ -1489,7 +1587,7 @@ type MetadataRequest struct {
 
 func (x *MetadataRequest) Reset() {
 	*x = MetadataRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[23]
+	mi := &file_ferry_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1599,7 @@ func (x *MetadataRequest) String() string {
 func (*MetadataRequest) ProtoMessage() {}
 
 func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[23]
+	mi := &file_ferry_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1612,7 @@ func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataRequest.ProtoReflect.Descriptor instead.
 func (*MetadataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MetadataRequest) GetTopics() []string {
@@ -1534,7 +1632,7 @@ type MetadataResponse struct {
 
 func (x *MetadataResponse) Reset() {
 	*x = MetadataResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[24]
+	mi := &file_ferry_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1644,7 @@ func (x *MetadataResponse) String() string {
 func (*MetadataResponse) ProtoMessage() {}
 
 func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[24]
+	mi := &file_ferry_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1657,7 @@ func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataResponse.ProtoReflect.Descriptor instead.
 func (*MetadataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MetadataResponse) GetTopics() []*TopicInfo {
@@ -1588,7 +1686,7 @@ type TopicInfo struct {
 
 func (x *TopicInfo) Reset() {
 	*x = TopicInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[25]
+	mi := &file_ferry_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1698,7 @@ func (x *TopicInfo) String() string {
 func (*TopicInfo) ProtoMessage() {}
 
 func (x *TopicInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[25]
+	mi := &file_ferry_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1711,7 @@ func (x *TopicInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicInfo.ProtoReflect.Descriptor instead.
 func (*TopicInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TopicInfo) GetName() string {
@@ -1648,7 +1746,7 @@ type BrokerInfo struct {
 
 func (x *BrokerInfo) Reset() {
 	*x = BrokerInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[26]
+	mi := &file_ferry_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1758,7 @@ func (x *BrokerInfo) String() string {
 func (*BrokerInfo) ProtoMessage() {}
 
 func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[26]
+	mi := &file_ferry_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1771,7 @@ func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BrokerInfo.ProtoReflect.Descriptor instead.
 func (*BrokerInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BrokerInfo) GetNode() string {
@@ -1718,7 +1816,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[27]
+	mi := &file_ferry_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1828,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[27]
+	mi := &file_ferry_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1841,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HeartbeatRequest) GetGroup() string {
@@ -1802,7 +1900,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[28]
+	mi := &file_ferry_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +1912,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[28]
+	mi := &file_ferry_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +1925,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HeartbeatResponse) GetMembers() []string {
@@ -1855,7 +1953,7 @@ type TopicMembers struct {
 
 func (x *TopicMembers) Reset() {
 	*x = TopicMembers{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[29]
+	mi := &file_ferry_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1965,7 @@ func (x *TopicMembers) String() string {
 func (*TopicMembers) ProtoMessage() {}
 
 func (x *TopicMembers) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[29]
+	mi := &file_ferry_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1978,7 @@ func (x *TopicMembers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicMembers.ProtoReflect.Descriptor instead.
 func (*TopicMembers) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TopicMembers) GetTopic() string {
@@ -1901,7 +1999,12 @@ var File_ferry_v1_broker_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/broker.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"\x13\n" +
+	"\x15ferry/v1/broker.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\">\n" +
+	"\x12DeleteTopicRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"-\n" +
+	"\x13DeleteTopicResponse\x12\x16\n" +
+	"\x06groups\x18\x01 \x03(\tR\x06groups\"\x13\n" +
 	"\x11ListGroupsRequest\"D\n" +
 	"\x12ListGroupsResponse\x12.\n" +
 	"\x06groups\x18\x01 \x03(\v2\x16.ferry.v1.GroupSummaryR\x06groups\"f\n" +
@@ -2026,7 +2129,7 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x11RESET_TO_EARLIEST\x10\x01\x12\x13\n" +
 	"\x0fRESET_TO_LATEST\x10\x02\x12\x13\n" +
 	"\x0fRESET_TO_OFFSET\x10\x03\x12\x11\n" +
-	"\rRESET_TO_TIME\x10\x042\xf5\x06\n" +
+	"\rRESET_TO_TIME\x10\x042\xc1\a\n" +
 	"\x06Broker\x12B\n" +
 	"\aProduce\x12\x18.ferry.v1.ProduceRequest\x1a\x19.ferry.v1.ProduceResponse(\x010\x01\x128\n" +
 	"\x05Fetch\x12\x16.ferry.v1.FetchRequest\x1a\x17.ferry.v1.FetchResponse\x12P\n" +
@@ -2037,7 +2140,8 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x1a.ferry.v1.HeartbeatRequest\x1a\x1b.ferry.v1.HeartbeatResponse\x12J\n" +
 	"\vCreateTopic\x12\x1c.ferry.v1.CreateTopicRequest\x1a\x1d.ferry.v1.CreateTopicResponse\x12G\n" +
 	"\n" +
-	"AlterTopic\x12\x1b.ferry.v1.AlterTopicRequest\x1a\x1c.ferry.v1.AlterTopicResponse\x12G\n" +
+	"AlterTopic\x12\x1b.ferry.v1.AlterTopicRequest\x1a\x1c.ferry.v1.AlterTopicResponse\x12J\n" +
+	"\vDeleteTopic\x12\x1c.ferry.v1.DeleteTopicRequest\x1a\x1d.ferry.v1.DeleteTopicResponse\x12G\n" +
 	"\n" +
 	"ListGroups\x12\x1b.ferry.v1.ListGroupsRequest\x1a\x1c.ferry.v1.ListGroupsResponse\x12P\n" +
 	"\rDescribeGroup\x12\x1e.ferry.v1.DescribeGroupRequest\x1a\x1f.ferry.v1.DescribeGroupResponse\x12M\n" +
@@ -2057,98 +2161,102 @@ func file_ferry_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_ferry_v1_broker_proto_goTypes = []any{
 	(ResetTo)(0),                  // 0: ferry.v1.ResetTo
-	(*ListGroupsRequest)(nil),     // 1: ferry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),    // 2: ferry.v1.ListGroupsResponse
-	(*GroupSummary)(nil),          // 3: ferry.v1.GroupSummary
-	(*DescribeGroupRequest)(nil),  // 4: ferry.v1.DescribeGroupRequest
-	(*DescribeGroupResponse)(nil), // 5: ferry.v1.DescribeGroupResponse
-	(*GroupMember)(nil),           // 6: ferry.v1.GroupMember
-	(*GroupQueue)(nil),            // 7: ferry.v1.GroupQueue
-	(*InternalTopicSize)(nil),     // 8: ferry.v1.InternalTopicSize
-	(*ResetOffsetsRequest)(nil),   // 9: ferry.v1.ResetOffsetsRequest
-	(*ResetOffsetsResponse)(nil),  // 10: ferry.v1.ResetOffsetsResponse
-	(*ResetQueue)(nil),            // 11: ferry.v1.ResetQueue
-	(*DeleteGroupRequest)(nil),    // 12: ferry.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),   // 13: ferry.v1.DeleteGroupResponse
-	(*CreateTopicRequest)(nil),    // 14: ferry.v1.CreateTopicRequest
-	(*CreateTopicResponse)(nil),   // 15: ferry.v1.CreateTopicResponse
-	(*AlterTopicRequest)(nil),     // 16: ferry.v1.AlterTopicRequest
-	(*AlterTopicResponse)(nil),    // 17: ferry.v1.AlterTopicResponse
-	(*ProduceRequest)(nil),        // 18: ferry.v1.ProduceRequest
-	(*ProduceResponse)(nil),       // 19: ferry.v1.ProduceResponse
-	(*FetchRequest)(nil),          // 20: ferry.v1.FetchRequest
-	(*FetchPosition)(nil),         // 21: ferry.v1.FetchPosition
-	(*FetchResponse)(nil),         // 22: ferry.v1.FetchResponse
-	(*QueueError)(nil),            // 23: ferry.v1.QueueError
-	(*MetadataRequest)(nil),       // 24: ferry.v1.MetadataRequest
-	(*MetadataResponse)(nil),      // 25: ferry.v1.MetadataResponse
-	(*TopicInfo)(nil),             // 26: ferry.v1.TopicInfo
-	(*BrokerInfo)(nil),            // 27: ferry.v1.BrokerInfo
-	(*HeartbeatRequest)(nil),      // 28: ferry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 29: ferry.v1.HeartbeatResponse
-	(*TopicMembers)(nil),          // 30: ferry.v1.TopicMembers
-	(*QueueRef)(nil),              // 31: ferry.v1.QueueRef
-	(*Message)(nil),               // 32: ferry.v1.Message
-	(Status)(0),                   // 33: ferry.v1.Status
-	(*Error)(nil),                 // 34: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 35: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 36: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 37: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 38: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 39: ferry.v1.GetOffsetsResponse
+	(*DeleteTopicRequest)(nil),    // 1: ferry.v1.DeleteTopicRequest
+	(*DeleteTopicResponse)(nil),   // 2: ferry.v1.DeleteTopicResponse
+	(*ListGroupsRequest)(nil),     // 3: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 4: ferry.v1.ListGroupsResponse
+	(*GroupSummary)(nil),          // 5: ferry.v1.GroupSummary
+	(*DescribeGroupRequest)(nil),  // 6: ferry.v1.DescribeGroupRequest
+	(*DescribeGroupResponse)(nil), // 7: ferry.v1.DescribeGroupResponse
+	(*GroupMember)(nil),           // 8: ferry.v1.GroupMember
+	(*GroupQueue)(nil),            // 9: ferry.v1.GroupQueue
+	(*InternalTopicSize)(nil),     // 10: ferry.v1.InternalTopicSize
+	(*ResetOffsetsRequest)(nil),   // 11: ferry.v1.ResetOffsetsRequest
+	(*ResetOffsetsResponse)(nil),  // 12: ferry.v1.ResetOffsetsResponse
+	(*ResetQueue)(nil),            // 13: ferry.v1.ResetQueue
+	(*DeleteGroupRequest)(nil),    // 14: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),   // 15: ferry.v1.DeleteGroupResponse
+	(*CreateTopicRequest)(nil),    // 16: ferry.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil),   // 17: ferry.v1.CreateTopicResponse
+	(*AlterTopicRequest)(nil),     // 18: ferry.v1.AlterTopicRequest
+	(*AlterTopicResponse)(nil),    // 19: ferry.v1.AlterTopicResponse
+	(*ProduceRequest)(nil),        // 20: ferry.v1.ProduceRequest
+	(*ProduceResponse)(nil),       // 21: ferry.v1.ProduceResponse
+	(*FetchRequest)(nil),          // 22: ferry.v1.FetchRequest
+	(*FetchPosition)(nil),         // 23: ferry.v1.FetchPosition
+	(*FetchResponse)(nil),         // 24: ferry.v1.FetchResponse
+	(*QueueError)(nil),            // 25: ferry.v1.QueueError
+	(*MetadataRequest)(nil),       // 26: ferry.v1.MetadataRequest
+	(*MetadataResponse)(nil),      // 27: ferry.v1.MetadataResponse
+	(*TopicInfo)(nil),             // 28: ferry.v1.TopicInfo
+	(*BrokerInfo)(nil),            // 29: ferry.v1.BrokerInfo
+	(*HeartbeatRequest)(nil),      // 30: ferry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 31: ferry.v1.HeartbeatResponse
+	(*TopicMembers)(nil),          // 32: ferry.v1.TopicMembers
+	(*QueueRef)(nil),              // 33: ferry.v1.QueueRef
+	(*Message)(nil),               // 34: ferry.v1.Message
+	(Status)(0),                   // 35: ferry.v1.Status
+	(*Error)(nil),                 // 36: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 37: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 38: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 39: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 40: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 41: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
-	3,  // 0: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.GroupSummary
-	6,  // 1: ferry.v1.DescribeGroupResponse.members:type_name -> ferry.v1.GroupMember
-	7,  // 2: ferry.v1.DescribeGroupResponse.queues:type_name -> ferry.v1.GroupQueue
-	8,  // 3: ferry.v1.DescribeGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
-	31, // 4: ferry.v1.GroupMember.queues:type_name -> ferry.v1.QueueRef
+	5,  // 0: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.GroupSummary
+	8,  // 1: ferry.v1.DescribeGroupResponse.members:type_name -> ferry.v1.GroupMember
+	9,  // 2: ferry.v1.DescribeGroupResponse.queues:type_name -> ferry.v1.GroupQueue
+	10, // 3: ferry.v1.DescribeGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
+	33, // 4: ferry.v1.GroupMember.queues:type_name -> ferry.v1.QueueRef
 	0,  // 5: ferry.v1.ResetOffsetsRequest.to:type_name -> ferry.v1.ResetTo
-	11, // 6: ferry.v1.ResetOffsetsResponse.queues:type_name -> ferry.v1.ResetQueue
-	8,  // 7: ferry.v1.DeleteGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
-	26, // 8: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
-	26, // 9: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
-	32, // 10: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	33, // 11: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	34, // 12: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
-	21, // 13: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	32, // 14: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	35, // 15: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	23, // 16: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
-	34, // 17: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
-	26, // 18: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
-	27, // 19: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
-	31, // 20: ferry.v1.HeartbeatRequest.queues:type_name -> ferry.v1.QueueRef
-	30, // 21: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
-	18, // 22: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
-	20, // 23: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	36, // 24: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	37, // 25: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	24, // 26: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	28, // 27: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	14, // 28: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	16, // 29: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
-	1,  // 30: ferry.v1.Broker.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	4,  // 31: ferry.v1.Broker.DescribeGroup:input_type -> ferry.v1.DescribeGroupRequest
-	9,  // 32: ferry.v1.Broker.ResetOffsets:input_type -> ferry.v1.ResetOffsetsRequest
-	12, // 33: ferry.v1.Broker.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	19, // 34: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	22, // 35: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	38, // 36: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	39, // 37: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	25, // 38: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	29, // 39: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	15, // 40: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	17, // 41: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
-	2,  // 42: ferry.v1.Broker.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	5,  // 43: ferry.v1.Broker.DescribeGroup:output_type -> ferry.v1.DescribeGroupResponse
-	10, // 44: ferry.v1.Broker.ResetOffsets:output_type -> ferry.v1.ResetOffsetsResponse
-	13, // 45: ferry.v1.Broker.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	34, // [34:46] is the sub-list for method output_type
-	22, // [22:34] is the sub-list for method input_type
+	13, // 6: ferry.v1.ResetOffsetsResponse.queues:type_name -> ferry.v1.ResetQueue
+	10, // 7: ferry.v1.DeleteGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
+	28, // 8: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	28, // 9: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	34, // 10: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	35, // 11: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	36, // 12: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	23, // 13: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
+	34, // 14: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	37, // 15: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	25, // 16: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
+	36, // 17: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
+	28, // 18: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
+	29, // 19: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
+	33, // 20: ferry.v1.HeartbeatRequest.queues:type_name -> ferry.v1.QueueRef
+	32, // 21: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
+	20, // 22: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
+	22, // 23: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
+	38, // 24: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	39, // 25: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	26, // 26: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
+	30, // 27: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	16, // 28: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	18, // 29: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
+	1,  // 30: ferry.v1.Broker.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	3,  // 31: ferry.v1.Broker.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	6,  // 32: ferry.v1.Broker.DescribeGroup:input_type -> ferry.v1.DescribeGroupRequest
+	11, // 33: ferry.v1.Broker.ResetOffsets:input_type -> ferry.v1.ResetOffsetsRequest
+	14, // 34: ferry.v1.Broker.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	21, // 35: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	24, // 36: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	40, // 37: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	41, // 38: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	27, // 39: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	31, // 40: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	17, // 41: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	19, // 42: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
+	2,  // 43: ferry.v1.Broker.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	4,  // 44: ferry.v1.Broker.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	7,  // 45: ferry.v1.Broker.DescribeGroup:output_type -> ferry.v1.DescribeGroupResponse
+	12, // 46: ferry.v1.Broker.ResetOffsets:output_type -> ferry.v1.ResetOffsetsResponse
+	15, // 47: ferry.v1.Broker.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -2167,7 +2275,7 @@ func file_ferry_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_broker_proto_rawDesc), len(file_ferry_v1_broker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	Broker_Heartbeat_FullMethodName     = "/ferry.v1.Broker/Heartbeat"
 	Broker_CreateTopic_FullMethodName   = "/ferry.v1.Broker/CreateTopic"
 	Broker_AlterTopic_FullMethodName    = "/ferry.v1.Broker/AlterTopic"
+	Broker_DeleteTopic_FullMethodName   = "/ferry.v1.Broker/DeleteTopic"
 	Broker_ListGroups_FullMethodName    = "/ferry.v1.Broker/ListGroups"
 	Broker_DescribeGroup_FullMethodName = "/ferry.v1.Broker/DescribeGroup"
 	Broker_ResetOffsets_FullMethodName  = "/ferry.v1.Broker/ResetOffsets"
@@ -64,6 +65,13 @@ type BrokerClient interface {
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(ctx context.Context, in *AlterTopicRequest, opts ...grpc.CallOption) (*AlterTopicResponse, error)
+	// DeleteTopic removes a topic from the node's topic metadata and routing
+	// at once (its producers and consumers get NOT_FOUND), then its messages
+	// and groups' offsets from the store. A group's internal topic is
+	// INVALID_ARGUMENT; so is a topic that groups consume (live members or
+	// committed offsets) unless force; an unknown topic is NOT_FOUND; a store
+	// that cannot delete, or a node with a replication plugin, UNIMPLEMENTED.
+	DeleteTopic(ctx context.Context, in *DeleteTopicRequest, opts ...grpc.CallOption) (*DeleteTopicResponse, error)
 	// ListGroups lists the consumer groups the node knows: the pipeline's,
 	// those with live members, and those with committed offsets in its store.
 	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
@@ -179,6 +187,16 @@ func (c *brokerClient) AlterTopic(ctx context.Context, in *AlterTopicRequest, op
 	return out, nil
 }
 
+func (c *brokerClient) DeleteTopic(ctx context.Context, in *DeleteTopicRequest, opts ...grpc.CallOption) (*DeleteTopicResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTopicResponse)
+	err := c.cc.Invoke(ctx, Broker_DeleteTopic_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *brokerClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListGroupsResponse)
@@ -246,6 +264,13 @@ type BrokerServer interface {
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error)
+	// DeleteTopic removes a topic from the node's topic metadata and routing
+	// at once (its producers and consumers get NOT_FOUND), then its messages
+	// and groups' offsets from the store. A group's internal topic is
+	// INVALID_ARGUMENT; so is a topic that groups consume (live members or
+	// committed offsets) unless force; an unknown topic is NOT_FOUND; a store
+	// that cannot delete, or a node with a replication plugin, UNIMPLEMENTED.
+	DeleteTopic(context.Context, *DeleteTopicRequest) (*DeleteTopicResponse, error)
 	// ListGroups lists the consumer groups the node knows: the pipeline's,
 	// those with live members, and those with committed offsets in its store.
 	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
@@ -301,6 +326,9 @@ func (UnimplementedBrokerServer) CreateTopic(context.Context, *CreateTopicReques
 }
 func (UnimplementedBrokerServer) AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AlterTopic not implemented")
+}
+func (UnimplementedBrokerServer) DeleteTopic(context.Context, *DeleteTopicRequest) (*DeleteTopicResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteTopic not implemented")
 }
 func (UnimplementedBrokerServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListGroups not implemented")
@@ -468,6 +496,24 @@ func _Broker_AlterTopic_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_DeleteTopic_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTopicRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).DeleteTopic(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_DeleteTopic_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).DeleteTopic(ctx, req.(*DeleteTopicRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Broker_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListGroupsRequest)
 	if err := dec(in); err != nil {
@@ -574,6 +620,10 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AlterTopic",
 			Handler:    _Broker_AlterTopic_Handler,
+		},
+		{
+			MethodName: "DeleteTopic",
+			Handler:    _Broker_DeleteTopic_Handler,
 		},
 		{
 			MethodName: "ListGroups",

@@ -28,6 +28,7 @@ const (
 	Storage_GetOffsets_FullMethodName         = "/ferry.v1.Storage/GetOffsets"
 	Storage_StoredGroups_FullMethodName       = "/ferry.v1.Storage/StoredGroups"
 	Storage_DeleteGroupOffsets_FullMethodName = "/ferry.v1.Storage/DeleteGroupOffsets"
+	Storage_DeleteTopicData_FullMethodName    = "/ferry.v1.Storage/DeleteTopicData"
 )
 
 // StorageClient is the client API for Storage service.
@@ -49,6 +50,9 @@ type StorageClient interface {
 	// DeleteGroupOffsets durably removes every committed offset of a group
 	// (sdk.GroupStore, optional).
 	DeleteGroupOffsets(ctx context.Context, in *DeleteGroupOffsetsRequest, opts ...grpc.CallOption) (*DeleteGroupOffsetsResponse, error)
+	// DeleteTopicData removes a topic's messages and every group's offsets on
+	// it (sdk.TopicDeleter, optional).
+	DeleteTopicData(ctx context.Context, in *DeleteTopicDataRequest, opts ...grpc.CallOption) (*DeleteTopicDataResponse, error)
 }
 
 type storageClient struct {
@@ -125,6 +129,16 @@ func (c *storageClient) DeleteGroupOffsets(ctx context.Context, in *DeleteGroupO
 	return out, nil
 }
 
+func (c *storageClient) DeleteTopicData(ctx context.Context, in *DeleteTopicDataRequest, opts ...grpc.CallOption) (*DeleteTopicDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTopicDataResponse)
+	err := c.cc.Invoke(ctx, Storage_DeleteTopicData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -144,6 +158,9 @@ type StorageServer interface {
 	// DeleteGroupOffsets durably removes every committed offset of a group
 	// (sdk.GroupStore, optional).
 	DeleteGroupOffsets(context.Context, *DeleteGroupOffsetsRequest) (*DeleteGroupOffsetsResponse, error)
+	// DeleteTopicData removes a topic's messages and every group's offsets on
+	// it (sdk.TopicDeleter, optional).
+	DeleteTopicData(context.Context, *DeleteTopicDataRequest) (*DeleteTopicDataResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -171,6 +188,9 @@ func (UnimplementedStorageServer) StoredGroups(context.Context, *StoredGroupsReq
 }
 func (UnimplementedStorageServer) DeleteGroupOffsets(context.Context, *DeleteGroupOffsetsRequest) (*DeleteGroupOffsetsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteGroupOffsets not implemented")
+}
+func (UnimplementedStorageServer) DeleteTopicData(context.Context, *DeleteTopicDataRequest) (*DeleteTopicDataResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteTopicData not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -279,6 +299,24 @@ func _Storage_DeleteGroupOffsets_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_DeleteTopicData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTopicDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).DeleteTopicData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_DeleteTopicData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).DeleteTopicData(ctx, req.(*DeleteTopicDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -301,6 +339,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteGroupOffsets",
 			Handler:    _Storage_DeleteGroupOffsets_Handler,
+		},
+		{
+			MethodName: "DeleteTopicData",
+			Handler:    _Storage_DeleteTopicData_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -101,6 +101,7 @@ func StorageCases() []StorageCase {
 		{"ConcurrentAppenders", nil, testConcurrentAppenders},
 		{"EarlyOffsets", nil, testEarlyOffsets},
 		{"GroupStore", nil, testGroupStore},
+		{"TopicDeleter", nil, testTopicDeleter},
 		{"InvalidArguments", nil, testInvalidArguments},
 		{"BadConfig", nil, testBadConfig},
 		{"NotConfigured", nil, testNotConfigured},

@@ -246,6 +246,10 @@ func (b *brokerServer) AlterTopic(ctx context.Context, req *ferryv1.AlterTopicRe
 	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.AlterTopicResponse, error) { return a.AlterTopic(ctx, req) })
 }
 
+func (b *brokerServer) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest) (*ferryv1.DeleteTopicResponse, error) {
+	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.DeleteTopicResponse, error) { return a.DeleteTopic(ctx, req) })
+}
+
 // groupCall makes one of the core's group calls; errors.ErrUnsupported when
 // the core has none.
 func groupCall[Resp any](b *brokerServer, call func(sdk.GroupAdmin) (*Resp, error)) (*Resp, error) {
