@@ -65,12 +65,14 @@ type BrokerClient interface {
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(ctx context.Context, in *AlterTopicRequest, opts ...grpc.CallOption) (*AlterTopicResponse, error)
-	// DeleteTopic removes a topic from the node's topic metadata and routing
-	// at once (its producers and consumers get NOT_FOUND), then its messages
-	// and groups' offsets from the store. A group's internal topic is
-	// INVALID_ARGUMENT; so is a topic that groups consume (live members or
-	// committed offsets) unless force; an unknown topic is NOT_FOUND; a store
-	// that cannot delete, or a node with a replication plugin, UNIMPLEMENTED.
+	// DeleteTopic takes a topic out of routing at once (its producers and
+	// consumers get NOT_FOUND), then its messages and groups' offsets out of
+	// the store, then out of the node's topic metadata. A group's internal
+	// topic is INVALID_ARGUMENT; so are a topic the pipeline declares (the
+	// next start would create it again) and a topic that groups consume (live
+	// members or committed offsets) unless force; an unknown topic is
+	// NOT_FOUND; a store that cannot delete, or a node with a replication
+	// plugin, UNIMPLEMENTED.
 	DeleteTopic(ctx context.Context, in *DeleteTopicRequest, opts ...grpc.CallOption) (*DeleteTopicResponse, error)
 	// ListGroups lists the consumer groups the node knows: the pipeline's,
 	// those with live members, and those with committed offsets in its store.
@@ -264,12 +266,14 @@ type BrokerServer interface {
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error)
-	// DeleteTopic removes a topic from the node's topic metadata and routing
-	// at once (its producers and consumers get NOT_FOUND), then its messages
-	// and groups' offsets from the store. A group's internal topic is
-	// INVALID_ARGUMENT; so is a topic that groups consume (live members or
-	// committed offsets) unless force; an unknown topic is NOT_FOUND; a store
-	// that cannot delete, or a node with a replication plugin, UNIMPLEMENTED.
+	// DeleteTopic takes a topic out of routing at once (its producers and
+	// consumers get NOT_FOUND), then its messages and groups' offsets out of
+	// the store, then out of the node's topic metadata. A group's internal
+	// topic is INVALID_ARGUMENT; so are a topic the pipeline declares (the
+	// next start would create it again) and a topic that groups consume (live
+	// members or committed offsets) unless force; an unknown topic is
+	// NOT_FOUND; a store that cannot delete, or a node with a replication
+	// plugin, UNIMPLEMENTED.
 	DeleteTopic(context.Context, *DeleteTopicRequest) (*DeleteTopicResponse, error)
 	// ListGroups lists the consumer groups the node knows: the pipeline's,
 	// those with live members, and those with committed offsets in its store.
