@@ -64,7 +64,8 @@ func (gc *groupConsumer) count() int {
 // the queues each holds, committed offsets and lag); reset-offsets and
 // delete are refused while it has a live member, and bad requests get one
 // clear error each; once its member left, a reset moves it, and a consumer
-// that then joins starts exactly at the new offsets; delete removes its
+// that then joins starts exactly at the new offsets; after a restart the
+// node still lists it (from its offsets in the store); delete removes its
 // offsets, for good (across a restart).
 func TestGroupCommandsOnALiveNode(t *testing.T) {
 	dir := t.TempDir()
@@ -223,6 +224,15 @@ func TestGroupCommandsOnALiveNode(t *testing.T) {
 	second.stop()
 	waitUntil(t, 60*time.Second, "the member left", func() bool { return len(describe().Members) == 0 })
 
+	// After a restart the node knows the group from its offsets in the
+	// store alone (the pipeline does not declare it).
+	c.Close()
+	stopTopicNode(node)
+	node, out = startTopicNode(t, yaml, addr)
+	if stdout, stderr, code := ferry("group", "list"); code != 0 || !regexpLine(stdout, `^billing\s+0\s+0\s+orders$`) {
+		t.Errorf("group list after a restart: exit %d\n%s%s", code, stdout, stderr)
+	}
+
 	stdout, stderr, code = ferry("group", "delete", "billing")
 	if code != 0 || !strings.Contains(stdout, "group billing deleted") {
 		t.Fatalf("delete: exit %d\n%s%s", code, stdout, stderr)
@@ -237,7 +247,6 @@ func TestGroupCommandsOnALiveNode(t *testing.T) {
 		}
 	}
 	gone("after the delete")
-	c.Close()
 	stopTopicNode(node)
 	node, out = startTopicNode(t, yaml, addr)
 	gone("after a restart")
