@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/ferrymq/ferry/core/names"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -54,8 +55,8 @@ var _ sdk.TopicAdmin = (*Broker)(nil)
 // store without sdk.TopicDeleter, and on a replicated node. Otherwise the
 // topic leaves routing first, so that produce and fetch of it answer
 // ErrNotFound at once, then its data leaves the store, then it leaves the
-// node's metadata (TopicsFile). Appends accepted just before the delete may
-// still land in the store after it.
+// node's metadata (TopicsFile). Produces of it under way when it left
+// routing are answered before its data is deleted.
 func (b *Broker) DeleteTopic(ctx context.Context, req *sdk.DeleteTopicRequest) (*sdk.DeleteTopicResponse, error) {
 	if err := b.checkTopicAdmin(); err != nil {
 		return nil, err
@@ -93,13 +94,25 @@ func (b *Broker) DeleteTopic(ctx context.Context, req *sdk.DeleteTopicRequest) (
 	}
 	delete(b.topics, name)
 	b.topicsMu.Unlock()
+	t.deleted.Store(true)
 	restore := func() {
+		t.deleted.Store(false)
 		b.topicsMu.Lock()
 		b.topics[name] = t
 		b.topicsMu.Unlock()
 	}
 	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
 	defer cancel()
+	// Produces that found the topic before it left routing finish first
+	// (their appends are answered), so none lands after its data is gone.
+	for t.producing.Load() > 0 {
+		select {
+		case <-cctx.Done():
+			restore()
+			return nil, fmt.Errorf("topic %q not deleted: produces of it still under way: %w", name, cctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
 	if err := b.storageCall(cctx, func(s sdk.Storage) error {
 		td, ok := s.(sdk.TopicDeleter)
 		if !ok {

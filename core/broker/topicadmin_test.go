@@ -207,3 +207,62 @@ func TestDeleteTopic(t *testing.T) {
 		t.Errorf("DeleteTopic on a replicated node: %v", err)
 	}
 }
+
+// Produces under way when DeleteTopic takes the topic out of routing are
+// answered before its data is deleted: nothing a producer was told was
+// stored is left in the store after the delete, and every produce after it
+// is refused.
+func TestDeleteTopicWhileProducing(t *testing.T) {
+	ctx := context.Background()
+	mem := newMemory(t)
+	b := New(Options{Node: "n1", DataDir: t.TempDir()}, newSource(mem))
+	if err := b.OpenTopics(); err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	defer b.Close(ctx)
+	if _, err := b.CreateTopic(ctx, &sdk.CreateTopicRequest{Name: "clicks", Queues: 2}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var stored atomic.Int64
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := b.Produce(ctx, &sdk.ProduceRequest{Messages: []*sdk.Message{{Id: fmt.Sprintf("w%d-%d", w, i), Topic: "clicks", Queue: int32(i % 2), Body: []byte("x")}}})
+				if err == nil {
+					stored.Add(1)
+				} else if !errors.Is(err, sdk.ErrNotFound) {
+					t.Errorf("produce: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for stored.Load() < 200 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := b.DeleteTopic(ctx, &sdk.DeleteTopicRequest{Name: "clicks"}); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	wg.Wait()
+	offs, err := mem.GetOffsets(ctx, "", []*sdk.QueueRef{{Topic: "clicks", Queue: 0}, {Topic: "clicks", Queue: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range offs {
+		if o.End != o.Start {
+			t.Errorf("after the delete the store holds %d messages of clicks/%d (of %d produced)", o.End-o.Start, o.Queue, stored.Load())
+		}
+	}
+}
