@@ -1,11 +1,21 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // runPluginTest runs `ferry plugin test` and returns its output and exit code.
@@ -86,4 +96,171 @@ func TestPluginTestGoExample(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "PASS  ConcurrentAppenders") {
 		t.Fatalf("ferry plugin test storage of the Go example: exit %d\n%s", code, out)
 	}
+}
+
+// pythonForPlugins returns the interpreter the Python example runs on
+// (FERRY_PYTHON, else Debian's /usr/bin/python3) once it imports grpc and
+// protobuf. Without them the test is skipped, unless FERRY_REQUIRE_PYTHON_PLUGIN
+// is set (CI sets it: .ci/run installs them), and then it fails.
+func pythonForPlugins(t *testing.T) string {
+	t.Helper()
+	py := os.Getenv("FERRY_PYTHON")
+	if py == "" {
+		py = "/usr/bin/python3"
+	}
+	out, err := exec.Command(py, "-c", "import grpc, google.protobuf").CombinedOutput()
+	if err != nil {
+		msg := fmt.Sprintf("%s cannot run the Python plugin example (apt-get install python3-grpcio python3-protobuf): %v\n%s", py, err, out)
+		if os.Getenv("FERRY_REQUIRE_PYTHON_PLUGIN") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return py
+}
+
+// copyTree copies the regular files under src to dst.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), data, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The Python storage plugin (examples/plugins/python-storage: Debian's
+// python3-grpcio, no Go) passes `ferry plugin test storage`; with its de-dup
+// switched off (a copy, patched) it fails the de-dup cases: the suite can see
+// what a Python plugin does wrong. Its generated message modules match the
+// .proto files when protoc is there to say.
+func TestPluginTestPythonExample(t *testing.T) {
+	pythonForPlugins(t)
+	example := filepath.Join("..", "..", "examples", "plugins", "python-storage")
+	exe := filepath.Join(example, "ferry-storage-pystore")
+	out, code := runPluginTest(t, "storage", exe)
+	if code != 0 || !strings.Contains(out, "PASS  ConcurrentAppenders") || !strings.Contains(out, "PASS  BadConfig") {
+		t.Fatalf("ferry plugin test storage of the Python example: exit %d\n%s", code, out)
+	}
+
+	broken := t.TempDir()
+	copyTree(t, example, broken)
+	src, err := os.ReadFile(filepath.Join(broken, "pystore.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dedup = "if m.id and m.id in q.ids:"
+	if !strings.Contains(string(src), dedup) {
+		t.Fatalf("pystore.py no longer has %q: update this negative control", dedup)
+	}
+	if err := os.WriteFile(filepath.Join(broken, "pystore.py"), []byte(strings.Replace(string(src), dedup, "if False:", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runPluginTest(t, "storage", filepath.Join(broken, "ferry-storage-pystore"))
+	if code == 0 || !strings.Contains(out, "FAIL  Dedup") {
+		t.Fatalf("ferry plugin test passed the Python store with de-dup off: exit %d\n%s", code, out)
+	}
+
+	if _, err := exec.LookPath("protoc"); err != nil {
+		t.Log("protoc not on PATH: the generated modules of the Python example were not compared with the .proto files")
+		return
+	}
+	gen := filepath.Join(t.TempDir(), "gen")
+	if out, err := exec.Command("sh", filepath.Join(example, "gen.sh"), gen).CombinedOutput(); err != nil {
+		t.Fatalf("gen.sh: %v\n%s", err, out)
+	}
+	err = filepath.WalkDir(gen, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(gen, p)
+		want, _ := os.ReadFile(p)
+		got, err := os.ReadFile(filepath.Join(example, "gen", rel))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("examples/plugins/python-storage/gen/%s is not what gen.sh makes from the .proto files now: run examples/plugins/python-storage/gen.sh", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A pipeline runs on the Python store: `ferry run` finds it in plugins.dirs by
+// type, and messages produced through the node are consumed back.
+func TestPythonStoreInAPipeline(t *testing.T) {
+	pythonForPlugins(t)
+	dir := t.TempDir()
+	addr := ferrytest.FreeAddr(t)
+	plugins, err := filepath.Abs(filepath.Join("..", "..", "examples", "plugins", "python-storage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := filepath.Join(dir, "py.yaml")
+	if err := os.WriteFile(yaml, fmt.Appendf(nil, `name: python-store
+node: {data_dir: %q}
+plugins:
+  dirs: [%q]
+  storage: {type: pystore}
+  transport: {type: grpc, config: {listen: %q, shutdown_timeout: 200ms}}
+topics: [{name: orders, queues: 2}]
+`, filepath.Join(dir, "data"), plugins, addr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	node, log := startTopicNode(t, yaml, addr)
+	defer stopTopicNode(node)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := c.NewProducer(client.ProducerOptions{})
+	const n = 50
+	for i := range n {
+		if _, err := p.SendSync(ctx, client.Message{ID: fmt.Sprintf("py-%d", i), Topic: "orders", Body: []byte("hello from python")}); err != nil {
+			t.Fatalf("send %d: %v\nnode:\n%s", i, err, log)
+		}
+	}
+	var (
+		mu   sync.Mutex
+		seen = map[string]bool{}
+	)
+	cons, err := c.NewConsumer(client.ConsumerOptions{Topic: "orders", Group: "py", HeartbeatInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cons.Launch(ctx, func(_ context.Context, d *client.Delivery) error {
+		if string(d.Message.Body) != "hello from python" {
+			t.Errorf("message %s: body %q", d.ID, d.Message.Body)
+		}
+		mu.Lock()
+		seen[d.ID] = true
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 90*time.Second, "the group consumed every message from the Python store", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == n
+	})
 }

@@ -85,6 +85,7 @@ type Broker struct {
 	storage StorageSource
 	app     *appender
 	groups  *groups
+	epochs  *epochs
 	repl    *replicator // nil without replication
 	role    roleState
 
@@ -159,7 +160,7 @@ func New(opts Options, storage StorageSource) *Broker {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), known: map[string]bool{},
+	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), epochs: newEpochs(), known: map[string]bool{},
 		fetchers: newRecentSet(maxRecentFetchers)}
 	b.full.done = make(chan struct{})
 	for _, g := range opts.Groups {
@@ -368,6 +369,16 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.BatchAttr(req.Messages)))
 	defer span.End()
 	started := time.Now()
+	if err := b.epochs.begin(req.Messages, func(refs []*sdk.QueueRef) (offs []*sdk.QueueOffsets, err error) {
+		err = b.storageCall(ctx, func(s sdk.Storage) (err error) {
+			offs, err = s.GetOffsets(ctx, "", refs)
+			return err
+		})
+		return offs, err
+	}); err != nil {
+		span.RecordError(err)
+		return nil, err
+	}
 	if b.repl != nil {
 		if first, err := b.repl.replicateFirst(); err != nil {
 			return nil, err
@@ -495,6 +506,7 @@ func (b *Broker) commitOffsets(ctx context.Context, group string, offsets []*sdk
 	if err := b.storageCall(ctx, func(s sdk.Storage) error { return s.CommitOffsets(ctx, group, offsets) }); err != nil {
 		return err
 	}
+	b.epochs.commit(group, offsets)
 	b.groupKnown(group)
 	return nil
 }
@@ -517,6 +529,9 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i, o := range offs {
+		offs[i] = b.epochs.stamp(req.Group, o)
 	}
 	return &sdk.GetOffsetsResponse{Offsets: offs}, nil
 }

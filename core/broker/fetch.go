@@ -150,7 +150,7 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 		}
 		resp.Messages = append(resp.Messages, msgs...)
 		if results[i].Offsets != nil {
-			resp.Offsets = append(resp.Offsets, results[i].Offsets)
+			resp.Offsets = append(resp.Offsets, b.epochs.stamp("", results[i].Offsets))
 		}
 	}
 	return resp, next, nil

@@ -233,7 +233,7 @@ func (rt *runtime) assign(ctx context.Context, want []queueRef) error {
 // says when the group never committed (the retry topic: its earliest),
 // within the queue's stored range.
 func (rt *runtime) newLane(r queueRef, o *ferryv1.QueueOffsets) *lane {
-	l := &lane{ref: r, retry: r.topic != rt.opts.Topic, committed: o.Committed, next: o.Committed}
+	l := &lane{ref: r, retry: r.topic != rt.opts.Topic, committed: o.Committed, next: o.Committed, epoch: o.Epoch}
 	if o.Committed < 0 {
 		l.next = o.Start
 		if !l.retry && rt.opts.StartAt == StartCommittedOrLatest {

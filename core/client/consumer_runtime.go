@@ -32,6 +32,7 @@ type lane struct {
 	retry bool // a queue of the group's retry topic
 
 	next      int64       // offset of the next message to fetch
+	epoch     uint64      // the broker log epoch next was last checked in (QueueOffsets.epoch); 0: none yet
 	window    []*Delivery // fetched and not yet committed past, in offset order
 	commitTo  int64       // the lowest unsettled offset, or next: what may be committed
 	committed int64       // what the broker holds for the group; -1 when nothing
@@ -310,6 +311,9 @@ func (rt *runtime) fetch(ctx context.Context, topic string, ps map[int32]positio
 		l := current(o.Queue)
 		if l == nil || l.next != ps[o.Queue].offset {
 			continue
+		}
+		if rt.truncatedLocked(l, o) {
+			continue // the lane was replaced; this answer's messages are dropped
 		}
 		switch {
 		case l.next < o.Start:
@@ -799,4 +803,32 @@ func corruptPlaceholder(group, topic string, queue int32, offset int64, cause er
 		},
 		BornUnixNano: time.Now().UnixNano(),
 	}
+}
+
+// truncatedLocked checks a lane against the broker's log epoch in o: when
+// the lane's position comes from an earlier epoch and lies past where this
+// epoch's appends began (the broker came back with a shorter log, after a
+// power loss under flush async, and reuses those offsets), the lane is
+// replaced by one at the epoch's start, so that no message appended since is
+// skipped. The old lane's deliveries are of messages the log no longer holds:
+// the queued ones are abandoned, and nothing of the old lane is committed.
+func (rt *runtime) truncatedLocked(l *lane, o *ferryv1.QueueOffsets) bool {
+	if o.Epoch == 0 || l.epoch == o.Epoch {
+		return false
+	}
+	if l.epoch == 0 || l.next <= o.EpochStart {
+		l.epoch = o.Epoch
+		return false
+	}
+	rt.log.Warn("ferry consumer: the broker's log restarted below this position (messages it had not flushed were lost); reading the new ones from where they begin",
+		"topic", l.ref.topic, "group", rt.group, "queue", l.ref.queue, "from", l.next, "to", o.EpochStart)
+	for _, d := range l.queued {
+		rt.abandonLocked(d)
+	}
+	l.queued = nil
+	l.revoked = true
+	nl := &lane{ref: l.ref, retry: l.retry, committed: l.committed, next: o.EpochStart, commitTo: o.EpochStart, epoch: o.Epoch}
+	rt.lanes[l.ref] = nl
+	rt.wakeLocked()
+	return true
 }

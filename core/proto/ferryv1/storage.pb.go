@@ -609,7 +609,17 @@ type QueueOffsets struct {
 	End   int64                  `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`
 	// Committed offset of the requested group: the next offset it will
 	// consume; -1 when the group has committed nothing on this queue.
-	Committed     int64 `protobuf:"varint,5,opt,name=committed,proto3" json:"committed,omitempty"`
+	Committed int64 `protobuf:"varint,5,opt,name=committed,proto3" json:"committed,omitempty"`
+	// Set by the broker in its answers to clients (a store leaves them 0):
+	// epoch names this broker process's log (new at each start: after a
+	// power loss under flush async the log may end below offsets handed out
+	// before, and offsets are then reused), and epoch_start is the first
+	// offset appended in this epoch (the queue's end while nothing was). A
+	// consumer whose position comes from another epoch and lies past
+	// epoch_start moves back to epoch_start: what it read there is gone, and
+	// what is there now is new.
+	Epoch         uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	EpochStart    int64  `protobuf:"varint,7,opt,name=epoch_start,json=epochStart,proto3" json:"epoch_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -675,6 +685,20 @@ func (x *QueueOffsets) GetEnd() int64 {
 func (x *QueueOffsets) GetCommitted() int64 {
 	if x != nil {
 		return x.Committed
+	}
+	return 0
+}
+
+func (x *QueueOffsets) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *QueueOffsets) GetEpochStart() int64 {
+	if x != nil {
+		return x.EpochStart
 	}
 	return 0
 }
@@ -1023,13 +1047,16 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x120\n" +
 	"\aoffsets\x18\x03 \x01(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x12%\n" +
-	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\"\x80\x01\n" +
+	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\"\xb7\x01\n" +
 	"\fQueueOffsets\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x14\n" +
 	"\x05start\x18\x03 \x01(\x03R\x05start\x12\x10\n" +
 	"\x03end\x18\x04 \x01(\x03R\x03end\x12\x1c\n" +
-	"\tcommitted\x18\x05 \x01(\x03R\tcommitted\"]\n" +
+	"\tcommitted\x18\x05 \x01(\x03R\tcommitted\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x1f\n" +
+	"\vepoch_start\x18\a \x01(\x03R\n" +
+	"epochStart\"]\n" +
 	"\x14CommitOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12/\n" +
 	"\aoffsets\x18\x02 \x03(\v2\x15.ferry.v1.GroupOffsetR\aoffsets\"Q\n" +

@@ -1,0 +1,58 @@
+package verify
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFaults(t *testing.T) {
+	fs, err := ParseFaults("kill:storage@3s, kill:broker@5s-7s,kill:transport@1500ms,kill:broker@8s,pause:storage@400ms-1s,pause:broker@2s", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"pause:storage@400ms-1s", "kill:transport@1.5s", "pause:broker@2s-3s", "kill:storage@3s", "kill:broker@5s-7s", "kill:broker@8s-9s"}
+	if len(fs) != len(want) {
+		t.Fatalf("%v", fs)
+	}
+	for i, f := range fs {
+		if f.String() != want[i] {
+			t.Errorf("fault %d = %s, want %s", i, f, want[i])
+		}
+	}
+	for _, c := range []struct{ spec, want string }{
+		{"kill:broker", "want KIND:TARGET@TIME"},
+		{"partition:broker@1s", "the kind must be kill, pause or power-loss"},
+		{"kill:disk@1s", `target "disk"`},
+		{"pause:consumer@1s", "a consumer can only be killed"},
+		{"kill:broker@soon", `bad time "soon"`},
+		{"kill:broker@5s-4s", `bad end "4s"`},
+		{"kill:storage@1s-2s", "a plugin kill takes no end time"},
+		{"kill:broker@9500ms", "not within the run's 10s"},
+		{"kill:broker@2s-5s,kill:storage@3s", "starts while kill:broker@2s-5s lasts"},
+	} {
+		if _, err := ParseFaults(c.spec, 10*time.Second); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ParseFaults(%q) = %v, want an error with %q", c.spec, err, c.want)
+		}
+	}
+}
+
+// The default schedule depends on the seed only, and stays in the run.
+func TestDefaultFaults(t *testing.T) {
+	a, b := DefaultFaults(20*time.Second, 7, true), DefaultFaults(20*time.Second, 7, true)
+	c := DefaultFaults(20*time.Second, 8, true)
+	if len(a) != 4 || len(DefaultFaults(20*time.Second, 7, false)) != 3 {
+		t.Fatalf("with consumers %v; without %v", a, DefaultFaults(20*time.Second, 7, false))
+	}
+	if a[0] != b[0] || a[1] != b[1] || a[2] != b[2] {
+		t.Fatalf("same seed, different schedules: %v %v", a, b)
+	}
+	if a[0] == c[0] && a[1] == c[1] && a[2] == c[2] {
+		t.Fatalf("seeds 7 and 8 gave the same schedule %v", a)
+	}
+	for _, f := range fixUntil(a) {
+		if f.At <= 0 || f.Until >= 20*time.Second || f.Until < f.At {
+			t.Errorf("fault %s outside the run", f)
+		}
+	}
+}

@@ -1,0 +1,670 @@
+package verify
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Options is one verify run.
+type Options struct {
+	Pipeline  string        // the pipeline file
+	Exe       string        // the ferry binary that runs the node
+	Topic     string        // default: the pipeline's first topic
+	Duration  time.Duration // of the workload
+	Producers int           // sync producers, one key each
+	Size      int           // message body bytes
+	Faults    []Fault       // nil: DefaultFaults
+	Seed      uint64
+	OutDir    string       // where results.json, latency.png and node.log go; "" = a temporary dir, removed
+	Groups    int          // consumer groups that consume during the run, each a ferry consume process
+	Delivery  string       // their delivery: push or pull
+	Progress  io.Writer    // a line every few seconds; nil = none
+	Logger    *slog.Logger // the producers' client's; nil = slog's default
+}
+
+// Report is a run's whole result (results.json).
+type Report struct {
+	Pipeline string `json:"pipeline"`
+	RunID    string `json:"run_id"`
+	Seed     uint64 `json:"seed"`
+	Topic    string `json:"topic"`
+	Storage  string `json:"storage"`
+	Flush    string `json:"flush,omitempty"`
+	// FlushInterval is the file store's flush_interval, with power-loss
+	// faults: under flush async, what was acknowledged within it before
+	// a power loss may be lost.
+	FlushInterval time.Duration `json:"flush_interval_ns,omitempty"`
+	// LostAtPowerLoss of the lost messages were acknowledged within
+	// FlushInterval (plus PowerLossSlack) before a power loss: what flush
+	// async permits. LossWindow is the longest such time.
+	LostAtPowerLoss int            `json:"lost_at_power_loss"`
+	LossWindow      time.Duration  `json:"loss_window_ns"`
+	Duration        time.Duration  `json:"duration_ns"`
+	Producers       int            `json:"producers"`
+	Size            int            `json:"size"`
+	Faults          []FaultRecord  `json:"faults"`
+	Result          *Result        `json:"result"`
+	Groups          []*GroupResult `json:"groups"`
+	Verdict         string         `json:"verdict"` // pass | fail
+	Reasons         []string       `json:"reasons,omitempty"`
+	LatencyP50      time.Duration  `json:"latency_p50_ns"`
+	LatencyP99      time.Duration  `json:"latency_p99_ns"`
+	LatencyMax      time.Duration  `json:"latency_max_ns"`
+	// AckRate is the acknowledgements per second in each RateBucket of the
+	// run, from its start.
+	AckRate    []float64     `json:"ack_rate"`
+	RateBucket time.Duration `json:"ack_rate_bucket_ns"`
+	// Sends are every send's outcome, in start order, for the picture and
+	// for a reader's own analysis.
+	Sends []SendRecord `json:"sends"`
+	Dir   string       `json:"-"`
+}
+
+// FaultRecord is a fault as it happened.
+type FaultRecord struct {
+	Fault
+	// Injected and Healed are from the workload's start: the node was
+	// serving again (broker), or the first send after the fault was
+	// acknowledged (a plugin).
+	Injected time.Duration `json:"injected_ns"`
+	Healed   time.Duration `json:"healed_ns"`
+	// Resumed is when a paused process was continued.
+	Resumed time.Duration `json:"resumed_ns,omitempty"`
+	Error   string        `json:"error,omitempty"`
+}
+
+// SendRecord is a Send in the report: times from the workload's start.
+type SendRecord struct {
+	ID      string        `json:"id"`
+	Start   time.Duration `json:"start_ns"`
+	Latency time.Duration `json:"latency_ns"`
+	Outcome string        `json:"outcome"`
+	Status  string        `json:"status,omitempty"`
+	Error   string        `json:"error,omitempty"`
+}
+
+// Run runs a verify: starts the node of o.Pipeline on a temporary data dir,
+// drives the workload while the faults happen, heals, reads the topic back
+// and checks it. The error is for a run that could not be made; a run that
+// found a broken promise returns a Report whose Verdict is fail.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if o.Duration <= 0 || o.Producers <= 0 || o.Size < 64 {
+		return nil, fmt.Errorf("verify: duration, producers must be positive and size at least 64 bytes")
+	}
+	dir := o.OutDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "ferry-verify")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(dir, "node")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work) // the node's data; results stay
+	p, err := prepare(o.Pipeline, work)
+	if err != nil {
+		return nil, err
+	}
+	topic := o.Topic
+	if topic == "" {
+		topic = p.pipeline.Topics[0].Name
+	}
+	if !hasTopic(p, topic) {
+		return nil, fmt.Errorf("verify: the pipeline declares no topic %q", topic)
+	}
+	faults := o.Faults
+	if faults == nil {
+		faults = DefaultFaults(o.Duration, o.Seed, o.Groups > 0)
+	}
+	for _, f := range faults {
+		if f.Target == "consumer" && o.Groups == 0 {
+			return nil, fmt.Errorf("verify: fault %s: the run has no consumer groups (--groups)", f)
+		}
+	}
+	if o.Delivery == "" {
+		o.Delivery = "push"
+	}
+	faults = fixUntil(faults)
+	if p.pipeline.Plugins.Storage.Type == "memory" {
+		for _, f := range faults {
+			if f.Target == "broker" || f.Target == "storage" {
+				return nil, fmt.Errorf("verify: fault %s: the memory store keeps nothing across the death of its process, by design; verify a durable store (file), or name only transport faults", f)
+			}
+		}
+	}
+	rep := &Report{
+		Pipeline: o.Pipeline, RunID: fmt.Sprintf("v%x", time.Now().UnixNano()&0xffffffffff), Seed: o.Seed,
+		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Size: o.Size, Dir: dir,
+	}
+	if f, ok := p.pipeline.Plugins.Storage.Config["flush"].(string); ok {
+		rep.Flush = f
+	}
+	n, err := newNode(o.Exe, p, filepath.Join(dir, "node.log"))
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range faults {
+		if f.Kind != "power-loss" {
+			continue
+		}
+		if rep.Storage != "file" {
+			return nil, fmt.Errorf("verify: fault %s needs the file store (its power-loss hook); the pipeline's storage is %q", f, rep.Storage)
+		}
+		token, err := powerLossToken(work)
+		if err != nil {
+			return nil, err
+		}
+		n.env = append(n.env, EnvPowerLoss+"="+token)
+		rep.FlushInterval = flushInterval(p)
+		break
+	}
+	defer n.stop()
+	if err := n.start(ctx); err != nil {
+		return nil, err
+	}
+	var copts []client.Option
+	if o.Logger != nil {
+		copts = append(copts, client.WithLogger(o.Logger))
+	}
+	c, err := client.Dial(ctx, p.addr, copts...)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+
+	clog, err := os.OpenFile(filepath.Join(dir, "consumers.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer clog.Close()
+	var consumers []*consumer
+	for g := range o.Groups {
+		cs := newConsumer(o.Exe, p.addr, topic, fmt.Sprintf("%s-g%d", rep.RunID, g), o.Delivery, rep.RunID+"-", clog)
+		if err := cs.start(); err != nil {
+			return nil, err
+		}
+		defer cs.stop()
+		consumers = append(consumers, cs)
+	}
+
+	rec := &recorder{}
+	start := time.Now()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range o.Producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			produce(wctx, c, rep.RunID, topic, i, o.Size, start.Add(o.Duration), rec)
+		}()
+	}
+	faultsDone := make(chan []FaultRecord, 1)
+	go func() { faultsDone <- inject(wctx, n, consumers, faults, start) }()
+	if o.Progress != nil {
+		go progress(wctx, o.Progress, rec, start, o.Duration)
+	}
+	wg.Wait()
+	records := <-faultsDone
+	cancel()
+
+	// Heal: the node serves (a fault's restart is done), then read back.
+	if err := n.waitServing(ctx, make(chan struct{})); err != nil {
+		return nil, fmt.Errorf("after the workload: %w", err)
+	}
+	stored, err := readBack(ctx, p.addr, topic, rep.RunID+"-")
+	if err != nil {
+		return nil, err
+	}
+	// Every group drains: it must deliver every message the topic holds.
+	var dwg sync.WaitGroup
+	for _, cs := range consumers {
+		dwg.Add(1)
+		go func() { defer dwg.Done(); cs.drain(ctx, stored, 2*time.Minute) }()
+	}
+	dwg.Wait()
+	for _, cs := range consumers {
+		rep.Groups = append(rep.Groups, cs.result(stored))
+	}
+	sends := rec.all()
+	rep.Result = Check(sends, stored)
+	rep.Faults = healedTimes(records, sends, start)
+	summarize(rep, sends, start)
+	return rep, nil
+}
+
+func hasTopic(p *prepared, name string) bool {
+	for _, t := range p.pipeline.Topics {
+		if t.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// recorder collects the sends of every producer.
+type recorder struct {
+	mu    sync.Mutex
+	sends []Send
+}
+
+func (r *recorder) add(s Send) {
+	r.mu.Lock()
+	r.sends = append(r.sends, s)
+	r.mu.Unlock()
+}
+
+func (r *recorder) counts() (sent, ok, unknown int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.sends {
+		switch s.Outcome {
+		case OutcomeOK:
+			ok++
+		case OutcomeUnknown:
+			unknown++
+		}
+	}
+	return len(r.sends), ok, unknown
+}
+
+func (r *recorder) all() []Send {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := append([]Send(nil), r.sends...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out
+}
+
+// produce is one sync producer with its own key, sending until end.
+func produce(ctx context.Context, c *client.Client, run, topic string, i, size int, end time.Time, rec *recorder) {
+	key := fmt.Sprintf("%s-p%d", run, i)
+	p := c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
+	for seq := int64(0); time.Now().Before(end) && ctx.Err() == nil; seq++ {
+		id := fmt.Sprintf("%s-%d", key, seq)
+		body := make([]byte, size)
+		copy(body, id)
+		for j := len(id); j < size; j++ {
+			body[j] = 'a' + byte((j+int(seq))%26)
+		}
+		s := Send{ID: id, Key: key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1}
+		res, err := p.SendSync(ctx, client.Message{ID: id, Topic: topic, Key: key, Body: body})
+		s.Latency = time.Since(s.Start)
+		switch {
+		case err == nil && res.Status == ferryv1.Status_STATUS_OK:
+			s.Outcome, s.Status, s.Queue, s.Offset = OutcomeOK, res.Status, res.Queue, res.Offset
+		case err == nil:
+			s.Outcome, s.Status, s.Queue, s.Offset = OutcomeWeak, res.Status, res.Queue, res.Offset
+		case errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrNotFound):
+			s.Outcome, s.Err = OutcomeRefused, err.Error()
+		default:
+			if ctx.Err() != nil && time.Now().After(end) {
+				return // the run ended during this send: not a send of the run
+			}
+			s.Outcome, s.Err = OutcomeUnknown, err.Error()
+		}
+		rec.add(s)
+	}
+}
+
+// inject runs the fault schedule from start; it returns when every fault
+// was injected and healed.
+func inject(ctx context.Context, n *node, consumers []*consumer, faults []Fault, start time.Time) []FaultRecord {
+	var out []FaultRecord
+	for _, f := range faults {
+		select {
+		case <-time.After(time.Until(start.Add(f.At))):
+		case <-ctx.Done():
+			return out
+		}
+		r := FaultRecord{Fault: f, Injected: time.Since(start)}
+		switch {
+		case f.Target == "consumer":
+			for _, c := range consumers {
+				if err := c.kill(); err != nil {
+					r.Error = err.Error()
+				}
+			}
+			r.Healed = time.Since(start)
+		case f.Kind == "pause":
+			err := n.signal(f.Target, syscall.SIGSTOP)
+			select {
+			case <-time.After(time.Until(start.Add(f.Until))):
+			case <-ctx.Done():
+			}
+			// Continued also when the stop failed (a half-stopped group).
+			if cerr := n.signal(f.Target, syscall.SIGCONT); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				r.Error = err.Error()
+			}
+			r.Resumed = time.Since(start)
+		case f.Target == "broker":
+			kill := n.kill
+			if f.Kind == "power-loss" {
+				kill = n.powerLoss
+			}
+			if err := kill(); err != nil {
+				r.Error = err.Error()
+				break
+			}
+			select {
+			case <-time.After(time.Until(start.Add(f.Until))):
+			case <-ctx.Done():
+			}
+			if err := n.start(context.WithoutCancel(ctx)); err != nil {
+				r.Error = "restart: " + err.Error()
+			}
+			r.Healed = time.Since(start)
+		default:
+			if _, err := n.killPlugin(f.Target); err != nil {
+				r.Error = err.Error()
+			}
+			r.Injected = time.Since(start) // the process is gone
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// healedTimes sets the Healed of a plugin kill to the end of the first send
+// that started after it and was acknowledged, and that of a pause to the
+// first acknowledgement after the process was continued.
+func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord {
+	for i := range rs {
+		r := &rs[i]
+		switch {
+		case r.Kind == "pause":
+			r.Healed = r.Resumed
+			first := time.Duration(-1)
+			for _, s := range sends {
+				if end := s.Start.Add(s.Latency).Sub(start); s.Outcome == OutcomeOK && end >= r.Resumed && (first < 0 || end < first) {
+					first = end
+				}
+			}
+			if first >= 0 {
+				r.Healed = first
+			}
+		case r.Target != "broker":
+			at := start.Add(r.Injected)
+			r.Healed = r.Injected
+			for _, s := range sends {
+				if s.Outcome == OutcomeOK && s.Start.After(at) {
+					r.Healed = s.Start.Add(s.Latency).Sub(start)
+					break
+				}
+			}
+		}
+	}
+	return rs
+}
+
+// readBack reads every message of topic with an id that starts with prefix,
+// queue by queue from its start to its end, through the Broker API.
+func readBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	rpc := ferryv1.NewBrokerClient(cc)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	md, err := rpc.Metadata(ctx, &ferryv1.MetadataRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("read back: metadata: %w", err)
+	}
+	var refs []*ferryv1.QueueRef
+	for _, t := range md.Topics {
+		if t.Name == topic {
+			for q := range t.Queues {
+				refs = append(refs, &ferryv1.QueueRef{Topic: topic, Queue: q})
+			}
+		}
+	}
+	offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
+	if err != nil {
+		return nil, fmt.Errorf("read back: offsets: %w", err)
+	}
+	var out []Stored
+	for _, o := range offs.Offsets {
+		for pos := o.Start; pos < o.End; {
+			resp, err := rpc.Fetch(ctx, &ferryv1.FetchRequest{Topic: topic, Positions: []*ferryv1.FetchPosition{{Queue: o.Queue, Offset: pos}}, MaxMessages: 1000, MaxWaitNanos: int64(time.Second)})
+			if err != nil {
+				return nil, fmt.Errorf("read back: queue %d at %d: %w", o.Queue, pos, err)
+			}
+			if len(resp.Messages) == 0 {
+				if len(resp.Errors) > 0 {
+					return nil, fmt.Errorf("read back: queue %d at %d: %v", o.Queue, pos, sdk.ErrorFromProto(resp.Errors[0].Error))
+				}
+				return nil, fmt.Errorf("read back: queue %d: nothing at %d before its end %d", o.Queue, pos, o.End)
+			}
+			for _, m := range resp.Messages {
+				if m.Offset < pos {
+					continue
+				}
+				if strings.HasPrefix(m.Id, prefix) {
+					out = append(out, Stored{ID: m.Id, Key: m.Key, Queue: o.Queue, Offset: m.Offset})
+				}
+				pos = m.Offset + 1
+			}
+		}
+	}
+	return out, nil
+}
+
+// progress prints a line every 5 seconds until ctx ends.
+func progress(ctx context.Context, w io.Writer, rec *recorder, start time.Time, d time.Duration) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			sent, ok, unknown := rec.counts()
+			fmt.Fprintf(w, "verify: %s of %s: sent %d, acked %d, unknown %d\n", time.Since(start).Round(time.Second), d, sent, ok, unknown)
+		}
+	}
+}
+
+// summarize fills the report's figures and verdict.
+func summarize(rep *Report, sends []Send, start time.Time) {
+	var lat []time.Duration
+	rep.RateBucket = 250 * time.Millisecond
+	buckets := int(rep.Duration/rep.RateBucket) + 1
+	rep.AckRate = make([]float64, buckets)
+	perBucket := float64(time.Second) / float64(rep.RateBucket)
+	for _, s := range sends {
+		r := SendRecord{ID: s.ID, Start: s.Start.Sub(start), Latency: s.Latency, Outcome: s.Outcome.String(), Error: s.Err}
+		if s.Outcome == OutcomeOK || s.Outcome == OutcomeWeak {
+			r.Status = s.Status.String()
+		}
+		rep.Sends = append(rep.Sends, r)
+		if s.Outcome == OutcomeOK {
+			lat = append(lat, s.Latency)
+			if b := int(s.Start.Add(s.Latency).Sub(start) / rep.RateBucket); b >= 0 && b < buckets {
+				rep.AckRate[b] += perBucket
+			}
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) > 0 {
+		rep.LatencyP50, rep.LatencyP99, rep.LatencyMax = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+	}
+	res := rep.Result
+	rep.Verdict = "pass"
+	var afterID func(id string) string
+	fail := func(format string, args ...any) {
+		rep.Verdict = "fail"
+		rep.Reasons = append(rep.Reasons, fmt.Sprintf(format, args...))
+	}
+	after := func(kind string) string {
+		ex := res.Examples[kind]
+		if len(ex) == 0 {
+			return ""
+		}
+		id, _, _ := strings.Cut(ex[0], " ")
+		return afterID(id)
+	}
+	afterID = func(id string) string {
+		// Name the fault that preceded the message's ack.
+		for _, s := range sends {
+			if s.ID == id {
+				var last string
+				for _, f := range rep.Faults {
+					if f.Injected <= s.Start.Sub(start)+s.Latency {
+						last = f.String()
+					}
+				}
+				if last != "" {
+					return fmt.Sprintf(" (e.g. %s, acknowledged after %s)", id, last)
+				}
+				return fmt.Sprintf(" (e.g. %s, acknowledged before any fault)", id)
+			}
+		}
+		return ""
+	}
+	if res.Lost > 0 {
+		lost := map[string]bool{}
+		for _, id := range res.LostIDs {
+			lost[id] = true
+		}
+		var other []string
+		if rep.Flush == "async" && rep.FlushInterval > 0 {
+			rep.LostAtPowerLoss, rep.LossWindow, other = permittedLoss(rep, sends, lost, start)
+		} else {
+			other = res.LostIDs
+		}
+		if len(other) > 0 {
+			why := "no fault of this run may lose one on this pipeline's settings"
+			if rep.Flush == "async" && rep.FlushInterval > 0 {
+				why = fmt.Sprintf("flush async may lose at a power loss only what was acknowledged within flush_interval %s (+%s) before it", rep.FlushInterval, PowerLossSlack)
+			}
+			fail("%d acknowledged message(s) lost: %s%s", len(other), why, afterID(other[0]))
+		}
+	}
+	if res.Duplicated > 0 {
+		fail("%d message(s) stored more than once: retries carry their id and the store de-duplicates%s", res.Duplicated, after("duplicated"))
+	}
+	if res.Unexpected > 0 {
+		fail("%d message(s) stored that no producer sent", res.Unexpected)
+	}
+	if res.OutOfOrder > 0 {
+		fail("%d acknowledged message(s) of a key stored out of order", res.OutOfOrder)
+	}
+	if res.WrongOffset > 0 {
+		fail("%d acknowledged message(s) stored at another offset than acknowledged%s", res.WrongOffset, after("wrong_offset"))
+	}
+	if res.RefusedStored > 0 {
+		fail("%d refused message(s) stored anyway", res.RefusedStored)
+	}
+	powerLoss := false
+	for _, f := range rep.Faults {
+		powerLoss = powerLoss || f.Kind == "power-loss"
+	}
+	for _, g := range rep.Groups {
+		if g.Missing > 0 {
+			fail("group %s never delivered %d stored message(s) (at least once)", g.Group, g.Missing)
+		}
+		if g.NotStored > 0 && !powerLoss {
+			fail("group %s delivered %d message(s) the topic does not hold", g.Group, g.NotStored)
+		}
+	}
+	if res.Acked == 0 {
+		fail("no send was acknowledged: the run proves nothing")
+	}
+	for _, f := range rep.Faults {
+		if f.Error != "" {
+			fail("fault %s was not injected: %s", f.Fault, f.Error)
+		}
+	}
+}
+
+// PowerLossSlack is added to the store's flush interval in what flush async
+// may lose at a power loss: the fsync that covers an interval's writes
+// starts at its end and takes a while.
+const PowerLossSlack = 250 * time.Millisecond
+
+// powerLossToken writes the private token file that lets the node's store
+// arm its power-loss hook for this process (EnvPowerLoss).
+func powerLossToken(dir string) (string, error) {
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "power-loss.token")
+	line := fmt.Sprintf("%s %d %x\n", PowerLossMagic, os.Getpid(), nonce)
+	if err := os.WriteFile(path, []byte(line), 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// flushInterval is the file store's flush_interval in the pipeline, or its
+// default (plugins/storage/file: DefaultFlushInterval).
+func flushInterval(p *prepared) time.Duration {
+	if v, ok := p.pipeline.Plugins.Storage.Config["flush_interval"].(string); ok {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return 500 * time.Millisecond
+}
+
+// permittedLoss counts the lost sends that flush async permits: each was
+// acknowledged within rep.FlushInterval+PowerLossSlack before a power loss.
+// It returns that count and the longest time from such an ack to its power
+// loss, and the ids of the losses it does not permit.
+func permittedLoss(rep *Report, sends []Send, lost map[string]bool, start time.Time) (n int, window time.Duration, other []string) {
+	for _, s := range sends {
+		if !lost[s.ID] {
+			continue
+		}
+		// The power loss that followed the ack: the first one the node
+		// had not yet come back from when the ack arrived (an ack can
+		// arrive just after the cut, on its way out before it).
+		acked := s.Start.Add(s.Latency).Sub(start)
+		ok := false
+		for _, f := range rep.Faults {
+			if f.Kind == "power-loss" && f.Healed >= acked {
+				if w := max(f.Injected-acked, 0); w <= rep.FlushInterval+PowerLossSlack {
+					ok = true
+					window = max(window, w)
+				}
+				break
+			}
+		}
+		if ok {
+			n++
+		} else {
+			other = append(other, s.ID)
+		}
+	}
+	return n, window, other
+}
