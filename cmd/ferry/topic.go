@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -31,7 +34,7 @@ func (f *topicFlags) add(cmd *cobra.Command) {
 func newTopicCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "topic",
-		Short: "Create, grow, list and describe a broker's topics at runtime",
+		Short: "Create, grow, delete, list and describe a broker's topics at runtime",
 		Long: `Topics declared in a pipeline's topics: are created when the node starts.
 These commands change and show them on a running node, through its Broker
 API: create and alter are written to the node's topic metadata before they
@@ -39,11 +42,11 @@ answer, so they survive a restart. Queues are never removed. Topic names
 are letters, digits, '.', '_' and '-', at most 249 characters; the prefixes
 %RETRY% and %DLQ% belong to consumer groups.
 
-A node with a replication plugin (master-slave, raft) refuses create and
-alter for now: topic metadata is not replicated yet, so declare such topics
+A node with a replication plugin (master-slave, raft) refuses create,
+alter and delete for now: topic metadata is not replicated yet, so declare such topics
 in the pipeline of every node.`,
 	}
-	cmd.AddCommand(newTopicCreateCmd(), newTopicAlterCmd(), newTopicListCmd(), newTopicDescribeCmd())
+	cmd.AddCommand(newTopicCreateCmd(), newTopicAlterCmd(), newTopicDeleteCmd(), newTopicListCmd(), newTopicDescribeCmd())
 	return cmd
 }
 
@@ -96,6 +99,58 @@ type topicJSON struct {
 	Name   string           `json:"name"`
 	Queues int32            `json:"queues"`
 	Detail []topicQueueJSON `json:"queue_offsets,omitempty"`
+	// Groups are the consumer groups that consume it (describe only).
+	Groups []string `json:"groups,omitempty"`
+}
+
+func newTopicDeleteCmd() *cobra.Command {
+	var f topicFlags
+	var yes, force bool
+	cmd := &cobra.Command{
+		Use:   "delete NAME --yes",
+		Short: "Delete a topic: its messages and its groups' offsets on it",
+		Long: `delete takes a topic out of the node's routing at once (its producers and
+consumers get "not found"), deletes its messages and every group's offsets on
+it from the store, and removes it from the node's topic metadata, for good:
+a topic created again with the name starts empty. The store frees the space
+later (the file store: when retention removes the segments that held it).
+
+It asks for --yes. It is refused for a topic consumer groups consume (live
+members, or offsets committed on it) unless --force, for a group's internal
+topic, for a topic the pipeline declares (remove it there and restart
+first), with a store that cannot delete, and on a replicated node.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				return fmt.Errorf("deleting topic %q removes its messages for good: pass --yes", args[0])
+			}
+			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
+			if err != nil {
+				return err
+			}
+			defer done()
+			groups, err := c.DeleteTopic(ctx, args[0], force)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return writeJSON(cmd.OutOrStdout(), struct {
+					Name    string   `json:"name"`
+					Deleted bool     `json:"deleted"`
+					Groups  []string `json:"groups"`
+				}{args[0], true, nonNil(groups)})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "topic %s deleted\n", args[0])
+			if len(groups) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "the offsets of group(s) %s on it are deleted with it\n", strings.Join(groups, ", "))
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm the delete")
+	cmd.Flags().BoolVar(&force, "force", false, "delete even while consumer groups consume it")
+	return cmd
 }
 
 type topicQueueJSON struct {
@@ -193,6 +248,15 @@ func describeTopic(ctx context.Context, c *client.Client, name string) (topicJSO
 	for _, o := range offs {
 		t.Detail = append(t.Detail, topicQueueJSON{Queue: o.Queue, Start: o.Start, End: o.End})
 	}
+	groups, err := c.ListGroups(ctx)
+	if err != nil && !errors.Is(err, errors.ErrUnsupported) { // an older broker lists no groups
+		return topicJSON{}, err
+	}
+	for _, g := range groups {
+		if slices.Contains(g.Topics, name) {
+			t.Groups = append(t.Groups, g.Name)
+		}
+	}
 	return t, nil
 }
 
@@ -202,6 +266,9 @@ func printTopic(w io.Writer, t topicJSON) {
 		msgs += q.End - q.Start
 	}
 	fmt.Fprintf(w, "topic %s: %d queue(s), %d message(s) stored\n", t.Name, t.Queues, msgs)
+	if len(t.Groups) > 0 {
+		fmt.Fprintf(w, "consumed by: %s\n", strings.Join(t.Groups, ", "))
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "QUEUE\tSTART\tEND\tMESSAGES")
 	for _, q := range t.Detail {

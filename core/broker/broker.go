@@ -108,8 +108,14 @@ type topic struct {
 	name     string
 	nqueues  atomic.Int32 // grows by AddQueues while the topic is in use
 	internal bool         // a group's retry or dead-letter topic
-	mu       sync.Mutex
-	signal   chan struct{} // closed and replaced when messages become readable
+	// producing counts the produces of it under way; deleted is set by
+	// DeleteTopic, which then waits for producing to drop to 0, so that no
+	// append lands in the store after it deleted the topic's data (see
+	// beginProduce).
+	producing atomic.Int64
+	deleted   atomic.Bool
+	mu        sync.Mutex
+	signal    chan struct{} // closed and replaced when messages become readable
 }
 
 func newTopic(name string, queues int32, internal bool) *topic {
@@ -117,6 +123,21 @@ func newTopic(name string, queues int32, internal bool) *topic {
 	t.nqueues.Store(queues)
 	return t
 }
+
+// beginProduce counts a produce of t under way, unless t was deleted;
+// endProduce ends it. (A produce adds itself before it looks at deleted,
+// and DeleteTopic sets deleted before it looks at producing: one of the two
+// sees the other.)
+func (t *topic) beginProduce() bool {
+	t.producing.Add(1)
+	if t.deleted.Load() {
+		t.producing.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (t *topic) endProduce() { t.producing.Add(-1) }
 
 // queues is the topic's queue count now.
 func (t *topic) queues() int32 { return t.nqueues.Load() }
@@ -310,6 +331,10 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 	if err != nil {
 		return nil, err
 	}
+	if !t.beginProduce() {
+		return nil, fmt.Errorf("%w: unknown topic %q (deleted)", sdk.ErrNotFound, topicName)
+	}
+	defer t.endProduce()
 	now := time.Now().UnixNano()
 	for _, m := range req.Messages {
 		if m.Topic != topicName {

@@ -32,7 +32,9 @@ type groups struct {
 
 type member struct {
 	expires time.Time
+	last    time.Time // its last heartbeat
 	topics  []string
+	queues  []*ferryv1.QueueRef // what it held at its last heartbeat
 }
 
 func newGroups() *groups {
@@ -43,7 +45,7 @@ func newGroups() *groups {
 // group's live members, sorted, and per topic of topics the live members
 // that consume it (a group used on several topics: each topic's queues are
 // split among its own consumers).
-func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeout time.Duration) ([]string, []*ferryv1.TopicMembers) {
+func (g *groups) heartbeat(group, id string, topics []string, queues []*ferryv1.QueueRef, leave bool, timeout time.Duration) ([]string, []*ferryv1.TopicMembers) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -55,7 +57,7 @@ func (g *groups) heartbeat(group, id string, topics []string, leave bool, timeou
 	if leave {
 		delete(ms, id)
 	} else {
-		ms[id] = member{expires: now.Add(timeout), topics: topics}
+		ms[id] = member{expires: now.Add(timeout), last: now, topics: topics, queues: queues}
 	}
 	out := make([]string, 0, len(ms))
 	perTopic := make([]*ferryv1.TopicMembers, len(topics))
@@ -114,6 +116,39 @@ func (g *groups) live(group string) []string {
 	return out
 }
 
+// describe returns the live members of group, sorted by id.
+func (g *groups) describe(group string) []*ferryv1.GroupMember {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	var out []*ferryv1.GroupMember
+	for id, m := range g.members[group] {
+		if !now.After(m.expires) {
+			out = append(out, &ferryv1.GroupMember{Id: id, Topics: slices.Clone(m.topics), Queues: m.queues,
+				LastHeartbeatUnixNano: m.last.UnixNano(), ExpiresUnixNano: m.expires.UnixNano()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+// names returns the groups with live members.
+func (g *groups) names() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	var out []string
+	for name, ms := range g.members {
+		for _, m := range ms {
+			if !now.After(m.expires) {
+				out = append(out, name)
+				break
+			}
+		}
+	}
+	return out
+}
+
 // Heartbeat keeps a consumer in its group and returns the group's members.
 func (b *Broker) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk.HeartbeatResponse, error) {
 	if req.Group == "" || req.Member == "" {
@@ -128,7 +163,11 @@ func (b *Broker) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk
 	if req.SessionTimeoutNanos > 0 {
 		timeout = min(max(time.Duration(req.SessionTimeoutNanos), minSessionTimeout), maxSessionTimeout)
 	}
-	members, perTopic := b.groups.heartbeat(req.Group, req.Member, slices.Clone(req.Topics), req.Leave, timeout)
+	var queues []*ferryv1.QueueRef
+	for _, q := range req.Queues {
+		queues = append(queues, &ferryv1.QueueRef{Topic: q.Topic, Queue: q.Queue})
+	}
+	members, perTopic := b.groups.heartbeat(req.Group, req.Member, slices.Clone(req.Topics), queues, req.Leave, timeout)
 	return &sdk.HeartbeatResponse{Members: members, TopicMembers: perTopic}, nil
 }
 

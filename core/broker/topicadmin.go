@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/ferrymq/ferry/core/names"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -43,6 +47,145 @@ func (b *Broker) AlterTopic(_ context.Context, req *sdk.AlterTopicRequest) (*sdk
 }
 
 var _ sdk.TopicAdmin = (*Broker)(nil)
+
+// DeleteTopic is Broker.DeleteTopic. It is refused, changing nothing, for a
+// group's internal topic, an unknown one, one the pipeline declares (the
+// next start would create it again), one that groups consume (live
+// members name it, or they committed offsets on it) unless req.Force, a
+// store without sdk.TopicDeleter, and on a replicated node. Otherwise the
+// topic leaves routing first, so that produce and fetch of it answer
+// ErrNotFound at once, then its data leaves the store, then it leaves the
+// node's metadata (TopicsFile). Produces of it under way when it left
+// routing are answered before its data is deleted.
+func (b *Broker) DeleteTopic(ctx context.Context, req *sdk.DeleteTopicRequest) (*sdk.DeleteTopicResponse, error) {
+	if err := b.checkTopicAdmin(); err != nil {
+		return nil, err
+	}
+	name := req.Name
+	if _, _, internal := sdk.InternalTopic(name); internal {
+		return nil, fmt.Errorf("%w: topic %q is a consumer group's internal topic; it goes with the group's messages (retention), not on its own", sdk.ErrInvalidArgument, name)
+	}
+	b.topicsMu.RLock()
+	t := b.topics[name]
+	b.topicsMu.RUnlock()
+	if t == nil {
+		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	}
+	if slices.ContainsFunc(b.opts.Topics, func(d Topic) bool { return d.Name == name }) {
+		return nil, fmt.Errorf("%w: topic %q is declared in the pipeline's topics, which would create it again at the next start: remove it there and restart the node, then delete it", sdk.ErrInvalidArgument, name)
+	}
+	groups, err := b.consumingGroups(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(groups) > 0 && !req.Force {
+		return nil, fmt.Errorf("%w: topic %q is consumed by group(s) %s (live members or committed offsets); delete those groups, or force the delete (their offsets on it go with it)",
+			sdk.ErrInvalidArgument, name, strings.Join(groups, ", "))
+	}
+	// Out of routing first (no append starts for it from now on), then
+	// out of the store, then out of the metadata: a store that fails, or
+	// cannot delete, leaves the topic as it was.
+	b.metaMu.Lock()
+	defer b.metaMu.Unlock()
+	b.topicsMu.Lock()
+	if b.topics[name] != t {
+		b.topicsMu.Unlock()
+		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	}
+	delete(b.topics, name)
+	b.topicsMu.Unlock()
+	t.deleted.Store(true)
+	restore := func() {
+		t.deleted.Store(false)
+		b.topicsMu.Lock()
+		b.topics[name] = t
+		b.topicsMu.Unlock()
+	}
+	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
+	defer cancel()
+	// Produces that found the topic before it left routing finish first
+	// (their appends are answered), so none lands after its data is gone.
+	for t.producing.Load() > 0 {
+		select {
+		case <-cctx.Done():
+			restore()
+			return nil, fmt.Errorf("topic %q not deleted: produces of it still under way: %w", name, cctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if err := b.storageCall(cctx, func(s sdk.Storage) error {
+		td, ok := s.(sdk.TopicDeleter)
+		if !ok {
+			return fmt.Errorf("%w: this node's store cannot delete a topic's data", errors.ErrUnsupported)
+		}
+		return td.DeleteTopicData(cctx, name)
+	}); err != nil {
+		restore()
+		return nil, fmt.Errorf("topic %q not deleted: %w", name, err)
+	}
+	if err := b.saveTopics(nil); err != nil {
+		// The data is gone; the topic is served again, empty.
+		restore()
+		return nil, fmt.Errorf("topic %q: its data is deleted, but not the topic: %w", name, err)
+	}
+	t.notify() // fetches waiting on it end (and find it gone)
+	b.log.Info("topic deleted", "topic", name, "groups", groups)
+	return &sdk.DeleteTopicResponse{Groups: groups}, nil
+}
+
+// consumingGroups returns, sorted, the groups that consume topic: live
+// members name it, or they committed offsets on one of its queues.
+func (b *Broker) consumingGroups(ctx context.Context, topic string) ([]string, error) {
+	set := map[string]bool{}
+	b.knownMu.Lock()
+	for g := range b.known {
+		set[g] = true
+	}
+	b.knownMu.Unlock()
+	for _, g := range b.groups.names() {
+		set[g] = true
+	}
+	stored, err := b.storedGroups(ctx)
+	if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		return nil, err
+	}
+	for _, g := range stored {
+		set[g] = true
+	}
+	b.topicsMu.RLock()
+	t := b.topics[topic]
+	b.topicsMu.RUnlock()
+	var refs []*sdk.QueueRef
+	if t != nil {
+		for q := range t.queues() {
+			refs = append(refs, &sdk.QueueRef{Topic: topic, Queue: q})
+		}
+	}
+	var out []string
+	for g := range set {
+		if _, _, internal := sdk.InternalTopic(g); internal {
+			continue
+		}
+		consumes := false
+		for _, m := range b.groups.describe(g) {
+			consumes = consumes || slices.Contains(m.Topics, topic)
+		}
+		if !consumes {
+			offs, err := b.storeOffsets(ctx, g, refs)
+			if err != nil {
+				return nil, err
+			}
+			for _, o := range offs {
+				consumes = consumes || o.Committed >= 0
+			}
+		}
+		if consumes {
+			out = append(out, g)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
 
 func (b *Broker) checkTopicAdmin() error {
 	if b.repl != nil {

@@ -258,6 +258,79 @@ func (c *Client) AlterTopic(ctx context.Context, name string, queues int32) (*fe
 	return resp.Topic, nil
 }
 
+// DeleteTopic deletes topic name from the broker: from its routing and
+// topic metadata, and its messages and groups' offsets from its store. It
+// returns the groups that consumed it. A topic groups consume is refused
+// (sdk.ErrInvalidArgument) unless force; so are a group's internal topic and
+// one the broker's pipeline declares; an unknown topic is sdk.ErrNotFound.
+func (c *Client) DeleteTopic(ctx context.Context, name string, force bool) ([]string, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: name, Force: force})
+	if err != nil {
+		return nil, c.callError("delete topic", err)
+	}
+	c.forgetTopic(name)
+	return resp.Groups, nil
+}
+
+// ListGroups lists the consumer groups the broker knows, with their live
+// member counts, the topics they consume and their total lag.
+func (c *Client) ListGroups(ctx context.Context) ([]*ferryv1.GroupSummary, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.ListGroups(ctx, &ferryv1.ListGroupsRequest{})
+	if err != nil {
+		return nil, c.callError("list groups", err)
+	}
+	return resp.Groups, nil
+}
+
+// DescribeGroup returns group's live members (with the queues each held at
+// its last heartbeat) and its offsets and lag per queue of the topics it
+// consumes. An unknown group is sdk.ErrNotFound.
+func (c *Client) DescribeGroup(ctx context.Context, group string) (*ferryv1.DescribeGroupResponse, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.DescribeGroup(ctx, &ferryv1.DescribeGroupRequest{Group: group})
+	if err != nil {
+		return nil, c.callError("describe group", err)
+	}
+	return resp, nil
+}
+
+// ResetOffsets moves a group's committed offsets on a topic (see
+// ferryv1.ResetOffsetsRequest) and returns each queue's offsets before and
+// after. A group with live members is sdk.ErrInvalidArgument unless
+// req.Force; so is an offset outside a queue's range.
+func (c *Client) ResetOffsets(ctx context.Context, req *ferryv1.ResetOffsetsRequest) ([]*ferryv1.ResetQueue, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.ResetOffsets(ctx, req)
+	if err != nil {
+		return nil, c.callError("reset offsets", err)
+	}
+	return resp.Queues, nil
+}
+
+// DeleteGroup removes a group's committed offsets; it is refused while the
+// group has live members, and on a replicated node (errors.ErrUnsupported).
+// It returns what the group's retry and dead-letter topics still hold.
+func (c *Client) DeleteGroup(ctx context.Context, group string) ([]*ferryv1.InternalTopicSize, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.DeleteGroup(ctx, &ferryv1.DeleteGroupRequest{Group: group})
+	if err != nil {
+		return nil, c.callError("delete group", err)
+	}
+	return resp.Internal, nil
+}
+
 func (c *Client) metadata(ctx context.Context, topics []string, wait bool) (*ferryv1.MetadataResponse, error) {
 	if c.closed() {
 		return nil, errClientClosed

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,7 +20,7 @@ func (rt *runtime) heartbeat(ctx context.Context, leave bool) (map[string][]stri
 	defer cancel()
 	resp, err := rt.c.rpc.Heartbeat(cctx, &ferryv1.HeartbeatRequest{
 		Group: rt.group, Member: rt.opts.Member, Topics: rt.topics, Leave: leave,
-		SessionTimeoutNanos: int64(rt.opts.SessionTimeout),
+		SessionTimeoutNanos: int64(rt.opts.SessionTimeout), Queues: rt.held(),
 	}, grpc.WaitForReady(!leave))
 	if err != nil {
 		return nil, rt.c.callError("heartbeat", err)
@@ -34,6 +35,26 @@ func (rt *runtime) heartbeat(ctx context.Context, leave bool) (map[string][]stri
 		}
 	}
 	return out, nil
+}
+
+// held lists the queues the member owns now, sorted, for the broker's
+// DescribeGroup (the heartbeat reports them).
+func (rt *runtime) held() []*ferryv1.QueueRef {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	out := make([]*ferryv1.QueueRef, 0, len(rt.lanes))
+	for r, l := range rt.lanes {
+		if !l.revoked {
+			out = append(out, &ferryv1.QueueRef{Topic: r.topic, Queue: r.queue})
+		}
+	}
+	slices.SortFunc(out, func(a, b *ferryv1.QueueRef) int {
+		if a.Topic != b.Topic {
+			return strings.Compare(a.Topic, b.Topic)
+		}
+		return int(a.Queue - b.Queue)
+	})
+	return out
 }
 
 // heartbeatLoop heartbeats every HeartbeatInterval and takes the share of

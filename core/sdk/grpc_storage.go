@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -136,6 +137,40 @@ func (s *storageServer) GetOffsets(ctx context.Context, req *ferryv1.GetOffsetsR
 	return &ferryv1.GetOffsetsResponse{Offsets: offs}, nil
 }
 
+func (s *storageServer) StoredGroups(ctx context.Context, _ *ferryv1.StoredGroupsRequest) (*ferryv1.StoredGroupsResponse, error) {
+	gs, ok := s.impl.(GroupStore)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store does not list consumer groups (sdk.GroupStore)", errors.ErrUnsupported)
+	}
+	groups, err := gs.StoredGroups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &ferryv1.StoredGroupsResponse{Groups: groups}, nil
+}
+
+func (s *storageServer) DeleteGroupOffsets(ctx context.Context, req *ferryv1.DeleteGroupOffsetsRequest) (*ferryv1.DeleteGroupOffsetsResponse, error) {
+	gs, ok := s.impl.(GroupStore)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store does not delete consumer groups' offsets (sdk.GroupStore)", errors.ErrUnsupported)
+	}
+	if err := gs.DeleteGroupOffsets(ctx, req.Group); err != nil {
+		return nil, err
+	}
+	return &ferryv1.DeleteGroupOffsetsResponse{}, nil
+}
+
+func (s *storageServer) DeleteTopicData(ctx context.Context, req *ferryv1.DeleteTopicDataRequest) (*ferryv1.DeleteTopicDataResponse, error) {
+	td, ok := s.impl.(TopicDeleter)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store does not delete topics (sdk.TopicDeleter)", errors.ErrUnsupported)
+	}
+	if err := td.DeleteTopicData(ctx, req.Topic); err != nil {
+		return nil, err
+	}
+	return &ferryv1.DeleteTopicDataResponse{}, nil
+}
+
 // StorageClient is the host's side of a storage plugin over gRPC. It
 // implements Storage; Append and Read are multiplexed over one stream each,
 // opened on first use. When a stream breaks, every call waiting on it fails
@@ -160,6 +195,8 @@ type StorageClient struct {
 var (
 	_ Storage      = (*StorageClient)(nil)
 	_ EarlyOffsets = (*StorageClient)(nil)
+	_ GroupStore   = (*StorageClient)(nil)
+	_ TopicDeleter = (*StorageClient)(nil)
 	_ RingUser     = (*StorageClient)(nil)
 )
 
@@ -381,6 +418,31 @@ func (c *StorageClient) GetOffsets(ctx context.Context, group string, queues []*
 		return nil, err
 	}
 	return resp.Offsets, nil
+}
+
+// StoredGroups asks the plugin for its groups (sdk.GroupStore): a control
+// call, over gRPC even when the data plane is on the rings.
+// errors.ErrUnsupported when the plugin lacks the capability.
+func (c *StorageClient) StoredGroups(ctx context.Context) ([]string, error) {
+	resp, err := c.rpc.StoredGroups(ctx, &ferryv1.StoredGroupsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Groups, nil
+}
+
+// DeleteGroupOffsets asks the plugin to remove a group's offsets
+// (sdk.GroupStore), over gRPC like StoredGroups.
+func (c *StorageClient) DeleteGroupOffsets(ctx context.Context, group string) error {
+	_, err := c.rpc.DeleteGroupOffsets(ctx, &ferryv1.DeleteGroupOffsetsRequest{Group: group})
+	return err
+}
+
+// DeleteTopicData asks the plugin to delete a topic's data
+// (sdk.TopicDeleter), over gRPC like StoredGroups.
+func (c *StorageClient) DeleteTopicData(ctx context.Context, topic string) error {
+	_, err := c.rpc.DeleteTopicData(ctx, &ferryv1.DeleteTopicDataRequest{Topic: topic})
+	return err
 }
 
 // Close ends the client's streams. Appends still waiting fail with

@@ -188,7 +188,50 @@ func (c *coreClient) AlterTopic(ctx context.Context, req *AlterTopicRequest) (*A
 	return f.GetAlterTopic(), nil
 }
 
-var _ TopicAdmin = (*coreClient)(nil)
+func (c *coreClient) DeleteTopic(ctx context.Context, req *DeleteTopicRequest) (*DeleteTopicResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_DeleteTopic{DeleteTopic: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetDeleteTopic(), nil
+}
+
+func (c *coreClient) ListGroups(ctx context.Context, req *ListGroupsRequest) (*ListGroupsResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_ListGroups{ListGroups: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetListGroups(), nil
+}
+
+func (c *coreClient) DescribeGroup(ctx context.Context, req *DescribeGroupRequest) (*DescribeGroupResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_DescribeGroup{DescribeGroup: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetDescribeGroup(), nil
+}
+
+func (c *coreClient) ResetOffsets(ctx context.Context, req *ResetOffsetsRequest) (*ResetOffsetsResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_ResetOffsets{ResetOffsets: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetResetOffsets(), nil
+}
+
+func (c *coreClient) DeleteGroup(ctx context.Context, req *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	f, err := c.call(ctx, &ferryv1.TransportFrame{Request: &ferryv1.TransportFrame_DeleteGroup{DeleteGroup: req}})
+	if err != nil {
+		return nil, err
+	}
+	return f.GetDeleteGroup(), nil
+}
+
+var (
+	_ TopicAdmin = (*coreClient)(nil)
+	_ GroupAdmin = (*coreClient)(nil)
+)
 
 // TransportClient is the host's side of a transport plugin over gRPC.
 type TransportClient struct {
@@ -344,8 +387,11 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 		if resp, err = core.Heartbeat(ctx, r.Heartbeat); err == nil {
 			out.Response = &ferryv1.CoreFrame_Heartbeat{Heartbeat: resp}
 		}
-	case *ferryv1.TransportFrame_CreateTopic, *ferryv1.TransportFrame_AlterTopic:
+	case *ferryv1.TransportFrame_CreateTopic, *ferryv1.TransportFrame_AlterTopic, *ferryv1.TransportFrame_DeleteTopic:
 		err = handleAdmin(ctx, core, f, out)
+	case *ferryv1.TransportFrame_ListGroups, *ferryv1.TransportFrame_DescribeGroup,
+		*ferryv1.TransportFrame_ResetOffsets, *ferryv1.TransportFrame_DeleteGroup:
+		err = handleGroupAdmin(ctx, core, f, out)
 	default:
 		err = fmt.Errorf("%w: unknown transport request %T", ErrInvalidArgument, f.Request)
 	}
@@ -372,8 +418,49 @@ func handleAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame, out 
 			out.Response = &ferryv1.CoreFrame_AlterTopic{AlterTopic: resp}
 		}
 		return err
+	case *ferryv1.TransportFrame_DeleteTopic:
+		resp, err := admin.DeleteTopic(ctx, r.DeleteTopic)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_DeleteTopic{DeleteTopic: resp}
+		}
+		return err
 	}
 	return fmt.Errorf("%w: %T is not a topic call", ErrInvalidArgument, f.Request)
+}
+
+// handleGroupAdmin runs a consumer-group call of f against core into out.
+func handleGroupAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame, out *ferryv1.CoreFrame) error {
+	admin, ok := core.(GroupAdmin)
+	if !ok {
+		return fmt.Errorf("%w: this broker core has no group administration", errors.ErrUnsupported)
+	}
+	switch r := f.Request.(type) {
+	case *ferryv1.TransportFrame_ListGroups:
+		resp, err := admin.ListGroups(ctx, r.ListGroups)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_ListGroups{ListGroups: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_DescribeGroup:
+		resp, err := admin.DescribeGroup(ctx, r.DescribeGroup)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_DescribeGroup{DescribeGroup: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_ResetOffsets:
+		resp, err := admin.ResetOffsets(ctx, r.ResetOffsets)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_ResetOffsets{ResetOffsets: resp}
+		}
+		return err
+	case *ferryv1.TransportFrame_DeleteGroup:
+		resp, err := admin.DeleteGroup(ctx, r.DeleteGroup)
+		if err == nil {
+			out.Response = &ferryv1.CoreFrame_DeleteGroup{DeleteGroup: resp}
+		}
+		return err
+	}
+	return fmt.Errorf("%w: %T is not a group call", ErrInvalidArgument, f.Request)
 }
 
 // serveRing is Serve on the data plane: the plugin's requests arrive on the

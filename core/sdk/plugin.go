@@ -24,29 +24,39 @@ import (
 
 // Types of the contract, re-exported so that a Go plugin needs no other import.
 type (
-	Message              = ferryv1.Message
-	Status               = ferryv1.Status
-	Environment          = ferryv1.Environment
-	QueueRef             = ferryv1.QueueRef
-	QueueOffsets         = ferryv1.QueueOffsets
-	GroupOffset          = ferryv1.GroupOffset
-	ReadRequest          = ferryv1.ReadRequest
-	ReadResponse         = ferryv1.ReadResponse
-	ProduceRequest       = ferryv1.ProduceRequest
-	ProduceResponse      = ferryv1.ProduceResponse
-	FetchRequest         = ferryv1.FetchRequest
-	FetchResponse        = ferryv1.FetchResponse
-	CommitOffsetsRequest = ferryv1.CommitOffsetsRequest
-	GetOffsetsRequest    = ferryv1.GetOffsetsRequest
-	GetOffsetsResponse   = ferryv1.GetOffsetsResponse
-	MetadataRequest      = ferryv1.MetadataRequest
-	MetadataResponse     = ferryv1.MetadataResponse
-	HeartbeatRequest     = ferryv1.HeartbeatRequest
-	HeartbeatResponse    = ferryv1.HeartbeatResponse
-	CreateTopicRequest   = ferryv1.CreateTopicRequest
-	CreateTopicResponse  = ferryv1.CreateTopicResponse
-	AlterTopicRequest    = ferryv1.AlterTopicRequest
-	AlterTopicResponse   = ferryv1.AlterTopicResponse
+	Message               = ferryv1.Message
+	Status                = ferryv1.Status
+	Environment           = ferryv1.Environment
+	QueueRef              = ferryv1.QueueRef
+	QueueOffsets          = ferryv1.QueueOffsets
+	GroupOffset           = ferryv1.GroupOffset
+	ReadRequest           = ferryv1.ReadRequest
+	ReadResponse          = ferryv1.ReadResponse
+	ProduceRequest        = ferryv1.ProduceRequest
+	ProduceResponse       = ferryv1.ProduceResponse
+	FetchRequest          = ferryv1.FetchRequest
+	FetchResponse         = ferryv1.FetchResponse
+	CommitOffsetsRequest  = ferryv1.CommitOffsetsRequest
+	GetOffsetsRequest     = ferryv1.GetOffsetsRequest
+	GetOffsetsResponse    = ferryv1.GetOffsetsResponse
+	MetadataRequest       = ferryv1.MetadataRequest
+	MetadataResponse      = ferryv1.MetadataResponse
+	HeartbeatRequest      = ferryv1.HeartbeatRequest
+	HeartbeatResponse     = ferryv1.HeartbeatResponse
+	CreateTopicRequest    = ferryv1.CreateTopicRequest
+	CreateTopicResponse   = ferryv1.CreateTopicResponse
+	AlterTopicRequest     = ferryv1.AlterTopicRequest
+	AlterTopicResponse    = ferryv1.AlterTopicResponse
+	DeleteTopicRequest    = ferryv1.DeleteTopicRequest
+	DeleteTopicResponse   = ferryv1.DeleteTopicResponse
+	ListGroupsRequest     = ferryv1.ListGroupsRequest
+	ListGroupsResponse    = ferryv1.ListGroupsResponse
+	DescribeGroupRequest  = ferryv1.DescribeGroupRequest
+	DescribeGroupResponse = ferryv1.DescribeGroupResponse
+	ResetOffsetsRequest   = ferryv1.ResetOffsetsRequest
+	ResetOffsetsResponse  = ferryv1.ResetOffsetsResponse
+	DeleteGroupRequest    = ferryv1.DeleteGroupRequest
+	DeleteGroupResponse   = ferryv1.DeleteGroupResponse
 )
 
 // Plugin is what every plugin implements, whatever its kind.

@@ -24,11 +24,23 @@ type Core interface {
 	Heartbeat(ctx context.Context, req *HeartbeatRequest) (*HeartbeatResponse, error)
 }
 
-// TopicAdmin is the broker's runtime topic calls (Broker.CreateTopic and
-// AlterTopic). The Core a transport plugin is given always has them (assert
+// TopicAdmin is the broker's runtime topic calls (Broker.CreateTopic,
+// AlterTopic and DeleteTopic). The Core a transport plugin is given always has them (assert
 // it: core.(sdk.TopicAdmin)); a Core of a test may not, and then the
 // transport answers errors.ErrUnsupported.
 type TopicAdmin interface {
 	CreateTopic(ctx context.Context, req *CreateTopicRequest) (*CreateTopicResponse, error)
 	AlterTopic(ctx context.Context, req *AlterTopicRequest) (*AlterTopicResponse, error)
+	DeleteTopic(ctx context.Context, req *DeleteTopicRequest) (*DeleteTopicResponse, error)
+}
+
+// GroupAdmin is the broker's consumer-group calls (Broker.ListGroups,
+// DescribeGroup, ResetOffsets and DeleteGroup). Like TopicAdmin, the Core a
+// transport plugin is given has them (core.(sdk.GroupAdmin)); without them a
+// transport answers errors.ErrUnsupported.
+type GroupAdmin interface {
+	ListGroups(ctx context.Context, req *ListGroupsRequest) (*ListGroupsResponse, error)
+	DescribeGroup(ctx context.Context, req *DescribeGroupRequest) (*DescribeGroupResponse, error)
+	ResetOffsets(ctx context.Context, req *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
+	DeleteGroup(ctx context.Context, req *DeleteGroupRequest) (*DeleteGroupResponse, error)
 }

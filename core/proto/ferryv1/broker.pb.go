@@ -25,6 +25,965 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ResetTo int32
+
+const (
+	ResetTo_RESET_TO_UNSPECIFIED ResetTo = 0
+	ResetTo_RESET_TO_EARLIEST    ResetTo = 1
+	ResetTo_RESET_TO_LATEST      ResetTo = 2
+	ResetTo_RESET_TO_OFFSET      ResetTo = 3
+	ResetTo_RESET_TO_TIME        ResetTo = 4
+)
+
+// Enum value maps for ResetTo.
+var (
+	ResetTo_name = map[int32]string{
+		0: "RESET_TO_UNSPECIFIED",
+		1: "RESET_TO_EARLIEST",
+		2: "RESET_TO_LATEST",
+		3: "RESET_TO_OFFSET",
+		4: "RESET_TO_TIME",
+	}
+	ResetTo_value = map[string]int32{
+		"RESET_TO_UNSPECIFIED": 0,
+		"RESET_TO_EARLIEST":    1,
+		"RESET_TO_LATEST":      2,
+		"RESET_TO_OFFSET":      3,
+		"RESET_TO_TIME":        4,
+	}
+)
+
+func (x ResetTo) Enum() *ResetTo {
+	p := new(ResetTo)
+	*p = x
+	return p
+}
+
+func (x ResetTo) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResetTo) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_broker_proto_enumTypes[0].Descriptor()
+}
+
+func (ResetTo) Type() protoreflect.EnumType {
+	return &file_ferry_v1_broker_proto_enumTypes[0]
+}
+
+func (x ResetTo) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResetTo.Descriptor instead.
+func (ResetTo) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
+type DeleteTopicRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete even while consumer groups consume it.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTopicRequest) Reset() {
+	*x = DeleteTopicRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTopicRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTopicRequest) ProtoMessage() {}
+
+func (x *DeleteTopicRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTopicRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTopicRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeleteTopicRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteTopicRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type DeleteTopicResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The groups that consumed it (their offsets on it are gone).
+	Groups        []string `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTopicResponse) Reset() {
+	*x = DeleteTopicResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTopicResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTopicResponse) ProtoMessage() {}
+
+func (x *DeleteTopicResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTopicResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTopicResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeleteTopicResponse) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type ListGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{2}
+}
+
+type ListGroupsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by name.
+	Groups        []*GroupSummary `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListGroupsResponse) GetGroups() []*GroupSummary {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type GroupSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Live members now.
+	Members int32 `protobuf:"varint,2,opt,name=members,proto3" json:"members,omitempty"`
+	// Topics the group consumes: those its live members name, and those it
+	// has committed offsets on (its own %RETRY% topic excluded), sorted.
+	Topics []string `protobuf:"bytes,3,rep,name=topics,proto3" json:"topics,omitempty"`
+	// Messages stored past its committed offsets on those topics (a queue it
+	// never committed on counts from the queue's start).
+	Lag           int64 `protobuf:"varint,4,opt,name=lag,proto3" json:"lag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupSummary) Reset() {
+	*x = GroupSummary{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupSummary) ProtoMessage() {}
+
+func (x *GroupSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupSummary.ProtoReflect.Descriptor instead.
+func (*GroupSummary) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GroupSummary) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GroupSummary) GetMembers() int32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+func (x *GroupSummary) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *GroupSummary) GetLag() int64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+type DescribeGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeGroupRequest) Reset() {
+	*x = DescribeGroupRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeGroupRequest) ProtoMessage() {}
+
+func (x *DescribeGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeGroupRequest.ProtoReflect.Descriptor instead.
+func (*DescribeGroupRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DescribeGroupRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type DescribeGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Live members, sorted by id.
+	Members []*GroupMember `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	// Per queue of each topic the group consumes, sorted by topic and queue.
+	Queues []*GroupQueue `protobuf:"bytes,3,rep,name=queues,proto3" json:"queues,omitempty"`
+	// The group's %RETRY% and %DLQ% topics, with the messages they hold
+	// (summed over their queues).
+	Internal      []*InternalTopicSize `protobuf:"bytes,4,rep,name=internal,proto3" json:"internal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeGroupResponse) Reset() {
+	*x = DescribeGroupResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeGroupResponse) ProtoMessage() {}
+
+func (x *DescribeGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeGroupResponse.ProtoReflect.Descriptor instead.
+func (*DescribeGroupResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DescribeGroupResponse) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *DescribeGroupResponse) GetMembers() []*GroupMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *DescribeGroupResponse) GetQueues() []*GroupQueue {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+func (x *DescribeGroupResponse) GetInternal() []*InternalTopicSize {
+	if x != nil {
+		return x.Internal
+	}
+	return nil
+}
+
+type GroupMember struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Topics []string               `protobuf:"bytes,2,rep,name=topics,proto3" json:"topics,omitempty"`
+	// The queues it held at its last heartbeat (members that predate the
+	// report send none).
+	Queues                []*QueueRef `protobuf:"bytes,3,rep,name=queues,proto3" json:"queues,omitempty"`
+	LastHeartbeatUnixNano int64       `protobuf:"varint,4,opt,name=last_heartbeat_unix_nano,json=lastHeartbeatUnixNano,proto3" json:"last_heartbeat_unix_nano,omitempty"`
+	// When the broker drops it without another heartbeat.
+	ExpiresUnixNano int64 `protobuf:"varint,5,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GroupMember) Reset() {
+	*x = GroupMember{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupMember) ProtoMessage() {}
+
+func (x *GroupMember) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupMember.ProtoReflect.Descriptor instead.
+func (*GroupMember) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GroupMember) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GroupMember) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *GroupMember) GetQueues() []*QueueRef {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+func (x *GroupMember) GetLastHeartbeatUnixNano() int64 {
+	if x != nil {
+		return x.LastHeartbeatUnixNano
+	}
+	return 0
+}
+
+func (x *GroupMember) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+type GroupQueue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Topic string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Queue int32                  `protobuf:"varint,2,opt,name=queue,proto3" json:"queue,omitempty"`
+	Start int64                  `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`
+	End   int64                  `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`
+	// The next offset the group consumes; -1 when it committed nothing here.
+	Committed int64 `protobuf:"varint,5,opt,name=committed,proto3" json:"committed,omitempty"`
+	// end - committed, or end - start when nothing is committed.
+	Lag int64 `protobuf:"varint,6,opt,name=lag,proto3" json:"lag,omitempty"`
+	// The live member that holds the queue, when one reported it.
+	Member        string `protobuf:"bytes,7,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupQueue) Reset() {
+	*x = GroupQueue{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupQueue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupQueue) ProtoMessage() {}
+
+func (x *GroupQueue) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupQueue.ProtoReflect.Descriptor instead.
+func (*GroupQueue) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GroupQueue) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *GroupQueue) GetQueue() int32 {
+	if x != nil {
+		return x.Queue
+	}
+	return 0
+}
+
+func (x *GroupQueue) GetStart() int64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *GroupQueue) GetEnd() int64 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+func (x *GroupQueue) GetCommitted() int64 {
+	if x != nil {
+		return x.Committed
+	}
+	return 0
+}
+
+func (x *GroupQueue) GetLag() int64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+func (x *GroupQueue) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+type InternalTopicSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Messages      int64                  `protobuf:"varint,2,opt,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InternalTopicSize) Reset() {
+	*x = InternalTopicSize{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InternalTopicSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InternalTopicSize) ProtoMessage() {}
+
+func (x *InternalTopicSize) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InternalTopicSize.ProtoReflect.Descriptor instead.
+func (*InternalTopicSize) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *InternalTopicSize) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *InternalTopicSize) GetMessages() int64 {
+	if x != nil {
+		return x.Messages
+	}
+	return 0
+}
+
+type ResetOffsetsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Topic string                 `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The queues to reset; empty: every queue of the topic.
+	Queues []int32 `protobuf:"varint,3,rep,packed,name=queues,proto3" json:"queues,omitempty"`
+	To     ResetTo `protobuf:"varint,4,opt,name=to,proto3,enum=ferry.v1.ResetTo" json:"to,omitempty"`
+	// For RESET_TO_OFFSET: the offset of every queue reset.
+	Offset int64 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	// For RESET_TO_TIME: the first message stored at or after it.
+	TimestampUnixNano int64 `protobuf:"varint,6,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
+	// Reset even while the group has live members.
+	Force bool `protobuf:"varint,7,opt,name=force,proto3" json:"force,omitempty"`
+	// Answer what would change and change nothing.
+	DryRun        bool `protobuf:"varint,8,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetOffsetsRequest) Reset() {
+	*x = ResetOffsetsRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetOffsetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetOffsetsRequest) ProtoMessage() {}
+
+func (x *ResetOffsetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetOffsetsRequest.ProtoReflect.Descriptor instead.
+func (*ResetOffsetsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ResetOffsetsRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ResetOffsetsRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ResetOffsetsRequest) GetQueues() []int32 {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+func (x *ResetOffsetsRequest) GetTo() ResetTo {
+	if x != nil {
+		return x.To
+	}
+	return ResetTo_RESET_TO_UNSPECIFIED
+}
+
+func (x *ResetOffsetsRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ResetOffsetsRequest) GetTimestampUnixNano() int64 {
+	if x != nil {
+		return x.TimestampUnixNano
+	}
+	return 0
+}
+
+func (x *ResetOffsetsRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *ResetOffsetsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ResetOffsetsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each queue reset, with its committed offset before (previous) and
+	// after (committed).
+	Queues        []*ResetQueue `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetOffsetsResponse) Reset() {
+	*x = ResetOffsetsResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetOffsetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetOffsetsResponse) ProtoMessage() {}
+
+func (x *ResetOffsetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetOffsetsResponse.ProtoReflect.Descriptor instead.
+func (*ResetOffsetsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ResetOffsetsResponse) GetQueues() []*ResetQueue {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+type ResetQueue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Topic string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Queue int32                  `protobuf:"varint,2,opt,name=queue,proto3" json:"queue,omitempty"`
+	// -1 when nothing was committed.
+	Previous      int64 `protobuf:"varint,3,opt,name=previous,proto3" json:"previous,omitempty"`
+	Committed     int64 `protobuf:"varint,4,opt,name=committed,proto3" json:"committed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetQueue) Reset() {
+	*x = ResetQueue{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetQueue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetQueue) ProtoMessage() {}
+
+func (x *ResetQueue) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetQueue.ProtoReflect.Descriptor instead.
+func (*ResetQueue) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ResetQueue) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ResetQueue) GetQueue() int32 {
+	if x != nil {
+		return x.Queue
+	}
+	return 0
+}
+
+func (x *ResetQueue) GetPrevious() int64 {
+	if x != nil {
+		return x.Previous
+	}
+	return 0
+}
+
+func (x *ResetQueue) GetCommitted() int64 {
+	if x != nil {
+		return x.Committed
+	}
+	return 0
+}
+
+type DeleteGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupRequest) Reset() {
+	*x = DeleteGroupRequest{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupRequest) ProtoMessage() {}
+
+func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeleteGroupRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type DeleteGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the group's %RETRY% and %DLQ% topics still hold: they are not
+	// deleted with it (retention removes their messages).
+	Internal      []*InternalTopicSize `protobuf:"bytes,1,rep,name=internal,proto3" json:"internal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupResponse) Reset() {
+	*x = DeleteGroupResponse{}
+	mi := &file_ferry_v1_broker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupResponse) ProtoMessage() {}
+
+func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_broker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteGroupResponse) GetInternal() []*InternalTopicSize {
+	if x != nil {
+		return x.Internal
+	}
+	return nil
+}
+
 type CreateTopicRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -35,7 +994,7 @@ type CreateTopicRequest struct {
 
 func (x *CreateTopicRequest) Reset() {
 	*x = CreateTopicRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	mi := &file_ferry_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +1006,7 @@ func (x *CreateTopicRequest) String() string {
 func (*CreateTopicRequest) ProtoMessage() {}
 
 func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[0]
+	mi := &file_ferry_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +1019,7 @@ func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTopicRequest.ProtoReflect.Descriptor instead.
 func (*CreateTopicRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateTopicRequest) GetName() string {
@@ -86,7 +1045,7 @@ type CreateTopicResponse struct {
 
 func (x *CreateTopicResponse) Reset() {
 	*x = CreateTopicResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	mi := &file_ferry_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -98,7 +1057,7 @@ func (x *CreateTopicResponse) String() string {
 func (*CreateTopicResponse) ProtoMessage() {}
 
 func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[1]
+	mi := &file_ferry_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -111,7 +1070,7 @@ func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTopicResponse.ProtoReflect.Descriptor instead.
 func (*CreateTopicResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateTopicResponse) GetTopic() *TopicInfo {
@@ -132,7 +1091,7 @@ type AlterTopicRequest struct {
 
 func (x *AlterTopicRequest) Reset() {
 	*x = AlterTopicRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	mi := &file_ferry_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -144,7 +1103,7 @@ func (x *AlterTopicRequest) String() string {
 func (*AlterTopicRequest) ProtoMessage() {}
 
 func (x *AlterTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[2]
+	mi := &file_ferry_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -157,7 +1116,7 @@ func (x *AlterTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlterTopicRequest.ProtoReflect.Descriptor instead.
 func (*AlterTopicRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AlterTopicRequest) GetName() string {
@@ -183,7 +1142,7 @@ type AlterTopicResponse struct {
 
 func (x *AlterTopicResponse) Reset() {
 	*x = AlterTopicResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	mi := &file_ferry_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +1154,7 @@ func (x *AlterTopicResponse) String() string {
 func (*AlterTopicResponse) ProtoMessage() {}
 
 func (x *AlterTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[3]
+	mi := &file_ferry_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +1167,7 @@ func (x *AlterTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlterTopicResponse.ProtoReflect.Descriptor instead.
 func (*AlterTopicResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AlterTopicResponse) GetTopic() *TopicInfo {
@@ -230,7 +1189,7 @@ type ProduceRequest struct {
 
 func (x *ProduceRequest) Reset() {
 	*x = ProduceRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	mi := &file_ferry_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -242,7 +1201,7 @@ func (x *ProduceRequest) String() string {
 func (*ProduceRequest) ProtoMessage() {}
 
 func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[4]
+	mi := &file_ferry_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -255,7 +1214,7 @@ func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceRequest.ProtoReflect.Descriptor instead.
 func (*ProduceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProduceRequest) GetSeq() uint64 {
@@ -297,7 +1256,7 @@ type ProduceResponse struct {
 
 func (x *ProduceResponse) Reset() {
 	*x = ProduceResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +1268,7 @@ func (x *ProduceResponse) String() string {
 func (*ProduceResponse) ProtoMessage() {}
 
 func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[5]
+	mi := &file_ferry_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +1281,7 @@ func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceResponse.ProtoReflect.Descriptor instead.
 func (*ProduceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProduceResponse) GetSeq() uint64 {
@@ -368,7 +1327,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +1339,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[6]
+	mi := &file_ferry_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +1352,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FetchRequest) GetTopic() string {
@@ -448,7 +1407,7 @@ type FetchPosition struct {
 
 func (x *FetchPosition) Reset() {
 	*x = FetchPosition{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +1419,7 @@ func (x *FetchPosition) String() string {
 func (*FetchPosition) ProtoMessage() {}
 
 func (x *FetchPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[7]
+	mi := &file_ferry_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +1432,7 @@ func (x *FetchPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchPosition.ProtoReflect.Descriptor instead.
 func (*FetchPosition) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FetchPosition) GetQueue() int32 {
@@ -507,7 +1466,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +1478,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[8]
+	mi := &file_ferry_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +1491,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FetchResponse) GetMessages() []*Message {
@@ -569,7 +1528,7 @@ type QueueError struct {
 
 func (x *QueueError) Reset() {
 	*x = QueueError{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +1540,7 @@ func (x *QueueError) String() string {
 func (*QueueError) ProtoMessage() {}
 
 func (x *QueueError) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[9]
+	mi := &file_ferry_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +1553,7 @@ func (x *QueueError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueError.ProtoReflect.Descriptor instead.
 func (*QueueError) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *QueueError) GetQueue() int32 {
@@ -628,7 +1587,7 @@ type MetadataRequest struct {
 
 func (x *MetadataRequest) Reset() {
 	*x = MetadataRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +1599,7 @@ func (x *MetadataRequest) String() string {
 func (*MetadataRequest) ProtoMessage() {}
 
 func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[10]
+	mi := &file_ferry_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +1612,7 @@ func (x *MetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataRequest.ProtoReflect.Descriptor instead.
 func (*MetadataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MetadataRequest) GetTopics() []string {
@@ -673,7 +1632,7 @@ type MetadataResponse struct {
 
 func (x *MetadataResponse) Reset() {
 	*x = MetadataResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	mi := &file_ferry_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +1644,7 @@ func (x *MetadataResponse) String() string {
 func (*MetadataResponse) ProtoMessage() {}
 
 func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[11]
+	mi := &file_ferry_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +1657,7 @@ func (x *MetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataResponse.ProtoReflect.Descriptor instead.
 func (*MetadataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MetadataResponse) GetTopics() []*TopicInfo {
@@ -727,7 +1686,7 @@ type TopicInfo struct {
 
 func (x *TopicInfo) Reset() {
 	*x = TopicInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	mi := &file_ferry_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1698,7 @@ func (x *TopicInfo) String() string {
 func (*TopicInfo) ProtoMessage() {}
 
 func (x *TopicInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[12]
+	mi := &file_ferry_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1711,7 @@ func (x *TopicInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicInfo.ProtoReflect.Descriptor instead.
 func (*TopicInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TopicInfo) GetName() string {
@@ -787,7 +1746,7 @@ type BrokerInfo struct {
 
 func (x *BrokerInfo) Reset() {
 	*x = BrokerInfo{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[13]
+	mi := &file_ferry_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +1758,7 @@ func (x *BrokerInfo) String() string {
 func (*BrokerInfo) ProtoMessage() {}
 
 func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[13]
+	mi := &file_ferry_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +1771,7 @@ func (x *BrokerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BrokerInfo.ProtoReflect.Descriptor instead.
 func (*BrokerInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BrokerInfo) GetNode() string {
@@ -849,13 +1808,15 @@ type HeartbeatRequest struct {
 	// How long the broker keeps the member without a heartbeat; 0 means the
 	// broker's default.
 	SessionTimeoutNanos int64 `protobuf:"varint,5,opt,name=session_timeout_nanos,json=sessionTimeoutNanos,proto3" json:"session_timeout_nanos,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The queues the member holds now (for DescribeGroup).
+	Queues        []*QueueRef `protobuf:"bytes,13,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[14]
+	mi := &file_ferry_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1828,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[14]
+	mi := &file_ferry_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1841,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HeartbeatRequest) GetGroup() string {
@@ -918,6 +1879,13 @@ func (x *HeartbeatRequest) GetSessionTimeoutNanos() int64 {
 	return 0
 }
 
+func (x *HeartbeatRequest) GetQueues() []*QueueRef {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The group's live members, sorted.
@@ -932,7 +1900,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[15]
+	mi := &file_ferry_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1912,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[15]
+	mi := &file_ferry_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1925,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HeartbeatResponse) GetMembers() []string {
@@ -985,7 +1953,7 @@ type TopicMembers struct {
 
 func (x *TopicMembers) Reset() {
 	*x = TopicMembers{}
-	mi := &file_ferry_v1_broker_proto_msgTypes[16]
+	mi := &file_ferry_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1965,7 @@ func (x *TopicMembers) String() string {
 func (*TopicMembers) ProtoMessage() {}
 
 func (x *TopicMembers) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_broker_proto_msgTypes[16]
+	mi := &file_ferry_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1978,7 @@ func (x *TopicMembers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicMembers.ProtoReflect.Descriptor instead.
 func (*TopicMembers) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TopicMembers) GetTopic() string {
@@ -1031,7 +1999,66 @@ var File_ferry_v1_broker_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/broker.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"@\n" +
+	"\x15ferry/v1/broker.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\">\n" +
+	"\x12DeleteTopicRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"-\n" +
+	"\x13DeleteTopicResponse\x12\x16\n" +
+	"\x06groups\x18\x01 \x03(\tR\x06groups\"\x13\n" +
+	"\x11ListGroupsRequest\"D\n" +
+	"\x12ListGroupsResponse\x12.\n" +
+	"\x06groups\x18\x01 \x03(\v2\x16.ferry.v1.GroupSummaryR\x06groups\"f\n" +
+	"\fGroupSummary\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\amembers\x18\x02 \x01(\x05R\amembers\x12\x16\n" +
+	"\x06topics\x18\x03 \x03(\tR\x06topics\x12\x10\n" +
+	"\x03lag\x18\x04 \x01(\x03R\x03lag\",\n" +
+	"\x14DescribeGroupRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"\xc5\x01\n" +
+	"\x15DescribeGroupResponse\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12/\n" +
+	"\amembers\x18\x02 \x03(\v2\x15.ferry.v1.GroupMemberR\amembers\x12,\n" +
+	"\x06queues\x18\x03 \x03(\v2\x14.ferry.v1.GroupQueueR\x06queues\x127\n" +
+	"\binternal\x18\x04 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\"\xc6\x01\n" +
+	"\vGroupMember\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06topics\x18\x02 \x03(\tR\x06topics\x12*\n" +
+	"\x06queues\x18\x03 \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\x127\n" +
+	"\x18last_heartbeat_unix_nano\x18\x04 \x01(\x03R\x15lastHeartbeatUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\"\xa8\x01\n" +
+	"\n" +
+	"GroupQueue\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
+	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x14\n" +
+	"\x05start\x18\x03 \x01(\x03R\x05start\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\x03R\x03end\x12\x1c\n" +
+	"\tcommitted\x18\x05 \x01(\x03R\tcommitted\x12\x10\n" +
+	"\x03lag\x18\x06 \x01(\x03R\x03lag\x12\x16\n" +
+	"\x06member\x18\a \x01(\tR\x06member\"E\n" +
+	"\x11InternalTopicSize\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1a\n" +
+	"\bmessages\x18\x02 \x01(\x03R\bmessages\"\xf3\x01\n" +
+	"\x13ResetOffsetsRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x16\n" +
+	"\x06queues\x18\x03 \x03(\x05R\x06queues\x12!\n" +
+	"\x02to\x18\x04 \x01(\x0e2\x11.ferry.v1.ResetToR\x02to\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12.\n" +
+	"\x13timestamp_unix_nano\x18\x06 \x01(\x03R\x11timestampUnixNano\x12\x14\n" +
+	"\x05force\x18\a \x01(\bR\x05force\x12\x17\n" +
+	"\adry_run\x18\b \x01(\bR\x06dryRun\"D\n" +
+	"\x14ResetOffsetsResponse\x12,\n" +
+	"\x06queues\x18\x01 \x03(\v2\x14.ferry.v1.ResetQueueR\x06queues\"r\n" +
+	"\n" +
+	"ResetQueue\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
+	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x1a\n" +
+	"\bprevious\x18\x03 \x01(\x03R\bprevious\x12\x1c\n" +
+	"\tcommitted\x18\x04 \x01(\x03R\tcommitted\"*\n" +
+	"\x12DeleteGroupRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"N\n" +
+	"\x13DeleteGroupResponse\x127\n" +
+	"\binternal\x18\x01 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\"@\n" +
 	"\x12CreateTopicRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06queues\x18\x02 \x01(\x05R\x06queues\"@\n" +
@@ -1083,19 +2110,26 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"BrokerInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
-	"\x04role\x18\x03 \x01(\tR\x04role\"\xa2\x01\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"\xce\x01\n" +
 	"\x10HeartbeatRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12\x16\n" +
 	"\x06topics\x18\x03 \x03(\tR\x06topics\x12\x14\n" +
 	"\x05leave\x18\x04 \x01(\bR\x05leave\x122\n" +
-	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\"j\n" +
+	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\x12*\n" +
+	"\x06queues\x18\r \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"j\n" +
 	"\x11HeartbeatResponse\x12\x18\n" +
 	"\amembers\x18\x01 \x03(\tR\amembers\x12;\n" +
 	"\rtopic_members\x18\x02 \x03(\v2\x16.ferry.v1.TopicMembersR\ftopicMembers\">\n" +
 	"\fTopicMembers\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
-	"\amembers\x18\x02 \x03(\tR\amembers2\xbf\x04\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers*w\n" +
+	"\aResetTo\x12\x18\n" +
+	"\x14RESET_TO_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11RESET_TO_EARLIEST\x10\x01\x12\x13\n" +
+	"\x0fRESET_TO_LATEST\x10\x02\x12\x13\n" +
+	"\x0fRESET_TO_OFFSET\x10\x03\x12\x11\n" +
+	"\rRESET_TO_TIME\x10\x042\xc1\a\n" +
 	"\x06Broker\x12B\n" +
 	"\aProduce\x12\x18.ferry.v1.ProduceRequest\x1a\x19.ferry.v1.ProduceResponse(\x010\x01\x128\n" +
 	"\x05Fetch\x12\x16.ferry.v1.FetchRequest\x1a\x17.ferry.v1.FetchResponse\x12P\n" +
@@ -1106,7 +2140,13 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x1a.ferry.v1.HeartbeatRequest\x1a\x1b.ferry.v1.HeartbeatResponse\x12J\n" +
 	"\vCreateTopic\x12\x1c.ferry.v1.CreateTopicRequest\x1a\x1d.ferry.v1.CreateTopicResponse\x12G\n" +
 	"\n" +
-	"AlterTopic\x12\x1b.ferry.v1.AlterTopicRequest\x1a\x1c.ferry.v1.AlterTopicResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"AlterTopic\x12\x1b.ferry.v1.AlterTopicRequest\x1a\x1c.ferry.v1.AlterTopicResponse\x12J\n" +
+	"\vDeleteTopic\x12\x1c.ferry.v1.DeleteTopicRequest\x1a\x1d.ferry.v1.DeleteTopicResponse\x12G\n" +
+	"\n" +
+	"ListGroups\x12\x1b.ferry.v1.ListGroupsRequest\x1a\x1c.ferry.v1.ListGroupsResponse\x12P\n" +
+	"\rDescribeGroup\x12\x1e.ferry.v1.DescribeGroupRequest\x1a\x1f.ferry.v1.DescribeGroupResponse\x12M\n" +
+	"\fResetOffsets\x12\x1d.ferry.v1.ResetOffsetsRequest\x1a\x1e.ferry.v1.ResetOffsetsResponse\x12J\n" +
+	"\vDeleteGroup\x12\x1c.ferry.v1.DeleteGroupRequest\x1a\x1d.ferry.v1.DeleteGroupResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_broker_proto_rawDescOnce sync.Once
@@ -1120,69 +2160,106 @@ func file_ferry_v1_broker_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_broker_proto_rawDescData
 }
 
-var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_ferry_v1_broker_proto_goTypes = []any{
-	(*CreateTopicRequest)(nil),    // 0: ferry.v1.CreateTopicRequest
-	(*CreateTopicResponse)(nil),   // 1: ferry.v1.CreateTopicResponse
-	(*AlterTopicRequest)(nil),     // 2: ferry.v1.AlterTopicRequest
-	(*AlterTopicResponse)(nil),    // 3: ferry.v1.AlterTopicResponse
-	(*ProduceRequest)(nil),        // 4: ferry.v1.ProduceRequest
-	(*ProduceResponse)(nil),       // 5: ferry.v1.ProduceResponse
-	(*FetchRequest)(nil),          // 6: ferry.v1.FetchRequest
-	(*FetchPosition)(nil),         // 7: ferry.v1.FetchPosition
-	(*FetchResponse)(nil),         // 8: ferry.v1.FetchResponse
-	(*QueueError)(nil),            // 9: ferry.v1.QueueError
-	(*MetadataRequest)(nil),       // 10: ferry.v1.MetadataRequest
-	(*MetadataResponse)(nil),      // 11: ferry.v1.MetadataResponse
-	(*TopicInfo)(nil),             // 12: ferry.v1.TopicInfo
-	(*BrokerInfo)(nil),            // 13: ferry.v1.BrokerInfo
-	(*HeartbeatRequest)(nil),      // 14: ferry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 15: ferry.v1.HeartbeatResponse
-	(*TopicMembers)(nil),          // 16: ferry.v1.TopicMembers
-	(*Message)(nil),               // 17: ferry.v1.Message
-	(Status)(0),                   // 18: ferry.v1.Status
-	(*Error)(nil),                 // 19: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 20: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 21: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 22: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 23: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 24: ferry.v1.GetOffsetsResponse
+	(ResetTo)(0),                  // 0: ferry.v1.ResetTo
+	(*DeleteTopicRequest)(nil),    // 1: ferry.v1.DeleteTopicRequest
+	(*DeleteTopicResponse)(nil),   // 2: ferry.v1.DeleteTopicResponse
+	(*ListGroupsRequest)(nil),     // 3: ferry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 4: ferry.v1.ListGroupsResponse
+	(*GroupSummary)(nil),          // 5: ferry.v1.GroupSummary
+	(*DescribeGroupRequest)(nil),  // 6: ferry.v1.DescribeGroupRequest
+	(*DescribeGroupResponse)(nil), // 7: ferry.v1.DescribeGroupResponse
+	(*GroupMember)(nil),           // 8: ferry.v1.GroupMember
+	(*GroupQueue)(nil),            // 9: ferry.v1.GroupQueue
+	(*InternalTopicSize)(nil),     // 10: ferry.v1.InternalTopicSize
+	(*ResetOffsetsRequest)(nil),   // 11: ferry.v1.ResetOffsetsRequest
+	(*ResetOffsetsResponse)(nil),  // 12: ferry.v1.ResetOffsetsResponse
+	(*ResetQueue)(nil),            // 13: ferry.v1.ResetQueue
+	(*DeleteGroupRequest)(nil),    // 14: ferry.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),   // 15: ferry.v1.DeleteGroupResponse
+	(*CreateTopicRequest)(nil),    // 16: ferry.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil),   // 17: ferry.v1.CreateTopicResponse
+	(*AlterTopicRequest)(nil),     // 18: ferry.v1.AlterTopicRequest
+	(*AlterTopicResponse)(nil),    // 19: ferry.v1.AlterTopicResponse
+	(*ProduceRequest)(nil),        // 20: ferry.v1.ProduceRequest
+	(*ProduceResponse)(nil),       // 21: ferry.v1.ProduceResponse
+	(*FetchRequest)(nil),          // 22: ferry.v1.FetchRequest
+	(*FetchPosition)(nil),         // 23: ferry.v1.FetchPosition
+	(*FetchResponse)(nil),         // 24: ferry.v1.FetchResponse
+	(*QueueError)(nil),            // 25: ferry.v1.QueueError
+	(*MetadataRequest)(nil),       // 26: ferry.v1.MetadataRequest
+	(*MetadataResponse)(nil),      // 27: ferry.v1.MetadataResponse
+	(*TopicInfo)(nil),             // 28: ferry.v1.TopicInfo
+	(*BrokerInfo)(nil),            // 29: ferry.v1.BrokerInfo
+	(*HeartbeatRequest)(nil),      // 30: ferry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 31: ferry.v1.HeartbeatResponse
+	(*TopicMembers)(nil),          // 32: ferry.v1.TopicMembers
+	(*QueueRef)(nil),              // 33: ferry.v1.QueueRef
+	(*Message)(nil),               // 34: ferry.v1.Message
+	(Status)(0),                   // 35: ferry.v1.Status
+	(*Error)(nil),                 // 36: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 37: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 38: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 39: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 40: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 41: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
-	12, // 0: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
-	12, // 1: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
-	17, // 2: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	18, // 3: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	19, // 4: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
-	7,  // 5: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	17, // 6: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	20, // 7: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	9,  // 8: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
-	19, // 9: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
-	12, // 10: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
-	13, // 11: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
-	16, // 12: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
-	4,  // 13: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
-	6,  // 14: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	21, // 15: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	22, // 16: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	10, // 17: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	14, // 18: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	0,  // 19: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	2,  // 20: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
-	5,  // 21: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	8,  // 22: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	23, // 23: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	24, // 24: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	11, // 25: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	15, // 26: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	1,  // 27: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	3,  // 28: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	5,  // 0: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.GroupSummary
+	8,  // 1: ferry.v1.DescribeGroupResponse.members:type_name -> ferry.v1.GroupMember
+	9,  // 2: ferry.v1.DescribeGroupResponse.queues:type_name -> ferry.v1.GroupQueue
+	10, // 3: ferry.v1.DescribeGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
+	33, // 4: ferry.v1.GroupMember.queues:type_name -> ferry.v1.QueueRef
+	0,  // 5: ferry.v1.ResetOffsetsRequest.to:type_name -> ferry.v1.ResetTo
+	13, // 6: ferry.v1.ResetOffsetsResponse.queues:type_name -> ferry.v1.ResetQueue
+	10, // 7: ferry.v1.DeleteGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
+	28, // 8: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	28, // 9: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	34, // 10: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	35, // 11: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	36, // 12: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	23, // 13: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
+	34, // 14: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	37, // 15: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	25, // 16: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
+	36, // 17: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
+	28, // 18: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
+	29, // 19: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
+	33, // 20: ferry.v1.HeartbeatRequest.queues:type_name -> ferry.v1.QueueRef
+	32, // 21: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
+	20, // 22: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
+	22, // 23: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
+	38, // 24: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	39, // 25: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	26, // 26: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
+	30, // 27: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	16, // 28: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	18, // 29: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
+	1,  // 30: ferry.v1.Broker.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	3,  // 31: ferry.v1.Broker.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	6,  // 32: ferry.v1.Broker.DescribeGroup:input_type -> ferry.v1.DescribeGroupRequest
+	11, // 33: ferry.v1.Broker.ResetOffsets:input_type -> ferry.v1.ResetOffsetsRequest
+	14, // 34: ferry.v1.Broker.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	21, // 35: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	24, // 36: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	40, // 37: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	41, // 38: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	27, // 39: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	31, // 40: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	17, // 41: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	19, // 42: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
+	2,  // 43: ferry.v1.Broker.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	4,  // 44: ferry.v1.Broker.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	7,  // 45: ferry.v1.Broker.DescribeGroup:output_type -> ferry.v1.DescribeGroupResponse
+	12, // 46: ferry.v1.Broker.ResetOffsets:output_type -> ferry.v1.ResetOffsetsResponse
+	15, // 47: ferry.v1.Broker.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_broker_proto_init() }
@@ -1197,13 +2274,14 @@ func file_ferry_v1_broker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_broker_proto_rawDesc), len(file_ferry_v1_broker_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   17,
+			NumEnums:      1,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ferry_v1_broker_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_broker_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_broker_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_broker_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_broker_proto = out.File

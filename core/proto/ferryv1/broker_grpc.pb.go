@@ -31,6 +31,11 @@ const (
 	Broker_Heartbeat_FullMethodName     = "/ferry.v1.Broker/Heartbeat"
 	Broker_CreateTopic_FullMethodName   = "/ferry.v1.Broker/CreateTopic"
 	Broker_AlterTopic_FullMethodName    = "/ferry.v1.Broker/AlterTopic"
+	Broker_DeleteTopic_FullMethodName   = "/ferry.v1.Broker/DeleteTopic"
+	Broker_ListGroups_FullMethodName    = "/ferry.v1.Broker/ListGroups"
+	Broker_DescribeGroup_FullMethodName = "/ferry.v1.Broker/DescribeGroup"
+	Broker_ResetOffsets_FullMethodName  = "/ferry.v1.Broker/ResetOffsets"
+	Broker_DeleteGroup_FullMethodName   = "/ferry.v1.Broker/DeleteGroup"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -60,6 +65,37 @@ type BrokerClient interface {
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(ctx context.Context, in *AlterTopicRequest, opts ...grpc.CallOption) (*AlterTopicResponse, error)
+	// DeleteTopic takes a topic out of routing at once (its producers and
+	// consumers get NOT_FOUND), then its messages and groups' offsets out of
+	// the store, then out of the node's topic metadata. A group's internal
+	// topic is INVALID_ARGUMENT; so are a topic the pipeline declares (the
+	// next start would create it again) and a topic that groups consume (live
+	// members or committed offsets) unless force; an unknown topic is
+	// NOT_FOUND; a store that cannot delete, or a node with a replication
+	// plugin, UNIMPLEMENTED.
+	DeleteTopic(ctx context.Context, in *DeleteTopicRequest, opts ...grpc.CallOption) (*DeleteTopicResponse, error)
+	// ListGroups lists the consumer groups the node knows: the pipeline's,
+	// those with live members, and those with committed offsets in its store.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	// DescribeGroup tells a group's live members (the queues each holds, as of
+	// its last heartbeat) and, per queue of each topic it consumes, its
+	// committed offset, the queue's end and the lag. An unknown group is
+	// NOT_FOUND.
+	DescribeGroup(ctx context.Context, in *DescribeGroupRequest, opts ...grpc.CallOption) (*DescribeGroupResponse, error)
+	// ResetOffsets moves a group's committed offsets on one topic, for all its
+	// queues or some. A group with live members is refused (INVALID_ARGUMENT)
+	// unless force: the members would overwrite the reset with their next
+	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT; a
+	// reset by time is UNIMPLEMENTED until stores seek by time. On a node with
+	// a replication plugin, only the node that takes produce resets
+	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
+	ResetOffsets(ctx context.Context, in *ResetOffsetsRequest, opts ...grpc.CallOption) (*ResetOffsetsResponse, error)
+	// DeleteGroup removes a group's committed offsets. A group with live
+	// members is refused (INVALID_ARGUMENT); so is an unknown one (NOT_FOUND)
+	// and, with a replication plugin, every delete (UNIMPLEMENTED: the
+	// deletion of offsets is not replicated). Messages in its %RETRY% and
+	// %DLQ% topics stay until retention removes them.
+	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
 }
 
 type brokerClient struct {
@@ -153,6 +189,56 @@ func (c *brokerClient) AlterTopic(ctx context.Context, in *AlterTopicRequest, op
 	return out, nil
 }
 
+func (c *brokerClient) DeleteTopic(ctx context.Context, in *DeleteTopicRequest, opts ...grpc.CallOption) (*DeleteTopicResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTopicResponse)
+	err := c.cc.Invoke(ctx, Broker_DeleteTopic_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, Broker_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) DescribeGroup(ctx context.Context, in *DescribeGroupRequest, opts ...grpc.CallOption) (*DescribeGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DescribeGroupResponse)
+	err := c.cc.Invoke(ctx, Broker_DescribeGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) ResetOffsets(ctx context.Context, in *ResetOffsetsRequest, opts ...grpc.CallOption) (*ResetOffsetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResetOffsetsResponse)
+	err := c.cc.Invoke(ctx, Broker_ResetOffsets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupResponse)
+	err := c.cc.Invoke(ctx, Broker_DeleteGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -180,6 +266,37 @@ type BrokerServer interface {
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
 	// count is INVALID_ARGUMENT); an unknown topic is NOT_FOUND.
 	AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error)
+	// DeleteTopic takes a topic out of routing at once (its producers and
+	// consumers get NOT_FOUND), then its messages and groups' offsets out of
+	// the store, then out of the node's topic metadata. A group's internal
+	// topic is INVALID_ARGUMENT; so are a topic the pipeline declares (the
+	// next start would create it again) and a topic that groups consume (live
+	// members or committed offsets) unless force; an unknown topic is
+	// NOT_FOUND; a store that cannot delete, or a node with a replication
+	// plugin, UNIMPLEMENTED.
+	DeleteTopic(context.Context, *DeleteTopicRequest) (*DeleteTopicResponse, error)
+	// ListGroups lists the consumer groups the node knows: the pipeline's,
+	// those with live members, and those with committed offsets in its store.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	// DescribeGroup tells a group's live members (the queues each holds, as of
+	// its last heartbeat) and, per queue of each topic it consumes, its
+	// committed offset, the queue's end and the lag. An unknown group is
+	// NOT_FOUND.
+	DescribeGroup(context.Context, *DescribeGroupRequest) (*DescribeGroupResponse, error)
+	// ResetOffsets moves a group's committed offsets on one topic, for all its
+	// queues or some. A group with live members is refused (INVALID_ARGUMENT)
+	// unless force: the members would overwrite the reset with their next
+	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT; a
+	// reset by time is UNIMPLEMENTED until stores seek by time. On a node with
+	// a replication plugin, only the node that takes produce resets
+	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
+	ResetOffsets(context.Context, *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
+	// DeleteGroup removes a group's committed offsets. A group with live
+	// members is refused (INVALID_ARGUMENT); so is an unknown one (NOT_FOUND)
+	// and, with a replication plugin, every delete (UNIMPLEMENTED: the
+	// deletion of offsets is not replicated). Messages in its %RETRY% and
+	// %DLQ% topics stay until retention removes them.
+	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -213,6 +330,21 @@ func (UnimplementedBrokerServer) CreateTopic(context.Context, *CreateTopicReques
 }
 func (UnimplementedBrokerServer) AlterTopic(context.Context, *AlterTopicRequest) (*AlterTopicResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AlterTopic not implemented")
+}
+func (UnimplementedBrokerServer) DeleteTopic(context.Context, *DeleteTopicRequest) (*DeleteTopicResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteTopic not implemented")
+}
+func (UnimplementedBrokerServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedBrokerServer) DescribeGroup(context.Context, *DescribeGroupRequest) (*DescribeGroupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DescribeGroup not implemented")
+}
+func (UnimplementedBrokerServer) ResetOffsets(context.Context, *ResetOffsetsRequest) (*ResetOffsetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResetOffsets not implemented")
+}
+func (UnimplementedBrokerServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteGroup not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -368,6 +500,96 @@ func _Broker_AlterTopic_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_DeleteTopic_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTopicRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).DeleteTopic(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_DeleteTopic_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).DeleteTopic(ctx, req.(*DeleteTopicRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_DescribeGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).DescribeGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_DescribeGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).DescribeGroup(ctx, req.(*DescribeGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_ResetOffsets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetOffsetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).ResetOffsets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_ResetOffsets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).ResetOffsets(ctx, req.(*ResetOffsetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).DeleteGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_DeleteGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).DeleteGroup(ctx, req.(*DeleteGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -402,6 +624,26 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AlterTopic",
 			Handler:    _Broker_AlterTopic_Handler,
+		},
+		{
+			MethodName: "DeleteTopic",
+			Handler:    _Broker_DeleteTopic_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _Broker_ListGroups_Handler,
+		},
+		{
+			MethodName: "DescribeGroup",
+			Handler:    _Broker_DescribeGroup_Handler,
+		},
+		{
+			MethodName: "ResetOffsets",
+			Handler:    _Broker_ResetOffsets_Handler,
+		},
+		{
+			MethodName: "DeleteGroup",
+			Handler:    _Broker_DeleteGroup_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -24,6 +24,246 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type DeleteTopicDataRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTopicDataRequest) Reset() {
+	*x = DeleteTopicDataRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTopicDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTopicDataRequest) ProtoMessage() {}
+
+func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTopicDataRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTopicDataRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeleteTopicDataRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+type DeleteTopicDataResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTopicDataResponse) Reset() {
+	*x = DeleteTopicDataResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTopicDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTopicDataResponse) ProtoMessage() {}
+
+func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTopicDataResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTopicDataResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+}
+
+type StoredGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoredGroupsRequest) Reset() {
+	*x = StoredGroupsRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoredGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoredGroupsRequest) ProtoMessage() {}
+
+func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoredGroupsRequest.ProtoReflect.Descriptor instead.
+func (*StoredGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+}
+
+type StoredGroupsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []string               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoredGroupsResponse) Reset() {
+	*x = StoredGroupsResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoredGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoredGroupsResponse) ProtoMessage() {}
+
+func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoredGroupsResponse.ProtoReflect.Descriptor instead.
+func (*StoredGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StoredGroupsResponse) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type DeleteGroupOffsetsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupOffsetsRequest) Reset() {
+	*x = DeleteGroupOffsetsRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupOffsetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupOffsetsRequest) ProtoMessage() {}
+
+func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupOffsetsRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGroupOffsetsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteGroupOffsetsRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type DeleteGroupOffsetsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupOffsetsResponse) Reset() {
+	*x = DeleteGroupOffsetsResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupOffsetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupOffsetsResponse) ProtoMessage() {}
+
+func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupOffsetsResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGroupOffsetsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
+}
+
 type AppendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the sender, unique per stream.
@@ -44,7 +284,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -56,7 +296,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -69,7 +309,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -129,7 +369,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -141,7 +381,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -154,7 +394,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -209,7 +449,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +461,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +474,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadRequest) GetId() uint64 {
@@ -299,7 +539,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +551,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +564,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadResponse) GetId() uint64 {
@@ -386,7 +626,7 @@ type QueueOffsets struct {
 
 func (x *QueueOffsets) Reset() {
 	*x = QueueOffsets{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +638,7 @@ func (x *QueueOffsets) String() string {
 func (*QueueOffsets) ProtoMessage() {}
 
 func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +651,7 @@ func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueOffsets.ProtoReflect.Descriptor instead.
 func (*QueueOffsets) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *QueueOffsets) GetTopic() string {
@@ -473,7 +713,7 @@ type CommitOffsetsRequest struct {
 
 func (x *CommitOffsetsRequest) Reset() {
 	*x = CommitOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +725,7 @@ func (x *CommitOffsetsRequest) String() string {
 func (*CommitOffsetsRequest) ProtoMessage() {}
 
 func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +738,7 @@ func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CommitOffsetsRequest) GetGroup() string {
@@ -527,7 +767,7 @@ type GroupOffset struct {
 
 func (x *GroupOffset) Reset() {
 	*x = GroupOffset{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +779,7 @@ func (x *GroupOffset) String() string {
 func (*GroupOffset) ProtoMessage() {}
 
 func (x *GroupOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +792,7 @@ func (x *GroupOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOffset.ProtoReflect.Descriptor instead.
 func (*GroupOffset) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GroupOffset) GetTopic() string {
@@ -584,7 +824,7 @@ type CommitOffsetsResponse struct {
 
 func (x *CommitOffsetsResponse) Reset() {
 	*x = CommitOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +836,7 @@ func (x *CommitOffsetsResponse) String() string {
 func (*CommitOffsetsResponse) ProtoMessage() {}
 
 func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +849,7 @@ func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
 }
 
 type GetOffsetsRequest struct {
@@ -623,7 +863,7 @@ type GetOffsetsRequest struct {
 
 func (x *GetOffsetsRequest) Reset() {
 	*x = GetOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +875,7 @@ func (x *GetOffsetsRequest) String() string {
 func (*GetOffsetsRequest) ProtoMessage() {}
 
 func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +888,7 @@ func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*GetOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetOffsetsRequest) GetGroup() string {
@@ -675,7 +915,7 @@ type QueueRef struct {
 
 func (x *QueueRef) Reset() {
 	*x = QueueRef{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +927,7 @@ func (x *QueueRef) String() string {
 func (*QueueRef) ProtoMessage() {}
 
 func (x *QueueRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +940,7 @@ func (x *QueueRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueRef.ProtoReflect.Descriptor instead.
 func (*QueueRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *QueueRef) GetTopic() string {
@@ -726,7 +966,7 @@ type GetOffsetsResponse struct {
 
 func (x *GetOffsetsResponse) Reset() {
 	*x = GetOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +978,7 @@ func (x *GetOffsetsResponse) String() string {
 func (*GetOffsetsResponse) ProtoMessage() {}
 
 func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +991,7 @@ func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*GetOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetOffsetsResponse) GetOffsets() []*QueueOffsets {
@@ -765,7 +1005,16 @@ var File_ferry_v1_storage_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"\x8c\x02\n" +
+	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\".\n" +
+	"\x16DeleteTopicDataRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\"\x19\n" +
+	"\x17DeleteTopicDataResponse\"\x15\n" +
+	"\x13StoredGroupsRequest\".\n" +
+	"\x14StoredGroupsResponse\x12\x16\n" +
+	"\x06groups\x18\x01 \x03(\tR\x06groups\"1\n" +
+	"\x19DeleteGroupOffsetsRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"\x1c\n" +
+	"\x1aDeleteGroupOffsetsResponse\"\x8c\x02\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x128\n" +
@@ -823,13 +1072,16 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\"F\n" +
 	"\x12GetOffsetsResponse\x120\n" +
-	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xa0\x02\n" +
+	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xa8\x04\n" +
 	"\aStorage\x12?\n" +
 	"\x06Append\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x010\x01\x129\n" +
 	"\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x010\x01\x12P\n" +
 	"\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
 	"\n" +
-	"GetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"GetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n" +
+	"\fStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n" +
+	"\x12DeleteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n" +
+	"\x0fDeleteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_storage_proto_rawDescOnce sync.Once
@@ -843,47 +1095,59 @@ func file_ferry_v1_storage_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_storage_proto_rawDescData
 }
 
-var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_v1_storage_proto_goTypes = []any{
-	(*AppendRequest)(nil),         // 0: ferry.v1.AppendRequest
-	(*AppendResponse)(nil),        // 1: ferry.v1.AppendResponse
-	(*ReadRequest)(nil),           // 2: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),          // 3: ferry.v1.ReadResponse
-	(*QueueOffsets)(nil),          // 4: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 5: ferry.v1.CommitOffsetsRequest
-	(*GroupOffset)(nil),           // 6: ferry.v1.GroupOffset
-	(*CommitOffsetsResponse)(nil), // 7: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsRequest)(nil),     // 8: ferry.v1.GetOffsetsRequest
-	(*QueueRef)(nil),              // 9: ferry.v1.QueueRef
-	(*GetOffsetsResponse)(nil),    // 10: ferry.v1.GetOffsetsResponse
-	nil,                           // 11: ferry.v1.AppendRequest.TraceEntry
-	nil,                           // 12: ferry.v1.ReadRequest.TraceEntry
-	(*Message)(nil),               // 13: ferry.v1.Message
-	(Status)(0),                   // 14: ferry.v1.Status
-	(*Error)(nil),                 // 15: ferry.v1.Error
+	(*DeleteTopicDataRequest)(nil),     // 0: ferry.v1.DeleteTopicDataRequest
+	(*DeleteTopicDataResponse)(nil),    // 1: ferry.v1.DeleteTopicDataResponse
+	(*StoredGroupsRequest)(nil),        // 2: ferry.v1.StoredGroupsRequest
+	(*StoredGroupsResponse)(nil),       // 3: ferry.v1.StoredGroupsResponse
+	(*DeleteGroupOffsetsRequest)(nil),  // 4: ferry.v1.DeleteGroupOffsetsRequest
+	(*DeleteGroupOffsetsResponse)(nil), // 5: ferry.v1.DeleteGroupOffsetsResponse
+	(*AppendRequest)(nil),              // 6: ferry.v1.AppendRequest
+	(*AppendResponse)(nil),             // 7: ferry.v1.AppendResponse
+	(*ReadRequest)(nil),                // 8: ferry.v1.ReadRequest
+	(*ReadResponse)(nil),               // 9: ferry.v1.ReadResponse
+	(*QueueOffsets)(nil),               // 10: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),       // 11: ferry.v1.CommitOffsetsRequest
+	(*GroupOffset)(nil),                // 12: ferry.v1.GroupOffset
+	(*CommitOffsetsResponse)(nil),      // 13: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsRequest)(nil),          // 14: ferry.v1.GetOffsetsRequest
+	(*QueueRef)(nil),                   // 15: ferry.v1.QueueRef
+	(*GetOffsetsResponse)(nil),         // 16: ferry.v1.GetOffsetsResponse
+	nil,                                // 17: ferry.v1.AppendRequest.TraceEntry
+	nil,                                // 18: ferry.v1.ReadRequest.TraceEntry
+	(*Message)(nil),                    // 19: ferry.v1.Message
+	(Status)(0),                        // 20: ferry.v1.Status
+	(*Error)(nil),                      // 21: ferry.v1.Error
 }
 var file_ferry_v1_storage_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
-	11, // 1: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
-	14, // 2: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
-	15, // 3: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
-	12, // 4: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
-	13, // 5: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
-	4,  // 6: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	15, // 7: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
-	6,  // 8: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
-	9,  // 9: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
-	4,  // 10: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	0,  // 11: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
-	2,  // 12: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
-	5,  // 13: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	8,  // 14: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	1,  // 15: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
-	3,  // 16: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
-	7,  // 17: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	10, // 18: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
+	19, // 0: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
+	17, // 1: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
+	20, // 2: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
+	21, // 3: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
+	18, // 4: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
+	19, // 5: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
+	10, // 6: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	21, // 7: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
+	12, // 8: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
+	15, // 9: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
+	10, // 10: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	6,  // 11: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
+	8,  // 12: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
+	11, // 13: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	14, // 14: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	2,  // 15: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
+	4,  // 16: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	0,  // 17: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
+	7,  // 18: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
+	9,  // 19: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
+	13, // 20: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	16, // 21: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	3,  // 22: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
+	5,  // 23: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	1,  // 24: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -901,7 +1165,7 @@ func file_ferry_v1_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_storage_proto_rawDesc), len(file_ferry_v1_storage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

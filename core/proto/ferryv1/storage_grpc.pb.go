@@ -22,10 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Storage_Append_FullMethodName        = "/ferry.v1.Storage/Append"
-	Storage_Read_FullMethodName          = "/ferry.v1.Storage/Read"
-	Storage_CommitOffsets_FullMethodName = "/ferry.v1.Storage/CommitOffsets"
-	Storage_GetOffsets_FullMethodName    = "/ferry.v1.Storage/GetOffsets"
+	Storage_Append_FullMethodName             = "/ferry.v1.Storage/Append"
+	Storage_Read_FullMethodName               = "/ferry.v1.Storage/Read"
+	Storage_CommitOffsets_FullMethodName      = "/ferry.v1.Storage/CommitOffsets"
+	Storage_GetOffsets_FullMethodName         = "/ferry.v1.Storage/GetOffsets"
+	Storage_StoredGroups_FullMethodName       = "/ferry.v1.Storage/StoredGroups"
+	Storage_DeleteGroupOffsets_FullMethodName = "/ferry.v1.Storage/DeleteGroupOffsets"
+	Storage_DeleteTopicData_FullMethodName    = "/ferry.v1.Storage/DeleteTopicData"
 )
 
 // StorageClient is the client API for Storage service.
@@ -41,6 +44,15 @@ type StorageClient interface {
 	Read(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReadRequest, ReadResponse], error)
 	CommitOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error)
 	GetOffsets(ctx context.Context, in *GetOffsetsRequest, opts ...grpc.CallOption) (*GetOffsetsResponse, error)
+	// StoredGroups lists the groups with committed offsets (sdk.GroupStore,
+	// optional: a plugin without it answers UNIMPLEMENTED).
+	StoredGroups(ctx context.Context, in *StoredGroupsRequest, opts ...grpc.CallOption) (*StoredGroupsResponse, error)
+	// DeleteGroupOffsets durably removes every committed offset of a group
+	// (sdk.GroupStore, optional).
+	DeleteGroupOffsets(ctx context.Context, in *DeleteGroupOffsetsRequest, opts ...grpc.CallOption) (*DeleteGroupOffsetsResponse, error)
+	// DeleteTopicData removes a topic's messages and every group's offsets on
+	// it (sdk.TopicDeleter, optional).
+	DeleteTopicData(ctx context.Context, in *DeleteTopicDataRequest, opts ...grpc.CallOption) (*DeleteTopicDataResponse, error)
 }
 
 type storageClient struct {
@@ -97,6 +109,36 @@ func (c *storageClient) GetOffsets(ctx context.Context, in *GetOffsetsRequest, o
 	return out, nil
 }
 
+func (c *storageClient) StoredGroups(ctx context.Context, in *StoredGroupsRequest, opts ...grpc.CallOption) (*StoredGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StoredGroupsResponse)
+	err := c.cc.Invoke(ctx, Storage_StoredGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storageClient) DeleteGroupOffsets(ctx context.Context, in *DeleteGroupOffsetsRequest, opts ...grpc.CallOption) (*DeleteGroupOffsetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupOffsetsResponse)
+	err := c.cc.Invoke(ctx, Storage_DeleteGroupOffsets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storageClient) DeleteTopicData(ctx context.Context, in *DeleteTopicDataRequest, opts ...grpc.CallOption) (*DeleteTopicDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTopicDataResponse)
+	err := c.cc.Invoke(ctx, Storage_DeleteTopicData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -110,6 +152,15 @@ type StorageServer interface {
 	Read(grpc.BidiStreamingServer[ReadRequest, ReadResponse]) error
 	CommitOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error)
 	GetOffsets(context.Context, *GetOffsetsRequest) (*GetOffsetsResponse, error)
+	// StoredGroups lists the groups with committed offsets (sdk.GroupStore,
+	// optional: a plugin without it answers UNIMPLEMENTED).
+	StoredGroups(context.Context, *StoredGroupsRequest) (*StoredGroupsResponse, error)
+	// DeleteGroupOffsets durably removes every committed offset of a group
+	// (sdk.GroupStore, optional).
+	DeleteGroupOffsets(context.Context, *DeleteGroupOffsetsRequest) (*DeleteGroupOffsetsResponse, error)
+	// DeleteTopicData removes a topic's messages and every group's offsets on
+	// it (sdk.TopicDeleter, optional).
+	DeleteTopicData(context.Context, *DeleteTopicDataRequest) (*DeleteTopicDataResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -131,6 +182,15 @@ func (UnimplementedStorageServer) CommitOffsets(context.Context, *CommitOffsetsR
 }
 func (UnimplementedStorageServer) GetOffsets(context.Context, *GetOffsetsRequest) (*GetOffsetsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetOffsets not implemented")
+}
+func (UnimplementedStorageServer) StoredGroups(context.Context, *StoredGroupsRequest) (*StoredGroupsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StoredGroups not implemented")
+}
+func (UnimplementedStorageServer) DeleteGroupOffsets(context.Context, *DeleteGroupOffsetsRequest) (*DeleteGroupOffsetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteGroupOffsets not implemented")
+}
+func (UnimplementedStorageServer) DeleteTopicData(context.Context, *DeleteTopicDataRequest) (*DeleteTopicDataResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteTopicData not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -203,6 +263,60 @@ func _Storage_GetOffsets_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_StoredGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StoredGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).StoredGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_StoredGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).StoredGroups(ctx, req.(*StoredGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Storage_DeleteGroupOffsets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupOffsetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).DeleteGroupOffsets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_DeleteGroupOffsets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).DeleteGroupOffsets(ctx, req.(*DeleteGroupOffsetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Storage_DeleteTopicData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTopicDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).DeleteTopicData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_DeleteTopicData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).DeleteTopicData(ctx, req.(*DeleteTopicDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -217,6 +331,18 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetOffsets",
 			Handler:    _Storage_GetOffsets_Handler,
+		},
+		{
+			MethodName: "StoredGroups",
+			Handler:    _Storage_StoredGroups_Handler,
+		},
+		{
+			MethodName: "DeleteGroupOffsets",
+			Handler:    _Storage_DeleteGroupOffsets_Handler,
+		},
+		{
+			MethodName: "DeleteTopicData",
+			Handler:    _Storage_DeleteTopicData_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -38,6 +38,11 @@ type TransportFrame struct {
 	//	*TransportFrame_Heartbeat
 	//	*TransportFrame_CreateTopic
 	//	*TransportFrame_AlterTopic
+	//	*TransportFrame_ListGroups
+	//	*TransportFrame_DescribeGroup
+	//	*TransportFrame_ResetOffsets
+	//	*TransportFrame_DeleteGroup
+	//	*TransportFrame_DeleteTopic
 	Request isTransportFrame_Request `protobuf_oneof:"request"`
 	// W3C trace context of the transport's span for this request.
 	Trace map[string]string `protobuf:"bytes,8,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -172,6 +177,51 @@ func (x *TransportFrame) GetAlterTopic() *AlterTopicRequest {
 	return nil
 }
 
+func (x *TransportFrame) GetListGroups() *ListGroupsRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_ListGroups); ok {
+			return x.ListGroups
+		}
+	}
+	return nil
+}
+
+func (x *TransportFrame) GetDescribeGroup() *DescribeGroupRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_DescribeGroup); ok {
+			return x.DescribeGroup
+		}
+	}
+	return nil
+}
+
+func (x *TransportFrame) GetResetOffsets() *ResetOffsetsRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_ResetOffsets); ok {
+			return x.ResetOffsets
+		}
+	}
+	return nil
+}
+
+func (x *TransportFrame) GetDeleteGroup() *DeleteGroupRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_DeleteGroup); ok {
+			return x.DeleteGroup
+		}
+	}
+	return nil
+}
+
+func (x *TransportFrame) GetDeleteTopic() *DeleteTopicRequest {
+	if x != nil {
+		if x, ok := x.Request.(*TransportFrame_DeleteTopic); ok {
+			return x.DeleteTopic
+		}
+	}
+	return nil
+}
+
 func (x *TransportFrame) GetTrace() map[string]string {
 	if x != nil {
 		return x.Trace
@@ -227,6 +277,26 @@ type TransportFrame_AlterTopic struct {
 	AlterTopic *AlterTopicRequest `protobuf:"bytes,12,opt,name=alter_topic,json=alterTopic,proto3,oneof"`
 }
 
+type TransportFrame_ListGroups struct {
+	ListGroups *ListGroupsRequest `protobuf:"bytes,13,opt,name=list_groups,json=listGroups,proto3,oneof"`
+}
+
+type TransportFrame_DescribeGroup struct {
+	DescribeGroup *DescribeGroupRequest `protobuf:"bytes,14,opt,name=describe_group,json=describeGroup,proto3,oneof"`
+}
+
+type TransportFrame_ResetOffsets struct {
+	ResetOffsets *ResetOffsetsRequest `protobuf:"bytes,15,opt,name=reset_offsets,json=resetOffsets,proto3,oneof"`
+}
+
+type TransportFrame_DeleteGroup struct {
+	DeleteGroup *DeleteGroupRequest `protobuf:"bytes,16,opt,name=delete_group,json=deleteGroup,proto3,oneof"`
+}
+
+type TransportFrame_DeleteTopic struct {
+	DeleteTopic *DeleteTopicRequest `protobuf:"bytes,17,opt,name=delete_topic,json=deleteTopic,proto3,oneof"`
+}
+
 func (*TransportFrame_Produce) isTransportFrame_Request() {}
 
 func (*TransportFrame_Fetch) isTransportFrame_Request() {}
@@ -244,6 +314,16 @@ func (*TransportFrame_Heartbeat) isTransportFrame_Request() {}
 func (*TransportFrame_CreateTopic) isTransportFrame_Request() {}
 
 func (*TransportFrame_AlterTopic) isTransportFrame_Request() {}
+
+func (*TransportFrame_ListGroups) isTransportFrame_Request() {}
+
+func (*TransportFrame_DescribeGroup) isTransportFrame_Request() {}
+
+func (*TransportFrame_ResetOffsets) isTransportFrame_Request() {}
+
+func (*TransportFrame_DeleteGroup) isTransportFrame_Request() {}
+
+func (*TransportFrame_DeleteTopic) isTransportFrame_Request() {}
 
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -294,6 +374,11 @@ type CoreFrame struct {
 	//	*CoreFrame_Heartbeat
 	//	*CoreFrame_CreateTopic
 	//	*CoreFrame_AlterTopic
+	//	*CoreFrame_ListGroups
+	//	*CoreFrame_DescribeGroup
+	//	*CoreFrame_ResetOffsets
+	//	*CoreFrame_DeleteGroup
+	//	*CoreFrame_DeleteTopic
 	Response      isCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error               `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -416,6 +501,51 @@ func (x *CoreFrame) GetAlterTopic() *AlterTopicResponse {
 	return nil
 }
 
+func (x *CoreFrame) GetListGroups() *ListGroupsResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_ListGroups); ok {
+			return x.ListGroups
+		}
+	}
+	return nil
+}
+
+func (x *CoreFrame) GetDescribeGroup() *DescribeGroupResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_DescribeGroup); ok {
+			return x.DescribeGroup
+		}
+	}
+	return nil
+}
+
+func (x *CoreFrame) GetResetOffsets() *ResetOffsetsResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_ResetOffsets); ok {
+			return x.ResetOffsets
+		}
+	}
+	return nil
+}
+
+func (x *CoreFrame) GetDeleteGroup() *DeleteGroupResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_DeleteGroup); ok {
+			return x.DeleteGroup
+		}
+	}
+	return nil
+}
+
+func (x *CoreFrame) GetDeleteTopic() *DeleteTopicResponse {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_DeleteTopic); ok {
+			return x.DeleteTopic
+		}
+	}
+	return nil
+}
+
 func (x *CoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -459,6 +589,26 @@ type CoreFrame_AlterTopic struct {
 	AlterTopic *AlterTopicResponse `protobuf:"bytes,10,opt,name=alter_topic,json=alterTopic,proto3,oneof"`
 }
 
+type CoreFrame_ListGroups struct {
+	ListGroups *ListGroupsResponse `protobuf:"bytes,13,opt,name=list_groups,json=listGroups,proto3,oneof"`
+}
+
+type CoreFrame_DescribeGroup struct {
+	DescribeGroup *DescribeGroupResponse `protobuf:"bytes,14,opt,name=describe_group,json=describeGroup,proto3,oneof"`
+}
+
+type CoreFrame_ResetOffsets struct {
+	ResetOffsets *ResetOffsetsResponse `protobuf:"bytes,15,opt,name=reset_offsets,json=resetOffsets,proto3,oneof"`
+}
+
+type CoreFrame_DeleteGroup struct {
+	DeleteGroup *DeleteGroupResponse `protobuf:"bytes,16,opt,name=delete_group,json=deleteGroup,proto3,oneof"`
+}
+
+type CoreFrame_DeleteTopic struct {
+	DeleteTopic *DeleteTopicResponse `protobuf:"bytes,17,opt,name=delete_topic,json=deleteTopic,proto3,oneof"`
+}
+
 func (*CoreFrame_Produce) isCoreFrame_Response() {}
 
 func (*CoreFrame_Fetch) isCoreFrame_Response() {}
@@ -475,11 +625,21 @@ func (*CoreFrame_CreateTopic) isCoreFrame_Response() {}
 
 func (*CoreFrame_AlterTopic) isCoreFrame_Response() {}
 
+func (*CoreFrame_ListGroups) isCoreFrame_Response() {}
+
+func (*CoreFrame_DescribeGroup) isCoreFrame_Response() {}
+
+func (*CoreFrame_ResetOffsets) isCoreFrame_Response() {}
+
+func (*CoreFrame_DeleteGroup) isCoreFrame_Response() {}
+
+func (*CoreFrame_DeleteTopic) isCoreFrame_Response() {}
+
 var File_ferry_v1_transport_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xd8\x05\n" +
+	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xad\b\n" +
 	"\x0eTransportFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\aproduce\x18\x02 \x01(\v2\x18.ferry.v1.ProduceRequestH\x00R\aproduce\x12.\n" +
@@ -493,7 +653,13 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	" \x01(\v2\x1a.ferry.v1.HeartbeatRequestH\x00R\theartbeat\x12A\n" +
 	"\fcreate_topic\x18\v \x01(\v2\x1c.ferry.v1.CreateTopicRequestH\x00R\vcreateTopic\x12>\n" +
 	"\valter_topic\x18\f \x01(\v2\x1b.ferry.v1.AlterTopicRequestH\x00R\n" +
-	"alterTopic\x129\n" +
+	"alterTopic\x12>\n" +
+	"\vlist_groups\x18\r \x01(\v2\x1b.ferry.v1.ListGroupsRequestH\x00R\n" +
+	"listGroups\x12G\n" +
+	"\x0edescribe_group\x18\x0e \x01(\v2\x1e.ferry.v1.DescribeGroupRequestH\x00R\rdescribeGroup\x12D\n" +
+	"\rreset_offsets\x18\x0f \x01(\v2\x1d.ferry.v1.ResetOffsetsRequestH\x00R\fresetOffsets\x12A\n" +
+	"\fdelete_group\x18\x10 \x01(\v2\x1c.ferry.v1.DeleteGroupRequestH\x00R\vdeleteGroup\x12A\n" +
+	"\fdelete_topic\x18\x11 \x01(\v2\x1c.ferry.v1.DeleteTopicRequestH\x00R\vdeleteTopic\x129\n" +
 	"\x05trace\x18\b \x03(\v2#.ferry.v1.TransportFrame.TraceEntryR\x05trace\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x1a8\n" +
 	"\n" +
@@ -501,7 +667,7 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\arequest\"\b\n" +
-	"\x06Cancel\"\xbd\x04\n" +
+	"\x06Cancel\"\x97\a\n" +
 	"\tCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\aproduce\x18\x02 \x01(\v2\x19.ferry.v1.ProduceResponseH\x00R\aproduce\x12/\n" +
@@ -514,7 +680,13 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\fcreate_topic\x18\t \x01(\v2\x1d.ferry.v1.CreateTopicResponseH\x00R\vcreateTopic\x12?\n" +
 	"\valter_topic\x18\n" +
 	" \x01(\v2\x1c.ferry.v1.AlterTopicResponseH\x00R\n" +
-	"alterTopic\x12%\n" +
+	"alterTopic\x12?\n" +
+	"\vlist_groups\x18\r \x01(\v2\x1c.ferry.v1.ListGroupsResponseH\x00R\n" +
+	"listGroups\x12H\n" +
+	"\x0edescribe_group\x18\x0e \x01(\v2\x1f.ferry.v1.DescribeGroupResponseH\x00R\rdescribeGroup\x12E\n" +
+	"\rreset_offsets\x18\x0f \x01(\v2\x1e.ferry.v1.ResetOffsetsResponseH\x00R\fresetOffsets\x12B\n" +
+	"\fdelete_group\x18\x10 \x01(\v2\x1d.ferry.v1.DeleteGroupResponseH\x00R\vdeleteGroup\x12B\n" +
+	"\fdelete_topic\x18\x11 \x01(\v2\x1d.ferry.v1.DeleteTopicResponseH\x00R\vdeleteTopic\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse2I\n" +
@@ -547,15 +719,25 @@ var file_ferry_v1_transport_proto_goTypes = []any{
 	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
 	(*CreateTopicRequest)(nil),    // 10: ferry.v1.CreateTopicRequest
 	(*AlterTopicRequest)(nil),     // 11: ferry.v1.AlterTopicRequest
-	(*ProduceResponse)(nil),       // 12: ferry.v1.ProduceResponse
-	(*FetchResponse)(nil),         // 13: ferry.v1.FetchResponse
-	(*CommitOffsetsResponse)(nil), // 14: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 15: ferry.v1.GetOffsetsResponse
-	(*MetadataResponse)(nil),      // 16: ferry.v1.MetadataResponse
-	(*HeartbeatResponse)(nil),     // 17: ferry.v1.HeartbeatResponse
-	(*CreateTopicResponse)(nil),   // 18: ferry.v1.CreateTopicResponse
-	(*AlterTopicResponse)(nil),    // 19: ferry.v1.AlterTopicResponse
-	(*Error)(nil),                 // 20: ferry.v1.Error
+	(*ListGroupsRequest)(nil),     // 12: ferry.v1.ListGroupsRequest
+	(*DescribeGroupRequest)(nil),  // 13: ferry.v1.DescribeGroupRequest
+	(*ResetOffsetsRequest)(nil),   // 14: ferry.v1.ResetOffsetsRequest
+	(*DeleteGroupRequest)(nil),    // 15: ferry.v1.DeleteGroupRequest
+	(*DeleteTopicRequest)(nil),    // 16: ferry.v1.DeleteTopicRequest
+	(*ProduceResponse)(nil),       // 17: ferry.v1.ProduceResponse
+	(*FetchResponse)(nil),         // 18: ferry.v1.FetchResponse
+	(*CommitOffsetsResponse)(nil), // 19: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 20: ferry.v1.GetOffsetsResponse
+	(*MetadataResponse)(nil),      // 21: ferry.v1.MetadataResponse
+	(*HeartbeatResponse)(nil),     // 22: ferry.v1.HeartbeatResponse
+	(*CreateTopicResponse)(nil),   // 23: ferry.v1.CreateTopicResponse
+	(*AlterTopicResponse)(nil),    // 24: ferry.v1.AlterTopicResponse
+	(*ListGroupsResponse)(nil),    // 25: ferry.v1.ListGroupsResponse
+	(*DescribeGroupResponse)(nil), // 26: ferry.v1.DescribeGroupResponse
+	(*ResetOffsetsResponse)(nil),  // 27: ferry.v1.ResetOffsetsResponse
+	(*DeleteGroupResponse)(nil),   // 28: ferry.v1.DeleteGroupResponse
+	(*DeleteTopicResponse)(nil),   // 29: ferry.v1.DeleteTopicResponse
+	(*Error)(nil),                 // 30: ferry.v1.Error
 }
 var file_ferry_v1_transport_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
@@ -567,23 +749,33 @@ var file_ferry_v1_transport_proto_depIdxs = []int32{
 	9,  // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
 	10, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
 	11, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
-	3,  // 9: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
-	12, // 10: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
-	13, // 11: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
-	14, // 12: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	15, // 13: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
-	16, // 14: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
-	17, // 15: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
-	18, // 16: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
-	19, // 17: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
-	20, // 18: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
-	2,  // 19: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
-	0,  // 20: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
-	20, // [20:21] is the sub-list for method output_type
-	19, // [19:20] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	12, // 9: ferry.v1.TransportFrame.list_groups:type_name -> ferry.v1.ListGroupsRequest
+	13, // 10: ferry.v1.TransportFrame.describe_group:type_name -> ferry.v1.DescribeGroupRequest
+	14, // 11: ferry.v1.TransportFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsRequest
+	15, // 12: ferry.v1.TransportFrame.delete_group:type_name -> ferry.v1.DeleteGroupRequest
+	16, // 13: ferry.v1.TransportFrame.delete_topic:type_name -> ferry.v1.DeleteTopicRequest
+	3,  // 14: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
+	17, // 15: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
+	18, // 16: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
+	19, // 17: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	20, // 18: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
+	21, // 19: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
+	22, // 20: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
+	23, // 21: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
+	24, // 22: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
+	25, // 23: ferry.v1.CoreFrame.list_groups:type_name -> ferry.v1.ListGroupsResponse
+	26, // 24: ferry.v1.CoreFrame.describe_group:type_name -> ferry.v1.DescribeGroupResponse
+	27, // 25: ferry.v1.CoreFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsResponse
+	28, // 26: ferry.v1.CoreFrame.delete_group:type_name -> ferry.v1.DeleteGroupResponse
+	29, // 27: ferry.v1.CoreFrame.delete_topic:type_name -> ferry.v1.DeleteTopicResponse
+	30, // 28: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
+	2,  // 29: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
+	0,  // 30: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
+	30, // [30:31] is the sub-list for method output_type
+	29, // [29:30] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_transport_proto_init() }
@@ -604,6 +796,11 @@ func file_ferry_v1_transport_proto_init() {
 		(*TransportFrame_Heartbeat)(nil),
 		(*TransportFrame_CreateTopic)(nil),
 		(*TransportFrame_AlterTopic)(nil),
+		(*TransportFrame_ListGroups)(nil),
+		(*TransportFrame_DescribeGroup)(nil),
+		(*TransportFrame_ResetOffsets)(nil),
+		(*TransportFrame_DeleteGroup)(nil),
+		(*TransportFrame_DeleteTopic)(nil),
 	}
 	file_ferry_v1_transport_proto_msgTypes[2].OneofWrappers = []any{
 		(*CoreFrame_Produce)(nil),
@@ -614,6 +811,11 @@ func file_ferry_v1_transport_proto_init() {
 		(*CoreFrame_Heartbeat)(nil),
 		(*CoreFrame_CreateTopic)(nil),
 		(*CoreFrame_AlterTopic)(nil),
+		(*CoreFrame_ListGroups)(nil),
+		(*CoreFrame_DescribeGroup)(nil),
+		(*CoreFrame_ResetOffsets)(nil),
+		(*CoreFrame_DeleteGroup)(nil),
+		(*CoreFrame_DeleteTopic)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -100,6 +100,8 @@ func StorageCases() []StorageCase {
 		{"DedupWindow", nil, testDedupWindow},
 		{"ConcurrentAppenders", nil, testConcurrentAppenders},
 		{"EarlyOffsets", nil, testEarlyOffsets},
+		{"GroupStore", nil, testGroupStore},
+		{"TopicDeleter", nil, testTopicDeleter},
 		{"InvalidArguments", nil, testInvalidArguments},
 		{"BadConfig", nil, testBadConfig},
 		{"NotConfigured", nil, testNotConfigured},

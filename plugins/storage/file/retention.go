@@ -41,6 +41,8 @@ func (s *Store) janitor() {
 // moves every queue's start past them in memory and on disk (queues.json),
 // then removes the files; a read in flight keeps its segment open until done.
 func (s *Store) enforceRetention(now time.Time) error {
+	s.startsMu.Lock()
+	defer s.startsMu.Unlock()
 	s.mu.Lock()
 	s.segRolled = false
 	var total int64

@@ -112,6 +112,7 @@ type Store struct {
 	// messages they made durable.
 	fsyncs, fsyncedMsgs, lingerNanos, ioNanos, gapNanos, writeCalls atomic.Int64
 
+	startsMu   sync.Mutex // serialises rewrites of queues.json (retention, DeleteTopicData)
 	offWriteMu sync.Mutex // serialises rewrites of the offsets file
 	offWritten int64      // offVersion the file holds (under offWriteMu)
 	offMu      sync.Mutex // guards offsets and offVersion

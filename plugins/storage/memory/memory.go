@@ -215,3 +215,51 @@ func (s *Store) GetOffsets(_ context.Context, group string, queues []*sdk.QueueR
 	}
 	return out, nil
 }
+
+var _ sdk.GroupStore = (*Store)(nil)
+
+// StoredGroups lists the groups with committed offsets (sdk.GroupStore).
+func (s *Store) StoredGroups(context.Context) ([]string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []string
+	for g, offs := range s.offsets {
+		if len(offs) > 0 {
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+// DeleteGroupOffsets forgets group's committed offsets (sdk.GroupStore).
+func (s *Store) DeleteGroupOffsets(_ context.Context, group string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.offsets, group)
+	return nil
+}
+
+var _ sdk.TopicDeleter = (*Store)(nil)
+
+// DeleteTopicData drops topic's messages (each queue's start moves to its
+// end) and every group's offsets on it (sdk.TopicDeleter).
+func (s *Store) DeleteTopicData(_ context.Context, topic string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ref, q := range s.queues {
+		if ref.Topic == topic {
+			q.start += int64(len(q.msgs))
+			q.msgs = nil
+			clear(q.ids)
+			clear(q.ring)
+		}
+	}
+	for _, g := range s.offsets {
+		for ref := range g {
+			if ref.Topic == topic {
+				delete(g, ref)
+			}
+		}
+	}
+	return nil
+}

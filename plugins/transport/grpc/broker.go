@@ -245,3 +245,40 @@ func (b *brokerServer) CreateTopic(ctx context.Context, req *ferryv1.CreateTopic
 func (b *brokerServer) AlterTopic(ctx context.Context, req *ferryv1.AlterTopicRequest) (*ferryv1.AlterTopicResponse, error) {
 	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.AlterTopicResponse, error) { return a.AlterTopic(ctx, req) })
 }
+
+func (b *brokerServer) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest) (*ferryv1.DeleteTopicResponse, error) {
+	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.DeleteTopicResponse, error) { return a.DeleteTopic(ctx, req) })
+}
+
+// groupCall makes one of the core's group calls; errors.ErrUnsupported when
+// the core has none.
+func groupCall[Resp any](b *brokerServer, call func(sdk.GroupAdmin) (*Resp, error)) (*Resp, error) {
+	a, ok := b.core.(sdk.GroupAdmin)
+	if !ok {
+		return nil, sdk.ErrorToStatus(fmt.Errorf("%w: this broker core has no group administration", errors.ErrUnsupported))
+	}
+	resp, err := call(a)
+	if err != nil {
+		return nil, sdk.ErrorToStatus(err)
+	}
+	if resp == nil {
+		resp = new(Resp)
+	}
+	return resp, nil
+}
+
+func (b *brokerServer) ListGroups(ctx context.Context, req *ferryv1.ListGroupsRequest) (*ferryv1.ListGroupsResponse, error) {
+	return groupCall(b, func(a sdk.GroupAdmin) (*ferryv1.ListGroupsResponse, error) { return a.ListGroups(ctx, req) })
+}
+
+func (b *brokerServer) DescribeGroup(ctx context.Context, req *ferryv1.DescribeGroupRequest) (*ferryv1.DescribeGroupResponse, error) {
+	return groupCall(b, func(a sdk.GroupAdmin) (*ferryv1.DescribeGroupResponse, error) { return a.DescribeGroup(ctx, req) })
+}
+
+func (b *brokerServer) ResetOffsets(ctx context.Context, req *ferryv1.ResetOffsetsRequest) (*ferryv1.ResetOffsetsResponse, error) {
+	return groupCall(b, func(a sdk.GroupAdmin) (*ferryv1.ResetOffsetsResponse, error) { return a.ResetOffsets(ctx, req) })
+}
+
+func (b *brokerServer) DeleteGroup(ctx context.Context, req *ferryv1.DeleteGroupRequest) (*ferryv1.DeleteGroupResponse, error) {
+	return groupCall(b, func(a sdk.GroupAdmin) (*ferryv1.DeleteGroupResponse, error) { return a.DeleteGroup(ctx, req) })
+}

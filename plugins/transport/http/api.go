@@ -77,8 +77,9 @@ func (a *api) routes() http.Handler {
 	mux.Handle("/v1/groups/{group}/offsets", methods{http.MethodPost: a.commit, http.MethodGet: a.offsets})
 	mux.Handle("/v1/metadata", methods{http.MethodGet: a.metadata})
 	mux.Handle("/metrics", methods{http.MethodGet: a.lim.metrics().ServeHTTP})
+	a.adminRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no endpoint %s; see /v1/metadata, /v1/topics/{topic}/messages, /v1/groups/{group}/offsets", r.URL.Path))
+		writeError(w, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no endpoint %s; see /v1/metadata, /v1/topics, /v1/topics/{topic}, /v1/topics/{topic}/messages, /v1/groups, /v1/groups/{group}, /v1/groups/{group}/offsets, /v1/groups/{group}/reset", r.URL.Path))
 	})
 	return a.guard(mux)
 }
@@ -187,6 +188,8 @@ var statusOf = map[string]int{
 	"REPLICA_TIMEOUT":       http.StatusGatewayTimeout,
 	"CANCELED":              http.StatusServiceUnavailable,
 	"CORRUPT":               http.StatusInternalServerError,
+	"NOT_LEADER":            http.StatusConflict,
+	"UNSUPPORTED":           http.StatusNotImplemented,
 }
 
 func fail(w http.ResponseWriter, err error) {

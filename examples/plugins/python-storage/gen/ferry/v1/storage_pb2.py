@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from ferry.v1 import message_pb2 as ferry_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"\xcf\x01\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\"\x7f\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\"M\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"F\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xa0\x02\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"\'\n\x16\x44\x65leteTopicDataRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteTopicDataResponse\"\x15\n\x13StoredGroupsRequest\"&\n\x14StoredGroupsResponse\x12\x0e\n\x06groups\x18\x01 \x03(\t\"*\n\x19\x44\x65leteGroupOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteGroupOffsetsResponse\"\xcf\x01\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\"\x7f\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\"M\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"F\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xa8\x04\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n\x0cStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n\x12\x44\x65leteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n\x0f\x44\x65leteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.storage_pb2', globals())
@@ -26,32 +26,44 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _APPENDREQUEST_TRACEENTRY._serialized_options = b'8\001'
   _READREQUEST_TRACEENTRY._options = None
   _READREQUEST_TRACEENTRY._serialized_options = b'8\001'
-  _APPENDREQUEST._serialized_start=61
-  _APPENDREQUEST._serialized_end=268
-  _APPENDREQUEST_TRACEENTRY._serialized_start=224
-  _APPENDREQUEST_TRACEENTRY._serialized_end=268
-  _APPENDRESPONSE._serialized_start=271
-  _APPENDRESPONSE._serialized_end=400
-  _READREQUEST._serialized_start=403
-  _READREQUEST._serialized_end=610
-  _READREQUEST_TRACEENTRY._serialized_start=224
-  _READREQUEST_TRACEENTRY._serialized_end=268
-  _READRESPONSE._serialized_start=613
-  _READRESPONSE._serialized_end=749
-  _QUEUEOFFSETS._serialized_start=751
-  _QUEUEOFFSETS._serialized_end=878
-  _COMMITOFFSETSREQUEST._serialized_start=880
-  _COMMITOFFSETSREQUEST._serialized_end=957
-  _GROUPOFFSET._serialized_start=959
-  _GROUPOFFSET._serialized_end=1018
-  _COMMITOFFSETSRESPONSE._serialized_start=1020
-  _COMMITOFFSETSRESPONSE._serialized_end=1043
-  _GETOFFSETSREQUEST._serialized_start=1045
-  _GETOFFSETSREQUEST._serialized_end=1115
-  _QUEUEREF._serialized_start=1117
-  _QUEUEREF._serialized_end=1157
-  _GETOFFSETSRESPONSE._serialized_start=1159
-  _GETOFFSETSRESPONSE._serialized_end=1220
-  _STORAGE._serialized_start=1223
-  _STORAGE._serialized_end=1511
+  _DELETETOPICDATAREQUEST._serialized_start=60
+  _DELETETOPICDATAREQUEST._serialized_end=99
+  _DELETETOPICDATARESPONSE._serialized_start=101
+  _DELETETOPICDATARESPONSE._serialized_end=126
+  _STOREDGROUPSREQUEST._serialized_start=128
+  _STOREDGROUPSREQUEST._serialized_end=149
+  _STOREDGROUPSRESPONSE._serialized_start=151
+  _STOREDGROUPSRESPONSE._serialized_end=189
+  _DELETEGROUPOFFSETSREQUEST._serialized_start=191
+  _DELETEGROUPOFFSETSREQUEST._serialized_end=233
+  _DELETEGROUPOFFSETSRESPONSE._serialized_start=235
+  _DELETEGROUPOFFSETSRESPONSE._serialized_end=263
+  _APPENDREQUEST._serialized_start=266
+  _APPENDREQUEST._serialized_end=473
+  _APPENDREQUEST_TRACEENTRY._serialized_start=429
+  _APPENDREQUEST_TRACEENTRY._serialized_end=473
+  _APPENDRESPONSE._serialized_start=476
+  _APPENDRESPONSE._serialized_end=605
+  _READREQUEST._serialized_start=608
+  _READREQUEST._serialized_end=815
+  _READREQUEST_TRACEENTRY._serialized_start=429
+  _READREQUEST_TRACEENTRY._serialized_end=473
+  _READRESPONSE._serialized_start=818
+  _READRESPONSE._serialized_end=954
+  _QUEUEOFFSETS._serialized_start=956
+  _QUEUEOFFSETS._serialized_end=1083
+  _COMMITOFFSETSREQUEST._serialized_start=1085
+  _COMMITOFFSETSREQUEST._serialized_end=1162
+  _GROUPOFFSET._serialized_start=1164
+  _GROUPOFFSET._serialized_end=1223
+  _COMMITOFFSETSRESPONSE._serialized_start=1225
+  _COMMITOFFSETSRESPONSE._serialized_end=1248
+  _GETOFFSETSREQUEST._serialized_start=1250
+  _GETOFFSETSREQUEST._serialized_end=1320
+  _QUEUEREF._serialized_start=1322
+  _QUEUEREF._serialized_end=1362
+  _GETOFFSETSRESPONSE._serialized_start=1364
+  _GETOFFSETSRESPONSE._serialized_end=1425
+  _STORAGE._serialized_start=1428
+  _STORAGE._serialized_end=1980
 # @@protoc_insertion_point(module_scope)
