@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/verify"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
@@ -240,28 +241,25 @@ func readLog(t *testing.T, broker string) map[string]int {
 // verdict counts what the checker reports.
 type verdict struct{ ok, lost, dup, unexpected, stored int }
 
+// check is verify.Check (one definition of lost, duplicated and unexpected
+// for ferry verify and these tests) over the load's sends and a log's copies
+// of each body.
 func check(l *load, log map[string]int) verdict {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	var v verdict
-	for body, st := range l.status {
-		if st == ferryv1.Status_STATUS_OK {
-			v.ok++
-			if log[body] == 0 {
-				v.lost++
+	sent := make([]verify.Send, 0, len(l.attempts))
+	for body := range l.attempts {
+		s := verify.Send{ID: body, Key: body, Outcome: verify.OutcomeUnknown}
+		if st, ok := l.status[body]; ok {
+			s.Outcome, s.Status = verify.OutcomeWeak, st
+			if st == ferryv1.Status_STATUS_OK {
+				s.Outcome = verify.OutcomeOK
 			}
 		}
+		sent = append(sent, s)
 	}
-	for body, n := range log {
-		v.stored += n
-		if n > 1 {
-			v.dup += n - 1
-		}
-		if !l.attempts[body] {
-			v.unexpected++
-		}
-	}
-	return v
+	l.mu.Unlock()
+	r := verify.CheckCopies(sent, log)
+	return verdict{ok: r.Acked, lost: r.Lost, dup: r.Duplicated, unexpected: r.Unexpected, stored: r.Stored}
 }
 
 // masterSlaveFailover runs the scenario: load, the slave paused for a while

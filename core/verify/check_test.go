@@ -86,3 +86,12 @@ func TestPermittedLoss(t *testing.T) {
 		t.Fatalf("permitted %d, window %s, not permitted %v; want 3, 700ms, [old after]", n, window, other)
 	}
 }
+
+// CheckCopies counts from copies alone, and still fails what it can see.
+func TestCheckCopies(t *testing.T) {
+	sent := []Send{{ID: "a", Outcome: OutcomeOK}, {ID: "b", Outcome: OutcomeOK}, {ID: "c", Outcome: OutcomeUnknown}}
+	r := CheckCopies(sent, map[string]int{"a": 2, "c": 1, "x": 1})
+	if r.Acked != 2 || r.Lost != 1 || r.Duplicated != 1 || r.Unexpected != 1 || r.UnknownStored != 1 || r.Stored != 4 || r.WrongOffset != 0 || r.OutOfOrder != 0 {
+		t.Fatalf("%+v", r)
+	}
+}
