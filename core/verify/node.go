@@ -214,6 +214,12 @@ func (n *node) kill() error {
 
 // groupMembers lists the live processes of process group pgid.
 func groupMembers(pgid int) []int {
+	// state ppid pgrp: fields 0, 1, 2 after the command.
+	return procs(func(f []string) bool { return len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" })
+}
+
+// procs lists the processes whose /proc/PID/stat fields (procStat) match.
+func procs(match func(stat []string) bool) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -221,12 +227,7 @@ func groupMembers(pgid int) []int {
 	var out []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		f := procStat(pid)
-		// state ppid pgrp: fields 0, 1, 2 after the command.
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
+		if err == nil && match(procStat(pid)) {
 			out = append(out, pid)
 		}
 	}
@@ -335,21 +336,7 @@ func (n *node) stop() {
 
 // childPIDs lists the processes whose parent is pid (from /proc).
 func childPIDs(pid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, e := range ents {
-		c, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if f := procStat(c); len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			out = append(out, c)
-		}
-	}
-	return out
+	return procs(func(f []string) bool { return len(f) > 1 && f[1] == strconv.Itoa(pid) })
 }
 
 func processAlive(pid int) bool {

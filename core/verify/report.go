@@ -137,23 +137,26 @@ func (rep *Report) WritePicture(path string) error {
 			}
 		}
 	}
-	if len(ok) > 0 {
-		sc, err := plotter.NewScatter(ok)
+	for _, pts := range []struct {
+		xys    plotter.XYs
+		name   string
+		radius vg.Length
+		color  color.Color
+		shape  draw.GlyphDrawer
+	}{
+		{ok, "acked", vg.Points(0.8), color.RGBA{B: 200, A: 255}, draw.CircleGlyph{}},
+		{bad, "not acked OK", vg.Points(2), color.RGBA{R: 220, A: 255}, draw.CrossGlyph{}},
+	} {
+		if len(pts.xys) == 0 {
+			continue
+		}
+		sc, err := plotter.NewScatter(pts.xys)
 		if err != nil {
 			return err
 		}
-		sc.GlyphStyle.Radius, sc.GlyphStyle.Color, sc.GlyphStyle.Shape = vg.Points(0.8), color.RGBA{B: 200, A: 255}, draw.CircleGlyph{}
+		sc.GlyphStyle.Radius, sc.GlyphStyle.Color, sc.GlyphStyle.Shape = pts.radius, pts.color, pts.shape
 		lat.Add(sc)
-		lat.Legend.Add("acked", sc)
-	}
-	if len(bad) > 0 {
-		sc, err := plotter.NewScatter(bad)
-		if err != nil {
-			return err
-		}
-		sc.GlyphStyle.Radius, sc.GlyphStyle.Color, sc.GlyphStyle.Shape = vg.Points(2), color.RGBA{R: 220, A: 255}, draw.CrossGlyph{}
-		lat.Add(sc)
-		lat.Legend.Add("not acked OK", sc)
+		lat.Legend.Add(pts.name, sc)
 	}
 	if len(per) > 0 {
 		line, err := plotter.NewLine(per)
