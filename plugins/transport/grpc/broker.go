@@ -221,12 +221,13 @@ func (b *brokerServer) Heartbeat(ctx context.Context, req *ferryv1.HeartbeatRequ
 	return resp, nil
 }
 
-// adminCall makes one of the core's topic calls; errors.ErrUnsupported when
+// coreCall makes one of the core's optional calls, of the interface A
+// (sdk.TopicAdmin, sdk.GroupAdmin); errors.ErrUnsupported, naming what, when
 // the core has none.
-func adminCall[Resp any](b *brokerServer, call func(sdk.TopicAdmin) (*Resp, error)) (*Resp, error) {
-	a, ok := b.core.(sdk.TopicAdmin)
+func coreCall[A, Resp any](b *brokerServer, what string, call func(A) (*Resp, error)) (*Resp, error) {
+	a, ok := b.core.(A)
 	if !ok {
-		return nil, sdk.ErrorToStatus(fmt.Errorf("%w: this broker core has no topic administration", errors.ErrUnsupported))
+		return nil, sdk.ErrorToStatus(fmt.Errorf("%w: this broker core has no %s", errors.ErrUnsupported, what))
 	}
 	resp, err := call(a)
 	if err != nil {
@@ -236,6 +237,11 @@ func adminCall[Resp any](b *brokerServer, call func(sdk.TopicAdmin) (*Resp, erro
 		resp = new(Resp)
 	}
 	return resp, nil
+}
+
+// adminCall makes one of the core's topic calls.
+func adminCall[Resp any](b *brokerServer, call func(sdk.TopicAdmin) (*Resp, error)) (*Resp, error) {
+	return coreCall(b, "topic administration", call)
 }
 
 func (b *brokerServer) CreateTopic(ctx context.Context, req *ferryv1.CreateTopicRequest) (*ferryv1.CreateTopicResponse, error) {
@@ -250,21 +256,9 @@ func (b *brokerServer) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopic
 	return adminCall(b, func(a sdk.TopicAdmin) (*ferryv1.DeleteTopicResponse, error) { return a.DeleteTopic(ctx, req) })
 }
 
-// groupCall makes one of the core's group calls; errors.ErrUnsupported when
-// the core has none.
+// groupCall makes one of the core's group calls.
 func groupCall[Resp any](b *brokerServer, call func(sdk.GroupAdmin) (*Resp, error)) (*Resp, error) {
-	a, ok := b.core.(sdk.GroupAdmin)
-	if !ok {
-		return nil, sdk.ErrorToStatus(fmt.Errorf("%w: this broker core has no group administration", errors.ErrUnsupported))
-	}
-	resp, err := call(a)
-	if err != nil {
-		return nil, sdk.ErrorToStatus(err)
-	}
-	if resp == nil {
-		resp = new(Resp)
-	}
-	return resp, nil
+	return coreCall(b, "group administration", call)
 }
 
 func (b *brokerServer) ListGroups(ctx context.Context, req *ferryv1.ListGroupsRequest) (*ferryv1.ListGroupsResponse, error) {
