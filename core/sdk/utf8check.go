@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -55,10 +56,67 @@ func checkUTF8(m protoreflect.Message) error {
 	}
 	for _, fd := range sf.messageLists {
 		l := m.Get(fd).List()
+		if fd.Message().FullName() == messageName && l.Len() > 0 {
+			ms := make([]*ferryv1.Message, l.Len())
+			for i := range ms {
+				ms[i] = l.Get(i).Message().Interface().(*ferryv1.Message)
+			}
+			if err := messagesUTF8(ms); err != nil {
+				return err
+			}
+			continue
+		}
 		for i := range l.Len() {
 			if err := checkUTF8(l.Get(i).Message()); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+var messageName = (&ferryv1.Message{}).ProtoReflect().Descriptor().FullName()
+
+// messagesUTF8 is messageUTF8 of a frame's messages, with one allocation for
+// the ids, topics and keys of them all (a run of messages of one topic
+// shares one copy of its name) instead of one a string: a kept id then
+// holds that small buffer, not the frame with its bodies.
+func messagesUTF8(ms []*ferryv1.Message) error {
+	n, topic := 0, ""
+	for _, m := range ms {
+		switch {
+		case !utf8.ValidString(m.Id):
+			return errInvalidUTF8("ferry.v1.Message.id")
+		case !utf8.ValidString(m.Topic):
+			return errInvalidUTF8("ferry.v1.Message.topic")
+		case !utf8.ValidString(m.Key):
+			return errInvalidUTF8("ferry.v1.Message.key")
+		}
+		n += len(m.Id) + len(m.Key)
+		if m.Topic != topic {
+			topic = m.Topic
+			n += len(topic)
+		}
+	}
+	buf := make([]byte, 0, n) // never grown: the strings below stay valid
+	own := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		start := len(buf)
+		buf = append(buf, s...)
+		return unsafe.String(&buf[start], len(s))
+	}
+	var from, to string
+	for _, m := range ms {
+		m.Id, m.Key = own(m.Id), own(m.Key)
+		if m.Topic != from || to == "" {
+			from = m.Topic
+			to = own(m.Topic)
+		}
+		m.Topic = to
+		if err := headersUTF8(m); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -80,6 +138,11 @@ func messageUTF8(m *ferryv1.Message) error {
 		return errInvalidUTF8("ferry.v1.Message.key")
 	}
 	m.Id, m.Topic, m.Key = strings.Clone(m.Id), strings.Clone(m.Topic), strings.Clone(m.Key)
+	return headersUTF8(m)
+}
+
+// headersUTF8 checks a message's headers and gives them memory of their own.
+func headersUTF8(m *ferryv1.Message) error {
 	if len(m.Headers) > 0 {
 		h := make(map[string]string, len(m.Headers))
 		for k, v := range m.Headers {
