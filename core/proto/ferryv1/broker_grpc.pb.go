@@ -54,7 +54,7 @@ type BrokerClient interface {
 	// CreateTopic creates a topic at runtime. The node writes it to its topic
 	// metadata before it answers, so it survives a restart. A bad name or
 	// queue count, or a topic that exists, is INVALID_ARGUMENT. A node with a
-	// replication plugin refuses (FAILED_PRECONDITION): topic changes are not
+	// replication plugin refuses (UNIMPLEMENTED): topic changes are not
 	// replicated yet; declare the topic in every node's pipeline.
 	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller
@@ -174,7 +174,7 @@ type BrokerServer interface {
 	// CreateTopic creates a topic at runtime. The node writes it to its topic
 	// metadata before it answers, so it survives a restart. A bad name or
 	// queue count, or a topic that exists, is INVALID_ARGUMENT. A node with a
-	// replication plugin refuses (FAILED_PRECONDITION): topic changes are not
+	// replication plugin refuses (UNIMPLEMENTED): topic changes are not
 	// replicated yet; declare the topic in every node's pipeline.
 	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
 	// AlterTopic grows a topic's queues (queues are never removed: a smaller

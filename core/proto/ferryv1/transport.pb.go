@@ -42,7 +42,11 @@ type TransportFrame struct {
 	// W3C trace context of the transport's span for this request.
 	Trace map[string]string `protobuf:"bytes,8,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Relative deadline; 0 means none.
-	TimeoutNanos  int64 `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	TimeoutNanos int64 `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	// Who sent the request, as the transport learnt it from its connection:
+	// the core authenticates and authorizes every request from it when the
+	// pipeline has a security section (docs/security.md).
+	Client        *ClientCredentials `protobuf:"bytes,30,opt,name=client,proto3" json:"client,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +190,13 @@ func (x *TransportFrame) GetTimeoutNanos() int64 {
 	return 0
 }
 
+func (x *TransportFrame) GetClient() *ClientCredentials {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
 type isTransportFrame_Request interface {
 	isTransportFrame_Request()
 }
@@ -245,6 +256,76 @@ func (*TransportFrame_CreateTopic) isTransportFrame_Request() {}
 
 func (*TransportFrame_AlterTopic) isTransportFrame_Request() {}
 
+// ClientCredentials are what a transport knows of the client behind one
+// request. The transport only gathers them; the core checks them.
+type ClientCredentials struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's credentials as it sent them: gRPC metadata or the HTTP
+	// header "authorization", e.g. "Basic base64(user:password)"; empty
+	// when it sent none.
+	Authorization string `protobuf:"bytes,1,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	// Under mutual TLS, the names of the client's certificate, whose chain
+	// the transport verified: the subject's common name, then its DNS,
+	// email and URI subject alternative names. Empty without a verified
+	// client certificate.
+	CertificateNames []string `protobuf:"bytes,2,rep,name=certificate_names,json=certificateNames,proto3" json:"certificate_names,omitempty"`
+	// The client's address as the transport's socket sees it (host:port).
+	RemoteAddr    string `protobuf:"bytes,3,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientCredentials) Reset() {
+	*x = ClientCredentials{}
+	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientCredentials) ProtoMessage() {}
+
+func (x *ClientCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientCredentials.ProtoReflect.Descriptor instead.
+func (*ClientCredentials) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ClientCredentials) GetAuthorization() string {
+	if x != nil {
+		return x.Authorization
+	}
+	return ""
+}
+
+func (x *ClientCredentials) GetCertificateNames() []string {
+	if x != nil {
+		return x.CertificateNames
+	}
+	return nil
+}
+
+func (x *ClientCredentials) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -253,7 +334,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	mi := &file_ferry_v1_transport_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +346,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	mi := &file_ferry_v1_transport_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +359,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{2}
 }
 
 type CoreFrame struct {
@@ -302,7 +383,7 @@ type CoreFrame struct {
 
 func (x *CoreFrame) Reset() {
 	*x = CoreFrame{}
-	mi := &file_ferry_v1_transport_proto_msgTypes[2]
+	mi := &file_ferry_v1_transport_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +395,7 @@ func (x *CoreFrame) String() string {
 func (*CoreFrame) ProtoMessage() {}
 
 func (x *CoreFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_transport_proto_msgTypes[2]
+	mi := &file_ferry_v1_transport_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +408,7 @@ func (x *CoreFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoreFrame.ProtoReflect.Descriptor instead.
 func (*CoreFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CoreFrame) GetId() uint64 {
@@ -479,7 +560,7 @@ var File_ferry_v1_transport_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xd8\x05\n" +
+	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\x8d\x06\n" +
 	"\x0eTransportFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\aproduce\x18\x02 \x01(\v2\x18.ferry.v1.ProduceRequestH\x00R\aproduce\x12.\n" +
@@ -495,12 +576,18 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\valter_topic\x18\f \x01(\v2\x1b.ferry.v1.AlterTopicRequestH\x00R\n" +
 	"alterTopic\x129\n" +
 	"\x05trace\x18\b \x03(\v2#.ferry.v1.TransportFrame.TraceEntryR\x05trace\x12#\n" +
-	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x1a8\n" +
+	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x123\n" +
+	"\x06client\x18\x1e \x01(\v2\x1b.ferry.v1.ClientCredentialsR\x06client\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
-	"\arequest\"\b\n" +
+	"\arequest\"\x87\x01\n" +
+	"\x11ClientCredentials\x12$\n" +
+	"\rauthorization\x18\x01 \x01(\tR\rauthorization\x12+\n" +
+	"\x11certificate_names\x18\x02 \x03(\tR\x10certificateNames\x12\x1f\n" +
+	"\vremote_addr\x18\x03 \x01(\tR\n" +
+	"remoteAddr\"\b\n" +
 	"\x06Cancel\"\xbd\x04\n" +
 	"\tCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
@@ -533,57 +620,59 @@ func file_ferry_v1_transport_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_transport_proto_rawDescData
 }
 
-var file_ferry_v1_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_ferry_v1_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_ferry_v1_transport_proto_goTypes = []any{
 	(*TransportFrame)(nil),        // 0: ferry.v1.TransportFrame
-	(*Cancel)(nil),                // 1: ferry.v1.Cancel
-	(*CoreFrame)(nil),             // 2: ferry.v1.CoreFrame
-	nil,                           // 3: ferry.v1.TransportFrame.TraceEntry
-	(*ProduceRequest)(nil),        // 4: ferry.v1.ProduceRequest
-	(*FetchRequest)(nil),          // 5: ferry.v1.FetchRequest
-	(*CommitOffsetsRequest)(nil),  // 6: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 7: ferry.v1.GetOffsetsRequest
-	(*MetadataRequest)(nil),       // 8: ferry.v1.MetadataRequest
-	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
-	(*CreateTopicRequest)(nil),    // 10: ferry.v1.CreateTopicRequest
-	(*AlterTopicRequest)(nil),     // 11: ferry.v1.AlterTopicRequest
-	(*ProduceResponse)(nil),       // 12: ferry.v1.ProduceResponse
-	(*FetchResponse)(nil),         // 13: ferry.v1.FetchResponse
-	(*CommitOffsetsResponse)(nil), // 14: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 15: ferry.v1.GetOffsetsResponse
-	(*MetadataResponse)(nil),      // 16: ferry.v1.MetadataResponse
-	(*HeartbeatResponse)(nil),     // 17: ferry.v1.HeartbeatResponse
-	(*CreateTopicResponse)(nil),   // 18: ferry.v1.CreateTopicResponse
-	(*AlterTopicResponse)(nil),    // 19: ferry.v1.AlterTopicResponse
-	(*Error)(nil),                 // 20: ferry.v1.Error
+	(*ClientCredentials)(nil),     // 1: ferry.v1.ClientCredentials
+	(*Cancel)(nil),                // 2: ferry.v1.Cancel
+	(*CoreFrame)(nil),             // 3: ferry.v1.CoreFrame
+	nil,                           // 4: ferry.v1.TransportFrame.TraceEntry
+	(*ProduceRequest)(nil),        // 5: ferry.v1.ProduceRequest
+	(*FetchRequest)(nil),          // 6: ferry.v1.FetchRequest
+	(*CommitOffsetsRequest)(nil),  // 7: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 8: ferry.v1.GetOffsetsRequest
+	(*MetadataRequest)(nil),       // 9: ferry.v1.MetadataRequest
+	(*HeartbeatRequest)(nil),      // 10: ferry.v1.HeartbeatRequest
+	(*CreateTopicRequest)(nil),    // 11: ferry.v1.CreateTopicRequest
+	(*AlterTopicRequest)(nil),     // 12: ferry.v1.AlterTopicRequest
+	(*ProduceResponse)(nil),       // 13: ferry.v1.ProduceResponse
+	(*FetchResponse)(nil),         // 14: ferry.v1.FetchResponse
+	(*CommitOffsetsResponse)(nil), // 15: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 16: ferry.v1.GetOffsetsResponse
+	(*MetadataResponse)(nil),      // 17: ferry.v1.MetadataResponse
+	(*HeartbeatResponse)(nil),     // 18: ferry.v1.HeartbeatResponse
+	(*CreateTopicResponse)(nil),   // 19: ferry.v1.CreateTopicResponse
+	(*AlterTopicResponse)(nil),    // 20: ferry.v1.AlterTopicResponse
+	(*Error)(nil),                 // 21: ferry.v1.Error
 }
 var file_ferry_v1_transport_proto_depIdxs = []int32{
-	4,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
-	5,  // 1: ferry.v1.TransportFrame.fetch:type_name -> ferry.v1.FetchRequest
-	6,  // 2: ferry.v1.TransportFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	7,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
-	8,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
-	1,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
-	9,  // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
-	10, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
-	11, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
-	3,  // 9: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
-	12, // 10: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
-	13, // 11: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
-	14, // 12: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	15, // 13: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
-	16, // 14: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
-	17, // 15: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
-	18, // 16: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
-	19, // 17: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
-	20, // 18: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
-	2,  // 19: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
-	0,  // 20: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
-	20, // [20:21] is the sub-list for method output_type
-	19, // [19:20] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	5,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
+	6,  // 1: ferry.v1.TransportFrame.fetch:type_name -> ferry.v1.FetchRequest
+	7,  // 2: ferry.v1.TransportFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	8,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
+	9,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
+	2,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
+	10, // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
+	11, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
+	12, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
+	4,  // 9: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
+	1,  // 10: ferry.v1.TransportFrame.client:type_name -> ferry.v1.ClientCredentials
+	13, // 11: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
+	14, // 12: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
+	15, // 13: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	16, // 14: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
+	17, // 15: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
+	18, // 16: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
+	19, // 17: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
+	20, // 18: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
+	21, // 19: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
+	3,  // 20: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
+	0,  // 21: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_transport_proto_init() }
@@ -605,7 +694,7 @@ func file_ferry_v1_transport_proto_init() {
 		(*TransportFrame_CreateTopic)(nil),
 		(*TransportFrame_AlterTopic)(nil),
 	}
-	file_ferry_v1_transport_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_transport_proto_msgTypes[3].OneofWrappers = []any{
 		(*CoreFrame_Produce)(nil),
 		(*CoreFrame_Fetch)(nil),
 		(*CoreFrame_CommitOffsets)(nil),
@@ -621,7 +710,7 @@ func file_ferry_v1_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_transport_proto_rawDesc), len(file_ferry_v1_transport_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

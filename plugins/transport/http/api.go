@@ -187,6 +187,8 @@ var statusOf = map[string]int{
 	"REPLICA_TIMEOUT":       http.StatusGatewayTimeout,
 	"CANCELED":              http.StatusServiceUnavailable,
 	"CORRUPT":               http.StatusInternalServerError,
+	"UNAUTHENTICATED":       http.StatusUnauthorized,
+	"PERMISSION_DENIED":     http.StatusForbidden,
 }
 
 func fail(w http.ResponseWriter, err error) {
@@ -204,6 +206,9 @@ func fail(w http.ResponseWriter, err error) {
 	status, ok := statusOf[e.Code]
 	if !ok {
 		status, e.Code = http.StatusInternalServerError, "INTERNAL"
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Basic realm="ferry", charset="UTF-8"`)
 	}
 	writeError(w, status, e.Code, e.Message)
 }
