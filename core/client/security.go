@@ -104,5 +104,6 @@ func loopbackHost(host string) bool {
 		return true
 	}
 	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	// 0.0.0.0 and :: reach this machine.
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }

@@ -30,18 +30,11 @@ func (c *checker) security(s *security.Config, pipelineFile string) {
 	if !filepath.IsAbs(path) && pipelineFile != "" {
 		path = filepath.Join(filepath.Dir(pipelineFile), path)
 	}
-	users, ps := loadUsersFile(path)
-	if ps == nil {
-		inline := map[string]bool{}
-		for _, u := range s.Users {
-			inline[u.Name] = true
-		}
-		for i, u := range users {
-			if inline[u.Name] {
-				ps = append(ps, Problem{File: path, Path: indexPath("users", i) + ".name", Message: "user " + quote(u.Name) + " is also defined in the pipeline's security.users"})
-			}
-		}
+	inline := map[string]bool{}
+	for _, u := range s.Users {
+		inline[u.Name] = true
 	}
+	users, ps := loadUsersFile(path, inline)
 	if ps != nil {
 		if _, err := os.Stat(path); err != nil {
 			c.add("security.users_file", "%v", err)
@@ -62,7 +55,7 @@ type usersFile struct {
 
 // loadUsersFile reads and checks a users file: a YAML mapping with the one
 // key users, a list of users as in security.users.
-func loadUsersFile(path string) ([]security.User, Problems) {
+func loadUsersFile(path string, inline map[string]bool) ([]security.User, Problems) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, Problems{{File: path, Message: err.Error()}}
@@ -90,6 +83,12 @@ func loadUsersFile(path string) ([]security.User, Problems) {
 	}
 	for _, pr := range security.ValidateUsers("users", f.Users) {
 		ps = append(ps, src.problem(pr.Path, pr.Message))
+	}
+	for i, u := range f.Users {
+		if inline[u.Name] {
+			at := indexPath("users", i) + ".name"
+			ps = append(ps, src.problem(at, "user "+quote(u.Name)+" is also defined in the pipeline's security.users"))
+		}
 	}
 	if len(f.Users) == 0 && len(ps) == 0 {
 		ps = append(ps, src.problem("users", "no users: a node whose users file is empty refuses every client"))

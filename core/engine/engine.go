@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/ferrymq/ferry/core/broker"
+	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -36,7 +37,8 @@ type Engine struct {
 	transport *pluginhost.Instance
 	repl      *pluginhost.Instance // nil for replication type none
 	broker    *broker.Broker
-	core      sdk.Core // what the transport is served: the broker, behind its guard on a node with users
+	core      sdk.Core        // what the transport is served: the broker, behind its guard on a node with users
+	self      []client.Option // how the pipeline's own generators and flows authenticate
 	address   string
 
 	serveCancel context.CancelFunc
@@ -127,6 +129,12 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 			_ = e.broker.Close(context.Background())
 			return nil, err
 		}
+		user, password, err := auth.Internal()
+		if err != nil {
+			_ = e.broker.Close(context.Background())
+			return nil, err
+		}
+		e.self = []client.Option{client.WithCredentials(user, password)}
 		e.core = security.NewGuard(e.broker, auth)
 		log.Info("clients must authenticate", "users", len(cfg.Security.Users))
 	} else if !loopback(e.address) {

@@ -1,6 +1,7 @@
 package security
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -97,6 +98,30 @@ func NewAuth(cfg Config, log Logger) (*Auth, error) {
 	}
 	a.dummy = dummy
 	return a, nil
+}
+
+// InternalUser is the name of the node's own super user (Internal).
+// Configured names cannot start with '%'.
+const InternalUser = "%node"
+
+// Internal adds the node's own super user, for the generators and flows of
+// its pipeline, which reach the node through its transport like any client,
+// and returns its password: 32 random bytes, known only to this process.
+// Called once, before the node serves.
+func (a *Auth) Internal() (user, password string, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", err
+	}
+	password = base64.RawURLEncoding.EncodeToString(b)
+	// The lowest cost: nobody guesses 256 random bits, however fast the
+	// hash.
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		return "", "", err
+	}
+	a.users[InternalUser] = &account{user: User{Name: InternalUser, PasswordHash: string(hash), Super: true}}
+	return InternalUser, password, nil
 }
 
 type nopLogger struct{}

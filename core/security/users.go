@@ -161,6 +161,8 @@ func checkUserName(n string) error {
 		return fmt.Errorf("is required")
 	case len(n) > maxUserName:
 		return fmt.Errorf("must be at most %d bytes, got %d", maxUserName, len(n))
+	case strings.HasPrefix(n, "%"):
+		return fmt.Errorf("user name %q: names starting with %% are reserved for Ferry's own users", n)
 	case strings.Contains(n, ":"):
 		return fmt.Errorf("user name %q contains ':', which separates user and password in HTTP Basic credentials", n)
 	}
