@@ -257,8 +257,50 @@ func TestAuthPermissions(t *testing.T) {
 		t.Fatalf("raw produce to other: %v, %v; want PERMISSION_DENIED naming Pub on Topic:other", pr, err)
 	}
 	_ = stream.CloseSend()
-	_, err = rpc.Fetch(as(ctx), &ferryv1.FetchRequest{Topic: "other", Positions: []*ferryv1.FetchPosition{{Queue: 0}}, MaxMessages: 1})
-	wantCode(t, "alice fetches other", err, codes.PermissionDenied, `user "alice" may not Sub on Topic:other`)
+	pos := []*ferryv1.FetchPosition{{Queue: 0}}
+	for _, tc := range []struct {
+		what, want string
+		call       func() error
+	}{
+		{"fetch other", `user "alice" may not Sub on Topic:other`, func() error {
+			_, err := rpc.Fetch(as(ctx), &ferryv1.FetchRequest{Topic: "other", Positions: pos, MaxMessages: 1})
+			return err
+		}},
+		{"fetch in another group", "Sub on Group:other-group", func() error {
+			_, err := rpc.Fetch(as(ctx), &ferryv1.FetchRequest{Topic: "orders.eu", Group: "other-group", Positions: pos, MaxMessages: 1})
+			return err
+		}},
+		{"commit another group", "Sub on Group:other-group", func() error {
+			_, err := rpc.CommitOffsets(as(ctx), &ferryv1.CommitOffsetsRequest{Group: "other-group", Offsets: []*ferryv1.GroupOffset{{Topic: "orders.eu", Queue: 0, Offset: 1}}})
+			return err
+		}},
+		{"commit on other", "Sub on Topic:other", func() error {
+			_, err := rpc.CommitOffsets(as(ctx), &ferryv1.CommitOffsetsRequest{Group: "billing", Offsets: []*ferryv1.GroupOffset{{Topic: "other", Queue: 0, Offset: 1}}})
+			return err
+		}},
+		{"offsets of another group", "Sub|Get on Group:other-group", func() error {
+			_, err := rpc.GetOffsets(as(ctx), &ferryv1.GetOffsetsRequest{Group: "other-group", Queues: []*ferryv1.QueueRef{{Topic: "orders.eu"}}})
+			return err
+		}},
+		{"offsets of other", "Sub|Get on Topic:other", func() error {
+			_, err := rpc.GetOffsets(as(ctx), &ferryv1.GetOffsetsRequest{Group: "billing", Queues: []*ferryv1.QueueRef{{Topic: "other"}}})
+			return err
+		}},
+		{"heartbeat on other", "Sub on Topic:other", func() error {
+			_, err := rpc.Heartbeat(as(ctx), &ferryv1.HeartbeatRequest{Group: "billing", Member: "m", Topics: []string{"other"}})
+			return err
+		}},
+		{"metadata of other", "Pub|Sub|Get on Topic:other", func() error {
+			_, err := rpc.Metadata(as(ctx), &ferryv1.MetadataRequest{Topics: []string{"other"}})
+			return err
+		}},
+		{"alter a topic", "Update on Topic:orders.eu", func() error {
+			_, err := rpc.AlterTopic(as(ctx), &ferryv1.AlterTopicRequest{Name: "orders.eu", Queues: 4})
+			return err
+		}},
+	} {
+		wantCode(t, "alice: "+tc.what, tc.call(), codes.PermissionDenied, tc.want)
+	}
 	// Metadata lists only what she may see.
 	md, err := alice.Metadata(ctx)
 	if err != nil {
