@@ -78,13 +78,13 @@ func topicResource(topic string) Resource {
 	return Topic(topic)
 }
 
-// topicAction is act on a topic, or Sub on the group that owns it when it
-// is a group's retry or dead-letter topic (a consumer writes and reads them
-// as part of consuming).
+// topicAction is act on a topic, or, when it is a group's retry or
+// dead-letter topic, act on the group that owns it with Pub read as Sub (a
+// consumer writes them as part of consuming).
 func topicAction(act Action, topic string) (Action, Resource) {
 	r := topicResource(topic)
-	if r.Type == GroupResource {
-		return Sub, r
+	if r.Type == GroupResource && act&Pub != 0 {
+		act = act&^Pub | Sub
 	}
 	return act, r
 }
