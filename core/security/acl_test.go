@@ -2,6 +2,7 @@ package security
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/netip"
 	"strings"
 	"sync"
@@ -128,7 +129,7 @@ func basic(user, password string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password))
 }
 
-func newTestAuth(t *testing.T, burst int) (*Auth, *fakeClock) {
+func newTestAuth(t testing.TB, burst int) (*Auth, *fakeClock) {
 	t.Helper()
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	a, err := NewAuth(Config{
@@ -238,4 +239,31 @@ func TestAuthenticateConcurrently(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Whatever a client sends as credentials, Authenticate neither panics nor
+// lets it in without the password or a certificate naming a user.
+func FuzzAuthenticate(f *testing.F) {
+	for _, s := range []string{basic("app", "pw"), basic("app", "x"), "Basic", "Basic ", "basic YXBwOnB3", "Bearer x", "Basic Og==", "Basic " + strings.Repeat("A", 1000), "\x00"} {
+		f.Add(s, "svc", "10.0.0.1:1")
+	}
+	a, _ := newTestAuth(f, 1000)
+	f.Fuzz(func(t *testing.T, authz, certName, remote string) {
+		p, err := a.Authenticate(&sdk.ClientCredentials{Authorization: authz, CertificateNames: []string{certName}, RemoteAddr: remote})
+		if err != nil {
+			if !errors.Is(err, sdk.ErrUnauthenticated) {
+				t.Fatalf("error %v is not ErrUnauthenticated", err)
+			}
+			return
+		}
+		switch {
+		case authz != "" && p.User == "app":
+			if u, pw, err := parseBasic(authz); err != nil || u != "app" || pw != "pw" {
+				t.Fatalf("%q authenticated as app", authz)
+			}
+		case authz == "" && p.User == "svc" && certName == "svc":
+		default:
+			t.Fatalf("%q / %q authenticated as %q", authz, certName, p.User)
+		}
+	})
 }

@@ -42,7 +42,7 @@ type Auth struct {
 	limit *limiter
 	dummy []byte // a bcrypt hash compared against for unknown users
 
-	mu       sync.Mutex
+	mu       sync.RWMutex
 	verified map[[sha256.Size]byte]string // hash of an authorization value that proved a user → the user
 	inflight map[[sha256.Size]byte]chan struct{}
 }
@@ -84,13 +84,16 @@ func NewAuth(cfg Config, log Logger) (*Auth, error) {
 		}
 		a.users[u.Name] = acc
 	}
-	// A hash of the lowest cost the users use, so that an unknown user
-	// costs about what a known one does.
-	cost := bcrypt.DefaultCost
+	// A hash of the highest cost the users use, so that an unknown user
+	// costs at least what a known one does.
+	cost := 0
 	for _, u := range cfg.Users {
-		if c, err := bcrypt.Cost([]byte(u.PasswordHash)); err == nil && c < cost {
+		if c, err := bcrypt.Cost([]byte(u.PasswordHash)); err == nil && c > cost {
 			cost = c
 		}
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
 	}
 	dummy, err := bcrypt.GenerateFromPassword([]byte("ferry: no such user"), cost)
 	if err != nil {
@@ -185,6 +188,12 @@ func (acc *account) principal(by string, addr netip.Addr) *Principal {
 // for a verification of the same credentials in progress; nil when they
 // must be verified (the caller then does, under the failure limit).
 func (a *Auth) cached(key [sha256.Size]byte, addr netip.Addr) *Principal {
+	a.mu.RLock()
+	u, ok := a.verified[key]
+	a.mu.RUnlock()
+	if ok {
+		return a.users[u].principal("password", addr)
+	}
 	for {
 		a.mu.Lock()
 		if u, ok := a.verified[key]; ok {

@@ -51,22 +51,9 @@ func NewGuard(next sdk.Core, auth *Auth) *Guard {
 	return g
 }
 
-type principalKey struct{}
-
-// PrincipalFrom returns the principal the Guard authenticated for the call
-// of ctx; nil on an open node.
-func PrincipalFrom(ctx context.Context) *Principal {
-	p, _ := ctx.Value(principalKey{}).(*Principal)
-	return p
-}
-
 // enter authenticates the call of ctx.
-func (g *Guard) enter(ctx context.Context) (context.Context, *Principal, error) {
-	p, err := g.auth.Authenticate(sdk.ClientCredentialsFrom(ctx))
-	if err != nil {
-		return ctx, nil, err
-	}
-	return context.WithValue(ctx, principalKey{}, p), p, nil
+func (g *Guard) enter(ctx context.Context) (*Principal, error) {
+	return g.auth.Authenticate(sdk.ClientCredentialsFrom(ctx))
 }
 
 // topicResource is the resource that governs topic: the topic, or for a
@@ -92,7 +79,7 @@ func topicAction(act Action, topic string) (Action, Resource) {
 func (g *Guard) check(p *Principal, act Action, r Resource) error { return g.auth.Authorize(p, act, r) }
 
 func (g *Guard) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.ProduceResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +103,7 @@ func (g *Guard) checkTopic(p *Principal, act Action, topic string) error {
 }
 
 func (g *Guard) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +129,7 @@ func (g *Guard) checkGroup(p *Principal, act Action, group string) error {
 }
 
 func (g *Guard) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return err
 	}
@@ -163,7 +150,7 @@ func (g *Guard) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest
 }
 
 func (g *Guard) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*sdk.GetOffsetsResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +168,7 @@ func (g *Guard) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*sd
 }
 
 func (g *Guard) Metadata(ctx context.Context, req *sdk.MetadataRequest) (*sdk.MetadataResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +192,7 @@ func (g *Guard) Metadata(ctx context.Context, req *sdk.MetadataRequest) (*sdk.Me
 }
 
 func (g *Guard) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk.HeartbeatResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +212,7 @@ func (g *Guard) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk.
 }
 
 func (g *Guard) CreateTopic(ctx context.Context, req *sdk.CreateTopicRequest) (*sdk.CreateTopicResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +226,7 @@ func (g *Guard) CreateTopic(ctx context.Context, req *sdk.CreateTopicRequest) (*
 }
 
 func (g *Guard) AlterTopic(ctx context.Context, req *sdk.AlterTopicRequest) (*sdk.AlterTopicResponse, error) {
-	ctx, p, err := g.enter(ctx)
+	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -14,32 +14,23 @@ import (
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/engine"
+	"github.com/ferrymq/ferry/core/security/securitytest"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/plugins/builtin"
 )
 
-// On a node with users the HTTP API takes Authorization: Basic: none or a
-// wrong password is 401 with a WWW-Authenticate challenge, a topic the
-// user may not use is 403 naming user, action and resource, and the right
-// user gets through.
-func TestHTTPBasicAuth(t *testing.T) {
-	hash, err := bcrypt.GenerateFromPassword([]byte("app-pw"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ferrytest.FreeAddr(t)
+// secureNode starts a node with the http transport (extra: more keys of
+// its config) and the users given (YAML list items).
+func secureNode(t *testing.T, extra, users string) *engine.Engine {
+	t.Helper()
 	cfg, err := config.LoadBytes("http-auth.yaml", []byte(fmt.Sprintf(`name: http-auth
 node: {data_dir: %q}
 plugins:
   storage: {type: memory}
-  transport: {type: http, config: {listen: %q, shutdown_timeout: 500ms}}
+  transport: {type: http, config: {listen: %q, shutdown_timeout: 500ms%s}}
 topics: [{name: orders, queues: 2}, {name: logs, queues: 1}]
 security:
-  users:
-    - name: app
-      password_hash: %q
-      policies: [{resources: ["Topic:orders", "Group:g"], actions: [Pub, Sub]}]
-`, t.TempDir(), listen, hash)))
+  users:%s`, t.TempDir(), ferrytest.FreeAddr(t), extra, users)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +46,23 @@ security:
 		defer cancel()
 		_ = e.Close(ctx)
 	})
+	return e
+}
+
+// On a node with users the HTTP API takes Authorization: Basic: none or a
+// wrong password is 401 with a WWW-Authenticate challenge, a topic the
+// user may not use is 403 naming user, action and resource, and the right
+// user gets through.
+func TestHTTPBasicAuth(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("app-pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := secureNode(t, "", fmt.Sprintf(`
+    - name: app
+      password_hash: %q
+      policies: [{resources: ["Topic:orders", "Group:g"], actions: [Pub, Sub]}]
+`, hash))
 	base := "http://" + e.Address()
 	call := func(method, path, user, password, body string) (int, http.Header, string) {
 		t.Helper()
@@ -104,5 +112,33 @@ security:
 	}
 	if code, _, body := call("GET", "/v1/topics/orders/messages?group=h&max=10&wait=1s", "app", "app-pw", ""); code != http.StatusForbidden || !strings.Contains(body, "Group:h") {
 		t.Fatalf("pull as app in group h: %d %s; want 403 on Group:h", code, body)
+	}
+}
+
+// Over mutual TLS the client certificate authenticates a user with
+// certificate: true; another certificate from the same CA is 401.
+func TestHTTPClientCertificateAuth(t *testing.T) {
+	ca := securitytest.NewCA(t, "http-auth")
+	srv := ca.Issue("broker", securitytest.Options{})
+	app := ca.Issue("app", securitytest.Options{Client: true})
+	other := ca.Issue("other", securitytest.Options{Client: true})
+	e := secureNode(t, fmt.Sprintf(", tls: {cert_file: %q, key_file: %q, client_ca_file: %q}", srv.CertFile, srv.KeyFile, ca.CertFile), `
+    - {name: app, certificate: true, policies: [{resources: ["Topic:orders"], actions: [Pub]}]}
+`)
+	url := "https://" + e.Address() + "/v1/topics/orders/messages"
+	msg := `{"messages":[{"body":"hi"}]}`
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := do(t, httpsClient(t, ca, app), "POST", url, msg)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("produce with app's certificate: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, body := do(t, httpsClient(t, ca, other), "POST", url, msg); code != http.StatusUnauthorized || !strings.Contains(body, "names no user") {
+		t.Fatalf("produce with another certificate: %d %s; want 401", code, body)
 	}
 }
