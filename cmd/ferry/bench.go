@@ -220,7 +220,11 @@ func runBench(ctx context.Context, kind string, f benchFlags, stdout, stderr io.
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
-	c, err := client.DialCluster(dctx, brokers, append(f.tls.options(), client.WithLogger(logger))...)
+	copts, err := f.tls.options()
+	if err != nil {
+		return err
+	}
+	c, err := client.DialCluster(dctx, brokers, append(copts, client.WithLogger(logger))...)
 	if err != nil {
 		return fail("cannot reach %s: %v", strings.Join(brokers, ","), err)
 	}

@@ -27,25 +27,55 @@ const EnvBroker = "FERRY_BROKER"
 // brokerUsage is the help text of every --broker flag.
 const brokerUsage = "broker address host:port of its grpc transport (default: $" + EnvBroker + ", else " + DefaultBroker + ")"
 
-// tlsFlags are the TLS flags of every command that talks to a broker.
+// tlsFlags are the TLS and credential flags of every command that talks
+// to a broker.
 type tlsFlags struct {
 	on            bool
 	ca, cert, key string
+	user          string // --user, default $FERRY_USER
+	passwordFile  string // --password-file; else $FERRY_PASSWORD
 }
+
+// Environment variables of the credential flags.
+const (
+	EnvUser     = "FERRY_USER"
+	EnvPassword = "FERRY_PASSWORD"
+)
 
 func (t *tlsFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&t.on, "tls", false, "speak TLS to the broker, trusting the system's CAs (implied by --tls-ca, --tls-cert, --tls-key)")
 	fs.StringVar(&t.ca, "tls-ca", "", "TLS: PEM file of the CA that signed the broker's certificate")
 	fs.StringVar(&t.cert, "tls-cert", "", "TLS: this client's certificate (PEM), for a broker that requires mutual TLS")
 	fs.StringVar(&t.key, "tls-key", "", "TLS: the key of --tls-cert (PEM)")
+	fs.StringVar(&t.user, "user", os.Getenv(EnvUser), "authenticate as this user (default $"+EnvUser+"); the password comes from --password-file or $"+EnvPassword)
+	fs.StringVar(&t.passwordFile, "password-file", "", "file whose first line is the password of --user (default: $"+EnvPassword+")")
 }
 
-// options are the client options the flags ask for.
-func (t tlsFlags) options() []client.Option {
-	if !t.on && t.ca == "" && t.cert == "" && t.key == "" {
-		return nil
+// options are the client options the flags ask for; an error (exit status
+// 2) when a password has no user, or a user no password.
+func (t tlsFlags) options() ([]client.Option, error) {
+	var opts []client.Option
+	if t.on || t.ca != "" || t.cert != "" || t.key != "" {
+		opts = append(opts, client.WithTLS(t.ca, t.cert, t.key))
 	}
-	return []client.Option{client.WithTLS(t.ca, t.cert, t.key)}
+	password, given := os.LookupEnv(EnvPassword)
+	if t.passwordFile != "" {
+		b, err := os.ReadFile(t.passwordFile)
+		if err != nil {
+			return nil, &exitError{code: 2, msg: fmt.Sprintf("--password-file: %v", err)}
+		}
+		password, _, _ = strings.Cut(string(b), "\n")
+		password, given = strings.TrimSuffix(password, "\r"), true
+	}
+	switch {
+	case t.user == "" && t.passwordFile != "":
+		return nil, &exitError{code: 2, msg: "--password-file needs --user (or $" + EnvUser + ")"}
+	case t.user != "" && !given:
+		return nil, &exitError{code: 2, msg: "--user " + t.user + " needs a password: set $" + EnvPassword + " or give --password-file"}
+	case t.user != "":
+		opts = append(opts, client.WithCredentials(t.user, password))
+	}
+	return opts, nil
 }
 
 // brokersOf resolves a command's broker addresses: the --broker flag's

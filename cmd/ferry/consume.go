@@ -148,7 +148,12 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	}
 	log := quietSlog(hclog.Warn)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := client.Dial(dctx, o.broker, append(o.tls.options(), client.WithLogger(log))...)
+	copts, err := o.tls.options()
+	if err != nil {
+		cancel()
+		return 0, err
+	}
+	c, err := client.Dial(dctx, o.broker, append(copts, client.WithLogger(log))...)
 	cancel()
 	if err != nil {
 		return 0, err

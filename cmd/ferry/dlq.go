@@ -54,9 +54,13 @@ func dialOne(cmd *cobra.Command, flagBroker string, tls tlsFlags) (ctx context.C
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	copts, err := tls.options()
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	c, err = client.Dial(ctx, broker, append(tls.options(), client.WithLogger(quietSlog(hclog.Error)))...)
+	c, err = client.Dial(ctx, broker, append(copts, client.WithLogger(quietSlog(hclog.Error)))...)
 	if err != nil {
 		cancel()
 		stop()

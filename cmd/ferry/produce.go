@@ -227,7 +227,11 @@ func runProduce(ctx context.Context, f produceFlags, stdin io.Reader, stdout, st
 	dctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	logger := logging.Slog(hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Error, Output: stderr}))
-	c, err := client.DialCluster(dctx, brokers, append(f.tls.options(), client.WithLogger(logger))...)
+	copts, err := f.tls.options()
+	if err != nil {
+		return err
+	}
+	c, err := client.DialCluster(dctx, brokers, append(copts, client.WithLogger(logger))...)
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("cannot reach %s: %v", strings.Join(brokers, ","), err)}
 	}

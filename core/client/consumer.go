@@ -531,7 +531,8 @@ func allQueues(n int32) []int32 {
 
 // permanent reports errors that retrying cannot fix.
 func permanent(err error) bool {
-	return errors.Is(err, sdk.ErrNotFound) || errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrConfig)
+	return errors.Is(err, sdk.ErrNotFound) || errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrConfig) ||
+		errors.Is(err, sdk.ErrUnauthenticated) || errors.Is(err, sdk.ErrPermissionDenied)
 }
 
 // sleep waits d or until ctx ends; false when ctx ended.

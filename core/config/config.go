@@ -17,6 +17,9 @@ type Pipeline struct {
 	Flows      []Flow           `koanf:"flows"`
 	Tracing    Tracing          `koanf:"tracing"`
 	Admin      Admin            `koanf:"admin"`
+	// Security: users, their credentials and permissions on the client
+	// transports (docs/security.md). No users: the node is open.
+	Security security.Config `koanf:"security"`
 	// KeepRunning keeps the node up after its generators are done and its
 	// flows caught up (a summary is printed then), until SIGINT/SIGTERM:
 	// for inspecting the result, e.g. with ferry dlq. Default false: such

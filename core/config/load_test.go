@@ -140,7 +140,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		{file: "duplicate-key.yaml", want: []want{{4, "", `not valid YAML: mapping key "name" already defined at line 1`}}},
 		{file: "two-documents.yaml", want: []want{{3, "", "holds one YAML document"}}},
 		{file: "unknown-keys.yaml", want: []want{
-			{2, "colour", "unknown key; known keys here: name, node, plugins, topics, producer, generators, flows, tracing, admin, keep_running"},
+			{2, "colour", "unknown key; known keys here: name, node, plugins, topics, producer, generators, flows, tracing, admin, security, keep_running"},
 			{5, "node.datadir", "unknown key; known keys here: id, data_dir, role, shutdown_timeout"},
 			{13, "topics[0].partitions", "unknown key; known keys here: name, queues"},
 			{19, "flows[0].stages[0].config.whatever", "unknown key (valid keys: backoff, delays, levels, max_attempts)"},

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -15,9 +16,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/ferrymq/ferry/core/broker"
+	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -34,6 +37,8 @@ type Engine struct {
 	transport *pluginhost.Instance
 	repl      *pluginhost.Instance // nil for replication type none
 	broker    *broker.Broker
+	core      sdk.Core        // what the transport is served: the broker, behind its guard on a node with users
+	self      []client.Option // how the pipeline's own generators and flows authenticate
 	address   string
 
 	serveCancel context.CancelFunc
@@ -117,6 +122,25 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		return nil, err
 	}
 	e.broker.Start()
+	e.core = e.broker
+	if cfg.Security.Enabled() {
+		auth, err := security.NewAuth(cfg.Security, log.Named("security"))
+		if err != nil {
+			_ = e.broker.Close(context.Background())
+			return nil, err
+		}
+		user, password, err := auth.Internal()
+		if err != nil {
+			_ = e.broker.Close(context.Background())
+			return nil, err
+		}
+		e.self = []client.Option{client.WithCredentials(user, password)}
+		e.core = security.NewGuard(e.broker, auth)
+		log.Info("clients must authenticate", "users", len(cfg.Security.Users))
+	} else if !loopback(e.address) {
+		log.Warn("the transport listens beyond loopback with no security section: anybody who reaches it may produce, consume, and purge dead letters; see docs/security.md",
+			"listen", e.address)
+	}
 	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
 		_ = e.broker.Close(context.Background())
 		return nil, err
@@ -157,6 +181,19 @@ func TransportAddress(cfg *config.Pipeline) string {
 	return DefaultTransportAddress
 }
 
+// loopback reports whether a listen address (host:port) binds loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // Address is where clients reach this node.
 func (e *Engine) Address() string { return e.address }
 
@@ -171,7 +208,7 @@ func (e *Engine) serveTransport(ctx context.Context) {
 	impl, gen, _ := e.transport.Current()
 	for {
 		if impl != nil {
-			err := impl.(sdk.Transport).Serve(ctx, e.broker)
+			err := impl.(sdk.Transport).Serve(ctx, e.core)
 			if ctx.Err() != nil {
 				return
 			}

@@ -38,7 +38,7 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	}
 	// The flows' consumers log through the node's logger: one stream, one
 	// format (they would use slog's default otherwise).
-	cl, err := client.Dial(ctx, e.address, client.WithLogger(logging.Slog(e.log.Named("client"))))
+	cl, err := client.Dial(ctx, e.address, append(e.self, client.WithLogger(logging.Slog(e.log.Named("client"))))...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", e.address, err)
 	}

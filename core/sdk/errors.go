@@ -47,6 +47,13 @@ var (
 	// follower, a deposed leader); nothing was stored. A client refreshes
 	// its routing metadata and sends to the leader it names.
 	ErrNotLeader = errors.New("not leader")
+	// ErrUnauthenticated: the node checks who its clients are and the
+	// request carried no credentials, or credentials that did not prove a
+	// user. Not retried; the client must send (other) credentials.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermissionDenied: the client is authenticated but the node's
+	// access control does not allow the request. Not retried.
+	ErrPermissionDenied = errors.New("permission denied")
 )
 
 // sentinels is the one table that maps sentinels to wire codes and gRPC codes.
@@ -67,6 +74,8 @@ var sentinels = []struct {
 	{ErrFull, "FULL", codes.ResourceExhausted},
 	{ErrConfig, "CONFIG", codes.InvalidArgument},
 	{ErrNotLeader, "NOT_LEADER", codes.FailedPrecondition},
+	{ErrUnauthenticated, "UNAUTHENTICATED", codes.Unauthenticated},
+	{ErrPermissionDenied, "PERMISSION_DENIED", codes.PermissionDenied},
 	// A plugin lacks an optional capability (e.g. ReplicateOffsets): the
 	// broker stops asking it. A plugin in another language that does not
 	// serve an RPC answers codes.Unimplemented, which decodes to the same.
@@ -156,6 +165,10 @@ func ErrorFromStatus(err error) error {
 		return &wireError{sentinel: context.Canceled, msg: msg}
 	case codes.DeadlineExceeded:
 		return &wireError{sentinel: context.DeadlineExceeded, msg: msg}
+	case codes.Unauthenticated:
+		return &wireError{sentinel: ErrUnauthenticated, msg: msg}
+	case codes.PermissionDenied:
+		return &wireError{sentinel: ErrPermissionDenied, msg: msg}
 	}
 	return errors.New(msg)
 }

@@ -105,6 +105,7 @@ func (c *coreClient) call(ctx context.Context, f *ferryv1.TransportFrame) (*ferr
 	}
 	f.Id = id
 	f.Trace = telemetry.Inject(ctx, nil)
+	f.Client = ClientCredentialsFrom(ctx)
 	if dl, ok := ctx.Deadline(); ok {
 		f.TimeoutNanos = max(int64(time.Until(dl)), 1)
 	}
@@ -335,6 +336,7 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 		rctx, rcancel = context.WithCancel(r.ctx)
 	}
 	rctx = telemetry.Extract(rctx, f.Trace)
+	rctx = WithClientCredentials(rctx, f.Client)
 	r.mu.Lock()
 	r.inflight[f.Id] = rcancel
 	r.mu.Unlock()

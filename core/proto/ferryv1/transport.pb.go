@@ -47,7 +47,11 @@ type TransportFrame struct {
 	// W3C trace context of the transport's span for this request.
 	Trace map[string]string `protobuf:"bytes,8,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Relative deadline; 0 means none.
-	TimeoutNanos  int64 `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	TimeoutNanos int64 `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	// Who sent the request, as the transport learnt it from its connection:
+	// the core authenticates and authorizes every request from it when the
+	// pipeline has a security section (docs/security.md).
+	Client        *ClientCredentials `protobuf:"bytes,30,opt,name=client,proto3" json:"client,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -236,6 +240,13 @@ func (x *TransportFrame) GetTimeoutNanos() int64 {
 	return 0
 }
 
+func (x *TransportFrame) GetClient() *ClientCredentials {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
 type isTransportFrame_Request interface {
 	isTransportFrame_Request()
 }
@@ -325,6 +336,76 @@ func (*TransportFrame_DeleteGroup) isTransportFrame_Request() {}
 
 func (*TransportFrame_DeleteTopic) isTransportFrame_Request() {}
 
+// ClientCredentials are what a transport knows of the client behind one
+// request. The transport only gathers them; the core checks them.
+type ClientCredentials struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's credentials as it sent them: gRPC metadata or the HTTP
+	// header "authorization", e.g. "Basic base64(user:password)"; empty
+	// when it sent none.
+	Authorization string `protobuf:"bytes,1,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	// Under mutual TLS, the names of the client's certificate, whose chain
+	// the transport verified: the subject's common name, then its DNS,
+	// email and URI subject alternative names. Empty without a verified
+	// client certificate.
+	CertificateNames []string `protobuf:"bytes,2,rep,name=certificate_names,json=certificateNames,proto3" json:"certificate_names,omitempty"`
+	// The client's address as the transport's socket sees it (host:port).
+	RemoteAddr    string `protobuf:"bytes,3,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientCredentials) Reset() {
+	*x = ClientCredentials{}
+	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientCredentials) ProtoMessage() {}
+
+func (x *ClientCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientCredentials.ProtoReflect.Descriptor instead.
+func (*ClientCredentials) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ClientCredentials) GetAuthorization() string {
+	if x != nil {
+		return x.Authorization
+	}
+	return ""
+}
+
+func (x *ClientCredentials) GetCertificateNames() []string {
+	if x != nil {
+		return x.CertificateNames
+	}
+	return nil
+}
+
+func (x *ClientCredentials) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -333,7 +414,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	mi := &file_ferry_v1_transport_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +426,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_transport_proto_msgTypes[1]
+	mi := &file_ferry_v1_transport_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +439,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{2}
 }
 
 type CoreFrame struct {
@@ -387,7 +468,7 @@ type CoreFrame struct {
 
 func (x *CoreFrame) Reset() {
 	*x = CoreFrame{}
-	mi := &file_ferry_v1_transport_proto_msgTypes[2]
+	mi := &file_ferry_v1_transport_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +480,7 @@ func (x *CoreFrame) String() string {
 func (*CoreFrame) ProtoMessage() {}
 
 func (x *CoreFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_transport_proto_msgTypes[2]
+	mi := &file_ferry_v1_transport_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +493,7 @@ func (x *CoreFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoreFrame.ProtoReflect.Descriptor instead.
 func (*CoreFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CoreFrame) GetId() uint64 {
@@ -639,7 +720,7 @@ var File_ferry_v1_transport_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xad\b\n" +
+	"\x18ferry/v1/transport.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x15ferry/v1/broker.proto\x1a\x16ferry/v1/storage.proto\"\xe2\b\n" +
 	"\x0eTransportFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\aproduce\x18\x02 \x01(\v2\x18.ferry.v1.ProduceRequestH\x00R\aproduce\x12.\n" +
@@ -661,12 +742,18 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\fdelete_group\x18\x10 \x01(\v2\x1c.ferry.v1.DeleteGroupRequestH\x00R\vdeleteGroup\x12A\n" +
 	"\fdelete_topic\x18\x11 \x01(\v2\x1c.ferry.v1.DeleteTopicRequestH\x00R\vdeleteTopic\x129\n" +
 	"\x05trace\x18\b \x03(\v2#.ferry.v1.TransportFrame.TraceEntryR\x05trace\x12#\n" +
-	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x1a8\n" +
+	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanos\x123\n" +
+	"\x06client\x18\x1e \x01(\v2\x1b.ferry.v1.ClientCredentialsR\x06client\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
-	"\arequest\"\b\n" +
+	"\arequest\"\x87\x01\n" +
+	"\x11ClientCredentials\x12$\n" +
+	"\rauthorization\x18\x01 \x01(\tR\rauthorization\x12+\n" +
+	"\x11certificate_names\x18\x02 \x03(\tR\x10certificateNames\x12\x1f\n" +
+	"\vremote_addr\x18\x03 \x01(\tR\n" +
+	"remoteAddr\"\b\n" +
 	"\x06Cancel\"\x97\a\n" +
 	"\tCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
@@ -705,77 +792,79 @@ func file_ferry_v1_transport_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_transport_proto_rawDescData
 }
 
-var file_ferry_v1_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_ferry_v1_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_ferry_v1_transport_proto_goTypes = []any{
 	(*TransportFrame)(nil),        // 0: ferry.v1.TransportFrame
-	(*Cancel)(nil),                // 1: ferry.v1.Cancel
-	(*CoreFrame)(nil),             // 2: ferry.v1.CoreFrame
-	nil,                           // 3: ferry.v1.TransportFrame.TraceEntry
-	(*ProduceRequest)(nil),        // 4: ferry.v1.ProduceRequest
-	(*FetchRequest)(nil),          // 5: ferry.v1.FetchRequest
-	(*CommitOffsetsRequest)(nil),  // 6: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 7: ferry.v1.GetOffsetsRequest
-	(*MetadataRequest)(nil),       // 8: ferry.v1.MetadataRequest
-	(*HeartbeatRequest)(nil),      // 9: ferry.v1.HeartbeatRequest
-	(*CreateTopicRequest)(nil),    // 10: ferry.v1.CreateTopicRequest
-	(*AlterTopicRequest)(nil),     // 11: ferry.v1.AlterTopicRequest
-	(*ListGroupsRequest)(nil),     // 12: ferry.v1.ListGroupsRequest
-	(*DescribeGroupRequest)(nil),  // 13: ferry.v1.DescribeGroupRequest
-	(*ResetOffsetsRequest)(nil),   // 14: ferry.v1.ResetOffsetsRequest
-	(*DeleteGroupRequest)(nil),    // 15: ferry.v1.DeleteGroupRequest
-	(*DeleteTopicRequest)(nil),    // 16: ferry.v1.DeleteTopicRequest
-	(*ProduceResponse)(nil),       // 17: ferry.v1.ProduceResponse
-	(*FetchResponse)(nil),         // 18: ferry.v1.FetchResponse
-	(*CommitOffsetsResponse)(nil), // 19: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 20: ferry.v1.GetOffsetsResponse
-	(*MetadataResponse)(nil),      // 21: ferry.v1.MetadataResponse
-	(*HeartbeatResponse)(nil),     // 22: ferry.v1.HeartbeatResponse
-	(*CreateTopicResponse)(nil),   // 23: ferry.v1.CreateTopicResponse
-	(*AlterTopicResponse)(nil),    // 24: ferry.v1.AlterTopicResponse
-	(*ListGroupsResponse)(nil),    // 25: ferry.v1.ListGroupsResponse
-	(*DescribeGroupResponse)(nil), // 26: ferry.v1.DescribeGroupResponse
-	(*ResetOffsetsResponse)(nil),  // 27: ferry.v1.ResetOffsetsResponse
-	(*DeleteGroupResponse)(nil),   // 28: ferry.v1.DeleteGroupResponse
-	(*DeleteTopicResponse)(nil),   // 29: ferry.v1.DeleteTopicResponse
-	(*Error)(nil),                 // 30: ferry.v1.Error
+	(*ClientCredentials)(nil),     // 1: ferry.v1.ClientCredentials
+	(*Cancel)(nil),                // 2: ferry.v1.Cancel
+	(*CoreFrame)(nil),             // 3: ferry.v1.CoreFrame
+	nil,                           // 4: ferry.v1.TransportFrame.TraceEntry
+	(*ProduceRequest)(nil),        // 5: ferry.v1.ProduceRequest
+	(*FetchRequest)(nil),          // 6: ferry.v1.FetchRequest
+	(*CommitOffsetsRequest)(nil),  // 7: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 8: ferry.v1.GetOffsetsRequest
+	(*MetadataRequest)(nil),       // 9: ferry.v1.MetadataRequest
+	(*HeartbeatRequest)(nil),      // 10: ferry.v1.HeartbeatRequest
+	(*CreateTopicRequest)(nil),    // 11: ferry.v1.CreateTopicRequest
+	(*AlterTopicRequest)(nil),     // 12: ferry.v1.AlterTopicRequest
+	(*ListGroupsRequest)(nil),     // 13: ferry.v1.ListGroupsRequest
+	(*DescribeGroupRequest)(nil),  // 14: ferry.v1.DescribeGroupRequest
+	(*ResetOffsetsRequest)(nil),   // 15: ferry.v1.ResetOffsetsRequest
+	(*DeleteGroupRequest)(nil),    // 16: ferry.v1.DeleteGroupRequest
+	(*DeleteTopicRequest)(nil),    // 17: ferry.v1.DeleteTopicRequest
+	(*ProduceResponse)(nil),       // 18: ferry.v1.ProduceResponse
+	(*FetchResponse)(nil),         // 19: ferry.v1.FetchResponse
+	(*CommitOffsetsResponse)(nil), // 20: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 21: ferry.v1.GetOffsetsResponse
+	(*MetadataResponse)(nil),      // 22: ferry.v1.MetadataResponse
+	(*HeartbeatResponse)(nil),     // 23: ferry.v1.HeartbeatResponse
+	(*CreateTopicResponse)(nil),   // 24: ferry.v1.CreateTopicResponse
+	(*AlterTopicResponse)(nil),    // 25: ferry.v1.AlterTopicResponse
+	(*ListGroupsResponse)(nil),    // 26: ferry.v1.ListGroupsResponse
+	(*DescribeGroupResponse)(nil), // 27: ferry.v1.DescribeGroupResponse
+	(*ResetOffsetsResponse)(nil),  // 28: ferry.v1.ResetOffsetsResponse
+	(*DeleteGroupResponse)(nil),   // 29: ferry.v1.DeleteGroupResponse
+	(*DeleteTopicResponse)(nil),   // 30: ferry.v1.DeleteTopicResponse
+	(*Error)(nil),                 // 31: ferry.v1.Error
 }
 var file_ferry_v1_transport_proto_depIdxs = []int32{
-	4,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
-	5,  // 1: ferry.v1.TransportFrame.fetch:type_name -> ferry.v1.FetchRequest
-	6,  // 2: ferry.v1.TransportFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	7,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
-	8,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
-	1,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
-	9,  // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
-	10, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
-	11, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
-	12, // 9: ferry.v1.TransportFrame.list_groups:type_name -> ferry.v1.ListGroupsRequest
-	13, // 10: ferry.v1.TransportFrame.describe_group:type_name -> ferry.v1.DescribeGroupRequest
-	14, // 11: ferry.v1.TransportFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsRequest
-	15, // 12: ferry.v1.TransportFrame.delete_group:type_name -> ferry.v1.DeleteGroupRequest
-	16, // 13: ferry.v1.TransportFrame.delete_topic:type_name -> ferry.v1.DeleteTopicRequest
-	3,  // 14: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
-	17, // 15: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
-	18, // 16: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
-	19, // 17: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	20, // 18: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
-	21, // 19: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
-	22, // 20: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
-	23, // 21: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
-	24, // 22: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
-	25, // 23: ferry.v1.CoreFrame.list_groups:type_name -> ferry.v1.ListGroupsResponse
-	26, // 24: ferry.v1.CoreFrame.describe_group:type_name -> ferry.v1.DescribeGroupResponse
-	27, // 25: ferry.v1.CoreFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsResponse
-	28, // 26: ferry.v1.CoreFrame.delete_group:type_name -> ferry.v1.DeleteGroupResponse
-	29, // 27: ferry.v1.CoreFrame.delete_topic:type_name -> ferry.v1.DeleteTopicResponse
-	30, // 28: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
-	2,  // 29: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
-	0,  // 30: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
-	30, // [30:31] is the sub-list for method output_type
-	29, // [29:30] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	5,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
+	6,  // 1: ferry.v1.TransportFrame.fetch:type_name -> ferry.v1.FetchRequest
+	7,  // 2: ferry.v1.TransportFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	8,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
+	9,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
+	2,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
+	10, // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
+	11, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
+	12, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
+	13, // 9: ferry.v1.TransportFrame.list_groups:type_name -> ferry.v1.ListGroupsRequest
+	14, // 10: ferry.v1.TransportFrame.describe_group:type_name -> ferry.v1.DescribeGroupRequest
+	15, // 11: ferry.v1.TransportFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsRequest
+	16, // 12: ferry.v1.TransportFrame.delete_group:type_name -> ferry.v1.DeleteGroupRequest
+	17, // 13: ferry.v1.TransportFrame.delete_topic:type_name -> ferry.v1.DeleteTopicRequest
+	4,  // 14: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
+	1,  // 15: ferry.v1.TransportFrame.client:type_name -> ferry.v1.ClientCredentials
+	18, // 16: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
+	19, // 17: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
+	20, // 18: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	21, // 19: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
+	22, // 20: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
+	23, // 21: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
+	24, // 22: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
+	25, // 23: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
+	26, // 24: ferry.v1.CoreFrame.list_groups:type_name -> ferry.v1.ListGroupsResponse
+	27, // 25: ferry.v1.CoreFrame.describe_group:type_name -> ferry.v1.DescribeGroupResponse
+	28, // 26: ferry.v1.CoreFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsResponse
+	29, // 27: ferry.v1.CoreFrame.delete_group:type_name -> ferry.v1.DeleteGroupResponse
+	30, // 28: ferry.v1.CoreFrame.delete_topic:type_name -> ferry.v1.DeleteTopicResponse
+	31, // 29: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
+	3,  // 30: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
+	0,  // 31: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
+	31, // [31:32] is the sub-list for method output_type
+	30, // [30:31] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_transport_proto_init() }
@@ -802,7 +891,7 @@ func file_ferry_v1_transport_proto_init() {
 		(*TransportFrame_DeleteGroup)(nil),
 		(*TransportFrame_DeleteTopic)(nil),
 	}
-	file_ferry_v1_transport_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_transport_proto_msgTypes[3].OneofWrappers = []any{
 		(*CoreFrame_Produce)(nil),
 		(*CoreFrame_Fetch)(nil),
 		(*CoreFrame_CommitOffsets)(nil),
@@ -823,7 +912,7 @@ func file_ferry_v1_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_transport_proto_rawDesc), len(file_ferry_v1_transport_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -160,7 +160,8 @@ func serverOptions(cfg Config) []grpc.ServerOption {
 	}
 	opts = append(opts, sdk.GRPCBufferServerOptions()...) // buffers not zeroed: batches cost less CPU
 	// Strings that are not UTF-8 are answered InvalidArgument (see utf8Codec).
-	opts = append(opts, grpc.ForceServerCodecV2(utf8Codec{sdk.GRPCCodec()}), grpc.ChainUnaryInterceptor(refuseInvalidUTF8))
+	opts = append(opts, grpc.ForceServerCodecV2(utf8Codec{sdk.GRPCCodec()}), grpc.ChainUnaryInterceptor(refuseInvalidUTF8, unaryCredentials),
+		grpc.ChainStreamInterceptor(streamCredentials))
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))
 	}

@@ -190,6 +190,8 @@ var statusOf = map[string]int{
 	"CORRUPT":               http.StatusInternalServerError,
 	"NOT_LEADER":            http.StatusConflict,
 	"UNSUPPORTED":           http.StatusNotImplemented,
+	"UNAUTHENTICATED":       http.StatusUnauthorized,
+	"PERMISSION_DENIED":     http.StatusForbidden,
 }
 
 func fail(w http.ResponseWriter, err error) {
@@ -207,6 +209,9 @@ func fail(w http.ResponseWriter, err error) {
 	status, ok := statusOf[e.Code]
 	if !ok {
 		status, e.Code = http.StatusInternalServerError, "INTERNAL"
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Basic realm="ferry", charset="UTF-8"`)
 	}
 	writeError(w, status, e.Code, e.Message)
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/ferrymq/ferry/core/sdk"
 )
 
 // maxNameBytes bounds a topic or group name taken from a request: the
@@ -83,6 +85,10 @@ func (a *api) guard(next http.Handler) http.Handler {
 			fail(w, err)
 			return
 		}
-		next.ServeHTTP(w, r)
+		// The core authenticates and authorizes: it gets what the
+		// request says of its client (Authorization: Basic ..., the
+		// verified client certificate, the address).
+		creds := sdk.CredentialsOf(r.Header.Get("Authorization"), r.TLS, r.RemoteAddr)
+		next.ServeHTTP(w, r.WithContext(sdk.WithClientCredentials(r.Context(), creds)))
 	})
 }
