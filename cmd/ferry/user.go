@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ferrymq/ferry/core/security"
 )
 
 func init() { rootCmd.AddCommand(newUserCmd()) }
@@ -36,8 +38,8 @@ into YAML.
   printf '%s' "$PASSWORD" | ferry user hash`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cost < bcrypt.MinCost || cost > bcrypt.MaxCost {
-				return &exitError{code: 2, msg: fmt.Sprintf("--cost must be between %d and %d, got %d", bcrypt.MinCost, bcrypt.MaxCost, cost)}
+			if cost < bcrypt.MinCost || cost > security.MaxHashCost {
+				return &exitError{code: 2, msg: fmt.Sprintf("--cost must be between %d and %d, got %d", bcrypt.MinCost, security.MaxHashCost, cost)}
 			}
 			line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
 			if err != nil && !errors.Is(err, io.EOF) {

@@ -2,10 +2,12 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"github.com/ferrymq/ferry/core/names"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -34,6 +36,8 @@ func FuzzLoadBytes(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		tm := time.AfterFunc(3*time.Second, func() { panic(fmt.Sprintf("SLOWINPUT %q", data)) })
+		defer tm.Stop()
 		p, err := LoadBytes("fuzz.yaml", data)
 		if err != nil {
 			var ps Problems

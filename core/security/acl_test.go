@@ -93,6 +93,7 @@ func TestValidateUsers(t *testing.T) {
 			SourceIPs: []string{"10.0.0.0/33", "host"},
 		}, {}}},
 	}
+	users = append(users, User{Name: "slow", PasswordHash: "$2a$31$" + strings.Repeat("a", 53)})
 	ps := ValidateUsers("users", users)
 	var got []string
 	for _, p := range ps {
@@ -113,6 +114,7 @@ func TestValidateUsers(t *testing.T) {
 		`users[6].policies[0].decision: must be Allow or Deny; got "maybe"`,
 		`users[6].policies[0].source_ips[0]: "10.0.0.0/33" is not an IP address or network`,
 		`users[6].policies[0].source_ips[1]: "host" is not an IP address or network`,
+		"users[7].password_hash: has bcrypt cost 31, above 16",
 		"users[6].policies[1].resources: at least one resource is required",
 		"users[6].policies[1].actions: at least one action is required",
 	} {
@@ -120,8 +122,8 @@ func TestValidateUsers(t *testing.T) {
 			t.Errorf("missing problem %q in\n%s", want, all)
 		}
 	}
-	if len(ps) != 15 {
-		t.Errorf("%d problems, want 15:\n%s", len(ps), all)
+	if len(ps) != 16 {
+		t.Errorf("%d problems, want 16:\n%s", len(ps), all)
 	}
 }
 

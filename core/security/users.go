@@ -117,6 +117,10 @@ func (c Config) Validate(prefix string) sdk.Problems {
 // names (unique, no ':', no spaces or control characters), hashes that are
 // not bcrypt, users that cannot authenticate at all, and malformed
 // policies.
+// MaxHashCost bounds a password hash's bcrypt cost: each step doubles the
+// time a check takes (cost 16 is seconds; 31, bcrypt's largest, years).
+const MaxHashCost = 16
+
 func ValidateUsers(path string, users []User) sdk.Problems {
 	var ps sdk.Problems
 	add := func(p, format string, args ...any) {
@@ -134,8 +138,10 @@ func ValidateUsers(path string, users []User) sdk.Problems {
 		}
 		switch {
 		case u.PasswordHash != "":
-			if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			if c, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
 				add(at+".password_hash", "is not a bcrypt hash (%v): store the output of `ferry user hash`, never the password", err)
+			} else if c > MaxHashCost {
+				add(at+".password_hash", "has bcrypt cost %d, above %d: every login (and the node's start) would take minutes to days; make it again with `ferry user hash --cost %d` or less", c, MaxHashCost, MaxHashCost)
 			}
 		case !u.Certificate:
 			add(at, "user %q can never authenticate: give it a password_hash or certificate: true", u.Name)
