@@ -84,13 +84,8 @@ var messageName = (&ferryv1.Message{}).ProtoReflect().Descriptor().FullName()
 func messagesUTF8(ms []*ferryv1.Message) error {
 	n, topic := 0, ""
 	for _, m := range ms {
-		switch {
-		case !utf8.ValidString(m.Id):
-			return errInvalidUTF8("ferry.v1.Message.id")
-		case !utf8.ValidString(m.Topic):
-			return errInvalidUTF8("ferry.v1.Message.topic")
-		case !utf8.ValidString(m.Key):
-			return errInvalidUTF8("ferry.v1.Message.key")
+		if err := scalarsUTF8(m); err != nil {
+			return err
 		}
 		n += len(m.Id) + len(m.Key)
 		if m.Topic != topic {
@@ -129,6 +124,15 @@ func messagesUTF8(ms []*ferryv1.Message) error {
 // then hold whole; the body, which the store copies or keeps anyway, stays
 // aliased.
 func messageUTF8(m *ferryv1.Message) error {
+	if err := scalarsUTF8(m); err != nil {
+		return err
+	}
+	m.Id, m.Topic, m.Key = strings.Clone(m.Id), strings.Clone(m.Topic), strings.Clone(m.Key)
+	return headersUTF8(m)
+}
+
+// scalarsUTF8 checks a message's id, topic and key.
+func scalarsUTF8(m *ferryv1.Message) error {
 	switch {
 	case !utf8.ValidString(m.Id):
 		return errInvalidUTF8("ferry.v1.Message.id")
@@ -137,8 +141,7 @@ func messageUTF8(m *ferryv1.Message) error {
 	case !utf8.ValidString(m.Key):
 		return errInvalidUTF8("ferry.v1.Message.key")
 	}
-	m.Id, m.Topic, m.Key = strings.Clone(m.Id), strings.Clone(m.Topic), strings.Clone(m.Key)
-	return headersUTF8(m)
+	return nil
 }
 
 // headersUTF8 checks a message's headers and gives them memory of their own.
