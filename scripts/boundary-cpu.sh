@@ -3,17 +3,26 @@
 # plane between the core and its plugins, in one run:
 #
 #   scripts/boundary-cpu.sh [REPS]        (default 3 reps, interleaved)
+#   PLANES=ring BINS="old=/tmp/ferry-old new=/tmp/ferry-new" scripts/boundary-cpu.sh 3
 #
-# For each rep and each data plane (ring, grpc) it starts `ferry run` on a
+# PLANES are the data planes to run (default "ring grpc"); BINS the ferry
+# binaries to compare, as name=path (default: bin/ferry, built from this
+# tree), each driving a node of its own build. For each rep, data plane and
+# binary (the order reversed on every rep) it starts `ferry run` on a
 # file-store broker (flush async) with its plugins in their own processes,
 # reads every process's RSS when idle, drives it from a separate process
 # (`ferry bench produce --mode async`, 256 in flight, then `consume`), and
 # prints, per workload and process, the CPU time it used per message (from
-# /proc/PID/stat) and its RSS at the end. Loopback only; stops by itself.
+# /proc/PID/stat; "client" is the bench process) and its RSS at the end.
+# Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-3}
-go build -o bin/ferry ./cmd/ferry
+planes=${PLANES:-ring grpc}
+if [ -z "${BINS:-}" ]; then
+	go build -o bin/ferry ./cmd/ferry
+	BINS="ferry=bin/ferry"
+fi
 tmp=$(mktemp -d)
 trap 'pkill -f "ferry run $tmp/" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 port=$((20000 + RANDOM % 20000))
@@ -22,8 +31,8 @@ hz=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-run() { # dataplane rep
-	local dp=$1 rep=$2 dir="$tmp/$1-$2"
+run() { # dataplane rep name binary
+	local dp=$1 rep=$2 name=$3 ferry=$4 dir="$tmp/$1-$2-$3"
 	mkdir -p "$dir"
 	cat >"$dir/p.yaml" <<EOF
 name: boundary
@@ -43,10 +52,10 @@ topics:
   - name: orders
     queues: 4
 EOF
-	bin/ferry run "$dir/p.yaml" >"$dir/log" 2>&1 &
+	"$ferry" run "$dir/p.yaml" >"$dir/log" 2>&1 &
 	local core=$!
 	for _ in $(seq 100); do
-		bin/ferry bench produce --broker 127.0.0.1:$port --topic orders --count 1 >/dev/null 2>&1 && break
+		"$ferry" bench produce --broker 127.0.0.1:$port --topic orders --count 1 >/dev/null 2>&1 && break
 		sleep 0.1
 	done
 	sleep 2
@@ -54,20 +63,23 @@ EOF
 	storage=$(pgrep -P "$core" -f "plugin serve storage")
 	transport=$(pgrep -P "$core" -f "plugin serve transport")
 	local names=(core storage transport) pids=("$core" "$storage" "$transport")
-	local line="rep $rep  $dp  idle RSS:"
+	local line="rep $rep  $name $dp  idle RSS:"
 	for i in 0 1 2; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024)) MiB"; done
 	echo "$line"
+	local stored=0
 	for w in produce consume; do
 		local before=() n
 		for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
 		if [ "$w" = produce ]; then
-			out=$(bin/ferry bench produce --broker 127.0.0.1:$port --topic orders --mode async --inflight 256 --duration 5s --json)
+			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench produce --broker 127.0.0.1:$port --topic orders --mode async --inflight 256 --duration 5s --json)
 		else
-			out=$(bin/ferry bench consume --broker 127.0.0.1:$port --topic orders --count 200000 --no-preload --json)
+			# what the produce run stored, at most 200k (a slow run may store fewer)
+			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench consume --broker 127.0.0.1:$port --topic orders --count $((stored < 200000 ? stored : 200000)) --no-preload --json)
 		fi
 		n=$(echo "$out" | tr ',' '\n' | awk -F: '/"messages"/ {print $2; exit}')
 		rate=$(echo "$out" | tr ',' '\n' | awk -F: '/"msgs_per_sec"/ {printf "%d", $2; exit}')
-		line="rep $rep  $dp  $w: $n msgs, $rate msgs/s; CPU µs/msg:"
+		[ "$w" = produce ] && stored=$n
+		line="rep $rep  $name $dp  $w: $n msgs, $rate msgs/s; CPU µs/msg:"
 		local total=0
 		for i in 0 1 2; do
 			local us=$(( ( $(cpu_ticks "${pids[$i]}") - ${before[$i]} ) * 1000000 / hz ))
@@ -75,6 +87,7 @@ EOF
 			line+=" ${names[$i]} $(awk -v u="$us" -v n="$n" 'BEGIN {printf "%.1f", u / n}')"
 		done
 		line+=" all $(awk -v u="$total" -v n="$n" 'BEGIN {printf "%.1f", u / n}')"
+		line+=" client $(awk -v n="$n" '/^clientcpu/ {printf "%.1f", ($2 + $3) * 1000000 / n}' "$dir/time")"
 		line+="; RSS MiB:"
 		for i in 0 1 2; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024))"; done
 		echo "$line"
@@ -83,7 +96,18 @@ EOF
 	wait "$core" 2>/dev/null || true
 }
 
+runs=()
+for dp in $planes; do
+	for b in $BINS; do runs+=("$dp ${b%%=*} ${b#*=}"); done
+done
 for rep in $(seq "$reps"); do
-	if [ $((rep % 2)) = 1 ]; then order="ring grpc"; else order="grpc ring"; fi
-	for dp in $order; do run "$dp" "$rep"; done
+	order=("${runs[@]}")
+	if [ $((rep % 2)) = 0 ]; then
+		order=()
+		for ((i = ${#runs[@]} - 1; i >= 0; i--)); do order+=("${runs[$i]}"); done
+	fi
+	for r in "${order[@]}"; do
+		read -r dp name ferry <<<"$r"
+		run "$dp" "$rep" "$name" "$ferry"
+	done
 done

@@ -18,9 +18,9 @@ import (
 // that clearing was 12 to 20% of each process's CPU time under async
 // produce. Marshal fills its buffer completely and Unmarshal copies what it
 // keeps (proto.Unmarshal does not alias its input), so nothing stale escapes.
-// Marshal uses vtprotobuf's encoder where the message has one (every message
-// of core/proto); Unmarshal stays protobuf-go's, which checks UTF-8 and
-// copies, as a decoder of pooled buffers must.
+// Marshal and Unmarshal use vtprotobuf's code where the message has it (every
+// message of core/proto); Unmarshal decodes a copy of its own of the pooled
+// bytes, as the data plane decodes a ring frame (unmarshalFrame).
 type codec struct{}
 
 var _ encoding.CodecV2 = codec{}
@@ -73,6 +73,14 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m := messageOf(v)
 	if m == nil {
 		return fmt.Errorf("failed to unmarshal, message is %T, want proto.Message", v)
+	}
+	if _, ok := m.(vtMessage); ok {
+		// A copy of the message's bytes of its own (gRPC's buffers go back
+		// to the pool), decoded as a ring frame is: bytes fields (bodies)
+		// alias the copy, strings are checked and copied out. One
+		// allocation for a batch's bodies instead of one each, and
+		// vtprotobuf's decoder instead of reflection.
+		return unmarshalFrame(data.Materialize(), m)
 	}
 	buf := data.MaterializeToBuffer(sharedBufferPool)
 	defer buf.Free()

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -201,6 +202,13 @@ func BenchmarkFrameCodec(b *testing.B) {
 			b.SetBytes(int64(len(enc)))
 			for b.Loop() {
 				_ = proto.Unmarshal(enc, &ferryv1.AppendRequest{})
+			}
+		})
+		b.Run(fmt.Sprintf("batch=%d/decode/grpc-codec", n), func(b *testing.B) {
+			b.SetBytes(int64(len(enc)))
+			data := mem.BufferSlice{mem.SliceBuffer(enc)}
+			for b.Loop() {
+				_ = codec{}.Unmarshal(data, &ferryv1.AppendRequest{})
 			}
 		})
 		b.Run(fmt.Sprintf("batch=%d/decode/frame", n), func(b *testing.B) {

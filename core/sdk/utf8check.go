@@ -110,6 +110,7 @@ func messagesUTF8(ms []*ferryv1.Message) error {
 			to = own(m.Topic)
 		}
 		m.Topic = to
+		m.Body = capped(m.Body)
 		if err := headersUTF8(m); err != nil {
 			return err
 		}
@@ -128,8 +129,13 @@ func messageUTF8(m *ferryv1.Message) error {
 		return err
 	}
 	m.Id, m.Topic, m.Key = strings.Clone(m.Id), strings.Clone(m.Topic), strings.Clone(m.Key)
+	m.Body = capped(m.Body)
 	return headersUTF8(m)
 }
+
+// capped is b with no room beyond its length: a body aliasing its frame
+// must not be appended to over the next message's bytes.
+func capped(b []byte) []byte { return b[:len(b):len(b)] }
 
 // scalarsUTF8 checks a message's id, topic and key.
 func scalarsUTF8(m *ferryv1.Message) error {
@@ -207,9 +213,18 @@ func mapUTF8(m protoreflect.Message, fd protoreflect.FieldDescriptor) error {
 	return nil
 }
 
-func errInvalidUTF8(field string) error {
-	return fmt.Errorf("string field %s contains invalid UTF-8", field)
+func errInvalidUTF8(field string) error { return invalidUTF8Error(field) }
+
+// invalidUTF8Error is the decoders' error for a string that is not UTF-8.
+// Like protobuf-go's, it says so through InvalidUTF8 (the grpc transport
+// answers such requests InvalidArgument).
+type invalidUTF8Error string
+
+func (e invalidUTF8Error) Error() string {
+	return fmt.Sprintf("string field %s contains invalid UTF-8", string(e))
 }
+
+func (invalidUTF8Error) InvalidUTF8() bool { return true }
 
 // stringFields are the fields of a message kind checkUTF8 must look at.
 type stringFields struct {
