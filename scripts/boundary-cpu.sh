@@ -5,7 +5,9 @@
 #   scripts/boundary-cpu.sh [REPS]        (default 3 reps, interleaved)
 #   PLANES=ring BINS="old=/tmp/ferry-old new=/tmp/ferry-new" scripts/boundary-cpu.sh 3
 #
-# PLANES are the data planes to run (default "ring grpc"); BINS the ferry
+# PLANES are the data planes to run (default "ring grpc"); WORKLOADS the
+# workloads, in order (default "produce consume"; also "sync16": 16 sync
+# producers; consume reads what produce stored); BINS the ferry
 # binaries to compare, as name=path (default: bin/ferry, built from this
 # tree), each driving a node of its own build. For each rep, data plane and
 # binary (the order reversed on every rep) it starts `ferry run` on a
@@ -67,10 +69,12 @@ EOF
 	for i in 0 1 2; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024)) MiB"; done
 	echo "$line"
 	local stored=0
-	for w in produce consume; do
+	for w in ${WORKLOADS:-produce consume}; do
 		local before=() n
 		for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
-		if [ "$w" = produce ]; then
+		if [ "$w" = sync16 ]; then
+			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench produce --broker 127.0.0.1:$port --topic orders --mode sync --producers 16 --duration 5s --json)
+		elif [ "$w" = produce ]; then
 			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench produce --broker 127.0.0.1:$port --topic orders --mode async --inflight 256 --duration 5s --json)
 		else
 			# what the produce run stored, at most 200k (a slow run may store fewer)

@@ -67,6 +67,7 @@ type Writer struct {
 	tail   uint64 // our own copy: the shared one is never read back
 	closed *atomic.Bool
 	stall  time.Duration
+	bells  atomic.Uint64 // how often it rang the reader's bell
 }
 
 // Write sends one frame of kind (not KindPad) and id. It blocks while the
@@ -127,6 +128,7 @@ func (w *Writer) recordLocked(kind, flags uint16, id uint64, chunk []byte, crcXo
 	r.tail.Store(w.tail) // publishes the record; sequentially consistent, like every Go atomic
 	if r.rsleep.Load() == 1 && r.rsleep.CompareAndSwap(1, 0) {
 		ringBell(r.bell)
+		w.bells.Add(1)
 	}
 	return nil
 }
@@ -184,7 +186,20 @@ type Reader struct {
 	spinFor time.Duration // the next wait's spin, adapted
 	spin    time.Duration // this wait's
 	spins   int
+
+	// owed is until when (nanoseconds since clockBase) an answer is
+	// expected on this ring (Conn.Expect): the reader spins for it rather
+	// than sleep.
+	owed atomic.Int64
 }
+
+// clockBase is the origin of Reader.owed's clock (monotonic).
+var clockBase = time.Now()
+
+func clockNow() int64 { return int64(time.Since(clockBase)) }
+
+// owedNow reports whether an answer is still expected now.
+func (rd *Reader) owedNow() bool { return clockNow() < rd.owed.Load() }
 
 // Read returns the next frame. The payload was copied out of the ring into
 // memory of its own, which the caller keeps (decoded messages may alias it).
@@ -296,11 +311,16 @@ func (rd *Reader) available() (uint64, error) {
 		if rd.spin > 0 && rd.spinStep(start) {
 			continue
 		}
+		if rd.owedNow() {
+			rd.yield()
+			continue
+		}
 		// Announce the sleep, then look once more: a producer that
 		// published before seeing the announcement is seen here, one that
-		// publishes after it rings the bell.
+		// publishes after it rings the bell; likewise an Expect of this
+		// process.
 		r.rsleep.Store(1)
-		if r.tail.Load() != rd.head {
+		if r.tail.Load() != rd.head || rd.owedNow() {
 			r.rsleep.Store(0)
 			continue
 		}
@@ -310,8 +330,28 @@ func (rd *Reader) available() (uint64, error) {
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, fmt.Errorf("%w: bell: %v", ErrClosed, err)
 		}
-		rd.adapt(time.Since(start))
+		if !rd.owedNow() { // not woken by Expect, whose spin says nothing of the peer's pace
+			rd.adapt(time.Since(start))
+		}
 		start = time.Time{}
+	}
+}
+
+// expect is Conn.Expect.
+func (rd *Reader) expect(d time.Duration) {
+	until := clockNow() + int64(d)
+	for {
+		cur := rd.owed.Load()
+		if cur >= until || rd.owed.CompareAndSwap(cur, until) {
+			break
+		}
+	}
+	if rd.r.rsleep.Load() == 1 {
+		// Asleep: wake it through its own bell, which this process
+		// otherwise never rings. The netpoller finds it ready when this
+		// thread next looks for work, so the wake-up costs no other thread
+		// and happens while the peer is still working on the request.
+		ringBell(rd.r.bell)
 	}
 }
 
@@ -320,13 +360,19 @@ func (rd *Reader) spinStep(start time.Time) bool {
 	if time.Since(start) >= rd.spin {
 		return false
 	}
+	rd.yield()
+	return true
+}
+
+// yield gives way once while spinning: mostly to the process's other
+// goroutines, every fourth time to other threads of any process.
+func (rd *Reader) yield() {
 	rd.spins++
 	if rd.spins%4 == 0 {
 		yieldProcessor()
 	} else {
 		runtime.Gosched()
 	}
-	return true
 }
 
 // adapt sets the next spin from how long a wait that ended in a sleep took.

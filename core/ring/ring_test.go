@@ -396,3 +396,56 @@ func TestWatch(t *testing.T) {
 		}
 	}
 }
+
+// Expect wakes a sleeping reader to spin, so that the answer it expects is
+// read without the peer ringing the bell; without Expect the same answer
+// rings it (the control).
+func TestExpectSpinsForTheAnswer(t *testing.T) {
+	// No timed wake-ups of the sleeping reader: only bells wake it.
+	defer func(d time.Duration) { pollInterval = d }(pollInterval)
+	pollInterval = time.Hour
+	for _, expect := range []bool{false, true} {
+		_, host, plug := newPair(t, 1<<16)
+		got := make(chan error, 1)
+		go func() {
+			_, _, p, err := host.Read()
+			if err == nil && string(p) != "answer" {
+				err = fmt.Errorf("read %q", p)
+			}
+			got <- err
+		}()
+		asleep := func() bool { return host.r.r.rsleep.Load() == 1 }
+		waitFor(t, "the reader to sleep", asleep)
+		if expect {
+			host.Expect(time.Minute)
+			// Woken, it spins and never announces a sleep while the
+			// answer is owed.
+			waitFor(t, "the reader to wake and spin", func() bool { return !asleep() })
+		}
+		before := plug.w.bells.Load()
+		if err := plug.Write(1, 1, []byte("answer")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		rang := plug.w.bells.Load() - before
+		if expect && rang != 0 {
+			t.Errorf("with Expect the peer rang the bell %d times, want 0", rang)
+		}
+		if !expect && rang != 1 {
+			t.Errorf("without Expect the peer rang the bell %d times, want 1 (the control)", rang)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}

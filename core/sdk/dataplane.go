@@ -281,6 +281,20 @@ const EnvRingSpin = "FERRY_RING_SPIN"
 // room before the peer counts as stopped (ring.Options.Stall); for tests.
 const EnvRingStall = "FERRY_RING_STALL"
 
+// EnvRingExpect, when set to a duration, replaces how long the host's
+// reader of a storage plugin's ring spins for an append's answer
+// (ring.Conn.Expect) instead of sleeping; "0s" turns it off. For measuring;
+// the default is appendExpect.
+const EnvRingExpect = "FERRY_RING_EXPECT"
+
+// appendExpect is how long the host spins for a storage append's answer.
+var appendExpect = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(EnvRingExpect)); err == nil {
+		return d
+	}
+	return 100 * time.Microsecond
+}()
+
 func ringOptions() ring.Options {
 	var o ring.Options
 	if d, err := time.ParseDuration(os.Getenv(EnvRingSpin)); err == nil {

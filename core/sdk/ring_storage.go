@@ -121,7 +121,15 @@ type ringReply struct {
 func (c *StorageClient) startRing(conn *ring.Conn) {
 	c.unary = newPending[ringReply]()
 	c.appends.once.Do(func() {
-		c.appends.send = func(r *ferryv1.AppendRequest) error { return c.dp.write(KindAppend, r.Seq, r) }
+		c.appends.send = func(r *ferryv1.AppendRequest) error {
+			if err := c.dp.write(KindAppend, r.Seq, r); err != nil {
+				return err
+			}
+			// The store answers an append (its write, or an early
+			// "written") within tens of microseconds: wait for it awake.
+			conn.Expect(appendExpect)
+			return nil
+		}
 		c.appends.close = func() error { return nil }
 	})
 	c.reads.once.Do(func() {
