@@ -133,7 +133,13 @@ func (c *StorageClient) startRing(conn *ring.Conn) {
 		c.appends.close = func() error { return nil }
 	})
 	c.reads.once.Do(func() {
-		c.reads.send = func(r *ferryv1.ReadRequest) error { return c.dp.write(KindRead, r.Id, r) }
+		c.reads.send = func(r *ferryv1.ReadRequest) error {
+			if err := c.dp.write(KindRead, r.Id, r); err != nil {
+				return err
+			}
+			conn.Expect(appendExpect) // a read is answered as fast
+			return nil
+		}
 		c.reads.close = func() error { return nil }
 	})
 	go c.ringAnswers(conn)
