@@ -338,6 +338,13 @@ func readAll(ctx context.Context, w bench.Workload, c jetstream.Consumer, handle
 				defer stop()
 				for {
 					m, err := it.Next()
+					if errors.Is(err, jetstream.ErrNoHeartbeat) && ctx.Err() == nil {
+						// A heartbeat missed on a loaded machine: the
+						// iterator stays usable (nats.go re-issues its pull);
+						// a consumer that really stops ends by the drain
+						// timeout.
+						continue
+					}
 					if err != nil {
 						if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 							errs[i] = err
