@@ -22,6 +22,7 @@ const (
 	SpanStorageAppend         = "storage.append"        // the storage plugin stores a batch (links to its messages)
 	SpanStorageFlush          = "storage.flush"         // the storage plugin makes appends durable (links)
 	SpanReplicationReplicate  = "replication.replicate" // a batch is shipped to replicas (links)
+	SpanStorageRead           = "storage.read"          // the storage plugin reads a batch for a consumer's fetch
 	SpanBrokerFetch           = "broker.fetch"          // a consumer's fetch is answered
 	SpanBrokerDeliver         = "broker.deliver"        // one message is handed to a consumer
 	SpanTransportDeliver      = "transport.deliver"     // the transport plugin streams a batch to a consumer
