@@ -186,15 +186,21 @@ func (a *appender) collect(r *appendReq) *batch {
 // that each message's trace gets its storage spans also when the batch
 // groups the batches of several producers (before, only the first
 // request's trace had them).
-func (b *batch) traceContext(ctx context.Context) context.Context {
+//
+// For replication (replicated), only the producers' requests count, as
+// only their messages are replicated (replicatedMessages).
+func (b *batch) traceContext(ctx context.Context, replicated bool) context.Context {
 	if !telemetry.Enabled() {
 		return ctx
 	}
-	sc := b.reqs[0].span
+	var sc trace.SpanContext
 	var traced telemetry.Traced
 	n := 0
 	for _, r := range b.reqs {
-		if !sc.IsSampled() && r.span.IsSampled() {
+		if replicated && r.apply {
+			continue
+		}
+		if !sc.IsValid() || (!sc.IsSampled() && r.span.IsSampled()) {
 			sc = r.span
 		}
 		if len(b.reqs) == 1 {
@@ -226,7 +232,7 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 	attempt := b.attempt
 	a.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), storageCallTimeout)
-	ctx = b.traceContext(ctx)
+	ctx = b.traceContext(ctx, false)
 	// With master–slave replication and a store that tells offsets once a
 	// batch is written, replication starts then, alongside the flush
 	// (replicate_early.go).
