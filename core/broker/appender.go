@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // appender groups producers' batches into storage appends. One goroutine
@@ -36,10 +37,11 @@ type appender struct {
 }
 
 type appendReq struct {
-	msgs  []*sdk.Message
-	done  chan appendResult
-	apply bool              // a replica applying its master's messages: never replicated
-	span  trace.SpanContext // the broker.append span, parent of the storage append
+	msgs   []*sdk.Message
+	done   chan appendResult
+	apply  bool              // a replica applying its master's messages: never replicated
+	span   trace.SpanContext // the broker.append span, parent of the storage append
+	traced telemetry.Traced  // msgs' sampled messages, each with its broker.append span
 }
 
 type appendResult struct {
@@ -70,8 +72,11 @@ func newAppender(b *Broker) *appender {
 // append hands msgs to the appender and waits for their outcome. If ctx ends
 // first the outcome is unknown to the caller, but the append goes on; a
 // retried produce with the same ids is de-duplicated by the store.
-func (a *appender) append(ctx context.Context, msgs []*sdk.Message) ([]int64, sdk.Status, error) {
-	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx)}
+//
+// traced names msgs' sampled messages, each with the span of its
+// broker.append (telemetry.Hop.Traced), for their storage spans.
+func (a *appender) append(ctx context.Context, msgs []*sdk.Message, traced telemetry.Traced) ([]int64, sdk.Status, error) {
+	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx), traced: traced}
 	select {
 	case a.in <- r:
 	case <-a.closing:
@@ -174,6 +179,43 @@ func (a *appender) collect(r *appendReq) *batch {
 	return b
 }
 
+// traceContext returns ctx with what the storage plugin's spans of b
+// need: the batch's trace context, that of its first request whose
+// broker.append span is sampled (else its first request's), and every
+// sampled message with its own broker.append span (telemetry.Traced), so
+// that each message's trace gets its storage spans also when the batch
+// groups the batches of several producers (before, only the first
+// request's trace had them).
+//
+// For replication (replicated), only the producers' requests count, as
+// only their messages are replicated (replicatedMessages).
+func (b *batch) traceContext(ctx context.Context, replicated bool) context.Context {
+	if !telemetry.Enabled() {
+		return ctx
+	}
+	var sc trace.SpanContext
+	var traced telemetry.Traced
+	n := 0
+	for _, r := range b.reqs {
+		if replicated && r.apply {
+			continue
+		}
+		if !sc.IsValid() || (!sc.IsSampled() && r.span.IsSampled()) {
+			sc = r.span
+		}
+		if len(b.reqs) == 1 {
+			traced = r.traced
+		} else {
+			traced = r.traced.Append(traced, n)
+		}
+		n += len(r.msgs)
+	}
+	if sc.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, sc)
+	}
+	return telemetry.ContextWithTraced(ctx, traced)
+}
+
 func msgBytes(msgs []*sdk.Message) int {
 	n := 0
 	for _, m := range msgs {
@@ -190,11 +232,7 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 	attempt := b.attempt
 	a.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), storageCallTimeout)
-	if sc := b.reqs[0].span; sc.IsValid() {
-		// The storage.append span of the batch is a child of its first
-		// request's broker.append span (and links to every message).
-		ctx = trace.ContextWithSpanContext(ctx, sc)
-	}
+	ctx = b.traceContext(ctx, false)
 	// With master–slave replication and a store that tells offsets once a
 	// batch is written, replication starts then, alongside the flush
 	// (replicate_early.go).

@@ -360,14 +360,21 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 			m.BornUnixNano = now
 		}
 	}
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		ctx = telemetry.Extract(ctx, req.Messages[0].Headers) // no transport span: the producer's
+	// A span in each sampled message's trace, under its transport.receive
+	// (req.Traced*), and the batch span, under the transport's.
+	var hop telemetry.Hop
+	if telemetry.Enabled() {
+		in := telemetry.Traced{Index: req.TracedIndex, Span: req.TracedSpan}
+		if in.Len() == 0 && !trace.SpanContextFromContext(ctx).IsValid() {
+			in = telemetry.Sampled(req.Messages) // no traced transport before: the producers' spans are the parents
+		}
+		hop = telemetry.StartHop(ctx, tracer, telemetry.SpanBrokerAppend, req.Messages, in,
+			trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(topicName),
+				telemetry.AttrQueue.Int(int(req.Messages[0].Queue))))
+		ctx = hop.Ctx
+		defer hop.End()
 	}
-	ctx, span := tracer.Start(ctx, telemetry.SpanBrokerAppend,
-		trace.WithLinks(telemetry.BatchLinks(ctx, req.Messages[1:])...),
-		trace.WithAttributes(telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(topicName),
-			telemetry.AttrQueue.Int(int(req.Messages[0].Queue)), telemetry.BatchAttr(req.Messages)))
-	defer span.End()
+	span := &hop
 	started := time.Now()
 	if err := b.epochs.begin(req.Messages, func(refs []*sdk.QueueRef) (offs []*sdk.QueueOffsets, err error) {
 		err = b.storageCall(ctx, func(s sdk.Storage) (err error) {
@@ -386,7 +393,7 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 			return b.repl.produce(ctx, req)
 		}
 	}
-	offsets, status, err := b.app.append(ctx, req.Messages)
+	offsets, status, err := b.app.append(ctx, req.Messages, hop.Traced())
 	if err != nil {
 		span.RecordError(err)
 		return nil, err
@@ -405,8 +412,9 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 			}
 		}
 	}
-	if span.IsRecording() && len(offsets) > 0 {
-		span.SetAttributes(telemetry.AttrOffset.Int64(offsets[0]), telemetry.AttrStatus.String(status.String()))
+	if span.Recording() && len(offsets) > 0 {
+		span.SetOffsets(offsets)
+		span.SetAttributes(telemetry.AttrStatus.String(status.String()))
 	}
 	return &sdk.ProduceResponse{Seq: req.Seq, Offsets: offsets, Status: status}, nil
 }

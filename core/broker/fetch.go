@@ -55,7 +55,7 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 		resp, due, err := b.read(ctx, req, maxMsgs, maxBytes)
 		if err != nil || len(resp.Messages) > 0 || len(resp.Errors) > 0 {
 			if err == nil && telemetry.Enabled() {
-				b.traceDeliveries(req, resp.Messages)
+				b.traceDeliveries(req, resp)
 			}
 			if err == nil && req.Group != "" {
 				b.opts.Metrics.Consumed(req.Topic, req.Group, len(resp.Messages))
@@ -148,6 +148,16 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 				next = due
 			}
 		}
+		if len(results[i].TracedIndex) > 0 {
+			// The store's storage.read spans of the sampled messages,
+			// parents of their broker.deliver spans.
+			t := telemetry.Traced{Index: results[i].TracedIndex, Span: results[i].TracedSpan}
+			if len(msgs) < len(results[i].Messages) {
+				t = t.Cut(len(msgs))
+			}
+			t = t.Append(telemetry.Traced{Index: resp.TracedIndex, Span: resp.TracedSpan}, len(resp.Messages))
+			resp.TracedIndex, resp.TracedSpan = t.Index, t.Span
+		}
 		resp.Messages = append(resp.Messages, msgs...)
 		if results[i].Offsets != nil {
 			resp.Offsets = append(resp.Offsets, b.epochs.stamp("", results[i].Offsets))
@@ -156,18 +166,29 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 	return resp, next, nil
 }
 
-// traceDeliveries records a broker.deliver span in the trace of each sampled
-// message handed to a consumer.
-func (b *Broker) traceDeliveries(req *sdk.FetchRequest, msgs []*sdk.Message) {
-	for _, m := range msgs {
-		sc := telemetry.SpanContext(m.Headers)
-		if !sc.IsSampled() {
-			continue
-		}
-		_, span := tracer.Start(trace.ContextWithRemoteSpanContext(context.Background(), sc), telemetry.SpanBrokerDeliver,
-			trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpReceive), telemetry.AttrMessageID.String(m.Id),
-				telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(m.Topic),
-				telemetry.AttrQueue.Int(int(m.Queue)), telemetry.AttrOffset.Int64(m.Offset), telemetry.AttrGroup.String(req.Group)))
-		span.End()
+// traceDeliveries records a broker.deliver span in the trace of each
+// sampled message handed to a consumer, a child of the message's
+// storage.read span (resp's traced fields; without them, of the message's
+// producer span), with a batch span for more than one message; the
+// transport's spans of the delivery are children of these (resp's traced
+// fields, replaced).
+func (b *Broker) traceDeliveries(req *sdk.FetchRequest, resp *sdk.FetchResponse) {
+	msgs := resp.Messages
+	in := telemetry.Traced{Index: resp.TracedIndex, Span: resp.TracedSpan}
+	if in.Len() == 0 {
+		in = telemetry.Sampled(msgs) // a store that does not trace its reads
 	}
+	resp.TracedIndex, resp.TracedSpan = nil, nil
+	if in.Len() == 0 {
+		return
+	}
+	hop := telemetry.StartHop(context.Background(), tracer, telemetry.SpanBrokerDeliver, msgs, in,
+		trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpReceive),
+			telemetry.AttrPipeline.String(b.opts.Pipeline), telemetry.AttrTopic.String(req.Topic), telemetry.AttrGroup.String(req.Group)))
+	hop.ForMessages(func(i int, s trace.Span) {
+		s.SetAttributes(telemetry.AttrQueue.Int(int(msgs[i].Queue)), telemetry.AttrOffset.Int64(msgs[i].Offset))
+	})
+	t := hop.Traced()
+	resp.TracedIndex, resp.TracedSpan = t.Index, t.Span
+	hop.End()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/otel/trace"
 	"sync"
 	"time"
 
@@ -165,9 +164,7 @@ func (r *replicator) handOver(sb storedBatch) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), replicateTimeout)
-	if sc := sb.b.reqs[0].span; sc.IsValid() {
-		ctx = trace.ContextWithSpanContext(ctx, sc) // replication.replicate under broker.append
-	}
+	ctx = sb.b.traceContext(ctx, true) // replication.replicate under broker.append
 	wait, err := impl.(sdk.Replication).Replicate(ctx, msgs)
 	if err != nil {
 		cancel()

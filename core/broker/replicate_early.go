@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"slices"
 
-	"go.opentelemetry.io/otel/trace"
-
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -112,9 +110,7 @@ func (r *replicator) handOverEarly(sb storedBatch) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), replicateTimeout)
-	if sc := sb.b.reqs[0].span; sc.IsValid() {
-		ctx = trace.ContextWithSpanContext(ctx, sc)
-	}
+	ctx = sb.b.traceContext(ctx, true)
 	wait, err := impl.(sdk.Replication).Replicate(ctx, msgs)
 	if err != nil {
 		cancel()

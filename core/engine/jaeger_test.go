@@ -96,6 +96,7 @@ func TestTraceInJaeger(t *testing.T) {
 
 	tr := j.WaitTrace(t, flakyTrace, 30*time.Second, func(tr *jaegertest.Trace) bool {
 		return len(tr.Named(telemetry.SpanConsumerAck)) > 0 && len(tr.Named(telemetry.SpanStorageFlush)) > 0 &&
+			len(tr.Named(telemetry.SpanTransportDeliver)) >= 2 &&
 			len(tr.Named(telemetry.SpanConsumerProcess)) >= 2
 	})
 	t.Log(jaegertest.Describe(tr))
@@ -138,10 +139,15 @@ func TestTraceInJaeger(t *testing.T) {
 	bapp := childOf(recv, telemetry.SpanBrokerAppend)
 	sapp := childOf(bapp, telemetry.SpanStorageAppend)
 	childOf(sapp, telemetry.SpanStorageFlush)
-	childOf(send1, telemetry.SpanBrokerDeliver)
-	if plugin(recv) != "transport/grpc" || plugin(sapp) != "storage/file" || plugin(send1) != "" {
-		t.Errorf("processes: producer %q, transport %q, storage %q; want the plugins' spans from their own processes",
-			plugin(send1), plugin(recv), plugin(sapp))
+	// Its delivery: read by the store, handed over by the broker and by
+	// the transport.
+	sread := childOf(send1, telemetry.SpanStorageRead)
+	bdel := childOf(sread, telemetry.SpanBrokerDeliver)
+	tdel := childOf(bdel, telemetry.SpanTransportDeliver)
+	if plugin(recv) != "transport/grpc" || plugin(sapp) != "storage/file" || plugin(send1) != "" ||
+		plugin(sread) != "storage/file" || plugin(bdel) != "" || plugin(tdel) != "transport/grpc" {
+		t.Errorf("processes: producer %q, transport %q, storage %q, read %q, deliver %q, transport deliver %q; want the plugins' spans from their own processes",
+			plugin(send1), plugin(recv), plugin(sapp), plugin(sread), plugin(bdel), plugin(tdel))
 	}
 	if v, _ := bapp.Tag(string(telemetry.AttrTopic)); v != "orders" {
 		t.Errorf("broker.append topic = %q", v)

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,10 +38,13 @@ func (s *replicationServer) startReplicate(ctx context.Context, req *ferryv1.Rep
 	// One span per batch, under the broker's span that sent it, linked
 	// to the messages' own traces; it lasts until the batch is
 	// replicated as far as the plugin's level demands.
-	pctx := telemetry.Extract(ctx, req.Trace)
-	_, span := replicationTracer.Start(pctx, telemetry.SpanReplicationReplicate,
-		trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-		trace.WithAttributes(telemetry.BatchAttr(req.Messages)))
+	// A span in each sampled message's trace too, under its broker.append
+	// (telemetry.StartHop).
+	var span telemetry.Hop
+	if telemetry.Enabled() {
+		span = telemetry.StartHop(telemetry.Extract(ctx, req.Trace), replicationTracer, telemetry.SpanReplicationReplicate, req.Messages,
+			telemetry.Traced{Index: req.TracedIndex, Span: req.TracedSpan})
+	}
 	wait, err := s.impl.Replicate(ctx, req.Messages)
 	if err != nil {
 		span.RecordError(err)
@@ -324,12 +326,14 @@ func (c *ReplicationClient) Replicate(ctx context.Context, msgs []*Message) (Rep
 		return nil, err
 	}
 	tc := telemetry.Inject(ctx, nil)
+	traced := telemetry.TracedFromContext(ctx)
 	var timeout int64
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(int64(time.Until(dl)), 1)
 	}
 	seq, ch, err := c.reps.call(func(seq uint64) *ferryv1.ReplicateRequest {
-		return &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs, TimeoutNanos: timeout, Trace: tc}
+		return &ferryv1.ReplicateRequest{Seq: seq, Messages: msgs, TimeoutNanos: timeout, Trace: tc,
+			TracedIndex: traced.Index, TracedSpan: traced.Span}
 	})
 	if err != nil {
 		return nil, err

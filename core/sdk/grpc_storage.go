@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,12 +47,17 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 // ring data plane share it.
 func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequest, send func(*ferryv1.AppendResponse) error) func() *ferryv1.AppendResponse {
 	early, canEarly := s.impl.(EarlyOffsets)
-	// One span per batch, a child of the broker's span that sent it and
-	// linked to the messages' own traces.
-	pctx := telemetry.Extract(ctx, req.Trace)
-	sctx, span := storageTracer.Start(pctx, telemetry.SpanStorageAppend,
-		trace.WithLinks(telemetry.BatchLinks(pctx, req.Messages)...),
-		trace.WithAttributes(telemetry.BatchAttr(req.Messages)))
+	// A span in each sampled message's trace, under its broker.append,
+	// and one for the batch, under the broker's batch span that sent it
+	// (telemetry.StartHop).
+	var span telemetry.Hop
+	if telemetry.Enabled() {
+		span = telemetry.StartHop(telemetry.Extract(ctx, req.Trace), storageTracer, telemetry.SpanStorageAppend, req.Messages,
+			telemetry.Traced{Index: req.TracedIndex, Span: req.TracedSpan})
+		span.ForMessages(func(i int, s trace.Span) {
+			s.SetAttributes(telemetry.AttrTopic.String(req.Messages[i].Topic), telemetry.AttrQueue.Int(int(req.Messages[i].Queue)))
+		})
+	}
 	var (
 		written AppendWritten
 		wait    AppendWait
@@ -76,10 +83,15 @@ func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequ
 				_ = send(&ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Written: true})
 			}
 		}
-		_, flush := storageTracer.Start(sctx, telemetry.SpanStorageFlush)
+		var flush telemetry.Hop
+		if span.Ctx != nil {
+			flush = telemetry.StartHop(span.Ctx, storageTracer, telemetry.SpanStorageFlush, req.Messages, span.Traced())
+		}
 		offsets, err := wait(ctx)
 		if err != nil {
 			flush.RecordError(err)
+		} else if flush.Recording() {
+			flush.SetOffsets(offsets)
 		}
 		flush.End()
 		resp := &ferryv1.AppendResponse{Seq: req.Seq, Offsets: offsets, Status: ferryv1.Status_STATUS_OK}
@@ -110,16 +122,59 @@ func (s *storageServer) Read(stream ferryv1.Storage_ReadServer) error {
 		reads.Add(1)
 		go func() {
 			defer reads.Done()
-			resp, err := s.impl.Read(ctx, req)
-			if err != nil {
-				resp = &ferryv1.ReadResponse{Error: ErrorToProto(err)}
-			}
+			resp := s.read(ctx, req)
 			resp.Id = req.Id
 			sendMu.Lock()
 			_ = stream.Send(resp)
 			sendMu.Unlock()
 		}()
 	}
+}
+
+// read runs a Read and records, in the trace of each sampled message read,
+// a storage.read span (with a batch span for more than one message),
+// whose ids go back with the answer for the broker's delivery spans. The
+// gRPC stream and the ring data plane share it.
+func (s *storageServer) read(ctx context.Context, req *ferryv1.ReadRequest) *ferryv1.ReadResponse {
+	start := time.Now()
+	resp, err := s.impl.Read(ctx, req)
+	if err != nil {
+		return &ferryv1.ReadResponse{Error: ErrorToProto(err)}
+	}
+	if telemetry.Enabled() && len(resp.Messages) > 0 {
+		msgs := resp.Messages
+		if strings.HasPrefix(req.Topic, retryPrefix) {
+			// The broker holds back a retry queue's messages from the
+			// first that is not due: they are read again, and traced
+			// when they are delivered.
+			msgs = msgs[:dueMessages(msgs, time.Now())]
+		}
+		if in := telemetry.Sampled(msgs); in.Len() > 0 {
+			hop := telemetry.StartHop(telemetry.Extract(ctx, req.Trace), storageTracer, telemetry.SpanStorageRead, msgs, in,
+				trace.WithTimestamp(start),
+				trace.WithAttributes(telemetry.AttrTopic.String(req.Topic), telemetry.AttrQueue.Int(int(req.Queue))))
+			hop.ForMessages(func(i int, s trace.Span) { s.SetAttributes(telemetry.AttrOffset.Int64(msgs[i].Offset)) })
+			t := hop.Traced()
+			resp.TracedIndex, resp.TracedSpan = t.Index, t.Span
+			hop.End()
+		}
+	}
+	return resp
+}
+
+// dueMessages is how many of a retry queue's msgs, from the first, are due
+// at now (HeaderDeliverAt), as the broker counts them when it delivers.
+func dueMessages(msgs []*Message, now time.Time) int {
+	for i, m := range msgs {
+		v, ok := m.Headers[HeaderDeliverAt]
+		if !ok {
+			continue
+		}
+		if at, err := strconv.ParseInt(v, 10, 64); err == nil && time.Unix(0, at).After(now) {
+			return i
+		}
+	}
+	return len(msgs)
 }
 
 func (s *storageServer) CommitOffsets(ctx context.Context, req *ferryv1.CommitOffsetsRequest) (*ferryv1.CommitOffsetsResponse, error) {
@@ -257,6 +312,7 @@ func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten b
 		return nil, err
 	}
 	tc := telemetry.Inject(ctx, nil)
+	traced := telemetry.TracedFromContext(ctx)
 	var timeout int64
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(int64(time.Until(dl)), 1)
@@ -273,7 +329,8 @@ func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten b
 			c.early[seq] = call.written
 			c.earlyMu.Unlock()
 		}
-		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout, WantWritten: wantWritten}
+		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout, WantWritten: wantWritten,
+			TracedIndex: traced.Index, TracedSpan: traced.Span}
 	})
 	if err != nil {
 		return nil, err

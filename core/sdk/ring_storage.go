@@ -65,10 +65,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 			finishing.Add(1)
 			go func() {
 				defer finishing.Done()
-				resp, err := s.impl.Read(context.Background(), req)
-				if err != nil {
-					resp = &ferryv1.ReadResponse{Error: ErrorToProto(err)}
-				}
+				resp := s.read(context.Background(), req)
 				resp.Id = id
 				reply(KindRead, id, resp)
 			}()

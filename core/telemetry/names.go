@@ -15,13 +15,16 @@ const (
 )
 
 // Span names, "<component>.<operation>", in the order of a message's life.
+// A hop of a batch records one span per sampled message and one for the
+// batch under the same name (StartHop).
 const (
 	SpanProducerSend          = "producer.send"         // the client sends one message (covers its retries)
 	SpanTransportReceive      = "transport.receive"     // the transport plugin takes a batch from a producer
 	SpanBrokerAppend          = "broker.append"         // the broker checks and routes a batch to storage
-	SpanStorageAppend         = "storage.append"        // the storage plugin stores a batch (links to its messages)
-	SpanStorageFlush          = "storage.flush"         // the storage plugin makes appends durable (links)
-	SpanReplicationReplicate  = "replication.replicate" // a batch is shipped to replicas (links)
+	SpanStorageAppend         = "storage.append"        // the storage plugin stores a batch
+	SpanStorageFlush          = "storage.flush"         // the storage plugin makes appends durable
+	SpanReplicationReplicate  = "replication.replicate" // a batch is shipped to replicas
+	SpanStorageRead           = "storage.read"          // the storage plugin reads a batch for a consumer's fetch
 	SpanBrokerFetch           = "broker.fetch"          // a consumer's fetch is answered
 	SpanBrokerDeliver         = "broker.deliver"        // one message is handed to a consumer
 	SpanTransportDeliver      = "transport.deliver"     // the transport plugin streams a batch to a consumer

@@ -1181,8 +1181,16 @@ type ProduceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// All for one topic; each message names its queue (the client selects).
-	Messages      []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
-	TimeoutNanos  int64      `protobuf:"varint,3,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	Messages     []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	TimeoutNanos int64      `protobuf:"varint,3,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	// The batch's sampled messages (docs/tracing.md, "Batches"), for
+	// per-message spans in each message's own trace: traced_index[i] is the
+	// index in messages of a message whose trace context (its traceparent
+	// header) is sampled, traced_span[i] the id of the sender's span for it (transport.receive)
+	// in that trace, the parent of the receiver's span for it. Both
+	// empty when no message is sampled (or the sender does not trace).
+	TracedIndex   []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
+	TracedSpan    []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1236,6 +1244,20 @@ func (x *ProduceRequest) GetTimeoutNanos() int64 {
 		return x.TimeoutNanos
 	}
 	return 0
+}
+
+func (x *ProduceRequest) GetTracedIndex() []uint32 {
+	if x != nil {
+		return x.TracedIndex
+	}
+	return nil
+}
+
+func (x *ProduceRequest) GetTracedSpan() []uint64 {
+	if x != nil {
+		return x.TracedSpan
+	}
+	return nil
 }
 
 type ProduceResponse struct {
@@ -1459,7 +1481,15 @@ type FetchResponse struct {
 	// record there is damaged (code CORRUPT). The other queues' messages are
 	// in messages: a damaged record holds up only its own queue. The
 	// consumer's policy decides: stop that queue, or skip the offset.
-	Errors        []*QueueError `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
+	Errors []*QueueError `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
+	// The batch's sampled messages (docs/tracing.md, "Batches"), for
+	// per-message spans in each message's own trace: traced_index[i] is the
+	// index in messages of a message whose trace context (its traceparent
+	// header) is sampled, traced_span[i] the id of the broker's span for it (broker.deliver)
+	// in that trace, the parent of the receiver's span for it. Both
+	// empty when no message is sampled (or the sender does not trace).
+	TracedIndex   []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
+	TracedSpan    []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1511,6 +1541,20 @@ func (x *FetchResponse) GetOffsets() []*QueueOffsets {
 func (x *FetchResponse) GetErrors() []*QueueError {
 	if x != nil {
 		return x.Errors
+	}
+	return nil
+}
+
+func (x *FetchResponse) GetTracedIndex() []uint32 {
+	if x != nil {
+		return x.TracedIndex
+	}
+	return nil
+}
+
+func (x *FetchResponse) GetTracedSpan() []uint64 {
+	if x != nil {
+		return x.TracedSpan
 	}
 	return nil
 }
@@ -2068,11 +2112,14 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06queues\x18\x02 \x01(\x05R\x06queues\"?\n" +
 	"\x12AlterTopicResponse\x12)\n" +
-	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"v\n" +
+	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"\xba\x01\n" +
 	"\x0eProduceRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12#\n" +
-	"\rtimeout_nanos\x18\x03 \x01(\x03R\ftimeoutNanos\"\x8e\x01\n" +
+	"\rtimeout_nanos\x18\x03 \x01(\x03R\ftimeoutNanos\x12!\n" +
+	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
+	"\vtraced_span\x183 \x03(\x06R\n" +
+	"tracedSpan\"\x8e\x01\n" +
 	"\x0fProduceResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\aoffsets\x18\x02 \x03(\x03R\aoffsets\x12(\n" +
@@ -2087,11 +2134,14 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x05group\x18\x06 \x01(\tR\x05group\"=\n" +
 	"\rFetchPosition\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\x05R\x05queue\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\x9e\x01\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\xe2\x01\n" +
 	"\rFetchResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x120\n" +
 	"\aoffsets\x18\x02 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x12,\n" +
-	"\x06errors\x18\x03 \x03(\v2\x14.ferry.v1.QueueErrorR\x06errors\"a\n" +
+	"\x06errors\x18\x03 \x03(\v2\x14.ferry.v1.QueueErrorR\x06errors\x12!\n" +
+	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
+	"\vtraced_span\x183 \x03(\x06R\n" +
+	"tracedSpan\"a\n" +
 	"\n" +
 	"QueueError\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\x05R\x05queue\x12\x16\n" +

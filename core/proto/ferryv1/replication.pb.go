@@ -33,9 +33,17 @@ type ReplicateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Stored messages, offsets set, in offset order per queue.
-	Messages      []*Message        `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
-	Trace         map[string]string `protobuf:"bytes,3,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	TimeoutNanos  int64             `protobuf:"varint,4,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	Messages     []*Message        `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	Trace        map[string]string `protobuf:"bytes,3,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TimeoutNanos int64             `protobuf:"varint,4,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	// The batch's sampled messages (docs/tracing.md, "Batches"), for
+	// per-message spans in each message's own trace: traced_index[i] is the
+	// index in messages of a message whose trace context (its traceparent
+	// header) is sampled, traced_span[i] the id of the broker's span for it (broker.append)
+	// in that trace, the parent of the receiver's span for it. Both
+	// empty when no message is sampled (or the sender does not trace).
+	TracedIndex   []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
+	TracedSpan    []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -96,6 +104,20 @@ func (x *ReplicateRequest) GetTimeoutNanos() int64 {
 		return x.TimeoutNanos
 	}
 	return 0
+}
+
+func (x *ReplicateRequest) GetTracedIndex() []uint32 {
+	if x != nil {
+		return x.TracedIndex
+	}
+	return nil
+}
+
+func (x *ReplicateRequest) GetTracedSpan() []uint64 {
+	if x != nil {
+		return x.TracedSpan
+	}
+	return nil
 }
 
 type ReplicateResponse struct {
@@ -1297,12 +1319,15 @@ var File_ferry_v1_replication_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"\xef\x01\n" +
+	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"\xb3\x02\n" +
 	"\x10ReplicateRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12;\n" +
 	"\x05trace\x18\x03 \x03(\v2%.ferry.v1.ReplicateRequest.TraceEntryR\x05trace\x12#\n" +
-	"\rtimeout_nanos\x18\x04 \x01(\x03R\ftimeoutNanos\x1a8\n" +
+	"\rtimeout_nanos\x18\x04 \x01(\x03R\ftimeoutNanos\x12!\n" +
+	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
+	"\vtraced_span\x183 \x03(\x06R\n" +
+	"tracedSpan\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

@@ -277,7 +277,15 @@ type AppendRequest struct {
 	// The broker asks for an early answer (AppendResponse.written) as soon as
 	// the batch's offsets are fixed and it is written, before it is durable.
 	// A plugin may ignore it; the broker then waits for the final answer.
-	WantWritten   bool `protobuf:"varint,5,opt,name=want_written,json=wantWritten,proto3" json:"want_written,omitempty"`
+	WantWritten bool `protobuf:"varint,5,opt,name=want_written,json=wantWritten,proto3" json:"want_written,omitempty"`
+	// The batch's sampled messages (docs/tracing.md, "Batches"), for
+	// per-message spans in each message's own trace: traced_index[i] is the
+	// index in messages of a message whose trace context (its traceparent
+	// header) is sampled, traced_span[i] the id of the broker's span for it (broker.append)
+	// in that trace, the parent of the receiver's span for it. Both
+	// empty when no message is sampled (or the sender does not trace).
+	TracedIndex   []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
+	TracedSpan    []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -345,6 +353,20 @@ func (x *AppendRequest) GetWantWritten() bool {
 		return x.WantWritten
 	}
 	return false
+}
+
+func (x *AppendRequest) GetTracedIndex() []uint32 {
+	if x != nil {
+		return x.TracedIndex
+	}
+	return nil
+}
+
+func (x *AppendRequest) GetTracedSpan() []uint64 {
+	if x != nil {
+		return x.TracedSpan
+	}
+	return nil
 }
 
 type AppendResponse struct {
@@ -531,8 +553,16 @@ type ReadResponse struct {
 	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Messages []*Message             `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// Offsets of the queue as seen by this read.
-	Offsets       *QueueOffsets `protobuf:"bytes,3,opt,name=offsets,proto3" json:"offsets,omitempty"`
-	Error         *Error        `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Offsets *QueueOffsets `protobuf:"bytes,3,opt,name=offsets,proto3" json:"offsets,omitempty"`
+	Error   *Error        `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// The batch's sampled messages (docs/tracing.md, "Batches"), for
+	// per-message spans in each message's own trace: traced_index[i] is the
+	// index in messages of a message whose trace context (its traceparent
+	// header) is sampled, traced_span[i] the id of the store's span for it (storage.read)
+	// in that trace, the parent of the receiver's span for it. Both
+	// empty when no message is sampled (or the sender does not trace).
+	TracedIndex   []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
+	TracedSpan    []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -591,6 +621,20 @@ func (x *ReadResponse) GetOffsets() *QueueOffsets {
 func (x *ReadResponse) GetError() *Error {
 	if x != nil {
 		return x.Error
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetTracedIndex() []uint32 {
+	if x != nil {
+		return x.TracedIndex
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetTracedSpan() []uint64 {
+	if x != nil {
+		return x.TracedSpan
 	}
 	return nil
 }
@@ -1014,13 +1058,16 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\tR\x06groups\"1\n" +
 	"\x19DeleteGroupOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"\x1c\n" +
-	"\x1aDeleteGroupOffsetsResponse\"\x8c\x02\n" +
+	"\x1aDeleteGroupOffsetsResponse\"\xd0\x02\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x128\n" +
 	"\x05trace\x18\x03 \x03(\v2\".ferry.v1.AppendRequest.TraceEntryR\x05trace\x12#\n" +
 	"\rtimeout_nanos\x18\x04 \x01(\x03R\ftimeoutNanos\x12!\n" +
-	"\fwant_written\x18\x05 \x01(\bR\vwantWritten\x1a8\n" +
+	"\fwant_written\x18\x05 \x01(\bR\vwantWritten\x12!\n" +
+	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
+	"\vtraced_span\x183 \x03(\x06R\n" +
+	"tracedSpan\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1042,12 +1089,15 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x01\n" +
 	"\fReadResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x120\n" +
 	"\aoffsets\x18\x03 \x01(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x12%\n" +
-	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\"\xb7\x01\n" +
+	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12!\n" +
+	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
+	"\vtraced_span\x183 \x03(\x06R\n" +
+	"tracedSpan\"\xb7\x01\n" +
 	"\fQueueOffsets\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x14\n" +

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -334,6 +335,53 @@ func (j Jaeger) Operations(ctx context.Context, service string) ([]string, error
 	}
 	if err := json.Unmarshal(body, &out); err != nil {
 		return nil, fmt.Errorf("GET /api/services/%s/operations: decode: %w", service, err)
+	}
+	return out.Data, nil
+}
+
+// FindTraces returns the traces of service, from the last hour, that hold
+// a span with every tag of tags (Jaeger's search, /api/traces), at most
+// limit of them.
+func (j Jaeger) FindTraces(ctx context.Context, service string, tags map[string]string, limit int) ([]Trace, error) {
+	tj, err := json.Marshal(tags)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	v := url.Values{
+		"service": {service},
+		"tags":    {string(tj)},
+		"start":   {fmt.Sprint(now.Add(-time.Hour).UnixMicro())},
+		"end":     {fmt.Sprint(now.Add(time.Minute).UnixMicro())},
+		"limit":   {fmt.Sprint(limit)},
+	}
+	u := j.Query + "/api/traces?" + v.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %.300s", u, resp.Status, body)
+	}
+	var out struct {
+		Data []Trace `json:"data"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.UseNumber()
+	if err := dec.Decode(&out); err != nil {
+		return nil, fmt.Errorf("GET %s: decode: %w", u, err)
 	}
 	return out.Data, nil
 }

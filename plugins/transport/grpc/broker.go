@@ -125,14 +125,17 @@ func (b *brokerServer) produce(ctx context.Context, req *ferryv1.ProduceRequest)
 	fail := func(err error) *ferryv1.ProduceResponse {
 		return &ferryv1.ProduceResponse{Seq: req.Seq, Error: sdk.ErrorToProto(err)}
 	}
-	if len(req.Messages) > 0 {
-		var span trace.Span
-		ctx = telemetry.Extract(ctx, req.Messages[0].Headers)
-		ctx, span = tracer.Start(ctx, telemetry.SpanTransportReceive,
-			trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithLinks(telemetry.BatchLinks(ctx, req.Messages[1:])...),
-			trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic), telemetry.BatchAttr(req.Messages)))
-		defer span.End()
+	// The first traced hop of a batch: a span in each sampled message's
+	// trace (telemetry.StartHop), whose ids go on to the core with the
+	// request, and a batch span that the core's spans are children of.
+	req.TracedIndex, req.TracedSpan = nil, nil
+	if len(req.Messages) > 0 && telemetry.Enabled() {
+		hop := telemetry.StartHop(ctx, tracer, telemetry.SpanTransportReceive, req.Messages, telemetry.Sampled(req.Messages),
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic)))
+		defer hop.End()
+		ctx = hop.Ctx
+		tr := hop.Traced()
+		req.TracedIndex, req.TracedSpan = tr.Index, tr.Span
 	}
 	if err := b.checkSizes(req); err != nil {
 		return fail(err)
@@ -177,6 +180,15 @@ func (b *brokerServer) Fetch(ctx context.Context, req *ferryv1.FetchRequest) (*f
 	}
 	if resp == nil {
 		resp = &ferryv1.FetchResponse{}
+	}
+	if len(resp.TracedIndex) > 0 {
+		// A transport.deliver span in each sampled message's trace, under
+		// its broker.deliver; the traced fields stay between plugin and core.
+		hop := telemetry.StartHop(ctx, tracer, telemetry.SpanTransportDeliver, resp.Messages,
+			telemetry.Traced{Index: resp.TracedIndex, Span: resp.TracedSpan},
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(telemetry.AttrTopic.String(req.Topic), telemetry.AttrGroup.String(req.Group)))
+		resp.TracedIndex, resp.TracedSpan = nil, nil
+		hop.End()
 	}
 	return resp, nil
 }
