@@ -21,6 +21,12 @@
 // the broker reports match the SDK's sentinels with errors.Is
 // (sdk.ErrInvalidArgument, sdk.ErrNotFound, ...) and are not retried.
 //
+// A broker that stops gracefully (SIGTERM of ferry run) answers every request
+// it took with its true outcome, and refuses later ones with
+// sdk.ErrUnavailable, storing nothing of them; the client retries those with
+// the same ids, so a restart under load neither loses nor duplicates a send,
+// and no stored message is answered with an error.
+//
 // Consumption is at-least-once: a message's offset is committed only after
 // the handler returned nil for it and for every earlier message of its queue,
 // so a restarted consumer sees again what was not committed, never less.
