@@ -49,6 +49,15 @@
 // returning, or with Ack, Nack(delay) (Nack(0): again now, counted as an
 // attempt) or Release (again now, not counted).
 //
+// # Ephemeral groups
+//
+// ConsumerOptions.Ephemeral joins an ephemeral group, which the broker
+// deletes (offsets, %RETRY% and %DLQ% topics) once its last member has been
+// gone for the node's ephemeral_group_ttl (default 30 s); with no Group the
+// consumer gets one of its own (Consumer.Group names it):
+//
+//	cons, err := c.NewConsumer(client.ConsumerOptions{Topic: "orders", Ephemeral: true})
+//
 // # Errors
 //
 // Errors from this package match the sentinels of core/sdk: a broker that
