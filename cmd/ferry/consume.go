@@ -31,6 +31,7 @@ type consumeOptions struct {
 	json, body                         bool
 	concurrency                        int
 	startLatest                        bool
+	ephemeral                          bool
 	tls                                tlsFlags
 }
 
@@ -83,7 +84,8 @@ every attempt), attempt counts its deliveries to the group, and the body is
 	f.StringVar(&o.broker, "broker", "", brokerUsage)
 	o.tls.add(f)
 	f.StringVar(&o.topic, "topic", "", "topic to consume (required)")
-	f.StringVar(&o.group, "group", "", "consumer group (required)")
+	f.StringVar(&o.group, "group", "", "consumer group (required, unless --ephemeral)")
+	f.BoolVar(&o.ephemeral, "ephemeral", false, "join the group as ephemeral: the broker deletes it (offsets, retry and dead-letter topics) once its last member has been gone for the node's ephemeral_group_ttl; without --group, a group of its own")
 	f.StringVar(&o.member, "member", "", "this member's id in the group (default: host-pid-random)")
 	f.StringVar(&o.mode, "mode", "push", "delivery: push or pull")
 	f.IntVar(&o.count, "count", 0, "exit after this many messages (0: no limit)")
@@ -96,7 +98,6 @@ every attempt), attempt counts its deliveries to the group, and the body is
 	f.BoolVar(&o.startLatest, "latest", false, "a group that never committed starts at the end of the topic (default: its beginning)")
 	f.StringVar(&o.onCorrupt, "on-corrupt", "stop", "a message whose stored record is damaged: stop (that queue stops there, the others go on), skip (logged, committed past) or dlq (skip after a placeholder in the group's dead-letter queue)")
 	_ = cmd.MarkFlagRequired("topic")
-	_ = cmd.MarkFlagRequired("group")
 	return cmd
 }
 
@@ -143,6 +144,9 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	if err != nil || o.onCorrupt == "" {
 		return 0, &exitError{code: 2, msg: fmt.Sprintf("--on-corrupt must be stop, skip or dlq, got %q", o.onCorrupt)}
 	}
+	if o.group == "" && !o.ephemeral {
+		return 0, &exitError{code: 2, msg: "--group is required (or --ephemeral, for a group of its own)"}
+	}
 	if o.count < 0 || o.idle < 0 || o.concurrency < 1 || o.sessionTimeout <= 0 {
 		return 0, &exitError{code: 2, msg: "--count and --idle must not be negative, --concurrency must be at least 1, --session-timeout positive"}
 	}
@@ -160,13 +164,16 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 	}
 	defer c.Close()
 	opts := client.ConsumerOptions{Topic: o.topic, Group: o.group, Member: o.member, Concurrency: o.concurrency, SessionTimeout: o.sessionTimeout,
-		OnCorrupt: onCorrupt}
+		OnCorrupt: onCorrupt, Ephemeral: o.ephemeral}
 	if o.startLatest {
 		opts.StartAt = client.StartCommittedOrLatest
 	}
 	cons, err := c.NewConsumer(opts)
 	if err != nil {
 		return 0, err
+	}
+	if o.ephemeral && o.group == "" {
+		fmt.Fprintf(os.Stderr, "ephemeral group %s\n", cons.Group())
 	}
 
 	ctx, stop := context.WithCancel(ctx)

@@ -65,6 +65,9 @@ type Options struct {
 	// Groups are the consumer groups known from the start (the pipeline's
 	// flows); others become known as they appear (see groupExists).
 	Groups []string
+	// EphemeralGroupTTL is how long an ephemeral group stays after its
+	// last member left (ephemeral.go); 0: DefaultEphemeralGroupTTL.
+	EphemeralGroupTTL time.Duration
 }
 
 // StorageSource gives the live storage plugin; a pluginhost.Instance is one.
@@ -98,6 +101,7 @@ type Broker struct {
 	fetchers *recentSet      // groups that fetched lately, bounded
 
 	full fullState // the storage refuses appends for a full disk (full.go)
+	eph  ephemeralGroups
 
 	closeOnce sync.Once
 }
@@ -170,6 +174,8 @@ func New(opts Options, storage StorageSource) *Broker {
 		b.topics[t.Name] = newTopic(t.Name, int32(t.Queues), false)
 	}
 	b.app = newAppender(b)
+	b.eph.stop, b.eph.done = make(chan struct{}), make(chan struct{})
+	b.loadEphemeral()
 	b.role.set(&sdk.SetRoleRequest{Role: opts.Role})
 	if opts.Replication != nil {
 		b.repl = newReplicator(b, opts.Replication)
@@ -178,7 +184,11 @@ func New(opts Options, storage StorageSource) *Broker {
 }
 
 // Start runs the appender until Close.
-func (b *Broker) Start() { go b.app.run() }
+func (b *Broker) Start() {
+	go b.app.run()
+	b.eph.started.Store(true)
+	go b.runEphemeral()
+}
 
 // Close stops taking appends and waits, up to ctx, for those accepted to be
 // answered.
@@ -186,7 +196,14 @@ func (b *Broker) Close(ctx context.Context) error {
 	var err error
 	b.closeOnce.Do(func() {
 		close(b.full.done)
+		close(b.eph.stop)
 		err = b.app.close(ctx)
+		if b.eph.started.Load() {
+			select {
+			case <-b.eph.done:
+			case <-ctx.Done():
+			}
+		}
 	})
 	return err
 }
@@ -271,7 +288,7 @@ func (b *Broker) groupExists(ctx context.Context, group string) (bool, error) {
 		return false, err
 	}
 	for i, o := range offs {
-		if o.Committed >= 0 || (i >= internal && o.End > 0) {
+		if o.Committed >= 0 || (i >= internal && o.End > o.Start) {
 			b.groupKnown(group)
 			return true, nil
 		}

@@ -167,7 +167,15 @@ func (b *Broker) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk
 	for _, q := range req.Queues {
 		queues = append(queues, &ferryv1.QueueRef{Topic: q.Topic, Queue: q.Queue})
 	}
+	b.eph.mu.Lock()
+	defer b.eph.mu.Unlock()
+	if !req.Leave {
+		if err := b.checkEphemeralLocked(ctx, req.Group, req.Ephemeral); err != nil {
+			return nil, err
+		}
+	}
 	members, perTopic := b.groups.heartbeat(req.Group, req.Member, slices.Clone(req.Topics), queues, req.Leave, timeout)
+	b.noteEphemeralLocked(req.Group, len(members))
 	return &sdk.HeartbeatResponse{Members: members, TopicMembers: perTopic}, nil
 }
 

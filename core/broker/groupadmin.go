@@ -213,7 +213,9 @@ func (b *Broker) DescribeGroup(ctx context.Context, req *sdk.DescribeGroupReques
 	if err != nil {
 		return nil, err
 	}
-	return &sdk.DescribeGroupResponse{Group: req.Group, Members: members, Queues: queues, Internal: internal}, nil
+	resp := &sdk.DescribeGroupResponse{Group: req.Group, Members: members, Queues: queues, Internal: internal}
+	resp.Ephemeral, resp.DeleteAtUnixNano = b.ephemeralState(req.Group)
+	return resp, nil
 }
 
 // liveRefusal is the error for a change refused while group has members.

@@ -66,7 +66,19 @@ type ConsumerOptions struct {
 	// the members that consume it. The group's retry topic is shared by
 	// all its members, so a member may be handed a retried message of
 	// another topic of its group (Delivery.Topic names it).
+	// May be empty with Ephemeral: the consumer then gets a group of its
+	// own, "ephemeral-<random>" (Consumer.Group names it).
 	Group string
+	// Ephemeral joins Group as an ephemeral group: the broker deletes the
+	// group — its committed offsets and its %RETRY% and %DLQ% topics — once
+	// its last member has been gone for the node's
+	// node.ephemeral_group_ttl (default 30 s); a member that joins before
+	// keeps it. A group is ephemeral or durable for all its members: the
+	// broker refuses an ephemeral member in a group with stored state, a
+	// durable member in an ephemeral group (sdk.ErrInvalidArgument), and
+	// ephemeral members on a node with a replication plugin
+	// (errors.ErrUnsupported). The error comes from Launch or Start.
+	Ephemeral bool
 	// Member names this consumer in its group; unique per live consumer.
 	// Default: "<hostname>-<pid>-<random>".
 	Member string
@@ -171,8 +183,13 @@ func (c *Client) NewConsumer(opts ConsumerOptions) (*Consumer, error) {
 	if opts.Topic == "" {
 		errs = append(errs, errors.New("Topic is required"))
 	}
+	if opts.Group == "" && opts.Ephemeral {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		opts.Group = "ephemeral-" + hex.EncodeToString(b[:])
+	}
 	if opts.Group == "" {
-		errs = append(errs, errors.New("Group is required"))
+		errs = append(errs, errors.New("Group is required (or Ephemeral, for a group of its own)"))
 	}
 	if opts.Queues != nil {
 		if len(opts.Queues) == 0 {

@@ -19,7 +19,7 @@ func (rt *runtime) heartbeat(ctx context.Context, leave bool) (map[string][]stri
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	resp, err := rt.c.rpc.Heartbeat(cctx, &ferryv1.HeartbeatRequest{
-		Group: rt.group, Member: rt.opts.Member, Topics: rt.topics, Leave: leave,
+		Group: rt.group, Member: rt.opts.Member, Topics: rt.topics, Leave: leave, Ephemeral: rt.opts.Ephemeral,
 		SessionTimeoutNanos: int64(rt.opts.SessionTimeout), Queues: rt.held(),
 	}, grpc.WaitForReady(!leave))
 	if err != nil {

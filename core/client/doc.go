@@ -21,6 +21,12 @@
 // the broker reports match the SDK's sentinels with errors.Is
 // (sdk.ErrInvalidArgument, sdk.ErrNotFound, ...) and are not retried.
 //
+// A broker that stops gracefully (SIGTERM of ferry run) answers every request
+// it took with its true outcome, and refuses later ones with
+// sdk.ErrUnavailable, storing nothing of them; the client retries those with
+// the same ids, so a restart under load neither loses nor duplicates a send,
+// and no stored message is answered with an error.
+//
 // Consumption is at-least-once: a message's offset is committed only after
 // the handler returned nil for it and for every earlier message of its queue,
 // so a restarted consumer sees again what was not committed, never less.
@@ -42,6 +48,15 @@
 // connections (see ExampleConsumer_Launch). A handler settles a delivery by
 // returning, or with Ack, Nack(delay) (Nack(0): again now, counted as an
 // attempt) or Release (again now, not counted).
+//
+// # Ephemeral groups
+//
+// ConsumerOptions.Ephemeral joins an ephemeral group, which the broker
+// deletes (offsets, %RETRY% and %DLQ% topics) once its last member has been
+// gone for the node's ephemeral_group_ttl (default 30 s); with no Group the
+// consumer gets one of its own (Consumer.Group names it):
+//
+//	cons, err := c.NewConsumer(client.ConsumerOptions{Topic: "orders", Ephemeral: true})
 //
 // # Errors
 //

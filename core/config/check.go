@@ -174,6 +174,7 @@ func (c *checker) node(n *Node) {
 	}
 	c.enum("node.role", n.Role, nodeRoles)
 	c.positive("node.shutdown_timeout", n.ShutdownTimeout)
+	c.positive("node.ephemeral_group_ttl", n.EphemeralGroupTTL)
 }
 
 func (c *checker) plugins(p *Plugins) {

@@ -37,6 +37,9 @@ type Node struct {
 	DataDir         string        `koanf:"data_dir"`         // default "data/<pipeline name>" (relative paths are relative to the cwd)
 	Role            string        `koanf:"role"`             // "standalone" (default); also "master", "slave" (replication)
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"` // default 10s, > 0
+	// EphemeralGroupTTL: an ephemeral consumer group is deleted once its
+	// last member has been gone this long (default 30s, > 0).
+	EphemeralGroupTTL time.Duration `koanf:"ephemeral_group_ttl"`
 }
 
 // Plugins names the plugins of a pipeline and where external ones are found.
@@ -209,9 +212,10 @@ const (
 func Default() Pipeline {
 	return Pipeline{
 		Node: Node{
-			ID:              "node-1",
-			Role:            "standalone",
-			ShutdownTimeout: 10 * time.Second,
+			ID:                "node-1",
+			Role:              "standalone",
+			ShutdownTimeout:   10 * time.Second,
+			EphemeralGroupTTL: 30 * time.Second,
 		},
 		Plugins: Plugins{
 			Mode:        "subprocess",

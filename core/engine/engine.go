@@ -110,6 +110,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	bopts := broker.Options{
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
 		Topics: topics, DataDir: cfg.Node.DataDir, Logger: log.Named("broker"), Metrics: obs.metrics,
+		EphemeralGroupTTL: cfg.Node.EphemeralGroupTTL,
 	}
 	for _, f := range cfg.Flows {
 		bopts.Groups = append(bopts.Groups, f.Group)

@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,16 +52,22 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 }
 
 func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error {
+	// Serve's ctx ends when the host sends Drain (the node is stopping) or
+	// when Connect ends. After a Drain the plugin's calls to the core go on
+	// being answered, on the ring or on this stream, until Serve returns.
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
 	if s.ring != nil {
-		// The data flows on the ring; the stream only bounds Serve: it
-		// ends when the host's side ends.
-		ctx, cancel := context.WithCancel(stream.Context())
-		defer cancel()
+		// The data flows on the ring; the stream only bounds Serve.
 		go func() {
 			for {
-				if _, err := stream.Recv(); err != nil {
+				f, err := stream.Recv()
+				if err != nil {
 					cancel()
 					return
+				}
+				if f.GetDrain() != nil {
+					cancel()
 				}
 			}
 		}()
@@ -68,8 +75,6 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 	}
 	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
 	core.sendFrame = stream.Send
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
 	go func() {
 		for {
 			f, err := stream.Recv()
@@ -77,6 +82,10 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 				core.calls.fail(fmt.Errorf("core connection closed: %w", err))
 				cancel()
 				return
+			}
+			if f.GetDrain() != nil {
+				cancel()
+				continue
 			}
 			core.calls.resolve(f.Id, f, nil)
 		}
@@ -239,6 +248,10 @@ type TransportClient struct {
 	pluginClient
 	rpc ferryv1.TransportClient
 	dp  ringHost // the shared-memory data plane, when the plugin took it
+
+	// DrainTimeout bounds Serve's drain after its ctx ended; 0 means
+	// DefaultTransportDrain. Set it before Serve.
+	DrainTimeout time.Duration
 }
 
 var (
@@ -266,28 +279,61 @@ func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
 	return &TransportClient{pluginClient: newPluginClient(cc), rpc: ferryv1.NewTransportClient(cc)}
 }
 
+// DefaultTransportDrain bounds how long TransportClient.Serve waits, once
+// its ctx ended, for the plugin to drain before it cuts the plugin off.
+const DefaultTransportDrain = 30 * time.Second
+
 // Serve opens the Connect stream and answers the plugin's requests with core
 // until ctx ends or the stream breaks (the plugin died: ErrUnavailable).
+//
+// When ctx ends, Serve asks the plugin to drain (a Drain frame): the plugin
+// stops taking requests from its clients and ends Connect once it has the
+// answers of those it took. Until then Serve goes on answering, with request
+// contexts that ctx's end does not cancel, so that every request the
+// transport took gets its true answer (a produce the store took is answered
+// with its offsets, not "context canceled"). If the plugin has not ended
+// Connect after DrainTimeout (default DefaultTransportDrain), or earlier when
+// the host stops the plugin's process, Serve cuts it off: requests still
+// running are cancelled and answered UNAVAILABLE (outcome unknown).
 func (c *TransportClient) Serve(ctx context.Context, core Core) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.rpc.Connect(ctx)
+	sctx, cut := context.WithCancel(context.WithoutCancel(ctx))
+	defer cut()
+	stream, err := c.rpc.Connect(sctx)
 	if err != nil {
 		return fmt.Errorf("%w: transport connect: %v", ErrUnavailable, err)
 	}
-	if c.dp.conn != nil {
-		return c.serveRing(ctx, core, stream)
-	}
 	var sendMu sync.Mutex
-	reqs := newCoreRequests(ctx, core, func(out *ferryv1.CoreFrame) {
+	send := func(out *ferryv1.CoreFrame) error {
 		sendMu.Lock()
-		_ = stream.Send(out)
-		sendMu.Unlock()
-	})
+		defer sendMu.Unlock()
+		return stream.Send(out)
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-sctx.Done():
+			return
+		}
+		_ = send(&ferryv1.CoreFrame{Response: &ferryv1.CoreFrame_Drain{Drain: &ferryv1.Drain{}}})
+		t := time.NewTimer(cmp.Or(c.DrainTimeout, DefaultTransportDrain))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cut()
+		case <-sctx.Done():
+		}
+	}()
+	if c.dp.conn != nil {
+		return c.serveRing(ctx, sctx, cut, core, stream)
+	}
+	reqs := newCoreRequests(sctx, core, func(out *ferryv1.CoreFrame) { _ = send(out) })
 	defer reqs.wait()
 	for {
 		f, err := stream.Recv()
 		if err != nil {
+			// The plugin ended Serve (drained), died, or was cut off:
+			// nothing of it waits for an answer any more.
+			cut()
 			if errors.Is(err, io.EOF) || ctx.Err() != nil {
 				return nil
 			}
@@ -344,6 +390,13 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 	go func() {
 		defer r.wg.Done()
 		out := handleFrame(rctx, r.core, f)
+		if r.ctx.Err() != nil && out.Error.GetCode() == "CANCELED" {
+			// The host cut the plugin off while the request ran (its drain
+			// took too long): what became of it is unknown, and a client
+			// may retry it (a produce is de-duplicated by id).
+			out.Response = nil
+			out.Error = ErrorToProto(fmt.Errorf("%w: the node stopped before this request finished; its outcome is unknown", ErrUnavailable))
+		}
 		r.mu.Lock()
 		delete(r.inflight, f.Id)
 		r.mu.Unlock()
@@ -466,26 +519,27 @@ func handleGroupAdmin(ctx context.Context, core Core, f *ferryv1.TransportFrame,
 }
 
 // serveRing is Serve on the data plane: the plugin's requests arrive on the
-// ring; the Connect stream only tells when the plugin's side ended.
-func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferryv1.Transport_ConnectClient) error {
+// ring; the Connect stream only tells when the plugin's side ended. ctx is
+// Serve's; sctx (cancelled by cut) bounds the stream and the requests.
+func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.CancelFunc, core Core, stream ferryv1.Transport_ConnectClient) error {
 	conn := c.dp.conn
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	streamErr := make(chan error, 1)
 	go func() {
 		for {
 			if _, err := stream.Recv(); err != nil {
+				// The plugin ended Serve (drained: nothing of it waits
+				// for an answer any more), died, or was cut off.
 				streamErr <- err
-				cancel()
+				cut()
 				return
 			}
 		}
 	}()
 	go func() {
-		<-ctx.Done()
+		<-sctx.Done()
 		conn.Close() // unblocks the loop below
 	}()
-	reqs := newCoreRequests(ctx, core, func(out *ferryv1.CoreFrame) { _ = c.dp.write(KindCoreFrame, out.Id, out) })
+	reqs := newCoreRequests(sctx, core, func(out *ferryv1.CoreFrame) { _ = c.dp.write(KindCoreFrame, out.Id, out) })
 	defer reqs.wait()
 	for {
 		kind, id, p, err := conn.Read()
@@ -496,9 +550,10 @@ func (c *TransportClient) serveRing(ctx context.Context, core Core, stream ferry
 					if !errors.Is(err, io.EOF) && ctx.Err() == nil {
 						return fmt.Errorf("%w: transport stream: %v", ErrUnavailable, err)
 					}
+					return nil
 				default:
 				}
-				if ctx.Err() != nil {
+				if sctx.Err() != nil {
 					return nil
 				}
 			}

@@ -257,7 +257,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := n.waitServing(ctx, make(chan struct{})); err != nil {
 		return nil, fmt.Errorf("after the workload: %w", err)
 	}
-	stored, err := readBack(ctx, p.addr, topic, rep.RunID+"-")
+	stored, err := ReadBack(ctx, p.addr, topic, rep.RunID+"-")
 	if err != nil {
 		return nil, err
 	}
@@ -511,9 +511,10 @@ func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord 
 	return rs
 }
 
-// readBack reads every message of topic with an id that starts with prefix,
-// queue by queue from its start to its end, through the Broker API.
-func readBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error) {
+// ReadBack reads every message of topic with an id that starts with prefix,
+// queue by queue from its start to its end, through the Broker API (plaintext,
+// no credentials). It waits for the queues' ends to stand still first.
+func ReadBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err

@@ -385,9 +385,14 @@ type DescribeGroupResponse struct {
 	Queues []*GroupQueue `protobuf:"bytes,3,rep,name=queues,proto3" json:"queues,omitempty"`
 	// The group's %RETRY% and %DLQ% topics, with the messages they hold
 	// (summed over their queues).
-	Internal      []*InternalTopicSize `protobuf:"bytes,4,rep,name=internal,proto3" json:"internal,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Internal []*InternalTopicSize `protobuf:"bytes,4,rep,name=internal,proto3" json:"internal,omitempty"`
+	// The group is ephemeral (HeartbeatRequest.ephemeral).
+	Ephemeral bool `protobuf:"varint,40,opt,name=ephemeral,proto3" json:"ephemeral,omitempty"`
+	// An ephemeral group without live members: when the broker deletes it
+	// unless a member joins first. 0 otherwise.
+	DeleteAtUnixNano int64 `protobuf:"varint,41,opt,name=delete_at_unix_nano,json=deleteAtUnixNano,proto3" json:"delete_at_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DescribeGroupResponse) Reset() {
@@ -446,6 +451,20 @@ func (x *DescribeGroupResponse) GetInternal() []*InternalTopicSize {
 		return x.Internal
 	}
 	return nil
+}
+
+func (x *DescribeGroupResponse) GetEphemeral() bool {
+	if x != nil {
+		return x.Ephemeral
+	}
+	return false
+}
+
+func (x *DescribeGroupResponse) GetDeleteAtUnixNano() int64 {
+	if x != nil {
+		return x.DeleteAtUnixNano
+	}
+	return 0
 }
 
 type GroupMember struct {
@@ -1853,7 +1872,15 @@ type HeartbeatRequest struct {
 	// broker's default.
 	SessionTimeoutNanos int64 `protobuf:"varint,5,opt,name=session_timeout_nanos,json=sessionTimeoutNanos,proto3" json:"session_timeout_nanos,omitempty"`
 	// The queues the member holds now (for DescribeGroup).
-	Queues        []*QueueRef `protobuf:"bytes,13,rep,name=queues,proto3" json:"queues,omitempty"`
+	Queues []*QueueRef `protobuf:"bytes,13,rep,name=queues,proto3" json:"queues,omitempty"`
+	// The member joins the group as ephemeral: the broker deletes the group
+	// (its committed offsets, its %RETRY% and %DLQ% topics) once its last
+	// member has been gone for the node's ephemeral_group_ttl. A group is
+	// ephemeral or not for all its members: a heartbeat that disagrees with
+	// the group is refused (INVALID_ARGUMENT), as is an ephemeral one on a
+	// node with a replication plugin (UNSUPPORTED: group deletion is not
+	// replicated yet).
+	Ephemeral     bool `protobuf:"varint,40,opt,name=ephemeral,proto3" json:"ephemeral,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1928,6 +1955,13 @@ func (x *HeartbeatRequest) GetQueues() []*QueueRef {
 		return x.Queues
 	}
 	return nil
+}
+
+func (x *HeartbeatRequest) GetEphemeral() bool {
+	if x != nil {
+		return x.Ephemeral
+	}
+	return false
 }
 
 type HeartbeatResponse struct {
@@ -2058,12 +2092,14 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x06topics\x18\x03 \x03(\tR\x06topics\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\",\n" +
 	"\x14DescribeGroupRequest\x12\x14\n" +
-	"\x05group\x18\x01 \x01(\tR\x05group\"\xc5\x01\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"\x92\x02\n" +
 	"\x15DescribeGroupResponse\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12/\n" +
 	"\amembers\x18\x02 \x03(\v2\x15.ferry.v1.GroupMemberR\amembers\x12,\n" +
 	"\x06queues\x18\x03 \x03(\v2\x14.ferry.v1.GroupQueueR\x06queues\x127\n" +
-	"\binternal\x18\x04 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\"\xc6\x01\n" +
+	"\binternal\x18\x04 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\x12\x1c\n" +
+	"\tephemeral\x18( \x01(\bR\tephemeral\x12-\n" +
+	"\x13delete_at_unix_nano\x18) \x01(\x03R\x10deleteAtUnixNano\"\xc6\x01\n" +
 	"\vGroupMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06topics\x18\x02 \x03(\tR\x06topics\x12*\n" +
@@ -2160,14 +2196,15 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"BrokerInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
-	"\x04role\x18\x03 \x01(\tR\x04role\"\xce\x01\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"\xec\x01\n" +
 	"\x10HeartbeatRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12\x16\n" +
 	"\x06topics\x18\x03 \x03(\tR\x06topics\x12\x14\n" +
 	"\x05leave\x18\x04 \x01(\bR\x05leave\x122\n" +
 	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\x12*\n" +
-	"\x06queues\x18\r \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"j\n" +
+	"\x06queues\x18\r \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\x12\x1c\n" +
+	"\tephemeral\x18( \x01(\bR\tephemeral\"j\n" +
 	"\x11HeartbeatResponse\x12\x18\n" +
 	"\amembers\x18\x01 \x03(\tR\amembers\x12;\n" +
 	"\rtopic_members\x18\x02 \x03(\v2\x16.ferry.v1.TopicMembersR\ftopicMembers\">\n" +

@@ -460,6 +460,7 @@ type CoreFrame struct {
 	//	*CoreFrame_ResetOffsets
 	//	*CoreFrame_DeleteGroup
 	//	*CoreFrame_DeleteTopic
+	//	*CoreFrame_Drain
 	Response      isCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error               `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -627,6 +628,15 @@ func (x *CoreFrame) GetDeleteTopic() *DeleteTopicResponse {
 	return nil
 }
 
+func (x *CoreFrame) GetDrain() *Drain {
+	if x != nil {
+		if x, ok := x.Response.(*CoreFrame_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 func (x *CoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -690,6 +700,18 @@ type CoreFrame_DeleteTopic struct {
 	DeleteTopic *DeleteTopicResponse `protobuf:"bytes,17,opt,name=delete_topic,json=deleteTopic,proto3,oneof"`
 }
 
+type CoreFrame_Drain struct {
+	// Drain (id 0, on the Connect stream, also when the requests travel on
+	// the ring data plane) tells the plugin that the node is stopping: it
+	// stops taking requests from its clients, waits for the answers of those
+	// it took, and then ends Serve, which ends Connect. The core goes on
+	// answering every request until Connect ends (or the node's shutdown
+	// timeout passes), so that each request the transport took gets its true
+	// answer. A plugin that does not know Drain is stopped by the end of
+	// Connect, as before.
+	Drain *Drain `protobuf:"bytes,40,opt,name=drain,proto3,oneof"`
+}
+
 func (*CoreFrame_Produce) isCoreFrame_Response() {}
 
 func (*CoreFrame_Fetch) isCoreFrame_Response() {}
@@ -715,6 +737,44 @@ func (*CoreFrame_ResetOffsets) isCoreFrame_Response() {}
 func (*CoreFrame_DeleteGroup) isCoreFrame_Response() {}
 
 func (*CoreFrame_DeleteTopic) isCoreFrame_Response() {}
+
+func (*CoreFrame_Drain) isCoreFrame_Response() {}
+
+type Drain struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Drain) Reset() {
+	*x = Drain{}
+	mi := &file_ferry_v1_transport_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Drain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Drain) ProtoMessage() {}
+
+func (x *Drain) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_transport_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Drain.ProtoReflect.Descriptor instead.
+func (*Drain) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_transport_proto_rawDescGZIP(), []int{4}
+}
 
 var File_ferry_v1_transport_proto protoreflect.FileDescriptor
 
@@ -754,7 +814,7 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\x11certificate_names\x18\x02 \x03(\tR\x10certificateNames\x12\x1f\n" +
 	"\vremote_addr\x18\x03 \x01(\tR\n" +
 	"remoteAddr\"\b\n" +
-	"\x06Cancel\"\x97\a\n" +
+	"\x06Cancel\"\xc0\a\n" +
 	"\tCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\aproduce\x18\x02 \x01(\v2\x19.ferry.v1.ProduceResponseH\x00R\aproduce\x12/\n" +
@@ -773,10 +833,12 @@ const file_ferry_v1_transport_proto_rawDesc = "" +
 	"\x0edescribe_group\x18\x0e \x01(\v2\x1f.ferry.v1.DescribeGroupResponseH\x00R\rdescribeGroup\x12E\n" +
 	"\rreset_offsets\x18\x0f \x01(\v2\x1e.ferry.v1.ResetOffsetsResponseH\x00R\fresetOffsets\x12B\n" +
 	"\fdelete_group\x18\x10 \x01(\v2\x1d.ferry.v1.DeleteGroupResponseH\x00R\vdeleteGroup\x12B\n" +
-	"\fdelete_topic\x18\x11 \x01(\v2\x1d.ferry.v1.DeleteTopicResponseH\x00R\vdeleteTopic\x12%\n" +
+	"\fdelete_topic\x18\x11 \x01(\v2\x1d.ferry.v1.DeleteTopicResponseH\x00R\vdeleteTopic\x12'\n" +
+	"\x05drain\x18( \x01(\v2\x0f.ferry.v1.DrainH\x00R\x05drain\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
-	"\bresponse2I\n" +
+	"\bresponse\"\a\n" +
+	"\x05Drain2I\n" +
 	"\tTransport\x12<\n" +
 	"\aConnect\x12\x13.ferry.v1.CoreFrame\x1a\x18.ferry.v1.TransportFrame(\x010\x01B5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
@@ -792,79 +854,81 @@ func file_ferry_v1_transport_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_transport_proto_rawDescData
 }
 
-var file_ferry_v1_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_ferry_v1_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_ferry_v1_transport_proto_goTypes = []any{
 	(*TransportFrame)(nil),        // 0: ferry.v1.TransportFrame
 	(*ClientCredentials)(nil),     // 1: ferry.v1.ClientCredentials
 	(*Cancel)(nil),                // 2: ferry.v1.Cancel
 	(*CoreFrame)(nil),             // 3: ferry.v1.CoreFrame
-	nil,                           // 4: ferry.v1.TransportFrame.TraceEntry
-	(*ProduceRequest)(nil),        // 5: ferry.v1.ProduceRequest
-	(*FetchRequest)(nil),          // 6: ferry.v1.FetchRequest
-	(*CommitOffsetsRequest)(nil),  // 7: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 8: ferry.v1.GetOffsetsRequest
-	(*MetadataRequest)(nil),       // 9: ferry.v1.MetadataRequest
-	(*HeartbeatRequest)(nil),      // 10: ferry.v1.HeartbeatRequest
-	(*CreateTopicRequest)(nil),    // 11: ferry.v1.CreateTopicRequest
-	(*AlterTopicRequest)(nil),     // 12: ferry.v1.AlterTopicRequest
-	(*ListGroupsRequest)(nil),     // 13: ferry.v1.ListGroupsRequest
-	(*DescribeGroupRequest)(nil),  // 14: ferry.v1.DescribeGroupRequest
-	(*ResetOffsetsRequest)(nil),   // 15: ferry.v1.ResetOffsetsRequest
-	(*DeleteGroupRequest)(nil),    // 16: ferry.v1.DeleteGroupRequest
-	(*DeleteTopicRequest)(nil),    // 17: ferry.v1.DeleteTopicRequest
-	(*ProduceResponse)(nil),       // 18: ferry.v1.ProduceResponse
-	(*FetchResponse)(nil),         // 19: ferry.v1.FetchResponse
-	(*CommitOffsetsResponse)(nil), // 20: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 21: ferry.v1.GetOffsetsResponse
-	(*MetadataResponse)(nil),      // 22: ferry.v1.MetadataResponse
-	(*HeartbeatResponse)(nil),     // 23: ferry.v1.HeartbeatResponse
-	(*CreateTopicResponse)(nil),   // 24: ferry.v1.CreateTopicResponse
-	(*AlterTopicResponse)(nil),    // 25: ferry.v1.AlterTopicResponse
-	(*ListGroupsResponse)(nil),    // 26: ferry.v1.ListGroupsResponse
-	(*DescribeGroupResponse)(nil), // 27: ferry.v1.DescribeGroupResponse
-	(*ResetOffsetsResponse)(nil),  // 28: ferry.v1.ResetOffsetsResponse
-	(*DeleteGroupResponse)(nil),   // 29: ferry.v1.DeleteGroupResponse
-	(*DeleteTopicResponse)(nil),   // 30: ferry.v1.DeleteTopicResponse
-	(*Error)(nil),                 // 31: ferry.v1.Error
+	(*Drain)(nil),                 // 4: ferry.v1.Drain
+	nil,                           // 5: ferry.v1.TransportFrame.TraceEntry
+	(*ProduceRequest)(nil),        // 6: ferry.v1.ProduceRequest
+	(*FetchRequest)(nil),          // 7: ferry.v1.FetchRequest
+	(*CommitOffsetsRequest)(nil),  // 8: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 9: ferry.v1.GetOffsetsRequest
+	(*MetadataRequest)(nil),       // 10: ferry.v1.MetadataRequest
+	(*HeartbeatRequest)(nil),      // 11: ferry.v1.HeartbeatRequest
+	(*CreateTopicRequest)(nil),    // 12: ferry.v1.CreateTopicRequest
+	(*AlterTopicRequest)(nil),     // 13: ferry.v1.AlterTopicRequest
+	(*ListGroupsRequest)(nil),     // 14: ferry.v1.ListGroupsRequest
+	(*DescribeGroupRequest)(nil),  // 15: ferry.v1.DescribeGroupRequest
+	(*ResetOffsetsRequest)(nil),   // 16: ferry.v1.ResetOffsetsRequest
+	(*DeleteGroupRequest)(nil),    // 17: ferry.v1.DeleteGroupRequest
+	(*DeleteTopicRequest)(nil),    // 18: ferry.v1.DeleteTopicRequest
+	(*ProduceResponse)(nil),       // 19: ferry.v1.ProduceResponse
+	(*FetchResponse)(nil),         // 20: ferry.v1.FetchResponse
+	(*CommitOffsetsResponse)(nil), // 21: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 22: ferry.v1.GetOffsetsResponse
+	(*MetadataResponse)(nil),      // 23: ferry.v1.MetadataResponse
+	(*HeartbeatResponse)(nil),     // 24: ferry.v1.HeartbeatResponse
+	(*CreateTopicResponse)(nil),   // 25: ferry.v1.CreateTopicResponse
+	(*AlterTopicResponse)(nil),    // 26: ferry.v1.AlterTopicResponse
+	(*ListGroupsResponse)(nil),    // 27: ferry.v1.ListGroupsResponse
+	(*DescribeGroupResponse)(nil), // 28: ferry.v1.DescribeGroupResponse
+	(*ResetOffsetsResponse)(nil),  // 29: ferry.v1.ResetOffsetsResponse
+	(*DeleteGroupResponse)(nil),   // 30: ferry.v1.DeleteGroupResponse
+	(*DeleteTopicResponse)(nil),   // 31: ferry.v1.DeleteTopicResponse
+	(*Error)(nil),                 // 32: ferry.v1.Error
 }
 var file_ferry_v1_transport_proto_depIdxs = []int32{
-	5,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
-	6,  // 1: ferry.v1.TransportFrame.fetch:type_name -> ferry.v1.FetchRequest
-	7,  // 2: ferry.v1.TransportFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	8,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
-	9,  // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
+	6,  // 0: ferry.v1.TransportFrame.produce:type_name -> ferry.v1.ProduceRequest
+	7,  // 1: ferry.v1.TransportFrame.fetch:type_name -> ferry.v1.FetchRequest
+	8,  // 2: ferry.v1.TransportFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	9,  // 3: ferry.v1.TransportFrame.get_offsets:type_name -> ferry.v1.GetOffsetsRequest
+	10, // 4: ferry.v1.TransportFrame.metadata:type_name -> ferry.v1.MetadataRequest
 	2,  // 5: ferry.v1.TransportFrame.cancel:type_name -> ferry.v1.Cancel
-	10, // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
-	11, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
-	12, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
-	13, // 9: ferry.v1.TransportFrame.list_groups:type_name -> ferry.v1.ListGroupsRequest
-	14, // 10: ferry.v1.TransportFrame.describe_group:type_name -> ferry.v1.DescribeGroupRequest
-	15, // 11: ferry.v1.TransportFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsRequest
-	16, // 12: ferry.v1.TransportFrame.delete_group:type_name -> ferry.v1.DeleteGroupRequest
-	17, // 13: ferry.v1.TransportFrame.delete_topic:type_name -> ferry.v1.DeleteTopicRequest
-	4,  // 14: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
+	11, // 6: ferry.v1.TransportFrame.heartbeat:type_name -> ferry.v1.HeartbeatRequest
+	12, // 7: ferry.v1.TransportFrame.create_topic:type_name -> ferry.v1.CreateTopicRequest
+	13, // 8: ferry.v1.TransportFrame.alter_topic:type_name -> ferry.v1.AlterTopicRequest
+	14, // 9: ferry.v1.TransportFrame.list_groups:type_name -> ferry.v1.ListGroupsRequest
+	15, // 10: ferry.v1.TransportFrame.describe_group:type_name -> ferry.v1.DescribeGroupRequest
+	16, // 11: ferry.v1.TransportFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsRequest
+	17, // 12: ferry.v1.TransportFrame.delete_group:type_name -> ferry.v1.DeleteGroupRequest
+	18, // 13: ferry.v1.TransportFrame.delete_topic:type_name -> ferry.v1.DeleteTopicRequest
+	5,  // 14: ferry.v1.TransportFrame.trace:type_name -> ferry.v1.TransportFrame.TraceEntry
 	1,  // 15: ferry.v1.TransportFrame.client:type_name -> ferry.v1.ClientCredentials
-	18, // 16: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
-	19, // 17: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
-	20, // 18: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	21, // 19: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
-	22, // 20: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
-	23, // 21: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
-	24, // 22: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
-	25, // 23: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
-	26, // 24: ferry.v1.CoreFrame.list_groups:type_name -> ferry.v1.ListGroupsResponse
-	27, // 25: ferry.v1.CoreFrame.describe_group:type_name -> ferry.v1.DescribeGroupResponse
-	28, // 26: ferry.v1.CoreFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsResponse
-	29, // 27: ferry.v1.CoreFrame.delete_group:type_name -> ferry.v1.DeleteGroupResponse
-	30, // 28: ferry.v1.CoreFrame.delete_topic:type_name -> ferry.v1.DeleteTopicResponse
-	31, // 29: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
-	3,  // 30: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
-	0,  // 31: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	19, // 16: ferry.v1.CoreFrame.produce:type_name -> ferry.v1.ProduceResponse
+	20, // 17: ferry.v1.CoreFrame.fetch:type_name -> ferry.v1.FetchResponse
+	21, // 18: ferry.v1.CoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	22, // 19: ferry.v1.CoreFrame.get_offsets:type_name -> ferry.v1.GetOffsetsResponse
+	23, // 20: ferry.v1.CoreFrame.metadata:type_name -> ferry.v1.MetadataResponse
+	24, // 21: ferry.v1.CoreFrame.heartbeat:type_name -> ferry.v1.HeartbeatResponse
+	25, // 22: ferry.v1.CoreFrame.create_topic:type_name -> ferry.v1.CreateTopicResponse
+	26, // 23: ferry.v1.CoreFrame.alter_topic:type_name -> ferry.v1.AlterTopicResponse
+	27, // 24: ferry.v1.CoreFrame.list_groups:type_name -> ferry.v1.ListGroupsResponse
+	28, // 25: ferry.v1.CoreFrame.describe_group:type_name -> ferry.v1.DescribeGroupResponse
+	29, // 26: ferry.v1.CoreFrame.reset_offsets:type_name -> ferry.v1.ResetOffsetsResponse
+	30, // 27: ferry.v1.CoreFrame.delete_group:type_name -> ferry.v1.DeleteGroupResponse
+	31, // 28: ferry.v1.CoreFrame.delete_topic:type_name -> ferry.v1.DeleteTopicResponse
+	4,  // 29: ferry.v1.CoreFrame.drain:type_name -> ferry.v1.Drain
+	32, // 30: ferry.v1.CoreFrame.error:type_name -> ferry.v1.Error
+	3,  // 31: ferry.v1.Transport.Connect:input_type -> ferry.v1.CoreFrame
+	0,  // 32: ferry.v1.Transport.Connect:output_type -> ferry.v1.TransportFrame
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_transport_proto_init() }
@@ -905,6 +969,7 @@ func file_ferry_v1_transport_proto_init() {
 		(*CoreFrame_ResetOffsets)(nil),
 		(*CoreFrame_DeleteGroup)(nil),
 		(*CoreFrame_DeleteTopic)(nil),
+		(*CoreFrame_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -912,7 +977,7 @@ func file_ferry_v1_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_transport_proto_rawDesc), len(file_ferry_v1_transport_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,15 @@ func newBrokerServer(core sdk.Core, cfg Config) *brokerServer {
 // flight and end with UNAVAILABLE, so that clients retry after the restart.
 func (b *brokerServer) drain() { b.drainOnce.Do(func() { close(b.draining) }) }
 
+func (b *brokerServer) isDraining() bool {
+	select {
+	case <-b.draining:
+		return true
+	default:
+		return false
+	}
+}
+
 var errDraining = fmt.Errorf("%w: broker transport is shutting down", sdk.ErrUnavailable)
 
 // Produce reads a client's ProduceRequests and hands each to the core in its
@@ -83,6 +92,11 @@ func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
 	}()
 
 	for {
+		// Once the drain began, no request is taken any more, even one
+		// that is ready: it is not stored and its client retries.
+		if b.isDraining() {
+			return sdk.ErrorToStatus(errDraining)
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-b.draining:
@@ -102,6 +116,9 @@ func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
 			return sdk.ErrorToStatus(errDraining)
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		}
+		if b.isDraining() {
+			return sdk.ErrorToStatus(errDraining)
 		}
 		wg.Add(1)
 		go func() {
