@@ -683,7 +683,9 @@ type ResetOffsetsRequest struct {
 	To     ResetTo `protobuf:"varint,4,opt,name=to,proto3,enum=ferry.v1.ResetTo" json:"to,omitempty"`
 	// For RESET_TO_OFFSET: the offset of every queue reset.
 	Offset int64 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
-	// For RESET_TO_TIME: the first message stored at or after it.
+	// For RESET_TO_TIME, Unix nanoseconds: each queue's first message whose
+	// stored time (the broker's clock when the store took it) is at or after
+	// it.
 	TimestampUnixNano int64 `protobuf:"varint,6,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
 	// Reset even while the group has live members.
 	Force bool `protobuf:"varint,7,opt,name=force,proto3" json:"force,omitempty"`
