@@ -342,6 +342,10 @@ func checkTopic(ctx context.Context, c *client.Client, topic string, timeout tim
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// As the producer will (a node that auto-creates topics creates it).
+	if _, err := c.ProducerTopic(ctx, topic); err == nil || !errors.Is(err, sdk.ErrNotFound) {
+		return err
+	}
 	md, err := c.Metadata(ctx)
 	if err != nil {
 		return err

@@ -37,6 +37,15 @@ type Node struct {
 	DataDir         string        `koanf:"data_dir"`         // default "data/<pipeline name>" (relative paths are relative to the cwd)
 	Role            string        `koanf:"role"`             // "standalone" (default); also "master", "slave" (replication)
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"` // default 10s, > 0
+	// AutoCreateTopics creates a topic the node does not have when a
+	// producer sends to it (docs/admin.md). Default off.
+	AutoCreateTopics AutoCreateTopics `koanf:"auto_create_topics"`
+}
+
+// AutoCreateTopics is node.auto_create_topics.
+type AutoCreateTopics struct {
+	Enabled bool `koanf:"enabled"` // default false
+	Queues  int  `koanf:"queues"`  // queues of each topic created; default 4, 1..1024
 }
 
 // Plugins names the plugins of a pipeline and where external ones are found.
@@ -209,9 +218,10 @@ const (
 func Default() Pipeline {
 	return Pipeline{
 		Node: Node{
-			ID:              "node-1",
-			Role:            "standalone",
-			ShutdownTimeout: 10 * time.Second,
+			ID:               "node-1",
+			Role:             "standalone",
+			ShutdownTimeout:  10 * time.Second,
+			AutoCreateTopics: AutoCreateTopics{Queues: 4},
 		},
 		Plugins: Plugins{
 			Mode:        "subprocess",

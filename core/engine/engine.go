@@ -111,6 +111,9 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,
 		Topics: topics, DataDir: cfg.Node.DataDir, Logger: log.Named("broker"), Metrics: obs.metrics,
 	}
+	if a := cfg.Node.AutoCreateTopics; a.Enabled {
+		bopts.AutoCreateQueues = int32(a.Queues)
+	}
 	for _, f := range cfg.Flows {
 		bopts.Groups = append(bopts.Groups, f.Group)
 	}
