@@ -230,21 +230,27 @@ type resetQueueJSON struct {
 func newGroupResetCmd() *cobra.Command {
 	var (
 		f                          topicFlags
-		topic, toTime              string
+		topic, toTime, byDuration  string
 		queues                     []int32
 		earliest, latest           bool
 		toOffset                   int64
 		force, dryRun, offsetGiven bool
 	)
 	cmd := &cobra.Command{
-		Use:   "reset-offsets GROUP --topic T (--to-earliest | --to-latest | --to-offset N) [--queues 0,2]",
+		Use:   "reset-offsets GROUP --topic T (--to-earliest | --to-latest | --to-offset N | --to-datetime T | --by-duration D) [--queues 0,2]",
 		Short: "Move a group's committed offsets on a topic (refused while it has live members, unless --force)",
 		Long: `reset-offsets moves the offsets group GROUP has committed on topic T, for
 every queue of the topic or those of --queues: to each queue's first stored
 message (--to-earliest), past its last (--to-latest: only new messages), or
 to one offset (--to-offset N, which every queue reset must hold: between its
-start and its end). The group's consumers start there when they next take
-the queues. --to-time is not built yet (the stores cannot seek by time).
+start and its end), or to a time: each queue's first message stored at or
+after it (--to-datetime 2026-12-06T10:00:00Z, RFC 3339; or --by-duration,
+that long before now: PT10M or P1DT2H as Kafka writes it, or a negative Go
+duration, -10m). The time compared is when the broker stored each message,
+by the broker's clock; a time after every message is the queue's end, one
+before them all its start. --by-duration counts back from this machine's
+clock. The store must seek by time (the file and memory stores do). The
+group's consumers start there when they next take the queues.
 
 It is refused while the group has live members, which would keep their
 positions and commit them over the reset; --force resets anyway. --dry-run
@@ -263,15 +269,26 @@ prints what would change.`,
 			if offsetGiven {
 				req.To, req.Offset, n = ferryv1.ResetTo_RESET_TO_OFFSET, toOffset, n+1
 			}
+			var at time.Time
 			if toTime != "" {
 				ts, err := time.Parse(time.RFC3339Nano, toTime)
 				if err != nil {
-					return fmt.Errorf("--to-time %q: want RFC 3339, like 2026-12-06T21:00:00Z: %v", toTime, err)
+					return fmt.Errorf("--to-datetime %q: want RFC 3339 with a zone, like 2026-12-06T21:00:00Z or 2026-12-06T22:00:00+01:00", toTime)
 				}
-				req.To, req.TimestampUnixNano, n = ferryv1.ResetTo_RESET_TO_TIME, ts.UnixNano(), n+1
+				at, n = ts, n+1
+			}
+			if byDuration != "" {
+				back, err := parseAgo(byDuration)
+				if err != nil {
+					return fmt.Errorf("--by-duration %q: %v", byDuration, err)
+				}
+				at, n = time.Now().Add(-back), n+1
+			}
+			if !at.IsZero() {
+				req.To, req.TimestampUnixNano = ferryv1.ResetTo_RESET_TO_TIME, at.UnixNano()
 			}
 			if n != 1 {
-				return fmt.Errorf("say where to reset with exactly one of --to-earliest, --to-latest, --to-offset N, --to-time T")
+				return fmt.Errorf("say where to reset with exactly one of --to-earliest, --to-latest, --to-offset N, --to-datetime T, --by-duration D")
 			}
 			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
 			if err != nil {
@@ -293,7 +310,11 @@ prints what would change.`,
 			if dryRun {
 				verb = "would reset (dry run, nothing changed)"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "group %s: %s %d queue(s) of %s\n", args[0], verb, len(out.Queues), topic)
+			where := ""
+			if !at.IsZero() {
+				where = " to the first messages stored at or after " + at.UTC().Format(time.RFC3339Nano)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "group %s: %s %d queue(s) of %s%s\n", args[0], verb, len(out.Queues), topic, where)
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TOPIC\tQUEUE\tPREVIOUS\tNEW")
 			for _, q := range out.Queues {
@@ -313,10 +334,79 @@ prints what would change.`,
 	cmd.Flags().BoolVar(&earliest, "to-earliest", false, "reset to each queue's first stored message")
 	cmd.Flags().BoolVar(&latest, "to-latest", false, "reset past each queue's last message (consume only new ones)")
 	cmd.Flags().Int64Var(&toOffset, "to-offset", 0, "reset every queue to this offset")
-	cmd.Flags().StringVar(&toTime, "to-time", "", "reset to the first message at or after this time (RFC 3339; not built yet)")
+	cmd.Flags().StringVar(&toTime, "to-datetime", "", "reset to the first message stored at or after this time (RFC 3339, like 2026-12-06T10:00:00Z)")
+	cmd.Flags().StringVar(&toTime, "to-time", "", "the same as --to-datetime")
+	_ = cmd.Flags().MarkHidden("to-time")
+	cmd.Flags().StringVar(&byDuration, "by-duration", "", "reset to the first message stored at or after this long ago (PT10M, P1DT2H, or -10m)")
 	cmd.Flags().BoolVar(&force, "force", false, "reset even while the group has live members")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would change, change nothing")
 	return cmd
+}
+
+// parseAgo reads how long ago --by-duration means: an ISO 8601 duration as
+// Kafka's --by-duration takes it (PnDTnHnMnS, weeks, months and years
+// apart; a leading '-' changes nothing, it is in the past either way) or a
+// negative Go duration (-10m, -1h30m). A positive Go duration is refused:
+// it would name the future, which holds no message.
+func parseAgo(s string) (time.Duration, error) {
+	iso := strings.TrimPrefix(s, "-")
+	if strings.HasPrefix(iso, "P") {
+		d, err := parseISODuration(iso)
+		if err != nil {
+			return 0, err
+		}
+		return d, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("want an ISO 8601 duration like PT10M or P1DT2H, or a negative Go duration like -10m")
+	}
+	if d > 0 {
+		return 0, fmt.Errorf("a positive duration is in the future; for 10 minutes ago write -10m or PT10M")
+	}
+	return -d, nil
+}
+
+// parseISODuration parses PnDTnHnMnS (each part optional, seconds may have
+// a fraction).
+func parseISODuration(s string) (time.Duration, error) {
+	bad := fmt.Errorf("want an ISO 8601 duration like PT10M, PT1H30M or P1DT2H (days, hours, minutes, seconds)")
+	rest, ok := strings.CutPrefix(s, "P")
+	if !ok || rest == "" || rest == "T" {
+		return 0, bad
+	}
+	var total time.Duration
+	inTime := false
+	seen := ""
+	for rest != "" {
+		if rest[0] == 'T' {
+			if inTime {
+				return 0, bad
+			}
+			inTime, rest = true, rest[1:]
+			if rest == "" {
+				return 0, bad
+			}
+			continue
+		}
+		i := strings.IndexAny(rest, "DHMS")
+		if i <= 0 {
+			return 0, bad
+		}
+		unit := rest[i]
+		v, err := strconv.ParseFloat(rest[:i], 64)
+		if err != nil || v < 0 || (unit != 'S' && strings.Contains(rest[:i], ".")) {
+			return 0, bad
+		}
+		if strings.ContainsRune(seen, rune(unit)) || (unit == 'D') == inTime {
+			return 0, bad
+		}
+		seen += string(unit)
+		per := map[byte]time.Duration{'D': 24 * time.Hour, 'H': time.Hour, 'M': time.Minute, 'S': time.Second}[unit]
+		total += time.Duration(v * float64(per))
+		rest = rest[i+1:]
+	}
+	return total, nil
 }
 
 type deleteGroupJSON struct {

@@ -172,7 +172,6 @@ func TestGroupCommandsOnALiveNode(t *testing.T) {
 		{[]string{"group", "reset-offsets", "billing", "--topic", "%RETRY%billing", "--to-latest", "--force"}, `internal topic`},
 		{[]string{"group", "reset-offsets", "billing", "--topic", "orders", "--to-offset", "100000", "--force"}, `offset 100000 is outside queue orders/0`},
 		{[]string{"group", "reset-offsets", "billing", "--topic", "orders", "--to-latest", "--queues", "7", "--force"}, `topic "orders" has queues 0..1, got queue 7`},
-		{[]string{"group", "reset-offsets", "billing", "--topic", "orders", "--to-time", "2026-01-01T00:00:00Z", "--force"}, `cannot seek by time yet`},
 		{[]string{"group", "reset-offsets", "billing", "--topic", "orders"}, `exactly one of --to-earliest`},
 	} {
 		stdout, stderr, code := ferry(c.args...)

@@ -353,6 +353,12 @@ func checkTopic(ctx context.Context, c *client.Client, topic string, timeout tim
 		}
 		names = append(names, t.Name)
 	}
+	// Not listed: ask as the producer will, so that a node that
+	// auto-creates topics creates it. A bad name is the name rule's error;
+	// not found, or a topic this user may not see, is the error below.
+	if _, err := c.ProducerTopic(ctx, topic); err == nil || errors.Is(err, sdk.ErrInvalidArgument) {
+		return err
+	}
 	slices.Sort(names)
 	return fmt.Errorf("topic %q: %v: the broker has %s", topic, sdk.ErrNotFound, strings.Join(names, ", "))
 }

@@ -68,6 +68,11 @@ type Options struct {
 	// EphemeralGroupTTL is how long an ephemeral group stays after its
 	// last member left (ephemeral.go); 0: DefaultEphemeralGroupTTL.
 	EphemeralGroupTTL time.Duration
+	// AutoCreateQueues > 0 makes a producer's first send to a topic the
+	// node does not have create it with that many queues (Metadata with
+	// auto_create, and Produce), as CreateTopic does; 0: such a send is
+	// refused (not found). See autoCreate.
+	AutoCreateQueues int32
 }
 
 // StorageSource gives the live storage plugin; a pluginhost.Instance is one.
@@ -345,6 +350,11 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 	}
 	topicName := req.Messages[0].Topic
 	t, err := b.clientTopic(ctx, topicName, "")
+	if errors.Is(err, sdk.ErrNotFound) {
+		if at, aerr := b.autoCreate(topicName); at != nil || aerr != nil {
+			t, err = at, aerr
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -563,6 +573,13 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 
 // Metadata lists topics and this node.
 func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.MetadataResponse, error) {
+	if req.AutoCreate {
+		for _, n := range req.Topics {
+			if _, err := b.autoCreate(n); err != nil {
+				return nil, err
+			}
+		}
+	}
 	resp := &sdk.MetadataResponse{Brokers: b.role.brokers(b.opts.Node, b.opts.Address)}
 	leader := b.role.leaderIndex()
 	names := req.Topics

@@ -234,11 +234,8 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 			return nil, fmt.Errorf("%w: reset offsets on the node that takes produce, from where they replicate", err)
 		}
 	}
-	if req.To == ferryv1.ResetTo_RESET_TO_TIME {
-		return nil, fmt.Errorf("%w: resetting offsets to a time: the stores cannot seek by time yet; reset to an offset", errors.ErrUnsupported)
-	}
 	if req.To == ferryv1.ResetTo_RESET_TO_UNSPECIFIED {
-		return nil, fmt.Errorf("%w: reset offsets: say where to (earliest, latest or an offset)", sdk.ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: reset offsets: say where to (earliest, latest, an offset or a time)", sdk.ErrInvalidArgument)
 	}
 	if err := b.knownGroup(ctx, req.Group); err != nil {
 		return nil, err
@@ -276,6 +273,12 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 	if len(offs) != len(refs) {
 		return nil, fmt.Errorf("%w: storage answered %d offsets for %d queues", sdk.ErrUnavailable, len(offs), len(refs))
 	}
+	var byTime []int64
+	if req.To == ferryv1.ResetTo_RESET_TO_TIME {
+		if byTime, err = b.offsetsForTime(ctx, req.TimestampUnixNano, refs); err != nil {
+			return nil, err
+		}
+	}
 	resp := &sdk.ResetOffsetsResponse{}
 	commit := make([]*sdk.GroupOffset, len(offs))
 	for i, o := range offs {
@@ -283,6 +286,11 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 		switch req.To {
 		case ferryv1.ResetTo_RESET_TO_LATEST:
 			to = o.End
+		case ferryv1.ResetTo_RESET_TO_TIME:
+			// Asked after GetOffsets: appends or retention since may
+			// have moved the queue; the answer stays within what
+			// GetOffsets saw, as every other reset does.
+			to = min(max(byTime[i], o.Start), o.End)
 		case ferryv1.ResetTo_RESET_TO_OFFSET:
 			if req.Offset < o.Start || req.Offset > o.End {
 				return nil, fmt.Errorf("%w: offset %d is outside queue %s/%d, which holds offsets %d to %d (reset to %d..%d, where %d is the next message's)",
@@ -304,6 +312,32 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 	}
 	b.log.Info("group offsets reset", "group", req.Group, "topic", t.name, "queues", len(commit), "to", req.To.String(), "force", req.Force)
 	return resp, nil
+}
+
+// offsetsForTime asks the store for the first offset of each queue stored
+// at or after unixNano (sdk.TimeSeeker); errors.ErrUnsupported from a
+// store without the capability.
+func (b *Broker) offsetsForTime(ctx context.Context, unixNano int64, refs []*sdk.QueueRef) (out []int64, err error) {
+	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
+	defer cancel()
+	err = b.storageCall(cctx, func(s sdk.Storage) (err error) {
+		ts, ok := s.(sdk.TimeSeeker)
+		if !ok {
+			return fmt.Errorf("%w: resetting offsets to a time: the store cannot seek by time (sdk.TimeSeeker); reset to an offset", errors.ErrUnsupported)
+		}
+		out, err = ts.OffsetsForTime(cctx, unixNano, refs)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, errors.ErrUnsupported) && !strings.Contains(err.Error(), "seek by time") {
+			err = fmt.Errorf("resetting offsets to a time: the storage plugin cannot seek by time: %w", err)
+		}
+		return nil, err
+	}
+	if len(out) != len(refs) {
+		return nil, fmt.Errorf("%w: storage answered %d offsets for %d queues", sdk.ErrUnavailable, len(out), len(refs))
+	}
+	return out, nil
 }
 
 // DeleteGroup is Broker.DeleteGroup: it removes the group's committed

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -61,7 +62,6 @@ func TestGroupAdminCalls(t *testing.T) {
 		{"live members", second(reset(ferryv1.ResetTo_RESET_TO_EARLIEST, 0, false)), sdk.ErrInvalidArgument, `group "billing" has 1 live members (m1)`},
 		{"past the end", second(reset(ferryv1.ResetTo_RESET_TO_OFFSET, 5, true, 0)), sdk.ErrInvalidArgument, `offset 5 is outside queue orders/0, which holds offsets 0 to 3`},
 		{"unknown queue", second(reset(ferryv1.ResetTo_RESET_TO_LATEST, 0, true, 2)), sdk.ErrInvalidArgument, `topic "orders" has queues 0..1, got queue 2`},
-		{"by time", second(reset(ferryv1.ResetTo_RESET_TO_TIME, 0, true)), errors.ErrUnsupported, `cannot seek by time yet`},
 		{"unknown group", second(b.ResetOffsets(ctx, &sdk.ResetOffsetsRequest{Group: "nobody", Topic: "orders", To: ferryv1.ResetTo_RESET_TO_LATEST})), sdk.ErrNotFound, `unknown group "nobody"`},
 		{"internal topic", second(b.ResetOffsets(ctx, &sdk.ResetOffsetsRequest{Group: "billing", Topic: "%RETRY%billing", To: ferryv1.ResetTo_RESET_TO_LATEST, Force: true})), sdk.ErrInvalidArgument, `internal topic`},
 		{"describe unknown", second(b.DescribeGroup(ctx, &sdk.DescribeGroupRequest{Group: "nobody"})), sdk.ErrNotFound, `unknown group`},
@@ -84,6 +84,26 @@ func TestGroupAdminCalls(t *testing.T) {
 	}
 	if r, err = reset(ferryv1.ResetTo_RESET_TO_LATEST, 0, true); err != nil || len(r.Queues) != 2 || r.Queues[1].Committed != 1 {
 		t.Errorf("reset to latest = %v, %v", r, err)
+	}
+
+	// By time: before everything is each queue's start, after
+	// everything its end; a dry run changes nothing.
+	byTime := func(ts int64, dry bool) *sdk.ResetOffsetsResponse {
+		t.Helper()
+		r, err := b.ResetOffsets(ctx, &sdk.ResetOffsetsRequest{Group: "billing", Topic: "orders", To: ferryv1.ResetTo_RESET_TO_TIME, TimestampUnixNano: ts, Force: true, DryRun: dry})
+		if err != nil || len(r.Queues) != 2 {
+			t.Fatalf("reset to time %d = %v, %v", ts, r, err)
+		}
+		return r
+	}
+	if r := byTime(0, false); r.Queues[0].Committed != 0 || r.Queues[1].Committed != 0 {
+		t.Errorf("reset to a time before everything = %v, want 0 and 0", r.Queues)
+	}
+	if r := byTime(time.Now().Add(time.Hour).UnixNano(), true); r.Queues[0].Committed != 4 || r.Queues[1].Committed != 1 {
+		t.Errorf("dry run of a reset to a time after everything = %v, want 4 and 1", r.Queues)
+	}
+	if got := committed(t, b, "billing", 0); got != 0 {
+		t.Errorf("after a dry run the group's offset is %d, want 0", got)
 	}
 
 	if _, err := b.Heartbeat(ctx, &sdk.HeartbeatRequest{Group: "billing", Member: "m1", Leave: true}); err != nil {
@@ -109,6 +129,23 @@ func TestGroupAdminCalls(t *testing.T) {
 	sb := newReplBroker(t, sdk.RoleSlave, &fakeRepl{status: ferryv1.Status_STATUS_OK})
 	if _, err := sb.ResetOffsets(ctx, &sdk.ResetOffsetsRequest{Group: "billing", Topic: "orders", To: ferryv1.ResetTo_RESET_TO_LATEST}); !errors.Is(err, sdk.ErrNotLeader) {
 		t.Errorf("ResetOffsets on a slave: %v", err)
+	}
+}
+
+// plainStore hides the memory store's optional capabilities.
+type plainStore struct{ sdk.Storage }
+
+// A store that cannot seek by time: a reset by time is refused, saying so.
+func TestResetByTimeWithoutTimeSeeker(t *testing.T) {
+	ctx := context.Background()
+	b := newBroker(t, newSource(plainStore{newMemory(t)}))
+	produce(t, b, 0, "a")
+	if err := b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.ResetOffsets(ctx, &sdk.ResetOffsetsRequest{Group: "billing", Topic: "orders", To: ferryv1.ResetTo_RESET_TO_TIME, TimestampUnixNano: 1})
+	if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "the store cannot seek by time") {
+		t.Errorf("reset by time on a store without sdk.TimeSeeker: %v", err)
 	}
 }
 

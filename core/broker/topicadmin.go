@@ -231,6 +231,51 @@ func (b *Broker) NewTopic(name string, queues int32) error {
 	return nil
 }
 
+// autoCreate is node.auto_create_topics: a producer's first send to name,
+// a topic the node does not have, creates it with Options.AutoCreateQueues
+// queues through NewTopic (durably, as CreateTopic does). It returns the
+// topic, or nil and no error when nothing is to be created: the option is
+// off, the topic exists, or name has a reserved prefix (a group's internal
+// topics are never created by clients; the caller answers as before). A
+// name that breaks the name rule is its one clear error. Called by
+// Produce and by Metadata with auto_create.
+func (b *Broker) autoCreate(name string) (*topic, error) {
+	queues := b.opts.AutoCreateQueues
+	if queues <= 0 {
+		return nil, nil
+	}
+	if _, _, internal := sdk.InternalTopic(name); internal {
+		return nil, nil
+	}
+	b.topicsMu.RLock()
+	t := b.topics[name]
+	b.topicsMu.RUnlock()
+	if t != nil {
+		return nil, nil
+	}
+	if err := names.Topic(name); err != nil {
+		if strings.HasPrefix(name, "%RETRY%") || strings.HasPrefix(name, "%DLQ%") {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: %v", sdk.ErrInvalidArgument, err)
+	}
+	if err := b.checkTopicAdmin(); err != nil {
+		return nil, err
+	}
+	err := b.NewTopic(name, queues)
+	b.topicsMu.RLock()
+	t = b.topics[name]
+	b.topicsMu.RUnlock()
+	if t != nil {
+		// Created here, or by a send racing this one.
+		if err == nil {
+			b.log.Info("topic auto-created", "topic", name, "queues", queues)
+		}
+		return t, nil
+	}
+	return nil, err
+}
+
 // AddQueues grows topic name to queues queues. Queues are never removed: a
 // count below the topic's is ErrInvalidArgument naming both, as are an
 // unchanged count, an unknown topic (ErrNotFound) and an internal topic.

@@ -257,6 +257,18 @@ func (c *Client) route(ctx context.Context, topic string) (*topicRoute, error) {
 	return c.refreshRoute(ctx, topic)
 }
 
+// ProducerTopic looks topic up as a producer's first send to it does and
+// returns its queue count: on a node that auto-creates topics
+// (node.auto_create_topics) an unknown topic is created by it.
+// sdk.ErrNotFound when no broker has (or made) the topic.
+func (c *Client) ProducerTopic(ctx context.Context, topic string) (int32, error) {
+	r, err := c.route(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	return int32(len(r.queues)), nil
+}
+
 // cachedRoute is topic's route if it is cached and not stale, else nil.
 func (c *Client) cachedRoute(topic string) *topicRoute {
 	c.routesMu.Lock()
@@ -288,7 +300,8 @@ func (c *Client) staleRoutes() {
 	}
 }
 
-// refreshRoute asks every known broker for topic's metadata, merges the
+// refreshRoute asks every known broker for topic's metadata (as a producer:
+// a node that auto-creates topics creates it), merges the
 // answers and caches the result. A broker that does not answer keeps the
 // queues it had: it may be back for the next send, which otherwise moves on.
 // With a single broker the call waits for it (within ctx).
@@ -305,7 +318,7 @@ func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, e
 		return nil, errClientClosed
 	}
 	brokers := c.brokerList()
-	resps, errs := askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}}, len(brokers) == 1)
+	resps, errs := askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}, AutoCreate: true}, len(brokers) == 1)
 	// A leader that other nodes name but that does not answer itself is
 	// most likely failing (frozen, cut off, dead): while its group elects
 	// another, ask again rather than send to it (bounded).
@@ -318,7 +331,7 @@ func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, e
 		if ctx.Err() != nil {
 			break
 		}
-		resps, errs = askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}}, false)
+		resps, errs = askMetadata(ctx, brokers, &ferryv1.MetadataRequest{Topics: []string{topic}, AutoCreate: true}, false)
 	}
 	if c.closed() {
 		return nil, errClientClosed

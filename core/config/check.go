@@ -86,6 +86,9 @@ func (c *checker) pipeline(p *Pipeline) {
 	c.name("name", p.Name, true)
 	c.node(&p.Node)
 	c.plugins(&p.Plugins)
+	if t := p.Plugins.Replication.Type; p.Node.AutoCreateTopics.Enabled && t != "" && t != "none" {
+		c.add("node.auto_create_topics.enabled", "a node with a replication plugin (%s) does not change its topics at runtime yet (topic metadata is not replicated): declare the topics in the pipeline of every node", t)
+	}
 
 	topics := c.unique("topic", "topics", len(p.Topics), func(i int) string { return p.Topics[i].Name })
 	if len(p.Topics) == 0 {
@@ -175,6 +178,7 @@ func (c *checker) node(n *Node) {
 	c.enum("node.role", n.Role, nodeRoles)
 	c.positive("node.shutdown_timeout", n.ShutdownTimeout)
 	c.positive("node.ephemeral_group_ttl", n.EphemeralGroupTTL)
+	c.between("node.auto_create_topics.queues", n.AutoCreateTopics.Queues, 1, maxQueues)
 }
 
 func (c *checker) plugins(p *Plugins) {

@@ -40,6 +40,15 @@ type Node struct {
 	// EphemeralGroupTTL: an ephemeral consumer group is deleted once its
 	// last member has been gone this long (default 30s, > 0).
 	EphemeralGroupTTL time.Duration `koanf:"ephemeral_group_ttl"`
+	// AutoCreateTopics creates a topic the node does not have when a
+	// producer sends to it (docs/admin.md). Default off.
+	AutoCreateTopics AutoCreateTopics `koanf:"auto_create_topics"`
+}
+
+// AutoCreateTopics is node.auto_create_topics.
+type AutoCreateTopics struct {
+	Enabled bool `koanf:"enabled"` // default false
+	Queues  int  `koanf:"queues"`  // queues of each topic created; default 4, 1..1024
 }
 
 // Plugins names the plugins of a pipeline and where external ones are found.
@@ -216,6 +225,7 @@ func Default() Pipeline {
 			Role:              "standalone",
 			ShutdownTimeout:   10 * time.Second,
 			EphemeralGroupTTL: 30 * time.Second,
+			AutoCreateTopics:  AutoCreateTopics{Queues: 4},
 		},
 		Plugins: Plugins{
 			Mode:        "subprocess",

@@ -51,7 +51,8 @@ func TestLoadKeepsEveryExplicitValue(t *testing.T) {
 	want := Pipeline{
 		Name: "orders-pipeline",
 		File: "testdata/full.yaml",
-		Node: Node{ID: "broker-a", DataDir: "/var/lib/ferry/orders", Role: "master", ShutdownTimeout: 30 * time.Second, EphemeralGroupTTL: 30 * time.Second},
+		Node: Node{ID: "broker-a", DataDir: "/var/lib/ferry/orders", Role: "master", ShutdownTimeout: 30 * time.Second, EphemeralGroupTTL: 30 * time.Second,
+			AutoCreateTopics: AutoCreateTopics{Queues: 4}},
 		Plugins: Plugins{
 			Mode:      "inprocess",
 			DataPlane: "grpc",
@@ -141,7 +142,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		{file: "two-documents.yaml", want: []want{{3, "", "holds one YAML document"}}},
 		{file: "unknown-keys.yaml", want: []want{
 			{2, "colour", "unknown key; known keys here: name, node, plugins, topics, producer, generators, flows, tracing, admin, security, keep_running"},
-			{5, "node.datadir", "unknown key; known keys here: id, data_dir, role, shutdown_timeout, ephemeral_group_ttl"},
+			{5, "node.datadir", "unknown key; known keys here: id, data_dir, role, shutdown_timeout, ephemeral_group_ttl, auto_create_topics"},
 			{13, "topics[0].partitions", "unknown key; known keys here: name, queues"},
 			{19, "flows[0].stages[0].config.whatever", "unknown key (valid keys: backoff, delays, levels, max_attempts)"},
 			{20, "flows[0].stages[0].after", "unknown key; known keys here: type, config"},
@@ -171,6 +172,10 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{3, "node.shutdown_timeout", "must be greater than 0, got 0s"},
 			{4, "node.ephemeral_group_ttl", "must be greater than 0, got -5s"},
 			{6, "producer.timeout", "must be greater than 0, got -1s"},
+		}},
+		{file: "auto-create.yaml", want: []want{
+			{3, "node.auto_create_topics.enabled", "a node with a replication plugin (async) does not change its topics at runtime yet"},
+			{3, "node.auto_create_topics.queues", "must be between 1 and 1024, got 0"},
 		}},
 		{file: "ranges.yaml", want: []want{
 			{4, "topics[0].queues", "must be between 1 and 1024, got 0"},
@@ -262,7 +267,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 				"FERRY_LOG_LEVEL=debug", // not a pipeline key: ignored
 			},
 			want: []want{
-				{0, "node.colour", "unknown key; known keys here: id, data_dir, role, shutdown_timeout, ephemeral_group_ttl (set by FERRY_NODE__COLOUR)"},
+				{0, "node.colour", "unknown key; known keys here: id, data_dir, role, shutdown_timeout, ephemeral_group_ttl, auto_create_topics (set by FERRY_NODE__COLOUR)"},
 				{0, "node.shutdown_timeout", "got integer 10 (set by FERRY_NODE__SHUTDOWN_TIMEOUT)"},
 				{0, "producer.retries", `must be an integer, got string "five" (set by FERRY_PRODUCER__RETRIES)`},
 				{0, "topics", "cannot set one element of a list (FERRY_TOPICS__0__QUEUES); set the whole list, e.g. FERRY_TOPICS='[…]'"},

@@ -112,6 +112,9 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		Topics: topics, DataDir: cfg.Node.DataDir, Logger: log.Named("broker"), Metrics: obs.metrics,
 		EphemeralGroupTTL: cfg.Node.EphemeralGroupTTL,
 	}
+	if a := cfg.Node.AutoCreateTopics; a.Enabled {
+		bopts.AutoCreateQueues = int32(a.Queues)
+	}
 	for _, f := range cfg.Flows {
 		bopts.Groups = append(bopts.Groups, f.Group)
 	}

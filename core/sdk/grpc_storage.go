@@ -215,6 +215,21 @@ func (s *storageServer) DeleteGroupOffsets(ctx context.Context, req *ferryv1.Del
 	return &ferryv1.DeleteGroupOffsetsResponse{}, nil
 }
 
+func (s *storageServer) OffsetsForTime(ctx context.Context, req *ferryv1.OffsetsForTimeRequest) (*ferryv1.OffsetsForTimeResponse, error) {
+	ts, ok := s.impl.(TimeSeeker)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store does not seek by time (sdk.TimeSeeker)", errors.ErrUnsupported)
+	}
+	offs, err := ts.OffsetsForTime(ctx, req.UnixNano, req.Queues)
+	if err != nil {
+		return nil, err
+	}
+	if len(offs) != len(req.Queues) {
+		return nil, fmt.Errorf("storage plugin: OffsetsForTime answered %d offsets for %d queues", len(offs), len(req.Queues))
+	}
+	return &ferryv1.OffsetsForTimeResponse{Offsets: offs}, nil
+}
+
 func (s *storageServer) DeleteTopicData(ctx context.Context, req *ferryv1.DeleteTopicDataRequest) (*ferryv1.DeleteTopicDataResponse, error) {
 	td, ok := s.impl.(TopicDeleter)
 	if !ok {
@@ -252,6 +267,7 @@ var (
 	_ EarlyOffsets = (*StorageClient)(nil)
 	_ GroupStore   = (*StorageClient)(nil)
 	_ TopicDeleter = (*StorageClient)(nil)
+	_ TimeSeeker   = (*StorageClient)(nil)
 	_ RingUser     = (*StorageClient)(nil)
 )
 
@@ -500,6 +516,21 @@ func (c *StorageClient) DeleteGroupOffsets(ctx context.Context, group string) er
 func (c *StorageClient) DeleteTopicData(ctx context.Context, topic string) error {
 	_, err := c.rpc.DeleteTopicData(ctx, &ferryv1.DeleteTopicDataRequest{Topic: topic})
 	return err
+}
+
+// OffsetsForTime asks the plugin for the offsets of a time
+// (sdk.TimeSeeker): a control call, over gRPC like StoredGroups, even when
+// the data plane is on the rings. errors.ErrUnsupported when the plugin
+// lacks the capability.
+func (c *StorageClient) OffsetsForTime(ctx context.Context, unixNano int64, queues []*QueueRef) ([]int64, error) {
+	resp, err := c.rpc.OffsetsForTime(ctx, &ferryv1.OffsetsForTimeRequest{UnixNano: unixNano, Queues: queues})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Offsets) != len(queues) {
+		return nil, fmt.Errorf("%w: storage plugin answered %d offsets for %d queues", ErrUnavailable, len(resp.Offsets), len(queues))
+	}
+	return resp.Offsets, nil
 }
 
 // Close ends the client's streams. Appends still waiting fail with

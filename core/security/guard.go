@@ -181,10 +181,17 @@ func (g *Guard) Metadata(ctx context.Context, req *sdk.MetadataRequest) (*sdk.Me
 	if err != nil {
 		return nil, err
 	}
+	auto := req.AutoCreate
 	for _, t := range req.Topics {
 		if err := g.checkTopic(p, Get|Pub|Sub, t); err != nil {
 			return nil, err
 		}
+		// Auto-creation is part of publishing: only for a user who may
+		// publish to every topic named.
+		auto = auto && g.checkTopic(p, Pub, t) == nil
+	}
+	if auto != req.AutoCreate {
+		req = &sdk.MetadataRequest{Topics: req.Topics}
 	}
 	resp, err := g.next.Metadata(ctx, req)
 	if err != nil || resp == nil || len(req.Topics) > 0 || p.Allowed(List, Cluster) {

@@ -702,7 +702,9 @@ type ResetOffsetsRequest struct {
 	To     ResetTo `protobuf:"varint,4,opt,name=to,proto3,enum=ferry.v1.ResetTo" json:"to,omitempty"`
 	// For RESET_TO_OFFSET: the offset of every queue reset.
 	Offset int64 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
-	// For RESET_TO_TIME: the first message stored at or after it.
+	// For RESET_TO_TIME, Unix nanoseconds: each queue's first message whose
+	// stored time (the broker's clock when the store took it) is at or after
+	// it.
 	TimestampUnixNano int64 `protobuf:"varint,6,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
 	// Reset even while the group has live members.
 	Force bool `protobuf:"varint,7,opt,name=force,proto3" json:"force,omitempty"`
@@ -1643,7 +1645,14 @@ func (x *QueueError) GetError() *Error {
 type MetadataRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: all topics.
-	Topics        []string `protobuf:"bytes,1,rep,name=topics,proto3" json:"topics,omitempty"`
+	Topics []string `protobuf:"bytes,1,rep,name=topics,proto3" json:"topics,omitempty"`
+	// Set by producers: a topic named in topics that the node does not have
+	// is created, when the node auto-creates topics (the pipeline's
+	// node.auto_create_topics), with its configured queues. A name that
+	// breaks the name rule is then INVALID_ARGUMENT; the internal prefixes
+	// %RETRY% and %DLQ% are never created this way. Consumers and admin
+	// tools leave it unset: naming a topic does not create it.
+	AutoCreate    bool `protobuf:"varint,45,opt,name=auto_create,json=autoCreate,proto3" json:"auto_create,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1683,6 +1692,13 @@ func (x *MetadataRequest) GetTopics() []string {
 		return x.Topics
 	}
 	return nil
+}
+
+func (x *MetadataRequest) GetAutoCreate() bool {
+	if x != nil {
+		return x.AutoCreate
+	}
+	return false
 }
 
 type MetadataResponse struct {
@@ -2182,9 +2198,11 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"QueueError\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\x05R\x05queue\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12%\n" +
-	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\")\n" +
+	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\"J\n" +
 	"\x0fMetadataRequest\x12\x16\n" +
-	"\x06topics\x18\x01 \x03(\tR\x06topics\"o\n" +
+	"\x06topics\x18\x01 \x03(\tR\x06topics\x12\x1f\n" +
+	"\vauto_create\x18- \x01(\bR\n" +
+	"autoCreate\"o\n" +
 	"\x10MetadataResponse\x12+\n" +
 	"\x06topics\x18\x01 \x03(\v2\x13.ferry.v1.TopicInfoR\x06topics\x12.\n" +
 	"\abrokers\x18\x02 \x03(\v2\x14.ferry.v1.BrokerInfoR\abrokers\"Q\n" +

@@ -85,8 +85,10 @@ type BrokerClient interface {
 	// ResetOffsets moves a group's committed offsets on one topic, for all its
 	// queues or some. A group with live members is refused (INVALID_ARGUMENT)
 	// unless force: the members would overwrite the reset with their next
-	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT; a
-	// reset by time is UNIMPLEMENTED until stores seek by time. On a node with
+	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT. A
+	// reset by time moves each queue to its first message stored at or after
+	// timestamp_unix_nano (the end when none is; the start when all are),
+	// UNIMPLEMENTED when the store cannot seek by time. On a node with
 	// a replication plugin, only the node that takes produce resets
 	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
 	ResetOffsets(ctx context.Context, in *ResetOffsetsRequest, opts ...grpc.CallOption) (*ResetOffsetsResponse, error)
@@ -286,8 +288,10 @@ type BrokerServer interface {
 	// ResetOffsets moves a group's committed offsets on one topic, for all its
 	// queues or some. A group with live members is refused (INVALID_ARGUMENT)
 	// unless force: the members would overwrite the reset with their next
-	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT; a
-	// reset by time is UNIMPLEMENTED until stores seek by time. On a node with
+	// commit. An offset outside a queue's start..end is INVALID_ARGUMENT. A
+	// reset by time moves each queue to its first message stored at or after
+	// timestamp_unix_nano (the end when none is; the start when all are),
+	// UNIMPLEMENTED when the store cannot seek by time. On a node with
 	// a replication plugin, only the node that takes produce resets
 	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
 	ResetOffsets(context.Context, *ResetOffsetsRequest) (*ResetOffsetsResponse, error)

@@ -24,6 +24,107 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type OffsetsForTimeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unix nanoseconds, compared with each message's stored_unix_nano (the
+	// time the store accepted it, not the producer's born_unix_nano).
+	UnixNano      int64       `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	Queues        []*QueueRef `protobuf:"bytes,2,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OffsetsForTimeRequest) Reset() {
+	*x = OffsetsForTimeRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OffsetsForTimeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OffsetsForTimeRequest) ProtoMessage() {}
+
+func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OffsetsForTimeRequest.ProtoReflect.Descriptor instead.
+func (*OffsetsForTimeRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OffsetsForTimeRequest) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *OffsetsForTimeRequest) GetQueues() []*QueueRef {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+type OffsetsForTimeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per queue asked, in order: the first readable offset whose
+	// message's stored_unix_nano >= unix_nano; the queue's end when there is
+	// none; its start when every message is at or after the time.
+	Offsets       []int64 `protobuf:"varint,1,rep,packed,name=offsets,proto3" json:"offsets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OffsetsForTimeResponse) Reset() {
+	*x = OffsetsForTimeResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OffsetsForTimeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OffsetsForTimeResponse) ProtoMessage() {}
+
+func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OffsetsForTimeResponse.ProtoReflect.Descriptor instead.
+func (*OffsetsForTimeResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OffsetsForTimeResponse) GetOffsets() []int64 {
+	if x != nil {
+		return x.Offsets
+	}
+	return nil
+}
+
 type DeleteTopicDataRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
@@ -33,7 +134,7 @@ type DeleteTopicDataRequest struct {
 
 func (x *DeleteTopicDataRequest) Reset() {
 	*x = DeleteTopicDataRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +146,7 @@ func (x *DeleteTopicDataRequest) String() string {
 func (*DeleteTopicDataRequest) ProtoMessage() {}
 
 func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +159,7 @@ func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DeleteTopicDataRequest) GetTopic() string {
@@ -76,7 +177,7 @@ type DeleteTopicDataResponse struct {
 
 func (x *DeleteTopicDataResponse) Reset() {
 	*x = DeleteTopicDataResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -88,7 +189,7 @@ func (x *DeleteTopicDataResponse) String() string {
 func (*DeleteTopicDataResponse) ProtoMessage() {}
 
 func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -101,7 +202,7 @@ func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
 }
 
 type StoredGroupsRequest struct {
@@ -112,7 +213,7 @@ type StoredGroupsRequest struct {
 
 func (x *StoredGroupsRequest) Reset() {
 	*x = StoredGroupsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -124,7 +225,7 @@ func (x *StoredGroupsRequest) String() string {
 func (*StoredGroupsRequest) ProtoMessage() {}
 
 func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -137,7 +238,7 @@ func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsRequest.ProtoReflect.Descriptor instead.
 func (*StoredGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
 }
 
 type StoredGroupsResponse struct {
@@ -149,7 +250,7 @@ type StoredGroupsResponse struct {
 
 func (x *StoredGroupsResponse) Reset() {
 	*x = StoredGroupsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +262,7 @@ func (x *StoredGroupsResponse) String() string {
 func (*StoredGroupsResponse) ProtoMessage() {}
 
 func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +275,7 @@ func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsResponse.ProtoReflect.Descriptor instead.
 func (*StoredGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StoredGroupsResponse) GetGroups() []string {
@@ -193,7 +294,7 @@ type DeleteGroupOffsetsRequest struct {
 
 func (x *DeleteGroupOffsetsRequest) Reset() {
 	*x = DeleteGroupOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -205,7 +306,7 @@ func (x *DeleteGroupOffsetsRequest) String() string {
 func (*DeleteGroupOffsetsRequest) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -218,7 +319,7 @@ func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteGroupOffsetsRequest) GetGroup() string {
@@ -236,7 +337,7 @@ type DeleteGroupOffsetsResponse struct {
 
 func (x *DeleteGroupOffsetsResponse) Reset() {
 	*x = DeleteGroupOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +349,7 @@ func (x *DeleteGroupOffsetsResponse) String() string {
 func (*DeleteGroupOffsetsResponse) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +362,7 @@ func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
 }
 
 type AppendRequest struct {
@@ -292,7 +393,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +405,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +418,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -391,7 +492,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -403,7 +504,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -416,7 +517,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -471,7 +572,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +584,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +597,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReadRequest) GetId() uint64 {
@@ -569,7 +670,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +682,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +695,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadResponse) GetId() uint64 {
@@ -670,7 +771,7 @@ type QueueOffsets struct {
 
 func (x *QueueOffsets) Reset() {
 	*x = QueueOffsets{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +783,7 @@ func (x *QueueOffsets) String() string {
 func (*QueueOffsets) ProtoMessage() {}
 
 func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +796,7 @@ func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueOffsets.ProtoReflect.Descriptor instead.
 func (*QueueOffsets) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *QueueOffsets) GetTopic() string {
@@ -757,7 +858,7 @@ type CommitOffsetsRequest struct {
 
 func (x *CommitOffsetsRequest) Reset() {
 	*x = CommitOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +870,7 @@ func (x *CommitOffsetsRequest) String() string {
 func (*CommitOffsetsRequest) ProtoMessage() {}
 
 func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +883,7 @@ func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CommitOffsetsRequest) GetGroup() string {
@@ -811,7 +912,7 @@ type GroupOffset struct {
 
 func (x *GroupOffset) Reset() {
 	*x = GroupOffset{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +924,7 @@ func (x *GroupOffset) String() string {
 func (*GroupOffset) ProtoMessage() {}
 
 func (x *GroupOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +937,7 @@ func (x *GroupOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOffset.ProtoReflect.Descriptor instead.
 func (*GroupOffset) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GroupOffset) GetTopic() string {
@@ -868,7 +969,7 @@ type CommitOffsetsResponse struct {
 
 func (x *CommitOffsetsResponse) Reset() {
 	*x = CommitOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +981,7 @@ func (x *CommitOffsetsResponse) String() string {
 func (*CommitOffsetsResponse) ProtoMessage() {}
 
 func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +994,7 @@ func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
 }
 
 type GetOffsetsRequest struct {
@@ -907,7 +1008,7 @@ type GetOffsetsRequest struct {
 
 func (x *GetOffsetsRequest) Reset() {
 	*x = GetOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1020,7 @@ func (x *GetOffsetsRequest) String() string {
 func (*GetOffsetsRequest) ProtoMessage() {}
 
 func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1033,7 @@ func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*GetOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetOffsetsRequest) GetGroup() string {
@@ -959,7 +1060,7 @@ type QueueRef struct {
 
 func (x *QueueRef) Reset() {
 	*x = QueueRef{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1072,7 @@ func (x *QueueRef) String() string {
 func (*QueueRef) ProtoMessage() {}
 
 func (x *QueueRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1085,7 @@ func (x *QueueRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueRef.ProtoReflect.Descriptor instead.
 func (*QueueRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QueueRef) GetTopic() string {
@@ -1010,7 +1111,7 @@ type GetOffsetsResponse struct {
 
 func (x *GetOffsetsResponse) Reset() {
 	*x = GetOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1123,7 @@ func (x *GetOffsetsResponse) String() string {
 func (*GetOffsetsResponse) ProtoMessage() {}
 
 func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1136,7 @@ func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*GetOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetOffsetsResponse) GetOffsets() []*QueueOffsets {
@@ -1049,7 +1150,12 @@ var File_ferry_v1_storage_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\".\n" +
+	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"`\n" +
+	"\x15OffsetsForTimeRequest\x12\x1b\n" +
+	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12*\n" +
+	"\x06queues\x18\x02 \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"2\n" +
+	"\x16OffsetsForTimeResponse\x12\x18\n" +
+	"\aoffsets\x18\x01 \x03(\x03R\aoffsets\".\n" +
 	"\x16DeleteTopicDataRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\"\x19\n" +
 	"\x17DeleteTopicDataResponse\"\x15\n" +
@@ -1122,7 +1228,7 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\"F\n" +
 	"\x12GetOffsetsResponse\x120\n" +
-	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xa8\x04\n" +
+	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xfd\x04\n" +
 	"\aStorage\x12?\n" +
 	"\x06Append\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x010\x01\x129\n" +
 	"\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x010\x01\x12P\n" +
@@ -1131,7 +1237,8 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"GetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n" +
 	"\fStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n" +
 	"\x12DeleteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n" +
-	"\x0fDeleteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\x0fDeleteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n" +
+	"\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_storage_proto_rawDescOnce sync.Once
@@ -1145,62 +1252,67 @@ func file_ferry_v1_storage_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_storage_proto_rawDescData
 }
 
-var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ferry_v1_storage_proto_goTypes = []any{
-	(*DeleteTopicDataRequest)(nil),     // 0: ferry.v1.DeleteTopicDataRequest
-	(*DeleteTopicDataResponse)(nil),    // 1: ferry.v1.DeleteTopicDataResponse
-	(*StoredGroupsRequest)(nil),        // 2: ferry.v1.StoredGroupsRequest
-	(*StoredGroupsResponse)(nil),       // 3: ferry.v1.StoredGroupsResponse
-	(*DeleteGroupOffsetsRequest)(nil),  // 4: ferry.v1.DeleteGroupOffsetsRequest
-	(*DeleteGroupOffsetsResponse)(nil), // 5: ferry.v1.DeleteGroupOffsetsResponse
-	(*AppendRequest)(nil),              // 6: ferry.v1.AppendRequest
-	(*AppendResponse)(nil),             // 7: ferry.v1.AppendResponse
-	(*ReadRequest)(nil),                // 8: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),               // 9: ferry.v1.ReadResponse
-	(*QueueOffsets)(nil),               // 10: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),       // 11: ferry.v1.CommitOffsetsRequest
-	(*GroupOffset)(nil),                // 12: ferry.v1.GroupOffset
-	(*CommitOffsetsResponse)(nil),      // 13: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsRequest)(nil),          // 14: ferry.v1.GetOffsetsRequest
-	(*QueueRef)(nil),                   // 15: ferry.v1.QueueRef
-	(*GetOffsetsResponse)(nil),         // 16: ferry.v1.GetOffsetsResponse
-	nil,                                // 17: ferry.v1.AppendRequest.TraceEntry
-	nil,                                // 18: ferry.v1.ReadRequest.TraceEntry
-	(*Message)(nil),                    // 19: ferry.v1.Message
-	(Status)(0),                        // 20: ferry.v1.Status
-	(*Error)(nil),                      // 21: ferry.v1.Error
+	(*OffsetsForTimeRequest)(nil),      // 0: ferry.v1.OffsetsForTimeRequest
+	(*OffsetsForTimeResponse)(nil),     // 1: ferry.v1.OffsetsForTimeResponse
+	(*DeleteTopicDataRequest)(nil),     // 2: ferry.v1.DeleteTopicDataRequest
+	(*DeleteTopicDataResponse)(nil),    // 3: ferry.v1.DeleteTopicDataResponse
+	(*StoredGroupsRequest)(nil),        // 4: ferry.v1.StoredGroupsRequest
+	(*StoredGroupsResponse)(nil),       // 5: ferry.v1.StoredGroupsResponse
+	(*DeleteGroupOffsetsRequest)(nil),  // 6: ferry.v1.DeleteGroupOffsetsRequest
+	(*DeleteGroupOffsetsResponse)(nil), // 7: ferry.v1.DeleteGroupOffsetsResponse
+	(*AppendRequest)(nil),              // 8: ferry.v1.AppendRequest
+	(*AppendResponse)(nil),             // 9: ferry.v1.AppendResponse
+	(*ReadRequest)(nil),                // 10: ferry.v1.ReadRequest
+	(*ReadResponse)(nil),               // 11: ferry.v1.ReadResponse
+	(*QueueOffsets)(nil),               // 12: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),       // 13: ferry.v1.CommitOffsetsRequest
+	(*GroupOffset)(nil),                // 14: ferry.v1.GroupOffset
+	(*CommitOffsetsResponse)(nil),      // 15: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsRequest)(nil),          // 16: ferry.v1.GetOffsetsRequest
+	(*QueueRef)(nil),                   // 17: ferry.v1.QueueRef
+	(*GetOffsetsResponse)(nil),         // 18: ferry.v1.GetOffsetsResponse
+	nil,                                // 19: ferry.v1.AppendRequest.TraceEntry
+	nil,                                // 20: ferry.v1.ReadRequest.TraceEntry
+	(*Message)(nil),                    // 21: ferry.v1.Message
+	(Status)(0),                        // 22: ferry.v1.Status
+	(*Error)(nil),                      // 23: ferry.v1.Error
 }
 var file_ferry_v1_storage_proto_depIdxs = []int32{
-	19, // 0: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
-	17, // 1: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
-	20, // 2: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
-	21, // 3: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
-	18, // 4: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
-	19, // 5: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
-	10, // 6: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	21, // 7: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
-	12, // 8: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
-	15, // 9: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
-	10, // 10: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	6,  // 11: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
-	8,  // 12: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
-	11, // 13: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	14, // 14: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	2,  // 15: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
-	4,  // 16: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	0,  // 17: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
-	7,  // 18: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
-	9,  // 19: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
-	13, // 20: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	16, // 21: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	3,  // 22: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
-	5,  // 23: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	1,  // 24: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	17, // 0: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
+	21, // 1: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
+	19, // 2: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
+	22, // 3: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
+	23, // 4: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
+	20, // 5: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
+	21, // 6: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
+	12, // 7: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	23, // 8: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
+	14, // 9: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
+	17, // 10: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
+	12, // 11: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	8,  // 12: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
+	10, // 13: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
+	13, // 14: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	16, // 15: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	4,  // 16: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
+	6,  // 17: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	2,  // 18: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
+	0,  // 19: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
+	9,  // 20: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
+	11, // 21: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
+	15, // 22: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	18, // 23: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	5,  // 24: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
+	7,  // 25: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	3,  // 26: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
+	1,  // 27: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_storage_proto_init() }
@@ -1215,7 +1327,7 @@ func file_ferry_v1_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_storage_proto_rawDesc), len(file_ferry_v1_storage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

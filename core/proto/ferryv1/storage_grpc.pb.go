@@ -29,6 +29,7 @@ const (
 	Storage_StoredGroups_FullMethodName       = "/ferry.v1.Storage/StoredGroups"
 	Storage_DeleteGroupOffsets_FullMethodName = "/ferry.v1.Storage/DeleteGroupOffsets"
 	Storage_DeleteTopicData_FullMethodName    = "/ferry.v1.Storage/DeleteTopicData"
+	Storage_OffsetsForTime_FullMethodName     = "/ferry.v1.Storage/OffsetsForTime"
 )
 
 // StorageClient is the client API for Storage service.
@@ -53,6 +54,10 @@ type StorageClient interface {
 	// DeleteTopicData removes a topic's messages and every group's offsets on
 	// it (sdk.TopicDeleter, optional).
 	DeleteTopicData(ctx context.Context, in *DeleteTopicDataRequest, opts ...grpc.CallOption) (*DeleteTopicDataResponse, error)
+	// OffsetsForTime finds, per queue, the first offset whose message was
+	// stored at or after a time (sdk.TimeSeeker, optional: a plugin without
+	// it answers UNIMPLEMENTED).
+	OffsetsForTime(ctx context.Context, in *OffsetsForTimeRequest, opts ...grpc.CallOption) (*OffsetsForTimeResponse, error)
 }
 
 type storageClient struct {
@@ -139,6 +144,16 @@ func (c *storageClient) DeleteTopicData(ctx context.Context, in *DeleteTopicData
 	return out, nil
 }
 
+func (c *storageClient) OffsetsForTime(ctx context.Context, in *OffsetsForTimeRequest, opts ...grpc.CallOption) (*OffsetsForTimeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OffsetsForTimeResponse)
+	err := c.cc.Invoke(ctx, Storage_OffsetsForTime_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -161,6 +176,10 @@ type StorageServer interface {
 	// DeleteTopicData removes a topic's messages and every group's offsets on
 	// it (sdk.TopicDeleter, optional).
 	DeleteTopicData(context.Context, *DeleteTopicDataRequest) (*DeleteTopicDataResponse, error)
+	// OffsetsForTime finds, per queue, the first offset whose message was
+	// stored at or after a time (sdk.TimeSeeker, optional: a plugin without
+	// it answers UNIMPLEMENTED).
+	OffsetsForTime(context.Context, *OffsetsForTimeRequest) (*OffsetsForTimeResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -191,6 +210,9 @@ func (UnimplementedStorageServer) DeleteGroupOffsets(context.Context, *DeleteGro
 }
 func (UnimplementedStorageServer) DeleteTopicData(context.Context, *DeleteTopicDataRequest) (*DeleteTopicDataResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteTopicData not implemented")
+}
+func (UnimplementedStorageServer) OffsetsForTime(context.Context, *OffsetsForTimeRequest) (*OffsetsForTimeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method OffsetsForTime not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -317,6 +339,24 @@ func _Storage_DeleteTopicData_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_OffsetsForTime_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OffsetsForTimeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).OffsetsForTime(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_OffsetsForTime_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).OffsetsForTime(ctx, req.(*OffsetsForTimeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -343,6 +383,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteTopicData",
 			Handler:    _Storage_DeleteTopicData_Handler,
+		},
+		{
+			MethodName: "OffsetsForTime",
+			Handler:    _Storage_OffsetsForTime_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -102,6 +102,7 @@ func StorageCases() []StorageCase {
 		{"EarlyOffsets", nil, testEarlyOffsets},
 		{"GroupStore", nil, testGroupStore},
 		{"TopicDeleter", nil, testTopicDeleter},
+		{"TimeSeeker", nil, testTimeSeeker},
 		{"InvalidArguments", nil, testInvalidArguments},
 		{"BadConfig", nil, testBadConfig},
 		{"NotConfigured", nil, testNotConfigured},

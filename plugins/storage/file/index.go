@@ -73,20 +73,28 @@ func (s *Store) writeIndex(g *segment, heads []byte, dataLen int64) error {
 
 var errNoIndex = errors.New("no usable index")
 
+// errIndexMissing: the segment has no index file (not written yet when the
+// process stopped): scanned without a warning.
+var errIndexMissing = fmt.Errorf("%w: missing", errNoIndex)
+
 // loadIndex indexes sealed segment g from its index file, which must describe
 // exactly dataLen bytes of records. It changes nothing unless the whole index
 // is good: on errNoIndex the caller scans the segment instead.
 func (s *Store) loadIndex(g *segment, dataLen int64) error {
 	b, err := os.ReadFile(indexPath(g.path))
-	if err != nil {
-		return errNoIndex
+	if errors.Is(err, os.ErrNotExist) {
+		return errIndexMissing
+	} else if err != nil {
+		return fmt.Errorf("%w: %v", errNoIndex, err)
 	}
 	if len(b) < indexHeaderSize+4 || string(b[:8]) != indexMagic ||
 		binary.LittleEndian.Uint32(b[8:]) != formatVersion ||
 		int64(binary.LittleEndian.Uint64(b[16:])) != g.base ||
-		int64(binary.LittleEndian.Uint64(b[24:])) != dataLen ||
-		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
-		return errNoIndex
+		int64(binary.LittleEndian.Uint64(b[24:])) != dataLen {
+		return fmt.Errorf("%w: its header does not describe the segment", errNoIndex)
+	}
+	if crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
+		return fmt.Errorf("%w: checksum mismatch", errNoIndex)
 	}
 	heads := b[indexHeaderSize : len(b)-4]
 	// Check everything first, then apply: the two passes parse the same
@@ -165,6 +173,7 @@ func (s *Store) indexRecord(g *segment, pos int64, m recordMeta) {
 		q.start = m.offset
 	}
 	q.ents = append(q.ents, entry{pos: g.base + pos, size: int32(m.size)})
+	q.times.note(m.offset, m.stored)
 	if m.id != "" {
 		q.dedup.addRecovered(m.id, m.offset)
 	}

@@ -87,6 +87,7 @@ func (s *Store) open() (err error) {
 			// deleted when the process stopped.
 			n := min(int(start-q.start), len(q.ents))
 			q.ents, q.start = q.ents[n:], q.start+int64(n)
+			q.times.trim(q.start)
 		}
 	}
 	if err := s.clampOffsets(); err != nil {
@@ -318,9 +319,17 @@ func (s *Store) scanSegments() error {
 		dataEnd := fileData
 		if !last {
 			dataEnd = s.segs[i+1].base - g.base
-			if fileData >= dataEnd && s.loadIndex(g, dataEnd) == nil {
-				g.size = dataEnd
-				continue
+			if fileData >= dataEnd {
+				err := s.loadIndex(g, dataEnd)
+				if err == nil {
+					g.size = dataEnd
+					continue
+				}
+				if !errors.Is(err, errIndexMissing) {
+					s.log.Warn("recovery: a segment's index file is damaged or does not match the segment; "+
+						"scanning the segment instead (its message and time index are rebuilt from the records) and writing the index file again",
+						"index", indexPath(g.path), "reason", err.Error())
+				}
 			}
 			// No usable index: scan, and write one again later.
 			_ = os.Remove(indexPath(g.path))

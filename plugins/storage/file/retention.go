@@ -77,6 +77,7 @@ func (s *Store) enforceRetention(now time.Time) error {
 		if i := sort.Search(len(q.ents), func(i int) bool { return q.ents[i].pos >= logStart }); i > 0 {
 			q.start += int64(i)
 			q.ents = q.ents[i:]
+			q.times.trim(q.start)
 			if cap(q.ents) > 2*len(q.ents)+1024 {
 				q.ents = append([]entry(nil), q.ents...)
 			}

@@ -155,6 +155,7 @@ type queue struct {
 	start int64
 	ents  []entry
 	dedup dedup
+	times timeIndex // sparse, for seeking by time (timeindex.go)
 }
 
 type entry struct {
@@ -521,6 +522,7 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 			q.ents = slices.Grow(q.ents, max(len(q.ents), 1024)) // doubling, as appendHead
 		}
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
+		q.times.note(offsets[i], stored)
 		if m.Id != "" {
 			q.dedup.add(m.Id, offsets[i])
 		}

@@ -31,7 +31,7 @@ func (s *Store) DeleteTopicData(_ context.Context, topic string) error {
 	dropped := 0
 	for k, q := range s.queues {
 		if k.topic == topic {
-			q.start, q.ents, q.dedup = q.end(), nil, dedup{}
+			q.start, q.ents, q.dedup, q.times = q.end(), nil, dedup{}, timeIndex{}
 			dropped++
 		}
 		starts[k] = q.start

@@ -263,3 +263,36 @@ func (s *Store) DeleteTopicData(_ context.Context, topic string) error {
 	}
 	return nil
 }
+
+var _ sdk.TimeSeeker = (*Store)(nil)
+
+// OffsetsForTime finds each queue's first message stored at or after
+// unixNano (sdk.TimeSeeker) by looking at the messages it holds, oldest
+// first: the memory store keeps every message's StoredUnixNano anyway.
+func (s *Store) OffsetsForTime(_ context.Context, unixNano int64, queues []*sdk.QueueRef) ([]int64, error) {
+	for _, ref := range queues {
+		if ref.GetTopic() == "" || ref.GetQueue() < 0 {
+			return nil, fmt.Errorf("%w: seeking by time needs a topic and a queue >= 0", sdk.ErrInvalidArgument)
+		}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !s.ready {
+		return nil, sdk.ErrNotConfigured
+	}
+	out := make([]int64, len(queues))
+	for i, ref := range queues {
+		q := s.queue(qref{Topic: ref.Topic, Queue: ref.Queue}, false)
+		if q == nil {
+			continue
+		}
+		out[i] = q.start + int64(len(q.msgs))
+		for j, m := range q.msgs {
+			if m.StoredUnixNano >= unixNano {
+				out[i] = q.start + int64(j)
+				break
+			}
+		}
+	}
+	return out, nil
+}

@@ -117,7 +117,11 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Errorf("pull after the reset: %d %+v; want offsets 2, 3, 4 of queue 0", code, p)
 	}
 	refused("POST", "/v1/groups/billing/reset", `{"topic":"clicks","to":"offset","offset":9}`, 400, "INVALID_ARGUMENT", `offset 9 is outside queue clicks/0, which holds offsets 0 to 4`)
-	refused("POST", "/v1/groups/billing/reset", `{"topic":"clicks","to":"time","time":"2026-01-01T00:00:00Z"}`, 501, "UNSUPPORTED", `cannot seek by time yet`)
+	// By time (a dry run): before everything, queue 0's start.
+	if code := call(t, "POST", base+"/v1/groups/billing/reset", "application/json", `{"topic":"clicks","to":"time","time":"2001-01-01T00:00:00Z","queues":[0],"dry_run":true}`, nil, &reset); code != 200 ||
+		len(reset.Queues) != 1 || reset.Queues[0].Previous != 2 || reset.Queues[0].Committed != 0 {
+		t.Errorf("reset by time (dry run): %d %+v", code, reset)
+	}
 	refused("POST", "/v1/groups/billing/reset", `{"topic":"clicks","to":"sideways"}`, 400, "INVALID_ARGUMENT", `"to" is "sideways"`)
 	refused("POST", "/v1/groups/billing/reset", `{"topic":"%RETRY%billing","to":"latest"}`, 400, "INVALID_ARGUMENT", `internal topic`)
 	refused("POST", "/v1/groups/nobody/reset", `{"topic":"clicks","to":"latest"}`, 404, "NOT_FOUND", `unknown group "nobody"`)

@@ -234,15 +234,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // queueCount returns the number of queues of topic (cached for a few
-// seconds); sdk.ErrNotFound for an unknown topic.
-func (a *api) queueCount(ctx context.Context, topic string) (int32, error) {
+// seconds); sdk.ErrNotFound for an unknown topic. autoCreate is set for a
+// produce: a node that auto-creates topics creates it.
+func (a *api) queueCount(ctx context.Context, topic string, autoCreate bool) (int32, error) {
 	a.mu.Lock()
 	ti, ok := a.topics[topic]
 	a.mu.Unlock()
 	if ok && time.Since(ti.at) < topicCacheTTL {
 		return ti.queues, nil
 	}
-	resp, err := a.core.Metadata(ctx, &sdk.MetadataRequest{Topics: []string{topic}})
+	resp, err := a.core.Metadata(ctx, &sdk.MetadataRequest{Topics: []string{topic}, AutoCreate: autoCreate})
 	if err != nil {
 		return 0, err
 	}
@@ -286,7 +287,7 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	queues, err := a.queueCount(ctx, topic)
+	queues, err := a.queueCount(ctx, topic, true)
 	if err != nil {
 		fail(w, err)
 		return
@@ -496,7 +497,7 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 	}
 	mctx, cancel := a.timeout(r)
 	defer cancel()
-	queues, err := a.queueCount(mctx, topic)
+	queues, err := a.queueCount(mctx, topic, false)
 	if err != nil {
 		fail(w, err)
 		return
@@ -667,7 +668,7 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
-	queues, err := a.queueCount(ctx, topic)
+	queues, err := a.queueCount(ctx, topic, false)
 	if err != nil {
 		fail(w, err)
 		return
