@@ -207,37 +207,11 @@ func tag(kvs []KeyValue, key string) (string, bool) {
 // GetTrace fetches a trace once. It returns nil and no error when Jaeger
 // does not have the trace (yet).
 func (j Jaeger) GetTrace(ctx context.Context, traceID string) (*Trace, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.Query+"/api/traces/"+traceID, nil)
-	if err != nil {
+	traces, err := getTraces(ctx, j.Query+"/api/traces/"+traceID)
+	if err != nil || len(traces) == 0 {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return nil, nil
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /api/traces/%s: %s: %s", traceID, resp.Status, body)
-	}
-	var out struct {
-		Data []Trace `json:"data"`
-	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.UseNumber()
-	if err := dec.Decode(&out); err != nil {
-		return nil, fmt.Errorf("GET /api/traces/%s: decode: %w", traceID, err)
-	}
-	if len(out.Data) == 0 {
-		return nil, nil
-	}
-	return &out.Data[0], nil
+	return &traces[0], nil
 }
 
 // WaitTrace polls Jaeger until the trace traceID (32 hex digits) satisfies
@@ -355,7 +329,12 @@ func (j Jaeger) FindTraces(ctx context.Context, service string, tags map[string]
 		"end":     {fmt.Sprint(now.Add(time.Minute).UnixMicro())},
 		"limit":   {fmt.Sprint(limit)},
 	}
-	u := j.Query + "/api/traces?" + v.Encode()
+	return getTraces(ctx, j.Query+"/api/traces?"+v.Encode())
+}
+
+// getTraces GETs u from Jaeger's query API and decodes the traces it
+// answers; none and no error when Jaeger answers 404 (not there yet).
+func getTraces(ctx context.Context, u string) ([]Trace, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
