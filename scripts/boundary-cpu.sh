@@ -26,7 +26,7 @@ if [ -z "${BINS:-}" ]; then
 	BINS="ferry=bin/ferry"
 fi
 tmp=$(mktemp -d)
-trap 'pkill -f "ferry run $tmp/" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'pkill -f " run $tmp/" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 port=$((20000 + RANDOM % 20000))
 hz=$(getconf CLK_TCK)
 
