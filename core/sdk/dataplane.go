@@ -234,7 +234,7 @@ func unmarshalFrame(b []byte, m proto.Message) error {
 		if err := vt.UnmarshalVTUnsafe(b); err != nil {
 			return err
 		}
-		return checkUTF8(m.ProtoReflect())
+		return ownFrameStrings(m)
 	}
 	return proto.Unmarshal(b, m)
 }

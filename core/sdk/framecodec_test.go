@@ -110,7 +110,8 @@ func TestFrameInvalidUTF8Refused(t *testing.T) {
 }
 
 // stringPaths lists the set string fields of m, depth first: "f", "f.g",
-// "f[1].g", "f{key}" (a map key), "f[key]" (a map value).
+// "f#1.g" (a list's element), "f#1" (a string list's), "f{key}" (a map
+// key), "f[key]" (a map value).
 func stringPaths(m protoreflect.Message, prefix string) []string {
 	var out []string
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
@@ -129,6 +130,10 @@ func stringPaths(m protoreflect.Message, prefix string) []string {
 		case fd.IsList() && fd.Kind() == protoreflect.MessageKind:
 			for i := range v.List().Len() {
 				out = append(out, stringPaths(v.List().Get(i).Message(), fmt.Sprintf("%s#%d.", name, i))...)
+			}
+		case fd.IsList() && fd.Kind() == protoreflect.StringKind:
+			for i := range v.List().Len() {
+				out = append(out, fmt.Sprintf("%s#%d", name, i))
 			}
 		case fd.Kind() == protoreflect.MessageKind:
 			out = append(out, stringPaths(v.Message(), name+".")...)
@@ -160,6 +165,12 @@ func spoil(m protoreflect.Message, path string) {
 	}
 	name, idx, list := strings.Cut(head, "#")
 	fd := m.Descriptor().Fields().ByName(protoreflect.Name(name))
+	if rest == "" && list {
+		var i int
+		fmt.Sscan(idx, &i)
+		m.Mutable(fd).List().Set(i, protoreflect.ValueOfString(bad))
+		return
+	}
 	if rest == "" {
 		m.Set(fd, protoreflect.ValueOfString(bad))
 		return

@@ -7,16 +7,71 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
-// checkUTF8 reports the first string field of m (at any depth) that is not
-// valid UTF-8, which protobuf-go's decoder would have refused: it backs the
-// fast decoder of the data plane (vtprotobuf's), which does not check. The
-// bulk of a frame, its Messages, is checked by typed code (messageUTF8);
-// the rest by reflection, once per frame.
+//go:generate go run ./internal/genutf8/cmd/genutf8 utf8_gen.go
+
+// ownFrameStrings reports the first string field of m (at any depth) that
+// is not valid UTF-8, which protobuf-go's decoder would have refused, and
+// gives every string memory of its own: it backs the fast decoder of the
+// data plane (vtprotobuf's), which checks nothing and leaves strings
+// aliasing the frame. Ferry's own messages are checked by typed code
+// generated from the protocol (utf8_gen.go); any other by reflection.
+func ownFrameStrings(m proto.Message) error {
+	if ok, err := ownStrings(m); ok {
+		return err
+	}
+	return checkUTF8(m.ProtoReflect())
+}
+
+// ownString checks *s and gives it memory of its own.
+func ownString(s *string, field string) error {
+	if !utf8.ValidString(*s) {
+		return errInvalidUTF8(field)
+	}
+	if *s != "" {
+		*s = strings.Clone(*s)
+	}
+	return nil
+}
+
+// ownStringList is ownString of each of l.
+func ownStringList(l []string, field string) error {
+	for i := range l {
+		if err := ownString(&l[i], field); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownStringMap checks a map<string, string>'s keys and values and rebuilds
+// it with copies of them.
+func ownStringMap(mp *map[string]string, field string) error {
+	if len(*mp) == 0 {
+		return nil
+	}
+	fresh := make(map[string]string, len(*mp))
+	for k, v := range *mp {
+		if !utf8.ValidString(k) {
+			return errInvalidUTF8(field + " (a key)")
+		}
+		if !utf8.ValidString(v) {
+			return errInvalidUTF8(field + " (a value)")
+		}
+		fresh[strings.Clone(k)] = strings.Clone(v)
+	}
+	*mp = fresh
+	return nil
+}
+
+// checkUTF8 is ownFrameStrings by reflection, for messages the generated
+// code does not know. The bulk of a frame, its Messages, is checked by
+// typed code (messagesUTF8) here too.
 func checkUTF8(m protoreflect.Message) error {
 	if msg, ok := m.Interface().(*ferryv1.Message); ok {
 		return messageUTF8(msg)
