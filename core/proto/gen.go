@@ -8,6 +8,12 @@
 // data plane and Ferry's gRPC codec use (core/sdk/codec.go):
 //
 //	go generate ./core/proto
+//
+// then the data plane's typed UTF-8 checks, which are made from the
+// compiled descriptors (core/sdk/internal/genutf8; a test fails while they
+// are stale):
+//
+//	go generate ./core/sdk
 package proto
 
 //go:generate sh -c "protoc -I . --plugin=protoc-gen-go=$(go tool -n protoc-gen-go) --plugin=protoc-gen-go-grpc=$(go tool -n protoc-gen-go-grpc) --go_out=. --go_opt=module=github.com/ferrymq/ferry/core/proto --go-grpc_out=. --go-grpc_opt=module=github.com/ferrymq/ferry/core/proto --plugin=protoc-gen-go-vtproto=$(go tool -n protoc-gen-go-vtproto) --go-vtproto_out=. --go-vtproto_opt=module=github.com/ferrymq/ferry/core/proto,features=marshal+unmarshal+size+unmarshal_unsafe ferry/v1/*.proto"
