@@ -384,3 +384,34 @@ func BenchmarkOpen(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRead reads batches of 256 stored 1 KiB messages (with a key and
+// a header), as a consumer's fetch does, from the page cache.
+func BenchmarkRead(b *testing.B) {
+	s := openBench(b, `{"flush": "async"}`)
+	const n = 4096
+	msgs := make([]*sdk.Message, 256)
+	for i := 0; i < n; i += len(msgs) {
+		for j := range msgs {
+			msgs[j] = &sdk.Message{Id: fmt.Sprintf("p-%d", i+j), Topic: "bench", Key: "k", Headers: map[string]string{"h": "v"}, Body: body1KiB}
+		}
+		w, err := s.Append(context.Background(), msgs)
+		if err == nil {
+			_, err = w(context.Background())
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(256 << 10)
+	b.ReportAllocs()
+	off := int64(0)
+	for b.Loop() {
+		resp, err := s.Read(context.Background(), &sdk.ReadRequest{Topic: "bench", Queue: 0, Offset: off, MaxMessages: 256})
+		if err != nil || len(resp.Messages) != 256 {
+			b.Fatalf("read at %d: %d messages, %v", off, len(resp.Messages), err)
+		}
+		off = (off + 256) % n
+	}
+	b.ReportMetric(float64(b.N*256)/b.Elapsed().Seconds(), "msgs/s")
+}

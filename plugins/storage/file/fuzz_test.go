@@ -1,13 +1,17 @@
 package file
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -55,7 +59,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		n, lerr := recordLen(rec, int64(len(rec)))
 		meta, perr := parseRecord(rec)
-		m, derr := decodeRecord(rec)
+		m, derr := decodeRecord(rec, "t")
 		if derr != nil {
 			if !errors.Is(derr, errBadRecord) && !errors.Is(derr, errTornRecord) {
 				t.Fatalf("decode error %v is neither torn nor bad", derr)
@@ -67,6 +71,14 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 		if m.Topic != meta.topic || m.Queue != meta.queue || m.Offset != meta.offset || m.Id != meta.id || m.StoredUnixNano != meta.stored {
 			t.Fatalf("decoded %v, header says %+v", m, meta)
+		}
+		// What the fast decoder accepts, protobuf-go's decodes to the same.
+		var std sdk.Message
+		if err := proto.Unmarshal(rec[recordHeaderSize+len(meta.topic)+len(meta.id):], &std); err != nil {
+			t.Fatalf("decoded a message protobuf-go refuses: %v", err)
+		}
+		if !bytes.Equal(std.Body, m.Body) || std.Key != m.Key || !maps.Equal(std.Headers, m.Headers) || std.BornUnixNano != m.BornUnixNano {
+			t.Fatalf("decoded %v, protobuf-go %v", m, &std)
 		}
 		if h, ok := headerHint(rec); !ok && checkRecordQueue(meta) == nil {
 			t.Fatalf("a good record's header gives no hint: %+v", h)

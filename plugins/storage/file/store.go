@@ -695,7 +695,7 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 		}
 		for _, e := range r.ents {
 			off := from + int64(len(resp.Messages))
-			m, err := decodeRecord(buf[:e.size])
+			m, err := decodeRecord(buf[:e.size:e.size], req.Topic)
 			if err == nil && (m.Offset != off || m.Topic != req.Topic || m.Queue != req.Queue) {
 				err = fmt.Errorf("it holds %s/%d@%d, the index says %s/%d@%d", m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, off)
 			}
