@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"os"
 	"path/filepath"
 	"slices"
@@ -172,79 +171,6 @@ func (q *queue) visibleEnd(durable int64) int64 {
 		return q.start + int64(n)
 	}
 	return q.start + int64(sort.Search(n, func(i int) bool { return q.ents[i].pos >= durable }))
-}
-
-// dedup remembers the last dedupWindow message ids of a queue: a ring of
-// entries in append order and a map from the id's hash to its ring slot. A
-// hit is confirmed by comparing the id, so a hash collision can only make the
-// store forget an id early (a retry would be stored again), never take a new
-// message for a duplicate.
-type dedup struct {
-	slots map[uint64]int32
-	ring  []dedupEntry
-	next  int
-}
-
-type dedupEntry struct {
-	hash   uint64
-	id     string
-	offset int64
-}
-
-const dedupWindow = sdk.DedupWindow
-
-var dedupSeed = maphash.MakeSeed()
-
-// lookup returns the offset stored for id.
-func (d *dedup) lookup(id string) (int64, bool) {
-	slot, ok := d.slots[maphash.String(dedupSeed, id)]
-	if ok && d.ring[slot].id == id {
-		return d.ring[slot].offset, true
-	}
-	return 0, false
-}
-
-// addRecovered remembers id during open, in the ring only; rebuildSlots
-// makes the map once every record is in, so that a log of millions of
-// messages costs no map churn.
-func (d *dedup) addRecovered(id string, offset int64) {
-	if len(d.ring) < dedupWindow {
-		d.ring = append(d.ring, dedupEntry{id: id, offset: offset})
-		return
-	}
-	d.ring[d.next] = dedupEntry{id: id, offset: offset}
-	d.next = (d.next + 1) % dedupWindow
-}
-
-func (d *dedup) rebuildSlots() {
-	d.slots = make(map[uint64]int32, len(d.ring))
-	// Oldest first, so that a newer id wins a hash collision.
-	for i := range d.ring {
-		slot := (d.next + i) % len(d.ring)
-		e := &d.ring[slot]
-		e.hash = maphash.String(dedupSeed, e.id)
-		d.slots[e.hash] = int32(slot)
-	}
-}
-
-func (d *dedup) add(id string, offset int64) {
-	if d.slots == nil {
-		d.slots = make(map[uint64]int32)
-	}
-	h := maphash.String(dedupSeed, id)
-	slot := len(d.ring)
-	if slot < dedupWindow {
-		d.ring = append(d.ring, dedupEntry{h, id, offset})
-	} else {
-		slot = d.next
-		old := d.ring[slot]
-		if d.slots[old.hash] == int32(slot) {
-			delete(d.slots, old.hash)
-		}
-		d.ring[slot] = dedupEntry{h, id, offset}
-		d.next = (d.next + 1) % dedupWindow
-	}
-	d.slots[h] = int32(slot)
 }
 
 // segment is one commit log file. Its records cover [base, next segment's
@@ -485,8 +411,10 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		if q == nil || q.key.topic != m.Topic || q.key.queue != m.Queue {
 			q = s.queueFor(queueKey{m.Topic, m.Queue})
 		}
+		var idHash uint64
 		if m.Id != "" {
-			if off, ok := q.dedup.lookup(m.Id); ok {
+			idHash = dedupHash(m.Id)
+			if off, ok := q.dedup.lookup(idHash, m.Id); ok {
 				offsets[i] = off
 				continue
 			}
@@ -524,7 +452,7 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		q.times.note(offsets[i], stored)
 		if m.Id != "" {
-			q.dedup.add(m.Id, offsets[i])
+			q.dedup.add(idHash, m.Id, offsets[i])
 		}
 		s.apos += size
 		added++
