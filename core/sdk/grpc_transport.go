@@ -14,6 +14,7 @@ import (
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/ring"
 	"github.com/ferrymq/ferry/core/telemetry"
+	"github.com/ferrymq/ferry/internal/gopool"
 )
 
 // transportServer adapts a Transport to the Transport gRPC service (plugin
@@ -387,7 +388,7 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 	r.inflight[f.Id] = rcancel
 	r.mu.Unlock()
 	r.wg.Add(1)
-	go func() {
+	gopool.Go(func() { // a parked goroutine: its stack is grown already
 		defer r.wg.Done()
 		out := handleFrame(rctx, r.core, f)
 		if r.ctx.Err() != nil && out.Error.GetCode() == "CANCELED" {
@@ -402,7 +403,7 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 		r.mu.Unlock()
 		rcancel()
 		r.send(out)
-	}()
+	})
 }
 
 // wait waits for every request started to be answered.

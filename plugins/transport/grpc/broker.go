@@ -14,6 +14,7 @@ import (
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/telemetry"
+	"github.com/ferrymq/ferry/internal/gopool"
 )
 
 // brokerServer serves ferry.v1.Broker by forwarding every call to the core.
@@ -121,7 +122,7 @@ func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
 			return sdk.ErrorToStatus(errDraining)
 		}
 		wg.Add(1)
-		go func() {
+		gopool.Go(func() { // a parked goroutine: its stack is grown already
 			defer wg.Done()
 			defer func() { <-slots }()
 			resp := b.produce(ctx, req)
@@ -130,7 +131,7 @@ func (b *brokerServer) Produce(stream ferryv1.Broker_ProduceServer) error {
 			// A failed Send means the stream is gone; ctx ends with it
 			// and the loop above returns.
 			_ = stream.Send(resp)
-		}()
+		})
 	}
 }
 
