@@ -84,6 +84,20 @@ func (c *Conn) Write(kind uint16, id uint64, payload []byte) error {
 	return c.w.Write(kind, id, payload)
 }
 
+// WriteFunc writes a frame that fill encodes in place; see Writer.WriteFunc.
+// Safe from many goroutines.
+func (c *Conn) WriteFunc(kind uint16, id uint64, n int, fill func(b []byte) error) error {
+	if !c.enter() {
+		return ErrClosed
+	}
+	defer c.active.Add(-1)
+	return c.w.WriteFunc(kind, id, n, fill)
+}
+
+// MaxInPlace is the largest frame WriteFunc encodes in the ring itself (one
+// record's payload).
+func (c *Conn) MaxInPlace() int { return int(maxRecordPayload(c.w.r.size)) }
+
 // Read returns the next frame; see Reader.Read. One goroutine reads.
 func (c *Conn) Read() (kind uint16, id uint64, payload []byte, err error) {
 	if !c.enter() {

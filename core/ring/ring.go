@@ -96,6 +96,59 @@ func (w *Writer) Write(kind uint16, id uint64, payload []byte) error {
 	return nil
 }
 
+// WriteFunc writes a frame of n bytes that fill encodes in place: when the
+// frame fits one record, fill gets the record's payload in the ring itself
+// (the frame is not encoded elsewhere and copied in), then the record is
+// checksummed and published. fill must write all of b and keep none of it;
+// if it fails, nothing is published and its error is returned. A larger
+// frame is encoded into memory of its own and written as Write does.
+func (w *Writer) WriteFunc(kind uint16, id uint64, n int, fill func(b []byte) error) error {
+	if kind == KindPad {
+		return fmt.Errorf("ring: kind 0 is reserved")
+	}
+	if n < 0 || n > MaxFrame {
+		return fmt.Errorf("ring: frame of %d bytes exceeds the limit of %d", n, MaxFrame)
+	}
+	if uint64(n) > maxRecordPayload(w.r.size) {
+		b := make([]byte, n)
+		if err := fill(b); err != nil {
+			return err
+		}
+		return w.Write(kind, id, b)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r := w.r
+	rec := RecordHeader + align8(uint64(n))
+	pos := w.tail & (r.size - 1)
+	pad := uint64(0)
+	if contig := r.size - pos; contig < rec {
+		pad = contig
+	}
+	if err := w.room(pad + rec); err != nil {
+		return err
+	}
+	at := pos
+	if pad > 0 {
+		at = 0
+	}
+	// Beyond the tail: the reader sees none of it until the tail moves.
+	payload := r.data[at+RecordHeader : at+RecordHeader+uint64(n) : at+RecordHeader+uint64(n)]
+	if err := fill(payload); err != nil {
+		return err
+	}
+	if pad > 0 {
+		if pad >= RecordHeader {
+			putHeader(r.data[pos:], uint32(pad-RecordHeader), KindPad, 0, 0, 0)
+		}
+		w.tail += pad
+	}
+	putHeader(r.data[at:], uint32(n), kind, 0, id, crc32.Checksum(payload, castagnoli))
+	w.tail += rec
+	w.publish()
+	return nil
+}
+
 // record writes one record and publishes it.
 func (w *Writer) record(kind, flags uint16, id uint64, chunk []byte) error {
 	return w.recordLocked(kind, flags, id, chunk, 0)
@@ -125,12 +178,19 @@ func (w *Writer) recordLocked(kind, flags uint16, id uint64, chunk []byte, crcXo
 	putHeader(r.data[pos:], uint32(len(chunk)), kind, flags, id, crc32.Checksum(chunk, castagnoli)^crcXor)
 	copy(r.data[pos+RecordHeader:], chunk)
 	w.tail += rec
+	w.publish()
+	return nil
+}
+
+// publish makes the records up to the tail visible and wakes a sleeping
+// reader.
+func (w *Writer) publish() {
+	r := w.r
 	r.tail.Store(w.tail) // publishes the record; sequentially consistent, like every Go atomic
 	if r.rsleep.Load() == 1 && r.rsleep.CompareAndSwap(1, 0) {
 		ringBell(r.bell)
 		w.bells.Add(1)
 	}
-	return nil
 }
 
 // room waits until n bytes are free after the tail. A full ring is the

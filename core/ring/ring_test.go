@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math/rand/v2"
 	"sync"
 	"syscall"
 	"testing"
@@ -447,5 +448,70 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// Frames encoded in place (WriteFunc) and copied in (Write), mixed, of every
+// size from empty to several records, wrapping the ring's end many times,
+// are read back whole and in order; a fill that fails publishes nothing.
+func TestWriteFuncInPlace(t *testing.T) {
+	_, host, plug := newPair(t, 1<<16)
+	maxRec := int(maxRecordPayload(1 << 16))
+	rng := rand.New(rand.NewPCG(3, 4))
+	const frames = 3000
+	sizes := make([]int, frames)
+	for i := range sizes {
+		switch i % 5 {
+		case 0:
+			sizes[i] = rng.IntN(64)
+		case 1:
+			sizes[i] = maxRec - rng.IntN(16) // one record, often padded at the end
+		case 2:
+			sizes[i] = maxRec + 1 + rng.IntN(2*maxRec) // several records: encoded apart
+		default:
+			sizes[i] = rng.IntN(maxRec)
+		}
+	}
+	content := func(i, n int) []byte {
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(i*7 + j)
+		}
+		return b
+	}
+	errFill := errors.New("fill failed")
+	go func() {
+		for i, n := range sizes {
+			want := content(i, n)
+			var err error
+			if i%2 == 0 {
+				err = host.Write(7, uint64(i), want)
+			} else {
+				if i%3 == 0 { // a failed fill first: nothing of it may be seen
+					if e := host.WriteFunc(7, 1<<40, n, func(b []byte) error { copy(b, "garbage"); return errFill }); !errors.Is(e, errFill) {
+						panic(fmt.Sprintf("a failed fill returned %v", e))
+					}
+				}
+				err = host.WriteFunc(7, uint64(i), n, func(b []byte) error {
+					if len(b) != n {
+						return fmt.Errorf("fill got %d bytes, want %d", len(b), n)
+					}
+					copy(b, want)
+					return nil
+				})
+			}
+			if err != nil {
+				panic(err)
+			}
+		}
+	}()
+	for i, n := range sizes {
+		kind, id, p, err := plug.Read()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if kind != 7 || id != uint64(i) || !bytes.Equal(p, content(i, n)) {
+			t.Fatalf("frame %d: kind %d id %d, %d bytes; want id %d, %d bytes as written", i, kind, id, len(p), i, n)
+		}
 	}
 }

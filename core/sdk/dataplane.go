@@ -182,8 +182,19 @@ func (h *ringHost) dataPlane() string {
 	return "grpc"
 }
 
-// ringWrite encodes m into a pooled buffer and writes it as one frame.
+// ringWrite writes m as one frame: encoded in the ring itself when it fits
+// one record (no copy), else into a pooled buffer that is copied in.
 func ringWrite(c *ring.Conn, kind uint16, id uint64, m proto.Message) error {
+	if vt, ok := m.(vtMessage); ok {
+		if size := vt.SizeVT(); size <= c.MaxInPlace() {
+			return c.WriteFunc(kind, id, size, func(b []byte) error {
+				if n, err := vt.MarshalToSizedBufferVT(b); err != nil || n != len(b) {
+					return fmt.Errorf("%w: encode ring frame: %d of %d bytes: %v", ErrInvalidArgument, n, len(b), err)
+				}
+				return nil
+			})
+		}
+	}
 	b, buf, err := encodeFrame(m)
 	if buf != nil {
 		defer sharedBufferPool.Put(buf)
