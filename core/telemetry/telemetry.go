@@ -171,6 +171,21 @@ func (systemProcessor) Shutdown(context.Context) error   { return nil }
 func (systemProcessor) ForceFlush(context.Context) error { return nil }
 
 // install makes tp the global provider and the one Ferry's tracers use.
+// UseSpanProcessor makes this process record every span it starts (all
+// sampled, as Setup's sampler at ratio 1) into sp, in place of what Setup
+// installed: for tests of the packages that start spans. The returned
+// function turns tracing off again.
+func UseSpanProcessor(sp sdktrace.SpanProcessor) (restore func()) {
+	otel.SetTextMapPropagator(propagator)
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sp),
+		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())}))
+	install(tp, tp, stateOn)
+	return func() {
+		install(noop.NewTracerProvider(), nil, stateOff)
+		_ = tp.Shutdown(context.Background())
+	}
+}
+
 func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32) {
 	otel.SetTracerProvider(tp)
 	current.Store(sdk)

@@ -18,8 +18,11 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // HTTP headers of a raw produce (a body that is not JSON).
@@ -302,7 +305,20 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 		}
 		msgs[i] = m
 	}
-	resp, err := a.core.Produce(ctx, &sdk.ProduceRequest{Messages: msgs})
+	req := &sdk.ProduceRequest{Messages: msgs}
+	if telemetry.Enabled() {
+		// The first traced hop, as the grpc transport's: a
+		// transport.receive span in each sampled message's trace (a
+		// message whose traceparent header is sampled), whose ids go on
+		// to the core with the request.
+		hop := telemetry.StartHop(ctx, tracer, telemetry.SpanTransportReceive, msgs, telemetry.Sampled(msgs),
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(telemetry.AttrTopic.String(topic)))
+		defer hop.End()
+		ctx = hop.Ctx
+		tr := hop.Traced()
+		req.TracedIndex, req.TracedSpan = tr.Index, tr.Span
+	}
+	resp, err := a.core.Produce(ctx, req)
 	if err != nil {
 		fail(w, err)
 		return
@@ -318,6 +334,8 @@ func (a *api) produce(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, out)
 }
+
+var tracer = telemetry.Tracer(telemetry.ComponentTransport)
 
 // readMessages decodes a produce request's body.
 // Its bytes count against max_inflight_bytes until the caller calls release
@@ -572,6 +590,15 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 			fail(w, err)
 			return
 		}
+	}
+	if len(resp.TracedIndex) > 0 {
+		// A transport.deliver span in each sampled message's trace, under
+		// its broker.deliver.
+		hop := telemetry.StartHop(r.Context(), tracer, telemetry.SpanTransportDeliver, resp.Messages,
+			telemetry.Traced{Index: resp.TracedIndex, Span: resp.TracedSpan},
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(telemetry.AttrTopic.String(topic), telemetry.AttrGroup.String(group)))
+		resp.TracedIndex, resp.TracedSpan = nil, nil
+		hop.End()
 	}
 	if len(resp.Messages) == 0 && len(resp.Errors) > 0 {
 		// A damaged stored record at the position (CORRUPT).
