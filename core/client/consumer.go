@@ -164,7 +164,8 @@ type DeliveryHandler func(ctx context.Context, d *Delivery) error
 // Push (Run, Consume): the consumer fetches ahead, up to MaxInflight
 // unsettled messages, and calls the handler from Concurrency goroutines.
 // Pull (Start, Fetch, Close): the application long-polls batches and settles
-// each delivery with Ack or Nack.
+// each delivery with Ack or Nack; once Fetch returned a batch, the next one
+// is prefetched while the application works on it.
 type Consumer struct {
 	c       *Client
 	opts    ConsumerOptions

@@ -95,6 +95,12 @@ type runtime struct {
 
 	pullMu        sync.Mutex
 	lastRetryPoll time.Time
+	// Pull prefetches: after a Fetch returns messages, the next fetch of
+	// the topic runs while the application works on them (as push's
+	// fetch loop does). ready holds fetched deliveries not yet returned;
+	// prefetch is the fetch in flight (under mu), nil when none.
+	ready    []*Delivery
+	prefetch *prefetchCall
 
 	pushing  bool          // Consume, Run or Launch (not Start): its push loop calls stop
 	finished chan struct{} // closed when stop has returned
@@ -199,6 +205,12 @@ func (rt *runtime) stop() error {
 	rt.stopOnce.Do(func() {
 		rt.cancel()
 		rt.bg.Wait()
+		rt.mu.Lock()
+		pf := rt.prefetch
+		rt.mu.Unlock()
+		if pf != nil {
+			<-pf.done // it ends with rt.ctx; what it fetched stays unsettled
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), finalCommitTimeout)
 		defer cancel()
 		rt.stopErr = rt.commit(ctx)
@@ -714,6 +726,40 @@ func (rt *runtime) pull(ctx context.Context, maxMsgs int) ([]*Delivery, error) {
 	defer stop()
 	deadline := time.Now().Add(rt.opts.MaxWait)
 
+	// The prefetch started by the last call: its deliveries are counted
+	// in flight already, so they are handed over before any wait for room.
+	rt.mu.Lock()
+	pf := rt.prefetch
+	rt.mu.Unlock()
+	if pf != nil {
+		select {
+		case <-pf.done:
+		case <-fctx.Done():
+			return nil, ctx.Err() // it stays for the next call
+		}
+		rt.mu.Lock()
+		rt.prefetch = nil
+		rt.mu.Unlock()
+		if pf.err != nil && rt.ctx.Err() == nil {
+			rt.log.Debug("ferry consumer: a prefetch failed; fetching again", "topic", rt.opts.Topic, "group", rt.group, "error", pf.err)
+		}
+		rt.ready = append(rt.ready, pf.ds...)
+	}
+	if len(rt.ready) > 0 {
+		// The retry topic is polled on its schedule also while the topic
+		// is served from prefetches.
+		out, err := rt.pollRetry(fctx, maxMsgs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rt.takeReady(maxMsgs-len(out))...)
+		if len(out) > 0 {
+			rt.prefetchNext(maxMsgs)
+			rt.cn.stats.delivered.Add(int64(len(out)))
+			return out, nil
+		}
+	}
+
 	// Flow control: wait for room.
 	rt.mu.Lock()
 	for rt.inflight >= rt.opts.MaxInflight {
@@ -726,19 +772,9 @@ func (rt *runtime) pull(ctx context.Context, maxMsgs int) ([]*Delivery, error) {
 	maxMsgs = min(maxMsgs, rt.opts.MaxInflight-rt.inflight)
 	rt.mu.Unlock()
 
-	var out []*Delivery
-	if len(rt.topics) > 1 && time.Since(rt.lastRetryPoll) >= retryPollInterval {
-		rt.lastRetryPoll = time.Now()
-		rt.mu.Lock()
-		ps := rt.positionsLocked(rt.topics[1])
-		rt.mu.Unlock()
-		if len(ps) > 0 {
-			ds, err := rt.fetch(fctx, rt.topics[1], ps, maxMsgs, 0)
-			if err != nil {
-				return nil, err
-			}
-			out = ds
-		}
+	out, err := rt.pollRetry(fctx, maxMsgs)
+	if err != nil {
+		return nil, err
 	}
 	for len(out) < maxMsgs {
 		rt.mu.Lock()
@@ -776,7 +812,75 @@ func (rt *runtime) pull(ctx context.Context, maxMsgs int) ([]*Delivery, error) {
 	if len(out) == 0 {
 		return nil, ctx.Err()
 	}
+	rt.prefetchNext(maxMsgs)
 	return out, nil
+}
+
+// pollRetry fetches the group's retry topic (without waiting at the broker)
+// when its poll is due. Called under pullMu.
+func (rt *runtime) pollRetry(ctx context.Context, max int) ([]*Delivery, error) {
+	if len(rt.topics) < 2 || time.Since(rt.lastRetryPoll) < retryPollInterval || max <= 0 {
+		return nil, nil
+	}
+	rt.lastRetryPoll = time.Now()
+	rt.mu.Lock()
+	ps := rt.positionsLocked(rt.topics[1])
+	rt.mu.Unlock()
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	return rt.fetch(ctx, rt.topics[1], ps, max, 0)
+}
+
+// prefetchCall is one fetch run ahead of Fetch.
+type prefetchCall struct {
+	done chan struct{} // closed when ds and err are set
+	ds   []*Delivery
+	err  error
+}
+
+// takeReady returns up to max of the prefetched deliveries, dropping those
+// whose queue was revoked meanwhile (abandoned: fetched again by the
+// queue's new owner from the group's offset). Called under pullMu.
+func (rt *runtime) takeReady(max int) []*Delivery {
+	var out []*Delivery
+	n := 0
+	for n < len(rt.ready) && len(out) < max {
+		d := rt.ready[n]
+		n++
+		if !rt.revoked(d) {
+			out = append(out, d)
+		}
+	}
+	rt.ready = rt.ready[n:]
+	if len(rt.ready) == 0 {
+		rt.ready = nil
+	}
+	return out
+}
+
+// prefetchNext starts the next fetch of the topic (without waiting at the
+// broker) while the application works on what Fetch returns, unless
+// deliveries are still ready, one runs already, the consumer stops or
+// MaxInflight leaves no room. Called under pullMu.
+func (rt *runtime) prefetchNext(max int) {
+	if len(rt.ready) > 0 {
+		return
+	}
+	rt.mu.Lock()
+	free := rt.opts.MaxInflight - rt.inflight
+	ps := rt.positionsLocked(rt.opts.Topic)
+	if rt.prefetch != nil || rt.ctx.Err() != nil || free <= 0 || len(ps) == 0 {
+		rt.mu.Unlock()
+		return
+	}
+	pf := &prefetchCall{done: make(chan struct{})}
+	rt.prefetch = pf
+	rt.mu.Unlock()
+	go func() {
+		defer close(pf.done)
+		pf.ds, pf.err = rt.fetch(rt.ctx, rt.opts.Topic, ps, min(max, free), 0)
+	}()
 }
 
 // corruptPlaceholder is the dead letter CorruptDeadLetter stores for the

@@ -32,6 +32,7 @@ type memCore struct {
 	afterStore func(ctx context.Context, req *ferryv1.ProduceRequest)
 
 	produceCalls atomic.Int64
+	fetchCalls   atomic.Int64
 }
 
 type queueKey struct {
@@ -111,6 +112,7 @@ func (c *memCore) Produce(ctx context.Context, req *ferryv1.ProduceRequest) (*fe
 }
 
 func (c *memCore) Fetch(ctx context.Context, req *ferryv1.FetchRequest) (*ferryv1.FetchResponse, error) {
+	c.fetchCalls.Add(1)
 	deadline := time.Now().Add(time.Duration(req.MaxWaitNanos))
 	for {
 		c.mu.Lock()
