@@ -7,6 +7,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
 // What tracing costs per message on a hot path. With tracing off a hop
@@ -98,4 +100,21 @@ func benchTracer(b *testing.B) trace.Tracer {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	return tp.Tracer("bench")
+}
+
+// BenchmarkHopUnsampled is a hop of one message whose trace is not sampled
+// (at 1 % sampling, nearly every message at every hop).
+func BenchmarkHopUnsampled(b *testing.B) {
+	rec := tracetest.NewSpanRecorder()
+	defer UseSpanProcessor(rec)()
+	tr := Tracer(ComponentTransport)
+	msgs := []*ferryv1.Message{{Id: "m", Headers: map[string]string{HeaderTraceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		h := StartHop(context.Background(), tr, SpanTransportReceive, msgs, Sampled(msgs))
+		h.End()
+	}
+	if n := len(rec.Ended()); n != 0 {
+		b.Fatalf("%d spans recorded for an unsampled message", n)
+	}
 }
