@@ -109,6 +109,7 @@ Not built yet: partition faults, clusters of several pipelines
 	f.IntVar(&o.Producers, "producers", 4, "producers, each with a key of its own")
 	f.StringVar(&o.Mode, "mode", "sync", "their send mode: sync, async (--inflight in flight each) or oneway (promises nothing)")
 	f.IntVar(&o.Inflight, "inflight", 256, "async: messages in flight per producer")
+	f.Float64Var(&o.Rate, "rate", 0, "messages per second per producer (open loop: latency from when each was due); 0: as fast as answers allow")
 	f.IntVar(&o.Size, "size", 256, "message body bytes (at least 64)")
 	f.StringVar(&o.Topic, "topic", "", "the topic to send to (default: the pipeline's first)")
 	f.IntVar(&o.Groups, "groups", 1, "consumer groups consuming the topic during the run (each a ferry consume process); 0: none")

@@ -279,28 +279,50 @@ func TestPowerLossHookRefusesStrangers(t *testing.T) {
 // nothing, and verify says what of them was stored, failing nothing for it.
 func TestVerifyAsyncAndOneway(t *testing.T) {
 	for _, c := range []struct {
-		mode, faults string
+		mode, faults, rate string
 	}{
-		{"async", "kill:broker@1s-1500ms"},
-		{"oneway", "kill:transport@1s"},
+		{"async", "kill:broker@1s-1500ms", ""},
+		{"oneway", "kill:transport@1s", ""},
+		// Paced: at most 100 a second from each of the 2 producers.
+		{"async", "kill:transport@1s", "100"},
 	} {
 		out := t.TempDir()
-		stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/broker.yaml", "--mode", c.mode, "--duration", "3s", "--producers", "2", "--faults", c.faults, "--out", out)
-		if code != 0 || !strings.Contains(stdout, "verdict: pass") || !strings.Contains(stdout, c.mode+" producer(s)") {
-			t.Fatalf("%s: exit %d\n%s\n%s", c.mode, code, stdout, stderr)
+		args := []string{"verify", "../../pipelines/broker.yaml", "--mode", c.mode, "--duration", "3s", "--producers", "2", "--faults", c.faults, "--out", out}
+		want := c.mode + " producer(s)"
+		if c.rate != "" {
+			args = append(args, "--rate", c.rate)
+			want += " at " + c.rate + " msgs/s each"
+		}
+		stdout, stderr, code := runFerry(t, nil, args...)
+		if code != 0 || !strings.Contains(stdout, "verdict: pass") || !strings.Contains(stdout, want) {
+			t.Fatalf("%s %s: exit %d\n%s\n%s", c.mode, c.rate, code, stdout, stderr)
 		}
 		data, err := os.ReadFile(filepath.Join(out, "results.json"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		var probe struct {
+			Rate   float64 `json:"rate"`
 			Result struct {
+				Sent   int `json:"sent"`
 				Acked  int `json:"acked_ok"`
 				Oneway int `json:"oneway"`
 			} `json:"result"`
 		}
 		if err := json.Unmarshal(data, &probe); err != nil {
 			t.Fatal(err)
+		}
+		if c.rate != "" {
+			// Never faster than the pace (a loaded machine may be slower);
+			// unpaced, the same run sends thousands.
+			if probe.Rate != 100 || probe.Result.Sent > 2*100*3+2 || probe.Result.Acked < 100 {
+				t.Errorf("paced at %s: rate %v in results.json, sent %d, acked %d; want at most %d sent", c.rate, probe.Rate, probe.Result.Sent, probe.Result.Acked, 2*100*3+2)
+			}
+			continue
+		}
+		if c.mode == "async" && probe.Result.Sent <= 2*100*3+2 {
+			// The control of the paced case: unpaced, far more.
+			t.Errorf("unpaced async sent only %d", probe.Result.Sent)
 		}
 		acked, oneway := probe.Result.Acked, probe.Result.Oneway
 		if c.mode == "async" && (acked < 100 || oneway != 0) || c.mode == "oneway" && (oneway < 100 || acked != 0) {

@@ -24,8 +24,12 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if flush == "" {
 		flush = "(store default)"
 	}
-	fmt.Fprintf(w, "ferry verify %s: storage %s, flush %s; topic %s; %d %s producer(s), %d-byte messages, %s\n",
-		rep.Pipeline, rep.Storage, flush, rep.Topic, rep.Producers, rep.Mode, rep.Size, rep.Duration)
+	pace := ""
+	if rep.Rate > 0 {
+		pace = fmt.Sprintf(" at %g msgs/s each", rep.Rate)
+	}
+	fmt.Fprintf(w, "ferry verify %s: storage %s, flush %s; topic %s; %d %s producer(s)%s, %d-byte messages, %s\n",
+		rep.Pipeline, rep.Storage, flush, rep.Topic, rep.Producers, rep.Mode, pace, rep.Size, rep.Duration)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FAULT\tINJECTED\tHEALED\tRECOVERY")
 	for _, f := range rep.Faults {

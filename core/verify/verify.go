@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -32,14 +33,18 @@ type Options struct {
 	Producers int           // producers, one key each
 	Mode      string        // their send mode: sync (default), async or oneway
 	Inflight  int           // async: messages in flight per producer (default 256)
-	Size      int           // message body bytes
-	Faults    []Fault       // nil: DefaultFaults
-	Seed      uint64
-	OutDir    string       // where results.json, latency.png and node.log go; "" = a temporary dir, removed
-	Groups    int          // consumer groups that consume during the run, each a ferry consume process
-	Delivery  string       // their delivery: push or pull
-	Progress  io.Writer    // a line every few seconds; nil = none
-	Logger    *slog.Logger // the producers' client's; nil = slog's default
+	// Rate paces each producer at this many messages per second (open
+	// loop: each send's latency counts from when it was due, so a broker
+	// that falls behind shows it); 0 sends as fast as answers allow.
+	Rate     float64
+	Size     int     // message body bytes
+	Faults   []Fault // nil: DefaultFaults
+	Seed     uint64
+	OutDir   string       // where results.json, latency.png and node.log go; "" = a temporary dir, removed
+	Groups   int          // consumer groups that consume during the run, each a ferry consume process
+	Delivery string       // their delivery: push or pull
+	Progress io.Writer    // a line every few seconds; nil = none
+	Logger   *slog.Logger // the producers' client's; nil = slog's default
 }
 
 // Report is a run's whole result (results.json).
@@ -62,6 +67,7 @@ type Report struct {
 	Duration        time.Duration  `json:"duration_ns"`
 	Producers       int            `json:"producers"`
 	Mode            string         `json:"mode"`
+	Rate            float64        `json:"rate,omitempty"`
 	Size            int            `json:"size"`
 	Faults          []FaultRecord  `json:"faults"`
 	Result          *Result        `json:"result"`
@@ -111,6 +117,9 @@ type SendRecord struct {
 func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Duration <= 0 || o.Producers <= 0 || o.Size < 64 {
 		return nil, fmt.Errorf("verify: duration, producers must be positive and size at least 64 bytes")
+	}
+	if o.Rate < 0 || math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
+		return nil, fmt.Errorf("verify: rate %v: want messages per second per producer, or 0 for as fast as answers allow", o.Rate)
 	}
 	dir := o.OutDir
 	if dir == "" {
@@ -171,7 +180,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{
 		Pipeline: o.Pipeline, RunID: fmt.Sprintf("v%x", time.Now().UnixNano()&0xffffffffff), Seed: o.Seed,
-		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Mode: o.Mode, Size: o.Size, Dir: dir,
+		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Mode: o.Mode, Rate: o.Rate, Size: o.Size, Dir: dir,
 	}
 	if f, ok := p.pipeline.Plugins.Storage.Config["flush"].(string); ok {
 		rep.Flush = f
@@ -233,7 +242,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := work{c: c, run: rep.RunID, topic: topic, i: i, size: o.Size, end: start.Add(o.Duration), rec: rec}
+			w := work{c: c, run: rep.RunID, topic: topic, i: i, size: o.Size, start: start, end: start.Add(o.Duration), rate: o.Rate, rec: rec}
 			switch o.Mode {
 			case "async":
 				w.async(wctx, o.Inflight)
@@ -328,8 +337,29 @@ type work struct {
 	topic string
 	i     int
 	size  int
+	start time.Time
 	end   time.Time
+	rate  float64 // messages per second; 0: closed loop
 	rec   *recorder
+}
+
+// due waits until the seq-th message is due (with a rate) and returns when
+// its send starts for the latency: when it was due, also if the producer
+// is behind. Without a rate it is now.
+func (w *work) due(ctx context.Context, seq int64) time.Time {
+	if w.rate <= 0 {
+		return time.Now()
+	}
+	at := w.start.Add(time.Duration(float64(seq) / w.rate * float64(time.Second)))
+	if d := time.Until(at); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	return at
 }
 
 func (w *work) key() string { return fmt.Sprintf("%s-p%d", w.run, w.i) }
@@ -366,7 +396,11 @@ func (w *work) sync(ctx context.Context) {
 	p := w.c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
 	for seq := int64(0); time.Now().Before(w.end) && ctx.Err() == nil; seq++ {
 		m := w.message(seq)
-		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1}
+		at := w.due(ctx, seq)
+		if !at.Before(w.end) || ctx.Err() != nil {
+			return
+		}
+		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: at, Queue: -1, Offset: -1}
 		res, err := p.SendSync(ctx, m)
 		s.Latency = time.Since(s.Start)
 		if err != nil && ctx.Err() != nil && time.Now().After(w.end) {
@@ -383,7 +417,11 @@ func (w *work) async(ctx context.Context, inflight int) {
 	p := w.c.NewProducer(client.ProducerOptions{Selector: client.KeyHash(), MaxInflight: inflight})
 	for seq := int64(0); time.Now().Before(w.end) && ctx.Err() == nil; seq++ {
 		m := w.message(seq)
-		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1}
+		at := w.due(ctx, seq)
+		if !at.Before(w.end) || ctx.Err() != nil {
+			break
+		}
+		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: at, Queue: -1, Offset: -1}
 		if err := p.SendAsync(ctx, m, func(res client.Result, err error) {
 			s.Latency = time.Since(s.Start)
 			w.rec.add(w.outcome(s, res, err))
@@ -408,7 +446,11 @@ func (w *work) oneway(ctx context.Context) {
 	p := w.c.NewProducer(client.ProducerOptions{Selector: client.KeyHash()})
 	for seq := int64(0); time.Now().Before(w.end) && ctx.Err() == nil; seq++ {
 		m := w.message(seq)
-		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: time.Now(), Queue: -1, Offset: -1, Outcome: OutcomeOneway}
+		at := w.due(ctx, seq)
+		if !at.Before(w.end) || ctx.Err() != nil {
+			return
+		}
+		s := Send{ID: m.ID, Key: m.Key, Seq: seq, Start: at, Queue: -1, Offset: -1, Outcome: OutcomeOneway}
 		_, err := p.SendOneway(ctx, m)
 		s.Latency = time.Since(s.Start)
 		if err != nil {
