@@ -97,12 +97,12 @@ type Broker struct {
 	repl    *replicator // nil without replication
 	role    roleState
 
-	metaMu   sync.Mutex // one change of the topic metadata at a time (topicadmin.go)
+	metaMu sync.Mutex // one change of the topic metadata at a time (topicadmin.go)
 	// topicAdminMu: one replicated topic change at a time, from its
 	// check to its end (topicrepl.go); taken before metaMu, never after.
 	topicAdminMu sync.Mutex
-	topicsMu sync.RWMutex
-	topics   map[string]*topic // declared ones, plus existing groups' retry and DLQ topics once used
+	topicsMu     sync.RWMutex
+	topics       map[string]*topic // declared ones, plus existing groups' retry and DLQ topics once used
 
 	knownMu  sync.Mutex
 	known    map[string]bool // groups that exist (see groupExists); grows only with stored state
