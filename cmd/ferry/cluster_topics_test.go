@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -289,6 +290,9 @@ func TestMasterSlaveTopicsReplicated(t *testing.T) {
 	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	master := writeNode(t, "master", "master", "sync", mb, mr, []string{sr}, "5s")
 	slave := writeNode(t, "slave", "slave", "sync", sb, sr, []string{mr}, "5s")
+	for _, nd := range []*clusterNode{master, slave} {
+		autoCreate(t, nd.yaml)
+	}
 	master.start(t, bin)
 	slave.start(t, bin)
 	ctx := context.Background()
@@ -314,6 +318,11 @@ func TestMasterSlaveTopicsReplicated(t *testing.T) {
 		return storedCount(sb, "clicks", 5) == int64(len(sent))
 	})
 
+	// auto_create_topics: a producer's first send creates the topic on
+	// the master, also when the client asked the slave first.
+	auto := sendTopic(t, []string{sb, mb}, "auto", "x", 10)
+	waitTopic(t, "slave", sb, "auto", 2)
+
 	master.kill(t)
 	t.Logf("%s killed the master", stamp())
 	stdout, stderr, pcode := runFerry(t, nil, "cluster", "promote", "--node", sr)
@@ -332,4 +341,22 @@ func TestMasterSlaveTopicsReplicated(t *testing.T) {
 		t.Errorf("create on the promoted slave: exit %d\n%s", code, out)
 	}
 	waitTopic(t, "promoted slave", sb, "views", 2)
+	sameKeys(t, consumeTopic(t, bin, sb, "auto", "readers", len(auto)), auto, "auto on the promoted slave")
+}
+
+// autoCreate turns node.auto_create_topics on (2 queues) in a node's
+// pipeline file.
+func autoCreate(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Replace(string(b), "data_dir:", "auto_create_topics: {enabled: true, queues: 2}, data_dir:", 1)
+	if out == string(b) {
+		t.Fatalf("%s has no node.data_dir to put auto_create_topics beside", path)
+	}
+	if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/ferrymq/ferry/core/names"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -88,53 +87,11 @@ func (b *Broker) DeleteTopic(ctx context.Context, req *sdk.DeleteTopicRequest) (
 		return nil, fmt.Errorf("%w: topic %q is consumed by group(s) %s (live members or committed offsets); delete those groups, or force the delete (their offsets on it go with it)",
 			sdk.ErrInvalidArgument, name, strings.Join(groups, ", "))
 	}
-	// Out of routing first (no append starts for it from now on), then
-	// out of the store, then out of the metadata: a store that fails, or
-	// cannot delete, leaves the topic as it was.
-	b.metaMu.Lock()
-	defer b.metaMu.Unlock()
-	b.topicsMu.Lock()
-	if b.topics[name] != t {
-		b.topicsMu.Unlock()
-		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	// Out of routing, then out of the store, then out of the metadata
+	// (removeTopic, topicrepl.go).
+	if err := b.removeTopic(ctx, name); err != nil {
+		return nil, err
 	}
-	delete(b.topics, name)
-	b.topicsMu.Unlock()
-	t.deleted.Store(true)
-	restore := func() {
-		t.deleted.Store(false)
-		b.topicsMu.Lock()
-		b.topics[name] = t
-		b.topicsMu.Unlock()
-	}
-	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
-	defer cancel()
-	// Produces that found the topic before it left routing finish first
-	// (their appends are answered), so none lands after its data is gone.
-	for t.producing.Load() > 0 {
-		select {
-		case <-cctx.Done():
-			restore()
-			return nil, fmt.Errorf("topic %q not deleted: produces of it still under way: %w", name, cctx.Err())
-		case <-time.After(time.Millisecond):
-		}
-	}
-	if err := b.storageCall(cctx, func(s sdk.Storage) error {
-		td, ok := s.(sdk.TopicDeleter)
-		if !ok {
-			return fmt.Errorf("%w: this node's store cannot delete a topic's data", errors.ErrUnsupported)
-		}
-		return td.DeleteTopicData(cctx, name)
-	}); err != nil {
-		restore()
-		return nil, fmt.Errorf("topic %q not deleted: %w", name, err)
-	}
-	if err := b.saveTopics(nil); err != nil {
-		// The data is gone; the topic is served again, empty.
-		restore()
-		return nil, fmt.Errorf("topic %q: its data is deleted, but not the topic: %w", name, err)
-	}
-	t.notify() // fetches waiting on it end (and find it gone)
 	b.log.Info("topic deleted", "topic", name, "groups", groups)
 	return &sdk.DeleteTopicResponse{Groups: groups}, nil
 }
@@ -260,6 +217,12 @@ func (b *Broker) autoCreate(ctx context.Context, name string) (*topic, error) {
 	}
 	var err error
 	if b.repl != nil {
+		if !sdk.TakesProduce(b.role.get().Role) {
+			// Only the node that takes produce creates (replicated);
+			// here the answer is as without the option: the client's
+			// routing names the leader, which creates it.
+			return nil, nil
+		}
 		_, err = b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicCreate, Name: name, Queues: queues}, false)
 	} else {
 		err = b.NewTopic(name, queues)

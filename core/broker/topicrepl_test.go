@@ -113,3 +113,33 @@ func TestApplyTopics(t *testing.T) {
 		t.Errorf("NodeInfo topics %v, %v", info.GetTopics(), err)
 	}
 }
+
+// With auto_create_topics on a replicated node, a producer's first send on
+// the master creates the topic through the plugin; asked on a slave,
+// Metadata creates nothing and answers as without the option (naming the
+// master), so a client seeded with the slave routes to the master.
+func TestAutoCreateReplicated(t *testing.T) {
+	ctx := context.Background()
+	for _, role := range []string{sdk.RoleMaster, sdk.RoleSlave} {
+		r := &topicRepl{fakeRepl: &fakeRepl{status: ferryv1.Status_STATUS_OK}}
+		b := New(Options{Node: "n1", Address: "127.0.0.1:1", Role: role, Topics: []Topic{{Name: "orders", Queues: 2}},
+			AutoCreateQueues: 3, Replication: replSource{r}}, newSource(newMemory(t)))
+		r.b = b
+		b.Start()
+		if role == sdk.RoleSlave {
+			if err := b.ReplicaCore().SetRole(ctx, &sdk.SetRoleRequest{Role: sdk.RoleSlave, LeaderNode: "m1", LeaderAddress: "127.0.0.1:7171"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp, err := b.Metadata(ctx, &sdk.MetadataRequest{Topics: []string{"clicks"}, AutoCreate: true})
+		switch {
+		case err != nil:
+			t.Errorf("%s: Metadata with auto_create: %v", role, err)
+		case role == sdk.RoleMaster && (len(resp.Topics) != 1 || resp.Topics[0].Queues != 3 || len(r.changes) != 1):
+			t.Errorf("master: Metadata %v, shipped %q; want clicks created with 3 queues, shipped once", resp, r.changes)
+		case role == sdk.RoleSlave && (len(resp.Topics) != 0 || len(r.changes) != 0 || len(resp.Brokers) != 2):
+			t.Errorf("slave: Metadata %v, shipped %q; want nothing created, the master named", resp, r.changes)
+		}
+		_ = b.Close(ctx)
+	}
+}
