@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -359,4 +360,86 @@ func autoCreate(t *testing.T, path string) {
 	if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// latestSnapshot is the modification time of a raft node's newest snapshot
+// (zero when it has none).
+func latestSnapshot(nd *raftNode) time.Time {
+	dir := filepath.Join(filepath.Dir(nd.yaml), "data", "replication-raft", "snapshots")
+	entries, _ := os.ReadDir(dir)
+	var latest time.Time
+	for _, e := range entries {
+		if info, err := os.Stat(filepath.Join(dir, e.Name(), "meta.json")); err == nil && info.ModTime().After(latest) {
+			latest = info.ModTime()
+		}
+	}
+	return latest
+}
+
+// Raft, tiny trailing_logs: a follower is SIGKILLed; while it is down a
+// topic is created and filled and another deleted, and the leader compacts
+// its log past all of it. Restarted, the follower is sent a snapshot: it
+// takes the snapshot's topics (creating the one, deleting the other) before
+// it fetches the new topic's messages from a peer.
+func TestRaftFollowerLearnsTopicsFromSnapshot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	nodes := raftSnapshotGroup(t, 3)
+	var seeds []string
+	for _, nd := range nodes {
+		nd.start(t, bin)
+		seeds = append(seeds, nd.broker)
+	}
+	onLeader(t, nodes, "create", "views", "--queues", "2")
+	for _, nd := range nodes {
+		waitTopic(t, nd.id, nd.broker, "views", 2)
+	}
+	leader, _ := waitLeader(t, nodes, "a raft leader")
+	var follower *raftNode
+	for _, nd := range nodes {
+		if nd != leader {
+			follower = nd
+			break
+		}
+	}
+	follower.kill(t)
+	t.Logf("%s killed follower %s", stamp(), follower.id)
+	var others []*raftNode
+	for _, nd := range nodes {
+		if nd != follower {
+			others = append(others, nd)
+		}
+	}
+	var live []string
+	for _, nd := range others {
+		live = append(live, nd.broker)
+	}
+	onLeader(t, others, "delete", "views", "--yes", "--force")
+	onLeader(t, others, "create", "clicks", "--queues", "3")
+	created := time.Now()
+	sent := sendTopic(t, live, "clicks", "c", 300)
+	produceMany(t, live, "away", 500, 4) // entries enough for snapshots past the create
+	eventually(t, topicWait, "both live nodes snapshot after the create", func() bool {
+		for _, nd := range others {
+			if !latestSnapshot(nd).After(created) {
+				return false
+			}
+		}
+		return true
+	})
+
+	follower.start(t, bin)
+	eventually(t, topicWait, follower.id+" restores a snapshot", func() bool {
+		n, _, err := restores(follower.admin)
+		return err == nil && n > 0
+	})
+	waitTopic(t, follower.id, follower.broker, "clicks", 3)
+	waitTopic(t, follower.id, follower.broker, "views", 0)
+	eventually(t, topicWait, follower.id+" stores every message of clicks", func() bool {
+		return storedCount(follower.broker, "clicks", 3) == int64(len(sent))
+	})
+	_, fetched, _ := restores(follower.admin)
+	t.Logf("%s restored a snapshot, fetched %d messages from peers", follower.id, fetched)
 }
