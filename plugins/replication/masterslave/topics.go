@@ -2,6 +2,7 @@ package masterslave
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -24,12 +25,13 @@ var _ sdk.TopicReplication = (*Plugin)(nil)
 
 // ReplicateTopics records the master's topic set, to be shipped to every
 // slave with its next frame; it does not wait for them. On a node that is
-// not master it does nothing (the broker refuses topic changes there).
+// not master (one that stepped down since its broker checked its role) it
+// refuses with sdk.ErrNotLeader: a create or alter is then not made.
 func (p *Plugin) ReplicateTopics(_ context.Context, ch *sdk.TopicChange) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.role != sdk.RoleMaster {
-		return nil
+		return fmt.Errorf("%w: this node is not master", sdk.ErrNotLeader)
 	}
 	p.topics = &ferryv1.TopicChange{Op: sdk.TopicSet, Topics: ch.Topics}
 	p.topicVer++
