@@ -42,9 +42,9 @@ answer, so they survive a restart. Queues are never removed. Topic names
 are letters, digits, '.', '_' and '-', at most 249 characters; the prefixes
 %RETRY% and %DLQ% belong to consumer groups.
 
-A node with a replication plugin (master-slave, raft) refuses create,
-alter and delete for now: topic metadata is not replicated yet, so declare such topics
-in the pipeline of every node.`,
+On a node with a replication plugin (master-slave, raft), create, alter
+and delete are made on the master or raft leader and replicated to every
+node; the other nodes refuse them, naming the master or leader.`,
 	}
 	cmd.AddCommand(newTopicCreateCmd(), newTopicAlterCmd(), newTopicDeleteCmd(), newTopicListCmd(), newTopicDescribeCmd())
 	return cmd

@@ -97,9 +97,12 @@ type Broker struct {
 	repl    *replicator // nil without replication
 	role    roleState
 
-	metaMu   sync.Mutex // one change of the topic metadata at a time (topicadmin.go)
-	topicsMu sync.RWMutex
-	topics   map[string]*topic // declared ones, plus existing groups' retry and DLQ topics once used
+	metaMu sync.Mutex // one change of the topic metadata at a time (topicadmin.go)
+	// topicAdminMu: one replicated topic change at a time, from its
+	// check to its end (topicrepl.go); taken before metaMu, never after.
+	topicAdminMu sync.Mutex
+	topicsMu     sync.RWMutex
+	topics       map[string]*topic // declared ones, plus existing groups' retry and DLQ topics once used
 
 	knownMu  sync.Mutex
 	known    map[string]bool // groups that exist (see groupExists); grows only with stored state
@@ -351,7 +354,7 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 	topicName := req.Messages[0].Topic
 	t, err := b.clientTopic(ctx, topicName, "")
 	if errors.Is(err, sdk.ErrNotFound) {
-		if at, aerr := b.autoCreate(topicName); at != nil || aerr != nil {
+		if at, aerr := b.autoCreate(ctx, topicName); at != nil || aerr != nil {
 			t, err = at, aerr
 		}
 	}
@@ -572,10 +575,10 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 }
 
 // Metadata lists topics and this node.
-func (b *Broker) Metadata(_ context.Context, req *sdk.MetadataRequest) (*sdk.MetadataResponse, error) {
+func (b *Broker) Metadata(ctx context.Context, req *sdk.MetadataRequest) (*sdk.MetadataResponse, error) {
 	if req.AutoCreate {
 		for _, n := range req.Topics {
-			if _, err := b.autoCreate(n); err != nil {
+			if _, err := b.autoCreate(ctx, n); err != nil {
 				return nil, err
 			}
 		}

@@ -354,7 +354,7 @@ func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
 		}
 	}
 	b.topicsMu.RUnlock()
-	info := &sdk.NodeInfo{Node: b.opts.Node, Address: b.opts.Address, Role: b.role.get().Role}
+	info := &sdk.NodeInfo{Node: b.opts.Node, Address: b.opts.Address, Role: b.role.get().Role, Topics: b.topicSet(nil)}
 	if len(refs) == 0 {
 		return info, nil
 	}

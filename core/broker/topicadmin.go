@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/ferrymq/ferry/core/names"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -20,27 +19,28 @@ import (
 // AlterTopic are the Broker API's calls (sdk.TopicAdmin), which `ferry topic`
 // makes; NewTopic and AddQueues are the same for code that holds the broker.
 
-// CreateTopic is Broker.CreateTopic: NewTopic over the wire. A node with a
-// replication plugin refuses it (errors.ErrUnsupported): topic metadata is
-// not replicated yet, and a topic on one node only would be lost or refused
-// at a failover.
-func (b *Broker) CreateTopic(_ context.Context, req *sdk.CreateTopicRequest) (*sdk.CreateTopicResponse, error) {
-	if err := b.checkTopicAdmin(); err != nil {
-		return nil, err
-	}
-	if err := b.NewTopic(req.Name, req.Queues); err != nil {
+// CreateTopic is Broker.CreateTopic: NewTopic over the wire. On a node with
+// a replication plugin the topic is created on every node through the plugin
+// (topicrepl.go), on the node that takes produce only.
+func (b *Broker) CreateTopic(ctx context.Context, req *sdk.CreateTopicRequest) (*sdk.CreateTopicResponse, error) {
+	if b.repl != nil {
+		if _, err := b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicCreate, Name: req.Name, Queues: req.Queues}, false); err != nil {
+			return nil, err
+		}
+	} else if err := b.NewTopic(req.Name, req.Queues); err != nil {
 		return nil, err
 	}
 	return &sdk.CreateTopicResponse{Topic: b.topicInfo(req.Name)}, nil
 }
 
-// AlterTopic is Broker.AlterTopic: AddQueues over the wire, refused like
-// CreateTopic on a replicated node.
-func (b *Broker) AlterTopic(_ context.Context, req *sdk.AlterTopicRequest) (*sdk.AlterTopicResponse, error) {
-	if err := b.checkTopicAdmin(); err != nil {
-		return nil, err
-	}
-	if err := b.AddQueues(req.Name, req.Queues); err != nil {
+// AlterTopic is Broker.AlterTopic: AddQueues over the wire, replicated like
+// CreateTopic.
+func (b *Broker) AlterTopic(ctx context.Context, req *sdk.AlterTopicRequest) (*sdk.AlterTopicResponse, error) {
+	if b.repl != nil {
+		if _, err := b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicAlter, Name: req.Name, Queues: req.Queues}, false); err != nil {
+			return nil, err
+		}
+	} else if err := b.AddQueues(req.Name, req.Queues); err != nil {
 		return nil, err
 	}
 	return &sdk.AlterTopicResponse{Topic: b.topicInfo(req.Name)}, nil
@@ -52,14 +52,19 @@ var _ sdk.TopicAdmin = (*Broker)(nil)
 // group's internal topic, an unknown one, one the pipeline declares (the
 // next start would create it again), one that groups consume (live
 // members name it, or they committed offsets on it) unless req.Force, a
-// store without sdk.TopicDeleter, and on a replicated node. Otherwise the
+// store without sdk.TopicDeleter. On a replicated node it is made on every
+// node through the plugin (topicrepl.go). Otherwise the
 // topic leaves routing first, so that produce and fetch of it answer
 // ErrNotFound at once, then its data leaves the store, then it leaves the
 // node's metadata (TopicsFile). Produces of it under way when it left
 // routing are answered before its data is deleted.
 func (b *Broker) DeleteTopic(ctx context.Context, req *sdk.DeleteTopicRequest) (*sdk.DeleteTopicResponse, error) {
-	if err := b.checkTopicAdmin(); err != nil {
-		return nil, err
+	if b.repl != nil {
+		groups, err := b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicDelete, Name: req.Name}, req.Force)
+		if err != nil {
+			return nil, err
+		}
+		return &sdk.DeleteTopicResponse{Groups: groups}, nil
 	}
 	name := req.Name
 	if _, _, internal := sdk.InternalTopic(name); internal {
@@ -82,53 +87,11 @@ func (b *Broker) DeleteTopic(ctx context.Context, req *sdk.DeleteTopicRequest) (
 		return nil, fmt.Errorf("%w: topic %q is consumed by group(s) %s (live members or committed offsets); delete those groups, or force the delete (their offsets on it go with it)",
 			sdk.ErrInvalidArgument, name, strings.Join(groups, ", "))
 	}
-	// Out of routing first (no append starts for it from now on), then
-	// out of the store, then out of the metadata: a store that fails, or
-	// cannot delete, leaves the topic as it was.
-	b.metaMu.Lock()
-	defer b.metaMu.Unlock()
-	b.topicsMu.Lock()
-	if b.topics[name] != t {
-		b.topicsMu.Unlock()
-		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	// Out of routing, then out of the store, then out of the metadata
+	// (removeTopic, topicrepl.go).
+	if err := b.removeTopic(ctx, name); err != nil {
+		return nil, err
 	}
-	delete(b.topics, name)
-	b.topicsMu.Unlock()
-	t.deleted.Store(true)
-	restore := func() {
-		t.deleted.Store(false)
-		b.topicsMu.Lock()
-		b.topics[name] = t
-		b.topicsMu.Unlock()
-	}
-	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
-	defer cancel()
-	// Produces that found the topic before it left routing finish first
-	// (their appends are answered), so none lands after its data is gone.
-	for t.producing.Load() > 0 {
-		select {
-		case <-cctx.Done():
-			restore()
-			return nil, fmt.Errorf("topic %q not deleted: produces of it still under way: %w", name, cctx.Err())
-		case <-time.After(time.Millisecond):
-		}
-	}
-	if err := b.storageCall(cctx, func(s sdk.Storage) error {
-		td, ok := s.(sdk.TopicDeleter)
-		if !ok {
-			return fmt.Errorf("%w: this node's store cannot delete a topic's data", errors.ErrUnsupported)
-		}
-		return td.DeleteTopicData(cctx, name)
-	}); err != nil {
-		restore()
-		return nil, fmt.Errorf("topic %q not deleted: %w", name, err)
-	}
-	if err := b.saveTopics(nil); err != nil {
-		// The data is gone; the topic is served again, empty.
-		restore()
-		return nil, fmt.Errorf("topic %q: its data is deleted, but not the topic: %w", name, err)
-	}
-	t.notify() // fetches waiting on it end (and find it gone)
 	b.log.Info("topic deleted", "topic", name, "groups", groups)
 	return &sdk.DeleteTopicResponse{Groups: groups}, nil
 }
@@ -187,13 +150,6 @@ func (b *Broker) consumingGroups(ctx context.Context, topic string) ([]string, e
 	return out, nil
 }
 
-func (b *Broker) checkTopicAdmin() error {
-	if b.repl != nil {
-		return fmt.Errorf("%w: runtime topic changes on a node with a replication plugin: topic metadata is not replicated yet; declare the topic in the pipeline of every node", errors.ErrUnsupported)
-	}
-	return nil
-}
-
 // topicInfo is the Metadata entry of topic name.
 func (b *Broker) topicInfo(name string) *ferryv1.TopicInfo {
 	resp, _ := b.Metadata(context.Background(), &sdk.MetadataRequest{Topics: []string{name}})
@@ -239,7 +195,7 @@ func (b *Broker) NewTopic(name string, queues int32) error {
 // topics are never created by clients; the caller answers as before). A
 // name that breaks the name rule is its one clear error. Called by
 // Produce and by Metadata with auto_create.
-func (b *Broker) autoCreate(name string) (*topic, error) {
+func (b *Broker) autoCreate(ctx context.Context, name string) (*topic, error) {
 	queues := b.opts.AutoCreateQueues
 	if queues <= 0 {
 		return nil, nil
@@ -259,10 +215,18 @@ func (b *Broker) autoCreate(name string) (*topic, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", sdk.ErrInvalidArgument, err)
 	}
-	if err := b.checkTopicAdmin(); err != nil {
-		return nil, err
+	var err error
+	if b.repl != nil {
+		if !sdk.TakesProduce(b.role.get().Role) {
+			// Only the node that takes produce creates (replicated);
+			// here the answer is as without the option: the client's
+			// routing names the leader, which creates it.
+			return nil, nil
+		}
+		_, err = b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicCreate, Name: name, Queues: queues}, false)
+	} else {
+		err = b.NewTopic(name, queues)
 	}
-	err := b.NewTopic(name, queues)
 	b.topicsMu.RLock()
 	t = b.topics[name]
 	b.topicsMu.RUnlock()

@@ -108,8 +108,8 @@ func TestCreateTopicAndAddQueues(t *testing.T) {
 }
 
 // Over the wire (sdk.TopicAdmin) the calls answer the topic as it now is; a
-// node with a replication plugin refuses them with one clear error, because
-// topic metadata is not replicated yet.
+// node whose replication plugin does not replicate topic metadata refuses
+// them with one clear error.
 func TestTopicAdminCalls(t *testing.T) {
 	ctx := context.Background()
 	b := New(Options{Node: "n1", DataDir: t.TempDir(), Topics: []Topic{{Name: "orders", Queues: 2}}}, newSource(newMemory(t)))
@@ -129,7 +129,7 @@ func TestTopicAdminCalls(t *testing.T) {
 
 	r := newReplBroker(t, sdk.RoleMaster, &fakeRepl{status: ferryv1.Status_STATUS_OK})
 	_, err = r.CreateTopic(ctx, &sdk.CreateTopicRequest{Name: "clicks", Queues: 3})
-	if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "not replicated yet") {
+	if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "does not replicate topic metadata") {
 		t.Errorf("CreateTopic on a replicated node: %v", err)
 	}
 	if _, err := r.AlterTopic(ctx, &sdk.AlterTopicRequest{Name: "orders", Queues: 3}); !errors.Is(err, errors.ErrUnsupported) {
@@ -140,7 +140,7 @@ func TestTopicAdminCalls(t *testing.T) {
 // DeleteTopic takes a topic out of routing and the topic metadata and its
 // data and groups' offsets out of the store; it refuses internal, unknown
 // and declared topics, topics groups consume (unless forced), and nodes
-// with a replication plugin. A topic created again with the name is empty.
+// whose replication plugin does not replicate topics. A topic created again with the name is empty.
 func TestDeleteTopic(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()

@@ -86,9 +86,6 @@ func (c *checker) pipeline(p *Pipeline) {
 	c.name("name", p.Name, true)
 	c.node(&p.Node)
 	c.plugins(&p.Plugins)
-	if t := p.Plugins.Replication.Type; p.Node.AutoCreateTopics.Enabled && t != "" && t != "none" {
-		c.add("node.auto_create_topics.enabled", "a node with a replication plugin (%s) does not change its topics at runtime yet (topic metadata is not replicated): declare the topics in the pipeline of every node", t)
-	}
 
 	topics := c.unique("topic", "topics", len(p.Topics), func(i int) string { return p.Topics[i].Name })
 	if len(p.Topics) == 0 {

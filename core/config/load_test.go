@@ -174,7 +174,6 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{6, "producer.timeout", "must be greater than 0, got -1s"},
 		}},
 		{file: "auto-create.yaml", want: []want{
-			{3, "node.auto_create_topics.enabled", "a node with a replication plugin (async) does not change its topics at runtime yet"},
 			{3, "node.auto_create_topics.queues", "must be between 1 and 1024, got 0"},
 		}},
 		{file: "ranges.yaml", want: []want{

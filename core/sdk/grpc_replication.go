@@ -101,8 +101,9 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 		mode = m.Mode()
 	}
 	_, offsets := s.impl.(OffsetReplication)
+	_, topics := s.impl.(TopicReplication)
 	if req.ModeOnly {
-		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets}, nil
+		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets, ReplicatesTopics: topics}, nil
 	}
 	st, err := s.impl.Status(ctx)
 	if err != nil {
@@ -112,7 +113,22 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 		st.Mode = mode
 	}
 	st.ReplicatesOffsets = offsets
+	st.ReplicatesTopics = topics
 	return st, nil
+}
+
+// ReplicateTopics hands a change of the topic metadata to the plugin; one
+// without TopicReplication answers UNIMPLEMENTED (the broker does not call
+// it: Status did not announce it).
+func (s *replicationServer) ReplicateTopics(ctx context.Context, req *ferryv1.TopicChange) (*ferryv1.TopicChangeResponse, error) {
+	t, ok := s.impl.(TopicReplication)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "this replication plugin does not replicate topic metadata")
+	}
+	if err := t.ReplicateTopics(ctx, req); err != nil {
+		return nil, err
+	}
+	return &ferryv1.TopicChangeResponse{}, nil
 }
 
 // ReplicateOffsets hands a group's committed offsets to the plugin; one
@@ -220,6 +236,11 @@ func (c *replicaCoreClient) CommitOffsets(ctx context.Context, group string, off
 	return err
 }
 
+func (c *replicaCoreClient) ApplyTopics(ctx context.Context, change *TopicChange) error {
+	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_ApplyTopics{ApplyTopics: change}})
+	return err
+}
+
 // ReplicationClient is the host's side of a replication plugin over gRPC.
 // Replicate is multiplexed over one stream, opened on first use; when it
 // breaks every waiting call fails with ErrUnavailable and the client stays
@@ -236,6 +257,7 @@ type ReplicationClient struct {
 	modeMu  sync.Mutex
 	mode    string // "" until the plugin answered
 	offsets bool   // the plugin announced ReplicateOffsets
+	topics  bool   // the plugin announced ReplicateTopics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -245,6 +267,7 @@ var (
 	_ Replication       = (*ReplicationClient)(nil)
 	_ ReplicationMode   = (*ReplicationClient)(nil)
 	_ OffsetReplication = (*ReplicationClient)(nil)
+	_ TopicReplication  = (*ReplicationClient)(nil)
 	_ RingUser          = (*ReplicationClient)(nil)
 )
 
@@ -293,7 +316,7 @@ func (c *ReplicationClient) Mode() string {
 	if err != nil {
 		return ""
 	}
-	c.mode, c.offsets = st.Mode, st.ReplicatesOffsets
+	c.mode, c.offsets, c.topics = st.Mode, st.ReplicatesOffsets, st.ReplicatesTopics
 	if c.mode == "" {
 		c.mode = ModeApplyFirst
 	}
@@ -316,6 +339,35 @@ func (c *ReplicationClient) ReplicateOffsets(ctx context.Context, group string, 
 	}
 	_, err := c.rpc.ReplicateOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets})
 	return err
+}
+
+// ReplicateTopics sends a change of the topic metadata to the plugin and
+// waits for its answer. Without the capability announced in the plugin's
+// status it returns an error wrapping errors.ErrUnsupported and sends
+// nothing.
+func (c *ReplicationClient) ReplicateTopics(ctx context.Context, change *TopicChange) error {
+	if c.Mode() == "" {
+		return fmt.Errorf("%w: replication plugin did not answer its status", ErrUnavailable)
+	}
+	c.modeMu.Lock()
+	ok := c.topics
+	c.modeMu.Unlock()
+	if !ok {
+		return fmt.Errorf("this replication plugin does not replicate topic metadata: %w", errors.ErrUnsupported)
+	}
+	_, err := c.rpc.ReplicateTopics(ctx, change)
+	return err
+}
+
+// ReplicatesTopics reports whether the plugin announced ReplicateTopics
+// (false while its status is not known).
+func (c *ReplicationClient) ReplicatesTopics() bool {
+	if c.Mode() == "" {
+		return false
+	}
+	c.modeMu.Lock()
+	defer c.modeMu.Unlock()
+	return c.topics
 }
 
 // Replicate sends the batch and returns at once; the ReplicateWait gets the
@@ -408,6 +460,10 @@ func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.Re
 	case *ferryv1.ReplicationFrame_CommitOffsets:
 		if err = core.CommitOffsets(ctx, r.CommitOffsets.Group, r.CommitOffsets.Offsets); err == nil {
 			out.Response = &ferryv1.ReplicaCoreFrame_CommitOffsets{CommitOffsets: &ferryv1.CommitOffsetsResponse{}}
+		}
+	case *ferryv1.ReplicationFrame_ApplyTopics:
+		if err = core.ApplyTopics(ctx, r.ApplyTopics); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_ApplyTopics{ApplyTopics: &ferryv1.TopicChangeResponse{}}
 		}
 	default:
 		err = fmt.Errorf("%w: unknown replication request %T", ErrInvalidArgument, f.Request)

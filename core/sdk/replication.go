@@ -12,6 +12,16 @@ type (
 	ReplicaInfo       = ferryv1.ReplicaInfo
 	NodeInfo          = ferryv1.NodeInfoResponse
 	SetRoleRequest    = ferryv1.SetRoleRequest
+	TopicChange       = ferryv1.TopicChange
+	ReplicatedTopic   = ferryv1.ReplicatedTopic
+)
+
+// TopicChange ops.
+const (
+	TopicCreate = "create"
+	TopicAlter  = "alter"
+	TopicDelete = "delete"
+	TopicSet    = "set"
 )
 
 // Node roles as the broker knows them. A master or leader takes produce; a
@@ -98,6 +108,44 @@ type ReplicaCore interface {
 	// checks topics and queues like a consumer's commit, and never reports
 	// these offsets back through OffsetReplication.
 	CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
+	// ApplyTopics applies a change of the topic metadata received through
+	// replication (an entry of a consensus log, or the master's topic set,
+	// op TopicSet) to this node, durably (the node's topic metadata file)
+	// before it returns. It is idempotent: a create of a topic the node
+	// holds with as many queues, an alter to queues it has, a delete of a
+	// topic it lacks succeed and change nothing, so that an entry applied
+	// again after a crash does no harm. A change that contradicts this
+	// node's own pipeline (deleting a topic it declares, a set lacking one)
+	// is not applied to that topic and is reported (logged as an error); it
+	// is not an error of the call. Errors are ErrInvalidArgument for a change
+	// that cannot be applied anywhere (a bad name, shrinking queues), or the
+	// store's errors (retry).
+	ApplyTopics(ctx context.Context, change *TopicChange) error
+}
+
+// TopicReplication is an optional interface of a Replication: it replicates
+// the node's topic metadata (topics created, grown and deleted at runtime,
+// docs/admin.md), so that every node knows the same topics. Without it the
+// broker refuses runtime topic changes on a replicated node
+// (errors.ErrUnsupported).
+//
+// The broker of a node that takes produce calls ReplicateTopics for each
+// change, one at a time, from the goroutine of the admin call, after it
+// checked the change against its own topics. In mode ModeReplicateFirst the
+// plugin commits the change through its log and applies it on every node,
+// this one included, through ReplicaCore.ApplyTopics, and returns once this
+// node applied it, with the apply's error: the broker has changed nothing
+// itself. In the master–slave modes the broker applied the change first
+// (a create or alter: just before, as the new topic set; a delete: after)
+// and change.Topics holds its whole topic set; the plugin ships it to its
+// slaves, ahead of any batch of a created topic, and returns without
+// waiting for them: a slave that is not connected gets the master's set
+// (from ReplicaCore.NodeInfo) when it connects.
+//
+// Over gRPC the SDK announces the capability in the plugin's status
+// (replicates_topics) when the implementation has this interface.
+type TopicReplication interface {
+	ReplicateTopics(ctx context.Context, change *TopicChange) error
 }
 
 // OffsetReplication is an optional interface of a Replication: it replicates

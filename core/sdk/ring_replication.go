@@ -15,8 +15,9 @@ import (
 // The replication plugin's data plane. Ring Down (host → plugin) carries the
 // broker's Replicate requests and the core's answers to the plugin's calls;
 // ring Up carries the Replicate answers and the plugin's calls (Apply, Read,
-// NodeInfo, SetRole, CommitOffsets). Status and ReplicateOffsets stay on
-// gRPC: they are control calls, rare and not on a message's path.
+// NodeInfo, SetRole, CommitOffsets, ApplyTopics). Status, ReplicateOffsets
+// and ReplicateTopics stay on gRPC: they are control calls, rare and not on
+// a message's path.
 
 // useRing moves the Replicate stream and the plugin's calls to the core onto
 // conn (plugin side, at Configure, before the host opens Connect).

@@ -29,6 +29,169 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// A change of a node's topic metadata, or (op "set") the whole of it.
+type TopicChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// create | alter | delete: one change of topic `name`; set: the node's
+	// topics are to be `topics` (topics it holds but `topics` lacks are
+	// deleted, except those its own pipeline declares).
+	Op   string `protobuf:"bytes,65,opt,name=op,proto3" json:"op,omitempty"`
+	Name string `protobuf:"bytes,66,opt,name=name,proto3" json:"name,omitempty"`
+	// create: the topic's queues; alter: the queues it grows to.
+	Queues int32 `protobuf:"varint,67,opt,name=queues,proto3" json:"queues,omitempty"`
+	// Every topic (not a consumer group's internal one) of the node that
+	// takes produce, after the change: set, and what master–slave ships.
+	Topics        []*ReplicatedTopic `protobuf:"bytes,68,rep,name=topics,proto3" json:"topics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopicChange) Reset() {
+	*x = TopicChange{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicChange) ProtoMessage() {}
+
+func (x *TopicChange) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicChange.ProtoReflect.Descriptor instead.
+func (*TopicChange) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *TopicChange) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *TopicChange) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TopicChange) GetQueues() int32 {
+	if x != nil {
+		return x.Queues
+	}
+	return 0
+}
+
+func (x *TopicChange) GetTopics() []*ReplicatedTopic {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+type ReplicatedTopic struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,65,opt,name=name,proto3" json:"name,omitempty"`
+	Queues        int32                  `protobuf:"varint,66,opt,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicatedTopic) Reset() {
+	*x = ReplicatedTopic{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicatedTopic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicatedTopic) ProtoMessage() {}
+
+func (x *ReplicatedTopic) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicatedTopic.ProtoReflect.Descriptor instead.
+func (*ReplicatedTopic) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReplicatedTopic) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReplicatedTopic) GetQueues() int32 {
+	if x != nil {
+		return x.Queues
+	}
+	return 0
+}
+
+type TopicChangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopicChangeResponse) Reset() {
+	*x = TopicChangeResponse{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicChangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicChangeResponse) ProtoMessage() {}
+
+func (x *TopicChangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicChangeResponse.ProtoReflect.Descriptor instead.
+func (*TopicChangeResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{2}
+}
+
 type ReplicateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -50,7 +213,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	mi := &file_ferry_v1_replication_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -62,7 +225,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	mi := &file_ferry_v1_replication_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -75,7 +238,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReplicateRequest) GetSeq() uint64 {
@@ -137,7 +300,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	mi := &file_ferry_v1_replication_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -149,7 +312,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	mi := &file_ferry_v1_replication_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -162,7 +325,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReplicateResponse) GetSeq() uint64 {
@@ -203,6 +366,7 @@ type ReplicationFrame struct {
 	//	*ReplicationFrame_NodeInfo
 	//	*ReplicationFrame_SetRole
 	//	*ReplicationFrame_CommitOffsets
+	//	*ReplicationFrame_ApplyTopics
 	Request       isReplicationFrame_Request `protobuf_oneof:"request"`
 	TimeoutNanos  int64                      `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -211,7 +375,7 @@ type ReplicationFrame struct {
 
 func (x *ReplicationFrame) Reset() {
 	*x = ReplicationFrame{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	mi := &file_ferry_v1_replication_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +387,7 @@ func (x *ReplicationFrame) String() string {
 func (*ReplicationFrame) ProtoMessage() {}
 
 func (x *ReplicationFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	mi := &file_ferry_v1_replication_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +400,7 @@ func (x *ReplicationFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationFrame.ProtoReflect.Descriptor instead.
 func (*ReplicationFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReplicationFrame) GetId() uint64 {
@@ -298,6 +462,15 @@ func (x *ReplicationFrame) GetCommitOffsets() *CommitOffsetsRequest {
 	return nil
 }
 
+func (x *ReplicationFrame) GetApplyTopics() *TopicChange {
+	if x != nil {
+		if x, ok := x.Request.(*ReplicationFrame_ApplyTopics); ok {
+			return x.ApplyTopics
+		}
+	}
+	return nil
+}
+
 func (x *ReplicationFrame) GetTimeoutNanos() int64 {
 	if x != nil {
 		return x.TimeoutNanos
@@ -337,6 +510,12 @@ type ReplicationFrame_CommitOffsets struct {
 	CommitOffsets *CommitOffsetsRequest `protobuf:"bytes,6,opt,name=commit_offsets,json=commitOffsets,proto3,oneof"`
 }
 
+type ReplicationFrame_ApplyTopics struct {
+	// Apply a change of the topic metadata (from the raft log, or the
+	// master's topic set) to this node.
+	ApplyTopics *TopicChange `protobuf:"bytes,20,opt,name=apply_topics,json=applyTopics,proto3,oneof"`
+}
+
 func (*ReplicationFrame_Apply) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
@@ -346,6 +525,8 @@ func (*ReplicationFrame_NodeInfo) isReplicationFrame_Request() {}
 func (*ReplicationFrame_SetRole) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_CommitOffsets) isReplicationFrame_Request() {}
+
+func (*ReplicationFrame_ApplyTopics) isReplicationFrame_Request() {}
 
 type ReplicaCoreFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -357,6 +538,7 @@ type ReplicaCoreFrame struct {
 	//	*ReplicaCoreFrame_NodeInfo
 	//	*ReplicaCoreFrame_SetRole
 	//	*ReplicaCoreFrame_CommitOffsets
+	//	*ReplicaCoreFrame_ApplyTopics
 	Response      isReplicaCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error                      `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -365,7 +547,7 @@ type ReplicaCoreFrame struct {
 
 func (x *ReplicaCoreFrame) Reset() {
 	*x = ReplicaCoreFrame{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[3]
+	mi := &file_ferry_v1_replication_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +559,7 @@ func (x *ReplicaCoreFrame) String() string {
 func (*ReplicaCoreFrame) ProtoMessage() {}
 
 func (x *ReplicaCoreFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[3]
+	mi := &file_ferry_v1_replication_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +572,7 @@ func (x *ReplicaCoreFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaCoreFrame.ProtoReflect.Descriptor instead.
 func (*ReplicaCoreFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicaCoreFrame) GetId() uint64 {
@@ -452,6 +634,15 @@ func (x *ReplicaCoreFrame) GetCommitOffsets() *CommitOffsetsResponse {
 	return nil
 }
 
+func (x *ReplicaCoreFrame) GetApplyTopics() *TopicChangeResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ReplicaCoreFrame_ApplyTopics); ok {
+			return x.ApplyTopics
+		}
+	}
+	return nil
+}
+
 func (x *ReplicaCoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -483,6 +674,10 @@ type ReplicaCoreFrame_CommitOffsets struct {
 	CommitOffsets *CommitOffsetsResponse `protobuf:"bytes,6,opt,name=commit_offsets,json=commitOffsets,proto3,oneof"`
 }
 
+type ReplicaCoreFrame_ApplyTopics struct {
+	ApplyTopics *TopicChangeResponse `protobuf:"bytes,20,opt,name=apply_topics,json=applyTopics,proto3,oneof"`
+}
+
 func (*ReplicaCoreFrame_Apply) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
@@ -493,6 +688,8 @@ func (*ReplicaCoreFrame_SetRole) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_CommitOffsets) isReplicaCoreFrame_Response() {}
 
+func (*ReplicaCoreFrame_ApplyTopics) isReplicaCoreFrame_Response() {}
+
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
@@ -502,7 +699,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[4]
+	mi := &file_ferry_v1_replication_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +711,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[4]
+	mi := &file_ferry_v1_replication_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +724,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ApplyRequest) GetMessages() []*Message {
@@ -547,7 +744,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[5]
+	mi := &file_ferry_v1_replication_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +756,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[5]
+	mi := &file_ferry_v1_replication_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +769,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ApplyResponse) GetOffsets() []int64 {
@@ -590,7 +787,7 @@ type NodeInfoRequest struct {
 
 func (x *NodeInfoRequest) Reset() {
 	*x = NodeInfoRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[6]
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +799,7 @@ func (x *NodeInfoRequest) String() string {
 func (*NodeInfoRequest) ProtoMessage() {}
 
 func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[6]
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +812,7 @@ func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*NodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
 }
 
 type NodeInfoResponse struct {
@@ -625,14 +822,17 @@ type NodeInfoResponse struct {
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	Role    string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
 	// start/end of every queue the broker knows (committed is -1).
-	Offsets       []*QueueOffsets `protobuf:"bytes,4,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	Offsets []*QueueOffsets `protobuf:"bytes,4,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	// Every topic the node holds (not consumer groups' internal ones), with
+	// its queue count: raft snapshots carry them, a master ships them.
+	Topics        []*ReplicatedTopic `protobuf:"bytes,65,rep,name=topics,proto3" json:"topics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfoResponse) Reset() {
 	*x = NodeInfoResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[7]
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +844,7 @@ func (x *NodeInfoResponse) String() string {
 func (*NodeInfoResponse) ProtoMessage() {}
 
 func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[7]
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +857,7 @@ func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*NodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NodeInfoResponse) GetNode() string {
@@ -688,6 +888,13 @@ func (x *NodeInfoResponse) GetOffsets() []*QueueOffsets {
 	return nil
 }
 
+func (x *NodeInfoResponse) GetTopics() []*ReplicatedTopic {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
 type SetRoleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// master | slave | leader | follower | candidate
@@ -702,7 +909,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[8]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +921,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[8]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +934,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetRoleRequest) GetRole() string {
@@ -759,7 +966,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +978,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +991,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
 }
 
 type ReplicationStatusRequest struct {
@@ -798,7 +1005,7 @@ type ReplicationStatusRequest struct {
 
 func (x *ReplicationStatusRequest) Reset() {
 	*x = ReplicationStatusRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +1017,7 @@ func (x *ReplicationStatusRequest) String() string {
 func (*ReplicationStatusRequest) ProtoMessage() {}
 
 func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +1030,7 @@ func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReplicationStatusRequest) GetModeOnly() bool {
@@ -852,13 +1059,15 @@ type ReplicationStatusResponse struct {
 	// The plugin implements ReplicateOffsets (answered with mode_only too).
 	// Unset by plugins older than the RPC: the broker never calls it then.
 	ReplicatesOffsets bool `protobuf:"varint,11,opt,name=replicates_offsets,json=replicatesOffsets,proto3" json:"replicates_offsets,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The plugin implements ReplicateTopics (answered with mode_only too).
+	ReplicatesTopics bool `protobuf:"varint,65,opt,name=replicates_topics,json=replicatesTopics,proto3" json:"replicates_topics,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ReplicationStatusResponse) Reset() {
 	*x = ReplicationStatusResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1079,7 @@ func (x *ReplicationStatusResponse) String() string {
 func (*ReplicationStatusResponse) ProtoMessage() {}
 
 func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1092,7 @@ func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicationStatusResponse) GetNode() string {
@@ -963,6 +1172,13 @@ func (x *ReplicationStatusResponse) GetReplicatesOffsets() bool {
 	return false
 }
 
+func (x *ReplicationStatusResponse) GetReplicatesTopics() bool {
+	if x != nil {
+		return x.ReplicatesTopics
+	}
+	return false
+}
+
 type ReplicaInfo struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Node      string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -979,7 +1195,7 @@ type ReplicaInfo struct {
 
 func (x *ReplicaInfo) Reset() {
 	*x = ReplicaInfo{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1207,7 @@ func (x *ReplicaInfo) String() string {
 func (*ReplicaInfo) ProtoMessage() {}
 
 func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1220,7 @@ func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaInfo.ProtoReflect.Descriptor instead.
 func (*ReplicaInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicaInfo) GetNode() string {
@@ -1063,7 +1279,7 @@ type FollowRequest struct {
 
 func (x *FollowRequest) Reset() {
 	*x = FollowRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1291,7 @@ func (x *FollowRequest) String() string {
 func (*FollowRequest) ProtoMessage() {}
 
 func (x *FollowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1304,7 @@ func (x *FollowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
 func (*FollowRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FollowRequest) GetNode() string {
@@ -1135,14 +1351,19 @@ type FollowResponse struct {
 	// the stream opens, then those committed since the last frame (latest per
 	// group and queue), with any frame. The slave stores them, never beyond
 	// the end of its own log.
-	GroupOffsets  []*CommitOffsetsRequest `protobuf:"bytes,7,rep,name=group_offsets,json=groupOffsets,proto3" json:"group_offsets,omitempty"`
+	GroupOffsets []*CommitOffsetsRequest `protobuf:"bytes,7,rep,name=group_offsets,json=groupOffsets,proto3" json:"group_offsets,omitempty"`
+	// The master's whole topic set (op "set"): when the stream opens, and
+	// again after each change of the master's topics, ahead of any batch
+	// of a topic it created. The slave applies it before the messages of
+	// the same frame.
+	Topics        *TopicChange `protobuf:"bytes,65,opt,name=topics,proto3" json:"topics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FollowResponse) Reset() {
 	*x = FollowResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1375,7 @@ func (x *FollowResponse) String() string {
 func (*FollowResponse) ProtoMessage() {}
 
 func (x *FollowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1388,7 @@ func (x *FollowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
 func (*FollowResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FollowResponse) GetMessages() []*Message {
@@ -1219,6 +1440,13 @@ func (x *FollowResponse) GetGroupOffsets() []*CommitOffsetsRequest {
 	return nil
 }
 
+func (x *FollowResponse) GetTopics() *TopicChange {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
 type PromoteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Force         bool                   `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
@@ -1228,7 +1456,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1468,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1481,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PromoteRequest) GetForce() bool {
@@ -1273,7 +1501,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1513,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1526,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PromoteResponse) GetEpoch() uint64 {
@@ -1319,7 +1547,16 @@ var File_ferry_v1_replication_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"\xb3\x02\n" +
+	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"|\n" +
+	"\vTopicChange\x12\x0e\n" +
+	"\x02op\x18A \x01(\tR\x02op\x12\x12\n" +
+	"\x04name\x18B \x01(\tR\x04name\x12\x16\n" +
+	"\x06queues\x18C \x01(\x05R\x06queues\x121\n" +
+	"\x06topics\x18D \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\"=\n" +
+	"\x0fReplicatedTopic\x12\x12\n" +
+	"\x04name\x18A \x01(\tR\x04name\x12\x16\n" +
+	"\x06queues\x18B \x01(\x05R\x06queues\"\x15\n" +
+	"\x13TopicChangeResponse\"\xb3\x02\n" +
 	"\x10ReplicateRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12;\n" +
@@ -1336,23 +1573,25 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
 	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
-	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xe9\x02\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xa5\x03\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +
 	"\x04read\x18\x03 \x01(\v2\x15.ferry.v1.ReadRequestH\x00R\x04read\x128\n" +
 	"\tnode_info\x18\x04 \x01(\v2\x19.ferry.v1.NodeInfoRequestH\x00R\bnodeInfo\x125\n" +
 	"\bset_role\x18\x05 \x01(\v2\x18.ferry.v1.SetRoleRequestH\x00R\asetRole\x12G\n" +
-	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\rcommitOffsets\x12#\n" +
+	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\rcommitOffsets\x12:\n" +
+	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanosB\t\n" +
-	"\arequest\"\xf1\x02\n" +
+	"\arequest\"\xb5\x03\n" +
 	"\x10ReplicaCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05apply\x18\x02 \x01(\v2\x17.ferry.v1.ApplyResponseH\x00R\x05apply\x12,\n" +
 	"\x04read\x18\x03 \x01(\v2\x16.ferry.v1.ReadResponseH\x00R\x04read\x129\n" +
 	"\tnode_info\x18\x04 \x01(\v2\x1a.ferry.v1.NodeInfoResponseH\x00R\bnodeInfo\x126\n" +
 	"\bset_role\x18\x05 \x01(\v2\x19.ferry.v1.SetRoleResponseH\x00R\asetRole\x12H\n" +
-	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12%\n" +
+	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12B\n" +
+	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse\"=\n" +
@@ -1360,12 +1599,13 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\")\n" +
 	"\rApplyResponse\x12\x18\n" +
 	"\aoffsets\x18\x01 \x03(\x03R\aoffsets\"\x11\n" +
-	"\x0fNodeInfoRequest\"\x86\x01\n" +
+	"\x0fNodeInfoRequest\"\xb9\x01\n" +
 	"\x10NodeInfoResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x120\n" +
-	"\aoffsets\x18\x04 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\"l\n" +
+	"\aoffsets\x18\x04 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x121\n" +
+	"\x06topics\x18A \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\"l\n" +
 	"\x0eSetRoleRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x1f\n" +
@@ -1373,7 +1613,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\x8e\x03\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xbb\x03\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1387,7 +1627,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x0eleader_address\x18\t \x01(\tR\rleaderAddress\x12)\n" +
 	"\x10leader_connected\x18\n" +
 	" \x01(\bR\x0fleaderConnected\x12-\n" +
-	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\"\x9f\x01\n" +
+	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\x12+\n" +
+	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\"\x9f\x01\n" +
 	"\vReplicaInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1c\n" +
@@ -1399,7 +1640,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xc5\x02\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xf4\x02\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -1409,17 +1650,19 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x04ends\x18\x05 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x125\n" +
 	"\n" +
 	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\x12C\n" +
-	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\"&\n" +
+	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\x12-\n" +
+	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail2\xc6\x02\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail2\x8f\x03\n" +
 	"\vReplication\x12H\n" +
 	"\tReplicate\x12\x1a.ferry.v1.ReplicateRequest\x1a\x1b.ferry.v1.ReplicateResponse(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.ferry.v1.ReplicaCoreFrame\x1a\x1a.ferry.v1.ReplicationFrame(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12S\n" +
-	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse2\xe1\x01\n" +
+	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
+	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse2\xe1\x01\n" +
 	"\vReplicaLink\x12?\n" +
 	"\x06Follow\x12\x17.ferry.v1.FollowRequest\x1a\x18.ferry.v1.FollowResponse(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12>\n" +
@@ -1437,79 +1680,89 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_replication_proto_rawDescData
 }
 
-var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ferry_v1_replication_proto_goTypes = []any{
-	(*ReplicateRequest)(nil),          // 0: ferry.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),         // 1: ferry.v1.ReplicateResponse
-	(*ReplicationFrame)(nil),          // 2: ferry.v1.ReplicationFrame
-	(*ReplicaCoreFrame)(nil),          // 3: ferry.v1.ReplicaCoreFrame
-	(*ApplyRequest)(nil),              // 4: ferry.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 5: ferry.v1.ApplyResponse
-	(*NodeInfoRequest)(nil),           // 6: ferry.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),          // 7: ferry.v1.NodeInfoResponse
-	(*SetRoleRequest)(nil),            // 8: ferry.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),           // 9: ferry.v1.SetRoleResponse
-	(*ReplicationStatusRequest)(nil),  // 10: ferry.v1.ReplicationStatusRequest
-	(*ReplicationStatusResponse)(nil), // 11: ferry.v1.ReplicationStatusResponse
-	(*ReplicaInfo)(nil),               // 12: ferry.v1.ReplicaInfo
-	(*FollowRequest)(nil),             // 13: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),            // 14: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),            // 15: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),           // 16: ferry.v1.PromoteResponse
-	nil,                               // 17: ferry.v1.ReplicateRequest.TraceEntry
-	(*Message)(nil),                   // 18: ferry.v1.Message
-	(Status)(0),                       // 19: ferry.v1.Status
-	(*Error)(nil),                     // 20: ferry.v1.Error
-	(*ReadRequest)(nil),               // 21: ferry.v1.ReadRequest
-	(*CommitOffsetsRequest)(nil),      // 22: ferry.v1.CommitOffsetsRequest
-	(*ReadResponse)(nil),              // 23: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),     // 24: ferry.v1.CommitOffsetsResponse
-	(*QueueOffsets)(nil),              // 25: ferry.v1.QueueOffsets
+	(*TopicChange)(nil),               // 0: ferry.v1.TopicChange
+	(*ReplicatedTopic)(nil),           // 1: ferry.v1.ReplicatedTopic
+	(*TopicChangeResponse)(nil),       // 2: ferry.v1.TopicChangeResponse
+	(*ReplicateRequest)(nil),          // 3: ferry.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),         // 4: ferry.v1.ReplicateResponse
+	(*ReplicationFrame)(nil),          // 5: ferry.v1.ReplicationFrame
+	(*ReplicaCoreFrame)(nil),          // 6: ferry.v1.ReplicaCoreFrame
+	(*ApplyRequest)(nil),              // 7: ferry.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 8: ferry.v1.ApplyResponse
+	(*NodeInfoRequest)(nil),           // 9: ferry.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),          // 10: ferry.v1.NodeInfoResponse
+	(*SetRoleRequest)(nil),            // 11: ferry.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),           // 12: ferry.v1.SetRoleResponse
+	(*ReplicationStatusRequest)(nil),  // 13: ferry.v1.ReplicationStatusRequest
+	(*ReplicationStatusResponse)(nil), // 14: ferry.v1.ReplicationStatusResponse
+	(*ReplicaInfo)(nil),               // 15: ferry.v1.ReplicaInfo
+	(*FollowRequest)(nil),             // 16: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),            // 17: ferry.v1.FollowResponse
+	(*PromoteRequest)(nil),            // 18: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),           // 19: ferry.v1.PromoteResponse
+	nil,                               // 20: ferry.v1.ReplicateRequest.TraceEntry
+	(*Message)(nil),                   // 21: ferry.v1.Message
+	(Status)(0),                       // 22: ferry.v1.Status
+	(*Error)(nil),                     // 23: ferry.v1.Error
+	(*ReadRequest)(nil),               // 24: ferry.v1.ReadRequest
+	(*CommitOffsetsRequest)(nil),      // 25: ferry.v1.CommitOffsetsRequest
+	(*ReadResponse)(nil),              // 26: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),     // 27: ferry.v1.CommitOffsetsResponse
+	(*QueueOffsets)(nil),              // 28: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
-	18, // 0: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	17, // 1: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	19, // 2: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	20, // 3: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
-	4,  // 4: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	21, // 5: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
-	6,  // 6: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
-	8,  // 7: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	22, // 8: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	5,  // 9: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	23, // 10: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	7,  // 11: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	9,  // 12: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	24, // 13: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	20, // 14: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	18, // 15: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	25, // 16: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	12, // 17: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	25, // 18: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	25, // 19: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	18, // 20: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	25, // 21: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	25, // 22: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	22, // 23: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 24: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	3,  // 25: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	10, // 26: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	22, // 27: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	13, // 28: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	10, // 29: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	15, // 30: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	1,  // 31: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	2,  // 32: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	11, // 33: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	24, // 34: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	14, // 35: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	11, // 36: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	16, // 37: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	31, // [31:38] is the sub-list for method output_type
-	24, // [24:31] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	1,  // 0: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
+	21, // 1: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	20, // 2: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	22, // 3: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	23, // 4: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	7,  // 5: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
+	24, // 6: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	9,  // 7: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
+	11, // 8: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
+	25, // 9: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	0,  // 10: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
+	8,  // 11: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	26, // 12: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	10, // 13: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	12, // 14: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	27, // 15: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	2,  // 16: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	23, // 17: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	21, // 18: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	28, // 19: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	1,  // 20: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	15, // 21: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	28, // 22: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	28, // 23: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	21, // 24: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	28, // 25: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	28, // 26: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	25, // 27: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	0,  // 28: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	3,  // 29: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	6,  // 30: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	13, // 31: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	25, // 32: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	0,  // 33: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	16, // 34: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	13, // 35: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	18, // 36: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	4,  // 37: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	5,  // 38: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	14, // 39: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	27, // 40: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	2,  // 41: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	17, // 42: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	14, // 43: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	19, // 44: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	37, // [37:45] is the sub-list for method output_type
+	29, // [29:37] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -1519,19 +1772,21 @@ func file_ferry_v1_replication_proto_init() {
 	}
 	file_ferry_v1_message_proto_init()
 	file_ferry_v1_storage_proto_init()
-	file_ferry_v1_replication_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_replication_proto_msgTypes[5].OneofWrappers = []any{
 		(*ReplicationFrame_Apply)(nil),
 		(*ReplicationFrame_Read)(nil),
 		(*ReplicationFrame_NodeInfo)(nil),
 		(*ReplicationFrame_SetRole)(nil),
 		(*ReplicationFrame_CommitOffsets)(nil),
+		(*ReplicationFrame_ApplyTopics)(nil),
 	}
-	file_ferry_v1_replication_proto_msgTypes[3].OneofWrappers = []any{
+	file_ferry_v1_replication_proto_msgTypes[6].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
 		(*ReplicaCoreFrame_Read)(nil),
 		(*ReplicaCoreFrame_NodeInfo)(nil),
 		(*ReplicaCoreFrame_SetRole)(nil),
 		(*ReplicaCoreFrame_CommitOffsets)(nil),
+		(*ReplicaCoreFrame_ApplyTopics)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1539,7 +1794,7 @@ func file_ferry_v1_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_replication_proto_rawDesc), len(file_ferry_v1_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

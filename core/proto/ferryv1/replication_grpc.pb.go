@@ -31,6 +31,7 @@ const (
 	Replication_Connect_FullMethodName          = "/ferry.v1.Replication/Connect"
 	Replication_Status_FullMethodName           = "/ferry.v1.Replication/Status"
 	Replication_ReplicateOffsets_FullMethodName = "/ferry.v1.Replication/ReplicateOffsets"
+	Replication_ReplicateTopics_FullMethodName  = "/ferry.v1.Replication/ReplicateTopics"
 )
 
 // ReplicationClient is the client API for Replication service.
@@ -56,6 +57,16 @@ type ReplicationClient interface {
 	// replicate offsets (one older than this RPC) leaves the flag unset and
 	// the RPC unimplemented, and is never called.
 	ReplicateOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error)
+	// ReplicateTopics is called by the broker of a node that takes produce
+	// for each change of its topic metadata (create, alter, delete; docs/admin.md).
+	// A consensus plugin (raft) commits the change through its log, applies it
+	// on every node through ReplicationFrame.apply_topics, and answers once
+	// this node applied it, with the apply's error. A master–slave plugin,
+	// called after the master applied the change, ships `topics` (the
+	// master's whole set) to its slaves. Called only when the plugin announced
+	// it in ReplicationStatusResponse.replicates_topics; without it the
+	// broker refuses topic changes on a replicated node.
+	ReplicateTopics(ctx context.Context, in *TopicChange, opts ...grpc.CallOption) (*TopicChangeResponse, error)
 }
 
 type replicationClient struct {
@@ -112,6 +123,16 @@ func (c *replicationClient) ReplicateOffsets(ctx context.Context, in *CommitOffs
 	return out, nil
 }
 
+func (c *replicationClient) ReplicateTopics(ctx context.Context, in *TopicChange, opts ...grpc.CallOption) (*TopicChangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TopicChangeResponse)
+	err := c.cc.Invoke(ctx, Replication_ReplicateTopics_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicationServer is the server API for Replication service.
 // All implementations must embed UnimplementedReplicationServer
 // for forward compatibility.
@@ -135,6 +156,16 @@ type ReplicationServer interface {
 	// replicate offsets (one older than this RPC) leaves the flag unset and
 	// the RPC unimplemented, and is never called.
 	ReplicateOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error)
+	// ReplicateTopics is called by the broker of a node that takes produce
+	// for each change of its topic metadata (create, alter, delete; docs/admin.md).
+	// A consensus plugin (raft) commits the change through its log, applies it
+	// on every node through ReplicationFrame.apply_topics, and answers once
+	// this node applied it, with the apply's error. A master–slave plugin,
+	// called after the master applied the change, ships `topics` (the
+	// master's whole set) to its slaves. Called only when the plugin announced
+	// it in ReplicationStatusResponse.replicates_topics; without it the
+	// broker refuses topic changes on a replicated node.
+	ReplicateTopics(context.Context, *TopicChange) (*TopicChangeResponse, error)
 	mustEmbedUnimplementedReplicationServer()
 }
 
@@ -156,6 +187,9 @@ func (UnimplementedReplicationServer) Status(context.Context, *ReplicationStatus
 }
 func (UnimplementedReplicationServer) ReplicateOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReplicateOffsets not implemented")
+}
+func (UnimplementedReplicationServer) ReplicateTopics(context.Context, *TopicChange) (*TopicChangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReplicateTopics not implemented")
 }
 func (UnimplementedReplicationServer) mustEmbedUnimplementedReplicationServer() {}
 func (UnimplementedReplicationServer) testEmbeddedByValue()                     {}
@@ -228,6 +262,24 @@ func _Replication_ReplicateOffsets_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Replication_ReplicateTopics_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TopicChange)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicationServer).ReplicateTopics(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replication_ReplicateTopics_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicationServer).ReplicateTopics(ctx, req.(*TopicChange))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replication_ServiceDesc is the grpc.ServiceDesc for Replication service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -242,6 +294,10 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplicateOffsets",
 			Handler:    _Replication_ReplicateOffsets_Handler,
+		},
+		{
+			MethodName: "ReplicateTopics",
+			Handler:    _Replication_ReplicateTopics_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

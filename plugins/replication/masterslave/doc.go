@@ -118,6 +118,25 @@
 // would keep a rewind from ever reaching a slave, and a failover would then
 // skip what the group meant to read again.
 //
+// # Topics
+//
+// Topic metadata follows the master too (sdk.TopicReplication, topics.go).
+// Runtime topic changes are made on the master (a slave's broker refuses
+// them, naming its master). The master's broker hands this plugin its
+// whole topic set after each change: before it serves a created topic or
+// added queues, after it deleted a topic. A Follow stream opens with the
+// master's set and carries each newer one with its next frame, picked in
+// the same critical section as the frame's messages, so a slave never gets
+// a message of a topic or queue before the set that holds it. The slave
+// applies a set (ReplicaCore.ApplyTopics: create, grow, delete; durable in
+// its topics.json) once the applies started before it are done and before
+// the frame's own. A slave's queues of a topic the master no longer holds
+// are not taken for divergence when it connects: the opening set deletes
+// them. Shipping does not wait for the slaves: a topic created while no
+// slave is linked reaches it when it links; in sync mode a message of it is
+// answered OK only once a slave stored it, which it can only after it got
+// the set.
+//
 // Limits. The master knows only the groups its broker reported since the
 // broker process started (a replication plugin that restarts gets them all
 // again from its broker); after a master restart, a group committed before

@@ -21,6 +21,7 @@ type session struct {
 	acked      map[qkey]int64 // ends the slave confirmed durable
 	unacked    int64          // messages sent and not confirmed
 	offSent    uint64         // group offsets up to this version were sent
+	topicSent  uint64         // the master's topic set up to this version was sent
 	lastHeard  time.Time
 	cancel     context.CancelCauseFunc
 }
@@ -36,6 +37,7 @@ func (p *Plugin) runMaster(ctx context.Context) error {
 	p.ends = endsOf(info.Offsets)
 	p.tails = map[qkey]*tail{}
 	p.okEnds = map[qkey]int64{}
+	p.topics = nil // a set from an earlier term as master is stale: NodeInfo's until the broker sends one
 	p.stepDown = make(chan struct{})
 	stepDown := p.stepDown
 	p.leader, p.leaderUp = nil, false
@@ -206,9 +208,16 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		return err
 	}
 	stored := endsOf(info.Offsets)
+	held := heldTopics(info)
 	s := &session{node: hello.Node, addr: hello.Address, sent: map[qkey]int64{}, acked: map[qkey]int64{}, lastHeard: time.Now(), cancel: cancel}
 	for _, o := range hello.Ends {
 		k := qkey{o.Topic, o.Queue}
+		if _, _, internal := sdk.InternalTopic(o.Topic); !internal && !held[o.Topic] {
+			// A topic the master deleted (or never had): the slave
+			// deletes it with the master's topic set, which opens
+			// the stream; nothing of it is shipped.
+			continue
+		}
 		p.mu.Lock()
 		bound := max(stored[k], p.ends[k])
 		p.mu.Unlock()
@@ -232,6 +241,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	p.sessions[s] = struct{}{}
 	signal(&p.progress)
 	groups := p.takeOffsetsLocked(s) // every group this master knows
+	topics := p.openingTopicsLocked(s, info)
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
@@ -241,7 +251,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 		p.mu.Unlock()
 	}()
-	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups}); err != nil {
+	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, Topics: topics}); err != nil {
 		return err
 	}
 	go l.acks(ctx, stream, s)
@@ -309,6 +319,8 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			read  *qkey
 			bytes int
 		)
+		// The topic set first: any queue in p.ends now is in it.
+		topics := p.takeTopicsLocked(s)
 		if s.unacked < maxUnacked {
 			for k, end := range p.ends {
 				from := s.sent[k]
@@ -366,11 +378,11 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		// Groups' offsets committed since the last frame ride with this
 		// one (or go alone).
 		groups := p.takeOffsets(s)
-		if len(frame) > 0 || len(groups) > 0 {
+		if len(frame) > 0 || len(groups) > 0 || topics != nil {
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups}); err != nil {
+			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, Topics: topics}); err != nil {
 				return err
 			}
 		}

@@ -46,6 +46,9 @@ type Plugin struct {
 	// (master) or the master sent them (slave), versioned
 	offs   map[gqkey]offEntry
 	offVer uint64
+	// master side (topics.go): the broker's latest topic set, versioned
+	topics   *ferryv1.TopicChange
+	topicVer uint64
 	// slave side
 	leader      *ferryv1.ReplicationStatusResponse // the master followed, as it answered
 	leaderUp    bool

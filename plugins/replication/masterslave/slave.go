@@ -139,6 +139,11 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	if err := p.core.SetRole(ctx, &sdk.SetRoleRequest{Role: sdk.RoleSlave, LeaderNode: first.MasterNode, LeaderAddress: first.MasterAddress}); err != nil {
 		return err
 	}
+	if first.Topics != nil {
+		if err := p.core.ApplyTopics(fctx, first.Topics); err != nil {
+			return fmt.Errorf("applying the master's topics: %w", err)
+		}
+	}
 
 	var sendMu sync.Mutex
 	send := func(r *ferryv1.FollowRequest) error {
@@ -150,12 +155,19 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	type applied struct {
 		wait sdk.ApplyWait
 		msgs []*sdk.Message
+		// barrier, when set, is closed once every apply before it
+		// is confirmed (a topic set waits for it).
+		barrier chan struct{}
 	}
 	waits := make(chan applied, 256)
 	ackerDone := make(chan struct{})
 	go func() {
 		defer close(ackerDone)
 		for a := range waits {
+			if a.barrier != nil {
+				close(a.barrier)
+				continue
+			}
 			if _, err := a.wait(fctx); err != nil {
 				cancel(fmt.Errorf("apply: %w", err))
 				for range waits {
@@ -234,6 +246,23 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			p.masterOffsets(resp.GroupOffsets)
 			kickChan(offKick)
 		}
+		if resp.Topics != nil {
+			// After the applies before it, before this frame's.
+			barrier := make(chan struct{})
+			select {
+			case waits <- applied{barrier: barrier}:
+			case <-fctx.Done():
+				return context.Cause(fctx)
+			}
+			select {
+			case <-barrier:
+			case <-fctx.Done():
+				return context.Cause(fctx)
+			}
+			if err := p.core.ApplyTopics(fctx, resp.Topics); err != nil {
+				return fmt.Errorf("applying the master's topics: %w", err)
+			}
+		}
 		if len(resp.Messages) == 0 {
 			continue
 		}
@@ -248,7 +277,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			return fmt.Errorf("apply: %w", err)
 		}
 		select {
-		case waits <- applied{wait, resp.Messages}:
+		case waits <- applied{wait: wait, msgs: resp.Messages}:
 		case <-fctx.Done():
 			return context.Cause(fctx)
 		}

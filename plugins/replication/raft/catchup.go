@@ -82,11 +82,20 @@ func (f *fsm) gaps(ctx context.Context, ends map[string]int64, installed bool) (
 	for _, o := range info.Offsets {
 		local[queueKey(o.Topic, o.Queue)] = o.End
 	}
+	held := map[string]bool{}
+	for _, t := range info.Topics {
+		held[t.Name] = true
+	}
 	var out []*gap
 	for k, want := range ends {
 		topic, queue, err := parseQueueKey(k)
 		if err != nil {
 			return nil, err
+		}
+		if _, _, internal := sdk.InternalTopic(topic); !internal && !held[topic] {
+			// A topic this node does not hold (deleted after the
+			// snapshot, in log order): nothing of it is to be stored.
+			continue
 		}
 		switch have := local[k]; {
 		case have < want:

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +31,7 @@ type memCore struct {
 	mu              sync.Mutex
 	queues          map[string][]*sdk.Message
 	skew            int64
+	applied         []string // topic changes, "op name"
 }
 
 func newMemCore(queues ...string) *memCore {
@@ -72,11 +74,56 @@ func (c *memCore) NodeInfo(context.Context) (*sdk.NodeInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	info := &sdk.NodeInfo{}
+	topics := map[string]int32{}
 	for k, q := range c.queues {
 		topic, queue, _ := parseQueueKey(k)
 		info.Offsets = append(info.Offsets, &ferryv1.QueueOffsets{Topic: topic, Queue: queue, End: int64(len(q))})
+		topics[topic] = max(topics[topic], queue+1)
+	}
+	for _, n := range slices.Sorted(maps.Keys(topics)) {
+		info.Topics = append(info.Topics, &sdk.ReplicatedTopic{Name: n, Queues: topics[n]})
 	}
 	return info, nil
+}
+
+// ApplyTopics creates, grows and deletes topics' queues as the broker
+// would (idempotently); applied records each change.
+func (c *memCore) ApplyTopics(_ context.Context, ch *sdk.TopicChange) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.applied = append(c.applied, ch.Op+" "+ch.Name)
+	ensure := func(name string, n int32) {
+		for q := range n {
+			if _, ok := c.queues[queueKey(name, q)]; !ok {
+				c.queues[queueKey(name, q)] = nil
+			}
+		}
+	}
+	drop := func(name string) {
+		for k := range c.queues {
+			if t, _, _ := parseQueueKey(k); t == name {
+				delete(c.queues, k)
+			}
+		}
+	}
+	switch ch.Op {
+	case sdk.TopicCreate, sdk.TopicAlter:
+		ensure(ch.Name, ch.Queues)
+	case sdk.TopicDelete:
+		drop(ch.Name)
+	case sdk.TopicSet:
+		keep := map[string]bool{}
+		for _, t := range ch.Topics {
+			ensure(t.Name, t.Queues)
+			keep[t.Name] = true
+		}
+		for k := range c.queues {
+			if t, _, _ := parseQueueKey(k); !keep[t] {
+				delete(c.queues, k)
+			}
+		}
+	}
+	return nil
 }
 
 // fill appends n messages to a queue, as raft entries would.

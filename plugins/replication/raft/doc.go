@@ -144,6 +144,33 @@
 // committed offsets are not read back: they include commits made to this
 // node alone, which are not the log's, and the store cannot list its groups.
 //
+// # Topics
+//
+// Topic metadata goes through the log as well (sdk.TopicReplication,
+// topics.go), so that every node knows the same topics. The leader's broker
+// checks a create, alter or delete against its own topics and hands it to
+// ReplicateTopics, which appends an entry of kind 2 (0x00, 2, a protobuf
+// TopicChange) and waits until the leader's FSM applied it; the admin call
+// is answered with that apply's outcome. Every node applies the entry in
+// log order through ReplicaCore.ApplyTopics, which writes the node's
+// topics.json before it returns. The FSM treats it as a barrier: the
+// appends of the entries before it are stored first, and no later entry's
+// append starts before it is applied, so a batch of a topic just created
+// finds the topic on every node. The applied index is written after it
+// (it is not recorded in the store), and ApplyTopics is idempotent, so an
+// entry applied again after a kill does no harm.
+//
+// Snapshots list the node's topics (`topics`, from ReplicaCore.NodeInfo;
+// absent from older snapshots, which change no topic). A follower that
+// restores one applies them as a set (creating, growing, deleting) before it
+// fetches the messages the snapshot's ends name; at start, a snapshot
+// beyond the applied index (a Restore killed midway) has its topics applied
+// again, while one the node applied past says nothing of its topics now.
+// The catch-up skips topics the node does not hold (deleted after the
+// snapshot). The pipeline's topics stay each node's baseline: a replicated
+// delete of a topic a node declares is not applied there, and logged as a
+// conflict (see docs/admin.md).
+//
 // Use `flush: sync` storage: a store that loses acknowledged appends in a
 // crash would leave its node behind entries raft considers applied.
 //

@@ -102,11 +102,28 @@ var _ hraft.BatchingFSM = (*fsm)(nil)
 
 func (f *fsm) Apply(l *hraft.Log) any { return f.ApplyBatch([]*hraft.Log{l})[0] }
 
-// ApplyBatch starts every batch entry's append in log order (so that one
-// flush of the store covers the batch), then waits for each in log order and
+// ApplyBatch applies entries in log order. A topic change (topics.go) is a
+// barrier: the entries before it are stored first, and no later entry's
+// append starts before it is applied (a batch of a topic it creates must
+// find the topic).
+func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
+	out := make([]any, 0, len(logs))
+	start := 0
+	for i, l := range logs {
+		if isTopics(l) {
+			out = append(out, f.applyRun(logs[start:i])...)
+			out = append(out, f.applyTopicEntry(l))
+			start = i + 1
+		}
+	}
+	return append(out, f.applyRun(logs[start:])...)
+}
+
+// applyRun starts every batch entry's append in log order (so that one
+// flush of the store covers the run), then waits for each in log order and
 // applies each offsets entry at its place (offsets.go): after the appends of
 // the entries before it are stored.
-func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
+func (f *fsm) applyRun(logs []*hraft.Log) []any {
 	out := make([]any, len(logs))
 	waits := make([]sdk.ApplyWait, len(logs))
 	msgs := make([][]*sdk.Message, len(logs))
@@ -239,12 +256,18 @@ func (f *fsm) writeApplied() {
 }
 
 // start begins one entry's append; it retries while the core cannot take it
-// (the storage plugin restarting). It gives up only when the node stops.
+// (the storage plugin restarting). It gives up when the node stops, and at
+// once for messages of a topic or queue this node does not have (retrying
+// cannot help; the entry fails here, logged, and raft goes on).
 func (f *fsm) start(msgs []*sdk.Message) sdk.ApplyWait {
 	for {
 		w, err := f.core.Apply(f.ctx, msgs)
 		if err == nil {
 			return w
+		}
+		if permanent(err) {
+			f.p.log.Error("a committed batch cannot be stored on this node", "topic", msgs[0].Topic, "error", err)
+			return func(context.Context) ([]int64, error) { return nil, err }
 		}
 		if f.ctx.Err() != nil {
 			return func(context.Context) ([]int64, error) { return nil, err }
@@ -261,13 +284,18 @@ func (f *fsm) finish(msgs []*sdk.Message, w sdk.ApplyWait) any {
 		if err == nil {
 			return offs
 		}
-		if f.ctx.Err() != nil || errors.Is(err, sdk.ErrCorrupt) || errors.Is(err, sdk.ErrInvalidArgument) {
+		if f.ctx.Err() != nil || errors.Is(err, sdk.ErrCorrupt) || permanent(err) {
 			return err
 		}
 		f.p.log.Warn("applying a committed entry failed; retrying", "error", err)
 		time.Sleep(50 * time.Millisecond)
 		w = f.start(msgs)
 	}
+}
+
+// permanent reports an error of an apply that retrying cannot help.
+func permanent(err error) bool {
+	return errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrNotFound)
 }
 
 // Snapshots hold no messages: the store is the state, so a snapshot records
@@ -285,6 +313,10 @@ type snapshot struct {
 	// to the snapshot: group → "topic/queue" → next offset. Absent in
 	// snapshots written before offsets went through the log.
 	Offsets offsetTable `json:"offsets,omitempty"`
+	// Topics are the node's topics when the snapshot was taken (the
+	// topic changes the log applied, on the pipeline's baseline). Absent
+	// (nil) in snapshots written before topics went through the log.
+	Topics []snapTopic `json:"topics"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
@@ -296,7 +328,7 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot()}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics)}
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -332,6 +364,12 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	defer r.Close()
 	s, err := readSnapshot(r)
 	if err != nil {
+		return err
+	}
+	// The snapshot's topics first: its messages may be of topics this
+	// node does not hold yet.
+	if err := f.restoreTopics(s); err != nil {
+		f.p.log.Error("restoring a raft snapshot's topics", "error", err)
 		return err
 	}
 	if _, err := f.catchUp(f.ctx, s.Ends, f.patience, true); err != nil {
@@ -379,6 +417,14 @@ func (f *fsm) resume(ctx context.Context, snaps hraft.SnapshotStore) error {
 	_ = rc.Close()
 	if err != nil {
 		return err
+	}
+	if f.snapshotIndex(s) > f.applied {
+		// A Restore killed before it was done: its topics first. (A
+		// snapshot this node applied past says nothing of its topics
+		// now: changes after it are in the node's topics.json.)
+		if err := f.restoreTopics(s); err != nil {
+			return err
+		}
 	}
 	n, err := f.catchUp(ctx, s.Ends, 0, false)
 	if err != nil {
