@@ -148,6 +148,8 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownReplicateRequest(m)
 	case *ferryv1.ReplicateResponse:
 		return true, ownReplicateResponse(m)
+	case *ferryv1.ReplicatedTopic:
+		return true, ownReplicatedTopic(m)
 	case *ferryv1.ReplicationFrame:
 		return true, ownReplicationFrame(m)
 	case *ferryv1.ReplicationStatusRequest:
@@ -168,6 +170,10 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownStoredGroupsRequest(m)
 	case *ferryv1.StoredGroupsResponse:
 		return true, ownStoredGroupsResponse(m)
+	case *ferryv1.TopicChange:
+		return true, ownTopicChange(m)
+	case *ferryv1.TopicChangeResponse:
+		return true, ownTopicChangeResponse(m)
 	case *ferryv1.TopicInfo:
 		return true, ownTopicInfo(m)
 	case *ferryv1.TopicMembers:
@@ -686,6 +692,9 @@ func ownFollowResponse(m *ferryv1.FollowResponse) error {
 			return err
 		}
 	}
+	if err := ownTopicChange(m.Topics); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -928,6 +937,11 @@ func ownNodeInfoResponse(m *ferryv1.NodeInfoResponse) error {
 			return err
 		}
 	}
+	for _, e := range m.Topics {
+		if err := ownReplicatedTopic(e); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -1100,6 +1114,10 @@ func ownReplicaCoreFrame(m *ferryv1.ReplicaCoreFrame) error {
 		if err := ownCommitOffsetsResponse(o.CommitOffsets); err != nil {
 			return err
 		}
+	case *ferryv1.ReplicaCoreFrame_ApplyTopics:
+		if err := ownTopicChangeResponse(o.ApplyTopics); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -1146,6 +1164,17 @@ func ownReplicateResponse(m *ferryv1.ReplicateResponse) error {
 	return nil
 }
 
+// ownReplicatedTopic checks the strings of a ferry.v1.ReplicatedTopic.
+func ownReplicatedTopic(m *ferryv1.ReplicatedTopic) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Name, "ferry.v1.ReplicatedTopic.name"); err != nil {
+		return err
+	}
+	return nil
+}
+
 // ownReplicationFrame checks the strings of a ferry.v1.ReplicationFrame.
 func ownReplicationFrame(m *ferryv1.ReplicationFrame) error {
 	if m == nil {
@@ -1170,6 +1199,10 @@ func ownReplicationFrame(m *ferryv1.ReplicationFrame) error {
 		}
 	case *ferryv1.ReplicationFrame_CommitOffsets:
 		if err := ownCommitOffsetsRequest(o.CommitOffsets); err != nil {
+			return err
+		}
+	case *ferryv1.ReplicationFrame_ApplyTopics:
+		if err := ownTopicChange(o.ApplyTopics); err != nil {
 			return err
 		}
 	}
@@ -1298,6 +1331,33 @@ func ownStoredGroupsResponse(m *ferryv1.StoredGroupsResponse) error {
 	}
 	if err := ownStringList(m.Groups, "ferry.v1.StoredGroupsResponse.groups"); err != nil {
 		return err
+	}
+	return nil
+}
+
+// ownTopicChange checks the strings of a ferry.v1.TopicChange.
+func ownTopicChange(m *ferryv1.TopicChange) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Op, "ferry.v1.TopicChange.op"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Name, "ferry.v1.TopicChange.name"); err != nil {
+		return err
+	}
+	for _, e := range m.Topics {
+		if err := ownReplicatedTopic(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownTopicChangeResponse checks the strings of a ferry.v1.TopicChangeResponse.
+func ownTopicChangeResponse(m *ferryv1.TopicChangeResponse) error {
+	if m == nil {
+		return nil
 	}
 	return nil
 }
