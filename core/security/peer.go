@@ -630,7 +630,7 @@ func (r *reloader) clientConf(host string) (*tls.Config, error) {
 		// that the peer can say which certificate it refused and why.
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil },
 		RootCAs:              s.ClientCAs,
-		ServerName:   host,
-		NextProtos:   []string{"h2"},
+		ServerName:           host,
+		NextProtos:           []string{"h2"},
 	}, nil
 }
