@@ -154,6 +154,8 @@ type Peers struct {
 	secret     []byte
 }
 
+// A nil *Peers is plaintext links that nobody proves anything on.
+//
 // NewPeers loads l's files now (failing naming the one that cannot be
 // used) and returns the handshakes of a listener or dialler named name in
 // logs. Refusals are logged to log (nil: slog's default) as "replication
@@ -177,6 +179,18 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// requires says what a peer must present, for errors.
+func (p *Peers) requires() string {
+	switch {
+	case p.tls != nil && p.secretFile != "":
+		return "TLS with a certificate of the cluster CA and the cluster secret (tls and secret_file in the peer's replication config)"
+	case p.tls != nil:
+		return "TLS with a certificate of the cluster CA (tls in the peer's replication config)"
+	default:
+		return "the cluster secret (secret_file in the peer's replication config)"
+	}
 }
 
 // Secure reports whether the links speak TLS.
@@ -215,6 +229,13 @@ func (p *Peers) currentSecret() ([]byte, error) {
 	return s, nil
 }
 
+// http2Preface starts what a plain gRPC client sends.
+const http2Preface = "PRI * HTTP/2.0\r\n"
+
+// plainPeers stands for a nil *Peers: plaintext links, nobody proves
+// anything.
+var plainPeers = &Peers{name: "replication", log: nopLogger{}}
+
 // peerHandshakeTimeout bounds a connection's handshake.
 const peerHandshakeTimeout = 10 * time.Second
 
@@ -252,6 +273,9 @@ func (e *PeerError) Error() string { return "replication peer " + e.Peer + ": " 
 // listener: it returns the connection to use (the TLS one with TLS), or
 // an error once conn is closed and the refusal logged.
 func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
+	if p == nil {
+		p = plainPeers
+	}
 	remote := conn.RemoteAddr().String()
 	_ = conn.SetDeadline(time.Now().Add(peerHandshakeTimeout))
 	refuse := func(reason string, tell bool) (net.Conn, *tls.ConnectionState, error) {
@@ -287,10 +311,24 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 		state = &st
 		conn = tc
 	}
+	if !p.Authenticated() && first[0] != peerProto[0] {
+		// An open listener takes plain gRPC clients (tools, older nodes)
+		// and raft connections as it always has: there is nothing for
+		// them to prove. Only a peer that starts the handshake (it has a
+		// secret to prove) is answered, and then refused.
+		_ = conn.SetDeadline(time.Time{})
+		return conn, nil, nil
+	}
 	br := bufio.NewReaderSize(conn, maxPeerLine)
+	if b, err := br.Peek(1); err != nil {
+		return refuse("closed before its handshake: "+err.Error(), false)
+	} else if b[0] != peerProto[0] {
+		// A plain gRPC client or raft connection: no credentials at all.
+		return refuse(fmt.Sprintf("the peer sent no credentials (no Ferry peer handshake): this replication listener (%s) requires %s", p.name, p.requires()), true)
+	}
 	hello, err := readPeerLine(br)
 	if err != nil {
-		return refuse("not a Ferry replication peer: "+err.Error(), p.tls != nil)
+		return refuse("not a Ferry replication peer: "+err.Error(), true)
 	}
 	cnonce, ok := strings.CutPrefix(hello, peerProto+" HELLO ")
 	if !ok || !validNonce(cnonce) {
@@ -350,6 +388,9 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 // returns the connection to use, or an error (conn closed) that says why
 // the peer was refused or refused this node.
 func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Conn, *tls.ConnectionState, error) {
+	if p == nil {
+		p = plainPeers
+	}
 	dl := time.Now().Add(peerHandshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 		dl = d
@@ -358,6 +399,13 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 	fail := func(reason string) (net.Conn, *tls.ConnectionState, error) {
 		_ = conn.Close()
 		return nil, nil, &PeerError{Peer: addr, Reason: reason}
+	}
+	if !p.Authenticated() {
+		// Nothing to prove: the connection is what plain gRPC or raft
+		// expects (so that this node links with older ones), except that
+		// a refusal from a secured listener is read as one.
+		_ = conn.SetDeadline(time.Time{})
+		return &refusalConn{Conn: conn, addr: addr}, nil, nil
 	}
 	var state *tls.ConnectionState
 	if p.tls != nil {
@@ -507,6 +555,40 @@ func (c *lazyConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadlin
 func (c *lazyConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
 func (c *lazyConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
 
+// refusalConn is a plaintext client connection whose first read turns a
+// secured listener's "FERRYPEER/1 ERR reason" into a PeerError.
+type refusalConn struct {
+	net.Conn
+	addr    string
+	checked bool
+}
+
+func (c *refusalConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.checked || n == 0 {
+		return n, err
+	}
+	c.checked = true
+	const refusal = peerProto + " ERR "
+	if n < len(refusal) && strings.HasPrefix(refusal, string(b[:n])) {
+		// The start of a refusal, perhaps: read up to its prefix.
+		m, _ := io.ReadAtLeast(c.Conn, b[n:], min(len(refusal)-n, len(b)-n))
+		n += m
+	}
+	if !strings.HasPrefix(string(b[:n]), refusal) {
+		return n, err
+	}
+	line := string(b[len(refusal):n])
+	if i := strings.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i]
+	} else {
+		rest, _ := bufio.NewReaderSize(c.Conn, maxPeerLine).ReadString('\n')
+		line += strings.TrimSuffix(rest, "\n")
+	}
+	_ = c.Conn.Close()
+	return 0, &PeerError{Peer: c.addr, Reason: "refused this node: " + line}
+}
+
 // prefixConn reads prefix before the rest of the connection.
 type prefixConn struct {
 	net.Conn
@@ -585,6 +667,8 @@ func tlsReason(err error, server bool) string {
 			return "tls: the peer's certificate is not signed by the cluster CA (tls.ca_file): " + msg
 		}
 		return "tls: the peer's certificate is not signed by the cluster CA (tls.ca_file), or the peer does not trust this node's: " + msg
+	case server && strings.Contains(msg, "remote error: tls: bad certificate"):
+		return "tls: the peer refused this node's certificate (does the peer trust the cluster CA, tls.ca_file?): " + msg
 	case strings.Contains(msg, "didn't provide a certificate") || strings.Contains(msg, "certificate required"):
 		return "tls: the peer presented no certificate; the cluster requires mutual TLS (tls.cert_file and key_file on every node): " + msg
 	case errors.As(err, &hostErr):

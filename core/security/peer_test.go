@@ -34,7 +34,8 @@ func (l *recLog) text() string {
 }
 
 // echoServer serves l: each accepted connection that passes the handshake
-// gets "data\n" written and is closed. It returns the address.
+// and sends the 24 bytes of a gRPC client's preface gets "data\n" written
+// and is closed. It returns the address.
 func echoServer(t *testing.T, p *Peers) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -51,6 +52,10 @@ func echoServer(t *testing.T, p *Peers) string {
 			}
 			go func() {
 				defer c.Close()
+				// The client's preface first, so that closing does not reset.
+				if _, err := io.ReadFull(c, make([]byte, len(http2Preface)+8)); err != nil {
+					return
+				}
 				_, _ = c.Write([]byte("data\n"))
 			}()
 		}
@@ -112,7 +117,9 @@ func TestPeerHandshake(t *testing.T) {
 		{name: "TLS client on a plaintext port", server: PeerLink{SecretFile: secret}, client: full,
 			clientErr: "plaintext", serverLog: "speaks TLS and this replication listener (listen) is plaintext"},
 		{name: "plaintext without secret on a secret port", server: PeerLink{SecretFile: secret}, client: PeerLink{},
-			clientErr: "has no cluster secret", serverLog: "has no cluster secret"},
+			clientErr: "sent no credentials", serverLog: "sent no credentials"},
+		{name: "plain client on a TLS port", server: full, client: PeerLink{},
+			clientErr: "requires TLS and the peer spoke plaintext", serverLog: "requires TLS"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -125,6 +132,10 @@ func TestPeerHandshake(t *testing.T) {
 			var got []byte
 			if err == nil {
 				_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+				// What a gRPC client sends first.
+				if _, err = conn.Write([]byte(http2Preface + "\r\nSM\r\n\r\n")); err != nil {
+					t.Fatal(err)
+				}
 				got, err = io.ReadAll(conn)
 				conn.Close()
 				if err == nil && string(got) != "data\n" {
