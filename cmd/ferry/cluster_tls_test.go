@@ -134,6 +134,12 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 			t.Errorf("the master lists replica %q (%s): only the slave may link", r.Node, r.Address)
 		}
 	}
+	// `ferry cluster status` with the link's credentials as flags.
+	out, err := exec.Command(bin, "cluster", "status", "--nodes", mr+","+sr, "--peer-ca", ca.CertFile,
+		"--peer-cert", sPair.CertFile, "--peer-key", sPair.KeyFile, "--secret-file", secret).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "master (") || strings.Contains(string(out), "unreachable") {
+		t.Errorf("ferry cluster status with --peer-* flags: %v\n%s", err, out)
+	}
 	master.kill(t)
 	l.halt()
 	eventually(t, 30*time.Second, "slave sees its master gone", func() bool {
@@ -146,7 +152,7 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	})
 
 	// Without credentials, `ferry cluster` is refused by the slave.
-	out, err := exec.Command(bin, "cluster", "status", "--nodes", sr).CombinedOutput()
+	out, err = exec.Command(bin, "cluster", "status", "--nodes", sr).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "requires TLS") {
 		t.Errorf("ferry cluster status without credentials: %v\n%s; want it refused, saying the listener requires TLS", err, out)
 	}
