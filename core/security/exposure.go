@@ -58,8 +58,8 @@ func (e Exposed) Message(allowed bool) string {
 func Exposure(ls []Listener) []Exposed {
 	var out []Exposed
 	for _, l := range ls {
-		if l.Addr == "" || Loopback(l.Addr) || (l.TLS && l.Authenticated) {
-			continue
+		if _, _, err := net.SplitHostPort(l.Addr); err != nil || Loopback(l.Addr) || (l.TLS && l.Authenticated) {
+			continue // a malformed address is its key's own problem
 		}
 		why := "TLS and authentication"
 		switch {

@@ -323,6 +323,16 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 	if b, err := br.Peek(1); err != nil {
 		return refuse("closed before its handshake: "+err.Error(), false)
 	} else if b[0] != peerProto[0] {
+		if state != nil && p.secretFile == "" {
+			// Mutual TLS alone: the certificate the handshake verified
+			// against the cluster CA is the credential, so a plain gRPC
+			// client over mutual TLS (grpcurl, say) is taken too.
+			if br.Buffered() > 0 {
+				conn = &prefixConn{Conn: conn, prefix: drain(br)}
+			}
+			_ = conn.SetDeadline(time.Time{})
+			return conn, state, nil
+		}
 		// A plain gRPC client or raft connection: no credentials at all.
 		return refuse(fmt.Sprintf("the peer sent no credentials (no Ferry peer handshake): this replication listener (%s) requires %s", p.name, p.requires()), true)
 	}
@@ -542,12 +552,9 @@ func (c *lazyConn) Write(b []byte) (int, error) {
 	return c.conn.Write(b)
 }
 
-func (c *lazyConn) Close() error {
-	if c.conn != nil {
-		return c.conn.Close()
-	}
-	return c.raw.Close()
-}
+// Close closes the socket (without a TLS close_notify): it may be called
+// while the handshake runs, from another goroutine.
+func (c *lazyConn) Close() error { return c.raw.Close() }
 
 func (c *lazyConn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
 func (c *lazyConn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }

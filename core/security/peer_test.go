@@ -2,6 +2,7 @@ package security
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -243,5 +244,40 @@ func TestPeerCertificateReloaded(t *testing.T) {
 			t.Fatalf("after rotation the listener serves serial %s, want %s", got, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Under mutual TLS alone the verified certificate is the credential: a
+// plain TLS client with a certificate of the cluster CA (grpcurl, say) is
+// served. With a cluster secret it must run the handshake, and is refused.
+func TestPeerPlainClientOverMutualTLS(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	node := ca.Issue("node-1", securitytest.Options{Peer: true})
+	tool := ca.Issue("tool", securitytest.Options{Client: true})
+	secret := ca.Secret("secret", "0123456789abcdef-cluster")
+	conf, err := ClientTLS{CAFile: ca.CertFile, CertFile: tool.CertFile, KeyFile: tool.KeyFile}.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		secret string
+		served bool
+	}{{"", true}, {secret, false}} {
+		log := &recLog{}
+		addr := echoServer(t, mustPeers(t, PeerLink{TLS: PeerTLS{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.CertFile}, SecretFile: tc.secret}, log))
+		conn, err := tls.Dial("tcp", addr, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = conn.Write([]byte(http2Preface + "\r\nSM\r\n\r\n"))
+		got, _ := io.ReadAll(conn)
+		conn.Close()
+		if served := string(got) == "data\n"; served != tc.served {
+			t.Errorf("secret %q: served %v (read %q), want %v; server log %s", tc.secret, served, got, tc.served, log.text())
+		}
+		if !tc.served && !strings.Contains(string(got), "sent no credentials") {
+			t.Errorf("refused plain client told %q, want why", got)
+		}
 	}
 }
