@@ -281,3 +281,39 @@ func TestPeerPlainClientOverMutualTLS(t *testing.T) {
 		}
 	}
 }
+
+// Whatever a peer sends, the server side of the handshake neither panics
+// nor accepts a peer that does not know the secret.
+func FuzzPeerHandshake(f *testing.F) {
+	f.Add([]byte("FERRYPEER/1 HELLO " + strings.Repeat("ab", 32) + "\nFERRYPEER/1 PROOF " + strings.Repeat("00", 32) + "\n"))
+	f.Add([]byte("FERRYPEER/1 HELLO " + strings.Repeat("ab", 32) + "\nFERRYPEER/1 PROOF -\n"))
+	f.Add([]byte("FERRYPEER/1 HELLO zz\n"))
+	f.Add([]byte(http2Preface + "\r\nSM\r\n\r\n"))
+	f.Add([]byte{0x16, 0x03, 0x01, 0x00, 0x05})
+	f.Add([]byte("FERRYPEER/1 HELLO " + strings.Repeat("a", 600)))
+	dir := f.TempDir()
+	secret := dir + "/secret"
+	if err := os.WriteFile(secret, []byte("0123456789abcdef-fuzz"), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	p, err := NewPeers(PeerLink{SecretFile: secret}, "listen", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		server, client := net.Pipe()
+		defer client.Close()
+		go func() {
+			// A pipe's write returns once the server read it all, or
+			// closed its end; then the peer says no more.
+			_, _ = client.Write(in)
+			client.Close()
+		}()
+		go func() { _, _ = io.Copy(io.Discard, client) }()
+		conn, _, err := p.Server(server)
+		if err == nil {
+			conn.Close()
+			t.Fatalf("accepted %q without the secret", in)
+		}
+	})
+}
