@@ -152,6 +152,50 @@ type Peers struct {
 	mu         sync.Mutex
 	secretAt   fileStamp
 	secret     []byte
+	refusals   map[refusalKey]*refusalLog // what was logged lately, by source host and reason
+}
+
+type refusalKey struct{ host, reason string }
+
+type refusalLog struct {
+	at         time.Time
+	suppressed int
+}
+
+// refusalEvery is how often the same refusal of the same host is logged:
+// a peer retrying every second would fill the log.
+const refusalEvery = 10 * time.Second
+
+// logRefusal logs a refused connection, the first of a kind from a host
+// at once, repeats at most every refusalEvery with their count.
+func (p *Peers) logRefusal(remote, reason string) {
+	host := remote
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		host = h
+	}
+	k := refusalKey{host, reason}
+	now := time.Now()
+	p.mu.Lock()
+	if p.refusals == nil || len(p.refusals) > 4096 {
+		p.refusals = map[refusalKey]*refusalLog{}
+	}
+	r := p.refusals[k]
+	if r != nil && now.Sub(r.at) < refusalEvery {
+		r.suppressed++
+		p.mu.Unlock()
+		return
+	}
+	repeated := 0
+	if r != nil {
+		repeated = r.suppressed
+	}
+	p.refusals[k] = &refusalLog{at: now}
+	p.mu.Unlock()
+	args := []any{"listener", p.name, "peer", remote, "reason", reason}
+	if repeated > 0 {
+		args = append(args, "refused_since_last_logged", repeated)
+	}
+	p.log.Warn("replication peer refused", args...)
 }
 
 // A nil *Peers is plaintext links that nobody proves anything on.
@@ -283,7 +327,7 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 			_, _ = fmt.Fprintf(conn, "%s ERR %s\n", peerProto, reason)
 		}
 		_ = conn.Close()
-		p.log.Warn("replication peer refused", "listener", p.name, "peer", remote, "reason", reason)
+		p.logRefusal(remote, reason)
 		return nil, nil, &PeerError{Peer: remote, Reason: reason}
 	}
 	first := make([]byte, 1)
