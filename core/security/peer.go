@@ -280,6 +280,10 @@ const http2Preface = "PRI * HTTP/2.0\r\n"
 // anything.
 var plainPeers = &Peers{name: "replication", log: nopLogger{}}
 
+// refusalDrain bounds how long a refused peer is read after it was told
+// why, so that it reads the refusal before the connection closes.
+const refusalDrain = 2 * time.Second
+
 // peerHandshakeTimeout bounds a connection's handshake.
 const peerHandshakeTimeout = 10 * time.Second
 
@@ -321,10 +325,17 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 		p = plainPeers
 	}
 	remote := conn.RemoteAddr().String()
+	raw := conn
 	_ = conn.SetDeadline(time.Now().Add(peerHandshakeTimeout))
 	refuse := func(reason string, tell bool) (net.Conn, *tls.ConnectionState, error) {
 		if tell {
 			_, _ = fmt.Fprintf(conn, "%s ERR %s\n", peerProto, reason)
+			// Let the peer read it: closing with what it sent unread
+			// would reset the connection before it does.
+			if hc, ok := raw.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+				_ = raw.SetReadDeadline(time.Now().Add(refusalDrain))
+				_, _ = io.Copy(io.Discard, io.LimitReader(raw, 1<<20))
+			}
 		}
 		_ = conn.Close()
 		p.logRefusal(remote, reason)
@@ -612,9 +623,13 @@ type refusalConn struct {
 	net.Conn
 	addr    string
 	checked bool
+	refused error
 }
 
 func (c *refusalConn) Read(b []byte) (int, error) {
+	if c.refused != nil {
+		return 0, c.refused
+	}
 	n, err := c.Conn.Read(b)
 	if c.checked || n == 0 {
 		return n, err
@@ -636,8 +651,10 @@ func (c *refusalConn) Read(b []byte) (int, error) {
 		rest, _ := bufio.NewReaderSize(c.Conn, maxPeerLine).ReadString('\n')
 		line += strings.TrimSuffix(rest, "\n")
 	}
-	_ = c.Conn.Close()
-	return 0, &PeerError{Peer: c.addr, Reason: "refused this node: " + line}
+	// Not closed here: the reader (gRPC's, raft's) closes it on this error,
+	// and a write failing on a closed socket meanwhile would hide why.
+	c.refused = &PeerError{Peer: c.addr, Reason: "refused this node: " + line}
+	return 0, c.refused
 }
 
 // prefixConn reads prefix before the rest of the connection.
