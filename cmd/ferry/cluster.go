@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -10,13 +11,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 func init() { rootCmd.AddCommand(newClusterCmd()) }
@@ -29,8 +31,15 @@ func newClusterCmd() *cobra.Command {
 broker's transport: master–slave (async, sync) on its replication address
 (plugins.replication.config.listen), raft on its admin address
 (plugins.replication.config.admin). Give the addresses, or a node's pipeline
-file: its replication section names every node of the cluster.`,
+file: its replication section names every node of the cluster.
+
+Links secured with TLS or a cluster secret (plugins.replication.config.tls,
+secret_file; docs/security.md) need them here too: a pipeline file given
+brings its own; with --nodes or --node, pass --peer-ca, --peer-cert,
+--peer-key (a certificate of the cluster CA, with client auth) and
+--secret-file.`,
 	}
+	var link peerFlags
 	var (
 		nodes   []string
 		asJSON  bool
@@ -43,10 +52,19 @@ file: its replication section names every node of the cluster.`,
 		Example: `  ferry cluster status pipelines/cluster/raft-1.yaml
   ferry cluster status --nodes 127.0.0.1:7271,127.0.0.1:7272`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			peers, err := link.peers()
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
 			for _, path := range args {
 				addrs, err := clusterAddrs(path)
 				if err != nil {
 					return &exitError{code: 2, msg: err.Error()}
+				}
+				if !link.given() {
+					if peers, err = pipelinePeers(path); err != nil {
+						return &exitError{code: 2, msg: err.Error()}
+					}
 				}
 				nodes = append(nodes, addrs...)
 			}
@@ -59,7 +77,7 @@ file: its replication section names every node of the cluster.`,
 			sts := make([]*ferryv1.ReplicationStatusResponse, len(nodes))
 			errs := make([]error, len(nodes))
 			for i, a := range nodes {
-				sts[i], errs[i] = replicationStatus(ctx, a)
+				sts[i], errs[i] = replicationStatus(ctx, peers, a)
 			}
 			if asJSON {
 				return printClusterJSON(cmd.OutOrStdout(), nodes, sts, errs)
@@ -76,6 +94,7 @@ file: its replication section names every node of the cluster.`,
 	statusCmd.Flags().StringSliceVar(&nodes, "nodes", nil, "replication (master–slave) or admin (raft) addresses of the nodes")
 	statusCmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	statusCmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "bound on the whole command")
+	link.add(statusCmd.Flags())
 
 	var (
 		node  string
@@ -99,6 +118,10 @@ whose replication address (plugins.replication.config.listen) is ADDR. Rules:
   ferry cluster promote --node 127.0.0.1:7272`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			peers, err := link.peers()
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
 			switch {
 			case len(args) == 1 && node != "":
 				return &exitError{code: 2, msg: "give the slave's pipeline file or --node, not both"}
@@ -108,12 +131,17 @@ whose replication address (plugins.replication.config.listen) is ADDR. Rules:
 					return &exitError{code: 2, msg: err.Error()}
 				}
 				node = addr
+				if !link.given() {
+					if peers, err = pipelinePeers(args[0]); err != nil {
+						return &exitError{code: 2, msg: err.Error()}
+					}
+				}
 			case node == "":
 				return &exitError{code: 2, msg: "name the slave: its pipeline file, or --node ADDR (its replication address)"}
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			cc, err := dialReplication(node)
+			cc, err := dialReplication(peers, node)
 			if err != nil {
 				return err
 			}
@@ -134,16 +162,19 @@ whose replication address (plugins.replication.config.listen) is ADDR. Rules:
 	_ = promoteCmd.Flags().MarkDeprecated("broker", "use --node (or the slave's pipeline file)")
 	promoteCmd.Flags().BoolVar(&force, "force", false, "promote even though a master is reachable or the slave is behind")
 	promoteCmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "bound on the command")
+	link.add(promoteCmd.Flags())
 	cmd.AddCommand(statusCmd, promoteCmd)
 	return cmd
 }
 
-func dialReplication(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// dialReplication connects to a node's replication (or raft admin)
+// listener with the cluster's peer handshake.
+func dialReplication(peers *security.Peers, addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(peers.GRPC()))
 }
 
-func replicationStatus(ctx context.Context, addr string) (*ferryv1.ReplicationStatusResponse, error) {
-	cc, err := dialReplication(addr)
+func replicationStatus(ctx context.Context, peers *security.Peers, addr string) (*ferryv1.ReplicationStatusResponse, error) {
+	cc, err := dialReplication(peers, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +352,52 @@ func replicationSection(path string) (string, map[string]any, error) {
 		return "", nil, fmt.Errorf("%s: the pipeline has no replication plugin (plugins.replication.type is %q)", path, ref.Type)
 	}
 	return ref.Type, ref.Config, nil
+}
+
+// peerFlags are how `ferry cluster` proves it belongs to a cluster whose
+// links are secured, when no pipeline file says.
+type peerFlags struct{ ca, cert, key, secret string }
+
+func (f *peerFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&f.ca, "peer-ca", "", "secured links: the cluster CA (PEM), as tls.ca_file of the replication config")
+	fs.StringVar(&f.cert, "peer-cert", "", "secured links: a certificate of the cluster CA (PEM, with client auth), as tls.cert_file")
+	fs.StringVar(&f.key, "peer-key", "", "secured links: the key of --peer-cert (PEM)")
+	fs.StringVar(&f.secret, "secret-file", "", "secured links: the cluster secret file, as secret_file")
+}
+
+func (f peerFlags) given() bool { return f.ca != "" || f.cert != "" || f.key != "" || f.secret != "" }
+
+func (f peerFlags) peers() (*security.Peers, error) {
+	l := security.PeerLink{TLS: security.PeerTLS{CertFile: f.cert, KeyFile: f.key, CAFile: f.ca}, SecretFile: f.secret}
+	if ps := l.Validate(""); len(ps) > 0 {
+		var msgs []string
+		for _, p := range ps {
+			msgs = append(msgs, "--"+map[string]string{"tls.cert_file": "peer-cert", "tls.key_file": "peer-key", "tls.ca_file": "peer-ca", "secret_file": "secret-file"}[p.Path]+": "+p.Message)
+		}
+		return nil, errors.New(strings.Join(msgs, "; "))
+	}
+	return security.NewPeers(l, "ferry cluster", nil)
+}
+
+// pipelinePeers is the peer link of a node's pipeline: its replication
+// section's tls and secret_file.
+func pipelinePeers(path string) (*security.Peers, error) {
+	_, rc, err := replicationSection(path)
+	if err != nil {
+		return nil, err
+	}
+	var l security.PeerLink
+	if t, ok := rc["tls"].(map[string]any); ok {
+		l.TLS.CertFile, _ = t["cert_file"].(string)
+		l.TLS.KeyFile, _ = t["key_file"].(string)
+		l.TLS.CAFile, _ = t["ca_file"].(string)
+	}
+	l.SecretFile, _ = rc["secret_file"].(string)
+	p, err := security.NewPeers(l, "ferry cluster", nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: plugins.replication.config: %w", path, err)
+	}
+	return p, nil
 }
 
 func uniq(ss []string) []string {

@@ -206,7 +206,7 @@ func newerLeader(nodes []*raftNode, skip *raftNode, term uint64) (*raftNode, *fe
 		if nd == skip {
 			continue
 		}
-		if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" && st.Epoch > term {
+		if st, err := nd.status(context.Background()); err == nil && st.Role == "leader" && st.Epoch > term {
 			return nd, st
 		}
 	}
@@ -385,7 +385,7 @@ func TestFaultRaftLinksDelayed(t *testing.T) {
 	l.halt()
 	var terms []string
 	for _, nd := range m.nodes {
-		if st, err := clusterStatus(ctx, nd.admin); err == nil {
+		if st, err := nd.status(ctx); err == nil {
 			terms = append(terms, fmt.Sprintf("%s %s term %d", nd.id, st.Role, st.Epoch))
 		}
 	}

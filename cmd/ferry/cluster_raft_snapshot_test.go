@@ -149,7 +149,7 @@ func TestRaftFollowerCatchesUpFromSnapshot(t *testing.T) {
 		eventually(t, 60*time.Second, what, func() bool {
 			var ends []int64
 			for _, nd := range nodes {
-				st, err := clusterStatus(context.Background(), nd.admin)
+				st, err := nd.status(context.Background())
 				if err != nil {
 					return false
 				}

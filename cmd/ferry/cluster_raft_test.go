@@ -132,6 +132,11 @@ func (n *raftNode) start(t *testing.T, bin string) {
 	})
 }
 
+// status asks the node's admin listener for its replication status.
+func (n *raftNode) status(ctx context.Context) (*ferryv1.ReplicationStatusResponse, error) {
+	return clusterStatusVia(ctx, n.peers, n.admin)
+}
+
 // stamp is the wall clock, to line the test's events up with the nodes' logs.
 func stamp() string { return time.Now().Format("15:04:05.000") }
 
@@ -148,7 +153,7 @@ func raftLeaderStatus(nodes []*raftNode) (*raftNode, *ferryv1.ReplicationStatusR
 	var best *raftNode
 	var bestSt *ferryv1.ReplicationStatusResponse
 	for _, nd := range nodes {
-		if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" && (best == nil || st.Epoch > bestSt.Epoch) {
+		if st, err := nd.status(context.Background()); err == nil && st.Role == "leader" && (best == nil || st.Epoch > bestSt.Epoch) {
 			best, bestSt = nd, st
 		}
 	}
@@ -363,7 +368,7 @@ func TestFaultRaftLeaderKilledOrPaused(t *testing.T) {
 				if nd == leader {
 					continue
 				}
-				if st, err := clusterStatus(context.Background(), nd.admin); err == nil && st.Role == "leader" {
+				if st, err := nd.status(context.Background()); err == nil && st.Role == "leader" {
 					next = nd
 					return true
 				}
@@ -421,7 +426,7 @@ func convergeAndCheck(t *testing.T, nodes []*raftNode, l *load, d time.Duration)
 		var counts []string
 		var ends []string
 		for _, nd := range nodes {
-			st, err := clusterStatus(context.Background(), nd.admin)
+			st, err := nd.status(context.Background())
 			if err != nil {
 				counts = append(counts, nd.id+": "+err.Error())
 				continue
@@ -608,7 +613,7 @@ func (l *clusterLoad) errTally() map[string]int {
 func raftStatuses(nodes []*raftNode) []string {
 	var out []string
 	for _, nd := range nodes {
-		st, err := clusterStatus(context.Background(), nd.admin)
+		st, err := nd.status(context.Background())
 		if err != nil {
 			out = append(out, nd.id+": "+err.Error())
 			continue

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/security"
 	"github.com/ferrymq/ferry/core/verify"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
@@ -38,6 +39,8 @@ type clusterNode struct {
 	cmd          *exec.Cmd
 	out          *syncBuffer
 	stopped      bool
+	// peers secures the test's status calls to the node (nil: plaintext).
+	peers *security.Peers
 }
 
 func writeNode(t *testing.T, id, role, mode, broker, repl string, peers []string, timeout string) *clusterNode {
@@ -100,9 +103,15 @@ func (n *clusterNode) signal(t *testing.T, s syscall.Signal) {
 }
 
 func clusterStatus(ctx context.Context, addr string) (*ferryv1.ReplicationStatusResponse, error) {
+	return clusterStatusVia(ctx, nil, addr)
+}
+
+// clusterStatusVia asks addr for its replication status over links
+// secured by peers (nil: plaintext).
+func clusterStatusVia(ctx context.Context, peers *security.Peers, addr string) (*ferryv1.ReplicationStatusResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return replicationStatus(ctx, addr)
+	return replicationStatus(ctx, peers, addr)
 }
 
 // eventually polls cond every 50 ms for up to d.

@@ -8,6 +8,9 @@
 //	GET /debug/pprof/…  net/http/pprof, only with Options.Pprof (admin.pprof: true)
 //
 // With Options.TLS the listener serves HTTPS (admin.tls in the pipeline).
+// With Options.Authorize (a node with users) every endpoint but those in
+// Options.Open (admin.open) needs an authenticated user with the right
+// (docs/security.md): HTTP Basic, or a client certificate under mutual TLS.
 //
 // The metrics a node exports are defined in metrics.go, each with the
 // function its producer calls.
@@ -21,9 +24,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ferrymq/ferry/core/sdk"
 )
 
 // Timeouts of the admin server. Profiles and traces stream for as long as
@@ -50,6 +56,49 @@ type Options struct {
 	// TLS, when not nil, makes Serve speak HTTPS with it (built by
 	// security.TLS.ServerConfig, so that certificates reload).
 	TLS *tls.Config
+	// Authorize, when not nil, is asked before every request to an
+	// endpoint not in Open: nil lets it through; an error wrapping
+	// sdk.ErrUnauthenticated answers 401, sdk.ErrPermissionDenied 403.
+	// Called from the server's goroutines.
+	Authorize func(r *http.Request, e Endpoint) error
+	// Open are the endpoints served without Authorize (admin.open).
+	Open []Endpoint
+}
+
+// Endpoint is one of the admin listener's endpoints, as admin.open names
+// it.
+type Endpoint string
+
+// The endpoints.
+const (
+	EndpointMetrics Endpoint = "metrics"
+	EndpointHealthz Endpoint = "healthz"
+	EndpointReadyz  Endpoint = "readyz"
+	EndpointPprof   Endpoint = "pprof"
+)
+
+// Endpoints lists them all, in the order admin.open's problems name them.
+var Endpoints = []Endpoint{EndpointMetrics, EndpointHealthz, EndpointReadyz, EndpointPprof}
+
+// guarded wraps h in the Authorize check of e.
+func guarded(opts Options, e Endpoint, h http.Handler) http.Handler {
+	if opts.Authorize == nil || slices.Contains(opts.Open, e) {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := opts.Authorize(r, e); err != nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			code := http.StatusForbidden
+			if errors.Is(err, sdk.ErrUnauthenticated) {
+				code = http.StatusUnauthorized
+				w.Header().Set("WWW-Authenticate", `Basic realm="ferry admin", charset="UTF-8"`)
+			}
+			w.WriteHeader(code)
+			fmt.Fprintln(w, err)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Handler returns the admin endpoints. Serve uses it; tests may serve it
@@ -57,16 +106,16 @@ type Options struct {
 func Handler(opts Options) http.Handler {
 	mux := http.NewServeMux()
 	if opts.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics.reg, promhttp.HandlerOpts{
+		mux.Handle("GET /metrics", guarded(opts, EndpointMetrics, promhttp.HandlerFor(opts.Metrics.reg, promhttp.HandlerOpts{
 			Registry:          opts.Metrics.reg, // counts its own errors
 			EnableOpenMetrics: true,
-		}))
+		})))
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.Handle("GET /healthz", guarded(opts, EndpointHealthz, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	})))
+	mux.Handle("GET /readyz", guarded(opts, EndpointReadyz, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if opts.Ready != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
@@ -78,15 +127,16 @@ func Handler(opts Options) http.Handler {
 			}
 		}
 		fmt.Fprintln(w, "ready")
-	})
+	})))
 	// Registered on this mux only: nothing in Ferry serves
 	// http.DefaultServeMux, where importing net/http/pprof also puts them.
 	if opts.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		pp := func(path string, h http.HandlerFunc) { mux.Handle(path, guarded(opts, EndpointPprof, h)) }
+		pp("/debug/pprof/", pprof.Index)
+		pp("/debug/pprof/cmdline", pprof.Cmdline)
+		pp("/debug/pprof/profile", pprof.Profile)
+		pp("/debug/pprof/symbol", pprof.Symbol)
+		pp("/debug/pprof/trace", pprof.Trace)
 	}
 	return mux
 }

@@ -105,6 +105,13 @@ func (c *checker) pipeline(p *Pipeline) {
 	for _, pr := range p.Admin.TLS.Validate("admin.tls") {
 		c.add(pr.Path, "%s", pr.Message)
 	}
+	for i, ep := range p.Admin.Open {
+		if ep == "pprof" {
+			c.add(indexPath("admin.open", i), "pprof cannot be open: the profiler shows the process's memory; it is for super users")
+			continue
+		}
+		c.enum(indexPath("admin.open", i), ep, adminOpen)
+	}
 	c.enum("producer.mode", p.Producer.Mode, producerModes)
 	c.between("producer.retries", p.Producer.Retries, 0, maxRetries)
 	c.positive("producer.timeout", p.Producer.Timeout)

@@ -185,6 +185,10 @@ type Admin struct {
 	// TLS serves the listener over HTTPS (cert_file, key_file,
 	// client_ca_file; see core/security).
 	TLS security.TLS `koanf:"tls"`
+	// Open lists the endpoints served without authentication on a node
+	// with users (metrics, healthz, readyz); default none: every request
+	// needs a user with Get on Cluster, and pprof a super user.
+	Open []string `koanf:"open"`
 }
 
 // Allowed values of the enumerated keys, in the order problems list them.
@@ -198,6 +202,7 @@ var (
 	sinkTypes       = []string{"count", "stdout", "discard", "file", "exec", "webhook"}
 	sinkFormats     = []string{"line", "json", "body"}
 	tracingExporter = []string{"none", "stdout", "otlp"}
+	adminOpen       = []string{"metrics", "healthz", "readyz"}
 )
 
 // Limits of the numeric keys.

@@ -82,6 +82,7 @@ func load(path string, data []byte, environ func() []string) (*Pipeline, error) 
 	c := &checker{src: src}
 	c.pipeline(&p)
 	c.security(&p.Security, path)
+	c.exposure(&p)
 	ps = append(ps, c.problems...)
 	if len(ps) > 0 {
 		return &p, sortProblems(ps)

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -39,6 +38,7 @@ type Engine struct {
 	broker    *broker.Broker
 	core      sdk.Core        // what the transport is served: the broker, behind its guard on a node with users
 	self      []client.Option // how the pipeline's own generators and flows authenticate
+	auth      *security.Auth  // nil on a node without users
 	address   string
 
 	serveCancel context.CancelFunc
@@ -63,6 +63,9 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	reg, log := opts.Registry, opts.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
+	}
+	if err := checkExposure(cfg, log); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -139,11 +142,9 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 			return nil, err
 		}
 		e.self = []client.Option{client.WithCredentials(user, password)}
+		e.auth = auth
 		e.core = security.NewGuard(e.broker, auth)
 		log.Info("clients must authenticate", "users", len(cfg.Security.Users))
-	} else if !loopback(e.address) {
-		log.Warn("the transport listens beyond loopback with no security section: anybody who reaches it may produce, consume, and purge dead letters; see docs/security.md",
-			"listen", e.address)
 	}
 	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
 		_ = e.broker.Close(context.Background())
@@ -185,17 +186,22 @@ func TransportAddress(cfg *config.Pipeline) string {
 	return DefaultTransportAddress
 }
 
-// loopback reports whether a listen address (host:port) binds loopback only.
-func loopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
+// checkExposure refuses a node whose listeners beyond loopback lack TLS or
+// authentication, naming each listener and the keys that secure it; with
+// security.allow_plaintext it starts and logs a warning for each.
+func checkExposure(cfg *config.Pipeline, log hclog.Logger) error {
+	exposed := security.Exposure(cfg.Listeners())
+	if cfg.Security.AllowPlaintext {
+		for _, x := range exposed {
+			log.Warn("insecure listener: "+x.Message(true), "listener", x.Key, "listen", x.Addr)
+		}
+		return nil
 	}
-	if host == "localhost" {
-		return true
+	var errs []error
+	for _, x := range exposed {
+		errs = append(errs, fmt.Errorf("%s: %s", x.Key, x.Message(false)))
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return errors.Join(errs...)
 }
 
 // Address is where clients reach this node.

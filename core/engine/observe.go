@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,15 @@ func (e *Engine) startAdmin(ctx context.Context) error {
 	o := e.obs
 	if addr := e.cfg.Admin.Listen; addr != "" {
 		opts := admin.Options{Metrics: o.metrics, Ready: e.ready, Pprof: e.cfg.Admin.Pprof}
+		if e.auth != nil {
+			auth := e.auth
+			opts.Authorize = func(r *http.Request, ep admin.Endpoint) error {
+				return auth.AuthorizeAdmin(r, string(ep), ep == admin.EndpointPprof)
+			}
+			for _, ep := range e.cfg.Admin.Open {
+				opts.Open = append(opts.Open, admin.Endpoint(ep))
+			}
+		}
 		if e.cfg.Admin.TLS.Enabled() {
 			conf, err := e.cfg.Admin.TLS.ServerConfig(e.log.With("listener", "admin"))
 			if err != nil {

@@ -35,6 +35,10 @@ type Config struct {
 	// in the same form; relative paths are relative to the pipeline file.
 	UsersFile  string     `koanf:"users_file"`
 	FailedAuth FailedAuth `koanf:"failed_auth"`
+	// AllowPlaintext lets listeners beyond loopback run without TLS and
+	// authentication (each is logged as a warning at every start);
+	// default false: such a listener is an error at start (Exposure).
+	AllowPlaintext bool `koanf:"allow_plaintext"`
 }
 
 // Enabled reports whether the node authenticates its clients.

@@ -72,6 +72,9 @@ type Options struct {
 	Client bool
 	// Expired makes a certificate whose validity ended an hour ago.
 	Expired bool
+	// Peer makes a replication node's certificate: server and client
+	// auth, for 127.0.0.1 and localhost.
+	Peer bool
 }
 
 // Issue signs a certificate for common name cn and writes it and its key
@@ -91,9 +94,14 @@ func (ca *CA) Issue(cn string, o Options) Pair {
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
-	if o.Client {
+	switch {
+	case o.Peer:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		tmpl.DNSNames = []string{"localhost"}
+	case o.Client:
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	} else {
+	default:
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
 		tmpl.DNSNames = []string{"localhost"}
@@ -152,4 +160,15 @@ func newKey(tb testing.TB) *ecdsa.PrivateKey {
 		tb.Fatal(err)
 	}
 	return key
+}
+
+// Secret writes a cluster secret file (mode 0600) named name in the CA's
+// directory and returns its path.
+func (ca *CA) Secret(name, secret string) string {
+	ca.tb.Helper()
+	path := filepath.Join(ca.dir, name)
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
+	return path
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // Modes of the plugin, which are also its type names.
@@ -51,6 +52,18 @@ type Config struct {
 	// OS crash of the master can leave a slave holding messages the master
 	// lost (never answered OK), which the master then refuses as diverged.
 	ReplicateBeforeFlush bool `json:"replicate_before_flush"`
+	// TLS secures the links between the nodes (and to `ferry cluster`)
+	// with mutual TLS: this node's certificate, served and presented, and
+	// the cluster CA that signed every node's. Empty: plaintext.
+	TLS security.PeerTLS `json:"tls"`
+	// SecretFile names the cluster secret every peer proves it knows
+	// (HMAC challenge, never sent). Empty: none.
+	SecretFile string `json:"secret_file"`
+}
+
+// link is the config's peer link section.
+func (c Config) link() security.PeerLink {
+	return security.PeerLink{TLS: c.TLS, SecretFile: c.SecretFile}
 }
 
 func defaultConfig() Config {
@@ -79,5 +92,6 @@ func (p *Plugin) decode(config []byte) (Config, sdk.Problems) {
 	if cfg.Timeout <= 0 {
 		ps = append(ps, sdk.Problem{Path: "timeout", Message: "must be > 0"})
 	}
+	ps = append(ps, cfg.link().Validate("")...)
 	return cfg, ps
 }

@@ -7,25 +7,28 @@ import (
 	"net"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // Plugin is the async or sync master–slave replication plugin.
 type Plugin struct {
 	mode string
 
-	cfg  Config
-	dir  string
-	lis  net.Listener
-	srv  *grpc.Server
-	core sdk.ReplicaCore
+	cfg   Config
+	peers *security.Peers // the links' TLS and cluster secret
+	dir   string
+	lis   net.Listener
+	srv   *grpc.Server
+	core  sdk.ReplicaCore
 
 	mu       sync.Mutex
 	st       state
@@ -58,6 +61,7 @@ type Plugin struct {
 	offDone     map[gqkey]int64 // group offsets committed here since the link opened
 	leaderEpoch uint64
 	closed      bool
+	peerErrs    map[string]string // the last handshake refusal logged per peer
 	closeCtx    context.Context
 	closeCancel context.CancelFunc
 }
@@ -116,12 +120,15 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		return fmt.Errorf("replication state in %s: %w", p.dir, err)
 	}
 	p.st = st
+	if p.peers, err = security.NewPeers(cfg.link(), "plugins.replication.config.listen", logger); err != nil {
+		return err
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("replication listen %s: %w", cfg.Listen, err)
 	}
 	p.lis = lis
-	p.srv = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+	p.srv = grpc.NewServer(grpc.Creds(p.peers.GRPC()), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
 		// Windows sized for frames of up to ~1 MiB in flight back to back.
 		grpc.InitialWindowSize(8<<20), grpc.InitialConnWindowSize(16<<20),
 		grpc.ReadBufferSize(256<<10), grpc.WriteBufferSize(256<<10))
@@ -180,9 +187,10 @@ func (p *Plugin) currentRole() string {
 	return p.role
 }
 
-// dial opens a client connection to a peer's replication listener.
-func dial(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+// dial opens a client connection to a peer's replication listener, secured
+// as the config says.
+func (p *Plugin) dial(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.peers.GRPC()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
 		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10))
@@ -200,7 +208,7 @@ func (p *Plugin) peerStatus(ctx context.Context) map[string]*ferryv1.Replication
 	var wg sync.WaitGroup
 	for _, a := range p.cfg.Peers {
 		wg.Go(func() {
-			cc, rpc, err := dial(a)
+			cc, rpc, err := p.dial(a)
 			if err != nil {
 				return
 			}
@@ -208,6 +216,7 @@ func (p *Plugin) peerStatus(ctx context.Context) map[string]*ferryv1.Replication
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			st, err := rpc.Status(cctx, &ferryv1.ReplicationStatusRequest{})
+			p.peerRefused(a, err)
 			if err != nil {
 				return
 			}
@@ -300,3 +309,31 @@ func (l *link) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest) 
 // errNotMaster is returned to slaves that try to follow a node that is not
 // master (now).
 var errNotMaster = errors.New("not master")
+
+// peerRefused logs a peer's refusal of a link (or this node's of it), once
+// per peer until the reason changes or a call succeeds: a node that cannot
+// link says why instead of silently finding no master.
+func (p *Plugin) peerRefused(addr string, err error) {
+	reason := ""
+	var pe *security.PeerError
+	if err != nil && (errors.As(err, &pe) || strings.Contains(err.Error(), "replication peer ")) {
+		reason = err.Error()
+		if st, ok := status.FromError(err); ok {
+			reason = st.Message()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.peerErrs == nil {
+		p.peerErrs = map[string]string{}
+	}
+	if p.peerErrs[addr] == reason {
+		return
+	}
+	p.peerErrs[addr] = reason
+	if reason != "" {
+		logger.Warn("replication link to peer refused", "peer", addr, "reason", reason)
+	} else if err == nil {
+		logger.Info("replication link to peer secured", "peer", addr, "tls", p.peers.Secure())
+	}
+}

@@ -79,7 +79,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	if err != nil {
 		return err
 	}
-	cc, rpc, err := dial(addr)
+	cc, rpc, err := p.dial(addr)
 	if err != nil {
 		return err
 	}

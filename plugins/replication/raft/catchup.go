@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -223,7 +222,7 @@ func (f *fsm) fetch(ctx context.Context, peer Peer, gs []*gap) (int64, error) {
 	if len(hello.Ends) == 0 {
 		return 0, nil
 	}
-	cc, err := grpc.NewClient(peer.Admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(peer.Admin, grpc.WithTransportCredentials(f.p.peers.GRPC()))
 	if err != nil {
 		return 0, err
 	}

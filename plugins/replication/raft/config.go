@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // Peer is one voter of the raft group.
@@ -47,6 +48,19 @@ type Config struct {
 	TrailingLogs      int64        `json:"trailing_logs"`
 	SnapshotThreshold int64        `json:"snapshot_threshold"`
 	SnapshotInterval  sdk.Duration `json:"snapshot_interval"`
+	// TLS secures raft traffic, the catch-up and `ferry cluster` on the
+	// admin listener with mutual TLS: this node's certificate, served and
+	// presented, and the cluster CA that signed every node's. Empty:
+	// plaintext.
+	TLS security.PeerTLS `json:"tls"`
+	// SecretFile names the cluster secret every peer proves it knows
+	// (HMAC challenge, never sent). Empty: none.
+	SecretFile string `json:"secret_file"`
+}
+
+// link is the config's peer link section.
+func (c Config) link() security.PeerLink {
+	return security.PeerLink{TLS: c.TLS, SecretFile: c.SecretFile}
 }
 
 func defaultConfig() Config {
@@ -117,5 +131,6 @@ func decode(config []byte) (Config, sdk.Problems) {
 	if cfg.LeaderLeaseTimeout > cfg.HeartbeatTimeout {
 		ps = append(ps, sdk.Problem{Path: "leader_lease_timeout", Message: "must not exceed heartbeat_timeout"})
 	}
+	ps = append(ps, cfg.link().Validate("")...)
 	return cfg, ps
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // Defaults of the snapshot settings, and raft tuning that is not
@@ -40,7 +41,8 @@ type Plugin struct {
 	node  string
 	log   hclog.Logger
 	trans *hraft.NetworkTransport
-	logs  raftLog // raft's log and stable store (term, vote)
+	peers *security.Peers // TLS and the cluster secret on raft and admin links
+	logs  raftLog         // raft's log and stable store (term, vote)
 	admin *grpc.Server
 
 	mu      sync.Mutex
@@ -103,17 +105,20 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 	if err != nil {
 		return err
 	}
-	trans, err := hraft.NewTCPTransportWithLogger(cfg.Listen, adv, 4, 2*time.Second, p.log.Named("transport"))
+	if p.peers, err = security.NewPeers(cfg.link(), "plugins.replication.config.listen", p.log.Named("peers")); err != nil {
+		return err
+	}
+	stream, err := newStreamLayer(cfg.Listen, adv, p.peers)
 	if err != nil {
 		return fmt.Errorf("raft listen %s: %w", cfg.Listen, err)
 	}
-	p.trans = trans
+	p.trans = hraft.NewNetworkTransportWithLogger(stream, 4, 2*time.Second, p.log.Named("transport"))
 	if cfg.Admin != "" {
 		lis, err := net.Listen("tcp", cfg.Admin)
 		if err != nil {
 			return fmt.Errorf("raft admin listen %s: %w", cfg.Admin, err)
 		}
-		p.admin = grpc.NewServer()
+		p.admin = grpc.NewServer(grpc.Creds(p.peers.GRPC()))
 		ferryv1.RegisterReplicaLinkServer(p.admin, &admin{p: p})
 		go func() { _ = p.admin.Serve(lis) }()
 	}

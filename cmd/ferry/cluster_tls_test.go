@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/security"
+	"github.com/ferrymq/ferry/core/security/securitytest"
+	"github.com/ferrymq/ferry/internal/ferrytest"
+)
+
+// Replication links secured with mutual TLS (the cluster CA) and the
+// cluster secret, with real `ferry run` processes; each test has its
+// negative controls: processes that lack the certificate, the CA or the
+// secret are refused, say why, and receive no data.
+
+// peerLink is the tls and secret_file keys of a replication config (flow
+// style, without braces), for a node with certificate pair, trusting
+// caFile, knowing secretFile ("" for none).
+func peerLink(pair securitytest.Pair, caFile, secretFile string) string {
+	s := fmt.Sprintf("tls: {cert_file: %q, key_file: %q, ca_file: %q}", pair.CertFile, pair.KeyFile, caFile)
+	if secretFile != "" {
+		s += fmt.Sprintf(", secret_file: %q", secretFile)
+	}
+	return s
+}
+
+// writeLinkedNode writes a master–slave node whose replication config has
+// the extra keys link (peerLink; "" for a plaintext node).
+func writeLinkedNode(t *testing.T, id, role, mode, broker, repl string, peers []string, link string) *clusterNode {
+	t.Helper()
+	dir := t.TempDir()
+	if link != "" {
+		link = ", " + link
+	}
+	yaml := fmt.Sprintf(`name: secure
+node: {id: %s, role: %s, data_dir: %s}
+plugins:
+  storage: {type: file, config: {flush: sync}}
+  transport: {type: grpc, config: {listen: %q}}
+  replication:
+    type: %s
+    config: {listen: %q, peers: [%s], min_replicas: 1, timeout: 3s%s}
+topics:
+  - {name: orders, queues: 4}
+`, id, role, filepath.Join(dir, "data"), broker, mode, repl, `"`+strings.Join(peers, `","`)+`"`, link)
+	path := filepath.Join(dir, id+".yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &clusterNode{id: id, role: role, broker: broker, repl: repl, yaml: path}
+}
+
+func mustPeerLink(t *testing.T, l security.PeerLink) *security.Peers {
+	t.Helper()
+	p, err := security.NewPeers(l, "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitOutput waits until a node's output holds every one of want.
+func waitOutput(t *testing.T, n *clusterNode, what string, want ...string) {
+	t.Helper()
+	eventually(t, 60*time.Second, what, func() bool {
+		out := n.out.String()
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// A sync master–slave pair over mutual TLS with the cluster secret
+// replicates under load, and when the master is SIGKILLed and the slave
+// promoted (`ferry cluster promote SLAVE.yaml`, which takes the link's
+// credentials from the pipeline), nothing acked OK is lost. Negative
+// controls: a plaintext slave and a slave with another CA's certificate
+// (but the right secret) follow the same master; the master refuses both,
+// logging why, each says why it was refused, neither stores a message nor
+// is listed as a replica; and `ferry cluster status` without credentials
+// is refused.
+func TestSecureMasterSlaveFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	ca := securitytest.NewCA(t, "cluster")
+	other := securitytest.NewCA(t, "other")
+	secret := ca.Secret("cluster.secret", "s3cret-0123456789abcdef")
+	mPair, sPair := ca.Issue("master", securitytest.Options{Peer: true}), ca.Issue("slave", securitytest.Options{Peer: true})
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeLinkedNode(t, "master", "master", "sync", mb, mr, []string{sr}, peerLink(mPair, ca.CertFile, secret))
+	slave := writeLinkedNode(t, "slave", "slave", "sync", sb, sr, []string{mr}, peerLink(sPair, ca.CertFile, secret))
+	pb, pr, fb, fr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	plain := writeLinkedNode(t, "plain", "slave", "sync", pb, pr, []string{mr}, "")
+	foreign := writeLinkedNode(t, "foreign", "slave", "sync", fb, fr, []string{mr},
+		peerLink(other.Issue("foreign", securitytest.Options{Peer: true}), ca.CertFile, secret))
+	for _, n := range []*clusterNode{master, slave, plain, foreign} {
+		n.logLevel = "info"
+		n.start(t, bin)
+	}
+	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: sPair.CertFile, KeyFile: sPair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
+	ctx := context.Background()
+	eventually(t, 60*time.Second, "slave linked to master over TLS", func() bool {
+		st, err := clusterStatusVia(ctx, peers, sr)
+		return err == nil && st.LeaderConnected
+	})
+	waitOutput(t, master, "the master's refusals of both intruders",
+		"replication peer refused", "requires TLS and the peer spoke plaintext", "not signed by the cluster CA")
+	waitOutput(t, plain, "the plaintext slave told why", "requires TLS and the peer spoke plaintext")
+	waitOutput(t, foreign, "the foreign slave told why", "replication link to peer refused")
+
+	l := startLoad(t, mb, 4)
+	eventually(t, 60*time.Second, "200 sends acked OK", func() bool { return l.count(ferryv1.Status_STATUS_OK) >= 200 })
+	st, err := clusterStatusVia(ctx, peers, mr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st.Replicas {
+		if r.Node != "slave" {
+			t.Errorf("the master lists replica %q (%s): only the slave may link", r.Node, r.Address)
+		}
+	}
+	// `ferry cluster status` with the link's credentials as flags.
+	out, err := exec.Command(bin, "cluster", "status", "--nodes", mr+","+sr, "--peer-ca", ca.CertFile,
+		"--peer-cert", sPair.CertFile, "--peer-key", sPair.KeyFile, "--secret-file", secret).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "master (") || strings.Contains(string(out), "unreachable") {
+		t.Errorf("ferry cluster status with --peer-* flags: %v\n%s", err, out)
+	}
+	master.kill(t)
+	l.halt()
+	eventually(t, 30*time.Second, "slave sees its master gone", func() bool {
+		st, err := clusterStatusVia(ctx, peers, sr)
+		return err == nil && !st.LeaderConnected
+	})
+	eventually(t, 30*time.Second, "master's replication plugin gone", func() bool {
+		_, err := clusterStatusVia(ctx, peers, mr)
+		return err != nil
+	})
+
+	// Without credentials, `ferry cluster` is refused by the slave.
+	out, err = exec.Command(bin, "cluster", "status", "--nodes", sr).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "requires TLS") {
+		t.Errorf("ferry cluster status without credentials: %v\n%s; want it refused, saying the listener requires TLS", err, out)
+	}
+	out, err = exec.Command(bin, "cluster", "promote", slave.yaml).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promote: %v\n%s", err, out)
+	}
+	eventually(t, 30*time.Second, "promoted slave takes produce", func() bool {
+		st, err := clusterStatusVia(ctx, peers, sr)
+		return err == nil && st.Role == "master"
+	})
+	v := check(l, readLog(t, sb))
+	t.Logf("acked OK %d; on the new master %d stored: lost %d, duplicated %d, unexpected %d", v.ok, v.stored, v.lost, v.dup, v.unexpected)
+	if v.ok == 0 || v.lost != 0 || v.dup != 0 || v.unexpected != 0 {
+		t.Fatalf("acked OK %d: lost %d, duplicated %d, unexpected %d", v.ok, v.lost, v.dup, v.unexpected)
+	}
+	for _, n := range []*clusterNode{plain, foreign} {
+		if got := readLog(t, n.broker); len(got) != 0 {
+			t.Errorf("%s, refused, stored %d messages", n.id, len(got))
+		}
+	}
+}
+
+// A 3-node raft group whose raft traffic, catch-up and status listeners
+// speak mutual TLS with the cluster secret elects a leader, commits under
+// load, and loses nothing acked OK when the leader is SIGKILLed (and
+// restarted). Negative controls: a fourth raft process with a certificate
+// of the cluster CA but the wrong secret, naming the group's nodes as its
+// peers, is refused by them (they log why; it never stores a message or
+// gets a vote); a catch-up (Follow) with another CA's certificate and a
+// plain status call are refused before any data.
+func TestSecureRaftGroupFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	ca := securitytest.NewCA(t, "cluster")
+	other := securitytest.NewCA(t, "other")
+	secret := ca.Secret("cluster.secret", "raft-s3cret-0123456789")
+	wrong := ca.Secret("wrong.secret", "raft-WRONG-0123456789")
+	pair := ca.Issue("raft-node", securitytest.Options{Peer: true})
+	nodes := raftGroupVia(t, 3, nil, "tls: {cert_file: "+fmt.Sprintf("%q", pair.CertFile)+", key_file: "+fmt.Sprintf("%q", pair.KeyFile)+
+		", ca_file: "+fmt.Sprintf("%q", ca.CertFile)+"}\nsecret_file: "+fmt.Sprintf("%q", secret)+"\n")
+	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
+	var seeds []string
+	for _, nd := range nodes {
+		nd.peers = peers
+		nd.start(t, bin)
+		seeds = append(seeds, nd.broker)
+	}
+	leader, st := waitLeader(t, nodes, "a raft leader over TLS")
+	t.Logf("%s leads in term %d", leader.id, st.Epoch)
+
+	// The intruder: the group's nodes and itself as peers, the wrong
+	// secret. With no raft state it bootstraps and campaigns.
+	intr := &raftNode{clusterNode: &clusterNode{id: "r9", broker: ferrytest.FreeAddr(t), repl: ferrytest.FreeAddr(t)}, admin: ferrytest.FreeAddr(t)}
+	var ps []string
+	for _, nd := range append(append([]*raftNode{}, nodes...), intr) {
+		ps = append(ps, fmt.Sprintf("{id: %s, raft: %q, broker: %q, admin: %q}", nd.id, nd.repl, nd.broker, nd.admin))
+	}
+	dir := t.TempDir()
+	intr.yaml = filepath.Join(dir, "r9.yaml")
+	if err := os.WriteFile(intr.yaml, []byte(fmt.Sprintf(`name: raft-faults
+node: {id: r9, data_dir: %s}
+plugins:
+  storage: {type: file, config: {flush: sync}}
+  transport: {type: grpc, config: {listen: %q}}
+  replication:
+    type: raft
+    config:
+      listen: %q
+      admin: %q
+      peers: [%s]
+      tls: {cert_file: %q, key_file: %q, ca_file: %q}
+      secret_file: %q
+topics:
+  - {name: orders, queues: 4}
+`, filepath.Join(dir, "data"), intr.broker, intr.repl, intr.admin, strings.Join(ps, ", "), pair.CertFile, pair.KeyFile, ca.CertFile, wrong)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	intr.start(t, bin)
+	eventually(t, faultWait, "the group's refusal of the intruder", func() bool {
+		for _, nd := range nodes {
+			if strings.Contains(nd.out.String(), "wrong cluster secret") {
+				return true
+			}
+		}
+		return false
+	})
+
+	// Another CA's certificate on the catch-up, and a plain status call.
+	foreign := other.Issue("foreign", securitytest.Options{Peer: true})
+	fp := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: foreign.CertFile, KeyFile: foreign.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
+	cc, err := grpc.NewClient(leader.admin, grpc.WithTransportCredentials(fp.GRPC()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	stream, err := ferryv1.NewReplicaLinkClient(cc).Follow(fctx)
+	if err == nil {
+		if err = stream.Send(&ferryv1.FollowRequest{Node: "x", Ends: []*ferryv1.QueueOffsets{{Topic: "orders", Queue: 0, End: 0, Committed: 1 << 40}}}); err == nil {
+			var resp *ferryv1.FollowResponse
+			if resp, err = stream.Recv(); err == nil {
+				t.Errorf("a catch-up with another CA's certificate was served: %d messages", len(resp.Messages))
+			}
+		}
+	}
+	cancel()
+	cc.Close()
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("catch-up with another CA's certificate: %v; want a certificate error", err)
+	}
+	if _, err := clusterStatus(context.Background(), leader.admin); err == nil || !strings.Contains(err.Error(), "requires TLS") {
+		t.Errorf("plain status call: %v; want refused, saying the listener requires TLS", err)
+	}
+
+	l := startClusterLoad(t, seeds, 4, false)
+	l.waitOK(t, nodes, time.Time{}, 100, 0, "sends acked OK over TLS")
+	leader, _ = waitLeader(t, nodes, "the leader before the kill")
+	t0 := time.Now()
+	leader.kill(t)
+	t.Logf("%s killed leader %s", stamp(), leader.id)
+	var next *raftNode
+	eventually(t, faultWait, "a new raft leader", func() bool {
+		for _, nd := range nodes {
+			if nd == leader {
+				continue
+			}
+			if st, err := nd.status(context.Background()); err == nil && st.Role == "leader" {
+				next = nd
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("%s %s leads after %s", stamp(), next.id, time.Since(t0).Round(time.Millisecond))
+	l.waitOK(t, nodes, t0, 50, 0, "sends acked OK after the failover")
+	leader.start(t, bin)
+	l.waitOK(t, nodes, time.Now(), 50, 0, "sends acked OK with the old leader back")
+	l.halt()
+	convergeAndCheck(t, nodes, &l.load, faultWait)
+
+	if got := readLog(t, intr.broker); len(got) != 0 {
+		t.Errorf("the intruder, refused, stored %d messages", len(got))
+	}
+	for _, nd := range nodes {
+		if strings.Contains(nd.out.String(), `"leader-id":"r9"`) || strings.Contains(nd.out.String(), `"leader":"`+intr.repl) {
+			t.Errorf("%s followed the intruder", nd.id)
+		}
+	}
+	if strings.Contains(intr.out.String(), "entering leader state") {
+		t.Errorf("the intruder became leader:\n%s", intr.out.String())
+	}
+}

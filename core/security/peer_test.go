@@ -1,0 +1,319 @@
+package security
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/core/security/securitytest"
+)
+
+// recLog records warnings.
+type recLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *recLog) Info(string, ...any) {}
+func (l *recLog) Warn(msg string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprint(append([]any{msg}, args...)...))
+}
+
+func (l *recLog) text() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// echoServer serves l: each accepted connection that passes the handshake
+// and sends the 24 bytes of a gRPC client's preface gets "data\n" written
+// and is closed. It returns the address.
+func echoServer(t *testing.T, p *Peers) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	pl := p.Listener(ln)
+	go func() {
+		for {
+			c, err := pl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// The client's preface first, so that closing does not reset.
+				if _, err := io.ReadFull(c, make([]byte, len(http2Preface)+8)); err != nil {
+					return
+				}
+				_, _ = c.Write([]byte("data\n"))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func mustPeers(t *testing.T, l PeerLink, log Logger) *Peers {
+	t.Helper()
+	p, err := NewPeers(l, "listen", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPeerHandshake: peers with the cluster's certificate and secret link;
+// every peer lacking one of them is refused with the reason logged on the
+// server, told to the client, and reads nothing of the server's data.
+func TestPeerHandshake(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	other := securitytest.NewCA(t, "other")
+	node := ca.Issue("node-1", securitytest.Options{Peer: true})
+	node2 := ca.Issue("node-2", securitytest.Options{Peer: true})
+	foreign := other.Issue("intruder", securitytest.Options{Peer: true})
+	secret := ca.Secret("secret", "0123456789abcdef-cluster")
+	wrong := ca.Secret("wrong", "0123456789abcdef-WRONG!!")
+	full := PeerLink{TLS: PeerTLS{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.CertFile}, SecretFile: secret}
+
+	cases := []struct {
+		name      string
+		server    PeerLink
+		client    PeerLink
+		clientErr string // "" : linked
+		serverLog string
+	}{
+		{name: "tls and secret", server: full,
+			client: PeerLink{TLS: PeerTLS{CertFile: node2.CertFile, KeyFile: node2.KeyFile, CAFile: ca.CertFile}, SecretFile: secret}},
+		{name: "tls only", server: PeerLink{TLS: full.TLS}, client: PeerLink{TLS: PeerTLS{CertFile: node2.CertFile, KeyFile: node2.KeyFile, CAFile: ca.CertFile}}},
+		{name: "secret only, plaintext", server: PeerLink{SecretFile: secret}, client: PeerLink{SecretFile: secret}},
+		{name: "plaintext", server: PeerLink{}, client: PeerLink{}},
+		{name: "certificate of another CA", server: full,
+			client:    PeerLink{TLS: PeerTLS{CertFile: foreign.CertFile, KeyFile: foreign.KeyFile, CAFile: ca.CertFile}, SecretFile: secret},
+			clientErr: "certificate", serverLog: "not signed by the cluster CA"},
+		{name: "client does not trust the server", server: full,
+			client:    PeerLink{TLS: PeerTLS{CertFile: foreign.CertFile, KeyFile: foreign.KeyFile, CAFile: other.CertFile}, SecretFile: secret},
+			clientErr: "not signed by the cluster CA", serverLog: "tls"},
+		{name: "wrong secret", server: full,
+			client:    PeerLink{TLS: PeerTLS{CertFile: node2.CertFile, KeyFile: node2.KeyFile, CAFile: ca.CertFile}, SecretFile: wrong},
+			clientErr: "wrong cluster secret", serverLog: "wrong cluster secret"},
+		{name: "no secret", server: full,
+			client:    PeerLink{TLS: PeerTLS{CertFile: node2.CertFile, KeyFile: node2.KeyFile, CAFile: ca.CertFile}},
+			clientErr: "has no cluster secret", serverLog: "has no cluster secret"},
+		{name: "server without the secret", server: PeerLink{TLS: full.TLS},
+			client:    PeerLink{TLS: PeerTLS{CertFile: node2.CertFile, KeyFile: node2.KeyFile, CAFile: ca.CertFile}, SecretFile: secret},
+			clientErr: "the peer has no cluster secret"},
+		{name: "plaintext client on a TLS port", server: full, client: PeerLink{SecretFile: secret},
+			clientErr: "requires TLS and the peer spoke plaintext", serverLog: "requires TLS"},
+		{name: "TLS client on a plaintext port", server: PeerLink{SecretFile: secret}, client: full,
+			clientErr: "plaintext", serverLog: "speaks TLS and this replication listener (listen) is plaintext"},
+		{name: "plaintext without secret on a secret port", server: PeerLink{SecretFile: secret}, client: PeerLink{},
+			clientErr: "sent no credentials", serverLog: "sent no credentials"},
+		{name: "plain client on a TLS port", server: full, client: PeerLink{},
+			clientErr: "requires TLS and the peer spoke plaintext", serverLog: "requires TLS"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			log := &recLog{}
+			addr := echoServer(t, mustPeers(t, tc.server, log))
+			client := mustPeers(t, tc.client, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn, err := client.Dial(ctx, addr)
+			var got []byte
+			if err == nil {
+				_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+				// What a gRPC client sends first.
+				if _, err = conn.Write([]byte(http2Preface + "\r\nSM\r\n\r\n")); err != nil {
+					t.Fatal(err)
+				}
+				got, err = io.ReadAll(conn)
+				conn.Close()
+				if err == nil && string(got) != "data\n" {
+					err = fmt.Errorf("read %q", got)
+				}
+			}
+			if tc.clientErr == "" {
+				if err != nil {
+					t.Fatalf("link refused: %v (server log: %s)", err, log.text())
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.clientErr) {
+				t.Fatalf("client error %v, want one containing %q", err, tc.clientErr)
+			}
+			if strings.Contains(string(got), "data") {
+				t.Fatalf("a refused peer read the server's data: %q", got)
+			}
+			if tc.serverLog != "" {
+				deadline := time.Now().Add(20 * time.Second)
+				for !strings.Contains(log.text(), tc.serverLog) {
+					if time.Now().After(deadline) {
+						t.Fatalf("server log %q, want %q", log.text(), tc.serverLog)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				if !strings.Contains(log.text(), "replication peer refused") {
+					t.Fatalf("server log %q lacks the refusal line", log.text())
+				}
+			}
+		})
+	}
+}
+
+// TestPeerLinkValidate: the keys' problems are named.
+func TestPeerLinkValidate(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	server := ca.Issue("server-only", securitytest.Options{})
+	short := ca.Secret("short", "tooshort")
+	open := ca.Secret("open", "0123456789abcdef-cluster")
+	if err := chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		l    PeerLink
+		want []string
+	}{
+		{PeerLink{TLS: PeerTLS{CertFile: server.CertFile}}, []string{"tls.key_file: is required", "tls.ca_file: is required"}},
+		{PeerLink{TLS: PeerTLS{CertFile: server.CertFile, KeyFile: server.KeyFile, CAFile: ca.CertFile}}, []string{"tls.cert_file: certificate", "clientAuth"}},
+		{PeerLink{SecretFile: short}, []string{"secret_file: cluster secret", "fewer than 16"}},
+		{PeerLink{SecretFile: open}, []string{"secret_file:", "chmod 600"}},
+		{PeerLink{SecretFile: "/nonexistent/secret"}, []string{"secret_file:", "no such file"}},
+	}
+	for _, tc := range cases {
+		got := tc.l.Validate("").Error()
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("Validate(%+v) = %q, want %q in it", tc.l, got, w)
+			}
+		}
+	}
+	ok := ca.Issue("peer", securitytest.Options{Peer: true})
+	if ps := (PeerLink{TLS: PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}, SecretFile: ca.Secret("s", "0123456789abcdef")}).Validate(""); len(ps) > 0 {
+		t.Fatalf("a good section: %v", ps)
+	}
+}
+
+func chmod(path string, mode os.FileMode) error { return os.Chmod(path, mode) }
+
+// A listener's certificate is reloaded when its files change: the next
+// connection gets the new one, and links still work.
+func TestPeerCertificateReloaded(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	node := ca.Issue("node-1", securitytest.Options{Peer: true})
+	peer := ca.Issue("node-2", securitytest.Options{Peer: true})
+	server := mustPeers(t, PeerLink{TLS: PeerTLS{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.CertFile}}, nil)
+	client := mustPeers(t, PeerLink{TLS: PeerTLS{CertFile: peer.CertFile, KeyFile: peer.KeyFile, CAFile: ca.CertFile}}, nil)
+	addr := echoServer(t, server)
+	serial := func() string {
+		t.Helper()
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, st, err := client.Client(ctx, raw, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		return st.PeerCertificates[0].SerialNumber.String()
+	}
+	first := serial()
+	if want := securitytest.Serial(t, node.CertFile).String(); first != want {
+		t.Fatalf("served serial %s, want %s", first, want)
+	}
+	rotated := ca.Issue("node-1", securitytest.Options{Peer: true}) // same files, new certificate
+	want := securitytest.Serial(t, rotated.CertFile).String()
+	deadline := time.Now().Add(20 * time.Second)
+	for got := serial(); got != want; got = serial() {
+		// A file's stamp is its modification time and size: on a coarse
+		// clock the rewrite may need a moment to show.
+		if time.Now().After(deadline) {
+			t.Fatalf("after rotation the listener serves serial %s, want %s", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Under mutual TLS alone the verified certificate is the credential: a
+// plain TLS client with a certificate of the cluster CA (grpcurl, say) is
+// served. With a cluster secret it must run the handshake, and is refused.
+func TestPeerPlainClientOverMutualTLS(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	node := ca.Issue("node-1", securitytest.Options{Peer: true})
+	tool := ca.Issue("tool", securitytest.Options{Client: true})
+	secret := ca.Secret("secret", "0123456789abcdef-cluster")
+	conf, err := ClientTLS{CAFile: ca.CertFile, CertFile: tool.CertFile, KeyFile: tool.KeyFile}.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		secret string
+		served bool
+	}{{"", true}, {secret, false}} {
+		log := &recLog{}
+		addr := echoServer(t, mustPeers(t, PeerLink{TLS: PeerTLS{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.CertFile}, SecretFile: tc.secret}, log))
+		conn, err := tls.Dial("tcp", addr, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = conn.Write([]byte(http2Preface + "\r\nSM\r\n\r\n"))
+		got, _ := io.ReadAll(conn)
+		conn.Close()
+		if served := string(got) == "data\n"; served != tc.served {
+			t.Errorf("secret %q: served %v (read %q), want %v; server log %s", tc.secret, served, got, tc.served, log.text())
+		}
+		if !tc.served && !strings.Contains(string(got), "sent no credentials") {
+			t.Errorf("refused plain client told %q, want why", got)
+		}
+	}
+}
+
+// Whatever a peer sends, the server side of the handshake neither panics
+// nor accepts a peer that does not know the secret.
+func FuzzPeerHandshake(f *testing.F) {
+	f.Add([]byte("FERRYPEER/1 HELLO " + strings.Repeat("ab", 32) + "\nFERRYPEER/1 PROOF " + strings.Repeat("00", 32) + "\n"))
+	f.Add([]byte("FERRYPEER/1 HELLO " + strings.Repeat("ab", 32) + "\nFERRYPEER/1 PROOF -\n"))
+	f.Add([]byte("FERRYPEER/1 HELLO zz\n"))
+	f.Add([]byte(http2Preface + "\r\nSM\r\n\r\n"))
+	f.Add([]byte{0x16, 0x03, 0x01, 0x00, 0x05})
+	f.Add([]byte("FERRYPEER/1 HELLO " + strings.Repeat("a", 600)))
+	dir := f.TempDir()
+	secret := dir + "/secret"
+	if err := os.WriteFile(secret, []byte("0123456789abcdef-fuzz"), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	p, err := NewPeers(PeerLink{SecretFile: secret}, "listen", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		server, client := net.Pipe()
+		defer client.Close()
+		go func() {
+			// A pipe's write returns once the server read it all, or
+			// closed its end; then the peer says no more.
+			_, _ = client.Write(in)
+			client.Close()
+		}()
+		go func() { _, _ = io.Copy(io.Discard, client) }()
+		conn, _, err := p.Server(server)
+		if err == nil {
+			conn.Close()
+			t.Fatalf("accepted %q without the secret", in)
+		}
+	})
+}

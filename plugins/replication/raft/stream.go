@@ -1,0 +1,42 @@
+package raft
+
+import (
+	"context"
+	"net"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/ferrymq/ferry/core/security"
+)
+
+// streamLayer is hashicorp/raft's network layer over TCP with the peer
+// handshake: TLS with the cluster CA and the cluster secret, as the config
+// says, on every connection before raft reads or writes a byte of it.
+type streamLayer struct {
+	net.Listener // accepted connections shake hands on first use
+	peers        *security.Peers
+	advertise    net.Addr
+}
+
+var _ hraft.StreamLayer = (*streamLayer)(nil)
+
+// newStreamLayer binds listen.
+func newStreamLayer(listen string, advertise net.Addr, peers *security.Peers) (*streamLayer, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, err
+	}
+	return &streamLayer{Listener: peers.Listener(ln), peers: peers, advertise: advertise}, nil
+}
+
+// Dial connects to a peer's raft listener and shakes hands, within
+// timeout.
+func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.peers.Dial(ctx, string(address))
+}
+
+// Addr is the address peers reach this node at.
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
