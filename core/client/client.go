@@ -30,6 +30,9 @@ const (
 	// maxInflightProduce bounds the produce requests of one Client that
 	// wait for their answers; a send past it waits (within its timeout).
 	maxInflightProduce = 1024
+	// DefaultCloseTimeout bounds how long Close waits for consumers'
+	// handlers to return (WithCloseTimeout).
+	DefaultCloseTimeout = 30 * time.Second
 )
 
 // Option configures Dial.
@@ -40,7 +43,8 @@ type options struct {
 	logger          *slog.Logger
 	maxRequestBytes int
 	tls             *tls.Config // nil: plaintext (WithTLS)
-	err             error       // an option that could not be applied
+	closeTimeout    time.Duration
+	err             error // an option that could not be applied
 }
 
 // WithGRPCOptions adds gRPC dial options (TLS credentials, interceptors,
@@ -57,6 +61,11 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // with the transport's limit.
 func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestBytes = n } }
 
+// WithCloseTimeout changes DefaultCloseTimeout: how long Close waits for
+// the handlers of the client's push consumers to return before it gives up
+// on them (see Client.Close). It must be positive.
+func WithCloseTimeout(d time.Duration) Option { return func(o *options) { o.closeTimeout = d } }
+
 // Client is a connection to a Ferry cluster: one broker (Dial) or several
 // (DialCluster), shared by any number of producers and consumers and safe for
 // concurrent use. It reconnects by itself: a call made while a broker is away
@@ -71,6 +80,7 @@ type Client struct {
 	rpc             ferryv1.BrokerClient
 	log             *slog.Logger
 	maxRequestBytes int
+	closeTimeout    time.Duration
 	dopts           []grpc.DialOption
 
 	ctx    context.Context // ends on Close; the parent of produce streams
@@ -118,8 +128,11 @@ func (c *Client) unregister(rt *runtime) {
 
 // stopConsumers stops every consumer started on c and waits for their final
 // commits: push consumers (Consume, Run, Launch) are cancelled and their
-// handlers in progress finish; pull consumers (Start) are closed.
-func (c *Client) stopConsumers() {
+// handlers in progress finish; pull consumers (Start) are closed. Handlers
+// still running when ctx ends are given up on (runtime.giveUp): their
+// deliveries are not committed, and the error names the consumers that had
+// them.
+func (c *Client) stopConsumers(ctx context.Context) error {
 	c.consumersMu.Lock()
 	c.closing = true
 	rts := make([]*runtime, 0, len(c.consumers))
@@ -127,17 +140,33 @@ func (c *Client) stopConsumers() {
 		rts = append(rts, rt)
 	}
 	c.consumersMu.Unlock()
-	var wg sync.WaitGroup
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
 	for _, rt := range rts {
 		wg.Go(func() {
 			rt.cancel()
 			if !rt.pushing {
 				_ = rt.stop() // its Consumer.Close later returns the same
 			}
-			<-rt.finished
+			select {
+			case <-rt.finished:
+				return
+			case <-ctx.Done():
+			}
+			n := rt.handling.Load()
+			rt.giveUp()
+			<-rt.finished // the final commit of what was settled (bounded)
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("ferry client: close: consumer of topic %q, group %q: %d handler(s) still running; "+
+				"their deliveries are not committed and the group gets them again: %w", rt.opts.Topic, rt.group, n, ctx.Err()))
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Dial connects to the broker at addr (host:port of its grpc transport) and
@@ -158,10 +187,28 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 // sdk.ErrClosed (or the context error of their caller), and async sends not
 // yet answered get their callbacks with sdk.ErrClosed. Safe to call more
 // than once.
+//
+// The wait for handlers is bounded by the close timeout (DefaultCloseTimeout,
+// WithCloseTimeout): a handler that has not returned by then is left
+// running, and the delivery it holds (with every unsettled one of its
+// consumer) is not committed: the group gets it again, from this or another
+// member. What was settled before is still committed, the consumer's
+// Consume or Launch returns, and Close returns an error wrapping
+// context.DeadlineExceeded that names the consumer. A handler that returns
+// later settles nothing. CloseContext takes the bound from a context.
 func (c *Client) Close() error {
-	c.stopConsumers()
+	ctx, cancel := context.WithTimeout(context.Background(), c.closeTimeout)
+	defer cancel()
+	return c.CloseContext(ctx)
+}
+
+// CloseContext is Close with the wait for consumers' handlers bounded by ctx
+// instead of the close timeout: when ctx ends first, the handlers still
+// running are given up on as Close describes, and the error wraps ctx's.
+// The final commits after that take a few seconds at most.
+func (c *Client) CloseContext(ctx context.Context) error {
+	errs := []error{c.stopConsumers(ctx)}
 	c.cancel()
-	var errs []error
 	for _, b := range c.brokerList() {
 		if err := b.close(); err != nil {
 			errs = append(errs, err)

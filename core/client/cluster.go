@@ -30,9 +30,12 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("ferry client: dial: %w: no broker address", sdk.ErrInvalidArgument)
 	}
-	o := options{logger: slog.Default(), maxRequestBytes: DefaultMaxRequestBytes}
+	o := options{logger: slog.Default(), maxRequestBytes: DefaultMaxRequestBytes, closeTimeout: DefaultCloseTimeout}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.err == nil && o.closeTimeout <= 0 {
+		o.err = fmt.Errorf("%w: close timeout %v: must be positive", sdk.ErrInvalidArgument, o.closeTimeout)
 	}
 	if o.err != nil {
 		return nil, fmt.Errorf("ferry client: dial: %w", o.err)
@@ -41,6 +44,7 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 	c := &Client{
 		log:             o.logger,
 		maxRequestBytes: o.maxRequestBytes,
+		closeTimeout:    o.closeTimeout,
 		dopts:           dialOptions(o),
 		ctx:             cctx,
 		cancel:          cancel,
