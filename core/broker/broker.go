@@ -109,6 +109,8 @@ type Broker struct {
 	eph  ephemeralGroups
 
 	closeOnce sync.Once
+	drainOnce sync.Once
+	draining  chan struct{} // closed by Drain: long-poll fetches answer at once
 }
 
 var _ sdk.Core = (*Broker)(nil)
@@ -170,7 +172,7 @@ func New(opts Options, storage StorageSource) *Broker {
 		opts.Logger = hclog.NewNullLogger()
 	}
 	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), epochs: newEpochs(), known: map[string]bool{},
-		fetchers: newRecentSet(maxRecentFetchers)}
+		fetchers: newRecentSet(maxRecentFetchers), draining: make(chan struct{})}
 	b.full.done = make(chan struct{})
 	for _, g := range opts.Groups {
 		b.known[g] = true
@@ -194,6 +196,14 @@ func (b *Broker) Start() {
 	b.eph.started.Store(true)
 	go b.runEphemeral()
 }
+
+// Drain tells the broker that the node is stopping: long-poll fetches
+// waiting for messages answer at once with what they have (usually
+// nothing), and later ones do not wait, so that they do not hold the
+// transport's graceful drain for up to their max_wait. Everything else goes
+// on until Close. The engine calls it first when it stops; safe to call
+// more than once.
+func (b *Broker) Drain() { b.drainOnce.Do(func() { close(b.draining) }) }
 
 // Close stops taking appends and waits, up to ctx, for those accepted to be
 // answered.
