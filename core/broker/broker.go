@@ -485,6 +485,11 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 // through replication skip that check (replicaCore): a replica may hold a
 // group's offsets before the messages they follow.
 func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
+	end, err := b.beginCommit(req.Group)
+	if err != nil {
+		return err
+	}
+	defer end()
 	lookup := func(ctx context.Context, name string) (*topic, error) { return b.clientTopic(ctx, name, req.Group) }
 	if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
 		return err
