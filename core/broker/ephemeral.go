@@ -32,8 +32,8 @@ const DefaultEphemeralGroupTTL = 30 * time.Second
 const EphemeralGroupsFile = "ephemeral-groups.json"
 
 type ephemeralGroups struct {
-	mu      sync.Mutex
-	groups  map[string]*ephemeralGroup
+	mu     sync.Mutex
+	groups map[string]*ephemeralGroup
 	// deleted are the ephemeral groups deleted lately (when), at most
 	// maxEphemeralTombstones, kept in EphemeralGroupsFile: a commit for one
 	// of them (a member's straggler, sent before it noticed it was gone)
