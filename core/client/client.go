@@ -33,6 +33,9 @@ const (
 	// DefaultCloseTimeout bounds how long Close waits for consumers'
 	// handlers to return (WithCloseTimeout).
 	DefaultCloseTimeout = 30 * time.Second
+	// DefaultRouteRefresh is how old a producer's route of a topic may
+	// grow before the client asks the brokers again (WithRouteRefresh).
+	DefaultRouteRefresh = 30 * time.Second
 )
 
 // Option configures Dial.
@@ -44,6 +47,7 @@ type options struct {
 	maxRequestBytes int
 	tls             *tls.Config // nil: plaintext (WithTLS)
 	closeTimeout    time.Duration
+	routeRefresh    time.Duration
 	err             error // an option that could not be applied
 }
 
@@ -66,6 +70,13 @@ func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestB
 // on them (see Client.Close). It must be positive.
 func WithCloseTimeout(d time.Duration) Option { return func(o *options) { o.closeTimeout = d } }
 
+// WithRouteRefresh changes DefaultRouteRefresh: a producer's route of a
+// topic (its queues on each broker) older than d is asked for again, in the
+// background, at the next send to it, so that queues added to the topic
+// (AlterTopic, by any client or by ferry topic alter) get messages without
+// a new client or a reconnect. It must be positive.
+func WithRouteRefresh(d time.Duration) Option { return func(o *options) { o.routeRefresh = d } }
+
 // Client is a connection to a Ferry cluster: one broker (Dial) or several
 // (DialCluster), shared by any number of producers and consumers and safe for
 // concurrent use. It reconnects by itself: a call made while a broker is away
@@ -81,6 +92,7 @@ type Client struct {
 	log             *slog.Logger
 	maxRequestBytes int
 	closeTimeout    time.Duration
+	routeRefresh    time.Duration
 	dopts           []grpc.DialOption
 
 	ctx    context.Context // ends on Close; the parent of produce streams
@@ -292,7 +304,7 @@ func (c *Client) CreateTopic(ctx context.Context, name string, queues int32) (*f
 // AlterTopic grows topic name to queues queues (queues are never removed: a
 // smaller count is sdk.ErrInvalidArgument; an unknown topic is
 // sdk.ErrNotFound). This client's producers use the new queues at once;
-// other clients when they next refresh their metadata.
+// other clients' within their route refresh interval (WithRouteRefresh).
 func (c *Client) AlterTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
 	if c.closed() {
 		return nil, errClientClosed
