@@ -88,11 +88,11 @@ type groupJSON struct {
 	// Ephemeral: the broker deletes the group once its last member has
 	// been gone for the node's ephemeral_group_ttl; DeleteAt is when,
 	// while it has no members.
-	Ephemeral bool       `json:"ephemeral"`
-	DeleteAt  *time.Time `json:"delete_at,omitempty"`
-	Members  []groupMemberJSON   `json:"members"`
-	Queues   []groupQueueJSON    `json:"queues"`
-	Internal []internalTopicJSON `json:"internal_topics"`
+	Ephemeral bool                `json:"ephemeral"`
+	DeleteAt  *time.Time          `json:"delete_at,omitempty"`
+	Members   []groupMemberJSON   `json:"members"`
+	Queues    []groupQueueJSON    `json:"queues"`
+	Internal  []internalTopicJSON `json:"internal_topics"`
 }
 
 type groupMemberJSON struct {

@@ -582,8 +582,48 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 	}
 	for i, o := range offs {
 		offs[i] = b.epochs.stamp(req.Group, o)
+		offs[i].Bytes = nil // only the broker says, below
+	}
+	if req.WithBytes {
+		sizes, err := b.queueBytes(ctx, req.Queues)
+		if err != nil {
+			return nil, err
+		}
+		for i, n := range sizes {
+			if i < len(offs) && n >= 0 {
+				offs[i].Bytes = &n
+			}
+		}
 	}
 	return &sdk.GetOffsetsResponse{Offsets: offs}, nil
+}
+
+// queueBytes asks the store for its queues' sizes (sdk.QueueSizer): -1 for
+// each queue it cannot size, and for all of them from a store without the
+// capability.
+func (b *Broker) queueBytes(ctx context.Context, queues []*sdk.QueueRef) ([]int64, error) {
+	var sizes []int64
+	err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
+		qs, ok := s.(sdk.QueueSizer)
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		sizes, err = qs.QueueBytes(ctx, queues)
+		return err
+	})
+	if errors.Is(err, errors.ErrUnsupported) {
+		sizes, err = make([]int64, len(queues)), nil
+		for i := range sizes {
+			sizes[i] = -1
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(sizes) != len(queues) {
+		return nil, fmt.Errorf("%w: the store sized %d queues of %d", sdk.ErrUnavailable, len(sizes), len(queues))
+	}
+	return sizes, nil
 }
 
 // Metadata lists topics and this node.

@@ -284,6 +284,22 @@ func (c *Client) GetOffsets(ctx context.Context, group string, queues []*ferryv1
 	return resp.Offsets, nil
 }
 
+// QueueSizes is GetOffsets without a group, with each queue's size:
+// QueueOffsets.Bytes is what the broker's store holds for the queue (the
+// file store: its records in the log; the memory store: its encoded
+// messages), or nil when the store cannot say (sdk.QueueSizer), which is
+// unknown, not 0 (so also from a broker too old to ask).
+func (c *Client) QueueSizes(ctx context.Context, queues []*ferryv1.QueueRef) ([]*ferryv1.QueueOffsets, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: queues, WithBytes: true}, grpc.WaitForReady(true))
+	if err != nil {
+		return nil, c.callError("get offsets", err)
+	}
+	return resp.Offsets, nil
+}
+
 // CreateTopic creates topic name with queues queues on the broker, which
 // stores it before it answers (it survives the broker's restart), and
 // returns it as the broker now lists it. A bad name or count, or a topic that
