@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +91,68 @@ topics: [{name: orders, queues: 2}]
 	}
 	if _, stderr, code := runFerry(t, nil, "consume", "--broker", addr, "--topic", "orders", "--count", "1"); code != 2 || !regexp.MustCompile(`--group is required \(or --ephemeral`).MatchString(stderr) {
 		t.Fatalf("ferry consume without --group: exit %d: %s", code, stderr)
+	}
+}
+
+// `ferry group describe` says that a group is ephemeral and, once its last
+// member is gone, when the broker deletes it (text and --json); a durable
+// group says neither (the control).
+func TestGroupDescribeShowsEphemeral(t *testing.T) {
+	addr := ferrytest.FreeAddr(t)
+	cfg, err := config.LoadBytes("node.yaml", fmt.Appendf(nil, `name: ephemeral-describe
+node: {ephemeral_group_ttl: 1h}
+plugins:
+  mode: inprocess
+  storage: {type: memory}
+  transport: {type: grpc, config: {listen: %q, shutdown_timeout: 200ms}}
+topics: [{name: orders, queues: 2}]
+`, addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Node.DataDir = t.TempDir()
+	e, err := engine.Start(context.Background(), cfg, engine.Options{Registry: builtins()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		e.Close(ctx)
+	})
+	sendKeyed(t, dialNode(t, addr), "orders", 4)
+	for _, args := range [][]string{{"--group", "eph-d", "--ephemeral"}, {"--group", "durable-d"}} {
+		if _, stderr, code := runFerry(t, nil, append([]string{"consume", "--broker", addr, "--topic", "orders", "--count", "4"}, args...)...); code != 0 {
+			t.Fatalf("ferry consume %v: exit %d: %s", args, code, stderr)
+		}
+	}
+	before := time.Now()
+	out, stderr, code := runFerry(t, nil, "group", "describe", "eph-d", "--broker", addr)
+	if code != 0 {
+		t.Fatalf("ferry group describe eph-d: exit %d: %s", code, stderr)
+	}
+	m := regexp.MustCompile(`(?m)^ephemeral: deleted at (\S+) \(in ([^)]+)\) unless a member joins first$`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("describe of an ephemeral group without members does not say when it is deleted:\n%s", out)
+	}
+	at, err := time.Parse(time.RFC3339, m[1])
+	if err != nil || at.Before(before.Add(50*time.Minute)) || at.After(time.Now().Add(time.Hour+time.Minute)) {
+		t.Fatalf("deletion time %q (%v): want about an hour from now (ttl 1h)", m[1], err)
+	}
+	out, _, code = runFerry(t, nil, "group", "describe", "eph-d", "--broker", addr, "--json")
+	var j struct {
+		Ephemeral bool       `json:"ephemeral"`
+		DeleteAt  *time.Time `json:"delete_at"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &j) != nil || !j.Ephemeral || j.DeleteAt == nil || j.DeleteAt.Sub(at).Abs() > time.Second {
+		t.Fatalf("describe --json of the ephemeral group: exit %d, %s", code, out)
+	}
+	out, _, code = runFerry(t, nil, "group", "describe", "durable-d", "--broker", addr)
+	if code != 0 || strings.Contains(out, "ephemeral") {
+		t.Fatalf("describe of a durable group: exit %d:\n%s", code, out)
+	}
+	out, _, code = runFerry(t, nil, "group", "describe", "durable-d", "--broker", addr, "--json")
+	if code != 0 || !strings.Contains(out, `"ephemeral": false`) || strings.Contains(out, "delete_at") {
+		t.Fatalf("describe --json of a durable group: exit %d, %s", code, out)
 	}
 }

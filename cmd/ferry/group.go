@@ -84,10 +84,15 @@ func nonNil[T any](s []T) []T {
 }
 
 type groupJSON struct {
-	Group    string              `json:"group"`
-	Members  []groupMemberJSON   `json:"members"`
-	Queues   []groupQueueJSON    `json:"queues"`
-	Internal []internalTopicJSON `json:"internal_topics"`
+	Group string `json:"group"`
+	// Ephemeral: the broker deletes the group once its last member has
+	// been gone for the node's ephemeral_group_ttl; DeleteAt is when,
+	// while it has no members.
+	Ephemeral bool                `json:"ephemeral"`
+	DeleteAt  *time.Time          `json:"delete_at,omitempty"`
+	Members   []groupMemberJSON   `json:"members"`
+	Queues    []groupQueueJSON    `json:"queues"`
+	Internal  []internalTopicJSON `json:"internal_topics"`
 }
 
 type groupMemberJSON struct {
@@ -137,7 +142,11 @@ func newGroupDescribeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			g := groupJSON{Group: d.Group, Members: []groupMemberJSON{}, Queues: []groupQueueJSON{}, Internal: internalJSON(d.Internal)}
+			g := groupJSON{Group: d.Group, Ephemeral: d.Ephemeral, Members: []groupMemberJSON{}, Queues: []groupQueueJSON{}, Internal: internalJSON(d.Internal)}
+			if d.Ephemeral && d.DeleteAtUnixNano > 0 {
+				at := time.Unix(0, d.DeleteAtUnixNano).UTC()
+				g.DeleteAt = &at
+			}
 			for _, m := range d.Members {
 				mj := groupMemberJSON{ID: m.Id, Topics: nonNil(m.Topics), Queues: []string{},
 					LastHeartbeat: time.Unix(0, m.LastHeartbeatUnixNano).UTC(), Expires: time.Unix(0, m.ExpiresUnixNano).UTC()}
@@ -166,6 +175,13 @@ func printGroup(w io.Writer, g groupJSON, now time.Time) {
 		lag += q.Lag
 	}
 	fmt.Fprintf(w, "group %s: %d live member(s), lag %d\n", g.Group, len(g.Members), lag)
+	switch {
+	case g.Ephemeral && g.DeleteAt != nil:
+		fmt.Fprintf(w, "ephemeral: deleted at %s (in %s) unless a member joins first\n",
+			g.DeleteAt.Format(time.RFC3339), max(g.DeleteAt.Sub(now), 0).Round(time.Second))
+	case g.Ephemeral:
+		fmt.Fprintln(w, "ephemeral: deleted once its last member has been gone for the node's ephemeral_group_ttl")
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if len(g.Members) > 0 {
 		fmt.Fprintln(tw, "\nMEMBER\tLAST HEARTBEAT\tQUEUES")

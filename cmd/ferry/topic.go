@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -99,6 +100,11 @@ type topicJSON struct {
 	Name   string           `json:"name"`
 	Queues int32            `json:"queues"`
 	Detail []topicQueueJSON `json:"queue_offsets,omitempty"`
+	// Bytes the store holds for the topic, the sum of its queues'
+	// (describe only); BytesUnknown when the store cannot say for some
+	// queue (then Bytes is absent: unknown, not 0).
+	Bytes        *int64 `json:"bytes,omitempty"`
+	BytesUnknown bool   `json:"bytes_unknown,omitempty"`
 	// Groups are the consumer groups that consume it (describe only).
 	Groups []string `json:"groups,omitempty"`
 }
@@ -157,6 +163,8 @@ type topicQueueJSON struct {
 	Queue int32 `json:"queue"`
 	Start int64 `json:"start"`
 	End   int64 `json:"end"`
+	// Bytes the store holds for the queue; absent when it cannot say.
+	Bytes *int64 `json:"bytes,omitempty"`
 }
 
 func newTopicListCmd() *cobra.Command {
@@ -240,13 +248,22 @@ func describeTopic(ctx context.Context, c *client.Client, name string) (topicJSO
 	for i := range refs {
 		refs[i] = &ferryv1.QueueRef{Topic: name, Queue: int32(i)}
 	}
-	offs, err := c.GetOffsets(ctx, "", refs)
+	offs, err := c.QueueSizes(ctx, refs)
 	if err != nil {
 		return topicJSON{}, err
 	}
 	t := topicJSON{Name: name, Queues: queues}
+	var total int64
 	for _, o := range offs {
-		t.Detail = append(t.Detail, topicQueueJSON{Queue: o.Queue, Start: o.Start, End: o.End})
+		t.Detail = append(t.Detail, topicQueueJSON{Queue: o.Queue, Start: o.Start, End: o.End, Bytes: o.Bytes})
+		if o.Bytes == nil {
+			t.BytesUnknown = true
+		} else {
+			total += *o.Bytes
+		}
+	}
+	if !t.BytesUnknown {
+		t.Bytes = &total
 	}
 	groups, err := c.ListGroups(ctx)
 	if err != nil && !errors.Is(err, errors.ErrUnsupported) { // an older broker lists no groups
@@ -265,14 +282,22 @@ func printTopic(w io.Writer, t topicJSON) {
 	for _, q := range t.Detail {
 		msgs += q.End - q.Start
 	}
-	fmt.Fprintf(w, "topic %s: %d queue(s), %d message(s) stored\n", t.Name, t.Queues, msgs)
+	size := "bytes unknown (the store cannot say)"
+	if t.Bytes != nil {
+		size = fmt.Sprintf("%d bytes", *t.Bytes)
+	}
+	fmt.Fprintf(w, "topic %s: %d queue(s), %d message(s) stored, %s\n", t.Name, t.Queues, msgs, size)
 	if len(t.Groups) > 0 {
 		fmt.Fprintf(w, "consumed by: %s\n", strings.Join(t.Groups, ", "))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "QUEUE\tSTART\tEND\tMESSAGES")
+	fmt.Fprintln(tw, "QUEUE\tSTART\tEND\tMESSAGES\tBYTES")
 	for _, q := range t.Detail {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\n", q.Queue, q.Start, q.End, q.End-q.Start)
+		b := "unknown"
+		if q.Bytes != nil {
+			b = strconv.FormatInt(*q.Bytes, 10)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\n", q.Queue, q.Start, q.End, q.End-q.Start, b)
 	}
 	tw.Flush()
 }

@@ -30,6 +30,9 @@ const (
 	// MetricStorageFull is 1 while the storage refuses appends for a full
 	// disk.
 	MetricStorageFull = "ferry_storage_full"
+	// MetricFetchesWaiting is the number of consumers' long-poll fetches
+	// waiting at the broker for messages.
+	MetricFetchesWaiting = "ferry_fetches_waiting"
 )
 
 // MaxGroupLabels bounds the distinct values of the group label: clients name
@@ -66,6 +69,7 @@ type Metrics struct {
 	offsetReplFail *prometheus.CounterVec
 	corruptReads   *prometheus.CounterVec
 	storageFull    prometheus.Gauge
+	fetchesWaiting prometheus.Gauge
 
 	groupsMu sync.Mutex
 	groups   map[string]bool // group label values admitted, at most MaxGroupLabels
@@ -164,10 +168,14 @@ func NewMetrics(constLabels prometheus.Labels) *Metrics {
 			Name: MetricStorageFull, ConstLabels: constLabels,
 			Help: "1 while the storage refuses appends because its disk is full (it retries by itself), else 0.",
 		}),
+		fetchesWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: MetricFetchesWaiting, ConstLabels: constLabels,
+			Help: "Consumers' long-poll fetches waiting at the broker for messages (they answer at once when the node begins to stop).",
+		}),
 	}
 	m.reg.MustRegister(
 		m.appended, m.consumed, m.flush, m.appendLatency, m.replicationLag, m.consumerLag,
-		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail, m.corruptReads, m.storageFull,
+		m.retries, m.dlqDepth, m.pluginRestarts, m.offsetReplFail, m.corruptReads, m.storageFull, m.fetchesWaiting,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -181,6 +189,15 @@ func (m *Metrics) Registry() *prometheus.Registry {
 		return nil
 	}
 	return m.reg
+}
+
+// FetchWaiting adds delta (1 or -1) to the long-poll fetches waiting.
+// Called by the broker when a fetch begins and ends its wait.
+func (m *Metrics) FetchWaiting(delta int) {
+	if m == nil {
+		return
+	}
+	m.fetchesWaiting.Add(float64(delta))
 }
 
 // Appended counts n messages appended to topic. Called by the broker once

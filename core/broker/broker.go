@@ -112,6 +112,8 @@ type Broker struct {
 	eph  ephemeralGroups
 
 	closeOnce sync.Once
+	drainOnce sync.Once
+	draining  chan struct{} // closed by Drain: long-poll fetches answer at once
 }
 
 var _ sdk.Core = (*Broker)(nil)
@@ -173,7 +175,7 @@ func New(opts Options, storage StorageSource) *Broker {
 		opts.Logger = hclog.NewNullLogger()
 	}
 	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), epochs: newEpochs(), known: map[string]bool{},
-		fetchers: newRecentSet(maxRecentFetchers)}
+		fetchers: newRecentSet(maxRecentFetchers), draining: make(chan struct{})}
 	b.full.done = make(chan struct{})
 	for _, g := range opts.Groups {
 		b.known[g] = true
@@ -197,6 +199,14 @@ func (b *Broker) Start() {
 	b.eph.started.Store(true)
 	go b.runEphemeral()
 }
+
+// Drain tells the broker that the node is stopping: long-poll fetches
+// waiting for messages answer at once with what they have (usually
+// nothing), and later ones do not wait, so that they do not hold the
+// transport's graceful drain for up to their max_wait. Everything else goes
+// on until Close. The engine calls it first when it stops; safe to call
+// more than once.
+func (b *Broker) Drain() { b.drainOnce.Do(func() { close(b.draining) }) }
 
 // Close stops taking appends and waits, up to ctx, for those accepted to be
 // answered.
@@ -478,6 +488,11 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 // through replication skip that check (replicaCore): a replica may hold a
 // group's offsets before the messages they follow.
 func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
+	end, err := b.beginCommit(req.Group)
+	if err != nil {
+		return err
+	}
+	defer end()
 	lookup := func(ctx context.Context, name string) (*topic, error) { return b.clientTopic(ctx, name, req.Group) }
 	if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
 		return err
@@ -570,8 +585,48 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 	}
 	for i, o := range offs {
 		offs[i] = b.epochs.stamp(req.Group, o)
+		offs[i].Bytes = nil // only the broker says, below
+	}
+	if req.WithBytes {
+		sizes, err := b.queueBytes(ctx, req.Queues)
+		if err != nil {
+			return nil, err
+		}
+		for i, n := range sizes {
+			if i < len(offs) && n >= 0 {
+				offs[i].Bytes = &n
+			}
+		}
 	}
 	return &sdk.GetOffsetsResponse{Offsets: offs}, nil
+}
+
+// queueBytes asks the store for its queues' sizes (sdk.QueueSizer): -1 for
+// each queue it cannot size, and for all of them from a store without the
+// capability.
+func (b *Broker) queueBytes(ctx context.Context, queues []*sdk.QueueRef) ([]int64, error) {
+	var sizes []int64
+	err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
+		qs, ok := s.(sdk.QueueSizer)
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		sizes, err = qs.QueueBytes(ctx, queues)
+		return err
+	})
+	if errors.Is(err, errors.ErrUnsupported) {
+		sizes, err = make([]int64, len(queues)), nil
+		for i := range sizes {
+			sizes[i] = -1
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(sizes) != len(queues) {
+		return nil, fmt.Errorf("%w: the store sized %d queues of %d", sdk.ErrUnavailable, len(sizes), len(queues))
+	}
+	return sizes, nil
 }
 
 // Metadata lists topics and this node.

@@ -32,8 +32,14 @@ const DefaultEphemeralGroupTTL = 30 * time.Second
 const EphemeralGroupsFile = "ephemeral-groups.json"
 
 type ephemeralGroups struct {
-	mu      sync.Mutex
-	groups  map[string]*ephemeralGroup
+	mu     sync.Mutex
+	groups map[string]*ephemeralGroup
+	// deleted are the ephemeral groups deleted lately (when), at most
+	// maxEphemeralTombstones, kept in EphemeralGroupsFile: a commit for one
+	// of them (a member's straggler, sent before it noticed it was gone)
+	// is refused, so that it does not recreate the group's offsets. A
+	// member that joins the name again clears it.
+	deleted map[string]time.Time
 	stop    chan struct{}
 	done    chan struct{}
 	started atomic.Bool // Start ran runEphemeral
@@ -42,11 +48,17 @@ type ephemeralGroups struct {
 type ephemeralGroup struct {
 	emptySince time.Time // zero while it has live members
 	deleting   bool
+	commits    int // commits of the group under way (beginCommit); its deletion waits for them
 }
 
 type ephemeralFile struct {
-	Groups []string `json:"groups"`
+	Groups  []string         `json:"groups"`
+	Deleted map[string]int64 `json:"deleted,omitempty"` // group → when deleted, Unix ns
 }
+
+// maxEphemeralTombstones bounds ephemeralGroups.deleted; past it the oldest
+// is forgotten (a straggler commit for it would then be stored).
+const maxEphemeralTombstones = 4096
 
 func (b *Broker) ephemeralTTL() time.Duration {
 	if b.opts.EphemeralGroupTTL > 0 {
@@ -59,6 +71,7 @@ func (b *Broker) ephemeralTTL() time.Duration {
 // members now, so their TTL runs from the start.
 func (b *Broker) loadEphemeral() {
 	b.eph.groups = map[string]*ephemeralGroup{}
+	b.eph.deleted = map[string]time.Time{}
 	if b.opts.DataDir == "" {
 		return
 	}
@@ -78,6 +91,9 @@ func (b *Broker) loadEphemeral() {
 	for _, g := range f.Groups {
 		b.eph.groups[g] = &ephemeralGroup{emptySince: now}
 	}
+	for g, at := range f.Deleted {
+		b.eph.deleted[g] = time.Unix(0, at)
+	}
 	if len(f.Groups) > 0 {
 		b.log.Info("ephemeral groups without members since the restart; deleted after the TTL unless a member joins", "groups", f.Groups, "ttl", b.ephemeralTTL())
 	}
@@ -92,6 +108,12 @@ func (b *Broker) saveEphemeralLocked() error {
 	for g := range b.eph.groups {
 		f.Groups = append(f.Groups, g)
 	}
+	if len(b.eph.deleted) > 0 {
+		f.Deleted = map[string]int64{}
+		for g, at := range b.eph.deleted {
+			f.Deleted[g] = at.UnixNano()
+		}
+	}
 	sort.Strings(f.Groups)
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -104,6 +126,13 @@ func (b *Broker) saveEphemeralLocked() error {
 // the member is recorded; a first ephemeral member marks the group. Called
 // with eph.mu held.
 func (b *Broker) checkEphemeralLocked(ctx context.Context, group string, ephemeral bool) error {
+	if _, ok := b.eph.deleted[group]; ok {
+		// A member joins the name again: its commits are the new group's.
+		delete(b.eph.deleted, group)
+		if err := b.saveEphemeralLocked(); err != nil {
+			b.log.Error("ephemeral groups: saving their marks", "error", err)
+		}
+	}
 	g := b.eph.groups[group]
 	switch {
 	case g != nil && g.deleting:
@@ -133,6 +162,35 @@ func (b *Broker) checkEphemeralLocked(ctx context.Context, group string, ephemer
 	}
 	b.log.Info("ephemeral group created", "group", group, "ttl", b.ephemeralTTL())
 	return nil
+}
+
+// beginCommit admits a client's commit for group, or refuses it: a commit
+// for an ephemeral group being deleted, or deleted (a straggler from a
+// member that is gone), would recreate offsets the deletion removed. The
+// returned end must be called once the commit is stored or failed; the
+// deletion waits for the commits it admitted.
+func (b *Broker) beginCommit(group string) (end func(), err error) {
+	b.eph.mu.Lock()
+	defer b.eph.mu.Unlock()
+	if at, ok := b.eph.deleted[group]; ok {
+		return nil, fmt.Errorf("%w: group %q: an ephemeral group, deleted at %s once its last member had been gone for %s; "+
+			"a commit after its deletion is refused and not stored (join the group again to consume with it)",
+			sdk.ErrNotFound, group, at.UTC().Format(time.RFC3339Nano), b.ephemeralTTL())
+	}
+	g := b.eph.groups[group]
+	if g == nil {
+		return func() {}, nil
+	}
+	if g.deleting {
+		return nil, fmt.Errorf("%w: group %q: an ephemeral group being deleted (its last member has been gone for %s); a commit is refused and not stored",
+			sdk.ErrNotFound, group, b.ephemeralTTL())
+	}
+	g.commits++
+	return func() {
+		b.eph.mu.Lock()
+		g.commits--
+		b.eph.mu.Unlock()
+	}, nil
 }
 
 // ephemeralState is what DescribeGroup tells of group: whether it is
@@ -212,7 +270,10 @@ func (b *Broker) runEphemeral() {
 func (b *Broker) deleteEphemeral(group string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*storageCallTimeout)
 	defer cancel()
-	err := b.deleteGroupData(ctx, group)
+	err := b.waitCommits(ctx, group)
+	if err == nil {
+		err = b.deleteGroupData(ctx, group)
+	}
 	b.eph.mu.Lock()
 	defer b.eph.mu.Unlock()
 	g := b.eph.groups[group]
@@ -225,10 +286,47 @@ func (b *Broker) deleteEphemeral(group string) {
 		b.log.Error("ephemeral group: this node's store cannot delete it; its offsets and retry and dead-letter messages stay (ferry group describe shows them)", "group", group, "error", err)
 	} else {
 		b.log.Info("ephemeral group deleted: its last member left more than the TTL ago", "group", group, "ttl", b.ephemeralTTL())
+		b.tombstoneLocked(group, time.Now())
 	}
 	delete(b.eph.groups, group)
 	if err := b.saveEphemeralLocked(); err != nil {
 		b.log.Error("ephemeral groups: saving their marks", "error", err)
+	}
+}
+
+// waitCommits waits for the commits of group that beginCommit admitted
+// before the group was marked deleting.
+func (b *Broker) waitCommits(ctx context.Context, group string) error {
+	for {
+		b.eph.mu.Lock()
+		n := 0
+		if g := b.eph.groups[group]; g != nil {
+			n = g.commits
+		}
+		b.eph.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// tombstoneLocked records group as deleted at at (under eph.mu), dropping
+// the oldest record past maxEphemeralTombstones.
+func (b *Broker) tombstoneLocked(group string, at time.Time) {
+	b.eph.deleted[group] = at
+	for len(b.eph.deleted) > maxEphemeralTombstones {
+		oldest, first := "", time.Time{}
+		for g, t := range b.eph.deleted {
+			if oldest == "" || t.Before(first) {
+				oldest, first = g, t
+			}
+		}
+		delete(b.eph.deleted, oldest)
 	}
 }
 

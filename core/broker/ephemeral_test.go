@@ -227,3 +227,65 @@ func TestEphemeralGroupRefusedWhenReplicated(t *testing.T) {
 		t.Fatalf("ephemeral member on a replicated node: %v", err)
 	}
 }
+
+// A straggler commit for an ephemeral group that was deleted (a member
+// that left, or was dropped, sends its last commit late) is refused with
+// not found naming the deletion, and recreates nothing: the store holds no
+// offset for the group and it stays unknown, also after a restart. A
+// member joining the name again clears the refusal: its commits are
+// stored. A durable group's commit after its members left is stored (the
+// control: only the deleted ephemeral group is refused).
+func TestEphemeralGroupStragglerCommitRefused(t *testing.T) {
+	store := newMemory(t)
+	dir := t.TempDir()
+	b := newEphemeralBroker(t, dir, store)
+	produce(t, b, 0, "a", "b", "c")
+	mustJoin(t, b, "eph", "m1", true, false)
+	mustJoin(t, b, "durable", "d1", false, false)
+	commit(t, b, "eph", 1)
+	mustJoin(t, b, "eph", "m1", true, true)
+	mustJoin(t, b, "durable", "d1", false, true)
+	waitGone(t, b, "eph")
+
+	straggle := func(b *Broker) error {
+		return b.CommitOffsets(context.Background(), &sdk.CommitOffsetsRequest{Group: "eph", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 2}}})
+	}
+	noOffsets := func(when string) {
+		t.Helper()
+		offs, err := store.GetOffsets(context.Background(), "eph", []*sdk.QueueRef{{Topic: "orders", Queue: 0}})
+		if err != nil || offs[0].Committed != -1 {
+			t.Fatalf("%s: the deleted group's committed offset %v, %v; want -1 (nothing recreated)", when, offs, err)
+		}
+	}
+	err := straggle(b)
+	if !errors.Is(err, sdk.ErrNotFound) || !strings.Contains(err.Error(), "ephemeral group, deleted at") {
+		t.Fatalf("straggler commit after the deletion: %v; want not found naming the deletion", err)
+	}
+	noOffsets("after the straggler commit")
+	if _, err := b.DescribeGroup(context.Background(), &sdk.DescribeGroupRequest{Group: "eph"}); !errors.Is(err, sdk.ErrNotFound) {
+		t.Fatalf("the deleted group after a straggler commit: %v; want not found", err)
+	}
+	// Control: the durable group, left as long ago, commits.
+	commit(t, b, "durable", 2)
+
+	// The refusal survives a restart (kept in the data dir).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b2 := newEphemeralBroker(t, dir, store)
+	if err := straggle(b2); !errors.Is(err, sdk.ErrNotFound) {
+		t.Fatalf("straggler commit after a restart: %v; want not found", err)
+	}
+	noOffsets("after a restart and a straggler commit")
+
+	// A member joining the name again starts a new group, whose commits count.
+	mustJoin(t, b2, "eph", "m2", true, false)
+	if err := straggle(b2); err != nil {
+		t.Fatalf("commit of the group joined again: %v", err)
+	}
+	if d := describe(t, b2, "eph"); d.Queues[0].Committed != 2 {
+		t.Fatalf("the group joined again: committed %d, want 2", d.Queues[0].Committed)
+	}
+}

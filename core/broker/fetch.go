@@ -50,6 +50,12 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 	}
 	wait := min(time.Duration(req.MaxWaitNanos), maxFetchWait)
 	deadline := time.Now().Add(wait)
+	waiting := false
+	defer func() {
+		if waiting {
+			b.opts.Metrics.FetchWaiting(-1)
+		}
+	}()
 	for {
 		signal := t.wait() // taken before reading, so no append is missed
 		resp, due, err := b.read(ctx, req, maxMsgs, maxBytes)
@@ -63,22 +69,39 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 			return resp, err
 		}
 		left := time.Until(deadline)
-		if left <= 0 {
+		if left <= 0 || b.isDraining() {
 			return resp, nil
 		}
 		wake := left
 		if !due.IsZero() {
 			wake = min(wake, max(time.Until(due), time.Millisecond))
 		}
+		if !waiting {
+			waiting = true
+			b.opts.Metrics.FetchWaiting(1)
+		}
 		timer := time.NewTimer(wake)
 		select {
 		case <-signal:
 		case <-timer.C:
+		case <-b.draining:
+			// The node stops: answer now (read once more, so that what
+			// arrived meanwhile goes out rather than waiting for the
+			// restart).
 		case <-ctx.Done():
 			timer.Stop()
 			return resp, nil
 		}
 		timer.Stop()
+	}
+}
+
+func (b *Broker) isDraining() bool {
+	select {
+	case <-b.draining:
+		return true
+	default:
+		return false
 	}
 }
 

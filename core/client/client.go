@@ -30,6 +30,12 @@ const (
 	// maxInflightProduce bounds the produce requests of one Client that
 	// wait for their answers; a send past it waits (within its timeout).
 	maxInflightProduce = 1024
+	// DefaultCloseTimeout bounds how long Close waits for consumers'
+	// handlers to return (WithCloseTimeout).
+	DefaultCloseTimeout = 30 * time.Second
+	// DefaultRouteRefresh is how old a producer's route of a topic may
+	// grow before the client asks the brokers again (WithRouteRefresh).
+	DefaultRouteRefresh = 30 * time.Second
 )
 
 // Option configures Dial.
@@ -40,7 +46,9 @@ type options struct {
 	logger          *slog.Logger
 	maxRequestBytes int
 	tls             *tls.Config // nil: plaintext (WithTLS)
-	err             error       // an option that could not be applied
+	closeTimeout    time.Duration
+	routeRefresh    time.Duration
+	err             error // an option that could not be applied
 }
 
 // WithGRPCOptions adds gRPC dial options (TLS credentials, interceptors,
@@ -57,6 +65,18 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // with the transport's limit.
 func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestBytes = n } }
 
+// WithCloseTimeout changes DefaultCloseTimeout: how long Close waits for
+// the handlers of the client's push consumers to return before it gives up
+// on them (see Client.Close). It must be positive.
+func WithCloseTimeout(d time.Duration) Option { return func(o *options) { o.closeTimeout = d } }
+
+// WithRouteRefresh changes DefaultRouteRefresh: a producer's route of a
+// topic (its queues on each broker) older than d is asked for again, in the
+// background, at the next send to it, so that queues added to the topic
+// (AlterTopic, by any client or by ferry topic alter) get messages without
+// a new client or a reconnect. It must be positive.
+func WithRouteRefresh(d time.Duration) Option { return func(o *options) { o.routeRefresh = d } }
+
 // Client is a connection to a Ferry cluster: one broker (Dial) or several
 // (DialCluster), shared by any number of producers and consumers and safe for
 // concurrent use. It reconnects by itself: a call made while a broker is away
@@ -71,6 +91,8 @@ type Client struct {
 	rpc             ferryv1.BrokerClient
 	log             *slog.Logger
 	maxRequestBytes int
+	closeTimeout    time.Duration
+	routeRefresh    time.Duration
 	dopts           []grpc.DialOption
 
 	ctx    context.Context // ends on Close; the parent of produce streams
@@ -118,8 +140,11 @@ func (c *Client) unregister(rt *runtime) {
 
 // stopConsumers stops every consumer started on c and waits for their final
 // commits: push consumers (Consume, Run, Launch) are cancelled and their
-// handlers in progress finish; pull consumers (Start) are closed.
-func (c *Client) stopConsumers() {
+// handlers in progress finish; pull consumers (Start) are closed. Handlers
+// still running when ctx ends are given up on (runtime.giveUp): their
+// deliveries are not committed, and the error names the consumers that had
+// them.
+func (c *Client) stopConsumers(ctx context.Context) error {
 	c.consumersMu.Lock()
 	c.closing = true
 	rts := make([]*runtime, 0, len(c.consumers))
@@ -127,17 +152,33 @@ func (c *Client) stopConsumers() {
 		rts = append(rts, rt)
 	}
 	c.consumersMu.Unlock()
-	var wg sync.WaitGroup
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
 	for _, rt := range rts {
 		wg.Go(func() {
 			rt.cancel()
 			if !rt.pushing {
 				_ = rt.stop() // its Consumer.Close later returns the same
 			}
-			<-rt.finished
+			select {
+			case <-rt.finished:
+				return
+			case <-ctx.Done():
+			}
+			n := rt.handling.Load()
+			rt.giveUp()
+			<-rt.finished // the final commit of what was settled (bounded)
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("ferry client: close: consumer of topic %q, group %q: %d handler(s) still running; "+
+				"their deliveries are not committed and the group gets them again: %w", rt.opts.Topic, rt.group, n, ctx.Err()))
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Dial connects to the broker at addr (host:port of its grpc transport) and
@@ -158,10 +199,28 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 // sdk.ErrClosed (or the context error of their caller), and async sends not
 // yet answered get their callbacks with sdk.ErrClosed. Safe to call more
 // than once.
+//
+// The wait for handlers is bounded by the close timeout (DefaultCloseTimeout,
+// WithCloseTimeout): a handler that has not returned by then is left
+// running, and the delivery it holds (with every unsettled one of its
+// consumer) is not committed: the group gets it again, from this or another
+// member. What was settled before is still committed, the consumer's
+// Consume or Launch returns, and Close returns an error wrapping
+// context.DeadlineExceeded that names the consumer. A handler that returns
+// later settles nothing. CloseContext takes the bound from a context.
 func (c *Client) Close() error {
-	c.stopConsumers()
+	ctx, cancel := context.WithTimeout(context.Background(), c.closeTimeout)
+	defer cancel()
+	return c.CloseContext(ctx)
+}
+
+// CloseContext is Close with the wait for consumers' handlers bounded by ctx
+// instead of the close timeout: when ctx ends first, the handlers still
+// running are given up on as Close describes, and the error wraps ctx's.
+// The final commits after that take a few seconds at most.
+func (c *Client) CloseContext(ctx context.Context) error {
+	errs := []error{c.stopConsumers(ctx)}
 	c.cancel()
-	var errs []error
 	for _, b := range c.brokerList() {
 		if err := b.close(); err != nil {
 			errs = append(errs, err)
@@ -225,6 +284,22 @@ func (c *Client) GetOffsets(ctx context.Context, group string, queues []*ferryv1
 	return resp.Offsets, nil
 }
 
+// QueueSizes is GetOffsets without a group, with each queue's size:
+// QueueOffsets.Bytes is what the broker's store holds for the queue (the
+// file store: its records in the log; the memory store: its encoded
+// messages), or nil when the store cannot say (sdk.QueueSizer), which is
+// unknown, not 0 (so also from a broker too old to ask).
+func (c *Client) QueueSizes(ctx context.Context, queues []*ferryv1.QueueRef) ([]*ferryv1.QueueOffsets, error) {
+	if c.closed() {
+		return nil, errClientClosed
+	}
+	resp, err := c.rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: queues, WithBytes: true}, grpc.WaitForReady(true))
+	if err != nil {
+		return nil, c.callError("get offsets", err)
+	}
+	return resp.Offsets, nil
+}
+
 // CreateTopic creates topic name with queues queues on the broker, which
 // stores it before it answers (it survives the broker's restart), and
 // returns it as the broker now lists it. A bad name or count, or a topic that
@@ -245,7 +320,7 @@ func (c *Client) CreateTopic(ctx context.Context, name string, queues int32) (*f
 // AlterTopic grows topic name to queues queues (queues are never removed: a
 // smaller count is sdk.ErrInvalidArgument; an unknown topic is
 // sdk.ErrNotFound). This client's producers use the new queues at once;
-// other clients when they next refresh their metadata.
+// other clients' within their route refresh interval (WithRouteRefresh).
 func (c *Client) AlterTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
 	if c.closed() {
 		return nil, errClientClosed

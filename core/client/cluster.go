@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -30,9 +31,15 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("ferry client: dial: %w: no broker address", sdk.ErrInvalidArgument)
 	}
-	o := options{logger: slog.Default(), maxRequestBytes: DefaultMaxRequestBytes}
+	o := options{logger: slog.Default(), maxRequestBytes: DefaultMaxRequestBytes, closeTimeout: DefaultCloseTimeout, routeRefresh: DefaultRouteRefresh}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.err == nil && o.closeTimeout <= 0 {
+		o.err = fmt.Errorf("%w: close timeout %v: must be positive", sdk.ErrInvalidArgument, o.closeTimeout)
+	}
+	if o.err == nil && o.routeRefresh <= 0 {
+		o.err = fmt.Errorf("%w: route refresh interval %v: must be positive", sdk.ErrInvalidArgument, o.routeRefresh)
 	}
 	if o.err != nil {
 		return nil, fmt.Errorf("ferry client: dial: %w", o.err)
@@ -41,6 +48,8 @@ func DialCluster(ctx context.Context, addrs []string, opts ...Option) (*Client, 
 	c := &Client{
 		log:             o.logger,
 		maxRequestBytes: o.maxRequestBytes,
+		closeTimeout:    o.closeTimeout,
+		routeRefresh:    o.routeRefresh,
 		dopts:           dialOptions(o),
 		ctx:             cctx,
 		cancel:          cancel,
@@ -208,6 +217,9 @@ type topicRoute struct {
 	topic  string
 	queues []queueRoute
 	stale  bool // a stream broke since: refresh before the next selection
+
+	at         time.Time   // when the brokers were asked (mergeRoutes)
+	refreshing atomic.Bool // a background refresh of it runs (cachedRoute)
 }
 
 // brokers lists the distinct brokers of the route, in order.
@@ -269,15 +281,38 @@ func (c *Client) ProducerTopic(ctx context.Context, topic string) (int32, error)
 	return int32(len(r.queues)), nil
 }
 
-// cachedRoute is topic's route if it is cached and not stale, else nil.
+// cachedRoute is topic's route if it is cached and not stale, else nil. A
+// route older than the route refresh interval (WithRouteRefresh) is still
+// returned, and refreshed in the background, so that producers pick up
+// queues added to the topic (AlterTopic, by any client) without waiting for
+// a reconnect, and a send never waits for it.
 func (c *Client) cachedRoute(topic string) *topicRoute {
 	c.routesMu.Lock()
 	r := c.routes[topic]
 	c.routesMu.Unlock()
-	if r != nil && !r.stale {
-		return r
+	if r == nil || r.stale {
+		return nil
 	}
-	return nil
+	if time.Since(r.at) > c.routeRefresh && r.refreshing.CompareAndSwap(false, true) {
+		go c.refreshAged(topic, r)
+	}
+	return r
+}
+
+// refreshAged asks the brokers for topic's route again, in the background,
+// as the route r has aged. When no broker answers, r stays, as fresh (it is
+// tried again an interval later).
+func (c *Client) refreshAged(topic string, r *topicRoute) {
+	ctx, cancel := context.WithTimeout(c.ctx, callTimeout)
+	defer cancel()
+	if _, err := c.refreshRouteOf(ctx, topic, r); err != nil && !c.closed() {
+		c.log.Debug("ferry client: refreshing a topic's route failed; keeping the one it had", "topic", topic, "error", err)
+		c.routesMu.Lock()
+		if c.routes[topic] == r {
+			c.routes[topic] = &topicRoute{topic: r.topic, queues: r.queues, at: time.Now()}
+		}
+		c.routesMu.Unlock()
+	}
 }
 
 func (c *Client) setRoute(topic string, r *topicRoute) {
@@ -296,7 +331,7 @@ func (c *Client) staleRoutes() {
 	c.routesMu.Lock()
 	defer c.routesMu.Unlock()
 	for t, r := range c.routes {
-		c.routes[t] = &topicRoute{topic: r.topic, queues: r.queues, stale: true}
+		c.routes[t] = &topicRoute{topic: r.topic, queues: r.queues, at: r.at, stale: true}
 	}
 }
 
@@ -306,12 +341,18 @@ func (c *Client) staleRoutes() {
 // queues it had: it may be back for the next send, which otherwise moves on.
 // With a single broker the call waits for it (within ctx).
 func (c *Client) refreshRoute(ctx context.Context, topic string) (*topicRoute, error) {
+	return c.refreshRouteOf(ctx, topic, nil)
+}
+
+// refreshRouteOf is refreshRoute that also replaces a cached route that is
+// aged (not stale): the one cachedRoute found old.
+func (c *Client) refreshRouteOf(ctx context.Context, topic string, aged *topicRoute) (*topicRoute, error) {
 	c.refreshMu.Lock()
 	defer c.refreshMu.Unlock()
 	c.routesMu.Lock()
 	old := c.routes[topic]
 	c.routesMu.Unlock()
-	if old != nil && !old.stale {
+	if old != nil && !old.stale && (aged == nil || old != aged) {
 		return old, nil // refreshed by another caller meanwhile
 	}
 	if c.closed() {
@@ -507,5 +548,5 @@ func (c *Client) mergeRoutes(topic string, brokers []*brokerConn, resps []*ferry
 		return int(a.queue - b.queue)
 	})
 	qs = slices.Compact(qs)
-	return &topicRoute{topic: topic, queues: qs}
+	return &topicRoute{topic: topic, queues: qs, at: time.Now()}
 }

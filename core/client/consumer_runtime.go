@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -105,6 +106,14 @@ type runtime struct {
 	pushing  bool          // Consume, Run or Launch (not Start): its push loop calls stop
 	finished chan struct{} // closed when stop has returned
 
+	// Client.Close gives up on handlers that do not return in time
+	// (giveUp): push stops waiting for them, their deliveries are
+	// abandoned (not committed, delivered again). handling counts the
+	// handler calls running.
+	giveUpOnce sync.Once
+	givenUp    chan struct{}
+	handling   atomic.Int64
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -121,8 +130,29 @@ func (cn *Consumer) newRuntime(ctx context.Context, simple bool) *runtime {
 		log:     cn.c.log, sender: newCopySender(cn.c),
 		ctx: rctx, cancel: cancel, kick: make(chan struct{}, 1),
 		counts: map[string]int32{}, lanes: map[queueRef]*lane{}, wake: make(chan struct{}),
-		finished: make(chan struct{}),
+		finished: make(chan struct{}), givenUp: make(chan struct{}),
 	}
+}
+
+// giveUp abandons the deliveries that are not settled yet, so that neither
+// the final commit nor a handler returning later commits them (the group
+// gets them again), and lets push return without waiting for the handlers
+// still running. Client.Close calls it when its deadline passed.
+func (rt *runtime) giveUp() {
+	rt.giveUpOnce.Do(func() {
+		rt.cancel()
+		rt.mu.Lock()
+		for _, l := range rt.lanes {
+			for _, d := range l.window {
+				rt.abandonLocked(d)
+			}
+			for _, d := range l.queued {
+				rt.abandonLocked(d)
+			}
+		}
+		rt.mu.Unlock()
+		close(rt.givenUp)
+	})
 }
 
 // retryCall runs fn until it succeeds, retrying with backoff while the error
@@ -544,7 +574,12 @@ func (rt *runtime) push(h DeliveryHandler) error {
 	for _, topic := range rt.topics {
 		wg.Go(func() { rt.fetchLoop(topic, dispatch) })
 	}
-	wg.Wait()
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case <-all:
+	case <-rt.givenUp: // Client.Close's deadline: handlers still running are left behind
+	}
 	return rt.fatalErr()
 }
 
@@ -707,6 +742,8 @@ func (rt *runtime) call(ctx context.Context, h DeliveryHandler, d *Delivery) (er
 			err = fmt.Errorf("handler panicked: %v", r)
 		}
 	}()
+	rt.handling.Add(1)
+	defer rt.handling.Add(-1)
 	return h(ctx, d)
 }
 

@@ -45,7 +45,10 @@
 // Launch starts push consumption synchronously and returns start errors
 // (an unknown topic, a refused membership); Client.Close cancels the
 // client's consumers and waits for their final commits before it closes the
-// connections (see ExampleConsumer_Launch). A handler settles a delivery by
+// connections (see ExampleConsumer_Launch). That wait is bounded
+// (WithCloseTimeout, CloseContext): a handler that does not return in time
+// is left running and its delivery is not committed, so the group gets it
+// again. A handler settles a delivery by
 // returning, or with Ack, Nack(delay) (Nack(0): again now, counted as an
 // attempt) or Release (again now, not counted).
 //

@@ -576,7 +576,7 @@ func moveTo(u *unit, b *brokerConn) {
 func (p *Producer) reroute(ctx context.Context, u *unit) bool {
 	p.c.routesMu.Lock()
 	if r := p.c.routes[u.topic]; r != nil {
-		p.c.routes[u.topic] = &topicRoute{topic: r.topic, queues: r.queues, stale: true}
+		p.c.routes[u.topic] = &topicRoute{topic: r.topic, queues: r.queues, at: r.at, stale: true}
 	}
 	p.c.routesMu.Unlock()
 	rt, err := p.route(ctx, u.topic)

@@ -262,6 +262,7 @@ func (e *Engine) serveReplication(ctx context.Context) {
 // Close shuts the node down: the transport stops taking requests, the broker
 // answers what it accepted, then the plugins stop (the store flushes).
 func (e *Engine) Close(ctx context.Context) error {
+	e.broker.Drain() // long-poll fetches answer now, not after their max_wait
 	e.serveCancel()
 	select {
 	case <-e.serveDone:

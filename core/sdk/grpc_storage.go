@@ -230,6 +230,21 @@ func (s *storageServer) OffsetsForTime(ctx context.Context, req *ferryv1.Offsets
 	return &ferryv1.OffsetsForTimeResponse{Offsets: offs}, nil
 }
 
+func (s *storageServer) QueueBytes(ctx context.Context, req *ferryv1.QueueBytesRequest) (*ferryv1.QueueBytesResponse, error) {
+	qs, ok := s.impl.(QueueSizer)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store does not size its queues (sdk.QueueSizer)", errors.ErrUnsupported)
+	}
+	bytes, err := qs.QueueBytes(ctx, req.Queues)
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes) != len(req.Queues) {
+		return nil, fmt.Errorf("storage plugin: QueueBytes answered %d sizes for %d queues", len(bytes), len(req.Queues))
+	}
+	return &ferryv1.QueueBytesResponse{Bytes: bytes}, nil
+}
+
 func (s *storageServer) DeleteTopicData(ctx context.Context, req *ferryv1.DeleteTopicDataRequest) (*ferryv1.DeleteTopicDataResponse, error) {
 	td, ok := s.impl.(TopicDeleter)
 	if !ok {
@@ -268,6 +283,7 @@ var (
 	_ GroupStore   = (*StorageClient)(nil)
 	_ TopicDeleter = (*StorageClient)(nil)
 	_ TimeSeeker   = (*StorageClient)(nil)
+	_ QueueSizer   = (*StorageClient)(nil)
 	_ RingUser     = (*StorageClient)(nil)
 )
 
@@ -531,6 +547,20 @@ func (c *StorageClient) OffsetsForTime(ctx context.Context, unixNano int64, queu
 		return nil, fmt.Errorf("%w: storage plugin answered %d offsets for %d queues", ErrUnavailable, len(resp.Offsets), len(queues))
 	}
 	return resp.Offsets, nil
+}
+
+// QueueBytes asks the plugin for its queues' sizes (sdk.QueueSizer): a
+// control call over gRPC. errors.ErrUnsupported when the plugin lacks the
+// capability.
+func (c *StorageClient) QueueBytes(ctx context.Context, queues []*QueueRef) ([]int64, error) {
+	resp, err := c.rpc.QueueBytes(ctx, &ferryv1.QueueBytesRequest{Queues: queues})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Bytes) != len(queues) {
+		return nil, fmt.Errorf("%w: storage plugin answered %d sizes for %d queues", ErrUnavailable, len(resp.Bytes), len(queues))
+	}
+	return resp.Bytes, nil
 }
 
 // Close ends the client's streams. Appends still waiting fail with

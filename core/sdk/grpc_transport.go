@@ -53,11 +53,25 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 }
 
 func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error {
-	// Serve's ctx ends when the host sends Drain (the node is stopping) or
-	// when Connect ends. After a Drain the plugin's calls to the core go on
-	// being answered, on the ring or on this stream, until Serve returns.
+	// Serve's ctx ends when the host sends Drain (the node is stopping),
+	// when the plugin process gets SIGTERM (exitWithHost), or when Connect
+	// ends. After a Drain the plugin's calls to the core go on being
+	// answered, on the ring or on this stream, until Serve returns.
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	drained := make(chan struct{}) // the host sent Drain
+	var drainOnce sync.Once
+	hostDrain := func() {
+		drainOnce.Do(func() { close(drained) })
+		cancel()
+	}
+	go func() {
+		select {
+		case <-terminated:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if s.ring != nil {
 		// The data flows on the ring; the stream only bounds Serve.
 		go func() {
@@ -68,11 +82,13 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 					return
 				}
 				if f.GetDrain() != nil {
-					cancel()
+					hostDrain()
 				}
 			}
 		}()
-		return s.impl.Serve(ctx, s.ring)
+		err := s.impl.Serve(ctx, s.ring)
+		holdAfterTerm(stream.Context(), drained)
+		return err
 	}
 	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
 	core.sendFrame = stream.Send
@@ -85,14 +101,41 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 				return
 			}
 			if f.GetDrain() != nil {
-				cancel()
+				hostDrain()
 				continue
 			}
 			core.calls.resolve(f.Id, f, nil)
 		}
 	}()
-	return s.impl.Serve(ctx, core)
+	err := s.impl.Serve(ctx, core)
+	holdAfterTerm(stream.Context(), drained)
+	return err
 }
+
+// holdAfterTerm keeps Connect open after a Serve that drained because the
+// process got SIGTERM, not because the host asked, until the host asks
+// (its Drain frame), the stream ends, or termHold passes. Signalled as a
+// process group, the host is stopping too and drains within moments; had
+// Connect ended first, the host would take the transport for crashed and
+// start another. Signalled alone, the plugin ends Connect after termHold
+// and the host replaces it.
+func holdAfterTerm(streamCtx context.Context, drained <-chan struct{}) {
+	select {
+	case <-terminated:
+	default:
+		return
+	}
+	t := time.NewTimer(termHold)
+	defer t.Stop()
+	select {
+	case <-drained:
+	case <-streamCtx.Done():
+	case <-t.C:
+	}
+}
+
+// termHold bounds holdAfterTerm.
+const termHold = 5 * time.Second
 
 // coreClient is Core as a transport plugin sees it: each call is a frame on
 // the Connect stream or the ring data plane, answered by id.

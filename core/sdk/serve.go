@@ -167,7 +167,20 @@ func NewServeConfig(opts ServeOpts) (*plugin.ServeConfig, Plugin, error) {
 }
 
 // exitWithHost ends the plugin when its host process dies (the plugin is
-// re-parented) or when it gets SIGTERM, so that no plugin outlives its broker.
+// re-parented), and drains it on SIGTERM, so that no plugin outlives its
+// broker and a signal to the whole process group (as systemd and a
+// terminal's Ctrl-\ send it) stops the node as a SIGTERM of the host alone
+// does.
+//
+// On SIGTERM the plugin does not close at once: the host (signalled too,
+// in a process group) stops the node in its order, draining the transport
+// and answering what it accepted, and then stops its plugins. So the
+// plugin keeps serving the host; a transport plugin begins its drain at
+// once (as on the host's Drain frame: it takes no new requests and answers
+// those in flight, see transportServer.Connect). The plugin closes and
+// exits when the host stops it (go-plugin's shutdown ends Serve), when the
+// host dies, or termGrace after the signal if neither came (only the
+// plugin was signalled).
 //
 // The host names itself in EnvHostPID: a host killed while the plugin was
 // still starting has already handed it to init, so the parent the plugin
@@ -181,10 +194,17 @@ func exitWithHost(log hclog.Logger, closeImpl func()) {
 	signal.Notify(term, syscall.SIGTERM)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	var grace <-chan time.Time
 	for {
 		select {
 		case <-term:
-			log.Info("SIGTERM: closing")
+			if grace == nil {
+				log.Info("SIGTERM: draining; closing when the host stops this plugin", "at_most_in", termGrace)
+				terminateOnce.Do(func() { close(terminated) })
+				grace = time.After(termGrace)
+			}
+		case <-grace:
+			log.Warn("SIGTERM: the host did not stop this plugin; closing", "after", termGrace)
 			closeImpl()
 			os.Exit(0)
 		case <-tick.C:
@@ -196,6 +216,16 @@ func exitWithHost(log hclog.Logger, closeImpl func()) {
 		}
 	}
 }
+
+// termGrace bounds how long a plugin that got SIGTERM waits for its host to
+// stop it (exitWithHost): the host's drain (DefaultTransportDrain) and more.
+const termGrace = DefaultTransportDrain + 30*time.Second
+
+// terminated is closed when the plugin process gets SIGTERM.
+var (
+	terminated    = make(chan struct{})
+	terminateOnce sync.Once
+)
 
 // EnvHostPID is set by the plugin host to its process id, so that a plugin
 // knows its host even when the host died before the plugin looked.

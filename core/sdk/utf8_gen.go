@@ -130,6 +130,10 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownPromoteRequest(m)
 	case *ferryv1.PromoteResponse:
 		return true, ownPromoteResponse(m)
+	case *ferryv1.QueueBytesRequest:
+		return true, ownQueueBytesRequest(m)
+	case *ferryv1.QueueBytesResponse:
+		return true, ownQueueBytesResponse(m)
 	case *ferryv1.QueueError:
 		return true, ownQueueError(m)
 	case *ferryv1.QueueOffsets:
@@ -1017,6 +1021,27 @@ func ownPromoteResponse(m *ferryv1.PromoteResponse) error {
 	}
 	if err := ownString(&m.Detail, "ferry.v1.PromoteResponse.detail"); err != nil {
 		return err
+	}
+	return nil
+}
+
+// ownQueueBytesRequest checks the strings of a ferry.v1.QueueBytesRequest.
+func ownQueueBytesRequest(m *ferryv1.QueueBytesRequest) error {
+	if m == nil {
+		return nil
+	}
+	for _, e := range m.Queues {
+		if err := ownQueueRef(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownQueueBytesResponse checks the strings of a ferry.v1.QueueBytesResponse.
+func ownQueueBytesResponse(m *ferryv1.QueueBytesResponse) error {
+	if m == nil {
+		return nil
 	}
 	return nil
 }

@@ -24,6 +24,97 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type QueueBytesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queues        []*QueueRef            `protobuf:"bytes,60,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueBytesRequest) Reset() {
+	*x = QueueBytesRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueBytesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueBytesRequest) ProtoMessage() {}
+
+func (x *QueueBytesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueBytesRequest.ProtoReflect.Descriptor instead.
+func (*QueueBytesRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *QueueBytesRequest) GetQueues() []*QueueRef {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+type QueueBytesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per queue asked, in order: the bytes of the queue's stored
+	// messages, or -1 when the store cannot say for that queue. An unknown
+	// queue holds 0.
+	Bytes         []int64 `protobuf:"varint,60,rep,packed,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueBytesResponse) Reset() {
+	*x = QueueBytesResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueBytesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueBytesResponse) ProtoMessage() {}
+
+func (x *QueueBytesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueBytesResponse.ProtoReflect.Descriptor instead.
+func (*QueueBytesResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *QueueBytesResponse) GetBytes() []int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
 type OffsetsForTimeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unix nanoseconds, compared with each message's stored_unix_nano (the
@@ -36,7 +127,7 @@ type OffsetsForTimeRequest struct {
 
 func (x *OffsetsForTimeRequest) Reset() {
 	*x = OffsetsForTimeRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +139,7 @@ func (x *OffsetsForTimeRequest) String() string {
 func (*OffsetsForTimeRequest) ProtoMessage() {}
 
 func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +152,7 @@ func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OffsetsForTimeRequest.ProtoReflect.Descriptor instead.
 func (*OffsetsForTimeRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *OffsetsForTimeRequest) GetUnixNano() int64 {
@@ -90,7 +181,7 @@ type OffsetsForTimeResponse struct {
 
 func (x *OffsetsForTimeResponse) Reset() {
 	*x = OffsetsForTimeResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +193,7 @@ func (x *OffsetsForTimeResponse) String() string {
 func (*OffsetsForTimeResponse) ProtoMessage() {}
 
 func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +206,7 @@ func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OffsetsForTimeResponse.ProtoReflect.Descriptor instead.
 func (*OffsetsForTimeResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OffsetsForTimeResponse) GetOffsets() []int64 {
@@ -134,7 +225,7 @@ type DeleteTopicDataRequest struct {
 
 func (x *DeleteTopicDataRequest) Reset() {
 	*x = DeleteTopicDataRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +237,7 @@ func (x *DeleteTopicDataRequest) String() string {
 func (*DeleteTopicDataRequest) ProtoMessage() {}
 
 func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +250,7 @@ func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DeleteTopicDataRequest) GetTopic() string {
@@ -177,7 +268,7 @@ type DeleteTopicDataResponse struct {
 
 func (x *DeleteTopicDataResponse) Reset() {
 	*x = DeleteTopicDataResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +280,7 @@ func (x *DeleteTopicDataResponse) String() string {
 func (*DeleteTopicDataResponse) ProtoMessage() {}
 
 func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +293,7 @@ func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
 }
 
 type StoredGroupsRequest struct {
@@ -213,7 +304,7 @@ type StoredGroupsRequest struct {
 
 func (x *StoredGroupsRequest) Reset() {
 	*x = StoredGroupsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +316,7 @@ func (x *StoredGroupsRequest) String() string {
 func (*StoredGroupsRequest) ProtoMessage() {}
 
 func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +329,7 @@ func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsRequest.ProtoReflect.Descriptor instead.
 func (*StoredGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
 }
 
 type StoredGroupsResponse struct {
@@ -250,7 +341,7 @@ type StoredGroupsResponse struct {
 
 func (x *StoredGroupsResponse) Reset() {
 	*x = StoredGroupsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +353,7 @@ func (x *StoredGroupsResponse) String() string {
 func (*StoredGroupsResponse) ProtoMessage() {}
 
 func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +366,7 @@ func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsResponse.ProtoReflect.Descriptor instead.
 func (*StoredGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StoredGroupsResponse) GetGroups() []string {
@@ -294,7 +385,7 @@ type DeleteGroupOffsetsRequest struct {
 
 func (x *DeleteGroupOffsetsRequest) Reset() {
 	*x = DeleteGroupOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -306,7 +397,7 @@ func (x *DeleteGroupOffsetsRequest) String() string {
 func (*DeleteGroupOffsetsRequest) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -319,7 +410,7 @@ func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteGroupOffsetsRequest) GetGroup() string {
@@ -337,7 +428,7 @@ type DeleteGroupOffsetsResponse struct {
 
 func (x *DeleteGroupOffsetsResponse) Reset() {
 	*x = DeleteGroupOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +440,7 @@ func (x *DeleteGroupOffsetsResponse) String() string {
 func (*DeleteGroupOffsetsResponse) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +453,7 @@ func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
 }
 
 type AppendRequest struct {
@@ -393,7 +484,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +496,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +509,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -492,7 +583,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +595,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +608,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -572,7 +663,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +675,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +688,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReadRequest) GetId() uint64 {
@@ -670,7 +761,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +773,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +786,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReadResponse) GetId() uint64 {
@@ -763,15 +854,19 @@ type QueueOffsets struct {
 	// consumer whose position comes from another epoch and lies past
 	// epoch_start moves back to epoch_start: what it read there is gone, and
 	// what is there now is new.
-	Epoch         uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	EpochStart    int64  `protobuf:"varint,7,opt,name=epoch_start,json=epochStart,proto3" json:"epoch_start,omitempty"`
+	Epoch      uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	EpochStart int64  `protobuf:"varint,7,opt,name=epoch_start,json=epochStart,proto3" json:"epoch_start,omitempty"`
+	// Set by the broker when GetOffsetsRequest.with_bytes: the bytes the
+	// store holds for the queue (sdk.QueueSizer). Absent when not asked, or
+	// when the store cannot say: unknown, not 0. A store leaves it unset.
+	Bytes         *int64 `protobuf:"varint,60,opt,name=bytes,proto3,oneof" json:"bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *QueueOffsets) Reset() {
 	*x = QueueOffsets{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +878,7 @@ func (x *QueueOffsets) String() string {
 func (*QueueOffsets) ProtoMessage() {}
 
 func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +891,7 @@ func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueOffsets.ProtoReflect.Descriptor instead.
 func (*QueueOffsets) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *QueueOffsets) GetTopic() string {
@@ -848,6 +943,13 @@ func (x *QueueOffsets) GetEpochStart() int64 {
 	return 0
 }
 
+func (x *QueueOffsets) GetBytes() int64 {
+	if x != nil && x.Bytes != nil {
+		return *x.Bytes
+	}
+	return 0
+}
+
 type CommitOffsetsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -858,7 +960,7 @@ type CommitOffsetsRequest struct {
 
 func (x *CommitOffsetsRequest) Reset() {
 	*x = CommitOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +972,7 @@ func (x *CommitOffsetsRequest) String() string {
 func (*CommitOffsetsRequest) ProtoMessage() {}
 
 func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +985,7 @@ func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommitOffsetsRequest) GetGroup() string {
@@ -912,7 +1014,7 @@ type GroupOffset struct {
 
 func (x *GroupOffset) Reset() {
 	*x = GroupOffset{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1026,7 @@ func (x *GroupOffset) String() string {
 func (*GroupOffset) ProtoMessage() {}
 
 func (x *GroupOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1039,7 @@ func (x *GroupOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOffset.ProtoReflect.Descriptor instead.
 func (*GroupOffset) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GroupOffset) GetTopic() string {
@@ -969,7 +1071,7 @@ type CommitOffsetsResponse struct {
 
 func (x *CommitOffsetsResponse) Reset() {
 	*x = CommitOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1083,7 @@ func (x *CommitOffsetsResponse) String() string {
 func (*CommitOffsetsResponse) ProtoMessage() {}
 
 func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,21 +1096,24 @@ func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
 }
 
 type GetOffsetsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty group: committed is -1 in every answer.
-	Group         string      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	Queues        []*QueueRef `protobuf:"bytes,2,rep,name=queues,proto3" json:"queues,omitempty"`
+	Group  string      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Queues []*QueueRef `protobuf:"bytes,2,rep,name=queues,proto3" json:"queues,omitempty"`
+	// Asks the broker for QueueOffsets.bytes too (ferry topic describe); a
+	// store ignores it.
+	WithBytes     bool `protobuf:"varint,60,opt,name=with_bytes,json=withBytes,proto3" json:"with_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetOffsetsRequest) Reset() {
 	*x = GetOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1125,7 @@ func (x *GetOffsetsRequest) String() string {
 func (*GetOffsetsRequest) ProtoMessage() {}
 
 func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1138,7 @@ func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*GetOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetOffsetsRequest) GetGroup() string {
@@ -1050,6 +1155,13 @@ func (x *GetOffsetsRequest) GetQueues() []*QueueRef {
 	return nil
 }
 
+func (x *GetOffsetsRequest) GetWithBytes() bool {
+	if x != nil {
+		return x.WithBytes
+	}
+	return false
+}
+
 type QueueRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
@@ -1060,7 +1172,7 @@ type QueueRef struct {
 
 func (x *QueueRef) Reset() {
 	*x = QueueRef{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[17]
+	mi := &file_ferry_v1_storage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1184,7 @@ func (x *QueueRef) String() string {
 func (*QueueRef) ProtoMessage() {}
 
 func (x *QueueRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[17]
+	mi := &file_ferry_v1_storage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1197,7 @@ func (x *QueueRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueRef.ProtoReflect.Descriptor instead.
 func (*QueueRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *QueueRef) GetTopic() string {
@@ -1111,7 +1223,7 @@ type GetOffsetsResponse struct {
 
 func (x *GetOffsetsResponse) Reset() {
 	*x = GetOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[18]
+	mi := &file_ferry_v1_storage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1235,7 @@ func (x *GetOffsetsResponse) String() string {
 func (*GetOffsetsResponse) ProtoMessage() {}
 
 func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[18]
+	mi := &file_ferry_v1_storage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1248,7 @@ func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*GetOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetOffsetsResponse) GetOffsets() []*QueueOffsets {
@@ -1150,7 +1262,11 @@ var File_ferry_v1_storage_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"`\n" +
+	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"?\n" +
+	"\x11QueueBytesRequest\x12*\n" +
+	"\x06queues\x18< \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"*\n" +
+	"\x12QueueBytesResponse\x12\x14\n" +
+	"\x05bytes\x18< \x03(\x03R\x05bytes\"`\n" +
 	"\x15OffsetsForTimeRequest\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12*\n" +
 	"\x06queues\x18\x02 \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"2\n" +
@@ -1203,7 +1319,7 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12!\n" +
 	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
 	"\vtraced_span\x183 \x03(\x06R\n" +
-	"tracedSpan\"\xb7\x01\n" +
+	"tracedSpan\"\xdc\x01\n" +
 	"\fQueueOffsets\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x14\n" +
@@ -1212,7 +1328,9 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\tcommitted\x18\x05 \x01(\x03R\tcommitted\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x1f\n" +
 	"\vepoch_start\x18\a \x01(\x03R\n" +
-	"epochStart\"]\n" +
+	"epochStart\x12\x19\n" +
+	"\x05bytes\x18< \x01(\x03H\x00R\x05bytes\x88\x01\x01B\b\n" +
+	"\x06_bytes\"]\n" +
 	"\x14CommitOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12/\n" +
 	"\aoffsets\x18\x02 \x03(\v2\x15.ferry.v1.GroupOffsetR\aoffsets\"Q\n" +
@@ -1220,15 +1338,17 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\"\x17\n" +
-	"\x15CommitOffsetsResponse\"U\n" +
+	"\x15CommitOffsetsResponse\"t\n" +
 	"\x11GetOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12*\n" +
-	"\x06queues\x18\x02 \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"6\n" +
+	"\x06queues\x18\x02 \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\x12\x1d\n" +
+	"\n" +
+	"with_bytes\x18< \x01(\bR\twithBytes\"6\n" +
 	"\bQueueRef\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\"F\n" +
 	"\x12GetOffsetsResponse\x120\n" +
-	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xfd\x04\n" +
+	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xc6\x05\n" +
 	"\aStorage\x12?\n" +
 	"\x06Append\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x010\x01\x129\n" +
 	"\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x010\x01\x12P\n" +
@@ -1238,7 +1358,9 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\fStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n" +
 	"\x12DeleteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n" +
 	"\x0fDeleteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n" +
-	"\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponse\x12G\n" +
+	"\n" +
+	"QueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_storage_proto_rawDescOnce sync.Once
@@ -1252,67 +1374,72 @@ func file_ferry_v1_storage_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_storage_proto_rawDescData
 }
 
-var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_ferry_v1_storage_proto_goTypes = []any{
-	(*OffsetsForTimeRequest)(nil),      // 0: ferry.v1.OffsetsForTimeRequest
-	(*OffsetsForTimeResponse)(nil),     // 1: ferry.v1.OffsetsForTimeResponse
-	(*DeleteTopicDataRequest)(nil),     // 2: ferry.v1.DeleteTopicDataRequest
-	(*DeleteTopicDataResponse)(nil),    // 3: ferry.v1.DeleteTopicDataResponse
-	(*StoredGroupsRequest)(nil),        // 4: ferry.v1.StoredGroupsRequest
-	(*StoredGroupsResponse)(nil),       // 5: ferry.v1.StoredGroupsResponse
-	(*DeleteGroupOffsetsRequest)(nil),  // 6: ferry.v1.DeleteGroupOffsetsRequest
-	(*DeleteGroupOffsetsResponse)(nil), // 7: ferry.v1.DeleteGroupOffsetsResponse
-	(*AppendRequest)(nil),              // 8: ferry.v1.AppendRequest
-	(*AppendResponse)(nil),             // 9: ferry.v1.AppendResponse
-	(*ReadRequest)(nil),                // 10: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),               // 11: ferry.v1.ReadResponse
-	(*QueueOffsets)(nil),               // 12: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),       // 13: ferry.v1.CommitOffsetsRequest
-	(*GroupOffset)(nil),                // 14: ferry.v1.GroupOffset
-	(*CommitOffsetsResponse)(nil),      // 15: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsRequest)(nil),          // 16: ferry.v1.GetOffsetsRequest
-	(*QueueRef)(nil),                   // 17: ferry.v1.QueueRef
-	(*GetOffsetsResponse)(nil),         // 18: ferry.v1.GetOffsetsResponse
-	nil,                                // 19: ferry.v1.AppendRequest.TraceEntry
-	nil,                                // 20: ferry.v1.ReadRequest.TraceEntry
-	(*Message)(nil),                    // 21: ferry.v1.Message
-	(Status)(0),                        // 22: ferry.v1.Status
-	(*Error)(nil),                      // 23: ferry.v1.Error
+	(*QueueBytesRequest)(nil),          // 0: ferry.v1.QueueBytesRequest
+	(*QueueBytesResponse)(nil),         // 1: ferry.v1.QueueBytesResponse
+	(*OffsetsForTimeRequest)(nil),      // 2: ferry.v1.OffsetsForTimeRequest
+	(*OffsetsForTimeResponse)(nil),     // 3: ferry.v1.OffsetsForTimeResponse
+	(*DeleteTopicDataRequest)(nil),     // 4: ferry.v1.DeleteTopicDataRequest
+	(*DeleteTopicDataResponse)(nil),    // 5: ferry.v1.DeleteTopicDataResponse
+	(*StoredGroupsRequest)(nil),        // 6: ferry.v1.StoredGroupsRequest
+	(*StoredGroupsResponse)(nil),       // 7: ferry.v1.StoredGroupsResponse
+	(*DeleteGroupOffsetsRequest)(nil),  // 8: ferry.v1.DeleteGroupOffsetsRequest
+	(*DeleteGroupOffsetsResponse)(nil), // 9: ferry.v1.DeleteGroupOffsetsResponse
+	(*AppendRequest)(nil),              // 10: ferry.v1.AppendRequest
+	(*AppendResponse)(nil),             // 11: ferry.v1.AppendResponse
+	(*ReadRequest)(nil),                // 12: ferry.v1.ReadRequest
+	(*ReadResponse)(nil),               // 13: ferry.v1.ReadResponse
+	(*QueueOffsets)(nil),               // 14: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),       // 15: ferry.v1.CommitOffsetsRequest
+	(*GroupOffset)(nil),                // 16: ferry.v1.GroupOffset
+	(*CommitOffsetsResponse)(nil),      // 17: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsRequest)(nil),          // 18: ferry.v1.GetOffsetsRequest
+	(*QueueRef)(nil),                   // 19: ferry.v1.QueueRef
+	(*GetOffsetsResponse)(nil),         // 20: ferry.v1.GetOffsetsResponse
+	nil,                                // 21: ferry.v1.AppendRequest.TraceEntry
+	nil,                                // 22: ferry.v1.ReadRequest.TraceEntry
+	(*Message)(nil),                    // 23: ferry.v1.Message
+	(Status)(0),                        // 24: ferry.v1.Status
+	(*Error)(nil),                      // 25: ferry.v1.Error
 }
 var file_ferry_v1_storage_proto_depIdxs = []int32{
-	17, // 0: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
-	21, // 1: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
-	19, // 2: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
-	22, // 3: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
-	23, // 4: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
-	20, // 5: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
-	21, // 6: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
-	12, // 7: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	23, // 8: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
-	14, // 9: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
-	17, // 10: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
-	12, // 11: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	8,  // 12: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
-	10, // 13: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
-	13, // 14: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	16, // 15: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	4,  // 16: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
-	6,  // 17: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	2,  // 18: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
-	0,  // 19: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
-	9,  // 20: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
-	11, // 21: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
-	15, // 22: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	18, // 23: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	5,  // 24: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
-	7,  // 25: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	3,  // 26: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
-	1,  // 27: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
-	20, // [20:28] is the sub-list for method output_type
-	12, // [12:20] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	19, // 0: ferry.v1.QueueBytesRequest.queues:type_name -> ferry.v1.QueueRef
+	19, // 1: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
+	23, // 2: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
+	21, // 3: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
+	24, // 4: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
+	25, // 5: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
+	22, // 6: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
+	23, // 7: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
+	14, // 8: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	25, // 9: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
+	16, // 10: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
+	19, // 11: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
+	14, // 12: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	10, // 13: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
+	12, // 14: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
+	15, // 15: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	18, // 16: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	6,  // 17: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
+	8,  // 18: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	4,  // 19: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
+	2,  // 20: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
+	0,  // 21: ferry.v1.Storage.QueueBytes:input_type -> ferry.v1.QueueBytesRequest
+	11, // 22: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
+	13, // 23: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
+	17, // 24: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	20, // 25: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	7,  // 26: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
+	9,  // 27: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	5,  // 28: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
+	3,  // 29: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
+	1,  // 30: ferry.v1.Storage.QueueBytes:output_type -> ferry.v1.QueueBytesResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_storage_proto_init() }
@@ -1321,13 +1448,14 @@ func file_ferry_v1_storage_proto_init() {
 		return
 	}
 	file_ferry_v1_message_proto_init()
+	file_ferry_v1_storage_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_storage_proto_rawDesc), len(file_ferry_v1_storage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Storage_DeleteGroupOffsets_FullMethodName = "/ferry.v1.Storage/DeleteGroupOffsets"
 	Storage_DeleteTopicData_FullMethodName    = "/ferry.v1.Storage/DeleteTopicData"
 	Storage_OffsetsForTime_FullMethodName     = "/ferry.v1.Storage/OffsetsForTime"
+	Storage_QueueBytes_FullMethodName         = "/ferry.v1.Storage/QueueBytes"
 )
 
 // StorageClient is the client API for Storage service.
@@ -58,6 +59,9 @@ type StorageClient interface {
 	// stored at or after a time (sdk.TimeSeeker, optional: a plugin without
 	// it answers UNIMPLEMENTED).
 	OffsetsForTime(ctx context.Context, in *OffsetsForTimeRequest, opts ...grpc.CallOption) (*OffsetsForTimeResponse, error)
+	// QueueBytes reports, per queue, the bytes the store holds for it
+	// (sdk.QueueSizer, optional: a plugin without it answers UNIMPLEMENTED).
+	QueueBytes(ctx context.Context, in *QueueBytesRequest, opts ...grpc.CallOption) (*QueueBytesResponse, error)
 }
 
 type storageClient struct {
@@ -154,6 +158,16 @@ func (c *storageClient) OffsetsForTime(ctx context.Context, in *OffsetsForTimeRe
 	return out, nil
 }
 
+func (c *storageClient) QueueBytes(ctx context.Context, in *QueueBytesRequest, opts ...grpc.CallOption) (*QueueBytesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueueBytesResponse)
+	err := c.cc.Invoke(ctx, Storage_QueueBytes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -180,6 +194,9 @@ type StorageServer interface {
 	// stored at or after a time (sdk.TimeSeeker, optional: a plugin without
 	// it answers UNIMPLEMENTED).
 	OffsetsForTime(context.Context, *OffsetsForTimeRequest) (*OffsetsForTimeResponse, error)
+	// QueueBytes reports, per queue, the bytes the store holds for it
+	// (sdk.QueueSizer, optional: a plugin without it answers UNIMPLEMENTED).
+	QueueBytes(context.Context, *QueueBytesRequest) (*QueueBytesResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -213,6 +230,9 @@ func (UnimplementedStorageServer) DeleteTopicData(context.Context, *DeleteTopicD
 }
 func (UnimplementedStorageServer) OffsetsForTime(context.Context, *OffsetsForTimeRequest) (*OffsetsForTimeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method OffsetsForTime not implemented")
+}
+func (UnimplementedStorageServer) QueueBytes(context.Context, *QueueBytesRequest) (*QueueBytesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method QueueBytes not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -357,6 +377,24 @@ func _Storage_OffsetsForTime_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_QueueBytes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueueBytesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).QueueBytes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_QueueBytes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).QueueBytes(ctx, req.(*QueueBytesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -387,6 +425,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "OffsetsForTime",
 			Handler:    _Storage_OffsetsForTime_Handler,
+		},
+		{
+			MethodName: "QueueBytes",
+			Handler:    _Storage_QueueBytes_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -103,6 +103,7 @@ func StorageCases() []StorageCase {
 		{"GroupStore", nil, testGroupStore},
 		{"TopicDeleter", nil, testTopicDeleter},
 		{"TimeSeeker", nil, testTimeSeeker},
+		{"QueueSizer", nil, testQueueSizer},
 		{"InvalidArguments", nil, testInvalidArguments},
 		{"BadConfig", nil, testBadConfig},
 		{"NotConfigured", nil, testNotConfigured},

@@ -296,3 +296,30 @@ func (s *Store) OffsetsForTime(_ context.Context, unixNano int64, queues []*sdk.
 	}
 	return out, nil
 }
+
+var _ sdk.QueueSizer = (*Store)(nil)
+
+// QueueBytes sums the encoded size of each queue's messages
+// (sdk.QueueSizer): what the store holds of them, without its own
+// bookkeeping. An unknown queue holds 0.
+func (s *Store) QueueBytes(_ context.Context, queues []*sdk.QueueRef) ([]int64, error) {
+	for _, ref := range queues {
+		if ref.GetTopic() == "" || ref.GetQueue() < 0 {
+			return nil, fmt.Errorf("%w: sizing a queue needs a topic and a queue >= 0", sdk.ErrInvalidArgument)
+		}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !s.ready {
+		return nil, sdk.ErrNotConfigured
+	}
+	out := make([]int64, len(queues))
+	for i, ref := range queues {
+		if q := s.queue(qref{Topic: ref.Topic, Queue: ref.Queue}, false); q != nil {
+			for _, m := range q.msgs {
+				out[i] += int64(m.SizeVT())
+			}
+		}
+	}
+	return out, nil
+}

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from ferry.v1 import message_pb2 as ferry_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"N\n\x15OffsetsForTimeRequest\x12\x11\n\tunix_nano\x18\x01 \x01(\x03\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\")\n\x16OffsetsForTimeResponse\x12\x0f\n\x07offsets\x18\x01 \x03(\x03\"\'\n\x16\x44\x65leteTopicDataRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteTopicDataResponse\"\x15\n\x13StoredGroupsRequest\"&\n\x14StoredGroupsResponse\x12\x0e\n\x06groups\x18\x01 \x03(\t\"*\n\x19\x44\x65leteGroupOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteGroupOffsetsResponse\"\xfa\x01\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\"\x7f\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\"M\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"F\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xfd\x04\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n\x0cStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n\x12\x44\x65leteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n\x0f\x44\x65leteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"7\n\x11QueueBytesRequest\x12\"\n\x06queues\x18< \x03(\x0b\x32\x12.ferry.v1.QueueRef\"#\n\x12QueueBytesResponse\x12\r\n\x05\x62ytes\x18< \x03(\x03\"N\n\x15OffsetsForTimeRequest\x12\x11\n\tunix_nano\x18\x01 \x01(\x03\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\")\n\x16OffsetsForTimeResponse\x12\x0f\n\x07offsets\x18\x01 \x03(\x03\"\'\n\x16\x44\x65leteTopicDataRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteTopicDataResponse\"\x15\n\x13StoredGroupsRequest\"&\n\x14StoredGroupsResponse\x12\x0e\n\x06groups\x18\x01 \x03(\t\"*\n\x19\x44\x65leteGroupOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteGroupOffsetsResponse\"\xfa\x01\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\"\x9d\x01\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\x12\x12\n\x05\x62ytes\x18< \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_bytes\"M\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"Z\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\x12\x12\n\nwith_bytes\x18< \x01(\x08\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xc6\x05\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n\x0cStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n\x12\x44\x65leteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n\x0f\x44\x65leteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponse\x12G\n\nQueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.storage_pb2', globals())
@@ -26,48 +26,52 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _APPENDREQUEST_TRACEENTRY._serialized_options = b'8\001'
   _READREQUEST_TRACEENTRY._options = None
   _READREQUEST_TRACEENTRY._serialized_options = b'8\001'
-  _OFFSETSFORTIMEREQUEST._serialized_start=60
-  _OFFSETSFORTIMEREQUEST._serialized_end=138
-  _OFFSETSFORTIMERESPONSE._serialized_start=140
-  _OFFSETSFORTIMERESPONSE._serialized_end=181
-  _DELETETOPICDATAREQUEST._serialized_start=183
-  _DELETETOPICDATAREQUEST._serialized_end=222
-  _DELETETOPICDATARESPONSE._serialized_start=224
-  _DELETETOPICDATARESPONSE._serialized_end=249
-  _STOREDGROUPSREQUEST._serialized_start=251
-  _STOREDGROUPSREQUEST._serialized_end=272
-  _STOREDGROUPSRESPONSE._serialized_start=274
-  _STOREDGROUPSRESPONSE._serialized_end=312
-  _DELETEGROUPOFFSETSREQUEST._serialized_start=314
-  _DELETEGROUPOFFSETSREQUEST._serialized_end=356
-  _DELETEGROUPOFFSETSRESPONSE._serialized_start=358
-  _DELETEGROUPOFFSETSRESPONSE._serialized_end=386
-  _APPENDREQUEST._serialized_start=389
-  _APPENDREQUEST._serialized_end=639
-  _APPENDREQUEST_TRACEENTRY._serialized_start=595
-  _APPENDREQUEST_TRACEENTRY._serialized_end=639
-  _APPENDRESPONSE._serialized_start=642
-  _APPENDRESPONSE._serialized_end=771
-  _READREQUEST._serialized_start=774
-  _READREQUEST._serialized_end=981
-  _READREQUEST_TRACEENTRY._serialized_start=595
-  _READREQUEST_TRACEENTRY._serialized_end=639
-  _READRESPONSE._serialized_start=984
-  _READRESPONSE._serialized_end=1163
-  _QUEUEOFFSETS._serialized_start=1165
-  _QUEUEOFFSETS._serialized_end=1292
-  _COMMITOFFSETSREQUEST._serialized_start=1294
-  _COMMITOFFSETSREQUEST._serialized_end=1371
-  _GROUPOFFSET._serialized_start=1373
-  _GROUPOFFSET._serialized_end=1432
-  _COMMITOFFSETSRESPONSE._serialized_start=1434
-  _COMMITOFFSETSRESPONSE._serialized_end=1457
-  _GETOFFSETSREQUEST._serialized_start=1459
-  _GETOFFSETSREQUEST._serialized_end=1529
-  _QUEUEREF._serialized_start=1531
-  _QUEUEREF._serialized_end=1571
-  _GETOFFSETSRESPONSE._serialized_start=1573
-  _GETOFFSETSRESPONSE._serialized_end=1634
-  _STORAGE._serialized_start=1637
-  _STORAGE._serialized_end=2274
+  _QUEUEBYTESREQUEST._serialized_start=60
+  _QUEUEBYTESREQUEST._serialized_end=115
+  _QUEUEBYTESRESPONSE._serialized_start=117
+  _QUEUEBYTESRESPONSE._serialized_end=152
+  _OFFSETSFORTIMEREQUEST._serialized_start=154
+  _OFFSETSFORTIMEREQUEST._serialized_end=232
+  _OFFSETSFORTIMERESPONSE._serialized_start=234
+  _OFFSETSFORTIMERESPONSE._serialized_end=275
+  _DELETETOPICDATAREQUEST._serialized_start=277
+  _DELETETOPICDATAREQUEST._serialized_end=316
+  _DELETETOPICDATARESPONSE._serialized_start=318
+  _DELETETOPICDATARESPONSE._serialized_end=343
+  _STOREDGROUPSREQUEST._serialized_start=345
+  _STOREDGROUPSREQUEST._serialized_end=366
+  _STOREDGROUPSRESPONSE._serialized_start=368
+  _STOREDGROUPSRESPONSE._serialized_end=406
+  _DELETEGROUPOFFSETSREQUEST._serialized_start=408
+  _DELETEGROUPOFFSETSREQUEST._serialized_end=450
+  _DELETEGROUPOFFSETSRESPONSE._serialized_start=452
+  _DELETEGROUPOFFSETSRESPONSE._serialized_end=480
+  _APPENDREQUEST._serialized_start=483
+  _APPENDREQUEST._serialized_end=733
+  _APPENDREQUEST_TRACEENTRY._serialized_start=689
+  _APPENDREQUEST_TRACEENTRY._serialized_end=733
+  _APPENDRESPONSE._serialized_start=736
+  _APPENDRESPONSE._serialized_end=865
+  _READREQUEST._serialized_start=868
+  _READREQUEST._serialized_end=1075
+  _READREQUEST_TRACEENTRY._serialized_start=689
+  _READREQUEST_TRACEENTRY._serialized_end=733
+  _READRESPONSE._serialized_start=1078
+  _READRESPONSE._serialized_end=1257
+  _QUEUEOFFSETS._serialized_start=1260
+  _QUEUEOFFSETS._serialized_end=1417
+  _COMMITOFFSETSREQUEST._serialized_start=1419
+  _COMMITOFFSETSREQUEST._serialized_end=1496
+  _GROUPOFFSET._serialized_start=1498
+  _GROUPOFFSET._serialized_end=1557
+  _COMMITOFFSETSRESPONSE._serialized_start=1559
+  _COMMITOFFSETSRESPONSE._serialized_end=1582
+  _GETOFFSETSREQUEST._serialized_start=1584
+  _GETOFFSETSREQUEST._serialized_end=1674
+  _QUEUEREF._serialized_start=1676
+  _QUEUEREF._serialized_end=1716
+  _GETOFFSETSRESPONSE._serialized_start=1718
+  _GETOFFSETSRESPONSE._serialized_end=1779
+  _STORAGE._serialized_start=1782
+  _STORAGE._serialized_end=2492
 # @@protoc_insertion_point(module_scope)
