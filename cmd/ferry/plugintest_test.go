@@ -264,3 +264,43 @@ topics: [{name: orders, queues: 2}]
 		return len(seen) == n
 	})
 }
+
+// The built-in transports pass the transport suite run through the plugin
+// host on both data planes: grpc with the client-driven cases (it serves
+// ferry.v1.Broker), http with the host-contract ones, saying so.
+func TestPluginTestTransports(t *testing.T) {
+	out, code := runPluginTest(t, "transport", "grpc")
+	if code != 0 || strings.Contains(out, "FAIL") || strings.Contains(out, "SKIP") ||
+		!strings.Contains(out, "PASS  ring/ProduceExactlyOnce") || !strings.Contains(out, "PASS  grpc/DrainInFlight") {
+		t.Fatalf("ferry plugin test transport grpc: exit %d\n%s", code, out)
+	}
+	out, code = runPluginTest(t, "transport", "http")
+	if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  grpc/TransportDrainIdle") ||
+		!strings.Contains(out, "host-contract cases only") || !strings.Contains(out, "SKIP  ring/ProduceExactlyOnce: client-driven") {
+		t.Fatalf("ferry plugin test transport http: exit %d\n%s", code, out)
+	}
+}
+
+// The negative control: a transport plugin executable that forwards every
+// produce twice and ignores drains fails the command, which names both.
+func TestPluginTestFailsBadTransport(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "badtransport")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badtransport").CombinedOutput(); err != nil {
+		t.Fatalf("build badtransport: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(t.TempDir(), "transport.yaml")
+	if err := os.WriteFile(cfg, []byte("listen: $ADDR\nshutdown_timeout: 30s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runPluginTest(t, "transport", bin, "--config", cfg, "--client", "broker", "--bound", "2s",
+		"--run", "ProduceExactlyOnce,TransportDrainIdle")
+	if code == 0 {
+		t.Fatalf("ferry plugin test passed a transport that forwards twice and ignores drains:\n%s", out)
+	}
+	for _, want := range []string{"FAIL  ring/ProduceExactlyOnce", "reached the core 2 times", "FAIL  grpc/TransportDrainIdle",
+		"did not end Serve (Connect) within 2s", "transport cases failed"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
