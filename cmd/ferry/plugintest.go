@@ -27,6 +27,7 @@ func newPluginTestCmd() *cobra.Command {
 	var dirs []string
 	var durable, verbose bool
 	var bound time.Duration
+	var syncReplicas int
 	cmd := &cobra.Command{
 		Use:   "test KIND PATH|TYPE",
 		Short: "Run the conformance suite of KIND against a plugin executable (any language) or a plugin type",
@@ -40,8 +41,8 @@ why; exits 0 only if no case failed.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, target := args[0], args[1]
-			if kind != sdk.KindStorage && kind != sdk.KindTransport {
-				return fmt.Errorf("plugin kind %q: ferry plugin test has suites for %s and %s", kind, sdk.KindStorage, sdk.KindTransport)
+			if kind != sdk.KindStorage && kind != sdk.KindTransport && kind != sdk.KindReplication {
+				return fmt.Errorf("plugin kind %q: ferry plugin test has suites for %s, %s and %s", kind, sdk.KindStorage, sdk.KindTransport, sdk.KindReplication)
 			}
 			var section []byte
 			if configFile != "" {
@@ -101,6 +102,10 @@ why; exits 0 only if no case failed.`,
 				}
 				f.Bound = bound
 				plugintest.Transport(context.Background(), t, f, run, tmp, report)
+			case sdk.KindReplication:
+				f := replicationFeatures(target, configFile != "", section, syncReplicas)
+				f.Bound = bound
+				plugintest.Replication(context.Background(), t, f, run, tmp, report)
 			}
 			if n == 0 {
 				return fmt.Errorf("--run %q selects no case", run)
@@ -117,7 +122,8 @@ why; exits 0 only if no case failed.`,
 	cmd.Flags().BoolVar(&durable, "durable", false, "storage: the plugin claims durability: also run the restart cases")
 	cmd.Flags().StringVar(&client, "client", "", "transport: the client the client-driven cases use: broker (the transport serves ferry.v1.Broker gRPC, plaintext) or none (host-contract cases only); default broker for the built-in grpc type, none otherwise")
 	cmd.Flags().StringVar(&addr, "addr", "", "transport: where the transport configured by --config listens, for --client; default the free address that replaces $ADDR in the config file")
-	cmd.Flags().DurationVar(&bound, "bound", sdktest.DefaultBound, "transport: how long the plugin may take to pass on a drain or a cancellation")
+	cmd.Flags().DurationVar(&bound, "bound", sdktest.DefaultBound, "transport, replication: how long the plugin may take to pass on a drain or a cancellation, connect a slave or ship a batch")
+	cmd.Flags().IntVar(&syncReplicas, "sync-replicas", -1, "replication: replicas a batch must reach before OK (the plugin's configured level; 0: asynchronous); default 1 for the built-in sync type, 0 otherwise")
 	cmd.Flags().StringVar(&run, "run", "", "only these cases (comma-separated names; a trailing * matches a prefix)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the host's and the plugin's log lines on stderr")
 	return cmd
@@ -193,4 +199,36 @@ func freeAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// replicationFeatures makes the replication suite's features: node i's
+// section is the config file's with $LISTEN replaced by the node's address
+// and $PEERS by the list of the other nodes' addresses; the built-in sync
+// and async types get a section of their own when none is given.
+func replicationFeatures(target string, haveConfig bool, section []byte, syncReplicas int) sdktest.ReplicationFeatures {
+	if !haveConfig && (target == "sync" || target == "async") {
+		section = []byte(`{"listen": "$LISTEN", "peers": "$PEERS", "timeout": "1s"}`)
+	}
+	if syncReplicas < 0 {
+		syncReplicas = 0
+		if target == "sync" {
+			syncReplicas = 1
+		}
+	}
+	f := sdktest.ReplicationFeatures{SyncReplicas: syncReplicas}
+	if bytes.Contains(section, []byte("$LISTEN")) {
+		f.NodeConfig = func(i int, addrs []string) []byte {
+			var peers []string
+			for j, a := range addrs {
+				if j != i {
+					peers = append(peers, a)
+				}
+			}
+			p, _ := json.Marshal(peers)
+			b := bytes.ReplaceAll(section, []byte(`"$PEERS"`), p)
+			b = bytes.ReplaceAll(b, []byte("$PEERS"), p)
+			return bytes.ReplaceAll(b, []byte("$LISTEN"), []byte(addrs[i]))
+		}
+	}
+	return f
 }

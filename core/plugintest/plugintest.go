@@ -7,6 +7,7 @@ package plugintest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -239,4 +240,96 @@ func (h *transportHarness) Start(config []byte, core sdk.Core) (*sdktest.ServedT
 		c.DrainTimeout = 4 * max(h.f.Bound, sdktest.DefaultBound)
 	}
 	return sdktest.NewServedTransport(tr, core, inst.Stop), nil
+}
+
+// Replication runs the replication cases selected by filter against t with
+// features f, once on each of DataPlanes ("<data plane>/<case>"). Each node
+// of a case is a plugin process of a plugin host of its own, on a data
+// directory of its own (kept when the node is started again), serving its
+// test core through the host's client as the broker's core would be served.
+func Replication(ctx context.Context, t Target, f sdktest.ReplicationFeatures, filter, tmp string, report func(sdktest.Result)) []sdktest.Result {
+	var out []sdktest.Result
+	for _, dp := range DataPlanes {
+		for _, c := range sdktest.ReplicationCases() {
+			if !sdktest.Selected(c.Name, filter) {
+				continue
+			}
+			h := &replicationHarness{ctx: ctx, t: t, f: f}
+			err := h.init(tmp, dp, 2)
+			if err == nil {
+				err = sdktest.RunReplicationCase(c, h)
+			}
+			h.close()
+			r := sdktest.Result{Name: dp + "/" + c.Name, Err: err}
+			out = append(out, r)
+			if report != nil {
+				report(r)
+			}
+		}
+	}
+	return out
+}
+
+// replicationHarness is a sdktest.ReplicationHarness whose nodes are plugin
+// processes, one plugin host per node.
+type replicationHarness struct {
+	ctx   context.Context
+	t     Target
+	f     sdktest.ReplicationFeatures
+	addrs []string
+	hosts []*pluginhost.Host
+}
+
+func (h *replicationHarness) init(tmp, dataPlane string, nodes int) error {
+	for i := range nodes {
+		dir, err := os.MkdirTemp(tmp, fmt.Sprintf("node%d-", i))
+		if err != nil {
+			return err
+		}
+		host, err := pluginhost.New(h.t.Registry, pluginhost.Options{
+			Dirs:      h.t.Dirs,
+			Exe:       h.t.Exe,
+			Env:       &sdk.Environment{Pipeline: "plugintest", Node: fmt.Sprint("node-", i), DataDir: dir},
+			Logger:    h.t.Logger,
+			DataPlane: dataPlane,
+		})
+		if err != nil {
+			return err
+		}
+		h.hosts = append(h.hosts, host)
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		h.addrs = append(h.addrs, l.Addr().String())
+		l.Close()
+	}
+	return nil
+}
+
+func (h *replicationHarness) close() {
+	for i := len(h.hosts) - 1; i >= 0; i-- {
+		h.hosts[i].Close()
+	}
+}
+
+func (h *replicationHarness) Features() sdktest.ReplicationFeatures { return h.f }
+func (h *replicationHarness) Addrs() []string                       { return h.addrs }
+
+func (h *replicationHarness) Validate(config []byte) (sdk.Problems, error) {
+	return h.hosts[0].Validate(h.ctx, sdk.KindReplication, h.t.Type, config)
+}
+
+func (h *replicationHarness) Start(i int, config []byte, core sdk.ReplicaCore) (*sdktest.ServedReplication, error) {
+	inst, err := h.hosts[i].Start(h.ctx, sdk.KindReplication, h.t.Type, config)
+	if err != nil {
+		return nil, fmt.Errorf("node %d: %w", i, err)
+	}
+	impl, _, _ := inst.Current()
+	r, ok := impl.(sdk.Replication)
+	if !ok {
+		inst.Stop()
+		return nil, fmt.Errorf("replication plugin %q: the host's client is %T, not a replication", h.t.Type, impl)
+	}
+	return sdktest.NewServedReplication(r, core, inst.Stop), nil
 }
