@@ -1,7 +1,7 @@
 // Package plugintest runs the conformance cases of core/sdk/sdktest against a
 // plugin executable, in any language, started and configured by the real
 // plugin host (core/pluginhost) exactly as `ferry run` starts it: `ferry
-// plugin test` calls Storage.
+// plugin test` calls Storage, Transport and Replication.
 package plugintest
 
 import (

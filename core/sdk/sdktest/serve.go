@@ -10,8 +10,11 @@
 // plugin boundary (go-plugin's gRPC transport, served in-process in go-plugin's
 // test mode, on gRPC and on the shared-memory rings), so that what the broker
 // sees across the process boundary is what is checked. The cases themselves
-// (StorageCases) are funcs of a harness returning an error; `ferry plugin
-// test` runs the same ones against a plugin executable (core/plugintest).
+// (StorageCases, TransportCases, ReplicationCases) are funcs of a harness
+// returning an error; `ferry plugin test` runs the same ones against a plugin
+// executable (core/plugintest). TestTransport and TestReplication serve the
+// plugin a test core that plays the broker (transport_core.go,
+// ReplicaTestCore).
 package sdktest
 
 import (
