@@ -37,7 +37,17 @@ Every case starts the plugin with the plugin host exactly as ferry run does
 (several times in the cases that restart it), on a fresh data directory, and
 configures it with the section in --config (YAML or JSON, what goes under
 plugins.KIND.config). Prints every case with PASS, FAIL and why, or SKIP and
-why; exits 0 only if no case failed.`,
+why; exits 0 only if no case failed.
+
+KIND is storage, transport or replication. The transport and replication
+suites serve the plugin a test core that plays the broker and run every case
+on the shared-memory rings and on gRPC. transport: --client broker drives the
+client cases through ferry.v1.Broker at --addr, or at the free address that
+replaces $ADDR in the config file; without a client only the host-contract
+cases run. replication: two plugin processes per case, node 0 the master;
+each node's section is the config file's with $LISTEN (its address) and
+$PEERS (the other's) replaced; --sync-replicas is the plugin's level.
+docs/plugins.md says what each case checks.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, target := args[0], args[1]
