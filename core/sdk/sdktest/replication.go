@@ -199,7 +199,11 @@ func (h *goReplicationHarness) Start(i int, config []byte, core sdk.ReplicaCore)
 
 // --- the cases ---
 
-const replTopic = "sdktest"
+// The topic of the replication cases, with its queues.
+const (
+	replTopic  = "sdktest"
+	replQueues = 2
+)
 
 // pair is a master and a slave of a case, each with its core.
 type pair struct {
