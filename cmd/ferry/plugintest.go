@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -20,9 +23,11 @@ import (
 
 // newPluginTestCmd returns `ferry plugin test`.
 func newPluginTestCmd() *cobra.Command {
-	var configFile, run string
+	var configFile, run, client, addr string
 	var dirs []string
 	var durable, verbose bool
+	var bound time.Duration
+	var syncReplicas int
 	cmd := &cobra.Command{
 		Use:   "test KIND PATH|TYPE",
 		Short: "Run the conformance suite of KIND against a plugin executable (any language) or a plugin type",
@@ -32,12 +37,22 @@ Every case starts the plugin with the plugin host exactly as ferry run does
 (several times in the cases that restart it), on a fresh data directory, and
 configures it with the section in --config (YAML or JSON, what goes under
 plugins.KIND.config). Prints every case with PASS, FAIL and why, or SKIP and
-why; exits 0 only if no case failed.`,
+why; exits 0 only if no case failed.
+
+KIND is storage, transport or replication. The transport and replication
+suites serve the plugin a test core that plays the broker and run every case
+on the shared-memory rings and on gRPC. transport: --client broker drives the
+client cases through ferry.v1.Broker at --addr, or at the free address that
+replaces $ADDR in the config file; without a client only the host-contract
+cases run. replication: two plugin processes per case, node 0 the master;
+each node's section is the config file's with $LISTEN (its address) and
+$PEERS (the other's) replaced; --sync-replicas is the plugin's level.
+docs/plugins.md says what each case checks.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, target := args[0], args[1]
-			if kind != sdk.KindStorage {
-				return fmt.Errorf("plugin kind %q: ferry plugin test has a suite for %s", kind, sdk.KindStorage)
+			if kind != sdk.KindStorage && kind != sdk.KindTransport && kind != sdk.KindReplication {
+				return fmt.Errorf("plugin kind %q: ferry plugin test has suites for %s, %s and %s", kind, sdk.KindStorage, sdk.KindTransport, sdk.KindReplication)
 			}
 			var section []byte
 			if configFile != "" {
@@ -68,11 +83,10 @@ why; exits 0 only if no case failed.`,
 					kind, target, strings.Join(builtins().Types(kind, nil), ", "), pluginhost.ExecutableName(kind, target), dirs)
 			}
 			out := cmd.OutOrStdout()
-			f := sdktest.StorageFeatures{Config: section, Durable: durable}
 			failed, n := 0, 0
 			start := time.Now()
 			caseStart := time.Now()
-			plugintest.Storage(context.Background(), t, f, run, tmp, func(r sdktest.Result) {
+			report := func(r sdktest.Result) {
 				n++
 				d := time.Since(caseStart).Round(time.Millisecond)
 				caseStart = time.Now()
@@ -86,7 +100,23 @@ why; exits 0 only if no case failed.`,
 					failed++
 					fmt.Fprintf(out, "FAIL  %s (%s): %v\n", r.Name, d, r.Err)
 				}
-			})
+			}
+			switch kind {
+			case sdk.KindStorage:
+				f := sdktest.StorageFeatures{Config: section, Durable: durable}
+				plugintest.Storage(context.Background(), t, f, run, tmp, report)
+			case sdk.KindTransport:
+				f, err := transportFeatures(out, target, configFile != "", section, client, addr)
+				if err != nil {
+					return err
+				}
+				f.Bound = bound
+				plugintest.Transport(context.Background(), t, f, run, tmp, report)
+			case sdk.KindReplication:
+				f := replicationFeatures(target, configFile != "", section, syncReplicas)
+				f.Bound = bound
+				plugintest.Replication(context.Background(), t, f, run, tmp, report)
+			}
 			if n == 0 {
 				return fmt.Errorf("--run %q selects no case", run)
 			}
@@ -99,7 +129,11 @@ why; exits 0 only if no case failed.`,
 	}
 	cmd.Flags().StringVar(&configFile, "config", "", "file with the plugin's config section (YAML or JSON)")
 	cmd.Flags().StringSliceVar(&dirs, "dir", nil, "plugin directories to find TYPE in")
-	cmd.Flags().BoolVar(&durable, "durable", false, "the plugin claims durability: also run the restart cases")
+	cmd.Flags().BoolVar(&durable, "durable", false, "storage: the plugin claims durability: also run the restart cases")
+	cmd.Flags().StringVar(&client, "client", "", "transport: the client the client-driven cases use: broker (the transport serves ferry.v1.Broker gRPC, plaintext) or none (host-contract cases only); default broker for the built-in grpc type, none otherwise")
+	cmd.Flags().StringVar(&addr, "addr", "", "transport: where the transport configured by --config listens, for --client; default the free address that replaces $ADDR in the config file")
+	cmd.Flags().DurationVar(&bound, "bound", sdktest.DefaultBound, "transport, replication: how long the plugin may take to pass on a drain or a cancellation, connect a slave or ship a batch")
+	cmd.Flags().IntVar(&syncReplicas, "sync-replicas", -1, "replication: replicas a batch must reach before OK (the plugin's configured level; 0: asynchronous); default 1 for the built-in sync type, 0 otherwise")
 	cmd.Flags().StringVar(&run, "run", "", "only these cases (comma-separated names; a trailing * matches a prefix)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the host's and the plugin's log lines on stderr")
 	return cmd
@@ -120,4 +154,91 @@ func readSection(path string) ([]byte, error) {
 		return nil, nil
 	}
 	return json.Marshal(m)
+}
+
+// transportFeatures makes the transport suite's features from the command's
+// flags and says on out which cases the client can drive. A config section
+// holding $ADDR gets a free loopback address there (per run); the built-in
+// grpc and http types get a section of their own when none is given.
+func transportFeatures(out io.Writer, target string, haveConfig bool, section []byte, client, addr string) (sdktest.TransportFeatures, error) {
+	if !haveConfig {
+		switch target {
+		case "grpc":
+			section = []byte(`{"listen": "$ADDR", "shutdown_timeout": "30s"}`)
+		case "http":
+			section = []byte(`{"listen": "$ADDR"}`)
+		}
+	}
+	if client == "" {
+		client = "none"
+		if target == "grpc" {
+			client = "broker"
+		}
+	}
+	if bytes.Contains(section, []byte("$ADDR")) {
+		free, err := freeAddr()
+		if err != nil {
+			return sdktest.TransportFeatures{}, err
+		}
+		section = bytes.ReplaceAll(section, []byte("$ADDR"), []byte(free))
+		if addr == "" {
+			addr = free
+		}
+	}
+	f := sdktest.TransportFeatures{Config: section}
+	switch client {
+	case "none":
+		fmt.Fprintf(out, "host-contract cases only (--client none): the client-driven cases need a client of the transport's protocol\n")
+	case "broker":
+		if addr == "" {
+			return f, fmt.Errorf("--client broker needs the address the transport listens on: --addr, or $ADDR in the --config file")
+		}
+		fmt.Fprintf(out, "host-contract and client-driven cases, the client speaking ferry.v1.Broker gRPC to %s\n", addr)
+		f.Client = sdktest.BrokerClient(addr)
+	default:
+		return f, fmt.Errorf("--client %q: must be broker or none", client)
+	}
+	return f, nil
+}
+
+// freeAddr returns a loopback address whose port was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// replicationFeatures makes the replication suite's features: node i's
+// section is the config file's with $LISTEN replaced by the node's address
+// and $PEERS by the list of the other nodes' addresses; the built-in sync
+// and async types get a section of their own when none is given.
+func replicationFeatures(target string, haveConfig bool, section []byte, syncReplicas int) sdktest.ReplicationFeatures {
+	if !haveConfig && (target == "sync" || target == "async") {
+		section = []byte(`{"listen": "$LISTEN", "peers": "$PEERS", "timeout": "1s"}`)
+	}
+	if syncReplicas < 0 {
+		syncReplicas = 0
+		if target == "sync" {
+			syncReplicas = 1
+		}
+	}
+	f := sdktest.ReplicationFeatures{SyncReplicas: syncReplicas}
+	if bytes.Contains(section, []byte("$LISTEN")) {
+		f.NodeConfig = func(i int, addrs []string) []byte {
+			var peers []string
+			for j, a := range addrs {
+				if j != i {
+					peers = append(peers, a)
+				}
+			}
+			p, _ := json.Marshal(peers)
+			b := bytes.ReplaceAll(section, []byte(`"$PEERS"`), p)
+			b = bytes.ReplaceAll(b, []byte("$PEERS"), p)
+			return bytes.ReplaceAll(b, []byte("$LISTEN"), []byte(addrs[i]))
+		}
+	}
+	return f
 }

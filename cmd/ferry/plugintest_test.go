@@ -75,6 +75,9 @@ func TestPluginTestBadArgs(t *testing.T) {
 		{[]string{"storage", "./no/such/file"}, "plugin executable"},
 		{[]string{"storage", "memory", "--run", "NoSuchCase"}, "selects no case"},
 		{[]string{"gadget", "memory"}, `plugin kind "gadget"`},
+		{[]string{"transport", "grpc", "--client", "nosuch"}, `--client "nosuch"`},
+		{[]string{"transport", "./no/such/file"}, "plugin executable"},
+		{[]string{"transport", "memory"}, `no transport plugin "memory"`},
 	} {
 		out, code := runPluginTest(t, c.args...)
 		if code == 0 || !strings.Contains(out, c.want) {
@@ -263,4 +266,86 @@ topics: [{name: orders, queues: 2}]
 		defer mu.Unlock()
 		return len(seen) == n
 	})
+}
+
+// The built-in transports pass the transport suite run through the plugin
+// host on both data planes: grpc with the client-driven cases (it serves
+// ferry.v1.Broker), http with the host-contract ones, saying so.
+func TestPluginTestTransports(t *testing.T) {
+	out, code := runPluginTest(t, "transport", "grpc")
+	if code != 0 || strings.Contains(out, "FAIL") || strings.Contains(out, "SKIP") ||
+		!strings.Contains(out, "PASS  ring/ProduceExactlyOnce") || !strings.Contains(out, "PASS  grpc/DrainInFlight") {
+		t.Fatalf("ferry plugin test transport grpc: exit %d\n%s", code, out)
+	}
+	out, code = runPluginTest(t, "transport", "http")
+	if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  grpc/TransportDrainIdle") ||
+		!strings.Contains(out, "host-contract cases only") || !strings.Contains(out, "SKIP  ring/ProduceExactlyOnce: client-driven") {
+		t.Fatalf("ferry plugin test transport http: exit %d\n%s", code, out)
+	}
+}
+
+// The negative control: a transport plugin executable that forwards every
+// produce twice and ignores drains fails the command, which names both.
+func TestPluginTestFailsBadTransport(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "badtransport")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badtransport").CombinedOutput(); err != nil {
+		t.Fatalf("build badtransport: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(t.TempDir(), "transport.yaml")
+	if err := os.WriteFile(cfg, []byte("listen: $ADDR\nshutdown_timeout: 30s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runPluginTest(t, "transport", bin, "--config", cfg, "--client", "broker", "--bound", "2s",
+		"--run", "ProduceExactlyOnce,TransportDrainIdle")
+	if code == 0 {
+		t.Fatalf("ferry plugin test passed a transport that forwards twice and ignores drains:\n%s", out)
+	}
+	for _, want := range []string{"FAIL  ring/ProduceExactlyOnce", "reached the core 2 times", "FAIL  grpc/TransportDrainIdle",
+		"did not end Serve (Connect) within 2s", "transport cases failed"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The built-in master–slave plugins pass the replication suite, two plugin
+// processes with test cores per case, on both data planes; raft, a
+// consensus plugin, gets the config case and skips the two-node ones.
+func TestPluginTestReplication(t *testing.T) {
+	for _, typ := range []string{"sync", "async"} {
+		out, code := runPluginTest(t, "replication", typ)
+		if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  ring/CatchUpAfterAbsence") ||
+			!strings.Contains(out, "PASS  grpc/DivergenceRefused") {
+			t.Fatalf("ferry plugin test replication %s: exit %d\n%s", typ, code, out)
+		}
+		if typ == "sync" && !strings.Contains(out, "PASS  grpc/NeverOKBelowLevel") {
+			t.Fatalf("ferry plugin test replication sync did not check its level:\n%s", out)
+		}
+	}
+	out, code := runPluginTest(t, "replication", "raft")
+	if code != 0 || !strings.Contains(out, "PASS  ring/ReplicationBadConfig") || !strings.Contains(out, "SKIP  ring/ReplicateInOrder") {
+		t.Fatalf("ferry plugin test replication raft: exit %d\n%s", code, out)
+	}
+}
+
+// The negative control: a replication plugin executable that answers OK
+// before any slave has the batch fails the command.
+func TestPluginTestFailsBadReplication(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "badreplication")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badreplication").CombinedOutput(); err != nil {
+		t.Fatalf("build badreplication: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(t.TempDir(), "replication.yaml")
+	if err := os.WriteFile(cfg, []byte("listen: $LISTEN\npeers: $PEERS\ntimeout: 1s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runPluginTest(t, "replication", bin, "--config", cfg, "--sync-replicas", "1")
+	if code == 0 {
+		t.Fatalf("ferry plugin test passed a plugin that answers OK before replicating:\n%s", out)
+	}
+	for _, want := range []string{"FAIL  ring/NeverOKBelowLevel", "answered STATUS_OK with the slave gone", "FAIL  grpc/NeverOKBelowLevel", "replication cases failed"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
 }

@@ -1,12 +1,13 @@
 // Package plugintest runs the conformance cases of core/sdk/sdktest against a
 // plugin executable, in any language, started and configured by the real
 // plugin host (core/pluginhost) exactly as `ferry run` starts it: `ferry
-// plugin test` calls Storage.
+// plugin test` calls Storage, Transport and Replication.
 package plugintest
 
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -153,4 +154,182 @@ func (h *hostHarness) Raw() (*sdktest.Store, error) {
 
 func (h *hostHarness) Validate(config []byte) (sdk.Problems, error) {
 	return h.host.Validate(h.ctx, sdk.KindStorage, h.t.Type, config)
+}
+
+// DataPlanes are the data planes the transport and replication suites run
+// every case on, as `ferry run` would use them: the shared-memory rings (a
+// plugin that ignores the offer stays on gRPC) and gRPC only.
+var DataPlanes = []string{pluginhost.DataPlaneRing, pluginhost.DataPlaneGRPC}
+
+// Transport runs the transport cases selected by filter against t with
+// features f, once on each of DataPlanes; a result's name is
+// "<data plane>/<case>". Every case gets a new plugin host and a new plugin
+// process, configured by the host and serving the suite's test core through
+// the host's client, as the broker's core would be served.
+func Transport(ctx context.Context, t Target, f sdktest.TransportFeatures, filter, tmp string, report func(sdktest.Result)) []sdktest.Result {
+	var out []sdktest.Result
+	for _, dp := range DataPlanes {
+		for _, c := range sdktest.TransportCases() {
+			if !sdktest.Selected(c.Name, filter) {
+				continue
+			}
+			h := &transportHarness{hostHarness: hostHarness{ctx: ctx, t: t, tmp: tmp}, f: f, dataPlane: dp}
+			err := h.init()
+			if err == nil {
+				err = sdktest.RunTransportCase(c, h)
+			}
+			h.close()
+			r := sdktest.Result{Name: dp + "/" + c.Name, Err: err}
+			out = append(out, r)
+			if report != nil {
+				report(r)
+			}
+		}
+	}
+	return out
+}
+
+// transportHarness is a sdktest.TransportHarness whose transports are plugin
+// processes of one plugin host.
+type transportHarness struct {
+	hostHarness
+	f         sdktest.TransportFeatures
+	dataPlane string
+}
+
+func (h *transportHarness) init() error {
+	dir, err := os.MkdirTemp(h.tmp, "case")
+	if err != nil {
+		return err
+	}
+	h.dir = dir
+	host, err := pluginhost.New(h.t.Registry, pluginhost.Options{
+		Dirs:      h.t.Dirs,
+		Exe:       h.t.Exe,
+		Env:       &sdk.Environment{Pipeline: "plugintest", Node: "plugintest", DataDir: dir},
+		Logger:    h.t.Logger,
+		DataPlane: h.dataPlane,
+	})
+	if err != nil {
+		return err
+	}
+	h.host = host
+	h.hosts = append(h.hosts, host)
+	return nil
+}
+
+func (h *transportHarness) Features() sdktest.TransportFeatures { return h.f }
+
+func (h *transportHarness) Validate(config []byte) (sdk.Problems, error) {
+	return h.host.Validate(h.ctx, sdk.KindTransport, h.t.Type, config)
+}
+
+func (h *transportHarness) Start(config []byte, core sdk.Core) (*sdktest.ServedTransport, error) {
+	inst, err := h.host.Start(h.ctx, sdk.KindTransport, h.t.Type, config)
+	if err != nil {
+		return nil, err
+	}
+	impl, _, _ := inst.Current()
+	tr, ok := impl.(sdk.Transport)
+	if !ok {
+		inst.Stop()
+		return nil, fmt.Errorf("transport plugin %q: the host's client is %T, not a transport", h.t.Type, impl)
+	}
+	if c, ok := tr.(*sdk.TransportClient); ok {
+		// The suite bounds the drain itself; the host's cut comes after.
+		c.DrainTimeout = 4 * max(h.f.Bound, sdktest.DefaultBound)
+	}
+	return sdktest.NewServedTransport(tr, core, inst.Stop), nil
+}
+
+// Replication runs the replication cases selected by filter against t with
+// features f, once on each of DataPlanes ("<data plane>/<case>"). Each node
+// of a case is a plugin process of a plugin host of its own, on a data
+// directory of its own (kept when the node is started again), serving its
+// test core through the host's client as the broker's core would be served.
+func Replication(ctx context.Context, t Target, f sdktest.ReplicationFeatures, filter, tmp string, report func(sdktest.Result)) []sdktest.Result {
+	var out []sdktest.Result
+	for _, dp := range DataPlanes {
+		for _, c := range sdktest.ReplicationCases() {
+			if !sdktest.Selected(c.Name, filter) {
+				continue
+			}
+			h := &replicationHarness{ctx: ctx, t: t, f: f}
+			err := h.init(tmp, dp, 2)
+			if err == nil {
+				err = sdktest.RunReplicationCase(c, h)
+			}
+			h.close()
+			r := sdktest.Result{Name: dp + "/" + c.Name, Err: err}
+			out = append(out, r)
+			if report != nil {
+				report(r)
+			}
+		}
+	}
+	return out
+}
+
+// replicationHarness is a sdktest.ReplicationHarness whose nodes are plugin
+// processes, one plugin host per node.
+type replicationHarness struct {
+	ctx   context.Context
+	t     Target
+	f     sdktest.ReplicationFeatures
+	addrs []string
+	hosts []*pluginhost.Host
+}
+
+func (h *replicationHarness) init(tmp, dataPlane string, nodes int) error {
+	for i := range nodes {
+		dir, err := os.MkdirTemp(tmp, fmt.Sprintf("node%d-", i))
+		if err != nil {
+			return err
+		}
+		host, err := pluginhost.New(h.t.Registry, pluginhost.Options{
+			Dirs:      h.t.Dirs,
+			Exe:       h.t.Exe,
+			Env:       &sdk.Environment{Pipeline: "plugintest", Node: fmt.Sprint("node-", i), DataDir: dir},
+			Logger:    h.t.Logger,
+			DataPlane: dataPlane,
+		})
+		if err != nil {
+			return err
+		}
+		h.hosts = append(h.hosts, host)
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		h.addrs = append(h.addrs, l.Addr().String())
+		l.Close()
+	}
+	return nil
+}
+
+func (h *replicationHarness) close() {
+	for i := len(h.hosts) - 1; i >= 0; i-- {
+		h.hosts[i].Close()
+	}
+}
+
+func (h *replicationHarness) Features() sdktest.ReplicationFeatures { return h.f }
+func (h *replicationHarness) Addrs() []string                       { return h.addrs }
+
+func (h *replicationHarness) Validate(config []byte) (sdk.Problems, error) {
+	return h.hosts[0].Validate(h.ctx, sdk.KindReplication, h.t.Type, config)
+}
+
+func (h *replicationHarness) Start(i int, config []byte, core sdk.ReplicaCore) (*sdktest.ServedReplication, error) {
+	inst, err := h.hosts[i].Start(h.ctx, sdk.KindReplication, h.t.Type, config)
+	if err != nil {
+		return nil, fmt.Errorf("node %d: %w", i, err)
+	}
+	impl, _, _ := inst.Current()
+	r, ok := impl.(sdk.Replication)
+	if !ok {
+		inst.Stop()
+		return nil, fmt.Errorf("replication plugin %q: the host's client is %T, not a replication", h.t.Type, impl)
+	}
+	return sdktest.NewServedReplication(r, core, inst.Stop), nil
 }

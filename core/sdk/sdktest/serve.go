@@ -10,8 +10,11 @@
 // plugin boundary (go-plugin's gRPC transport, served in-process in go-plugin's
 // test mode, on gRPC and on the shared-memory rings), so that what the broker
 // sees across the process boundary is what is checked. The cases themselves
-// (StorageCases) are funcs of a harness returning an error; `ferry plugin
-// test` runs the same ones against a plugin executable (core/plugintest).
+// (StorageCases, TransportCases, ReplicationCases) are funcs of a harness
+// returning an error; `ferry plugin test` runs the same ones against a plugin
+// executable (core/plugintest). TestTransport and TestReplication serve the
+// plugin a test core that plays the broker (transport_core.go,
+// ReplicaTestCore).
 package sdktest
 
 import (
@@ -91,13 +94,61 @@ func ServeStorageRing(t testing.TB, impl sdk.Storage) (client *sdk.StorageClient
 
 func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.StorageClient, stop func()) {
 	t.Helper()
+	raw, seg, stop := servePlugin(t, sdk.ServeOpts{Storage: impl}, sdk.KindStorage, withRing)
+	sc, ok := raw.(*sdk.StorageClient)
+	if !ok {
+		stop()
+		t.Fatalf("dispense %s: got %T, want *sdk.StorageClient", sdk.KindStorage, raw)
+	}
+	if seg != nil {
+		sc.UseRing(seg, func(err error) { t.Errorf("storage plugin broke the ring protocol: %v", err) })
+	}
+	return sc, stop
+}
+
+// ServeTransport serves impl over go-plugin's gRPC transport inside the test
+// process, as ServeStorage does, and returns the host's client for it; with
+// withRing the client offers the shared-memory data plane at Configure.
+func ServeTransport(t testing.TB, impl sdk.Transport, withRing bool) (client *sdk.TransportClient, stop func()) {
+	t.Helper()
+	raw, seg, stop := servePlugin(t, sdk.ServeOpts{Transport: impl}, sdk.KindTransport, withRing)
+	tc, ok := raw.(*sdk.TransportClient)
+	if !ok {
+		stop()
+		t.Fatalf("dispense %s: got %T, want *sdk.TransportClient", sdk.KindTransport, raw)
+	}
+	if seg != nil {
+		tc.UseRing(seg, func(err error) { t.Errorf("transport plugin broke the ring protocol: %v", err) })
+	}
+	return tc, stop
+}
+
+// ServeReplication serves impl like ServeTransport and returns the host's
+// client for it.
+func ServeReplication(t testing.TB, impl sdk.Replication, withRing bool) (client *sdk.ReplicationClient, stop func()) {
+	t.Helper()
+	raw, seg, stop := servePlugin(t, sdk.ServeOpts{Replication: impl}, sdk.KindReplication, withRing)
+	rc, ok := raw.(*sdk.ReplicationClient)
+	if !ok {
+		stop()
+		t.Fatalf("dispense %s: got %T, want *sdk.ReplicationClient", sdk.KindReplication, raw)
+	}
+	if seg != nil {
+		rc.UseRing(seg, func(err error) { t.Errorf("replication plugin broke the ring protocol: %v", err) })
+	}
+	return rc, stop
+}
+
+// servePlugin serves the plugin of opts (kind) in go-plugin's test mode and
+// returns the host's dispensed client, the ring segment to hand it (nil
+// without withRing) and what stops both.
+func servePlugin(t testing.TB, opts sdk.ServeOpts, kind string, withRing bool) (raw any, seg *ring.Segment, stop func()) {
+	t.Helper()
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: TestWriter(t), Level: hclog.Warn})
 	// go-plugin's server logs the normal end of its listener in test mode
 	// (stop closes it) as an ERROR "grpc server: ... use of closed network
 	// connection"; the served side's logger drops that one line.
-	serveLogger := hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: dropClosedListener{TestWriter(t)}, Level: hclog.Warn})
-	opts := sdk.ServeOpts{Storage: impl, Logger: serveLogger}
-	var seg *ring.Segment
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: dropClosedListener{TestWriter(t)}, Level: hclog.Warn})
 	if withRing {
 		var err error
 		if seg, err = ring.Create(ring.MinRingSize); err != nil {
@@ -146,8 +197,8 @@ func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.St
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
-			if client != nil {
-				_ = client.Close()
+			if c, ok := raw.(interface{ Close() error }); ok {
+				_ = c.Close()
 			}
 			host.Kill() // test mode: closes the connection, kills nothing
 			cancel()
@@ -164,19 +215,10 @@ func serveStorage(t testing.TB, impl sdk.Storage, withRing bool) (client *sdk.St
 		stop()
 		t.Fatalf("connect to plugin: %v", err)
 	}
-	raw, err := rpc.Dispense(sdk.KindStorage)
+	raw, err = rpc.Dispense(kind)
 	if err != nil {
 		stop()
-		t.Fatalf("dispense %s: %v", sdk.KindStorage, err)
+		t.Fatalf("dispense %s: %v", kind, err)
 	}
-	sc, ok := raw.(*sdk.StorageClient)
-	if !ok {
-		stop()
-		t.Fatalf("dispense %s: got %T, want *sdk.StorageClient", sdk.KindStorage, raw)
-	}
-	client = sc
-	if seg != nil {
-		client.UseRing(seg, func(err error) { t.Errorf("storage plugin broke the ring protocol: %v", err) })
-	}
-	return client, stop
+	return raw, seg, stop
 }
