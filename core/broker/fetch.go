@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -22,22 +23,40 @@ import (
 // queue whose record at its position is damaged is named in the answer's
 // errors (at once, without waiting), beside the other queues' messages.
 func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
+	resp, _, err := b.fetch(ctx, req, false)
+	return resp, err
+}
+
+var _ sdk.WireFetcher = (*Broker)(nil)
+
+// FetchWire is Fetch, with the messages of the answer in their wire form,
+// as the store encoded them (sdk.WireFetcher): the answer goes to a
+// transport plugin, whose client decodes it, so the broker neither decodes
+// the messages it read nor encodes them again. Only with a store in its
+// own process (sdk.EncodedReader), and not for a retry topic (whose
+// messages are held back by a header) or while tracing (spans read the
+// messages): then the answer is Fetch's.
+func (b *Broker) FetchWire(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, []sdk.EncodedMessages, error) {
+	return b.fetch(ctx, req, !telemetry.Enabled() && !strings.HasPrefix(req.Topic, sdk.RetryTopic("")))
+}
+
+func (b *Broker) fetch(ctx context.Context, req *sdk.FetchRequest, encoded bool) (*sdk.FetchResponse, []sdk.EncodedMessages, error) {
 	if req.Group != "" && !strings.HasPrefix(req.Topic, "%") {
 		b.fetchers.add(req.Group) // its retry topic may be used before it commits
 	}
 	t, err := b.clientTopic(ctx, req.Topic, req.Group)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(req.Positions) == 0 {
-		return nil, fmt.Errorf("%w: fetch names no queue", sdk.ErrInvalidArgument)
+		return nil, nil, fmt.Errorf("%w: fetch names no queue", sdk.ErrInvalidArgument)
 	}
 	for _, p := range req.Positions {
 		if err := b.checkQueue(t, p.Queue); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if p.Offset < 0 {
-			return nil, fmt.Errorf("%w: negative offset %d for queue %d", sdk.ErrInvalidArgument, p.Offset, p.Queue)
+			return nil, nil, fmt.Errorf("%w: negative offset %d for queue %d", sdk.ErrInvalidArgument, p.Offset, p.Queue)
 		}
 	}
 	maxMsgs := int(req.MaxMessages)
@@ -58,19 +77,19 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 	}()
 	for {
 		signal := t.wait() // taken before reading, so no append is missed
-		resp, due, err := b.read(ctx, req, maxMsgs, maxBytes)
-		if err != nil || len(resp.Messages) > 0 || len(resp.Errors) > 0 {
-			if err == nil && telemetry.Enabled() {
+		resp, parts, n, due, err := b.read(ctx, req, maxMsgs, maxBytes, encoded)
+		if err != nil || n > 0 || len(resp.Errors) > 0 {
+			if err == nil && telemetry.Enabled() && len(resp.Messages) > 0 {
 				b.traceDeliveries(req, resp)
 			}
 			if err == nil && req.Group != "" {
-				b.opts.Metrics.Consumed(req.Topic, req.Group, len(resp.Messages))
+				b.opts.Metrics.Consumed(req.Topic, req.Group, n)
 			}
-			return resp, err
+			return resp, parts, err
 		}
 		left := time.Until(deadline)
 		if left <= 0 || b.isDraining() {
-			return resp, nil
+			return resp, nil, nil
 		}
 		wake := left
 		if !due.IsZero() {
@@ -90,7 +109,7 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 			// restart).
 		case <-ctx.Done():
 			timer.Stop()
-			return resp, nil
+			return resp, nil, nil
 		}
 		timer.Stop()
 	}
@@ -126,12 +145,17 @@ func holdBack(msgs []*sdk.Message, now time.Time) ([]*sdk.Message, time.Time) {
 
 // read reads the requested queues once. For a group's retry topic it returns
 // only messages that are due, and the time the next held-back one is due.
-func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, maxBytes int64) (*sdk.FetchResponse, time.Time, error) {
-	n := len(req.Positions)
-	perMsgs := max(maxMsgs/n, 1)
-	perBytes := max(maxBytes/int64(n), 1)
-	results := make([]*sdk.ReadResponse, n)
-	errs := make([]error, n)
+//
+// With encoded, the messages stay in their wire form where the store gives
+// them so (sdk.EncodedReader): parts holds them, one a queue, after the
+// answer's own Messages (any the store sent decoded); n counts them all.
+func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, maxBytes int64, encoded bool) (_ *sdk.FetchResponse, parts []sdk.EncodedMessages, n int, _ time.Time, _ error) {
+	queues := len(req.Positions)
+	perMsgs := max(maxMsgs/queues, 1)
+	perBytes := max(maxBytes/int64(queues), 1)
+	results := make([]*sdk.ReadResponse, queues)
+	wires := make([]sdk.EncodedMessages, queues)
+	errs := make([]error, queues)
 	var wg sync.WaitGroup
 	for i, p := range req.Positions {
 		wg.Add(1)
@@ -139,6 +163,10 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 			defer wg.Done()
 			rr := &sdk.ReadRequest{Topic: req.Topic, Queue: p.Queue, Offset: p.Offset, MaxMessages: int32(perMsgs), MaxBytes: perBytes}
 			errs[i] = b.storageCall(ctx, func(s sdk.Storage) (err error) {
+				if er, ok := s.(sdk.EncodedReader); ok && encoded {
+					results[i], wires[i], err = er.ReadEncoded(ctx, rr)
+					return err
+				}
 				results[i], err = s.Read(ctx, rr)
 				return err
 			})
@@ -162,7 +190,22 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 			continue
 		}
 		if errs[i] != nil {
-			return nil, time.Time{}, errs[i]
+			return nil, nil, 0, time.Time{}, errs[i]
+		}
+		if encoded {
+			// Messages the store sent encoded keep their bytes; any it
+			// sent decoded (the gRPC data plane) are encoded here.
+			if len(results[i].Messages) > 0 {
+				parts = append(parts, sdk.EncodedMessages{Records: appendMessageRecords(nil, readMessages, results[i].Messages), N: len(results[i].Messages)})
+			}
+			if wires[i].N > 0 {
+				parts = append(parts, wires[i])
+			}
+			n += wires[i].N + len(results[i].Messages)
+			if results[i].Offsets != nil {
+				resp.Offsets = append(resp.Offsets, b.epochs.stamp("", results[i].Offsets))
+			}
+			continue
 		}
 		msgs := results[i].Messages
 		if retry {
@@ -186,7 +229,25 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 			resp.Offsets = append(resp.Offsets, b.epochs.stamp("", results[i].Offsets))
 		}
 	}
-	return resp, next, nil
+	return resp, parts, n + len(resp.Messages), next, nil
+}
+
+// readMessages is ReadResponse.messages' field number.
+const readMessages protowire.Number = 2
+
+// appendMessageRecords appends msgs to dst encoded, as records of the
+// repeated Message field num.
+func appendMessageRecords(dst []byte, num protowire.Number, msgs []*sdk.Message) []byte {
+	for _, m := range msgs {
+		size := m.SizeVT()
+		dst = protowire.AppendTag(dst, num, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(size))
+		dst = append(dst, make([]byte, size)...)
+		if _, err := m.MarshalToSizedBufferVT(dst[len(dst)-size:]); err != nil {
+			panic(err) // a size just computed: cannot fail
+		}
+	}
+	return dst
 }
 
 // traceDeliveries records a broker.deliver span in the trace of each

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
 // codec is gRPC's proto codec with its buffers taken from bufferPool instead
@@ -31,6 +33,14 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	m := messageOf(v)
 	if m == nil {
 		return nil, fmt.Errorf("failed to marshal, message is %T, want proto.Message", v)
+	}
+	if fr, ok := m.(*ferryv1.FetchResponse); ok {
+		if raw, ok := encodedOnly(fr); ok {
+			// A fetch answer forwarded as the core encoded it
+			// (EncodedFetcher): its bytes are its encoding, sent without
+			// a copy (the frame they are part of is never reused).
+			return mem.BufferSlice{mem.SliceBuffer(raw)}, nil
+		}
 	}
 	if vt, ok := m.(vtMessage); ok {
 		// vtprotobuf's encoder (see vtMessage): the same bytes, 3 to 4

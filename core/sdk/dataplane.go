@@ -137,6 +137,15 @@ func (h *ringHost) write(kind uint16, id uint64, m proto.Message) error {
 	return err
 }
 
+// writeFetch is write of a fetch answer (writeFetchFrame).
+func (h *ringHost) writeFetch(kind uint16, f *fetchFrame) error {
+	err := writeFetchFrame(h.conn, kind, f)
+	if err != nil && (errors.Is(err, ring.ErrStalled) || errors.Is(err, ring.ErrCorrupt)) {
+		h.fault(err)
+	}
+	return err
+}
+
 // fault reports a broken ring: the plugin wrote what the protocol forbids,
 // or stopped reading.
 func (h *ringHost) fault(err error) {

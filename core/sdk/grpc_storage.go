@@ -460,6 +460,40 @@ func appendOutcome(r result[*ferryv1.AppendResponse]) ([]int64, error) {
 }
 
 func (c *StorageClient) Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {
+	resp, err := c.read(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if c.dp.conn != nil { // the ring's answers keep their messages encoded until here
+		if err := decodedRead(resp); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+var _ EncodedReader = (*StorageClient)(nil)
+
+// ReadEncoded implements EncodedReader.
+func (c *StorageClient) ReadEncoded(ctx context.Context, req *ReadRequest) (*ReadResponse, EncodedMessages, error) {
+	if c.dp.conn == nil {
+		resp, err := c.Read(ctx, req)
+		return resp, EncodedMessages{}, err
+	}
+	resp, err := c.read(ctx, req)
+	if err != nil {
+		return nil, EncodedMessages{}, err
+	}
+	msgs, err := encodedRead(resp)
+	if err != nil {
+		return nil, EncodedMessages{}, err
+	}
+	return resp, msgs, nil
+}
+
+// read is a Read whose answer, from the ring, still holds its messages
+// encoded (splitRead).
+func (c *StorageClient) read(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {
 	if err := openStream(c.reads, func() (ferryv1.Storage_ReadClient, error) { return c.rpc.Read(c.ctx) },
 		func(r *ferryv1.ReadResponse) uint64 { return r.Id }); err != nil {
 		return nil, err

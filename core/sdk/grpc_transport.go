@@ -42,7 +42,7 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 			}
 			countFrame(conn, KindTransport, &frames)
 			f := &ferryv1.CoreFrame{}
-			if kind != KindCoreFrame || unmarshalFrame(p, f) != nil {
+			if kind != KindCoreFrame || decodeCoreFrame(p, f) != nil {
 				pluginLog.Error("data plane: host broke the ring protocol; stopping", "kind", kind, "id", id)
 				core.calls.fail(fmt.Errorf("core data plane: bad record of kind %d", kind))
 				return
@@ -194,7 +194,7 @@ func (c *coreClient) Fetch(ctx context.Context, req *FetchRequest) (*FetchRespon
 	if err != nil {
 		return nil, err
 	}
-	return f.GetFetch(), nil
+	return decodedFetch(f.GetFetch()) // the ring's answers stay encoded until here
 }
 
 func (c *coreClient) CommitOffsets(ctx context.Context, req *CommitOffsetsRequest) error {
@@ -370,7 +370,12 @@ func (c *TransportClient) Serve(ctx context.Context, core Core) error {
 	if c.dp.conn != nil {
 		return c.serveRing(ctx, sctx, cut, core, stream)
 	}
-	reqs := newCoreRequests(sctx, core, func(out *ferryv1.CoreFrame) { _ = send(out) })
+	reqs := newCoreRequests(sctx, core, func(out *ferryv1.CoreFrame, fetch *fetchFrame) {
+		if fetch != nil {
+			out = fetch.frame()
+		}
+		_ = send(out)
+	})
 	defer reqs.wait()
 	for {
 		f, err := stream.Recv()
@@ -394,14 +399,14 @@ func (c *TransportClient) Serve(ctx context.Context, core Core) error {
 type coreRequests struct {
 	ctx  context.Context
 	core Core
-	send func(*ferryv1.CoreFrame)
+	send func(*ferryv1.CoreFrame, *fetchFrame) // one of them
 
 	mu       sync.Mutex
 	inflight map[uint64]context.CancelFunc
 	wg       sync.WaitGroup
 }
 
-func newCoreRequests(ctx context.Context, core Core, send func(*ferryv1.CoreFrame)) *coreRequests {
+func newCoreRequests(ctx context.Context, core Core, send func(*ferryv1.CoreFrame, *fetchFrame)) *coreRequests {
 	return &coreRequests{ctx: ctx, core: core, send: send, inflight: map[uint64]context.CancelFunc{}}
 }
 
@@ -433,7 +438,7 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 	r.wg.Add(1)
 	gopool.Go(func() { // a parked goroutine: its stack is grown already
 		defer r.wg.Done()
-		out := handleFrame(rctx, r.core, f)
+		out, fetch := handleFrame(rctx, r.core, f)
 		if r.ctx.Err() != nil && out.Error.GetCode() == "CANCELED" {
 			// The host cut the plugin off while the request ran (its drain
 			// took too long): what became of it is unknown, and a client
@@ -445,15 +450,20 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 		delete(r.inflight, f.Id)
 		r.mu.Unlock()
 		rcancel()
-		r.send(out)
+		if fetch != nil {
+			r.send(nil, fetch)
+			return
+		}
+		r.send(out, nil)
 	})
 }
 
 // wait waits for every request started to be answered.
 func (r *coreRequests) wait() { r.wg.Wait() }
 
-// handleFrame runs one transport request against core.
-func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *ferryv1.CoreFrame {
+// handleFrame runs one transport request against core. A fetch of a core
+// that has FetchWire is answered by the fetchFrame instead.
+func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) (*ferryv1.CoreFrame, *fetchFrame) {
 	out := &ferryv1.CoreFrame{Id: f.Id}
 	var err error
 	switch r := f.Request.(type) {
@@ -463,6 +473,18 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 			out.Response = &ferryv1.CoreFrame_Produce{Produce: resp}
 		}
 	case *ferryv1.TransportFrame_Fetch:
+		if wf, ok := core.(WireFetcher); ok {
+			// The answer is encoded for the plugin next: its messages
+			// may stay as the store encoded them.
+			var (
+				resp  *ferryv1.FetchResponse
+				parts []EncodedMessages
+			)
+			if resp, parts, err = wf.FetchWire(ctx, r.Fetch); err == nil {
+				return out, &fetchFrame{id: f.Id, resp: resp, parts: parts}
+			}
+			break
+		}
 		var resp *ferryv1.FetchResponse
 		if resp, err = core.Fetch(ctx, r.Fetch); err == nil {
 			out.Response = &ferryv1.CoreFrame_Fetch{Fetch: resp}
@@ -495,7 +517,7 @@ func handleFrame(ctx context.Context, core Core, f *ferryv1.TransportFrame) *fer
 		err = fmt.Errorf("%w: unknown transport request %T", ErrInvalidArgument, f.Request)
 	}
 	out.Error = ErrorToProto(err)
-	return out
+	return out, nil
 }
 
 // handleAdmin runs a topic call of f against core into out.
@@ -583,7 +605,13 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 		<-sctx.Done()
 		conn.Close() // unblocks the loop below
 	}()
-	reqs := newCoreRequests(sctx, core, func(out *ferryv1.CoreFrame) { _ = c.dp.write(KindCoreFrame, out.Id, out) })
+	reqs := newCoreRequests(sctx, core, func(out *ferryv1.CoreFrame, fetch *fetchFrame) {
+		if fetch != nil {
+			_ = c.dp.writeFetch(KindCoreFrame, fetch)
+			return
+		}
+		_ = c.dp.write(KindCoreFrame, out.Id, out)
+	})
 	defer reqs.wait()
 	for {
 		kind, id, p, err := conn.Read()

@@ -164,7 +164,7 @@ func (c *StorageClient) ringAnswers(conn *ring.Conn) {
 				}
 			case KindRead:
 				r := &ferryv1.ReadResponse{}
-				if err := unmarshalFrame(p, r); err != nil {
+				if err := splitRead(p, r); err != nil { // the messages are decoded by Read
 					return fmt.Errorf("%w: read answer %d: %v", ring.ErrCorrupt, id, err)
 				}
 				r.Id = id

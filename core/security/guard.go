@@ -112,6 +112,28 @@ func (g *Guard) checkTopic(p *Principal, act Action, topic string) error {
 }
 
 func (g *Guard) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
+	return g.fetch(ctx, req, g.next.Fetch)
+}
+
+var _ sdk.WireFetcher = (*Guard)(nil)
+
+// FetchWire is Fetch, the answer's messages in their wire form where the
+// core behind the guard can (sdk.WireFetcher).
+func (g *Guard) FetchWire(ctx context.Context, req *sdk.FetchRequest) (resp *sdk.FetchResponse, parts []sdk.EncodedMessages, err error) {
+	wf, ok := g.next.(sdk.WireFetcher)
+	if !ok {
+		resp, err = g.Fetch(ctx, req)
+		return resp, nil, err
+	}
+	resp, err = g.fetch(ctx, req, func(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, error) {
+		var err error
+		resp, parts, err = wf.FetchWire(ctx, req)
+		return resp, err
+	})
+	return resp, parts, err
+}
+
+func (g *Guard) fetch(ctx context.Context, req *sdk.FetchRequest, next func(context.Context, *sdk.FetchRequest) (*sdk.FetchResponse, error)) (*sdk.FetchResponse, error) {
 	p, err := g.enter(ctx)
 	if err != nil {
 		return nil, err
@@ -124,7 +146,7 @@ func (g *Guard) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRes
 			return nil, err
 		}
 	}
-	return g.next.Fetch(ctx, req)
+	return next(ctx, req)
 }
 
 // checkGroup is Authorize of act on a group; a group named like a group's

@@ -192,7 +192,13 @@ func (b *brokerServer) checkSizes(req *ferryv1.ProduceRequest) error {
 
 // Fetch long-polls the core.
 func (b *brokerServer) Fetch(ctx context.Context, req *ferryv1.FetchRequest) (*ferryv1.FetchResponse, error) {
-	resp, err := b.core.Fetch(ctx, req)
+	fetch := b.core.Fetch
+	if fe, ok := b.core.(sdk.EncodedFetcher); ok && sdk.EncodesRequests(b.core) {
+		// The answer goes to the client as the core encoded it, without
+		// being decoded here (core/sdk/encoded.go).
+		fetch = fe.FetchEncoded
+	}
+	resp, err := fetch(ctx, req)
 	if err != nil {
 		return nil, sdk.ErrorToStatus(err)
 	}

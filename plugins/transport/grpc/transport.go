@@ -98,7 +98,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	cfg, tlsConf := t.cfg, t.tls
 	t.mu.Unlock()
 	b := newBrokerServer(core, cfg)
-	opts := serverOptions(cfg)
+	opts := serverOptions(cfg, sdk.EncodesRequests(core))
 	if tlsConf != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))
 	}
@@ -148,7 +148,7 @@ func (t *Transport) Close() error { return t.lis.Close() }
 // and buffers so that a stream carries hundreds of KiB per batch without
 // stalling, a receive limit that fits a batch of maximal messages, and
 // keepalives that notice dead clients.
-func serverOptions(cfg Config) []grpc.ServerOption {
+func serverOptions(cfg Config, encodeProduce bool) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.maxRequestBytes()),
 		grpc.InitialWindowSize(4 << 20),
@@ -160,7 +160,7 @@ func serverOptions(cfg Config) []grpc.ServerOption {
 	}
 	opts = append(opts, sdk.GRPCBufferServerOptions()...) // buffers not zeroed: batches cost less CPU
 	// Strings that are not UTF-8 are answered InvalidArgument (see utf8Codec).
-	opts = append(opts, grpc.ForceServerCodecV2(utf8Codec{sdk.GRPCCodec()}), grpc.ChainUnaryInterceptor(refuseInvalidUTF8, unaryCredentials),
+	opts = append(opts, grpc.ForceServerCodecV2(utf8Codec{CodecV2: sdk.GRPCCodec(), encodeProduce: encodeProduce, maxMessageBytes: int64(cfg.MaxMessageBytes)}), grpc.ChainUnaryInterceptor(refuseInvalidUTF8, unaryCredentials),
 		grpc.ChainStreamInterceptor(streamCredentials))
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))

@@ -16,6 +16,9 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // utf8Codec is the server's codec: the SDK's, except that a request holding a
@@ -24,13 +27,28 @@ import (
 // (gRPC itself answers a codec error with Internal, which tells a client
 // nothing of what it did wrong). gRPC calls Unmarshal for every request
 // message, then the handler calls refused on it.
-type utf8Codec struct{ encoding.CodecV2 }
+//
+// With encodeProduce set (the core is in another process), a
+// ProduceRequest the codec can check in its wire form stays encoded
+// (encodedProduce) and only a request it cannot is decoded.
+type utf8Codec struct {
+	encoding.CodecV2
+	encodeProduce   bool
+	maxMessageBytes int64
+}
 
 // refusedReqs maps a request message decoded by utf8Codec to the reason it is
 // refused; entries live from Unmarshal until refused takes them.
 var refusedReqs sync.Map
 
 func (c utf8Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if req, ok := v.(*ferryv1.ProduceRequest); ok && c.encodeProduce && !telemetry.Enabled() {
+		// Traced requests are decoded: the transport's span of each
+		// sampled message reads the message.
+		if encodedProduce(data.Materialize(), c.maxMessageBytes, req) {
+			return nil
+		}
+	}
 	err := c.CodecV2.Unmarshal(data, v)
 	var bad interface{ InvalidUTF8() bool }
 	if err == nil || !errors.As(err, &bad) || !bad.InvalidUTF8() {
