@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -15,7 +16,7 @@ import (
 // over the ring does: its messages as ReadResponse.messages records.
 type encodingStore struct {
 	*memory.Store
-	encoded int // reads answered encoded
+	encoded atomic.Int32 // reads answered encoded (queues are read at once)
 }
 
 func (s *encodingStore) ReadEncoded(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, sdk.EncodedMessages, error) {
@@ -23,7 +24,7 @@ func (s *encodingStore) ReadEncoded(ctx context.Context, req *sdk.ReadRequest) (
 	if err != nil {
 		return nil, sdk.EncodedMessages{}, err
 	}
-	s.encoded++
+	s.encoded.Add(1)
 	msgs := sdk.EncodedMessages{Records: appendMessageRecords(nil, 2, resp.Messages), N: len(resp.Messages)}
 	resp.Messages = nil
 	return resp, msgs, nil
@@ -77,8 +78,8 @@ func TestFetchWireSameAnswer(t *testing.T) {
 		if wire := onTheWire(t, got, parts); !proto.Equal(wire, onTheWire(t, want, nil)) {
 			t.Fatalf("encoded=%v: on the wire\n%v\nwant\n%v", enc, wire, want)
 		}
-		if enc && es.encoded != 2 {
-			t.Fatalf("%d reads answered encoded, want 2 (one a queue)", es.encoded)
+		if enc && es.encoded.Load() != 2 {
+			t.Fatalf("%d reads answered encoded, want 2 (one a queue)", es.encoded.Load())
 		}
 		// The control: without its parts the answer has lost its
 		// messages.
