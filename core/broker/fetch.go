@@ -34,10 +34,11 @@ var _ sdk.WireFetcher = (*Broker)(nil)
 // transport plugin, whose client decodes it, so the broker neither decodes
 // the messages it read nor encodes them again. Only with a store in its
 // own process (sdk.EncodedReader), and not for a retry topic (whose
-// messages are held back by a header) or while tracing (spans read the
-// messages): then the answer is Fetch's.
+// messages are held back by a header); while tracing, a queue's messages
+// are decoded when one of them is in a sampled trace (its spans read it).
+// Otherwise the answer is Fetch's.
 func (b *Broker) FetchWire(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchResponse, []sdk.EncodedMessages, error) {
-	return b.fetch(ctx, req, !telemetry.Enabled() && !strings.HasPrefix(req.Topic, sdk.RetryTopic("")))
+	return b.fetch(ctx, req, !strings.HasPrefix(req.Topic, sdk.RetryTopic("")))
 }
 
 func (b *Broker) fetch(ctx context.Context, req *sdk.FetchRequest, encoded bool) (*sdk.FetchResponse, []sdk.EncodedMessages, error) {
@@ -192,7 +193,14 @@ func (b *Broker) read(ctx context.Context, req *sdk.FetchRequest, maxMsgs int, m
 		if errs[i] != nil {
 			return nil, nil, 0, time.Time{}, errs[i]
 		}
-		if encoded {
+		if encoded && telemetry.Enabled() && (wires[i].Sampled > 0 || len(results[i].TracedIndex) > 0 || telemetry.Sampled(results[i].Messages).Len() > 0) {
+			// A sampled message: this queue's spans read its messages.
+			msgs, err := wires[i].Decode()
+			if err != nil {
+				return nil, nil, 0, time.Time{}, err
+			}
+			results[i].Messages = append(results[i].Messages, msgs...)
+		} else if encoded {
 			// Messages the store sent encoded keep their bytes; any it
 			// sent decoded (the gRPC data plane) are encoded here.
 			if len(results[i].Messages) > 0 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/ring"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // Messages that stay in their wire form.
@@ -176,53 +177,79 @@ func fieldsAbsent(b []byte, nums ...protowire.Number) bool {
 
 // MessageWire checks the wire form b of one Message without decoding it:
 // only Message's own fields, each of its wire type, strings (id, topic,
-// key, header keys and values) in UTF-8. It returns the bytes of body and
-// headers (the size transports limit) and whether b passed.
-func MessageWire(b []byte) (size int64, ok bool) {
+// key, header keys and values) in UTF-8. It returns what a hop needs of the
+// message (WireInfo) and whether b passed.
+func MessageWire(b []byte) (info WireInfo, ok bool) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return 0, false
+			return WireInfo{}, false
 		}
 		b = b[n:]
 		switch num {
 		case messageQueue, messageBorn, messageOffset, messageStored:
 			if typ != protowire.VarintType {
-				return 0, false
+				return WireInfo{}, false
 			}
 			if _, n = protowire.ConsumeVarint(b); n < 0 {
-				return 0, false
+				return WireInfo{}, false
 			}
 			b = b[n:]
 		case messageID, messageTopic, messageKey, messageBody, messageHeaders:
 			if typ != protowire.BytesType {
-				return 0, false
+				return WireInfo{}, false
 			}
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return 0, false
+				return WireInfo{}, false
 			}
 			b = b[n:]
 			switch num {
 			case messageBody:
-				size += int64(len(v))
+				info.Size += int64(len(v))
 			case messageHeaders:
 				k, val, ok := headerEntry(v)
 				if !ok {
-					return 0, false
+					return WireInfo{}, false
 				}
-				size += int64(len(k) + len(val))
+				info.Size += int64(len(k) + len(val))
+				if string(k) == telemetry.HeaderTraceparent {
+					// The last one counts, as in the decoded map.
+					switch {
+					case telemetry.SampledTraceparent(string(val)):
+						info.Trace = TraceSampled
+					case telemetry.UnsampledTraceparent(string(val)):
+						info.Trace = TraceUnsampled
+					default:
+						info.Trace = TraceNone
+					}
+				}
 			default:
 				if !utf8.Valid(v) {
-					return 0, false
+					return WireInfo{}, false
 				}
 			}
 		default:
-			return 0, false
+			return WireInfo{}, false
 		}
 	}
-	return size, true
+	return info, true
 }
+
+// WireInfo is what MessageWire reads of a message.
+type WireInfo struct {
+	Size  int64      // bytes of body and headers (the size transports limit)
+	Trace TraceState // its trace context (the traceparent header)
+}
+
+// TraceState is what a message's traceparent header says of its trace.
+type TraceState uint8
+
+const (
+	TraceNone      TraceState = iota // no valid traceparent: a hop may start a trace
+	TraceUnsampled                   // a trace decided against: no hop records it
+	TraceSampled                     // a sampled trace: hops record it
+)
 
 // Field numbers of Message (core/proto/ferry/v1/message.proto).
 const (
@@ -277,6 +304,16 @@ type EncodedReader interface {
 type EncodedMessages struct {
 	Records []byte // tag, length, Message, for each message in turn
 	N       int    // how many
+	Sampled int    // how many of them are in a sampled trace (TraceSampled)
+}
+
+// Decode decodes m's messages (their bodies alias Records).
+func (m EncodedMessages) Decode() ([]*ferryv1.Message, error) {
+	r := &ferryv1.ReadResponse{}
+	if err := unmarshalFrame(m.Records, r); err != nil {
+		return nil, fmt.Errorf("%w: encoded messages do not decode: %v", ErrUnavailable, err)
+	}
+	return r.Messages, nil
 }
 
 // RetaggedSize is the size of m's records as records of field num.
@@ -396,7 +433,11 @@ func encodedRead(r *ferryv1.ReadResponse) (EncodedMessages, error) {
 		b = b[n:]
 		v, n := protowire.ConsumeBytes(b)
 		b = b[n:]
-		if _, ok := MessageWire(v); !ok {
+		info, ok := MessageWire(v)
+		if info.Trace == TraceSampled {
+			out.Sampled++
+		}
+		if !ok {
 			return EncodedMessages{}, fmt.Errorf("%w: the storage plugin's read answer holds message %d that does not decode (a field Message lacks, a wrong wire type, or a string that is not UTF-8)", ErrUnavailable, out.N)
 		}
 	}

@@ -243,7 +243,8 @@ func FuzzMessageWire(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		size, ok := MessageWire(b)
+		info, ok := MessageWire(b)
+		size := info.Size
 		if !ok {
 			return
 		}
@@ -346,4 +347,41 @@ func TestCodecSendsEncodedFetchAsIs(t *testing.T) {
 	if d := dec.Materialize(); !bytes.Equal(d, raw) || &dec[0].ReadOnlyData()[0] == &raw[0] {
 		t.Fatal("control: a decoded answer was not encoded anew")
 	}
+}
+
+// TestEncodedReadCountsSampled: encodedRead counts the messages whose
+// traceparent is sampled, the last header of the name counting, as in the
+// decoded map.
+func TestEncodedReadCountsSampled(t *testing.T) {
+	r := sampleRead()
+	r.Messages[0].Headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	r.Messages[1].Headers = map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+	wire, err := r.MarshalVT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var split ferryv1.ReadResponse
+	if err := splitRead(wire, &split); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := encodedRead(&split)
+	if err != nil || msgs.Sampled != 1 {
+		t.Fatalf("sampled %d (%v), want 1", msgs.Sampled, err)
+	}
+	info, ok := MessageWire(mustMarshal(t, r.Messages[1]))
+	if !ok || info.Trace != TraceUnsampled {
+		t.Fatalf("unsampled message: %v %v", info, ok)
+	}
+	if info, _ := MessageWire(mustMarshal(t, r.Messages[2])); info.Trace != TraceNone {
+		t.Fatalf("message without traceparent: %v", info)
+	}
+}
+
+func mustMarshal(t *testing.T, m *ferryv1.Message) []byte {
+	t.Helper()
+	b, err := m.MarshalVT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -94,6 +94,38 @@ func Sampled[M headered](msgs []M) Traced {
 	return t
 }
 
+// SampledTraceparent reports whether tp, the value of a message's
+// HeaderTraceparent, is a W3C traceparent with its sampled flag set.
+func SampledTraceparent(tp string) bool { return sampledTraceparent(tp) }
+
+// UnsampledTraceparent reports whether tp is a valid W3C traceparent
+// (version 00, lowercase hex, trace and span ids not zero) with its sampled
+// flag clear: a message whose trace was decided against, which no hop
+// records.
+func UnsampledTraceparent(tp string) bool {
+	if len(tp) != 55 || tp[0] != '0' || tp[1] != '0' || tp[2] != '-' || tp[35] != '-' || tp[52] != '-' {
+		return false
+	}
+	trace, ok1 := hexDigits(tp[3:35])
+	span, ok2 := hexDigits(tp[36:52])
+	_, ok3 := hexDigits(tp[53:55])
+	flags, _ := unhex(tp[54])
+	return ok1 && ok2 && ok3 && trace && span && flags&1 == 0
+}
+
+// hexDigits reports whether s is all lowercase hex digits, and whether
+// one of them is not zero.
+func hexDigits(s string) (nonzero, ok bool) {
+	for i := 0; i < len(s); i++ {
+		d, ok := unhex(s[i])
+		if !ok {
+			return false, false
+		}
+		nonzero = nonzero || d != 0
+	}
+	return nonzero, true
+}
+
 // sampledTraceparent reports whether a W3C traceparent of version 00
 // ("00-<trace id>-<span id>-<flags>") has its sampled flag set, without
 // parsing the rest.

@@ -236,3 +236,32 @@ func attr(s sdktrace.ReadOnlySpan, key string) string {
 	}
 	return ""
 }
+
+// TestUnsampledTraceparent: only a valid, unsampled version-00 traceparent
+// counts; what the propagator would reject or take as sampled does not.
+func TestUnsampledTraceparent(t *testing.T) {
+	const ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+	if !UnsampledTraceparent(ok) {
+		t.Fatal("a valid unsampled traceparent refused")
+	}
+	for _, tp := range []string{
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", // sampled
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+		"00-00000000000000000000000000000000-b7ad6b7169203331-00", // zero trace id
+		"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-00", // zero span id
+		"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-00", // uppercase
+		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", // version
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-000",
+		"",
+	} {
+		if UnsampledTraceparent(tp) {
+			t.Errorf("%q counted as unsampled", tp)
+		}
+	}
+	// The propagator agrees on the valid one: a valid, unsampled context.
+	sc := SpanContext(map[string]string{HeaderTraceparent: ok})
+	if !sc.IsValid() || sc.IsSampled() {
+		t.Fatalf("propagator: valid %v sampled %v", sc.IsValid(), sc.IsSampled())
+	}
+}

@@ -31,8 +31,11 @@ const (
 // encodedProduce fills req from the wire form b of a ProduceRequest when b
 // holds only what it understands and nothing it must refuse: Seq and
 // TimeoutNanos set, b kept as req's unknown fields (b must not change
-// afterwards). It returns false, with req untouched, otherwise.
-func encodedProduce(b []byte, maxMessageBytes int64, req *ferryv1.ProduceRequest) bool {
+// afterwards). It returns false, with req untouched, otherwise. With
+// tracing on, a request is kept encoded only when every message's trace
+// was decided against (an unsampled traceparent): the transport's span of
+// any other message reads the message.
+func encodedProduce(b []byte, maxMessageBytes int64, tracing bool, req *ferryv1.ProduceRequest) bool {
 	var seq, timeout uint64
 	for rest := b; len(rest) > 0; {
 		num, typ, n := protowire.ConsumeTag(rest)
@@ -54,7 +57,7 @@ func encodedProduce(b []byte, maxMessageBytes int64, req *ferryv1.ProduceRequest
 			}
 		case num == produceMessages && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(rest)
-			if n < 0 || !plainMessage(v, maxMessageBytes) {
+			if n < 0 || !plainMessage(v, maxMessageBytes, tracing) {
 				return false
 			}
 			rest = rest[n:]
@@ -68,10 +71,10 @@ func encodedProduce(b []byte, maxMessageBytes int64, req *ferryv1.ProduceRequest
 }
 
 // plainMessage reports whether the wire form b of a Message has only its
-// known fields, with strings in UTF-8 (sdk.MessageWire), and at most
+// known fields, with strings in UTF-8 (sdk.MessageWire), at most
 // maxMessageBytes of body and headers (counted as brokerServer.checkSizes
-// does).
-func plainMessage(b []byte, maxMessageBytes int64) bool {
-	size, ok := sdk.MessageWire(b)
-	return ok && size <= maxMessageBytes
+// does) and, with tracing, an unsampled trace.
+func plainMessage(b []byte, maxMessageBytes int64, tracing bool) bool {
+	info, ok := sdk.MessageWire(b)
+	return ok && info.Size <= maxMessageBytes && (!tracing || info.Trace == sdk.TraceUnsampled)
 }

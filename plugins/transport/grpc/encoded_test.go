@@ -33,7 +33,7 @@ func TestEncodedProduceForwardsTheSameRequest(t *testing.T) {
 	want := sampleProduce()
 	b := produceBytes(t, want)
 	var req ferryv1.ProduceRequest
-	if !encodedProduce(b, 1<<20, &req) {
+	if !encodedProduce(b, 1<<20, false, &req) {
 		t.Fatal("a plain request was not kept encoded")
 	}
 	if req.Seq != 7 || req.TimeoutNanos != 5e9 || len(req.Messages) != 0 {
@@ -98,7 +98,7 @@ func TestEncodedProduceLeavesToTheDecoder(t *testing.T) {
 	}
 	for name, b := range cases {
 		var req ferryv1.ProduceRequest
-		if encodedProduce(b, 1000, &req) {
+		if encodedProduce(b, 1000, false, &req) {
 			t.Errorf("%s: kept encoded", name)
 		}
 		if req.Seq != 0 || len(req.ProtoReflect().GetUnknown()) != 0 {
@@ -107,7 +107,7 @@ func TestEncodedProduceLeavesToTheDecoder(t *testing.T) {
 	}
 	// The control: the same limit passes the sample itself.
 	var req ferryv1.ProduceRequest
-	if !encodedProduce(produceBytes(t, sampleProduce()), 1000, &req) {
+	if !encodedProduce(produceBytes(t, sampleProduce()), 1000, false, &req) {
 		t.Fatal("control: the sample within the limit was refused")
 	}
 }
@@ -121,7 +121,7 @@ func FuzzEncodedProduce(f *testing.F) {
 	f.Add(produceBytes(f, &ferryv1.ProduceRequest{Messages: []*ferryv1.Message{{Headers: map[string]string{"": ""}}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var req ferryv1.ProduceRequest
-		if !encodedProduce(b, 200, &req) {
+		if !encodedProduce(b, 200, false, &req) {
 			return
 		}
 		var full ferryv1.ProduceRequest
@@ -144,4 +144,43 @@ func FuzzEncodedProduce(f *testing.F) {
 			t.Fatalf("the core would get %v (%v), want %v", &got, err, &full)
 		}
 	})
+}
+
+// TestEncodedProduceWhileTracing: with tracing on, only a request whose
+// every message carries an unsampled traceparent stays encoded.
+func TestEncodedProduceWhileTracing(t *testing.T) {
+	const unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+	const sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	with := func(tps ...string) []byte {
+		r := sampleProduce()
+		for i, m := range r.Messages {
+			if tps[i] == "" {
+				continue
+			}
+			if m.Headers == nil {
+				m.Headers = map[string]string{}
+			}
+			m.Headers["traceparent"] = tps[i]
+		}
+		return produceBytes(t, r)
+	}
+	var req ferryv1.ProduceRequest
+	if !encodedProduce(with(unsampled, unsampled, unsampled), 1<<20, true, &req) {
+		t.Fatal("all unsampled: decoded")
+	}
+	for name, b := range map[string][]byte{
+		"one sampled":   with(unsampled, sampled, unsampled),
+		"one without":   with(unsampled, unsampled, ""),
+		"one malformed": with(unsampled, "00-xyz", unsampled),
+		"none at all":   with("", "", ""),
+	} {
+		var req ferryv1.ProduceRequest
+		if encodedProduce(b, 1<<20, true, &req) {
+			t.Errorf("%s: kept encoded while tracing", name)
+		}
+		// The control: without tracing the same request stays encoded.
+		if !encodedProduce(b, 1<<20, false, &req) {
+			t.Errorf("%s: refused without tracing", name)
+		}
+	}
 }

@@ -42,10 +42,8 @@ type utf8Codec struct {
 var refusedReqs sync.Map
 
 func (c utf8Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if req, ok := v.(*ferryv1.ProduceRequest); ok && c.encodeProduce && !telemetry.Enabled() {
-		// Traced requests are decoded: the transport's span of each
-		// sampled message reads the message.
-		if encodedProduce(data.Materialize(), c.maxMessageBytes, req) {
+	if req, ok := v.(*ferryv1.ProduceRequest); ok && c.encodeProduce {
+		if encodedProduce(data.Materialize(), c.maxMessageBytes, telemetry.Enabled(), req) {
 			return nil
 		}
 	}
