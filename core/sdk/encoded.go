@@ -423,10 +423,12 @@ func decodedRead(r *ferryv1.ReadResponse) error {
 }
 
 // encodedRead checks the messages splitRead kept encoded and takes them out
-// of r.
+// of r. A message MessageWire does not pass (a field Message lacks, from a
+// store built on a newer message.proto, say) makes the whole answer decode
+// instead, as Read's would: r.Messages then holds them and the result is
+// empty; only an answer that does not decode either is an error.
 func encodedRead(r *ferryv1.ReadResponse) (EncodedMessages, error) {
 	records := r.ProtoReflect().GetUnknown()
-	r.ProtoReflect().SetUnknown(nil)
 	out := EncodedMessages{Records: records}
 	for b := records; len(b) > 0; out.N++ {
 		_, _, n := protowire.ConsumeTag(b) // splitRead parsed these
@@ -434,13 +436,14 @@ func encodedRead(r *ferryv1.ReadResponse) (EncodedMessages, error) {
 		v, n := protowire.ConsumeBytes(b)
 		b = b[n:]
 		info, ok := MessageWire(v)
+		if !ok {
+			return EncodedMessages{}, decodedRead(r)
+		}
 		if info.Trace == TraceSampled {
 			out.Sampled++
 		}
-		if !ok {
-			return EncodedMessages{}, fmt.Errorf("%w: the storage plugin's read answer holds message %d that does not decode (a field Message lacks, a wrong wire type, or a string that is not UTF-8)", ErrUnavailable, out.N)
-		}
 	}
+	r.ProtoReflect().SetUnknown(nil)
 	return out, nil
 }
 
