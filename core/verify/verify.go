@@ -66,11 +66,11 @@ type Report struct {
 	// master's death: how far behind the slave was.
 	LostAtFailover int           `json:"lost_at_failover"`
 	FailoverLag    time.Duration `json:"failover_lag_ns"`
-	RunID    string `json:"run_id"`
-	Seed     uint64 `json:"seed"`
-	Topic    string `json:"topic"`
-	Storage  string `json:"storage"`
-	Flush    string `json:"flush,omitempty"`
+	RunID          string        `json:"run_id"`
+	Seed           uint64        `json:"seed"`
+	Topic          string        `json:"topic"`
+	Storage        string        `json:"storage"`
+	Flush          string        `json:"flush,omitempty"`
 	// FlushInterval is the file store's flush_interval, with power-loss
 	// faults: under flush async, what was acknowledged within it before
 	// a power loss may be lost.
