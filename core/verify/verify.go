@@ -367,6 +367,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	sends := rec.all()
 	rep.Result = Check(sends, stored)
 	rep.Faults = healedTimes(records, sends, start)
+	// Empty lists, not null: the schema wants arrays (a run without
+	// groups or faults).
+	if rep.Groups == nil {
+		rep.Groups = []*GroupResult{}
+	}
+	if rep.Faults == nil {
+		rep.Faults = []FaultRecord{}
+	}
 	summarize(rep, sends, start)
 	return rep, nil
 }
