@@ -17,7 +17,7 @@ type clusterReport struct {
 	Result         struct {
 		Weak int `json:"acked_weak"`
 	} `json:"result"`
-	Faults         []struct {
+	Faults []struct {
 		Kind     string `json:"kind"`
 		Target   string `json:"target"`
 		Node     string `json:"node"`
