@@ -186,6 +186,7 @@ func TestVerifyRefuses(t *testing.T) {
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:nobody@1s"}, `no node has id "nobody" (the nodes: master, slave, or leader)`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:broker@1s"}, "a cluster has several brokers"},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--groups", "1"}, "consumer groups on a cluster: not built yet"},
+		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml", "../../pipelines/cluster/raft-3.yaml", "--faults", "pause:leader@1s-1400ms"}, "not longer than the election timeout 500ms"},
 		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 	} {
 		stdout, stderr, code := runFerry(t, nil, c.args...)

@@ -54,6 +54,8 @@ type cluster struct {
 	members []*member
 	px      [][]*netfault.Proxy
 	topic   *config.Pipeline // the first file's, for the topic and store
+	// election is the longest election_timeout of a raft group's files.
+	election time.Duration
 
 	mu sync.Mutex
 	// promoted is the slave verify promoted after the master's death.
@@ -99,6 +101,15 @@ func newCluster(exe string, files []string, dir, logDir string) (*cluster, error
 		o.peers, _ = rc["peers"].([]any)
 		if o.repl == "" {
 			return nil, fmt.Errorf("%s: plugins.replication.config.listen is not set", f)
+		}
+		if rt == "raft" {
+			et := 500 * time.Millisecond // plugins/replication/raft's default
+			if v, ok := rc["election_timeout"].(string); ok {
+				if d, err := time.ParseDuration(v); err == nil {
+					et = d
+				}
+			}
+			c.election = max(c.election, et)
 		}
 		origs[i] = o
 	}
@@ -386,6 +397,8 @@ func (c *cluster) check(f Fault) error {
 		return fmt.Errorf("fault %s: a cluster has several brokers: name a node's id, or leader", f)
 	case f.Kind == "power-loss":
 		return fmt.Errorf("fault %s: power loss on a cluster: not built yet", f)
+	case f.Kind == "pause" && !pluginTargets[f.Target] && c.mode == "raft" && f.Until-f.At <= c.election:
+		return fmt.Errorf("fault %s: the pause is not longer than the election timeout %s: the others would not elect another leader; make it longer", f, c.election)
 	case f.Target == "leader" || pluginTargets[f.Target]:
 		return nil
 	}
