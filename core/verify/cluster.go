@@ -37,7 +37,9 @@ type member struct {
 	n     *node
 	repl  string // its replication (raft traffic) listener
 	admin string // raft: its admin listener (Status, catch-up)
-	down  bool   // killed for good (a failed-over master)
+	// down: killed for good (a failed-over master). down and role
+	// change at a failover while link faults run: guarded by cluster.mu.
+	down bool
 }
 
 // statusAddr is where the node answers ReplicaLink.Status.
@@ -57,9 +59,16 @@ type cluster struct {
 	// election is the longest election_timeout of a raft group's files.
 	election time.Duration
 
-	mu sync.Mutex
+	mu sync.Mutex // guards promoted and the members' down and role
 	// promoted is the slave verify promoted after the master's death.
 	promoted *member
+}
+
+// isDown says whether m was failed over and stays down.
+func (c *cluster) isDown(m *member) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return m.down
 }
 
 // newCluster prepares the nodes of files under dir and their proxies, with
@@ -303,7 +312,7 @@ func (c *cluster) leader(ctx context.Context) *member {
 	var best *member
 	var term uint64
 	for _, m := range c.members {
-		if m.down {
+		if c.isDown(m) {
 			continue
 		}
 		st, err := status1(ctx, m.statusAddr())
@@ -325,7 +334,7 @@ func (c *cluster) leader(ctx context.Context) *member {
 	}
 	// Master–slave: the live slaves are linked to it.
 	for _, m := range c.members {
-		if m.down || m == best {
+		if m == best || c.isDown(m) {
 			continue
 		}
 		st, err := status1(ctx, m.statusAddr())
@@ -357,7 +366,7 @@ func (c *cluster) waitLeader(ctx context.Context, d time.Duration) (*member, err
 // leader, and returns the leader's broker.
 func (c *cluster) settle(ctx context.Context) (string, error) {
 	for _, m := range c.members {
-		if m.down {
+		if c.isDown(m) {
 			continue
 		}
 		if err := m.n.waitServing(ctx, make(chan struct{})); err != nil {
@@ -379,7 +388,7 @@ func (c *cluster) target(ctx context.Context, t string) (*member, error) {
 	}
 	for _, m := range c.members {
 		if m.id == t {
-			if m.down {
+			if c.isDown(m) {
 				return nil, fmt.Errorf("node %s was failed over and stays down", m.id)
 			}
 			return m, nil
@@ -490,7 +499,7 @@ func (c *cluster) fault(ctx context.Context, f Fault, start time.Time, r *FaultR
 			r.Error = err.Error()
 		}
 		r.Resumed = time.Since(start)
-	case f.Kind == "kill" && c.mode != "raft" && m.role == "master" && c.promoted == nil:
+	case f.Kind == "kill" && c.mode != "raft" && c.firstMaster(m):
 		c.failover(ctx, m, start, r)
 	case f.Kind == "kill":
 		if err := m.n.kill(); err != nil {
@@ -517,19 +526,23 @@ func (c *cluster) failover(ctx context.Context, m *member, start time.Time, r *F
 	i := c.index(m)
 	c.links(i, (*netfault.Proxy).Cut)
 	err := m.n.kill()
+	c.mu.Lock()
 	m.down = true
+	c.mu.Unlock()
 	if err != nil {
 		r.Error = err.Error()
 		return
 	}
 	r.Injected = time.Since(start)
 	var slave *member
+	c.mu.Lock()
 	for _, s := range c.members {
 		if !s.down && s.role == "slave" {
 			slave = s
 			break
 		}
 	}
+	c.mu.Unlock()
 	if slave == nil {
 		r.Error = "no slave to promote"
 		return
@@ -571,8 +584,8 @@ func (c *cluster) failover(ctx context.Context, m *member, start time.Time, r *F
 			return
 		}
 	}
-	slave.role = "master"
 	c.mu.Lock()
+	slave.role = "master"
 	c.promoted = slave
 	c.mu.Unlock()
 	if _, err := c.waitLeader(ctx, 30*time.Second); err != nil {
@@ -580,4 +593,12 @@ func (c *cluster) failover(ctx context.Context, m *member, start time.Time, r *F
 	}
 	r.Healed = time.Since(start)
 	r.Failover = true
+}
+
+// firstMaster says whether m is the cluster's original master and no
+// failover happened yet: its kill is a failover.
+func (c *cluster) firstMaster(m *member) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return m.role == "master" && c.promoted == nil
 }

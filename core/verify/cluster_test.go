@@ -1,11 +1,15 @@
 package verify
 
 import (
+	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // lagRun is a run in which the master died at 4s and its slave was master
@@ -104,5 +108,46 @@ func TestClusterRewritesPortsAndPeers(t *testing.T) {
 			m.n.logf.Close()
 		}
 		c.closeProxies()
+	}
+}
+
+// A cluster run in this process (so that -race sees verify's own
+// goroutines): on async master–slave a partition of the slave runs alongside
+// the master's death and a reset of the new master's links. The failover
+// happens once, the slave is promoted, the lag is counted as what async
+// permits, and nothing else breaks.
+func TestClusterRunOverlappingFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	t.Setenv("FERRY_PLUGINS__REPLICATION__TYPE", "async")
+	faults, err := ParseFaults("partition:slave@1500ms-4s,kill:master@3s,reset:leader@5s", 7*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), Options{
+		Pipelines: []string{"../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml"},
+		Exe:       ferrytest.Binary(t), Duration: 7 * time.Second, Producers: 2, Size: 64, Faults: faults, OutDir: t.TempDir(),
+		Logger: slog.New(slog.DiscardHandler), // the faults break streams on purpose
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Verdict != "pass" || rep.Replication != "async" || len(rep.Faults) != 3 {
+		t.Fatalf("verdict %s %v, replication %s, faults %+v", rep.Verdict, rep.Reasons, rep.Replication, rep.Faults)
+	}
+	for _, f := range rep.Faults {
+		if f.Error != "" {
+			t.Errorf("fault %s: %s", f.Fault, f.Error)
+		}
+	}
+	if kill := rep.Faults[1]; !kill.Failover || kill.Node != "master" {
+		t.Errorf("the master's kill: %+v, want a failover", kill)
+	}
+	if reset := rep.Faults[2]; reset.Node != "slave" {
+		t.Errorf("the reset hit %q, want the promoted slave, the leader then", reset.Node)
+	}
+	if rep.Result.Lost != rep.LostAtFailover || rep.Result.Acked == 0 {
+		t.Errorf("lost %d, at the failover %d, acked %d", rep.Result.Lost, rep.LostAtFailover, rep.Result.Acked)
 	}
 }
