@@ -112,7 +112,15 @@ func (rep *Report) WriteFiles() error {
 // both.
 func (rep *Report) WritePicture(path string) error {
 	lat := plot.New()
-	lat.Title.Text = fmt.Sprintf("ferry verify %s: %s", filepath.Base(rep.Pipeline), rep.Verdict)
+	name := filepath.Base(rep.Pipeline)
+	if len(rep.Pipelines) > 1 {
+		var names []string
+		for _, p := range rep.Pipelines {
+			names = append(names, filepath.Base(p))
+		}
+		name = fmt.Sprintf("%s (%s)", strings.Join(names, " "), rep.Replication)
+	}
+	lat.Title.Text = fmt.Sprintf("ferry verify %s: %s", name, rep.Verdict)
 	lat.X.Label.Text = "seconds since the start"
 	lat.Y.Label.Text = "send latency (ms)"
 	lat.Y.Scale = plot.LogScale{}
