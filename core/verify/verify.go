@@ -170,6 +170,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if cl, err = newCluster(o.Exe, o.Pipelines, nodeDir, dir); err != nil {
 			return nil, err
 		}
+		defer cl.stop() // the nodes, their logs and the proxies
 		p = cl.members[0].n.p
 		o.Pipeline = strings.Join(o.Pipelines, " ")
 	} else {
@@ -228,9 +229,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			err = fmt.Errorf("verify: fault %s: the pipeline has no replication plugin process", f)
 		}
 		if err != nil {
-			if cl != nil {
-				cl.closeProxies()
-			}
 			return nil, err
 		}
 	}
@@ -255,7 +253,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.Nodes = append(rep.Nodes, m.id)
 		}
 		sys = cl
-		defer cl.stop()
 		if err := cl.start(ctx); err != nil {
 			return nil, err
 		}
