@@ -22,7 +22,7 @@ func newVerifyCmd() *cobra.Command {
 		asJSON bool
 	)
 	cmd := &cobra.Command{
-		Use:   "verify PIPELINE.yaml",
+		Use:   "verify PIPELINE.yaml [PIPELINE.yaml ...]",
 		Short: "Run a pipeline's node under faults and check that no acknowledged message was lost",
 		Long: `Verify starts the node PIPELINE.yaml describes, on a temporary data dir and a
 free loopback port, drives it with producers of unique, checkable messages
@@ -62,15 +62,32 @@ With --out DIR the results stay there: results.json (every send, every
 fault, the figures), latency.png (latency of each send over time and
 acknowledgements per second, the faults shaded) and node.log.
 
-Not built yet: partition faults, clusters of several pipelines
-(see docs/verify.md).`,
-		Args: cobra.ExactArgs(1),
+Several files are one cluster, a file a node (raft, or a master and its
+slaves: pipelines/cluster/): each node gets a temporary data dir and free
+loopback ports, the peer addresses in the files are rewritten to match, and
+each link between two nodes runs through a proxy of verify's. A fault's
+target is then a node's id or leader (the raft leader or the master when
+it begins), and storage, transport, replication name that plugin of the
+leader. kill:leader@5s-7s kills the leader and restarts it at 7s; in
+master–slave replication a kill of the master is its machine's death: its
+links are cut, it stays down and verify promotes the slave. pause:NODE
+stops a node (make it longer than the election timeout);
+partition:NODE@4s-6s drops every byte on its links, delay:NODE@4s-6s holds
+each --link-delay, reset:NODE@4s closes them. A link fault may overlap a
+node's fault. Raft and sync replication may lose nothing acknowledged;
+async may lose what the master acknowledged before it died (reported as
+lost at the master's death). Consumer groups: single nodes only (see
+docs/verify.md).`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()
 			if err != nil {
 				return err
 			}
-			o.Pipeline, o.Exe = args[0], exe
+			o.Pipeline, o.Pipelines, o.Exe = args[0], args, exe
+			if len(args) > 1 && !cmd.Flags().Changed("groups") {
+				o.Groups = 0 // consumer groups: single nodes only so far
+			}
 			o.Logger = quietSlog(hclog.Error) // the faults break streams on purpose
 			if faults != "" {
 				if o.Faults, err = verify.ParseFaults(faults, o.Duration); err != nil {
@@ -116,6 +133,7 @@ Not built yet: partition faults, clusters of several pipelines
 	f.StringVar(&o.Delivery, "delivery", "push", "the groups' delivery: push or pull")
 	f.StringVar(&faults, "faults", "", "fault schedule, e.g. kill:broker@5s-7s,kill:storage@12s (default: one of each, placed by --seed)")
 	f.Uint64Var(&o.Seed, "seed", 1, "places the default faults; the same seed, the same schedule")
+	f.DurationVar(&o.LinkDelay, "link-delay", 100*time.Millisecond, "what a delay fault adds on each link between nodes")
 	f.StringVar(&o.OutDir, "out", "", "keep results.json, latency.png and node.log in this directory")
 	f.BoolVar(&asJSON, "json", false, "print the whole report as JSON instead of the table")
 	return cmd

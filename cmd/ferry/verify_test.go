@@ -177,7 +177,16 @@ func TestVerifyRefuses(t *testing.T) {
 		{[]string{"verify", mem, "--faults", "kill:broker@1s"}, "the memory store keeps nothing"},
 		{[]string{"verify", http}, "drives a node through the grpc transport"},
 		{[]string{"verify", mem, "--faults", "kill:transport@1s", "--topic", "nope"}, `declares no topic "nope"`},
-		{[]string{"verify", mem, "--faults", "partition:broker@1s"}, "the kind must be kill, pause or power-loss"},
+		{[]string{"verify", mem, "--faults", "crash:broker@1s"}, "the kind must be kill, pause, power-loss, partition, delay or reset"},
+		{[]string{"verify", mem, "--faults", "partition:broker@1s"}, "a link fault names a node of a cluster"},
+		{[]string{"verify", mem, "--faults", "partition:leader@1s"}, "a single node has no links between nodes"},
+		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml"}, "give every pipeline file of the cluster"},
+		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml"}, `names "raft-3", which is the node.id of none of the files given`},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/raft-1.yaml"}, `one cluster, one replication`},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:nobody@1s"}, `no node has id "nobody" (the nodes: master, slave, or leader)`},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:broker@1s"}, "a cluster has several brokers"},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--groups", "1"}, "consumer groups on a cluster: not built yet"},
+		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml", "../../pipelines/cluster/raft-3.yaml", "--faults", "pause:leader@1s-1400ms"}, "not longer than the election timeout 500ms"},
 		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 	} {
 		stdout, stderr, code := runFerry(t, nil, c.args...)

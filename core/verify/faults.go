@@ -17,19 +17,34 @@ import (
 // "power-loss", target "broker"): the file store drops what it did not
 // fsync and dies, the rest of the node is killed, and it is started again at
 // Until.
+//
+// In a cluster (several pipeline files) the target of a kill or a pause is
+// a node (its node.id) or "leader" (the raft leader or the master when the
+// fault begins); storage, transport and replication name that plugin of
+// the leader. The link faults act on every link into and out of their
+// target node, through the proxy verify puts on each: "partition" drops
+// every byte from At until Until, "delay" holds each chunk Delay, "reset"
+// closes the links at At (the peers reconnect).
 type Fault struct {
-	Kind   string        `json:"kind" jsonschema:"enum=kill,enum=pause,enum=power-loss"`
-	Target string        `json:"target" jsonschema:"enum=broker,enum=storage,enum=transport,enum=consumer"`
+	Kind string `json:"kind" jsonschema:"enum=kill,enum=pause,enum=power-loss,enum=partition,enum=delay,enum=reset"`
+	// Target: broker, storage, transport, replication, consumer; in a
+	// cluster also leader or a node's id.
+	Target string        `json:"target"`
 	At     time.Duration `json:"at_ns"`
 	Until  time.Duration `json:"until_ns"` // broker: when it is restarted; else = At
+	// Delay is what a delay fault adds to each chunk on the links.
+	Delay time.Duration `json:"delay_ns,omitempty"`
 }
+
+// link says whether f is a fault of the links between nodes.
+func (f Fault) link() bool { return f.Kind == "partition" || f.Kind == "delay" || f.Kind == "reset" }
 
 func (f Fault) String() string {
 	if f.Kind == "power-loss" {
 		return fmt.Sprintf("power-loss@%s-%s", f.At, f.Until)
 	}
-	if f.Kind == "pause" {
-		return fmt.Sprintf("pause:%s@%s-%s", f.Target, f.At, f.Until)
+	if f.Kind == "pause" || f.Kind == "partition" || f.Kind == "delay" {
+		return fmt.Sprintf("%s:%s@%s-%s", f.Kind, f.Target, f.At, f.Until)
 	}
 	if f.Until > f.At {
 		return fmt.Sprintf("%s:%s@%s-%s", f.Kind, f.Target, f.At, f.Until)
@@ -37,7 +52,26 @@ func (f Fault) String() string {
 	return fmt.Sprintf("%s:%s@%s", f.Kind, f.Target, f.At)
 }
 
-var faultTargets = map[string]bool{"broker": true, "storage": true, "transport": true, "consumer": true}
+// faultTargets are a single node's targets.
+var faultTargets = map[string]bool{"broker": true, "storage": true, "transport": true, "replication": true, "consumer": true}
+
+// pluginTargets are the plugin processes a fault can hit.
+var pluginTargets = map[string]bool{"storage": true, "transport": true, "replication": true}
+
+var faultKinds = map[string]bool{"kill": true, "pause": true, "power-loss": true, "partition": true, "delay": true, "reset": true}
+
+// validTarget: a known target, or a node's id (letters, digits, - _ .).
+func validTarget(t string) bool {
+	if t == "" {
+		return false
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
 
 // ParseFaults reads a schedule: comma-separated KIND:TARGET@AT[-UNTIL], with
 // times from the workload's start (Go durations: 5s, 1500ms), e.g.
@@ -63,11 +97,11 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 		if what == "power-loss" {
 			kind, target, ok = what, "broker", true
 		}
-		if !ok || (kind != "kill" && kind != "power-loss" && kind != "pause") {
-			return nil, fmt.Errorf("fault %q: the kind must be kill, pause or power-loss (partition: not built yet)", item)
+		if !ok || !faultKinds[kind] {
+			return nil, fmt.Errorf("fault %q: the kind must be kill, pause, power-loss, partition, delay or reset", item)
 		}
-		if !faultTargets[target] {
-			return nil, fmt.Errorf("fault %q: target %q is not one of broker, storage, transport, consumer", item, target)
+		if !validTarget(target) {
+			return nil, fmt.Errorf("fault %q: target %q is not broker, storage, transport, replication, consumer, leader or a node's id", item, target)
 		}
 		from, to, ranged := strings.Cut(when, "-")
 		at, err := time.ParseDuration(from)
@@ -77,8 +111,11 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 		if target == "consumer" && kind != "kill" {
 			return nil, fmt.Errorf("fault %q: a consumer can only be killed", item)
 		}
+		if (kind == "partition" || kind == "delay" || kind == "reset") && (pluginTargets[target] || target == "consumer" || target == "broker") {
+			return nil, fmt.Errorf("fault %q: a link fault names a node of a cluster (its id, or leader)", item)
+		}
 		f := Fault{Kind: kind, Target: target, At: at, Until: at}
-		if target == "broker" || kind == "pause" {
+		if (kind == "kill" && !pluginTargets[target] && target != "consumer") || kind == "pause" || kind == "partition" || kind == "delay" {
 			f.Until = at + time.Second
 		}
 		if ranged {
@@ -86,8 +123,11 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 			if err != nil || until <= at {
 				return nil, fmt.Errorf("fault %q: bad end %q (a duration after %s)", item, to, at)
 			}
-			if target != "broker" && kind == "kill" {
+			if pluginTargets[target] && kind == "kill" {
 				return nil, fmt.Errorf("fault %q: a plugin kill takes no end time (a killed plugin is restarted by its node)", item)
+			}
+			if kind == "reset" {
+				return nil, fmt.Errorf("fault %q: a reset takes no end time (the links close at once and the peers reconnect)", item)
 			}
 			f.Until = until
 		}
@@ -97,9 +137,18 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 		out = append(out, f)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].At < out[j].At })
-	for i := 1; i < len(out); i++ {
-		if prev := out[i-1]; out[i].At < prev.Until {
-			return nil, fmt.Errorf("fault %s starts while %s lasts", out[i], prev)
+	// Faults of one sort may not overlap; a link fault may overlap a
+	// node's fault (the slave cut off while the master dies).
+	for _, link := range []bool{false, true} {
+		var prev *Fault
+		for i := range out {
+			if out[i].link() != link {
+				continue
+			}
+			if prev != nil && out[i].At < prev.Until {
+				return nil, fmt.Errorf("fault %s starts while %s lasts", out[i], *prev)
+			}
+			prev = &out[i]
 		}
 	}
 	return out, nil

@@ -22,8 +22,12 @@ func TestParseFaults(t *testing.T) {
 	}
 	for _, c := range []struct{ spec, want string }{
 		{"kill:broker", "want KIND:TARGET@TIME"},
-		{"partition:broker@1s", "the kind must be kill, pause or power-loss"},
-		{"kill:disk@1s", `target "disk"`},
+		{"crash:broker@1s", "the kind must be kill, pause, power-loss, partition, delay or reset"},
+		{"partition:broker@1s", "a link fault names a node of a cluster"},
+		{"delay:storage@1s", "a link fault names a node of a cluster"},
+		{"reset:leader@1s-2s", "a reset takes no end time"},
+		{"kill:a/b@1s", `target "a/b"`},
+		{"partition:leader@1s-3s,delay:raft-2@2s", "starts while partition:leader@1s-3s lasts"},
 		{"pause:consumer@1s", "a consumer can only be killed"},
 		{"kill:broker@soon", `bad time "soon"`},
 		{"kill:broker@5s-4s", `bad end "4s"`},
@@ -54,5 +58,29 @@ func TestDefaultFaults(t *testing.T) {
 		if f.At <= 0 || f.Until >= 20*time.Second || f.Until < f.At {
 			t.Errorf("fault %s outside the run", f)
 		}
+	}
+}
+
+// Cluster faults: a node's id or leader as the target; link faults last
+// (partition, delay) or not (reset), and may overlap a node's fault.
+func TestParseClusterFaults(t *testing.T) {
+	fs, err := ParseFaults("partition:slave@2s-6s,kill:master@4s,reset:leader@7s,delay:raft-2@8s,pause:leader@9500ms-11s,kill:replication@12s", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"partition:slave@2s-6s", "kill:master@4s-5s", "reset:leader@7s", "delay:raft-2@8s-9s", "pause:leader@9.5s-11s", "kill:replication@12s"}
+	for i, f := range fs {
+		if i >= len(want) || f.String() != want[i] {
+			t.Fatalf("faults %v, want %v", fs, want)
+		}
+	}
+	links := 0
+	for _, f := range fs {
+		if f.link() {
+			links++
+		}
+	}
+	if links != 3 {
+		t.Errorf("%d link faults in %v, want 3", links, fs)
 	}
 }

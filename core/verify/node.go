@@ -32,8 +32,21 @@ type prepared struct {
 	pipeline *config.Pipeline
 }
 
-// prepare rewrites the pipeline file src into dir.
+// prepare rewrites the pipeline file src of a single node into dir.
 func prepare(src, dir string) (*prepared, error) {
+	return rewrite(src, dir, func(orig *config.Pipeline, doc map[string]any) error {
+		if r := orig.Plugins.Replication.Type; r != "" && r != "none" {
+			return fmt.Errorf("%s: plugins.replication.type is %q: give every pipeline file of the cluster (ferry verify A.yaml B.yaml ...)", src, r)
+		}
+		return nil
+	})
+}
+
+// rewrite loads src, checks its transport, gives it a data dir in dir and a
+// free loopback port, drops its admin listener and security section, lets
+// edit change the rest (a cluster's replication addresses) and writes it to
+// dir/pipeline.yaml.
+func rewrite(src, dir string, edit func(orig *config.Pipeline, doc map[string]any) error) (*prepared, error) {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return nil, err
@@ -45,9 +58,6 @@ func prepare(src, dir string) (*prepared, error) {
 	if t := orig.Plugins.Transport.Type; t != "" && t != "grpc" {
 		return nil, fmt.Errorf("%s: plugins.transport.type is %q: ferry verify drives a node through the grpc transport", src, t)
 	}
-	if r := orig.Plugins.Replication.Type; r != "" && r != "none" {
-		return nil, fmt.Errorf("%s: plugins.replication.type is %q: ferry verify runs single nodes so far (clusters: not built yet)", src, r)
-	}
 	var doc map[string]any
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", src, err)
@@ -56,18 +66,7 @@ func prepare(src, dir string) (*prepared, error) {
 	if err != nil {
 		return nil, err
 	}
-	set := func(path []string, v any) {
-		m := doc
-		for _, k := range path[:len(path)-1] {
-			next, ok := m[k].(map[string]any)
-			if !ok {
-				next = map[string]any{}
-				m[k] = next
-			}
-			m = next
-		}
-		m[path[len(path)-1]] = v
-	}
+	set := func(path []string, v any) { setPath(doc, path, v) }
 	set([]string{"node", "data_dir"}, filepath.Join(dir, "data"))
 	set([]string{"plugins", "transport", "type"}, "grpc")
 	set([]string{"plugins", "transport", "config", "listen"}, addr)
@@ -87,6 +86,9 @@ func prepare(src, dir string) (*prepared, error) {
 	// are not among the pipeline's users.
 	delete(doc, "security")
 	doc["keep_running"] = true
+	if err := edit(orig, doc); err != nil {
+		return nil, err
+	}
 	out, err := yaml.Marshal(doc)
 	if err != nil {
 		return nil, err
@@ -97,9 +99,23 @@ func prepare(src, dir string) (*prepared, error) {
 	}
 	p, err := config.Load(path)
 	if err != nil {
-		return nil, fmt.Errorf("the pipeline as verify runs it (%s): %w", path, err)
+		return nil, fmt.Errorf("the pipeline as verify runs it (%s, from %s): %w", path, src, err)
 	}
 	return &prepared{path: path, addr: addr, pipeline: p}, nil
+}
+
+// setPath sets doc[path[0]][path[1]]... = v, making the maps on the way.
+func setPath(doc map[string]any, path []string, v any) {
+	m := doc
+	for _, k := range path[:len(path)-1] {
+		next, ok := m[k].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			m[k] = next
+		}
+		m = next
+	}
+	m[path[len(path)-1]] = v
 }
 
 // freeAddr returns a loopback address nobody listens on now.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -30,10 +31,19 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "ferry verify %s: storage %s, flush %s; topic %s; %d %s producer(s)%s, %d-byte messages, %s\n",
 		rep.Pipeline, rep.Storage, flush, rep.Topic, rep.Producers, rep.Mode, pace, rep.Size, rep.Duration)
+	if rep.Replication != "" {
+		fmt.Fprintf(w, "cluster: %s replication, nodes %s\n", rep.Replication, strings.Join(rep.Nodes, ", "))
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FAULT\tINJECTED\tHEALED\tRECOVERY")
 	for _, f := range rep.Faults {
 		rec := (f.Healed - f.Injected).Round(time.Millisecond).String()
+		if f.Node != "" {
+			rec += " (node " + f.Node + ")"
+		}
+		if f.Failover {
+			rec += " failover: " + f.Detail
+		}
 		if f.Error != "" {
 			rec = "error: " + f.Error
 		}
@@ -57,6 +67,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if rep.LostAtPowerLoss > 0 {
 		lostNote += fmt.Sprintf("; %d lost at power loss, acked at most %s before it (flush async permits %s + %s)",
 			rep.LostAtPowerLoss, rep.LossWindow.Round(time.Millisecond), rep.FlushInterval, PowerLossSlack)
+	}
+	if rep.LostAtFailover > 0 {
+		lostNote += fmt.Sprintf("; %d lost at the master's death, acked up to %s before it (the lag async replication permits)",
+			rep.LostAtFailover, rep.FailoverLag.Round(time.Millisecond))
 	}
 	row("lost", r.Lost, lostNote)
 	row("duplicated", r.Duplicated, "extra copies stored")
@@ -98,7 +112,15 @@ func (rep *Report) WriteFiles() error {
 // both.
 func (rep *Report) WritePicture(path string) error {
 	lat := plot.New()
-	lat.Title.Text = fmt.Sprintf("ferry verify %s: %s", filepath.Base(rep.Pipeline), rep.Verdict)
+	name := filepath.Base(rep.Pipeline)
+	if len(rep.Pipelines) > 1 {
+		var names []string
+		for _, p := range rep.Pipelines {
+			names = append(names, filepath.Base(p))
+		}
+		name = fmt.Sprintf("%s (%s)", strings.Join(names, " "), rep.Replication)
+	}
+	lat.Title.Text = fmt.Sprintf("ferry verify %s: %s", name, rep.Verdict)
 	lat.X.Label.Text = "seconds since the start"
 	lat.Y.Label.Text = "send latency (ms)"
 	lat.Y.Scale = plot.LogScale{}

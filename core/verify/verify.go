@@ -26,7 +26,12 @@ import (
 
 // Options is one verify run.
 type Options struct {
-	Pipeline  string        // the pipeline file
+	Pipeline string // the pipeline file of a single node
+	// Pipelines, when more than one, are the files of a cluster's nodes
+	// (raft, or a master and its slaves); Pipeline is then ignored.
+	Pipelines []string
+	// LinkDelay is what a delay fault adds on each link (default 100ms).
+	LinkDelay time.Duration
 	Exe       string        // the ferry binary that runs the node
 	Topic     string        // default: the pipeline's first topic
 	Duration  time.Duration // of the workload
@@ -50,11 +55,22 @@ type Options struct {
 // Report is a run's whole result (results.json).
 type Report struct {
 	Pipeline string `json:"pipeline"`
-	RunID    string `json:"run_id"`
-	Seed     uint64 `json:"seed"`
-	Topic    string `json:"topic"`
-	Storage  string `json:"storage"`
-	Flush    string `json:"flush,omitempty"`
+	// Pipelines are a cluster run's files, one a node; Replication its
+	// replication (raft, sync or async), Nodes their ids.
+	Pipelines   []string `json:"pipelines,omitempty"`
+	Replication string   `json:"replication,omitempty"`
+	Nodes       []string `json:"nodes,omitempty"`
+	// LostAtFailover of the lost messages were acknowledged by a master
+	// that died before its slave was promoted: the lag async replication
+	// may lose. FailoverLag is the longest time from such an ack to the
+	// master's death: how far behind the slave was.
+	LostAtFailover int           `json:"lost_at_failover"`
+	FailoverLag    time.Duration `json:"failover_lag_ns"`
+	RunID          string        `json:"run_id"`
+	Seed           uint64        `json:"seed"`
+	Topic          string        `json:"topic"`
+	Storage        string        `json:"storage"`
+	Flush          string        `json:"flush,omitempty"`
 	// FlushInterval is the file store's flush_interval, with power-loss
 	// faults: under flush async, what was acknowledged within it before
 	// a power loss may be lost.
@@ -97,7 +113,13 @@ type FaultRecord struct {
 	Healed   time.Duration `json:"healed_ns"`
 	// Resumed is when a paused process was continued.
 	Resumed time.Duration `json:"resumed_ns,omitempty"`
-	Error   string        `json:"error,omitempty"`
+	// Node is the cluster node the fault hit (a leader as it was then).
+	Node string `json:"node,omitempty"`
+	// Failover: the master died for good and a slave was promoted
+	// (master–slave); Detail is the promotion's answer.
+	Failover bool   `json:"failover,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // SendRecord is a Send in the report: times from the workload's start.
@@ -137,9 +159,27 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(nodeDir) // the node's data; results stay
-	p, err := prepare(o.Pipeline, nodeDir)
-	if err != nil {
-		return nil, err
+	var (
+		p  *prepared
+		cl *cluster
+	)
+	if len(o.Pipelines) > 1 {
+		if o.Groups > 0 {
+			return nil, fmt.Errorf("verify: consumer groups on a cluster: not built yet (--groups 0)")
+		}
+		if cl, err = newCluster(o.Exe, o.Pipelines, nodeDir, dir); err != nil {
+			return nil, err
+		}
+		defer cl.stop() // the nodes, their logs and the proxies
+		p = cl.members[0].n.p
+		o.Pipeline = strings.Join(o.Pipelines, " ")
+	} else {
+		if len(o.Pipelines) == 1 {
+			o.Pipeline = o.Pipelines[0]
+		}
+		if p, err = prepare(o.Pipeline, nodeDir); err != nil {
+			return nil, err
+		}
 	}
 	topic := o.Topic
 	if topic == "" {
@@ -171,6 +211,27 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		o.Inflight = 256
 	}
 	faults = fixUntil(faults)
+	if o.LinkDelay <= 0 {
+		o.LinkDelay = 100 * time.Millisecond
+	}
+	for i, f := range faults {
+		if f.Kind == "delay" {
+			faults[i].Delay = o.LinkDelay
+		}
+		switch {
+		case cl != nil:
+			err = cl.check(f)
+		case f.link():
+			err = fmt.Errorf("verify: fault %s: a single node has no links between nodes (give every pipeline file of a cluster)", f)
+		case !faultTargets[f.Target]:
+			err = fmt.Errorf("verify: fault %s: target %q is not one of broker, storage, transport, replication, consumer (leader and node ids name nodes of a cluster)", f, f.Target)
+		case f.Target == "replication" && p.pipeline.Plugins.Replication.Type == "none":
+			err = fmt.Errorf("verify: fault %s: the pipeline has no replication plugin process", f)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	if p.pipeline.Plugins.Storage.Type == "memory" {
 		for _, f := range faults {
 			if f.Target == "broker" || f.Target == "storage" {
@@ -185,11 +246,27 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if f, ok := p.pipeline.Plugins.Storage.Config["flush"].(string); ok {
 		rep.Flush = f
 	}
-	n, err := newNode(o.Exe, p, filepath.Join(dir, "node.log"))
-	if err != nil {
-		return nil, err
+	var sys system
+	if cl != nil {
+		rep.Pipelines, rep.Replication = o.Pipelines, cl.mode
+		for _, m := range cl.members {
+			rep.Nodes = append(rep.Nodes, m.id)
+		}
+		sys = cl
+		if err := cl.start(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var n *node
+	if cl == nil {
+		if n, err = newNode(o.Exe, p, filepath.Join(dir, "node.log")); err != nil {
+			return nil, err
+		}
 	}
 	for _, f := range faults {
+		if cl != nil {
+			break
+		}
 		if f.Kind != "power-loss" {
 			continue
 		}
@@ -204,15 +281,18 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.FlushInterval = flushInterval(p)
 		break
 	}
-	defer n.stop()
-	if err := n.start(ctx); err != nil {
-		return nil, err
+	if cl == nil {
+		sys = n
+		defer n.stop()
+		if err := n.start(ctx); err != nil {
+			return nil, err
+		}
 	}
 	var copts []client.Option
 	if o.Logger != nil {
 		copts = append(copts, client.WithLogger(o.Logger))
 	}
-	c, err := client.Dial(ctx, p.addr, copts...)
+	c, err := client.DialCluster(ctx, sys.seeds(), copts...)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +334,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}()
 	}
 	faultsDone := make(chan []FaultRecord, 1)
-	go func() { faultsDone <- inject(wctx, n, consumers, faults, start) }()
+	go func() { faultsDone <- inject(wctx, sys, consumers, faults, start) }()
 	if o.Progress != nil {
 		go progress(wctx, o.Progress, rec, start, o.Duration)
 	}
@@ -263,10 +343,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	cancel()
 
 	// Heal: the node serves (a fault's restart is done), then read back.
-	if err := n.waitServing(ctx, make(chan struct{})); err != nil {
+	readAddr, err := sys.settle(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("after the workload: %w", err)
 	}
-	stored, err := ReadBack(ctx, p.addr, topic, rep.RunID+"-")
+	stored, err := ReadBack(ctx, readAddr, topic, rep.RunID+"-")
 	if err != nil {
 		return nil, err
 	}
@@ -283,6 +364,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	sends := rec.all()
 	rep.Result = Check(sends, stored)
 	rep.Faults = healedTimes(records, sends, start)
+	// Empty lists, not null: the schema wants arrays (a run without
+	// groups or faults).
+	if rep.Groups == nil {
+		rep.Groups = []*GroupResult{}
+	}
+	if rep.Faults == nil {
+		rep.Faults = []FaultRecord{}
+	}
 	summarize(rep, sends, start)
 	return rep, nil
 }
@@ -460,65 +549,115 @@ func (w *work) oneway(ctx context.Context) {
 	}
 }
 
+// system is what a run drives: one node (node) or a cluster (cluster).
+type system interface {
+	// seeds are the brokers the producers dial.
+	seeds() []string
+	// start starts it and waits until it serves.
+	start(ctx context.Context) error
+	// fault injects f (any but a consumer kill) and, for a fault with an
+	// end, waits for its end and heals; it fills r's times and error.
+	fault(ctx context.Context, f Fault, start time.Time, r *FaultRecord)
+	// settle waits after the workload until it serves, and returns the
+	// broker to read the topic back from.
+	settle(ctx context.Context) (string, error)
+	stop()
+}
+
 // inject runs the fault schedule from start; it returns when every fault
-// was injected and healed.
-func inject(ctx context.Context, n *node, consumers []*consumer, faults []Fault, start time.Time) []FaultRecord {
-	var out []FaultRecord
-	for _, f := range faults {
+// was injected and healed. Link faults (partition, delay, reset) run
+// alongside the others: a link can be down while a node dies.
+func inject(ctx context.Context, sys system, consumers []*consumer, faults []Fault, start time.Time) []FaultRecord {
+	var (
+		mu  sync.Mutex
+		out []FaultRecord
+		wg  sync.WaitGroup
+	)
+	one := func(f Fault) {
 		select {
 		case <-time.After(time.Until(start.Add(f.At))):
 		case <-ctx.Done():
-			return out
+			return
 		}
 		r := FaultRecord{Fault: f, Injected: time.Since(start)}
-		switch {
-		case f.Target == "consumer":
+		if f.Target == "consumer" {
 			for _, c := range consumers {
 				if err := c.kill(); err != nil {
 					r.Error = err.Error()
 				}
 			}
 			r.Healed = time.Since(start)
-		case f.Kind == "pause":
-			err := n.signal(f.Target, syscall.SIGSTOP)
-			select {
-			case <-time.After(time.Until(start.Add(f.Until))):
-			case <-ctx.Done():
-			}
-			// Continued also when the stop failed (a half-stopped group).
-			if cerr := n.signal(f.Target, syscall.SIGCONT); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				r.Error = err.Error()
-			}
-			r.Resumed = time.Since(start)
-		case f.Target == "broker":
-			kill := n.kill
-			if f.Kind == "power-loss" {
-				kill = n.powerLoss
-			}
-			if err := kill(); err != nil {
-				r.Error = err.Error()
-				break
-			}
-			select {
-			case <-time.After(time.Until(start.Add(f.Until))):
-			case <-ctx.Done():
-			}
-			if err := n.start(context.WithoutCancel(ctx)); err != nil {
-				r.Error = "restart: " + err.Error()
-			}
-			r.Healed = time.Since(start)
-		default:
-			if _, err := n.killPlugin(f.Target); err != nil {
-				r.Error = err.Error()
-			}
-			r.Injected = time.Since(start) // the process is gone
+		} else {
+			sys.fault(ctx, f, start, &r)
 		}
+		mu.Lock()
 		out = append(out, r)
+		mu.Unlock()
 	}
+	for _, f := range faults {
+		if f.link() {
+			wg.Add(1)
+			go func() { defer wg.Done(); one(f) }()
+		}
+	}
+	for _, f := range faults {
+		if !f.link() {
+			one(f)
+		}
+	}
+	wg.Wait()
+	sort.Slice(out, func(i, j int) bool { return out[i].Injected < out[j].Injected })
 	return out
+}
+
+func (n *node) seeds() []string { return []string{n.p.addr} }
+
+func (n *node) settle(ctx context.Context) (string, error) {
+	return n.p.addr, n.waitServing(ctx, make(chan struct{}))
+}
+
+// fault injects a fault on the single node.
+func (n *node) fault(ctx context.Context, f Fault, start time.Time, r *FaultRecord) {
+	switch {
+	case f.Kind == "pause":
+		err := n.signal(f.Target, syscall.SIGSTOP)
+		select {
+		case <-time.After(time.Until(start.Add(f.Until))):
+		case <-ctx.Done():
+		}
+		// Continued also when the stop failed (a half-stopped group).
+		if cerr := n.signal(f.Target, syscall.SIGCONT); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		r.Resumed = time.Since(start)
+	case f.link():
+		r.Error = "a single node has no links between nodes: give every pipeline file of a cluster"
+	case f.Target == "broker":
+		kill := n.kill
+		if f.Kind == "power-loss" {
+			kill = n.powerLoss
+		}
+		if err := kill(); err != nil {
+			r.Error = err.Error()
+			return
+		}
+		select {
+		case <-time.After(time.Until(start.Add(f.Until))):
+		case <-ctx.Done():
+		}
+		if err := n.start(context.WithoutCancel(ctx)); err != nil {
+			r.Error = "restart: " + err.Error()
+		}
+		r.Healed = time.Since(start)
+	default:
+		if _, err := n.killPlugin(f.Target); err != nil {
+			r.Error = err.Error()
+		}
+		r.Injected = time.Since(start) // the process is gone
+	}
 }
 
 // healedTimes sets the Healed of a plugin kill to the end of the first send
@@ -539,7 +678,7 @@ func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord 
 			if first >= 0 {
 				r.Healed = first
 			}
-		case r.Target != "broker":
+		case r.Kind == "kill" && pluginTargets[r.Target]:
 			at := start.Add(r.Injected)
 			r.Healed = r.Injected
 			for _, s := range sends {
@@ -715,8 +854,19 @@ func summarize(rep *Report, sends []Send, start time.Time) {
 		} else {
 			other = res.LostIDs
 		}
+		if rep.Replication == "async" && len(other) > 0 {
+			rep.LostAtFailover, rep.FailoverLag, other = failoverLoss(rep, sends, other, start)
+		}
 		if len(other) > 0 {
 			why := "no fault of this run may lose one on this pipeline's settings"
+			switch rep.Replication {
+			case "raft":
+				why = "raft replication commits on a quorum: no fault of this run may lose an acknowledged message"
+			case "sync":
+				why = "sync replication acknowledges OK only once a slave holds the message: no fault of this run may lose one"
+			case "async":
+				why = "async replication may lose only what a master acknowledged before it died and its slave was promoted"
+			}
 			if rep.Flush == "async" && rep.FlushInterval > 0 {
 				why = fmt.Sprintf("flush async may lose at a power loss only what was acknowledged within flush_interval %s (+%s) before it", rep.FlushInterval, PowerLossSlack)
 			}
@@ -824,4 +974,36 @@ func permittedLoss(rep *Report, sends []Send, lost map[string]bool, start time.T
 		}
 	}
 	return n, window, other
+}
+
+// failoverLoss counts the lost sends (ids) that async replication permits:
+// each was acknowledged before a failover was done (by the master that
+// died, before its slave was promoted). It returns that count, the longest
+// time from such an ack to the master's death (how far the slave lagged),
+// and the ids of the losses it does not permit.
+func failoverLoss(rep *Report, sends []Send, ids []string, start time.Time) (n int, lag time.Duration, other []string) {
+	lost := map[string]bool{}
+	for _, id := range ids {
+		lost[id] = true
+	}
+	for _, s := range sends {
+		if !lost[s.ID] {
+			continue
+		}
+		acked := s.Start.Add(s.Latency).Sub(start)
+		ok := false
+		for _, f := range rep.Faults {
+			if f.Failover && f.Healed >= acked {
+				ok = true
+				lag = max(lag, f.Injected-acked)
+				break
+			}
+		}
+		if ok {
+			n++
+		} else {
+			other = append(other, s.ID)
+		}
+	}
+	return n, lag, other
 }

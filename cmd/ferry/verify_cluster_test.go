@@ -1,0 +1,132 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// clusterReport is the part of a cluster run's results.json these tests read.
+type clusterReport struct {
+	Replication    string   `json:"replication"`
+	Nodes          []string `json:"nodes"`
+	LostAtFailover int      `json:"lost_at_failover"`
+	FailoverLag    int64    `json:"failover_lag_ns"`
+	Result         struct {
+		Weak int `json:"acked_weak"`
+	} `json:"result"`
+	Faults []struct {
+		Kind     string `json:"kind"`
+		Target   string `json:"target"`
+		Node     string `json:"node"`
+		Failover bool   `json:"failover"`
+	} `json:"faults"`
+}
+
+func readClusterReport(t *testing.T, dir string) (verifyReport, clusterReport) {
+	t.Helper()
+	r := readVerifyReport(t, dir) // validates the schema and the picture
+	data, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c clusterReport
+	if err := json.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	return r, c
+}
+
+var raftFiles = []string{"../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml", "../../pipelines/cluster/raft-3.yaml"}
+
+// ferry verify of the 3-node raft group in pipelines/cluster/: the leader
+// killed (-9) and restarted, paused (SIGSTOP) longer than the election
+// timeout, cut off from its peers (every byte on its links dropped), its
+// links reset, its replication plugin killed, and a node's links delayed.
+// Raft commits on a quorum: nothing acknowledged is lost, and every fault
+// was injected on a node of the cluster.
+func TestVerifyRaftClusterUnderLeaderFaults(t *testing.T) {
+	out := t.TempDir()
+	args := append([]string{"verify"}, raftFiles...)
+	args = append(args, "--duration", "16s", "--producers", "2", "--out", out,
+		"--faults", "kill:leader@2s-3500ms,pause:leader@5s-7s,partition:leader@8500ms-10500ms,delay:raft-2@11500ms-13s,kill:replication@12s,reset:leader@14s")
+	stdout, stderr, code := runFerry(t, nil, args...)
+	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	r, c := readClusterReport(t, out)
+	if r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.Unexpected != 0 || r.Result.OutOfOrder != 0 || r.Result.Acked < 100 {
+		t.Fatalf("result: %+v", r.Result)
+	}
+	if c.Replication != "raft" || len(c.Nodes) != 3 || len(c.Faults) != 6 {
+		t.Fatalf("cluster report: %+v", c)
+	}
+	for i, f := range r.Faults {
+		if f.Error != "" || f.Healed < f.Injected || c.Faults[i].Node == "" {
+			t.Errorf("fault %+v (%+v)", f, c.Faults[i])
+		}
+	}
+	for _, id := range []string{"raft-1", "raft-2", "raft-3"} {
+		if _, err := os.Stat(filepath.Join(out, "node-"+id+".log")); err != nil {
+			t.Errorf("no log of node %s: %v", id, err)
+		}
+	}
+	logs := ""
+	for _, id := range c.Nodes {
+		b, _ := os.ReadFile(filepath.Join(out, "node-"+id+".log"))
+		logs += string(b)
+	}
+	for _, want := range []string{"kill -9 of the node and its plugins", "SIGSTOP to the node", "SIGCONT to the node", "partition: every link of", "black-holed", "delayed 100ms", "kill -9 of the replication plugin", "reset: every link of"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the node logs lack %q", want)
+		}
+	}
+}
+
+// Master–slave (pipelines/cluster/master.yaml and slave.yaml): the slave is
+// cut off from its master, and while it is the master dies (its machine:
+// SIGKILL, links cut); verify promotes the slave. Async replication acked
+// what the slave never got: verify must see that lag lost and count it as
+// what async permits (the negative control: the checker sees loss). Sync
+// replication acked nothing OK the slave lacked: nothing may be lost.
+func TestVerifyMasterKillFailover(t *testing.T) {
+	files := []string{"../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml"}
+	for _, mode := range []string{"async", "sync"} {
+		t.Run(mode, func(t *testing.T) {
+			out := t.TempDir()
+			args := append([]string{"verify"}, files...)
+			args = append(args, "--duration", "10s", "--producers", "2", "--out", out, "--faults", "partition:slave@2s-6s,kill:master@4s")
+			stdout, stderr, code := runFerry(t, []string{"FERRY_PLUGINS__REPLICATION__TYPE=" + mode}, args...)
+			if code != 0 || !strings.Contains(stdout, "verdict: pass") {
+				t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+			}
+			r, c := readClusterReport(t, out)
+			if c.Replication != mode || len(c.Faults) != 2 || !c.Faults[1].Failover || c.Faults[1].Node != "master" {
+				t.Fatalf("cluster report: %+v\n%s", c, stdout)
+			}
+			if r.Result.Duplicated != 0 || r.Result.Unexpected != 0 || r.Result.OutOfOrder != 0 {
+				t.Fatalf("result: %+v", r.Result)
+			}
+			switch mode {
+			case "async":
+				if r.Result.Lost == 0 || c.LostAtFailover != r.Result.Lost || c.FailoverLag <= 0 {
+					t.Fatalf("lost %d, lost at failover %d, lag %d ns: want the lag the slave missed lost and reported\n%s", r.Result.Lost, c.LostAtFailover, c.FailoverLag, stdout)
+				}
+				if !strings.Contains(stdout, "lost at the master's death") {
+					t.Errorf("the table does not say what the failover cost:\n%s", stdout)
+				}
+			case "sync":
+				if r.Result.Lost != 0 || r.Result.Acked == 0 {
+					t.Fatalf("sync replication lost %d of %d acknowledged\n%s", r.Result.Lost, r.Result.Acked, stdout)
+				}
+				// The partition did cut the slave off: the master
+				// answered weaker than OK meanwhile.
+				if c.Result.Weak == 0 {
+					t.Fatalf("no send was acked weaker than OK: the partition did not cut the slave off\n%s", stdout)
+				}
+			}
+		})
+	}
+}
