@@ -110,9 +110,14 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 	out := make([]any, 0, len(logs))
 	start := 0
 	for i, l := range logs {
-		if isTopics(l) {
+		switch {
+		case isTopics(l):
 			out = append(out, f.applyRun(logs[start:i])...)
 			out = append(out, f.applyTopicEntry(l))
+			start = i + 1
+		case isMembers(l):
+			out = append(out, f.applyRun(logs[start:i])...)
+			out = append(out, f.applyMembersEntry(l))
 			start = i + 1
 		}
 	}
@@ -317,6 +322,10 @@ type snapshot struct {
 	// topic changes the log applied, on the pipeline's baseline). Absent
 	// (nil) in snapshots written before topics went through the log.
 	Topics []snapTopic `json:"topics"`
+	// Members are the peers' addresses the log recorded (members.go):
+	// nodes added with `ferry cluster add-node`. Absent in older
+	// snapshots and where none was added.
+	Members map[string]Peer `json:"members,omitempty"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
@@ -328,7 +337,7 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics)}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable()}
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -365,6 +374,11 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	s, err := readSnapshot(r)
 	if err != nil {
 		return err
+	}
+	// The members table first: a node that joined empty may know the
+	// peers to fetch from (the leader's admin address) only from it.
+	if s.Members != nil {
+		f.p.setMembers(s.Members)
 	}
 	// The snapshot's topics first: its messages may be of topics this
 	// node does not hold yet.
