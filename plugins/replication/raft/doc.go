@@ -175,6 +175,16 @@
 // crash would leave its node behind entries raft considers applied.
 //
 // Nodes with no raft state bootstrap the group from `peers` (every node the
-// same list: hashicorp/raft allows that). Membership changes are not
-// supported yet.
+// same list: hashicorp/raft allows that), unless `join` is set.
+//
+// # Membership
+//
+// `ferry cluster add-node` / `remove-node` call ReplicaLink.ChangeMembers
+// on the leader's admin listener (members.go): an add commits the new
+// node's broker and admin addresses as an entry of kind 3 (0x00, 3, JSON),
+// then AddNonvoter, then AddVoter once the node applied the leader's last
+// index; a remove is RemoveServer. The addresses are kept in members.json
+// and in snapshots; peers are looked up in the pipeline first. Where the
+// pipeline's peers and the live configuration disagree, the node reports it
+// (Status, its log) and changes nothing.
 package raft
