@@ -281,7 +281,21 @@ func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.Replic
 			// commit under the next leader.
 			return 0, nil, fmt.Errorf("%w: raft: %v (outcome unknown)", sdk.ErrUnavailable, err)
 		}
-		switch v := fut.Response().(type) {
+		resp := fut.Response()
+		if pa, ok := resp.(*pendingApply); ok {
+			// Committed; this node's store append runs in the apply
+			// pipeline (pipeline.go).
+			offs, err := pa.result(ctx)
+			switch {
+			case err == nil:
+				resp = offs
+			case ctx.Err() != nil:
+				return 0, nil, fmt.Errorf("%w: committed, but storing it here not confirmed in time", ctx.Err())
+			default:
+				resp = err
+			}
+		}
+		switch v := resp.(type) {
 		case []int64:
 			return ferryv1.Status_STATUS_OK, v, nil
 		case error:
