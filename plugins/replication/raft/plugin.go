@@ -322,6 +322,7 @@ func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
 	commit, _ := strconv.ParseInt(stats["commit_index"], 10, 64)
 	applied, _ := strconv.ParseInt(stats["applied_index"], 10, 64)
 	last, _ := strconv.ParseInt(stats["last_log_index"], 10, 64)
+	snap, _ := strconv.ParseInt(stats["last_snapshot_index"], 10, 64)
 	info, err := core.NodeInfo(ctx)
 	if err != nil {
 		return nil, err
@@ -333,8 +334,8 @@ func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
 		st.MembershipConflict = p.conflict(cf.Configuration())
 	}
 	st.Replicas = []*ferryv1.ReplicaInfo{{Node: p.node, Address: addr, Connected: leader.ID != "",
-		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries); snapshots restored %d, %d messages fetched from peers, %d catch-ups served",
-			last, commit, applied, p.restored.Load(), p.caughtUp.Load(), p.served.Load())}}
+		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries); snapshots restored %d, %d messages fetched from peers, %d catch-ups served; last snapshot at index %d",
+			last, commit, applied, p.restored.Load(), p.caughtUp.Load(), p.served.Load(), snap)}}
 	return st, nil
 }
 
