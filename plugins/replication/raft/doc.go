@@ -12,6 +12,16 @@
 // store assigns the same offsets. The leader's producer is answered with the
 // offsets its own store assigned, only then.
 //
+// The FSM is pipelined (pipeline.go): ApplyBatch starts the appends of
+// the entries raft hands it, in log order, and returns; a completer
+// goroutine waits for them in order and answers the leader's Replicate.
+// So the next batch's appends start while the previous batch's store
+// flush runs (at most two batches in flight). A failed append is started
+// again, with every append after it, in log order, before anything new
+// starts: the store never holds a later entry before an earlier one.
+// Topic and members entries, snapshots and restores drain the pipeline
+// first.
+//
 // A node that is not the leader rejects Replicate with sdk.ErrNotLeader
 // (nothing stored). A leader deposed while a batch waits answers an error —
 // raft.ErrLeadershipLost becomes sdk.ErrUnavailable, "outcome unknown": the
