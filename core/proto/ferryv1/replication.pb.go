@@ -1293,212 +1293,6 @@ func (x *ReplicaInfo) GetDetail() string {
 	return ""
 }
 
-// ChangeMembersRequest names the node to add or remove. For an add, every
-// address is required: raft (its raft listen), broker (its transport's
-// listen, which routing names when it leads) and admin (its admin listen).
-type ChangeMembersRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// "add" or "remove".
-	Op     string `protobuf:"bytes,300,opt,name=op,proto3" json:"op,omitempty"`
-	Id     string `protobuf:"bytes,301,opt,name=id,proto3" json:"id,omitempty"`
-	Raft   string `protobuf:"bytes,302,opt,name=raft,proto3" json:"raft,omitempty"`
-	Broker string `protobuf:"bytes,303,opt,name=broker,proto3" json:"broker,omitempty"`
-	Admin  string `protobuf:"bytes,304,opt,name=admin,proto3" json:"admin,omitempty"`
-	// add: how long the new node may take to catch up before it is made a
-	// voter (0: the plugin's default); it stays a non-voter if it does not.
-	CatchUpTimeoutMs int64 `protobuf:"varint,305,opt,name=catch_up_timeout_ms,json=catchUpTimeoutMs,proto3" json:"catch_up_timeout_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
-}
-
-func (x *ChangeMembersRequest) Reset() {
-	*x = ChangeMembersRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ChangeMembersRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ChangeMembersRequest) ProtoMessage() {}
-
-func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
-func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
-}
-
-func (x *ChangeMembersRequest) GetOp() string {
-	if x != nil {
-		return x.Op
-	}
-	return ""
-}
-
-func (x *ChangeMembersRequest) GetId() string {
-	if x != nil {
-		return x.Id
-	}
-	return ""
-}
-
-func (x *ChangeMembersRequest) GetRaft() string {
-	if x != nil {
-		return x.Raft
-	}
-	return ""
-}
-
-func (x *ChangeMembersRequest) GetBroker() string {
-	if x != nil {
-		return x.Broker
-	}
-	return ""
-}
-
-func (x *ChangeMembersRequest) GetAdmin() string {
-	if x != nil {
-		return x.Admin
-	}
-	return ""
-}
-
-func (x *ChangeMembersRequest) GetCatchUpTimeoutMs() int64 {
-	if x != nil {
-		return x.CatchUpTimeoutMs
-	}
-	return 0
-}
-
-type ChangeMembersResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// What was done, for a person.
-	Detail string `protobuf:"bytes,300,opt,name=detail,proto3" json:"detail,omitempty"`
-	// The group's configuration afterwards.
-	Servers       []*RaftServer `protobuf:"bytes,301,rep,name=servers,proto3" json:"servers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ChangeMembersResponse) Reset() {
-	*x = ChangeMembersResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ChangeMembersResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ChangeMembersResponse) ProtoMessage() {}
-
-func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
-func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
-}
-
-func (x *ChangeMembersResponse) GetDetail() string {
-	if x != nil {
-		return x.Detail
-	}
-	return ""
-}
-
-func (x *ChangeMembersResponse) GetServers() []*RaftServer {
-	if x != nil {
-		return x.Servers
-	}
-	return nil
-}
-
-// RaftServer is one server of a raft group's live configuration.
-type RaftServer struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Id    string                 `protobuf:"bytes,300,opt,name=id,proto3" json:"id,omitempty"`
-	Raft  string                 `protobuf:"bytes,301,opt,name=raft,proto3" json:"raft,omitempty"`
-	// "voter" or "nonvoter".
-	Suffrage      string `protobuf:"bytes,302,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RaftServer) Reset() {
-	*x = RaftServer{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RaftServer) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RaftServer) ProtoMessage() {}
-
-func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
-func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
-}
-
-func (x *RaftServer) GetId() string {
-	if x != nil {
-		return x.Id
-	}
-	return ""
-}
-
-func (x *RaftServer) GetRaft() string {
-	if x != nil {
-		return x.Raft
-	}
-	return ""
-}
-
-func (x *RaftServer) GetSuffrage() string {
-	if x != nil {
-		return x.Suffrage
-	}
-	return ""
-}
-
 type FollowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// First frame: who the slave is and where each of its queues ends.
@@ -1513,7 +1307,7 @@ type FollowRequest struct {
 
 func (x *FollowRequest) Reset() {
 	*x = FollowRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1319,7 @@ func (x *FollowRequest) String() string {
 func (*FollowRequest) ProtoMessage() {}
 
 func (x *FollowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1332,7 @@ func (x *FollowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
 func (*FollowRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FollowRequest) GetNode() string {
@@ -1597,7 +1391,7 @@ type FollowResponse struct {
 
 func (x *FollowResponse) Reset() {
 	*x = FollowResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1403,7 @@ func (x *FollowResponse) String() string {
 func (*FollowResponse) ProtoMessage() {}
 
 func (x *FollowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1416,7 @@ func (x *FollowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
 func (*FollowResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FollowResponse) GetMessages() []*Message {
@@ -1690,7 +1484,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1496,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1509,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PromoteRequest) GetForce() bool {
@@ -1735,7 +1529,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1541,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1554,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PromoteResponse) GetEpoch() uint64 {
@@ -1773,6 +1567,212 @@ func (x *PromoteResponse) GetEpoch() uint64 {
 func (x *PromoteResponse) GetDetail() string {
 	if x != nil {
 		return x.Detail
+	}
+	return ""
+}
+
+// ChangeMembersRequest names the node to add or remove. For an add, every
+// address is required: raft (its raft listen), broker (its transport's
+// listen, which routing names when it leads) and admin (its admin listen).
+type ChangeMembersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "add" or "remove".
+	Op     string `protobuf:"bytes,300,opt,name=op,proto3" json:"op,omitempty"`
+	Id     string `protobuf:"bytes,301,opt,name=id,proto3" json:"id,omitempty"`
+	Raft   string `protobuf:"bytes,302,opt,name=raft,proto3" json:"raft,omitempty"`
+	Broker string `protobuf:"bytes,303,opt,name=broker,proto3" json:"broker,omitempty"`
+	Admin  string `protobuf:"bytes,304,opt,name=admin,proto3" json:"admin,omitempty"`
+	// add: how long the new node may take to catch up before it is made a
+	// voter (0: the plugin's default); it stays a non-voter if it does not.
+	CatchUpTimeoutMs int64 `protobuf:"varint,305,opt,name=catch_up_timeout_ms,json=catchUpTimeoutMs,proto3" json:"catch_up_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ChangeMembersRequest) Reset() {
+	*x = ChangeMembersRequest{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembersRequest) ProtoMessage() {}
+
+func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
+func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ChangeMembersRequest) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetRaft() string {
+	if x != nil {
+		return x.Raft
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetBroker() string {
+	if x != nil {
+		return x.Broker
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetCatchUpTimeoutMs() int64 {
+	if x != nil {
+		return x.CatchUpTimeoutMs
+	}
+	return 0
+}
+
+type ChangeMembersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was done, for a person.
+	Detail string `protobuf:"bytes,300,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The group's configuration afterwards.
+	Servers       []*RaftServer `protobuf:"bytes,301,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembersResponse) Reset() {
+	*x = ChangeMembersResponse{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembersResponse) ProtoMessage() {}
+
+func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
+func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChangeMembersResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *ChangeMembersResponse) GetServers() []*RaftServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// RaftServer is one server of a raft group's live configuration.
+type RaftServer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,300,opt,name=id,proto3" json:"id,omitempty"`
+	Raft  string                 `protobuf:"bytes,301,opt,name=raft,proto3" json:"raft,omitempty"`
+	// "voter" or "nonvoter".
+	Suffrage      string `protobuf:"bytes,302,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftServer) Reset() {
+	*x = RaftServer{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftServer) ProtoMessage() {}
+
+func (x *RaftServer) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
+func (*RaftServer) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RaftServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RaftServer) GetRaft() string {
+	if x != nil {
+		return x.Raft
+	}
+	return ""
+}
+
+func (x *RaftServer) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
 	}
 	return ""
 }
@@ -1872,22 +1872,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tconnected\x18\x03 \x01(\bR\tconnected\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\x12\x1a\n" +
 	"\bdiverged\x18\x05 \x01(\bR\bdiverged\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xad\x01\n" +
-	"\x14ChangeMembersRequest\x12\x0f\n" +
-	"\x02op\x18\xac\x02 \x01(\tR\x02op\x12\x0f\n" +
-	"\x02id\x18\xad\x02 \x01(\tR\x02id\x12\x13\n" +
-	"\x04raft\x18\xae\x02 \x01(\tR\x04raft\x12\x17\n" +
-	"\x06broker\x18\xaf\x02 \x01(\tR\x06broker\x12\x15\n" +
-	"\x05admin\x18\xb0\x02 \x01(\tR\x05admin\x12.\n" +
-	"\x13catch_up_timeout_ms\x18\xb1\x02 \x01(\x03R\x10catchUpTimeoutMs\"a\n" +
-	"\x15ChangeMembersResponse\x12\x17\n" +
-	"\x06detail\x18\xac\x02 \x01(\tR\x06detail\x12/\n" +
-	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\"O\n" +
-	"\n" +
-	"RaftServer\x12\x0f\n" +
-	"\x02id\x18\xac\x02 \x01(\tR\x02id\x12\x13\n" +
-	"\x04raft\x18\xad\x02 \x01(\tR\x04raft\x12\x1b\n" +
-	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage\"\x7f\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x7f\n" +
 	"\rFollowRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
@@ -1908,7 +1893,22 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail2\x8f\x03\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\"\xad\x01\n" +
+	"\x14ChangeMembersRequest\x12\x0f\n" +
+	"\x02op\x18\xac\x02 \x01(\tR\x02op\x12\x0f\n" +
+	"\x02id\x18\xad\x02 \x01(\tR\x02id\x12\x13\n" +
+	"\x04raft\x18\xae\x02 \x01(\tR\x04raft\x12\x17\n" +
+	"\x06broker\x18\xaf\x02 \x01(\tR\x06broker\x12\x15\n" +
+	"\x05admin\x18\xb0\x02 \x01(\tR\x05admin\x12.\n" +
+	"\x13catch_up_timeout_ms\x18\xb1\x02 \x01(\x03R\x10catchUpTimeoutMs\"a\n" +
+	"\x15ChangeMembersResponse\x12\x17\n" +
+	"\x06detail\x18\xac\x02 \x01(\tR\x06detail\x12/\n" +
+	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\"O\n" +
+	"\n" +
+	"RaftServer\x12\x0f\n" +
+	"\x02id\x18\xac\x02 \x01(\tR\x02id\x12\x13\n" +
+	"\x04raft\x18\xad\x02 \x01(\tR\x04raft\x12\x1b\n" +
+	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage2\x8f\x03\n" +
 	"\vReplication\x12H\n" +
 	"\tReplicate\x12\x1a.ferry.v1.ReplicateRequest\x1a\x1b.ferry.v1.ReplicateResponse(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.ferry.v1.ReplicaCoreFrame\x1a\x1a.ferry.v1.ReplicationFrame(\x010\x01\x12Q\n" +
@@ -1951,13 +1951,13 @@ var file_ferry_v1_replication_proto_goTypes = []any{
 	(*ReplicationStatusRequest)(nil),  // 13: ferry.v1.ReplicationStatusRequest
 	(*ReplicationStatusResponse)(nil), // 14: ferry.v1.ReplicationStatusResponse
 	(*ReplicaInfo)(nil),               // 15: ferry.v1.ReplicaInfo
-	(*ChangeMembersRequest)(nil),      // 16: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),     // 17: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                // 18: ferry.v1.RaftServer
-	(*FollowRequest)(nil),             // 19: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),            // 20: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),            // 21: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),           // 22: ferry.v1.PromoteResponse
+	(*FollowRequest)(nil),             // 16: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),            // 17: ferry.v1.FollowResponse
+	(*PromoteRequest)(nil),            // 18: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),           // 19: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),      // 20: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),     // 21: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                // 22: ferry.v1.RaftServer
 	nil,                               // 23: ferry.v1.ReplicateRequest.TraceEntry
 	(*Message)(nil),                   // 24: ferry.v1.Message
 	(Status)(0),                       // 25: ferry.v1.Status
@@ -1992,32 +1992,32 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	1,  // 20: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
 	15, // 21: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
 	31, // 22: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	18, // 23: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	18, // 24: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	31, // 25: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	24, // 26: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	31, // 27: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	31, // 28: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	28, // 29: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 30: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	22, // 23: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	31, // 24: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	24, // 25: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	31, // 26: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	31, // 27: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	28, // 28: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	0,  // 29: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	22, // 30: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
 	3,  // 31: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
 	6,  // 32: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
 	13, // 33: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
 	28, // 34: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
 	0,  // 35: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	19, // 36: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	16, // 36: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
 	13, // 37: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	21, // 38: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	16, // 39: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	18, // 38: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	20, // 39: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
 	4,  // 40: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
 	5,  // 41: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
 	14, // 42: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
 	30, // 43: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
 	2,  // 44: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	20, // 45: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	17, // 45: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
 	14, // 46: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	22, // 47: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	17, // 48: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	19, // 47: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	21, // 48: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
 	40, // [40:49] is the sub-list for method output_type
 	31, // [31:40] is the sub-list for method input_type
 	31, // [31:31] is the sub-list for extension type_name
