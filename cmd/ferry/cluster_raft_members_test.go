@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,15 @@ func voters(nd *raftNode) (string, error) {
 	return strings.Join(vs, ","), nil
 }
 
+// ids joins the nodes' ids with commas.
+func ids(nodes []*raftNode) string {
+	var s []string
+	for _, nd := range nodes {
+		s = append(s, nd.id)
+	}
+	return strings.Join(s, ",")
+}
+
 // waitVoters waits until the leader among nodes reports exactly want (ids,
 // comma-separated, in configuration order) as the group's voters.
 func waitVoters(t *testing.T, nodes []*raftNode, want string) {
@@ -109,14 +119,15 @@ func waitVoters(t *testing.T, nodes []*raftNode, want string) {
 
 // Raft membership under a producer load: r1–r3 bootstrap a group; r4 and r5
 // start empty with join: true and are added with `ferry cluster add-node`
-// (non-voters until caught up, then voters); r1 and r2 are removed with
-// `ferry cluster remove-node` (the leader among them removes itself); a
-// produce to a removed node is refused; r3 loses its data dir and is
-// replaced: removed, restarted empty with join: true and a pipeline naming
-// the group as it is now, added again, and catches up from a snapshot. At
-// the end r3, r4 and r5 hold the same log with nothing acked OK lost and
-// nothing unexpected (core/verify's checker), and the checker, given a log
-// with one acked message dropped, reports it lost.
+// (non-voters until caught up, then voters); a node that never catches up
+// stays a non-voter; the leader and one more node are removed with `ferry
+// cluster remove-node` (the leader removes itself and steps down); a
+// produce to a removed node is refused; one of the three left loses its
+// data dir and is replaced: removed, restarted empty with join: true and a
+// pipeline naming the group as it is now, added again, and caught up from a
+// snapshot. At the end the three hold the same log with nothing acked OK
+// lost and nothing unexpected (core/verify's checker), and the checker,
+// given a log with one acked message dropped, reports it lost.
 func TestClusterRaftMembership(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -192,17 +203,35 @@ func TestClusterRaftMembership(t *testing.T) {
 		t.Errorf("cluster status does not show r1's membership conflict:\n%s", out)
 	}
 
-	// Shrink to 3: remove r1 and r2, whichever leads.
-	for _, nd := range []*raftNode{r1, r2} {
+	// Shrink to 3: first the leader (it removes itself and steps down),
+	// then one more of r1–r3.
+	leader, _ := waitLeader(t, nodes, "a raft leader of five")
+	removed := []*raftNode{leader}
+	for _, nd := range nodes[:3] {
+		if len(removed) < 2 && nd != leader {
+			removed = append(removed, nd)
+		}
+	}
+	var group []*raftNode // the three left, in configuration order
+	for _, nd := range nodes {
+		if !slices.Contains(removed, nd) {
+			group = append(group, nd)
+		}
+	}
+	for _, nd := range removed {
 		t0 := time.Now()
-		ferryCLI(t, bin, "cluster", "remove-node", nd.id, r5.yaml)
+		ferryCLI(t, bin, "cluster", "remove-node", nd.id, group[len(group)-1].yaml)
 		l.waitOK(t, nodes, t0, 20, 0, "the load after removing "+nd.id)
 	}
-	waitVoters(t, []*raftNode{r3, r4, r5}, "r3,r4,r5")
+	waitVoters(t, group, ids(group))
+	eventually(t, faultWait, "the leader that removed itself ("+leader.id+") a follower reporting it is not a member", func() bool {
+		st, err := leader.status(context.Background())
+		return err == nil && st.Role != "leader" && strings.Contains(st.MembershipConflict, "not a member")
+	})
 
 	// Negative control: a removed node takes no produce (straight to its
 	// broker: a client would follow the routes to the leader).
-	for _, nd := range []*raftNode{r1, r2} {
+	for _, nd := range removed {
 		cc, err := grpc.NewClient(nd.broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
@@ -221,42 +250,43 @@ func TestClusterRaftMembership(t *testing.T) {
 			t.Logf("a produce to removed %s: %v", nd.id, err)
 		}
 	}
-	r1.kill(t)
-	r2.kill(t)
-	group := []*raftNode{r3, r4, r5}
+	for _, nd := range removed {
+		nd.kill(t)
+	}
 
-	// Replace r3 after it lost its disk.
-	r3.kill(t)
-	if err := os.RemoveAll(filepath.Join(filepath.Dir(r3.yaml), "data")); err != nil {
+	// Replace a node after it lost its disk.
+	lost, rest := group[0], group[1:]
+	lost.kill(t)
+	if err := os.RemoveAll(filepath.Join(filepath.Dir(lost.yaml), "data")); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s r3 killed and its data dir deleted", stamp())
-	ferryCLI(t, bin, "cluster", "remove-node", "r3", r4.yaml)
-	waitVoters(t, []*raftNode{r4, r5}, "r4,r5")
+	t.Logf("%s %s killed and its data dir deleted", stamp(), lost.id)
+	ferryCLI(t, bin, "cluster", "remove-node", lost.id, rest[0].yaml)
+	waitVoters(t, rest, ids(rest))
 	t0 := time.Now()
-	l.waitOK(t, group, t0, 50, 0, "the load on r4 and r5 alone") // entries r3 lacks, compacted into snapshots
-	writePipeline(t, r3, group, true)
-	r3.start(t, bin)
-	out = ferryCLI(t, bin, "cluster", "add-node", r3.yaml, "--timeout", "5m")
-	if !strings.Contains(out, "r3 added") {
-		t.Fatalf("add-node r3: %s", out)
+	l.waitOK(t, rest, t0, 50, 0, "the load on two nodes") // entries the lost node lacks, compacted into snapshots
+	writePipeline(t, lost, group, true)
+	lost.start(t, bin)
+	out = ferryCLI(t, bin, "cluster", "add-node", lost.yaml, "--timeout", "5m")
+	if !strings.Contains(out, lost.id+" added") {
+		t.Fatalf("add-node %s: %s", lost.id, out)
 	}
-	waitVoters(t, group, "r4,r5,r3")
-	l.waitOK(t, group, time.Now(), 20, 0, "the load after r3 rejoined")
+	waitVoters(t, group, ids(append(slices.Clone(rest), lost)))
+	l.waitOK(t, group, time.Now(), 20, 0, "the load after "+lost.id+" rejoined")
 	l.halt()
-	restored, fetched, err := restores(r3.admin)
+	restored, fetched, err := restores(lost.admin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("r3 rejoined empty: snapshots restored %d, %d messages fetched from peers", restored, fetched)
+	t.Logf("%s rejoined empty: snapshots restored %d, %d messages fetched from peers", lost.id, restored, fetched)
 	if restored == 0 || fetched == 0 {
-		t.Errorf("r3 restored %d snapshots and fetched %d messages: want it caught up from a snapshot", restored, fetched)
+		t.Errorf("%s restored %d snapshots and fetched %d messages: want it caught up from a snapshot", lost.id, restored, fetched)
 	}
 	convergeAndCheck(t, group, &l.load, faultWait)
 
 	// Negative control of the checker: one acked message dropped from a
 	// log is reported lost.
-	log := bodyCounts(readQueues(t, r4.broker))
+	log := bodyCounts(readQueues(t, rest[0].broker))
 	l.mu.Lock()
 	var dropped string
 	for body, st := range l.status {
@@ -268,6 +298,6 @@ func TestClusterRaftMembership(t *testing.T) {
 	l.mu.Unlock()
 	delete(log, dropped)
 	if v := check(&l.load, log); v.lost != 1 {
-		t.Errorf("the checker, given r4's log without %s, found %d lost, want 1", dropped, v.lost)
+		t.Errorf("the checker, given %s's log without %s, found %d lost, want 1", rest[0].id, dropped, v.lost)
 	}
 }
