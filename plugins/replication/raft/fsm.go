@@ -266,6 +266,19 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	if err != nil {
 		return err
 	}
+	if s.Index != 0 && f.applied > s.Index {
+		// A snapshot older than what this node applied from the log (a
+		// new leader of a later term may hold an older one than the
+		// node had): refused. Taking it, raft would move its applied
+		// index back to the snapshot's and delete the whole log
+		// (raft-wal is a MonotonicLogStore) while keeping its last log
+		// index, and panic on the next append, needing entries it
+		// deleted ("log not found"). Refused, raft keeps its state and
+		// the leader sends its snapshot again, a newer one once it took
+		// it.
+		f.p.log.Warn("refusing a raft snapshot older than what this node applied; the leader sends a newer one", "snapshot_index", s.Index, "applied", f.applied)
+		return fmt.Errorf("%w: snapshot at index %d, this node applied up to %d", errStaleSnapshot, s.Index, f.applied)
+	}
 	// The members table first: a node that joined empty may know the
 	// peers to fetch from (the leader's admin address) only from it.
 	if s.Members != nil {
@@ -294,6 +307,9 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	f.p.restored.Add(1)
 	return nil
 }
+
+// errStaleSnapshot: a snapshot installed over a node that applied past it.
+var errStaleSnapshot = errors.New("raft snapshot older than this node's applied index")
 
 // snapshotIndex is the last entry a snapshot's store held.
 func (f *fsm) snapshotIndex(s *snapshot) uint64 {
