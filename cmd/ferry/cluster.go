@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -163,9 +165,251 @@ whose replication address (plugins.replication.config.listen) is ADDR. Rules:
 	promoteCmd.Flags().BoolVar(&force, "force", false, "promote even though a master is reachable or the slave is behind")
 	promoteCmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "bound on the command")
 	link.add(promoteCmd.Flags())
-	cmd.AddCommand(statusCmd, promoteCmd)
+	cmd.AddCommand(statusCmd, promoteCmd, newAddNodeCmd(), newRemoveNodeCmd())
 	return cmd
 }
+
+// membersTarget is where a membership change is sent: the admin addresses
+// to find the leader among, and the peer link to reach them with.
+type membersTarget struct {
+	link    peerFlags
+	nodes   []string
+	timeout time.Duration
+}
+
+func (m *membersTarget) add(fs *pflag.FlagSet, timeout time.Duration) {
+	fs.StringSliceVar(&m.nodes, "nodes", nil, "admin addresses (plugins.replication.config.admin) of the group's nodes, to find the leader among")
+	fs.DurationVar(&m.timeout, "timeout", timeout, "bound on the whole command")
+	m.link.add(fs)
+}
+
+// changeMembers sends req to the group's leader among addrs, finding it
+// again while leadership moves, until ctx ends.
+func changeMembers(ctx context.Context, peers *security.Peers, addrs []string, req *ferryv1.ChangeMembersRequest) (*ferryv1.ChangeMembersResponse, error) {
+	var last error
+	for {
+		var leader string
+		var best uint64
+		for _, a := range addrs {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			st, err := replicationStatus(sctx, peers, a)
+			cancel()
+			if err == nil && st.Role == "leader" && (leader == "" || st.Epoch > best) {
+				leader, best = a, st.Epoch
+			}
+		}
+		if leader == "" {
+			last = fmt.Errorf("no node of %v answers as the raft leader", addrs)
+		} else {
+			cc, err := dialReplication(peers, leader)
+			if err != nil {
+				return nil, err
+			}
+			resp, err := ferryv1.NewReplicaLinkClient(cc).ChangeMembers(ctx, req)
+			cc.Close()
+			if err == nil {
+				return resp, nil
+			}
+			st, _ := status.FromError(err)
+			switch {
+			case st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), "not the raft leader"),
+				st.Code() == codes.FailedPrecondition && strings.Contains(st.Message(), "leadership lost"):
+				last = err // leadership moved: find the leader again
+			case st.Code() == codes.FailedPrecondition || st.Code() == codes.InvalidArgument:
+				return nil, &exitError{code: 1, msg: req.Op + " refused: " + st.Message()}
+			default:
+				return nil, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", ctx.Err(), last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func printMembers(w io.Writer, resp *ferryv1.ChangeMembersResponse) {
+	fmt.Fprintln(w, resp.Detail)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tRAFT\tSUFFRAGE")
+	for _, s := range resp.Servers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Id, s.Raft, s.Suffrage)
+	}
+	tw.Flush()
+}
+
+func newAddNodeCmd() *cobra.Command {
+	var (
+		m       membersTarget
+		id      string
+		raft    string
+		broker  string
+		admin   string
+		catchUp time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "add-node (NEW.yaml | --id ID --raft ADDR --broker ADDR --admin ADDR --nodes ADDR,...)",
+		Short: "Add a node to a raft group: a non-voter until it caught up, then a voter",
+		Long: `add-node adds a node to a running raft group. Start the new node first, with
+join: true in its replication config (it then waits to be added instead of
+bootstrapping a group of its own) and a peers list that names every node of
+the group and itself. add-node then asks the group's leader to:
+  1. record the node's broker and admin addresses in the raft log (every node
+     routes clients to it and fetches a catch-up from it when it leads);
+  2. add it as a non-voter: it receives the log (or a snapshot, and fetches
+     the messages from a peer's store) without counting for the quorum;
+  3. once it applied every entry the leader had when it was added, make it a
+     voter.
+A node that does not catch up within --catch-up-timeout stays a non-voter;
+add-node fails and says so. Given NEW.yaml, the new node's pipeline, its id,
+addresses and the group's admin addresses come from it; otherwise give them
+with the flags. Edit the other nodes' pipelines to list the new node too:
+until they do, they report the difference (ferry cluster status) and change
+nothing. A node that lost its data dir is replaced the same way: remove-node,
+restart it empty with join: true, add-node (docs/replication.md).`,
+		Example: `  ferry cluster add-node pipelines/cluster/raft-4.yaml
+  ferry cluster add-node --id r4 --raft 127.0.0.1:7264 --broker 127.0.0.1:7254 --admin 127.0.0.1:7274 --nodes 127.0.0.1:7271`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			peers, err := m.link.peers()
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
+			addrs := m.nodes
+			if len(args) == 1 {
+				n, others, err := newNodeOf(args[0])
+				if err != nil {
+					return &exitError{code: 2, msg: err.Error()}
+				}
+				id, raft, broker, admin = cmp.Or(id, n.ID), cmp.Or(raft, n.Raft), cmp.Or(broker, n.Broker), cmp.Or(admin, n.Admin)
+				addrs = append(addrs, others...)
+				if !m.link.given() {
+					if peers, err = pipelinePeers(args[0]); err != nil {
+						return &exitError{code: 2, msg: err.Error()}
+					}
+				}
+			}
+			var missing []string
+			for flag, v := range map[string]string{"--id": id, "--raft": raft, "--broker": broker, "--admin": admin} {
+				if v == "" {
+					missing = append(missing, flag)
+				}
+			}
+			if addrs = uniq(addrs); len(addrs) == 0 {
+				missing = append(missing, "--nodes")
+			}
+			if len(missing) > 0 {
+				sort.Strings(missing)
+				return &exitError{code: 2, msg: "name the new node: its pipeline file, or " + strings.Join(missing, ", ")}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), m.timeout)
+			defer cancel()
+			resp, err := changeMembers(ctx, peers, addrs, &ferryv1.ChangeMembersRequest{Op: "add", Id: id, Raft: raft, Broker: broker, Admin: admin, CatchUpTimeoutMs: catchUp.Milliseconds()})
+			if err != nil {
+				return err
+			}
+			printMembers(cmd.OutOrStdout(), resp)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", "", "the new node's id (node.id)")
+	cmd.Flags().StringVar(&raft, "raft", "", "its raft address (plugins.replication.config.listen)")
+	cmd.Flags().StringVar(&broker, "broker", "", "its broker address (its transport's listen)")
+	cmd.Flags().StringVar(&admin, "admin", "", "its admin address (plugins.replication.config.admin)")
+	cmd.Flags().DurationVar(&catchUp, "catch-up-timeout", 5*time.Minute, "how long it may take to catch up before it would be made a voter")
+	m.add(cmd.Flags(), 10*time.Minute)
+	return cmd
+}
+
+func newRemoveNodeCmd() *cobra.Command {
+	var m membersTarget
+	cmd := &cobra.Command{
+		Use:   "remove-node ID (PIPELINE.yaml | --nodes ADDR,...)",
+		Short: "Remove a node from a raft group",
+		Long: `remove-node asks the raft group's leader to remove the node ID from the
+group's configuration (raft RemoveServer). The leader can remove itself: it
+steps down and the others elect a new leader. A removed node still running
+takes no writes (it is never leader again; its broker answers NOT_LEADER) and
+reports that it is not a member; stop it, and take it out of the other
+nodes' pipelines. PIPELINE.yaml is any node's pipeline: the admin addresses of
+its peers are where the leader is looked for.`,
+		Example: `  ferry cluster remove-node r4 pipelines/cluster/raft-1.yaml
+  ferry cluster remove-node r4 --nodes 127.0.0.1:7271,127.0.0.1:7272`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			peers, err := m.link.peers()
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
+			addrs := m.nodes
+			if len(args) == 2 {
+				more, err := clusterAddrs(args[1])
+				if err != nil {
+					return &exitError{code: 2, msg: err.Error()}
+				}
+				addrs = append(addrs, more...)
+				if !m.link.given() {
+					if peers, err = pipelinePeers(args[1]); err != nil {
+						return &exitError{code: 2, msg: err.Error()}
+					}
+				}
+			}
+			if addrs = uniq(addrs); len(addrs) == 0 {
+				return &exitError{code: 2, msg: "name the group: a pipeline file of one of its nodes, or --nodes ADDR,ADDR,..."}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), m.timeout)
+			defer cancel()
+			resp, err := changeMembers(ctx, peers, addrs, &ferryv1.ChangeMembersRequest{Op: "remove", Id: args[0]})
+			if err != nil {
+				return err
+			}
+			printMembers(cmd.OutOrStdout(), resp)
+			return nil
+		},
+	}
+	m.add(cmd.Flags(), 2*time.Minute)
+	return cmd
+}
+
+// newNodeOf reads a new raft node's pipeline: the node (its id, raft and
+// admin listen, and its broker address from its own peers entry) and the
+// admin addresses of the other peers.
+func newNodeOf(path string) (raftPeer, []string, error) {
+	p, err := config.Load(path)
+	if err != nil {
+		return raftPeer{}, nil, err
+	}
+	ref := p.Plugins.Replication
+	if ref.Type != "raft" {
+		return raftPeer{}, nil, fmt.Errorf("%s: plugins.replication.type is %q: add-node is for raft groups", path, ref.Type)
+	}
+	n := raftPeer{ID: p.Node.ID}
+	n.Raft, _ = ref.Config["listen"].(string)
+	n.Admin, _ = ref.Config["admin"].(string)
+	var others []string
+	ps, _ := ref.Config["peers"].([]any)
+	for _, e := range ps {
+		m, _ := e.(map[string]any)
+		id, _ := m["id"].(string)
+		a, _ := m["admin"].(string)
+		if id == n.ID {
+			n.Broker, _ = m["broker"].(string)
+		} else if a != "" {
+			others = append(others, a)
+		}
+	}
+	if n.Broker == "" {
+		return raftPeer{}, nil, fmt.Errorf("%s: plugins.replication.config.peers does not list this node (%s) with its broker address", path, n.ID)
+	}
+	if len(others) == 0 {
+		return raftPeer{}, nil, fmt.Errorf("%s: plugins.replication.config.peers lists no other node with an admin address: nowhere to find the group's leader", path)
+	}
+	return n, others, nil
+}
+
+// raftPeer is a raft node's addresses, as a pipeline's peers entry gives them.
+type raftPeer struct{ ID, Raft, Broker, Admin string }
 
 // dialReplication connects to a node's replication (or raft admin)
 // listener with the cluster's peer handshake.
@@ -232,13 +476,27 @@ func printClusterStatus(w io.Writer, nodes []string, sts []*ferryv1.ReplicationS
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", a, st.Node, st.Role, st.Mode, st.Epoch, st.Address, sumEnds(st.Offsets), lag, master)
 	}
 	tw.Flush()
+	// raft: where a node's pipeline and the group's live configuration
+	// disagree (reported by the node, never applied by it).
+	for i, st := range sts {
+		if errs[i] == nil && st.MembershipConflict != "" {
+			fmt.Fprintf(w, "\nMEMBERSHIP of %s: %s\n", st.Node, st.MembershipConflict)
+		}
+	}
 	for i, st := range sts {
 		if errs[i] != nil || (st.Role != "master" && st.Role != "leader") || len(st.Replicas) == 0 {
 			continue
 		}
 		if st.Mode == "raft" {
 			// A raft node reports its own log there (followers' progress
-			// is raft's, not listed).
+			// is raft's, not listed), and the group's configuration.
+			if len(st.Servers) > 0 {
+				var ms []string
+				for _, s := range st.Servers {
+					ms = append(ms, s.Id+" ("+s.Suffrage+")")
+				}
+				fmt.Fprintf(w, "\nraft group as %s knows it: %s\n", st.Node, strings.Join(ms, ", "))
+			}
 			fmt.Fprintf(w, "\nraft log of %s:\n", st.Node)
 		} else {
 			fmt.Fprintf(w, "\nreplicas of %s:\n", st.Node)

@@ -33,6 +33,13 @@ type raftMesh struct {
 
 func startRaftMesh(t *testing.T, bin string) *raftMesh {
 	t.Helper()
+	return startRaftMeshWith(t, bin, "")
+}
+
+// startRaftMeshWith is startRaftMesh with more keys of the raft plugin's
+// config (raftGroupVia's extra).
+func startRaftMeshWith(t *testing.T, bin, extra string) *raftMesh {
+	t.Helper()
 	m := &raftMesh{px: make([][]*ferrytest.Proxy, 3)}
 	for i := range m.px {
 		m.px[i] = make([]*ferrytest.Proxy, 3)
@@ -41,7 +48,7 @@ func startRaftMesh(t *testing.T, bin string) *raftMesh {
 		p := ferrytest.NewProxy(t, target)
 		m.px[from][to] = p
 		return p.Addr()
-	}, "")
+	}, extra)
 	for _, nd := range m.nodes {
 		nd.start(t, bin)
 	}
@@ -355,9 +362,19 @@ func TestFaultRaftLinksDelayed(t *testing.T) {
 		t.Skip("starts real processes")
 	}
 	bin := ferrytest.Binary(t)
-	m := startRaftMesh(t, bin)
+	// What is tested is that commits go on over slow links, not how fast
+	// a leader is deposed: with the default timing (heartbeat 500 ms,
+	// lease 250 ms) a 200 ms round trip through the proxies on a loaded
+	// 2-core machine deposes the leader again and again. 2 s / 1 s keep
+	// the delayed links well inside raft's timeouts.
+	m := startRaftMeshWith(t, bin, `heartbeat_timeout: 2s
+election_timeout: 2s
+leader_lease_timeout: 1s
+`)
 	ctx := context.Background()
-	l := startClusterLoad(t, m.seeds(), 4, false)
+	// Sends given up after 5 s, not 1 s: over 200 ms round trips on a
+	// loaded machine a commit can take more than a second.
+	l := startClusterLoadWith(t, m.seeds(), 4, false, 5*time.Second)
 	// Commits go on in each phase: each lasts at least 3 s and until 20
 	// sends begun in it were acked OK (waitOK fails the test if that takes
 	// longer than faultWait: commits stopped).

@@ -104,6 +104,24 @@ func sameLog(t *testing.T, name string, want, got map[int32][]*ferryv1.Message) 
 	return n
 }
 
+var snapshotRE = regexp.MustCompile(`last snapshot at index (\d+)`)
+
+// lastSnapshot reads a node's last snapshot index from its status detail.
+func lastSnapshot(admin string) (uint64, error) {
+	st, err := clusterStatus(context.Background(), admin)
+	if err != nil {
+		return 0, err
+	}
+	if len(st.Replicas) == 0 {
+		return 0, fmt.Errorf("no detail in %v", st)
+	}
+	m := snapshotRE.FindStringSubmatch(st.Replicas[0].Detail)
+	if m == nil {
+		return 0, fmt.Errorf("no snapshot index in %q", st.Replicas[0].Detail)
+	}
+	return strconv.ParseUint(m[1], 10, 64)
+}
+
 var restoredRE = regexp.MustCompile(`snapshots restored (\d+), (\d+) messages fetched from peers`)
 
 // restores reads a node's snapshot counters from its status detail.
@@ -170,21 +188,31 @@ func TestRaftFollowerCatchesUpFromSnapshot(t *testing.T) {
 			break
 		}
 	}
-	followerEnd := func() int64 {
+	var followerEnd int64
+	var followerApplied uint64
+	eventually(t, faultWait, follower.id+"'s status", func() bool {
 		st, err := clusterStatus(context.Background(), follower.admin)
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			followerEnd, followerApplied = sumEnds(st.Offsets), st.AppliedIndex
 		}
-		return sumEnds(st.Offsets)
-	}()
+		return err == nil
+	})
 	follower.kill(t)
 	t.Logf("killed follower %s (storing %d messages); leader %s", follower.id, followerEnd, leader.id)
 
 	start := time.Now()
 	produceMany(t, seeds, "away", 3000, 8)
 	t.Logf("3000 messages acked OK in %s while %s was down", time.Since(start).Round(time.Millisecond), follower.id)
-	// Give the leader time to snapshot and compact (every 100–200 ms).
-	time.Sleep(time.Second)
+	// Until the leader snapshotted past what the follower has and the
+	// trailing entries it keeps (10): it must send a snapshot then.
+	eventually(t, faultWait, "the leader snapshotting past the stopped follower", func() bool {
+		leader, _ := raftLeaderStatus(nodes)
+		if leader == nil {
+			return false
+		}
+		idx, err := lastSnapshot(leader.admin)
+		return err == nil && idx > followerApplied+10
+	})
 
 	follower.start(t, bin)
 	start = time.Now()

@@ -193,6 +193,12 @@ type clusterLoad struct {
 // store's de-dup window (sdk.DedupWindow ids per queue) in one queue,
 // entries applied twice show up as duplicates.
 func startClusterLoad(t *testing.T, seeds []string, workers int, skew bool) *clusterLoad {
+	return startClusterLoadWith(t, seeds, workers, skew, time.Second)
+}
+
+// startClusterLoadWith is startClusterLoad with each send given up after
+// sendTimeout (the producer's timeout; twice that for the whole call).
+func startClusterLoadWith(t *testing.T, seeds []string, workers int, skew bool, sendTimeout time.Duration) *clusterLoad {
 	l := &clusterLoad{load: load{attempts: map[string]bool{}, status: map[string]ferryv1.Status{}, stop: make(chan struct{})}, seeds: seeds, errs: map[string]int{}}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 4}))
 	for w := range workers {
@@ -218,7 +224,7 @@ func startClusterLoad(t *testing.T, seeds []string, workers int, skew bool) *clu
 						time.Sleep(20 * time.Millisecond)
 						continue
 					}
-					opts := client.ProducerOptions{Retries: client.NoRetries, Timeout: time.Second}
+					opts := client.ProducerOptions{Retries: client.NoRetries, Timeout: sendTimeout}
 					if skew && w%2 == 0 {
 						opts.Selector = queueZero{}
 					}
@@ -231,7 +237,7 @@ func startClusterLoad(t *testing.T, seeds []string, workers int, skew bool) *clu
 				// A short timeout: a send to a frozen leader is given up
 				// soon (its outcome is unknown; it never counts as OK).
 				sent := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*sendTimeout)
 				r, err := p.SendSync(ctx, client.Message{Topic: "orders", Key: body, Body: []byte(body)})
 				cancel()
 				if err != nil {

@@ -76,3 +76,28 @@ func TestClusterAddrsFromPipeline(t *testing.T) {
 		t.Errorf("promote on raft: %v", err)
 	}
 }
+
+// add-node and remove-node name what is missing or wrong, exit 2, and
+// contact nothing.
+func TestClusterMembersBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		text string
+	}{
+		{[]string{"cluster", "add-node"}, "name the new node: its pipeline file, or --admin, --broker, --id, --nodes, --raft"},
+		{[]string{"cluster", "add-node", "--id", "r4", "--raft", "127.0.0.1:1"}, "name the new node: its pipeline file, or --admin, --broker, --nodes"},
+		{[]string{"cluster", "add-node", "../../pipelines/cluster/slave.yaml"}, `plugins.replication.type is "sync": add-node is for raft groups`},
+		{[]string{"cluster", "add-node", "../../pipelines/quickstart.yaml"}, `plugins.replication.type is "none": add-node is for raft groups`},
+		{[]string{"cluster", "add-node", "--id", "r4", "--raft", "127.0.0.1:1", "--broker", "127.0.0.1:2", "--admin", "127.0.0.1:3", "--nodes", "127.0.0.1:4", "--peer-ca", "/nonexistent/ca.pem"}, "--peer-"},
+		{[]string{"cluster", "remove-node"}, "accepts between 1 and 2 arg(s), received 0"},
+		{[]string{"cluster", "remove-node", "r4"}, "name the group: a pipeline file of one of its nodes, or --nodes ADDR,ADDR,..."},
+		{[]string{"cluster", "remove-node", "r4", "../../pipelines/quickstart.yaml"}, "no replication plugin"},
+	} {
+		t.Run(strings.Join(tc.args[1:], " "), func(t *testing.T) {
+			out, errOut, code := runFerry(t, nil, tc.args...)
+			if code == 0 || !strings.Contains(errOut, tc.text) || out != "" {
+				t.Errorf("exit %d, stdout %q, stderr %q; want a non-zero exit and %q", code, out, errOut, tc.text)
+			}
+		})
+	}
+}

@@ -24,6 +24,7 @@ var shippedBrokers = []string{
 	"../../pipelines/cluster/raft-1.yaml",
 	"../../pipelines/cluster/raft-2.yaml",
 	"../../pipelines/cluster/raft-3.yaml",
+	"../../pipelines/cluster/raft-4.yaml",
 }
 
 // Every shipped broker pipeline has an admin listener on 127.0.0.1, each on

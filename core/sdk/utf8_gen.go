@@ -28,6 +28,10 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownBrokerInfo(m)
 	case *ferryv1.Cancel:
 		return true, ownCancel(m)
+	case *ferryv1.ChangeMembersRequest:
+		return true, ownChangeMembersRequest(m)
+	case *ferryv1.ChangeMembersResponse:
+		return true, ownChangeMembersResponse(m)
 	case *ferryv1.ClientCredentials:
 		return true, ownClientCredentials(m)
 	case *ferryv1.CommitOffsetsRequest:
@@ -140,6 +144,8 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownQueueOffsets(m)
 	case *ferryv1.QueueRef:
 		return true, ownQueueRef(m)
+	case *ferryv1.RaftServer:
+		return true, ownRaftServer(m)
 	case *ferryv1.ReadRequest:
 		return true, ownReadRequest(m)
 	case *ferryv1.ReadResponse:
@@ -279,6 +285,45 @@ func ownBrokerInfo(m *ferryv1.BrokerInfo) error {
 func ownCancel(m *ferryv1.Cancel) error {
 	if m == nil {
 		return nil
+	}
+	return nil
+}
+
+// ownChangeMembersRequest checks the strings of a ferry.v1.ChangeMembersRequest.
+func ownChangeMembersRequest(m *ferryv1.ChangeMembersRequest) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Op, "ferry.v1.ChangeMembersRequest.op"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Id, "ferry.v1.ChangeMembersRequest.id"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Raft, "ferry.v1.ChangeMembersRequest.raft"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Broker, "ferry.v1.ChangeMembersRequest.broker"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Admin, "ferry.v1.ChangeMembersRequest.admin"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ownChangeMembersResponse checks the strings of a ferry.v1.ChangeMembersResponse.
+func ownChangeMembersResponse(m *ferryv1.ChangeMembersResponse) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Detail, "ferry.v1.ChangeMembersResponse.detail"); err != nil {
+		return err
+	}
+	for _, e := range m.Servers {
+		if err := ownRaftServer(e); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -1079,6 +1124,23 @@ func ownQueueRef(m *ferryv1.QueueRef) error {
 	return nil
 }
 
+// ownRaftServer checks the strings of a ferry.v1.RaftServer.
+func ownRaftServer(m *ferryv1.RaftServer) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Id, "ferry.v1.RaftServer.id"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Raft, "ferry.v1.RaftServer.raft"); err != nil {
+		return err
+	}
+	if err := ownString(&m.Suffrage, "ferry.v1.RaftServer.suffrage"); err != nil {
+		return err
+	}
+	return nil
+}
+
 // ownReadRequest checks the strings of a ferry.v1.ReadRequest.
 func ownReadRequest(m *ferryv1.ReadRequest) error {
 	if m == nil {
@@ -1273,6 +1335,14 @@ func ownReplicationStatusResponse(m *ferryv1.ReplicationStatusResponse) error {
 		return err
 	}
 	if err := ownString(&m.LeaderAddress, "ferry.v1.ReplicationStatusResponse.leader_address"); err != nil {
+		return err
+	}
+	for _, e := range m.Servers {
+		if err := ownRaftServer(e); err != nil {
+			return err
+		}
+	}
+	if err := ownString(&m.MembershipConflict, "ferry.v1.ReplicationStatusResponse.membership_conflict"); err != nil {
 		return err
 	}
 	return nil

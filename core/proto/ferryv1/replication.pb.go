@@ -1061,8 +1061,15 @@ type ReplicationStatusResponse struct {
 	ReplicatesOffsets bool `protobuf:"varint,11,opt,name=replicates_offsets,json=replicatesOffsets,proto3" json:"replicates_offsets,omitempty"`
 	// The plugin implements ReplicateTopics (answered with mode_only too).
 	ReplicatesTopics bool `protobuf:"varint,65,opt,name=replicates_topics,json=replicatesTopics,proto3" json:"replicates_topics,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// raft: the last entry this node applied, and the group's live
+	// configuration as this node knows it.
+	AppliedIndex uint64        `protobuf:"varint,300,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Servers      []*RaftServer `protobuf:"bytes,301,rep,name=servers,proto3" json:"servers,omitempty"`
+	// raft: how this node's pipeline (its peers list) and the live
+	// configuration disagree; empty when they agree. Reported, never applied.
+	MembershipConflict string `protobuf:"bytes,302,opt,name=membership_conflict,json=membershipConflict,proto3" json:"membership_conflict,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ReplicationStatusResponse) Reset() {
@@ -1177,6 +1184,27 @@ func (x *ReplicationStatusResponse) GetReplicatesTopics() bool {
 		return x.ReplicatesTopics
 	}
 	return false
+}
+
+func (x *ReplicationStatusResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *ReplicationStatusResponse) GetServers() []*RaftServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ReplicationStatusResponse) GetMembershipConflict() string {
+	if x != nil {
+		return x.MembershipConflict
+	}
+	return ""
 }
 
 type ReplicaInfo struct {
@@ -1543,6 +1571,212 @@ func (x *PromoteResponse) GetDetail() string {
 	return ""
 }
 
+// ChangeMembersRequest names the node to add or remove. For an add, every
+// address is required: raft (its raft listen), broker (its transport's
+// listen, which routing names when it leads) and admin (its admin listen).
+type ChangeMembersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "add" or "remove".
+	Op     string `protobuf:"bytes,300,opt,name=op,proto3" json:"op,omitempty"`
+	Id     string `protobuf:"bytes,301,opt,name=id,proto3" json:"id,omitempty"`
+	Raft   string `protobuf:"bytes,302,opt,name=raft,proto3" json:"raft,omitempty"`
+	Broker string `protobuf:"bytes,303,opt,name=broker,proto3" json:"broker,omitempty"`
+	Admin  string `protobuf:"bytes,304,opt,name=admin,proto3" json:"admin,omitempty"`
+	// add: how long the new node may take to catch up before it is made a
+	// voter (0: the plugin's default); it stays a non-voter if it does not.
+	CatchUpTimeoutMs int64 `protobuf:"varint,305,opt,name=catch_up_timeout_ms,json=catchUpTimeoutMs,proto3" json:"catch_up_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ChangeMembersRequest) Reset() {
+	*x = ChangeMembersRequest{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembersRequest) ProtoMessage() {}
+
+func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
+func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ChangeMembersRequest) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetRaft() string {
+	if x != nil {
+		return x.Raft
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetBroker() string {
+	if x != nil {
+		return x.Broker
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
+}
+
+func (x *ChangeMembersRequest) GetCatchUpTimeoutMs() int64 {
+	if x != nil {
+		return x.CatchUpTimeoutMs
+	}
+	return 0
+}
+
+type ChangeMembersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was done, for a person.
+	Detail string `protobuf:"bytes,300,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The group's configuration afterwards.
+	Servers       []*RaftServer `protobuf:"bytes,301,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembersResponse) Reset() {
+	*x = ChangeMembersResponse{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembersResponse) ProtoMessage() {}
+
+func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
+func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChangeMembersResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *ChangeMembersResponse) GetServers() []*RaftServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// RaftServer is one server of a raft group's live configuration.
+type RaftServer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,300,opt,name=id,proto3" json:"id,omitempty"`
+	Raft  string                 `protobuf:"bytes,301,opt,name=raft,proto3" json:"raft,omitempty"`
+	// "voter" or "nonvoter".
+	Suffrage      string `protobuf:"bytes,302,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftServer) Reset() {
+	*x = RaftServer{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftServer) ProtoMessage() {}
+
+func (x *RaftServer) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
+func (*RaftServer) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RaftServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RaftServer) GetRaft() string {
+	if x != nil {
+		return x.Raft
+	}
+	return ""
+}
+
+func (x *RaftServer) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
+	}
+	return ""
+}
+
 var File_ferry_v1_replication_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_replication_proto_rawDesc = "" +
@@ -1613,7 +1847,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xbb\x03\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xc4\x04\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1628,7 +1862,10 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x10leader_connected\x18\n" +
 	" \x01(\bR\x0fleaderConnected\x12-\n" +
 	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\x12+\n" +
-	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\"\x9f\x01\n" +
+	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x12$\n" +
+	"\rapplied_index\x18\xac\x02 \x01(\x04R\fappliedIndex\x12/\n" +
+	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\x120\n" +
+	"\x13membership_conflict\x18\xae\x02 \x01(\tR\x12membershipConflict\"\x9f\x01\n" +
 	"\vReplicaInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1c\n" +
@@ -1656,17 +1893,33 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail2\x8f\x03\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\"\xad\x01\n" +
+	"\x14ChangeMembersRequest\x12\x0f\n" +
+	"\x02op\x18\xac\x02 \x01(\tR\x02op\x12\x0f\n" +
+	"\x02id\x18\xad\x02 \x01(\tR\x02id\x12\x13\n" +
+	"\x04raft\x18\xae\x02 \x01(\tR\x04raft\x12\x17\n" +
+	"\x06broker\x18\xaf\x02 \x01(\tR\x06broker\x12\x15\n" +
+	"\x05admin\x18\xb0\x02 \x01(\tR\x05admin\x12.\n" +
+	"\x13catch_up_timeout_ms\x18\xb1\x02 \x01(\x03R\x10catchUpTimeoutMs\"a\n" +
+	"\x15ChangeMembersResponse\x12\x17\n" +
+	"\x06detail\x18\xac\x02 \x01(\tR\x06detail\x12/\n" +
+	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\"O\n" +
+	"\n" +
+	"RaftServer\x12\x0f\n" +
+	"\x02id\x18\xac\x02 \x01(\tR\x02id\x12\x13\n" +
+	"\x04raft\x18\xad\x02 \x01(\tR\x04raft\x12\x1b\n" +
+	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage2\x8f\x03\n" +
 	"\vReplication\x12H\n" +
 	"\tReplicate\x12\x1a.ferry.v1.ReplicateRequest\x1a\x1b.ferry.v1.ReplicateResponse(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.ferry.v1.ReplicaCoreFrame\x1a\x1a.ferry.v1.ReplicationFrame(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12S\n" +
 	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
-	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse2\xe1\x01\n" +
+	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse2\xb3\x02\n" +
 	"\vReplicaLink\x12?\n" +
 	"\x06Follow\x12\x17.ferry.v1.FollowRequest\x1a\x18.ferry.v1.FollowResponse(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12>\n" +
-	"\aPromote\x12\x18.ferry.v1.PromoteRequest\x1a\x19.ferry.v1.PromoteResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\aPromote\x12\x18.ferry.v1.PromoteRequest\x1a\x19.ferry.v1.PromoteResponse\x12P\n" +
+	"\rChangeMembers\x12\x1e.ferry.v1.ChangeMembersRequest\x1a\x1f.ferry.v1.ChangeMembersResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_replication_proto_rawDescOnce sync.Once
@@ -1680,7 +1933,7 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_replication_proto_rawDescData
 }
 
-var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_replication_proto_goTypes = []any{
 	(*TopicChange)(nil),               // 0: ferry.v1.TopicChange
 	(*ReplicatedTopic)(nil),           // 1: ferry.v1.ReplicatedTopic
@@ -1702,67 +1955,74 @@ var file_ferry_v1_replication_proto_goTypes = []any{
 	(*FollowResponse)(nil),            // 17: ferry.v1.FollowResponse
 	(*PromoteRequest)(nil),            // 18: ferry.v1.PromoteRequest
 	(*PromoteResponse)(nil),           // 19: ferry.v1.PromoteResponse
-	nil,                               // 20: ferry.v1.ReplicateRequest.TraceEntry
-	(*Message)(nil),                   // 21: ferry.v1.Message
-	(Status)(0),                       // 22: ferry.v1.Status
-	(*Error)(nil),                     // 23: ferry.v1.Error
-	(*ReadRequest)(nil),               // 24: ferry.v1.ReadRequest
-	(*CommitOffsetsRequest)(nil),      // 25: ferry.v1.CommitOffsetsRequest
-	(*ReadResponse)(nil),              // 26: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),     // 27: ferry.v1.CommitOffsetsResponse
-	(*QueueOffsets)(nil),              // 28: ferry.v1.QueueOffsets
+	(*ChangeMembersRequest)(nil),      // 20: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),     // 21: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                // 22: ferry.v1.RaftServer
+	nil,                               // 23: ferry.v1.ReplicateRequest.TraceEntry
+	(*Message)(nil),                   // 24: ferry.v1.Message
+	(Status)(0),                       // 25: ferry.v1.Status
+	(*Error)(nil),                     // 26: ferry.v1.Error
+	(*ReadRequest)(nil),               // 27: ferry.v1.ReadRequest
+	(*CommitOffsetsRequest)(nil),      // 28: ferry.v1.CommitOffsetsRequest
+	(*ReadResponse)(nil),              // 29: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),     // 30: ferry.v1.CommitOffsetsResponse
+	(*QueueOffsets)(nil),              // 31: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
-	21, // 1: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	20, // 2: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	22, // 3: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	23, // 4: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	24, // 1: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	23, // 2: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	25, // 3: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	26, // 4: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
 	7,  // 5: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	24, // 6: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	27, // 6: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
 	9,  // 7: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
 	11, // 8: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	25, // 9: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	28, // 9: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
 	0,  // 10: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
 	8,  // 11: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	26, // 12: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	29, // 12: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
 	10, // 13: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
 	12, // 14: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	27, // 15: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	30, // 15: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
 	2,  // 16: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	23, // 17: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	21, // 18: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	28, // 19: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	26, // 17: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	24, // 18: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	31, // 19: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
 	1,  // 20: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
 	15, // 21: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	28, // 22: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	28, // 23: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	21, // 24: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	28, // 25: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	28, // 26: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	25, // 27: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 28: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	3,  // 29: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	6,  // 30: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	13, // 31: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	25, // 32: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	0,  // 33: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	16, // 34: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	13, // 35: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	18, // 36: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	4,  // 37: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	5,  // 38: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	14, // 39: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	27, // 40: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	2,  // 41: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	17, // 42: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	14, // 43: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	19, // 44: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	31, // 22: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	22, // 23: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	31, // 24: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	24, // 25: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	31, // 26: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	31, // 27: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	28, // 28: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	0,  // 29: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	22, // 30: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	3,  // 31: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	6,  // 32: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	13, // 33: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	28, // 34: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	0,  // 35: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	16, // 36: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	13, // 37: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	18, // 38: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	20, // 39: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	4,  // 40: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	5,  // 41: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	14, // 42: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	30, // 43: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	2,  // 44: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	17, // 45: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	14, // 46: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	19, // 47: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	21, // 48: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	40, // [40:49] is the sub-list for method output_type
+	31, // [31:40] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -1794,7 +2054,7 @@ func file_ferry_v1_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_replication_proto_rawDesc), len(file_ferry_v1_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -318,9 +318,10 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	ReplicaLink_Follow_FullMethodName  = "/ferry.v1.ReplicaLink/Follow"
-	ReplicaLink_Status_FullMethodName  = "/ferry.v1.ReplicaLink/Status"
-	ReplicaLink_Promote_FullMethodName = "/ferry.v1.ReplicaLink/Promote"
+	ReplicaLink_Follow_FullMethodName        = "/ferry.v1.ReplicaLink/Follow"
+	ReplicaLink_Status_FullMethodName        = "/ferry.v1.ReplicaLink/Status"
+	ReplicaLink_Promote_FullMethodName       = "/ferry.v1.ReplicaLink/Promote"
+	ReplicaLink_ChangeMembers_FullMethodName = "/ferry.v1.ReplicaLink/ChangeMembers"
 )
 
 // ReplicaLinkClient is the client API for ReplicaLink service.
@@ -335,6 +336,11 @@ type ReplicaLinkClient interface {
 	Follow(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FollowRequest, FollowResponse], error)
 	Status(ctx context.Context, in *ReplicationStatusRequest, opts ...grpc.CallOption) (*ReplicationStatusResponse, error)
 	Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error)
+	// ChangeMembers adds a node to a raft group (as a non-voter, promoted to
+	// voter once it caught up) or removes one; only the leader takes it
+	// (`ferry cluster add-node`, `remove-node`). Master–slave answers
+	// Unimplemented.
+	ChangeMembers(ctx context.Context, in *ChangeMembersRequest, opts ...grpc.CallOption) (*ChangeMembersResponse, error)
 }
 
 type replicaLinkClient struct {
@@ -378,6 +384,16 @@ func (c *replicaLinkClient) Promote(ctx context.Context, in *PromoteRequest, opt
 	return out, nil
 }
 
+func (c *replicaLinkClient) ChangeMembers(ctx context.Context, in *ChangeMembersRequest, opts ...grpc.CallOption) (*ChangeMembersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeMembersResponse)
+	err := c.cc.Invoke(ctx, ReplicaLink_ChangeMembers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicaLinkServer is the server API for ReplicaLink service.
 // All implementations must embed UnimplementedReplicaLinkServer
 // for forward compatibility.
@@ -390,6 +406,11 @@ type ReplicaLinkServer interface {
 	Follow(grpc.BidiStreamingServer[FollowRequest, FollowResponse]) error
 	Status(context.Context, *ReplicationStatusRequest) (*ReplicationStatusResponse, error)
 	Promote(context.Context, *PromoteRequest) (*PromoteResponse, error)
+	// ChangeMembers adds a node to a raft group (as a non-voter, promoted to
+	// voter once it caught up) or removes one; only the leader takes it
+	// (`ferry cluster add-node`, `remove-node`). Master–slave answers
+	// Unimplemented.
+	ChangeMembers(context.Context, *ChangeMembersRequest) (*ChangeMembersResponse, error)
 	mustEmbedUnimplementedReplicaLinkServer()
 }
 
@@ -408,6 +429,9 @@ func (UnimplementedReplicaLinkServer) Status(context.Context, *ReplicationStatus
 }
 func (UnimplementedReplicaLinkServer) Promote(context.Context, *PromoteRequest) (*PromoteResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Promote not implemented")
+}
+func (UnimplementedReplicaLinkServer) ChangeMembers(context.Context, *ChangeMembersRequest) (*ChangeMembersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ChangeMembers not implemented")
 }
 func (UnimplementedReplicaLinkServer) mustEmbedUnimplementedReplicaLinkServer() {}
 func (UnimplementedReplicaLinkServer) testEmbeddedByValue()                     {}
@@ -473,6 +497,24 @@ func _ReplicaLink_Promote_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplicaLink_ChangeMembers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeMembersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaLinkServer).ChangeMembers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplicaLink_ChangeMembers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaLinkServer).ChangeMembers(ctx, req.(*ChangeMembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplicaLink_ServiceDesc is the grpc.ServiceDesc for ReplicaLink service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -487,6 +529,10 @@ var ReplicaLink_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Promote",
 			Handler:    _ReplicaLink_Promote_Handler,
+		},
+		{
+			MethodName: "ChangeMembers",
+			Handler:    _ReplicaLink_ChangeMembers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

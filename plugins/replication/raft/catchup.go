@@ -200,8 +200,16 @@ func (p *Plugin) catchUpPeers() []Peer {
 	if leader.ID != "" && leader.ID != p.node && leader.Admin != "" {
 		out = append(out, leader)
 	}
+	seen := map[string]bool{}
 	for _, peer := range p.cfg.Peers {
+		seen[peer.ID] = true
 		if peer.ID != p.node && peer.ID != leader.ID && peer.Admin != "" {
+			out = append(out, peer)
+		}
+	}
+	// Then nodes added to the group that the pipeline does not list.
+	for _, peer := range p.memberTable() {
+		if !seen[peer.ID] && peer.ID != p.node && peer.ID != leader.ID && peer.Admin != "" {
 			out = append(out, peer)
 		}
 	}

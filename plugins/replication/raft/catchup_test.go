@@ -262,3 +262,27 @@ func TestRestoreDetectsDivergedOffsets(t *testing.T) {
 		t.Fatalf("Restore: %v, want logs diverged", err)
 	}
 }
+
+// A snapshot older than what the node applied from the log (sent by a new
+// leader of a later term) is refused, and nothing changes: raft would
+// otherwise drop log entries it still needs. Negative control: the same
+// snapshot over a node whose applied index is below it is taken.
+func TestRestoreRefusesAnOlderSnapshot(t *testing.T) {
+	local := newMemCore("orders/0")
+	local.fill("orders", 0, 30)
+	f := follower(t, local)
+	f.applied = 40
+	if err := f.Restore(snapshotOf(t, 25, map[string]int64{"orders/0": 20})); !errors.Is(err, errStaleSnapshot) {
+		t.Fatalf("Restore of an older snapshot: %v, want it refused", err)
+	}
+	if f.applied != 40 || len(local.log("orders/0")) != 30 {
+		t.Fatalf("applied %d, store %d messages; want 40 and 30 kept", f.applied, len(local.log("orders/0")))
+	}
+	f.applied = 20
+	if err := f.Restore(snapshotOf(t, 25, map[string]int64{"orders/0": 20})); err != nil {
+		t.Fatalf("Restore of a snapshot beyond the applied index: %v", err)
+	}
+	if f.applied != 25 {
+		t.Fatalf("applied %d after the restore, want 25", f.applied)
+	}
+}

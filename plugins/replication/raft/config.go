@@ -31,8 +31,14 @@ type Config struct {
 	// snapshot (Follow). Required when the group has more than one peer.
 	Admin string `json:"admin"`
 	// Peers are every voter of the group, this node included. Nodes with
-	// no raft state bootstrap the group with exactly this list.
+	// no raft state bootstrap the group with exactly this list, unless
+	// Join is set.
 	Peers []Peer `json:"peers"`
+	// Join: a node with no raft state does not bootstrap; it waits to be
+	// added to a running group (`ferry cluster add-node`). Set it on a
+	// node added to a group, and on one that lost its data dir (it must
+	// rejoin empty: bootstrapping would make it a voter with no log).
+	Join bool `json:"join"`
 	// Timing: defaults give failover well under 2 s on a LAN.
 	HeartbeatTimeout   sdk.Duration `json:"heartbeat_timeout"`
 	ElectionTimeout    sdk.Duration `json:"election_timeout"`

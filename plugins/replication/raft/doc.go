@@ -12,6 +12,16 @@
 // store assigns the same offsets. The leader's producer is answered with the
 // offsets its own store assigned, only then.
 //
+// The FSM is pipelined (pipeline.go): ApplyBatch starts the appends of
+// the entries raft hands it, in log order, and returns; a completer
+// goroutine waits for them in order and answers the leader's Replicate.
+// So the next batch's appends start while the previous batch's store
+// flush runs (at most two batches in flight). A failed append is started
+// again, with every append after it, in log order, before anything new
+// starts: the store never holds a later entry before an earlier one.
+// Topic and members entries, snapshots and restores drain the pipeline
+// first.
+//
 // A node that is not the leader rejects Replicate with sdk.ErrNotLeader
 // (nothing stored). A leader deposed while a batch waits answers an error —
 // raft.ErrLeadershipLost becomes sdk.ErrUnavailable, "outcome unknown": the
@@ -175,6 +185,16 @@
 // crash would leave its node behind entries raft considers applied.
 //
 // Nodes with no raft state bootstrap the group from `peers` (every node the
-// same list: hashicorp/raft allows that). Membership changes are not
-// supported yet.
+// same list: hashicorp/raft allows that), unless `join` is set.
+//
+// # Membership
+//
+// `ferry cluster add-node` / `remove-node` call ReplicaLink.ChangeMembers
+// on the leader's admin listener (members.go): an add commits the new
+// node's broker and admin addresses as an entry of kind 3 (0x00, 3, JSON),
+// then AddNonvoter, then AddVoter once the node applied the leader's last
+// index; a remove is RemoveServer. The addresses are kept in members.json
+// and in snapshots; peers are looked up in the pipeline first. Where the
+// pipeline's peers and the live configuration disagree, the node reports it
+// (Status, its log) and changes nothing.
 package raft

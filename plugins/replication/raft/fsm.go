@@ -14,9 +14,7 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
@@ -48,6 +46,18 @@ type fsm struct {
 	// offs: the latest offset of every consumer group and queue the log
 	// committed (offsets.go), for snapshots.
 	offs offsets
+	// The apply pipeline (pipeline.go): pmu guards queue, broken and
+	// applied once the completer runs; cond signals changes of queue and
+	// broken. startMu is held while appends are started, by ApplyBatch and
+	// by a recovery.
+	pmu       sync.Mutex
+	cond      *sync.Cond
+	queue     []*run
+	broken    bool
+	startMu   sync.Mutex
+	depth     int  // runs in flight at most; 1: no overlap
+	inPlace   bool // tests' negative control: retry a failed append alone, where it failed (the old way)
+	completer sync.Once
 }
 
 // HeaderRaftIndex is the header in which every message applied by the raft
@@ -56,7 +66,8 @@ type fsm struct {
 const HeaderRaftIndex = "ferry-raft-index"
 
 func newFSM(p *Plugin, ctx context.Context, core sdk.ReplicaCore, dir string) *fsm {
-	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied"), patience: catchUpPatience}
+	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied"), patience: catchUpPatience, depth: pipelineDepth}
+	f.cond = sync.NewCond(&f.pmu)
 	if b, err := os.ReadFile(f.path); err == nil {
 		f.applied, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
@@ -96,106 +107,6 @@ func (f *fsm) storedIndex() uint64 {
 		}
 	}
 	return idx
-}
-
-var _ hraft.BatchingFSM = (*fsm)(nil)
-
-func (f *fsm) Apply(l *hraft.Log) any { return f.ApplyBatch([]*hraft.Log{l})[0] }
-
-// ApplyBatch applies entries in log order. A topic change (topics.go) is a
-// barrier: the entries before it are stored first, and no later entry's
-// append starts before it is applied (a batch of a topic it creates must
-// find the topic).
-func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
-	out := make([]any, 0, len(logs))
-	start := 0
-	for i, l := range logs {
-		if isTopics(l) {
-			out = append(out, f.applyRun(logs[start:i])...)
-			out = append(out, f.applyTopicEntry(l))
-			start = i + 1
-		}
-	}
-	return append(out, f.applyRun(logs[start:])...)
-}
-
-// applyRun starts every batch entry's append in log order (so that one
-// flush of the store covers the run), then waits for each in log order and
-// applies each offsets entry at its place (offsets.go): after the appends of
-// the entries before it are stored.
-func (f *fsm) applyRun(logs []*hraft.Log) []any {
-	out := make([]any, len(logs))
-	waits := make([]sdk.ApplyWait, len(logs))
-	msgs := make([][]*sdk.Message, len(logs))
-	offs := make([]*ferryv1.CommitOffsetsRequest, len(logs))
-	for i, l := range logs {
-		if l.Type != hraft.LogCommand {
-			continue
-		}
-		kind, payload, err := decodeEntry(l.Data)
-		if err == nil && kind == kindOffsets {
-			// Decoded even when applied already (raft replays the log
-			// after a restart): the table is rebuilt from them.
-			offs[i], err = decodeOffsets(payload)
-		}
-		if l.Index <= f.applied || offs[i] != nil {
-			continue
-		}
-		if err != nil {
-			out[i] = err
-			continue
-		}
-		var req ferryv1.ApplyRequest
-		if err := proto.Unmarshal(payload, &req); err != nil {
-			out[i] = err
-			continue
-		}
-		for _, m := range req.Messages {
-			if m.Headers == nil {
-				m.Headers = map[string]string{}
-			}
-			m.Headers[HeaderRaftIndex] = strconv.FormatUint(l.Index, 10)
-		}
-		msgs[i] = req.Messages
-		waits[i] = f.start(req.Messages)
-	}
-	// The applied index moves only past entries that are stored: one that
-	// failed (the node stopping) is applied again after a restart.
-	upTo, failed := f.applied, false
-	var stored uint64 // the last entry whose messages the store holds
-	for i, w := range waits {
-		switch {
-		case w != nil:
-			out[i] = f.finish(msgs[i], w)
-			if _, isErr := out[i].(error); !isErr && !failed {
-				stored = logs[i].Index
-			}
-		case offs[i] != nil:
-			f.offs.record(offs[i])
-			if logs[i].Index > f.applied && !failed {
-				if err := f.commitOffsets(offs[i].Group, offs[i].Offsets); err != nil {
-					out[i] = err
-				}
-			}
-		}
-		if _, isErr := out[i].(error); isErr {
-			failed = true
-		}
-		if !failed {
-			upTo = max(upTo, logs[i].Index)
-		}
-	}
-	if upTo > f.applied {
-		f.applied = upTo
-		if upTo == stored {
-			// The store holds upTo's messages with their index: the
-			// file may lag behind (storedIndex reads it back).
-			f.saveAppliedLater()
-		} else {
-			f.saveApplied()
-		}
-	}
-	return out
 }
 
 // saveApplied records the applied index before it returns.
@@ -276,23 +187,6 @@ func (f *fsm) start(msgs []*sdk.Message) sdk.ApplyWait {
 	}
 }
 
-// finish waits for an entry's append. On failure it appends again (the store
-// de-duplicates by id) until it succeeds or the node stops.
-func (f *fsm) finish(msgs []*sdk.Message, w sdk.ApplyWait) any {
-	for {
-		offs, err := w(f.ctx)
-		if err == nil {
-			return offs
-		}
-		if f.ctx.Err() != nil || errors.Is(err, sdk.ErrCorrupt) || permanent(err) {
-			return err
-		}
-		f.p.log.Warn("applying a committed entry failed; retrying", "error", err)
-		time.Sleep(50 * time.Millisecond)
-		w = f.start(msgs)
-	}
-}
-
 // permanent reports an error of an apply that retrying cannot help.
 func permanent(err error) bool {
 	return errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, sdk.ErrNotFound)
@@ -317,18 +211,23 @@ type snapshot struct {
 	// topic changes the log applied, on the pipeline's baseline). Absent
 	// (nil) in snapshots written before topics went through the log.
 	Topics []snapTopic `json:"topics"`
+	// Members are the peers' addresses the log recorded (members.go):
+	// nodes added with `ferry cluster add-node`. Absent in older
+	// snapshots and where none was added.
+	Members map[string]Peer `json:"members,omitempty"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
 // meanwhile), so the store's ends are exactly those after f.applied.
 func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
+	f.drain() // every entry raft handed over is stored (or failed) first
 	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
 	defer cancel()
 	info, err := f.core.NodeInfo(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics)}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable()}
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -362,9 +261,28 @@ func readSnapshot(r io.Reader) (*snapshot, error) {
 // the leader sends the snapshot again.
 func (f *fsm) Restore(r io.ReadCloser) error {
 	defer r.Close()
+	f.drain()
 	s, err := readSnapshot(r)
 	if err != nil {
 		return err
+	}
+	if s.Index != 0 && f.applied > s.Index {
+		// A snapshot older than what this node applied from the log (a
+		// new leader of a later term may hold an older one than the
+		// node had): refused. Taking it, raft would move its applied
+		// index back to the snapshot's and delete the whole log
+		// (raft-wal is a MonotonicLogStore) while keeping its last log
+		// index, and panic on the next append, needing entries it
+		// deleted ("log not found"). Refused, raft keeps its state and
+		// the leader sends its snapshot again, a newer one once it took
+		// it.
+		f.p.log.Warn("refusing a raft snapshot older than what this node applied; the leader sends a newer one", "snapshot_index", s.Index, "applied", f.applied)
+		return fmt.Errorf("%w: snapshot at index %d, this node applied up to %d", errStaleSnapshot, s.Index, f.applied)
+	}
+	// The members table first: a node that joined empty may know the
+	// peers to fetch from (the leader's admin address) only from it.
+	if s.Members != nil {
+		f.p.setMembers(s.Members)
 	}
 	// The snapshot's topics first: its messages may be of topics this
 	// node does not hold yet.
@@ -389,6 +307,9 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	f.p.restored.Add(1)
 	return nil
 }
+
+// errStaleSnapshot: a snapshot installed over a node that applied past it.
+var errStaleSnapshot = errors.New("raft snapshot older than this node's applied index")
 
 // snapshotIndex is the last entry a snapshot's store held.
 func (f *fsm) snapshotIndex(s *snapshot) uint64 {

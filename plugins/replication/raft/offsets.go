@@ -41,6 +41,7 @@ const (
 	kindBatch   byte = 0x00 // untagged: an ApplyRequest
 	kindOffsets byte = 0x01 // a ferryv1.CommitOffsetsRequest
 	kindTopics  byte = 0x02 // a ferryv1.TopicChange (topics.go)
+	kindMembers byte = 0x03 // a memberChange, JSON (members.go)
 )
 
 // encodeOffsets is the entry that commits a group's offsets.
@@ -65,6 +66,8 @@ func decodeEntry(data []byte) (kind byte, payload []byte, err error) {
 		return kindOffsets, data[2:], nil
 	case kindTopics:
 		return kindTopics, data[2:], nil
+	case kindMembers:
+		return kindMembers, data[2:], nil
 	default:
 		return 0, nil, fmt.Errorf("raft entry of unknown kind %d (written by a newer version?)", data[1])
 	}

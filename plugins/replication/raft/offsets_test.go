@@ -144,6 +144,7 @@ func TestFSMAppliesOffsetsInLogOrder(t *testing.T) {
 		offsetsEntry(t, 4, "g", gOff("orders", 0, 10), gOff("orders", 1, 0)),
 		offsetsEntry(t, 5, "h", gOff("orders", 1, 0), gOff("gone", 0, 7)),
 	})
+	f.drain() // the apply pipeline answers entries after ApplyBatch returned
 	for i, o := range out {
 		if err, ok := o.(error); ok {
 			t.Fatalf("entry %d: %v", i, err)
@@ -172,6 +173,7 @@ func TestFSMAppliesOffsetsInLogOrder(t *testing.T) {
 		offsetsEntry(t, 2, "g", gOff("orders", 0, 3)),
 		offsetsEntry(t, 4, "g", gOff("orders", 0, 10), gOff("orders", 1, 0)),
 	})
+	f2.drain()
 	if got := core.committed(); !sameStrings(got, want) {
 		t.Fatalf("replay stored %v", got[len(want):])
 	}

@@ -51,6 +51,10 @@ type Plugin struct {
 	role    string
 	leader  Peer
 	address string
+	// members: peers' addresses the log recorded (members.go), by id.
+	members map[string]Peer
+	// conflictSeen: the membership conflict last logged.
+	conflictSeen string
 
 	// Snapshot catch-up, for Status: snapshots restored, messages
 	// fetched from peers for them, catch-ups served to peers.
@@ -101,6 +105,9 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		return fmt.Errorf("raft log: %w", err)
 	}
 	p.logs = w
+	if err := p.loadMembers(); err != nil {
+		return fmt.Errorf("raft members table: %w", err)
+	}
 	adv, err := net.ResolveTCPAddr("tcp", cfg.Listen)
 	if err != nil {
 		return err
@@ -148,6 +155,9 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
 	rc.NoSnapshotRestoreOnStart = true // the store is the state
+	// A leader that removes itself stays up as a follower outside the
+	// group: its admin listener keeps reporting that it was removed.
+	rc.ShutdownOnRemove = false
 	rc.Logger = p.log
 	snaps, err := hraft.NewFileSnapshotStoreWithLogger(p.dir, 2, p.log.Named("snapshots"))
 	if err != nil {
@@ -157,7 +167,10 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	if err != nil {
 		return err
 	}
-	if !has {
+	if !has && p.cfg.Join {
+		p.log.Info("no raft state and join is set: waiting to be added to the group (ferry cluster add-node)")
+	}
+	if !has && !p.cfg.Join {
 		var servers []hraft.Server
 		for _, peer := range p.cfg.Peers {
 			servers = append(servers, hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(peer.ID), Address: hraft.ServerAddress(peer.Raft)})
@@ -183,11 +196,14 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	tick := time.NewTicker(roleEvery)
 	defer tick.Stop()
 	var last *sdk.SetRoleRequest
-	for {
+	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+		if n%50 == 0 {
+			p.reportConflict(r)
 		}
 		want := p.observe(r)
 		if last == nil || want.Role != last.Role || want.LeaderAddress != last.LeaderAddress {
@@ -205,10 +221,8 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 func (p *Plugin) observe(r *hraft.Raft) *sdk.SetRoleRequest {
 	_, id := r.LeaderWithID()
 	var leader Peer
-	for _, peer := range p.cfg.Peers {
-		if hraft.ServerID(peer.ID) == id {
-			leader = peer
-		}
+	if id != "" {
+		leader, _ = p.peer(string(id))
 	}
 	role := sdk.RoleFollower
 	switch r.State() {
@@ -267,7 +281,21 @@ func (p *Plugin) Replicate(ctx context.Context, msgs []*sdk.Message) (sdk.Replic
 			// commit under the next leader.
 			return 0, nil, fmt.Errorf("%w: raft: %v (outcome unknown)", sdk.ErrUnavailable, err)
 		}
-		switch v := fut.Response().(type) {
+		resp := fut.Response()
+		if pa, ok := resp.(*pendingApply); ok {
+			// Committed; this node's store append runs in the apply
+			// pipeline (pipeline.go).
+			offs, err := pa.result(ctx)
+			switch {
+			case err == nil:
+				resp = offs
+			case ctx.Err() != nil:
+				return 0, nil, fmt.Errorf("%w: committed, but storing it here not confirmed in time", ctx.Err())
+			default:
+				resp = err
+			}
+		}
+		switch v := resp.(type) {
 		case []int64:
 			return ferryv1.Status_STATUS_OK, v, nil
 		case error:
@@ -294,14 +322,20 @@ func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
 	commit, _ := strconv.ParseInt(stats["commit_index"], 10, 64)
 	applied, _ := strconv.ParseInt(stats["applied_index"], 10, 64)
 	last, _ := strconv.ParseInt(stats["last_log_index"], 10, 64)
+	snap, _ := strconv.ParseInt(stats["last_snapshot_index"], 10, 64)
 	info, err := core.NodeInfo(ctx)
 	if err != nil {
 		return nil, err
 	}
 	st.Offsets = info.Offsets
+	st.AppliedIndex = uint64(applied)
+	if cf := r.GetConfiguration(); cf.Error() == nil {
+		st.Servers = servers(cf.Configuration())
+		st.MembershipConflict = p.conflict(cf.Configuration())
+	}
 	st.Replicas = []*ferryv1.ReplicaInfo{{Node: p.node, Address: addr, Connected: leader.ID != "",
-		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries); snapshots restored %d, %d messages fetched from peers, %d catch-ups served",
-			last, commit, applied, p.restored.Load(), p.caughtUp.Load(), p.served.Load())}}
+		Lag: commit - applied, Detail: fmt.Sprintf("raft log: last %d, committed %d, applied %d (lag in entries); snapshots restored %d, %d messages fetched from peers, %d catch-ups served; last snapshot at index %d",
+			last, commit, applied, p.restored.Load(), p.caughtUp.Load(), p.served.Load(), snap)}}
 	return st, nil
 }
 
@@ -339,6 +373,28 @@ func (a *admin) Status(ctx context.Context, _ *ferryv1.ReplicationStatusRequest)
 // Follow serves a peer's catch-up after a snapshot (catchup.go).
 func (a *admin) Follow(stream ferryv1.ReplicaLink_FollowServer) error { return a.p.follow(stream) }
 
+// ChangeMembers adds or removes a node, on the leader (members.go).
+func (a *admin) ChangeMembers(ctx context.Context, req *ferryv1.ChangeMembersRequest) (*ferryv1.ChangeMembersResponse, error) {
+	return a.p.changeMembers(ctx, req)
+}
+
 func (a *admin) Promote(context.Context, *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
 	return nil, status.Error(codes.FailedPrecondition, "raft elects its leader by itself; promote is for master–slave replication")
+}
+
+// reportConflict logs, once per change, how the pipeline's peers and the
+// live configuration disagree (members.go); it changes nothing.
+func (p *Plugin) reportConflict(r *hraft.Raft) {
+	cf := r.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	c := p.conflict(cf.Configuration())
+	p.mu.Lock()
+	changed := c != p.conflictSeen
+	p.conflictSeen = c
+	p.mu.Unlock()
+	if changed && c != "" {
+		p.log.Warn("the pipeline's peers and the raft group's live configuration disagree; nothing is changed by itself (ferry cluster add-node / remove-node change the group)", "conflict", c)
+	}
 }

@@ -49,6 +49,7 @@ func TestTopicEntriesInLogOrder(t *testing.T) {
 		topicsEntry(t, 4, sdk.TopicAlter, "clicks", 3),
 		batchEntry(t, 5, "clicks", 2, 1),
 	})
+	f.drain() // the apply pipeline answers entries after ApplyBatch returned
 	for i, o := range out {
 		if err, ok := o.(error); ok {
 			t.Fatalf("entry %d: %v", i+1, err)
