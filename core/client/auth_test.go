@@ -635,12 +635,21 @@ func TestAuthAuditLog(t *testing.T) {
 	if _, err := rpc.DeleteTopic(as(ctx), &ferryv1.DeleteTopicRequest{Name: "audited", Force: true}); err != nil {
 		t.Fatal(err)
 	}
+	// A dead letter purged (ferry dlq purge), once the group exists.
+	consume(t, alice, client.ConsumerOptions{Topic: "orders.eu", Group: "billing"}, nil, atLeast(1))
+	if err := send(ctx, admin, sdk.DLQTopic("billing"), "a dead letter"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := admin.PurgeDeadLetters(ctx, "billing", 1); err != nil || n != 1 {
+		t.Fatalf("super user purges: %d, %v", n, err)
+	}
 	if _, err := dialAs(t, addr, "alice", "guess"); !errors.Is(err, sdk.ErrUnauthenticated) {
 		t.Fatalf("dial with a wrong password: %v", err)
 	}
 
 	logLine(t, logs, "audit: admin action", "user=admin", "source=127.0.0.1", "action=Create", "resource=Topic:audited", "result=ok")
 	logLine(t, logs, "audit: admin action", "user=admin", "action=Delete", "resource=Topic:audited", "result=ok")
+	logLine(t, logs, "audit: admin action", "user=admin", "action=Delete", `resource="Group:%DLQ%billing"`, "result=ok")
 	logLine(t, logs, "access denied", "user=alice", "source=127.0.0.1", "action=Create", "resource=Topic:orders.sneaky")
 	logLine(t, logs, "authentication failed", "source=127.0.0.1", "user=alice", "wrong password")
 	// Negative controls: what was refused or is no admin action is not
