@@ -79,7 +79,7 @@ func (a *api) routes() http.Handler {
 	mux.Handle("/v1/topics/{topic}/messages", methods{http.MethodPost: a.produce, http.MethodGet: a.pull})
 	mux.Handle("/v1/groups/{group}/offsets", methods{http.MethodPost: a.commit, http.MethodGet: a.offsets})
 	mux.Handle("/v1/metadata", methods{http.MethodGet: a.metadata})
-	mux.Handle("/metrics", methods{http.MethodGet: a.lim.metrics().ServeHTTP})
+	mux.Handle("/metrics", methods{http.MethodGet: a.metrics})
 	a.adminRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NOT_FOUND", fmt.Sprintf("no endpoint %s; see /v1/metadata, /v1/topics, /v1/topics/{topic}, /v1/topics/{topic}/messages, /v1/groups, /v1/groups/{group}, /v1/groups/{group}/offsets, /v1/groups/{group}/reset", r.URL.Path))
@@ -717,6 +717,20 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 }
 
 // metadata answers GET /v1/metadata[?topic=T...].
+// metrics serves the transport's own metrics to a client the node
+// authenticates like any other: the request's credentials are checked by
+// the core (a metadata call, which needs no permission beyond being a
+// known user), so on a node with users /metrics is 401 without them.
+func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := a.timeout(r)
+	defer cancel()
+	if _, err := a.core.Metadata(ctx, &sdk.MetadataRequest{}); err != nil {
+		fail(w, err)
+		return
+	}
+	a.lim.metrics().ServeHTTP(w, r)
+}
+
 func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
 	topics := r.URL.Query()["topic"]
 	for _, t := range topics {

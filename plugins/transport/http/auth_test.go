@@ -113,6 +113,16 @@ func TestHTTPBasicAuth(t *testing.T) {
 	if code, _, body := call("GET", "/v1/topics/orders/messages?group=h&max=10&wait=1s", "app", "app-pw", ""); code != http.StatusForbidden || !strings.Contains(body, "Group:h") {
 		t.Fatalf("pull as app in group h: %d %s; want 403 on Group:h", code, body)
 	}
+	// The transport's own /metrics is authenticated like the rest.
+	if code, hdr, body := call("GET", "/metrics", "", "", ""); code != http.StatusUnauthorized || !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Basic") || strings.Contains(body, "ferry_http_") {
+		t.Fatalf("/metrics without credentials: %d %s; want 401 and no metrics", code, body)
+	}
+	if code, _, body := call("GET", "/metrics", "app", "wrong", ""); code != http.StatusUnauthorized || strings.Contains(body, "ferry_http_") {
+		t.Fatalf("/metrics with a wrong password: %d %s; want 401 and no metrics", code, body)
+	}
+	if code, _, body := call("GET", "/metrics", "app", "app-pw", ""); code != http.StatusOK || !strings.Contains(body, "ferry_http_connections") {
+		t.Fatalf("/metrics as app: %d %s; want 200 with the transport's metrics", code, body)
+	}
 }
 
 // Over mutual TLS the client certificate authenticates a user with

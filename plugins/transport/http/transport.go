@@ -25,7 +25,8 @@
 //
 // GET /metrics on the same address serves the transport's own metrics
 // (ferry_http_refused_total{reason}, ferry_http_connections,
-// ferry_http_inflight_bytes).
+// ferry_http_inflight_bytes); on a node with users it needs credentials
+// like every other endpoint (401 without them).
 package httptransport
 
 import (
