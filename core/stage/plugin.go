@@ -55,19 +55,38 @@ var PluginRetryDelay = time.Second
 
 func init() { Register("plugin", newPluginStage) }
 
-func newPluginStage(cfg map[string]any) (Stage, error) {
-	var c struct {
-		Plugin string         `json:"plugin"`
-		Config map[string]any `json:"config"`
-	}
+// checkers check a stage type's config without building the stage, for
+// types whose factory starts something (a plugin process).
+var checkers = map[string]func(map[string]any) sdk.Problems{"plugin": checkPluginStage}
+
+type pluginStageConfig struct {
+	Plugin string         `json:"plugin"`
+	Config map[string]any `json:"config"`
+}
+
+func decodePluginStage(cfg map[string]any) (pluginStageConfig, sdk.Problems) {
+	var c pluginStageConfig
 	if ps := Decode(cfg, &c); ps != nil {
-		return nil, ps
+		return c, ps
 	}
 	if c.Plugin == "" {
-		return nil, sdk.Problems{{Path: "plugin", Message: "is required: the stage plugin's type (the executable ferry-stage-TYPE)"}}
+		return c, sdk.Problems{{Path: "plugin", Message: "is required: the stage plugin's type (the executable ferry-stage-TYPE in plugins.dirs)"}}
 	}
 	if !pluginhost.ValidType(c.Plugin) {
-		return nil, sdk.Problems{{Path: "plugin", Message: fmt.Sprintf("%q is not a type name (lowercase letters, digits and '_')", c.Plugin)}}
+		return c, sdk.Problems{{Path: "plugin", Message: fmt.Sprintf("%q is not a type name (lowercase letters, digits and '_')", c.Plugin)}}
+	}
+	return c, nil
+}
+
+func checkPluginStage(cfg map[string]any) sdk.Problems {
+	_, ps := decodePluginStage(cfg)
+	return ps
+}
+
+func newPluginStage(cfg map[string]any) (Stage, error) {
+	c, ps := decodePluginStage(cfg)
+	if ps != nil {
+		return nil, ps
 	}
 	pluginHost.RLock()
 	start := pluginHost.start

@@ -239,3 +239,19 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// ferry validate checks a plugin stage's config without starting it.
+func TestStagePluginCheck(t *testing.T) {
+	SetPluginStarter(func(context.Context, string, string, []byte) (*pluginhost.Instance, error) {
+		t.Fatal("Check started the plugin")
+		return nil, nil
+	})
+	defer SetPluginStarter(nil)
+	if ps := Check("plugin", map[string]any{"plugin": "example", "config": map[string]any{"upper": true}}); ps != nil {
+		t.Fatalf("good config: %v", ps)
+	}
+	ps := Check("plugin", map[string]any{"config": map[string]any{}})
+	if len(ps) != 1 || ps[0].Path != "plugin" {
+		t.Fatalf("config without plugin: %v, want one problem at plugin", ps)
+	}
+}

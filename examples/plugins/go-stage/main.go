@@ -2,7 +2,7 @@
 // third party would: its own Go module that depends on Ferry's SDK only. It
 // decides each message's fate by its "x-stage" header:
 //
-//	(none) or "pass"  pass it on; with config {upper: true} its body upper-cased
+//	(none) or "pass"  pass it on; with config {upper: true} the ASCII letters of its body upper-cased
 //	"retry"           retry it after retry_delay_ms (config, default 100)
 //	"dlq"             dead-letter it with reason "x-stage asked for it"
 //	"drop"            drop it (acknowledged, not passed on)
@@ -17,7 +17,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 
@@ -65,7 +64,7 @@ func (s *stage) Process(ctx context.Context, req *sdk.ProcessRequest) (*sdk.Proc
 		case "", "pass":
 			var out *sdk.Message
 			if s.cfg.Upper {
-				out = &sdk.Message{Key: m.GetKey(), Headers: m.GetHeaders(), Body: bytes.ToUpper(m.GetBody())}
+				out = &sdk.Message{Key: m.GetKey(), Headers: m.GetHeaders(), Body: upperASCII(m.GetBody())}
 			}
 			resp.Verdicts = append(resp.Verdicts, sdk.PassVerdict(d.Id, out))
 		case "retry":
@@ -90,6 +89,18 @@ func (s *stage) Process(ctx context.Context, req *sdk.ProcessRequest) (*sdk.Proc
 		}
 	}
 	return resp, nil
+}
+
+// upperASCII upper-cases the ASCII letters of b and keeps every other byte.
+func upperASCII(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return out
 }
 
 func main() { sdk.Serve(sdk.ServeOpts{Stage: &stage{}}) }
