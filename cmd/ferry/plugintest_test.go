@@ -349,3 +349,29 @@ func TestPluginTestFailsBadReplication(t *testing.T) {
 		}
 	}
 }
+
+// The Go stage example passes the stage suite; the negative controls: the
+// same plugin configured to lie (answer for a delivery it was not given, or
+// answer fewer) fails it, naming the breach.
+func TestPluginTestGoStageExample(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ferry-stage-example")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join("..", "..", "examples", "plugins", "go-stage")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build examples/plugins/go-stage: %v\n%s", err, out)
+	}
+	out, code := runPluginTest(t, "stage", bin)
+	if code != 0 || !strings.Contains(out, "PASS  StageConcurrentBatches") || !strings.Contains(out, "ok  5 stage cases") {
+		t.Fatalf("ferry plugin test stage of the Go example: exit %d\n%s", code, out)
+	}
+	for lie, want := range map[string]string{"extra": "which it was not given", "fewer": "answered 63 of 64 deliveries"} {
+		cfg := filepath.Join(t.TempDir(), "lie.yaml")
+		if err := os.WriteFile(cfg, []byte("lie: "+lie+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, code := runPluginTest(t, "stage", bin, "--config", cfg)
+		if code == 0 || !strings.Contains(out, "FAIL  StageBatch") || !strings.Contains(out, want) {
+			t.Errorf("ferry plugin test stage of a plugin that lies (%s): exit %d, want FAIL StageBatch with %q\n%s", lie, code, want, out)
+		}
+	}
+}
