@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -140,9 +138,10 @@ func applyVerdict(ctx context.Context, v *sdk.Verdict, d *client.Delivery, next 
 	switch {
 	case v.GetPass() != nil:
 		if m := v.GetPass().GetMessage(); m != nil {
-			cp := proto.Clone(d.Message).(*sdk.Message)
-			cp.Key, cp.Headers, cp.Body = m.Key, m.Headers, m.Body
-			d.Message = cp
+			// In place: the consumer reads d.Message (its offset) from
+			// other goroutines, so the pointer must stay. A retry or dead
+			// letter of this attempt carries the transformed content.
+			d.Message.Key, d.Message.Headers, d.Message.Body = m.Key, m.Headers, m.Body
 		}
 		return next(ctx, d)
 	case v.GetRetry() != nil:
