@@ -39,7 +39,7 @@ configures it with the section in --config (YAML or JSON, what goes under
 plugins.KIND.config). Prints every case with PASS, FAIL and why, or SKIP and
 why; exits 0 only if no case failed.
 
-KIND is storage, transport or replication. The transport and replication
+KIND is storage, transport, replication or stage. The transport and replication
 suites serve the plugin a test core that plays the broker and run every case
 on the shared-memory rings and on gRPC. transport: --client broker drives the
 client cases through ferry.v1.Broker at --addr, or at the free address that
@@ -51,8 +51,8 @@ docs/plugins.md says what each case checks.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, target := args[0], args[1]
-			if kind != sdk.KindStorage && kind != sdk.KindTransport && kind != sdk.KindReplication {
-				return fmt.Errorf("plugin kind %q: ferry plugin test has suites for %s, %s and %s", kind, sdk.KindStorage, sdk.KindTransport, sdk.KindReplication)
+			if kind != sdk.KindStorage && kind != sdk.KindTransport && kind != sdk.KindReplication && kind != sdk.KindStage {
+				return fmt.Errorf("plugin kind %q: ferry plugin test has suites for %s, %s, %s and %s", kind, sdk.KindStorage, sdk.KindTransport, sdk.KindReplication, sdk.KindStage)
 			}
 			var section []byte
 			if configFile != "" {
@@ -116,6 +116,8 @@ docs/plugins.md says what each case checks.`,
 				f := replicationFeatures(target, configFile != "", section, syncReplicas)
 				f.Bound = bound
 				plugintest.Replication(context.Background(), t, f, run, tmp, report)
+			case sdk.KindStage:
+				plugintest.Stage(context.Background(), t, sdktest.StageFeatures{Config: section}, run, tmp, report)
 			}
 			if n == 0 {
 				return fmt.Errorf("--run %q selects no case", run)

@@ -349,3 +349,85 @@ func TestPluginTestFailsBadReplication(t *testing.T) {
 		}
 	}
 }
+
+// The Go stage example passes the stage suite; the negative controls: the
+// same plugin configured to lie (answer for a delivery it was not given, or
+// answer fewer) fails it, naming the breach.
+func TestPluginTestGoStageExample(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ferry-stage-example")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join("..", "..", "examples", "plugins", "go-stage")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build examples/plugins/go-stage: %v\n%s", err, out)
+	}
+	out, code := runPluginTest(t, "stage", bin)
+	if code != 0 || !strings.Contains(out, "PASS  StageConcurrentBatches") || !strings.Contains(out, "ok  5 stage cases") {
+		t.Fatalf("ferry plugin test stage of the Go example: exit %d\n%s", code, out)
+	}
+	for lie, want := range map[string]string{"extra": "which it was not given", "fewer": "answered 63 of 64 deliveries"} {
+		cfg := filepath.Join(t.TempDir(), "lie.yaml")
+		if err := os.WriteFile(cfg, []byte("lie: "+lie+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, code := runPluginTest(t, "stage", bin, "--config", cfg)
+		if code == 0 || !strings.Contains(out, "FAIL  StageBatch") || !strings.Contains(out, want) {
+			t.Errorf("ferry plugin test stage of a plugin that lies (%s): exit %d, want FAIL StageBatch with %q\n%s", lie, code, want, out)
+		}
+	}
+}
+
+// The Python stage plugin (examples/plugins/python-stage) passes `ferry
+// plugin test stage`; a copy patched to leave out its last verdict fails
+// it, and its generated message modules match the .proto files when protoc
+// is there to say.
+func TestPluginTestPythonStageExample(t *testing.T) {
+	pythonForPlugins(t)
+	example := filepath.Join("..", "..", "examples", "plugins", "python-stage")
+	out, code := runPluginTest(t, "stage", filepath.Join(example, "ferry-stage-pystage"))
+	if code != 0 || !strings.Contains(out, "ok  5 stage cases") {
+		t.Fatalf("ferry plugin test stage of the Python example: exit %d\n%s", code, out)
+	}
+
+	broken := t.TempDir()
+	copyTree(t, example, broken)
+	src, err := os.ReadFile(filepath.Join(broken, "pystage.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ret = "        return resp\n"
+	if !strings.Contains(string(src), ret) {
+		t.Fatalf("pystage.py no longer has %q: update this negative control", ret)
+	}
+	patched := strings.Replace(string(src), ret, "        if len(resp.verdicts) > 1:\n            del resp.verdicts[-1]\n"+ret, 1)
+	if err := os.WriteFile(filepath.Join(broken, "pystage.py"), []byte(patched), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runPluginTest(t, "stage", filepath.Join(broken, "ferry-stage-pystage"))
+	if code == 0 || !strings.Contains(out, "FAIL  StageBatch") || !strings.Contains(out, "answered 63 of 64 deliveries") {
+		t.Fatalf("ferry plugin test passed the Python stage answering fewer: exit %d\n%s", code, out)
+	}
+
+	if _, err := exec.LookPath("protoc"); err != nil {
+		t.Log("protoc not on PATH: the generated modules of the Python stage example were not compared with the .proto files")
+		return
+	}
+	gen := filepath.Join(t.TempDir(), "gen")
+	if out, err := exec.Command("sh", filepath.Join(example, "gen.sh"), gen).CombinedOutput(); err != nil {
+		t.Fatalf("gen.sh: %v\n%s", err, out)
+	}
+	err = filepath.WalkDir(gen, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(gen, p)
+		want, _ := os.ReadFile(p)
+		got, err := os.ReadFile(filepath.Join(example, "gen", rel))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("examples/plugins/python-stage/gen/%s is not what gen.sh makes from the .proto files now: run examples/plugins/python-stage/gen.sh", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

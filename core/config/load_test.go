@@ -234,7 +234,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{11, "generators[0].mode", `must be one of sync, async, oneway; got "lazy"`},
 			{15, "flows[0].delivery", `must be one of push, pull; got "poll"`},
 			{16, "flows[0].on_corrupt", `must be one of stop, skip, dlq; got "ignore"`},
-			{19, "flows[0].stages[1].type", `must be one of ack, dlq, retry, timeout; got "throttle"`},
+			{19, "flows[0].stages[1].type", `must be one of ack, dlq, plugin, retry, timeout; got "throttle"`},
 			{21, "flows[0].sink.type", `must be one of count, stdout, discard, file, exec, webhook; got "kafka"`},
 			{23, "tracing.exporter", `must be one of none, stdout, otlp; got "jaeger"`},
 		}},

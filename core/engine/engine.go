@@ -20,6 +20,7 @@ import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/security"
+	"github.com/ferrymq/ferry/core/stage"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -91,6 +92,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg), obs: obs}
+	stage.SetPluginStarter(host.Start) // flows' stage plugins run under this node's host
 	ok := false
 	defer func() {
 		if !ok {

@@ -333,3 +333,54 @@ func (h *replicationHarness) Start(i int, config []byte, core sdk.ReplicaCore) (
 	}
 	return sdktest.NewServedReplication(r, core, inst.Stop), nil
 }
+
+// Stage runs the stage cases selected by filter against t with features f.
+// Every case gets a new plugin host; each stage it opens is a plugin process
+// configured by the host, called through the host's client.
+func Stage(ctx context.Context, t Target, f sdktest.StageFeatures, filter, tmp string, report func(sdktest.Result)) []sdktest.Result {
+	var out []sdktest.Result
+	for _, c := range sdktest.StageCases() {
+		if !sdktest.Selected(c.Name, filter) {
+			continue
+		}
+		h := &stageHarness{hostHarness: hostHarness{ctx: ctx, t: t, tmp: tmp}, f: f}
+		err := h.init()
+		if err == nil {
+			err = sdktest.RunStageCase(c, h)
+		}
+		h.close()
+		r := sdktest.Result{Name: c.Name, Err: err}
+		out = append(out, r)
+		if report != nil {
+			report(r)
+		}
+	}
+	return out
+}
+
+// stageHarness is a sdktest.StageHarness whose stages are plugin processes
+// of one plugin host.
+type stageHarness struct {
+	hostHarness
+	f sdktest.StageFeatures
+}
+
+func (h *stageHarness) Features() sdktest.StageFeatures { return h.f }
+
+func (h *stageHarness) Open(config []byte) (sdk.Stage, func(), error) {
+	inst, err := h.host.Start(h.ctx, sdk.KindStage, h.t.Type, config)
+	if err != nil {
+		return nil, nil, err
+	}
+	impl, _, _ := inst.Current()
+	st, ok := impl.(sdk.Stage)
+	if !ok {
+		inst.Stop()
+		return nil, nil, fmt.Errorf("stage plugin %q: the host's client is %T, not a stage", h.t.Type, impl)
+	}
+	return st, inst.Stop, nil
+}
+
+func (h *stageHarness) Validate(config []byte) (sdk.Problems, error) {
+	return h.host.Validate(h.ctx, sdk.KindStage, h.t.Type, config)
+}

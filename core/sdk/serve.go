@@ -76,6 +76,7 @@ type ServeOpts struct {
 	Storage     Storage
 	Transport   Transport
 	Replication Replication
+	Stage       Stage
 	// Logger for the plugin's own messages; they reach the host's log on
 	// stderr. Default: a JSON logger the host understands.
 	Logger hclog.Logger
@@ -101,8 +102,12 @@ func (o ServeOpts) impl() (Plugin, plugin.PluginSet, error) {
 		set[KindReplication] = &grpcPlugin{kind: KindReplication, impl: o.Replication, ringFDs: o.RingFDs}
 		impl, n = o.Replication, n+1
 	}
+	if o.Stage != nil {
+		set[KindStage] = &grpcPlugin{kind: KindStage, impl: o.Stage}
+		impl, n = o.Stage, n+1
+	}
 	if n != 1 {
-		return nil, nil, fmt.Errorf("sdk.Serve: exactly one of Storage, Transport, Replication must be set, got %d", n)
+		return nil, nil, fmt.Errorf("sdk.Serve: exactly one of Storage, Transport, Replication, Stage must be set, got %d", n)
 	}
 	return impl, set, nil
 }
@@ -291,6 +296,7 @@ func PluginSets() map[int]plugin.PluginSet {
 		KindStorage:     &grpcPlugin{kind: KindStorage},
 		KindTransport:   &grpcPlugin{kind: KindTransport},
 		KindReplication: &grpcPlugin{kind: KindReplication},
+		KindStage:       &grpcPlugin{kind: KindStage},
 	}}
 }
 
@@ -319,6 +325,8 @@ func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 		rs := &replicationServer{impl: p.impl.(Replication)}
 		ps.dataPlane = rs.useRing
 		ferryv1.RegisterReplicationServer(s, rs)
+	case KindStage:
+		ferryv1.RegisterStageServer(s, &stageServer{impl: p.impl.(Stage)})
 	}
 	return nil
 }
@@ -331,6 +339,8 @@ func (p *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *grp
 		return NewTransportClient(cc), nil
 	case KindReplication:
 		return NewReplicationClient(cc), nil
+	case KindStage:
+		return NewStageClient(cc), nil
 	}
 	return nil, fmt.Errorf("unknown plugin kind %q", p.kind)
 }

@@ -155,6 +155,9 @@ func New(name string, config map[string]any) (Stage, error) {
 // paths relative to the config section (an error that is not an
 // sdk.Problems becomes one problem about the whole section).
 func Check(name string, config map[string]any) sdk.Problems {
+	if ck := checkers[name]; ck != nil {
+		return ck(config)
+	}
 	_, err := New(name, config)
 	if err == nil {
 		return nil

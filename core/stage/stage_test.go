@@ -12,12 +12,12 @@ import (
 )
 
 func TestBuiltinsRegistered(t *testing.T) {
-	for _, name := range []string{"ack", "dlq", "retry", "timeout"} {
+	for _, name := range []string{"ack", "dlq", "plugin", "retry", "timeout"} {
 		if !stage.Known(name) {
 			t.Errorf("stage %q is not registered", name)
 		}
 	}
-	if got := strings.Join(stage.Types(), ","); !strings.Contains(got, "ack,dlq,retry,timeout") {
+	if got := strings.Join(stage.Types(), ","); !strings.Contains(got, "ack,dlq,plugin,retry,timeout") {
 		t.Errorf("Types() = %s", got)
 	}
 	if _, err := stage.Build(nil); err != nil {
