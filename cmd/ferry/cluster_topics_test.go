@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -509,5 +510,48 @@ func TestRaftTopicBaselineConflict(t *testing.T) {
 		}
 	case <-time.After(topicWait):
 		t.Errorf("%s started with a pipeline declaring 4 queues of orders, which it holds 6 of:\n%s", down.id, down.out.String())
+	}
+}
+
+// On master–slave a topic change is answered by the master before its
+// slaves applied it; `ferry topic create|alter --wait-for SLAVE` waits for
+// them: once it exits 0 the slave lists the topic with its queues. With
+// the slave frozen (SIGSTOP) the wait fails within --wait-timeout, naming
+// the slave, while the change stays made on the master; thawed, the slave
+// gets it and the wait succeeds.
+func TestMasterSlaveTopicWaitFor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeNode(t, "master", "master", "async", mb, mr, []string{sr}, "5s")
+	slave := writeNode(t, "slave", "slave", "async", sb, sr, []string{mr}, "5s")
+	master.start(t, bin)
+	slave.start(t, bin)
+	eventually(t, topicWait, "slave linked to master", func() bool {
+		st, err := clusterStatus(context.Background(), sr)
+		return err == nil && st.LeaderConnected
+	})
+
+	if code, out := topicCLI(t, mb, "create", "clicks", "--queues", "3", "--wait-for", sb, "--wait-timeout", "60s"); code != 0 {
+		t.Fatalf("create --wait-for the slave: exit %d\n%s", code, out)
+	}
+	if ts := nodeTopics(sb); ts["clicks"] != 3 {
+		t.Errorf("the slave lists %v right after create --wait-for, want clicks with 3 queues", ts)
+	}
+
+	slave.signal(t, syscall.SIGSTOP)
+	code, out := topicCLI(t, mb, "alter", "clicks", "--queues", "4", "--wait-for", sb, "--wait-timeout", "3s")
+	if code == 0 || !strings.Contains(out, "--wait-for "+sb) || !strings.Contains(out, `topic "clicks" with 4 queue(s) not there after 3s`) {
+		t.Errorf("alter --wait-for a frozen slave: exit %d, %q; want a failure naming the slave", code, out)
+	}
+	if ts := nodeTopics(mb); ts["clicks"] != 4 {
+		t.Errorf("the master lists %v after the alter, want clicks with 4 queues", ts)
+	}
+	slave.signal(t, syscall.SIGCONT)
+	waitTopic(t, "slave", sb, "clicks", 4)
+	if code, out := topicCLI(t, mb, "create", "views", "--queues", "1", "--wait-for", sb, "--wait-timeout", "0s"); code == 0 || !strings.Contains(out, "--wait-timeout must be above 0") {
+		t.Errorf("--wait-timeout 0s: exit %d, %q; want refused", code, out)
 	}
 }
