@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -442,4 +443,115 @@ func TestRaftFollowerLearnsTopicsFromSnapshot(t *testing.T) {
 	})
 	_, fetched, _ := restores(follower.admin)
 	t.Logf("%s restored a snapshot, fetched %d messages from peers", follower.id, fetched)
+}
+
+// The pipeline stays the baseline on every node of a raft group: orders,
+// declared with 4 queues in each pipeline, grows to 6 on the leader while a
+// follower is down. The nodes up, and the follower when it catches up,
+// serve 6 queues (routing agrees) and each reports the conflict with its
+// pipeline as an error naming the topic; the follower, restarted with the
+// same pipeline, refuses to start and names the conflict, never applying
+// the pipeline's 4 silently.
+func TestRaftTopicBaselineConflict(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	const conflict = "more queues than this node's pipeline declares"
+	bin := ferrytest.Binary(t)
+	nodes := raftGroup(t, 3)
+	for _, nd := range nodes {
+		nd.logLevel = "info"
+		nd.start(t, bin)
+	}
+	leader, _ := waitLeader(t, nodes, "a raft leader")
+	var down *raftNode
+	var up []*raftNode
+	for _, nd := range nodes {
+		if nd != leader && down == nil {
+			down = nd
+			continue
+		}
+		up = append(up, nd)
+	}
+	for _, nd := range nodes {
+		waitTopic(t, nd.id, nd.broker, "orders", 4)
+	}
+	if strings.Contains(down.out.String(), conflict) {
+		t.Fatalf("%s reports a conflict before any change:\n%s", down.id, down.out.String())
+	}
+	down.kill(t)
+	t.Logf("%s killed follower %s", stamp(), down.id)
+
+	onLeader(t, up, "alter", "orders", "--queues", "6")
+	for _, nd := range up {
+		waitTopic(t, nd.id, nd.broker, "orders", 6)
+		eventually(t, topicWait, nd.id+" reports the conflict with its pipeline", func() bool {
+			out := nd.out.String()
+			return strings.Contains(out, conflict) && strings.Contains(out, "orders")
+		})
+	}
+
+	down.start(t, bin)
+	waitTopic(t, down.id, down.broker, "orders", 6)
+	eventually(t, topicWait, down.id+" reports the conflict when it catches up", func() bool {
+		return strings.Contains(down.out.String(), conflict)
+	})
+
+	// Restarted with the same pipeline, it refuses: its data dir holds 6.
+	down.kill(t)
+	down.start(t, bin)
+	exited := make(chan error, 1)
+	go func() { exited <- down.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		want := `topic "orders": the pipeline declares 4 queues, but this node holds 6`
+		if err == nil || !strings.Contains(down.out.String(), want) {
+			t.Errorf("%s restarted with a pipeline declaring 4 queues: exit %v; want a refusal naming %q:\n%s", down.id, err, want, down.out.String())
+		}
+	case <-time.After(topicWait):
+		t.Errorf("%s started with a pipeline declaring 4 queues of orders, which it holds 6 of:\n%s", down.id, down.out.String())
+	}
+}
+
+// On master–slave a topic change is answered by the master before its
+// slaves applied it; `ferry topic create|alter --wait-for SLAVE` waits for
+// them: once it exits 0 the slave lists the topic with its queues. With
+// the slave frozen (SIGSTOP) the wait fails within --wait-timeout, naming
+// the slave, while the change stays made on the master; thawed, the slave
+// gets it and the wait succeeds.
+func TestMasterSlaveTopicWaitFor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeNode(t, "master", "master", "async", mb, mr, []string{sr}, "5s")
+	slave := writeNode(t, "slave", "slave", "async", sb, sr, []string{mr}, "5s")
+	master.start(t, bin)
+	slave.start(t, bin)
+	eventually(t, topicWait, "slave linked to master", func() bool {
+		st, err := clusterStatus(context.Background(), sr)
+		return err == nil && st.LeaderConnected
+	})
+
+	if code, out := topicCLI(t, mb, "create", "clicks", "--queues", "3", "--wait-for", sb, "--wait-timeout", "60s"); code != 0 {
+		t.Fatalf("create --wait-for the slave: exit %d\n%s", code, out)
+	}
+	if ts := nodeTopics(sb); ts["clicks"] != 3 {
+		t.Errorf("the slave lists %v right after create --wait-for, want clicks with 3 queues", ts)
+	}
+
+	slave.signal(t, syscall.SIGSTOP)
+	code, out := topicCLI(t, mb, "alter", "clicks", "--queues", "4", "--wait-for", sb, "--wait-timeout", "3s")
+	if code == 0 || !strings.Contains(out, "--wait-for "+sb) || !strings.Contains(out, `topic "clicks" with 4 queue(s) not there after 3s`) {
+		t.Errorf("alter --wait-for a frozen slave: exit %d, %q; want a failure naming the slave", code, out)
+	}
+	if ts := nodeTopics(mb); ts["clicks"] != 4 {
+		t.Errorf("the master lists %v after the alter, want clicks with 4 queues", ts)
+	}
+	slave.signal(t, syscall.SIGCONT)
+	waitTopic(t, "slave", sb, "clicks", 4)
+	if code, out := topicCLI(t, mb, "create", "views", "--queues", "1", "--wait-for", sb, "--wait-timeout", "0s"); code == 0 || !strings.Contains(out, "--wait-timeout must be above 0") {
+		t.Errorf("--wait-timeout 0s: exit %d, %q; want refused", code, out)
+	}
 }

@@ -9,7 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/core/client"
@@ -55,11 +57,16 @@ node; the other nodes refuse them, naming the master or leader.`,
 func topicChangeCmd(use, short string, queuesUsage string, change func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error)) *cobra.Command {
 	var f topicFlags
 	var queues int32
+	var waitFor []string
+	var waitTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if waitTimeout <= 0 {
+				return fmt.Errorf("--wait-timeout must be above 0, got %s", waitTimeout)
+			}
 			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
 			if err != nil {
 				return err
@@ -67,6 +74,9 @@ func topicChangeCmd(use, short string, queuesUsage string, change func(ctx conte
 			defer done()
 			t, err := change(ctx, c, args[0], queues)
 			if err != nil {
+				return err
+			}
+			if err := waitTopicOn(ctx, f.tls, waitFor, t.Name, t.Queues, waitTimeout); err != nil {
 				return err
 			}
 			if f.json {
@@ -78,8 +88,66 @@ func topicChangeCmd(use, short string, queuesUsage string, change func(ctx conte
 	}
 	f.add(cmd)
 	cmd.Flags().Int32Var(&queues, "queues", 0, queuesUsage)
+	cmd.Flags().StringSliceVar(&waitFor, "wait-for", nil, "after the change, wait until each of these brokers (host:port, e.g. a master's slaves) lists the topic with its queues")
+	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", 30*time.Second, "how long --wait-for waits for each broker")
 	_ = cmd.MarkFlagRequired("queues")
 	return cmd
+}
+
+// waitTopicOn waits until every broker in addrs lists topic with at least
+// queues queues, each for at most timeout: on master-slave the master
+// answers a change before its slaves applied it (docs/admin.md), and this
+// is how a caller waits for them. An error names the first broker that did
+// not, and what it lists.
+func waitTopicOn(ctx context.Context, tls tlsFlags, addrs []string, topic string, queues int32, timeout time.Duration) error {
+	copts, err := tls.options()
+	if err != nil {
+		return err
+	}
+	for _, addr := range addrs {
+		if err := waitTopicOne(ctx, copts, addr, topic, queues, timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func waitTopicOne(ctx context.Context, copts []client.Option, addr, topic string, queues int32, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	notThere := func(seen string) error {
+		return fmt.Errorf("--wait-for %s: topic %q with %d queue(s) not there after %s (the broker %s); the change is made on the node that answered, and reaches this one when it links", addr, topic, queues, timeout, seen)
+	}
+	c, err := client.Dial(ctx, addr, append(copts, client.WithLogger(quietSlog(hclog.Error)))...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return notThere("does not answer")
+		}
+		return fmt.Errorf("--wait-for %s: %w", addr, err)
+	}
+	defer c.Close()
+	seen := "does not answer"
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		md, err := c.Metadata(cctx)
+		ccancel()
+		if err == nil {
+			seen = "does not list it"
+			for _, t := range md.Topics {
+				if t.Name == topic {
+					if t.Queues >= queues {
+						return nil
+					}
+					seen = fmt.Sprintf("lists it with %d queue(s)", t.Queues)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return notThere(seen)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func newTopicCreateCmd() *cobra.Command {

@@ -258,8 +258,17 @@ func (b *Broker) ensureTopic(name string, queues int32) error {
 	if queues < 1 || queues > MaxQueues {
 		return fmt.Errorf("%w: replicated topic %q: queues must be between 1 and %d, got %d", sdk.ErrInvalidArgument, name, MaxQueues, queues)
 	}
-	if d := b.declared(name); d > queues {
+	switch d := b.declared(name); {
+	case d > queues:
 		b.log.Error("topic metadata conflict: the replicated metadata has fewer queues than this node's pipeline declares; this node keeps the declared queues (declare the same queues on every node)",
+			"topic", name, "replicated", queues, "declared", d)
+	case d > 0 && d < queues:
+		// The group holds more queues than this node's pipeline declares
+		// (an alter while the pipelines stayed). The node serves the
+		// group's queues, so that routing agrees on every node, but says
+		// so: with the data dir holding them, its next start refuses the
+		// pipeline until it declares them (OpenTopics).
+		b.log.Error("topic metadata conflict: the replicated metadata has more queues than this node's pipeline declares; this node serves the replicated queues (they are never removed) and refuses to start with this pipeline: declare the replicated queues in every node's pipeline",
 			"topic", name, "replicated", queues, "declared", d)
 	}
 	b.metaMu.Lock()

@@ -34,11 +34,19 @@ type (
 		Queues int32           `json:"queues"`
 		Detail []topicQueueOut `json:"queue_offsets,omitempty"`
 		Groups []string        `json:"groups,omitempty"`
+		// Bytes the store holds for the topic, the sum of its queues'
+		// (describe only); BytesUnknown when the store cannot size some
+		// queue, and then Bytes is absent (unknown, not 0), as in
+		// `ferry topic describe --json`.
+		Bytes        *int64 `json:"bytes,omitempty"`
+		BytesUnknown bool   `json:"bytes_unknown,omitempty"`
 	}
 	topicQueueOut struct {
 		Queue int32 `json:"queue"`
 		Start int64 `json:"start"`
 		End   int64 `json:"end"`
+		// Bytes the store holds for the queue; absent when it cannot say.
+		Bytes *int64 `json:"bytes,omitempty"`
 	}
 	createTopicIn struct {
 		Name   string `json:"name"`
@@ -258,8 +266,8 @@ func (a *api) deleteTopic(w http.ResponseWriter, r *http.Request) {
 	}{topic, true, groups})
 }
 
-// describeTopic answers GET /v1/topics/{topic}: its queues' offsets and the
-// groups that consume it.
+// describeTopic answers GET /v1/topics/{topic}: its queues' offsets and
+// bytes, and the groups that consume it.
 func (a *api) describeTopic(w http.ResponseWriter, r *http.Request) {
 	topic := r.PathValue("topic")
 	if err := checkName("topic", topic); err != nil {
@@ -287,14 +295,23 @@ func (a *api) describeTopic(w http.ResponseWriter, r *http.Request) {
 	for q := range queues {
 		refs[q] = &sdk.QueueRef{Topic: topic, Queue: q}
 	}
-	offs, err := a.core.GetOffsets(ctx, &sdk.GetOffsetsRequest{Queues: refs})
+	offs, err := a.core.GetOffsets(ctx, &sdk.GetOffsetsRequest{Queues: refs, WithBytes: true})
 	if err != nil {
 		fail(w, err)
 		return
 	}
 	out := topicOut{Name: topic, Queues: queues, Detail: []topicQueueOut{}, Groups: []string{}}
+	var total int64
 	for _, o := range offs.Offsets {
-		out.Detail = append(out.Detail, topicQueueOut{Queue: o.Queue, Start: o.Start, End: o.End})
+		out.Detail = append(out.Detail, topicQueueOut{Queue: o.Queue, Start: o.Start, End: o.End, Bytes: o.Bytes})
+		if o.Bytes == nil {
+			out.BytesUnknown = true
+		} else {
+			total += *o.Bytes
+		}
+	}
+	if !out.BytesUnknown {
+		out.Bytes = &total
 	}
 	if admin, err := a.groupAdmin(); err == nil {
 		gs, err := admin.ListGroups(ctx, &sdk.ListGroupsRequest{})

@@ -24,10 +24,13 @@ func TestAdminEndpoints(t *testing.T) {
 		Queues  int32    `json:"queues"`
 		Groups  []string `json:"groups"`
 		Offsets []struct {
-			Queue int32 `json:"queue"`
-			Start int64 `json:"start"`
-			End   int64 `json:"end"`
+			Queue int32  `json:"queue"`
+			Start int64  `json:"start"`
+			End   int64  `json:"end"`
+			Bytes *int64 `json:"bytes"`
 		} `json:"queue_offsets"`
+		Bytes        *int64 `json:"bytes"`
+		BytesUnknown bool   `json:"bytes_unknown"`
 	}
 	refused := func(method, path, body string, status int, code, want string) {
 		t.Helper()
@@ -66,6 +69,14 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	if code := call(t, "GET", base+"/v1/topics/clicks", "", "", nil, &tp); code != 200 || len(tp.Offsets) != 3 || tp.Offsets[0].End != 5 || !slices.Equal(tp.Groups, []string{"billing"}) {
 		t.Errorf("describe topic: %d %+v", code, tp)
+	}
+	// Bytes per queue: the five bodies on queue 0 take room, the empty queues
+	// none, and the topic's bytes are their sum.
+	if len(tp.Offsets) == 3 {
+		b0, b1 := tp.Offsets[0].Bytes, tp.Offsets[1].Bytes
+		if b0 == nil || *b0 < 5 || b1 == nil || *b1 != 0 || tp.Bytes == nil || *tp.Bytes != *b0 || tp.BytesUnknown {
+			t.Errorf("describe topic bytes: queue 0 %v, queue 1 %v, topic %v (unknown %v); want queue 0 >= 5, queue 1 0, topic = queue 0", b0, b1, tp.Bytes, tp.BytesUnknown)
+		}
 	}
 	refused("GET", "/v1/topics/nope", ``, 404, "NOT_FOUND", `unknown topic "nope"`)
 
