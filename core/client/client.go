@@ -303,8 +303,9 @@ func (c *Client) QueueSizes(ctx context.Context, queues []*ferryv1.QueueRef) ([]
 // CreateTopic creates topic name with queues queues on the broker, which
 // stores it before it answers (it survives the broker's restart), and
 // returns it as the broker now lists it. A bad name or count, or a topic that
-// exists, is sdk.ErrInvalidArgument; a replicated node refuses with
-// errors.ErrUnsupported (declare the topic in every node's pipeline).
+// exists, is sdk.ErrInvalidArgument. On a replicated node the change is
+// made where the group takes it (the raft leader, the master) and reaches
+// the other nodes through replication (docs/admin.md).
 func (c *Client) CreateTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
 	if c.closed() {
 		return nil, errClientClosed
