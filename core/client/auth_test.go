@@ -650,8 +650,8 @@ func TestAuthAuditLog(t *testing.T) {
 	logLine(t, logs, "audit: admin action", "user=admin", "source=127.0.0.1", "action=Create", "resource=Topic:audited", "result=ok")
 	logLine(t, logs, "audit: admin action", "user=admin", "action=Delete", "resource=Topic:audited", "result=ok")
 	logLine(t, logs, "audit: admin action", "user=admin", "action=Delete", `resource="Group:%DLQ%billing"`, "result=ok")
-	logLine(t, logs, "access denied", "user=alice", "source=127.0.0.1", "action=Create", "resource=Topic:orders.sneaky")
-	logLine(t, logs, "authentication failed", "source=127.0.0.1", "user=alice", "wrong password")
+	logLine(t, logs, "audit: access denied", "user=alice", "source=127.0.0.1", "action=Create", "resource=Topic:orders.sneaky")
+	logLine(t, logs, "audit: authentication failed", "source=127.0.0.1", "user=alice", "wrong password")
 	// Negative controls: what was refused or is no admin action is not
 	// logged as one.
 	for _, line := range strings.Split(logs.String(), "\n") {

@@ -270,9 +270,9 @@ func parseBasic(v string) (user, pass string, err error) {
 // error for the client.
 func (a *Auth) failed(source, user, reason string) error {
 	empty := a.limit.fail(source)
-	a.log.Warn("authentication failed", "source", source, "user", user, "reason", reason)
+	a.log.Warn("audit: authentication failed", "source", source, "user", user, "reason", reason)
 	if empty {
-		a.log.Warn("authentication: refusing a source for failing too often", "source", source)
+		a.log.Warn("audit: authentication: refusing a source for failing too often", "source", source)
 	}
 	return fmt.Errorf("%w: %s", sdk.ErrUnauthenticated, reason)
 }
@@ -297,7 +297,7 @@ func (a *Auth) Authorize(p *Principal, act Action, r Resource) error {
 	if p.Allowed(act, r) {
 		return nil
 	}
-	a.log.Warn("access denied", "user", p.User, "source", p.Addr, "action", act.String(), "resource", r.String())
+	a.log.Warn("audit: access denied", "user", p.User, "source", p.Addr, "action", act.String(), "resource", r.String())
 	return fmt.Errorf("%w: user %q may not %s on %s", sdk.ErrPermissionDenied, p.User, act, r)
 }
 
