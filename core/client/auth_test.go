@@ -658,5 +658,13 @@ func TestAuthAuditLog(t *testing.T) {
 		if strings.Contains(line, "audit: admin action") && (strings.Contains(line, "orders.sneaky") || strings.Contains(line, "orders.eu") || strings.Contains(line, "user=alice")) {
 			t.Errorf("logged as an admin action: %s", line)
 		}
+		// alice's allowed produce and consume on orders.eu are no
+		// security event: no audit line at all names them.
+		if strings.Contains(line, "audit:") && strings.Contains(line, "orders.eu") {
+			t.Errorf("an allowed produce or consume is in the audit log: %s", line)
+		}
+	}
+	if n := strings.Count(logs.String(), "audit: authentication failed"); n != 1 {
+		t.Errorf("%d failed authentications logged, want 1 (the wrong password)", n)
 	}
 }
