@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // ferryEnv runs ferry with stdin and only the FERRY_ variables of env.
@@ -51,12 +53,10 @@ func startSecureBroker(t *testing.T, security string) string {
 // node's log.
 func startSecureBrokerLogs(t *testing.T, security, level string) (string, *syncBuffer) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	// A reserved port below the ephemeral range: a port of
+	// 127.0.0.1:0 can be taken by an outgoing connection before the
+	// broker binds it.
+	addr := ferrytest.FreeAddr(t)
 	dir := t.TempDir()
 	yaml := filepath.Join(dir, "broker.yaml")
 	if err := os.WriteFile(yaml, []byte(fmt.Sprintf(`name: auth-cli
