@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // ferryEnv runs ferry with stdin and only the FERRY_ variables of env.
@@ -43,12 +45,18 @@ func ferryEnv(t *testing.T, env []string, stdin string, args ...string) (string,
 // section given (YAML at the top level) and returns its address.
 func startSecureBroker(t *testing.T, security string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr, _ := startSecureBrokerLogs(t, security, "error")
+	return addr
+}
+
+// startSecureBrokerLogs is startSecureBroker at a log level, with the
+// node's log.
+func startSecureBrokerLogs(t *testing.T, security, level string) (string, *syncBuffer) {
+	t.Helper()
+	// A reserved port below the ephemeral range: a port of
+	// 127.0.0.1:0 can be taken by an outgoing connection before the
+	// broker binds it.
+	addr := ferrytest.FreeAddr(t)
 	dir := t.TempDir()
 	yaml := filepath.Join(dir, "broker.yaml")
 	if err := os.WriteFile(yaml, []byte(fmt.Sprintf(`name: auth-cli
@@ -63,8 +71,12 @@ topics: [{name: t, queues: 1}, {name: u, queues: 1}]
 	if out, stderr, code := ferryEnv(t, nil, "", "validate", yaml); code != 0 {
 		t.Fatalf("validate: %d %s %s", code, out, stderr)
 	}
-	cmd := exec.Command(ferryBin, "run", "--log-level", "error", yaml)
+	logs := &syncBuffer{}
+	cmd := exec.Command(ferryBin, "run", "--log-level", level, yaml)
 	cmd.Stderr = os.Stderr
+	if level != "error" {
+		cmd.Stderr = logs
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +89,7 @@ topics: [{name: t, queues: 1}, {name: u, queues: 1}]
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return addr
+			return addr, logs
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("broker not listening on %s: %v", addr, err)
@@ -141,5 +153,55 @@ func TestCLIWithUsers(t *testing.T) {
 	}
 	if _, stderr, code := ferryEnv(t, []string{"FERRY_PASSWORD=s3cret"}, "", "dlq", "list", "--broker", addr, "--group", "h", "--user", "app"); code == 0 || !strings.Contains(stderr, "Group:h") {
 		t.Fatalf("dlq list of group h as app: exit %d %s; want permission denied on Group:h", code, stderr)
+	}
+}
+
+// TestCLIAuditLog: a real `ferry run` with users logs a wrong password and
+// a denied topic creation as audit lines; the allowed produce (negative
+// control) writes none.
+func TestCLIAuditLog(t *testing.T) {
+	hash, _, code := ferryEnv(t, nil, "s3cret\n", "user", "hash", "--cost", "4")
+	if code != 0 {
+		t.Fatal("user hash failed")
+	}
+	addr, logs := startSecureBrokerLogs(t, fmt.Sprintf(`security:
+  users:
+    - name: app
+      password_hash: %q
+      policies: [{resources: ["Topic:t", "Group:g"], actions: [Pub, Sub, Get]}]
+`, strings.TrimSpace(hash)), "info")
+	pw := []string{"FERRY_PASSWORD=s3cret"}
+	if _, stderr, code := ferryEnv(t, pw, "ok\n", "produce", "--broker", addr, "--topic", "t", "--timeout", "10s", "--user", "app"); code != 0 {
+		t.Fatalf("produce as app: exit %d %s", code, stderr)
+	}
+	if _, _, code := ferryEnv(t, []string{"FERRY_PASSWORD=wrong"}, "x\n", "produce", "--broker", addr, "--topic", "t", "--timeout", "10s", "--user", "app"); code == 0 {
+		t.Fatal("produce with a wrong password succeeded")
+	}
+	if _, _, code := ferryEnv(t, pw, "", "topic", "create", "sneaky", "--queues", "1", "--broker", addr, "--user", "app"); code == 0 {
+		t.Fatal("app created a topic")
+	}
+	want := []string{"audit: authentication failed", "user=app", "source=127.0.0.1"}
+	want2 := []string{"audit: access denied", "user=app", "action=Create", "resource=Topic:sneaky"}
+	deadline := time.Now().Add(30 * time.Second)
+	has := func(parts []string) bool {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				return true
+			}
+		}
+		return false
+	}
+	for !has(want) || !has(want2) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no audit lines %q and %q in the node's log:\n%s", want, want2, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := strings.Count(logs.String(), "audit:"); n != 2 {
+		t.Fatalf("%d audit lines, want 2 (the allowed produce writes none):\n%s", n, logs.String())
 	}
 }

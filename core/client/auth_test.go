@@ -650,13 +650,21 @@ func TestAuthAuditLog(t *testing.T) {
 	logLine(t, logs, "audit: admin action", "user=admin", "source=127.0.0.1", "action=Create", "resource=Topic:audited", "result=ok")
 	logLine(t, logs, "audit: admin action", "user=admin", "action=Delete", "resource=Topic:audited", "result=ok")
 	logLine(t, logs, "audit: admin action", "user=admin", "action=Delete", `resource="Group:%DLQ%billing"`, "result=ok")
-	logLine(t, logs, "access denied", "user=alice", "source=127.0.0.1", "action=Create", "resource=Topic:orders.sneaky")
-	logLine(t, logs, "authentication failed", "source=127.0.0.1", "user=alice", "wrong password")
+	logLine(t, logs, "audit: access denied", "user=alice", "source=127.0.0.1", "action=Create", "resource=Topic:orders.sneaky")
+	logLine(t, logs, "audit: authentication failed", "source=127.0.0.1", "user=alice", "wrong password")
 	// Negative controls: what was refused or is no admin action is not
 	// logged as one.
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "audit: admin action") && (strings.Contains(line, "orders.sneaky") || strings.Contains(line, "orders.eu") || strings.Contains(line, "user=alice")) {
 			t.Errorf("logged as an admin action: %s", line)
 		}
+		// alice's allowed produce and consume on orders.eu are no
+		// security event: no audit line at all names them.
+		if strings.Contains(line, "audit:") && strings.Contains(line, "orders.eu") {
+			t.Errorf("an allowed produce or consume is in the audit log: %s", line)
+		}
+	}
+	if n := strings.Count(logs.String(), "audit: authentication failed"); n != 1 {
+		t.Errorf("%d failed authentications logged, want 1 (the wrong password)", n)
 	}
 }

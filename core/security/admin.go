@@ -23,7 +23,7 @@ func (a *Auth) AuthorizeAdmin(r *http.Request, endpoint string, superOnly bool) 
 		if p.Super {
 			return nil
 		}
-		a.log.Warn("access denied", "user", p.User, "source", p.Addr, "action", "admin "+endpoint, "resource", Cluster.String())
+		a.denied(p, "admin "+endpoint, Cluster.String())
 		return fmt.Errorf("%w: user %q may not use the admin listener's %s: it is for super users", sdk.ErrPermissionDenied, p.User, endpoint)
 	}
 	return a.Authorize(p, Get, Cluster)

@@ -40,7 +40,10 @@ type Auth struct {
 	users map[string]*account
 	log   Logger
 	limit *limiter
-	dummy []byte // a bcrypt hash compared against for unknown users
+	// denyLog bounds the access denied lines per user and source: a
+	// client repeating a refused call cannot flood the log.
+	denyLog *limiter
+	dummy   []byte // a bcrypt hash compared against for unknown users
 
 	mu       sync.RWMutex
 	verified map[[sha256.Size]byte]string // hash of an authorization value that proved a user → the user
@@ -70,6 +73,7 @@ func NewAuth(cfg Config, log Logger) (*Auth, error) {
 		users:    map[string]*account{},
 		log:      log,
 		limit:    newLimiter(cfg.FailedAuth.withDefaults()),
+		denyLog:  newLimiter(FailedAuth{Burst: denyLogBurst, Refill: denyLogRefill}),
 		verified: map[[sha256.Size]byte]string{},
 		inflight: map[[sha256.Size]byte]chan struct{}{},
 	}
@@ -270,9 +274,9 @@ func parseBasic(v string) (user, pass string, err error) {
 // error for the client.
 func (a *Auth) failed(source, user, reason string) error {
 	empty := a.limit.fail(source)
-	a.log.Warn("authentication failed", "source", source, "user", user, "reason", reason)
+	a.log.Warn("audit: authentication failed", "source", source, "user", user, "reason", reason)
 	if empty {
-		a.log.Warn("authentication: refusing a source for failing too often", "source", source)
+		a.log.Warn("audit: authentication: refusing a source for failing too often", "source", source)
 	}
 	return fmt.Errorf("%w: %s", sdk.ErrUnauthenticated, reason)
 }
@@ -297,7 +301,7 @@ func (a *Auth) Authorize(p *Principal, act Action, r Resource) error {
 	if p.Allowed(act, r) {
 		return nil
 	}
-	a.log.Warn("access denied", "user", p.User, "source", p.Addr, "action", act.String(), "resource", r.String())
+	a.denied(p, act.String(), r.String())
 	return fmt.Errorf("%w: user %q may not %s on %s", sdk.ErrPermissionDenied, p.User, act, r)
 }
 
@@ -378,4 +382,26 @@ func (l *limiter) fail(source string) bool {
 	l.level(b, now)
 	b.tokens = math.Max(0, b.tokens-1)
 	return b.tokens < 1
+}
+
+// The access denied lines a user may cause from one source: a burst of
+// denyLogBurst, then one every denyLogRefill.
+const (
+	denyLogBurst  = 20
+	denyLogRefill = time.Second
+)
+
+// denied logs an access denied line for p unless p's user has caused too
+// many from its source lately; the line that empties the budget says that
+// further ones are dropped for a while.
+func (a *Auth) denied(p *Principal, action, resource string, extra ...any) {
+	key := p.User + "\x00" + p.Addr.String()
+	if _, ok := a.denyLog.allow(key); !ok {
+		return
+	}
+	args := append([]any{"user", p.User, "source", p.Addr, "action", action, "resource", resource}, extra...)
+	if a.denyLog.fail(key) {
+		args = append(args, "suppressed", "further access denied lines of this user and source are dropped for a while")
+	}
+	a.log.Warn("audit: access denied", args...)
 }

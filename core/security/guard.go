@@ -248,7 +248,7 @@ func (g *Guard) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk.
 		}
 	}
 	if err := g.members.claim(p.User, req); err != nil {
-		g.auth.log.Warn("access denied", "user", p.User, "source", p.Addr, "action", "Heartbeat", "resource", Group(req.Group).String(), "member", req.Member)
+		g.auth.denied(p, "Heartbeat", Group(req.Group).String(), "member", req.Member)
 		return nil, err
 	}
 	return g.next.Heartbeat(ctx, req)

@@ -195,7 +195,7 @@ func (p *Peers) logRefusal(remote, reason string) {
 	if repeated > 0 {
 		args = append(args, "refused_since_last_logged", repeated)
 	}
-	p.log.Warn("replication peer refused", args...)
+	p.log.Warn("audit: replication peer refused", args...)
 }
 
 // A nil *Peers is plaintext links that nobody proves anything on.
