@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -62,7 +61,7 @@ func (b *brokerConn) produce(ctx context.Context, req *ferryv1.ProduceRequest) (
 	if c.closed() {
 		return nil, errClientClosed
 	}
-	if n := proto.Size(req); n > c.maxRequestBytes {
+	if n := req.SizeVT(); n > c.maxRequestBytes {
 		return nil, fmt.Errorf("ferry client: %w: a batch of %d messages is %d bytes, over the client's limit of %d bytes (WithMaxRequestBytes); send fewer messages at once",
 			sdk.ErrInvalidArgument, len(req.Messages), n, c.maxRequestBytes)
 	}
@@ -87,7 +86,7 @@ func (b *brokerConn) produceOneway(ctx context.Context, req *ferryv1.ProduceRequ
 	if c.closed() {
 		return errClientClosed
 	}
-	if n := proto.Size(req); n > c.maxRequestBytes {
+	if n := req.SizeVT(); n > c.maxRequestBytes {
 		return fmt.Errorf("ferry client: %w: a batch of %d messages is %d bytes, over the client's limit of %d bytes",
 			sdk.ErrInvalidArgument, len(req.Messages), n, c.maxRequestBytes)
 	}
