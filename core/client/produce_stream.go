@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 )
