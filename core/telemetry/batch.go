@@ -116,15 +116,24 @@ func UnsampledTraceparent(tp string) bool {
 // hexDigits reports whether s is all lowercase hex digits, and whether
 // one of them is not zero.
 func hexDigits(s string) (nonzero, ok bool) {
+	var any, bad byte
 	for i := 0; i < len(s); i++ {
-		d, ok := unhex(s[i])
-		if !ok {
-			return false, false
-		}
-		nonzero = nonzero || d != 0
+		c := s[i]
+		bad |= notHex[c]
+		any |= c ^ '0'
 	}
-	return nonzero, true
+	return any != 0, bad == 0
 }
+
+// notHex[c] is 1 unless c is a lowercase hex digit.
+var notHex = func() (t [256]byte) {
+	for c := range t {
+		if _, ok := unhex(byte(c)); !ok {
+			t[c] = 1
+		}
+	}
+	return t
+}()
 
 // sampledTraceparent reports whether a W3C traceparent of version 00
 // ("00-<trace id>-<span id>-<flags>") has its sampled flag set, without

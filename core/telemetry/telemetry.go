@@ -21,9 +21,13 @@ package telemetry
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"strings"
@@ -134,6 +138,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		_ = exp.Shutdown(ctx)
 		return nil, err
 	}
+	sampleRatio.Store(math.Float64bits(cfg.SampleRatio))
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))}),
@@ -177,6 +182,7 @@ func (systemProcessor) ForceFlush(context.Context) error { return nil }
 // function turns tracing off again.
 func UseSpanProcessor(sp sdktrace.SpanProcessor) (restore func()) {
 	otel.SetTextMapPropagator(propagator)
+	sampleRatio.Store(math.Float64bits(1))
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sp),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())}))
 	install(tp, tp, stateOn)
@@ -299,7 +305,59 @@ func (t *tracer) Start(ctx context.Context, name string, opts ...trace.SpanStart
 		r = &resolvedTracer{gen: gen, Tracer: otel.GetTracerProvider().Tracer(t.name)}
 		t.resolved.Store(r)
 	}
+	// A span the sampler would not record is not started through the SDK:
+	// its non-recording span, start options and ids cost more than the
+	// rest of an unsampled message's hop (at 1 %, nearly every message).
+	// The span context it would have had (new ids; the parent's trace, or
+	// a new one) carries the decision on. The decision is the SDK's sampler
+	// (batchSampler over ParentBased(TraceIDRatioBased)): under a parent,
+	// the parent's flag; for a new trace, the ratio, drawn here, and a
+	// trace drawn to be sampled is force-sampled through the SDK so that its
+	// own ratio does not draw again. A span meant to start a new trace
+	// under an unsampled parent (trace.WithNewRoot) must be force-sampled
+	// by its caller, as StartHop does.
+	if forced, _ := ctx.Value(forceSample{}).(bool); !forced {
+		parent := trace.SpanContextFromContext(ctx)
+		switch {
+		case parent.IsValid() && !parent.IsSampled():
+			return unsampled(ctx, parent.TraceID(), parent.TraceState())
+		case !parent.IsValid():
+			if rand.Float64() >= ratio() {
+				return unsampled(ctx, newTraceID(), trace.TraceState{})
+			}
+			sctx, span := r.Start(context.WithValue(ctx, forceSample{}, true), name, opts...)
+			return context.WithValue(sctx, forceSample{}, nil), span
+		}
+	}
 	return r.Start(ctx, name, opts...)
+}
+
+// sampleRatio is the ratio of new traces Setup's sampler records (as
+// math.Float64bits; UseSpanProcessor: 1).
+var sampleRatio atomic.Uint64
+
+func ratio() float64 { return math.Float64frombits(sampleRatio.Load()) }
+
+// unsampled is ctx with a span context of a new span id in trace tid, not
+// sampled, and the span that carries it (records nothing, ends as a no-op).
+func unsampled(ctx context.Context, tid trace.TraceID, ts trace.TraceState) (context.Context, trace.Span) {
+	var sid trace.SpanID
+	for sid == (trace.SpanID{}) {
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceState: ts})
+	ctx = trace.ContextWithSpanContext(ctx, sc)
+	return ctx, trace.SpanFromContext(ctx)
+}
+
+// newTraceID is a random trace id, never zero.
+func newTraceID() trace.TraceID {
+	var tid trace.TraceID
+	for tid == (trace.TraceID{}) {
+		binary.BigEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[8:], rand.Uint64())
+	}
+	return tid
 }
 
 // propagator is the one propagator of Ferry: W3C trace context.
@@ -320,8 +378,27 @@ func Inject(ctx context.Context, headers map[string]string) map[string]string {
 	if headers == nil {
 		headers = make(map[string]string, 2)
 	}
+	sc := trace.SpanContextFromContext(ctx)
+	if sc.TraceState().Len() == 0 {
+		headers[HeaderTraceparent] = traceparent(sc) // what the propagator writes, without its formatting
+		return headers
+	}
 	propagator.Inject(ctx, propagation.MapCarrier(headers))
 	return headers
+}
+
+// traceparent is sc as a W3C traceparent of version 00.
+func traceparent(sc trace.SpanContext) string {
+	var b [55]byte
+	tid, sid := sc.TraceID(), sc.SpanID()
+	b[0], b[1], b[2] = '0', '0', '-'
+	hex.Encode(b[3:35], tid[:])
+	b[35] = '-'
+	hex.Encode(b[36:52], sid[:])
+	b[52] = '-'
+	flags := [1]byte{byte(sc.TraceFlags())}
+	hex.Encode(b[53:55], flags[:])
+	return string(b[:])
 }
 
 // Extract returns ctx with the remote span context found in a message's

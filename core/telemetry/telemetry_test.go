@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -342,5 +344,69 @@ func TestTracerFollowsSetup(t *testing.T) {
 		s.End()
 	}); allocs != 0 {
 		t.Fatalf("tracing off: Start+End allocates %v times", allocs)
+	}
+}
+
+// TestUnsampledSpansSkipTheSDK: at a ratio of 0.25 a quarter of new traces
+// is recorded (drawn once: the SDK's own ratio sampler does not draw a
+// second time, which would record a sixteenth), a span under an unsampled
+// parent is not, and yet carries a valid span context of the parent's
+// trace with a span id of its own; under a sampled one it is recorded.
+func TestUnsampledSpansSkipTheSDK(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	defer UseSpanProcessor(rec)()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
+		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.25))}))
+	install(tp, tp, stateOn)
+	sampleRatio.Store(math.Float64bits(0.25))
+	tr := Tracer("test")
+	const n = 20000
+	var children int
+	for range n {
+		ctx, root := tr.Start(context.Background(), "root")
+		cctx, child := tr.Start(ctx, "child")
+		if !child.SpanContext().IsValid() || child.SpanContext().TraceID() != root.SpanContext().TraceID() ||
+			child.SpanContext().SpanID() == root.SpanContext().SpanID() || child.SpanContext().IsSampled() != root.SpanContext().IsSampled() {
+			t.Fatalf("child %v of root %v", child.SpanContext(), root.SpanContext())
+		}
+		if !trace.SpanContextFromContext(cctx).Equal(child.SpanContext()) {
+			t.Fatal("the child's context does not carry it")
+		}
+		if child.IsRecording() {
+			children++
+		}
+		child.End()
+		root.End()
+	}
+	roots := 0
+	for _, s := range rec.Ended() {
+		if s.Name() == "root" {
+			roots++
+		}
+	}
+	if roots < 4600 || roots > 5400 || children != roots {
+		t.Fatalf("%d roots and %d children recorded of %d, want about %d each (a ratio of 0.25, drawn once)", roots, children, n, n/4)
+	}
+}
+
+// TestInjectAsThePropagator: Inject writes the traceparent the W3C
+// propagator writes, sampled or not, and defers to it with a tracestate.
+func TestInjectAsThePropagator(t *testing.T) {
+	ts, err := trace.ParseTraceState("k=v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range []trace.SpanContext{
+		trace.NewSpanContext(trace.SpanContextConfig{TraceID: newTraceID(), SpanID: trace.SpanID{1, 2, 3, 4, 5, 6, 7, 8}}),
+		trace.NewSpanContext(trace.SpanContextConfig{TraceID: newTraceID(), SpanID: trace.SpanID{0xff, 0, 0, 0, 0, 0, 0, 0xab}, TraceFlags: trace.FlagsSampled}),
+		trace.NewSpanContext(trace.SpanContextConfig{TraceID: newTraceID(), SpanID: trace.SpanID{9}, TraceFlags: trace.FlagsSampled, TraceState: ts}),
+	} {
+		ctx := trace.ContextWithSpanContext(context.Background(), sc)
+		want := map[string]string{}
+		propagator.Inject(ctx, propagation.MapCarrier(want))
+		got := Inject(ctx, nil)
+		if len(got) != len(want) || got[HeaderTraceparent] != want[HeaderTraceparent] || got["tracestate"] != want["tracestate"] {
+			t.Fatalf("Inject %v, the propagator %v", got, want)
+		}
 	}
 }
