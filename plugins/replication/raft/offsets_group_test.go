@@ -3,6 +3,8 @@ package raft_test
 import (
 	"context"
 	"fmt"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -76,6 +78,11 @@ func TestRaftReplicatesGroupOffsets(t *testing.T) {
 			stay = m
 		}
 	}
+	st, err := status(away.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	awayApplied := st.AppliedIndex
 	away.stop(t)
 	commit := func(m *member, offs [2]int64) {
 		t.Helper()
@@ -92,7 +99,21 @@ func TestRaftReplicatesGroupOffsets(t *testing.T) {
 	waitOffsets(t, []*member{l, stay}, "billing", first)
 	// Enough entries after it that the log is compacted past it.
 	send(t, ms, 300)
-	time.Sleep(500 * time.Millisecond)
+	// Until the leader snapshotted past what the stopped node applied and
+	// the trailing entries it keeps (5): it must send a snapshot then.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		lst, err := status(l.admin)
+		if err == nil && len(lst.Replicas) > 0 {
+			if m := lastSnapshotRE.FindStringSubmatch(lst.Replicas[0].Detail); m != nil {
+				if idx, _ := strconv.ParseUint(m[1], 10, 64); idx > awayApplied+5 {
+					break
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the leader did not snapshot past %d (what %s applied) in 60s", awayApplied, away.id)
+		}
+	}
 	away.start(t, ms)
 	converged(t, ms, 340)
 	// The store converges as the restore's catch-up ends, a moment
@@ -130,3 +151,5 @@ func TestRaftReplicatesGroupOffsets(t *testing.T) {
 	l.start(t, ms)
 	waitOffsets(t, ms, "billing", second)
 }
+
+var lastSnapshotRE = regexp.MustCompile(`last snapshot at index (\d+)`)
