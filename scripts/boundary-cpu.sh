@@ -5,9 +5,10 @@
 #   scripts/boundary-cpu.sh [REPS]        (default 3 reps, interleaved)
 #   PLANES=ring BINS="old=/tmp/ferry-old new=/tmp/ferry-new" scripts/boundary-cpu.sh 3
 #
-# PLANES are the data planes to run (default "ring grpc"); WORKLOADS the
+# PLANES are the data planes to run (default "ring grpc"; "inprocess": the
+# plugins linked into the node, one process); WORKLOADS the
 # workloads, in order (default "produce consume"; also "sync16": 16 sync
-# producers; consume reads what produce stored); BINS the ferry
+# producers; "sync1": one; consume reads what produce stored); BINS the ferry
 # binaries to compare, as name=path (default: bin/ferry, built from this
 # tree), each driving a node of its own build. For each rep, data plane and
 # binary (the order reversed on every rep) it starts `ferry run` on a
@@ -32,16 +33,21 @@ hz=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# context switches of every thread of a process (voluntary: it slept)
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 run() { # dataplane rep name binary
 	local dp=$1 rep=$2 name=$3 ferry=$4 dir="$tmp/$1-$2-$3"
+	local mode=subprocess plane=$dp
+	[ "$dp" = inprocess ] && mode=inprocess plane=ring
 	mkdir -p "$dir"
 	cat >"$dir/p.yaml" <<EOF
 name: boundary
 node:
   data_dir: $dir/data
 plugins:
-  data_plane: $dp
+  mode: $mode
+  data_plane: $plane
   storage:
     type: file
     config:
@@ -61,18 +67,24 @@ EOF
 		sleep 0.1
 	done
 	sleep 2
-	local storage transport
-	storage=$(pgrep -P "$core" -f "plugin serve storage")
-	transport=$(pgrep -P "$core" -f "plugin serve transport")
-	local names=(core storage transport) pids=("$core" "$storage" "$transport")
+	local storage transport names pids
+	if [ "$mode" = inprocess ]; then
+		names=(node) pids=("$core")
+	else
+		storage=$(pgrep -P "$core" -f "plugin serve storage")
+		transport=$(pgrep -P "$core" -f "plugin serve transport")
+		names=(core storage transport) pids=("$core" "$storage" "$transport")
+	fi
 	local line="rep $rep  $name $dp  idle RSS:"
-	for i in 0 1 2; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024)) MiB"; done
+	for i in "${!pids[@]}"; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024)) MiB"; done
 	echo "$line"
 	local stored=0
 	for w in ${WORKLOADS:-produce consume}; do
-		local before=() n
-		for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
-		if [ "$w" = sync16 ]; then
+		local before=() csbefore=() n
+		for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); csbefore+=("$(ctx_switches "$p")"); done
+		if [ "$w" = sync1 ]; then
+			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench produce --broker 127.0.0.1:$port --topic orders --mode sync --producers 1 --duration 5s --json)
+		elif [ "$w" = sync16 ]; then
 			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench produce --broker 127.0.0.1:$port --topic orders --mode sync --producers 16 --duration 5s --json)
 		elif [ "$w" = produce ]; then
 			out=$(/usr/bin/time -f 'clientcpu %U %S' -o "$dir/time" "$ferry" bench produce --broker 127.0.0.1:$port --topic orders --mode async --inflight 256 --duration 5s --json)
@@ -85,15 +97,18 @@ EOF
 		[ "$w" = produce ] && stored=$n
 		line="rep $rep  $name $dp  $w: $n msgs, $rate msgs/s; CPU µs/msg:"
 		local total=0
-		for i in 0 1 2; do
+		for i in "${!pids[@]}"; do
 			local us=$(( ( $(cpu_ticks "${pids[$i]}") - ${before[$i]} ) * 1000000 / hz ))
 			total=$((total + us))
 			line+=" ${names[$i]} $(awk -v u="$us" -v n="$n" 'BEGIN {printf "%.1f", u / n}')"
 		done
 		line+=" all $(awk -v u="$total" -v n="$n" 'BEGIN {printf "%.1f", u / n}')"
 		line+=" client $(awk -v n="$n" '/^clientcpu/ {printf "%.1f", ($2 + $3) * 1000000 / n}' "$dir/time")"
+		line+="; sleeps/msg:"
+		for i in "${!pids[@]}"; do line+=" ${names[$i]} $(awk -v a="$(ctx_switches "${pids[$i]}")" -v b="${csbefore[$i]}" -v n="$n" 'BEGIN {printf "%.2f", (a - b) / n}')"; done
+		line+="; p50 $(echo "$out" | tr ',' '\n' | awk -F: '/"p50_us"/ {printf "%d", $2; exit}') µs"
 		line+="; RSS MiB:"
-		for i in 0 1 2; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024))"; done
+		for i in "${!pids[@]}"; do line+=" ${names[$i]} $(($(rss_kib "${pids[$i]}") / 1024))"; done
 		echo "$line"
 	done
 	kill "$core"

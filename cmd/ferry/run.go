@@ -91,6 +91,9 @@ line (@timestamp, @level, @module, @message and the key/values).`,
 			if err != nil {
 				return &exitError{code: 2, msg: err.Error()}
 			}
+			if routesOnly(cfg) && sdk.SetCoreProcs() {
+				log.Debug("the core runs on one processor (GOMAXPROCS=1): its plugins have their own processes on this machine of two cores or fewer")
+			}
 			// Whatever logs through slog's or the log package's default
 			// joins the same stream and format.
 			slog.SetDefault(logging.Slog(log))
@@ -137,4 +140,11 @@ line (@timestamp, @level, @module, @message and the key/values).`,
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write the node's CPU profile to this file (plugins: set "+sdk.EnvCPUProfile+")")
 	cmd.Flags().StringVar(&memProfile, "memprofile", "", "write the node's heap profile (allocations over its life, live memory) to this file when it stops (plugins: set "+sdk.EnvMemProfile+")")
 	return cmd
+}
+
+// routesOnly reports whether the node's core only routes requests between
+// plugins in their own processes (sdk.SetCoreProcs): plugins as subprocesses,
+// and no generator or flow, whose producers and consumers would run in it.
+func routesOnly(cfg *config.Pipeline) bool {
+	return cfg.Plugins.Mode != "inprocess" && len(cfg.Generators) == 0 && len(cfg.Flows) == 0
 }

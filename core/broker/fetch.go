@@ -27,6 +27,17 @@ func (b *Broker) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRe
 	return resp, err
 }
 
+var _ sdk.ProducePreparer = (*Broker)(nil)
+
+// PrepareProduce wakes the storage plugin's reader if it sleeps
+// (sdk.ProducePreparer): the append that follows finds it awake.
+func (b *Broker) PrepareProduce() {
+	impl, _, _ := b.storage.Current()
+	if p, ok := impl.(interface{ Poke() }); ok {
+		p.Poke()
+	}
+}
+
 var _ sdk.WireFetcher = (*Broker)(nil)
 
 // FetchWire is Fetch, with the messages of the answer in their wire form,

@@ -68,6 +68,21 @@ type Writer struct {
 	closed *atomic.Bool
 	stall  time.Duration
 	bells  atomic.Uint64 // how often it rang the reader's bell
+	pokes  atomic.Uint64 // how often it rang it ahead of a record (poke)
+}
+
+// poke rings the bell of a sleeping reader ahead of a record that is about
+// to be written, so that the reader wakes while the record is prepared: a
+// reader woken with nothing published spins for it a while (Reader's
+// pokeSpin) instead of sleeping again. It rings only when the reader
+// announced its sleep, with the same compare-and-swap as publish, so a
+// publish soon after finds the reader awake and rings no second time.
+func (w *Writer) poke() {
+	r := w.r
+	if r.rsleep.Load() == 1 && r.rsleep.CompareAndSwap(1, 0) {
+		ringBell(r.bell)
+		w.pokes.Add(1)
+	}
 }
 
 // Write sends one frame of kind (not KindPad) and id. It blocks while the
@@ -145,6 +160,7 @@ func (w *Writer) WriteFunc(kind uint16, id uint64, n int, fill func(b []byte) er
 	}
 	putHeader(r.data[at:], uint32(n), kind, 0, id, crc32.Checksum(payload, castagnoli))
 	w.tail += rec
+	timeline(int32(kind))
 	w.publish()
 	return nil
 }
@@ -178,6 +194,9 @@ func (w *Writer) recordLocked(kind, flags uint16, id uint64, chunk []byte, crcXo
 	putHeader(r.data[pos:], uint32(len(chunk)), kind, flags, id, crc32.Checksum(chunk, castagnoli)^crcXor)
 	copy(r.data[pos+RecordHeader:], chunk)
 	w.tail += rec
+	if flags&FlagMore == 0 {
+		timeline(int32(kind))
+	}
 	w.publish()
 	return nil
 }
@@ -248,9 +267,11 @@ type Reader struct {
 	spins   int
 
 	// owed is until when (nanoseconds since clockBase) an answer is
-	// expected on this ring (Conn.Expect): the reader spins for it rather
-	// than sleep.
+	// expected on this ring (Conn.Expect, or a poke): the reader spins for
+	// it rather than sleep.
 	owed atomic.Int64
+
+	pokeSpin time.Duration // how long a reader woken with nothing published spins (0: not at all)
 }
 
 // clockBase is the origin of Reader.owed's clock (monotonic).
@@ -329,6 +350,7 @@ func (rd *Reader) Read() (kind uint16, id uint64, payload []byte, err error) {
 		}
 		started, fkind, fid = true, k, rid
 		if flags&FlagMore == 0 {
+			timeline(-int32(fkind))
 			out := rd.buf
 			rd.buf = nil
 			return fkind, fid, out, nil
@@ -389,6 +411,11 @@ func (rd *Reader) available() (uint64, error) {
 		r.rsleep.Store(0)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, fmt.Errorf("%w: bell: %v", ErrClosed, err)
+		}
+		if err == nil && rd.pokeSpin > 0 && r.tail.Load() == rd.head {
+			// Rung with nothing published: a poke (or, rarely, a bell
+			// for a record already read). The record is on its way.
+			rd.expect(rd.pokeSpin)
 		}
 		if !rd.owedNow() { // not woken by Expect, whose spin says nothing of the peer's pace
 			rd.adapt(time.Since(start))

@@ -440,6 +440,75 @@ func TestExpectSpinsForTheAnswer(t *testing.T) {
 	}
 }
 
+// A poke wakes the peer's sleeping reader, which then spins for the frame
+// that follows, so that the frame's publish finds it awake and rings no
+// bell; a reader that does not spin after a poke (PokeSpin negative, the
+// control) sleeps again and the publish rings it.
+func TestPokeWakesTheReaderAhead(t *testing.T) {
+	defer func(d time.Duration) { pollInterval = d }(pollInterval)
+	pollInterval = time.Hour // only bells wake the sleeping reader
+	for _, spin := range []time.Duration{-1, time.Minute} {
+		seg, err := Create(1 << 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := mustConn(t, seg, Host, Options{PokeSpin: spin})
+		plug := mustConn(t, seg, Plugin, Options{})
+		got := make(chan error, 1)
+		go func() {
+			_, _, p, err := host.Read()
+			if err == nil && string(p) != "frame" {
+				err = fmt.Errorf("read %q", p)
+			}
+			got <- err
+		}()
+		rsleep := host.r.r.rsleep
+		waitFor(t, "the reader to sleep", func() bool { return rsleep.Load() == 1 })
+		plug.Poke()
+		if plug.Pokes() != 1 {
+			t.Fatalf("Poke of a sleeping reader rang %d bells, want 1", plug.Pokes())
+		}
+		if spin > 0 {
+			// Woken, it spins: it does not announce a sleep while the
+			// frame is due.
+			waitFor(t, "the reader to wake and spin", func() bool { return host.r.owedNow() })
+			if rsleep.Load() != 0 {
+				t.Fatal("the poked reader announced a sleep")
+			}
+			plug.Poke() // awake: no bell
+			if plug.Pokes() != 1 {
+				t.Fatalf("Poke of an awake reader rang a bell (%d in all)", plug.Pokes())
+			}
+		} else {
+			// It wakes, finds nothing and sleeps again (the poke
+			// cleared its announcement; it makes a new one).
+			waitFor(t, "the reader to sleep again", func() bool { return rsleep.Load() == 1 })
+		}
+		before := plug.Bells()
+		if err := plug.Write(1, 1, []byte("frame")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		rang := plug.Bells() - before
+		if spin > 0 && rang != 0 {
+			t.Errorf("after a poke the frame's publish rang the bell %d times, want 0", rang)
+		}
+		if spin < 0 && rang != 1 {
+			t.Errorf("without the spin after a poke the publish rang the bell %d times, want 1 (the control)", rang)
+		}
+		host.Close()
+		plug.Close()
+		for host.active.Load()+plug.active.Load() != 0 {
+			time.Sleep(time.Millisecond)
+		}
+		_ = host.r.bell.Close()
+		_ = plug.r.bell.Close()
+		seg.Close()
+	}
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -297,6 +297,11 @@ func pluginRing(fds []int) (*ring.Conn, error) {
 // measuring; the default is ring.DefaultSpin.
 const EnvRingSpin = "FERRY_RING_SPIN"
 
+// EnvRingPoke, when set to a duration, replaces how long a reader woken
+// ahead of a record (ring.Conn.Poke) spins for it (ring.Options.PokeSpin;
+// "-1ns": not at all). For measuring; the default is ring.DefaultPokeSpin.
+const EnvRingPoke = "FERRY_RING_POKE"
+
 // EnvRingStall, when set to a duration, replaces how long a write waits for
 // room before the peer counts as stopped (ring.Options.Stall); for tests.
 const EnvRingStall = "FERRY_RING_STALL"
@@ -322,6 +327,9 @@ func ringOptions() ring.Options {
 	}
 	if d, err := time.ParseDuration(os.Getenv(EnvRingStall)); err == nil {
 		o.Stall = d
+	}
+	if d, err := time.ParseDuration(os.Getenv(EnvRingPoke)); err == nil {
+		o.PokeSpin = d
 	}
 	return o
 }

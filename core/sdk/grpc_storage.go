@@ -290,6 +290,14 @@ var (
 // UseRing hands the client a data plane segment to offer at Configure.
 func (c *StorageClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.UseRing(seg, broken) }
 
+// Poke wakes the plugin's reader of the data plane, if it sleeps, ahead of
+// a call about to be written (ring.Conn.Poke). Nothing on gRPC.
+func (c *StorageClient) Poke() {
+	if c.dp.conn != nil {
+		c.dp.conn.Poke()
+	}
+}
+
 // Configure configures the plugin, offering the data plane when the host
 // handed one over; if the plugin takes it, Append, Read, CommitOffsets and
 // GetOffsets go over the rings from now on.

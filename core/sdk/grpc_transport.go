@@ -613,6 +613,7 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 		_ = c.dp.write(KindCoreFrame, out.Id, out)
 	})
 	defer reqs.wait()
+	prep, _ := core.(ProducePreparer)
 	for {
 		kind, id, p, err := conn.Read()
 		if err != nil {
@@ -647,6 +648,9 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 			continue
 		}
 		f.Id = id
+		if prep != nil && f.GetProduce() != nil {
+			prep.PrepareProduce()
+		}
 		reqs.handle(f)
 	}
 }

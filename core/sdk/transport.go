@@ -24,6 +24,15 @@ type Core interface {
 	Heartbeat(ctx context.Context, req *HeartbeatRequest) (*HeartbeatResponse, error)
 }
 
+// ProducePreparer is implemented by a Core that can get ready for a produce
+// as soon as it arrives, before the request is handled: the broker wakes its
+// storage plugin's reader (StorageClient.Poke), so that the wake-up happens
+// while the produce is routed instead of after its append was written. A
+// transport's data plane calls it for every produce it hands over.
+type ProducePreparer interface {
+	PrepareProduce()
+}
+
 // TopicAdmin is the broker's runtime topic calls (Broker.CreateTopic,
 // AlterTopic and DeleteTopic). The Core a transport plugin is given always has them (assert
 // it: core.(sdk.TopicAdmin)); a Core of a test may not, and then the

@@ -115,6 +115,16 @@ func (g *Guard) Fetch(ctx context.Context, req *sdk.FetchRequest) (*sdk.FetchRes
 	return g.fetch(ctx, req, g.next.Fetch)
 }
 
+var _ sdk.ProducePreparer = (*Guard)(nil)
+
+// PrepareProduce passes the hint on (sdk.ProducePreparer); a produce the
+// guard then refuses costs the store one wake-up.
+func (g *Guard) PrepareProduce() {
+	if p, ok := g.next.(sdk.ProducePreparer); ok {
+		p.PrepareProduce()
+	}
+}
+
 var _ sdk.WireFetcher = (*Guard)(nil)
 
 // FetchWire is Fetch, the answer's messages in their wire form where the
