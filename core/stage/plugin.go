@@ -148,7 +148,8 @@ func newPluginStage(cfg map[string]any, start PluginStarter) (Stage, error) {
 
 // FromPlugin makes a stage of a running stage plugin, with the batching and
 // deadline of c (zero fields take the defaults; Plugin and Config are not
-// used).
+// used). Its handlers are called from the consumer's goroutines, many at
+// once; those that overlap share calls.
 func FromPlugin(inst *pluginhost.Instance, c PluginStageConfig) Stage {
 	b := &batcher{inst: inst, maxBatch: c.MaxBatch, linger: time.Duration(c.Linger), timeout: time.Duration(c.Timeout)}
 	if b.maxBatch <= 0 {
@@ -196,7 +197,9 @@ type pending struct {
 }
 
 // verdict has d judged by the plugin, in a batch with the deliveries that
-// arrive with it.
+// arrive with it. Called from many goroutines at once: the first of a batch
+// (its leader) waits up to linger for the others, or until the batch is
+// full, and makes the call; the rest wait for their verdicts.
 func (b *batcher) verdict(ctx context.Context, d *client.Delivery) (*sdk.Verdict, error) {
 	p := &pending{d: d, done: make(chan struct{})}
 	b.mu.Lock()
@@ -265,8 +268,10 @@ func (b *batcher) send(ctx context.Context, items []*pending) {
 	// The plugin's side may end the stream at the deadline a moment
 	// before this side's timer fires (RST_STREAM CANCEL): ctx itself is
 	// never cancelled, so a Canceled call missed the deadline too.
-	code := status.Code(err)
-	missed := err != nil && (cctx.Err() == context.DeadlineExceeded || code == codes.DeadlineExceeded || code == codes.Canceled)
+	// A Canceled call counts only at its deadline: a closing connection
+	// (the plugin being stopped) cancels calls too.
+	dl, _ := cctx.Deadline()
+	missed := err != nil && (cctx.Err() == context.DeadlineExceeded || timedOut(err) && time.Until(dl) < 100*time.Millisecond)
 	cancel()
 	if err != nil {
 		if missed {
@@ -324,7 +329,7 @@ func (b *batcher) probe(st sdk.Stage, gen uint64) {
 	if err == nil {
 		err = fmt.Errorf("answered %d verdicts for an empty batch", len(resp.GetVerdicts()))
 	}
-	if c := status.Code(err); ctx.Err() == context.DeadlineExceeded || c == codes.DeadlineExceeded || c == codes.Canceled {
+	if dl, _ := ctx.Deadline(); ctx.Err() == context.DeadlineExceeded || timedOut(err) && time.Until(dl) < 100*time.Millisecond {
 		slog.Error("stage plugin does not answer an empty batch either; restarting it", "plugin", b.inst.Type(), "timeout", b.timeout, "error", err)
 		b.inst.Broken(gen)
 		return
@@ -332,6 +337,19 @@ func (b *batcher) probe(st sdk.Stage, gen uint64) {
 	// Another failure (the process is dying, or it answered wrong): not a
 	// hang. The host restarts a dead process by itself.
 	slog.Warn("stage plugin's empty-batch probe failed", "plugin", b.inst.Type(), "error", err)
+}
+
+// timedOut reports whether a call's error is its deadline, as either side
+// saw it: DeadlineExceeded here, or Canceled when the plugin's side reset
+// the stream at the deadline first (the call's own context is never
+// cancelled otherwise). Both arrive as the SDK's mapping of the gRPC
+// status, or as the raw status.
+func timedOut(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return true
+	}
+	c := status.Code(err)
+	return c == codes.DeadlineExceeded || c == codes.Canceled
 }
 
 func messageIDs(items []*pending) []string {
