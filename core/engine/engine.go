@@ -20,7 +20,6 @@ import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/security"
-	"github.com/ferrymq/ferry/core/stage"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -92,7 +91,6 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg), obs: obs}
-	stage.SetPluginStarter(host.Start) // flows' stage plugins run under this node's host
 	ok := false
 	defer func() {
 		if !ok {
