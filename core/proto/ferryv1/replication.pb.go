@@ -29,6 +29,52 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Several consumer groups' committed offsets in one raft log entry: the
+// commits of many consumers waiting at once (group commit).
+type OffsetCommits struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Groups        []*CommitOffsetsRequest `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OffsetCommits) Reset() {
+	*x = OffsetCommits{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OffsetCommits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OffsetCommits) ProtoMessage() {}
+
+func (x *OffsetCommits) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OffsetCommits.ProtoReflect.Descriptor instead.
+func (*OffsetCommits) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OffsetCommits) GetGroups() []*CommitOffsetsRequest {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 // A change of a node's topic metadata, or (op "set") the whole of it.
 type TopicChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -48,7 +94,7 @@ type TopicChange struct {
 
 func (x *TopicChange) Reset() {
 	*x = TopicChange{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	mi := &file_ferry_v1_replication_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -60,7 +106,7 @@ func (x *TopicChange) String() string {
 func (*TopicChange) ProtoMessage() {}
 
 func (x *TopicChange) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	mi := &file_ferry_v1_replication_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -73,7 +119,7 @@ func (x *TopicChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicChange.ProtoReflect.Descriptor instead.
 func (*TopicChange) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *TopicChange) GetOp() string {
@@ -114,7 +160,7 @@ type ReplicatedTopic struct {
 
 func (x *ReplicatedTopic) Reset() {
 	*x = ReplicatedTopic{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	mi := &file_ferry_v1_replication_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -126,7 +172,7 @@ func (x *ReplicatedTopic) String() string {
 func (*ReplicatedTopic) ProtoMessage() {}
 
 func (x *ReplicatedTopic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	mi := &file_ferry_v1_replication_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -139,7 +185,7 @@ func (x *ReplicatedTopic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedTopic.ProtoReflect.Descriptor instead.
 func (*ReplicatedTopic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ReplicatedTopic) GetName() string {
@@ -164,7 +210,7 @@ type TopicChangeResponse struct {
 
 func (x *TopicChangeResponse) Reset() {
 	*x = TopicChangeResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	mi := &file_ferry_v1_replication_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +222,7 @@ func (x *TopicChangeResponse) String() string {
 func (*TopicChangeResponse) ProtoMessage() {}
 
 func (x *TopicChangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	mi := &file_ferry_v1_replication_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +235,7 @@ func (x *TopicChangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicChangeResponse.ProtoReflect.Descriptor instead.
 func (*TopicChangeResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{3}
 }
 
 type ReplicateRequest struct {
@@ -213,7 +259,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[3]
+	mi := &file_ferry_v1_replication_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +271,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[3]
+	mi := &file_ferry_v1_replication_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +284,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReplicateRequest) GetSeq() uint64 {
@@ -300,7 +346,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[4]
+	mi := &file_ferry_v1_replication_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +358,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[4]
+	mi := &file_ferry_v1_replication_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +371,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReplicateResponse) GetSeq() uint64 {
@@ -375,7 +421,7 @@ type ReplicationFrame struct {
 
 func (x *ReplicationFrame) Reset() {
 	*x = ReplicationFrame{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[5]
+	mi := &file_ferry_v1_replication_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +433,7 @@ func (x *ReplicationFrame) String() string {
 func (*ReplicationFrame) ProtoMessage() {}
 
 func (x *ReplicationFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[5]
+	mi := &file_ferry_v1_replication_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +446,7 @@ func (x *ReplicationFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationFrame.ProtoReflect.Descriptor instead.
 func (*ReplicationFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicationFrame) GetId() uint64 {
@@ -547,7 +593,7 @@ type ReplicaCoreFrame struct {
 
 func (x *ReplicaCoreFrame) Reset() {
 	*x = ReplicaCoreFrame{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[6]
+	mi := &file_ferry_v1_replication_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +605,7 @@ func (x *ReplicaCoreFrame) String() string {
 func (*ReplicaCoreFrame) ProtoMessage() {}
 
 func (x *ReplicaCoreFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[6]
+	mi := &file_ferry_v1_replication_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +618,7 @@ func (x *ReplicaCoreFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaCoreFrame.ProtoReflect.Descriptor instead.
 func (*ReplicaCoreFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplicaCoreFrame) GetId() uint64 {
@@ -699,7 +745,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[7]
+	mi := &file_ferry_v1_replication_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +757,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[7]
+	mi := &file_ferry_v1_replication_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +770,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ApplyRequest) GetMessages() []*Message {
@@ -744,7 +790,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[8]
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +802,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[8]
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +815,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ApplyResponse) GetOffsets() []int64 {
@@ -787,7 +833,7 @@ type NodeInfoRequest struct {
 
 func (x *NodeInfoRequest) Reset() {
 	*x = NodeInfoRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +845,7 @@ func (x *NodeInfoRequest) String() string {
 func (*NodeInfoRequest) ProtoMessage() {}
 
 func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +858,7 @@ func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*NodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
 }
 
 type NodeInfoResponse struct {
@@ -832,7 +878,7 @@ type NodeInfoResponse struct {
 
 func (x *NodeInfoResponse) Reset() {
 	*x = NodeInfoResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +890,7 @@ func (x *NodeInfoResponse) String() string {
 func (*NodeInfoResponse) ProtoMessage() {}
 
 func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +903,7 @@ func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*NodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeInfoResponse) GetNode() string {
@@ -909,7 +955,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +967,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +980,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetRoleRequest) GetRole() string {
@@ -966,7 +1012,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1024,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1037,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
 }
 
 type ReplicationStatusRequest struct {
@@ -1005,7 +1051,7 @@ type ReplicationStatusRequest struct {
 
 func (x *ReplicationStatusRequest) Reset() {
 	*x = ReplicationStatusRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1063,7 @@ func (x *ReplicationStatusRequest) String() string {
 func (*ReplicationStatusRequest) ProtoMessage() {}
 
 func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1076,7 @@ func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicationStatusRequest) GetModeOnly() bool {
@@ -1061,6 +1107,11 @@ type ReplicationStatusResponse struct {
 	ReplicatesOffsets bool `protobuf:"varint,11,opt,name=replicates_offsets,json=replicatesOffsets,proto3" json:"replicates_offsets,omitempty"`
 	// The plugin implements ReplicateTopics (answered with mode_only too).
 	ReplicatesTopics bool `protobuf:"varint,65,opt,name=replicates_topics,json=replicatesTopics,proto3" json:"replicates_topics,omitempty"`
+	// The plugin's ReplicateOffsets can wait until the offsets are committed
+	// through its log (CommitOffsetsRequest.wait; raft): the broker then
+	// acknowledges a consumer's commit only after that (answered with
+	// mode_only too).
+	WaitsOffsets bool `protobuf:"varint,400,opt,name=waits_offsets,json=waitsOffsets,proto3" json:"waits_offsets,omitempty"`
 	// raft: the last entry this node applied, and the group's live
 	// configuration as this node knows it.
 	AppliedIndex uint64        `protobuf:"varint,300,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
@@ -1074,7 +1125,7 @@ type ReplicationStatusResponse struct {
 
 func (x *ReplicationStatusResponse) Reset() {
 	*x = ReplicationStatusResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1137,7 @@ func (x *ReplicationStatusResponse) String() string {
 func (*ReplicationStatusResponse) ProtoMessage() {}
 
 func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1150,7 @@ func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicationStatusResponse) GetNode() string {
@@ -1186,6 +1237,13 @@ func (x *ReplicationStatusResponse) GetReplicatesTopics() bool {
 	return false
 }
 
+func (x *ReplicationStatusResponse) GetWaitsOffsets() bool {
+	if x != nil {
+		return x.WaitsOffsets
+	}
+	return false
+}
+
 func (x *ReplicationStatusResponse) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
@@ -1223,7 +1281,7 @@ type ReplicaInfo struct {
 
 func (x *ReplicaInfo) Reset() {
 	*x = ReplicaInfo{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1293,7 @@ func (x *ReplicaInfo) String() string {
 func (*ReplicaInfo) ProtoMessage() {}
 
 func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1306,7 @@ func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaInfo.ProtoReflect.Descriptor instead.
 func (*ReplicaInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicaInfo) GetNode() string {
@@ -1307,7 +1365,7 @@ type FollowRequest struct {
 
 func (x *FollowRequest) Reset() {
 	*x = FollowRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1377,7 @@ func (x *FollowRequest) String() string {
 func (*FollowRequest) ProtoMessage() {}
 
 func (x *FollowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1390,7 @@ func (x *FollowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
 func (*FollowRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FollowRequest) GetNode() string {
@@ -1391,7 +1449,7 @@ type FollowResponse struct {
 
 func (x *FollowResponse) Reset() {
 	*x = FollowResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1461,7 @@ func (x *FollowResponse) String() string {
 func (*FollowResponse) ProtoMessage() {}
 
 func (x *FollowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1474,7 @@ func (x *FollowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
 func (*FollowResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FollowResponse) GetMessages() []*Message {
@@ -1484,7 +1542,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1554,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1567,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PromoteRequest) GetForce() bool {
@@ -1529,7 +1587,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1599,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1612,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PromoteResponse) GetEpoch() uint64 {
@@ -1591,7 +1649,7 @@ type ChangeMembersRequest struct {
 
 func (x *ChangeMembersRequest) Reset() {
 	*x = ChangeMembersRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1661,7 @@ func (x *ChangeMembersRequest) String() string {
 func (*ChangeMembersRequest) ProtoMessage() {}
 
 func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1674,7 @@ func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChangeMembersRequest) GetOp() string {
@@ -1673,7 +1731,7 @@ type ChangeMembersResponse struct {
 
 func (x *ChangeMembersResponse) Reset() {
 	*x = ChangeMembersResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1743,7 @@ func (x *ChangeMembersResponse) String() string {
 func (*ChangeMembersResponse) ProtoMessage() {}
 
 func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1756,7 @@ func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChangeMembersResponse) GetDetail() string {
@@ -1728,7 +1786,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1798,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1811,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RaftServer) GetId() string {
@@ -1781,7 +1839,9 @@ var File_ferry_v1_replication_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"|\n" +
+	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"G\n" +
+	"\rOffsetCommits\x126\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\x06groups\"|\n" +
 	"\vTopicChange\x12\x0e\n" +
 	"\x02op\x18A \x01(\tR\x02op\x12\x12\n" +
 	"\x04name\x18B \x01(\tR\x04name\x12\x16\n" +
@@ -1847,7 +1907,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xc4\x04\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xea\x04\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1863,6 +1923,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	" \x01(\bR\x0fleaderConnected\x12-\n" +
 	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\x12+\n" +
 	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x12$\n" +
+	"\rwaits_offsets\x18\x90\x03 \x01(\bR\fwaitsOffsets\x12$\n" +
 	"\rapplied_index\x18\xac\x02 \x01(\x04R\fappliedIndex\x12/\n" +
 	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\x120\n" +
 	"\x13membership_conflict\x18\xae\x02 \x01(\tR\x12membershipConflict\"\x9f\x01\n" +
@@ -1933,96 +1994,98 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_replication_proto_rawDescData
 }
 
-var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_v1_replication_proto_goTypes = []any{
-	(*TopicChange)(nil),               // 0: ferry.v1.TopicChange
-	(*ReplicatedTopic)(nil),           // 1: ferry.v1.ReplicatedTopic
-	(*TopicChangeResponse)(nil),       // 2: ferry.v1.TopicChangeResponse
-	(*ReplicateRequest)(nil),          // 3: ferry.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),         // 4: ferry.v1.ReplicateResponse
-	(*ReplicationFrame)(nil),          // 5: ferry.v1.ReplicationFrame
-	(*ReplicaCoreFrame)(nil),          // 6: ferry.v1.ReplicaCoreFrame
-	(*ApplyRequest)(nil),              // 7: ferry.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 8: ferry.v1.ApplyResponse
-	(*NodeInfoRequest)(nil),           // 9: ferry.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),          // 10: ferry.v1.NodeInfoResponse
-	(*SetRoleRequest)(nil),            // 11: ferry.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),           // 12: ferry.v1.SetRoleResponse
-	(*ReplicationStatusRequest)(nil),  // 13: ferry.v1.ReplicationStatusRequest
-	(*ReplicationStatusResponse)(nil), // 14: ferry.v1.ReplicationStatusResponse
-	(*ReplicaInfo)(nil),               // 15: ferry.v1.ReplicaInfo
-	(*FollowRequest)(nil),             // 16: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),            // 17: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),            // 18: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),           // 19: ferry.v1.PromoteResponse
-	(*ChangeMembersRequest)(nil),      // 20: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),     // 21: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                // 22: ferry.v1.RaftServer
-	nil,                               // 23: ferry.v1.ReplicateRequest.TraceEntry
-	(*Message)(nil),                   // 24: ferry.v1.Message
-	(Status)(0),                       // 25: ferry.v1.Status
-	(*Error)(nil),                     // 26: ferry.v1.Error
-	(*ReadRequest)(nil),               // 27: ferry.v1.ReadRequest
-	(*CommitOffsetsRequest)(nil),      // 28: ferry.v1.CommitOffsetsRequest
-	(*ReadResponse)(nil),              // 29: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),     // 30: ferry.v1.CommitOffsetsResponse
-	(*QueueOffsets)(nil),              // 31: ferry.v1.QueueOffsets
+	(*OffsetCommits)(nil),             // 0: ferry.v1.OffsetCommits
+	(*TopicChange)(nil),               // 1: ferry.v1.TopicChange
+	(*ReplicatedTopic)(nil),           // 2: ferry.v1.ReplicatedTopic
+	(*TopicChangeResponse)(nil),       // 3: ferry.v1.TopicChangeResponse
+	(*ReplicateRequest)(nil),          // 4: ferry.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),         // 5: ferry.v1.ReplicateResponse
+	(*ReplicationFrame)(nil),          // 6: ferry.v1.ReplicationFrame
+	(*ReplicaCoreFrame)(nil),          // 7: ferry.v1.ReplicaCoreFrame
+	(*ApplyRequest)(nil),              // 8: ferry.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 9: ferry.v1.ApplyResponse
+	(*NodeInfoRequest)(nil),           // 10: ferry.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),          // 11: ferry.v1.NodeInfoResponse
+	(*SetRoleRequest)(nil),            // 12: ferry.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),           // 13: ferry.v1.SetRoleResponse
+	(*ReplicationStatusRequest)(nil),  // 14: ferry.v1.ReplicationStatusRequest
+	(*ReplicationStatusResponse)(nil), // 15: ferry.v1.ReplicationStatusResponse
+	(*ReplicaInfo)(nil),               // 16: ferry.v1.ReplicaInfo
+	(*FollowRequest)(nil),             // 17: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),            // 18: ferry.v1.FollowResponse
+	(*PromoteRequest)(nil),            // 19: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),           // 20: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),      // 21: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),     // 22: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                // 23: ferry.v1.RaftServer
+	nil,                               // 24: ferry.v1.ReplicateRequest.TraceEntry
+	(*CommitOffsetsRequest)(nil),      // 25: ferry.v1.CommitOffsetsRequest
+	(*Message)(nil),                   // 26: ferry.v1.Message
+	(Status)(0),                       // 27: ferry.v1.Status
+	(*Error)(nil),                     // 28: ferry.v1.Error
+	(*ReadRequest)(nil),               // 29: ferry.v1.ReadRequest
+	(*ReadResponse)(nil),              // 30: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),     // 31: ferry.v1.CommitOffsetsResponse
+	(*QueueOffsets)(nil),              // 32: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
-	24, // 1: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	23, // 2: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	25, // 3: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	26, // 4: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
-	7,  // 5: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	27, // 6: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
-	9,  // 7: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
-	11, // 8: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	28, // 9: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 10: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	8,  // 11: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	29, // 12: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	10, // 13: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	12, // 14: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	30, // 15: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	2,  // 16: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	26, // 17: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	24, // 18: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	31, // 19: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	1,  // 20: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	15, // 21: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	31, // 22: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	22, // 23: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	31, // 24: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	24, // 25: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	31, // 26: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	31, // 27: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	28, // 28: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 29: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	22, // 30: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	3,  // 31: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	6,  // 32: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	13, // 33: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	28, // 34: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	0,  // 35: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	16, // 36: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	13, // 37: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	18, // 38: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	20, // 39: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	4,  // 40: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	5,  // 41: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	14, // 42: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	30, // 43: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	2,  // 44: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	17, // 45: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	14, // 46: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	19, // 47: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	21, // 48: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	40, // [40:49] is the sub-list for method output_type
-	31, // [31:40] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	25, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
+	2,  // 1: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
+	26, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	24, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	27, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	28, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	8,  // 6: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
+	29, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	10, // 8: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
+	12, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
+	25, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
+	9,  // 12: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	30, // 13: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	11, // 14: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	13, // 15: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	31, // 16: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	3,  // 17: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	28, // 18: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	26, // 19: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	32, // 20: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	2,  // 21: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	16, // 22: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	32, // 23: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	23, // 24: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	32, // 25: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	26, // 26: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	32, // 27: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	32, // 28: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	25, // 29: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 30: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	23, // 31: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 32: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 33: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	14, // 34: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	25, // 35: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 36: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	17, // 37: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	14, // 38: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	19, // 39: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	21, // 40: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	5,  // 41: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 42: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	15, // 43: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	31, // 44: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 45: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	18, // 46: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	15, // 47: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	20, // 48: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	22, // 49: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	41, // [41:50] is the sub-list for method output_type
+	32, // [32:41] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2032,7 +2095,7 @@ func file_ferry_v1_replication_proto_init() {
 	}
 	file_ferry_v1_message_proto_init()
 	file_ferry_v1_storage_proto_init()
-	file_ferry_v1_replication_proto_msgTypes[5].OneofWrappers = []any{
+	file_ferry_v1_replication_proto_msgTypes[6].OneofWrappers = []any{
 		(*ReplicationFrame_Apply)(nil),
 		(*ReplicationFrame_Read)(nil),
 		(*ReplicationFrame_NodeInfo)(nil),
@@ -2040,7 +2103,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_CommitOffsets)(nil),
 		(*ReplicationFrame_ApplyTopics)(nil),
 	}
-	file_ferry_v1_replication_proto_msgTypes[6].OneofWrappers = []any{
+	file_ferry_v1_replication_proto_msgTypes[7].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
 		(*ReplicaCoreFrame_Read)(nil),
 		(*ReplicaCoreFrame_NodeInfo)(nil),
@@ -2054,7 +2117,7 @@ func file_ferry_v1_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_replication_proto_rawDesc), len(file_ferry_v1_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
