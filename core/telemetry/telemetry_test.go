@@ -429,7 +429,9 @@ func TestStartMessage(t *testing.T) {
 	install(tp, tp, stateOn)
 	sampleRatio.Store(math.Float64bits(0.25))
 	tr := Tracer("test")
-	opts := func() []trace.SpanStartOption { return []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)} }
+	opts := func() []trace.SpanStartOption {
+		return []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	}
 	mine := map[string]string{"app": "x"}
 	const n = 20000
 	for _, via := range []string{"StartMessage", "Start+Inject"} {
