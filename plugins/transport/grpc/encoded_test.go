@@ -295,3 +295,42 @@ func TestEncodedProduceSpansItsSampledMessages(t *testing.T) {
 		t.Fatalf("the core got traced index %v, spans %v; want [1 2] and two spans", core.TracedIndex, core.TracedSpan)
 	}
 }
+
+// FuzzEncodedProduceTraced: whatever encodedProduce keeps encoded while
+// tracing, sampledMessages gives a batch as long as the full decode's, with
+// the first message and each one named sampled (each with a sampled
+// traceparent) decoded as the full decode has them, and nothing else.
+func FuzzEncodedProduceTraced(f *testing.F) {
+	f.Add(tracedProduce(f, unsampledTP, sampledTP, unsampledTP))
+	f.Add(tracedProduce(f, sampledTP, sampledTP, sampledTP))
+	f.Add(tracedProduce(f, unsampledTP, unsampledTP))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req ferryv1.ProduceRequest
+		if !encodedProduce(b, 1<<20, true, &req) {
+			return
+		}
+		var full ferryv1.ProduceRequest
+		if err := proto.Unmarshal(b, &full); err != nil {
+			t.Fatalf("kept encoded, but the decoder refuses it: %v", err)
+		}
+		if len(req.TracedIndex) == 0 {
+			return // no sampled message: no hop decodes any
+		}
+		msgs := sampledMessages(&req, req.TracedIndex)
+		if len(msgs) != len(full.Messages) {
+			t.Fatalf("%d messages for the hop, the decoder has %d", len(msgs), len(full.Messages))
+		}
+		sampled := map[int]bool{0: true}
+		for _, i := range req.TracedIndex {
+			sampled[int(i)] = true
+			if !telemetry.SampledTraceparent(full.Messages[i].Headers["traceparent"]) {
+				t.Fatalf("message %d named sampled: traceparent %q", i, full.Messages[i].Headers["traceparent"])
+			}
+		}
+		for i, m := range msgs {
+			if sampled[i] != (m != nil) || (m != nil && !proto.Equal(m, full.Messages[i])) {
+				t.Fatalf("message %d for the hop: %v; decoded: %v (sampled or first: %v)", i, m, full.Messages[i], sampled[i])
+			}
+		}
+	})
+}
