@@ -69,7 +69,7 @@ poll() {
 		awk '{print $14 + $15}' "/proc/$pid/stat" >"$dir/node.tmp" 2>/dev/null && mv "$dir/node.tmp" "$dir/node"
 		for c in $(pgrep -P "$pid" 2>/dev/null); do
 			local role
-			case "$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null)" in
+			case "$({ tr '\0' ' ' <"/proc/$c/cmdline"; } 2>/dev/null)" in
 			*"serve storage"*) role=storage ;;
 			*"serve transport"*) role=transport ;;
 			*) continue ;;
