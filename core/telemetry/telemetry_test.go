@@ -485,3 +485,36 @@ func TestStartMessage(t *testing.T) {
 func sameSpan(a, b trace.SpanContext) bool {
 	return a.TraceID() == b.TraceID() && a.SpanID() == b.SpanID() && a.TraceFlags() == b.TraceFlags()
 }
+
+// TestStartMessageUnsampledAllocations: an unsampled message's send costs
+// its headers map, its traceparent and the draw's span, no context or span
+// options. The control: tr.Start with Inject, what the client did before,
+// allocates more than that.
+func TestStartMessageUnsampledAllocations(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	defer UseSpanProcessor(rec)()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
+		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))}))
+	install(tp, tp, stateOn)
+	sampleRatio.Store(math.Float64bits(0))
+	tr := Tracer("test")
+	topic := "orders"
+	opts := func() []trace.SpanStartOption {
+		return []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(AttrTopic.String(topic))}
+	}
+	got := testing.AllocsPerRun(1000, func() {
+		span, _ := StartMessage(context.Background(), tr, "send", opts, nil)
+		span.End()
+	})
+	control := testing.AllocsPerRun(1000, func() {
+		sctx, span := tr.Start(context.Background(), "send", opts()...)
+		_ = Inject(sctx, nil)
+		span.End()
+	})
+	if got > 3 || control <= got {
+		t.Fatalf("%v allocations per unsampled send, want at most 3 (the control, Start and Inject: %v)", got, control)
+	}
+	if len(rec.Ended()) != 0 {
+		t.Fatalf("%d spans recorded at a ratio of 0", len(rec.Ended()))
+	}
+}
