@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/atomicfile"
 )
 
 // Ephemeral consumer groups (HeartbeatRequest.ephemeral): the broker deletes
@@ -119,7 +120,7 @@ func (b *Broker) saveEphemeralLocked() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(b.opts.DataDir, EphemeralGroupsFile, append(data, '\n'))
+	return atomicfile.WriteFile(b.opts.DataDir, EphemeralGroupsFile, append(data, '\n'), 0o644)
 }
 
 // checkEphemeral is the heartbeat's check of group against its mark, before
@@ -380,26 +381,4 @@ func (b *Broker) deleteGroupData(ctx context.Context, group string) error {
 		b.knownMu.Unlock()
 	}
 	return nil
-}
-
-// writeFileAtomic replaces dir/name with data atomically and durably.
-func writeFileAtomic(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err = tmp.Write(data); err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, name))
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	return err
 }

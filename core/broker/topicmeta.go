@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/ferrymq/ferry/core/names"
+	"github.com/ferrymq/ferry/internal/atomicfile"
 )
 
 // TopicsFile is the node's topic metadata, in its data dir: every topic the
@@ -69,39 +70,11 @@ func writeTopicsFile(dir string, tf topicsFile) error {
 		return err
 	}
 	path := filepath.Join(dir, TopicsFile)
-	tmp, err := os.CreateTemp(dir, TopicsFile+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("topic metadata: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename, nothing is there
-	if _, err = tmp.Write(append(data, '\n')); err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
+	err = atomicfile.WriteFile(dir, TopicsFile, append(data, '\n'), 0o644)
 	if err != nil {
 		return fmt.Errorf("topic metadata %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // MaxQueues is the most queues a topic has (as in pipelines).

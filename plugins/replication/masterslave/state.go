@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+
+	"github.com/ferrymq/ferry/internal/atomicfile"
 )
 
 // state is what a node persists: its role after a promotion or a step-down,
@@ -34,28 +36,5 @@ func saveState(dir string, s state) error {
 		return err
 	}
 	b, _ := json.Marshal(s)
-	tmp := filepath.Join(dir, stateFile+".tmp")
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.WriteFile(dir, stateFile, b, 0o644)
 }
