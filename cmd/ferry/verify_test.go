@@ -39,10 +39,15 @@ type verifyReport struct {
 		ID string `json:"id"`
 	} `json:"sends"`
 	Groups []struct {
-		Delivered int `json:"delivered"`
-		Missing   int `json:"missing"`
-		NotStored int `json:"delivered_not_stored"`
-		Restarts  int `json:"consumer_restarts"`
+		Group       string `json:"group"`
+		Delivered   int    `json:"delivered"`
+		Redelivered int    `json:"redelivered"`
+		Missing     int    `json:"missing"`
+		Lost        int    `json:"lost"`
+		Unexpected  int    `json:"unexpected"`
+		OutOfOrder  int    `json:"out_of_order"`
+		NotStored   int    `json:"delivered_not_stored"`
+		Restarts    int    `json:"consumer_restarts"`
 	} `json:"groups"`
 }
 
