@@ -87,7 +87,8 @@ func TestVerifyRaftClusterUnderLeaderFaults(t *testing.T) {
 
 // Master–slave (pipelines/cluster/master.yaml and slave.yaml): the slave is
 // cut off from its master, and while it is the master dies (its machine:
-// SIGKILL, links cut); verify promotes the slave. Async replication acked
+// SIGKILL, links cut); verify promotes the slave. A consumer group follows
+// it (then its consumer is killed) and drains it. Async replication acked
 // what the slave never got: verify must see that lag lost and count it as
 // what async permits (the negative control: the checker sees loss). Sync
 // replication acked nothing OK the slave lacked: nothing may be lost.
@@ -97,14 +98,22 @@ func TestVerifyMasterKillFailover(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			out := t.TempDir()
 			args := append([]string{"verify"}, files...)
-			args = append(args, "--duration", "10s", "--producers", "2", "--out", out, "--faults", "partition:slave@2s-6s,kill:master@4s")
+			args = append(args, "--duration", "10s", "--producers", "2", "--groups", "1", "--out", out, "--faults", "partition:slave@2s-6s,kill:master@4s,kill:consumer@7s")
 			stdout, stderr, code := runFerry(t, []string{"FERRY_PLUGINS__REPLICATION__TYPE=" + mode}, args...)
 			if code != 0 || !strings.Contains(stdout, "verdict: pass") {
 				t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 			}
 			r, c := readClusterReport(t, out)
-			if c.Replication != mode || len(c.Faults) != 2 || !c.Faults[1].Failover || c.Faults[1].Node != "master" {
+			if c.Replication != mode || len(c.Faults) != 3 || !c.Faults[1].Failover || c.Faults[1].Node != "master" {
 				t.Fatalf("cluster report: %+v\n%s", c, stdout)
+			}
+			// The group followed the promoted slave and drained it:
+			// every stored message delivered, in order, none a stranger.
+			if len(r.Groups) != 1 {
+				t.Fatalf("groups: %+v", r.Groups)
+			}
+			if g := r.Groups[0]; g.Missing != 0 || g.Unexpected != 0 || g.OutOfOrder != 0 || g.Restarts < 2 {
+				t.Fatalf("group %+v\n%s", g, stdout)
 			}
 			if r.Result.Duplicated != 0 || r.Result.Unexpected != 0 || r.Result.OutOfOrder != 0 {
 				t.Fatalf("result: %+v", r.Result)
