@@ -12,6 +12,8 @@ import (
 // of order: each check can fail.
 func TestGroupResult(t *testing.T) {
 	c := newConsumer("", nil, "t", "g", "push", "r-", nil)
+	// What ferry consume --json prints, read as verify reads it.
+	var lines strings.Builder
 	for _, d := range []struct {
 		id, key string
 		queue   int32
@@ -20,13 +22,11 @@ func TestGroupResult(t *testing.T) {
 		{"r-p0-2", "r-p0", 0}, {"r-p0-2", "r-p0", 0}, // redelivered: not out of order
 		{"r-p1-1", "r-p1", 1}, {"r-p1-0", "r-p1", 2}, // another queue: queues are independent
 		{"r-p9-0", "r-p9", 0}, // never sent
+		{"x-p0-0", "x-p0", 0}, // another run's: ignored
 	} {
-		c.counts[d.id]++
-		if c.counts[d.id] == 1 {
-			k := fmt.Sprintf("%s\x00%d", d.key, d.queue)
-			c.first[k] = append(c.first[k], d.id)
-		}
+		fmt.Fprintf(&lines, `{"id":%q,"key":%q,"queue":%d,"offset":0}`+"\n", d.id, d.key, d.queue)
 	}
+	c.read(strings.NewReader(lines.String()))
 	sends := []Send{
 		{ID: "r-p0-0", Seq: 0}, {ID: "r-p0-1", Seq: 1}, {ID: "r-p0-2", Seq: 2}, {ID: "r-p0-3", Seq: 3},
 		{ID: "r-p1-0", Seq: 0}, {ID: "r-p1-1", Seq: 1}, {ID: "r-p1-2", Seq: 2, Outcome: OutcomeUnknown},
