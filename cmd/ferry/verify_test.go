@@ -190,7 +190,8 @@ func TestVerifyRefuses(t *testing.T) {
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/raft-1.yaml"}, `one cluster, one replication`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:nobody@1s"}, `no node has id "nobody" (the nodes: master, slave, or leader)`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:broker@1s"}, "a cluster has several brokers"},
-		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--groups", "1"}, "consumer groups on a cluster: not built yet"},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "power-loss@1s"}, "fault power-loss@1s-1s: a cluster has several brokers: name a node's id, or leader"},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "power-loss:storage@1s"}, "a power loss hits a node"},
 		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml", "../../pipelines/cluster/raft-3.yaml", "--faults", "pause:leader@1s-1400ms"}, "not longer than the election timeout 500ms"},
 		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 	} {
