@@ -317,9 +317,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		broker = cl.leaderBroker(ctx)
 	}
 	fctx, stopFollow := context.WithCancel(ctx)
-	defer stopFollow()
 	var fwg sync.WaitGroup
-	defer fwg.Wait()
+	// Also on an early return: the followers end before the members stop.
+	defer func() { stopFollow(); fwg.Wait() }()
 	for g := range o.Groups {
 		cs := newConsumer(o.Exe, broker, topic, fmt.Sprintf("%s-g%d", rep.RunID, g), o.Delivery, rep.RunID+"-", clog)
 		if err := cs.start(); err != nil {
