@@ -76,8 +76,10 @@ partition:NODE@4s-6s drops every byte on its links, delay:NODE@4s-6s holds
 each --link-delay, reset:NODE@4s closes them. A link fault may overlap a
 node's fault. Raft and sync replication may lose nothing acknowledged;
 async may lose what the master acknowledged before it died (reported as
-lost at the master's death). Consumer groups: single nodes only (see
-docs/verify.md).`,
+lost at the master's death). power-loss:NODE@4s-5s cuts a node's power
+(its file store drops what it did not fsync) and restarts it at 5s.
+Consumer groups consume from the leader (the master) and follow it when it
+changes; see docs/verify.md.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()
@@ -85,9 +87,6 @@ docs/verify.md).`,
 				return err
 			}
 			o.Pipeline, o.Pipelines, o.Exe = args[0], args, exe
-			if len(args) > 1 && !cmd.Flags().Changed("groups") {
-				o.Groups = 0 // consumer groups: single nodes only so far
-			}
 			o.Logger = quietSlog(hclog.Error) // the faults break streams on purpose
 			if faults != "" {
 				if o.Faults, err = verify.ParseFaults(faults, o.Duration); err != nil {

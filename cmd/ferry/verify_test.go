@@ -39,10 +39,15 @@ type verifyReport struct {
 		ID string `json:"id"`
 	} `json:"sends"`
 	Groups []struct {
-		Delivered int `json:"delivered"`
-		Missing   int `json:"missing"`
-		NotStored int `json:"delivered_not_stored"`
-		Restarts  int `json:"consumer_restarts"`
+		Group       string `json:"group"`
+		Delivered   int    `json:"delivered"`
+		Redelivered int    `json:"redelivered"`
+		Missing     int    `json:"missing"`
+		Lost        int    `json:"lost"`
+		Unexpected  int    `json:"unexpected"`
+		OutOfOrder  int    `json:"out_of_order"`
+		NotStored   int    `json:"delivered_not_stored"`
+		Restarts    int    `json:"consumer_restarts"`
 	} `json:"groups"`
 }
 
@@ -185,7 +190,8 @@ func TestVerifyRefuses(t *testing.T) {
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/raft-1.yaml"}, `one cluster, one replication`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:nobody@1s"}, `no node has id "nobody" (the nodes: master, slave, or leader)`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:broker@1s"}, "a cluster has several brokers"},
-		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--groups", "1"}, "consumer groups on a cluster: not built yet"},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "power-loss@1s"}, "fault power-loss@1s-1s: a cluster has several brokers: name a node's id, or leader"},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "power-loss:storage@1s"}, "a power loss hits a node"},
 		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml", "../../pipelines/cluster/raft-3.yaml", "--faults", "pause:leader@1s-1400ms"}, "not longer than the election timeout 500ms"},
 		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 	} {

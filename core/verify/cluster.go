@@ -380,6 +380,26 @@ func (c *cluster) settle(ctx context.Context) (string, error) {
 	return l.n.p.addr, nil
 }
 
+// leaderBroker returns what a consumer group's new member joins: the
+// broker of the leader (raft) or master now, found within 30 s, else the
+// last one found (the member then retries there, or exits and is started
+// again).
+func (c *cluster) leaderBroker(ctx context.Context) func() string {
+	var (
+		mu   sync.Mutex
+		last = c.members[0].n.p.addr
+	)
+	return func() string {
+		m, err := c.waitLeader(ctx, 30*time.Second)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			last = m.n.p.addr
+		}
+		return last
+	}
+}
+
 // target resolves a fault's target to a node: leader (the leader now), a
 // node's id, or a plugin kind (that plugin of the leader).
 func (c *cluster) target(ctx context.Context, t string) (*member, error) {
@@ -404,8 +424,8 @@ func (c *cluster) check(f Fault) error {
 		return nil
 	case f.Target == "broker":
 		return fmt.Errorf("fault %s: a cluster has several brokers: name a node's id, or leader", f)
-	case f.Kind == "power-loss":
-		return fmt.Errorf("fault %s: power loss on a cluster: not built yet", f)
+	case f.Kind == "power-loss" && (pluginTargets[f.Target] || f.Target == "consumer"):
+		return fmt.Errorf("fault %s: a power loss hits a node: name its id, or leader", f)
 	case f.Kind == "pause" && !pluginTargets[f.Target] && c.mode == "raft" && f.Until-f.At <= c.election:
 		return fmt.Errorf("fault %s: the pause is not longer than the election timeout %s: the others would not elect another leader; make it longer", f, c.election)
 	case f.Target == "leader" || pluginTargets[f.Target]:
@@ -499,6 +519,19 @@ func (c *cluster) fault(ctx context.Context, f Fault, start time.Time, r *FaultR
 			r.Error = err.Error()
 		}
 		r.Resumed = time.Since(start)
+	case f.Kind == "power-loss":
+		// The node's machine loses power: its store drops what it did
+		// not fsync, the node dies, and comes back at Until (a master
+		// too: it reboots, it is not failed over).
+		if err := m.n.powerLoss(); err != nil {
+			r.Error = err.Error()
+			return
+		}
+		waitUntil()
+		if err := m.n.start(context.WithoutCancel(ctx)); err != nil {
+			r.Error = "restart: " + err.Error()
+		}
+		r.Healed = time.Since(start)
 	case f.Kind == "kill" && c.mode != "raft" && c.firstMaster(m):
 		c.failover(ctx, m, start, r)
 	case f.Kind == "kill":

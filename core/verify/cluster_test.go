@@ -151,3 +151,42 @@ func TestClusterRunOverlappingFaults(t *testing.T) {
 		t.Errorf("lost %d, at the failover %d, acked %d", rep.Result.Lost, rep.LostAtFailover, rep.Result.Acked)
 	}
 }
+
+// A group's verdict on a cluster: delivering what the topic does not hold
+// is permitted after a master–slave failover (the dead master served what
+// its slave never got) and fails without one; a group that missed a
+// stored message, delivered a stranger or a key's message after a later
+// one fails with or without a failover.
+func TestGroupVerdictOnCluster(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		failover bool
+		g        GroupResult
+		fail     string
+	}{
+		{"clean", false, GroupResult{Delivered: 4}, ""},
+		{"not stored after a failover", true, GroupResult{Delivered: 5, NotStored: 1}, ""},
+		{"not stored without one", false, GroupResult{Delivered: 5, NotStored: 1}, "the topic does not hold"},
+		{"missing", true, GroupResult{Delivered: 3, Missing: 1}, "never delivered 1 stored"},
+		{"unexpected", true, GroupResult{Delivered: 5, Unexpected: 1}, "that no producer sent"},
+		{"out of order", true, GroupResult{Delivered: 4, OutOfOrder: 1}, "for the first time after a later one"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rep := lagRun("sync")
+			if !c.failover {
+				rep.Faults[0].Failover = false
+			}
+			g := c.g
+			g.Group = "g"
+			rep.Groups = []*GroupResult{&g}
+			rep.Reasons, rep.Verdict = nil, ""
+			summarize(rep, nil, time.Unix(0, 0))
+			switch {
+			case c.fail == "" && rep.Verdict != "pass":
+				t.Fatalf("verdict %s: %v", rep.Verdict, rep.Reasons)
+			case c.fail != "" && (rep.Verdict != "fail" || !strings.Contains(strings.Join(rep.Reasons, "; "), c.fail)):
+				t.Fatalf("verdict %s: %v, want a failure with %q", rep.Verdict, rep.Reasons, c.fail)
+			}
+		})
+	}
+}

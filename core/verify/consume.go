@@ -28,6 +28,18 @@ type GroupResult struct {
 	// Missing are stored messages the group never delivered before the
 	// drain's deadline: a failure.
 	Missing int `json:"missing"`
+	// Lost are messages acknowledged OK that the group never delivered,
+	// whether the topic still holds them (Missing) or lost them too (the
+	// run's result says whether the pipeline permits that).
+	Lost int `json:"lost"`
+	// Unexpected are messages of the run the group delivered that no
+	// producer sent: a failure.
+	Unexpected int `json:"unexpected"`
+	// OutOfOrder counts a key's acknowledged messages the group delivered
+	// for the first time after one of the same queue sent later: a
+	// failure (redeliveries, which go back to the committed offset, are
+	// not counted).
+	OutOfOrder int `json:"out_of_order"`
 	// NotStored are messages the group delivered that the topic does not
 	// hold at the end: possible only when a power loss dropped them after
 	// they were read (flush async); otherwise a failure.
@@ -39,11 +51,24 @@ type GroupResult struct {
 // consumer is a `ferry consume` process of one group, restarted when a fault
 // kills it; it records every delivery it prints.
 type consumer struct {
-	exe, addr, topic, group, delivery, prefix string
-	logf                                      *os.File
+	exe, topic, group, delivery, prefix string
+	logf                                *os.File
+	// broker says where a new member joins: the node's broker, or on a
+	// cluster the leader's (or master's) as it is then.
+	broker func() string
 
-	mu       sync.Mutex
-	counts   map[string]int
+	// op serializes what ends a member (kill, move, stop), so that two of
+	// them never race on one process.
+	op sync.Mutex
+
+	mu     sync.Mutex
+	at     string // the broker of the member running now
+	counts map[string]int
+	// first is each key's messages in each queue, in the order the group
+	// first delivered them (the order checked is per key and queue, as
+	// Check's: queues are consumed independently).
+	first    map[string][]string
+	where    map[string]string // a first delivery's queue/offset and broker
 	cmd      *exec.Cmd
 	done     chan struct{}
 	restarts int
@@ -51,13 +76,14 @@ type consumer struct {
 	stopping bool // stop or kill is ending the member: no restart
 }
 
-func newConsumer(exe, addr, topic, group, delivery, prefix string, logf *os.File) *consumer {
-	return &consumer{exe: exe, addr: addr, topic: topic, group: group, delivery: delivery, prefix: prefix, logf: logf, counts: map[string]int{}}
+func newConsumer(exe string, broker func() string, topic, group, delivery, prefix string, logf *os.File) *consumer {
+	return &consumer{exe: exe, broker: broker, topic: topic, group: group, delivery: delivery, prefix: prefix, logf: logf, counts: map[string]int{}, first: map[string][]string{}, where: map[string]string{}}
 }
 
-// start runs a new member of the group.
+// start runs a new member of the group, at the broker c.broker names now.
 func (c *consumer) start() error {
-	cmd := exec.Command(c.exe, "consume", "--broker", c.addr, "--topic", c.topic, "--group", c.group,
+	addr := c.broker()
+	cmd := exec.Command(c.exe, "consume", "--broker", addr, "--topic", c.topic, "--group", c.group,
 		"--mode", c.delivery, "--json", "--session-timeout", "3s")
 	cmd.Stderr = c.logf
 	out, err := cmd.StdoutPipe()
@@ -83,11 +109,18 @@ func (c *consumer) start() error {
 			// replaced, as an application's supervisor would.
 			fmt.Fprintf(c.logf, "--- ferry verify: the consumer of group %s exited (%v); starting another\n", c.group, err)
 			time.Sleep(200 * time.Millisecond)
-			_ = c.start()
+			c.op.Lock()
+			c.mu.Lock()
+			still := c.cmd == cmd && !c.stopping // no kill, move or stop came first
+			c.mu.Unlock()
+			if still {
+				_ = c.start()
+			}
+			c.op.Unlock()
 		}
 	}()
 	c.mu.Lock()
-	c.cmd, c.done = cmd, done
+	c.cmd, c.done, c.at = cmd, done, addr
 	c.mu.Unlock()
 	return nil
 }
@@ -98,13 +131,21 @@ func (c *consumer) read(r io.Reader) {
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	for sc.Scan() {
 		var d struct {
-			ID string `json:"id"`
+			ID     string `json:"id"`
+			Key    string `json:"key"`
+			Queue  int32  `json:"queue"`
+			Offset int64  `json:"offset"`
 		}
 		if json.Unmarshal(sc.Bytes(), &d) != nil || !strings.HasPrefix(d.ID, c.prefix) {
 			continue
 		}
 		c.mu.Lock()
 		c.counts[d.ID]++
+		if c.counts[d.ID] == 1 {
+			k := fmt.Sprintf("%s\x00%d", d.Key, d.Queue)
+			c.first[k] = append(c.first[k], d.ID)
+			c.where[d.ID] = fmt.Sprintf("%d/%d from %s", d.Queue, d.Offset, c.at)
+		}
 		c.mu.Unlock()
 	}
 }
@@ -112,6 +153,8 @@ func (c *consumer) read(r io.Reader) {
 // kill ends the member with SIGKILL, between whatever it was doing, and
 // starts a new one.
 func (c *consumer) kill() error {
+	c.op.Lock()
+	defer c.op.Unlock()
 	c.mu.Lock()
 	cmd, done := c.cmd, c.done
 	c.stopping = true
@@ -152,6 +195,8 @@ func (c *consumer) drain(ctx context.Context, stored []Stored, deadline time.Dur
 }
 
 func (c *consumer) stop() {
+	c.op.Lock()
+	defer c.op.Unlock()
 	c.mu.Lock()
 	cmd, done := c.cmd, c.done
 	c.cmd, c.stopping = nil, true
@@ -168,11 +213,86 @@ func (c *consumer) stop() {
 	}
 }
 
-// result compares the deliveries with what the topic holds.
-func (c *consumer) result(stored []Stored) *GroupResult {
+// move ends the member gracefully (SIGTERM: it commits what it settled and
+// leaves the group) and starts one at the broker c.broker names now, when
+// that is not where the member runs: a cluster's leader changed, and an
+// application's consumer would follow it. It reports whether it moved.
+func (c *consumer) move() (bool, error) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	to := c.broker()
+	c.mu.Lock()
+	cmd, done, at := c.cmd, c.done, c.at
+	if cmd == nil || at == to || to == "" {
+		c.mu.Unlock()
+		return false, nil
+	}
+	c.stopping = true
+	c.mu.Unlock()
+	fmt.Fprintf(c.logf, "--- ferry verify: the consumer of group %s moves from %s to the leader %s at %s\n", c.group, at, to, time.Now().Format(time.RFC3339Nano))
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	c.mu.Lock()
+	c.restarts++
+	c.stopping = false
+	c.mu.Unlock()
+	return true, c.start()
+}
+
+// follow moves the member to the leader whenever it changes, until ctx
+// ends (a cluster run).
+func (c *consumer) follow(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := c.move(); err != nil {
+				fmt.Fprintf(c.logf, "--- ferry verify: the consumer of group %s could not move: %v\n", c.group, err)
+			}
+		}
+	}
+}
+
+// result compares the deliveries with what the topic holds (stored) and
+// with what the producers sent (sends).
+func (c *consumer) result(stored []Stored, sends []Send) *GroupResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	g := &GroupResult{Group: c.group, Delivery: c.delivery, Restarts: c.restarts + c.exits}
+	sent := make(map[string]*Send, len(sends))
+	for i := range sends {
+		sent[sends[i].ID] = &sends[i]
+		if s := &sends[i]; s.Outcome == OutcomeOK && c.counts[s.ID] == 0 {
+			g.Lost++
+		}
+	}
+	for _, ids := range c.first {
+		// A key's acknowledged messages, in the order first delivered:
+		// their sequence numbers must rise.
+		last, lastID := int64(-1), ""
+		for _, id := range ids {
+			s := sent[id]
+			if s == nil || s.Outcome != OutcomeOK {
+				continue
+			}
+			if s.Seq < last {
+				g.OutOfOrder++
+				if len(g.Examples) < maxExamples {
+					g.Examples = append(g.Examples, fmt.Sprintf("out of order %s (at %s) after seq %d (at %s)", id, c.where[id], last, c.where[lastID]))
+				}
+				continue
+			}
+			last, lastID = s.Seq, id
+		}
+	}
 	held := make(map[string]bool, len(stored))
 	for _, m := range stored {
 		held[m.ID] = true
@@ -186,6 +306,12 @@ func (c *consumer) result(stored []Stored) *GroupResult {
 	for id, n := range c.counts {
 		g.Delivered++
 		g.Redelivered += n - 1
+		if sent[id] == nil {
+			g.Unexpected++
+			if len(g.Examples) < maxExamples {
+				g.Examples = append(g.Examples, "delivered, never sent "+id)
+			}
+		}
 		if !held[id] {
 			g.NotStored++
 			if len(g.Examples) < maxExamples {

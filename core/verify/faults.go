@@ -40,8 +40,11 @@ type Fault struct {
 func (f Fault) link() bool { return f.Kind == "partition" || f.Kind == "delay" || f.Kind == "reset" }
 
 func (f Fault) String() string {
-	if f.Kind == "power-loss" {
+	if f.Kind == "power-loss" && f.Target == "broker" {
 		return fmt.Sprintf("power-loss@%s-%s", f.At, f.Until)
+	}
+	if f.Kind == "power-loss" {
+		return fmt.Sprintf("power-loss:%s@%s-%s", f.Target, f.At, f.Until)
 	}
 	if f.Kind == "pause" || f.Kind == "partition" || f.Kind == "delay" {
 		return fmt.Sprintf("%s:%s@%s-%s", f.Kind, f.Target, f.At, f.Until)
@@ -78,7 +81,8 @@ func validTarget(t string) bool {
 // "kill:broker@5s-7s,kill:storage@12s,power-loss@15s". KIND is kill; TARGET
 // is broker (the node with its plugins; down until UNTIL, default AT+1s),
 // storage or transport (one plugin process, restarted by the node at once).
-// power-loss@AT[-UNTIL] takes no target: the node loses power.
+// power-loss@AT[-UNTIL] takes no target: the node loses power; on a
+// cluster power-loss:NODE@AT[-UNTIL] names the node (its id, or leader).
 // pause:TARGET@AT[-UNTIL] stops the node (or one plugin process) with
 // SIGSTOP and continues it at UNTIL (default AT+1s). Faults may not overlap.
 // Every time must fall within the run's duration.
@@ -107,6 +111,9 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 		at, err := time.ParseDuration(from)
 		if err != nil || at < 0 {
 			return nil, fmt.Errorf("fault %q: bad time %q (a duration such as 5s)", item, from)
+		}
+		if kind == "power-loss" && (pluginTargets[target] || target == "consumer") {
+			return nil, fmt.Errorf("fault %q: a power loss hits a node (broker, or on a cluster a node's id or leader), not %s", item, target)
 		}
 		if target == "consumer" && kind != "kill" {
 			return nil, fmt.Errorf("fault %q: a consumer can only be killed", item)

@@ -29,6 +29,8 @@ func TestParseFaults(t *testing.T) {
 		{"kill:a/b@1s", `target "a/b"`},
 		{"partition:leader@1s-3s,delay:raft-2@2s", "starts while partition:leader@1s-3s lasts"},
 		{"pause:consumer@1s", "a consumer can only be killed"},
+		{"power-loss:storage@1s", "a power loss hits a node"},
+		{"power-loss:consumer@1s", "a power loss hits a node"},
 		{"kill:broker@soon", `bad time "soon"`},
 		{"kill:broker@5s-4s", `bad end "4s"`},
 		{"kill:storage@1s-2s", "a plugin kill takes no end time"},
