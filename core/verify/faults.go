@@ -182,6 +182,20 @@ func DefaultFaults(duration time.Duration, seed uint64, consumers bool) []Fault 
 	return append(out, Fault{Kind: "kill", Target: "transport", At: jitter(0.8), Until: 0})
 }
 
+// ForCluster aims a schedule made for one node (DefaultFaults) at a
+// cluster: its node kill hits the leader of the moment ("broker" names no
+// node of a cluster), its plugin kills stay as they are.
+func ForCluster(fs []Fault) []Fault {
+	out := make([]Fault, len(fs))
+	for i, f := range fs {
+		if f.Target == "broker" {
+			f.Target = "leader"
+		}
+		out[i] = f
+	}
+	return out
+}
+
 func fixUntil(fs []Fault) []Fault {
 	for i := range fs {
 		if fs[i].Until < fs[i].At {

@@ -86,3 +86,24 @@ func TestParseClusterFaults(t *testing.T) {
 		t.Errorf("%d link faults in %v, want 3", links, fs)
 	}
 }
+
+// On a cluster the default schedule's node kill hits the leader, which a
+// cluster accepts; the single node's "broker" it refuses (the control).
+func TestDefaultFaultsForCluster(t *testing.T) {
+	c := &cluster{mode: "raft", election: time.Second}
+	single := DefaultFaults(20*time.Second, 7, true)
+	refused := 0
+	for _, f := range single {
+		if c.check(f) != nil {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("the single node's schedule has %d faults a cluster refuses, want 1 (broker): %v", refused, single)
+	}
+	for _, f := range ForCluster(single) {
+		if err := c.check(f); err != nil {
+			t.Errorf("cluster schedule: %v", err)
+		}
+	}
+}

@@ -188,6 +188,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	faults := o.Faults
 	if faults == nil {
 		faults = DefaultFaults(o.Duration, o.Seed, o.Groups > 0)
+		if cl != nil {
+			faults = ForCluster(faults)
+		}
 	}
 	for _, f := range faults {
 		if f.Target == "consumer" && o.Groups == 0 {
