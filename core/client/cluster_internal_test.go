@@ -1,8 +1,15 @@
 package client
 
 import (
+	"context"
 	"errors"
+	"net"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
@@ -46,3 +53,58 @@ func TestSilentLeader(t *testing.T) {
 		t.Error("a leader named for another topic counted")
 	}
 }
+
+// A message with a key or an id keeps the queue its selector chose when
+// that queue's broker is down (per-key order, de-duplication by id); one
+// without either goes to a queue on a broker that is up (the control: the
+// failover the route offers is real).
+func TestPickKeepsKeyedQueues(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := closed.Addr().String()
+	closed.Close() // nothing listens there any more
+	dial := func(addr string) *brokerConn {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return &brokerConn{addr: addr, conn: cc}
+	}
+	up, dead := dial(lis.Addr().String()), dial(deadAddr)
+	dead.conn.Connect()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for s := dead.conn.GetState(); s != connectivity.TransientFailure; s = dead.conn.GetState() {
+		if !dead.conn.WaitForStateChange(ctx, s) {
+			t.Fatal("the connection to a closed port never failed")
+		}
+	}
+	rt := &topicRoute{queues: []queueRoute{{broker: dead, queue: 0}, {broker: up, queue: 1}}}
+	p := &Producer{opts: ProducerOptions{Selector: fixedQueue(0)}}
+	for _, tc := range []struct {
+		name string
+		m    Message
+		want int32
+	}{
+		{"no key, no id: moved to a broker that is up", Message{Topic: "t"}, 1},
+		{"a key keeps its queue", Message{Topic: "t", Key: "k"}, 0},
+		{"an id keeps its queue", Message{Topic: "t", ID: "order-1"}, 0},
+	} {
+		if got := p.pick(rt, &tc.m); got.queue != tc.want {
+			t.Errorf("%s: queue %d, want %d", tc.name, got.queue, tc.want)
+		}
+	}
+}
+
+// fixedQueue selects queue q for every message.
+type fixedQueue int32
+
+func (q fixedQueue) Select(*Message, int32) int32 { return int32(q) }

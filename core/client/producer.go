@@ -433,12 +433,21 @@ func (p *Producer) route(ctx context.Context, topic string) (*topicRoute, error)
 	return rt, nil
 }
 
-// pick chooses m's queue with the selector, avoiding brokers that are down.
+// pick chooses m's queue with the selector, avoiding brokers that are down
+// for a message whose queue does not matter. A message with a Key (its
+// order is kept per queue) or an ID (its retries are de-duplicated per
+// queue) keeps the queue chosen even when that queue's broker is down: it
+// waits for the broker, or for the route to move the queue to another one
+// (a new leader or master), rather than go to a queue where it would
+// overtake the key's earlier messages or be stored twice.
 func (p *Producer) pick(rt *topicRoute, m *Message) queueRoute {
 	n := int32(len(rt.queues))
 	q := p.opts.Selector.Select(m, n)
 	if q < 0 || q >= n {
 		q = ((q % n) + n) % n
+	}
+	if m.Key != "" || m.ID != "" {
+		return rt.queues[q]
 	}
 	return rt.healthy(int(q))
 }
