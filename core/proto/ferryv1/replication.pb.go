@@ -367,6 +367,7 @@ type ReplicationFrame struct {
 	//	*ReplicationFrame_SetRole
 	//	*ReplicationFrame_CommitOffsets
 	//	*ReplicationFrame_ApplyTopics
+	//	*ReplicationFrame_DeleteGroupOffsets
 	Request       isReplicationFrame_Request `protobuf_oneof:"request"`
 	TimeoutNanos  int64                      `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -471,6 +472,15 @@ func (x *ReplicationFrame) GetApplyTopics() *TopicChange {
 	return nil
 }
 
+func (x *ReplicationFrame) GetDeleteGroupOffsets() *DeleteGroupOffsetsRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ReplicationFrame_DeleteGroupOffsets); ok {
+			return x.DeleteGroupOffsets
+		}
+	}
+	return nil
+}
+
 func (x *ReplicationFrame) GetTimeoutNanos() int64 {
 	if x != nil {
 		return x.TimeoutNanos
@@ -516,6 +526,12 @@ type ReplicationFrame_ApplyTopics struct {
 	ApplyTopics *TopicChange `protobuf:"bytes,20,opt,name=apply_topics,json=applyTopics,proto3,oneof"`
 }
 
+type ReplicationFrame_DeleteGroupOffsets struct {
+	// Delete a consumer group's committed offsets on this node (from the
+	// raft log, or the master). Idempotent.
+	DeleteGroupOffsets *DeleteGroupOffsetsRequest `protobuf:"bytes,420,opt,name=delete_group_offsets,json=deleteGroupOffsets,proto3,oneof"`
+}
+
 func (*ReplicationFrame_Apply) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
@@ -528,6 +544,8 @@ func (*ReplicationFrame_CommitOffsets) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_ApplyTopics) isReplicationFrame_Request() {}
 
+func (*ReplicationFrame_DeleteGroupOffsets) isReplicationFrame_Request() {}
+
 type ReplicaCoreFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -539,6 +557,7 @@ type ReplicaCoreFrame struct {
 	//	*ReplicaCoreFrame_SetRole
 	//	*ReplicaCoreFrame_CommitOffsets
 	//	*ReplicaCoreFrame_ApplyTopics
+	//	*ReplicaCoreFrame_DeleteGroupOffsets
 	Response      isReplicaCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error                      `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -643,6 +662,15 @@ func (x *ReplicaCoreFrame) GetApplyTopics() *TopicChangeResponse {
 	return nil
 }
 
+func (x *ReplicaCoreFrame) GetDeleteGroupOffsets() *DeleteGroupOffsetsResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ReplicaCoreFrame_DeleteGroupOffsets); ok {
+			return x.DeleteGroupOffsets
+		}
+	}
+	return nil
+}
+
 func (x *ReplicaCoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -678,6 +706,10 @@ type ReplicaCoreFrame_ApplyTopics struct {
 	ApplyTopics *TopicChangeResponse `protobuf:"bytes,20,opt,name=apply_topics,json=applyTopics,proto3,oneof"`
 }
 
+type ReplicaCoreFrame_DeleteGroupOffsets struct {
+	DeleteGroupOffsets *DeleteGroupOffsetsResponse `protobuf:"bytes,420,opt,name=delete_group_offsets,json=deleteGroupOffsets,proto3,oneof"`
+}
+
 func (*ReplicaCoreFrame_Apply) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
@@ -689,6 +721,8 @@ func (*ReplicaCoreFrame_SetRole) isReplicaCoreFrame_Response() {}
 func (*ReplicaCoreFrame_CommitOffsets) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_ApplyTopics) isReplicaCoreFrame_Response() {}
+
+func (*ReplicaCoreFrame_DeleteGroupOffsets) isReplicaCoreFrame_Response() {}
 
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1061,6 +1095,10 @@ type ReplicationStatusResponse struct {
 	ReplicatesOffsets bool `protobuf:"varint,11,opt,name=replicates_offsets,json=replicatesOffsets,proto3" json:"replicates_offsets,omitempty"`
 	// The plugin implements ReplicateTopics (answered with mode_only too).
 	ReplicatesTopics bool `protobuf:"varint,65,opt,name=replicates_topics,json=replicatesTopics,proto3" json:"replicates_topics,omitempty"`
+	// The plugin implements ReplicateGroupDelete (answered with mode_only
+	// too). Unset by older plugins: the broker then refuses to delete a
+	// group on the node rather than let the replicas keep its offsets.
+	ReplicatesGroupDeletes bool `protobuf:"varint,420,opt,name=replicates_group_deletes,json=replicatesGroupDeletes,proto3" json:"replicates_group_deletes,omitempty"`
 	// raft: the last entry this node applied, and the group's live
 	// configuration as this node knows it.
 	AppliedIndex uint64        `protobuf:"varint,300,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
@@ -1182,6 +1220,13 @@ func (x *ReplicationStatusResponse) GetReplicatesOffsets() bool {
 func (x *ReplicationStatusResponse) GetReplicatesTopics() bool {
 	if x != nil {
 		return x.ReplicatesTopics
+	}
+	return false
+}
+
+func (x *ReplicationStatusResponse) GetReplicatesGroupDeletes() bool {
+	if x != nil {
+		return x.ReplicatesGroupDeletes
 	}
 	return false
 }
@@ -1384,7 +1429,13 @@ type FollowResponse struct {
 	// again after each change of the master's topics, ahead of any batch
 	// of a topic it created. The slave applies it before the messages of
 	// the same frame.
-	Topics        *TopicChange `protobuf:"bytes,65,opt,name=topics,proto3" json:"topics,omitempty"`
+	Topics *TopicChange `protobuf:"bytes,65,opt,name=topics,proto3" json:"topics,omitempty"`
+	// Consumer groups deleted on the master (every one it deleted since its
+	// plugin started when the stream opens, then those deleted since the
+	// last frame). The slave deletes their offsets before it stores the
+	// group_offsets of the same frame (a group deleted, then committed to
+	// again, is in both).
+	DeletedGroups []string `protobuf:"bytes,420,rep,name=deleted_groups,json=deletedGroups,proto3" json:"deleted_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1471,6 +1522,13 @@ func (x *FollowResponse) GetGroupOffsets() []*CommitOffsetsRequest {
 func (x *FollowResponse) GetTopics() *TopicChange {
 	if x != nil {
 		return x.Topics
+	}
+	return nil
+}
+
+func (x *FollowResponse) GetDeletedGroups() []string {
+	if x != nil {
+		return x.DeletedGroups
 	}
 	return nil
 }
@@ -1807,7 +1865,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
 	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
-	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xa5\x03\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xff\x03\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +
@@ -1815,9 +1873,10 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tnode_info\x18\x04 \x01(\v2\x19.ferry.v1.NodeInfoRequestH\x00R\bnodeInfo\x125\n" +
 	"\bset_role\x18\x05 \x01(\v2\x18.ferry.v1.SetRoleRequestH\x00R\asetRole\x12G\n" +
 	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\rcommitOffsets\x12:\n" +
-	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12#\n" +
+	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12X\n" +
+	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2#.ferry.v1.DeleteGroupOffsetsRequestH\x00R\x12deleteGroupOffsets\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanosB\t\n" +
-	"\arequest\"\xb5\x03\n" +
+	"\arequest\"\x90\x04\n" +
 	"\x10ReplicaCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05apply\x18\x02 \x01(\v2\x17.ferry.v1.ApplyResponseH\x00R\x05apply\x12,\n" +
@@ -1825,7 +1884,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tnode_info\x18\x04 \x01(\v2\x1a.ferry.v1.NodeInfoResponseH\x00R\bnodeInfo\x126\n" +
 	"\bset_role\x18\x05 \x01(\v2\x19.ferry.v1.SetRoleResponseH\x00R\asetRole\x12H\n" +
 	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12B\n" +
-	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12%\n" +
+	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12Y\n" +
+	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2$.ferry.v1.DeleteGroupOffsetsResponseH\x00R\x12deleteGroupOffsets\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse\"=\n" +
@@ -1847,7 +1907,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xc4\x04\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xff\x04\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1862,7 +1922,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x10leader_connected\x18\n" +
 	" \x01(\bR\x0fleaderConnected\x12-\n" +
 	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\x12+\n" +
-	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x12$\n" +
+	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x129\n" +
+	"\x18replicates_group_deletes\x18\xa4\x03 \x01(\bR\x16replicatesGroupDeletes\x12$\n" +
 	"\rapplied_index\x18\xac\x02 \x01(\x04R\fappliedIndex\x12/\n" +
 	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\x120\n" +
 	"\x13membership_conflict\x18\xae\x02 \x01(\tR\x12membershipConflict\"\x9f\x01\n" +
@@ -1877,7 +1938,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xf4\x02\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x9c\x03\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -1888,7 +1949,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
 	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\x12C\n" +
 	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\x12-\n" +
-	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\"&\n" +
+	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\x12&\n" +
+	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
@@ -1908,13 +1970,14 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"RaftServer\x12\x0f\n" +
 	"\x02id\x18\xac\x02 \x01(\tR\x02id\x12\x13\n" +
 	"\x04raft\x18\xad\x02 \x01(\tR\x04raft\x12\x1b\n" +
-	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage2\x8f\x03\n" +
+	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage2\xf2\x03\n" +
 	"\vReplication\x12H\n" +
 	"\tReplicate\x12\x1a.ferry.v1.ReplicateRequest\x1a\x1b.ferry.v1.ReplicateResponse(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.ferry.v1.ReplicaCoreFrame\x1a\x1a.ferry.v1.ReplicationFrame(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12S\n" +
 	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
-	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse2\xb3\x02\n" +
+	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse\x12a\n" +
+	"\x14ReplicateGroupDelete\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse2\xb3\x02\n" +
 	"\vReplicaLink\x12?\n" +
 	"\x06Follow\x12\x17.ferry.v1.FollowRequest\x1a\x18.ferry.v1.FollowResponse(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12>\n" +
@@ -1935,38 +1998,40 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 
 var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_replication_proto_goTypes = []any{
-	(*TopicChange)(nil),               // 0: ferry.v1.TopicChange
-	(*ReplicatedTopic)(nil),           // 1: ferry.v1.ReplicatedTopic
-	(*TopicChangeResponse)(nil),       // 2: ferry.v1.TopicChangeResponse
-	(*ReplicateRequest)(nil),          // 3: ferry.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),         // 4: ferry.v1.ReplicateResponse
-	(*ReplicationFrame)(nil),          // 5: ferry.v1.ReplicationFrame
-	(*ReplicaCoreFrame)(nil),          // 6: ferry.v1.ReplicaCoreFrame
-	(*ApplyRequest)(nil),              // 7: ferry.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 8: ferry.v1.ApplyResponse
-	(*NodeInfoRequest)(nil),           // 9: ferry.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),          // 10: ferry.v1.NodeInfoResponse
-	(*SetRoleRequest)(nil),            // 11: ferry.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),           // 12: ferry.v1.SetRoleResponse
-	(*ReplicationStatusRequest)(nil),  // 13: ferry.v1.ReplicationStatusRequest
-	(*ReplicationStatusResponse)(nil), // 14: ferry.v1.ReplicationStatusResponse
-	(*ReplicaInfo)(nil),               // 15: ferry.v1.ReplicaInfo
-	(*FollowRequest)(nil),             // 16: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),            // 17: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),            // 18: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),           // 19: ferry.v1.PromoteResponse
-	(*ChangeMembersRequest)(nil),      // 20: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),     // 21: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                // 22: ferry.v1.RaftServer
-	nil,                               // 23: ferry.v1.ReplicateRequest.TraceEntry
-	(*Message)(nil),                   // 24: ferry.v1.Message
-	(Status)(0),                       // 25: ferry.v1.Status
-	(*Error)(nil),                     // 26: ferry.v1.Error
-	(*ReadRequest)(nil),               // 27: ferry.v1.ReadRequest
-	(*CommitOffsetsRequest)(nil),      // 28: ferry.v1.CommitOffsetsRequest
-	(*ReadResponse)(nil),              // 29: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),     // 30: ferry.v1.CommitOffsetsResponse
-	(*QueueOffsets)(nil),              // 31: ferry.v1.QueueOffsets
+	(*TopicChange)(nil),                // 0: ferry.v1.TopicChange
+	(*ReplicatedTopic)(nil),            // 1: ferry.v1.ReplicatedTopic
+	(*TopicChangeResponse)(nil),        // 2: ferry.v1.TopicChangeResponse
+	(*ReplicateRequest)(nil),           // 3: ferry.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),          // 4: ferry.v1.ReplicateResponse
+	(*ReplicationFrame)(nil),           // 5: ferry.v1.ReplicationFrame
+	(*ReplicaCoreFrame)(nil),           // 6: ferry.v1.ReplicaCoreFrame
+	(*ApplyRequest)(nil),               // 7: ferry.v1.ApplyRequest
+	(*ApplyResponse)(nil),              // 8: ferry.v1.ApplyResponse
+	(*NodeInfoRequest)(nil),            // 9: ferry.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),           // 10: ferry.v1.NodeInfoResponse
+	(*SetRoleRequest)(nil),             // 11: ferry.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),            // 12: ferry.v1.SetRoleResponse
+	(*ReplicationStatusRequest)(nil),   // 13: ferry.v1.ReplicationStatusRequest
+	(*ReplicationStatusResponse)(nil),  // 14: ferry.v1.ReplicationStatusResponse
+	(*ReplicaInfo)(nil),                // 15: ferry.v1.ReplicaInfo
+	(*FollowRequest)(nil),              // 16: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),             // 17: ferry.v1.FollowResponse
+	(*PromoteRequest)(nil),             // 18: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),            // 19: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),       // 20: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),      // 21: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                 // 22: ferry.v1.RaftServer
+	nil,                                // 23: ferry.v1.ReplicateRequest.TraceEntry
+	(*Message)(nil),                    // 24: ferry.v1.Message
+	(Status)(0),                        // 25: ferry.v1.Status
+	(*Error)(nil),                      // 26: ferry.v1.Error
+	(*ReadRequest)(nil),                // 27: ferry.v1.ReadRequest
+	(*CommitOffsetsRequest)(nil),       // 28: ferry.v1.CommitOffsetsRequest
+	(*DeleteGroupOffsetsRequest)(nil),  // 29: ferry.v1.DeleteGroupOffsetsRequest
+	(*ReadResponse)(nil),               // 30: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),      // 31: ferry.v1.CommitOffsetsResponse
+	(*DeleteGroupOffsetsResponse)(nil), // 32: ferry.v1.DeleteGroupOffsetsResponse
+	(*QueueOffsets)(nil),               // 33: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
@@ -1980,49 +2045,53 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	11, // 8: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
 	28, // 9: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
 	0,  // 10: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	8,  // 11: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	29, // 12: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	10, // 13: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	12, // 14: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	30, // 15: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	2,  // 16: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	26, // 17: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	24, // 18: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	31, // 19: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	1,  // 20: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	15, // 21: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	31, // 22: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	22, // 23: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	31, // 24: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	24, // 25: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	31, // 26: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	31, // 27: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	28, // 28: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 29: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	22, // 30: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	3,  // 31: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	6,  // 32: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	13, // 33: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	28, // 34: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	0,  // 35: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	16, // 36: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	13, // 37: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	18, // 38: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	20, // 39: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	4,  // 40: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	5,  // 41: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	14, // 42: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	30, // 43: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	2,  // 44: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	17, // 45: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	14, // 46: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	19, // 47: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	21, // 48: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	40, // [40:49] is the sub-list for method output_type
-	31, // [31:40] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	29, // 11: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
+	8,  // 12: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	30, // 13: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	10, // 14: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	12, // 15: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	31, // 16: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	2,  // 17: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	32, // 18: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	26, // 19: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	24, // 20: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	33, // 21: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	1,  // 22: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	15, // 23: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	33, // 24: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	22, // 25: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	33, // 26: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	24, // 27: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	33, // 28: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	33, // 29: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	28, // 30: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	0,  // 31: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	22, // 32: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	3,  // 33: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	6,  // 34: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	13, // 35: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	28, // 36: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	0,  // 37: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	29, // 38: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	16, // 39: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	13, // 40: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	18, // 41: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	20, // 42: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	4,  // 43: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	5,  // 44: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	14, // 45: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	31, // 46: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	2,  // 47: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	32, // 48: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	17, // 49: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	14, // 50: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	19, // 51: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	21, // 52: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	43, // [43:53] is the sub-list for method output_type
+	33, // [33:43] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2039,6 +2108,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_SetRole)(nil),
 		(*ReplicationFrame_CommitOffsets)(nil),
 		(*ReplicationFrame_ApplyTopics)(nil),
+		(*ReplicationFrame_DeleteGroupOffsets)(nil),
 	}
 	file_ferry_v1_replication_proto_msgTypes[6].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
@@ -2047,6 +2117,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicaCoreFrame_SetRole)(nil),
 		(*ReplicaCoreFrame_CommitOffsets)(nil),
 		(*ReplicaCoreFrame_ApplyTopics)(nil),
+		(*ReplicaCoreFrame_DeleteGroupOffsets)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
