@@ -240,7 +240,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	}
 	p.sessions[s] = struct{}{}
 	signal(&p.progress)
-	groups := p.takeOffsetsLocked(s) // every group this master knows
+	groups, deleted := p.takeOffsetsLocked(s) // every group this master knows, and deleted
 	topics := p.openingTopicsLocked(s, info)
 	p.mu.Unlock()
 	defer func() {
@@ -251,7 +251,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 		p.mu.Unlock()
 	}()
-	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, Topics: topics}); err != nil {
+	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, DeletedGroups: deleted, Topics: topics}); err != nil {
 		return err
 	}
 	go l.acks(ctx, stream, s)
@@ -377,12 +377,12 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		}
 		// Groups' offsets committed since the last frame ride with this
 		// one (or go alone).
-		groups := p.takeOffsets(s)
-		if len(frame) > 0 || len(groups) > 0 || topics != nil {
+		groups, deleted := p.takeOffsets(s)
+		if len(frame) > 0 || len(groups) > 0 || len(deleted) > 0 || topics != nil {
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, Topics: topics}); err != nil {
+			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, DeletedGroups: deleted, Topics: topics}); err != nil {
 				return err
 			}
 		}

@@ -132,6 +132,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		cancel(nil)
 		<-offDone
 	}()
+	if len(first.DeletedGroups) > 0 {
+		p.masterDeletes(first.DeletedGroups)
+		kickChan(offKick)
+	}
 	if len(first.GroupOffsets) > 0 {
 		p.masterOffsets(first.GroupOffsets)
 		kickChan(offKick)
@@ -241,6 +245,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				p.leaderAcked[k] = max(p.leaderAcked[k], e)
 			}
 			p.mu.Unlock()
+		}
+		if len(resp.DeletedGroups) > 0 {
+			p.masterDeletes(resp.DeletedGroups) // before this frame's offsets
+			kickChan(offKick)
 		}
 		if len(resp.GroupOffsets) > 0 {
 			p.masterOffsets(resp.GroupOffsets)

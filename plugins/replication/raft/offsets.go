@@ -42,6 +42,8 @@ const (
 	kindOffsets byte = 0x01 // a ferryv1.CommitOffsetsRequest
 	kindTopics  byte = 0x02 // a ferryv1.TopicChange (topics.go)
 	kindMembers byte = 0x03 // a memberChange, JSON (members.go)
+	// kindGroupDelete is a ferryv1.DeleteGroupOffsetsRequest (groups.go).
+	kindGroupDelete byte = 0x04
 )
 
 // encodeOffsets is the entry that commits a group's offsets.
@@ -68,6 +70,8 @@ func decodeEntry(data []byte) (kind byte, payload []byte, err error) {
 		return kindTopics, data[2:], nil
 	case kindMembers:
 		return kindMembers, data[2:], nil
+	case kindGroupDelete:
+		return kindGroupDelete, data[2:], nil
 	default:
 		return 0, nil, fmt.Errorf("raft entry of unknown kind %d (written by a newer version?)", data[1])
 	}
@@ -152,6 +156,9 @@ func (t offsetTable) groupOffsets(group string) ([]*sdk.GroupOffset, error) {
 type offsets struct {
 	mu    sync.Mutex
 	table offsetTable
+	// deleted are the groups the log deleted (groups.go), kept even
+	// when the group commits again.
+	deleted map[string]bool
 	// warned throttles warnings about offsets not stored.
 	warned time.Time
 }
@@ -170,6 +177,40 @@ func (o *offsets) record(req *ferryv1.CommitOffsetsRequest) {
 	}
 	for _, off := range req.Offsets {
 		g[queueKey(off.Topic, off.Queue)] = off.Offset
+	}
+}
+
+// drop forgets a deleted group's offsets and records it as deleted.
+func (o *offsets) drop(group string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.table, group)
+	if o.deleted == nil {
+		o.deleted = map[string]bool{}
+	}
+	o.deleted[group] = true
+}
+
+// deletedGroups lists the groups the log deleted, sorted.
+func (o *offsets) deletedGroups() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]string, 0, len(o.deleted))
+	for g := range o.deleted {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// resetDeleted replaces the deleted groups (a snapshot restored or resumed
+// from).
+func (o *offsets) resetDeleted(groups []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.deleted = map[string]bool{}
+	for _, g := range groups {
+		o.deleted[g] = true
 	}
 }
 
