@@ -109,6 +109,11 @@
 //     (async, or still catching up) stores its end and moves on as the
 //     messages arrive. An offset beyond its log could, after a promotion,
 //     skip the new messages stored at those offsets.
+//   - A group deleted on the master (`ferry group delete`,
+//     sdk.GroupDeleteReplication, groups.go) is shipped the same way: its
+//     offsets are dropped, its name sent with the next frame (and every
+//     deleted name when a slave connects), and the slave deletes the
+//     group's offsets before it stores the frame's.
 //
 // While linked, the master's offsets rule: a slave stores what the master
 // sends even when it had a higher offset (committed by consumers that read
