@@ -1344,8 +1344,11 @@ type FollowRequest struct {
 	Node    string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// Every frame: end offsets of the slave's queues (start, committed unused).
-	Ends          []*QueueOffsets `protobuf:"bytes,3,rep,name=ends,proto3" json:"ends,omitempty"`
-	Epoch         uint64          `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Ends  []*QueueOffsets `protobuf:"bytes,3,rep,name=ends,proto3" json:"ends,omitempty"`
+	Epoch uint64          `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The version of the master's topic set (FollowResponse.topics_version)
+	// this slave applied, sent once it did.
+	TopicsApplied uint64 `protobuf:"varint,420,opt,name=topics_applied,json=topicsApplied,proto3" json:"topics_applied,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1408,6 +1411,13 @@ func (x *FollowRequest) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *FollowRequest) GetTopicsApplied() uint64 {
+	if x != nil {
+		return x.TopicsApplied
+	}
+	return 0
+}
+
 type FollowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Messages to apply, offsets set, in offset order per queue.
@@ -1436,6 +1446,10 @@ type FollowResponse struct {
 	// group_offsets of the same frame (a group deleted, then committed to
 	// again, is in both).
 	DeletedGroups []string `protobuf:"bytes,420,rep,name=deleted_groups,json=deletedGroups,proto3" json:"deleted_groups,omitempty"`
+	// The version of `topics` (sent with it): the slave confirms it in
+	// FollowRequest.topics_applied once applied. A sync master answers a
+	// topic change only once min_replicas slaves confirmed it.
+	TopicsVersion uint64 `protobuf:"varint,421,opt,name=topics_version,json=topicsVersion,proto3" json:"topics_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1531,6 +1545,13 @@ func (x *FollowResponse) GetDeletedGroups() []string {
 		return x.DeletedGroups
 	}
 	return nil
+}
+
+func (x *FollowResponse) GetTopicsVersion() uint64 {
+	if x != nil {
+		return x.TopicsVersion
+	}
+	return 0
 }
 
 type PromoteRequest struct {
@@ -1933,12 +1954,13 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tconnected\x18\x03 \x01(\bR\tconnected\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\x12\x1a\n" +
 	"\bdiverged\x18\x05 \x01(\bR\bdiverged\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x7f\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xa7\x01\n" +
 	"\rFollowRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x9c\x03\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12&\n" +
+	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\"\xc4\x03\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -1950,7 +1972,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\x12C\n" +
 	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\x12-\n" +
 	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\x12&\n" +
-	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\"&\n" +
+	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\x12&\n" +
+	"\x0etopics_version\x18\xa5\x03 \x01(\x04R\rtopicsVersion\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +

@@ -1431,6 +1431,13 @@ func (m *FollowRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.TopicsApplied != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TopicsApplied))
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa0
+	}
 	if m.Epoch != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Epoch))
 		i--
@@ -1494,6 +1501,13 @@ func (m *FollowResponse) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.TopicsVersion != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TopicsVersion))
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa8
 	}
 	if len(m.DeletedGroups) > 0 {
 		for iNdEx := len(m.DeletedGroups) - 1; iNdEx >= 0; iNdEx-- {
@@ -2483,6 +2497,9 @@ func (m *FollowRequest) SizeVT() (n int) {
 	if m.Epoch != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Epoch))
 	}
+	if m.TopicsApplied != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.TopicsApplied))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2537,6 +2554,9 @@ func (m *FollowResponse) SizeVT() (n int) {
 			l = len(s)
 			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
+	}
+	if m.TopicsVersion != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.TopicsVersion))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -5910,6 +5930,25 @@ func (m *FollowRequest) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 420:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsApplied", wireType)
+			}
+			m.TopicsApplied = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsApplied |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -6248,6 +6287,25 @@ func (m *FollowResponse) UnmarshalVT(dAtA []byte) error {
 			}
 			m.DeletedGroups = append(m.DeletedGroups, string(dAtA[iNdEx:postIndex]))
 			iNdEx = postIndex
+		case 421:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsVersion", wireType)
+			}
+			m.TopicsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsVersion |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -10292,6 +10350,25 @@ func (m *FollowRequest) UnmarshalVTUnsafe(dAtA []byte) error {
 					break
 				}
 			}
+		case 420:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsApplied", wireType)
+			}
+			m.TopicsApplied = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsApplied |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -10642,6 +10719,25 @@ func (m *FollowResponse) UnmarshalVTUnsafe(dAtA []byte) error {
 			}
 			m.DeletedGroups = append(m.DeletedGroups, stringValue)
 			iNdEx = postIndex
+		case 421:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsVersion", wireType)
+			}
+			m.TopicsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsVersion |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
