@@ -43,7 +43,8 @@ const (
 	kindTopics  byte = 0x02 // a ferryv1.TopicChange (topics.go)
 	kindMembers byte = 0x03 // a memberChange, JSON (members.go)
 	// kindGroupDelete is a ferryv1.DeleteGroupOffsetsRequest (groups.go).
-	kindGroupDelete byte = 0x04
+	// 0x05: branch raft20 took 0x04 (kindOffsetCommits).
+	kindGroupDelete byte = 0x05
 )
 
 // encodeOffsets is the entry that commits a group's offsets.
