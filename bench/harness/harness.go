@@ -32,6 +32,7 @@ const (
 	Ferry       = "ferry"
 	FerryInproc = "ferry in-process"
 	FerryGRPC   = "ferry grpc" // plugins in processes, data plane gRPC (the data plane before the rings)
+	FerryNode   = "ferry node" // the whole node in a process of its own, as `ferry run` runs it
 	JetStream   = "jetstream"
 )
 
@@ -45,6 +46,7 @@ type Options struct {
 	Durability   []string      // "async", "sync"
 	InProcess    bool          // also run Ferry with in-process plugins
 	GRPC         bool          // also run Ferry with plugins in processes on the gRPC data plane
+	Node         bool          // also run Ferry as a node process of its own (ServeNode), as `ferry run` does
 	// Log, when set, gets a line per run as it ends.
 	Log io.Writer
 	// PluginExe is the binary the plugin host re-executes for Ferry's
@@ -121,7 +123,7 @@ func (c *closer) close() {
 
 // systems are the systems at one durability level.
 type systems struct {
-	ferry, inproc, grpc, js bench.System
+	ferry, inproc, grpc, node, js bench.System
 }
 
 // start brings up the systems of one durability level.
@@ -162,6 +164,11 @@ func start(ctx context.Context, o Options, cfg *config.Pipeline, durability stri
 			return nil, err
 		}
 	}
+	if o.Node {
+		if s.node, err = startNode(ctx, o, durability, cl); err != nil {
+			return nil, err
+		}
+	}
 	srv, err := natsbench.StartServer(natsbench.ServerOptions{SyncAlways: durability == "sync"})
 	if err != nil {
 		return nil, err
@@ -183,6 +190,9 @@ func (s *systems) list() []bench.System {
 	}
 	if s.grpc != nil {
 		out = append(out, s.grpc)
+	}
+	if s.node != nil {
+		out = append(out, s.node)
 	}
 	return append(out, s.js)
 }
@@ -273,6 +283,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.GRPC {
 		rep.Pairs = append(rep.Pairs, bench.Pair{Num: Ferry, Den: FerryGRPC})
 	}
+	if o.Node {
+		rep.Pairs = append(rep.Pairs, bench.Pair{Num: FerryNode, Den: JetStream})
+		if o.InProcess {
+			rep.Pairs = append(rep.Pairs, bench.Pair{Num: FerryNode, Den: FerryInproc, Min: 0.8})
+		}
+	}
 	var after func(int, bench.Case, bench.System, *bench.Result)
 	if o.Log != nil {
 		after = func(i int, c bench.Case, s bench.System, r *bench.Result) {
@@ -317,7 +333,11 @@ func (r *Report) Targets() []string {
 			}
 		}
 		if row != "" {
-			out = append(out, verdict(worst >= p.Min, fmt.Sprintf("subprocess ÷ in-process, lowest over the workloads: %.2f× (%s; target ≥ %g×)", worst, row, p.Min)))
+			what := "subprocess"
+			if p.Num == FerryNode {
+				what = "node process"
+			}
+			out = append(out, verdict(worst >= p.Min, fmt.Sprintf("%s ÷ in-process, lowest over the workloads: %.2f× (%s; target ≥ %g×)", what, worst, row, p.Min)))
 		}
 	}
 	return out

@@ -160,6 +160,7 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promote: %v\n%s", err, out)
 	}
+	waitOutput(t, slave, "the promotion audited", "audit: admin action", "action=Promote", "result=ok", "peer_certificate=slave")
 	eventually(t, 30*time.Second, "promoted slave takes produce", func() bool {
 		st, err := clusterStatusVia(ctx, peers, sr)
 		return err == nil && st.Role == "master"

@@ -18,9 +18,9 @@ func init() { rootCmd.AddCommand(newUserCmd()) }
 func newUserCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "user",
-		Short: "Work with the users of a pipeline's security section",
+		Short: "Make password hashes; add, remove and list the users of a running node",
 	}
-	cmd.AddCommand(newUserHashCmd())
+	cmd.AddCommand(newUserHashCmd(), newUserAddCmd(), newUserDeleteCmd(), newUserPasswdCmd(), newUserListCmd())
 	return cmd
 }
 

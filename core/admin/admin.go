@@ -6,6 +6,7 @@
 //	GET /healthz        200 while the process runs
 //	GET /readyz         200 when Options.Ready returns nil, else 503 and why
 //	GET /debug/pprof/…  net/http/pprof, only with Options.Pprof (admin.pprof: true)
+//	    /v1/users…      live users and ACLs, with Options.Users (a node with users)
 //
 // With Options.TLS the listener serves HTTPS (admin.tls in the pipeline).
 // With Options.Authorize (a node with users) every endpoint but those in
@@ -63,6 +64,10 @@ type Options struct {
 	Authorize func(r *http.Request, e Endpoint) error
 	// Open are the endpoints served without Authorize (admin.open).
 	Open []Endpoint
+	// Users, when not nil, serves /v1/users… (live user and ACL
+	// administration, security.Auth.UsersHandler), which authenticates
+	// and authorizes each request itself; never open.
+	Users http.Handler
 }
 
 // Endpoint is one of the admin listener's endpoints, as admin.open names
@@ -128,6 +133,10 @@ func Handler(opts Options) http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})))
+	if opts.Users != nil {
+		mux.Handle("/v1/users", opts.Users)
+		mux.Handle("/v1/users/", opts.Users)
+	}
 	// Registered on this mux only: nothing in Ferry serves
 	// http.DefaultServeMux, where importing net/http/pprof also puts them.
 	if opts.Pprof {

@@ -12,6 +12,7 @@ import (
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/telemetry"
+	"github.com/ferrymq/ferry/internal/gopool"
 )
 
 // appender groups producers' batches into storage appends. One goroutine
@@ -258,7 +259,7 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 		return true
 	}
 	sent := time.Now()
-	go func() {
+	gopool.Go(func() { // a parked goroutine: its stack is grown already
 		defer cancel()
 		if written != nil {
 			// On an error the AppendWait tells the outcome.
@@ -275,7 +276,7 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 			return // replayed by run on the next generation
 		}
 		a.answer(b, attempt, offsets, err)
-	}()
+	})
 	return true
 }
 

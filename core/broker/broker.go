@@ -480,8 +480,9 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 }
 
 // CommitOffsets records a group's next offsets and, on a node that takes
-// produce, hands them to the replication plugin (best effort: see
-// replicate.go).
+// produce, hands them to the replication plugin: through its log, answered
+// once committed there, when the plugin is an sdk.OffsetCommitter (raft);
+// otherwise best effort, in the background (see replicate.go).
 //
 // A client's commit past a queue's end is refused (ErrInvalidArgument): the
 // group would never see the messages stored below it. Commits received
@@ -501,7 +502,7 @@ func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsReques
 		return err
 	}
 	if b.repl != nil {
-		b.repl.committed(req.Group, req.Offsets)
+		return b.repl.commit(ctx, req.Group, req.Offsets)
 	}
 	return nil
 }

@@ -308,7 +308,9 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 		return nil, err
 	}
 	if b.repl != nil {
-		b.repl.committed(req.Group, commit)
+		if err := b.repl.commit(ctx, req.Group, commit); err != nil {
+			return nil, err
+		}
 	}
 	b.log.Info("group offsets reset", "group", req.Group, "topic", t.name, "queues", len(commit), "to", req.To.String(), "force", req.Force)
 	return resp, nil

@@ -392,7 +392,8 @@ func (c replicaCore) SetRole(_ context.Context, req *sdk.SetRoleRequest) error {
 // Consumer offsets (sdk.OffsetReplication).
 //
 // On a node that takes produce, every consumer commit the store accepted is
-// reported to the replication plugin, best effort: the consumer's commit has
+// reported to the replication plugin (unless it has sdk.OffsetCommitter:
+// commit above), best effort: the consumer's commit has
 // succeeded already, a failure is logged (and retried a second later, merged
 // with newer commits), and a plugin without the capability is not called.
 // Reports are coalesced: one goroutine, started when there is something to
@@ -401,6 +402,66 @@ func (c replicaCore) SetRole(_ context.Context, req *sdk.SetRoleRequest) error {
 // same queue. The broker keeps the latest offset of every group it reported
 // and sends them all again to a new plugin process (after a crash), which
 // starts with no memory of them.
+
+// Commits acknowledged through the log (sdk.OffsetCommitter, raft).
+//
+// A plugin whose offsets go through a consensus log is not reported to in
+// the background: each commit a node that takes produce stored is handed to
+// its CommitOffsets, from the commit's goroutine, and the commit is answered
+// with its outcome, so an acknowledged commit survives the loss of this node
+// (the plugin group-commits concurrent calls into one log entry). It fails
+// (and the consumer commits again) when the plugin answers an error: no
+// leader, leadership lost, or no commit within offsetCommitTimeout. The
+// offsets are stored on this node already then; only their replication is
+// unknown.
+
+// offsetCommitTimeout bounds a commit's wait for the plugin's CommitOffsets.
+const offsetCommitTimeout = 10 * time.Second
+
+// commit replicates a consumer commit (or offset reset) the store accepted:
+// through the plugin's log, waiting, when it has sdk.OffsetCommitter; else
+// reported in the background (committed). Called from the commit's
+// goroutine, concurrently.
+func (r *replicator) commit(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+	if len(offsets) == 0 || !sdk.TakesProduce(r.b.role.get().Role) {
+		return nil
+	}
+	impl, gen, _ := r.src.Current()
+	first, _ := r.replicateFirst()
+	if impl == nil && first {
+		return fmt.Errorf("%w: consumer offsets stored on this node, but not committed through replication: the replication plugin is restarting (commit again)", sdk.ErrUnavailable)
+	}
+	if c, ok := impl.(sdk.OffsetCommitter); ok && !r.offs.noWait(gen) {
+		cctx, cancel := context.WithTimeout(ctx, offsetCommitTimeout)
+		defer cancel()
+		err := c.CommitOffsets(cctx, group, offsets)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errors.ErrUnsupported):
+			r.offs.setNoWait(gen)
+		default:
+			r.b.opts.Metrics.OffsetReplicationFailed(group)
+			return fmt.Errorf("group %q: consumer offsets stored on this node, but not committed through replication (commit again): %w", group, err)
+		}
+	}
+	r.committed(group, offsets)
+	return nil
+}
+
+// noWait reports whether plugin generation gen said it cannot wait for
+// offsets (sdk.OffsetCommitter answered errors.ErrUnsupported).
+func (o *offsetReports) noWait(gen uint64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.noWaitGen == gen && o.noWaitSet
+}
+
+func (o *offsetReports) setNoWait(gen uint64) {
+	o.mu.Lock()
+	o.noWaitGen, o.noWaitSet = gen, true
+	o.mu.Unlock()
+}
 
 // Offset reports are bounded by offsetReportTimeout each; after a failure the
 // next attempt waits offsetRetryDelay. offsetWarnEvery throttles warnings.
@@ -424,6 +485,8 @@ type offsetReports struct {
 	gen         uint64                          // plugin generation latest was reported to
 	unsupported bool                            // that generation does not replicate offsets
 	lastWarn    time.Time
+	noWaitGen   uint64 // a plugin generation without sdk.OffsetCommitter
+	noWaitSet   bool   // noWaitGen is set
 }
 
 // committed is called by CommitOffsets after the store accepted a commit.

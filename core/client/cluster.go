@@ -486,6 +486,10 @@ func askMetadata(ctx context.Context, brokers []*brokerConn, req *ferryv1.Metada
 func (c *Client) mergeRoutes(topic string, brokers []*brokerConn, resps []*ferryv1.MetadataResponse, errs []error, old *topicRoute) *topicRoute {
 	var qs, weak []queueRoute
 	answered := map[*brokerConn]bool{}
+	// Queues a replication group's leader (raft leader, master) answered
+	// for: such a queue has one leader, so a silent broker's old claim
+	// on it (a frozen or cut-off former leader) is dropped.
+	led := map[int32]bool{}
 	for i, asked := range brokers {
 		if errs[i] != nil || resps[i] == nil {
 			continue
@@ -524,6 +528,11 @@ func (c *Client) mergeRoutes(topic string, brokers []*brokerConn, resps []*ferry
 					continue
 				}
 				qs = append(qs, queueRoute{broker: b, queue: q})
+				if idx >= 0 && int(idx) < len(resp.Brokers) {
+					if r := resp.Brokers[idx].Role; r == sdk.RoleLeader || r == sdk.RoleMaster {
+						led[q] = true
+					}
+				}
 			}
 		}
 	}
@@ -532,7 +541,7 @@ func (c *Client) mergeRoutes(topic string, brokers []*brokerConn, resps []*ferry
 	}
 	if old != nil {
 		for _, q := range old.queues {
-			if !answered[q.broker] {
+			if !answered[q.broker] && !led[q.queue] {
 				qs = append(qs, q)
 			}
 		}

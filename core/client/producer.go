@@ -502,6 +502,11 @@ func (p *Producer) deliver(ctx context.Context, u *unit, target RetryTarget) err
 		case errors.Is(err, context.DeadlineExceeded):
 			err = fmt.Errorf("ferry producer: send to %s timed out after %s, outcome unknown (the message may be stored): %w", u.broker.addr, p.opts.Timeout, err)
 			retry = p.opts.RetryOnTimeout
+			// The broker may be frozen or cut off while its group
+			// elects another leader: the next send asks the brokers
+			// for the route again (waiting out the election, bounded)
+			// instead of following this one into the same wait.
+			p.c.markStale(u.topic)
 		case errors.Is(err, sdk.ErrUnavailable), errors.Is(err, sdk.ErrClosed):
 			retry = true
 		case errors.Is(err, sdk.ErrNotFound):
@@ -567,6 +572,15 @@ func moveTo(u *unit, b *brokerConn) {
 		m.Queue = qs[int(m.Queue)%len(qs)]
 	}
 	u.broker = b
+}
+
+// markStale has the next send of topic refresh its route first.
+func (c *Client) markStale(topic string) {
+	c.routesMu.Lock()
+	if r := c.routes[topic]; r != nil && !r.stale {
+		c.routes[topic] = &topicRoute{topic: r.topic, queues: r.queues, at: r.at, stale: true}
+	}
+	c.routesMu.Unlock()
 }
 
 // reroute refreshes u's topic after the broker said it lacks it (or one of

@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"maps"
 
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -53,13 +52,15 @@ func tracing(ctx context.Context) bool {
 // startSend starts the producer.send span of m and returns m with headers
 // that carry it: a copy, the caller's map is left alone. The span covers the
 // send's retries; endSend ends it.
+//
+// An unsampled message (at 1 %, nearly every one) gets only its traceparent
+// (telemetry.StartMessage): no span, context or span options.
 func startSend(ctx context.Context, m Message) (Message, trace.Span) {
-	sctx, span := producerTracer.Start(ctx, telemetry.SpanProducerSend,
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpSend), telemetry.AttrTopic.String(m.Topic)))
-	if trace.SpanContextFromContext(sctx).IsValid() {
-		m.Headers = telemetry.Inject(sctx, maps.Clone(m.Headers))
-	}
+	var span trace.Span
+	span, m.Headers = telemetry.StartMessage(ctx, producerTracer, telemetry.SpanProducerSend, func() []trace.SpanStartOption {
+		return []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpSend), telemetry.AttrTopic.String(m.Topic))}
+	}, m.Headers)
 	return m, span
 }
 

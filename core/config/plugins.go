@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/stage"
 )
 
 // PluginValidator checks plugin types and plugin config sections. The plugin
@@ -14,7 +16,7 @@ import (
 // methods are called from one goroutine, one plugin section at a time.
 type PluginValidator interface {
 	// Known reports whether a plugin of kind ("storage", "transport",
-	// "replication") and type exists (built in or found in dirs).
+	// "replication", "stage") and type exists (built in or found in dirs).
 	Known(kind, typ string, dirs []string) bool
 	// Types lists the known types of a kind, for problem messages.
 	Types(kind string, dirs []string) []string
@@ -59,7 +61,7 @@ func ValidatePlugins(ctx context.Context, p *Pipeline, v PluginValidator) Proble
 			if known := v.Types(kind, p.Plugins.Dirs); len(known) > 0 {
 				msg += " (known: " + strings.Join(known, ", ") + ")"
 			}
-			msg += fmt.Sprintf("; an external plugin is an executable named ferry-%s-%s in plugins.dirs", kind, ref.Type)
+			msg += fmt.Sprintf("; an external plugin is an executable named ferry-%s-%s in plugins.dirs %s", kind, ref.Type, lookedFor(kind, ref.Type, p.Plugins.Dirs))
 			ps = append(ps, src.problem(base+".type", msg))
 			continue
 		}
@@ -81,7 +83,70 @@ func ValidatePlugins(ctx context.Context, p *Pipeline, v PluginValidator) Proble
 			ps = append(ps, src.problem(joinPath(base+".config", f.Path), f.Message))
 		}
 	}
+	ps = append(ps, validateStagePlugins(ctx, p, src, v)...)
 	return sortProblems(ps)
+}
+
+// validateStagePlugins checks the stage plugins the flows name (stages of
+// type plugin): that ferry-stage-TYPE is in plugins.dirs, and that the
+// plugin accepts its config section (config.config). A stage whose section
+// has problems of its own is skipped: Load reports them.
+func validateStagePlugins(ctx context.Context, p *Pipeline, src *source, v PluginValidator) Problems {
+	var ps Problems
+	for i, f := range p.Flows {
+		for j, s := range f.Stages {
+			at := indexPath(indexPath("flows", i)+".stages", j)
+			if s.Type != "plugin" || src.failed(at+".config") {
+				continue
+			}
+			c, bad := stage.DecodePluginStage(s.Config)
+			if bad != nil {
+				continue
+			}
+			if !v.Known(sdk.KindStage, c.Plugin, p.Plugins.Dirs) {
+				ps = append(ps, src.problem(at+".config.plugin", fmt.Sprintf("stage plugin %q not found: no executable ferry-%s-%s in plugins.dirs %s",
+					c.Plugin, sdk.KindStage, c.Plugin, lookedFor(sdk.KindStage, c.Plugin, p.Plugins.Dirs))))
+				continue
+			}
+			section := c.Config
+			if section == nil {
+				section = map[string]any{}
+			}
+			js, err := json.Marshal(section)
+			if err != nil {
+				ps = append(ps, src.problem(at+".config.config", "cannot be passed to the plugin: "+err.Error()))
+				continue
+			}
+			found, err := v.ValidateConfig(ctx, sdk.KindStage, c.Plugin, p.Plugins.Dirs, js)
+			if err != nil {
+				ps = append(ps, src.problem(at+".config.plugin", fmt.Sprintf("stage plugin %q could not check its config: %v", c.Plugin, err)))
+				continue
+			}
+			for _, pr := range found {
+				ps = append(ps, src.problem(joinPath(at+".config.config", pr.Path), pr.Message))
+			}
+		}
+	}
+	return ps
+}
+
+// lookedFor names the files an external plugin was looked for in, for a
+// problem message: "(looked for /opt/ferry/ferry-stage-x, …)". Relative
+// plugin directories resolve against the working directory, as the plugin
+// host resolves them.
+func lookedFor(kind, typ string, dirs []string) string {
+	if len(dirs) == 0 {
+		return "(plugins.dirs is empty: no directory to look in)"
+	}
+	files := make([]string, len(dirs))
+	for i, d := range dirs {
+		f := filepath.Join(d, "ferry-"+kind+"-"+typ)
+		if abs, err := filepath.Abs(f); err == nil {
+			f = abs
+		}
+		files[i] = f
+	}
+	return "(looked for " + strings.Join(files, ", ") + ")"
 }
 
 // ref returns the plugin reference of a kind.

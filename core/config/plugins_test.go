@@ -10,7 +10,8 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
-// fakeValidator knows a fixed set of plugins. Its "memory" storage rejects
+// fakeValidator knows a fixed set of plugins. Its "memory" storage and
+// "example" stage reject
 // every config key, like the real one rejects unknown keys; its "broken"
 // storage cannot be started.
 type fakeValidator struct {
@@ -24,6 +25,7 @@ func newFakeValidator() *fakeValidator {
 			"storage":     {"broken", "file", "memory"},
 			"transport":   {"grpc"},
 			"replication": {"none"},
+			"stage":       {"example"},
 		},
 		seen: map[string]string{},
 	}
@@ -40,7 +42,7 @@ func (f *fakeValidator) ValidateConfig(ctx context.Context, kind, typ string, di
 	if typ == "broken" {
 		return nil, errors.New("plugin exited: exit status 2")
 	}
-	if kind != "storage" || typ != "memory" {
+	if (kind != "storage" || typ != "memory") && (kind != "stage" || typ != "example") {
 		return nil, nil
 	}
 	var m map[string]any
@@ -69,7 +71,22 @@ func TestValidatePlugins(t *testing.T) {
 		{
 			name: "unknown type lists the known ones",
 			yaml: "name: demo\ntopics: [{name: orders}]\nplugins:\n  storage:\n    type: rocksdb\n",
-			want: []want{{5, "plugins.storage.type", `unknown storage plugin type "rocksdb" (known: broken, file, memory); an external plugin is an executable named ferry-storage-rocksdb in plugins.dirs`}},
+			want: []want{{5, "plugins.storage.type", `unknown storage plugin type "rocksdb" (known: broken, file, memory); an external plugin is an executable named ferry-storage-rocksdb in plugins.dirs (plugins.dirs is empty: no directory to look in)`}},
+		},
+		{
+			name: "an unknown type names the files looked for",
+			yaml: "name: demo\ntopics: [{name: orders}]\nplugins:\n  dirs: [/opt/a, /opt/b]\n  storage:\n    type: rocksdb\n",
+			want: []want{{6, "plugins.storage.type", `unknown storage plugin type "rocksdb" (known: broken, file, memory); an external plugin is an executable named ferry-storage-rocksdb in plugins.dirs (looked for /opt/a/ferry-storage-rocksdb, /opt/b/ferry-storage-rocksdb)`}},
+		},
+		{
+			name: "a stage plugin that is not there names the file looked for",
+			yaml: "name: demo\ntopics: [{name: orders}]\nplugins: {dirs: [/opt/p]}\nflows:\n  - {name: f, topic: orders, group: g, sink: {type: discard},\n     stages: [{type: ack}, {type: plugin, config: {plugin: redact}}]}\n",
+			want: []want{{6, "flows[0].stages[1].config.plugin", `stage plugin "redact" not found: no executable ferry-stage-redact in plugins.dirs (looked for /opt/p/ferry-stage-redact)`}},
+		},
+		{
+			name: "a stage plugin checks its own section",
+			yaml: "name: demo\ntopics: [{name: orders}]\nflows:\n  - name: f\n    topic: orders\n    group: g\n    sink: {type: discard}\n    stages:\n      - type: plugin\n        config:\n          plugin: example\n          config:\n            bogus: 1\n",
+			want: []want{{13, "flows[0].stages[0].config.config.bogus", "unknown key"}},
 		},
 		{
 			name: "config problems get full paths and lines",

@@ -161,3 +161,24 @@ func TestSmallRingsLargeMessages(t *testing.T) {
 	s := runPipeline(t, e, 120*time.Second)
 	checkAllDelivered(t, s, 300)
 }
+
+// A produce arriving from the transport pokes the storage plugin's ring
+// (Broker.PrepareProduce): with sync sends at a low rate the store sleeps
+// between them, so pokes ring its bell, at most one per produce.
+func TestProducePokesTheStore(t *testing.T) {
+	const count = 300
+	cfg := quickstart(t, pluginhost.ModeSubprocess, count)
+	cfg.Generators[0].Rate = 200
+	cfg.Generators[0].Mode = "sync"
+	e := start(t, cfg)
+	requireRing(t, e.Storage(), e.Transport())
+	checkAllDelivered(t, runPipeline(t, e, 60*time.Second), count)
+	impl, _, _ := e.Storage().Current()
+	sc, ok := impl.(*sdk.StorageClient)
+	if !ok {
+		t.Fatalf("storage plugin client is %T", impl)
+	}
+	if p := sc.RingPokes(); p == 0 || p > count {
+		t.Fatalf("the store's bell was poked %d times for %d sync produces, want 1 to %d", p, count, count)
+	}
+}

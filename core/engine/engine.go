@@ -20,7 +20,6 @@ import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/security"
-	"github.com/ferrymq/ferry/core/stage"
 	"github.com/ferrymq/ferry/core/telemetry"
 )
 
@@ -92,7 +91,6 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg), obs: obs}
-	stage.SetPluginStarter(host.Start) // flows' stage plugins run under this node's host
 	ok := false
 	defer func() {
 		if !ok {
@@ -133,11 +131,27 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	e.broker.Start()
 	e.core = e.broker
 	if cfg.Security.Enabled() {
-		auth, err := security.NewAuth(cfg.Security, log.Named("security"))
+		live, err := security.OpenLiveUsers(cfg.Node.DataDir)
 		if err != nil {
 			_ = e.broker.Close(context.Background())
 			return nil, err
 		}
+		sec := cfg.Security
+		users, overridden, err := live.Apply(sec.Users)
+		if err != nil {
+			_ = e.broker.Close(context.Background())
+			return nil, err
+		}
+		for _, u := range overridden {
+			log.Warn("a user of the pipeline is changed by the node's live state, which wins (docs/security.md)", "user", u, "file", live.Path())
+		}
+		sec.Users = users
+		auth, err := security.NewAuth(sec, log.Named("security"))
+		if err != nil {
+			_ = e.broker.Close(context.Background())
+			return nil, err
+		}
+		auth.SetLive(live)
 		user, password, err := auth.Internal()
 		if err != nil {
 			_ = e.broker.Close(context.Background())
@@ -146,7 +160,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		e.self = []client.Option{client.WithCredentials(user, password)}
 		e.auth = auth
 		e.core = security.NewGuard(e.broker, auth)
-		log.Info("clients must authenticate", "users", len(cfg.Security.Users))
+		log.Info("clients must authenticate", "users", len(users))
 	}
 	if e.transport, err = host.Start(ctx, sdk.KindTransport, cfg.Plugins.Transport.Type, sectionJSON(cfg.Plugins.Transport.Config)); err != nil {
 		_ = e.broker.Close(context.Background())

@@ -37,13 +37,14 @@ type flow struct {
 }
 
 // newFlow builds a flow's chain, sink and consumer; it fails on what the
-// config check cannot see (a command that is not installed).
-func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer) (*flow, error) {
+// config check cannot see (a command that is not installed). Its stage
+// plugins are started with stageOpts.Plugins (the node's plugin host).
+func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer, stageOpts stage.Options) (*flow, error) {
 	specs := make([]stage.Spec, len(f.Stages))
 	for i, s := range f.Stages {
 		specs[i] = stage.Spec{Type: s.Type, Config: s.Config}
 	}
-	chain, err := stage.Build(specs)
+	chain, err := stage.Build(specs, stageOpts)
 	if err != nil {
 		return nil, err
 	}

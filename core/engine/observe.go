@@ -60,6 +60,7 @@ func (e *Engine) startAdmin(ctx context.Context) error {
 			opts.Authorize = func(r *http.Request, ep admin.Endpoint) error {
 				return auth.AuthorizeAdmin(r, string(ep), ep == admin.EndpointPprof)
 			}
+			opts.Users = auth.UsersHandler()
 			for _, ep := range e.cfg.Admin.Open {
 				opts.Open = append(opts.Open, admin.Endpoint(ep))
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/ferrymq/ferry/core/logging"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/stage"
 )
 
 // GeneratorResult reports one generator.
@@ -48,7 +49,7 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	defer stopFlows()
 	flows := make([]*flow, len(cfg.Flows))
 	for i, f := range cfg.Flows {
-		fl, err := newFlow(cl, f, cfg.Node.DataDir, out)
+		fl, err := newFlow(cl, f, cfg.Node.DataDir, out, stage.Options{Plugins: e.host.Start})
 		if err != nil {
 			for _, prev := range flows[:i] {
 				prev.sink.Close()

@@ -103,8 +103,9 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 	_, offsets := s.impl.(OffsetReplication)
 	_, topics := s.impl.(TopicReplication)
 	_, groups := s.impl.(GroupDeleteReplication)
+	_, waits := s.impl.(OffsetCommitter)
 	if req.ModeOnly {
-		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets, ReplicatesTopics: topics, ReplicatesGroupDeletes: groups}, nil
+		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets, ReplicatesTopics: topics, ReplicatesGroupDeletes: groups, WaitsOffsets: waits}, nil
 	}
 	st, err := s.impl.Status(ctx)
 	if err != nil {
@@ -116,6 +117,7 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 	st.ReplicatesOffsets = offsets
 	st.ReplicatesTopics = topics
 	st.ReplicatesGroupDeletes = groups
+	st.WaitsOffsets = waits
 	return st, nil
 }
 
@@ -149,8 +151,19 @@ func (s *replicationServer) ReplicateTopics(ctx context.Context, req *ferryv1.To
 
 // ReplicateOffsets hands a group's committed offsets to the plugin; one
 // without OffsetReplication answers UNIMPLEMENTED (the broker does not call
-// it: Status did not announce it).
+// it: Status did not announce it). With req.Wait it is OffsetCommitter's
+// CommitOffsets, answered once the offsets are committed.
 func (s *replicationServer) ReplicateOffsets(ctx context.Context, req *ferryv1.CommitOffsetsRequest) (*ferryv1.CommitOffsetsResponse, error) {
+	if req.Wait {
+		c, ok := s.impl.(OffsetCommitter)
+		if !ok {
+			return nil, status.Error(codes.Unimplemented, "this replication plugin cannot wait until consumer offsets are committed (no waits_offsets)")
+		}
+		if err := c.CommitOffsets(ctx, req.Group, req.Offsets); err != nil {
+			return nil, err
+		}
+		return &ferryv1.CommitOffsetsResponse{}, nil
+	}
 	o, ok := s.impl.(OffsetReplication)
 	if !ok {
 		return nil, status.Error(codes.Unimplemented, "this replication plugin does not replicate consumer offsets")
@@ -281,6 +294,7 @@ type ReplicationClient struct {
 	offsets bool   // the plugin announced ReplicateOffsets
 	topics  bool   // the plugin announced ReplicateTopics
 	groups  bool   // the plugin announced ReplicateGroupDelete
+	waits   bool   // the plugin announced waits_offsets (OffsetCommitter)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -290,6 +304,7 @@ var (
 	_ Replication            = (*ReplicationClient)(nil)
 	_ ReplicationMode        = (*ReplicationClient)(nil)
 	_ OffsetReplication      = (*ReplicationClient)(nil)
+	_ OffsetCommitter        = (*ReplicationClient)(nil)
 	_ TopicReplication       = (*ReplicationClient)(nil)
 	_ GroupDeleteReplication = (*ReplicationClient)(nil)
 	_ RingUser               = (*ReplicationClient)(nil)
@@ -340,7 +355,7 @@ func (c *ReplicationClient) Mode() string {
 	if err != nil {
 		return ""
 	}
-	c.mode, c.offsets, c.topics, c.groups = st.Mode, st.ReplicatesOffsets, st.ReplicatesTopics, st.ReplicatesGroupDeletes
+	c.mode, c.offsets, c.topics, c.groups, c.waits = st.Mode, st.ReplicatesOffsets, st.ReplicatesTopics, st.ReplicatesGroupDeletes, st.WaitsOffsets
 	if c.mode == "" {
 		c.mode = ModeApplyFirst
 	}
@@ -362,6 +377,24 @@ func (c *ReplicationClient) ReplicateOffsets(ctx context.Context, group string, 
 		return fmt.Errorf("replication plugin does not replicate consumer offsets: %w", errors.ErrUnsupported)
 	}
 	_, err := c.rpc.ReplicateOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets})
+	return err
+}
+
+// CommitOffsets sends a group's committed offsets to the plugin and waits
+// until they are committed through its log (OffsetCommitter). Without the
+// capability announced in the plugin's status it returns an error wrapping
+// errors.ErrUnsupported and sends nothing.
+func (c *ReplicationClient) CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
+	if c.Mode() == "" {
+		return fmt.Errorf("%w: replication plugin did not answer its status", ErrUnavailable)
+	}
+	c.modeMu.Lock()
+	ok := c.waits
+	c.modeMu.Unlock()
+	if !ok {
+		return fmt.Errorf("replication plugin cannot wait until consumer offsets are committed: %w", errors.ErrUnsupported)
+	}
+	_, err := c.rpc.ReplicateOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets, Wait: true})
 	return err
 }
 

@@ -290,6 +290,14 @@ var (
 // UseRing hands the client a data plane segment to offer at Configure.
 func (c *StorageClient) UseRing(seg *ring.Segment, broken func(error)) { c.dp.UseRing(seg, broken) }
 
+// RingPokes counts the pokes that rang the plugin's bell (0 on gRPC).
+func (c *StorageClient) RingPokes() uint64 {
+	if c.dp.conn != nil {
+		return c.dp.conn.Pokes()
+	}
+	return 0
+}
+
 // Poke wakes the plugin's reader of the data plane, if it sleeps, ahead of
 // a call about to be written (ring.Conn.Poke). Nothing on gRPC.
 func (c *StorageClient) Poke() {

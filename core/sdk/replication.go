@@ -205,6 +205,30 @@ type GroupDeleteReplication interface {
 	ReplicateGroupDelete(ctx context.Context, group string) error
 }
 
+// OffsetCommitter is an optional interface of an OffsetReplication whose
+// offsets go through a consensus log (raft): CommitOffsets puts a group's
+// offsets into the log and returns once they are committed there (and
+// applied on this node), so that a consumer's commit acknowledged after it
+// survives the loss of this node. Many callers wait at once; the plugin
+// should put the offsets of concurrent calls into one log entry.
+//
+// The broker of a node that takes produce calls it for every consumer
+// commit (and offset reset), from the goroutine of that call, after it
+// stored the offsets locally, and answers the commit with its error: the
+// consumer's commit fails (and is retried by the consumer) when the node is
+// not the leader (ErrNotLeader), when the commit's outcome is unknown
+// because leadership was lost (ErrUnavailable), or when ctx ends first.
+// With it the broker does not report offsets through ReplicateOffsets.
+//
+// Over gRPC the SDK announces the capability in the plugin's status
+// (waits_offsets) and sends the call as ReplicateOffsets with
+// CommitOffsetsRequest.wait set. An error wrapping errors.ErrUnsupported
+// (a plugin that did not announce it) has the broker fall back to
+// ReplicateOffsets.
+type OffsetCommitter interface {
+	CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
+}
+
 // ApplyWait waits for an Apply and returns the offsets the store assigned.
 type ApplyWait func(ctx context.Context) ([]int64, error)
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/ring"
+	"github.com/ferrymq/ferry/internal/gopool"
 )
 
 // serveStorageRing serves the Storage calls that arrive on conn (plugin
@@ -51,11 +52,11 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 				return ringWrite(conn, KindAppend, r.Seq, r)
 			})
 			finishing.Add(1)
-			go func() {
+			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
 				defer cancel()
 				reply(KindAppend, id, finish())
-			}()
+			})
 		case KindRead:
 			req := &ferryv1.ReadRequest{}
 			if err := unmarshalFrame(p, req); err != nil {
@@ -63,12 +64,12 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 				continue
 			}
 			finishing.Add(1)
-			go func() {
+			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
 				resp := s.read(context.Background(), req)
 				resp.Id = id
 				reply(KindRead, id, resp)
-			}()
+			})
 		case KindCommitOffsets:
 			req := &ferryv1.CommitOffsetsRequest{}
 			if err := unmarshalFrame(p, req); err != nil {
@@ -76,14 +77,14 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 				continue
 			}
 			finishing.Add(1)
-			go func() {
+			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
 				if err := s.impl.CommitOffsets(context.Background(), req.Group, req.Offsets); err != nil {
 					fail(id, err)
 					return
 				}
 				reply(KindCommitOffsets, id, &ferryv1.CommitOffsetsResponse{})
-			}()
+			})
 		case KindGetOffsets:
 			req := &ferryv1.GetOffsetsRequest{}
 			if err := unmarshalFrame(p, req); err != nil {
@@ -91,7 +92,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 				continue
 			}
 			finishing.Add(1)
-			go func() {
+			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
 				offs, err := s.impl.GetOffsets(context.Background(), req.Group, req.Queues)
 				if err != nil {
@@ -99,7 +100,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 					return
 				}
 				reply(KindGetOffsets, id, &ferryv1.GetOffsetsResponse{Offsets: offs})
-			}()
+			})
 		default:
 			fail(id, fmt.Errorf("%w: record kind %d is not a storage call", ErrInvalidArgument, kind))
 		}

@@ -120,6 +120,8 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownNodeInfoRequest(m)
 	case *ferryv1.NodeInfoResponse:
 		return true, ownNodeInfoResponse(m)
+	case *ferryv1.OffsetCommits:
+		return true, ownOffsetCommits(m)
 	case *ferryv1.OffsetsForTimeRequest:
 		return true, ownOffsetsForTimeRequest(m)
 	case *ferryv1.OffsetsForTimeResponse:
@@ -991,6 +993,19 @@ func ownNodeInfoResponse(m *ferryv1.NodeInfoResponse) error {
 	}
 	for _, e := range m.Topics {
 		if err := ownReplicatedTopic(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownOffsetCommits checks the strings of a ferry.v1.OffsetCommits.
+func ownOffsetCommits(m *ferryv1.OffsetCommits) error {
+	if m == nil {
+		return nil
+	}
+	for _, e := range m.Groups {
+		if err := ownCommitOffsetsRequest(e); err != nil {
 			return err
 		}
 	}

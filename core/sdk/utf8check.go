@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 //go:generate go run ./internal/genutf8/cmd/genutf8 utf8_gen.go
@@ -143,9 +144,13 @@ func checkUTF8(m protoreflect.Message) error {
 var messageName = (&ferryv1.Message{}).ProtoReflect().Descriptor().FullName()
 
 // messagesUTF8 is messageUTF8 of a frame's messages, with one allocation for
-// the ids, topics and keys of them all (a run of messages of one topic
-// shares one copy of its name) instead of one a string: a kept id then
-// holds that small buffer, not the frame with its bodies.
+// the ids, topics, keys and header values of them all (a run of messages of
+// one topic shares one copy of its name) instead of one a string: a kept id
+// then holds that small buffer, not the frame with its bodies. A message's
+// headers stay in the map the decoder made, each entry given its key and
+// value anew (a map assignment to a present string key stores the new key
+// too), so headers cost no map of their own; a traceparent header, which
+// every message of a traced pipeline carries, is not even iterated over.
 func messagesUTF8(ms []*ferryv1.Message) error {
 	n, topic := 0, ""
 	for _, m := range ms {
@@ -156,6 +161,22 @@ func messagesUTF8(ms []*ferryv1.Message) error {
 		if m.Topic != topic {
 			topic = m.Topic
 			n += len(topic)
+		}
+		if len(m.Headers) == 0 {
+			continue
+		}
+		if tp, ok := onlyTraceparent(m.Headers); ok {
+			if !utf8.ValidString(tp) {
+				return errInvalidUTF8("ferry.v1.Message.headers")
+			}
+			n += len(tp)
+			continue
+		}
+		for k, v := range m.Headers {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				return errInvalidUTF8("ferry.v1.Message.headers")
+			}
+			n += len(k) + len(v)
 		}
 	}
 	buf := make([]byte, 0, n) // never grown: the strings below stay valid
@@ -176,11 +197,41 @@ func messagesUTF8(ms []*ferryv1.Message) error {
 		}
 		m.Topic = to
 		m.Body = capped(m.Body)
-		if err := headersUTF8(m); err != nil {
-			return err
+		if len(m.Headers) > 0 {
+			ownHeaders(m.Headers, own)
 		}
 	}
 	return nil
+}
+
+// onlyTraceparent returns the value of h's traceparent header when that is
+// h's one header.
+func onlyTraceparent(h map[string]string) (string, bool) {
+	if len(h) != 1 {
+		return "", false
+	}
+	v, ok := h[telemetry.HeaderTraceparent]
+	return v, ok
+}
+
+// ownHeaders gives h's keys and values (checked already) memory of their
+// own from own, in place: assigning to a key that is present stores the
+// key given as well as the value (strings are keys whose storage the
+// runtime updates), so no entry keeps the frame's bytes.
+func ownHeaders(h map[string]string, own func(string) string) {
+	if tp, ok := onlyTraceparent(h); ok {
+		h[telemetry.HeaderTraceparent] = own(tp)
+		return
+	}
+	type kv struct{ k, v string }
+	var small [8]kv
+	kvs := small[:0]
+	for k, v := range h {
+		kvs = append(kvs, kv{k, v})
+	}
+	for _, e := range kvs {
+		h[own(e.k)] = own(e.v)
+	}
 }
 
 // messageUTF8 is checkUTF8 of a Message, every string field of which it

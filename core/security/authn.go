@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -37,9 +38,12 @@ type Principal struct {
 // once from the node's security section (NewAuth); safe for concurrent use
 // by every request.
 type Auth struct {
-	users map[string]*account
-	log   Logger
-	limit *limiter
+	// users are the configured users, replaced whole by a live change
+	// (live.go); internal is the node's own super user (Internal).
+	users    atomic.Pointer[map[string]*account]
+	internal atomic.Pointer[account]
+	log      Logger
+	limit    *limiter
 	// denyLog bounds the access denied lines per user and source: a
 	// client repeating a refused call cannot flood the log.
 	denyLog *limiter
@@ -47,7 +51,17 @@ type Auth struct {
 
 	mu       sync.RWMutex
 	verified map[[sha256.Size]byte]string // hash of an authorization value that proved a user → the user
-	inflight map[[sha256.Size]byte]chan struct{}
+	// gen counts live changes of the users (guarded by mu): a
+	// verification that began before one is not remembered.
+	gen uint64
+
+	// live records live changes (nil: none allowed); changeMu
+	// serializes changes (live.go).
+	live     *LiveUsers
+	changeMu sync.Mutex
+
+	adminReqs adminRequests // admin.go
+	inflight  map[[sha256.Size]byte]chan struct{}
 }
 
 type account struct {
@@ -70,24 +84,17 @@ func NewAuth(cfg Config, log Logger) (*Auth, error) {
 		log = nopLogger{}
 	}
 	a := &Auth{
-		users:    map[string]*account{},
 		log:      log,
 		limit:    newLimiter(cfg.FailedAuth.withDefaults()),
 		denyLog:  newLimiter(FailedAuth{Burst: denyLogBurst, Refill: denyLogRefill}),
 		verified: map[[sha256.Size]byte]string{},
 		inflight: map[[sha256.Size]byte]chan struct{}{},
 	}
-	for _, u := range cfg.Users {
-		acc := &account{user: u}
-		for _, p := range u.Policies {
-			cp, err := compilePolicy(p)
-			if err != nil {
-				return nil, fmt.Errorf("user %q: %w", u.Name, err)
-			}
-			acc.policies = append(acc.policies, cp)
-		}
-		a.users[u.Name] = acc
+	users, err := compileUsers(cfg.Users)
+	if err != nil {
+		return nil, err
 	}
+	a.users.Store(&users)
 	// A hash of the highest cost the users use, so that an unknown user
 	// costs at least what a known one does.
 	cost := 0
@@ -105,6 +112,31 @@ func NewAuth(cfg Config, log Logger) (*Auth, error) {
 	}
 	a.dummy = dummy
 	return a, nil
+}
+
+// compileUsers turns checked users into the accounts Auth looks up.
+func compileUsers(list []User) (map[string]*account, error) {
+	users := make(map[string]*account, len(list))
+	for _, u := range list {
+		acc := &account{user: u}
+		for _, p := range u.Policies {
+			cp, err := compilePolicy(p)
+			if err != nil {
+				return nil, fmt.Errorf("user %q: %w", u.Name, err)
+			}
+			acc.policies = append(acc.policies, cp)
+		}
+		users[u.Name] = acc
+	}
+	return users, nil
+}
+
+// account returns the account of user name, nil when there is none.
+func (a *Auth) account(name string) *account {
+	if in := a.internal.Load(); in != nil && name == InternalUser {
+		return in
+	}
+	return (*a.users.Load())[name]
 }
 
 // InternalUser is the name of the node's own super user (Internal).
@@ -127,7 +159,7 @@ func (a *Auth) Internal() (user, password string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	a.users[InternalUser] = &account{user: User{Name: InternalUser, PasswordHash: string(hash), Super: true}}
+	a.internal.Store(&account{user: User{Name: InternalUser, PasswordHash: string(hash), Super: true}})
 	return InternalUser, password, nil
 }
 
@@ -165,7 +197,7 @@ func (a *Auth) Authenticate(c *sdk.ClientCredentials) (*Principal, error) {
 	}
 	if wait, ok := a.limit.allow(source); !ok {
 		if c.Authorization != "" {
-			a.settle(key, "")
+			a.settle(key, "", 0)
 		}
 		return nil, fmt.Errorf("%w: too many failed authentication attempts from %s; retry in %s",
 			sdk.ErrUnauthenticated, source, wait.Round(time.Millisecond))
@@ -175,7 +207,7 @@ func (a *Auth) Authenticate(c *sdk.ClientCredentials) (*Principal, error) {
 		return a.password(c.Authorization, addr, source)
 	case len(c.CertificateNames) > 0:
 		for _, n := range c.CertificateNames {
-			if acc := a.users[n]; acc != nil && acc.user.Certificate {
+			if acc := a.account(n); acc != nil && acc.user.Certificate {
 				return acc.principal("certificate", addr), nil
 			}
 		}
@@ -196,13 +228,18 @@ func (a *Auth) cached(key [sha256.Size]byte, addr netip.Addr) *Principal {
 	u, ok := a.verified[key]
 	a.mu.RUnlock()
 	if ok {
-		return a.users[u].principal("password", addr)
+		if acc := a.account(u); acc != nil {
+			return acc.principal("password", addr)
+		}
 	}
 	for {
 		a.mu.Lock()
 		if u, ok := a.verified[key]; ok {
-			a.mu.Unlock()
-			return a.users[u].principal("password", addr)
+			if acc := a.account(u); acc != nil {
+				a.mu.Unlock()
+				return acc.principal("password", addr)
+			}
+			delete(a.verified, key) // its user was removed (live.go)
 		}
 		wait, busy := a.inflight[key]
 		if !busy {
@@ -217,10 +254,10 @@ func (a *Auth) cached(key [sha256.Size]byte, addr netip.Addr) *Principal {
 
 // settle ends the verification of key, recording its user when it proved
 // one.
-func (a *Auth) settle(key [sha256.Size]byte, user string) {
+func (a *Auth) settle(key [sha256.Size]byte, user string, gen uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if user != "" {
+	if user != "" && gen == a.gen {
 		if len(a.verified) >= maxVerified {
 			clear(a.verified)
 		}
@@ -237,19 +274,22 @@ func (a *Auth) password(authorization string, addr netip.Addr, source string) (*
 	key := sha256.Sum256([]byte(authorization)) // claimed by cached
 	user, pass, err := parseBasic(authorization)
 	if err != nil {
-		a.settle(key, "")
+		a.settle(key, "", 0)
 		return nil, a.failed(source, "", err.Error())
 	}
-	acc := a.users[user]
+	a.mu.RLock()
+	gen := a.gen
+	a.mu.RUnlock()
+	acc := a.account(user)
 	hash := a.dummy
 	if acc != nil && acc.user.PasswordHash != "" {
 		hash = []byte(acc.user.PasswordHash)
 	}
 	if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil || acc == nil || acc.user.PasswordHash == "" {
-		a.settle(key, "")
+		a.settle(key, "", 0)
 		return nil, a.failed(source, user, fmt.Sprintf("authentication failed for user %q: unknown user or wrong password", user))
 	}
-	a.settle(key, user)
+	a.settle(key, user, gen)
 	return acc.principal("password", addr), nil
 }
 

@@ -48,17 +48,17 @@ func (c Config) Enabled() bool { return len(c.Users) > 0 || c.UsersFile != "" }
 type User struct {
 	// Name is what the client sends as its user (and, with Certificate,
 	// what its certificate names). Unique.
-	Name string `koanf:"name" yaml:"name"`
+	Name string `koanf:"name" yaml:"name" json:"name"`
 	// PasswordHash is the bcrypt hash of the user's password (`ferry user
 	// hash`); never the password itself.
-	PasswordHash string `koanf:"password_hash" yaml:"password_hash"`
+	PasswordHash string `koanf:"password_hash" yaml:"password_hash" json:"password_hash,omitempty"`
 	// Certificate lets a client authenticate as this user by a client
 	// certificate (mutual TLS) whose common name or a subject alternative
 	// name is Name.
-	Certificate bool `koanf:"certificate" yaml:"certificate"`
+	Certificate bool `koanf:"certificate" yaml:"certificate" json:"certificate,omitempty"`
 	// Super users may do everything; their policies are not consulted.
-	Super    bool     `koanf:"super" yaml:"super"`
-	Policies []Policy `koanf:"policies" yaml:"policies"`
+	Super    bool     `koanf:"super" yaml:"super" json:"super,omitempty"`
+	Policies []Policy `koanf:"policies" yaml:"policies" json:"policies,omitempty"`
 }
 
 // Policy is one entry of a user's access control list (RocketMQ ACL 2.0):
@@ -69,14 +69,14 @@ type Policy struct {
 	// Resources: "Topic:NAME", "Group:NAME", "Cluster", or "*" (everything).
 	// NAME is exact, a prefix ending in '*' ("orders.*" matches
 	// "orders.eu"; "orders*" matches "orders-eu" too), or "*".
-	Resources []string `koanf:"resources" yaml:"resources"`
+	Resources []string `koanf:"resources" yaml:"resources" json:"resources"`
 	// Actions: Pub, Sub, Create, Update, Delete, Get, List, or All.
-	Actions []string `koanf:"actions" yaml:"actions"`
+	Actions []string `koanf:"actions" yaml:"actions" json:"actions"`
 	// Decision is Allow (default) or Deny.
-	Decision string `koanf:"decision" yaml:"decision"`
+	Decision string `koanf:"decision" yaml:"decision" json:"decision,omitempty"`
 	// SourceIPs limits the entry to clients from these addresses or
 	// networks ("10.0.0.0/8", "127.0.0.1"); empty: from anywhere.
-	SourceIPs []string `koanf:"source_ips" yaml:"source_ips"`
+	SourceIPs []string `koanf:"source_ips" yaml:"source_ips" json:"source_ips,omitempty"`
 }
 
 // FailedAuth limits failed authentication attempts per client address: a

@@ -185,16 +185,30 @@ func Default() []Spec {
 	}
 }
 
+// Options are what a chain's stages may need from the node that runs them.
+type Options struct {
+	// Plugins starts and supervises the chain's stage plugins (type
+	// "plugin"); pluginhost.Host.Start is one. Without it a chain naming a
+	// stage plugin is an error.
+	Plugins PluginStarter
+}
+
 // Build builds the chain of specs (Default() when empty) as one stage, the
 // first spec outermost. Errors name the spec by index ("stages[1]: …").
-func Build(specs []Spec) (Stage, error) {
+func Build(specs []Spec, opts Options) (Stage, error) {
 	if len(specs) == 0 {
 		specs = Default()
 	}
 	stages := make([]Stage, len(specs))
 	var errs []error
 	for i, sp := range specs {
-		s, err := New(sp.Type, sp.Config)
+		var s Stage
+		var err error
+		if sp.Type == pluginStageType {
+			s, err = newPluginStage(sp.Config, opts.Plugins)
+		} else {
+			s, err = New(sp.Type, sp.Config)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("stages[%d] (%s): %w", i, sp.Type, err))
 			continue

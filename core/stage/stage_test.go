@@ -20,7 +20,7 @@ func TestBuiltinsRegistered(t *testing.T) {
 	if got := strings.Join(stage.Types(), ","); !strings.Contains(got, "ack,dlq,plugin,retry,timeout") {
 		t.Errorf("Types() = %s", got)
 	}
-	if _, err := stage.Build(nil); err != nil {
+	if _, err := stage.Build(nil, stage.Options{}); err != nil {
 		t.Errorf("the default chain does not build: %v", err)
 	}
 }
@@ -67,7 +67,7 @@ func TestConfigProblems(t *testing.T) {
 	if _, err := stage.New("throttle", nil); err == nil || !strings.Contains(err.Error(), `unknown stage type "throttle"`) {
 		t.Errorf("New(throttle) = %v", err)
 	}
-	_, err := stage.Build([]stage.Spec{{Type: "retry"}, {Type: "timeout"}})
+	_, err := stage.Build([]stage.Spec{{Type: "retry"}, {Type: "timeout"}}, stage.Options{})
 	if err == nil || !strings.Contains(err.Error(), "stages[1] (timeout): after: is required") {
 		t.Errorf("Build with a bad stage: %v", err)
 	}

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/url"
@@ -451,3 +452,56 @@ func BatchLinks[M interface{ GetHeaders() map[string]string }](parent context.Co
 // maxLinks bounds the links of one batch span: the SDK's default span limit
 // of links is 128.
 const maxLinks = 128
+
+// StartMessage starts tr's span named name for sending one message under
+// ctx (producer.send) and returns it with a copy of the message's headers
+// that carries the span's trace context on (headers itself is left alone;
+// nil when there is nothing to carry and headers is nil). opts is called
+// only for a span that records. A message whose trace is not sampled (at
+// 1 %, nearly every one) gets its traceparent written at once, without a
+// context, span or options built for it: the same decision as tr.Start's
+// (the parent's flag, or the ratio drawn once for a new trace), the same
+// header as Inject's. Safe for concurrent use.
+func StartMessage(ctx context.Context, tr trace.Tracer, name string, opts func() []trace.SpanStartOption, headers map[string]string) (trace.Span, map[string]string) {
+	if state.Load() == stateOff && !trace.SpanContextFromContext(ctx).IsValid() {
+		return noopSpan, headers // tracing off, no trace to carry on
+	}
+	if _, ours := tr.(*tracer); ours && state.Load() == stateOn && ctx.Value(forceSample{}) == nil {
+		parent := trace.SpanContextFromContext(ctx)
+		switch {
+		case parent.IsValid() && !parent.IsSampled() && parent.TraceState().Len() == 0:
+			return noopSpan, withTraceparent(headers, unsampledTraceparent(parent.TraceID()))
+		case !parent.IsValid():
+			if rand.Float64() >= ratio() {
+				return noopSpan, withTraceparent(headers, unsampledTraceparent(newTraceID()))
+			}
+			// Drawn to be sampled: tr.Start must not draw again.
+			ctx = context.WithValue(ctx, forceSample{}, true)
+		}
+	}
+	sctx, span := tr.Start(ctx, name, opts()...)
+	if !trace.SpanContextFromContext(sctx).IsValid() {
+		return span, headers
+	}
+	return span, Inject(sctx, maps.Clone(headers))
+}
+
+// unsampledTraceparent is the traceparent of a new span, not sampled, in
+// trace tid.
+func unsampledTraceparent(tid trace.TraceID) string {
+	var sid trace.SpanID
+	for sid == (trace.SpanID{}) {
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	return traceparent(trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}))
+}
+
+// withTraceparent is a copy of headers with tp as its traceparent.
+func withTraceparent(headers map[string]string, tp string) map[string]string {
+	h := make(map[string]string, len(headers)+1)
+	for k, v := range headers {
+		h[k] = v
+	}
+	h[HeaderTraceparent] = tp
+	return h
+}

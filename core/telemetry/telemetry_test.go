@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"strings"
@@ -408,5 +409,112 @@ func TestInjectAsThePropagator(t *testing.T) {
 		if len(got) != len(want) || got[HeaderTraceparent] != want[HeaderTraceparent] || got["tracestate"] != want["tracestate"] {
 			t.Fatalf("Inject %v, the propagator %v", got, want)
 		}
+	}
+}
+
+// TestStartMessage: at a ratio of 0.25 about a quarter of messages sent
+// without a parent get a recorded span (drawn once: a second draw would
+// record a sixteenth) whose trace context their headers carry; the others
+// get a valid unsampled traceparent of a trace of their own and no span;
+// under an unsampled parent a message stays in the parent's trace,
+// unsampled, with a span id of its own; under a sampled one it is
+// recorded. The caller's headers are never written; with tracing off and
+// no parent nothing is added. The control: tr.Start with Inject, what the
+// client did before, gives the same decisions and the same headers.
+func TestStartMessage(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	defer UseSpanProcessor(rec)()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
+		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.25))}))
+	install(tp, tp, stateOn)
+	sampleRatio.Store(math.Float64bits(0.25))
+	tr := Tracer("test")
+	opts := func() []trace.SpanStartOption {
+		return []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	}
+	mine := map[string]string{"app": "x"}
+	const n = 20000
+	for _, via := range []string{"StartMessage", "Start+Inject"} {
+		before := len(rec.Ended())
+		sampled, traces := 0, map[string]bool{}
+		for range n {
+			var span trace.Span
+			var h map[string]string
+			if via == "StartMessage" {
+				span, h = StartMessage(context.Background(), tr, "send", opts, mine)
+			} else {
+				var sctx context.Context
+				sctx, span = tr.Start(context.Background(), "send", opts()...)
+				h = Inject(sctx, maps.Clone(mine))
+			}
+			sc := SpanContext(h)
+			if !sc.IsValid() || h["app"] != "x" || len(mine) != 1 {
+				t.Fatalf("%s: headers %v (caller's %v)", via, h, mine)
+			}
+			if sc.IsSampled() != span.IsRecording() || (span.IsRecording() && !sameSpan(sc, span.SpanContext())) {
+				t.Fatalf("%s: headers %v for span %v (recording %v)", via, h, span.SpanContext(), span.IsRecording())
+			}
+			if sc.IsSampled() {
+				sampled++
+			}
+			traces[sc.TraceID().String()] = true
+			span.End()
+		}
+		if got := len(rec.Ended()) - before; got != sampled || sampled < 4600 || sampled > 5400 || len(traces) != n {
+			t.Fatalf("%s: %d of %d recorded (%d sampled, %d traces), want about %d, each a trace of its own (a ratio of 0.25, drawn once)", via, got, n, sampled, len(traces), n/4)
+		}
+	}
+	parent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}})
+	span, h := StartMessage(trace.ContextWithRemoteSpanContext(context.Background(), parent), tr, "send", opts, nil)
+	if sc := SpanContext(h); span.IsRecording() || sc.TraceID() != parent.TraceID() || sc.SpanID() == parent.SpanID() || !sc.SpanID().IsValid() || sc.IsSampled() {
+		t.Fatalf("under an unsampled parent: headers %v, recording %v", h, span.IsRecording())
+	}
+	sampledParent := parent.WithTraceFlags(trace.FlagsSampled)
+	span, h = StartMessage(trace.ContextWithRemoteSpanContext(context.Background(), sampledParent), tr, "send", opts, nil)
+	if sc := SpanContext(h); !span.IsRecording() || sc.TraceID() != parent.TraceID() || !sc.IsSampled() || !sameSpan(sc, span.SpanContext()) {
+		t.Fatalf("under a sampled parent: headers %v, recording %v", h, span.IsRecording())
+	}
+	span.End()
+	state.Store(stateOff)
+	defer state.Store(stateOn)
+	if span, h := StartMessage(context.Background(), tr, "send", opts, mine); span.IsRecording() || len(h) != 1 {
+		t.Fatalf("tracing off: headers %v", h)
+	}
+}
+
+func sameSpan(a, b trace.SpanContext) bool {
+	return a.TraceID() == b.TraceID() && a.SpanID() == b.SpanID() && a.TraceFlags() == b.TraceFlags()
+}
+
+// TestStartMessageUnsampledAllocations: an unsampled message's send costs
+// its headers map, its traceparent and the draw's span, no context or span
+// options. The control: tr.Start with Inject, what the client did before,
+// allocates more than that.
+func TestStartMessageUnsampledAllocations(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	defer UseSpanProcessor(rec)()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
+		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))}))
+	install(tp, tp, stateOn)
+	sampleRatio.Store(math.Float64bits(0))
+	tr := Tracer("test")
+	topic := "orders"
+	opts := func() []trace.SpanStartOption {
+		return []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(AttrTopic.String(topic))}
+	}
+	got := testing.AllocsPerRun(1000, func() {
+		span, _ := StartMessage(context.Background(), tr, "send", opts, nil)
+		span.End()
+	})
+	control := testing.AllocsPerRun(1000, func() {
+		sctx, span := tr.Start(context.Background(), "send", opts()...)
+		_ = Inject(sctx, nil)
+		span.End()
+	})
+	if got > 3 || control <= got {
+		t.Fatalf("%v allocations per unsampled send, want at most 3 (the control, Start and Inject: %v)", got, control)
+	}
+	if len(rec.Ended()) != 0 {
+		t.Fatalf("%d spans recorded at a ratio of 0", len(rec.Ended()))
 	}
 }

@@ -4,7 +4,9 @@
 // Ferry is pipelines/broker.yaml embedded in this process (the broker core
 // here, its file storage and grpc transport plugins in their own processes,
 // re-executing this binary), and the same node with its plugins linked
-// in-process; JetStream is an embedded nats-server (one replica, file
+// in-process (and, with -node, the whole node in a process of its own, as
+// `ferry run` runs it: the load generator here, the core and its plugins
+// there); JetStream is an embedded nats-server (one replica, file
 // storage). Durability is matched: Ferry `flush: async` against JetStream's
 // default (fsync every 2 minutes), Ferry `flush: sync` against JetStream
 // `sync_interval: always`. Each workload runs --reps times on each system,
@@ -39,6 +41,14 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) >= 3 && os.Args[1] == "node" && os.Args[2] == "run" {
+		// -node: Ferry's whole node in a process of its own.
+		if err := harness.ServeNode(os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "ferry-vs-jetstream node:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ferry-vs-jetstream:", err)
 		os.Exit(1)
@@ -56,6 +66,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&o.ConsumeCount, "consume-count", o.ConsumeCount, "messages read by the consume workload")
 	durability := fs.String("durability", strings.Join(o.Durability, ","), "durability levels to compare: async (Ferry flush async, JetStream default), sync (Ferry flush sync, JetStream sync_interval always)")
 	noInproc := fs.Bool("no-inprocess", false, "leave out Ferry with in-process plugins")
+	withNode := fs.Bool("node", false, "also run Ferry's whole node in a process of its own (core and plugins, as `ferry run` runs it), the load generator in this one")
 	withGRPC := fs.Bool("grpc", false, "also run Ferry with its plugins in processes on the gRPC data plane (plugins.data_plane: grpc), for the rings' before/after")
 	jsonOut := fs.String("json", "", "also write every run and the medians as JSON to this file")
 	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile (load generators, Ferry's broker core, nats-server) here; plugins: set FERRY_PLUGIN_CPUPROFILE")
@@ -69,6 +80,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	o.Durability = strings.Split(*durability, ",")
 	o.InProcess = !*noInproc
 	o.GRPC = *withGRPC
+	o.Node = *withNode
 	if !*quiet {
 		o.Log = stderr
 	}

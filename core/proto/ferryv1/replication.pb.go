@@ -29,6 +29,52 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Several consumer groups' committed offsets in one raft log entry: the
+// commits of many consumers waiting at once (group commit).
+type OffsetCommits struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Groups        []*CommitOffsetsRequest `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OffsetCommits) Reset() {
+	*x = OffsetCommits{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OffsetCommits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OffsetCommits) ProtoMessage() {}
+
+func (x *OffsetCommits) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OffsetCommits.ProtoReflect.Descriptor instead.
+func (*OffsetCommits) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OffsetCommits) GetGroups() []*CommitOffsetsRequest {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 // A change of a node's topic metadata, or (op "set") the whole of it.
 type TopicChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -48,7 +94,7 @@ type TopicChange struct {
 
 func (x *TopicChange) Reset() {
 	*x = TopicChange{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	mi := &file_ferry_v1_replication_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -60,7 +106,7 @@ func (x *TopicChange) String() string {
 func (*TopicChange) ProtoMessage() {}
 
 func (x *TopicChange) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[0]
+	mi := &file_ferry_v1_replication_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -73,7 +119,7 @@ func (x *TopicChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicChange.ProtoReflect.Descriptor instead.
 func (*TopicChange) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *TopicChange) GetOp() string {
@@ -114,7 +160,7 @@ type ReplicatedTopic struct {
 
 func (x *ReplicatedTopic) Reset() {
 	*x = ReplicatedTopic{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	mi := &file_ferry_v1_replication_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -126,7 +172,7 @@ func (x *ReplicatedTopic) String() string {
 func (*ReplicatedTopic) ProtoMessage() {}
 
 func (x *ReplicatedTopic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[1]
+	mi := &file_ferry_v1_replication_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -139,7 +185,7 @@ func (x *ReplicatedTopic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedTopic.ProtoReflect.Descriptor instead.
 func (*ReplicatedTopic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ReplicatedTopic) GetName() string {
@@ -164,7 +210,7 @@ type TopicChangeResponse struct {
 
 func (x *TopicChangeResponse) Reset() {
 	*x = TopicChangeResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	mi := &file_ferry_v1_replication_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +222,7 @@ func (x *TopicChangeResponse) String() string {
 func (*TopicChangeResponse) ProtoMessage() {}
 
 func (x *TopicChangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[2]
+	mi := &file_ferry_v1_replication_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +235,7 @@ func (x *TopicChangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicChangeResponse.ProtoReflect.Descriptor instead.
 func (*TopicChangeResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{3}
 }
 
 type ReplicateRequest struct {
@@ -213,7 +259,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[3]
+	mi := &file_ferry_v1_replication_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +271,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[3]
+	mi := &file_ferry_v1_replication_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +284,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReplicateRequest) GetSeq() uint64 {
@@ -300,7 +346,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[4]
+	mi := &file_ferry_v1_replication_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +358,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[4]
+	mi := &file_ferry_v1_replication_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +371,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReplicateResponse) GetSeq() uint64 {
@@ -376,7 +422,7 @@ type ReplicationFrame struct {
 
 func (x *ReplicationFrame) Reset() {
 	*x = ReplicationFrame{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[5]
+	mi := &file_ferry_v1_replication_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +434,7 @@ func (x *ReplicationFrame) String() string {
 func (*ReplicationFrame) ProtoMessage() {}
 
 func (x *ReplicationFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[5]
+	mi := &file_ferry_v1_replication_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +447,7 @@ func (x *ReplicationFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationFrame.ProtoReflect.Descriptor instead.
 func (*ReplicationFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicationFrame) GetId() uint64 {
@@ -566,7 +612,7 @@ type ReplicaCoreFrame struct {
 
 func (x *ReplicaCoreFrame) Reset() {
 	*x = ReplicaCoreFrame{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[6]
+	mi := &file_ferry_v1_replication_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +624,7 @@ func (x *ReplicaCoreFrame) String() string {
 func (*ReplicaCoreFrame) ProtoMessage() {}
 
 func (x *ReplicaCoreFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[6]
+	mi := &file_ferry_v1_replication_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +637,7 @@ func (x *ReplicaCoreFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaCoreFrame.ProtoReflect.Descriptor instead.
 func (*ReplicaCoreFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplicaCoreFrame) GetId() uint64 {
@@ -733,7 +779,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[7]
+	mi := &file_ferry_v1_replication_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +791,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[7]
+	mi := &file_ferry_v1_replication_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +804,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ApplyRequest) GetMessages() []*Message {
@@ -778,7 +824,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[8]
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +836,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[8]
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +849,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ApplyResponse) GetOffsets() []int64 {
@@ -821,7 +867,7 @@ type NodeInfoRequest struct {
 
 func (x *NodeInfoRequest) Reset() {
 	*x = NodeInfoRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +879,7 @@ func (x *NodeInfoRequest) String() string {
 func (*NodeInfoRequest) ProtoMessage() {}
 
 func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +892,7 @@ func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*NodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
 }
 
 type NodeInfoResponse struct {
@@ -866,7 +912,7 @@ type NodeInfoResponse struct {
 
 func (x *NodeInfoResponse) Reset() {
 	*x = NodeInfoResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +924,7 @@ func (x *NodeInfoResponse) String() string {
 func (*NodeInfoResponse) ProtoMessage() {}
 
 func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +937,7 @@ func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*NodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeInfoResponse) GetNode() string {
@@ -943,7 +989,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1001,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1014,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetRoleRequest) GetRole() string {
@@ -1000,7 +1046,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1058,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1071,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
 }
 
 type ReplicationStatusRequest struct {
@@ -1039,7 +1085,7 @@ type ReplicationStatusRequest struct {
 
 func (x *ReplicationStatusRequest) Reset() {
 	*x = ReplicationStatusRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1097,7 @@ func (x *ReplicationStatusRequest) String() string {
 func (*ReplicationStatusRequest) ProtoMessage() {}
 
 func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1110,7 @@ func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicationStatusRequest) GetModeOnly() bool {
@@ -1099,6 +1145,11 @@ type ReplicationStatusResponse struct {
 	// too). Unset by older plugins: the broker then refuses to delete a
 	// group on the node rather than let the replicas keep its offsets.
 	ReplicatesGroupDeletes bool `protobuf:"varint,420,opt,name=replicates_group_deletes,json=replicatesGroupDeletes,proto3" json:"replicates_group_deletes,omitempty"`
+	// The plugin's ReplicateOffsets can wait until the offsets are committed
+	// through its log (CommitOffsetsRequest.wait; raft): the broker then
+	// acknowledges a consumer's commit only after that (answered with
+	// mode_only too).
+	WaitsOffsets bool `protobuf:"varint,400,opt,name=waits_offsets,json=waitsOffsets,proto3" json:"waits_offsets,omitempty"`
 	// raft: the last entry this node applied, and the group's live
 	// configuration as this node knows it.
 	AppliedIndex uint64        `protobuf:"varint,300,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
@@ -1112,7 +1163,7 @@ type ReplicationStatusResponse struct {
 
 func (x *ReplicationStatusResponse) Reset() {
 	*x = ReplicationStatusResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1175,7 @@ func (x *ReplicationStatusResponse) String() string {
 func (*ReplicationStatusResponse) ProtoMessage() {}
 
 func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1188,7 @@ func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicationStatusResponse) GetNode() string {
@@ -1231,6 +1282,13 @@ func (x *ReplicationStatusResponse) GetReplicatesGroupDeletes() bool {
 	return false
 }
 
+func (x *ReplicationStatusResponse) GetWaitsOffsets() bool {
+	if x != nil {
+		return x.WaitsOffsets
+	}
+	return false
+}
+
 func (x *ReplicationStatusResponse) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
@@ -1268,7 +1326,7 @@ type ReplicaInfo struct {
 
 func (x *ReplicaInfo) Reset() {
 	*x = ReplicaInfo{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1338,7 @@ func (x *ReplicaInfo) String() string {
 func (*ReplicaInfo) ProtoMessage() {}
 
 func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1351,7 @@ func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaInfo.ProtoReflect.Descriptor instead.
 func (*ReplicaInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicaInfo) GetNode() string {
@@ -1355,7 +1413,7 @@ type FollowRequest struct {
 
 func (x *FollowRequest) Reset() {
 	*x = FollowRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1425,7 @@ func (x *FollowRequest) String() string {
 func (*FollowRequest) ProtoMessage() {}
 
 func (x *FollowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1438,7 @@ func (x *FollowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
 func (*FollowRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FollowRequest) GetNode() string {
@@ -1456,7 +1514,7 @@ type FollowResponse struct {
 
 func (x *FollowResponse) Reset() {
 	*x = FollowResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1526,7 @@ func (x *FollowResponse) String() string {
 func (*FollowResponse) ProtoMessage() {}
 
 func (x *FollowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1539,7 @@ func (x *FollowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
 func (*FollowResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FollowResponse) GetMessages() []*Message {
@@ -1563,7 +1621,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1633,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1646,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PromoteRequest) GetForce() bool {
@@ -1608,7 +1666,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1678,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1691,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PromoteResponse) GetEpoch() uint64 {
@@ -1670,7 +1728,7 @@ type ChangeMembersRequest struct {
 
 func (x *ChangeMembersRequest) Reset() {
 	*x = ChangeMembersRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +1740,7 @@ func (x *ChangeMembersRequest) String() string {
 func (*ChangeMembersRequest) ProtoMessage() {}
 
 func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +1753,7 @@ func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChangeMembersRequest) GetOp() string {
@@ -1752,7 +1810,7 @@ type ChangeMembersResponse struct {
 
 func (x *ChangeMembersResponse) Reset() {
 	*x = ChangeMembersResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +1822,7 @@ func (x *ChangeMembersResponse) String() string {
 func (*ChangeMembersResponse) ProtoMessage() {}
 
 func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +1835,7 @@ func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChangeMembersResponse) GetDetail() string {
@@ -1807,7 +1865,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1877,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1890,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RaftServer) GetId() string {
@@ -1860,7 +1918,9 @@ var File_ferry_v1_replication_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"|\n" +
+	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"G\n" +
+	"\rOffsetCommits\x126\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\x06groups\"|\n" +
 	"\vTopicChange\x12\x0e\n" +
 	"\x02op\x18A \x01(\tR\x02op\x12\x12\n" +
 	"\x04name\x18B \x01(\tR\x04name\x12\x16\n" +
@@ -1928,7 +1988,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xff\x04\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xa5\x05\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1945,6 +2005,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\x12+\n" +
 	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x129\n" +
 	"\x18replicates_group_deletes\x18\xa4\x03 \x01(\bR\x16replicatesGroupDeletes\x12$\n" +
+	"\rwaits_offsets\x18\x90\x03 \x01(\bR\fwaitsOffsets\x12$\n" +
 	"\rapplied_index\x18\xac\x02 \x01(\x04R\fappliedIndex\x12/\n" +
 	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\x120\n" +
 	"\x13membership_conflict\x18\xae\x02 \x01(\tR\x12membershipConflict\"\x9f\x01\n" +
@@ -2019,102 +2080,104 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_replication_proto_rawDescData
 }
 
-var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_v1_replication_proto_goTypes = []any{
-	(*TopicChange)(nil),                // 0: ferry.v1.TopicChange
-	(*ReplicatedTopic)(nil),            // 1: ferry.v1.ReplicatedTopic
-	(*TopicChangeResponse)(nil),        // 2: ferry.v1.TopicChangeResponse
-	(*ReplicateRequest)(nil),           // 3: ferry.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),          // 4: ferry.v1.ReplicateResponse
-	(*ReplicationFrame)(nil),           // 5: ferry.v1.ReplicationFrame
-	(*ReplicaCoreFrame)(nil),           // 6: ferry.v1.ReplicaCoreFrame
-	(*ApplyRequest)(nil),               // 7: ferry.v1.ApplyRequest
-	(*ApplyResponse)(nil),              // 8: ferry.v1.ApplyResponse
-	(*NodeInfoRequest)(nil),            // 9: ferry.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),           // 10: ferry.v1.NodeInfoResponse
-	(*SetRoleRequest)(nil),             // 11: ferry.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),            // 12: ferry.v1.SetRoleResponse
-	(*ReplicationStatusRequest)(nil),   // 13: ferry.v1.ReplicationStatusRequest
-	(*ReplicationStatusResponse)(nil),  // 14: ferry.v1.ReplicationStatusResponse
-	(*ReplicaInfo)(nil),                // 15: ferry.v1.ReplicaInfo
-	(*FollowRequest)(nil),              // 16: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),             // 17: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),             // 18: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),            // 19: ferry.v1.PromoteResponse
-	(*ChangeMembersRequest)(nil),       // 20: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),      // 21: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                 // 22: ferry.v1.RaftServer
-	nil,                                // 23: ferry.v1.ReplicateRequest.TraceEntry
-	(*Message)(nil),                    // 24: ferry.v1.Message
-	(Status)(0),                        // 25: ferry.v1.Status
-	(*Error)(nil),                      // 26: ferry.v1.Error
-	(*ReadRequest)(nil),                // 27: ferry.v1.ReadRequest
-	(*CommitOffsetsRequest)(nil),       // 28: ferry.v1.CommitOffsetsRequest
-	(*DeleteGroupOffsetsRequest)(nil),  // 29: ferry.v1.DeleteGroupOffsetsRequest
-	(*ReadResponse)(nil),               // 30: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),      // 31: ferry.v1.CommitOffsetsResponse
-	(*DeleteGroupOffsetsResponse)(nil), // 32: ferry.v1.DeleteGroupOffsetsResponse
-	(*QueueOffsets)(nil),               // 33: ferry.v1.QueueOffsets
+	(*OffsetCommits)(nil),              // 0: ferry.v1.OffsetCommits
+	(*TopicChange)(nil),                // 1: ferry.v1.TopicChange
+	(*ReplicatedTopic)(nil),            // 2: ferry.v1.ReplicatedTopic
+	(*TopicChangeResponse)(nil),        // 3: ferry.v1.TopicChangeResponse
+	(*ReplicateRequest)(nil),           // 4: ferry.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),          // 5: ferry.v1.ReplicateResponse
+	(*ReplicationFrame)(nil),           // 6: ferry.v1.ReplicationFrame
+	(*ReplicaCoreFrame)(nil),           // 7: ferry.v1.ReplicaCoreFrame
+	(*ApplyRequest)(nil),               // 8: ferry.v1.ApplyRequest
+	(*ApplyResponse)(nil),              // 9: ferry.v1.ApplyResponse
+	(*NodeInfoRequest)(nil),            // 10: ferry.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),           // 11: ferry.v1.NodeInfoResponse
+	(*SetRoleRequest)(nil),             // 12: ferry.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),            // 13: ferry.v1.SetRoleResponse
+	(*ReplicationStatusRequest)(nil),   // 14: ferry.v1.ReplicationStatusRequest
+	(*ReplicationStatusResponse)(nil),  // 15: ferry.v1.ReplicationStatusResponse
+	(*ReplicaInfo)(nil),                // 16: ferry.v1.ReplicaInfo
+	(*FollowRequest)(nil),              // 17: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),             // 18: ferry.v1.FollowResponse
+	(*PromoteRequest)(nil),             // 19: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),            // 20: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),       // 21: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),      // 22: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                 // 23: ferry.v1.RaftServer
+	nil,                                // 24: ferry.v1.ReplicateRequest.TraceEntry
+	(*CommitOffsetsRequest)(nil),       // 25: ferry.v1.CommitOffsetsRequest
+	(*Message)(nil),                    // 26: ferry.v1.Message
+	(Status)(0),                        // 27: ferry.v1.Status
+	(*Error)(nil),                      // 28: ferry.v1.Error
+	(*ReadRequest)(nil),                // 29: ferry.v1.ReadRequest
+	(*DeleteGroupOffsetsRequest)(nil),  // 30: ferry.v1.DeleteGroupOffsetsRequest
+	(*ReadResponse)(nil),               // 31: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),      // 32: ferry.v1.CommitOffsetsResponse
+	(*DeleteGroupOffsetsResponse)(nil), // 33: ferry.v1.DeleteGroupOffsetsResponse
+	(*QueueOffsets)(nil),               // 34: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
-	24, // 1: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	23, // 2: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	25, // 3: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	26, // 4: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
-	7,  // 5: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	27, // 6: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
-	9,  // 7: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
-	11, // 8: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	28, // 9: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 10: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	29, // 11: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
-	8,  // 12: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	30, // 13: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	10, // 14: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	12, // 15: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	31, // 16: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	2,  // 17: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	32, // 18: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
-	26, // 19: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	24, // 20: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	33, // 21: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	1,  // 22: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	15, // 23: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	33, // 24: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	22, // 25: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	33, // 26: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	24, // 27: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	33, // 28: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	33, // 29: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	28, // 30: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	0,  // 31: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	22, // 32: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	3,  // 33: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	6,  // 34: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	13, // 35: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	28, // 36: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	0,  // 37: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	29, // 38: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	16, // 39: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	13, // 40: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	18, // 41: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	20, // 42: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	4,  // 43: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	5,  // 44: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	14, // 45: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	31, // 46: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	2,  // 47: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	32, // 48: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	17, // 49: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	14, // 50: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	19, // 51: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	21, // 52: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	43, // [43:53] is the sub-list for method output_type
-	33, // [33:43] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	25, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
+	2,  // 1: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
+	26, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	24, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	27, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	28, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	8,  // 6: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
+	29, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	10, // 8: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
+	12, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
+	25, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
+	30, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
+	9,  // 13: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	31, // 14: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	11, // 15: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	13, // 16: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	32, // 17: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	3,  // 18: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	33, // 19: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	28, // 20: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	26, // 21: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	34, // 22: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	2,  // 23: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	16, // 24: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	34, // 25: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	23, // 26: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	34, // 27: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	26, // 28: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	34, // 29: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	34, // 30: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	25, // 31: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 32: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	23, // 33: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 34: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 35: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	14, // 36: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	25, // 37: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 38: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	30, // 39: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	17, // 40: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	14, // 41: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	19, // 42: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	21, // 43: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	5,  // 44: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 45: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	15, // 46: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	32, // 47: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 48: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	33, // 49: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	18, // 50: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	15, // 51: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	20, // 52: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	22, // 53: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	44, // [44:54] is the sub-list for method output_type
+	34, // [34:44] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2124,7 +2187,7 @@ func file_ferry_v1_replication_proto_init() {
 	}
 	file_ferry_v1_message_proto_init()
 	file_ferry_v1_storage_proto_init()
-	file_ferry_v1_replication_proto_msgTypes[5].OneofWrappers = []any{
+	file_ferry_v1_replication_proto_msgTypes[6].OneofWrappers = []any{
 		(*ReplicationFrame_Apply)(nil),
 		(*ReplicationFrame_Read)(nil),
 		(*ReplicationFrame_NodeInfo)(nil),
@@ -2133,7 +2196,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_ApplyTopics)(nil),
 		(*ReplicationFrame_DeleteGroupOffsets)(nil),
 	}
-	file_ferry_v1_replication_proto_msgTypes[6].OneofWrappers = []any{
+	file_ferry_v1_replication_proto_msgTypes[7].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
 		(*ReplicaCoreFrame_Read)(nil),
 		(*ReplicaCoreFrame_NodeInfo)(nil),
@@ -2148,7 +2211,7 @@ func file_ferry_v1_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_replication_proto_rawDesc), len(file_ferry_v1_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

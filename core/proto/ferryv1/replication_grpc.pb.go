@@ -53,7 +53,9 @@ type ReplicationClient interface {
 	// ReplicateOffsets is called by the broker of a node that takes produce
 	// after it stored a consumer group's committed offsets (each call the
 	// group's latest, per queue, coalesced). Best effort: the consumer's
-	// commit succeeded already. Called only when the plugin announced it in
+	// commit succeeded already. With CommitOffsetsRequest.wait (a plugin that
+	// announced waits_offsets) it is not: the broker calls it for each commit
+	// and answers the consumer once it returned, with its error. Called only when the plugin announced it in
 	// ReplicationStatusResponse.replicates_offsets: a plugin that does not
 	// replicate offsets (one older than this RPC) leaves the flag unset and
 	// the RPC unimplemented, and is never called.
@@ -172,7 +174,9 @@ type ReplicationServer interface {
 	// ReplicateOffsets is called by the broker of a node that takes produce
 	// after it stored a consumer group's committed offsets (each call the
 	// group's latest, per queue, coalesced). Best effort: the consumer's
-	// commit succeeded already. Called only when the plugin announced it in
+	// commit succeeded already. With CommitOffsetsRequest.wait (a plugin that
+	// announced waits_offsets) it is not: the broker calls it for each commit
+	// and answers the consumer once it returned, with its error. Called only when the plugin announced it in
 	// ReplicationStatusResponse.replicates_offsets: a plugin that does not
 	// replicate offsets (one older than this RPC) leaves the flag unset and
 	// the RPC unimplemented, and is never called.

@@ -34,7 +34,10 @@ type StageClient interface {
 	// Process is called with a batch of deliveries and must answer exactly
 	// one verdict per delivery, naming it by its id. A verdict for an id the
 	// host did not send, a duplicate verdict or a missing verdict fails the
-	// whole batch: every message of it is redelivered, none is acked.
+	// whole batch: every message of it is redelivered, none is acked. An
+	// empty batch is answered with no verdicts: after a call missed its
+	// deadline the host sends one, under the same deadline, and restarts the
+	// plugin only when that is not answered either.
 	Process(ctx context.Context, in *ProcessRequest, opts ...grpc.CallOption) (*ProcessResponse, error)
 }
 
@@ -63,7 +66,10 @@ type StageServer interface {
 	// Process is called with a batch of deliveries and must answer exactly
 	// one verdict per delivery, naming it by its id. A verdict for an id the
 	// host did not send, a duplicate verdict or a missing verdict fails the
-	// whole batch: every message of it is redelivered, none is acked.
+	// whole batch: every message of it is redelivered, none is acked. An
+	// empty batch is answered with no verdicts: after a call missed its
+	// deadline the host sends one, under the same deadline, and restarts the
+	// plugin only when that is not answered either.
 	Process(context.Context, *ProcessRequest) (*ProcessResponse, error)
 	mustEmbedUnimplementedStageServer()
 }

@@ -951,9 +951,14 @@ func (x *QueueOffsets) GetBytes() int64 {
 }
 
 type CommitOffsetsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	Offsets       []*GroupOffset         `protobuf:"bytes,2,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Group   string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Offsets []*GroupOffset         `protobuf:"bytes,2,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	// Replication.ReplicateOffsets only: the caller waits until the offsets
+	// are committed through the plugin's log (raft), and the answer says
+	// whether they were. Sent only to a plugin that announced
+	// ReplicationStatusResponse.waits_offsets; ignored everywhere else.
+	Wait          bool `protobuf:"varint,400,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1000,6 +1005,13 @@ func (x *CommitOffsetsRequest) GetOffsets() []*GroupOffset {
 		return x.Offsets
 	}
 	return nil
+}
+
+func (x *CommitOffsetsRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
 }
 
 type GroupOffset struct {
@@ -1330,10 +1342,11 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\vepoch_start\x18\a \x01(\x03R\n" +
 	"epochStart\x12\x19\n" +
 	"\x05bytes\x18< \x01(\x03H\x00R\x05bytes\x88\x01\x01B\b\n" +
-	"\x06_bytes\"]\n" +
+	"\x06_bytes\"r\n" +
 	"\x14CommitOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12/\n" +
-	"\aoffsets\x18\x02 \x03(\v2\x15.ferry.v1.GroupOffsetR\aoffsets\"Q\n" +
+	"\aoffsets\x18\x02 \x03(\v2\x15.ferry.v1.GroupOffsetR\aoffsets\x12\x13\n" +
+	"\x04wait\x18\x90\x03 \x01(\bR\x04wait\"Q\n" +
 	"\vGroupOffset\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x16\n" +

@@ -7,9 +7,15 @@
 //	"dlq"             dead-letter it with reason "x-stage asked for it"
 //	"drop"            drop it (acknowledged, not passed on)
 //	"hold"            answer only when the host gives up (for crash tests)
+//	"sleep"           sleep an hour, deaf to the host's deadline, while
+//	                  other calls are answered (a slow message)
+//	"freeze"          never answer this call nor any later one, empty
+//	                  batches included (a hung plugin)
 //
 // and, for the host's negative controls, config {lie: extra} answers also
 // for a delivery it was not given, {lie: fewer} leaves the last one out.
+// With {tag_batch: true} a passed message gets the header x-stage-batch:
+// the number of deliveries of the call it came in.
 // Build it as ferry-stage-example into a directory of plugins.dirs, or test
 // it:
 //
@@ -19,6 +25,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -28,9 +38,13 @@ type Config struct {
 	Upper        bool   `json:"upper"`
 	RetryDelayMS int64  `json:"retry_delay_ms"`
 	Lie          string `json:"lie"`
+	TagBatch     bool   `json:"tag_batch"`
 }
 
-type stage struct{ cfg Config }
+type stage struct {
+	cfg    Config
+	frozen sync.RWMutex // write-locked for ever by a "freeze" delivery
+}
 
 func (s *stage) Validate(config []byte) sdk.Problems {
 	c := Config{RetryDelayMS: 100}
@@ -55,6 +69,14 @@ func (s *stage) Configure(_ context.Context, config []byte, _ *sdk.Environment) 
 func (s *stage) Close() error { return nil }
 
 func (s *stage) Process(ctx context.Context, req *sdk.ProcessRequest) (*sdk.ProcessResponse, error) {
+	for _, d := range req.Deliveries {
+		if d.GetMessage().GetHeaders()["x-stage"] == "freeze" {
+			s.frozen.Lock() // and never unlock: every later call waits
+			select {}
+		}
+	}
+	s.frozen.RLock()
+	defer s.frozen.RUnlock()
 	resp := &sdk.ProcessResponse{}
 	var maxID uint64
 	for _, d := range req.Deliveries {
@@ -63,8 +85,18 @@ func (s *stage) Process(ctx context.Context, req *sdk.ProcessRequest) (*sdk.Proc
 		switch m.GetHeaders()["x-stage"] {
 		case "", "pass":
 			var out *sdk.Message
+			if s.cfg.Upper || s.cfg.TagBatch {
+				out = &sdk.Message{Key: m.GetKey(), Headers: m.GetHeaders(), Body: m.GetBody()}
+			}
 			if s.cfg.Upper {
-				out = &sdk.Message{Key: m.GetKey(), Headers: m.GetHeaders(), Body: upperASCII(m.GetBody())}
+				out.Body = upperASCII(m.GetBody())
+			}
+			if s.cfg.TagBatch {
+				out.Headers = maps.Clone(m.GetHeaders())
+				if out.Headers == nil {
+					out.Headers = map[string]string{}
+				}
+				out.Headers["x-stage-batch"] = strconv.Itoa(len(req.Deliveries))
 			}
 			resp.Verdicts = append(resp.Verdicts, sdk.PassVerdict(d.Id, out))
 		case "retry":
@@ -76,8 +108,10 @@ func (s *stage) Process(ctx context.Context, req *sdk.ProcessRequest) (*sdk.Proc
 		case "hold":
 			<-ctx.Done()
 			return nil, ctx.Err()
+		case "sleep":
+			time.Sleep(time.Hour)
 		default:
-			return nil, fmt.Errorf("delivery %d: unknown x-stage header %q (pass, retry, dlq, drop or hold)", d.Id, m.GetHeaders()["x-stage"])
+			return nil, fmt.Errorf("delivery %d: unknown x-stage header %q (pass, retry, dlq, drop, hold, sleep or freeze)", d.Id, m.GetHeaders()["x-stage"])
 		}
 	}
 	switch s.cfg.Lie {

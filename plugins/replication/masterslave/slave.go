@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -302,8 +304,29 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	}
 }
 
-// Promote makes this slave the master, under the rules of the package doc.
+// Promote makes this slave the master, under the rules of the package doc,
+// and logs an audit line (`audit: admin action`, action Promote) with the
+// caller's address, the names of its certificate under mutual TLS, whether
+// it forced, and the result. Only a peer that proved it belongs to the
+// cluster reaches it (security.Peers).
 func (l *link) Promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
+	resp, err := l.promote(ctx, req)
+	result := "ok"
+	if err != nil {
+		result = status.Convert(err).Message()
+	}
+	args := []any{"action", "Promote", "resource", "Cluster", "node", l.p.self, "force", req.GetForce(), "result", result}
+	if pr, ok := peer.FromContext(ctx); ok {
+		args = append(args, "source", pr.Addr.String())
+		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+			args = append(args, "peer_certificate", ti.State.PeerCertificates[0].Subject.CommonName)
+		}
+	}
+	logger.Info("audit: admin action", args...)
+	return resp, err
+}
+
+func (l *link) promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
 	p := l.p
 	p.mu.Lock()
 	role, up, core := p.role, p.leaderUp, p.core

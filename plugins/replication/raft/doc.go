@@ -111,13 +111,19 @@
 // committed instead of from wherever that node had offsets (usually
 // nowhere):
 //
-//   - The leader's broker reports every commit it stored to
-//     ReplicateOffsets, best effort and coalesced (the group's latest offset
-//     per queue since its last report). The plugin raft.Apply()s them as an
-//     entry and returns once raft took it, without waiting for the commit.
-//     On any other node it does nothing and returns nil: an error would
-//     only have the broker retry and warn. An entry lost with the
-//     leadership is not sent again; the group's next commit is.
+//   - The leader's broker hands every commit it stored to CommitOffsets
+//     (sdk.OffsetCommitter, commit.go) and answers the consumer once it
+//     returned: once the entry is committed (on a quorum) and applied
+//     here, so an acknowledged commit survives the leader. Calls waiting
+//     at once share one entry (group commit: one entry in flight, the next
+//     carries every group's offsets that came meanwhile, latest per queue;
+//     several groups make an entry of kind 4, a ferryv1.OffsetCommits). On
+//     any other node, or when leadership is lost before the entry is
+//     confirmed, it returns an error (ErrNotLeader, ErrUnavailable) and the
+//     consumer's commit fails; the consumer commits again.
+//   - ReplicateOffsets (the best-effort report a broker without
+//     OffsetCommitter support sends) raft.Apply()s the offsets and returns
+//     without waiting; on any other node it does nothing and returns nil.
 //   - Every node's FSM, the leader's included, applies the entry in log
 //     order: it stores the offsets through ReplicaCore.CommitOffsets,
 //     clamped to the end of each queue in the node's store (log order puts
@@ -125,7 +131,7 @@
 //     bites on a store that lost messages; an offset beyond the log would
 //     skip the messages stored there later). A queue this node's broker
 //     refuses is logged and skipped.
-//   - The leader stored the commit already when it reports it. Applying
+//   - The leader stored the commit already when it hands it over. Applying
 //     the entry stores it again, and an entry applied after a newer local
 //     commit moves the group back until the newer commit's entry is
 //     applied: at most redelivery, never a skipped message (at-least-once

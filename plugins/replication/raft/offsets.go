@@ -45,6 +45,10 @@ const (
 	// kindGroupDelete is a ferryv1.DeleteGroupOffsetsRequest (groups.go).
 	// 0x05: branch raft20 took 0x04 (kindOffsetCommits).
 	kindGroupDelete byte = 0x05
+	// kindOffsetCommits: a ferryv1.OffsetCommits, several groups' offsets
+	// (the group commit of CommitOffsets). An entry of one group is
+	// written as kindOffsets, which older versions read.
+	kindOffsetCommits byte = 0x04
 )
 
 // encodeOffsets is the entry that commits a group's offsets.
@@ -54,6 +58,28 @@ func encodeOffsets(group string, offsets []*sdk.GroupOffset) ([]byte, error) {
 		return nil, err
 	}
 	return append([]byte{entryTagged, kindOffsets}, b...), nil
+}
+
+// encodeOffsetCommits is the entry that commits several groups' offsets; a
+// single group's is encodeOffsets'.
+func encodeOffsetCommits(groups []*ferryv1.CommitOffsetsRequest) ([]byte, error) {
+	if len(groups) == 1 {
+		return encodeOffsets(groups[0].Group, groups[0].Offsets)
+	}
+	b, err := proto.Marshal(&ferryv1.OffsetCommits{Groups: groups})
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{entryTagged, kindOffsetCommits}, b...), nil
+}
+
+// decodeOffsetCommits reads a kindOffsetCommits entry's payload.
+func decodeOffsetCommits(payload []byte) ([]*ferryv1.CommitOffsetsRequest, error) {
+	var oc ferryv1.OffsetCommits
+	if err := proto.Unmarshal(payload, &oc); err != nil {
+		return nil, fmt.Errorf("raft offset commits entry: %w", err)
+	}
+	return oc.Groups, nil
 }
 
 // decodeEntry splits an entry into its kind and payload.
@@ -73,6 +99,8 @@ func decodeEntry(data []byte) (kind byte, payload []byte, err error) {
 		return kindMembers, data[2:], nil
 	case kindGroupDelete:
 		return kindGroupDelete, data[2:], nil
+	case kindOffsetCommits:
+		return kindOffsetCommits, data[2:], nil
 	default:
 		return 0, nil, fmt.Errorf("raft entry of unknown kind %d (written by a newer version?)", data[1])
 	}

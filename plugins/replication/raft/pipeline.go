@@ -72,7 +72,7 @@ type run struct {
 	logs  []*hraft.Log
 	waits []sdk.ApplyWait // nil: not started (or to be started again)
 	msgs  [][]*sdk.Message
-	offs  []*ferryv1.CommitOffsetsRequest
+	offs  [][]*ferryv1.CommitOffsetsRequest // an offsets entry's groups
 	pend  []*pendingApply
 	out   []any // what ApplyBatch returns for each entry
 
@@ -130,7 +130,7 @@ func (f *fsm) startRun(logs []*hraft.Log) []any {
 		return nil
 	}
 	r := &run{logs: logs, waits: make([]sdk.ApplyWait, len(logs)), msgs: make([][]*sdk.Message, len(logs)),
-		offs: make([]*ferryv1.CommitOffsetsRequest, len(logs)), pend: make([]*pendingApply, len(logs)), out: make([]any, len(logs))}
+		offs: make([][]*ferryv1.CommitOffsetsRequest, len(logs)), pend: make([]*pendingApply, len(logs)), out: make([]any, len(logs))}
 	f.pmu.Lock()
 	for (len(f.queue) >= f.depth || f.broken) && f.ctx.Err() == nil {
 		f.cond.Wait()
@@ -142,10 +142,18 @@ func (f *fsm) startRun(logs []*hraft.Log) []any {
 			continue
 		}
 		kind, payload, err := decodeEntry(l.Data)
-		if err == nil && kind == kindOffsets {
+		switch {
+		case err == nil && kind == kindOffsets:
 			// Decoded even when applied already (raft replays the log
 			// after a restart): the table is rebuilt from them.
-			r.offs[i], err = decodeOffsets(payload)
+			var req *ferryv1.CommitOffsetsRequest
+			if req, err = decodeOffsets(payload); err == nil {
+				r.offs[i] = []*ferryv1.CommitOffsetsRequest{req}
+			}
+		case err == nil && kind == kindOffsetCommits:
+			if r.offs[i], err = decodeOffsetCommits(payload); err == nil && r.offs[i] == nil {
+				r.offs[i] = []*ferryv1.CommitOffsetsRequest{}
+			}
 		}
 		if l.Index <= applied || r.offs[i] != nil {
 			continue
@@ -262,9 +270,11 @@ func (f *fsm) finishRun(r *run) {
 				stored = r.logs[i].Index
 			}
 		case r.offs[i] != nil:
-			f.offs.record(r.offs[i])
-			if r.logs[i].Index > applied && !broke {
-				err = f.commitOffsets(r.offs[i].Group, r.offs[i].Offsets)
+			for _, g := range r.offs[i] {
+				f.offs.record(g)
+				if r.logs[i].Index > applied && !broke && err == nil {
+					err = f.commitOffsets(g.Group, g.Offsets)
+				}
 			}
 		default:
 			err, _ = r.out[i].(error)

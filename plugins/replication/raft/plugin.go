@@ -56,6 +56,10 @@ type Plugin struct {
 	// conflictSeen: the membership conflict last logged.
 	conflictSeen string
 
+	// commits: consumer offsets waiting for their log entry (commit.go).
+	commitMu sync.Mutex
+	commits  offsetCommitter
+
 	// Snapshot catch-up, for Status: snapshots restored, messages
 	// fetched from peers for them, catch-ups served to peers.
 	restored, caughtUp, served atomic.Int64

@@ -146,10 +146,16 @@ func (b *brokerServer) produce(ctx context.Context, req *ferryv1.ProduceRequest)
 	// The first traced hop of a batch: a span in each sampled message's
 	// trace (telemetry.StartHop), whose ids go on to the core with the
 	// request, and a batch span that the core's spans are children of.
+	// A batch kept encoded (encodedProduce) names its sampled messages in
+	// TracedIndex, and only those are decoded for the spans.
+	msgs := req.Messages
+	if len(msgs) == 0 && len(req.TracedIndex) > 0 && telemetry.Enabled() {
+		msgs = sampledMessages(req, req.TracedIndex)
+	}
 	req.TracedIndex, req.TracedSpan = nil, nil
-	if len(req.Messages) > 0 && telemetry.Enabled() {
-		hop := telemetry.StartHop(ctx, tracer, telemetry.SpanTransportReceive, req.Messages, telemetry.Sampled(req.Messages),
-			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(telemetry.AttrTopic.String(req.Messages[0].Topic)))
+	if len(msgs) > 0 && telemetry.Enabled() {
+		hop := telemetry.StartHop(ctx, tracer, telemetry.SpanTransportReceive, msgs, telemetry.Sampled(msgs),
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(telemetry.AttrTopic.String(msgs[0].GetTopic())))
 		defer hop.End()
 		ctx = hop.Ctx
 		tr := hop.Traced()

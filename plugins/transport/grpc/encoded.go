@@ -32,11 +32,17 @@ const (
 // holds only what it understands and nothing it must refuse: Seq and
 // TimeoutNanos set, b kept as req's unknown fields (b must not change
 // afterwards). It returns false, with req untouched, otherwise. With
-// tracing on, a request is kept encoded only when every message's trace
-// was decided against (an unsampled traceparent): the transport's span of
-// any other message reads the message.
+// tracing on, a request is kept encoded only when every message carries a
+// trace decided for or against (a traceparent, sampled or not; a message
+// without one may start a trace at this hop, which reads the message), and
+// a single message only when it is unsampled. The sampled messages of a
+// batch are named in req.TracedIndex (a client's traced fields are refused
+// here): the transport's hop decodes only them (sampledMessages) to make
+// their spans, and no message of the batch otherwise.
 func encodedProduce(b []byte, maxMessageBytes int64, tracing bool, req *ferryv1.ProduceRequest) bool {
 	var seq, timeout uint64
+	var sampled []uint32
+	count := 0 // messages
 	for rest := b; len(rest) > 0; {
 		num, typ, n := protowire.ConsumeTag(rest)
 		if n < 0 {
@@ -56,25 +62,79 @@ func encodedProduce(b []byte, maxMessageBytes int64, tracing bool, req *ferryv1.
 				timeout = v
 			}
 		case num == produceMessages && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(rest)
-			if n < 0 || !plainMessage(v, maxMessageBytes, tracing) {
+			v, k := protowire.ConsumeBytes(rest)
+			if k < 0 {
 				return false
 			}
-			rest = rest[n:]
+			info, ok := sdk.MessageWire(v)
+			if !ok || info.Size > maxMessageBytes {
+				return false
+			}
+			if tracing {
+				switch info.Trace {
+				case sdk.TraceSampled:
+					sampled = append(sampled, uint32(count))
+				case sdk.TraceUnsampled:
+				default:
+					return false
+				}
+			}
+			rest = rest[k:]
+			count++
 		default:
 			return false // traced fields, or what this transport does not know
 		}
 	}
+	if len(sampled) > 0 && count == 1 {
+		return false // a message sent alone: its span reads it, as it always did
+	}
 	req.Seq, req.TimeoutNanos = seq, int64(timeout)
+	req.TracedIndex, req.TracedSpan = sampled, nil
 	req.ProtoReflect().SetUnknown(protoreflect.RawFields(b))
 	return true
 }
 
-// plainMessage reports whether the wire form b of a Message has only its
-// known fields, with strings in UTF-8 (sdk.MessageWire), at most
-// maxMessageBytes of body and headers (counted as brokerServer.checkSizes
-// does) and, with tracing, an unsampled trace.
-func plainMessage(b []byte, maxMessageBytes int64, tracing bool) bool {
-	info, ok := sdk.MessageWire(b)
-	return ok && info.Size <= maxMessageBytes && (!tracing || info.Trace == sdk.TraceUnsampled)
+// sampledMessages returns, for a produce request encodedProduce kept
+// encoded, a slice as long as its batch that holds, decoded, its first
+// message (whose topic the hop's spans name) and the sampled ones (indexes
+// in sampled, ascending), and nil for the others: what telemetry.StartHop
+// reads of a batch. It decodes nothing else. nil when req holds no
+// encoded messages or a sampled one does not decode.
+func sampledMessages(req *ferryv1.ProduceRequest, sampled []uint32) []*ferryv1.Message {
+	raw := req.ProtoReflect().GetUnknown()
+	var msgs []*ferryv1.Message
+	next := 0 // into sampled
+	for rest := []byte(raw); len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 {
+			return nil
+		}
+		rest = rest[n:]
+		if num != produceMessages || typ != protowire.BytesType {
+			n = protowire.ConsumeFieldValue(num, typ, rest)
+			if n < 0 {
+				return nil
+			}
+			rest = rest[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(rest)
+		if n < 0 {
+			return nil
+		}
+		rest = rest[n:]
+		i := len(msgs)
+		var m *ferryv1.Message
+		if i == 0 || (next < len(sampled) && int(sampled[next]) == i) {
+			m = new(ferryv1.Message)
+			if err := m.UnmarshalVT(v); err != nil {
+				return nil
+			}
+		}
+		if next < len(sampled) && int(sampled[next]) == i {
+			next++
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs
 }

@@ -2,11 +2,18 @@ package grpctransport
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 func produceBytes(t testing.TB, req *ferryv1.ProduceRequest) []byte {
@@ -146,33 +153,59 @@ func FuzzEncodedProduce(f *testing.F) {
 	})
 }
 
-// TestEncodedProduceWhileTracing: with tracing on, only a request whose
-// every message carries an unsampled traceparent stays encoded.
-func TestEncodedProduceWhileTracing(t *testing.T) {
-	const unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
-	const sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-	with := func(tps ...string) []byte {
-		r := sampleProduce()
-		for i, m := range r.Messages {
-			if tps[i] == "" {
-				continue
-			}
-			if m.Headers == nil {
-				m.Headers = map[string]string{}
-			}
-			m.Headers["traceparent"] = tps[i]
+const (
+	unsampledTP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+	sampledTP   = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+)
+
+// tracedProduce is sampleProduce with traceparents tps ("" for none).
+func tracedProduce(t testing.TB, tps ...string) []byte {
+	r := sampleProduce()
+	r.Messages = r.Messages[:len(tps)]
+	for i, m := range r.Messages {
+		if m.Id == "" {
+			m.Id = fmt.Sprint("m-", i)
 		}
-		return produceBytes(t, r)
+		if tps[i] == "" {
+			continue
+		}
+		if m.Headers == nil {
+			m.Headers = map[string]string{}
+		}
+		m.Headers["traceparent"] = tps[i]
 	}
-	var req ferryv1.ProduceRequest
-	if !encodedProduce(with(unsampled, unsampled, unsampled), 1<<20, true, &req) {
-		t.Fatal("all unsampled: decoded")
+	return produceBytes(t, r)
+}
+
+// TestEncodedProduceWhileTracing: with tracing on, a request stays encoded
+// when every message carries a traceparent, sampled or not, and its
+// sampled messages are named in TracedIndex; a message without one (a hop
+// may start its trace), a malformed one, or a sampled message sent alone
+// is decoded.
+func TestEncodedProduceWhileTracing(t *testing.T) {
+	for name, c := range map[string]struct {
+		b       []byte
+		sampled []uint32
+	}{
+		"all unsampled":   {tracedProduce(t, unsampledTP, unsampledTP, unsampledTP), nil},
+		"one sampled":     {tracedProduce(t, unsampledTP, sampledTP, unsampledTP), []uint32{1}},
+		"two sampled":     {tracedProduce(t, sampledTP, unsampledTP, sampledTP), []uint32{0, 2}},
+		"unsampled alone": {tracedProduce(t, unsampledTP), nil},
+	} {
+		var req ferryv1.ProduceRequest
+		if !encodedProduce(c.b, 1<<20, true, &req) {
+			t.Errorf("%s: decoded", name)
+			continue
+		}
+		if len(req.Messages) != 0 || !slices.Equal(req.TracedIndex, c.sampled) {
+			t.Errorf("%s: %d messages decoded, sampled %v; want none, %v", name, len(req.Messages), req.TracedIndex, c.sampled)
+		}
 	}
 	for name, b := range map[string][]byte{
-		"one sampled":   with(unsampled, sampled, unsampled),
-		"one without":   with(unsampled, unsampled, ""),
-		"one malformed": with(unsampled, "00-xyz", unsampled),
-		"none at all":   with("", "", ""),
+		"sampled alone": tracedProduce(t, sampledTP),
+		"one without":   tracedProduce(t, unsampledTP, sampledTP, ""),
+		"one malformed": tracedProduce(t, unsampledTP, "00-xyz", unsampledTP),
+		"none at all":   tracedProduce(t, "", "", ""),
 	} {
 		var req ferryv1.ProduceRequest
 		if encodedProduce(b, 1<<20, true, &req) {
@@ -183,4 +216,121 @@ func TestEncodedProduceWhileTracing(t *testing.T) {
 			t.Errorf("%s: refused without tracing", name)
 		}
 	}
+}
+
+// spanCore is a broker core that keeps the produce request it got.
+type spanCore struct {
+	sdk.Core
+	got *ferryv1.ProduceRequest
+}
+
+func (c *spanCore) Produce(_ context.Context, req *ferryv1.ProduceRequest) (*ferryv1.ProduceResponse, error) {
+	c.got = proto.Clone(req).(*ferryv1.ProduceRequest)
+	return &ferryv1.ProduceResponse{}, nil
+}
+
+// TestEncodedProduceSpansItsSampledMessages: a batch kept encoded with
+// sampled messages in it gets the same transport.receive spans as the same
+// batch decoded (a span in each sampled message's trace, a child of its
+// traceparent, and a batch span), and goes on to the core still encoded,
+// naming its sampled messages and their new spans. The control: the
+// decoded batch, whose spans the encoded one must match.
+func TestEncodedProduceSpansItsSampledMessages(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	defer telemetry.UseSpanProcessor(rec)()
+	const (
+		tpA = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+		tpB = "00-1bf7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01"
+	)
+	b := tracedProduce(t, unsampledTP, tpA, tpB)
+	type hop struct{ trace, parent, id string }
+	spans := func(decode bool) (got []hop, core *ferryv1.ProduceRequest) {
+		t.Helper()
+		var req ferryv1.ProduceRequest
+		if decode {
+			if err := proto.Unmarshal(b, &req); err != nil {
+				t.Fatal(err)
+			}
+		} else if !encodedProduce(b, 1<<20, true, &req) {
+			t.Fatal("decoded")
+		}
+		c := &spanCore{}
+		before := len(rec.Ended())
+		(&brokerServer{core: c, maxMessageBytes: 1 << 20}).produce(context.Background(), &req)
+		for _, s := range rec.Ended()[before:] {
+			if s.Name() != telemetry.SpanTransportReceive {
+				continue
+			}
+			h := hop{trace: "batch"} // a new trace's root, its id random
+			for _, kv := range s.Attributes() {
+				if kv.Key == telemetry.AttrMessageID {
+					h.id = kv.Value.AsString()
+				}
+			}
+			if h.id != "" {
+				h.trace, h.parent = s.SpanContext().TraceID().String(), s.Parent().SpanID().String()
+			}
+			got = append(got, h)
+		}
+		slices.SortFunc(got, func(a, b hop) int { return strings.Compare(a.trace, b.trace) })
+		return got, c.got
+	}
+	decoded, _ := spans(true)
+	encoded, core := spans(false)
+	want := []hop{
+		{trace: "0af7651916cd43dd8448eb211c80319c", parent: "b7ad6b7169203331", id: "m-1"},
+		{trace: "1bf7651916cd43dd8448eb211c80319c", parent: "c7ad6b7169203331", id: "m-2"},
+		{trace: "batch"},
+	}
+	if !slices.Equal(decoded, want) {
+		t.Fatalf("transport.receive spans of the decoded batch (the control) %v; want %v", decoded, want)
+	}
+	if !slices.Equal(encoded, want) {
+		t.Fatalf("transport.receive spans of the batch kept encoded %v; want %v", encoded, want)
+	}
+	if len(core.Messages) != 0 || !bytes.Equal(core.ProtoReflect().GetUnknown(), b) {
+		t.Fatalf("the core got %d decoded messages, unknown fields equal to the client's: %v; want the request still encoded", len(core.Messages), bytes.Equal(core.ProtoReflect().GetUnknown(), b))
+	}
+	if !slices.Equal(core.TracedIndex, []uint32{1, 2}) || len(core.TracedSpan) != 2 {
+		t.Fatalf("the core got traced index %v, spans %v; want [1 2] and two spans", core.TracedIndex, core.TracedSpan)
+	}
+}
+
+// FuzzEncodedProduceTraced: whatever encodedProduce keeps encoded while
+// tracing, sampledMessages gives a batch as long as the full decode's, with
+// the first message and each one named sampled (each with a sampled
+// traceparent) decoded as the full decode has them, and nothing else.
+func FuzzEncodedProduceTraced(f *testing.F) {
+	f.Add(tracedProduce(f, unsampledTP, sampledTP, unsampledTP))
+	f.Add(tracedProduce(f, sampledTP, sampledTP, sampledTP))
+	f.Add(tracedProduce(f, unsampledTP, unsampledTP))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req ferryv1.ProduceRequest
+		if !encodedProduce(b, 1<<20, true, &req) {
+			return
+		}
+		var full ferryv1.ProduceRequest
+		if err := proto.Unmarshal(b, &full); err != nil {
+			t.Fatalf("kept encoded, but the decoder refuses it: %v", err)
+		}
+		if len(req.TracedIndex) == 0 {
+			return // no sampled message: no hop decodes any
+		}
+		msgs := sampledMessages(&req, req.TracedIndex)
+		if len(msgs) != len(full.Messages) {
+			t.Fatalf("%d messages for the hop, the decoder has %d", len(msgs), len(full.Messages))
+		}
+		sampled := map[int]bool{0: true}
+		for _, i := range req.TracedIndex {
+			sampled[int(i)] = true
+			if !telemetry.SampledTraceparent(full.Messages[i].Headers["traceparent"]) {
+				t.Fatalf("message %d named sampled: traceparent %q", i, full.Messages[i].Headers["traceparent"])
+			}
+		}
+		for i, m := range msgs {
+			if sampled[i] != (m != nil) || (m != nil && !proto.Equal(m, full.Messages[i])) {
+				t.Fatalf("message %d for the hop: %v; decoded: %v (sampled or first: %v)", i, m, full.Messages[i], sampled[i])
+			}
+		}
+	})
 }
