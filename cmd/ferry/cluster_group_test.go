@@ -14,8 +14,8 @@ import (
 
 // On a sync master–slave pair (real processes), a reset of a group's
 // offsets on the master reaches the slave as every commit does; the slave
-// refuses a reset (not leader), and both refuse a group delete (the removal
-// of offsets is not replicated).
+// refuses a reset and a group delete (not leader); a group delete on the
+// master removes the group's offsets on the slave too.
 func TestGroupResetReplicatesToSlave(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -71,12 +71,19 @@ func TestGroupResetReplicatesToSlave(t *testing.T) {
 		want   string
 	}{
 		{sb, []string{"group", "reset-offsets", offsetsGroup, "--topic", "orders", "--to-latest"}, "not leader"},
-		{mb, []string{"group", "delete", offsetsGroup}, "not replicated yet"},
-		{sb, []string{"group", "delete", offsetsGroup}, "not replicated yet"},
+		{sb, []string{"group", "delete", offsetsGroup}, "not leader"},
 	} {
 		stdout, stderr, code := runFerry(t, nil, append(c.args, "--broker", c.broker)...)
 		if code != 1 || !strings.Contains(stderr, c.want) {
 			t.Errorf("ferry %v on %s: exit %d, %q (stdout %q); want %q", c.args, c.broker, code, stderr, stdout, c.want)
 		}
 	}
+	// A delete on the master deletes the group's offsets on the slave too.
+	if stdout, stderr, code := runFerry(t, nil, "group", "delete", offsetsGroup, "--broker", mb); code != 0 {
+		t.Fatalf("delete on the master: exit %d\n%s%s", code, stdout, stderr)
+	}
+	eventually(t, 60*time.Second, "the delete reaches the slave", func() bool {
+		committed, _ := groupOffsets(t, sb)
+		return committed[q] == -1
+	})
 }

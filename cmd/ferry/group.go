@@ -433,12 +433,16 @@ type deleteGroupJSON struct {
 
 func newGroupDeleteCmd() *cobra.Command {
 	var f topicFlags
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "delete GROUP",
-		Short: "Delete a group's committed offsets (refused while it has live members)",
+		Short: "Delete a group's committed offsets (refused while it has live members, unless --force)",
 		Long: `delete removes the offsets group GROUP committed; consumers that join it
-later start as a new group would. It is refused while the group has live
-members. Messages in its %RETRY% and %DLQ% topics stay until retention
+later start as a new group would (from its reset policy). On a replicated
+node (raft leader, master) the offsets are deleted on every node. It is
+refused while the group has live members on the node; --force deletes
+anyway, but live members keep their positions and may commit them again.
+Messages in its %RETRY% and %DLQ% topics stay until retention
 removes them (ferry dlq still reads the dead letters).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -447,7 +451,7 @@ removes them (ferry dlq still reads the dead letters).`,
 				return err
 			}
 			defer done()
-			internal, err := c.DeleteGroup(ctx, args[0])
+			internal, err := c.DeleteGroup(ctx, args[0], force)
 			if err != nil {
 				return err
 			}
@@ -464,6 +468,7 @@ removes them (ferry dlq still reads the dead letters).`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even while the group has live members")
 	f.add(cmd)
 	return cmd
 }

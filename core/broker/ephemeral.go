@@ -144,7 +144,7 @@ func (b *Broker) checkEphemeralLocked(ctx context.Context, group string, ephemer
 		return nil
 	}
 	if b.repl != nil {
-		return fmt.Errorf("%w: ephemeral group %q on a node with a replication plugin: deleting a group is not replicated yet (see ferry group delete)", errors.ErrUnsupported, group)
+		return fmt.Errorf("%w: ephemeral group %q on a node with a replication plugin: the broker's own deletion of an ephemeral group is not replicated (ferry group delete is)", errors.ErrUnsupported, group)
 	}
 	if slices.Contains(b.opts.Groups, group) {
 		return fmt.Errorf("%w: group %q is a flow's group in the pipeline; it cannot be ephemeral", sdk.ErrInvalidArgument, group)

@@ -343,20 +343,79 @@ func (b *Broker) offsetsForTime(ctx context.Context, unixNano int64, refs []*sdk
 }
 
 // DeleteGroup is Broker.DeleteGroup: it removes the group's committed
-// offsets from the store (sdk.GroupStore). A node with a replication plugin
-// refuses it (errors.ErrUnsupported): the removal of offsets is not
-// replicated, and a replica that kept them would bring them back at a
-// failover.
+// offsets from the store (sdk.GroupStore). It is refused while the group has
+// live members on this node, unless forced. On a node with a replication
+// plugin the deletion is made on every node (replicateGroupDelete).
 func (b *Broker) DeleteGroup(ctx context.Context, req *sdk.DeleteGroupRequest) (*sdk.DeleteGroupResponse, error) {
+	var gr sdk.GroupDeleteReplication
+	first := false
 	if b.repl != nil {
-		return nil, fmt.Errorf("%w: deleting a consumer group on a node with a replication plugin: the removal of its offsets is not replicated yet", errors.ErrUnsupported)
+		if err := b.role.checkProduce(); err != nil {
+			return nil, fmt.Errorf("consumer groups are deleted on the node that takes produce, from where the deletion replicates: %w", err)
+		}
+		var err error
+		if gr, err = b.groupDeleteReplicator(); err != nil {
+			return nil, err
+		}
+		if first, err = b.repl.replicateFirst(); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.knownGroup(ctx, req.Group); err != nil {
 		return nil, err
 	}
-	if live := b.groups.live(req.Group); len(live) > 0 {
-		return nil, liveRefusal(req.Group, live, "delete it")
+	if live := b.groups.live(req.Group); len(live) > 0 && !req.Force {
+		return nil, liveRefusal(req.Group, live, "delete it, or force the delete (they keep their positions and may commit them again)")
 	}
+	switch {
+	case gr == nil:
+		if err := b.deleteGroupOffsets(ctx, req.Group); err != nil {
+			return nil, err
+		}
+	case first:
+		// raft: through the log, applied on every node (this one
+		// included, through ReplicaCore.DeleteGroupOffsets).
+		if err := gr.ReplicateGroupDelete(ctx, req.Group); err != nil {
+			return nil, fmt.Errorf("group %q: %w", req.Group, err)
+		}
+	default:
+		// master–slave: here first, then shipped to the slaves.
+		if err := b.deleteGroupOffsets(ctx, req.Group); err != nil {
+			return nil, err
+		}
+		if err := gr.ReplicateGroupDelete(ctx, req.Group); err != nil {
+			return nil, fmt.Errorf("group %q: its offsets are deleted on this node, but the deletion was not shipped to the slaves (delete it again): %w", req.Group, err)
+		}
+	}
+	internal, err := b.internalSizes(ctx, req.Group)
+	if err != nil {
+		return nil, err
+	}
+	b.log.Info("group deleted", "group", req.Group, "force", req.Force, "replicated", gr != nil)
+	return &sdk.DeleteGroupResponse{Internal: internal}, nil
+}
+
+// groupDeleteReplicator is the live plugin as a replicator of group
+// deletions, or an error saying why a group cannot be deleted on this node.
+func (b *Broker) groupDeleteReplicator() (sdk.GroupDeleteReplication, error) {
+	impl, _, _ := b.repl.src.Current()
+	if impl == nil {
+		return nil, fmt.Errorf("%w: replication plugin is restarting", sdk.ErrUnavailable)
+	}
+	gr, ok := impl.(sdk.GroupDeleteReplication)
+	if c, announces := impl.(interface{ ReplicatesGroupDeletes() bool }); ok && announces {
+		ok = c.ReplicatesGroupDeletes()
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: deleting a consumer group on this replicated node: its replication plugin does not replicate group deletions (replicates_group_deletes), and the replicas would keep the group's offsets", errors.ErrUnsupported)
+	}
+	return gr, nil
+}
+
+// deleteGroupOffsets deletes group's committed offsets on this node: from
+// the store, from the groups seen since the start (unless the pipeline
+// names it), and from what the replicator reports. Idempotent.
+func (b *Broker) deleteGroupOffsets(ctx context.Context, group string) error {
 	cctx, cancel := context.WithTimeout(ctx, storageCallTimeout)
 	defer cancel()
 	if err := b.storageCall(cctx, func(s sdk.Storage) error {
@@ -364,19 +423,30 @@ func (b *Broker) DeleteGroup(ctx context.Context, req *sdk.DeleteGroupRequest) (
 		if !ok {
 			return fmt.Errorf("%w: the store cannot delete a group's offsets", errors.ErrUnsupported)
 		}
-		return gs.DeleteGroupOffsets(cctx, req.Group)
+		return gs.DeleteGroupOffsets(cctx, group)
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	if !slices.Contains(b.opts.Groups, req.Group) {
+	if !slices.Contains(b.opts.Groups, group) {
 		b.knownMu.Lock()
-		delete(b.known, req.Group)
+		delete(b.known, group)
 		b.knownMu.Unlock()
 	}
-	internal, err := b.internalSizes(ctx, req.Group)
-	if err != nil {
-		return nil, err
+	if b.repl != nil {
+		b.repl.forget(group)
 	}
-	b.log.Info("group deleted", "group", req.Group)
-	return &sdk.DeleteGroupResponse{Internal: internal}, nil
+	return nil
+}
+
+// DeleteGroupOffsets deletes a group's offsets on this node, as replicated
+// (sdk.ReplicaCore.DeleteGroupOffsets).
+func (c replicaCore) DeleteGroupOffsets(ctx context.Context, group string) error {
+	if err := names.Group(group); err != nil {
+		return fmt.Errorf("%w: replicated group deletion: %v", sdk.ErrInvalidArgument, err)
+	}
+	if err := c.b.deleteGroupOffsets(ctx, group); err != nil {
+		return err
+	}
+	c.b.log.Info("group deleted (replicated)", "group", group)
+	return nil
 }

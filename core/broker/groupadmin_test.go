@@ -3,7 +3,9 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,12 +125,78 @@ func TestGroupAdminCalls(t *testing.T) {
 	}
 
 	rb := newReplBroker(t, sdk.RoleMaster, &fakeRepl{status: ferryv1.Status_STATUS_OK})
-	if _, err := rb.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "billing"}); !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "not replicated yet") {
-		t.Errorf("DeleteGroup on a replicated node: %v", err)
+	if _, err := rb.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "billing"}); !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "does not replicate group deletions") {
+		t.Errorf("DeleteGroup on a node whose plugin does not replicate deletions: %v", err)
 	}
 	sb := newReplBroker(t, sdk.RoleSlave, &fakeRepl{status: ferryv1.Status_STATUS_OK})
 	if _, err := sb.ResetOffsets(ctx, &sdk.ResetOffsetsRequest{Group: "billing", Topic: "orders", To: ferryv1.ResetTo_RESET_TO_LATEST}); !errors.Is(err, sdk.ErrNotLeader) {
 		t.Errorf("ResetOffsets on a slave: %v", err)
+	}
+}
+
+// groupDeleter is a master–slave plugin that replicates group deletions,
+// or announces that it does not (ReplicatesGroupDeletes, as the SDK's gRPC
+// client does for a plugin whose status lacks the flag).
+type groupDeleter struct {
+	fakeRepl
+	announce bool
+	mu       sync.Mutex
+	deleted  []string
+}
+
+func (g *groupDeleter) ReplicateGroupDelete(_ context.Context, group string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deleted = append(g.deleted, group)
+	return nil
+}
+
+func (g *groupDeleter) ReplicatesGroupDeletes() bool { return g.announce }
+
+// On a master, a group is deleted here and the deletion handed to the
+// plugin; a plugin that does not announce the capability is refused before
+// anything is deleted; a live member refuses the delete unless forced; a
+// slave refuses, naming its role.
+func TestDeleteGroupReplicated(t *testing.T) {
+	ctx := context.Background()
+	for _, announce := range []bool{false, true} {
+		g := &groupDeleter{fakeRepl: fakeRepl{status: ferryv1.Status_STATUS_OK}, announce: announce}
+		b := newReplBroker(t, sdk.RoleMaster, g)
+		if err := b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := b.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "billing"})
+		if !announce {
+			if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "replicates_group_deletes") {
+				t.Errorf("a plugin that does not announce group deletions: %v, want ErrUnsupported naming the flag", err)
+			}
+			if got := committed(t, b, "billing", 0); got != 0 {
+				t.Errorf("after a refused delete the group's offset is %d, want 0 (kept)", got)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := committed(t, b, "billing", 0); got != -1 {
+			t.Errorf("after the delete the group's offset is %d, want -1", got)
+		}
+		if !slices.Equal(g.deleted, []string{"billing"}) {
+			t.Errorf("the plugin was handed deletions %v, want [billing]", g.deleted)
+		}
+		if _, err := b.Heartbeat(ctx, &sdk.HeartbeatRequest{Group: "live", Member: "m1", Topics: []string{"orders"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "live"}); !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "force the delete") {
+			t.Errorf("delete of a group with a live member: %v", err)
+		}
+		if _, err := b.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "live", Force: true}); err != nil {
+			t.Errorf("forced delete of a group with a live member: %v", err)
+		}
+	}
+	sb := newReplBroker(t, sdk.RoleSlave, &groupDeleter{fakeRepl: fakeRepl{status: ferryv1.Status_STATUS_OK}, announce: true})
+	if _, err := sb.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "billing"}); !errors.Is(err, sdk.ErrNotLeader) {
+		t.Errorf("DeleteGroup on a slave: %v", err)
 	}
 }
 

@@ -525,6 +525,16 @@ func setOffset(m map[string]map[groupQueue]int64, group string, k groupQueue, of
 	g[k] = off
 }
 
+// forget drops a deleted group's offsets from what the replicator reports
+// (pending, and what a new plugin process is sent).
+func (r *replicator) forget(group string) {
+	o := &r.offs
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.latest, group)
+	delete(o.pending, group)
+}
+
 // reportOffsets sends pending offsets to the plugin until none are left.
 func (r *replicator) reportOffsets() {
 	o := &r.offs

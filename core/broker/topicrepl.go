@@ -96,26 +96,46 @@ func (b *Broker) replicateTopics(ctx context.Context, ch *sdk.TopicChange, force
 	switch ch.Op {
 	case sdk.TopicCreate, sdk.TopicAlter:
 		set := b.topicSet(map[string]int32{ch.Name: ch.Queues})
-		if err := tr.ReplicateTopics(ctx, &sdk.TopicChange{Op: ch.Op, Name: ch.Name, Queues: ch.Queues, Topics: set}); err != nil {
-			return nil, fmt.Errorf("topic %q not changed: shipping it to the slaves failed: %w", ch.Name, err)
+		shipErr := tr.ReplicateTopics(ctx, &sdk.TopicChange{Op: ch.Op, Name: ch.Name, Queues: ch.Queues, Topics: set})
+		if shipErr != nil && !unconfirmed(shipErr) {
+			return nil, fmt.Errorf("topic %q not changed: shipping it to the slaves failed: %w", ch.Name, shipErr)
 		}
+		// Shipped (sync: and confirmed, or not confirmed in time: the
+		// set is on its way, so the master makes the change too, as
+		// the slaves will, and says it is not confirmed).
+		var err error
 		if ch.Op == sdk.TopicCreate {
-			return nil, b.NewTopic(ch.Name, ch.Queues)
+			err = b.NewTopic(ch.Name, ch.Queues)
+		} else {
+			err = b.AddQueues(ch.Name, ch.Queues)
 		}
-		return nil, b.AddQueues(ch.Name, ch.Queues)
+		if err == nil && shipErr != nil {
+			b.log.Warn("topic change made on the master, not confirmed by its slaves", "topic", ch.Name, "op", ch.Op, "error", shipErr)
+			err = fmt.Errorf("topic %q is changed (%s) on the master, but the change is not confirmed by its slaves (they get it with the master's topic set): %w", ch.Name, ch.Op, shipErr)
+		}
+		return nil, err
 	case sdk.TopicDelete:
 		if err := b.removeTopic(ctx, ch.Name); err != nil {
 			return nil, err
 		}
 		if err := tr.ReplicateTopics(ctx, &sdk.TopicChange{Op: ch.Op, Name: ch.Name, Topics: b.topicSet(nil)}); err != nil {
 			// Deleted here; a slave gets the master's set whenever its
-			// link (re)opens.
-			b.log.Warn("topic deleted on the master, not shipped to the slaves yet (they get it when their link reopens)", "topic", ch.Name, "error", err)
+			// link (re)opens. A sync plugin that could not confirm
+			// it says so to the caller.
+			b.log.Warn("topic deleted on the master, not confirmed by the slaves yet (they get it with the master's set)", "topic", ch.Name, "error", err)
+			return groups, fmt.Errorf("topic %q is deleted on the master, but the deletion is not confirmed by its slaves (they get it with the master's topic set): %w", ch.Name, err)
 		}
 		b.log.Info("topic deleted", "topic", ch.Name, "groups", groups)
 		return groups, nil
 	}
 	return nil, fmt.Errorf("%w: unknown topic change %q", sdk.ErrInvalidArgument, ch.Op)
+}
+
+// unconfirmed reports whether a master–slave plugin's ReplicateTopics error
+// says the slaves did not confirm a change it recorded (sync), rather than
+// that it was not shipped.
+func unconfirmed(err error) bool {
+	return errors.Is(err, sdk.ErrReplicaTimeout) || errors.Is(err, sdk.ErrReplicaNotAvailable)
 }
 
 // checkTopicChange refuses a change this node cannot make, with the errors

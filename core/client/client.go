@@ -393,14 +393,16 @@ func (c *Client) ResetOffsets(ctx context.Context, req *ferryv1.ResetOffsetsRequ
 	return resp.Queues, nil
 }
 
-// DeleteGroup removes a group's committed offsets; it is refused while the
-// group has live members, and on a replicated node (errors.ErrUnsupported).
-// It returns what the group's retry and dead-letter topics still hold.
-func (c *Client) DeleteGroup(ctx context.Context, group string) ([]*ferryv1.InternalTopicSize, error) {
+// DeleteGroup removes a group's committed offsets (on every node of a
+// replicated one, whose plugin must replicate group deletions, else
+// errors.ErrUnsupported); it is refused while the group has live members,
+// unless force. It returns what the group's retry and dead-letter topics
+// still hold.
+func (c *Client) DeleteGroup(ctx context.Context, group string, force bool) ([]*ferryv1.InternalTopicSize, error) {
 	if c.closed() {
 		return nil, errClientClosed
 	}
-	resp, err := c.rpc.DeleteGroup(ctx, &ferryv1.DeleteGroupRequest{Group: group})
+	resp, err := c.rpc.DeleteGroup(ctx, &ferryv1.DeleteGroupRequest{Group: group, Force: force})
 	if err != nil {
 		return nil, c.callError("delete group", err)
 	}

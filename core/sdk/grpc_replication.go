@@ -102,9 +102,10 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 	}
 	_, offsets := s.impl.(OffsetReplication)
 	_, topics := s.impl.(TopicReplication)
+	_, groups := s.impl.(GroupDeleteReplication)
 	_, waits := s.impl.(OffsetCommitter)
 	if req.ModeOnly {
-		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets, ReplicatesTopics: topics, WaitsOffsets: waits}, nil
+		return &ferryv1.ReplicationStatusResponse{Mode: mode, ReplicatesOffsets: offsets, ReplicatesTopics: topics, ReplicatesGroupDeletes: groups, WaitsOffsets: waits}, nil
 	}
 	st, err := s.impl.Status(ctx)
 	if err != nil {
@@ -115,8 +116,23 @@ func (s *replicationServer) Status(ctx context.Context, req *ferryv1.Replication
 	}
 	st.ReplicatesOffsets = offsets
 	st.ReplicatesTopics = topics
+	st.ReplicatesGroupDeletes = groups
 	st.WaitsOffsets = waits
 	return st, nil
+}
+
+// ReplicateGroupDelete hands a group's deletion to the plugin; one without
+// GroupDeleteReplication answers UNIMPLEMENTED (the broker does not call
+// it: Status did not announce it).
+func (s *replicationServer) ReplicateGroupDelete(ctx context.Context, req *ferryv1.DeleteGroupOffsetsRequest) (*ferryv1.DeleteGroupOffsetsResponse, error) {
+	g, ok := s.impl.(GroupDeleteReplication)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "this replication plugin does not replicate consumer group deletions")
+	}
+	if err := g.ReplicateGroupDelete(ctx, req.Group); err != nil {
+		return nil, err
+	}
+	return &ferryv1.DeleteGroupOffsetsResponse{}, nil
 }
 
 // ReplicateTopics hands a change of the topic metadata to the plugin; one
@@ -254,6 +270,12 @@ func (c *replicaCoreClient) ApplyTopics(ctx context.Context, change *TopicChange
 	return err
 }
 
+func (c *replicaCoreClient) DeleteGroupOffsets(ctx context.Context, group string) error {
+	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_DeleteGroupOffsets{
+		DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsRequest{Group: group}}})
+	return err
+}
+
 // ReplicationClient is the host's side of a replication plugin over gRPC.
 // Replicate is multiplexed over one stream, opened on first use; when it
 // breaks every waiting call fails with ErrUnavailable and the client stays
@@ -271,6 +293,7 @@ type ReplicationClient struct {
 	mode    string // "" until the plugin answered
 	offsets bool   // the plugin announced ReplicateOffsets
 	topics  bool   // the plugin announced ReplicateTopics
+	groups  bool   // the plugin announced ReplicateGroupDelete
 	waits   bool   // the plugin announced waits_offsets (OffsetCommitter)
 
 	ctx    context.Context
@@ -278,12 +301,13 @@ type ReplicationClient struct {
 }
 
 var (
-	_ Replication       = (*ReplicationClient)(nil)
-	_ ReplicationMode   = (*ReplicationClient)(nil)
-	_ OffsetReplication = (*ReplicationClient)(nil)
-	_ OffsetCommitter   = (*ReplicationClient)(nil)
-	_ TopicReplication  = (*ReplicationClient)(nil)
-	_ RingUser          = (*ReplicationClient)(nil)
+	_ Replication            = (*ReplicationClient)(nil)
+	_ ReplicationMode        = (*ReplicationClient)(nil)
+	_ OffsetReplication      = (*ReplicationClient)(nil)
+	_ OffsetCommitter        = (*ReplicationClient)(nil)
+	_ TopicReplication       = (*ReplicationClient)(nil)
+	_ GroupDeleteReplication = (*ReplicationClient)(nil)
+	_ RingUser               = (*ReplicationClient)(nil)
 )
 
 // UseRing hands the client a data plane segment to offer at Configure.
@@ -331,7 +355,7 @@ func (c *ReplicationClient) Mode() string {
 	if err != nil {
 		return ""
 	}
-	c.mode, c.offsets, c.topics, c.waits = st.Mode, st.ReplicatesOffsets, st.ReplicatesTopics, st.WaitsOffsets
+	c.mode, c.offsets, c.topics, c.groups, c.waits = st.Mode, st.ReplicatesOffsets, st.ReplicatesTopics, st.ReplicatesGroupDeletes, st.WaitsOffsets
 	if c.mode == "" {
 		c.mode = ModeApplyFirst
 	}
@@ -401,6 +425,29 @@ func (c *ReplicationClient) ReplicatesTopics() bool {
 	c.modeMu.Lock()
 	defer c.modeMu.Unlock()
 	return c.topics
+}
+
+// ReplicateGroupDelete sends a consumer group's deletion to the plugin and
+// waits for its answer. Without the capability announced in the plugin's
+// status it returns an error wrapping errors.ErrUnsupported and sends
+// nothing.
+func (c *ReplicationClient) ReplicateGroupDelete(ctx context.Context, group string) error {
+	if !c.ReplicatesGroupDeletes() {
+		return fmt.Errorf("this replication plugin does not replicate consumer group deletions: %w", errors.ErrUnsupported)
+	}
+	_, err := c.rpc.ReplicateGroupDelete(ctx, &ferryv1.DeleteGroupOffsetsRequest{Group: group})
+	return err
+}
+
+// ReplicatesGroupDeletes reports whether the plugin announced
+// ReplicateGroupDelete (false while its status is not known).
+func (c *ReplicationClient) ReplicatesGroupDeletes() bool {
+	if c.Mode() == "" {
+		return false
+	}
+	c.modeMu.Lock()
+	defer c.modeMu.Unlock()
+	return c.groups
 }
 
 // Replicate sends the batch and returns at once; the ReplicateWait gets the
@@ -497,6 +544,10 @@ func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.Re
 	case *ferryv1.ReplicationFrame_ApplyTopics:
 		if err = core.ApplyTopics(ctx, r.ApplyTopics); err == nil {
 			out.Response = &ferryv1.ReplicaCoreFrame_ApplyTopics{ApplyTopics: &ferryv1.TopicChangeResponse{}}
+		}
+	case *ferryv1.ReplicationFrame_DeleteGroupOffsets:
+		if err = core.DeleteGroupOffsets(ctx, r.DeleteGroupOffsets.Group); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_DeleteGroupOffsets{DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsResponse{}}
 		}
 	default:
 		err = fmt.Errorf("%w: unknown replication request %T", ErrInvalidArgument, f.Request)

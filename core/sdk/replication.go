@@ -121,6 +121,12 @@ type ReplicaCore interface {
 	// that cannot be applied anywhere (a bad name, shrinking queues), or the
 	// store's errors (retry).
 	ApplyTopics(ctx context.Context, change *TopicChange) error
+	// DeleteGroupOffsets deletes a consumer group's committed offsets on
+	// this node (a deletion from a consensus log, or the master's),
+	// durably in the store before it returns, and forgets the group's
+	// offsets the broker would report through OffsetReplication. It is
+	// idempotent: deleting a group the node holds no offsets of succeeds.
+	DeleteGroupOffsets(ctx context.Context, group string) error
 }
 
 // TopicReplication is an optional interface of a Replication: it replicates
@@ -175,6 +181,28 @@ type TopicReplication interface {
 // puts them through its log and applies them on every node, leader included.
 type OffsetReplication interface {
 	ReplicateOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
+}
+
+// GroupDeleteReplication is an optional interface of a Replication: it
+// deletes a consumer group's committed offsets on every node (`ferry group
+// delete`). Without it the broker refuses to delete a group on a replicated
+// node (errors.ErrUnsupported): replicas that kept the offsets would bring
+// them back at a failover.
+//
+// The broker of a node that takes produce calls ReplicateGroupDelete from
+// the goroutine of the admin call, after it checked the group (known, no
+// live members unless forced). In mode ModeReplicateFirst the plugin commits
+// the deletion through its log, applies it on every node, this one
+// included, through ReplicaCore.DeleteGroupOffsets, and returns once this
+// node applied it. In the master–slave modes the broker deleted the offsets
+// on the master first; the plugin stops shipping the group's old offsets
+// and ships the deletion to its slaves (those connected now with their next
+// frame, the others when they connect), without waiting for them.
+//
+// Over gRPC the SDK announces the capability in the plugin's status
+// (replicates_group_deletes) when the implementation has this interface.
+type GroupDeleteReplication interface {
+	ReplicateGroupDelete(ctx context.Context, group string) error
 }
 
 // OffsetCommitter is an optional interface of an OffsetReplication whose

@@ -746,6 +746,9 @@ func ownFollowResponse(m *ferryv1.FollowResponse) error {
 	if err := ownTopicChange(m.Topics); err != nil {
 		return err
 	}
+	if err := ownStringList(m.DeletedGroups, "ferry.v1.FollowResponse.deleted_groups"); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -1220,6 +1223,10 @@ func ownReplicaCoreFrame(m *ferryv1.ReplicaCoreFrame) error {
 		if err := ownTopicChangeResponse(o.ApplyTopics); err != nil {
 			return err
 		}
+	case *ferryv1.ReplicaCoreFrame_DeleteGroupOffsets:
+		if err := ownDeleteGroupOffsetsResponse(o.DeleteGroupOffsets); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -1305,6 +1312,10 @@ func ownReplicationFrame(m *ferryv1.ReplicationFrame) error {
 		}
 	case *ferryv1.ReplicationFrame_ApplyTopics:
 		if err := ownTopicChange(o.ApplyTopics); err != nil {
+			return err
+		}
+	case *ferryv1.ReplicationFrame_DeleteGroupOffsets:
+		if err := ownDeleteGroupOffsetsRequest(o.DeleteGroupOffsets); err != nil {
 			return err
 		}
 	}

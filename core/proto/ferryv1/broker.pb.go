@@ -916,8 +916,11 @@ func (x *ResetQueue) GetCommitted() int64 {
 }
 
 type DeleteGroupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Delete even while the group has live members (they keep their
+	// positions and may commit them again).
+	Force         bool `protobuf:"varint,420,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -957,6 +960,13 @@ func (x *DeleteGroupRequest) GetGroup() string {
 		return x.Group
 	}
 	return ""
+}
+
+func (x *DeleteGroupRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type DeleteGroupResponse struct {
@@ -2150,9 +2160,10 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x1a\n" +
 	"\bprevious\x18\x03 \x01(\x03R\bprevious\x12\x1c\n" +
-	"\tcommitted\x18\x04 \x01(\x03R\tcommitted\"*\n" +
+	"\tcommitted\x18\x04 \x01(\x03R\tcommitted\"A\n" +
 	"\x12DeleteGroupRequest\x12\x14\n" +
-	"\x05group\x18\x01 \x01(\tR\x05group\"N\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x15\n" +
+	"\x05force\x18\xa4\x03 \x01(\bR\x05force\"N\n" +
 	"\x13DeleteGroupResponse\x127\n" +
 	"\binternal\x18\x01 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\"@\n" +
 	"\x12CreateTopicRequest\x12\x12\n" +

@@ -413,6 +413,7 @@ type ReplicationFrame struct {
 	//	*ReplicationFrame_SetRole
 	//	*ReplicationFrame_CommitOffsets
 	//	*ReplicationFrame_ApplyTopics
+	//	*ReplicationFrame_DeleteGroupOffsets
 	Request       isReplicationFrame_Request `protobuf_oneof:"request"`
 	TimeoutNanos  int64                      `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -517,6 +518,15 @@ func (x *ReplicationFrame) GetApplyTopics() *TopicChange {
 	return nil
 }
 
+func (x *ReplicationFrame) GetDeleteGroupOffsets() *DeleteGroupOffsetsRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ReplicationFrame_DeleteGroupOffsets); ok {
+			return x.DeleteGroupOffsets
+		}
+	}
+	return nil
+}
+
 func (x *ReplicationFrame) GetTimeoutNanos() int64 {
 	if x != nil {
 		return x.TimeoutNanos
@@ -562,6 +572,12 @@ type ReplicationFrame_ApplyTopics struct {
 	ApplyTopics *TopicChange `protobuf:"bytes,20,opt,name=apply_topics,json=applyTopics,proto3,oneof"`
 }
 
+type ReplicationFrame_DeleteGroupOffsets struct {
+	// Delete a consumer group's committed offsets on this node (from the
+	// raft log, or the master). Idempotent.
+	DeleteGroupOffsets *DeleteGroupOffsetsRequest `protobuf:"bytes,420,opt,name=delete_group_offsets,json=deleteGroupOffsets,proto3,oneof"`
+}
+
 func (*ReplicationFrame_Apply) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
@@ -574,6 +590,8 @@ func (*ReplicationFrame_CommitOffsets) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_ApplyTopics) isReplicationFrame_Request() {}
 
+func (*ReplicationFrame_DeleteGroupOffsets) isReplicationFrame_Request() {}
+
 type ReplicaCoreFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -585,6 +603,7 @@ type ReplicaCoreFrame struct {
 	//	*ReplicaCoreFrame_SetRole
 	//	*ReplicaCoreFrame_CommitOffsets
 	//	*ReplicaCoreFrame_ApplyTopics
+	//	*ReplicaCoreFrame_DeleteGroupOffsets
 	Response      isReplicaCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error                      `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -689,6 +708,15 @@ func (x *ReplicaCoreFrame) GetApplyTopics() *TopicChangeResponse {
 	return nil
 }
 
+func (x *ReplicaCoreFrame) GetDeleteGroupOffsets() *DeleteGroupOffsetsResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ReplicaCoreFrame_DeleteGroupOffsets); ok {
+			return x.DeleteGroupOffsets
+		}
+	}
+	return nil
+}
+
 func (x *ReplicaCoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -724,6 +752,10 @@ type ReplicaCoreFrame_ApplyTopics struct {
 	ApplyTopics *TopicChangeResponse `protobuf:"bytes,20,opt,name=apply_topics,json=applyTopics,proto3,oneof"`
 }
 
+type ReplicaCoreFrame_DeleteGroupOffsets struct {
+	DeleteGroupOffsets *DeleteGroupOffsetsResponse `protobuf:"bytes,420,opt,name=delete_group_offsets,json=deleteGroupOffsets,proto3,oneof"`
+}
+
 func (*ReplicaCoreFrame_Apply) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
@@ -735,6 +767,8 @@ func (*ReplicaCoreFrame_SetRole) isReplicaCoreFrame_Response() {}
 func (*ReplicaCoreFrame_CommitOffsets) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_ApplyTopics) isReplicaCoreFrame_Response() {}
+
+func (*ReplicaCoreFrame_DeleteGroupOffsets) isReplicaCoreFrame_Response() {}
 
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1107,6 +1141,10 @@ type ReplicationStatusResponse struct {
 	ReplicatesOffsets bool `protobuf:"varint,11,opt,name=replicates_offsets,json=replicatesOffsets,proto3" json:"replicates_offsets,omitempty"`
 	// The plugin implements ReplicateTopics (answered with mode_only too).
 	ReplicatesTopics bool `protobuf:"varint,65,opt,name=replicates_topics,json=replicatesTopics,proto3" json:"replicates_topics,omitempty"`
+	// The plugin implements ReplicateGroupDelete (answered with mode_only
+	// too). Unset by older plugins: the broker then refuses to delete a
+	// group on the node rather than let the replicas keep its offsets.
+	ReplicatesGroupDeletes bool `protobuf:"varint,420,opt,name=replicates_group_deletes,json=replicatesGroupDeletes,proto3" json:"replicates_group_deletes,omitempty"`
 	// The plugin's ReplicateOffsets can wait until the offsets are committed
 	// through its log (CommitOffsetsRequest.wait; raft): the broker then
 	// acknowledges a consumer's commit only after that (answered with
@@ -1237,6 +1275,13 @@ func (x *ReplicationStatusResponse) GetReplicatesTopics() bool {
 	return false
 }
 
+func (x *ReplicationStatusResponse) GetReplicatesGroupDeletes() bool {
+	if x != nil {
+		return x.ReplicatesGroupDeletes
+	}
+	return false
+}
+
 func (x *ReplicationStatusResponse) GetWaitsOffsets() bool {
 	if x != nil {
 		return x.WaitsOffsets
@@ -1357,8 +1402,11 @@ type FollowRequest struct {
 	Node    string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// Every frame: end offsets of the slave's queues (start, committed unused).
-	Ends          []*QueueOffsets `protobuf:"bytes,3,rep,name=ends,proto3" json:"ends,omitempty"`
-	Epoch         uint64          `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Ends  []*QueueOffsets `protobuf:"bytes,3,rep,name=ends,proto3" json:"ends,omitempty"`
+	Epoch uint64          `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The version of the master's topic set (FollowResponse.topics_version)
+	// this slave applied, sent once it did.
+	TopicsApplied uint64 `protobuf:"varint,420,opt,name=topics_applied,json=topicsApplied,proto3" json:"topics_applied,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1421,6 +1469,13 @@ func (x *FollowRequest) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *FollowRequest) GetTopicsApplied() uint64 {
+	if x != nil {
+		return x.TopicsApplied
+	}
+	return 0
+}
+
 type FollowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Messages to apply, offsets set, in offset order per queue.
@@ -1442,7 +1497,17 @@ type FollowResponse struct {
 	// again after each change of the master's topics, ahead of any batch
 	// of a topic it created. The slave applies it before the messages of
 	// the same frame.
-	Topics        *TopicChange `protobuf:"bytes,65,opt,name=topics,proto3" json:"topics,omitempty"`
+	Topics *TopicChange `protobuf:"bytes,65,opt,name=topics,proto3" json:"topics,omitempty"`
+	// Consumer groups deleted on the master (every one it deleted since its
+	// plugin started when the stream opens, then those deleted since the
+	// last frame). The slave deletes their offsets before it stores the
+	// group_offsets of the same frame (a group deleted, then committed to
+	// again, is in both).
+	DeletedGroups []string `protobuf:"bytes,420,rep,name=deleted_groups,json=deletedGroups,proto3" json:"deleted_groups,omitempty"`
+	// The version of `topics` (sent with it): the slave confirms it in
+	// FollowRequest.topics_applied once applied. A sync master answers a
+	// topic change only once min_replicas slaves confirmed it.
+	TopicsVersion uint64 `protobuf:"varint,421,opt,name=topics_version,json=topicsVersion,proto3" json:"topics_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1531,6 +1596,20 @@ func (x *FollowResponse) GetTopics() *TopicChange {
 		return x.Topics
 	}
 	return nil
+}
+
+func (x *FollowResponse) GetDeletedGroups() []string {
+	if x != nil {
+		return x.DeletedGroups
+	}
+	return nil
+}
+
+func (x *FollowResponse) GetTopicsVersion() uint64 {
+	if x != nil {
+		return x.TopicsVersion
+	}
+	return 0
 }
 
 type PromoteRequest struct {
@@ -1867,7 +1946,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
 	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
-	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xa5\x03\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xff\x03\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +
@@ -1875,9 +1954,10 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tnode_info\x18\x04 \x01(\v2\x19.ferry.v1.NodeInfoRequestH\x00R\bnodeInfo\x125\n" +
 	"\bset_role\x18\x05 \x01(\v2\x18.ferry.v1.SetRoleRequestH\x00R\asetRole\x12G\n" +
 	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\rcommitOffsets\x12:\n" +
-	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12#\n" +
+	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12X\n" +
+	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2#.ferry.v1.DeleteGroupOffsetsRequestH\x00R\x12deleteGroupOffsets\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanosB\t\n" +
-	"\arequest\"\xb5\x03\n" +
+	"\arequest\"\x90\x04\n" +
 	"\x10ReplicaCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05apply\x18\x02 \x01(\v2\x17.ferry.v1.ApplyResponseH\x00R\x05apply\x12,\n" +
@@ -1885,7 +1965,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tnode_info\x18\x04 \x01(\v2\x1a.ferry.v1.NodeInfoResponseH\x00R\bnodeInfo\x126\n" +
 	"\bset_role\x18\x05 \x01(\v2\x19.ferry.v1.SetRoleResponseH\x00R\asetRole\x12H\n" +
 	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12B\n" +
-	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12%\n" +
+	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12Y\n" +
+	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2$.ferry.v1.DeleteGroupOffsetsResponseH\x00R\x12deleteGroupOffsets\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse\"=\n" +
@@ -1907,7 +1988,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xea\x04\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xa5\x05\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -1922,7 +2003,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x10leader_connected\x18\n" +
 	" \x01(\bR\x0fleaderConnected\x12-\n" +
 	"\x12replicates_offsets\x18\v \x01(\bR\x11replicatesOffsets\x12+\n" +
-	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x12$\n" +
+	"\x11replicates_topics\x18A \x01(\bR\x10replicatesTopics\x129\n" +
+	"\x18replicates_group_deletes\x18\xa4\x03 \x01(\bR\x16replicatesGroupDeletes\x12$\n" +
 	"\rwaits_offsets\x18\x90\x03 \x01(\bR\fwaitsOffsets\x12$\n" +
 	"\rapplied_index\x18\xac\x02 \x01(\x04R\fappliedIndex\x12/\n" +
 	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\x120\n" +
@@ -1933,12 +2015,13 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tconnected\x18\x03 \x01(\bR\tconnected\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\x12\x1a\n" +
 	"\bdiverged\x18\x05 \x01(\bR\bdiverged\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x7f\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xa7\x01\n" +
 	"\rFollowRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xf4\x02\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12&\n" +
+	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\"\xc4\x03\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -1949,7 +2032,9 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
 	"acked_ends\x18\x06 \x03(\v2\x16.ferry.v1.QueueOffsetsR\tackedEnds\x12C\n" +
 	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\x12-\n" +
-	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\"&\n" +
+	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\x12&\n" +
+	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\x12&\n" +
+	"\x0etopics_version\x18\xa5\x03 \x01(\x04R\rtopicsVersion\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
@@ -1969,13 +2054,14 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"RaftServer\x12\x0f\n" +
 	"\x02id\x18\xac\x02 \x01(\tR\x02id\x12\x13\n" +
 	"\x04raft\x18\xad\x02 \x01(\tR\x04raft\x12\x1b\n" +
-	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage2\x8f\x03\n" +
+	"\bsuffrage\x18\xae\x02 \x01(\tR\bsuffrage2\xf2\x03\n" +
 	"\vReplication\x12H\n" +
 	"\tReplicate\x12\x1a.ferry.v1.ReplicateRequest\x1a\x1b.ferry.v1.ReplicateResponse(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.ferry.v1.ReplicaCoreFrame\x1a\x1a.ferry.v1.ReplicationFrame(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12S\n" +
 	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
-	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse2\xb3\x02\n" +
+	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse\x12a\n" +
+	"\x14ReplicateGroupDelete\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse2\xb3\x02\n" +
 	"\vReplicaLink\x12?\n" +
 	"\x06Follow\x12\x17.ferry.v1.FollowRequest\x1a\x18.ferry.v1.FollowResponse(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12>\n" +
@@ -1996,39 +2082,41 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 
 var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_v1_replication_proto_goTypes = []any{
-	(*OffsetCommits)(nil),             // 0: ferry.v1.OffsetCommits
-	(*TopicChange)(nil),               // 1: ferry.v1.TopicChange
-	(*ReplicatedTopic)(nil),           // 2: ferry.v1.ReplicatedTopic
-	(*TopicChangeResponse)(nil),       // 3: ferry.v1.TopicChangeResponse
-	(*ReplicateRequest)(nil),          // 4: ferry.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),         // 5: ferry.v1.ReplicateResponse
-	(*ReplicationFrame)(nil),          // 6: ferry.v1.ReplicationFrame
-	(*ReplicaCoreFrame)(nil),          // 7: ferry.v1.ReplicaCoreFrame
-	(*ApplyRequest)(nil),              // 8: ferry.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 9: ferry.v1.ApplyResponse
-	(*NodeInfoRequest)(nil),           // 10: ferry.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),          // 11: ferry.v1.NodeInfoResponse
-	(*SetRoleRequest)(nil),            // 12: ferry.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),           // 13: ferry.v1.SetRoleResponse
-	(*ReplicationStatusRequest)(nil),  // 14: ferry.v1.ReplicationStatusRequest
-	(*ReplicationStatusResponse)(nil), // 15: ferry.v1.ReplicationStatusResponse
-	(*ReplicaInfo)(nil),               // 16: ferry.v1.ReplicaInfo
-	(*FollowRequest)(nil),             // 17: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),            // 18: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),            // 19: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),           // 20: ferry.v1.PromoteResponse
-	(*ChangeMembersRequest)(nil),      // 21: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),     // 22: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                // 23: ferry.v1.RaftServer
-	nil,                               // 24: ferry.v1.ReplicateRequest.TraceEntry
-	(*CommitOffsetsRequest)(nil),      // 25: ferry.v1.CommitOffsetsRequest
-	(*Message)(nil),                   // 26: ferry.v1.Message
-	(Status)(0),                       // 27: ferry.v1.Status
-	(*Error)(nil),                     // 28: ferry.v1.Error
-	(*ReadRequest)(nil),               // 29: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),              // 30: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),     // 31: ferry.v1.CommitOffsetsResponse
-	(*QueueOffsets)(nil),              // 32: ferry.v1.QueueOffsets
+	(*OffsetCommits)(nil),              // 0: ferry.v1.OffsetCommits
+	(*TopicChange)(nil),                // 1: ferry.v1.TopicChange
+	(*ReplicatedTopic)(nil),            // 2: ferry.v1.ReplicatedTopic
+	(*TopicChangeResponse)(nil),        // 3: ferry.v1.TopicChangeResponse
+	(*ReplicateRequest)(nil),           // 4: ferry.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),          // 5: ferry.v1.ReplicateResponse
+	(*ReplicationFrame)(nil),           // 6: ferry.v1.ReplicationFrame
+	(*ReplicaCoreFrame)(nil),           // 7: ferry.v1.ReplicaCoreFrame
+	(*ApplyRequest)(nil),               // 8: ferry.v1.ApplyRequest
+	(*ApplyResponse)(nil),              // 9: ferry.v1.ApplyResponse
+	(*NodeInfoRequest)(nil),            // 10: ferry.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),           // 11: ferry.v1.NodeInfoResponse
+	(*SetRoleRequest)(nil),             // 12: ferry.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),            // 13: ferry.v1.SetRoleResponse
+	(*ReplicationStatusRequest)(nil),   // 14: ferry.v1.ReplicationStatusRequest
+	(*ReplicationStatusResponse)(nil),  // 15: ferry.v1.ReplicationStatusResponse
+	(*ReplicaInfo)(nil),                // 16: ferry.v1.ReplicaInfo
+	(*FollowRequest)(nil),              // 17: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),             // 18: ferry.v1.FollowResponse
+	(*PromoteRequest)(nil),             // 19: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),            // 20: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),       // 21: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),      // 22: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                 // 23: ferry.v1.RaftServer
+	nil,                                // 24: ferry.v1.ReplicateRequest.TraceEntry
+	(*CommitOffsetsRequest)(nil),       // 25: ferry.v1.CommitOffsetsRequest
+	(*Message)(nil),                    // 26: ferry.v1.Message
+	(Status)(0),                        // 27: ferry.v1.Status
+	(*Error)(nil),                      // 28: ferry.v1.Error
+	(*ReadRequest)(nil),                // 29: ferry.v1.ReadRequest
+	(*DeleteGroupOffsetsRequest)(nil),  // 30: ferry.v1.DeleteGroupOffsetsRequest
+	(*ReadResponse)(nil),               // 31: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),      // 32: ferry.v1.CommitOffsetsResponse
+	(*DeleteGroupOffsetsResponse)(nil), // 33: ferry.v1.DeleteGroupOffsetsResponse
+	(*QueueOffsets)(nil),               // 34: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
 	25, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
@@ -2043,49 +2131,53 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	12, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
 	25, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
 	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	9,  // 12: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	30, // 13: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	11, // 14: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	13, // 15: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	31, // 16: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	3,  // 17: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	28, // 18: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	26, // 19: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	32, // 20: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	2,  // 21: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	16, // 22: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	32, // 23: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	23, // 24: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	32, // 25: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	26, // 26: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	32, // 27: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	32, // 28: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	25, // 29: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	1,  // 30: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	23, // 31: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	4,  // 32: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	7,  // 33: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	14, // 34: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	25, // 35: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	1,  // 36: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	17, // 37: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	14, // 38: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	19, // 39: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	21, // 40: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	5,  // 41: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	6,  // 42: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	15, // 43: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	31, // 44: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	3,  // 45: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	18, // 46: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	15, // 47: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	20, // 48: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	22, // 49: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	41, // [41:50] is the sub-list for method output_type
-	32, // [32:41] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	30, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
+	9,  // 13: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	31, // 14: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	11, // 15: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	13, // 16: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	32, // 17: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	3,  // 18: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	33, // 19: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	28, // 20: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	26, // 21: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	34, // 22: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	2,  // 23: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	16, // 24: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	34, // 25: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	23, // 26: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	34, // 27: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	26, // 28: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	34, // 29: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	34, // 30: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	25, // 31: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 32: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	23, // 33: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 34: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 35: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	14, // 36: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	25, // 37: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 38: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	30, // 39: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	17, // 40: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	14, // 41: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	19, // 42: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	21, // 43: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	5,  // 44: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 45: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	15, // 46: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	32, // 47: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 48: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	33, // 49: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	18, // 50: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	15, // 51: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	20, // 52: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	22, // 53: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	44, // [44:54] is the sub-list for method output_type
+	34, // [34:44] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2102,6 +2194,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_SetRole)(nil),
 		(*ReplicationFrame_CommitOffsets)(nil),
 		(*ReplicationFrame_ApplyTopics)(nil),
+		(*ReplicationFrame_DeleteGroupOffsets)(nil),
 	}
 	file_ferry_v1_replication_proto_msgTypes[7].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
@@ -2110,6 +2203,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicaCoreFrame_SetRole)(nil),
 		(*ReplicaCoreFrame_CommitOffsets)(nil),
 		(*ReplicaCoreFrame_ApplyTopics)(nil),
+		(*ReplicaCoreFrame_DeleteGroupOffsets)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

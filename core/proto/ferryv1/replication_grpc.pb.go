@@ -27,11 +27,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Replication_Replicate_FullMethodName        = "/ferry.v1.Replication/Replicate"
-	Replication_Connect_FullMethodName          = "/ferry.v1.Replication/Connect"
-	Replication_Status_FullMethodName           = "/ferry.v1.Replication/Status"
-	Replication_ReplicateOffsets_FullMethodName = "/ferry.v1.Replication/ReplicateOffsets"
-	Replication_ReplicateTopics_FullMethodName  = "/ferry.v1.Replication/ReplicateTopics"
+	Replication_Replicate_FullMethodName            = "/ferry.v1.Replication/Replicate"
+	Replication_Connect_FullMethodName              = "/ferry.v1.Replication/Connect"
+	Replication_Status_FullMethodName               = "/ferry.v1.Replication/Status"
+	Replication_ReplicateOffsets_FullMethodName     = "/ferry.v1.Replication/ReplicateOffsets"
+	Replication_ReplicateTopics_FullMethodName      = "/ferry.v1.Replication/ReplicateTopics"
+	Replication_ReplicateGroupDelete_FullMethodName = "/ferry.v1.Replication/ReplicateGroupDelete"
 )
 
 // ReplicationClient is the client API for Replication service.
@@ -69,6 +70,16 @@ type ReplicationClient interface {
 	// it in ReplicationStatusResponse.replicates_topics; without it the
 	// broker refuses topic changes on a replicated node.
 	ReplicateTopics(ctx context.Context, in *TopicChange, opts ...grpc.CallOption) (*TopicChangeResponse, error)
+	// ReplicateGroupDelete is called by the broker of a node that takes
+	// produce to delete a consumer group's committed offsets on every node
+	// (`ferry group delete`). A consensus plugin (raft) commits the deletion
+	// through its log, applies it on every node through
+	// ReplicationFrame.delete_group_offsets, and answers once this node
+	// applied it. A master–slave plugin, called after the master deleted the
+	// offsets, ships the deletion to its slaves. Called only when the plugin
+	// announced it in ReplicationStatusResponse.replicates_group_deletes;
+	// without it the broker refuses to delete a group on a replicated node.
+	ReplicateGroupDelete(ctx context.Context, in *DeleteGroupOffsetsRequest, opts ...grpc.CallOption) (*DeleteGroupOffsetsResponse, error)
 }
 
 type replicationClient struct {
@@ -135,6 +146,16 @@ func (c *replicationClient) ReplicateTopics(ctx context.Context, in *TopicChange
 	return out, nil
 }
 
+func (c *replicationClient) ReplicateGroupDelete(ctx context.Context, in *DeleteGroupOffsetsRequest, opts ...grpc.CallOption) (*DeleteGroupOffsetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupOffsetsResponse)
+	err := c.cc.Invoke(ctx, Replication_ReplicateGroupDelete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicationServer is the server API for Replication service.
 // All implementations must embed UnimplementedReplicationServer
 // for forward compatibility.
@@ -170,6 +191,16 @@ type ReplicationServer interface {
 	// it in ReplicationStatusResponse.replicates_topics; without it the
 	// broker refuses topic changes on a replicated node.
 	ReplicateTopics(context.Context, *TopicChange) (*TopicChangeResponse, error)
+	// ReplicateGroupDelete is called by the broker of a node that takes
+	// produce to delete a consumer group's committed offsets on every node
+	// (`ferry group delete`). A consensus plugin (raft) commits the deletion
+	// through its log, applies it on every node through
+	// ReplicationFrame.delete_group_offsets, and answers once this node
+	// applied it. A master–slave plugin, called after the master deleted the
+	// offsets, ships the deletion to its slaves. Called only when the plugin
+	// announced it in ReplicationStatusResponse.replicates_group_deletes;
+	// without it the broker refuses to delete a group on a replicated node.
+	ReplicateGroupDelete(context.Context, *DeleteGroupOffsetsRequest) (*DeleteGroupOffsetsResponse, error)
 	mustEmbedUnimplementedReplicationServer()
 }
 
@@ -194,6 +225,9 @@ func (UnimplementedReplicationServer) ReplicateOffsets(context.Context, *CommitO
 }
 func (UnimplementedReplicationServer) ReplicateTopics(context.Context, *TopicChange) (*TopicChangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReplicateTopics not implemented")
+}
+func (UnimplementedReplicationServer) ReplicateGroupDelete(context.Context, *DeleteGroupOffsetsRequest) (*DeleteGroupOffsetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReplicateGroupDelete not implemented")
 }
 func (UnimplementedReplicationServer) mustEmbedUnimplementedReplicationServer() {}
 func (UnimplementedReplicationServer) testEmbeddedByValue()                     {}
@@ -284,6 +318,24 @@ func _Replication_ReplicateTopics_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Replication_ReplicateGroupDelete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupOffsetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicationServer).ReplicateGroupDelete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replication_ReplicateGroupDelete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicationServer).ReplicateGroupDelete(ctx, req.(*DeleteGroupOffsetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replication_ServiceDesc is the grpc.ServiceDesc for Replication service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -302,6 +354,10 @@ var Replication_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplicateTopics",
 			Handler:    _Replication_ReplicateTopics_Handler,
+		},
+		{
+			MethodName: "ReplicateGroupDelete",
+			Handler:    _Replication_ReplicateGroupDelete_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

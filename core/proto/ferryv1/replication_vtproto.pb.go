@@ -594,6 +594,33 @@ func (m *ReplicationFrame_ApplyTopics) MarshalToSizedBufferVT(dAtA []byte) (int,
 	}
 	return len(dAtA) - i, nil
 }
+func (m *ReplicationFrame_DeleteGroupOffsets) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *ReplicationFrame_DeleteGroupOffsets) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.DeleteGroupOffsets != nil {
+		size, err := m.DeleteGroupOffsets.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa2
+	} else {
+		i = protohelpers.EncodeVarint(dAtA, i, 0)
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa2
+	}
+	return len(dAtA) - i, nil
+}
 func (m *ReplicaCoreFrame) MarshalVT() (dAtA []byte, err error) {
 	if m == nil {
 		return nil, nil
@@ -788,6 +815,33 @@ func (m *ReplicaCoreFrame_ApplyTopics) MarshalToSizedBufferVT(dAtA []byte) (int,
 		i = protohelpers.EncodeVarint(dAtA, i, 0)
 		i--
 		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa2
+	}
+	return len(dAtA) - i, nil
+}
+func (m *ReplicaCoreFrame_DeleteGroupOffsets) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *ReplicaCoreFrame_DeleteGroupOffsets) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.DeleteGroupOffsets != nil {
+		size, err := m.DeleteGroupOffsets.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa2
+	} else {
+		i = protohelpers.EncodeVarint(dAtA, i, 0)
+		i--
+		dAtA[i] = 0x1a
 		i--
 		dAtA[i] = 0xa2
 	}
@@ -1165,6 +1219,18 @@ func (m *ReplicationStatusResponse) MarshalToSizedBufferVT(dAtA []byte) (int, er
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.ReplicatesGroupDeletes {
+		i--
+		if m.ReplicatesGroupDeletes {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa0
+	}
 	if m.WaitsOffsets {
 		i--
 		if m.WaitsOffsets {
@@ -1422,6 +1488,13 @@ func (m *FollowRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.TopicsApplied != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TopicsApplied))
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa0
+	}
 	if m.Epoch != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Epoch))
 		i--
@@ -1485,6 +1558,24 @@ func (m *FollowResponse) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.TopicsVersion != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TopicsVersion))
+		i--
+		dAtA[i] = 0x1a
+		i--
+		dAtA[i] = 0xa8
+	}
+	if len(m.DeletedGroups) > 0 {
+		for iNdEx := len(m.DeletedGroups) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.DeletedGroups[iNdEx])
+			copy(dAtA[i:], m.DeletedGroups[iNdEx])
+			i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.DeletedGroups[iNdEx])))
+			i--
+			dAtA[i] = 0x1a
+			i--
+			dAtA[i] = 0xa2
+		}
 	}
 	if m.Topics != nil {
 		size, err := m.Topics.MarshalToSizedBufferVT(dAtA[:i])
@@ -2097,6 +2188,20 @@ func (m *ReplicationFrame_ApplyTopics) SizeVT() (n int) {
 	}
 	return n
 }
+func (m *ReplicationFrame_DeleteGroupOffsets) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.DeleteGroupOffsets != nil {
+		l = m.DeleteGroupOffsets.SizeVT()
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+	} else {
+		n += 3
+	}
+	return n
+}
 func (m *ReplicaCoreFrame) SizeVT() (n int) {
 	if m == nil {
 		return 0
@@ -2195,6 +2300,20 @@ func (m *ReplicaCoreFrame_ApplyTopics) SizeVT() (n int) {
 	_ = l
 	if m.ApplyTopics != nil {
 		l = m.ApplyTopics.SizeVT()
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+	} else {
+		n += 3
+	}
+	return n
+}
+func (m *ReplicaCoreFrame_DeleteGroupOffsets) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.DeleteGroupOffsets != nil {
+		l = m.DeleteGroupOffsets.SizeVT()
 		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 	} else {
 		n += 3
@@ -2393,6 +2512,9 @@ func (m *ReplicationStatusResponse) SizeVT() (n int) {
 	if m.WaitsOffsets {
 		n += 3
 	}
+	if m.ReplicatesGroupDeletes {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2451,6 +2573,9 @@ func (m *FollowRequest) SizeVT() (n int) {
 	if m.Epoch != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Epoch))
 	}
+	if m.TopicsApplied != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.TopicsApplied))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2499,6 +2624,15 @@ func (m *FollowResponse) SizeVT() (n int) {
 	if m.Topics != nil {
 		l = m.Topics.SizeVT()
 		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if len(m.DeletedGroups) > 0 {
+		for _, s := range m.DeletedGroups {
+			l = len(s)
+			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+		}
+	}
+	if m.TopicsVersion != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.TopicsVersion))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -3907,6 +4041,47 @@ func (m *ReplicationFrame) UnmarshalVT(dAtA []byte) error {
 				m.Request = &ReplicationFrame_ApplyTopics{ApplyTopics: v}
 			}
 			iNdEx = postIndex
+		case 420:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeleteGroupOffsets", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Request.(*ReplicationFrame_DeleteGroupOffsets); ok {
+				if err := oneof.DeleteGroupOffsets.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &DeleteGroupOffsetsRequest{}
+				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Request = &ReplicationFrame_DeleteGroupOffsets{DeleteGroupOffsets: v}
+			}
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -4257,6 +4432,47 @@ func (m *ReplicaCoreFrame) UnmarshalVT(dAtA []byte) error {
 					return err
 				}
 				m.Response = &ReplicaCoreFrame_ApplyTopics{ApplyTopics: v}
+			}
+			iNdEx = postIndex
+		case 420:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeleteGroupOffsets", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Response.(*ReplicaCoreFrame_DeleteGroupOffsets); ok {
+				if err := oneof.DeleteGroupOffsets.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &DeleteGroupOffsetsResponse{}
+				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Response = &ReplicaCoreFrame_DeleteGroupOffsets{DeleteGroupOffsets: v}
 			}
 			iNdEx = postIndex
 		default:
@@ -5501,6 +5717,26 @@ func (m *ReplicationStatusResponse) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.WaitsOffsets = bool(v != 0)
+		case 420:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ReplicatesGroupDeletes", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ReplicatesGroupDeletes = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -5875,6 +6111,25 @@ func (m *FollowRequest) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 420:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsApplied", wireType)
+			}
+			m.TopicsApplied = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsApplied |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -6181,6 +6436,57 @@ func (m *FollowResponse) UnmarshalVT(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 420:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeletedGroups", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.DeletedGroups = append(m.DeletedGroups, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 421:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsVersion", wireType)
+			}
+			m.TopicsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsVersion |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -8188,6 +8494,47 @@ func (m *ReplicationFrame) UnmarshalVTUnsafe(dAtA []byte) error {
 				m.Request = &ReplicationFrame_ApplyTopics{ApplyTopics: v}
 			}
 			iNdEx = postIndex
+		case 420:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeleteGroupOffsets", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Request.(*ReplicationFrame_DeleteGroupOffsets); ok {
+				if err := oneof.DeleteGroupOffsets.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &DeleteGroupOffsetsRequest{}
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Request = &ReplicationFrame_DeleteGroupOffsets{DeleteGroupOffsets: v}
+			}
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -8538,6 +8885,47 @@ func (m *ReplicaCoreFrame) UnmarshalVTUnsafe(dAtA []byte) error {
 					return err
 				}
 				m.Response = &ReplicaCoreFrame_ApplyTopics{ApplyTopics: v}
+			}
+			iNdEx = postIndex
+		case 420:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeleteGroupOffsets", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Response.(*ReplicaCoreFrame_DeleteGroupOffsets); ok {
+				if err := oneof.DeleteGroupOffsets.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &DeleteGroupOffsetsResponse{}
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Response = &ReplicaCoreFrame_DeleteGroupOffsets{DeleteGroupOffsets: v}
 			}
 			iNdEx = postIndex
 		default:
@@ -9834,6 +10222,26 @@ func (m *ReplicationStatusResponse) UnmarshalVTUnsafe(dAtA []byte) error {
 				}
 			}
 			m.WaitsOffsets = bool(v != 0)
+		case 420:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ReplicatesGroupDeletes", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ReplicatesGroupDeletes = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -10228,6 +10636,25 @@ func (m *FollowRequest) UnmarshalVTUnsafe(dAtA []byte) error {
 					break
 				}
 			}
+		case 420:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsApplied", wireType)
+			}
+			m.TopicsApplied = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsApplied |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -10542,6 +10969,61 @@ func (m *FollowResponse) UnmarshalVTUnsafe(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 420:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeletedGroups", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.DeletedGroups = append(m.DeletedGroups, stringValue)
+			iNdEx = postIndex
+		case 421:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TopicsVersion", wireType)
+			}
+			m.TopicsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TopicsVersion |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -149,6 +149,11 @@ func (c *ReplicaTestCore) CommitOffsets(ctx context.Context, group string, offse
 	return nil
 }
 
+// DeleteGroupOffsets takes a group's deletion (the suite does not check it).
+func (c *ReplicaTestCore) DeleteGroupOffsets(ctx context.Context, group string) error {
+	return nil
+}
+
 // queueLog returns a copy of a queue's log.
 func (c *ReplicaTestCore) queueLog(topic string, queue int32) []*sdk.Message {
 	c.mu.Lock()

@@ -109,6 +109,11 @@
 //     (async, or still catching up) stores its end and moves on as the
 //     messages arrive. An offset beyond its log could, after a promotion,
 //     skip the new messages stored at those offsets.
+//   - A group deleted on the master (`ferry group delete`,
+//     sdk.GroupDeleteReplication, groups.go) is shipped the same way: its
+//     offsets are dropped, its name sent with the next frame (and every
+//     deleted name when a slave connects), and the slave deletes the
+//     group's offsets before it stores the frame's.
 //
 // While linked, the master's offsets rule: a slave stores what the master
 // sends even when it had a higher offset (committed by consumers that read
@@ -132,10 +137,15 @@
 // its topics.json) once the applies started before it are done and before
 // the frame's own. A slave's queues of a topic the master no longer holds
 // are not taken for divergence when it connects: the opening set deletes
-// them. Shipping does not wait for the slaves: a topic created while no
-// slave is linked reaches it when it links; in sync mode a message of it is
-// answered OK only once a slave stored it, which it can only after it got
-// the set.
+// them. A slave confirms each set it applied (FollowRequest.topics_applied,
+// the version the master sent with it). Async, shipping does not wait for
+// the slaves: a topic created while no slave is linked reaches it when it
+// links. Sync, ReplicateTopics returns once min_replicas slaves confirmed
+// the set, and fails after the timeout (sdk.ErrReplicaTimeout), or at once
+// with fewer slaves linked (sdk.ErrReplicaNotAvailable); the broker makes
+// the change on the master anyway and answers that it is not confirmed. A
+// message of a topic is answered OK only once a slave stored it, which it
+// can only after it got the set.
 //
 // Limits. The master knows only the groups its broker reported since the
 // broker process started (a replication plugin that restarts gets them all

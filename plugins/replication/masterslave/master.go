@@ -22,6 +22,7 @@ type session struct {
 	unacked    int64          // messages sent and not confirmed
 	offSent    uint64         // group offsets up to this version were sent
 	topicSent  uint64         // the master's topic set up to this version was sent
+	topicAcked uint64         // the slave applied the master's topic set of this version
 	lastHeard  time.Time
 	cancel     context.CancelCauseFunc
 }
@@ -240,8 +241,9 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	}
 	p.sessions[s] = struct{}{}
 	signal(&p.progress)
-	groups := p.takeOffsetsLocked(s) // every group this master knows
+	groups, deleted := p.takeOffsetsLocked(s) // every group this master knows, and deleted
 	topics := p.openingTopicsLocked(s, info)
+	topicVer := s.topicSent
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
@@ -251,7 +253,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 		p.mu.Unlock()
 	}()
-	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, Topics: topics}); err != nil {
+	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, DeletedGroups: deleted, Topics: topics, TopicsVersion: topicVer}); err != nil {
 		return err
 	}
 	go l.acks(ctx, stream, s)
@@ -279,6 +281,7 @@ func (l *link) acks(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		}
 		p.mu.Lock()
 		s.lastHeard = time.Now()
+		s.topicAcked = max(s.topicAcked, req.TopicsApplied)
 		for _, o := range req.Ends {
 			k := qkey{o.Topic, o.Queue}
 			if o.End > s.sent[k] {
@@ -321,6 +324,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		)
 		// The topic set first: any queue in p.ends now is in it.
 		topics := p.takeTopicsLocked(s)
+		topicVer := s.topicSent
 		if s.unacked < maxUnacked {
 			for k, end := range p.ends {
 				from := s.sent[k]
@@ -377,12 +381,12 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 		}
 		// Groups' offsets committed since the last frame ride with this
 		// one (or go alone).
-		groups := p.takeOffsets(s)
-		if len(frame) > 0 || len(groups) > 0 || topics != nil {
+		groups, deleted := p.takeOffsets(s)
+		if len(frame) > 0 || len(groups) > 0 || len(deleted) > 0 || topics != nil {
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, Topics: topics}); err != nil {
+			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, DeletedGroups: deleted, Topics: topics, TopicsVersion: topicVer}); err != nil {
 				return err
 			}
 		}

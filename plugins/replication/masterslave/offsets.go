@@ -54,11 +54,19 @@ func (p *Plugin) ReplicateOffsets(_ context.Context, group string, offsets []*sd
 }
 
 // takeOffsetsLocked returns the entries newer than the session's mark, by
-// group, and moves the mark. Called with p.mu held.
-func (p *Plugin) takeOffsetsLocked(s *session) []*ferryv1.CommitOffsetsRequest {
+// group, and the groups deleted since it (groups.go), and moves the mark.
+// Called with p.mu held.
+func (p *Plugin) takeOffsetsLocked(s *session) ([]*ferryv1.CommitOffsetsRequest, []string) {
 	if p.offVer <= s.offSent {
-		return nil
+		return nil, nil
 	}
+	var deleted []string
+	for g, ver := range p.dels {
+		if ver > s.offSent {
+			deleted = append(deleted, g)
+		}
+	}
+	sort.Strings(deleted)
 	by := map[string]*ferryv1.CommitOffsetsRequest{}
 	for k, e := range p.offs {
 		if e.ver <= s.offSent {
@@ -77,11 +85,11 @@ func (p *Plugin) takeOffsetsLocked(s *session) []*ferryv1.CommitOffsetsRequest {
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Group < out[j].Group })
-	return out
+	return out, deleted
 }
 
 // takeOffsets is takeOffsetsLocked for a caller without p.mu.
-func (p *Plugin) takeOffsets(s *session) []*ferryv1.CommitOffsetsRequest {
+func (p *Plugin) takeOffsets(s *session) ([]*ferryv1.CommitOffsetsRequest, []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.takeOffsetsLocked(s)
@@ -114,6 +122,10 @@ func (p *Plugin) promotedOffsetsLocked() {
 		p.offs[k] = offEntry{done, p.offVer}
 	}
 	clear(p.offDone)
+	for g := range p.dels {
+		p.offVer++
+		p.dels[g] = p.offVer
+	}
 }
 
 // commitOffsets runs on a slave for one Follow stream: each time it is
@@ -126,6 +138,12 @@ func (p *Plugin) commitOffsets(ctx context.Context, kick <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-kick:
+		}
+		if !p.deleteGroups(ctx) {
+			if ctx.Err() != nil {
+				return
+			}
+			continue // a deletion first: tried again on the next kick
 		}
 		p.mu.Lock()
 		todo := map[string][]*sdk.GroupOffset{}

@@ -49,6 +49,11 @@ type Plugin struct {
 	// (master) or the master sent them (slave), versioned
 	offs   map[gqkey]offEntry
 	offVer uint64
+	// groups deleted (groups.go): group → the offVer it got when deleted;
+	// kept for the plugin's life, on a slave as its master sent them
+	dels map[string]uint64
+	// slave side: deletions from the master not yet made here
+	delTodo []string
 	// master side (topics.go): the broker's latest topic set, versioned
 	topics   *ferryv1.TopicChange
 	topicVer uint64
@@ -89,7 +94,7 @@ func New(mode string) *Plugin {
 		ends: map[qkey]int64{}, tails: map[qkey]*tail{}, sessions: map[*session]struct{}{},
 		refused: map[string]*ferryv1.ReplicaInfo{}, progress: make(chan struct{}), wake: make(chan struct{}),
 		leaderEnds: map[qkey]int64{}, leaderAcked: map[qkey]int64{}, localEnds: map[qkey]int64{}, okEnds: map[qkey]int64{},
-		offs: map[gqkey]offEntry{}, offDone: map[gqkey]int64{}}
+		offs: map[gqkey]offEntry{}, offDone: map[gqkey]int64{}, dels: map[string]uint64{}}
 }
 
 // Mode tells the broker to store first, then replicate: once a batch is

@@ -134,6 +134,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		cancel(nil)
 		<-offDone
 	}()
+	if len(first.DeletedGroups) > 0 {
+		p.masterDeletes(first.DeletedGroups)
+		kickChan(offKick)
+	}
 	if len(first.GroupOffsets) > 0 {
 		p.masterOffsets(first.GroupOffsets)
 		kickChan(offKick)
@@ -141,17 +145,21 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	if err := p.core.SetRole(ctx, &sdk.SetRoleRequest{Role: sdk.RoleSlave, LeaderNode: first.MasterNode, LeaderAddress: first.MasterAddress}); err != nil {
 		return err
 	}
-	if first.Topics != nil {
-		if err := p.core.ApplyTopics(fctx, first.Topics); err != nil {
-			return fmt.Errorf("applying the master's topics: %w", err)
-		}
-	}
-
 	var sendMu sync.Mutex
 	send := func(r *ferryv1.FollowRequest) error {
 		sendMu.Lock()
 		defer sendMu.Unlock()
 		return stream.Send(r)
+	}
+	if first.Topics != nil {
+		if err := p.core.ApplyTopics(fctx, first.Topics); err != nil {
+			return fmt.Errorf("applying the master's topics: %w", err)
+		}
+		if first.TopicsVersion > 0 {
+			if err := send(&ferryv1.FollowRequest{TopicsApplied: first.TopicsVersion}); err != nil {
+				return err
+			}
+		}
 	}
 	// Applies are started in order here and confirmed in order by acker.
 	type applied struct {
@@ -244,6 +252,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			}
 			p.mu.Unlock()
 		}
+		if len(resp.DeletedGroups) > 0 {
+			p.masterDeletes(resp.DeletedGroups) // before this frame's offsets
+			kickChan(offKick)
+		}
 		if len(resp.GroupOffsets) > 0 {
 			p.masterOffsets(resp.GroupOffsets)
 			kickChan(offKick)
@@ -263,6 +275,12 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			}
 			if err := p.core.ApplyTopics(fctx, resp.Topics); err != nil {
 				return fmt.Errorf("applying the master's topics: %w", err)
+			}
+			if resp.TopicsVersion > 0 {
+				// Confirmed: a sync master answers the change now.
+				if err := send(&ferryv1.FollowRequest{TopicsApplied: resp.TopicsVersion}); err != nil {
+					return err
+				}
 			}
 		}
 		if len(resp.Messages) == 0 {

@@ -3,6 +3,8 @@ package masterslave
 import (
 	"context"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -24,19 +26,65 @@ import (
 var _ sdk.TopicReplication = (*Plugin)(nil)
 
 // ReplicateTopics records the master's topic set, to be shipped to every
-// slave with its next frame; it does not wait for them. On a node that is
-// not master (one that stepped down since its broker checked its role) it
-// refuses with sdk.ErrNotLeader: a create or alter is then not made.
-func (p *Plugin) ReplicateTopics(_ context.Context, ch *sdk.TopicChange) error {
+// slave with its next frame. Async, it does not wait for them. Sync, it
+// returns once min_replicas slaves confirmed they applied it (or a later
+// set); after the plugin's timeout it fails with sdk.ErrReplicaTimeout, and
+// at once with sdk.ErrReplicaNotAvailable when fewer than min_replicas
+// slaves are linked, naming the slaves. The set stays recorded (and shipped)
+// either way: the broker makes the change on the master and reports it as
+// not confirmed. On a node that is not master (one that stepped down since
+// its broker checked its role) it refuses with sdk.ErrNotLeader: the broker
+// then does not make a create or alter.
+func (p *Plugin) ReplicateTopics(ctx context.Context, ch *sdk.TopicChange) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.role != sdk.RoleMaster {
+		p.mu.Unlock()
 		return fmt.Errorf("%w: this node is not master", sdk.ErrNotLeader)
 	}
 	p.topics = &ferryv1.TopicChange{Op: sdk.TopicSet, Topics: ch.Topics}
 	p.topicVer++
+	ver := p.topicVer
 	signal(&p.wake)
-	return nil
+	p.mu.Unlock()
+	if p.mode != ModeSync {
+		return nil
+	}
+	return p.waitTopics(ctx, ver)
+}
+
+// waitTopics waits until min_replicas slaves applied the master's topic set
+// of version ver, for at most the plugin's timeout.
+func (p *Plugin) waitTopics(ctx context.Context, ver uint64) error {
+	timeout := time.Duration(p.cfg.Timeout)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		var confirmed, linked []string
+		for s := range p.sessions {
+			linked = append(linked, s.node)
+			if s.topicAcked >= ver {
+				confirmed = append(confirmed, s.node)
+			}
+		}
+		progress := p.progress
+		p.mu.Unlock()
+		if len(confirmed) >= p.cfg.MinReplicas {
+			return nil
+		}
+		if len(linked) < p.cfg.MinReplicas {
+			return fmt.Errorf("%w: sync replication: %d slave(s) linked (%s), min_replicas is %d: the topic change cannot be confirmed",
+				sdk.ErrReplicaNotAvailable, len(linked), strings.Join(linked, ", "), p.cfg.MinReplicas)
+		}
+		select {
+		case <-progress:
+		case <-timer.C:
+			return fmt.Errorf("%w: sync replication: the topic change was not confirmed by min_replicas (%d) slaves within the timeout (%s); linked: %s, confirmed: %s",
+				sdk.ErrReplicaTimeout, p.cfg.MinReplicas, timeout, strings.Join(linked, ", "), strings.Join(confirmed, ", "))
+		case <-ctx.Done():
+			return fmt.Errorf("%w: sync replication: waiting for the slaves to confirm the topic change: %v", sdk.ErrReplicaTimeout, ctx.Err())
+		}
+	}
 }
 
 // takeTopicsLocked returns the master's set when the session has not

@@ -137,6 +137,12 @@
 //     applied: at most redelivery, never a skipped message (at-least-once
 //     holds). Consumers reading from a follower commit there; the log's
 //     next entry for that group overwrites it.
+//   - `ferry group delete` on the leader is an entry of its own kind
+//     (groups.go, sdk.GroupDeleteReplication): every node's FSM drops the
+//     group from its table and deletes its offsets through
+//     ReplicaCore.DeleteGroupOffsets, in log order. Snapshots name the
+//     groups deleted, and a Restore deletes those before it stores the
+//     snapshot's table.
 //
 // The kind of an entry: a message batch is, as before, the protobuf
 // encoding of an ApplyRequest with no prefix; an offsets entry is the byte

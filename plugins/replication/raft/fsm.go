@@ -215,6 +215,10 @@ type snapshot struct {
 	// nodes added with `ferry cluster add-node`. Absent in older
 	// snapshots and where none was added.
 	Members map[string]Peer `json:"members,omitempty"`
+	// DeletedGroups are the consumer groups the log deleted up to the
+	// snapshot (groups.go): a node restoring it deletes their offsets
+	// from its store before it stores Offsets. Absent in older snapshots.
+	DeletedGroups []string `json:"deleted_groups,omitempty"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
@@ -227,7 +231,8 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable()}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable(),
+		DeletedGroups: f.offs.deletedGroups()}
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -294,13 +299,19 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 		f.p.log.Error("restoring a raft snapshot", "error", err)
 		return err
 	}
-	// The groups' offsets as of the snapshot: the entries that committed
-	// them may be compacted away.
+	// The groups deleted up to the snapshot, then the groups' offsets as
+	// of it: the entries that deleted and committed them may be
+	// compacted away.
+	if err := f.deleteGroups(s.DeletedGroups); err != nil {
+		f.p.log.Error("restoring a raft snapshot's consumer group deletions", "error", err)
+		return err
+	}
 	if err := f.commitTable(s.Offsets); err != nil {
 		f.p.log.Error("restoring a raft snapshot's consumer offsets", "error", err)
 		return err
 	}
 	f.offs.reset(s.Offsets)
+	f.offs.resetDeleted(s.DeletedGroups)
 	// raft applies only entries after the snapshot from now on.
 	f.applied = f.snapshotIndex(s)
 	f.saveApplied()
@@ -356,10 +367,14 @@ func (f *fsm) resume(ctx context.Context, snaps hraft.SnapshotStore) error {
 	// not stored again (the store kept them); a snapshot beyond it (a
 	// Restore killed before it stored the offsets) has them stored now.
 	f.offs.reset(s.Offsets)
-	if n == 0 && len(s.Offsets) == 0 {
+	f.offs.resetDeleted(s.DeletedGroups)
+	if n == 0 && len(s.Offsets) == 0 && len(s.DeletedGroups) == 0 {
 		return nil
 	}
 	if idx := f.snapshotIndex(s); idx > f.applied {
+		if err := f.deleteGroups(s.DeletedGroups); err != nil {
+			return err
+		}
 		if err := f.commitTable(s.Offsets); err != nil {
 			return err
 		}

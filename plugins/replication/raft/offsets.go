@@ -42,6 +42,9 @@ const (
 	kindOffsets byte = 0x01 // a ferryv1.CommitOffsetsRequest
 	kindTopics  byte = 0x02 // a ferryv1.TopicChange (topics.go)
 	kindMembers byte = 0x03 // a memberChange, JSON (members.go)
+	// kindGroupDelete is a ferryv1.DeleteGroupOffsetsRequest (groups.go).
+	// 0x05: branch raft20 took 0x04 (kindOffsetCommits).
+	kindGroupDelete byte = 0x05
 	// kindOffsetCommits: a ferryv1.OffsetCommits, several groups' offsets
 	// (the group commit of CommitOffsets). An entry of one group is
 	// written as kindOffsets, which older versions read.
@@ -94,6 +97,8 @@ func decodeEntry(data []byte) (kind byte, payload []byte, err error) {
 		return kindTopics, data[2:], nil
 	case kindMembers:
 		return kindMembers, data[2:], nil
+	case kindGroupDelete:
+		return kindGroupDelete, data[2:], nil
 	case kindOffsetCommits:
 		return kindOffsetCommits, data[2:], nil
 	default:
@@ -180,6 +185,9 @@ func (t offsetTable) groupOffsets(group string) ([]*sdk.GroupOffset, error) {
 type offsets struct {
 	mu    sync.Mutex
 	table offsetTable
+	// deleted are the groups the log deleted (groups.go), kept even
+	// when the group commits again.
+	deleted map[string]bool
 	// warned throttles warnings about offsets not stored.
 	warned time.Time
 }
@@ -198,6 +206,40 @@ func (o *offsets) record(req *ferryv1.CommitOffsetsRequest) {
 	}
 	for _, off := range req.Offsets {
 		g[queueKey(off.Topic, off.Queue)] = off.Offset
+	}
+}
+
+// drop forgets a deleted group's offsets and records it as deleted.
+func (o *offsets) drop(group string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.table, group)
+	if o.deleted == nil {
+		o.deleted = map[string]bool{}
+	}
+	o.deleted[group] = true
+}
+
+// deletedGroups lists the groups the log deleted, sorted.
+func (o *offsets) deletedGroups() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]string, 0, len(o.deleted))
+	for g := range o.deleted {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// resetDeleted replaces the deleted groups (a snapshot restored or resumed
+// from).
+func (o *offsets) resetDeleted(groups []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.deleted = map[string]bool{}
+	for _, g := range groups {
+		o.deleted[g] = true
 	}
 }
 

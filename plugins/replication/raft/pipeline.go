@@ -110,6 +110,13 @@ func (f *fsm) ApplyBatch(logs []*hraft.Log) []any {
 			f.drain()
 			out = append(out, f.applyMembersEntry(l))
 			start = i + 1
+		case isGroupDelete(l):
+			// After the commits before it are stored (and recorded),
+			// before those after it.
+			out = append(out, f.startRun(logs[start:i])...)
+			f.drain()
+			out = append(out, f.applyGroupDeleteEntry(l))
+			start = i + 1
 		}
 	}
 	return append(out, f.startRun(logs[start:])...)

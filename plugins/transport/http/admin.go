@@ -473,10 +473,15 @@ func (a *api) resetOffsets(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// deleteGroup answers DELETE /v1/groups/{group}.
+// deleteGroup answers DELETE /v1/groups/{group}[?force=true].
 func (a *api) deleteGroup(w http.ResponseWriter, r *http.Request) {
 	group := r.PathValue("group")
 	if err := checkName("group", group); err != nil {
+		fail(w, err)
+		return
+	}
+	force, err := boolParam(r, "force")
+	if err != nil {
 		fail(w, err)
 		return
 	}
@@ -487,7 +492,7 @@ func (a *api) deleteGroup(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
-	resp, err := admin.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: group})
+	resp, err := admin.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: group, Force: force})
 	if err != nil {
 		fail(w, err)
 		return

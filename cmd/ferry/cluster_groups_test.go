@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
+)
+
+// Consumer groups deleted on replicated nodes with real `ferry run`
+// processes (docs/admin.md, "Consumer groups"): `ferry group delete` on the
+// raft leader or the master deletes the group's offsets on every node, a
+// node that was down meanwhile (raft: sent a snapshot past the deletion)
+// and a restarted one keep it deleted, and a new consumer of the group
+// starts from its reset policy (the queues' start), not from the old
+// offsets.
+
+// groupCLI runs `ferry group ARGS --broker broker` and returns its exit
+// code and output.
+func groupCLI(t *testing.T, broker string, args ...string) (int, string) {
+	t.Helper()
+	stdout, stderr, code := runFerry(t, nil, append(append([]string{"group"}, args...), "--broker", broker)...)
+	return code, stdout + stderr
+}
+
+// groupKnown reports whether broker describes group: true when it does,
+// false when it answers unknown group, and fails the test on anything else.
+func groupKnown(t *testing.T, broker, group string) (bool, string) {
+	t.Helper()
+	code, out := groupCLI(t, broker, "describe", group, "--json")
+	switch {
+	case code == 0:
+		return true, out
+	case strings.Contains(out, fmt.Sprintf("unknown group %q", group)):
+		return false, out
+	}
+	return false, out // not answering (starting, restarting): asked again
+}
+
+// waitGroup waits until broker describes group (known) or answers that it
+// does not know it (!known).
+func waitGroup(t *testing.T, node, broker, group string, known bool) {
+	t.Helper()
+	var last string
+	ok := false
+	defer func() {
+		if !ok {
+			t.Logf("%s's last answer: %s", node, last)
+		}
+	}()
+	what := fmt.Sprintf("%s describes group %s", node, group)
+	if !known {
+		what = fmt.Sprintf("%s answers unknown group %s", node, group)
+	}
+	eventually(t, topicWait, what, func() bool {
+		got, out := groupKnown(t, broker, group)
+		last = out
+		if known {
+			return got
+		}
+		return !got && strings.Contains(out, "unknown group")
+	})
+	ok = true
+}
+
+// groupDeleteOnLeader runs `ferry group delete` on the raft leader, again on
+// the next one when leadership moved under it.
+func groupDeleteOnLeader(t *testing.T, nodes []*raftNode, group string) *raftNode {
+	t.Helper()
+	deadline := time.Now().Add(topicWait)
+	for {
+		leader, _ := waitLeader(t, nodes, "a raft leader")
+		code, out := groupCLI(t, leader.broker, "delete", group)
+		if code == 0 {
+			t.Logf("group delete %s on leader %s: %s", group, leader.id, strings.TrimSpace(out))
+			return leader
+		}
+		if !strings.Contains(out, "not leader") || time.Now().After(deadline) {
+			t.Fatalf("ferry group delete %s on leader %s: exit %d\n%s", group, leader.id, code, out)
+		}
+	}
+}
+
+// On a 3-node raft group (tiny trailing_logs): group billing consumes topic
+// bills on the leader, and every node stores its offsets. A follower is
+// SIGKILLed; `ferry group delete` on another follower is refused, naming
+// the leader; on the leader it succeeds, and both live nodes answer unknown
+// group. The leader compacts its log past the deletion; the killed
+// follower, restarted, is sent a snapshot and answers unknown group too
+// (the snapshot names the deleted group, whose old offsets its store still
+// held). The other follower, restarted, still answers unknown group. A new
+// consumer of billing reads bills from its start again.
+func TestRaftGroupDeleteReplicated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	nodes := raftSnapshotGroup(t, 3)
+	var seeds []string
+	for _, nd := range nodes {
+		nd.start(t, bin)
+		seeds = append(seeds, nd.broker)
+	}
+	onLeader(t, nodes, "create", "bills", "--queues", "2")
+	for _, nd := range nodes {
+		waitTopic(t, nd.id, nd.broker, "bills", 2)
+	}
+	sent := sendTopic(t, seeds, "bills", "b", 20)
+	leader, _ := waitLeader(t, nodes, "a raft leader")
+	sameKeys(t, consumeTopic(t, bin, leader.broker, "bills", "billing", len(sent)), sent, "bills, first read of billing")
+	for _, nd := range nodes {
+		waitGroup(t, nd.id, nd.broker, "billing", true)
+	}
+
+	leader, _ = waitLeader(t, nodes, "a raft leader")
+	var down, follower *raftNode
+	for _, nd := range nodes {
+		switch {
+		case nd == leader:
+		case down == nil:
+			down = nd
+		default:
+			follower = nd
+		}
+	}
+	down.kill(t)
+	t.Logf("%s killed follower %s", stamp(), down.id)
+	others := []*raftNode{leader, follower}
+
+	if code, out := groupCLI(t, follower.broker, "delete", "billing"); code == 0 || !strings.Contains(out, "not leader") {
+		t.Errorf("group delete on follower %s: exit %d, %q; want refused, not leader", follower.id, code, out)
+	}
+	groupDeleteOnLeader(t, others, "billing")
+	deleted := time.Now()
+	for _, nd := range others {
+		waitGroup(t, nd.id, nd.broker, "billing", false)
+	}
+
+	var live []string
+	for _, nd := range others {
+		live = append(live, nd.broker)
+	}
+	produceMany(t, live, "away", 500, 4) // entries enough for snapshots past the deletion
+	eventually(t, topicWait, "both live nodes snapshot after the deletion", func() bool {
+		for _, nd := range others {
+			if !latestSnapshot(nd).After(deleted) {
+				return false
+			}
+		}
+		return true
+	})
+	down.start(t, bin)
+	eventually(t, topicWait, down.id+" restores a snapshot", func() bool {
+		n, _, err := restores(down.admin)
+		return err == nil && n > 0
+	})
+	waitGroup(t, down.id, down.broker, "billing", false)
+
+	follower.kill(t)
+	follower.start(t, bin)
+	t.Logf("%s restarted follower %s", stamp(), follower.id)
+	waitTopic(t, follower.id, follower.broker, "bills", 2)
+	waitGroup(t, follower.id, follower.broker, "billing", false)
+	// Answering already, it might still be replaying the log: ask again
+	// once it caught up with the leader's applied index.
+	eventually(t, topicWait, follower.id+" applied what the leader applied", func() bool {
+		_, lst := waitLeader(t, nodes, "a raft leader")
+		st, err := follower.status(context.Background())
+		return err == nil && st.AppliedIndex >= lst.AppliedIndex
+	})
+	for _, nd := range nodes {
+		if known, out := groupKnown(t, nd.broker, "billing"); known {
+			t.Errorf("%s describes deleted group billing:\n%s", nd.id, out)
+		}
+	}
+
+	leader, _ = waitLeader(t, nodes, "a raft leader")
+	sameKeys(t, consumeTopic(t, bin, leader.broker, "bills", "billing", len(sent)), sent, "bills, read of billing after its deletion")
+}
+
+// On master–slave: group billing consumes topic bills on the master; the
+// slave stores its offsets. `ferry group delete` on the slave is refused;
+// on the master it succeeds, and the slave answers unknown group. With the
+// master SIGKILLed and the slave promoted, the group stays unknown, and a
+// new consumer of billing reads bills from its start.
+func TestMasterSlaveGroupDeleteReplicated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeNode(t, "master", "master", "sync", mb, mr, []string{sr}, "5s")
+	slave := writeNode(t, "slave", "slave", "sync", sb, sr, []string{mr}, "5s")
+	master.start(t, bin)
+	slave.start(t, bin)
+	ctx := context.Background()
+	eventually(t, topicWait, "slave linked to master", func() bool {
+		st, err := clusterStatus(ctx, sr)
+		return err == nil && st.LeaderConnected
+	})
+	if code, out := topicCLI(t, mb, "create", "bills", "--queues", "2"); code != 0 {
+		t.Fatalf("create on the master: exit %d\n%s", code, out)
+	}
+	waitTopic(t, "slave", sb, "bills", 2)
+	sent := sendTopic(t, []string{mb}, "bills", "b", 20)
+	sameKeys(t, consumeTopic(t, bin, mb, "bills", "billing", len(sent)), sent, "bills, first read of billing")
+	waitGroup(t, "slave", sb, "billing", true)
+
+	if code, out := groupCLI(t, sb, "delete", "billing"); code == 0 || !strings.Contains(out, "not leader") {
+		t.Errorf("group delete on the slave: exit %d, %q; want refused, not leader", code, out)
+	}
+	if code, out := groupCLI(t, mb, "delete", "billing"); code != 0 {
+		t.Fatalf("group delete on the master: exit %d\n%s", code, out)
+	}
+	waitGroup(t, "master", mb, "billing", false)
+	waitGroup(t, "slave", sb, "billing", false)
+
+	master.kill(t)
+	t.Logf("%s killed the master", stamp())
+	if stdout, stderr, code := runFerry(t, nil, "cluster", "promote", "--node", sr); code != 0 {
+		t.Fatalf("promote: exit %d\n%s%s", code, stdout, stderr)
+	}
+	eventually(t, topicWait, "the promoted slave takes produce", func() bool {
+		st, err := clusterStatus(ctx, sr)
+		return err == nil && st.Role == "master"
+	})
+	if known, out := groupKnown(t, sb, "billing"); known {
+		t.Errorf("the promoted slave describes deleted group billing:\n%s", out)
+	}
+	sameKeys(t, consumeTopic(t, bin, sb, "bills", "billing", len(sent)), sent, "bills on the promoted slave, read of billing after its deletion")
+}

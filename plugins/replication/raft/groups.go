@@ -1,0 +1,151 @@
+package raft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// Consumer group deletions through the raft log (see the package doc,
+// "Consumer offsets").
+//
+// The leader's broker calls ReplicateGroupDelete for `ferry group delete`;
+// it is committed as an entry of kind kindGroupDelete (a
+// ferryv1.DeleteGroupOffsetsRequest) and applied, in log order, on every
+// node: the group leaves the fsm's offset table and the node's store
+// (ReplicaCore.DeleteGroupOffsets). The table keeps the group's name as
+// deleted (a tombstone) and snapshots carry those names, so that a node
+// restoring a snapshot after the deletion's entry was compacted away
+// deletes the group's old offsets from its store before it stores the
+// snapshot's (a group consumed again after its deletion has those).
+
+var _ sdk.GroupDeleteReplication = (*Plugin)(nil)
+
+// encodeGroupDelete is the entry that deletes a group's offsets.
+func encodeGroupDelete(group string) ([]byte, error) {
+	b, err := proto.Marshal(&ferryv1.DeleteGroupOffsetsRequest{Group: group})
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{entryTagged, kindGroupDelete}, b...), nil
+}
+
+// isGroupDelete reports whether a log entry deletes a group.
+func isGroupDelete(l *hraft.Log) bool {
+	return l.Type == hraft.LogCommand && len(l.Data) >= 2 && l.Data[0] == entryTagged && l.Data[1] == kindGroupDelete
+}
+
+// ReplicateGroupDelete commits a group's deletion through the log, on the
+// leader, and returns once this node's FSM applied it. A leader deposed
+// meanwhile answers an error: the deletion may or may not be committed (it
+// is applied by every node or by none).
+func (p *Plugin) ReplicateGroupDelete(ctx context.Context, group string) error {
+	p.mu.Lock()
+	r := p.raft
+	p.mu.Unlock()
+	if r == nil {
+		return fmt.Errorf("%w: raft is starting", sdk.ErrNotLeader)
+	}
+	if r.State() != hraft.Leader {
+		_, id := r.LeaderWithID()
+		return fmt.Errorf("%w: this node is not the raft leader (leader: %q)", sdk.ErrNotLeader, id)
+	}
+	data, err := encodeGroupDelete(group)
+	if err != nil {
+		return err
+	}
+	timeout := time.Duration(p.cfg.ApplyTimeout)
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(min(timeout, time.Until(dl)), time.Millisecond)
+	}
+	fut := r.Apply(data, timeout)
+	done := make(chan error, 1)
+	go func() { done <- fut.Error() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: group deletion not confirmed in time, outcome unknown", ctx.Err())
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, hraft.ErrNotLeader):
+		return fmt.Errorf("%w: %v", sdk.ErrNotLeader, err)
+	default:
+		return fmt.Errorf("%w: raft: %v (outcome unknown: the deletion is applied on every node or on none)", sdk.ErrUnavailable, err)
+	}
+	if err, ok := fut.Response().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// applyGroupDeleteEntry applies one group deletion entry (the entries
+// before it are stored). The table forgets the group even for an entry
+// applied already (raft replays the log after a restart to rebuild it); the
+// store is changed only for an entry not applied yet.
+func (f *fsm) applyGroupDeleteEntry(l *hraft.Log) any {
+	_, payload, err := decodeEntry(l.Data)
+	var req ferryv1.DeleteGroupOffsetsRequest
+	if err == nil {
+		if err = proto.Unmarshal(payload, &req); err != nil {
+			err = fmt.Errorf("raft group deletion entry: %w", err)
+		}
+	}
+	if err == nil {
+		f.offs.drop(req.Group)
+	}
+	if l.Index <= f.applied {
+		return nil
+	}
+	if err == nil {
+		err = f.deleteGroup(req.Group)
+		if f.ctx.Err() != nil {
+			return err // not applied: again after the restart
+		}
+	}
+	if err != nil {
+		f.p.log.Error("a consumer group deletion from the raft log was not applied", "index", l.Index, "error", err)
+	}
+	f.applied = l.Index
+	f.saveApplied()
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// deleteGroup deletes a group's offsets through the core, retrying while
+// the core cannot take it; it returns the core's lasting refusal, or an
+// error once the node stops.
+func (f *fsm) deleteGroup(group string) error {
+	for {
+		ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
+		err := f.core.DeleteGroupOffsets(ctx, group)
+		cancel()
+		if err == nil || errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, errors.ErrUnsupported) || f.ctx.Err() != nil {
+			return err
+		}
+		f.warnOffsets("deleting a consumer group's offsets from the raft log failed; retrying", "group", group, "error", err)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// deleteGroups deletes, through the core, the offsets of every group a
+// snapshot names as deleted (before its table is stored).
+func (f *fsm) deleteGroups(groups []string) error {
+	sort.Strings(groups)
+	for _, g := range groups {
+		if err := f.deleteGroup(g); err != nil {
+			return err
+		}
+	}
+	return nil
+}
