@@ -62,29 +62,7 @@ func (p *Plugin) ReplicateGroupDelete(ctx context.Context, group string) error {
 	if err != nil {
 		return err
 	}
-	timeout := time.Duration(p.cfg.ApplyTimeout)
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = max(min(timeout, time.Until(dl)), time.Millisecond)
-	}
-	fut := r.Apply(data, timeout)
-	done := make(chan error, 1)
-	go func() { done <- fut.Error() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("%w: group deletion not confirmed in time, outcome unknown", ctx.Err())
-	}
-	switch {
-	case err == nil:
-	case errors.Is(err, hraft.ErrNotLeader):
-		return fmt.Errorf("%w: %v", sdk.ErrNotLeader, err)
-	default:
-		return fmt.Errorf("%w: raft: %v (outcome unknown: the deletion is applied on every node or on none)", sdk.ErrUnavailable, err)
-	}
-	if err, ok := fut.Response().(error); ok {
-		return err
-	}
-	return nil
+	return p.applyAndWait(ctx, r, data, "group deletion")
 }
 
 // applyGroupDeleteEntry applies one group deletion entry (the entries
@@ -146,6 +124,38 @@ func (f *fsm) deleteGroups(groups []string) error {
 		if err := f.deleteGroup(g); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// applyAndWait commits data through the log on the leader r and returns once
+// this node's FSM applied it, with the FSM's answer if that is an error, or
+// when ctx ends (what the entry is names it in the errors). A leader deposed
+// meanwhile answers ErrUnavailable: the entry is applied by every node or by
+// none, which of the two is unknown.
+func (p *Plugin) applyAndWait(ctx context.Context, r *hraft.Raft, data []byte, what string) error {
+	timeout := time.Duration(p.cfg.ApplyTimeout)
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(min(timeout, time.Until(dl)), time.Millisecond)
+	}
+	fut := r.Apply(data, timeout)
+	done := make(chan error, 1)
+	go func() { done <- fut.Error() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %s not confirmed in time, outcome unknown", ctx.Err(), what)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, hraft.ErrNotLeader):
+		return fmt.Errorf("%w: %v", sdk.ErrNotLeader, err)
+	default:
+		return fmt.Errorf("%w: raft: %v (outcome unknown: the %s is applied on every node or on none)", sdk.ErrUnavailable, err, what)
+	}
+	if err, ok := fut.Response().(error); ok {
+		return err
 	}
 	return nil
 }

@@ -75,29 +75,7 @@ func (p *Plugin) ReplicateTopics(ctx context.Context, ch *sdk.TopicChange) error
 	if err != nil {
 		return err
 	}
-	timeout := time.Duration(p.cfg.ApplyTimeout)
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = max(min(timeout, time.Until(dl)), time.Millisecond)
-	}
-	fut := r.Apply(data, timeout)
-	done := make(chan error, 1)
-	go func() { done <- fut.Error() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("%w: topic change not confirmed in time, outcome unknown", ctx.Err())
-	}
-	switch {
-	case err == nil:
-	case errors.Is(err, hraft.ErrNotLeader):
-		return fmt.Errorf("%w: %v", sdk.ErrNotLeader, err)
-	default:
-		return fmt.Errorf("%w: raft: %v (outcome unknown: the change is applied on every node or on none)", sdk.ErrUnavailable, err)
-	}
-	if err, ok := fut.Response().(error); ok {
-		return err
-	}
-	return nil
+	return p.applyAndWait(ctx, r, data, "topic change")
 }
 
 // applyTopicEntry applies one topic change entry (the entries before it
