@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/ring"
+	"github.com/ferrymq/ferry/core/telemetry"
 	"github.com/ferrymq/ferry/internal/gopool"
 )
 
@@ -66,6 +67,18 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 			finishing.Add(1)
 			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
+				if wr, ok := s.impl.(WireReader); ok && !telemetry.Enabled() {
+					resp, msgs, err := wr.ReadWire(context.Background(), req)
+					if err != nil {
+						reply(KindRead, id, &ferryv1.ReadResponse{Id: id, Error: ErrorToProto(err)})
+						return
+					}
+					resp.Id = id
+					if err := writeWireRead(conn, id, wireRead{resp, msgs}); err != nil {
+						pluginLog.Error("data plane: answer lost", "kind", KindRead, "id", id, "error", err)
+					}
+					return
+				}
 				resp := s.read(context.Background(), req)
 				resp.Id = id
 				reply(KindRead, id, resp)

@@ -2,6 +2,7 @@ package file
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -18,7 +19,10 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
-var _ sdk.Storage = (*Store)(nil)
+var (
+	_ sdk.Storage    = (*Store)(nil)
+	_ sdk.WireReader = (*Store)(nil)
+)
 
 // Limits of the in-memory side.
 const (
@@ -556,6 +560,60 @@ func (s *Store) failure() error {
 // Read returns messages of one queue that are as durable as the flush policy
 // demands. Called concurrently; it reads the files without holding the lock.
 func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, error) {
+	var msgs []*sdk.Message
+	resp, err := s.readRecords(ctx, req, func(n int) { msgs = make([]*sdk.Message, 0, n) },
+		func(rec []byte, off int64) error {
+			m, err := decodeRecord(rec, req.Topic)
+			if err == nil && (m.Offset != off || m.Topic != req.Topic || m.Queue != req.Queue) {
+				err = fmt.Errorf("it holds %s/%d@%d, the index says %s/%d@%d", m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, off)
+			}
+			if err == nil {
+				msgs = append(msgs, m)
+			}
+			return err
+		})
+	if resp != nil {
+		resp.Messages = msgs
+	}
+	return resp, err
+}
+
+// ReadWire is Read with the messages in their wire form (sdk.WireReader):
+// each record's message as appendRecord encoded it, and the queue, offset
+// and time of storing from the record's header, which win over what the
+// encoding holds. The record is checked (its checksum, and that it is the
+// record the index says) but its message is not decoded.
+func (s *Store) ReadWire(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, []sdk.WireMessage, error) {
+	var msgs []sdk.WireMessage
+	resp, err := s.readRecords(ctx, req, func(n int) { msgs = make([]sdk.WireMessage, 0, n) },
+		func(rec []byte, off int64) error {
+			tl, il, err := checkRecord(rec)
+			if err != nil {
+				return err
+			}
+			topic := rec[recordHeaderSize : recordHeaderSize+tl]
+			queue := int32(binary.LittleEndian.Uint32(rec[16:]))
+			offset := int64(binary.LittleEndian.Uint64(rec[20:]))
+			if offset != off || queue != req.Queue || string(topic) != req.Topic {
+				return fmt.Errorf("it holds %s/%d@%d, the index says %s/%d@%d", topic, queue, offset, req.Topic, req.Queue, off)
+			}
+			msgs = append(msgs, sdk.WireMessage{Wire: rec[recordHeaderSize+tl+il:], Queue: queue, Offset: offset,
+				Stored: int64(binary.LittleEndian.Uint64(rec[28:]))})
+			return nil
+		})
+	if err != nil {
+		return nil, nil, err
+	}
+	return resp, msgs, nil
+}
+
+// readRecords finds the records of a read (as durable as the flush policy
+// demands, within its limits), reads them and hands each to each, in order,
+// with the offset the index gives it; start is told how many there are
+// first. A record each refuses ends the read: the records before it are
+// answered, and when it is the first the read fails with ErrCorrupt (the
+// next read, from its offset, answers for it alone).
+func (s *Store) readRecords(ctx context.Context, req *sdk.ReadRequest, start func(n int), each func(rec []byte, off int64) error) (*sdk.ReadResponse, error) {
 	if err := checkQueue(req.GetTopic(), req.GetQueue()); err != nil {
 		return nil, err
 	}
@@ -578,6 +636,7 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 	q := s.queues[queueKey{req.Topic, req.Queue}]
 	if q == nil {
 		s.mu.RUnlock()
+		start(0)
 		return resp, nil
 	}
 	vend := q.visibleEnd(s.durable.Load())
@@ -612,7 +671,8 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 		}
 	}()
 
-	resp.Messages = make([]*sdk.Message, 0, len(ents))
+	start(len(ents))
+	read := 0
 	for _, r := range runs {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -622,13 +682,9 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 			return nil, fmt.Errorf("storage-file: read %s: %w", r.seg.path, err)
 		}
 		for _, e := range r.ents {
-			off := from + int64(len(resp.Messages))
-			m, err := decodeRecord(buf[:e.size:e.size], req.Topic)
-			if err == nil && (m.Offset != off || m.Topic != req.Topic || m.Queue != req.Queue) {
-				err = fmt.Errorf("it holds %s/%d@%d, the index says %s/%d@%d", m.Topic, m.Queue, m.Offset, req.Topic, req.Queue, off)
-			}
-			if err != nil {
-				if len(resp.Messages) > 0 {
+			off := from + int64(read)
+			if err := each(buf[:e.size:e.size], off); err != nil {
+				if read > 0 {
 					// The messages before it go out; the
 					// next read, from its offset, answers
 					// for it alone.
@@ -638,7 +694,7 @@ func (s *Store) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadRespon
 				return nil, fmt.Errorf("%w: %s/%d offset %d: %s at log position %d: %v", sdk.ErrCorrupt, req.Topic, req.Queue, off, r.seg.path, e.pos, err)
 			}
 			buf = buf[e.size:]
-			resp.Messages = append(resp.Messages, m)
+			read++
 		}
 	}
 	return resp, nil
