@@ -299,8 +299,12 @@ const EnvRingSpin = "FERRY_RING_SPIN"
 
 // EnvRingPoke, when set to a duration, replaces how long a reader woken
 // ahead of a record (ring.Conn.Poke) spins for it (ring.Options.PokeSpin;
-// "-1ns": not at all). For measuring; the default is ring.DefaultPokeSpin.
+// "-1ns": not at all, and the host does not poke its storage plugin). For
+// measuring; the default is ring.DefaultPokeSpin.
 const EnvRingPoke = "FERRY_RING_POKE"
+
+// pokeOff: EnvRingPoke turned the poke off (StorageClient.Poke).
+var pokeOff = ringOptions().PokeSpin < 0
 
 // EnvRingStall, when set to a duration, replaces how long a write waits for
 // room before the peer counts as stopped (ring.Options.Stall); for tests.
