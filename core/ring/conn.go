@@ -134,6 +134,19 @@ func (c *Conn) Expect(d time.Duration) {
 	c.r.expect(d)
 }
 
+// Expecting returns the reader's current expectation (what Expect asked
+// for; 0 when none), for Settle.
+func (c *Conn) Expecting() int64 { return c.r.owed.Load() }
+
+// Settle ends the spin Expect asked for, once every answer it announced was
+// read, so that the reader does not spin on for the rest of Expect's time:
+// unless an Expect since changed what Expecting returned as token.
+func (c *Conn) Settle(token int64) {
+	if token != 0 {
+		c.r.owed.CompareAndSwap(token, 0)
+	}
+}
+
 // Poke wakes the peer's reader, if it sleeps, ahead of a frame this side is
 // about to write: it wakes while the frame is being prepared instead of after
 // it was published (a thread's wake-up on a halted processor is tens of

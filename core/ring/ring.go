@@ -272,6 +272,7 @@ type Reader struct {
 	owed atomic.Int64
 
 	pokeSpin time.Duration // how long a reader woken with nothing published spins (0: not at all)
+	poked    int64         // owed as a poke set it, until the next frame is read (0: none)
 }
 
 // clockBase is the origin of Reader.owed's clock (monotonic).
@@ -350,6 +351,12 @@ func (rd *Reader) Read() (kind uint16, id uint64, payload []byte, err error) {
 		}
 		started, fkind, fid = true, k, rid
 		if flags&FlagMore == 0 {
+			if rd.poked != 0 {
+				// The record the poke announced: its spin ends here
+				// (unless an Expect of this process moved it on).
+				rd.owed.CompareAndSwap(rd.poked, 0)
+				rd.poked = 0
+			}
 			timeline(-int32(fkind))
 			out := rd.buf
 			rd.buf = nil
@@ -415,7 +422,7 @@ func (rd *Reader) available() (uint64, error) {
 		if err == nil && rd.pokeSpin > 0 && r.tail.Load() == rd.head {
 			// Rung with nothing published: a poke (or, rarely, a bell
 			// for a record already read). The record is on its way.
-			rd.expect(rd.pokeSpin)
+			rd.poked = rd.expect(rd.pokeSpin)
 		}
 		if !rd.owedNow() { // not woken by Expect, whose spin says nothing of the peer's pace
 			rd.adapt(time.Since(start))
@@ -424,12 +431,14 @@ func (rd *Reader) available() (uint64, error) {
 	}
 }
 
-// expect is Conn.Expect.
-func (rd *Reader) expect(d time.Duration) {
+// expect is Conn.Expect. It returns the expectation it set (owed), or 0
+// when one already lasted longer.
+func (rd *Reader) expect(d time.Duration) int64 {
 	until := clockNow() + int64(d)
-	for {
-		cur := rd.owed.Load()
-		if cur >= until || rd.owed.CompareAndSwap(cur, until) {
+	set := int64(0)
+	for cur := rd.owed.Load(); cur < until; cur = rd.owed.Load() {
+		if rd.owed.CompareAndSwap(cur, until) {
+			set = until
 			break
 		}
 	}
@@ -440,6 +449,7 @@ func (rd *Reader) expect(d time.Duration) {
 		// and happens while the peer is still working on the request.
 		ringBell(rd.r.bell)
 	}
+	return set
 }
 
 // spinStep spins once; false when the spin's time is up.

@@ -584,3 +584,115 @@ func TestWriteFuncInPlace(t *testing.T) {
 		}
 	}
 }
+
+// Settle ends the spin Expect asked for once the answer is read: the reader
+// then sleeps instead of spinning for the rest of Expect's time, unless
+// another Expect came since the token was taken.
+func TestSettleEndsTheSpin(t *testing.T) {
+	defer func(d time.Duration) { pollInterval = d }(pollInterval)
+	pollInterval = time.Hour
+	seg, err := Create(1 << 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := mustConn(t, seg, Host, Options{Spin: -1}) // no adaptive spin: only Expect's
+	plug := mustConn(t, seg, Plugin, Options{})
+	defer closePair(seg, host, plug)
+	frames := make(chan error, 2)
+	go func() {
+		for range 2 {
+			_, _, _, err := host.Read()
+			frames <- err
+		}
+	}()
+	asleep := func() bool { return host.r.r.rsleep.Load() == 1 }
+	waitFor(t, "the reader to sleep", asleep)
+	host.Expect(time.Minute)
+	waitFor(t, "the reader to wake and spin", func() bool { return !asleep() })
+	if err := plug.Write(1, 1, []byte("answer")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-frames; err != nil {
+		t.Fatal(err)
+	}
+	// The control: read, the answer leaves the spin on.
+	if !host.r.owedNow() || asleep() {
+		t.Fatal("the reader stopped spinning before Settle")
+	}
+	stale := host.Expecting()
+	host.Expect(2 * time.Minute) // another call's answer is now awaited
+	host.Settle(stale)
+	if !host.r.owedNow() {
+		t.Fatal("Settle with a token older than the last Expect ended its spin")
+	}
+	host.Settle(host.Expecting())
+	waitFor(t, "the reader to sleep after Settle", asleep)
+	if err := plug.Write(1, 2, []byte("later")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-frames; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reader woken by a poke spins until the record the poke announced is
+// read, then no longer: it sleeps again rather than spin out PokeSpin. An
+// Expect of its own process during the spin keeps it spinning (the
+// control: the spin that ends is the poke's only).
+func TestPokeSpinEndsWithTheRecord(t *testing.T) {
+	defer func(d time.Duration) { pollInterval = d }(pollInterval)
+	pollInterval = time.Hour
+	for _, expect := range []bool{false, true} {
+		seg, err := Create(1 << 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := mustConn(t, seg, Host, Options{Spin: -1, PokeSpin: time.Minute})
+		plug := mustConn(t, seg, Plugin, Options{})
+		defer closePair(seg, host, plug)
+		frames := make(chan error, 2)
+		go func() {
+			for range 2 {
+				_, _, _, err := host.Read()
+				frames <- err
+			}
+		}()
+		asleep := func() bool { return host.r.r.rsleep.Load() == 1 }
+		waitFor(t, "the reader to sleep", asleep)
+		plug.Poke()
+		waitFor(t, "the poked reader to spin", func() bool { return host.r.owedNow() })
+		if expect {
+			host.Expect(2 * time.Minute)
+		}
+		if err := plug.Write(1, 1, []byte("frame")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-frames; err != nil {
+			t.Fatal(err)
+		}
+		if expect {
+			if !host.r.owedNow() || asleep() {
+				t.Fatal("the record ended the spin an Expect asked for")
+			}
+			host.Settle(host.Expecting())
+		}
+		waitFor(t, "the reader to sleep once the poked record was read", asleep)
+		if err := plug.Write(1, 2, []byte("next")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-frames; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// closePair closes both sides, waits until neither touches the mapping,
+// then unmaps it (also when a test failed with a reader still in Read).
+func closePair(seg *Segment, host, plug *Conn) {
+	host.Close()
+	plug.Close()
+	for host.active.Load()+plug.active.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	seg.Close()
+}

@@ -316,6 +316,20 @@ const EnvRingStall = "FERRY_RING_STALL"
 // the default is appendExpect.
 const EnvRingExpect = "FERRY_RING_EXPECT"
 
+// EnvRingProduceExpect, when set to a duration, replaces how long a
+// transport plugin's reader of the core's ring spins for a produce's answer
+// (ring.Conn.Expect) instead of sleeping; "0s" turns it off. For measuring;
+// the default is produceExpect.
+const EnvRingProduceExpect = "FERRY_RING_PRODUCE_EXPECT"
+
+// produceExpect is how long a transport plugin spins for a produce's answer.
+var produceExpect = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(EnvRingProduceExpect)); err == nil {
+		return d
+	}
+	return 0
+}()
+
 // appendExpect is how long the host spins for a storage append's answer.
 var appendExpect = func() time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(EnvRingExpect)); err == nil {

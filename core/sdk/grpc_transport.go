@@ -30,7 +30,15 @@ type transportServer struct {
 // before the host opens Connect).
 func (s *transportServer) useRing(conn *ring.Conn) {
 	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
-	core.sendFrame = func(f *ferryv1.TransportFrame) error { return ringWrite(conn, KindTransportFrame, f.Id, f) }
+	core.sendFrame = func(f *ferryv1.TransportFrame) error {
+		err := ringWrite(conn, KindTransportFrame, f.Id, f)
+		if err == nil && f.GetProduce() != nil {
+			// The core answers a produce once the store has it:
+			// wait for it awake (ProduceExpect).
+			conn.Expect(produceExpect)
+		}
+		return err
+	}
 	s.ring = core
 	go func() {
 		frames := 0
@@ -47,7 +55,11 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 				core.calls.fail(fmt.Errorf("core data plane: bad record of kind %d", kind))
 				return
 			}
+			tok := conn.Expecting()
 			core.calls.resolve(id, f, nil)
+			if core.calls.idle() {
+				conn.Settle(tok) // no answer awaited: spin no longer (ProduceExpect)
+			}
 		}
 	}()
 }

@@ -41,6 +41,13 @@ func (p *pending[T]) add() (uint64, chan result[T], error) {
 	return p.next, ch, nil
 }
 
+// idle reports whether no call waits for its answer.
+func (p *pending[T]) idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.calls) == 0
+}
+
 // drop forgets a call whose caller gave up.
 func (p *pending[T]) drop(id uint64) {
 	p.mu.Lock()

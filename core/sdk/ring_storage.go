@@ -174,7 +174,9 @@ func (c *StorageClient) ringAnswers(conn *ring.Conn) {
 				}
 				r.Seq = id
 				if seq := c.answerSeq(r); seq != 0 {
+					tok := conn.Expecting()
 					c.appends.calls.resolve(seq, r, nil)
+					c.settle(conn, tok)
 				}
 			case KindRead:
 				r := &ferryv1.ReadResponse{}
@@ -182,7 +184,9 @@ func (c *StorageClient) ringAnswers(conn *ring.Conn) {
 					return fmt.Errorf("%w: read answer %d: %v", ring.ErrCorrupt, id, err)
 				}
 				r.Id = id
+				tok := conn.Expecting()
 				c.reads.calls.resolve(id, r, nil)
+				c.settle(conn, tok)
 			case KindCommitOffsets, KindGetOffsets, KindError:
 				c.unary.resolve(id, ringReply{kind: kind, payload: p}, nil)
 			default:
@@ -195,6 +199,16 @@ func (c *StorageClient) ringAnswers(conn *ring.Conn) {
 	c.appends.calls.fail(ferr)
 	c.reads.calls.fail(ferr)
 	c.unary.fail(ferr)
+}
+
+// settle ends the reader's spin for answers (Expect) once no append or
+// read waits for one: the spin is for an answer on its way, and spinning on
+// after it came only takes a processor from the node's other processes.
+// tok is what conn.Expecting said before the answer was handed over.
+func (c *StorageClient) settle(conn *ring.Conn, tok int64) {
+	if c.appends.calls.idle() && c.reads.calls.idle() {
+		conn.Settle(tok)
+	}
 }
 
 // ringCall makes a unary call on the data plane and decodes its answer into
