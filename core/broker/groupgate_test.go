@@ -287,3 +287,77 @@ func TestDeleteGroupAfterOffsetReportInFlight(t *testing.T) {
 		t.Errorf("after the deletion the group's offset is %d, want -1", got)
 	}
 }
+
+// logRepl is a raft-like plugin (replicate first): a commit goes through
+// its log (sdk.OffsetCommitter), held in flight once armed, and a group's
+// deletion is an entry it applies through the core; it records, in order,
+// when each took effect.
+type logRepl struct {
+	eventRepl
+	b *Broker
+}
+
+func (l *logRepl) Mode() string { return sdk.ModeReplicateFirst }
+
+func (l *logRepl) CommitOffsets(ctx context.Context, group string, offs []*sdk.GroupOffset) error {
+	return l.ReplicateOffsets(ctx, group, offs)
+}
+
+func (l *logRepl) ReplicateGroupDelete(ctx context.Context, group string) error {
+	if err := l.b.ReplicaCore().DeleteGroupOffsets(ctx, group); err != nil {
+		return err
+	}
+	return l.eventRepl.ReplicateGroupDelete(ctx, group)
+}
+
+// On a raft-like node, a commit held in flight in the log when the group is
+// deleted is committed before the deletion's entry, never after it.
+func TestDeleteGroupWaitsForCommitThroughLog(t *testing.T) {
+	ctx := context.Background()
+	repl := &logRepl{eventRepl: eventRepl{fakeRepl: fakeRepl{status: ferryv1.Status_STATUS_OK}}}
+	b := newGateBroker(t, newMemory(t), repl)
+	repl.b = b
+	commit := func() error {
+		return b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}})
+	}
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := repl.arm("billing")
+	commitErr := make(chan error, 1)
+	go func() { commitErr <- commit() }()
+	<-entered
+	delErr := make(chan error, 1)
+	go func() {
+		_, err := b.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "billing"})
+		delErr <- err
+	}()
+	returned := false
+	waitFor(t, "the deletion to wait for the commit or to return", func() bool {
+		select {
+		case err := <-delErr:
+			if err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+			returned = true
+			return true
+		default:
+			return b.gates.waiting("billing")
+		}
+	})
+	if returned {
+		t.Errorf("the deletion returned while a commit it came after was in flight in the log")
+	}
+	close(release)
+	if err := <-commitErr; err != nil {
+		t.Errorf("the commit admitted before the deletion: %v", err)
+	}
+	if !returned {
+		if err := <-delErr; err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+	}
+	if after, ok := afterDelete(repl.got(), "billing"); !ok || len(after) > 0 {
+		t.Errorf("the log holds %v: want the commit in flight before the deletion, nothing of the group after it", repl.got())
+	}
+}
