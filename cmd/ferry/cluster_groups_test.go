@@ -232,3 +232,70 @@ func TestMasterSlaveGroupDeleteReplicated(t *testing.T) {
 	}
 	sameKeys(t, consumeTopic(t, bin, sb, "bills", "billing", len(sent)), sent, "bills on the promoted slave, read of billing after its deletion")
 }
+
+// On an async master–slave pair: group billing consumes topic orders on the
+// master and the slave stores its offsets. The slave is SIGKILLed, the group
+// deleted on the master, and the master SIGKILLed and started again before
+// the slave comes back: the slave, restarted, links to the restarted master
+// and answers unknown group (the master kept the deletion on its disk and
+// sent it). billing then consumes again (from the queues' start) and the
+// slave stores its new offsets; the master is restarted once more and sends
+// the same deletion again at the link's opening: the slave made it already
+// and keeps billing's new offsets (checked once a later group's commit, made
+// after the deletion was sent, reached it).
+func TestMasterSlaveGroupDeleteAfterMasterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeNode(t, "master", "master", "async", mb, mr, []string{sr}, "5s")
+	slave := writeNode(t, "slave", "slave", "async", sb, sr, []string{mr}, "5s")
+	master.start(t, bin)
+	slave.start(t, bin)
+	ctx := context.Background()
+	linked := func(what string) {
+		t.Helper()
+		eventually(t, topicWait, what, func() bool {
+			st, err := clusterStatus(ctx, sr)
+			return err == nil && st.LeaderConnected
+		})
+	}
+	restartMaster := func() {
+		t.Helper()
+		master.kill(t)
+		master.start(t, bin)
+		eventually(t, topicWait, "the restarted master answers as master", func() bool {
+			st, err := clusterStatus(ctx, mr)
+			return err == nil && st.Role == "master"
+		})
+		t.Logf("%s restarted the master", stamp())
+	}
+	linked("slave linked to master")
+	sent := sendTopic(t, []string{mb}, "orders", "o", 20)
+	sameKeys(t, consumeTopic(t, bin, mb, "orders", "billing", len(sent)), sent, "orders, first read of billing")
+	waitGroup(t, "slave", sb, "billing", true)
+
+	slave.kill(t)
+	t.Logf("%s killed the slave", stamp())
+	if code, out := groupCLI(t, mb, "delete", "billing"); code != 0 {
+		t.Fatalf("group delete on the master: exit %d\n%s", code, out)
+	}
+	waitGroup(t, "master", mb, "billing", false)
+	restartMaster()
+	slave.start(t, bin)
+	linked("the restarted slave linked to the restarted master")
+	waitGroup(t, "slave", sb, "billing", false)
+
+	// billing's second life: read again from the start, its new offsets
+	// on the slave.
+	sameKeys(t, consumeTopic(t, bin, mb, "orders", "billing", len(sent)), sent, "orders, read of billing after its deletion")
+	waitGroup(t, "slave", sb, "billing", true)
+	restartMaster()
+	linked("the slave linked to the master restarted again")
+	sameKeys(t, consumeTopic(t, bin, mb, "orders", "marker", len(sent)), sent, "orders, read of marker")
+	waitGroup(t, "slave", sb, "marker", true)
+	if known, out := groupKnown(t, sb, "billing"); !known {
+		t.Errorf("after the master's restart the slave lost billing's offsets committed after its deletion (the deletion was made again):\n%s", out)
+	}
+}

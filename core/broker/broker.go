@@ -110,6 +110,8 @@ type Broker struct {
 
 	full fullState // the storage refuses appends for a full disk (full.go)
 	eph  ephemeralGroups
+	// gates orders a group's deletion after its commits under way (groupgate.go)
+	gates groupGates
 
 	closeOnce sync.Once
 	drainOnce sync.Once
@@ -494,6 +496,11 @@ func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsReques
 		return err
 	}
 	defer end()
+	done, err := b.gates.beginCommit(req.Group)
+	if err != nil {
+		return err
+	}
+	defer done()
 	lookup := func(ctx context.Context, name string) (*topic, error) { return b.clientTopic(ctx, name, req.Group) }
 	if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
 		return err

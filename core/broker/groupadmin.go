@@ -367,6 +367,13 @@ func (b *Broker) DeleteGroup(ctx context.Context, req *sdk.DeleteGroupRequest) (
 	if live := b.groups.live(req.Group); len(live) > 0 && !req.Force {
 		return nil, liveRefusal(req.Group, live, "delete it, or force the delete (they keep their positions and may commit them again)")
 	}
+	// After the commits under way, before any that comes meanwhile
+	// (groupgate.go).
+	open, err := b.gates.beginDelete(ctx, req.Group)
+	if err != nil {
+		return nil, err
+	}
+	defer open()
 	switch {
 	case gr == nil:
 		if err := b.deleteGroupOffsets(ctx, req.Group); err != nil {

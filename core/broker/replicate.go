@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -487,6 +490,15 @@ type offsetReports struct {
 	lastWarn    time.Time
 	noWaitGen   uint64 // a plugin generation without sdk.OffsetCommitter
 	noWaitSet   bool   // noWaitGen is set
+	// inflight is the batch reportOffsets is handing to the plugin; a
+	// group's deletion (forget) takes its group out of it.
+	inflight map[string]map[groupQueue]int64
+	// reportMu is held by reportOffsets while it hands one group's offsets
+	// to the plugin, and by forget: a deletion waits for the report under
+	// way, and a report taken before the deletion is not made after it.
+	reportMu sync.Mutex
+	// forgetWaits counts forgets that waited for reportMu (tests).
+	forgetWaits atomic.Int64
 }
 
 // committed is called by CommitOffsets after the store accepted a commit.
@@ -527,12 +539,21 @@ func setOffset(m map[string]map[groupQueue]int64, group string, k groupQueue, of
 
 // forget drops a deleted group's offsets from what the replicator reports
 // (pending, and what a new plugin process is sent).
+//
+// It returns once no report of the group's older offsets is under way: the
+// deletion is handed to the plugin after it, never before.
 func (r *replicator) forget(group string) {
 	o := &r.offs
+	if !o.reportMu.TryLock() {
+		o.forgetWaits.Add(1)
+		o.reportMu.Lock()
+	}
+	defer o.reportMu.Unlock()
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	delete(o.latest, group)
 	delete(o.pending, group)
+	delete(o.inflight, group)
 }
 
 // reportOffsets sends pending offsets to the plugin until none are left.
@@ -560,15 +581,27 @@ func (r *replicator) reportOffsets() {
 			o.mu.Unlock()
 			return
 		}
-		batch := o.pending
+		o.inflight = o.pending
 		o.pending = map[string]map[groupQueue]int64{}
+		names := slices.Sorted(maps.Keys(o.inflight))
 		o.mu.Unlock()
 
 		failed := false
-		for group, qs := range batch {
+		for _, group := range names {
+			o.reportMu.Lock()
+			o.mu.Lock()
+			qs, ok := o.inflight[group]
+			o.mu.Unlock()
+			if !ok { // deleted meanwhile (forget)
+				o.reportMu.Unlock()
+				continue
+			}
 			err := r.reportGroup(impl, group, qs)
+			o.reportMu.Unlock()
 			if err == nil {
-				delete(batch, group)
+				o.mu.Lock()
+				delete(o.inflight, group)
+				o.mu.Unlock()
 				continue
 			}
 			if errors.Is(err, errors.ErrUnsupported) {
@@ -592,6 +625,10 @@ func (r *replicator) reportOffsets() {
 				r.b.log.Warn("consumer offsets not replicated (will retry; the commit itself succeeded)", "group", group, "error", err)
 			}
 		}
+		o.mu.Lock()
+		batch := o.inflight
+		o.inflight = nil
+		o.mu.Unlock()
 		if failed {
 			// Put back what failed unless a newer commit replaced it.
 			o.mu.Lock()

@@ -88,6 +88,8 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownGetOffsetsRequest(m)
 	case *ferryv1.GetOffsetsResponse:
 		return true, ownGetOffsetsResponse(m)
+	case *ferryv1.GroupDeletion:
+		return true, ownGroupDeletion(m)
 	case *ferryv1.GroupMember:
 		return true, ownGroupMember(m)
 	case *ferryv1.GroupOffset:
@@ -749,6 +751,11 @@ func ownFollowResponse(m *ferryv1.FollowResponse) error {
 	if err := ownStringList(m.DeletedGroups, "ferry.v1.FollowResponse.deleted_groups"); err != nil {
 		return err
 	}
+	for _, e := range m.GroupDeletions {
+		if err := ownGroupDeletion(e); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -777,6 +784,17 @@ func ownGetOffsetsResponse(m *ferryv1.GetOffsetsResponse) error {
 		if err := ownQueueOffsets(e); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// ownGroupDeletion checks the strings of a ferry.v1.GroupDeletion.
+func ownGroupDeletion(m *ferryv1.GroupDeletion) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Group, "ferry.v1.GroupDeletion.group"); err != nil {
+		return err
 	}
 	return nil
 }

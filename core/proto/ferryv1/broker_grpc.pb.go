@@ -93,10 +93,14 @@ type BrokerClient interface {
 	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
 	ResetOffsets(ctx context.Context, in *ResetOffsetsRequest, opts ...grpc.CallOption) (*ResetOffsetsResponse, error)
 	// DeleteGroup removes a group's committed offsets. A group with live
-	// members is refused (INVALID_ARGUMENT); so is an unknown one (NOT_FOUND)
-	// and, with a replication plugin, every delete (UNIMPLEMENTED: the
-	// deletion of offsets is not replicated). Messages in its %RETRY% and
-	// %DLQ% topics stay until retention removes them.
+	// members is refused (INVALID_ARGUMENT) unless force; so is an unknown
+	// one (NOT_FOUND). On a node with a replication plugin only the node that
+	// takes produce deletes (NOT_LEADER otherwise), and the deletion is made
+	// on every node; a plugin that does not replicate deletions refuses it
+	// (UNIMPLEMENTED). The deletion comes after the group's commits the node
+	// took before it (stored and handed to replication); a commit that
+	// arrives while it runs is refused (UNAVAILABLE). Messages in its %RETRY%
+	// and %DLQ% topics stay until retention removes them.
 	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
 }
 
@@ -296,10 +300,14 @@ type BrokerServer interface {
 	// (NOT_LEADER otherwise); the new offsets replicate as every commit does.
 	ResetOffsets(context.Context, *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
 	// DeleteGroup removes a group's committed offsets. A group with live
-	// members is refused (INVALID_ARGUMENT); so is an unknown one (NOT_FOUND)
-	// and, with a replication plugin, every delete (UNIMPLEMENTED: the
-	// deletion of offsets is not replicated). Messages in its %RETRY% and
-	// %DLQ% topics stay until retention removes them.
+	// members is refused (INVALID_ARGUMENT) unless force; so is an unknown
+	// one (NOT_FOUND). On a node with a replication plugin only the node that
+	// takes produce deletes (NOT_LEADER otherwise), and the deletion is made
+	// on every node; a plugin that does not replicate deletions refuses it
+	// (UNIMPLEMENTED). The deletion comes after the group's commits the node
+	// took before it (stored and handed to replication); a commit that
+	// arrives while it runs is refused (UNAVAILABLE). Messages in its %RETRY%
+	// and %DLQ% topics stay until retention removes them.
 	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }

@@ -1508,8 +1508,16 @@ type FollowResponse struct {
 	// FollowRequest.topics_applied once applied. A sync master answers a
 	// topic change only once min_replicas slaves confirmed it.
 	TopicsVersion uint64 `protobuf:"varint,421,opt,name=topics_version,json=topicsVersion,proto3" json:"topics_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The same deletions as deleted_groups, each with the id the master gave
+	// it (unique: a group deleted again gets a new one). A master keeps its
+	// deletions durably and sends them all whenever a stream opens, after a
+	// restart too; a slave makes each id once (it keeps the ids it made), so a
+	// group committed to again after a deletion the slave made already keeps
+	// its new offsets. A slave given only deleted_groups (an older master)
+	// deletes each name it is sent.
+	GroupDeletions []*GroupDeletion `protobuf:"bytes,560,rep,name=group_deletions,json=groupDeletions,proto3" json:"group_deletions,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *FollowResponse) Reset() {
@@ -1612,6 +1620,68 @@ func (x *FollowResponse) GetTopicsVersion() uint64 {
 	return 0
 }
 
+func (x *FollowResponse) GetGroupDeletions() []*GroupDeletion {
+	if x != nil {
+		return x.GroupDeletions
+	}
+	return nil
+}
+
+// GroupDeletion is one deletion of a consumer group on a master.
+type GroupDeletion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Unique per deletion, increasing on one master: its time (Unix ns), or
+	// one more than the highest id it knows when that is later.
+	Id            uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupDeletion) Reset() {
+	*x = GroupDeletion{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupDeletion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupDeletion) ProtoMessage() {}
+
+func (x *GroupDeletion) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupDeletion.ProtoReflect.Descriptor instead.
+func (*GroupDeletion) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GroupDeletion) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GroupDeletion) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 type PromoteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Force         bool                   `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
@@ -1621,7 +1691,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1703,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1716,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PromoteRequest) GetForce() bool {
@@ -1666,7 +1736,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1748,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1761,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PromoteResponse) GetEpoch() uint64 {
@@ -1728,7 +1798,7 @@ type ChangeMembersRequest struct {
 
 func (x *ChangeMembersRequest) Reset() {
 	*x = ChangeMembersRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1810,7 @@ func (x *ChangeMembersRequest) String() string {
 func (*ChangeMembersRequest) ProtoMessage() {}
 
 func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1823,7 @@ func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChangeMembersRequest) GetOp() string {
@@ -1810,7 +1880,7 @@ type ChangeMembersResponse struct {
 
 func (x *ChangeMembersResponse) Reset() {
 	*x = ChangeMembersResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1892,7 @@ func (x *ChangeMembersResponse) String() string {
 func (*ChangeMembersResponse) ProtoMessage() {}
 
 func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1905,7 @@ func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ChangeMembersResponse) GetDetail() string {
@@ -1865,7 +1935,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[23]
+	mi := &file_ferry_v1_replication_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1947,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[23]
+	mi := &file_ferry_v1_replication_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1960,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RaftServer) GetId() string {
@@ -2021,7 +2091,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12&\n" +
-	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\"\xc4\x03\n" +
+	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\"\x87\x04\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -2034,7 +2104,11 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\rgroup_offsets\x18\a \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\fgroupOffsets\x12-\n" +
 	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\x12&\n" +
 	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\x12&\n" +
-	"\x0etopics_version\x18\xa5\x03 \x01(\x04R\rtopicsVersion\"&\n" +
+	"\x0etopics_version\x18\xa5\x03 \x01(\x04R\rtopicsVersion\x12A\n" +
+	"\x0fgroup_deletions\x18\xb0\x04 \x03(\v2\x17.ferry.v1.GroupDeletionR\x0egroupDeletions\"5\n" +
+	"\rGroupDeletion\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +
@@ -2080,7 +2154,7 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_replication_proto_rawDescData
 }
 
-var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_ferry_v1_replication_proto_goTypes = []any{
 	(*OffsetCommits)(nil),              // 0: ferry.v1.OffsetCommits
 	(*TopicChange)(nil),                // 1: ferry.v1.TopicChange
@@ -2101,83 +2175,85 @@ var file_ferry_v1_replication_proto_goTypes = []any{
 	(*ReplicaInfo)(nil),                // 16: ferry.v1.ReplicaInfo
 	(*FollowRequest)(nil),              // 17: ferry.v1.FollowRequest
 	(*FollowResponse)(nil),             // 18: ferry.v1.FollowResponse
-	(*PromoteRequest)(nil),             // 19: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),            // 20: ferry.v1.PromoteResponse
-	(*ChangeMembersRequest)(nil),       // 21: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),      // 22: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                 // 23: ferry.v1.RaftServer
-	nil,                                // 24: ferry.v1.ReplicateRequest.TraceEntry
-	(*CommitOffsetsRequest)(nil),       // 25: ferry.v1.CommitOffsetsRequest
-	(*Message)(nil),                    // 26: ferry.v1.Message
-	(Status)(0),                        // 27: ferry.v1.Status
-	(*Error)(nil),                      // 28: ferry.v1.Error
-	(*ReadRequest)(nil),                // 29: ferry.v1.ReadRequest
-	(*DeleteGroupOffsetsRequest)(nil),  // 30: ferry.v1.DeleteGroupOffsetsRequest
-	(*ReadResponse)(nil),               // 31: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),      // 32: ferry.v1.CommitOffsetsResponse
-	(*DeleteGroupOffsetsResponse)(nil), // 33: ferry.v1.DeleteGroupOffsetsResponse
-	(*QueueOffsets)(nil),               // 34: ferry.v1.QueueOffsets
+	(*GroupDeletion)(nil),              // 19: ferry.v1.GroupDeletion
+	(*PromoteRequest)(nil),             // 20: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),            // 21: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),       // 22: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),      // 23: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                 // 24: ferry.v1.RaftServer
+	nil,                                // 25: ferry.v1.ReplicateRequest.TraceEntry
+	(*CommitOffsetsRequest)(nil),       // 26: ferry.v1.CommitOffsetsRequest
+	(*Message)(nil),                    // 27: ferry.v1.Message
+	(Status)(0),                        // 28: ferry.v1.Status
+	(*Error)(nil),                      // 29: ferry.v1.Error
+	(*ReadRequest)(nil),                // 30: ferry.v1.ReadRequest
+	(*DeleteGroupOffsetsRequest)(nil),  // 31: ferry.v1.DeleteGroupOffsetsRequest
+	(*ReadResponse)(nil),               // 32: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),      // 33: ferry.v1.CommitOffsetsResponse
+	(*DeleteGroupOffsetsResponse)(nil), // 34: ferry.v1.DeleteGroupOffsetsResponse
+	(*QueueOffsets)(nil),               // 35: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
-	25, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
+	26, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
 	2,  // 1: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
-	26, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	24, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	27, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	28, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	27, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	25, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	28, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	29, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
 	8,  // 6: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	29, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	30, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
 	10, // 8: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
 	12, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	25, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	26, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
 	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	30, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
+	31, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
 	9,  // 13: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	31, // 14: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	32, // 14: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
 	11, // 15: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
 	13, // 16: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	32, // 17: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	33, // 17: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
 	3,  // 18: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	33, // 19: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
-	28, // 20: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	26, // 21: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	34, // 22: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	34, // 19: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	29, // 20: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	27, // 21: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	35, // 22: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
 	2,  // 23: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
 	16, // 24: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	34, // 25: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	23, // 26: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	34, // 27: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	26, // 28: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	34, // 29: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	34, // 30: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	25, // 31: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	35, // 25: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	24, // 26: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	35, // 27: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	27, // 28: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	35, // 29: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	35, // 30: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	26, // 31: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
 	1,  // 32: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	23, // 33: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	4,  // 34: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	7,  // 35: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	14, // 36: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	25, // 37: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	1,  // 38: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	30, // 39: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	17, // 40: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	14, // 41: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	19, // 42: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	21, // 43: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	5,  // 44: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	6,  // 45: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	15, // 46: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	32, // 47: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	3,  // 48: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	33, // 49: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	18, // 50: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	15, // 51: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	20, // 52: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	22, // 53: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	44, // [44:54] is the sub-list for method output_type
-	34, // [34:44] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	19, // 33: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
+	24, // 34: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 35: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 36: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	14, // 37: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	26, // 38: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 39: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	31, // 40: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	17, // 41: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	14, // 42: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	20, // 43: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	22, // 44: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	5,  // 45: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 46: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	15, // 47: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	33, // 48: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 49: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	34, // 50: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	18, // 51: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	15, // 52: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	21, // 53: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	23, // 54: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	45, // [45:55] is the sub-list for method output_type
+	35, // [35:45] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2211,7 +2287,7 @@ func file_ferry_v1_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_replication_proto_rawDesc), len(file_ferry_v1_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

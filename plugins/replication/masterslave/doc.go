@@ -111,9 +111,11 @@
 //     skip the new messages stored at those offsets.
 //   - A group deleted on the master (`ferry group delete`,
 //     sdk.GroupDeleteReplication, groups.go) is shipped the same way: its
-//     offsets are dropped, its name sent with the next frame (and every
-//     deleted name when a slave connects), and the slave deletes the
-//     group's offsets before it stores the frame's.
+//     offsets are dropped, the deletion kept on disk with a unique id
+//     (GroupDeletionsFile) and sent with the next frame (and every kept
+//     deletion when a slave connects, after a master restart too), and the
+//     slave deletes the group's offsets before it stores the frame's. A
+//     slave makes each deletion id once.
 //
 // While linked, the master's offsets rule: a slave stores what the master
 // sends even when it had a higher offset (committed by consumers that read

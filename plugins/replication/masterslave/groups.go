@@ -2,46 +2,206 @@ package masterslave
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
 	"slices"
+	"sort"
+	"time"
 
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/atomicfile"
 )
 
 // Consumer group deletions (see the package doc, "Consumer offsets").
 //
 // The master's broker deletes a group's offsets in its own store, then calls
 // ReplicateGroupDelete. The master forgets the group's offsets it would ship
-// and records the group as deleted with a version of the offsets' sequence
+// and records the deletion with a unique id (its time, Unix ns, or one more
+// than the highest id known) and a version of the offsets' sequence
 // (offVer), so that a session ships the deletion with its next frame, ahead
 // of any offset the group commits afterwards (a slave deletes before it
-// stores the frame's offsets). A new session opens with every group deleted
-// since the plugin started, then every offset: a slave that was away when
-// the group was deleted deletes it when it links again. A slave keeps the
-// deletions its master sent, so that once promoted it ships them to its own
-// slaves.
+// stores the frame's offsets). A new session opens with every deletion
+// known, then every offset: a slave that was away when the group was
+// deleted deletes it when it links again.
 //
-// The deletions are kept in memory: a master restarted before a slave that
-// was away linked again does not send that slave the deletion (the slave
-// keeps the group's old offsets until the group commits there again).
+// The deletions are durable (GroupDeletionsFile in the plugin's directory,
+// written with atomicfile before ReplicateGroupDelete answers), so a master
+// restarted before an absent slave linked again still sends it the
+// deletion. A slave keeps, in the same file, the deletions its master sent
+// (to ship them once promoted) and the ids it made: it makes each id once,
+// so a deletion sent again at every link opening does not delete the
+// offsets the group committed since (which a restarted master would not
+// send again until the group commits again). Both are bounded by
+// maxGroupDeletions; past it the oldest deletion is forgotten (a slave away
+// for that many deletions keeps that group's old offsets).
 
 var _ sdk.GroupDeleteReplication = (*Plugin)(nil)
 
-// ReplicateGroupDelete records a group's deletion on the master, to be
-// shipped to every slave with its next frame; it does not wait for them. On
-// a node that is not master it refuses with sdk.ErrNotLeader.
+// GroupDeletionsFile, in the plugin's directory (replication-async or
+// replication-sync under the data dir), keeps the group deletions.
+const GroupDeletionsFile = "group-deletions.json"
+
+// maxGroupDeletions bounds the deletions kept (and the ids made).
+const maxGroupDeletions = 4096
+
+// delEntry is a group's latest deletion: its id, and the offVer it got.
+type delEntry struct {
+	id  uint64
+	ver uint64
+}
+
+type deletionsFile struct {
+	Deleted map[string]uint64 `json:"deleted"`           // group → id of its latest deletion
+	Applied map[string]uint64 `json:"applied,omitempty"` // group → id of the deletion made here
+}
+
+// loadDeletions reads GroupDeletionsFile (at Configure, before any session),
+// giving each deletion a version so that every new session ships it.
+func (p *Plugin) loadDeletions() error {
+	b, err := os.ReadFile(filepath.Join(p.dir, GroupDeletionsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var f deletionsFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s: %w", GroupDeletionsFile, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, g := range slices.Sorted(maps.Keys(f.Deleted)) {
+		p.offVer++
+		p.dels[g] = delEntry{id: f.Deleted[g], ver: p.offVer}
+	}
+	for g, id := range f.Applied {
+		p.applied[g] = id
+	}
+	return nil
+}
+
+// saveDeletionsLocked writes the deletions durably. Called with p.mu held.
+func (p *Plugin) saveDeletionsLocked() error {
+	f := deletionsFile{Deleted: make(map[string]uint64, len(p.dels)), Applied: p.applied}
+	for g, e := range p.dels {
+		f.Deleted[g] = e.id
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(p.dir, GroupDeletionsFile, append(b, '\n'), 0o644)
+}
+
+// newDeletionIDLocked is a deletion id above every one known here.
+func (p *Plugin) newDeletionIDLocked() uint64 {
+	id := uint64(time.Now().UnixNano())
+	for _, e := range p.dels {
+		id = max(id, e.id+1)
+	}
+	return id
+}
+
+// recordDeletionLocked records a group's deletion and drops the oldest past
+// maxGroupDeletions. Called with p.mu held.
+func (p *Plugin) recordDeletionLocked(group string, id uint64) {
+	p.offVer++
+	p.dels[group] = delEntry{id: id, ver: p.offVer}
+	for len(p.dels) > maxGroupDeletions {
+		oldest, first := "", uint64(0)
+		for g, e := range p.dels {
+			if oldest == "" || e.id < first {
+				oldest, first = g, e.id
+			}
+		}
+		delete(p.dels, oldest)
+		delete(p.applied, oldest)
+	}
+	for g := range p.applied {
+		if _, ok := p.dels[g]; !ok {
+			delete(p.applied, g)
+		}
+	}
+}
+
+// ReplicateGroupDelete records a group's deletion on the master, durably,
+// to be shipped to every slave with its next frame; it does not wait for
+// them. On a node that is not master it refuses with sdk.ErrNotLeader.
 func (p *Plugin) ReplicateGroupDelete(_ context.Context, group string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.role != sdk.RoleMaster {
 		return fmt.Errorf("%w: this node is not master", sdk.ErrNotLeader)
 	}
+	prev, had := p.dels[group]
+	prevApplied, hadApplied := p.applied[group]
+	id := p.newDeletionIDLocked()
+	p.recordDeletionLocked(group, id)
+	p.applied[group] = id // made here by the broker before it called
+	if err := p.saveDeletionsLocked(); err != nil {
+		if had {
+			p.dels[group] = prev
+		} else {
+			delete(p.dels, group)
+		}
+		if hadApplied {
+			p.applied[group] = prevApplied
+		} else {
+			delete(p.applied, group)
+		}
+		return fmt.Errorf("%w: keeping the deletion in %s: %v", sdk.ErrUnavailable, filepath.Join(p.dir, GroupDeletionsFile), err)
+	}
 	p.forgetGroupLocked(group)
-	p.offVer++
-	p.dels[group] = p.offVer
 	signal(&p.wake)
 	return nil
+}
+
+// deletionsSinceLocked are the deletions with a version above ver, by
+// group. Called with p.mu held.
+func (p *Plugin) deletionsSinceLocked(ver uint64) []*ferryv1.GroupDeletion {
+	var out []*ferryv1.GroupDeletion
+	for g, e := range p.dels {
+		if e.ver > ver {
+			out = append(out, &ferryv1.GroupDeletion{Group: g, Id: e.id})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Group < out[j].Group })
+	return out
+}
+
+// deletedNames are the groups of dels (FollowResponse.deleted_groups, for
+// slaves that do not read group_deletions).
+func deletedNames(dels []*ferryv1.GroupDeletion) []string {
+	if len(dels) == 0 {
+		return nil
+	}
+	out := make([]string, len(dels))
+	for i, d := range dels {
+		out[i] = d.Group
+	}
+	return out
+}
+
+// followDeletions are a frame's deletions: group_deletions, or, from a
+// master that does not send them, deleted_groups without ids.
+func followDeletions(resp *ferryv1.FollowResponse) []*ferryv1.GroupDeletion {
+	if len(resp.GroupDeletions) > 0 {
+		return resp.GroupDeletions
+	}
+	out := make([]*ferryv1.GroupDeletion, len(resp.DeletedGroups))
+	for i, g := range resp.DeletedGroups {
+		out[i] = &ferryv1.GroupDeletion{Group: g}
+	}
+	return out
 }
 
 // forgetGroupLocked drops a group's offsets, as shipped or received and as
@@ -59,18 +219,43 @@ func (p *Plugin) forgetGroupLocked(group string) {
 	}
 }
 
-// masterDeletes records, on a slave, the groups its master deleted: their
-// offsets are forgotten at once (the offsets of the same frame come after)
-// and deleted here by commitOffsets' goroutine before it commits any.
-func (p *Plugin) masterDeletes(groups []string) {
+// masterDeletes records, on a slave, the deletions its master sent: those
+// not made here yet forget the group's offsets at once (the offsets of the
+// same frame come after) and are made by commitOffsets' goroutine before it
+// commits any. A deletion made here already (its id) is only recorded: the
+// group's offsets here are those it committed since.
+func (p *Plugin) masterDeletes(dels []*ferryv1.GroupDeletion) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, g := range groups {
+	changed := false
+	for _, d := range dels {
+		g, id := d.Group, d.Id
+		if id != 0 && p.applied[g] == id {
+			if e, ok := p.dels[g]; !ok || e.id != id {
+				p.recordDeletionLocked(g, id)
+				changed = true
+			}
+			continue
+		}
+		if id == 0 { // an older master: no id, made every time it is sent
+			if e, ok := p.dels[g]; ok {
+				id = e.id
+			} else {
+				id = p.newDeletionIDLocked()
+			}
+		}
 		p.forgetGroupLocked(g)
-		p.offVer++
-		p.dels[g] = p.offVer
+		if e, ok := p.dels[g]; !ok || e.id != id {
+			changed = true
+		}
+		p.recordDeletionLocked(g, id)
 		if !slices.Contains(p.delTodo, g) {
 			p.delTodo = append(p.delTodo, g)
+		}
+	}
+	if changed {
+		if err := p.saveDeletionsLocked(); err != nil {
+			p.log("keeping the group deletions the master sent: %v (they are made, and shipped once promoted, while this process runs)", err)
 		}
 	}
 }
@@ -95,6 +280,12 @@ func (p *Plugin) deleteGroups(ctx context.Context) bool {
 		}
 		p.mu.Lock()
 		p.delTodo = slices.DeleteFunc(p.delTodo, func(s string) bool { return s == g })
+		if e, ok := p.dels[g]; ok {
+			p.applied[g] = e.id
+			if err := p.saveDeletionsLocked(); err != nil {
+				p.log("keeping group %s's deletion as made: %v (made again at the next link)", g, err)
+			}
+		}
 		// A commit of the group's old offsets that raced the deletion
 		// is undone by it: those are not committed here any more.
 		for k := range p.offDone {

@@ -253,7 +253,7 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 		}
 		p.mu.Unlock()
 	}()
-	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, DeletedGroups: deleted, Topics: topics, TopicsVersion: topicVer}); err != nil {
+	if err := stream.Send(&ferryv1.FollowResponse{MasterNode: info.Node, MasterAddress: info.Address, Epoch: epoch, Ends: l.ends(), GroupOffsets: groups, DeletedGroups: deletedNames(deleted), GroupDeletions: deleted, Topics: topics, TopicsVersion: topicVer}); err != nil {
 		return err
 	}
 	go l.acks(ctx, stream, s)
@@ -386,7 +386,7 @@ func (l *link) ship(ctx context.Context, stream ferryv1.ReplicaLink_FollowServer
 			p.mu.Lock()
 			s.unacked += int64(len(frame))
 			p.mu.Unlock()
-			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, DeletedGroups: deleted, Topics: topics, TopicsVersion: topicVer}); err != nil {
+			if err := stream.Send(&ferryv1.FollowResponse{Messages: frame, GroupOffsets: groups, DeletedGroups: deletedNames(deleted), GroupDeletions: deleted, Topics: topics, TopicsVersion: topicVer}); err != nil {
 				return err
 			}
 		}

@@ -56,17 +56,11 @@ func (p *Plugin) ReplicateOffsets(_ context.Context, group string, offsets []*sd
 // takeOffsetsLocked returns the entries newer than the session's mark, by
 // group, and the groups deleted since it (groups.go), and moves the mark.
 // Called with p.mu held.
-func (p *Plugin) takeOffsetsLocked(s *session) ([]*ferryv1.CommitOffsetsRequest, []string) {
+func (p *Plugin) takeOffsetsLocked(s *session) ([]*ferryv1.CommitOffsetsRequest, []*ferryv1.GroupDeletion) {
 	if p.offVer <= s.offSent {
 		return nil, nil
 	}
-	var deleted []string
-	for g, ver := range p.dels {
-		if ver > s.offSent {
-			deleted = append(deleted, g)
-		}
-	}
-	sort.Strings(deleted)
+	deleted := p.deletionsSinceLocked(s.offSent)
 	by := map[string]*ferryv1.CommitOffsetsRequest{}
 	for k, e := range p.offs {
 		if e.ver <= s.offSent {
@@ -89,7 +83,7 @@ func (p *Plugin) takeOffsetsLocked(s *session) ([]*ferryv1.CommitOffsetsRequest,
 }
 
 // takeOffsets is takeOffsetsLocked for a caller without p.mu.
-func (p *Plugin) takeOffsets(s *session) ([]*ferryv1.CommitOffsetsRequest, []string) {
+func (p *Plugin) takeOffsets(s *session) ([]*ferryv1.CommitOffsetsRequest, []*ferryv1.GroupDeletion) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.takeOffsetsLocked(s)
@@ -122,9 +116,9 @@ func (p *Plugin) promotedOffsetsLocked() {
 		p.offs[k] = offEntry{done, p.offVer}
 	}
 	clear(p.offDone)
-	for g := range p.dels {
+	for g, e := range p.dels {
 		p.offVer++
-		p.dels[g] = p.offVer
+		p.dels[g] = delEntry{id: e.id, ver: p.offVer}
 	}
 }
 

@@ -51,7 +51,10 @@ type Plugin struct {
 	offVer uint64
 	// groups deleted (groups.go): group → the offVer it got when deleted;
 	// kept for the plugin's life, on a slave as its master sent them
-	dels map[string]uint64
+	// and durable (GroupDeletionsFile); applied: group → the id of the
+	// deletion made here
+	dels    map[string]delEntry
+	applied map[string]uint64
 	// slave side: deletions from the master not yet made here
 	delTodo []string
 	// master side (topics.go): the broker's latest topic set, versioned
@@ -94,7 +97,7 @@ func New(mode string) *Plugin {
 		ends: map[qkey]int64{}, tails: map[qkey]*tail{}, sessions: map[*session]struct{}{},
 		refused: map[string]*ferryv1.ReplicaInfo{}, progress: make(chan struct{}), wake: make(chan struct{}),
 		leaderEnds: map[qkey]int64{}, leaderAcked: map[qkey]int64{}, localEnds: map[qkey]int64{}, okEnds: map[qkey]int64{},
-		offs: map[gqkey]offEntry{}, offDone: map[gqkey]int64{}, dels: map[string]uint64{}}
+		offs: map[gqkey]offEntry{}, offDone: map[gqkey]int64{}, dels: map[string]delEntry{}, applied: map[string]uint64{}}
 }
 
 // Mode tells the broker to store first, then replicate: once a batch is
@@ -125,6 +128,9 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		return fmt.Errorf("replication state in %s: %w", p.dir, err)
 	}
 	p.st = st
+	if err := p.loadDeletions(); err != nil {
+		return fmt.Errorf("replication state in %s: %w", p.dir, err)
+	}
 	if p.peers, err = security.NewPeers(cfg.link(), "plugins.replication.config.listen", logger); err != nil {
 		return err
 	}

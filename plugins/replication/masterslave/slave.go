@@ -134,8 +134,8 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 		cancel(nil)
 		<-offDone
 	}()
-	if len(first.DeletedGroups) > 0 {
-		p.masterDeletes(first.DeletedGroups)
+	if dels := followDeletions(first); len(dels) > 0 {
+		p.masterDeletes(dels)
 		kickChan(offKick)
 	}
 	if len(first.GroupOffsets) > 0 {
@@ -252,8 +252,8 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			}
 			p.mu.Unlock()
 		}
-		if len(resp.DeletedGroups) > 0 {
-			p.masterDeletes(resp.DeletedGroups) // before this frame's offsets
+		if dels := followDeletions(resp); len(dels) > 0 {
+			p.masterDeletes(dels) // before this frame's offsets
 			kickChan(offKick)
 		}
 		if len(resp.GroupOffsets) > 0 {
