@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,12 +18,30 @@ type clusterReport struct {
 	Result         struct {
 		Weak int `json:"acked_weak"`
 	} `json:"result"`
-	Faults []struct {
+	NodeStores []nodeStore `json:"node_stores"`
+	Faults     []struct {
 		Kind     string `json:"kind"`
 		Target   string `json:"target"`
 		Node     string `json:"node"`
 		Failover bool   `json:"failover"`
 	} `json:"faults"`
+}
+
+// nodeStore is one node's read-back in results.json.
+type nodeStore struct {
+	Node        string `json:"node"`
+	Role        string `json:"role"`
+	Behind      bool   `json:"behind"`
+	MissingHeld int    `json:"missing_held"`
+	Error       string `json:"error"`
+	Result      *struct {
+		Stored     int `json:"stored"`
+		Lost       int `json:"lost"`
+		Duplicated int `json:"duplicated"`
+		Unexpected int `json:"unexpected"`
+		OutOfOrder int `json:"out_of_order"`
+		WrongOff   int `json:"wrong_offset"`
+	} `json:"result"`
 }
 
 func readClusterReport(t *testing.T, dir string) (verifyReport, clusterReport) {
@@ -183,6 +202,16 @@ func TestVerifyRaftClusterGroupsAndPowerLoss(t *testing.T) {
 		}
 		t.Logf("group %s: delivered %d, redelivered %d, restarts %d", g.Group, g.Delivered, g.Redelivered, g.Restarts)
 	}
+	// Every node's own store was read back after healing and holds
+	// everything the leader does (raft with flush sync).
+	if len(c.NodeStores) != 3 {
+		t.Fatalf("node stores: %+v", c.NodeStores)
+	}
+	for _, ns := range c.NodeStores {
+		if ns.Result == nil || ns.MissingHeld != 0 || ns.Result.Lost != 0 || ns.Result.Duplicated != 0 || ns.Result.Unexpected != 0 || ns.Result.OutOfOrder != 0 || ns.Result.WrongOff != 0 || ns.Result.Stored != r.Result.Stored {
+			t.Errorf("node %s (%s): %+v %+v (the leader stored %d)", ns.Node, ns.Role, ns, ns.Result, r.Result.Stored)
+		}
+	}
 	// The power loss was real: the leader's store armed its hook and
 	// dropped what it had not fsynced.
 	b, err := os.ReadFile(filepath.Join(out, "node-"+c.Faults[2].Node+".log"))
@@ -197,5 +226,61 @@ func TestVerifyRaftClusterGroupsAndPowerLoss(t *testing.T) {
 	cl, _ := os.ReadFile(filepath.Join(out, "consumers.log"))
 	if !strings.Contains(string(cl), "kill -9 of the consumer") {
 		t.Errorf("consumers.log lacks the consumer kills")
+	}
+}
+
+// The negative control of the read-back from every node: a master–slave
+// pair with sync replication whose slave's store (testdata/holeystore, a
+// test-only plugin) loses every message at an offset ending in 9 after
+// acknowledging it. The master holds everything, so the run's Result (read
+// from the master) is clean; only the slave's own read-back sees the loss,
+// and the verdict must fail naming the slave.
+func TestVerifyFailsALossOnlyTheSlaveHas(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "ferry-storage-holey"), "./testdata/holeystore").CombinedOutput(); err != nil {
+		t.Fatalf("build holeystore: %v\n%s", err, out)
+	}
+	slave := filepath.Join(dir, "slave.yaml")
+	if err := os.WriteFile(slave, []byte(`name: cluster-ms
+node: {id: slave, role: slave}
+plugins:
+  dirs: [`+dir+`]
+  storage: {type: holey}
+  transport: {type: grpc, config: {listen: 127.0.0.1:7172}}
+  replication:
+    type: sync
+    config: {listen: 127.0.0.1:7272, peers: [127.0.0.1:7271], min_replicas: 1, timeout: 3s}
+topics: [{name: orders, queues: 4}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	stdout, stderr, code := runFerry(t, nil, "verify", "../../pipelines/cluster/master.yaml", slave,
+		"--duration", "4s", "--producers", "2", "--groups", "0", "--faults", "kill:transport@1500ms", "--out", out)
+	if code != 1 || !strings.Contains(stdout, "verdict: fail") || !strings.Contains(stdout, "node slave (slave): ") || !strings.Contains(stdout, "the leader holds are missing from its store after healing") {
+		t.Fatalf("exit %d, want 1 and a failed verdict naming the slave's loss\n%s\n%s", code, stdout, stderr)
+	}
+	r, c := readClusterReport(t, out)
+	if r.Result.Lost != 0 || r.Result.Acked < 20 {
+		t.Fatalf("the master's result: %+v: want nothing lost there", r.Result)
+	}
+	if len(c.NodeStores) != 2 {
+		t.Fatalf("node stores: %+v", c.NodeStores)
+	}
+	for _, ns := range c.NodeStores {
+		if ns.Result == nil {
+			t.Fatalf("node %s not read back: %+v", ns.Node, ns)
+		}
+		switch ns.Node {
+		case "master":
+			if ns.Role != "leader" || ns.Result.Lost != 0 {
+				t.Errorf("master: %+v %+v", ns, *ns.Result)
+			}
+		case "slave":
+			// About a tenth of what it holds.
+			if ns.Role != "slave" || ns.Result.Lost == 0 || ns.MissingHeld != ns.Result.Lost || ns.Result.Lost > r.Result.Acked/5 || ns.Result.Stored+ns.Result.Lost < r.Result.Acked {
+				t.Errorf("slave: %+v %+v (acked %d)", ns, *ns.Result, r.Result.Acked)
+			}
+		}
 	}
 }

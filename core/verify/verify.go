@@ -88,6 +88,9 @@ type Report struct {
 	Faults          []FaultRecord  `json:"faults"`
 	Result          *Result        `json:"result"`
 	Groups          []*GroupResult `json:"groups"`
+	// NodeStores are a cluster run's nodes' own stores, each read back
+	// after healing (the leader's is Result).
+	NodeStores []*NodeStore `json:"node_stores,omitempty"`
 	Verdict         string         `json:"verdict" jsonschema:"enum=pass,enum=fail"` // pass | fail
 	Reasons         []string       `json:"reasons,omitempty"`
 	LatencyP50      time.Duration  `json:"latency_p50_ns"`
@@ -397,6 +400,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.Result = Check(sends, stored)
 	rep.Faults = healedTimes(records, sends, start)
+	if cl != nil {
+		// Every node's own store: a loss only a follower has.
+		rep.NodeStores = cl.readNodes(ctx, readAddr, topic, rep.RunID+"-", sends, rep.Result)
+	}
 	// Empty lists, not null: the schema wants arrays (a run without
 	// groups or faults).
 	if rep.Groups == nil {
@@ -906,6 +913,7 @@ func summarize(rep *Report, sends []Send, start time.Time) {
 			fail("%d acknowledged message(s) lost: %s%s", len(other), why, afterID(other[0]))
 		}
 	}
+	judgeNodes(rep, sends, start, fail)
 	if res.Duplicated > 0 {
 		fail("%d message(s) stored more than once: retries carry their id and the store de-duplicates%s", res.Duplicated, after("duplicated"))
 	}
