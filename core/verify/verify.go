@@ -90,12 +90,12 @@ type Report struct {
 	Groups          []*GroupResult `json:"groups"`
 	// NodeStores are a cluster run's nodes' own stores, each read back
 	// after healing (the leader's is Result).
-	NodeStores []*NodeStore `json:"node_stores,omitempty"`
-	Verdict         string         `json:"verdict" jsonschema:"enum=pass,enum=fail"` // pass | fail
-	Reasons         []string       `json:"reasons,omitempty"`
-	LatencyP50      time.Duration  `json:"latency_p50_ns"`
-	LatencyP99      time.Duration  `json:"latency_p99_ns"`
-	LatencyMax      time.Duration  `json:"latency_max_ns"`
+	NodeStores []*NodeStore  `json:"node_stores,omitempty"`
+	Verdict    string        `json:"verdict" jsonschema:"enum=pass,enum=fail"` // pass | fail
+	Reasons    []string      `json:"reasons,omitempty"`
+	LatencyP50 time.Duration `json:"latency_p50_ns"`
+	LatencyP99 time.Duration `json:"latency_p99_ns"`
+	LatencyMax time.Duration `json:"latency_max_ns"`
 	// AckRate is the acknowledgements per second in each RateBucket of the
 	// run, from its start.
 	AckRate    []float64     `json:"ack_rate"`
