@@ -130,6 +130,7 @@ changes; see docs/verify.md.`,
 	f.StringVar(&o.Topic, "topic", "", "the topic to send to (default: the pipeline's first)")
 	f.IntVar(&o.Groups, "groups", 1, "consumer groups consuming the topic during the run (each a ferry consume process); 0: none")
 	f.StringVar(&o.Delivery, "delivery", "push", "the groups' delivery: push or pull")
+	f.DurationVar(&o.DrainTimeout, "drain-timeout", 2*time.Minute, "after the heal, how long each group may take to deliver every stored message; what it has not by then is missing")
 	f.StringVar(&faults, "faults", "", "fault schedule, e.g. kill:broker@5s-7s,kill:storage@12s (default: one of each, placed by --seed)")
 	f.Uint64Var(&o.Seed, "seed", 1, "places the default faults; the same seed, the same schedule")
 	f.DurationVar(&o.LinkDelay, "link-delay", 100*time.Millisecond, "what a delay fault adds on each link between nodes")

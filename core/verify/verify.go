@@ -45,11 +45,14 @@ type Options struct {
 	Size     int     // message body bytes
 	Faults   []Fault // nil: DefaultFaults
 	Seed     uint64
-	OutDir   string       // where results.json, latency.png and node.log go; "" = a temporary dir, removed
-	Groups   int          // consumer groups that consume during the run, each a ferry consume process
-	Delivery string       // their delivery: push or pull
-	Progress io.Writer    // a line every few seconds; nil = none
-	Logger   *slog.Logger // the producers' client's; nil = slog's default
+	OutDir   string // where results.json, latency.png and node.log go; "" = a temporary dir, removed
+	Groups   int    // consumer groups that consume during the run, each a ferry consume process
+	Delivery string // their delivery: push or pull
+	// DrainTimeout bounds each group's drain after the heal: a stored
+	// message it has not delivered by then is missing (default 2m).
+	DrainTimeout time.Duration
+	Progress     io.Writer    // a line every few seconds; nil = none
+	Logger       *slog.Logger // the producers' client's; nil = slog's default
 }
 
 // Report is a run's whole result (results.json).
@@ -202,6 +205,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.Delivery == "" {
 		o.Delivery = "push"
+	}
+	if o.DrainTimeout < 0 {
+		return nil, fmt.Errorf("verify: drain timeout %s: want a positive duration (or 0 for the default 2m)", o.DrainTimeout)
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 2 * time.Minute
 	}
 	switch o.Mode {
 	case "":
@@ -391,7 +400,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	var dwg sync.WaitGroup
 	for _, cs := range consumers {
 		dwg.Add(1)
-		go func() { defer dwg.Done(); cs.drain(ctx, stored, 2*time.Minute) }()
+		go func() { defer dwg.Done(); cs.drain(ctx, stored, o.DrainTimeout) }()
 	}
 	dwg.Wait()
 	sends := rec.all()
