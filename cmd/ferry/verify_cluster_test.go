@@ -2,11 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // clusterReport is the part of a cluster run's results.json these tests read.
@@ -281,6 +285,49 @@ topics: [{name: orders, queues: 4}]
 			if ns.Role != "slave" || ns.Result.Lost == 0 || ns.MissingHeld != ns.Result.Lost || ns.Result.Lost > r.Result.Acked/5 || ns.Result.Stored+ns.Result.Lost < r.Result.Acked {
 				t.Errorf("slave: %+v %+v (acked %d)", ns, *ns.Result, r.Result.Acked)
 			}
+		}
+	}
+}
+
+// The end-to-end control of the group checks on a cluster: a raft run whose
+// group's consumer (a ferry_faults build, FERRY_FAULT_CONSUME) takes every
+// 40th message as processed without delivering it and holds every 25th back
+// past the next one, while the leader is killed and the group follows the
+// new one. The topic loses nothing, so only the group checks can fail the
+// run: the verdict must name the group's missing and out-of-order messages.
+func TestVerifyFailsAGroupThatLosesOnACluster(t *testing.T) {
+	bin := ferrytest.BinaryWithTags(t, "ferry_faults")
+	t0 := time.Now()
+	defer func() { t.Logf("the verify run took %s", time.Since(t0).Round(time.Second)) }()
+	out := t.TempDir()
+	args := append([]string{"verify"}, raftFiles...)
+	args = append(args, "--duration", "6s", "--producers", "2", "--groups", "1", "--drain-timeout", "5s", "--out", out, "--faults", "kill:leader@2s-3s")
+	stdout, stderr, code := runFerryBin(t, bin, []string{"FERRY_FAULT_CONSUME=skip:40,hold:25"}, args...)
+	if code != 1 || !strings.Contains(stdout, "verdict: fail") {
+		t.Fatalf("exit %d, want 1 and a failed verdict\n%s\n%s", code, stdout, stderr)
+	}
+	r, c := readClusterReport(t, out)
+	if r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.OutOfOrder != 0 || r.Result.Acked < 100 {
+		t.Fatalf("the topic's result: %+v: want it clean", r.Result)
+	}
+	if len(c.Faults) != 1 || c.Faults[0].Node == "" || r.Faults[0].Error != "" {
+		t.Fatalf("faults: %+v %+v", c.Faults, r.Faults)
+	}
+	if len(r.Groups) != 1 {
+		t.Fatalf("groups: %+v", r.Groups)
+	}
+	g := r.Groups[0]
+	// About one in 40 of what the group was given; redeliveries after the
+	// leader's kill may deliver a few of them after all.
+	if g.Missing == 0 || g.Missing > r.Result.Stored/10 || g.OutOfOrder == 0 || g.Unexpected != 0 {
+		t.Fatalf("group %+v (stored %d): want missing and out-of-order deliveries", g, r.Result.Stored)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("group %s never delivered %d stored message(s)", g.Group, g.Missing),
+		fmt.Sprintf("group %s delivered %d acknowledged message(s) of a key for the first time after a later one", g.Group, g.OutOfOrder),
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("the verdict lacks %q\n%s", want, stdout)
 		}
 	}
 }
