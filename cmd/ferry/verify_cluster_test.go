@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/core/security/securitytest"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
@@ -329,5 +330,105 @@ func TestVerifyFailsAGroupThatLosesOnACluster(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("the verdict lacks %q\n%s", want, stdout)
 		}
+	}
+}
+
+// ferry verify of a 3-node raft group whose files secure everything with
+// real certificates: the brokers serve mutual TLS (client_ca_file), the
+// replication and admin links mutual TLS with the cluster CA and a cluster
+// secret. Verify runs the nodes with that TLS, its producers, read-back
+// and group present --tls-ca, --tls-cert and --tls-key, its status calls
+// the nodes' own link credentials; the leader is killed and the group
+// follows it: pass, nothing lost, every node read back. Negative controls:
+// without --tls-ca, and under mutual TLS without a client certificate,
+// verify refuses before it starts anything, saying what to give; a client
+// certificate of another CA fails the run (the brokers refuse it).
+func TestVerifyRaftClusterOverTLS(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	other := securitytest.NewCA(t, "other")
+	server := ca.Issue("broker", securitytest.Options{})
+	peer := ca.Issue("raft-node", securitytest.Options{Peer: true})
+	app := ca.Issue("verify", securitytest.Options{Client: true})
+	stranger := other.Issue("stranger", securitytest.Options{Client: true})
+	secret := ca.Secret("cluster.secret", "verify-s3cret-0123456789")
+	dir := t.TempDir()
+	var files []string
+	for i := 1; i <= 3; i++ {
+		var peers []string
+		for j := 1; j <= 3; j++ {
+			peers = append(peers, fmt.Sprintf("{id: r%d, raft: 127.0.0.1:%d, broker: 127.0.0.1:%d, admin: 127.0.0.1:%d}", j, 7380+j, 7180+j, 7480+j))
+		}
+		yaml := fmt.Sprintf(`name: secure-raft
+node: {id: r%d}
+plugins:
+  storage: {type: file, config: {flush: sync}}
+  transport:
+    type: grpc
+    config:
+      listen: 127.0.0.1:%d
+      tls: {cert_file: %q, key_file: %q, client_ca_file: %q}
+  replication:
+    type: raft
+    config:
+      listen: 127.0.0.1:%d
+      admin: 127.0.0.1:%d
+      peers: [%s]
+      tls: {cert_file: %q, key_file: %q, ca_file: %q}
+      secret_file: %q
+      heartbeat_timeout: 500ms
+      election_timeout: 500ms
+      leader_lease_timeout: 250ms
+topics: [{name: orders, queues: 4}]
+`, i, 7180+i, server.CertFile, server.KeyFile, ca.CertFile, 7380+i, 7480+i, strings.Join(peers, ", "), peer.CertFile, peer.KeyFile, ca.CertFile, secret)
+		path := filepath.Join(dir, fmt.Sprintf("r%d.yaml", i))
+		if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, path)
+	}
+	verify := func(extra ...string) (string, string, int, string) {
+		out := t.TempDir()
+		args := append(append([]string{"verify"}, files...), "--duration", "4s", "--producers", "2", "--groups", "1", "--out", out, "--faults", "kill:leader@1500ms-2500ms")
+		t0 := time.Now()
+		stdout, stderr, code := runFerry(t, nil, append(args, extra...)...)
+		t.Logf("verify %v: %s\n%s", extra, time.Since(t0).Round(100*time.Millisecond), stderr)
+		return stdout, stderr, code, out
+	}
+	for _, c := range []struct {
+		extra []string
+		want  string
+	}{
+		{nil, "give --tls-ca, the CA that signed the brokers' certificates"},
+		{[]string{"--tls-ca", ca.CertFile}, "asks for mutual TLS: give --tls-cert and --tls-key"},
+	} {
+		if stdout, stderr, code, _ := verify(c.extra...); code != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("verify %v: exit %d, want 1 and %q\n%s%s", c.extra, code, c.want, stdout, stderr)
+		}
+	}
+	stdout, stderr, code, out := verify("--tls-ca", ca.CertFile, "--tls-cert", app.CertFile, "--tls-key", app.KeyFile)
+	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	r, cr := readClusterReport(t, out)
+	if r.Result.Lost != 0 || r.Result.Acked < 50 || len(r.Groups) != 1 || r.Groups[0].Missing != 0 || r.Groups[0].Delivered != r.Result.Stored {
+		t.Fatalf("result %+v, groups %+v", r.Result, r.Groups)
+	}
+	if len(cr.Faults) != 1 || cr.Faults[0].Node == "" || r.Faults[0].Error != "" || len(cr.NodeStores) != 3 {
+		t.Fatalf("faults %+v %+v, node stores %+v", cr.Faults, r.Faults, cr.NodeStores)
+	}
+	for _, ns := range cr.NodeStores {
+		if ns.Result == nil || ns.Result.Lost != 0 || ns.Result.Stored != r.Result.Stored {
+			t.Errorf("node %s: %+v", ns.Node, ns)
+		}
+	}
+	// The links really ran TLS: a plaintext status call is refused.
+	b, _ := os.ReadFile(filepath.Join(out, "node-r1.log"))
+	if strings.Contains(string(b), "spoke plaintext") {
+		t.Errorf("a node was spoken to in plaintext:\n%s", b)
+	}
+	// The brokers check the client certificate: another CA's fails.
+	stdout, stderr, code, _ = verify("--tls-ca", ca.CertFile, "--tls-cert", stranger.CertFile, "--tls-key", stranger.KeyFile)
+	if code != 1 || !strings.Contains(stderr, "refused verify's TLS") {
+		t.Fatalf("a client certificate of another CA: exit %d, want 1 and the refusal\n%s\n%s", code, stdout, stderr)
 	}
 }

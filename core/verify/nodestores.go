@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
@@ -44,7 +43,7 @@ const catchUp = 60 * time.Second
 // sends.
 func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix string, sends []Send, leaderRes *Result) []*NodeStore {
 	var out []*NodeStore
-	want, werr := queueEnds(ctx, leaderAddr, topic)
+	want, werr := queueEnds(ctx, leaderAddr, c.members[0].n.p.creds, topic)
 	for _, m := range c.members {
 		ns := &NodeStore{Node: m.id}
 		out = append(out, ns)
@@ -64,8 +63,8 @@ func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix strin
 			ns.Error = "the leader's queue ends: " + werr.Error()
 			continue
 		}
-		ns.Behind = !waitEnds(ctx, m.n.p.addr, topic, want, catchUp)
-		stored, err := ReadBack(ctx, m.n.p.addr, topic, prefix)
+		ns.Behind = !waitEnds(ctx, m.n.p.addr, m.n.p.creds, topic, want, catchUp)
+		stored, err := readBack(ctx, m.n.p.addr, m.n.p.creds, topic, prefix)
 		if err != nil {
 			ns.Error = err.Error()
 			continue
@@ -76,8 +75,8 @@ func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix strin
 }
 
 // queueEnds is the end offset of each queue of topic at addr.
-func queueEnds(ctx context.Context, addr, topic string) (map[int32]int64, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func queueEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string) (map[int32]int64, error) {
+	cc, err := dial(addr, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -110,9 +109,9 @@ func queueEnds(ctx context.Context, addr, topic string) (map[int32]int64, error)
 
 // waitEnds waits until every queue's end at addr reached want's, for at
 // most d; it says whether they did.
-func waitEnds(ctx context.Context, addr, topic string, want map[int32]int64, d time.Duration) bool {
+func waitEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string, want map[int32]int64, d time.Duration) bool {
 	for deadline := time.Now().Add(d); ; {
-		if got, err := queueEnds(ctx, addr, topic); err == nil {
+		if got, err := queueEnds(ctx, addr, creds, topic); err == nil {
 			caught := true
 			for q, end := range want {
 				caught = caught && got[q] >= end

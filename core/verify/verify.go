@@ -16,8 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -53,6 +52,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	Progress     io.Writer    // a line every few seconds; nil = none
 	Logger       *slog.Logger // the producers' client's; nil = slog's default
+	// TLS is what verify's clients present when the files' transports
+	// serve TLS (--tls-ca, --tls-cert, --tls-key).
+	TLS ClientTLS
 }
 
 // Report is a run's whole result (results.json).
@@ -273,6 +275,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		nodes = []*node{n}
 	}
+	// Verify's clients speak the brokers' TLS (the same credentials for
+	// every node).
+	var ps []*prepared
+	for _, nd := range nodes {
+		ps = append(ps, nd.p)
+	}
+	creds, err := brokerTLS(o.TLS, ps)
+	if err != nil {
+		return nil, err
+	}
+	for _, pp := range ps {
+		pp.creds = creds
+	}
 	for _, f := range faults {
 		if f.Kind != "power-loss" {
 			continue
@@ -310,6 +325,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	var copts []client.Option
+	if p.creds != nil {
+		copts = append(copts, client.WithTLS(o.TLS.CA, o.TLS.Cert, o.TLS.Key))
+	}
 	if o.Logger != nil {
 		copts = append(copts, client.WithLogger(o.Logger))
 	}
@@ -337,6 +355,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer func() { stopFollow(); fwg.Wait() }()
 	for g := range o.Groups {
 		cs := newConsumer(o.Exe, broker, topic, fmt.Sprintf("%s-g%d", rep.RunID, g), o.Delivery, rep.RunID+"-", clog)
+		cs.args = o.TLS.consumeArgs()
 		if err := cs.start(); err != nil {
 			return nil, err
 		}
@@ -382,7 +401,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("after the workload: %w", err)
 	}
-	stored, err := ReadBack(ctx, readAddr, topic, rep.RunID+"-")
+	stored, err := readBack(ctx, readAddr, p.creds, topic, rep.RunID+"-")
 	if err != nil {
 		return nil, err
 	}
@@ -745,7 +764,13 @@ func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord 
 // queue by queue from its start to its end, through the Broker API (plaintext,
 // no credentials). It waits for the queues' ends to stand still first.
 func ReadBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return readBack(ctx, addr, nil, topic, prefix)
+}
+
+// readBack is ReadBack with the credentials the broker wants (nil:
+// plaintext).
+func readBack(ctx context.Context, addr string, creds credentials.TransportCredentials, topic, prefix string) ([]Stored, error) {
+	cc, err := dial(addr, creds)
 	if err != nil {
 		return nil, err
 	}
