@@ -292,8 +292,9 @@ topics: [{name: orders, queues: 4}]
 
 // The end-to-end control of the group checks on a cluster: a raft run whose
 // group's consumer (a ferry_faults build, FERRY_FAULT_CONSUME) takes every
-// 40th message as processed without delivering it and holds every 25th back
-// past the next one, while the leader is killed and the group follows the
+// 7th message as processed without delivering it and holds every 5th back
+// past the next one (each consumer process counts its own: small numbers,
+// so that a slow run on a loaded machine still has some), while the leader is killed and the group follows the
 // new one. The topic loses nothing, so only the group checks can fail the
 // run: the verdict must name the group's missing and out-of-order messages.
 func TestVerifyFailsAGroupThatLosesOnACluster(t *testing.T) {
@@ -303,12 +304,12 @@ func TestVerifyFailsAGroupThatLosesOnACluster(t *testing.T) {
 	out := t.TempDir()
 	args := append([]string{"verify"}, raftFiles...)
 	args = append(args, "--duration", "6s", "--producers", "2", "--groups", "1", "--drain-timeout", "5s", "--out", out, "--faults", "kill:leader@2s-3s")
-	stdout, stderr, code := runFerryBin(t, bin, []string{"FERRY_FAULT_CONSUME=skip:40,hold:25"}, args...)
+	stdout, stderr, code := runFerryBin(t, bin, []string{"FERRY_FAULT_CONSUME=skip:7,hold:5"}, args...)
 	if code != 1 || !strings.Contains(stdout, "verdict: fail") {
 		t.Fatalf("exit %d, want 1 and a failed verdict\n%s\n%s", code, stdout, stderr)
 	}
 	r, c := readClusterReport(t, out)
-	if r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.OutOfOrder != 0 || r.Result.Acked < 100 {
+	if r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.OutOfOrder != 0 || r.Result.Acked < 20 {
 		t.Fatalf("the topic's result: %+v: want it clean", r.Result)
 	}
 	if len(c.Faults) != 1 || c.Faults[0].Node == "" || r.Faults[0].Error != "" {
@@ -318,9 +319,9 @@ func TestVerifyFailsAGroupThatLosesOnACluster(t *testing.T) {
 		t.Fatalf("groups: %+v", r.Groups)
 	}
 	g := r.Groups[0]
-	// About one in 40 of what the group was given; redeliveries after the
+	// About one in 7 of what the group was given; redeliveries after the
 	// leader's kill may deliver a few of them after all.
-	if g.Missing == 0 || g.Missing > r.Result.Stored/10 || g.OutOfOrder == 0 || g.Unexpected != 0 {
+	if g.Missing == 0 || g.Missing > r.Result.Stored/4 || g.OutOfOrder == 0 || g.Unexpected != 0 {
 		t.Fatalf("group %+v (stored %d): want missing and out-of-order deliveries", g, r.Result.Stored)
 	}
 	for _, want := range []string{
@@ -410,7 +411,7 @@ topics: [{name: orders, queues: 4}]
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	r, cr := readClusterReport(t, out)
-	if r.Result.Lost != 0 || r.Result.Acked < 50 || len(r.Groups) != 1 || r.Groups[0].Missing != 0 || r.Groups[0].Delivered != r.Result.Stored {
+	if r.Result.Lost != 0 || r.Result.Acked < 10 || len(r.Groups) != 1 || r.Groups[0].Missing != 0 || r.Groups[0].Delivered != r.Result.Stored {
 		t.Fatalf("result %+v, groups %+v", r.Result, r.Groups)
 	}
 	if len(cr.Faults) != 1 || cr.Faults[0].Node == "" || r.Faults[0].Error != "" || len(cr.NodeStores) != 3 {
