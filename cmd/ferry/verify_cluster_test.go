@@ -236,8 +236,8 @@ func TestVerifyRaftClusterGroupsAndPowerLoss(t *testing.T) {
 
 // The negative control of the read-back from every node: a master–slave
 // pair with sync replication whose slave's store (testdata/holeystore, a
-// test-only plugin) loses every message at an offset ending in 9 after
-// acknowledging it. The master holds everything, so the run's Result (read
+// test-only plugin) loses every 5th message of a queue after acknowledging
+// it. The master holds everything, so the run's Result (read
 // from the master) is clean; only the slave's own read-back sees the loss,
 // and the verdict must fail naming the slave.
 func TestVerifyFailsALossOnlyTheSlaveHas(t *testing.T) {
@@ -282,8 +282,8 @@ topics: [{name: orders, queues: 4}]
 				t.Errorf("master: %+v %+v", ns, *ns.Result)
 			}
 		case "slave":
-			// About a tenth of what it holds.
-			if ns.Role != "slave" || ns.Result.Lost == 0 || ns.MissingHeld != ns.Result.Lost || ns.Result.Lost > r.Result.Acked/5 || ns.Result.Stored+ns.Result.Lost < r.Result.Acked {
+			// About a fifth of what it holds.
+			if ns.Role != "slave" || ns.Result.Lost == 0 || ns.MissingHeld != ns.Result.Lost || ns.Result.Lost > r.Result.Acked/3 || ns.Result.Stored+ns.Result.Lost < r.Result.Acked {
 				t.Errorf("slave: %+v %+v (acked %d)", ns, *ns.Result, r.Result.Acked)
 			}
 		}

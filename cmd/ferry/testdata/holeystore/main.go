@@ -1,7 +1,7 @@
 // Command holeystore is a deliberately broken storage plugin, the negative
 // control of ferry verify's read-back from every node of a cluster: the
-// in-memory store, except that it loses every message whose offset ends in
-// 9 after acknowledging it. The append is kept (the offsets stay the ones
+// in-memory store, except that it loses every 5th message of a queue (the
+// offsets 1, 6, 11, ...) after acknowledging it. The append is kept (the offsets stay the ones
 // the store told, so a slave's replication sees nothing wrong), but no read
 // ever returns it again. Tests build it and give it to one follower only: a
 // loss a read-back from the leader alone cannot see. It is not part of
@@ -17,7 +17,7 @@ import (
 
 type holey struct{ sdk.Storage }
 
-func lost(offset int64) bool { return offset%10 == 9 }
+func lost(offset int64) bool { return offset%5 == 1 }
 
 // Read answers as the memory store, without the lost messages; when a read
 // would then answer nothing although more is stored, it reads on past them.
