@@ -101,6 +101,16 @@ every attempt), attempt counts its deliveries to the group, and the body is
 	return cmd
 }
 
+// consumeAction is what ferry consume does with a message it is given:
+// print it, or (test builds' faults, consume_faults_on.go) skip or hold it.
+type consumeAction int
+
+const (
+	consumePrint consumeAction = iota
+	consumeSkip
+	consumeHold
+)
+
 // consumedLine is what --json prints per message. Exactly one of Body and
 // BodyBase64 is set for a non-empty body: Body when it is valid UTF-8.
 type consumedLine struct {
@@ -182,6 +192,10 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 		mu      sync.Mutex
 		printed atomic.Int64
 		last    atomic.Int64 // unix nanos of the last message
+		// given counts the messages handed to handle; held is one the
+		// test builds' hold fault prints after the next (under mu).
+		given int64
+		held  func() error
 	)
 	last.Store(time.Now().UnixNano())
 	enc := json.NewEncoder(out)
@@ -202,15 +216,28 @@ func consume(ctx context.Context, o consumeOptions, out io.Writer) (int64, error
 		if o.count > 0 && printed.Load() >= int64(o.count) {
 			return false, nil
 		}
-		var err error
-		if o.json {
-			err = enc.Encode(newConsumedLine(d))
-		} else {
+		emit := func() error {
+			if o.json {
+				return enc.Encode(newConsumedLine(d))
+			}
 			line := fmt.Sprintf("%s/%d@%d id=%s attempt=%d key=%q %dB", d.Topic, d.Queue, d.Offset, d.ID, d.Attempt, d.Message.Key, len(d.Message.Body))
 			if o.body {
 				line += " " + bodyField(d.Message.Body)
 			}
-			_, err = fmt.Fprintln(out, line)
+			_, err := fmt.Fprintln(out, line)
+			return err
+		}
+		given++
+		switch consumeFault(given) {
+		case consumeSkip:
+			return true, nil
+		case consumeHold:
+			held = emit
+			return true, nil
+		}
+		err := emit()
+		if err == nil && held != nil {
+			err, held = held(), nil
 		}
 		if err != nil {
 			return false, err

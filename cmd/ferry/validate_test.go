@@ -46,7 +46,13 @@ func TestMain(m *testing.M) {
 // the tests. It returns stdout, stderr and the exit status.
 func runFerry(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(ferryBin, args...)
+	return runFerryBin(t, ferryBin, env, args...)
+}
+
+// runFerryBin is runFerry with another build of ferry (ferrytest.BinaryWithTags).
+func runFerryBin(t *testing.T, bin string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "FERRY_") {
 			cmd.Env = append(cmd.Env, kv)

@@ -79,7 +79,14 @@ async may lose what the master acknowledged before it died (reported as
 lost at the master's death). power-loss:NODE@4s-5s cuts a node's power
 (its file store drops what it did not fsync) and restarts it at 5s.
 Consumer groups consume from the leader (the master) and follow it when it
-changes; see docs/verify.md.`,
+changes. After the heal every node's own store is read back too, and a
+node that lacks what the leader holds fails the run.
+
+TLS: the nodes run with the TLS of their files (certificates from the
+files; verify generates none). Verify's calls to the replication and raft
+admin listeners present each node's own tls and secret_file; when the
+transports serve TLS, its producers, read-back and groups need --tls-ca,
+and --tls-cert and --tls-key under mutual TLS; see docs/verify.md.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()
@@ -130,9 +137,13 @@ changes; see docs/verify.md.`,
 	f.StringVar(&o.Topic, "topic", "", "the topic to send to (default: the pipeline's first)")
 	f.IntVar(&o.Groups, "groups", 1, "consumer groups consuming the topic during the run (each a ferry consume process); 0: none")
 	f.StringVar(&o.Delivery, "delivery", "push", "the groups' delivery: push or pull")
+	f.DurationVar(&o.DrainTimeout, "drain-timeout", 2*time.Minute, "after the heal, how long each group may take to deliver every stored message; what it has not by then is missing")
 	f.StringVar(&faults, "faults", "", "fault schedule, e.g. kill:broker@5s-7s,kill:storage@12s (default: one of each, placed by --seed)")
 	f.Uint64Var(&o.Seed, "seed", 1, "places the default faults; the same seed, the same schedule")
 	f.DurationVar(&o.LinkDelay, "link-delay", 100*time.Millisecond, "what a delay fault adds on each link between nodes")
+	f.StringVar(&o.TLS.CA, "tls-ca", "", "the files' transports serve TLS: the CA (PEM) that signed the brokers' certificates, which must name 127.0.0.1")
+	f.StringVar(&o.TLS.Cert, "tls-cert", "", "the files ask for mutual TLS (tls.client_ca_file): a client certificate (PEM) that CA trusts, for verify's producers, read-back and groups")
+	f.StringVar(&o.TLS.Key, "tls-key", "", "the key (PEM) of --tls-cert")
 	f.StringVar(&o.OutDir, "out", "", "keep results.json, latency.png and node.log in this directory")
 	f.BoolVar(&asJSON, "json", false, "print the whole report as JSON instead of the table")
 	return cmd

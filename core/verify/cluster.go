@@ -11,9 +11,8 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/config"
@@ -37,6 +36,9 @@ type member struct {
 	n     *node
 	repl  string // its replication (raft traffic) listener
 	admin string // raft: its admin listener (Status, catch-up)
+	// peer is what verify's calls to its replication and admin
+	// listeners present (peerCreds; nil: plaintext).
+	peer credentials.TransportCredentials
 	// down: killed for good (a failed-over master). down and role
 	// change at a failover while link faults run: guarded by cluster.mu.
 	down bool
@@ -144,9 +146,12 @@ func newCluster(exe string, files []string, dir, logDir string) (*cluster, error
 		byRepl[o.repl] = i
 	}
 	// New addresses.
-	for _, o := range origs {
+	for i, o := range origs {
 		m := &member{id: o.p.Node.ID, role: o.p.Node.Role}
 		var err error
+		if m.peer, err = peerCreds(files[i], o.p.Plugins.Replication.Config); err != nil {
+			return nil, err
+		}
 		if m.repl, err = freeAddr(); err != nil {
 			return nil, err
 		}
@@ -294,8 +299,8 @@ func (c *cluster) stop() {
 }
 
 // status asks m for its replication status.
-func status1(ctx context.Context, addr string) (*ferryv1.ReplicationStatusResponse, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func status1(ctx context.Context, addr string, creds credentials.TransportCredentials) (*ferryv1.ReplicationStatusResponse, error) {
+	cc, err := dial(addr, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -315,7 +320,7 @@ func (c *cluster) leader(ctx context.Context) *member {
 		if c.isDown(m) {
 			continue
 		}
-		st, err := status1(ctx, m.statusAddr())
+		st, err := status1(ctx, m.statusAddr(), m.peer)
 		if err != nil {
 			continue
 		}
@@ -337,7 +342,7 @@ func (c *cluster) leader(ctx context.Context) *member {
 		if m == best || c.isDown(m) {
 			continue
 		}
-		st, err := status1(ctx, m.statusAddr())
+		st, err := status1(ctx, m.statusAddr(), m.peer)
 		if err != nil || !st.LeaderConnected {
 			return nil
 		}
@@ -582,11 +587,11 @@ func (c *cluster) failover(ctx context.Context, m *member, start time.Time, r *F
 	}
 	// The slave sees its master gone (bounded).
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if st, err := status1(ctx, slave.repl); err == nil && !st.LeaderConnected {
+		if st, err := status1(ctx, slave.repl, slave.peer); err == nil && !st.LeaderConnected {
 			break
 		}
 	}
-	cc, err := grpc.NewClient(slave.repl, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := dial(slave.repl, slave.peer)
 	if err != nil {
 		r.Error = err.Error()
 		return

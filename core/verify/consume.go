@@ -53,6 +53,7 @@ type GroupResult struct {
 type consumer struct {
 	exe, topic, group, delivery, prefix string
 	logf                                *os.File
+	args                                []string // added to each member's command line (its TLS flags)
 	// broker says where a new member joins: the node's broker, or on a
 	// cluster the leader's (or master's) as it is then.
 	broker func() string
@@ -83,8 +84,9 @@ func newConsumer(exe string, broker func() string, topic, group, delivery, prefi
 // start runs a new member of the group, at the broker c.broker names now.
 func (c *consumer) start() error {
 	addr := c.broker()
-	cmd := exec.Command(c.exe, "consume", "--broker", addr, "--topic", c.topic, "--group", c.group,
-		"--mode", c.delivery, "--json", "--session-timeout", "3s")
+	args := append([]string{"consume", "--broker", addr, "--topic", c.topic, "--group", c.group,
+		"--mode", c.delivery, "--json", "--session-timeout", "3s"}, c.args...)
+	cmd := exec.Command(c.exe, args...)
 	cmd.Stderr = c.logf
 	out, err := cmd.StdoutPipe()
 	if err != nil {

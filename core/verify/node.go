@@ -15,8 +15,7 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -30,6 +29,9 @@ type prepared struct {
 	path     string // the rewritten pipeline
 	addr     string // its grpc transport
 	pipeline *config.Pipeline
+	// creds are what verify's calls to its broker present (nil:
+	// plaintext; brokerTLS).
+	creds credentials.TransportCredentials
 }
 
 // prepare rewrites the pipeline file src of a single node into dir.
@@ -170,7 +172,7 @@ func (n *node) start(ctx context.Context) error {
 
 // waitServing waits until the node answers Metadata, or fails if it exits.
 func (n *node) waitServing(ctx context.Context, done chan struct{}) error {
-	cc, err := grpc.NewClient(n.p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := dial(n.p.addr, n.p.creds)
 	if err != nil {
 		return err
 	}
@@ -183,6 +185,10 @@ func (n *node) waitServing(ctx context.Context, done chan struct{}) error {
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if m := err.Error(); strings.Contains(m, "x509: ") || strings.Contains(m, "tls: ") {
+			// A handshake refused: waiting will not mend it.
+			return fmt.Errorf("the node at %s refused verify's TLS, or verify its certificate (--tls-ca, --tls-cert, --tls-key against the file's plugins.transport.config.tls): %v", n.p.addr, err)
 		}
 		select {
 		case <-done:

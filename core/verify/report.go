@@ -84,6 +84,22 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "group %s (%s, %d consumer restart(s)): delivered %d, redelivered %d, missing %d, delivered but not stored %d\n",
 			g.Group, g.Delivery, g.Restarts, g.Delivered, g.Redelivered, g.Missing, g.NotStored)
 	}
+	for _, ns := range rep.NodeStores {
+		switch {
+		case ns.Role == "leader":
+			fmt.Fprintf(w, "node %s (leader): the table above\n", ns.Node)
+		case ns.Result == nil:
+			fmt.Fprintf(w, "node %s (%s): not read back: %s\n", ns.Node, ns.Role, ns.Error)
+		default:
+			nr := ns.Result
+			behind := ""
+			if ns.Behind {
+				behind = ", behind the leader"
+			}
+			fmt.Fprintf(w, "node %s (%s%s): stored %d, lost %d (%d the leader holds, %d of them permitted), duplicated %d, unexpected %d, out of order %d, wrong offset %d\n",
+				ns.Node, ns.Role, behind, nr.Stored, nr.Lost, ns.MissingHeld, ns.PermittedLoss, nr.Duplicated, nr.Unexpected, nr.OutOfOrder, nr.WrongOffset)
+		}
+	}
 	for kind, ex := range r.Examples {
 		fmt.Fprintf(w, "  %s, e.g.: %v\n", kind, ex)
 	}

@@ -16,8 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -45,11 +44,17 @@ type Options struct {
 	Size     int     // message body bytes
 	Faults   []Fault // nil: DefaultFaults
 	Seed     uint64
-	OutDir   string       // where results.json, latency.png and node.log go; "" = a temporary dir, removed
-	Groups   int          // consumer groups that consume during the run, each a ferry consume process
-	Delivery string       // their delivery: push or pull
-	Progress io.Writer    // a line every few seconds; nil = none
-	Logger   *slog.Logger // the producers' client's; nil = slog's default
+	OutDir   string // where results.json, latency.png and node.log go; "" = a temporary dir, removed
+	Groups   int    // consumer groups that consume during the run, each a ferry consume process
+	Delivery string // their delivery: push or pull
+	// DrainTimeout bounds each group's drain after the heal: a stored
+	// message it has not delivered by then is missing (default 2m).
+	DrainTimeout time.Duration
+	Progress     io.Writer    // a line every few seconds; nil = none
+	Logger       *slog.Logger // the producers' client's; nil = slog's default
+	// TLS is what verify's clients present when the files' transports
+	// serve TLS (--tls-ca, --tls-cert, --tls-key).
+	TLS ClientTLS
 }
 
 // Report is a run's whole result (results.json).
@@ -88,11 +93,14 @@ type Report struct {
 	Faults          []FaultRecord  `json:"faults"`
 	Result          *Result        `json:"result"`
 	Groups          []*GroupResult `json:"groups"`
-	Verdict         string         `json:"verdict" jsonschema:"enum=pass,enum=fail"` // pass | fail
-	Reasons         []string       `json:"reasons,omitempty"`
-	LatencyP50      time.Duration  `json:"latency_p50_ns"`
-	LatencyP99      time.Duration  `json:"latency_p99_ns"`
-	LatencyMax      time.Duration  `json:"latency_max_ns"`
+	// NodeStores are a cluster run's nodes' own stores, each read back
+	// after healing (the leader's is Result).
+	NodeStores []*NodeStore  `json:"node_stores,omitempty"`
+	Verdict    string        `json:"verdict" jsonschema:"enum=pass,enum=fail"` // pass | fail
+	Reasons    []string      `json:"reasons,omitempty"`
+	LatencyP50 time.Duration `json:"latency_p50_ns"`
+	LatencyP99 time.Duration `json:"latency_p99_ns"`
+	LatencyMax time.Duration `json:"latency_max_ns"`
 	// AckRate is the acknowledgements per second in each RateBucket of the
 	// run, from its start.
 	AckRate    []float64     `json:"ack_rate"`
@@ -200,6 +208,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Delivery == "" {
 		o.Delivery = "push"
 	}
+	if o.DrainTimeout < 0 {
+		return nil, fmt.Errorf("verify: drain timeout %s: want a positive duration (or 0 for the default 2m)", o.DrainTimeout)
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 2 * time.Minute
+	}
 	switch o.Mode {
 	case "":
 		o.Mode = "sync"
@@ -261,6 +275,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		nodes = []*node{n}
 	}
+	// Verify's clients speak the brokers' TLS (the same credentials for
+	// every node).
+	var ps []*prepared
+	for _, nd := range nodes {
+		ps = append(ps, nd.p)
+	}
+	creds, err := brokerTLS(o.TLS, ps)
+	if err != nil {
+		return nil, err
+	}
+	for _, pp := range ps {
+		pp.creds = creds
+	}
 	for _, f := range faults {
 		if f.Kind != "power-loss" {
 			continue
@@ -298,6 +325,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	var copts []client.Option
+	if p.creds != nil {
+		copts = append(copts, client.WithTLS(o.TLS.CA, o.TLS.Cert, o.TLS.Key))
+	}
 	if o.Logger != nil {
 		copts = append(copts, client.WithLogger(o.Logger))
 	}
@@ -325,6 +355,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer func() { stopFollow(); fwg.Wait() }()
 	for g := range o.Groups {
 		cs := newConsumer(o.Exe, broker, topic, fmt.Sprintf("%s-g%d", rep.RunID, g), o.Delivery, rep.RunID+"-", clog)
+		cs.args = o.TLS.consumeArgs()
 		if err := cs.start(); err != nil {
 			return nil, err
 		}
@@ -370,7 +401,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("after the workload: %w", err)
 	}
-	stored, err := ReadBack(ctx, readAddr, topic, rep.RunID+"-")
+	stored, err := readBack(ctx, readAddr, p.creds, topic, rep.RunID+"-")
 	if err != nil {
 		return nil, err
 	}
@@ -388,7 +419,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	var dwg sync.WaitGroup
 	for _, cs := range consumers {
 		dwg.Add(1)
-		go func() { defer dwg.Done(); cs.drain(ctx, stored, 2*time.Minute) }()
+		go func() { defer dwg.Done(); cs.drain(ctx, stored, o.DrainTimeout) }()
 	}
 	dwg.Wait()
 	sends := rec.all()
@@ -397,6 +428,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.Result = Check(sends, stored)
 	rep.Faults = healedTimes(records, sends, start)
+	if cl != nil {
+		// Every node's own store: a loss only a follower has.
+		rep.NodeStores = cl.readNodes(ctx, readAddr, topic, rep.RunID+"-", sends, rep.Result)
+	}
 	// Empty lists, not null: the schema wants arrays (a run without
 	// groups or faults).
 	if rep.Groups == nil {
@@ -729,7 +764,13 @@ func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord 
 // queue by queue from its start to its end, through the Broker API (plaintext,
 // no credentials). It waits for the queues' ends to stand still first.
 func ReadBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return readBack(ctx, addr, nil, topic, prefix)
+}
+
+// readBack is ReadBack with the credentials the broker wants (nil:
+// plaintext).
+func readBack(ctx context.Context, addr string, creds credentials.TransportCredentials, topic, prefix string) ([]Stored, error) {
+	cc, err := dial(addr, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -906,6 +947,7 @@ func summarize(rep *Report, sends []Send, start time.Time) {
 			fail("%d acknowledged message(s) lost: %s%s", len(other), why, afterID(other[0]))
 		}
 	}
+	judgeNodes(rep, sends, start, fail)
 	if res.Duplicated > 0 {
 		fail("%d message(s) stored more than once: retries carry their id and the store de-duplicates%s", res.Duplicated, after("duplicated"))
 	}

@@ -1,0 +1,200 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
+)
+
+// NodeStore is what one node of a cluster run held after healing, read
+// back from its own store through its Broker API (a follower or slave
+// serves fetches). The run's Result is the leader's read-back; a loss only
+// a follower has shows here.
+type NodeStore struct {
+	Node string `json:"node"`
+	// Role at the read-back: leader (the node the run's Result was read
+	// from), follower (raft), slave, or down (failed over: not read).
+	Role string `json:"role" jsonschema:"enum=leader,enum=follower,enum=slave,enum=down"`
+	// Behind: the node's queue ends had not reached the leader's within
+	// the catch-up deadline; it was read back as it was.
+	Behind bool `json:"behind,omitempty"`
+	// MissingHeld counts the messages acknowledged OK that the leader's
+	// store holds and this node's does not; PermittedLoss of them were
+	// acknowledged within the flush window before this node's own power
+	// loss (flush async), the rest fail the run.
+	MissingHeld   int     `json:"missing_held"`
+	PermittedLoss int     `json:"permitted_loss"`
+	Result        *Result `json:"result,omitempty"`
+	Error         string  `json:"error,omitempty"`
+}
+
+// catchUp bounds the wait for a follower's queue ends to reach the
+// leader's after the heal.
+const catchUp = 60 * time.Second
+
+// readNodes reads every live node's store back after healing: leader is the
+// node the run's result was read from (its NodeStore gets that result).
+// Each other node is first given until its queue ends reach the leader's
+// (catchUp), then read like the leader (ReadBack) and checked against the
+// sends.
+func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix string, sends []Send, leaderRes *Result) []*NodeStore {
+	var out []*NodeStore
+	want, werr := queueEnds(ctx, leaderAddr, c.members[0].n.p.creds, topic)
+	for _, m := range c.members {
+		ns := &NodeStore{Node: m.id}
+		out = append(out, ns)
+		switch {
+		case c.isDown(m):
+			ns.Role, ns.Error = "down", "failed over, stays down: not read back"
+			continue
+		case m.n.p.addr == leaderAddr:
+			ns.Role, ns.Result = "leader", leaderRes
+			continue
+		case c.mode == "raft":
+			ns.Role = "follower"
+		default:
+			ns.Role = "slave"
+		}
+		if werr != nil {
+			ns.Error = "the leader's queue ends: " + werr.Error()
+			continue
+		}
+		ns.Behind = !waitEnds(ctx, m.n.p.addr, m.n.p.creds, topic, want, catchUp)
+		stored, err := readBack(ctx, m.n.p.addr, m.n.p.creds, topic, prefix)
+		if err != nil {
+			ns.Error = err.Error()
+			continue
+		}
+		ns.Result = Check(sends, stored)
+	}
+	return out
+}
+
+// queueEnds is the end offset of each queue of topic at addr.
+func queueEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string) (map[int32]int64, error) {
+	cc, err := dial(addr, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	rpc := ferryv1.NewBrokerClient(cc)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	md, err := rpc.Metadata(ctx, &ferryv1.MetadataRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	var refs []*ferryv1.QueueRef
+	for _, t := range md.Topics {
+		if t.Name == topic {
+			for q := range t.Queues {
+				refs = append(refs, &ferryv1.QueueRef{Topic: topic, Queue: q})
+			}
+		}
+	}
+	offs, err := rpc.GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Queues: refs})
+	if err != nil {
+		return nil, fmt.Errorf("offsets: %w", err)
+	}
+	ends := map[int32]int64{}
+	for _, o := range offs.Offsets {
+		ends[o.Queue] = o.End
+	}
+	return ends, nil
+}
+
+// waitEnds waits until every queue's end at addr reached want's, for at
+// most d; it says whether they did.
+func waitEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string, want map[int32]int64, d time.Duration) bool {
+	for deadline := time.Now().Add(d); ; {
+		if got, err := queueEnds(ctx, addr, creds, topic); err == nil {
+			caught := true
+			for q, end := range want {
+				caught = caught && got[q] >= end
+			}
+			if caught {
+				return true
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// judgeNodes fails the run for what a node lacks that the leader holds, or
+// for any duplicate, stranger, disorder or wrong offset in a node's store.
+// Under flush async a node may lack what was acknowledged within the flush
+// window before its own power loss.
+func judgeNodes(rep *Report, sends []Send, start time.Time, fail func(format string, args ...any)) {
+	leaderLost := map[string]bool{}
+	for _, id := range rep.Result.LostIDs {
+		leaderLost[id] = true
+	}
+	for _, ns := range rep.NodeStores {
+		r := ns.Result
+		if ns.Role == "down" {
+			continue
+		}
+		if r == nil {
+			fail("node %s: its store was not read back after healing: %s", ns.Node, ns.Error)
+			continue
+		}
+		if ns.Role == "leader" {
+			continue // the run's Result, judged already
+		}
+		missing := map[string]bool{}
+		for _, id := range r.LostIDs {
+			if !leaderLost[id] {
+				missing[id] = true
+			}
+		}
+		ns.MissingHeld = len(missing)
+		other := make([]string, 0, len(missing))
+		if rep.Flush == "async" && rep.FlushInterval > 0 && len(missing) > 0 {
+			// Only this node's own power losses may cost it data.
+			own := *rep
+			own.Faults = nil
+			for _, f := range rep.Faults {
+				if f.Kind == "power-loss" && f.Node == ns.Node {
+					own.Faults = append(own.Faults, f)
+				}
+			}
+			ns.PermittedLoss, _, other = permittedLoss(&own, sends, missing, start)
+		} else {
+			for _, s := range sends {
+				if missing[s.ID] {
+					other = append(other, s.ID)
+				}
+			}
+		}
+		behind := ""
+		if ns.Behind {
+			behind = fmt.Sprintf("; its queue ends had not reached the leader's within %s", catchUp)
+		}
+		if len(other) > 0 {
+			fail("node %s (%s): %d acknowledged message(s) the leader holds are missing from its store after healing (e.g. %s)%s", ns.Node, ns.Role, len(other), other[0], behind)
+		}
+		if r.Duplicated > 0 {
+			fail("node %s (%s): %d message(s) stored more than once", ns.Node, ns.Role, r.Duplicated)
+		}
+		if r.Unexpected > 0 {
+			fail("node %s (%s): %d message(s) stored that no producer sent", ns.Node, ns.Role, r.Unexpected)
+		}
+		if r.OutOfOrder > 0 {
+			fail("node %s (%s): %d acknowledged message(s) of a key stored out of order", ns.Node, ns.Role, r.OutOfOrder)
+		}
+		if r.WrongOffset > 0 {
+			fail("node %s (%s): %d acknowledged message(s) stored at another offset than acknowledged", ns.Node, ns.Role, r.WrongOffset)
+		}
+	}
+}
