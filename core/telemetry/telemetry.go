@@ -222,7 +222,9 @@ func newOTLPExporter(ctx context.Context, endpoint string) (sdktrace.SpanExporte
 		return nil, errors.New("tracing exporter otlp: an endpoint is required (host:port for gRPC, http://host:port for HTTP)")
 	}
 	if !strings.Contains(endpoint, "://") {
-		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure())
+		// Its requests encoded without reflection (otlpCodec).
+		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure(),
+			otlptracegrpc.WithDialOption(otlpCallOption()))
 	}
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
