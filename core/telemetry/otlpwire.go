@@ -40,10 +40,20 @@ type otlpCodec struct{ encoding.CodecV2 }
 func (c otlpCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if r, ok := v.(*coltracepb.ExportTraceServiceRequest); ok {
 		otlpEncoded.Add(1)
-		return mem.BufferSlice{mem.SliceBuffer(appendExportRequest(nil, r))}, nil
+		// A buffer from gRPC's pool, as large as the last request plus an
+		// eighth: gRPC gives it back to the pool once the request is sent.
+		pool := mem.DefaultBufferPool()
+		hint := otlpSizeHint.Load()
+		buf := pool.Get(int(hint + hint/8))
+		*buf = appendExportRequest((*buf)[:0], r)
+		otlpSizeHint.Store(int64(len(*buf)))
+		return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 	}
 	return c.CodecV2.Marshal(v)
 }
+
+// otlpSizeHint is the size of the last request otlpCodec encoded.
+var otlpSizeHint atomic.Int64
 
 // otlpEncoded counts the requests otlpCodec encoded (for tests: that the
 // exporter uses it).
