@@ -64,18 +64,20 @@ func (p *Producer) SendAsync(ctx context.Context, m Message, cb Callback) (err e
 	if tracing(ctx) {
 		var span trace.Span
 		m, span = startSend(ctx, m)
-		next := cb
-		cb = func(r Result, err error) {
-			endSend(span, r, err)
-			if next != nil {
-				next(r, err)
+		if span.IsRecording() { // unsampled (at 1 %, nearly every message): no span to end
+			next := cb
+			cb = func(r Result, err error) {
+				endSend(span, r, err)
+				if next != nil {
+					next(r, err)
+				}
 			}
+			defer func() {
+				if err != nil {
+					endSend(span, Result{Queue: -1, Offset: -1}, err) // refused: cb never runs
+				}
+			}()
 		}
-		defer func() {
-			if err != nil {
-				endSend(span, Result{Queue: -1, Offset: -1}, err) // refused: cb never runs
-			}
-		}()
 	}
 	a := p.accumulator(true)
 	if a == nil {

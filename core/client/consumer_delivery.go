@@ -90,7 +90,7 @@ func (d *Delivery) Settled() bool { return d.state.Load() == deliverySettled }
 // message of its queue is settled too. Acking a settled delivery does
 // nothing.
 func (d *Delivery) Ack() {
-	if d.state.Load() == deliveryOpen && tracing(d.traceContext()) {
+	if d.state.Load() == deliveryOpen && traced(d.traceContext()) {
 		_, span := consumerTracer.Start(d.traceContext(), telemetry.SpanConsumerAck,
 			trace.WithAttributes(telemetry.AttrOperationType.String(telemetry.OpSettle), telemetry.AttrMessageID.String(d.ID),
 				telemetry.AttrGroup.String(d.Group), telemetry.AttrOffset.Int64(d.Offset)))
@@ -114,6 +114,9 @@ func (d *Delivery) traceContext() context.Context {
 // message's trace from there.
 func (d *Delivery) failureSpan(name, event string, attempt int, cause error, h map[string]string) trace.Span {
 	pctx := d.traceContext()
+	if !traced(pctx) {
+		return noSpan // a message that carries no trace, nor will its copy
+	}
 	attrs := trace.WithAttributes(telemetry.AttrGroup.String(d.Group), telemetry.AttrAttempt.Int(attempt),
 		telemetry.AttrTopic.String(d.Topic), telemetry.AttrQueue.Int(int(d.Queue)), telemetry.AttrOffset.Int64(d.Offset),
 		telemetry.AttrReason.String(cause.Error()))

@@ -30,8 +30,8 @@ func consumerFailureTracer(span string) trace.Tracer {
 // in d for the ack, retry and dead-letter spans.
 func startProcess(ctx context.Context, d *Delivery) (context.Context, trace.Span) {
 	pctx := telemetry.Extract(ctx, d.Message.GetHeaders())
-	if !tracing(pctx) {
-		return ctx, noSpan
+	if !traced(pctx) {
+		return ctx, noSpan // a message that carries no trace: none starts here
 	}
 	sctx, span := consumerTracer.Start(pctx, telemetry.SpanConsumerProcess,
 		trace.WithSpanKind(trace.SpanKindConsumer),
@@ -48,6 +48,13 @@ var noSpan = trace.SpanFromContext(context.Background())
 func tracing(ctx context.Context) bool {
 	return telemetry.Enabled() || trace.SpanContextFromContext(ctx).IsValid()
 }
+
+// traced reports whether ctx carries a trace for a message's spans to go
+// on in. A trace starts only where a message is produced (startSend); a
+// message that carries none (its producer's trace was decided against and
+// so not propagated, or its producer traces nothing) gets no consumer,
+// ack, retry or dead-letter span.
+func traced(ctx context.Context) bool { return trace.SpanContextFromContext(ctx).IsValid() }
 
 // startSend starts the producer.send span of m and returns m with headers
 // that carry it: a copy, the caller's map is left alone. The span covers the

@@ -127,6 +127,10 @@ func batchTraces(t *testing.T, j jaegertest.Jaeger, dataPlane string) {
 
 	// Spans reach Jaeger from three processes, each in its own time: wait
 	// for each message's trace to be whole, up to one deadline for all.
+	// The queries get a time of their own, not what the sends and the
+	// consumer left of theirs (on a loaded machine that was too little).
+	ctx, cancelQueries := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancelQueries()
 	deadline := time.Now().Add(3 * time.Minute)
 	batched := 0
 	batchSpans := map[string]string{} // a batch's own trace → its transport.receive span

@@ -246,7 +246,7 @@ type WireInfo struct {
 type TraceState uint8
 
 const (
-	TraceNone      TraceState = iota // no valid traceparent: a hop may start a trace
+	TraceNone      TraceState = iota // no valid traceparent: no trace, which no hop starts
 	TraceUnsampled                   // a trace decided against: no hop records it
 	TraceSampled                     // a sampled trace: hops record it
 )

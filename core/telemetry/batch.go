@@ -213,11 +213,12 @@ type Hop struct {
 //
 // A batch of one message gets one span, as a message sent alone always had:
 // a child of the message's span of the previous hop when in names it, else
-// of ctx, else of the message's own trace context. A larger batch gets a
-// batch span (child of ctx when that is sampled, else, when a message is
-// sampled, the root of the batch's own trace; under an unsampled ctx, with
-// no message sampled, nothing is recorded and no message is looked at) and
-// a span for each message in in.
+// of ctx, else of the message's own trace context; none when there is no
+// trace context at all (a hop never starts a message's trace: that is its
+// producer's). A larger batch gets a batch span (child of ctx when that is
+// sampled, else, when a message is sampled, the root of the batch's own
+// trace; with no message sampled and no sampled ctx, nothing is recorded
+// and no message is looked at) and a span for each message in in.
 //
 // With tracing off StartHop returns at once, ctx unchanged.
 func StartHop[M headered](ctx context.Context, tr trace.Tracer, name string, msgs []M, in Traced, opts ...trace.SpanStartOption) Hop {
@@ -234,7 +235,12 @@ func StartHop[M headered](ctx context.Context, tr trace.Tracer, name string, msg
 		} else if !trace.SpanContextFromContext(ctx).IsValid() {
 			pctx = Extract(ctx, msgs[0].GetHeaders())
 		}
-		if sc := trace.SpanContextFromContext(pctx); sc.IsValid() && !sc.IsSampled() {
+		if sc := trace.SpanContextFromContext(pctx); !sc.IsValid() {
+			// A message that carries no trace (its producer's was decided
+			// against, or its producer traces nothing): a trace starts
+			// only where a message is produced, never at a later hop.
+			return h
+		} else if !sc.IsSampled() {
 			// Its trace is not sampled: the parent-based sampler would
 			// make a span that records nothing. Starting none saves most
 			// of what tracing costs an unsampled message (at 1 %, nearly
@@ -259,11 +265,11 @@ func StartHop[M headered](ctx context.Context, tr trace.Tracer, name string, msg
 		// its messages' spans link to it.
 		bctx = context.WithValue(ctx, forceSample{}, true)
 		opts = append(opts, trace.WithNewRoot())
-	case !parent.IsValid():
-		// No message sampled and no batch context: the first message's
-		// trace decides (unsampled: nothing recorded; none: a new trace
-		// by the sampling ratio), as for a message sent alone.
-		bctx = Extract(ctx, msgs[0].GetHeaders())
+	case in.Len() == 0 && !parent.IsSampled():
+		// No message sampled, and no sampled batch context: nothing to
+		// record, and no message is looked at. A trace starts only where
+		// a message is produced, never at a later hop.
+		return h
 	}
 	h.Ctx, h.span = tr.Start(bctx, name, append(opts, trace.WithAttributes(count))...)
 	if bctx.Value(forceSample{}) != nil {

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -177,6 +178,49 @@ func TestStartHopUnsampledCostsNoPerMessageWork(t *testing.T) {
 	}
 	if n := len(rec.Ended()); n != 0 {
 		t.Fatalf("%d spans recorded under an unsampled parent", n)
+	}
+}
+
+// TestStartHopStartsNoTrace: a trace starts only where a message is
+// produced. At a sampling ratio of 1, a hop of messages that carry no trace
+// context (their producer's trace was decided against and not propagated,
+// or their producer traces nothing) records nothing, alone or in a batch,
+// and passes no trace on; the hops after it (under its context) record
+// nothing either. The control: the same hops of a batch whose message 1 is
+// sampled record its spans and the batch's.
+func TestStartHopStartsNoTrace(t *testing.T) {
+	tr, rec := batchRecorder(t, 1)
+	sampleRatio.Store(math.Float64bits(1)) // Tracer's own draw for a new trace, as Setup sets it
+	t.Cleanup(func() { sampleRatio.Store(0) })
+	bare := func(n int) []*ferryv1.Message {
+		msgs := make([]*ferryv1.Message, n)
+		for i := range msgs {
+			msgs[i] = &ferryv1.Message{Id: fmt.Sprintf("m-%d", i)}
+		}
+		return msgs
+	}
+	for _, n := range []int{1, 5} {
+		msgs := bare(n)
+		recv := StartHop(context.Background(), tr, SpanTransportReceive, msgs, Sampled(msgs))
+		next := StartHop(recv.Ctx, tr, SpanBrokerAppend, msgs, recv.Traced())
+		if next.Recording() || recv.Recording() || trace.SpanContextFromContext(next.Ctx).IsValid() || next.Traced().Len() != 0 {
+			t.Errorf("%d messages without a trace: recording %v, %v; context %v", n, recv.Recording(), next.Recording(), trace.SpanContextFromContext(next.Ctx))
+		}
+		next.End()
+		recv.End()
+	}
+	if got := len(rec.Ended()); got != 0 {
+		t.Fatalf("%d spans recorded for messages that carry no trace, want none", got)
+	}
+	msgs := bare(5)
+	traced, _ := batchOf(2, 1)
+	msgs[1] = traced[1]
+	recv := StartHop(context.Background(), tr, SpanTransportReceive, msgs, Sampled(msgs))
+	next := StartHop(recv.Ctx, tr, SpanBrokerAppend, msgs, recv.Traced())
+	next.End()
+	recv.End()
+	if got := len(rec.Ended()); got != 4 {
+		t.Fatalf("control: %d spans for a batch with one sampled message, want 4 (two hops: the batch's and the message's)", got)
 	}
 }
 

@@ -222,7 +222,9 @@ func newOTLPExporter(ctx context.Context, endpoint string) (sdktrace.SpanExporte
 		return nil, errors.New("tracing exporter otlp: an endpoint is required (host:port for gRPC, http://host:port for HTTP)")
 	}
 	if !strings.Contains(endpoint, "://") {
-		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure())
+		// Its requests encoded without reflection (otlpCodec).
+		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure(),
+			otlptracegrpc.WithDialOption(otlpCallOption()))
 	}
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
@@ -457,11 +459,17 @@ const maxLinks = 128
 // ctx (producer.send) and returns it with a copy of the message's headers
 // that carries the span's trace context on (headers itself is left alone;
 // nil when there is nothing to carry and headers is nil). opts is called
-// only for a span that records. A message whose trace is not sampled (at
-// 1 %, nearly every one) gets its traceparent written at once, without a
-// context, span or options built for it: the same decision as tr.Start's
-// (the parent's flag, or the ratio drawn once for a new trace), the same
-// header as Inject's. Safe for concurrent use.
+// only for a span that records. A message whose new trace is drawn not to
+// be sampled (at 1 %, nearly every one) gets nothing: no span, context,
+// options or header, and headers is returned as given. W3C trace context
+// lets a decision against a trace go unpropagated, and no hop of Ferry
+// starts a trace for a message that carries none (docs/tracing.md), so its
+// trace stays unrecorded at every hop as a carried unsampled flag would
+// keep it, without the header's bytes in every message, store and copy. A
+// message under an unsampled parent (a trace of the application's) gets
+// that trace's traceparent, as Inject writes it, so the application's trace
+// id goes on. The decision is tr.Start's (the parent's flag, or the ratio
+// drawn once for a new trace). Safe for concurrent use.
 func StartMessage(ctx context.Context, tr trace.Tracer, name string, opts func() []trace.SpanStartOption, headers map[string]string) (trace.Span, map[string]string) {
 	if state.Load() == stateOff && !trace.SpanContextFromContext(ctx).IsValid() {
 		return noopSpan, headers // tracing off, no trace to carry on
@@ -473,7 +481,7 @@ func StartMessage(ctx context.Context, tr trace.Tracer, name string, opts func()
 			return noopSpan, withTraceparent(headers, unsampledTraceparent(parent.TraceID()))
 		case !parent.IsValid():
 			if rand.Float64() >= ratio() {
-				return noopSpan, withTraceparent(headers, unsampledTraceparent(newTraceID()))
+				return noopSpan, headers // a trace decided against: nothing to carry
 			}
 			// Drawn to be sampled: tr.Start must not draw again.
 			ctx = context.WithValue(ctx, forceSample{}, true)

@@ -32,10 +32,9 @@ const (
 // holds only what it understands and nothing it must refuse: Seq and
 // TimeoutNanos set, b kept as req's unknown fields (b must not change
 // afterwards). It returns false, with req untouched, otherwise. With
-// tracing on, a request is kept encoded only when every message carries a
-// trace decided for or against (a traceparent, sampled or not; a message
-// without one may start a trace at this hop, which reads the message), and
-// a single message only when it is unsampled. The sampled messages of a
+// tracing on, a single message is kept encoded only when it is not sampled
+// (a message without a traceparent, or with an unsampled one, is traced by
+// no hop: a trace starts only at a message's producer). The sampled messages of a
 // batch are named in req.TracedIndex (a client's traced fields are refused
 // here): the transport's hop decodes only them (sampledMessages) to make
 // their spans, and no message of the batch otherwise.
@@ -70,14 +69,8 @@ func encodedProduce(b []byte, maxMessageBytes int64, tracing bool, req *ferryv1.
 			if !ok || info.Size > maxMessageBytes {
 				return false
 			}
-			if tracing {
-				switch info.Trace {
-				case sdk.TraceSampled:
-					sampled = append(sampled, uint32(count))
-				case sdk.TraceUnsampled:
-				default:
-					return false
-				}
+			if tracing && info.Trace == sdk.TraceSampled {
+				sampled = append(sampled, uint32(count))
 			}
 			rest = rest[k:]
 			count++

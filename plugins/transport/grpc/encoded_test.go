@@ -178,10 +178,11 @@ func tracedProduce(t testing.TB, tps ...string) []byte {
 }
 
 // TestEncodedProduceWhileTracing: with tracing on, a request stays encoded
-// when every message carries a traceparent, sampled or not, and its
-// sampled messages are named in TracedIndex; a message without one (a hop
-// may start its trace), a malformed one, or a sampled message sent alone
-// is decoded.
+// whatever its messages' traceparents say (sampled, unsampled, none at all:
+// a message without a trace is traced by no hop, so nothing reads it), and
+// its sampled messages are named in TracedIndex; only a sampled message
+// sent alone is decoded (its span reads it). The control: without tracing
+// the sampled message alone stays encoded too.
 func TestEncodedProduceWhileTracing(t *testing.T) {
 	for name, c := range map[string]struct {
 		b       []byte
@@ -191,6 +192,10 @@ func TestEncodedProduceWhileTracing(t *testing.T) {
 		"one sampled":     {tracedProduce(t, unsampledTP, sampledTP, unsampledTP), []uint32{1}},
 		"two sampled":     {tracedProduce(t, sampledTP, unsampledTP, sampledTP), []uint32{0, 2}},
 		"unsampled alone": {tracedProduce(t, unsampledTP), nil},
+		"one without":     {tracedProduce(t, unsampledTP, sampledTP, ""), []uint32{1}},
+		"one malformed":   {tracedProduce(t, unsampledTP, "00-xyz", unsampledTP), nil},
+		"none at all":     {tracedProduce(t, "", "", ""), nil},
+		"none alone":      {tracedProduce(t, ""), nil},
 	} {
 		var req ferryv1.ProduceRequest
 		if !encodedProduce(c.b, 1<<20, true, &req) {
@@ -201,20 +206,13 @@ func TestEncodedProduceWhileTracing(t *testing.T) {
 			t.Errorf("%s: %d messages decoded, sampled %v; want none, %v", name, len(req.Messages), req.TracedIndex, c.sampled)
 		}
 	}
-	for name, b := range map[string][]byte{
-		"sampled alone": tracedProduce(t, sampledTP),
-		"one without":   tracedProduce(t, unsampledTP, sampledTP, ""),
-		"one malformed": tracedProduce(t, unsampledTP, "00-xyz", unsampledTP),
-		"none at all":   tracedProduce(t, "", "", ""),
-	} {
-		var req ferryv1.ProduceRequest
-		if encodedProduce(b, 1<<20, true, &req) {
-			t.Errorf("%s: kept encoded while tracing", name)
-		}
-		// The control: without tracing the same request stays encoded.
-		if !encodedProduce(b, 1<<20, false, &req) {
-			t.Errorf("%s: refused without tracing", name)
-		}
+	b := tracedProduce(t, sampledTP)
+	var req ferryv1.ProduceRequest
+	if encodedProduce(b, 1<<20, true, &req) {
+		t.Errorf("sampled alone: kept encoded while tracing")
+	}
+	if !encodedProduce(b, 1<<20, false, &req) {
+		t.Errorf("sampled alone: refused without tracing")
 	}
 }
 
