@@ -43,6 +43,11 @@ type appendReq struct {
 	apply  bool              // a replica applying its master's messages: never replicated
 	span   trace.SpanContext // the broker.append span, parent of the storage append
 	traced telemetry.Traced  // msgs' sampled messages, each with its broker.append span
+
+	// logDurable: an apply of committed raft entries, durable in the raft
+	// log already (sdk.WithLogDurable): the store may take it without an
+	// fsync of its own.
+	logDurable bool
 }
 
 type appendResult struct {
@@ -217,6 +222,17 @@ func (b *batch) traceContext(ctx context.Context, replicated bool) context.Conte
 	return telemetry.ContextWithTraced(ctx, traced)
 }
 
+// logDurable says whether every request of b is durable elsewhere (a
+// batch mixing others is appended as the flush policy says).
+func (b *batch) logDurable() bool {
+	for _, r := range b.reqs {
+		if !r.logDurable {
+			return false
+		}
+	}
+	return true
+}
+
 func msgBytes(msgs []*sdk.Message) int {
 	n := 0
 	for _, m := range msgs {
@@ -234,6 +250,9 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 	a.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), storageCallTimeout)
 	ctx = b.traceContext(ctx, false)
+	if b.logDurable() {
+		ctx = sdk.WithLogDurable(ctx)
+	}
 	// With master–slave replication and a store that tells offsets once a
 	// batch is written, replication starts then, alongside the flush
 	// (replicate_early.go).

@@ -303,7 +303,7 @@ func (c replicaCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.ApplyW
 		}
 		want[i] = m.Offset
 	}
-	req := &appendReq{msgs: msgs, done: make(chan appendResult, 1), apply: true}
+	req := &appendReq{msgs: msgs, done: make(chan appendResult, 1), apply: true, logDurable: sdk.LogDurable(ctx)}
 	a := c.b.app
 	select {
 	case a.in <- req:
@@ -334,6 +334,23 @@ func (c replicaCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.ApplyW
 		}
 		return res.offsets, nil
 	}, nil
+}
+
+var _ sdk.StoreSyncer = replicaCore{}
+
+// SyncStore makes every earlier apply durable in the store (sdk.Syncer);
+// a store without it fsynced each append before it answered.
+func (c replicaCore) SyncStore(ctx context.Context) error {
+	return c.b.storageCall(ctx, func(s sdk.Storage) error {
+		sy, ok := s.(sdk.Syncer)
+		if !ok {
+			return nil
+		}
+		if err := sy.Sync(ctx); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+			return err
+		}
+		return nil
+	})
 }
 
 // Read reads the local log.

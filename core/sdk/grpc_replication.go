@@ -225,7 +225,7 @@ func (c *replicaCoreClient) call(ctx context.Context, f *ferryv1.ReplicationFram
 }
 
 func (c *replicaCoreClient) Apply(ctx context.Context, msgs []*Message) (ApplyWait, error) {
-	wait, err := c.start(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_Apply{Apply: &ferryv1.ApplyRequest{Messages: msgs}}})
+	wait, err := c.start(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_Apply{Apply: &ferryv1.ApplyRequest{Messages: msgs, LogDurable: LogDurable(ctx)}}})
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +267,15 @@ func (c *replicaCoreClient) CommitOffsets(ctx context.Context, group string, off
 
 func (c *replicaCoreClient) ApplyTopics(ctx context.Context, change *TopicChange) error {
 	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_ApplyTopics{ApplyTopics: change}})
+	return err
+}
+
+var _ StoreSyncer = (*replicaCoreClient)(nil)
+
+// SyncStore asks the core to make every earlier apply durable in its store
+// (sdk.StoreSyncer).
+func (c *replicaCoreClient) SyncStore(ctx context.Context) error {
+	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_SyncStore{SyncStore: &ferryv1.SyncStoreRequest{}}})
 	return err
 }
 
@@ -548,6 +557,13 @@ func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.Re
 	case *ferryv1.ReplicationFrame_DeleteGroupOffsets:
 		if err = core.DeleteGroupOffsets(ctx, r.DeleteGroupOffsets.Group); err == nil {
 			out.Response = &ferryv1.ReplicaCoreFrame_DeleteGroupOffsets{DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsResponse{}}
+		}
+	case *ferryv1.ReplicationFrame_SyncStore:
+		ss, ok := core.(StoreSyncer)
+		if !ok {
+			err = fmt.Errorf("%w: this core cannot sync its store (no sdk.StoreSyncer)", errors.ErrUnsupported)
+		} else if err = ss.SyncStore(ctx); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_SyncStore{SyncStore: &ferryv1.SyncStoreResponse{}}
 		}
 	default:
 		err = fmt.Errorf("%w: unknown replication request %T", ErrInvalidArgument, f.Request)

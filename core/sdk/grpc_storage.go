@@ -63,6 +63,9 @@ func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequ
 		wait    AppendWait
 		err     error
 	)
+	if req.LogDurable {
+		ctx = WithLogDurable(ctx)
+	}
 	if req.WantWritten && canEarly {
 		written, wait, err = early.AppendEarly(ctx, req.Messages)
 	} else {
@@ -230,6 +233,18 @@ func (s *storageServer) OffsetsForTime(ctx context.Context, req *ferryv1.Offsets
 	return &ferryv1.OffsetsForTimeResponse{Offsets: offs}, nil
 }
 
+// Sync makes every earlier append durable (sdk.Syncer).
+func (s *storageServer) Sync(ctx context.Context, _ *ferryv1.SyncRequest) (*ferryv1.SyncResponse, error) {
+	sy, ok := s.impl.(Syncer)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store fsyncs every append itself (no sdk.Syncer)", errors.ErrUnsupported)
+	}
+	if err := sy.Sync(ctx); err != nil {
+		return nil, err
+	}
+	return &ferryv1.SyncResponse{}, nil
+}
+
 func (s *storageServer) QueueBytes(ctx context.Context, req *ferryv1.QueueBytesRequest) (*ferryv1.QueueBytesResponse, error) {
 	qs, ok := s.impl.(QueueSizer)
 	if !ok {
@@ -284,6 +299,7 @@ var (
 	_ TopicDeleter = (*StorageClient)(nil)
 	_ TimeSeeker   = (*StorageClient)(nil)
 	_ QueueSizer   = (*StorageClient)(nil)
+	_ Syncer       = (*StorageClient)(nil)
 	_ RingUser     = (*StorageClient)(nil)
 )
 
@@ -378,7 +394,7 @@ func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten b
 			c.earlyMu.Unlock()
 		}
 		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout, WantWritten: wantWritten,
-			TracedIndex: traced.Index, TracedSpan: traced.Span}
+			TracedIndex: traced.Index, TracedSpan: traced.Span, LogDurable: LogDurable(ctx)}
 	})
 	if err != nil {
 		return nil, err
@@ -597,6 +613,14 @@ func (c *StorageClient) OffsetsForTime(ctx context.Context, unixNano int64, queu
 		return nil, fmt.Errorf("%w: storage plugin answered %d offsets for %d queues", ErrUnavailable, len(resp.Offsets), len(queues))
 	}
 	return resp.Offsets, nil
+}
+
+// Sync asks the plugin to make every earlier append durable (sdk.Syncer):
+// errors.ErrUnsupported when the plugin lacks it (it then ignored
+// LogDurable and fsynced each append as its policy says).
+func (c *StorageClient) Sync(ctx context.Context) error {
+	_, err := c.rpc.Sync(ctx, &ferryv1.SyncRequest{})
+	return err
 }
 
 // QueueBytes asks the plugin for its queues' sizes (sdk.QueueSizer): a

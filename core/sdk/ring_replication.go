@@ -198,7 +198,11 @@ func (r *replicaRequests) handle(f *ferryv1.ReplicationFrame) {
 	}
 	if a := f.GetApply(); a != nil {
 		// Started here, in the order received.
-		wait, err := r.core.Apply(rctx, a.Messages)
+		actx := rctx
+		if a.LogDurable {
+			actx = WithLogDurable(rctx)
+		}
+		wait, err := r.core.Apply(actx, a.Messages)
 		if err != nil {
 			rcancel()
 			r.send(&ferryv1.ReplicaCoreFrame{Id: f.Id, Error: ErrorToProto(err)})

@@ -184,6 +184,14 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownStoredGroupsRequest(m)
 	case *ferryv1.StoredGroupsResponse:
 		return true, ownStoredGroupsResponse(m)
+	case *ferryv1.SyncRequest:
+		return true, ownSyncRequest(m)
+	case *ferryv1.SyncResponse:
+		return true, ownSyncResponse(m)
+	case *ferryv1.SyncStoreRequest:
+		return true, ownSyncStoreRequest(m)
+	case *ferryv1.SyncStoreResponse:
+		return true, ownSyncStoreResponse(m)
 	case *ferryv1.TopicChange:
 		return true, ownTopicChange(m)
 	case *ferryv1.TopicChangeResponse:
@@ -1245,6 +1253,10 @@ func ownReplicaCoreFrame(m *ferryv1.ReplicaCoreFrame) error {
 		if err := ownDeleteGroupOffsetsResponse(o.DeleteGroupOffsets); err != nil {
 			return err
 		}
+	case *ferryv1.ReplicaCoreFrame_SyncStore:
+		if err := ownSyncStoreResponse(o.SyncStore); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -1334,6 +1346,10 @@ func ownReplicationFrame(m *ferryv1.ReplicationFrame) error {
 		}
 	case *ferryv1.ReplicationFrame_DeleteGroupOffsets:
 		if err := ownDeleteGroupOffsetsRequest(o.DeleteGroupOffsets); err != nil {
+			return err
+		}
+	case *ferryv1.ReplicationFrame_SyncStore:
+		if err := ownSyncStoreRequest(o.SyncStore); err != nil {
 			return err
 		}
 	}
@@ -1470,6 +1486,38 @@ func ownStoredGroupsResponse(m *ferryv1.StoredGroupsResponse) error {
 	}
 	if err := ownStringList(m.Groups, "ferry.v1.StoredGroupsResponse.groups"); err != nil {
 		return err
+	}
+	return nil
+}
+
+// ownSyncRequest checks the strings of a ferry.v1.SyncRequest.
+func ownSyncRequest(m *ferryv1.SyncRequest) error {
+	if m == nil {
+		return nil
+	}
+	return nil
+}
+
+// ownSyncResponse checks the strings of a ferry.v1.SyncResponse.
+func ownSyncResponse(m *ferryv1.SyncResponse) error {
+	if m == nil {
+		return nil
+	}
+	return nil
+}
+
+// ownSyncStoreRequest checks the strings of a ferry.v1.SyncStoreRequest.
+func ownSyncStoreRequest(m *ferryv1.SyncStoreRequest) error {
+	if m == nil {
+		return nil
+	}
+	return nil
+}
+
+// ownSyncStoreResponse checks the strings of a ferry.v1.SyncStoreResponse.
+func ownSyncStoreResponse(m *ferryv1.SyncStoreResponse) error {
+	if m == nil {
+		return nil
 	}
 	return nil
 }

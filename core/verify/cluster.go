@@ -430,7 +430,9 @@ func (c *cluster) check(f Fault) error {
 	case f.Target == "broker":
 		return fmt.Errorf("fault %s: a cluster has several brokers: name a node's id, or leader", f)
 	case f.Kind == "power-loss" && (pluginTargets[f.Target] || f.Target == "consumer"):
-		return fmt.Errorf("fault %s: a power loss hits a node: name its id, or leader", f)
+		return fmt.Errorf("fault %s: a power loss hits a node: name its id, leader, or all", f)
+	case f.Kind == "power-loss" && f.Target == "all":
+		return nil
 	case f.Kind == "pause" && !pluginTargets[f.Target] && c.mode == "raft" && f.Until-f.At <= c.election:
 		return fmt.Errorf("fault %s: the pause is not longer than the election timeout %s: the others would not elect another leader; make it longer", f, c.election)
 	case f.Target == "leader" || pluginTargets[f.Target]:
@@ -469,6 +471,10 @@ func (c *cluster) index(m *member) int {
 
 // fault injects f on the cluster.
 func (c *cluster) fault(ctx context.Context, f Fault, start time.Time, r *FaultRecord) {
+	if f.Kind == "power-loss" && f.Target == "all" {
+		c.powerLossAll(ctx, f, start, r)
+		return
+	}
 	m, err := c.target(ctx, f.Target)
 	if err != nil {
 		r.Error = err.Error()
@@ -552,6 +558,48 @@ func (c *cluster) fault(ctx context.Context, f Fault, start time.Time, r *FaultR
 	default:
 		r.Error = fmt.Sprintf("fault kind %s: not supported on a cluster", f.Kind)
 	}
+}
+
+// powerLossAll is a power cut of every node at once (one site): each
+// node's store drops what it did not fsync and the node dies, all at the
+// same moment; they come back together at Until.
+func (c *cluster) powerLossAll(ctx context.Context, f Fault, start time.Time, r *FaultRecord) {
+	r.Node = "all"
+	r.Injected = time.Since(start)
+	var live []*member
+	for _, m := range c.members {
+		if !c.isDown(m) {
+			live = append(live, m)
+		}
+	}
+	each := func(fn func(*member) error) []string {
+		errs := make([]error, len(live))
+		var wg sync.WaitGroup
+		for i, m := range live {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = fn(m) }()
+		}
+		wg.Wait()
+		var out []string
+		for i, err := range errs {
+			if err != nil {
+				out = append(out, live[i].id+": "+err.Error())
+			}
+		}
+		return out
+	}
+	if errs := each(func(m *member) error { return m.n.powerLoss() }); len(errs) > 0 {
+		r.Error = strings.Join(errs, "; ")
+		return
+	}
+	select {
+	case <-time.After(time.Until(start.Add(f.Until))):
+	case <-ctx.Done():
+	}
+	if errs := each(func(m *member) error { return m.n.start(context.WithoutCancel(ctx)) }); len(errs) > 0 {
+		r.Error = "restart: " + strings.Join(errs, "; ")
+	}
+	r.Healed = time.Since(start)
 }
 
 // failover is a master's death in master–slave replication, as when its

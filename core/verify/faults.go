@@ -82,7 +82,8 @@ func validTarget(t string) bool {
 // is broker (the node with its plugins; down until UNTIL, default AT+1s),
 // storage or transport (one plugin process, restarted by the node at once).
 // power-loss@AT[-UNTIL] takes no target: the node loses power; on a
-// cluster power-loss:NODE@AT[-UNTIL] names the node (its id, or leader).
+// cluster power-loss:NODE@AT[-UNTIL] names the node (its id, or leader), or
+// power-loss:all every node at once (a site's power cut).
 // pause:TARGET@AT[-UNTIL] stops the node (or one plugin process) with
 // SIGSTOP and continues it at UNTIL (default AT+1s). Faults may not overlap.
 // Every time must fall within the run's duration.

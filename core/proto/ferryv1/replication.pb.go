@@ -414,6 +414,7 @@ type ReplicationFrame struct {
 	//	*ReplicationFrame_CommitOffsets
 	//	*ReplicationFrame_ApplyTopics
 	//	*ReplicationFrame_DeleteGroupOffsets
+	//	*ReplicationFrame_SyncStore
 	Request       isReplicationFrame_Request `protobuf_oneof:"request"`
 	TimeoutNanos  int64                      `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -527,6 +528,15 @@ func (x *ReplicationFrame) GetDeleteGroupOffsets() *DeleteGroupOffsetsRequest {
 	return nil
 }
 
+func (x *ReplicationFrame) GetSyncStore() *SyncStoreRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ReplicationFrame_SyncStore); ok {
+			return x.SyncStore
+		}
+	}
+	return nil
+}
+
 func (x *ReplicationFrame) GetTimeoutNanos() int64 {
 	if x != nil {
 		return x.TimeoutNanos
@@ -578,6 +588,13 @@ type ReplicationFrame_DeleteGroupOffsets struct {
 	DeleteGroupOffsets *DeleteGroupOffsetsRequest `protobuf:"bytes,420,opt,name=delete_group_offsets,json=deleteGroupOffsets,proto3,oneof"`
 }
 
+type ReplicationFrame_SyncStore struct {
+	// Make every message applied before it durable in the local store
+	// (its fsync): before a raft snapshot lets the log drop entries the
+	// store took with log_durable.
+	SyncStore *SyncStoreRequest `protobuf:"bytes,520,opt,name=sync_store,json=syncStore,proto3,oneof"`
+}
+
 func (*ReplicationFrame_Apply) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
@@ -592,6 +609,8 @@ func (*ReplicationFrame_ApplyTopics) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_DeleteGroupOffsets) isReplicationFrame_Request() {}
 
+func (*ReplicationFrame_SyncStore) isReplicationFrame_Request() {}
+
 type ReplicaCoreFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -604,6 +623,7 @@ type ReplicaCoreFrame struct {
 	//	*ReplicaCoreFrame_CommitOffsets
 	//	*ReplicaCoreFrame_ApplyTopics
 	//	*ReplicaCoreFrame_DeleteGroupOffsets
+	//	*ReplicaCoreFrame_SyncStore
 	Response      isReplicaCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error                      `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -717,6 +737,15 @@ func (x *ReplicaCoreFrame) GetDeleteGroupOffsets() *DeleteGroupOffsetsResponse {
 	return nil
 }
 
+func (x *ReplicaCoreFrame) GetSyncStore() *SyncStoreResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ReplicaCoreFrame_SyncStore); ok {
+			return x.SyncStore
+		}
+	}
+	return nil
+}
+
 func (x *ReplicaCoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -756,6 +785,10 @@ type ReplicaCoreFrame_DeleteGroupOffsets struct {
 	DeleteGroupOffsets *DeleteGroupOffsetsResponse `protobuf:"bytes,420,opt,name=delete_group_offsets,json=deleteGroupOffsets,proto3,oneof"`
 }
 
+type ReplicaCoreFrame_SyncStore struct {
+	SyncStore *SyncStoreResponse `protobuf:"bytes,520,opt,name=sync_store,json=syncStore,proto3,oneof"`
+}
+
 func (*ReplicaCoreFrame_Apply) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
@@ -770,9 +803,17 @@ func (*ReplicaCoreFrame_ApplyTopics) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_DeleteGroupOffsets) isReplicaCoreFrame_Response() {}
 
+func (*ReplicaCoreFrame_SyncStore) isReplicaCoreFrame_Response() {}
+
 type ApplyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// The messages are durable in a consensus log already (a committed raft
+	// entry): the store is asked to take them without its own fsync
+	// (AppendRequest.log_durable), and the apply is answered once they are
+	// written. The plugin re-applies what a crash made the store lose from
+	// its log, and calls SyncStore before the log drops them.
+	LogDurable    bool `protobuf:"varint,520,opt,name=log_durable,json=logDurable,proto3" json:"log_durable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -814,6 +855,85 @@ func (x *ApplyRequest) GetMessages() []*Message {
 	return nil
 }
 
+func (x *ApplyRequest) GetLogDurable() bool {
+	if x != nil {
+		return x.LogDurable
+	}
+	return false
+}
+
+type SyncStoreRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncStoreRequest) Reset() {
+	*x = SyncStoreRequest{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncStoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncStoreRequest) ProtoMessage() {}
+
+func (x *SyncStoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncStoreRequest.ProtoReflect.Descriptor instead.
+func (*SyncStoreRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
+}
+
+type SyncStoreResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncStoreResponse) Reset() {
+	*x = SyncStoreResponse{}
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncStoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncStoreResponse) ProtoMessage() {}
+
+func (x *SyncStoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncStoreResponse.ProtoReflect.Descriptor instead.
+func (*SyncStoreResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
+}
+
 type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Offsets the local store assigned (equal to the master's).
@@ -824,7 +944,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +956,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[9]
+	mi := &file_ferry_v1_replication_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +969,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyResponse) GetOffsets() []int64 {
@@ -867,7 +987,7 @@ type NodeInfoRequest struct {
 
 func (x *NodeInfoRequest) Reset() {
 	*x = NodeInfoRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +999,7 @@ func (x *NodeInfoRequest) String() string {
 func (*NodeInfoRequest) ProtoMessage() {}
 
 func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[10]
+	mi := &file_ferry_v1_replication_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1012,7 @@ func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*NodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
 }
 
 type NodeInfoResponse struct {
@@ -912,7 +1032,7 @@ type NodeInfoResponse struct {
 
 func (x *NodeInfoResponse) Reset() {
 	*x = NodeInfoResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1044,7 @@ func (x *NodeInfoResponse) String() string {
 func (*NodeInfoResponse) ProtoMessage() {}
 
 func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[11]
+	mi := &file_ferry_v1_replication_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1057,7 @@ func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*NodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeInfoResponse) GetNode() string {
@@ -989,7 +1109,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1121,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[12]
+	mi := &file_ferry_v1_replication_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1134,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetRoleRequest) GetRole() string {
@@ -1046,7 +1166,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1178,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[13]
+	mi := &file_ferry_v1_replication_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1191,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
 }
 
 type ReplicationStatusRequest struct {
@@ -1085,7 +1205,7 @@ type ReplicationStatusRequest struct {
 
 func (x *ReplicationStatusRequest) Reset() {
 	*x = ReplicationStatusRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1217,7 @@ func (x *ReplicationStatusRequest) String() string {
 func (*ReplicationStatusRequest) ProtoMessage() {}
 
 func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[14]
+	mi := &file_ferry_v1_replication_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1230,7 @@ func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicationStatusRequest) GetModeOnly() bool {
@@ -1163,7 +1283,7 @@ type ReplicationStatusResponse struct {
 
 func (x *ReplicationStatusResponse) Reset() {
 	*x = ReplicationStatusResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1295,7 @@ func (x *ReplicationStatusResponse) String() string {
 func (*ReplicationStatusResponse) ProtoMessage() {}
 
 func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[15]
+	mi := &file_ferry_v1_replication_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1308,7 @@ func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReplicationStatusResponse) GetNode() string {
@@ -1326,7 +1446,7 @@ type ReplicaInfo struct {
 
 func (x *ReplicaInfo) Reset() {
 	*x = ReplicaInfo{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1458,7 @@ func (x *ReplicaInfo) String() string {
 func (*ReplicaInfo) ProtoMessage() {}
 
 func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[16]
+	mi := &file_ferry_v1_replication_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1471,7 @@ func (x *ReplicaInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaInfo.ProtoReflect.Descriptor instead.
 func (*ReplicaInfo) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReplicaInfo) GetNode() string {
@@ -1413,7 +1533,7 @@ type FollowRequest struct {
 
 func (x *FollowRequest) Reset() {
 	*x = FollowRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1545,7 @@ func (x *FollowRequest) String() string {
 func (*FollowRequest) ProtoMessage() {}
 
 func (x *FollowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[17]
+	mi := &file_ferry_v1_replication_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1558,7 @@ func (x *FollowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
 func (*FollowRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FollowRequest) GetNode() string {
@@ -1522,7 +1642,7 @@ type FollowResponse struct {
 
 func (x *FollowResponse) Reset() {
 	*x = FollowResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1654,7 @@ func (x *FollowResponse) String() string {
 func (*FollowResponse) ProtoMessage() {}
 
 func (x *FollowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[18]
+	mi := &file_ferry_v1_replication_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1667,7 @@ func (x *FollowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
 func (*FollowResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FollowResponse) GetMessages() []*Message {
@@ -1640,7 +1760,7 @@ type GroupDeletion struct {
 
 func (x *GroupDeletion) Reset() {
 	*x = GroupDeletion{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1772,7 @@ func (x *GroupDeletion) String() string {
 func (*GroupDeletion) ProtoMessage() {}
 
 func (x *GroupDeletion) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[19]
+	mi := &file_ferry_v1_replication_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1785,7 @@ func (x *GroupDeletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupDeletion.ProtoReflect.Descriptor instead.
 func (*GroupDeletion) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GroupDeletion) GetGroup() string {
@@ -1691,7 +1811,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1823,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[20]
+	mi := &file_ferry_v1_replication_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1836,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PromoteRequest) GetForce() bool {
@@ -1736,7 +1856,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1868,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[21]
+	mi := &file_ferry_v1_replication_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1881,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PromoteResponse) GetEpoch() uint64 {
@@ -1798,7 +1918,7 @@ type ChangeMembersRequest struct {
 
 func (x *ChangeMembersRequest) Reset() {
 	*x = ChangeMembersRequest{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +1930,7 @@ func (x *ChangeMembersRequest) String() string {
 func (*ChangeMembersRequest) ProtoMessage() {}
 
 func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[22]
+	mi := &file_ferry_v1_replication_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +1943,7 @@ func (x *ChangeMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersRequest.ProtoReflect.Descriptor instead.
 func (*ChangeMembersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ChangeMembersRequest) GetOp() string {
@@ -1880,7 +2000,7 @@ type ChangeMembersResponse struct {
 
 func (x *ChangeMembersResponse) Reset() {
 	*x = ChangeMembersResponse{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[23]
+	mi := &file_ferry_v1_replication_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2012,7 @@ func (x *ChangeMembersResponse) String() string {
 func (*ChangeMembersResponse) ProtoMessage() {}
 
 func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[23]
+	mi := &file_ferry_v1_replication_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2025,7 @@ func (x *ChangeMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMembersResponse.ProtoReflect.Descriptor instead.
 func (*ChangeMembersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ChangeMembersResponse) GetDetail() string {
@@ -1935,7 +2055,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_ferry_v1_replication_proto_msgTypes[24]
+	mi := &file_ferry_v1_replication_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2067,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_replication_proto_msgTypes[24]
+	mi := &file_ferry_v1_replication_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2080,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_replication_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RaftServer) GetId() string {
@@ -2016,7 +2136,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
 	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
-	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xff\x03\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xbd\x04\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +
@@ -2025,9 +2145,11 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\bset_role\x18\x05 \x01(\v2\x18.ferry.v1.SetRoleRequestH\x00R\asetRole\x12G\n" +
 	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\rcommitOffsets\x12:\n" +
 	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12X\n" +
-	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2#.ferry.v1.DeleteGroupOffsetsRequestH\x00R\x12deleteGroupOffsets\x12#\n" +
+	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2#.ferry.v1.DeleteGroupOffsetsRequestH\x00R\x12deleteGroupOffsets\x12<\n" +
+	"\n" +
+	"sync_store\x18\x88\x04 \x01(\v2\x1a.ferry.v1.SyncStoreRequestH\x00R\tsyncStore\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanosB\t\n" +
-	"\arequest\"\x90\x04\n" +
+	"\arequest\"\xcf\x04\n" +
 	"\x10ReplicaCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05apply\x18\x02 \x01(\v2\x17.ferry.v1.ApplyResponseH\x00R\x05apply\x12,\n" +
@@ -2036,12 +2158,18 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\bset_role\x18\x05 \x01(\v2\x19.ferry.v1.SetRoleResponseH\x00R\asetRole\x12H\n" +
 	"\x0ecommit_offsets\x18\x06 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\rcommitOffsets\x12B\n" +
 	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12Y\n" +
-	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2$.ferry.v1.DeleteGroupOffsetsResponseH\x00R\x12deleteGroupOffsets\x12%\n" +
+	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2$.ferry.v1.DeleteGroupOffsetsResponseH\x00R\x12deleteGroupOffsets\x12=\n" +
+	"\n" +
+	"sync_store\x18\x88\x04 \x01(\v2\x1b.ferry.v1.SyncStoreResponseH\x00R\tsyncStore\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
-	"\bresponse\"=\n" +
+	"\bresponse\"_\n" +
 	"\fApplyRequest\x12-\n" +
-	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\")\n" +
+	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12 \n" +
+	"\vlog_durable\x18\x88\x04 \x01(\bR\n" +
+	"logDurable\"\x12\n" +
+	"\x10SyncStoreRequest\"\x13\n" +
+	"\x11SyncStoreResponse\")\n" +
 	"\rApplyResponse\x12\x18\n" +
 	"\aoffsets\x18\x01 \x03(\x03R\aoffsets\"\x11\n" +
 	"\x0fNodeInfoRequest\"\xb9\x01\n" +
@@ -2154,7 +2282,7 @@ func file_ferry_v1_replication_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_replication_proto_rawDescData
 }
 
-var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_ferry_v1_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_v1_replication_proto_goTypes = []any{
 	(*OffsetCommits)(nil),              // 0: ferry.v1.OffsetCommits
 	(*TopicChange)(nil),                // 1: ferry.v1.TopicChange
@@ -2165,95 +2293,99 @@ var file_ferry_v1_replication_proto_goTypes = []any{
 	(*ReplicationFrame)(nil),           // 6: ferry.v1.ReplicationFrame
 	(*ReplicaCoreFrame)(nil),           // 7: ferry.v1.ReplicaCoreFrame
 	(*ApplyRequest)(nil),               // 8: ferry.v1.ApplyRequest
-	(*ApplyResponse)(nil),              // 9: ferry.v1.ApplyResponse
-	(*NodeInfoRequest)(nil),            // 10: ferry.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),           // 11: ferry.v1.NodeInfoResponse
-	(*SetRoleRequest)(nil),             // 12: ferry.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),            // 13: ferry.v1.SetRoleResponse
-	(*ReplicationStatusRequest)(nil),   // 14: ferry.v1.ReplicationStatusRequest
-	(*ReplicationStatusResponse)(nil),  // 15: ferry.v1.ReplicationStatusResponse
-	(*ReplicaInfo)(nil),                // 16: ferry.v1.ReplicaInfo
-	(*FollowRequest)(nil),              // 17: ferry.v1.FollowRequest
-	(*FollowResponse)(nil),             // 18: ferry.v1.FollowResponse
-	(*GroupDeletion)(nil),              // 19: ferry.v1.GroupDeletion
-	(*PromoteRequest)(nil),             // 20: ferry.v1.PromoteRequest
-	(*PromoteResponse)(nil),            // 21: ferry.v1.PromoteResponse
-	(*ChangeMembersRequest)(nil),       // 22: ferry.v1.ChangeMembersRequest
-	(*ChangeMembersResponse)(nil),      // 23: ferry.v1.ChangeMembersResponse
-	(*RaftServer)(nil),                 // 24: ferry.v1.RaftServer
-	nil,                                // 25: ferry.v1.ReplicateRequest.TraceEntry
-	(*CommitOffsetsRequest)(nil),       // 26: ferry.v1.CommitOffsetsRequest
-	(*Message)(nil),                    // 27: ferry.v1.Message
-	(Status)(0),                        // 28: ferry.v1.Status
-	(*Error)(nil),                      // 29: ferry.v1.Error
-	(*ReadRequest)(nil),                // 30: ferry.v1.ReadRequest
-	(*DeleteGroupOffsetsRequest)(nil),  // 31: ferry.v1.DeleteGroupOffsetsRequest
-	(*ReadResponse)(nil),               // 32: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),      // 33: ferry.v1.CommitOffsetsResponse
-	(*DeleteGroupOffsetsResponse)(nil), // 34: ferry.v1.DeleteGroupOffsetsResponse
-	(*QueueOffsets)(nil),               // 35: ferry.v1.QueueOffsets
+	(*SyncStoreRequest)(nil),           // 9: ferry.v1.SyncStoreRequest
+	(*SyncStoreResponse)(nil),          // 10: ferry.v1.SyncStoreResponse
+	(*ApplyResponse)(nil),              // 11: ferry.v1.ApplyResponse
+	(*NodeInfoRequest)(nil),            // 12: ferry.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),           // 13: ferry.v1.NodeInfoResponse
+	(*SetRoleRequest)(nil),             // 14: ferry.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),            // 15: ferry.v1.SetRoleResponse
+	(*ReplicationStatusRequest)(nil),   // 16: ferry.v1.ReplicationStatusRequest
+	(*ReplicationStatusResponse)(nil),  // 17: ferry.v1.ReplicationStatusResponse
+	(*ReplicaInfo)(nil),                // 18: ferry.v1.ReplicaInfo
+	(*FollowRequest)(nil),              // 19: ferry.v1.FollowRequest
+	(*FollowResponse)(nil),             // 20: ferry.v1.FollowResponse
+	(*GroupDeletion)(nil),              // 21: ferry.v1.GroupDeletion
+	(*PromoteRequest)(nil),             // 22: ferry.v1.PromoteRequest
+	(*PromoteResponse)(nil),            // 23: ferry.v1.PromoteResponse
+	(*ChangeMembersRequest)(nil),       // 24: ferry.v1.ChangeMembersRequest
+	(*ChangeMembersResponse)(nil),      // 25: ferry.v1.ChangeMembersResponse
+	(*RaftServer)(nil),                 // 26: ferry.v1.RaftServer
+	nil,                                // 27: ferry.v1.ReplicateRequest.TraceEntry
+	(*CommitOffsetsRequest)(nil),       // 28: ferry.v1.CommitOffsetsRequest
+	(*Message)(nil),                    // 29: ferry.v1.Message
+	(Status)(0),                        // 30: ferry.v1.Status
+	(*Error)(nil),                      // 31: ferry.v1.Error
+	(*ReadRequest)(nil),                // 32: ferry.v1.ReadRequest
+	(*DeleteGroupOffsetsRequest)(nil),  // 33: ferry.v1.DeleteGroupOffsetsRequest
+	(*ReadResponse)(nil),               // 34: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),      // 35: ferry.v1.CommitOffsetsResponse
+	(*DeleteGroupOffsetsResponse)(nil), // 36: ferry.v1.DeleteGroupOffsetsResponse
+	(*QueueOffsets)(nil),               // 37: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
-	26, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
+	28, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
 	2,  // 1: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
-	27, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	25, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	28, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	29, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	29, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	27, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	30, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	31, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
 	8,  // 6: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	30, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
-	10, // 8: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
-	12, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	26, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	32, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	12, // 8: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
+	14, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
+	28, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
 	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	31, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
-	9,  // 13: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	32, // 14: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	11, // 15: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	13, // 16: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	33, // 17: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	3,  // 18: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	34, // 19: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
-	29, // 20: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	27, // 21: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	35, // 22: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	2,  // 23: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	16, // 24: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	35, // 25: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	24, // 26: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	35, // 27: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	27, // 28: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	35, // 29: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	35, // 30: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	26, // 31: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	1,  // 32: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	19, // 33: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
-	24, // 34: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	4,  // 35: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	7,  // 36: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	14, // 37: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	26, // 38: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	1,  // 39: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	31, // 40: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	17, // 41: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	14, // 42: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	20, // 43: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	22, // 44: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	5,  // 45: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	6,  // 46: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	15, // 47: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	33, // 48: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	3,  // 49: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	34, // 50: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	18, // 51: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	15, // 52: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	21, // 53: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	23, // 54: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	45, // [45:55] is the sub-list for method output_type
-	35, // [35:45] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	33, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
+	9,  // 13: ferry.v1.ReplicationFrame.sync_store:type_name -> ferry.v1.SyncStoreRequest
+	11, // 14: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	34, // 15: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	13, // 16: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	15, // 17: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	35, // 18: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	3,  // 19: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	36, // 20: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	10, // 21: ferry.v1.ReplicaCoreFrame.sync_store:type_name -> ferry.v1.SyncStoreResponse
+	31, // 22: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	29, // 23: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	37, // 24: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	2,  // 25: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	18, // 26: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	37, // 27: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	26, // 28: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	37, // 29: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	29, // 30: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	37, // 31: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	37, // 32: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	28, // 33: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 34: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	21, // 35: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
+	26, // 36: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 37: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 38: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	16, // 39: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	28, // 40: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 41: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	33, // 42: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	19, // 43: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	16, // 44: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	22, // 45: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	24, // 46: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	5,  // 47: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 48: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	17, // 49: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	35, // 50: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 51: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	36, // 52: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	20, // 53: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	17, // 54: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	23, // 55: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	25, // 56: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	47, // [47:57] is the sub-list for method output_type
+	37, // [37:47] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2271,6 +2403,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_CommitOffsets)(nil),
 		(*ReplicationFrame_ApplyTopics)(nil),
 		(*ReplicationFrame_DeleteGroupOffsets)(nil),
+		(*ReplicationFrame_SyncStore)(nil),
 	}
 	file_ferry_v1_replication_proto_msgTypes[7].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
@@ -2280,6 +2413,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicaCoreFrame_CommitOffsets)(nil),
 		(*ReplicaCoreFrame_ApplyTopics)(nil),
 		(*ReplicaCoreFrame_DeleteGroupOffsets)(nil),
+		(*ReplicaCoreFrame_SyncStore)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2287,7 +2421,7 @@ func file_ferry_v1_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_replication_proto_rawDesc), len(file_ferry_v1_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

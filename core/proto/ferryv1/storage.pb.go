@@ -24,6 +24,78 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SyncRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncRequest) Reset() {
+	*x = SyncRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncRequest) ProtoMessage() {}
+
+func (x *SyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
+func (*SyncRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+}
+
+type SyncResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncResponse) Reset() {
+	*x = SyncResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncResponse) ProtoMessage() {}
+
+func (x *SyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
+func (*SyncResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+}
+
 type QueueBytesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queues        []*QueueRef            `protobuf:"bytes,60,rep,name=queues,proto3" json:"queues,omitempty"`
@@ -33,7 +105,7 @@ type QueueBytesRequest struct {
 
 func (x *QueueBytesRequest) Reset() {
 	*x = QueueBytesRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +117,7 @@ func (x *QueueBytesRequest) String() string {
 func (*QueueBytesRequest) ProtoMessage() {}
 
 func (x *QueueBytesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +130,7 @@ func (x *QueueBytesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueBytesRequest.ProtoReflect.Descriptor instead.
 func (*QueueBytesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *QueueBytesRequest) GetQueues() []*QueueRef {
@@ -80,7 +152,7 @@ type QueueBytesResponse struct {
 
 func (x *QueueBytesResponse) Reset() {
 	*x = QueueBytesResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -92,7 +164,7 @@ func (x *QueueBytesResponse) String() string {
 func (*QueueBytesResponse) ProtoMessage() {}
 
 func (x *QueueBytesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -105,7 +177,7 @@ func (x *QueueBytesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueBytesResponse.ProtoReflect.Descriptor instead.
 func (*QueueBytesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *QueueBytesResponse) GetBytes() []int64 {
@@ -127,7 +199,7 @@ type OffsetsForTimeRequest struct {
 
 func (x *OffsetsForTimeRequest) Reset() {
 	*x = OffsetsForTimeRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -139,7 +211,7 @@ func (x *OffsetsForTimeRequest) String() string {
 func (*OffsetsForTimeRequest) ProtoMessage() {}
 
 func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -152,7 +224,7 @@ func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OffsetsForTimeRequest.ProtoReflect.Descriptor instead.
 func (*OffsetsForTimeRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OffsetsForTimeRequest) GetUnixNano() int64 {
@@ -181,7 +253,7 @@ type OffsetsForTimeResponse struct {
 
 func (x *OffsetsForTimeResponse) Reset() {
 	*x = OffsetsForTimeResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -193,7 +265,7 @@ func (x *OffsetsForTimeResponse) String() string {
 func (*OffsetsForTimeResponse) ProtoMessage() {}
 
 func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -206,7 +278,7 @@ func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OffsetsForTimeResponse.ProtoReflect.Descriptor instead.
 func (*OffsetsForTimeResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OffsetsForTimeResponse) GetOffsets() []int64 {
@@ -225,7 +297,7 @@ type DeleteTopicDataRequest struct {
 
 func (x *DeleteTopicDataRequest) Reset() {
 	*x = DeleteTopicDataRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +309,7 @@ func (x *DeleteTopicDataRequest) String() string {
 func (*DeleteTopicDataRequest) ProtoMessage() {}
 
 func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +322,7 @@ func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteTopicDataRequest) GetTopic() string {
@@ -268,7 +340,7 @@ type DeleteTopicDataResponse struct {
 
 func (x *DeleteTopicDataResponse) Reset() {
 	*x = DeleteTopicDataResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +352,7 @@ func (x *DeleteTopicDataResponse) String() string {
 func (*DeleteTopicDataResponse) ProtoMessage() {}
 
 func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +365,7 @@ func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
 }
 
 type StoredGroupsRequest struct {
@@ -304,7 +376,7 @@ type StoredGroupsRequest struct {
 
 func (x *StoredGroupsRequest) Reset() {
 	*x = StoredGroupsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +388,7 @@ func (x *StoredGroupsRequest) String() string {
 func (*StoredGroupsRequest) ProtoMessage() {}
 
 func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +401,7 @@ func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsRequest.ProtoReflect.Descriptor instead.
 func (*StoredGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
 }
 
 type StoredGroupsResponse struct {
@@ -341,7 +413,7 @@ type StoredGroupsResponse struct {
 
 func (x *StoredGroupsResponse) Reset() {
 	*x = StoredGroupsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +425,7 @@ func (x *StoredGroupsResponse) String() string {
 func (*StoredGroupsResponse) ProtoMessage() {}
 
 func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +438,7 @@ func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsResponse.ProtoReflect.Descriptor instead.
 func (*StoredGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StoredGroupsResponse) GetGroups() []string {
@@ -385,7 +457,7 @@ type DeleteGroupOffsetsRequest struct {
 
 func (x *DeleteGroupOffsetsRequest) Reset() {
 	*x = DeleteGroupOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +469,7 @@ func (x *DeleteGroupOffsetsRequest) String() string {
 func (*DeleteGroupOffsetsRequest) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +482,7 @@ func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteGroupOffsetsRequest) GetGroup() string {
@@ -428,7 +500,7 @@ type DeleteGroupOffsetsResponse struct {
 
 func (x *DeleteGroupOffsetsResponse) Reset() {
 	*x = DeleteGroupOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +512,7 @@ func (x *DeleteGroupOffsetsResponse) String() string {
 func (*DeleteGroupOffsetsResponse) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +525,7 @@ func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
 }
 
 type AppendRequest struct {
@@ -476,15 +548,22 @@ type AppendRequest struct {
 	// header) is sampled, traced_span[i] the id of the broker's span for it (broker.append)
 	// in that trace, the parent of the receiver's span for it. Both
 	// empty when no message is sampled (or the sender does not trace).
-	TracedIndex   []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
-	TracedSpan    []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
+	TracedIndex []uint32 `protobuf:"varint,50,rep,packed,name=traced_index,json=tracedIndex,proto3" json:"traced_index,omitempty"`
+	TracedSpan  []uint64 `protobuf:"fixed64,51,rep,packed,name=traced_span,json=tracedSpan,proto3" json:"traced_span,omitempty"`
+	// The batch is durable elsewhere already (entries of a raft log that a
+	// quorum fsynced): a store that implements Sync may answer it once it is
+	// written (readable from then on) without an fsync of its own, and make
+	// it durable later (its flush interval, the next fsync, or Sync). It must
+	// then hold, after a crash, a prefix of what it was sent, in append order
+	// across its queues. A store without Sync ignores it.
+	LogDurable    bool `protobuf:"varint,520,opt,name=log_durable,json=logDurable,proto3" json:"log_durable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +575,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +588,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -561,6 +640,13 @@ func (x *AppendRequest) GetTracedSpan() []uint64 {
 	return nil
 }
 
+func (x *AppendRequest) GetLogDurable() bool {
+	if x != nil {
+		return x.LogDurable
+	}
+	return false
+}
+
 type AppendResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -583,7 +669,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +681,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +694,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -663,7 +749,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +761,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +774,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReadRequest) GetId() uint64 {
@@ -761,7 +847,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +859,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +872,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReadResponse) GetId() uint64 {
@@ -866,7 +952,7 @@ type QueueOffsets struct {
 
 func (x *QueueOffsets) Reset() {
 	*x = QueueOffsets{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +964,7 @@ func (x *QueueOffsets) String() string {
 func (*QueueOffsets) ProtoMessage() {}
 
 func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +977,7 @@ func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueOffsets.ProtoReflect.Descriptor instead.
 func (*QueueOffsets) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *QueueOffsets) GetTopic() string {
@@ -965,7 +1051,7 @@ type CommitOffsetsRequest struct {
 
 func (x *CommitOffsetsRequest) Reset() {
 	*x = CommitOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1063,7 @@ func (x *CommitOffsetsRequest) String() string {
 func (*CommitOffsetsRequest) ProtoMessage() {}
 
 func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1076,7 @@ func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CommitOffsetsRequest) GetGroup() string {
@@ -1026,7 +1112,7 @@ type GroupOffset struct {
 
 func (x *GroupOffset) Reset() {
 	*x = GroupOffset{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1124,7 @@ func (x *GroupOffset) String() string {
 func (*GroupOffset) ProtoMessage() {}
 
 func (x *GroupOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1137,7 @@ func (x *GroupOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOffset.ProtoReflect.Descriptor instead.
 func (*GroupOffset) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GroupOffset) GetTopic() string {
@@ -1083,7 +1169,7 @@ type CommitOffsetsResponse struct {
 
 func (x *CommitOffsetsResponse) Reset() {
 	*x = CommitOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[17]
+	mi := &file_ferry_v1_storage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1181,7 @@ func (x *CommitOffsetsResponse) String() string {
 func (*CommitOffsetsResponse) ProtoMessage() {}
 
 func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[17]
+	mi := &file_ferry_v1_storage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1194,7 @@ func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{19}
 }
 
 type GetOffsetsRequest struct {
@@ -1125,7 +1211,7 @@ type GetOffsetsRequest struct {
 
 func (x *GetOffsetsRequest) Reset() {
 	*x = GetOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[18]
+	mi := &file_ferry_v1_storage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1223,7 @@ func (x *GetOffsetsRequest) String() string {
 func (*GetOffsetsRequest) ProtoMessage() {}
 
 func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[18]
+	mi := &file_ferry_v1_storage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1236,7 @@ func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*GetOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetOffsetsRequest) GetGroup() string {
@@ -1184,7 +1270,7 @@ type QueueRef struct {
 
 func (x *QueueRef) Reset() {
 	*x = QueueRef{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[19]
+	mi := &file_ferry_v1_storage_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1282,7 @@ func (x *QueueRef) String() string {
 func (*QueueRef) ProtoMessage() {}
 
 func (x *QueueRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[19]
+	mi := &file_ferry_v1_storage_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1295,7 @@ func (x *QueueRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueRef.ProtoReflect.Descriptor instead.
 func (*QueueRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *QueueRef) GetTopic() string {
@@ -1235,7 +1321,7 @@ type GetOffsetsResponse struct {
 
 func (x *GetOffsetsResponse) Reset() {
 	*x = GetOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[20]
+	mi := &file_ferry_v1_storage_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1333,7 @@ func (x *GetOffsetsResponse) String() string {
 func (*GetOffsetsResponse) ProtoMessage() {}
 
 func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[20]
+	mi := &file_ferry_v1_storage_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1346,7 @@ func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*GetOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetOffsetsResponse) GetOffsets() []*QueueOffsets {
@@ -1274,7 +1360,9 @@ var File_ferry_v1_storage_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"?\n" +
+	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"\r\n" +
+	"\vSyncRequest\"\x0e\n" +
+	"\fSyncResponse\"?\n" +
 	"\x11QueueBytesRequest\x12*\n" +
 	"\x06queues\x18< \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\"*\n" +
 	"\x12QueueBytesResponse\x12\x14\n" +
@@ -1292,7 +1380,7 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\tR\x06groups\"1\n" +
 	"\x19DeleteGroupOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\"\x1c\n" +
-	"\x1aDeleteGroupOffsetsResponse\"\xd0\x02\n" +
+	"\x1aDeleteGroupOffsetsResponse\"\xf2\x02\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\bmessages\x18\x02 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x128\n" +
@@ -1301,7 +1389,9 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\fwant_written\x18\x05 \x01(\bR\vwantWritten\x12!\n" +
 	"\ftraced_index\x182 \x03(\rR\vtracedIndex\x12\x1f\n" +
 	"\vtraced_span\x183 \x03(\x06R\n" +
-	"tracedSpan\x1a8\n" +
+	"tracedSpan\x12 \n" +
+	"\vlog_durable\x18\x88\x04 \x01(\bR\n" +
+	"logDurable\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1361,7 +1451,7 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\"F\n" +
 	"\x12GetOffsetsResponse\x120\n" +
-	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xc6\x05\n" +
+	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xfd\x05\n" +
 	"\aStorage\x12?\n" +
 	"\x06Append\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x010\x01\x129\n" +
 	"\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x010\x01\x12P\n" +
@@ -1373,7 +1463,8 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x0fDeleteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n" +
 	"\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponse\x12G\n" +
 	"\n" +
-	"QueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"QueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponse\x125\n" +
+	"\x04Sync\x12\x15.ferry.v1.SyncRequest\x1a\x16.ferry.v1.SyncResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_storage_proto_rawDescOnce sync.Once
@@ -1387,69 +1478,73 @@ func file_ferry_v1_storage_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_storage_proto_rawDescData
 }
 
-var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_v1_storage_proto_goTypes = []any{
-	(*QueueBytesRequest)(nil),          // 0: ferry.v1.QueueBytesRequest
-	(*QueueBytesResponse)(nil),         // 1: ferry.v1.QueueBytesResponse
-	(*OffsetsForTimeRequest)(nil),      // 2: ferry.v1.OffsetsForTimeRequest
-	(*OffsetsForTimeResponse)(nil),     // 3: ferry.v1.OffsetsForTimeResponse
-	(*DeleteTopicDataRequest)(nil),     // 4: ferry.v1.DeleteTopicDataRequest
-	(*DeleteTopicDataResponse)(nil),    // 5: ferry.v1.DeleteTopicDataResponse
-	(*StoredGroupsRequest)(nil),        // 6: ferry.v1.StoredGroupsRequest
-	(*StoredGroupsResponse)(nil),       // 7: ferry.v1.StoredGroupsResponse
-	(*DeleteGroupOffsetsRequest)(nil),  // 8: ferry.v1.DeleteGroupOffsetsRequest
-	(*DeleteGroupOffsetsResponse)(nil), // 9: ferry.v1.DeleteGroupOffsetsResponse
-	(*AppendRequest)(nil),              // 10: ferry.v1.AppendRequest
-	(*AppendResponse)(nil),             // 11: ferry.v1.AppendResponse
-	(*ReadRequest)(nil),                // 12: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),               // 13: ferry.v1.ReadResponse
-	(*QueueOffsets)(nil),               // 14: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),       // 15: ferry.v1.CommitOffsetsRequest
-	(*GroupOffset)(nil),                // 16: ferry.v1.GroupOffset
-	(*CommitOffsetsResponse)(nil),      // 17: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsRequest)(nil),          // 18: ferry.v1.GetOffsetsRequest
-	(*QueueRef)(nil),                   // 19: ferry.v1.QueueRef
-	(*GetOffsetsResponse)(nil),         // 20: ferry.v1.GetOffsetsResponse
-	nil,                                // 21: ferry.v1.AppendRequest.TraceEntry
-	nil,                                // 22: ferry.v1.ReadRequest.TraceEntry
-	(*Message)(nil),                    // 23: ferry.v1.Message
-	(Status)(0),                        // 24: ferry.v1.Status
-	(*Error)(nil),                      // 25: ferry.v1.Error
+	(*SyncRequest)(nil),                // 0: ferry.v1.SyncRequest
+	(*SyncResponse)(nil),               // 1: ferry.v1.SyncResponse
+	(*QueueBytesRequest)(nil),          // 2: ferry.v1.QueueBytesRequest
+	(*QueueBytesResponse)(nil),         // 3: ferry.v1.QueueBytesResponse
+	(*OffsetsForTimeRequest)(nil),      // 4: ferry.v1.OffsetsForTimeRequest
+	(*OffsetsForTimeResponse)(nil),     // 5: ferry.v1.OffsetsForTimeResponse
+	(*DeleteTopicDataRequest)(nil),     // 6: ferry.v1.DeleteTopicDataRequest
+	(*DeleteTopicDataResponse)(nil),    // 7: ferry.v1.DeleteTopicDataResponse
+	(*StoredGroupsRequest)(nil),        // 8: ferry.v1.StoredGroupsRequest
+	(*StoredGroupsResponse)(nil),       // 9: ferry.v1.StoredGroupsResponse
+	(*DeleteGroupOffsetsRequest)(nil),  // 10: ferry.v1.DeleteGroupOffsetsRequest
+	(*DeleteGroupOffsetsResponse)(nil), // 11: ferry.v1.DeleteGroupOffsetsResponse
+	(*AppendRequest)(nil),              // 12: ferry.v1.AppendRequest
+	(*AppendResponse)(nil),             // 13: ferry.v1.AppendResponse
+	(*ReadRequest)(nil),                // 14: ferry.v1.ReadRequest
+	(*ReadResponse)(nil),               // 15: ferry.v1.ReadResponse
+	(*QueueOffsets)(nil),               // 16: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),       // 17: ferry.v1.CommitOffsetsRequest
+	(*GroupOffset)(nil),                // 18: ferry.v1.GroupOffset
+	(*CommitOffsetsResponse)(nil),      // 19: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsRequest)(nil),          // 20: ferry.v1.GetOffsetsRequest
+	(*QueueRef)(nil),                   // 21: ferry.v1.QueueRef
+	(*GetOffsetsResponse)(nil),         // 22: ferry.v1.GetOffsetsResponse
+	nil,                                // 23: ferry.v1.AppendRequest.TraceEntry
+	nil,                                // 24: ferry.v1.ReadRequest.TraceEntry
+	(*Message)(nil),                    // 25: ferry.v1.Message
+	(Status)(0),                        // 26: ferry.v1.Status
+	(*Error)(nil),                      // 27: ferry.v1.Error
 }
 var file_ferry_v1_storage_proto_depIdxs = []int32{
-	19, // 0: ferry.v1.QueueBytesRequest.queues:type_name -> ferry.v1.QueueRef
-	19, // 1: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
-	23, // 2: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
-	21, // 3: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
-	24, // 4: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
-	25, // 5: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
-	22, // 6: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
-	23, // 7: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
-	14, // 8: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	25, // 9: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
-	16, // 10: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
-	19, // 11: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
-	14, // 12: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	10, // 13: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
-	12, // 14: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
-	15, // 15: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	18, // 16: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	6,  // 17: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
-	8,  // 18: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	4,  // 19: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
-	2,  // 20: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
-	0,  // 21: ferry.v1.Storage.QueueBytes:input_type -> ferry.v1.QueueBytesRequest
-	11, // 22: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
-	13, // 23: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
-	17, // 24: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	20, // 25: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	7,  // 26: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
-	9,  // 27: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	5,  // 28: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
-	3,  // 29: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
-	1,  // 30: ferry.v1.Storage.QueueBytes:output_type -> ferry.v1.QueueBytesResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
+	21, // 0: ferry.v1.QueueBytesRequest.queues:type_name -> ferry.v1.QueueRef
+	21, // 1: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
+	25, // 2: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
+	23, // 3: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
+	26, // 4: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
+	27, // 5: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
+	24, // 6: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
+	25, // 7: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
+	16, // 8: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	27, // 9: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
+	18, // 10: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
+	21, // 11: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
+	16, // 12: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	12, // 13: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
+	14, // 14: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
+	17, // 15: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	20, // 16: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	8,  // 17: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
+	10, // 18: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	6,  // 19: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
+	4,  // 20: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
+	2,  // 21: ferry.v1.Storage.QueueBytes:input_type -> ferry.v1.QueueBytesRequest
+	0,  // 22: ferry.v1.Storage.Sync:input_type -> ferry.v1.SyncRequest
+	13, // 23: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
+	15, // 24: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
+	19, // 25: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	22, // 26: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	9,  // 27: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
+	11, // 28: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	7,  // 29: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
+	5,  // 30: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
+	3,  // 31: ferry.v1.Storage.QueueBytes:output_type -> ferry.v1.QueueBytesResponse
+	1,  // 32: ferry.v1.Storage.Sync:output_type -> ferry.v1.SyncResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1461,14 +1556,14 @@ func file_ferry_v1_storage_proto_init() {
 		return
 	}
 	file_ferry_v1_message_proto_init()
-	file_ferry_v1_storage_proto_msgTypes[14].OneofWrappers = []any{}
+	file_ferry_v1_storage_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_storage_proto_rawDesc), len(file_ferry_v1_storage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

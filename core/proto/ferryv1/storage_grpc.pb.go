@@ -31,6 +31,7 @@ const (
 	Storage_DeleteTopicData_FullMethodName    = "/ferry.v1.Storage/DeleteTopicData"
 	Storage_OffsetsForTime_FullMethodName     = "/ferry.v1.Storage/OffsetsForTime"
 	Storage_QueueBytes_FullMethodName         = "/ferry.v1.Storage/QueueBytes"
+	Storage_Sync_FullMethodName               = "/ferry.v1.Storage/Sync"
 )
 
 // StorageClient is the client API for Storage service.
@@ -62,6 +63,10 @@ type StorageClient interface {
 	// QueueBytes reports, per queue, the bytes the store holds for it
 	// (sdk.QueueSizer, optional: a plugin without it answers UNIMPLEMENTED).
 	QueueBytes(ctx context.Context, in *QueueBytesRequest, opts ...grpc.CallOption) (*QueueBytesResponse, error)
+	// Sync makes every batch appended before the call durable (fsync), also
+	// those appended with log_durable (sdk.Syncer, optional: a plugin
+	// without it answers UNIMPLEMENTED, and must then ignore log_durable).
+	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error)
 }
 
 type storageClient struct {
@@ -168,6 +173,16 @@ func (c *storageClient) QueueBytes(ctx context.Context, in *QueueBytesRequest, o
 	return out, nil
 }
 
+func (c *storageClient) Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SyncResponse)
+	err := c.cc.Invoke(ctx, Storage_Sync_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -197,6 +212,10 @@ type StorageServer interface {
 	// QueueBytes reports, per queue, the bytes the store holds for it
 	// (sdk.QueueSizer, optional: a plugin without it answers UNIMPLEMENTED).
 	QueueBytes(context.Context, *QueueBytesRequest) (*QueueBytesResponse, error)
+	// Sync makes every batch appended before the call durable (fsync), also
+	// those appended with log_durable (sdk.Syncer, optional: a plugin
+	// without it answers UNIMPLEMENTED, and must then ignore log_durable).
+	Sync(context.Context, *SyncRequest) (*SyncResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -233,6 +252,9 @@ func (UnimplementedStorageServer) OffsetsForTime(context.Context, *OffsetsForTim
 }
 func (UnimplementedStorageServer) QueueBytes(context.Context, *QueueBytesRequest) (*QueueBytesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method QueueBytes not implemented")
+}
+func (UnimplementedStorageServer) Sync(context.Context, *SyncRequest) (*SyncResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Sync not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -395,6 +417,24 @@ func _Storage_QueueBytes_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_Sync_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SyncRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).Sync(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_Sync_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).Sync(ctx, req.(*SyncRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -429,6 +469,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "QueueBytes",
 			Handler:    _Storage_QueueBytes_Handler,
+		},
+		{
+			MethodName: "Sync",
+			Handler:    _Storage_Sync_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

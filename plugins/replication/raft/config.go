@@ -54,6 +54,14 @@ type Config struct {
 	TrailingLogs      int64        `json:"trailing_logs"`
 	SnapshotThreshold int64        `json:"snapshot_threshold"`
 	SnapshotInterval  sdk.Duration `json:"snapshot_interval"`
+	// StoreFsync: the node's store fsyncs each applied batch itself, as
+	// its flush policy says (the old way: every message is fsynced twice,
+	// in the raft log and in the store). Default false: committed entries
+	// are durable in the raft log already, so the store takes them without
+	// an fsync of its own where it can (sdk.Syncer: the file store), and
+	// what a crash makes it lose is applied again from the log
+	// (docs/replication.md, "One fsync per message").
+	StoreFsync bool `json:"store_fsync"`
 	// TLS secures raft traffic, the catch-up and `ferry cluster` on the
 	// admin listener with mutual TLS: this node's certificate, served and
 	// presented, and the cluster CA that signed every node's. Empty:

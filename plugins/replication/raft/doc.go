@@ -70,6 +70,17 @@
 //     batch's last applied entry holds no messages (offsets, no-op); when
 //     it does, the store records the index already and the file is written
 //     in the background, off the commit's path.
+//     That is with `store_fsync: true`. By default (the store takes
+//     committed entries without its own fsync: sdk.WithLogDurable on the
+//     apply, sdk.Syncer in the store) the store may lose its unsynced tail
+//     in a power loss, so the skip stops one entry earlier: the entry of
+//     the store's last message is applied again (its stored part
+//     de-duplicated), and every later one, from the raft log. The
+//     `applied` file is written only after the store was synced
+//     (ReplicaCore sync_store): at snapshots, which let raft compact its
+//     log, and after topic, membership and group-deletion entries, a
+//     Restore or a resume (docs/replication.md, "One fsync per message on
+//     raft").
 //   - raft keeps `trailing_logs` entries after a snapshot (default 1<<20;
 //     `snapshot_threshold` and `snapshot_interval` say when it snapshots),
 //     so a follower that was away mostly catches up from the log.

@@ -5,3 +5,7 @@ package raft
 // offsetsNoWait is false in release builds: CommitOffsets waits for the
 // commit (faults_on.go).
 const offsetsNoWait = false
+
+// noReapply is false in release builds: entries the store lost are applied
+// again from the log (faults_on.go).
+const noReapply = false

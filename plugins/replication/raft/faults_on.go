@@ -12,3 +12,12 @@ import "os"
 const EnvFaultOffsetsNoWait = "FERRY_FAULT_RAFT_OFFSETS_NOWAIT"
 
 var offsetsNoWait = os.Getenv(EnvFaultOffsetsNoWait) == "1"
+
+// EnvFaultNoReapply, in test builds only, set to "1", makes a node trust its
+// applied-index file as it did before the store took committed entries
+// without an fsync (the file written after each batch, read at start): what
+// a power loss made the store lose is then not applied again. The negative
+// control of the power-loss test of log-durable applies.
+const EnvFaultNoReapply = "FERRY_FAULT_RAFT_NO_REAPPLY"
+
+var noReapply = os.Getenv(EnvFaultNoReapply) == "1"

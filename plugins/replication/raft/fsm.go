@@ -16,6 +16,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/atomicfile"
 )
 
 // fsm applies committed entries to the node's own storage through the
@@ -30,8 +31,14 @@ import (
 // off the commit path; after any other entry (offsets, no-op,
 // configuration) it is written before the batch is answered.
 type fsm struct {
-	p       *Plugin
-	ctx     context.Context
+	p   *Plugin
+	ctx context.Context
+	// lazy: committed entries are applied log_durable (the store need not
+	// fsync them: the raft log holds them), and the applied file holds only
+	// an index the store was synced up to (saveApplied). actx is the
+	// context of those applies.
+	lazy    bool
+	actx    context.Context
 	core    sdk.ReplicaCore
 	path    string
 	applied uint64
@@ -66,15 +73,27 @@ type fsm struct {
 const HeaderRaftIndex = "ferry-raft-index"
 
 func newFSM(p *Plugin, ctx context.Context, core sdk.ReplicaCore, dir string) *fsm {
-	f := &fsm{p: p, ctx: ctx, core: core, path: filepath.Join(dir, "applied"), patience: catchUpPatience, depth: pipelineDepth}
+	f := &fsm{p: p, ctx: ctx, actx: ctx, core: core, path: filepath.Join(dir, "applied"), patience: catchUpPatience, depth: pipelineDepth}
 	f.cond = sync.NewCond(&f.pmu)
+	if _, ok := core.(sdk.StoreSyncer); ok && !p.cfg.StoreFsync {
+		f.lazy, f.actx = true, sdk.WithLogDurable(ctx)
+	}
 	if b, err := os.ReadFile(f.path); err == nil {
 		f.applied, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
-	// The store is durable and written in log order: the highest entry
-	// index on the last message of any queue was applied, whatever the
-	// file says (it may lag, or be gone).
-	if stored := f.storedIndex(); stored > f.applied {
+	// The store is written in log order: the highest entry index on the
+	// last message of any queue was applied, whatever the file says (it
+	// may lag, or be gone). Applied log_durable, the store holds after a
+	// crash a prefix of what it was sent (sdk.Syncer), and the entry of
+	// its last message may be only partly there: it is applied again (the
+	// store de-duplicates its messages by id), and so is every later
+	// entry, which the raft log holds (raft replays it from the last
+	// snapshot on; a snapshot syncs the store first).
+	stored := f.storedIndex()
+	if f.lazy && !noReapply && stored > 0 {
+		stored--
+	}
+	if stored > f.applied {
 		p.log.Info("applied index from the store", "file", f.applied, "store", stored)
 		f.applied = stored
 	}
@@ -109,8 +128,17 @@ func (f *fsm) storedIndex() uint64 {
 	return idx
 }
 
-// saveApplied records the applied index before it returns.
+// saveApplied records the applied index before it returns. Applying
+// log_durable, it syncs the store first (the file never names an entry the
+// store could lose), and writes the file durably; a failed sync leaves the
+// file as it was (entries after it are applied again after a restart).
 func (f *fsm) saveApplied() {
+	if f.lazy && !noReapply {
+		if err := f.syncApplied(); err != nil {
+			f.p.log.Warn("recording the applied index: syncing the store failed; entries after the last recorded index are applied again after a restart", "error", err)
+		}
+		return
+	}
 	f.amu.Lock()
 	f.want, f.seq = f.applied, f.seq+1
 	f.amu.Unlock()
@@ -120,6 +148,9 @@ func (f *fsm) saveApplied() {
 // saveAppliedLater records the applied index in the background: only for
 // an index the store records too (the last message applied carries it).
 func (f *fsm) saveAppliedLater() {
+	if f.lazy && !noReapply {
+		return // the store may lose it: storedIndex, and the log, tell
+	}
 	f.amu.Lock()
 	defer f.amu.Unlock()
 	f.want, f.seq = f.applied, f.seq+1
@@ -166,13 +197,31 @@ func (f *fsm) writeApplied() {
 	f.amu.Unlock()
 }
 
+// syncApplied makes the store durable up to the applied index (every entry
+// up to it was started and answered before) and records the index in the
+// applied file, durably. Called on the FSM goroutine or the completer with
+// the pipeline drained or the index moved past what was stored.
+func (f *fsm) syncApplied() error {
+	f.pmu.Lock()
+	idx := f.applied
+	f.pmu.Unlock()
+	ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
+	defer cancel()
+	if err := f.core.(sdk.StoreSyncer).SyncStore(ctx); err != nil {
+		return err
+	}
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	return atomicfile.WriteFile(filepath.Dir(f.path), filepath.Base(f.path), []byte(strconv.FormatUint(idx, 10)), 0o644)
+}
+
 // start begins one entry's append; it retries while the core cannot take it
 // (the storage plugin restarting). It gives up when the node stops, and at
 // once for messages of a topic or queue this node does not have (retrying
 // cannot help; the entry fails here, logged, and raft goes on).
 func (f *fsm) start(msgs []*sdk.Message) sdk.ApplyWait {
 	for {
-		w, err := f.core.Apply(f.ctx, msgs)
+		w, err := f.core.Apply(f.actx, msgs)
 		if err == nil {
 			return w
 		}
@@ -225,6 +274,13 @@ type snapshot struct {
 // meanwhile), so the store's ends are exactly those after f.applied.
 func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	f.drain() // every entry raft handed over is stored (or failed) first
+	if f.lazy {
+		// Raft drops entries up to the snapshot (less trailing_logs)
+		// from its log: the store must hold them durably first.
+		if err := f.syncApplied(); err != nil {
+			return nil, fmt.Errorf("raft snapshot: syncing the store: %w", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
 	defer cancel()
 	info, err := f.core.NodeInfo(ctx)

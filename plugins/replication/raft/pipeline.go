@@ -187,7 +187,7 @@ func (f *fsm) startRun(logs []*hraft.Log) []any {
 			r.waits[i] = f.start(m)
 			continue
 		}
-		w, err := f.core.Apply(f.ctx, m)
+		w, err := f.core.Apply(f.actx, m)
 		switch {
 		case err == nil:
 			r.waits[i] = w
@@ -290,11 +290,16 @@ func (f *fsm) finishRun(r *run) {
 		f.pmu.Lock()
 		f.applied = upTo
 		f.pmu.Unlock()
-		if upTo == stored {
+		switch {
+		case f.lazy && !noReapply:
+			// Recorded at the next snapshot or barrier (saveApplied
+			// syncs the store): until then a restart applies the
+			// entries after the store's last message again.
+		case upTo == stored:
 			// The store holds upTo's messages with their index: the
 			// file may lag behind (storedIndex reads it back).
 			f.saveAppliedLater()
-		} else {
+		default:
 			f.saveApplied()
 		}
 	}

@@ -66,8 +66,13 @@ func (s *Store) flushLoop() {
 		default:
 		}
 		s.mu.Lock()
+		// Unsynced data with flush sync: log_durable appends, written
+		// without an fsync (sync.go); they are fsynced on the async
+		// policy's terms, by the next append that needs an fsync, or for
+		// a Sync.
 		unsynced := s.wpos - s.fpos
-		dueSync := !syncMode && unsynced > 0 && (stopping || time.Since(lastSync) >= interval || unsynced >= int64(s.cfg.FlushBytes))
+		dueSync := unsynced > 0 && (stopping || time.Since(lastSync) >= interval || unsynced >= int64(s.cfg.FlushBytes) ||
+			(syncMode && (s.bufSync || s.syncWant > s.fpos)))
 		if len(s.buf) == 0 && !dueSync {
 			if stopping {
 				s.mu.Unlock()
@@ -106,7 +111,8 @@ func (s *Store) flushLoop() {
 			s.gapNanos.Add(int64(time.Since(lastDone)))
 		}
 		data, from, msgs := s.buf, s.wpos, s.bufMsgs
-		s.buf, s.spareBuf, s.bufMsgs = s.spareBuf[:0], nil, 0
+		needSync := syncMode && (s.bufSync || s.syncWant > s.fpos)
+		s.buf, s.spareBuf, s.bufMsgs, s.bufSync = s.spareBuf[:0], nil, 0, false
 		s.kickAt = 0
 		segs := s.segmentsFrom(from, from+int64(len(data)))
 		s.mu.Unlock()
@@ -116,7 +122,7 @@ func (s *Store) flushLoop() {
 		if err == nil {
 			s.publishWritten(s.wpos) // in the page cache: early offsets
 		}
-		if err == nil && (syncMode || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
+		if err == nil && (needSync || dueSync || s.wpos-s.fpos >= int64(s.cfg.FlushBytes)) {
 			if s.beforeSync != nil {
 				s.beforeSync()
 			}
@@ -147,7 +153,9 @@ func (s *Store) flushLoop() {
 		}
 		if syncMode {
 			lastCohort = msgs
-			s.advance(s.fpos)
+			// fpos, or beyond it log_durable appends written
+			// without an fsync: readable and answered now.
+			s.advance(s.wpos)
 			lastDone = time.Now()
 		} else {
 			s.advance(s.wpos)

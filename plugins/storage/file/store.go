@@ -74,6 +74,12 @@ type Store struct {
 	kickAt     int    // >0: the flusher sleeps until arrived reaches it
 	segRolled  bool   // a segment was sealed since the janitor looked
 
+	// bufSync: buf holds an append that is not log_durable (flush sync
+	// fsyncs it); syncWant: a Sync waits for the log to be fsynced up to
+	// it (sync.go).
+	bufSync  bool
+	syncWant int64
+
 	// The flusher goroutine owns wpos (written) and fpos (fsynced); it
 	// publishes durable: what appends wait for and reads may see (fpos
 	// for sync, wpos for async).
@@ -464,6 +470,9 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 	end := s.apos
 	s.bufMsgs += added
 	s.arrived += added
+	if !sdk.LogDurable(ctx) {
+		s.bufSync = true // log_durable appends alone need no fsync (sync.go)
+	}
 	if s.kickAt > 0 && (s.arrived >= s.kickAt || len(s.buf) >= lingerMaxBytes) {
 		s.kickAt = 0
 		select {

@@ -1,0 +1,82 @@
+package file
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/ferrymq/ferry/core/sdk"
+)
+
+// With flush sync, log_durable appends are answered and readable without an
+// fsync of their own: a machine crash loses them (the raft log holds them),
+// an append without the mark fsyncs them along with itself, and Sync makes
+// them durable. Without the mark (the control), the same appends survive.
+func TestLogDurableAppendsSkipTheFsync(t *testing.T) {
+	for _, lazy := range []bool{true, false} {
+		t.Run(fmt.Sprintf("log_durable=%v", lazy), func(t *testing.T) {
+			dataDir := t.TempDir()
+			const config = `{"flush": "sync", "flush_interval": "1h", "segment_bytes": "64KiB"}`
+			s := openStore(t, dataDir, config)
+			c := ctx(t)
+			if lazy {
+				c = sdk.WithLogDurable(c)
+			}
+			// Synced first: 5 appends with Sync after them.
+			for i := range 5 {
+				appendCtx(t, s, c, testMsg(0, i))
+			}
+			if err := s.Sync(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			before := s.fsyncs.Load()
+			for i := 5; i < 10; i++ {
+				appendCtx(t, s, c, testMsg(0, i))
+			}
+			if got := len(readQueue(t, s, 0)); got != 10 {
+				t.Fatalf("readable before the crash: %d, want 10", got)
+			}
+			fsyncs := s.fsyncs.Load() - before
+			if lazy && fsyncs != 0 {
+				t.Fatalf("%d fsyncs for log_durable appends, want 0", fsyncs)
+			}
+			if err := s.CrashLoseUnflushed(); err != nil {
+				t.Fatal(err)
+			}
+			s = openStore(t, dataDir, config)
+			want := 10
+			if lazy {
+				want = 5 // the unsynced ones are gone, those before Sync kept
+			}
+			if got := len(readQueue(t, s, 0)); got != want {
+				t.Fatalf("after the crash: %d messages, want %d", got, want)
+			}
+			// An append without the mark fsyncs the lazy ones before it.
+			lc := sdk.WithLogDurable(ctx(t))
+			for i := 20; i < 23; i++ {
+				appendCtx(t, s, lc, testMsg(0, i))
+			}
+			appendCtx(t, s, ctx(t), testMsg(0, 30))
+			if err := s.CrashLoseUnflushed(); err != nil {
+				t.Fatal(err)
+			}
+			s = openStore(t, dataDir, config)
+			if got := len(readQueue(t, s, 0)); got != want+4 {
+				t.Fatalf("after an fsynced append and a crash: %d messages, want %d", got, want+4)
+			}
+		})
+	}
+}
+
+func appendCtx(t *testing.T, s *Store, c context.Context, msgs ...*sdk.Message) []int64 {
+	t.Helper()
+	w, err := s.Append(c, msgs)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	offs, err := w(c)
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	return offs
+}
