@@ -310,7 +310,8 @@ func TestPluginTestFailsBadTransport(t *testing.T) {
 
 // The built-in master–slave plugins pass the replication suite, two plugin
 // processes with test cores per case, on both data planes; raft, a
-// consensus plugin, gets the config case and skips the two-node ones.
+// consensus plugin, passes the config case and the consensus cases, three
+// plugin processes per case, and skips the master–slave ones.
 func TestPluginTestReplication(t *testing.T) {
 	for _, typ := range []string{"sync", "async"} {
 		out, code := runPluginTest(t, "replication", typ)
@@ -323,8 +324,49 @@ func TestPluginTestReplication(t *testing.T) {
 		}
 	}
 	out, code := runPluginTest(t, "replication", "raft")
-	if code != 0 || !strings.Contains(out, "PASS  ring/ReplicationBadConfig") || !strings.Contains(out, "SKIP  ring/ReplicateInOrder") {
+	if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  ring/ReplicationBadConfig") ||
+		!strings.Contains(out, "SKIP  ring/ReplicateInOrder: a consensus plugin") {
 		t.Fatalf("ferry plugin test replication raft: exit %d\n%s", code, out)
+	}
+	for _, plane := range []string{"ring", "grpc"} {
+		for _, c := range []string{"ConsensusElection", "ConsensusFollowerRefuses", "ConsensusCommitThroughLog", "ConsensusSnapshotCatchUp"} {
+			if !strings.Contains(out, "PASS  "+plane+"/"+c) {
+				t.Fatalf("ferry plugin test replication raft did not pass %s/%s:\n%s", plane, c, out)
+			}
+		}
+	}
+}
+
+// The negative controls of the consensus cases: the raft plugin broken four
+// ways (testdata/badraft) fails the case that checks what it breaks, on the
+// gRPC plane (the ring one runs the same case code), with what is wrong.
+func TestPluginTestFailsBadRaft(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "badraft")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badraft").CombinedOutput(); err != nil {
+		t.Fatalf("build badraft: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(t.TempDir(), "raft.yaml")
+	section := `{"listen": "$LISTEN", "admin": "$ADMIN", "peers": "$MEMBERS", "heartbeat_timeout": "1s", "election_timeout": "1s",
+		"leader_lease_timeout": "500ms", "snapshot_threshold": 4, "trailing_logs": 0, "snapshot_interval": "20ms"}`
+	if err := os.WriteFile(cfg, []byte(section), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ fault, bound, run, want string }{
+		{"leaders", "4s", "ConsensusElection", "did not agree on one leader within 4s"},
+		{"follower-writes", "8s", "ConsensusFollowerRefuses", "answered STATUS_OK for refused-node-"},
+		{"apply-first", "5s", "ConsensusCommitThroughLog", "logs are not the same after 5s"},
+		{"no-catchup", "10s", "ConsensusSnapshotCatchUp", "back after its entries were compacted away: the members' logs are not the same"},
+	} {
+		cmd := exec.Command(ferryBin, "plugin", "test", "replication", bin, "--config", cfg, "--snapshots",
+			"--consensus-bound", c.bound, "--run", "grpc/"+c.run)
+		cmd.Env = append(os.Environ(), "FERRY_BADRAFT="+c.fault)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("ferry plugin test passed the raft plugin broken (%s):\n%s", c.fault, out)
+		}
+		if !strings.Contains(string(out), "FAIL  grpc/"+c.run) || !strings.Contains(string(out), c.want) {
+			t.Fatalf("the raft plugin broken (%s): output lacks FAIL grpc/%s with %q:\n%s", c.fault, c.run, c.want, out)
+		}
 	}
 }
 
