@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -471,5 +473,96 @@ func TestPluginTestPythonStageExample(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The Python stage plugin (examples/plugins/python-stage) in a real
+// pipeline under `ferry run`, its calls batched by the flow's max_batch and
+// linger: 16 deliveries in flight at once (the flow's concurrency) go to the
+// plugin 8 to a call, as the x-stage-batch header each passed message gets
+// says, and every message reaches the sink transformed. The control:
+// max_batch 1 makes every call hold one delivery.
+func TestPythonStageBatchesInPipeline(t *testing.T) {
+	py := pythonForPlugins(t)
+	example, err := filepath.Abs(filepath.Join("..", "..", "examples", "plugins", "python-stage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 96
+	// run runs the pipeline and returns the batch sizes the sink's
+	// messages came in.
+	run := func(maxBatch int) []int {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out.jsonl")
+		yaml := filepath.Join(dir, "pystage.yaml")
+		if err := os.WriteFile(yaml, fmt.Appendf(nil, `name: pystage
+node: {data_dir: %q}
+plugins:
+  dirs: [%q]
+  storage: {type: memory}
+  transport: {type: grpc, config: {listen: %q}}
+topics: [{name: t, queues: 2}]
+generators: [{name: g, topic: t, count: %d, size: 64}]
+flows:
+  - name: upper
+    topic: t
+    concurrency: 16
+    stages:
+      - type: plugin
+        config: {plugin: pystage, config: {upper: true, tag_batch: true}, max_batch: %d, linger: 200ms, timeout: 30s}
+    sink: {type: file, path: %q, format: json}
+`, filepath.Join(dir, "data"), example, ferrytest.FreeAddr(t), n, maxBatch, out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		stdout, stderr, code := runFerry(t, []string{"FERRY_PYTHON=" + py}, "run", yaml)
+		if code != 0 {
+			t.Fatalf("ferry run with the Python stage (max_batch %d): exit %d\n%s%s", maxBatch, code, stdout, stderr)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sizes []int
+		ids := map[string]bool{}
+		for l := range strings.Lines(string(b)) {
+			var r struct {
+				ID         string
+				Headers    map[string]string
+				Body       string
+				BodyBase64 []byte `json:"body_base64"`
+			}
+			if err := json.Unmarshal([]byte(l), &r); err != nil {
+				t.Fatalf("sink line %q: %v", l, err)
+			}
+			if bytes.ContainsFunc(append([]byte(r.Body), r.BodyBase64...), func(c rune) bool { return 'a' <= c && c <= 'z' }) {
+				t.Fatalf("message %s reached the sink not upper-cased by the plugin: %q", r.ID, r.Body)
+			}
+			size, err := strconv.Atoi(r.Headers["x-stage-batch"])
+			if err != nil {
+				t.Fatalf("message %s reached the sink without the plugin's x-stage-batch header: %v", r.ID, r.Headers)
+			}
+			ids[r.ID] = true
+			sizes = append(sizes, size)
+		}
+		if len(ids) != n {
+			t.Fatalf("the sink got %d distinct messages (%d lines), want %d", len(ids), len(sizes), n)
+		}
+		return sizes
+	}
+	sizes := run(8)
+	biggest := 0
+	for _, s := range sizes {
+		if s < 1 || s > 8 {
+			t.Fatalf("a call held %d deliveries with max_batch 8: %v", s, sizes)
+		}
+		biggest = max(biggest, s)
+	}
+	if biggest < 2 {
+		t.Fatalf("every call held one delivery with 16 in flight, max_batch 8 and linger 200ms: %v", sizes)
+	}
+	for _, s := range run(1) {
+		if s != 1 {
+			t.Fatalf("control: a call held %d deliveries with max_batch 1", s)
+		}
 	}
 }
