@@ -25,8 +25,8 @@ import (
 func newPluginTestCmd() *cobra.Command {
 	var configFile, run, client, addr string
 	var dirs []string
-	var durable, verbose bool
-	var bound time.Duration
+	var durable, verbose, snapshots bool
+	var bound, consensusBound time.Duration
 	var syncReplicas int
 	cmd := &cobra.Command{
 		Use:   "test KIND PATH|TYPE",
@@ -46,7 +46,14 @@ client cases through ferry.v1.Broker at --addr, or at the free address that
 replaces $ADDR in the config file; without a client only the host-contract
 cases run. replication: two plugin processes per case, node 0 the master;
 each node's section is the config file's with $LISTEN (its address) and
-$PEERS (the other's) replaced; --sync-replicas is the plugin's level.
+$PEERS (the other's) replaced; --sync-replicas is the plugin's level. A
+consensus plugin (mode replicate_first, like raft) gets three plugin
+processes per case: a config file with $MEMBERS is taken as one, each
+member's section with $LISTEN, $ADMIN (its admin listener), $NODE (its node
+id) and $MEMBERS (every member as {"id", "raft", "admin", "broker"}, the raft
+plugin's peers) replaced; --snapshots says the config makes the plugin
+compact its log after a few entries (the snapshot catch-up case). The
+built-in raft type gets such a section of its own when none is given.
 docs/plugins.md says what each case checks.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -113,8 +120,8 @@ docs/plugins.md says what each case checks.`,
 				f.Bound = bound
 				plugintest.Transport(context.Background(), t, f, run, tmp, report)
 			case sdk.KindReplication:
-				f := replicationFeatures(target, configFile != "", section, syncReplicas)
-				f.Bound = bound
+				f := replicationFeatures(target, configFile != "", section, syncReplicas, snapshots)
+				f.Bound, f.ConsensusBound = bound, consensusBound
 				plugintest.Replication(context.Background(), t, f, run, tmp, report)
 			case sdk.KindStage:
 				plugintest.Stage(context.Background(), t, sdktest.StageFeatures{Config: section}, run, tmp, report)
@@ -135,8 +142,10 @@ docs/plugins.md says what each case checks.`,
 	cmd.Flags().StringVar(&client, "client", "", "transport: the client the client-driven cases use: broker (the transport serves ferry.v1.Broker gRPC, plaintext) or none (host-contract cases only); default broker for the built-in grpc type, none otherwise")
 	cmd.Flags().StringVar(&addr, "addr", "", "transport: where the transport configured by --config listens, for --client; default the free address that replaces $ADDR in the config file")
 	cmd.Flags().DurationVar(&bound, "bound", sdktest.DefaultBound, "transport, replication: how long the plugin may take to pass on a drain or a cancellation, connect a slave or ship a batch")
+	cmd.Flags().DurationVar(&consensusBound, "consensus-bound", sdktest.DefaultConsensusBound, "replication, consensus plugins: how long the plugin may take to elect a leader, commit a batch or catch a member up")
 	cmd.Flags().IntVar(&syncReplicas, "sync-replicas", -1, "replication: replicas a batch must reach before OK (the plugin's configured level; 0: asynchronous); default 1 for the built-in sync type, 0 otherwise")
-	cmd.Flags().StringVar(&run, "run", "", "only these cases (comma-separated names; a trailing * matches a prefix)")
+	cmd.Flags().BoolVar(&snapshots, "snapshots", false, "replication, consensus plugins: the --config section makes the plugin compact its log after a few entries, and its status reports log_first_index: also run the snapshot catch-up case (default true for the built-in raft type without --config)")
+	cmd.Flags().StringVar(&run, "run", "", "only these cases (comma-separated names; a trailing * matches a prefix; transport and replication cases also by PLANE/NAME, e.g. grpc/ConsensusElection)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the host's and the plugin's log lines on stderr")
 	return cmd
 }
@@ -213,13 +222,28 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// raftTestSection is the built-in raft type's section for `ferry plugin
+// test` without --config: relaxed timing for a loaded machine, and a log
+// compacted every few entries, for the snapshot catch-up case.
+const raftTestSection = `{"listen": "$LISTEN", "admin": "$ADMIN", "peers": "$MEMBERS",
+	"heartbeat_timeout": "1s", "election_timeout": "1s", "leader_lease_timeout": "500ms",
+	"snapshot_threshold": 4, "trailing_logs": 0, "snapshot_interval": "20ms"}`
+
 // replicationFeatures makes the replication suite's features: node i's
 // section is the config file's with $LISTEN replaced by the node's address
 // and $PEERS by the list of the other nodes' addresses; the built-in sync
-// and async types get a section of their own when none is given.
-func replicationFeatures(target string, haveConfig bool, section []byte, syncReplicas int) sdktest.ReplicationFeatures {
+// and async types get a section of their own when none is given. A section
+// with $MEMBERS is a consensus plugin's (consensusConfig); the built-in raft
+// type gets raftTestSection.
+func replicationFeatures(target string, haveConfig bool, section []byte, syncReplicas int, snapshots bool) sdktest.ReplicationFeatures {
 	if !haveConfig && (target == "sync" || target == "async") {
 		section = []byte(`{"listen": "$LISTEN", "peers": "$PEERS", "timeout": "1s"}`)
+	}
+	if !haveConfig && target == "raft" {
+		section, snapshots = []byte(raftTestSection), true
+	}
+	if bytes.Contains(section, []byte("$MEMBERS")) {
+		return sdktest.ReplicationFeatures{ConsensusConfig: consensusConfig(section), Snapshots: snapshots}
 	}
 	if syncReplicas < 0 {
 		syncReplicas = 0
@@ -243,4 +267,29 @@ func replicationFeatures(target string, haveConfig bool, section []byte, syncRep
 		}
 	}
 	return f
+}
+
+// consensusConfig returns the ConsensusConfig of a section holding $LISTEN,
+// $ADMIN, $NODE and $MEMBERS: member i's own addresses and id, and every
+// member as the raft plugin's peers list ({"id", "raft", "admin",
+// "broker"}), as JSON in place of "$MEMBERS" (quoted or not).
+func consensusConfig(section []byte) func(i int, members []sdktest.ConsensusMember) []byte {
+	return func(i int, members []sdktest.ConsensusMember) []byte {
+		type peer struct {
+			ID     string `json:"id"`
+			Raft   string `json:"raft"`
+			Admin  string `json:"admin"`
+			Broker string `json:"broker"`
+		}
+		var peers []peer
+		for _, m := range members {
+			peers = append(peers, peer{m.ID, m.Listen, m.Admin, m.Broker})
+		}
+		p, _ := json.Marshal(peers)
+		b := bytes.ReplaceAll(section, []byte(`"$MEMBERS"`), p)
+		b = bytes.ReplaceAll(b, []byte("$MEMBERS"), p)
+		b = bytes.ReplaceAll(b, []byte("$LISTEN"), []byte(members[i].Listen))
+		b = bytes.ReplaceAll(b, []byte("$ADMIN"), []byte(members[i].Admin))
+		return bytes.ReplaceAll(b, []byte("$NODE"), []byte(members[i].ID))
+	}
 }

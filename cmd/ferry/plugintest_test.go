@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -310,7 +312,8 @@ func TestPluginTestFailsBadTransport(t *testing.T) {
 
 // The built-in master–slave plugins pass the replication suite, two plugin
 // processes with test cores per case, on both data planes; raft, a
-// consensus plugin, gets the config case and skips the two-node ones.
+// consensus plugin, passes the config case and the consensus cases, three
+// plugin processes per case, and skips the master–slave ones.
 func TestPluginTestReplication(t *testing.T) {
 	for _, typ := range []string{"sync", "async"} {
 		out, code := runPluginTest(t, "replication", typ)
@@ -323,8 +326,49 @@ func TestPluginTestReplication(t *testing.T) {
 		}
 	}
 	out, code := runPluginTest(t, "replication", "raft")
-	if code != 0 || !strings.Contains(out, "PASS  ring/ReplicationBadConfig") || !strings.Contains(out, "SKIP  ring/ReplicateInOrder") {
+	if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  ring/ReplicationBadConfig") ||
+		!strings.Contains(out, "SKIP  ring/ReplicateInOrder: a consensus plugin") {
 		t.Fatalf("ferry plugin test replication raft: exit %d\n%s", code, out)
+	}
+	for _, plane := range []string{"ring", "grpc"} {
+		for _, c := range []string{"ConsensusElection", "ConsensusFollowerRefuses", "ConsensusCommitThroughLog", "ConsensusSnapshotCatchUp"} {
+			if !strings.Contains(out, "PASS  "+plane+"/"+c) {
+				t.Fatalf("ferry plugin test replication raft did not pass %s/%s:\n%s", plane, c, out)
+			}
+		}
+	}
+}
+
+// The negative controls of the consensus cases: the raft plugin broken four
+// ways (testdata/badraft) fails the case that checks what it breaks, on the
+// gRPC plane (the ring one runs the same case code), with what is wrong.
+func TestPluginTestFailsBadRaft(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "badraft")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badraft").CombinedOutput(); err != nil {
+		t.Fatalf("build badraft: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(t.TempDir(), "raft.yaml")
+	section := `{"listen": "$LISTEN", "admin": "$ADMIN", "peers": "$MEMBERS", "heartbeat_timeout": "1s", "election_timeout": "1s",
+		"leader_lease_timeout": "500ms", "snapshot_threshold": 4, "trailing_logs": 0, "snapshot_interval": "20ms"}`
+	if err := os.WriteFile(cfg, []byte(section), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ fault, bound, run, want string }{
+		{"leaders", "4s", "ConsensusElection", "did not agree on one leader within 4s"},
+		{"follower-writes", "8s", "ConsensusFollowerRefuses", "answered STATUS_OK for refused-node-"},
+		{"apply-first", "5s", "ConsensusCommitThroughLog", "logs are not the same after 5s"},
+		{"no-catchup", "10s", "ConsensusSnapshotCatchUp", "back after its entries were compacted away: the members' logs are not the same"},
+	} {
+		cmd := exec.Command(ferryBin, "plugin", "test", "replication", bin, "--config", cfg, "--snapshots",
+			"--consensus-bound", c.bound, "--run", "grpc/"+c.run)
+		cmd.Env = append(os.Environ(), "FERRY_BADRAFT="+c.fault)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("ferry plugin test passed the raft plugin broken (%s):\n%s", c.fault, out)
+		}
+		if !strings.Contains(string(out), "FAIL  grpc/"+c.run) || !strings.Contains(string(out), c.want) {
+			t.Fatalf("the raft plugin broken (%s): output lacks FAIL grpc/%s with %q:\n%s", c.fault, c.run, c.want, out)
+		}
 	}
 }
 
@@ -429,5 +473,96 @@ func TestPluginTestPythonStageExample(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The Python stage plugin (examples/plugins/python-stage) in a real
+// pipeline under `ferry run`, its calls batched by the flow's max_batch and
+// linger: 16 deliveries in flight at once (the flow's concurrency) go to the
+// plugin 8 to a call, as the x-stage-batch header each passed message gets
+// says, and every message reaches the sink transformed. The control:
+// max_batch 1 makes every call hold one delivery.
+func TestPythonStageBatchesInPipeline(t *testing.T) {
+	py := pythonForPlugins(t)
+	example, err := filepath.Abs(filepath.Join("..", "..", "examples", "plugins", "python-stage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 96
+	// run runs the pipeline and returns the batch sizes the sink's
+	// messages came in.
+	run := func(maxBatch int) []int {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out.jsonl")
+		yaml := filepath.Join(dir, "pystage.yaml")
+		if err := os.WriteFile(yaml, fmt.Appendf(nil, `name: pystage
+node: {data_dir: %q}
+plugins:
+  dirs: [%q]
+  storage: {type: memory}
+  transport: {type: grpc, config: {listen: %q}}
+topics: [{name: t, queues: 2}]
+generators: [{name: g, topic: t, count: %d, size: 64}]
+flows:
+  - name: upper
+    topic: t
+    concurrency: 16
+    stages:
+      - type: plugin
+        config: {plugin: pystage, config: {upper: true, tag_batch: true}, max_batch: %d, linger: 200ms, timeout: 30s}
+    sink: {type: file, path: %q, format: json}
+`, filepath.Join(dir, "data"), example, ferrytest.FreeAddr(t), n, maxBatch, out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		stdout, stderr, code := runFerry(t, []string{"FERRY_PYTHON=" + py}, "run", yaml)
+		if code != 0 {
+			t.Fatalf("ferry run with the Python stage (max_batch %d): exit %d\n%s%s", maxBatch, code, stdout, stderr)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sizes []int
+		ids := map[string]bool{}
+		for l := range strings.Lines(string(b)) {
+			var r struct {
+				ID         string
+				Headers    map[string]string
+				Body       string
+				BodyBase64 []byte `json:"body_base64"`
+			}
+			if err := json.Unmarshal([]byte(l), &r); err != nil {
+				t.Fatalf("sink line %q: %v", l, err)
+			}
+			if bytes.ContainsFunc(append([]byte(r.Body), r.BodyBase64...), func(c rune) bool { return 'a' <= c && c <= 'z' }) {
+				t.Fatalf("message %s reached the sink not upper-cased by the plugin: %q", r.ID, r.Body)
+			}
+			size, err := strconv.Atoi(r.Headers["x-stage-batch"])
+			if err != nil {
+				t.Fatalf("message %s reached the sink without the plugin's x-stage-batch header: %v", r.ID, r.Headers)
+			}
+			ids[r.ID] = true
+			sizes = append(sizes, size)
+		}
+		if len(ids) != n {
+			t.Fatalf("the sink got %d distinct messages (%d lines), want %d", len(ids), len(sizes), n)
+		}
+		return sizes
+	}
+	sizes := run(8)
+	biggest := 0
+	for _, s := range sizes {
+		if s < 1 || s > 8 {
+			t.Fatalf("a call held %d deliveries with max_batch 8: %v", s, sizes)
+		}
+		biggest = max(biggest, s)
+	}
+	if biggest < 2 {
+		t.Fatalf("every call held one delivery with 16 in flight, max_batch 8 and linger 200ms: %v", sizes)
+	}
+	for _, s := range run(1) {
+		if s != 1 {
+			t.Fatalf("control: a call held %d deliveries with max_batch 1", s)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -154,8 +155,17 @@ func unknownKey(parent string) string {
 	if len(keys) == 0 {
 		return "unknown key"
 	}
-	return "unknown key; known keys here: " + strings.Join(keys, ", ")
+	msg := "unknown key; known keys here: " + strings.Join(keys, ", ")
+	if stageAt.MatchString(parent) {
+		// The timeout stage's after and a plugin stage's timeout are
+		// easily put beside type.
+		msg += " (a stage's settings go under config, such as a timeout stage's config.after or a plugin stage's config.timeout)"
+	}
+	return msg
 }
+
+// stageAt matches the key path of one stage of a flow's chain.
+var stageAt = regexp.MustCompile(`^flows\[\d+\]\.stages\[\d+\]$`)
 
 // typeAt returns the Go type of the value at a key path of Pipeline, or nil
 // when the path is not in the schema.

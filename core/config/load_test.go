@@ -145,7 +145,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 			{5, "node.datadir", "unknown key; known keys here: id, data_dir, role, shutdown_timeout, ephemeral_group_ttl, auto_create_topics"},
 			{13, "topics[0].partitions", "unknown key; known keys here: name, queues"},
 			{19, "flows[0].stages[0].config.whatever", "unknown key (valid keys: backoff, delays, levels, max_attempts)"},
-			{20, "flows[0].stages[0].after", "unknown key; known keys here: type, config"},
+			{20, "flows[0].stages[0].after", "unknown key; known keys here: type, config (a stage's settings go under config, such as a timeout stage's config.after or a plugin stage's config.timeout)"},
 			{23, "flows[0].sink.colour", "unknown key; known keys here: type, every, format, path, command, args, url, headers, timeout"},
 		}},
 		{file: "wrong-types.yaml", want: []want{

@@ -170,7 +170,7 @@ func Transport(ctx context.Context, t Target, f sdktest.TransportFeatures, filte
 	var out []sdktest.Result
 	for _, dp := range DataPlanes {
 		for _, c := range sdktest.TransportCases() {
-			if !sdktest.Selected(c.Name, filter) {
+			if !sdktest.Selected(c.Name, filter) && !sdktest.Selected(dp+"/"+c.Name, filter) {
 				continue
 			}
 			h := &transportHarness{hostHarness: hostHarness{ctx: ctx, t: t, tmp: tmp}, f: f, dataPlane: dp}
@@ -251,11 +251,11 @@ func Replication(ctx context.Context, t Target, f sdktest.ReplicationFeatures, f
 	var out []sdktest.Result
 	for _, dp := range DataPlanes {
 		for _, c := range sdktest.ReplicationCases() {
-			if !sdktest.Selected(c.Name, filter) {
+			if !sdktest.Selected(c.Name, filter) && !sdktest.Selected(dp+"/"+c.Name, filter) {
 				continue
 			}
 			h := &replicationHarness{ctx: ctx, t: t, f: f}
-			err := h.init(tmp, dp, 2)
+			err := h.init(tmp, dp, c.NodeCount())
 			if err == nil {
 				err = sdktest.RunReplicationCase(c, h)
 			}

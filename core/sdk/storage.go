@@ -19,6 +19,8 @@ type Storage interface {
 	// goroutine (the waits of many batches run at once), waits for
 	// durability and gives the offsets.
 	// An error from Append itself means nothing of msgs was stored.
+	// The broker still holds msgs: a store must not change them, and
+	// copies what it keeps past the call.
 	Append(ctx context.Context, msgs []*Message) (AppendWait, error)
 	// Read returns messages of one queue from req.Offset on, at most
 	// req.MaxMessages and about req.MaxBytes (at least one message when
@@ -27,12 +29,17 @@ type Storage interface {
 	// delivered: the read stops before it, and a read from its offset
 	// answers ErrCorrupt naming the offset (the broker then holds up that
 	// queue alone). Its offset is never given to another message. Called
-	// concurrently.
+	// concurrently. The broker may use the messages returned after the
+	// call: a store must not change them afterwards.
 	Read(ctx context.Context, req *ReadRequest) (*ReadResponse, error)
 	// CommitOffsets durably records a group's next offsets.
 	CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
 	// GetOffsets reports start, end and the group's committed offset (-1
 	// when none) of each queue. An unknown queue has start = end = 0.
+	// start is the oldest readable offset and end one past the newest
+	// readable message (docs/plugins.md, "Offsets"): for a store that
+	// answers appends only once durable, the durable end and the offset
+	// the next append gets.
 	GetOffsets(ctx context.Context, group string, queues []*QueueRef) ([]*QueueOffsets, error)
 }
 

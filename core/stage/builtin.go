@@ -238,7 +238,8 @@ type TimeoutConfig struct {
 func newTimeout(cfg map[string]any) (Stage, error) {
 	var c TimeoutConfig
 	if ps := Decode(cfg, &c); ps != nil {
-		return nil, ps
+		return nil, hintUnknownKey(ps, "timeout", "the timeout stage's key is after (how long each attempt of the rest of the chain may take); "+
+			"timeout is a plugin stage's key (how long one call to its plugin may take)")
 	}
 	if c.After <= 0 {
 		msg := "is required: how long an attempt may take, such as \"30s\""

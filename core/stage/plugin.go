@@ -101,7 +101,8 @@ type PluginStageConfig struct {
 func DecodePluginStage(cfg map[string]any) (PluginStageConfig, sdk.Problems) {
 	c := PluginStageConfig{MaxBatch: DefaultPluginMaxBatch, Linger: sdk.Duration(DefaultPluginLinger), Timeout: sdk.Duration(DefaultPluginTimeout)}
 	if ps := Decode(cfg, &c); ps != nil {
-		return c, ps
+		return c, hintUnknownKey(ps, "after", "after is the timeout stage's key (a `type: timeout` stage bounds each attempt of the rest of the chain); "+
+			"a plugin stage's timeout bounds one call to its plugin")
 	}
 	var ps sdk.Problems
 	switch {
@@ -117,7 +118,7 @@ func DecodePluginStage(cfg map[string]any) (PluginStageConfig, sdk.Problems) {
 		ps = append(ps, sdk.Problem{Path: "linger", Message: fmt.Sprintf("must be between 0s and 1s, got %s", l)})
 	}
 	if t := time.Duration(c.Timeout); t < 10*time.Millisecond || t > time.Hour {
-		ps = append(ps, sdk.Problem{Path: "timeout", Message: fmt.Sprintf("must be between 10ms and 1h, got %s", t)})
+		ps = append(ps, sdk.Problem{Path: "timeout", Message: fmt.Sprintf("must be between 10ms and 1h, got %s (how long one call to the plugin may take; a `type: timeout` stage's after bounds each attempt)", t)})
 	}
 	return c, ps
 }
@@ -275,9 +276,9 @@ func (b *batcher) send(ctx context.Context, items []*pending) {
 	cancel()
 	if err != nil {
 		if missed {
-			slog.Warn("stage plugin missed its deadline; the deliveries will come again", "plugin", b.inst.Type(), "timeout", b.timeout, "deliveries", len(items), "messages", messageIDs(items))
+			slog.Warn("stage plugin missed its call deadline (the plugin stage's config.timeout); the deliveries will come again", "plugin", b.inst.Type(), "timeout", b.timeout, "deliveries", len(items), "messages", messageIDs(items))
 			go b.probe(st, gen)
-			fail(fmt.Errorf("no answer within the timeout %s: %w", b.timeout, err))
+			fail(fmt.Errorf("no answer within its call timeout %s (the plugin stage's config.timeout): %w", b.timeout, err))
 			return
 		}
 		// The process may have died: the host restarts it, and the

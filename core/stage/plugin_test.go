@@ -355,7 +355,7 @@ func TestStagePluginSlowMessage(t *testing.T) {
 	go func() { done <- h(context.Background(), delivery("sleep", "slow")) }()
 	select {
 	case err := <-done:
-		if err == nil || client.IsPermanent(err) || !strings.Contains(err.Error(), "no answer within the timeout 2s") {
+		if err == nil || client.IsPermanent(err) || !strings.Contains(err.Error(), "no answer within its call timeout 2s") {
 			t.Fatalf("slow delivery: %v, want a retryable error naming the timeout", err)
 		}
 	case <-time.After(60 * time.Second):
@@ -364,7 +364,7 @@ func TestStagePluginSlowMessage(t *testing.T) {
 	if !waitFor(60*time.Second, func() bool { return strings.Contains(logs.String(), "keeps running") }) {
 		t.Fatalf("no probe verdict logged; logs:\n%s", logs)
 	}
-	if l := logs.String(); !strings.Contains(l, "missed its deadline") || !strings.Contains(l, "m-slow") {
+	if l := logs.String(); !strings.Contains(l, "missed its call deadline") || !strings.Contains(l, "m-slow") {
 		t.Fatalf("the missed deadline is not logged with the message; logs:\n%s", l)
 	}
 	if err := h(context.Background(), delivery("", "next")); err != nil {

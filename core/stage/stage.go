@@ -71,6 +71,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/ferrymq/ferry/core/client"
@@ -244,4 +245,15 @@ func Decode(config map[string]any, dst any) sdk.Problems {
 		return sdk.Problems{{Message: "cannot be read: " + err.Error()}}
 	}
 	return sdk.DecodeConfig(b, dst)
+}
+
+// hintUnknownKey adds hint to the problem "unknown key" at key among ps, for
+// a key that belongs to another stage type.
+func hintUnknownKey(ps sdk.Problems, key, hint string) sdk.Problems {
+	for i, p := range ps {
+		if p.Path == key && strings.HasPrefix(p.Message, "unknown key") {
+			ps[i].Message += ": " + hint
+		}
+	}
+	return ps
 }

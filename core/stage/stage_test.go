@@ -55,6 +55,13 @@ func TestConfigProblems(t *testing.T) {
 		{"timeout", nil, `after: is required: how long an attempt may take, such as "30s"`},
 		{"timeout", map[string]any{"after": "0s"}, "after: must be greater than 0, got 0s"},
 		{"timeout", map[string]any{"after": "2s"}, ""},
+		// The timeout stage's after and a plugin stage's timeout, each
+		// given to the other type: the message names the right one.
+		{"timeout", map[string]any{"timeout": "2s"}, "timeout: unknown key (valid keys: after): the timeout stage's key is after (how long each attempt of the rest of the chain may take); " +
+			"timeout is a plugin stage's key (how long one call to its plugin may take)"},
+		{"plugin", map[string]any{"plugin": "x", "after": "2s"}, "after: unknown key (valid keys: config, linger, max_batch, plugin, timeout): after is the timeout stage's key " +
+			"(a `type: timeout` stage bounds each attempt of the rest of the chain); a plugin stage's timeout bounds one call to its plugin"},
+		{"plugin", map[string]any{"plugin": "x", "timeout": "1ms"}, "timeout: must be between 10ms and 1h, got 1ms (how long one call to the plugin may take; a `type: timeout` stage's after bounds each attempt)"},
 	} {
 		var got []string
 		for _, p := range stage.Check(tc.typ, tc.cfg) {

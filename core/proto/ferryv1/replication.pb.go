@@ -1277,8 +1277,13 @@ type ReplicationStatusResponse struct {
 	// raft: how this node's pipeline (its peers list) and the live
 	// configuration disagree; empty when they agree. Reported, never applied.
 	MembershipConflict string `protobuf:"bytes,302,opt,name=membership_conflict,json=membershipConflict,proto3" json:"membership_conflict,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Consensus plugins: the first entry still in this node's log; the
+	// entries before it were compacted into a snapshot, so a node behind it
+	// is caught up from a snapshot rather than from the log. 0: unknown (or
+	// nothing compacted). The conformance suite's snapshot case waits on it.
+	LogFirstIndex uint64 `protobuf:"varint,620,opt,name=log_first_index,json=logFirstIndex,proto3" json:"log_first_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicationStatusResponse) Reset() {
@@ -1428,6 +1433,13 @@ func (x *ReplicationStatusResponse) GetMembershipConflict() string {
 		return x.MembershipConflict
 	}
 	return ""
+}
+
+func (x *ReplicationStatusResponse) GetLogFirstIndex() uint64 {
+	if x != nil {
+		return x.LogFirstIndex
+	}
+	return 0
 }
 
 type ReplicaInfo struct {
@@ -2186,7 +2198,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"leaderNode\"\x11\n" +
 	"\x0fSetRoleResponse\"7\n" +
 	"\x18ReplicationStatusRequest\x12\x1b\n" +
-	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xa5\x05\n" +
+	"\tmode_only\x18\x01 \x01(\bR\bmodeOnly\"\xce\x05\n" +
 	"\x19ReplicationStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x18\n" +
@@ -2206,7 +2218,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\rwaits_offsets\x18\x90\x03 \x01(\bR\fwaitsOffsets\x12$\n" +
 	"\rapplied_index\x18\xac\x02 \x01(\x04R\fappliedIndex\x12/\n" +
 	"\aservers\x18\xad\x02 \x03(\v2\x14.ferry.v1.RaftServerR\aservers\x120\n" +
-	"\x13membership_conflict\x18\xae\x02 \x01(\tR\x12membershipConflict\"\x9f\x01\n" +
+	"\x13membership_conflict\x18\xae\x02 \x01(\tR\x12membershipConflict\x12'\n" +
+	"\x0flog_first_index\x18\xec\x04 \x01(\x04R\rlogFirstIndex\"\x9f\x01\n" +
 	"\vReplicaInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1c\n" +

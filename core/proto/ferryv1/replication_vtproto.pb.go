@@ -1351,6 +1351,13 @@ func (m *ReplicationStatusResponse) MarshalToSizedBufferVT(dAtA []byte) (int, er
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.LogFirstIndex != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.LogFirstIndex))
+		i--
+		dAtA[i] = 0x26
+		i--
+		dAtA[i] = 0xe0
+	}
 	if m.ReplicatesGroupDeletes {
 		i--
 		if m.ReplicatesGroupDeletes {
@@ -2756,6 +2763,9 @@ func (m *ReplicationStatusResponse) SizeVT() (n int) {
 	}
 	if m.ReplicatesGroupDeletes {
 		n += 3
+	}
+	if m.LogFirstIndex != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.LogFirstIndex))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -6206,6 +6216,25 @@ func (m *ReplicationStatusResponse) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.ReplicatesGroupDeletes = bool(v != 0)
+		case 620:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field LogFirstIndex", wireType)
+			}
+			m.LogFirstIndex = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.LogFirstIndex |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -11051,6 +11080,25 @@ func (m *ReplicationStatusResponse) UnmarshalVTUnsafe(dAtA []byte) error {
 				}
 			}
 			m.ReplicatesGroupDeletes = bool(v != 0)
+		case 620:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field LogFirstIndex", wireType)
+			}
+			m.LogFirstIndex = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.LogFirstIndex |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -21,9 +21,14 @@ import (
 // below its level (the slave holds the batch when OK comes, and with the
 // slave gone the answer is not OK); a slave whose log diverged from the
 // master's is refused (its log is left as it was); a slave that was away
-// catches up. A consensus plugin (mode replicate_first, raft) gets only
-// ReplicationBadConfig: its cases would need a quorum of test cores applying
-// committed entries, which the suite does not have yet.
+// catches up. A consensus plugin (mode replicate_first, raft) gets the
+// consensus cases instead (replication_consensus.go): three nodes, each
+// serving a test core of its own, elect one leader and elect another when it
+// goes; only the leader takes a batch, a follower refuses with
+// sdk.ErrNotLeader and nothing stored anywhere; a batch is answered OK only
+// once committed, stored at the offsets the answer names, on every node in
+// the same order, and never without a quorum; and a node that was away
+// while the log was compacted past it is caught up from a snapshot.
 
 // ReplicationFeatures say how to run the suite against a replication plugin.
 type ReplicationFeatures struct {
@@ -38,6 +43,20 @@ type ReplicationFeatures struct {
 	// Bound is how long the plugin may take to connect a slave, ship a
 	// batch, or answer that its level was not met; default DefaultBound.
 	Bound time.Duration
+	// ConsensusBound is how long the consensus cases give an election,
+	// a commit or a catch-up; default DefaultConsensusBound.
+	ConsensusBound time.Duration
+	// ConsensusConfig, for a consensus plugin (mode replicate_first),
+	// returns the config section (JSON) of member i of a group of
+	// members, with the addresses the harness picked for each (free
+	// loopback ports). Nil: the consensus cases are skipped.
+	ConsensusConfig func(i int, members []ConsensusMember) []byte
+	// Snapshots: ConsensusConfig makes the plugin snapshot and compact its
+	// log after a few entries (raft: snapshot_threshold, trailing_logs,
+	// snapshot_interval), and the plugin reports the first index still in
+	// its log (ReplicationStatus.log_first_index), so the snapshot
+	// catch-up case can run.
+	Snapshots bool
 }
 
 func (f ReplicationFeatures) bound() time.Duration {
@@ -94,20 +113,46 @@ type ReplicationCase struct {
 	// MasterSlave: the case runs two nodes of a master–slave plugin.
 	MasterSlave bool
 	Run         func(h ReplicationHarness) error
+	// Nodes is how many nodes the case's harness has (0: 2).
+	Nodes int
+}
+
+// NodeCount is how many nodes the case's harness must have.
+func (c ReplicationCase) NodeCount() int {
+	if c.Nodes > 0 {
+		return c.Nodes
+	}
+	return 2
 }
 
 // ReplicationCases returns the replication conformance cases.
 func ReplicationCases() []ReplicationCase {
 	return []ReplicationCase{
-		{"ReplicationBadConfig", nil, false, testReplicationBadConfig},
-		{"ReplicateInOrder", nil, true, testReplicateInOrder},
-		{"NeverOKBelowLevel", needSync, true, testNeverOKBelowLevel},
-		{"DivergenceRefused", nil, true, testDivergenceRefused},
-		{"CatchUpAfterAbsence", nil, true, testCatchUpAfterAbsence},
+		{"ReplicationBadConfig", nil, false, testReplicationBadConfig, 0},
+		{"ReplicateInOrder", needMasterSlave, true, testReplicateInOrder, 0},
+		{"NeverOKBelowLevel", needSync, true, testNeverOKBelowLevel, 0},
+		{"DivergenceRefused", needMasterSlave, true, testDivergenceRefused, 0},
+		{"CatchUpAfterAbsence", needMasterSlave, true, testCatchUpAfterAbsence, 0},
+		{"ConsensusElection", needConsensus, false, testConsensusElection, consensusNodes},
+		{"ConsensusFollowerRefuses", needConsensus, false, testConsensusFollowerRefuses, consensusNodes},
+		{"ConsensusCommitThroughLog", needConsensus, false, testConsensusCommitThroughLog, consensusNodes},
+		{"ConsensusSnapshotCatchUp", needSnapshots, false, testConsensusSnapshotCatchUp, consensusNodes},
 	}
 }
 
+// needMasterSlave skips the master–slave cases for a plugin given as a
+// consensus plugin.
+func needMasterSlave(f ReplicationFeatures) string {
+	if f.NodeConfig == nil && f.ConsensusConfig != nil {
+		return "a consensus plugin (ConsensusConfig): the master–slave cases do not apply"
+	}
+	return ""
+}
+
 func needSync(f ReplicationFeatures) string {
+	if why := needMasterSlave(f); why != "" {
+		return why
+	}
 	if f.SyncReplicas < 1 {
 		return "asynchronous (SyncReplicas 0): OK never waits for a replica"
 	}
@@ -132,7 +177,7 @@ func TestReplication(t *testing.T, newReplication func(t *testing.T) sdk.Replica
 		t.Run(mode, func(t *testing.T) {
 			for _, c := range ReplicationCases() {
 				t.Run(c.Name, func(t *testing.T) {
-					err := RunReplicationCase(c, NewGoReplicationHarness(t, mode, 2, newReplication, f))
+					err := RunReplicationCase(c, NewGoReplicationHarness(t, mode, c.NodeCount(), newReplication, f))
 					if why, ok := Skipped(err); ok {
 						t.Skip(why)
 					}
@@ -364,10 +409,22 @@ func testReplicationBadConfig(h ReplicationHarness) error {
 	}
 	for _, p := range ps {
 		if strings.Contains(p.Path, key) {
-			if f := h.Features(); f.NodeConfig != nil {
-				cfg := f.NodeConfig(0, h.Addrs())
-				if ps, err := h.Validate(cfg); err != nil || len(ps) > 0 {
-					return fmt.Errorf("Validate of node 0's config %s: %v %v, want no problem", cfg, ps, err)
+			f := h.Features()
+			var good []byte
+			switch {
+			case f.NodeConfig != nil:
+				good = f.NodeConfig(0, h.Addrs())
+			case f.ConsensusConfig != nil:
+				var ms []ConsensusMember
+				for i := range consensusNodes {
+					ms = append(ms, ConsensusMember{ID: fmt.Sprint("node-", i), Listen: fmt.Sprintf("127.0.0.1:%d", 7100+i),
+						Admin: fmt.Sprintf("127.0.0.1:%d", 7200+i), Broker: fmt.Sprintf("127.0.0.1:%d", 7300+i)})
+				}
+				good = f.ConsensusConfig(0, ms)
+			}
+			if good != nil {
+				if ps, err := h.Validate(good); err != nil || len(ps) > 0 {
+					return fmt.Errorf("Validate of node 0's config %s: %v %v, want no problem", good, ps, err)
 				}
 			}
 			return nil

@@ -3,6 +3,7 @@ package sdktest
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 
@@ -15,14 +16,20 @@ import (
 // Apply checks what sdk.ReplicaCore promises a master–slave plugin: the
 // messages carry the master's offsets, and one that is not the queue's next
 // offset fails the batch with ErrCorrupt (the logs diverged), nothing of it
-// stored.
+// stored. The core of a consensus node (NewConsensusTestCore) stores what
+// Apply gets at the queue's next offsets instead, as the broker does in mode
+// replicate_first, skipping a message whose id the queue holds (the store's
+// de-duplication).
 type ReplicaTestCore struct {
 	node, role string
+	consensus  bool
 
 	mu       sync.Mutex
 	logs     map[queueKey][]*sdk.Message
 	roles    []string
-	refused  int // Apply calls refused as diverged
+	lastRole *sdk.SetRoleRequest // the latest SetRole, nil before any
+	refused  int                 // Apply calls refused as diverged
+	reads    int                 // Read calls
 	progress chan struct{}
 }
 
@@ -30,6 +37,14 @@ type ReplicaTestCore struct {
 // plugin role (sdk.RoleMaster or sdk.RoleSlave) in NodeInfo.
 func NewReplicaTestCore(node, role string) *ReplicaTestCore {
 	return &ReplicaTestCore{node: node, role: role, logs: map[queueKey][]*sdk.Message{}, progress: make(chan struct{})}
+}
+
+// NewConsensusTestCore returns the core of node in a consensus group (mode
+// replicate_first): a follower until the plugin says otherwise.
+func NewConsensusTestCore(node string) *ReplicaTestCore {
+	c := NewReplicaTestCore(node, sdk.RoleFollower)
+	c.consensus = true
+	return c
 }
 
 var _ sdk.ReplicaCore = (*ReplicaTestCore)(nil)
@@ -58,14 +73,46 @@ func (c *ReplicaTestCore) store(msgs []*sdk.Message) []*sdk.Message {
 }
 
 func cloneMessage(m *sdk.Message) *sdk.Message {
-	return &sdk.Message{Id: m.Id, Topic: m.Topic, Queue: m.Queue, Offset: m.Offset, Key: m.Key, Body: append([]byte(nil), m.Body...),
+	var hs map[string]string
+	if len(m.Headers) > 0 {
+		hs = make(map[string]string, len(m.Headers))
+		maps.Copy(hs, m.Headers)
+	}
+	return &sdk.Message{Id: m.Id, Topic: m.Topic, Queue: m.Queue, Offset: m.Offset, Key: m.Key, Headers: hs, Body: append([]byte(nil), m.Body...),
 		BornUnixNano: m.BornUnixNano, StoredUnixNano: m.StoredUnixNano}
+}
+
+// applyConsensus stores msgs at their queues' next offsets (Apply of a
+// consensus core); a message whose id its queue holds keeps its offset.
+func (c *ReplicaTestCore) applyConsensusLocked(msgs []*sdk.Message) []int64 {
+	offs := make([]int64, len(msgs))
+	for i, m := range msgs {
+		k := queueKey{m.Topic, m.Queue}
+		offs[i] = -1
+		for o, have := range c.logs[k] {
+			if have.Id == m.Id {
+				offs[i] = int64(o)
+			}
+		}
+		if offs[i] < 0 {
+			m = cloneMessage(m)
+			m.Offset = int64(len(c.logs[k]))
+			offs[i] = m.Offset
+			c.logs[k] = append(c.logs[k], m)
+		}
+	}
+	c.changedLocked()
+	return offs
 }
 
 // Apply appends a master's messages at the offsets they carry.
 func (c *ReplicaTestCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.ApplyWait, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.consensus {
+		offs := c.applyConsensusLocked(msgs)
+		return func(context.Context) ([]int64, error) { return offs, nil }, nil
+	}
 	next := map[queueKey]int64{}
 	for _, m := range msgs {
 		k := queueKey{m.Topic, m.Queue}
@@ -95,6 +142,7 @@ func (c *ReplicaTestCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.A
 func (c *ReplicaTestCore) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadResponse, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.reads++
 	log := c.logs[queueKey{req.Topic, req.Queue}]
 	resp := &sdk.ReadResponse{Id: req.Id, Offsets: &sdk.QueueOffsets{Topic: req.Topic, Queue: req.Queue, End: int64(len(log)), Committed: -1}}
 	limit := int(req.MaxMessages)
@@ -132,6 +180,7 @@ func (c *ReplicaTestCore) SetRole(ctx context.Context, req *sdk.SetRoleRequest) 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.roles = append(c.roles, req.Role)
+	c.lastRole = &sdk.SetRoleRequest{Role: req.Role, LeaderNode: req.LeaderNode, LeaderAddress: req.LeaderAddress}
 	c.changedLocked()
 	return nil
 }
@@ -167,6 +216,38 @@ func (c *ReplicaTestCore) has(m *sdk.Message) bool {
 	defer c.mu.Unlock()
 	log := c.logs[queueKey{m.Topic, m.Queue}]
 	return m.Offset < int64(len(log)) && log[m.Offset].Id == m.Id
+}
+
+// latestRole returns the role the plugin last told the core ("" before any)
+// and the leader it named.
+func (c *ReplicaTestCore) latestRole() (role, leader string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastRole == nil {
+		return "", ""
+	}
+	return c.lastRole.Role, c.lastRole.LeaderNode
+}
+
+// readCalls returns how many Read calls the core served.
+func (c *ReplicaTestCore) readCalls() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads
+}
+
+// holdsID reports whether any queue of the log holds a message with id.
+func (c *ReplicaTestCore) holdsID(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, log := range c.logs {
+		for _, m := range log {
+			if m.Id == id {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // changes returns a channel closed at the core's next change.

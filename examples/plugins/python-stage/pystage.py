@@ -3,7 +3,10 @@
 Like examples/plugins/go-stage, it decides each message's fate by its
 "x-stage" header: none or "pass" passes it on (with config {"upper": true}
 the ASCII letters of its body upper-cased), "retry" retries it after
-retry_delay_ms (default 100), "dlq" dead-letters it, "drop" drops it. It
+retry_delay_ms (default 100), "dlq" dead-letters it, "drop" drops it. With
+{"tag_batch": true} a passed message gets the header x-stage-batch: the
+number of deliveries of the call it came in (the flow's max_batch and
+linger make the calls). It
 speaks the wire contract of docs/plugins.md ("Stage plugins", "The wire
 contract") with nothing but Debian's python3-grpcio and python3-protobuf:
 the go-plugin handshake, ferry.v1.Plugin, ferry.v1.Stage,
@@ -33,7 +36,7 @@ from ferry.v1 import message_pb2, plugin_pb2, stage_pb2  # noqa: E402
 COOKIE_KEY = "FERRY_PLUGIN_COOKIE"
 COOKIE_VALUE = "ferry-plugin-5b1c0e2a"
 PROTOCOL_VERSION = 1
-KEYS = {"upper": bool, "retry_delay_ms": int}
+KEYS = {"upper": bool, "retry_delay_ms": int, "tag_batch": bool}
 
 
 def log(level, message, **fields):
@@ -50,7 +53,7 @@ def log(level, message, **fields):
 
 def decode(config_json):
     """The config and its problems, each with its key path."""
-    config = {"upper": False, "retry_delay_ms": 100}
+    config = {"upper": False, "retry_delay_ms": 100, "tag_batch": False}
     try:
         raw = json.loads(config_json or b"{}")
     except ValueError as e:
@@ -81,7 +84,7 @@ def upper_ascii(body):
 
 class Stage:
     def __init__(self):
-        self.config = {"upper": False, "retry_delay_ms": 100}
+        self.config = {"upper": False, "retry_delay_ms": 100, "tag_batch": False}
 
     # ferry.v1.Plugin
 
@@ -109,9 +112,14 @@ class Stage:
             v = resp.verdicts.add(id=d.id)
             if action == "pass":
                 passed = getattr(v, "pass")  # "pass" is a Python keyword
-                if self.config["upper"]:
-                    m = d.message
-                    passed.message.CopyFrom(message_pb2.Message(key=m.key, headers=m.headers, body=upper_ascii(m.body)))
+                m = d.message
+                if self.config["upper"] or self.config["tag_batch"]:
+                    out = message_pb2.Message(key=m.key, headers=m.headers, body=m.body)
+                    if self.config["upper"]:
+                        out.body = upper_ascii(m.body)
+                    if self.config["tag_batch"]:
+                        out.headers["x-stage-batch"] = str(len(request.deliveries))
+                    passed.message.CopyFrom(out)
                 else:
                     passed.SetInParent()
             elif action == "retry":

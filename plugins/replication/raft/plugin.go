@@ -333,6 +333,9 @@ func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
 	}
 	st.Offsets = info.Offsets
 	st.AppliedIndex = uint64(applied)
+	if first, err := p.logs.FirstIndex(); err == nil {
+		st.LogFirstIndex = first
+	}
 	if cf := r.GetConfiguration(); cf.Error() == nil {
 		st.Servers = servers(cf.Configuration())
 		st.MembershipConflict = p.conflict(cf.Configuration())
