@@ -116,7 +116,9 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 	if err != nil {
 		return err
 	}
-	if p.peers, err = security.NewPeers(cfg.link(), "plugins.replication.config.listen", p.log.Named("peers")); err != nil {
+	link := cfg.link()
+	link.Node = p.node // claimed in every link it dials, checked against its certificate
+	if p.peers, err = security.NewPeers(link, "plugins.replication.config.listen", p.log.Named("peers")); err != nil {
 		return err
 	}
 	stream, err := newStreamLayer(cfg.Listen, adv, p.peers)
