@@ -224,7 +224,9 @@ func TestSecureRaftGroupFailover(t *testing.T) {
 	for _, id := range []string{"r1", "r2", "r3", "r9"} {
 		pair = ca.Issue(id, securitytest.Options{Peer: true})
 	}
-	nodeFile := func(file string) string { return filepath.Join(filepath.Dir(file), "{{node}}"+strings.TrimPrefix(filepath.Base(file), "r9")) }
+	nodeFile := func(file string) string {
+		return filepath.Join(filepath.Dir(file), "{{node}}"+strings.TrimPrefix(filepath.Base(file), "r9"))
+	}
 	nodes := raftGroupVia(t, 3, nil, "tls: {cert_file: "+fmt.Sprintf("%q", nodeFile(pair.CertFile))+", key_file: "+fmt.Sprintf("%q", nodeFile(pair.KeyFile))+
 		", ca_file: "+fmt.Sprintf("%q", ca.CertFile)+"}\nsecret_file: "+fmt.Sprintf("%q", secret)+"\n")
 	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
