@@ -233,6 +233,7 @@ func TestSecureRaftGroupFailover(t *testing.T) {
 	var seeds []string
 	for _, nd := range nodes {
 		nd.peers = peers
+		nd.logLevel = "info" // the audit lines
 		nd.start(t, bin)
 		seeds = append(seeds, nd.broker)
 	}
@@ -314,6 +315,16 @@ topics:
 	if _, err := clusterStatus(context.Background(), leader.admin); err == nil || !strings.Contains(err.Error(), "requires TLS") {
 		t.Errorf("plain status call: %v; want refused, saying the listener requires TLS", err)
 	}
+
+	// A promote sent to a raft node's admin listener is refused, and the
+	// refusal audited with the caller's certificate.
+	out, err := exec.Command(bin, "cluster", "promote", "--node", nodes[1].admin, "--force", "--peer-ca", ca.CertFile,
+		"--peer-cert", pair.CertFile, "--peer-key", pair.KeyFile, "--secret-file", secret).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "raft elects its leader") {
+		t.Errorf("ferry cluster promote of a raft node: %v\n%s; want refused, saying raft elects its leader", err, out)
+	}
+	waitOutput(t, nodes[1].clusterNode, "the refused promote audited", "audit: admin action", "action=Promote",
+		"node="+nodes[1].id, "force=true", "raft elects its leader", "peer_certificate=r9")
 
 	l := startClusterLoad(t, seeds, 4, false)
 	l.waitOK(t, nodes, time.Time{}, 100, 0, "sends acked OK over TLS")

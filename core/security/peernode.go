@@ -109,3 +109,18 @@ func (p *Peers) CheckNode(ctx context.Context, claimed string) error {
 	}
 	return nil
 }
+
+// PeerAuditArgs are the keys an audit line of a replication listener's
+// handler gives its caller: source (the caller's address) and, under
+// mutual TLS, peer_certificate (its certificate's common name).
+func PeerAuditArgs(ctx context.Context) []any {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	args := []any{"source", pr.Addr.String()}
+	if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		args = append(args, "peer_certificate", ti.State.PeerCertificates[0].Subject.CommonName)
+	}
+	return args
+}
