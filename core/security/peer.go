@@ -242,6 +242,18 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 			return nil, err
 		}
 		p.tls = r
+		if p.bindNode && l.Node != "" {
+			// Fail at start rather than be refused by every peer.
+			c, err := loadKeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+			if err != nil {
+				return nil, err
+			}
+			if err := VerifyPeerNode(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}, l.Node); err != nil {
+				return nil, sdk.Problems{{Path: "tls.cert_file", Message: fmt.Sprintf(
+					"certificate %s is for node %s, not this node (node.id %q): its peers would refuse it. Name the node id in the certificate (subject common name, a DNS name or a URI %s%s), or set tls.verify_node_id: false on every node",
+					l.TLS.CertFile, certNodes(NodeNames(c.Leaf)), l.Node, NodeURIPrefix, l.Node)}}
+			}
+		}
 	}
 	if _, err := p.currentSecret(); err != nil {
 		return nil, err

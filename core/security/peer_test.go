@@ -95,6 +95,9 @@ func TestPeerHandshake(t *testing.T) {
 	off := false
 	unbound := full.TLS
 	unbound.VerifyNodeID = &off
+	// An impostor's own side does not check its own certificate.
+	impostor := node2TLS(node2, ca)
+	impostor.VerifyNodeID = &off
 
 	cases := []struct {
 		name      string
@@ -139,14 +142,14 @@ func TestPeerHandshake(t *testing.T) {
 		{name: "node claims the id of its certificate's URI", server: full,
 			client: PeerLink{TLS: node2TLS(byURI, ca), SecretFile: secret, Node: "n7"}},
 		{name: "node claims another node's id", server: full,
-			client:    PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret, Node: "node-1"},
+			client:    PeerLink{TLS: impostor, SecretFile: secret, Node: "node-1"},
 			clientErr: `claims node id "node-1" but its certificate is for node "node-2"`,
 			serverLog: `claims node id "node-1" but its certificate is for node "node-2"`},
 		{name: "another node's id, tls only", server: PeerLink{TLS: full.TLS},
-			client:    PeerLink{TLS: node2TLS(node2, ca), Node: "node-1"},
+			client:    PeerLink{TLS: impostor, Node: "node-1"},
 			clientErr: `claims node id "node-1"`, serverLog: `claims node id "node-1"`},
 		{name: "control: another node's id with verify_node_id false", server: PeerLink{TLS: unbound, SecretFile: secret},
-			client: PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret, Node: "node-1"}},
+			client: PeerLink{TLS: impostor, SecretFile: secret, Node: "node-1"}},
 		{name: "a tool claims no id", server: full, client: PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret}},
 		{name: "nodes only: no id claimed", server: PeerLink{TLS: full.TLS}, nodes: true,
 			client:    PeerLink{TLS: node2TLS(node2, ca)},
@@ -235,7 +238,25 @@ func TestPeerLinkValidate(t *testing.T) {
 			}
 		}
 	}
+	if _, err := NewPeers(PeerLink{SecretFile: open, TLS: PeerTLS{VerifyNodeID: new(bool)}}, "listen", nil); err == nil || !strings.Contains(err.Error(), "tls.verify_node_id: applies only with TLS") {
+		t.Errorf("verify_node_id without TLS: %v", err)
+	}
 	ok := ca.Issue("peer", securitytest.Options{Peer: true})
+	// A node whose own certificate names another node fails at start,
+	// naming both; with verify_node_id false it starts.
+	own := PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}
+	if _, err := NewPeers(PeerLink{TLS: own, Node: "node-3"}, "listen", nil); err == nil ||
+		!strings.Contains(err.Error(), `tls.cert_file: certificate `+ok.CertFile+` is for node "peer" or "localhost", not this node (node.id "node-3")`) {
+		t.Errorf("a node with another node's certificate: %v", err)
+	}
+	if _, err := NewPeers(PeerLink{TLS: own, Node: "peer"}, "listen", nil); err != nil {
+		t.Errorf("a node with its own certificate: %v", err)
+	}
+	off := own
+	off.VerifyNodeID = new(bool)
+	if _, err := NewPeers(PeerLink{TLS: off, Node: "node-3"}, "listen", nil); err != nil {
+		t.Errorf("verify_node_id false: %v", err)
+	}
 	if ps := (PeerLink{TLS: PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}, SecretFile: ca.Secret("s", "0123456789abcdef")}).Validate(""); len(ps) > 0 {
 		t.Fatalf("a good section: %v", ps)
 	}
