@@ -50,7 +50,8 @@ func raftGroup(t *testing.T, n int) []*raftNode {
 // gives the raft address node from names for node to, whose raft listen
 // address is target, in its peers (e.g. a proxy's to target); each node
 // names itself by its own listen address. extra holds more keys of the
-// raft plugin's config, one "key: value" per line.
+// raft plugin's config, one "key: value" per line; "{{node}}" in it
+// stands for each node's id (its certificate's file, say).
 func raftGroupVia(t *testing.T, n int, via func(from, to int, target string) string, extra string) []*raftNode {
 	t.Helper()
 	var nodes []*raftNode
@@ -88,7 +89,7 @@ plugins:
       peers: [%s]
 %stopics:
   - {name: orders, queues: 4}
-`, nd.id, filepath.Join(dir, "data"), nd.broker, nd.repl, nd.admin, strings.Join(peers, ", "), indent(extra, "      "))
+`, nd.id, filepath.Join(dir, "data"), nd.broker, nd.repl, nd.admin, strings.Join(peers, ", "), indent(strings.ReplaceAll(extra, "{{node}}", nd.id), "      "))
 		nd.yaml = filepath.Join(dir, nd.id+".yaml")
 		if err := os.WriteFile(nd.yaml, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)

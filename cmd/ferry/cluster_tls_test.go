@@ -90,8 +90,11 @@ func waitOutput(t *testing.T, n *clusterNode, what string, want ...string) {
 // controls: a plaintext slave and a slave with another CA's certificate
 // (but the right secret) follow the same master; the master refuses both,
 // logging why, each says why it was refused, neither stores a message nor
-// is listed as a replica; and `ferry cluster status` without credentials
-// is refused.
+// is listed as a replica; an impostor with a valid certificate of the
+// cluster CA for node "spare" (and the secret) that claims to be the
+// slave, in its handshake or only in its Follow request, is refused
+// naming both ids, before any data; and `ferry cluster status` without
+// credentials is refused.
 func TestSecureMasterSlaveFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -108,7 +111,15 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	plain := writeLinkedNode(t, "plain", "slave", "sync", pb, pr, []string{mr}, "")
 	foreign := writeLinkedNode(t, "foreign", "slave", "sync", fb, fr, []string{mr},
 		peerLink(other.Issue("foreign", securitytest.Options{Peer: true}), ca.CertFile, secret))
-	for _, n := range []*clusterNode{master, slave, plain, foreign} {
+	// The impostor: a certificate of the cluster CA (and the secret) for
+	// node "spare", claiming to be the slave.
+	spare := ca.Issue("spare", securitytest.Options{Peer: true})
+	ib, ir := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	// (Its own side does not check its own certificate, or it would not start.)
+	impostor := writeLinkedNode(t, "slave", "slave", "sync", ib, ir, []string{mr},
+		strings.Replace(peerLink(spare, ca.CertFile, secret), "}", ", verify_node_id: false}", 1))
+	impostor.id = "impostor"
+	for _, n := range []*clusterNode{master, slave, plain, foreign, impostor} {
 		n.logLevel = "info"
 		n.start(t, bin)
 	}
@@ -122,6 +133,9 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 		"replication peer refused", "requires TLS and the peer spoke plaintext", "not signed by the cluster CA")
 	waitOutput(t, plain, "the plaintext slave told why", "requires TLS and the peer spoke plaintext")
 	waitOutput(t, foreign, "the foreign slave told why", "replication link to peer refused")
+	waitOutput(t, master, "the master's refusal of the impostor, naming both ids", "replication peer refused",
+		`claims node id \"slave\" but its certificate is for node \"spare\"`)
+	waitOutput(t, impostor, "the impostor told why", "replication link to peer refused", "claims node id")
 
 	l := startLoad(t, mb, 4)
 	eventually(t, 60*time.Second, "200 sends acked OK", func() bool { return l.count(ferryv1.Status_STATUS_OK) >= 200 })
@@ -130,9 +144,16 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range st.Replicas {
-		if r.Node != "slave" {
-			t.Errorf("the master lists replica %q (%s): only the slave may link", r.Node, r.Address)
+		if r.Node != "slave" || r.Address != sb {
+			t.Errorf("the master lists replica %q (%s): only the slave (%s) may link", r.Node, r.Address, sb)
 		}
+	}
+	// The impostor's certificate on a Follow that claims the slave's id
+	// only in the request (a handshake without a node id, as a tool's):
+	// refused before any data, naming both ids.
+	sp := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: spare.CertFile, KeyFile: spare.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
+	if msgs, err := followVia(sp, mr, &ferryv1.FollowRequest{Node: "slave", Address: ir}); !namesBoth(err, "slave", "spare") || msgs != 0 {
+		t.Errorf("a Follow claiming to be the slave with spare's certificate: %d messages, %v; want refused naming both ids", msgs, err)
 	}
 	// `ferry cluster status` with the link's credentials as flags.
 	out, err := exec.Command(bin, "cluster", "status", "--nodes", mr+","+sr, "--peer-ca", ca.CertFile,
@@ -170,7 +191,7 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	if v.ok == 0 || v.lost != 0 || v.dup != 0 || v.unexpected != 0 {
 		t.Fatalf("acked OK %d: lost %d, duplicated %d, unexpected %d", v.ok, v.lost, v.dup, v.unexpected)
 	}
-	for _, n := range []*clusterNode{plain, foreign} {
+	for _, n := range []*clusterNode{plain, foreign, impostor} {
 		if got := readLog(t, n.broker); len(got) != 0 {
 			t.Errorf("%s, refused, stored %d messages", n.id, len(got))
 		}
@@ -183,8 +204,13 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 // restarted). Negative controls: a fourth raft process with a certificate
 // of the cluster CA but the wrong secret, naming the group's nodes as its
 // peers, is refused by them (they log why; it never stores a message or
-// gets a vote); a catch-up (Follow) with another CA's certificate and a
-// plain status call are refused before any data.
+// gets a vote); an impostor with the right secret and a valid certificate
+// for node r9 that claims to be r2 is refused naming both ids (and never
+// stores a message or leads); a catch-up (Follow) claiming r1 with r9's
+// certificate is refused naming both, while r9 claiming r9 is served; a
+// catch-up with another CA's certificate and a plain status call are
+// refused before any data. Each node has its own certificate, naming its
+// node id.
 func TestSecureRaftGroupFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -194,30 +220,45 @@ func TestSecureRaftGroupFailover(t *testing.T) {
 	other := securitytest.NewCA(t, "other")
 	secret := ca.Secret("cluster.secret", "raft-s3cret-0123456789")
 	wrong := ca.Secret("wrong.secret", "raft-WRONG-0123456789")
-	pair := ca.Issue("raft-node", securitytest.Options{Peer: true})
-	nodes := raftGroupVia(t, 3, nil, "tls: {cert_file: "+fmt.Sprintf("%q", pair.CertFile)+", key_file: "+fmt.Sprintf("%q", pair.KeyFile)+
+	// One certificate per node, naming its node id; r9's is the
+	// intruders'.
+	var pair securitytest.Pair
+	for _, id := range []string{"r1", "r2", "r3", "r9"} {
+		pair = ca.Issue(id, securitytest.Options{Peer: true})
+	}
+	nodeFile := func(file string) string {
+		return filepath.Join(filepath.Dir(file), "{{node}}"+strings.TrimPrefix(filepath.Base(file), "r9"))
+	}
+	nodes := raftGroupVia(t, 3, nil, "tls: {cert_file: "+fmt.Sprintf("%q", nodeFile(pair.CertFile))+", key_file: "+fmt.Sprintf("%q", nodeFile(pair.KeyFile))+
 		", ca_file: "+fmt.Sprintf("%q", ca.CertFile)+"}\nsecret_file: "+fmt.Sprintf("%q", secret)+"\n")
 	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
 	var seeds []string
 	for _, nd := range nodes {
 		nd.peers = peers
+		nd.logLevel = "info" // the audit lines
 		nd.start(t, bin)
 		seeds = append(seeds, nd.broker)
 	}
 	leader, st := waitLeader(t, nodes, "a raft leader over TLS")
 	t.Logf("%s leads in term %d", leader.id, st.Epoch)
 
-	// The intruder: the group's nodes and itself as peers, the wrong
-	// secret. With no raft state it bootstraps and campaigns.
-	intr := &raftNode{clusterNode: &clusterNode{id: "r9", broker: ferrytest.FreeAddr(t), repl: ferrytest.FreeAddr(t)}, admin: ferrytest.FreeAddr(t)}
-	var ps []string
-	for _, nd := range append(append([]*raftNode{}, nodes...), intr) {
-		ps = append(ps, fmt.Sprintf("{id: %s, raft: %q, broker: %q, admin: %q}", nd.id, nd.repl, nd.broker, nd.admin))
-	}
-	dir := t.TempDir()
-	intr.yaml = filepath.Join(dir, "r9.yaml")
-	if err := os.WriteFile(intr.yaml, []byte(fmt.Sprintf(`name: raft-faults
-node: {id: r9, data_dir: %s}
+	// The intruders: the group's nodes and itself as peers, with r9's
+	// certificate. With no raft state each bootstraps and campaigns.
+	// r9 has the wrong secret; the impostor the right one, but it claims
+	// to be r2 (in place of r2 in its peers).
+	intruder := func(id string, secretFile string) *raftNode {
+		intr := &raftNode{clusterNode: &clusterNode{id: id, broker: ferrytest.FreeAddr(t), repl: ferrytest.FreeAddr(t)}, admin: ferrytest.FreeAddr(t)}
+		var ps []string
+		for _, nd := range append(append([]*raftNode{}, nodes...), intr) {
+			if nd.id == id && nd != intr {
+				continue
+			}
+			ps = append(ps, fmt.Sprintf("{id: %s, raft: %q, broker: %q, admin: %q}", nd.id, nd.repl, nd.broker, nd.admin))
+		}
+		dir := t.TempDir()
+		intr.yaml = filepath.Join(dir, id+".yaml")
+		if err := os.WriteFile(intr.yaml, []byte(fmt.Sprintf(`name: raft-faults
+node: {id: %s, data_dir: %s}
 plugins:
   storage: {type: file, config: {flush: sync}}
   transport: {type: grpc, config: {listen: %q}}
@@ -227,22 +268,31 @@ plugins:
       listen: %q
       admin: %q
       peers: [%s]
-      tls: {cert_file: %q, key_file: %q, ca_file: %q}
+      tls: {cert_file: %q, key_file: %q, ca_file: %q, verify_node_id: %t}
       secret_file: %q
 topics:
   - {name: orders, queues: 4}
-`, filepath.Join(dir, "data"), intr.broker, intr.repl, intr.admin, strings.Join(ps, ", "), pair.CertFile, pair.KeyFile, ca.CertFile, wrong)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	intr.start(t, bin)
-	eventually(t, faultWait, "the group's refusal of the intruder", func() bool {
-		for _, nd := range nodes {
-			if strings.Contains(nd.out.String(), "wrong cluster secret") {
-				return true
-			}
+`, id, filepath.Join(dir, "data"), intr.broker, intr.repl, intr.admin, strings.Join(ps, ", "), pair.CertFile, pair.KeyFile, ca.CertFile,
+			id == "r9", // the impostor's own side does not check its own certificate, or it would not start
+			secretFile)), 0o644); err != nil {
+			t.Fatal(err)
 		}
-		return false
-	})
+		intr.logLevel = "info"
+		intr.start(t, bin)
+		return intr
+	}
+	intr := intruder("r9", wrong)
+	impostor := intruder("r2", secret)
+	for _, want := range []string{"wrong cluster secret", `claims node id \"r2\" but its certificate is for node \"r9\"`} {
+		eventually(t, faultWait, "the group's refusal: "+want, func() bool {
+			for _, nd := range nodes {
+				if strings.Contains(nd.out.String(), want) {
+					return true
+				}
+			}
+			return false
+		})
+	}
 
 	// Another CA's certificate on the catch-up, and a plain status call.
 	foreign := other.Issue("foreign", securitytest.Options{Peer: true})
@@ -270,8 +320,36 @@ topics:
 		t.Errorf("plain status call: %v; want refused, saying the listener requires TLS", err)
 	}
 
+	// A promote sent to a raft node's admin listener is refused, and the
+	// refusal audited with the caller's certificate.
+	out, err := exec.Command(bin, "cluster", "promote", "--node", nodes[1].admin, "--force", "--peer-ca", ca.CertFile,
+		"--peer-cert", pair.CertFile, "--peer-key", pair.KeyFile, "--secret-file", secret).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "raft elects its leader") {
+		t.Errorf("ferry cluster promote of a raft node: %v\n%s; want refused, saying raft elects its leader", err, out)
+	}
+	waitOutput(t, nodes[1].clusterNode, "the refused promote audited", "audit: admin action", "action=Promote",
+		"node="+nodes[1].id, "force=true", "raft elects its leader", "peer_certificate=r9")
+
 	l := startClusterLoad(t, seeds, 4, false)
 	l.waitOK(t, nodes, time.Time{}, 100, 0, "sends acked OK over TLS")
+
+	// A catch-up by a holder of r9's certificate (and the secret) that
+	// claims to be r1 in its Follow request: refused before any data,
+	// naming both ids; and one that claims r1 in its handshake too.
+	for _, claim := range []string{"", "r1"} {
+		off := false // the impostor's side does not check its own certificate
+		ip := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile, VerifyNodeID: &off}, SecretFile: secret, Node: claim})
+		msgs, err := catchUpVia(ip, leader.admin, "r1")
+		if !namesBoth(err, "r1", "r9") || msgs != 0 {
+			t.Errorf("a catch-up claiming r1 with r9's certificate (handshake claim %q): %d messages, %v; want refused naming both ids", claim, msgs, err)
+		}
+	}
+	// Control: r9's certificate claiming r9 is served (it is a catch-up
+	// of the cluster's CA and secret; r9 is no member, which raft's
+	// catch-up does not ask).
+	if msgs, err := catchUpVia(mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret, Node: "r9"}), leader.admin, "r9"); err != nil || msgs == 0 {
+		t.Errorf("control: a catch-up claiming r9 with r9's certificate: %d messages, %v; want served", msgs, err)
+	}
 	leader, _ = waitLeader(t, nodes, "the leader before the kill")
 	t0 := time.Now()
 	leader.kill(t)
@@ -296,15 +374,63 @@ topics:
 	l.halt()
 	convergeAndCheck(t, nodes, &l.load, faultWait)
 
-	if got := readLog(t, intr.broker); len(got) != 0 {
-		t.Errorf("the intruder, refused, stored %d messages", len(got))
+	for _, in := range []*raftNode{intr, impostor} {
+		if got := readLog(t, in.broker); len(got) != 0 {
+			t.Errorf("intruder %s (%s), refused, stored %d messages", in.id, in.repl, len(got))
+		}
+		for _, nd := range nodes {
+			if strings.Contains(nd.out.String(), `"leader":"`+in.repl) || strings.Contains(nd.out.String(), "leader-address="+in.repl) {
+				t.Errorf("%s followed intruder %s (%s)", nd.id, in.id, in.repl)
+			}
+		}
+		if strings.Contains(in.out.String(), "entering leader state") {
+			t.Errorf("intruder %s (%s) became leader:\n%s", in.id, in.repl, in.out.String())
+		}
 	}
 	for _, nd := range nodes {
-		if strings.Contains(nd.out.String(), `"leader-id":"r9"`) || strings.Contains(nd.out.String(), `"leader":"`+intr.repl) {
+		if strings.Contains(nd.out.String(), `"leader-id":"r9"`) {
 			t.Errorf("%s followed the intruder", nd.id)
 		}
 	}
-	if strings.Contains(intr.out.String(), "entering leader state") {
-		t.Errorf("the intruder became leader:\n%s", intr.out.String())
+}
+
+// namesBoth reports whether err refuses a peer that claims node id
+// claimed with a certificate for node cert.
+func namesBoth(err error, claimed, cert string) bool {
+	if err == nil {
+		return false
 	}
+	msg := strings.ReplaceAll(err.Error(), `\"`, `"`) // gRPC quotes a handshake error
+	return strings.Contains(msg, fmt.Sprintf(`claims node id %q but its certificate is for node %q`, claimed, cert))
+}
+
+// followVia sends req on a Follow stream to a replication listener and
+// returns how many messages the first answer carried.
+func followVia(p *security.Peers, addr string, req *ferryv1.FollowRequest) (int, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.GRPC()))
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := ferryv1.NewReplicaLinkClient(cc).Follow(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := stream.Send(req); err != nil {
+		return 0, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return 0, err
+	}
+	return len(resp.Messages), nil
+}
+
+// catchUpVia asks a raft node's admin listener for queue 0 of orders from
+// offset 0 as node claim would, and returns how many messages the first
+// answer carried.
+func catchUpVia(p *security.Peers, admin, claim string) (int, error) {
+	return followVia(p, admin, &ferryv1.FollowRequest{Node: claim, Ends: []*ferryv1.QueueOffsets{{Topic: "orders", Queue: 0, End: 0, Committed: 1 << 40}}})
 }

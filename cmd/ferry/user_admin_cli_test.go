@@ -127,6 +127,7 @@ func TestUserAdminLive(t *testing.T) {
 	mustFail("403 Forbidden", "app", "app-pw", "sneaky-pw\n", "user", "add", "sneaky", "--super")
 	mustFail("403 Forbidden", "app", "app-pw", "", "acl", "add", "app", "--resource", "*", "--action", "All")
 	mustFail("401 Unauthorized", "admin", "wrong", "", "user", "list")
+	mustFail("the admin listener is plaintext", "admin", "root-pw", "", "user", "list", "--tls")
 
 	// A user added live can produce at once.
 	mustFail("unknown user or wrong password", "alice", "alice-pw", "x\n", "produce")

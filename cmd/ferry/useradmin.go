@@ -44,12 +44,18 @@ func (f *adminFlags) call(ctx context.Context, method, path string, body, out an
 	if f.addr == "" {
 		return &exitError{code: 2, msg: "--admin (or $" + EnvAdmin + ") must name the node's admin listener"}
 	}
-	if f.tls.user == "" {
-		return &exitError{code: 2, msg: "--user (or $" + EnvUser + ") must name a super user of the node"}
+	// Without --user, a client certificate (mutual TLS) is the
+	// credential: the node takes the user it names.
+	byCert := f.tls.user == "" && f.tls.cert != ""
+	if f.tls.user == "" && !byCert {
+		return &exitError{code: 2, msg: "--user (or $" + EnvUser + ") must name a super user of the node, or --tls-cert and --tls-key give a client certificate naming one (mutual TLS)"}
 	}
-	password, err := f.tls.password()
-	if err != nil {
-		return err
+	var password string
+	if !byCert {
+		var err error
+		if password, err = f.tls.password(); err != nil {
+			return err
+		}
 	}
 	scheme := "http"
 	hc := &http.Client{}
@@ -75,16 +81,21 @@ func (f *adminFlags) call(ctx context.Context, method, path string, body, out an
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	req.SetBasicAuth(f.tls.user, password)
+	if !byCert {
+		req.SetBasicAuth(f.tls.user, password)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("admin listener %s: %w", f.addr, err)
+		return fmt.Errorf("admin listener %s: %w%s", f.addr, err, adminTLSHint(err, scheme == "https", f.tls.cert != ""))
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode == http.StatusBadRequest && scheme == "http" && bytes.Contains(b, []byte("HTTPS")) {
+		return &exitError{code: 1, msg: fmt.Sprintf("admin listener %s requires TLS and this command spoke plaintext: pass --tls-ca FILE (the CA of the node's admin.tls certificate), or --tls for the system's CAs; and --tls-cert/--tls-key if it requires a client certificate", f.addr)}
+	}
 	if resp.StatusCode == http.StatusNotFound && !bytes.Contains(b, []byte("no such")) {
 		return fmt.Errorf("admin listener %s: %s serves no user administration (a node without users, or an older ferry)", f.addr, path)
 	}
@@ -95,6 +106,29 @@ func (f *adminFlags) call(ctx context.Context, method, path string, body, out an
 		return json.Unmarshal(b, out)
 	}
 	return nil
+}
+
+// adminTLSHint says what to pass when a request to the admin listener
+// failed at its TLS handshake (https: the command spoke TLS; cert: it gave
+// a client certificate).
+func adminTLSHint(err error, https, cert bool) string {
+	msg := err.Error()
+	switch {
+	case !https:
+		return ""
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return " (the admin listener is plaintext: drop --tls, --tls-ca, --tls-cert and --tls-key)"
+	case strings.Contains(msg, "unknown authority"):
+		return " (--tls-ca must name the CA that signed the node's admin.tls certificate)"
+	case cert && strings.Contains(msg, "certificate required"):
+		// Go sends no certificate the server's CA list does not take.
+		return " (the admin listener did not take this client certificate: it must be signed by the CA of the node's admin.tls.client_ca_file)"
+	case strings.Contains(msg, "certificate required") || (!cert && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "EOF") || strings.Contains(msg, "reset"))):
+		return " (the admin listener requires a client certificate, mutual TLS: pass --tls-cert and --tls-key)"
+	case strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority"):
+		return " (the admin listener refused this client certificate: it must be signed by the CA of admin.tls.client_ca_file)"
+	}
+	return ""
 }
 
 // password is --user's password, from --password-file or $FERRY_PASSWORD.

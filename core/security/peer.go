@@ -37,10 +37,20 @@ type PeerTLS struct {
 	CertFile string `json:"cert_file"`
 	KeyFile  string `json:"key_file"`
 	CAFile   string `json:"ca_file"`
+	// VerifyNodeID, true unless set false, binds a peer's certificate to
+	// the node id it claims: the id a node sends in its handshake, and in
+	// a follow or catch-up request, must be named by its certificate
+	// (NodeNames). false lets any certificate of the cluster CA claim any
+	// node id, for clusters whose certificates do not name their nodes.
+	VerifyNodeID *bool `json:"verify_node_id"`
 }
 
 // Enabled reports whether the section asks for TLS.
 func (t PeerTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
+
+// verifiesNodeID reports whether peers' certificates must name the node
+// id they claim (the default under TLS).
+func (t PeerTLS) verifiesNodeID() bool { return t.VerifyNodeID == nil || *t.VerifyNodeID }
 
 // PeerLink is how a replication plugin secures the links between the
 // nodes of its cluster: its tls section and its secret_file, as its config
@@ -52,6 +62,10 @@ type PeerLink struct {
 	// knows the secret by an HMAC-SHA256 challenge on each connection;
 	// the secret itself is never sent.
 	SecretFile string
+	// Node is this node's id (node.id), sent in the handshake of every
+	// link it dials, so that the peer can check it against this node's
+	// certificate. Empty for a tool (ferry cluster), which claims none.
+	Node string
 }
 
 // Enabled reports whether peers are authenticated at all.
@@ -91,6 +105,9 @@ func (l PeerLink) Validate(prefix string) sdk.Problems {
 		if _, err := readSecret(l.SecretFile); err != nil {
 			add("secret_file", "%v", err)
 		}
+	}
+	if l.TLS.VerifyNodeID != nil && !l.TLS.Enabled() {
+		add("tls.verify_node_id", "applies only with TLS (tls.cert_file, key_file, ca_file): without certificates a peer's node id cannot be checked")
 	}
 	return ps
 }
@@ -147,6 +164,10 @@ type Peers struct {
 	name string // the listener's config key, for logs ("listen", "admin")
 	log  Logger
 	tls  *reloader // nil: plaintext
+	node string    // this node's id, claimed in the handshakes it dials
+	// bindNode: a peer's certificate must name the node id it claims
+	// (with tls only).
+	bindNode bool
 
 	secretFile string
 	mu         sync.Mutex
@@ -211,13 +232,28 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 	if log == nil {
 		log = nopLogger{}
 	}
-	p := &Peers{name: name, log: log, secretFile: l.SecretFile}
+	if l.Node != "" && !validNodeClaim(l.Node) {
+		return nil, fmt.Errorf("node id %q cannot be claimed in a peer handshake: at most %d printable characters without spaces", l.Node, maxNodeClaim)
+	}
+	p := &Peers{name: name, log: log, secretFile: l.SecretFile, node: l.Node, bindNode: l.TLS.Enabled() && l.TLS.verifiesNodeID()}
 	if l.TLS.Enabled() {
 		r := &reloader{cfg: TLS{CertFile: l.TLS.CertFile, KeyFile: l.TLS.KeyFile, ClientCAFile: l.TLS.CAFile}, log: log}
 		if err := r.reload(r.current()); err != nil {
 			return nil, err
 		}
 		p.tls = r
+		if p.bindNode && l.Node != "" {
+			// Fail at start rather than be refused by every peer.
+			c, err := loadKeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+			if err != nil {
+				return nil, err
+			}
+			if err := VerifyPeerNode(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}, l.Node); err != nil {
+				return nil, sdk.Problems{{Path: "tls.cert_file", Message: fmt.Sprintf(
+					"certificate %s is for node %s, not this node (node.id %q): its peers would refuse it. Name the node id in the certificate (subject common name, a DNS name or a URI %s%s), or set tls.verify_node_id: false on every node",
+					l.TLS.CertFile, certNodes(NodeNames(c.Leaf)), l.Node, NodeURIPrefix, l.Node)}}
+			}
+		}
 	}
 	if _, err := p.currentSecret(); err != nil {
 		return nil, err
@@ -290,7 +326,7 @@ const peerHandshakeTimeout = 10 * time.Second
 // The peer handshake, after TLS when the link has it; lines of at most
 // maxPeerLine bytes. The client (C) dials the server (S):
 //
-//	C: FERRYPEER/1 HELLO <client nonce>
+//	C: FERRYPEER/1 HELLO <client nonce> [<node id>]
 //	S: FERRYPEER/1 CHALLENGE <server nonce> <1: S has a secret, 0: not>
 //	C: FERRYPEER/1 PROOF <HMAC(secret, client…) or ->
 //	S: FERRYPEER/1 OK <HMAC(secret, server…) or ->
@@ -301,6 +337,9 @@ const peerHandshakeTimeout = 10 * time.Second
 // material exported from the TLS session, so a proof cannot be replayed on
 // another connection or relayed through a man in the middle. A side with a
 // secret requires the other's proof: both prove, or the link is refused.
+// A node sends its node id in HELLO (a tool such as ferry cluster sends
+// none); under TLS the server refuses it at once unless the client's
+// certificate names that id (VerifyPeerNode).
 const (
 	peerProto   = "FERRYPEER/1"
 	maxPeerLine = 512
@@ -321,6 +360,13 @@ func (e *PeerError) Error() string { return "replication peer " + e.Peer + ": " 
 // listener: it returns the connection to use (the TLS one with TLS), or
 // an error once conn is closed and the refusal logged.
 func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
+	return p.server(conn, false)
+}
+
+// server is Server; with node, a link that verifies node ids (TLS) takes
+// only a peer that runs the handshake and claims its node id (the
+// listener of NodeListener).
+func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState, error) {
 	if p == nil {
 		p = plainPeers
 	}
@@ -378,6 +424,9 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 	if b, err := br.Peek(1); err != nil {
 		return refuse("closed before its handshake: "+err.Error(), false)
 	} else if b[0] != peerProto[0] {
+		if state != nil && p.secretFile == "" && node && p.bindNode {
+			return refuse(fmt.Sprintf("the peer sent no Ferry peer handshake, so no node id to check against its certificate: this replication listener (%s) takes only nodes of the cluster", p.name), true)
+		}
 		if state != nil && p.secretFile == "" {
 			// Mutual TLS alone: the certificate the handshake verified
 			// against the cluster CA is the credential, so a plain gRPC
@@ -395,9 +444,20 @@ func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
 	if err != nil {
 		return refuse("not a Ferry replication peer: "+err.Error(), true)
 	}
-	cnonce, ok := strings.CutPrefix(hello, peerProto+" HELLO ")
-	if !ok || !validNonce(cnonce) {
+	rest, ok := strings.CutPrefix(hello, peerProto+" HELLO ")
+	cnonce, claimed, _ := strings.Cut(rest, " ")
+	if !ok || !validNonce(cnonce) || (claimed != "" && !validNodeClaim(claimed)) {
 		return refuse(fmt.Sprintf("not a Ferry replication peer (it sent %.40q)", hello), true)
+	}
+	if claimed == "" && state != nil && node && p.bindNode {
+		return refuse(fmt.Sprintf("the peer claimed no node id in its handshake: this replication listener (%s) takes only nodes of the cluster, each with a certificate naming its node.id", p.name), true)
+	}
+	if claimed != "" && state != nil && p.bindNode {
+		// Before anything else is read or written: a node of the cluster
+		// that claims another node's id is refused here.
+		if err := VerifyPeerNode(state, claimed); err != nil {
+			return refuse(err.Error(), true)
+		}
 	}
 	secret, err := p.currentSecret()
 	if err != nil {
@@ -491,7 +551,11 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 		conn = tc
 	}
 	cnonce := newNonce()
-	if _, err := fmt.Fprintf(conn, "%s HELLO %s\n", peerProto, cnonce); err != nil {
+	claim := ""
+	if p.node != "" {
+		claim = " " + p.node
+	}
+	if _, err := fmt.Fprintf(conn, "%s HELLO %s%s\n", peerProto, cnonce, claim); err != nil {
 		return fail("writing hello: " + err.Error())
 	}
 	br := bufio.NewReaderSize(conn, maxPeerLine)
@@ -566,9 +630,19 @@ func (p *Peers) Dial(ctx context.Context, addr string) (net.Conn, error) {
 // connection is closed and its reads and writes fail.
 func (p *Peers) Listener(ln net.Listener) net.Listener { return &peerListener{Listener: ln, p: p} }
 
+// NodeListener is Listener for a listener that only nodes of the cluster
+// dial (raft's traffic): when the links verify node ids, a connection must
+// run the handshake and claim a node id its certificate names, so that
+// mutual TLS alone (a plain client with some certificate of the CA) is not
+// enough.
+func (p *Peers) NodeListener(ln net.Listener) net.Listener {
+	return &peerListener{Listener: ln, p: p, node: true}
+}
+
 type peerListener struct {
 	net.Listener
-	p *Peers
+	p    *Peers
+	node bool // only nodes: see NodeListener
 }
 
 func (l *peerListener) Accept() (net.Conn, error) {
@@ -576,20 +650,21 @@ func (l *peerListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &lazyConn{raw: c, p: l.p}, nil
+	return &lazyConn{raw: c, p: l.p, node: l.node}, nil
 }
 
 // lazyConn is an accepted connection whose handshake runs on first use.
 type lazyConn struct {
 	raw  net.Conn
 	p    *Peers
+	node bool
 	once sync.Once
 	conn net.Conn
 	err  error
 }
 
 func (c *lazyConn) ready() error {
-	c.once.Do(func() { c.conn, _, c.err = c.p.Server(c.raw) })
+	c.once.Do(func() { c.conn, _, c.err = c.p.server(c.raw, c.node) })
 	return c.err
 }
 

@@ -37,7 +37,10 @@ func (l *recLog) text() string {
 // echoServer serves l: each accepted connection that passes the handshake
 // and sends the 24 bytes of a gRPC client's preface gets "data\n" written
 // and is closed. It returns the address.
-func echoServer(t *testing.T, p *Peers) string {
+func echoServer(t *testing.T, p *Peers) string { return echoServerOn(t, p, false) }
+
+// echoServerOn is echoServer on a NodeListener with node.
+func echoServerOn(t *testing.T, p *Peers, node bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -45,6 +48,9 @@ func echoServer(t *testing.T, p *Peers) string {
 	}
 	t.Cleanup(func() { ln.Close() })
 	pl := p.Listener(ln)
+	if node {
+		pl = p.NodeListener(ln)
+	}
 	go func() {
 		for {
 			c, err := pl.Accept()
@@ -85,6 +91,13 @@ func TestPeerHandshake(t *testing.T) {
 	secret := ca.Secret("secret", "0123456789abcdef-cluster")
 	wrong := ca.Secret("wrong", "0123456789abcdef-WRONG!!")
 	full := PeerLink{TLS: PeerTLS{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.CertFile}, SecretFile: secret}
+	byURI := ca.Issue("some-host", securitytest.Options{Peer: true, URIs: []string{"ferry://node/n7"}})
+	off := false
+	unbound := full.TLS
+	unbound.VerifyNodeID = &off
+	// An impostor's own side does not check its own certificate.
+	impostor := node2TLS(node2, ca)
+	impostor.VerifyNodeID = &off
 
 	cases := []struct {
 		name      string
@@ -92,6 +105,7 @@ func TestPeerHandshake(t *testing.T) {
 		client    PeerLink
 		clientErr string // "" : linked
 		serverLog string
+		nodes     bool // the server is a NodeListener
 	}{
 		{name: "tls and secret", server: full,
 			client: PeerLink{TLS: PeerTLS{CertFile: node2.CertFile, KeyFile: node2.KeyFile, CAFile: ca.CertFile}, SecretFile: secret}},
@@ -121,11 +135,32 @@ func TestPeerHandshake(t *testing.T) {
 			clientErr: "sent no credentials", serverLog: "sent no credentials"},
 		{name: "plain client on a TLS port", server: full, client: PeerLink{},
 			clientErr: "requires TLS and the peer spoke plaintext", serverLog: "requires TLS"},
+
+		// A node's certificate is bound to the node id it claims.
+		{name: "node claims the id its certificate names", server: full,
+			client: PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret, Node: "node-2"}},
+		{name: "node claims the id of its certificate's URI", server: full,
+			client: PeerLink{TLS: node2TLS(byURI, ca), SecretFile: secret, Node: "n7"}},
+		{name: "node claims another node's id", server: full,
+			client:    PeerLink{TLS: impostor, SecretFile: secret, Node: "node-1"},
+			clientErr: `claims node id "node-1" but its certificate is for node "node-2"`,
+			serverLog: `claims node id "node-1" but its certificate is for node "node-2"`},
+		{name: "another node's id, tls only", server: PeerLink{TLS: full.TLS},
+			client:    PeerLink{TLS: impostor, Node: "node-1"},
+			clientErr: `claims node id "node-1"`, serverLog: `claims node id "node-1"`},
+		{name: "control: another node's id with verify_node_id false", server: PeerLink{TLS: unbound, SecretFile: secret},
+			client: PeerLink{TLS: impostor, SecretFile: secret, Node: "node-1"}},
+		{name: "a tool claims no id", server: full, client: PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret}},
+		{name: "nodes only: no id claimed", server: PeerLink{TLS: full.TLS}, nodes: true,
+			client:    PeerLink{TLS: node2TLS(node2, ca)},
+			clientErr: "claimed no node id", serverLog: "claimed no node id"},
+		{name: "nodes only: the right id", server: PeerLink{TLS: full.TLS}, nodes: true,
+			client: PeerLink{TLS: node2TLS(node2, ca), Node: "node-2"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			log := &recLog{}
-			addr := echoServer(t, mustPeers(t, tc.server, log))
+			addr := echoServerOn(t, mustPeers(t, tc.server, log), tc.nodes)
 			client := mustPeers(t, tc.client, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -171,6 +206,11 @@ func TestPeerHandshake(t *testing.T) {
 	}
 }
 
+// node2TLS is a client's tls section with pair, trusting ca.
+func node2TLS(pair securitytest.Pair, ca *securitytest.CA) PeerTLS {
+	return PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}
+}
+
 // TestPeerLinkValidate: the keys' problems are named.
 func TestPeerLinkValidate(t *testing.T) {
 	ca := securitytest.NewCA(t, "cluster")
@@ -198,7 +238,25 @@ func TestPeerLinkValidate(t *testing.T) {
 			}
 		}
 	}
+	if _, err := NewPeers(PeerLink{SecretFile: open, TLS: PeerTLS{VerifyNodeID: new(bool)}}, "listen", nil); err == nil || !strings.Contains(err.Error(), "tls.verify_node_id: applies only with TLS") {
+		t.Errorf("verify_node_id without TLS: %v", err)
+	}
 	ok := ca.Issue("peer", securitytest.Options{Peer: true})
+	// A node whose own certificate names another node fails at start,
+	// naming both; with verify_node_id false it starts.
+	own := PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}
+	if _, err := NewPeers(PeerLink{TLS: own, Node: "node-3"}, "listen", nil); err == nil ||
+		!strings.Contains(err.Error(), `tls.cert_file: certificate `+ok.CertFile+` is for node "peer" or "localhost", not this node (node.id "node-3")`) {
+		t.Errorf("a node with another node's certificate: %v", err)
+	}
+	if _, err := NewPeers(PeerLink{TLS: own, Node: "peer"}, "listen", nil); err != nil {
+		t.Errorf("a node with its own certificate: %v", err)
+	}
+	off := own
+	off.VerifyNodeID = new(bool)
+	if _, err := NewPeers(PeerLink{TLS: off, Node: "node-3"}, "listen", nil); err != nil {
+		t.Errorf("verify_node_id false: %v", err)
+	}
 	if ps := (PeerLink{TLS: PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}, SecretFile: ca.Secret("s", "0123456789abcdef")}).Validate(""); len(ps) > 0 {
 		t.Fatalf("a good section: %v", ps)
 	}

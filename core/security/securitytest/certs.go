@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -75,6 +76,8 @@ type Options struct {
 	// Peer makes a replication node's certificate: server and client
 	// auth, for 127.0.0.1 and localhost.
 	Peer bool
+	// URIs are URI subject alternative names (ferry://node/<id>).
+	URIs []string
 }
 
 // Issue signs a certificate for common name cn and writes it and its key
@@ -105,6 +108,13 @@ func (ca *CA) Issue(cn string, o Options) Pair {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
 		tmpl.DNSNames = []string{"localhost"}
+	}
+	for _, u := range o.URIs {
+		pu, err := url.Parse(u)
+		if err != nil {
+			ca.tb.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, pu)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {

@@ -189,6 +189,11 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	if err != nil {
 		return err
 	}
+	// The node it claims to be must be the one its certificate names:
+	// refused before anything is read or shipped.
+	if err := p.peers.CheckNode(stream.Context(), hello.Node); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	isMaster := p.role == sdk.RoleMaster && p.stepDown != nil && p.core != nil
 	epoch := p.st.Epoch

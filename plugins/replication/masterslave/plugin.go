@@ -131,7 +131,9 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 	if err := p.loadDeletions(); err != nil {
 		return fmt.Errorf("replication state in %s: %w", p.dir, err)
 	}
-	if p.peers, err = security.NewPeers(cfg.link(), "plugins.replication.config.listen", logger); err != nil {
+	pl := cfg.link()
+	pl.Node = env.GetNode() // claimed in every link it dials, checked against its certificate
+	if p.peers, err = security.NewPeers(pl, "plugins.replication.config.listen", logger); err != nil {
 		return err
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)

@@ -10,12 +10,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 )
 
 // runSlave follows the master until the node is promoted or ctx ends.
@@ -316,12 +315,7 @@ func (l *link) Promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferry
 		result = status.Convert(err).Message()
 	}
 	args := []any{"action", "Promote", "resource", "Cluster", "node", l.p.self, "force", req.GetForce(), "result", result}
-	if pr, ok := peer.FromContext(ctx); ok {
-		args = append(args, "source", pr.Addr.String())
-		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
-			args = append(args, "peer_certificate", ti.State.PeerCertificates[0].Subject.CommonName)
-		}
-	}
+	args = append(args, security.PeerAuditArgs(ctx)...)
 	logger.Info("audit: admin action", args...)
 	return resp, err
 }

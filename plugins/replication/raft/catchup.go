@@ -323,6 +323,11 @@ func (p *Plugin) follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	if err != nil {
 		return err
 	}
+	// The node it claims to be must be the one its certificate names:
+	// refused before anything is read or sent.
+	if err := p.peers.CheckNode(stream.Context(), hello.Node); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	core := p.core
 	p.mu.Unlock()

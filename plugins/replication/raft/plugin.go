@@ -40,6 +40,7 @@ type Plugin struct {
 	dir   string
 	node  string
 	log   hclog.Logger
+	audit hclog.Logger // audit lines (INFO)
 	trans *hraft.NetworkTransport
 	peers *security.Peers // TLS and the cluster secret on raft and admin links
 	logs  raftLog         // raft's log and stable store (term, vote)
@@ -72,7 +73,12 @@ var (
 
 // New returns a raft replication plugin.
 func New() *Plugin {
-	return &Plugin{log: hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr, JSONFormat: true})}
+	return &Plugin{
+		log: hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr, JSONFormat: true}),
+		// Audit lines are INFO, as the node's others: not held back by
+		// the level that quiets hashicorp/raft's own chatter.
+		audit: hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Info, Output: os.Stderr, JSONFormat: true}),
+	}
 }
 
 // Mode: raft replicates a batch before any node stores it.
@@ -116,7 +122,9 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 	if err != nil {
 		return err
 	}
-	if p.peers, err = security.NewPeers(cfg.link(), "plugins.replication.config.listen", p.log.Named("peers")); err != nil {
+	link := cfg.link()
+	link.Node = p.node // claimed in every link it dials, checked against its certificate
+	if p.peers, err = security.NewPeers(link, "plugins.replication.config.listen", p.log.Named("peers")); err != nil {
 		return err
 	}
 	stream, err := newStreamLayer(cfg.Listen, adv, p.peers)
@@ -385,8 +393,15 @@ func (a *admin) ChangeMembers(ctx context.Context, req *ferryv1.ChangeMembersReq
 	return a.p.changeMembers(ctx, req)
 }
 
-func (a *admin) Promote(context.Context, *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
-	return nil, status.Error(codes.FailedPrecondition, "raft elects its leader by itself; promote is for master–slave replication")
+// Promote is always refused: raft elects its leader by itself. The
+// refusal is audited as master–slave's Promote is (`audit: admin action`,
+// action Promote, with the caller's address and certificate), so that an
+// attempt to take over a raft group shows in the log.
+func (a *admin) Promote(ctx context.Context, req *ferryv1.PromoteRequest) (*ferryv1.PromoteResponse, error) {
+	const refusal = "raft elects its leader by itself; promote is for master–slave replication"
+	args := []any{"action", "Promote", "resource", "Cluster", "node", a.p.node, "force", req.GetForce(), "result", refusal}
+	a.p.audit.Info("audit: admin action", append(args, security.PeerAuditArgs(ctx)...)...)
+	return nil, status.Error(codes.FailedPrecondition, refusal)
 }
 
 // reportConflict logs, once per change, how the pipeline's peers and the

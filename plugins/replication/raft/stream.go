@@ -27,7 +27,7 @@ func newStreamLayer(listen string, advertise net.Addr, peers *security.Peers) (*
 	if err != nil {
 		return nil, err
 	}
-	return &streamLayer{Listener: peers.Listener(ln), peers: peers, advertise: advertise}, nil
+	return &streamLayer{Listener: peers.NodeListener(ln), peers: peers, advertise: advertise}, nil
 }
 
 // Dial connects to a peer's raft listener and shakes hands, within

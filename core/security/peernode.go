@@ -1,0 +1,126 @@
+package security
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// NodeURIPrefix starts the URI subject alternative name that names a
+// node in its certificate: ferry://node/<node id>.
+const NodeURIPrefix = "ferry://node/"
+
+// maxNodeClaim bounds the node id a peer may claim in its handshake.
+const maxNodeClaim = 128
+
+// validNodeClaim reports whether s can be sent as a node id in a
+// handshake line: printable ASCII without spaces.
+func validNodeClaim(s string) bool {
+	if s == "" || len(s) > maxNodeClaim {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// NodeNames lists the node ids a peer certificate names: its subject
+// common name, each DNS subject alternative name, and the id of each URI
+// subject alternative name ferry://node/<id>. A node may claim any of
+// them.
+func NodeNames(cert *x509.Certificate) []string {
+	if cert == nil {
+		return nil
+	}
+	var names []string
+	if cert.Subject.CommonName != "" {
+		names = append(names, cert.Subject.CommonName)
+	}
+	names = append(names, cert.DNSNames...)
+	for _, u := range cert.URIs {
+		if id, ok := strings.CutPrefix(u.String(), NodeURIPrefix); ok && id != "" {
+			names = append(names, id)
+		}
+	}
+	return names
+}
+
+// VerifyPeerNode checks that the verified certificate of a peer
+// connection (state) names the node id it claims, and says otherwise
+// with both: the id claimed and the names the certificate holds. No TLS
+// (state nil, or no certificate) is nothing to check.
+func VerifyPeerNode(state *tls.ConnectionState, claimed string) error {
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return nil
+	}
+	names := NodeNames(state.PeerCertificates[0])
+	for _, n := range names {
+		if n == claimed {
+			return nil
+		}
+	}
+	return fmt.Errorf("the peer claims node id %q but its certificate is for node %s: a node's certificate must name its node.id (subject common name, a DNS name or a URI %s<id>)",
+		claimed, certNodes(names), NodeURIPrefix)
+}
+
+// certNodes quotes a certificate's names for an error.
+func certNodes(names []string) string {
+	if len(names) == 0 {
+		return "(none: no common name, DNS or ferry://node/ URI)"
+	}
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(q, " or ")
+}
+
+// CheckNode checks, in a gRPC handler of a replication listener, that the
+// node id a request claims (a follow or catch-up request's node) is named
+// by the certificate of the connection it came on, when the links speak
+// TLS and verify node ids. A mismatch is logged as `audit: replication
+// peer refused` with both ids and returned as PermissionDenied, before
+// the handler reads or writes any data. A nil *Peers checks nothing.
+func (p *Peers) CheckNode(ctx context.Context, claimed string) error {
+	if p == nil || !p.bindNode {
+		return nil
+	}
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := pr.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil
+	}
+	if err := VerifyPeerNode(&ti.State, claimed); err != nil {
+		p.logRefusal(pr.Addr.String(), err.Error())
+		return status.Error(codes.PermissionDenied, "replication peer refused: "+err.Error())
+	}
+	return nil
+}
+
+// PeerAuditArgs are the keys an audit line of a replication listener's
+// handler gives its caller: source (the caller's address) and, under
+// mutual TLS, peer_certificate (its certificate's common name).
+func PeerAuditArgs(ctx context.Context) []any {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	args := []any{"source", pr.Addr.String()}
+	if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		args = append(args, "peer_certificate", ti.State.PeerCertificates[0].Subject.CommonName)
+	}
+	return args
+}
