@@ -348,13 +348,15 @@ func TestVerifyRaftClusterOverTLS(t *testing.T) {
 	ca := securitytest.NewCA(t, "cluster")
 	other := securitytest.NewCA(t, "other")
 	server := ca.Issue("broker", securitytest.Options{})
-	peer := ca.Issue("raft-node", securitytest.Options{Peer: true})
 	app := ca.Issue("verify", securitytest.Options{Client: true})
 	stranger := other.Issue("stranger", securitytest.Options{Client: true})
 	secret := ca.Secret("cluster.secret", "verify-s3cret-0123456789")
 	dir := t.TempDir()
 	var files []string
 	for i := 1; i <= 3; i++ {
+		// Each node's replication certificate names its node id, as a
+		// secured cluster needs (tls.verify_node_id).
+		peer := ca.Issue(fmt.Sprintf("r%d", i), securitytest.Options{Peer: true, URIs: []string{fmt.Sprintf("ferry://node/r%d", i)}})
 		var peers []string
 		for j := 1; j <= 3; j++ {
 			peers = append(peers, fmt.Sprintf("{id: r%d, raft: 127.0.0.1:%d, broker: 127.0.0.1:%d, admin: 127.0.0.1:%d}", j, 7380+j, 7180+j, 7480+j))
