@@ -207,9 +207,14 @@ func (f *fsm) syncApplied() error {
 	f.pmu.Unlock()
 	ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
 	defer cancel()
-	if err := f.core.(sdk.StoreSyncer).SyncStore(ctx); err != nil {
+	if err := f.core.(sdk.StoreSyncer).SyncStore(ctx); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		return err
 	}
+	// A core that cannot sync its store (an older host, a test core)
+	// does not know the log_durable mark either: it stored each apply as
+	// durably as its own flush policy says, as before the mark, and there
+	// is nothing to sync. Refusing here would stop every snapshot, and raft's
+	// log would never be compacted.
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
 	return atomicfile.WriteFile(filepath.Dir(f.path), filepath.Base(f.path), []byte(strconv.FormatUint(idx, 10)), 0o644)
