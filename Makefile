@@ -16,7 +16,7 @@ check: build
 	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@echo "== go vet"; $(GO) vet ./...
 	@echo "== ferry validate pipelines/"; ./bin/ferry validate $$(find pipelines -name '*.yaml' | sort)
-	@echo "== go test -race (scripts/gotest.sh: two streams side by side)"; GO=$(GO) scripts/gotest.sh
+	@echo "== go test -race (scripts/gotest.sh: three streams side by side)"; GO=$(GO) scripts/gotest.sh
 	@echo "== fuzz targets, a bounded count of executions each"; GO=$(GO) scripts/fuzz.sh
 	@echo "== bench/ (the JetStream comparison harness, its own module)"; cd bench && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -count=1 ./...
 
