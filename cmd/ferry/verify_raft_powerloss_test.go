@@ -44,11 +44,20 @@ func TestVerifyRaftPowerLossOfAllNodesControl(t *testing.T) {
 		t.Skip("starts real processes")
 	}
 	bin := ferrytest.BinaryWithTags(t, "ferry_faults")
-	r, stdout := verifyRaftPowerLossAll(t, bin, []string{"FERRY_FAULT_RAFT_NO_REAPPLY=1"}, "power-loss:all@7s-8s")
-	if r.Result.Lost == 0 {
-		t.Fatalf("with the re-apply disabled nothing acknowledged was lost: the test cannot fail\n%s", stdout)
+	// Whether a run loses depends on what was not yet fsynced when the
+	// power went (a flush may have just covered everything): up to three
+	// runs, and the control fails only if none of them loses anything.
+	var stdout string
+	for attempt := 1; attempt <= 3; attempt++ {
+		var r verifyReport
+		r, stdout = verifyRaftPowerLossAll(t, bin, []string{"FERRY_FAULT_RAFT_NO_REAPPLY=1"}, "power-loss:all@7s-8s")
+		if r.Result.Lost > 0 {
+			t.Logf("run %d lost %d of %d acked", attempt, r.Result.Lost, r.Result.Acked)
+			return
+		}
+		t.Logf("run %d: nothing acknowledged was lost (everything had been fsynced); again", attempt)
 	}
-	t.Logf("lost %d of %d acked", r.Result.Lost, r.Result.Acked)
+	t.Fatalf("with the re-apply disabled nothing acknowledged was lost in three runs: the test cannot fail\n%s", stdout)
 }
 
 func verifyRaftPowerLossAll(t *testing.T, bin string, env []string, faults string) (verifyReport, string) {
