@@ -360,20 +360,22 @@ func (e *PeerError) Error() string { return "replication peer " + e.Peer + ": " 
 // listener: it returns the connection to use (the TLS one with TLS), or
 // an error once conn is closed and the refusal logged.
 func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
-	return p.server(conn, false)
+	c, st, _, err := p.server(conn, false)
+	return c, st, err
 }
 
 // server is Server; with node, a link that verifies node ids (TLS) takes
 // only a peer that runs the handshake and claims its node id (the
-// listener of NodeListener).
-func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState, error) {
+// listener of NodeListener). It also returns the node id the peer claimed
+// in its handshake ("" for none).
+func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState, string, error) {
 	if p == nil {
 		p = plainPeers
 	}
 	remote := conn.RemoteAddr().String()
 	raw := conn
 	_ = conn.SetDeadline(time.Now().Add(peerHandshakeTimeout))
-	refuse := func(reason string, tell bool) (net.Conn, *tls.ConnectionState, error) {
+	refuse := func(reason string, tell bool) (net.Conn, *tls.ConnectionState, string, error) {
 		if tell {
 			_, _ = fmt.Fprintf(conn, "%s ERR %s\n", peerProto, reason)
 			// Let the peer read it: closing with what it sent unread
@@ -385,7 +387,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		}
 		_ = conn.Close()
 		p.logRefusal(remote, reason)
-		return nil, nil, &PeerError{Peer: remote, Reason: reason}
+		return nil, nil, "", &PeerError{Peer: remote, Reason: reason}
 	}
 	first := make([]byte, 1)
 	if _, err := io.ReadFull(conn, first); err != nil {
@@ -418,7 +420,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		// them to prove. Only a peer that starts the handshake (it has a
 		// secret to prove) is answered, and then refused.
 		_ = conn.SetDeadline(time.Time{})
-		return conn, nil, nil
+		return conn, nil, "", nil
 	}
 	br := bufio.NewReaderSize(conn, maxPeerLine)
 	if b, err := br.Peek(1); err != nil {
@@ -435,7 +437,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 				conn = &prefixConn{Conn: conn, prefix: drain(br)}
 			}
 			_ = conn.SetDeadline(time.Time{})
-			return conn, state, nil
+			return conn, state, "", nil
 		}
 		// A plain gRPC client or raft connection: no credentials at all.
 		return refuse(fmt.Sprintf("the peer sent no credentials (no Ferry peer handshake): this replication listener (%s) requires %s", p.name, p.requires()), true)
@@ -505,7 +507,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		conn = &prefixConn{Conn: conn, prefix: drain(br)}
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return conn, state, nil
+	return conn, state, claimed, nil
 }
 
 // Client runs the client side of the handshake on conn, dialled to addr
@@ -655,17 +657,54 @@ func (l *peerListener) Accept() (net.Conn, error) {
 
 // lazyConn is an accepted connection whose handshake runs on first use.
 type lazyConn struct {
-	raw  net.Conn
-	p    *Peers
-	node bool
-	once sync.Once
-	conn net.Conn
-	err  error
+	raw     net.Conn
+	p       *Peers
+	node    bool
+	once    sync.Once
+	conn    net.Conn
+	err     error
+	claimed string // the node id the peer claimed in its handshake
+	bound   bool   // claimed is named by the peer's verified certificate
 }
 
 func (c *lazyConn) ready() error {
-	c.once.Do(func() { c.conn, _, c.err = c.p.server(c.raw, c.node) })
+	c.once.Do(func() {
+		var st *tls.ConnectionState
+		c.conn, st, c.claimed, c.err = c.p.server(c.raw, c.node)
+		c.bound = c.err == nil && c.claimed != "" && st != nil && c.p.bindNode
+	})
 	return c.err
+}
+
+// PeerNode runs the handshake of a connection accepted by a Listener or
+// NodeListener, if it has not run yet, and returns the node id the peer
+// claimed in it ("" for none: a tool, an open listener's plain client)
+// and whether the claim is bound to the peer's certificate (TLS with
+// tls.verify_node_id: the handshake refused a claim the certificate does
+// not name). Without TLS a claimed id is only what the peer said, proved
+// by nothing but its knowledge of the cluster secret. A connection of any
+// other kind claims nothing. Called by the goroutine that serves the
+// connection, before it takes the peer's requests as the node's.
+func PeerNode(conn net.Conn) (node string, bound bool, err error) {
+	c, ok := conn.(*lazyConn)
+	if !ok {
+		return "", false, nil
+	}
+	if err := c.ready(); err != nil {
+		return "", false, err
+	}
+	return c.claimed, c.bound, nil
+}
+
+// Refused logs a peer refused after its handshake (by a check of what it
+// sent on the link), as the handshake's refusals are: "audit: replication
+// peer refused" with the peer's address (remote) and reason, the same
+// refusal of the same host at most every 10 s. A nil *Peers logs nothing.
+func (p *Peers) Refused(remote, reason string) {
+	if p == nil {
+		return
+	}
+	p.logRefusal(remote, reason)
 }
 
 func (c *lazyConn) Read(b []byte) (int, error) {
