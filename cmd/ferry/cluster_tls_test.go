@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	hraft "github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -215,7 +218,10 @@ func TestSecureRaftGroupFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	bin := ferrytest.Binary(t)
+	// ferry_faults: FERRY_FAULT_RAFT_NO_RPC_CHECK=1 in the test's
+	// environment turns the nodes' check of raft requests off (the
+	// negative control of raftImpostor).
+	bin := ferrytest.BinaryWithTags(t, "ferry_faults")
 	ca := securitytest.NewCA(t, "cluster")
 	other := securitytest.NewCA(t, "other")
 	secret := ca.Secret("cluster.secret", "raft-s3cret-0123456789")
@@ -350,6 +356,7 @@ topics:
 	if msgs, err := catchUpVia(mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret, Node: "r9"}), leader.admin, "r9"); err != nil || msgs == 0 {
 		t.Errorf("control: a catch-up claiming r9 with r9's certificate: %d messages, %v; want served", msgs, err)
 	}
+	raftImpostor(t, nodes, leader, pair, ca.CertFile, secret)
 	leader, _ = waitLeader(t, nodes, "the leader before the kill")
 	t0 := time.Now()
 	leader.kill(t)
@@ -392,6 +399,82 @@ topics:
 			t.Errorf("%s followed the intruder", nd.id)
 		}
 	}
+}
+
+// raftImpostor speaks hashicorp/raft to a follower of the group from the
+// test process, over a link whose handshake r9's certificate binds to
+// node r9 (pair): a RequestVote claiming r9 from an address no member has
+// is answered (raft refuses the vote: r9 is no member); requests that
+// claim to be another member (a RequestVote, an AppendEntries, a
+// TimeoutNow), or claim r9 from that member's raft address, are refused: the link is closed before raft
+// takes them, and the follower's audit line names both ids.
+func raftImpostor(t *testing.T, nodes []*raftNode, leader *raftNode, pair securitytest.Pair, caFile, secret string) {
+	t.Helper()
+	// The follower it speaks to, and the member it claims to be.
+	var follower, r2 *raftNode
+	for _, nd := range nodes {
+		if nd != leader && follower == nil {
+			follower = nd
+		}
+	}
+	for _, nd := range nodes {
+		if nd != follower && r2 == nil {
+			r2 = nd
+		}
+	}
+	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: caFile}, SecretFile: secret, Node: "r9"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trans := hraft.NewNetworkTransport(&dialStream{Listener: ln, peers: peers}, 1, 20*time.Second, io.Discard)
+	defer trans.Close()
+	hdr := func(id, addr string) hraft.RPCHeader {
+		return hraft.RPCHeader{ProtocolVersion: hraft.ProtocolVersionMax, ID: []byte(id), Addr: []byte(addr)}
+	}
+	target := hraft.ServerAddress(follower.repl)
+	fid := hraft.ServerID(follower.id)
+	var vote hraft.RequestVoteResponse
+	if err := trans.RequestVote(fid, target, &hraft.RequestVoteRequest{RPCHeader: hdr("r9", ln.Addr().String()), Term: 1}, &vote); err != nil {
+		t.Errorf("control: a RequestVote claiming r9 on r9's link: %v; want answered", err)
+	}
+	refusals := []struct {
+		what, want string
+		send       func() error
+	}{
+		{"a RequestVote claiming " + r2.id, fmt.Sprintf(`sent a raft RequestVote claiming node id \"%s\"`, r2.id), func() error {
+			return trans.RequestVote(fid, target, &hraft.RequestVoteRequest{RPCHeader: hdr(r2.id, r2.repl), Term: 1}, &hraft.RequestVoteResponse{})
+		}},
+		{"an AppendEntries claiming " + r2.id, fmt.Sprintf(`sent a raft AppendEntries claiming node id \"%s\"`, r2.id), func() error {
+			return trans.AppendEntries(fid, target, &hraft.AppendEntriesRequest{RPCHeader: hdr(r2.id, r2.repl), Term: 1, Leader: []byte(r2.repl)}, &hraft.AppendEntriesResponse{})
+		}},
+		{"a RequestVote claiming r9 from " + r2.id + "'s raft address", fmt.Sprintf(`claiming raft address %s, which is node \"%s\"'s`, r2.repl, r2.id), func() error {
+			return trans.RequestVote(fid, target, &hraft.RequestVoteRequest{RPCHeader: hdr("r9", r2.repl), Term: 1}, &hraft.RequestVoteResponse{})
+		}},
+		{"a TimeoutNow claiming " + r2.id, fmt.Sprintf(`sent a raft TimeoutNow claiming node id \"%s\"`, r2.id), func() error {
+			return trans.TimeoutNow(fid, target, &hraft.TimeoutNowRequest{RPCHeader: hdr(r2.id, r2.repl)}, &hraft.TimeoutNowResponse{})
+		}},
+	}
+	for _, r := range refusals {
+		if err := r.send(); err == nil {
+			t.Errorf("%s with r9's certificate was answered: raft took it; want the link closed", r.what)
+			continue
+		}
+		waitOutput(t, follower.clusterNode, "the refusal of "+r.what+", audited naming both ids", "audit: replication peer refused", `node \"r9\" (the id bound to its link at the handshake)`, r.want)
+	}
+}
+
+// dialStream is a raft stream layer that dials through peers' handshake
+// (accepting nothing it is sent).
+type dialStream struct {
+	net.Listener
+	peers *security.Peers
+}
+
+func (s *dialStream) Dial(addr hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.peers.Dial(ctx, string(addr))
 }
 
 // namesBoth reports whether err refuses a peer that claims node id
