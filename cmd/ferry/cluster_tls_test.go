@@ -109,25 +109,43 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	mPair, sPair := ca.Issue("master", securitytest.Options{Peer: true}), ca.Issue("slave", securitytest.Options{Peer: true})
 	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	master := writeLinkedNode(t, "master", "master", "sync", mb, mr, []string{sr}, peerLink(mPair, ca.CertFile, secret))
-	slave := writeLinkedNode(t, "slave", "slave", "sync", sb, sr, []string{mr}, peerLink(sPair, ca.CertFile, secret))
+	// The impostor master: a master with a certificate of the cluster CA
+	// (and the secret) for node "spare" that says it is node "master",
+	// at an address the slave asks who is master.
+	spare := ca.Issue("spare", securitytest.Options{Peer: true})
+	xb, xr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	xmaster := writeLinkedNode(t, "master", "master", "sync", xb, xr, []string{ferrytest.FreeAddr(t)},
+		strings.Replace(peerLink(spare, ca.CertFile, secret), "}", ", verify_node_id: false}", 1))
+	xmaster.id = "impostor-master"
+	slave := writeLinkedNode(t, "slave", "slave", "sync", sb, sr, []string{mr, xr}, peerLink(sPair, ca.CertFile, secret))
 	pb, pr, fb, fr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	plain := writeLinkedNode(t, "plain", "slave", "sync", pb, pr, []string{mr}, "")
 	foreign := writeLinkedNode(t, "foreign", "slave", "sync", fb, fr, []string{mr},
 		peerLink(other.Issue("foreign", securitytest.Options{Peer: true}), ca.CertFile, secret))
 	// The impostor: a certificate of the cluster CA (and the secret) for
 	// node "spare", claiming to be the slave.
-	spare := ca.Issue("spare", securitytest.Options{Peer: true})
 	ib, ir := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	// (Its own side does not check its own certificate, or it would not start.)
 	impostor := writeLinkedNode(t, "slave", "slave", "sync", ib, ir, []string{mr},
 		strings.Replace(peerLink(spare, ca.CertFile, secret), "}", ", verify_node_id: false}", 1))
 	impostor.id = "impostor"
-	for _, n := range []*clusterNode{master, slave, plain, foreign, impostor} {
+	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: sPair.CertFile, KeyFile: sPair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
+	ctx := context.Background()
+	for _, n := range []*clusterNode{master, xmaster} {
 		n.logLevel = "info"
 		n.start(t, bin)
 	}
-	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: sPair.CertFile, KeyFile: sPair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
-	ctx := context.Background()
+	// Both masters up before the slave asks who is master (it asks again
+	// only once its link ends).
+	eventually(t, 60*time.Second, "both masters answering", func() bool {
+		_, err1 := clusterStatusVia(ctx, peers, mr)
+		_, err2 := clusterStatusVia(ctx, nil, xr)
+		return err1 == nil && err2 != nil && !strings.Contains(err2.Error(), "connection refused")
+	})
+	for _, n := range []*clusterNode{slave, plain, foreign, impostor} {
+		n.logLevel = "info"
+		n.start(t, bin)
+	}
 	eventually(t, 60*time.Second, "slave linked to master over TLS", func() bool {
 		st, err := clusterStatusVia(ctx, peers, sr)
 		return err == nil && st.LeaderConnected
@@ -139,6 +157,9 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	waitOutput(t, master, "the master's refusal of the impostor, naming both ids", "replication peer refused",
 		`claims node id \"slave\" but its certificate is for node \"spare\"`)
 	waitOutput(t, impostor, "the impostor told why", "replication link to peer refused", "claims node id")
+	if st, err := clusterStatusVia(ctx, peers, sr); err != nil || st.LeaderAddress != mb {
+		t.Errorf("the slave follows %s at %s (%v); want the master, broker %s", st.GetLeaderNode(), st.GetLeaderAddress(), err, mb)
+	}
 
 	l := startLoad(t, mb, 4)
 	eventually(t, 60*time.Second, "200 sends acked OK", func() bool { return l.count(ferryv1.Status_STATUS_OK) >= 200 })
@@ -180,10 +201,14 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "requires TLS") {
 		t.Errorf("ferry cluster status without credentials: %v\n%s; want it refused, saying the listener requires TLS", err, out)
 	}
+	// The impostor master is still up: the slave does not count it as a
+	// master reachable, as its certificate is not the master's.
 	out, err = exec.Command(bin, "cluster", "promote", slave.yaml).CombinedOutput()
 	if err != nil {
 		t.Fatalf("promote: %v\n%s", err, out)
 	}
+	waitOutput(t, slave, "the slave's refusal of the impostor master, naming both ids", "replication link to peer refused", xr,
+		`claims node id \"master\" but its certificate is for node \"spare\"`)
 	waitOutput(t, slave, "the promotion audited", "audit: admin action", "action=Promote", "result=ok", "peer_certificate=slave")
 	eventually(t, 30*time.Second, "promoted slave takes produce", func() bool {
 		st, err := clusterStatusVia(ctx, peers, sr)

@@ -124,3 +124,32 @@ func PeerAuditArgs(ctx context.Context) []any {
 	}
 	return args
 }
+
+// CheckAnswer checks, on a link this node dialled to addr, that the node
+// id the peer answers as (a status answer's node, a follow answer's
+// master) is named by the certificate the peer served (pr: the call's
+// peer, from grpc.Peer or the stream's context), when the links speak TLS
+// and verify node ids: a node of the cluster cannot pass itself off as
+// another, say a slave's master. A mismatch is a *PeerError naming both
+// ids. A nil *Peers, or links that do not verify node ids, check nothing.
+func (p *Peers) CheckAnswer(pr *peer.Peer, addr, claimed string) error {
+	if p == nil || !p.bindNode {
+		return nil
+	}
+	var state *tls.ConnectionState
+	if pr != nil {
+		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok {
+			state = &ti.State
+		}
+	}
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return &PeerError{Peer: addr, Reason: "the peer's answer came on no verified TLS link, so its node id cannot be checked against its certificate"}
+	}
+	if claimed == "" {
+		return &PeerError{Peer: addr, Reason: "the peer answers as no node id: this node's links take only nodes whose certificate names their node.id"}
+	}
+	if err := VerifyPeerNode(state, claimed); err != nil {
+		return &PeerError{Peer: addr, Reason: err.Error()}
+	}
+	return nil
+}
