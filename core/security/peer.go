@@ -335,7 +335,9 @@ const peerHandshakeTimeout = 10 * time.Second
 // server on a TLS port answers that in plaintext to a client that does not
 // speak TLS. The HMACs cover both nonces, the role and, under TLS, keying
 // material exported from the TLS session, so a proof cannot be replayed on
-// another connection or relayed through a man in the middle. A side with a
+// another connection or relayed through a man in the middle; they cover
+// the node id claimed in HELLO too, so that a relay cannot change the
+// claim without the secret. A side with a
 // secret requires the other's proof: both prove, or the link is refused.
 // A node sends its node id in HELLO (a tool such as ferry cluster sends
 // none); under TLS the server refuses it at once unless the client's
@@ -487,7 +489,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 	}
 	answer := "-"
 	if secret != nil {
-		want := peerMAC(secret, "client", cnonce, snonce, binding)
+		want := peerMAC(secret, "client", cnonce, snonce, binding, claimed)
 		got, err := hex.DecodeString(mac)
 		if mac == "-" || err != nil || !hmac.Equal(got, want) {
 			reason := "wrong cluster secret (secret_file)"
@@ -496,7 +498,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 			}
 			return refuse(reason, true)
 		}
-		answer = hex.EncodeToString(peerMAC(secret, "server", cnonce, snonce, binding))
+		answer = hex.EncodeToString(peerMAC(secret, "server", cnonce, snonce, binding, claimed))
 	} else if mac != "-" {
 		return refuse("the peer proves a cluster secret and this node has none: set the same secret_file on every node", true)
 	}
@@ -586,7 +588,7 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 	}
 	proof := "-"
 	if secret != nil {
-		proof = hex.EncodeToString(peerMAC(secret, "client", cnonce, snonce, binding))
+		proof = hex.EncodeToString(peerMAC(secret, "client", cnonce, snonce, binding, p.node))
 	}
 	if _, err := fmt.Fprintf(conn, "%s PROOF %s\n", peerProto, proof); err != nil {
 		return fail("writing the proof: " + err.Error())
@@ -604,7 +606,7 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 	}
 	if secret != nil {
 		got, err := hex.DecodeString(mac)
-		if err != nil || !hmac.Equal(got, peerMAC(secret, "server", cnonce, snonce, binding)) {
+		if err != nil || !hmac.Equal(got, peerMAC(secret, "server", cnonce, snonce, binding, p.node)) {
 			return fail("the peer does not know the cluster secret (secret_file): refused")
 		}
 	}
@@ -829,10 +831,13 @@ func exported(st *tls.ConnectionState) ([]byte, error) {
 	return b, nil
 }
 
-// peerMAC is one side's proof of the cluster secret.
-func peerMAC(secret []byte, role, cnonce, snonce string, binding []byte) []byte {
+// peerMAC is one side's proof of the cluster secret, over both nonces,
+// the TLS session's keying material (binding) and the node id the client
+// claimed in its hello ("" for none): a hello whose claim was changed on
+// the way fails both proofs.
+func peerMAC(secret []byte, role, cnonce, snonce string, binding []byte, node string) []byte {
 	m := hmac.New(sha256.New, secret)
-	fmt.Fprintf(m, "%s %s %s %s %x", peerProto, role, cnonce, snonce, binding)
+	fmt.Fprintf(m, "%s %s %s %s %x %s", peerProto, role, cnonce, snonce, binding, node)
 	return m.Sum(nil)
 }
 

@@ -1,6 +1,7 @@
 package security
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -374,4 +375,87 @@ func FuzzPeerHandshake(f *testing.F) {
 			t.Fatalf("accepted %q without the secret", in)
 		}
 	})
+}
+
+// With only the cluster secret (no TLS), the proofs cover the node id the
+// hello claims: a relay between two nodes that rewrites node-2's claim to
+// node-1 makes the server refuse the proof; the same relay passing the
+// hello unchanged links (the control).
+func TestPeerSecretProofBindsNodeID(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	secret := ca.Secret("secret", "0123456789abcdef-cluster")
+	for _, rewrite := range []bool{false, true} {
+		log := &recLog{}
+		addr := echoServer(t, mustPeers(t, PeerLink{SecretFile: secret}, log))
+		relay := claimRelay(t, addr, rewrite)
+		client := mustPeers(t, PeerLink{SecretFile: secret, Node: "node-2"}, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		conn, err := client.Dial(ctx, relay)
+		cancel()
+		var got []byte
+		if err == nil {
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			if _, err = conn.Write([]byte(http2Preface + "\r\nSM\r\n\r\n")); err == nil {
+				got, err = io.ReadAll(conn)
+			}
+			conn.Close()
+		}
+		if !rewrite {
+			if err != nil || string(got) != "data\n" {
+				t.Fatalf("control: the relay passing the hello unchanged: %v, read %q; want linked", err, got)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "wrong cluster secret") || strings.Contains(string(got), "data") {
+			t.Fatalf("a hello whose claim was rewritten to node-1: %v, read %q; want refused as a wrong proof", err, got)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(log.text(), "wrong cluster secret") {
+			if time.Now().After(deadline) {
+				t.Fatalf("server log %q; want the refusal", log.text())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// claimRelay relays connections to addr; with rewrite, the client's hello
+// claiming node-2 is passed on claiming node-1.
+func claimRelay(t *testing.T, addr string, rewrite bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { _, _ = io.Copy(c, s); c.Close() }()
+				br := bufio.NewReader(c)
+				hello, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if rewrite {
+					hello = strings.Replace(hello, " node-2\n", " node-1\n", 1)
+				}
+				if _, err := io.WriteString(s, hello); err != nil {
+					return
+				}
+				_, _ = io.Copy(s, br)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
