@@ -43,6 +43,11 @@ type PeerTLS struct {
 	// (NodeNames). false lets any certificate of the cluster CA claim any
 	// node id, for clusters whose certificates do not name their nodes.
 	VerifyNodeID *bool `json:"verify_node_id"`
+	// RequireNodeURI, false unless set, names a node only by a URI
+	// subject alternative name ferry://node/<id> in its certificate, not
+	// by its common name or DNS names: a DNS name several certificates
+	// share (a wildcard, a load balancer's name) then names no node.
+	RequireNodeURI bool `json:"require_node_uri"`
 }
 
 // Enabled reports whether the section asks for TLS.
@@ -109,6 +114,11 @@ func (l PeerLink) Validate(prefix string) sdk.Problems {
 	if l.TLS.VerifyNodeID != nil && !l.TLS.Enabled() {
 		add("tls.verify_node_id", "applies only with TLS (tls.cert_file, key_file, ca_file): without certificates a peer's node id cannot be checked")
 	}
+	if l.TLS.RequireNodeURI && !l.TLS.Enabled() {
+		add("tls.require_node_uri", "applies only with TLS (tls.cert_file, key_file, ca_file): without certificates a peer's node id cannot be checked")
+	} else if l.TLS.RequireNodeURI && !l.TLS.verifiesNodeID() {
+		add("tls.require_node_uri", "contradicts tls.verify_node_id: false: node ids are not checked, so no URI is required")
+	}
 	return ps
 }
 
@@ -168,6 +178,9 @@ type Peers struct {
 	// bindNode: a peer's certificate must name the node id it claims
 	// (with tls only).
 	bindNode bool
+	// uriOnly: only a certificate's ferry://node/ URIs name its node
+	// (tls.require_node_uri).
+	uriOnly bool
 
 	secretFile string
 	mu         sync.Mutex
@@ -235,7 +248,7 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 	if l.Node != "" && !validNodeClaim(l.Node) {
 		return nil, fmt.Errorf("node id %q cannot be claimed in a peer handshake: at most %d printable characters without spaces", l.Node, maxNodeClaim)
 	}
-	p := &Peers{name: name, log: log, secretFile: l.SecretFile, node: l.Node, bindNode: l.TLS.Enabled() && l.TLS.verifiesNodeID()}
+	p := &Peers{name: name, log: log, secretFile: l.SecretFile, node: l.Node, bindNode: l.TLS.Enabled() && l.TLS.verifiesNodeID(), uriOnly: l.TLS.RequireNodeURI}
 	if l.TLS.Enabled() {
 		r := &reloader{cfg: TLS{CertFile: l.TLS.CertFile, KeyFile: l.TLS.KeyFile, ClientCAFile: l.TLS.CAFile}, log: log}
 		if err := r.reload(r.current()); err != nil {
@@ -248,10 +261,14 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := VerifyPeerNode(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}, l.Node); err != nil {
+			if err := verifyPeerNode(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}, l.Node, p.uriOnly); err != nil {
+				how := fmt.Sprintf("subject common name, a DNS name or a URI %s%s", NodeURIPrefix, l.Node)
+				if p.uriOnly {
+					how = fmt.Sprintf("a URI %s%s: tls.require_node_uri takes no other form", NodeURIPrefix, l.Node)
+				}
 				return nil, sdk.Problems{{Path: "tls.cert_file", Message: fmt.Sprintf(
-					"certificate %s is for node %s, not this node (node.id %q): its peers would refuse it. Name the node id in the certificate (subject common name, a DNS name or a URI %s%s), or set tls.verify_node_id: false on every node",
-					l.TLS.CertFile, certNodes(NodeNames(c.Leaf)), l.Node, NodeURIPrefix, l.Node)}}
+					"certificate %s is for node %s, not this node (node.id %q): its peers would refuse it. Name the node id in the certificate (%s), or set tls.verify_node_id: false on every node",
+					l.TLS.CertFile, certNodes(nodeNames(c.Leaf, p.uriOnly)), l.Node, how)}}
 			}
 		}
 	}
@@ -459,7 +476,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 	if claimed != "" && state != nil && p.bindNode {
 		// Before anything else is read or written: a node of the cluster
 		// that claims another node's id is refused here.
-		if err := VerifyPeerNode(state, claimed); err != nil {
+		if err := verifyPeerNode(state, claimed, p.uriOnly); err != nil {
 			return refuse(err.Error(), true)
 		}
 	}

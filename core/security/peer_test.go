@@ -99,6 +99,8 @@ func TestPeerHandshake(t *testing.T) {
 	// An impostor's own side does not check its own certificate.
 	impostor := node2TLS(node2, ca)
 	impostor.VerifyNodeID = &off
+	uriOnly := full.TLS
+	uriOnly.RequireNodeURI = true
 
 	cases := []struct {
 		name      string
@@ -157,6 +159,19 @@ func TestPeerHandshake(t *testing.T) {
 			clientErr: "claimed no node id", serverLog: "claimed no node id"},
 		{name: "nodes only: the right id", server: PeerLink{TLS: full.TLS}, nodes: true,
 			client: PeerLink{TLS: node2TLS(node2, ca), Node: "node-2"}},
+
+		// tls.require_node_uri: only a URI ferry://node/<id> names a node.
+		{name: "require_node_uri: a node named by its URI", server: PeerLink{TLS: uriOnly, SecretFile: secret},
+			client: PeerLink{TLS: node2TLS(byURI, ca), SecretFile: secret, Node: "n7"}},
+		{name: "require_node_uri: a node named by its common name", server: PeerLink{TLS: uriOnly, SecretFile: secret},
+			client:    PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret, Node: "node-2"},
+			clientErr: `claims node id "node-2" but its certificate is for node (none`,
+			serverLog: "with tls.require_node_uri only a URI ferry://node/<id> names a node"},
+		{name: "require_node_uri: a node named by a DNS name", server: PeerLink{TLS: uriOnly, SecretFile: secret},
+			client:    PeerLink{TLS: impostor, SecretFile: secret, Node: "localhost"},
+			clientErr: `claims node id "localhost"`, serverLog: `claims node id "localhost"`},
+		{name: "control: a DNS name names a node without require_node_uri", server: full,
+			client: PeerLink{TLS: impostor, SecretFile: secret, Node: "localhost"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -260,6 +275,26 @@ func TestPeerLinkValidate(t *testing.T) {
 	}
 	if ps := (PeerLink{TLS: PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}, SecretFile: ca.Secret("s", "0123456789abcdef")}).Validate(""); len(ps) > 0 {
 		t.Fatalf("a good section: %v", ps)
+	}
+	// require_node_uri: only with TLS that verifies node ids; a node whose
+	// certificate names it only by its common name fails at start, one
+	// with its URI starts.
+	if ps := (PeerLink{SecretFile: open, TLS: PeerTLS{RequireNodeURI: true}}).Validate(""); len(ps) == 0 || !strings.Contains(ps.Error(), "tls.require_node_uri: applies only with TLS") {
+		t.Errorf("require_node_uri without TLS: %v", ps)
+	}
+	both := off
+	both.RequireNodeURI = true
+	if ps := (PeerLink{TLS: both}).Validate(""); len(ps) == 0 || !strings.Contains(ps.Error(), "tls.require_node_uri: contradicts tls.verify_node_id: false") {
+		t.Errorf("require_node_uri with verify_node_id false: %v", ps)
+	}
+	uri := own
+	uri.RequireNodeURI = true
+	if _, err := NewPeers(PeerLink{TLS: uri, Node: "peer"}, "listen", nil); err == nil || !strings.Contains(err.Error(), "tls.require_node_uri takes no other form") {
+		t.Errorf("require_node_uri, a certificate naming the node by its common name only: %v", err)
+	}
+	byURI := ca.Issue("some-host", securitytest.Options{Peer: true, URIs: []string{"ferry://node/n7"}})
+	if _, err := NewPeers(PeerLink{TLS: PeerTLS{CertFile: byURI.CertFile, KeyFile: byURI.KeyFile, CAFile: ca.CertFile, RequireNodeURI: true}, Node: "n7"}, "listen", nil); err != nil {
+		t.Errorf("require_node_uri, a certificate naming the node by URI: %v", err)
 	}
 }
 
