@@ -9,3 +9,7 @@ const offsetsNoWait = false
 // noReapply is false in release builds: entries the store lost are applied
 // again from the log (faults_on.go).
 const noReapply = false
+
+// offsetsNoForward is false in release builds: a follower forwards the
+// consumer commits made through it to the leader (faults_on.go).
+const offsetsNoForward = false

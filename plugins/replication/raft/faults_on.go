@@ -21,3 +21,11 @@ var offsetsNoWait = os.Getenv(EnvFaultOffsetsNoWait) == "1"
 const EnvFaultNoReapply = "FERRY_FAULT_RAFT_NO_REAPPLY"
 
 var noReapply = os.Getenv(EnvFaultNoReapply) == "1"
+
+// EnvFaultNoForward, in test builds only, set to "1", makes a follower keep
+// the consumer commits made through it, as it did before they were
+// forwarded to the leader (forward.go): the negative control of the test
+// that such a commit survives the leader's kill.
+const EnvFaultNoForward = "FERRY_FAULT_RAFT_NO_FORWARD"
+
+var offsetsNoForward = os.Getenv(EnvFaultNoForward) == "1"
