@@ -19,19 +19,61 @@ import (
 // and the entry it applies again is de-duplicated. Then every node loses
 // power at once: each store drops what it had not fsynced, and every node
 // applies those entries again from its raft log after the restart. Nothing
-// acknowledged is lost, nothing is stored twice.
+// acknowledged is lost, nothing is stored twice. The same with
+// store_fsync: true (each store fsyncs every applied batch itself, the old
+// double write): both settings are covered.
 func TestVerifyRaftPowerLossOfAllNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	r, stdout := verifyRaftPowerLossAll(t, ferryBin, nil, "kill:leader@2s-2500ms,power-loss:all@7s-8s")
-	if !strings.Contains(stdout, "verdict: pass") {
-		t.Fatalf("verdict:\n%s", stdout)
+	for _, tc := range []struct {
+		name       string
+		storeFsync bool
+	}{
+		{"log_durable", false},
+		{"store_fsync", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := raftFiles
+			if tc.storeFsync {
+				files = raftFilesWith(t, "store_fsync: true")
+			}
+			r, stdout := verifyRaftPowerLossAll(t, ferryBin, files, nil, "kill:leader@2s-2500ms,power-loss:all@7s-8s")
+			if !strings.Contains(stdout, "verdict: pass") {
+				t.Fatalf("verdict:\n%s", stdout)
+			}
+			if r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.Unexpected != 0 || r.Result.OutOfOrder != 0 || r.Result.Acked < 100 {
+				t.Fatalf("result: %+v\n%s", r.Result, stdout)
+			}
+			t.Logf("acked %d, stored %d", r.Result.Acked, r.Result.Stored)
+		})
 	}
-	if r.Result.Lost != 0 || r.Result.Duplicated != 0 || r.Result.Unexpected != 0 || r.Result.OutOfOrder != 0 || r.Result.Acked < 100 {
-		t.Fatalf("result: %+v\n%s", r.Result, stdout)
+}
+
+// raftFilesWith copies the pipelines of raftFiles into a temporary
+// directory with one more key of the raft plugin's config (after
+// leader_lease_timeout, at its indent) and returns the copies' paths.
+func raftFilesWith(t *testing.T, key string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	const anchor = "      leader_lease_timeout: 250ms\n"
+	var out []string
+	for _, f := range raftFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte(anchor)) {
+			t.Fatalf("%s has no line %q to put %q after", f, anchor, key)
+		}
+		b = bytes.Replace(b, []byte(anchor), []byte(anchor+"      "+key+"\n"), 1)
+		path := filepath.Join(dir, filepath.Base(f))
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, path)
 	}
-	t.Logf("acked %d, stored %d", r.Result.Acked, r.Result.Stored)
+	return out
 }
 
 // The negative control: the power loss with the re-apply disabled (the test
@@ -50,7 +92,7 @@ func TestVerifyRaftPowerLossOfAllNodesControl(t *testing.T) {
 	var stdout string
 	for attempt := 1; attempt <= 3; attempt++ {
 		var r verifyReport
-		r, stdout = verifyRaftPowerLossAll(t, bin, []string{"FERRY_FAULT_RAFT_NO_REAPPLY=1"}, "power-loss:all@7s-8s")
+		r, stdout = verifyRaftPowerLossAll(t, bin, raftFiles, []string{"FERRY_FAULT_RAFT_NO_REAPPLY=1"}, "power-loss:all@7s-8s")
 		if r.Result.Lost > 0 {
 			t.Logf("run %d lost %d of %d acked", attempt, r.Result.Lost, r.Result.Acked)
 			return
@@ -60,9 +102,9 @@ func TestVerifyRaftPowerLossOfAllNodesControl(t *testing.T) {
 	t.Fatalf("with the re-apply disabled nothing acknowledged was lost in three runs: the test cannot fail\n%s", stdout)
 }
 
-func verifyRaftPowerLossAll(t *testing.T, bin string, env []string, faults string) (verifyReport, string) {
+func verifyRaftPowerLossAll(t *testing.T, bin string, files, env []string, faults string) (verifyReport, string) {
 	out := t.TempDir()
-	args := append([]string{"verify"}, raftFiles...)
+	args := append([]string{"verify"}, files...)
 	args = append(args, "--duration", "12s", "--producers", "2", "--out", out,
 		"--faults", faults)
 	cmd := exec.Command(bin, args...)
