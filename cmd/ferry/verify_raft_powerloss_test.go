@@ -36,7 +36,8 @@ func TestVerifyRaftPowerLossOfAllNodes(t *testing.T) {
 		{"store_fsync", true, false},
 		// Half of the first record each store had not fsynced stays
 		// on disk: recovery cuts it, and raft applies its entry and the
-		// later ones again from the log.
+		// later ones again from the log. (verify's entries hold one
+		// message each: the torn record is always its entry's first.)
 		{"torn_tail", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
