@@ -29,7 +29,11 @@ import (
 // FERRY_CLUSTER_BENCH_ONLY=raft,none runs only the named setups (keep none
 // in the list: the ratios are to it). The setups named *-grpc-plane are sync
 // and raft with the plugins' hot calls on gRPC (plugins.data_plane: grpc),
-// against the shared-memory rings of the others.
+// against the shared-memory rings of the others. raft is the raft plugin's
+// default (store_fsync: false), raft-store-fsync the same group with
+// store_fsync: true: FERRY_CLUSTER_BENCH_ONLY=none,raft,raft-store-fsync
+// sets them side by side. FERRY_CLUSTER_BENCH_DURATION (default 5s) is
+// each workload's duration (a short one for a smoke run only).
 const EnvClusterBench = "FERRY_CLUSTER_BENCH"
 
 func TestClusterProduceBenchmark(t *testing.T) {
@@ -39,6 +43,13 @@ func TestClusterProduceBenchmark(t *testing.T) {
 	reps := 3
 	if r, err := strconv.Atoi(os.Getenv("FERRY_CLUSTER_BENCH_REPS")); err == nil && r > 0 {
 		reps = r
+	}
+	duration := "5s"
+	if d := os.Getenv("FERRY_CLUSTER_BENCH_DURATION"); d != "" {
+		if v, err := time.ParseDuration(d); err != nil || v <= 0 {
+			t.Fatalf("FERRY_CLUSTER_BENCH_DURATION=%q: want a positive duration such as 5s", d)
+		}
+		duration = d
 	}
 	bin := ferrytest.Binary(t)
 	type setup struct {
@@ -76,6 +87,18 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		})
 		return []string{mb}
 	}
+	// raftSetup starts 3 raft nodes with extra keys of the raft config.
+	raftSetup := func(extra string) []string {
+		nodes := raftGroupVia(t, 3, nil, extra)
+		var seeds []string
+		for _, nd := range nodes {
+			nd.start(t, bin)
+			running = append(running, nd.clusterNode)
+			seeds = append(seeds, nd.broker)
+		}
+		eventually(t, 60*time.Second, "a raft leader", func() bool { return raftLeader(nodes) != nil })
+		return seeds
+	}
 	setups := []setup{
 		{"none", func() []string {
 			b := ferrytest.FreeAddr(t)
@@ -99,17 +122,12 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		// once the batch is in its page cache (its store's flush: async);
 		// the master still fsyncs before it answers.
 		{"sync-slave-async-flush", func() []string { return masterSlave("sync", "async") }},
-		{"raft", func() []string {
-			nodes := raftGroup(t, 3)
-			var seeds []string
-			for _, nd := range nodes {
-				nd.start(t, bin)
-				running = append(running, nd.clusterNode)
-				seeds = append(seeds, nd.broker)
-			}
-			eventually(t, 60*time.Second, "a raft leader", func() bool { return raftLeader(nodes) != nil })
-			return seeds
-		}},
+		// raft with its default store_fsync: false (the store takes
+		// committed entries without an fsync of its own: one fsync per
+		// message, the raft log's), then with store_fsync: true (the
+		// store fsyncs each applied batch too: the old double write).
+		{"raft", func() []string { return raftSetup("") }},
+		{"raft-store-fsync", func() []string { return raftSetup("store_fsync: true\n") }},
 	}
 	// The same setups with every plugin's hot calls on gRPC instead of the
 	// shared-memory rings (plugins.data_plane: grpc, through the
@@ -157,7 +175,7 @@ func TestClusterProduceBenchmark(t *testing.T) {
 				samples[s.name] = map[string][]sample{}
 			}
 			for _, w := range workloads {
-				args := append([]string{"bench", "produce", "--broker", strings.Join(brokers, ","), "--topic", "orders", "--size", "1024", "--duration", "5s", "--json"}, w...)
+				args := append([]string{"bench", "produce", "--broker", strings.Join(brokers, ","), "--topic", "orders", "--size", "1024", "--duration", duration, "--json"}, w...)
 				out, err := exec.Command(bin, args...).Output()
 				if err != nil {
 					t.Fatalf("%s %v: %v\n%s", s.name, w, err, out)

@@ -190,6 +190,12 @@ func consumeLines(t *testing.T, bin string, flags ...string) []consumedLine {
 // end of each queue of orders on a broker.
 func groupOffsets(t *testing.T, broker string) (committed, ends map[int32]int64) {
 	t.Helper()
+	return groupOffsetsOf(t, broker, offsetsGroup)
+}
+
+// groupOffsetsOf is groupOffsets for another group.
+func groupOffsetsOf(t *testing.T, broker, group string) (committed, ends map[int32]int64) {
+	t.Helper()
 	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +207,7 @@ func groupOffsets(t *testing.T, broker string) (committed, ends map[int32]int64)
 	for q := range int32(4) {
 		refs = append(refs, &ferryv1.QueueRef{Topic: "orders", Queue: q})
 	}
-	r, err := ferryv1.NewBrokerClient(cc).GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: offsetsGroup, Queues: refs})
+	r, err := ferryv1.NewBrokerClient(cc).GetOffsets(ctx, &ferryv1.GetOffsetsRequest{Group: group, Queues: refs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,3 +29,7 @@ func installFaults(p sdk.Plugin) {
 	log.Warn("power-loss hook armed for ferry verify: SIGUSR1 drops what was not fsynced", "verify_pid", pid)
 	installPowerLoss(s)
 }
+
+// tearOnPowerLoss is false in release builds: a power loss cuts the store
+// cleanly at its last fsync (faults_on.go).
+const tearOnPowerLoss = false

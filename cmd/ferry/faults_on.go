@@ -3,6 +3,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/plugins/storage/file"
 )
@@ -16,3 +18,10 @@ func installFaults(p sdk.Plugin) {
 		installPowerLoss(s)
 	}
 }
+
+// EnvFaultPowerLossTear, set to "1" in test builds, makes the file store's
+// power loss tear the first record the last fsync did not cover (half of
+// it stays on disk) instead of cutting cleanly before it (powerloss.go).
+const EnvFaultPowerLossTear = "FERRY_FAULT_POWER_LOSS_TEAR"
+
+var tearOnPowerLoss = os.Getenv(EnvFaultPowerLossTear) == "1"

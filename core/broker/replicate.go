@@ -442,8 +442,19 @@ const offsetCommitTimeout = 10 * time.Second
 // through the plugin's log, waiting, when it has sdk.OffsetCommitter; else
 // reported in the background (committed). Called from the commit's
 // goroutine, concurrently.
+//
+// On a raft follower (or candidate) the commit is handed to the plugin's
+// CommitOffsets too, which forwards it to the leader: it is answered once
+// committed through the log, as on the leader. A master–slave slave keeps
+// its commits to itself (its plugin has no sdk.OffsetCommitter).
 func (r *replicator) commit(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
-	if len(offsets) == 0 || !sdk.TakesProduce(r.b.role.get().Role) {
+	if len(offsets) == 0 {
+		return nil
+	}
+	switch role := r.b.role.get().Role; {
+	case role == sdk.RoleFollower || role == sdk.RoleCandidate:
+		return r.commitThroughLeader(ctx, group, offsets)
+	case !sdk.TakesProduce(role):
 		return nil
 	}
 	impl, gen, _ := r.src.Current()
@@ -467,6 +478,36 @@ func (r *replicator) commit(ctx context.Context, group string, offsets []*sdk.Gr
 	}
 	r.committed(group, offsets)
 	return nil
+}
+
+// commitThroughLeader hands a consumer commit made on a follower to the
+// plugin's CommitOffsets, which forwards it to the leader, and returns its
+// error. A plugin without sdk.OffsetCommitter is not called: the commit
+// stays on this node.
+func (r *replicator) commitThroughLeader(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+	impl, gen, _ := r.src.Current()
+	if impl == nil {
+		if first, _ := r.replicateFirst(); first {
+			return fmt.Errorf("%w: consumer offsets stored on this follower, but not committed through the leader: the replication plugin is restarting (commit again)", sdk.ErrUnavailable)
+		}
+		return nil
+	}
+	c, ok := impl.(sdk.OffsetCommitter)
+	if !ok || r.offs.noWait(gen) {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, offsetCommitTimeout)
+	defer cancel()
+	switch err := c.CommitOffsets(cctx, group, offsets); {
+	case err == nil:
+		return nil
+	case errors.Is(err, errors.ErrUnsupported):
+		r.offs.setNoWait(gen)
+		return nil
+	default:
+		r.b.opts.Metrics.OffsetReplicationFailed(group)
+		return fmt.Errorf("group %q: consumer offsets stored on this follower, but not committed through the raft leader (commit again): %w", group, err)
+	}
 }
 
 // noWait reports whether plugin generation gen said it cannot wait for

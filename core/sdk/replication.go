@@ -212,12 +212,14 @@ type GroupDeleteReplication interface {
 // survives the loss of this node. Many callers wait at once; the plugin
 // should put the offsets of concurrent calls into one log entry.
 //
-// The broker of a node that takes produce calls it for every consumer
+// The broker of a node that takes produce, and of a raft follower or
+// candidate (RoleFollower, RoleCandidate), calls it for every consumer
 // commit (and offset reset), from the goroutine of that call, after it
-// stored the offsets locally, and answers the commit with its error: the
-// consumer's commit fails (and is retried by the consumer) when the node is
-// not the leader (ErrNotLeader), when the commit's outcome is unknown
-// because leadership was lost (ErrUnavailable), or when ctx ends first.
+// stored the offsets locally, and answers the commit with its error. A
+// follower's plugin forwards the offsets to its leader. The consumer's
+// commit fails (and is retried by the consumer) when no leader takes it
+// (ErrNotLeader), when the commit's outcome is unknown because leadership
+// was lost (ErrUnavailable), or when ctx ends first.
 // With it the broker does not report offsets through ReplicateOffsets.
 //
 // Over gRPC the SDK announces the capability in the plugin's status

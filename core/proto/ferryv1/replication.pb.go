@@ -2276,12 +2276,13 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12S\n" +
 	"\x10ReplicateOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n" +
 	"\x0fReplicateTopics\x12\x15.ferry.v1.TopicChange\x1a\x1d.ferry.v1.TopicChangeResponse\x12a\n" +
-	"\x14ReplicateGroupDelete\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse2\xb3\x02\n" +
+	"\x14ReplicateGroupDelete\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse2\x85\x03\n" +
 	"\vReplicaLink\x12?\n" +
 	"\x06Follow\x12\x17.ferry.v1.FollowRequest\x1a\x18.ferry.v1.FollowResponse(\x010\x01\x12Q\n" +
 	"\x06Status\x12\".ferry.v1.ReplicationStatusRequest\x1a#.ferry.v1.ReplicationStatusResponse\x12>\n" +
 	"\aPromote\x12\x18.ferry.v1.PromoteRequest\x1a\x19.ferry.v1.PromoteResponse\x12P\n" +
-	"\rChangeMembers\x12\x1e.ferry.v1.ChangeMembersRequest\x1a\x1f.ferry.v1.ChangeMembersResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\rChangeMembers\x12\x1e.ferry.v1.ChangeMembersRequest\x1a\x1f.ferry.v1.ChangeMembersResponse\x12P\n" +
+	"\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_replication_proto_rawDescOnce sync.Once
@@ -2384,18 +2385,20 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	16, // 44: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
 	22, // 45: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
 	24, // 46: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	5,  // 47: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	6,  // 48: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	17, // 49: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	35, // 50: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	3,  // 51: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	36, // 52: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	20, // 53: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	17, // 54: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	23, // 55: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	25, // 56: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	47, // [47:57] is the sub-list for method output_type
-	37, // [37:47] is the sub-list for method input_type
+	28, // 47: ferry.v1.ReplicaLink.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	5,  // 48: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 49: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	17, // 50: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	35, // 51: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 52: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	36, // 53: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	20, // 54: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	17, // 55: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	23, // 56: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	25, // 57: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	35, // 58: ferry.v1.ReplicaLink.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	48, // [48:59] is the sub-list for method output_type
+	37, // [37:48] is the sub-list for method input_type
 	37, // [37:37] is the sub-list for extension type_name
 	37, // [37:37] is the sub-list for extension extendee
 	0,  // [0:37] is the sub-list for field type_name

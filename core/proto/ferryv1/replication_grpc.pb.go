@@ -382,6 +382,7 @@ const (
 	ReplicaLink_Status_FullMethodName        = "/ferry.v1.ReplicaLink/Status"
 	ReplicaLink_Promote_FullMethodName       = "/ferry.v1.ReplicaLink/Promote"
 	ReplicaLink_ChangeMembers_FullMethodName = "/ferry.v1.ReplicaLink/ChangeMembers"
+	ReplicaLink_CommitOffsets_FullMethodName = "/ferry.v1.ReplicaLink/CommitOffsets"
 )
 
 // ReplicaLinkClient is the client API for ReplicaLink service.
@@ -401,6 +402,12 @@ type ReplicaLinkClient interface {
 	// (`ferry cluster add-node`, `remove-node`). Master–slave answers
 	// Unimplemented.
 	ChangeMembers(ctx context.Context, in *ChangeMembersRequest, opts ...grpc.CallOption) (*ChangeMembersResponse, error)
+	// CommitOffsets is a consumer group's commit forwarded by a raft
+	// follower to its leader: the leader puts the offsets into the log and
+	// answers once they are committed there (on a quorum), so that a commit
+	// a consumer made through a follower survives the loss of any node. Only the leader takes it (NOT_LEADER otherwise); it is never
+	// forwarded again. Master–slave answers Unimplemented.
+	CommitOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error)
 }
 
 type replicaLinkClient struct {
@@ -454,6 +461,16 @@ func (c *replicaLinkClient) ChangeMembers(ctx context.Context, in *ChangeMembers
 	return out, nil
 }
 
+func (c *replicaLinkClient) CommitOffsets(ctx context.Context, in *CommitOffsetsRequest, opts ...grpc.CallOption) (*CommitOffsetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommitOffsetsResponse)
+	err := c.cc.Invoke(ctx, ReplicaLink_CommitOffsets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicaLinkServer is the server API for ReplicaLink service.
 // All implementations must embed UnimplementedReplicaLinkServer
 // for forward compatibility.
@@ -471,6 +488,12 @@ type ReplicaLinkServer interface {
 	// (`ferry cluster add-node`, `remove-node`). Master–slave answers
 	// Unimplemented.
 	ChangeMembers(context.Context, *ChangeMembersRequest) (*ChangeMembersResponse, error)
+	// CommitOffsets is a consumer group's commit forwarded by a raft
+	// follower to its leader: the leader puts the offsets into the log and
+	// answers once they are committed there (on a quorum), so that a commit
+	// a consumer made through a follower survives the loss of any node. Only the leader takes it (NOT_LEADER otherwise); it is never
+	// forwarded again. Master–slave answers Unimplemented.
+	CommitOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error)
 	mustEmbedUnimplementedReplicaLinkServer()
 }
 
@@ -492,6 +515,9 @@ func (UnimplementedReplicaLinkServer) Promote(context.Context, *PromoteRequest) 
 }
 func (UnimplementedReplicaLinkServer) ChangeMembers(context.Context, *ChangeMembersRequest) (*ChangeMembersResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ChangeMembers not implemented")
+}
+func (UnimplementedReplicaLinkServer) CommitOffsets(context.Context, *CommitOffsetsRequest) (*CommitOffsetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CommitOffsets not implemented")
 }
 func (UnimplementedReplicaLinkServer) mustEmbedUnimplementedReplicaLinkServer() {}
 func (UnimplementedReplicaLinkServer) testEmbeddedByValue()                     {}
@@ -575,6 +601,24 @@ func _ReplicaLink_ChangeMembers_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplicaLink_CommitOffsets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommitOffsetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaLinkServer).CommitOffsets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplicaLink_CommitOffsets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaLinkServer).CommitOffsets(ctx, req.(*CommitOffsetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplicaLink_ServiceDesc is the grpc.ServiceDesc for ReplicaLink service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -593,6 +637,10 @@ var ReplicaLink_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ChangeMembers",
 			Handler:    _ReplicaLink_ChangeMembers_Handler,
+		},
+		{
+			MethodName: "CommitOffsets",
+			Handler:    _ReplicaLink_CommitOffsets_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -40,14 +40,21 @@ type groupQueue struct {
 	queue int32
 }
 
-// CommitOffsets puts a group's committed offsets into the raft log, on the
-// leader, and returns once the entry is committed (on a quorum, so a new
-// leader has it) and applied on this node. Concurrent calls share an entry.
-// On a node that does not lead it returns ErrNotLeader at once, naming the
-// leader it knows; when leadership is lost with the entry in flight,
-// ErrUnavailable (the outcome is unknown: the consumer commits again); when
-// ctx ends first (at most offsetCommitTimeout without a deadline),
-// ErrUnavailable wrapping ctx's error.
+// CommitOffsets puts a group's committed offsets into the raft log and
+// returns once the entry is committed (on a quorum, so a new leader has
+// it). The broker calls it for every consumer commit it stored, on the
+// leader and on a follower alike, so the node the consumer committed on
+// holds the offsets already; the others store them when they apply the
+// entry (the leader's apply pipeline, too, stores them just after).
+//
+// On the leader concurrent calls share an entry (commitOnLeader). On a
+// follower the call is forwarded to the leader's admin listener
+// (forward.go) and answered with the leader's answer, so a commit made
+// through a follower is as durable as one made on the leader. Without a
+// leader, or when leadership is lost with the entry in flight, it returns
+// ErrNotLeader or ErrUnavailable (the outcome is unknown: the consumer
+// commits again); when ctx ends first (at most offsetCommitTimeout
+// without a deadline), ErrUnavailable wrapping ctx's error.
 func (p *Plugin) CommitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
 	if len(offsets) == 0 {
 		return nil
@@ -55,16 +62,30 @@ func (p *Plugin) CommitOffsets(ctx context.Context, group string, offsets []*sdk
 	if group == "" {
 		return fmt.Errorf("%w: consumer offsets without a group", sdk.ErrInvalidArgument)
 	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, offsetCommitTimeout)
+		defer cancel()
+	}
+	p.mu.Lock()
+	r := p.raft
+	p.mu.Unlock()
+	if r != nil && r.State() != hraft.Leader {
+		return p.forwardOffsets(ctx, group, offsets)
+	}
+	return p.commitOnLeader(ctx, group, offsets)
+}
+
+// commitOnLeader is CommitOffsets on the leader: the group commit. On a
+// node that does not lead it returns ErrNotLeader at once, naming the
+// leader it knows (it never forwards: a forwarded call lands here). ctx
+// has a deadline.
+func (p *Plugin) commitOnLeader(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
 	p.mu.Lock()
 	r := p.raft
 	p.mu.Unlock()
 	if err := notLeader(r); err != nil {
 		return err
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, offsetCommitTimeout)
-		defer cancel()
 	}
 	done := make(chan error, 1)
 	c := &p.commits

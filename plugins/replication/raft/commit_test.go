@@ -66,18 +66,21 @@ func TestRaftGroupCommitsConsumerOffsets(t *testing.T) {
 		waitOffsets(t, ms, fmt.Sprintf("g%02d", i), [2]int64{int64(i % 3), int64(i % 5)})
 	}
 
-	// A commit on a follower is not the log's (its broker does not take
-	// produce): stored there only, as before.
+	// A commit on a follower is forwarded to the leader, answered once
+	// committed through the log, and reaches every node: the leader and
+	// the other follower have it only from the log.
 	for _, m := range ms {
 		if m == l {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := m.eng.Broker().CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "local", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 1}}})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := m.eng.Broker().CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "via-follower", Offsets: []*sdk.GroupOffset{
+			{Topic: "orders", Queue: 0, Offset: 2}, {Topic: "orders", Queue: 1, Offset: 3}}})
 		cancel()
 		if err != nil {
 			t.Fatalf("commit on follower %s: %v", m.id, err)
 		}
+		waitOffsets(t, ms, "via-follower", [2]int64{2, 3})
 		break
 	}
 }

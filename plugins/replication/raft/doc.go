@@ -146,8 +146,16 @@
 //     the entry stores it again, and an entry applied after a newer local
 //     commit moves the group back until the newer commit's entry is
 //     applied: at most redelivery, never a skipped message (at-least-once
-//     holds). Consumers reading from a follower commit there; the log's
-//     next entry for that group overwrites it.
+//     holds).
+//   - Consumers reading from a follower commit there: the follower's
+//     broker stores the offsets and calls CommitOffsets, which forwards
+//     them to the leader's admin listener (ReplicaLink.CommitOffsets,
+//     forward.go) and returns the leader's answer, so such a commit too is
+//     acknowledged only once committed through the log. While no leader
+//     answers it tries again every 100 ms until ctx ends. The leader never
+//     forwards a forwarded commit again. A forwarded commit does not pass
+//     the leader broker's group gate (a commit racing a group's delete may
+//     bring the group back, as on master–slave).
 //   - `ferry group delete` on the leader is an entry of its own kind
 //     (groups.go, sdk.GroupDeleteReplication): every node's FSM drops the
 //     group from its table and deletes its offsets through

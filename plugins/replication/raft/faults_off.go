@@ -13,3 +13,7 @@ const noReapply = false
 // noRPCCheck is false in release builds: raft requests must claim their
 // link's node id (faults_on.go).
 const noRPCCheck = false
+
+// offsetsNoForward is false in release builds: a follower forwards the
+// consumer commits made through it to the leader (faults_on.go).
+const offsetsNoForward = false

@@ -29,3 +29,11 @@ var noReapply = os.Getenv(EnvFaultNoReapply) == "1"
 const EnvFaultNoRPCCheck = "FERRY_FAULT_RAFT_NO_RPC_CHECK"
 
 var noRPCCheck = os.Getenv(EnvFaultNoRPCCheck) == "1"
+
+// EnvFaultNoForward, in test builds only, set to "1", makes a follower keep
+// the consumer commits made through it, as it did before they were
+// forwarded to the leader (forward.go): the negative control of the test
+// that such a commit survives the leader's kill.
+const EnvFaultNoForward = "FERRY_FAULT_RAFT_NO_FORWARD"
+
+var offsetsNoForward = os.Getenv(EnvFaultNoForward) == "1"

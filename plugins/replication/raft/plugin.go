@@ -61,6 +61,12 @@ type Plugin struct {
 	commitMu sync.Mutex
 	commits  offsetCommitter
 
+	// conns: connections to peers' admin listeners, by address
+	// (forward.go); closed once the plugin closes.
+	connMu sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+
 	// Snapshot catch-up, for Status: snapshots restored, messages
 	// fetched from peers for them, catch-ups served to peers.
 	restored, caughtUp, served atomic.Int64
@@ -390,6 +396,7 @@ func (p *Plugin) Close() error {
 	if p.admin != nil {
 		p.admin.Stop()
 	}
+	p.closeConns()
 	if p.trans != nil {
 		_ = p.trans.Close()
 	}

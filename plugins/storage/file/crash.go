@@ -14,10 +14,25 @@ import (
 // lock is released. The store is then closed; open a new one on the same
 // directory to test recovery. Appends still waiting fail or time out.
 func (s *Store) CrashLoseUnflushed() error {
+	_, _, err := s.crash(false)
+	return err
+}
+
+// CrashTearUnflushed is CrashLoseUnflushed with a torn write: of what the
+// last fsync did not cover, the first half of the first record survives
+// (its record, at global log position pos, is size bytes long), as when
+// the power goes while the disk writes that record. It returns pos and
+// size (size 0: nothing was unsynced, so nothing was torn). For tests only:
+// recovery at the next open must cut the torn record.
+func (s *Store) CrashTearUnflushed() (pos int64, size int32, err error) {
+	return s.crash(true)
+}
+
+func (s *Store) crash(tear bool) (int64, int32, error) {
 	s.mu.Lock()
 	if s.closed || !s.configured {
 		s.mu.Unlock()
-		return fmt.Errorf("storage-file: %w", sdk.ErrClosed)
+		return 0, 0, fmt.Errorf("storage-file: %w", sdk.ErrClosed)
 	}
 	s.closed = true
 	s.crashed.Store(true)
@@ -30,6 +45,23 @@ func (s *Store) CrashLoseUnflushed() error {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// keepTo: the global log position up to which the files keep their
+	// bytes (the fsynced position, or half into the record after it).
+	keepTo := s.fpos
+	var tornPos int64
+	var tornSize int32
+	if tear {
+		for _, q := range s.queues {
+			for i := len(q.ents) - 1; i >= 0 && q.ents[i].pos >= s.fpos; i-- {
+				if e := q.ents[i]; tornSize == 0 || e.pos < tornPos {
+					tornPos, tornSize = e.pos, e.size
+				}
+			}
+		}
+		if tornSize > 0 {
+			keepTo = tornPos + int64(tornSize)/2
+		}
+	}
 	var firstErr error
 	keep := func(err error) {
 		if err != nil && firstErr == nil {
@@ -45,7 +77,7 @@ func (s *Store) CrashLoseUnflushed() error {
 		} else {
 			// What was not fsynced is gone: a preallocated file
 			// has its zeros back, another file is shorter.
-			cut := segmentHeaderSize + min(max(s.fpos-g.base, 0), g.size)
+			cut := segmentHeaderSize + min(max(keepTo-g.base, 0), g.size)
 			st, err := g.f.Stat()
 			keep(err)
 			keep(g.f.Truncate(cut))
@@ -57,5 +89,5 @@ func (s *Store) CrashLoseUnflushed() error {
 	}
 	s.segs = nil
 	keep(s.lock.Close())
-	return firstErr
+	return tornPos, tornSize, firstErr
 }

@@ -1,8 +1,10 @@
 package file
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -79,4 +81,53 @@ func appendCtx(t *testing.T, s *Store, c context.Context, msgs ...*sdk.Message) 
 		t.Fatalf("wait: %v", err)
 	}
 	return offs
+}
+
+// A power loss that tears the first record the last fsync did not cover
+// (CrashTearUnflushed: half of it reaches the disk): the bytes of the torn
+// half are in the file, and recovery cuts the torn record, keeping every
+// message before it. This is what a raft node's store holds after such a
+// crash (its entries were appended log-durable); raft applies the rest
+// again from its log.
+func TestTornTailAfterPowerLoss(t *testing.T) {
+	dataDir := t.TempDir()
+	const config = `{"flush": "sync", "flush_interval": "1h", "segment_bytes": "64KiB"}`
+	s := openStore(t, dataDir, config)
+	for i := range 5 {
+		appendCtx(t, s, ctx(t), testMsg(0, i))
+	}
+	lc := sdk.WithLogDurable(ctx(t))
+	for i := 5; i < 10; i++ {
+		appendCtx(t, s, lc, testMsg(0, i))
+	}
+	pos, size, err := s.CrashTearUnflushed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size == 0 {
+		t.Fatal("nothing was torn: the log-durable appends were fsynced")
+	}
+	seg := segments(t, dataDir)
+	if len(seg) != 1 {
+		t.Fatalf("%d segments, want 1", len(seg))
+	}
+	b, err := os.ReadFile(seg[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := segmentHeaderSize + pos
+	half := at + int64(size)/2
+	if int64(len(b)) < half || bytes.Count(b[at:half], []byte{0}) == int(half-at) {
+		t.Fatalf("the torn record's first half (bytes %d to %d of %d) is not in the file", at, half, len(b))
+	}
+	if end := min(at+int64(size), int64(len(b))); bytes.Count(b[half:end], []byte{0}) != int(end-half) {
+		t.Fatalf("the torn record's second half (bytes %d to %d) survived the power loss", half, end)
+	}
+	s = openStore(t, dataDir, config)
+	if got := len(readQueue(t, s, 0)); got != 5 {
+		t.Fatalf("after the torn power loss: %d messages, want the 5 fsynced", got)
+	}
+	if offs := appendCtx(t, s, ctx(t), testMsg(0, 50)); offs[0] != 5 {
+		t.Fatalf("the next append got offset %d, want 5 (the torn record cut)", offs[0])
+	}
 }
