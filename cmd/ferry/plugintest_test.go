@@ -383,10 +383,10 @@ func runPluginTestsAtOnce(t *testing.T, runs [][]string, env ...[]string) []plug
 	return outs
 }
 
-// The negative controls of the consensus cases: the raft plugin broken four
+// The negative controls of the consensus cases: the raft plugin broken six
 // ways (testdata/badraft) fails the case that checks what it breaks, on the
 // gRPC plane (the ring one runs the same case code), with what is wrong.
-// The four runs are independent and run side by side.
+// The six runs are independent and run side by side.
 func TestPluginTestFailsBadRaft(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "badraft")
 	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badraft").CombinedOutput(); err != nil {
@@ -406,6 +406,8 @@ func TestPluginTestFailsBadRaft(t *testing.T) {
 		{"follower-writes", "20s", "ConsensusFollowerRefuses", "answered STATUS_OK for refused-node-"},
 		{"apply-first", "5s", "ConsensusCommitThroughLog", "logs are not the same after 5s"},
 		{"no-catchup", "8s", "ConsensusSnapshotCatchUp", "back after its entries were compacted away: the members' logs are not the same"},
+		{"ok-without-quorum", "20s", "ConsensusCommitThroughLog", "answered STATUS_OK for no-quorum-0 with both other members gone"},
+		{"store-without-quorum", "20s", "ConsensusCommitThroughLog", "stored no-quorum-0, which cannot have committed (no quorum)"},
 	}
 	var runs, envs [][]string
 	for _, c := range cases {
