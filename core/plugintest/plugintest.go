@@ -7,7 +7,6 @@ package plugintest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 
@@ -297,14 +296,10 @@ func (h *replicationHarness) init(tmp, dataPlane string, nodes int) error {
 			return err
 		}
 		h.hosts = append(h.hosts, host)
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		h.addrs = append(h.addrs, l.Addr().String())
-		l.Close()
 	}
-	return nil
+	var err error
+	h.addrs, err = sdktest.FreeLoopbackAddrs(nodes)
+	return err
 }
 
 func (h *replicationHarness) close() {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"time"
@@ -132,7 +131,7 @@ func newConsensusGroup(h ReplicationHarness) (*consensusGroup, error) {
 		return nil, fmt.Errorf("harness: %d addresses, the consensus cases need %d", len(addrs), consensusNodes)
 	}
 	g := &consensusGroup{h: h, bound: h.Features().consensusBound(), nodes: make([]*ServedReplication, consensusNodes)}
-	extra, err := freeAddrs(2 * consensusNodes)
+	extra, err := FreeLoopbackAddrs(2 * consensusNodes)
 	if err != nil {
 		return nil, err
 	}
@@ -581,18 +580,4 @@ func memberDiff(a, b *ReplicaTestCore, q int32) string {
 		return fmt.Sprintf("queue %d: %s holds %d messages, %s %d", q, b.node, len(lb), a.node, len(la))
 	}
 	return ""
-}
-
-// freeAddrs returns n loopback addresses whose ports were free a moment ago.
-func freeAddrs(n int) ([]string, error) {
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		out = append(out, l.Addr().String())
-		l.Close()
-	}
-	return out, nil
 }
