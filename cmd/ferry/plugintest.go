@@ -18,6 +18,7 @@ import (
 	"github.com/ferrymq/ferry/core/plugintest"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/sdk/sdktest"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // newPluginTestCmd returns `ferry plugin test`.
@@ -212,9 +213,9 @@ func transportFeatures(out io.Writer, target string, haveConfig bool, section []
 }
 
 // freeAddr returns a loopback address whose port was free a moment ago
-// (sdktest.FreeLoopbackAddrs).
+// (internal/freeport).
 func freeAddr() (string, error) {
-	a, err := sdktest.FreeLoopbackAddrs(1)
+	a, err := freeport.Addrs(1)
 	if err != nil {
 		return "", err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/sdk/sdktest"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // Target names the plugin under test.
@@ -298,7 +299,7 @@ func (h *replicationHarness) init(tmp, dataPlane string, nodes int) error {
 		h.hosts = append(h.hosts, host)
 	}
 	var err error
-	h.addrs, err = sdktest.FreeLoopbackAddrs(nodes)
+	h.addrs, err = freeport.Addrs(nodes)
 	return err
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // The replication suite checks a master–slave replication plugin (modes
@@ -608,9 +609,9 @@ func testCatchUpAfterAbsence(h ReplicationHarness) error {
 }
 
 // freeLoopback returns a loopback address whose port was free a moment ago
-// (FreeLoopbackAddrs).
+// (internal/freeport).
 func freeLoopback(t testing.TB) string {
-	a, err := FreeLoopbackAddrs(1)
+	a, err := freeport.Addrs(1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // The consensus cases check a replication plugin of mode replicate_first
@@ -131,7 +132,7 @@ func newConsensusGroup(h ReplicationHarness) (*consensusGroup, error) {
 		return nil, fmt.Errorf("harness: %d addresses, the consensus cases need %d", len(addrs), consensusNodes)
 	}
 	g := &consensusGroup{h: h, bound: h.Features().consensusBound(), nodes: make([]*ServedReplication, consensusNodes)}
-	extra, err := FreeLoopbackAddrs(2 * consensusNodes)
+	extra, err := freeport.Addrs(2 * consensusNodes)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package sdktest
+package freeport
 
 import (
 	"net"
@@ -6,26 +6,26 @@ import (
 	"testing"
 )
 
-// The addresses a harness hands its plugins are loopback, of ports below
-// the ephemeral range (where no outgoing connection takes one), free, and
-// never handed out twice.
-func TestFreeLoopbackAddrs(t *testing.T) {
+// The addresses handed out are loopback, of ports below the ephemeral range
+// (where no outgoing connection takes one), free, and never handed out
+// twice.
+func TestAddrs(t *testing.T) {
 	seen := map[string]bool{}
 	for range 20 {
-		addrs, err := FreeLoopbackAddrs(9)
+		addrs, err := Addrs(9)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(addrs) != 9 {
-			t.Fatalf("FreeLoopbackAddrs(9) = %v", addrs)
+			t.Fatalf("Addrs(9) = %v", addrs)
 		}
 		for _, a := range addrs {
 			host, port, err := net.SplitHostPort(a)
 			if err != nil || host != "127.0.0.1" {
 				t.Fatalf("address %q: not 127.0.0.1:port (%v)", a, err)
 			}
-			if p, _ := strconv.Atoi(port); p >= ephemeralLow() || p < 1024 {
-				t.Fatalf("address %s: port outside 1024..%d", a, ephemeralLow())
+			if p, _ := strconv.Atoi(port); p >= EphemeralLow() || p < 1024 {
+				t.Fatalf("address %s: port outside 1024..%d", a, EphemeralLow())
 			}
 			if seen[a] {
 				t.Fatalf("address %s handed out twice", a)
