@@ -34,6 +34,11 @@ const (
 	FerryGRPC   = "ferry grpc" // plugins in processes, data plane gRPC (the data plane before the rings)
 	FerryNode   = "ferry node" // the whole node in a process of its own, as `ferry run` runs it
 	JetStream   = "jetstream"
+	// With Options.Apart: the in-process node and JetStream each in a
+	// process of their own, so that every system's client crosses a process
+	// boundary, as every user's does.
+	FerryInprocNode = "ferry in-process node"
+	JetStreamApart  = "jetstream apart"
 )
 
 // Options configure Run.
@@ -47,6 +52,10 @@ type Options struct {
 	InProcess    bool          // also run Ferry with in-process plugins
 	GRPC         bool          // also run Ferry with plugins in processes on the gRPC data plane
 	Node         bool          // also run Ferry as a node process of its own (ServeNode), as `ferry run` does
+	// Apart also runs the node with in-process plugins and JetStream each in
+	// a process of its own (and implies Node): the comparison of servers as
+	// users run them, the load generator in this process.
+	Apart bool
 	// Log, when set, gets a line per run as it ends.
 	Log io.Writer
 	// PluginExe is the binary the plugin host re-executes for Ferry's
@@ -123,7 +132,7 @@ func (c *closer) close() {
 
 // systems are the systems at one durability level.
 type systems struct {
-	ferry, inproc, grpc, node, js bench.System
+	ferry, inproc, grpc, node, js, inprocNode, jsApart bench.System
 }
 
 // start brings up the systems of one durability level.
@@ -164,8 +173,16 @@ func start(ctx context.Context, o Options, cfg *config.Pipeline, durability stri
 			return nil, err
 		}
 	}
-	if o.Node {
-		if s.node, err = startNode(ctx, o, durability, cl); err != nil {
+	if o.Node || o.Apart {
+		if s.node, err = startNode(ctx, o, durability, pluginhost.ModeSubprocess, FerryNode, cl); err != nil {
+			return nil, err
+		}
+	}
+	if o.Apart {
+		if s.inprocNode, err = startNode(ctx, o, durability, pluginhost.ModeInProcess, FerryInprocNode, cl); err != nil {
+			return nil, err
+		}
+		if s.jsApart, err = startJetStream(ctx, o, durability, cl); err != nil {
 			return nil, err
 		}
 	}
@@ -194,7 +211,13 @@ func (s *systems) list() []bench.System {
 	if s.node != nil {
 		out = append(out, s.node)
 	}
-	return append(out, s.js)
+	out = append(out, s.js)
+	for _, x := range []bench.System{s.inprocNode, s.jsApart} {
+		if x != nil {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // Cases are the comparison's workloads at one durability level on its
@@ -283,11 +306,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.GRPC {
 		rep.Pairs = append(rep.Pairs, bench.Pair{Num: Ferry, Den: FerryGRPC})
 	}
-	if o.Node {
+	if o.Node || o.Apart {
 		rep.Pairs = append(rep.Pairs, bench.Pair{Num: FerryNode, Den: JetStream})
 		if o.InProcess {
 			rep.Pairs = append(rep.Pairs, bench.Pair{Num: FerryNode, Den: FerryInproc, Min: 0.8})
 		}
+	}
+	if o.Apart {
+		rep.Pairs = append(rep.Pairs,
+			bench.Pair{Num: FerryNode, Den: JetStreamApart},
+			bench.Pair{Num: FerryNode, Den: FerryInprocNode, Min: 0.8},
+			bench.Pair{Num: FerryInprocNode, Den: JetStreamApart})
 	}
 	var after func(int, bench.Case, bench.System, *bench.Result)
 	if o.Log != nil {
@@ -322,8 +351,25 @@ func (r *Report) Targets() []string {
 			}
 		}
 	}
+	if r.Options.Apart {
+		// Every server in a process of its own, as users run them.
+		apart := bench.Pair{Num: FerryNode, Den: JetStreamApart}
+		for _, c := range cmp.Cases {
+			if c.Target > 0 {
+				ratio := cmp.Ratio(c.Row, apart)
+				out = append(out, verdict(ratio >= c.Target, fmt.Sprintf("%s: node ÷ jetstream apart %.2f× (target ≥ %g×)", c.Row, ratio, c.Target)))
+			}
+			if c.Workload.Kind == bench.Produce && c.Workload.Mode == bench.Sync && c.Workload.Producers == 1 && c.Target > 0 {
+				f, i := cmp.Median(c.Row, FerryNode), cmp.Median(c.Row, FerryInprocNode)
+				if f != nil && i != nil && f.Latency != nil && i.Latency != nil {
+					out = append(out, verdict(f.Latency.P50 <= i.Latency.P50+25*time.Microsecond, fmt.Sprintf("%s: p50 node %s, in-process node %s (target: at most 25 µs more)",
+						c.Row, bench.FormatDuration(f.Latency.P50), bench.FormatDuration(i.Latency.P50))))
+				}
+			}
+		}
+	}
 	for _, p := range r.Pairs[1:] {
-		if p.Den != FerryInproc {
+		if p.Den != FerryInproc && p.Den != FerryInprocNode {
 			continue
 		}
 		worst, row := 0.0, ""
@@ -333,11 +379,14 @@ func (r *Report) Targets() []string {
 			}
 		}
 		if row != "" {
-			what := "subprocess"
+			what, den := "subprocess", "in-process"
 			if p.Num == FerryNode {
 				what = "node process"
 			}
-			out = append(out, verdict(worst >= p.Min, fmt.Sprintf("%s ÷ in-process, lowest over the workloads: %.2f× (%s; target ≥ %g×)", what, worst, row, p.Min)))
+			if p.Den == FerryInprocNode {
+				den = "in-process node"
+			}
+			out = append(out, verdict(worst >= p.Min, fmt.Sprintf("%s ÷ %s, lowest over the workloads: %.2f× (%s; target ≥ %g×)", what, den, worst, row, p.Min)))
 		}
 	}
 	return out

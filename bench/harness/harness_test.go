@@ -23,6 +23,20 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if len(os.Args) >= 3 && os.Args[1] == "node" && os.Args[2] == "run" {
+		if err := harness.ServeNode(os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if len(os.Args) >= 3 && os.Args[1] == "jetstream" && os.Args[2] == "serve" {
+		if err := harness.ServeJetStream(os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 
@@ -80,5 +94,46 @@ func TestRunTiny(t *testing.T) {
 	}
 	if len(doc.Medians) != 21 || len(doc.Runs) != 21 || len(doc.Targets) == 0 {
 		t.Errorf("JSON: %d medians, %d runs, %d targets", len(doc.Medians), len(doc.Runs), len(doc.Targets))
+	}
+}
+
+// With Apart, the node with in-process plugins and JetStream run in
+// processes of their own beside the node: every workload runs on all six
+// systems, and the report has the servers-apart ratios and targets.
+func TestRunApartTiny(t *testing.T) {
+	o := harness.DefaultOptions()
+	o.Pipeline = "../../pipelines/broker.yaml"
+	o.Reps, o.Duration, o.ConsumeCount, o.Durability = 1, 100*time.Millisecond, 2000, []string{"async"}
+	o.Apart = true
+	var log bytes.Buffer
+	o.Log = &log
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := harness.Run(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(log.String(), "\n"); n != 4*6 {
+		t.Errorf("%d runs logged, want 24 (4 workloads × 6 systems):\n%s", n, log.String())
+	}
+	var out bytes.Buffer
+	if err := rep.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	t.Log(out.String())
+	for _, s := range []string{
+		"ferry node ÷ jetstream apart", "ferry node ÷ ferry in-process node",
+		"1 sync producer: node ÷ jetstream apart",
+		"1 sync producer: p50 node",
+		"node process ÷ in-process node, lowest over the workloads",
+	} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("report lacks %q", s)
+		}
+	}
+	for _, m := range rep.Cmp.Medians() {
+		if m.Messages == 0 || m.Failed() != 0 {
+			t.Errorf("%s on %s: %d messages, errors %s", m.Workload, m.System, m.Messages, m.Errors())
+		}
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	hraft "github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -106,25 +109,45 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	mPair, sPair := ca.Issue("master", securitytest.Options{Peer: true}), ca.Issue("slave", securitytest.Options{Peer: true})
 	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	master := writeLinkedNode(t, "master", "master", "sync", mb, mr, []string{sr}, peerLink(mPair, ca.CertFile, secret))
-	slave := writeLinkedNode(t, "slave", "slave", "sync", sb, sr, []string{mr}, peerLink(sPair, ca.CertFile, secret))
+	// The impostor master: a master with a certificate of the cluster CA
+	// (and the secret) for node "spare" that says it is node "master",
+	// at an address the slave asks who is master.
+	spare := ca.Issue("spare", securitytest.Options{Peer: true})
+	xb, xr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	xmaster := writeLinkedNode(t, "master", "master", "sync", xb, xr, []string{ferrytest.FreeAddr(t)},
+		strings.Replace(peerLink(spare, ca.CertFile, secret), "}", ", verify_node_id: false}", 1))
+	xmaster.id = "impostor-master"
+	slave := writeLinkedNode(t, "slave", "slave", "sync", sb, sr, []string{mr, xr}, peerLink(sPair, ca.CertFile, secret))
 	pb, pr, fb, fr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	plain := writeLinkedNode(t, "plain", "slave", "sync", pb, pr, []string{mr}, "")
 	foreign := writeLinkedNode(t, "foreign", "slave", "sync", fb, fr, []string{mr},
 		peerLink(other.Issue("foreign", securitytest.Options{Peer: true}), ca.CertFile, secret))
 	// The impostor: a certificate of the cluster CA (and the secret) for
 	// node "spare", claiming to be the slave.
-	spare := ca.Issue("spare", securitytest.Options{Peer: true})
 	ib, ir := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	// (Its own side does not check its own certificate, or it would not start.)
 	impostor := writeLinkedNode(t, "slave", "slave", "sync", ib, ir, []string{mr},
 		strings.Replace(peerLink(spare, ca.CertFile, secret), "}", ", verify_node_id: false}", 1))
 	impostor.id = "impostor"
-	for _, n := range []*clusterNode{master, slave, plain, foreign, impostor} {
+	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: sPair.CertFile, KeyFile: sPair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
+	ctx := context.Background()
+	for _, n := range []*clusterNode{master, xmaster} {
 		n.logLevel = "info"
 		n.start(t, bin)
 	}
-	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: sPair.CertFile, KeyFile: sPair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret})
-	ctx := context.Background()
+	// Both masters up before the slave asks who is master (it asks again
+	// only once its link ends).
+	off := false // a tool's link, as ferry cluster's: it checks no node id
+	tool := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: spare.CertFile, KeyFile: spare.KeyFile, CAFile: ca.CertFile, VerifyNodeID: &off}, SecretFile: secret})
+	eventually(t, 60*time.Second, "both masters answering", func() bool {
+		_, err1 := clusterStatusVia(ctx, tool, mr)
+		_, err2 := clusterStatusVia(ctx, tool, xr)
+		return err1 == nil && err2 == nil
+	})
+	for _, n := range []*clusterNode{slave, plain, foreign, impostor} {
+		n.logLevel = "info"
+		n.start(t, bin)
+	}
 	eventually(t, 60*time.Second, "slave linked to master over TLS", func() bool {
 		st, err := clusterStatusVia(ctx, peers, sr)
 		return err == nil && st.LeaderConnected
@@ -136,6 +159,9 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	waitOutput(t, master, "the master's refusal of the impostor, naming both ids", "replication peer refused",
 		`claims node id \"slave\" but its certificate is for node \"spare\"`)
 	waitOutput(t, impostor, "the impostor told why", "replication link to peer refused", "claims node id")
+	if st, err := clusterStatusVia(ctx, peers, sr); err != nil || st.LeaderAddress != mb {
+		t.Errorf("the slave follows %s at %s (%v); want the master, broker %s", st.GetLeaderNode(), st.GetLeaderAddress(), err, mb)
+	}
 
 	l := startLoad(t, mb, 4)
 	eventually(t, 60*time.Second, "200 sends acked OK", func() bool { return l.count(ferryv1.Status_STATUS_OK) >= 200 })
@@ -177,10 +203,14 @@ func TestSecureMasterSlaveFailover(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "requires TLS") {
 		t.Errorf("ferry cluster status without credentials: %v\n%s; want it refused, saying the listener requires TLS", err, out)
 	}
+	// The impostor master is still up: the slave does not count it as a
+	// master reachable, as its certificate is not the master's.
 	out, err = exec.Command(bin, "cluster", "promote", slave.yaml).CombinedOutput()
 	if err != nil {
 		t.Fatalf("promote: %v\n%s", err, out)
 	}
+	waitOutput(t, slave, "the slave's refusal of the impostor master, naming both ids", "replication link to peer refused", xr,
+		`claims node id \"master\" but its certificate is for node \"spare\"`)
 	waitOutput(t, slave, "the promotion audited", "audit: admin action", "action=Promote", "result=ok", "peer_certificate=slave")
 	eventually(t, 30*time.Second, "promoted slave takes produce", func() bool {
 		st, err := clusterStatusVia(ctx, peers, sr)
@@ -215,7 +245,10 @@ func TestSecureRaftGroupFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	bin := ferrytest.Binary(t)
+	// ferry_faults: FERRY_FAULT_RAFT_NO_RPC_CHECK=1 in the test's
+	// environment turns the nodes' check of raft requests off (the
+	// negative control of raftImpostor).
+	bin := ferrytest.BinaryWithTags(t, "ferry_faults")
 	ca := securitytest.NewCA(t, "cluster")
 	other := securitytest.NewCA(t, "other")
 	secret := ca.Secret("cluster.secret", "raft-s3cret-0123456789")
@@ -350,6 +383,7 @@ topics:
 	if msgs, err := catchUpVia(mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile}, SecretFile: secret, Node: "r9"}), leader.admin, "r9"); err != nil || msgs == 0 {
 		t.Errorf("control: a catch-up claiming r9 with r9's certificate: %d messages, %v; want served", msgs, err)
 	}
+	raftImpostor(t, nodes, leader, pair, ca.CertFile, secret)
 	leader, _ = waitLeader(t, nodes, "the leader before the kill")
 	t0 := time.Now()
 	leader.kill(t)
@@ -392,6 +426,82 @@ topics:
 			t.Errorf("%s followed the intruder", nd.id)
 		}
 	}
+}
+
+// raftImpostor speaks hashicorp/raft to a follower of the group from the
+// test process, over a link whose handshake r9's certificate binds to
+// node r9 (pair): a RequestVote claiming r9 from an address no member has
+// is answered (raft refuses the vote: r9 is no member); requests that
+// claim to be another member (a RequestVote, an AppendEntries, a
+// TimeoutNow), or claim r9 from that member's raft address, are refused: the link is closed before raft
+// takes them, and the follower's audit line names both ids.
+func raftImpostor(t *testing.T, nodes []*raftNode, leader *raftNode, pair securitytest.Pair, caFile, secret string) {
+	t.Helper()
+	// The follower it speaks to, and the member it claims to be.
+	var follower, r2 *raftNode
+	for _, nd := range nodes {
+		if nd != leader && follower == nil {
+			follower = nd
+		}
+	}
+	for _, nd := range nodes {
+		if nd != follower && r2 == nil {
+			r2 = nd
+		}
+	}
+	peers := mustPeerLink(t, security.PeerLink{TLS: security.PeerTLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: caFile}, SecretFile: secret, Node: "r9"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trans := hraft.NewNetworkTransport(&dialStream{Listener: ln, peers: peers}, 1, 20*time.Second, io.Discard)
+	defer trans.Close()
+	hdr := func(id, addr string) hraft.RPCHeader {
+		return hraft.RPCHeader{ProtocolVersion: hraft.ProtocolVersionMax, ID: []byte(id), Addr: []byte(addr)}
+	}
+	target := hraft.ServerAddress(follower.repl)
+	fid := hraft.ServerID(follower.id)
+	var vote hraft.RequestVoteResponse
+	if err := trans.RequestVote(fid, target, &hraft.RequestVoteRequest{RPCHeader: hdr("r9", ln.Addr().String()), Term: 1}, &vote); err != nil {
+		t.Errorf("control: a RequestVote claiming r9 on r9's link: %v; want answered", err)
+	}
+	refusals := []struct {
+		what, want string
+		send       func() error
+	}{
+		{"a RequestVote claiming " + r2.id, fmt.Sprintf(`sent a raft RequestVote claiming node id \"%s\"`, r2.id), func() error {
+			return trans.RequestVote(fid, target, &hraft.RequestVoteRequest{RPCHeader: hdr(r2.id, r2.repl), Term: 1}, &hraft.RequestVoteResponse{})
+		}},
+		{"an AppendEntries claiming " + r2.id, fmt.Sprintf(`sent a raft AppendEntries claiming node id \"%s\"`, r2.id), func() error {
+			return trans.AppendEntries(fid, target, &hraft.AppendEntriesRequest{RPCHeader: hdr(r2.id, r2.repl), Term: 1, Leader: []byte(r2.repl)}, &hraft.AppendEntriesResponse{})
+		}},
+		{"a RequestVote claiming r9 from " + r2.id + "'s raft address", fmt.Sprintf(`claiming raft address %s, which is node \"%s\"'s`, r2.repl, r2.id), func() error {
+			return trans.RequestVote(fid, target, &hraft.RequestVoteRequest{RPCHeader: hdr("r9", r2.repl), Term: 1}, &hraft.RequestVoteResponse{})
+		}},
+		{"a TimeoutNow claiming " + r2.id, fmt.Sprintf(`sent a raft TimeoutNow claiming node id \"%s\"`, r2.id), func() error {
+			return trans.TimeoutNow(fid, target, &hraft.TimeoutNowRequest{RPCHeader: hdr(r2.id, r2.repl)}, &hraft.TimeoutNowResponse{})
+		}},
+	}
+	for _, r := range refusals {
+		if err := r.send(); err == nil {
+			t.Errorf("%s with r9's certificate was answered: raft took it; want the link closed", r.what)
+			continue
+		}
+		waitOutput(t, follower.clusterNode, "the refusal of "+r.what+", audited naming both ids", "audit: replication peer refused", `node \"r9\" (the id bound to its link at the handshake)`, r.want)
+	}
+}
+
+// dialStream is a raft stream layer that dials through peers' handshake
+// (accepting nothing it is sent).
+type dialStream struct {
+	net.Listener
+	peers *security.Peers
+}
+
+func (s *dialStream) Dial(addr hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.peers.Dial(ctx, string(addr))
 }
 
 // namesBoth reports whether err refuses a peer that claims node id

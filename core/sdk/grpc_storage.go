@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -152,18 +153,61 @@ func (s *storageServer) read(ctx context.Context, req *ferryv1.ReadRequest) *fer
 			// when they are delivered.
 			msgs = msgs[:dueMessages(msgs, time.Now())]
 		}
-		if in := telemetry.Sampled(msgs); in.Len() > 0 {
-			hop := telemetry.StartHop(telemetry.Extract(ctx, req.Trace), storageTracer, telemetry.SpanStorageRead, msgs, in,
-				trace.WithTimestamp(start),
-				trace.WithAttributes(telemetry.AttrTopic.String(req.Topic), telemetry.AttrQueue.Int(int(req.Queue))))
-			hop.ForMessages(func(i int, s trace.Span) { s.SetAttributes(telemetry.AttrOffset.Int64(msgs[i].Offset)) })
-			t := hop.Traced()
-			resp.TracedIndex, resp.TracedSpan = t.Index, t.Span
-			hop.End()
-		}
+		traceRead(ctx, req, resp, msgs, func(i int) int64 { return msgs[i].Offset }, start)
 	}
 	return resp
 }
+
+// traceRead records the read's hop in the traces of its sampled messages
+// (msgs, or stand-ins with their headers and ids; offset gives each one's
+// offset) and sets the answer's traced fields for the broker's next hop.
+func traceRead(ctx context.Context, req *ferryv1.ReadRequest, resp *ferryv1.ReadResponse, msgs []*Message, offset func(int) int64, start time.Time) {
+	in := telemetry.Sampled(msgs)
+	if in.Len() == 0 {
+		return
+	}
+	hop := telemetry.StartHop(telemetry.Extract(ctx, req.Trace), storageTracer, telemetry.SpanStorageRead, msgs, in,
+		trace.WithTimestamp(start),
+		trace.WithAttributes(telemetry.AttrTopic.String(req.Topic), telemetry.AttrQueue.Int(int(req.Queue))))
+	hop.ForMessages(func(i int, s trace.Span) { s.SetAttributes(telemetry.AttrOffset.Int64(offset(i))) })
+	t := hop.Traced()
+	resp.TracedIndex, resp.TracedSpan = t.Index, t.Span
+	hop.End()
+}
+
+// untracedMessage stands in, for traceRead, for a stored message whose
+// wire form holds no traceparent: no trace recorded it. Read only.
+var untracedMessage = &Message{}
+
+// traceWireRead is traceRead for a read in wire form (WireReader). Since an
+// unsampled message carries no traceparent, a message whose encoding does
+// not contain the header's name is in no sampled trace and is not decoded;
+// the others are, for their headers and ids.
+func traceWireRead(ctx context.Context, req *ferryv1.ReadRequest, resp *ferryv1.ReadResponse, wire []WireMessage, start time.Time) error {
+	var msgs []*Message
+	for i, w := range wire {
+		if !bytes.Contains(w.Wire, traceparentKey) {
+			continue
+		}
+		if msgs == nil {
+			msgs = make([]*Message, len(wire))
+			for j := range msgs {
+				msgs[j] = untracedMessage
+			}
+		}
+		m := &Message{}
+		if err := m.UnmarshalVT(w.Wire); err != nil {
+			return fmt.Errorf("%w: stored message at offset %d does not decode: %v", ErrCorrupt, w.Offset, err)
+		}
+		msgs[i] = m
+	}
+	if msgs != nil {
+		traceRead(ctx, req, resp, msgs, func(i int) int64 { return wire[i].Offset }, start)
+	}
+	return nil
+}
+
+var traceparentKey = []byte(telemetry.HeaderTraceparent)
 
 // dueMessages is how many of a retry queue's msgs, from the first, are due
 // at now (HeaderDeliverAt), as the broker counts them when it delivers.

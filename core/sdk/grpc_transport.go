@@ -22,14 +22,15 @@ import (
 // it as TransportFrames and come back as CoreFrames.
 type transportServer struct {
 	ferryv1.UnimplementedTransportServer
-	impl Transport
-	ring *coreClient // the core over the ring data plane, once the host offered it
+	impl     Transport
+	ring     *coreClient // the core over the ring data plane, once the host offered it
+	ringCore Core        // ring as the transport sees it (with WakeCore)
 }
 
 // useRing moves the plugin's calls to the core onto conn (at Configure,
 // before the host opens Connect).
 func (s *transportServer) useRing(conn *ring.Conn) {
-	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
+	core := &coreClient{calls: newPending[*ferryv1.CoreFrame](), wake: conn.Poke}
 	core.sendFrame = func(f *ferryv1.TransportFrame) error {
 		err := ringWrite(conn, KindTransportFrame, f.Id, f)
 		if err == nil && f.GetProduce() != nil {
@@ -40,6 +41,7 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 		return err
 	}
 	s.ring = core
+	s.ringCore = coreOnRing{core}
 	go func() {
 		frames := 0
 		for {
@@ -98,7 +100,7 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 				}
 			}
 		}()
-		err := s.impl.Serve(ctx, s.ring)
+		err := s.impl.Serve(ctx, s.ringCore)
 		holdAfterTerm(stream.Context(), drained)
 		return err
 	}
@@ -155,6 +157,21 @@ type coreClient struct {
 	sendMu    sync.Mutex
 	sendFrame func(*ferryv1.TransportFrame) error
 	calls     *pending[*ferryv1.CoreFrame]
+	wake      func() // the ring's Poke; nil on the gRPC data plane
+}
+
+// coreOnRing is the Core of a transport on the ring data plane: it has
+// WakeCore. (On the gRPC data plane the Core is a coreClient without it.)
+type coreOnRing struct{ *coreClient }
+
+var _ CoreWaker = coreOnRing{}
+
+// WakeCore pokes the core's reader of the ring (ring.Conn.Poke): an atomic
+// load when it is awake, the bell when it sleeps.
+func (c coreOnRing) WakeCore() {
+	if !pokeOff {
+		c.wake()
+	}
 }
 
 func (c *coreClient) send(f *ferryv1.TransportFrame) error {
@@ -416,6 +433,10 @@ type coreRequests struct {
 	mu       sync.Mutex
 	inflight map[uint64]context.CancelFunc
 	wg       sync.WaitGroup
+
+	// soon, on the ring data plane, pokes the transport's reader: a
+	// produce's context carries it (WithAnswerSoon).
+	soon func()
 }
 
 func newCoreRequests(ctx context.Context, core Core, send func(*ferryv1.CoreFrame, *fetchFrame)) *coreRequests {
@@ -444,6 +465,9 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 	}
 	rctx = telemetry.Extract(rctx, f.Trace)
 	rctx = WithClientCredentials(rctx, f.Client)
+	if r.soon != nil && f.GetProduce() != nil {
+		rctx = WithAnswerSoon(rctx, r.soon)
+	}
 	r.mu.Lock()
 	r.inflight[f.Id] = rcancel
 	r.mu.Unlock()
@@ -625,7 +649,16 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 		_ = c.dp.write(KindCoreFrame, out.Id, out)
 	})
 	defer reqs.wait()
+	if !pokeOff {
+		// The transport's reader wakes while the store answers the append.
+		reqs.soon = conn.Poke
+	}
 	prep, _ := core.(ProducePreparer)
+	if prep != nil {
+		// The transport pokes this reader when a client's bytes arrive
+		// (CoreWaker): wake the store then, while the request is decoded.
+		conn.OnPoke(prep.PrepareProduce)
+	}
 	for {
 		kind, id, p, err := conn.Read()
 		if err != nil {

@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,8 +68,14 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 			finishing.Add(1)
 			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
-				if wr, ok := s.impl.(WireReader); ok && !telemetry.Enabled() {
+				// While tracing, a retry topic's read is decoded: which of
+				// its messages are due (and traced) is in their headers.
+				if wr, ok := s.impl.(WireReader); ok && !(telemetry.Enabled() && strings.HasPrefix(req.Topic, retryPrefix)) {
+					start := time.Now()
 					resp, msgs, err := wr.ReadWire(context.Background(), req)
+					if err == nil && telemetry.Enabled() {
+						err = traceWireRead(context.Background(), req, resp, msgs, start)
+					}
 					if err != nil {
 						reply(KindRead, id, &ferryv1.ReadResponse{Id: id, Error: ErrorToProto(err)})
 						return

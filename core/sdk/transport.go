@@ -33,6 +33,18 @@ type ProducePreparer interface {
 	PrepareProduce()
 }
 
+// CoreWaker is implemented by the Core a transport plugin is given when the
+// core runs in another process on the ring data plane. WakeCore wakes the
+// core's reader if it sleeps, ahead of a request the transport is about to
+// hand over: call it as soon as a client's bytes arrive, so that the core
+// (and, through it, the store: ProducePreparer) wakes while the transport
+// decodes the request instead of after it sent it. Cheap when the core is
+// awake (an atomic load); the wake-up of a sleeping one costs a system call.
+// Safe from many goroutines.
+type CoreWaker interface {
+	WakeCore()
+}
+
 // TopicAdmin is the broker's runtime topic calls (Broker.CreateTopic,
 // AlterTopic and DeleteTopic). The Core a transport plugin is given always has them (assert
 // it: core.(sdk.TopicAdmin)); a Core of a test may not, and then the
@@ -52,4 +64,22 @@ type GroupAdmin interface {
 	DescribeGroup(ctx context.Context, req *DescribeGroupRequest) (*DescribeGroupResponse, error)
 	ResetOffsets(ctx context.Context, req *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
 	DeleteGroup(ctx context.Context, req *DeleteGroupRequest) (*DeleteGroupResponse, error)
+}
+
+type answerSoonKey struct{}
+
+// WithAnswerSoon gives a request's context f, which the core calls once the
+// request's answer is near (a produce: its append reached a store whose
+// answers come within a poke's spin), so that whoever waits for the answer
+// in another process can wake ahead of it: the host's ring data plane pokes
+// the transport plugin's reader (ring.Conn.Poke). f must be cheap and safe
+// from any goroutine.
+func WithAnswerSoon(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, answerSoonKey{}, f)
+}
+
+// AnswerSoon returns the function WithAnswerSoon gave ctx, or nil.
+func AnswerSoon(ctx context.Context) func() {
+	f, _ := ctx.Value(answerSoonKey{}).(func())
+	return f
 }

@@ -43,6 +43,11 @@ type PeerTLS struct {
 	// (NodeNames). false lets any certificate of the cluster CA claim any
 	// node id, for clusters whose certificates do not name their nodes.
 	VerifyNodeID *bool `json:"verify_node_id"`
+	// RequireNodeURI, false unless set, names a node only by a URI
+	// subject alternative name ferry://node/<id> in its certificate, not
+	// by its common name or DNS names: a DNS name several certificates
+	// share (a wildcard, a load balancer's name) then names no node.
+	RequireNodeURI bool `json:"require_node_uri"`
 }
 
 // Enabled reports whether the section asks for TLS.
@@ -109,6 +114,11 @@ func (l PeerLink) Validate(prefix string) sdk.Problems {
 	if l.TLS.VerifyNodeID != nil && !l.TLS.Enabled() {
 		add("tls.verify_node_id", "applies only with TLS (tls.cert_file, key_file, ca_file): without certificates a peer's node id cannot be checked")
 	}
+	if l.TLS.RequireNodeURI && !l.TLS.Enabled() {
+		add("tls.require_node_uri", "applies only with TLS (tls.cert_file, key_file, ca_file): without certificates a peer's node id cannot be checked")
+	} else if l.TLS.RequireNodeURI && !l.TLS.verifiesNodeID() {
+		add("tls.require_node_uri", "contradicts tls.verify_node_id: false: node ids are not checked, so no URI is required")
+	}
 	return ps
 }
 
@@ -168,6 +178,9 @@ type Peers struct {
 	// bindNode: a peer's certificate must name the node id it claims
 	// (with tls only).
 	bindNode bool
+	// uriOnly: only a certificate's ferry://node/ URIs name its node
+	// (tls.require_node_uri).
+	uriOnly bool
 
 	secretFile string
 	mu         sync.Mutex
@@ -235,7 +248,7 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 	if l.Node != "" && !validNodeClaim(l.Node) {
 		return nil, fmt.Errorf("node id %q cannot be claimed in a peer handshake: at most %d printable characters without spaces", l.Node, maxNodeClaim)
 	}
-	p := &Peers{name: name, log: log, secretFile: l.SecretFile, node: l.Node, bindNode: l.TLS.Enabled() && l.TLS.verifiesNodeID()}
+	p := &Peers{name: name, log: log, secretFile: l.SecretFile, node: l.Node, bindNode: l.TLS.Enabled() && l.TLS.verifiesNodeID(), uriOnly: l.TLS.RequireNodeURI}
 	if l.TLS.Enabled() {
 		r := &reloader{cfg: TLS{CertFile: l.TLS.CertFile, KeyFile: l.TLS.KeyFile, ClientCAFile: l.TLS.CAFile}, log: log}
 		if err := r.reload(r.current()); err != nil {
@@ -248,10 +261,14 @@ func NewPeers(l PeerLink, name string, log Logger) (*Peers, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := VerifyPeerNode(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}, l.Node); err != nil {
+			if err := verifyPeerNode(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}, l.Node, p.uriOnly); err != nil {
+				how := fmt.Sprintf("subject common name, a DNS name or a URI %s%s", NodeURIPrefix, l.Node)
+				if p.uriOnly {
+					how = fmt.Sprintf("a URI %s%s: tls.require_node_uri takes no other form", NodeURIPrefix, l.Node)
+				}
 				return nil, sdk.Problems{{Path: "tls.cert_file", Message: fmt.Sprintf(
-					"certificate %s is for node %s, not this node (node.id %q): its peers would refuse it. Name the node id in the certificate (subject common name, a DNS name or a URI %s%s), or set tls.verify_node_id: false on every node",
-					l.TLS.CertFile, certNodes(NodeNames(c.Leaf)), l.Node, NodeURIPrefix, l.Node)}}
+					"certificate %s is for node %s, not this node (node.id %q): its peers would refuse it. Name the node id in the certificate (%s), or set tls.verify_node_id: false on every node",
+					l.TLS.CertFile, certNodes(nodeNames(c.Leaf, p.uriOnly)), l.Node, how)}}
 			}
 		}
 	}
@@ -335,7 +352,9 @@ const peerHandshakeTimeout = 10 * time.Second
 // server on a TLS port answers that in plaintext to a client that does not
 // speak TLS. The HMACs cover both nonces, the role and, under TLS, keying
 // material exported from the TLS session, so a proof cannot be replayed on
-// another connection or relayed through a man in the middle. A side with a
+// another connection or relayed through a man in the middle; they cover
+// the node id claimed in HELLO too, so that a relay cannot change the
+// claim without the secret. A side with a
 // secret requires the other's proof: both prove, or the link is refused.
 // A node sends its node id in HELLO (a tool such as ferry cluster sends
 // none); under TLS the server refuses it at once unless the client's
@@ -360,20 +379,22 @@ func (e *PeerError) Error() string { return "replication peer " + e.Peer + ": " 
 // listener: it returns the connection to use (the TLS one with TLS), or
 // an error once conn is closed and the refusal logged.
 func (p *Peers) Server(conn net.Conn) (net.Conn, *tls.ConnectionState, error) {
-	return p.server(conn, false)
+	c, st, _, err := p.server(conn, false)
+	return c, st, err
 }
 
 // server is Server; with node, a link that verifies node ids (TLS) takes
 // only a peer that runs the handshake and claims its node id (the
-// listener of NodeListener).
-func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState, error) {
+// listener of NodeListener). It also returns the node id the peer claimed
+// in its handshake ("" for none).
+func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState, string, error) {
 	if p == nil {
 		p = plainPeers
 	}
 	remote := conn.RemoteAddr().String()
 	raw := conn
 	_ = conn.SetDeadline(time.Now().Add(peerHandshakeTimeout))
-	refuse := func(reason string, tell bool) (net.Conn, *tls.ConnectionState, error) {
+	refuse := func(reason string, tell bool) (net.Conn, *tls.ConnectionState, string, error) {
 		if tell {
 			_, _ = fmt.Fprintf(conn, "%s ERR %s\n", peerProto, reason)
 			// Let the peer read it: closing with what it sent unread
@@ -385,7 +406,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		}
 		_ = conn.Close()
 		p.logRefusal(remote, reason)
-		return nil, nil, &PeerError{Peer: remote, Reason: reason}
+		return nil, nil, "", &PeerError{Peer: remote, Reason: reason}
 	}
 	first := make([]byte, 1)
 	if _, err := io.ReadFull(conn, first); err != nil {
@@ -418,7 +439,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		// them to prove. Only a peer that starts the handshake (it has a
 		// secret to prove) is answered, and then refused.
 		_ = conn.SetDeadline(time.Time{})
-		return conn, nil, nil
+		return conn, nil, "", nil
 	}
 	br := bufio.NewReaderSize(conn, maxPeerLine)
 	if b, err := br.Peek(1); err != nil {
@@ -435,7 +456,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 				conn = &prefixConn{Conn: conn, prefix: drain(br)}
 			}
 			_ = conn.SetDeadline(time.Time{})
-			return conn, state, nil
+			return conn, state, "", nil
 		}
 		// A plain gRPC client or raft connection: no credentials at all.
 		return refuse(fmt.Sprintf("the peer sent no credentials (no Ferry peer handshake): this replication listener (%s) requires %s", p.name, p.requires()), true)
@@ -455,7 +476,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 	if claimed != "" && state != nil && p.bindNode {
 		// Before anything else is read or written: a node of the cluster
 		// that claims another node's id is refused here.
-		if err := VerifyPeerNode(state, claimed); err != nil {
+		if err := verifyPeerNode(state, claimed, p.uriOnly); err != nil {
 			return refuse(err.Error(), true)
 		}
 	}
@@ -485,7 +506,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 	}
 	answer := "-"
 	if secret != nil {
-		want := peerMAC(secret, "client", cnonce, snonce, binding)
+		want := peerMAC(secret, "client", cnonce, snonce, binding, claimed)
 		got, err := hex.DecodeString(mac)
 		if mac == "-" || err != nil || !hmac.Equal(got, want) {
 			reason := "wrong cluster secret (secret_file)"
@@ -494,7 +515,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 			}
 			return refuse(reason, true)
 		}
-		answer = hex.EncodeToString(peerMAC(secret, "server", cnonce, snonce, binding))
+		answer = hex.EncodeToString(peerMAC(secret, "server", cnonce, snonce, binding, claimed))
 	} else if mac != "-" {
 		return refuse("the peer proves a cluster secret and this node has none: set the same secret_file on every node", true)
 	}
@@ -505,7 +526,7 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		conn = &prefixConn{Conn: conn, prefix: drain(br)}
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return conn, state, nil
+	return conn, state, claimed, nil
 }
 
 // Client runs the client side of the handshake on conn, dialled to addr
@@ -584,7 +605,7 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 	}
 	proof := "-"
 	if secret != nil {
-		proof = hex.EncodeToString(peerMAC(secret, "client", cnonce, snonce, binding))
+		proof = hex.EncodeToString(peerMAC(secret, "client", cnonce, snonce, binding, p.node))
 	}
 	if _, err := fmt.Fprintf(conn, "%s PROOF %s\n", peerProto, proof); err != nil {
 		return fail("writing the proof: " + err.Error())
@@ -602,7 +623,7 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 	}
 	if secret != nil {
 		got, err := hex.DecodeString(mac)
-		if err != nil || !hmac.Equal(got, peerMAC(secret, "server", cnonce, snonce, binding)) {
+		if err != nil || !hmac.Equal(got, peerMAC(secret, "server", cnonce, snonce, binding, p.node)) {
 			return fail("the peer does not know the cluster secret (secret_file): refused")
 		}
 	}
@@ -655,17 +676,54 @@ func (l *peerListener) Accept() (net.Conn, error) {
 
 // lazyConn is an accepted connection whose handshake runs on first use.
 type lazyConn struct {
-	raw  net.Conn
-	p    *Peers
-	node bool
-	once sync.Once
-	conn net.Conn
-	err  error
+	raw     net.Conn
+	p       *Peers
+	node    bool
+	once    sync.Once
+	conn    net.Conn
+	err     error
+	claimed string // the node id the peer claimed in its handshake
+	bound   bool   // claimed is named by the peer's verified certificate
 }
 
 func (c *lazyConn) ready() error {
-	c.once.Do(func() { c.conn, _, c.err = c.p.server(c.raw, c.node) })
+	c.once.Do(func() {
+		var st *tls.ConnectionState
+		c.conn, st, c.claimed, c.err = c.p.server(c.raw, c.node)
+		c.bound = c.err == nil && c.claimed != "" && st != nil && c.p.bindNode
+	})
 	return c.err
+}
+
+// PeerNode runs the handshake of a connection accepted by a Listener or
+// NodeListener, if it has not run yet, and returns the node id the peer
+// claimed in it ("" for none: a tool, an open listener's plain client)
+// and whether the claim is bound to the peer's certificate (TLS with
+// tls.verify_node_id: the handshake refused a claim the certificate does
+// not name). Without TLS a claimed id is only what the peer said, proved
+// by nothing but its knowledge of the cluster secret. A connection of any
+// other kind claims nothing. Called by the goroutine that serves the
+// connection, before it takes the peer's requests as the node's.
+func PeerNode(conn net.Conn) (node string, bound bool, err error) {
+	c, ok := conn.(*lazyConn)
+	if !ok {
+		return "", false, nil
+	}
+	if err := c.ready(); err != nil {
+		return "", false, err
+	}
+	return c.claimed, c.bound, nil
+}
+
+// Refused logs a peer refused after its handshake (by a check of what it
+// sent on the link), as the handshake's refusals are: "audit: replication
+// peer refused" with the peer's address (remote) and reason, the same
+// refusal of the same host at most every 10 s. A nil *Peers logs nothing.
+func (p *Peers) Refused(remote, reason string) {
+	if p == nil {
+		return
+	}
+	p.logRefusal(remote, reason)
 }
 
 func (c *lazyConn) Read(b []byte) (int, error) {
@@ -790,10 +848,13 @@ func exported(st *tls.ConnectionState) ([]byte, error) {
 	return b, nil
 }
 
-// peerMAC is one side's proof of the cluster secret.
-func peerMAC(secret []byte, role, cnonce, snonce string, binding []byte) []byte {
+// peerMAC is one side's proof of the cluster secret, over both nonces,
+// the TLS session's keying material (binding) and the node id the client
+// claimed in its hello ("" for none): a hello whose claim was changed on
+// the way fails both proofs.
+func peerMAC(secret []byte, role, cnonce, snonce string, binding []byte, node string) []byte {
 	m := hmac.New(sha256.New, secret)
-	fmt.Fprintf(m, "%s %s %s %s %x", peerProto, role, cnonce, snonce, binding)
+	fmt.Fprintf(m, "%s %s %s %s %x %s", peerProto, role, cnonce, snonce, binding, node)
 	return m.Sum(nil)
 }
 

@@ -1,6 +1,7 @@
 package security
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -98,6 +99,8 @@ func TestPeerHandshake(t *testing.T) {
 	// An impostor's own side does not check its own certificate.
 	impostor := node2TLS(node2, ca)
 	impostor.VerifyNodeID = &off
+	uriOnly := full.TLS
+	uriOnly.RequireNodeURI = true
 
 	cases := []struct {
 		name      string
@@ -156,6 +159,19 @@ func TestPeerHandshake(t *testing.T) {
 			clientErr: "claimed no node id", serverLog: "claimed no node id"},
 		{name: "nodes only: the right id", server: PeerLink{TLS: full.TLS}, nodes: true,
 			client: PeerLink{TLS: node2TLS(node2, ca), Node: "node-2"}},
+
+		// tls.require_node_uri: only a URI ferry://node/<id> names a node.
+		{name: "require_node_uri: a node named by its URI", server: PeerLink{TLS: uriOnly, SecretFile: secret},
+			client: PeerLink{TLS: node2TLS(byURI, ca), SecretFile: secret, Node: "n7"}},
+		{name: "require_node_uri: a node named by its common name", server: PeerLink{TLS: uriOnly, SecretFile: secret},
+			client:    PeerLink{TLS: node2TLS(node2, ca), SecretFile: secret, Node: "node-2"},
+			clientErr: `claims node id "node-2" but its certificate is for node (none`,
+			serverLog: "with tls.require_node_uri only a URI ferry://node/<id> names a node"},
+		{name: "require_node_uri: a node named by a DNS name", server: PeerLink{TLS: uriOnly, SecretFile: secret},
+			client:    PeerLink{TLS: impostor, SecretFile: secret, Node: "localhost"},
+			clientErr: `claims node id "localhost"`, serverLog: `claims node id "localhost"`},
+		{name: "control: a DNS name names a node without require_node_uri", server: full,
+			client: PeerLink{TLS: impostor, SecretFile: secret, Node: "localhost"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -259,6 +275,26 @@ func TestPeerLinkValidate(t *testing.T) {
 	}
 	if ps := (PeerLink{TLS: PeerTLS{CertFile: ok.CertFile, KeyFile: ok.KeyFile, CAFile: ca.CertFile}, SecretFile: ca.Secret("s", "0123456789abcdef")}).Validate(""); len(ps) > 0 {
 		t.Fatalf("a good section: %v", ps)
+	}
+	// require_node_uri: only with TLS that verifies node ids; a node whose
+	// certificate names it only by its common name fails at start, one
+	// with its URI starts.
+	if ps := (PeerLink{SecretFile: open, TLS: PeerTLS{RequireNodeURI: true}}).Validate(""); len(ps) == 0 || !strings.Contains(ps.Error(), "tls.require_node_uri: applies only with TLS") {
+		t.Errorf("require_node_uri without TLS: %v", ps)
+	}
+	both := off
+	both.RequireNodeURI = true
+	if ps := (PeerLink{TLS: both}).Validate(""); len(ps) == 0 || !strings.Contains(ps.Error(), "tls.require_node_uri: contradicts tls.verify_node_id: false") {
+		t.Errorf("require_node_uri with verify_node_id false: %v", ps)
+	}
+	uri := own
+	uri.RequireNodeURI = true
+	if _, err := NewPeers(PeerLink{TLS: uri, Node: "peer"}, "listen", nil); err == nil || !strings.Contains(err.Error(), "tls.require_node_uri takes no other form") {
+		t.Errorf("require_node_uri, a certificate naming the node by its common name only: %v", err)
+	}
+	byURI := ca.Issue("some-host", securitytest.Options{Peer: true, URIs: []string{"ferry://node/n7"}})
+	if _, err := NewPeers(PeerLink{TLS: PeerTLS{CertFile: byURI.CertFile, KeyFile: byURI.KeyFile, CAFile: ca.CertFile, RequireNodeURI: true}, Node: "n7"}, "listen", nil); err != nil {
+		t.Errorf("require_node_uri, a certificate naming the node by URI: %v", err)
 	}
 }
 
@@ -374,4 +410,87 @@ func FuzzPeerHandshake(f *testing.F) {
 			t.Fatalf("accepted %q without the secret", in)
 		}
 	})
+}
+
+// With only the cluster secret (no TLS), the proofs cover the node id the
+// hello claims: a relay between two nodes that rewrites node-2's claim to
+// node-1 makes the server refuse the proof; the same relay passing the
+// hello unchanged links (the control).
+func TestPeerSecretProofBindsNodeID(t *testing.T) {
+	ca := securitytest.NewCA(t, "cluster")
+	secret := ca.Secret("secret", "0123456789abcdef-cluster")
+	for _, rewrite := range []bool{false, true} {
+		log := &recLog{}
+		addr := echoServer(t, mustPeers(t, PeerLink{SecretFile: secret}, log))
+		relay := claimRelay(t, addr, rewrite)
+		client := mustPeers(t, PeerLink{SecretFile: secret, Node: "node-2"}, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		conn, err := client.Dial(ctx, relay)
+		cancel()
+		var got []byte
+		if err == nil {
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			if _, err = conn.Write([]byte(http2Preface + "\r\nSM\r\n\r\n")); err == nil {
+				got, err = io.ReadAll(conn)
+			}
+			conn.Close()
+		}
+		if !rewrite {
+			if err != nil || string(got) != "data\n" {
+				t.Fatalf("control: the relay passing the hello unchanged: %v, read %q; want linked", err, got)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "wrong cluster secret") || strings.Contains(string(got), "data") {
+			t.Fatalf("a hello whose claim was rewritten to node-1: %v, read %q; want refused as a wrong proof", err, got)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(log.text(), "wrong cluster secret") {
+			if time.Now().After(deadline) {
+				t.Fatalf("server log %q; want the refusal", log.text())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// claimRelay relays connections to addr; with rewrite, the client's hello
+// claiming node-2 is passed on claiming node-1.
+func claimRelay(t *testing.T, addr string, rewrite bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { _, _ = io.Copy(c, s); c.Close() }()
+				br := bufio.NewReader(c)
+				hello, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if rewrite {
+					hello = strings.Replace(hello, " node-2\n", " node-1\n", 1)
+				}
+				if _, err := io.WriteString(s, hello); err != nil {
+					return
+				}
+				_, _ = io.Copy(s, br)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -38,15 +38,21 @@ func validNodeClaim(s string) bool {
 // common name, each DNS subject alternative name, and the id of each URI
 // subject alternative name ferry://node/<id>. A node may claim any of
 // them.
-func NodeNames(cert *x509.Certificate) []string {
+func NodeNames(cert *x509.Certificate) []string { return nodeNames(cert, false) }
+
+// nodeNames is NodeNames; with uriOnly, only the URIs' ids
+// (tls.require_node_uri).
+func nodeNames(cert *x509.Certificate, uriOnly bool) []string {
 	if cert == nil {
 		return nil
 	}
 	var names []string
-	if cert.Subject.CommonName != "" {
+	if cert.Subject.CommonName != "" && !uriOnly {
 		names = append(names, cert.Subject.CommonName)
 	}
-	names = append(names, cert.DNSNames...)
+	if !uriOnly {
+		names = append(names, cert.DNSNames...)
+	}
 	for _, u := range cert.URIs {
 		if id, ok := strings.CutPrefix(u.String(), NodeURIPrefix); ok && id != "" {
 			names = append(names, id)
@@ -60,14 +66,24 @@ func NodeNames(cert *x509.Certificate) []string {
 // with both: the id claimed and the names the certificate holds. No TLS
 // (state nil, or no certificate) is nothing to check.
 func VerifyPeerNode(state *tls.ConnectionState, claimed string) error {
+	return verifyPeerNode(state, claimed, false)
+}
+
+// verifyPeerNode is VerifyPeerNode; with uriOnly, only a URI
+// ferry://node/<id> names a node (tls.require_node_uri).
+func verifyPeerNode(state *tls.ConnectionState, claimed string, uriOnly bool) error {
 	if state == nil || len(state.PeerCertificates) == 0 {
 		return nil
 	}
-	names := NodeNames(state.PeerCertificates[0])
+	names := nodeNames(state.PeerCertificates[0], uriOnly)
 	for _, n := range names {
 		if n == claimed {
 			return nil
 		}
+	}
+	if uriOnly {
+		return fmt.Errorf("the peer claims node id %q but its certificate is for node %s: with tls.require_node_uri only a URI %s<id> names a node",
+			claimed, certNodes(names), NodeURIPrefix)
 	}
 	return fmt.Errorf("the peer claims node id %q but its certificate is for node %s: a node's certificate must name its node.id (subject common name, a DNS name or a URI %s<id>)",
 		claimed, certNodes(names), NodeURIPrefix)
@@ -103,7 +119,7 @@ func (p *Peers) CheckNode(ctx context.Context, claimed string) error {
 	if !ok {
 		return nil
 	}
-	if err := VerifyPeerNode(&ti.State, claimed); err != nil {
+	if err := verifyPeerNode(&ti.State, claimed, p.uriOnly); err != nil {
 		p.logRefusal(pr.Addr.String(), err.Error())
 		return status.Error(codes.PermissionDenied, "replication peer refused: "+err.Error())
 	}
@@ -123,4 +139,33 @@ func PeerAuditArgs(ctx context.Context) []any {
 		args = append(args, "peer_certificate", ti.State.PeerCertificates[0].Subject.CommonName)
 	}
 	return args
+}
+
+// CheckAnswer checks, on a link this node dialled to addr, that the node
+// id the peer answers as (a status answer's node, a follow answer's
+// master) is named by the certificate the peer served (pr: the call's
+// peer, from grpc.Peer or the stream's context), when the links speak TLS
+// and verify node ids: a node of the cluster cannot pass itself off as
+// another, say a slave's master. A mismatch is a *PeerError naming both
+// ids. A nil *Peers, or links that do not verify node ids, check nothing.
+func (p *Peers) CheckAnswer(pr *peer.Peer, addr, claimed string) error {
+	if p == nil || !p.bindNode {
+		return nil
+	}
+	var state *tls.ConnectionState
+	if pr != nil {
+		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok {
+			state = &ti.State
+		}
+	}
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return &PeerError{Peer: addr, Reason: "the peer's answer came on no verified TLS link, so its node id cannot be checked against its certificate"}
+	}
+	if claimed == "" {
+		return &PeerError{Peer: addr, Reason: "the peer answers as no node id: this node's links take only nodes whose certificate names their node.id"}
+	}
+	if err := verifyPeerNode(state, claimed, p.uriOnly); err != nil {
+		return &PeerError{Peer: addr, Reason: err.Error()}
+	}
+	return nil
 }

@@ -41,6 +41,14 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) >= 3 && os.Args[1] == "jetstream" && os.Args[2] == "serve" {
+		// -apart: JetStream in a process of its own.
+		if err := harness.ServeJetStream(os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "ferry-vs-jetstream jetstream:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) >= 3 && os.Args[1] == "node" && os.Args[2] == "run" {
 		// -node: Ferry's whole node in a process of its own.
 		if err := harness.ServeNode(os.Args[3:]); err != nil {
@@ -67,6 +75,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	durability := fs.String("durability", strings.Join(o.Durability, ","), "durability levels to compare: async (Ferry flush async, JetStream default), sync (Ferry flush sync, JetStream sync_interval always)")
 	noInproc := fs.Bool("no-inprocess", false, "leave out Ferry with in-process plugins")
 	withNode := fs.Bool("node", false, "also run Ferry's whole node in a process of its own (core and plugins, as `ferry run` runs it), the load generator in this one")
+	apart := fs.Bool("apart", false, "also run Ferry with in-process plugins and JetStream each in a process of their own, and Ferry's node as -node does: every server's client crosses a process boundary, as users' clients do")
 	withGRPC := fs.Bool("grpc", false, "also run Ferry with its plugins in processes on the gRPC data plane (plugins.data_plane: grpc), for the rings' before/after")
 	jsonOut := fs.String("json", "", "also write every run and the medians as JSON to this file")
 	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile (load generators, Ferry's broker core, nats-server) here; plugins: set FERRY_PLUGIN_CPUPROFILE")
@@ -81,6 +90,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	o.InProcess = !*noInproc
 	o.GRPC = *withGRPC
 	o.Node = *withNode
+	o.Apart = *apart
 	if !*quiet {
 		o.Log = stderr
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -228,7 +229,13 @@ func (p *Plugin) peerStatus(ctx context.Context) map[string]*ferryv1.Replication
 			defer cc.Close()
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			st, err := rpc.Status(cctx, &ferryv1.ReplicationStatusRequest{})
+			var pr peer.Peer
+			st, err := rpc.Status(cctx, &ferryv1.ReplicationStatusRequest{}, grpc.Peer(&pr))
+			if err == nil {
+				// A peer is taken for the node it says it is (a master
+				// to follow, say) only if its certificate names it.
+				err = p.peers.CheckAnswer(&pr, a, st.Node)
+			}
 			p.peerRefused(a, err)
 			if err != nil {
 				return

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -104,6 +105,18 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	}
 	first, err := stream.Recv()
 	if err != nil {
+		return err
+	}
+	// The master it reached must be the node its certificate names, and
+	// the one it asked to follow (the status answer's node).
+	pr, _ := peer.FromContext(stream.Context())
+	if err := p.peers.CheckAnswer(pr, addr, first.MasterNode); err != nil {
+		p.peerRefused(addr, err)
+		return err
+	}
+	if p.peers.Authenticated() && first.MasterNode != master.Node {
+		err := &security.PeerError{Peer: addr, Reason: fmt.Sprintf("the peer answered its status as node %q and its follow as master %q", master.Node, first.MasterNode)}
+		p.peerRefused(addr, err)
 		return err
 	}
 	p.mu.Lock()

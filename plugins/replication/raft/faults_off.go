@@ -9,3 +9,7 @@ const offsetsNoWait = false
 // noReapply is false in release builds: entries the store lost are applied
 // again from the log (faults_on.go).
 const noReapply = false
+
+// noRPCCheck is false in release builds: raft requests must claim their
+// link's node id (faults_on.go).
+const noRPCCheck = false

@@ -21,3 +21,11 @@ var offsetsNoWait = os.Getenv(EnvFaultOffsetsNoWait) == "1"
 const EnvFaultNoReapply = "FERRY_FAULT_RAFT_NO_REAPPLY"
 
 var noReapply = os.Getenv(EnvFaultNoReapply) == "1"
+
+// EnvFaultNoRPCCheck, in test builds only, set to "1", takes raft's
+// requests on a link whatever node id they claim, as before the check of
+// rpcguard.go: the negative control of the test that an impostor's raft
+// requests are refused.
+const EnvFaultNoRPCCheck = "FERRY_FAULT_RAFT_NO_RPC_CHECK"
+
+var noRPCCheck = os.Getenv(EnvFaultNoRPCCheck) == "1"

@@ -75,6 +75,9 @@ type Plugin struct {
 	// Snapshot catch-up, for Status: snapshots restored, messages
 	// fetched from peers for them, catch-ups served to peers.
 	restored, caughtUp, served atomic.Int64
+	// running is raft once it runs, for the links' readers (addressOwner),
+	// which must not wait on mu.
+	running atomic.Pointer[hraft.Raft]
 }
 
 var (
@@ -142,6 +145,7 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 	if err != nil {
 		return fmt.Errorf("raft listen %s: %w", cfg.Listen, err)
 	}
+	stream.owner = p.addressOwner
 	p.trans = hraft.NewNetworkTransportWithLogger(stream, 4, 2*time.Second, p.log.Named("transport"))
 	if cfg.Admin != "" {
 		lis, err := net.Listen("tcp", cfg.Admin)
@@ -153,6 +157,26 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		go func() { _ = p.admin.Serve(lis) }()
 	}
 	return nil
+}
+
+// addressOwner names the member of the group's latest configuration
+// whose raft address is addr: the check of a raft request's claimed
+// address (rpcguard.go), from the goroutine that reads a link.
+func (p *Plugin) addressOwner(addr string) (string, bool) {
+	r := p.running.Load()
+	if r == nil {
+		return "", false
+	}
+	f := r.GetConfiguration()
+	if f.Error() != nil {
+		return "", false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.Address) == addr {
+			return string(s.ID), true
+		}
+	}
+	return "", false
 }
 
 // Serve starts raft (bootstrapping a new group from peers), applies
@@ -223,6 +247,7 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	p.mu.Lock()
 	p.raft = r
 	p.mu.Unlock()
+	p.running.Store(r)
 	starting = false
 	p.startMu.Unlock()
 	defer p.stopRaft(r)

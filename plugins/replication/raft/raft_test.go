@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"github.com/ferrymq/ferry/core/engine"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/security"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/plugins/builtin"
 )
@@ -86,8 +89,16 @@ func (m *member) stop(t *testing.T) {
 	m.eng = nil
 }
 
+// statusPeers, when set, secures status calls (a group with a cluster
+// secret); nil: plaintext.
+var statusPeers *security.Peers
+
 func status(addr string) (*ferryv1.ReplicationStatusResponse, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if statusPeers != nil {
+		creds = statusPeers.GRPC()
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}
@@ -263,10 +274,24 @@ var restoredRE = regexp.MustCompile(`snapshots restored (\d+), (\d+) messages fe
 // it is sent a snapshot when it comes back, fetches what it lacks from a
 // peer, and ends with the same messages at the same offsets as the leader
 // (in process, under the race detector; cmd/ferry has the kill -9 version).
+//
+// The group has a cluster secret: every raft link runs the handshake, so
+// every request, the snapshot's InstallSnapshot and its data included,
+// passes the check of the node id its link claimed (rpcguard.go).
 func TestRaftFollowerRestoresSnapshot(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	peers, err := security.NewPeers(security.PeerLink{SecretFile: secret}, "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	statusPeers = peers
+	defer func() { statusPeers = nil }()
 	ms := group(t, 3)
 	for _, m := range ms {
-		m.extra = map[string]any{"trailing_logs": 5, "snapshot_threshold": 20, "snapshot_interval": "50ms"}
+		m.extra = map[string]any{"trailing_logs": 5, "snapshot_threshold": 20, "snapshot_interval": "50ms", "secret_file": secret}
 		m.start(t, ms)
 	}
 	defer func() {

@@ -12,11 +12,16 @@ import (
 
 // streamLayer is hashicorp/raft's network layer over TCP with the peer
 // handshake: TLS with the cluster CA and the cluster secret, as the config
-// says, on every connection before raft reads or writes a byte of it.
+// says, on every connection before raft reads or writes a byte of it. The
+// requests on a connection it accepts must claim the node id the
+// handshake bound it to (rpcguard.go).
 type streamLayer struct {
 	net.Listener // accepted connections shake hands on first use
 	peers        *security.Peers
 	advertise    net.Addr
+	// owner names the member of the group's configuration whose raft
+	// address is addr (false before raft runs, or for no member).
+	owner func(addr string) (id string, ok bool)
 }
 
 var _ hraft.StreamLayer = (*streamLayer)(nil)
@@ -28,6 +33,16 @@ func newStreamLayer(listen string, advertise net.Addr, peers *security.Peers) (*
 		return nil, err
 	}
 	return &streamLayer{Listener: peers.NodeListener(ln), peers: peers, advertise: advertise}, nil
+}
+
+// Accept takes the next connection, whose raft requests are checked
+// against the node id of its handshake.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &guardedConn{Conn: c, peers: s.peers, owner: s.owner}, nil
 }
 
 // Dial connects to a peer's raft listener and shakes hands, within

@@ -3,16 +3,20 @@ package file
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/sdk/sdktest"
+	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // wireDecoded decodes what ReadWire returned, as a reader of the answer
@@ -208,6 +212,77 @@ func TestRingReadsInWireForm(t *testing.T) {
 			}
 			if !wire && (wireReads != 0 || reads != 2) {
 				t.Fatalf("control: plugin served %d reads by ReadWire and %d by Read, want 0 and 2", wireReads, reads)
+			}
+		})
+	}
+}
+
+// While the plugin traces, reads over the ring are still answered in wire
+// form: only the messages whose encoding holds a traceparent are decoded,
+// and the sampled ones get their storage.read spans, with their offsets, as
+// the decoding path (the control, a store without ReadWire) gives them.
+func TestRingReadsInWireFormWhileTracing(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	defer telemetry.UseSpanProcessor(rec)()
+	sampled := map[int]bool{12: true, 20: true, 33: true, 45: true} // 45 is past the read
+	type outcome struct {
+		traced  []uint32
+		offsets []int64
+	}
+	for _, wire := range []bool{true, false} {
+		t.Run(map[bool]string{true: "ReadWire", false: "control"}[wire], func(t *testing.T) {
+			counted := &countingStore{Store: newTestStore(t)}
+			var impl sdk.Storage = counted
+			if !wire {
+				impl = decodedOnly{counted}
+			}
+			c, stop := sdktest.ServeStorageRing(t, impl)
+			defer stop()
+			env := &sdk.Environment{DataDir: t.TempDir(), Node: "n1", Pipeline: "p"}
+			if err := c.Configure(ctx(t), []byte(`{}`), env); err != nil {
+				t.Fatal(err)
+			}
+			var in []*sdk.Message
+			for i := range 50 {
+				m := testMsg(0, i)
+				m.Headers = map[string]string{"i": strconv.Itoa(i)}
+				if sampled[i] {
+					m.Headers[telemetry.HeaderTraceparent] = fmt.Sprintf("00-%032x-%016x-01", i+1, i+1)
+				}
+				in = append(in, m)
+			}
+			appendWait(t, c, in...)
+			rec.Reset()
+			before := counted.reads.Load()
+			got, err := c.Read(ctx(t), &sdk.ReadRequest{Topic: "t", Queue: 0, Offset: 10, MaxMessages: 30})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got.Messages) != 30 {
+				t.Fatalf("%d messages read, want 30", len(got.Messages))
+			}
+			reads, wireReads := counted.reads.Load()-before, counted.wireReads.Load()
+			if wire && (wireReads != 1 || reads != 0) {
+				t.Fatalf("plugin served %d reads by ReadWire and %d by Read, want 1 and 0", wireReads, reads)
+			}
+			if !wire && (wireReads != 0 || reads != 1) {
+				t.Fatalf("control: plugin served %d reads by ReadWire and %d by Read, want 0 and 1", wireReads, reads)
+			}
+			var o outcome
+			o.traced = got.TracedIndex
+			for _, s := range rec.Ended() {
+				if s.Name() != telemetry.SpanStorageRead {
+					continue
+				}
+				for _, a := range s.Attributes() {
+					if a.Key == telemetry.AttrOffset {
+						o.offsets = append(o.offsets, a.Value.AsInt64())
+					}
+				}
+			}
+			slices.Sort(o.offsets)
+			if !slices.Equal(o.traced, []uint32{2, 10, 23}) || !slices.Equal(o.offsets, []int64{12, 20, 33}) {
+				t.Fatalf("traced indexes %v and storage.read span offsets %v, want [2 10 23] and [12 20 33]", o.traced, o.offsets)
 			}
 		})
 	}
