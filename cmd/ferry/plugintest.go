@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/ferrymq/ferry/core/plugintest"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/sdk/sdktest"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // newPluginTestCmd returns `ferry plugin test`.
@@ -212,28 +212,31 @@ func transportFeatures(out io.Writer, target string, haveConfig bool, section []
 	return f, nil
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
+// freeAddr returns a loopback address whose port was free a moment ago
+// (internal/freeport).
 func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addrs(1)
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return a[0], nil
 }
 
 // raftTestSection is the built-in raft type's section for `ferry plugin
-// test` without --config: relaxed timing for a loaded machine, and a log
-// compacted every few entries, for the snapshot catch-up case.
+// test` without --config: the plugin's default timing (heartbeat and
+// election 500ms, as a user's cluster runs; its plugin processes run
+// outside the race detector, and a leadership change while a case runs is
+// tried again), and a log compacted every few entries, for the snapshot
+// catch-up case.
 const raftTestSection = `{"listen": "$LISTEN", "admin": "$ADMIN", "peers": "$MEMBERS",
-	"heartbeat_timeout": "1s", "election_timeout": "1s", "leader_lease_timeout": "500ms",
+	"heartbeat_timeout": "500ms", "election_timeout": "500ms", "leader_lease_timeout": "250ms",
 	"snapshot_threshold": 4, "trailing_logs": 0, "snapshot_interval": "20ms"}`
 
 // replicationFeatures makes the replication suite's features: node i's
 // section is the config file's with $LISTEN replaced by the node's address
 // and $PEERS by the list of the other nodes' addresses; the built-in sync
 // and async types get a section of their own when none is given. A section
-// with $MEMBERS is a consensus plugin's (consensusConfig); the built-in raft
+// with $MEMBERS is a consensus plugin's (sdktest.ConsensusSection); the built-in raft
 // type gets raftTestSection.
 func replicationFeatures(target string, haveConfig bool, section []byte, syncReplicas int, snapshots bool) sdktest.ReplicationFeatures {
 	if !haveConfig && (target == "sync" || target == "async") {
@@ -243,7 +246,7 @@ func replicationFeatures(target string, haveConfig bool, section []byte, syncRep
 		section, snapshots = []byte(raftTestSection), true
 	}
 	if bytes.Contains(section, []byte("$MEMBERS")) {
-		return sdktest.ReplicationFeatures{ConsensusConfig: consensusConfig(section), Snapshots: snapshots}
+		return sdktest.ReplicationFeatures{ConsensusConfig: sdktest.ConsensusSection(section), Snapshots: snapshots}
 	}
 	if syncReplicas < 0 {
 		syncReplicas = 0
@@ -267,29 +270,4 @@ func replicationFeatures(target string, haveConfig bool, section []byte, syncRep
 		}
 	}
 	return f
-}
-
-// consensusConfig returns the ConsensusConfig of a section holding $LISTEN,
-// $ADMIN, $NODE and $MEMBERS: member i's own addresses and id, and every
-// member as the raft plugin's peers list ({"id", "raft", "admin",
-// "broker"}), as JSON in place of "$MEMBERS" (quoted or not).
-func consensusConfig(section []byte) func(i int, members []sdktest.ConsensusMember) []byte {
-	return func(i int, members []sdktest.ConsensusMember) []byte {
-		type peer struct {
-			ID     string `json:"id"`
-			Raft   string `json:"raft"`
-			Admin  string `json:"admin"`
-			Broker string `json:"broker"`
-		}
-		var peers []peer
-		for _, m := range members {
-			peers = append(peers, peer{m.ID, m.Listen, m.Admin, m.Broker})
-		}
-		p, _ := json.Marshal(peers)
-		b := bytes.ReplaceAll(section, []byte(`"$MEMBERS"`), p)
-		b = bytes.ReplaceAll(b, []byte("$MEMBERS"), p)
-		b = bytes.ReplaceAll(b, []byte("$LISTEN"), []byte(members[i].Listen))
-		b = bytes.ReplaceAll(b, []byte("$ADMIN"), []byte(members[i].Admin))
-		return bytes.ReplaceAll(b, []byte("$NODE"), []byte(members[i].ID))
-	}
 }

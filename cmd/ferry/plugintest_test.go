@@ -313,61 +313,116 @@ func TestPluginTestFailsBadTransport(t *testing.T) {
 // The built-in master–slave plugins pass the replication suite, two plugin
 // processes with test cores per case, on both data planes; raft, a
 // consensus plugin, passes the config case and the consensus cases, three
-// plugin processes per case, and skips the master–slave ones.
+// plugin processes per case, and skips the master–slave ones. The runs'
+// processes are independent (free ports, directories of their own), so
+// they run side by side: raft's two data planes as two runs.
 func TestPluginTestReplication(t *testing.T) {
-	for _, typ := range []string{"sync", "async"} {
-		out, code := runPluginTest(t, "replication", typ)
-		if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  ring/CatchUpAfterAbsence") ||
-			!strings.Contains(out, "PASS  grpc/DivergenceRefused") {
-			t.Fatalf("ferry plugin test replication %s: exit %d\n%s", typ, code, out)
+	runs := [][]string{{"replication", "sync"}, {"replication", "async"},
+		{"replication", "raft", "--run", "ring/*"}, {"replication", "raft", "--run", "grpc/*"}}
+	outs := runPluginTestsAtOnce(t, runs)
+	for i, typ := range []string{"sync", "async"} {
+		out := outs[i]
+		if out.code != 0 || strings.Contains(out.out, "FAIL") || !strings.Contains(out.out, "PASS  ring/CatchUpAfterAbsence") ||
+			!strings.Contains(out.out, "PASS  grpc/DivergenceRefused") {
+			t.Fatalf("ferry plugin test replication %s: exit %d\n%s", typ, out.code, out.out)
 		}
-		if typ == "sync" && !strings.Contains(out, "PASS  grpc/NeverOKBelowLevel") {
-			t.Fatalf("ferry plugin test replication sync did not check its level:\n%s", out)
+		if typ == "sync" && !strings.Contains(out.out, "PASS  grpc/NeverOKBelowLevel") {
+			t.Fatalf("ferry plugin test replication sync did not check its level:\n%s", out.out)
 		}
 	}
-	out, code := runPluginTest(t, "replication", "raft")
-	if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS  ring/ReplicationBadConfig") ||
-		!strings.Contains(out, "SKIP  ring/ReplicateInOrder: a consensus plugin") {
-		t.Fatalf("ferry plugin test replication raft: exit %d\n%s", code, out)
-	}
-	for _, plane := range []string{"ring", "grpc"} {
+	for i, plane := range []string{"ring", "grpc"} {
+		out := outs[2+i]
+		if out.code != 0 || strings.Contains(out.out, "FAIL") || !strings.Contains(out.out, "PASS  "+plane+"/ReplicationBadConfig") ||
+			!strings.Contains(out.out, "SKIP  "+plane+"/ReplicateInOrder: a consensus plugin") {
+			t.Fatalf("ferry plugin test replication raft --run %s/*: exit %d\n%s", plane, out.code, out.out)
+		}
 		for _, c := range []string{"ConsensusElection", "ConsensusFollowerRefuses", "ConsensusCommitThroughLog", "ConsensusSnapshotCatchUp"} {
-			if !strings.Contains(out, "PASS  "+plane+"/"+c) {
-				t.Fatalf("ferry plugin test replication raft did not pass %s/%s:\n%s", plane, c, out)
+			if !strings.Contains(out.out, "PASS  "+plane+"/"+c) {
+				t.Fatalf("ferry plugin test replication raft did not pass %s/%s:\n%s", plane, c, out.out)
 			}
 		}
 	}
 }
 
-// The negative controls of the consensus cases: the raft plugin broken four
+// pluginTestRun is the outcome of one `ferry plugin test`.
+type pluginTestRun struct {
+	out  string
+	code int
+}
+
+// runPluginTestsAtOnce runs `ferry plugin test` with each of runs side by
+// side (each with env added to its environment, when given) and returns
+// their outcomes in the order of runs.
+func runPluginTestsAtOnce(t *testing.T, runs [][]string, env ...[]string) []pluginTestRun {
+	t.Helper()
+	outs := make([]pluginTestRun, len(runs))
+	errs := make([]error, len(runs))
+	var wg sync.WaitGroup
+	for i, args := range runs {
+		cmd := exec.Command(ferryBin, append([]string{"plugin", "test"}, args...)...)
+		if i < len(env) {
+			cmd.Env = append(os.Environ(), env[i]...)
+		}
+		wg.Go(func() {
+			out, err := cmd.CombinedOutput()
+			outs[i].out = string(out)
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				outs[i].code = ee.ExitCode()
+			} else if err != nil {
+				errs[i] = err
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("ferry plugin test %v: %v\n%s", runs[i], err, outs[i].out)
+		}
+	}
+	return outs
+}
+
+// The negative controls of the consensus cases: the raft plugin broken six
 // ways (testdata/badraft) fails the case that checks what it breaks, on the
 // gRPC plane (the ring one runs the same case code), with what is wrong.
+// The six runs are independent and run side by side.
 func TestPluginTestFailsBadRaft(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "badraft")
 	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/badraft").CombinedOutput(); err != nil {
 		t.Fatalf("build badraft: %v\n%s", err, out)
 	}
 	cfg := filepath.Join(t.TempDir(), "raft.yaml")
-	section := `{"listen": "$LISTEN", "admin": "$ADMIN", "peers": "$MEMBERS", "heartbeat_timeout": "1s", "election_timeout": "1s",
-		"leader_lease_timeout": "500ms", "snapshot_threshold": 4, "trailing_logs": 0, "snapshot_interval": "20ms"}`
+	section := `{"listen": "$LISTEN", "admin": "$ADMIN", "peers": "$MEMBERS", "heartbeat_timeout": "500ms", "election_timeout": "500ms",
+		"leader_lease_timeout": "250ms", "snapshot_threshold": 4, "trailing_logs": 0, "snapshot_interval": "20ms"}`
 	if err := os.WriteFile(cfg, []byte(section), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct{ fault, bound, run, want string }{
-		{"leaders", "4s", "ConsensusElection", "did not agree on one leader within 4s"},
-		{"follower-writes", "8s", "ConsensusFollowerRefuses", "answered STATUS_OK for refused-node-"},
+	// bound: --consensus-bound. A fault found by a wait that runs out
+	// (leaders, apply-first, no-catchup) fails after it, so it is short
+	// there; the others fail as soon as the check runs.
+	cases := []struct{ fault, bound, run, want string }{
+		{"leaders", "2s", "ConsensusElection", "did not agree on one leader within 2s"},
+		{"follower-writes", "20s", "ConsensusFollowerRefuses", "answered STATUS_OK for refused-node-"},
 		{"apply-first", "5s", "ConsensusCommitThroughLog", "logs are not the same after 5s"},
-		{"no-catchup", "10s", "ConsensusSnapshotCatchUp", "back after its entries were compacted away: the members' logs are not the same"},
-	} {
-		cmd := exec.Command(ferryBin, "plugin", "test", "replication", bin, "--config", cfg, "--snapshots",
-			"--consensus-bound", c.bound, "--run", "grpc/"+c.run)
-		cmd.Env = append(os.Environ(), "FERRY_BADRAFT="+c.fault)
-		out, err := cmd.CombinedOutput()
-		if err == nil {
-			t.Fatalf("ferry plugin test passed the raft plugin broken (%s):\n%s", c.fault, out)
+		{"no-catchup", "8s", "ConsensusSnapshotCatchUp", "back after its entries were compacted away: the members' logs are not the same"},
+		{"ok-without-quorum", "20s", "ConsensusCommitThroughLog", "answered STATUS_OK for no-quorum-0 with both other members gone"},
+		{"store-without-quorum", "20s", "ConsensusCommitThroughLog", "stored no-quorum-0, which cannot have committed (no quorum)"},
+	}
+	var runs, envs [][]string
+	for _, c := range cases {
+		runs = append(runs, []string{"replication", bin, "--config", cfg, "--snapshots", "--consensus-bound", c.bound, "--run", "grpc/" + c.run})
+		envs = append(envs, []string{"FERRY_BADRAFT=" + c.fault})
+	}
+	outs := runPluginTestsAtOnce(t, runs, envs...)
+	for i, c := range cases {
+		out := outs[i]
+		if out.code == 0 {
+			t.Errorf("ferry plugin test passed the raft plugin broken (%s):\n%s", c.fault, out.out)
+			continue
 		}
-		if !strings.Contains(string(out), "FAIL  grpc/"+c.run) || !strings.Contains(string(out), c.want) {
-			t.Fatalf("the raft plugin broken (%s): output lacks FAIL grpc/%s with %q:\n%s", c.fault, c.run, c.want, out)
+		if !strings.Contains(out.out, "FAIL  grpc/"+c.run) || !strings.Contains(out.out, c.want) {
+			t.Errorf("the raft plugin broken (%s): output lacks FAIL grpc/%s with %q:\n%s", c.fault, c.run, c.want, out.out)
 		}
 	}
 }

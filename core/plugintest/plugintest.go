@@ -7,7 +7,6 @@ package plugintest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/ferrymq/ferry/core/pluginhost"
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/core/sdk/sdktest"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // Target names the plugin under test.
@@ -297,14 +297,10 @@ func (h *replicationHarness) init(tmp, dataPlane string, nodes int) error {
 			return err
 		}
 		h.hosts = append(h.hosts, host)
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		h.addrs = append(h.addrs, l.Addr().String())
-		l.Close()
 	}
-	return nil
+	var err error
+	h.addrs, err = freeport.Addrs(nodes)
+	return err
 }
 
 func (h *replicationHarness) close() {

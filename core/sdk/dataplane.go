@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -365,5 +366,15 @@ func countFrame(conn *ring.Conn, kind string, n *int) {
 	}
 }
 
-// pluginLog is the plugin process's logger, for the data plane's messages.
-var pluginLog hclog.Logger = hclog.NewNullLogger()
+// pluginLogger is the plugin process's logger, for the data plane's
+// messages: the latest NewServeConfig's (a test process serves several
+// plugins at once, one goroutine each).
+var pluginLogger atomic.Pointer[hclog.Logger]
+
+// pluginLog returns pluginLogger's logger (a null one before any).
+func pluginLog() hclog.Logger {
+	if l := pluginLogger.Load(); l != nil {
+		return *l
+	}
+	return hclog.NewNullLogger()
+}

@@ -39,7 +39,7 @@ func init() {
 			}
 			f.Close()
 		}
-		pluginLog.Warn("fault injection: data plane", "mode", mode, "after_frames", n)
+		pluginLog().Warn("fault injection: data plane", "mode", mode, "after_frames", n)
 		switch mode {
 		case "garbage":
 			_ = conn.InjectCorrupt()

@@ -40,7 +40,7 @@ func (s *pluginServer) Configure(ctx context.Context, req *ferryv1.ConfigureRequ
 		s.ringOnce.Do(func() {
 			conn, err := pluginRing(s.ringFDs)
 			if err != nil {
-				pluginLog.Warn("data plane: staying on gRPC", "error", err)
+				pluginLog().Warn("data plane: staying on gRPC", "error", err)
 				return
 			}
 			s.dataPlane(conn)

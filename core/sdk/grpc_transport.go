@@ -53,7 +53,7 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 			countFrame(conn, KindTransport, &frames)
 			f := &ferryv1.CoreFrame{}
 			if kind != KindCoreFrame || decodeCoreFrame(p, f) != nil {
-				pluginLog.Error("data plane: host broke the ring protocol; stopping", "kind", kind, "id", id)
+				pluginLog().Error("data plane: host broke the ring protocol; stopping", "kind", kind, "id", id)
 				core.calls.fail(fmt.Errorf("core data plane: bad record of kind %d", kind))
 				return
 			}

@@ -38,7 +38,7 @@ func (s *replicationServer) useRing(conn *ring.Conn) {
 					if errors.Is(err, ring.ErrClosed) {
 						return nil, io.EOF
 					}
-					pluginLog.Error("data plane: host broke the ring protocol; stopping", "error", err)
+					pluginLog().Error("data plane: host broke the ring protocol; stopping", "error", err)
 					return nil, err
 				}
 				countFrame(conn, KindReplication, &frames)
@@ -62,7 +62,7 @@ func (s *replicationServer) useRing(conn *ring.Conn) {
 				default:
 					err := fmt.Errorf("%w: record kind %d is not a replication call", ring.ErrCorrupt, kind)
 					core.calls.fail(fmt.Errorf("core data plane: %w", err))
-					pluginLog.Error("data plane: host broke the ring protocol; stopping", "error", err)
+					pluginLog().Error("data plane: host broke the ring protocol; stopping", "error", err)
 					return nil, err
 				}
 			}
@@ -70,7 +70,7 @@ func (s *replicationServer) useRing(conn *ring.Conn) {
 		send := func(r *ferryv1.ReplicateResponse) error {
 			err := ringWrite(conn, KindReplicate, r.Seq, r)
 			if err != nil {
-				pluginLog.Error("data plane: answer lost", "kind", KindReplicate, "id", r.Seq, "error", err)
+				pluginLog().Error("data plane: answer lost", "kind", KindReplicate, "id", r.Seq, "error", err)
 			}
 			return err
 		}

@@ -24,7 +24,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 	defer finishing.Wait()
 	reply := func(kind uint16, id uint64, m proto.Message) {
 		if err := ringWrite(conn, kind, id, m); err != nil {
-			pluginLog.Error("data plane: answer lost", "kind", kind, "id", id, "error", err)
+			pluginLog().Error("data plane: answer lost", "kind", kind, "id", id, "error", err)
 		}
 	}
 	fail := func(id uint64, err error) { reply(KindError, id, ErrorToProto(err)) }
@@ -33,7 +33,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 		kind, id, p, err := conn.Read()
 		if err != nil {
 			if err != ring.ErrClosed {
-				pluginLog.Error("data plane: host broke the ring protocol; stopping", "error", err)
+				pluginLog().Error("data plane: host broke the ring protocol; stopping", "error", err)
 			}
 			return
 		}
@@ -82,7 +82,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 					}
 					resp.Id = id
 					if err := writeWireRead(conn, id, wireRead{resp, msgs}); err != nil {
-						pluginLog.Error("data plane: answer lost", "kind", KindRead, "id", id, "error", err)
+						pluginLog().Error("data plane: answer lost", "kind", KindRead, "id", id, "error", err)
 					}
 					return
 				}

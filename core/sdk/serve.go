@@ -159,7 +159,7 @@ func NewServeConfig(opts ServeOpts) (*plugin.ServeConfig, Plugin, error) {
 	if logger == nil {
 		logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, JSONFormat: true})
 	}
-	pluginLog = logger
+	pluginLogger.Store(&logger)
 	return &plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: set},

@@ -11,8 +11,6 @@ package ferrytest
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 var (
@@ -136,74 +136,13 @@ func processAlive(pid int) bool {
 
 // FreeAddr returns a loopback host:port that was free a moment ago, that no
 // other call in this process or (for 15 minutes) in another test process
-// returned, and that lies below the kernel's ephemeral port range. A port the kernel picks (127.0.0.1:0) comes from that
-// range, which is also where every outgoing connection's local port comes
-// from: in a busy test run another connection can take such a port between
-// this check and the node's own bind (seen as "address already in use", or
-// gRPC bytes arriving at a raft port).
+// returned, and that lies below the kernel's ephemeral port range
+// (internal/freeport, which sdktest and `ferry plugin test` use too).
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	hi := ephemeralLow()
-	lo := max(hi-20000, 1024)
-	for range 1000 {
-		port := lo + rand.IntN(hi-lo)
-		if portsGiven[port] || !reservePort(port) {
-			continue
-		}
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		portsGiven[port] = true
-		return l.Addr().String()
+	a, err := freeport.Addrs(1)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	tb.Fatalf("no free loopback port in %d..%d", lo, hi)
-	return ""
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
-)
-
-// portLease is how long a port handed out stays reserved for its test
-// process (test packages run in parallel, each its own process).
-const portLease = 15 * time.Minute
-
-// reservePort reserves port among test processes with a file in
-// $TMPDIR/ferrytest-ports (created exclusively; a reservation older than
-// portLease is taken over).
-func reservePort(port int) bool {
-	dir := filepath.Join(os.TempDir(), "ferrytest-ports")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return true // no registry: rely on the bind check alone
-	}
-	path := filepath.Join(dir, strconv.Itoa(port))
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err == nil {
-		f.Close()
-		return true
-	}
-	if fi, err := os.Stat(path); err == nil && time.Since(fi.ModTime()) > portLease {
-		now := time.Now()
-		return os.Chtimes(path, now, now) == nil
-	}
-	return false
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range (Linux:
-// /proc/sys/net/ipv4/ip_local_port_range; 32768 elsewhere or if unreadable).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > 2048 {
-				return n
-			}
-		}
-	}
-	return 32768
+	return a[0]
 }

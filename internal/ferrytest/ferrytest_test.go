@@ -11,13 +11,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // FreeAddr hands out distinct, bindable loopback ports below the ephemeral
 // range, where no outgoing connection can take them.
 func TestFreeAddr(t *testing.T) {
 	seen := map[string]bool{}
-	low := ephemeralLow()
+	low := freeport.EphemeralLow()
 	for range 200 {
 		a := FreeAddr(t)
 		if seen[a] {

@@ -3,13 +3,13 @@ package sdktest
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // The replication suite checks a master–slave replication plugin (modes
@@ -171,23 +171,30 @@ func RunReplicationCase(c ReplicationCase, h ReplicationHarness) error {
 
 // TestReplication runs the replication conformance cases against the
 // plugins newReplication returns (unconfigured), through the plugin boundary
-// on the shared-memory data plane ("ring") and on gRPC ("grpc").
+// on the shared-memory data plane ("ring") and on gRPC ("grpc"). The two
+// planes run side by side (each case's nodes listen on the addresses its
+// harness picked, so they do not meet), the cases of each one after
+// another; TestReplication returns when both are done.
 func TestReplication(t *testing.T, newReplication func(t *testing.T) sdk.Replication, f ReplicationFeatures) {
+	var wg sync.WaitGroup
 	for _, mode := range []string{"ring", "grpc"} {
-		t.Run(mode, func(t *testing.T) {
-			for _, c := range ReplicationCases() {
-				t.Run(c.Name, func(t *testing.T) {
-					err := RunReplicationCase(c, NewGoReplicationHarness(t, mode, c.NodeCount(), newReplication, f))
-					if why, ok := Skipped(err); ok {
-						t.Skip(why)
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-				})
-			}
+		wg.Go(func() {
+			t.Run(mode, func(t *testing.T) {
+				for _, c := range ReplicationCases() {
+					t.Run(c.Name, func(t *testing.T) {
+						err := RunReplicationCase(c, NewGoReplicationHarness(t, mode, c.NodeCount(), newReplication, f))
+						if why, ok := Skipped(err); ok {
+							t.Skip(why)
+						}
+						if err != nil {
+							t.Fatal(err)
+						}
+					})
+				}
+			})
 		})
 	}
+	wg.Wait()
 }
 
 // NewGoReplicationHarness returns the harness TestReplication runs a case on
@@ -601,12 +608,12 @@ func testCatchUpAfterAbsence(h ReplicationHarness) error {
 	return p.sameLogs(0, 1)
 }
 
-// freeLoopback returns a loopback address whose port was free a moment ago.
+// freeLoopback returns a loopback address whose port was free a moment ago
+// (internal/freeport).
 func freeLoopback(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addrs(1)
 	if err != nil {
-		t.Fatalf("free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a[0]
 }

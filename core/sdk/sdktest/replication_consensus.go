@@ -1,14 +1,17 @@
 package sdktest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // The consensus cases check a replication plugin of mode replicate_first
@@ -48,6 +51,34 @@ type ConsensusMember struct {
 	Broker string
 }
 
+// ConsensusSection returns a ReplicationFeatures.ConsensusConfig that makes
+// member i's section from section (JSON) by replacing $LISTEN with the
+// member's consensus address, $ADMIN with its admin listener, $NODE with its
+// node id and $MEMBERS (quoted or not) with every member as a JSON list of
+// {"id", "raft", "admin", "broker"} (the raft plugin's peers). `ferry plugin
+// test` makes a --config file's section holding $MEMBERS into a consensus
+// plugin's with it.
+func ConsensusSection(section []byte) func(i int, members []ConsensusMember) []byte {
+	return func(i int, members []ConsensusMember) []byte {
+		type peer struct {
+			ID     string `json:"id"`
+			Raft   string `json:"raft"`
+			Admin  string `json:"admin"`
+			Broker string `json:"broker"`
+		}
+		peers := []peer{}
+		for _, m := range members {
+			peers = append(peers, peer{m.ID, m.Listen, m.Admin, m.Broker})
+		}
+		p, _ := json.Marshal(peers) // strings only: cannot fail
+		b := bytes.ReplaceAll(section, []byte(`"$MEMBERS"`), p)
+		b = bytes.ReplaceAll(b, []byte("$MEMBERS"), p)
+		b = bytes.ReplaceAll(b, []byte("$LISTEN"), []byte(members[i].Listen))
+		b = bytes.ReplaceAll(b, []byte("$ADMIN"), []byte(members[i].Admin))
+		return bytes.ReplaceAll(b, []byte("$NODE"), []byte(members[i].ID))
+	}
+}
+
 // DefaultConsensusBound is how long the consensus cases give an election,
 // a commit or a catch-up by default: elections on a loaded machine take
 // seconds.
@@ -62,6 +93,12 @@ func (f ReplicationFeatures) consensusBound() time.Duration {
 
 // consensusNodes is the size of the consensus cases' group.
 const consensusNodes = 3
+
+// commitBatches is how many batches ConsensusCommitThroughLog commits with
+// every member up, alternating between the two queues: more than the
+// entries after which the built-in raft type's test section compacts its
+// log (4), so that compaction runs meanwhile too.
+const commitBatches = 10
 
 func needConsensus(f ReplicationFeatures) string {
 	if f.ConsensusConfig == nil {
@@ -95,7 +132,7 @@ func newConsensusGroup(h ReplicationHarness) (*consensusGroup, error) {
 		return nil, fmt.Errorf("harness: %d addresses, the consensus cases need %d", len(addrs), consensusNodes)
 	}
 	g := &consensusGroup{h: h, bound: h.Features().consensusBound(), nodes: make([]*ServedReplication, consensusNodes)}
-	extra, err := freeAddrs(2 * consensusNodes)
+	extra, err := freeport.Addrs(2 * consensusNodes)
 	if err != nil {
 		return nil, err
 	}
@@ -107,14 +144,27 @@ func newConsensusGroup(h ReplicationHarness) (*consensusGroup, error) {
 	return g, nil
 }
 
-// startAll starts every member.
+// startAll starts every member, side by side (a plugin process takes a
+// while to start on a loaded machine).
 func (g *consensusGroup) startAll() error {
+	errs := make([]error, len(g.members))
+	var wg sync.WaitGroup
 	for i := range g.members {
-		if err := g.start(i); err != nil {
+		wg.Go(func() { errs[i] = g.start(i) })
+	}
+	wg.Wait()
+	var skip error
+	for i, err := range errs {
+		switch _, ok := Skipped(err); {
+		case ok:
+			skip = err
+		case err != nil:
 			return err
+		case g.nodes[i] == nil: // a Go harness's t.Fatal in Start
+			return fmt.Errorf("%s did not start", g.members[i].ID)
 		}
 	}
-	return nil
+	return skip
 }
 
 // start starts member i (again: on its data directory and its core), and
@@ -328,30 +378,25 @@ func testConsensusFollowerRefuses(h ReplicationHarness) error {
 	if err := g.startAll(); err != nil {
 		return err
 	}
-	l, err := g.waitLeader()
-	if err != nil {
-		return err
-	}
+	// The refusals are tried again (new messages) when leadership moves
+	// while they are sent, a few times: a loaded machine may hold a
+	// leader's heartbeats past the election timeout.
 	var refused []*sdk.Message
-	for i := range g.nodes {
-		if i == l {
-			continue
+	const tries = 3
+	for try := 1; ; try++ {
+		l, err := g.waitLeader()
+		if err != nil {
+			return err
 		}
-		msgs := batch("refused-"+g.members[i].ID, 0, 2)
-		refused = append(refused, msgs...)
-		st, _, err := g.replicateOn(i, msgs)
-		switch {
-		case err == nil && st == 1:
-			// Leadership may have moved to i meanwhile (a loaded
-			// machine): only then is OK right.
-			if role, _ := g.cores[i].latestRole(); role != sdk.RoleLeader {
-				return fmt.Errorf("the follower %s answered STATUS_OK for %s while %s leads: only the leader may take a batch", g.members[i].ID, msgs[0].Id, g.members[l].ID)
-			}
-			return Skip("leadership moved to %s while the case ran: run it again", g.members[i].ID)
-		case err == nil:
-			return fmt.Errorf("the follower %s answered %v for %s, want the error sdk.ErrNotLeader (a broker sends the producer to the leader on it)", g.members[i].ID, st, msgs[0].Id)
-		case !errors.Is(err, sdk.ErrNotLeader):
-			return fmt.Errorf("the follower %s refused %s with %q, which is not sdk.ErrNotLeader (errors.Is): a broker would not know to send the producer to the leader", g.members[i].ID, msgs[0].Id, err)
+		moved, err := g.refuseOnFollowers(l, try, &refused)
+		if err != nil {
+			return err
+		}
+		if moved == "" {
+			break
+		}
+		if try == tries {
+			return Skip("leadership moved while the followers were sent batches, %d times (last to %s): run the case again", tries, moved)
 		}
 	}
 	after := batch("after-refusals", 0, 2)
@@ -371,6 +416,36 @@ func testConsensusFollowerRefuses(h ReplicationHarness) error {
 	return nil
 }
 
+// refuseOnFollowers sends a batch to each member but the leader l, and
+// checks that each refuses it with sdk.ErrNotLeader; the refused messages
+// are added to refused. It returns the member that took its batch because
+// leadership had moved to it meanwhile ("" when none did).
+func (g *consensusGroup) refuseOnFollowers(l, try int, refused *[]*sdk.Message) (string, error) {
+	for i := range g.nodes {
+		if i == l {
+			continue
+		}
+		msgs := batch(fmt.Sprintf("refused-%s-%d", g.members[i].ID, try), 0, 2)
+		st, _, err := g.replicateOn(i, msgs)
+		switch {
+		case err == nil && st == 1:
+			// Leadership may have moved to i meanwhile (a loaded
+			// machine): only then is OK right, and its batch may
+			// be stored.
+			if role, _ := g.cores[i].latestRole(); role != sdk.RoleLeader {
+				return "", fmt.Errorf("the follower %s answered STATUS_OK for %s while %s leads: only the leader may take a batch", g.members[i].ID, msgs[0].Id, g.members[l].ID)
+			}
+			return g.members[i].ID, nil
+		case err == nil:
+			return "", fmt.Errorf("the follower %s answered %v for %s, want the error sdk.ErrNotLeader (a broker sends the producer to the leader on it)", g.members[i].ID, st, msgs[0].Id)
+		case !errors.Is(err, sdk.ErrNotLeader):
+			return "", fmt.Errorf("the follower %s refused %s with %q, which is not sdk.ErrNotLeader (errors.Is): a broker would not know to send the producer to the leader", g.members[i].ID, msgs[0].Id, err)
+		}
+		*refused = append(*refused, msgs...)
+	}
+	return "", nil
+}
+
 func testConsensusCommitThroughLog(h ReplicationHarness) error {
 	g, err := newConsensusGroup(h)
 	if err != nil {
@@ -381,7 +456,7 @@ func testConsensusCommitThroughLog(h ReplicationHarness) error {
 		return err
 	}
 	var sent []*sdk.Message
-	for i := range 20 {
+	for i := range commitBatches {
 		msgs := batch(fmt.Sprintf("log-%d", i), int32(i%2), 3)
 		if _, err := g.commit(msgs); err != nil {
 			return fmt.Errorf("batch %d: %w", i, err)
@@ -506,18 +581,4 @@ func memberDiff(a, b *ReplicaTestCore, q int32) string {
 		return fmt.Sprintf("queue %d: %s holds %d messages, %s %d", q, b.node, len(lb), a.node, len(la))
 	}
 	return ""
-}
-
-// freeAddrs returns n loopback addresses whose ports were free a moment ago.
-func freeAddrs(n int) ([]string, error) {
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		out = append(out, l.Addr().String())
-		l.Close()
-	}
-	return out, nil
 }

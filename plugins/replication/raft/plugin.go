@@ -46,6 +46,17 @@ type Plugin struct {
 	logs  raftLog         // raft's log and stable store (term, vote)
 	admin *grpc.Server
 
+	// startMu orders Close with Serve's start of raft, which reads the
+	// log: Close waits until raft runs (or Serve gave up), and Serve
+	// starts nothing once Close ran (closed). A host may stop a plugin
+	// that is still starting.
+	startMu sync.Mutex
+	closed  bool
+	// stopOnce/stopped: raft's shutdown, shared by Serve's end and Close
+	// (stopRaft).
+	stopOnce sync.Once
+	stopped  hraft.Future
+
 	mu      sync.Mutex
 	raft    *hraft.Raft
 	core    sdk.ReplicaCore
@@ -178,6 +189,16 @@ func (p *Plugin) addressOwner(addr string) (string, bool) {
 // committed entries to the store through core, and keeps the broker's role in
 // step with raft's until ctx ends.
 func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
+	p.startMu.Lock()
+	starting := true
+	defer func() {
+		if starting {
+			p.startMu.Unlock()
+		}
+	}()
+	if p.closed {
+		return errors.New("raft: the plugin was closed before Serve")
+	}
 	info, err := core.NodeInfo(ctx)
 	if err != nil {
 		return err
@@ -233,9 +254,9 @@ func (p *Plugin) Serve(ctx context.Context, core sdk.ReplicaCore) error {
 	p.raft = r
 	p.mu.Unlock()
 	p.running.Store(r)
-	defer func() {
-		_ = r.Shutdown().Error()
-	}()
+	starting = false
+	p.startMu.Unlock()
+	defer p.stopRaft(r)
 	tick := time.NewTicker(roleEvery)
 	defer tick.Stop()
 	var last *sdk.SetRoleRequest
@@ -385,13 +406,17 @@ func (p *Plugin) Status(ctx context.Context) (*sdk.ReplicationStatus, error) {
 	return st, nil
 }
 
-// Close stops raft's listeners and closes the log.
+// Close stops raft's listeners and closes the log, once Serve's start of
+// raft is over.
 func (p *Plugin) Close() error {
+	p.startMu.Lock()
+	p.closed = true
+	p.startMu.Unlock()
 	p.mu.Lock()
 	r := p.raft
 	p.mu.Unlock()
 	if r != nil {
-		_ = r.Shutdown().Error()
+		p.stopRaft(r)
 	}
 	if p.admin != nil {
 		p.admin.Stop()
@@ -404,6 +429,14 @@ func (p *Plugin) Close() error {
 		return p.logs.Close()
 	}
 	return nil
+}
+
+// stopRaft shuts raft down and waits until it is down: its goroutines are
+// done with the log, which Close closes next. Every caller waits on the
+// first Shutdown's future; hashicorp/raft's later ones do not wait.
+func (p *Plugin) stopRaft(r *hraft.Raft) {
+	p.stopOnce.Do(func() { p.stopped = r.Shutdown() })
+	_ = p.stopped.Error()
 }
 
 // admin serves `ferry cluster status` for a raft node, and peers'
