@@ -95,7 +95,7 @@ func (p *Plugin) adminConn(addr string) (*grpc.ClientConn, error) {
 	if cc := p.conns[addr]; cc != nil {
 		return cc, nil
 	}
-	if p.closed {
+	if p.connsClosed {
 		return nil, fmt.Errorf("%w: the raft plugin is closing", sdk.ErrUnavailable)
 	}
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.peers.GRPC()))
@@ -113,7 +113,7 @@ func (p *Plugin) adminConn(addr string) (*grpc.ClientConn, error) {
 func (p *Plugin) closeConns() {
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
-	p.closed = true
+	p.connsClosed = true
 	for _, cc := range p.conns {
 		_ = cc.Close()
 	}

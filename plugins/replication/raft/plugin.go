@@ -74,9 +74,9 @@ type Plugin struct {
 
 	// conns: connections to peers' admin listeners, by address
 	// (forward.go); closed once the plugin closes.
-	connMu sync.Mutex
-	conns  map[string]*grpc.ClientConn
-	closed bool
+	connMu      sync.Mutex
+	conns       map[string]*grpc.ClientConn
+	connsClosed bool
 
 	// Snapshot catch-up, for Status: snapshots restored, messages
 	// fetched from peers for them, catch-ups served to peers.
