@@ -121,6 +121,25 @@ func pipelineFSM(t *testing.T, core sdk.ReplicaCore, depth int, inPlace bool) *f
 	dir := t.TempDir()
 	f := newFSM(&Plugin{node: "n1", dir: dir, log: quietLog()}, ctx, core, dir)
 	f.depth, f.inPlace = depth, inPlace
+	// Registered after TempDir, so it runs before the directory's removal:
+	// the background writer of the applied file (saveAppliedLater) may
+	// still be writing when the test ends.
+	t.Cleanup(func() {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			f.amu.Lock()
+			running := f.backgroundRunning
+			f.amu.Unlock()
+			if !running {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Error("the applied file's background writer still runs after 30 s")
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
 	return f
 }
 
