@@ -1765,7 +1765,10 @@ type GroupDeletion struct {
 	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// Unique per deletion, increasing on one master: its time (Unix ns), or
 	// one more than the highest id it knows when that is later.
-	Id            uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The group's generation after this deletion (see
+	// DeleteGroupOffsetsRequest.generation); 0 from masters that predate it.
+	Generation    uint64 `protobuf:"varint,680,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1810,6 +1813,13 @@ func (x *GroupDeletion) GetGroup() string {
 func (x *GroupDeletion) GetId() uint64 {
 	if x != nil {
 		return x.Id
+	}
+	return 0
+}
+
+func (x *GroupDeletion) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
 	}
 	return 0
 }
@@ -2246,10 +2256,13 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\x12&\n" +
 	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\x12&\n" +
 	"\x0etopics_version\x18\xa5\x03 \x01(\x04R\rtopicsVersion\x12A\n" +
-	"\x0fgroup_deletions\x18\xb0\x04 \x03(\v2\x17.ferry.v1.GroupDeletionR\x0egroupDeletions\"5\n" +
+	"\x0fgroup_deletions\x18\xb0\x04 \x03(\v2\x17.ferry.v1.GroupDeletionR\x0egroupDeletions\"V\n" +
 	"\rGroupDeletion\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"&\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1f\n" +
+	"\n" +
+	"generation\x18\xa8\x05 \x01(\x04R\n" +
+	"generation\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +

@@ -273,6 +273,10 @@ type snapshot struct {
 	// snapshot (groups.go): a node restoring it deletes their offsets
 	// from its store before it stores Offsets. Absent in older snapshots.
 	DeletedGroups []string `json:"deleted_groups,omitempty"`
+	// GroupGenerations are the generations of DeletedGroups after their
+	// latest deletion (a node restoring the snapshot gives them to its
+	// core with the deletion). Absent in older snapshots.
+	GroupGenerations map[string]uint64 `json:"group_generations,omitempty"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
@@ -292,8 +296,8 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable(),
-		DeletedGroups: f.offs.deletedGroups()}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable()}
+	s.DeletedGroups, s.GroupGenerations = f.offs.deletedGroups()
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -363,7 +367,7 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	// The groups deleted up to the snapshot, then the groups' offsets as
 	// of it: the entries that deleted and committed them may be
 	// compacted away.
-	if err := f.deleteGroups(s.DeletedGroups); err != nil {
+	if err := f.deleteGroups(s.DeletedGroups, s.GroupGenerations); err != nil {
 		f.p.log.Error("restoring a raft snapshot's consumer group deletions", "error", err)
 		return err
 	}
@@ -372,7 +376,7 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 		return err
 	}
 	f.offs.reset(s.Offsets)
-	f.offs.resetDeleted(s.DeletedGroups)
+	f.offs.resetDeleted(s.DeletedGroups, s.GroupGenerations)
 	// raft applies only entries after the snapshot from now on.
 	f.applied = f.snapshotIndex(s)
 	f.saveApplied()
@@ -428,12 +432,12 @@ func (f *fsm) resume(ctx context.Context, snaps hraft.SnapshotStore) error {
 	// not stored again (the store kept them); a snapshot beyond it (a
 	// Restore killed before it stored the offsets) has them stored now.
 	f.offs.reset(s.Offsets)
-	f.offs.resetDeleted(s.DeletedGroups)
+	f.offs.resetDeleted(s.DeletedGroups, s.GroupGenerations)
 	if n == 0 && len(s.Offsets) == 0 && len(s.DeletedGroups) == 0 {
 		return nil
 	}
 	if idx := f.snapshotIndex(s); idx > f.applied {
-		if err := f.deleteGroups(s.DeletedGroups); err != nil {
+		if err := f.deleteGroups(s.DeletedGroups, s.GroupGenerations); err != nil {
 			return err
 		}
 		if err := f.commitTable(s.Offsets); err != nil {

@@ -186,8 +186,9 @@ type offsets struct {
 	mu    sync.Mutex
 	table offsetTable
 	// deleted are the groups the log deleted (groups.go), kept even
-	// when the group commits again.
-	deleted map[string]bool
+	// when the group commits again, with the group's generation after
+	// its latest deletion (0: from a snapshot or entry without one).
+	deleted map[string]uint64
 	// warned throttles warnings about offsets not stored.
 	warned time.Time
 }
@@ -209,37 +210,53 @@ func (o *offsets) record(req *ferryv1.CommitOffsetsRequest) {
 	}
 }
 
-// drop forgets a deleted group's offsets and records it as deleted.
-func (o *offsets) drop(group string) {
+// drop forgets a deleted group's offsets and records it as deleted, and
+// returns the group's generation after the deletion: the one the entry
+// proposes, raised to one more than the table's when that is higher (so
+// every node, applying the same log, gets the same).
+func (o *offsets) drop(group string, proposed uint64) uint64 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	delete(o.table, group)
 	if o.deleted == nil {
-		o.deleted = map[string]bool{}
+		o.deleted = map[string]uint64{}
 	}
-	o.deleted[group] = true
+	gen := proposed
+	if known := o.deleted[group]; known > 0 {
+		gen = max(gen, known+1)
+	}
+	o.deleted[group] = gen
+	return gen
 }
 
-// deletedGroups lists the groups the log deleted, sorted.
-func (o *offsets) deletedGroups() []string {
+// deletedGroups lists the groups the log deleted, sorted, and their
+// generations (those known).
+func (o *offsets) deletedGroups() ([]string, map[string]uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	out := make([]string, 0, len(o.deleted))
-	for g := range o.deleted {
+	var gens map[string]uint64
+	for g, gen := range o.deleted {
 		out = append(out, g)
+		if gen > 0 {
+			if gens == nil {
+				gens = map[string]uint64{}
+			}
+			gens[g] = gen
+		}
 	}
 	sort.Strings(out)
-	return out
+	return out, gens
 }
 
 // resetDeleted replaces the deleted groups (a snapshot restored or resumed
-// from).
-func (o *offsets) resetDeleted(groups []string) {
+// from), with their generations.
+func (o *offsets) resetDeleted(groups []string, gens map[string]uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.deleted = map[string]bool{}
+	o.deleted = map[string]uint64{}
 	for _, g := range groups {
-		o.deleted[g] = true
+		o.deleted[g] = gens[g]
 	}
 }
 
