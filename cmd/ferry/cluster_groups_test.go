@@ -7,6 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
@@ -64,6 +70,45 @@ func waitGroup(t *testing.T, node, broker, group string, known bool) {
 		return !got && strings.Contains(out, "unknown group")
 	})
 	ok = true
+}
+
+// groupGeneration asks broker for group's generation (a heartbeat of a
+// member that leaves at once, so the group gets no live member).
+func groupGeneration(t *testing.T, broker, group string) uint64 {
+	t.Helper()
+	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := ferryv1.NewBrokerClient(cc).Heartbeat(ctx, &ferryv1.HeartbeatRequest{Group: group, Member: "generation-probe", Leave: true}, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatalf("heartbeat of group %s on %s: %v", group, broker, err)
+	}
+	return resp.Generation
+}
+
+// checkStaleCommitRefused sends broker a commit of group on topic/0 with
+// generation gen, older than the group's now (cur): it must be refused
+// with FAILED_PRECONDITION naming the group and both generations.
+func checkStaleCommitRefused(t *testing.T, node, broker, group, topic string, gen, cur uint64) {
+	t.Helper()
+	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = ferryv1.NewBrokerClient(cc).CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Generation: gen,
+		Offsets: []*ferryv1.GroupOffset{{Topic: topic, Queue: 0, Offset: 0}}})
+	st := status.Convert(err)
+	if err == nil || st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), fmt.Sprintf("%q", group)) ||
+		!strings.Contains(st.Message(), fmt.Sprintf("generation %d", gen)) || !strings.Contains(st.Message(), fmt.Sprintf("generation %d", cur)) {
+		t.Errorf("%s: a commit of group %s with generation %d (the group is at %d): %v, want FAILED_PRECONDITION naming the group and both generations", node, group, gen, cur, err)
+	}
 }
 
 // groupDeleteOnLeader runs `ferry group delete` on the raft leader, again on
@@ -179,6 +224,18 @@ func TestRaftGroupDeleteReplicated(t *testing.T) {
 
 	leader, _ = waitLeader(t, nodes, "a raft leader")
 	sameKeys(t, consumeTopic(t, bin, leader.broker, "bills", "billing", len(sent)), sent, "bills, read of billing after its deletion")
+
+	// Every node holds billing's generation after the deletion, 2: the
+	// one that was down learned it from the snapshot it restored. A
+	// commit of generation 1 (sent before the deletion, arriving now) is
+	// refused by the leader.
+	for _, nd := range nodes {
+		if g := groupGeneration(t, nd.broker, "billing"); g != 2 {
+			t.Errorf("%s: group billing at generation %d after one deletion, want 2", nd.id, g)
+		}
+	}
+	leader, _ = waitLeader(t, nodes, "a raft leader")
+	checkStaleCommitRefused(t, leader.id, leader.broker, "billing", "bills", 1, 2)
 }
 
 // On master–slave: group billing consumes topic bills on the master; the
@@ -231,6 +288,12 @@ func TestMasterSlaveGroupDeleteReplicated(t *testing.T) {
 		t.Errorf("the promoted slave describes deleted group billing:\n%s", out)
 	}
 	sameKeys(t, consumeTopic(t, bin, sb, "bills", "billing", len(sent)), sent, "bills on the promoted slave, read of billing after its deletion")
+	// The promoted slave learned billing's generation with the deletion:
+	// a commit of the generation before it is refused there too.
+	if g := groupGeneration(t, sb, "billing"); g != 2 {
+		t.Errorf("the promoted slave: group billing at generation %d after one deletion, want 2", g)
+	}
+	checkStaleCommitRefused(t, "the promoted slave", sb, "billing", "bills", 1, 2)
 }
 
 // On an async master–slave pair: group billing consumes topic orders on the
