@@ -1025,7 +1025,13 @@ type NodeInfoResponse struct {
 	Offsets []*QueueOffsets `protobuf:"bytes,4,rep,name=offsets,proto3" json:"offsets,omitempty"`
 	// Every topic the node holds (not consumer groups' internal ones), with
 	// its queue count: raft snapshots carry them, a master ships them.
-	Topics        []*ReplicatedTopic `protobuf:"bytes,65,rep,name=topics,proto3" json:"topics,omitempty"`
+	Topics []*ReplicatedTopic `protobuf:"bytes,65,rep,name=topics,proto3" json:"topics,omitempty"`
+	// The consumer groups the node's store holds offsets of
+	// (sdk.GroupStore), when lists_groups; a raft node restoring a snapshot
+	// deletes those the snapshot does not hold (deleted since, their
+	// tombstones dropped). Absent from cores that predate it.
+	StoredGroups  []string `protobuf:"bytes,680,rep,name=stored_groups,json=storedGroups,proto3" json:"stored_groups,omitempty"`
+	ListsGroups   bool     `protobuf:"varint,681,opt,name=lists_groups,json=listsGroups,proto3" json:"lists_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1093,6 +1099,20 @@ func (x *NodeInfoResponse) GetTopics() []*ReplicatedTopic {
 		return x.Topics
 	}
 	return nil
+}
+
+func (x *NodeInfoResponse) GetStoredGroups() []string {
+	if x != nil {
+		return x.StoredGroups
+	}
+	return nil
+}
+
+func (x *NodeInfoResponse) GetListsGroups() bool {
+	if x != nil {
+		return x.ListsGroups
+	}
+	return false
 }
 
 type SetRoleRequest struct {
@@ -2194,13 +2214,15 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x11SyncStoreResponse\")\n" +
 	"\rApplyResponse\x12\x18\n" +
 	"\aoffsets\x18\x01 \x03(\x03R\aoffsets\"\x11\n" +
-	"\x0fNodeInfoRequest\"\xb9\x01\n" +
+	"\x0fNodeInfoRequest\"\x83\x02\n" +
 	"\x10NodeInfoResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x120\n" +
 	"\aoffsets\x18\x04 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x121\n" +
-	"\x06topics\x18A \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\"l\n" +
+	"\x06topics\x18A \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\x12$\n" +
+	"\rstored_groups\x18\xa8\x05 \x03(\tR\fstoredGroups\x12\"\n" +
+	"\flists_groups\x18\xa9\x05 \x01(\bR\vlistsGroups\"l\n" +
 	"\x0eSetRoleRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x1f\n" +

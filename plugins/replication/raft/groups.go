@@ -81,7 +81,7 @@ func (f *fsm) applyGroupDeleteEntry(l *hraft.Log) any {
 	}
 	var gen uint64
 	if err == nil {
-		gen = f.offs.drop(req.Group, req.Generation)
+		gen = f.offs.drop(req.Group, req.Generation, l.Index)
 	}
 	if l.Index <= f.applied {
 		return nil
@@ -126,6 +126,68 @@ func (f *fsm) deleteGroups(groups []string, gens map[string]uint64) error {
 	sort.Strings(groups)
 	for _, g := range groups {
 		if err := f.deleteGroup(g, gens[g]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteUnknownGroups deletes, through the core, the offsets of every group
+// the node's store holds, except those snapshot s names as deleted (deleted
+// already, deleteGroups): the snapshot's table, stored next (commitTable),
+// is then all the store holds. That is what makes dropping tombstones safe
+// (offsets.prune): a group the log deleted after this node's store took its
+// offsets, and whose tombstone was dropped before s was taken, is either
+// absent from s (deleted here now) or in it again, consumed after its
+// deletion, with only its new generation's offsets (its old ones on queues
+// the new generation has not committed must not stay: they are deleted
+// here too, before the table's are stored). Each is given its generation
+// from s, and so is every group s has a generation of: the core keeps the
+// highest it was given. A core that cannot list its
+// store's groups (an older one, a store without sdk.GroupStore) is
+// skipped: such a node relies on the tombstones alone, and a node whose
+// core cannot list them drops none.
+func (f *fsm) deleteUnknownGroups(s *snapshot) error {
+	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
+	info, err := f.core.NodeInfo(ctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !info.ListsGroups {
+		return nil
+	}
+	named := map[string]bool{}
+	for _, g := range s.DeletedGroups {
+		named[g] = true
+	}
+	var gone []string
+	seen := map[string]bool{}
+	add := func(g string) {
+		if _, _, internal := sdk.InternalTopic(g); !named[g] && !internal && !seen[g] {
+			seen[g] = true
+			gone = append(gone, g) // a DLQ tool's cursor is not deleted by name
+		}
+	}
+	for _, g := range info.StoredGroups {
+		add(g)
+	}
+	// And every group with a generation: the core learns it (it has
+	// nothing to delete for a group its store does not hold).
+	for g := range s.GroupGenerations {
+		add(g)
+	}
+	if len(gone) > 0 {
+		f.p.log.Info("replacing the consumer groups' offsets with a raft snapshot's", "groups", len(gone), "snapshot_groups", len(s.Offsets))
+	}
+	sort.Strings(gone)
+	for _, g := range gone {
+		err := f.deleteGroup(g, s.GroupGenerations[g])
+		switch {
+		case err == nil:
+		case errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, errors.ErrUnsupported):
+			f.p.log.Warn("restoring a raft snapshot: a consumer group's offsets were not replaced", "group", g, "error", err)
+		default:
 			return err
 		}
 	}
