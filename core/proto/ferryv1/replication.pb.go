@@ -1559,8 +1559,15 @@ type FollowRequest struct {
 	// The version of the master's topic set (FollowResponse.topics_version)
 	// this slave applied, sent once it did.
 	TopicsApplied uint64 `protobuf:"varint,420,opt,name=topics_applied,json=topicsApplied,proto3" json:"topics_applied,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// First frame: what the slave does with the master's group deletions.
+	// 0 (a slave that predates it): it may make each deletion again at
+	// every link opening (deleting a group's offsets committed since) and
+	// keeps no generation; 2: it makes each GroupDeletion id once and hands
+	// the deletion's generation to its node. The master warns of a slave
+	// below 2 (log and the replica's status detail); it still serves it.
+	GroupDeletionsVersion uint32 `protobuf:"varint,680,opt,name=group_deletions_version,json=groupDeletionsVersion,proto3" json:"group_deletions_version,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *FollowRequest) Reset() {
@@ -1624,6 +1631,13 @@ func (x *FollowRequest) GetEpoch() uint64 {
 func (x *FollowRequest) GetTopicsApplied() uint64 {
 	if x != nil {
 		return x.TopicsApplied
+	}
+	return 0
+}
+
+func (x *FollowRequest) GetGroupDeletionsVersion() uint32 {
+	if x != nil {
+		return x.GroupDeletionsVersion
 	}
 	return 0
 }
@@ -2258,13 +2272,14 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tconnected\x18\x03 \x01(\bR\tconnected\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\x12\x1a\n" +
 	"\bdiverged\x18\x05 \x01(\bR\bdiverged\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xa7\x01\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xe0\x01\n" +
 	"\rFollowRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12&\n" +
-	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\"\x87\x04\n" +
+	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\x127\n" +
+	"\x17group_deletions_version\x18\xa8\x05 \x01(\rR\x15groupDeletionsVersion\"\x87\x04\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +

@@ -1650,6 +1650,13 @@ func (m *FollowRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.GroupDeletionsVersion != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.GroupDeletionsVersion))
+		i--
+		dAtA[i] = 0x2a
+		i--
+		dAtA[i] = 0xc0
+	}
 	if m.TopicsApplied != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TopicsApplied))
 		i--
@@ -2866,6 +2873,9 @@ func (m *FollowRequest) SizeVT() (n int) {
 	}
 	if m.TopicsApplied != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.TopicsApplied))
+	}
+	if m.GroupDeletionsVersion != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.GroupDeletionsVersion))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -6718,6 +6728,25 @@ func (m *FollowRequest) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.TopicsApplied |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 680:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field GroupDeletionsVersion", wireType)
+			}
+			m.GroupDeletionsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.GroupDeletionsVersion |= uint32(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
@@ -11677,6 +11706,25 @@ func (m *FollowRequest) UnmarshalVTUnsafe(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.TopicsApplied |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 680:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field GroupDeletionsVersion", wireType)
+			}
+			m.GroupDeletionsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.GroupDeletionsVersion |= uint32(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}

@@ -46,6 +46,17 @@ var _ sdk.GroupDeleteReplication = (*Plugin)(nil)
 // replication-sync under the data dir), keeps the group deletions.
 const GroupDeletionsFile = "group-deletions.json"
 
+// groupDeletionsVersion is what a slave of this build does with its
+// master's group deletions (FollowRequest.group_deletions_version): it
+// makes each id once and hands the generation to its node.
+const groupDeletionsVersion = 2
+
+// oldSlaveWarning is the warning about a slave below groupDeletionsVersion
+// (logged, and the replica's detail in the master's status).
+func oldSlaveWarning(node string, version uint32) string {
+	return fmt.Sprintf("slave %s predates group deletion generations (group_deletions_version %d, want %d): it may delete a deleted group's offsets again at every link opening (a group consumed again after its deletion loses its new offsets there) and, promoted, takes commits sent before a deletion; upgrade it", node, version, groupDeletionsVersion)
+}
+
 // maxGroupDeletions bounds the deletions kept (and the ids made).
 const maxGroupDeletions = 4096
 
