@@ -2,11 +2,21 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
@@ -64,6 +74,76 @@ func waitGroup(t *testing.T, node, broker, group string, known bool) {
 		return !got && strings.Contains(out, "unknown group")
 	})
 	ok = true
+}
+
+// groupGeneration asks broker for group's generation (a heartbeat of a
+// member that leaves at once, so the group gets no live member).
+func groupGeneration(t *testing.T, broker, group string) uint64 {
+	t.Helper()
+	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := ferryv1.NewBrokerClient(cc).Heartbeat(ctx, &ferryv1.HeartbeatRequest{Group: group, Member: "generation-probe", Leave: true}, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatalf("heartbeat of group %s on %s: %v", group, broker, err)
+	}
+	return resp.Generation
+}
+
+// checkStaleCommitRefused sends broker a commit of group on topic/0 with
+// generation gen, older than the group's now (cur): it must be refused
+// with FAILED_PRECONDITION naming the group and both generations.
+func checkStaleCommitRefused(t *testing.T, node, broker, group, topic string, gen, cur uint64) {
+	t.Helper()
+	cc, err := grpc.NewClient(broker, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = ferryv1.NewBrokerClient(cc).CommitOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Generation: gen,
+		Offsets: []*ferryv1.GroupOffset{{Topic: topic, Queue: 0, Offset: 0}}})
+	st := status.Convert(err)
+	if err == nil || st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), fmt.Sprintf("%q", group)) ||
+		!strings.Contains(st.Message(), fmt.Sprintf("generation %d", gen)) || !strings.Contains(st.Message(), fmt.Sprintf("generation %d", cur)) {
+		t.Errorf("%s: a commit of group %s with generation %d (the group is at %d): %v, want FAILED_PRECONDITION naming the group and both generations", node, group, gen, cur, err)
+	}
+}
+
+// latestSnapshotDeleted returns the groups nd's latest raft snapshot names
+// as deleted, and whether it holds group billing's offsets; ok is false
+// while it has none or it cannot be read.
+func latestSnapshotDeleted(nd *raftNode, group string) (deleted []string, holds, ok bool) {
+	dir := filepath.Join(filepath.Dir(nd.yaml), "data", "replication-raft", "snapshots")
+	entries, _ := os.ReadDir(dir)
+	var latest string
+	var at time.Time
+	for _, e := range entries {
+		if info, err := os.Stat(filepath.Join(dir, e.Name(), "meta.json")); err == nil && info.ModTime().After(at) {
+			latest, at = e.Name(), info.ModTime()
+		}
+	}
+	if latest == "" {
+		return nil, false, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, latest, "state.bin"))
+	if err != nil {
+		return nil, false, false
+	}
+	var st struct {
+		Offsets       map[string]json.RawMessage `json:"offsets"`
+		DeletedGroups []string                   `json:"deleted_groups"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, false, false
+	}
+	_, holds = st.Offsets[group]
+	return st.DeletedGroups, holds, true
 }
 
 // groupDeleteOnLeader runs `ferry group delete` on the raft leader, again on
@@ -144,9 +224,15 @@ func TestRaftGroupDeleteReplicated(t *testing.T) {
 		live = append(live, nd.broker)
 	}
 	produceMany(t, live, "away", 500, 4) // entries enough for snapshots past the deletion
-	eventually(t, topicWait, "both live nodes snapshot after the deletion", func() bool {
+	// Until the live nodes' snapshots no longer carry billing's tombstone
+	// (dropped at the second snapshot after the deletion): the snapshot
+	// the down node is sent does not name billing, and its store's old
+	// offsets must go all the same.
+	eventually(t, topicWait, "both live nodes snapshot past billing's tombstone", func() bool {
 		for _, nd := range others {
-			if !latestSnapshot(nd).After(deleted) {
+			dels, holds, ok := latestSnapshotDeleted(nd, "billing")
+			if !ok || !latestSnapshot(nd).After(deleted) || holds || slices.Contains(dels, "billing") {
+				produceMany(t, live, "more", 60, 2)
 				return false
 			}
 		}
@@ -179,6 +265,18 @@ func TestRaftGroupDeleteReplicated(t *testing.T) {
 
 	leader, _ = waitLeader(t, nodes, "a raft leader")
 	sameKeys(t, consumeTopic(t, bin, leader.broker, "bills", "billing", len(sent)), sent, "bills, read of billing after its deletion")
+
+	// Every node holds billing's generation after the deletion, 2: the
+	// one that was down learned it from the snapshot it restored. A
+	// commit of generation 1 (sent before the deletion, arriving now) is
+	// refused by the leader.
+	for _, nd := range nodes {
+		if g := groupGeneration(t, nd.broker, "billing"); g != 2 {
+			t.Errorf("%s: group billing at generation %d after one deletion, want 2", nd.id, g)
+		}
+	}
+	leader, _ = waitLeader(t, nodes, "a raft leader")
+	checkStaleCommitRefused(t, leader.id, leader.broker, "billing", "bills", 1, 2)
 }
 
 // On master–slave: group billing consumes topic bills on the master; the
@@ -231,6 +329,12 @@ func TestMasterSlaveGroupDeleteReplicated(t *testing.T) {
 		t.Errorf("the promoted slave describes deleted group billing:\n%s", out)
 	}
 	sameKeys(t, consumeTopic(t, bin, sb, "bills", "billing", len(sent)), sent, "bills on the promoted slave, read of billing after its deletion")
+	// The promoted slave learned billing's generation with the deletion:
+	// a commit of the generation before it is refused there too.
+	if g := groupGeneration(t, sb, "billing"); g != 2 {
+		t.Errorf("the promoted slave: group billing at generation %d after one deletion, want 2", g)
+	}
+	checkStaleCommitRefused(t, "the promoted slave", sb, "billing", "bills", 1, 2)
 }
 
 // On an async master–slave pair: group billing consumes topic orders on the

@@ -112,6 +112,8 @@ type Broker struct {
 	eph  ephemeralGroups
 	// gates orders a group's deletion after its commits under way (groupgate.go)
 	gates groupGates
+	// gens are the consumer groups' generations (groupgen.go)
+	gens groupGens
 
 	closeOnce sync.Once
 	drainOnce sync.Once
@@ -179,6 +181,7 @@ func New(opts Options, storage StorageSource) *Broker {
 	b := &Broker{opts: opts, log: opts.Logger, storage: storage, topics: map[string]*topic{}, groups: newGroups(), epochs: newEpochs(), known: map[string]bool{},
 		fetchers: newRecentSet(maxRecentFetchers), draining: make(chan struct{})}
 	b.full.done = make(chan struct{})
+	b.gens.dir = opts.DataDir
 	for _, g := range opts.Groups {
 		b.known[g] = true
 	}
@@ -501,6 +504,11 @@ func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsReques
 		return err
 	}
 	defer done()
+	// Inside the gate: a deletion raises the generation before it opens
+	// the gate again.
+	if err := b.checkGeneration(req.Group, req.Generation); err != nil {
+		return err
+	}
 	lookup := func(ctx context.Context, name string) (*topic, error) { return b.clientTopic(ctx, name, req.Group) }
 	if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
 		return err

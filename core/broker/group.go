@@ -174,9 +174,13 @@ func (b *Broker) Heartbeat(ctx context.Context, req *sdk.HeartbeatRequest) (*sdk
 			return nil, err
 		}
 	}
+	gen, err := b.gens.get(req.Group)
+	if err != nil {
+		return nil, err
+	}
 	members, perTopic := b.groups.heartbeat(req.Group, req.Member, slices.Clone(req.Topics), queues, req.Leave, timeout)
 	b.noteEphemeralLocked(req.Group, len(members))
-	return &sdk.HeartbeatResponse{Members: members, TopicMembers: perTopic}, nil
+	return &sdk.HeartbeatResponse{Members: members, TopicMembers: perTopic, Generation: gen}, nil
 }
 
 // maxRecentFetchers bounds recentSet of the groups that fetched lately.

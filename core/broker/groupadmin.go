@@ -374,23 +374,37 @@ func (b *Broker) DeleteGroup(ctx context.Context, req *sdk.DeleteGroupRequest) (
 		return nil, err
 	}
 	defer open()
+	// The generation after the deletion (groupgen.go): raised here before
+	// the offsets go, so that no commit of the old generation is taken
+	// once the gate opens; on raft by the log's entry, applied here too.
+	cur, err := b.gens.get(req.Group)
+	if err != nil {
+		return nil, err
+	}
+	gen := cur + 1
 	switch {
 	case gr == nil:
+		if err := b.gens.raise(req.Group, gen); err != nil {
+			return nil, err
+		}
 		if err := b.deleteGroupOffsets(ctx, req.Group); err != nil {
 			return nil, err
 		}
 	case first:
 		// raft: through the log, applied on every node (this one
 		// included, through ReplicaCore.DeleteGroupOffsets).
-		if err := gr.ReplicateGroupDelete(ctx, req.Group); err != nil {
+		if err := gr.ReplicateGroupDelete(ctx, req.Group, gen); err != nil {
 			return nil, fmt.Errorf("group %q: %w", req.Group, err)
 		}
 	default:
 		// master–slave: here first, then shipped to the slaves.
+		if err := b.gens.raise(req.Group, gen); err != nil {
+			return nil, err
+		}
 		if err := b.deleteGroupOffsets(ctx, req.Group); err != nil {
 			return nil, err
 		}
-		if err := gr.ReplicateGroupDelete(ctx, req.Group); err != nil {
+		if err := gr.ReplicateGroupDelete(ctx, req.Group, gen); err != nil {
 			return nil, fmt.Errorf("group %q: its offsets are deleted on this node, but the deletion was not shipped to the slaves (delete it again): %w", req.Group, err)
 		}
 	}
@@ -446,14 +460,18 @@ func (b *Broker) deleteGroupOffsets(ctx context.Context, group string) error {
 }
 
 // DeleteGroupOffsets deletes a group's offsets on this node, as replicated
-// (sdk.ReplicaCore.DeleteGroupOffsets).
-func (c replicaCore) DeleteGroupOffsets(ctx context.Context, group string) error {
+// (sdk.ReplicaCore.DeleteGroupOffsets). The group's generation becomes generation if that is higher (0, from a
+// deletion that carries none, leaves it), before its offsets go.
+func (c replicaCore) DeleteGroupOffsets(ctx context.Context, group string, generation uint64) error {
 	if err := names.Group(group); err != nil {
 		return fmt.Errorf("%w: replicated group deletion: %v", sdk.ErrInvalidArgument, err)
+	}
+	if err := c.b.gens.raise(group, generation); err != nil {
+		return err
 	}
 	if err := c.b.deleteGroupOffsets(ctx, group); err != nil {
 		return err
 	}
-	c.b.log.Info("group deleted (replicated)", "group", group)
+	c.b.log.Info("group deleted (replicated)", "group", group, "generation", generation)
 	return nil
 }

@@ -144,7 +144,7 @@ type groupDeleter struct {
 	deleted  []string
 }
 
-func (g *groupDeleter) ReplicateGroupDelete(_ context.Context, group string) error {
+func (g *groupDeleter) ReplicateGroupDelete(_ context.Context, group string, _ uint64) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.deleted = append(g.deleted, group)

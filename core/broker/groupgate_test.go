@@ -93,7 +93,7 @@ func (e *eventRepl) ReplicateOffsets(ctx context.Context, group string, offs []*
 	return nil
 }
 
-func (e *eventRepl) ReplicateGroupDelete(_ context.Context, group string) error {
+func (e *eventRepl) ReplicateGroupDelete(_ context.Context, group string, _ uint64) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.events = append(e.events, "delete "+group)
@@ -303,11 +303,11 @@ func (l *logRepl) CommitOffsets(ctx context.Context, group string, offs []*sdk.G
 	return l.ReplicateOffsets(ctx, group, offs)
 }
 
-func (l *logRepl) ReplicateGroupDelete(ctx context.Context, group string) error {
-	if err := l.b.ReplicaCore().DeleteGroupOffsets(ctx, group); err != nil {
+func (l *logRepl) ReplicateGroupDelete(ctx context.Context, group string, generation uint64) error {
+	if err := l.b.ReplicaCore().DeleteGroupOffsets(ctx, group, generation); err != nil {
 		return err
 	}
-	return l.eventRepl.ReplicateGroupDelete(ctx, group)
+	return l.eventRepl.ReplicateGroupDelete(ctx, group, generation)
 }
 
 // On a raft-like node, a commit held in flight in the log when the group is

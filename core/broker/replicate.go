@@ -363,7 +363,8 @@ func (c replicaCore) Read(ctx context.Context, req *sdk.ReadRequest) (*sdk.ReadR
 	return resp, err
 }
 
-// NodeInfo reports the node and the offsets of every queue it knows.
+// NodeInfo reports the node, the offsets of every queue it knows and the
+// groups its store holds offsets of (when the store lists them).
 func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
 	b := c.b
 	var refs []*sdk.QueueRef
@@ -375,6 +376,12 @@ func (c replicaCore) NodeInfo(ctx context.Context) (*sdk.NodeInfo, error) {
 	}
 	b.topicsMu.RUnlock()
 	info := &sdk.NodeInfo{Node: b.opts.Node, Address: b.opts.Address, Role: b.role.get().Role, Topics: b.topicSet(nil)}
+	switch groups, err := b.storedGroups(ctx); {
+	case err == nil:
+		info.StoredGroups, info.ListsGroups = groups, true
+	case !errors.Is(err, errors.ErrUnsupported):
+		return nil, err
+	}
 	if len(refs) == 0 {
 		return info, nil
 	}

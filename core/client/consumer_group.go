@@ -25,6 +25,13 @@ func (rt *runtime) heartbeat(ctx context.Context, leave bool) (map[string][]stri
 	if err != nil {
 		return nil, rt.c.callError("heartbeat", err)
 	}
+	if resp.Generation != 0 && !leave {
+		// Carried on the commits from now on: one sent before a deletion
+		// of the group and arriving after it is refused (a deletion
+		// forced while the member lives is learned here, and its next
+		// commits start the group again, as they did before generations).
+		rt.generation.Store(resp.Generation)
+	}
 	out := make(map[string][]string, len(rt.topics))
 	for _, t := range rt.topics {
 		out[t] = resp.Members

@@ -83,6 +83,11 @@ type runtime struct {
 	bg     sync.WaitGroup // heartbeat and commit loops
 	kick   chan struct{}  // asks the commit loop to commit now
 
+	// generation is the group's generation from the last heartbeat (0
+	// until one answers with it, or from a broker that predates it),
+	// carried on every commit (CommitOffsetsRequest.generation).
+	generation atomic.Uint64
+
 	// set by start, then read-only
 	topics []string         // the topic, and the group's retry topic unless unavailable
 	counts map[string]int32 // queue count per topic
@@ -499,7 +504,7 @@ func (rt *runtime) commitLoop() {
 // forgets revoked lanes once they are drained and committed.
 func (rt *runtime) commit(ctx context.Context) error {
 	rt.mu.Lock()
-	req := &ferryv1.CommitOffsetsRequest{Group: rt.group}
+	req := &ferryv1.CommitOffsetsRequest{Group: rt.group, Generation: rt.generation.Load()}
 	var ls []*lane
 	for r, l := range rt.lanes {
 		switch {

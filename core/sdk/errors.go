@@ -54,6 +54,12 @@ var (
 	// ErrPermissionDenied: the client is authenticated but the node's
 	// access control does not allow the request. Not retried.
 	ErrPermissionDenied = errors.New("permission denied")
+	// ErrStaleGeneration: a consumer group's commit carried a generation
+	// older than the group's: the group was deleted after the client
+	// learned it (HeartbeatResponse.generation). Nothing was stored. Not
+	// retried as is; the client learns the new generation from its next
+	// heartbeat.
+	ErrStaleGeneration = errors.New("stale group generation")
 )
 
 // sentinels is the one table that maps sentinels to wire codes and gRPC codes.
@@ -76,6 +82,7 @@ var sentinels = []struct {
 	{ErrNotLeader, "NOT_LEADER", codes.FailedPrecondition},
 	{ErrUnauthenticated, "UNAUTHENTICATED", codes.Unauthenticated},
 	{ErrPermissionDenied, "PERMISSION_DENIED", codes.PermissionDenied},
+	{ErrStaleGeneration, "STALE_GENERATION", codes.FailedPrecondition},
 	// A plugin lacks an optional capability (e.g. ReplicateOffsets): the
 	// broker stops asking it. A plugin in another language that does not
 	// serve an RPC answers codes.Unimplemented, which decodes to the same.

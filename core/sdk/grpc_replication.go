@@ -129,7 +129,7 @@ func (s *replicationServer) ReplicateGroupDelete(ctx context.Context, req *ferry
 	if !ok {
 		return nil, status.Error(codes.Unimplemented, "this replication plugin does not replicate consumer group deletions")
 	}
-	if err := g.ReplicateGroupDelete(ctx, req.Group); err != nil {
+	if err := g.ReplicateGroupDelete(ctx, req.Group, req.Generation); err != nil {
 		return nil, err
 	}
 	return &ferryv1.DeleteGroupOffsetsResponse{}, nil
@@ -279,9 +279,9 @@ func (c *replicaCoreClient) SyncStore(ctx context.Context) error {
 	return err
 }
 
-func (c *replicaCoreClient) DeleteGroupOffsets(ctx context.Context, group string) error {
+func (c *replicaCoreClient) DeleteGroupOffsets(ctx context.Context, group string, generation uint64) error {
 	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_DeleteGroupOffsets{
-		DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsRequest{Group: group}}})
+		DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsRequest{Group: group, Generation: generation}}})
 	return err
 }
 
@@ -440,11 +440,11 @@ func (c *ReplicationClient) ReplicatesTopics() bool {
 // waits for its answer. Without the capability announced in the plugin's
 // status it returns an error wrapping errors.ErrUnsupported and sends
 // nothing.
-func (c *ReplicationClient) ReplicateGroupDelete(ctx context.Context, group string) error {
+func (c *ReplicationClient) ReplicateGroupDelete(ctx context.Context, group string, generation uint64) error {
 	if !c.ReplicatesGroupDeletes() {
 		return fmt.Errorf("this replication plugin does not replicate consumer group deletions: %w", errors.ErrUnsupported)
 	}
-	_, err := c.rpc.ReplicateGroupDelete(ctx, &ferryv1.DeleteGroupOffsetsRequest{Group: group})
+	_, err := c.rpc.ReplicateGroupDelete(ctx, &ferryv1.DeleteGroupOffsetsRequest{Group: group, Generation: generation})
 	return err
 }
 
@@ -555,7 +555,7 @@ func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.Re
 			out.Response = &ferryv1.ReplicaCoreFrame_ApplyTopics{ApplyTopics: &ferryv1.TopicChangeResponse{}}
 		}
 	case *ferryv1.ReplicationFrame_DeleteGroupOffsets:
-		if err = core.DeleteGroupOffsets(ctx, r.DeleteGroupOffsets.Group); err == nil {
+		if err = core.DeleteGroupOffsets(ctx, r.DeleteGroupOffsets.Group, r.DeleteGroupOffsets.Generation); err == nil {
 			out.Response = &ferryv1.ReplicaCoreFrame_DeleteGroupOffsets{DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsResponse{}}
 		}
 	case *ferryv1.ReplicationFrame_SyncStore:

@@ -126,7 +126,11 @@ type ReplicaCore interface {
 	// durably in the store before it returns, and forgets the group's
 	// offsets the broker would report through OffsetReplication. It is
 	// idempotent: deleting a group the node holds no offsets of succeeds.
-	DeleteGroupOffsets(ctx context.Context, group string) error
+	// generation is the group's generation after the deletion (0 from a
+	// deletion that carries none: an older master or log entry); the node
+	// keeps the highest it was given, durably, and a node that takes
+	// commits refuses those of an older generation.
+	DeleteGroupOffsets(ctx context.Context, group string, generation uint64) error
 }
 
 // TopicReplication is an optional interface of a Replication: it replicates
@@ -199,10 +203,15 @@ type OffsetReplication interface {
 // and ships the deletion to its slaves (those connected now with their next
 // frame, the others when they connect), without waiting for them.
 //
+// generation is the group's generation after the deletion, as the broker
+// proposes it (one more than the one it knows). The plugin carries it to
+// every node's ReplicaCore.DeleteGroupOffsets; a consensus log may raise it
+// (to one more than the log's own record of the group), never lower it.
+//
 // Over gRPC the SDK announces the capability in the plugin's status
 // (replicates_group_deletes) when the implementation has this interface.
 type GroupDeleteReplication interface {
-	ReplicateGroupDelete(ctx context.Context, group string) error
+	ReplicateGroupDelete(ctx context.Context, group string, generation uint64) error
 }
 
 // OffsetCommitter is an optional interface of an OffsetReplication whose

@@ -1022,6 +1022,9 @@ func ownNodeInfoResponse(m *ferryv1.NodeInfoResponse) error {
 			return err
 		}
 	}
+	if err := ownStringList(m.StoredGroups, "ferry.v1.NodeInfoResponse.stored_groups"); err != nil {
+		return err
+	}
 	return nil
 }
 

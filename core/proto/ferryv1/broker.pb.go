@@ -1997,7 +1997,13 @@ type HeartbeatResponse struct {
 	// Per topic of the request, the group's live members that consume it,
 	// sorted: a group used on several topics splits each topic's queues among
 	// that topic's members only. Empty from brokers that predate it.
-	TopicMembers  []*TopicMembers `protobuf:"bytes,2,rep,name=topic_members,json=topicMembers,proto3" json:"topic_members,omitempty"`
+	TopicMembers []*TopicMembers `protobuf:"bytes,2,rep,name=topic_members,json=topicMembers,proto3" json:"topic_members,omitempty"`
+	// The group's generation: 1 for a group never deleted, one more for each
+	// deletion. A member carries it on its commits
+	// (CommitOffsetsRequest.generation), so that a commit sent before a
+	// deletion and arriving after it is refused instead of bringing the
+	// group's old offsets back. 0 from brokers that predate it.
+	Generation    uint64 `protobuf:"varint,680,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2044,6 +2050,13 @@ func (x *HeartbeatResponse) GetTopicMembers() []*TopicMembers {
 		return x.TopicMembers
 	}
 	return nil
+}
+
+func (x *HeartbeatResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 // TopicMembers are the live members of a group that consume one topic.
@@ -2233,10 +2246,13 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x05leave\x18\x04 \x01(\bR\x05leave\x122\n" +
 	"\x15session_timeout_nanos\x18\x05 \x01(\x03R\x13sessionTimeoutNanos\x12*\n" +
 	"\x06queues\x18\r \x03(\v2\x12.ferry.v1.QueueRefR\x06queues\x12\x1c\n" +
-	"\tephemeral\x18( \x01(\bR\tephemeral\"j\n" +
+	"\tephemeral\x18( \x01(\bR\tephemeral\"\x8b\x01\n" +
 	"\x11HeartbeatResponse\x12\x18\n" +
 	"\amembers\x18\x01 \x03(\tR\amembers\x12;\n" +
-	"\rtopic_members\x18\x02 \x03(\v2\x16.ferry.v1.TopicMembersR\ftopicMembers\">\n" +
+	"\rtopic_members\x18\x02 \x03(\v2\x16.ferry.v1.TopicMembersR\ftopicMembers\x12\x1f\n" +
+	"\n" +
+	"generation\x18\xa8\x05 \x01(\x04R\n" +
+	"generation\">\n" +
 	"\fTopicMembers\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers*w\n" +

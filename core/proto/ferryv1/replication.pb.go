@@ -1025,7 +1025,13 @@ type NodeInfoResponse struct {
 	Offsets []*QueueOffsets `protobuf:"bytes,4,rep,name=offsets,proto3" json:"offsets,omitempty"`
 	// Every topic the node holds (not consumer groups' internal ones), with
 	// its queue count: raft snapshots carry them, a master ships them.
-	Topics        []*ReplicatedTopic `protobuf:"bytes,65,rep,name=topics,proto3" json:"topics,omitempty"`
+	Topics []*ReplicatedTopic `protobuf:"bytes,65,rep,name=topics,proto3" json:"topics,omitempty"`
+	// The consumer groups the node's store holds offsets of
+	// (sdk.GroupStore), when lists_groups; a raft node restoring a snapshot
+	// deletes those the snapshot does not hold (deleted since, their
+	// tombstones dropped). Absent from cores that predate it.
+	StoredGroups  []string `protobuf:"bytes,680,rep,name=stored_groups,json=storedGroups,proto3" json:"stored_groups,omitempty"`
+	ListsGroups   bool     `protobuf:"varint,681,opt,name=lists_groups,json=listsGroups,proto3" json:"lists_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1093,6 +1099,20 @@ func (x *NodeInfoResponse) GetTopics() []*ReplicatedTopic {
 		return x.Topics
 	}
 	return nil
+}
+
+func (x *NodeInfoResponse) GetStoredGroups() []string {
+	if x != nil {
+		return x.StoredGroups
+	}
+	return nil
+}
+
+func (x *NodeInfoResponse) GetListsGroups() bool {
+	if x != nil {
+		return x.ListsGroups
+	}
+	return false
 }
 
 type SetRoleRequest struct {
@@ -1539,8 +1559,15 @@ type FollowRequest struct {
 	// The version of the master's topic set (FollowResponse.topics_version)
 	// this slave applied, sent once it did.
 	TopicsApplied uint64 `protobuf:"varint,420,opt,name=topics_applied,json=topicsApplied,proto3" json:"topics_applied,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// First frame: what the slave does with the master's group deletions.
+	// 0 (a slave that predates it): it may make each deletion again at
+	// every link opening (deleting a group's offsets committed since) and
+	// keeps no generation; 2: it makes each GroupDeletion id once and hands
+	// the deletion's generation to its node. The master warns of a slave
+	// below 2 (log and the replica's status detail); it still serves it.
+	GroupDeletionsVersion uint32 `protobuf:"varint,680,opt,name=group_deletions_version,json=groupDeletionsVersion,proto3" json:"group_deletions_version,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *FollowRequest) Reset() {
@@ -1604,6 +1631,13 @@ func (x *FollowRequest) GetEpoch() uint64 {
 func (x *FollowRequest) GetTopicsApplied() uint64 {
 	if x != nil {
 		return x.TopicsApplied
+	}
+	return 0
+}
+
+func (x *FollowRequest) GetGroupDeletionsVersion() uint32 {
+	if x != nil {
+		return x.GroupDeletionsVersion
 	}
 	return 0
 }
@@ -1765,7 +1799,10 @@ type GroupDeletion struct {
 	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// Unique per deletion, increasing on one master: its time (Unix ns), or
 	// one more than the highest id it knows when that is later.
-	Id            uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The group's generation after this deletion (see
+	// DeleteGroupOffsetsRequest.generation); 0 from masters that predate it.
+	Generation    uint64 `protobuf:"varint,680,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1810,6 +1847,13 @@ func (x *GroupDeletion) GetGroup() string {
 func (x *GroupDeletion) GetId() uint64 {
 	if x != nil {
 		return x.Id
+	}
+	return 0
+}
+
+func (x *GroupDeletion) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
 	}
 	return 0
 }
@@ -2184,13 +2228,15 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x11SyncStoreResponse\")\n" +
 	"\rApplyResponse\x12\x18\n" +
 	"\aoffsets\x18\x01 \x03(\x03R\aoffsets\"\x11\n" +
-	"\x0fNodeInfoRequest\"\xb9\x01\n" +
+	"\x0fNodeInfoRequest\"\x83\x02\n" +
 	"\x10NodeInfoResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x120\n" +
 	"\aoffsets\x18\x04 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x121\n" +
-	"\x06topics\x18A \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\"l\n" +
+	"\x06topics\x18A \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\x12$\n" +
+	"\rstored_groups\x18\xa8\x05 \x03(\tR\fstoredGroups\x12\"\n" +
+	"\flists_groups\x18\xa9\x05 \x01(\bR\vlistsGroups\"l\n" +
 	"\x0eSetRoleRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12%\n" +
 	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x1f\n" +
@@ -2226,13 +2272,14 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\tconnected\x18\x03 \x01(\bR\tconnected\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\x12\x1a\n" +
 	"\bdiverged\x18\x05 \x01(\bR\bdiverged\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xa7\x01\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xe0\x01\n" +
 	"\rFollowRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12*\n" +
 	"\x04ends\x18\x03 \x03(\v2\x16.ferry.v1.QueueOffsetsR\x04ends\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12&\n" +
-	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\"\x87\x04\n" +
+	"\x0etopics_applied\x18\xa4\x03 \x01(\x04R\rtopicsApplied\x127\n" +
+	"\x17group_deletions_version\x18\xa8\x05 \x01(\rR\x15groupDeletionsVersion\"\x87\x04\n" +
 	"\x0eFollowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.ferry.v1.MessageR\bmessages\x12\x1f\n" +
 	"\vmaster_node\x18\x02 \x01(\tR\n" +
@@ -2246,10 +2293,13 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x06topics\x18A \x01(\v2\x15.ferry.v1.TopicChangeR\x06topics\x12&\n" +
 	"\x0edeleted_groups\x18\xa4\x03 \x03(\tR\rdeletedGroups\x12&\n" +
 	"\x0etopics_version\x18\xa5\x03 \x01(\x04R\rtopicsVersion\x12A\n" +
-	"\x0fgroup_deletions\x18\xb0\x04 \x03(\v2\x17.ferry.v1.GroupDeletionR\x0egroupDeletions\"5\n" +
+	"\x0fgroup_deletions\x18\xb0\x04 \x03(\v2\x17.ferry.v1.GroupDeletionR\x0egroupDeletions\"V\n" +
 	"\rGroupDeletion\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\x04R\x02id\"&\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1f\n" +
+	"\n" +
+	"generation\x18\xa8\x05 \x01(\x04R\n" +
+	"generation\"&\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"?\n" +
 	"\x0fPromoteResponse\x12\x14\n" +

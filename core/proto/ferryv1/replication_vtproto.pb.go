@@ -1141,6 +1141,29 @@ func (m *NodeInfoResponse) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.ListsGroups {
+		i--
+		if m.ListsGroups {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x2a
+		i--
+		dAtA[i] = 0xc8
+	}
+	if len(m.StoredGroups) > 0 {
+		for iNdEx := len(m.StoredGroups) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.StoredGroups[iNdEx])
+			copy(dAtA[i:], m.StoredGroups[iNdEx])
+			i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.StoredGroups[iNdEx])))
+			i--
+			dAtA[i] = 0x2a
+			i--
+			dAtA[i] = 0xc2
+		}
+	}
 	if len(m.Topics) > 0 {
 		for iNdEx := len(m.Topics) - 1; iNdEx >= 0; iNdEx-- {
 			size, err := m.Topics[iNdEx].MarshalToSizedBufferVT(dAtA[:i])
@@ -1627,6 +1650,13 @@ func (m *FollowRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.GroupDeletionsVersion != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.GroupDeletionsVersion))
+		i--
+		dAtA[i] = 0x2a
+		i--
+		dAtA[i] = 0xc0
+	}
 	if m.TopicsApplied != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TopicsApplied))
 		i--
@@ -1841,6 +1871,13 @@ func (m *GroupDeletion) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Generation != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Generation))
+		i--
+		dAtA[i] = 0x2a
+		i--
+		dAtA[i] = 0xc0
 	}
 	if m.Id != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Id))
@@ -2642,6 +2679,15 @@ func (m *NodeInfoResponse) SizeVT() (n int) {
 			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
 	}
+	if len(m.StoredGroups) > 0 {
+		for _, s := range m.StoredGroups {
+			l = len(s)
+			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+		}
+	}
+	if m.ListsGroups {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2828,6 +2874,9 @@ func (m *FollowRequest) SizeVT() (n int) {
 	if m.TopicsApplied != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.TopicsApplied))
 	}
+	if m.GroupDeletionsVersion != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.GroupDeletionsVersion))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2908,6 +2957,9 @@ func (m *GroupDeletion) SizeVT() (n int) {
 	}
 	if m.Id != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Id))
+	}
+	if m.Generation != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.Generation))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -5432,6 +5484,58 @@ func (m *NodeInfoResponse) UnmarshalVT(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 680:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field StoredGroups", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.StoredGroups = append(m.StoredGroups, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 681:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ListsGroups", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ListsGroups = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -6628,6 +6732,25 @@ func (m *FollowRequest) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 680:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field GroupDeletionsVersion", wireType)
+			}
+			m.GroupDeletionsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.GroupDeletionsVersion |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -7117,6 +7240,25 @@ func (m *GroupDeletion) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.Id |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 680:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Generation", wireType)
+			}
+			m.Generation = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Generation |= uint64(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
@@ -10256,6 +10398,62 @@ func (m *NodeInfoResponse) UnmarshalVTUnsafe(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 680:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field StoredGroups", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			var stringValue string
+			if intStringLen > 0 {
+				stringValue = unsafe.String(&dAtA[iNdEx], intStringLen)
+			}
+			m.StoredGroups = append(m.StoredGroups, stringValue)
+			iNdEx = postIndex
+		case 681:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ListsGroups", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ListsGroups = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -11512,6 +11710,25 @@ func (m *FollowRequest) UnmarshalVTUnsafe(dAtA []byte) error {
 					break
 				}
 			}
+		case 680:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field GroupDeletionsVersion", wireType)
+			}
+			m.GroupDeletionsVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.GroupDeletionsVersion |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -12017,6 +12234,25 @@ func (m *GroupDeletion) UnmarshalVTUnsafe(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.Id |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 680:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Generation", wireType)
+			}
+			m.Generation = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Generation |= uint64(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}

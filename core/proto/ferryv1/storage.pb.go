@@ -449,8 +449,13 @@ func (x *StoredGroupsResponse) GetGroups() []string {
 }
 
 type DeleteGroupOffsetsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Replication.ReplicateGroupDelete and ReplicaCore.DeleteGroupOffsets:
+	// the generation the group has after this deletion (a group never
+	// deleted has generation 1; each deletion adds one). 0 from hosts and
+	// plugins that predate generations. Ignored by stores.
+	Generation    uint64 `protobuf:"varint,680,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -490,6 +495,13 @@ func (x *DeleteGroupOffsetsRequest) GetGroup() string {
 		return x.Group
 	}
 	return ""
+}
+
+func (x *DeleteGroupOffsetsRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 type DeleteGroupOffsetsResponse struct {
@@ -1044,7 +1056,13 @@ type CommitOffsetsRequest struct {
 	// are committed through the plugin's log (raft), and the answer says
 	// whether they were. Sent only to a plugin that announced
 	// ReplicationStatusResponse.waits_offsets; ignored everywhere else.
-	Wait          bool `protobuf:"varint,400,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait bool `protobuf:"varint,400,opt,name=wait,proto3" json:"wait,omitempty"`
+	// Broker.CommitOffsets only: the group's generation the committing
+	// client learned (HeartbeatResponse.generation). A commit whose
+	// generation is older than the group's (the group was deleted since) is
+	// refused with FAILED_PRECONDITION and not stored; 0 (older clients, the
+	// CLI) is not checked. Ignored by stores and replication plugins.
+	Generation    uint64 `protobuf:"varint,680,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1098,6 +1116,13 @@ func (x *CommitOffsetsRequest) GetWait() bool {
 		return x.Wait
 	}
 	return false
+}
+
+func (x *CommitOffsetsRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 type GroupOffset struct {
@@ -1377,9 +1402,12 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x17DeleteTopicDataResponse\"\x15\n" +
 	"\x13StoredGroupsRequest\".\n" +
 	"\x14StoredGroupsResponse\x12\x16\n" +
-	"\x06groups\x18\x01 \x03(\tR\x06groups\"1\n" +
+	"\x06groups\x18\x01 \x03(\tR\x06groups\"R\n" +
 	"\x19DeleteGroupOffsetsRequest\x12\x14\n" +
-	"\x05group\x18\x01 \x01(\tR\x05group\"\x1c\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1f\n" +
+	"\n" +
+	"generation\x18\xa8\x05 \x01(\x04R\n" +
+	"generation\"\x1c\n" +
 	"\x1aDeleteGroupOffsetsResponse\"\xf2\x02\n" +
 	"\rAppendRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
@@ -1432,11 +1460,14 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\vepoch_start\x18\a \x01(\x03R\n" +
 	"epochStart\x12\x19\n" +
 	"\x05bytes\x18< \x01(\x03H\x00R\x05bytes\x88\x01\x01B\b\n" +
-	"\x06_bytes\"r\n" +
+	"\x06_bytes\"\x93\x01\n" +
 	"\x14CommitOffsetsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12/\n" +
 	"\aoffsets\x18\x02 \x03(\v2\x15.ferry.v1.GroupOffsetR\aoffsets\x12\x13\n" +
-	"\x04wait\x18\x90\x03 \x01(\bR\x04wait\"Q\n" +
+	"\x04wait\x18\x90\x03 \x01(\bR\x04wait\x12\x1f\n" +
+	"\n" +
+	"generation\x18\xa8\x05 \x01(\x04R\n" +
+	"generation\"Q\n" +
 	"\vGroupOffset\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\x05R\x05queue\x12\x16\n" +

@@ -199,7 +199,7 @@ func (c *ReplicaTestCore) CommitOffsets(ctx context.Context, group string, offse
 }
 
 // DeleteGroupOffsets takes a group's deletion (the suite does not check it).
-func (c *ReplicaTestCore) DeleteGroupOffsets(ctx context.Context, group string) error {
+func (c *ReplicaTestCore) DeleteGroupOffsets(ctx context.Context, group string, generation uint64) error {
 	return nil
 }
 

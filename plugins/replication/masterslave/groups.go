@@ -46,18 +46,34 @@ var _ sdk.GroupDeleteReplication = (*Plugin)(nil)
 // replication-sync under the data dir), keeps the group deletions.
 const GroupDeletionsFile = "group-deletions.json"
 
+// groupDeletionsVersion is what a slave of this build does with its
+// master's group deletions (FollowRequest.group_deletions_version): it
+// makes each id once and hands the generation to its node.
+const groupDeletionsVersion = 2
+
+// oldSlaveWarning is the warning about a slave below groupDeletionsVersion
+// (logged, and the replica's detail in the master's status).
+func oldSlaveWarning(node string, version uint32) string {
+	return fmt.Sprintf("slave %s predates group deletion generations (group_deletions_version %d, want %d): it may delete a deleted group's offsets again at every link opening (a group consumed again after its deletion loses its new offsets there) and, promoted, takes commits sent before a deletion; upgrade it", node, version, groupDeletionsVersion)
+}
+
 // maxGroupDeletions bounds the deletions kept (and the ids made).
 const maxGroupDeletions = 4096
 
-// delEntry is a group's latest deletion: its id, and the offVer it got.
+// delEntry is a group's latest deletion: its id, the offVer it got, and the
+// group's generation after it (0 from a master or file that predates
+// generations).
 type delEntry struct {
 	id  uint64
 	ver uint64
+	gen uint64
 }
 
 type deletionsFile struct {
 	Deleted map[string]uint64 `json:"deleted"`           // group → id of its latest deletion
 	Applied map[string]uint64 `json:"applied,omitempty"` // group → id of the deletion made here
+	// group → its generation after its latest deletion
+	Generations map[string]uint64 `json:"generations,omitempty"`
 }
 
 // loadDeletions reads GroupDeletionsFile (at Configure, before any session),
@@ -78,7 +94,7 @@ func (p *Plugin) loadDeletions() error {
 	defer p.mu.Unlock()
 	for _, g := range slices.Sorted(maps.Keys(f.Deleted)) {
 		p.offVer++
-		p.dels[g] = delEntry{id: f.Deleted[g], ver: p.offVer}
+		p.dels[g] = delEntry{id: f.Deleted[g], ver: p.offVer, gen: f.Generations[g]}
 	}
 	for g, id := range f.Applied {
 		p.applied[g] = id
@@ -88,9 +104,12 @@ func (p *Plugin) loadDeletions() error {
 
 // saveDeletionsLocked writes the deletions durably. Called with p.mu held.
 func (p *Plugin) saveDeletionsLocked() error {
-	f := deletionsFile{Deleted: make(map[string]uint64, len(p.dels)), Applied: p.applied}
+	f := deletionsFile{Deleted: make(map[string]uint64, len(p.dels)), Applied: p.applied, Generations: map[string]uint64{}}
 	for g, e := range p.dels {
 		f.Deleted[g] = e.id
+		if e.gen != 0 {
+			f.Generations[g] = e.gen
+		}
 	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -111,11 +130,11 @@ func (p *Plugin) newDeletionIDLocked() uint64 {
 	return id
 }
 
-// recordDeletionLocked records a group's deletion and drops the oldest past
-// maxGroupDeletions. Called with p.mu held.
-func (p *Plugin) recordDeletionLocked(group string, id uint64) {
+// recordDeletionLocked records a group's deletion (and its generation after
+// it) and drops the oldest past maxGroupDeletions. Called with p.mu held.
+func (p *Plugin) recordDeletionLocked(group string, id, gen uint64) {
 	p.offVer++
-	p.dels[group] = delEntry{id: id, ver: p.offVer}
+	p.dels[group] = delEntry{id: id, ver: p.offVer, gen: gen}
 	for len(p.dels) > maxGroupDeletions {
 		oldest, first := "", uint64(0)
 		for g, e := range p.dels {
@@ -135,8 +154,10 @@ func (p *Plugin) recordDeletionLocked(group string, id uint64) {
 
 // ReplicateGroupDelete records a group's deletion on the master, durably,
 // to be shipped to every slave with its next frame; it does not wait for
-// them. On a node that is not master it refuses with sdk.ErrNotLeader.
-func (p *Plugin) ReplicateGroupDelete(_ context.Context, group string) error {
+// them; the deletion carries generation, which each slave gives the group
+// (ReplicaCore.DeleteGroupOffsets). On a node that is not master it refuses
+// with sdk.ErrNotLeader.
+func (p *Plugin) ReplicateGroupDelete(_ context.Context, group string, generation uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.role != sdk.RoleMaster {
@@ -145,7 +166,7 @@ func (p *Plugin) ReplicateGroupDelete(_ context.Context, group string) error {
 	prev, had := p.dels[group]
 	prevApplied, hadApplied := p.applied[group]
 	id := p.newDeletionIDLocked()
-	p.recordDeletionLocked(group, id)
+	p.recordDeletionLocked(group, id, generation)
 	p.applied[group] = id // made here by the broker before it called
 	if err := p.saveDeletionsLocked(); err != nil {
 		if had {
@@ -171,7 +192,7 @@ func (p *Plugin) deletionsSinceLocked(ver uint64) []*ferryv1.GroupDeletion {
 	var out []*ferryv1.GroupDeletion
 	for g, e := range p.dels {
 		if e.ver > ver {
-			out = append(out, &ferryv1.GroupDeletion{Group: g, Id: e.id})
+			out = append(out, &ferryv1.GroupDeletion{Group: g, Id: e.id, Generation: e.gen})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Group < out[j].Group })
@@ -232,7 +253,7 @@ func (p *Plugin) masterDeletes(dels []*ferryv1.GroupDeletion) {
 		g, id := d.Group, d.Id
 		if id != 0 && p.applied[g] == id {
 			if e, ok := p.dels[g]; !ok || e.id != id {
-				p.recordDeletionLocked(g, id)
+				p.recordDeletionLocked(g, id, d.Generation)
 				changed = true
 			}
 			continue
@@ -248,7 +269,7 @@ func (p *Plugin) masterDeletes(dels []*ferryv1.GroupDeletion) {
 		if e, ok := p.dels[g]; !ok || e.id != id {
 			changed = true
 		}
-		p.recordDeletionLocked(g, id)
+		p.recordDeletionLocked(g, id, d.Generation)
 		if !slices.Contains(p.delTodo, g) {
 			p.delTodo = append(p.delTodo, g)
 		}
@@ -268,7 +289,10 @@ func (p *Plugin) deleteGroups(ctx context.Context) bool {
 	todo := slices.Clone(p.delTodo)
 	p.mu.Unlock()
 	for _, g := range todo {
-		err := p.core.DeleteGroupOffsets(ctx, g)
+		p.mu.Lock()
+		gen := p.dels[g].gen
+		p.mu.Unlock()
+		err := p.core.DeleteGroupOffsets(ctx, g, gen)
 		if err != nil && !errors.Is(err, sdk.ErrInvalidArgument) && !errors.Is(err, errors.ErrUnsupported) {
 			if ctx.Err() == nil {
 				p.log("deleting group %s's offsets as the master did: %v", g, err)

@@ -19,12 +19,12 @@ func TestGroupDeletionsKept(t *testing.T) {
 	p.dir = dir
 	p.mu.Lock()
 	for i := range maxGroupDeletions + 2 {
-		p.recordDeletionLocked("g"+string(rune('a'+i%26))+strings.Repeat("x", i/26), uint64(100+i))
+		p.recordDeletionLocked("g"+string(rune('a'+i%26))+strings.Repeat("x", i/26), uint64(100+i), 2)
 	}
 	p.applied["ga"] = 100 // the oldest: dropped with its deletion
 	p.applied["gb"] = 101 // dropped too (the two oldest)
 	p.applied["gc"] = 102
-	p.recordDeletionLocked("gc", 102)
+	p.recordDeletionLocked("gc", 102, 2)
 	if err := p.saveDeletionsLocked(); err != nil {
 		t.Fatal(err)
 	}

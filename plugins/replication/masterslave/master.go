@@ -25,6 +25,7 @@ type session struct {
 	topicAcked uint64         // the slave applied the master's topic set of this version
 	lastHeard  time.Time
 	cancel     context.CancelCauseFunc
+	warning    string // the slave is older than this master expects (status detail)
 }
 
 // runMaster serves followers and Replicate until the node steps down or ctx
@@ -216,6 +217,10 @@ func (l *link) Follow(stream ferryv1.ReplicaLink_FollowServer) error {
 	stored := endsOf(info.Offsets)
 	held := heldTopics(info)
 	s := &session{node: hello.Node, addr: hello.Address, sent: map[qkey]int64{}, acked: map[qkey]int64{}, lastHeard: time.Now(), cancel: cancel}
+	if hello.GroupDeletionsVersion < groupDeletionsVersion {
+		s.warning = oldSlaveWarning(hello.Node, hello.GroupDeletionsVersion)
+		logger.Warn(s.warning)
+	}
 	for _, o := range hello.Ends {
 		k := qkey{o.Topic, o.Queue}
 		if _, _, internal := sdk.InternalTopic(o.Topic); !internal && !held[o.Topic] {

@@ -326,3 +326,52 @@ func TestSlaveCatchesUpAfterAbsence(t *testing.T) {
 		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].Lag == 0
 	})
 }
+
+// A slave that does not announce group_deletions_version (one older than
+// group deletion generations) is served, with a warning naming it in the
+// master's status; a slave of this build gets none.
+func TestMasterWarnsOfOlderSlave(t *testing.T) {
+	aRepl, bRepl := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	aAddr, bAddr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	opts := map[string]any{"timeout": "1s"}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a := startEngine(t, pipeline(t, "a", "master", "async", t.TempDir(), aRepl, aAddr, []string{bRepl}, opts))
+	defer closeEngine(t, a)
+	b := startEngine(t, pipeline(t, "b", "slave", "async", t.TempDir(), bRepl, bAddr, []string{aRepl}, opts))
+	defer closeEngine(t, b)
+
+	// The older slave: a Follow stream whose first frame has no version.
+	stream, err := link(t, aRepl).Follow(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&ferryv1.FollowRequest{Node: "old", Address: "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("the master did not serve the older slave: %v", err)
+	}
+	var details map[string]string
+	waitFor(t, 20*time.Second, "a lists both slaves as connected", func() bool {
+		st, err := link(t, aRepl).Status(ctx, &ferryv1.ReplicationStatusRequest{})
+		if err != nil {
+			return false
+		}
+		details = map[string]string{}
+		for _, r := range st.Replicas {
+			if r.Connected {
+				details[r.Node] = r.Detail
+			}
+		}
+		_, okOld := details["old"]
+		_, okB := details["b"]
+		return okOld && okB
+	})
+	if d := details["old"]; !strings.Contains(d, `slave old predates group deletion generations`) || !strings.Contains(d, "upgrade it") {
+		t.Errorf("the older slave's detail: %q, want a warning naming it", d)
+	}
+	if d := details["b"]; d != "" {
+		t.Errorf("the current slave's detail: %q, want none", d)
+	}
+}

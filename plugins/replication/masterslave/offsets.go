@@ -118,7 +118,7 @@ func (p *Plugin) promotedOffsetsLocked() {
 	clear(p.offDone)
 	for g, e := range p.dels {
 		p.offVer++
-		p.dels[g] = delEntry{id: e.id, ver: p.offVer}
+		p.dels[g] = delEntry{id: e.id, ver: p.offVer, gen: e.gen}
 	}
 }
 

@@ -259,7 +259,7 @@ func (p *Plugin) Status(context.Context) (*sdk.ReplicationStatus, error) {
 		st.Offsets = offsetsOf(p.ends)
 		for s := range p.sessions {
 			st.Replicas = append(st.Replicas, &ferryv1.ReplicaInfo{Node: s.node, Address: s.addr, Connected: true,
-				Lag: p.lagLocked(s.acked)})
+				Lag: p.lagLocked(s.acked), Detail: s.warning})
 		}
 		for _, r := range p.refused {
 			st.Replicas = append(st.Replicas, r)

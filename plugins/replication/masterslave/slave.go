@@ -100,7 +100,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	clear(p.offs)
 	clear(p.offDone)
 	p.mu.Unlock()
-	if err := stream.Send(&ferryv1.FollowRequest{Node: info.Node, Address: info.Address, Ends: info.Offsets, Epoch: epoch}); err != nil {
+	if err := stream.Send(&ferryv1.FollowRequest{Node: info.Node, Address: info.Address, Ends: info.Offsets, Epoch: epoch, GroupDeletionsVersion: groupDeletionsVersion}); err != nil {
 		return err
 	}
 	first, err := stream.Recv()

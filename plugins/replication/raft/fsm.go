@@ -53,6 +53,10 @@ type fsm struct {
 	// offs: the latest offset of every consumer group and queue the log
 	// committed (offsets.go), for snapshots.
 	offs offsets
+	// lastSnap is the index of the last snapshot this fsm took, restored or
+	// resumed from (0 until one): tombstones at or below it are dropped at
+	// the next snapshot (offsets.prune). FSM goroutine only.
+	lastSnap uint64
 	// The apply pipeline (pipeline.go): pmu guards queue, broken and
 	// applied once the completer runs; cond signals changes of queue and
 	// broken. startMu is held while appends are started, by ApplyBatch and
@@ -273,6 +277,12 @@ type snapshot struct {
 	// snapshot (groups.go): a node restoring it deletes their offsets
 	// from its store before it stores Offsets. Absent in older snapshots.
 	DeletedGroups []string `json:"deleted_groups,omitempty"`
+	// GroupGenerations are the generations of the groups the log deleted
+	// after their latest deletion: those of DeletedGroups, and of the
+	// latest maxGroupGenerations deleted groups whose tombstones were
+	// dropped. A node restoring the snapshot gives them to its core.
+	// Absent in older snapshots.
+	GroupGenerations map[string]uint64 `json:"group_generations,omitempty"`
 }
 
 // Snapshot is called by raft on the FSM goroutine (no entry is applied
@@ -292,8 +302,16 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable(),
-		DeletedGroups: f.offs.deletedGroups()}
+	// Tombstones a snapshot before this one carried go now, unless this
+	// node's core cannot list its store's groups (deleteUnknownGroups).
+	if info.ListsGroups {
+		if n := f.offs.prune(f.lastSnap); n > 0 {
+			f.p.log.Debug("dropped consumer group tombstones an earlier raft snapshot held", "count", n, "up_to_index", f.lastSnap)
+		}
+	}
+	s := &snapshot{Index: f.applied, Ends: map[string]int64{}, Offsets: f.offs.snapshot(), Topics: snapTopics(info.Topics), Members: f.p.memberTable()}
+	s.DeletedGroups, s.GroupGenerations = f.offs.deletedGroups()
+	f.lastSnap = f.applied
 	for _, o := range info.Offsets {
 		s.Ends[queueKey(o.Topic, o.Queue)] = o.End
 	}
@@ -363,8 +381,12 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	// The groups deleted up to the snapshot, then the groups' offsets as
 	// of it: the entries that deleted and committed them may be
 	// compacted away.
-	if err := f.deleteGroups(s.DeletedGroups); err != nil {
+	if err := f.deleteGroups(s.DeletedGroups, s.GroupGenerations); err != nil {
 		f.p.log.Error("restoring a raft snapshot's consumer group deletions", "error", err)
+		return err
+	}
+	if err := f.deleteUnknownGroups(s); err != nil {
+		f.p.log.Error("restoring a raft snapshot: deleting the groups it does not hold", "error", err)
 		return err
 	}
 	if err := f.commitTable(s.Offsets); err != nil {
@@ -372,9 +394,10 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 		return err
 	}
 	f.offs.reset(s.Offsets)
-	f.offs.resetDeleted(s.DeletedGroups)
+	f.offs.resetDeleted(s.DeletedGroups, s.GroupGenerations, f.snapshotIndex(s))
 	// raft applies only entries after the snapshot from now on.
 	f.applied = f.snapshotIndex(s)
+	f.lastSnap = f.applied
 	f.saveApplied()
 	f.p.restored.Add(1)
 	return nil
@@ -428,12 +451,16 @@ func (f *fsm) resume(ctx context.Context, snaps hraft.SnapshotStore) error {
 	// not stored again (the store kept them); a snapshot beyond it (a
 	// Restore killed before it stored the offsets) has them stored now.
 	f.offs.reset(s.Offsets)
-	f.offs.resetDeleted(s.DeletedGroups)
+	f.offs.resetDeleted(s.DeletedGroups, s.GroupGenerations, f.snapshotIndex(s))
+	f.lastSnap = f.snapshotIndex(s)
 	if n == 0 && len(s.Offsets) == 0 && len(s.DeletedGroups) == 0 {
 		return nil
 	}
 	if idx := f.snapshotIndex(s); idx > f.applied {
-		if err := f.deleteGroups(s.DeletedGroups); err != nil {
+		if err := f.deleteGroups(s.DeletedGroups, s.GroupGenerations); err != nil {
+			return err
+		}
+		if err := f.deleteUnknownGroups(s); err != nil {
 			return err
 		}
 		if err := f.commitTable(s.Offsets); err != nil {

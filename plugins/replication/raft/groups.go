@@ -29,9 +29,10 @@ import (
 
 var _ sdk.GroupDeleteReplication = (*Plugin)(nil)
 
-// encodeGroupDelete is the entry that deletes a group's offsets.
-func encodeGroupDelete(group string) ([]byte, error) {
-	b, err := proto.Marshal(&ferryv1.DeleteGroupOffsetsRequest{Group: group})
+// encodeGroupDelete is the entry that deletes a group's offsets, proposing
+// its generation after the deletion.
+func encodeGroupDelete(group string, generation uint64) ([]byte, error) {
+	b, err := proto.Marshal(&ferryv1.DeleteGroupOffsetsRequest{Group: group, Generation: generation})
 	if err != nil {
 		return nil, err
 	}
@@ -46,8 +47,9 @@ func isGroupDelete(l *hraft.Log) bool {
 // ReplicateGroupDelete commits a group's deletion through the log, on the
 // leader, and returns once this node's FSM applied it. A leader deposed
 // meanwhile answers an error: the deletion may or may not be committed (it
-// is applied by every node or by none).
-func (p *Plugin) ReplicateGroupDelete(ctx context.Context, group string) error {
+// is applied by every node or by none). The entry proposes generation; each
+// node applies the deletion with the same generation (offsets.drop).
+func (p *Plugin) ReplicateGroupDelete(ctx context.Context, group string, generation uint64) error {
 	p.mu.Lock()
 	r := p.raft
 	p.mu.Unlock()
@@ -58,7 +60,7 @@ func (p *Plugin) ReplicateGroupDelete(ctx context.Context, group string) error {
 		_, id := r.LeaderWithID()
 		return fmt.Errorf("%w: this node is not the raft leader (leader: %q)", sdk.ErrNotLeader, id)
 	}
-	data, err := encodeGroupDelete(group)
+	data, err := encodeGroupDelete(group, generation)
 	if err != nil {
 		return err
 	}
@@ -77,14 +79,15 @@ func (f *fsm) applyGroupDeleteEntry(l *hraft.Log) any {
 			err = fmt.Errorf("raft group deletion entry: %w", err)
 		}
 	}
+	var gen uint64
 	if err == nil {
-		f.offs.drop(req.Group)
+		gen = f.offs.drop(req.Group, req.Generation, l.Index)
 	}
 	if l.Index <= f.applied {
 		return nil
 	}
 	if err == nil {
-		err = f.deleteGroup(req.Group)
+		err = f.deleteGroup(req.Group, gen)
 		if f.ctx.Err() != nil {
 			return err // not applied: again after the restart
 		}
@@ -103,10 +106,10 @@ func (f *fsm) applyGroupDeleteEntry(l *hraft.Log) any {
 // deleteGroup deletes a group's offsets through the core, retrying while
 // the core cannot take it; it returns the core's lasting refusal, or an
 // error once the node stops.
-func (f *fsm) deleteGroup(group string) error {
+func (f *fsm) deleteGroup(group string, generation uint64) error {
 	for {
 		ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
-		err := f.core.DeleteGroupOffsets(ctx, group)
+		err := f.core.DeleteGroupOffsets(ctx, group, generation)
 		cancel()
 		if err == nil || errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, errors.ErrUnsupported) || f.ctx.Err() != nil {
 			return err
@@ -117,11 +120,74 @@ func (f *fsm) deleteGroup(group string) error {
 }
 
 // deleteGroups deletes, through the core, the offsets of every group a
-// snapshot names as deleted (before its table is stored).
-func (f *fsm) deleteGroups(groups []string) error {
+// snapshot names as deleted (before its table is stored), with their
+// generations.
+func (f *fsm) deleteGroups(groups []string, gens map[string]uint64) error {
 	sort.Strings(groups)
 	for _, g := range groups {
-		if err := f.deleteGroup(g); err != nil {
+		if err := f.deleteGroup(g, gens[g]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteUnknownGroups deletes, through the core, the offsets of every group
+// the node's store holds, except those snapshot s names as deleted (deleted
+// already, deleteGroups): the snapshot's table, stored next (commitTable),
+// is then all the store holds. That is what makes dropping tombstones safe
+// (offsets.prune): a group the log deleted after this node's store took its
+// offsets, and whose tombstone was dropped before s was taken, is either
+// absent from s (deleted here now) or in it again, consumed after its
+// deletion, with only its new generation's offsets (its old ones on queues
+// the new generation has not committed must not stay: they are deleted
+// here too, before the table's are stored). Each is given its generation
+// from s, and so is every group s has a generation of: the core keeps the
+// highest it was given. A core that cannot list its
+// store's groups (an older one, a store without sdk.GroupStore) is
+// skipped: such a node relies on the tombstones alone, and a node whose
+// core cannot list them drops none.
+func (f *fsm) deleteUnknownGroups(s *snapshot) error {
+	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
+	info, err := f.core.NodeInfo(ctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !info.ListsGroups {
+		return nil
+	}
+	named := map[string]bool{}
+	for _, g := range s.DeletedGroups {
+		named[g] = true
+	}
+	var gone []string
+	seen := map[string]bool{}
+	add := func(g string) {
+		if _, _, internal := sdk.InternalTopic(g); !named[g] && !internal && !seen[g] {
+			seen[g] = true
+			gone = append(gone, g) // a DLQ tool's cursor is not deleted by name
+		}
+	}
+	for _, g := range info.StoredGroups {
+		add(g)
+	}
+	// And every group with a generation: the core learns it (it has
+	// nothing to delete for a group its store does not hold).
+	for g := range s.GroupGenerations {
+		add(g)
+	}
+	if len(gone) > 0 {
+		f.p.log.Info("replacing the consumer groups' offsets with a raft snapshot's", "groups", len(gone), "snapshot_groups", len(s.Offsets))
+	}
+	sort.Strings(gone)
+	for _, g := range gone {
+		err := f.deleteGroup(g, s.GroupGenerations[g])
+		switch {
+		case err == nil:
+		case errors.Is(err, sdk.ErrInvalidArgument) || errors.Is(err, errors.ErrUnsupported):
+			f.p.log.Warn("restoring a raft snapshot: a consumer group's offsets were not replaced", "group", g, "error", err)
+		default:
 			return err
 		}
 	}

@@ -186,8 +186,12 @@ type offsets struct {
 	mu    sync.Mutex
 	table offsetTable
 	// deleted are the groups the log deleted (groups.go), kept even
-	// when the group commits again.
-	deleted map[string]bool
+	// when the group commits again, with the group's generation after its
+	// latest deletion and that deletion's index. A group without offsets
+	// stops being a tombstone once a snapshot after the one that first
+	// carried it is taken (prune); its generation is kept, for the
+	// latest maxGroupGenerations such groups.
+	deleted map[string]tomb
 	// warned throttles warnings about offsets not stored.
 	warned time.Time
 }
@@ -209,37 +213,105 @@ func (o *offsets) record(req *ferryv1.CommitOffsetsRequest) {
 	}
 }
 
-// drop forgets a deleted group's offsets and records it as deleted.
-func (o *offsets) drop(group string) {
+// tomb is a group's deletion: the group's generation after it (0: from a
+// snapshot or entry without one) and its log index (for a tombstone from a
+// snapshot, the snapshot's).
+type tomb struct {
+	gen, index uint64
+	// pruned: no longer a tombstone, only the group's generation.
+	pruned bool
+}
+
+// maxGroupGenerations bounds the generations kept of groups that are no
+// longer tombstones. Past it the oldest deletion's is forgotten: a node
+// restoring a snapshot without it keeps the generation it had for that
+// group (a commit sent before that deletion, and arriving at that node
+// once it leads, would be taken as a commit without a generation is).
+const maxGroupGenerations = 4096
+
+// drop forgets a deleted group's offsets and records it as deleted by the
+// entry at index, and returns the group's generation after the deletion:
+// the one the entry proposes, raised to one more than the table's when that
+// is higher (so every node, applying the same log, gets the same).
+func (o *offsets) drop(group string, proposed, index uint64) uint64 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	delete(o.table, group)
 	if o.deleted == nil {
-		o.deleted = map[string]bool{}
+		o.deleted = map[string]tomb{}
 	}
-	o.deleted[group] = true
+	gen := proposed
+	if known := o.deleted[group].gen; known > 0 {
+		gen = max(gen, known+1)
+	}
+	o.deleted[group] = tomb{gen: gen, index: index}
+	return gen
 }
 
-// deletedGroups lists the groups the log deleted, sorted.
-func (o *offsets) deletedGroups() []string {
+// prune drops the tombstones of deletions at or below index (a snapshot
+// this node took or restored holds them) whose groups hold no offsets,
+// and returns how many it dropped. A node restoring a later snapshot that
+// lacks them replaces its store's offsets with the snapshot's
+// (fsm.deleteUnknownGroups), so their old offsets do not survive there.
+func (o *offsets) prune(index uint64) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n, kept := 0, 0
+	for g, t := range o.deleted {
+		if !t.pruned && t.index != 0 && t.index <= index && o.table[g] == nil {
+			t.pruned = true
+			o.deleted[g] = t
+			n++
+		}
+		if t.pruned {
+			kept++
+		}
+	}
+	for ; kept > maxGroupGenerations; kept-- {
+		oldest, at := "", uint64(0)
+		for g, t := range o.deleted {
+			if t.pruned && (oldest == "" || t.index < at || t.index == at && g < oldest) {
+				oldest, at = g, t.index
+			}
+		}
+		delete(o.deleted, oldest)
+	}
+	return n
+}
+
+// deletedGroups lists the groups the log deleted, sorted, and their
+// generations (those known).
+func (o *offsets) deletedGroups() ([]string, map[string]uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	out := make([]string, 0, len(o.deleted))
-	for g := range o.deleted {
-		out = append(out, g)
+	var gens map[string]uint64
+	for g, t := range o.deleted {
+		if !t.pruned {
+			out = append(out, g)
+		}
+		if gen := t.gen; gen > 0 {
+			if gens == nil {
+				gens = map[string]uint64{}
+			}
+			gens[g] = gen
+		}
 	}
 	sort.Strings(out)
-	return out
+	return out, gens
 }
 
-// resetDeleted replaces the deleted groups (a snapshot restored or resumed
-// from).
-func (o *offsets) resetDeleted(groups []string) {
+// resetDeleted replaces the deleted groups (a snapshot at index restored
+// or resumed from), with their generations.
+func (o *offsets) resetDeleted(groups []string, gens map[string]uint64, index uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.deleted = map[string]bool{}
+	o.deleted = map[string]tomb{}
+	for g, gen := range gens {
+		o.deleted[g] = tomb{gen: gen, index: index, pruned: true}
+	}
 	for _, g := range groups {
-		o.deleted[g] = true
+		o.deleted[g] = tomb{gen: gens[g], index: index}
 	}
 }
 

@@ -195,6 +195,7 @@ var statusOf = map[string]int{
 	"UNSUPPORTED":           http.StatusNotImplemented,
 	"UNAUTHENTICATED":       http.StatusUnauthorized,
 	"PERMISSION_DENIED":     http.StatusForbidden,
+	"STALE_GENERATION":      http.StatusConflict,
 }
 
 func fail(w http.ResponseWriter, err error) {

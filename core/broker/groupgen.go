@@ -1,0 +1,139 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/atomicfile"
+)
+
+// Consumer group generations. A group never deleted has generation 1; each
+// deletion gives it one more. A member learns the generation from its
+// heartbeats (HeartbeatResponse.generation) and carries it on its commits
+// (CommitOffsetsRequest.generation); a commit of an older generation than
+// the group's is refused (sdk.ErrStaleGeneration) and not stored. That
+// closes the race the gate (groupgate.go) leaves open: a commit sent before
+// a deletion but arriving after it would otherwise be the group's first
+// commit again and bring its old offsets back. A commit without a
+// generation (older clients, `ferry consume`'s DLQ cursor, the CLI) is not
+// checked.
+//
+// The node keeps the generations of the groups deleted on it in
+// GenerationsFile in its data dir, written with atomicfile before the
+// deletion is made, so a restart does not lower them. Replication carries a
+// deletion's generation to every node (sdk.GroupDeleteReplication,
+// ReplicaCore.DeleteGroupOffsets), which keeps the highest it was given: a
+// slave or follower that takes over refuses the same stale commits.
+
+// GenerationsFile, in the node's data dir, holds the generation of every
+// group deleted on this node (or by replication).
+const GenerationsFile = "group-generations.json"
+
+// firstGeneration is the generation of a group never deleted.
+const firstGeneration = 1
+
+type groupGens struct {
+	mu     sync.Mutex
+	dir    string // "" without a data dir: kept in memory only
+	loaded bool
+	m      map[string]uint64
+}
+
+type generationsFile struct {
+	Groups map[string]uint64 `json:"groups"`
+}
+
+// loadLocked reads GenerationsFile once. Called with g.mu held.
+func (g *groupGens) loadLocked() error {
+	if g.loaded {
+		return nil
+	}
+	g.m = map[string]uint64{}
+	if g.dir != "" {
+		b, err := os.ReadFile(filepath.Join(g.dir, GenerationsFile))
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("%w: consumer group generations: %v", sdk.ErrUnavailable, err)
+		default:
+			var f generationsFile
+			if err := json.Unmarshal(b, &f); err != nil {
+				return fmt.Errorf("%w: consumer group generations: %s: %v", sdk.ErrUnavailable, filepath.Join(g.dir, GenerationsFile), err)
+			}
+			for k, v := range f.Groups {
+				g.m[k] = v
+			}
+		}
+	}
+	g.loaded = true
+	return nil
+}
+
+// get is group's generation.
+func (g *groupGens) get(group string) (uint64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.loadLocked(); err != nil {
+		return 0, err
+	}
+	if v, ok := g.m[group]; ok {
+		return v, nil
+	}
+	return firstGeneration, nil
+}
+
+// raise sets group's generation to gen if that is higher than the one kept,
+// durably before it returns.
+func (g *groupGens) raise(group string, gen uint64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.loadLocked(); err != nil {
+		return err
+	}
+	if gen <= max(g.m[group], firstGeneration) {
+		return nil
+	}
+	prev, had := g.m[group]
+	g.m[group] = gen
+	if g.dir == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(generationsFile{Groups: g.m}, "", "  ")
+	if err == nil {
+		err = os.MkdirAll(g.dir, 0o755)
+	}
+	if err == nil {
+		err = atomicfile.WriteFile(g.dir, GenerationsFile, append(b, '\n'), 0o644)
+	}
+	if err != nil {
+		if had {
+			g.m[group] = prev
+		} else {
+			delete(g.m, group)
+		}
+		return fmt.Errorf("%w: keeping group %q's generation %d in %s: %v", sdk.ErrUnavailable, group, gen, filepath.Join(g.dir, GenerationsFile), err)
+	}
+	return nil
+}
+
+// checkGeneration refuses a client's commit of group carrying generation
+// gen when the group's is newer (0: not checked).
+func (b *Broker) checkGeneration(group string, gen uint64) error {
+	if gen == 0 {
+		return nil
+	}
+	cur, err := b.gens.get(group)
+	if err != nil {
+		return err
+	}
+	if gen < cur {
+		return fmt.Errorf("%w: group %q: the commit carries generation %d, but the group is at generation %d (it was deleted after the client joined); nothing stored, the member learns the new generation from its next heartbeat",
+			sdk.ErrStaleGeneration, group, gen, cur)
+	}
+	return nil
+}
