@@ -238,7 +238,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		case f.link():
 			err = fmt.Errorf("verify: fault %s: a single node has no links between nodes (give every pipeline file of a cluster)", f)
 		case !faultTargets[f.Target]:
-			err = fmt.Errorf("verify: fault %s: target %q is not one of broker, storage, transport, replication, consumer (leader and node ids name nodes of a cluster)", f, f.Target)
+			err = fmt.Errorf("verify: fault %s: target %q is not one of broker, storage, transport, replication, consumer (leader, follower and node ids name nodes of a cluster)", f, f.Target)
 		case f.Target == "replication" && p.pipeline.Plugins.Replication.Type == "none":
 			err = fmt.Errorf("verify: fault %s: the pipeline has no replication plugin process", f)
 		}
