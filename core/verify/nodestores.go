@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/credentials"
-
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
@@ -103,8 +101,8 @@ func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix strin
 }
 
 // queueEnds is the end offset of each queue of topic at addr.
-func queueEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string) (map[int32]int64, error) {
-	cc, err := dial(addr, creds)
+func queueEnds(ctx context.Context, addr string, creds brokerCreds, topic string) (map[int32]int64, error) {
+	cc, err := dialBroker(addr, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +138,7 @@ func queueEnds(ctx context.Context, addr string, creds credentials.TransportCred
 // node has applied everything it is waited for (raft): once it has, and
 // its ends then stood still for endsStill, they will not reach want, and
 // the wait ends early.
-func waitEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string, want map[int32]int64, d time.Duration, applied func() bool) bool {
+func waitEnds(ctx context.Context, addr string, creds brokerCreds, topic string, want map[int32]int64, d time.Duration, applied func() bool) bool {
 	var (
 		last  string
 		still time.Time // when the ends, the node having applied all, last changed
