@@ -96,7 +96,7 @@ func (c *consumer) start() error {
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startTied(cmd); err != nil {
 		return err
 	}
 	done := make(chan struct{})

@@ -166,7 +166,7 @@ func (n *node) start(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = n.logf, n.logf
 	cmd.Env = append(os.Environ(), n.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := startTied(cmd); err != nil {
 		n.mu.Unlock()
 		return err
 	}
