@@ -67,8 +67,8 @@ Several files are one cluster, a file a node (raft, or a master and its
 slaves: pipelines/cluster/): each node gets a temporary data dir and free
 loopback ports, the peer addresses in the files are rewritten to match, and
 each link between two nodes runs through a proxy of verify's. A fault's
-target is then a node's id or leader (the raft leader or the master when
-it begins), and storage, transport, replication name that plugin of the
+target is then a node's id, leader (the raft leader or the master when
+it begins) or follower (a node following it then), and storage, transport, replication name that plugin of the
 leader. kill:leader@5s-7s kills the leader and restarts it at 7s; in
 master–slave replication a kill of the master is its machine's death: its
 links are cut, it stays down and verify promotes the slave. pause:NODE
