@@ -42,8 +42,9 @@ func TestVerifyDeathEndsItsNodes(t *testing.T) {
 }
 
 // The negative control: with verify's children started untied (a test
-// build's FERRY_FAULT_VERIFY_UNTIED=1), its node and group member outlive
-// it.
+// build's FERRY_FAULT_VERIFY_UNTIED=1), its node and the node's plugins
+// outlive it. (The group's member may die on its own then: its stdout, a
+// pipe to verify, is broken at its next delivery.)
 func TestVerifyDeathEndsItsNodesControl(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -53,16 +54,16 @@ func TestVerifyDeathEndsItsNodesControl(t *testing.T) {
 	// Given time to die (what the tied ones take is well under this),
 	// they do not.
 	time.Sleep(3 * time.Second)
-	alive, states := 0, []string{}
+	var dead, states []string
 	for _, p := range pids {
 		st := procState(p.pid)
-		if st != "" && st != "Z" {
-			alive++
+		if p.what != "consumer" && (st == "" || st == "Z") {
+			dead = append(dead, p.what)
 		}
 		states = append(states, fmt.Sprintf("%s %d: %q", p.what, p.pid, st))
 	}
-	if alive < len(pids) {
-		t.Fatalf("%d of verify's %d processes outlived it untied, want all: the test cannot tell: %s", alive, len(pids), strings.Join(states, ", "))
+	if len(dead) > 0 {
+		t.Fatalf("untied, %s did not outlive verify: the test cannot tell (%s)", strings.Join(dead, ", "), strings.Join(states, ", "))
 	}
 }
 
