@@ -17,9 +17,10 @@ func init() { rootCmd.AddCommand(newVerifyCmd()) }
 
 func newVerifyCmd() *cobra.Command {
 	var (
-		o      verify.Options
-		faults string
-		asJSON bool
+		o            verify.Options
+		faults       string
+		asJSON       bool
+		passwordFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "verify PIPELINE.yaml [PIPELINE.yaml ...]",
@@ -66,8 +67,8 @@ Several files are one cluster, a file a node (raft, or a master and its
 slaves: pipelines/cluster/): each node gets a temporary data dir and free
 loopback ports, the peer addresses in the files are rewritten to match, and
 each link between two nodes runs through a proxy of verify's. A fault's
-target is then a node's id or leader (the raft leader or the master when
-it begins), and storage, transport, replication name that plugin of the
+target is then a node's id, leader (the raft leader or the master when
+it begins) or follower (a node following it then), and storage, transport, replication name that plugin of the
 leader. kill:leader@5s-7s kills the leader and restarts it at 7s; in
 master–slave replication a kill of the master is its machine's death: its
 links are cut, it stays down and verify promotes the slave. pause:NODE
@@ -86,7 +87,13 @@ TLS: the nodes run with the TLS of their files (certificates from the
 files; verify generates none). Verify's calls to the replication and raft
 admin listeners present each node's own tls and secret_file; when the
 transports serve TLS, its producers, read-back and groups need --tls-ca,
-and --tls-cert and --tls-key under mutual TLS; see docs/verify.md.`,
+and --tls-cert and --tls-key under mutual TLS; see docs/verify.md.
+
+Users: the files' security section (users, ACLs) stays. When the files
+have users, verify's producers, read-back and groups authenticate as
+--user (its password from --password-file or $FERRY_PASSWORD), or under
+mutual TLS by a client certificate naming a certificate user; a run
+without them is refused before anything starts.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			exe, err := os.Executable()
@@ -94,6 +101,10 @@ and --tls-cert and --tls-key under mutual TLS; see docs/verify.md.`,
 				return err
 			}
 			o.Pipeline, o.Pipelines, o.Exe = args[0], args, exe
+			if o.Auth, err = verifyAuth(o.Auth.User, passwordFile); err != nil {
+				return err
+			}
+			o.Auth.FromEnv = !cmd.Flags().Changed("user")
 			o.Logger = quietSlog(hclog.Error) // the faults break streams on purpose
 			if faults != "" {
 				if o.Faults, err = verify.ParseFaults(faults, o.Duration); err != nil {
@@ -144,7 +155,27 @@ and --tls-cert and --tls-key under mutual TLS; see docs/verify.md.`,
 	f.StringVar(&o.TLS.CA, "tls-ca", "", "the files' transports serve TLS: the CA (PEM) that signed the brokers' certificates, which must name 127.0.0.1")
 	f.StringVar(&o.TLS.Cert, "tls-cert", "", "the files ask for mutual TLS (tls.client_ca_file): a client certificate (PEM) that CA trusts, for verify's producers, read-back and groups")
 	f.StringVar(&o.TLS.Key, "tls-key", "", "the key (PEM) of --tls-cert")
+	f.StringVar(&o.Auth.User, "user", os.Getenv(EnvUser), "the files have users (security): verify's producers, read-back and groups authenticate as this user (default $"+EnvUser+"), allowed Pub and Sub on the topic and Sub on Group:v* (a super user will do)")
+	f.StringVar(&passwordFile, "password-file", "", "file whose first line is the password of --user (default: $"+EnvPassword+")")
 	f.StringVar(&o.OutDir, "out", "", "keep results.json, latency.png and node.log in this directory")
 	f.BoolVar(&asJSON, "json", false, "print the whole report as JSON instead of the table")
 	return cmd
+}
+
+// verifyAuth is --user with its password (from --password-file, else
+// $FERRY_PASSWORD); an error (exit status 2) when one comes without the
+// other.
+func verifyAuth(user, passwordFile string) (verify.ClientAuth, error) {
+	t := tlsFlags{user: user, passwordFile: passwordFile}
+	switch {
+	case user == "" && passwordFile != "":
+		return verify.ClientAuth{}, &exitError{code: 2, msg: "--password-file needs --user (or $" + EnvUser + ")"}
+	case user == "":
+		return verify.ClientAuth{}, nil
+	}
+	password, err := t.password()
+	if err != nil {
+		return verify.ClientAuth{}, err
+	}
+	return verify.ClientAuth{User: user, Password: password}, nil
 }

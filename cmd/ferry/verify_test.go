@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ferrymq/ferry/core/verify"
 )
@@ -175,6 +177,7 @@ func TestVerifyRefuses(t *testing.T) {
 	}
 	mem := write("mem.yaml", "name: mem\nplugins: {storage: {type: memory}}\ntopics: [{name: t}]\n")
 	http := write("http.yaml", "name: h\nplugins: {transport: {type: http, config: {listen: 127.0.0.1:1}}}\ntopics: [{name: t}]\n")
+	pw := write("pw", "x\n")
 	for _, c := range []struct {
 		args []string
 		want string
@@ -188,12 +191,14 @@ func TestVerifyRefuses(t *testing.T) {
 		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml"}, "give every pipeline file of the cluster"},
 		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml"}, `names "raft-3", which is the node.id of none of the files given`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/raft-1.yaml"}, `one cluster, one replication`},
-		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:nobody@1s"}, `no node has id "nobody" (the nodes: master, slave, or leader)`},
+		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:nobody@1s"}, `no node has id "nobody" (the nodes: master, slave, or leader, or follower)`},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "kill:broker@1s"}, "a cluster has several brokers"},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "power-loss@1s"}, "fault power-loss@1s-1s: a cluster has several brokers: name a node's id, or leader"},
 		{[]string{"verify", "../../pipelines/cluster/master.yaml", "../../pipelines/cluster/slave.yaml", "--faults", "power-loss:storage@1s"}, "a power loss hits a node"},
 		{[]string{"verify", "../../pipelines/cluster/raft-1.yaml", "../../pipelines/cluster/raft-2.yaml", "../../pipelines/cluster/raft-3.yaml", "--faults", "pause:leader@1s-1400ms"}, "not longer than the election timeout 500ms"},
 		{[]string{"verify", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
+		{[]string{"verify", mem, "--faults", "kill:follower@1s"}, `target "follower" is not one of broker`},
+		{[]string{"verify", mem, "--faults", "kill:transport@1s", "--user", "who", "--password-file", pw}, "--user who given, but no pipeline file has users"},
 	} {
 		stdout, stderr, code := runFerry(t, nil, c.args...)
 		if code != 1 || !strings.Contains(stderr, c.want) {
@@ -343,5 +348,72 @@ func TestVerifyAsyncAndOneway(t *testing.T) {
 		if c.mode == "async" && (acked < 100 || oneway != 0) || c.mode == "oneway" && (oneway < 100 || acked != 0) {
 			t.Errorf("%s: acked %v, oneway %v", c.mode, acked, oneway)
 		}
+	}
+}
+
+// The pipeline's users and ACLs stay under verify: its producers,
+// read-back and group authenticate as the user given (--user,
+// --password-file), here one allowed only what verify needs (Pub and Sub
+// on the topic, Sub on its groups), through a kill of the node. The
+// controls: without credentials the run is refused before anything starts,
+// naming what to give; with a wrong password the node refuses verify at
+// start, which fails naming the credentials (the node kept its users).
+func TestVerifyWithUsers(t *testing.T) {
+	dir := t.TempDir()
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := filepath.Join(dir, "secure.yaml")
+	if err := os.WriteFile(yaml, []byte(fmt.Sprintf(`name: secure
+plugins:
+  storage: {type: file, config: {flush: sync}}
+  transport: {type: grpc, config: {listen: 127.0.0.1:1}}
+topics: [{name: orders, queues: 2}]
+security:
+  users:
+    - name: verifier
+      password_hash: %q
+      policies:
+        - {resources: ["Topic:orders"], actions: [Pub, Sub]}
+        - {resources: ["Group:v*"], actions: [Sub]}
+`, hash)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, pw string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(pw+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good, bad := write("pw", "s3cret"), write("wrong", "guess")
+
+	_, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "3s")
+	if code != 1 || !strings.Contains(stderr, "has users (security.users, users_file)") || !strings.Contains(stderr, "give --user NAME and its password") {
+		t.Fatalf("without credentials: exit %d, want 1 naming what to give\n%s", code, stderr)
+	}
+	_, stderr, code = runFerry(t, nil, "verify", yaml, "--duration", "3s", "--user", "verifier", "--password-file", bad)
+	if code != 1 || !strings.Contains(stderr, "refused verify's credentials") || !strings.Contains(stderr, "wrong password") {
+		t.Fatalf("with a wrong password: exit %d, want 1 naming the credentials\n%s", code, stderr)
+	}
+
+	out := t.TempDir()
+	stdout, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "4s", "--producers", "2", "--user", "verifier", "--password-file", good,
+		"--faults", "kill:broker@1500ms-2s", "--out", out)
+	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	r := readVerifyReport(t, out)
+	if r.Result.Lost != 0 || r.Result.Acked < 50 || len(r.Groups) != 1 || r.Groups[0].Missing != 0 || r.Groups[0].Delivered != r.Result.Stored {
+		t.Fatalf("report: %+v, groups %+v", r.Result, r.Groups)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u struct{ User string }
+	if err := json.Unmarshal(data, &u); err != nil || u.User != "verifier" {
+		t.Fatalf("results.json user %q (%v), want verifier", u.User, err)
 	}
 }

@@ -405,11 +405,28 @@ func (c *cluster) leaderBroker(ctx context.Context) func() string {
 	}
 }
 
-// target resolves a fault's target to a node: leader (the leader now), a
+// target resolves a fault's target to a node: leader (the leader now),
+// follower (a node that follows it now: a raft follower, or a slave), a
 // node's id, or a plugin kind (that plugin of the leader).
 func (c *cluster) target(ctx context.Context, t string) (*member, error) {
 	if t == "leader" || pluginTargets[t] {
 		return c.waitLeader(ctx, 30*time.Second)
+	}
+	if t == "follower" {
+		l, err := c.waitLeader(ctx, 30*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		// The first live node after the leader in the files' order, so
+		// that the same schedule hits the same node of a group whose
+		// leader is the same.
+		i := c.index(l)
+		for k := 1; k < len(c.members); k++ {
+			if m := c.members[(i+k)%len(c.members)]; !c.isDown(m) {
+				return m, nil
+			}
+		}
+		return nil, fmt.Errorf("no live node follows the leader %s", l.id)
 	}
 	for _, m := range c.members {
 		if m.id == t {
@@ -430,12 +447,12 @@ func (c *cluster) check(f Fault) error {
 	case f.Target == "broker":
 		return fmt.Errorf("fault %s: a cluster has several brokers: name a node's id, or leader", f)
 	case f.Kind == "power-loss" && (pluginTargets[f.Target] || f.Target == "consumer"):
-		return fmt.Errorf("fault %s: a power loss hits a node: name its id, leader, or all", f)
+		return fmt.Errorf("fault %s: a power loss hits a node: name its id, leader, follower, or all", f)
 	case f.Kind == "power-loss" && f.Target == "all":
 		return nil
 	case f.Kind == "pause" && !pluginTargets[f.Target] && c.mode == "raft" && f.Until-f.At <= c.election:
 		return fmt.Errorf("fault %s: the pause is not longer than the election timeout %s: the others would not elect another leader; make it longer", f, c.election)
-	case f.Target == "leader" || pluginTargets[f.Target]:
+	case f.Target == "leader" || f.Target == "follower" || pluginTargets[f.Target]:
 		return nil
 	}
 	for _, m := range c.members {
@@ -447,7 +464,7 @@ func (c *cluster) check(f Fault) error {
 	for _, m := range c.members {
 		ids = append(ids, m.id)
 	}
-	return fmt.Errorf("fault %s: no node has id %q (the nodes: %s, or leader)", f, f.Target, strings.Join(ids, ", "))
+	return fmt.Errorf("fault %s: no node has id %q (the nodes: %s, or leader, or follower)", f, f.Target, strings.Join(ids, ", "))
 }
 
 // links calls fn on every proxy into and out of node i.

@@ -54,6 +54,7 @@ type consumer struct {
 	exe, topic, group, delivery, prefix string
 	logf                                *os.File
 	args                                []string // added to each member's command line (its TLS flags)
+	env                                 []string // added to each member's environment (its user)
 	// broker says where a new member joins: the node's broker, or on a
 	// cluster the leader's (or master's) as it is then.
 	broker func() string
@@ -88,11 +89,14 @@ func (c *consumer) start() error {
 		"--mode", c.delivery, "--json", "--session-timeout", "3s"}, c.args...)
 	cmd := exec.Command(c.exe, args...)
 	cmd.Stderr = c.logf
+	if c.env != nil {
+		cmd.Env = append(os.Environ(), c.env...)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startTied(cmd); err != nil {
 		return err
 	}
 	done := make(chan struct{})

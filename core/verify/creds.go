@@ -1,7 +1,10 @@
 package verify
 
 import (
+	"context"
+	"encoding/base64"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -94,4 +97,82 @@ func dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn
 		creds = insecure.NewCredentials()
 	}
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+}
+
+// ClientAuth is the user verify's own clients (its producers, its
+// read-back, each group's ferry consume) authenticate as when the files
+// have users (security): --user, its password from --password-file or
+// $FERRY_PASSWORD. Under mutual TLS a client certificate (ClientTLS) that
+// names a certificate user may stand in for it.
+type ClientAuth struct {
+	User, Password string
+	// FromEnv: User came from $FERRY_USER, not --user; files without
+	// users then ignore it rather than refuse it.
+	FromEnv bool
+}
+
+// brokerCreds are what verify's calls to a broker present: its transport's
+// TLS (nil: plaintext) and the user's credentials (nil: none).
+type brokerCreds struct {
+	tls  credentials.TransportCredentials
+	auth credentials.PerRPCCredentials
+}
+
+// dialBroker is a gRPC client of the broker at addr with c.
+func dialBroker(addr string, c brokerCreds) (*grpc.ClientConn, error) {
+	tc := c.tls
+	if tc == nil {
+		tc = insecure.NewCredentials()
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(tc)}
+	if c.auth != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(c.auth))
+	}
+	return grpc.NewClient(addr, opts...)
+}
+
+// basicAuth is the user's password as gRPC per-RPC credentials (the
+// metadata core/client's WithCredentials sends). Verify's brokers are on
+// 127.0.0.1, so plaintext is allowed as the client allows it on loopback.
+type basicAuth struct{ header string }
+
+func (b basicAuth) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": b.header}, nil
+}
+
+func (basicAuth) RequireTransportSecurity() bool { return false }
+
+// brokerAuth checks the files' security against a and t and returns the
+// per-RPC credentials of verify's calls (nil: none). Files with users
+// want credentials: a user (a.User) or, under mutual TLS, a client
+// certificate of a certificate user (t.Cert).
+func brokerAuth(a ClientAuth, t ClientTLS, ps []*prepared) (credentials.PerRPCCredentials, error) {
+	var secured []string
+	for _, p := range ps {
+		if p.pipeline.Security.Enabled() {
+			secured = append(secured, p.src)
+		}
+	}
+	switch {
+	case len(secured) == 0 && a.User != "" && !a.FromEnv:
+		return nil, fmt.Errorf("verify: --user %s given, but no pipeline file has users (security): its nodes take no credentials", a.User)
+	case len(secured) == 0:
+		return nil, nil
+	case a.User == "" && t.Cert == "":
+		return nil, fmt.Errorf("verify: %s has users (security.users, users_file): verify's producers, read-back and groups must authenticate: give --user NAME and its password (--password-file FILE or $FERRY_PASSWORD), a user allowed Pub and Sub on the topic and Sub on verify's groups (Group:v*; a super user will do), or under mutual TLS a client certificate of a certificate user (--tls-cert, --tls-key)", strings.Join(secured, ", "))
+	case a.User == "":
+		return nil, nil // the certificate authenticates
+	case strings.Contains(a.User, ":"):
+		return nil, fmt.Errorf("verify: --user %q: a user name has no ':'", a.User)
+	}
+	return basicAuth{header: "Basic " + base64.StdEncoding.EncodeToString([]byte(a.User+":"+a.Password))}, nil
+}
+
+// consumeEnv is the environment each group's ferry consume gets for the
+// user: its password, kept off the command line.
+func (a ClientAuth) consumeEnv() []string {
+	if a.User == "" {
+		return nil
+	}
+	return []string{"FERRY_USER=" + a.User, "FERRY_PASSWORD=" + a.Password}
 }

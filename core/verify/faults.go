@@ -19,8 +19,9 @@ import (
 // Until.
 //
 // In a cluster (several pipeline files) the target of a kill or a pause is
-// a node (its node.id) or "leader" (the raft leader or the master when the
-// fault begins); storage, transport and replication name that plugin of
+// a node (its node.id), "leader" (the raft leader or the master when the
+// fault begins) or "follower" (a node following that leader: a raft
+// follower, a slave); storage, transport and replication name that plugin of
 // the leader. The link faults act on every link into and out of their
 // target node, through the proxy verify puts on each: "partition" drops
 // every byte from At until Until, "delay" holds each chunk Delay, "reset"
@@ -28,7 +29,7 @@ import (
 type Fault struct {
 	Kind string `json:"kind" jsonschema:"enum=kill,enum=pause,enum=power-loss,enum=partition,enum=delay,enum=reset"`
 	// Target: broker, storage, transport, replication, consumer; in a
-	// cluster also leader or a node's id.
+	// cluster also leader, follower or a node's id.
 	Target string        `json:"target"`
 	At     time.Duration `json:"at_ns"`
 	Until  time.Duration `json:"until_ns"` // broker: when it is restarted; else = At
@@ -82,7 +83,8 @@ func validTarget(t string) bool {
 // is broker (the node with its plugins; down until UNTIL, default AT+1s),
 // storage or transport (one plugin process, restarted by the node at once).
 // power-loss@AT[-UNTIL] takes no target: the node loses power; on a
-// cluster power-loss:NODE@AT[-UNTIL] names the node (its id, or leader), or
+// cluster power-loss:NODE@AT[-UNTIL] names the node (its id, leader or
+// follower), or
 // power-loss:all every node at once (a site's power cut).
 // pause:TARGET@AT[-UNTIL] stops the node (or one plugin process) with
 // SIGSTOP and continues it at UNTIL (default AT+1s). Faults may not overlap.
@@ -106,7 +108,7 @@ func ParseFaults(spec string, duration time.Duration) ([]Fault, error) {
 			return nil, fmt.Errorf("fault %q: the kind must be kill, pause, power-loss, partition, delay or reset", item)
 		}
 		if !validTarget(target) {
-			return nil, fmt.Errorf("fault %q: target %q is not broker, storage, transport, replication, consumer, leader or a node's id", item, target)
+			return nil, fmt.Errorf("fault %q: target %q is not broker, storage, transport, replication, consumer, leader, follower or a node's id", item, target)
 		}
 		from, to, ranged := strings.Cut(when, "-")
 		at, err := time.ParseDuration(from)

@@ -107,3 +107,23 @@ func TestDefaultFaultsForCluster(t *testing.T) {
 		}
 	}
 }
+
+// follower names a node of a cluster that follows the leader, for every
+// node fault; a node's id that is none of the cluster's is refused naming
+// the choices.
+func TestClusterFollowerTarget(t *testing.T) {
+	c := &cluster{mode: "raft", election: 500 * time.Millisecond, members: []*member{{id: "a"}, {id: "b"}}}
+	fs, err := ParseFaults("power-loss:follower@1s-2s,kill:follower@3s,pause:follower@5s-7s,partition:follower@8s-9s", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fs {
+		if err := c.check(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	err = c.check(Fault{Kind: "kill", Target: "c", At: time.Second, Until: 2 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "(the nodes: a, b, or leader, or follower)") {
+		t.Fatalf("kill:c: %v", err)
+	}
+}

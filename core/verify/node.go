@@ -15,23 +15,25 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
 // prepared is a user's pipeline rewritten to run under verify: its own data
-// dir, a free loopback port for its grpc transport, no admin listener, no
-// security section (users, ACLs), and kept running once its own generators
-// and flows are done.
+// dir, a free loopback port for its grpc transport, no admin listener, its
+// security section (users, ACLs) as it was, and kept running once its own
+// generators and flows are done.
 type prepared struct {
+	src      string // the user's file
 	path     string // the rewritten pipeline
 	addr     string // its grpc transport
 	pipeline *config.Pipeline
-	// creds are what verify's calls to its broker present (nil:
-	// plaintext; brokerTLS).
-	creds credentials.TransportCredentials
+	// creds are what verify's calls to its broker present (brokerTLS,
+	// brokerAuth).
+	creds brokerCreds
 }
 
 // prepare rewrites the pipeline file src of a single node into dir.
@@ -45,7 +47,8 @@ func prepare(src, dir string) (*prepared, error) {
 }
 
 // rewrite loads src, checks its transport, gives it a data dir in dir and a
-// free loopback port, drops its admin listener and security section, lets
+// free loopback port, drops its admin listener, keeps its security section
+// (a relative users_file made absolute, as it moves), lets
 // edit change the rest (a cluster's replication addresses) and writes it to
 // dir/pipeline.yaml.
 func rewrite(src, dir string, edit func(orig *config.Pipeline, doc map[string]any) error) (*prepared, error) {
@@ -84,9 +87,13 @@ func rewrite(src, dir string, edit func(orig *config.Pipeline, doc map[string]an
 		}
 	}
 	delete(doc, "admin")
-	// Verify checks durability, not access: its producers and consumers
-	// are not among the pipeline's users.
-	delete(doc, "security")
+	// The users and ACLs stay: verify's clients authenticate as the user
+	// it is given (brokerAuth). The users file stays where it was.
+	if sec, ok := doc["security"].(map[string]any); ok {
+		if uf, ok := sec["users_file"].(string); ok && uf != "" && !filepath.IsAbs(uf) {
+			sec["users_file"] = filepath.Join(filepath.Dir(src), uf)
+		}
+	}
 	doc["keep_running"] = true
 	if err := edit(orig, doc); err != nil {
 		return nil, err
@@ -103,7 +110,7 @@ func rewrite(src, dir string, edit func(orig *config.Pipeline, doc map[string]an
 	if err != nil {
 		return nil, fmt.Errorf("the pipeline as verify runs it (%s, from %s): %w", path, src, err)
 	}
-	return &prepared{path: path, addr: addr, pipeline: p}, nil
+	return &prepared{src: src, path: path, addr: addr, pipeline: p}, nil
 }
 
 // setPath sets doc[path[0]][path[1]]... = v, making the maps on the way.
@@ -159,7 +166,7 @@ func (n *node) start(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = n.logf, n.logf
 	cmd.Env = append(os.Environ(), n.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := startTied(cmd); err != nil {
 		n.mu.Unlock()
 		return err
 	}
@@ -172,7 +179,7 @@ func (n *node) start(ctx context.Context) error {
 
 // waitServing waits until the node answers Metadata, or fails if it exits.
 func (n *node) waitServing(ctx context.Context, done chan struct{}) error {
-	cc, err := dial(n.p.addr, n.p.creds)
+	cc, err := dialBroker(n.p.addr, n.p.creds)
 	if err != nil {
 		return err
 	}
@@ -189,6 +196,10 @@ func (n *node) waitServing(ctx context.Context, done chan struct{}) error {
 		if m := err.Error(); strings.Contains(m, "x509: ") || strings.Contains(m, "tls: ") {
 			// A handshake refused: waiting will not mend it.
 			return fmt.Errorf("the node at %s refused verify's TLS, or verify its certificate (--tls-ca, --tls-cert, --tls-key against the file's plugins.transport.config.tls): %v", n.p.addr, err)
+		}
+		if status.Code(err) == codes.Unauthenticated {
+			// Nor will credentials it refused.
+			return fmt.Errorf("the node at %s refused verify's credentials (--user and its password, or the client certificate, against the file's security.users): %v", n.p.addr, err)
 		}
 		select {
 		case <-done:

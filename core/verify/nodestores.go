@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/credentials"
-
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 )
 
@@ -20,7 +18,8 @@ type NodeStore struct {
 	// from), follower (raft), slave, or down (failed over: not read).
 	Role string `json:"role" jsonschema:"enum=leader,enum=follower,enum=slave,enum=down"`
 	// Behind: the node's queue ends had not reached the leader's within
-	// the catch-up deadline; it was read back as it was.
+	// the catch-up deadline, or (raft) stood short of them after the node
+	// had applied all the leader had; it was read back as it was.
 	Behind bool `json:"behind,omitempty"`
 	// MissingHeld counts the messages acknowledged OK that the leader's
 	// store holds and this node's does not; PermittedLoss of them were
@@ -36,6 +35,11 @@ type NodeStore struct {
 // leader's after the heal.
 const catchUp = 60 * time.Second
 
+// endsStill is how long a raft follower's queue ends, short of the
+// leader's, must stand still after it applied what the leader had before
+// the wait gives up on it.
+const endsStill = 3 * time.Second
+
 // readNodes reads every live node's store back after healing: leader is the
 // node the run's result was read from (its NodeStore gets that result).
 // Each other node is first given until its queue ends reach the leader's
@@ -44,6 +48,21 @@ const catchUp = 60 * time.Second
 func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix string, sends []Send, leaderRes *Result) []*NodeStore {
 	var out []*NodeStore
 	want, werr := queueEnds(ctx, leaderAddr, c.members[0].n.p.creds, topic)
+	// Raft: what the leader had applied once its queue ends were read. A
+	// follower that applied as much holds all it will of them: if its
+	// ends are short then and stay so, it lost what it lacks, and the
+	// wait ends there rather than at catchUp.
+	var applied uint64
+	if c.mode == "raft" {
+		for _, m := range c.members {
+			if m.n.p.addr != leaderAddr {
+				continue
+			}
+			if st, err := status1(ctx, m.statusAddr(), m.peer); err == nil {
+				applied = st.AppliedIndex
+			}
+		}
+	}
 	for _, m := range c.members {
 		ns := &NodeStore{Node: m.id}
 		out = append(out, ns)
@@ -63,7 +82,14 @@ func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix strin
 			ns.Error = "the leader's queue ends: " + werr.Error()
 			continue
 		}
-		ns.Behind = !waitEnds(ctx, m.n.p.addr, m.n.p.creds, topic, want, catchUp)
+		var done func() bool
+		if applied > 0 {
+			done = func() bool {
+				st, err := status1(ctx, m.statusAddr(), m.peer)
+				return err == nil && st.AppliedIndex >= applied
+			}
+		}
+		ns.Behind = !waitEnds(ctx, m.n.p.addr, m.n.p.creds, topic, want, catchUp, done)
 		stored, err := readBack(ctx, m.n.p.addr, m.n.p.creds, topic, prefix)
 		if err != nil {
 			ns.Error = err.Error()
@@ -75,8 +101,8 @@ func (c *cluster) readNodes(ctx context.Context, leaderAddr, topic, prefix strin
 }
 
 // queueEnds is the end offset of each queue of topic at addr.
-func queueEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string) (map[int32]int64, error) {
-	cc, err := dial(addr, creds)
+func queueEnds(ctx context.Context, addr string, creds brokerCreds, topic string) (map[int32]int64, error) {
+	cc, err := dialBroker(addr, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -108,8 +134,15 @@ func queueEnds(ctx context.Context, addr string, creds credentials.TransportCred
 }
 
 // waitEnds waits until every queue's end at addr reached want's, for at
-// most d; it says whether they did.
-func waitEnds(ctx context.Context, addr string, creds credentials.TransportCredentials, topic string, want map[int32]int64, d time.Duration) bool {
+// most d; it says whether they did. applied, when not nil, says whether the
+// node has applied everything it is waited for (raft): once it has, and
+// its ends then stood still for endsStill, they will not reach want, and
+// the wait ends early.
+func waitEnds(ctx context.Context, addr string, creds brokerCreds, topic string, want map[int32]int64, d time.Duration, applied func() bool) bool {
+	var (
+		last  string
+		still time.Time // when the ends, the node having applied all, last changed
+	)
 	for deadline := time.Now().Add(d); ; {
 		if got, err := queueEnds(ctx, addr, creds, topic); err == nil {
 			caught := true
@@ -118,6 +151,15 @@ func waitEnds(ctx context.Context, addr string, creds credentials.TransportCrede
 			}
 			if caught {
 				return true
+			}
+			if applied != nil && applied() {
+				now := fmt.Sprint(got)
+				switch {
+				case still.IsZero() || now != last:
+					last, still = now, time.Now()
+				case time.Since(still) >= endsStill:
+					return false
+				}
 			}
 		}
 		if time.Now().After(deadline) {
@@ -179,7 +221,7 @@ func judgeNodes(rep *Report, sends []Send, start time.Time, fail func(format str
 		}
 		behind := ""
 		if ns.Behind {
-			behind = fmt.Sprintf("; its queue ends had not reached the leader's within %s", catchUp)
+			behind = fmt.Sprintf("; its queue ends did not reach the leader's (within %s, or once it had applied all the leader had)", catchUp)
 		}
 		if len(other) > 0 {
 			fail("node %s (%s): %d acknowledged message(s) the leader holds are missing from its store after healing (e.g. %s)%s", ns.Node, ns.Role, len(other), other[0], behind)

@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/credentials"
-
 	"github.com/ferrymq/ferry/core/client"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
@@ -55,6 +53,9 @@ type Options struct {
 	// TLS is what verify's clients present when the files' transports
 	// serve TLS (--tls-ca, --tls-cert, --tls-key).
 	TLS ClientTLS
+	// Auth is the user verify's clients authenticate as when the files
+	// have users (--user, --password-file).
+	Auth ClientAuth
 }
 
 // Report is a run's whole result (results.json).
@@ -75,7 +76,10 @@ type Report struct {
 	Seed           uint64        `json:"seed"`
 	Topic          string        `json:"topic"`
 	Storage        string        `json:"storage"`
-	Flush          string        `json:"flush,omitempty"`
+	// User is who verify's clients authenticated as, on files with
+	// users (security); empty on open nodes.
+	User  string `json:"user,omitempty"`
+	Flush string `json:"flush,omitempty"`
 	// FlushInterval is the file store's flush_interval, with power-loss
 	// faults: under flush async, what was acknowledged within it before
 	// a power loss may be lost.
@@ -238,7 +242,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		case f.link():
 			err = fmt.Errorf("verify: fault %s: a single node has no links between nodes (give every pipeline file of a cluster)", f)
 		case !faultTargets[f.Target]:
-			err = fmt.Errorf("verify: fault %s: target %q is not one of broker, storage, transport, replication, consumer (leader and node ids name nodes of a cluster)", f, f.Target)
+			err = fmt.Errorf("verify: fault %s: target %q is not one of broker, storage, transport, replication, consumer (leader, follower and node ids name nodes of a cluster)", f, f.Target)
 		case f.Target == "replication" && p.pipeline.Plugins.Replication.Type == "none":
 			err = fmt.Errorf("verify: fault %s: the pipeline has no replication plugin process", f)
 		}
@@ -281,12 +285,23 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	for _, nd := range nodes {
 		ps = append(ps, nd.p)
 	}
-	creds, err := brokerTLS(o.TLS, ps)
+	tlsCreds, err := brokerTLS(o.TLS, ps)
+	if err != nil {
+		return nil, err
+	}
+	// And, when the files have users, authenticate as the user given.
+	auth, err := brokerAuth(o.Auth, o.TLS, ps)
 	if err != nil {
 		return nil, err
 	}
 	for _, pp := range ps {
-		pp.creds = creds
+		pp.creds = brokerCreds{tls: tlsCreds, auth: auth}
+	}
+	if auth != nil || o.TLS.Cert != "" && p.pipeline.Security.Enabled() {
+		rep.User = o.Auth.User
+		if rep.User == "" {
+			rep.User = "(the client certificate's)"
+		}
 	}
 	for _, f := range faults {
 		if f.Kind != "power-loss" {
@@ -325,8 +340,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	var copts []client.Option
-	if p.creds != nil {
+	if p.creds.tls != nil {
 		copts = append(copts, client.WithTLS(o.TLS.CA, o.TLS.Cert, o.TLS.Key))
+	}
+	if p.creds.auth != nil {
+		copts = append(copts, client.WithCredentials(o.Auth.User, o.Auth.Password))
 	}
 	if o.Logger != nil {
 		copts = append(copts, client.WithLogger(o.Logger))
@@ -355,7 +373,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer func() { stopFollow(); fwg.Wait() }()
 	for g := range o.Groups {
 		cs := newConsumer(o.Exe, broker, topic, fmt.Sprintf("%s-g%d", rep.RunID, g), o.Delivery, rep.RunID+"-", clog)
-		cs.args = o.TLS.consumeArgs()
+		cs.args, cs.env = o.TLS.consumeArgs(), o.Auth.consumeEnv()
 		if err := cs.start(); err != nil {
 			return nil, err
 		}
@@ -764,13 +782,13 @@ func healedTimes(rs []FaultRecord, sends []Send, start time.Time) []FaultRecord 
 // queue by queue from its start to its end, through the Broker API (plaintext,
 // no credentials). It waits for the queues' ends to stand still first.
 func ReadBack(ctx context.Context, addr, topic, prefix string) ([]Stored, error) {
-	return readBack(ctx, addr, nil, topic, prefix)
+	return readBack(ctx, addr, brokerCreds{}, topic, prefix)
 }
 
 // readBack is ReadBack with the credentials the broker wants (nil:
 // plaintext).
-func readBack(ctx context.Context, addr string, creds credentials.TransportCredentials, topic, prefix string) ([]Stored, error) {
-	cc, err := dial(addr, creds)
+func readBack(ctx context.Context, addr string, creds brokerCreds, topic, prefix string) ([]Stored, error) {
+	cc, err := dialBroker(addr, creds)
 	if err != nil {
 		return nil, err
 	}
