@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from ferry.v1 import message_pb2 as ferry_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"\r\n\x0bSyncRequest\"\x0e\n\x0cSyncResponse\"7\n\x11QueueBytesRequest\x12\"\n\x06queues\x18< \x03(\x0b\x32\x12.ferry.v1.QueueRef\"#\n\x12QueueBytesResponse\x12\r\n\x05\x62ytes\x18< \x03(\x03\"N\n\x15OffsetsForTimeRequest\x12\x11\n\tunix_nano\x18\x01 \x01(\x03\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\")\n\x16OffsetsForTimeResponse\x12\x0f\n\x07offsets\x18\x01 \x03(\x03\"\'\n\x16\x44\x65leteTopicDataRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteTopicDataResponse\"\x15\n\x13StoredGroupsRequest\"&\n\x14StoredGroupsResponse\x12\x0e\n\x06groups\x18\x01 \x03(\t\"*\n\x19\x44\x65leteGroupOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteGroupOffsetsResponse\"\x90\x02\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\x12\x14\n\x0blog_durable\x18\x88\x04 \x01(\x08\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\"\x9d\x01\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\x12\x12\n\x05\x62ytes\x18< \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_bytes\"\\\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\x12\r\n\x04wait\x18\x90\x03 \x01(\x08\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"Z\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\x12\x12\n\nwith_bytes\x18< \x01(\x08\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xfd\x05\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n\x0cStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n\x12\x44\x65leteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n\x0f\x44\x65leteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponse\x12G\n\nQueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponse\x12\x35\n\x04Sync\x12\x15.ferry.v1.SyncRequest\x1a\x16.ferry.v1.SyncResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/storage.proto\x12\x08\x66\x65rry.v1\x1a\x16\x66\x65rry/v1/message.proto\"\r\n\x0bSyncRequest\"\x0e\n\x0cSyncResponse\"7\n\x11QueueBytesRequest\x12\"\n\x06queues\x18< \x03(\x0b\x32\x12.ferry.v1.QueueRef\"#\n\x12QueueBytesResponse\x12\r\n\x05\x62ytes\x18< \x03(\x03\"N\n\x15OffsetsForTimeRequest\x12\x11\n\tunix_nano\x18\x01 \x01(\x03\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\")\n\x16OffsetsForTimeResponse\x12\x0f\n\x07offsets\x18\x01 \x03(\x03\"\'\n\x16\x44\x65leteTopicDataRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteTopicDataResponse\"\x15\n\x13StoredGroupsRequest\"&\n\x14StoredGroupsResponse\x12\x0e\n\x06groups\x18\x01 \x03(\t\"?\n\x19\x44\x65leteGroupOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x13\n\ngeneration\x18\xa8\x05 \x01(\x04\"\x1c\n\x1a\x44\x65leteGroupOffsetsResponse\"\x90\x02\n\rAppendRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\x31\n\x05trace\x18\x03 \x03(\x0b\x32\".ferry.v1.AppendRequest.TraceEntry\x12\x15\n\rtimeout_nanos\x18\x04 \x01(\x03\x12\x14\n\x0cwant_written\x18\x05 \x01(\x08\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\x12\x14\n\x0blog_durable\x18\x88\x04 \x01(\x08\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0e\x41ppendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12 \n\x06status\x18\x03 \x01(\x0e\x32\x10.ferry.v1.Status\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x0f\n\x07written\x18\x05 \x01(\x08\"\xcf\x01\n\x0bReadRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12/\n\x05trace\x18\x07 \x03(\x0b\x32 .ferry.v1.ReadRequest.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\x0cReadResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.ferry.v1.Message\x12\'\n\x07offsets\x18\x03 \x01(\x0b\x32\x16.ferry.v1.QueueOffsets\x12\x1e\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0f.ferry.v1.Error\x12\x14\n\x0ctraced_index\x18\x32 \x03(\r\x12\x13\n\x0btraced_span\x18\x33 \x03(\x06\"\x9d\x01\n\x0cQueueOffsets\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x11\n\tcommitted\x18\x05 \x01(\x03\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x13\n\x0b\x65poch_start\x18\x07 \x01(\x03\x12\x12\n\x05\x62ytes\x18< \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_bytes\"q\n\x14\x43ommitOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x07offsets\x18\x02 \x03(\x0b\x32\x15.ferry.v1.GroupOffset\x12\r\n\x04wait\x18\x90\x03 \x01(\x08\x12\x13\n\ngeneration\x18\xa8\x05 \x01(\x04\";\n\x0bGroupOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x17\n\x15\x43ommitOffsetsResponse\"Z\n\x11GetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\"\n\x06queues\x18\x02 \x03(\x0b\x32\x12.ferry.v1.QueueRef\x12\x12\n\nwith_bytes\x18< \x01(\x08\"(\n\x08QueueRef\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\x05\"=\n\x12GetOffsetsResponse\x12\'\n\x07offsets\x18\x01 \x03(\x0b\x32\x16.ferry.v1.QueueOffsets2\xfd\x05\n\x07Storage\x12?\n\x06\x41ppend\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x01\x30\x01\x12\x39\n\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x01\x30\x01\x12P\n\rCommitOffsets\x12\x1e.ferry.v1.CommitOffsetsRequest\x1a\x1f.ferry.v1.CommitOffsetsResponse\x12G\n\nGetOffsets\x12\x1b.ferry.v1.GetOffsetsRequest\x1a\x1c.ferry.v1.GetOffsetsResponse\x12M\n\x0cStoredGroups\x12\x1d.ferry.v1.StoredGroupsRequest\x1a\x1e.ferry.v1.StoredGroupsResponse\x12_\n\x12\x44\x65leteGroupOffsets\x12#.ferry.v1.DeleteGroupOffsetsRequest\x1a$.ferry.v1.DeleteGroupOffsetsResponse\x12V\n\x0f\x44\x65leteTopicData\x12 .ferry.v1.DeleteTopicDataRequest\x1a!.ferry.v1.DeleteTopicDataResponse\x12S\n\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponse\x12G\n\nQueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponse\x12\x35\n\x04Sync\x12\x15.ferry.v1.SyncRequest\x1a\x16.ferry.v1.SyncResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.storage_pb2', globals())
@@ -47,35 +47,35 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _STOREDGROUPSRESPONSE._serialized_start=399
   _STOREDGROUPSRESPONSE._serialized_end=437
   _DELETEGROUPOFFSETSREQUEST._serialized_start=439
-  _DELETEGROUPOFFSETSREQUEST._serialized_end=481
-  _DELETEGROUPOFFSETSRESPONSE._serialized_start=483
-  _DELETEGROUPOFFSETSRESPONSE._serialized_end=511
-  _APPENDREQUEST._serialized_start=514
-  _APPENDREQUEST._serialized_end=786
-  _APPENDREQUEST_TRACEENTRY._serialized_start=742
-  _APPENDREQUEST_TRACEENTRY._serialized_end=786
-  _APPENDRESPONSE._serialized_start=789
-  _APPENDRESPONSE._serialized_end=918
-  _READREQUEST._serialized_start=921
-  _READREQUEST._serialized_end=1128
-  _READREQUEST_TRACEENTRY._serialized_start=742
-  _READREQUEST_TRACEENTRY._serialized_end=786
-  _READRESPONSE._serialized_start=1131
-  _READRESPONSE._serialized_end=1310
-  _QUEUEOFFSETS._serialized_start=1313
-  _QUEUEOFFSETS._serialized_end=1470
-  _COMMITOFFSETSREQUEST._serialized_start=1472
-  _COMMITOFFSETSREQUEST._serialized_end=1564
-  _GROUPOFFSET._serialized_start=1566
-  _GROUPOFFSET._serialized_end=1625
-  _COMMITOFFSETSRESPONSE._serialized_start=1627
-  _COMMITOFFSETSRESPONSE._serialized_end=1650
-  _GETOFFSETSREQUEST._serialized_start=1652
-  _GETOFFSETSREQUEST._serialized_end=1742
-  _QUEUEREF._serialized_start=1744
-  _QUEUEREF._serialized_end=1784
-  _GETOFFSETSRESPONSE._serialized_start=1786
-  _GETOFFSETSRESPONSE._serialized_end=1847
-  _STORAGE._serialized_start=1850
-  _STORAGE._serialized_end=2615
+  _DELETEGROUPOFFSETSREQUEST._serialized_end=502
+  _DELETEGROUPOFFSETSRESPONSE._serialized_start=504
+  _DELETEGROUPOFFSETSRESPONSE._serialized_end=532
+  _APPENDREQUEST._serialized_start=535
+  _APPENDREQUEST._serialized_end=807
+  _APPENDREQUEST_TRACEENTRY._serialized_start=763
+  _APPENDREQUEST_TRACEENTRY._serialized_end=807
+  _APPENDRESPONSE._serialized_start=810
+  _APPENDRESPONSE._serialized_end=939
+  _READREQUEST._serialized_start=942
+  _READREQUEST._serialized_end=1149
+  _READREQUEST_TRACEENTRY._serialized_start=763
+  _READREQUEST_TRACEENTRY._serialized_end=807
+  _READRESPONSE._serialized_start=1152
+  _READRESPONSE._serialized_end=1331
+  _QUEUEOFFSETS._serialized_start=1334
+  _QUEUEOFFSETS._serialized_end=1491
+  _COMMITOFFSETSREQUEST._serialized_start=1493
+  _COMMITOFFSETSREQUEST._serialized_end=1606
+  _GROUPOFFSET._serialized_start=1608
+  _GROUPOFFSET._serialized_end=1667
+  _COMMITOFFSETSRESPONSE._serialized_start=1669
+  _COMMITOFFSETSRESPONSE._serialized_end=1692
+  _GETOFFSETSREQUEST._serialized_start=1694
+  _GETOFFSETSREQUEST._serialized_end=1784
+  _QUEUEREF._serialized_start=1786
+  _QUEUEREF._serialized_end=1826
+  _GETOFFSETSRESPONSE._serialized_start=1828
+  _GETOFFSETSRESPONSE._serialized_end=1889
+  _STORAGE._serialized_start=1892
+  _STORAGE._serialized_end=2657
 # @@protoc_insertion_point(module_scope)
