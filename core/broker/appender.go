@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -36,19 +35,7 @@ type appender struct {
 	seq      uint64
 	inflight []*batch // unanswered, in append order
 	closed   bool
-
-	// fast: the last append was answered within answerSoonWithin, so the
-	// next one's answer is announced as near (sdk.AnswerSoon) once it is
-	// with the store.
-	fast       atomic.Bool
-	soonWithin time.Duration // answerSoonWithin; tests change it
 }
-
-// answerSoonWithin is how soon a store's answer must come for the appender
-// to announce it: about the spin of a reader woken ahead of a record
-// (ring.DefaultPokeSpin). Slower answers (an fsync) would only make the
-// woken reader spin in vain.
-const answerSoonWithin = 50 * time.Microsecond
 
 type appendReq struct {
 	msgs   []*sdk.Message
@@ -61,8 +48,6 @@ type appendReq struct {
 	// log already (sdk.WithLogDurable): the store may take it without an
 	// fsync of its own.
 	logDurable bool
-
-	soon func() // sdk.AnswerSoon of the producer's request, or nil
 }
 
 type appendResult struct {
@@ -87,8 +72,6 @@ func newAppender(b *Broker) *appender {
 		freed:   make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
-
-		soonWithin: answerSoonWithin,
 	}
 }
 
@@ -99,7 +82,7 @@ func newAppender(b *Broker) *appender {
 // traced names msgs' sampled messages, each with the span of its
 // broker.append (telemetry.Hop.Traced), for their storage spans.
 func (a *appender) append(ctx context.Context, msgs []*sdk.Message, traced telemetry.Traced) ([]int64, sdk.Status, error) {
-	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx), traced: traced, soon: sdk.AnswerSoon(ctx)}
+	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx), traced: traced}
 	select {
 	case a.in <- r:
 	case <-a.closing:
@@ -295,14 +278,6 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 		return true
 	}
 	sent := time.Now()
-	if a.b.repl == nil && a.fast.Load() {
-		// Without replication the producers' answers follow the store's.
-		for _, r := range b.reqs {
-			if r.soon != nil {
-				r.soon()
-			}
-		}
-	}
 	gopool.Go(func() { // a parked goroutine: its stack is grown already
 		defer cancel()
 		if written != nil {
@@ -312,10 +287,8 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 			}
 		}
 		offsets, err := wait(ctx)
-		took := time.Since(sent)
-		a.fast.Store(err == nil && took < a.soonWithin)
 		if err == nil {
-			a.b.opts.Metrics.Flushed(took) // append until durable, as the store's policy demands
+			a.b.opts.Metrics.Flushed(time.Since(sent)) // append until durable, as the store's policy demands
 		}
 		if err != nil && errors.Is(err, sdk.ErrUnavailable) {
 			a.b.storage.Broken(gen)

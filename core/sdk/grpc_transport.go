@@ -433,10 +433,6 @@ type coreRequests struct {
 	mu       sync.Mutex
 	inflight map[uint64]context.CancelFunc
 	wg       sync.WaitGroup
-
-	// soon, on the ring data plane, pokes the transport's reader: a
-	// produce's context carries it (WithAnswerSoon).
-	soon func()
 }
 
 func newCoreRequests(ctx context.Context, core Core, send func(*ferryv1.CoreFrame, *fetchFrame)) *coreRequests {
@@ -465,9 +461,6 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 	}
 	rctx = telemetry.Extract(rctx, f.Trace)
 	rctx = WithClientCredentials(rctx, f.Client)
-	if r.soon != nil && f.GetProduce() != nil {
-		rctx = WithAnswerSoon(rctx, r.soon)
-	}
 	r.mu.Lock()
 	r.inflight[f.Id] = rcancel
 	r.mu.Unlock()
@@ -649,10 +642,6 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 		_ = c.dp.write(KindCoreFrame, out.Id, out)
 	})
 	defer reqs.wait()
-	if !pokeOff {
-		// The transport's reader wakes while the store answers the append.
-		reqs.soon = conn.Poke
-	}
 	prep, _ := core.(ProducePreparer)
 	if prep != nil {
 		// The transport pokes this reader when a client's bytes arrive

@@ -65,21 +65,3 @@ type GroupAdmin interface {
 	ResetOffsets(ctx context.Context, req *ResetOffsetsRequest) (*ResetOffsetsResponse, error)
 	DeleteGroup(ctx context.Context, req *DeleteGroupRequest) (*DeleteGroupResponse, error)
 }
-
-type answerSoonKey struct{}
-
-// WithAnswerSoon gives a request's context f, which the core calls once the
-// request's answer is near (a produce: its append reached a store whose
-// answers come within a poke's spin), so that whoever waits for the answer
-// in another process can wake ahead of it: the host's ring data plane pokes
-// the transport plugin's reader (ring.Conn.Poke). f must be cheap and safe
-// from any goroutine.
-func WithAnswerSoon(ctx context.Context, f func()) context.Context {
-	return context.WithValue(ctx, answerSoonKey{}, f)
-}
-
-// AnswerSoon returns the function WithAnswerSoon gave ctx, or nil.
-func AnswerSoon(ctx context.Context) func() {
-	f, _ := ctx.Value(answerSoonKey{}).(func())
-	return f
-}
