@@ -168,11 +168,7 @@ var _ CoreWaker = coreOnRing{}
 
 // WakeCore pokes the core's reader of the ring (ring.Conn.Poke): an atomic
 // load when it is awake, the bell when it sleeps.
-func (c coreOnRing) WakeCore() {
-	if !pokeOff {
-		c.wake()
-	}
-}
+func (c coreOnRing) WakeCore() { c.wake() }
 
 func (c *coreClient) send(f *ferryv1.TransportFrame) error {
 	c.sendMu.Lock()
