@@ -162,13 +162,6 @@ func (c *Conn) Poke() {
 	c.w.poke()
 }
 
-// OnPoke has the reader call f each time the peer's Poke woke it, before it
-// spins for the record the poke announced: a request is on its way, and f
-// can get ready for it meanwhile (the core wakes its store when a transport
-// pokes it). Call it before the first Read, from the goroutine that reads;
-// f runs on that goroutine and must not block.
-func (c *Conn) OnPoke(f func()) { c.r.onPoke = f }
-
 // Pokes counts the bells Poke rang; Bells those rung by publishing.
 func (c *Conn) Pokes() uint64 { return c.w.pokes.Load() }
 

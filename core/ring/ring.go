@@ -273,7 +273,6 @@ type Reader struct {
 
 	pokeSpin time.Duration // how long a reader woken with nothing published spins (0: not at all)
 	poked    int64         // owed as a poke set it, until the next frame is read (0: none)
-	onPoke   func()        // called when a poke woke it (Conn.OnPoke); reader's goroutine only
 }
 
 // clockBase is the origin of Reader.owed's clock (monotonic).
@@ -424,9 +423,6 @@ func (rd *Reader) available() (uint64, error) {
 			// Rung with nothing published: a poke (or, rarely, a bell
 			// for a record already read). The record is on its way.
 			rd.poked = rd.expect(rd.pokeSpin)
-			if rd.onPoke != nil {
-				rd.onPoke()
-			}
 		}
 		if !rd.owedNow() { // not woken by Expect, whose spin says nothing of the peer's pace
 			rd.adapt(time.Since(start))

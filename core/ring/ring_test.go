@@ -8,7 +8,6 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -696,50 +695,4 @@ func closePair(seg *Segment, host, plug *Conn) {
 		time.Sleep(time.Millisecond)
 	}
 	seg.Close()
-}
-
-// OnPoke's function runs when a poke wakes the reader, and not when a
-// record's publish does.
-func TestOnPokeRunsOnAPoke(t *testing.T) {
-	defer func(d time.Duration) { pollInterval = d }(pollInterval)
-	pollInterval = time.Hour
-	seg, err := Create(1 << 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := mustConn(t, seg, Host, Options{Spin: -1, PokeSpin: time.Minute})
-	plug := mustConn(t, seg, Plugin, Options{})
-	defer closePair(seg, host, plug)
-	var poked atomic.Int64
-	host.OnPoke(func() { poked.Add(1) })
-	frames := make(chan error, 2)
-	go func() {
-		for range 2 {
-			_, _, _, err := host.Read()
-			frames <- err
-		}
-	}()
-	asleep := func() bool { return host.r.r.rsleep.Load() == 1 }
-	waitFor(t, "the reader to sleep", asleep)
-	if err := plug.Write(1, 1, []byte("unannounced")); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-frames; err != nil {
-		t.Fatal(err)
-	}
-	if n := poked.Load(); n != 0 {
-		t.Fatalf("a publish ran OnPoke's function %d times", n)
-	}
-	waitFor(t, "the reader to sleep again", asleep)
-	plug.Poke()
-	waitFor(t, "OnPoke's function to run", func() bool { return poked.Load() == 1 })
-	if err := plug.Write(1, 2, []byte("announced")); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-frames; err != nil {
-		t.Fatal(err)
-	}
-	if n := poked.Load(); n != 1 {
-		t.Fatalf("OnPoke's function ran %d times, want 1", n)
-	}
 }

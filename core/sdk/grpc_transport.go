@@ -22,15 +22,14 @@ import (
 // it as TransportFrames and come back as CoreFrames.
 type transportServer struct {
 	ferryv1.UnimplementedTransportServer
-	impl     Transport
-	ring     *coreClient // the core over the ring data plane, once the host offered it
-	ringCore Core        // ring as the transport sees it (with WakeCore)
+	impl Transport
+	ring *coreClient // the core over the ring data plane, once the host offered it
 }
 
 // useRing moves the plugin's calls to the core onto conn (at Configure,
 // before the host opens Connect).
 func (s *transportServer) useRing(conn *ring.Conn) {
-	core := &coreClient{calls: newPending[*ferryv1.CoreFrame](), wake: conn.Poke}
+	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
 	core.sendFrame = func(f *ferryv1.TransportFrame) error {
 		err := ringWrite(conn, KindTransportFrame, f.Id, f)
 		if err == nil && f.GetProduce() != nil {
@@ -41,7 +40,6 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 		return err
 	}
 	s.ring = core
-	s.ringCore = coreOnRing{core}
 	go func() {
 		frames := 0
 		for {
@@ -100,7 +98,7 @@ func (s *transportServer) Connect(stream ferryv1.Transport_ConnectServer) error 
 				}
 			}
 		}()
-		err := s.impl.Serve(ctx, s.ringCore)
+		err := s.impl.Serve(ctx, s.ring)
 		holdAfterTerm(stream.Context(), drained)
 		return err
 	}
@@ -157,18 +155,7 @@ type coreClient struct {
 	sendMu    sync.Mutex
 	sendFrame func(*ferryv1.TransportFrame) error
 	calls     *pending[*ferryv1.CoreFrame]
-	wake      func() // the ring's Poke; nil on the gRPC data plane
 }
-
-// coreOnRing is the Core of a transport on the ring data plane: it has
-// WakeCore. (On the gRPC data plane the Core is a coreClient without it.)
-type coreOnRing struct{ *coreClient }
-
-var _ CoreWaker = coreOnRing{}
-
-// WakeCore pokes the core's reader of the ring (ring.Conn.Poke): an atomic
-// load when it is awake, the bell when it sleeps.
-func (c coreOnRing) WakeCore() { c.wake() }
 
 func (c *coreClient) send(f *ferryv1.TransportFrame) error {
 	c.sendMu.Lock()
@@ -639,11 +626,6 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 	})
 	defer reqs.wait()
 	prep, _ := core.(ProducePreparer)
-	if prep != nil {
-		// The transport pokes this reader when a client's bytes arrive
-		// (CoreWaker): wake the store then, while the request is decoded.
-		conn.OnPoke(prep.PrepareProduce)
-	}
 	for {
 		kind, id, p, err := conn.Read()
 		if err != nil {

@@ -33,18 +33,6 @@ type ProducePreparer interface {
 	PrepareProduce()
 }
 
-// CoreWaker is implemented by the Core a transport plugin is given when the
-// core runs in another process on the ring data plane. WakeCore wakes the
-// core's reader if it sleeps, ahead of a request the transport is about to
-// hand over: call it as soon as a client's bytes arrive, so that the core
-// (and, through it, the store: ProducePreparer) wakes while the transport
-// decodes the request instead of after it sent it. Cheap when the core is
-// awake (an atomic load); the wake-up of a sleeping one costs a system call.
-// Safe from many goroutines.
-type CoreWaker interface {
-	WakeCore()
-}
-
 // TopicAdmin is the broker's runtime topic calls (Broker.CreateTopic,
 // AlterTopic and DeleteTopic). The Core a transport plugin is given always has them (assert
 // it: core.(sdk.TopicAdmin)); a Core of a test may not, and then the

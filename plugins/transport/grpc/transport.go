@@ -111,7 +111,7 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	defer t.lis.Done()
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(wakeOnRead(lis, core)) }()
+	go func() { served <- srv.Serve(lis) }()
 	select {
 	case err := <-served:
 		srv.Stop()
