@@ -39,6 +39,7 @@ type appender struct {
 
 type appendReq struct {
 	msgs   []*sdk.Message
+	wires  sdk.MessageWires // msgs' wire forms, as the transport forwarded them (or nil)
 	done   chan appendResult
 	apply  bool              // a replica applying its master's messages: never replicated
 	span   trace.SpanContext // the broker.append span, parent of the storage append
@@ -60,9 +61,10 @@ type batch struct {
 	seq     uint64
 	reqs    []*appendReq
 	msgs    []*sdk.Message
-	attempt int         // how often the batch was sent; answers of older attempts are ignored
-	gen     uint64      // storage generation of the latest attempt
-	early   *earlyState // handed to replication before its flush was done (under replicator.mu)
+	wires   sdk.MessageWires // msgs' wire forms where they have one; nil if none has
+	attempt int              // how often the batch was sent; answers of older attempts are ignored
+	gen     uint64           // storage generation of the latest attempt
+	early   *earlyState      // handed to replication before its flush was done (under replicator.mu)
 }
 
 func newAppender(b *Broker) *appender {
@@ -82,7 +84,7 @@ func newAppender(b *Broker) *appender {
 // traced names msgs' sampled messages, each with the span of its
 // broker.append (telemetry.Hop.Traced), for their storage spans.
 func (a *appender) append(ctx context.Context, msgs []*sdk.Message, traced telemetry.Traced) ([]int64, sdk.Status, error) {
-	r := &appendReq{msgs: msgs, done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx), traced: traced}
+	r := &appendReq{msgs: msgs, wires: sdk.MessageWiresOf(ctx, msgs), done: make(chan appendResult, 1), span: trace.SpanContextFromContext(ctx), traced: traced}
 	select {
 	case a.in <- r:
 	case <-a.closing:
@@ -164,12 +166,21 @@ func (a *appender) run() {
 // collect builds one batch from r and whatever else is queued, up to the
 // batch limits.
 func (a *appender) collect(r *appendReq) *batch {
-	b := &batch{reqs: []*appendReq{r}, msgs: r.msgs}
+	b := &batch{reqs: []*appendReq{r}, msgs: r.msgs, wires: r.wires}
 	size := msgBytes(r.msgs)
 	for len(b.msgs) < maxBatchMessages && size < maxBatchBytes {
 		select {
 		case r := <-a.in:
 			b.reqs = append(b.reqs, r)
+			if r.wires != nil || b.wires != nil {
+				if b.wires == nil {
+					b.wires = make(sdk.MessageWires, len(b.msgs), len(b.msgs)+len(r.msgs))
+				}
+				b.wires = append(b.wires[:len(b.wires):len(b.wires)], r.wires...)
+				if r.wires == nil {
+					b.wires = append(b.wires, make(sdk.MessageWires, len(r.msgs))...)
+				}
+			}
 			b.msgs = append(b.msgs[:len(b.msgs):len(b.msgs)], r.msgs...)
 			size += msgBytes(r.msgs)
 			continue
@@ -250,6 +261,7 @@ func (a *appender) send(st sdk.Storage, gen uint64, b *batch) bool {
 	a.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), storageCallTimeout)
 	ctx = b.traceContext(ctx, false)
+	ctx = sdk.WithMessageWires(ctx, b.msgs, b.wires)
 	if b.logDurable() {
 		ctx = sdk.WithLogDurable(ctx)
 	}

@@ -138,6 +138,16 @@ func (h *ringHost) write(kind uint16, id uint64, m proto.Message) error {
 	return err
 }
 
+// writeAppend is write of an append whose messages are in their wire form
+// (writeAppendFrame).
+func (h *ringHost) writeAppend(f appendFrame) error {
+	err := writeAppendFrame(h.conn, f)
+	if err != nil && (errors.Is(err, ring.ErrStalled) || errors.Is(err, ring.ErrCorrupt)) {
+		h.fault(err)
+	}
+	return err
+}
+
 // writeFetch is write of a fetch answer (writeFetchFrame).
 func (h *ringHost) writeFetch(kind uint16, f *fetchFrame) error {
 	err := writeFetchFrame(h.conn, kind, f)

@@ -191,10 +191,14 @@ func MessageWire(b []byte) (info WireInfo, ok bool) {
 			if typ != protowire.VarintType {
 				return WireInfo{}, false
 			}
-			if _, n = protowire.ConsumeVarint(b); n < 0 {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
 				return WireInfo{}, false
 			}
 			b = b[n:]
+			if num == messageQueue {
+				info.Queue = int32(v) // as protobuf decodes an int32
+			}
 		case messageID, messageTopic, messageKey, messageBody, messageHeaders:
 			if typ != protowire.BytesType {
 				return WireInfo{}, false
@@ -204,6 +208,12 @@ func MessageWire(b []byte) (info WireInfo, ok bool) {
 				return WireInfo{}, false
 			}
 			b = b[n:]
+			switch num {
+			case messageID:
+				info.ID = v
+			case messageTopic:
+				info.Topic = v
+			}
 			switch num {
 			case messageBody:
 				info.Size += int64(len(v))
@@ -240,6 +250,10 @@ func MessageWire(b []byte) (info WireInfo, ok bool) {
 type WireInfo struct {
 	Size  int64      // bytes of body and headers (the size transports limit)
 	Trace TraceState // its trace context (the traceparent header)
+	// The message's id, topic and queue, as a decoder would see them (the
+	// last value of a field counts). ID and Topic alias the bytes read.
+	ID, Topic []byte
+	Queue     int32
 }
 
 // TraceState is what a message's traceparent header says of its trace.

@@ -47,6 +47,13 @@ func (s *storageServer) Append(stream ferryv1.Storage_AppendServer) error {
 // out through send from the finishing goroutine. The gRPC stream and the
 // ring data plane share it.
 func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequest, send func(*ferryv1.AppendResponse) error) func() *ferryv1.AppendResponse {
+	return s.startAppendOf(ctx, req, nil, send)
+}
+
+// startAppendOf is startAppend; with wires (not nil), of the messages in
+// their wire form (WireAppender), which s.impl must have, and which only an
+// untraced append uses: req.Messages is empty then.
+func (s *storageServer) startAppendOf(ctx context.Context, req *ferryv1.AppendRequest, wires []WireAppend, send func(*ferryv1.AppendResponse) error) func() *ferryv1.AppendResponse {
 	early, canEarly := s.impl.(EarlyOffsets)
 	// A span in each sampled message's trace, under its broker.append,
 	// and one for the batch, under the broker's batch span that sent it
@@ -67,9 +74,15 @@ func (s *storageServer) startAppend(ctx context.Context, req *ferryv1.AppendRequ
 	if req.LogDurable {
 		ctx = WithLogDurable(ctx)
 	}
-	if req.WantWritten && canEarly {
+	switch {
+	case wires != nil:
+		written, wait, err = s.impl.(WireAppender).AppendWire(ctx, wires)
+		if !req.WantWritten {
+			written = nil
+		}
+	case req.WantWritten && canEarly:
 		written, wait, err = early.AppendEarly(ctx, req.Messages)
-	} else {
+	default:
 		wait, err = s.impl.Append(ctx, req.Messages)
 	}
 	if err != nil {
@@ -329,8 +342,13 @@ type StorageClient struct {
 	early   map[uint64]chan []int64 // calls waiting for an early answer, by seq
 	reads   *clientStream[*ferryv1.ReadRequest, *ferryv1.ReadResponse]
 
-	dp    ringHost            // the shared-memory data plane, when the plugin took it
-	unary *pending[ringReply] // CommitOffsets and GetOffsets on the data plane
+	dp ringHost // the shared-memory data plane, when the plugin took it
+
+	// sendWires are the wire forms of the messages of the append being
+	// sent (MessageWires), from its build to the ring's send: both run
+	// under appends.mu.
+	sendWires MessageWires
+	unary     *pending[ringReply] // CommitOffsets and GetOffsets on the data plane
 
 	ctx    context.Context // lives as long as the client; ends the streams
 	cancel context.CancelFunc
@@ -425,6 +443,10 @@ func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten b
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(int64(time.Until(dl)), 1)
 	}
+	wires := MessageWiresOf(ctx, msgs)
+	if telemetry.Enabled() || c.dp.conn == nil {
+		wires = nil
+	}
 	call := &appendCall{c: c}
 	if wantWritten {
 		call.written = make(chan []int64, 1)
@@ -437,6 +459,7 @@ func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten b
 			c.early[seq] = call.written
 			c.earlyMu.Unlock()
 		}
+		c.sendWires = wires // for the ring's send, which follows under the same lock
 		return &ferryv1.AppendRequest{Seq: seq, Messages: msgs, Trace: tc, TimeoutNanos: timeout, WantWritten: wantWritten,
 			TracedIndex: traced.Index, TracedSpan: traced.Span, LogDurable: LogDurable(ctx)}
 	})

@@ -424,7 +424,11 @@ func newCoreRequests(ctx context.Context, core Core, send func(*ferryv1.CoreFram
 
 // handle starts f (or cancels the request it names); called from the one
 // goroutine that receives the frames.
-func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
+func (r *coreRequests) handle(f *ferryv1.TransportFrame) { r.handleWires(f, nil) }
+
+// handleWires is handle of a produce whose messages' wire forms are wires
+// (MessageWires; nil when there are none).
+func (r *coreRequests) handleWires(f *ferryv1.TransportFrame, wires MessageWires) {
 	if f.GetCancel() != nil {
 		r.mu.Lock()
 		if stop := r.inflight[f.Id]; stop != nil {
@@ -444,6 +448,9 @@ func (r *coreRequests) handle(f *ferryv1.TransportFrame) {
 	}
 	rctx = telemetry.Extract(rctx, f.Trace)
 	rctx = WithClientCredentials(rctx, f.Client)
+	if wires != nil {
+		rctx = WithMessageWires(rctx, f.GetProduce().GetMessages(), wires)
+	}
 	r.mu.Lock()
 	r.inflight[f.Id] = rcancel
 	r.mu.Unlock()
@@ -660,10 +667,18 @@ func (c *TransportClient) serveRing(ctx, sctx context.Context, cut context.Cance
 			continue
 		}
 		f.Id = id
-		if prep != nil && f.GetProduce() != nil {
-			prep.PrepareProduce()
+		var wires MessageWires
+		if pr := f.GetProduce(); pr != nil {
+			if prep != nil {
+				prep.PrepareProduce()
+			}
+			// Kept for the store's ring (append_wire.go); a traced
+			// produce is decoded all the way, as its hops add spans.
+			if !telemetry.Enabled() {
+				wires = produceWires(p, len(pr.Messages))
+			}
 		}
-		reqs.handle(f)
+		reqs.handleWires(f, wires)
 	}
 }
 

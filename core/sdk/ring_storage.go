@@ -40,9 +40,9 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 		countFrame(conn, KindStorage, &frames)
 		switch kind {
 		case KindAppend:
-			req := &ferryv1.AppendRequest{}
-			if err := unmarshalFrame(p, req); err != nil {
-				reply(KindAppend, id, &ferryv1.AppendResponse{Seq: id, Error: ErrorToProto(fmt.Errorf("%w: append request: %v", ErrInvalidArgument, err))})
+			req, wires, err := ringAppend(s.impl, p)
+			if err != nil {
+				reply(KindAppend, id, &ferryv1.AppendResponse{Seq: id, Error: ErrorToProto(err)})
 				continue
 			}
 			req.Seq = id
@@ -50,7 +50,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 			if t := req.TimeoutNanos; t > 0 {
 				ctx, cancel = context.WithTimeout(ctx, time.Duration(t))
 			}
-			finish := s.startAppend(ctx, req, func(r *ferryv1.AppendResponse) error {
+			finish := s.startAppendOf(ctx, req, wires, func(r *ferryv1.AppendResponse) error {
 				return ringWrite(conn, KindAppend, r.Seq, r)
 			})
 			finishing.Add(1)
@@ -127,6 +127,30 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 	}
 }
 
+// ringAppend decodes an append frame: its messages kept in their wire form
+// (wires) for a store that takes them so (WireAppender) while this process
+// does not trace, decoded otherwise (wires nil).
+func ringAppend(impl Storage, p []byte) (*ferryv1.AppendRequest, []WireAppend, error) {
+	if _, ok := impl.(WireAppender); ok && !telemetry.Enabled() {
+		req, wires, ok, err := splitAppend(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ok {
+			if wires == nil {
+				wires = []WireAppend{}
+			}
+			wireAppendsTaken.Add(1)
+			return req, wires, nil
+		}
+	}
+	req := &ferryv1.AppendRequest{}
+	if err := unmarshalFrame(p, req); err != nil {
+		return nil, nil, fmt.Errorf("%w: append request: %v", ErrInvalidArgument, err)
+	}
+	return req, nil, nil
+}
+
 // ringReply is an answer to a unary call on the data plane: its kind and
 // its payload.
 type ringReply struct {
@@ -140,7 +164,16 @@ func (c *StorageClient) startRing(conn *ring.Conn) {
 	c.unary = newPending[ringReply]()
 	c.appends.once.Do(func() {
 		c.appends.send = func(r *ferryv1.AppendRequest) error {
-			if err := c.dp.write(KindAppend, r.Seq, r); err != nil {
+			wires := c.sendWires
+			c.sendWires = nil
+			var err error
+			if wires != nil {
+				err = c.dp.writeAppend(appendFrame{req: r, wires: wires})
+				wireAppendsSent.Add(1)
+			} else {
+				err = c.dp.write(KindAppend, r.Seq, r)
+			}
+			if err != nil {
 				return err
 			}
 			// The store answers an append (its write, or an early

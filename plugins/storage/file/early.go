@@ -6,7 +6,10 @@ import (
 	"github.com/ferrymq/ferry/core/sdk"
 )
 
-var _ sdk.EarlyOffsets = (*Store)(nil)
+var (
+	_ sdk.EarlyOffsets = (*Store)(nil)
+	_ sdk.WireAppender = (*Store)(nil)
+)
 
 // waitWritten blocks until the flusher wrote the log up to end (see
 // Store.written), the store failed or ctx ends, and returns offsets, the

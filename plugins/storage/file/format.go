@@ -138,30 +138,51 @@ func sizeBound(m *sdk.Message) int {
 // appendRecord encodes m with its assigned offset and stored time at the end
 // of buf.
 func appendRecord(buf []byte, m *sdk.Message, offset, stored int64) ([]byte, error) {
-	start := len(buf)
-	buf = append(buf, make([]byte, recordHeaderSize)...)
-	buf = append(buf, m.Topic...)
-	buf = append(buf, m.Id...)
 	// The message in protobuf's encoding, by vtprotobuf's generated code
 	// (reflection-free: protobuf-go's encoder was a tenth of the storage
 	// plugin's CPU under async produce); protobuf-go decodes it.
-	size := m.SizeVT()
-	buf = slices.Grow(buf, size)
+	return appendRecordOf(buf, m.Topic, m.Id, m.Queue, offset, stored, m.SizeVT(), func(b []byte) error {
+		if _, err := m.MarshalToSizedBufferVT(b); err != nil {
+			return fmt.Errorf("%w: encode message: %v", sdk.ErrInvalidArgument, err)
+		}
+		return nil
+	})
+}
+
+// appendWireRecord is appendRecord of a message in its wire form: its bytes
+// are the record's message as they are.
+func appendWireRecord(buf []byte, w *sdk.WireAppend, offset, stored int64) []byte {
+	buf, _ = appendRecordOf(buf, w.Info.Topic, w.Info.ID, w.Info.Queue, offset, stored, len(w.Wire), func(b []byte) error {
+		copy(b, w.Wire)
+		return nil
+	})
+	return buf
+}
+
+// appendRecordOf appends a record of a message of topic, id and queue at
+// the end of buf: the header, topic and id, then size bytes of the message's
+// encoding, which put writes.
+func appendRecordOf[S string | []byte](buf []byte, topic, id S, queue int32, offset, stored int64, size int, put func([]byte) error) ([]byte, error) {
+	start := len(buf)
+	buf = slices.Grow(buf, recordHeaderSize+len(topic)+len(id)+size)
+	buf = buf[:start+recordHeaderSize]
+	buf = append(buf, topic...)
+	buf = append(buf, id...)
 	at := len(buf)
 	buf = buf[:at+size]
-	if _, err := m.MarshalToSizedBufferVT(buf[at:]); err != nil {
-		return buf[:start], fmt.Errorf("%w: encode message: %v", sdk.ErrInvalidArgument, err)
+	if err := put(buf[at:]); err != nil {
+		return buf[:start], err
 	}
 	h := buf[start:]
 	binary.LittleEndian.PutUint32(h[0:], recordMagic)
 	binary.LittleEndian.PutUint32(h[4:], uint32(len(h)))
 	h[12] = kindMessage
 	h[13] = 0
-	binary.LittleEndian.PutUint16(h[14:], uint16(len(m.Topic)))
-	binary.LittleEndian.PutUint32(h[16:], uint32(m.Queue))
+	binary.LittleEndian.PutUint16(h[14:], uint16(len(topic)))
+	binary.LittleEndian.PutUint32(h[16:], uint32(queue))
 	binary.LittleEndian.PutUint64(h[20:], uint64(offset))
 	binary.LittleEndian.PutUint64(h[28:], uint64(stored))
-	binary.LittleEndian.PutUint16(h[36:], uint16(len(m.Id)))
+	binary.LittleEndian.PutUint16(h[36:], uint16(len(id)))
 	binary.LittleEndian.PutUint32(h[8:], crc32.Checksum(h[12:], castagnoli))
 	return buf, nil
 }

@@ -9,10 +9,12 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -356,6 +358,71 @@ func (s *Store) Append(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWait
 // loses nothing from then on), before its fsync (sdk.EarlyOffsets). The
 // offsets are the ones Append assigned, which AppendWait returns too.
 func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.AppendWritten, sdk.AppendWait, error) {
+	return s.appendBatch(ctx, decodedBatch(msgs))
+}
+
+// AppendWire is AppendEarly of messages in their wire form
+// (sdk.WireAppender): each one's bytes are its record's message as they
+// are, which saves decoding and encoding it again.
+func (s *Store) AppendWire(ctx context.Context, msgs []sdk.WireAppend) (sdk.AppendWritten, sdk.AppendWait, error) {
+	return s.appendBatch(ctx, wireBatch(msgs))
+}
+
+// appendSource is a batch of messages to append: decoded (AppendEarly) or
+// in their wire form (AppendWire).
+type appendSource interface {
+	count() int
+	// meta returns message i's topic, id and queue; topic and id may
+	// alias the request (valid during the call only).
+	meta(i int) (topic, id string, queue int32)
+	keepID(i int) string // message i's id, in memory of its own
+	check(i, limit int) error
+	put(buf []byte, i int, offset, stored int64) ([]byte, error)
+}
+
+type decodedBatch []*sdk.Message
+
+func (b decodedBatch) count() int { return len(b) }
+func (b decodedBatch) meta(i int) (string, string, int32) {
+	return b[i].GetTopic(), b[i].GetId(), b[i].GetQueue()
+}
+func (b decodedBatch) keepID(i int) string { return b[i].Id }
+func (b decodedBatch) check(i, limit int) error {
+	m := b[i]
+	if err := checkUTF8(m); err != nil {
+		return err
+	}
+	if sizeBound(m) > limit && recordSize(m) > limit {
+		return fmt.Errorf("%w: %d bytes encoded, more than segment_bytes allows (%d)", sdk.ErrInvalidArgument, recordSize(m), limit)
+	}
+	return nil
+}
+func (b decodedBatch) put(buf []byte, i int, offset, stored int64) ([]byte, error) {
+	return appendRecord(buf, b[i], offset, stored)
+}
+
+// wireBatch's messages passed sdk.MessageWire (UTF-8 strings included).
+type wireBatch []sdk.WireAppend
+
+func (b wireBatch) count() int { return len(b) }
+func (b wireBatch) meta(i int) (string, string, int32) {
+	w := &b[i].Info
+	return unsafe.String(unsafe.SliceData(w.Topic), len(w.Topic)), unsafe.String(unsafe.SliceData(w.ID), len(w.ID)), w.Queue
+}
+func (b wireBatch) keepID(i int) string { return string(b[i].Info.ID) }
+func (b wireBatch) check(i, limit int) error {
+	w := &b[i]
+	if n := recordHeaderSize + len(w.Info.Topic) + len(w.Info.ID) + len(w.Wire); n > limit {
+		return fmt.Errorf("%w: %d bytes encoded, more than segment_bytes allows (%d)", sdk.ErrInvalidArgument, n, limit)
+	}
+	return nil
+}
+func (b wireBatch) put(buf []byte, i int, offset, stored int64) ([]byte, error) {
+	return appendWireRecord(buf, &b[i], offset, stored), nil
+}
+
+// appendBatch is AppendEarly of msgs.
+func (s *Store) appendBatch(ctx context.Context, msgs appendSource) (sdk.AppendWritten, sdk.AppendWait, error) {
 	s.mu.RLock()
 	err := s.usable()
 	limit := int(s.cfg.SegmentBytes) - segmentHeaderSize
@@ -363,21 +430,20 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 	if err != nil {
 		return nil, nil, err
 	}
-	for i, m := range msgs {
-		if err := checkQueue(m.GetTopic(), m.GetQueue()); err != nil {
+	n := msgs.count()
+	for i := range n {
+		topic, id, queue := msgs.meta(i)
+		if err := checkQueue(topic, queue); err != nil {
 			return nil, nil, fmt.Errorf("message %d: %w", i, err)
 		}
-		if len(m.Id) > maxNameLen {
+		if len(id) > maxNameLen {
 			return nil, nil, fmt.Errorf("message %d: %w: id longer than %d bytes", i, sdk.ErrInvalidArgument, maxNameLen)
 		}
-		if err := checkUTF8(m); err != nil {
+		if err := msgs.check(i, limit); err != nil {
 			return nil, nil, fmt.Errorf("message %d: %w", i, err)
 		}
-		if sizeBound(m) > limit && recordSize(m) > limit {
-			return nil, nil, fmt.Errorf("message %d: %w: %d bytes encoded, more than segment_bytes allows (%d)", i, sdk.ErrInvalidArgument, recordSize(m), limit)
-		}
 	}
-	if len(msgs) == 0 {
+	if n == 0 {
 		// Also the broker's probe of a full store: answered with the
 		// sticky failure while there is one.
 		if err := s.failure(); err != nil {
@@ -413,24 +479,25 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		s.mu.Unlock()
 		return nil, nil, err
 	}
-	offsets := make([]int64, len(msgs))
+	offsets := make([]int64, n)
 	stored := started.UnixNano()
 	var q *queue
 	added := 0
-	for i, m := range msgs {
-		if q == nil || q.key.topic != m.Topic || q.key.queue != m.Queue {
-			q = s.queueFor(queueKey{m.Topic, m.Queue})
+	for i := range n {
+		topic, id, queue := msgs.meta(i)
+		if q == nil || q.key.topic != topic || q.key.queue != queue {
+			q = s.queueFor(queueKey{topic, queue})
 		}
 		var idHash uint64
-		if m.Id != "" {
-			idHash = dedupHash(m.Id)
-			if off, ok := q.dedup.lookup(idHash, m.Id); ok {
+		if id != "" {
+			idHash = dedupHash(id)
+			if off, ok := q.dedup.lookup(idHash, id); ok {
 				offsets[i] = off
 				continue
 			}
 		}
 		at := len(s.buf)
-		buf, err := appendRecord(s.buf, m, q.end(), stored)
+		buf, err := msgs.put(s.buf, i, q.end(), stored)
 		if err != nil {
 			// checkUTF8 rules out what proto refuses to encode; if
 			// it still fails, earlier messages of the batch are
@@ -461,8 +528,8 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 		}
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		q.times.note(offsets[i], stored)
-		if m.Id != "" {
-			q.dedup.add(idHash, m.Id, offsets[i])
+		if id != "" {
+			q.dedup.add(idHash, msgs.keepID(i), offsets[i])
 		}
 		s.apos += size
 		added++
@@ -496,6 +563,7 @@ func (s *Store) AppendEarly(ctx context.Context, msgs []*sdk.Message) (sdk.Appen
 func (s *Store) queueFor(k queueKey) *queue {
 	q := s.queues[k]
 	if q == nil {
+		k.topic = strings.Clone(k.topic) // the caller's may alias a request
 		q = &queue{key: k}
 		s.queues[k] = q
 	}
