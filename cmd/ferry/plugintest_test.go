@@ -101,6 +101,47 @@ func TestPluginTestGoExample(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "PASS  ConcurrentAppenders") {
 		t.Fatalf("ferry plugin test storage of the Go example: exit %d\n%s", code, out)
 	}
+	// The module's own go vet and go test (its main_test.go runs
+	// sdktest.TestStorage), as a third party's CI would run them.
+	goCmd := func(args ...string) (string, error) {
+		c := exec.Command("go", args...)
+		c.Dir = build.Dir
+		b, err := c.CombinedOutput()
+		return string(b), err
+	}
+	if out, err := goCmd("vet", "./..."); err != nil {
+		t.Fatalf("go vet in examples/plugins/go-storage: %v\n%s", err, out)
+	}
+	if out, err := goCmd("test", "-count=1", "-run", "TestConformance/(direct|grpc)/", "./..."); err != nil {
+		t.Fatalf("go test in examples/plugins/go-storage: %v\n%s", err, out)
+	}
+	// The control: with its de-dup switched off (main.go patched, through
+	// an overlay), the module's own go test fails the de-dup cases.
+	src, err := os.ReadFile(filepath.Join(build.Dir, "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dedup = "if off, dup := q.ids[m.Id]; dup && m.Id != \"\" {"
+	if !bytes.Contains(src, []byte(dedup)) {
+		t.Fatalf("examples/plugins/go-storage/main.go has no %q to patch", dedup)
+	}
+	dir := t.TempDir()
+	patched := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(patched, bytes.Replace(src, []byte(dedup), []byte("if off, dup := q.ids[m.Id]; false && dup {"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	abs, err := filepath.Abs(filepath.Join(build.Dir, "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay, _ := json.Marshal(map[string]any{"Replace": map[string]string{abs: patched}})
+	if err := os.WriteFile(filepath.Join(dir, "overlay.json"), overlay, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = goCmd("test", "-count=1", "-overlay", filepath.Join(dir, "overlay.json"), "-run", "TestConformance/direct/Dedup$", "./...")
+	if err == nil || !strings.Contains(out, "FAIL: TestConformance/direct/Dedup") {
+		t.Fatalf("the Go example without de-dup passed its own go test: the test cannot fail\n%s", out)
+	}
 }
 
 // pythonForPlugins returns the interpreter the Python example runs on

@@ -140,7 +140,8 @@ without them is refused before anything starts.`,
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.Duration, "duration", 20*time.Second, "how long the producers send")
-	f.IntVar(&o.Producers, "producers", 4, "producers, each with a key of its own")
+	f.IntVar(&o.Producers, "producers", 4, "producers, each with keys of its own")
+	f.IntVar(&o.Keys, "keys", 1, "keys per producer, 1 to 10000: its messages take them in turn, and the order is checked per key")
 	f.StringVar(&o.Mode, "mode", "sync", "their send mode: sync, async (--inflight in flight each) or oneway (promises nothing)")
 	f.IntVar(&o.Inflight, "inflight", 256, "async: messages in flight per producer")
 	f.Float64Var(&o.Rate, "rate", 0, "messages per second per producer (open loop: latency from when each was due); 0: as fast as answers allow")

@@ -299,16 +299,22 @@ func TestPowerLossHookRefusesStrangers(t *testing.T) {
 // nothing, and verify says what of them was stored, failing nothing for it.
 func TestVerifyAsyncAndOneway(t *testing.T) {
 	for _, c := range []struct {
-		mode, faults, rate string
+		mode, faults, rate, keys string
 	}{
-		{"async", "kill:broker@1s-1500ms", ""},
-		{"oneway", "kill:transport@1s", ""},
+		// Five keys per producer: their messages are in flight
+		// together, and each key's order is checked.
+		{"async", "kill:broker@1s-1500ms", "", "5"},
+		{"oneway", "kill:transport@1s", "", ""},
 		// Paced: at most 100 a second from each of the 2 producers.
-		{"async", "kill:transport@1s", "100"},
+		{"async", "kill:transport@1s", "100", ""},
 	} {
 		out := t.TempDir()
 		args := []string{"verify", "../../pipelines/broker.yaml", "--mode", c.mode, "--duration", "3s", "--producers", "2", "--faults", c.faults, "--out", out}
 		want := c.mode + " producer(s)"
+		if c.keys != "" {
+			args = append(args, "--keys", c.keys)
+			want += " of " + c.keys + " keys each"
+		}
 		if c.rate != "" {
 			args = append(args, "--rate", c.rate)
 			want += " at " + c.rate + " msgs/s each"
@@ -323,6 +329,7 @@ func TestVerifyAsyncAndOneway(t *testing.T) {
 		}
 		var probe struct {
 			Rate   float64 `json:"rate"`
+			Keys   int     `json:"keys_per_producer"`
 			Result struct {
 				Sent   int `json:"sent"`
 				Acked  int `json:"acked_ok"`
@@ -331,6 +338,9 @@ func TestVerifyAsyncAndOneway(t *testing.T) {
 		}
 		if err := json.Unmarshal(data, &probe); err != nil {
 			t.Fatal(err)
+		}
+		if wantKeys := map[string]int{"": 1, "5": 5}[c.keys]; probe.Keys != wantKeys {
+			t.Errorf("keys_per_producer %d in results.json, want %d", probe.Keys, wantKeys)
 		}
 		if c.rate != "" {
 			// Never faster than the pace (a loaded machine may be slower);

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/client"
+	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/core/verify"
 	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/plugins/storage/file"
 )
@@ -76,8 +78,9 @@ func aliveNotZombie(pid int) bool {
 
 // crashLoop runs rounds of: start the broker, produce with sync sends from
 // several producers for a while, then crash storage and broker together.
-// It returns what the producers were told and every id they tried.
-func crashLoop(t *testing.T, storageConfig string, rounds int) (map[string]acked, map[string]bool, string) {
+// It returns every send and what its producer was told (core/verify's
+// record of a send: acknowledged OK where, or of unknown outcome).
+func crashLoop(t *testing.T, storageConfig string, rounds int) ([]verify.Send, string) {
 	dir := t.TempDir()
 	addr := ferrytest.FreeAddr(t)
 	yaml := filepath.Join(dir, "broker.yaml")
@@ -91,9 +94,10 @@ topics: [{name: t, queues: 4}]
 		t.Fatal(err)
 	}
 	r := &crashRun{t: t, bin: ferrytest.BinaryWithTags(t, "ferry_faults"), yaml: yaml, addr: addr}
-	var mu sync.Mutex
-	ack := map[string]acked{}
-	tried := map[string]bool{}
+	var (
+		mu    sync.Mutex
+		sends []verify.Send
+	)
 	for round := 0; round < rounds; round++ {
 		r.start()
 		cl, err := client.Dial(context.Background(), addr)
@@ -103,19 +107,29 @@ topics: [{name: t, queues: 4}]
 		ctx, stop := context.WithTimeout(context.Background(), 700*time.Millisecond)
 		var wg sync.WaitGroup
 		for w := 0; w < 4; w++ {
-			p := cl.NewProducer(client.ProducerOptions{ID: fmt.Sprintf("r%dw%d", round, w), Retries: client.NoRetries, Timeout: 2 * time.Second})
+			id := fmt.Sprintf("r%dw%d", round, w)
+			p := cl.NewProducer(client.ProducerOptions{ID: id, Retries: client.NoRetries, Timeout: 2 * time.Second})
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for i := 0; ctx.Err() == nil; i++ {
-					res, err := p.SendSync(ctx, client.Message{Topic: "t", Key: fmt.Sprint(i % 7), Body: []byte("payload")})
+					key := fmt.Sprint(i % 7)
+					res, err := p.SendSync(ctx, client.Message{Topic: "t", Key: key, Body: []byte("payload")})
+					if res.ID == "" {
+						continue
+					}
+					// A key's sends from one producer are in order
+					// (each after the previous one's answer); keys
+					// are per producer for the order check.
+					s := verify.Send{ID: res.ID, Key: id + "/" + key, Seq: int64(i), Outcome: verify.OutcomeUnknown, Queue: -1, Offset: -1}
+					if err == nil {
+						s.Status, s.Outcome = res.Status, verify.OutcomeWeak
+						if res.Status == ferryv1.Status_STATUS_OK {
+							s.Outcome, s.Queue, s.Offset = verify.OutcomeOK, res.Queue, res.Offset
+						}
+					}
 					mu.Lock()
-					if res.ID != "" {
-						tried[res.ID] = true
-					}
-					if err == nil && res.Status == sdk.Status(1) {
-						ack[res.ID] = acked{res.Queue, res.Offset}
-					}
+					sends = append(sends, s)
 					mu.Unlock()
 				}
 			}()
@@ -127,7 +141,7 @@ topics: [{name: t, queues: 4}]
 		wg.Wait()
 		cl.Close()
 	}
-	return ack, tried, filepath.Join(dir, "data")
+	return sends, filepath.Join(dir, "data")
 }
 
 // readStore opens the store left by the crashes and returns every message.
@@ -154,34 +168,38 @@ func readStore(t *testing.T, dataDir, config string) map[int32][]*sdk.Message {
 	return out
 }
 
-// checkCrashes compares what producers were told with what survived and
-// returns how many acknowledged messages were lost.
-func checkCrashes(t *testing.T, ack map[string]acked, tried map[string]bool, stored map[int32][]*sdk.Message) (lost int) {
-	seen := map[string]acked{}
+// checkCrashes compares what producers were told with what survived, with
+// core/verify's checker (the one definition of lost, duplicated, unexpected,
+// out of order and wrong offset that ferry verify uses), reports every
+// failure but loss, and returns the result. Offsets must also be dense.
+func checkCrashes(t *testing.T, sends []verify.Send, stored map[int32][]*sdk.Message) *verify.Result {
+	t.Helper()
+	var log []verify.Stored
 	for q, msgs := range stored {
 		for i, m := range msgs {
 			if m.Offset != int64(i) {
 				t.Errorf("queue %d: message %d has offset %d (offsets must be dense)", q, i, m.Offset)
 			}
-			if prev, dup := seen[m.Id]; dup {
-				t.Errorf("%s stored twice: %v and %d/%d", m.Id, prev, q, m.Offset)
-			}
-			seen[m.Id] = acked{q, m.Offset}
-			if !tried[m.Id] {
-				t.Errorf("unexpected message %s at %d/%d: no producer sent it", m.Id, q, m.Offset)
-			}
+			log = append(log, verify.Stored{ID: m.Id, Key: m.Key, Queue: q, Offset: m.Offset})
 		}
 	}
-	for id, a := range ack {
-		got, ok := seen[id]
-		switch {
-		case !ok:
-			lost++
-		case got != a:
-			t.Errorf("%s acknowledged at %v but stored at %v", id, a, got)
+	// The checker knows a stored message's key from its send (the
+	// producer and the key): the store holds the message's key alone.
+	keys := make(map[string]string, len(sends))
+	for _, s := range sends {
+		keys[s.ID] = s.Key
+	}
+	for i := range log {
+		if k, ok := keys[log[i].ID]; ok {
+			log[i].Key = k
 		}
 	}
-	return lost
+	r := verify.Check(sends, log)
+	if r.Duplicated > 0 || r.Unexpected > 0 || r.OutOfOrder > 0 || r.WrongOffset > 0 || r.RefusedStored > 0 {
+		t.Errorf("duplicated %d, unexpected %d, out of order %d, wrong offset %d, refused but stored %d; e.g. %v",
+			r.Duplicated, r.Unexpected, r.OutOfOrder, r.WrongOffset, r.RefusedStored, r.Examples)
+	}
+	return r
 }
 
 // Issue 3's crash test: a broker with flush: sync is killed again and again,
@@ -189,14 +207,14 @@ func checkCrashes(t *testing.T, ack map[string]acked, tried map[string]bool, sto
 // acknowledged message survives exactly once, where its producer was told.
 func TestCrashSyncFlushLosesNothingAcked(t *testing.T) {
 	const config = `{"flush": "sync", "segment_bytes": "64KiB"}`
-	ack, tried, dir := crashLoop(t, config, 4)
-	if len(ack) < 100 {
-		t.Fatalf("only %d messages acknowledged: the test did not load the broker", len(ack))
+	sends, dir := crashLoop(t, config, 4)
+	r := checkCrashes(t, sends, readStore(t, dir, config))
+	if r.Acked < 100 {
+		t.Fatalf("only %d messages acknowledged: the test did not load the broker", r.Acked)
 	}
-	lost := checkCrashes(t, ack, tried, readStore(t, dir, config))
-	t.Logf("flush sync: %d acknowledged, %d tried, %d lost", len(ack), len(tried), lost)
-	if lost != 0 {
-		t.Errorf("%d acknowledged messages lost with flush: sync", lost)
+	t.Logf("flush sync: %d acknowledged, %d tried, %d lost", r.Acked, r.Sent, r.Lost)
+	if r.Lost != 0 {
+		t.Errorf("%d acknowledged messages lost with flush: sync, e.g. %v", r.Lost, r.Examples["lost"])
 	}
 }
 
@@ -204,10 +222,10 @@ func TestCrashSyncFlushLosesNothingAcked(t *testing.T) {
 // same crashes lose acknowledged messages, and the checker sees it.
 func TestCrashAsyncFlushLosesAckedMessages(t *testing.T) {
 	const config = `{"flush": "async", "flush_interval": "1h", "flush_bytes": "1GiB", "segment_bytes": "64KiB"}`
-	ack, tried, dir := crashLoop(t, config, 2)
-	lost := checkCrashes(t, ack, tried, readStore(t, dir, config))
-	t.Logf("flush async: %d acknowledged, %d tried, %d lost", len(ack), len(tried), lost)
-	if lost == 0 {
+	sends, dir := crashLoop(t, config, 2)
+	r := checkCrashes(t, sends, readStore(t, dir, config))
+	t.Logf("flush async: %d acknowledged, %d tried, %d lost", r.Acked, r.Sent, r.Lost)
+	if r.Lost == 0 {
 		t.Errorf("no loss seen with flush: async and no fsync before the crash: the checker is blind")
 	}
 }

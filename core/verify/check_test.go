@@ -2,6 +2,7 @@ package verify
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -93,5 +94,61 @@ func TestCheckCopies(t *testing.T) {
 	r := CheckCopies(sent, map[string]int{"a": 2, "c": 1, "x": 1})
 	if r.Acked != 2 || r.Lost != 1 || r.Duplicated != 1 || r.Unexpected != 1 || r.UnknownStored != 1 || r.Stored != 4 || r.WrongOffset != 0 || r.OutOfOrder != 0 {
 		t.Fatalf("%+v", r)
+	}
+}
+
+// The verdict under flush: async at a power loss: a loss of what was
+// acknowledged within flush_interval (+ slack) before the cut is reported
+// (lost at power loss) and passes; a loss of anything older exceeds what
+// flush async promises and fails the run, naming the fault it followed.
+func TestVerdictOnFlushAsyncPowerLoss(t *testing.T) {
+	start := time.Unix(0, 0)
+	// m0 acked at 1s (long before the cut at 3s), m1 at 2.9s (within the
+	// 500ms interval + slack), m2 at 4.5s (after the restart).
+	run := func(lost ...string) *Report {
+		gone := map[string]bool{}
+		for _, id := range lost {
+			gone[id] = true
+		}
+		var sends []Send
+		var stored []Stored
+		for i, at := range []time.Duration{time.Second, 2900 * time.Millisecond, 4500 * time.Millisecond} {
+			id := fmt.Sprintf("m%d", i)
+			sends = append(sends, Send{ID: id, Key: "k", Seq: int64(i), Start: start.Add(at - time.Millisecond), Latency: time.Millisecond, Outcome: OutcomeOK, Queue: 0, Offset: int64(len(stored))})
+			if !gone[id] {
+				stored = append(stored, Stored{ID: id, Key: "k", Queue: 0, Offset: int64(len(stored))})
+			}
+		}
+		rep := &Report{Flush: "async", FlushInterval: 500 * time.Millisecond, Mode: "sync", Duration: 5 * time.Second,
+			Faults: []FaultRecord{{Fault: Fault{Kind: "power-loss", Target: "broker", At: 3 * time.Second}, Injected: 3 * time.Second, Healed: 4 * time.Second}}}
+		rep.Result = Check(sends, stored)
+		summarize(rep, sends, start)
+		return rep
+	}
+	if rep := run(); rep.Verdict != "pass" || rep.LostAtPowerLoss != 0 {
+		t.Fatalf("nothing lost: verdict %s %v, lost at power loss %d", rep.Verdict, rep.Reasons, rep.LostAtPowerLoss)
+	}
+	rep := run("m1")
+	if rep.Verdict != "pass" || rep.LostAtPowerLoss != 1 || rep.LossWindow <= 0 || rep.LossWindow > 500*time.Millisecond+PowerLossSlack {
+		t.Fatalf("m1 lost within the window: verdict %s %v, lost at power loss %d, window %s; want pass, 1 reported", rep.Verdict, rep.Reasons, rep.LostAtPowerLoss, rep.LossWindow)
+	}
+	var table strings.Builder
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "1 lost at power loss") {
+		t.Fatalf("the table does not report the permitted loss:\n%s", table.String())
+	}
+	// The controls: an older loss, and a loss of what the restarted
+	// node acknowledged, fail.
+	for _, id := range []string{"m0", "m2"} {
+		rep := run(id)
+		why := strings.Join(rep.Reasons, "; ")
+		if rep.Verdict != "fail" || !strings.Contains(why, "flush async may lose at a power loss only what was acknowledged within flush_interval 500ms") {
+			t.Fatalf("%s lost: verdict %s (%s), want a failure beyond what flush async permits", id, rep.Verdict, why)
+		}
+		if id == "m2" && !strings.Contains(why, "acknowledged after power-loss") {
+			t.Errorf("%s lost: the reason does not name the fault it followed: %s", id, why)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -165,6 +166,9 @@ func TestGroupVerdictOnCluster(t *testing.T) {
 		fail     string
 	}{
 		{"clean", false, GroupResult{Delivered: 4}, ""},
+		// A group's duplicates (redeliveries) are permitted and said
+		// so in the table; the failing cases below are the controls.
+		{"redelivered", false, GroupResult{Delivered: 4, Redelivered: 3}, ""},
 		{"not stored after a failover", true, GroupResult{Delivered: 5, NotStored: 1}, ""},
 		{"not stored without one", false, GroupResult{Delivered: 5, NotStored: 1}, "the topic does not hold"},
 		{"missing", true, GroupResult{Delivered: 3, Missing: 1}, "never delivered 1 stored"},
@@ -186,6 +190,15 @@ func TestGroupVerdictOnCluster(t *testing.T) {
 				t.Fatalf("verdict %s: %v", rep.Verdict, rep.Reasons)
 			case c.fail != "" && (rep.Verdict != "fail" || !strings.Contains(strings.Join(rep.Reasons, "; "), c.fail)):
 				t.Fatalf("verdict %s: %v, want a failure with %q", rep.Verdict, rep.Reasons, c.fail)
+			}
+			if g.Redelivered > 0 {
+				var table strings.Builder
+				if err := rep.WriteTable(&table); err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprintf("redelivered %d (duplicates: at least once permits them, not a failure)", g.Redelivered); !strings.Contains(table.String(), want) {
+					t.Fatalf("the table does not say the group's duplicates are permitted (%q):\n%s", want, table.String())
+				}
 			}
 		})
 	}

@@ -32,9 +32,12 @@ type Options struct {
 	Exe       string        // the ferry binary that runs the node
 	Topic     string        // default: the pipeline's first topic
 	Duration  time.Duration // of the workload
-	Producers int           // producers, one key each
-	Mode      string        // their send mode: sync (default), async or oneway
-	Inflight  int           // async: messages in flight per producer (default 256)
+	Producers int           // producers
+	// Keys is how many keys each producer sends under, in turn (default
+	// 1): a key is one producer's, so its order is the order sent.
+	Keys     int
+	Mode     string // their send mode: sync (default), async or oneway
+	Inflight int    // async: messages in flight per producer (default 256)
 	// Rate paces each producer at this many messages per second (open
 	// loop: each send's latency counts from when it was due, so a broker
 	// that falls behind shows it); 0 sends as fast as answers allow.
@@ -91,6 +94,7 @@ type Report struct {
 	LossWindow      time.Duration  `json:"loss_window_ns"`
 	Duration        time.Duration  `json:"duration_ns"`
 	Producers       int            `json:"producers"`
+	Keys            int            `json:"keys_per_producer"`
 	Mode            string         `json:"mode"`
 	Rate            float64        `json:"rate,omitempty"`
 	Size            int            `json:"size"`
@@ -151,6 +155,12 @@ type SendRecord struct {
 func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Duration <= 0 || o.Producers <= 0 || o.Size < 64 {
 		return nil, fmt.Errorf("verify: duration, producers must be positive and size at least 64 bytes")
+	}
+	if o.Keys == 0 {
+		o.Keys = 1
+	}
+	if o.Keys < 0 || o.Keys > 10000 {
+		return nil, fmt.Errorf("verify: keys %d: want 1 to 10000 keys per producer", o.Keys)
 	}
 	if o.Rate < 0 || math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
 		return nil, fmt.Errorf("verify: rate %v: want messages per second per producer, or 0 for as fast as answers allow", o.Rate)
@@ -259,7 +269,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{
 		Pipeline: o.Pipeline, RunID: fmt.Sprintf("v%x", time.Now().UnixNano()&0xffffffffff), Seed: o.Seed,
-		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Mode: o.Mode, Rate: o.Rate, Size: o.Size, Dir: dir,
+		Topic: topic, Storage: p.pipeline.Plugins.Storage.Type, Duration: o.Duration, Producers: o.Producers, Keys: o.Keys, Mode: o.Mode, Rate: o.Rate, Size: o.Size, Dir: dir,
 	}
 	if f, ok := p.pipeline.Plugins.Storage.Config["flush"].(string); ok {
 		rep.Flush = f
@@ -394,7 +404,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := work{c: c, run: rep.RunID, topic: topic, i: i, size: o.Size, start: start, end: start.Add(o.Duration), rate: o.Rate, rec: rec}
+			w := work{c: c, run: rep.RunID, topic: topic, i: i, keys: o.Keys, size: o.Size, start: start, end: start.Add(o.Duration), rate: o.Rate, rec: rec}
 			switch o.Mode {
 			case "async":
 				w.async(wctx, o.Inflight)
@@ -511,6 +521,7 @@ type work struct {
 	run   string
 	topic string
 	i     int
+	keys  int // keys per producer, each message the next in turn
 	size  int
 	start time.Time
 	end   time.Time
@@ -537,18 +548,28 @@ func (w *work) due(ctx context.Context, seq int64) time.Time {
 	return at
 }
 
-func (w *work) key() string { return fmt.Sprintf("%s-p%d", w.run, w.i) }
+// producer names the producer in its messages' ids and keys.
+func (w *work) producer() string { return fmt.Sprintf("%s-p%d", w.run, w.i) }
+
+// key is the seq-th message's key: the producer's, or with several keys
+// per producer the producer's k-th, in turn.
+func (w *work) key(seq int64) string {
+	if w.keys <= 1 {
+		return w.producer()
+	}
+	return fmt.Sprintf("%s-k%d", w.producer(), seq%int64(w.keys))
+}
 
 // message returns the seq-th message: its id and its body carry the run,
 // the producer and seq.
 func (w *work) message(seq int64) client.Message {
-	id := fmt.Sprintf("%s-%d", w.key(), seq)
+	id := fmt.Sprintf("%s-%d", w.producer(), seq)
 	body := make([]byte, w.size)
 	copy(body, id)
 	for j := len(id); j < w.size; j++ {
 		body[j] = 'a' + byte((j+int(seq))%26)
 	}
-	return client.Message{ID: id, Topic: w.topic, Key: w.key(), Body: body}
+	return client.Message{ID: id, Topic: w.topic, Key: w.key(seq), Body: body}
 }
 
 // outcome records how a send ended.

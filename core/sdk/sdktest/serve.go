@@ -75,6 +75,10 @@ func (d dropClosedListener) Write(p []byte) (int, error) {
 	return d.w.Write(p)
 }
 
+// servedLog wraps the writer of a served plugin's logger (a test takes the
+// filter out, as its control).
+var servedLog = func(w io.Writer) io.Writer { return dropClosedListener{w} }
+
 // ServeStorage serves impl over go-plugin's gRPC transport inside the test
 // process (go-plugin's test mode) and returns the host's client for it, as the
 // broker would get it from a plugin process. stop ends the connection and the
@@ -148,7 +152,7 @@ func servePlugin(t testing.TB, opts sdk.ServeOpts, kind string, withRing bool) (
 	// go-plugin's server logs the normal end of its listener in test mode
 	// (stop closes it) as an ERROR "grpc server: ... use of closed network
 	// connection"; the served side's logger drops that one line.
-	opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: dropClosedListener{TestWriter(t)}, Level: hclog.Warn})
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "sdktest", Output: servedLog(TestWriter(t)), Level: hclog.Warn})
 	if withRing {
 		var err error
 		if seg, err = ring.Create(ring.MinRingSize); err != nil {
