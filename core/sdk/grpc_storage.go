@@ -348,6 +348,10 @@ type StorageClient struct {
 	// sent (MessageWires), from its build to the ring's send: both run
 	// under appends.mu.
 	sendWires MessageWires
+
+	// appendPace is how soon the plugin answers appends on the ring: the
+	// host spins for an answer only while they come within appendExpect.
+	appendPace answerPace
 	unary     *pending[ringReply] // CommitOffsets and GetOffsets on the data plane
 
 	ctx    context.Context // lives as long as the client; ends the streams

@@ -30,12 +30,17 @@ type transportServer struct {
 // before the host opens Connect).
 func (s *transportServer) useRing(conn *ring.Conn) {
 	core := &coreClient{calls: newPending[*ferryv1.CoreFrame]()}
+	var pace answerPace // how soon the core answers produces
 	core.sendFrame = func(f *ferryv1.TransportFrame) error {
 		err := ringWrite(conn, KindTransportFrame, f.Id, f)
 		if err == nil && f.GetProduce() != nil {
 			// The core answers a produce once the store has it:
-			// wait for it awake (ProduceExpect).
-			conn.Expect(produceExpect)
+			// wait for it awake (ProduceExpect), unless its answers
+			// come later than that (a store that fsyncs first).
+			pace.sent(f.Id)
+			if pace.worthSpinning(produceExpect) {
+				conn.Expect(produceExpect)
+			}
 		}
 		return err
 	}
@@ -56,6 +61,7 @@ func (s *transportServer) useRing(conn *ring.Conn) {
 				return
 			}
 			tok := conn.Expecting()
+			pace.answered(id)
 			core.calls.resolve(id, f, nil)
 			if core.calls.idle() {
 				conn.Settle(tok) // no answer awaited: spin no longer (ProduceExpect)

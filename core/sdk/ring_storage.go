@@ -177,8 +177,13 @@ func (c *StorageClient) startRing(conn *ring.Conn) {
 				return err
 			}
 			// The store answers an append (its write, or an early
-			// "written") within tens of microseconds: wait for it awake.
-			conn.Expect(appendExpect)
+			// "written") within tens of microseconds: wait for it
+			// awake, unless its answers come later than that (a store
+			// that fsyncs first; a loaded machine).
+			c.appendPace.sent(r.Seq)
+			if c.appendPace.worthSpinning(appendExpect) {
+				conn.Expect(appendExpect)
+			}
 			return nil
 		}
 		c.appends.close = func() error { return nil }
@@ -213,6 +218,7 @@ func (c *StorageClient) ringAnswers(conn *ring.Conn) {
 					return fmt.Errorf("%w: append answer %d: %v", ring.ErrCorrupt, id, err)
 				}
 				r.Seq = id
+				c.appendPace.answered(id)
 				if seq := c.answerSeq(r); seq != 0 {
 					tok := conn.Expecting()
 					c.appends.calls.resolve(seq, r, nil)
