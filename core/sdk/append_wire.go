@@ -16,7 +16,8 @@ import (
 //
 // On the ring data plane a produce request reaches the core as the bytes the
 // transport forwarded. The core decodes it (its checks and routing need the
-// fields) but keeps each message's encoding beside it (MessageWires); when
+// fields; the decoding checks the bytes) but keeps each message's encoding
+// beside it (MessageWires); when
 // the batch goes on to the store, the core writes those bytes into the
 // store's ring as they are, followed by the fields the broker sets (queue,
 // born_unix_nano: protobuf's last value of a field counts), instead of
@@ -39,8 +40,8 @@ func WireAppendCounts() (sent, taken uint64) {
 }
 
 // MessageWires are the wire forms of a batch's messages: w[i] is the
-// encoding (a Message) that msgs[i] was decoded from, checked by
-// MessageWire, or nil when msgs[i] has none. Whoever holds both must not
+// encoding (a Message) that msgs[i] was decoded from, or nil when msgs[i]
+// has none. Whoever holds both must not
 // change a message's fields other than its queue and born_unix_nano while
 // its encoding travels with it (the core writes those two after it).
 type MessageWires [][]byte
@@ -84,9 +85,12 @@ const (
 )
 
 // produceWires returns the wire form of each of the n messages of the
-// produce request in TransportFrame frame p, each checked by MessageWire,
-// or nil when there are not exactly n, one fails the check, or the frame
-// holds its produce request in more than one piece (which a decoder merges).
+// produce request in TransportFrame frame p, which decoded to them already
+// (its decoding checked them: structure, strings in UTF-8), or nil when there
+// are not exactly n or the frame holds its produce request in more than one
+// piece (which a decoder merges). A message's fields that Message lacks stay
+// in its wire form, as the decoded message keeps them as unknown fields and
+// encoding it writes them out: the store gets them either way.
 func produceWires(p []byte, n int) MessageWires {
 	var req []byte
 	seen := false
@@ -121,9 +125,6 @@ func produceWires(p []byte, n int) MessageWires {
 			}
 			v, l := protowire.ConsumeBytes(req)
 			if l < 0 {
-				return nil
-			}
-			if _, ok := MessageWire(v); !ok {
 				return nil
 			}
 			wires = append(wires, v)
