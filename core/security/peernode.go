@@ -180,6 +180,11 @@ func (t PeerTLS) NodeIDsVerified() bool { return t.Enabled() && t.verifiesNodeID
 // certificates (PeerTLS.NodeIDsVerified).
 func (p *Peers) BindsNodes() bool { return p != nil && p.bindNode }
 
+// CheckServer is checkServer, for a caller that ran Client itself.
+func (p *Peers) CheckServer(state *tls.ConnectionState, addr string, ids []string, what string) error {
+	return p.checkServer(state, addr, ids, what)
+}
+
 // checkServer checks, on a link this node dialled to addr, that the
 // certificate the peer served (state) names one of ids, the nodes this
 // link may reach (what: the config key listing them, for the error). It
