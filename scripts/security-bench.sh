@@ -6,8 +6,10 @@
 # every call is authenticated and its ACL entries are checked) has Pub and
 # Sub on the topic and Sub on the bench's groups. Workloads: async produce
 # (4 producers, 256 in flight each), one sync producer (its p50), and pull
-# consume of what the produce left. Reps interleave open and secure, the
-# order reversed on every rep; the medians and secure ÷ open are printed.
+# consume (each run's node is new: what it consumes is produced first,
+# untimed). A third setting, tls, has TLS and no users: what TLS alone
+# costs. Reps interleave the settings, the order reversed on every rep;
+# the medians and each setting ÷ open are printed.
 # The target (issue 14): secure ≥ 0.85 × open.
 #
 #   scripts/security-bench.sh [REPS]                 (default 3)
@@ -57,6 +59,10 @@ EOP
   transport:
     type: grpc
     config: {tls: {cert_file: "$tmp/broker.pem", key_file: "$tmp/broker-key.pem"}}
+EOP
+	fi
+	if [ "$1" = secure ]; then
+		cat <<EOP
 security:
   users:
     - name: app
@@ -70,14 +76,16 @@ EOP
 	echo "  - {name: orders, queues: 4}"
 }
 pipeline open >"$tmp/open.yaml"
+pipeline tls >"$tmp/tls.yaml"
 pipeline secure >"$tmp/secure.yaml"
-"$bin" validate "$tmp/open.yaml" "$tmp/secure.yaml" >/dev/null
+"$bin" validate "$tmp/open.yaml" "$tmp/tls.yaml" "$tmp/secure.yaml" >/dev/null
 
 run() { # setting workload → one JSON result on stdout
 	local s=$1 w=$2 args=()
-	if [ "$s" = secure ]; then
-		args=(--tls-ca "$tmp/ca.pem" --user app --password-file "$tmp/password")
-	fi
+	case $s in
+	tls) args=(--tls-ca "$tmp/ca.pem") ;;
+	secure) args=(--tls-ca "$tmp/ca.pem" --user app --password-file "$tmp/password") ;;
+	esac
 	case $w in
 	produce) "$bin" bench produce --embedded "$tmp/$s.yaml" --mode async --producers 4 --count "$count" --json --progress never "${args[@]}" ;;
 	sync1) "$bin" bench produce --embedded "$tmp/$s.yaml" --mode sync --producers 1 --count $((count / 20)) --json --progress never "${args[@]}" ;;
@@ -96,14 +104,14 @@ if "$bin" bench produce --embedded "$tmp/secure.yaml" --count 10 --progress neve
 	exit 1
 fi
 echo "load before: $(uptime)"
-order=(open secure)
+order=(open tls secure)
 for ((r = 1; r <= reps; r++)); do
 	for w in produce sync1 consume; do
 		for s in "${order[@]}"; do
 			run "$s" "$w" >"$tmp/$w-$s-$r.json"
 		done
 	done
-	order=("${order[1]}" "${order[0]}")
+	order=("${order[2]}" "${order[1]}" "${order[0]}")
 done
 echo "load after: $(uptime)"
 
@@ -115,7 +123,7 @@ def res(w, s, r):
 print("%-8s %-7s %12s %12s %10s" % ("workload", "setting", "msgs/s", "p50 µs", "failed"))
 for w in ("produce", "sync1", "consume"):
     med = {}
-    for s in ("open", "secure"):
+    for s in ("open", "tls", "secure"):
         rs = [res(w, s, r) for r in range(1, reps + 1)]
         rate = statistics.median(x["msgs_per_sec"] for x in rs)
         p50 = statistics.median((x.get("latency") or {}).get("p50_us", 0) for x in rs)
@@ -123,9 +131,12 @@ for w in ("produce", "sync1", "consume"):
         med[s] = (rate, p50)
         print("%-8s %-7s %12.0f %12.0f %10d   runs: %s" % (w, s, rate, p50, failed,
               " ".join("%.0f" % x["msgs_per_sec"] for x in rs)))
-    ratio = med["secure"][0] / med["open"][0]
-    line = "%-8s secure ÷ open: rate %.3f" % (w, ratio)
-    if med["open"][1]:
-        line += ", p50 %.3f" % (med["secure"][1] / med["open"][1])
-    print(line + ("  (target ≥ 0.85: %s)" % ("met" if ratio >= 0.85 else "NOT met")))
+    for s in ("tls", "secure"):
+        ratio = med[s][0] / med["open"][0]
+        line = "%-8s %s ÷ open: rate %.3f" % (w, s, ratio)
+        if med["open"][1]:
+            line += ", p50 %.3f" % (med[s][1] / med["open"][1])
+        if s == "secure":
+            line += "  (target ≥ 0.85: %s)" % ("met" if ratio >= 0.85 else "NOT met")
+        print(line)
 EOP
