@@ -2,6 +2,7 @@ package security
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -80,4 +81,44 @@ func TestCheck(t *testing.T) {
 	if _, err := a.Check("ghost", "Pub", "Topic:x", ""); !errors.Is(err, ErrNoUser) {
 		t.Errorf("check of an unknown user: %v; want ErrNoUser", err)
 	}
+}
+
+// FuzzCheck: any action, resource and source given to `ferry acl check`
+// is answered or refused as invalid, never a panic; an answer always
+// agrees with the decision a request of the user from that address gets.
+func FuzzCheck(f *testing.F) {
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	a, err := NewAuth(Config{Users: []User{{Name: "billing", PasswordHash: string(hash), Policies: []Policy{
+		{Resources: []string{"Topic:orders.*", "Group:billing"}, Actions: []string{"Sub", "Get"}},
+		{Resources: []string{"Topic:orders.internal"}, Actions: []string{"All"}, Decision: "Deny"},
+		{Resources: []string{"*"}, Actions: []string{"List"}, SourceIPs: []string{"10.0.0.0/8", "fd00::/8"}},
+	}}}}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	p, err := a.Authenticate(&sdk.ClientCredentials{Authorization: basic("billing", "pw"), RemoteAddr: "127.0.0.1:1"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range [][3]string{{"Sub", "Topic:orders.eu", ""}, {"List", "Cluster", "10.1.1.1"}, {"get", "group:billing", "fd00::1"},
+		{"Sub", "Topic:orders.internal", ""}, {"All", "*", "x"}, {"Pub", "Topic:%DLQ%g", ""}, {"Sub", "Topic:", "::ffff:10.0.0.1"}} {
+		f.Add(s[0], s[1], s[2])
+	}
+	f.Fuzz(func(t *testing.T, action, resource, source string) {
+		res, err := a.Check("billing", action, resource, source)
+		if err != nil {
+			if !errors.Is(err, sdk.ErrInvalidArgument) {
+				t.Fatalf("check %q %q %q: %v; want an answer or invalid argument", action, resource, source, err)
+			}
+			return
+		}
+		act, _ := parseAction(action)
+		pat, _ := parsePattern(resource)
+		from, _ := netip.ParseAddr(source)
+		q := *p
+		q.Addr = from.Unmap()
+		if got := q.Allowed(act, Resource{pat.typ, pat.name}); got != res.Allowed {
+			t.Fatalf("check %q %q %q says allowed %v (%s); a request's decision is %v", action, resource, source, res.Allowed, res.Reason, got)
+		}
+	})
 }
