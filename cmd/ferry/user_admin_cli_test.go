@@ -129,6 +129,17 @@ func TestUserAdminLive(t *testing.T) {
 	mustFail("401 Unauthorized", "admin", "wrong", "", "user", "list")
 	mustFail("the admin listener is plaintext", "admin", "root-pw", "", "user", "list", "--tls")
 
+	// `ferry acl check` says what the node would decide, and which entry
+	// decides; a denial exits 1. A normal user may not ask.
+	if out := mustOK("admin", "root-pw", "", "acl", "check", "app", "--resource", "Topic:t", "--action", "Pub"); !strings.Contains(out, `allowed: user "app" Pub on Topic:t (allowed by: Allow Pub on Topic:t)`) {
+		t.Errorf("acl check of an allowed action: %q", out)
+	}
+	if out, stderr, code := n.run("admin", "root-pw", "", "acl", "check", "app", "--resource", "Topic:t", "--action", "Sub"); code != 1 || !strings.Contains(out, `denied: user "app" Sub on Topic:t (no entry allows it)`) {
+		t.Errorf("acl check of a denied action: exit %d %q %q; want exit 1, denied", code, out, stderr)
+	}
+	mustFail(`400 Bad Request: invalid argument: action "Publish"`, "admin", "root-pw", "", "acl", "check", "app", "--resource", "Topic:t", "--action", "Publish")
+	mustFail("403 Forbidden", "app", "app-pw", "", "acl", "check", "app", "--resource", "Topic:t", "--action", "Pub")
+
 	// A user added live can produce at once.
 	mustFail("unknown user or wrong password", "alice", "alice-pw", "x\n", "produce")
 	mustOK("admin", "root-pw", "alice-pw\n", "user", "add", "alice")

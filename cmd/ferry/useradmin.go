@@ -285,7 +285,7 @@ func newACLCmd() *cobra.Command {
 		Use:   "acl",
 		Short: "Work with the ACL entries of a running node's users",
 	}
-	cmd.AddCommand(newACLListCmd(), newACLChangeCmd("add", http.MethodPost), newACLChangeCmd("delete", http.MethodDelete))
+	cmd.AddCommand(newACLListCmd(), newACLCheckCmd(), newACLChangeCmd("add", http.MethodPost), newACLChangeCmd("delete", http.MethodDelete))
 	return cmd
 }
 
@@ -307,6 +307,46 @@ func newACLListCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	return cmd
+}
+
+func newACLCheckCmd() *cobra.Command {
+	var f adminFlags
+	var resource, action, source string
+	cmd := &cobra.Command{
+		Use:   "check USER --resource R --action A [--source-ip IP]",
+		Short: "Say whether a running node would allow a user an action on a resource, and which entry decides",
+		Long: `Check asks the node's admin listener how it would judge a request of
+USER now: one action (Pub, Sub, Create, Update, Delete, Get or List) on one
+resource (Topic:NAME, Group:NAME or Cluster; a group's retry and
+dead-letter topics are Group:<group>), from --source-ip (default: an
+address no source_ips entry names). It prints "allowed" or "denied" with
+the entry that decided (a Deny wins), and exits 1 when denied.`,
+		Example: `  ferry acl check billing --resource Topic:orders.eu --action Sub --admin 127.0.0.1:9090 --user admin`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if resource == "" || action == "" {
+				return &exitError{code: 2, msg: "--resource and --action are required"}
+			}
+			q := url.Values{"resource": {resource}, "action": {action}}
+			if source != "" {
+				q.Set("source_ip", source)
+			}
+			var res security.CheckResult
+			if err := f.call(cmd.Context(), http.MethodGet, userPath(args[0])+"/check?"+q.Encode(), nil, &res); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.String())
+			if !res.Allowed {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().StringVar(&resource, "resource", "", "Topic:NAME, Group:NAME or Cluster (one, not a pattern)")
+	cmd.Flags().StringVar(&action, "action", "", "Pub, Sub, Create, Update, Delete, Get or List")
+	cmd.Flags().StringVar(&source, "source-ip", "", "the client's IP address (default: none that a source_ips entry names)")
 	return cmd
 }
 

@@ -44,6 +44,7 @@ type UserRequest struct {
 //	DELETE /v1/users/{name}            remove one
 //	PUT    /v1/users/{name}/password   set its password ({"password": ...})
 //	GET    /v1/users/{name}/acl        its ACL entries
+//	GET    /v1/users/{name}/check      ?action=&resource=&source_ip=: would it be allowed (CheckResult)
 //	POST   /v1/users/{name}/acl        add an entry (a Policy)
 //	DELETE /v1/users/{name}/acl        remove the equal entries (a Policy)
 //
@@ -82,6 +83,12 @@ func (a *Auth) UsersHandler() http.Handler {
 			}
 		}
 		return "User:" + name, nil, fmt.Errorf("%w: %q", ErrNoUser, name)
+	}))
+	mux.HandleFunc("GET /v1/users/{name}/check", a.adminCall(ActionACLCheck, func(r *http.Request) (string, any, error) {
+		name := r.PathValue("name")
+		q := r.URL.Query()
+		res, err := a.Check(name, q.Get("action"), q.Get("resource"), q.Get("source_ip"))
+		return "User:" + name, res, err
 	}))
 	for method, do := range map[string]struct {
 		action string
@@ -133,7 +140,7 @@ func (a *Auth) adminCall(action string, do func(r *http.Request) (resource strin
 		if err != nil {
 			result = err.Error()
 		}
-		if action != ActionUserList && action != ActionACLList || err != nil {
+		if action != ActionUserList && action != ActionACLList && action != ActionACLCheck || err != nil {
 			a.log.Info("audit: admin action", "user", p.User, "source", p.Addr, "action", action, "resource", resource, "result", result)
 		} else {
 			a.adminRequest(p, action)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -168,4 +169,74 @@ func (p *Peers) CheckAnswer(pr *peer.Peer, addr, claimed string) error {
 		return &PeerError{Peer: addr, Reason: err.Error()}
 	}
 	return nil
+}
+
+// NodeIDsVerified reports whether the section binds peers' node ids to
+// their certificates: TLS with tls.verify_node_id not false. Only then is
+// a peer's node id proven (a cluster secret is one for every node).
+func (t PeerTLS) NodeIDsVerified() bool { return t.Enabled() && t.verifiesNodeID() }
+
+// BindsNodes reports whether p's links prove peers' node ids by their
+// certificates (PeerTLS.NodeIDsVerified).
+func (p *Peers) BindsNodes() bool { return p != nil && p.bindNode }
+
+// CheckServer is checkServer, for a caller that ran Client itself.
+func (p *Peers) CheckServer(state *tls.ConnectionState, addr string, ids []string, what string) error {
+	return p.checkServer(state, addr, ids, what)
+}
+
+// checkServer checks, on a link this node dialled to addr, that the
+// certificate the peer served (state) names one of ids, the nodes this
+// link may reach (what: the config key listing them, for the error). It
+// checks nothing when the links do not bind node ids or ids is empty.
+func (p *Peers) checkServer(state *tls.ConnectionState, addr string, ids []string, what string) error {
+	if p == nil || !p.bindNode || len(ids) == 0 {
+		return nil
+	}
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return &PeerError{Peer: addr, Reason: "the peer served no certificate, so it cannot be the node " + quoteIDs(ids) + " (" + what + ")"}
+	}
+	names := nodeNames(state.PeerCertificates[0], p.uriOnly)
+	for _, n := range names {
+		for _, id := range ids {
+			if n == id {
+				return nil
+			}
+		}
+	}
+	return &PeerError{Peer: addr, Reason: fmt.Sprintf("the peer's certificate is for node %s, not %s (%s): refused before any data",
+		certNodes(names), quoteIDs(ids), what)}
+}
+
+// quoteIDs quotes node ids for an error: "a" or "b".
+func quoteIDs(ids []string) string {
+	q := make([]string, len(ids))
+	for i, id := range ids {
+		q[i] = fmt.Sprintf("%q", id)
+	}
+	return strings.Join(q, " or ")
+}
+
+// DialNode is Dial to a peer that must be one of the nodes ids (what: the
+// config key or the source of the list, for the error): when the links
+// bind node ids, the certificate the peer serves must name one of them,
+// or the connection is closed before this node writes or reads a byte of
+// replication data on it, with a *PeerError naming the ids the
+// certificate holds and the ids expected. Empty ids checks what Dial
+// checks.
+func (p *Peers) DialNode(ctx context.Context, addr string, ids []string, what string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, st, err := p.Client(ctx, conn, addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.checkServer(st, addr, ids, what); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
 }

@@ -1,8 +1,10 @@
 package masterslave
 
 import (
+	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -59,6 +61,13 @@ type Config struct {
 	// SecretFile names the cluster secret every peer proves it knows
 	// (HMAC challenge, never sent). Empty: none.
 	SecretFile string `json:"secret_file"`
+	// Masters lists the node ids this node takes for a master: a slave
+	// follows, a master steps down to, and promote counts as reachable
+	// only a master whose certificate names one of them (checked at the
+	// TLS handshake of the link and against the master's answers).
+	// Requires tls with verify_node_id, the only proof of a peer's node
+	// id. Empty: any node of the cluster CA that answers as master.
+	Masters []string `json:"masters"`
 }
 
 // link is the config's peer link section.
@@ -93,5 +102,20 @@ func (p *Plugin) decode(config []byte) (Config, sdk.Problems) {
 		ps = append(ps, sdk.Problem{Path: "timeout", Message: "must be > 0"})
 	}
 	ps = append(ps, cfg.link().Validate("")...)
+	seen := map[string]bool{}
+	for i, id := range cfg.Masters {
+		path := "masters[" + strconv.Itoa(i) + "]"
+		switch {
+		case id == "" || len(id) > 128 || strings.IndexFunc(id, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
+			ps = append(ps, sdk.Problem{Path: path, Message: fmt.Sprintf("%q is not a node id: 1 to 128 printable characters without spaces", id)})
+		case seen[id]:
+			ps = append(ps, sdk.Problem{Path: path, Message: fmt.Sprintf("node id %q is listed twice", id)})
+		}
+		seen[id] = true
+	}
+	if len(cfg.Masters) > 0 && !cfg.TLS.NodeIDsVerified() {
+		ps = append(ps, sdk.Problem{Path: "masters", Message: "applies only with tls (cert_file, key_file, ca_file) and tls.verify_node_id not false: " +
+			"a master's node id is proven only by its certificate (with secret_file alone every holder of the secret can answer as any node)"})
+	}
 	return cfg, ps
 }

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -204,7 +207,18 @@ func (p *Plugin) currentRole() string {
 // dial opens a client connection to a peer's replication listener, secured
 // as the config says.
 func (p *Plugin) dial(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.peers.GRPC()),
+	return p.dialWith(addr, p.peers.GRPC())
+}
+
+// dialMaster is dial to a peer this node is to follow: with masters set,
+// its certificate must name one of them, or it is refused at the
+// handshake, before the Follow stream opens.
+func (p *Plugin) dialMaster(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
+	return p.dialWith(addr, p.peers.GRPCTo(p.cfg.Masters, "masters"))
+}
+
+func (p *Plugin) dialWith(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
 		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
 		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10))
@@ -236,6 +250,10 @@ func (p *Plugin) peerStatus(ctx context.Context) map[string]*ferryv1.Replication
 				// to follow, say) only if its certificate names it.
 				err = p.peers.CheckAnswer(&pr, a, st.Node)
 			}
+			if err == nil && st.Role == sdk.RoleMaster {
+				// and for a master only if masters lists it.
+				err = p.mayFollow(a, st.Node)
+			}
 			p.peerRefused(a, err)
 			if err != nil {
 				return
@@ -247,6 +265,25 @@ func (p *Plugin) peerStatus(ctx context.Context) map[string]*ferryv1.Replication
 	}
 	wg.Wait()
 	return out
+}
+
+// mayFollow checks that node, answering at addr as a master, is one of
+// the config's masters (any node when it lists none): a *PeerError
+// naming both otherwise.
+func (p *Plugin) mayFollow(addr, node string) error {
+	if len(p.cfg.Masters) == 0 || slices.Contains(p.cfg.Masters, node) {
+		return nil
+	}
+	return &security.PeerError{Peer: addr, Reason: fmt.Sprintf("the peer answers as master node %q, which is not among the masters this node may follow (masters: %s): not followed",
+		node, quoted(p.cfg.Masters))}
+}
+
+func quoted(ids []string) string {
+	q := make([]string, len(ids))
+	for i, id := range ids {
+		q[i] = strconv.Quote(id)
+	}
+	return strings.Join(q, ", ")
 }
 
 // Status reports this node for the broker's host (and `ferry cluster`).

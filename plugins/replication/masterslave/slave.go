@@ -81,7 +81,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	if err != nil {
 		return err
 	}
-	cc, rpc, err := p.dial(addr)
+	cc, rpc, err := p.dialMaster(addr)
 	if err != nil {
 		return err
 	}
@@ -105,12 +105,17 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	}
 	first, err := stream.Recv()
 	if err != nil {
+		p.peerRefused(addr, err) // refused at the handshake (masters), say
 		return err
 	}
 	// The master it reached must be the node its certificate names, and
 	// the one it asked to follow (the status answer's node).
 	pr, _ := peer.FromContext(stream.Context())
 	if err := p.peers.CheckAnswer(pr, addr, first.MasterNode); err != nil {
+		p.peerRefused(addr, err)
+		return err
+	}
+	if err := p.mayFollow(addr, first.MasterNode); err != nil {
 		p.peerRefused(addr, err)
 		return err
 	}

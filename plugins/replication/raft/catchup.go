@@ -230,7 +230,9 @@ func (f *fsm) fetch(ctx context.Context, peer Peer, gs []*gap) (int64, error) {
 	if len(hello.Ends) == 0 {
 		return 0, nil
 	}
-	cc, err := grpc.NewClient(peer.Admin, grpc.WithTransportCredentials(f.p.peers.GRPC()))
+	// The peer must be the node asked (its certificate names peer.ID):
+	// what it sends is stored here as the group's log.
+	cc, err := grpc.NewClient(peer.Admin, grpc.WithTransportCredentials(f.p.peers.GRPCTo([]string{peer.ID}, "the catch-up source")))
 	if err != nil {
 		return 0, err
 	}

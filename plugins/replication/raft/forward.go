@@ -76,7 +76,7 @@ func (p *Plugin) forwardOnce(ctx context.Context, req *ferryv1.CommitOffsetsRequ
 		// group of more than one node).
 		return fmt.Errorf("the raft leader %s has no admin address in this node's peers or members table: consumer commits made here cannot be forwarded to it", id)
 	}
-	cc, err := p.adminConn(leader.Admin)
+	cc, err := p.adminConn(leader.Admin, string(id))
 	if err != nil {
 		return fmt.Errorf("raft leader %s's admin %s: %w", id, leader.Admin, err)
 	}
@@ -86,26 +86,29 @@ func (p *Plugin) forwardOnce(ctx context.Context, req *ferryv1.CommitOffsetsRequ
 	return nil
 }
 
-// adminConn returns the plugin's connection to a peer's admin listener,
-// dialled once and kept until Close (connections are lazy: a peer that is
-// down costs nothing until a call, which then fails UNAVAILABLE).
-func (p *Plugin) adminConn(addr string) (*grpc.ClientConn, error) {
+// adminConn returns the plugin's connection to the admin listener of
+// the peer node at addr, dialled once and kept until Close (connections
+// are lazy: a peer that is down costs nothing until a call, which then
+// fails UNAVAILABLE). When the links bind node ids, the peer's certificate
+// must name node, or every call fails with the refusal naming both.
+func (p *Plugin) adminConn(addr, node string) (*grpc.ClientConn, error) {
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
-	if cc := p.conns[addr]; cc != nil {
+	key := addr + " " + node
+	if cc := p.conns[key]; cc != nil {
 		return cc, nil
 	}
 	if p.connsClosed {
 		return nil, fmt.Errorf("%w: the raft plugin is closing", sdk.ErrUnavailable)
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.peers.GRPC()))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.peers.GRPCTo([]string{node}, "the raft leader")))
 	if err != nil {
 		return nil, err
 	}
 	if p.conns == nil {
 		p.conns = map[string]*grpc.ClientConn{}
 	}
-	p.conns[addr] = cc
+	p.conns[key] = cc
 	return cc, nil
 }
 

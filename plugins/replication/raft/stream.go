@@ -46,11 +46,36 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 }
 
 // Dial connects to a peer's raft listener and shakes hands, within
-// timeout.
+// timeout. When the links bind node ids and the group's configuration
+// gives address to a member, the certificate the peer serves must name
+// that member: raft takes every answer on the link (a vote, an
+// AppendEntries' success) as that member's, by the id it dialled, and
+// never reads the answer's own header, so this is where an answer is
+// bound to its node. A peer that is another node (its certificate names
+// another id) is refused before raft writes a request on the link,
+// logged as `audit: replication peer refused` naming both ids.
 func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return s.peers.Dial(ctx, string(address))
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", string(address))
+	if err != nil {
+		return nil, err
+	}
+	c, st, err := s.peers.Client(ctx, raw, string(address))
+	if err != nil {
+		return nil, err
+	}
+	if s.owner != nil {
+		if id, ok := s.owner(string(address)); ok {
+			if err := s.peers.CheckServer(st, string(address), []string{id}, "the member the group's configuration gives raft address "+string(address)); err != nil {
+				_ = c.Close()
+				s.peers.Refused(string(address), err.(*security.PeerError).Reason)
+				return nil, err
+			}
+		}
+	}
+	return c, nil
 }
 
 // Addr is the address peers reach this node at.
