@@ -2,6 +2,7 @@ package file
 
 import (
 	"hash/maphash"
+	"unsafe"
 
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -17,17 +18,101 @@ import (
 // deletion) and the slot plus one (0 is an empty word). A Go map here cost
 // a sixth of the storage plugin's CPU under async produce: four map
 // operations and two hashes a message, mostly cache misses.
+//
+// The ids' bytes are kept in one buffer (ids), in the ring's order, and an
+// entry holds no pointer: the garbage collector has nothing to scan in a
+// window of ten thousand ids, and adding one allocates nothing.
 type dedup struct {
 	ring  []dedupEntry
 	next  int      // the oldest entry once the ring is full
 	table []uint64 // len a power of two, at most half full; nil until used
 	used  int
+	ids   []byte // the ring's ids, oldest first, wrapping around its end
+	head  int    // where the next id's bytes go in ids
 }
 
 type dedupEntry struct {
 	hash   uint64
-	id     string
 	offset int64
+	at     uint32 // its id's bytes: ids[at:at+n]
+	n      uint16
+}
+
+// id returns e's id (aliasing ids: valid until the next add).
+func (d *dedup) id(e *dedupEntry) []byte { return d.ids[e.at : int(e.at)+int(e.n)] }
+
+// oldest returns the oldest entry, when there is one.
+func (d *dedup) oldest() (*dedupEntry, bool) {
+	if len(d.ring) == 0 {
+		return nil, false
+	}
+	if len(d.ring) < dedupWindow {
+		return &d.ring[0], true
+	}
+	return &d.ring[d.next], true
+}
+
+// putID copies id into ids after the newest id and returns where; skip
+// is the ring slot about to be replaced (its bytes are free), or -1.
+func (d *dedup) putID(id string, skip int) uint32 {
+	n := len(id)
+	tail := -1 // the oldest live id's first byte
+	if len(d.ring) > 0 {
+		o := 0
+		if len(d.ring) == dedupWindow {
+			o = d.next
+		}
+		if o == skip {
+			o = (o + 1) % len(d.ring)
+		}
+		if o != skip {
+			tail = int(d.ring[o].at)
+		}
+	}
+	switch {
+	case tail < 0:
+		d.head = 0 // nothing live
+		if n > len(d.ids) {
+			d.ids = make([]byte, max(2*n, 4096))
+		}
+	case d.head >= tail && n <= len(d.ids)-d.head:
+	case d.head >= tail && n < tail:
+		d.head = 0 // wrap: the end's few bytes stay unused
+	case d.head < tail && n < tail-d.head:
+	default:
+		d.growIDs(n, skip)
+	}
+	at := d.head
+	copy(d.ids[at:], id)
+	d.head += n
+	return uint32(at)
+}
+
+// growIDs moves the live ids, oldest first, into a buffer with room for
+// need more bytes (twice what they take), updating their entries.
+func (d *dedup) growIDs(need, skip int) {
+	live := 0
+	for i := range d.ring {
+		if i != skip {
+			live += int(d.ring[i].n)
+		}
+	}
+	buf := make([]byte, max(2*(live+need), 2*len(d.ids), 4096))
+	at := 0
+	for k := range len(d.ring) {
+		i := k
+		if len(d.ring) == dedupWindow {
+			i = (d.next + k) % dedupWindow
+		}
+		if i == skip {
+			continue
+		}
+		e := &d.ring[i]
+		copy(buf[at:], d.id(e))
+		e.at = uint32(at)
+		at += int(e.n)
+	}
+	d.ids, d.head = buf, at
 }
 
 const dedupWindow = sdk.DedupWindow
@@ -72,7 +157,7 @@ func (d *dedup) lookup(h uint64, id string) (int64, bool) {
 			return 0, false
 		}
 		if w>>32 == hi {
-			if e := &d.ring[wordSlot(w)]; e.hash == h && e.id == id {
+			if e := &d.ring[wordSlot(w)]; e.hash == h && string(d.id(e)) == id {
 				return e.offset, true
 			}
 		}
@@ -81,14 +166,18 @@ func (d *dedup) lookup(h uint64, id string) (int64, bool) {
 
 // add remembers id (hash h) at offset, forgetting the oldest id once the
 // window is full. id must not be remembered already (lookup first).
+//
+// id is copied: the caller's may alias a request.
 func (d *dedup) add(h uint64, id string, offset int64) {
 	slot := len(d.ring)
 	if slot < dedupWindow {
-		d.ring = append(d.ring, dedupEntry{h, id, offset})
+		at := d.putID(id, -1)
+		d.ring = append(d.ring, dedupEntry{hash: h, offset: offset, at: at, n: uint16(len(id))})
 	} else {
 		slot = d.next
 		d.remove(slot)
-		d.ring[slot] = dedupEntry{h, id, offset}
+		at := d.putID(id, slot)
+		d.ring[slot] = dedupEntry{hash: h, offset: offset, at: at, n: uint16(len(id))}
 		d.next = (d.next + 1) % dedupWindow
 	}
 	d.insert(h, slot)
@@ -99,17 +188,20 @@ func (d *dedup) add(h uint64, id string, offset int64) {
 // messages costs no table churn.
 func (d *dedup) addRecovered(id string, offset int64) {
 	if len(d.ring) < dedupWindow {
-		d.ring = append(d.ring, dedupEntry{id: id, offset: offset})
+		at := d.putID(id, -1)
+		d.ring = append(d.ring, dedupEntry{offset: offset, at: at, n: uint16(len(id))})
 		return
 	}
-	d.ring[d.next] = dedupEntry{id: id, offset: offset}
+	at := d.putID(id, d.next)
+	d.ring[d.next] = dedupEntry{offset: offset, at: at, n: uint16(len(id))}
 	d.next = (d.next + 1) % dedupWindow
 }
 
 // rebuildSlots hashes the ring's ids and makes the table.
 func (d *dedup) rebuildSlots() {
 	for i := range d.ring {
-		d.ring[i].hash = dedupHash(d.ring[i].id)
+		id := d.id(&d.ring[i])
+		d.ring[i].hash = dedupHash(unsafe.String(unsafe.SliceData(id), len(id)))
 	}
 	d.table, d.used = nil, 0
 	d.grow(len(d.ring))

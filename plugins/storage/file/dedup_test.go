@@ -3,6 +3,7 @@ package file
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -81,7 +82,8 @@ func checkDedupModel(t *testing.T, short, broken bool) error {
 				// Deletion without the shift back: the evicted word's
 				// position is only cleared.
 				d.removeWithoutShift(d.next)
-				d.ring[d.next] = dedupEntry{dedupHash(id), id, int64(i)}
+				at := d.putID(id, d.next)
+				d.ring[d.next] = dedupEntry{hash: dedupHash(id), offset: int64(i), at: at, n: uint16(len(id))}
 				d.insert(dedupHash(id), d.next)
 				d.next = (d.next + 1) % dedupWindow
 			} else {
@@ -135,5 +137,53 @@ func BenchmarkDedup(b *testing.B) {
 			d.add(h, id, int64(i))
 		}
 		i++
+	}
+}
+
+// TestDedupIDsOfAnyLength: ids of very different lengths (the buffer their
+// bytes share wraps around and grows) are all found, with the right offsets,
+// and the buffer stays within a small multiple of what the window's ids take.
+// The negative control: a buffer that overwrites the oldest live id fails.
+func TestDedupIDsOfAnyLength(t *testing.T) {
+	run := func(clobber bool) error {
+		rng := rand.New(rand.NewPCG(3, 4))
+		var d dedup
+		model := &dedupModel{at: map[string]int64{}}
+		for i := range 4 * dedupWindow {
+			n := 1 + rng.IntN(60)
+			if rng.IntN(500) == 0 {
+				n = 3000 + rng.IntN(3000)
+			}
+			id := fmt.Sprintf("%d-%s", i, strings.Repeat("x", n))
+			if clobber && i > dedupWindow && i%997 == 0 {
+				// What a buffer too small would do: an id still in
+				// the window overwritten.
+				copy(d.id(&d.ring[(d.next+500)%len(d.ring)]), "!")
+			}
+			d.add(dedupHash(id), id, int64(i))
+			model.add(id, int64(i))
+			if i%997 == 0 || i == 4*dedupWindow-1 {
+				live := 0
+				for _, e := range d.ring {
+					live += int(e.n)
+				}
+				if len(d.ids) > 4*live+8192+2*6000 {
+					return fmt.Errorf("op %d: %d bytes of ids buffer for %d live", i, len(d.ids), live)
+				}
+				for _, old := range model.order {
+					off, ok := d.lookup(dedupHash(old), old)
+					if !ok || off != model.at[old] {
+						return fmt.Errorf("op %d: id %.20q: %d, %v; want %d", i, old, off, ok, model.at[old])
+					}
+				}
+			}
+		}
+		return nil
+	}
+	if err := run(false); err != nil {
+		t.Fatal(err)
+	}
+	if run(true) == nil {
+		t.Fatal("control: a clobbered oldest id was still found")
 	}
 }

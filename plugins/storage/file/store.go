@@ -375,7 +375,6 @@ type appendSource interface {
 	// meta returns message i's topic, id and queue; topic and id may
 	// alias the request (valid during the call only).
 	meta(i int) (topic, id string, queue int32)
-	keepID(i int) string // message i's id, in memory of its own
 	check(i, limit int) error
 	put(buf []byte, i int, offset, stored int64) ([]byte, error)
 }
@@ -386,7 +385,6 @@ func (b decodedBatch) count() int { return len(b) }
 func (b decodedBatch) meta(i int) (string, string, int32) {
 	return b[i].GetTopic(), b[i].GetId(), b[i].GetQueue()
 }
-func (b decodedBatch) keepID(i int) string { return b[i].Id }
 func (b decodedBatch) check(i, limit int) error {
 	m := b[i]
 	if err := checkUTF8(m); err != nil {
@@ -409,7 +407,6 @@ func (b wireBatch) meta(i int) (string, string, int32) {
 	w := &b[i].Info
 	return unsafe.String(unsafe.SliceData(w.Topic), len(w.Topic)), unsafe.String(unsafe.SliceData(w.ID), len(w.ID)), w.Queue
 }
-func (b wireBatch) keepID(i int) string { return string(b[i].Info.ID) }
 func (b wireBatch) check(i, limit int) error {
 	w := &b[i]
 	if n := recordHeaderSize + len(w.Info.Topic) + len(w.Info.ID) + len(w.Wire); n > limit {
@@ -529,7 +526,7 @@ func (s *Store) appendBatch(ctx context.Context, msgs appendSource) (sdk.AppendW
 		q.ents = append(q.ents, entry{pos: s.apos, size: int32(size)})
 		q.times.note(offsets[i], stored)
 		if id != "" {
-			q.dedup.add(idHash, msgs.keepID(i), offsets[i])
+			q.dedup.add(idHash, id, offsets[i]) // copied
 		}
 		s.apos += size
 		added++
