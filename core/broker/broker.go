@@ -591,6 +591,16 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 			return nil, err
 		}
 	}
+	// The group's generation, read before its offsets: a deletion between
+	// the two gives the caller offsets of the new generation with the old
+	// one, refused at its commit (not old offsets with the new one).
+	var generation uint64
+	if req.Group != "" {
+		var err error
+		if generation, err = b.gens.get(req.Group); err != nil {
+			return nil, err
+		}
+	}
 	var offs []*sdk.QueueOffsets
 	err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
 		offs, err = s.GetOffsets(ctx, req.Group, req.Queues)
@@ -614,7 +624,7 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 			}
 		}
 	}
-	return &sdk.GetOffsetsResponse{Offsets: offs}, nil
+	return &sdk.GetOffsetsResponse{Offsets: offs, Generation: generation}, nil
 }
 
 // queueBytes asks the store for its queues' sizes (sdk.QueueSizer): -1 for
