@@ -308,7 +308,7 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 		return nil, err
 	}
 	if b.repl != nil {
-		if err := b.repl.commit(ctx, req.Group, commit); err != nil {
+		if err := b.repl.commit(ctx, req.Group, 0, commit, false); err != nil {
 			return nil, err
 		}
 	}
