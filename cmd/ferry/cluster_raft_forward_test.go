@@ -102,6 +102,7 @@ leader_lease_timeout: 500ms
 
 	// A reset on the follower: refused, naming the leader; nothing changes.
 	code, out := groupCLI(t, follower.broker, "reset-offsets", "billing", "--topic", "orders", "--to-latest")
+	t.Logf("reset-offsets on follower %s: exit %d: %s", follower.id, code, strings.TrimSpace(out))
 	if code == 0 || !strings.Contains(out, "not leader") || !strings.Contains(out, leader.id) || !strings.Contains(out, leader.broker) {
 		t.Errorf("reset-offsets on follower %s: exit %d, %q; want refused, not leader, naming leader %s at %s", follower.id, code, out, leader.id, leader.broker)
 	}
