@@ -259,3 +259,72 @@ func TestGenerationsFileIsBounded(t *testing.T) {
 		}
 	})
 }
+
+// On a raft follower a deletion applied from the log waits for the commits
+// of the follower's own clients under way: a commit checked against the
+// group's old generation just before the deletion arrived, and held in the
+// store, is stored before the deletion, which then removes it, so the
+// follower does not keep the deleted group's offsets (the leader refuses
+// the commit's forward as stale). A commit arriving while the deletion
+// waits is refused. (Negative control, run by hand: with the gate taken
+// out of replicaCore.DeleteGroupOffsets the deletion returns at once and
+// the held commit then leaves offset 0 in the store.)
+func TestReplicatedDeletionWaitsForFollowerCommit(t *testing.T) {
+	ctx := context.Background()
+	store := &heldStore{Store: newMemory(t)}
+	lr := &logRepl{eventRepl: eventRepl{fakeRepl: fakeRepl{status: ferryv1.Status_STATUS_OK}}}
+	b := New(Options{Node: "n2", Address: "127.0.0.1:1", DataDir: t.TempDir(), Topics: []Topic{{Name: "orders", Queues: 2}},
+		Role: sdk.RoleFollower, Replication: replSource{lr}}, newSource(store))
+	b.Start()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := b.Close(cctx); err != nil {
+			t.Error(err)
+		}
+	})
+	lr.b = b
+	if err := b.ReplicaCore().CommitOffsets(ctx, "billing", []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := store.arm("billing")
+	commitErr := make(chan error, 1)
+	go func() {
+		commitErr <- b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Generation: 1,
+			Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}})
+	}()
+	<-entered
+	delErr := make(chan error, 1)
+	go func() { delErr <- b.ReplicaCore().DeleteGroupOffsets(ctx, "billing", 2) }()
+	returned := false
+	var early error
+	waitFor(t, "the replicated deletion to wait for the commit or to return", func() bool {
+		select {
+		case early = <-delErr:
+			returned = true
+			return true
+		default:
+			return b.gates.waiting("billing")
+		}
+	})
+	if returned {
+		t.Errorf("the replicated deletion returned (%v) while a commit of the follower's client was still in flight", early)
+	} else {
+		err := b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Generation: 1, Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}})
+		if !errors.Is(err, sdk.ErrUnavailable) || !strings.Contains(err.Error(), "is being deleted") {
+			t.Errorf("a commit while the replicated deletion waits: %v, want unavailable, being deleted", err)
+		}
+	}
+	close(release)
+	if err := <-commitErr; err != nil {
+		t.Errorf("the held commit: %v", err)
+	}
+	if !returned {
+		if err := <-delErr; err != nil {
+			t.Fatalf("the replicated deletion: %v", err)
+		}
+	}
+	if got := committed(t, b, "billing", 0); got != -1 {
+		t.Errorf("after the replicated deletion the follower holds offset %d of the deleted group, want none (-1)", got)
+	}
+}
