@@ -494,6 +494,15 @@ func (b *Broker) storageCall(ctx context.Context, fn func(sdk.Storage) error) er
 // through replication skip that check (replicaCore): a replica may hold a
 // group's offsets before the messages they follow.
 func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
+	return b.clientCommit(ctx, req, false)
+}
+
+// clientCommit is CommitOffsets, of a client of this node or (forwarded) of
+// a raft follower's client (replicaCore.CommitForwarded). A forwarded
+// commit was checked against the follower's queue ends already (this
+// leader's store may not have applied the entries the follower read yet;
+// the log's apply clamps to the ends) and is never forwarded again.
+func (b *Broker) clientCommit(ctx context.Context, req *sdk.CommitOffsetsRequest, forwarded bool) error {
 	end, err := b.beginCommit(req.Group)
 	if err != nil {
 		return err
@@ -510,14 +519,16 @@ func (b *Broker) CommitOffsets(ctx context.Context, req *sdk.CommitOffsetsReques
 		return err
 	}
 	lookup := func(ctx context.Context, name string) (*topic, error) { return b.clientTopic(ctx, name, req.Group) }
-	if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
-		return err
+	if !forwarded {
+		if err := b.checkCommitEnds(ctx, req.Group, req.Offsets, lookup); err != nil {
+			return err
+		}
 	}
 	if err := b.commitOffsets(ctx, req.Group, req.Offsets, lookup); err != nil {
 		return err
 	}
 	if b.repl != nil {
-		return b.repl.commit(ctx, req.Group, req.Offsets)
+		return b.repl.commit(ctx, req.Group, req.Generation, req.Offsets, forwarded)
 	}
 	return nil
 }
@@ -591,6 +602,16 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 			return nil, err
 		}
 	}
+	// The group's generation, read before its offsets: a deletion between
+	// the two gives the caller offsets of the new generation with the old
+	// one, refused at its commit (not old offsets with the new one).
+	var generation uint64
+	if req.Group != "" {
+		var err error
+		if generation, err = b.gens.get(req.Group); err != nil {
+			return nil, err
+		}
+	}
 	var offs []*sdk.QueueOffsets
 	err := b.storageCall(ctx, func(s sdk.Storage) (err error) {
 		offs, err = s.GetOffsets(ctx, req.Group, req.Queues)
@@ -614,7 +635,7 @@ func (b *Broker) GetOffsets(ctx context.Context, req *sdk.GetOffsetsRequest) (*s
 			}
 		}
 	}
-	return &sdk.GetOffsetsResponse{Offsets: offs}, nil
+	return &sdk.GetOffsetsResponse{Offsets: offs, Generation: generation}, nil
 }
 
 // queueBytes asks the store for its queues' sizes (sdk.QueueSizer): -1 for

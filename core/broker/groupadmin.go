@@ -308,7 +308,7 @@ func (b *Broker) ResetOffsets(ctx context.Context, req *sdk.ResetOffsetsRequest)
 		return nil, err
 	}
 	if b.repl != nil {
-		if err := b.repl.commit(ctx, req.Group, commit); err != nil {
+		if err := b.repl.commit(ctx, req.Group, 0, commit, false); err != nil {
 			return nil, err
 		}
 	}
@@ -460,12 +460,21 @@ func (b *Broker) deleteGroupOffsets(ctx context.Context, group string) error {
 }
 
 // DeleteGroupOffsets deletes a group's offsets on this node, as replicated
-// (sdk.ReplicaCore.DeleteGroupOffsets). The group's generation becomes generation if that is higher (0, from a
-// deletion that carries none, leaves it), before its offsets go.
+// (sdk.ReplicaCore.DeleteGroupOffsets), after the commits of this node's
+// clients under way (on a raft follower, until the leader answered their
+// forward); commits arriving meanwhile are refused. The group's generation
+// becomes generation if that is higher (0, from a deletion that carries
+// none, leaves it), before its offsets go.
 func (c replicaCore) DeleteGroupOffsets(ctx context.Context, group string, generation uint64) error {
 	if err := names.Group(group); err != nil {
 		return fmt.Errorf("%w: replicated group deletion: %v", sdk.ErrInvalidArgument, err)
 	}
+	// After this node's clients' commits under way (groupgate.go).
+	open, err := c.b.gates.beginReplicatedDelete(ctx, group)
+	if err != nil {
+		return err
+	}
+	defer open()
 	if err := c.b.gens.raise(group, generation); err != nil {
 		return err
 	}

@@ -26,7 +26,11 @@ import (
 //
 // Commits from replication (replicaCore) do not pass the gate: a slave and a
 // raft node store them, and deletions, in the order their master's stream
-// or the log gives.
+// or the log gives. A deletion from replication closes the gate too
+// (beginReplicatedDelete), against this node's own clients' commits: on a
+// raft follower a commit checked against the group's generation just
+// before the deletion was applied here would otherwise be stored after it,
+// and the follower alone would hold the deleted group's offsets again.
 type groupGates struct {
 	mu sync.Mutex
 	m  map[string]*groupGate // only groups with commits or a deletion under way
@@ -114,6 +118,22 @@ func (g *groupGates) beginDelete(ctx context.Context, group string) (done func()
 	}
 	g.mu.Unlock()
 	return open, nil
+}
+
+// beginReplicatedDelete is beginDelete for a deletion received through
+// replication (ReplicaCore.DeleteGroupOffsets). On the node that made the
+// deletion (a raft leader applying its own entry) the gate is closed
+// already, by DeleteGroup, which waits for this apply: it then returns at
+// once, with a done that leaves the gate to DeleteGroup.
+func (g *groupGates) beginReplicatedDelete(ctx context.Context, group string) (done func(), err error) {
+	g.mu.Lock()
+	gt := g.m[group]
+	held := gt != nil && gt.deleting
+	g.mu.Unlock()
+	if held {
+		return func() {}, nil
+	}
+	return g.beginDelete(ctx, group)
 }
 
 // waiting reports whether a deletion of group waits for commits (tests).

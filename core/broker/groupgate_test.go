@@ -297,9 +297,11 @@ type logRepl struct {
 	b *Broker
 }
 
+var _ sdk.OffsetCommitter = (*logRepl)(nil)
+
 func (l *logRepl) Mode() string { return sdk.ModeReplicateFirst }
 
-func (l *logRepl) CommitOffsets(ctx context.Context, group string, offs []*sdk.GroupOffset) error {
+func (l *logRepl) CommitOffsets(ctx context.Context, group string, _ uint64, offs []*sdk.GroupOffset) error {
 	return l.ReplicateOffsets(ctx, group, offs)
 }
 

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -29,6 +31,12 @@ import (
 // deletion's generation to every node (sdk.GroupDeleteReplication,
 // ReplicaCore.DeleteGroupOffsets), which keeps the highest it was given: a
 // slave or follower that takes over refuses the same stale commits.
+//
+// The file is bounded: it keeps the generations of the maxGenerations groups
+// deleted last (as raft's table keeps those of the latest 4096 groups).
+// Past that the group deleted longest ago is forgotten and is at generation
+// 1 again on this node: only a commit sent before a deletion that old, and
+// arriving after maxGenerations other groups were deleted, would be taken.
 
 // GenerationsFile, in the node's data dir, holds the generation of every
 // group deleted on this node (or by replication).
@@ -37,15 +45,27 @@ const GenerationsFile = "group-generations.json"
 // firstGeneration is the generation of a group never deleted.
 const firstGeneration = 1
 
+// maxGenerations bounds the groups whose generation the node keeps: those
+// deleted last.
+const maxGenerations = 4096
+
 type groupGens struct {
 	mu     sync.Mutex
 	dir    string // "" without a data dir: kept in memory only
 	loaded bool
 	m      map[string]uint64
+	// order lists m's groups, the one deleted longest ago first.
+	order []string
+	// max is maxGenerations, lowered by tests.
+	max int
 }
 
 type generationsFile struct {
 	Groups map[string]uint64 `json:"groups"`
+	// Order lists the groups, the one deleted longest ago first (absent in
+	// files written before the bound: their groups are taken in name
+	// order).
+	Order []string `json:"order,omitempty"`
 }
 
 // loadLocked reads GenerationsFile once. Called with g.mu held.
@@ -65,13 +85,33 @@ func (g *groupGens) loadLocked() error {
 			if err := json.Unmarshal(b, &f); err != nil {
 				return fmt.Errorf("%w: consumer group generations: %s: %v", sdk.ErrUnavailable, filepath.Join(g.dir, GenerationsFile), err)
 			}
-			for k, v := range f.Groups {
-				g.m[k] = v
+			for _, k := range f.Order {
+				if v, ok := f.Groups[k]; ok && !slices.Contains(g.order, k) {
+					g.m[k] = v
+					g.order = append(g.order, k)
+				}
 			}
+			var rest []string
+			for k, v := range f.Groups {
+				if _, ok := g.m[k]; !ok {
+					g.m[k] = v
+					rest = append(rest, k)
+				}
+			}
+			slices.Sort(rest)
+			g.order = append(rest, g.order...)
 		}
 	}
 	g.loaded = true
 	return nil
+}
+
+// limit is the bound on kept groups.
+func (g *groupGens) limit() int {
+	if g.max > 0 {
+		return g.max
+	}
+	return maxGenerations
 }
 
 // get is group's generation.
@@ -98,24 +138,30 @@ func (g *groupGens) raise(group string, gen uint64) error {
 	if gen <= max(g.m[group], firstGeneration) {
 		return nil
 	}
-	prev, had := g.m[group]
-	g.m[group] = gen
+	// The new table: group last in the order, the oldest dropped past the
+	// bound. It replaces the kept one once it is on disk.
+	m := maps.Clone(g.m)
+	m[group] = gen
+	order := append(slices.DeleteFunc(slices.Clone(g.order), func(k string) bool { return k == group }), group)
+	for len(order) > g.limit() {
+		delete(m, order[0])
+		order = order[1:]
+	}
 	if g.dir == "" {
+		g.m, g.order = m, order
 		return nil
 	}
-	b, err := json.MarshalIndent(generationsFile{Groups: g.m}, "", "  ")
+	b, err := json.MarshalIndent(generationsFile{Groups: m, Order: order}, "", "  ")
 	if err == nil {
 		err = os.MkdirAll(g.dir, 0o755)
 	}
 	if err == nil {
 		err = atomicfile.WriteFile(g.dir, GenerationsFile, append(b, '\n'), 0o644)
 	}
+	if err == nil {
+		g.m, g.order = m, order
+	}
 	if err != nil {
-		if had {
-			g.m[group] = prev
-		} else {
-			delete(g.m, group)
-		}
 		return fmt.Errorf("%w: keeping group %q's generation %d in %s: %v", sdk.ErrUnavailable, group, gen, filepath.Join(g.dir, GenerationsFile), err)
 	}
 	return nil

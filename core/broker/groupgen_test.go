@@ -2,7 +2,12 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -157,5 +162,169 @@ func TestReplicatedDeletionRaisesTheGeneration(t *testing.T) {
 		if got != c.want {
 			t.Errorf("after a replicated deletion with generation %d the group is at %d, want %d", c.gen, got, c.want)
 		}
+	}
+}
+
+// group-generations.json keeps the generations of the groups deleted last,
+// up to its bound: deleting more groups than that through the broker drops
+// the one deleted longest ago (it is at generation 1 again), keeps the
+// others with their generations, and a restart reads the same table back.
+// A group deleted again moves to the end of the order. A file written
+// before the bound (no order) is read, its groups taken in name order.
+// Control: with a bound above the number of groups deleted, every one stays
+// in the file (the check of the file's size would fail without the bound).
+func TestGenerationsFileIsBounded(t *testing.T) {
+	ctx := context.Background()
+	const bound, groups = 5, 8
+	run := func(t *testing.T, limit int) (file generationsFile, b *Broker, dir string) {
+		dir = t.TempDir()
+		b = newGenBroker(t, newMemory(t), nil, dir)
+		b.gens.max = limit
+		for i := range groups {
+			g := fmt.Sprintf("g%d", i)
+			if err := b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: g, Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: g}); err != nil {
+				t.Fatalf("delete %s: %v", g, err)
+			}
+		}
+		// g5 deleted again: generation 3, last in the order.
+		if err := b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "g5", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.DeleteGroup(ctx, &sdk.DeleteGroupRequest{Group: "g5"}); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, GenerationsFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(raw, &file); err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		return file, b, dir
+	}
+	t.Run("bounded", func(t *testing.T) {
+		file, b, dir := run(t, bound)
+		want := []string{"g3", "g4", "g6", "g7", "g5"}
+		if len(file.Groups) != bound || !slices.Equal(file.Order, want) {
+			t.Fatalf("after %d groups deleted with a bound of %d the file holds %v in order %v, want %d groups in order %v", groups, bound, file.Groups, file.Order, bound, want)
+		}
+		if file.Groups["g5"] != 3 || file.Groups["g7"] != 2 {
+			t.Errorf("generations %v: want g5 at 3 (deleted twice), g7 at 2", file.Groups)
+		}
+		for _, c := range []struct {
+			group string
+			gen   uint64
+		}{{"g0", 1}, {"g2", 1}, {"g3", 2}, {"g5", 3}} {
+			if got, _ := b.gens.get(c.group); got != c.gen {
+				t.Errorf("%s at generation %d, want %d", c.group, got, c.gen)
+			}
+		}
+		// Read back after a restart: the same table, still bounded.
+		b2 := newGenBroker(t, newMemory(t), nil, dir)
+		b2.gens.max = bound
+		for _, g := range want {
+			if got, _ := b2.gens.get(g); got != file.Groups[g] {
+				t.Errorf("after a restart %s is at generation %d, want %d", g, got, file.Groups[g])
+			}
+		}
+		if err := b2.gens.raise("g9", 2); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := b2.gens.get("g3"); got != 1 {
+			t.Errorf("after one more deletion past the bound, the oldest (g3) is at %d, want 1 (dropped)", got)
+		}
+	})
+	t.Run("control: no bound", func(t *testing.T) {
+		file, _, _ := run(t, 1<<30)
+		if len(file.Groups) != groups {
+			t.Errorf("with a bound above %d the file holds %d groups, want all %d (the check above could not fail)", groups, len(file.Groups), groups)
+		}
+	})
+	t.Run("file without order", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, GenerationsFile), []byte(`{"groups":{"b":2,"a":4,"c":3}}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		g := &groupGens{dir: dir, max: 3}
+		if err := g.raise("d", 2); err != nil {
+			t.Fatal(err)
+		}
+		for grp, want := range map[string]uint64{"a": 1, "b": 2, "c": 3, "d": 2} {
+			if got, _ := g.get(grp); got != want {
+				t.Errorf("%s at %d, want %d (a dropped first: the oldest in name order)", grp, got, want)
+			}
+		}
+	})
+}
+
+// On a raft follower a deletion applied from the log waits for the commits
+// of the follower's own clients under way: a commit checked against the
+// group's old generation just before the deletion arrived, and held in the
+// store, is stored before the deletion, which then removes it, so the
+// follower does not keep the deleted group's offsets (the leader refuses
+// the commit's forward as stale). A commit arriving while the deletion
+// waits is refused. (Negative control, run by hand: with the gate taken
+// out of replicaCore.DeleteGroupOffsets the deletion returns at once and
+// the held commit then leaves offset 0 in the store.)
+func TestReplicatedDeletionWaitsForFollowerCommit(t *testing.T) {
+	ctx := context.Background()
+	store := &heldStore{Store: newMemory(t)}
+	lr := &logRepl{eventRepl: eventRepl{fakeRepl: fakeRepl{status: ferryv1.Status_STATUS_OK}}}
+	b := New(Options{Node: "n2", Address: "127.0.0.1:1", DataDir: t.TempDir(), Topics: []Topic{{Name: "orders", Queues: 2}},
+		Role: sdk.RoleFollower, Replication: replSource{lr}}, newSource(store))
+	b.Start()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := b.Close(cctx); err != nil {
+			t.Error(err)
+		}
+	})
+	lr.b = b
+	if err := b.ReplicaCore().CommitOffsets(ctx, "billing", []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := store.arm("billing")
+	commitErr := make(chan error, 1)
+	go func() {
+		commitErr <- b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Generation: 1,
+			Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}})
+	}()
+	<-entered
+	delErr := make(chan error, 1)
+	go func() { delErr <- b.ReplicaCore().DeleteGroupOffsets(ctx, "billing", 2) }()
+	returned := false
+	var early error
+	waitFor(t, "the replicated deletion to wait for the commit or to return", func() bool {
+		select {
+		case early = <-delErr:
+			returned = true
+			return true
+		default:
+			return b.gates.waiting("billing")
+		}
+	})
+	if returned {
+		t.Errorf("the replicated deletion returned (%v) while a commit of the follower's client was still in flight", early)
+	} else {
+		err := b.CommitOffsets(ctx, &sdk.CommitOffsetsRequest{Group: "billing", Generation: 1, Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 0}}})
+		if !errors.Is(err, sdk.ErrUnavailable) || !strings.Contains(err.Error(), "is being deleted") {
+			t.Errorf("a commit while the replicated deletion waits: %v, want unavailable, being deleted", err)
+		}
+	}
+	close(release)
+	if err := <-commitErr; err != nil {
+		t.Errorf("the held commit: %v", err)
+	}
+	if !returned {
+		if err := <-delErr; err != nil {
+			t.Fatalf("the replicated deletion: %v", err)
+		}
+	}
+	if got := committed(t, b, "billing", 0); got != -1 {
+		t.Errorf("after the replicated deletion the follower holds offset %d of the deleted group, want none (-1)", got)
 	}
 }

@@ -401,6 +401,23 @@ func (c replicaCore) CommitOffsets(ctx context.Context, group string, offsets []
 	return c.b.commitOffsets(ctx, group, offsets, c.b.topicAt) // from the primary: its groups exist
 }
 
+var _ sdk.CommitForwarder = replicaCore{}
+
+// CommitForwarded takes a consumer commit a raft follower forwarded to this
+// node, the leader (sdk.CommitForwarder), as a client's commit: through
+// the group's gate and its generation check, stored, then committed
+// through the plugin's log. On a node that does not take produce it is
+// refused (ErrNotLeader), never forwarded again.
+func (c replicaCore) CommitForwarded(ctx context.Context, req *sdk.CommitOffsetsRequest) error {
+	if err := c.b.role.checkProduce(); err != nil {
+		return fmt.Errorf("a consumer commit forwarded by a raft follower: %w", err)
+	}
+	if req.Group == "" {
+		return fmt.Errorf("%w: a forwarded commit needs a group", sdk.ErrInvalidArgument)
+	}
+	return c.b.clientCommit(ctx, req, true)
+}
+
 // SetRole changes the node's role.
 func (c replicaCore) SetRole(_ context.Context, req *sdk.SetRoleRequest) error {
 	switch req.Role {
@@ -454,13 +471,22 @@ const offsetCommitTimeout = 10 * time.Second
 // CommitOffsets too, which forwards it to the leader: it is answered once
 // committed through the log, as on the leader. A master–slave slave keeps
 // its commits to itself (its plugin has no sdk.OffsetCommitter).
-func (r *replicator) commit(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+//
+// generation is the one the client's commit carried (0: none); forwarded
+// says the commit came from a follower (replicaCore.CommitForwarded): it
+// is refused, not forwarded again, once this node no longer takes produce.
+func (r *replicator) commit(ctx context.Context, group string, generation uint64, offsets []*sdk.GroupOffset, forwarded bool) error {
 	if len(offsets) == 0 {
 		return nil
 	}
+	if forwarded {
+		if err := r.b.role.checkProduce(); err != nil {
+			return fmt.Errorf("group %q: a consumer commit forwarded by a raft follower, stored here but not committed through the log: %w", group, err)
+		}
+	}
 	switch role := r.b.role.get().Role; {
 	case role == sdk.RoleFollower || role == sdk.RoleCandidate:
-		return r.commitThroughLeader(ctx, group, offsets)
+		return r.commitThroughLeader(ctx, group, generation, offsets)
 	case !sdk.TakesProduce(role):
 		return nil
 	}
@@ -472,7 +498,7 @@ func (r *replicator) commit(ctx context.Context, group string, offsets []*sdk.Gr
 	if c, ok := impl.(sdk.OffsetCommitter); ok && !r.offs.noWait(gen) {
 		cctx, cancel := context.WithTimeout(ctx, offsetCommitTimeout)
 		defer cancel()
-		err := c.CommitOffsets(cctx, group, offsets)
+		err := c.CommitOffsets(cctx, group, generation, offsets)
 		switch {
 		case err == nil:
 			return nil
@@ -491,7 +517,7 @@ func (r *replicator) commit(ctx context.Context, group string, offsets []*sdk.Gr
 // plugin's CommitOffsets, which forwards it to the leader, and returns its
 // error. A plugin without sdk.OffsetCommitter is not called: the commit
 // stays on this node.
-func (r *replicator) commitThroughLeader(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+func (r *replicator) commitThroughLeader(ctx context.Context, group string, generation uint64, offsets []*sdk.GroupOffset) error {
 	impl, gen, _ := r.src.Current()
 	if impl == nil {
 		if first, _ := r.replicateFirst(); first {
@@ -505,7 +531,7 @@ func (r *replicator) commitThroughLeader(ctx context.Context, group string, offs
 	}
 	cctx, cancel := context.WithTimeout(ctx, offsetCommitTimeout)
 	defer cancel()
-	switch err := c.CommitOffsets(cctx, group, offsets); {
+	switch err := c.CommitOffsets(cctx, group, generation, offsets); {
 	case err == nil:
 		return nil
 	case errors.Is(err, errors.ErrUnsupported):

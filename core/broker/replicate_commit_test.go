@@ -23,7 +23,9 @@ type commitRepl struct {
 	unsupported bool
 }
 
-func (f *commitRepl) CommitOffsets(_ context.Context, group string, offs []*sdk.GroupOffset) error {
+var _ sdk.OffsetCommitter = (*commitRepl)(nil)
+
+func (f *commitRepl) CommitOffsets(_ context.Context, group string, _ uint64, offs []*sdk.GroupOffset) error {
 	f.cmu.Lock()
 	defer f.cmu.Unlock()
 	if f.unsupported {

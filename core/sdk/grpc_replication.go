@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -159,7 +160,7 @@ func (s *replicationServer) ReplicateOffsets(ctx context.Context, req *ferryv1.C
 		if !ok {
 			return nil, status.Error(codes.Unimplemented, "this replication plugin cannot wait until consumer offsets are committed (no waits_offsets)")
 		}
-		if err := c.CommitOffsets(ctx, req.Group, req.Offsets); err != nil {
+		if err := c.CommitOffsets(ctx, req.Group, req.Generation, req.Offsets); err != nil {
 			return nil, err
 		}
 		return &ferryv1.CommitOffsetsResponse{}, nil
@@ -262,6 +263,19 @@ func (c *replicaCoreClient) SetRole(ctx context.Context, req *SetRoleRequest) er
 func (c *replicaCoreClient) CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
 	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_CommitOffsets{
 		CommitOffsets: &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets}}})
+	return err
+}
+
+var _ CommitForwarder = (*replicaCoreClient)(nil)
+
+// CommitForwarded hands a follower's forwarded consumer commit to the core
+// (CommitForwarder). A core older than the call answers that it does not
+// know it: that is errors.ErrUnsupported here.
+func (c *replicaCoreClient) CommitForwarded(ctx context.Context, req *CommitOffsetsRequest) error {
+	_, err := c.call(ctx, &ferryv1.ReplicationFrame{Request: &ferryv1.ReplicationFrame_CommitForwarded{CommitForwarded: req}})
+	if errors.Is(err, ErrInvalidArgument) && strings.Contains(err.Error(), "unknown replication request") {
+		return fmt.Errorf("the core does not take forwarded commits (%v): %w", err, errors.ErrUnsupported)
+	}
 	return err
 }
 
@@ -393,7 +407,7 @@ func (c *ReplicationClient) ReplicateOffsets(ctx context.Context, group string, 
 // until they are committed through its log (OffsetCommitter). Without the
 // capability announced in the plugin's status it returns an error wrapping
 // errors.ErrUnsupported and sends nothing.
-func (c *ReplicationClient) CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error {
+func (c *ReplicationClient) CommitOffsets(ctx context.Context, group string, generation uint64, offsets []*GroupOffset) error {
 	if c.Mode() == "" {
 		return fmt.Errorf("%w: replication plugin did not answer its status", ErrUnavailable)
 	}
@@ -403,7 +417,7 @@ func (c *ReplicationClient) CommitOffsets(ctx context.Context, group string, off
 	if !ok {
 		return fmt.Errorf("replication plugin cannot wait until consumer offsets are committed: %w", errors.ErrUnsupported)
 	}
-	_, err := c.rpc.ReplicateOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets, Wait: true})
+	_, err := c.rpc.ReplicateOffsets(ctx, &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets, Wait: true, Generation: generation})
 	return err
 }
 
@@ -557,6 +571,13 @@ func handleReplicationFrame(ctx context.Context, core ReplicaCore, f *ferryv1.Re
 	case *ferryv1.ReplicationFrame_DeleteGroupOffsets:
 		if err = core.DeleteGroupOffsets(ctx, r.DeleteGroupOffsets.Group, r.DeleteGroupOffsets.Generation); err == nil {
 			out.Response = &ferryv1.ReplicaCoreFrame_DeleteGroupOffsets{DeleteGroupOffsets: &ferryv1.DeleteGroupOffsetsResponse{}}
+		}
+	case *ferryv1.ReplicationFrame_CommitForwarded:
+		cf, ok := core.(CommitForwarder)
+		if !ok {
+			err = fmt.Errorf("%w: this core does not take forwarded consumer commits (no sdk.CommitForwarder)", errors.ErrUnsupported)
+		} else if err = cf.CommitForwarded(ctx, r.CommitForwarded); err == nil {
+			out.Response = &ferryv1.ReplicaCoreFrame_CommitForwarded{CommitForwarded: &ferryv1.CommitOffsetsResponse{}}
 		}
 	case *ferryv1.ReplicationFrame_SyncStore:
 		ss, ok := core.(StoreSyncer)

@@ -231,13 +231,35 @@ type GroupDeleteReplication interface {
 // was lost (ErrUnavailable), or when ctx ends first.
 // With it the broker does not report offsets through ReplicateOffsets.
 //
+// generation is the group's generation the consumer's commit carried (0:
+// none; docs/admin.md, "Group generations"). A follower's plugin forwards
+// it with the offsets, and the leader's hands the forwarded commit to its
+// core (CommitForwarder), which checks it, and the group's gate, as for a
+// commit made on the leader.
+//
 // Over gRPC the SDK announces the capability in the plugin's status
 // (waits_offsets) and sends the call as ReplicateOffsets with
 // CommitOffsetsRequest.wait set. An error wrapping errors.ErrUnsupported
 // (a plugin that did not announce it) has the broker fall back to
 // ReplicateOffsets.
 type OffsetCommitter interface {
-	CommitOffsets(ctx context.Context, group string, offsets []*GroupOffset) error
+	CommitOffsets(ctx context.Context, group string, generation uint64, offsets []*GroupOffset) error
+}
+
+// CommitForwarder is an optional interface of a ReplicaCore (the broker
+// has it, and so does the SDK's client of the core in a plugin process):
+// it takes a consumer commit that a raft follower forwarded to this node,
+// the leader, as a commit of a client of this node. The broker checks it
+// as it checks its own clients' commits (the group's gate, so that it is
+// ordered with a deletion of the group; the commit's generation, so that
+// one sent before a deletion is refused with ErrStaleGeneration; an
+// ephemeral group deleted), stores it, and commits it through the plugin's
+// log (OffsetCommitter) before it returns. On a node that does not take
+// produce it returns ErrNotLeader and never forwards the commit again.
+// An error wrapping errors.ErrUnsupported says the core cannot: the plugin
+// then commits the offsets through its log itself, unchecked.
+type CommitForwarder interface {
+	CommitForwarded(ctx context.Context, req *CommitOffsetsRequest) error
 }
 
 // ApplyWait waits for an Apply and returns the offsets the store assigned.

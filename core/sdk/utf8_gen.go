@@ -1260,6 +1260,10 @@ func ownReplicaCoreFrame(m *ferryv1.ReplicaCoreFrame) error {
 		if err := ownSyncStoreResponse(o.SyncStore); err != nil {
 			return err
 		}
+	case *ferryv1.ReplicaCoreFrame_CommitForwarded:
+		if err := ownCommitOffsetsResponse(o.CommitForwarded); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -1353,6 +1357,10 @@ func ownReplicationFrame(m *ferryv1.ReplicationFrame) error {
 		}
 	case *ferryv1.ReplicationFrame_SyncStore:
 		if err := ownSyncStoreRequest(o.SyncStore); err != nil {
+			return err
+		}
+	case *ferryv1.ReplicationFrame_CommitForwarded:
+		if err := ownCommitOffsetsRequest(o.CommitForwarded); err != nil {
 			return err
 		}
 	}

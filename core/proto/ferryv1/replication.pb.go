@@ -415,6 +415,7 @@ type ReplicationFrame struct {
 	//	*ReplicationFrame_ApplyTopics
 	//	*ReplicationFrame_DeleteGroupOffsets
 	//	*ReplicationFrame_SyncStore
+	//	*ReplicationFrame_CommitForwarded
 	Request       isReplicationFrame_Request `protobuf_oneof:"request"`
 	TimeoutNanos  int64                      `protobuf:"varint,9,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -537,6 +538,15 @@ func (x *ReplicationFrame) GetSyncStore() *SyncStoreRequest {
 	return nil
 }
 
+func (x *ReplicationFrame) GetCommitForwarded() *CommitOffsetsRequest {
+	if x != nil {
+		if x, ok := x.Request.(*ReplicationFrame_CommitForwarded); ok {
+			return x.CommitForwarded
+		}
+	}
+	return nil
+}
+
 func (x *ReplicationFrame) GetTimeoutNanos() int64 {
 	if x != nil {
 		return x.TimeoutNanos
@@ -595,6 +605,18 @@ type ReplicationFrame_SyncStore struct {
 	SyncStore *SyncStoreRequest `protobuf:"bytes,520,opt,name=sync_store,json=syncStore,proto3,oneof"`
 }
 
+type ReplicationFrame_CommitForwarded struct {
+	// A consumer commit a raft follower forwarded to this node (the
+	// leader): the core takes it as a client's commit (the group's gate,
+	// its generation, queue ends), stores it and commits it through the
+	// plugin's log (ReplicateOffsets with wait), and answers once
+	// committed. NOT_LEADER on a node that does not take produce; never
+	// forwarded again. An older core answers INVALID_ARGUMENT (unknown
+	// request): the plugin then commits the offsets through its log
+	// itself.
+	CommitForwarded *CommitOffsetsRequest `protobuf:"bytes,761,opt,name=commit_forwarded,json=commitForwarded,proto3,oneof"`
+}
+
 func (*ReplicationFrame_Apply) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_Read) isReplicationFrame_Request() {}
@@ -611,6 +633,8 @@ func (*ReplicationFrame_DeleteGroupOffsets) isReplicationFrame_Request() {}
 
 func (*ReplicationFrame_SyncStore) isReplicationFrame_Request() {}
 
+func (*ReplicationFrame_CommitForwarded) isReplicationFrame_Request() {}
+
 type ReplicaCoreFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -624,6 +648,7 @@ type ReplicaCoreFrame struct {
 	//	*ReplicaCoreFrame_ApplyTopics
 	//	*ReplicaCoreFrame_DeleteGroupOffsets
 	//	*ReplicaCoreFrame_SyncStore
+	//	*ReplicaCoreFrame_CommitForwarded
 	Response      isReplicaCoreFrame_Response `protobuf_oneof:"response"`
 	Error         *Error                      `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -746,6 +771,15 @@ func (x *ReplicaCoreFrame) GetSyncStore() *SyncStoreResponse {
 	return nil
 }
 
+func (x *ReplicaCoreFrame) GetCommitForwarded() *CommitOffsetsResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ReplicaCoreFrame_CommitForwarded); ok {
+			return x.CommitForwarded
+		}
+	}
+	return nil
+}
+
 func (x *ReplicaCoreFrame) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -789,6 +823,10 @@ type ReplicaCoreFrame_SyncStore struct {
 	SyncStore *SyncStoreResponse `protobuf:"bytes,520,opt,name=sync_store,json=syncStore,proto3,oneof"`
 }
 
+type ReplicaCoreFrame_CommitForwarded struct {
+	CommitForwarded *CommitOffsetsResponse `protobuf:"bytes,761,opt,name=commit_forwarded,json=commitForwarded,proto3,oneof"`
+}
+
 func (*ReplicaCoreFrame_Apply) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_Read) isReplicaCoreFrame_Response() {}
@@ -804,6 +842,8 @@ func (*ReplicaCoreFrame_ApplyTopics) isReplicaCoreFrame_Response() {}
 func (*ReplicaCoreFrame_DeleteGroupOffsets) isReplicaCoreFrame_Response() {}
 
 func (*ReplicaCoreFrame_SyncStore) isReplicaCoreFrame_Response() {}
+
+func (*ReplicaCoreFrame_CommitForwarded) isReplicaCoreFrame_Response() {}
 
 type ApplyRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -2192,7 +2232,7 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12(\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x10.ferry.v1.StatusR\x06status\x12%\n" +
 	"\x05error\x18\x03 \x01(\v2\x0f.ferry.v1.ErrorR\x05error\x12\x18\n" +
-	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\xbd\x04\n" +
+	"\aoffsets\x18\x04 \x03(\x03R\aoffsets\"\x8b\x05\n" +
 	"\x10ReplicationFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05apply\x18\x02 \x01(\v2\x16.ferry.v1.ApplyRequestH\x00R\x05apply\x12+\n" +
@@ -2203,9 +2243,10 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\fapply_topics\x18\x14 \x01(\v2\x15.ferry.v1.TopicChangeH\x00R\vapplyTopics\x12X\n" +
 	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2#.ferry.v1.DeleteGroupOffsetsRequestH\x00R\x12deleteGroupOffsets\x12<\n" +
 	"\n" +
-	"sync_store\x18\x88\x04 \x01(\v2\x1a.ferry.v1.SyncStoreRequestH\x00R\tsyncStore\x12#\n" +
+	"sync_store\x18\x88\x04 \x01(\v2\x1a.ferry.v1.SyncStoreRequestH\x00R\tsyncStore\x12L\n" +
+	"\x10commit_forwarded\x18\xf9\x05 \x01(\v2\x1e.ferry.v1.CommitOffsetsRequestH\x00R\x0fcommitForwarded\x12#\n" +
 	"\rtimeout_nanos\x18\t \x01(\x03R\ftimeoutNanosB\t\n" +
-	"\arequest\"\xcf\x04\n" +
+	"\arequest\"\x9e\x05\n" +
 	"\x10ReplicaCoreFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05apply\x18\x02 \x01(\v2\x17.ferry.v1.ApplyResponseH\x00R\x05apply\x12,\n" +
@@ -2216,7 +2257,8 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\fapply_topics\x18\x14 \x01(\v2\x1d.ferry.v1.TopicChangeResponseH\x00R\vapplyTopics\x12Y\n" +
 	"\x14delete_group_offsets\x18\xa4\x03 \x01(\v2$.ferry.v1.DeleteGroupOffsetsResponseH\x00R\x12deleteGroupOffsets\x12=\n" +
 	"\n" +
-	"sync_store\x18\x88\x04 \x01(\v2\x1b.ferry.v1.SyncStoreResponseH\x00R\tsyncStore\x12%\n" +
+	"sync_store\x18\x88\x04 \x01(\v2\x1b.ferry.v1.SyncStoreResponseH\x00R\tsyncStore\x12M\n" +
+	"\x10commit_forwarded\x18\xf9\x05 \x01(\v2\x1f.ferry.v1.CommitOffsetsResponseH\x00R\x0fcommitForwarded\x12%\n" +
 	"\x05error\x18\a \x01(\v2\x0f.ferry.v1.ErrorR\x05errorB\n" +
 	"\n" +
 	"\bresponse\"_\n" +
@@ -2402,56 +2444,58 @@ var file_ferry_v1_replication_proto_depIdxs = []int32{
 	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
 	33, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
 	9,  // 13: ferry.v1.ReplicationFrame.sync_store:type_name -> ferry.v1.SyncStoreRequest
-	11, // 14: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	34, // 15: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	13, // 16: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	15, // 17: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	35, // 18: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	3,  // 19: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	36, // 20: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
-	10, // 21: ferry.v1.ReplicaCoreFrame.sync_store:type_name -> ferry.v1.SyncStoreResponse
-	31, // 22: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	29, // 23: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	37, // 24: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	2,  // 25: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	18, // 26: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	37, // 27: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	26, // 28: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	37, // 29: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	29, // 30: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	37, // 31: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	37, // 32: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	28, // 33: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	1,  // 34: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	21, // 35: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
-	26, // 36: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	4,  // 37: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	7,  // 38: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	16, // 39: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	28, // 40: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	1,  // 41: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	33, // 42: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	19, // 43: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	16, // 44: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	22, // 45: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	24, // 46: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	28, // 47: ferry.v1.ReplicaLink.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	5,  // 48: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	6,  // 49: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	17, // 50: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	35, // 51: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	3,  // 52: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	36, // 53: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	20, // 54: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	17, // 55: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	23, // 56: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	25, // 57: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	35, // 58: ferry.v1.ReplicaLink.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	48, // [48:59] is the sub-list for method output_type
-	37, // [37:48] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	28, // 14: ferry.v1.ReplicationFrame.commit_forwarded:type_name -> ferry.v1.CommitOffsetsRequest
+	11, // 15: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	34, // 16: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	13, // 17: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	15, // 18: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	35, // 19: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	3,  // 20: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	36, // 21: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	10, // 22: ferry.v1.ReplicaCoreFrame.sync_store:type_name -> ferry.v1.SyncStoreResponse
+	35, // 23: ferry.v1.ReplicaCoreFrame.commit_forwarded:type_name -> ferry.v1.CommitOffsetsResponse
+	31, // 24: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	29, // 25: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	37, // 26: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	2,  // 27: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	18, // 28: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	37, // 29: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	26, // 30: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	37, // 31: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	29, // 32: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	37, // 33: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	37, // 34: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	28, // 35: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 36: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	21, // 37: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
+	26, // 38: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 39: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 40: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	16, // 41: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	28, // 42: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 43: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	33, // 44: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	19, // 45: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	16, // 46: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	22, // 47: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	24, // 48: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	28, // 49: ferry.v1.ReplicaLink.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	5,  // 50: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 51: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	17, // 52: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	35, // 53: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 54: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	36, // 55: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	20, // 56: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	17, // 57: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	23, // 58: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	25, // 59: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	35, // 60: ferry.v1.ReplicaLink.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	50, // [50:61] is the sub-list for method output_type
+	39, // [39:50] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }
@@ -2470,6 +2514,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicationFrame_ApplyTopics)(nil),
 		(*ReplicationFrame_DeleteGroupOffsets)(nil),
 		(*ReplicationFrame_SyncStore)(nil),
+		(*ReplicationFrame_CommitForwarded)(nil),
 	}
 	file_ferry_v1_replication_proto_msgTypes[7].OneofWrappers = []any{
 		(*ReplicaCoreFrame_Apply)(nil),
@@ -2480,6 +2525,7 @@ func file_ferry_v1_replication_proto_init() {
 		(*ReplicaCoreFrame_ApplyTopics)(nil),
 		(*ReplicaCoreFrame_DeleteGroupOffsets)(nil),
 		(*ReplicaCoreFrame_SyncStore)(nil),
+		(*ReplicaCoreFrame_CommitForwarded)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -648,6 +648,33 @@ func (m *ReplicationFrame_SyncStore) MarshalToSizedBufferVT(dAtA []byte) (int, e
 	}
 	return len(dAtA) - i, nil
 }
+func (m *ReplicationFrame_CommitForwarded) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *ReplicationFrame_CommitForwarded) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.CommitForwarded != nil {
+		size, err := m.CommitForwarded.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x2f
+		i--
+		dAtA[i] = 0xca
+	} else {
+		i = protohelpers.EncodeVarint(dAtA, i, 0)
+		i--
+		dAtA[i] = 0x2f
+		i--
+		dAtA[i] = 0xca
+	}
+	return len(dAtA) - i, nil
+}
 func (m *ReplicaCoreFrame) MarshalVT() (dAtA []byte, err error) {
 	if m == nil {
 		return nil, nil
@@ -898,6 +925,33 @@ func (m *ReplicaCoreFrame_SyncStore) MarshalToSizedBufferVT(dAtA []byte) (int, e
 		dAtA[i] = 0x20
 		i--
 		dAtA[i] = 0xc2
+	}
+	return len(dAtA) - i, nil
+}
+func (m *ReplicaCoreFrame_CommitForwarded) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *ReplicaCoreFrame_CommitForwarded) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.CommitForwarded != nil {
+		size, err := m.CommitForwarded.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x2f
+		i--
+		dAtA[i] = 0xca
+	} else {
+		i = protohelpers.EncodeVarint(dAtA, i, 0)
+		i--
+		dAtA[i] = 0x2f
+		i--
+		dAtA[i] = 0xca
 	}
 	return len(dAtA) - i, nil
 }
@@ -2451,6 +2505,20 @@ func (m *ReplicationFrame_SyncStore) SizeVT() (n int) {
 	}
 	return n
 }
+func (m *ReplicationFrame_CommitForwarded) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.CommitForwarded != nil {
+		l = m.CommitForwarded.SizeVT()
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+	} else {
+		n += 3
+	}
+	return n
+}
 func (m *ReplicaCoreFrame) SizeVT() (n int) {
 	if m == nil {
 		return 0
@@ -2577,6 +2645,20 @@ func (m *ReplicaCoreFrame_SyncStore) SizeVT() (n int) {
 	_ = l
 	if m.SyncStore != nil {
 		l = m.SyncStore.SizeVT()
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+	} else {
+		n += 3
+	}
+	return n
+}
+func (m *ReplicaCoreFrame_CommitForwarded) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.CommitForwarded != nil {
+		l = m.CommitForwarded.SizeVT()
 		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 	} else {
 		n += 3
@@ -4450,6 +4532,47 @@ func (m *ReplicationFrame) UnmarshalVT(dAtA []byte) error {
 				m.Request = &ReplicationFrame_SyncStore{SyncStore: v}
 			}
 			iNdEx = postIndex
+		case 761:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CommitForwarded", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Request.(*ReplicationFrame_CommitForwarded); ok {
+				if err := oneof.CommitForwarded.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &CommitOffsetsRequest{}
+				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Request = &ReplicationFrame_CommitForwarded{CommitForwarded: v}
+			}
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -4882,6 +5005,47 @@ func (m *ReplicaCoreFrame) UnmarshalVT(dAtA []byte) error {
 					return err
 				}
 				m.Response = &ReplicaCoreFrame_SyncStore{SyncStore: v}
+			}
+			iNdEx = postIndex
+		case 761:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CommitForwarded", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Response.(*ReplicaCoreFrame_CommitForwarded); ok {
+				if err := oneof.CommitForwarded.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &CommitOffsetsResponse{}
+				if err := v.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Response = &ReplicaCoreFrame_CommitForwarded{CommitForwarded: v}
 			}
 			iNdEx = postIndex
 		default:
@@ -9352,6 +9516,47 @@ func (m *ReplicationFrame) UnmarshalVTUnsafe(dAtA []byte) error {
 				m.Request = &ReplicationFrame_SyncStore{SyncStore: v}
 			}
 			iNdEx = postIndex
+		case 761:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CommitForwarded", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Request.(*ReplicationFrame_CommitForwarded); ok {
+				if err := oneof.CommitForwarded.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &CommitOffsetsRequest{}
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Request = &ReplicationFrame_CommitForwarded{CommitForwarded: v}
+			}
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -9784,6 +9989,47 @@ func (m *ReplicaCoreFrame) UnmarshalVTUnsafe(dAtA []byte) error {
 					return err
 				}
 				m.Response = &ReplicaCoreFrame_SyncStore{SyncStore: v}
+			}
+			iNdEx = postIndex
+		case 761:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CommitForwarded", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if oneof, ok := m.Response.(*ReplicaCoreFrame_CommitForwarded); ok {
+				if err := oneof.CommitForwarded.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+			} else {
+				v := &CommitOffsetsResponse{}
+				if err := v.UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
+					return err
+				}
+				m.Response = &ReplicaCoreFrame_CommitForwarded{CommitForwarded: v}
 			}
 			iNdEx = postIndex
 		default:

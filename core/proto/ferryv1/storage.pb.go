@@ -1058,10 +1058,14 @@ type CommitOffsetsRequest struct {
 	// ReplicationStatusResponse.waits_offsets; ignored everywhere else.
 	Wait bool `protobuf:"varint,400,opt,name=wait,proto3" json:"wait,omitempty"`
 	// Broker.CommitOffsets only: the group's generation the committing
-	// client learned (HeartbeatResponse.generation). A commit whose
-	// generation is older than the group's (the group was deleted since) is
-	// refused with FAILED_PRECONDITION and not stored; 0 (older clients, the
-	// CLI) is not checked. Ignored by stores and replication plugins.
+	// client learned (HeartbeatResponse.generation, or
+	// GetOffsetsResponse.generation). A commit whose generation is older than
+	// the group's (the group was deleted since) is refused with
+	// FAILED_PRECONDITION and not stored; 0 (older clients, the CLI) is not
+	// checked. Ignored by stores. Replication.ReplicateOffsets with wait
+	// carries it to a raft plugin, which forwards it with a follower's commit
+	// to the leader (ReplicaLink.CommitOffsets), whose core checks it
+	// (ReplicationFrame.commit_forwarded).
 	Generation    uint64 `protobuf:"varint,680,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1338,8 +1342,13 @@ func (x *QueueRef) GetQueue() int32 {
 }
 
 type GetOffsetsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Offsets       []*QueueOffsets        `protobuf:"bytes,1,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Offsets []*QueueOffsets        `protobuf:"bytes,1,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	// Broker.GetOffsets with a group only: the group's generation (as
+	// HeartbeatResponse.generation), read before its offsets, for a client
+	// that commits without heartbeats (the http transport's pullers) to
+	// carry on its commits. Stores leave it 0.
+	Generation    uint64 `protobuf:"varint,760,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1379,6 +1388,13 @@ func (x *GetOffsetsResponse) GetOffsets() []*QueueOffsets {
 		return x.Offsets
 	}
 	return nil
+}
+
+func (x *GetOffsetsResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 var File_ferry_v1_storage_proto protoreflect.FileDescriptor
@@ -1480,9 +1496,12 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"with_bytes\x18< \x01(\bR\twithBytes\"6\n" +
 	"\bQueueRef\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
-	"\x05queue\x18\x02 \x01(\x05R\x05queue\"F\n" +
+	"\x05queue\x18\x02 \x01(\x05R\x05queue\"g\n" +
 	"\x12GetOffsetsResponse\x120\n" +
-	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets2\xfd\x05\n" +
+	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x12\x1f\n" +
+	"\n" +
+	"generation\x18\xf8\x05 \x01(\x04R\n" +
+	"generation2\xfd\x05\n" +
 	"\aStorage\x12?\n" +
 	"\x06Append\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x010\x01\x129\n" +
 	"\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x010\x01\x12P\n" +

@@ -54,8 +54,10 @@ type groupQueue struct {
 // leader, or when leadership is lost with the entry in flight, it returns
 // ErrNotLeader or ErrUnavailable (the outcome is unknown: the consumer
 // commits again); when ctx ends first (at most offsetCommitTimeout
-// without a deadline), ErrUnavailable wrapping ctx's error.
-func (p *Plugin) CommitOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+// without a deadline), ErrUnavailable wrapping ctx's error. A follower
+// forwards the commit's generation with it, for the leader's core to check
+// (forward.go).
+func (p *Plugin) CommitOffsets(ctx context.Context, group string, generation uint64, offsets []*sdk.GroupOffset) error {
 	if len(offsets) == 0 {
 		return nil
 	}
@@ -71,7 +73,7 @@ func (p *Plugin) CommitOffsets(ctx context.Context, group string, offsets []*sdk
 	r := p.raft
 	p.mu.Unlock()
 	if r != nil && r.State() != hraft.Leader {
-		return p.forwardOffsets(ctx, group, offsets)
+		return p.forwardOffsets(ctx, group, generation, offsets)
 	}
 	return p.commitOnLeader(ctx, group, offsets)
 }

@@ -153,9 +153,12 @@
 //     forward.go) and returns the leader's answer, so such a commit too is
 //     acknowledged only once committed through the log. While no leader
 //     answers it tries again every 100 ms until ctx ends. The leader never
-//     forwards a forwarded commit again. A forwarded commit does not pass
-//     the leader broker's group gate (a commit racing a group's delete may
-//     bring the group back, as on master–slave).
+//     forwards a forwarded commit again. The forward carries the commit's
+//     group generation, and the leader hands it to its core
+//     (sdk.CommitForwarder), which takes it as a commit of its own
+//     clients: the group's gate orders it with a deletion made on the
+//     leader, and a commit of a generation older than the group's (sent
+//     before the deletion) is refused with STALE_GENERATION.
 //   - `ferry group delete` on the leader is an entry of its own kind
 //     (groups.go, sdk.GroupDeleteReplication): every node's FSM drops the
 //     group from its table and deletes its offsets through

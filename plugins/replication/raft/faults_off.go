@@ -17,3 +17,7 @@ const noRPCCheck = false
 // offsetsNoForward is false in release builds: a follower forwards the
 // consumer commits made through it to the leader (faults_on.go).
 const offsetsNoForward = false
+
+// forwardNoGate is false in release builds: a forwarded commit goes through
+// the leader's core (forward.go).
+const forwardNoGate = false

@@ -37,3 +37,13 @@ var noRPCCheck = os.Getenv(EnvFaultNoRPCCheck) == "1"
 const EnvFaultNoForward = "FERRY_FAULT_RAFT_NO_FORWARD"
 
 var offsetsNoForward = os.Getenv(EnvFaultNoForward) == "1"
+
+// EnvFaultForwardNoGate, in test builds only, set to "1", makes the leader
+// commit a follower's forwarded consumer commit through the log without
+// its core's checks (the group's gate and generation), as before
+// forward.go's commitForwarded: the negative control of the test that a
+// commit sent through a follower before its group's deletion does not
+// bring the group back.
+const EnvFaultForwardNoGate = "FERRY_FAULT_RAFT_FORWARD_NO_GATE"
+
+var forwardNoGate = os.Getenv(EnvFaultForwardNoGate) == "1"

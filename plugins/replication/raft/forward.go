@@ -26,6 +26,14 @@ import (
 // once it is committed through the log, wherever the consumer made it.
 // While no leader answers (an election, a leader just killed), the
 // forward is tried again every forwardRetry until ctx ends.
+//
+// The forward carries the commit's group generation. The leader hands the
+// forwarded commit to its core (sdk.CommitForwarder), which takes it as a
+// commit of its own clients: through the group's gate (ordered with a
+// deletion of the group made on the leader: a commit under way holds the
+// deletion back, one arriving during it is refused UNAVAILABLE and tried
+// again here) and the generation check (a commit sent before the deletion
+// is refused STALE_GENERATION), then through this plugin's group commit.
 
 // forwardRetry is the pause between two forwards of one commit.
 const forwardRetry = 100 * time.Millisecond
@@ -34,13 +42,13 @@ const forwardRetry = 100 * time.Millisecond
 // its answer, trying again while there is no leader or the leader answers
 // that it is not (any more) the leader or cannot confirm the entry. ctx has
 // a deadline.
-func (p *Plugin) forwardOffsets(ctx context.Context, group string, offsets []*sdk.GroupOffset) error {
+func (p *Plugin) forwardOffsets(ctx context.Context, group string, generation uint64, offsets []*sdk.GroupOffset) error {
 	if offsetsNoForward {
 		// The fault hook of test builds (faults_on.go): the commit stays
 		// on this node, as before commits were forwarded.
 		return nil
 	}
-	req := &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets}
+	req := &ferryv1.CommitOffsetsRequest{Group: group, Offsets: offsets, Generation: generation}
 	for {
 		err := p.forwardOnce(ctx, req)
 		if err == nil || !(errors.Is(err, sdk.ErrNotLeader) || errors.Is(err, sdk.ErrUnavailable)) {
@@ -135,8 +143,33 @@ func (a *admin) CommitOffsets(ctx context.Context, req *ferryv1.CommitOffsetsReq
 		ctx, cancel = context.WithTimeout(ctx, offsetCommitTimeout)
 		defer cancel()
 	}
-	if err := a.p.commitOnLeader(ctx, req.Group, req.Offsets); err != nil {
+	if err := a.p.commitForwarded(ctx, req); err != nil {
 		return nil, sdk.ErrorToStatus(err)
 	}
 	return &ferryv1.CommitOffsetsResponse{}, nil
+}
+
+// commitForwarded takes a follower's forwarded commit on the leader: its
+// core checks it as a commit of its own clients and commits it through
+// this plugin's CommitOffsets (never forwarded: the core refuses once this
+// node does not lead). Without a core that takes forwarded commits (not
+// connected yet, or without sdk.CommitForwarder) the offsets go through the
+// group commit unchecked, as before the check existed.
+func (p *Plugin) commitForwarded(ctx context.Context, req *ferryv1.CommitOffsetsRequest) error {
+	if forwardNoGate {
+		// The fault hook of test builds (faults_on.go): the forwarded
+		// commit bypasses the leader's core, as before it was checked.
+		return p.commitOnLeader(ctx, req.Group, req.Offsets)
+	}
+	p.mu.Lock()
+	core := p.core
+	p.mu.Unlock()
+	if cf, ok := core.(sdk.CommitForwarder); ok {
+		err := cf.CommitForwarded(ctx, req)
+		if !errors.Is(err, errors.ErrUnsupported) {
+			return err
+		}
+		p.log.Warn("the core does not check forwarded consumer commits; committed through the log unchecked", "group", req.Group, "error", err)
+	}
+	return p.commitOnLeader(ctx, req.Group, req.Offsets)
 }

@@ -132,6 +132,9 @@ type (
 		// Next is, per queue, the offset after the last message returned:
 		// commit it once they are processed.
 		Next []positionOut `json:"next"`
+		// Generation is the group's generation, for a pull from its
+		// committed offsets: carry it on the commit of these messages.
+		Generation uint64 `json:"generation,omitempty"`
 	}
 	offsetIn struct {
 		Topic  string `json:"topic"`
@@ -140,6 +143,11 @@ type (
 	}
 	commitIn struct {
 		Offsets []offsetIn `json:"offsets"`
+		// Generation, when set, is the group's generation the caller read
+		// (a pull's or GET offsets' "generation"): a commit of an older one
+		// than the group's (deleted since) is refused, 409
+		// STALE_GENERATION. Absent or 0: not checked.
+		Generation uint64 `json:"generation"`
 	}
 	queueOffsetsOut struct {
 		Topic     string `json:"topic"`
@@ -150,6 +158,8 @@ type (
 	}
 	offsetsOut struct {
 		Offsets []queueOffsetsOut `json:"offsets"`
+		// Generation is the group's generation (groups.go of the broker).
+		Generation uint64 `json:"generation"`
 	}
 	errorOut struct {
 		Error struct {
@@ -540,6 +550,7 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	positions := make([]*ferryv1.FetchPosition, len(qs))
+	var generation uint64
 	if v := qv.Get("offset"); v != "" {
 		off, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || off < 0 {
@@ -565,6 +576,7 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 			fail(w, err)
 			return
 		}
+		generation = offs.Generation
 		for i, q := range qs {
 			pos := &ferryv1.FetchPosition{Queue: q}
 			if i < len(offs.Offsets) {
@@ -615,7 +627,7 @@ func (a *api) pull(w http.ResponseWriter, r *http.Request) {
 			next[o.Queue] = o.Start // retention removed what the group had not read
 		}
 	}
-	out := pullOut{Messages: make([]messageOut, 0, len(resp.Messages))}
+	out := pullOut{Messages: make([]messageOut, 0, len(resp.Messages)), Generation: generation}
 	for _, m := range resp.Messages {
 		mo := messageOut{ID: m.Id, Topic: m.Topic, Queue: m.Queue, Offset: m.Offset, Key: m.Key, Headers: m.Headers,
 			BornUnixNano: m.BornUnixNano, StoredUnixNano: m.StoredUnixNano}
@@ -653,7 +665,7 @@ func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
-		fail(w, badRequest("body is not a commit {\"offsets\":[{\"topic\",\"queue\",\"offset\"}]}: %v", err))
+		fail(w, badRequest("body is not a commit {\"offsets\":[{\"topic\",\"queue\",\"offset\"}],\"generation\":N}: %v", err))
 		return
 	}
 	if off := dec.InputOffset(); len(bytes.TrimSpace(body[off:])) > 0 {
@@ -664,7 +676,7 @@ func (a *api) commit(w http.ResponseWriter, r *http.Request) {
 		fail(w, badRequest("no offsets to commit"))
 		return
 	}
-	req := &sdk.CommitOffsetsRequest{Group: group}
+	req := &sdk.CommitOffsetsRequest{Group: group, Generation: in.Generation}
 	for _, o := range in.Offsets {
 		if err := checkName("topic", o.Topic); err != nil {
 			fail(w, err)
@@ -710,7 +722,7 @@ func (a *api) offsets(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	out := offsetsOut{Offsets: []queueOffsetsOut{}}
+	out := offsetsOut{Offsets: []queueOffsetsOut{}, Generation: resp.Generation}
 	for _, o := range resp.Offsets {
 		out.Offsets = append(out.Offsets, queueOffsetsOut{Topic: o.Topic, Queue: o.Queue, Start: o.Start, End: o.End, Committed: o.Committed})
 	}

@@ -7,7 +7,7 @@
 //
 //	POST /v1/topics/{topic}/messages   produce: JSON {"messages":[...]} or a raw body
 //	GET  /v1/topics/{topic}/messages   pull: ?group=G [&queue=Q&offset=O] [&max=N] [&wait=1s]
-//	POST /v1/groups/{group}/offsets    commit (ack): {"offsets":[{"topic","queue","offset"}]}
+//	POST /v1/groups/{group}/offsets    commit (ack): {"offsets":[{"topic","queue","offset"}],"generation"}
 //	GET  /v1/groups/{group}/offsets    ?topic=T: committed offsets and queue ranges
 //	GET  /v1/metadata                  topics, queues, brokers
 //
