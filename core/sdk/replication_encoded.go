@@ -82,13 +82,16 @@ func (m EncodedMessages) checkRecords(num protowire.Number) error {
 // SplitMessageRecords splits the wire form b of a message whose field num
 // is `repeated Message` (FollowResponse.messages, say): the records of that
 // field are returned as msgs, in order, and every other field in rest, for
-// the caller to decode as the message with those records left out. The
-// records are copied into one slice of their own, so that msgs outlives b.
-// Each message is checked as MessageWire checks it, so that what the caller
-// forwards is a Message a core takes.
+// the caller to decode as the message with those records left out. When
+// the records come first and one after the other (as every encoder of
+// Ferry's writes them) msgs and rest alias b, with no copy; else they are
+// copied. The caller must own b. The messages inside the records are not
+// checked here: the core that gets them decodes and checks each one
+// (EncodedApplier), and Positions reads what it needs defensively.
 func SplitMessageRecords(b []byte, num protowire.Number) (msgs EncodedMessages, rest []byte, err error) {
-	size := 0
-	for at := 0; at < len(b); {
+	end := -1 // b[:end] holds every record, and nothing else, while they come first
+	at := 0
+	for at < len(b) {
 		got, typ, n := protowire.ConsumeTag(b[at:])
 		if n < 0 {
 			return EncodedMessages{}, nil, protowire.ParseError(n)
@@ -98,34 +101,34 @@ func SplitMessageRecords(b []byte, num protowire.Number) (msgs EncodedMessages, 
 			return EncodedMessages{}, nil, protowire.ParseError(m)
 		}
 		if got == num {
-			size += n + m
+			if typ != protowire.BytesType {
+				return EncodedMessages{}, nil, fmt.Errorf("field %d: wire type %d, want bytes (a Message)", num, typ)
+			}
+			msgs.N++
+			if end == at || at == 0 {
+				end = at + n + m
+			} else {
+				end = -2 // a record after another field: copy below
+			}
 		}
 		at += n + m
 	}
-	msgs.Records = make([]byte, 0, size)
-	rest = make([]byte, 0, len(b)-size)
+	switch {
+	case msgs.N == 0:
+		return EncodedMessages{}, b, nil
+	case end >= 0:
+		msgs.Records = b[:end:end]
+		return msgs, b[end:], nil
+	}
 	for at := 0; at < len(b); {
 		got, typ, n := protowire.ConsumeTag(b[at:])
 		m := protowire.ConsumeFieldValue(got, typ, b[at+n:])
-		field := b[at : at+n+m]
+		if got == num {
+			msgs.Records = append(msgs.Records, b[at:at+n+m]...)
+		} else {
+			rest = append(rest, b[at:at+n+m]...)
+		}
 		at += n + m
-		if got != num {
-			rest = append(rest, field...)
-			continue
-		}
-		if typ != protowire.BytesType {
-			return EncodedMessages{}, nil, fmt.Errorf("field %d: wire type %d, want bytes (a Message)", num, typ)
-		}
-		v, _ := protowire.ConsumeBytes(field[n:])
-		info, ok := MessageWire(v)
-		if !ok {
-			return EncodedMessages{}, nil, fmt.Errorf("field %d: message %d is not a valid Message", num, msgs.N)
-		}
-		if info.Trace == TraceSampled {
-			msgs.Sampled++
-		}
-		msgs.Records = append(msgs.Records, field...)
-		msgs.N++
 	}
 	return msgs, rest, nil
 }

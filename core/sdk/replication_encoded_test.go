@@ -43,8 +43,8 @@ func TestApplyEncodedForwardsTheMastersMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msgs.N != len(in.Messages) || msgs.Sampled != len(in.Messages) {
-		t.Fatalf("split: %d messages, %d sampled; want %d of each", msgs.N, msgs.Sampled, len(in.Messages))
+	if msgs.N != len(in.Messages) {
+		t.Fatalf("split: %d messages, want %d", msgs.N, len(in.Messages))
 	}
 	others := &ferryv1.FollowResponse{}
 	if err := unmarshalFrame(rest, others); err != nil {
@@ -93,8 +93,9 @@ func TestApplyEncodedForwardsTheMastersMessages(t *testing.T) {
 	}
 }
 
-// What is not a batch of Messages is refused, naming what is wrong, before
-// anything is forwarded.
+// What is not a batch of records is refused, naming what is wrong, before
+// anything is forwarded; a record that is not a Message is the core's to
+// refuse (TestApplyEncodedMessageTheCoreRefuses).
 func TestSplitMessageRecordsRefusesBadMessages(t *testing.T) {
 	good, err := proto.Marshal(&ferryv1.FollowResponse{Messages: []*ferryv1.Message{{Id: "a", Topic: "orders"}}})
 	if err != nil {
@@ -103,13 +104,10 @@ func TestSplitMessageRecordsRefusesBadMessages(t *testing.T) {
 	if _, _, err := SplitMessageRecords(good, 1); err != nil {
 		t.Fatalf("a sound answer: %v", err)
 	}
-	badUTF8 := protowire.AppendTag(nil, 1, protowire.BytesType)
-	badUTF8 = protowire.AppendBytes(badUTF8, protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), []byte{0xff, 0xfe}))
 	notBytes := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 7)
 	for name, b := range map[string][]byte{
-		"a topic not in UTF-8": badUTF8,
-		"field 1 not bytes":    notBytes,
-		"cut short":            good[:len(good)-1],
+		"field 1 not bytes": notBytes,
+		"cut short":         good[:len(good)-1],
 	} {
 		if _, _, err := SplitMessageRecords(b, 1); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -131,5 +129,38 @@ func TestSplitMessageRecordsRefusesBadMessages(t *testing.T) {
 		if _, err := c.ApplyEncoded(context.Background(), m); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// The plugin forwards records without checking the messages in them; the
+// core's decode of the frame (unmarshalFrame, as ReplicationClient's ring
+// reader and the Connect stream's codec do) refuses one that is not a valid
+// Message, so its Apply fails instead of storing it.
+func TestApplyEncodedMessageTheCoreRefuses(t *testing.T) {
+	badTopic := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), []byte{0xff, 0xfe})
+	records := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), badTopic)
+	var sent []byte
+	c := &replicaCoreClient{calls: newPending[*ferryv1.ReplicaCoreFrame](), sendFrame: func(f *ferryv1.ReplicationFrame) error {
+		b, buf, err := encodeFrame(f)
+		sent = append([]byte(nil), b...)
+		if buf != nil {
+			sharedBufferPool.Put(buf)
+		}
+		return err
+	}}
+	msgs, _, err := SplitMessageRecords(records, 1)
+	if err != nil || msgs.N != 1 {
+		t.Fatalf("split: %d records, %v", msgs.N, err)
+	}
+	if _, err := msgs.Positions(); err != nil {
+		t.Fatalf("positions of a message with a bad topic: %v", err)
+	}
+	if _, err := c.ApplyEncoded(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	if err := unmarshalFrame(sent, &ferryv1.ReplicationFrame{}); err == nil {
+		t.Fatal("the core decoded an apply of a message whose topic is not UTF-8")
+	} else {
+		t.Log(err)
 	}
 }

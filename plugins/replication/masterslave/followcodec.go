@@ -13,10 +13,10 @@ import (
 )
 
 // followCodec is the SDK's gRPC codec for a slave's Follow stream, except
-// that a FollowResponse's messages are not decoded: their records (field 1,
-// each checked by sdk.MessageWire) become the answer's unknown fields, and
-// the slave hands them to its core as they are (sdk.EncodedApplier), which
-// decodes and checks them once. The other fields decode as usual.
+// that a FollowResponse's messages are not decoded: their records (field 1)
+// become the answer's unknown fields, and the slave hands them to its core
+// as they are (sdk.EncodedApplier), which decodes and checks them once. The
+// other fields decode as usual.
 type followCodec struct{ encoding.CodecV2 }
 
 // followMessages is FollowResponse.messages' field number, the same as

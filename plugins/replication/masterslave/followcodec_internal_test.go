@@ -59,12 +59,23 @@ func TestFollowCodecKeepsMessagesEncoded(t *testing.T) {
 	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(rb)}, back); err != nil || !proto.Equal(back, req) {
 		t.Errorf("a FollowRequest: %v, %v", back, err)
 	}
-	// A batch with a message that is not one is refused, naming it.
+	// A record that is not a Message is forwarded (the core refuses it),
+	// but the slave's own reading of its position fails first.
 	bad := &ferryv1.FollowResponse{}
 	bad.ProtoReflect().SetUnknown(protoreflect.RawFields{0x0a, 0x02, 0x12, 0xff})
 	bb, _ := proto.Marshal(bad)
-	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bb)}, &ferryv1.FollowResponse{}); err == nil {
-		t.Error("a message that does not decode was accepted")
+	kept := &ferryv1.FollowResponse{}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bb)}, kept); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (sdk.EncodedMessages{Records: kept.ProtoReflect().GetUnknown()}).Positions(); err == nil {
+		t.Error("the position of a message that does not decode was read")
+	} else {
+		t.Log(err)
+	}
+	// Not a record of field 1 of wire type bytes: refused by the codec.
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0x08, 0x01})}, &ferryv1.FollowResponse{}); err == nil {
+		t.Error("field 1 as a varint was accepted")
 	} else {
 		t.Log(err)
 	}
