@@ -307,9 +307,10 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 			pos []sdk.MessagePosition
 			enc sdk.EncodedMessages
 		)
-		if raw := resp.ProtoReflect().GetUnknown(); len(raw) > 0 && len(resp.Messages) == 0 {
-			// Kept encoded by followCodec: records of field 1.
-			enc.Records = raw
+		if ea != nil {
+			// Kept encoded by followCodec: its unknown fields are the
+			// records of field 1, and only them.
+			enc.Records = resp.ProtoReflect().GetUnknown()
 			if pos, err = enc.Positions(); err != nil {
 				return fmt.Errorf("the master's messages: %w", err)
 			}
