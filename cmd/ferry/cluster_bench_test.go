@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,6 +59,9 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		start func() []string // brokers to send to
 	}
 	var running []*clusterNode
+	// slave is the master–slave setups' slave node while it runs, whose
+	// processes' CPU time per message acked is reported.
+	var slave *clusterNode
 	stopAll := func() {
 		for _, n := range running {
 			n.kill(t)
@@ -81,6 +86,7 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		m.start(t, bin)
 		s.start(t, bin)
 		running = append(running, m, s)
+		slave = s
 		eventually(t, 60*time.Second, "slave linked", func() bool {
 			st, err := clusterStatus(ctx, sr)
 			return err == nil && st.LeaderConnected
@@ -165,16 +171,53 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		{"--mode", "sync", "--producers", "16"},
 		{"--mode", "async", "--producers", "4", "--inflight", "256"},
 	}
-	type sample struct{ rate, p50 float64 }
+	// FERRY_CLUSTER_BENCH_BINS=old=PATH,new=PATH runs every setup with
+	// each binary in turn (named setup@old, setup@new), interleaved, each
+	// setup's ratio to none of the same binary.
+	type binary struct{ name, path string }
+	bins := []binary{{"", bin}}
+	if v := os.Getenv("FERRY_CLUSTER_BENCH_BINS"); v != "" {
+		bins = nil
+		for _, kv := range strings.Split(v, ",") {
+			name, path, ok := strings.Cut(kv, "=")
+			if !ok || name == "" || path == "" {
+				t.Fatalf("FERRY_CLUSTER_BENCH_BINS=%q: want name=path,name=path", v)
+			}
+			if _, err := os.Stat(path); err != nil {
+				t.Fatalf("FERRY_CLUSTER_BENCH_BINS: binary %s: %v", name, err)
+			}
+			bins = append(bins, binary{name, path})
+		}
+	}
+	type sample struct{ rate, p50, slaveCPU float64 }
 	samples := map[string]map[string][]sample{} // setup → workload → one per rep
 	var order []string                          // workload names, in order
+	var names []string                          // setups, as reported
+	noneOf := map[string]string{}               // setup → the none it is a ratio to
+	for _, s := range setups {
+		for _, b := range bins {
+			name, none := s.name, "none"
+			if b.name != "" {
+				name, none = name+"@"+b.name, "none@"+b.name
+			}
+			names = append(names, name)
+			noneOf[name] = none
+		}
+	}
 	for rep := range reps {
-		for _, s := range setups {
+		for i, run := range names {
+			s, b := setups[i/len(bins)], bins[i%len(bins)]
+			bin = b.path
+			slave = nil
 			brokers := s.start()
-			if samples[s.name] == nil {
-				samples[s.name] = map[string][]sample{}
+			if samples[run] == nil {
+				samples[run] = map[string][]sample{}
 			}
 			for _, w := range workloads {
+				var cpu0 map[string]time.Duration
+				if slave != nil {
+					cpu0 = groupCPU(t, slave.cmd.Process.Pid)
+				}
 				args := append([]string{"bench", "produce", "--broker", strings.Join(brokers, ","), "--topic", "orders", "--size", "1024", "--duration", duration, "--json"}, w...)
 				out, err := exec.Command(bin, args...).Output()
 				if err != nil {
@@ -198,11 +241,25 @@ func TestClusterProduceBenchmark(t *testing.T) {
 				if r.Latency != nil {
 					p50 = r.Latency.P50
 				}
-				if rep == 0 && s.name == "none" {
+				if rep == 0 && i == 0 {
 					order = append(order, r.Workload)
 				}
-				samples[s.name][r.Workload] = append(samples[s.name][r.Workload], sample{r.MsgsPerSec, p50})
-				t.Logf("rep %d: %-22s %-22s %8.0f msgs/s  p50 %6.0f µs  statuses %v", rep+1, s.name, r.Workload, r.MsgsPerSec, p50, r.Statuses)
+				// The slave's processes' CPU time per message it took.
+				perMsg, cpuNote := 0.0, ""
+				if cpu0 != nil {
+					cpu1 := groupCPU(t, slave.cmd.Process.Pid)
+					var total time.Duration
+					var parts []string
+					for _, k := range slices.Sorted(maps.Keys(cpu1)) {
+						d := cpu1[k] - cpu0[k]
+						total += d
+						parts = append(parts, fmt.Sprintf("%s %.1f", k, perMessage(d, r.Statuses)))
+					}
+					perMsg = perMessage(total, r.Statuses)
+					cpuNote = fmt.Sprintf("  slave CPU %.1f µs/msg (%s)", perMsg, strings.Join(parts, ", "))
+				}
+				samples[run][r.Workload] = append(samples[run][r.Workload], sample{r.MsgsPerSec, p50, perMsg})
+				t.Logf("rep %d: %-22s %-22s %8.0f msgs/s  p50 %6.0f µs  statuses %v%s", rep+1, run, r.Workload, r.MsgsPerSec, p50, r.Statuses, cpuNote)
 			}
 			stopAll()
 		}
@@ -216,17 +273,81 @@ func TestClusterProduceBenchmark(t *testing.T) {
 		return v[len(v)/2]
 	}
 	t.Logf("medians of %d reps (ratio: median rate ÷ median rate of none):", reps)
-	for _, s := range setups {
+	for _, name := range names {
 		var parts []string
 		for _, w := range order {
-			rate := median(samples[s.name][w], func(x sample) float64 { return x.rate })
+			rate := median(samples[name][w], func(x sample) float64 { return x.rate })
 			none := 0.0 // not measured: no ratio
-			if len(samples["none"][w]) > 0 {
-				none = median(samples["none"][w], func(x sample) float64 { return x.rate })
+			if len(samples[noneOf[name]][w]) > 0 {
+				none = median(samples[noneOf[name]][w], func(x sample) float64 { return x.rate })
 			}
-			p50 := median(samples[s.name][w], func(x sample) float64 { return x.p50 })
-			parts = append(parts, fmt.Sprintf("%s %.0f/s p50 %.0fµs %.2f×", w, rate, p50, rate/none))
+			p50 := median(samples[name][w], func(x sample) float64 { return x.p50 })
+			part := fmt.Sprintf("%s %.0f/s p50 %.0fµs %.2f×", w, rate, p50, rate/none)
+			if cpu := median(samples[name][w], func(x sample) float64 { return x.slaveCPU }); cpu > 0 {
+				part += fmt.Sprintf(" slave %.1fµs/msg", cpu)
+			}
+			parts = append(parts, part)
 		}
-		t.Logf("%-22s %s", s.name, strings.Join(parts, " | "))
+		t.Logf("%-26s %s", name, strings.Join(parts, " | "))
 	}
+}
+
+// perMessage is d in µs per message taken (answered OK or sent) by a
+// bench run of statuses.
+func perMessage(d time.Duration, statuses map[string]int) float64 {
+	n := statuses["OK"] + statuses["SENT"]
+	if n == 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(n)
+}
+
+// groupCPU is the CPU time (user and system) of every live process in the
+// process group pgid so far, by what each is: "core" for the group's
+// leader (ferry run), else the plugin it serves ("storage", "replication",
+// "transport", from `ferry plugin serve KIND/TYPE`).
+func groupCPU(t *testing.T, pgid int) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ 100, as on every Linux
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// Fields after the command's closing parenthesis: state(3) ppid
+		// pgrp ... utime(14) stime(15).
+		i := strings.LastIndexByte(string(stat), ')')
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		if pg, _ := strconv.Atoi(f[2]); pg != pgid {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		kind := "core"
+		if pid != pgid {
+			kind = "plugin"
+			if cmd, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline")); err == nil {
+				args := strings.Split(string(cmd), "\x00")
+				for j := 0; j+2 < len(args); j++ {
+					if args[j] == "plugin" && args[j+1] == "serve" {
+						kind, _, _ = strings.Cut(args[j+2], "/")
+					}
+				}
+			}
+		}
+		out[kind] += time.Duration(ut+st) * tick
+	}
+	return out
 }

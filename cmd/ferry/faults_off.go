@@ -30,6 +30,6 @@ func installFaults(p sdk.Plugin) {
 	installPowerLoss(s)
 }
 
-// tearOnPowerLoss is false in release builds: a power loss cuts the store
+// tearOnPowerLoss is 0 in release builds: a power loss cuts the store
 // cleanly at its last fsync (faults_on.go).
-const tearOnPowerLoss = false
+const tearOnPowerLoss = 0

@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"strconv"
 
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/plugins/storage/file"
@@ -21,7 +22,17 @@ func installFaults(p sdk.Plugin) {
 
 // EnvFaultPowerLossTear, set to "1" in test builds, makes the file store's
 // power loss tear the first record the last fsync did not cover (half of
-// it stays on disk) instead of cutting cleanly before it (powerloss.go).
+// it stays on disk) instead of cutting cleanly before it (powerloss.go);
+// set to N > 1, the first N-1 unsynced records survive whole and the N-th
+// is torn, so that a batch of several messages survives in part.
 const EnvFaultPowerLossTear = "FERRY_FAULT_POWER_LOSS_TEAR"
 
-var tearOnPowerLoss = os.Getenv(EnvFaultPowerLossTear) == "1"
+// tearOnPowerLoss is the unsynced record a power loss tears (1: the first);
+// 0: none.
+var tearOnPowerLoss = func() int {
+	n, err := strconv.Atoi(os.Getenv(EnvFaultPowerLossTear))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}()

@@ -18,20 +18,20 @@ import (
 // store drops what it did not fsync, as the OS would drop its page cache at a
 // power cut (file.Store.CrashLoseUnflushed), and the process dies at once.
 //
-// In test builds with FERRY_FAULT_POWER_LOSS_TEAR=1 (faults_on.go) the
-// power loss also tears a write: half of the first record the last fsync
-// did not cover stays on disk (file.Store.CrashTearUnflushed), and a line
-// on stderr says which record.
+// In test builds with FERRY_FAULT_POWER_LOSS_TEAR=N (faults_on.go) the
+// power loss also tears a write: the first N-1 records the last fsync did
+// not cover stay whole and half of the N-th stays on disk
+// (file.Store.CrashTearUnflushedAt), and a line on stderr says which record.
 func installPowerLoss(s *file.Store) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
 	go func() {
 		<-sig
-		if tearOnPowerLoss {
-			pos, size, err := s.CrashTearUnflushed()
+		if tearOnPowerLoss > 0 {
+			pos, size, err := s.CrashTearUnflushedAt(tearOnPowerLoss)
 			// JSON, so that the plugin host logs it at its level.
 			hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: os.Stderr}).Warn("power loss with a torn write",
-				"torn_record_pos", pos, "torn_record_bytes", size, "half_kept", size > 0, "error", err)
+				"torn_record", tearOnPowerLoss, "torn_record_pos", pos, "torn_record_bytes", size, "half_kept", size > 0, "error", err)
 		} else {
 			_ = s.CrashLoseUnflushed()
 		}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -34,16 +35,22 @@ func TestVerifyRaftPowerLossOfAllNodes(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		storeFsync bool
-		tear       bool // the power loss tears a write (a ferry_faults build)
+		tear       int  // the power loss tears the tear-th unsynced record (a ferry_faults build); 0: none
 		follower   bool // a follower alone loses power afterwards
+		mode       string
 	}{
-		{"log_durable", false, false, true},
-		{"store_fsync", true, false, false},
+		{"log_durable", false, 0, true, ""},
+		{"store_fsync", true, 0, false, ""},
 		// Half of the first record each store had not fsynced stays
 		// on disk: recovery cuts it, and raft applies its entry and the
 		// later ones again from the log. (verify's entries hold one
 		// message each: the torn record is always its entry's first.)
-		{"torn_tail", false, true, false},
+		{"torn_tail", false, 1, false, ""},
+		// Async producers: entries of many messages. Each store keeps
+		// the first 2 records it had not fsynced and half of the 3rd,
+		// so that an entry survives in part; raft applies it again
+		// whole, and the store takes back the survivors by id.
+		{"torn_entry", false, 3, false, "async"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			files := raftFiles
@@ -51,14 +58,18 @@ func TestVerifyRaftPowerLossOfAllNodes(t *testing.T) {
 				files = raftFilesWith(t, "store_fsync: true")
 			}
 			bin, env := ferryBin, []string(nil)
-			if tc.tear {
-				bin, env = ferrytest.BinaryWithTags(t, "ferry_faults"), []string{envPowerLossTear + "=1"}
+			if tc.tear > 0 {
+				bin, env = ferrytest.BinaryWithTags(t, "ferry_faults"), []string{envPowerLossTear + "=" + strconv.Itoa(tc.tear)}
+			}
+			var extra []string
+			if tc.mode != "" {
+				extra = []string{"--mode", tc.mode}
 			}
 			faults := "kill:leader@2s-2500ms,power-loss:all@5s-6s"
 			if tc.follower {
 				faults += ",power-loss:follower@8500ms-9500ms"
 			}
-			r, c, stdout := verifyRaftPowerLoss(t, bin, files, env, faults)
+			r, c, stdout := verifyRaftPowerLoss(t, bin, files, env, faults, extra...)
 			if !strings.Contains(stdout, "verdict: pass") {
 				t.Fatalf("verdict:\n%s", stdout)
 			}
@@ -197,7 +208,7 @@ func TestVerifyRaftPowerLossOfAllNodesControl(t *testing.T) {
 
 // verifyRaftPowerLoss runs ferry verify (bin) on the raft group of files
 // with the fault schedule faults and checks that its power losses were real.
-func verifyRaftPowerLoss(t *testing.T, bin string, files, env []string, faults string) (verifyReport, clusterReport, string) {
+func verifyRaftPowerLoss(t *testing.T, bin string, files, env []string, faults string, extra ...string) (verifyReport, clusterReport, string) {
 	out := t.TempDir()
 	args := append([]string{"verify"}, files...)
 	d := "12s"
@@ -206,6 +217,7 @@ func verifyRaftPowerLoss(t *testing.T, bin string, files, env []string, faults s
 	}
 	args = append(args, "--duration", d, "--producers", "2", "--out", out,
 		"--faults", faults)
+	args = append(args, extra...)
 	if slices.Contains(env, "FERRY_FAULT_RAFT_NO_REAPPLY=1") {
 		// A control's store loses on purpose; its group would wait out
 		// the drain for what the store no longer serves.
@@ -269,7 +281,7 @@ func verifyRaftPowerLoss(t *testing.T, bin string, files, env []string, faults s
 			torn++
 		}
 	}
-	if slices.Contains(env, envPowerLossTear+"=1") {
+	if slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, envPowerLossTear+"=") }) {
 		t.Logf("%d of %d nodes' stores cut a torn tail when they restarted", torn, len(c.Nodes))
 		if torn == 0 {
 			t.Errorf("asked for torn writes, but no node's store recovered from one (none had anything unsynced?)")

@@ -145,10 +145,13 @@ func (p *Plugin) Configure(_ context.Context, config []byte, env *sdk.Environmen
 		return fmt.Errorf("replication listen %s: %w", cfg.Listen, err)
 	}
 	p.lis = lis
-	p.srv = grpc.NewServer(grpc.Creds(p.peers.GRPC()), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+	opts := []grpc.ServerOption{grpc.Creds(p.peers.GRPC()), grpc.MaxRecvMsgSize(64 << 20), grpc.MaxSendMsgSize(64 << 20),
 		// Windows sized for frames of up to ~1 MiB in flight back to back.
-		grpc.InitialWindowSize(8<<20), grpc.InitialConnWindowSize(16<<20),
-		grpc.ReadBufferSize(256<<10), grpc.WriteBufferSize(256<<10))
+		grpc.InitialWindowSize(8 << 20), grpc.InitialConnWindowSize(16 << 20),
+		grpc.ReadBufferSize(256 << 10), grpc.WriteBufferSize(256 << 10)}
+	// The SDK's codec: vtprotobuf's encoder and decoder, and buffers that
+	// are not zeroed, for the frames of messages shipped to the slaves.
+	p.srv = grpc.NewServer(append(opts, sdk.GRPCBufferServerOptions()...)...)
 	ferryv1.RegisterReplicaLinkServer(p.srv, &link{p: p})
 	go func() { _ = p.srv.Serve(lis) }()
 	return nil
@@ -218,10 +221,11 @@ func (p *Plugin) dialMaster(addr string) (*grpc.ClientConn, ferryv1.ReplicaLinkC
 }
 
 func (p *Plugin) dialWith(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, ferryv1.ReplicaLinkClient, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
-		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
-		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10))
+		grpc.WithInitialWindowSize(8 << 20), grpc.WithInitialConnWindowSize(16 << 20),
+		grpc.WithReadBufferSize(256 << 10), grpc.WithWriteBufferSize(256 << 10)}
+	cc, err := grpc.NewClient(addr, append(opts, sdk.GRPCBufferDialOptions()...)...) // the server's codec (Configure)
 	if err != nil {
 		return nil, nil, err
 	}

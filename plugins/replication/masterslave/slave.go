@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -88,7 +89,14 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	defer cc.Close()
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stream, err := rpc.Follow(fctx)
+	// With a core in another process the master's messages stay in their
+	// wire form from the link to the core (followCodec, ApplyEncoded).
+	ea, _ := p.core.(sdk.EncodedApplier)
+	var copts []grpc.CallOption
+	if ea != nil {
+		copts = append(copts, grpc.ForceCodecV2(followCodec{sdk.GRPCCodec()}))
+	}
+	stream, err := rpc.Follow(fctx, copts...)
 	if err != nil {
 		return err
 	}
@@ -181,7 +189,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 	// Applies are started in order here and confirmed in order by acker.
 	type applied struct {
 		wait sdk.ApplyWait
-		msgs []*sdk.Message
+		pos  []sdk.MessagePosition
 		// barrier, when set, is closed once every apply before it
 		// is confirmed (a topic set waits for it).
 		barrier chan struct{}
@@ -202,7 +210,7 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				return
 			}
 			ends := map[qkey]int64{}
-			for _, m := range a.msgs {
+			for _, m := range a.pos {
 				ends[qkey{m.Topic, m.Queue}] = m.Offset + 1
 			}
 			p.mu.Lock()
@@ -300,21 +308,44 @@ func (p *Plugin) follow(ctx context.Context, addr string, master *ferryv1.Replic
 				}
 			}
 		}
-		if len(resp.Messages) == 0 {
+		var (
+			pos []sdk.MessagePosition
+			enc sdk.EncodedMessages
+		)
+		if ea != nil {
+			// Kept encoded by followCodec: its unknown fields are the
+			// records of field 1, and only them.
+			enc.Records = resp.ProtoReflect().GetUnknown()
+			if pos, err = enc.Positions(); err != nil {
+				return fmt.Errorf("the master's messages: %w", err)
+			}
+			enc.N = len(pos)
+		} else {
+			pos = make([]sdk.MessagePosition, len(resp.Messages))
+			for i, m := range resp.Messages {
+				pos[i] = sdk.MessagePosition{Topic: m.Topic, Queue: m.Queue, Offset: m.Offset}
+			}
+		}
+		if len(pos) == 0 {
 			continue
 		}
 		p.mu.Lock()
-		for _, m := range resp.Messages {
+		for _, m := range pos {
 			k := qkey{m.Topic, m.Queue}
 			p.leaderEnds[k] = max(p.leaderEnds[k], m.Offset+1)
 		}
 		p.mu.Unlock()
-		wait, err := p.core.Apply(fctx, resp.Messages)
+		var wait sdk.ApplyWait
+		if enc.N > 0 {
+			wait, err = ea.ApplyEncoded(fctx, enc)
+		} else {
+			wait, err = p.core.Apply(fctx, resp.Messages)
+		}
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
 		select {
-		case waits <- applied{wait: wait, msgs: resp.Messages}:
+		case waits <- applied{wait: wait, pos: pos}:
 		case <-fctx.Done():
 			return context.Cause(fctx)
 		}

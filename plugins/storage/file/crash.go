@@ -1,8 +1,10 @@
 package file
 
 import (
+	"cmp"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/ferrymq/ferry/core/sdk"
 )
@@ -14,7 +16,7 @@ import (
 // lock is released. The store is then closed; open a new one on the same
 // directory to test recovery. Appends still waiting fail or time out.
 func (s *Store) CrashLoseUnflushed() error {
-	_, _, err := s.crash(false)
+	_, _, err := s.crash(0)
 	return err
 }
 
@@ -25,10 +27,20 @@ func (s *Store) CrashLoseUnflushed() error {
 // size (size 0: nothing was unsynced, so nothing was torn). For tests only:
 // recovery at the next open must cut the torn record.
 func (s *Store) CrashTearUnflushed() (pos int64, size int32, err error) {
-	return s.crash(true)
+	return s.crash(1)
 }
 
-func (s *Store) crash(tear bool) (int64, int32, error) {
+// CrashTearUnflushedAt is CrashTearUnflushed, except that the first n-1
+// records the last fsync did not cover survive whole (the disk wrote them
+// before the power went) and the n-th is torn (the last one, when fewer
+// were written): a batch of several messages, such as a raft entry's, then
+// survives in part. n < 1 is 1.
+func (s *Store) CrashTearUnflushedAt(n int) (pos int64, size int32, err error) {
+	return s.crash(max(n, 1))
+}
+
+// crash crashes the store; tear > 0 tears the tear-th unsynced record.
+func (s *Store) crash(tear int) (int64, int32, error) {
 	s.mu.Lock()
 	if s.closed || !s.configured {
 		s.mu.Unlock()
@@ -50,13 +62,17 @@ func (s *Store) crash(tear bool) (int64, int32, error) {
 	keepTo := s.fpos
 	var tornPos int64
 	var tornSize int32
-	if tear {
+	if tear > 0 {
+		var unsynced []entry // in log order
 		for _, q := range s.queues {
 			for i := len(q.ents) - 1; i >= 0 && q.ents[i].pos >= s.fpos; i-- {
-				if e := q.ents[i]; tornSize == 0 || e.pos < tornPos {
-					tornPos, tornSize = e.pos, e.size
-				}
+				unsynced = append(unsynced, q.ents[i])
 			}
+		}
+		slices.SortFunc(unsynced, func(a, b entry) int { return cmp.Compare(a.pos, b.pos) })
+		if len(unsynced) > 0 {
+			e := unsynced[min(tear, len(unsynced))-1]
+			tornPos, tornSize = e.pos, e.size
 		}
 		if tornSize > 0 {
 			keepTo = tornPos + int64(tornSize)/2

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -129,5 +130,48 @@ func TestTornTailAfterPowerLoss(t *testing.T) {
 	}
 	if offs := appendCtx(t, s, ctx(t), testMsg(0, 50)); offs[0] != 5 {
 		t.Fatalf("the next append got offset %d, want 5 (the torn record cut)", offs[0])
+	}
+}
+
+// A power loss that tears a record inside a batch of several messages (a
+// raft entry's, appended log-durable in one call): the records of the batch
+// before the torn one survive whole (CrashTearUnflushedAt), recovery cuts
+// the torn one, and the batch appended again whole, as raft applies its
+// entry again from its log, takes the survivors back at their offsets (the
+// store de-duplicates them by id) and stores the rest after them, once
+// each, in the batch's order.
+func TestTornBatchAppliedAgainAfterPowerLoss(t *testing.T) {
+	dataDir := t.TempDir()
+	const config = `{"flush": "sync", "flush_interval": "1h", "segment_bytes": "64KiB"}`
+	s := openStore(t, dataDir, config)
+	for i := range 5 {
+		appendCtx(t, s, ctx(t), testMsg(0, i))
+	}
+	var entry []*sdk.Message // one entry of 5 messages
+	for i := 5; i < 10; i++ {
+		entry = append(entry, testMsg(0, i))
+	}
+	if offs := appendCtx(t, s, sdk.WithLogDurable(ctx(t)), entry...); offs[0] != 5 || offs[4] != 9 {
+		t.Fatalf("the entry was stored at %v, want 5 to 9", offs)
+	}
+	if _, size, err := s.CrashTearUnflushedAt(3); err != nil || size == 0 {
+		t.Fatalf("tear the 3rd unsynced record: size %d, %v", size, err)
+	}
+	s = openStore(t, dataDir, config)
+	if got := readQueue(t, s, 0); len(got) != 7 || got[6].Id != entry[1].Id {
+		t.Fatalf("after the power loss: %d messages, want the 5 fsynced and the entry's first 2", len(got))
+	}
+	offs := appendCtx(t, s, sdk.WithLogDurable(ctx(t)), entry...)
+	if !slices.Equal(offs, []int64{5, 6, 7, 8, 9}) {
+		t.Fatalf("the entry applied again was stored at %v, want 5 to 9", offs)
+	}
+	got := readQueue(t, s, 0)
+	if len(got) != 10 {
+		t.Fatalf("%d messages after the entry was applied again, want 10", len(got))
+	}
+	for i, m := range got {
+		if want := testMsg(0, i).Id; m.Id != want || m.Offset != int64(i) {
+			t.Errorf("offset %d holds %s at offset %d, want %s", i, m.Id, m.Offset, want)
+		}
 	}
 }
