@@ -18,6 +18,7 @@ import (
 type clusterReport struct {
 	Replication    string   `json:"replication"`
 	Nodes          []string `json:"nodes"`
+	tornTails      int      // stores that cut a torn tail at restart (the power-loss tests count it from the logs)
 	LostAtFailover int      `json:"lost_at_failover"`
 	FailoverLag    int64    `json:"failover_lag_ns"`
 	Result         struct {

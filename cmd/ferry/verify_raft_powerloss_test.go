@@ -69,7 +69,24 @@ func TestVerifyRaftPowerLossOfAllNodes(t *testing.T) {
 			if tc.follower {
 				faults += ",power-loss:follower@8500ms-9500ms"
 			}
-			r, c, stdout := verifyRaftPowerLoss(t, bin, files, env, faults, extra...)
+			var (
+				r      verifyReport
+				c      clusterReport
+				stdout string
+			)
+			// A run in which no store had anything unsynced when the
+			// power went (slow producers on a loaded machine) tore
+			// nothing: up to three runs, as the controls below.
+			for attempt := 1; ; attempt++ {
+				r, c, stdout = verifyRaftPowerLoss(t, bin, files, env, faults, extra...)
+				if tc.tear == 0 || c.tornTails > 0 || attempt == 3 {
+					break
+				}
+				t.Logf("run %d: no store had a torn tail to cut; again", attempt)
+			}
+			if tc.tear > 0 && c.tornTails == 0 {
+				t.Errorf("asked for torn writes, but in 3 runs no node's store recovered from one (none had anything unsynced?)")
+			}
 			if !strings.Contains(stdout, "verdict: pass") {
 				t.Fatalf("verdict:\n%s", stdout)
 			}
@@ -283,10 +300,8 @@ func verifyRaftPowerLoss(t *testing.T, bin string, files, env []string, faults s
 	}
 	if slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, envPowerLossTear+"=") }) {
 		t.Logf("%d of %d nodes' stores cut a torn tail when they restarted", torn, len(c.Nodes))
-		if torn == 0 {
-			t.Errorf("asked for torn writes, but no node's store recovered from one (none had anything unsynced?)")
-		}
 	}
+	c.tornTails = torn
 	return r, c, stdout.String()
 }
 
