@@ -127,7 +127,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return nil, err
 	}
 	if exp == nil {
-		install(noop.NewTracerProvider(), nil, stateOff)
+		install(noop.NewTracerProvider(), nil, stateOff, nil)
 		return func(context.Context) error { return nil }, nil
 	}
 	if cfg.SampleRatio < 0 || cfg.SampleRatio > 1 {
@@ -140,18 +140,19 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return nil, err
 	}
 	sampleRatio.Store(math.Float64bits(cfg.SampleRatio))
+	bsp := sdktrace.NewBatchSpanProcessor(exp,
+		sdktrace.WithBatchTimeout(exportInterval),
+		sdktrace.WithMaxQueueSize(exportQueue),
+		sdktrace.WithMaxExportBatchSize(exportBatch),
+		sdktrace.WithExportTimeout(exportTimeout),
+	)
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))}),
 		sdktrace.WithSpanProcessor(systemProcessor{}),
-		sdktrace.WithBatcher(exp,
-			sdktrace.WithBatchTimeout(exportInterval),
-			sdktrace.WithMaxQueueSize(exportQueue),
-			sdktrace.WithMaxExportBatchSize(exportBatch),
-			sdktrace.WithExportTimeout(exportTimeout),
-		),
+		sdktrace.WithSpanProcessor(bsp),
 	)
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: bsp, res: res})
 	return func(ctx context.Context) error {
 		if current.CompareAndSwap(tp, nil) {
 			state.Store(stateOff)
@@ -186,16 +187,17 @@ func UseSpanProcessor(sp sdktrace.SpanProcessor) (restore func()) {
 	sampleRatio.Store(math.Float64bits(1))
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sp),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: sp, res: resource.Default()})
 	return func() {
-		install(noop.NewTracerProvider(), nil, stateOff)
+		install(noop.NewTracerProvider(), nil, stateOff, nil)
 		_ = tp.Shutdown(context.Background())
 	}
 }
 
-func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32) {
+func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32, rec *spanSink) {
 	otel.SetTracerProvider(tp)
 	current.Store(sdk)
+	active.Store(rec)
 	state.Store(st)
 	generation.Add(1)
 }
@@ -293,6 +295,9 @@ type tracer struct {
 type resolvedTracer struct {
 	gen uint64
 	trace.Tracer
+	// rec records the spans this tracer's sampler records (Ferry's own
+	// span, span.go); nil: the SDK's tracer starts them.
+	rec *spanSink
 }
 
 var noopSpan = trace.SpanFromContext(context.Background())
@@ -306,6 +311,9 @@ func (t *tracer) Start(ctx context.Context, name string, opts ...trace.SpanStart
 	r := t.resolved.Load()
 	if r == nil || r.gen != gen {
 		r = &resolvedTracer{gen: gen, Tracer: otel.GetTracerProvider().Tracer(t.name)}
+		if state.Load() == stateOn {
+			r.rec = active.Load()
+		}
 		t.resolved.Store(r)
 	}
 	// A span the sampler would not record is not started through the SDK:
@@ -328,11 +336,29 @@ func (t *tracer) Start(ctx context.Context, name string, opts ...trace.SpanStart
 			if rand.Float64() >= ratio() {
 				return unsampled(ctx, newTraceID(), trace.TraceState{})
 			}
+			if r.rec != nil {
+				return t.record(r.rec, ctx, name, parent, opts)
+			}
 			sctx, span := r.Start(context.WithValue(ctx, forceSample{}, true), name, opts...)
 			return context.WithValue(sctx, forceSample{}, nil), span
 		}
 	}
+	if r.rec != nil {
+		// Every span that gets here is sampled: under a sampled parent, or
+		// forced (a trace drawn to be sampled, a batch's own trace).
+		return t.record(r.rec, ctx, name, trace.SpanContextFromContext(ctx), opts)
+	}
 	return r.Start(ctx, name, opts...)
+}
+
+// record starts Ferry's own recorded span (span.go) under parent.
+func (t *tracer) record(rec *spanSink, ctx context.Context, name string, parent trace.SpanContext, opts []trace.SpanStartOption) (context.Context, trace.Span) {
+	cfg := trace.NewSpanStartConfig(opts...)
+	ctx, s := rec.startSpan(ctx, t.name, name, parent, &cfg)
+	if ctx.Value(forceSample{}) != nil {
+		ctx = context.WithValue(ctx, forceSample{}, nil)
+	}
+	return ctx, s
 }
 
 // sampleRatio is the ratio of new traces Setup's sampler records (as

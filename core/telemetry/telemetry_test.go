@@ -13,6 +13,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -358,7 +359,7 @@ func TestUnsampledSpansSkipTheSDK(t *testing.T) {
 	defer UseSpanProcessor(rec)()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.25))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	sampleRatio.Store(math.Float64bits(0.25))
 	tr := Tracer("test")
 	const n = 20000
@@ -427,7 +428,7 @@ func TestStartMessage(t *testing.T) {
 	defer UseSpanProcessor(rec)()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.25))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	sampleRatio.Store(math.Float64bits(0.25))
 	tr := Tracer("test")
 	opts := func() []trace.SpanStartOption {
@@ -500,7 +501,7 @@ func TestStartMessageUnsampledAllocations(t *testing.T) {
 	defer UseSpanProcessor(rec)()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	sampleRatio.Store(math.Float64bits(0))
 	tr := Tracer("test")
 	topic := "orders"
