@@ -98,13 +98,11 @@ func (r *spanSink) startSpan(ctx context.Context, scope, name string, parent tra
 	if cfg.NewRoot() {
 		parent = trace.SpanContext{}
 	}
-	s := r.newSpan(scope, name, parent, trace.ValidateSpanKind(cfg.SpanKind()), cfg.Timestamp(), systemAttrs)
-	s.own = cfg.Attributes() // the config's own slice
+	s := r.newSpan(scope, name, parent, trace.ValidateSpanKind(cfg.SpanKind()), cfg.Timestamp(), nil)
+	s.own = append(cfg.Attributes(), systemAttr) // the config's own slice; the system where the SDK's processor put it
 	s.links = cfg.Links()
 	return trace.ContextWithSpan(ctx, s), s
 }
-
-var systemAttrs = []attribute.KeyValue{systemAttr}
 
 // newSpan is a span of scope's tracer in parent's trace (or a new one),
 // sampled as its parent (Ferry's tracers record only sampled spans), with
@@ -183,7 +181,7 @@ func (s *span) AddEvent(name string, opts ...trace.EventOption) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.ended {
-		s.events = append(s.events, sdktrace.Event{Name: name, Attributes: dedupe(nil, c.Attributes()), Time: c.Timestamp()})
+		s.events = append(s.events, sdktrace.Event{Name: name, Attributes: c.Attributes(), Time: c.Timestamp()})
 	}
 }
 
