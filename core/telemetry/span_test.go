@@ -137,9 +137,9 @@ func TestHopSpansCheap(t *testing.T) {
 type countingProcessor struct{ ended int }
 
 func (*countingProcessor) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-func (c *countingProcessor) OnEnd(sdktrace.ReadOnlySpan)                  { c.ended++ }
-func (*countingProcessor) Shutdown(context.Context) error                 { return nil }
-func (*countingProcessor) ForceFlush(context.Context) error               { return nil }
+func (c *countingProcessor) OnEnd(sdktrace.ReadOnlySpan)                   { c.ended++ }
+func (*countingProcessor) Shutdown(context.Context) error                  { return nil }
+func (*countingProcessor) ForceFlush(context.Context) error                { return nil }
 
 // TestFerrySpanResource: a span carries the resource of the provider Setup
 // installed, as the SDK's did (the exporters group spans by it).
