@@ -63,7 +63,7 @@ const (
 	exportInterval = 500 * time.Millisecond
 	exportQueue    = 16384
 	exportBatch    = 1024
-	exportTimeout  = 10 * time.Second
+	exportTimeout  = 30 * time.Second
 )
 
 // Tracing configures tracing for one process. Its fields are those of
@@ -140,7 +140,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return nil, err
 	}
 	sampleRatio.Store(math.Float64bits(cfg.SampleRatio))
-	bsp := sdktrace.NewBatchSpanProcessor(exp,
+	bsp := sdktrace.NewBatchSpanProcessor(lossCounter{exp},
 		sdktrace.WithBatchTimeout(exportInterval),
 		sdktrace.WithMaxQueueSize(exportQueue),
 		sdktrace.WithMaxExportBatchSize(exportBatch),
@@ -153,12 +153,49 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		sdktrace.WithSpanProcessor(bsp),
 	)
 	install(tp, tp, stateOn, &spanSink{proc: bsp, res: res})
+	lost0, _ := Lost()
 	return func(ctx context.Context) error {
 		if current.CompareAndSwap(tp, nil) {
 			state.Store(stateOff)
 		}
-		return tp.Shutdown(ctx)
+		err := tp.Shutdown(ctx)
+		if err != nil {
+			err = fmt.Errorf("tracing: exporting the last spans: %w", err)
+		}
+		if n, last := Lost(); n > lost0 {
+			err = errors.Join(err, fmt.Errorf("tracing: %d spans could not be exported (last: %v)", n-lost0, last))
+		}
+		return err
 	}, nil
+}
+
+// lossCounter counts the spans of the exports that failed: the batch
+// processor drops them (the exporter retried what it could).
+type lossCounter struct{ sdktrace.SpanExporter }
+
+var (
+	lostSpans atomic.Uint64
+	lastLoss  atomic.Pointer[error]
+)
+
+func (e lossCounter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	if err != nil {
+		lastLoss.Store(&err)
+		lostSpans.Add(uint64(len(spans)))
+	}
+	return err
+}
+
+// Lost reports how many spans this process's exporters could not deliver
+// (their exports failed, after the exporter's retries), and the last
+// export's error.
+func Lost() (uint64, error) {
+	var err error
+	if p := lastLoss.Load(); p != nil {
+		err = *p
+	}
+	return lostSpans.Load(), err
 }
 
 // systemProcessor sets messaging.system on every recorded span of Ferry's
