@@ -37,7 +37,6 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/propagation"
@@ -261,9 +260,8 @@ func newOTLPExporter(ctx context.Context, endpoint string) (sdktrace.SpanExporte
 		return nil, errors.New("tracing exporter otlp: an endpoint is required (host:port for gRPC, http://host:port for HTTP)")
 	}
 	if !strings.Contains(endpoint, "://") {
-		// Its requests encoded without reflection (otlpCodec).
-		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure(),
-			otlptracegrpc.WithDialOption(otlpCallOption()))
+		// Its requests written straight from the spans (otlpspans.go).
+		return newOTLPGRPCExporter(endpoint)
 	}
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
