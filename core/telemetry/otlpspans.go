@@ -238,8 +238,12 @@ func appendROSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 	b = appendVarint(b, 6, uint64(spanKind(s.SpanKind())))
 	b = appendFixed64(b, 7, unixNano(s.StartTime()))
 	b = appendFixed64(b, 8, unixNano(s.EndTime()))
-	for _, kv := range s.Attributes() {
-		b = appendAttr(b, 9, kv)
+	if fs, ok := s.(*span); ok {
+		b = fs.appendAttrs(b, 9) // without the copy Attributes makes
+	} else {
+		for _, kv := range s.Attributes() {
+			b = appendAttr(b, 9, kv)
+		}
 	}
 	b = appendVarint(b, 10, uint64(clamp32(s.DroppedAttributes())))
 	for _, e := range s.Events() {
@@ -376,4 +380,37 @@ func appendAttrValue(b []byte, v attribute.Value) []byte {
 		return b
 	}
 	return str(b, "INVALID")
+}
+
+// appendAttrs writes what s.Attributes returns, as fields num, without
+// building it: each key once, at its first place, with its last value.
+func (s *span) appendAttrs(b []byte, num protowire.Number) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.base) + len(s.own)
+	at := func(i int) attribute.KeyValue {
+		if i < len(s.base) {
+			return s.base[i]
+		}
+		return s.own[i-len(s.base)]
+	}
+next:
+	for i := range n {
+		kv := at(i)
+		if !kv.Valid() {
+			continue
+		}
+		for j := range i {
+			if at(j).Key == kv.Key && at(j).Valid() {
+				continue next // written at its first place
+			}
+		}
+		for j := i + 1; j < n; j++ {
+			if later := at(j); later.Key == kv.Key && later.Valid() {
+				kv = later
+			}
+		}
+		b = appendAttr(b, num, kv)
+	}
+	return b
 }

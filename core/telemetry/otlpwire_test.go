@@ -131,6 +131,8 @@ func TestOTLPExporterSendsWhatTheStockOneSends(t *testing.T) {
 	}
 	hop := StartHop(context.Background(), Tracer(ComponentStorage), SpanStorageAppend, msgs, Sampled(msgs), trace.WithSpanKind(trace.SpanKindServer))
 	hop.SetOffsets([]int64{4, 5, 6})
+	hop.SetAttributes(AttrTopic.String("a"), AttrQueue.Int(1))
+	hop.ForMessages(func(i int, s trace.Span) { s.SetAttributes(AttrTopic.String("b"), AttrOffset.Int64(int64(i))) }) // again: the last wins
 	hop.End()
 	_, root := Tracer(ComponentProducer).Start(context.Background(), SpanProducerSend)
 	root.AddEvent(EventRetry, trace.WithAttributes(AttrAttempt.Int(1)))
