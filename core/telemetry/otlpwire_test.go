@@ -36,11 +36,13 @@ func (c *collector) Export(_ context.Context, r *coltracepb.ExportTraceServiceRe
 }
 
 // TestOTLPExporterSendsWhatTheStockOneSends: Ferry's OTLP/gRPC exporter
-// (newOTLPExporter, with otlpCodec) and the stock otlptracegrpc exporter,
+// (newOTLPExporter: otlpExporter) and the stock otlptracegrpc exporter,
 // given the same spans (attributes of every kind, events, links, an error
 // status, a parent, two scopes, a resource), deliver equal requests to a
-// real gRPC collector. The control: spans that differ in one attribute
-// arrive as a different request.
+// real gRPC collector, byte for byte what proto.Marshal writes of the
+// stock one's; so do Ferry's own spans (a batch hop's, with keys set twice,
+// and a root span with an event and an error status). The control: spans
+// that differ in one attribute arrive as a different request.
 func TestOTLPExporterSendsWhatTheStockOneSends(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
