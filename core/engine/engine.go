@@ -70,7 +70,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	obs, err := startTracing(ctx, cfg)
+	obs, err := startTracing(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}

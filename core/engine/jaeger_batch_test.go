@@ -46,6 +46,7 @@ func batchTraces(t *testing.T, j jaegertest.Jaeger, dataPlane string) {
 	cfg.Tracing.SampleRatio = 1
 	service := fmt.Sprintf("ferry-batch-%s-%d", dataPlane, time.Now().UnixNano())
 	cfg.Tracing.ServiceName = service
+	lost0, _ := telemetry.Lost()
 	e := start(t, cfg)
 	want := map[string]string{pluginhost.DataPlaneRing: sdk.DataPlaneRing, pluginhost.DataPlaneGRPC: "grpc"}[dataPlane]
 	for _, inst := range []*pluginhost.Instance{e.Storage(), e.Transport()} {
@@ -123,6 +124,11 @@ func batchTraces(t *testing.T, j jaegertest.Jaeger, dataPlane string) {
 	defer cancel2()
 	if err := e.Close(cctx2); err != nil {
 		t.Fatal(err)
+	}
+	// An export of this process's spans that failed (Jaeger too slow on a
+	// loaded machine) is said as such, not as a trace that lacks a span.
+	if lost, err := telemetry.Lost(); lost > lost0 {
+		t.Fatalf("the node's exporter could not deliver %d spans to Jaeger: %v", lost-lost0, err)
 	}
 
 	// Spans reach Jaeger from three processes, each in its own time: wait

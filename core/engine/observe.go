@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrymq/ferry/core/admin"
@@ -24,13 +25,14 @@ const lagInterval = 5 * time.Second
 type observability struct {
 	metrics     *admin.Metrics
 	stopTracing func(context.Context) error
+	log         hclog.Logger
 	admin       *admin.Server
 	stopLag     context.CancelFunc
 	lagDone     chan struct{}
 }
 
 // startTracing installs the node's tracer provider before anything traces.
-func startTracing(ctx context.Context, cfg *config.Pipeline) (*observability, error) {
+func startTracing(ctx context.Context, cfg *config.Pipeline, log hclog.Logger) (*observability, error) {
 	stop, err := telemetry.Setup(ctx, telemetry.Tracing(cfg.Tracing), telemetry.AttrPipeline.String(cfg.Name))
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
@@ -39,7 +41,7 @@ func startTracing(ctx context.Context, cfg *config.Pipeline) (*observability, er
 	for _, f := range cfg.Flows {
 		m.AdmitGroups(f.Group) // before any client's groups take the label values
 	}
-	return &observability{metrics: m, stopTracing: stop}, nil
+	return &observability{metrics: m, stopTracing: stop, log: log}, nil
 }
 
 // pluginEnv passes the node's tracing settings to a plugin process.
@@ -151,5 +153,7 @@ func (o *observability) stop(ctx context.Context) {
 	if o.admin != nil {
 		_ = o.admin.Close()
 	}
-	_ = o.stopTracing(ctx)
+	if err := o.stopTracing(ctx); err != nil {
+		o.log.Warn("tracing: the last spans were not all exported", "error", err)
+	}
 }

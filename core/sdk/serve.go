@@ -137,9 +137,12 @@ func Serve(opts ServeOpts) {
 			if err := impl.Close(); err != nil {
 				cfg.Logger.Error("close", "error", err)
 			}
+			// go-plugin kills a plugin 2 s after it asked it to stop.
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			_ = stopTracing(ctx) // exports the last spans
+			if err := stopTracing(ctx); err != nil { // exports the last spans
+				cfg.Logger.Warn("tracing: the last spans were not all exported", "error", err)
+			}
 		})
 	}
 	go exitWithHost(cfg.Logger, closeImpl)

@@ -282,10 +282,38 @@ func StartHop[M headered](ctx context.Context, tr trace.Tracer, name string, msg
 	if ro, ok := h.span.(sdktrace.ReadOnlySpan); ok {
 		start = ro.StartTime() // the batch's, also when the caller set it
 	}
-	link := trace.WithLinks(trace.Link{SpanContext: h.span.SpanContext()})
-	mopts := append(common, trace.WithTimestamp(start), link, trace.WithAttributes(count))
 	h.msgs = make([]trace.Span, 0, in.Len())
 	h.index = make([]uint32, 0, in.Len())
+	t, ours := tr.(*tracer)
+	sink := active.Load()
+	if !ours || sink == nil {
+		// Another tracer (an application's provider): the SDK's spans.
+		link := trace.WithLinks(trace.Link{SpanContext: h.span.SpanContext()})
+		mopts := append(common, trace.WithTimestamp(start), link, trace.WithAttributes(count))
+		for i := range in.Len() {
+			x := int(in.Index[i])
+			if x >= len(msgs) {
+				continue
+			}
+			sc, ok := messageParent(msgs[x].GetHeaders(), in.Span[i])
+			if !ok {
+				continue
+			}
+			_, s := tr.Start(trace.ContextWithRemoteSpanContext(context.Background(), sc), name,
+				append(mopts, trace.WithAttributes(AttrMessageID.String(msgs[x].GetId())))...)
+			h.msgs = append(h.msgs, s)
+			h.index = append(h.index, in.Index[i])
+		}
+		return h
+	}
+	// Ferry's own spans (span.go), sharing what the batch's messages have
+	// in common: the attributes, the link to the batch span, the start.
+	cfg := trace.NewSpanStartConfig(common...)
+	base := append(append(make([]attribute.KeyValue, 0, len(cfg.Attributes())+2), systemAttr), cfg.Attributes()...)
+	base = append(base, count)
+	links := []trace.Link{{SpanContext: h.span.SpanContext()}}
+	kind := trace.ValidateSpanKind(cfg.SpanKind())
+	spans := make([]span, in.Len()) // one allocation for the hop's spans
 	for i := range in.Len() {
 		x := int(in.Index[i])
 		if x >= len(msgs) {
@@ -295,8 +323,10 @@ func StartHop[M headered](ctx context.Context, tr trace.Tracer, name string, msg
 		if !ok {
 			continue
 		}
-		_, s := tr.Start(trace.ContextWithRemoteSpanContext(context.Background(), sc), name,
-			append(mopts, trace.WithAttributes(AttrMessageID.String(msgs[x].GetId())))...)
+		s := &spans[len(h.msgs)]
+		sink.initSpan(s, t.name, name, sc, kind, start, base)
+		s.links = links
+		s.own = []attribute.KeyValue{AttrMessageID.String(msgs[x].GetId())}
 		h.msgs = append(h.msgs, s)
 		h.index = append(h.index, in.Index[i])
 	}
@@ -414,10 +444,15 @@ func (h *Hop) End() {
 		h.span.End()
 		return
 	}
-	at := trace.WithTimestamp(time.Now())
+	now := time.Now()
+	at := trace.WithTimestamp(now)
 	h.span.End(at)
 	for _, s := range h.msgs {
-		s.End(at)
+		if fs, ok := s.(*span); ok {
+			fs.endAt(now)
+		} else {
+			s.End(at)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -21,9 +22,9 @@ func batchRecorder(t *testing.T, ratio float64) (trace.Tracer, *tracetest.SpanRe
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	t.Cleanup(func() {
-		install(noop.NewTracerProvider(), nil, stateOff)
+		install(noop.NewTracerProvider(), nil, stateOff, nil)
 		_ = tp.Shutdown(context.Background())
 	})
 	return Tracer(ComponentTransport), rec
@@ -226,7 +227,7 @@ func TestStartHopStartsNoTrace(t *testing.T) {
 
 // With tracing off a hop returns at once and records nothing.
 func TestStartHopOff(t *testing.T) {
-	install(noop.NewTracerProvider(), nil, stateOff)
+	install(noop.NewTracerProvider(), nil, stateOff, nil)
 	msgs, _ := batchOf(3)
 	msgs[1].Headers[HeaderTraceparent] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 	if in := Sampled(msgs); in.Len() != 0 {

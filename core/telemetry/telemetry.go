@@ -37,7 +37,6 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/propagation"
@@ -63,7 +62,7 @@ const (
 	exportInterval = 500 * time.Millisecond
 	exportQueue    = 16384
 	exportBatch    = 1024
-	exportTimeout  = 10 * time.Second
+	exportTimeout  = 30 * time.Second
 )
 
 // Tracing configures tracing for one process. Its fields are those of
@@ -127,7 +126,7 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return nil, err
 	}
 	if exp == nil {
-		install(noop.NewTracerProvider(), nil, stateOff)
+		install(noop.NewTracerProvider(), nil, stateOff, nil)
 		return func(context.Context) error { return nil }, nil
 	}
 	if cfg.SampleRatio < 0 || cfg.SampleRatio > 1 {
@@ -140,24 +139,62 @@ func Setup(ctx context.Context, cfg Tracing, attrs ...attribute.KeyValue) (shutd
 		return nil, err
 	}
 	sampleRatio.Store(math.Float64bits(cfg.SampleRatio))
+	bsp := sdktrace.NewBatchSpanProcessor(lossCounter{exp},
+		sdktrace.WithBatchTimeout(exportInterval),
+		sdktrace.WithMaxQueueSize(exportQueue),
+		sdktrace.WithMaxExportBatchSize(exportBatch),
+		sdktrace.WithExportTimeout(exportTimeout),
+	)
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))}),
 		sdktrace.WithSpanProcessor(systemProcessor{}),
-		sdktrace.WithBatcher(exp,
-			sdktrace.WithBatchTimeout(exportInterval),
-			sdktrace.WithMaxQueueSize(exportQueue),
-			sdktrace.WithMaxExportBatchSize(exportBatch),
-			sdktrace.WithExportTimeout(exportTimeout),
-		),
+		sdktrace.WithSpanProcessor(bsp),
 	)
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: bsp, res: res})
+	lost0, _ := Lost()
 	return func(ctx context.Context) error {
 		if current.CompareAndSwap(tp, nil) {
 			state.Store(stateOff)
 		}
-		return tp.Shutdown(ctx)
+		err := tp.Shutdown(ctx)
+		if err != nil {
+			err = fmt.Errorf("tracing: exporting the last spans: %w", err)
+		}
+		if n, last := Lost(); n > lost0 {
+			err = errors.Join(err, fmt.Errorf("tracing: %d spans could not be exported (last: %v)", n-lost0, last))
+		}
+		return err
 	}, nil
+}
+
+// lossCounter counts the spans of the exports that failed: the batch
+// processor drops them (the exporter retried what it could).
+type lossCounter struct{ sdktrace.SpanExporter }
+
+var (
+	lostSpans atomic.Uint64
+	lastLoss  atomic.Pointer[error]
+)
+
+func (e lossCounter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	if err != nil {
+		lastLoss.Store(&err)
+		lostSpans.Add(uint64(len(spans)))
+	}
+	return err
+}
+
+// Lost reports how many spans this process's exporters could not deliver
+// (their exports failed, after the exporter's retries), and the last
+// export's error.
+func Lost() (uint64, error) {
+	var err error
+	if p := lastLoss.Load(); p != nil {
+		err = *p
+	}
+	return lostSpans.Load(), err
 }
 
 // systemProcessor sets messaging.system on every recorded span of Ferry's
@@ -186,16 +223,17 @@ func UseSpanProcessor(sp sdktrace.SpanProcessor) (restore func()) {
 	sampleRatio.Store(math.Float64bits(1))
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sp),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.AlwaysSample())}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: sp, res: resource.Default()})
 	return func() {
-		install(noop.NewTracerProvider(), nil, stateOff)
+		install(noop.NewTracerProvider(), nil, stateOff, nil)
 		_ = tp.Shutdown(context.Background())
 	}
 }
 
-func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32) {
+func install(tp trace.TracerProvider, sdk *sdktrace.TracerProvider, st int32, rec *spanSink) {
 	otel.SetTracerProvider(tp)
 	current.Store(sdk)
+	active.Store(rec)
 	state.Store(st)
 	generation.Add(1)
 }
@@ -222,9 +260,8 @@ func newOTLPExporter(ctx context.Context, endpoint string) (sdktrace.SpanExporte
 		return nil, errors.New("tracing exporter otlp: an endpoint is required (host:port for gRPC, http://host:port for HTTP)")
 	}
 	if !strings.Contains(endpoint, "://") {
-		// Its requests encoded without reflection (otlpCodec).
-		return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure(),
-			otlptracegrpc.WithDialOption(otlpCallOption()))
+		// Its requests written straight from the spans (otlpspans.go).
+		return newOTLPGRPCExporter(endpoint)
 	}
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
@@ -293,6 +330,9 @@ type tracer struct {
 type resolvedTracer struct {
 	gen uint64
 	trace.Tracer
+	// rec records the spans this tracer's sampler records (Ferry's own
+	// span, span.go); nil: the SDK's tracer starts them.
+	rec *spanSink
 }
 
 var noopSpan = trace.SpanFromContext(context.Background())
@@ -306,6 +346,9 @@ func (t *tracer) Start(ctx context.Context, name string, opts ...trace.SpanStart
 	r := t.resolved.Load()
 	if r == nil || r.gen != gen {
 		r = &resolvedTracer{gen: gen, Tracer: otel.GetTracerProvider().Tracer(t.name)}
+		if state.Load() == stateOn {
+			r.rec = active.Load()
+		}
 		t.resolved.Store(r)
 	}
 	// A span the sampler would not record is not started through the SDK:
@@ -328,11 +371,29 @@ func (t *tracer) Start(ctx context.Context, name string, opts ...trace.SpanStart
 			if rand.Float64() >= ratio() {
 				return unsampled(ctx, newTraceID(), trace.TraceState{})
 			}
+			if r.rec != nil {
+				return t.record(r.rec, ctx, name, parent, opts)
+			}
 			sctx, span := r.Start(context.WithValue(ctx, forceSample{}, true), name, opts...)
 			return context.WithValue(sctx, forceSample{}, nil), span
 		}
 	}
+	if r.rec != nil {
+		// Every span that gets here is sampled: under a sampled parent, or
+		// forced (a trace drawn to be sampled, a batch's own trace).
+		return t.record(r.rec, ctx, name, trace.SpanContextFromContext(ctx), opts)
+	}
 	return r.Start(ctx, name, opts...)
+}
+
+// record starts Ferry's own recorded span (span.go) under parent.
+func (t *tracer) record(rec *spanSink, ctx context.Context, name string, parent trace.SpanContext, opts []trace.SpanStartOption) (context.Context, trace.Span) {
+	cfg := trace.NewSpanStartConfig(opts...)
+	ctx, s := rec.startSpan(ctx, t.name, name, parent, &cfg)
+	if ctx.Value(forceSample{}) != nil {
+		ctx = context.WithValue(ctx, forceSample{}, nil)
+	}
+	return ctx, s
 }
 
 // sampleRatio is the ratio of new traces Setup's sampler records (as

@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"maps"
 	"math"
+	"net"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -358,7 +362,7 @@ func TestUnsampledSpansSkipTheSDK(t *testing.T) {
 	defer UseSpanProcessor(rec)()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.25))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	sampleRatio.Store(math.Float64bits(0.25))
 	tr := Tracer("test")
 	const n = 20000
@@ -427,7 +431,7 @@ func TestStartMessage(t *testing.T) {
 	defer UseSpanProcessor(rec)()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.25))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	sampleRatio.Store(math.Float64bits(0.25))
 	tr := Tracer("test")
 	opts := func() []trace.SpanStartOption {
@@ -500,7 +504,7 @@ func TestStartMessageUnsampledAllocations(t *testing.T) {
 	defer UseSpanProcessor(rec)()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
 		sdktrace.WithSampler(batchSampler{sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))}))
-	install(tp, tp, stateOn)
+	install(tp, tp, stateOn, &spanSink{proc: rec, res: resource.Default()})
 	sampleRatio.Store(math.Float64bits(0))
 	tr := Tracer("test")
 	topic := "orders"
@@ -523,3 +527,71 @@ func TestStartMessageUnsampledAllocations(t *testing.T) {
 		t.Fatalf("%d spans recorded at a ratio of 0", len(rec.Ended()))
 	}
 }
+
+// TestShutdownReportsLostSpans: when spans cannot be exported (a collector
+// that is not there), the shutdown says so rather than dropping them
+// silently. The control: the same spans to an
+// exporter that delivers (stdout) report no loss.
+func TestShutdownReportsLostSpans(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := l.Addr().String()
+	_ = l.Close()
+	run := func(cfg Tracing) error {
+		stop, err := Setup(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			_, s := Tracer("test").Start(context.Background(), "lost")
+			s.End()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return stop(ctx)
+	}
+	err = run(Tracing{Exporter: ExporterOTLP, Endpoint: nowhere, SampleRatio: 1})
+	// The export is still retrying when the shutdown's time is up, or it
+	// failed: either way the shutdown says so.
+	if err == nil || !strings.Contains(err.Error(), "tracing: ") {
+		t.Fatalf("shutdown after exports to %s that failed: %v, want an error", nowhere, err)
+	}
+	if n, _ := Lost(); n != 0 {
+		t.Logf("%d spans counted lost", n)
+	}
+	stdout := os.Stdout
+	os.Stdout, _ = os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	defer func() { os.Stdout = stdout }()
+	if err := run(Tracing{Exporter: ExporterStdout, SampleRatio: 1}); err != nil {
+		t.Fatalf("control: shutdown after exports that succeeded: %v", err)
+	}
+}
+
+// TestLossCounter: the spans of a failed export are counted lost, with
+// the error; those of a delivered export are not (the control).
+func TestLossCounter(t *testing.T) {
+	spans := []sdktrace.ReadOnlySpan{tracetest.SpanStub{Name: "a"}.Snapshot(), tracetest.SpanStub{Name: "b"}.Snapshot()}
+	n0, _ := Lost()
+	if err := (lossCounter{tracetest.NewNoopExporter()}).ExportSpans(context.Background(), spans); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := Lost(); n != n0 {
+		t.Fatalf("control: a delivered export counted %d spans lost", n-n0)
+	}
+	failing := lossCounter{failExporter{}}
+	if err := failing.ExportSpans(context.Background(), spans); err == nil {
+		t.Fatal("the failing exporter did not fail")
+	}
+	if n, last := Lost(); n < n0+2 || last == nil || !strings.Contains(last.Error(), "collector down") {
+		t.Fatalf("after a failed export of 2 spans: %d lost (was %d), last error %v", n, n0, last)
+	}
+}
+
+type failExporter struct{}
+
+func (failExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error {
+	return errors.New("collector down")
+}
+func (failExporter) Shutdown(context.Context) error { return nil }
