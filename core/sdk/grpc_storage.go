@@ -352,7 +352,7 @@ type StorageClient struct {
 	// appendPace is how soon the plugin answers appends on the ring: the
 	// host spins for an answer only while they come within appendExpect.
 	appendPace answerPace
-	unary     *pending[ringReply] // CommitOffsets and GetOffsets on the data plane
+	unary      *pending[ringReply] // CommitOffsets and GetOffsets on the data plane
 
 	ctx    context.Context // lives as long as the client; ends the streams
 	cancel context.CancelFunc
