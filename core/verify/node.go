@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/config"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
+	"github.com/ferrymq/ferry/internal/freeport"
 )
 
 // prepared is a user's pipeline rewritten to run under verify: its own data
@@ -127,14 +127,17 @@ func setPath(doc map[string]any, path []string, v any) {
 	m[path[len(path)-1]] = v
 }
 
-// freeAddr returns a loopback address nobody listens on now.
+// freeAddr returns a loopback address nobody listens on now, below the
+// kernel's ephemeral range and reserved among cooperating processes
+// (internal/freeport): a port the kernel picks (127.0.0.1:0) can be taken by
+// another connection's local end before the node binds it, which made a
+// node exit at start in a busy test run.
 func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addrs(1)
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return a[0], nil
 }
 
 // node is the `ferry run` process of a prepared pipeline, in a process group
@@ -203,7 +206,7 @@ func (n *node) waitServing(ctx context.Context, done chan struct{}) error {
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("the node exited while starting (its log: %s)", n.logf.Name())
+			return fmt.Errorf("the node exited while starting (its log: %s)%s", n.logf.Name(), logTail(n.logf.Name(), 10))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -401,4 +404,19 @@ func (n *node) signal(target string, sig syscall.Signal) error {
 	}
 	fmt.Fprintf(n.logf, "--- ferry verify: %s to the %s plugin (pid %d) at %s\n", name, target, pid, time.Now().Format(time.RFC3339Nano))
 	return syscall.Kill(pid, sig)
+}
+
+// logTail returns the last lines of the log at path, indented on lines of
+// their own after a colon (for an error that names the log), or "" when
+// it cannot be read.
+func logTail(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return ", ending:\n    " + strings.Join(l, "\n    ")
 }
