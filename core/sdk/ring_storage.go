@@ -168,8 +168,9 @@ func (c *StorageClient) startRing(conn *ring.Conn) {
 			c.sendWires = nil
 			var err error
 			if wires != nil {
-				err = c.dp.writeAppend(appendFrame{req: r, wires: wires})
-				wireAppendsSent.Add(1)
+				if err = c.dp.writeAppend(appendFrame{req: r, wires: wires}); err == nil {
+					wireAppendsSent.Add(1)
+				}
 			} else {
 				err = c.dp.write(KindAppend, r.Seq, r)
 			}
