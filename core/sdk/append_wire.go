@@ -244,8 +244,8 @@ func writeAppendFrame(c *ring.Conn, f appendFrame) error {
 // answers. Each WireAppend's Wire is one Message's encoding, checked by
 // MessageWire (Message's own fields, each of its wire type, strings in
 // UTF-8); its Info says what a decoder would read of its id, topic and
-// queue. Wire, Info.ID and Info.Topic are valid only during the call: a
-// store copies what it keeps. Wire may hold a field more than once (the last
+// queue. The slice msgs (the SDK reuses it), Wire, Info.ID and Info.Topic
+// are valid only during the call: a store copies what it keeps. Wire may hold a field more than once (the last
 // value counts) and may hold offset and stored_unix_nano, which the store
 // sets on read as it does for a decoded message.
 //
@@ -269,6 +269,13 @@ type WireAppend struct {
 // one): the frame is then to be decoded in full. An error says p does not
 // decode.
 func splitAppend(p []byte) (req *ferryv1.AppendRequest, msgs []WireAppend, ok bool, err error) {
+	return splitAppendInto(p, nil)
+}
+
+// splitAppendInto is splitAppend appending the messages to msgs (a slice
+// to reuse: the store's side of the ring keeps one for the frames it
+// reads, as AppendWire's messages are valid only during the call).
+func splitAppendInto(p []byte, msgs []WireAppend) (req *ferryv1.AppendRequest, _ []WireAppend, ok bool, err error) {
 	var rest []byte // the other fields, decoded by the generated code
 	for b := p; len(b) > 0; {
 		num, typ, tl := protowire.ConsumeTag(b)

@@ -321,3 +321,33 @@ func BenchmarkAppendFrameEncode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSplitAppend: the store's side of the ring reading a 64-message
+// append frame's wire forms into a fresh slice (as splitAppend), or into
+// the slice the previous frame used (as serveStorageRing does).
+//
+//	go test -run '^$' -bench SplitAppend -benchmem ./core/sdk/
+func BenchmarkSplitAppend(b *testing.B) {
+	r := rand.New(rand.NewPCG(9, 10))
+	msgs, _ := wireSample(r, 64)
+	p, err := (&ferryv1.AppendRequest{Seq: 1, Messages: msgs}).MarshalVT()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, reuse := range []bool{false, true} {
+		b.Run(fmt.Sprintf("reuse=%v", reuse), func(b *testing.B) {
+			b.ReportAllocs()
+			var scratch []WireAppend
+			for b.Loop() {
+				_, wires, ok, err := splitAppendInto(p, scratch[:0])
+				if err != nil || !ok || len(wires) != len(msgs) {
+					b.Fatalf("%d wire forms, ok %v, %v", len(wires), ok, err)
+				}
+				if reuse {
+					clear(wires)
+					scratch = wires
+				}
+			}
+		})
+	}
+}

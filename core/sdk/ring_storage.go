@@ -29,6 +29,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 	}
 	fail := func(id uint64, err error) { reply(KindError, id, ErrorToProto(err)) }
 	frames := 0
+	var scratch []WireAppend // reused by the appends' wire forms (ringAppend)
 	for {
 		kind, id, p, err := conn.Read()
 		if err != nil {
@@ -40,7 +41,7 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 		countFrame(conn, KindStorage, &frames)
 		switch kind {
 		case KindAppend:
-			req, wires, err := ringAppend(s.impl, p)
+			req, wires, err := ringAppend(s.impl, p, scratch[:0])
 			if err != nil {
 				reply(KindAppend, id, &ferryv1.AppendResponse{Seq: id, Error: ErrorToProto(err)})
 				continue
@@ -53,6 +54,12 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 			finish := s.startAppendOf(ctx, req, wires, func(r *ferryv1.AppendResponse) error {
 				return ringWrite(conn, KindAppend, r.Seq, r)
 			})
+			if cap(wires) > 0 && cap(wires) <= maxScratchWires {
+				// AppendWire is done with them: the next frame's go here
+				// (cleared, so as not to keep this frame's bytes).
+				clear(wires)
+				scratch = wires
+			}
 			finishing.Add(1)
 			gopool.Go(func() { // a parked goroutine: its stack is grown already
 				defer finishing.Done()
@@ -127,12 +134,18 @@ func serveStorageRing(s *storageServer, conn *ring.Conn) {
 	}
 }
 
+// maxScratchWires bounds the slice of wire forms the store's side keeps
+// for the next append frame: a batch of the broker's largest.
+const maxScratchWires = 4096
+
 // ringAppend decodes an append frame: its messages kept in their wire form
 // (wires) for a store that takes them so (WireAppender) while this process
 // does not trace, decoded otherwise (wires nil).
-func ringAppend(impl Storage, p []byte) (*ferryv1.AppendRequest, []WireAppend, error) {
+//
+// scratch is a slice the wire forms may be appended to (reused).
+func ringAppend(impl Storage, p []byte, scratch []WireAppend) (*ferryv1.AppendRequest, []WireAppend, error) {
 	if _, ok := impl.(WireAppender); ok && !telemetry.Enabled() {
-		req, wires, ok, err := splitAppend(p)
+		req, wires, ok, err := splitAppendInto(p, scratch)
 		if err != nil {
 			return nil, nil, err
 		}
