@@ -294,7 +294,7 @@ topics: [{name: orders, queues: 2}]
 	if code != 1 || !strings.Contains(stdout, "verdict: fail") {
 		t.Fatalf("exit %d, want 1 and verdict fail\n%s\n%s", code, stdout, stderr)
 	}
-	for _, want := range []string{"flush async may lose at a power loss only what was acknowledged within flush_interval 200ms", "power-loss"} {
+	for _, want := range []string{"flush async may lose at a power loss only what was acknowledged within flush_interval 200ms", " before power-loss@2.5s-3s)"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("the report does not say %q:\n%s", want, stdout)
 		}
