@@ -27,7 +27,7 @@ func installFaults(p sdk.Plugin) {
 		return
 	}
 	log.Warn("power-loss hook armed for ferry verify: SIGUSR1 drops what was not fsynced", "verify_pid", pid)
-	installPowerLoss(s)
+	installPowerLoss(s, false) // a release build has no lying disk
 }
 
 // tearOnPowerLoss is 0 in release builds: a power loss cuts the store

@@ -3,8 +3,11 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"strconv"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/ferrymq/ferry/core/sdk"
 	"github.com/ferrymq/ferry/plugins/storage/file"
@@ -16,8 +19,34 @@ import (
 // dies at once. Release builds arm it only for ferry verify (faults_off.go).
 func installFaults(p sdk.Plugin) {
 	if s, ok := p.(*file.Store); ok {
-		installPowerLoss(s)
+		installPowerLoss(s, lyingDisk())
 	}
+}
+
+// EnvFaultPowerLossLyingDisk, set to "1" in a test build's node that a
+// running ferry verify started (its power-loss token checks out:
+// verifyPowerLoss), makes the store's power loss drop the newer half of what
+// it fsynced as well (file.Store.CrashLyingDisk): a disk whose cache lied
+// about fsync. It is verify's negative control for a loss beyond what flush
+// async permits; a release build has no such hook (faults_off.go), and a
+// node that verify did not start ignores the variable.
+const EnvFaultPowerLossLyingDisk = "FERRY_FAULT_POWER_LOSS_LYING_DISK"
+
+func lyingDisk() bool {
+	if os.Getenv(EnvFaultPowerLossLyingDisk) != "1" {
+		return false
+	}
+	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: os.Stderr})
+	pid, err := verifyPowerLoss()
+	if err == nil && pid == 0 {
+		err = errors.New("no ferry verify started this node")
+	}
+	if err != nil {
+		log.Warn("lying-disk hook refused", "error", err)
+		return false
+	}
+	log.Warn("lying-disk hook armed for ferry verify: a power loss drops the newer half of what was fsynced", "verify_pid", pid)
+	return true
 }
 
 // EnvFaultPowerLossTear, set to "1" in test builds, makes the file store's

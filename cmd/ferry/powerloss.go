@@ -22,12 +22,20 @@ import (
 // power loss also tears a write: the first N-1 records the last fsync did
 // not cover stay whole and half of the N-th stays on disk
 // (file.Store.CrashTearUnflushedAt), and a line on stderr says which record.
-func installPowerLoss(s *file.Store) {
+// With lyingDisk (test builds only, for a node a running ferry verify
+// started: faults_on.go) the power loss also drops the newer half of what
+// the store fsynced (file.Store.CrashLyingDisk): a loss beyond what any
+// flush policy permits, which verify's verdict must fail.
+func installPowerLoss(s *file.Store, lyingDisk bool) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
 	go func() {
 		<-sig
-		if tearOnPowerLoss > 0 {
+		if lyingDisk {
+			dropped, err := s.CrashLyingDisk()
+			hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: os.Stderr}).Warn("power loss on a disk that lied about fsync",
+				"fsynced_records_dropped", dropped, "error", err)
+		} else if tearOnPowerLoss > 0 {
 			pos, size, err := s.CrashTearUnflushedAt(tearOnPowerLoss)
 			// JSON, so that the plugin host logs it at its level.
 			hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: os.Stderr}).Warn("power loss with a torn write",

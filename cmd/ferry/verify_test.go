@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ferrymq/ferry/core/verify"
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // verifyReport is the part of results.json these tests read.
@@ -225,7 +226,9 @@ topics: [{name: orders, queues: 2}]
 		t.Fatal(err)
 	}
 	out := t.TempDir()
-	stdout, stderr, code := runFerry(t, nil, "verify", yaml, "--duration", "5s", "--producers", "2", "--faults", "power-loss@2500ms-3s", "--out", out)
+	// The lying-disk hook's variable is set, and a release build ignores it
+	// (TestVerifyPowerLossBeyondFlushAsyncFails: a test build's does not).
+	stdout, stderr, code := runFerry(t, []string{envPowerLossLyingDisk + "=1"}, "verify", yaml, "--duration", "5s", "--producers", "2", "--faults", "power-loss@2500ms-3s", "--out", out)
 	if code != 0 || !strings.Contains(stdout, "verdict: pass") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -261,6 +264,42 @@ topics: [{name: orders, queues: 2}]
 	if !strings.Contains(stdout, "lost at power loss") {
 		t.Errorf("the table does not say what the power loss cost:\n%s", stdout)
 	}
+}
+
+// envPowerLossLyingDisk is faults_on.go's EnvFaultPowerLossLyingDisk
+// (defined only in test builds).
+const envPowerLossLyingDisk = "FERRY_FAULT_POWER_LOSS_LYING_DISK"
+
+// The verdict on a power loss under flush async, end to end, can fail: a
+// test build's node that verify started, with the lying-disk hook, drops at
+// the power loss the newer half of what its store fsynced too, messages
+// acknowledged long before the flush interval that preceded the cut. Verify
+// must exit 1, saying the loss is beyond what flush async permits and
+// naming the power loss it followed. (The release build ignores the hook's
+// variable: TestVerifyPowerLossUnderFlushAsync sets it and passes.)
+func TestVerifyPowerLossBeyondFlushAsyncFails(t *testing.T) {
+	dir := t.TempDir()
+	yaml := filepath.Join(dir, "async.yaml")
+	if err := os.WriteFile(yaml, []byte(`name: async
+plugins:
+  storage: {type: file, config: {flush: async, flush_interval: 200ms, flush_bytes: 256MiB}}
+  transport: {type: grpc, config: {listen: 127.0.0.1:1}}
+topics: [{name: orders, queues: 2}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	bin := ferrytest.BinaryWithTags(t, "ferry_faults")
+	stdout, stderr, code := runFerryBin(t, bin, []string{envPowerLossLyingDisk + "=1"}, "verify", yaml, "--duration", "5s", "--producers", "2", "--faults", "power-loss@2500ms-3s", "--out", out)
+	if code != 1 || !strings.Contains(stdout, "verdict: fail") {
+		t.Fatalf("exit %d, want 1 and verdict fail\n%s\n%s", code, stdout, stderr)
+	}
+	for _, want := range []string{"flush async may lose at a power loss only what was acknowledged within flush_interval 200ms", " before power-loss@2.5s-3s)"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("the report does not say %q:\n%s", want, stdout)
+		}
+	}
+	t.Logf("%s", stdout)
 }
 
 // The power-loss hook is not reachable from a node that a running ferry

@@ -205,7 +205,11 @@ func checkCrashes(t *testing.T, sends []verify.Send, stored map[int32][]*sdk.Mes
 // Issue 3's crash test: a broker with flush: sync is killed again and again,
 // each time with the storage losing what it had not fsynced. Every
 // acknowledged message survives exactly once, where its producer was told.
+// The lying-disk hook's variable is set (cmd/ferry/faults_on.go): it must
+// arm nothing in a node that no ferry verify started, even in this test
+// build, or the crashes would lose fsynced messages.
 func TestCrashSyncFlushLosesNothingAcked(t *testing.T) {
+	t.Setenv("FERRY_FAULT_POWER_LOSS_LYING_DISK", "1")
 	const config = `{"flush": "sync", "segment_bytes": "64KiB"}`
 	sends, dir := crashLoop(t, config, 4)
 	r := checkCrashes(t, sends, readStore(t, dir, config))

@@ -91,6 +91,7 @@ func TestDataPlaneFaults(t *testing.T) {
 				waitRestarted(t, inst)
 			}
 			checkAllDelivered(t, s, 6000)
+			checkEachMessage(t, s)
 			if stored := storedCount(t, e, "orders"); stored != 6000 {
 				t.Errorf("storage holds %d messages, want exactly 6000 (no loss, no duplicates)", stored)
 			}
@@ -122,6 +123,7 @@ func TestKillPluginsAtRandomUnderLoad(t *testing.T) {
 	s := runPipeline(t, e, 180*time.Second)
 	<-done
 	checkAllDelivered(t, s, 12000)
+	checkEachMessage(t, s)
 	if stored := storedCount(t, e, "orders"); stored != 12000 {
 		t.Errorf("storage holds %d messages, want exactly 12000 (no loss, no duplicates)", stored)
 	}

@@ -45,6 +45,7 @@ type Engine struct {
 	serveDone   chan struct{}
 	replDone    chan struct{} // nil without replication
 	obs         *observability
+	record      bool
 }
 
 // Options are the engine's settings that do not come from the pipeline file.
@@ -55,6 +56,12 @@ type Options struct {
 	// default: this process's executable.
 	PluginExe string
 	Logger    hclog.Logger
+	// Record keeps, in Run's Summary, every generated message's outcome
+	// (GeneratorResult.Messages) and where each flow first consumed each
+	// message (FlowResult.Consumed), so a caller can check each message
+	// (the fault tests do, with core/verify's checker). Off, a run keeps
+	// only the ids its summary counts.
+	Record bool
 }
 
 // Start brings a pipeline's node up: plugins, broker and transport. Flows and
@@ -90,7 +97,7 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 		obs.stop(context.Background())
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg), obs: obs}
+	e := &Engine{cfg: cfg, log: log, host: host, address: TransportAddress(cfg), obs: obs, record: opts.Record}
 	ok := false
 	defer func() {
 		if !ok {

@@ -43,7 +43,7 @@ func start(t testing.TB, cfg *config.Pipeline) *engine.Engine {
 func startWith(t testing.TB, cfg *config.Pipeline, exe string) *engine.Engine {
 	t.Helper()
 	e, err := engine.Start(context.Background(), cfg, engine.Options{
-		Registry: builtin.Registry(), PluginExe: exe,
+		Registry: builtin.Registry(), PluginExe: exe, Record: true,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "ferry", Level: hclog.Warn, Output: testWriter{t}}),
 	})
 	if err != nil {
@@ -152,16 +152,19 @@ func killDuringRun(t *testing.T, e *engine.Engine, inst *pluginhost.Instance, af
 }
 
 // kill -9 of the transport plugin mid-flow: clients reconnect to the new
-// process and every acknowledged message is consumed.
+// process and every acknowledged message is consumed, where its ack said,
+// once per position, each queue in order (the flow is orderly).
 func TestKillTransportDuringFlow(t *testing.T) {
 	cfg := quickstart(t, pluginhost.ModeSubprocess, 6000)
 	cfg.Generators[0].Rate = 3000
+	cfg.Flows[0].Orderly = true
 	e := start(t, cfg)
 	done := make(chan struct{})
 	go func() { defer close(done); killDuringRun(t, e, e.Transport(), 700*time.Millisecond) }()
 	s := runPipeline(t, e, 90*time.Second)
 	<-done
 	checkAllDelivered(t, s, 6000)
+	checkEachMessage(t, s)
 }
 
 // kill -9 of the file storage plugin (fsync before ack) mid-flow: appends of
@@ -178,6 +181,7 @@ func TestKillStorageDuringFlow(t *testing.T) {
 	s := runPipeline(t, e, 90*time.Second)
 	<-done
 	checkAllDelivered(t, s, 6000)
+	checkEachMessage(t, s)
 	if f := s.Flows[0]; f.Delivered != f.Unique {
 		t.Logf("%d redeliveries (at-least-once)", f.Delivered-f.Unique)
 	}

@@ -16,11 +16,24 @@ import (
 // FlowResult reports one flow.
 type FlowResult struct {
 	Name, Group, Topic string
-	Delivered          int // handler calls, retries and redeliveries included
-	Unique             int // distinct message ids
-	Missing            int // acknowledged by the broker but never delivered
-	Retried            int // attempts that failed and were scheduled again
-	DeadLettered       int // messages sent to the group's dead-letter queue
+	Orderly            bool // the flow keeps each queue's order
+	Delivered          int  // handler calls, retries and redeliveries included
+	Unique             int  // distinct message ids
+	Missing            int  // acknowledged by the broker but never delivered
+	Retried            int  // attempts that failed and were scheduled again
+	DeadLettered       int  // messages sent to the group's dead-letter queue
+	// Consumed are the messages the flow's handler was given, each
+	// position (queue and offset of the original) once, in the order of
+	// their first delivery; kept only with Options.Record.
+	Consumed []ConsumedMessage
+}
+
+// ConsumedMessage is a message a flow consumed, named by its original's id
+// and position (a retry's too).
+type ConsumedMessage struct {
+	ID     string
+	Queue  int32
+	Offset int64
 }
 
 // flow feeds a consumer group's messages through its stage chain to its
@@ -34,12 +47,15 @@ type flow struct {
 	mu        sync.Mutex
 	seen      map[string]bool
 	delivered int
+	record    bool
+	at        map[ConsumedMessage]bool // with record: positions delivered
+	consumed  []ConsumedMessage
 }
 
 // newFlow builds a flow's chain, sink and consumer; it fails on what the
 // config check cannot see (a command that is not installed). Its stage
 // plugins are started with stageOpts.Plugins (the node's plugin host).
-func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer, stageOpts stage.Options) (*flow, error) {
+func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer, stageOpts stage.Options, record bool) (*flow, error) {
 	specs := make([]stage.Spec, len(f.Stages))
 	for i, s := range f.Stages {
 		specs[i] = stage.Spec{Type: s.Type, Config: s.Config}
@@ -65,12 +81,21 @@ func newFlow(cl *client.Client, f config.Flow, dataDir string, out io.Writer, st
 		sk.Close()
 		return nil, err
 	}
-	fl := &flow{cfg: f, cons: cons, sink: sk, seen: map[string]bool{}}
+	fl := &flow{cfg: f, cons: cons, sink: sk, seen: map[string]bool{}, record: record}
+	if record {
+		fl.at = map[ConsumedMessage]bool{}
+	}
 	inner := chain(func(ctx context.Context, d *client.Delivery) error { return sk.Deliver(ctx, d) })
 	fl.handler = func(ctx context.Context, d *client.Delivery) error {
 		fl.mu.Lock()
 		fl.delivered++
 		fl.seen[d.ID] = true
+		if fl.record {
+			if m := (ConsumedMessage{ID: d.ID, Queue: d.Queue, Offset: d.Offset}); !fl.at[m] {
+				fl.at[m] = true
+				fl.consumed = append(fl.consumed, m)
+			}
+		}
 		fl.mu.Unlock()
 		return inner(ctx, d)
 	}
@@ -138,8 +163,8 @@ func (f *flow) result() FlowResult {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st := f.cons.Stats()
-	return FlowResult{Name: f.cfg.Name, Group: f.cfg.Group, Topic: f.cfg.Topic, Delivered: f.delivered, Unique: len(f.seen),
-		Retried: int(st.Retried), DeadLettered: int(st.DeadLettered)}
+	return FlowResult{Name: f.cfg.Name, Group: f.cfg.Group, Topic: f.cfg.Topic, Orderly: f.cfg.Orderly, Delivered: f.delivered, Unique: len(f.seen),
+		Retried: int(st.Retried), DeadLettered: int(st.DeadLettered), Consumed: append([]ConsumedMessage(nil), f.consumed...)}
 }
 
 func (r FlowResult) String() string {

@@ -19,7 +19,7 @@ import (
 
 // lagInterval is how often the engine measures its flows' consumer lag and
 // dead-letter depth for /metrics.
-const lagInterval = 5 * time.Second
+var lagInterval = 5 * time.Second
 
 // observability is the node's tracing, metrics and admin listener.
 type observability struct {

@@ -25,6 +25,19 @@ type GeneratorResult struct {
 	NotOK       int           // acknowledged with a status weaker than OK
 	Errors      int           // failed after retries
 	Elapsed     time.Duration // from first send to last ack
+	// Messages are the generator's sends in the order it made them, with
+	// what each was told; kept only with Options.Record.
+	Messages []SentMessage
+}
+
+// SentMessage is one generated message and what its producer was told.
+type SentMessage struct {
+	ID     string // empty if the send failed before the message got one
+	Seq    int    // the generator's count when it sent the message
+	Err    string // the send's error; then Status, Queue and Offset are unset
+	Status ferryv1.Status
+	Queue  int32 // where the ack says it was stored (-1 for oneway or an error)
+	Offset int64
 }
 
 // Run runs the pipeline's generators and flows. With generators, it returns
@@ -49,7 +62,7 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	defer stopFlows()
 	flows := make([]*flow, len(cfg.Flows))
 	for i, f := range cfg.Flows {
-		fl, err := newFlow(cl, f, cfg.Node.DataDir, out, stage.Options{Plugins: e.host.Start})
+		fl, err := newFlow(cl, f, cfg.Node.DataDir, out, stage.Options{Plugins: e.host.Start}, e.record)
 		if err != nil {
 			for _, prev := range flows[:i] {
 				prev.sink.Close()
@@ -95,7 +108,7 @@ func (e *Engine) Run(ctx context.Context, out io.Writer) (*Summary, error) {
 	err = runAll(func() error {
 		var errs []func() error
 		for i, g := range cfg.Generators {
-			gens[i] = &generator{cfg: g, mode: g.Mode, acked: map[string]bool{}}
+			gens[i] = &generator{cfg: g, mode: g.Mode, acked: map[string]bool{}, record: e.record}
 			if gens[i].mode == "" {
 				gens[i].mode = cfg.Producer.Mode
 			}
@@ -252,8 +265,9 @@ func (e *Engine) waitCaughtUp(ctx context.Context, cl *client.Client, flowFailed
 
 // generator produces its configured messages.
 type generator struct {
-	cfg  config.Generator
-	mode string
+	cfg    config.Generator
+	mode   string
+	record bool
 
 	mu      sync.Mutex
 	acked   map[string]bool
@@ -261,6 +275,7 @@ type generator struct {
 	notOK   int
 	errors  int
 	elapsed time.Duration
+	msgs    []SentMessage
 }
 
 func (g *generator) run(ctx context.Context, p *client.Producer) error {
@@ -270,21 +285,14 @@ func (g *generator) run(ctx context.Context, p *client.Producer) error {
 	if g.cfg.Rate > 0 {
 		interval = time.Duration(float64(time.Second) / g.cfg.Rate)
 	}
-	record := func(res client.Result, err error) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		switch {
-		case err != nil:
-			g.errors++
-		case g.mode == "oneway":
-			g.sent++ // written to the broker; no ack to count on
-		default:
-			g.sent++
-			g.acked[res.ID] = true
-			if res.Status != ferryv1.Status_STATUS_OK {
-				g.notOK++
-			}
+	// Without Options.Record one callback serves every async send: no
+	// closure per message.
+	shared := func(res client.Result, err error) { g.done(-1, res, err) }
+	record := func(seq int) func(client.Result, error) {
+		if !g.record {
+			return shared
 		}
+		return func(res client.Result, err error) { g.done(seq, res, err) }
 	}
 	start := time.Now()
 	next := start
@@ -292,13 +300,13 @@ func (g *generator) run(ctx context.Context, p *client.Producer) error {
 		m := client.Message{Topic: g.cfg.Topic, Body: body, Headers: map[string]string{"ferry-generator": g.cfg.Name}}
 		switch g.mode {
 		case "async":
-			if err := p.SendAsync(ctx, m, record); err != nil {
-				record(client.Result{}, err)
+			if err := p.SendAsync(ctx, m, record(n)); err != nil {
+				g.done(n, client.Result{}, err)
 			}
 		case "oneway":
-			record(p.SendOneway(ctx, m))
+			record(n)(p.SendOneway(ctx, m))
 		default:
-			record(p.SendSync(ctx, m))
+			record(n)(p.SendSync(ctx, m))
 		}
 		if interval > 0 {
 			next = next.Add(interval)
@@ -318,10 +326,39 @@ func (g *generator) run(ctx context.Context, p *client.Producer) error {
 	return closeErr
 }
 
+// done counts send seq's outcome (and, with Options.Record, keeps it).
+func (g *generator) done(seq int, res client.Result, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.record {
+		m := SentMessage{ID: res.ID, Seq: seq, Queue: -1, Offset: -1}
+		switch {
+		case err != nil:
+			m.Err = err.Error()
+		case g.mode != "oneway":
+			m.Status, m.Queue, m.Offset = res.Status, res.Queue, res.Offset
+		}
+		g.msgs = append(g.msgs, m)
+	}
+	switch {
+	case err != nil:
+		g.errors++
+	case g.mode == "oneway":
+		g.sent++ // written to the broker; no ack to count on
+	default:
+		g.sent++
+		g.acked[res.ID] = true
+		if res.Status != ferryv1.Status_STATUS_OK {
+			g.notOK++
+		}
+	}
+}
+
 func (g *generator) result() GeneratorResult {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return GeneratorResult{Name: g.cfg.Name, Topic: g.cfg.Topic, Mode: g.mode, Sent: g.sent, NotOK: g.notOK, Errors: g.errors, Elapsed: g.elapsed}
+	return GeneratorResult{Name: g.cfg.Name, Topic: g.cfg.Topic, Mode: g.mode, Sent: g.sent, NotOK: g.notOK, Errors: g.errors, Elapsed: g.elapsed,
+		Messages: append([]SentMessage(nil), g.msgs...)}
 }
 
 // Print writes the summary a person reads at the end of `ferry run`.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -45,6 +46,9 @@ func (s *replicationServer) startReplicate(ctx context.Context, req *ferryv1.Rep
 	if telemetry.Enabled() {
 		span = telemetry.StartHop(telemetry.Extract(ctx, req.Trace), replicationTracer, telemetry.SpanReplicationReplicate, req.Messages,
 			telemetry.Traced{Index: req.TracedIndex, Span: req.TracedSpan})
+		span.ForMessages(func(i int, s trace.Span) {
+			s.SetAttributes(telemetry.AttrTopic.String(req.Messages[i].Topic), telemetry.AttrQueue.Int(int(req.Messages[i].Queue)))
+		})
 	}
 	wait, err := s.impl.Replicate(ctx, req.Messages)
 	if err != nil {

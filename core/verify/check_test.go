@@ -150,5 +150,8 @@ func TestVerdictOnFlushAsyncPowerLoss(t *testing.T) {
 		if id == "m2" && !strings.Contains(why, "acknowledged after power-loss") {
 			t.Errorf("%s lost: the reason does not name the fault it followed: %s", id, why)
 		}
+		if id == "m0" && !strings.Contains(why, "m0, acknowledged 2s before power-loss@3s") {
+			t.Errorf("%s lost: the reason does not name the power loss that lost it: %s", id, why)
+		}
 	}
 }

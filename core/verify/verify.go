@@ -980,10 +980,14 @@ func summarize(rep *Report, sends []Send, start time.Time) {
 			case "async":
 				why = "async replication may lose only what a master acknowledged before it died and its slave was promoted"
 			}
+			example := afterID(other[0])
 			if rep.Flush == "async" && rep.FlushInterval > 0 {
 				why = fmt.Sprintf("flush async may lose at a power loss only what was acknowledged within flush_interval %s (+%s) before it", rep.FlushInterval, PowerLossSlack)
+				if e := beforePowerLoss(rep, sends, other[0], start); e != "" {
+					example = e
+				}
 			}
-			fail("%d acknowledged message(s) lost: %s%s", len(other), why, afterID(other[0]))
+			fail("%d acknowledged message(s) lost: %s%s", len(other), why, example)
 		}
 	}
 	judgeNodes(rep, sends, start, fail)
@@ -1135,4 +1139,23 @@ func failoverLoss(rep *Report, sends []Send, ids []string, start time.Time) (n i
 		}
 	}
 	return n, lag, other
+}
+
+// beforePowerLoss names, for the lost message id, the first power loss
+// after its ack and how long before it the ack came: the fault that lost
+// it. "" when no power loss followed its ack.
+func beforePowerLoss(rep *Report, sends []Send, id string, start time.Time) string {
+	for _, s := range sends {
+		if s.ID != id {
+			continue
+		}
+		acked := s.Start.Sub(start) + s.Latency
+		for _, f := range rep.Faults {
+			if f.Kind == "power-loss" && f.Injected >= acked {
+				return fmt.Sprintf(" (e.g. %s, acknowledged %s before %s)", id, (f.Injected - acked).Round(time.Millisecond), f)
+			}
+		}
+		return ""
+	}
+	return ""
 }

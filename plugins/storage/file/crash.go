@@ -20,6 +20,33 @@ func (s *Store) CrashLoseUnflushed() error {
 	return err
 }
 
+// CrashLyingDisk is CrashLoseUnflushed on a disk whose write cache lied
+// about fsync: the newer half of the records the store had fsynced is gone
+// too (the files keep their bytes only up to the first of them). It returns
+// how many fsynced records were dropped. It breaks what every flush policy
+// promises, so it exists for one purpose: a negative control of ferry
+// verify's verdict on a power loss, reachable only from a test build's node
+// that a running ferry verify started (cmd/ferry/faults_on.go).
+func (s *Store) CrashLyingDisk() (dropped int, err error) {
+	_, _, err = s.crashTo(0, func() int64 { // under s.mu, the loops stopped
+		var synced []int64
+		for _, q := range s.queues {
+			for _, e := range q.ents {
+				if e.pos < s.fpos {
+					synced = append(synced, e.pos)
+				}
+			}
+		}
+		if len(synced) == 0 {
+			return -1
+		}
+		slices.Sort(synced)
+		dropped = len(synced) - len(synced)/2
+		return synced[len(synced)/2]
+	})
+	return dropped, err
+}
+
 // CrashTearUnflushed is CrashLoseUnflushed with a torn write: of what the
 // last fsync did not cover, the first half of the first record survives
 // (its record, at global log position pos, is size bytes long), as when
@@ -41,6 +68,12 @@ func (s *Store) CrashTearUnflushedAt(n int) (pos int64, size int32, err error) {
 
 // crash crashes the store; tear > 0 tears the tear-th unsynced record.
 func (s *Store) crash(tear int) (int64, int32, error) {
+	return s.crashTo(tear, nil)
+}
+
+// crashTo is crash; a non-nil keepAt gives (under s.mu) the position up to
+// which the files keep their bytes instead of the fsynced one (-1: that one).
+func (s *Store) crashTo(tear int, keepAt func() int64) (int64, int32, error) {
 	s.mu.Lock()
 	if s.closed || !s.configured {
 		s.mu.Unlock()
@@ -60,6 +93,11 @@ func (s *Store) crash(tear int) (int64, int32, error) {
 	// keepTo: the global log position up to which the files keep their
 	// bytes (the fsynced position, or half into the record after it).
 	keepTo := s.fpos
+	if keepAt != nil {
+		if k := keepAt(); k >= 0 {
+			keepTo = min(k, s.fpos)
+		}
+	}
 	var tornPos int64
 	var tornSize int32
 	if tear > 0 {

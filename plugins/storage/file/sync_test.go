@@ -175,3 +175,38 @@ func TestTornBatchAppliedAgainAfterPowerLoss(t *testing.T) {
 		}
 	}
 }
+
+// The lying-disk power loss (verify's negative control) drops the newer half
+// of what was fsynced as well as what was not; a plain power loss of the same
+// log keeps every fsynced record (the control).
+func TestCrashLyingDiskDropsFsyncedRecords(t *testing.T) {
+	const config = `{"flush": "sync", "flush_interval": "1h", "segment_bytes": "64KiB"}`
+	fill := func(t *testing.T) (string, *Store) {
+		dataDir := t.TempDir()
+		s := openStore(t, dataDir, config)
+		for i := range 10 {
+			appendCtx(t, s, ctx(t), testMsg(0, i)) // fsynced before the ack
+		}
+		lc := sdk.WithLogDurable(ctx(t))
+		for i := 10; i < 13; i++ {
+			appendCtx(t, s, lc, testMsg(0, i)) // not fsynced
+		}
+		return dataDir, s
+	}
+	dataDir, s := fill(t)
+	if err := s.CrashLoseUnflushed(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(readQueue(t, openStore(t, dataDir, config), 0)); got != 10 {
+		t.Fatalf("after a power loss: %d messages, want the 10 fsynced", got)
+	}
+	dataDir, s = fill(t)
+	dropped, err := s.CrashLyingDisk()
+	if err != nil || dropped != 5 {
+		t.Fatalf("lying disk: dropped %d fsynced records (%v), want 5", dropped, err)
+	}
+	got := readQueue(t, openStore(t, dataDir, config), 0)
+	if len(got) != 5 || got[4].Id != testMsg(0, 4).Id {
+		t.Fatalf("after a lying disk's power loss: %d messages, want the first 5", len(got))
+	}
+}
