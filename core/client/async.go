@@ -46,9 +46,12 @@ type Callback func(Result, error)
 // Messages are batched per queue: a batch is sent when it reaches
 // MaxBatchBytes, when Linger has passed since its first message, when the
 // window is full, or on Flush and Close. Each queue has at most one batch in
-// flight and retries it on the same broker (AsyncRetry), so the messages of
-// a queue (of one key, with KeyHash) are stored in the order SendAsync
-// accepted them. At most MaxInflight messages are accepted and not yet
+// flight, whichever broker holds the queue, and retries it on the same
+// broker (AsyncRetry) or, when the queue moved (a new raft leader or
+// master), on the queue's new broker while the batches behind it wait, so
+// the acknowledged messages of a queue (of one key, with KeyHash) are stored
+// in the order SendAsync accepted them, across a failover too
+// (docs/producing.md, "Order across a failover"). At most MaxInflight messages are accepted and not yet
 // answered; while the window is full SendAsync blocks until there is room or
 // ctx ends (then it returns ctx's error). ctx bounds only that wait and the
 // first lookup of the topic's queues: the send itself is bounded by Timeout
