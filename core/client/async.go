@@ -5,6 +5,7 @@ import (
 
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,9 +46,12 @@ type Callback func(Result, error)
 // Messages are batched per queue: a batch is sent when it reaches
 // MaxBatchBytes, when Linger has passed since its first message, when the
 // window is full, or on Flush and Close. Each queue has at most one batch in
-// flight and retries it on the same broker (AsyncRetry), so the messages of
-// a queue (of one key, with KeyHash) are stored in the order SendAsync
-// accepted them. At most MaxInflight messages are accepted and not yet
+// flight, whichever broker holds the queue, and retries it on the same
+// broker (AsyncRetry) or, when the queue moved (a new raft leader or
+// master), on the queue's new broker while the batches behind it wait, so
+// the acknowledged messages of a queue (of one key, with KeyHash) are stored
+// in the order SendAsync accepted them, across a failover too
+// (docs/producing.md, "Order across a failover"). At most MaxInflight messages are accepted and not yet
 // answered; while the window is full SendAsync blocks until there is room or
 // ctx ends (then it returns ctx's error). ctx bounds only that wait and the
 // first lookup of the topic's queues: the send itself is bounded by Timeout
@@ -97,7 +101,11 @@ func (p *Producer) SendAsync(ctx context.Context, m Message, cb Callback) (err e
 	for k, v := range m.Headers {
 		size += len(k) + len(v)
 	}
-	if !a.add(queueKey{broker: q.broker, topic: m.Topic, queue: q.queue}, rt, msg, size, cb) {
+	k := queueKey{topic: m.Topic, queue: q.queue}
+	if linePerBroker {
+		k.broker = q.broker // the fault of a test build (faults_on.go)
+	}
+	if !a.add(k, rt, q.broker, msg, size, cb) {
 		a.release(1)
 		return fmt.Errorf("ferry producer: %w: producer closed", sdk.ErrClosed)
 	}
@@ -161,10 +169,17 @@ type accumulator struct {
 	closing   chan struct{} // closed by close: blocked SendAsyncs give up
 }
 
+// queueKey names a line of async batches: a topic's queue, whichever broker
+// holds it now (a queue has one leader: mergeRoutes). A queue that moves to
+// another broker (a raft group's new leader, a promoted slave) keeps its
+// line: a batch retried across the move holds back the batches behind it,
+// which are sent, in order, to where the queue is when their turn comes.
+// Keyed on the broker too, the line split at a move, and the new broker's
+// batches overtook the retry.
 type queueKey struct {
-	broker *brokerConn
 	topic  string
 	queue  int32
+	broker *brokerConn // nil, but in a test build's fault (linePerBroker)
 }
 
 // queueState is one queue's batches: the one in flight and those waiting
@@ -175,14 +190,15 @@ type queueState struct {
 }
 
 type asyncBatch struct {
-	key   queueKey
-	route *topicRoute
-	msgs  []*ferryv1.Message
-	cbs   []Callback
-	bytes int
-	ready bool // full, lingered, or forced out: send when the queue is free
-	timer *time.Timer
-	done  chan struct{} // closed once every callback returned
+	key    queueKey
+	route  *topicRoute
+	broker *brokerConn // where route had the queue when the batch began
+	msgs   []*ferryv1.Message
+	cbs    []Callback
+	bytes  int
+	ready  bool // full, lingered, or forced out: send when the queue is free
+	timer  *time.Timer
+	done   chan struct{} // closed once every callback returned
 }
 
 func newAccumulator(p *Producer) *accumulator {
@@ -225,7 +241,7 @@ func (a *accumulator) release(n int) {
 
 // add puts msg into its queue's open batch (or a new one) and sends what is
 // ready. It reports false when the producer is closed.
-func (a *accumulator) add(k queueKey, rt *topicRoute, msg *ferryv1.Message, size int, cb Callback) bool {
+func (a *accumulator) add(k queueKey, rt *topicRoute, broker *brokerConn, msg *ferryv1.Message, size int, cb Callback) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -240,7 +256,7 @@ func (a *accumulator) add(k queueKey, rt *topicRoute, msg *ferryv1.Message, size
 	if n := len(qs.waiting); n > 0 && !qs.waiting[n-1].full(size, a.p.opts.MaxBatchBytes) {
 		b = qs.waiting[n-1]
 	} else {
-		b = &asyncBatch{key: k, route: rt, done: make(chan struct{})}
+		b = &asyncBatch{key: k, route: rt, broker: broker, done: make(chan struct{})}
 		qs.waiting = append(qs.waiting, b)
 		if a.p.opts.Linger > 0 {
 			b.timer = time.AfterFunc(a.p.opts.Linger, func() { a.lingered(b) })
@@ -314,7 +330,7 @@ func (a *accumulator) kick(qs *queueState) {
 // and its window slots, and calls its callbacks.
 func (a *accumulator) send(qs *queueState, b *asyncBatch) {
 	p := a.p
-	u := &unit{topic: b.key.topic, route: b.route, broker: b.key.broker, msgs: b.msgs}
+	u := a.target(b)
 	err := a.ctx.Err()
 	if err != nil {
 		err = fmt.Errorf("ferry producer: %w: producer closed before the batch was sent: %v", sdk.ErrClosed, err)
@@ -348,6 +364,36 @@ func (a *accumulator) send(qs *queueState, b *asyncBatch) {
 	delete(a.answering, b.done)
 	a.mu.Unlock()
 	close(b.done)
+}
+
+// target is the unit b is sent as: to the broker that holds b's queue in
+// the topic's newest route (the queue may have moved since b began: b
+// waited behind a batch retried across a failover), or where it began when
+// the newest route does not have the queue. b has not been sent yet, so
+// nothing of it can be stored where it was first routed.
+func (a *accumulator) target(b *asyncBatch) *unit {
+	rt, broker := b.route, b.broker
+	if b.key.broker != nil { // the fault of a test build: the line's broker, as before
+		return &unit{topic: b.key.topic, route: rt, broker: broker, msgs: b.msgs}
+	}
+	a.p.c.routesMu.Lock()
+	newest := a.p.c.routes[b.key.topic]
+	a.p.c.routesMu.Unlock()
+	if newest != nil && newest != rt {
+		var holders []*brokerConn
+		for _, q := range newest.queues {
+			if q.queue == b.key.queue {
+				holders = append(holders, q.broker)
+			}
+		}
+		if len(holders) > 0 {
+			rt = newest
+			if !slices.Contains(holders, broker) {
+				broker = holders[0]
+			}
+		}
+	}
+	return &unit{topic: b.key.topic, route: rt, broker: broker, msgs: b.msgs}
 }
 
 func (a *accumulator) flush(ctx context.Context) error {
