@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -251,9 +252,13 @@ func TestClusterProduceBenchmark(t *testing.T) {
 				}
 				args := append([]string{"bench", "produce", "--broker", strings.Join(brokers, ","), "--topic", "orders", "--size", "1024", "--duration", duration, "--json"}, w...)
 				out, err := exec.Command(bin, args...).Output()
-				if err != nil {
+				var exit *exec.ExitError
+				if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 1 && json.Valid(out)) {
 					t.Fatalf("%s %v: %v\n%s", s.name, w, err, out)
 				}
+				// Exit status 1 with a result: some sends did not end OK (a
+				// raft leader that stepped down on a loaded machine, say);
+				// the statuses below count them.
 				var res struct {
 					Results []struct {
 						Workload   string         `json:"workload"`
