@@ -1,4 +1,4 @@
-// Package tlsbatch makes one TLS write one socket write.
+// Package tlsbatch makes one TLS write few socket writes.
 //
 // crypto/tls cuts a Write into records of at most 16 KiB of plaintext and
 // hands each record to the socket on its own: a 256 KiB flush of gRPC's
@@ -7,8 +7,7 @@
 // machine those system calls were the largest cost TLS added to an async
 // producer (docs/security.md, "What TLS and ACLs cost"). A conn of this
 // package collects the records of one Write under the TLS conn and writes
-// them to the socket together, so the socket sees what it would see in
-// plaintext. Handshake messages, alerts and anything else the TLS conn
+// them to the socket 64 KiB at a time. Handshake messages, alerts and anything else the TLS conn
 // writes outside a Write go straight through.
 package tlsbatch
 
@@ -20,13 +19,15 @@ import (
 	"google.golang.org/grpc/credentials"
 )
 
-// maxHeld bounds what one Write collects before it writes it out: a huge
-// Write goes out in pieces of about this size instead of being held whole.
-const maxHeld = 1 << 20
+// maxHeld is what one Write collects before it writes it out: four
+// records. A 256 KiB Write is 4 socket writes instead of 16, and the peer
+// can start decrypting the first 64 KiB while this side encrypts the rest
+// (holding the whole Write was not better: docs/security.md).
+const maxHeld = 64 << 10
 
 // Raw is the socket under a TLS conn: while a Write of the conn Wrap
-// returns is under way, the records it makes are held and written in one
-// go when it ends.
+// returns is under way, the records it makes are held and written
+// maxHeld at a time, the rest when it ends.
 type Raw struct {
 	net.Conn
 
@@ -86,8 +87,8 @@ func (r *Raw) flushLocked() error {
 	return err
 }
 
-// Conn is a TLS conn over a Raw whose every Write reaches the socket as one
-// write (or, past maxHeld, as few). Everything else is the TLS conn's.
+// Conn is a TLS conn over a Raw whose every Write reaches the socket in
+// pieces of maxHeld, not of a record. Everything else is the TLS conn's.
 type Conn struct {
 	net.Conn
 	raw *Raw
