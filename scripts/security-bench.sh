@@ -8,29 +8,58 @@
 # (4 producers, 256 in flight each), one sync producer (its p50), and pull
 # consume (each run's node is new: what it consumes is produced first,
 # untimed). A third setting, tls, has TLS and no users: what TLS alone
-# costs. Reps interleave the settings, the order reversed on every rep;
-# the medians and each setting ÷ open are printed.
+# costs. Reps interleave the settings (and the binaries of BINS), the order
+# reversed on every rep; the medians and each setting ÷ open are printed.
+# Besides the rate, each run's CPU time per message is read from
+# /proc/PID/stat of the bench process (client and broker core: "node") and
+# its storage and transport plugins, polled every 0.1 s: on a loaded
+# machine it says more than the rate. A consume run's CPU includes the
+# untimed produce before it.
 # The target (issue 14): secure ≥ 0.85 × open.
 #
 #   scripts/security-bench.sh [REPS]                 (default 3)
 #   COUNT=200000 BIN=/tmp/ferry scripts/security-bench.sh 5
+#   BINS="old=/tmp/ferry-old new=/tmp/ferry-new" WORKLOADS=produce scripts/security-bench.sh 5
 #
-# Needs go, openssl and python3 on PATH. Loopback only; stops by itself.
+# Needs go, openssl, python3, pgrep and getconf on PATH. Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=""
-for p in go openssl python3; do command -v "$p" >/dev/null || missing="$missing $p"; done
+for p in go openssl python3 pgrep getconf; do command -v "$p" >/dev/null || missing="$missing $p"; done
 if [ -n "$missing" ]; then
 	echo "security-bench: needs$missing on PATH" >&2
 	exit 2
 fi
 reps=${1:-3}
 count=${COUNT:-100000}
-bin=${BIN:-}
-if [ -z "$bin" ]; then
-	go build -o bin/ferry ./cmd/ferry
-	bin=bin/ferry
+workloads=(${WORKLOADS:-produce sync1 consume})
+for w in "${workloads[@]}"; do
+	case $w in produce | sync1 | consume) ;; *)
+		echo "security-bench: WORKLOADS: unknown workload $w (produce, sync1, consume)" >&2
+		exit 2
+		;;
+	esac
+done
+if [ -z "${BINS:-}" ]; then
+	bin=${BIN:-}
+	if [ -z "$bin" ]; then
+		go build -o bin/ferry ./cmd/ferry
+		bin=bin/ferry
+	fi
+	BINS="ferry=$bin"
 fi
+names=()
+declare -A bins
+for b in $BINS; do
+	if [ "${b#*=}" = "$b" ] || [ ! -x "${b#*=}" ]; then
+		echo "security-bench: BINS: $b is not NAME=EXECUTABLE" >&2
+		exit 2
+	fi
+	names+=("${b%%=*}")
+	bins[${b%%=*}]=${b#*=}
+done
+bin=${bins[${names[0]}]}
+hz=$(getconf CLK_TCK)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -80,17 +109,44 @@ pipeline tls >"$tmp/tls.yaml"
 pipeline secure >"$tmp/secure.yaml"
 "$bin" validate "$tmp/open.yaml" "$tmp/tls.yaml" "$tmp/secure.yaml" >/dev/null
 
-run() { # setting workload → one JSON result on stdout
-	local s=$1 w=$2 args=()
+# poll PID OUT: until PID exits, writes the CPU ticks (utime + stime) of
+# PID and of its storage and transport plugins to OUT ("node storage
+# transport").
+poll() {
+	local pid=$1 out=$2 node=0 storage=0 transport=0 t
+	while [ -e "/proc/$pid/stat" ]; do
+		t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) && node=$t
+		for c in $(pgrep -P "$pid" 2>/dev/null); do
+			t=$(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null) || continue
+			case "$({ tr '\0' ' ' <"/proc/$c/cmdline"; } 2>/dev/null)" in
+			*"serve storage"*) storage=$t ;;
+			*"serve transport"*) transport=$t ;;
+			esac
+		done
+		echo "$node $storage $transport" >"$out"
+		sleep 0.1
+	done
+}
+
+run() { # binary setting workload out → one JSON result in out.json, CPU ticks in out.cpu
+	local b=${bins[$1]} s=$2 w=$3 out=$4 args=()
 	case $s in
 	tls) args=(--tls-ca "$tmp/ca.pem") ;;
 	secure) args=(--tls-ca "$tmp/ca.pem" --user app --password-file "$tmp/password") ;;
 	esac
 	case $w in
-	produce) "$bin" bench produce --embedded "$tmp/$s.yaml" --mode async --producers 4 --count "$count" --json --progress never "${args[@]}" ;;
-	sync1) "$bin" bench produce --embedded "$tmp/$s.yaml" --mode sync --producers 1 --count $((count / 20)) --json --progress never "${args[@]}" ;;
-	consume) "$bin" bench consume --embedded "$tmp/$s.yaml" --count "$count" --delivery pull --json --progress never "${args[@]}" ;;
+	produce) "$b" bench produce --embedded "$tmp/$s.yaml" --mode async --producers 4 --count "$count" --json --progress never "${args[@]}" >"$out.json" &;;
+	sync1) "$b" bench produce --embedded "$tmp/$s.yaml" --mode sync --producers 1 --count $((count / 20)) --json --progress never "${args[@]}" >"$out.json" &;;
+	consume) "$b" bench consume --embedded "$tmp/$s.yaml" --count "$count" --delivery pull --json --progress never "${args[@]}" >"$out.json" &;;
 	esac
+	local pid=$!
+	poll "$pid" "$out.cpu" &
+	local poller=$!
+	if ! wait "$pid"; then
+		echo "security-bench: the $w bench of $1 ($s) failed" >&2
+		exit 1
+	fi
+	wait "$poller" || true
 }
 
 # The control: the secure node must refuse a client without TLS and
@@ -104,39 +160,59 @@ if "$bin" bench produce --embedded "$tmp/secure.yaml" --count 10 --progress neve
 	exit 1
 fi
 echo "load before: $(uptime)"
-order=(open tls secure)
+runs=()
+for n in "${names[@]}"; do
+	for s in open tls secure; do runs+=("$n $s"); done
+done
 for ((r = 1; r <= reps; r++)); do
-	for w in produce sync1 consume; do
-		for s in "${order[@]}"; do
-			run "$s" "$w" >"$tmp/$w-$s-$r.json"
+	order=("${runs[@]}")
+	if [ $((r % 2)) = 0 ]; then
+		order=()
+		for ((i = ${#runs[@]} - 1; i >= 0; i--)); do order+=("${runs[$i]}"); done
+	fi
+	for w in "${workloads[@]}"; do
+		for x in "${order[@]}"; do
+			read -r n s <<<"$x"
+			run "$n" "$s" "$w" "$tmp/$w-$n-$s-$r"
 		done
 	done
-	order=("${order[2]}" "${order[1]}" "${order[0]}")
 done
 echo "load after: $(uptime)"
 
-python3 - "$tmp" "$reps" <<'EOP'
+python3 - "$tmp" "$reps" "$hz" "${workloads[*]}" "${names[@]}" <<'EOP'
 import json, statistics, sys
-d, reps = sys.argv[1], int(sys.argv[2])
-def res(w, s, r):
-    return json.load(open("%s/%s-%s-%d.json" % (d, w, s, r)))["results"][0]
-print("%-8s %-7s %12s %12s %10s" % ("workload", "setting", "msgs/s", "p50 µs", "failed"))
-for w in ("produce", "sync1", "consume"):
-    med = {}
-    for s in ("open", "tls", "secure"):
-        rs = [res(w, s, r) for r in range(1, reps + 1)]
-        rate = statistics.median(x["msgs_per_sec"] for x in rs)
-        p50 = statistics.median((x.get("latency") or {}).get("p50_us", 0) for x in rs)
-        failed = sum(sum(v for k, v in x["statuses"].items() if k not in ("OK", "SENT")) for x in rs)
-        med[s] = (rate, p50)
-        print("%-8s %-7s %12.0f %12.0f %10d   runs: %s" % (w, s, rate, p50, failed,
-              " ".join("%.0f" % x["msgs_per_sec"] for x in rs)))
-    for s in ("tls", "secure"):
-        ratio = med[s][0] / med["open"][0]
-        line = "%-8s %s ÷ open: rate %.3f" % (w, s, ratio)
-        if med["open"][1]:
-            line += ", p50 %.3f" % (med[s][1] / med["open"][1])
-        if s == "secure":
-            line += "  (target ≥ 0.85: %s)" % ("met" if ratio >= 0.85 else "NOT met")
-        print(line)
+d, reps, hz, workloads, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5:]
+def res(w, n, s, r):
+    x = json.load(open("%s/%s-%s-%s-%d.json" % (d, w, n, s, r)))["results"][0]
+    try:
+        ticks = [int(v) for v in open("%s/%s-%s-%s-%d.cpu" % (d, w, n, s, r)).read().split()]
+    except (OSError, ValueError):
+        ticks = [0, 0, 0]
+    x["cpu"] = [t * 1e6 / hz / max(x["messages"], 1) for t in ticks]
+    return x
+med = statistics.median
+print("%-8s %-7s %-7s %10s %8s %7s  %s" % ("workload", "binary", "setting", "msgs/s", "p50 µs", "failed",
+      "CPU µs/msg node storage transport all"))
+for w in workloads:
+    for n in names:
+        got = {}
+        for s in ("open", "tls", "secure"):
+            rs = [res(w, n, s, r) for r in range(1, reps + 1)]
+            rate = med(x["msgs_per_sec"] for x in rs)
+            p50 = med((x.get("latency") or {}).get("p50_us", 0) for x in rs)
+            cpu = [med(x["cpu"][i] for x in rs) for i in range(3)] + [med(sum(x["cpu"]) for x in rs)]
+            failed = sum(sum(v for k, v in x["statuses"].items() if k not in ("OK", "SENT")) for x in rs)
+            got[s] = (rate, p50, cpu)
+            print("%-8s %-7s %-7s %10.0f %8.0f %7d  %s   runs: %s" % (w, n, s, rate, p50, failed,
+                  " ".join("%.2f" % c for c in cpu), " ".join("%.0f" % x["msgs_per_sec"] for x in rs)))
+        for s in ("tls", "secure"):
+            ratio = got[s][0] / got["open"][0]
+            line = "%-8s %-7s %s ÷ open: rate %.3f" % (w, n, s, ratio)
+            if got["open"][1]:
+                line += ", p50 %.3f" % (got[s][1] / got["open"][1])
+            if got["open"][2][3]:
+                line += ", CPU/msg %.3f" % (got[s][2][3] / got["open"][2][3])
+            if s == "secure":
+                line += "  (target ≥ 0.85: %s)" % ("met" if ratio >= 0.85 else "NOT met")
+            print(line)
 EOP

@@ -30,7 +30,7 @@ func TestScriptsNamePrerequisites(t *testing.T) {
 		{[]string{"scripts/jaeger.sh", "start"}, "jaeger: needs curl flock setsid go on PATH"},
 		{[]string{"scripts/jaeger.sh", "build"}, "jaeger: needs flock go on PATH"},
 		{[]string{"scripts/test.sh"}, "make test: needs go make git curl flock setsid on PATH"},
-		{[]string{"scripts/security-bench.sh"}, "security-bench: needs go openssl python3 on PATH"},
+		{[]string{"scripts/security-bench.sh"}, "security-bench: needs go openssl python3 pgrep getconf on PATH"},
 	} {
 		cmd := exec.Command(filepath.Join(bin, "bash"), tc.script...)
 		cmd.Dir = "../.."

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/tlsbatch"
 )
 
 const (
@@ -235,7 +236,8 @@ func (c *Client) CloseContext(ctx context.Context) error {
 func dialOptions(o options) []grpc.DialOption {
 	tc := insecure.NewCredentials()
 	if o.tls != nil {
-		tc = credentials.NewTLS(o.tls)
+		// One socket write per flush, as in plaintext (internal/tlsbatch).
+		tc = tlsbatch.Credentials(credentials.NewTLS(o.tls))
 	}
 	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(tc),

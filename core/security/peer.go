@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/tlsbatch"
 )
 
 // PeerTLS is the tls section of a replication plugin: the certificate this
@@ -425,13 +426,14 @@ func (p *Peers) server(conn net.Conn, node bool) (net.Conn, *tls.ConnectionState
 		if err != nil {
 			return refuse("tls: "+err.Error(), false)
 		}
-		tc := tls.Server(conn, conf)
+		raw := tlsbatch.NewRaw(conn) // one socket write per Write (internal/tlsbatch)
+		tc := tls.Server(raw, conf)
 		if err := tc.Handshake(); err != nil {
 			return refuse(tlsReason(err, true), false)
 		}
 		st := tc.ConnectionState()
 		state = &st
-		conn = tc
+		conn = raw.Wrap(tc)
 	}
 	if !p.Authenticated() && first[0] != peerProto[0] {
 		// An open listener takes plain gRPC clients (tools, older nodes)
@@ -563,13 +565,14 @@ func (p *Peers) Client(ctx context.Context, conn net.Conn, addr string) (net.Con
 		if err != nil {
 			return fail("tls: " + err.Error())
 		}
-		tc := tls.Client(conn, conf)
+		raw := tlsbatch.NewRaw(conn) // one socket write per Write (internal/tlsbatch)
+		tc := tls.Client(raw, conf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return fail(tlsReason(err, false))
 		}
 		st := tc.ConnectionState()
 		state = &st
-		conn = tc
+		conn = raw.Wrap(tc)
 	}
 	cnonce := newNonce()
 	claim := ""

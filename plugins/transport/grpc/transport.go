@@ -31,6 +31,7 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/sdk"
+	"github.com/ferrymq/ferry/internal/tlsbatch"
 )
 
 // Type is the plugin's type name in pipeline YAML.
@@ -100,7 +101,8 @@ func (t *Transport) Serve(ctx context.Context, core sdk.Core) error {
 	b := newBrokerServer(core, cfg)
 	opts := serverOptions(cfg, sdk.EncodesRequests(core))
 	if tlsConf != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))
+		// One socket write per flush, as in plaintext (internal/tlsbatch).
+		opts = append(opts, grpc.Creds(tlsbatch.Credentials(credentials.NewTLS(tlsConf))))
 	}
 	srv := grpc.NewServer(opts...)
 	ferryv1.RegisterBrokerServer(srv, b)
