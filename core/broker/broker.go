@@ -142,7 +142,7 @@ type topic struct {
 	// replaced whole by a change, under metaMu.
 	settings atomic.Pointer[sdk.TopicSettings]
 	mu       sync.Mutex
-	signal    chan struct{} // closed and replaced when messages become readable
+	signal   chan struct{} // closed and replaced when messages become readable
 }
 
 func newTopic(name string, queues int32, internal bool) *topic {
