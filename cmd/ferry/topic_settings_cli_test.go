@@ -234,3 +234,73 @@ func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+// On a 3-node raft group a topic's settings go through the log: created
+// with settings on the leader, every node lists them; an alter made while
+// a follower is down reaches it when it comes back, and its restart keeps
+// them.
+func TestRaftTopicSettingsReplicated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	nodes := raftGroup(t, 3)
+	for _, nd := range nodes {
+		nd.start(t, bin)
+	}
+	onLeader(t, nodes, "create", "logs", "--queues", "2", "--max-message-bytes", "1KiB", "--retention-bytes", "64KiB")
+	for _, nd := range nodes {
+		waitSettings(t, nd.id, nd.broker, "logs", 1<<10, 64<<10)
+	}
+	leader, _ := waitLeader(t, nodes, "a raft leader")
+	var down *raftNode
+	for _, nd := range nodes {
+		if nd != leader {
+			down = nd
+			break
+		}
+	}
+	down.kill(t)
+	var others []*raftNode
+	for _, nd := range nodes {
+		if nd != down {
+			others = append(others, nd)
+		}
+	}
+	onLeader(t, others, "alter", "logs", "--max-message-bytes", "2KiB")
+	for _, nd := range others {
+		waitSettings(t, nd.id, nd.broker, "logs", 2<<10, 64<<10)
+	}
+	down.start(t, bin)
+	waitSettings(t, down.id, down.broker, "logs", 2<<10, 64<<10)
+}
+
+// On master–slave (async) a topic's settings reach the slave with the
+// master's topic set: at the create, at an alter of settings only, and
+// they stay after the slave's restart.
+func TestMasterSlaveTopicSettingsReplicated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	bin := ferrytest.Binary(t)
+	mb, mr, sb, sr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	master := writeNode(t, "master", "master", "async", mb, mr, []string{sr}, "5s")
+	slave := writeNode(t, "slave", "slave", "async", sb, sr, []string{mr}, "5s")
+	master.start(t, bin)
+	slave.start(t, bin)
+	eventually(t, topicWait, "slave linked to master", func() bool {
+		st, err := clusterStatus(context.Background(), sr)
+		return err == nil && st.LeaderConnected
+	})
+	if code, out := topicCLI(t, mb, "create", "logs", "--queues", "2", "--max-message-bytes", "1KiB"); code != 0 {
+		t.Fatalf("create on the master: exit %d\n%s", code, out)
+	}
+	waitSettings(t, "slave", sb, "logs", 1<<10, 0)
+	if code, out := topicCLI(t, mb, "alter", "logs", "--retention-bytes", "1MiB"); code != 0 {
+		t.Fatalf("alter on the master: exit %d\n%s", code, out)
+	}
+	waitSettings(t, "slave", sb, "logs", 1<<10, 1<<20)
+	slave.kill(t)
+	slave.start(t, bin)
+	waitSettings(t, "slave", sb, "logs", 1<<10, 1<<20)
+}
