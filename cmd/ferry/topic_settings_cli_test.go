@@ -67,7 +67,7 @@ node: {data_dir: %q}
 plugins:
   storage: {type: file, config: {flush: sync, segment_bytes: 4KiB}}
   transport: {type: grpc, config: {listen: %q}}
-topics: [{name: orders, queues: 1}]
+topics: [{name: orders, queues: 1}, {name: declared, queues: 1, max_message_bytes: 512, retention_age: 1h}]
 `, filepath.Join(dir, "data"), addr)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +124,10 @@ func TestTopicSettings(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
+	// The pipeline's topics declare settings too.
+	if s, _ := nodeSettings(addr, "declared"); s.GetMaxMessageBytes() != 512 || s.GetRetentionAgeNanos() != int64(time.Hour) {
+		t.Fatalf("topic declared with max_message_bytes 512, retention_age 1h in the pipeline has %v", s)
+	}
 	if code, out := topicCLI(t, addr, "create", "logs", "--queues", "1", "--retention-bytes", "8KiB", "--max-message-bytes", "1KiB"); code != 0 || !strings.Contains(out, "max_message_bytes 1024") {
 		t.Fatalf("create with settings: exit %d\n%s", code, out)
 	}
