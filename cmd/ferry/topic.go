@@ -54,9 +54,10 @@ node; the other nodes refuse them, naming the master or leader.`,
 }
 
 // topicChangeCmd is create or alter: NAME --queues N, printing the topic.
-func topicChangeCmd(use, short string, queuesUsage string, change func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error)) *cobra.Command {
+func topicChangeCmd(use, short string, queuesUsage string, alter bool, change func(ctx context.Context, c *client.Client, name string, queues int32, s *ferryv1.TopicSettings) (*ferryv1.TopicInfo, error)) *cobra.Command {
 	var f topicFlags
 	var queues int32
+	var sf settingsFlags
 	var waitFor []string
 	var waitTimeout time.Duration
 	cmd := &cobra.Command{
@@ -67,12 +68,22 @@ func topicChangeCmd(use, short string, queuesUsage string, change func(ctx conte
 			if waitTimeout <= 0 {
 				return fmt.Errorf("--wait-timeout must be above 0, got %s", waitTimeout)
 			}
+			settings, err := sf.parse(alter)
+			if err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("queues") && (!alter || settings == nil) {
+				if alter {
+					return errors.New("alter needs --queues or a setting to change (--retention-bytes, --retention-age, --max-message-bytes)")
+				}
+				return errors.New(`required flag(s) "queues" not set`)
+			}
 			ctx, c, done, err := dialOne(cmd, f.broker, f.tls)
 			if err != nil {
 				return err
 			}
 			defer done()
-			t, err := change(ctx, c, args[0], queues)
+			t, err := change(ctx, c, args[0], queues, settings)
 			if err != nil {
 				return err
 			}
@@ -80,17 +91,20 @@ func topicChangeCmd(use, short string, queuesUsage string, change func(ctx conte
 				return err
 			}
 			if f.json {
-				return writeJSON(cmd.OutOrStdout(), topicJSON{Name: t.Name, Queues: t.Queues})
+				return writeJSON(cmd.OutOrStdout(), topicJSON{Name: t.Name, Queues: t.Queues, Settings: settingsJSONOf(t.Settings)})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "topic %s: %d queue(s)\n", t.Name, t.Queues)
+			if line := settingsLine(t.Settings); line != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), line)
+			}
 			return nil
 		},
 	}
 	f.add(cmd)
+	sf.add(cmd, alter)
 	cmd.Flags().Int32Var(&queues, "queues", 0, queuesUsage)
 	cmd.Flags().StringSliceVar(&waitFor, "wait-for", nil, "after the change, wait until each of these brokers (host:port, e.g. a master's slaves) lists the topic with its queues")
 	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", 30*time.Second, "how long --wait-for waits for each broker")
-	_ = cmd.MarkFlagRequired("queues")
 	return cmd
 }
 
@@ -151,16 +165,17 @@ func waitTopicOne(ctx context.Context, copts []client.Option, addr, topic string
 }
 
 func newTopicCreateCmd() *cobra.Command {
-	return topicChangeCmd("create NAME --queues N", "Create a topic", "number of queues (1 to 1024)",
-		func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error) {
-			return c.CreateTopic(ctx, name, queues)
+	return topicChangeCmd("create NAME --queues N", "Create a topic", "number of queues (1 to 1024)", false,
+		func(ctx context.Context, c *client.Client, name string, queues int32, s *ferryv1.TopicSettings) (*ferryv1.TopicInfo, error) {
+			return c.CreateTopicWith(ctx, name, queues, s)
 		})
 }
 
 func newTopicAlterCmd() *cobra.Command {
-	return topicChangeCmd("alter NAME --queues N", "Grow a topic to N queues (queues are never removed)", "the new number of queues, above the topic's",
-		func(ctx context.Context, c *client.Client, name string, queues int32) (*ferryv1.TopicInfo, error) {
-			return c.AlterTopic(ctx, name, queues)
+	return topicChangeCmd("alter NAME [--queues N] [--retention-bytes SIZE] [--retention-age D] [--max-message-bytes SIZE]",
+		"Grow a topic to N queues (queues are never removed), or change its settings", "the new number of queues, above the topic's", true,
+		func(ctx context.Context, c *client.Client, name string, queues int32, s *ferryv1.TopicSettings) (*ferryv1.TopicInfo, error) {
+			return c.AlterTopicWith(ctx, name, queues, s)
 		})
 }
 
@@ -175,6 +190,8 @@ type topicJSON struct {
 	BytesUnknown bool   `json:"bytes_unknown,omitempty"`
 	// Groups are the consumer groups that consume it (describe only).
 	Groups []string `json:"groups,omitempty"`
+	// Settings are the topic's own, absent when it has none.
+	Settings *topicSettingsJSON `json:"settings,omitempty"`
 }
 
 func newTopicDeleteCmd() *cobra.Command {
@@ -304,9 +321,10 @@ func describeTopic(ctx context.Context, c *client.Client, name string) (topicJSO
 		return topicJSON{}, err
 	}
 	var queues int32 = -1
+	var settings *ferryv1.TopicSettings
 	for _, t := range md.Topics {
 		if t.Name == name {
-			queues = t.Queues
+			queues, settings = t.Queues, t.Settings
 		}
 	}
 	if queues < 0 {
@@ -320,7 +338,7 @@ func describeTopic(ctx context.Context, c *client.Client, name string) (topicJSO
 	if err != nil {
 		return topicJSON{}, err
 	}
-	t := topicJSON{Name: name, Queues: queues}
+	t := topicJSON{Name: name, Queues: queues, Settings: settingsJSONOf(settings)}
 	var total int64
 	for _, o := range offs {
 		t.Detail = append(t.Detail, topicQueueJSON{Queue: o.Queue, Start: o.Start, End: o.End, Bytes: o.Bytes})
@@ -357,6 +375,9 @@ func printTopic(w io.Writer, t topicJSON) {
 	fmt.Fprintf(w, "topic %s: %d queue(s), %d message(s) stored, %s\n", t.Name, t.Queues, msgs, size)
 	if len(t.Groups) > 0 {
 		fmt.Fprintf(w, "consumed by: %s\n", strings.Join(t.Groups, ", "))
+	}
+	if t.Settings != nil {
+		fmt.Fprintln(w, t.Settings.line())
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "QUEUE\tSTART\tEND\tMESSAGES\tBYTES")

@@ -44,6 +44,9 @@ const (
 type Topic struct {
 	Name   string
 	Queues int
+	// Settings are the topic's own (retention, max message bytes), nil or
+	// zero fields when unset (topicsettings.go).
+	Settings *sdk.TopicSettings
 }
 
 // Options configure a Broker.
@@ -98,6 +101,9 @@ type Broker struct {
 	role    roleState
 
 	metaMu sync.Mutex // one change of the topic metadata at a time (topicadmin.go)
+	// retentionMu: one hand-over of the topics' retention to the store at
+	// a time (topicsettings.go).
+	retentionMu sync.Mutex
 	// topicAdminMu: one replicated topic change at a time, from its
 	// check to its end (topicrepl.go); taken before metaMu, never after.
 	topicAdminMu sync.Mutex
@@ -132,8 +138,11 @@ type topic struct {
 	// beginProduce).
 	producing atomic.Int64
 	deleted   atomic.Bool
-	mu        sync.Mutex
-	signal    chan struct{} // closed and replaced when messages become readable
+	// settings are the topic's own (topicsettings.go), nil when none;
+	// replaced whole by a change, under metaMu.
+	settings atomic.Pointer[sdk.TopicSettings]
+	mu       sync.Mutex
+	signal   chan struct{} // closed and replaced when messages become readable
 }
 
 func newTopic(name string, queues int32, internal bool) *topic {
@@ -391,7 +400,10 @@ func (b *Broker) Produce(ctx context.Context, req *sdk.ProduceRequest) (*sdk.Pro
 		if m.Id == "" {
 			return nil, fmt.Errorf("%w: message without an id", sdk.ErrInvalidArgument)
 		}
-		if len(m.Body) > DefaultMaxMessageBytes {
+		if max := t.maxBody(); int64(len(m.Body)) > max {
+			if max < DefaultMaxMessageBytes {
+				return nil, fmt.Errorf("%w: message %q body is %d bytes, more than topic %q's max_message_bytes of %d", sdk.ErrInvalidArgument, m.Id, len(m.Body), topicName, max)
+			}
 			return nil, fmt.Errorf("%w: message %q body is %d bytes, more than the limit of %d", sdk.ErrInvalidArgument, m.Id, len(m.Body), DefaultMaxMessageBytes)
 		}
 		hdr := 0
@@ -705,7 +717,7 @@ func (b *Broker) Metadata(ctx context.Context, req *sdk.MetadataRequest) (*sdk.M
 		for i := range leaders {
 			leaders[i] = leader
 		}
-		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: n, Leaders: leaders})
+		resp.Topics = append(resp.Topics, &ferryv1.TopicInfo{Name: t.name, Queues: n, Leaders: leaders, Settings: normSettings(t.settingsOf())})
 	}
 	return resp, nil
 }

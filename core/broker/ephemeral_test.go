@@ -39,7 +39,7 @@ func mustJoin(t *testing.T, b *Broker, group, member string, ephemeral, leave bo
 
 func commit(t *testing.T, b *Broker, group string, offset int64) {
 	t.Helper()
-	if err := b.CommitOffsets(context.Background(), &sdk.CommitOffsetsRequest{Group: group, Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: offset}}}); err != nil {
+	if err := b.CommitOffsets(context.Background(), &sdk.CommitOffsetsRequest{Group: group, Generation: 1, Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: offset}}}); err != nil {
 		t.Fatalf("commit of %s: %v", group, err)
 	}
 }
@@ -248,7 +248,7 @@ func TestEphemeralGroupStragglerCommitRefused(t *testing.T) {
 	waitGone(t, b, "eph")
 
 	straggle := func(b *Broker) error {
-		return b.CommitOffsets(context.Background(), &sdk.CommitOffsetsRequest{Group: "eph", Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 2}}})
+		return b.CommitOffsets(context.Background(), &sdk.CommitOffsetsRequest{Group: "eph", Generation: 1, Offsets: []*sdk.GroupOffset{{Topic: "orders", Queue: 0, Offset: 2}}})
 	}
 	noOffsets := func(when string) {
 		t.Helper()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/ferrymq/ferry/core/sdk"
@@ -22,8 +23,9 @@ import (
 // closes the race the gate (groupgate.go) leaves open: a commit sent before
 // a deletion but arriving after it would otherwise be the group's first
 // commit again and bring its old offsets back. A commit without a
-// generation (older clients, `ferry consume`'s DLQ cursor, the CLI) is not
-// checked.
+// generation (older clients, `ferry consume`'s DLQ cursor, the CLI, an http
+// commit without one) is taken only while the group has no live members
+// (checkGeneration), and refused with sdk.ErrStaleGeneration otherwise.
 //
 // The node keeps the generations of the groups deleted on it in
 // GenerationsFile in its data dir, written with atomicfile before the
@@ -171,7 +173,23 @@ func (g *groupGens) raise(group string, gen uint64) error {
 // gen when the group's is newer (0: not checked).
 func (b *Broker) checkGeneration(group string, gen uint64) error {
 	if gen == 0 {
-		return nil
+		// Without a generation (a simple consumer, an admin tool, an
+		// older client, an http commit without one) the commit is taken
+		// only while the group has no live members, as Kafka takes a
+		// commit without a member only for an empty group: a live group's
+		// commits come from its members, which learn the generation
+		// with their heartbeats, and one without it cannot be told from
+		// a commit sent before a deletion.
+		live := b.groups.live(group)
+		if len(live) == 0 {
+			return nil
+		}
+		cur, err := b.gens.get(group)
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: group %q: the commit carries no generation, but the group has %d live member(s) (%s) at generation %d; a commit without a generation is taken only while the group has no live members: carry the generation (HeartbeatResponse.generation, GetOffsetsResponse.generation); nothing stored",
+			sdk.ErrStaleGeneration, group, len(live), strings.Join(live, ", "), cur)
 	}
 	cur, err := b.gens.get(group)
 	if err != nil {

@@ -43,8 +43,9 @@ func newGenBroker(t *testing.T, store sdk.Storage, r sdk.Replication, dir string
 // a master (the plugin is handed no offset after the deletion) and on a
 // raft-like node (the deletion applied through ReplicaCore). The member
 // learns the new generation from its next heartbeat, and its commits are
-// taken again; a commit without a generation is taken as before. The
-// generation survives a restart.
+// taken again; a commit without a generation is refused while the group
+// has a live member and taken once it has none. The generation survives a
+// restart.
 func TestCommitSentBeforeDeleteDoesNotBringTheGroupBack(t *testing.T) {
 	for _, kind := range []string{"single", "master", "log"} {
 		t.Run(kind, func(t *testing.T) {
@@ -121,11 +122,23 @@ func TestCommitSentBeforeDeleteDoesNotBringTheGroupBack(t *testing.T) {
 			if got := committed(t, b, "billing", 0); got != at(3) {
 				t.Errorf("after a commit of the new generation the offset is %d, want %d", got, at(3))
 			}
-			// Without a generation (older clients, the CLI): not checked.
-			if err := commit(b, 0, 2); err != nil {
-				t.Errorf("a commit without a generation: %v", err)
+			// Without a generation (a simple consumer, the CLI, an
+			// older client): refused while the group has a live member,
+			// taken once it has none.
+			if err := commit(b, 0, 2); !errors.Is(err, sdk.ErrStaleGeneration) || !strings.Contains(err.Error(), "carries no generation") ||
+				!strings.Contains(err.Error(), "(m1)") {
+				t.Errorf("a commit without a generation while m1 is live: %v, want ErrStaleGeneration naming the member", err)
+			}
+			if got := committed(t, b, "billing", 0); got != at(3) {
+				t.Errorf("after a refused commit without a generation the offset is %d, want %d", got, at(3))
 			}
 			join(b, true)
+			if err := commit(b, 0, 2); err != nil {
+				t.Errorf("a commit without a generation to a group without live members: %v", err)
+			}
+			if got := committed(t, b, "billing", 0); got != at(2) {
+				t.Errorf("after a commit without a generation to a group without members the offset is %d, want %d", got, at(2))
+			}
 			if kind != "single" {
 				return
 			}

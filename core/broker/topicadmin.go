@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/ferrymq/ferry/core/names"
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
@@ -23,27 +24,69 @@ import (
 // a replication plugin the topic is created on every node through the plugin
 // (topicrepl.go), on the node that takes produce only.
 func (b *Broker) CreateTopic(ctx context.Context, req *sdk.CreateTopicRequest) (*sdk.CreateTopicResponse, error) {
+	if err := checkSettings(req.Name, req.Settings); err != nil {
+		return nil, err
+	}
+	settings := normSettings(req.Settings)
 	if b.repl != nil {
-		if _, err := b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicCreate, Name: req.Name, Queues: req.Queues}, false); err != nil {
+		if _, err := b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicCreate, Name: req.Name, Queues: req.Queues, Settings: settings}, false); err != nil {
 			return nil, err
 		}
-	} else if err := b.NewTopic(req.Name, req.Queues); err != nil {
+	} else if err := b.newTopic(ctx, req.Name, req.Queues, settings); err != nil {
 		return nil, err
 	}
 	return &sdk.CreateTopicResponse{Topic: b.topicInfo(req.Name)}, nil
 }
 
-// AlterTopic is Broker.AlterTopic: AddQueues over the wire, replicated like
-// CreateTopic.
+// AlterTopic is Broker.AlterTopic: AddQueues over the wire, and the topic's
+// settings (a field 0 keeps one, -1 unsets it), replicated like
+// CreateTopic. Queues 0 keeps the queues.
 func (b *Broker) AlterTopic(ctx context.Context, req *sdk.AlterTopicRequest) (*sdk.AlterTopicResponse, error) {
+	ch, err := b.alterChange(req)
+	if err != nil {
+		return nil, err
+	}
 	if b.repl != nil {
-		if _, err := b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicAlter, Name: req.Name, Queues: req.Queues}, false); err != nil {
+		if _, err := b.replicateTopics(ctx, ch, false); err != nil {
 			return nil, err
 		}
-	} else if err := b.AddQueues(req.Name, req.Queues); err != nil {
+	} else if err := b.alterTopic(ctx, ch.Name, ch.Queues, ch.Settings); err != nil {
 		return nil, err
 	}
 	return &sdk.AlterTopicResponse{Topic: b.topicInfo(req.Name)}, nil
+}
+
+// alterChange is an alter as a change with the topic's whole settings
+// after it (its queues when req keeps them).
+func (b *Broker) alterChange(req *sdk.AlterTopicRequest) (*sdk.TopicChange, error) {
+	name := req.Name
+	if _, _, internal := sdk.InternalTopic(name); internal {
+		return nil, fmt.Errorf("%w: topic %q is a consumer group's internal topic; its queues and settings are fixed", sdk.ErrInvalidArgument, name)
+	}
+	b.topicsMu.RLock()
+	t := b.topics[name]
+	b.topicsMu.RUnlock()
+	if t == nil {
+		return nil, fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
+	}
+	queues := req.Queues
+	if queues == 0 {
+		if req.Settings == nil {
+			return nil, fmt.Errorf("%w: topic %q: an alter names the queues to grow to or a setting to change", sdk.ErrInvalidArgument, name)
+		}
+		queues = t.queues()
+	}
+	s := req.Settings
+	for _, v := range []int64{s.GetRetentionBytes(), s.GetRetentionAgeNanos(), s.GetMaxMessageBytes()} {
+		if v < -1 {
+			return nil, fmt.Errorf("%w: topic %q: a setting of an alter is 0 (keep it), -1 (unset it) or a new value, got %d", sdk.ErrInvalidArgument, name, v)
+		}
+	}
+	merged, err := alterSettings(name, t.settingsOf(), req.Settings)
+	if err != nil {
+		return nil, err
+	}
+	return &sdk.TopicChange{Op: sdk.TopicAlter, Name: name, Queues: queues, Settings: merged}, nil
 }
 
 var _ sdk.TopicAdmin = (*Broker)(nil)
@@ -163,6 +206,12 @@ func (b *Broker) topicInfo(name string) *ferryv1.TopicInfo {
 // group's internal topic, or a topic that exists is ErrInvalidArgument with
 // one message naming what is wrong. Safe from many goroutines.
 func (b *Broker) NewTopic(name string, queues int32) error {
+	return b.newTopic(context.Background(), name, queues, nil)
+}
+
+// newTopic is NewTopic with the topic's own settings (nil: none; checked
+// by the caller). A retention the store cannot keep is refused.
+func (b *Broker) newTopic(ctx context.Context, name string, queues int32, settings *sdk.TopicSettings) error {
 	if err := names.Topic(name); err != nil {
 		return fmt.Errorf("%w: %v", sdk.ErrInvalidArgument, err)
 	}
@@ -177,11 +226,16 @@ func (b *Broker) NewTopic(name string, queues int32) error {
 	if old != nil {
 		return fmt.Errorf("%w: topic %q already exists (with %d queues)", sdk.ErrInvalidArgument, name, old.queues())
 	}
-	if err := b.saveTopics(map[string]int32{name: queues}); err != nil {
+	if err := b.retentionFor(ctx, name, nil, settings); err != nil {
 		return err
 	}
+	if err := b.saveTopics(map[string]topicMeta{name: metaOf(name, queues, settings)}); err != nil {
+		return err
+	}
+	t := newTopic(name, queues, false)
+	t.settings.Store(settings)
 	b.topicsMu.Lock()
-	b.topics[name] = newTopic(name, queues, false)
+	b.topics[name] = t
 	b.topicsMu.Unlock()
 	b.log.Info("topic created", "topic", name, "queues", queues)
 	return nil
@@ -225,7 +279,7 @@ func (b *Broker) autoCreate(ctx context.Context, name string) (*topic, error) {
 		}
 		_, err = b.replicateTopics(ctx, &sdk.TopicChange{Op: sdk.TopicCreate, Name: name, Queues: queues}, false)
 	} else {
-		err = b.NewTopic(name, queues)
+		err = b.newTopic(ctx, name, queues, nil)
 	}
 	b.topicsMu.RLock()
 	t = b.topics[name]
@@ -246,6 +300,21 @@ func (b *Broker) autoCreate(ctx context.Context, name string) (*topic, error) {
 // Producers and consumers see the new queues once they refresh their
 // metadata; the old queues keep their messages and offsets.
 func (b *Broker) AddQueues(name string, queues int32) error {
+	b.topicsMu.RLock()
+	t := b.topics[name]
+	b.topicsMu.RUnlock()
+	var keep *sdk.TopicSettings
+	if t != nil {
+		keep = t.settingsOf()
+	}
+	return b.alterTopic(context.Background(), name, queues, keep)
+}
+
+// alterTopic grows topic name to queues queues (its count: unchanged) and
+// gives it settings (its whole settings after the alter; checked by the
+// caller). An alter that changes neither is ErrInvalidArgument; a
+// retention the store cannot keep is refused.
+func (b *Broker) alterTopic(ctx context.Context, name string, queues int32, settings *sdk.TopicSettings) error {
 	if _, _, internal := sdk.InternalTopic(name); internal {
 		return fmt.Errorf("%w: topic %q is a consumer group's internal topic; its queues are fixed", sdk.ErrInvalidArgument, name)
 	}
@@ -257,26 +326,37 @@ func (b *Broker) AddQueues(name string, queues int32) error {
 	if t == nil {
 		return fmt.Errorf("%w: unknown topic %q", sdk.ErrNotFound, name)
 	}
+	old := t.settingsOf()
 	switch n := t.queues(); {
 	case queues < n:
 		return fmt.Errorf("%w: topic %q has %d queues; it cannot shrink to %d (queues are never removed)", sdk.ErrInvalidArgument, name, n, queues)
-	case queues == n:
-		return fmt.Errorf("%w: topic %q already has %d queues", sdk.ErrInvalidArgument, name, n)
+	case queues == n && sameSettings(old, settings):
+		return fmt.Errorf("%w: topic %q already has %d queues and these settings", sdk.ErrInvalidArgument, name, n)
 	case queues > MaxQueues:
 		return fmt.Errorf("%w: topic %q: queues must be at most %d, got %d", sdk.ErrInvalidArgument, name, MaxQueues, queues)
 	}
-	if err := b.saveTopics(map[string]int32{name: queues}); err != nil {
+	if err := b.retentionFor(ctx, name, old, settings); err != nil {
+		return err
+	}
+	if err := b.saveTopics(map[string]topicMeta{name: metaOf(name, queues, settings)}); err != nil {
 		return err
 	}
 	from := t.queues()
 	t.nqueues.Store(queues)
-	b.log.Info("topic queues added", "topic", name, "from", from, "to", queues)
+	t.settings.Store(normSettings(settings))
+	if from != queues {
+		b.log.Info("topic queues added", "topic", name, "from", from, "to", queues)
+	}
+	if !sameSettings(old, settings) {
+		b.log.Info("topic settings changed", "topic", name, "retention_bytes", settings.GetRetentionBytes(),
+			"retention_age", time.Duration(settings.GetRetentionAgeNanos()), "max_message_bytes", settings.GetMaxMessageBytes())
+	}
 	return nil
 }
 
 // saveTopics writes the node's topics, with the counts in change applied,
 // to its metadata. Callers hold metaMu. Without a data dir it does nothing.
-func (b *Broker) saveTopics(change map[string]int32) error {
+func (b *Broker) saveTopics(change map[string]topicMeta) error {
 	if b.opts.DataDir == "" {
 		return nil
 	}
@@ -284,12 +364,12 @@ func (b *Broker) saveTopics(change map[string]int32) error {
 	b.topicsMu.RLock()
 	for _, t := range b.topics {
 		if _, ok := change[t.name]; !ok && !t.internal {
-			tf.Topics = append(tf.Topics, topicMeta{Name: t.name, Queues: t.queues()})
+			tf.Topics = append(tf.Topics, metaOf(t.name, t.queues(), t.settingsOf()))
 		}
 	}
 	b.topicsMu.RUnlock()
-	for n, q := range change {
-		tf.Topics = append(tf.Topics, topicMeta{Name: n, Queues: q})
+	for _, m := range change {
+		tf.Topics = append(tf.Topics, m)
 	}
 	return writeTopicsFile(b.opts.DataDir, tf)
 }

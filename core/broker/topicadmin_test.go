@@ -98,7 +98,7 @@ func TestCreateTopicAndAddQueues(t *testing.T) {
 
 	// What was created and added is held by the node: a broker opened on
 	// the same data dir serves it.
-	b2, err := openTopics(t, dir, Topic{"orders", 2})
+	b2, err := openTopics(t, dir, Topic{Name: "orders", Queues: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,14 +34,14 @@ func metadataTopics(t *testing.T, b *Broker) map[string]int32 {
 // declared, a topic that grew) and refuses to shrink one.
 func TestOpenTopicsBaseline(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := openTopics(t, dir, Topic{"orders", 4}, Topic{"audit", 1}); err != nil {
+	if _, err := openTopics(t, dir, Topic{Name: "orders", Queues: 4}, Topic{Name: "audit", Queues: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, TopicsFile)); err != nil {
 		t.Fatalf("no metadata file after the first start: %v", err)
 	}
 	// audit is no longer declared, orders grows, payments is new.
-	b, err := openTopics(t, dir, Topic{"orders", 8}, Topic{"payments", 2})
+	b, err := openTopics(t, dir, Topic{Name: "orders", Queues: 8}, Topic{Name: "payments", Queues: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestOpenTopicsBaseline(t *testing.T) {
 	}
 	// Shrinking orders back to 4 is a conflict, reported, not applied.
 	before, _ := os.ReadFile(filepath.Join(dir, TopicsFile))
-	_, err = openTopics(t, dir, Topic{"orders", 4})
+	_, err = openTopics(t, dir, Topic{Name: "orders", Queues: 4})
 	if err == nil || !strings.Contains(err.Error(), `topic "orders": the pipeline declares 4 queues, but this node holds 8`) {
 		t.Fatalf("shrinking a topic: %v, want the conflict named", err)
 	}
@@ -78,7 +78,7 @@ func TestOpenTopicsDamagedFile(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, TopicsFile), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := openTopics(t, dir, Topic{"orders", 4}); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := openTopics(t, dir, Topic{Name: "orders", Queues: 4}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("metadata %s: error %v, want one containing %q", content, err, want)
 		}
 	}
@@ -87,13 +87,13 @@ func TestOpenTopicsDamagedFile(t *testing.T) {
 // A write replaces the file whole and leaves no temporary file behind.
 func TestWriteTopicsFileReplaces(t *testing.T) {
 	dir := t.TempDir()
-	for _, tf := range []topicsFile{{Topics: []topicMeta{{"a", 1}}}, {Topics: []topicMeta{{"b", 2}, {"a", 3}}}} {
+	for _, tf := range []topicsFile{{Topics: []topicMeta{{Name: "a", Queues: 1}}}, {Topics: []topicMeta{{Name: "b", Queues: 2}, {Name: "a", Queues: 3}}}} {
 		if err := writeTopicsFile(dir, tf); err != nil {
 			t.Fatal(err)
 		}
 	}
 	tf, ok, err := readTopicsFile(dir)
-	if err != nil || !ok || len(tf.Topics) != 2 || tf.Topics[0] != (topicMeta{"a", 3}) || tf.Topics[1] != (topicMeta{"b", 2}) {
+	if err != nil || !ok || len(tf.Topics) != 2 || tf.Topics[0] != (topicMeta{Name: "a", Queues: 3}) || tf.Topics[1] != (topicMeta{Name: "b", Queues: 2}) {
 		t.Fatalf("read back %+v %v %v", tf, ok, err)
 	}
 	entries, _ := os.ReadDir(dir)

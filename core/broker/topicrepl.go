@@ -95,8 +95,8 @@ func (b *Broker) replicateTopics(ctx context.Context, ch *sdk.TopicChange, force
 	}
 	switch ch.Op {
 	case sdk.TopicCreate, sdk.TopicAlter:
-		set := b.topicSet(map[string]int32{ch.Name: ch.Queues})
-		shipErr := tr.ReplicateTopics(ctx, &sdk.TopicChange{Op: ch.Op, Name: ch.Name, Queues: ch.Queues, Topics: set})
+		set := b.topicSet(map[string]*sdk.ReplicatedTopic{ch.Name: {Name: ch.Name, Queues: ch.Queues, Settings: ch.Settings}})
+		shipErr := tr.ReplicateTopics(ctx, &sdk.TopicChange{Op: ch.Op, Name: ch.Name, Queues: ch.Queues, Settings: ch.Settings, Topics: set})
 		if shipErr != nil && !unconfirmed(shipErr) {
 			return nil, fmt.Errorf("topic %q not changed: shipping it to the slaves failed: %w", ch.Name, shipErr)
 		}
@@ -105,9 +105,9 @@ func (b *Broker) replicateTopics(ctx context.Context, ch *sdk.TopicChange, force
 		// the slaves will, and says it is not confirmed).
 		var err error
 		if ch.Op == sdk.TopicCreate {
-			err = b.NewTopic(ch.Name, ch.Queues)
+			err = b.newTopic(ctx, ch.Name, ch.Queues, ch.Settings)
 		} else {
-			err = b.AddQueues(ch.Name, ch.Queues)
+			err = b.alterTopic(ctx, ch.Name, ch.Queues, ch.Settings)
 		}
 		if err == nil && shipErr != nil {
 			b.log.Warn("topic change made on the master, not confirmed by its slaves", "topic", ch.Name, "op", ch.Op, "error", shipErr)
@@ -156,6 +156,9 @@ func (b *Broker) checkTopicChange(ctx context.Context, ch *sdk.TopicChange, forc
 		if t != nil {
 			return nil, fmt.Errorf("%w: topic %q already exists (with %d queues)", sdk.ErrInvalidArgument, name, t.queues())
 		}
+		if err := b.checkRetentionCapability(ctx, name, nil, ch.Settings); err != nil {
+			return nil, err
+		}
 	case sdk.TopicAlter:
 		if _, _, internal := sdk.InternalTopic(name); internal {
 			return nil, fmt.Errorf("%w: topic %q is a consumer group's internal topic; its queues are fixed", sdk.ErrInvalidArgument, name)
@@ -166,10 +169,13 @@ func (b *Broker) checkTopicChange(ctx context.Context, ch *sdk.TopicChange, forc
 		switch n := t.queues(); {
 		case ch.Queues < n:
 			return nil, fmt.Errorf("%w: topic %q has %d queues; it cannot shrink to %d (queues are never removed)", sdk.ErrInvalidArgument, name, n, ch.Queues)
-		case ch.Queues == n:
-			return nil, fmt.Errorf("%w: topic %q already has %d queues", sdk.ErrInvalidArgument, name, n)
+		case ch.Queues == n && sameSettings(t.settingsOf(), ch.Settings):
+			return nil, fmt.Errorf("%w: topic %q already has %d queues and these settings", sdk.ErrInvalidArgument, name, n)
 		case ch.Queues > MaxQueues:
 			return nil, fmt.Errorf("%w: topic %q: queues must be at most %d, got %d", sdk.ErrInvalidArgument, name, MaxQueues, ch.Queues)
+		}
+		if err := b.checkRetentionCapability(ctx, name, t.settingsOf(), ch.Settings); err != nil {
+			return nil, err
 		}
 	case sdk.TopicDelete:
 		if _, _, internal := sdk.InternalTopic(name); internal {
@@ -209,21 +215,21 @@ func (b *Broker) declared(name string) int32 {
 
 // topicSet lists the node's topics (not groups' internal ones), sorted by
 // name, with the counts in change applied.
-func (b *Broker) topicSet(change map[string]int32) []*sdk.ReplicatedTopic {
-	held := map[string]int32{}
+func (b *Broker) topicSet(change map[string]*sdk.ReplicatedTopic) []*sdk.ReplicatedTopic {
+	held := map[string]*sdk.ReplicatedTopic{}
 	b.topicsMu.RLock()
 	for _, t := range b.topics {
 		if !t.internal {
-			held[t.name] = t.queues()
+			held[t.name] = &sdk.ReplicatedTopic{Name: t.name, Queues: t.queues(), Settings: normSettings(t.settingsOf())}
 		}
 	}
 	b.topicsMu.RUnlock()
-	for n, q := range change {
-		held[n] = q
+	for n, rt := range change {
+		held[n] = rt
 	}
 	out := make([]*sdk.ReplicatedTopic, 0, len(held))
-	for n, q := range held {
-		out = append(out, &sdk.ReplicatedTopic{Name: n, Queues: q})
+	for _, rt := range held {
+		out = append(out, rt)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -246,7 +252,7 @@ func (c replicaCore) ApplyTopics(ctx context.Context, ch *sdk.TopicChange) error
 func (b *Broker) applyTopics(ctx context.Context, ch *sdk.TopicChange) error {
 	switch ch.Op {
 	case sdk.TopicCreate, sdk.TopicAlter:
-		return b.ensureTopic(ch.Name, ch.Queues)
+		return b.ensureTopic(ctx, ch.Name, ch.Queues, ch.Settings)
 	case sdk.TopicDelete:
 		return b.applyDelete(ctx, ch.Name, "deleted")
 	case sdk.TopicSet:
@@ -254,7 +260,7 @@ func (b *Broker) applyTopics(ctx context.Context, ch *sdk.TopicChange) error {
 		var errs []error
 		for _, t := range ch.Topics {
 			want[t.Name] = true
-			if err := b.ensureTopic(t.Name, t.Queues); err != nil {
+			if err := b.ensureTopic(ctx, t.Name, t.Queues, t.Settings); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -270,14 +276,21 @@ func (b *Broker) applyTopics(ctx context.Context, ch *sdk.TopicChange) error {
 	return fmt.Errorf("%w: unknown topic change %q", sdk.ErrInvalidArgument, ch.Op)
 }
 
-// ensureTopic creates topic name, or grows it, to at least queues queues.
-func (b *Broker) ensureTopic(name string, queues int32) error {
+// ensureTopic creates topic name, or grows it, to at least queues queues,
+// and gives it settings (the replicated topic's whole settings). A
+// retention this node's store cannot keep is logged, not refused: the
+// topic must exist here as on every node.
+func (b *Broker) ensureTopic(ctx context.Context, name string, queues int32, settings *sdk.TopicSettings) error {
 	if err := names.Topic(name); err != nil {
 		return fmt.Errorf("%w: replicated topic: %v", sdk.ErrInvalidArgument, err)
 	}
 	if queues < 1 || queues > MaxQueues {
 		return fmt.Errorf("%w: replicated topic %q: queues must be between 1 and %d, got %d", sdk.ErrInvalidArgument, name, MaxQueues, queues)
 	}
+	if err := checkSettings(name, settings); err != nil {
+		return fmt.Errorf("replicated topic: %w", err)
+	}
+	settings = normSettings(settings)
 	switch d := b.declared(name); {
 	case d > queues:
 		b.log.Error("topic metadata conflict: the replicated metadata has fewer queues than this node's pipeline declares; this node keeps the declared queues (declare the same queues on every node)",
@@ -291,30 +304,75 @@ func (b *Broker) ensureTopic(name string, queues int32) error {
 		b.log.Error("topic metadata conflict: the replicated metadata has more queues than this node's pipeline declares; this node serves the replicated queues (they are never removed) and refuses to start with this pipeline: declare the replicated queues in every node's pipeline",
 			"topic", name, "replicated", queues, "declared", d)
 	}
+	if d := b.declaredTopic(name); d != nil && d.Settings != nil {
+		if _, errs := declaredSettings(*d, settings); len(errs) > 0 {
+			b.log.Error("topic metadata conflict: the replicated settings differ from those this node's pipeline declares; this node takes the replicated ones (settings agree on every node) and refuses to start with this pipeline: declare the same settings in every node's pipeline",
+				"topic", name, "error", errors.Join(errs...))
+		}
+	}
 	b.metaMu.Lock()
 	defer b.metaMu.Unlock()
 	b.topicsMu.RLock()
 	t := b.topics[name]
 	b.topicsMu.RUnlock()
-	switch {
-	case t != nil && t.queues() >= queues:
-		return nil
-	case t != nil:
-		if err := b.saveTopics(map[string]int32{name: queues}); err != nil {
-			return err
-		}
-		from := t.queues()
-		t.nqueues.Store(queues)
-		b.log.Info("topic queues added (replicated)", "topic", name, "from", from, "to", queues)
+	if t != nil && t.queues() >= queues && sameSettings(t.settingsOf(), settings) {
 		return nil
 	}
-	if err := b.saveTopics(map[string]int32{name: queues}); err != nil {
+	var old *sdk.TopicSettings
+	if t != nil {
+		old = t.settingsOf()
+		queues = max(queues, t.queues())
+	}
+	if err := b.retentionFor(ctx, name, old, settings); err != nil {
+		b.log.Error("a replicated topic's retention is not kept by this node's store", "topic", name, "error", err)
+	}
+	if err := b.saveTopics(map[string]topicMeta{name: metaOf(name, queues, settings)}); err != nil {
 		return err
 	}
+	if t != nil {
+		from := t.queues()
+		t.nqueues.Store(queues)
+		t.settings.Store(settings)
+		if from != queues {
+			b.log.Info("topic queues added (replicated)", "topic", name, "from", from, "to", queues)
+		}
+		if !sameSettings(old, settings) {
+			b.log.Info("topic settings changed (replicated)", "topic", name)
+		}
+		return nil
+	}
+	t = newTopic(name, queues, false)
+	t.settings.Store(settings)
 	b.topicsMu.Lock()
-	b.topics[name] = newTopic(name, queues, false)
+	b.topics[name] = t
 	b.topicsMu.Unlock()
 	b.log.Info("topic created (replicated)", "topic", name, "queues", queues)
+	return nil
+}
+
+// declaredTopic is this node's pipeline's topic name, nil when it does not
+// declare it.
+func (b *Broker) declaredTopic(name string) *Topic {
+	for i := range b.opts.Topics {
+		if b.opts.Topics[i].Name == name {
+			return &b.opts.Topics[i]
+		}
+	}
+	return nil
+}
+
+// checkRetentionCapability refuses, on the node that takes produce, a
+// change of a topic's retention that its store cannot keep, before the
+// change is replicated: the store is handed the retention it keeps now,
+// which it refuses without the capability.
+func (b *Broker) checkRetentionCapability(ctx context.Context, name string, old, s *sdk.TopicSettings) error {
+	if sameRetention(old, s) {
+		return nil
+	}
+	if err := b.pushRetention(ctx, nil); err != nil {
+		return fmt.Errorf("topic %q: its retention (retention_bytes %d, retention_age %s) cannot be kept: %w",
+			name, s.GetRetentionBytes(), time.Duration(s.GetRetentionAgeNanos()), err)
+	}
 	return nil
 }
 
@@ -419,5 +477,11 @@ func (b *Broker) removeTopic(ctx context.Context, name string) error {
 		return fmt.Errorf("topic %q: its data is deleted, but not the topic: %w", name, err)
 	}
 	t.notify() // fetches waiting on it end (and find it gone)
+	if s := t.settingsOf(); s.GetRetentionBytes() > 0 || s.GetRetentionAgeNanos() > 0 {
+		// A topic created again with the name starts without it.
+		if err := b.pushRetention(ctx, nil); err != nil {
+			b.log.Warn("a deleted topic's retention is still with the store", "topic", name, "error", err)
+		}
+	}
 	return nil
 }

@@ -309,10 +309,17 @@ func (c *Client) QueueSizes(ctx context.Context, queues []*ferryv1.QueueRef) ([]
 // made where the group takes it (the raft leader, the master) and reaches
 // the other nodes through replication (docs/admin.md).
 func (c *Client) CreateTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
+	return c.CreateTopicWith(ctx, name, queues, nil)
+}
+
+// CreateTopicWith is CreateTopic with the topic's own settings (retention
+// by size and age, max message bytes; nil or 0 fields: unset). A retention
+// the broker's store cannot keep is errors.ErrUnsupported, naming it.
+func (c *Client) CreateTopicWith(ctx context.Context, name string, queues int32, settings *ferryv1.TopicSettings) (*ferryv1.TopicInfo, error) {
 	if c.closed() {
 		return nil, errClientClosed
 	}
-	resp, err := c.rpc.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: name, Queues: queues})
+	resp, err := c.rpc.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: name, Queues: queues, Settings: settings})
 	if err != nil {
 		return nil, c.callError("create topic", err)
 	}
@@ -325,10 +332,17 @@ func (c *Client) CreateTopic(ctx context.Context, name string, queues int32) (*f
 // sdk.ErrNotFound). This client's producers use the new queues at once;
 // other clients' within their route refresh interval (WithRouteRefresh).
 func (c *Client) AlterTopic(ctx context.Context, name string, queues int32) (*ferryv1.TopicInfo, error) {
+	return c.AlterTopicWith(ctx, name, queues, nil)
+}
+
+// AlterTopicWith is AlterTopic with settings to change: a field 0 keeps
+// the topic's, -1 unsets it, another value sets it. queues 0 keeps the
+// queues (an alter of settings only).
+func (c *Client) AlterTopicWith(ctx context.Context, name string, queues int32, settings *ferryv1.TopicSettings) (*ferryv1.TopicInfo, error) {
 	if c.closed() {
 		return nil, errClientClosed
 	}
-	resp, err := c.rpc.AlterTopic(ctx, &ferryv1.AlterTopicRequest{Name: name, Queues: queues})
+	resp, err := c.rpc.AlterTopic(ctx, &ferryv1.AlterTopicRequest{Name: name, Queues: queues, Settings: settings})
 	if err != nil {
 		return nil, c.callError("alter topic", err)
 	}

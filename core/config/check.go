@@ -95,6 +95,13 @@ func (c *checker) pipeline(p *Pipeline) {
 		at := indexPath("topics", i)
 		c.entity(at+".name", t.Name, names.Topic)
 		c.between(at+".queues", t.Queues, 1, maxQueues)
+		if t.RetentionBytes < 0 {
+			c.add(at+".retention_bytes", "must not be negative, got %d", t.RetentionBytes)
+		}
+		if t.RetentionAge < 0 {
+			c.add(at+".retention_age", "must not be negative, got %s", t.RetentionAge)
+		}
+		c.between(at+".max_message_bytes", t.MaxMessageBytes, 0, maxBodyBytes)
 	}
 
 	if a := p.Admin.Listen; a != "" {

@@ -72,6 +72,11 @@ type PluginRef struct {
 type Topic struct {
 	Name   string `koanf:"name"`   // required, unique, name rule
 	Queues int    `koanf:"queues"` // default 4, 1..1024
+	// The topic's own settings (docs/admin.md, "Per-topic settings"); 0
+	// is unset: the store's retention and the broker's limit apply.
+	RetentionBytes  int64         `koanf:"retention_bytes"`   // per queue, >= 0
+	RetentionAge    time.Duration `koanf:"retention_age"`     // >= 0
+	MaxMessageBytes int           `koanf:"max_message_bytes"` // 0..4194304
 }
 
 // ProducerDefaults apply to every producer of the pipeline unless it says otherwise.

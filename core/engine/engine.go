@@ -116,6 +116,10 @@ func Start(ctx context.Context, cfg *config.Pipeline, opts Options) (*Engine, er
 	topics := make([]broker.Topic, len(cfg.Topics))
 	for i, t := range cfg.Topics {
 		topics[i] = broker.Topic{Name: t.Name, Queues: t.Queues}
+		if t.RetentionBytes != 0 || t.RetentionAge != 0 || t.MaxMessageBytes != 0 {
+			topics[i].Settings = &sdk.TopicSettings{RetentionBytes: t.RetentionBytes,
+				RetentionAgeNanos: int64(t.RetentionAge), MaxMessageBytes: int64(t.MaxMessageBytes)}
+		}
 	}
 	bopts := broker.Options{
 		Pipeline: cfg.Name, Node: cfg.Node.ID, Role: cfg.Node.Role, Address: e.address,

@@ -290,6 +290,19 @@ func (s *storageServer) OffsetsForTime(ctx context.Context, req *ferryv1.Offsets
 	return &ferryv1.OffsetsForTimeResponse{Offsets: offs}, nil
 }
 
+// SetTopicRetention hands the store the topics' own retention
+// (sdk.TopicRetainer).
+func (s *storageServer) SetTopicRetention(ctx context.Context, req *ferryv1.SetTopicRetentionRequest) (*ferryv1.SetTopicRetentionResponse, error) {
+	tr, ok := s.impl.(TopicRetainer)
+	if !ok {
+		return nil, fmt.Errorf("%w: this store has no retention per topic (sdk.TopicRetainer)", errors.ErrUnsupported)
+	}
+	if err := tr.SetTopicRetention(ctx, req.Topics); err != nil {
+		return nil, err
+	}
+	return &ferryv1.SetTopicRetentionResponse{}, nil
+}
+
 // Sync makes every earlier append durable (sdk.Syncer).
 func (s *storageServer) Sync(ctx context.Context, _ *ferryv1.SyncRequest) (*ferryv1.SyncResponse, error) {
 	sy, ok := s.impl.(Syncer)
@@ -359,14 +372,15 @@ type StorageClient struct {
 }
 
 var (
-	_ Storage      = (*StorageClient)(nil)
-	_ EarlyOffsets = (*StorageClient)(nil)
-	_ GroupStore   = (*StorageClient)(nil)
-	_ TopicDeleter = (*StorageClient)(nil)
-	_ TimeSeeker   = (*StorageClient)(nil)
-	_ QueueSizer   = (*StorageClient)(nil)
-	_ Syncer       = (*StorageClient)(nil)
-	_ RingUser     = (*StorageClient)(nil)
+	_ Storage       = (*StorageClient)(nil)
+	_ EarlyOffsets  = (*StorageClient)(nil)
+	_ GroupStore    = (*StorageClient)(nil)
+	_ TopicDeleter  = (*StorageClient)(nil)
+	_ TimeSeeker    = (*StorageClient)(nil)
+	_ QueueSizer    = (*StorageClient)(nil)
+	_ Syncer        = (*StorageClient)(nil)
+	_ TopicRetainer = (*StorageClient)(nil)
+	_ RingUser      = (*StorageClient)(nil)
 )
 
 // UseRing hands the client a data plane segment to offer at Configure.
@@ -684,6 +698,14 @@ func (c *StorageClient) OffsetsForTime(ctx context.Context, unixNano int64, queu
 		return nil, fmt.Errorf("%w: storage plugin answered %d offsets for %d queues", ErrUnavailable, len(resp.Offsets), len(queues))
 	}
 	return resp.Offsets, nil
+}
+
+// SetTopicRetention hands the plugin the topics' own retention
+// (sdk.TopicRetainer), over gRPC: errors.ErrUnsupported when the plugin
+// lacks the capability or one of the settings.
+func (c *StorageClient) SetTopicRetention(ctx context.Context, topics []*TopicRetention) error {
+	_, err := c.rpc.SetTopicRetention(ctx, &ferryv1.SetTopicRetentionRequest{Topics: topics})
+	return err
 }
 
 // Sync asks the plugin to make every earlier append durable (sdk.Syncer):

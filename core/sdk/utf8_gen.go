@@ -180,6 +180,10 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownSetRoleRequest(m)
 	case *ferryv1.SetRoleResponse:
 		return true, ownSetRoleResponse(m)
+	case *ferryv1.SetTopicRetentionRequest:
+		return true, ownSetTopicRetentionRequest(m)
+	case *ferryv1.SetTopicRetentionResponse:
+		return true, ownSetTopicRetentionResponse(m)
 	case *ferryv1.StoredGroupsRequest:
 		return true, ownStoredGroupsRequest(m)
 	case *ferryv1.StoredGroupsResponse:
@@ -200,6 +204,10 @@ func ownStrings(m proto.Message) (ok bool, err error) {
 		return true, ownTopicInfo(m)
 	case *ferryv1.TopicMembers:
 		return true, ownTopicMembers(m)
+	case *ferryv1.TopicRetention:
+		return true, ownTopicRetention(m)
+	case *ferryv1.TopicSettings:
+		return true, ownTopicSettings(m)
 	case *ferryv1.TransportFrame:
 		return true, ownTransportFrame(m)
 	case *ferryv1.ValidateRequest:
@@ -216,6 +224,9 @@ func ownAlterTopicRequest(m *ferryv1.AlterTopicRequest) error {
 		return nil
 	}
 	if err := ownString(&m.Name, "ferry.v1.AlterTopicRequest.name"); err != nil {
+		return err
+	}
+	if err := ownTopicSettings(m.Settings); err != nil {
 		return err
 	}
 	return nil
@@ -481,6 +492,9 @@ func ownCreateTopicRequest(m *ferryv1.CreateTopicRequest) error {
 		return nil
 	}
 	if err := ownString(&m.Name, "ferry.v1.CreateTopicRequest.name"); err != nil {
+		return err
+	}
+	if err := ownTopicSettings(m.Settings); err != nil {
 		return err
 	}
 	return nil
@@ -1318,6 +1332,9 @@ func ownReplicatedTopic(m *ferryv1.ReplicatedTopic) error {
 	if err := ownString(&m.Name, "ferry.v1.ReplicatedTopic.name"); err != nil {
 		return err
 	}
+	if err := ownTopicSettings(m.Settings); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -1482,6 +1499,27 @@ func ownSetRoleResponse(m *ferryv1.SetRoleResponse) error {
 	return nil
 }
 
+// ownSetTopicRetentionRequest checks the strings of a ferry.v1.SetTopicRetentionRequest.
+func ownSetTopicRetentionRequest(m *ferryv1.SetTopicRetentionRequest) error {
+	if m == nil {
+		return nil
+	}
+	for _, e := range m.Topics {
+		if err := ownTopicRetention(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownSetTopicRetentionResponse checks the strings of a ferry.v1.SetTopicRetentionResponse.
+func ownSetTopicRetentionResponse(m *ferryv1.SetTopicRetentionResponse) error {
+	if m == nil {
+		return nil
+	}
+	return nil
+}
+
 // ownStoredGroupsRequest checks the strings of a ferry.v1.StoredGroupsRequest.
 func ownStoredGroupsRequest(m *ferryv1.StoredGroupsRequest) error {
 	if m == nil {
@@ -1549,6 +1587,9 @@ func ownTopicChange(m *ferryv1.TopicChange) error {
 			return err
 		}
 	}
+	if err := ownTopicSettings(m.Settings); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -1568,6 +1609,9 @@ func ownTopicInfo(m *ferryv1.TopicInfo) error {
 	if err := ownString(&m.Name, "ferry.v1.TopicInfo.name"); err != nil {
 		return err
 	}
+	if err := ownTopicSettings(m.Settings); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -1581,6 +1625,25 @@ func ownTopicMembers(m *ferryv1.TopicMembers) error {
 	}
 	if err := ownStringList(m.Members, "ferry.v1.TopicMembers.members"); err != nil {
 		return err
+	}
+	return nil
+}
+
+// ownTopicRetention checks the strings of a ferry.v1.TopicRetention.
+func ownTopicRetention(m *ferryv1.TopicRetention) error {
+	if m == nil {
+		return nil
+	}
+	if err := ownString(&m.Topic, "ferry.v1.TopicRetention.topic"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ownTopicSettings checks the strings of a ferry.v1.TopicSettings.
+func ownTopicSettings(m *ferryv1.TopicSettings) error {
+	if m == nil {
+		return nil
 	}
 	return nil
 }

@@ -1016,9 +1016,12 @@ func (x *DeleteGroupResponse) GetInternal() []*InternalTopicSize {
 }
 
 type CreateTopicRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Queues        int32                  `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Queues int32                  `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
+	// The topic's own settings (docs/admin.md, "Per-topic settings"); unset
+	// fields (0) take the store's and the broker's defaults.
+	Settings      *TopicSettings `protobuf:"bytes,880,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1065,6 +1068,13 @@ func (x *CreateTopicRequest) GetQueues() int32 {
 		return x.Queues
 	}
 	return 0
+}
+
+func (x *CreateTopicRequest) GetSettings() *TopicSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
 }
 
 type CreateTopicResponse struct {
@@ -1114,8 +1124,11 @@ func (x *CreateTopicResponse) GetTopic() *TopicInfo {
 type AlterTopicRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The new queue count, above the topic's.
-	Queues        int32 `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
+	// The new queue count, above the topic's; 0 leaves the queues as they
+	// are (an alter of settings only).
+	Queues int32 `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
+	// Settings to change: 0 leaves one as it is, -1 unsets it.
+	Settings      *TopicSettings `protobuf:"bytes,880,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1162,6 +1175,13 @@ func (x *AlterTopicRequest) GetQueues() int32 {
 		return x.Queues
 	}
 	return 0
+}
+
+func (x *AlterTopicRequest) GetSettings() *TopicSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
 }
 
 type AlterTopicResponse struct {
@@ -1768,7 +1788,9 @@ type TopicInfo struct {
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Queues int32                  `protobuf:"varint,2,opt,name=queues,proto3" json:"queues,omitempty"`
 	// Index into MetadataResponse.brokers of the node that leads each queue.
-	Leaders       []int32 `protobuf:"varint,3,rep,packed,name=leaders,proto3" json:"leaders,omitempty"`
+	Leaders []int32 `protobuf:"varint,3,rep,packed,name=leaders,proto3" json:"leaders,omitempty"`
+	// The topic's own settings, absent when it has none.
+	Settings      *TopicSettings `protobuf:"bytes,880,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1820,6 +1842,13 @@ func (x *TopicInfo) GetQueues() int32 {
 func (x *TopicInfo) GetLeaders() []int32 {
 	if x != nil {
 		return x.Leaders
+	}
+	return nil
+}
+
+func (x *TopicInfo) GetSettings() *TopicSettings {
+	if x != nil {
+		return x.Settings
 	}
 	return nil
 }
@@ -2178,15 +2207,17 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x15\n" +
 	"\x05force\x18\xa4\x03 \x01(\bR\x05force\"N\n" +
 	"\x13DeleteGroupResponse\x127\n" +
-	"\binternal\x18\x01 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\"@\n" +
+	"\binternal\x18\x01 \x03(\v2\x1b.ferry.v1.InternalTopicSizeR\binternal\"v\n" +
 	"\x12CreateTopicRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06queues\x18\x02 \x01(\x05R\x06queues\"@\n" +
+	"\x06queues\x18\x02 \x01(\x05R\x06queues\x124\n" +
+	"\bsettings\x18\xf0\x06 \x01(\v2\x17.ferry.v1.TopicSettingsR\bsettings\"@\n" +
 	"\x13CreateTopicResponse\x12)\n" +
-	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"?\n" +
+	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"u\n" +
 	"\x11AlterTopicRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06queues\x18\x02 \x01(\x05R\x06queues\"?\n" +
+	"\x06queues\x18\x02 \x01(\x05R\x06queues\x124\n" +
+	"\bsettings\x18\xf0\x06 \x01(\v2\x17.ferry.v1.TopicSettingsR\bsettings\"?\n" +
 	"\x12AlterTopicResponse\x12)\n" +
 	"\x05topic\x18\x01 \x01(\v2\x13.ferry.v1.TopicInfoR\x05topic\"\xba\x01\n" +
 	"\x0eProduceRequest\x12\x10\n" +
@@ -2229,11 +2260,12 @@ const file_ferry_v1_broker_proto_rawDesc = "" +
 	"autoCreate\"o\n" +
 	"\x10MetadataResponse\x12+\n" +
 	"\x06topics\x18\x01 \x03(\v2\x13.ferry.v1.TopicInfoR\x06topics\x12.\n" +
-	"\abrokers\x18\x02 \x03(\v2\x14.ferry.v1.BrokerInfoR\abrokers\"Q\n" +
+	"\abrokers\x18\x02 \x03(\v2\x14.ferry.v1.BrokerInfoR\abrokers\"\x87\x01\n" +
 	"\tTopicInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06queues\x18\x02 \x01(\x05R\x06queues\x12\x18\n" +
-	"\aleaders\x18\x03 \x03(\x05R\aleaders\"N\n" +
+	"\aleaders\x18\x03 \x03(\x05R\aleaders\x124\n" +
+	"\bsettings\x18\xf0\x06 \x01(\v2\x17.ferry.v1.TopicSettingsR\bsettings\"N\n" +
 	"\n" +
 	"BrokerInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
@@ -2329,14 +2361,15 @@ var file_ferry_v1_broker_proto_goTypes = []any{
 	(*HeartbeatResponse)(nil),     // 31: ferry.v1.HeartbeatResponse
 	(*TopicMembers)(nil),          // 32: ferry.v1.TopicMembers
 	(*QueueRef)(nil),              // 33: ferry.v1.QueueRef
-	(*Message)(nil),               // 34: ferry.v1.Message
-	(Status)(0),                   // 35: ferry.v1.Status
-	(*Error)(nil),                 // 36: ferry.v1.Error
-	(*QueueOffsets)(nil),          // 37: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),  // 38: ferry.v1.CommitOffsetsRequest
-	(*GetOffsetsRequest)(nil),     // 39: ferry.v1.GetOffsetsRequest
-	(*CommitOffsetsResponse)(nil), // 40: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsResponse)(nil),    // 41: ferry.v1.GetOffsetsResponse
+	(*TopicSettings)(nil),         // 34: ferry.v1.TopicSettings
+	(*Message)(nil),               // 35: ferry.v1.Message
+	(Status)(0),                   // 36: ferry.v1.Status
+	(*Error)(nil),                 // 37: ferry.v1.Error
+	(*QueueOffsets)(nil),          // 38: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),  // 39: ferry.v1.CommitOffsetsRequest
+	(*GetOffsetsRequest)(nil),     // 40: ferry.v1.GetOffsetsRequest
+	(*CommitOffsetsResponse)(nil), // 41: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsResponse)(nil),    // 42: ferry.v1.GetOffsetsResponse
 }
 var file_ferry_v1_broker_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.ListGroupsResponse.groups:type_name -> ferry.v1.GroupSummary
@@ -2347,51 +2380,54 @@ var file_ferry_v1_broker_proto_depIdxs = []int32{
 	0,  // 5: ferry.v1.ResetOffsetsRequest.to:type_name -> ferry.v1.ResetTo
 	13, // 6: ferry.v1.ResetOffsetsResponse.queues:type_name -> ferry.v1.ResetQueue
 	10, // 7: ferry.v1.DeleteGroupResponse.internal:type_name -> ferry.v1.InternalTopicSize
-	28, // 8: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
-	28, // 9: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
-	34, // 10: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
-	35, // 11: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
-	36, // 12: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
-	23, // 13: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
-	34, // 14: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
-	37, // 15: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	25, // 16: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
-	36, // 17: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
-	28, // 18: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
-	29, // 19: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
-	33, // 20: ferry.v1.HeartbeatRequest.queues:type_name -> ferry.v1.QueueRef
-	32, // 21: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
-	20, // 22: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
-	22, // 23: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
-	38, // 24: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	39, // 25: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	26, // 26: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
-	30, // 27: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	16, // 28: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	18, // 29: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
-	1,  // 30: ferry.v1.Broker.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
-	3,  // 31: ferry.v1.Broker.ListGroups:input_type -> ferry.v1.ListGroupsRequest
-	6,  // 32: ferry.v1.Broker.DescribeGroup:input_type -> ferry.v1.DescribeGroupRequest
-	11, // 33: ferry.v1.Broker.ResetOffsets:input_type -> ferry.v1.ResetOffsetsRequest
-	14, // 34: ferry.v1.Broker.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
-	21, // 35: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
-	24, // 36: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
-	40, // 37: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	41, // 38: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	27, // 39: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
-	31, // 40: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	17, // 41: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	19, // 42: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
-	2,  // 43: ferry.v1.Broker.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
-	4,  // 44: ferry.v1.Broker.ListGroups:output_type -> ferry.v1.ListGroupsResponse
-	7,  // 45: ferry.v1.Broker.DescribeGroup:output_type -> ferry.v1.DescribeGroupResponse
-	12, // 46: ferry.v1.Broker.ResetOffsets:output_type -> ferry.v1.ResetOffsetsResponse
-	15, // 47: ferry.v1.Broker.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
-	35, // [35:48] is the sub-list for method output_type
-	22, // [22:35] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	34, // 8: ferry.v1.CreateTopicRequest.settings:type_name -> ferry.v1.TopicSettings
+	28, // 9: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	34, // 10: ferry.v1.AlterTopicRequest.settings:type_name -> ferry.v1.TopicSettings
+	28, // 11: ferry.v1.AlterTopicResponse.topic:type_name -> ferry.v1.TopicInfo
+	35, // 12: ferry.v1.ProduceRequest.messages:type_name -> ferry.v1.Message
+	36, // 13: ferry.v1.ProduceResponse.status:type_name -> ferry.v1.Status
+	37, // 14: ferry.v1.ProduceResponse.error:type_name -> ferry.v1.Error
+	23, // 15: ferry.v1.FetchRequest.positions:type_name -> ferry.v1.FetchPosition
+	35, // 16: ferry.v1.FetchResponse.messages:type_name -> ferry.v1.Message
+	38, // 17: ferry.v1.FetchResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	25, // 18: ferry.v1.FetchResponse.errors:type_name -> ferry.v1.QueueError
+	37, // 19: ferry.v1.QueueError.error:type_name -> ferry.v1.Error
+	28, // 20: ferry.v1.MetadataResponse.topics:type_name -> ferry.v1.TopicInfo
+	29, // 21: ferry.v1.MetadataResponse.brokers:type_name -> ferry.v1.BrokerInfo
+	34, // 22: ferry.v1.TopicInfo.settings:type_name -> ferry.v1.TopicSettings
+	33, // 23: ferry.v1.HeartbeatRequest.queues:type_name -> ferry.v1.QueueRef
+	32, // 24: ferry.v1.HeartbeatResponse.topic_members:type_name -> ferry.v1.TopicMembers
+	20, // 25: ferry.v1.Broker.Produce:input_type -> ferry.v1.ProduceRequest
+	22, // 26: ferry.v1.Broker.Fetch:input_type -> ferry.v1.FetchRequest
+	39, // 27: ferry.v1.Broker.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	40, // 28: ferry.v1.Broker.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	26, // 29: ferry.v1.Broker.Metadata:input_type -> ferry.v1.MetadataRequest
+	30, // 30: ferry.v1.Broker.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	16, // 31: ferry.v1.Broker.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	18, // 32: ferry.v1.Broker.AlterTopic:input_type -> ferry.v1.AlterTopicRequest
+	1,  // 33: ferry.v1.Broker.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	3,  // 34: ferry.v1.Broker.ListGroups:input_type -> ferry.v1.ListGroupsRequest
+	6,  // 35: ferry.v1.Broker.DescribeGroup:input_type -> ferry.v1.DescribeGroupRequest
+	11, // 36: ferry.v1.Broker.ResetOffsets:input_type -> ferry.v1.ResetOffsetsRequest
+	14, // 37: ferry.v1.Broker.DeleteGroup:input_type -> ferry.v1.DeleteGroupRequest
+	21, // 38: ferry.v1.Broker.Produce:output_type -> ferry.v1.ProduceResponse
+	24, // 39: ferry.v1.Broker.Fetch:output_type -> ferry.v1.FetchResponse
+	41, // 40: ferry.v1.Broker.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	42, // 41: ferry.v1.Broker.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	27, // 42: ferry.v1.Broker.Metadata:output_type -> ferry.v1.MetadataResponse
+	31, // 43: ferry.v1.Broker.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	17, // 44: ferry.v1.Broker.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	19, // 45: ferry.v1.Broker.AlterTopic:output_type -> ferry.v1.AlterTopicResponse
+	2,  // 46: ferry.v1.Broker.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	4,  // 47: ferry.v1.Broker.ListGroups:output_type -> ferry.v1.ListGroupsResponse
+	7,  // 48: ferry.v1.Broker.DescribeGroup:output_type -> ferry.v1.DescribeGroupResponse
+	12, // 49: ferry.v1.Broker.ResetOffsets:output_type -> ferry.v1.ResetOffsetsResponse
+	15, // 50: ferry.v1.Broker.DeleteGroup:output_type -> ferry.v1.DeleteGroupResponse
+	38, // [38:51] is the sub-list for method output_type
+	25, // [25:38] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_broker_proto_init() }

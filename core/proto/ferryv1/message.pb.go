@@ -311,6 +311,75 @@ func (x *Problem) GetMessage() string {
 	return ""
 }
 
+// A topic's own settings. 0 is unset: the store's retention and the
+// broker's limit apply. In AlterTopicRequest, 0 leaves a setting as it is
+// and -1 unsets it.
+type TopicSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Retention by size, per queue: the store keeps at most this many bytes
+	// of each of the topic's queues, dropping the oldest in whole segments.
+	RetentionBytes int64 `protobuf:"varint,880,opt,name=retention_bytes,json=retentionBytes,proto3" json:"retention_bytes,omitempty"`
+	// Retention by age: the store drops the topic's messages in segments
+	// whose newest message is older than this.
+	RetentionAgeNanos int64 `protobuf:"varint,881,opt,name=retention_age_nanos,json=retentionAgeNanos,proto3" json:"retention_age_nanos,omitempty"`
+	// The largest body a produce of the topic may carry (at most the
+	// broker's own limit, 4 MiB).
+	MaxMessageBytes int64 `protobuf:"varint,882,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TopicSettings) Reset() {
+	*x = TopicSettings{}
+	mi := &file_ferry_v1_message_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicSettings) ProtoMessage() {}
+
+func (x *TopicSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_message_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicSettings.ProtoReflect.Descriptor instead.
+func (*TopicSettings) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_message_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TopicSettings) GetRetentionBytes() int64 {
+	if x != nil {
+		return x.RetentionBytes
+	}
+	return 0
+}
+
+func (x *TopicSettings) GetRetentionAgeNanos() int64 {
+	if x != nil {
+		return x.RetentionAgeNanos
+	}
+	return 0
+}
+
+func (x *TopicSettings) GetMaxMessageBytes() int64 {
+	if x != nil {
+		return x.MaxMessageBytes
+	}
+	return 0
+}
+
 var File_ferry_v1_message_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_message_proto_rawDesc = "" +
@@ -334,7 +403,11 @@ const file_ferry_v1_message_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"7\n" +
 	"\aProblem\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\x87\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x97\x01\n" +
+	"\rTopicSettings\x12(\n" +
+	"\x0fretention_bytes\x18\xf0\x06 \x01(\x03R\x0eretentionBytes\x12/\n" +
+	"\x13retention_age_nanos\x18\xf1\x06 \x01(\x03R\x11retentionAgeNanos\x12+\n" +
+	"\x11max_message_bytes\x18\xf2\x06 \x01(\x03R\x0fmaxMessageBytes*\x87\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTATUS_OK\x10\x01\x12\x18\n" +
@@ -355,16 +428,17 @@ func file_ferry_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_ferry_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_ferry_v1_message_proto_goTypes = []any{
-	(Status)(0),     // 0: ferry.v1.Status
-	(*Message)(nil), // 1: ferry.v1.Message
-	(*Error)(nil),   // 2: ferry.v1.Error
-	(*Problem)(nil), // 3: ferry.v1.Problem
-	nil,             // 4: ferry.v1.Message.HeadersEntry
+	(Status)(0),           // 0: ferry.v1.Status
+	(*Message)(nil),       // 1: ferry.v1.Message
+	(*Error)(nil),         // 2: ferry.v1.Error
+	(*Problem)(nil),       // 3: ferry.v1.Problem
+	(*TopicSettings)(nil), // 4: ferry.v1.TopicSettings
+	nil,                   // 5: ferry.v1.Message.HeadersEntry
 }
 var file_ferry_v1_message_proto_depIdxs = []int32{
-	4, // 0: ferry.v1.Message.headers:type_name -> ferry.v1.Message.HeadersEntry
+	5, // 0: ferry.v1.Message.headers:type_name -> ferry.v1.Message.HeadersEntry
 	1, // [1:1] is the sub-list for method output_type
 	1, // [1:1] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
@@ -383,7 +457,7 @@ func file_ferry_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_message_proto_rawDesc), len(file_ferry_v1_message_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -87,7 +87,10 @@ type TopicChange struct {
 	Queues int32 `protobuf:"varint,67,opt,name=queues,proto3" json:"queues,omitempty"`
 	// Every topic (not a consumer group's internal one) of the node that
 	// takes produce, after the change: set, and what master–slave ships.
-	Topics        []*ReplicatedTopic `protobuf:"bytes,68,rep,name=topics,proto3" json:"topics,omitempty"`
+	Topics []*ReplicatedTopic `protobuf:"bytes,68,rep,name=topics,proto3" json:"topics,omitempty"`
+	// create, alter: the topic's whole settings after the change (not a
+	// delta), absent when it has none.
+	Settings      *TopicSettings `protobuf:"bytes,880,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -150,10 +153,18 @@ func (x *TopicChange) GetTopics() []*ReplicatedTopic {
 	return nil
 }
 
+func (x *TopicChange) GetSettings() *TopicSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
 type ReplicatedTopic struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,65,opt,name=name,proto3" json:"name,omitempty"`
 	Queues        int32                  `protobuf:"varint,66,opt,name=queues,proto3" json:"queues,omitempty"`
+	Settings      *TopicSettings         `protobuf:"bytes,880,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,6 +211,13 @@ func (x *ReplicatedTopic) GetQueues() int32 {
 		return x.Queues
 	}
 	return 0
+}
+
+func (x *ReplicatedTopic) GetSettings() *TopicSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
 }
 
 type TopicChangeResponse struct {
@@ -2206,15 +2224,17 @@ const file_ferry_v1_replication_proto_rawDesc = "" +
 	"\n" +
 	"\x1aferry/v1/replication.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x16ferry/v1/storage.proto\"G\n" +
 	"\rOffsetCommits\x126\n" +
-	"\x06groups\x18\x01 \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\x06groups\"|\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1e.ferry.v1.CommitOffsetsRequestR\x06groups\"\xb2\x01\n" +
 	"\vTopicChange\x12\x0e\n" +
 	"\x02op\x18A \x01(\tR\x02op\x12\x12\n" +
 	"\x04name\x18B \x01(\tR\x04name\x12\x16\n" +
 	"\x06queues\x18C \x01(\x05R\x06queues\x121\n" +
-	"\x06topics\x18D \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\"=\n" +
+	"\x06topics\x18D \x03(\v2\x19.ferry.v1.ReplicatedTopicR\x06topics\x124\n" +
+	"\bsettings\x18\xf0\x06 \x01(\v2\x17.ferry.v1.TopicSettingsR\bsettings\"s\n" +
 	"\x0fReplicatedTopic\x12\x12\n" +
 	"\x04name\x18A \x01(\tR\x04name\x12\x16\n" +
-	"\x06queues\x18B \x01(\x05R\x06queues\"\x15\n" +
+	"\x06queues\x18B \x01(\x05R\x06queues\x124\n" +
+	"\bsettings\x18\xf0\x06 \x01(\v2\x17.ferry.v1.TopicSettingsR\bsettings\"\x15\n" +
 	"\x13TopicChangeResponse\"\xb3\x02\n" +
 	"\x10ReplicateRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
@@ -2419,83 +2439,86 @@ var file_ferry_v1_replication_proto_goTypes = []any{
 	(*RaftServer)(nil),                 // 26: ferry.v1.RaftServer
 	nil,                                // 27: ferry.v1.ReplicateRequest.TraceEntry
 	(*CommitOffsetsRequest)(nil),       // 28: ferry.v1.CommitOffsetsRequest
-	(*Message)(nil),                    // 29: ferry.v1.Message
-	(Status)(0),                        // 30: ferry.v1.Status
-	(*Error)(nil),                      // 31: ferry.v1.Error
-	(*ReadRequest)(nil),                // 32: ferry.v1.ReadRequest
-	(*DeleteGroupOffsetsRequest)(nil),  // 33: ferry.v1.DeleteGroupOffsetsRequest
-	(*ReadResponse)(nil),               // 34: ferry.v1.ReadResponse
-	(*CommitOffsetsResponse)(nil),      // 35: ferry.v1.CommitOffsetsResponse
-	(*DeleteGroupOffsetsResponse)(nil), // 36: ferry.v1.DeleteGroupOffsetsResponse
-	(*QueueOffsets)(nil),               // 37: ferry.v1.QueueOffsets
+	(*TopicSettings)(nil),              // 29: ferry.v1.TopicSettings
+	(*Message)(nil),                    // 30: ferry.v1.Message
+	(Status)(0),                        // 31: ferry.v1.Status
+	(*Error)(nil),                      // 32: ferry.v1.Error
+	(*ReadRequest)(nil),                // 33: ferry.v1.ReadRequest
+	(*DeleteGroupOffsetsRequest)(nil),  // 34: ferry.v1.DeleteGroupOffsetsRequest
+	(*ReadResponse)(nil),               // 35: ferry.v1.ReadResponse
+	(*CommitOffsetsResponse)(nil),      // 36: ferry.v1.CommitOffsetsResponse
+	(*DeleteGroupOffsetsResponse)(nil), // 37: ferry.v1.DeleteGroupOffsetsResponse
+	(*QueueOffsets)(nil),               // 38: ferry.v1.QueueOffsets
 }
 var file_ferry_v1_replication_proto_depIdxs = []int32{
 	28, // 0: ferry.v1.OffsetCommits.groups:type_name -> ferry.v1.CommitOffsetsRequest
 	2,  // 1: ferry.v1.TopicChange.topics:type_name -> ferry.v1.ReplicatedTopic
-	29, // 2: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
-	27, // 3: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
-	30, // 4: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
-	31, // 5: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
-	8,  // 6: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
-	32, // 7: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
-	12, // 8: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
-	14, // 9: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
-	28, // 10: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	1,  // 11: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
-	33, // 12: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
-	9,  // 13: ferry.v1.ReplicationFrame.sync_store:type_name -> ferry.v1.SyncStoreRequest
-	28, // 14: ferry.v1.ReplicationFrame.commit_forwarded:type_name -> ferry.v1.CommitOffsetsRequest
-	11, // 15: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
-	34, // 16: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
-	13, // 17: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
-	15, // 18: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
-	35, // 19: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
-	3,  // 20: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
-	36, // 21: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
-	10, // 22: ferry.v1.ReplicaCoreFrame.sync_store:type_name -> ferry.v1.SyncStoreResponse
-	35, // 23: ferry.v1.ReplicaCoreFrame.commit_forwarded:type_name -> ferry.v1.CommitOffsetsResponse
-	31, // 24: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
-	29, // 25: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
-	37, // 26: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	2,  // 27: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
-	18, // 28: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
-	37, // 29: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	26, // 30: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
-	37, // 31: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
-	29, // 32: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
-	37, // 33: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
-	37, // 34: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
-	28, // 35: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
-	1,  // 36: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
-	21, // 37: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
-	26, // 38: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
-	4,  // 39: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
-	7,  // 40: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
-	16, // 41: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	28, // 42: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	1,  // 43: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
-	33, // 44: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	19, // 45: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
-	16, // 46: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
-	22, // 47: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
-	24, // 48: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
-	28, // 49: ferry.v1.ReplicaLink.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	5,  // 50: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
-	6,  // 51: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
-	17, // 52: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	35, // 53: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	3,  // 54: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
-	36, // 55: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	20, // 56: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
-	17, // 57: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
-	23, // 58: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
-	25, // 59: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
-	35, // 60: ferry.v1.ReplicaLink.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	50, // [50:61] is the sub-list for method output_type
-	39, // [39:50] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	29, // 2: ferry.v1.TopicChange.settings:type_name -> ferry.v1.TopicSettings
+	29, // 3: ferry.v1.ReplicatedTopic.settings:type_name -> ferry.v1.TopicSettings
+	30, // 4: ferry.v1.ReplicateRequest.messages:type_name -> ferry.v1.Message
+	27, // 5: ferry.v1.ReplicateRequest.trace:type_name -> ferry.v1.ReplicateRequest.TraceEntry
+	31, // 6: ferry.v1.ReplicateResponse.status:type_name -> ferry.v1.Status
+	32, // 7: ferry.v1.ReplicateResponse.error:type_name -> ferry.v1.Error
+	8,  // 8: ferry.v1.ReplicationFrame.apply:type_name -> ferry.v1.ApplyRequest
+	33, // 9: ferry.v1.ReplicationFrame.read:type_name -> ferry.v1.ReadRequest
+	12, // 10: ferry.v1.ReplicationFrame.node_info:type_name -> ferry.v1.NodeInfoRequest
+	14, // 11: ferry.v1.ReplicationFrame.set_role:type_name -> ferry.v1.SetRoleRequest
+	28, // 12: ferry.v1.ReplicationFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 13: ferry.v1.ReplicationFrame.apply_topics:type_name -> ferry.v1.TopicChange
+	34, // 14: ferry.v1.ReplicationFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsRequest
+	9,  // 15: ferry.v1.ReplicationFrame.sync_store:type_name -> ferry.v1.SyncStoreRequest
+	28, // 16: ferry.v1.ReplicationFrame.commit_forwarded:type_name -> ferry.v1.CommitOffsetsRequest
+	11, // 17: ferry.v1.ReplicaCoreFrame.apply:type_name -> ferry.v1.ApplyResponse
+	35, // 18: ferry.v1.ReplicaCoreFrame.read:type_name -> ferry.v1.ReadResponse
+	13, // 19: ferry.v1.ReplicaCoreFrame.node_info:type_name -> ferry.v1.NodeInfoResponse
+	15, // 20: ferry.v1.ReplicaCoreFrame.set_role:type_name -> ferry.v1.SetRoleResponse
+	36, // 21: ferry.v1.ReplicaCoreFrame.commit_offsets:type_name -> ferry.v1.CommitOffsetsResponse
+	3,  // 22: ferry.v1.ReplicaCoreFrame.apply_topics:type_name -> ferry.v1.TopicChangeResponse
+	37, // 23: ferry.v1.ReplicaCoreFrame.delete_group_offsets:type_name -> ferry.v1.DeleteGroupOffsetsResponse
+	10, // 24: ferry.v1.ReplicaCoreFrame.sync_store:type_name -> ferry.v1.SyncStoreResponse
+	36, // 25: ferry.v1.ReplicaCoreFrame.commit_forwarded:type_name -> ferry.v1.CommitOffsetsResponse
+	32, // 26: ferry.v1.ReplicaCoreFrame.error:type_name -> ferry.v1.Error
+	30, // 27: ferry.v1.ApplyRequest.messages:type_name -> ferry.v1.Message
+	38, // 28: ferry.v1.NodeInfoResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	2,  // 29: ferry.v1.NodeInfoResponse.topics:type_name -> ferry.v1.ReplicatedTopic
+	18, // 30: ferry.v1.ReplicationStatusResponse.replicas:type_name -> ferry.v1.ReplicaInfo
+	38, // 31: ferry.v1.ReplicationStatusResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	26, // 32: ferry.v1.ReplicationStatusResponse.servers:type_name -> ferry.v1.RaftServer
+	38, // 33: ferry.v1.FollowRequest.ends:type_name -> ferry.v1.QueueOffsets
+	30, // 34: ferry.v1.FollowResponse.messages:type_name -> ferry.v1.Message
+	38, // 35: ferry.v1.FollowResponse.ends:type_name -> ferry.v1.QueueOffsets
+	38, // 36: ferry.v1.FollowResponse.acked_ends:type_name -> ferry.v1.QueueOffsets
+	28, // 37: ferry.v1.FollowResponse.group_offsets:type_name -> ferry.v1.CommitOffsetsRequest
+	1,  // 38: ferry.v1.FollowResponse.topics:type_name -> ferry.v1.TopicChange
+	21, // 39: ferry.v1.FollowResponse.group_deletions:type_name -> ferry.v1.GroupDeletion
+	26, // 40: ferry.v1.ChangeMembersResponse.servers:type_name -> ferry.v1.RaftServer
+	4,  // 41: ferry.v1.Replication.Replicate:input_type -> ferry.v1.ReplicateRequest
+	7,  // 42: ferry.v1.Replication.Connect:input_type -> ferry.v1.ReplicaCoreFrame
+	16, // 43: ferry.v1.Replication.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	28, // 44: ferry.v1.Replication.ReplicateOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	1,  // 45: ferry.v1.Replication.ReplicateTopics:input_type -> ferry.v1.TopicChange
+	34, // 46: ferry.v1.Replication.ReplicateGroupDelete:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	19, // 47: ferry.v1.ReplicaLink.Follow:input_type -> ferry.v1.FollowRequest
+	16, // 48: ferry.v1.ReplicaLink.Status:input_type -> ferry.v1.ReplicationStatusRequest
+	22, // 49: ferry.v1.ReplicaLink.Promote:input_type -> ferry.v1.PromoteRequest
+	24, // 50: ferry.v1.ReplicaLink.ChangeMembers:input_type -> ferry.v1.ChangeMembersRequest
+	28, // 51: ferry.v1.ReplicaLink.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	5,  // 52: ferry.v1.Replication.Replicate:output_type -> ferry.v1.ReplicateResponse
+	6,  // 53: ferry.v1.Replication.Connect:output_type -> ferry.v1.ReplicationFrame
+	17, // 54: ferry.v1.Replication.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	36, // 55: ferry.v1.Replication.ReplicateOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	3,  // 56: ferry.v1.Replication.ReplicateTopics:output_type -> ferry.v1.TopicChangeResponse
+	37, // 57: ferry.v1.Replication.ReplicateGroupDelete:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	20, // 58: ferry.v1.ReplicaLink.Follow:output_type -> ferry.v1.FollowResponse
+	17, // 59: ferry.v1.ReplicaLink.Status:output_type -> ferry.v1.ReplicationStatusResponse
+	23, // 60: ferry.v1.ReplicaLink.Promote:output_type -> ferry.v1.PromoteResponse
+	25, // 61: ferry.v1.ReplicaLink.ChangeMembers:output_type -> ferry.v1.ChangeMembersResponse
+	36, // 62: ferry.v1.ReplicaLink.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	52, // [52:63] is the sub-list for method output_type
+	41, // [41:52] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_replication_proto_init() }

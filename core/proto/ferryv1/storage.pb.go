@@ -24,6 +24,149 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SetTopicRetentionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topics        []*TopicRetention      `protobuf:"bytes,1,rep,name=topics,proto3" json:"topics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTopicRetentionRequest) Reset() {
+	*x = SetTopicRetentionRequest{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTopicRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTopicRetentionRequest) ProtoMessage() {}
+
+func (x *SetTopicRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTopicRetentionRequest.ProtoReflect.Descriptor instead.
+func (*SetTopicRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetTopicRetentionRequest) GetTopics() []*TopicRetention {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+// One topic's own retention; 0 is unset (the store's own applies).
+type TopicRetention struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Topic string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// Per queue: at most this many bytes of each of the topic's queues.
+	RetentionBytes int64 `protobuf:"varint,2,opt,name=retention_bytes,json=retentionBytes,proto3" json:"retention_bytes,omitempty"`
+	// The topic's messages in segments whose newest message is older go.
+	RetentionAgeNanos int64 `protobuf:"varint,3,opt,name=retention_age_nanos,json=retentionAgeNanos,proto3" json:"retention_age_nanos,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TopicRetention) Reset() {
+	*x = TopicRetention{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicRetention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicRetention) ProtoMessage() {}
+
+func (x *TopicRetention) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicRetention.ProtoReflect.Descriptor instead.
+func (*TopicRetention) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TopicRetention) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *TopicRetention) GetRetentionBytes() int64 {
+	if x != nil {
+		return x.RetentionBytes
+	}
+	return 0
+}
+
+func (x *TopicRetention) GetRetentionAgeNanos() int64 {
+	if x != nil {
+		return x.RetentionAgeNanos
+	}
+	return 0
+}
+
+type SetTopicRetentionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTopicRetentionResponse) Reset() {
+	*x = SetTopicRetentionResponse{}
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTopicRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTopicRetentionResponse) ProtoMessage() {}
+
+func (x *SetTopicRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTopicRetentionResponse.ProtoReflect.Descriptor instead.
+func (*SetTopicRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+}
+
 type SyncRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -32,7 +175,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +187,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[0]
+	mi := &file_ferry_v1_storage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +200,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
 }
 
 type SyncResponse struct {
@@ -68,7 +211,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -80,7 +223,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[1]
+	mi := &file_ferry_v1_storage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -93,7 +236,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
 }
 
 type QueueBytesRequest struct {
@@ -105,7 +248,7 @@ type QueueBytesRequest struct {
 
 func (x *QueueBytesRequest) Reset() {
 	*x = QueueBytesRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -117,7 +260,7 @@ func (x *QueueBytesRequest) String() string {
 func (*QueueBytesRequest) ProtoMessage() {}
 
 func (x *QueueBytesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[2]
+	mi := &file_ferry_v1_storage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -130,7 +273,7 @@ func (x *QueueBytesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueBytesRequest.ProtoReflect.Descriptor instead.
 func (*QueueBytesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *QueueBytesRequest) GetQueues() []*QueueRef {
@@ -152,7 +295,7 @@ type QueueBytesResponse struct {
 
 func (x *QueueBytesResponse) Reset() {
 	*x = QueueBytesResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -164,7 +307,7 @@ func (x *QueueBytesResponse) String() string {
 func (*QueueBytesResponse) ProtoMessage() {}
 
 func (x *QueueBytesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[3]
+	mi := &file_ferry_v1_storage_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -177,7 +320,7 @@ func (x *QueueBytesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueBytesResponse.ProtoReflect.Descriptor instead.
 func (*QueueBytesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *QueueBytesResponse) GetBytes() []int64 {
@@ -199,7 +342,7 @@ type OffsetsForTimeRequest struct {
 
 func (x *OffsetsForTimeRequest) Reset() {
 	*x = OffsetsForTimeRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +354,7 @@ func (x *OffsetsForTimeRequest) String() string {
 func (*OffsetsForTimeRequest) ProtoMessage() {}
 
 func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[4]
+	mi := &file_ferry_v1_storage_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +367,7 @@ func (x *OffsetsForTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OffsetsForTimeRequest.ProtoReflect.Descriptor instead.
 func (*OffsetsForTimeRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OffsetsForTimeRequest) GetUnixNano() int64 {
@@ -253,7 +396,7 @@ type OffsetsForTimeResponse struct {
 
 func (x *OffsetsForTimeResponse) Reset() {
 	*x = OffsetsForTimeResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +408,7 @@ func (x *OffsetsForTimeResponse) String() string {
 func (*OffsetsForTimeResponse) ProtoMessage() {}
 
 func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[5]
+	mi := &file_ferry_v1_storage_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +421,7 @@ func (x *OffsetsForTimeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OffsetsForTimeResponse.ProtoReflect.Descriptor instead.
 func (*OffsetsForTimeResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OffsetsForTimeResponse) GetOffsets() []int64 {
@@ -297,7 +440,7 @@ type DeleteTopicDataRequest struct {
 
 func (x *DeleteTopicDataRequest) Reset() {
 	*x = DeleteTopicDataRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +452,7 @@ func (x *DeleteTopicDataRequest) String() string {
 func (*DeleteTopicDataRequest) ProtoMessage() {}
 
 func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[6]
+	mi := &file_ferry_v1_storage_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +465,7 @@ func (x *DeleteTopicDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteTopicDataRequest) GetTopic() string {
@@ -340,7 +483,7 @@ type DeleteTopicDataResponse struct {
 
 func (x *DeleteTopicDataResponse) Reset() {
 	*x = DeleteTopicDataResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +495,7 @@ func (x *DeleteTopicDataResponse) String() string {
 func (*DeleteTopicDataResponse) ProtoMessage() {}
 
 func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[7]
+	mi := &file_ferry_v1_storage_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +508,7 @@ func (x *DeleteTopicDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicDataResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTopicDataResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
 }
 
 type StoredGroupsRequest struct {
@@ -376,7 +519,7 @@ type StoredGroupsRequest struct {
 
 func (x *StoredGroupsRequest) Reset() {
 	*x = StoredGroupsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +531,7 @@ func (x *StoredGroupsRequest) String() string {
 func (*StoredGroupsRequest) ProtoMessage() {}
 
 func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[8]
+	mi := &file_ferry_v1_storage_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +544,7 @@ func (x *StoredGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsRequest.ProtoReflect.Descriptor instead.
 func (*StoredGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
 }
 
 type StoredGroupsResponse struct {
@@ -413,7 +556,7 @@ type StoredGroupsResponse struct {
 
 func (x *StoredGroupsResponse) Reset() {
 	*x = StoredGroupsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +568,7 @@ func (x *StoredGroupsResponse) String() string {
 func (*StoredGroupsResponse) ProtoMessage() {}
 
 func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[9]
+	mi := &file_ferry_v1_storage_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +581,7 @@ func (x *StoredGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredGroupsResponse.ProtoReflect.Descriptor instead.
 func (*StoredGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StoredGroupsResponse) GetGroups() []string {
@@ -462,7 +605,7 @@ type DeleteGroupOffsetsRequest struct {
 
 func (x *DeleteGroupOffsetsRequest) Reset() {
 	*x = DeleteGroupOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +617,7 @@ func (x *DeleteGroupOffsetsRequest) String() string {
 func (*DeleteGroupOffsetsRequest) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[10]
+	mi := &file_ferry_v1_storage_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +630,7 @@ func (x *DeleteGroupOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteGroupOffsetsRequest) GetGroup() string {
@@ -512,7 +655,7 @@ type DeleteGroupOffsetsResponse struct {
 
 func (x *DeleteGroupOffsetsResponse) Reset() {
 	*x = DeleteGroupOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +667,7 @@ func (x *DeleteGroupOffsetsResponse) String() string {
 func (*DeleteGroupOffsetsResponse) ProtoMessage() {}
 
 func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[11]
+	mi := &file_ferry_v1_storage_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +680,7 @@ func (x *DeleteGroupOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
 }
 
 type AppendRequest struct {
@@ -575,7 +718,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +730,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[12]
+	mi := &file_ferry_v1_storage_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +743,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AppendRequest) GetSeq() uint64 {
@@ -681,7 +824,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +836,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[13]
+	mi := &file_ferry_v1_storage_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +849,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AppendResponse) GetSeq() uint64 {
@@ -761,7 +904,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +916,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[14]
+	mi := &file_ferry_v1_storage_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +929,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadRequest) GetId() uint64 {
@@ -859,7 +1002,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1014,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[15]
+	mi := &file_ferry_v1_storage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1027,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadResponse) GetId() uint64 {
@@ -964,7 +1107,7 @@ type QueueOffsets struct {
 
 func (x *QueueOffsets) Reset() {
 	*x = QueueOffsets{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1119,7 @@ func (x *QueueOffsets) String() string {
 func (*QueueOffsets) ProtoMessage() {}
 
 func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[16]
+	mi := &file_ferry_v1_storage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1132,7 @@ func (x *QueueOffsets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueOffsets.ProtoReflect.Descriptor instead.
 func (*QueueOffsets) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *QueueOffsets) GetTopic() string {
@@ -1073,7 +1216,7 @@ type CommitOffsetsRequest struct {
 
 func (x *CommitOffsetsRequest) Reset() {
 	*x = CommitOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[17]
+	mi := &file_ferry_v1_storage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1228,7 @@ func (x *CommitOffsetsRequest) String() string {
 func (*CommitOffsetsRequest) ProtoMessage() {}
 
 func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[17]
+	mi := &file_ferry_v1_storage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1241,7 @@ func (x *CommitOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CommitOffsetsRequest) GetGroup() string {
@@ -1141,7 +1284,7 @@ type GroupOffset struct {
 
 func (x *GroupOffset) Reset() {
 	*x = GroupOffset{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[18]
+	mi := &file_ferry_v1_storage_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1296,7 @@ func (x *GroupOffset) String() string {
 func (*GroupOffset) ProtoMessage() {}
 
 func (x *GroupOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[18]
+	mi := &file_ferry_v1_storage_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1309,7 @@ func (x *GroupOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOffset.ProtoReflect.Descriptor instead.
 func (*GroupOffset) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GroupOffset) GetTopic() string {
@@ -1198,7 +1341,7 @@ type CommitOffsetsResponse struct {
 
 func (x *CommitOffsetsResponse) Reset() {
 	*x = CommitOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[19]
+	mi := &file_ferry_v1_storage_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1353,7 @@ func (x *CommitOffsetsResponse) String() string {
 func (*CommitOffsetsResponse) ProtoMessage() {}
 
 func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[19]
+	mi := &file_ferry_v1_storage_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1366,7 @@ func (x *CommitOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*CommitOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{22}
 }
 
 type GetOffsetsRequest struct {
@@ -1240,7 +1383,7 @@ type GetOffsetsRequest struct {
 
 func (x *GetOffsetsRequest) Reset() {
 	*x = GetOffsetsRequest{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[20]
+	mi := &file_ferry_v1_storage_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1395,7 @@ func (x *GetOffsetsRequest) String() string {
 func (*GetOffsetsRequest) ProtoMessage() {}
 
 func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[20]
+	mi := &file_ferry_v1_storage_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1408,7 @@ func (x *GetOffsetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsRequest.ProtoReflect.Descriptor instead.
 func (*GetOffsetsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetOffsetsRequest) GetGroup() string {
@@ -1299,7 +1442,7 @@ type QueueRef struct {
 
 func (x *QueueRef) Reset() {
 	*x = QueueRef{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[21]
+	mi := &file_ferry_v1_storage_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1454,7 @@ func (x *QueueRef) String() string {
 func (*QueueRef) ProtoMessage() {}
 
 func (x *QueueRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[21]
+	mi := &file_ferry_v1_storage_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1467,7 @@ func (x *QueueRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueRef.ProtoReflect.Descriptor instead.
 func (*QueueRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *QueueRef) GetTopic() string {
@@ -1355,7 +1498,7 @@ type GetOffsetsResponse struct {
 
 func (x *GetOffsetsResponse) Reset() {
 	*x = GetOffsetsResponse{}
-	mi := &file_ferry_v1_storage_proto_msgTypes[22]
+	mi := &file_ferry_v1_storage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1510,7 @@ func (x *GetOffsetsResponse) String() string {
 func (*GetOffsetsResponse) ProtoMessage() {}
 
 func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_storage_proto_msgTypes[22]
+	mi := &file_ferry_v1_storage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1523,7 @@ func (x *GetOffsetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOffsetsResponse.ProtoReflect.Descriptor instead.
 func (*GetOffsetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_storage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetOffsetsResponse) GetOffsets() []*QueueOffsets {
@@ -1401,7 +1544,14 @@ var File_ferry_v1_storage_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"\r\n" +
+	"\x16ferry/v1/storage.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\"L\n" +
+	"\x18SetTopicRetentionRequest\x120\n" +
+	"\x06topics\x18\x01 \x03(\v2\x18.ferry.v1.TopicRetentionR\x06topics\"\x7f\n" +
+	"\x0eTopicRetention\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12'\n" +
+	"\x0fretention_bytes\x18\x02 \x01(\x03R\x0eretentionBytes\x12.\n" +
+	"\x13retention_age_nanos\x18\x03 \x01(\x03R\x11retentionAgeNanos\"\x1b\n" +
+	"\x19SetTopicRetentionResponse\"\r\n" +
 	"\vSyncRequest\"\x0e\n" +
 	"\fSyncResponse\"?\n" +
 	"\x11QueueBytesRequest\x12*\n" +
@@ -1501,7 +1651,7 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\aoffsets\x18\x01 \x03(\v2\x16.ferry.v1.QueueOffsetsR\aoffsets\x12\x1f\n" +
 	"\n" +
 	"generation\x18\xf8\x05 \x01(\x04R\n" +
-	"generation2\xfd\x05\n" +
+	"generation2\xdb\x06\n" +
 	"\aStorage\x12?\n" +
 	"\x06Append\x12\x17.ferry.v1.AppendRequest\x1a\x18.ferry.v1.AppendResponse(\x010\x01\x129\n" +
 	"\x04Read\x12\x15.ferry.v1.ReadRequest\x1a\x16.ferry.v1.ReadResponse(\x010\x01\x12P\n" +
@@ -1514,7 +1664,8 @@ const file_ferry_v1_storage_proto_rawDesc = "" +
 	"\x0eOffsetsForTime\x12\x1f.ferry.v1.OffsetsForTimeRequest\x1a .ferry.v1.OffsetsForTimeResponse\x12G\n" +
 	"\n" +
 	"QueueBytes\x12\x1b.ferry.v1.QueueBytesRequest\x1a\x1c.ferry.v1.QueueBytesResponse\x125\n" +
-	"\x04Sync\x12\x15.ferry.v1.SyncRequest\x1a\x16.ferry.v1.SyncResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
+	"\x04Sync\x12\x15.ferry.v1.SyncRequest\x1a\x16.ferry.v1.SyncResponse\x12\\\n" +
+	"\x11SetTopicRetention\x12\".ferry.v1.SetTopicRetentionRequest\x1a#.ferry.v1.SetTopicRetentionResponseB5Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_storage_proto_rawDescOnce sync.Once
@@ -1528,76 +1679,82 @@ func file_ferry_v1_storage_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_storage_proto_rawDescData
 }
 
-var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_ferry_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_v1_storage_proto_goTypes = []any{
-	(*SyncRequest)(nil),                // 0: ferry.v1.SyncRequest
-	(*SyncResponse)(nil),               // 1: ferry.v1.SyncResponse
-	(*QueueBytesRequest)(nil),          // 2: ferry.v1.QueueBytesRequest
-	(*QueueBytesResponse)(nil),         // 3: ferry.v1.QueueBytesResponse
-	(*OffsetsForTimeRequest)(nil),      // 4: ferry.v1.OffsetsForTimeRequest
-	(*OffsetsForTimeResponse)(nil),     // 5: ferry.v1.OffsetsForTimeResponse
-	(*DeleteTopicDataRequest)(nil),     // 6: ferry.v1.DeleteTopicDataRequest
-	(*DeleteTopicDataResponse)(nil),    // 7: ferry.v1.DeleteTopicDataResponse
-	(*StoredGroupsRequest)(nil),        // 8: ferry.v1.StoredGroupsRequest
-	(*StoredGroupsResponse)(nil),       // 9: ferry.v1.StoredGroupsResponse
-	(*DeleteGroupOffsetsRequest)(nil),  // 10: ferry.v1.DeleteGroupOffsetsRequest
-	(*DeleteGroupOffsetsResponse)(nil), // 11: ferry.v1.DeleteGroupOffsetsResponse
-	(*AppendRequest)(nil),              // 12: ferry.v1.AppendRequest
-	(*AppendResponse)(nil),             // 13: ferry.v1.AppendResponse
-	(*ReadRequest)(nil),                // 14: ferry.v1.ReadRequest
-	(*ReadResponse)(nil),               // 15: ferry.v1.ReadResponse
-	(*QueueOffsets)(nil),               // 16: ferry.v1.QueueOffsets
-	(*CommitOffsetsRequest)(nil),       // 17: ferry.v1.CommitOffsetsRequest
-	(*GroupOffset)(nil),                // 18: ferry.v1.GroupOffset
-	(*CommitOffsetsResponse)(nil),      // 19: ferry.v1.CommitOffsetsResponse
-	(*GetOffsetsRequest)(nil),          // 20: ferry.v1.GetOffsetsRequest
-	(*QueueRef)(nil),                   // 21: ferry.v1.QueueRef
-	(*GetOffsetsResponse)(nil),         // 22: ferry.v1.GetOffsetsResponse
-	nil,                                // 23: ferry.v1.AppendRequest.TraceEntry
-	nil,                                // 24: ferry.v1.ReadRequest.TraceEntry
-	(*Message)(nil),                    // 25: ferry.v1.Message
-	(Status)(0),                        // 26: ferry.v1.Status
-	(*Error)(nil),                      // 27: ferry.v1.Error
+	(*SetTopicRetentionRequest)(nil),   // 0: ferry.v1.SetTopicRetentionRequest
+	(*TopicRetention)(nil),             // 1: ferry.v1.TopicRetention
+	(*SetTopicRetentionResponse)(nil),  // 2: ferry.v1.SetTopicRetentionResponse
+	(*SyncRequest)(nil),                // 3: ferry.v1.SyncRequest
+	(*SyncResponse)(nil),               // 4: ferry.v1.SyncResponse
+	(*QueueBytesRequest)(nil),          // 5: ferry.v1.QueueBytesRequest
+	(*QueueBytesResponse)(nil),         // 6: ferry.v1.QueueBytesResponse
+	(*OffsetsForTimeRequest)(nil),      // 7: ferry.v1.OffsetsForTimeRequest
+	(*OffsetsForTimeResponse)(nil),     // 8: ferry.v1.OffsetsForTimeResponse
+	(*DeleteTopicDataRequest)(nil),     // 9: ferry.v1.DeleteTopicDataRequest
+	(*DeleteTopicDataResponse)(nil),    // 10: ferry.v1.DeleteTopicDataResponse
+	(*StoredGroupsRequest)(nil),        // 11: ferry.v1.StoredGroupsRequest
+	(*StoredGroupsResponse)(nil),       // 12: ferry.v1.StoredGroupsResponse
+	(*DeleteGroupOffsetsRequest)(nil),  // 13: ferry.v1.DeleteGroupOffsetsRequest
+	(*DeleteGroupOffsetsResponse)(nil), // 14: ferry.v1.DeleteGroupOffsetsResponse
+	(*AppendRequest)(nil),              // 15: ferry.v1.AppendRequest
+	(*AppendResponse)(nil),             // 16: ferry.v1.AppendResponse
+	(*ReadRequest)(nil),                // 17: ferry.v1.ReadRequest
+	(*ReadResponse)(nil),               // 18: ferry.v1.ReadResponse
+	(*QueueOffsets)(nil),               // 19: ferry.v1.QueueOffsets
+	(*CommitOffsetsRequest)(nil),       // 20: ferry.v1.CommitOffsetsRequest
+	(*GroupOffset)(nil),                // 21: ferry.v1.GroupOffset
+	(*CommitOffsetsResponse)(nil),      // 22: ferry.v1.CommitOffsetsResponse
+	(*GetOffsetsRequest)(nil),          // 23: ferry.v1.GetOffsetsRequest
+	(*QueueRef)(nil),                   // 24: ferry.v1.QueueRef
+	(*GetOffsetsResponse)(nil),         // 25: ferry.v1.GetOffsetsResponse
+	nil,                                // 26: ferry.v1.AppendRequest.TraceEntry
+	nil,                                // 27: ferry.v1.ReadRequest.TraceEntry
+	(*Message)(nil),                    // 28: ferry.v1.Message
+	(Status)(0),                        // 29: ferry.v1.Status
+	(*Error)(nil),                      // 30: ferry.v1.Error
 }
 var file_ferry_v1_storage_proto_depIdxs = []int32{
-	21, // 0: ferry.v1.QueueBytesRequest.queues:type_name -> ferry.v1.QueueRef
-	21, // 1: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
-	25, // 2: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
-	23, // 3: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
-	26, // 4: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
-	27, // 5: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
-	24, // 6: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
-	25, // 7: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
-	16, // 8: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	27, // 9: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
-	18, // 10: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
-	21, // 11: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
-	16, // 12: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
-	12, // 13: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
-	14, // 14: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
-	17, // 15: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
-	20, // 16: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
-	8,  // 17: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
-	10, // 18: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
-	6,  // 19: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
-	4,  // 20: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
-	2,  // 21: ferry.v1.Storage.QueueBytes:input_type -> ferry.v1.QueueBytesRequest
-	0,  // 22: ferry.v1.Storage.Sync:input_type -> ferry.v1.SyncRequest
-	13, // 23: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
-	15, // 24: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
-	19, // 25: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
-	22, // 26: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
-	9,  // 27: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
-	11, // 28: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
-	7,  // 29: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
-	5,  // 30: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
-	3,  // 31: ferry.v1.Storage.QueueBytes:output_type -> ferry.v1.QueueBytesResponse
-	1,  // 32: ferry.v1.Storage.Sync:output_type -> ferry.v1.SyncResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	1,  // 0: ferry.v1.SetTopicRetentionRequest.topics:type_name -> ferry.v1.TopicRetention
+	24, // 1: ferry.v1.QueueBytesRequest.queues:type_name -> ferry.v1.QueueRef
+	24, // 2: ferry.v1.OffsetsForTimeRequest.queues:type_name -> ferry.v1.QueueRef
+	28, // 3: ferry.v1.AppendRequest.messages:type_name -> ferry.v1.Message
+	26, // 4: ferry.v1.AppendRequest.trace:type_name -> ferry.v1.AppendRequest.TraceEntry
+	29, // 5: ferry.v1.AppendResponse.status:type_name -> ferry.v1.Status
+	30, // 6: ferry.v1.AppendResponse.error:type_name -> ferry.v1.Error
+	27, // 7: ferry.v1.ReadRequest.trace:type_name -> ferry.v1.ReadRequest.TraceEntry
+	28, // 8: ferry.v1.ReadResponse.messages:type_name -> ferry.v1.Message
+	19, // 9: ferry.v1.ReadResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	30, // 10: ferry.v1.ReadResponse.error:type_name -> ferry.v1.Error
+	21, // 11: ferry.v1.CommitOffsetsRequest.offsets:type_name -> ferry.v1.GroupOffset
+	24, // 12: ferry.v1.GetOffsetsRequest.queues:type_name -> ferry.v1.QueueRef
+	19, // 13: ferry.v1.GetOffsetsResponse.offsets:type_name -> ferry.v1.QueueOffsets
+	15, // 14: ferry.v1.Storage.Append:input_type -> ferry.v1.AppendRequest
+	17, // 15: ferry.v1.Storage.Read:input_type -> ferry.v1.ReadRequest
+	20, // 16: ferry.v1.Storage.CommitOffsets:input_type -> ferry.v1.CommitOffsetsRequest
+	23, // 17: ferry.v1.Storage.GetOffsets:input_type -> ferry.v1.GetOffsetsRequest
+	11, // 18: ferry.v1.Storage.StoredGroups:input_type -> ferry.v1.StoredGroupsRequest
+	13, // 19: ferry.v1.Storage.DeleteGroupOffsets:input_type -> ferry.v1.DeleteGroupOffsetsRequest
+	9,  // 20: ferry.v1.Storage.DeleteTopicData:input_type -> ferry.v1.DeleteTopicDataRequest
+	7,  // 21: ferry.v1.Storage.OffsetsForTime:input_type -> ferry.v1.OffsetsForTimeRequest
+	5,  // 22: ferry.v1.Storage.QueueBytes:input_type -> ferry.v1.QueueBytesRequest
+	3,  // 23: ferry.v1.Storage.Sync:input_type -> ferry.v1.SyncRequest
+	0,  // 24: ferry.v1.Storage.SetTopicRetention:input_type -> ferry.v1.SetTopicRetentionRequest
+	16, // 25: ferry.v1.Storage.Append:output_type -> ferry.v1.AppendResponse
+	18, // 26: ferry.v1.Storage.Read:output_type -> ferry.v1.ReadResponse
+	22, // 27: ferry.v1.Storage.CommitOffsets:output_type -> ferry.v1.CommitOffsetsResponse
+	25, // 28: ferry.v1.Storage.GetOffsets:output_type -> ferry.v1.GetOffsetsResponse
+	12, // 29: ferry.v1.Storage.StoredGroups:output_type -> ferry.v1.StoredGroupsResponse
+	14, // 30: ferry.v1.Storage.DeleteGroupOffsets:output_type -> ferry.v1.DeleteGroupOffsetsResponse
+	10, // 31: ferry.v1.Storage.DeleteTopicData:output_type -> ferry.v1.DeleteTopicDataResponse
+	8,  // 32: ferry.v1.Storage.OffsetsForTime:output_type -> ferry.v1.OffsetsForTimeResponse
+	6,  // 33: ferry.v1.Storage.QueueBytes:output_type -> ferry.v1.QueueBytesResponse
+	4,  // 34: ferry.v1.Storage.Sync:output_type -> ferry.v1.SyncResponse
+	2,  // 35: ferry.v1.Storage.SetTopicRetention:output_type -> ferry.v1.SetTopicRetentionResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_storage_proto_init() }
@@ -1606,14 +1763,14 @@ func file_ferry_v1_storage_proto_init() {
 		return
 	}
 	file_ferry_v1_message_proto_init()
-	file_ferry_v1_storage_proto_msgTypes[16].OneofWrappers = []any{}
+	file_ferry_v1_storage_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_storage_proto_rawDesc), len(file_ferry_v1_storage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	Storage_OffsetsForTime_FullMethodName     = "/ferry.v1.Storage/OffsetsForTime"
 	Storage_QueueBytes_FullMethodName         = "/ferry.v1.Storage/QueueBytes"
 	Storage_Sync_FullMethodName               = "/ferry.v1.Storage/Sync"
+	Storage_SetTopicRetention_FullMethodName  = "/ferry.v1.Storage/SetTopicRetention"
 )
 
 // StorageClient is the client API for Storage service.
@@ -67,6 +68,11 @@ type StorageClient interface {
 	// those appended with log_durable (sdk.Syncer, optional: a plugin
 	// without it answers UNIMPLEMENTED, and must then ignore log_durable).
 	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error)
+	// SetTopicRetention replaces the store's per-topic retention with the
+	// request's (every topic with a retention of its own; sdk.TopicRetainer,
+	// optional: a plugin without it answers UNIMPLEMENTED, and one that lacks
+	// one of the settings answers UNIMPLEMENTED naming it).
+	SetTopicRetention(ctx context.Context, in *SetTopicRetentionRequest, opts ...grpc.CallOption) (*SetTopicRetentionResponse, error)
 }
 
 type storageClient struct {
@@ -183,6 +189,16 @@ func (c *storageClient) Sync(ctx context.Context, in *SyncRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *storageClient) SetTopicRetention(ctx context.Context, in *SetTopicRetentionRequest, opts ...grpc.CallOption) (*SetTopicRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetTopicRetentionResponse)
+	err := c.cc.Invoke(ctx, Storage_SetTopicRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServer is the server API for Storage service.
 // All implementations must embed UnimplementedStorageServer
 // for forward compatibility.
@@ -216,6 +232,11 @@ type StorageServer interface {
 	// those appended with log_durable (sdk.Syncer, optional: a plugin
 	// without it answers UNIMPLEMENTED, and must then ignore log_durable).
 	Sync(context.Context, *SyncRequest) (*SyncResponse, error)
+	// SetTopicRetention replaces the store's per-topic retention with the
+	// request's (every topic with a retention of its own; sdk.TopicRetainer,
+	// optional: a plugin without it answers UNIMPLEMENTED, and one that lacks
+	// one of the settings answers UNIMPLEMENTED naming it).
+	SetTopicRetention(context.Context, *SetTopicRetentionRequest) (*SetTopicRetentionResponse, error)
 	mustEmbedUnimplementedStorageServer()
 }
 
@@ -255,6 +276,9 @@ func (UnimplementedStorageServer) QueueBytes(context.Context, *QueueBytesRequest
 }
 func (UnimplementedStorageServer) Sync(context.Context, *SyncRequest) (*SyncResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Sync not implemented")
+}
+func (UnimplementedStorageServer) SetTopicRetention(context.Context, *SetTopicRetentionRequest) (*SetTopicRetentionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetTopicRetention not implemented")
 }
 func (UnimplementedStorageServer) mustEmbedUnimplementedStorageServer() {}
 func (UnimplementedStorageServer) testEmbeddedByValue()                 {}
@@ -435,6 +459,24 @@ func _Storage_Sync_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Storage_SetTopicRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetTopicRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServer).SetTopicRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Storage_SetTopicRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServer).SetTopicRetention(ctx, req.(*SetTopicRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Storage_ServiceDesc is the grpc.ServiceDesc for Storage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -473,6 +515,10 @@ var Storage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Sync",
 			Handler:    _Storage_Sync_Handler,
+		},
+		{
+			MethodName: "SetTopicRetention",
+			Handler:    _Storage_SetTopicRetention_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

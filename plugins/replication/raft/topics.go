@@ -71,7 +71,7 @@ func (p *Plugin) ReplicateTopics(ctx context.Context, ch *sdk.TopicChange) error
 	default:
 		return fmt.Errorf("%w: topic change %q does not go through the raft log", sdk.ErrInvalidArgument, ch.Op)
 	}
-	data, err := encodeTopics(&sdk.TopicChange{Op: ch.Op, Name: ch.Name, Queues: ch.Queues})
+	data, err := encodeTopics(&sdk.TopicChange{Op: ch.Op, Name: ch.Name, Queues: ch.Queues, Settings: ch.Settings})
 	if err != nil {
 		return err
 	}
@@ -129,6 +129,18 @@ func (f *fsm) applyTopics(ch *sdk.TopicChange) error {
 type snapTopic struct {
 	Name   string `json:"name"`
 	Queues int32  `json:"queues"`
+	// The topic's own settings, absent when unset.
+	RetentionBytes    int64 `json:"retention_bytes,omitempty"`
+	RetentionAgeNanos int64 `json:"retention_age_nanos,omitempty"`
+	MaxMessageBytes   int64 `json:"max_message_bytes,omitempty"`
+}
+
+// settings is t's settings, nil when it has none.
+func (t snapTopic) settings() *sdk.TopicSettings {
+	if t.RetentionBytes == 0 && t.RetentionAgeNanos == 0 && t.MaxMessageBytes == 0 {
+		return nil
+	}
+	return &sdk.TopicSettings{RetentionBytes: t.RetentionBytes, RetentionAgeNanos: t.RetentionAgeNanos, MaxMessageBytes: t.MaxMessageBytes}
 }
 
 // snapTopics lists a NodeInfo's topics for a snapshot (never nil: an empty
@@ -136,7 +148,9 @@ type snapTopic struct {
 func snapTopics(ts []*sdk.ReplicatedTopic) []snapTopic {
 	out := make([]snapTopic, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, snapTopic{Name: t.Name, Queues: t.Queues})
+		s := t.GetSettings()
+		out = append(out, snapTopic{Name: t.Name, Queues: t.Queues,
+			RetentionBytes: s.GetRetentionBytes(), RetentionAgeNanos: s.GetRetentionAgeNanos(), MaxMessageBytes: s.GetMaxMessageBytes()})
 	}
 	return out
 }
@@ -150,7 +164,7 @@ func (f *fsm) restoreTopics(s *snapshot) error {
 	}
 	set := &sdk.TopicChange{Op: sdk.TopicSet}
 	for _, t := range s.Topics {
-		set.Topics = append(set.Topics, &sdk.ReplicatedTopic{Name: t.Name, Queues: t.Queues})
+		set.Topics = append(set.Topics, &sdk.ReplicatedTopic{Name: t.Name, Queues: t.Queues, Settings: t.settings()})
 	}
 	return f.applyTopics(set)
 }

@@ -58,6 +58,11 @@ func (s *Store) open() (err error) {
 	if err != nil {
 		return err
 	}
+	rets, err := loadTopicRetention(s.dir)
+	if err != nil {
+		return err
+	}
+	s.topicRet.Store(&rets)
 	s.offMu.Lock()
 	s.offsets = offsets
 	s.offMu.Unlock()

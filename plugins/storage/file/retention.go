@@ -1,6 +1,7 @@
 package file
 
 import (
+	"math"
 	"os"
 	"sort"
 	"time"
@@ -28,7 +29,7 @@ func (s *Store) janitor() {
 		if err := s.writeSealedIndexes(); err != nil {
 			s.log.Warn("segment index", "error", err)
 		}
-		if s.cfg.RetentionBytes == 0 && s.cfg.RetentionAge == 0 {
+		if s.cfg.RetentionBytes == 0 && s.cfg.RetentionAge == 0 && len(s.topicRetentions()) == 0 {
 			continue
 		}
 		if err := s.enforceRetention(time.Now()); err != nil {
@@ -50,6 +51,18 @@ func (s *Store) enforceRetention(now time.Time) error {
 		total += segmentHeaderSize + g.size
 	}
 	fsynced := s.fsynced.Load()
+	// The topics' own retention moves their queues' starts first; then a
+	// segment no queue reads from any more goes too.
+	trimmed := s.trimTopics(now, fsynced)
+	firstRef := int64(math.MaxInt64)
+	useRefs := len(s.topicRetentions()) > 0
+	if useRefs {
+		for _, q := range s.queues {
+			if len(q.ents) > 0 {
+				firstRef = min(firstRef, q.ents[0].pos)
+			}
+		}
+	}
 	minStored := now.Add(-time.Duration(s.cfg.RetentionAge)).UnixNano()
 	n := 0
 	for n < len(s.segs)-1 {
@@ -59,18 +72,21 @@ func (s *Store) enforceRetention(now time.Time) error {
 		}
 		overSize := s.cfg.RetentionBytes > 0 && total > int64(s.cfg.RetentionBytes)
 		tooOld := s.cfg.RetentionAge > 0 && g.maxStored < minStored
-		if !overSize && !tooOld {
+		unread := useRefs && next.base <= firstRef
+		if !overSize && !tooOld && !unread {
 			break
 		}
 		total -= segmentHeaderSize + g.size
 		n++
 	}
-	if n == 0 {
+	if n == 0 && !trimmed {
 		s.mu.Unlock()
 		return nil
 	}
 	drop := append([]*segment(nil), s.segs[:n]...)
-	s.segs = append([]*segment(nil), s.segs[n:]...)
+	if n > 0 {
+		s.segs = append([]*segment(nil), s.segs[n:]...)
+	}
 	logStart := s.segs[0].base
 	starts := make(map[queueKey]int64, len(s.queues))
 	for k, q := range s.queues {

@@ -123,7 +123,11 @@ type Store struct {
 	// messages they made durable.
 	fsyncs, fsyncedMsgs, lingerNanos, ioNanos, gapNanos, writeCalls atomic.Int64
 
-	startsMu   sync.Mutex // serialises rewrites of queues.json (retention, DeleteTopicData)
+	startsMu sync.Mutex // serialises rewrites of queues.json (retention, DeleteTopicData)
+	// topicRet is the topics' own retention (topicretention.go), replaced
+	// whole under topicRetMu.
+	topicRetMu sync.Mutex
+	topicRet   atomic.Pointer[map[string]topicRetention]
 	offWriteMu sync.Mutex // serialises rewrites of the offsets file
 	offWritten int64      // offVersion the file holds (under offWriteMu)
 	offMu      sync.Mutex // guards offsets and offVersion

@@ -40,6 +40,16 @@ type (
 		// `ferry topic describe --json`.
 		Bytes        *int64 `json:"bytes,omitempty"`
 		BytesUnknown bool   `json:"bytes_unknown,omitempty"`
+		// The topic's own settings; absent when it has none.
+		Settings *settingsJSON `json:"settings,omitempty"`
+	}
+	// settingsJSON are a topic's own settings (docs/http.md): sizes in
+	// bytes, the age as a Go duration ("24h"). In an alter an absent or 0
+	// field keeps the topic's, -1 (the age: "default") unsets it.
+	settingsJSON struct {
+		RetentionBytes  int64  `json:"retention_bytes,omitempty"`
+		RetentionAge    string `json:"retention_age,omitempty"`
+		MaxMessageBytes int64  `json:"max_message_bytes,omitempty"`
 	}
 	topicQueueOut struct {
 		Queue int32 `json:"queue"`
@@ -49,11 +59,13 @@ type (
 		Bytes *int64 `json:"bytes,omitempty"`
 	}
 	createTopicIn struct {
-		Name   string `json:"name"`
-		Queues int32  `json:"queues"`
+		Name     string        `json:"name"`
+		Queues   int32         `json:"queues"`
+		Settings *settingsJSON `json:"settings"`
 	}
 	alterTopicIn struct {
-		Queues int32 `json:"queues"`
+		Queues   int32         `json:"queues"`
+		Settings *settingsJSON `json:"settings"`
 	}
 	groupSummaryOut struct {
 		Name    string   `json:"name"`
@@ -193,13 +205,18 @@ func (a *api) createTopic(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
-	resp, err := admin.CreateTopic(ctx, &sdk.CreateTopicRequest{Name: in.Name, Queues: in.Queues})
+	settings, err := in.Settings.proto()
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	resp, err := admin.CreateTopic(ctx, &sdk.CreateTopicRequest{Name: in.Name, Queues: in.Queues, Settings: settings})
 	if err != nil {
 		fail(w, err)
 		return
 	}
 	a.forgetTopic(in.Name)
-	writeJSON(w, http.StatusCreated, topicOut{Name: resp.Topic.GetName(), Queues: resp.Topic.GetQueues()})
+	writeJSON(w, http.StatusCreated, topicOut{Name: resp.Topic.GetName(), Queues: resp.Topic.GetQueues(), Settings: settingsOut(resp.Topic.GetSettings())})
 }
 
 // alterTopic answers PATCH /v1/topics/{topic} {"queues"}.
@@ -221,13 +238,18 @@ func (a *api) alterTopic(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.timeout(r)
 	defer cancel()
-	resp, err := admin.AlterTopic(ctx, &sdk.AlterTopicRequest{Name: topic, Queues: in.Queues})
+	settings, err := in.Settings.proto()
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	resp, err := admin.AlterTopic(ctx, &sdk.AlterTopicRequest{Name: topic, Queues: in.Queues, Settings: settings})
 	if err != nil {
 		fail(w, err)
 		return
 	}
 	a.forgetTopic(topic)
-	writeJSON(w, http.StatusOK, topicOut{Name: resp.Topic.GetName(), Queues: resp.Topic.GetQueues()})
+	writeJSON(w, http.StatusOK, topicOut{Name: resp.Topic.GetName(), Queues: resp.Topic.GetQueues(), Settings: settingsOut(resp.Topic.GetSettings())})
 }
 
 // deleteTopic answers DELETE /v1/topics/{topic}[?force=true].
@@ -282,9 +304,10 @@ func (a *api) describeTopic(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var queues int32 = -1
+	var settings *sdk.TopicSettings
 	for _, t := range md.Topics {
 		if t.Name == topic {
-			queues = t.Queues
+			queues, settings = t.Queues, t.Settings
 		}
 	}
 	if queues < 0 {
@@ -300,7 +323,7 @@ func (a *api) describeTopic(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	out := topicOut{Name: topic, Queues: queues, Detail: []topicQueueOut{}, Groups: []string{}}
+	out := topicOut{Name: topic, Queues: queues, Detail: []topicQueueOut{}, Groups: []string{}, Settings: settingsOut(settings)}
 	var total int64
 	for _, o := range offs.Offsets {
 		out.Detail = append(out.Detail, topicQueueOut{Queue: o.Queue, Start: o.Start, End: o.End, Bytes: o.Bytes})
@@ -326,6 +349,38 @@ func (a *api) describeTopic(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// proto is the settings of a create or alter body (nil: none).
+func (j *settingsJSON) proto() (*sdk.TopicSettings, error) {
+	if j == nil {
+		return nil, nil
+	}
+	s := &sdk.TopicSettings{RetentionBytes: j.RetentionBytes, MaxMessageBytes: j.MaxMessageBytes}
+	switch j.RetentionAge {
+	case "", "0":
+	case "default":
+		s.RetentionAgeNanos = -1
+	default:
+		d, err := time.ParseDuration(j.RetentionAge)
+		if err != nil || d <= 0 {
+			return nil, badRequest("settings.retention_age: want a duration above 0 such as \"24h\" (or \"default\" in an alter), got %q", j.RetentionAge)
+		}
+		s.RetentionAgeNanos = int64(d)
+	}
+	return s, nil
+}
+
+// settingsOut is a topic's settings in an answer (nil: none).
+func settingsOut(s *sdk.TopicSettings) *settingsJSON {
+	if s == nil || (s.RetentionBytes == 0 && s.RetentionAgeNanos == 0 && s.MaxMessageBytes == 0) {
+		return nil
+	}
+	out := &settingsJSON{RetentionBytes: s.RetentionBytes, MaxMessageBytes: s.MaxMessageBytes}
+	if s.RetentionAgeNanos > 0 {
+		out.RetentionAge = time.Duration(s.RetentionAgeNanos).String()
+	}
+	return out
 }
 
 // forgetTopic drops topic's cached queue count after a change.

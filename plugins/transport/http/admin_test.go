@@ -167,3 +167,57 @@ func TestAdminEndpoints(t *testing.T) {
 	refused("GET", "/v1/groups/billing", ``, 404, "NOT_FOUND", `unknown group "billing"`)
 	refused("DELETE", "/v1/groups/billing", ``, 404, "NOT_FOUND", `unknown group "billing"`)
 }
+
+// A topic's own settings over the http transport (docs/http.md): create and
+// alter take them and answer them, describe shows them; a produce above the
+// topic's max_message_bytes is 400 INVALID_ARGUMENT naming the topic and the
+// limit, and is taken once an alter raises it; this node's memory store has
+// no retention per topic, so a create asking for one is refused, naming
+// what the store lacks, and creates nothing.
+func TestAdminTopicSettings(t *testing.T) {
+	base := node(t)
+	type topic struct {
+		Name     string `json:"name"`
+		Queues   int32  `json:"queues"`
+		Settings *struct {
+			RetentionBytes  int64  `json:"retention_bytes"`
+			RetentionAge    string `json:"retention_age"`
+			MaxMessageBytes int64  `json:"max_message_bytes"`
+		} `json:"settings"`
+	}
+	var tp topic
+	if code := call(t, "POST", base+"/v1/topics", "application/json", `{"name":"small","queues":1,"settings":{"max_message_bytes":100}}`, nil, &tp); code != 201 || tp.Settings == nil || tp.Settings.MaxMessageBytes != 100 {
+		t.Fatalf("create with max_message_bytes: %d %+v", code, tp)
+	}
+	body := `{"messages":[{"body":"` + strings.Repeat("x", 150) + `"}]}`
+	var e apiErr
+	if code := call(t, "POST", base+"/v1/topics/small/messages", "application/json", body, nil, &e); code != 400 || e.Error.Code != "INVALID_ARGUMENT" ||
+		!strings.Contains(e.Error.Message, `topic "small"'s max_message_bytes of 100`) {
+		t.Errorf("a 150-byte produce to small (max 100): %d %+v", code, e)
+	}
+	if code := call(t, "POST", base+"/v1/topics/orders/messages", "application/json", body, nil, nil); code != 200 {
+		t.Errorf("control: the same produce to orders (no setting): %d", code)
+	}
+	if code := call(t, "PATCH", base+"/v1/topics/small", "application/json", `{"settings":{"max_message_bytes":200}}`, nil, &tp); code != 200 || tp.Queues != 1 || (tp.Settings == nil || tp.Settings.MaxMessageBytes != 200) {
+		t.Fatalf("alter max_message_bytes: %d %+v", code, tp)
+	}
+	if code := call(t, "POST", base+"/v1/topics/small/messages", "application/json", body, nil, nil); code != 200 {
+		t.Errorf("the 150-byte produce after raising max_message_bytes to 200: %d", code)
+	}
+	tp = topic{}
+	if code := call(t, "GET", base+"/v1/topics/small", "", "", nil, &tp); code != 200 || (tp.Settings == nil || tp.Settings.MaxMessageBytes != 200) {
+		t.Errorf("describe: %d %+v", code, tp)
+	}
+	e = apiErr{}
+	if code := call(t, "POST", base+"/v1/topics", "application/json", `{"name":"kept","queues":1,"settings":{"retention_bytes":4096}}`, nil, &e); code != 501 || e.Error.Code != "UNSUPPORTED" ||
+		!strings.Contains(e.Error.Message, "no retention per topic (sdk.TopicRetainer)") || !strings.Contains(e.Error.Message, `topic "kept"`) {
+		t.Errorf("create with retention_bytes on a memory store: %d %+v", code, e)
+	}
+	if code := call(t, "GET", base+"/v1/topics/kept", "", "", nil, nil); code != 404 {
+		t.Errorf("the refused topic exists: %d", code)
+	}
+	e = apiErr{}
+	if code := call(t, "PATCH", base+"/v1/topics/small", "application/json", `{"settings":{"retention_age":"soon"}}`, nil, &e); code != 400 || !strings.Contains(e.Error.Message, "settings.retention_age") {
+		t.Errorf("alter with a bad retention_age: %d %+v", code, e)
+	}
+}
