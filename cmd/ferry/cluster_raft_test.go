@@ -127,6 +127,9 @@ func (n *raftNode) start(t *testing.T, bin string) {
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			_ = cmd.Wait()
 		}
+		if strings.Contains(out.String(), "append wire mismatch") {
+			t.Errorf("%s run %d: a message's wire form was paired with another message (its log says)", n.id, run)
+		}
 		if t.Failed() {
 			t.Logf("--- %s run %d output:\n%s", n.id, run, out.String())
 		}

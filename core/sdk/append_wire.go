@@ -316,3 +316,58 @@ func splitAppend(p []byte) (req *ferryv1.AppendRequest, msgs []WireAppend, ok bo
 	}
 	return req, msgs, true, nil
 }
+
+// wireMismatches counts append frames whose wire forms did not all match
+// their messages (checkWires): the frame was written encoded instead.
+var wireMismatches atomic.Uint64
+
+// WireMismatches returns how many appends this process found with a wire
+// form that is not its message's (checkWires).
+func WireMismatches() uint64 { return wireMismatches.Load() }
+
+// checkWires reports whether each wire form of w is that of its message of
+// msgs: the same id, topic and body, and the same queue where the wire
+// holds one (a replica's apply). A mismatch is a bug of whoever paired
+// them; the error says which message.
+func checkWires(msgs []*Message, w MessageWires) error {
+	for i, b := range w {
+		if b == nil {
+			continue
+		}
+		m := msgs[i]
+		var id, topic, body []byte
+		queue, hasQueue := int32(0), false
+		for p := b; len(p) > 0; {
+			num, typ, n := protowire.ConsumeTag(p)
+			if n < 0 {
+				return fmt.Errorf("message %d (id %q): its wire form does not decode", i, m.Id)
+			}
+			p = p[n:]
+			vl := protowire.ConsumeFieldValue(num, typ, p)
+			if vl < 0 {
+				return fmt.Errorf("message %d (id %q): its wire form does not decode", i, m.Id)
+			}
+			switch {
+			case num == messageQueue && typ == protowire.VarintType:
+				v, _ := protowire.ConsumeVarint(p)
+				queue, hasQueue = int32(v), true
+			case typ == protowire.BytesType && (num == messageID || num == messageTopic || num == messageBody):
+				v, _ := protowire.ConsumeBytes(p)
+				switch num {
+				case messageID:
+					id = v
+				case messageTopic:
+					topic = v
+				default:
+					body = v
+				}
+			}
+			p = p[vl:]
+		}
+		if string(id) != m.Id || string(topic) != m.Topic || string(body) != string(m.Body) || hasQueue && queue != m.Queue {
+			return fmt.Errorf("message %d of %d: its wire form is id %q topic %q queue %d (set: %v) body %d bytes, the message id %q topic %q queue %d body %d bytes",
+				i, len(msgs), id, topic, queue, hasQueue, len(body), m.Id, m.Topic, m.Queue, len(m.Body))
+		}
+	}
+	return nil
+}
