@@ -326,9 +326,9 @@ var wireMismatches atomic.Uint64
 func WireMismatches() uint64 { return wireMismatches.Load() }
 
 // checkWires reports whether each wire form of w is that of its message of
-// msgs: the same id, topic and body, and the same queue where the wire
-// holds one (a replica's apply). A mismatch is a bug of whoever paired
-// them; the error says which message.
+// msgs: the same id, topic and body (the queue and born_unix_nano are the
+// core's to set, and written after the wire form). A mismatch is a bug of
+// whoever paired them; the error says which message.
 func checkWires(msgs []*Message, w MessageWires) error {
 	for i, b := range w {
 		if b == nil {
@@ -336,37 +336,31 @@ func checkWires(msgs []*Message, w MessageWires) error {
 		}
 		m := msgs[i]
 		var id, topic, body []byte
-		queue, hasQueue := int32(0), false
 		for p := b; len(p) > 0; {
 			num, typ, n := protowire.ConsumeTag(p)
 			if n < 0 {
-				return fmt.Errorf("message %d (id %q): its wire form does not decode", i, m.Id)
+				return fmt.Errorf("message %d of %d (id %q): its wire form does not decode", i, len(msgs), m.Id)
 			}
 			p = p[n:]
 			vl := protowire.ConsumeFieldValue(num, typ, p)
 			if vl < 0 {
-				return fmt.Errorf("message %d (id %q): its wire form does not decode", i, m.Id)
+				return fmt.Errorf("message %d of %d (id %q): its wire form does not decode", i, len(msgs), m.Id)
 			}
-			switch {
-			case num == messageQueue && typ == protowire.VarintType:
-				v, _ := protowire.ConsumeVarint(p)
-				queue, hasQueue = int32(v), true
-			case typ == protowire.BytesType && (num == messageID || num == messageTopic || num == messageBody):
-				v, _ := protowire.ConsumeBytes(p)
+			if typ == protowire.BytesType {
 				switch num {
 				case messageID:
-					id = v
+					id, _ = protowire.ConsumeBytes(p)
 				case messageTopic:
-					topic = v
-				default:
-					body = v
+					topic, _ = protowire.ConsumeBytes(p)
+				case messageBody:
+					body, _ = protowire.ConsumeBytes(p)
 				}
 			}
 			p = p[vl:]
 		}
-		if string(id) != m.Id || string(topic) != m.Topic || string(body) != string(m.Body) || hasQueue && queue != m.Queue {
-			return fmt.Errorf("message %d of %d: its wire form is id %q topic %q queue %d (set: %v) body %d bytes, the message id %q topic %q queue %d body %d bytes",
-				i, len(msgs), id, topic, queue, hasQueue, len(body), m.Id, m.Topic, m.Queue, len(m.Body))
+		if string(id) != m.Id || string(topic) != m.Topic || string(body) != string(m.Body) {
+			return fmt.Errorf("message %d of %d: its wire form is of id %q topic %q with a body of %d bytes, the message is id %q topic %q with %d bytes",
+				i, len(msgs), id, topic, len(body), m.Id, m.Topic, len(m.Body))
 		}
 	}
 	return nil
