@@ -303,7 +303,7 @@ func (c replicaCore) Apply(ctx context.Context, msgs []*sdk.Message) (sdk.ApplyW
 		}
 		want[i] = m.Offset
 	}
-	req := &appendReq{msgs: msgs, wires: sdk.MessageWiresOf(ctx, msgs), done: make(chan appendResult, 1), apply: true, logDurable: sdk.LogDurable(ctx)}
+	req := &appendReq{msgs: msgs, done: make(chan appendResult, 1), apply: true, logDurable: sdk.LogDurable(ctx)}
 	a := c.b.app
 	select {
 	case a.in <- req:

@@ -90,35 +90,3 @@ func TestAppendsCarryTheProducersWireForms(t *testing.T) {
 		t.Fatalf("%d messages reached the store with their wire form, want %d (in %d appends)", rec.carried, 4*50*3, rec.appends)
 	}
 }
-
-// TestAppliesCarryTheirWireForms: a replica's apply (a master's messages,
-// raft's committed entries) reaches the store with its messages' wire forms.
-func TestAppliesCarryTheirWireForms(t *testing.T) {
-	rec := &wireRecorder{Storage: newMemory(t)}
-	b := newBroker(t, newSource(rec))
-	var msgs []*sdk.Message
-	var wires sdk.MessageWires
-	for i := range 5 {
-		m := &sdk.Message{Id: fmt.Sprintf("m%d", i), Topic: "orders", Queue: 1, Offset: int64(i), Body: []byte("x")}
-		w, err := m.MarshalVT()
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs, wires = append(msgs, m), append(wires, w)
-	}
-	wait, err := replicaCore{b}.Apply(sdk.WithMessageWires(context.Background(), msgs, wires), msgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wait(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, err := range rec.errs {
-		t.Error(err)
-	}
-	if rec.carried != len(msgs) {
-		t.Fatalf("%d of %d applied messages reached the store with their wire form", rec.carried, len(msgs))
-	}
-}

@@ -82,8 +82,6 @@ const (
 	transportFrameProduce  protowire.Number = 2 // TransportFrame.produce
 	produceRequestMessages protowire.Number = 2 // ProduceRequest.messages
 	appendRequestMessages  protowire.Number = 2 // AppendRequest.messages
-	replicationFrameApply  protowire.Number = 2 // ReplicationFrame.apply
-	applyRequestMessages   protowire.Number = 1 // ApplyRequest.messages
 )
 
 // produceWires returns the wire form of each of the n messages of the
@@ -94,19 +92,6 @@ const (
 // in its wire form, as the decoded message keeps them as unknown fields and
 // encoding it writes them out: the store gets them either way.
 func produceWires(p []byte, n int) MessageWires {
-	return frameWires(p, transportFrameProduce, produceRequestMessages, n)
-}
-
-// applyWires is produceWires of a ReplicationFrame's apply request (a
-// replication plugin's messages to apply: a master's, or raft's committed
-// entries').
-func applyWires(p []byte, n int) MessageWires {
-	return frameWires(p, replicationFrameApply, applyRequestMessages, n)
-}
-
-// frameWires returns the n records of field inner (repeated Message) of
-// the message in field outer of frame p, or nil (produceWires).
-func frameWires(p []byte, outer, inner protowire.Number, n int) MessageWires {
 	var req []byte
 	seen := false
 	for len(p) > 0 {
@@ -118,7 +103,7 @@ func frameWires(p []byte, outer, inner protowire.Number, n int) MessageWires {
 		if vl < 0 {
 			return nil
 		}
-		if num == outer {
+		if num == transportFrameProduce {
 			if typ != protowire.BytesType || seen {
 				return nil
 			}
@@ -134,7 +119,7 @@ func frameWires(p []byte, outer, inner protowire.Number, n int) MessageWires {
 			return nil
 		}
 		req = req[l:]
-		if num == inner {
+		if num == produceRequestMessages {
 			if typ != protowire.BytesType || len(wires) == n {
 				return nil
 			}

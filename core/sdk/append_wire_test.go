@@ -345,37 +345,6 @@ func BenchmarkAppendFrameEncode(b *testing.B) {
 	}
 }
 
-// TestApplyWires: a replication plugin's apply keeps its messages' wire
-// forms, exactly the bytes each decoded from.
-func TestApplyWires(t *testing.T) {
-	r := rand.New(rand.NewPCG(11, 12))
-	msgs, _ := wireSample(r, 4)
-	frame := &ferryv1.ReplicationFrame{Id: 3, Request: &ferryv1.ReplicationFrame_Apply{Apply: &ferryv1.ApplyRequest{Messages: msgs, LogDurable: true}}}
-	p, err := frame.MarshalVT()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var decoded ferryv1.ReplicationFrame
-	if err := proto.Unmarshal(p, &decoded); err != nil {
-		t.Fatal(err)
-	}
-	wires := applyWires(p, len(msgs))
-	if len(wires) != len(msgs) {
-		t.Fatalf("%d wire forms, want %d", len(wires), len(msgs))
-	}
-	for i, w := range wires {
-		var m ferryv1.Message
-		if err := proto.Unmarshal(w, &m); err != nil || !proto.Equal(&m, decoded.GetApply().Messages[i]) {
-			t.Fatalf("message %d: wire form is not what it decoded from (%v)", i, err)
-		}
-	}
-	// A produce's field numbers read nothing here (the negative control
-	// of the field numbers).
-	if produceWires(p, len(msgs)) != nil {
-		t.Fatal("a replication frame read as a transport frame")
-	}
-}
-
 // TestCheckWires: each message's own wire form passes, whatever queue and
 // born time the core set after it; a wire form of another message (another
 // id or topic; without ids, another body) fails, naming the message.

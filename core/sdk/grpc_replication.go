@@ -309,8 +309,8 @@ type ReplicationClient struct {
 
 	reps *clientStream[*ferryv1.ReplicateRequest, *ferryv1.ReplicateResponse]
 
-	dp    ringHost         // the shared-memory data plane, when the plugin took it
-	calls chan replicaCall // the plugin's calls read from the ring, for Serve
+	dp    ringHost                       // the shared-memory data plane, when the plugin took it
+	calls chan *ferryv1.ReplicationFrame // the plugin's calls read from the ring, for Serve
 
 	modeMu  sync.Mutex
 	mode    string // "" until the plugin answered

@@ -91,18 +91,6 @@ func TestApplyEncodedForwardsTheMastersMessages(t *testing.T) {
 			t.Errorf("message %d: the core got %v, the master sent %v", i, a.Messages[i], m)
 		}
 	}
-	// The core keeps the records as the messages' wire forms, for its
-	// store's ring (append_wire.go).
-	wires := applyWires(sent, len(a.Messages))
-	if len(wires) != len(in.Messages) {
-		t.Fatalf("the core kept %d wire forms of %d messages", len(wires), len(in.Messages))
-	}
-	for i, w := range wires {
-		var m ferryv1.Message
-		if err := proto.Unmarshal(w, &m); err != nil || !proto.Equal(&m, in.Messages[i]) {
-			t.Errorf("wire form %d is not the master's message (%v)", i, err)
-		}
-	}
 }
 
 // What is not a batch of records is refused, naming what is wrong, before

@@ -10,7 +10,6 @@ import (
 
 	"github.com/ferrymq/ferry/core/proto/ferryv1"
 	"github.com/ferrymq/ferry/core/ring"
-	"github.com/ferrymq/ferry/core/telemetry"
 )
 
 // The replication plugin's data plane. Ring Down (host → plugin) carries the
@@ -86,7 +85,7 @@ func (c *ReplicationClient) startRing(conn *ring.Conn) {
 		c.reps.send = func(r *ferryv1.ReplicateRequest) error { return c.dp.write(KindReplicate, r.Seq, r) }
 		c.reps.close = func() error { return nil }
 	})
-	c.calls = make(chan replicaCall, 64)
+	c.calls = make(chan *ferryv1.ReplicationFrame, 64)
 	go c.ringAnswers(conn)
 }
 
@@ -120,12 +119,8 @@ func (c *ReplicationClient) ringAnswers(conn *ring.Conn) {
 					continue
 				}
 				f.Id = id
-				call := replicaCall{f: f}
-				if a := f.GetApply(); a != nil && !telemetry.Enabled() {
-					call.wires = applyWires(p, len(a.Messages)) // for the store's ring (append_wire.go)
-				}
 				select {
-				case c.calls <- call:
+				case c.calls <- f:
 				case <-c.ctx.Done():
 					return ring.ErrClosed
 				}
@@ -157,14 +152,14 @@ func (c *ReplicationClient) serveRing(parent context.Context, core ReplicaCore, 
 	defer reqs.wait()
 	for {
 		select {
-		case call, ok := <-c.calls:
+		case f, ok := <-c.calls:
 			if !ok {
 				if parent.Err() != nil {
 					return nil
 				}
 				return fmt.Errorf("%w: replication data plane ended", ErrUnavailable)
 			}
-			reqs.handleWires(call.f, call.wires)
+			reqs.handle(f)
 		case <-ctx.Done():
 			select {
 			case err := <-streamErr:
@@ -194,19 +189,8 @@ func newReplicaRequests(ctx context.Context, core ReplicaCore, send func(*ferryv
 	return &replicaRequests{ctx: ctx, core: core, send: send}
 }
 
-// replicaCall is a plugin's call read from the ring: its frame and, for an
-// apply, its messages' wire forms (MessageWires; nil when it has none).
-type replicaCall struct {
-	f     *ferryv1.ReplicationFrame
-	wires MessageWires
-}
-
 // handle starts f; called from the one goroutine that receives the calls.
-func (r *replicaRequests) handle(f *ferryv1.ReplicationFrame) { r.handleWires(f, nil) }
-
-// handleWires is handle of a frame whose apply's messages have the wire
-// forms wires (or nil).
-func (r *replicaRequests) handleWires(f *ferryv1.ReplicationFrame, wires MessageWires) {
+func (r *replicaRequests) handle(f *ferryv1.ReplicationFrame) {
 	rctx, rcancel := context.WithCancel(r.ctx)
 	if f.TimeoutNanos > 0 {
 		rcancel()
@@ -214,9 +198,9 @@ func (r *replicaRequests) handleWires(f *ferryv1.ReplicationFrame, wires Message
 	}
 	if a := f.GetApply(); a != nil {
 		// Started here, in the order received.
-		actx := WithMessageWires(rctx, a.Messages, wires)
+		actx := rctx
 		if a.LogDurable {
-			actx = WithLogDurable(actx)
+			actx = WithLogDurable(rctx)
 		}
 		wait, err := r.core.Apply(actx, a.Messages)
 		if err != nil {
