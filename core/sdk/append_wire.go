@@ -308,3 +308,57 @@ func splitAppendInto(p []byte, msgs []WireAppend) (req *ferryv1.AppendRequest, _
 	}
 	return req, msgs, true, nil
 }
+
+// wireMismatches counts append frames whose wire forms did not all match
+// their messages (checkWires): the frame was written encoded instead.
+var wireMismatches atomic.Uint64
+
+// WireMismatches returns how many appends this process found with a wire
+// form that is not its message's (checkWires).
+func WireMismatches() uint64 { return wireMismatches.Load() }
+
+// checkWires reports whether each wire form of w is that of its message of
+// msgs: the same id and topic, and for a message without an id the same
+// body (the queue and born_unix_nano are the core's to set, and written
+// after the wire form). A mismatch is a bug of whoever paired them; the
+// error says which message. Cheap: an encoder writes the id and topic
+// first (fields 1 and 2), and the scan stops once it has both.
+func checkWires(msgs []*Message, w MessageWires) error {
+	for i, b := range w {
+		if b == nil {
+			continue
+		}
+		m := msgs[i]
+		var id, topic, body []byte
+		seen := 0 // of id and topic
+		for p := b; len(p) > 0 && (seen != 3 || m.Id == ""); {
+			num, typ, n := protowire.ConsumeTag(p)
+			if n < 0 {
+				return fmt.Errorf("message %d of %d (id %q): its wire form does not decode", i, len(msgs), m.Id)
+			}
+			p = p[n:]
+			vl := protowire.ConsumeFieldValue(num, typ, p)
+			if vl < 0 {
+				return fmt.Errorf("message %d of %d (id %q): its wire form does not decode", i, len(msgs), m.Id)
+			}
+			if typ == protowire.BytesType {
+				switch num {
+				case messageID:
+					id, _ = protowire.ConsumeBytes(p)
+					seen |= 1
+				case messageTopic:
+					topic, _ = protowire.ConsumeBytes(p)
+					seen |= 2
+				case messageBody:
+					body, _ = protowire.ConsumeBytes(p)
+				}
+			}
+			p = p[vl:]
+		}
+		if string(id) != m.Id || string(topic) != m.Topic || m.Id == "" && string(body) != string(m.Body) {
+			return fmt.Errorf("message %d of %d: its wire form is of id %q topic %q, the message's are %q and %q",
+				i, len(msgs), id, topic, m.Id, m.Topic)
+		}
+	}
+	return nil
+}

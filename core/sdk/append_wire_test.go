@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -289,7 +290,9 @@ func TestMessageWiresOf(t *testing.T) {
 
 // BenchmarkAppendFrameEncode: writing an append frame of 64 messages of 1
 // KiB from their wire forms against encoding the messages (what the core
-// did before, and does for messages without one).
+// did before, and does for messages without one), and the wire forms
+// checked against their messages first (checkWires) as the storage client
+// does.
 //
 //	go test -run '^$' -bench AppendFrameEncode -count 5 ./core/sdk/
 func BenchmarkAppendFrameEncode(b *testing.B) {
@@ -302,16 +305,36 @@ func BenchmarkAppendFrameEncode(b *testing.B) {
 		msgs, wires = append(msgs, m), append(wires, w)
 	}
 	req := &ferryv1.AppendRequest{Seq: 1, Messages: msgs, TimeoutNanos: 5e9, WantWritten: true}
+	// As the core has them from the ring: decoded from their wire forms,
+	// which their strings and bodies alias.
+	var decoded []*ferryv1.Message
+	for _, w := range wires {
+		m := &ferryv1.Message{}
+		if err := m.UnmarshalVTUnsafe(w); err != nil {
+			b.Fatal(err)
+		}
+		m.Queue = 2
+		decoded = append(decoded, m)
+	}
 	buf := make([]byte, 1<<20)
 	for _, c := range []struct {
 		name  string
 		wires MessageWires
-	}{{"encoded", make(MessageWires, len(msgs))}, {"wire", wires}} {
+		check bool // checkWires first, as StorageClient.send does
+	}{{"encoded", make(MessageWires, len(msgs)), false}, {"wire", wires, false}, {"wire-checked", wires, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			f := appendFrame{req: req, wires: c.wires}
+			if c.check {
+				f.req = &ferryv1.AppendRequest{Seq: 1, Messages: decoded, TimeoutNanos: 5e9, WantWritten: true}
+			}
 			b.SetBytes(64 * 1024)
 			b.ReportAllocs()
 			for b.Loop() {
+				if c.check {
+					if err := checkWires(f.req.Messages, c.wires); err != nil {
+						b.Fatal(err)
+					}
+				}
 				size, base := f.size()
 				if err := f.put(buf[:size], base); err != nil {
 					b.Fatal(err)
@@ -349,5 +372,65 @@ func BenchmarkSplitAppend(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+// TestCheckWires: each message's own wire form passes, whatever queue and
+// born time the core set after it; a wire form of another message (another
+// id or topic; without ids, another body) fails, naming the message.
+func TestCheckWires(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	msgs, wires := wireSample(r, 12)
+	if err := checkWires(msgs, wires); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkWires(msgs, make(MessageWires, len(msgs))); err != nil {
+		t.Fatalf("no wire forms: %v", err)
+	}
+	other := func(f func(m *ferryv1.Message)) []byte {
+		m := proto.Clone(msgs[3]).(*ferryv1.Message)
+		f(m)
+		w, err := m.MarshalVT()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	for _, c := range []struct {
+		name string
+		w    []byte
+	}{
+		{"another id", other(func(m *ferryv1.Message) { m.Id += "x" })},
+		{"another topic", other(func(m *ferryv1.Message) { m.Topic = "payments" })},
+		{"no id", other(func(m *ferryv1.Message) { m.Id = "" })},
+		{"cut short", other(func(*ferryv1.Message) {})[:5]},
+	} {
+		bad := append(MessageWires(nil), wires...)
+		bad[3] = c.w
+		err := checkWires(msgs, bad)
+		if err == nil || !strings.Contains(err.Error(), "message 3 of 12") {
+			t.Errorf("%s: %v, want an error naming message 3", c.name, err)
+		}
+	}
+	// A message without an id: its body tells.
+	anon := []*ferryv1.Message{{Topic: "t", Body: []byte("a")}}
+	for body, ok := range map[string]bool{"a": true, "b": false, "": false} {
+		w, err := (&ferryv1.Message{Topic: "t", Body: []byte(body)}).MarshalVT()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkWires(anon, MessageWires{w}); (err == nil) != ok {
+			t.Errorf("no id, body %q against %q: %v", body, "a", err)
+		}
+	}
+	// Two messages' wire forms swapped.
+	bad := append(MessageWires(nil), wires...)
+	for i := range bad {
+		if bad[i] != nil && bad[i+1] != nil && msgs[i].Id != msgs[i+1].Id {
+			bad[i], bad[i+1] = bad[i+1], bad[i]
+			break
+		}
+	}
+	if checkWires(msgs, bad) == nil {
+		t.Error("swapped wire forms passed")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -464,6 +465,13 @@ func (c *StorageClient) send(ctx context.Context, msgs []*Message, wantWritten b
 	wires := MessageWiresOf(ctx, msgs)
 	if telemetry.Enabled() || c.dp.conn == nil {
 		wires = nil
+	}
+	if wires != nil {
+		if err := checkWires(msgs, wires); err != nil {
+			wireMismatches.Add(1)
+			fmt.Fprintf(os.Stderr, "%s [ERROR] ferry.sdk: append wire mismatch: %v\n", time.Now().UTC().Format(time.RFC3339Nano), err)
+			wires = nil
+		}
 	}
 	call := &appendCall{c: c}
 	if wantWritten {

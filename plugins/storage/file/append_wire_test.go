@@ -279,3 +279,59 @@ func BenchmarkAppendFrom(b *testing.B) {
 		})
 	}
 }
+
+// TestRingAppendWireOfAnotherMessage: an append whose wire forms are not
+// its messages' (two swapped, as a bug pairing them would) is caught by the
+// core before it writes the frame: counted, and the messages encoded
+// instead, so that the store holds each message under its own queue.
+func TestRingAppendWireOfAnotherMessage(t *testing.T) {
+	client, stop := sdktest.ServeStorageRing(t, newTestStore(t))
+	defer stop()
+	if err := client.Configure(ctx(t), nil, &sdk.Environment{DataDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*sdk.Message
+	var wires sdk.MessageWires
+	for i := range 6 {
+		m := testMsg(0, i)
+		w, err := m.MarshalVT()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Queue = int32(i % 2)
+		msgs, wires = append(msgs, m), append(wires, w)
+	}
+	wires[2], wires[3] = wires[3], wires[2] // messages of queues 0 and 1
+	sent0, _ := sdk.WireAppendCounts()
+	bad0 := sdk.WireMismatches()
+	_, wait, err := client.AppendEarly(sdk.WithMessageWires(ctx(t), msgs, wires), msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wait(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if bad := sdk.WireMismatches() - bad0; bad != 1 {
+		t.Errorf("%d appends counted with a wire form of another message, want 1", bad)
+	}
+	if sent, _ := sdk.WireAppendCounts(); sent != sent0 {
+		t.Errorf("%d frames written from wire forms that are not their messages'", sent-sent0)
+	}
+	for q := range int32(2) {
+		got := readQueue(t, client, q)
+		var want []*sdk.Message
+		for _, m := range msgs {
+			if m.Queue == q {
+				want = append(want, m)
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("queue %d: %d messages, want %d", q, len(got), len(want))
+		}
+		for i := range want {
+			if got[i].Id != want[i].Id || string(got[i].Body) != string(want[i].Body) {
+				t.Errorf("queue %d offset %d: message %q, want %q", q, i, got[i].Id, want[i].Id)
+			}
+		}
+	}
+}
