@@ -374,6 +374,7 @@ func BenchmarkSplitAppend(b *testing.B) {
 		})
 	}
 }
+
 // TestCheckWires: each message's own wire form passes, whatever queue and
 // born time the core set after it; a wire form of another message (another
 // id or topic; without ids, another body) fails, naming the message.
