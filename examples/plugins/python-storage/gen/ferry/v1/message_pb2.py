@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/message.proto\x12\x08\x66\x65rry.v1\"\xf1\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0b\n\x03key\x18\x04 \x01(\t\x12/\n\x07headers\x18\x05 \x03(\x0b\x32\x1e.ferry.v1.Message.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\x12\x16\n\x0e\x62orn_unix_nano\x18\x07 \x01(\x03\x12\x0e\n\x06offset\x18\x08 \x01(\x03\x12\x18\n\x10stored_unix_nano\x18\t \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"(\n\x07Problem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*\x87\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x18\n\x14STATUS_FLUSH_TIMEOUT\x10\x02\x12\x1a\n\x16STATUS_REPLICA_TIMEOUT\x10\x03\x12 \n\x1cSTATUS_REPLICA_NOT_AVAILABLE\x10\x04\x42\x35Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65rry/v1/message.proto\x12\x08\x66\x65rry.v1\"\xf1\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\x05\x12\x0b\n\x03key\x18\x04 \x01(\t\x12/\n\x07headers\x18\x05 \x03(\x0b\x32\x1e.ferry.v1.Message.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\x12\x16\n\x0e\x62orn_unix_nano\x18\x07 \x01(\x03\x12\x0e\n\x06offset\x18\x08 \x01(\x03\x12\x18\n\x10stored_unix_nano\x18\t \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"(\n\x07Problem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"c\n\rTopicSettings\x12\x18\n\x0fretention_bytes\x18\xf0\x06 \x01(\x03\x12\x1c\n\x13retention_age_nanos\x18\xf1\x06 \x01(\x03\x12\x1a\n\x11max_message_bytes\x18\xf2\x06 \x01(\x03*\x87\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x18\n\x14STATUS_FLUSH_TIMEOUT\x10\x02\x12\x1a\n\x16STATUS_REPLICA_TIMEOUT\x10\x03\x12 \n\x1cSTATUS_REPLICA_NOT_AVAILABLE\x10\x04\x42\x35Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.message_pb2', globals())
@@ -23,8 +23,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._serialized_options = b'Z3github.com/ferrymq/ferry/core/proto/ferryv1;ferryv1'
   _MESSAGE_HEADERSENTRY._options = None
   _MESSAGE_HEADERSENTRY._serialized_options = b'8\001'
-  _STATUS._serialized_start=363
-  _STATUS._serialized_end=498
+  _STATUS._serialized_start=464
+  _STATUS._serialized_end=599
   _MESSAGE._serialized_start=37
   _MESSAGE._serialized_end=278
   _MESSAGE_HEADERSENTRY._serialized_start=232
@@ -33,4 +33,6 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _ERROR._serialized_end=318
   _PROBLEM._serialized_start=320
   _PROBLEM._serialized_end=360
+  _TOPICSETTINGS._serialized_start=362
+  _TOPICSETTINGS._serialized_end=461
 # @@protoc_insertion_point(module_scope)
